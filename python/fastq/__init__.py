@@ -1,0 +1,3 @@
+from fastq._core import __version__
+
+__all__ = ['__version__']

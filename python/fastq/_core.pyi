@@ -1,0 +1,301 @@
+"""fastq's compiled core (Rust, pyo3): the one definition of Celery's task message protocol v2.
+
+Everything here is a leaf: it takes bytes and primitives and returns bytes, primitives or plain containers.
+Policy (which serializers are accepted, error wrapping into `fastq.exceptions`, defaults) lives in Python,
+in `fastq.serialization` and `fastq.protocol`. The codecs reproduce what Celery's stack (kombu + the stdlib
+`json` module, `msgpack`, `zlib`, `bz2`) produces byte for byte, so that a Celery peer and a fastq peer read
+each other's messages and the real `celery` package can be used as the test oracle.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, Literal, final
+
+__version__: Final[str]
+"""The package version; set once, in rust/Cargo.toml."""
+
+build_profile: Final[Literal['debug', 'release']]
+"""Whether this extension was built with optimisations; tests skip deep cases on debug builds."""
+
+# --------------------------------------------------------------------------------------------------------
+# JSON, exactly as kombu.utils.json.dumps / loads (the stdlib json module with kombu's hooks)
+# --------------------------------------------------------------------------------------------------------
+
+def json_dumps(obj: Any, default: Callable[[Any], Any] | None) -> bytes:
+    """Serialize `obj` to the bytes `json.dumps(obj, default=default).encode()` gives.
+
+    Output is ASCII (ensure_ascii), with separators `', '` and `': '`; NaN and +/-Infinity are written as
+    `NaN`, `Infinity`, `-Infinity`; ints of any size; floats as `float.__repr__`; tuples as arrays; subclasses
+    of str/int/float/list/tuple/dict encoded as their base type (as the stdlib does); dict keys converted as the
+    stdlib does (str kept, int and float via repr, True -> "true", None -> "null").
+
+    Any other object is passed to `default` and its return value is encoded in its place (kombu's encoder
+    uses this for datetime, Decimal, UUID, bytes and `__json__`).
+
+    Raises:
+        TypeError: `Object of type X is not JSON serializable` when `default` is None (or raises it), and
+            `keys must be str, int, float, bool or None, not X` for other dict keys.
+        ValueError: `Circular reference detected` for self-containing lists/dicts.
+        RecursionError: nesting deeper than the interpreter's recursion limit.
+    """
+
+def json_loads(data: bytes | str, tag_hook: Callable[[dict[str, Any]], Any] | None) -> Any:
+    """Parse JSON the way `json.loads(data, object_hook=...)` does, calling the hook only for tagged objects.
+
+    Accepts what the stdlib accepts and serde_json does not: `NaN`, `Infinity`, `-Infinity`, integers wider
+    than 64 bits (returned as Python ints), `\\uXXXX` escapes of lone surrogates (kept in the str), duplicate
+    keys (last wins). Every object whose keys are exactly `{"__type__", "__value__"}` (kombu's type tag) is
+    passed to `tag_hook` and replaced by what it returns; other objects never reach Python code.
+
+    Raises:
+        ValueError: malformed JSON or invalid UTF-8, with the position of the error in the message.
+    """
+
+# --------------------------------------------------------------------------------------------------------
+# msgpack, exactly as msgpack.packb(obj, use_bin_type=True) / msgpack.unpackb(data, raw=False)
+# --------------------------------------------------------------------------------------------------------
+
+def msgpack_packb(obj: Any) -> bytes:
+    """Serialize `obj` as `msgpack.packb(obj, use_bin_type=True)` does (smallest int/str/bin/array/map forms).
+
+    Raises:
+        OverflowError: an int outside [-2**63, 2**64).
+        TypeError: `can not serialize 'X' object` for unsupported types.
+        UnicodeEncodeError: a str with lone surrogates.
+        ValueError: nesting deeper than msgpack's default limit.
+    """
+
+def msgpack_unpackb(data: bytes) -> Any:
+    """Deserialize as `msgpack.unpackb(data, raw=False)` does (arrays -> lists, strict map keys: str/bytes only).
+
+    Raises:
+        ValueError: truncated or trailing data, unknown type bytes, ext types, non-str/bytes map keys.
+        UnicodeDecodeError: a str that is not valid UTF-8.
+    """
+
+# --------------------------------------------------------------------------------------------------------
+# Compression, flagged on the wire by the `compression` header (kombu's mime names)
+# --------------------------------------------------------------------------------------------------------
+
+def compress(data: bytes, mime: str) -> bytes:
+    """Compress `data`: `application/x-gzip` is a zlib stream at level 6 (== zlib.compress(data)),
+    `application/x-bz2` is bzip2 at level 9 (== bz2.compress(data)).
+
+    Raises:
+        ValueError: any other mime name.
+    """
+
+def decompress(data: bytes, mime: str) -> bytes:
+    """Inverse of `compress`.
+
+    Raises:
+        ValueError: unknown mime name or corrupt/truncated data.
+    """
+
+# --------------------------------------------------------------------------------------------------------
+# Task message protocol v2
+# --------------------------------------------------------------------------------------------------------
+
+CONTENT_TYPE_JSON: Final[str]  # 'application/json'
+CONTENT_TYPE_MSGPACK: Final[str]  # 'application/x-msgpack'
+
+def encode_task_body(
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    callbacks: list[Any] | None,
+    errbacks: list[Any] | None,
+    chain: list[Any] | None,
+    chord: Any | None,
+    serializer: Literal['json', 'msgpack'],
+    default: Callable[[Any], Any] | None,
+) -> tuple[bytes, str, str]:
+    """Serialize the protocol-v2 body `[args, kwargs, {callbacks, errbacks, chain, chord}]`.
+
+    Returns `(body, content_type, content_encoding)`: `('application/json', 'utf-8')` or
+    `('application/x-msgpack', 'binary')`. `default` is used by the json serializer only.
+
+    Raises:
+        TypeError, ValueError, OverflowError, UnicodeEncodeError: as json_dumps / msgpack_packb.
+    """
+
+def decode_task_body(
+    body: bytes,
+    content_type: str,
+    tag_hook: Callable[[dict[str, Any]], Any] | None,
+) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """Deserialize a protocol-v2 body (already decompressed) of content type json or msgpack.
+
+    Returns `(args, kwargs, embed)`; `embed` always has the keys callbacks, errbacks, chain and chord
+    (missing ones filled with None).
+
+    Raises:
+        ValueError: malformed data, an unsupported content type, or a body that is not a 3-item array of
+            [array, object, object-or-null] (the message says which part is wrong).
+    """
+
+def task_message(
+    task_id: str,
+    name: str,
+    shadow: str | None,
+    eta: str | None,
+    expires: str | None,
+    group_id: str | None,
+    group_index: int | None,
+    retries: int,
+    time_limit: float | None,
+    soft_time_limit: float | None,
+    root_id: str,
+    parent_id: str | None,
+    argsrepr: str,
+    kwargsrepr: str,
+    origin: str,
+    ignore_result: bool,
+    replaced_task_nesting: int,
+    stamped_headers: list[str] | None,
+    stamps: dict[str, Any],
+    extra_headers: Mapping[str, Any] | None,
+    reply_to: str,
+    body: bytes,
+    content_type: str,
+    content_encoding: str,
+    compression: str | None,
+) -> Message:
+    """Build a protocol-v2 task message, with headers in the order and shape celery's `as_task_v2` emits.
+
+    Headers: lang='py', task, id, shadow, eta, expires, group, group_index, retries,
+    timelimit=[time_limit, soft_time_limit], root_id, parent_id, argsrepr, kwargsrepr, origin, ignore_result,
+    replaced_task_nesting, stamped_headers, stamps, then `extra_headers` in their order, then `compression`
+    when given. Properties: correlation_id=task_id, reply_to. When `compression` (a mime name) is given the
+    body is compressed here and the header added.
+
+    Raises:
+        ValueError: unknown compression mime name.
+    """
+
+@final
+class Message:
+    """A message as a broker carries it: kombu's (headers, properties, body, content type/encoding).
+
+    The attributes are plain, mutable Python objects; brokers add routing properties when they publish.
+    """
+
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    body: bytes
+    content_type: str
+    content_encoding: str
+
+    def __init__(
+        self,
+        body: bytes,
+        content_type: str,
+        content_encoding: str,
+        headers: dict[str, Any],
+        properties: dict[str, Any],
+    ) -> None: ...
+    def to_envelope(
+        self,
+        exchange: str,
+        routing_key: str,
+        priority: int,
+        delivery_mode: int,
+        expiration: str | None,
+        delivery_tag: str,
+    ) -> bytes:
+        """The JSON document kombu's virtual transports (Redis, SQLite) store for this message.
+
+        Byte-identical to what kombu writes: keys body (base64), content-encoding, content-type, headers,
+        properties; properties are this message's own, followed by delivery_mode, expiration (only when
+        not None), delivery_info {exchange, routing_key}, priority, body_encoding='base64', delivery_tag
+        (keys already present in `self.properties` keep their position and are overwritten).
+        Does not modify `self`.
+        """
+    @staticmethod
+    def from_envelope(data: bytes | str, tag_hook: Callable[[dict[str, Any]], Any] | None) -> Message:
+        """Parse a kombu virtual-transport envelope; the body is base64-decoded when body_encoding is base64
+        (a str body without body_encoding is UTF-8 encoded). `tag_hook` is applied to headers and properties.
+
+        Raises:
+            ValueError: not JSON, not an object, or missing/ill-typed body, content-type, headers or properties.
+        """
+    def __repr__(self) -> str: ...
+
+# --------------------------------------------------------------------------------------------------------
+# Framing for the prefork pool's pipes (carried by fastq._ipc)
+# --------------------------------------------------------------------------------------------------------
+
+FRAME_HEADER_SIZE: Final[int]
+"""Bytes before each payload: u32 little-endian payload length, u64 little-endian job id, u8 kind."""
+
+MAX_FRAME_PAYLOAD: Final[int]
+"""Largest payload a frame may carry (1 GiB); larger lengths mean a corrupt stream."""
+
+def encode_frame(job_id: int, kind: int, payload: bytes) -> bytes:
+    """One frame: header then payload.
+
+    Raises:
+        OverflowError: job_id outside u64 or kind outside u8.
+        ValueError: payload longer than MAX_FRAME_PAYLOAD.
+    """
+
+def encode_frames(frames: Sequence[tuple[int, int, bytes]]) -> bytes:
+    """Several frames concatenated into one buffer (one write for a batch of jobs or results)."""
+
+@final
+class FrameDecoder:
+    """Incremental decoder: bytes go in as they arrive from a pipe, whole frames come out."""
+
+    def __init__(self) -> None: ...
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        """Append `data` and return every frame now complete, as `(job_id, kind, payload)`, in order.
+
+        Raises:
+            ValueError: a header announces a payload longer than MAX_FRAME_PAYLOAD (the stream is corrupt;
+                the decoder must not be used afterwards).
+        """
+    @property
+    def buffered(self) -> int:
+        """Bytes received that do not yet form a whole frame."""
+
+# --------------------------------------------------------------------------------------------------------
+# Prefetch / ack bookkeeping of a worker
+# --------------------------------------------------------------------------------------------------------
+
+@final
+class Ledger:
+    """What a worker holds from its broker, so that it never takes more than its prefetch window and
+    can say at any time which deliveries are waiting, which are running, and which to hand back.
+
+    A delivery tag (int or str, as the broker issued it) is *held* from `add` until `settle`.
+    Held deliveries are either reserved (not started) or active (started). `window` 0 means unlimited.
+    """
+
+    def __init__(self, window: int) -> None: ...
+    @property
+    def window(self) -> int: ...
+    @window.setter
+    def window(self, value: int) -> None: ...
+    def free(self) -> int:
+        """How many more deliveries may be fetched now (window - held, at least 0; a large number if unlimited)."""
+    def add(self, tag: int | str) -> None:
+        """Record a fetched delivery as reserved.
+
+        Raises:
+            KeyError: the tag is already held (a broker handed the same delivery out twice).
+        """
+    def start(self, tag: int | str) -> None:
+        """Mark a reserved delivery as active (its task started).
+
+        Raises:
+            KeyError: the tag is not held.
+        """
+    def settle(self, tag: int | str) -> bool:
+        """Forget a delivery (acked, rejected, deferred or handed back). Returns whether it was held."""
+    def is_active(self, tag: int | str) -> bool: ...
+    def reserved(self) -> list[int | str]:
+        """Held, not started, oldest first."""
+    def active(self) -> list[int | str]:
+        """Held and started, oldest first."""
+    def held(self) -> list[int | str]:
+        """Every held tag, oldest first."""
+    def __len__(self) -> int: ...
+    def __contains__(self, tag: object) -> bool: ...

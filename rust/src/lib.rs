@@ -1,0 +1,21 @@
+//! fastq._core: the compiled core of fastq. See python/fastq/_core.pyi for the Python surface.
+
+use pyo3::prelude::*;
+
+mod framing;
+mod framing_py;
+
+#[pymodule]
+fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add(
+        "build_profile",
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+    )?;
+    m.add("FRAME_HEADER_SIZE", framing::HEADER_SIZE)?;
+    m.add("MAX_FRAME_PAYLOAD", framing::MAX_PAYLOAD)?;
+    m.add_function(wrap_pyfunction!(framing_py::encode_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(framing_py::encode_frames, m)?)?;
+    m.add_class::<framing_py::PyFrameDecoder>()?;
+    Ok(())
+}
