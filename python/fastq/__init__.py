@@ -1,3 +1,77 @@
+"""fastq: a Celery-compatible distributed task queue with a compiled core.
+
+`from fastq import Fastq` (or `Celery`) is the one import a Celery project changes; the modules Celery code
+imports (`exceptions`, `result`, `states`, `signals`, `schedules`, `utils.log`) exist under the same names.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from fastq._core import __version__
 
-__all__ = ['__version__']
+__all__ = [
+    'AsyncResult',
+    'Celery',
+    'Exchange',
+    'Fastq',
+    'Queue',
+    'Signature',
+    'Task',
+    '__version__',
+    'current_app',
+    'current_task',
+    'maybe_signature',
+    'shared_task',
+    'signature',
+    'states',
+]
+
+if TYPE_CHECKING:
+    from fastq import states
+    from fastq.app import Celery, Fastq
+    from fastq.canvas import Signature, maybe_signature, signature
+    from fastq.result import AsyncResult
+    from fastq.routing import Exchange, Queue
+    from fastq.shared import shared_task
+    from fastq.task import Task
+
+    current_app: Fastq
+    current_task: Task[Any, Any] | None
+
+_LAZY = {
+    'Fastq': 'fastq.app:Fastq',
+    'Celery': 'fastq.app:Celery',
+    'Task': 'fastq.task:Task',
+    'AsyncResult': 'fastq.result:AsyncResult',
+    'Signature': 'fastq.canvas:Signature',
+    'signature': 'fastq.canvas:signature',
+    'maybe_signature': 'fastq.canvas:maybe_signature',
+    'shared_task': 'fastq.shared:shared_task',
+    'Queue': 'fastq.routing:Queue',
+    'Exchange': 'fastq.routing:Exchange',
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `import fastq` in a child process or a CLI stays cheap and import cycles stay impossible.
+    if name in _LAZY:
+        import importlib
+
+        module, _, attr = _LAZY[name].partition(':')
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    if name == 'states':
+        from fastq import states
+
+        return states
+    if name == 'current_app':
+        from fastq._state import get_current_app
+
+        return get_current_app()
+    if name == 'current_task':
+        from fastq._state import get_current_task
+
+        return get_current_task()
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

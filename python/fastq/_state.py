@@ -1,0 +1,74 @@
+"""Process-wide state that Celery also keeps globally: the current app and the task being executed.
+
+Everything else is app-scoped. The current app exists so that `shared_task` and `AsyncResult(id)` without
+`app=` work as in Celery; the task stack so that tasks sent from inside a task get `parent_id`/`root_id`
+and so that `Task.request` answers for the running task.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+    from fastq.task import Task
+
+_current_app: Fastq | None = None
+_default_app: Fastq | None = None
+_apps: list[Any] = []  # weak-ish registry of created apps for shared_task (strong refs: apps are long-lived)
+_local = threading.local()
+
+
+def set_current_app(app: Fastq) -> None:
+    global _current_app
+    _current_app = app
+
+
+def get_current_app() -> Fastq:
+    global _default_app
+    if _current_app is not None:
+        return _current_app
+    if _default_app is None:
+        from fastq.app import Fastq
+
+        _default_app = Fastq('default', set_as_current=False)
+    return _default_app
+
+
+def register_app(app: Fastq) -> None:
+    _apps.append(app)
+
+
+def all_apps() -> list[Fastq]:
+    return list(_apps)
+
+
+def _task_stack() -> list[Task[Any, Any]]:
+    stack: list[Task[Any, Any]] | None = getattr(_local, 'tasks', None)
+    if stack is None:
+        stack = _local.tasks = []
+    return stack
+
+
+def push_current_task(task: Task[Any, Any]) -> None:
+    _task_stack().append(task)
+
+
+def pop_current_task() -> None:
+    stack = _task_stack()
+    if stack:
+        stack.pop()
+
+
+def get_current_task() -> Task[Any, Any] | None:
+    stack = _task_stack()
+    return stack[-1] if stack else None
+
+
+def get_current_worker_task() -> Task[Any, Any] | None:
+    """The innermost task executed by a worker (not called directly or eagerly)."""
+    for task in reversed(_task_stack()):
+        if not task.request.called_directly and not task.request.is_eager:
+            return task
+    return None

@@ -1,0 +1,477 @@
+"""`Fastq` (alias `Celery`): the application, owner of settings, task registry, broker and result backend.
+
+Everything is app-scoped, as in Celery: two apps in one process never share a broker or settings. With no
+broker configured, the app uses SQLite files in the working directory, so `Fastq('tasks')` runs anywhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+
+from fastq import _state
+from fastq.config import Settings
+from fastq.exceptions import ImproperlyConfigured, NotRegistered
+from fastq.task import Task, build_task_class
+from fastq.utils.imports import symbol_by_name
+from fastq.utils.nodenames import anon_nodename, oid_from
+from fastq.utils.time import get_timezone
+
+if TYPE_CHECKING:
+    from datetime import tzinfo
+
+    from fastq.backends.base import Backend
+    from fastq.brokers.base import Broker, Outgoing
+    from fastq.result import AsyncResult
+    from fastq.routing import Router
+
+__all__ = ['Celery', 'Fastq']
+
+logger = logging.getLogger('fastq.app')
+
+P = ParamSpec('P')
+R = TypeVar('R')
+
+
+class TaskRegistry(dict[str, Task[Any, Any]]):
+    """Registered tasks by name; a missing name raises `NotRegistered` (a KeyError)."""
+
+    def __missing__(self, key: str) -> Task[Any, Any]:
+        raise NotRegistered(key)
+
+    def regular(self) -> dict[str, Task[Any, Any]]:
+        return {name: task for name, task in self.items() if not name.startswith('celery.')}
+
+
+class _AppSignal:
+    """`app.on_after_configure` / `app.on_after_finalize`: per-app signals (connect, send)."""
+
+    def __init__(self, name: str) -> None:
+        from fastq.signals import Signal
+
+        self._signal = Signal(name)
+
+    def connect(self, receiver: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
+        kwargs.setdefault('weak', False)
+        return self._signal.connect(receiver, **kwargs)
+
+    def send(self, sender: Any, **named: Any) -> list[tuple[Any, Any]]:
+        return self._signal.send(sender, **named)
+
+
+class Fastq:
+    """A fastq application. `Fastq('proj', broker='sqlite:///proj.db', include=['proj.tasks'])`."""
+
+    Task: type[Task[Any, Any]]
+
+    def __init__(
+        self,
+        main: str | None = None,
+        broker: str | None = None,
+        backend: str | None = None,
+        include: Sequence[str] | None = None,
+        config_source: Any = None,
+        set_as_current: bool = True,
+        autofinalize: bool = True,
+        namespace: str | None = None,
+        task_cls: type[Task[Any, Any]] | str | None = None,
+        **preconf: Any,
+    ) -> None:
+        self.main = main
+        self.conf = Settings()
+        self.namespace = namespace
+        self.autofinalize = autofinalize
+        self.tasks = TaskRegistry()
+        self.finalized = False
+        self._finalize_lock = threading.RLock()
+        self._pending_tasks: list[Callable[[], None]] = []
+        self._broker: Broker | None = None
+        self._backend: Backend | None = None
+        self._router: Router | None = None
+        self._local = threading.local()
+        self.on_after_configure = _AppSignal('on_after_configure')
+        self.on_after_finalize = _AppSignal('on_after_finalize')
+        self.on_configure = _AppSignal('on_configure')
+        self._configured = False
+        base = symbol_by_name(task_cls) if task_cls else Task
+        self.Task = type('Task', (base,), {'abstract': True, '__module__': __name__})
+        if broker:
+            self.conf.broker_url = broker
+        if backend:
+            self.conf.result_backend = backend
+        if include:
+            self.conf.include = list(include)
+        if preconf:
+            self.conf.update(preconf)
+        if config_source is not None:
+            self.config_from_object(config_source)
+        if set_as_current:
+            _state.set_current_app(self)
+        _state.register_app(self)
+
+    # --- configuration ------------------------------------------------------------------------------------
+
+    def config_from_object(
+        self, obj: Any, silent: bool = False, force: bool = False, namespace: str | None = None
+    ) -> None:
+        """Read settings from a module, a `'module:attr'` path or an object (lazily, on first use).
+
+        With `namespace='CELERY'` only names prefixed `CELERY_` are read (Django's settings module).
+        """
+        namespace = namespace or self.namespace
+
+        def load() -> dict[str, Any]:
+            try:
+                source = symbol_by_name(obj) if isinstance(obj, str) else obj
+            except (ImportError, AttributeError):
+                if silent:
+                    return {}
+                raise
+            if isinstance(source, dict):
+                items = source.items()
+            else:
+                items = ((k, getattr(source, k)) for k in dir(source) if not k.startswith('_'))
+            out = {}
+            prefix = f'{namespace}_' if namespace else None
+            for key, value in items:
+                if prefix:
+                    if not key.startswith(prefix):
+                        continue
+                    key = key[len(prefix) :].lower()
+                out[key] = value
+            return out
+
+        self.conf.add_pending_source(load)
+        if force:
+            self.conf._load_pending()
+
+    def config_from_envvar(self, variable_name: str, silent: bool = False, force: bool = False) -> bool:
+        module = os.environ.get(variable_name)
+        if not module:
+            if silent:
+                return False
+            raise ImproperlyConfigured(f'The environment variable {variable_name!r} is not set')
+        self.config_from_object(module, silent=silent, force=force)
+        return True
+
+    def add_defaults(self, d: Any) -> None:
+        self.conf.add_pending_source(lambda: d() if callable(d) else d)
+
+    # --- tasks --------------------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fun: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self, *, bind: Literal[True], name: str | None = ..., base: type[Task[Any, Any]] | None = ..., **options: Any
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = ...,
+        bind: Literal[False] = ...,
+        base: type[Task[Any, Any]] | None = ...,
+        **options: Any,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, *args: Any, **options: Any) -> Any:
+        """Turn a function into a task: `@app.task` or `@app.task(name=..., bind=True, acks_late=True, ...)`."""
+        if len(args) == 1 and callable(args[0]) and not options:
+            return self._task_from_fun(args[0])
+        if args:
+            raise TypeError('app.task() takes the function as its only positional argument')
+
+        def decorator(fun: Callable[..., Any]) -> Task[Any, Any]:
+            return self._task_from_fun(fun, **options)
+
+        return decorator
+
+    def _task_from_fun(
+        self,
+        fun: Callable[..., Any],
+        name: str | None = None,
+        base: type[Task[Any, Any]] | None = None,
+        bind: bool = False,
+        **options: Any,
+    ) -> Task[Any, Any]:
+        name = name or self.gen_task_name(fun.__name__, fun.__module__)
+        if name in self.tasks and getattr(self.tasks[name], '__wrapped__', None) is fun:
+            return self.tasks[name]
+        options.pop('shared', None)
+        options.pop('lazy', None)
+        cls = build_task_class(self, fun, name, base or self.Task, bind, options)
+        task = cls()
+        task.bind(self)
+        self.tasks[name] = task
+        return task
+
+    def gen_task_name(self, name: str, module: str) -> str:
+        """`module.function`, with `__main__` replaced by the app's main name (as Celery does)."""
+        if module == '__main__' and self.main:
+            module = self.main
+        return f'{module}.{name}'
+
+    def register_task(self, task: Task[Any, Any] | type[Task[Any, Any]], **options: Any) -> Task[Any, Any]:
+        """Register a class-based task (a `Task` subclass with a `run` method)."""
+        instance = task() if isinstance(task, type) else task
+        if not instance.name:
+            instance.name = self.gen_task_name(type(instance).__name__, type(instance).__module__)
+        instance.bind(self)
+        self.tasks[instance.name] = instance
+        return instance
+
+    def finalize(self, auto: bool = False) -> None:
+        """Import `include`/`imports` modules and bind shared tasks; run once before a worker starts."""
+        with self._finalize_lock:
+            if self.finalized:
+                return
+            self.finalized = True
+            self._configure()
+            from fastq.shared import bind_shared_tasks
+
+            bind_shared_tasks(self)
+            for module in [*(self.conf.imports or ()), *(self.conf.include or ())]:
+                importlib.import_module(module)
+            bind_shared_tasks(self)
+            self.on_after_finalize.send(sender=self)
+
+    def _configure(self) -> None:
+        if not self._configured:
+            self._configured = True
+            self.on_configure.send(sender=self)
+            self.conf._load_pending()
+            self.conf.validate()
+            self.on_after_configure.send(sender=self, source=self.conf)
+
+    def autodiscover_tasks(
+        self, packages: Iterable[str] | Callable[[], Iterable[str]] | None = None, related_name: str = 'tasks',
+        force: bool = False,
+    ) -> None:
+        """Import `<package>.tasks` for each package (Django: every installed app) when the app finalizes."""
+
+        def discover() -> None:
+            pkgs = packages() if callable(packages) else packages
+            if pkgs is None:
+                pkgs = self._django_apps()
+            for pkg in pkgs:
+                try:
+                    importlib.import_module(f'{pkg}.{related_name}')
+                except ModuleNotFoundError as exc:
+                    if exc.name not in (f'{pkg}.{related_name}', pkg):
+                        raise
+
+        if force:
+            discover()
+        else:
+            self.on_after_finalize.connect(lambda **kw: discover(), weak=False)
+
+    @staticmethod
+    def _django_apps() -> list[str]:
+        try:
+            from django.apps import apps  # type: ignore[import-not-found]
+        except ImportError:
+            return []
+        return [config.name for config in apps.get_app_configs()]
+
+    # --- broker, backend, routing -------------------------------------------------------------------------
+
+    @property
+    def broker_url(self) -> str:
+        from fastq.brokers import default_broker_url
+
+        url = self.conf.broker_url
+        return url or default_broker_url(self.conf.sqlite_directory)
+
+    @property
+    def backend_url(self) -> str | None:
+        from fastq.backends import default_backend_url
+
+        url = self.conf.result_backend
+        if url:
+            return str(url)
+        if not self.conf.broker_url:
+            return default_backend_url(self.conf.sqlite_directory)
+        return None
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            with self._finalize_lock:
+                if self._broker is None:
+                    self._configure()
+                    from fastq.brokers import create_broker
+
+                    self._broker = create_broker(self.broker_url, self.conf)
+        return self._broker
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            with self._finalize_lock:
+                if self._backend is None:
+                    self._configure()
+                    from fastq.backends import create_backend
+
+                    self._backend = create_backend(self, self.backend_url)
+        return self._backend
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            from fastq.routing import Router
+
+            self._configure()
+            self._router = Router(self.conf)
+        return self._router
+
+    @property
+    def timezone(self) -> tzinfo:
+        return get_timezone(self.conf.timezone, self.conf.enable_utc)
+
+    def now(self) -> datetime:
+        return datetime.now(self.timezone)
+
+    @property
+    def thread_oid(self) -> str:
+        """The `reply_to` of messages sent from this thread (kombu's per-thread oid)."""
+        oid: str | None = getattr(self._local, 'oid', None)
+        if oid is None:
+            oid = self._local.oid = oid_from(self)
+        return oid
+
+    @property
+    def current_task(self) -> Task[Any, Any] | None:
+        return _state.get_current_task()
+
+    @property
+    def current_worker_task(self) -> Task[Any, Any] | None:
+        return _state.get_current_worker_task()
+
+    # --- sending ------------------------------------------------------------------------------------------
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        countdown: float | None = None,
+        eta: datetime | str | None = None,
+        task_id: str | None = None,
+        expires: float | datetime | str | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        group_id: str | None = None,
+        group_index: int | None = None,
+        retries: int = 0,
+        chord: Any = None,
+        chain: Any = None,
+        reply_to: str | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        shadow: str | None = None,
+        task_type: Task[Any, Any] | None = None,
+        replaced_task_nesting: int = 0,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send a task by name (it need not be registered here); returns its `AsyncResult`."""
+        from fastq.sending import send_task_message
+
+        return send_task_message(
+            self,
+            name,
+            args=tuple(args or ()),
+            kwargs=dict(kwargs or {}),
+            countdown=countdown,
+            eta=eta,
+            task_id=task_id or str(uuid.uuid4()),
+            expires=expires,
+            link=link,
+            link_error=link_error,
+            group_id=group_id,
+            group_index=group_index,
+            retries=retries,
+            chord=chord,
+            chain=chain,
+            reply_to=reply_to,
+            time_limit=time_limit,
+            soft_time_limit=soft_time_limit,
+            root_id=root_id,
+            parent_id=parent_id,
+            shadow=shadow,
+            task_type=task_type,
+            replaced_task_nesting=replaced_task_nesting,
+            options=options,
+        )
+
+    def publish(self, batch: Sequence[Outgoing]) -> None:
+        """Hand built messages to the broker (retrying while it is unreachable, per task_publish_retry)."""
+        from fastq.sending import publish_with_retry
+
+        publish_with_retry(self, batch)
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
+        from fastq.result import AsyncResult
+
+        return AsyncResult(task_id, app=self, **kwargs)
+
+    def signature(self, *args: Any, **kwargs: Any) -> Any:
+        from fastq.canvas import signature
+
+        kwargs.setdefault('app', self)
+        return signature(*args, **kwargs)
+
+    @property
+    def origin(self) -> str:
+        return anon_nodename()
+
+    # --- running ------------------------------------------------------------------------------------------
+
+    def worker_main(self, argv: Sequence[str] | None = None) -> None:
+        """Run a worker as `fastq worker` would with these arguments: `app.worker_main(['worker', '-l', 'info'])`."""
+        from fastq.cli import main
+
+        argv = list(argv or ['worker'])
+        if argv and argv[0] != 'worker':
+            argv = ['worker', *argv]
+        main(argv, app=self)
+
+    def start(self, argv: Sequence[str] | None = None) -> None:
+        from fastq.cli import main
+
+        main(list(argv or []), app=self)
+
+    def Worker(self, **kwargs: Any) -> Any:  # noqa: N802 - Celery's name
+        from fastq.worker.worker import WorkController
+
+        return WorkController(self, **kwargs)
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+            self._broker = None
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def __enter__(self) -> Fastq:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} {self.main or "__main__"} at {id(self):#x}>'
+
+
+Celery = Fastq

@@ -1,0 +1,58 @@
+"""Result backends by URL scheme, imported on first use."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import TYPE_CHECKING
+
+from fastq.exceptions import ImproperlyConfigured
+from fastq.utils.imports import symbol_by_name
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+    from fastq.backends.base import Backend
+
+BACKENDS = {
+    'memory': 'fastq.backends.memory:MemoryBackend',
+    'cache+memory': 'fastq.backends.memory:MemoryBackend',
+    'sqlite': 'fastq.backends.sqlite:SQLiteBackend',
+    'db+sqlite': 'fastq.backends.sqlite:SQLiteBackend',
+    'disabled': 'fastq.backends.base:DisabledBackend',
+}
+PLANNED = {
+    'redis': 'the Redis result backend',
+    'rediss': 'the Redis result backend',
+    'sentinel': 'the Redis result backend',
+    'rpc': 'the rpc:// result backend',
+}
+DEFAULT_RESULTS_FILE = 'fastq-results.sqlite3'
+
+
+def default_backend_url(directory: str | None = None) -> str:
+    return f'sqlite:///{os.path.join(directory or os.getcwd(), DEFAULT_RESULTS_FILE)}'
+
+
+def backend_class(url: str) -> type[Backend]:
+    scheme = url.partition('://')[0].lower() if '://' in url else url.lower()
+    path = BACKENDS.get(scheme)
+    if path is None:
+        if scheme in PLANNED:
+            raise ImproperlyConfigured(
+                f'result_backend: {scheme}:// needs {PLANNED[scheme]}, which this fastq build does not include '
+                'yet; use sqlite:// (the embedded default) or memory://'
+            )
+        known = sorted({*BACKENDS, *PLANNED})
+        close = difflib.get_close_matches(scheme, known, n=1, cutoff=0.5)
+        hint = f'; did you mean {close[0]}://?' if close else f' (known: {", ".join(known)})'
+        raise ImproperlyConfigured(f'result_backend: unknown backend {scheme!r}{hint}')
+    cls: type[Backend] = symbol_by_name(path)
+    return cls
+
+
+def create_backend(app: Fastq, url: str | None) -> Backend:
+    if not url:
+        from fastq.backends.base import DisabledBackend
+
+        return DisabledBackend(app)
+    return backend_class(url)(app, url)

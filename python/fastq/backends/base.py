@@ -1,0 +1,330 @@
+"""The result backend SPI and everything backends share: Celery's meta document and exception encoding.
+
+A result is Celery's meta document (`status`, `result`, `traceback`, `children`, `date_done`, `task_id`, plus
+`group_id`/`parent_id`, and the request fields with `result_extended`), serialized with `result_serializer`,
+so a Celery client can read what a fastq worker stored and the reverse. Subclasses provide storage only:
+`_set`, `_get`, `_delete`, `_cleanup` and, to wake waiting `get()` calls promptly, `_wait_for_change`.
+"""
+
+from __future__ import annotations
+
+import abc
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from fastq import states
+from fastq.exceptions import ImproperlyConfigured, SecurityError, TimeoutError
+from fastq.serialization import accept_set, compress, decompress, dumps, loads
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+
+__all__ = ['Backend', 'DisabledBackend', 'create_exception_cls']
+
+#: Celery's marker for a compressed result: a JSON or msgpack document never starts with a NUL byte.
+COMPRESSED_PAYLOAD_MAGIC = b'\x00celery-compressed\x00'
+
+_synthetic: dict[tuple[str, str], type[Exception]] = {}
+
+
+def create_exception_cls(name: str, module: str) -> type[Exception]:
+    """A stand-in class for an exception type this process cannot import (same name and module)."""
+    key = (module, name)
+    cls = _synthetic.get(key)
+    if cls is None:
+        cls = type(name.rsplit('.', 1)[-1], (Exception,), {'__module__': module, '__qualname__': name})
+        _synthetic[key] = cls
+    return cls
+
+
+def _ensure_serializable(items: tuple[Any, ...], encode: Callable[[Any], Any]) -> list[Any]:
+    out = []
+    for item in items:
+        try:
+            encode(item)
+        except Exception:
+            item = repr(item)
+        out.append(item)
+    return out
+
+
+class Backend(abc.ABC):
+    """Stores and reads task states and results."""
+
+    #: Whether `get()` must poll this backend (False when `_wait_for_change` is a real notification).
+    polling = True
+    persistent = True
+    supports_native_join = False
+
+    def __init__(self, app: Fastq, url: str | None = None) -> None:
+        self.app = app
+        self.url = url
+        conf = app.conf
+        self.serializer: str = conf.result_serializer
+        accept = conf.result_accept_content or conf.accept_content
+        self.accept = accept_set(accept)
+        self.compression: str | None = conf.result_compression
+        expires = conf.result_expires
+        self.expires: float | None = expires.total_seconds() if hasattr(expires, 'total_seconds') else expires
+
+    # --- storage, per backend -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _set(self, task_id: str, payload: bytes, state: str, expires: float | None) -> None:
+        """Store the encoded meta of a task (replacing any), expiring after `expires` seconds (None: never)."""
+
+    @abc.abstractmethod
+    def _get(self, task_id: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def _delete(self, task_id: str) -> None: ...
+
+    def _get_many(self, task_ids: list[str]) -> dict[str, bytes]:
+        out = {}
+        for task_id in task_ids:
+            payload = self._get(task_id)
+            if payload is not None:
+                out[task_id] = payload
+        return out
+
+    def _wait_for_change(self, timeout: float) -> None:
+        """Block until a result may have been written, or `timeout`; the default polls."""
+        time.sleep(timeout)
+
+    def _change_marker(self) -> int:
+        """A token taken before reading, so a write between the read and the wait is not missed."""
+        return 0
+
+    def _wait_for_change_since(self, marker: int, timeout: float) -> None:
+        self._wait_for_change(timeout)
+
+    def cleanup(self) -> None:
+        """Delete expired results (backends without native expiry call this periodically)."""
+
+    def close(self) -> None:
+        return None
+
+    def describe(self) -> str:
+        from fastq.utils.text import mask_url
+
+        return mask_url(self.url) if self.url else 'disabled://'
+
+    # --- encoding ----------------------------------------------------------------------------------------
+
+    def encode(self, data: Any) -> bytes:
+        payload, _, _ = dumps(data, self.serializer)
+        if self.compression:
+            body, mime = compress(payload, self.compression)
+            payload = b''.join([COMPRESSED_PAYLOAD_MAGIC, mime.encode(), b'\0', body])
+        return payload
+
+    def decode(self, payload: bytes) -> Any:
+        # Driven by the payload, not the setting, so results stay readable when compression is switched.
+        if payload.startswith(COMPRESSED_PAYLOAD_MAGIC):
+            mime, _, body = payload[len(COMPRESSED_PAYLOAD_MAGIC) :].partition(b'\0')
+            payload = decompress(body, mime.decode())
+        from fastq.serialization import serializer_by_name
+
+        content_type = serializer_by_name(self.serializer).content_type
+        return loads(payload, content_type, self.accept)
+
+    def prepare_exception(self, exc: BaseException) -> dict[str, Any]:
+        cls = type(exc)
+        return {
+            'exc_type': getattr(cls, '__qualname__', cls.__name__),
+            'exc_message': _ensure_serializable(exc.args, lambda v: dumps(v, self.serializer)),
+            'exc_module': cls.__module__,
+        }
+
+    def exception_to_python(self, exc: Any) -> BaseException | None:
+        """Rebuild a stored exception, as its own class when already imported in this process.
+
+        Only modules already in `sys.modules` are looked at (importing a module named by stored data would
+        run its code), and the class must be an exception class: anything else is a SecurityError.
+        """
+        if not exc:
+            return None
+        if isinstance(exc, BaseException):
+            return exc
+        if not isinstance(exc, dict):
+            raise TypeError(f'stored exception must be a dict, got {exc!r}')
+        exc_module = exc.get('exc_module')
+        exc_type = exc.get('exc_type')
+        if not exc_type:
+            raise ValueError('Exception information must include the exception type')
+        cls: Any
+        if exc_module is None:
+            cls = create_exception_cls(exc_type, __name__)
+        else:
+            try:
+                cls = sys.modules[exc_module]
+                for name in exc_type.split('.'):
+                    cls = getattr(cls, name)
+            except (KeyError, AttributeError):
+                cls = create_exception_cls(exc_type, exc_module)
+        message = exc.get('exc_message', '')
+        if not isinstance(cls, type) or not issubclass(cls, BaseException):
+            raise SecurityError(f'Expected an exception class, got {exc_module}.{exc_type} with payload {message}')
+        try:
+            return cls(*message) if isinstance(message, list | tuple) else cls(message)  # type: ignore[no-any-return]
+        except Exception:
+            return Exception(f'{cls}({message})')
+
+    def encode_result(self, result: Any, state: str) -> Any:
+        if state in states.EXCEPTION_STATES and isinstance(result, BaseException):
+            return self.prepare_exception(result)
+        return result
+
+    # --- the meta document --------------------------------------------------------------------------------
+
+    def _meta(self, task_id: str, result: Any, state: str, traceback: str | None, request: Any) -> dict[str, Any]:
+        date_done = datetime.now(timezone.utc).isoformat() if state in states.READY_STATES else None
+        meta: dict[str, Any] = {
+            'status': state,
+            'result': result,
+            'traceback': traceback,
+            'children': list(getattr(request, 'children', None) or []),
+            'date_done': date_done,
+        }
+        if request is not None:
+            group = getattr(request, 'group', None)
+            if group:
+                meta['group_id'] = group
+            parent_id = getattr(request, 'parent_id', None)
+            if parent_id:
+                meta['parent_id'] = parent_id
+            if self.app.conf.result_extended:
+                delivery_info = getattr(request, 'delivery_info', None) or {}
+                meta.update(
+                    name=getattr(request, 'task', None),
+                    args=getattr(request, 'args', None),
+                    kwargs=getattr(request, 'kwargs', None),
+                    worker=getattr(request, 'hostname', None),
+                    retries=getattr(request, 'retries', None),
+                    queue=delivery_info.get('routing_key'),
+                )
+        meta['task_id'] = task_id
+        return meta
+
+    def store_result(
+        self, task_id: str, result: Any, state: str, traceback: str | None = None, request: Any = None
+    ) -> Any:
+        """Store a state; a stored SUCCESS is never overwritten (a duplicate delivery cannot undo it)."""
+        encoded = self.encode_result(result, state)
+        meta = self._meta(task_id, encoded, state, traceback, request)
+        expires = self.expires
+        if state == states.FAILURE and self.app.conf.result_failure_expires is not None:
+            expires = float(self.app.conf.result_failure_expires)
+        self._store(task_id, self.encode(meta), state, expires)
+        return result
+
+    def _store(self, task_id: str, payload: bytes, state: str, expires: float | None) -> None:
+        """Write unless a SUCCESS is stored; backends that can do it atomically override this."""
+        current = self._get(task_id)
+        if current is not None and self.decode(current).get('status') == states.SUCCESS:
+            return
+        self._set(task_id, payload, state, expires)
+
+    def mark_as_started(self, task_id: str, **meta: Any) -> Any:
+        return self.store_result(task_id, meta, states.STARTED)
+
+    def mark_as_done(self, task_id: str, result: Any, request: Any = None, store_result: bool = True) -> Any:
+        if store_result:
+            self.store_result(task_id, result, states.SUCCESS, request=request)
+        return result
+
+    def mark_as_failure(
+        self, task_id: str, exc: BaseException, traceback: str | None = None, request: Any = None
+    ) -> Any:
+        return self.store_result(task_id, exc, states.FAILURE, traceback=traceback, request=request)
+
+    def mark_as_retry(
+        self, task_id: str, exc: BaseException, traceback: str | None = None, request: Any = None
+    ) -> Any:
+        return self.store_result(task_id, exc, states.RETRY, traceback=traceback, request=request)
+
+    def mark_as_revoked(self, task_id: str, reason: str = '', request: Any = None) -> Any:
+        from fastq.exceptions import TaskRevokedError
+
+        return self.store_result(task_id, TaskRevokedError(reason), states.REVOKED, request=request)
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    def meta_from_payload(self, payload: bytes | None) -> dict[str, Any]:
+        if payload is None:
+            return {'status': states.PENDING, 'result': None}
+        meta: dict[str, Any] = self.decode(payload)
+        if meta.get('status') in states.EXCEPTION_STATES:
+            meta['result'] = self.exception_to_python(meta.get('result'))
+        return meta
+
+    def get_task_meta(self, task_id: str, cache: bool = True) -> dict[str, Any]:
+        return self.meta_from_payload(self._get(task_id))
+
+    def get_state(self, task_id: str) -> str:
+        return str(self.get_task_meta(task_id)['status'])
+
+    def get_result(self, task_id: str) -> Any:
+        return self.get_task_meta(task_id).get('result')
+
+    def forget(self, task_id: str) -> None:
+        self._delete(task_id)
+
+    def wait_for(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        on_interval: Callable[[], Any] | None = None,
+    ) -> dict[str, Any]:
+        """Block until the task is in a ready state; raise `TimeoutError` after `timeout` seconds.
+
+        Backends with notifications wake on the write; `interval` only bounds how long a missed notification
+        could delay us (and is how often polling backends look).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            marker = self._change_marker()
+            meta = self.get_task_meta(task_id)
+            if meta['status'] in states.READY_STATES:
+                return meta
+            if on_interval is not None:
+                on_interval()
+            wait = interval if self.polling else max(interval, 1.0)
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError('The operation timed out.')
+                wait = min(wait, remaining)
+            self._wait_for_change_since(marker, wait)
+
+
+class DisabledBackend(Backend):
+    """What `AsyncResult` talks to when no `result_backend` is configured (Celery's behaviour)."""
+
+    persistent = False
+
+    def __init__(self, app: Fastq, url: str | None = None) -> None:
+        self.app = app
+        self.url = None
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            'No result backend is configured.\n'
+            'Please see the documentation for more information.'
+        )
+
+    _get = _set = _delete = _fail  # type: ignore[assignment]
+    get_task_meta = wait_for = _fail  # type: ignore[assignment]
+
+    def store_result(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+
+def check_url_scheme(url: str, expected: tuple[str, ...]) -> None:
+    scheme = url.partition('://')[0].lower()
+    if scheme not in expected:
+        raise ImproperlyConfigured(f'result_backend: expected one of {expected}, got {url!r}')

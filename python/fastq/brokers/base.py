@@ -1,0 +1,276 @@
+"""The broker SPI: what fastq needs from a message broker, and nothing that emulates AMQP.
+
+A broker stores messages in named queues and hands them to consumers under a *reservation*: a delivery is
+invisible to other consumers until it is acked (gone), rejected (gone or back in the queue), deferred (parked
+until a time), dead-lettered (moved aside), or until its holder stops renewing it (dead or hung worker), when
+it becomes visible again. Every operation takes a batch, because the worker's throughput comes from batching.
+
+Thread model: a `Broker` is shared by the threads of one process. A `Consumer` is used by two threads of a
+worker: one blocks in `fetch`, the other acks, rejects, defers and renews; implementations make that safe.
+After `os.fork()` neither may be used in the child: create new ones.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from fastq._core import Message
+    from fastq.config import Settings
+
+__all__ = [
+    'Broker',
+    'BrokerFeatures',
+    'Consumer',
+    'DeadLetter',
+    'DeadLetterStore',
+    'Delivery',
+    'Outgoing',
+    'Subscription',
+    'Tag',
+]
+
+Tag = int | str
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerFeatures:
+    """What a broker supports; the worker and client adapt to it, and tests check every claim."""
+
+    priorities: bool = False  # delivers higher-priority messages first (within a queue)
+    delayed: bool = False  # keeps ETA messages out of reach until due (`Outgoing.eta`, `Consumer.defer`)
+    leases: bool = False  # reservations expire unless renewed (`Consumer.renew`)
+    dead_owner_detection: bool = False  # a dead consumer's reservations return without waiting for expiry
+    delivery_count: bool = False  # `Delivery.deliveries` counts hand-outs (poison-message detection)
+    fanout: bool = False  # `fanout_publish` / `subscribe`
+    shared: bool = True  # reachable from other processes (False for the in-memory broker)
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One message to publish, already routed to a queue."""
+
+    message: Message
+    queue: str
+    exchange: str = ''  # '' is the default exchange: deliver to the queue named by routing_key
+    routing_key: str = ''
+    priority: int = 0
+    delivery_mode: int = 2  # 2 persistent, 1 transient (events, replies)
+    expiration: str | None = None  # per-message TTL in milliseconds, as a string (AMQP style)
+    eta: float | None = None  # unix time before which the message must not be delivered
+
+    def __post_init__(self) -> None:
+        if not self.routing_key:
+            self.routing_key = self.queue
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A message handed to a consumer under a reservation.
+
+    `message` is None when the stored payload could not be parsed; `error` then says why and `raw` holds the
+    payload as stored, so the worker can dead-letter it verbatim.
+    """
+
+    tag: Tag
+    queue: str
+    message: Message | None
+    raw: bytes = b''
+    redelivered: bool = False
+    deliveries: int = 0  # hand-outs of this message including this one; 0 when the broker does not count
+    error: str | None = None
+    received: float = field(default_factory=time.time)
+
+    @property
+    def task_id(self) -> str | None:
+        headers = self.message.headers if self.message is not None else {}
+        value = headers.get('id')
+        return value if isinstance(value, str) else None
+
+    @property
+    def task_name(self) -> str | None:
+        headers = self.message.headers if self.message is not None else {}
+        value = headers.get('task')
+        return value if isinstance(value, str) else None
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A message moved aside because it cannot or should not run: it is kept, never retried by itself."""
+
+    id: str
+    queue: str
+    reason: str
+    payload: bytes  # the kombu envelope (or the raw stored bytes when they did not parse)
+    created: float
+    task_id: str | None = None
+    task_name: str | None = None
+    deliveries: int = 0
+
+
+class DeadLetterStore(abc.ABC):
+    """Where dead letters live on a broker; `fastq deadletter` reads and requeues them."""
+
+    @abc.abstractmethod
+    def add(self, letter: DeadLetter) -> None:
+        """Store a dead letter (its id is already set)."""
+
+    @abc.abstractmethod
+    def list(self, limit: int = 100) -> list[DeadLetter]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def get(self, ident: str) -> DeadLetter | None:
+        """By dead-letter id, or by task id (the newest letter of that task)."""
+
+    @abc.abstractmethod
+    def remove(self, ident: str) -> DeadLetter | None:
+        """Delete and return one letter (by id or task id)."""
+
+    @abc.abstractmethod
+    def purge(self) -> int:
+        """Delete all; returns how many there were."""
+
+    @abc.abstractmethod
+    def count(self) -> int: ...
+
+
+class Subscription(abc.ABC):
+    """A fanout subscription: sees what is published to its exchange after it was created."""
+
+    @abc.abstractmethod
+    def get(self, timeout: float) -> list[tuple[str, bytes]]:
+        """Wait up to `timeout` seconds for messages; returns `(routing_key, payload)` pairs (maybe none)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class Consumer(abc.ABC):
+    """Reserves messages from some queues for one worker (the *owner*)."""
+
+    queues: list[str]
+    owner: str
+
+    @abc.abstractmethod
+    def fetch(self, limit: int, timeout: float) -> list[Delivery]:
+        """Wait up to `timeout` seconds until messages are ready, then reserve and return up to `limit`.
+
+        Returns an empty list on timeout or after `wakeup`. Never returns a message whose ETA (as stored by
+        `Outgoing.eta` or `defer`) is in the future.
+        """
+
+    @abc.abstractmethod
+    def wakeup(self) -> None:
+        """Make a `fetch` blocked in another thread return now (used at shutdown and when the window frees)."""
+
+    @abc.abstractmethod
+    def ack(self, tags: Sequence[Tag]) -> None:
+        """Remove these reserved messages for good."""
+
+    @abc.abstractmethod
+    def reject(self, tags: Sequence[Tag], requeue: bool) -> None:
+        """Release these reservations: back to their queue when `requeue`, else removed."""
+
+    @abc.abstractmethod
+    def release(self, tags: Sequence[Tag]) -> None:
+        """Hand back reservations whose tasks never started (shutdown, a pool that could not run them).
+
+        Unlike `reject(requeue=True)` this does not count as a delivery attempt.
+        """
+
+    @abc.abstractmethod
+    def defer(self, tag: Tag, eta: float) -> None:
+        """Release a reservation and keep the message out of reach until `eta` (unix time).
+
+        Brokers without `features.delayed` raise NotImplementedError; the worker then holds it itself.
+        """
+
+    @abc.abstractmethod
+    def renew(self) -> None:
+        """Extend every reservation this consumer holds by the visibility timeout (a no-op without leases)."""
+
+    @abc.abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str) -> DeadLetter:
+        """Move a reserved message (or one already acked) to the dead-letter store, in one step."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop consuming; reservations still held go back to their queues."""
+
+
+class Broker(abc.ABC):
+    """A connection to one broker, shared by the threads of a process."""
+
+    scheme: ClassVar[str]
+    features: ClassVar[BrokerFeatures]
+
+    def __init__(self, url: str, conf: Settings) -> None:
+        self.url = url
+        self.conf = conf
+        options: dict[str, Any] = dict(conf.broker_transport_options or {})
+        self.transport_options = options
+        self.visibility_timeout = float(options.get('visibility_timeout', 300.0))
+
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Check the broker is reachable (and set it up), raising `BrokerConnectionError` naming the masked URL."""
+
+    @abc.abstractmethod
+    def publish(self, batch: Sequence[Outgoing]) -> None:
+        """Store messages; when this returns without error, the broker has every one of them."""
+
+    @abc.abstractmethod
+    def consumer(self, queues: Sequence[str], owner: str) -> Consumer:
+        """A consumer reserving from `queues` (earlier queues are not favoured) on behalf of `owner`."""
+
+    @abc.abstractmethod
+    def purge(self, queue: str) -> int:
+        """Delete every ready message of a queue; returns how many."""
+
+    @abc.abstractmethod
+    def qsize(self, queue: str) -> int:
+        """Messages waiting in a queue (ready or delayed, not reserved)."""
+
+    @abc.abstractmethod
+    def known_queues(self) -> list[str]:
+        """Queues that have held messages (for `fastq purge` without -Q)."""
+
+    @property
+    @abc.abstractmethod
+    def dead_letters(self) -> DeadLetterStore: ...
+
+    def requeue_dead_letter(self, ident: str) -> DeadLetter | None:
+        """Put a dead letter back in its queue (as a fresh delivery) and remove it from the store."""
+        letter = self.dead_letters.get(ident)
+        if letter is None:
+            return None
+        self._publish_raw(letter.queue, letter.payload)
+        self.dead_letters.remove(letter.id)
+        return letter
+
+    @abc.abstractmethod
+    def _publish_raw(self, queue: str, payload: bytes) -> None:
+        """Store an envelope as it is (dead-letter requeue)."""
+
+    def fanout_publish(self, exchange: str, payload: bytes, routing_key: str = '') -> None:
+        raise NotImplementedError(f'{type(self).__name__} has no fanout')
+
+    def subscribe(self, exchange: str) -> Subscription:
+        raise NotImplementedError(f'{type(self).__name__} has no fanout')
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def describe(self) -> str:
+        """The URL with its password masked, for banners and errors."""
+        from fastq.utils.text import mask_url
+
+        return mask_url(self.url)
+
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} {self.describe()}>'

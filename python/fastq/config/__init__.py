@@ -1,0 +1,239 @@
+"""`app.conf`: Celery's settings, read from code, config objects and the environment, validated at startup.
+
+Lookup order for a setting: the environment (`FASTQ_<NAME>`, and Celery's `CELERY_BROKER_URL` /
+`CELERY_RESULT_BACKEND`), then values set in code (`conf.x = ...`, `conf.update`, `Fastq(broker=...)`), then
+the object given to `config_from_object`, then the default. Validation happens once, when the app is
+finalized: a bad value raises `ImproperlyConfigured` naming the setting; an unknown name warns with the
+closest known one, since a typo in a setting name otherwise silently does nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from datetime import timedelta
+from typing import Any
+
+from fastq.config.defaults import OLD_NAMES, SETTINGS, Setting
+from fastq.exceptions import FastqWarning, ImproperlyConfigured
+
+__all__ = ['SETTINGS', 'Setting', 'Settings', 'UnknownSettingWarning']
+
+# Prefixes that mark a name in a config module as meant to be a setting (other names there are helpers).
+_SETTING_PREFIXES = tuple(sorted({name.split('_', 1)[0] + '_' for name in SETTINGS}))
+_ENV_ALIASES = {'broker_url': ('CELERY_BROKER_URL',), 'result_backend': ('CELERY_RESULT_BACKEND',)}
+_TRUE = {'1', 'true', 'yes', 'on'}
+_FALSE = {'0', 'false', 'no', 'off', ''}
+
+
+class UnknownSettingWarning(FastqWarning):
+    """A configured name is not a setting fastq or Celery knows."""
+
+
+def closest_setting(name: str) -> str | None:
+    matches = difflib.get_close_matches(name.lower(), SETTINGS, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _warn_unknown(name: str) -> None:
+    hint = closest_setting(name)
+    tail = f'; did you mean {hint!r}?' if hint else ''
+    warnings.warn(f'Unknown setting {name!r}{tail}', UnknownSettingWarning, stacklevel=4)
+
+
+def _parse_env(setting: Setting, raw: str) -> Any:
+    """Turn an environment string into a value of the setting's type."""
+    kind = setting.type
+    try:
+        if kind == 'bool':
+            low = raw.strip().lower()
+            if low in _TRUE or low in _FALSE:
+                return low in _TRUE
+            raise ValueError(f'expected a boolean, got {raw!r}')
+        if kind == 'int':
+            return int(raw)
+        if kind == 'float':
+            return float(raw)
+        if kind == 'list':
+            return [part.strip() for part in raw.split(',') if part.strip()]
+        if kind == 'dict':
+            value = json.loads(raw)
+            if not isinstance(value, dict):
+                raise ValueError('expected a JSON object')
+            return value
+    except ValueError as exc:
+        raise ImproperlyConfigured(f'{setting.name}: bad value in the environment: {exc}') from None
+    return raw
+
+
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    'str': lambda v: isinstance(v, str),
+    'bool': lambda v: isinstance(v, bool),
+    'int': lambda v: isinstance(v, int) and not isinstance(v, bool),
+    'float': lambda v: isinstance(v, int | float | timedelta) and not isinstance(v, bool),
+    'list': lambda v: isinstance(v, list | tuple | set | frozenset),
+    'dict': lambda v: isinstance(v, Mapping),
+    'any': lambda v: True,
+}
+_TYPE_NAMES = {
+    'str': 'a string',
+    'bool': 'True or False',
+    'int': 'an integer',
+    'float': 'a number of seconds',
+    'list': 'a list',
+    'dict': 'a dict',
+}
+
+
+def check_type(setting: Setting, value: Any) -> None:
+    if value is None or _TYPE_CHECKS[setting.type](value):
+        return
+    raise ImproperlyConfigured(
+        f'{setting.name}: expected {_TYPE_NAMES[setting.type]}, got {type(value).__name__} {value!r}'
+    )
+
+
+class Settings(MutableMapping[str, Any]):
+    """The settings of one app, readable as attributes (`conf.broker_url`) or keys (`conf['broker_url']`)."""
+
+    def __init__(self) -> None:
+        object.__setattr__(self, '_changes', {})
+        object.__setattr__(self, '_source', {})
+        object.__setattr__(self, '_pending', [])
+
+    # --- loading ------------------------------------------------------------------------------------------
+
+    def add_pending_source(self, load: Callable[[], Mapping[str, Any]]) -> None:
+        """Register a config source loaded on first read (`config_from_object` is lazy, as in Celery)."""
+        self._pending.append(load)
+
+    def _load_pending(self) -> None:
+        while self._pending:
+            load = self._pending.pop(0)
+            self._source.clear()
+            self._source.update(self._normalise(load(), from_object=True))
+
+    def _normalise(self, values: Mapping[str, Any], from_object: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            name = self._canonical(key, warn=not from_object or self._looks_like_setting(key, value))
+            if name is not None:
+                out[name] = value
+        return out
+
+    @staticmethod
+    def _looks_like_setting(key: str, value: Any) -> bool:
+        if key.startswith('_') or callable(value) or type(value).__name__ == 'module':
+            return False
+        low = key.lower()
+        return low.startswith(_SETTING_PREFIXES) or closest_setting(low) is not None
+
+    @staticmethod
+    def _canonical(key: str, warn: bool) -> str | None:
+        if key in SETTINGS:
+            return key
+        if key in OLD_NAMES:
+            return OLD_NAMES[key]
+        if key.isupper() and key.lower() in SETTINGS:
+            return key.lower()
+        if warn:
+            _warn_unknown(key)
+        return None
+
+    # --- mapping protocol ---------------------------------------------------------------------------------
+
+    def _lookup(self, name: str) -> Any:
+        setting = SETTINGS.get(name)
+        if setting is not None:
+            for var in (f'FASTQ_{name.upper()}', *_ENV_ALIASES.get(name, ())):
+                raw = os.environ.get(var)
+                if raw is not None:
+                    return _parse_env(setting, raw)
+        if name in self._changes:
+            return self._changes[name]
+        self._load_pending()
+        if name in self._source:
+            return self._source[name]
+        if setting is None:
+            raise KeyError(name)
+        default = setting.default
+        return list(default) if isinstance(default, list) else dict(default) if isinstance(default, dict) else default
+
+    def __getitem__(self, name: str) -> Any:
+        return self._lookup(name)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith('_'):
+            raise AttributeError(name)
+        try:
+            return self._lookup(name)
+        except KeyError:
+            hint = closest_setting(name)
+            tail = f'; did you mean {hint!r}?' if hint else ''
+            raise AttributeError(f'No setting {name!r}{tail}') from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        canonical = self._canonical(name, warn=True)
+        self._changes[canonical or name] = value
+
+    def __delitem__(self, name: str) -> None:
+        del self._changes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self._load_pending()
+        return iter(dict.fromkeys([*SETTINGS, *self._source, *self._changes]))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:  # type: ignore[override]
+        items = dict(other, **kwargs)
+        for key, value in items.items():
+            self[key] = value
+
+    def setdefault(self, name: str, default: Any = None) -> Any:
+        if name not in self._changes:
+            self._changes[name] = default
+        return self._changes[name]
+
+    def find_value_for_key(self, name: str, namespace: str = 'celery') -> Any:
+        """Celery's helper: `find_value_for_key('extended', 'result')` reads `result_extended`."""
+        return self[f'{namespace}_{name}' if namespace != 'celery' else name]
+
+    def changes(self) -> dict[str, Any]:
+        """Settings that differ from the defaults (what `fastq report` and the banner show)."""
+        self._load_pending()
+        out = {}
+        for name in self:
+            value = self[name]
+            setting = SETTINGS.get(name)
+            if setting is None or value != setting.default:
+                out[name] = value
+        return out
+
+    def humanize(self, with_defaults: bool = False, censored: bool = True) -> str:
+        from fastq.utils.text import mask_secrets
+
+        items = dict(self) if with_defaults else self.changes()
+        lines = []
+        for key, value in sorted(items.items()):
+            shown = mask_secrets(key, value) if censored else value
+            lines.append(f'{key}: {shown!r}')
+        return '\n'.join(lines)
+
+    def __repr__(self) -> str:
+        return f'<Settings: {len(self.changes())} changed>'
+
+    # --- validation ---------------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Check every configured value; raise `ImproperlyConfigured` naming the first bad setting."""
+        from fastq.config.validate import validate_settings
+
+        validate_settings(self)

@@ -1,0 +1,137 @@
+"""Value checks run when an app is finalized; each error names the setting and what was expected."""
+
+from __future__ import annotations
+
+import zoneinfo
+from typing import TYPE_CHECKING, Any
+
+from fastq.config.defaults import SETTINGS
+from fastq.exceptions import ImproperlyConfigured
+
+if TYPE_CHECKING:
+    from fastq.config import Settings
+
+POOLS = ('prefork', 'threads', 'solo')
+UNSUPPORTED_POOLS = {
+    'gevent': 'fastq has no gevent pool: use -P threads for I/O-bound tasks, or write them as async def tasks '
+    '(they run natively on an asyncio loop, no monkey-patching needed)',
+    'eventlet': 'fastq has no eventlet pool (eventlet is deprecated upstream): use -P threads, or write '
+    'I/O-bound tasks as async def tasks (they run natively on an asyncio loop)',
+    'processes': '',
+    'custom': 'fastq has no custom pools: use prefork, threads or solo',
+}
+
+
+def _fail(name: str, message: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f'{name}: {message}')
+
+
+def _check_serializer(conf: Settings, name: str) -> None:
+    from fastq.serialization import serializer_by_name
+    from fastq.exceptions import EncodeError
+
+    value = conf[name]
+    try:
+        serializer_by_name(value)
+    except EncodeError as exc:
+        raise _fail(name, str(exc)) from None
+
+
+def _check_accept(conf: Settings, name: str) -> None:
+    from fastq.serialization import BINARY_TYPES, _BY_CONTENT_TYPE, _BY_NAME
+
+    value = conf[name]
+    if value is None:
+        return
+    if isinstance(value, str):
+        raise _fail(name, f'expected a list of serializer names, got the string {value!r} (write [{value!r}])')
+    for item in value:
+        if item not in _BY_NAME and item not in _BY_CONTENT_TYPE and item not in BINARY_TYPES:
+            raise _fail(name, f'unknown serializer {item!r} (known: {", ".join(_BY_NAME)})')
+
+
+def _check_compression(conf: Settings, name: str) -> None:
+    from fastq.exceptions import EncodeError
+    from fastq.serialization import compression_mime
+
+    value = conf[name]
+    if value:
+        try:
+            compression_mime(value)
+        except EncodeError as exc:
+            raise _fail(name, str(exc)) from None
+
+
+def _check_timezone(conf: Settings, name: str) -> None:
+    value = conf[name]
+    if value:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise _fail(name, f'unknown time zone {value!r}') from None
+
+
+def _check_pool(conf: Settings, name: str) -> None:
+    value = conf[name]
+    if value in POOLS:
+        return
+    if value in UNSUPPORTED_POOLS and UNSUPPORTED_POOLS[value]:
+        raise _fail(name, UNSUPPORTED_POOLS[value])
+    raise _fail(name, f'unknown pool {value!r} (choose from {", ".join(POOLS)})')
+
+
+def _check_non_negative(conf: Settings, name: str) -> None:
+    value = conf[name]
+    if value is not None and value < 0:
+        raise _fail(name, f'must not be negative, got {value!r}')
+
+
+def _check_positive(conf: Settings, name: str) -> None:
+    value = conf[name]
+    if value is not None and value <= 0:
+        raise _fail(name, f'must be positive, got {value!r}')
+
+
+def _check_rate(conf: Settings, name: str) -> None:
+    from fastq.utils.time import parse_rate
+
+    value = conf[name]
+    if value is not None:
+        try:
+            parse_rate(value)
+        except ValueError as exc:
+            raise _fail(name, str(exc)) from None
+
+
+_VALUE_CHECKS: dict[str, Any] = {
+    'task_serializer': _check_serializer,
+    'result_serializer': _check_serializer,
+    'event_serializer': _check_serializer,
+    'accept_content': _check_accept,
+    'result_accept_content': _check_accept,
+    'task_compression': _check_compression,
+    'result_compression': _check_compression,
+    'timezone': _check_timezone,
+    'worker_pool': _check_pool,
+    'worker_concurrency': _check_positive,
+    'worker_prefetch_multiplier': _check_non_negative,
+    'worker_max_tasks_per_child': _check_positive,
+    'worker_max_memory_per_child': _check_positive,
+    'task_time_limit': _check_positive,
+    'task_soft_time_limit': _check_positive,
+    'task_max_redeliveries': _check_non_negative,
+    'task_default_rate_limit': _check_rate,
+    'result_expires': _check_non_negative,
+}
+
+
+def validate_settings(conf: Settings) -> None:
+    from fastq.config import check_type
+
+    for name, setting in SETTINGS.items():
+        check_type(setting, conf[name])
+    for name, check in _VALUE_CHECKS.items():
+        value = conf[name]
+        if name == 'result_expires' and hasattr(value, 'total_seconds'):
+            continue
+        check(conf, name)

@@ -1,0 +1,275 @@
+"""Every public exception of fastq, with Celery's names and hierarchy.
+
+Code written for Celery catches these by name (`from celery.exceptions import Retry`), so the classes keep
+Celery's bases and constructor signatures; `TimeLimitExceeded`, `SoftTimeLimitExceeded` and `WorkerLostError`
+come from billiard in Celery and are defined here. Compiled modules never define exceptions of their own.
+"""
+
+from __future__ import annotations
+
+import numbers
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    'AlwaysEagerIgnored',
+    'BackendError',
+    'BackendGetMetaError',
+    'BackendStoreError',
+    'BrokerConnectionError',
+    'CeleryError',
+    'ChordError',
+    'ContentDisallowed',
+    'DecodeError',
+    'EncodeError',
+    'FastqError',
+    'FastqWarning',
+    'Ignore',
+    'ImproperlyConfigured',
+    'IncompleteStream',
+    'InvalidTaskError',
+    'MaxRetriesExceededError',
+    'NotRegistered',
+    'OperationalError',
+    'QueueNotFound',
+    'Reject',
+    'Retry',
+    'SecurityError',
+    'SoftTimeLimitExceeded',
+    'TaskError',
+    'TaskPredicate',
+    'TaskRevokedError',
+    'Terminated',
+    'TimeLimitExceeded',
+    'TimeoutError',
+    'WorkerLostError',
+    'WorkerShutdown',
+    'WorkerTerminate',
+]
+
+
+class FastqWarning(UserWarning):
+    """Base class for fastq's warnings."""
+
+
+CeleryWarning = FastqWarning
+
+
+class AlwaysEagerIgnored(FastqWarning):
+    """`send_task` ignores `task_always_eager`."""
+
+
+class FastqError(Exception):
+    """Base class for fastq's errors."""
+
+
+CeleryError = FastqError
+
+
+class TaskPredicate(FastqError):
+    """Base class for exceptions a task raises to steer the worker rather than to fail."""
+
+
+class Retry(TaskPredicate):
+    """The task is to be retried later (raised by `Task.retry`)."""
+
+    message: str | None = None
+    exc: BaseException | None = None
+    when: float | datetime | None = None
+
+    def __init__(
+        self,
+        message: str | None = None,
+        exc: BaseException | str | None = None,
+        when: float | datetime | None = None,
+        is_eager: bool = False,
+        sig: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.message = message
+        if isinstance(exc, str):
+            self.exc, self.excs = None, exc
+        else:
+            self.exc, self.excs = exc, (repr(exc) if exc else None)
+        self.when = when
+        self.is_eager = is_eager
+        self.sig = sig
+        super().__init__(self, exc, when, **kwargs)
+
+    def humanize(self) -> str:
+        if isinstance(self.when, numbers.Number):
+            return f'in {self.when}s'
+        return f'at {self.when}'
+
+    def __str__(self) -> str:
+        if self.message:
+            return self.message
+        if self.excs:
+            return f'Retry {self.humanize()}: {self.excs}'
+        return f'Retry {self.humanize()}'
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.__class__, (self.message, self.exc, self.when)
+
+
+RetryTaskError = Retry
+
+
+class Ignore(TaskPredicate):
+    """A task raises this to skip storing any state for this run."""
+
+
+class Reject(TaskPredicate):
+    """A task raises this to reject its message, optionally requeueing it."""
+
+    def __init__(self, reason: Any = None, requeue: bool = False) -> None:
+        self.reason = reason
+        self.requeue = requeue
+        super().__init__(reason, requeue)
+
+    def __repr__(self) -> str:
+        return f'reject requeue={self.requeue}: {self.reason}'
+
+
+class ImproperlyConfigured(FastqError):
+    """A setting is missing, unknown or has a bad value; the message names the setting."""
+
+
+class SecurityError(FastqError):
+    """Security related error (e.g. a stored exception that is not an exception class)."""
+
+
+class TaskError(FastqError):
+    """Task related errors."""
+
+
+class QueueNotFound(KeyError, TaskError):
+    """A task was routed to a queue that is not configured."""
+
+
+class IncompleteStream(TaskError):
+    """Found the end of a stream of data, but the data isn't complete."""
+
+
+class NotRegistered(KeyError, TaskError):
+    """The task is not registered."""
+
+    def __repr__(self) -> str:
+        return f"Task of kind {self} never registered, please make sure it's imported."
+
+
+class AlreadyRegistered(TaskError):
+    """The task is already registered."""
+
+
+class TimeoutError(TaskError):  # noqa: A001 - Celery's public name
+    """The operation timed out (e.g. `AsyncResult.get(timeout=...)`)."""
+
+
+class MaxRetriesExceededError(TaskError):
+    """The task's `max_retries` has been exceeded."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.task_args = kwargs.pop('task_args', [])
+        self.task_kwargs = kwargs.pop('task_kwargs', {})
+        super().__init__(*args, **kwargs)
+
+
+class TaskRevokedError(TaskError):
+    """The task has been revoked, so no result is available."""
+
+
+class InvalidTaskError(TaskError):
+    """The task message has invalid data or is not properly constructed."""
+
+
+class ChordError(TaskError):
+    """A task that is part of a chord raised an exception."""
+
+
+class WorkerTerminate(SystemExit):
+    """Signals that the worker should terminate immediately."""
+
+
+SystemTerminate = WorkerTerminate
+
+
+class WorkerShutdown(SystemExit):
+    """Signals that the worker should perform a warm shutdown."""
+
+
+class BackendError(Exception):
+    """An issue writing or reading to/from the result backend."""
+
+
+class BackendGetMetaError(BackendError):
+    """An issue reading from the result backend."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.task_id = kwargs.pop('task_id', '')
+        super().__init__(*args)
+
+
+class BackendStoreError(BackendError):
+    """An issue writing to the result backend."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.state = kwargs.pop('state', '')
+        self.task_id = kwargs.pop('task_id', '')
+        super().__init__(*args)
+
+
+# --- billiard's names (Celery re-exports them from celery.exceptions) ------------------------------------
+
+
+class TimeLimitExceeded(Exception):
+    """The task's hard time limit was exceeded; its process was killed."""
+
+    def __str__(self) -> str:
+        return f'TimeLimitExceeded{self.args!r}'
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a task when its soft time limit is exceeded."""
+
+    def __str__(self) -> str:
+        return 'SoftTimeLimitExceeded()'
+
+
+class WorkerLostError(Exception):
+    """The process executing the task exited prematurely."""
+
+
+class Terminated(Exception):
+    """The task was terminated (revoked with terminate=True)."""
+
+
+# --- kombu's names (messaging and serialization errors) ----------------------------------------------------
+
+
+class KombuError(Exception):
+    """Base for the messaging errors Celery users catch from kombu."""
+
+
+class OperationalError(KombuError):
+    """The broker could not be reached or failed an operation."""
+
+
+class BrokerConnectionError(OperationalError):
+    """No connection to the broker could be made; the message names the URL (password masked)."""
+
+
+class SerializationError(KombuError):
+    """Failed to serialize or deserialize a message."""
+
+
+class EncodeError(SerializationError):
+    """A message could not be serialized (the original error is chained)."""
+
+
+class DecodeError(SerializationError):
+    """A message could not be deserialized (the original error is chained)."""
+
+
+class ContentDisallowed(SerializationError):
+    """A message's content type is not in the accepted list, so it was not deserialized."""

@@ -1,0 +1,256 @@
+"""Python's side of the task message: resolve a call into primitives, let `fastq._core` build the message.
+
+The message format itself (header names and order, body layout, envelope) is defined once, in Rust. This
+module turns Python values into what the codec takes (ISO timestamps, repr strings, serializer names) and
+turns decoded messages into a `TaskRequest` the worker can act on, wrapping codec errors in the exception
+classes Celery users know (EncodeError, DecodeError, ContentDisallowed).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+from fastq import _core
+from fastq.exceptions import ContentDisallowed, DecodeError, EncodeError, InvalidTaskError
+from fastq.serialization import (
+    compression_mime,
+    decompress,
+    json_default,
+    json_tag_hook,
+    loads,
+    serializer_by_name,
+)
+from fastq.utils.text import saferepr
+from fastq.utils.time import from_iso, maybe_make_aware
+
+__all__ = ['TaskRequest', 'build_task_message', 'decode_body', 'parse_task_headers', 'resolve_eta', 'resolve_expires']
+
+Message = _core.Message
+FAST_SERIALIZERS = ('json', 'msgpack')
+
+
+def _iso(value: datetime | str | None, tz: tzinfo) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return maybe_make_aware(value, tz).isoformat()
+
+
+def resolve_eta(countdown: float | None, eta: datetime | str | None, now: datetime, tz: tzinfo) -> str | None:
+    """The `eta` header: `countdown` seconds from now (in the app's zone) or the given datetime, as ISO-8601."""
+    if countdown:
+        if not isinstance(countdown, numbers.Real):
+            raise TypeError(f'countdown must be a number of seconds, got {countdown!r}')
+        return maybe_make_aware(now + timedelta(seconds=float(countdown)), tz).isoformat()
+    return _iso(eta, tz)
+
+
+def resolve_expires(expires: float | datetime | str | None, now: datetime, tz: tzinfo) -> tuple[str | None, str | None]:
+    """`(expires header, expiration property)`: absolute ISO time, and the TTL in ms that AMQP brokers enforce."""
+    if expires is None:
+        return None, None
+    if isinstance(expires, numbers.Real) and not isinstance(expires, bool):
+        seconds = float(expires)
+        header = maybe_make_aware(now + timedelta(seconds=seconds), tz).isoformat()
+    else:
+        when = from_iso(expires, tz) if isinstance(expires, str) else maybe_make_aware(expires, tz)
+        header = when.isoformat()
+        seconds = (when - now).total_seconds()
+    seconds = max(seconds, 0.0)
+    return header, str(int(seconds * 1000))
+
+
+def encode_body(
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    embed: Mapping[str, Any],
+    serializer: str,
+) -> tuple[bytes, str, str]:
+    """Serialize the `[args, kwargs, embed]` body; json and msgpack in Rust, pickle and yaml in Python."""
+    callbacks, errbacks = embed.get('callbacks'), embed.get('errbacks')
+    chain, chord = embed.get('chain'), embed.get('chord')
+    if serializer in FAST_SERIALIZERS:
+        try:
+            return _core.encode_task_body(
+                args, kwargs, callbacks, errbacks, chain, chord, serializer, json_default  # type: ignore[arg-type]
+            )
+        except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
+            raise EncodeError(f'{type(exc).__name__}: {exc}') from exc
+    s = serializer_by_name(serializer)
+    body = (list(args), dict(kwargs), {'callbacks': callbacks, 'errbacks': errbacks, 'chain': chain, 'chord': chord})
+    try:
+        return s.encode(body), s.content_type, s.content_encoding
+    except Exception as exc:
+        raise EncodeError(f'{type(exc).__name__}: {exc}') from exc
+
+
+def build_task_message(
+    *,
+    task_id: str,
+    name: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    embed: Mapping[str, Any],
+    serializer: str,
+    compression: str | None,
+    eta: str | None,
+    expires: str | None,
+    reply_to: str,
+    origin: str,
+    root_id: str | None = None,
+    parent_id: str | None = None,
+    shadow: str | None = None,
+    group_id: str | None = None,
+    group_index: int | None = None,
+    retries: int = 0,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    ignore_result: bool = False,
+    replaced_task_nesting: int = 0,
+    stamped_headers: list[str] | None = None,
+    stamps: dict[str, Any] | None = None,
+    headers: Mapping[str, Any] | None = None,
+    argsrepr: str | None = None,
+    kwargsrepr: str | None = None,
+) -> Message:
+    """A protocol-v2 task message, as Celery's `as_task_v2` would build it for the same call."""
+    if not isinstance(args, list | tuple):
+        raise TypeError('task args must be a list or tuple')
+    if not isinstance(kwargs, Mapping):
+        raise TypeError('task keyword arguments must be a mapping')
+    body, content_type, content_encoding = encode_body(args, kwargs, embed, serializer)
+    mime = compression_mime(compression) if compression else None
+    return _core.task_message(
+        task_id,
+        name,
+        shadow,
+        eta,
+        expires,
+        group_id,
+        group_index,
+        retries,
+        time_limit,
+        soft_time_limit,
+        root_id or task_id,
+        parent_id,
+        argsrepr if argsrepr is not None else saferepr(args),
+        kwargsrepr if kwargsrepr is not None else saferepr(kwargs),
+        origin,
+        bool(ignore_result),
+        replaced_task_nesting,
+        stamped_headers,
+        stamps or {},
+        headers,
+        reply_to,
+        body,
+        content_type,
+        content_encoding,
+        mime,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Worker side
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TaskRequest:
+    """What the worker parent needs from a task message before running it (the body stays encoded)."""
+
+    id: str
+    task: str
+    eta: float | None
+    expires: float | None
+    retries: int
+    time_limit: float | None
+    soft_time_limit: float | None
+    ignore_result: bool
+    argsrepr: str
+    kwargsrepr: str
+    root_id: str | None
+    parent_id: str | None
+    group: str | None
+    shadow: str | None
+    headers: dict[str, Any]
+
+    @property
+    def display_name(self) -> str:
+        return self.shadow or self.task
+
+
+def _number(value: Any, field: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise InvalidTaskError(f'header {field!r} must be a number or null, got {value!r}')
+
+
+def parse_task_headers(message: Message, tz: tzinfo) -> TaskRequest:
+    """Validate the protocol-v2 headers of a message; InvalidTaskError says which header is wrong."""
+    h = message.headers
+    task = h.get('task')
+    task_id = h.get('id')
+    if not isinstance(task, str) or not task:
+        if isinstance(message.body, bytes) and 'task' not in h:
+            raise InvalidTaskError('not a protocol v2 task message (no "task" header); protocol v1 is not supported')
+        raise InvalidTaskError(f'header "task" must be a non-empty string, got {task!r}')
+    if not isinstance(task_id, str) or not task_id:
+        raise InvalidTaskError(f'header "id" must be a non-empty string, got {task_id!r}')
+    try:
+        eta = from_iso(h['eta'], tz).timestamp() if h.get('eta') else None
+        expires = from_iso(h['expires'], tz).timestamp() if h.get('expires') else None
+    except (TypeError, ValueError) as exc:
+        raise InvalidTaskError(f'bad eta/expires header: {exc}') from exc
+    timelimit = h.get('timelimit') or (None, None)
+    if not isinstance(timelimit, list | tuple) or len(timelimit) != 2:
+        raise InvalidTaskError(f'header "timelimit" must be [hard, soft], got {timelimit!r}')
+    retries = h.get('retries') or 0
+    if not isinstance(retries, int):
+        raise InvalidTaskError(f'header "retries" must be an integer, got {retries!r}')
+    return TaskRequest(
+        id=task_id,
+        task=task,
+        eta=eta,
+        expires=expires,
+        retries=retries,
+        time_limit=_number(timelimit[0], 'timelimit'),
+        soft_time_limit=_number(timelimit[1], 'timelimit'),
+        ignore_result=bool(h.get('ignore_result', False)),
+        argsrepr=str(h.get('argsrepr', '')),
+        kwargsrepr=str(h.get('kwargsrepr', '')),
+        root_id=h.get('root_id'),
+        parent_id=h.get('parent_id'),
+        group=h.get('group'),
+        shadow=h.get('shadow'),
+        headers=h,
+    )
+
+
+def decode_body(
+    body: bytes, content_type: str, compression: str | None, accept: frozenset[str]
+) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """Decode a task body, refusing content types outside `accept` before any deserializer runs."""
+    if content_type not in accept:
+        raise ContentDisallowed(f'Refusing to deserialize untrusted content of type {content_type!r}')
+    if compression:
+        body = decompress(body, compression)
+    if content_type in (_core.CONTENT_TYPE_JSON, _core.CONTENT_TYPE_MSGPACK):
+        try:
+            return _core.decode_task_body(body, content_type, json_tag_hook)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DecodeError(str(exc)) from exc
+    decoded = loads(body, content_type, accept)
+    if not isinstance(decoded, list | tuple) or len(decoded) != 3:
+        raise DecodeError(f'task body must be [args, kwargs, embed], got {type(decoded).__name__}')
+    args, kwargs, embed = decoded
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict) or not isinstance(embed, dict | None):
+        raise DecodeError('task body must be [args (list), kwargs (dict), embed (dict)]')
+    embed = dict(embed or {})
+    for key in ('callbacks', 'errbacks', 'chain', 'chord'):
+        embed.setdefault(key, None)
+    return list(args), kwargs, embed

@@ -1,0 +1,64 @@
+"""`shared_task`: tasks defined in reusable modules, bound to whichever app uses them.
+
+A shared task is registered on every app that exists or is created later (at finalize), and the object the
+decorator returns resolves to the *current* app's task at call time, as in Celery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fastq import _state
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+    from fastq.task import Task
+
+__all__ = ['bind_shared_tasks', 'shared_task']
+
+_shared: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+
+
+def bind_shared_tasks(app: Fastq) -> None:
+    for fun, options in list(_shared):
+        app._task_from_fun(fun, **options)
+
+
+class _SharedTaskProxy:
+    """Looks like the task, resolved on each use against the current app."""
+
+    def __init__(self, fun: Callable[..., Any], options: dict[str, Any]) -> None:
+        self._fun = fun
+        self._options = options
+        self.__wrapped__ = fun
+        self.__doc__ = fun.__doc__
+        self.__name__ = fun.__name__
+
+    def _resolve(self) -> Task[Any, Any]:
+        app = _state.get_current_app()
+        return app._task_from_fun(self._fun, **self._options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._resolve(), name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return repr(self._resolve())
+
+
+def shared_task(*args: Any, **options: Any) -> Any:
+    """`@shared_task` or `@shared_task(bind=True, ...)`: a task usable from any app."""
+
+    def create(fun: Callable[..., Any]) -> Any:
+        _shared.append((fun, options))
+        for app in _state.all_apps():
+            if app.finalized:
+                app._task_from_fun(fun, **options)
+        return _SharedTaskProxy(fun, options)
+
+    if len(args) == 1 and callable(args[0]) and not options:
+        return create(args[0])
+    return create

@@ -1,0 +1,469 @@
+"""`Task`: what `@app.task` makes of a function, with Celery's attributes, calling API and request context.
+
+A Task is typed by its function: `Task[P, R]` gives `delay(*args: P.args, **kwargs: P.kwargs)` a checked
+signature and returns `AsyncResult[R]`. Each decorated function becomes a subclass of `app.Task` (or of
+`base=`) with the function as `run`, instantiated once and registered under its name, as in Celery, so
+`Task` subclass hooks (`on_success`, `on_failure`, `after_return`, ...) and class attributes work unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar
+
+from fastq import _state, states
+from fastq.exceptions import MaxRetriesExceededError, Retry
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+    from fastq.canvas import Signature
+    from fastq.result import AsyncResult, EagerResult
+
+__all__ = ['Context', 'Task']
+
+P = ParamSpec('P')
+R = TypeVar('R')
+
+
+class Context:
+    """The request of the task being executed (`self.request` in a bound task), with Celery's field names."""
+
+    id: str | None = None
+    task: str | None = None
+    args: list[Any] | tuple[Any, ...] | None = None
+    kwargs: dict[str, Any] | None = None
+    retries: int = 0
+    is_eager: bool = False
+    eta: str | None = None
+    expires: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    chord: Any = None
+    chain: Any = None
+    callbacks: Any = None
+    errbacks: Any = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    hostname: str | None = None
+    origin: str | None = None
+    delivery_info: dict[str, Any] | None = None
+    timelimit: tuple[float | None, float | None] | None = None
+    utc: bool | None = True
+    ignore_result: bool = False
+    called_directly: bool = True
+    headers: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = None
+    shadow: str | None = None
+    replaced_task_nesting: int = 0
+    stamps: dict[str, Any] | None = None
+    stamped_headers: list[str] | None = None
+    children: list[Any]
+
+    def __init__(self, *args: dict[str, Any], **kwargs: Any) -> None:
+        self.children = []
+        for d in args:
+            self.__dict__.update(d)
+        self.__dict__.update(kwargs)
+
+    def update(self, *args: dict[str, Any], **kwargs: Any) -> None:
+        for d in args:
+            self.__dict__.update(d)
+        self.__dict__.update(kwargs)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def as_execution_options(self) -> dict[str, Any]:
+        return {
+            'task_id': self.id,
+            'root_id': self.root_id,
+            'parent_id': self.parent_id,
+            'group_id': self.group,
+            'group_index': self.group_index,
+            'shadow': self.shadow,
+            'chord': self.chord,
+            'chain': self.chain,
+            'link': self.callbacks,
+            'link_error': self.errbacks,
+            'expires': self.expires,
+            'soft_time_limit': self.timelimit[1] if self.timelimit else None,
+            'time_limit': self.timelimit[0] if self.timelimit else None,
+            'headers': self.headers,
+            'ignore_result': self.ignore_result,
+        }
+
+    def __repr__(self) -> str:
+        return f'<Context: {vars(self)!r}>'
+
+
+class _RequestStack(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[Context] = []
+
+
+class Task(Generic[P, R]):
+    """A task type. Class attributes are the defaults that `@app.task(...)` options override."""
+
+    __trace__: Any = None
+    name: str = ''
+    app: Fastq
+    typing: bool = True
+    max_retries: int | None = 3
+    default_retry_delay: float = 3 * 60
+    rate_limit: str | None = None
+    ignore_result: bool | None = None
+    trail: bool = True
+    send_events: bool = True
+    store_errors_even_if_ignored: bool | None = None
+    serializer: str | None = None
+    compression: str | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    acks_late: bool | None = None
+    acks_on_failure_or_timeout: bool | None = None
+    reject_on_worker_lost: bool | None = None
+    track_started: bool | None = None
+    expires: float | datetime | None = None
+    priority: int | None = None
+    queue: str | None = None
+    routing_key: str | None = None
+    exchange: str | None = None
+    shadow: str | None = None
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: dict[str, Any] = {}
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600
+    retry_jitter: bool = True
+    abstract: ClassVar[bool] = True
+    _decorated: ClassVar[bool] = False
+    _bound: ClassVar[bool] = False
+    _is_async: ClassVar[bool] = False
+    _signature: inspect.Signature | None = None
+
+    # Settings a task reads from app.conf when its own attribute is None (Celery's `from_config`).
+    from_config: ClassVar[tuple[tuple[str, str], ...]] = (
+        ('serializer', 'task_serializer'),
+        ('rate_limit', 'task_default_rate_limit'),
+        ('priority', 'task_default_priority'),
+        ('track_started', 'task_track_started'),
+        ('acks_late', 'task_acks_late'),
+        ('acks_on_failure_or_timeout', 'task_acks_on_failure_or_timeout'),
+        ('reject_on_worker_lost', 'task_reject_on_worker_lost'),
+        ('ignore_result', 'task_ignore_result'),
+        ('store_errors_even_if_ignored', 'task_store_errors_even_if_ignored'),
+        ('time_limit', 'task_time_limit'),
+        ('soft_time_limit', 'task_soft_time_limit'),
+        ('compression', 'task_compression'),
+    )
+
+    def __init__(self) -> None:
+        self._requests = _RequestStack()
+
+    # --- binding to an app --------------------------------------------------------------------------------
+
+    def bind(self, app: Fastq) -> None:
+        """Attach to an app and fill unset attributes from its settings and `task_annotations`."""
+        self.app = app
+        conf = app.conf
+        for attr, setting in self.from_config:
+            if getattr(self, attr) is None:
+                setattr(self, attr, conf[setting])
+        annotations = conf.task_annotations
+        if annotations:
+            for annotation in annotations if isinstance(annotations, list | tuple) else [annotations]:
+                values = annotation.get(self.name) or annotation.get('*') if isinstance(annotation, dict) else None
+                if callable(annotation) and not isinstance(annotation, dict):
+                    values = annotation(self)
+                for key, value in (values or {}).items():
+                    setattr(self, key, value)
+
+    # --- calling ------------------------------------------------------------------------------------------
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError('Tasks must define the run method.')
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the task in this process, now (no message); `self.request.called_directly` is True."""
+        _state.push_current_task(self)
+        self.push_request(args=args, kwargs=kwargs)
+        try:
+            result = self.run(*args, **kwargs)
+            if self._is_async and inspect.isawaitable(result):
+                from fastq.worker.asyncrun import run_coroutine
+
+                result = run_coroutine(result)
+            return result  # type: ignore[no-any-return]
+        finally:
+            self.pop_request()
+            _state.pop_current_task()
+
+    def check_arguments(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> None:
+        """Raise TypeError now, in the caller, if the arguments do not fit the function (Celery's `typing`)."""
+        sig = self._signature
+        if sig is None:
+            return
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f'{self.name}() {exc}') from None
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task with these arguments (the star-args shortcut of `apply_async`)."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """Send the task; options are Celery's (countdown, eta, expires, queue, priority, serializer, ...)."""
+        if self.soft_time_limit and self.time_limit and self.soft_time_limit > self.time_limit:
+            raise ValueError('soft_time_limit must be less than or equal to time_limit')
+        args = tuple(args or ())
+        kwargs = dict(kwargs or {})
+        if self.typing:
+            self.check_arguments(args, kwargs)
+        options = {**self._exec_options(), **options}
+        options.setdefault('ignore_result', self.ignore_result)
+        app = self.app
+        if app.conf.task_always_eager:
+            return self._apply_eagerly(args, kwargs, task_id, link, link_error, options)  # type: ignore[return-value]
+        return app.send_task(  # type: ignore[return-value]
+            self.name,
+            args,
+            kwargs,
+            task_id=task_id,
+            link=link,
+            link_error=link_error,
+            shadow=shadow or self.shadow,
+            task_type=self,
+            **options,
+        )
+
+    def _apply_eagerly(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task_id: str | None,
+        link: Any,
+        link_error: Any,
+        options: dict[str, Any],
+    ) -> EagerResult[R]:
+        # As Celery does: round-trip the arguments through the serializer, so eager tests catch
+        # arguments that a real worker could not receive.
+        from fastq.serialization import dumps, loads
+
+        serializer = options.get('serializer') or self.app.conf.task_serializer
+        data, content_type, _ = dumps((args, kwargs), serializer)
+        args, kwargs = loads(data, content_type, None)
+        return self.apply(args, kwargs, task_id=task_id or str(uuid.uuid4()), link=link, link_error=link_error, **options)
+
+    def _exec_options(self) -> dict[str, Any]:
+        out = {
+            'queue': self.queue,
+            'routing_key': self.routing_key,
+            'exchange': self.exchange,
+            'priority': self.priority,
+            'serializer': self.serializer,
+            'compression': self.compression,
+            'time_limit': self.time_limit,
+            'soft_time_limit': self.soft_time_limit,
+            'expires': self.expires,
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+    def apply(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        task_id: str | None = None,
+        retries: int | None = None,
+        throw: bool | None = None,
+        **options: Any,
+    ) -> EagerResult[R]:
+        """Run the task in this process and return an `EagerResult` (what `task_always_eager` uses)."""
+        from fastq.worker.trace import apply_eagerly
+
+        return apply_eagerly(
+            self,
+            list(args or ()),
+            dict(kwargs or {}),
+            task_id=task_id or str(uuid.uuid4()),
+            retries=retries or 0,
+            throw=self.app.conf.task_eager_propagates if throw is None else throw,
+            link=link,
+            link_error=link_error,
+            options=options,
+        )
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+        from fastq.result import AsyncResult
+
+        return AsyncResult(task_id, app=self.app, task_name=self.name, **kwargs)
+
+    # --- signatures ---------------------------------------------------------------------------------------
+
+    def signature(self, args: Any = None, *starargs: Any, **starkwargs: Any) -> Signature[R]:
+        from fastq.canvas import Signature
+
+        starkwargs.setdefault('app', self.app)
+        return Signature(self, args, *starargs, **starkwargs)
+
+    subtask = signature
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """A signature with these arguments: `add.s(2, 2)`."""
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """An immutable signature: a parent's result is not prepended when it runs as a callback."""
+        return self.signature(args, kwargs, immutable=True)
+
+    # --- request context ----------------------------------------------------------------------------------
+
+    def push_request(self, *args: Any, **kwargs: Any) -> None:
+        self._requests.stack.append(Context(*args, **kwargs))
+
+    def pop_request(self) -> None:
+        self._requests.stack.pop()
+
+    def _get_request(self) -> Context:
+        stack = self._requests.stack
+        if not stack:
+            ctx = Context()
+            stack.append(ctx)
+            return ctx
+        return stack[-1]
+
+    @property
+    def request(self) -> Context:
+        """The request being executed by this task in this thread (`called_directly` when none)."""
+        return self._get_request()
+
+    # --- retry --------------------------------------------------------------------------------------------
+
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """Retry this task later: re-sent with the same id and `retries + 1`; raises `Retry` to stop this run."""
+        request = self.request
+        retries = request.retries + 1
+        max_retries = self.max_retries if max_retries is None else max_retries
+        if request.called_directly:
+            raise RuntimeError('Task.retry() can only be called from within a task run by a worker')
+        if max_retries is not None and retries > max_retries:
+            if exc:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"Can't retry {self.name}[{request.id}] args:{request.args} kwargs:{request.kwargs}",
+                task_args=request.args,
+                task_kwargs=request.kwargs,
+            )
+        if eta is None and countdown is None:
+            countdown = self.default_retry_delay
+        ret = Retry(exc=exc, when=eta or countdown, is_eager=request.is_eager)
+        if request.is_eager:
+            if throw:
+                raise ret
+            return ret
+        opts = request.as_execution_options()
+        opts.update(options)
+        opts.pop('task_id', None)
+        self.app.send_task(
+            self.name,
+            request.args if args is None else args,
+            request.kwargs if kwargs is None else kwargs,
+            task_id=request.id,
+            retries=retries,
+            countdown=countdown,
+            eta=eta,
+            reply_to=request.reply_to,
+            task_type=self,
+            queue=(request.delivery_info or {}).get('routing_key'),
+            **{k: v for k, v in opts.items() if v is not None and k not in ('expires', 'headers')},
+            expires=request.expires,
+        )
+        if throw:
+            raise ret
+        return ret
+
+    def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any) -> None:
+        """Store a custom state (e.g. progress) for this or another task."""
+        self.app.backend.store_result(task_id or self.request.id, meta, state or states.PENDING, request=self.request, **kwargs)
+
+    # --- hooks (override in subclasses) -------------------------------------------------------------------
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        """Called in the worker before the task runs."""
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        """Called in the worker when the task returned."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Called in the worker when the task raised."""
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Called in the worker when the task is to be retried."""
+
+    def after_return(
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Called in the worker after the task finished, whatever the outcome."""
+
+    def __repr__(self) -> str:
+        return f'<@task: {self.name} of {self.app.main}>' if hasattr(self, 'app') else f'<unbound {type(self).__name__}>'
+
+
+def build_task_class(
+    app: Fastq, fun: Callable[..., Any], name: str, base: type[Task[Any, Any]], bind: bool, options: dict[str, Any]
+) -> type[Task[Any, Any]]:
+    """The Task subclass for a decorated function (Celery's `_task_from_fun`)."""
+    is_async = inspect.iscoroutinefunction(fun)
+    run = fun if bind else staticmethod(fun)
+    try:
+        sig = inspect.signature(fun)
+        if bind:
+            params = list(sig.parameters.values())[1:]
+            sig = sig.replace(parameters=params)
+    except (TypeError, ValueError):
+        sig = None
+    attrs: dict[str, Any] = {
+        'name': name,
+        'run': run,
+        '_decorated': True,
+        '_bound': bind,
+        '_is_async': is_async,
+        '_signature': sig,
+        '__doc__': fun.__doc__,
+        '__module__': fun.__module__,
+        '__qualname__': getattr(fun, '__qualname__', fun.__name__),
+        '__wrapped__': fun,
+        'abstract': False,
+        **options,
+    }
+    for key in ('autoretry_for', 'dont_autoretry_for'):
+        if key in attrs:
+            attrs[key] = tuple(attrs[key])
+    return type(fun.__name__, (base,), attrs)

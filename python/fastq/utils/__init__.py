@@ -1,0 +1,1 @@
+"""Small helpers shared by the client and the worker."""

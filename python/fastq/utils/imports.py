@@ -1,0 +1,36 @@
+"""Finding objects by dotted name (`module:attr` or `module.attr`), as Celery's `-A` and settings do."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+
+def symbol_by_name(name: str | Any, default: Any = None) -> Any:
+    """`'pkg.mod:obj'` or `'pkg.mod.obj'` -> the object; non-strings are returned as they are."""
+    if not isinstance(name, str):
+        return name
+    module_name, sep, attr = name.partition(':')
+    if not sep:
+        module_name, _, attr = name.rpartition('.')
+        if not module_name:
+            return importlib.import_module(name)
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split('.') if attr else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+def cwd_in_path() -> None:
+    """Make the working directory importable, as `celery -A tasks` does for a `tasks.py` next to you."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and '' not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def qualname(obj: Any) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f'{cls.__module__}.{cls.__qualname__}'

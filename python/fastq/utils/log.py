@@ -1,0 +1,105 @@
+"""Logging as Celery's worker does it: its formats, `get_task_logger`, and task id/name in task log records."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+__all__ = ['get_logger', 'get_task_logger', 'setup_logging', 'task_context']
+
+_task_ctx: dict[str, str] = {}
+_CONFIGURED = False
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name)
+
+
+def get_task_logger(name: str) -> logging.Logger:
+    """A logger whose records carry the running task's id and name (`worker_task_log_format` shows them)."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _TaskFilter) for f in logger.filters):
+        logger.addFilter(_TaskFilter())
+    if logger.parent is logging.root or logger.parent is None:
+        logger.parent = logging.getLogger('celery.task')
+    return logger
+
+
+class _TaskFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.task_id = _task_ctx.get('task_id', '???')
+        record.task_name = _task_ctx.get('task_name', '???')
+        record.__dict__.setdefault('_fastq_task_record', True)
+        return True
+
+
+def task_context(task_id: str | None, task_name: str | None) -> None:
+    """Set (or clear, with None) the task whose id/name task log records carry; called by the worker."""
+    if task_id is None:
+        _task_ctx.clear()
+    else:
+        _task_ctx['task_id'] = task_id
+        _task_ctx['task_name'] = task_name or '???'
+
+
+class _WorkerFormatter(logging.Formatter):
+    """Formats task records with `worker_task_log_format` and all others with `worker_log_format`."""
+
+    def __init__(self, fmt: str, task_fmt: str, datefmt: str | None, color: bool) -> None:
+        super().__init__(fmt, datefmt)
+        self._task = logging.Formatter(task_fmt, datefmt)
+        self._color = color
+
+    _COLORS = {logging.ERROR: '\033[31m', logging.CRITICAL: '\033[35m', logging.WARNING: '\033[33m'}
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.__dict__.get('_fastq_task_record'):
+            text = self._task.format(record)
+        else:
+            text = super().format(record)
+        color = self._COLORS.get(record.levelno) if self._color else None
+        return f'{color}{text}\033[0m' if color else text
+
+
+def setup_logging(
+    loglevel: int | str = logging.WARNING,
+    logfile: str | None = None,
+    fmt: str = '[%(asctime)s: %(levelname)s/%(processName)s] %(message)s',
+    task_fmt: str = '[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]: %(message)s',
+    datefmt: str | None = None,
+    colorize: bool | None = None,
+    hijack_root: bool = True,
+) -> None:
+    """Configure the root logger for a worker unless the `setup_logging` signal has a receiver that did it."""
+    global _CONFIGURED
+    from fastq import signals
+
+    level = logging.getLevelName(loglevel.upper()) if isinstance(loglevel, str) else loglevel
+    if signals.setup_logging.receivers:
+        signals.setup_logging.send(
+            sender=None, loglevel=level, logfile=logfile, format=fmt, colorize=colorize
+        )
+        _CONFIGURED = True
+        return
+    handler: logging.Handler
+    if logfile:
+        handler = logging.FileHandler(logfile)
+        stream: Any = None
+    else:
+        stream = sys.stderr
+        handler = logging.StreamHandler(stream)
+    use_color = colorize if colorize is not None else bool(stream is not None and stream.isatty())
+    handler.setFormatter(_WorkerFormatter(fmt, task_fmt, datefmt, use_color))
+    root = logging.getLogger()
+    if hijack_root:
+        for old in list(root.handlers):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in ('celery', 'celery.task', 'fastq'):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    signals.after_setup_logger.send(
+        sender=None, logger=root, loglevel=level, logfile=logfile, format=fmt, colorize=use_color
+    )
+    _CONFIGURED = True

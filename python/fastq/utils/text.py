@@ -1,0 +1,71 @@
+"""Text helpers: reprs for logs and headers, and masking secrets before anything is printed."""
+
+from __future__ import annotations
+
+import reprlib
+import re
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+_SECRET_KEYS = re.compile(r'API|TOKEN|KEY|SECRET|PASS|SIGNATURE|DATABASE', re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """`redis://:secret@host:6379/0` -> `redis://:**@host:6379/0`; several `;`-separated URLs each masked."""
+    if ';' in url:
+        return ';'.join(mask_url(part) for part in url.split(';'))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    user = parts.username or ''
+    host = parts.hostname or ''
+    if parts.port is not None:
+        host = f'{host}:{parts.port}'
+    netloc = f'{user}:**@{host}'
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def mask_secrets(key: str, value: Any) -> Any:
+    """What `conf.humanize()` shows for a setting: URLs with passwords masked, secret-looking keys starred."""
+    if isinstance(value, str) and '://' in value:
+        return mask_url(value)
+    if _SECRET_KEYS.search(key) and value and not isinstance(value, bool | int):
+        return '********'
+    return value
+
+
+_repr = reprlib.Repr()
+_repr.maxlevel = 3
+_repr.maxstring = 256
+_repr.maxother = 256
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 64
+
+
+def saferepr(obj: Any, maxlen: int = 1024) -> str:
+    """A repr that never raises and never grows past `maxlen` (task args in headers, logs and events).
+
+    Equal to `repr(obj)` for ordinary small values (what Celery's saferepr gives too); deep or huge values
+    are abbreviated with `...`.
+    """
+    try:
+        text = repr(obj)
+    except Exception as exc:  # a broken __repr__ must not stop a task from being sent
+        return f'<unrepresentable {type(obj).__name__}: {exc!r}>'
+    if len(text) <= maxlen:
+        return text
+    try:
+        text = _repr.repr(obj)
+    except Exception:
+        pass
+    return text if len(text) <= maxlen else text[: maxlen - 3] + '...'
+
+
+def truncate(text: str, maxlen: int = 128) -> str:
+    return text if len(text) <= maxlen else text[: maxlen - 3] + '...'
+
+
+def pluralize(n: int, word: str) -> str:
+    return f'{n} {word}' if n == 1 else f'{n} {word}s'

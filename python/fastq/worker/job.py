@@ -1,0 +1,116 @@
+"""A task on its way through the worker parent, and the payload an executor needs to run it."""
+
+from __future__ import annotations
+
+import marshal
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastq import protocol, states
+from fastq.exceptions import ContentDisallowed, DecodeError, SoftTimeLimitExceeded
+from fastq.worker.trace import Outcome, execute
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+    from fastq.brokers.base import Delivery
+    from fastq.protocol import TaskRequest
+
+#: Outcome state for a body that could not be decoded in the executor (the parent dead-letters it).
+DECODE_ERROR = 'DECODE_ERROR'
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One delivery accepted for execution, from dispatch until it is settled."""
+
+    id: int
+    delivery: Delivery
+    request: TaskRequest
+    acks_late: bool
+    reject_on_worker_lost: bool
+    acks_on_failure_or_timeout: bool
+    time_limit: float | None
+    soft_time_limit: float | None
+    hostname: str
+    received: float  # monotonic
+    started: float | None = None  # monotonic, when an executor began it
+    pid: int | None = None  # process running it (prefork)
+    acked: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tag(self) -> Any:
+        return self.delivery.tag
+
+    @property
+    def name(self) -> str:
+        return self.request.display_name
+
+    def payload(self) -> bytes:
+        """What the executor needs, marshalled (fast, and it carries only JSON-like values)."""
+        message = self.delivery.message
+        assert message is not None
+        h = message.headers
+        props = message.properties
+        delivery_info = dict(props.get('delivery_info') or {})
+        delivery_info.setdefault('routing_key', self.delivery.queue)
+        delivery_info['priority'] = props.get('priority')
+        delivery_info['redelivered'] = self.delivery.redelivered
+        request = {
+            'id': self.request.id,
+            'task': self.request.task,
+            'retries': self.request.retries,
+            'eta': h.get('eta'),
+            'expires': h.get('expires'),
+            'group': h.get('group'),
+            'group_index': h.get('group_index'),
+            'root_id': h.get('root_id'),
+            'parent_id': h.get('parent_id'),
+            'shadow': h.get('shadow'),
+            'origin': h.get('origin'),
+            'timelimit': (self.time_limit, self.soft_time_limit),
+            'ignore_result': self.request.ignore_result,
+            'stamps': h.get('stamps'),
+            'stamped_headers': h.get('stamped_headers'),
+            'replaced_task_nesting': h.get('replaced_task_nesting') or 0,
+            'headers': h,
+            'correlation_id': props.get('correlation_id'),
+            'reply_to': props.get('reply_to'),
+            'delivery_info': delivery_info,
+            'hostname': self.hostname,
+        }
+        return marshal.dumps(
+            (self.request.task, message.body, message.content_type, h.get('compression'), request, self.soft_time_limit)
+        )
+
+
+def _soft_limit_handler(signum: int, frame: Any) -> None:
+    raise SoftTimeLimitExceeded()
+
+
+def run_payload(app: Fastq, payload: bytes, accept: frozenset[str]) -> Outcome:
+    """Decode and execute a job payload (in a prefork child, a pool thread or the solo loop)."""
+    name, body, content_type, compression, request, soft_limit = marshal.loads(payload)
+    try:
+        args, kwargs, embed = protocol.decode_body(body, content_type, compression, accept)
+    except (DecodeError, ContentDisallowed) as exc:
+        return Outcome(DECODE_ERROR, 0.0, exc_repr=f'{type(exc).__name__}: {exc}')
+    request['callbacks'] = embed.get('callbacks')
+    request['errbacks'] = embed.get('errbacks')
+    request['chain'] = embed.get('chain')
+    request['chord'] = embed.get('chord')
+    task = app.tasks.get(name)
+    if task is None:  # the parent checks this; a child with a different import state still must not crash
+        return Outcome(states.FAILURE, 0.0, exc_repr=f'NotRegistered({name!r})')
+    use_alarm = bool(soft_limit) and threading.current_thread() is threading.main_thread()
+    if use_alarm:
+        previous = signal.signal(signal.SIGALRM, _soft_limit_handler)
+        signal.setitimer(signal.ITIMER_REAL, float(soft_limit))
+    try:
+        return execute(task, args, kwargs, request)
+    finally:
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)

@@ -1,0 +1,299 @@
+"""Running one task: request context, signals, hooks, result storage, retries and callbacks.
+
+Runs wherever tasks execute: a prefork child, a pool thread, the solo worker's loop, or the caller's process
+for `apply()`. Split into steps (prepare -> run -> one outcome handler per result kind -> finish) so that each
+stays small; the log lines are Celery's, word for word, because people grep and alert on them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+import time
+import traceback as tb
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastq import _state, signals, states
+from fastq.exceptions import Ignore, Reject, Retry
+from fastq.utils.log import task_context
+from fastq.utils.text import saferepr
+
+if TYPE_CHECKING:
+    from fastq.result import EagerResult
+    from fastq.task import Context, Task
+
+logger = logging.getLogger('celery.app.trace')
+
+LOG_SUCCESS = 'Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s'
+LOG_FAILURE = 'Task %(name)s[%(id)s] %(description)s: %(exc)s'
+LOG_IGNORED = 'Task %(name)s[%(id)s] %(description)s'
+LOG_REJECTED = 'Task %(name)s[%(id)s] %(exc)s'
+LOG_RETRY = 'Task %(name)s[%(id)s] retry: %(exc)s'
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one task run; small and marshal-able so a child can send it to its parent."""
+
+    state: str
+    runtime: float
+    retval_repr: str = ''
+    exc_repr: str = ''
+    requeue: bool = False  # Reject(requeue=True)
+    retval: Any = None  # only in-process (eager, threads); not sent over IPC
+    exception: BaseException | None = None
+    traceback: str | None = None
+    children: list[Any] = field(default_factory=list)
+
+    def to_wire(self) -> tuple[str, float, str, str, bool]:
+        return (self.state, self.runtime, self.retval_repr, self.exc_repr, self.requeue)
+
+    @classmethod
+    def from_wire(cls, data: tuple[str, float, str, str, bool]) -> Outcome:
+        return cls(*data)
+
+
+class _Einfo:
+    """Celery's ExceptionInfo, reduced: what hooks and signals receive as `einfo`."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exception = exc
+        self.type = type(exc)
+        self.tb = exc.__traceback__
+        self.traceback = ''.join(tb.format_exception(type(exc), exc, exc.__traceback__))
+
+    def __str__(self) -> str:
+        return self.traceback
+
+
+def _apply_signatures(app: Any, sigs: Any, args: tuple[Any, ...], parent: Context) -> None:
+    from fastq.canvas import maybe_signature
+
+    for raw in sigs or ():
+        sig = maybe_signature(raw, app=app)
+        if sig is None:
+            continue
+        sig.clone(args).apply_async(parent_id=parent.id, root_id=parent.root_id or parent.id)
+
+
+def _continue_chain(app: Any, chain: list[Any] | None, retval: Any, request: Context) -> None:
+    """Protocol v2 chains travel reversed in the body: pop the next signature, send it with the rest."""
+    if not chain:
+        return
+    from fastq.canvas import maybe_signature
+
+    remaining = list(chain)
+    nxt = maybe_signature(remaining.pop(), app=app)
+    if nxt is not None:
+        nxt.clone((retval,)).apply_async(
+            chain=remaining or None, parent_id=request.id, root_id=request.root_id or request.id
+        )
+
+
+def _store_allowed(task: Task[Any, Any], request: Context, failure: bool) -> bool:
+    if request.is_eager and not task.app.conf.task_store_eager_result:
+        return False
+    ignore = task.ignore_result or request.ignore_result
+    if failure:
+        return not ignore or bool(task.store_errors_even_if_ignored)
+    return not ignore
+
+
+def _autoretry(task: Task[Any, Any], exc: BaseException) -> None:
+    """Turn an exception listed in `autoretry_for` into `task.retry(...)` (raises Retry or the exception)."""
+    if not task.autoretry_for or not isinstance(exc, task.autoretry_for):
+        return
+    if task.dont_autoretry_for and isinstance(exc, task.dont_autoretry_for):
+        return
+    options = dict(task.retry_kwargs or {})
+    if task.retry_backoff and 'countdown' not in options:
+        factor = 1 if task.retry_backoff is True else float(task.retry_backoff)
+        countdown = min(factor * (2 ** task.request.retries), task.retry_backoff_max)
+        if task.retry_jitter:
+            countdown = random.randrange(int(countdown) + 1)
+        options['countdown'] = countdown
+    task.retry(exc=exc, **options)
+
+
+def execute(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], request: dict[str, Any]) -> Outcome:
+    """Run `task` with a request built from `request` (Context fields) and return what happened."""
+    task.push_request(request, args=args, kwargs=kwargs, called_directly=False)
+    ctx = task.request
+    _state.push_current_task(task)
+    task_context(ctx.id, task.name)
+    started = time.monotonic()
+    try:
+        return _run(task, ctx, args, kwargs, started)
+    finally:
+        task_context(None, None)
+        _state.pop_current_task()
+        task.pop_request()
+
+
+def _run(task: Task[Any, Any], ctx: Context, args: list[Any], kwargs: dict[str, Any], started: float) -> Outcome:
+    task_id = ctx.id or ''
+    if task.track_started and _store_allowed(task, ctx, failure=False):
+        task.app.backend.mark_as_started(task_id, pid=_pid(), hostname=ctx.hostname)
+    signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
+    try:
+        task.before_start(task_id, args, kwargs)
+        retval = task.run(*args, **kwargs)
+        if inspect.isawaitable(retval):
+            from fastq.worker.asyncrun import run_coroutine
+
+            retval = run_coroutine(retval)
+    except Retry as exc:
+        outcome = _on_retry(task, ctx, exc, started)
+    except Ignore:
+        outcome = Outcome(states.IGNORED, time.monotonic() - started)
+        logger.info(LOG_IGNORED, {'name': task.name, 'id': task_id, 'description': 'ignored'})
+    except Reject as exc:
+        outcome = Outcome(states.REJECTED, time.monotonic() - started, exc_repr=repr(exc), requeue=exc.requeue)
+        logger.info(LOG_REJECTED, {'name': task.name, 'id': task_id, 'exc': repr(exc)})
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        try:
+            _autoretry(task, exc)
+        except Retry as retry:
+            outcome = _on_retry(task, ctx, retry, started)
+        except BaseException as final:
+            if isinstance(final, KeyboardInterrupt | SystemExit):
+                raise
+            outcome = _on_failure(task, ctx, final, args, kwargs, started)
+        else:
+            outcome = _on_failure(task, ctx, exc, args, kwargs, started)
+    else:
+        outcome = _on_success(task, ctx, retval, args, kwargs, started)
+    _finish(task, ctx, outcome, args, kwargs)
+    return outcome
+
+
+def _on_success(
+    task: Task[Any, Any], ctx: Context, retval: Any, args: list[Any], kwargs: dict[str, Any], started: float
+) -> Outcome:
+    task_id = ctx.id or ''
+    if _store_allowed(task, ctx, failure=False):
+        task.app.backend.mark_as_done(task_id, retval, request=ctx)
+    runtime = time.monotonic() - started
+    outcome = Outcome(states.SUCCESS, runtime, retval_repr=saferepr(retval, 256), retval=retval)
+    task.on_success(retval, task_id, args, kwargs)
+    signals.task_success.send(sender=task, result=retval)
+    if not ctx.is_eager:
+        _apply_signatures(task.app, ctx.callbacks, (retval,), ctx)
+        _continue_chain(task.app, ctx.chain, retval, ctx)
+    logger.info(
+        LOG_SUCCESS, {'name': task.name, 'id': task_id, 'runtime': runtime, 'return_value': outcome.retval_repr}
+    )
+    return outcome
+
+
+def _on_failure(
+    task: Task[Any, Any], ctx: Context, exc: BaseException, args: list[Any], kwargs: dict[str, Any], started: float
+) -> Outcome:
+    task_id = ctx.id or ''
+    einfo = _Einfo(exc)
+    if _store_allowed(task, ctx, failure=True):
+        try:
+            task.app.backend.mark_as_failure(task_id, exc, einfo.traceback, request=ctx)
+        except Exception as store_exc:  # the failure must be reported even if the backend chokes on it
+            logger.exception('Task %s[%s] could not store its failure: %r', task.name, task_id, store_exc)
+    runtime = time.monotonic() - started
+    outcome = Outcome(states.FAILURE, runtime, exc_repr=repr(exc), exception=exc, traceback=einfo.traceback)
+    task.on_failure(exc, task_id, args, kwargs, einfo)
+    signals.task_failure.send(
+        sender=task, task_id=task_id, exception=exc, args=args, kwargs=kwargs, traceback=exc.__traceback__,
+        einfo=einfo,
+    )
+    if not ctx.is_eager and ctx.errbacks:
+        from fastq.canvas import maybe_signature
+
+        for raw in ctx.errbacks:
+            sig = maybe_signature(raw, app=task.app)
+            if sig is not None:
+                sig.clone((task_id,)).apply_async(parent_id=task_id, root_id=ctx.root_id or task_id)
+    logger.error(
+        LOG_FAILURE,
+        {'name': task.name, 'id': task_id, 'description': 'raised unexpected', 'exc': repr(exc)},
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+    return outcome
+
+
+def _on_retry(task: Task[Any, Any], ctx: Context, exc: Retry, started: float) -> Outcome:
+    task_id = ctx.id or ''
+    reason = exc.exc if exc.exc is not None else exc
+    einfo = _Einfo(reason)
+    if _store_allowed(task, ctx, failure=True) and not ctx.is_eager:
+        task.app.backend.mark_as_retry(task_id, reason, einfo.traceback, request=ctx)
+    task.on_retry(reason, task_id, ctx.args, ctx.kwargs, einfo)
+    signals.task_retry.send(sender=task, request=ctx, reason=reason, einfo=einfo)
+    logger.info(LOG_RETRY, {'name': task.name, 'id': task_id, 'exc': str(exc)})
+    return Outcome(states.RETRY, time.monotonic() - started, exc_repr=str(exc), exception=exc)
+
+
+def _finish(task: Task[Any, Any], ctx: Context, outcome: Outcome, args: list[Any], kwargs: dict[str, Any]) -> None:
+    task_id = ctx.id or ''
+    retval = outcome.retval if outcome.state == states.SUCCESS else outcome.exception
+    try:
+        task.after_return(outcome.state, retval, task_id, args, kwargs, None)
+    except Exception as exc:
+        logger.exception('Task %s[%s] after_return handler raised: %r', task.name, task_id, exc)
+    signals.task_postrun.send(
+        sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs, retval=retval, state=outcome.state
+    )
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def apply_eagerly(
+    task: Task[Any, Any],
+    args: list[Any],
+    kwargs: dict[str, Any],
+    *,
+    task_id: str,
+    retries: int,
+    throw: bool,
+    link: Any,
+    link_error: Any,
+    options: dict[str, Any],
+) -> EagerResult[Any]:
+    """`task.apply()`: run in this process, return an EagerResult; re-raise when `throw`."""
+    from fastq.result import EagerResult
+
+    parent = _state.get_current_task()
+    request = {
+        'id': task_id,
+        'task': task.name,
+        'retries': retries,
+        'is_eager': True,
+        'callbacks': None,
+        'errbacks': None,
+        'delivery_info': {'is_eager': True},
+        'root_id': parent.request.root_id if parent else task_id,
+        'parent_id': parent.request.id if parent else None,
+        'hostname': None,
+        'ignore_result': bool(options.get('ignore_result', False)),
+        'headers': options.get('headers'),
+    }
+    outcome = execute(task, args, kwargs, request)
+    if outcome.state == states.SUCCESS:
+        _apply_signatures(task.app, _listify(link), (outcome.retval,), task.request)
+    elif outcome.state == states.FAILURE and throw and outcome.exception is not None:
+        raise outcome.exception
+    elif outcome.state == states.RETRY and throw and outcome.exception is not None:
+        raise outcome.exception
+    value = outcome.retval if outcome.state == states.SUCCESS else outcome.exception
+    return EagerResult(task_id, value, outcome.state, traceback=outcome.traceback, name=task.name, app=task.app)
+
+
+def _listify(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
