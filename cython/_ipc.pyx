@@ -112,6 +112,7 @@ cdef class Channel:
         if fl_flags < 0 or fcntl(fd, F_SETFL, fl_flags | O_NONBLOCK) < 0:
             _raise_errno(errno)
         self._decoder = FrameDecoder()
+        self._broken = False
         self._fd = fd
         self._state = CHAN_OPEN
 
