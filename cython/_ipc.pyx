@@ -97,8 +97,8 @@ cdef class Channel:
         """Take ownership of `fd` (a connected SOCK_STREAM socket) and make it non-blocking and close-on-exec."""
         if self._state != CHAN_CLOSED:
             raise RuntimeError('Channel is already initialised')
-        # Check the type first: a datagram socket or a pipe would split or merge frames in ways this class
-        # does not expect. On failure the caller still owns `fd`.
+        # Writes use send(MSG_NOSIGNAL), which needs a socket, and partial writes resume mid-frame, which only
+        # a byte stream allows. On failure the caller still owns `fd`.
         cdef int sotype = 0
         cdef socklen_t optlen = sizeof(sotype)
         if getsockopt(fd, SOL_SOCKET, SO_TYPE, &sotype, &optlen) < 0:
