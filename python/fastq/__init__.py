@@ -30,7 +30,8 @@ __all__ = [
 if TYPE_CHECKING:
     from fastq import states
     from fastq.app import Celery, Fastq
-    from fastq.canvas import Signature, maybe_signature, signature
+    from fastq.canvas import Signature, maybe_signature
+    from fastq.canvas import signature as signature
     from fastq.result import AsyncResult
     from fastq.routing import Exchange, Queue
     from fastq.shared import shared_task

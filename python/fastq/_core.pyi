@@ -217,7 +217,6 @@ class Message:
         Raises:
             ValueError: not JSON, not an object, or missing/ill-typed body, content-type, headers or properties.
         """
-    def __repr__(self) -> str: ...
 
 # --------------------------------------------------------------------------------------------------------
 # Framing for the prefork pool's pipes (carried by fastq._ipc)

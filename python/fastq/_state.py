@@ -69,6 +69,8 @@ def get_current_task() -> Task[Any, Any] | None:
 def get_current_worker_task() -> Task[Any, Any] | None:
     """The innermost task executed by a worker (not called directly or eagerly)."""
     for task in reversed(_task_stack()):
-        if not task.request.called_directly and not task.request.is_eager:
-            return task
+        request = task.request
+        if not request.called_directly and not request.is_eager:
+            found: Task[Any, Any] = task
+            return found
     return None

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 from fastq import _state
 from fastq.config import Settings
 from fastq.exceptions import ImproperlyConfigured, NotRegistered
-from fastq.task import Task, build_task_class
+from fastq.task import Task as BaseTask
+from fastq.task import build_task_class
 from fastq.utils.imports import symbol_by_name
 from fastq.utils.nodenames import anon_nodename, oid_from
 from fastq.utils.time import get_timezone
@@ -39,13 +40,13 @@ P = ParamSpec('P')
 R = TypeVar('R')
 
 
-class TaskRegistry(dict[str, Task[Any, Any]]):
+class TaskRegistry(dict[str, BaseTask[Any, Any]]):
     """Registered tasks by name; a missing name raises `NotRegistered` (a KeyError)."""
 
-    def __missing__(self, key: str) -> Task[Any, Any]:
+    def __missing__(self, key: str) -> BaseTask[Any, Any]:
         raise NotRegistered(key)
 
-    def regular(self) -> dict[str, Task[Any, Any]]:
+    def regular(self) -> dict[str, BaseTask[Any, Any]]:
         return {name: task for name, task in self.items() if not name.startswith('celery.')}
 
 
@@ -68,7 +69,7 @@ class _AppSignal:
 class Fastq:
     """A fastq application. `Fastq('proj', broker='sqlite:///proj.db', include=['proj.tasks'])`."""
 
-    Task: type[Task[Any, Any]]
+    Task: type[BaseTask[Any, Any]]
 
     def __init__(
         self,
@@ -80,7 +81,7 @@ class Fastq:
         set_as_current: bool = True,
         autofinalize: bool = True,
         namespace: str | None = None,
-        task_cls: type[Task[Any, Any]] | str | None = None,
+        task_cls: type[BaseTask[Any, Any]] | str | None = None,
         **preconf: Any,
     ) -> None:
         self.main = main
@@ -99,7 +100,7 @@ class Fastq:
         self.on_after_finalize = _AppSignal('on_after_finalize')
         self.on_configure = _AppSignal('on_configure')
         self._configured = False
-        base = symbol_by_name(task_cls) if task_cls else Task
+        base = symbol_by_name(task_cls) if task_cls else BaseTask
         self.Task = type('Task', (base,), {'abstract': True, '__module__': __name__})
         if broker:
             self.conf.broker_url = broker
@@ -133,6 +134,7 @@ class Fastq:
                 if silent:
                     return {}
                 raise
+            items: Iterable[tuple[str, Any]]
             if isinstance(source, dict):
                 items = source.items()
             else:
@@ -166,22 +168,27 @@ class Fastq:
     # --- tasks --------------------------------------------------------------------------------------------
 
     @overload
-    def task(self, fun: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    def task(self, fun: Callable[P, Coroutine[Any, Any, R]], /) -> BaseTask[P, R]: ...
     @overload
-    def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
+    def task(self, fun: Callable[P, R], /) -> BaseTask[P, R]: ...
     @overload
     def task(
-        self, *, bind: Literal[True], name: str | None = ..., base: type[Task[Any, Any]] | None = ..., **options: Any
-    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+        self,
+        *,
+        bind: Literal[True],
+        name: str | None = ...,
+        base: type[BaseTask[Any, Any]] | None = ...,
+        **options: Any,
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], BaseTask[P, R]]: ...
     @overload
     def task(
         self,
         *,
         name: str | None = ...,
         bind: Literal[False] = ...,
-        base: type[Task[Any, Any]] | None = ...,
+        base: type[BaseTask[Any, Any]] | None = ...,
         **options: Any,
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    ) -> Callable[[Callable[P, R]], BaseTask[P, R]]: ...
 
     def task(self, *args: Any, **options: Any) -> Any:
         """Turn a function into a task: `@app.task` or `@app.task(name=..., bind=True, acks_late=True, ...)`."""
@@ -190,7 +197,7 @@ class Fastq:
         if args:
             raise TypeError('app.task() takes the function as its only positional argument')
 
-        def decorator(fun: Callable[..., Any]) -> Task[Any, Any]:
+        def decorator(fun: Callable[..., Any]) -> BaseTask[Any, Any]:
             return self._task_from_fun(fun, **options)
 
         return decorator
@@ -199,10 +206,10 @@ class Fastq:
         self,
         fun: Callable[..., Any],
         name: str | None = None,
-        base: type[Task[Any, Any]] | None = None,
+        base: type[BaseTask[Any, Any]] | None = None,
         bind: bool = False,
         **options: Any,
-    ) -> Task[Any, Any]:
+    ) -> BaseTask[Any, Any]:
         name = name or self.gen_task_name(fun.__name__, fun.__module__)
         if name in self.tasks and getattr(self.tasks[name], '__wrapped__', None) is fun:
             return self.tasks[name]
@@ -220,7 +227,7 @@ class Fastq:
             module = self.main
         return f'{module}.{name}'
 
-    def register_task(self, task: Task[Any, Any] | type[Task[Any, Any]], **options: Any) -> Task[Any, Any]:
+    def register_task(self, task: BaseTask[Any, Any] | type[BaseTask[Any, Any]], **options: Any) -> BaseTask[Any, Any]:
         """Register a class-based task (a `Task` subclass with a `run` method)."""
         instance = task() if isinstance(task, type) else task
         if not instance.name:
@@ -253,7 +260,9 @@ class Fastq:
             self.on_after_configure.send(sender=self, source=self.conf)
 
     def autodiscover_tasks(
-        self, packages: Iterable[str] | Callable[[], Iterable[str]] | None = None, related_name: str = 'tasks',
+        self,
+        packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+        related_name: str = 'tasks',
         force: bool = False,
     ) -> None:
         """Import `<package>.tasks` for each package (Django: every installed app) when the app finalizes."""
@@ -349,11 +358,11 @@ class Fastq:
         return oid
 
     @property
-    def current_task(self) -> Task[Any, Any] | None:
+    def current_task(self) -> BaseTask[Any, Any] | None:
         return _state.get_current_task()
 
     @property
-    def current_worker_task(self) -> Task[Any, Any] | None:
+    def current_worker_task(self) -> BaseTask[Any, Any] | None:
         return _state.get_current_worker_task()
 
     # --- sending ------------------------------------------------------------------------------------------
@@ -380,7 +389,7 @@ class Fastq:
         root_id: str | None = None,
         parent_id: str | None = None,
         shadow: str | None = None,
-        task_type: Task[Any, Any] | None = None,
+        task_type: BaseTask[Any, Any] | None = None,
         replaced_task_nesting: int = 0,
         **options: Any,
     ) -> AsyncResult[Any]:
@@ -420,7 +429,7 @@ class Fastq:
 
         publish_with_retry(self, batch)
 
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[Any]:
         from fastq.result import AsyncResult
 
         return AsyncResult(task_id, app=self, **kwargs)
@@ -451,7 +460,7 @@ class Fastq:
 
         main(list(argv or []), app=self)
 
-    def Worker(self, **kwargs: Any) -> Any:  # noqa: N802 - Celery's name
+    def Worker(self, **kwargs: Any) -> Any:
         from fastq.worker.worker import WorkController
 
         return WorkController(self, **kwargs)

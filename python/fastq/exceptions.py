@@ -7,7 +7,6 @@ come from billiard in Celery and are defined here. Compiled modules never define
 
 from __future__ import annotations
 
-import numbers
 from datetime import datetime
 from typing import Any
 
@@ -75,6 +74,7 @@ class Retry(TaskPredicate):
 
     message: str | None = None
     exc: BaseException | None = None
+    excs: str | None = None
     when: float | datetime | None = None
 
     def __init__(
@@ -88,16 +88,18 @@ class Retry(TaskPredicate):
     ) -> None:
         self.message = message
         if isinstance(exc, str):
-            self.exc, self.excs = None, exc
+            self.exc = None
+            self.excs = exc
         else:
-            self.exc, self.excs = exc, (repr(exc) if exc else None)
+            self.exc = exc
+            self.excs = repr(exc) if exc else None
         self.when = when
         self.is_eager = is_eager
         self.sig = sig
         super().__init__(self, exc, when, **kwargs)
 
     def humanize(self) -> str:
-        if isinstance(self.when, numbers.Number):
+        if isinstance(self.when, int | float):
             return f'in {self.when}s'
         return f'at {self.when}'
 
@@ -162,7 +164,7 @@ class AlreadyRegistered(TaskError):
     """The task is already registered."""
 
 
-class TimeoutError(TaskError):  # noqa: A001 - Celery's public name
+class TimeoutError(TaskError):
     """The operation timed out (e.g. `AsyncResult.get(timeout=...)`)."""
 
 

@@ -8,7 +8,6 @@ classes Celery users know (EncodeError, DecodeError, ContentDisallowed).
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
@@ -30,7 +29,6 @@ from fastq.utils.time import from_iso, maybe_make_aware
 __all__ = ['TaskRequest', 'build_task_message', 'decode_body', 'parse_task_headers', 'resolve_eta', 'resolve_expires']
 
 Message = _core.Message
-FAST_SERIALIZERS = ('json', 'msgpack')
 
 
 def _iso(value: datetime | str | None, tz: tzinfo) -> str | None:
@@ -42,7 +40,7 @@ def _iso(value: datetime | str | None, tz: tzinfo) -> str | None:
 def resolve_eta(countdown: float | None, eta: datetime | str | None, now: datetime, tz: tzinfo) -> str | None:
     """The `eta` header: `countdown` seconds from now (in the app's zone) or the given datetime, as ISO-8601."""
     if countdown:
-        if not isinstance(countdown, numbers.Real):
+        if isinstance(countdown, bool) or not isinstance(countdown, int | float):
             raise TypeError(f'countdown must be a number of seconds, got {countdown!r}')
         return maybe_make_aware(now + timedelta(seconds=float(countdown)), tz).isoformat()
     return _iso(eta, tz)
@@ -52,11 +50,11 @@ def resolve_expires(expires: float | datetime | str | None, now: datetime, tz: t
     """`(expires header, expiration property)`: absolute ISO time, and the TTL in ms that AMQP brokers enforce."""
     if expires is None:
         return None, None
-    if isinstance(expires, numbers.Real) and not isinstance(expires, bool):
+    if isinstance(expires, int | float) and not isinstance(expires, bool):
         seconds = float(expires)
         header = maybe_make_aware(now + timedelta(seconds=seconds), tz).isoformat()
     else:
-        when = from_iso(expires, tz) if isinstance(expires, str) else maybe_make_aware(expires, tz)
+        when = from_iso(expires, tz) if isinstance(expires, str) else maybe_make_aware(expires, tz)  # type: ignore[arg-type]
         header = when.isoformat()
         seconds = (when - now).total_seconds()
     seconds = max(seconds, 0.0)
@@ -72,10 +70,17 @@ def encode_body(
     """Serialize the `[args, kwargs, embed]` body; json and msgpack in Rust, pickle and yaml in Python."""
     callbacks, errbacks = embed.get('callbacks'), embed.get('errbacks')
     chain, chord = embed.get('chain'), embed.get('chord')
-    if serializer in FAST_SERIALIZERS:
+    if serializer == 'json' or serializer == 'msgpack':
         try:
             return _core.encode_task_body(
-                args, kwargs, callbacks, errbacks, chain, chord, serializer, json_default  # type: ignore[arg-type]
+                args,
+                kwargs,
+                callbacks,
+                errbacks,
+                chain,
+                chord,
+                serializer,
+                json_default,  # type: ignore[arg-type]
             )
         except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
             raise EncodeError(f'{type(exc).__name__}: {exc}') from exc

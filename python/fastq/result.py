@@ -41,7 +41,7 @@ class AsyncResult(ResultBase, Generic[R]):
 
     def __init__(
         self,
-        id: str,  # noqa: A002 - Celery's name
+        id: str,
         backend: Backend | None = None,
         task_name: str | None = None,
         app: Fastq | None = None,
@@ -103,7 +103,7 @@ class AsyncResult(ResultBase, Generic[R]):
         value = self._get_task_meta().get('date_done')
         if isinstance(value, str):
             return datetime.fromisoformat(value)
-        return value  # type: ignore[no-any-return]
+        return value
 
     @property
     def children(self) -> list[Any] | None:
@@ -155,8 +155,8 @@ class AsyncResult(ResultBase, Generic[R]):
         on_message: Any = None,
         on_interval: Any = None,
         disable_sync_subtasks: bool = True,
-        EXCEPTION_STATES: frozenset[str] = states.EXCEPTION_STATES,  # noqa: N803 - Celery's names
-        PROPAGATE_STATES: frozenset[str] = states.PROPAGATE_STATES,  # noqa: N803
+        EXCEPTION_STATES: frozenset[str] = states.EXCEPTION_STATES,
+        PROPAGATE_STATES: frozenset[str] = states.PROPAGATE_STATES,
     ) -> R:
         """Wait for the task to finish and return its value; re-raise its exception when `propagate`.
 
@@ -170,14 +170,16 @@ class AsyncResult(ResultBase, Generic[R]):
         if self._cache is not None:
             meta = self._cache
         else:
-            meta = self._set_cache(self.backend.wait_for(self.id, timeout=timeout, interval=interval, on_interval=on_interval))
+            meta = self._set_cache(
+                self.backend.wait_for(self.id, timeout=timeout, interval=interval, on_interval=on_interval)
+            )
         state = meta['status']
         value = meta.get('result')
         if callback is not None:
             callback(self.id, value)
         if propagate and state in PROPAGATE_STATES:
             self._raise(state, value, meta.get('traceback'))
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[return-value]
 
     wait = get
 
@@ -229,7 +231,7 @@ class EagerResult(AsyncResult[R]):
 
     def __init__(
         self,
-        id: str,  # noqa: A002
+        id: str,
         ret_value: Any,
         state: str,
         traceback: str | None = None,
@@ -246,7 +248,7 @@ class EagerResult(AsyncResult[R]):
         assert self._cache is not None
         return self._cache
 
-    def get(self, timeout: float | None = None, propagate: bool = True, **kwargs: Any) -> R:
+    def get(self, timeout: float | None = None, propagate: bool = True, *args: Any, **kwargs: Any) -> R:
         if propagate and self._state in states.PROPAGATE_STATES:
             self._raise(self._state, self._result, self._traceback)
         return self._result  # type: ignore[no-any-return]

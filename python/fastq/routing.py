@@ -80,7 +80,7 @@ def _map_router(routes: Mapping[Any, Any]) -> RouterFn:
         else:
             exact[key] = route
 
-    def route(name: str, *args: Any, **kwargs: Any) -> Any:
+    def lookup(name: str, *args: Any, **kwargs: Any) -> Any:
         if name in exact:
             return exact[name]
         for pattern, value in patterns:
@@ -88,7 +88,7 @@ def _map_router(routes: Mapping[Any, Any]) -> RouterFn:
                 return value
         return None
 
-    return route
+    return lookup
 
 
 def prepare_routers(routes: Any) -> list[RouterFn]:
@@ -103,7 +103,8 @@ def prepare_routers(routes: Any) -> list[RouterFn]:
         if isinstance(item, Mapping):
             out.append(_map_router(item))
         elif callable(item):
-            out.append(item)
+            fn: RouterFn = item
+            out.append(fn)
         else:
             raise TypeError(f'task_routes: a route must be a dict, a function or a dotted path, got {item!r}')
     return out

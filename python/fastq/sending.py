@@ -87,13 +87,7 @@ def send_task_message(
     if expiration == '0':
         logger.warning('%s has an expiration date in the past; it will be revoked when received', task_id)
 
-    if not root_id or not parent_id:
-        parent = app.current_worker_task
-        if parent is not None:
-            root_id = root_id or parent.request.root_id or parent.request.id
-            parent_id = parent_id or parent.request.id
-            if conf.task_inherit_parent_priority:
-                options.setdefault('priority', (parent.request.delivery_info or {}).get('priority'))
+    root_id, parent_id = _lineage(app, root_id, parent_id, options)
 
     serializer = options.get('serializer') or conf.task_serializer
     compression = options.get('compression') or conf.task_compression
@@ -130,27 +124,8 @@ def send_task_message(
         headers=options.get('headers'),
     )
 
-    priority = options.get('priority')
-    if priority is None:
-        priority = conf.task_default_priority or 0
-    delivery_mode = options.get('delivery_mode') or conf.task_default_delivery_mode
-    delivery_mode = _DELIVERY_MODES.get(delivery_mode, delivery_mode)
-    queue = options['queue']
-    exchange = options.get('exchange') or ''
-    routing_key = options.get('routing_key') or queue
-    if exchange == queue:
-        # Celery publishes to a direct exchange named like the queue through the default exchange.
-        exchange = ''
-    out = Outgoing(
-        message=message,
-        queue=queue,
-        exchange=exchange,
-        routing_key=routing_key,
-        priority=int(priority),
-        delivery_mode=int(delivery_mode),
-        expiration=expiration,
-        eta=to_timestamp(eta_header, tz),
-    )
+    out = _outgoing(app, message, options, expiration, to_timestamp(eta_header, tz))
+    exchange, routing_key = out.exchange, out.routing_key
     if signals.before_task_publish.receivers:
         signals.before_task_publish.send(
             sender=name,
@@ -165,7 +140,10 @@ def send_task_message(
     publish_with_retry(app, [out], retry=options.get('retry'), policy=options.get('retry_policy'))
     if signals.after_task_publish.receivers:
         signals.after_task_publish.send(
-            sender=name, body=(list(args), kwargs, None), headers=message.headers, exchange=exchange,
+            sender=name,
+            body=(list(args), kwargs, None),
+            headers=message.headers,
+            exchange=exchange,
             routing_key=routing_key,
         )
     result = app.AsyncResult(task_id, task_name=name)
@@ -175,6 +153,44 @@ def send_task_message(
         if parent is not None and parent.trail:
             parent.request.children.append(result)
     return result
+
+
+def _lineage(
+    app: Fastq, root_id: str | None, parent_id: str | None, options: dict[str, Any]
+) -> tuple[str | None, str | None]:
+    """root_id/parent_id of a task sent from inside a task (and the parent's priority, if inherited)."""
+    if root_id and parent_id:
+        return root_id, parent_id
+    parent = app.current_worker_task
+    if parent is None:
+        return root_id, parent_id
+    if app.conf.task_inherit_parent_priority:
+        options.setdefault('priority', (parent.request.delivery_info or {}).get('priority'))
+    return root_id or parent.request.root_id or parent.request.id, parent_id or parent.request.id
+
+
+def _outgoing(app: Fastq, message: Any, options: dict[str, Any], expiration: str | None, eta: float | None) -> Outgoing:
+    conf = app.conf
+    priority = options.get('priority')
+    if priority is None:
+        priority = conf.task_default_priority or 0
+    delivery_mode = options.get('delivery_mode') or conf.task_default_delivery_mode
+    delivery_mode = _DELIVERY_MODES.get(delivery_mode, delivery_mode)
+    queue = options['queue']
+    exchange = options.get('exchange') or ''
+    if exchange == queue:
+        # Celery publishes to a direct exchange named like the queue through the default exchange.
+        exchange = ''
+    return Outgoing(
+        message=message,
+        queue=queue,
+        exchange=exchange,
+        routing_key=options.get('routing_key') or queue,
+        priority=int(priority),
+        delivery_mode=int(delivery_mode),
+        expiration=expiration,
+        eta=eta,
+    )
 
 
 def publish_with_retry(

@@ -24,8 +24,8 @@ __all__ = [
     'BINARY_TYPES',
     'Serializer',
     'accept_set',
-    'compression_mime',
     'compress',
+    'compression_mime',
     'decompress',
     'dumps',
     'json_default',
@@ -101,7 +101,7 @@ class Serializer:
 
 
 def _yaml_encode(obj: Any) -> bytes:
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     return yaml.safe_dump(obj).encode('utf-8')  # type: ignore[no-any-return]
 

@@ -21,7 +21,7 @@ _shared: list[tuple[Callable[..., Any], dict[str, Any]]] = []
 
 
 def bind_shared_tasks(app: Fastq) -> None:
-    for fun, options in list(_shared):
+    for fun, options in _shared:
         app._task_from_fun(fun, **options)
 
 

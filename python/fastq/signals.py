@@ -174,9 +174,7 @@ worker_shutting_down = Signal('worker_shutting_down', {'sig', 'how', 'exitcode'}
 heartbeat_sent = Signal('heartbeat_sent')
 setup_logging = Signal('setup_logging', {'loglevel', 'logfile', 'format', 'colorize'})
 after_setup_logger = Signal('after_setup_logger', {'logger', 'loglevel', 'logfile', 'format', 'colorize'})
-after_setup_task_logger = Signal(
-    'after_setup_task_logger', {'logger', 'loglevel', 'logfile', 'format', 'colorize'}
-)
+after_setup_task_logger = Signal('after_setup_task_logger', {'logger', 'loglevel', 'logfile', 'format', 'colorize'})
 
 # --- beat and misc --------------------------------------------------------------------------------------
 beat_init = Signal('beat_init')

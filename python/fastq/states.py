@@ -53,17 +53,17 @@ def precedence(state: str) -> int:
     return _PRECEDENCE_LOOKUP.get(state, _NONE_PRECEDENCE)
 
 
-class state(str):  # noqa: N801 - Celery's public name
+class state(str):
     """A state name that compares by precedence: `state(PENDING) < state(SUCCESS)`."""
 
-    def __gt__(self, other: str) -> bool:  # type: ignore[override]
+    def __gt__(self, other: str) -> bool:
         return precedence(self) < precedence(other)
 
-    def __ge__(self, other: str) -> bool:  # type: ignore[override]
+    def __ge__(self, other: str) -> bool:
         return precedence(self) <= precedence(other)
 
-    def __lt__(self, other: str) -> bool:  # type: ignore[override]
+    def __lt__(self, other: str) -> bool:
         return precedence(self) > precedence(other)
 
-    def __le__(self, other: str) -> bool:  # type: ignore[override]
+    def __le__(self, other: str) -> bool:
         return precedence(self) >= precedence(other)

@@ -239,8 +239,8 @@ class Task(Generic[P, R]):
         options.setdefault('ignore_result', self.ignore_result)
         app = self.app
         if app.conf.task_always_eager:
-            return self._apply_eagerly(args, kwargs, task_id, link, link_error, options)  # type: ignore[return-value]
-        return app.send_task(  # type: ignore[return-value]
+            return self._apply_eagerly(args, kwargs, task_id, link, link_error, options)
+        return app.send_task(
             self.name,
             args,
             kwargs,
@@ -268,7 +268,9 @@ class Task(Generic[P, R]):
         serializer = options.get('serializer') or self.app.conf.task_serializer
         data, content_type, _ = dumps((args, kwargs), serializer)
         args, kwargs = loads(data, content_type, None)
-        return self.apply(args, kwargs, task_id=task_id or str(uuid.uuid4()), link=link, link_error=link_error, **options)
+        return self.apply(
+            args, kwargs, task_id=task_id or str(uuid.uuid4()), link=link, link_error=link_error, **options
+        )
 
     def _exec_options(self) -> dict[str, Any]:
         out = {
@@ -310,7 +312,7 @@ class Task(Generic[P, R]):
             options=options,
         )
 
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[R]:
         from fastq.result import AsyncResult
 
         return AsyncResult(task_id, app=self.app, task_name=self.name, **kwargs)
@@ -409,9 +411,13 @@ class Task(Generic[P, R]):
             raise ret
         return ret
 
-    def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any) -> None:
+    def update_state(
+        self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any
+    ) -> None:
         """Store a custom state (e.g. progress) for this or another task."""
-        self.app.backend.store_result(task_id or self.request.id, meta, state or states.PENDING, request=self.request, **kwargs)
+        self.app.backend.store_result(
+            task_id or self.request.id or '', meta, state or states.PENDING, request=self.request, **kwargs
+        )
 
     # --- hooks (override in subclasses) -------------------------------------------------------------------
 
@@ -427,13 +433,13 @@ class Task(Generic[P, R]):
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """Called in the worker when the task is to be retried."""
 
-    def after_return(
-        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """Called in the worker after the task finished, whatever the outcome."""
 
     def __repr__(self) -> str:
-        return f'<@task: {self.name} of {self.app.main}>' if hasattr(self, 'app') else f'<unbound {type(self).__name__}>'
+        return (
+            f'<@task: {self.name} of {self.app.main}>' if hasattr(self, 'app') else f'<unbound {type(self).__name__}>'
+        )
 
 
 def build_task_class(

@@ -12,7 +12,7 @@ import abc
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fastq import states
@@ -103,6 +103,7 @@ class Backend(abc.ABC):
 
     def cleanup(self) -> None:
         """Delete expired results (backends without native expiry call this periodically)."""
+        return None
 
     def close(self) -> None:
         return None
@@ -169,7 +170,7 @@ class Backend(abc.ABC):
         if not isinstance(cls, type) or not issubclass(cls, BaseException):
             raise SecurityError(f'Expected an exception class, got {exc_module}.{exc_type} with payload {message}')
         try:
-            return cls(*message) if isinstance(message, list | tuple) else cls(message)  # type: ignore[no-any-return]
+            return cls(*message) if isinstance(message, list | tuple) else cls(message)
         except Exception:
             return Exception(f'{cls}({message})')
 
@@ -181,7 +182,7 @@ class Backend(abc.ABC):
     # --- the meta document --------------------------------------------------------------------------------
 
     def _meta(self, task_id: str, result: Any, state: str, traceback: str | None, request: Any) -> dict[str, Any]:
-        date_done = datetime.now(timezone.utc).isoformat() if state in states.READY_STATES else None
+        date_done = datetime.now(UTC).isoformat() if state in states.READY_STATES else None
         meta: dict[str, Any] = {
             'status': state,
             'result': result,
@@ -241,9 +242,7 @@ class Backend(abc.ABC):
     ) -> Any:
         return self.store_result(task_id, exc, states.FAILURE, traceback=traceback, request=request)
 
-    def mark_as_retry(
-        self, task_id: str, exc: BaseException, traceback: str | None = None, request: Any = None
-    ) -> Any:
+    def mark_as_retry(self, task_id: str, exc: BaseException, traceback: str | None = None, request: Any = None) -> Any:
         return self.store_result(task_id, exc, states.RETRY, traceback=traceback, request=request)
 
     def mark_as_revoked(self, task_id: str, reason: str = '', request: Any = None) -> Any:
@@ -313,12 +312,11 @@ class DisabledBackend(Backend):
 
     def _fail(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(
-            'No result backend is configured.\n'
-            'Please see the documentation for more information.'
+            'No result backend is configured.\nPlease see the documentation for more information.'
         )
 
-    _get = _set = _delete = _fail  # type: ignore[assignment]
-    get_task_meta = wait_for = _fail  # type: ignore[assignment]
+    _get = _set = _delete = _fail
+    get_task_meta = wait_for = _fail
 
     def store_result(self, *args: Any, **kwargs: Any) -> Any:
         return None

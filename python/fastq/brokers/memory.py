@@ -243,7 +243,7 @@ class _MemoryConsumer(Consumer):
             self._s.lock.notify_all()
 
     def _mine(self, tag: Tag) -> _Stored | None:
-        m = self._s.messages.get(tag)  # type: ignore[call-overload]
+        m = self._s.messages.get(tag) if isinstance(tag, int) else None
         return m if m is not None and m.owner == self.owner else None
 
     def ack(self, tags: Sequence[Tag]) -> None:
@@ -304,7 +304,8 @@ class _MemoryConsumer(Consumer):
             deliveries=delivery.deliveries,
         )
         with self._s.lock:
-            self._s.messages.pop(delivery.tag, None)  # type: ignore[call-overload]
+            if isinstance(delivery.tag, int):
+                self._s.messages.pop(delivery.tag, None)
             self._s.dead[letter.id] = letter
         return letter
 

@@ -447,7 +447,9 @@ class SQLiteConsumer(Consumer):
         now = time.time()
         owners = [
             r[0]
-            for r in conn.execute('SELECT DISTINCT owner FROM messages WHERE owner IS NOT NULL AND owner != ?', (self.owner,))
+            for r in conn.execute(
+                'SELECT DISTINCT owner FROM messages WHERE owner IS NOT NULL AND owner != ?', (self.owner,)
+            )
         ]
         dead = [o for o in owners if self.broker.owners.is_dead(o)]
         expired = conn.execute(
@@ -483,9 +485,7 @@ class SQLiteConsumer(Consumer):
         count = 0
         with self.db.write() as conn:
             for chunk in chunks(list(tags)):
-                count += conn.execute(
-                    sql.format(ids=placeholders(len(chunk))), (*params, self.owner, *chunk)
-                ).rowcount
+                count += conn.execute(sql.format(ids=placeholders(len(chunk))), (*params, self.owner, *chunk)).rowcount
         return count
 
     def ack(self, tags: Sequence[Tag]) -> None:

@@ -1,5 +1,5 @@
 """Canvas: signatures now; chain, group, chord, chunks, map and starmap come with the workflows work."""
 
-from fastq.canvas.signature import Signature, maybe_signature, signature
+from fastq.canvas.signatures import Signature, maybe_signature, signature
 
 __all__ = ['Signature', 'maybe_signature', 'signature']

@@ -192,7 +192,7 @@ class Settings(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
-    def update(self, other: Any = (), /, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
         items = dict(other, **kwargs)
         for key, value in items.items():
             self[key] = value

@@ -27,8 +27,8 @@ def _fail(name: str, message: str) -> ImproperlyConfigured:
 
 
 def _check_serializer(conf: Settings, name: str) -> None:
-    from fastq.serialization import serializer_by_name
     from fastq.exceptions import EncodeError
+    from fastq.serialization import serializer_by_name
 
     value = conf[name]
     try:
@@ -38,7 +38,7 @@ def _check_serializer(conf: Settings, name: str) -> None:
 
 
 def _check_accept(conf: Settings, name: str) -> None:
-    from fastq.serialization import BINARY_TYPES, _BY_CONTENT_TYPE, _BY_NAME
+    from fastq.serialization import _BY_CONTENT_TYPE, _BY_NAME, BINARY_TYPES
 
     value = conf[name]
     if value is None:
@@ -75,7 +75,7 @@ def _check_pool(conf: Settings, name: str) -> None:
     value = conf[name]
     if value in POOLS:
         return
-    if value in UNSUPPORTED_POOLS and UNSUPPORTED_POOLS[value]:
+    if UNSUPPORTED_POOLS.get(value):
         raise _fail(name, UNSUPPORTED_POOLS[value])
     raise _fail(name, f'unknown pool {value!r} (choose from {", ".join(POOLS)})')
 

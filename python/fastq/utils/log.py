@@ -77,9 +77,7 @@ def setup_logging(
 
     level = logging.getLevelName(loglevel.upper()) if isinstance(loglevel, str) else loglevel
     if signals.setup_logging.receivers:
-        signals.setup_logging.send(
-            sender=None, loglevel=level, logfile=logfile, format=fmt, colorize=colorize
-        )
+        signals.setup_logging.send(sender=None, loglevel=level, logfile=logfile, format=fmt, colorize=colorize)
         _CONFIGURED = True
         return
     handler: logging.Handler

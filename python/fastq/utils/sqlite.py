@@ -32,8 +32,7 @@ def path_from_url(url: str, setting: str) -> str:
     if not sep or not scheme.split('+')[-1].lower().startswith('sqlite'):
         raise ImproperlyConfigured(f'{setting}: {url!r} is not a sqlite:// URL')
     path = unquote(rest.split('?', 1)[0])
-    if path.startswith('/'):
-        path = path[1:]
+    path = path.removeprefix('/')
     if not path or path == ':memory:':
         raise ImproperlyConfigured(
             f'{setting}: {url!r} names no file; an in-memory SQLite database cannot be shared between '

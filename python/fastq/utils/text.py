@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import reprlib
 import re
+import reprlib
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time as _time
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
 __all__ = ['from_iso', 'get_timezone', 'maybe_make_aware', 'now_in', 'parse_rate', 'to_timestamp']
@@ -13,7 +13,7 @@ _RATE = re.compile(r'^\s*(\d+(?:\.\d*)?)\s*(?:/\s*([smh]))?\s*$')
 _RATE_UNITS = {'s': 1.0, 'm': 60.0, 'h': 3600.0}
 
 
-def parse_rate(rate: str | float | int | None) -> float:
+def parse_rate(rate: str | float | None) -> float:
     """Tasks per second for Celery's rate strings: `'10/s'`, `'100/m'`, `'1000/h'`, or a bare number (per second).
 
     0 or None means unlimited (returned as 0.0).
@@ -37,9 +37,9 @@ def get_timezone(name: str | None, enable_utc: bool = True) -> tzinfo:
     if name:
         return ZoneInfo(name)
     if enable_utc:
-        return timezone.utc
+        return UTC
     local = datetime.now().astimezone().tzinfo
-    return local or timezone.utc
+    return local or UTC
 
 
 def now_in(tz: tzinfo) -> datetime:
@@ -49,7 +49,7 @@ def now_in(tz: tzinfo) -> datetime:
 def maybe_make_aware(dt: datetime, tz: tzinfo | None = None) -> datetime:
     """Attach `tz` (default UTC) to a naive datetime; aware datetimes are returned unchanged."""
     if dt.tzinfo is None or dt.tzinfo.utcoffset(dt) is None:
-        return dt.replace(tzinfo=tz or timezone.utc)
+        return dt.replace(tzinfo=tz or UTC)
     return dt
 
 
@@ -66,7 +66,7 @@ def to_timestamp(value: str | datetime | None, tz: tzinfo | None = None) -> floa
     return dt.timestamp()
 
 
-def seconds(value: float | int | timedelta | None) -> float | None:
+def seconds(value: float | timedelta | None) -> float | None:
     if value is None:
         return None
     if isinstance(value, timedelta):

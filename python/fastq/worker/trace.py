@@ -110,7 +110,7 @@ def _autoretry(task: Task[Any, Any], exc: BaseException) -> None:
     options = dict(task.retry_kwargs or {})
     if task.retry_backoff and 'countdown' not in options:
         factor = 1 if task.retry_backoff is True else float(task.retry_backoff)
-        countdown = min(factor * (2 ** task.request.retries), task.retry_backoff_max)
+        countdown = min(factor * (2**task.request.retries), task.retry_backoff_max)
         if task.retry_jitter:
             countdown = random.randrange(int(countdown) + 1)
         options['countdown'] = countdown
@@ -204,7 +204,12 @@ def _on_failure(
     outcome = Outcome(states.FAILURE, runtime, exc_repr=repr(exc), exception=exc, traceback=einfo.traceback)
     task.on_failure(exc, task_id, args, kwargs, einfo)
     signals.task_failure.send(
-        sender=task, task_id=task_id, exception=exc, args=args, kwargs=kwargs, traceback=exc.__traceback__,
+        sender=task,
+        task_id=task_id,
+        exception=exc,
+        args=args,
+        kwargs=kwargs,
+        traceback=exc.__traceback__,
         einfo=einfo,
     )
     if not ctx.is_eager and ctx.errbacks:
@@ -285,9 +290,14 @@ def apply_eagerly(
     outcome = execute(task, args, kwargs, request)
     if outcome.state == states.SUCCESS:
         _apply_signatures(task.app, _listify(link), (outcome.retval,), task.request)
-    elif outcome.state == states.FAILURE and throw and outcome.exception is not None:
-        raise outcome.exception
-    elif outcome.state == states.RETRY and throw and outcome.exception is not None:
+    elif (
+        outcome.state == states.FAILURE
+        and throw
+        and outcome.exception is not None
+        or outcome.state == states.RETRY
+        and throw
+        and outcome.exception is not None
+    ):
         raise outcome.exception
     value = outcome.retval if outcome.state == states.SUCCESS else outcome.exception
     return EagerResult(task_id, value, outcome.state, traceback=outcome.traceback, name=task.name, app=task.app)

@@ -64,6 +64,7 @@ class Pool(abc.ABC):
 
     def check_time_limits(self, now: float) -> None:
         """Enforce hard time limits (monotonic `now`); pools that cannot kill a task do nothing."""
+        return None
 
     def supports_hard_time_limit(self) -> bool:
         return False

@@ -31,7 +31,7 @@ class Signature(dict[str, Any], Generic[R]):
         args: Any = None,
         kwargs: dict[str, Any] | None = None,
         options: dict[str, Any] | None = None,
-        type: Any = None,  # noqa: A002 - Celery's name
+        type: Any = None,
         subtask_type: str | None = None,
         immutable: bool = False,
         app: Fastq | None = None,
@@ -88,7 +88,7 @@ class Signature(dict[str, Any], Generic[R]):
         cached = getattr(self, '_type', None)
         if cached is None:
             cached = self._type = self.app.tasks[self['task']]
-        return cached  # type: ignore[no-any-return]
+        return cached
 
     def clone(self, args: Any = None, kwargs: dict[str, Any] | None = None, **opts: Any) -> Signature[R]:
         """A copy with `args` prepended (unless immutable), `kwargs` merged and options updated."""
@@ -97,7 +97,7 @@ class Signature(dict[str, Any], Generic[R]):
         if not self.immutable:
             new_args = tuple(args or ()) + new_args
             new_kwargs.update(kwargs or {})
-        sig = Signature(
+        sig: Signature[R] = Signature(
             dict(self, args=new_args, kwargs=new_kwargs, options=dict(copy.deepcopy(self.options), **opts))
         )
         sig._app = self._app
@@ -142,7 +142,7 @@ class Signature(dict[str, Any], Generic[R]):
         raise NotImplementedError('chains (sig | sig) arrive with the canvas work; use link= for now')
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Signature[R]:
-        sig = Signature(copy.deepcopy(dict(self), memo))
+        sig: Signature[R] = Signature(copy.deepcopy(dict(self), memo))
         sig._app = self._app
         sig._type = getattr(self, '_type', None)
         return sig

@@ -1,0 +1,69 @@
+# fastq: `make help` lists the targets. CI runs `bash ci/run.sh`, which calls `make lint`.
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: help
+help: ## show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: install
+install: ## install system packages, create .venv and build everything (Rust + Cython)
+	bash ci/install-deps.sh
+	bash ci/setup-venv.sh
+
+.PHONY: build-dev
+build-dev: ## rebuild the extensions in place after editing rust/ or cython/
+	rm -f python/fastq/_core*.so python/fastq/_ipc*.so
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v 'is ignored' || true
+
+.PHONY: debug
+debug: ## rebuild with FASTQ_DEBUG checks, Cython annotate/linetrace and a Rust debug build
+	rm -f python/fastq/_core*.so python/fastq/_ipc*.so
+	FASTQ_DEBUG=1 SETUPTOOLS_RUST_CARGO_PROFILE=dev $(PY) -m pip install -q --no-deps --no-build-isolation -e .
+
+.PHONY: format
+format: ## format Python and Rust
+	ruff format python tests benches examples
+	ruff check --fix python tests benches examples
+	cd rust && cargo fmt
+
+.PHONY: lint-python
+lint-python: ## ruff (lint + format check)
+	ruff check python tests benches examples
+	ruff format --check python tests benches examples
+
+.PHONY: typecheck
+typecheck: ## mypy --strict on python/fastq, and stubtest of the compiled modules against their .pyi
+	mypy
+	$(PY) -m mypy.stubtest fastq._core fastq._ipc --allowlist ci/stubtest-allowlist.txt
+
+.PHONY: lint-rust
+lint-rust: ## cargo fmt --check and clippy -D warnings
+	cd rust && cargo fmt --check && cargo clippy --quiet --all-targets -- -D warnings
+
+.PHONY: lint-cython
+lint-cython: ## cython-lint
+	cython-lint cython/
+
+.PHONY: lint
+lint: lint-python typecheck lint-rust lint-cython ## every linter CI runs
+
+.PHONY: test
+test: ## run the Rust and Python test suites
+	cd rust && cargo test --quiet
+	$(PY) -m pytest -q
+
+.PHONY: bench
+bench: ## benchmarks: Rust envelope vs pure Python vs kombu, and a worker on SQLite (tasks/s)
+	$(PY) -m pytest benches -q --benchmark-columns=min,median,ops -p no:cacheprovider
+	$(PY) benches/macro_sqlite.py
+
+.PHONY: demo
+demo: ## run the quickstart app on the embedded SQLite broker
+	$(PY) examples/demo.py
+
+.PHONY: clean
+clean: ## remove build artefacts
+	rm -rf build *.egg-info python/*.egg-info python/fastq/*.so cython/*.c cython/*.html rust/target .mypy_cache .ruff_cache

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole check, as CI runs it on a fresh machine: system packages, the build, lint, Rust tests, pytest.
+# README.md's second command. Idempotent: a second run reuses .venv and the cargo build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+started=$(date +%s)
+step() { printf '\n=== %s (%ss)\n' "$1" "$(( $(date +%s) - started ))"; }
+
+step 'system packages'
+bash ci/install-deps.sh
+
+step 'python environment and build'
+bash ci/setup-venv.sh
+
+export PATH="$PWD/.venv/bin:$PATH"
+
+step 'lint'
+make --no-print-directory lint
+
+step 'rust tests'
+(cd rust && cargo test --quiet)
+
+step 'pytest'
+python -m pytest -q -p no:cacheprovider "$@"
+
+step 'done'

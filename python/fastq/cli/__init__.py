@@ -1,0 +1,76 @@
+"""The `fastq` command (also `python -m fastq`), with Celery's subcommands, options and output words.
+
+fastq -A proj worker -l info        fastq -A proj call proj.add --args '[1, 2]'
+fastq -A proj result <id>           fastq -A proj purge -f
+fastq -A proj deadletter list       fastq --version
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from fastq import __version__
+from fastq.cli.base import CommandError, find_app
+from fastq.exceptions import ImproperlyConfigured
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+
+__all__ = ['main']
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fastq.cli import calling, deadletter, purge, worker
+
+    parser = argparse.ArgumentParser(
+        prog='fastq',
+        description='fastq: a Celery-compatible distributed task queue.',
+        epilog='Run "fastq COMMAND --help" for the options of a command.',
+    )
+    parser.add_argument('--version', action='version', version=f'{__version__} (fastq)')
+    parser.add_argument('-A', '--app', help='the application: a module (tasks), module:attribute or package')
+    parser.add_argument('-b', '--broker', help='broker URL (overrides broker_url)')
+    parser.add_argument('--result-backend', help='result backend URL (overrides result_backend)')
+    parser.add_argument('--config', help='configuration module (config_from_object)')
+    parser.add_argument('--workdir', help='change to this directory before loading the app')
+    parser.add_argument('-C', '--no-color', action='store_true', help='disable colored output')
+    parser.add_argument('-q', '--quiet', action='store_true', help='less output')
+    parser.add_argument('--loader', help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest='command', metavar='COMMAND')
+    worker.register(commands)
+    calling.register(commands)
+    purge.register(commands)
+    deadletter.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
+    """Entry point of `fastq`; exits with the command's status."""
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if not args.command:
+        parser.print_help()
+        sys.exit(0)
+    try:
+        if args.workdir:
+            import os
+
+            os.chdir(args.workdir)
+        if app is None:
+            app = find_app(args.app)
+        if args.broker:
+            app.conf.broker_url = args.broker
+        if args.result_backend:
+            app.conf.result_backend = args.result_backend
+        if args.config:
+            app.config_from_object(args.config)
+        code = args.handler(app, args)
+    except (CommandError, ImproperlyConfigured) as exc:
+        print(f'Error: {exc}', file=sys.stderr)
+        code = 2 if isinstance(exc, CommandError) else 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code or 0)

@@ -1,0 +1,94 @@
+"""Shared by the subcommands: finding the app (`-A`), errors, output helpers."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import TYPE_CHECKING, Any
+
+from fastq.utils.imports import cwd_in_path
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+
+
+class CommandError(Exception):
+    """A usage error: printed as `Error: ...`, exit status 2."""
+
+
+def _is_app(obj: Any) -> bool:
+    from fastq.app import Fastq
+
+    return isinstance(obj, Fastq)
+
+
+def _app_in(module: Any) -> Fastq | None:
+    for name in ('app', 'celery'):
+        obj = getattr(module, name, None)
+        if _is_app(obj):
+            return obj
+    return None
+
+
+def _from_attribute(module_name: str, attr: str, spec: str) -> Fastq:
+    obj: Any = _import(module_name, spec)
+    for part in attr.split('.'):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise CommandError(f'Unable to load celery application: module {module_name!r} has no {attr!r}')
+    if callable(obj) and not _is_app(obj):
+        obj = obj()
+    if not _is_app(obj):
+        raise CommandError(f'{spec!r} is not a fastq application')
+    return obj  # type: ignore[no-any-return]
+
+
+def find_app(spec: str | None) -> Fastq:
+    """Celery's `-A` lookup: `module:attr`, `module.attr`, or a module/package holding `app` or `celery`
+    (also in its `.celery` submodule), or the only app defined in the module."""
+    from fastq._state import get_current_app
+
+    if not spec:
+        return get_current_app()
+    cwd_in_path()
+    module_name, sep, attr = spec.partition(':')
+    if sep:
+        return _from_attribute(module_name, attr, spec)
+    try:
+        module = importlib.import_module(spec)
+    except ModuleNotFoundError as exc:
+        if exc.name != spec and not spec.startswith(f'{exc.name}.'):
+            raise
+        head, _, tail = spec.rpartition('.')
+        if head:
+            return _from_attribute(head, tail, spec)
+        raise CommandError(f'Unable to load celery application.\nThe module {spec} was not found.') from None
+    found = _app_in(module)
+    if found is None:
+        try:
+            found = _app_in(importlib.import_module(f'{spec}.celery'))
+        except ModuleNotFoundError:
+            found = None
+    if found is not None:
+        return found
+    apps = [v for v in vars(module).values() if _is_app(v)]
+    if len(apps) == 1:
+        return apps[0]  # type: ignore[no-any-return]
+    raise CommandError(f'Unable to load celery application.\nModule {spec!r} has no attribute "app" or "celery"')
+
+
+def _import(name: str, spec: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            raise CommandError(f'Unable to load celery application.\nThe module {name} was not found.') from None
+        raise
+
+
+def out(text: str = '') -> None:
+    print(text, file=sys.stdout, flush=True)
+
+
+def err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

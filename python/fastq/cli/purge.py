@@ -1,0 +1,52 @@
+"""`fastq purge`: erase waiting messages (with Celery's prompt and wording)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from fastq.cli.base import out
+from fastq.utils.text import pluralize
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+
+
+def register(commands: Any) -> None:
+    p = commands.add_parser(
+        'purge', help='erase all messages from queues', description='Erase all messages from all known task queues.'
+    )
+    p.add_argument('-f', '--force', action='store_true', help="don't prompt for verification")
+    p.add_argument('-Q', '--queues', help='comma-separated queues to purge')
+    p.add_argument('-X', '--exclude-queues', help='comma-separated queues not to purge')
+    p.set_defaults(handler=purge)
+
+
+def purge(app: Fastq, args: argparse.Namespace) -> int:
+    broker = app.broker
+    broker.connect()
+    if args.queues:
+        queues = [q.strip() for q in args.queues.split(',') if q.strip()]
+    else:
+        queues = sorted(set(broker.known_queues()) | set(app.router.worker_queues(None)))
+    excluded = {q.strip() for q in (args.exclude_queues or '').split(',') if q.strip()}
+    queues = [q for q in queues if q not in excluded]
+    if not queues:
+        out('No queues to purge.')
+        return 0
+    if not args.force:
+        names = ', '.join(queues)
+        out(
+            f'WARNING: This will remove all tasks from {pluralize(len(queues), "queue")}: {names}.\n'
+            '         There is no undo for this operation!\n\n'
+            '(to skip this prompt use the -f option)\n'
+        )
+        answer = input('Are you sure you want to delete all tasks (yes/NO)? ')
+        if answer.strip().lower() not in ('y', 'yes'):
+            return 0
+    messages = sum(broker.purge(q) for q in queues)
+    if messages:
+        out(f'Purged {pluralize(messages, "message")} from {pluralize(len(queues), "known task queue")}.')
+    else:
+        out(f'No messages purged from {pluralize(len(queues), "queue")}.')
+    return 0

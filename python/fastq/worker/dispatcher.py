@@ -1,0 +1,405 @@
+"""The worker parent's task state machine, run in the loop's thread.
+
+    delivery --receive--> rejected (dead letter / expired / unknown)      [settled]
+                     \\--> deferred to the broker until its ETA            [settled]
+                     \\--> held in memory until a near ETA --> ready
+                     \\--> ready --dispatch--> running (early ack here) --result--> settled (late ack here)
+                                                              \\--lost--> requeued / failed
+
+Every held delivery is in the `Ledger` until settled, so the prefetch window is exact. Early acks are sent
+before the task is handed to the pool (never later than it starts); late acks are batched and sent after
+the pool reports the result, which the executor stored before reporting.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+import traceback
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from fastq import _core, signals, states
+from fastq.exceptions import (
+    InvalidTaskError,
+    NotRegistered,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
+from fastq.protocol import parse_task_headers
+from fastq.worker.job import DECODE_ERROR, Job
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+    from fastq.brokers.base import Broker, Consumer, Delivery
+    from fastq.worker.fetcher import Fetcher
+    from fastq.worker.loop import Loop
+    from fastq.worker.pool.base import Pool
+    from fastq.worker.trace import Outcome
+
+logger = logging.getLogger('celery.worker.strategy')
+error_logger = logging.getLogger('celery.worker.consumer.consumer')
+
+#: ETAs closer than this are held in memory; later ones are parked in the broker (when it can).
+HOLD_IN_MEMORY = 1.0
+
+UNKNOWN_TASK_ERROR = """\
+Received unregistered task of type %s.
+The message has been moved to the dead-letter store.
+
+Did you remember to import the module containing this task?
+Or maybe you're using relative imports?
+
+The message headers:
+%s
+
+The delivery info for this task is:
+%s"""
+
+INVALID_TASK_ERROR = """\
+Received invalid task message: %s
+The message has been moved to the dead-letter store (fastq deadletter list).
+
+The message headers:
+%s"""
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        app: Fastq,
+        broker: Broker,
+        consumer: Consumer,
+        pool: Pool,
+        loop: Loop,
+        window: int,
+        accept: frozenset[str],
+        hostname: str,
+    ) -> None:
+        self.app = app
+        self.broker = broker
+        self.consumer = consumer
+        self.pool = pool
+        self.loop = loop
+        self.accept = accept
+        self.hostname = hostname
+        self.base_window = window
+        self.ledger = _core.Ledger(window)
+        self.fetcher: Fetcher | None = None
+        self.ready: deque[Job] = deque()
+        self.held: list[tuple[float, int, Job]] = []  # ETA heap
+        self.running: dict[int, Job] = {}
+        self._late_acks: list[Any] = []
+        self._ids = itertools.count(1)
+        self.tz = app.timezone
+        conf = app.conf
+        self.max_redeliveries = int(conf.task_max_redeliveries or 0)
+        self.default_time_limit = conf.task_time_limit
+        self.default_soft_time_limit = conf.task_soft_time_limit
+        self.accepting = True
+        self.processed = 0
+        self._warned_time_limit = False
+        self._retry_timer: Any = None
+
+    # --- receiving ----------------------------------------------------------------------------------------
+
+    def on_deliveries(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            try:
+                self._receive(delivery)
+            except Exception as exc:  # a bug handling one message must not take the worker down
+                error_logger.exception('Error handling delivery %r: %r', delivery.tag, exc)
+                self._dead_letter(delivery, f'internal error while receiving: {exc!r}')
+
+    def _receive(self, d: Delivery) -> None:
+        if not self.accepting:
+            self._release([d.tag])
+            return
+        if d.message is None:
+            error_logger.error('Received a message that cannot be parsed (delivery %r): %s', d.tag, d.error)
+            self._dead_letter(d, f'malformed message: {d.error}')
+            return
+        try:
+            request = parse_task_headers(d.message, self.tz)
+        except InvalidTaskError as exc:
+            error_logger.error(INVALID_TASK_ERROR, exc, _safe_headers(d))
+            self._dead_letter(d, f'invalid task message: {exc}')
+            return
+        if self.max_redeliveries and d.deliveries > self.max_redeliveries:
+            error_logger.error(
+                'Task %s[%s] was delivered %d times without being acknowledged (its worker died each time); '
+                'moved to the dead-letter store (task_max_redeliveries=%d)',
+                request.task,
+                request.id,
+                d.deliveries,
+                self.max_redeliveries,
+            )
+            self._dead_letter(d, f'delivered {d.deliveries} times without being acknowledged')
+            return
+        if d.message.content_type not in self.accept:
+            error_logger.error(
+                'Task %s[%s]: refusing to deserialize untrusted content of type %s (accept_content=%s); '
+                'moved to the dead-letter store',
+                request.task,
+                request.id,
+                d.message.content_type,
+                sorted(self.accept),
+            )
+            self._dead_letter(d, f'content type {d.message.content_type!r} is not accepted')
+            return
+        task = self.app.tasks.get(request.task)
+        if task is None:
+            self._unknown_task(d, request.task, request.id)
+            return
+        now = time.time()
+        if request.expires is not None and request.expires < now:
+            self._expired(d, request, task)
+            return
+        job = Job(
+            id=next(self._ids),
+            delivery=d,
+            request=request,
+            acks_late=bool(task.acks_late),
+            reject_on_worker_lost=bool(task.reject_on_worker_lost),
+            acks_on_failure_or_timeout=task.acks_on_failure_or_timeout is not False,
+            time_limit=request.time_limit or task.time_limit or self.default_time_limit,
+            soft_time_limit=request.soft_time_limit or task.soft_time_limit or self.default_soft_time_limit,
+            hostname=self.hostname,
+            received=time.monotonic(),
+        )
+        if request.eta is not None and request.eta > now:
+            if request.eta - now > HOLD_IN_MEMORY and self.broker.features.delayed:
+                self.consumer.defer(d.tag, request.eta)
+                self._settled(d.tag)
+                logger.debug('Task %s[%s] parked in the broker until its ETA', request.task, request.id)
+                return
+            logger.info('Task %s[%s] received', job.name, request.id)
+            heapq.heappush(self.held, (request.eta, job.id, job))
+            self.ledger.window = self._window()
+            self.loop.call_later(max(0.0, request.eta - now), self._release_due)
+            return
+        logger.info('Task %s[%s] received', job.name, request.id)
+        signals.task_received.send(sender=self, request=job)
+        self.ready.append(job)
+
+    def _window(self) -> int:
+        # Like Celery, scheduled (ETA) tasks held in memory do not count against the prefetch window.
+        return 0 if self.base_window == 0 else self.base_window + len(self.held)
+
+    def _release_due(self) -> None:
+        now = time.time()
+        while self.held and self.held[0][0] <= now:
+            _, _, job = heapq.heappop(self.held)
+            signals.task_received.send(sender=self, request=job)
+            self.ready.append(job)
+        self.ledger.window = self._window()
+
+    def _unknown_task(self, d: Delivery, name: str, task_id: str) -> None:
+        assert d.message is not None
+        error_logger.error(UNKNOWN_TASK_ERROR, name, _safe_headers(d), d.message.properties.get('delivery_info'))
+        exc = NotRegistered(name)
+        if not d.message.headers.get('ignore_result'):
+            try:
+                self.app.backend.mark_as_failure(task_id, exc)
+            except NotImplementedError:
+                pass
+            except Exception as store_exc:
+                error_logger.warning('Could not store NotRegistered for %s: %r', task_id, store_exc)
+        signals.task_unknown.send(sender=self, message=d.message, exc=exc, name=name, id=task_id)
+        self._dead_letter(d, f'unregistered task {name!r}')
+
+    def _expired(self, d: Delivery, request: Any, task: Any) -> None:
+        logger.info('Discarding revoked task: %s[%s]', request.task, request.id)
+        if not request.ignore_result:
+            try:
+                self.app.backend.mark_as_revoked(request.id, 'expired', request=None)
+            except NotImplementedError:
+                pass
+        signals.task_revoked.send(sender=task, request=request, terminated=False, signum=None, expired=True)
+        self._ack_now([d.tag])
+
+    # --- dispatching --------------------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Hand ready jobs to free pool slots (idle callback of the loop)."""
+        free = self.pool.free_slots()
+        if not free or not self.ready:
+            return
+        batch = [self.ready.popleft() for _ in range(min(free, len(self.ready)))]
+        early = [job.tag for job in batch if not job.acks_late]
+        if early:
+            try:
+                self.consumer.ack(early)
+            except Exception as exc:
+                error_logger.error('Cannot acknowledge messages on %s: %s; will retry', self.broker.describe(), exc)
+                self.ready.extendleft(reversed(batch))
+                if self._retry_timer is None:
+                    self._retry_timer = self.loop.call_later(1.0, self._clear_retry)
+                return
+            for job in batch:
+                if not job.acks_late:
+                    job.acked = True
+                    self._settled(job.tag)
+        for job in batch:
+            if not job.acked:
+                self.ledger.start(job.tag)
+            self.running[job.id] = job
+            self.pool.submit(job)
+
+    def _clear_retry(self) -> None:
+        self._retry_timer = None
+
+    # --- results ------------------------------------------------------------------------------------------
+
+    def on_result(self, job: Job, outcome: Outcome) -> None:
+        self.running.pop(job.id, None)
+        self.processed += 1
+        state = outcome.state
+        if state == DECODE_ERROR:
+            error_logger.error("Can't decode message body of %s[%s]: %s", job.name, job.request.id, outcome.exc_repr)
+            self._dead_letter(job.delivery, f'cannot decode body: {outcome.exc_repr}', acked=job.acked)
+            return
+        if job.acked:
+            return
+        if state == states.REJECTED:
+            self._reject([job.tag], requeue=outcome.requeue)
+        elif state == states.FAILURE and job.acks_late and not job.acks_on_failure_or_timeout:
+            self._dead_letter(job.delivery, f'task failed: {outcome.exc_repr}')
+        else:
+            self._late_acks.append(job.tag)
+
+    def on_lost(self, job: Job, reason: str) -> None:
+        """The executor running `job` died (or was killed by us for its time limit)."""
+        self.running.pop(job.id, None)
+        task_id = job.request.id
+        if reason.startswith('time-limit:'):
+            exc: BaseException = TimeLimitExceeded(job.time_limit)
+            self._store_failure(job, exc)
+            if not job.acked:
+                if job.acks_on_failure_or_timeout:
+                    self._late_acks.append(job.tag)
+                else:
+                    self._dead_letter(job.delivery, f'time limit ({job.time_limit}s) exceeded')
+            return
+        if job.acks_late and job.reject_on_worker_lost and not job.acked:
+            error_logger.error('Task %s[%s]: %s; requeued (reject_on_worker_lost)', job.name, task_id, reason)
+            self._reject([job.tag], requeue=True)
+            return
+        exc = WorkerLostError(reason)
+        error_logger.error('Task handler raised error: %r', exc)
+        self._store_failure(job, exc)
+        if not job.acked:
+            self._late_acks.append(job.tag)
+
+    def _store_failure(self, job: Job, exc: BaseException) -> None:
+        task = self.app.tasks.get(job.request.task)
+        if job.request.ignore_result and not (task and task.store_errors_even_if_ignored):
+            return
+        try:
+            tb = ''.join(traceback.format_exception_only(type(exc), exc))
+            self.app.backend.mark_as_failure(job.request.id, exc, tb, request=None)
+        except NotImplementedError:
+            pass
+        except Exception as store_exc:
+            error_logger.warning('Could not store the failure of %s: %r', job.request.id, store_exc)
+        if task is not None:
+            signals.task_failure.send(
+                sender=task, task_id=job.request.id, exception=exc, args=None, kwargs=None, traceback=None, einfo=None
+            )
+
+    def on_requeue(self, jobs: list[Job]) -> None:
+        """Jobs an executor received but never started: run them elsewhere, first."""
+        for job in reversed(jobs):
+            self.running.pop(job.id, None)
+            job.started = None
+            job.pid = None
+            self.ready.appendleft(job)
+
+    # --- settling -----------------------------------------------------------------------------------------
+
+    def _settled(self, tag: Any) -> None:
+        self.ledger.settle(tag)
+        if self.fetcher is not None:
+            self.fetcher.notify_window()
+
+    def _ack_now(self, tags: list[Any]) -> None:
+        try:
+            self.consumer.ack(tags)
+        except Exception as exc:
+            error_logger.error('Cannot acknowledge messages on %s: %s', self.broker.describe(), exc)
+            return
+        for tag in tags:
+            self._settled(tag)
+
+    def _reject(self, tags: list[Any], requeue: bool) -> None:
+        try:
+            self.consumer.reject(tags, requeue)
+        except Exception as exc:
+            error_logger.error('Cannot reject messages on %s: %s', self.broker.describe(), exc)
+        for tag in tags:
+            self._settled(tag)
+
+    def _release(self, tags: list[Any]) -> None:
+        if not tags:
+            return
+        try:
+            self.consumer.release(tags)
+        except Exception as exc:
+            error_logger.error('Cannot hand messages back to %s: %s', self.broker.describe(), exc)
+        for tag in tags:
+            self._settled(tag)
+
+    def _dead_letter(self, d: Delivery, reason: str, acked: bool = False) -> None:
+        try:
+            letter = self.consumer.dead_letter(d, reason)
+        except Exception as exc:
+            error_logger.error('Cannot dead-letter delivery %r on %s: %s', d.tag, self.broker.describe(), exc)
+            if not acked:
+                self._reject([d.tag], requeue=False)
+            return
+        error_logger.warning(
+            'Dead-lettered message %s (task %s[%s]): %s', letter.id, d.task_name or '?', d.task_id or '?', reason
+        )
+        if not acked:
+            self._settled(d.tag)
+
+    def flush(self) -> None:
+        """Send batched late acks (idle callback, after dispatch)."""
+        if not self._late_acks:
+            return
+        tags, self._late_acks = self._late_acks, []
+        self._ack_now(tags)
+
+    # --- shutdown -----------------------------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        """Warm shutdown: hand back everything not started; running tasks finish."""
+        self.accepting = False
+        waiting = [job.tag for job in self.ready] + [job.tag for _, _, job in self.held]
+        self.ready.clear()
+        self.held.clear()
+        self._release([t for t in waiting if t in self.ledger])
+
+    def idle(self) -> bool:
+        return not self.running and not self.ready
+
+    def abandon(self, jobs: list[Job]) -> None:
+        """Cold shutdown: jobs killed with their executors; unacked ones go back to the broker."""
+        self._release([job.tag for job in jobs if not job.acked and job.tag in self.ledger])
+
+    def info(self) -> dict[str, Any]:
+        return {
+            'active': len(self.running),
+            'reserved': len(self.ready),
+            'scheduled': len(self.held),
+            'held': len(self.ledger),
+            'processed': self.processed,
+        }
+
+
+def _safe_headers(d: Delivery) -> str:
+    from fastq.utils.text import saferepr
+
+    return saferepr(d.message.headers if d.message is not None else None, 2048)

@@ -1,0 +1,139 @@
+"""The worker parent's event loop: one thread owns all task state; other threads only post to it.
+
+Sources of events: file descriptors (pool channels, the zygote's control socket) watched with a selector;
+an inbox that other threads (the fetcher, pool threads, signal handlers) append to, followed by one byte on a
+wake pipe; and timers. Everything runs in the loop's thread, so nothing needs a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import selectors
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+Callback = Callable[[], None]
+
+
+class Timer:
+    __slots__ = ('callback', 'cancelled', 'when')
+
+    def __init__(self, when: float, callback: Callback) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
+        self._inbox: deque[Callback] = deque()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._idle: list[Callback] = []
+        self.running = False
+
+    # --- from any thread ----------------------------------------------------------------------------------
+
+    def call_soon_threadsafe(self, callback: Callback) -> None:
+        """Run `callback` in the loop's thread as soon as possible (safe from any thread and signal handlers)."""
+        self._inbox.append(callback)
+        self.wake()
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b'\0')
+
+    # --- from the loop's thread ---------------------------------------------------------------------------
+
+    def call_later(self, delay: float, callback: Callback) -> Timer:
+        return self.call_at(time.monotonic() + delay, callback)
+
+    def call_at(self, when: float, callback: Callback) -> Timer:
+        timer = Timer(when, callback)
+        heapq.heappush(self._timers, (when, next(self._seq), timer))
+        return timer
+
+    def call_repeatedly(self, interval: float, callback: Callback) -> Timer:
+        """Call every `interval` seconds until the returned timer is cancelled."""
+        handle = Timer(0.0, callback)
+
+        def tick() -> None:
+            if handle.cancelled:
+                return
+            callback()
+            self.call_later(interval, tick)
+
+        self.call_later(interval, tick)
+        return handle
+
+    def on_idle(self, callback: Callback) -> None:
+        """Run after each pass over events (dispatching and flushing batches go here)."""
+        self._idle.append(callback)
+
+    def add_reader(self, fd: int, callback: Callback) -> None:
+        self.selector.register(fd, selectors.EVENT_READ, callback)
+
+    def set_writer(self, fd: int, callback: Callback | None, reader: Callback) -> None:
+        """Watch `fd` for writability too (callback given) or again only for reading (None)."""
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if callback else 0)
+        self.selector.modify(fd, events, (reader, callback))
+
+    def remove(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(fd)
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+    def run_once(self, max_wait: float = 1.0) -> None:
+        timeout = max_wait
+        if self._inbox:
+            timeout = 0.0
+        elif self._timers:
+            timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
+        for key, mask in self.selector.select(timeout):
+            data: Any = key.data
+            if isinstance(data, tuple):
+                reader, writer = data
+                if mask & selectors.EVENT_WRITE and writer is not None:
+                    writer()
+                if mask & selectors.EVENT_READ:
+                    reader()
+            else:
+                data()
+        while self._inbox:
+            self._inbox.popleft()()
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.callback()
+        for callback in self._idle:
+            callback()
+
+    def run_until(self, done: Callable[[], bool], max_wait: float = 1.0) -> None:
+        self.running = True
+        try:
+            while not done():
+                self.run_once(max_wait)
+        finally:
+            self.running = False
+
+    def close(self) -> None:
+        self.selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -1,0 +1,58 @@
+"""The solo pool: tasks run one at a time in the worker's own loop (debugging, or one task per process)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from fastq.worker.job import run_payload
+from fastq.worker.pool.base import Pool
+
+if TYPE_CHECKING:
+    from fastq.worker.job import Job
+
+
+class SoloPool(Pool):
+    name = 'solo'
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pending: deque[Job] = deque()
+        self._running: Job | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        self.loop.on_idle(self._run_pending)
+
+    def free_slots(self) -> int:
+        return 0 if (self._pending or self._running or self._stopped) else 1
+
+    def submit(self, job: Job) -> None:
+        self._pending.append(job)
+
+    def _run_pending(self) -> None:
+        while self._pending:
+            job = self._pending.popleft()
+            self._running = job
+            job.started = time.monotonic()
+            try:
+                outcome = run_payload(self.app, job.payload(), self.accept)
+            finally:
+                self._running = None
+            self.on_result(job, outcome)
+
+    def active(self) -> list[Job]:
+        return [self._running] if self._running else list(self._pending)
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def idle(self) -> bool:
+        return not self._pending and self._running is None
+
+    def terminate(self) -> list[Job]:
+        held = list(self._pending)
+        self._pending.clear()
+        self._stopped = True
+        return held

@@ -1,0 +1,326 @@
+"""`WorkController`: a worker's life, from banner to shutdown.
+
+Start order matters: the pool (and its fork server) starts before any thread exists or the broker is
+connected, so children are forked from a clean single-threaded process. Shutdown is warm on the first
+SIGTERM/SIGINT (stop fetching, hand back what has not started, let running tasks finish) and cold on the
+second (kill the pool; unacked messages go back to the broker): nothing reserved is lost either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import random
+import signal
+import sys
+import threading
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from fastq import __version__, signals
+from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured
+from fastq.serialization import accept_set
+from fastq.utils.nodenames import default_nodename, host_format
+from fastq.worker.dispatcher import Dispatcher
+from fastq.worker.fetcher import Fetcher
+from fastq.worker.loop import Loop
+from fastq.worker.pool import create_pool
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+    from fastq.brokers.base import Broker, Consumer
+    from fastq.worker.pool.base import Pool
+
+logger = logging.getLogger('celery.worker')
+
+TIME_LIMIT_CHECK = 0.25
+
+
+class WorkController:
+    def __init__(
+        self,
+        app: Fastq,
+        hostname: str | None = None,
+        concurrency: int | None = None,
+        pool: str | None = None,
+        queues: list[str] | None = None,
+        prefetch_multiplier: int | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+        quiet: bool = False,
+        banner_stream: Any = None,
+    ) -> None:
+        self.app = app
+        conf = app.conf
+        for name, value in (
+            ('task_time_limit', time_limit),
+            ('task_soft_time_limit', soft_time_limit),
+            ('worker_max_tasks_per_child', max_tasks_per_child),
+            ('worker_max_memory_per_child', max_memory_per_child),
+            ('worker_prefetch_multiplier', prefetch_multiplier),
+            ('worker_concurrency', concurrency),
+            ('worker_pool', pool),
+        ):
+            if value is not None:
+                conf[name] = value
+        app.finalize()
+        self.hostname = host_format(default_nodename(hostname))
+        self.concurrency = int(conf.worker_concurrency or os.cpu_count() or 1)
+        self.pool_name = conf.worker_pool
+        self.queues = app.router.worker_queues(queues)
+        multiplier = int(conf.worker_prefetch_multiplier)
+        self.window = 0 if multiplier == 0 else self.concurrency * multiplier
+        self.accept = accept_set(conf.accept_content)
+        self.quiet = quiet
+        self.banner_stream = banner_stream if banner_stream is not None else sys.__stdout__
+        self.loop = Loop()
+        self._shutdown: str | None = None  # None, 'warm' or 'cold'
+        self._signals_seen = 0
+        self.exitcode = 0
+        self.broker: Broker | None = None
+        self.consumer: Consumer | None = None
+        self.pool: Pool | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.fetcher: Fetcher | None = None
+        self._renewer: threading.Thread | None = None
+        self._stop_renew = threading.Event()
+
+    # --- startup ------------------------------------------------------------------------------------------
+
+    def start(self) -> int:
+        signals.celeryd_init.send(sender=self.hostname, instance=self, conf=self.app.conf, options={})
+        signals.worker_init.send(sender=self)
+        if not self.quiet:
+            self._print_banner()
+        signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=self.app.conf)
+        self._install_signal_handlers()
+        self.pool = create_pool(
+            self.pool_name,
+            app=self.app,
+            concurrency=self.concurrency,
+            loop=self.loop,
+            accept=self.accept,
+            on_result=self._on_result,
+            on_lost=self._on_lost,
+            on_requeue=self._on_requeue,
+            max_tasks_per_child=self.app.conf.worker_max_tasks_per_child,
+            max_memory_per_child=self.app.conf.worker_max_memory_per_child,
+        )
+        self.pool.start()
+        if self._shutdown:
+            return self._finish()
+        self.broker = self._connect()
+        if self.broker is None:
+            return self._finish()
+        self.consumer = self.broker.consumer(self.queues, owner=self.hostname)
+        self.dispatcher = Dispatcher(
+            self.app, self.broker, self.consumer, self.pool, self.loop, self.window, self.accept, self.hostname
+        )
+        self.loop.on_idle(self.dispatcher.dispatch)
+        self.loop.on_idle(self.dispatcher.flush)
+        if self.pool.supports_hard_time_limit():
+            self.loop.call_repeatedly(TIME_LIMIT_CHECK, lambda: self.pool.check_time_limits(time.monotonic()))  # type: ignore[union-attr]
+        self.fetcher = Fetcher(
+            self.consumer,
+            self.dispatcher.ledger,
+            lambda ds: self.loop.call_soon_threadsafe(lambda: self.dispatcher.on_deliveries(ds)),  # type: ignore[union-attr]
+            self.broker.describe(),
+        )
+        self.dispatcher.fetcher = self.fetcher
+        self.fetcher.start()
+        if self.broker.features.leases:
+            self._start_renewer()
+        logger.info('%s ready.', self.hostname)
+        signals.worker_ready.send(sender=self)
+        self.loop.run_until(lambda: self._shutdown is not None)
+        return self._finish()
+
+    def _connect(self) -> Broker | None:
+        """Connect with retries and backoff, naming the URL (password masked); None if shut down meanwhile."""
+        broker = self.app.broker
+        conf = self.app.conf
+        max_retries = conf.broker_connection_max_retries
+        retry = conf.broker_connection_retry_on_startup
+        retry = conf.broker_connection_retry if retry is None else retry
+        attempt = 0
+        delay = 0.0
+        while True:
+            try:
+                broker.connect()
+                logger.info('Connected to %s', broker.describe())
+                return broker
+            except BrokerConnectionError as exc:
+                attempt += 1
+                if not retry or (max_retries and attempt > max_retries):
+                    logger.critical('Cannot connect to %s: %s.', broker.describe(), exc)
+                    self.exitcode = 1
+                    return None
+                delay = min(max(delay * 2, 1.0), 32.0)
+                logger.error(
+                    'consumer: Cannot connect to %s: %s.\nTrying again in %.2f seconds... (%d/%s)',
+                    broker.describe(),
+                    exc,
+                    delay,
+                    attempt,
+                    max_retries or 'inf',
+                )
+                deadline = time.monotonic() + delay * (0.75 + random.random() / 2)
+                while time.monotonic() < deadline and not self._shutdown:
+                    self.loop.run_once(min(0.2, max(0.0, deadline - time.monotonic())))
+                if self._shutdown:
+                    return None
+
+    def _start_renewer(self) -> None:
+        assert self.broker is not None and self.consumer is not None
+        interval = self.app.conf.worker_lease_renew_interval or max(self.broker.visibility_timeout / 3, 0.5)
+        consumer = self.consumer
+
+        def renew() -> None:
+            while not self._stop_renew.wait(interval):
+                try:
+                    consumer.renew()
+                except Exception as exc:
+                    logger.warning('Could not renew reservations on %s: %s', self.broker.describe(), exc)  # type: ignore[union-attr]
+
+        self._renewer = threading.Thread(target=renew, name='fastq-lease-renewer', daemon=True)
+        self._renewer.start()
+
+    # --- pool callbacks (loop thread) ---------------------------------------------------------------------
+
+    def _on_result(self, job: Any, outcome: Any) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.on_result(job, outcome)
+
+    def _on_lost(self, job: Any, reason: str) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.on_lost(job, reason)
+
+    def _on_requeue(self, jobs: list[Any]) -> None:
+        if self.dispatcher is None:
+            return
+        if self._shutdown:
+            self.dispatcher.abandon(jobs)
+        else:
+            self.dispatcher.on_requeue(jobs)
+
+    # --- shutdown -----------------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals_seen += 1
+        how = 'cold' if (signum == signal.SIGQUIT or self._signals_seen > 1) else 'warm'
+        self.loop.call_soon_threadsafe(lambda: self.request_shutdown(how, signum))
+
+    def request_shutdown(self, how: str = 'warm', signum: int | None = None) -> None:
+        if self._shutdown == 'cold' or (self._shutdown == 'warm' and how == 'warm'):
+            return
+        self._shutdown = how
+        sys.stdout.flush()
+        logger.warning('worker: %s shutdown (MainProcess)', how.capitalize())
+        signals.worker_shutting_down.send(sender=self.hostname, sig=signum, how=how.capitalize(), exitcode=0)
+
+    def stop(self) -> None:
+        """Warm shutdown, callable from any thread (tests, embedding)."""
+        self.loop.call_soon_threadsafe(lambda: self.request_shutdown('warm'))
+
+    def _finish(self) -> int:
+        try:
+            if self.fetcher is not None:
+                self.fetcher.stop()
+            self._stop_renew.set()
+            pool = self.pool
+            if self._shutdown == 'warm' and pool is not None:
+                if self.dispatcher is not None:
+                    self.dispatcher.stop_accepting()
+                pool.stop()
+                self.loop.run_until(lambda: self._shutdown == 'cold' or (pool.idle() and self._dispatcher_idle()), 0.2)
+                if self.dispatcher is not None:
+                    self.dispatcher.flush()
+            if self._shutdown != 'warm' and self.pool is not None:
+                held = self.pool.terminate()
+                if self.dispatcher is not None:
+                    self.dispatcher.stop_accepting()
+                    self.dispatcher.flush()
+                    self.dispatcher.abandon(held)
+            elif self.pool is not None and hasattr(self.pool, 'close'):
+                self.pool.close()
+            if self.fetcher is not None:
+                self.fetcher.join(5.0)
+                # A delivery the fetcher handed over while we were stopping is released with the rest.
+                self.loop.run_once(0)
+                if self.dispatcher is not None:
+                    self.dispatcher.stop_accepting()
+            if self.consumer is not None:
+                self.consumer.close()
+        finally:
+            signals.worker_shutdown.send(sender=self)
+            self.app.close()
+            self.loop.close()
+        return self.exitcode
+
+    def _dispatcher_idle(self) -> bool:
+        return self.dispatcher is None or not self.dispatcher.running
+
+    # --- banner -------------------------------------------------------------------------------------------
+
+    def _print_banner(self) -> None:
+        app = self.app
+        conf = app.conf
+        events = 'ON' if conf.worker_send_task_events else 'OFF (enable -E to monitor tasks in this worker)'
+        when = datetime.now().strftime('%Y-%m-%d %H:%M:%S')
+        artlines = [
+            ' -------------- ',
+            '--- ***** ----- ',
+            '-- ******* ---- ',
+            '- *** --- * --- ',
+            '- ** ---------- ',
+            '- ** ---------- ',
+            '- ** ---------- ',
+            '- ** ---------- ',
+            '- *** --- * --- ',
+            '-- ******* ---- ',
+            '--- ***** ----- ',
+            ' -------------- ',
+        ]
+        backend = app.backend.describe()
+        info = [
+            f'{self.hostname} v{__version__} (fastq)',
+            '',
+            f'{platform.platform()} {when}',
+            '',
+            '[config]',
+            f'.> app:         {app.main or "__main__"}:{id(app):#x}',
+            f'.> transport:   {app.broker.describe()}',
+            f'.> results:     {backend}',
+            f'.> concurrency: {self.concurrency} ({self.pool_name})',
+            f'.> task events: {events}',
+            '',
+            '[queues]',
+        ]
+        lines = [art + text for art, text in zip(artlines, info, strict=False)]
+        for queue in self.queues:
+            lines.append(f'                .> {queue:<16} exchange={queue}(direct) key={queue}')
+        lines.append('')
+        lines.append('[tasks]')
+        for name in sorted(app.tasks.regular()):
+            lines.append(f'  . {name}')
+        lines.append('')
+        if self.banner_stream is not None:
+            print('\n'.join(lines), file=self.banner_stream, flush=True)
+
+
+def check_pool(name: str) -> None:
+    from fastq.config.validate import POOLS, UNSUPPORTED_POOLS
+
+    if name not in POOLS:
+        message = UNSUPPORTED_POOLS.get(name) or f'unknown pool {name!r} (choose from {", ".join(POOLS)})'
+        raise ImproperlyConfigured(f'worker_pool: {message}')
