@@ -219,7 +219,12 @@ class _MemoryConsumer(Consumer):
                     self._woken = False
                     return []
                 nearest = min(
-                    (m.not_before - now for m in self._s.messages.values() if m.not_before > now), default=remaining
+                    (
+                        (m.not_before if m.not_before > now else m.lease_until) - now
+                        for m in self._s.messages.values()
+                        if m.not_before > now or (m.owner is not None and m.lease_until > now)
+                    ),
+                    default=remaining,
                 )
                 self._s.lock.wait(min(remaining, max(nearest, 0.001)))
             out = []

@@ -1,0 +1,51 @@
+"""Fixtures shared by every test: fresh apps on the in-memory and SQLite brokers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fastq import Fastq
+
+# Tests must not pick up a developer's environment overrides.
+for _var in [v for v in os.environ if v.startswith('FASTQ_') or v in ('CELERY_BROKER_URL', 'CELERY_RESULT_BACKEND')]:
+    del os.environ[_var]
+
+
+@pytest.fixture
+def memory_app() -> Iterator[Fastq]:
+    app = Fastq('t', broker='memory://', backend='memory://', set_as_current=False)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def sqlite_urls(tmp_path: Path) -> tuple[str, str]:
+    return f'sqlite:///{tmp_path}/broker.sqlite3', f'sqlite:///{tmp_path}/results.sqlite3'
+
+
+@pytest.fixture
+def sqlite_app(sqlite_urls: tuple[str, str]) -> Iterator[Fastq]:
+    broker, backend = sqlite_urls
+    app = Fastq('t', broker=broker, backend=backend, set_as_current=False)
+    yield app
+    app.close()
+
+
+@pytest.fixture(params=['memory', 'sqlite'])
+def any_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fastq]:
+    """The same test body against each embedded broker/backend pair."""
+    if request.param == 'memory':
+        app = Fastq('t', broker='memory://', backend='memory://', set_as_current=False)
+    else:
+        app = Fastq(
+            't',
+            broker=f'sqlite:///{tmp_path}/broker.sqlite3',
+            backend=f'sqlite:///{tmp_path}/results.sqlite3',
+            set_as_current=False,
+        )
+    yield app
+    app.close()

@@ -1,0 +1,240 @@
+"""End to end on the embedded SQLite broker: real `fastq worker` processes, real results."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastq import states
+from fastq.exceptions import NotRegistered, TimeLimitExceeded, WorkerLostError
+
+from .conftest import lines, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def test_delay_and_get(tasks: Any, worker: Any) -> None:
+    w = worker()
+    result = tasks.add.delay(2, 3)
+    assert result.get(timeout=30) == 5
+    assert result.state == states.SUCCESS
+    assert result.successful() and result.ready() and not result.failed()
+    assert result.date_done is not None
+    assert f'Task worker_tasks.add[{result.id}] received' in w.log
+    w.wait_for(f'Task worker_tasks.add[{result.id}] succeeded in ')
+    assert f'worker_tasks.add[{result.id}] succeeded in' in w.log and ': 5' in w.log
+
+
+def test_many_tasks_all_results(tasks: Any, worker: Any) -> None:
+    worker()
+    results = [tasks.add.delay(i, i) for i in range(200)]
+    assert [r.get(timeout=60) for r in results] == [i + i for i in range(200)]
+
+
+def test_banner_names_broker_backend_and_tasks(tasks: Any, worker: Any, urls: dict[str, str]) -> None:
+    w = worker()
+    log = w.log
+    assert '.> transport:   ' + urls['FASTQ_BROKER_URL'] in log
+    assert '.> results:     ' + urls['FASTQ_RESULT_BACKEND'] in log
+    assert '.> concurrency: 2 (prefork)' in log
+    assert '  . worker_tasks.add' in log
+    assert 'celery@' in log and 'ready.' in log
+
+
+def test_failure_reraises_with_traceback(tasks: Any, worker: Any) -> None:
+    worker()
+    result = tasks.fail.delay('boom')
+    with pytest.raises(ValueError, match='boom'):
+        result.get(timeout=30)
+    assert result.state == states.FAILURE and result.failed()
+    assert 'ValueError: boom' in (result.traceback or '')
+    exc = result.get(timeout=1, propagate=False)
+    assert isinstance(exc, ValueError)
+
+
+def test_custom_exception_keeps_its_type(tasks: Any, worker: Any) -> None:
+    worker()
+    with pytest.raises(tasks.CustomError, match='mine'):
+        tasks.fail_custom.delay('mine').get(timeout=30)
+
+
+def test_countdown_runs_not_before_eta(tasks: Any, worker: Any) -> None:
+    worker()
+    sent = time.time()
+    result = tasks.when_run.apply_async(countdown=1.5)
+    assert result.state == states.PENDING
+    ran_at = result.get(timeout=30)
+    assert ran_at >= sent + 1.5
+
+
+def test_eta_parked_in_database_not_in_worker(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    worker()
+    result = tasks.when_run.apply_async(countdown=3600)
+    db = sqlite3.connect(tmp_path / 'broker.sqlite3')
+    wait_until(
+        lambda: db.execute('SELECT COUNT(*) FROM messages WHERE owner IS NULL AND not_before > ?', (time.time(),))
+        .fetchone()[0] == 1,
+        message='ETA message parked unreserved in the database',
+    )
+
+
+def test_expired_task_is_revoked_and_never_runs(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    w = worker()
+    out = tmp_path / 'ran.txt'
+    result = tasks.record.apply_async((str(out), 'x'), expires=-1)
+    wait_until(lambda: result.state == states.REVOKED, message='expired task revoked')
+    assert f'Discarding revoked task: worker_tasks.record[{result.id}]' in w.log
+    assert not out.exists()
+
+
+def test_unknown_task_fails_and_is_dead_lettered(tasks: Any, worker: Any) -> None:
+    w = worker()
+    result = tasks.app.send_task('worker_tasks.nope', (1,))
+    with pytest.raises(NotRegistered):
+        result.get(timeout=30)
+    assert 'Received unregistered task of type worker_tasks.nope' in w.log
+    letters = tasks.app.broker.dead_letters.list()
+    assert [(d.task_id, d.task_name) for d in letters] == [(result.id, 'worker_tasks.nope')]
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2  # still running
+
+
+def test_malformed_message_is_dead_lettered_and_worker_survives(tasks: Any, worker: Any) -> None:
+    w = worker()
+    broker = tasks.app.broker
+    broker.connect()
+    broker._publish_raw('celery', b'{"this is": not json')
+    broker._publish_raw('celery', b'{"body": "W10=", "content-type": "application/json", "headers": {}, '
+                                  b'"content-encoding": "utf-8", "properties": {}}')
+    wait_until(lambda: broker.dead_letters.count() == 2, message='two dead letters')
+    reasons = sorted(d.reason for d in broker.dead_letters.list())
+    assert reasons[0].startswith('invalid task message') and reasons[1].startswith('malformed message')
+    assert 'cannot be parsed' in w.log
+    assert tasks.add.delay(2, 2).get(timeout=30) == 4
+
+
+def test_refused_content_type_never_runs(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    worker()
+    out = tmp_path / 'ran.txt'
+    result = tasks.record.apply_async((str(out), 'pickled'), serializer='pickle')
+    broker = tasks.app.broker
+    wait_until(lambda: broker.dead_letters.count() == 1, message='dead letter')
+    letter = broker.dead_letters.get(result.id)
+    assert letter is not None and 'x-python-serialize' in letter.reason
+    assert not out.exists()
+
+
+def test_time_limit_kills_task_and_worker_goes_on(tasks: Any, worker: Any) -> None:
+    w = worker()
+    result = tasks.long.apply_async((60,), time_limit=1)
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=60)
+    assert 'Hard time limit (1' in w.log
+    assert tasks.add.delay(3, 3).get(timeout=30) == 6
+
+
+def test_soft_time_limit_raises_inside_task(tasks: Any, worker: Any) -> None:
+    worker()
+    assert tasks.soft.apply_async((30,), soft_time_limit=0.5).get(timeout=30) == 'soft limit caught'
+
+
+def test_child_crash_is_worker_lost(tasks: Any, worker: Any) -> None:
+    w = worker()
+    with pytest.raises(WorkerLostError):
+        tasks.crash_child.delay().get(timeout=30)
+    assert tasks.add.delay(1, 2).get(timeout=30) == 3
+    assert 'exited with' in w.log or 'exited unexpectedly' in w.log
+
+
+def test_poison_message_dead_lettered_after_max_redeliveries(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    worker(extra_env={'FASTQ_TASK_MAX_REDELIVERIES': '3'})
+    attempts = tmp_path / 'attempts.txt'
+    result = tasks.crash_child_late.delay(str(attempts))
+    broker = tasks.app.broker
+    wait_until(lambda: broker.dead_letters.count() == 1, timeout=60, message='poison message dead-lettered')
+    assert len(lines(attempts)) == 3
+    assert broker.dead_letters.get(result.id) is not None
+
+
+def test_bound_task_request(tasks: Any, worker: Any) -> None:
+    worker('-n', 'w1@%h')
+    info = tasks.whoami.delay().get(timeout=30)
+    assert info['hostname'].startswith('w1@')
+    assert info['retries'] == 0 and info['called_directly'] is False
+    assert info['routing_key'] == 'celery'
+
+
+def test_retry_same_id(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    worker()
+    out = tmp_path / 'tries.txt'
+    result = tasks.flaky.delay(str(out))
+    assert result.get(timeout=30) == 2
+    assert lines(out) == ['try 0', 'try 1', 'try 2']
+
+
+@pytest.mark.parametrize('pool', ['threads', 'solo'])
+def test_other_pools(tasks: Any, worker: Any, pool: str) -> None:
+    w = worker('-P', pool)
+    assert f'({pool})' in w.log
+    assert [tasks.add.delay(i, 1).get(timeout=30) for i in range(5)] == [1, 2, 3, 4, 5]
+
+
+def test_max_tasks_per_child_recycles_without_losing_work(tasks: Any, worker: Any) -> None:
+    worker('-c', '1', '--max-tasks-per-child', '2')
+    results = [tasks.pid.delay() for _ in range(8)]
+    pids = [r.get(timeout=60) for r in results]
+    assert len(set(pids)) >= 4
+
+
+def test_acks_late_task_runs_again_after_worker_sigkill(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    out = tmp_path / 'slow.txt'
+    w = worker()
+    result = tasks.slow_record.delay(str(out), 'k', 4)
+    wait_until(lambda: any(line.startswith('start k') for line in lines(out)), message='task started')
+    os.kill(w.pid, signal.SIGKILL)  # the parent only: its fork server and children die with it
+    w.proc.wait(10)
+    wait_until(lambda: not _alive(w), message='children gone')
+    worker()
+    assert result.get(timeout=90) == 'k'
+    starts = [line for line in lines(out) if line.startswith('start k')]
+    dones = [line for line in lines(out) if line.startswith('done k')]
+    assert len(starts) == 2 and len(dones) == 1
+
+
+def _alive(w: Any) -> bool:
+    return bool(w.children())
+
+
+def test_graceful_shutdown_loses_nothing(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    out = tmp_path / 'sleep.txt'
+    w = worker('-c', '2')
+    results = [tasks.sleeper.delay(str(out), str(i), 0.3) for i in range(12)]
+    wait_until(lambda: len(lines(out)) >= 2, message='first tasks started')
+    assert w.stop() == 0
+    assert 'Warm shutdown' in w.log
+    started = [line for line in lines(out) if line.startswith('start')]
+    done = [line for line in lines(out) if line.startswith('done')]
+    assert len(started) == len(done)  # every task that started finished before exit
+    worker()
+    assert sorted(r.get(timeout=60) for r in results) == sorted(str(i) for i in range(12))
+    all_started = [line.split()[1] for line in lines(out) if line.startswith('start')]
+    assert sorted(all_started) == sorted(str(i) for i in range(12))  # each ran exactly once
+
+
+def test_cold_shutdown_on_second_signal_hands_back_acks_late(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    out = tmp_path / 'slow.txt'
+    w = worker('-c', '1')
+    result = tasks.slow_record.delay(str(out), 'c', 4)
+    wait_until(lambda: any(line.startswith('start c') for line in lines(out)), message='task started')
+    w.signal(signal.SIGTERM)
+    w.wait_for('Warm shutdown')
+    w.signal(signal.SIGTERM)
+    assert w.proc.wait(30) is not None
+    assert 'Cold shutdown' in w.log
+    worker()
+    assert result.get(timeout=120) == 'c'

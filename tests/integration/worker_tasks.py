@@ -1,0 +1,119 @@
+"""Tasks run by real worker processes in the integration tests (`fastq -A worker_tasks worker`).
+
+Broker and backend come from the environment (FASTQ_BROKER_URL / FASTQ_RESULT_BACKEND), set per test.
+Tasks that must be counted write lines to files, because a worker's side effects are the only honest record
+of how many times something ran.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from fastq import Fastq
+from fastq.exceptions import SoftTimeLimitExceeded
+
+app = Fastq('worker_tasks')
+
+
+class CustomError(Exception):
+    """An application exception: get() must re-raise it with this type."""
+
+
+def _record(path: str, line: str) -> None:
+    with open(path, 'a') as f:
+        f.write(f'{line}\n')
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task
+def fail_custom(message: str) -> None:
+    raise CustomError(message)
+
+
+@app.task
+def pid() -> int:
+    return os.getpid()
+
+
+@app.task
+def record(path: str, key: str) -> str:
+    _record(path, f'ran {key} {os.getpid()} {time.time()}')
+    return key
+
+
+@app.task(acks_late=True)
+def slow_record(path: str, key: str, seconds: float) -> str:
+    _record(path, f'start {key} {os.getpid()}')
+    time.sleep(seconds)
+    _record(path, f'done {key} {os.getpid()}')
+    return key
+
+
+@app.task
+def sleeper(path: str, key: str, seconds: float) -> str:
+    _record(path, f'start {key}')
+    time.sleep(seconds)
+    _record(path, f'done {key}')
+    return key
+
+
+@app.task
+def crash_child() -> None:
+    os._exit(13)
+
+
+@app.task(acks_late=True, reject_on_worker_lost=True)
+def crash_child_late(path: str) -> None:
+    _record(path, f'attempt {os.getpid()}')
+    os._exit(13)
+
+
+@app.task
+def long(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task
+def soft(seconds: float) -> str:
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return 'soft limit caught'
+    return 'finished'
+
+
+@app.task(bind=True)
+def whoami(self) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    return {
+        'id': self.request.id,
+        'hostname': self.request.hostname,
+        'retries': self.request.retries,
+        'routing_key': (self.request.delivery_info or {}).get('routing_key'),
+        'called_directly': self.request.called_directly,
+    }
+
+
+@app.task(bind=True, max_retries=2, default_retry_delay=0)
+def flaky(self, path: str) -> int:  # type: ignore[no-untyped-def]
+    _record(path, f'try {self.request.retries}')
+    if self.request.retries < 2:
+        raise self.retry(countdown=0)
+    return self.request.retries
+
+
+@app.task
+def when_run() -> float:
+    return time.time()

@@ -1,0 +1,241 @@
+"""The public API on the in-memory broker, with an in-process worker: tasks, results, eager mode, typing."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fastq import Fastq, shared_task, signals, states
+from fastq.exceptions import NotRegistered, TimeoutError
+from fastq.result import AsyncResult, EagerResult
+from fastq.worker.worker import WorkController
+
+
+@pytest.fixture
+def app(any_app: Fastq) -> Fastq:
+    return any_app
+
+
+class InProcessWorker:
+    def __init__(self, app: Fastq, pool: str = 'threads') -> None:
+        self.controller = WorkController(app, pool=pool, concurrency=2, quiet=True)
+        self.thread = threading.Thread(target=self.controller.start, daemon=True)
+
+    def __enter__(self) -> WorkController:
+        self.thread.start()
+        return self.controller
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def run_worker(app: Fastq) -> Iterator[Any]:
+    yield lambda pool='threads': InProcessWorker(app, pool)
+
+
+def test_task_naming_and_registry(app: Fastq) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name='custom.name')
+    def other() -> None:
+        return None
+
+    assert add.name == f'{__name__}.add'
+    assert app.tasks[add.name] is add and app.tasks['custom.name'] is other
+    assert add(2, 3) == 5  # called directly, in this process
+    with pytest.raises(NotRegistered):
+        _ = app.tasks['nope']
+
+
+def test_delay_checks_arguments(app: Fastq) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with pytest.raises(TypeError, match='missing a required argument'):
+        add.delay(1)  # type: ignore[call-arg]
+
+
+def test_delay_get_with_worker(app: Fastq, run_worker: Any) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def boom() -> None:
+        raise KeyError('nope')
+
+    with run_worker('threads'):
+        r = add.delay(1, 2)
+        assert isinstance(r, AsyncResult)
+        assert r.get(timeout=30) == 3
+        with pytest.raises(KeyError):
+            boom.delay().get(timeout=30)
+        assert app.send_task(add.name, (5, 5)).get(timeout=30) == 10
+
+
+def test_solo_pool(app: Fastq, run_worker: Any) -> None:
+    @app.task
+    def mul(x: int, y: int) -> int:
+        return x * y
+
+    with run_worker('solo'):
+        assert [mul.delay(i, 2).get(timeout=30) for i in range(3)] == [0, 2, 4]
+
+
+def test_get_timeout_raises_fastq_timeout(app: Fastq) -> None:
+    @app.task
+    def never() -> None:
+        return None
+
+    r = never.delay()
+    assert r.state == states.PENDING and not r.ready()
+    with pytest.raises(TimeoutError):
+        r.get(timeout=0.2)
+
+
+def test_forget(app: Fastq) -> None:
+    app.backend.store_result('x', 42, states.SUCCESS)
+    r = app.AsyncResult('x')
+    assert r.get(timeout=1) == 42
+    r.forget()
+    assert app.AsyncResult('x').state == states.PENDING
+
+
+def test_success_is_never_overwritten(app: Fastq) -> None:
+    app.backend.store_result('x', 1, states.SUCCESS)
+    app.backend.store_result('x', ValueError('late duplicate'), states.FAILURE)
+    assert app.AsyncResult('x').get(timeout=1) == 1
+
+
+def test_apply_and_always_eager(app: Fastq) -> None:
+    @app.task(bind=True)
+    def who(self: Any, x: int) -> tuple[bool, int]:
+        return self.request.is_eager, x
+
+    r = who.apply((3,))
+    assert isinstance(r, EagerResult) and r.get() == (True, 3) and r.successful()
+    app.conf.task_always_eager = True
+    assert who.delay(4).get() == (True, 4)
+
+
+def test_eager_round_trips_arguments_through_the_serializer(app: Fastq) -> None:
+    from fastq.exceptions import EncodeError
+
+    @app.task
+    def echo(x: Any) -> Any:
+        return x
+
+    app.conf.task_always_eager = True
+    assert echo.delay((1, 2)).get() == [1, 2]  # a tuple arrives as a list, as on a real worker
+    with pytest.raises(EncodeError):
+        echo.delay(object())
+
+
+def test_eager_failure_propagation(app: Fastq) -> None:
+    @app.task
+    def boom() -> None:
+        raise ValueError('x')
+
+    r = boom.apply()
+    assert r.state == states.FAILURE and isinstance(r.result, ValueError)
+    with pytest.raises(ValueError):
+        r.get()
+    app.conf.task_eager_propagates = True
+    with pytest.raises(ValueError):
+        boom.apply()
+
+
+def test_signatures(app: Fastq) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    s = add.s(2)
+    assert s.task == add.name and s.args == (2,) and not s.immutable
+    assert s.clone((1,)).args == (1, 2)
+    assert add.si(1, 1).clone((5,)).args == (1, 1)
+    assert s(3) == 5
+    assert dict(add.s(1, y=2)) == {
+        'task': add.name, 'args': (1,), 'kwargs': {'y': 2}, 'options': {}, 'subtask_type': None, 'immutable': False,
+    }
+
+
+def test_link_callback_runs_with_parent_result(app: Fastq, run_worker: Any) -> None:
+    calls: list[Any] = []
+    seen = threading.Event()
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def collect(*values: Any) -> None:
+        calls.append(values)
+        seen.set()
+
+    with run_worker():
+        assert add.apply_async((1, 1), link=collect.s('tag')).get(timeout=30) == 2
+        assert seen.wait(30)
+    assert calls == [(2, 'tag')]
+
+
+def test_signals_fire_around_a_task(app: Fastq, run_worker: Any) -> None:
+    events: list[str] = []
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    def prerun(sender: Any, task_id: str, **kw: Any) -> None:
+        events.append('prerun')
+
+    def postrun(sender: Any, state: str, **kw: Any) -> None:
+        events.append(f'postrun:{state}')
+
+    def published(sender: Any, headers: dict[str, Any], **kw: Any) -> None:
+        headers['x-custom'] = 'yes'
+        events.append(f'publish:{sender}')
+
+    signals.task_prerun.connect(prerun)
+    signals.task_postrun.connect(postrun)
+    signals.before_task_publish.connect(published)
+    try:
+        with run_worker():
+            add.delay(1, 1).get(timeout=30)
+    finally:
+        signals.task_prerun.disconnect(prerun)
+        signals.task_postrun.disconnect(postrun)
+        signals.before_task_publish.disconnect(published)
+    assert events == [f'publish:{add.name}', 'prerun', 'postrun:SUCCESS']
+
+
+def test_shared_task_binds_to_the_current_app() -> None:
+    @shared_task
+    def triple(x: int) -> int:
+        return 3 * x
+
+    first = Fastq('a', broker='memory://', backend='memory://')
+    assert triple(2) == 6
+    assert triple.name.endswith('triple') and triple.app is first
+    second = Fastq('b', broker='memory://', backend='memory://')
+    assert triple.app is second
+    second.finalize()
+    assert triple.name in second.tasks
+
+
+def test_worker_main_builds_argv(app: Fastq, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    import fastq.cli
+
+    monkeypatch.setattr(fastq.cli, 'main', lambda argv, app=None: seen.append(list(argv)))
+    app.worker_main(['-l', 'info'])
+    assert seen == [['worker', '-l', 'info']]

@@ -1,0 +1,141 @@
+"""app.conf: Celery's names and defaults, sources, environment, validation."""
+
+from __future__ import annotations
+
+import types
+import warnings
+from datetime import timedelta
+
+import pytest
+
+from fastq import Fastq
+from fastq.config import UnknownSettingWarning
+from fastq.exceptions import ImproperlyConfigured
+
+
+def app() -> Fastq:
+    return Fastq('t', broker='memory://', backend='memory://', set_as_current=False)
+
+
+def test_celery_defaults() -> None:
+    conf = app().conf
+    assert conf.task_serializer == 'json'
+    assert conf.result_serializer == 'json'
+    assert conf.accept_content == ['json']
+    assert conf.task_default_queue == 'celery'
+    assert conf.worker_prefetch_multiplier == 4
+    assert conf.result_expires == 86400.0
+    assert conf.enable_utc is True
+    assert conf.task_acks_late is False
+    assert conf['task_time_limit'] is None
+    assert conf.task_max_redeliveries == 10  # fastq's own
+
+
+def test_update_attribute_and_item() -> None:
+    conf = app().conf
+    conf.update(task_serializer='msgpack', worker_concurrency=3)
+    conf.task_acks_late = True
+    conf['result_expires'] = 10
+    assert (conf.task_serializer, conf.worker_concurrency, conf.task_acks_late) == ('msgpack', 3, True)
+    assert conf.result_expires == 10
+    assert conf.changes()['worker_concurrency'] == 3
+
+
+def test_config_from_object_module_and_old_names() -> None:
+    module = types.ModuleType('celeryconfig')
+    module.broker_url = 'memory://'  # type: ignore[attr-defined]
+    module.task_serializer = 'msgpack'  # type: ignore[attr-defined]
+    module.CELERY_ACKS_LATE = True  # type: ignore[attr-defined]
+    module.timedelta = timedelta  # type: ignore[attr-defined]  # helpers in a config module are not settings
+    a = app()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        a.config_from_object(module)
+        assert a.conf.task_serializer == 'msgpack'
+        assert a.conf.task_acks_late is True
+
+
+def test_config_from_object_django_namespace() -> None:
+    settings = types.SimpleNamespace(
+        CELERY_BROKER_URL='memory://', CELERY_TASK_ALWAYS_EAGER=True, DEBUG=True, INSTALLED_APPS=[]
+    )
+    a = app()
+    a.config_from_object(settings, namespace='CELERY')
+    assert a.conf.task_always_eager is True
+    assert a.conf.broker_url == 'memory://'
+
+
+def test_config_from_object_string_is_lazy() -> None:
+    a = app()
+    a.config_from_object('does.not.exist')  # no error until the configuration is read
+    with pytest.raises(ModuleNotFoundError):
+        _ = a.conf.task_serializer
+
+
+def test_unknown_setting_warns_with_closest_name() -> None:
+    with pytest.warns(UnknownSettingWarning, match="did you mean 'task_serializer'"):
+        app().conf.update(task_serialiser='json')
+
+
+def test_unknown_attribute_suggests() -> None:
+    with pytest.raises(AttributeError, match="did you mean 'broker_url'"):
+        _ = app().conf.broker_ulr
+
+
+@pytest.mark.parametrize(
+    ('name', 'value', 'match'),
+    [
+        ('task_serializer', 'jsn', 'task_serializer: No encoder installed'),
+        ('accept_content', 'json', 'accept_content: expected a list'),
+        ('accept_content', ['json', 'bogus'], "accept_content: unknown serializer 'bogus'"),
+        ('worker_concurrency', 0, 'worker_concurrency: must be positive'),
+        ('worker_concurrency', 'four', 'worker_concurrency: expected an integer'),
+        ('worker_prefetch_multiplier', -1, 'worker_prefetch_multiplier: must not be negative'),
+        ('timezone', 'Mars/Olympus', "timezone: unknown time zone 'Mars/Olympus'"),
+        ('worker_pool', 'gevent', 'worker_pool: fastq has no gevent pool.*async def'),
+        ('task_compression', 'lz5', "task_compression: Unknown compression method 'lz5'"),
+        ('task_default_rate_limit', '10/x', "task_default_rate_limit: bad rate limit '10/x'"),
+        ('task_acks_late', 'yes', 'task_acks_late: expected True or False'),
+    ],
+)
+def test_bad_values_fail_naming_the_setting(name: str, value: object, match: str) -> None:
+    a = app()
+    a.conf[name] = value
+    with pytest.raises(ImproperlyConfigured, match=match):
+        a.finalize()
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('FASTQ_WORKER_CONCURRENCY', '7')
+    monkeypatch.setenv('FASTQ_TASK_ACKS_LATE', 'true')
+    monkeypatch.setenv('FASTQ_ACCEPT_CONTENT', 'json,msgpack')
+    monkeypatch.setenv('CELERY_BROKER_URL', 'memory://env')
+    a = app()
+    a.conf.worker_concurrency = 2
+    assert a.conf.worker_concurrency == 7
+    assert a.conf.task_acks_late is True
+    assert a.conf.accept_content == ['json', 'msgpack']
+    assert a.conf.broker_url == 'memory://env'
+
+
+def test_bad_environment_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('FASTQ_WORKER_CONCURRENCY', 'many')
+    with pytest.raises(ImproperlyConfigured, match='worker_concurrency: bad value in the environment'):
+        _ = app().conf.worker_concurrency
+
+
+def test_humanize_masks_passwords() -> None:
+    a = app()
+    a.conf.result_backend = 'sqlite:///x.db'
+    a.conf.broker_url = 'amqp://user:secret@host:5672//'
+    text = a.conf.humanize()
+    assert 'secret' not in text and 'amqp://user:**@host:5672//' in text
+
+
+def test_on_after_configure_and_finalize() -> None:
+    a = app()
+    seen: list[str] = []
+    a.on_after_configure.connect(lambda sender, **kw: seen.append('configure'))
+    a.on_after_finalize.connect(lambda sender, **kw: seen.append('finalize'))
+    a.finalize()
+    assert seen == ['configure', 'finalize']

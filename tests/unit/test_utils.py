@@ -1,0 +1,64 @@
+"""Small helpers: URL masking, node names, rates, schedules."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from fastq.schedules import crontab, schedule
+from fastq.utils.nodenames import default_nodename, host_format, nodesplit
+from fastq.utils.text import mask_url, saferepr
+from fastq.utils.time import parse_rate
+
+
+@pytest.mark.parametrize(
+    ('url', 'masked'),
+    [
+        ('redis://:secret@localhost:6379/0', 'redis://:**@localhost:6379/0'),
+        ('amqp://guest:guest@host//', 'amqp://guest:**@host//'),
+        ('sqlite:///x.db', 'sqlite:///x.db'),
+        ('amqp://a:b@h1//;amqp://c:d@h2//', 'amqp://a:**@h1//;amqp://c:**@h2//'),
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_host_format() -> None:
+    assert host_format('w1@%h', host='box.example.com') == 'w1@box.example.com'
+    assert host_format('%n-%d', host='box.example.com') == 'box-example.com'
+    assert host_format('100%%', host='h') == '100%'
+    assert nodesplit('a@b') == ('a', 'b') and nodesplit('b') == (None, 'b')
+    assert default_nodename('w2') == 'celery@w2'  # a bare name is a host, as in Celery
+    assert default_nodename(None).startswith('celery@')
+
+
+@pytest.mark.parametrize(('rate', 'per_second'), [('10/s', 10.0), ('60/m', 1.0), ('3600/h', 1.0), ('5', 5.0), (None, 0.0)])
+def test_parse_rate(rate: str | None, per_second: float) -> None:
+    assert parse_rate(rate) == per_second
+
+
+def test_saferepr_bounds() -> None:
+    assert saferepr((2, 2)) == '(2, 2)'
+    assert len(saferepr(list(range(100000)), 100)) <= 100
+
+
+def test_schedule_is_due() -> None:
+    s = schedule(timedelta(seconds=10))
+    due, nxt = s.is_due(datetime.now(timezone.utc) - timedelta(seconds=11))
+    assert due and nxt == 10
+    due, nxt = s.is_due(datetime.now(timezone.utc))
+    assert not due and 0 < nxt <= 10
+
+
+def test_crontab_next_fire() -> None:
+    c = crontab(minute=0, hour='*/3')
+    start = datetime(2026, 1, 1, 1, 30, tzinfo=timezone.utc)
+    assert c.next_after(start) == datetime(2026, 1, 1, 3, 0, tzinfo=timezone.utc)
+    weekdays = crontab(hour=7, minute=30, day_of_week='mon-fri')
+    saturday = datetime(2026, 1, 3, 8, 0, tzinfo=timezone.utc)
+    assert weekdays.next_after(saturday) == datetime(2026, 1, 5, 7, 30, tzinfo=timezone.utc)
+    assert crontab.from_string('*/15 * * * *') == crontab(minute='*/15')
+    with pytest.raises(ValueError, match='out of range'):
+        crontab(minute=61)
