@@ -4,6 +4,8 @@ use pyo3::prelude::*;
 
 mod framing;
 mod framing_py;
+mod json;
+mod recursion_py;
 
 #[pymodule]
 fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
@@ -12,6 +14,8 @@ fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
         "build_profile",
         if cfg!(debug_assertions) { "debug" } else { "release" },
     )?;
+    m.add_function(wrap_pyfunction!(json::encode_py::json_dumps, m)?)?;
+    m.add_function(wrap_pyfunction!(json::decode_py::json_loads, m)?)?;
     m.add("FRAME_HEADER_SIZE", framing::HEADER_SIZE)?;
     m.add("MAX_FRAME_PAYLOAD", framing::MAX_PAYLOAD)?;
     m.add_function(wrap_pyfunction!(framing_py::encode_frame, m)?)?;
