@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 mod framing;
 mod framing_py;
 mod json;
+mod msgpack;
 mod recursion_py;
 
 #[pymodule]
@@ -16,6 +17,8 @@ fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
     )?;
     m.add_function(wrap_pyfunction!(json::encode_py::json_dumps, m)?)?;
     m.add_function(wrap_pyfunction!(json::decode_py::json_loads, m)?)?;
+    m.add_function(wrap_pyfunction!(msgpack::pack_py::msgpack_packb, m)?)?;
+    m.add_function(wrap_pyfunction!(msgpack::unpack_py::msgpack_unpackb, m)?)?;
     m.add("FRAME_HEADER_SIZE", framing::HEADER_SIZE)?;
     m.add("MAX_FRAME_PAYLOAD", framing::MAX_PAYLOAD)?;
     m.add_function(wrap_pyfunction!(framing_py::encode_frame, m)?)?;
