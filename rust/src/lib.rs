@@ -2,6 +2,8 @@
 
 use pyo3::prelude::*;
 
+mod compression;
+mod compression_py;
 mod framing;
 mod framing_py;
 mod json;
@@ -19,6 +21,8 @@ fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(json::decode_py::json_loads, m)?)?;
     m.add_function(wrap_pyfunction!(msgpack::pack_py::msgpack_packb, m)?)?;
     m.add_function(wrap_pyfunction!(msgpack::unpack_py::msgpack_unpackb, m)?)?;
+    m.add_function(wrap_pyfunction!(compression_py::compress, m)?)?;
+    m.add_function(wrap_pyfunction!(compression_py::decompress, m)?)?;
     m.add("FRAME_HEADER_SIZE", framing::HEADER_SIZE)?;
     m.add("MAX_FRAME_PAYLOAD", framing::MAX_PAYLOAD)?;
     m.add_function(wrap_pyfunction!(framing_py::encode_frame, m)?)?;
