@@ -211,7 +211,8 @@ impl<'py> Encoder<'py> {
         Ok(())
     }
 
-    fn key(&mut self, key: &'py PyAny) -> PyResult<()> {
+    /// Appends a dict key as the stdlib converts it (str, then float, bool, None and int spelled as text).
+    pub fn key(&mut self, key: &'py PyAny) -> PyResult<()> {
         if let Ok(s) = key.downcast::<PyString>() {
             return self.string(s);
         }
