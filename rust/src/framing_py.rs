@@ -36,7 +36,7 @@ pub struct PyFrameDecoder {
 impl PyFrameDecoder {
     #[new]
     fn new() -> Self {
-        Self::default()
+        Self { inner: Decoder::new() }
     }
 
     fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<&'py PyList> {

@@ -2,8 +2,15 @@
 
 use pyo3::prelude::*;
 
+mod base64;
+mod compression;
+mod compression_py;
 mod framing;
 mod framing_py;
+mod json;
+mod msgpack;
+mod protocol;
+mod recursion_py;
 
 #[pymodule]
 fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
@@ -12,6 +19,18 @@ fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
         "build_profile",
         if cfg!(debug_assertions) { "debug" } else { "release" },
     )?;
+    m.add_function(wrap_pyfunction!(json::encode_py::json_dumps, m)?)?;
+    m.add_function(wrap_pyfunction!(json::decode_py::json_loads, m)?)?;
+    m.add_function(wrap_pyfunction!(msgpack::pack_py::msgpack_packb, m)?)?;
+    m.add_function(wrap_pyfunction!(msgpack::unpack_py::msgpack_unpackb, m)?)?;
+    m.add_function(wrap_pyfunction!(compression_py::compress, m)?)?;
+    m.add_function(wrap_pyfunction!(compression_py::decompress, m)?)?;
+    m.add("CONTENT_TYPE_JSON", protocol::CONTENT_TYPE_JSON)?;
+    m.add("CONTENT_TYPE_MSGPACK", protocol::CONTENT_TYPE_MSGPACK)?;
+    m.add_function(wrap_pyfunction!(protocol::body_py::encode_task_body, m)?)?;
+    m.add_function(wrap_pyfunction!(protocol::body_py::decode_task_body, m)?)?;
+    m.add_function(wrap_pyfunction!(protocol::message_py::task_message, m)?)?;
+    m.add_class::<protocol::message_py::Message>()?;
     m.add("FRAME_HEADER_SIZE", framing::HEADER_SIZE)?;
     m.add("MAX_FRAME_PAYLOAD", framing::MAX_PAYLOAD)?;
     m.add_function(wrap_pyfunction!(framing_py::encode_frame, m)?)?;

@@ -1,0 +1,154 @@
+//! JSON bytes or str to Python objects, as `kombu.utils.json.loads` (`json.loads` with an object hook),
+//! except that the hook only sees kombu's type tags: objects whose keys are exactly `__type__` and
+//! `__value__`. Every other object is built without calling into Python code.
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyLong, PyString};
+
+use super::encode_py::optional;
+use super::parse::{self, describe_position, Sink, Str, SyntaxError};
+use crate::recursion_py::DepthGuard;
+
+const TYPE_KEY: u8 = 1;
+const VALUE_KEY: u8 = 2;
+
+struct PySink<'py> {
+    py: Python<'py>,
+    tag_hook: Option<&'py PyAny>,
+    array_depth: DepthGuard,
+    object_depth: DepthGuard,
+}
+
+/// Turns decoded text into a Python str; WTF-8 goes through `surrogatepass` to keep lone surrogates.
+fn py_str<'py>(py: Python<'py>, s: Str<'_>) -> PyResult<&'py PyString> {
+    if !s.surrogates {
+        if let Ok(text) = std::str::from_utf8(s.bytes) {
+            return Ok(PyString::new(py, text));
+        }
+    }
+    // (Not PyString::from_object: pyo3 0.17 passes its encoding names to C without a NUL terminator.)
+    let text = PyBytes::new(py, s.bytes).call_method1(intern!(py, "decode"), ("utf-8", "surrogatepass"))?;
+    Ok(text.downcast::<PyString>()?)
+}
+
+impl<'py> Sink for PySink<'py> {
+    type Value = &'py PyAny;
+    /// The key and whether it is one of kombu's tag keys.
+    type Key = (&'py PyString, u8);
+    type Array = Vec<&'py PyAny>;
+    /// The dict and which tag keys it has.
+    type Object = (&'py PyDict, u8);
+    type Error = PyErr;
+
+    fn null(&mut self) -> PyResult<&'py PyAny> {
+        Ok(self.py.None().into_ref(self.py))
+    }
+    fn boolean(&mut self, v: bool) -> PyResult<&'py PyAny> {
+        Ok(PyBool::new(self.py, v))
+    }
+    fn int(&mut self, v: i64) -> PyResult<&'py PyAny> {
+        Ok(v.into_py(self.py).into_ref(self.py))
+    }
+    fn big_int(&mut self, digits: &str) -> PyResult<&'py PyAny> {
+        // int(str) also enforces sys.get_int_max_str_digits(), exactly as json.loads does.
+        self.py.get_type::<PyLong>().call1((digits,))
+    }
+    fn float(&mut self, v: f64) -> PyResult<&'py PyAny> {
+        Ok(PyFloat::new(self.py, v))
+    }
+    fn string(&mut self, s: Str<'_>) -> PyResult<&'py PyAny> {
+        Ok(py_str(self.py, s)?)
+    }
+    fn key(&mut self, s: Str<'_>) -> PyResult<(&'py PyString, u8)> {
+        let tag = match s.bytes {
+            b"__type__" => TYPE_KEY,
+            b"__value__" => VALUE_KEY,
+            _ => 0,
+        };
+        Ok((py_str(self.py, s)?, tag))
+    }
+    fn begin_array(&mut self) -> PyResult<Vec<&'py PyAny>> {
+        Ok(Vec::new())
+    }
+    fn push(&mut self, array: &mut Vec<&'py PyAny>, v: &'py PyAny) -> PyResult<()> {
+        array.push(v);
+        Ok(())
+    }
+    fn end_array(&mut self, array: Vec<&'py PyAny>) -> PyResult<&'py PyAny> {
+        Ok(PyList::new(self.py, array))
+    }
+    fn begin_object(&mut self) -> PyResult<(&'py PyDict, u8)> {
+        Ok((PyDict::new(self.py), 0))
+    }
+    fn insert(&mut self, object: &mut (&'py PyDict, u8), key: (&'py PyString, u8), v: &'py PyAny) -> PyResult<()> {
+        object.1 |= key.1;
+        object.0.set_item(key.0, v)
+    }
+    fn end_object(&mut self, (dict, tags): (&'py PyDict, u8)) -> PyResult<&'py PyAny> {
+        match self.tag_hook {
+            // Keys are only ever added, so two keys including both tag keys means exactly those two.
+            Some(hook) if tags == TYPE_KEY | VALUE_KEY && dict.len() == 2 => hook.call1((dict,)),
+            _ => Ok(dict),
+        }
+    }
+    fn enter(&mut self, depth: usize, array: bool) -> PyResult<()> {
+        let guard = if array {
+            &mut self.array_depth
+        } else {
+            &mut self.object_depth
+        };
+        guard.check(self.py, depth)
+    }
+}
+
+/// The UTF-8 (or WTF-8) text of `data`, and whether it may hold lone surrogates.
+fn input_text(data: &PyAny) -> PyResult<(&[u8], bool)> {
+    if let Ok(bytes) = data.downcast::<PyBytes>() {
+        let raw = bytes.as_bytes();
+        if std::str::from_utf8(raw).is_err() {
+            // kombu decodes bytes as UTF-8 before parsing; let Python raise its UnicodeDecodeError.
+            bytes.call_method1(intern!(data.py(), "decode"), ("utf-8",))?;
+            return Err(PyValueError::new_err("invalid UTF-8"));
+        }
+        return Ok((raw, false));
+    }
+    if let Ok(s) = data.downcast::<PyString>() {
+        return match s.to_str() {
+            Ok(text) => Ok((text.as_bytes(), false)),
+            Err(_) => {
+                let wtf8 = s.call_method1(intern!(data.py(), "encode"), ("utf-8", "surrogatepass"))?;
+                Ok((wtf8.downcast::<PyBytes>()?.as_bytes(), true))
+            }
+        };
+    }
+    Err(PyTypeError::new_err(format!(
+        "the JSON object must be str or bytes, not {}",
+        data.get_type().name()?
+    )))
+}
+
+pub fn loads<'py>(py: Python<'py>, data: &'py PyAny, tag_hook: Option<&'py PyAny>) -> PyResult<&'py PyAny> {
+    let (text, wtf8) = input_text(data)?;
+    let mut sink = PySink {
+        py,
+        tag_hook,
+        array_depth: DepthGuard::new(" while decoding a JSON array from a unicode string"),
+        object_depth: DepthGuard::new(" while decoding a JSON object from a unicode string"),
+    };
+    parse::parse(text, wtf8, &mut sink).map_err(|e| match e {
+        parse::Error::Syntax(SyntaxError { msg, pos }) => {
+            let (line, column, char_pos) = describe_position(text, pos);
+            PyValueError::new_err(format!("{msg}: line {line} column {column} (char {char_pos})"))
+        }
+        parse::Error::Sink(e) => e,
+    })
+}
+
+/// Parses JSON as `json.loads(data, object_hook=...)`, calling `tag_hook` only for kombu's type tags.
+#[pyfunction]
+#[pyo3(text_signature = "(data, tag_hook)")]
+pub fn json_loads<'py>(py: Python<'py>, data: &'py PyAny, tag_hook: &'py PyAny) -> PyResult<&'py PyAny> {
+    loads(py, data, optional(tag_hook))
+}

@@ -1,0 +1,360 @@
+//! `Message` (headers, properties, body, content type and encoding), `task_message` which builds one as
+//! Celery's `as_task_v2` + kombu's `Producer.publish` would, and the virtual-transport envelope.
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyLong, PyString};
+
+use super::envelope::{self, DeliveryProperty};
+use super::{COMPRESSION_HEADER, CORRELATION_ID, HEADERS, LANG, REPLY_TO};
+use crate::base64;
+use crate::compression;
+use crate::compression_py::codec;
+use crate::json::decode_py;
+use crate::json::encode_py::{optional, Encoder};
+use crate::json::string::write_escaped;
+
+#[pyclass(name = "Message", module = "fastq._core")]
+pub struct Message {
+    #[pyo3(get, set)]
+    headers: Py<PyDict>,
+    #[pyo3(get, set)]
+    properties: Py<PyDict>,
+    #[pyo3(get, set)]
+    body: Py<PyBytes>,
+    #[pyo3(get, set)]
+    content_type: Py<PyString>,
+    #[pyo3(get, set)]
+    content_encoding: Py<PyString>,
+}
+
+/// The values `to_envelope` gives the delivery properties, as Python objects.
+struct Delivery<'py> {
+    exchange: &'py PyString,
+    routing_key: &'py PyString,
+    priority: &'py PyLong,
+    delivery_mode: &'py PyLong,
+    expiration: Option<&'py PyString>,
+    delivery_tag: &'py PyString,
+}
+
+impl<'py> Delivery<'py> {
+    /// Writes the value of `property`; false when it is left out (an expiration of None).
+    fn write(&self, enc: &mut Encoder<'py>, property: DeliveryProperty) -> PyResult<bool> {
+        match property {
+            DeliveryProperty::DeliveryMode => enc.value(self.delivery_mode, 2)?,
+            DeliveryProperty::Expiration => match self.expiration {
+                Some(expiration) => enc.string(expiration)?,
+                None => return Ok(false),
+            },
+            DeliveryProperty::DeliveryInfo => {
+                enc.out.push(b'{');
+                write_escaped(&mut enc.out, envelope::EXCHANGE.as_bytes());
+                enc.out.extend_from_slice(b": ");
+                enc.string(self.exchange)?;
+                enc.out.extend_from_slice(b", ");
+                write_escaped(&mut enc.out, envelope::ROUTING_KEY.as_bytes());
+                enc.out.extend_from_slice(b": ");
+                enc.string(self.routing_key)?;
+                enc.out.push(b'}');
+            }
+            DeliveryProperty::Priority => enc.value(self.priority, 2)?,
+            DeliveryProperty::BodyEncoding => write_escaped(&mut enc.out, envelope::BASE64.as_bytes()),
+            DeliveryProperty::DeliveryTag => enc.string(self.delivery_tag)?,
+        }
+        Ok(true)
+    }
+}
+
+fn write_key(out: &mut Vec<u8>, first: bool, key: &str) {
+    if !first {
+        out.extend_from_slice(b", ");
+    }
+    write_escaped(out, key.as_bytes());
+    out.extend_from_slice(b": ");
+}
+
+/// `obj[key]`, which must be present and of type `T`; `what` names it in the error.
+fn field<'py, T: pyo3::PyTypeInfo + pyo3::PyNativeType>(doc: &'py PyDict, key: &str, what: &str) -> PyResult<&'py T> {
+    let value = doc
+        .get_item(key)
+        .ok_or_else(|| PyValueError::new_err(format!("malformed envelope: no {key:?}")))?;
+    value
+        .downcast::<T>()
+        .map_err(|_| PyValueError::new_err(format!("malformed envelope: {key:?} must be {what}")))
+}
+
+#[pymethods]
+impl Message {
+    #[new]
+    fn new(
+        body: Py<PyBytes>,
+        content_type: Py<PyString>,
+        content_encoding: Py<PyString>,
+        headers: Py<PyDict>,
+        properties: Py<PyDict>,
+    ) -> Self {
+        Self {
+            headers,
+            properties,
+            body,
+            content_type,
+            content_encoding,
+        }
+    }
+
+    /// The JSON document kombu's virtual transports store for this message.
+    #[pyo3(text_signature = "($self, exchange, routing_key, priority, delivery_mode, expiration, delivery_tag)")]
+    #[allow(clippy::too_many_arguments)] // the Python signature
+    fn to_envelope<'py>(
+        &self,
+        py: Python<'py>,
+        exchange: &'py PyString,
+        routing_key: &'py PyString,
+        priority: &'py PyLong,
+        delivery_mode: &'py PyLong,
+        expiration: &'py PyAny,
+        delivery_tag: &'py PyString,
+    ) -> PyResult<&'py PyBytes> {
+        let delivery = Delivery {
+            exchange,
+            routing_key,
+            priority,
+            delivery_mode,
+            expiration: optional(expiration).map(PyAny::downcast).transpose()?,
+            delivery_tag,
+        };
+        let mut enc = Encoder::new(py, None);
+        let body = self.body.as_ref(py).as_bytes();
+        enc.out.reserve(base64::encoded_len(body.len()) + 512);
+        enc.out.push(b'{');
+        write_key(&mut enc.out, true, envelope::BODY);
+        enc.out.push(b'"');
+        base64::encode_into(&mut enc.out, body);
+        enc.out.push(b'"');
+        write_key(&mut enc.out, false, envelope::CONTENT_ENCODING);
+        enc.string(self.content_encoding.as_ref(py))?;
+        write_key(&mut enc.out, false, envelope::CONTENT_TYPE);
+        enc.string(self.content_type.as_ref(py))?;
+        write_key(&mut enc.out, false, envelope::HEADERS);
+        enc.value(self.headers.as_ref(py), 1)?;
+        write_key(&mut enc.out, false, envelope::PROPERTIES);
+
+        // The message's own properties keep their order; delivery properties already among them are
+        // overwritten in place, the rest follow in the order kombu adds them.
+        let properties: Vec<(&PyAny, &PyAny)> = self.properties.as_ref(py).iter().collect();
+        let mut written = [false; DeliveryProperty::ALL.len()];
+        enc.out.push(b'{');
+        let mut first = true;
+        for (key, value) in properties {
+            let overridden = key
+                .downcast::<PyString>()
+                .ok()
+                .and_then(|k| k.to_str().ok())
+                .and_then(DeliveryProperty::from_name);
+            if !first {
+                enc.out.extend_from_slice(b", ");
+            }
+            enc.key(key)?;
+            enc.out.extend_from_slice(b": ");
+            match overridden {
+                Some(p) if p != DeliveryProperty::Expiration || delivery.expiration.is_some() => {
+                    delivery.write(&mut enc, p)?;
+                    written[p as usize] = true;
+                }
+                _ => enc.value(value, 2)?,
+            }
+            first = false;
+        }
+        for p in DeliveryProperty::ALL {
+            if written[p as usize] {
+                continue;
+            }
+            let start = enc.out.len();
+            write_key(&mut enc.out, first, p.name());
+            if delivery.write(&mut enc, p)? {
+                first = false;
+            } else {
+                enc.out.truncate(start);
+            }
+        }
+        enc.out.extend_from_slice(b"}}");
+        Ok(PyBytes::new(py, &enc.out))
+    }
+
+    /// Parses a kombu virtual-transport envelope.
+    #[staticmethod]
+    #[pyo3(text_signature = "(data, tag_hook)")]
+    fn from_envelope(py: Python<'_>, data: &PyAny, tag_hook: &PyAny) -> PyResult<Self> {
+        let doc = decode_py::loads(py, data, optional(tag_hook))?;
+        let doc: &PyDict = doc
+            .downcast()
+            .map_err(|_| PyValueError::new_err("malformed envelope: not a JSON object"))?;
+        let body: &PyString = field(doc, envelope::BODY, "a string")?;
+        let content_type: &PyString = field(doc, envelope::CONTENT_TYPE, "a string")?;
+        let content_encoding: &PyString = field(doc, envelope::CONTENT_ENCODING, "a string")?;
+        let headers: &PyDict = field(doc, envelope::HEADERS, "an object")?;
+        let properties: &PyDict = field(doc, envelope::PROPERTIES, "an object")?;
+        let body_encoding = properties.get_item(envelope::BODY_ENCODING).filter(|e| !e.is_none());
+        let body: &PyBytes = match body_encoding {
+            Some(e) if e.extract::<&str>().is_ok_and(|e| e == envelope::BASE64) => {
+                let text = body
+                    .to_str()
+                    .map_err(|_| PyValueError::new_err("malformed envelope: bad base64 body"))?;
+                let raw = base64::decode(text.as_bytes())
+                    .map_err(|_| PyValueError::new_err("malformed envelope: bad base64 body"))?;
+                PyBytes::new(py, &raw)
+            }
+            // kombu decodes only non-UTF-8 encodings; a UTF-8 (or unlabelled) body is the text itself.
+            Some(e) if !e.extract::<&str>().is_ok_and(|e| e.eq_ignore_ascii_case("utf-8")) => {
+                return Err(PyValueError::new_err(format!(
+                    "malformed envelope: unsupported body_encoding {}",
+                    e.repr()?
+                )))
+            }
+            _ => body
+                .call_method1(intern!(py, "encode"), ("utf-8",))?
+                .downcast::<PyBytes>()?,
+        };
+        Ok(Self {
+            headers: headers.into(),
+            properties: properties.into(),
+            body: body.into(),
+            content_type: content_type.into(),
+            content_encoding: content_encoding.into(),
+        })
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let headers = self.headers.as_ref(py);
+        let mut parts = Vec::new();
+        for key in ["task", "id"] {
+            if let Some(v) = headers.get_item(key) {
+                parts.push(format!("{key}={}", v.repr()?));
+            }
+        }
+        parts.push(format!("content_type={}", self.content_type.as_ref(py).repr()?));
+        parts.push(format!("body=<{} bytes>", self.body.as_ref(py).as_bytes().len()));
+        Ok(format!("Message({})", parts.join(", ")))
+    }
+}
+
+/// `obj` if it is None or a `T`, for parameters typed `T | None`.
+fn none_or<'py, T: pyo3::PyTypeInfo + pyo3::PyNativeType>(
+    obj: &'py PyAny,
+    name: &str,
+    what: &str,
+) -> PyResult<&'py PyAny> {
+    if obj.is_none() || obj.downcast::<T>().is_ok() {
+        Ok(obj)
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "{name} must be {what} or None, not {}",
+            obj.get_type().name()?
+        )))
+    }
+}
+
+/// Time limits are kept as given: Celery writes `30` for an int and `30.0` for a float.
+fn time_limit_or_none<'py>(obj: &'py PyAny, name: &str) -> PyResult<&'py PyAny> {
+    if obj.downcast::<PyLong>().is_ok() && obj.downcast::<PyBool>().is_err() {
+        Ok(obj)
+    } else {
+        none_or::<PyFloat>(obj, name, "a number")
+    }
+}
+
+/// Builds a protocol-v2 task message with the headers in the order and shape `as_task_v2` emits.
+#[pyfunction]
+#[pyo3(
+    text_signature = "(task_id, name, shadow, eta, expires, group_id, group_index, retries, time_limit, \
+                          soft_time_limit, root_id, parent_id, argsrepr, kwargsrepr, origin, ignore_result, \
+                          replaced_task_nesting, stamped_headers, stamps, extra_headers, reply_to, body, \
+                          content_type, content_encoding, compression)"
+)]
+#[allow(clippy::too_many_arguments)] // the Python signature
+pub fn task_message<'py>(
+    py: Python<'py>,
+    task_id: &'py PyString,
+    name: &'py PyString,
+    shadow: &'py PyAny,
+    eta: &'py PyAny,
+    expires: &'py PyAny,
+    group_id: &'py PyAny,
+    group_index: &'py PyAny,
+    retries: &'py PyLong,
+    time_limit: &'py PyAny,
+    soft_time_limit: &'py PyAny,
+    root_id: &'py PyString,
+    parent_id: &'py PyAny,
+    argsrepr: &'py PyString,
+    kwargsrepr: &'py PyString,
+    origin: &'py PyString,
+    ignore_result: &'py PyBool,
+    replaced_task_nesting: &'py PyLong,
+    stamped_headers: &'py PyAny,
+    stamps: &'py PyDict,
+    extra_headers: &'py PyAny,
+    reply_to: &'py PyString,
+    body: &'py PyBytes,
+    content_type: &'py PyString,
+    content_encoding: &'py PyString,
+    compression: &'py PyAny,
+) -> PyResult<Message> {
+    let timelimit = PyList::new(
+        py,
+        [
+            time_limit_or_none(time_limit, "time_limit")?,
+            time_limit_or_none(soft_time_limit, "soft_time_limit")?,
+        ],
+    );
+    let values: [&PyAny; HEADERS.len()] = [
+        PyString::intern(py, LANG),
+        name,
+        task_id,
+        none_or::<PyString>(shadow, "shadow", "a str")?,
+        none_or::<PyString>(eta, "eta", "a str")?,
+        none_or::<PyString>(expires, "expires", "a str")?,
+        none_or::<PyString>(group_id, "group_id", "a str")?,
+        none_or::<PyLong>(group_index, "group_index", "an int")?,
+        retries,
+        timelimit,
+        root_id,
+        none_or::<PyString>(parent_id, "parent_id", "a str")?,
+        argsrepr,
+        kwargsrepr,
+        origin,
+        ignore_result,
+        replaced_task_nesting,
+        none_or::<PyList>(stamped_headers, "stamped_headers", "a list")?,
+        stamps,
+    ];
+    let headers = PyDict::new(py);
+    for (key, value) in HEADERS.iter().zip(values) {
+        headers.set_item(PyString::intern(py, key), value)?;
+    }
+    if let Some(extra) = optional(extra_headers) {
+        // dict.update, as Celery merges `apply_async(headers=...)`: known names keep their place.
+        headers.call_method1(intern!(py, "update"), (extra,))?;
+    }
+    let body = match optional(compression) {
+        Some(mime) => {
+            let mime: &PyString = mime.downcast()?;
+            let packed = compression::compress(codec(mime.to_str()?)?, body.as_bytes());
+            headers.set_item(PyString::intern(py, COMPRESSION_HEADER), mime)?;
+            PyBytes::new(py, &packed)
+        }
+        None => body,
+    };
+    let properties = PyDict::new(py);
+    properties.set_item(PyString::intern(py, CORRELATION_ID), task_id)?;
+    properties.set_item(PyString::intern(py, REPLY_TO), reply_to)?;
+    Ok(Message {
+        headers: headers.into(),
+        properties: properties.into(),
+        body: body.into(),
+        content_type: content_type.into(),
+        content_encoding: content_encoding.into(),
+    })
+}
