@@ -64,9 +64,9 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     if name == 'states':
-        from fastq import states
+        import importlib
 
-        return states
+        return importlib.import_module('fastq.states')
     if name == 'current_app':
         from fastq._state import get_current_app
 

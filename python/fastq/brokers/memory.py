@@ -320,4 +320,5 @@ class _MemoryConsumer(Consumer):
                 if m.owner == self.owner:
                     m.owner = None
                     m.lease_until = 0.0
+                    m.deliveries = max(0, m.deliveries - 1)
             self._s.lock.notify_all()
