@@ -47,7 +47,9 @@ def json_loads(data: bytes | str, tag_hook: Callable[[dict[str, Any]], Any] | No
     passed to `tag_hook` and replaced by what it returns; other objects never reach Python code.
 
     Raises:
-        ValueError: malformed JSON or invalid UTF-8, with the position of the error in the message.
+        ValueError: malformed JSON or invalid UTF-8, with the position of the error in the message
+            (the wording and position of `json.JSONDecodeError`; invalid UTF-8 is a UnicodeDecodeError).
+        RecursionError: nesting deeper than the interpreter's recursion limit (as `json.loads`).
     """
 
 # --------------------------------------------------------------------------------------------------------
@@ -61,14 +63,15 @@ def msgpack_packb(obj: Any) -> bytes:
         OverflowError: an int outside [-2**63, 2**64).
         TypeError: `can not serialize 'X' object` for unsupported types.
         UnicodeEncodeError: a str with lone surrogates.
-        ValueError: nesting deeper than msgpack's default limit.
+        ValueError: nesting deeper than msgpack's default limit (1024 containers).
     """
 
 def msgpack_unpackb(data: bytes) -> Any:
     """Deserialize as `msgpack.unpackb(data, raw=False)` does (arrays -> lists, strict map keys: str/bytes only).
 
     Raises:
-        ValueError: truncated or trailing data, unknown type bytes, ext types, non-str/bytes map keys.
+        ValueError: truncated or trailing data, unknown type bytes, ext types, non-str/bytes map keys,
+            containers nested deeper than 1024.
         UnicodeDecodeError: a str that is not valid UTF-8.
     """
 
@@ -215,7 +218,8 @@ class Message:
         (a str body without body_encoding is UTF-8 encoded). `tag_hook` is applied to headers and properties.
 
         Raises:
-            ValueError: not JSON, not an object, or missing/ill-typed body, content-type, headers or properties.
+            ValueError: not JSON, not an object, missing/ill-typed body, content-type, content-encoding,
+                headers or properties, or a body that does not decode (bad base64, unknown body_encoding).
         """
 
 # --------------------------------------------------------------------------------------------------------
@@ -274,7 +278,7 @@ class Ledger:
     @window.setter
     def window(self, value: int) -> None: ...
     def free(self) -> int:
-        """How many more deliveries may be fetched now (window - held, at least 0; a large number if unlimited)."""
+        """How many more deliveries may be fetched now (window - held, at least 0; 2**31 - 1 if unlimited)."""
     def add(self, tag: int | str) -> None:
         """Record a fetched delivery as reserved.
 

@@ -11,6 +11,7 @@ fn too_large(e: &framing::FrameTooLarge) -> PyErr {
 }
 
 #[pyfunction]
+#[pyo3(text_signature = "(job_id, kind, payload)")]
 pub fn encode_frame<'py>(py: Python<'py>, job_id: u64, kind: u8, payload: &[u8]) -> PyResult<&'py PyBytes> {
     let mut out = Vec::new();
     framing::encode_into(&mut out, job_id, kind, payload).map_err(|e| too_large(&e))?;
@@ -18,6 +19,7 @@ pub fn encode_frame<'py>(py: Python<'py>, job_id: u64, kind: u8, payload: &[u8])
 }
 
 #[pyfunction]
+#[pyo3(text_signature = "(frames)")]
 pub fn encode_frames<'py>(py: Python<'py>, frames: Vec<(u64, u8, &[u8])>) -> PyResult<&'py PyBytes> {
     let mut out = Vec::new();
     for (job_id, kind, payload) in frames {
@@ -26,7 +28,7 @@ pub fn encode_frames<'py>(py: Python<'py>, frames: Vec<(u64, u8, &[u8])>) -> PyR
     Ok(PyBytes::new(py, &out))
 }
 
-#[pyclass(name = "FrameDecoder", module = "fastq._core")]
+#[pyclass(name = "FrameDecoder", module = "fastq._core", text_signature = "()")]
 #[derive(Default)]
 pub struct PyFrameDecoder {
     inner: Decoder,
@@ -39,6 +41,7 @@ impl PyFrameDecoder {
         Self { inner: Decoder::new() }
     }
 
+    #[pyo3(text_signature = "($self, data)")]
     fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<&'py PyList> {
         let frames = self.inner.feed(data).map_err(|e| too_large(&e))?;
         let list = PyList::empty(py);

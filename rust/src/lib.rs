@@ -8,6 +8,8 @@ mod compression_py;
 mod framing;
 mod framing_py;
 mod json;
+mod ledger;
+mod ledger_py;
 mod msgpack;
 mod protocol;
 mod recursion_py;
@@ -31,6 +33,7 @@ fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(protocol::body_py::decode_task_body, m)?)?;
     m.add_function(wrap_pyfunction!(protocol::message_py::task_message, m)?)?;
     m.add_class::<protocol::message_py::Message>()?;
+    m.add_class::<ledger_py::PyLedger>()?;
     m.add("FRAME_HEADER_SIZE", framing::HEADER_SIZE)?;
     m.add("MAX_FRAME_PAYLOAD", framing::MAX_PAYLOAD)?;
     m.add_function(wrap_pyfunction!(framing_py::encode_frame, m)?)?;

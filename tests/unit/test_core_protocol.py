@@ -128,13 +128,15 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize('compression', [None, 'zlib', 'bzip2'])
-@pytest.mark.parametrize('serializer', ['json', 'msgpack'])
-@pytest.mark.parametrize('case', CASES)
+@pytest.mark.parametrize('case, serializer, compression', [
+    (case, serializer, compression)
+    for case in CASES
+    for serializer in ['json', 'msgpack']
+    for compression in [None, 'zlib', 'bzip2']
+    if not (serializer == 'msgpack' and case == 'kombu types')  # msgpack cannot carry those
+])
 def test_envelope_is_byte_identical_to_celery(celery_publish, case, serializer, compression):
     call = dict(CASES[case])
-    if serializer == 'msgpack' and case == 'kombu types':
-        pytest.skip('msgpack cannot carry these types')
     args, kwargs = call.pop('args'), call.pop('kwargs')
     extra_headers = call.pop('headers', None)
     priority = call.pop('priority', 0)

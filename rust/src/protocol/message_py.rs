@@ -15,7 +15,11 @@ use crate::json::decode_py;
 use crate::json::encode_py::{optional, Encoder};
 use crate::json::string::write_escaped;
 
-#[pyclass(name = "Message", module = "fastq._core")]
+#[pyclass(
+    name = "Message",
+    module = "fastq._core",
+    text_signature = "(body, content_type, content_encoding, headers, properties)"
+)]
 pub struct Message {
     #[pyo3(get, set)]
     headers: Py<PyDict>,
