@@ -46,10 +46,25 @@ def python_encode() -> bytes:
     """The same document built the obvious way in pure Python (the reference)."""
     body = json.dumps((ARGS, KWARGS, {'callbacks': None, 'errbacks': None, 'chain': None, 'chord': None}))
     headers = {
-        'lang': 'py', 'task': 'bench.add', 'id': TASK_ID, 'shadow': None, 'eta': None, 'expires': None,
-        'group': None, 'group_index': None, 'retries': 0, 'timelimit': [None, None], 'root_id': TASK_ID,
-        'parent_id': None, 'argsrepr': repr(ARGS), 'kwargsrepr': repr(KWARGS), 'origin': 'gen1@host',
-        'ignore_result': False, 'replaced_task_nesting': 0, 'stamped_headers': None, 'stamps': {},
+        'lang': 'py',
+        'task': 'bench.add',
+        'id': TASK_ID,
+        'shadow': None,
+        'eta': None,
+        'expires': None,
+        'group': None,
+        'group_index': None,
+        'retries': 0,
+        'timelimit': [None, None],
+        'root_id': TASK_ID,
+        'parent_id': None,
+        'argsrepr': repr(ARGS),
+        'kwargsrepr': repr(KWARGS),
+        'origin': 'gen1@host',
+        'ignore_result': False,
+        'replaced_task_nesting': 0,
+        'stamped_headers': None,
+        'stamps': {},
     }
     envelope = {
         'body': base64.b64encode(body.encode()).decode(),
@@ -57,9 +72,13 @@ def python_encode() -> bytes:
         'content-type': 'application/json',
         'headers': headers,
         'properties': {
-            'correlation_id': TASK_ID, 'reply_to': 'reply', 'delivery_mode': 2,
-            'delivery_info': {'exchange': '', 'routing_key': 'celery'}, 'priority': 0,
-            'body_encoding': 'base64', 'delivery_tag': TAG,
+            'correlation_id': TASK_ID,
+            'reply_to': 'reply',
+            'delivery_mode': 2,
+            'delivery_info': {'exchange': '', 'routing_key': 'celery'},
+            'priority': 0,
+            'body_encoding': 'base64',
+            'delivery_tag': TAG,
         },
     }
     return json.dumps(envelope).encode()
@@ -84,8 +103,12 @@ def celery_encode() -> Any:
             'content-type': content_type,
             'headers': msg.headers,
             'properties': dict(
-                msg.properties, delivery_mode=2, delivery_info={'exchange': '', 'routing_key': 'celery'},
-                priority=0, body_encoding='base64', delivery_tag=TAG,
+                msg.properties,
+                delivery_mode=2,
+                delivery_info={'exchange': '', 'routing_key': 'celery'},
+                priority=0,
+                body_encoding='base64',
+                delivery_tag=TAG,
             ),
         }
         return kombu_dumps(envelope).encode()

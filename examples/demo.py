@@ -34,8 +34,9 @@ def main() -> int:
         env=env,
     )
     try:
-        from fastq.exceptions import TimeoutError
         from tasks import add, div, hello
+
+        from fastq.exceptions import TimeoutError
 
         time.sleep(0.5)
         print('\n>>> add.delay(4, 4).get(timeout=10)')

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
-from typing import Any
+from typing import Any, Literal, cast
 
 from fastq import _core
 from fastq.exceptions import ContentDisallowed, DecodeError, EncodeError, InvalidTaskError
@@ -79,8 +79,8 @@ def encode_body(
                 errbacks,
                 chain,
                 chord,
-                serializer,
-                json_default,  # type: ignore[arg-type]
+                cast(Literal['json', 'msgpack'], serializer),
+                json_default,
             )
         except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
             raise EncodeError(f'{type(exc).__name__}: {exc}') from exc

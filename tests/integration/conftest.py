@@ -32,7 +32,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> WorkerProcess:
-        log = open(self.logfile, 'ab')  # noqa: SIM115 - kept open for the child's lifetime
+        log = open(self.logfile, 'ab')
         self.proc = subprocess.Popen(
             [sys.executable, '-m', 'fastq', '-A', 'worker_tasks', 'worker', *self.args],
             cwd=self.cwd,

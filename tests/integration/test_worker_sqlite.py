@@ -75,11 +75,15 @@ def test_countdown_runs_not_before_eta(tasks: Any, worker: Any) -> None:
 
 def test_eta_parked_in_database_not_in_worker(tasks: Any, worker: Any, tmp_path: Path) -> None:
     worker()
-    result = tasks.when_run.apply_async(countdown=3600)
+    tasks.when_run.apply_async(countdown=3600)
     db = sqlite3.connect(tmp_path / 'broker.sqlite3')
     wait_until(
-        lambda: db.execute('SELECT COUNT(*) FROM messages WHERE owner IS NULL AND not_before > ?', (time.time(),))
-        .fetchone()[0] == 1,
+        lambda: (
+            db.execute(
+                'SELECT COUNT(*) FROM messages WHERE owner IS NULL AND not_before > ?', (time.time(),)
+            ).fetchone()[0]
+            == 1
+        ),
         message='ETA message parked unreserved in the database',
     )
 
@@ -109,8 +113,11 @@ def test_malformed_message_is_dead_lettered_and_worker_survives(tasks: Any, work
     broker = tasks.app.broker
     broker.connect()
     broker._publish_raw('celery', b'{"this is": not json')
-    broker._publish_raw('celery', b'{"body": "W10=", "content-type": "application/json", "headers": {}, '
-                                  b'"content-encoding": "utf-8", "properties": {}}')
+    broker._publish_raw(
+        'celery',
+        b'{"body": "W10=", "content-type": "application/json", "headers": {}, '
+        b'"content-encoding": "utf-8", "properties": {}}',
+    )
     wait_until(lambda: broker.dead_letters.count() == 2, message='two dead letters')
     reasons = sorted(d.reason for d in broker.dead_letters.list())
     assert reasons[0].startswith('invalid task message') and reasons[1].startswith('malformed message')

@@ -165,7 +165,12 @@ def test_signatures(app: Fastq) -> None:
     assert add.si(1, 1).clone((5,)).args == (1, 1)
     assert s(3) == 5
     assert dict(add.s(1, y=2)) == {
-        'task': add.name, 'args': (1,), 'kwargs': {'y': 2}, 'options': {}, 'subtask_type': None, 'immutable': False,
+        'task': add.name,
+        'args': (1,),
+        'kwargs': {'y': 2},
+        'options': {},
+        'subtask_type': None,
+        'immutable': False,
     }
 
 

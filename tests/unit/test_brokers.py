@@ -223,7 +223,7 @@ def test_fanout(broker: Broker) -> None:
 
 
 def test_unknown_scheme_suggests_closest() -> None:
-    with pytest.raises(ImproperlyConfigured, match=r"did you mean sqlite://\?"):
+    with pytest.raises(ImproperlyConfigured, match=r'did you mean sqlite://\?'):
         broker_class('sqlit:///x.db')
     with pytest.raises(ImproperlyConfigured, match='needs the Redis broker'):
         broker_class('redis://localhost:6379/0')

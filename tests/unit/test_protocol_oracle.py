@@ -13,7 +13,7 @@ import json
 import uuid
 import zlib
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -98,15 +98,15 @@ CASES: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ('ignore_result', (1, 1), {'ignore_result': True}),
     ('countdown', (1, 1), {'countdown': 10}),
     ('expires seconds', (1, 1), {'expires': 60}),
-    ('eta datetime', (1, 1), {'eta': datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)}),
+    ('eta datetime', (1, 1), {'eta': datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)}),
     ('eta naive', (1, 1), {'eta': datetime(2030, 1, 2, 3, 4, 5)}),
-    ('expires datetime', (1, 1), {'expires': datetime.now(timezone.utc) + timedelta(hours=1)}),
+    ('expires datetime', (1, 1), {'expires': datetime.now(UTC) + timedelta(hours=1)}),
     ('msgpack', (1, 2.5), {'serializer': 'msgpack'}),
     ('zlib', ([1] * 50, [2]), {'compression': 'zlib'}),
     ('bzip2', ('x' * 100, 'y'), {'compression': 'bzip2'}),
     ('msgpack+zlib', (1, 2), {'serializer': 'msgpack', 'compression': 'zlib'}),
     ('special values', ([float('inf'), -0.0, 10**30, None, True, 1.5e-7],), {}),
-    ('typed values', ([datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc), uuid.UUID(int=7), b'\xff\x00'],), {}),
+    ('typed values', ([datetime(2024, 5, 1, 12, 0, tzinfo=UTC), uuid.UUID(int=7), b'\xff\x00'],), {}),
     ('link', (1, 1), {'link': 'SIG'}),
 ]
 
@@ -145,7 +145,7 @@ def test_same_envelope_as_celery(
     if case == 'eta naive':
         # Celery sends a naive eta as it is; fastq makes it aware in the app's zone (UTC here) before sending,
         # so no reader has to guess the zone. Same instant, explicit offset.
-        assert f_env['headers']['eta'] == options['eta'].replace(tzinfo=timezone.utc).isoformat()
+        assert f_env['headers']['eta'] == options['eta'].replace(tzinfo=UTC).isoformat()
         assert c_env['headers']['eta'] == options['eta'].isoformat()
         f_env['headers']['eta'] = c_env['headers']['eta'] = None
     assert normalise(f_env) == normalise(c_env)

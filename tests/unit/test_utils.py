@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -34,7 +34,9 @@ def test_host_format() -> None:
     assert default_nodename(None).startswith('celery@')
 
 
-@pytest.mark.parametrize(('rate', 'per_second'), [('10/s', 10.0), ('60/m', 1.0), ('3600/h', 1.0), ('5', 5.0), (None, 0.0)])
+@pytest.mark.parametrize(
+    ('rate', 'per_second'), [('10/s', 10.0), ('60/m', 1.0), ('3600/h', 1.0), ('5', 5.0), (None, 0.0)]
+)
 def test_parse_rate(rate: str | None, per_second: float) -> None:
     assert parse_rate(rate) == per_second
 
@@ -46,19 +48,19 @@ def test_saferepr_bounds() -> None:
 
 def test_schedule_is_due() -> None:
     s = schedule(timedelta(seconds=10))
-    due, nxt = s.is_due(datetime.now(timezone.utc) - timedelta(seconds=11))
+    due, nxt = s.is_due(datetime.now(UTC) - timedelta(seconds=11))
     assert due and nxt == 10
-    due, nxt = s.is_due(datetime.now(timezone.utc))
+    due, nxt = s.is_due(datetime.now(UTC))
     assert not due and 0 < nxt <= 10
 
 
 def test_crontab_next_fire() -> None:
     c = crontab(minute=0, hour='*/3')
-    start = datetime(2026, 1, 1, 1, 30, tzinfo=timezone.utc)
-    assert c.next_after(start) == datetime(2026, 1, 1, 3, 0, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, 1, 30, tzinfo=UTC)
+    assert c.next_after(start) == datetime(2026, 1, 1, 3, 0, tzinfo=UTC)
     weekdays = crontab(hour=7, minute=30, day_of_week='mon-fri')
-    saturday = datetime(2026, 1, 3, 8, 0, tzinfo=timezone.utc)
-    assert weekdays.next_after(saturday) == datetime(2026, 1, 5, 7, 30, tzinfo=timezone.utc)
+    saturday = datetime(2026, 1, 3, 8, 0, tzinfo=UTC)
+    assert weekdays.next_after(saturday) == datetime(2026, 1, 5, 7, 30, tzinfo=UTC)
     assert crontab.from_string('*/15 * * * *') == crontab(minute='*/15')
     with pytest.raises(ValueError, match='out of range'):
         crontab(minute=61)

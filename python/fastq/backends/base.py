@@ -40,6 +40,10 @@ def create_exception_cls(name: str, module: str) -> type[Exception]:
     return cls
 
 
+def _as_tuple(child: Any) -> Any:
+    return child.as_tuple() if hasattr(child, 'as_tuple') else child
+
+
 def _ensure_serializable(items: tuple[Any, ...], encode: Callable[[Any], Any]) -> list[Any]:
     out = []
     for item in items:
@@ -187,7 +191,7 @@ class Backend(abc.ABC):
             'status': state,
             'result': result,
             'traceback': traceback,
-            'children': list(getattr(request, 'children', None) or []),
+            'children': [_as_tuple(child) for child in getattr(request, 'children', None) or ()],
             'date_done': date_done,
         }
         if request is not None:

@@ -171,8 +171,8 @@ class Dispatcher:
         )
         if request.eta is not None and request.eta > now:
             if request.eta - now > HOLD_IN_MEMORY and self.broker.features.delayed:
-                self.consumer.defer(d.tag, request.eta)
                 self._settled(d.tag)
+                self.consumer.defer(d.tag, request.eta)
                 logger.debug('Task %s[%s] parked in the broker until its ETA', request.task, request.id)
                 return
             logger.info('Task %s[%s] received', job.name, request.id)
@@ -200,6 +200,8 @@ class Dispatcher:
         assert d.message is not None
         error_logger.error(UNKNOWN_TASK_ERROR, name, _safe_headers(d), d.message.properties.get('delivery_info'))
         exc = NotRegistered(name)
+        # Dead-letter first: whoever sees the FAILURE can then also find the message.
+        self._dead_letter(d, f'unregistered task {name!r}')
         if not d.message.headers.get('ignore_result'):
             try:
                 self.app.backend.mark_as_failure(task_id, exc)
@@ -208,7 +210,6 @@ class Dispatcher:
             except Exception as store_exc:
                 error_logger.warning('Could not store NotRegistered for %s: %r', task_id, store_exc)
         signals.task_unknown.send(sender=self, message=d.message, exc=exc, name=name, id=task_id)
-        self._dead_letter(d, f'unregistered task {name!r}')
 
     def _expired(self, d: Delivery, request: Any, task: Any) -> None:
         logger.info('Discarding revoked task: %s[%s]', request.task, request.id)
@@ -333,23 +334,26 @@ class Dispatcher:
         for tag in tags:
             self._settled(tag)
 
+    # Messages made visible again are forgotten by the ledger *before* the broker call: the fetcher may get
+    # them back at once, and it must find the tag free.
+
     def _reject(self, tags: list[Any], requeue: bool) -> None:
+        for tag in tags:
+            self._settled(tag)
         try:
             self.consumer.reject(tags, requeue)
         except Exception as exc:
             error_logger.error('Cannot reject messages on %s: %s', self.broker.describe(), exc)
-        for tag in tags:
-            self._settled(tag)
 
     def _release(self, tags: list[Any]) -> None:
         if not tags:
             return
+        for tag in tags:
+            self._settled(tag)
         try:
             self.consumer.release(tags)
         except Exception as exc:
             error_logger.error('Cannot hand messages back to %s: %s', self.broker.describe(), exc)
-        for tag in tags:
-            self._settled(tag)
 
     def _dead_letter(self, d: Delivery, reason: str, acked: bool = False) -> None:
         try:

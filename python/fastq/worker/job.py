@@ -86,6 +86,25 @@ class Job:
         )
 
 
+def _internal_error(app: Fastq, task: Any, request: dict[str, Any], exc: Exception) -> Outcome:
+    """Report what Celery calls an internal error: the task ran (or not) but its bookkeeping failed."""
+    import logging
+
+    from fastq import signals
+
+    logging.getLogger('celery.app.trace').error(
+        'Task %s[%s] INTERNAL ERROR: %r', task.name, request.get('id'), exc, exc_info=True
+    )
+    signals.task_internal_error.send(
+        sender=task, task_id=request.get('id'), args=None, kwargs=None, request=request, exception=exc, einfo=None
+    )
+    try:
+        app.backend.mark_as_failure(request['id'], exc, None)
+    except Exception:  # the backend is what failed, most likely
+        pass
+    return Outcome(states.FAILURE, 0.0, exc_repr=repr(exc))
+
+
 def _soft_limit_handler(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded()
 
@@ -110,6 +129,8 @@ def run_payload(app: Fastq, payload: bytes, accept: frozenset[str]) -> Outcome:
         signal.setitimer(signal.ITIMER_REAL, float(soft_limit))
     try:
         return execute(task, args, kwargs, request)
+    except Exception as exc:  # a failure outside the task body (e.g. its result cannot be stored)
+        return _internal_error(app, task, request, exc)
     finally:
         if use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)

@@ -49,7 +49,19 @@ def human_status(status: int) -> str:
 
 
 class _Child:
-    __slots__ = ('chan', 'exit_status', 'index', 'jobs', 'killed_for', 'pid', 'ready', 'retiring', 'sent')
+    __slots__ = (
+        'chan',
+        'exit_status',
+        'finalized',
+        'index',
+        'jobs',
+        'killed_for',
+        'pid',
+        'ready',
+        'retiring',
+        'sent',
+        'timer',
+    )
 
     def __init__(self, index: int, pid: int, chan: _ipc.Channel) -> None:
         self.index = index
@@ -61,6 +73,8 @@ class _Child:
         self.ready = False
         self.killed_for: str | None = None
         self.exit_status: int | None = None
+        self.finalized = False
+        self.timer: Any = None
 
     @property
     def name(self) -> str:
@@ -77,6 +91,7 @@ class PreforkPool(Pool):
         self._exit_statuses: dict[int, int] = {}
         self._free_indexes: list[int] = []
         self._spawning = 0
+        self._dying: dict[int, _Child] = {}  # closed channel, waiting for the fork server's exit status
         self._stopping = False
         self.zygote: Zygote | None = None
 
@@ -136,10 +151,11 @@ class PreforkPool(Pool):
         else:
             pid, status = a, b
             gone = self._by_pid.get(pid)
-            if gone is not None and gone.exit_status is None:
-                gone.exit_status = status
-            else:
-                self._log_exit(pid, status, None)
+            if gone is None:
+                return
+            gone.exit_status = status
+            if pid in self._dying:
+                self._finalize(gone)
 
     def _log_exit(self, pid: int, status: int, child: _Child | None) -> None:
         expected = child is not None and (child.retiring or child.killed_for is not None)
@@ -212,29 +228,38 @@ class PreforkPool(Pool):
             logger.error('%s answered job %d out of order; ignoring it', child.name, job_id)
             return
         job = child.jobs.popleft()
-        if child.jobs:
-            child.jobs[0].started = time.monotonic()
         if exiting:
-            child.retiring = True
+            child.retiring = True  # what it still holds never started: requeued when it is gone
+        elif child.jobs:
+            child.jobs[0].started = time.monotonic()
         self.on_result(job, Outcome.from_wire(tuple(wire)))
 
     def _on_child_gone(self, child: _Child) -> None:
+        """Its channel closed: wait (briefly) for the fork server's exit status, so the reason is exact."""
         fd = child.chan.fileno()
         self.loop.remove(fd)
         self.children.pop(fd, None)
         child.chan.close()
-        if child.exit_status is None:
-            with contextlib.suppress(ChildProcessError, OSError):
-                # Not our child (the zygote's): give the zygote a moment to report the status.
-                pass
+        self._dying[child.pid] = child
+        if child.exit_status is not None:
+            self._finalize(child)
+        else:
+            child.timer = self.loop.call_later(2.0, lambda: self._finalize(child))
+
+    def _finalize(self, child: _Child) -> None:
+        if child.finalized:
+            return
+        child.finalized = True
+        if child.timer is not None:
+            child.timer.cancel()
+        self._dying.pop(child.pid, None)
         jobs = list(child.jobs)
         child.jobs.clear()
         if jobs:
             running = jobs[0]
             if running.started is not None and child.killed_for is None:
-                reason = 'Worker exited prematurely: %s.' % (
-                    human_status(child.exit_status) if child.exit_status is not None else 'unknown status'
-                )
+                status = human_status(child.exit_status) if child.exit_status is not None else 'unknown status'
+                reason = f'Worker exited prematurely: {status}.'
                 self.on_lost(running, reason)
                 jobs = jobs[1:]
             elif child.killed_for is not None:
@@ -291,7 +316,7 @@ class PreforkPool(Pool):
                     self._want_write(child)
 
     def idle(self) -> bool:
-        return not self.children and not self._spawning
+        return not self.children and not self._spawning and not self._dying
 
     def terminate(self) -> list[Job]:
         self._stopping = True
