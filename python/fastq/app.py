@@ -95,6 +95,7 @@ class Fastq:
         self._broker: Broker | None = None
         self._backend: Backend | None = None
         self._router: Router | None = None
+        self._tz: tuple[tuple[Any, bool], tzinfo] | None = None
         self._local = threading.local()
         self.on_after_configure = _AppSignal('on_after_configure')
         self.on_after_finalize = _AppSignal('on_after_finalize')
@@ -344,7 +345,11 @@ class Fastq:
 
     @property
     def timezone(self) -> tzinfo:
-        return get_timezone(self.conf.timezone, self.conf.enable_utc)
+        key = (self.conf.timezone, self.conf.enable_utc)
+        cached = self._tz
+        if cached is None or cached[0] != key:
+            cached = self._tz = (key, get_timezone(*key))
+        return cached[1]
 
     def now(self) -> datetime:
         return datetime.now(self.timezone)

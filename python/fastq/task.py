@@ -146,6 +146,7 @@ class Task(Generic[P, R]):
     _bound: ClassVar[bool] = False
     _is_async: ClassVar[bool] = False
     _signature: inspect.Signature | None = None
+    _arity_checker: Callable[..., None] | None = None
 
     # Settings a task reads from app.conf when its own attribute is None (Celery's `from_config`).
     from_config: ClassVar[tuple[tuple[str, str], ...]] = (
@@ -206,13 +207,15 @@ class Task(Generic[P, R]):
 
     def check_arguments(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> None:
         """Raise TypeError now, in the caller, if the arguments do not fit the function (Celery's `typing`)."""
-        sig = self._signature
-        if sig is None:
-            return
+        checker = self._arity_checker
+        if checker is None:
+            if self._signature is None:
+                return
+            checker = self._arity_checker = _arity_checker(self._signature)
         try:
-            sig.bind(*args, **kwargs)
+            checker(*args, **kwargs)
         except TypeError as exc:
-            raise TypeError(f'{self.name}() {exc}') from None
+            raise TypeError(f'{self.name}() {str(exc).partition("() ")[2] or exc}') from None
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send the task with these arguments (the star-args shortcut of `apply_async`)."""
@@ -440,6 +443,36 @@ class Task(Generic[P, R]):
         return (
             f'<@task: {self.name} of {self.app.main}>' if hasattr(self, 'app') else f'<unbound {type(self).__name__}>'
         )
+
+
+def _arity_checker(sig: inspect.Signature) -> Callable[..., None]:
+    """A function with the same parameters that does nothing: calling it checks arguments as Python does,
+    in about a microsecond (what `inspect.Signature.bind` does in tens)."""
+    params = []
+    seen_kw_only = False
+    for p in sig.parameters.values():
+        default = '=_d' if p.default is not inspect.Parameter.empty else ''
+        if p.kind is p.POSITIONAL_ONLY:
+            params.append(f'{p.name}{default}')
+        elif p.kind is p.VAR_POSITIONAL:
+            params.append(f'*{p.name}')
+            seen_kw_only = True
+        elif p.kind is p.KEYWORD_ONLY:
+            if not seen_kw_only:
+                params.append('*')
+                seen_kw_only = True
+            params.append(f'{p.name}{default}')
+        elif p.kind is p.VAR_KEYWORD:
+            params.append(f'**{p.name}')
+        else:
+            params.append(f'{p.name}{default}')
+    if any(p.kind is p.POSITIONAL_ONLY for p in sig.parameters.values()):
+        last = max(i for i, p in enumerate(sig.parameters.values()) if p.kind is p.POSITIONAL_ONLY)
+        params.insert(last + 1, '/')
+    namespace: dict[str, Any] = {'_d': None}
+    exec(f'def check({", ".join(params)}):\n    pass', namespace)  # noqa: S102 - names come from a signature
+    checker: Callable[..., None] = namespace['check']
+    return checker
 
 
 def build_task_class(

@@ -105,11 +105,10 @@ def urls(tmp_path: Path) -> dict[str, str]:
 def tasks(monkeypatch: pytest.MonkeyPatch, urls: dict[str, str]) -> Iterator[Any]:
     """The `worker_tasks` module, its app pointed at this test's SQLite files."""
     monkeypatch.syspath_prepend(str(HERE))
-    for key, value in urls.items():
-        monkeypatch.setenv(key, value)
     import worker_tasks
 
     worker_tasks.app.close()
+    worker_tasks.app.conf.update(broker_url=urls['FASTQ_BROKER_URL'], result_backend=urls['FASTQ_RESULT_BACKEND'])
     yield worker_tasks
     worker_tasks.app.close()
 

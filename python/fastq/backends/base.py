@@ -112,6 +112,10 @@ class Backend(abc.ABC):
     def close(self) -> None:
         return None
 
+    def maintenance(self) -> None:
+        """Periodic housekeeping a worker runs in the background (about once a second)."""
+        return None
+
     def describe(self) -> str:
         from fastq.utils.text import mask_url
 

@@ -9,7 +9,7 @@ each commit, so it sees a result within milliseconds without polling the table.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastq import states
 from fastq.backends.base import Backend
@@ -30,6 +30,10 @@ CREATE INDEX IF NOT EXISTS results_expires ON results (expires) WHERE expires IS
 """
 
 CLEANUP_EVERY = 60.0
+
+
+def _first(rows: list[Any]) -> Any:
+    return rows[0] if rows else None
 
 
 class SQLiteBackend(Backend):
@@ -78,13 +82,11 @@ class SQLiteBackend(Backend):
 
     def _get(self, task_id: str) -> bytes | None:
         self._setup()
-        row = (
-            self.db.connection()
-            .execute(
+        row = _first(
+            self.db.query(
                 'SELECT payload FROM results WHERE task_id = ? AND (expires IS NULL OR expires > ?)',
                 (task_id, time.time()),
             )
-            .fetchone()
         )
         return bytes(row[0]) if row else None
 
@@ -103,6 +105,10 @@ class SQLiteBackend(Backend):
         self._setup()
         with self.db.write() as conn:
             conn.execute('DELETE FROM results WHERE expires IS NOT NULL AND expires < ?', (time.time(),))
+
+    def maintenance(self) -> None:
+        if self._ready:
+            self.db.checkpoint()
 
     def close(self) -> None:
         self.db.close()

@@ -266,6 +266,10 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def maintenance(self) -> None:
+        """Periodic housekeeping a worker runs in the background (about once a second)."""
+        return None
+
     def describe(self) -> str:
         """The URL with its password masked, for banners and errors."""
         from fastq.utils.text import mask_url

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastq import _core
 from fastq.brokers.base import (
@@ -87,6 +87,10 @@ CREATE TABLE IF NOT EXISTS fanout (
 
 SWEEP_INTERVAL = 1.0  # seconds between checks for dead owners and expired leases
 FANOUT_KEEP = 60.0  # seconds fanout rows are kept for subscribers
+
+
+def _first(rows: list[Any]) -> Any:
+    return rows[0] if rows else None
 
 
 class _OwnerLocks:
@@ -178,22 +182,16 @@ class SQLiteDeadLetters(DeadLetterStore):
             insert_dead_letter(conn, letter)
 
     def list(self, limit: int = 100) -> list[DeadLetter]:
-        rows = (
-            self._db.connection()
-            .execute(f'SELECT {self._COLUMNS} FROM dead_letters ORDER BY created DESC LIMIT ?', (limit,))
-            .fetchall()
-        )
+        rows = self._db.query(f'SELECT {self._COLUMNS} FROM dead_letters ORDER BY created DESC LIMIT ?', (limit,))
         return [self._row(r) for r in rows]
 
     def get(self, ident: str) -> DeadLetter | None:
-        row = (
-            self._db.connection()
-            .execute(
+        row = _first(
+            self._db.query(
                 f'SELECT {self._COLUMNS} FROM dead_letters WHERE id = ? OR task_id = ? '
                 'ORDER BY id = ? DESC, created DESC LIMIT 1',
                 (ident, ident, ident),
             )
-            .fetchone()
         )
         return self._row(row) if row else None
 
@@ -209,7 +207,7 @@ class SQLiteDeadLetters(DeadLetterStore):
             return conn.execute('DELETE FROM dead_letters').rowcount
 
     def count(self) -> int:
-        return int(self._db.connection().execute('SELECT COUNT(*) FROM dead_letters').fetchone()[0])
+        return int(self._db.query('SELECT COUNT(*) FROM dead_letters')[0][0])
 
 
 def insert_dead_letter(conn: object, letter: DeadLetter) -> None:
@@ -299,16 +297,12 @@ class SQLiteBroker(Broker):
 
     def qsize(self, queue: str) -> int:
         self.connect()
-        row = (
-            self.db.connection()
-            .execute('SELECT COUNT(*) FROM messages WHERE queue = ? AND owner IS NULL', (queue,))
-            .fetchone()
-        )
+        row = _first(self.db.query('SELECT COUNT(*) FROM messages WHERE queue = ? AND owner IS NULL', (queue,)))
         return int(row[0])
 
     def known_queues(self) -> list[str]:
         self.connect()
-        return [r[0] for r in self.db.connection().execute('SELECT name FROM queues ORDER BY name')]
+        return [r[0] for r in self.db.query('SELECT name FROM queues ORDER BY name')]
 
     @property
     def dead_letters(self) -> DeadLetterStore:
@@ -332,6 +326,9 @@ class SQLiteBroker(Broker):
         self.connect()
         return _SQLiteSubscription(self, exchange)
 
+    def maintenance(self) -> None:
+        self.db.checkpoint()
+
     def close(self) -> None:
         self.db.close()
 
@@ -340,7 +337,7 @@ class _SQLiteSubscription(Subscription):
     def __init__(self, broker: SQLiteBroker, exchange: str) -> None:
         self.broker = broker
         self.exchange = exchange
-        row = broker.db.connection().execute('SELECT COALESCE(MAX(id), 0) FROM fanout').fetchone()
+        row = broker.db.query('SELECT COALESCE(MAX(id), 0) FROM fanout')[0]
         self._seen = int(row[0])
 
     def get(self, timeout: float) -> list[tuple[str, bytes]]:
@@ -348,13 +345,9 @@ class _SQLiteSubscription(Subscription):
         bell = self.broker.fanout_bell
         while True:
             generation = bell.generation()
-            rows = (
-                self.broker.db.connection()
-                .execute(
-                    'SELECT id, routing_key, payload FROM fanout WHERE exchange = ? AND id > ? ORDER BY id',
-                    (self.exchange, self._seen),
-                )
-                .fetchall()
+            rows = self.broker.db.query(
+                'SELECT id, routing_key, payload FROM fanout WHERE exchange = ? AND id > ? ORDER BY id',
+                (self.exchange, self._seen),
             )
             if rows:
                 self._seen = rows[-1][0]
@@ -429,32 +422,29 @@ class SQLiteConsumer(Consumer):
         return Delivery(tag, queue, message, payload, deliveries > 1, deliveries)
 
     def _next_due(self, now: float) -> float | None:
-        row = (
-            self.db.connection()
-            .execute(
+        row = _first(
+            self.db.query(
                 f'SELECT MIN(not_before) FROM messages WHERE owner IS NULL AND queue IN ({self._queue_sql}) '
                 'AND not_before > ?',
                 (*self.queues, now),
             )
-            .fetchone()
         )
         return float(row[0]) if row and row[0] is not None else None
 
     def _sweep(self) -> None:
         """Return the reservations of dead owners, and of live ones that stopped renewing, to their queues."""
         self._last_sweep = time.monotonic()
-        conn = self.db.connection()
         now = time.time()
         owners = [
             r[0]
-            for r in conn.execute(
+            for r in self.db.query(
                 'SELECT DISTINCT owner FROM messages WHERE owner IS NOT NULL AND owner != ?', (self.owner,)
             )
         ]
         dead = [o for o in owners if self.broker.owners.is_dead(o)]
-        expired = conn.execute(
-            'SELECT COUNT(*) FROM messages WHERE owner IS NOT NULL AND lease_until < ?', (now,)
-        ).fetchone()[0]
+        expired = self.db.query('SELECT COUNT(*) FROM messages WHERE owner IS NOT NULL AND lease_until < ?', (now,))[0][
+            0
+        ]
         if not dead and not expired:
             return
         with self.db.write() as wconn:

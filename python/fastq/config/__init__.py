@@ -1,7 +1,7 @@
 """`app.conf`: Celery's settings, read from code, config objects and the environment, validated at startup.
 
 Lookup order for a setting: the environment (`FASTQ_<NAME>`, and Celery's `CELERY_BROKER_URL` /
-`CELERY_RESULT_BACKEND`), then values set in code (`conf.x = ...`, `conf.update`, `Fastq(broker=...)`), then
+`CELERY_RESULT_BACKEND`; read once, when the settings are first used), then values set in code (`conf.x = ...`, `conf.update`, `Fastq(broker=...)`), then
 the object given to `config_from_object`, then the default. Validation happens once, when the app is
 finalized: a bad value raises `ImproperlyConfigured` naming the setting; an unknown name warns with the
 closest known one, since a typo in a setting name otherwise silently does nothing.
@@ -103,14 +103,41 @@ class Settings(MutableMapping[str, Any]):
         object.__setattr__(self, '_changes', {})
         object.__setattr__(self, '_source', {})
         object.__setattr__(self, '_pending', [])
+        # Resolved values: sending a task reads a dozen settings, which must cost nothing.
+        object.__setattr__(self, '_cache', {})
+        object.__setattr__(self, '_env', None)
+
+    def _invalidate(self) -> None:
+        self._cache.clear()
+
+    def reload_environment(self) -> None:
+        """Read the FASTQ_* / CELERY_* environment overrides again (they are read once, on first use)."""
+        object.__setattr__(self, '_env', None)
+        self._invalidate()
+
+    def _environment(self) -> dict[str, Any]:
+        env: dict[str, Any] | None = self._env
+        if env is None:
+            env = {}
+            for name, setting in SETTINGS.items():
+                for var in (f'FASTQ_{name.upper()}', *_ENV_ALIASES.get(name, ())):
+                    raw = os.environ.get(var)
+                    if raw is not None:
+                        env[name] = _parse_env(setting, raw)
+                        break
+            object.__setattr__(self, '_env', env)
+        return env
 
     # --- loading ------------------------------------------------------------------------------------------
 
     def add_pending_source(self, load: Callable[[], Mapping[str, Any]]) -> None:
         """Register a config source loaded on first read (`config_from_object` is lazy, as in Celery)."""
         self._pending.append(load)
+        self._invalidate()
 
     def _load_pending(self) -> None:
+        if self._pending:
+            self._invalidate()
         while self._pending:
             load = self._pending.pop(0)
             self._source.clear()
@@ -146,12 +173,18 @@ class Settings(MutableMapping[str, Any]):
     # --- mapping protocol ---------------------------------------------------------------------------------
 
     def _lookup(self, name: str) -> Any:
+        cache = self._cache
+        if name in cache:
+            return cache[name]
+        value = self._resolve(name)
+        cache[name] = value
+        return value
+
+    def _resolve(self, name: str) -> Any:
         setting = SETTINGS.get(name)
-        if setting is not None:
-            for var in (f'FASTQ_{name.upper()}', *_ENV_ALIASES.get(name, ())):
-                raw = os.environ.get(var)
-                if raw is not None:
-                    return _parse_env(setting, raw)
+        env = self._environment()
+        if name in env:
+            return env[name]
         if name in self._changes:
             return self._changes[name]
         self._load_pending()
@@ -181,9 +214,11 @@ class Settings(MutableMapping[str, Any]):
     def __setitem__(self, name: str, value: Any) -> None:
         canonical = self._canonical(name, warn=True)
         self._changes[canonical or name] = value
+        self._invalidate()
 
     def __delitem__(self, name: str) -> None:
         del self._changes[name]
+        self._invalidate()
 
     def __iter__(self) -> Iterator[str]:
         self._load_pending()
@@ -200,6 +235,7 @@ class Settings(MutableMapping[str, Any]):
     def setdefault(self, name: str, default: Any = None) -> Any:
         if name not in self._changes:
             self._changes[name] = default
+            self._invalidate()
         return self._changes[name]
 
     def find_value_for_key(self, name: str, namespace: str = 'celery') -> Any:

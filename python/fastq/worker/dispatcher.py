@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from fastq.worker.fetcher import Fetcher
     from fastq.worker.loop import Loop
     from fastq.worker.pool.base import Pool
+    from fastq.worker.settler import Settler
     from fastq.worker.trace import Outcome
 
 logger = logging.getLogger('celery.worker.strategy')
@@ -88,6 +89,7 @@ class Dispatcher:
         self.base_window = window
         self.ledger = _core.Ledger(window)
         self.fetcher: Fetcher | None = None
+        self.settler: Settler | None = None
         self.ready: deque[Job] = deque()
         self.held: list[tuple[float, int, Job]] = []  # ETA heap
         self.running: dict[int, Job] = {}
@@ -101,7 +103,6 @@ class Dispatcher:
         self.accepting = True
         self.processed = 0
         self._warned_time_limit = False
-        self._retry_timer: Any = None
 
     # --- receiving ----------------------------------------------------------------------------------------
 
@@ -229,28 +230,18 @@ class Dispatcher:
         if not free or not self.ready:
             return
         batch = [self.ready.popleft() for _ in range(min(free, len(self.ready)))]
-        early = [job.tag for job in batch if not job.acks_late]
-        if early:
-            try:
-                self.consumer.ack(early)
-            except Exception as exc:
-                error_logger.error('Cannot acknowledge messages on %s: %s; will retry', self.broker.describe(), exc)
-                self.ready.extendleft(reversed(batch))
-                if self._retry_timer is None:
-                    self._retry_timer = self.loop.call_later(1.0, self._clear_retry)
-                return
-            for job in batch:
-                if not job.acks_late:
-                    job.acked = True
-                    self._settled(job.tag)
+        early = []
         for job in batch:
-            if not job.acked:
+            if job.acks_late:
                 self.ledger.start(job.tag)
+            else:
+                job.acked = True
+                early.append(job.tag)
+                self._settled(job.tag)
             self.running[job.id] = job
             self.pool.submit(job)
-
-    def _clear_retry(self) -> None:
-        self._retry_timer = None
+        if early:
+            self._ack(early)
 
     # --- results ------------------------------------------------------------------------------------------
 
@@ -325,14 +316,20 @@ class Dispatcher:
         if self.fetcher is not None:
             self.fetcher.notify_window()
 
-    def _ack_now(self, tags: list[Any]) -> None:
+    def _ack(self, tags: list[Any]) -> None:
+        """Ack through the settler thread (batched, off the loop), or directly when there is none."""
+        if self.settler is not None:
+            self.settler.ack(tags)
+            return
         try:
             self.consumer.ack(tags)
         except Exception as exc:
             error_logger.error('Cannot acknowledge messages on %s: %s', self.broker.describe(), exc)
-            return
+
+    def _ack_now(self, tags: list[Any]) -> None:
         for tag in tags:
             self._settled(tag)
+        self._ack(tags)
 
     # Messages made visible again are forgotten by the ledger *before* the broker call: the fetcher may get
     # them back at once, and it must find the tag free.

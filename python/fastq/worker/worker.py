@@ -27,6 +27,7 @@ from fastq.worker.dispatcher import Dispatcher
 from fastq.worker.fetcher import Fetcher
 from fastq.worker.loop import Loop
 from fastq.worker.pool import create_pool
+from fastq.worker.settler import Settler
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger('celery.worker')
 
 TIME_LIMIT_CHECK = 0.25
+HOUSEKEEPING_INTERVAL = 1.0
 
 
 class WorkController:
@@ -86,6 +88,7 @@ class WorkController:
         self.pool: Pool | None = None
         self.dispatcher: Dispatcher | None = None
         self.fetcher: Fetcher | None = None
+        self.settler: Settler | None = None
         self._renewer: threading.Thread | None = None
         self._stop_renew = threading.Event()
 
@@ -120,6 +123,9 @@ class WorkController:
         self.dispatcher = Dispatcher(
             self.app, self.broker, self.consumer, self.pool, self.loop, self.window, self.accept, self.hostname
         )
+        self.settler = Settler(self.consumer, self.broker.describe())
+        self.settler.start()
+        self.dispatcher.settler = self.settler
         self.loop.on_idle(self.dispatcher.dispatch)
         self.loop.on_idle(self.dispatcher.flush)
         if self.pool.supports_hard_time_limit():
@@ -132,8 +138,7 @@ class WorkController:
         )
         self.dispatcher.fetcher = self.fetcher
         self.fetcher.start()
-        if self.broker.features.leases:
-            self._start_renewer()
+        self._start_housekeeping()
         logger.info('%s ready.', self.hostname)
         signals.worker_ready.send(sender=self)
         self.loop.run_until(lambda: self._shutdown is not None)
@@ -174,19 +179,26 @@ class WorkController:
                 if self._shutdown:
                     return None
 
-    def _start_renewer(self) -> None:
-        assert self.broker is not None and self.consumer is not None
-        interval = self.app.conf.worker_lease_renew_interval or max(self.broker.visibility_timeout / 3, 0.5)
-        consumer = self.consumer
+    def _start_housekeeping(self) -> None:
+        """A thread that renews our reservations and lets the broker and backend tidy up, so neither depends
+        on the loop being responsive (a solo pool blocks it for the length of a task)."""
+        broker, consumer, backend = self.broker, self.consumer, self.app.backend
+        assert broker is not None and consumer is not None
+        renew_every = self.app.conf.worker_lease_renew_interval or max(broker.visibility_timeout / 3, 0.5)
 
-        def renew() -> None:
-            while not self._stop_renew.wait(interval):
+        def run() -> None:
+            next_renewal = time.monotonic() + renew_every
+            while not self._stop_renew.wait(HOUSEKEEPING_INTERVAL):
                 try:
-                    consumer.renew()
+                    if broker.features.leases and time.monotonic() >= next_renewal:
+                        next_renewal = time.monotonic() + renew_every
+                        consumer.renew()
+                    broker.maintenance()
+                    backend.maintenance()
                 except Exception as exc:
-                    logger.warning('Could not renew reservations on %s: %s', self.broker.describe(), exc)  # type: ignore[union-attr]
+                    logger.warning('Housekeeping on %s failed: %s', broker.describe(), exc)
 
-        self._renewer = threading.Thread(target=renew, name='fastq-lease-renewer', daemon=True)
+        self._renewer = threading.Thread(target=run, name='fastq-housekeeping', daemon=True)
         self._renewer.start()
 
     # --- pool callbacks (loop thread) ---------------------------------------------------------------------
@@ -259,6 +271,8 @@ class WorkController:
                 self.loop.run_once(0)
                 if self.dispatcher is not None:
                     self.dispatcher.stop_accepting()
+            if self.settler is not None:
+                self.settler.stop()  # every ack queued is sent before the consumer hands back the rest
             if self.consumer is not None:
                 self.consumer.close()
         finally:

@@ -1,0 +1,77 @@
+"""The settler thread: sends acks to the broker in batches, so the worker's loop never waits on a broker write.
+
+The loop hands over tags and carries on dispatching; this thread takes whatever has accumulated and acks it
+in one broker call (one transaction on SQLite, one pipeline on Redis). An early ack is handed over when its
+task is dispatched and sent within a round trip; a late ack only after the task's result was stored. If the
+broker refuses, the tags are kept and retried with backoff; if the worker dies first, the broker redelivers
+them (at least once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastq.brokers.base import Consumer
+
+logger = logging.getLogger('celery.worker.consumer.consumer')
+
+
+class Settler(threading.Thread):
+    def __init__(self, consumer: Consumer, describe: str) -> None:
+        super().__init__(name='fastq-settler', daemon=True)
+        self.consumer = consumer
+        self.describe = describe
+        self._cond = threading.Condition()
+        self._pending: list[Any] = []
+        self._stopping = False
+        self._busy = False
+
+    def ack(self, tags: Sequence[Any]) -> None:
+        """Queue acks (from any thread); they are sent promptly, in a batch."""
+        with self._cond:
+            self._pending.extend(tags)
+            self._cond.notify()
+
+    def run(self) -> None:
+        backoff = 0.0
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if not self._pending and self._stopping:
+                    return
+                tags, self._pending = self._pending, []
+                self._busy = True
+            try:
+                self.consumer.ack(tags)
+                backoff = 0.0
+            except Exception as exc:
+                backoff = min(max(backoff * 2, 0.1), 5.0)
+                logger.error('Cannot acknowledge %d message(s) on %s: %s; retrying', len(tags), self.describe, exc)
+                with self._cond:
+                    self._pending[:0] = tags
+                    if self._stopping and backoff >= 5.0:
+                        logger.error('Giving up on %d ack(s); the broker will redeliver them', len(self._pending))
+                        self._pending.clear()
+                    else:
+                        self._cond.wait(backoff)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Wait until everything queued so far has been sent."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Send what is queued, then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self.join(timeout)
