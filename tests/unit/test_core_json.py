@@ -7,6 +7,8 @@ import enum
 import json
 import math
 import struct
+import subprocess
+import sys
 import uuid
 
 import kombu.utils.json as kjson
@@ -359,3 +361,31 @@ def test_strings_with_surrogates(text):
     assert _core.json_dumps(text, None) == json.dumps(text).encode()
     assert _core.json_loads(_core.json_dumps(text, None), None) == text
     assert _core.json_loads(json.dumps(text, ensure_ascii=False), None) == text
+
+
+@pytest.mark.skipif(_core.build_profile == 'debug', reason='unoptimised frames are much larger')
+def test_deepest_documents_fit_a_thread_stack():
+    """With the recursion limit raised, the codecs stop at their own cap well before a 4 MiB stack runs out."""
+    script = '''if True:
+        import sys, threading
+        from fastq import _core
+        sys.setrecursionlimit(1_000_000)
+        threading.stack_size(4 * 1024 * 1024)
+        def run():
+            for n in (9_000, 20_000):
+                x = 1
+                for i in range(n):
+                    x = [x] if i % 2 else {'k': x}
+                for fn in (lambda: _core.json_dumps(x, None), lambda: _core.json_loads('[' * n + ']' * n, None),
+                           lambda: _core.json_loads('{"a": ' * n + '1' + '}' * n, None)):
+                    try:
+                        fn()
+                    except RecursionError:
+                        assert n > 10_000
+            print('survived')
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+    '''
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (0, 'survived'), result.stderr

@@ -61,6 +61,7 @@ impl<'py> Sink for PySink<'py> {
     fn string(&mut self, s: Str<'_>) -> PyResult<&'py PyAny> {
         Ok(py_str(self.py, s)?)
     }
+    #[inline(never)]
     fn key(&mut self, s: Str<'_>) -> PyResult<(&'py PyString, u8)> {
         let tag = match s.bytes {
             b"__type__" => TYPE_KEY,
@@ -86,6 +87,7 @@ impl<'py> Sink for PySink<'py> {
         object.1 |= key.1;
         object.0.set_item(key.0, v)
     }
+    #[inline(never)]
     fn end_object(&mut self, (dict, tags): (&'py PyDict, u8)) -> PyResult<&'py PyAny> {
         match self.tag_hook {
             // Keys are only ever added, so two keys including both tag keys means exactly those two.
@@ -93,6 +95,7 @@ impl<'py> Sink for PySink<'py> {
             _ => Ok(dict),
         }
     }
+    #[inline(never)]
     fn enter(&mut self, depth: usize, array: bool) -> PyResult<()> {
         let guard = if array {
             &mut self.array_depth

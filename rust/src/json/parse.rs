@@ -148,6 +148,7 @@ impl Parser<'_> {
         v.map_err(Error::Sink)
     }
 
+    #[inline(never)]
     fn array<S: Sink>(&mut self, sink: &mut S, depth: usize) -> Result<S::Value, Error<S::Error>> {
         sink.enter(depth, true).map_err(Error::Sink)?;
         self.pos += 1;
@@ -172,6 +173,7 @@ impl Parser<'_> {
         sink.end_array(array).map_err(Error::Sink)
     }
 
+    #[inline(never)]
     fn object<S: Sink>(&mut self, sink: &mut S, depth: usize) -> Result<S::Value, Error<S::Error>> {
         sink.enter(depth, false).map_err(Error::Sink)?;
         self.pos += 1;
@@ -211,6 +213,7 @@ impl Parser<'_> {
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?`; a dangling `.` or exponent is left for the caller
     /// to reject as extra data, as CPython's scanner does.
+    #[inline(never)]
     fn number<S: Sink>(&mut self, sink: &mut S) -> Result<S::Value, Error<S::Error>> {
         let start = self.pos;
         let digit_at = |p: &Self, i: usize| p.input.get(i).is_some_and(u8::is_ascii_digit);
@@ -258,6 +261,7 @@ impl Parser<'_> {
     }
 
     /// Reads the string starting at the opening quote under `self.pos`.
+    #[inline(never)]
     fn string(&mut self) -> Result<Str<'_>, SyntaxError> {
         let begin = self.pos;
         let start = begin + 1;
