@@ -95,12 +95,19 @@ impl<'py> Encoder<'py> {
         } else if let Ok(dict) = obj.downcast::<PyDict>() {
             self.depth.check(self.py, depth + 1)?;
             self.dict(dict, depth)
+        } else if let Ok(f) = obj.downcast::<PyFloat>() {
+            write_float(&mut self.out, f.value());
+            Ok(())
         } else {
             self.fallback(obj, depth)
         }
     }
 
-    /// Writes `obj` if it is None, a bool, str, int or float (in the order CPython tests them).
+    /// Writes `obj` if it is None, a bool, str, int or exact float.
+    ///
+    /// CPython tests float before the containers; the builtin types involved are disjoint (no class can
+    /// derive from two of them), so testing the cheap cases first gives the same result. Float subclass
+    /// checks walk the MRO, so they come after the containers.
     #[inline(never)]
     fn scalar(&mut self, obj: &'py PyAny) -> PyResult<bool> {
         if obj.is_none() {
@@ -111,8 +118,8 @@ impl<'py> Encoder<'py> {
             self.string(s)?;
         } else if let Ok(i) = obj.downcast::<PyLong>() {
             self.int(i)?;
-        } else if let Ok(f) = obj.downcast::<PyFloat>() {
-            write_float(&mut self.out, f.value());
+        } else if PyFloat::is_exact_type_of(obj) {
+            write_float(&mut self.out, obj.downcast::<PyFloat>()?.value());
         } else {
             return Ok(false);
         }

@@ -9,10 +9,12 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyString};
 
 use super::read::{ReadError, Reader, Token};
 use super::MAX_DEPTH;
+use crate::key_cache_py::KeyCache;
 
 pub struct Unpacker<'a, 'py> {
     py: Python<'py>,
     reader: Reader<'a>,
+    keys: KeyCache<'py>,
 }
 
 #[cold]
@@ -30,6 +32,7 @@ impl<'a, 'py> Unpacker<'a, 'py> {
         Self {
             py,
             reader: Reader::new(data),
+            keys: KeyCache::new(),
         }
     }
 
@@ -45,6 +48,19 @@ impl<'a, 'py> Unpacker<'a, 'py> {
     /// Reads the value that sits inside `depth` containers.
     fn value(&mut self, depth: usize) -> PyResult<&'py PyAny> {
         match self.reader.next_token().map_err(read_error)? {
+            Token::Array(len) => self.array(len, depth),
+            Token::Map(len) => self.map(len, depth),
+            token => self.scalar(token),
+        }
+    }
+
+    /// A map key: like `value`, but str keys go through the key cache.
+    fn key(&mut self, depth: usize) -> PyResult<&'py PyAny> {
+        match self.reader.next_token().map_err(read_error)? {
+            Token::Str(raw) => match std::str::from_utf8(raw) {
+                Ok(text) => Ok(self.keys.get(self.py, text)),
+                Err(_) => self.scalar(Token::Str(raw)),
+            },
             Token::Array(len) => self.array(len, depth),
             Token::Map(len) => self.map(len, depth),
             token => self.scalar(token),
@@ -86,7 +102,7 @@ impl<'a, 'py> Unpacker<'a, 'py> {
         self.enter(depth)?;
         let dict = PyDict::new(self.py);
         for _ in 0..len {
-            let key = self.value(depth + 1)?;
+            let key = self.key(depth + 1)?;
             let value = self.value(depth + 1)?;
             if !(PyString::is_exact_type_of(key) || PyBytes::is_exact_type_of(key)) {
                 let name = key.get_type().getattr(intern!(self.py, "__name__"))?;

@@ -92,6 +92,7 @@ const MAP: Family = Family {
     len32: 0xdf,
 };
 
+#[inline]
 #[allow(clippy::cast_possible_truncation)]
 fn write_header(out: &mut Vec<u8>, family: &Family, len: usize) -> Result<(), TooLarge> {
     match family.fixed {

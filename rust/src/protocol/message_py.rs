@@ -3,6 +3,7 @@
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
+use pyo3::once_cell::GILOnceCell;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyLong, PyString};
 
@@ -244,6 +245,12 @@ impl Message {
     }
 }
 
+/// The header names as interned Python strs, made once: most messages are built from them.
+fn header_names(py: Python<'_>) -> &[Py<PyString>] {
+    static NAMES: GILOnceCell<Vec<Py<PyString>>> = GILOnceCell::new();
+    NAMES.get_or_init(py, || HEADERS.iter().map(|h| PyString::intern(py, h).into()).collect())
+}
+
 /// `obj` if it is None or a `T`, for parameters typed `T | None`.
 fn none_or<'py, T: pyo3::PyTypeInfo + pyo3::PyNativeType>(
     obj: &'py PyAny,
@@ -314,7 +321,7 @@ pub fn task_message<'py>(
         ],
     );
     let values: [&PyAny; HEADERS.len()] = [
-        PyString::intern(py, LANG),
+        intern!(py, LANG),
         name,
         task_id,
         none_or::<PyString>(shadow, "shadow", "a str")?,
@@ -335,8 +342,8 @@ pub fn task_message<'py>(
         stamps,
     ];
     let headers = PyDict::new(py);
-    for (key, value) in HEADERS.iter().zip(values) {
-        headers.set_item(PyString::intern(py, key), value)?;
+    for (key, value) in header_names(py).iter().zip(values) {
+        headers.set_item(key, value)?;
     }
     if let Some(extra) = optional(extra_headers) {
         // dict.update, as Celery merges `apply_async(headers=...)`: known names keep their place.
@@ -346,14 +353,14 @@ pub fn task_message<'py>(
         Some(mime) => {
             let mime: &PyString = mime.downcast()?;
             let packed = compression::compress(codec(mime.to_str()?)?, body.as_bytes());
-            headers.set_item(PyString::intern(py, COMPRESSION_HEADER), mime)?;
+            headers.set_item(intern!(py, COMPRESSION_HEADER), mime)?;
             PyBytes::new(py, &packed)
         }
         None => body,
     };
     let properties = PyDict::new(py);
-    properties.set_item(PyString::intern(py, CORRELATION_ID), task_id)?;
-    properties.set_item(PyString::intern(py, REPLY_TO), reply_to)?;
+    properties.set_item(intern!(py, CORRELATION_ID), task_id)?;
+    properties.set_item(intern!(py, REPLY_TO), reply_to)?;
     Ok(Message {
         headers: headers.into(),
         properties: properties.into(),
