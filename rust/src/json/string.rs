@@ -227,7 +227,7 @@ mod tests {
             let bytes: Vec<u8> = (0..len)
                 .map(|i| {
                     let r = x.rotate_left(i as u32 * 7);
-                    if r % 5 == 0 {
+                    if r.is_multiple_of(5) {
                         special[(r >> 8) as usize % special.len()]
                     } else {
                         b'a' + (r >> 16) as u8 % 26
