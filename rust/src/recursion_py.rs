@@ -29,7 +29,7 @@ impl DepthGuard {
         }
     }
 
-    /// Fails with RecursionError when `depth` (1 for the outermost container) exceeds the limit.
+    /// Fails with `RecursionError` when `depth` (1 for the outermost container) exceeds the limit.
     #[inline]
     pub fn check(&mut self, py: Python<'_>, depth: usize) -> PyResult<()> {
         if depth <= self.limit {
@@ -56,12 +56,11 @@ impl DepthGuard {
 
 fn recursion_limit(py: Python<'_>) -> PyResult<usize> {
     static GETTER: GILOnceCell<PyObject> = GILOnceCell::new();
-    let getter = match GETTER.get(py) {
-        Some(getter) => getter,
-        None => {
-            let getter: PyObject = py.import("sys")?.getattr("getrecursionlimit")?.into();
-            GETTER.get_or_init(py, || getter)
-        }
+    let getter = if let Some(getter) = GETTER.get(py) {
+        getter
+    } else {
+        let getter: PyObject = py.import("sys")?.getattr("getrecursionlimit")?.into();
+        GETTER.get_or_init(py, || getter)
     };
     getter.call0(py)?.extract(py)
 }

@@ -115,23 +115,19 @@ impl<'py> Sink for PySink<'py> {
 /// The text of `data` (bytes must be UTF-8, as kombu decodes them before parsing).
 fn input_text(data: &PyAny) -> PyResult<Input<'_>> {
     if let Ok(bytes) = data.downcast::<PyBytes>() {
-        return match std::str::from_utf8(bytes.as_bytes()) {
-            Ok(text) => Ok(Input::Utf8(text)),
-            Err(_) => {
-                // Let Python raise its UnicodeDecodeError, as kombu's loads does.
-                bytes.call_method1(intern!(data.py(), "decode"), ("utf-8",))?;
-                Err(PyValueError::new_err("invalid UTF-8"))
-            }
-        };
+        if let Ok(text) = std::str::from_utf8(bytes.as_bytes()) {
+            return Ok(Input::Utf8(text));
+        }
+        // Let Python raise its UnicodeDecodeError, as kombu's loads does.
+        bytes.call_method1(intern!(data.py(), "decode"), ("utf-8",))?;
+        return Err(PyValueError::new_err("invalid UTF-8"));
     }
     if let Ok(s) = data.downcast::<PyString>() {
-        return match s.to_str() {
-            Ok(text) => Ok(Input::Utf8(text)),
-            Err(_) => {
-                let wtf8 = s.call_method1(intern!(data.py(), "encode"), ("utf-8", "surrogatepass"))?;
-                Ok(Input::Wtf8(wtf8.downcast::<PyBytes>()?.as_bytes()))
-            }
-        };
+        if let Ok(text) = s.to_str() {
+            return Ok(Input::Utf8(text));
+        }
+        let wtf8 = s.call_method1(intern!(data.py(), "encode"), ("utf-8", "surrogatepass"))?;
+        return Ok(Input::Wtf8(wtf8.downcast::<PyBytes>()?.as_bytes()));
     }
     Err(PyTypeError::new_err(format!(
         "the JSON object must be str or bytes, not {}",

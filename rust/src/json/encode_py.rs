@@ -126,7 +126,7 @@ impl<'py> Encoder<'py> {
         Ok(true)
     }
 
-    /// A list or tuple subclass, read through its own iterator as PySequence_Fast does.
+    /// A list or tuple subclass, read through its own iterator as `PySequence_Fast` does.
     #[inline(never)]
     fn iterated(&mut self, obj: &'py PyAny, depth: usize) -> PyResult<()> {
         let items = obj.iter()?.collect::<PyResult<Vec<_>>>()?;

@@ -394,6 +394,7 @@ pub fn describe_position(input: &[u8], pos: usize) -> (usize, usize, usize) {
     let char_pos = chars(before);
     match before.iter().rposition(|&b| b == b'\n') {
         Some(nl) => {
+            #[allow(clippy::naive_bytecount)] // error messages only; not worth a dependency
             let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
             (line, char_pos - chars(&before[..nl]), char_pos)
         }

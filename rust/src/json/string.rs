@@ -226,11 +226,11 @@ mod tests {
             let special = [b'"', b'\\', 0x00, 0x1f, 0x7f, 0x80, 0xff, 0x20, b'a'];
             let bytes: Vec<u8> = (0..len)
                 .map(|i| {
-                    let r = x.rotate_left(i as u32 * 7);
+                    let r = x.rotate_left(u32::try_from(i).unwrap() * 7);
                     if r.is_multiple_of(5) {
                         special[(r >> 8) as usize % special.len()]
                     } else {
-                        b'a' + (r >> 16) as u8 % 26
+                        b'a' + u8::try_from((r >> 16) % 26).unwrap()
                     }
                 })
                 .collect();

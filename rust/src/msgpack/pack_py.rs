@@ -86,7 +86,7 @@ impl<'py> Packer<'py> {
         Ok(true)
     }
 
-    /// Float subclasses, bytearray and memoryview, or the TypeError for anything msgpack cannot serialize.
+    /// Float subclasses, `bytearray` and `memoryview`, or the TypeError for anything msgpack cannot serialize.
     #[inline(never)]
     fn other(&mut self, obj: &'py PyAny) -> PyResult<()> {
         if let Ok(f) = obj.downcast::<PyFloat>() {

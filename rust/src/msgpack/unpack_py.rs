@@ -19,7 +19,7 @@ pub struct Unpacker<'a, 'py> {
 
 #[cold]
 #[inline(never)]
-fn read_error(e: ReadError) -> PyErr {
+fn read_error(e: &ReadError) -> PyErr {
     PyValueError::new_err(match e {
         ReadError::Incomplete => "Unpack failed: incomplete input".to_owned(),
         ReadError::UnknownHeader(marker) => format!("Unknown header: 0x{marker:x}"),
@@ -47,30 +47,30 @@ impl<'a, 'py> Unpacker<'a, 'py> {
 
     /// Reads the value that sits inside `depth` containers.
     fn value(&mut self, depth: usize) -> PyResult<&'py PyAny> {
-        match self.reader.next_token().map_err(read_error)? {
+        match self.reader.next_token().map_err(|e| read_error(&e))? {
             Token::Array(len) => self.array(len, depth),
             Token::Map(len) => self.map(len, depth),
-            token => self.scalar(token),
+            token => self.scalar(&token),
         }
     }
 
     /// A map key: like `value`, but str keys go through the key cache.
     fn key(&mut self, depth: usize) -> PyResult<&'py PyAny> {
-        match self.reader.next_token().map_err(read_error)? {
+        match self.reader.next_token().map_err(|e| read_error(&e))? {
             Token::Str(raw) => match std::str::from_utf8(raw) {
                 Ok(text) => Ok(self.keys.get(self.py, text)),
-                Err(_) => self.scalar(Token::Str(raw)),
+                Err(_) => self.scalar(&Token::Str(raw)),
             },
             Token::Array(len) => self.array(len, depth),
             Token::Map(len) => self.map(len, depth),
-            token => self.scalar(token),
+            token => self.scalar(&token),
         }
     }
 
     #[inline(never)]
-    fn scalar(&self, token: Token<'_>) -> PyResult<&'py PyAny> {
+    fn scalar(&self, token: &Token<'_>) -> PyResult<&'py PyAny> {
         let py = self.py;
-        Ok(match token {
+        Ok(match *token {
             Token::Nil => py.None().into_ref(py),
             Token::Bool(v) => PyBool::new(py, v),
             Token::UInt(v) => v.into_py(py).into_ref(py),
@@ -88,7 +88,7 @@ impl<'a, 'py> Unpacker<'a, 'py> {
 
     #[inline(never)]
     fn array(&mut self, len: usize, depth: usize) -> PyResult<&'py PyAny> {
-        self.enter(depth)?;
+        Self::enter(depth)?;
         // Lengths come from the input: never reserve more than the input could hold.
         let mut items = Vec::with_capacity(len.min(self.reader.remaining()));
         for _ in 0..len {
@@ -99,7 +99,7 @@ impl<'a, 'py> Unpacker<'a, 'py> {
 
     #[inline(never)]
     fn map(&mut self, len: usize, depth: usize) -> PyResult<&'py PyAny> {
-        self.enter(depth)?;
+        Self::enter(depth)?;
         let dict = PyDict::new(self.py);
         for _ in 0..len {
             let key = self.key(depth + 1)?;
@@ -115,7 +115,7 @@ impl<'a, 'py> Unpacker<'a, 'py> {
         Ok(dict)
     }
 
-    fn enter(&self, depth: usize) -> PyResult<()> {
+    fn enter(depth: usize) -> PyResult<()> {
         if depth >= MAX_DEPTH {
             return Err(PyValueError::new_err(format!(
                 "Unpack failed: containers nested deeper than {MAX_DEPTH}"

@@ -35,7 +35,7 @@ pub struct Message {
 }
 
 /// The values `to_envelope` gives the delivery properties, as Python objects.
-struct Delivery<'py> {
+struct Publication<'py> {
     exchange: &'py PyString,
     routing_key: &'py PyString,
     priority: &'py PyLong,
@@ -44,7 +44,7 @@ struct Delivery<'py> {
     delivery_tag: &'py PyString,
 }
 
-impl<'py> Delivery<'py> {
+impl<'py> Publication<'py> {
     /// Writes the value of `property`; false when it is left out (an expiration of None).
     fn write(&self, enc: &mut Encoder<'py>, property: DeliveryProperty) -> PyResult<bool> {
         match property {
@@ -122,7 +122,7 @@ impl Message {
         expiration: &'py PyAny,
         delivery_tag: &'py PyString,
     ) -> PyResult<&'py PyBytes> {
-        let delivery = Delivery {
+        let publication = Publication {
             exchange,
             routing_key,
             priority,
@@ -164,8 +164,8 @@ impl Message {
             enc.key(key)?;
             enc.out.extend_from_slice(b": ");
             match overridden {
-                Some(p) if p != DeliveryProperty::Expiration || delivery.expiration.is_some() => {
-                    delivery.write(&mut enc, p)?;
+                Some(p) if p != DeliveryProperty::Expiration || publication.expiration.is_some() => {
+                    publication.write(&mut enc, p)?;
                     written[p as usize] = true;
                 }
                 _ => enc.value(value, 2)?,
@@ -178,7 +178,7 @@ impl Message {
             }
             let start = enc.out.len();
             write_key(&mut enc.out, first, p.name());
-            if delivery.write(&mut enc, p)? {
+            if publication.write(&mut enc, p)? {
                 first = false;
             } else {
                 enc.out.truncate(start);
@@ -313,7 +313,7 @@ pub fn task_message<'py>(
     content_encoding: &'py PyString,
     compression: &'py PyAny,
 ) -> PyResult<Message> {
-    let timelimit = PyList::new(
+    let limits = PyList::new(
         py,
         [
             time_limit_or_none(time_limit, "time_limit")?,
@@ -330,7 +330,7 @@ pub fn task_message<'py>(
         none_or::<PyString>(group_id, "group_id", "a str")?,
         none_or::<PyLong>(group_index, "group_index", "an int")?,
         retries,
-        timelimit,
+        limits,
         root_id,
         none_or::<PyString>(parent_id, "parent_id", "a str")?,
         argsrepr,
