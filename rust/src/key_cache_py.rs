@@ -4,8 +4,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 /// Map keys repeat (a list of records has the same few keys over and over), so, like the stdlib json
-/// memo and msgpack's key interning, recently seen keys reuse their str object, which also keeps its hash between dicts. The cache is
-/// direct-mapped so that a document whose keys never repeat pays only a hash and a slot check per key.
+/// memo and msgpack's key interning, recently seen keys reuse their str object, which also keeps its hash
+/// between dicts. Direct-mapped, so a document whose keys never repeat pays only a hash and a slot check.
 pub struct KeyCache<'py> {
     slots: [Option<(u64, &'py PyString)>; KeyCache::SLOTS],
 }

@@ -88,7 +88,6 @@ impl<E> From<SyntaxError> for Error<E> {
 
 pub const EXPECTING_VALUE: &str = "Expecting value";
 
-/// Parses one JSON document.
 pub fn parse<S: Sink>(input: Input<'_>, sink: &mut S) -> Result<S::Value, Error<S::Error>> {
     let bytes = input.as_bytes();
     if bytes.starts_with("\u{feff}".as_bytes()) {

@@ -118,7 +118,8 @@ impl<'py> Packer<'py> {
                 return Ok(());
             }
             let list: &PyList = seq.downcast()?;
-            // Nothing packed can run Python code that resizes the list, but index defensively anyway.
+            // The header holds the length already; should a nested subclass's `__iter__` shrink this list
+            // meanwhile, `get_item` fails cleanly.
             for i in 0..list.len() {
                 self.pack(list.get_item(i)?, depth + 1)?;
             }
