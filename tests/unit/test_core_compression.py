@@ -12,8 +12,11 @@ from fastq import _core
 GZIP = 'application/x-gzip'
 BZ2 = 'application/x-bz2'
 
-DATA = st.binary(max_size=2000) | st.text(max_size=500).map(str.encode) | st.sampled_from(
-    [b'', b'a', b'[[2, 2], {}, {"callbacks": null}]' * 50, bytes(range(256)) * 100])
+DATA = (
+    st.binary(max_size=2000)
+    | st.text(max_size=500).map(str.encode)
+    | st.sampled_from([b'', b'a', b'[[2, 2], {}, {"callbacks": null}]' * 50, bytes(range(256)) * 100])
+)
 
 
 @given(DATA)
@@ -47,15 +50,18 @@ def test_decompress_like_the_stdlib():
     assert _core.decompress(b'', BZ2) == bz2.decompress(b'') == b''
 
 
-@pytest.mark.parametrize('mime, data', [
-    (GZIP, b''),
-    (GZIP, b'not zlib'),
-    (GZIP, zlib.compress(b'hello world')[:-3]),
-    (GZIP, zlib.compress(b'hello world')[:5]),
-    (BZ2, b'garbage'),
-    (BZ2, bz2.compress(b'hello')[:-3]),
-    (BZ2, bz2.compress(b'ab') + bz2.compress(b'cd')[:-3]),
-])
+@pytest.mark.parametrize(
+    'mime, data',
+    [
+        (GZIP, b''),
+        (GZIP, b'not zlib'),
+        (GZIP, zlib.compress(b'hello world')[:-3]),
+        (GZIP, zlib.compress(b'hello world')[:5]),
+        (BZ2, b'garbage'),
+        (BZ2, bz2.compress(b'hello')[:-3]),
+        (BZ2, bz2.compress(b'ab') + bz2.compress(b'cd')[:-3]),
+    ],
+)
 def test_corrupt_data_is_a_value_error(mime, data):
     with pytest.raises(Exception):  # noqa: B017 - the stdlib raises zlib.error/OSError/ValueError here
         (zlib.decompress if mime == GZIP else bz2.decompress)(data)

@@ -27,7 +27,7 @@ def test_round_trip_in_any_chunking(frames, chunk):
     decoder = _core.FrameDecoder()
     got = []
     for i in range(0, len(data), chunk):
-        got.extend(decoder.feed(data[i:i + chunk]))
+        got.extend(decoder.feed(data[i : i + chunk]))
     assert got == frames
     assert decoder.buffered == 0
 

@@ -25,17 +25,43 @@ def same(a, b):
 
 
 INTS = st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.sampled_from(
-    [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, -1, -32, -33, -128, -129, -32768, -32769, -(2**31),
-     -(2**31) - 1, -(2**63), 2**63, 2**64 - 1])
+    [
+        0,
+        127,
+        128,
+        255,
+        256,
+        65535,
+        65536,
+        2**32 - 1,
+        2**32,
+        -1,
+        -32,
+        -33,
+        -128,
+        -129,
+        -32768,
+        -32769,
+        -(2**31),
+        -(2**31) - 1,
+        -(2**63),
+        2**63,
+        2**64 - 1,
+    ]
+)
 TEXT = st.text(max_size=40) | st.text(min_size=250, max_size=300) | st.sampled_from(['x' * 31, 'x' * 32, 'é' * 128])
 BINARY = st.binary(max_size=40) | st.binary(min_size=250, max_size=300)
-SCALARS = st.none() | st.booleans() | INTS | st.floats() | TEXT | BINARY | BINARY.map(bytearray) | BINARY.map(
-    memoryview)
+SCALARS = (
+    st.none() | st.booleans() | INTS | st.floats() | TEXT | BINARY | BINARY.map(bytearray) | BINARY.map(memoryview)
+)
 KEYS = st.text(max_size=10) | st.binary(max_size=10)
 VALUES = st.recursive(
     SCALARS,
-    lambda children: st.lists(children, max_size=5) | st.tuples(children, children)
-    | st.dictionaries(KEYS | INTS | st.none(), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.tuples(children, children)
+        | st.dictionaries(KEYS | INTS | st.none(), children, max_size=5)
+    ),
     max_leaves=25,
 )
 STRICT_VALUES = st.recursive(
@@ -79,17 +105,20 @@ class IterList(list):
         return iter([9, 8])
 
 
-@pytest.mark.parametrize('obj', [
-    [Color.RED, True, False, None],
-    ItemsDict(a=1),
-    IterList([1, 2]),
-    (1, (2, [3])),
-    {'nested': {b'bytes': [1.5, -0.0, math.inf, math.nan]}},
-    memoryview(b'view'),
-    bytearray(b'array'),
-    '',
-    {},
-])
+@pytest.mark.parametrize(
+    'obj',
+    [
+        [Color.RED, True, False, None],
+        ItemsDict(a=1),
+        IterList([1, 2]),
+        (1, (2, [3])),
+        {'nested': {b'bytes': [1.5, -0.0, math.inf, math.nan]}},
+        memoryview(b'view'),
+        bytearray(b'array'),
+        '',
+        {},
+    ],
+)
 def test_subclasses_and_buffers(obj):
     assert _core.msgpack_packb(obj) == packb(obj)
 
@@ -128,12 +157,35 @@ def test_unpack_nesting_limit():
         _core.msgpack_unpackb(too_deep)
 
 
-@pytest.mark.parametrize('data', [
-    b'', b'\x91', b'\x01\x02', b'\xc1', b'\xc1\x00', b'\x91\xc1', b'\xd4\x01\x02', b'\xc7\x01\x05x', b'\x81\x01\x02',
-    b'\xa1\xff', b'\x81\xc0\x01', b'\x81\x91\x01\x01', b'\x81\xc4\x01a\x01', b'\xcb\x00', b'\xa3ab', b'\xdb\xff\xff\xff\xff',
-    b'\xdd\xff\xff\xff\xff', b'\x81\xa1a', b'\x82\xa1a\x01\xa1a\x02', b'\x81\x01', b'\x81\xcb\x00\x00\x00\x00\x00\x00\x00\x00\x01',
-    b'\xa3\xed\xa0\x80', b'\xca\x7f\x80\x00\x00', b'\x81\x80\x01',
-])
+@pytest.mark.parametrize(
+    'data',
+    [
+        b'',
+        b'\x91',
+        b'\x01\x02',
+        b'\xc1',
+        b'\xc1\x00',
+        b'\x91\xc1',
+        b'\xd4\x01\x02',
+        b'\xc7\x01\x05x',
+        b'\x81\x01\x02',
+        b'\xa1\xff',
+        b'\x81\xc0\x01',
+        b'\x81\x91\x01\x01',
+        b'\x81\xc4\x01a\x01',
+        b'\xcb\x00',
+        b'\xa3ab',
+        b'\xdb\xff\xff\xff\xff',
+        b'\xdd\xff\xff\xff\xff',
+        b'\x81\xa1a',
+        b'\x82\xa1a\x01\xa1a\x02',
+        b'\x81\x01',
+        b'\x81\xcb\x00\x00\x00\x00\x00\x00\x00\x00\x01',
+        b'\xa3\xed\xa0\x80',
+        b'\xca\x7f\x80\x00\x00',
+        b'\x81\x80\x01',
+    ],
+)
 def test_unpack_edge_cases(data):
     try:
         expected = ('ok', repr(unpackb(data)))

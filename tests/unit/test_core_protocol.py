@@ -71,11 +71,26 @@ def celery_publish(app, monkeypatch):
     return publish
 
 
-def fastq_envelope(captured, *, name, args, kwargs, serializer='json', compression=None, priority=0,
-                   extra_headers=None, callbacks=None, errbacks=None, chain=None, chord=None, **headers):
+def fastq_envelope(
+    captured,
+    *,
+    name,
+    args,
+    kwargs,
+    serializer='json',
+    compression=None,
+    priority=0,
+    extra_headers=None,
+    callbacks=None,
+    errbacks=None,
+    chain=None,
+    chord=None,
+    **headers,
+):
     h = captured['headers']
     body, content_type, content_encoding = _core.encode_task_body(
-        args, kwargs, callbacks, errbacks, chain, chord, serializer, kombu_default)
+        args, kwargs, callbacks, errbacks, chain, chord, serializer, kombu_default
+    )
     message = _core.task_message(
         task_id=TASK_ID,
         name=name,
@@ -104,37 +119,64 @@ def fastq_envelope(captured, *, name, args, kwargs, serializer='json', compressi
         compression=MIMES[compression],
     )
     return message.to_envelope(
-        exchange='', routing_key='celery', priority=priority, delivery_mode=2,
-        expiration=captured['properties'].get('expiration'), delivery_tag=DELIVERY_TAG)
+        exchange='',
+        routing_key='celery',
+        priority=priority,
+        delivery_mode=2,
+        expiration=captured['properties'].get('expiration'),
+        delivery_tag=DELIVERY_TAG,
+    )
 
 
 def stored_bytes(captured):
     return kjson.dumps(captured).encode()
 
 
-SIG_ARGS = dict(args=(1,), kwargs={'z': [1.5, None]})
-
 CASES = {
-    'plain': dict(args=(2, 2), kwargs={}),
-    'kwargs': dict(args=[], kwargs={'a': 'é', 'b': [1, {'c': None}], 'n': 2**64 - 1, 'neg': -(2**63)}),
-    'user headers and priority': dict(args=(1,), kwargs={}, headers={'myhdr': 1, 'retries': 5, 'zz': [1, 'x']},
-                                      priority=5),
-    'time limits': dict(args=(), kwargs={}, time_limit=30, soft_time_limit=20.5),
-    'workflow ids': dict(args=('x',), kwargs={}, group_id='g-1', group_index=3, shadow='alias', parent_id='p-1',
-                         root_id='r-1', retries=2, ignore_result=True),
-    'stamps': dict(args=(), kwargs={}, stamped_headers=['mystamp'], mystamp='x'),
-    'kombu types': dict(args=(dt.datetime(2024, 5, 6, 7, 8, 9, 10, tzinfo=dt.timezone.utc), decimal.Decimal('1.5'),
-                              uuid.UUID(int=7), b'\xff', b'ok'), kwargs={'d': dt.date(2024, 1, 1)}),
+    'plain': {'args': (2, 2), 'kwargs': {}},
+    'kwargs': {'args': [], 'kwargs': {'a': 'é', 'b': [1, {'c': None}], 'n': 2**64 - 1, 'neg': -(2**63)}},
+    'user headers and priority': {
+        'args': (1,),
+        'kwargs': {},
+        'headers': {'myhdr': 1, 'retries': 5, 'zz': [1, 'x']},
+        'priority': 5,
+    },
+    'time limits': {'args': (), 'kwargs': {}, 'time_limit': 30, 'soft_time_limit': 20.5},
+    'workflow ids': {
+        'args': ('x',),
+        'kwargs': {},
+        'group_id': 'g-1',
+        'group_index': 3,
+        'shadow': 'alias',
+        'parent_id': 'p-1',
+        'root_id': 'r-1',
+        'retries': 2,
+        'ignore_result': True,
+    },
+    'stamps': {'args': (), 'kwargs': {}, 'stamped_headers': ['mystamp'], 'mystamp': 'x'},
+    'kombu types': {
+        'args': (
+            dt.datetime(2024, 5, 6, 7, 8, 9, 10, tzinfo=dt.UTC),
+            decimal.Decimal('1.5'),
+            uuid.UUID(int=7),
+            b'\xff',
+            b'ok',
+        ),
+        'kwargs': {'d': dt.date(2024, 1, 1)},
+    },
 }
 
 
-@pytest.mark.parametrize('case, serializer, compression', [
-    (case, serializer, compression)
-    for case in CASES
-    for serializer in ['json', 'msgpack']
-    for compression in [None, 'zlib', 'bzip2']
-    if not (serializer == 'msgpack' and case == 'kombu types')  # msgpack cannot carry those
-])
+@pytest.mark.parametrize(
+    'case, serializer, compression',
+    [
+        (case, serializer, compression)
+        for case in CASES
+        for serializer in ['json', 'msgpack']
+        for compression in [None, 'zlib', 'bzip2']
+        if not (serializer == 'msgpack' and case == 'kombu types')  # msgpack cannot carry those
+    ],
+)
 def test_envelope_is_byte_identical_to_celery(celery_publish, case, serializer, compression):
     call = dict(CASES[case])
     args, kwargs = call.pop('args'), call.pop('kwargs')
@@ -143,22 +185,40 @@ def test_envelope_is_byte_identical_to_celery(celery_publish, case, serializer, 
     stamps = {h: call[h] for h in call.get('stamped_headers', [])}
     for h in stamps:
         call.pop(h)
-    captured = celery_publish('tasks.add', args, kwargs, serializer=serializer, compression=compression,
-                              headers=extra_headers, priority=priority, **stamps, **call)
-    ours = fastq_envelope(captured, name='tasks.add', args=args, kwargs=kwargs, serializer=serializer,
-                          compression=compression, priority=priority, extra_headers=extra_headers, stamps=stamps,
-                          **call)
+    captured = celery_publish(
+        'tasks.add',
+        args,
+        kwargs,
+        serializer=serializer,
+        compression=compression,
+        headers=extra_headers,
+        priority=priority,
+        **stamps,
+        **call,
+    )
+    ours = fastq_envelope(
+        captured,
+        name='tasks.add',
+        args=args,
+        kwargs=kwargs,
+        serializer=serializer,
+        compression=compression,
+        priority=priority,
+        extra_headers=extra_headers,
+        stamps=stamps,
+        **call,
+    )
     assert ours == stored_bytes(captured)
 
 
 @pytest.mark.parametrize('when', ['eta', 'countdown', 'expires datetime', 'expires seconds'])
 def test_eta_and_expires(celery_publish, when):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     options = {
-        'eta': dict(eta=now + dt.timedelta(seconds=30)),
-        'countdown': dict(countdown=10),
-        'expires datetime': dict(expires=now + dt.timedelta(hours=1)),
-        'expires seconds': dict(expires=60, countdown=5),
+        'eta': {'eta': now + dt.timedelta(seconds=30)},
+        'countdown': {'countdown': 10},
+        'expires datetime': {'expires': now + dt.timedelta(hours=1)},
+        'expires seconds': {'expires': 60, 'countdown': 5},
     }[when]
     captured = celery_publish('tasks.add', (2, 2), {}, **options)
     assert captured['headers']['eta'] or captured['headers']['expires']
@@ -169,19 +229,32 @@ def test_workflow_signatures(app, celery_publish):
     sig = app.signature('tasks.cb', args=(1,), immutable=True)
     err = app.signature('tasks.err', kwargs={'k': 'v'})
     captured = celery_publish('tasks.add', (1, 2), {'k': 'v'}, link=sig, link_error=err, chain=[sig, err], chord=sig)
-    ours = fastq_envelope(captured, name='tasks.add', args=(1, 2), kwargs={'k': 'v'}, callbacks=[sig],
-                          errbacks=[err], chain=[sig, err], chord=sig)
+    ours = fastq_envelope(
+        captured,
+        name='tasks.add',
+        args=(1, 2),
+        kwargs={'k': 'v'},
+        callbacks=[sig],
+        errbacks=[err],
+        chain=[sig, err],
+        chord=sig,
+    )
     assert ours == stored_bytes(captured)
 
 
-ARGS = st.lists(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
-                | st.text(max_size=20), max_size=5)
+ARGS = st.lists(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20), max_size=5
+)
 INTS = st.integers(-(2**63), 2**64 - 1)
 KWARGS = st.dictionaries(st.text(max_size=10), INTS | st.text(max_size=10) | st.lists(INTS, max_size=3), max_size=4)
 
 
-@given(args=ARGS, kwargs=KWARGS, serializer=st.sampled_from(['json', 'msgpack']),
-       compression=st.sampled_from([None, 'zlib', 'bzip2']))
+@given(
+    args=ARGS,
+    kwargs=KWARGS,
+    serializer=st.sampled_from(['json', 'msgpack']),
+    compression=st.sampled_from([None, 'zlib', 'bzip2']),
+)
 @settings(max_examples=60, deadline=None)
 def test_envelopes_for_generated_calls(app, args, kwargs, serializer, compression):
     stored = []
@@ -194,11 +267,20 @@ def test_envelopes_for_generated_calls(app, args, kwargs, serializer, compressio
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(memory.Channel, '_put', capture)
         mp.setattr(virtual.Channel, '_next_delivery_tag', lambda self: DELIVERY_TAG)
-        app.send_task('tasks.gen', args, kwargs, task_id=TASK_ID, reply_to=REPLY_TO, serializer=serializer,
-                      compression=compression, ignore_result=False)
+        app.send_task(
+            'tasks.gen',
+            args,
+            kwargs,
+            task_id=TASK_ID,
+            reply_to=REPLY_TO,
+            serializer=serializer,
+            compression=compression,
+            ignore_result=False,
+        )
     captured = stored.pop()
-    ours = fastq_envelope(captured, name='tasks.gen', args=args, kwargs=kwargs, serializer=serializer,
-                          compression=compression)
+    ours = fastq_envelope(
+        captured, name='tasks.gen', args=args, kwargs=kwargs, serializer=serializer, compression=compression
+    )
     assert ours == stored_bytes(captured)
 
 
@@ -236,39 +318,42 @@ def test_decode_task_body_reads_celery_bodies(celery_publish, serializer):
 
 
 def test_decode_task_body_applies_the_tag_hook():
-    when = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
-    body, ct, _ = _core.encode_task_body([when], {'u': uuid.UUID(int=1)}, None, None, None, None, 'json',
-                                         kombu_default)
+    when = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    body, ct, _ = _core.encode_task_body([when], {'u': uuid.UUID(int=1)}, None, None, None, None, 'json', kombu_default)
     assert _core.decode_task_body(body, ct, kjson.object_hook)[:2] == ([when], {'u': uuid.UUID(int=1)})
 
 
-@pytest.mark.parametrize('body, content_type, message', [
-    (b'{}', 'application/json', 'expected an array'),
-    (b'[[], {}]', 'application/json', 'expected 3 items'),
-    (b'[{}, {}, null]', 'application/json', r'args \(item 0\) must be an array, not an object'),
-    (b'[[], [], null]', 'application/json', r'kwargs \(item 1\) must be an object, not an array'),
-    (b'[[], {}, 5]', 'application/json', r'embed \(item 2\) must be an object or null, not a number'),
-    (b'[[], {}, {}', 'application/json', 'Expecting'),
-    (b'\x93\x90\x80\xa1x', 'application/x-msgpack', 'embed'),
-    (b'[[], {}, null]', 'application/x-python-serialize', 'unsupported content type'),
-])
+@pytest.mark.parametrize(
+    'body, content_type, message',
+    [
+        (b'{}', 'application/json', 'expected an array'),
+        (b'[[], {}]', 'application/json', 'expected 3 items'),
+        (b'[{}, {}, null]', 'application/json', r'args \(item 0\) must be an array, not an object'),
+        (b'[[], [], null]', 'application/json', r'kwargs \(item 1\) must be an object, not an array'),
+        (b'[[], {}, 5]', 'application/json', r'embed \(item 2\) must be an object or null, not a number'),
+        (b'[[], {}, {}', 'application/json', 'Expecting'),
+        (b'\x93\x90\x80\xa1x', 'application/x-msgpack', 'embed'),
+        (b'[[], {}, null]', 'application/x-python-serialize', 'unsupported content type'),
+    ],
+)
 def test_decode_task_body_says_what_is_wrong(body, content_type, message):
     with pytest.raises(ValueError, match=message):
         _core.decode_task_body(body, content_type, None)
 
 
 def test_decode_task_body_fills_embed():
-    args, kwargs, embed = _core.decode_task_body(b'[[1], {"a": 1}, {"chain": [1], "extra": 2}]',
-                                                 'application/json', None)
+    _, _, embed = _core.decode_task_body(b'[[1], {"a": 1}, {"chain": [1], "extra": 2}]', 'application/json', None)
     assert embed == {'chain': [1], 'extra': 2, 'callbacks': None, 'errbacks': None, 'chord': None}
     assert _core.decode_task_body(b'[[], {}, null]', 'application/json', None)[2] == dict.fromkeys(
-        ['callbacks', 'errbacks', 'chain', 'chord'])
+        ['callbacks', 'errbacks', 'chain', 'chord']
+    )
 
 
 @pytest.mark.parametrize('compression', [None, 'zlib'])
 def test_from_envelope_reads_what_kombu_stores(celery_publish, compression):
-    captured = celery_publish('tasks.add', (2, 2), {}, compression=compression, headers={'when': 'now'}, priority=3,
-                              expires=60)
+    captured = celery_publish(
+        'tasks.add', (2, 2), {}, compression=compression, headers={'when': 'now'}, priority=3, expires=60
+    )
     message = _core.Message.from_envelope(stored_bytes(captured), None)
     assert message.headers == captured['headers']
     assert message.properties == captured['properties']
@@ -279,13 +364,23 @@ def test_from_envelope_reads_what_kombu_stores(celery_publish, compression):
 
 
 def test_to_envelope_overwrites_delivery_properties_in_place():
-    message = _core.Message(b'body', 'application/json', 'utf-8', {'h': 1},
-                            {'priority': 9, 'correlation_id': 'c', 'delivery_tag': 'old', 'x': None})
+    message = _core.Message(
+        b'body',
+        'application/json',
+        'utf-8',
+        {'h': 1},
+        {'priority': 9, 'correlation_id': 'c', 'delivery_tag': 'old', 'x': None},
+    )
     envelope = kjson.loads(message.to_envelope('ex', 'rk', 4, 1, '1000', 'new'))
     assert list(envelope) == ['body', 'content-encoding', 'content-type', 'headers', 'properties']
     assert list(envelope['properties'].items()) == [
-        ('priority', 4), ('correlation_id', 'c'), ('delivery_tag', 'new'), ('x', None), ('delivery_mode', 1),
-        ('expiration', '1000'), ('delivery_info', {'exchange': 'ex', 'routing_key': 'rk'}),
+        ('priority', 4),
+        ('correlation_id', 'c'),
+        ('delivery_tag', 'new'),
+        ('x', None),
+        ('delivery_mode', 1),
+        ('expiration', '1000'),
+        ('delivery_info', {'exchange': 'ex', 'routing_key': 'rk'}),
         ('body_encoding', 'base64'),
     ]
     assert message.properties == {'priority': 9, 'correlation_id': 'c', 'delivery_tag': 'old', 'x': None}
@@ -295,24 +390,39 @@ def test_from_envelope_round_trip_and_body_encodings():
     message = _core.Message(b'\x00\xffbin', 'application/x-msgpack', 'binary', {'a': [1]}, {'reply_to': 'r'})
     again = _core.Message.from_envelope(message.to_envelope('', 'q', 0, 2, None, 'tag'), None)
     assert (again.body, again.content_type, again.content_encoding, again.headers) == (
-        b'\x00\xffbin', 'application/x-msgpack', 'binary', {'a': [1]})
+        b'\x00\xffbin',
+        'application/x-msgpack',
+        'binary',
+        {'a': [1]},
+    )
     assert again.properties['delivery_info'] == {'exchange': '', 'routing_key': 'q'}
-    plain = b'{"body": "[1]", "content-encoding": "utf-8", "content-type": "application/json", "headers": {},' \
-            b' "properties": {}}'
+    plain = (
+        b'{"body": "[1]", "content-encoding": "utf-8", "content-type": "application/json", "headers": {},'
+        b' "properties": {}}'
+    )
     assert _core.Message.from_envelope(plain, None).body == b'[1]'
 
 
-@pytest.mark.parametrize('doc', [
-    b'[]', b'not json', b'{}',
-    b'{"body": 1, "content-encoding": "utf-8", "content-type": "a", "headers": {}, "properties": {}}',
-    b'{"body": "", "content-encoding": "utf-8", "content-type": 1, "headers": {}, "properties": {}}',
-    b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": [], "properties": {}}',
-    b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": {}}',
-    b'{"body": "!!", "content-encoding": "utf-8", "content-type": "a", "headers": {},'
-    b' "properties": {"body_encoding": "base64"}}',
-    b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": {},'
-    b' "properties": {"body_encoding": "rot13"}}',
-])
+@pytest.mark.parametrize(
+    'doc',
+    [
+        b'[]',
+        b'not json',
+        b'{}',
+        b'{"body": 1, "content-encoding": "utf-8", "content-type": "a", "headers": {}, "properties": {}}',
+        b'{"body": "", "content-encoding": "utf-8", "content-type": 1, "headers": {}, "properties": {}}',
+        b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": [], "properties": {}}',
+        b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": {}}',
+        (
+            b'{"body": "!!", "content-encoding": "utf-8", "content-type": "a", "headers": {},'
+            b' "properties": {"body_encoding": "base64"}}'
+        ),
+        (
+            b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": {},'
+            b' "properties": {"body_encoding": "rot13"}}'
+        ),
+    ],
+)
 def test_from_envelope_rejects_malformed(doc):
     with pytest.raises(ValueError):
         _core.Message.from_envelope(doc, None)
@@ -320,17 +430,65 @@ def test_from_envelope_rejects_malformed(doc):
 
 def test_task_message_shape():
     message = _core.task_message(
-        'id-1', 'tasks.x', None, None, None, None, None, 0, None, None, 'id-1', None, '()', '{}', 'me@host', False, 0,
-        None, {}, {'compression': 'spoofed', 'extra': 1}, 'reply', b'[[], {}, {}]', 'application/json', 'utf-8',
-        'application/x-gzip')
+        'id-1',
+        'tasks.x',
+        None,
+        None,
+        None,
+        None,
+        None,
+        0,
+        None,
+        None,
+        'id-1',
+        None,
+        '()',
+        '{}',
+        'me@host',
+        False,
+        0,
+        None,
+        {},
+        {'compression': 'spoofed', 'extra': 1},
+        'reply',
+        b'[[], {}, {}]',
+        'application/json',
+        'utf-8',
+        'application/x-gzip',
+    )
     assert list(message.headers)[-3:] == ['stamps', 'compression', 'extra']
     assert message.headers['compression'] == 'application/x-gzip'
     assert message.properties == {'correlation_id': 'id-1', 'reply_to': 'reply'}
     assert _core.decompress(message.body, 'application/x-gzip') == b'[[], {}, {}]'
     assert "task='tasks.x'" in repr(message) and "id='id-1'" in repr(message)
     with pytest.raises(ValueError, match='unknown compression'):
-        _core.task_message('i', 't', None, None, None, None, None, 0, None, None, 'i', None, '', '', 'o', False, 0,
-                           None, {}, None, '', b'', 'application/json', 'utf-8', 'application/x-lzma')
+        _core.task_message(
+            'i',
+            't',
+            None,
+            None,
+            None,
+            None,
+            None,
+            0,
+            None,
+            None,
+            'i',
+            None,
+            '',
+            '',
+            'o',
+            False,
+            0,
+            None,
+            {},
+            None,
+            '',
+            b'',
+            'application/json',
+            'utf-8',
+            'application/x-lzma',
+        )
 
 
 def test_message_attributes_are_typed_and_mutable():
