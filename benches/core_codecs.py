@@ -8,6 +8,7 @@ import timeit
 
 import kombu.serialization
 import kombu.utils.json as kjson
+import msgpack
 from celery import Celery
 from kombu.transport import memory, virtual
 
@@ -71,8 +72,6 @@ def main():
         2_000,
     )
 
-    import msgpack
-
     packed = msgpack.packb(doc, use_bin_type=True)
     compare(
         'msgpack packb, 10 KB document',
@@ -100,32 +99,12 @@ def main():
     def fastq_message():
         body, ct, ce = _core.encode_task_body((1, 2), {'x': 'abc'}, None, None, None, None, 'json', default)
         message = _core.task_message(
-            'id',
-            'tasks.add',
-            None,
-            None,
-            None,
-            None,
-            None,
-            0,
-            None,
-            None,
-            'id',
-            None,
-            '(1, 2)',
-            "{'x': 'abc'}",
-            'gen1@host',
-            False,
-            0,
-            None,
-            {},
-            None,
-            'rt',
-            body,
-            ct,
-            ce,
-            None,
-        )
+            task_id='id', name='tasks.add', shadow=None, eta=None, expires=None, group_id=None, group_index=None,
+            retries=0, time_limit=None, soft_time_limit=None, root_id='id', parent_id=None, argsrepr='(1, 2)',
+            kwargsrepr="{'x': 'abc'}", origin='gen1@host', ignore_result=False, replaced_task_nesting=0,
+            stamped_headers=None, stamps={}, extra_headers=None, reply_to='rt', body=body, content_type=ct,
+            content_encoding=ce, compression=None,
+        )  # fmt: skip
         return message.to_envelope('', 'celery', 0, 2, None, 'tag')
 
     def celery_build():
