@@ -28,9 +28,11 @@ def main() -> int:
     os.chdir(workdir)
     sys.path.insert(0, str(HERE))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get('PYTHONPATH', '')]))
-    print(f'$ cd {workdir} && fastq -A tasks worker -l info -c {opts.concurrency}')
+    logfile = os.path.join(workdir, 'worker.log')
+    print(f'$ cd {workdir} && fastq -A tasks worker -l info -c {opts.concurrency} --logfile worker.log')
     worker = subprocess.Popen(
-        [sys.executable, '-m', 'fastq', '-A', 'tasks', 'worker', '-l', 'info', '-c', str(opts.concurrency)],
+        [sys.executable, '-m', 'fastq', '-A', 'tasks', 'worker', '-l', 'info', '-c', str(opts.concurrency),
+         '--logfile', logfile],
         env=env,
     )
     try:
@@ -52,6 +54,10 @@ def main() -> int:
         started = time.monotonic()
         print(add.apply_async((2, 3), countdown=1).get(timeout=10), f'(after {time.monotonic() - started:.2f}s)')
 
+        print('\n$ tail worker.log')
+        with open(logfile) as f:
+            print(''.join(f.readlines()[-12:]).rstrip())
+
         print(f'\n>>> {opts.tasks} x add.delay(i, i), then .get() on each')
         started = time.monotonic()
         results = [add.delay(i, i) for i in range(opts.tasks)]
@@ -62,8 +68,9 @@ def main() -> int:
         print(
             f'{opts.tasks} tasks: published in {sent - started:.2f}s, all results in {done - started:.2f}s -> '
             f'{opts.tasks / (done - started):,.0f} tasks/s end to end (SQLite broker and results, '
-            f'prefork -c {opts.concurrency})'
+            f'prefork -c {opts.concurrency}, worker logging every task at INFO)'
         )
+        print(f'worker log: {logfile}')
         return 0
     except TimeoutError:
         print('the worker did not answer in time', file=sys.stderr)

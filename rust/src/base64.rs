@@ -7,7 +7,9 @@ const DECODE: [u8; 256] = {
     let mut table = [INVALID; 256];
     let mut i = 0;
     while i < 64 {
-        table[ALPHABET[i] as usize] = i as u8;
+        #[allow(clippy::cast_possible_truncation)] // i < 64
+        let value = i as u8;
+        table[ALPHABET[i] as usize] = value;
         i += 1;
     }
     table

@@ -84,6 +84,7 @@ impl Ledger {
         self.next_seq += 1;
         self.entries.insert(tag.clone(), Entry { seq, active: false });
         self.order.push_back((seq, tag));
+        #[cfg(feature = "debug-checks")]
         self.check();
         Ok(())
     }
@@ -108,6 +109,7 @@ impl Ledger {
             self.order
                 .retain(|(seq, tag)| entries.get(tag).is_some_and(|e| e.seq == *seq));
         }
+        #[cfg(feature = "debug-checks")]
         self.check();
         true
     }
@@ -137,16 +139,14 @@ impl Ledger {
         self.live().filter(|(_, e)| e.active).map(|(tag, _)| tag)
     }
 
-    /// With the `debug-checks` feature: every entry appears live exactly once in arrival order.
+    /// Every entry appears live exactly once in arrival order (`debug-checks` builds only).
+    #[cfg(feature = "debug-checks")]
     fn check(&self) {
-        #[cfg(feature = "debug-checks")]
-        {
-            assert_eq!(self.live().count(), self.entries.len(), "ledger order lost an entry");
-            assert!(
-                self.order.len() <= 2 * self.entries.len() + 33,
-                "ledger tombstones not compacted"
-            );
-        }
+        assert_eq!(self.live().count(), self.entries.len(), "ledger order lost an entry");
+        assert!(
+            self.order.len() <= 2 * self.entries.len() + 33,
+            "ledger tombstones not compacted"
+        );
     }
 }
 

@@ -8,6 +8,7 @@ mod compression_py;
 mod framing;
 mod framing_py;
 mod json;
+mod key_cache_py;
 mod ledger;
 mod ledger_py;
 mod msgpack;

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 
 /// Depth every interpreter's recursion limit allows; below it the real limit is not consulted.
 const SHALLOW: usize = 64;
-/// Recursion in Rust uses the native stack, a few hundred bytes per level; this cap keeps the deepest
+/// Recursion in Rust uses the native stack, 100-200 bytes per level; this cap keeps the deepest
 /// document well inside the 8 MiB a Python thread gets by default on Linux, whatever `sys` says.
 const HARD_CAP: usize = 10_000;
 
@@ -29,11 +29,19 @@ impl DepthGuard {
         }
     }
 
-    /// Fails with RecursionError when `depth` (1 for the outermost container) exceeds the limit.
+    /// Fails with `RecursionError` when `depth` (1 for the outermost container) exceeds the limit.
+    #[inline]
     pub fn check(&mut self, py: Python<'_>, depth: usize) -> PyResult<()> {
         if depth <= self.limit {
-            return Ok(());
+            Ok(())
+        } else {
+            self.check_deep(py, depth)
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn check_deep(&mut self, py: Python<'_>, depth: usize) -> PyResult<()> {
         if !self.resolved {
             self.limit = recursion_limit(py)?.min(HARD_CAP);
             self.resolved = true;
@@ -48,12 +56,11 @@ impl DepthGuard {
 
 fn recursion_limit(py: Python<'_>) -> PyResult<usize> {
     static GETTER: GILOnceCell<PyObject> = GILOnceCell::new();
-    let getter = match GETTER.get(py) {
-        Some(getter) => getter,
-        None => {
-            let getter: PyObject = py.import("sys")?.getattr("getrecursionlimit")?.into();
-            GETTER.get_or_init(py, || getter)
-        }
+    let getter = if let Some(getter) = GETTER.get(py) {
+        getter
+    } else {
+        let getter: PyObject = py.import("sys")?.getattr("getrecursionlimit")?.into();
+        GETTER.get_or_init(py, || getter)
     };
     getter.call0(py)?.extract(py)
 }

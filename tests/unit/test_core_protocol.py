@@ -132,37 +132,38 @@ def stored_bytes(captured):
     return kjson.dumps(captured).encode()
 
 
-SIG_ARGS = dict(args=(1,), kwargs={'z': [1.5, None]})
-
 CASES = {
-    'plain': dict(args=(2, 2), kwargs={}),
-    'kwargs': dict(args=[], kwargs={'a': 'é', 'b': [1, {'c': None}], 'n': 2**64 - 1, 'neg': -(2**63)}),
-    'user headers and priority': dict(
-        args=(1,), kwargs={}, headers={'myhdr': 1, 'retries': 5, 'zz': [1, 'x']}, priority=5
-    ),
-    'time limits': dict(args=(), kwargs={}, time_limit=30, soft_time_limit=20.5),
-    'workflow ids': dict(
-        args=('x',),
-        kwargs={},
-        group_id='g-1',
-        group_index=3,
-        shadow='alias',
-        parent_id='p-1',
-        root_id='r-1',
-        retries=2,
-        ignore_result=True,
-    ),
-    'stamps': dict(args=(), kwargs={}, stamped_headers=['mystamp'], mystamp='x'),
-    'kombu types': dict(
-        args=(
+    'plain': {'args': (2, 2), 'kwargs': {}},
+    'kwargs': {'args': [], 'kwargs': {'a': 'é', 'b': [1, {'c': None}], 'n': 2**64 - 1, 'neg': -(2**63)}},
+    'user headers and priority': {
+        'args': (1,),
+        'kwargs': {},
+        'headers': {'myhdr': 1, 'retries': 5, 'zz': [1, 'x']},
+        'priority': 5,
+    },
+    'time limits': {'args': (), 'kwargs': {}, 'time_limit': 30, 'soft_time_limit': 20.5},
+    'workflow ids': {
+        'args': ('x',),
+        'kwargs': {},
+        'group_id': 'g-1',
+        'group_index': 3,
+        'shadow': 'alias',
+        'parent_id': 'p-1',
+        'root_id': 'r-1',
+        'retries': 2,
+        'ignore_result': True,
+    },
+    'stamps': {'args': (), 'kwargs': {}, 'stamped_headers': ['mystamp'], 'mystamp': 'x'},
+    'kombu types': {
+        'args': (
             dt.datetime(2024, 5, 6, 7, 8, 9, 10, tzinfo=dt.UTC),
             decimal.Decimal('1.5'),
             uuid.UUID(int=7),
             b'\xff',
             b'ok',
         ),
-        kwargs={'d': dt.date(2024, 1, 1)},
-    ),
+        'kwargs': {'d': dt.date(2024, 1, 1)},
+    },
 }
 
 
@@ -214,10 +215,10 @@ def test_envelope_is_byte_identical_to_celery(celery_publish, case, serializer, 
 def test_eta_and_expires(celery_publish, when):
     now = dt.datetime.now(dt.UTC)
     options = {
-        'eta': dict(eta=now + dt.timedelta(seconds=30)),
-        'countdown': dict(countdown=10),
-        'expires datetime': dict(expires=now + dt.timedelta(hours=1)),
-        'expires seconds': dict(expires=60, countdown=5),
+        'eta': {'eta': now + dt.timedelta(seconds=30)},
+        'countdown': {'countdown': 10},
+        'expires datetime': {'expires': now + dt.timedelta(hours=1)},
+        'expires seconds': {'expires': 60, 'countdown': 5},
     }[when]
     captured = celery_publish('tasks.add', (2, 2), {}, **options)
     assert captured['headers']['eta'] or captured['headers']['expires']
@@ -341,9 +342,7 @@ def test_decode_task_body_says_what_is_wrong(body, content_type, message):
 
 
 def test_decode_task_body_fills_embed():
-    args, kwargs, embed = _core.decode_task_body(
-        b'[[1], {"a": 1}, {"chain": [1], "extra": 2}]', 'application/json', None
-    )
+    _, _, embed = _core.decode_task_body(b'[[1], {"a": 1}, {"chain": [1], "extra": 2}]', 'application/json', None)
     assert embed == {'chain': [1], 'extra': 2, 'callbacks': None, 'errbacks': None, 'chord': None}
     assert _core.decode_task_body(b'[[], {}, null]', 'application/json', None)[2] == dict.fromkeys(
         ['callbacks', 'errbacks', 'chain', 'chord']
@@ -414,10 +413,14 @@ def test_from_envelope_round_trip_and_body_encodings():
         b'{"body": "", "content-encoding": "utf-8", "content-type": 1, "headers": {}, "properties": {}}',
         b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": [], "properties": {}}',
         b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": {}}',
-        b'{"body": "!!", "content-encoding": "utf-8", "content-type": "a", "headers": {},'
-        b' "properties": {"body_encoding": "base64"}}',
-        b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": {},'
-        b' "properties": {"body_encoding": "rot13"}}',
+        (
+            b'{"body": "!!", "content-encoding": "utf-8", "content-type": "a", "headers": {},'
+            b' "properties": {"body_encoding": "base64"}}'
+        ),
+        (
+            b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": {},'
+            b' "properties": {"body_encoding": "rot13"}}'
+        ),
     ],
 )
 def test_from_envelope_rejects_malformed(doc):

@@ -8,7 +8,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyLong, PyString};
 
 use super::encode_py::optional;
-use super::parse::{self, describe_position, Sink, Str, SyntaxError};
+use super::parse::{self, describe_position, Input, Sink, Str, SyntaxError};
+use crate::key_cache_py::KeyCache;
 use crate::recursion_py::DepthGuard;
 
 const TYPE_KEY: u8 = 1;
@@ -19,18 +20,19 @@ struct PySink<'py> {
     tag_hook: Option<&'py PyAny>,
     array_depth: DepthGuard,
     object_depth: DepthGuard,
+    keys: KeyCache<'py>,
 }
 
 /// Turns decoded text into a Python str; WTF-8 goes through `surrogatepass` to keep lone surrogates.
 fn py_str<'py>(py: Python<'py>, s: Str<'_>) -> PyResult<&'py PyString> {
-    if !s.surrogates {
-        if let Ok(text) = std::str::from_utf8(s.bytes) {
-            return Ok(PyString::new(py, text));
+    match s {
+        Str::Utf8(text) => Ok(PyString::new(py, text)),
+        Str::Wtf8(bytes) => {
+            // (Not PyString::from_object: pyo3 0.17 passes its encoding names to C without a NUL terminator.)
+            let text = PyBytes::new(py, bytes).call_method1(intern!(py, "decode"), ("utf-8", "surrogatepass"))?;
+            Ok(text.downcast::<PyString>()?)
         }
     }
-    // (Not PyString::from_object: pyo3 0.17 passes its encoding names to C without a NUL terminator.)
-    let text = PyBytes::new(py, s.bytes).call_method1(intern!(py, "decode"), ("utf-8", "surrogatepass"))?;
-    Ok(text.downcast::<PyString>()?)
 }
 
 impl<'py> Sink for PySink<'py> {
@@ -61,13 +63,18 @@ impl<'py> Sink for PySink<'py> {
     fn string(&mut self, s: Str<'_>) -> PyResult<&'py PyAny> {
         Ok(py_str(self.py, s)?)
     }
+    #[inline(never)]
     fn key(&mut self, s: Str<'_>) -> PyResult<(&'py PyString, u8)> {
-        let tag = match s.bytes {
+        let tag = match s.as_bytes() {
             b"__type__" => TYPE_KEY,
             b"__value__" => VALUE_KEY,
             _ => 0,
         };
-        Ok((py_str(self.py, s)?, tag))
+        let key = match s {
+            Str::Utf8(text) => self.keys.get(self.py, text),
+            Str::Wtf8(_) => py_str(self.py, s)?,
+        };
+        Ok((key, tag))
     }
     fn begin_array(&mut self) -> PyResult<Vec<&'py PyAny>> {
         Ok(Vec::new())
@@ -86,6 +93,7 @@ impl<'py> Sink for PySink<'py> {
         object.1 |= key.1;
         object.0.set_item(key.0, v)
     }
+    #[inline(never)]
     fn end_object(&mut self, (dict, tags): (&'py PyDict, u8)) -> PyResult<&'py PyAny> {
         match self.tag_hook {
             // Keys are only ever added, so two keys including both tag keys means exactly those two.
@@ -93,6 +101,7 @@ impl<'py> Sink for PySink<'py> {
             _ => Ok(dict),
         }
     }
+    #[inline(never)]
     fn enter(&mut self, depth: usize, array: bool) -> PyResult<()> {
         let guard = if array {
             &mut self.array_depth
@@ -103,25 +112,22 @@ impl<'py> Sink for PySink<'py> {
     }
 }
 
-/// The UTF-8 (or WTF-8) text of `data`, and whether it may hold lone surrogates.
-fn input_text(data: &PyAny) -> PyResult<(&[u8], bool)> {
+/// The text of `data` (bytes must be UTF-8, as kombu decodes them before parsing).
+fn input_text(data: &PyAny) -> PyResult<Input<'_>> {
     if let Ok(bytes) = data.downcast::<PyBytes>() {
-        let raw = bytes.as_bytes();
-        if std::str::from_utf8(raw).is_err() {
-            // kombu decodes bytes as UTF-8 before parsing; let Python raise its UnicodeDecodeError.
-            bytes.call_method1(intern!(data.py(), "decode"), ("utf-8",))?;
-            return Err(PyValueError::new_err("invalid UTF-8"));
+        if let Ok(text) = std::str::from_utf8(bytes.as_bytes()) {
+            return Ok(Input::Utf8(text));
         }
-        return Ok((raw, false));
+        // Let Python raise its UnicodeDecodeError, as kombu's loads does.
+        bytes.call_method1(intern!(data.py(), "decode"), ("utf-8",))?;
+        return Err(PyValueError::new_err("invalid UTF-8"));
     }
     if let Ok(s) = data.downcast::<PyString>() {
-        return match s.to_str() {
-            Ok(text) => Ok((text.as_bytes(), false)),
-            Err(_) => {
-                let wtf8 = s.call_method1(intern!(data.py(), "encode"), ("utf-8", "surrogatepass"))?;
-                Ok((wtf8.downcast::<PyBytes>()?.as_bytes(), true))
-            }
-        };
+        if let Ok(text) = s.to_str() {
+            return Ok(Input::Utf8(text));
+        }
+        let wtf8 = s.call_method1(intern!(data.py(), "encode"), ("utf-8", "surrogatepass"))?;
+        return Ok(Input::Wtf8(wtf8.downcast::<PyBytes>()?.as_bytes()));
     }
     Err(PyTypeError::new_err(format!(
         "the JSON object must be str or bytes, not {}",
@@ -130,16 +136,17 @@ fn input_text(data: &PyAny) -> PyResult<(&[u8], bool)> {
 }
 
 pub fn loads<'py>(py: Python<'py>, data: &'py PyAny, tag_hook: Option<&'py PyAny>) -> PyResult<&'py PyAny> {
-    let (text, wtf8) = input_text(data)?;
+    let input = input_text(data)?;
     let mut sink = PySink {
         py,
         tag_hook,
         array_depth: DepthGuard::new(" while decoding a JSON array from a unicode string"),
         object_depth: DepthGuard::new(" while decoding a JSON object from a unicode string"),
+        keys: KeyCache::new(),
     };
-    parse::parse(text, wtf8, &mut sink).map_err(|e| match e {
+    parse::parse(input, &mut sink).map_err(|e| match e {
         parse::Error::Syntax(SyntaxError { msg, pos }) => {
-            let (line, column, char_pos) = describe_position(text, pos);
+            let (line, column, char_pos) = describe_position(input.as_bytes(), pos);
             PyValueError::new_err(format!("{msg}: line {line} column {column} (char {char_pos})"))
         }
         parse::Error::Sink(e) => e,

@@ -72,7 +72,44 @@ impl<'py> Encoder<'py> {
     }
 
     /// Appends `obj`, which sits inside `depth` containers.
+    ///
+    /// This is the recursion's hot path, so it only dispatches: scalars and each kind of container are
+    /// written by separate, non-inlined functions, which keeps the stack used per nesting level small.
     pub fn value(&mut self, obj: &'py PyAny, depth: usize) -> PyResult<()> {
+        if self.scalar(obj)? {
+            Ok(())
+        } else if let Ok(list) = obj.downcast::<PyList>() {
+            self.depth.check(self.py, depth + 1)?;
+            if PyList::is_exact_type_of(list) {
+                self.list(list, depth)
+            } else {
+                self.iterated(obj, depth)
+            }
+        } else if let Ok(tuple) = obj.downcast::<PyTuple>() {
+            self.depth.check(self.py, depth + 1)?;
+            if PyTuple::is_exact_type_of(tuple) {
+                self.sequence(obj, tuple.as_slice(), depth)
+            } else {
+                self.iterated(obj, depth)
+            }
+        } else if let Ok(dict) = obj.downcast::<PyDict>() {
+            self.depth.check(self.py, depth + 1)?;
+            self.dict(dict, depth)
+        } else if let Ok(f) = obj.downcast::<PyFloat>() {
+            write_float(&mut self.out, f.value());
+            Ok(())
+        } else {
+            self.fallback(obj, depth)
+        }
+    }
+
+    /// Writes `obj` if it is None, a bool, str, int or exact float.
+    ///
+    /// CPython tests float before the containers; the builtin types involved are disjoint (no class can
+    /// derive from two of them), so testing the cheap cases first gives the same result. Float subclass
+    /// checks walk the MRO, so they come after the containers.
+    #[inline(never)]
+    fn scalar(&mut self, obj: &'py PyAny) -> PyResult<bool> {
         if obj.is_none() {
             self.out.extend_from_slice(b"null");
         } else if let Ok(b) = obj.downcast::<PyBool>() {
@@ -81,32 +118,19 @@ impl<'py> Encoder<'py> {
             self.string(s)?;
         } else if let Ok(i) = obj.downcast::<PyLong>() {
             self.int(i)?;
-        } else if let Ok(f) = obj.downcast::<PyFloat>() {
-            write_float(&mut self.out, f.value());
-        } else if let Ok(list) = obj.downcast::<PyList>() {
-            self.depth.check(self.py, depth + 1)?;
-            if PyList::is_exact_type_of(list) {
-                self.list(list, depth)?;
-            } else {
-                // Like PySequence_Fast: subclasses are read through their own iterator.
-                let items = obj.iter()?.collect::<PyResult<Vec<_>>>()?;
-                self.sequence(obj, &items, depth)?;
-            }
-        } else if let Ok(tuple) = obj.downcast::<PyTuple>() {
-            self.depth.check(self.py, depth + 1)?;
-            if PyTuple::is_exact_type_of(tuple) {
-                self.sequence(obj, tuple.as_slice(), depth)?;
-            } else {
-                let items = obj.iter()?.collect::<PyResult<Vec<_>>>()?;
-                self.sequence(obj, &items, depth)?;
-            }
-        } else if let Ok(dict) = obj.downcast::<PyDict>() {
-            self.depth.check(self.py, depth + 1)?;
-            self.dict(dict, depth)?;
+        } else if PyFloat::is_exact_type_of(obj) {
+            write_float(&mut self.out, obj.downcast::<PyFloat>()?.value());
         } else {
-            self.fallback(obj, depth)?;
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// A list or tuple subclass, read through its own iterator as `PySequence_Fast` does.
+    #[inline(never)]
+    fn iterated(&mut self, obj: &'py PyAny, depth: usize) -> PyResult<()> {
+        let items = obj.iter()?.collect::<PyResult<Vec<_>>>()?;
+        self.sequence(obj, &items, depth)
     }
 
     pub fn string(&mut self, s: &PyString) -> PyResult<()> {
@@ -136,6 +160,7 @@ impl<'py> Encoder<'py> {
         Ok(())
     }
 
+    #[inline(never)]
     fn list(&mut self, list: &'py PyList, depth: usize) -> PyResult<()> {
         if list.is_empty() {
             self.out.extend_from_slice(b"[]");
@@ -157,6 +182,7 @@ impl<'py> Encoder<'py> {
         Ok(())
     }
 
+    #[inline(never)]
     fn sequence(&mut self, container: &PyAny, items: &[&'py PyAny], depth: usize) -> PyResult<()> {
         if items.is_empty() {
             self.out.extend_from_slice(b"[]");
@@ -175,6 +201,7 @@ impl<'py> Encoder<'py> {
         Ok(())
     }
 
+    #[inline(never)]
     fn dict(&mut self, dict: &'py PyDict, depth: usize) -> PyResult<()> {
         // The stdlib checks the real storage size first, even for subclasses that override items().
         if dict.is_empty() {
@@ -183,17 +210,7 @@ impl<'py> Encoder<'py> {
         }
         self.markers.enter(dict)?;
         let start = self.pairs.len();
-        if PyDict::is_exact_type_of(dict) {
-            self.pairs.extend(dict.iter());
-        } else {
-            for item in dict.call_method0(intern!(self.py, "items"))?.iter()? {
-                let item = item?;
-                match item.downcast::<PyTuple>() {
-                    Ok(pair) if pair.len() == 2 => self.pairs.push((pair.get_item(0)?, pair.get_item(1)?)),
-                    _ => return Err(PyValueError::new_err("items must return 2-tuples")),
-                }
-            }
-        }
+        self.snapshot(dict)?;
         let end = self.pairs.len();
         self.out.push(b'{');
         for i in start..end {
@@ -211,7 +228,24 @@ impl<'py> Encoder<'py> {
         Ok(())
     }
 
+    /// Pushes the items of `dict` onto `pairs`: its storage for a dict, `items()` for a subclass.
+    #[inline(never)]
+    fn snapshot(&mut self, dict: &'py PyDict) -> PyResult<()> {
+        if PyDict::is_exact_type_of(dict) {
+            self.pairs.extend(dict.iter());
+            return Ok(());
+        }
+        for item in dict.call_method0(intern!(self.py, "items"))?.iter()? {
+            match item?.downcast::<PyTuple>() {
+                Ok(pair) if pair.len() == 2 => self.pairs.push((pair.get_item(0)?, pair.get_item(1)?)),
+                _ => return Err(PyValueError::new_err("items must return 2-tuples")),
+            }
+        }
+        Ok(())
+    }
+
     /// Appends a dict key as the stdlib converts it (str, then float, bool, None and int spelled as text).
+    #[inline(never)]
     pub fn key(&mut self, key: &'py PyAny) -> PyResult<()> {
         if let Ok(s) = key.downcast::<PyString>() {
             return self.string(s);
@@ -236,6 +270,7 @@ impl<'py> Encoder<'py> {
     }
 
     /// Anything else goes through `default`, whose result is encoded in its place.
+    #[inline(never)]
     fn fallback(&mut self, obj: &'py PyAny, depth: usize) -> PyResult<()> {
         let Some(default) = self.default else {
             return Err(PyTypeError::new_err(format!(

@@ -28,26 +28,24 @@ impl std::fmt::Write for StackBuf {
 /// Appends `repr(v)` for a finite `v` (callers decide how NaN and infinities are spelled).
 pub fn write_repr(out: &mut Vec<u8>, v: f64) {
     debug_assert!(v.is_finite());
-    let mut sci = StackBuf { buf: [0; 32], len: 0 };
-    write!(sci, "{v:e}").expect("an f64 in exponent form fits in 32 bytes");
-    let sci = &sci.buf[..sci.len];
-
-    let (negative, sci) = match sci.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, sci),
-    };
-    let e_at = sci.iter().position(|&b| b == b'e').unwrap_or(sci.len());
-    let (mantissa, exponent) = (&sci[..e_at], sci.get(e_at + 1..).unwrap_or_default());
-    let mut digits = [0u8; 20];
-    let mut n = 0;
-    for &b in mantissa.iter().filter(|b| b.is_ascii_digit()) {
-        digits[n] = b;
-        n += 1;
+    let mut buf = StackBuf { buf: [0; 32], len: 0 };
+    write!(buf, "{v:e}").expect("an f64 in exponent form fits in 32 bytes");
+    let mut parts = Scientific::parse(&buf.buf[..buf.len]);
+    // When two shortest candidates are equally close, CPython takes the even one and Rust's shortest
+    // mode rounds up; Rust's fixed-precision mode does round half to even, so ask it instead.
+    if parts.digits.len() >= 16 && may_be_halfway(v) {
+        let mut exact = StackBuf { buf: [0; 32], len: 0 };
+        write!(exact, "{v:.*e}", parts.digits.len() - 1).expect("17 digits fit in 32 bytes");
+        let text = &exact.buf[..exact.len];
+        let round_trips = std::str::from_utf8(text).is_ok_and(|t| t.parse::<f64>() == Ok(v));
+        if round_trips {
+            parts = Scientific::parse(text);
+        }
     }
-    let digits = &digits[..n];
-    let exp = parse_exponent(exponent);
+    let digits = parts.digits.as_slice();
+    let exp = parts.exponent;
 
-    if negative {
+    if parts.negative {
         out.push(b'-');
     }
     if (-4..16).contains(&exp) {
@@ -65,6 +63,66 @@ pub fn write_repr(out: &mut Vec<u8>, v: f64) {
         }
         crate::json::write_u64(out, u64::from(abs));
     }
+}
+
+/// Rust's `{:e}` output taken apart: sign, significant digits, exponent of the first digit.
+struct Scientific {
+    negative: bool,
+    digits: Digits,
+    exponent: i32,
+}
+
+struct Digits {
+    buf: [u8; 20],
+    len: usize,
+}
+
+impl Digits {
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Scientific {
+    fn parse(text: &[u8]) -> Self {
+        let (negative, text) = match text.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, text),
+        };
+        let e_at = text.iter().position(|&b| b == b'e').unwrap_or(text.len());
+        let mut digits = Digits { buf: [0; 20], len: 0 };
+        for &b in text[..e_at].iter().filter(|b| b.is_ascii_digit()) {
+            digits.buf[digits.len] = b;
+            digits.len += 1;
+        }
+        Self {
+            negative,
+            digits,
+            exponent: parse_exponent(text.get(e_at + 1..).unwrap_or_default()),
+        }
+    }
+}
+
+/// Whether `v` can lie exactly halfway between two of the 16- or 17-digit decimals next to it.
+///
+/// Write `v = m * 2^q` with `m` odd. Halfway means `2v = (2d + 1) * 10^k` for some `d` below 10^17. For
+/// `q >= 0` the powers of two force `k = q + 1` and `5^k` must divide `m < 2^53`, so `q <= 21`; for `q < 0`
+/// they force `k = 1 + q` (so `k <= 0`) and `d ~ m * 5^-k < 10^17` bounds `-q <= 25`. Outside that window
+/// (most floats with a long expansion, like 0.1 + 0.2) the shortest digits are already CPython's.
+fn may_be_halfway(v: f64) -> bool {
+    let bits = v.to_bits();
+    let biased = i32::try_from((bits >> 52) & 0x7ff).expect("11 bits");
+    let fraction = bits & ((1 << 52) - 1);
+    let (m, q) = if biased == 0 {
+        (fraction, -1074)
+    } else {
+        (fraction | 1 << 52, biased - 1075)
+    };
+    m != 0 && (-25..=21).contains(&(q + i32::try_from(m.trailing_zeros()).expect("below 64")))
 }
 
 /// `digits` scaled so that the decimal point sits after `point` of them (`point` may be <= 0).
@@ -121,13 +179,17 @@ mod tests {
             (1e15, "1000000000000000.0"),
             (1e-5, "1e-05"),
             (0.0001, "0.0001"),
-            (0.00012345, "0.00012345"),
-            (1.2345678901234568e17, "1.2345678901234568e+17"),
+            (0.000_123_45, "0.00012345"),
+            (1.234_567_890_123_456_8e17, "1.2345678901234568e+17"),
             (123_456_789.125, "123456789.125"),
             (5e-324, "5e-324"),
-            (1.7976931348623157e308, "1.7976931348623157e+308"),
-            (2.2250738585072014e-308, "2.2250738585072014e-308"),
+            (1.797_693_134_862_315_7e308, "1.7976931348623157e+308"),
+            (2.225_073_858_507_201_4e-308, "2.2250738585072014e-308"),
             (9_007_199_254_740_993.0, "9007199254740992.0"),
+            // 2^49 + 1/4 and 2^49 + 3/4: each exactly halfway between two 16-digit candidates.
+            (562_949_953_421_312.0 + 0.25, "562949953421312.2"),
+            (562_949_953_421_312.0 + 0.75, "562949953421312.8"),
+            (2.5, "2.5"),
             (1.5e300, "1.5e+300"),
             (-1e-100, "-1e-100"),
         ];

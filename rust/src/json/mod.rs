@@ -9,7 +9,6 @@ pub mod string;
 #[cfg(test)]
 mod value;
 
-/// Appends the decimal digits of `v`.
 pub fn write_u64(out: &mut Vec<u8>, mut v: u64) {
     let mut buf = [0u8; 20];
     let mut at = buf.len();

@@ -4,13 +4,39 @@
 //!
 //! It is generic over a [`Sink`] that builds the values, so the grammar can be tested without Python.
 
-use super::string::{is_surrogate, push_code_point};
+use super::string::{is_surrogate, push_code_point, unescaped_len};
 
-/// A decoded string: UTF-8, or WTF-8 when `surrogates` is set (it may then hold lone surrogates).
+/// A decoded string. WTF-8 text may hold lone surrogates (from `\uD800`-style escapes, or from a Python
+/// str input that had them).
 #[derive(Clone, Copy, Debug)]
-pub struct Str<'a> {
-    pub bytes: &'a [u8],
-    pub surrogates: bool,
+pub enum Str<'a> {
+    Utf8(&'a str),
+    Wtf8(&'a [u8]),
+}
+
+impl<'a> Str<'a> {
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match *self {
+            Str::Utf8(s) => s.as_bytes(),
+            Str::Wtf8(b) => b,
+        }
+    }
+}
+
+/// A document: UTF-8 text, or WTF-8 (a Python str holding lone surrogates, encoded with `surrogatepass`).
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    Utf8(&'a str),
+    Wtf8(&'a [u8]),
+}
+
+impl<'a> Input<'a> {
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match *self {
+            Input::Utf8(s) => s.as_bytes(),
+            Input::Wtf8(b) => b,
+        }
+    }
 }
 
 /// Builds values as the parser recognises them; containers are built bottom-up.
@@ -62,22 +88,24 @@ impl<E> From<SyntaxError> for Error<E> {
 
 pub const EXPECTING_VALUE: &str = "Expecting value";
 
-/// Parses one JSON document. `input` must be valid UTF-8, or WTF-8 when `wtf8` is set (a Python str
-/// holding lone surrogates, encoded with `surrogatepass`).
-pub fn parse<S: Sink>(input: &[u8], wtf8: bool, sink: &mut S) -> Result<S::Value, Error<S::Error>> {
-    if input.starts_with("\u{feff}".as_bytes()) {
+pub fn parse<S: Sink>(input: Input<'_>, sink: &mut S) -> Result<S::Value, Error<S::Error>> {
+    let bytes = input.as_bytes();
+    if bytes.starts_with("\u{feff}".as_bytes()) {
         return Err(syntax("Unexpected UTF-8 BOM (decode using utf-8-sig)", 0).into());
     }
     let mut p = Parser {
-        input,
+        input: bytes,
+        text: match input {
+            Input::Utf8(text) => Some(text),
+            Input::Wtf8(_) => None,
+        },
         pos: 0,
         scratch: Vec::new(),
-        wtf8,
     };
     p.skip_ws();
     let value = p.value(sink, 0)?;
     p.skip_ws();
-    if p.pos != input.len() {
+    if p.pos != bytes.len() {
         return Err(syntax("Extra data", p.pos).into());
     }
     Ok(value)
@@ -89,10 +117,11 @@ fn syntax(msg: &'static str, pos: usize) -> SyntaxError {
 
 struct Parser<'a> {
     input: &'a [u8],
+    /// The input as text when it is UTF-8, so unescaped strings are handed out as `&str` unchecked again.
+    text: Option<&'a str>,
     pos: usize,
     /// Holds a string's decoded text when it has escapes (otherwise strings borrow the input).
     scratch: Vec<u8>,
-    wtf8: bool,
 }
 
 impl Parser<'_> {
@@ -148,6 +177,7 @@ impl Parser<'_> {
         v.map_err(Error::Sink)
     }
 
+    #[inline(never)]
     fn array<S: Sink>(&mut self, sink: &mut S, depth: usize) -> Result<S::Value, Error<S::Error>> {
         sink.enter(depth, true).map_err(Error::Sink)?;
         self.pos += 1;
@@ -172,6 +202,7 @@ impl Parser<'_> {
         sink.end_array(array).map_err(Error::Sink)
     }
 
+    #[inline(never)]
     fn object<S: Sink>(&mut self, sink: &mut S, depth: usize) -> Result<S::Value, Error<S::Error>> {
         sink.enter(depth, false).map_err(Error::Sink)?;
         self.pos += 1;
@@ -211,6 +242,7 @@ impl Parser<'_> {
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?`; a dangling `.` or exponent is left for the caller
     /// to reject as extra data, as CPython's scanner does.
+    #[inline(never)]
     fn number<S: Sink>(&mut self, sink: &mut S) -> Result<S::Value, Error<S::Error>> {
         let start = self.pos;
         let digit_at = |p: &Self, i: usize| p.input.get(i).is_some_and(u8::is_ascii_digit);
@@ -258,19 +290,21 @@ impl Parser<'_> {
     }
 
     /// Reads the string starting at the opening quote under `self.pos`.
+    #[inline(never)]
     fn string(&mut self) -> Result<Str<'_>, SyntaxError> {
         let begin = self.pos;
         let start = begin + 1;
-        let mut i = start;
+        let mut i = start + unescaped_len(&self.input[start..]);
         // Fast path: no escapes, the text is a slice of the input.
         loop {
             match self.input.get(i) {
                 None => return Err(syntax("Unterminated string starting at", begin)),
                 Some(b'"') => {
                     self.pos = i + 1;
-                    return Ok(Str {
-                        bytes: &self.input[start..i],
-                        surrogates: self.wtf8,
+                    // Both ends are next to an ASCII quote, so they are character boundaries.
+                    return Ok(match self.text {
+                        Some(text) => Str::Utf8(&text[start..i]),
+                        None => Str::Wtf8(&self.input[start..i]),
                     });
                 }
                 Some(b'\\') => break,
@@ -280,7 +314,7 @@ impl Parser<'_> {
         }
         self.scratch.clear();
         self.scratch.extend_from_slice(&self.input[start..i]);
-        let mut surrogates = self.wtf8;
+        let mut surrogates = self.text.is_none();
         loop {
             // `i` is at a backslash.
             let Some(&c) = self.input.get(i + 1) else {
@@ -305,6 +339,7 @@ impl Parser<'_> {
                 i += 2;
             }
             let run_start = i;
+            i += unescaped_len(&self.input[i..]);
             loop {
                 match self.input.get(i) {
                     None => return Err(syntax("Unterminated string starting at", begin)),
@@ -316,9 +351,9 @@ impl Parser<'_> {
             self.scratch.extend_from_slice(&self.input[run_start..i]);
             if self.input[i] == b'"' {
                 self.pos = i + 1;
-                return Ok(Str {
-                    bytes: &self.scratch,
-                    surrogates,
+                return Ok(match std::str::from_utf8(&self.scratch) {
+                    Ok(text) if !surrogates => Str::Utf8(text),
+                    _ => Str::Wtf8(&self.scratch),
                 });
             }
         }
@@ -358,6 +393,7 @@ pub fn describe_position(input: &[u8], pos: usize) -> (usize, usize, usize) {
     let char_pos = chars(before);
     match before.iter().rposition(|&b| b == b'\n') {
         Some(nl) => {
+            #[allow(clippy::naive_bytecount)] // error messages only; not worth a dependency
             let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
             (line, char_pos - chars(&before[..nl]), char_pos)
         }

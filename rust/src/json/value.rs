@@ -19,7 +19,7 @@ pub enum Value {
 
 fn code_points(s: Str<'_>) -> Vec<u32> {
     let mut out = Vec::new();
-    let mut rest = s.bytes;
+    let mut rest = s.as_bytes();
     while !rest.is_empty() {
         let (cp, len) = decode_code_point(rest);
         out.push(cp);
@@ -100,7 +100,7 @@ impl Sink for ValueSink {
 }
 
 pub fn parse(input: &str) -> Result<Value, Error<TooDeep>> {
-    parse::parse(input.as_bytes(), false, &mut ValueSink)
+    parse::parse(parse::Input::Utf8(input), &mut ValueSink)
 }
 
 /// The `JSONDecodeError` message CPython would give.

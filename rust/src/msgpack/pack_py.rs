@@ -33,10 +33,33 @@ impl<'py> Packer<'py> {
     }
 
     /// Appends `obj`, which sits inside `depth` containers.
+    ///
+    /// Only dispatches, so that the stack used per nesting level stays small. msgpack's `Packer._pack`
+    /// tests float and bytearray before str and the containers; the builtin types involved are disjoint
+    /// (no class can derive from two of them), so testing the cheap flag-based cases first gives the same
+    /// result while sparing every str and container two MRO walks.
     pub fn pack(&mut self, obj: &'py PyAny, depth: usize) -> PyResult<()> {
         if depth > MAX_DEPTH {
             return Err(PyValueError::new_err("recursion limit exceeded."));
         }
+        if self.scalar(obj)? {
+            Ok(())
+        } else if let Ok(dict) = obj.downcast::<PyDict>() {
+            self.dict(dict, depth)
+        } else if let Ok(list) = obj.downcast::<PyList>() {
+            write::write_array_header(&mut self.out, list.len()).map_err(too_large("list"))?;
+            self.items(obj, PyList::is_exact_type_of(obj), depth)
+        } else if let Ok(tuple) = obj.downcast::<PyTuple>() {
+            write::write_array_header(&mut self.out, tuple.len()).map_err(too_large("list"))?;
+            self.items(obj, PyTuple::is_exact_type_of(obj), depth)
+        } else {
+            self.other(obj)
+        }
+    }
+
+    /// Writes `obj` if it is None, a bool, int, exact float, bytes or str.
+    #[inline(never)]
+    fn scalar(&mut self, obj: &'py PyAny) -> PyResult<bool> {
         let out = &mut self.out;
         if obj.is_none() {
             write::write_nil(out);
@@ -50,38 +73,42 @@ impl<'py> Packer<'py> {
             } else {
                 return Err(PyOverflowError::new_err("Integer value out of range"));
             }
-        } else if let Ok(f) = obj.downcast::<PyFloat>() {
-            write::write_f64(out, f.value());
-        } else if let Ok(b) = obj.downcast::<PyBytes>() {
-            write::write_bin(out, b.as_bytes()).map_err(too_large("bytes object"))?;
-        } else if let Ok(b) = obj.downcast::<PyByteArray>() {
-            write::write_bin(out, &b.to_vec()).map_err(too_large("bytearray object"))?;
         } else if let Ok(s) = obj.downcast::<PyString>() {
             // to_str raises the UnicodeEncodeError msgpack raises for lone surrogates.
             write::write_str(out, s.to_str()?.as_bytes()).map_err(too_large("unicode string"))?;
-        } else if let Ok(dict) = obj.downcast::<PyDict>() {
-            self.dict(dict, depth)?;
-        } else if let Ok(list) = obj.downcast::<PyList>() {
-            write::write_array_header(out, list.len()).map_err(too_large("list"))?;
-            self.items(obj, PyList::is_exact_type_of(obj), depth)?;
-        } else if let Ok(tuple) = obj.downcast::<PyTuple>() {
-            write::write_array_header(out, tuple.len()).map_err(too_large("list"))?;
-            self.items(obj, PyTuple::is_exact_type_of(obj), depth)?;
+        } else if PyFloat::is_exact_type_of(obj) {
+            write::write_f64(out, obj.downcast::<PyFloat>()?.value());
+        } else if let Ok(b) = obj.downcast::<PyBytes>() {
+            write::write_bin(out, b.as_bytes()).map_err(too_large("bytes object"))?;
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Float subclasses, `bytearray` and `memoryview`, or the TypeError for anything msgpack cannot serialize.
+    #[inline(never)]
+    fn other(&mut self, obj: &'py PyAny) -> PyResult<()> {
+        if let Ok(f) = obj.downcast::<PyFloat>() {
+            write::write_f64(&mut self.out, f.value());
+            Ok(())
+        } else if let Ok(b) = obj.downcast::<PyByteArray>() {
+            write::write_bin(&mut self.out, &b.to_vec()).map_err(too_large("bytearray object"))
         } else if obj.is_instance(memoryview_type(self.py)?)? {
             let data = obj.call_method0(intern!(self.py, "tobytes"))?;
-            write::write_bin(out, data.downcast::<PyBytes>()?.as_bytes()).map_err(too_large("memoryview"))?;
+            write::write_bin(&mut self.out, data.downcast::<PyBytes>()?.as_bytes()).map_err(too_large("memoryview"))
         } else {
             let name = obj.get_type().getattr(intern!(self.py, "__name__"))?;
-            return Err(PyTypeError::new_err(format!(
+            Err(PyTypeError::new_err(format!(
                 "can not serialize {} object",
                 name.repr()?
-            )));
+            )))
         }
-        Ok(())
     }
 
     /// The items of a list or tuple whose header is written. Exact types are read from their storage;
     /// subclasses through their iterator, as msgpack's `for v in o` does.
+    #[inline(never)]
     fn items(&mut self, seq: &'py PyAny, exact: bool, depth: usize) -> PyResult<()> {
         if exact {
             if let Ok(tuple) = seq.downcast::<PyTuple>() {
@@ -91,7 +118,8 @@ impl<'py> Packer<'py> {
                 return Ok(());
             }
             let list: &PyList = seq.downcast()?;
-            // Nothing packed can run Python code that resizes the list, but index defensively anyway.
+            // The header holds the length already; should a nested subclass's `__iter__` shrink this list
+            // meanwhile, `get_item` fails cleanly.
             for i in 0..list.len() {
                 self.pack(list.get_item(i)?, depth + 1)?;
             }
@@ -103,6 +131,7 @@ impl<'py> Packer<'py> {
         Ok(())
     }
 
+    #[inline(never)]
     fn dict(&mut self, dict: &'py PyDict, depth: usize) -> PyResult<()> {
         let start = self.pairs.len();
         if PyDict::is_exact_type_of(dict) {

@@ -18,7 +18,7 @@ pub enum Token<'a> {
 pub enum ReadError {
     Incomplete,
     UnknownHeader(u8),
-    /// Extension types (msgpack's ExtType, Timestamp) carry nothing the task protocol uses.
+    /// Extension types (msgpack's ExtType, `Timestamp`) carry nothing the task protocol uses.
     Ext(i8),
 }
 

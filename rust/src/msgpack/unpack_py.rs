@@ -9,12 +9,16 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyString};
 
 use super::read::{ReadError, Reader, Token};
 use super::MAX_DEPTH;
+use crate::key_cache_py::KeyCache;
 
 pub struct Unpacker<'a, 'py> {
     py: Python<'py>,
     reader: Reader<'a>,
+    keys: KeyCache<'py>,
 }
 
+#[cold]
+#[inline(never)]
 fn read_error(e: &ReadError) -> PyErr {
     PyValueError::new_err(match e {
         ReadError::Incomplete => "Unpack failed: incomplete input".to_owned(),
@@ -28,6 +32,7 @@ impl<'a, 'py> Unpacker<'a, 'py> {
         Self {
             py,
             reader: Reader::new(data),
+            keys: KeyCache::new(),
         }
     }
 
@@ -42,9 +47,30 @@ impl<'a, 'py> Unpacker<'a, 'py> {
 
     /// Reads the value that sits inside `depth` containers.
     fn value(&mut self, depth: usize) -> PyResult<&'py PyAny> {
+        match self.reader.next_token().map_err(|e| read_error(&e))? {
+            Token::Array(len) => self.array(len, depth),
+            Token::Map(len) => self.map(len, depth),
+            token => self.scalar(&token),
+        }
+    }
+
+    /// A map key: like `value`, but str keys go through the key cache.
+    fn key(&mut self, depth: usize) -> PyResult<&'py PyAny> {
+        match self.reader.next_token().map_err(|e| read_error(&e))? {
+            Token::Str(raw) => match std::str::from_utf8(raw) {
+                Ok(text) => Ok(self.keys.get(self.py, text)),
+                Err(_) => self.scalar(&Token::Str(raw)),
+            },
+            Token::Array(len) => self.array(len, depth),
+            Token::Map(len) => self.map(len, depth),
+            token => self.scalar(&token),
+        }
+    }
+
+    #[inline(never)]
+    fn scalar(&self, token: &Token<'_>) -> PyResult<&'py PyAny> {
         let py = self.py;
-        let token = self.reader.next_token().map_err(|e| read_error(&e))?;
-        Ok(match token {
+        Ok(match *token {
             Token::Nil => py.None().into_ref(py),
             Token::Bool(v) => PyBool::new(py, v),
             Token::UInt(v) => v.into_py(py).into_ref(py),
@@ -56,35 +82,40 @@ impl<'a, 'py> Unpacker<'a, 'py> {
                 Err(_) => PyBytes::new(py, raw).call_method1(intern!(py, "decode"), ("utf-8",))?,
             },
             Token::Bin(raw) => PyBytes::new(py, raw),
-            Token::Array(len) => {
-                self.enter(depth)?;
-                // Lengths come from the input: never reserve more than the input could hold.
-                let mut items = Vec::with_capacity(len.min(self.reader.remaining()));
-                for _ in 0..len {
-                    items.push(self.value(depth + 1)?);
-                }
-                PyList::new(py, items)
-            }
-            Token::Map(len) => {
-                self.enter(depth)?;
-                let dict = PyDict::new(py);
-                for _ in 0..len {
-                    let key = self.value(depth + 1)?;
-                    let value = self.value(depth + 1)?;
-                    if !(PyString::is_exact_type_of(key) || PyBytes::is_exact_type_of(key)) {
-                        let name = key.get_type().getattr(intern!(py, "__name__"))?;
-                        return Err(PyValueError::new_err(format!(
-                            "{name} is not allowed for map key when strict_map_key=True"
-                        )));
-                    }
-                    dict.set_item(key, value)?;
-                }
-                dict
-            }
+            Token::Array(_) | Token::Map(_) => unreachable!("containers are built by the caller"),
         })
     }
 
-    fn enter(&self, depth: usize) -> PyResult<()> {
+    #[inline(never)]
+    fn array(&mut self, len: usize, depth: usize) -> PyResult<&'py PyAny> {
+        Self::enter(depth)?;
+        // Lengths come from the input: never reserve more than the input could hold.
+        let mut items = Vec::with_capacity(len.min(self.reader.remaining()));
+        for _ in 0..len {
+            items.push(self.value(depth + 1)?);
+        }
+        Ok(PyList::new(self.py, items))
+    }
+
+    #[inline(never)]
+    fn map(&mut self, len: usize, depth: usize) -> PyResult<&'py PyAny> {
+        Self::enter(depth)?;
+        let dict = PyDict::new(self.py);
+        for _ in 0..len {
+            let key = self.key(depth + 1)?;
+            let value = self.value(depth + 1)?;
+            if !(PyString::is_exact_type_of(key) || PyBytes::is_exact_type_of(key)) {
+                let name = key.get_type().getattr(intern!(self.py, "__name__"))?;
+                return Err(PyValueError::new_err(format!(
+                    "{name} is not allowed for map key when strict_map_key=True"
+                )));
+            }
+            dict.set_item(key, value)?;
+        }
+        Ok(dict)
+    }
+
+    fn enter(depth: usize) -> PyResult<()> {
         if depth >= MAX_DEPTH {
             return Err(PyValueError::new_err(format!(
                 "Unpack failed: containers nested deeper than {MAX_DEPTH}"

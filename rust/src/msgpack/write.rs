@@ -12,43 +12,48 @@ pub fn write_bool(out: &mut Vec<u8>, v: bool) {
     out.push(if v { 0xc3 } else { 0xc2 });
 }
 
-// The casts below are guarded by the range checks right before them.
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 pub fn write_uint(out: &mut Vec<u8>, v: u64) {
-    if v < 0x80 {
-        out.push(v as u8);
-    } else if v <= u64::from(u8::MAX) {
-        out.extend_from_slice(&[0xcc, v as u8]);
-    } else if v <= u64::from(u16::MAX) {
-        out.push(0xcd);
-        out.extend_from_slice(&(v as u16).to_be_bytes());
-    } else if v <= u64::from(u32::MAX) {
-        out.push(0xce);
-        out.extend_from_slice(&(v as u32).to_be_bytes());
-    } else {
-        out.push(0xcf);
-        out.extend_from_slice(&v.to_be_bytes());
+    match (u8::try_from(v), u16::try_from(v), u32::try_from(v)) {
+        (Ok(b), _, _) if b < 0x80 => out.push(b),
+        (Ok(b), _, _) => out.extend_from_slice(&[0xcc, b]),
+        (_, Ok(h), _) => {
+            out.push(0xcd);
+            out.extend_from_slice(&h.to_be_bytes());
+        }
+        (_, _, Ok(w)) => {
+            out.push(0xce);
+            out.extend_from_slice(&w.to_be_bytes());
+        }
+        _ => {
+            out.push(0xcf);
+            out.extend_from_slice(&v.to_be_bytes());
+        }
     }
 }
 
 /// Non-negative values take the unsigned forms, as msgpack-python writes them.
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 pub fn write_int(out: &mut Vec<u8>, v: i64) {
-    if v >= 0 {
-        write_uint(out, v.unsigned_abs());
-    } else if v >= -32 {
-        out.push(v as u8);
-    } else if v >= i64::from(i8::MIN) {
-        out.extend_from_slice(&[0xd0, v as u8]);
-    } else if v >= i64::from(i16::MIN) {
-        out.push(0xd1);
-        out.extend_from_slice(&(v as i16).to_be_bytes());
-    } else if v >= i64::from(i32::MIN) {
-        out.push(0xd2);
-        out.extend_from_slice(&(v as i32).to_be_bytes());
-    } else {
-        out.push(0xd3);
-        out.extend_from_slice(&v.to_be_bytes());
+    if let Ok(u) = u64::try_from(v) {
+        return write_uint(out, u);
+    }
+    match (i8::try_from(v), i16::try_from(v), i32::try_from(v)) {
+        (Ok(b), _, _) if b >= -32 => out.extend_from_slice(&b.to_be_bytes()),
+        (Ok(b), _, _) => {
+            out.push(0xd0);
+            out.extend_from_slice(&b.to_be_bytes());
+        }
+        (_, Ok(h), _) => {
+            out.push(0xd1);
+            out.extend_from_slice(&h.to_be_bytes());
+        }
+        (_, _, Ok(w)) => {
+            out.push(0xd2);
+            out.extend_from_slice(&w.to_be_bytes());
+        }
+        _ => {
+            out.push(0xd3);
+            out.extend_from_slice(&v.to_be_bytes());
+        }
     }
 }
 
@@ -92,22 +97,25 @@ const MAP: Family = Family {
     len32: 0xdf,
 };
 
-#[allow(clippy::cast_possible_truncation)]
+#[inline]
 fn write_header(out: &mut Vec<u8>, family: &Family, len: usize) -> Result<(), TooLarge> {
-    match family.fixed {
-        Some((marker, limit)) if len < limit => out.push(marker | len as u8),
-        _ => match family.len8 {
-            Some(marker) if len <= usize::from(u8::MAX) => out.extend_from_slice(&[marker, len as u8]),
-            _ if len <= usize::from(u16::MAX) => {
-                out.push(family.len16);
-                out.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            _ => {
-                let len = u32::try_from(len).map_err(|_| TooLarge)?;
-                out.push(family.len32);
-                out.extend_from_slice(&len.to_be_bytes());
-            }
-        },
+    if let Some((marker, limit)) = family.fixed {
+        if len < limit {
+            out.push(marker | u8::try_from(len).expect("fixed forms hold lengths below 32"));
+            return Ok(());
+        }
+    }
+    match (family.len8, u8::try_from(len), u16::try_from(len)) {
+        (Some(marker), Ok(n), _) => out.extend_from_slice(&[marker, n]),
+        (_, _, Ok(n)) => {
+            out.push(family.len16);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        _ => {
+            let n = u32::try_from(len).map_err(|_| TooLarge)?;
+            out.push(family.len32);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
     }
     Ok(())
 }

@@ -13,9 +13,9 @@ pub const PROPERTIES: &str = "properties";
 pub const BODY_ENCODING: &str = "body_encoding";
 pub const BASE64: &str = "base64";
 
-/// The properties publishing adds, in the order it adds them: `Producer.publish` sets delivery_mode and
-/// (when given) expiration, `prepare_message` adds delivery_info and priority, `basic_publish` adds
-/// body_encoding and delivery_tag and fills delivery_info.
+/// The properties publishing adds, in the order it adds them: `Producer.publish` sets `delivery_mode` and
+/// (when given) `expiration`, `prepare_message` adds `delivery_info` and `priority`, `basic_publish` adds
+/// `body_encoding` and `delivery_tag` and fills `delivery_info`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeliveryProperty {
     DeliveryMode,

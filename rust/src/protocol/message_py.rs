@@ -3,6 +3,7 @@
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
+use pyo3::once_cell::GILOnceCell;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyLong, PyString};
 
@@ -34,7 +35,7 @@ pub struct Message {
 }
 
 /// The values `to_envelope` gives the delivery properties, as Python objects.
-struct Delivery<'py> {
+struct Publication<'py> {
     exchange: &'py PyString,
     routing_key: &'py PyString,
     priority: &'py PyLong,
@@ -43,7 +44,7 @@ struct Delivery<'py> {
     delivery_tag: &'py PyString,
 }
 
-impl<'py> Delivery<'py> {
+impl<'py> Publication<'py> {
     /// Writes the value of `property`; false when it is left out (an expiration of None).
     fn write(&self, enc: &mut Encoder<'py>, property: DeliveryProperty) -> PyResult<bool> {
         match property {
@@ -121,7 +122,7 @@ impl Message {
         expiration: &'py PyAny,
         delivery_tag: &'py PyString,
     ) -> PyResult<&'py PyBytes> {
-        let delivery = Delivery {
+        let publication = Publication {
             exchange,
             routing_key,
             priority,
@@ -163,8 +164,8 @@ impl Message {
             enc.key(key)?;
             enc.out.extend_from_slice(b": ");
             match overridden {
-                Some(p) if p != DeliveryProperty::Expiration || delivery.expiration.is_some() => {
-                    delivery.write(&mut enc, p)?;
+                Some(p) if p != DeliveryProperty::Expiration || publication.expiration.is_some() => {
+                    publication.write(&mut enc, p)?;
                     written[p as usize] = true;
                 }
                 _ => enc.value(value, 2)?,
@@ -177,7 +178,7 @@ impl Message {
             }
             let start = enc.out.len();
             write_key(&mut enc.out, first, p.name());
-            if delivery.write(&mut enc, p)? {
+            if publication.write(&mut enc, p)? {
                 first = false;
             } else {
                 enc.out.truncate(start);
@@ -244,6 +245,12 @@ impl Message {
     }
 }
 
+/// The header names as interned Python strs, made once: most messages are built from them.
+fn header_names(py: Python<'_>) -> &[Py<PyString>] {
+    static NAMES: GILOnceCell<Vec<Py<PyString>>> = GILOnceCell::new();
+    NAMES.get_or_init(py, || HEADERS.iter().map(|h| PyString::intern(py, h).into()).collect())
+}
+
 /// `obj` if it is None or a `T`, for parameters typed `T | None`.
 fn none_or<'py, T: pyo3::PyTypeInfo + pyo3::PyNativeType>(
     obj: &'py PyAny,
@@ -306,7 +313,7 @@ pub fn task_message<'py>(
     content_encoding: &'py PyString,
     compression: &'py PyAny,
 ) -> PyResult<Message> {
-    let timelimit = PyList::new(
+    let limits = PyList::new(
         py,
         [
             time_limit_or_none(time_limit, "time_limit")?,
@@ -314,7 +321,7 @@ pub fn task_message<'py>(
         ],
     );
     let values: [&PyAny; HEADERS.len()] = [
-        PyString::intern(py, LANG),
+        intern!(py, LANG),
         name,
         task_id,
         none_or::<PyString>(shadow, "shadow", "a str")?,
@@ -323,7 +330,7 @@ pub fn task_message<'py>(
         none_or::<PyString>(group_id, "group_id", "a str")?,
         none_or::<PyLong>(group_index, "group_index", "an int")?,
         retries,
-        timelimit,
+        limits,
         root_id,
         none_or::<PyString>(parent_id, "parent_id", "a str")?,
         argsrepr,
@@ -335,8 +342,8 @@ pub fn task_message<'py>(
         stamps,
     ];
     let headers = PyDict::new(py);
-    for (key, value) in HEADERS.iter().zip(values) {
-        headers.set_item(PyString::intern(py, key), value)?;
+    for (key, value) in header_names(py).iter().zip(values) {
+        headers.set_item(key, value)?;
     }
     if let Some(extra) = optional(extra_headers) {
         // dict.update, as Celery merges `apply_async(headers=...)`: known names keep their place.
@@ -346,14 +353,14 @@ pub fn task_message<'py>(
         Some(mime) => {
             let mime: &PyString = mime.downcast()?;
             let packed = compression::compress(codec(mime.to_str()?)?, body.as_bytes());
-            headers.set_item(PyString::intern(py, COMPRESSION_HEADER), mime)?;
+            headers.set_item(intern!(py, COMPRESSION_HEADER), mime)?;
             PyBytes::new(py, &packed)
         }
         None => body,
     };
     let properties = PyDict::new(py);
-    properties.set_item(PyString::intern(py, CORRELATION_ID), task_id)?;
-    properties.set_item(PyString::intern(py, REPLY_TO), reply_to)?;
+    properties.set_item(intern!(py, CORRELATION_ID), task_id)?;
+    properties.set_item(intern!(py, REPLY_TO), reply_to)?;
     Ok(Message {
         headers: headers.into(),
         properties: properties.into(),
