@@ -108,8 +108,6 @@ def test_float_repr_over_the_whole_range(value):
     assert _core.json_dumps({value: 1}, None) == json.dumps({value: 1}).encode()
 
 
-<<<<<<< HEAD
-=======
 @given(st.integers(1, 2**53 - 1), st.integers(-30, 25))
 @settings(max_examples=3000)
 def test_float_repr_where_halfway_ties_can_happen(mantissa, exponent):
@@ -118,7 +116,6 @@ def test_float_repr_where_halfway_ties_can_happen(mantissa, exponent):
     assert _core.json_dumps(value, None) == repr(value).encode()
 
 
->>>>>>> rust-core
 @pytest.mark.parametrize(
     'value',
     [
@@ -134,23 +131,15 @@ def test_float_repr_where_halfway_ties_can_happen(mantissa, exponent):
         5e-324,
         2.2250738585072014e-308,
         1.7976931348623157e308,
-<<<<<<< HEAD
-        123456789012345680.0,
-=======
         123456789012345.67,
         562949953421312.25,
         562949953421312.75,
->>>>>>> rust-core
         2.0**53 + 2,
         2.0**60,
         2.0**70,
         1e22,
         1e23,
-<<<<<<< HEAD
-        9.999999999999999e22,
-=======
         1e21,
->>>>>>> rust-core
         float('nan'),
         float('inf'),
         float('-inf'),
