@@ -31,8 +31,20 @@ def main() -> int:
     logfile = os.path.join(workdir, 'worker.log')
     print(f'$ cd {workdir} && fastq -A tasks worker -l info -c {opts.concurrency} --logfile worker.log')
     worker = subprocess.Popen(
-        [sys.executable, '-m', 'fastq', '-A', 'tasks', 'worker', '-l', 'info', '-c', str(opts.concurrency),
-         '--logfile', logfile],
+        [
+            sys.executable,
+            '-m',
+            'fastq',
+            '-A',
+            'tasks',
+            'worker',
+            '-l',
+            'info',
+            '-c',
+            str(opts.concurrency),
+            '--logfile',
+            logfile,
+        ],
         env=env,
     )
     try:

@@ -187,14 +187,14 @@ class Message:
     content_type: str
     content_encoding: str
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         body: bytes,
         content_type: str,
         content_encoding: str,
         headers: dict[str, Any],
         properties: dict[str, Any],
-    ) -> None: ...
+    ) -> Message: ...
     def to_envelope(
         self,
         exchange: str,
@@ -272,7 +272,7 @@ class Ledger:
     Held deliveries are either reserved (not started) or active (started). `window` 0 means unlimited.
     """
 
-    def __init__(self, window: int) -> None: ...
+    def __new__(cls, window: int) -> Ledger: ...
     @property
     def window(self) -> int: ...
     @window.setter
@@ -301,4 +301,4 @@ class Ledger:
     def held(self) -> list[int | str]:
         """Every held tag, oldest first."""
     def __len__(self) -> int: ...
-    def __contains__(self, tag: object) -> bool: ...
+    def __contains__(self, tag: object, /) -> bool: ...
