@@ -245,3 +245,20 @@ def test_cold_shutdown_on_second_signal_hands_back_acks_late(tasks: Any, worker:
     assert 'Cold shutdown' in w.log
     worker()
     assert result.get(timeout=120) == 'c'
+
+
+def test_two_workers_share_the_queue_each_task_once(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    out = tmp_path / 'ran.txt'
+    first, second = worker('-n', 'one@%h'), worker('-n', 'two@%h')
+    results = [tasks.record.delay(str(out), str(i)) for i in range(300)]
+    assert sorted(int(r.get(timeout=120)) for r in results) == list(range(300))
+    keys = [line.split()[1] for line in lines(out)]
+    assert sorted(keys, key=int) == [str(i) for i in range(300)]  # every task ran, none twice
+    assert 'received' in first.log and 'received' in second.log  # both did work
+
+
+def test_task_logger_uses_task_format(tasks: Any, worker: Any) -> None:
+    w = worker()
+    result = tasks.logs.delay('hello from the task')
+    result.get(timeout=30)
+    w.wait_for(f'worker_tasks.logs[{result.id}]: hello from the task')

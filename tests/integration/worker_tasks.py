@@ -12,8 +12,10 @@ import time
 
 from fastq import Fastq
 from fastq.exceptions import SoftTimeLimitExceeded
+from fastq.utils.log import get_task_logger
 
 app = Fastq('worker_tasks')
+logger = get_task_logger(__name__)
 
 
 class CustomError(Exception):
@@ -117,3 +119,8 @@ def flaky(self, path: str) -> int:  # type: ignore[no-untyped-def]
 @app.task
 def when_run() -> float:
     return time.time()
+
+
+@app.task
+def logs(message: str) -> None:
+    logger.warning(message)

@@ -1,0 +1,147 @@
+"""The `fastq` command as users type it: call, result, purge, deadletter, --version, --help, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastq import __version__
+
+from .conftest import HERE, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def fastq(cwd: Path, urls: dict[str, str], *args: str, stdin: str | None = None, check: bool = True) -> Any:
+    env = dict(os.environ, PYTHONPATH=str(HERE), **urls)
+    proc = subprocess.run(
+        [sys.executable, '-m', 'fastq', *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=120,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f'fastq {" ".join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}')
+    return proc
+
+
+def test_version_and_help(tmp_path: Path, urls: dict[str, str]) -> None:
+    assert fastq(tmp_path, urls, '--version').stdout.strip() == f'{__version__} (fastq)'
+    out = fastq(tmp_path, urls, '--help').stdout
+    for command in ('worker', 'call', 'result', 'purge', 'deadletter'):
+        assert command in out
+        assert 'usage: fastq' in fastq(tmp_path, urls, command, '--help').stdout
+    for action in ('list', 'show', 'requeue', 'purge'):
+        assert 'usage:' in fastq(tmp_path, urls, 'deadletter', action, '--help').stdout
+
+
+def test_call_then_result(tmp_path: Path, urls: dict[str, str], worker: Any) -> None:
+    worker()
+    task_id = fastq(
+        tmp_path, urls, '-A', 'worker_tasks', 'call', 'worker_tasks.add', '--args', '[20, 22]'
+    ).stdout.strip()
+    assert len(task_id) == 36
+    wait_until(
+        lambda: fastq(tmp_path, urls, '-A', 'worker_tasks', 'result', task_id).stdout.strip() == '42',
+        message='result 42',
+    )
+
+
+def test_call_rejects_bad_json(tmp_path: Path, urls: dict[str, str]) -> None:
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'call', 'worker_tasks.add', '--args', '{1', check=False)
+    assert proc.returncode == 2 and '--args: not valid JSON' in proc.stderr
+
+
+def test_purge(tmp_path: Path, urls: dict[str, str], tasks: Any) -> None:
+    for i in range(3):
+        tasks.add.delay(i, i)
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'purge', stdin='no\n')
+    assert 'There is no undo for this operation!' in proc.stdout
+    assert tasks.app.broker.qsize('celery') == 3
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'purge', '-f')
+    assert proc.stdout.strip() == 'Purged 3 messages from 1 known task queue.'
+    assert tasks.app.broker.qsize('celery') == 0
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'purge', '-f')
+    assert proc.stdout.strip() == 'No messages purged from 1 queue.'
+
+
+def test_deadletter_commands(tmp_path: Path, urls: dict[str, str], tasks: Any, worker: Any) -> None:
+    w = worker()
+    result = tasks.app.send_task('worker_tasks.missing', (1,))
+    wait_until(lambda: tasks.app.broker.dead_letters.count() == 1, message='dead letter')
+    listing = fastq(tmp_path, urls, '-A', 'worker_tasks', 'deadletter', 'list').stdout
+    assert result.id in listing and 'worker_tasks.missing' in listing and 'unregistered task' in listing
+    shown = fastq(tmp_path, urls, '-A', 'worker_tasks', 'deadletter', 'show', result.id).stdout
+    assert f'task_id: {result.id}' in shown and '"task": "worker_tasks.missing"' in shown
+    assert fastq(tmp_path, urls, '-A', 'worker_tasks', 'deadletter', 'show', 'nope', check=False).returncode == 2
+    # Requeued, it comes back to a worker, which dead-letters it again (nobody registered the task).
+    out = fastq(tmp_path, urls, '-A', 'worker_tasks', 'deadletter', 'requeue', result.id).stdout
+    assert f'Requeued worker_tasks.missing[{result.id}] to celery.' in out
+    w.wait_for('Received unregistered task of type worker_tasks.missing', count=2)
+    wait_until(lambda: tasks.app.broker.dead_letters.count() == 1, message='dead-lettered again')
+    assert fastq(tmp_path, urls, '-A', 'worker_tasks', 'deadletter', 'purge', '-f').stdout.strip() == (
+        'Purged 1 dead letter(s).'
+    )
+    assert 'No dead letters.' in fastq(tmp_path, urls, '-A', 'worker_tasks', 'deadletter', 'list').stdout
+
+
+def test_unknown_app_module(tmp_path: Path, urls: dict[str, str]) -> None:
+    proc = fastq(tmp_path, urls, '-A', 'no_such_module', 'purge', '-f', check=False)
+    assert proc.returncode == 2 and 'The module no_such_module was not found' in proc.stderr
+
+
+def test_gevent_pool_names_the_alternative(tmp_path: Path, urls: dict[str, str]) -> None:
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'worker', '-P', 'gevent', check=False)
+    assert proc.returncode == 2 and 'async def' in proc.stderr
+
+
+def test_no_op_flags_are_accepted_with_a_warning(tmp_path: Path, worker: Any) -> None:
+    w = worker('--without-gossip', '--without-mingle', '--without-heartbeat', '-O', 'fair', '-E')
+    assert '--without-gossip: fastq workers do not gossip; ignored' in w.log
+    assert '-E/--task-events' in w.log
+
+
+def test_bad_setting_fails_at_startup_naming_it(tmp_path: Path, worker: Any) -> None:
+    w = worker(wait=False, extra_env={'FASTQ_TASK_SERIALIZER': 'jsonn'})
+    assert w.proc is not None and w.proc.wait(60) == 1
+    assert "task_serializer: No encoder installed for 'jsonn'" in w.log
+
+
+def test_unreachable_broker_is_named_masked_and_retried(tmp_path: Path, worker: Any) -> None:
+    blocker = tmp_path / 'not-a-directory'
+    blocker.write_text('')
+    url = f'sqlite:///{blocker}/sub/broker.sqlite3'
+    w = worker(
+        wait=False,
+        extra_env={'FASTQ_BROKER_URL': url, 'FASTQ_BROKER_CONNECTION_MAX_RETRIES': '2'},
+    )
+    assert w.proc is not None and w.proc.wait(60) == 1
+    log = w.log
+    assert f'consumer: Cannot connect to {url}' in log
+    assert 'Trying again in 1.00 seconds... (1/2)' in log and 'Trying again in 2.00 seconds... (2/2)' in log
+
+
+def test_pidfile(tmp_path: Path, worker: Any) -> None:
+    pidfile = tmp_path / 'w.pid'
+    w = worker('--pidfile', str(pidfile))
+    assert int(pidfile.read_text()) == w.pid
+    second = worker('--pidfile', str(pidfile), wait=False)
+    assert second.proc is not None and second.proc.wait(60) == 2
+    assert 'already exists' in second.log
+    assert w.stop() == 0
+    assert not pidfile.exists()
+
+
+def test_python_dash_m_is_the_command(tmp_path: Path, urls: dict[str, str]) -> None:
+    script = Path(sys.executable).parent / 'fastq'
+    entry = subprocess.run([str(script), '--version'], capture_output=True, text=True, env={**os.environ, **urls})
+    module = fastq(tmp_path, urls, '--version')
+    assert entry.stdout == module.stdout

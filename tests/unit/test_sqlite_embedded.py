@@ -1,0 +1,62 @@
+"""The embedded default: SQLite files in the working directory, result expiry, wakeups with and without inotify."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fastq import Fastq, states
+from fastq.utils import doorbell
+from fastq.utils.doorbell import Doorbell
+
+
+def test_no_broker_configured_means_sqlite_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    app = Fastq('tasks', set_as_current=False)
+    assert app.broker_url == f'sqlite:///{tmp_path}/fastq-broker.sqlite3'
+    assert app.backend_url == f'sqlite:///{tmp_path}/fastq-results.sqlite3'
+    assert app.backend.describe() == app.backend_url
+    app.close()
+
+
+def test_broker_without_backend_disables_results_like_celery(tmp_path: Path) -> None:
+    app = Fastq('tasks', broker=f'sqlite:///{tmp_path}/b.db', set_as_current=False)
+    assert app.backend_url is None
+    with pytest.raises(NotImplementedError, match='No result backend is configured'):
+        app.AsyncResult('x').get(timeout=1)
+    app.close()
+
+
+def test_result_expires(sqlite_app: Fastq) -> None:
+    sqlite_app.conf.result_expires = 0.3
+    sqlite_app._backend = None
+    sqlite_app.backend.store_result('gone-soon', 1, states.SUCCESS)
+    assert sqlite_app.AsyncResult('gone-soon').state == states.SUCCESS
+    time.sleep(0.5)
+    assert sqlite_app.AsyncResult('gone-soon').state == states.PENDING
+
+
+def test_get_wakes_on_the_doorbell(sqlite_app: Fastq) -> None:
+    backend = sqlite_app.backend
+    threading.Timer(0.2, lambda: backend.store_result('later', 'v', states.SUCCESS)).start()
+    assert sqlite_app.AsyncResult('later').get(timeout=30, interval=30) == 'v'
+
+
+def test_doorbell_without_inotify_falls_back_to_polling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(doorbell, '_get_libc', lambda: None)
+    monkeypatch.setattr(doorbell, 'FALLBACK_POLL', 0.05)
+    bell = Doorbell(str(tmp_path / 'ring'))
+    generation = bell.generation()
+    started = time.monotonic()
+    assert bell.wait(generation, 10.0) is False  # no notification available: a bounded poll, not a hang
+    assert time.monotonic() - started < 5
+
+
+def test_doorbell_rings_across_threads(tmp_path: Path) -> None:
+    bell = Doorbell(str(tmp_path / 'ring'))
+    generation = bell.generation()
+    threading.Timer(0.1, bell.ring).start()
+    assert bell.wait(generation, 5.0) is True
