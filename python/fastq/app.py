@@ -287,7 +287,7 @@ class Fastq:
     @staticmethod
     def _django_apps() -> list[str]:
         try:
-            from django.apps import apps  # type: ignore[import-not-found]
+            apps = importlib.import_module('django.apps').apps
         except ImportError:
             return []
         return [config.name for config in apps.get_app_configs()]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from typing import TYPE_CHECKING
 
-from fastq.exceptions import ImproperlyConfigured
-from fastq.utils.imports import symbol_by_name
+from fastq.utils.imports import resolve_scheme
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -35,18 +33,7 @@ def default_backend_url(directory: str | None = None) -> str:
 
 def backend_class(url: str) -> type[Backend]:
     scheme = url.partition('://')[0].lower() if '://' in url else url.lower()
-    path = BACKENDS.get(scheme)
-    if path is None:
-        if scheme in PLANNED:
-            raise ImproperlyConfigured(
-                f'result_backend: {scheme}:// needs {PLANNED[scheme]}, which this fastq build does not include '
-                'yet; use sqlite:// (the embedded default) or memory://'
-            )
-        known = sorted({*BACKENDS, *PLANNED})
-        close = difflib.get_close_matches(scheme, known, n=1, cutoff=0.5)
-        hint = f'; did you mean {close[0]}://?' if close else f' (known: {", ".join(known)})'
-        raise ImproperlyConfigured(f'result_backend: unknown backend {scheme!r}{hint}')
-    cls: type[Backend] = symbol_by_name(path)
+    cls: type[Backend] = resolve_scheme('result_backend', 'backend', scheme, BACKENDS, PLANNED)
     return cls
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from typing import TYPE_CHECKING
 
 from fastq.exceptions import ImproperlyConfigured
-from fastq.utils.imports import symbol_by_name
+from fastq.utils.imports import resolve_scheme
 
 if TYPE_CHECKING:
     from fastq.brokers.base import Broker
@@ -44,19 +43,7 @@ def default_broker_url(directory: str | None = None) -> str:
 
 
 def broker_class(url: str) -> type[Broker]:
-    scheme = scheme_of(url)
-    path = BROKERS.get(scheme)
-    if path is None:
-        if scheme in PLANNED:
-            raise ImproperlyConfigured(
-                f'broker_url: the {scheme}:// scheme needs {PLANNED[scheme]}, which this fastq build does not '
-                f'include yet; use sqlite:// (the embedded default) or memory://'
-            )
-        known = sorted({*BROKERS, *PLANNED})
-        close = difflib.get_close_matches(scheme, known, n=1, cutoff=0.5)
-        hint = f'; did you mean {close[0]}://?' if close else f' (known: {", ".join(known)})'
-        raise ImproperlyConfigured(f'broker_url: unknown broker scheme {scheme!r}{hint}')
-    cls: type[Broker] = symbol_by_name(path)
+    cls: type[Broker] = resolve_scheme('broker_url', 'broker', scheme_of(url), BROKERS, PLANNED)
     return cls
 
 

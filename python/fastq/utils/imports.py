@@ -24,6 +24,27 @@ def symbol_by_name(name: str | Any, default: Any = None) -> Any:
     return obj
 
 
+def resolve_scheme(setting: str, what: str, scheme: str, known: dict[str, str], planned: dict[str, str]) -> Any:
+    """The class registered for a URL scheme, imported on first use; an unknown scheme fails naming the setting
+    and the closest known scheme, a scheme fastq will serve later says so instead of guessing."""
+    import difflib
+
+    from fastq.exceptions import ImproperlyConfigured
+
+    path = known.get(scheme)
+    if path is not None:
+        return symbol_by_name(path)
+    if scheme in planned:
+        raise ImproperlyConfigured(
+            f'{setting}: the {scheme}:// scheme needs {planned[scheme]}, which this fastq build does not include '
+            'yet; use sqlite:// (the embedded default) or memory://'
+        )
+    names = sorted({*known, *planned})
+    close = difflib.get_close_matches(scheme, names, n=1, cutoff=0.5)
+    hint = f'; did you mean {close[0]}://?' if close else f' (known: {", ".join(names)})'
+    raise ImproperlyConfigured(f'{setting}: unknown {what} scheme {scheme!r}{hint}')
+
+
 def cwd_in_path() -> None:
     """Make the working directory importable, as `celery -A tasks` does for a `tasks.py` next to you."""
     cwd = os.getcwd()

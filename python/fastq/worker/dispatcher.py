@@ -232,6 +232,15 @@ class Dispatcher:
         batch = [self.ready.popleft() for _ in range(min(free, len(self.ready)))]
         early = []
         for job in batch:
+            if job.time_limit and not self._warned_time_limit and not self.pool.supports_hard_time_limit():
+                self._warned_time_limit = True
+                logger.warning(
+                    'Task %s[%s] has a hard time limit, which the %s pool cannot enforce (it cannot kill a '
+                    'task); use the prefork pool for hard time limits',
+                    job.name,
+                    job.request.id,
+                    self.pool.name,
+                )
             if job.acks_late:
                 self.ledger.start(job.tag)
             else:
