@@ -49,3 +49,26 @@ def any_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fastq]:
         )
     yield app
     app.close()
+
+
+@pytest.fixture(scope='session')
+def redis_server() -> Iterator[object]:
+    """One real redis-server for the session (tests isolate by database number)."""
+    from tests.servers import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: object) -> str:
+    """A clean Redis database of this test's own."""
+    from tests.servers import DatabasePool, RedisServer
+
+    assert isinstance(redis_server, RedisServer)
+    pool = getattr(redis_server, '_pool', None)
+    if pool is None:
+        pool = DatabasePool(redis_server)
+        redis_server._pool = pool  # type: ignore[attr-defined]
+    return redis_server.url(pool.take())
