@@ -35,11 +35,14 @@ def sqlite_app(sqlite_urls: tuple[str, str]) -> Iterator[Fastq]:
     app.close()
 
 
-@pytest.fixture(params=['memory', 'sqlite'])
+@pytest.fixture(params=['memory', 'sqlite', 'redis'])
 def any_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fastq]:
-    """The same test body against each embedded broker/backend pair."""
+    """The same test body against each broker/backend pair (Redis: a real server of the session)."""
     if request.param == 'memory':
         app = Fastq('t', broker='memory://', backend='memory://', set_as_current=False)
+    elif request.param == 'redis':
+        url = request.getfixturevalue('redis_url')
+        app = Fastq('t', broker=url, backend=_redis_backend_or_memory(url), set_as_current=False)
     else:
         app = Fastq(
             't',
@@ -49,6 +52,12 @@ def any_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fastq]:
         )
     yield app
     app.close()
+
+
+def _redis_backend_or_memory(url: str) -> str:
+    from fastq.backends import BACKENDS
+
+    return url if 'redis' in BACKENDS else 'memory://'
 
 
 @pytest.fixture(scope='session')

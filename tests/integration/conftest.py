@@ -93,8 +93,21 @@ class WorkerProcess:
         return [int(p) for p in out if int(p) != self.pid]
 
 
+@pytest.fixture(params=['sqlite', 'redis'])
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def urls(tmp_path: Path) -> dict[str, str]:
+def urls(tmp_path: Path, broker_kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """Broker and backend URLs for this test: SQLite files, or a Redis database of its own (results in Redis
+    too once the Redis backend exists, else in SQLite)."""
+    if broker_kind == 'redis':
+        url = request.getfixturevalue('redis_url')
+        from fastq.backends import BACKENDS
+
+        backend = url if 'redis' in BACKENDS else f'sqlite:///{tmp_path}/results.sqlite3'
+        return {'FASTQ_BROKER_URL': url, 'FASTQ_RESULT_BACKEND': backend}
     return {
         'FASTQ_BROKER_URL': f'sqlite:///{tmp_path}/broker.sqlite3',
         'FASTQ_RESULT_BACKEND': f'sqlite:///{tmp_path}/results.sqlite3',

@@ -34,6 +34,16 @@ def publish(broker: Broker, app: Fastq, *ids: str, queue: str = 'celery', **kw: 
     broker.publish([Outgoing(message(app, i), queue, **kw) for i in ids])
 
 
+def fetch_until(broker: Broker, consumer: Any, n: int = 1, timeout: float = 10.0) -> list[Any]:
+    """Fetch while letting the broker do its housekeeping (the Redis restore sweep runs there)."""
+    deadline = time.monotonic() + timeout
+    got: list[Any] = []
+    while time.monotonic() < deadline and len(got) < n:
+        broker.maintenance()
+        got += consumer.fetch(n - len(got), 0.1)
+    return got
+
+
 @pytest.fixture
 def broker(any_app: Fastq) -> Broker:
     b = any_app.broker
@@ -93,16 +103,19 @@ def test_close_hands_back_reservations(broker: Broker, any_app: Fastq) -> None:
     c2.close()
 
 
-def test_priorities_higher_first(broker: Broker, any_app: Fastq) -> None:
+def test_priorities(broker: Broker, any_app: Fastq) -> None:
     publish(broker, any_app, 'low', priority=0)
     publish(broker, any_app, 'high', priority=9)
     publish(broker, any_app, 'mid', priority=5)
     c = broker.consumer(['celery'], owner='w1')
-    assert [d.task_id for d in c.fetch(3, 1.0)] == ['high', 'mid', 'low']
+    order = ['high', 'mid', 'low'] if broker.features.higher_priority_first else ['low', 'mid', 'high']
+    assert [d.task_id for d in c.fetch(3, 1.0)] == order
     c.close()
 
 
 def test_eta_messages_wait_in_the_broker(broker: Broker, any_app: Fastq) -> None:
+    if not broker.features.delayed_publish:
+        pytest.skip('ETA messages go to their queue on this broker (the worker parks them)')
     publish(broker, any_app, 'later', eta=time.time() + 0.3)
     publish(broker, any_app, 'now')
     c = broker.consumer(['celery'], owner='w1')
@@ -118,7 +131,7 @@ def test_defer_parks_until_eta(broker: Broker, any_app: Fastq) -> None:
     (d,) = c.fetch(1, 1.0)
     c.defer(d.tag, time.time() + 0.3)
     assert c.fetch(1, 0.05) == []
-    (again,) = c.fetch(1, 5.0)
+    (again,) = fetch_until(broker, c)
     assert again.task_id == 'a' and again.deliveries == 1  # parking is not a failed delivery
     c.close()
 
@@ -131,7 +144,7 @@ def test_lease_expires_without_renewal(any_app: Fastq) -> None:
     c1 = broker.consumer(['celery'], owner='w1')
     assert len(c1.fetch(1, 1.0)) == 1
     c2 = broker.consumer(['celery'], owner='w2')
-    got = c2.fetch(1, 5.0)
+    got = fetch_until(broker, c2)
     assert [d.task_id for d in got] == ['a'] and got[0].deliveries == 2
     c1.close()
     c2.close()
@@ -148,6 +161,7 @@ def test_renewed_lease_is_not_handed_out_twice(any_app: Fastq) -> None:
     deadline = time.monotonic() + 1.2
     while time.monotonic() < deadline:
         c1.renew()
+        broker.maintenance()
         assert c2.fetch(1, 0.05) == []
     c1.close()
     c2.close()
@@ -225,8 +239,8 @@ def test_fanout(broker: Broker) -> None:
 def test_unknown_scheme_suggests_closest() -> None:
     with pytest.raises(ImproperlyConfigured, match=r'did you mean sqlite://\?'):
         broker_class('sqlit:///x.db')
-    with pytest.raises(ImproperlyConfigured, match='needs the Redis broker'):
-        broker_class('redis://localhost:6379/0')
+    with pytest.raises(ImproperlyConfigured, match='needs the RabbitMQ broker'):
+        broker_class('amqp://guest@localhost//')
 
 
 def test_sqlite_url_forms(tmp_path: Any) -> None:

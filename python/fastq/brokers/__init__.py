@@ -15,13 +15,14 @@ if TYPE_CHECKING:
 BROKERS = {
     'memory': 'fastq.brokers.memory:MemoryBroker',
     'sqlite': 'fastq.brokers.sqlite:SQLiteBroker',
+    'redis': 'fastq.brokers.redis:RedisBroker',
+    'rediss': 'fastq.brokers.redis:RedisBroker',
+    'sentinel': 'fastq.brokers.redis:RedisBroker',
+    'socket': 'fastq.brokers.redis:RedisBroker',
 }
 
 # Schemes Celery users have in their configs that fastq does not serve (yet): a clear error, not a guess.
 PLANNED = {
-    'redis': 'the Redis broker',
-    'rediss': 'the Redis broker',
-    'sentinel': 'the Redis broker',
     'amqp': 'the RabbitMQ broker',
     'amqps': 'the RabbitMQ broker',
     'pyamqp': 'the RabbitMQ broker',

@@ -42,7 +42,9 @@ class BrokerFeatures:
     """What a broker supports; the worker and client adapt to it, and tests check every claim."""
 
     priorities: bool = False  # delivers higher-priority messages first (within a queue)
-    delayed: bool = False  # keeps ETA messages out of reach until due (`Outgoing.eta`, `Consumer.defer`)
+    higher_priority_first: bool = True  # False on Redis: kombu serves priority 0 first there
+    delayed: bool = False  # `Consumer.defer` parks a delivered ETA message in the broker until due
+    delayed_publish: bool = False  # `Outgoing.eta` is honoured: an ETA message is not delivered before it
     leases: bool = False  # reservations expire unless renewed (`Consumer.renew`)
     dead_owner_detection: bool = False  # a dead consumer's reservations return without waiting for expiry
     delivery_count: bool = False  # `Delivery.deliveries` counts hand-outs (poison-message detection)
@@ -215,6 +217,11 @@ class Broker(abc.ABC):
         options: dict[str, Any] = dict(conf.broker_transport_options or {})
         self.transport_options = options
         self.visibility_timeout = float(options.get('visibility_timeout', 300.0))
+
+    @property
+    def lease_renew_interval(self) -> float:
+        """How often a worker renews the reservations it holds (well within the visibility timeout)."""
+        return max(self.visibility_timeout / 3, 0.5)
 
     @abc.abstractmethod
     def connect(self) -> None:

@@ -97,7 +97,13 @@ class _MemoryDeadLetters(DeadLetterStore):
 class MemoryBroker(Broker):
     scheme = 'memory'
     features = BrokerFeatures(
-        priorities=True, delayed=True, leases=True, delivery_count=True, fanout=True, shared=False
+        priorities=True,
+        delayed=True,
+        delayed_publish=True,
+        leases=True,
+        delivery_count=True,
+        fanout=True,
+        shared=False,
     )
 
     def __init__(self, url: str, conf: Settings) -> None:

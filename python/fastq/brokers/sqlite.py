@@ -232,6 +232,7 @@ class SQLiteBroker(Broker):
     features = BrokerFeatures(
         priorities=True,
         delayed=True,
+        delayed_publish=True,
         leases=True,
         dead_owner_detection=True,
         delivery_count=True,

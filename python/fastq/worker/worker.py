@@ -184,7 +184,7 @@ class WorkController:
         on the loop being responsive (a solo pool blocks it for the length of a task)."""
         broker, consumer, backend = self.broker, self.consumer, self.app.backend
         assert broker is not None and consumer is not None
-        renew_every = self.app.conf.worker_lease_renew_interval or max(broker.visibility_timeout / 3, 0.5)
+        renew_every = self.app.conf.worker_lease_renew_interval or broker.lease_renew_interval
 
         def run() -> None:
             next_renewal = time.monotonic() + renew_every

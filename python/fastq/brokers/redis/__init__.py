@@ -1,0 +1,357 @@
+"""Redis broker in kombu's key layout: Celery clients and workers share queues and unacked work with fastq.
+
+URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS, `broker_use_ssl`),
+`redis+socket:///path.sock`, `sentinel://host:port[;sentinel://...]` with transport option `master_name`.
+
+Transport options (`broker_transport_options`), kombu's names and defaults:
+    visibility_timeout      3600   seconds before an unacked reservation is restored to its queue
+    priority_steps          [0, 3, 6, 9]; sep '\\x06\\x16'
+    queue_order_strategy    round_robin | sorted | priority
+    global_keyprefix        ''     prepended to every key and channel
+    fanout_prefix           True   channels '/<db>.<exchange>'; fanout_patterns True adds '/<routing_key>'
+    socket_timeout, socket_connect_timeout, socket_keepalive, health_check_interval, max_connections
+
+Features: priorities (Redis semantics, kombu's: lower number served first, 10 levels in 4 steps), delayed
+messages (parked in `unacked_index` at eta - visibility_timeout, which any kombu or fastq sweep restores on
+time), leases (live workers rescore their reservations, so long tasks are never handed out twice), delivery
+counts (a header fastq adds on restore), fanout over PUB/SUB, dead letters (fastq's own keys).
+
+Not shared with kombu: the restore sweep runs in every fastq worker about once a second (kombu's runs every
+~100 s), and restores each message with one atomic script, so concurrent sweepers never duplicate one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from fastq import _core
+from fastq.brokers.base import Broker, BrokerFeatures, Consumer, DeadLetterStore, Outgoing, Subscription, Tag
+from fastq.brokers.redis.connection import client_for, database_of
+from fastq.brokers.redis.deadletters import RedisDeadLetters
+from fastq.brokers.redis.layout import DEFAULT_PRIORITY_STEPS, DEFAULT_SEP, DELIVERIES_HEADER, Layout
+from fastq.brokers.redis.scripts import Scripts
+from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured
+
+if TYPE_CHECKING:
+    import redis
+
+    from fastq.config import Settings
+
+__all__ = ['RedisBroker']
+
+logger = logging.getLogger('fastq.brokers.redis')
+
+DEFAULT_VISIBILITY_TIMEOUT = 3600.0
+RESTORE_BATCH = 200
+MAX_RENEW_INTERVAL = 60.0  # renew at least this often: a Celery worker with a short visibility timeout wins
+
+
+class RedisBroker(Broker):
+    scheme = 'redis'
+    # ETA messages are published to their queue, as Celery does (a Celery worker would otherwise not see
+    # them on time); fastq workers park them on receipt (`defer`).
+    features = BrokerFeatures(
+        priorities=True,
+        higher_priority_first=False,
+        delayed=True,
+        delayed_publish=False,
+        leases=True,
+        delivery_count=True,
+        fanout=True,
+        shared=True,
+    )
+
+    def __init__(self, url: str, conf: Settings) -> None:
+        super().__init__(url, conf)
+        options = self.transport_options
+        self.visibility_timeout = float(options.get('visibility_timeout', DEFAULT_VISIBILITY_TIMEOUT))
+        self.queue_order_strategy = options.get('queue_order_strategy', 'round_robin')
+        if self.queue_order_strategy not in ('round_robin', 'sorted', 'priority'):
+            raise ImproperlyConfigured(
+                'broker_transport_options: queue_order_strategy must be round_robin, sorted or priority, '
+                f'got {self.queue_order_strategy!r}'
+            )
+        fanout_prefix = options.get('fanout_prefix', True)
+        self.layout = Layout(
+            prefix=options.get('global_keyprefix', '') or '',
+            sep=options.get('sep', DEFAULT_SEP),
+            priority_steps=tuple(options.get('priority_steps', DEFAULT_PRIORITY_STEPS)),
+            db=database_of(url),
+            fanout_prefix=fanout_prefix if isinstance(fanout_prefix, str) else ('/{db}.' if fanout_prefix else ''),
+            fanout_patterns=bool(options.get('fanout_patterns', True)),
+        )
+        self.client: redis.Redis = client_for(url, conf, options)
+        self.scripts = Scripts(self.client)
+        self._dead = RedisDeadLetters(self.client, self.layout)
+        self._declared: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def lease_renew_interval(self) -> float:
+        return min(self.visibility_timeout / 4, MAX_RENEW_INTERVAL)
+
+    def new_client(self, single_connection: bool = False) -> redis.Redis:
+        """A client with a pool of its own (blocking waits must not hold connections others need)."""
+        client = client_for(self.url, self.conf, self.transport_options)
+        if single_connection:
+            client = client.client()  # type: ignore[no-untyped-call]  # one pinned connection: a stable CLIENT ID
+        return client
+
+    def connect(self) -> None:
+        try:
+            self.client.ping()
+        except Exception as exc:
+            raise BrokerConnectionError(f'{self.describe()}: {exc}') from exc
+
+    # --- publishing ---------------------------------------------------------------------------------------
+
+    def publish(self, batch: Sequence[Outgoing]) -> None:
+        if not batch:
+            return
+        layout = self.layout
+        undeclared = {out.queue for out in batch if not out.exchange and out.queue not in self._declared}
+        if undeclared:
+            self.declare(sorted(undeclared))  # as Celery's producers declare a queue before first use
+        pipe = self.client.pipeline(transaction=False)
+        for out in batch:
+            payload = out.message.to_envelope(
+                out.exchange, out.routing_key, out.priority, out.delivery_mode, out.expiration, str(uuid.uuid4())
+            )
+            for queue in self._route(out):
+                pipe.lpush(layout.queue_key(queue, out.priority), payload)
+        pipe.execute()
+
+    def _route(self, out: Outgoing) -> list[str]:
+        """Queues for a message: its queue for the default exchange, else the exchange's bindings (kombu)."""
+        if not out.exchange:
+            return [out.routing_key or out.queue]
+        queues = self.lookup(out.exchange, out.routing_key)
+        return queues or [out.queue]
+
+    def lookup(self, exchange: str, routing_key: str) -> list[str]:
+        if not exchange:
+            return [routing_key]
+        members = self.client.smembers(self.layout.binding_key(exchange))
+        queues: list[str] = []
+        for member in members:
+            rk, pattern, queue = self.layout.parse_binding(_text(member))
+            if rk == routing_key or _topic_match(rk, routing_key):
+                if queue not in queues:
+                    queues.append(queue)
+        return queues
+
+    def declare(self, queues: Sequence[str]) -> None:
+        """Bind queues to the direct exchange of the same name, as Celery declares them."""
+        layout = self.layout
+        new = [q for q in queues if q not in self._declared]
+        if not new:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            for q in new:
+                member = layout.binding_member(q, q)
+                pipe.sadd(layout.binding_key(q), member)
+                pipe.sadd(f'{layout.prefix}_kombu.binding_permanent.{q}', member)
+            pipe.execute()
+        self._declared.update(new)
+
+    def _publish_raw(self, queue: str, payload: bytes) -> None:
+        try:
+            priority = _core.Message.from_envelope(payload, None).properties.get('priority') or 0
+        except ValueError:
+            priority = 0
+        self.client.lpush(self.layout.queue_key(queue, priority), payload)
+
+    # --- consuming ----------------------------------------------------------------------------------------
+
+    def consumer(self, queues: Sequence[str], owner: str) -> Consumer:
+        from fastq.brokers.redis.consumer import RedisConsumer
+
+        self.declare(queues)
+        return RedisConsumer(self, list(queues), owner)
+
+    def restore(self, tags: Sequence[Tag], leftmost: bool, count_delivery: bool) -> int:
+        """Put reserved messages back on their queues (RPUSH: served next; LPUSH with `leftmost`: last).
+
+        `count_delivery` marks a delivery that ended without an ack (the envelope's delivery counter and
+        kombu's redelivered flags); handing back a message that never started does not count.
+        """
+        layout = self.layout
+        restored = 0
+        for tag in tags:
+            raw = self.client.hget(layout.unacked, tag)
+            if raw is None:
+                self.client.zrem(layout.unacked_index, tag)
+                continue
+            target, payload = self._restored_payload(raw, count_delivery)
+            keys = [layout.unacked, layout.unacked_index] + ([target] if target else [])
+            restored += self.scripts.move(keys=keys, args=[str(tag), payload, 'L' if leftmost else 'R'])
+        return restored
+
+    def _restored_payload(self, raw: bytes | str, count_delivery: bool) -> tuple[str | None, bytes | str]:
+        """(destination list, envelope) for an unacked record, flags set as kombu's restore sets them."""
+        try:
+            record = _core.json_loads(raw, None)
+            envelope, exchange, routing_key = record
+        except (ValueError, TypeError):
+            return None, raw  # not even kombu's record format: dropped from unacked, logged by the caller
+        if isinstance(envelope, str):  # a malformed message fastq wrapped (see fetch.lua): push it back as is
+            return self.layout.queue_key(routing_key or 'celery'), envelope.encode('utf-8', 'surrogateescape')
+        if not isinstance(envelope, dict):
+            return None, raw
+        headers = envelope.get('headers')
+        props = envelope.get('properties')
+        if isinstance(headers, dict) and isinstance(props, dict):
+            if count_delivery:
+                headers['redelivered'] = True
+                info = props.get('delivery_info')
+                if isinstance(info, dict):
+                    info['redelivered'] = True
+                earlier = headers.get(DELIVERIES_HEADER)
+                headers[DELIVERIES_HEADER] = (earlier if isinstance(earlier, int) else 0) + 1
+        priority = props.get('priority', 0) if isinstance(props, dict) else 0
+        queues = self.lookup(exchange or '', routing_key or '') or [routing_key or 'celery']
+        return self.layout.queue_key(queues[0], priority if isinstance(priority, int) else 0), _core.json_dumps(
+            envelope, None
+        )
+
+    def park(self, tag: str, eta: float) -> bool:
+        """Keep a reserved message in `unacked` until `eta` (see park.lua); False if no longer reserved.
+
+        The record's delivery counter is lowered by one first: the restore that brings it back at its ETA
+        counts a delivery, and waiting for an ETA is not a failed one.
+        """
+        layout = self.layout
+        raw = self.client.hget(layout.unacked, tag)
+        if raw is None:
+            return False
+        record: Any = raw
+        try:
+            envelope, exchange, routing_key = _core.json_loads(raw, None)
+            headers = envelope['headers']
+            earlier = headers.get(DELIVERIES_HEADER)
+            headers[DELIVERIES_HEADER] = (earlier if isinstance(earlier, int) else 0) - 1
+            record = _core.json_dumps([envelope, exchange, routing_key], None)
+        except (ValueError, TypeError, KeyError):
+            pass  # parked as it is; at worst its count is one higher
+        score = repr(eta - self.visibility_timeout)
+        return bool(self.scripts.park(keys=[layout.unacked, layout.unacked_index], args=[tag, score, record]))
+
+    def maintenance(self) -> None:
+        """Restore reservations older than the visibility timeout (dead workers') and parked ETAs now due."""
+        ceiling = time.time() - self.visibility_timeout
+        tags = self.client.zrangebyscore(self.layout.unacked_index, '-inf', repr(ceiling), start=0, num=RESTORE_BATCH)
+        if tags:
+            count = self.restore([_text(t) for t in tags], leftmost=False, count_delivery=True)
+            if count:
+                logger.info('Restored %d unacknowledged message(s)', count)
+
+    # --- queues -------------------------------------------------------------------------------------------
+
+    def purge(self, queue: str) -> int:
+        keys = self.layout.step_keys(queue)
+        with self.client.pipeline(transaction=True) as pipe:
+            for key in keys:
+                pipe.llen(key)
+            pipe.delete(*keys)
+            sizes = pipe.execute()
+        return int(sum(sizes[:-1]))
+
+    def qsize(self, queue: str) -> int:
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in self.layout.step_keys(queue):
+                pipe.llen(key)
+            return int(sum(pipe.execute()))
+
+    def known_queues(self) -> list[str]:
+        queues: set[str] = set()
+        for key in self.client.scan_iter(match=self.layout.binding_pattern, count=500):
+            name = _text(key)
+            if '.binding_permanent.' in name or name.endswith('binding_deadlines'):
+                continue
+            for member in self.client.smembers(key):
+                queue = self.layout.parse_binding(_text(member))[2]
+                if queue and not queue.endswith('.pidbox'):
+                    queues.add(queue)
+        return sorted(queues)
+
+    @property
+    def dead_letters(self) -> DeadLetterStore:
+        return self._dead
+
+    @property
+    def dead_letter_store(self) -> RedisDeadLetters:
+        return self._dead
+
+    # --- fanout -------------------------------------------------------------------------------------------
+
+    def fanout_publish(self, exchange: str, payload: bytes, routing_key: str = '') -> None:
+        self.client.publish(self.layout.fanout_topic(exchange, routing_key), payload)
+
+    def subscribe(self, exchange: str) -> Subscription:
+        return _RedisSubscription(self, exchange)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _RedisSubscription(Subscription):
+    def __init__(self, broker: RedisBroker, exchange: str) -> None:
+        self.broker = broker
+        self.client = broker.new_client()
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        base = broker.layout.fanout_topic(exchange)
+        self.base = base
+        self.pubsub.psubscribe(base, f'{base}/*')
+        # Wait for the subscription to be active, so nothing published after this returns is missed.
+        deadline = time.monotonic() + 5
+        while len(self.pubsub.patterns) < 2 or not self.pubsub.subscribed:
+            self.pubsub.get_message(timeout=0.05)
+            if time.monotonic() > deadline:
+                break
+
+    def get(self, timeout: float) -> list[tuple[str, bytes]]:
+        out: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            msg = self.pubsub.get_message(timeout=max(remaining, 0.0) if not out else 0.0)
+            if msg is None:
+                if out or remaining <= 0:
+                    return out
+                continue
+            if msg.get('type') not in ('message', 'pmessage'):
+                continue
+            channel = _text(msg['channel'])
+            routing_key = channel[len(self.base) + 1 :] if channel.startswith(self.base + '/') else ''
+            out.append((routing_key, bytes(msg['data'])))
+
+    def close(self) -> None:
+        self.pubsub.close()
+        self.client.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _topic_match(binding: str, routing_key: str) -> bool:
+    """AMQP topic matching (`*` one word, `#` any words) for bindings declared on topic exchanges."""
+    if '*' not in binding and '#' not in binding:
+        return False
+    return _match_words(binding.split('.'), routing_key.split('.'))
+
+
+def _match_words(words: list[str], keys: list[str]) -> bool:
+    if not words:
+        return not keys
+    head, rest = words[0], words[1:]
+    if head == '#':
+        return any(_match_words(rest, keys[i:]) for i in range(len(keys) + 1))
+    if not keys:
+        return False
+    return (head in ('*', keys[0])) and _match_words(rest, keys[1:])

@@ -1,0 +1,153 @@
+"""Redis connections from Celery-style URLs and settings.
+
+    redis://[[user]:password@]host[:port][/db]     rediss:// for TLS (options from `broker_use_ssl`)
+    redis+socket:///path/to/redis.sock[?virtual_host=db]
+    sentinel://[:password@]host:port[;sentinel://host2:port...] with transport option `master_name`
+
+Every connection made here has a socket timeout (a dead peer must not hang a worker forever) and keepalive.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from fastq.exceptions import ImproperlyConfigured
+
+if TYPE_CHECKING:
+    import redis
+
+DEFAULT_PORT = 6379
+DEFAULT_SENTINEL_PORT = 26379
+SOCKET_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 5.0
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise ImproperlyConfigured(
+            'broker_url: the Redis broker needs the redis package: pip install "fastq[redis]"'
+        ) from None
+    return redis
+
+
+_SSL_REQS = {'CERT_NONE': ssl.CERT_NONE, 'CERT_OPTIONAL': ssl.CERT_OPTIONAL, 'CERT_REQUIRED': ssl.CERT_REQUIRED}
+
+
+def _ssl_kwargs(ssl_options: Any, query: dict[str, list[str]]) -> dict[str, Any]:
+    options = dict(ssl_options) if isinstance(ssl_options, dict) else {}
+    for key, values in query.items():
+        if key.startswith('ssl_'):
+            options.setdefault(key, values[-1])
+    out: dict[str, Any] = {'ssl': True}
+    reqs = options.pop('ssl_cert_reqs', None)
+    if isinstance(reqs, str):
+        name = reqs.upper()
+        reqs = _SSL_REQS.get(name) or _SSL_REQS.get(f'CERT_{name}')
+    if reqs is not None:
+        out['ssl_cert_reqs'] = reqs
+    for key in ('ssl_ca_certs', 'ssl_certfile', 'ssl_keyfile', 'ssl_check_hostname'):
+        if key in options:
+            out[key] = options[key]
+    return out
+
+
+def parse_url(url: str, setting: str = 'broker_url') -> dict[str, Any]:
+    """Connection keywords for one URL (not sentinel): host/port/db/password/username or unix socket path."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    query = parse_qs(parts.query)
+    kwargs: dict[str, Any] = {}
+    if parts.password is not None:
+        kwargs['password'] = unquote(parts.password)
+    if parts.username:
+        kwargs['username'] = unquote(parts.username)
+    if scheme in ('redis+socket', 'socket'):
+        kwargs['unix_socket_path'] = parts.path
+        db = query.get('virtual_host', query.get('db', ['0']))[-1]
+    else:
+        kwargs['host'] = parts.hostname or 'localhost'
+        try:
+            kwargs['port'] = parts.port or DEFAULT_PORT
+        except ValueError:
+            raise ImproperlyConfigured(f'{setting}: bad port in {url!r}') from None
+        db = parts.path.strip('/') or query.get('virtual_host', ['0'])[-1]
+    try:
+        kwargs['db'] = int(db or 0)
+    except ValueError:
+        raise ImproperlyConfigured(f'{setting}: the database in {url!r} must be a number, got {db!r}') from None
+    return kwargs
+
+
+def client_for(url: str, conf: Any, transport_options: dict[str, Any], setting: str = 'broker_url') -> redis.Redis:
+    """A redis-py client (with its own connection pool) for a broker or backend URL."""
+    rp = _import_redis()
+    common: dict[str, Any] = {
+        'socket_timeout': transport_options.get('socket_timeout', SOCKET_TIMEOUT),
+        'socket_connect_timeout': transport_options.get('socket_connect_timeout', CONNECT_TIMEOUT),
+        'socket_keepalive': transport_options.get('socket_keepalive', True),
+        'health_check_interval': transport_options.get('health_check_interval', 25),
+        'client_name': transport_options.get('client_name'),
+    }
+    if 'retry_on_timeout' in transport_options:  # deprecated in redis-py 6: passed only when asked for
+        common['retry_on_timeout'] = transport_options['retry_on_timeout']
+    max_connections = transport_options.get('max_connections')
+    first = url.split(';')[0]
+    scheme = first.partition('://')[0].lower()
+    if scheme == 'sentinel':
+        return cast('redis.Redis', _sentinel_client(rp, url, conf, transport_options, common, setting))
+    kwargs = parse_url(first, setting)
+    if scheme == 'rediss':
+        kwargs.update(
+            _ssl_kwargs(
+                conf.broker_use_ssl if setting == 'broker_url' else conf.redis_backend_use_ssl,
+                parse_qs(urlsplit(first).query),
+            )
+        )
+    kwargs.update({k: v for k, v in common.items() if v is not None})
+    if 'unix_socket_path' in kwargs:
+        kwargs.pop('socket_keepalive', None)
+        pool = rp.ConnectionPool(
+            connection_class=rp.UnixDomainSocketConnection,
+            path=kwargs.pop('unix_socket_path'),
+            max_connections=max_connections,
+            **kwargs,
+        )
+        return cast('redis.Redis', rp.Redis(connection_pool=pool))
+    return cast('redis.Redis', rp.Redis(max_connections=max_connections, **kwargs))
+
+
+def _sentinel_client(
+    redis: Any, url: str, conf: Any, transport_options: dict[str, Any], common: dict[str, Any], setting: str
+) -> Any:
+    master = transport_options.get('master_name')
+    if not master:
+        raise ImproperlyConfigured(
+            f"{setting}: a sentinel:// URL needs the master's name: "
+            "broker_transport_options={'master_name': 'mymaster'}"
+        )
+    nodes = []
+    password = None
+    db = 0
+    for part in url.split(';'):
+        parts = urlsplit(part.strip())
+        nodes.append((parts.hostname or 'localhost', parts.port or DEFAULT_SENTINEL_PORT))
+        password = password or (unquote(parts.password) if parts.password else None)
+        if parts.path.strip('/'):
+            db = int(parts.path.strip('/'))
+    sentinel_kwargs = transport_options.get('sentinel_kwargs') or {}
+    sentinel = redis.sentinel.Sentinel(
+        nodes, sentinel_kwargs=sentinel_kwargs, **{k: v for k, v in common.items() if v is not None}
+    )
+    return sentinel.master_for(master, db=db, password=password)
+
+
+def database_of(url: str) -> int:
+    first = url.split(';')[0]
+    if first.partition('://')[0].lower() == 'sentinel':
+        path = urlsplit(first).path.strip('/')
+        return int(path or 0)
+    return int(parse_url(first).get('db', 0))

@@ -1,0 +1,16 @@
+-- Park a reserved message until its ETA: rewrite its unacked record and score it at eta - visibility_timeout,
+-- so that any restore sweep, fastq's or kombu's, puts it back on its queue when it is due. Nothing is held
+-- in a worker's memory, and rolling back to Celery strands nothing.
+--
+-- KEYS[1]  unacked
+-- KEYS[2]  unacked_index
+-- ARGV[1]  delivery_tag
+-- ARGV[2]  score (eta - visibility_timeout)
+-- ARGV[3]  record ([envelope, exchange, routing_key])
+-- Returns 1 when parked, 0 when the tag was no longer reserved.
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
