@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from fastq.backends.base import Backend
     from fastq.brokers.base import Broker, Outgoing
+    from fastq.control import Control
     from fastq.result import AsyncResult
     from fastq.routing import Router
 
@@ -433,6 +434,16 @@ class Fastq:
         from fastq.sending import publish_with_retry
 
         publish_with_retry(self, batch)
+
+    @property
+    def control(self) -> Control:
+        """Remote control of the workers (ping, revoke, shutdown, inspect)."""
+        control: Control | None = self.__dict__.get('_control')
+        if control is None:
+            from fastq.control import Control
+
+            control = self.__dict__['_control'] = Control(self)
+        return control
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[Any]:
         from fastq.result import AsyncResult

@@ -264,6 +264,17 @@ class Broker(abc.ABC):
     def _publish_raw(self, queue: str, payload: bytes) -> None:
         """Store an envelope as it is (dead-letter requeue)."""
 
+    def bind(self, exchange: str, routing_key: str, queue: str) -> None:
+        """Route messages published to `exchange` with `routing_key` to `queue` (brokers that route)."""
+        return None
+
+    @abc.abstractmethod
+    def pop(self, queue: str, timeout: float) -> list[bytes]:
+        """Take (no reservation, no ack) what waits in `queue`, blocking up to `timeout` for the first.
+
+        For short-lived reply queues (remote control), where a lost reply only means a node did not answer.
+        """
+
     def fanout_publish(self, exchange: str, payload: bytes, routing_key: str = '') -> None:
         raise NotImplementedError(f'{type(self).__name__} has no fanout')
 

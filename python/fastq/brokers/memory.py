@@ -155,6 +155,21 @@ class MemoryBroker(Broker):
     def dead_letters(self) -> DeadLetterStore:
         return self._dead
 
+    def pop(self, queue: str, timeout: float) -> list[bytes]:
+        s = self._state
+        deadline = time.monotonic() + timeout
+        with s.lock:
+            while True:
+                taken = [m for m in s.messages.values() if m.queue == queue and m.owner is None]
+                if taken:
+                    for m in taken:
+                        del s.messages[m.tag]
+                    return [m.payload for m in sorted(taken, key=lambda m: m.tag)]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                s.lock.wait(remaining)
+
     def fanout_publish(self, exchange: str, payload: bytes, routing_key: str = '') -> None:
         s = self._state
         with s.lock:

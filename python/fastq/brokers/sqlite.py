@@ -310,6 +310,23 @@ class SQLiteBroker(Broker):
         self.connect()
         return self._dead
 
+    def pop(self, queue: str, timeout: float) -> list[bytes]:
+        self.connect()
+        deadline = time.monotonic() + timeout
+        while True:
+            generation = self.doorbell.generation()
+            with self.db.write() as conn:
+                rows = conn.execute(
+                    'DELETE FROM messages WHERE queue = ? AND owner IS NULL AND not_before <= ? RETURNING id, payload',
+                    (queue, time.time()),
+                ).fetchall()
+            if rows:
+                return [bytes(p) for _, p in sorted(rows)]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            self.doorbell.wait(generation, remaining)
+
     def fanout_publish(self, exchange: str, payload: bytes, routing_key: str = '') -> None:
         self.connect()
         now = time.time()

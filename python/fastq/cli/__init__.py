@@ -23,7 +23,7 @@ __all__ = ['main']
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastq.cli import calling, deadletter, purge, worker
+    from fastq.cli import calling, control, deadletter, purge, worker
 
     parser = argparse.ArgumentParser(
         prog='fastq',
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     calling.register(commands)
     purge.register(commands)
     deadletter.register(commands)
+    control.register(commands)
     return parser
 
 
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
         code = args.handler(app, args)
     except (CommandError, ImproperlyConfigured) as exc:
         print(f'Error: {exc}', file=sys.stderr)
-        code = 2 if isinstance(exc, CommandError) else 1
+        code = getattr(exc, 'exit_code', 2) if isinstance(exc, CommandError) else 1
     except KeyboardInterrupt:
         code = 130
     sys.exit(code or 0)

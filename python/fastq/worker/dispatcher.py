@@ -101,6 +101,7 @@ class Dispatcher:
         self.default_time_limit = conf.task_time_limit
         self.default_soft_time_limit = conf.task_soft_time_limit
         self.accepting = True
+        self.revoked = RevokedSet()
         self.processed = 0
         self._warned_time_limit = False
 
@@ -155,8 +156,11 @@ class Dispatcher:
             self._unknown_task(d, request.task, request.id)
             return
         now = time.time()
+        if request.id in self.revoked:
+            self._discard_revoked(d, request, task, expired=False)
+            return
         if request.expires is not None and request.expires < now:
-            self._expired(d, request, task)
+            self._discard_revoked(d, request, task, expired=True)
             return
         job = Job(
             id=next(self._ids),
@@ -212,15 +216,41 @@ class Dispatcher:
                 error_logger.warning('Could not store NotRegistered for %s: %r', task_id, store_exc)
         signals.task_unknown.send(sender=self, message=d.message, exc=exc, name=name, id=task_id)
 
-    def _expired(self, d: Delivery, request: Any, task: Any) -> None:
+    def _discard_revoked(self, d: Delivery, request: Any, task: Any, expired: bool) -> None:
+        """Revoked (or expired) before it ran: REVOKED stored, message acked, never executed."""
         logger.info('Discarding revoked task: %s[%s]', request.task, request.id)
         if not request.ignore_result:
             try:
-                self.app.backend.mark_as_revoked(request.id, 'expired', request=None)
+                self.app.backend.mark_as_revoked(request.id, 'expired' if expired else 'revoked', request=None)
             except NotImplementedError:
                 pass
-        signals.task_revoked.send(sender=task, request=request, terminated=False, signum=None, expired=True)
+        signals.task_revoked.send(sender=task, request=request, terminated=False, signum=None, expired=expired)
         self._ack_now([d.tag])
+
+    def revoke(self, ids: set[str], terminate: bool = False, signal_name: str = 'SIGTERM') -> None:
+        """Remember revoked ids; drop matching waiting jobs now; with `terminate`, kill running ones."""
+        for task_id in ids:
+            self.revoked.add(task_id)
+        if not ids:
+            return
+        waiting = [job for job in self.ready if job.request.id in ids]
+        held = [entry for entry in self.held if entry[2].request.id in ids]
+        if waiting or held:
+            self.ready = deque(job for job in self.ready if job.request.id not in ids)
+            self.held = [entry for entry in self.held if entry[2].request.id not in ids]
+            heapq.heapify(self.held)
+            for job in waiting + [entry[2] for entry in held]:
+                self._discard_revoked(job.delivery, job.request, self.app.tasks.get(job.request.task), False)
+        if terminate:
+            import signal as signals_module
+
+            signum = getattr(signals_module, signal_name if signal_name.startswith('SIG') else f'SIG{signal_name}', 15)
+            for job in list(self.running.values()):
+                if job.request.id in ids:
+                    logger.info('Terminating %s (%s)', job.request.id, signal_name)
+                    kill = getattr(self.pool, 'kill_job', None)
+                    if kill is None or not kill(job, 'revoked', signum):
+                        logger.warning('The %s pool cannot terminate a running task', self.pool.name)
 
     # --- dispatching --------------------------------------------------------------------------------------
 
@@ -229,7 +259,13 @@ class Dispatcher:
         free = self.pool.free_slots()
         if not free or not self.ready:
             return
-        batch = [self.ready.popleft() for _ in range(min(free, len(self.ready)))]
+        batch: list[Job] = []
+        while self.ready and len(batch) < free:
+            job = self.ready.popleft()
+            if job.request.id in self.revoked:
+                self._discard_revoked(job.delivery, job.request, self.app.tasks.get(job.request.task), False)
+                continue
+            batch.append(job)
         early = []
         for job in batch:
             if job.time_limit and not self._warned_time_limit and not self.pool.supports_hard_time_limit():
@@ -272,9 +308,19 @@ class Dispatcher:
             self._late_acks.append(job.tag)
 
     def on_lost(self, job: Job, reason: str) -> None:
-        """The executor running `job` died (or was killed by us for its time limit)."""
+        """The executor running `job` died (or was killed by us for its time limit or a revoke)."""
         self.running.pop(job.id, None)
         task_id = job.request.id
+        if reason == 'revoked':
+            task = self.app.tasks.get(job.request.task)
+            try:
+                self.app.backend.mark_as_revoked(task_id, 'terminated', request=None)
+            except NotImplementedError:
+                pass
+            signals.task_revoked.send(sender=task, request=job, terminated=True, signum=None, expired=False)
+            if not job.acked:
+                self._late_acks.append(job.tag)
+            return
         if reason.startswith('time-limit:'):
             exc: BaseException = TimeLimitExceeded(job.time_limit)
             self._store_failure(job, exc)
@@ -407,6 +453,38 @@ class Dispatcher:
             'held': len(self.ledger),
             'processed': self.processed,
         }
+
+
+class RevokedSet:
+    """Revoked task ids, bounded as Celery bounds them (50,000 ids, each kept 3 hours)."""
+
+    MAX = 50_000
+    EXPIRES = 3 * 3600.0
+
+    def __init__(self) -> None:
+        self._ids: dict[str, float] = {}
+
+    def add(self, task_id: str) -> None:
+        self._ids.pop(task_id, None)
+        self._ids[task_id] = time.monotonic()
+        if len(self._ids) > self.MAX:
+            for old in list(self._ids)[: len(self._ids) - self.MAX]:
+                del self._ids[old]
+
+    def __contains__(self, task_id: object) -> bool:
+        added = self._ids.get(task_id) if isinstance(task_id, str) else None
+        if added is None:
+            return False
+        if time.monotonic() - added > self.EXPIRES:
+            del self._ids[task_id]  # type: ignore[arg-type]
+            return False
+        return True
+
+    def __iter__(self) -> Any:
+        return iter(list(self._ids))
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 def _safe_headers(d: Delivery) -> str:

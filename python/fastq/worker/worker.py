@@ -89,6 +89,7 @@ class WorkController:
         self.dispatcher: Dispatcher | None = None
         self.fetcher: Fetcher | None = None
         self.settler: Settler | None = None
+        self.control: Any = None
         self._renewer: threading.Thread | None = None
         self._stop_renew = threading.Event()
 
@@ -139,6 +140,7 @@ class WorkController:
         self.dispatcher.fetcher = self.fetcher
         self.fetcher.start()
         self._start_housekeeping()
+        self._start_remote_control()
         logger.info('%s ready.', self.hostname)
         signals.worker_ready.send(sender=self)
         self.loop.run_until(lambda: self._shutdown is not None)
@@ -178,6 +180,19 @@ class WorkController:
                     self.loop.run_once(min(0.2, max(0.0, deadline - time.monotonic())))
                 if self._shutdown:
                     return None
+
+    def _start_remote_control(self) -> None:
+        broker = self.broker
+        if broker is None or not broker.features.fanout or not self.app.conf.worker_enable_remote_control:
+            return
+        from fastq.worker.control import ControlListener
+
+        try:
+            self.control = ControlListener(self, broker)
+        except Exception as exc:
+            logger.warning('Remote control unavailable on %s: %s', broker.describe(), exc)
+            return
+        self.control.start()
 
     def _start_housekeeping(self) -> None:
         """A thread that renews our reservations and lets the broker and backend tidy up, so neither depends
@@ -248,6 +263,8 @@ class WorkController:
         try:
             if self.fetcher is not None:
                 self.fetcher.stop()
+            if self.control is not None:
+                self.control.stop()
             self._stop_renew.set()
             pool = self.pool
             if self._shutdown == 'warm' and pool is not None:

@@ -287,6 +287,30 @@ class RedisBroker(Broker):
     def dead_letter_store(self) -> RedisDeadLetters:
         return self._dead
 
+    def bind(self, exchange: str, routing_key: str, queue: str) -> None:
+        member = self.layout.binding_member(routing_key, queue)
+        self.client.sadd(self.layout.binding_key(exchange), member)
+
+    def unbind(self, exchange: str, routing_key: str, queue: str) -> None:
+        member = self.layout.binding_member(routing_key, queue)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.srem(self.layout.binding_key(exchange), member)
+            pipe.srem(f'{self.layout.prefix}_kombu.binding_permanent.{exchange}', member)
+            pipe.delete(*self.layout.step_keys(queue))
+            pipe.execute()
+
+    def pop(self, queue: str, timeout: float) -> list[bytes]:
+        keys = self.layout.step_keys(queue)
+        first = self.client.brpop(keys, timeout=max(timeout, 0.01)) if timeout else None
+        out = [_raw(first[1])] if first else []
+        for key in keys:
+            while True:
+                item = self.client.rpop(key)
+                if item is None:
+                    break
+                out.append(_raw(item))
+        return out
+
     # --- fanout -------------------------------------------------------------------------------------------
 
     def fanout_publish(self, exchange: str, payload: bytes, routing_key: str = '') -> None:
@@ -333,6 +357,10 @@ class _RedisSubscription(Subscription):
     def close(self) -> None:
         self.pubsub.close()
         self.client.close()
+
+
+def _raw(value: Any) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 def _text(value: Any) -> str:

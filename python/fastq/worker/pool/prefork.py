@@ -294,7 +294,7 @@ class PreforkPool(Pool):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGKILL)
 
-    def kill_job(self, job: Job, reason: str, sig: int = signal.SIGKILL) -> bool:
+    def kill_job(self, job: Job, reason: str, sig: int = signal.SIGTERM) -> bool:
         """Kill the child running `job` (revoke with terminate); its queued jobs are requeued."""
         for child in self.children.values():
             if child.jobs and child.jobs[0] is job:

@@ -1,0 +1,136 @@
+"""`fastq inspect`, `fastq control`, `fastq status`: remote control from the command line, Celery's output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING, Any
+
+from fastq.cli.base import CommandError, out
+from fastq.utils.text import pluralize
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+
+INSPECT_COMMANDS = {'ping': 'Ping worker(s).'}
+CONTROL_COMMANDS = {
+    'revoke': 'Revoke task by task id (or list of ids).',
+    'terminate': 'Terminate task by task id (or list of ids).',
+    'shutdown': 'Shutdown worker(s).',
+}
+EX_UNAVAILABLE = 69  # what `celery inspect` exits with when no node replies (liveness probes rely on it)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument('-t', '--timeout', type=float, default=1.0, help='timeout in seconds waiting for replies')
+    p.add_argument('-d', '--destination', help='comma-separated list of destination node names')
+    p.add_argument('-j', '--json', action='store_true', help='use json as output format')
+
+
+def register(commands: Any) -> None:
+    inspect = commands.add_parser(
+        'inspect',
+        help='inspect the workers',
+        description='Inspect the workers by sending them the COMMAND inspect command.\n\nAvailable: '
+        + ', '.join(INSPECT_COMMANDS),
+    )
+    inspect.add_argument('command', help='|'.join(INSPECT_COMMANDS))
+    _common(inspect)
+    inspect.set_defaults(handler=run_inspect)
+
+    control = commands.add_parser(
+        'control',
+        help='send commands to workers',
+        description='Send the COMMAND control command to the workers.\n\nAvailable: ' + ', '.join(CONTROL_COMMANDS),
+    )
+    control.add_argument('command', help='|'.join(CONTROL_COMMANDS))
+    control.add_argument('args', nargs='*', help='arguments (task ids for revoke/terminate; a signal after them)')
+    _common(control)
+    control.set_defaults(handler=run_control)
+
+    status = commands.add_parser('status', help='show the workers that are online')
+    _common(status)
+    status.set_defaults(handler=run_status)
+
+
+def _destination(args: argparse.Namespace) -> list[str] | None:
+    if not args.destination:
+        return None
+    return [d.strip() for d in args.destination.split(',') if d.strip()]
+
+
+def _pretty(reply: Any) -> tuple[str, str]:
+    if isinstance(reply, dict) and ('ok' in reply or 'error' in reply):
+        status = 'OK' if 'ok' in reply else 'ERROR'
+        value = reply.get('ok', reply.get('error'))
+        return status, str(value) if not isinstance(value, dict | list) else json.dumps(value, indent=4)
+    if isinstance(reply, list):
+        return 'OK', '\n'.join(f'* {item}' for item in reply) if reply else '- empty -'
+    if isinstance(reply, dict):
+        return 'OK', json.dumps(reply, sort_keys=True, indent=4)
+    return 'OK', str(reply)
+
+
+def _say(replies: dict[str, Any]) -> None:
+    for node, reply in replies.items():
+        status, text = _pretty(reply)
+        out(f'->  {node}: {status}')
+        out('\n'.join(f'        {line}' for line in text.splitlines()))
+
+
+def _finish(replies: dict[str, Any] | None, args: argparse.Namespace) -> int:
+    if not replies:
+        raise _Unavailable('No nodes replied within time constraint')
+    if args.json:
+        out(json.dumps(replies))
+        return 0
+    _say(replies)
+    out(f'\n{len(replies)} {pluralize(len(replies), "node").split(" ", 1)[1]} online.')
+    return 0
+
+
+class _Unavailable(CommandError):
+    exit_code = EX_UNAVAILABLE
+
+
+def run_inspect(app: Fastq, args: argparse.Namespace) -> int:
+    if args.command not in INSPECT_COMMANDS:
+        raise CommandError(
+            f'Command {args.command} not recognized. Available inspect commands: {", ".join(INSPECT_COMMANDS)}'
+        )
+    inspect = app.control.inspect(destination=_destination(args), timeout=args.timeout)
+    return _finish(getattr(inspect, args.command)(), args)
+
+
+def run_status(app: Fastq, args: argparse.Namespace) -> int:
+    return run_inspect(app, argparse.Namespace(**{**vars(args), 'command': 'ping'}))
+
+
+def run_control(app: Fastq, args: argparse.Namespace) -> int:
+    control = app.control
+    destination = _destination(args)
+    if args.command in ('revoke', 'terminate'):
+        if not args.args:
+            raise CommandError(f'{args.command}: which task ids?')
+        signal = 'SIGTERM'
+        ids = list(args.args)
+        if args.command == 'terminate' and len(ids) > 1 and ids[-1].upper().lstrip('SIG').isalpha():
+            signal = ids.pop()
+        replies = control.broadcast(
+            'revoke',
+            arguments={'task_id': ids, 'terminate': args.command == 'terminate', 'signal': signal},
+            destination=destination,
+            reply=True,
+            timeout=args.timeout,
+        )
+    elif args.command == 'shutdown':
+        control.shutdown(destination=destination)
+        return 0
+    else:
+        raise CommandError(
+            f'Command {args.command} not recognized. Available control commands: {", ".join(CONTROL_COMMANDS)}'
+        )
+    merged: dict[str, Any] = {}
+    for reply in replies or ():
+        merged.update(reply)
+    return _finish(merged, args)

@@ -1,0 +1,212 @@
+"""Remote control (`app.control`): broadcast commands to workers and collect their replies.
+
+Celery's pidbox, on the wire as Celery sends it, so `celery inspect ping` reaches fastq workers and
+`fastq inspect ping` reaches Celery workers: a command is a kombu envelope published to the fanout exchange
+`celery.pidbox` (on Redis: PUBLISH /<db>.celery.pidbox), body `{method, arguments, destination, pattern,
+matcher[, ticket, reply_to]}`, headers `{clock, expires}`. Workers answer `{<nodename>: <result>}` with
+header `ticket` through the direct exchange `reply.celery.pidbox`, routed to the caller's queue
+`<oid>.reply.celery.pidbox`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from fastq import _core
+from fastq.serialization import json_default, json_tag_hook
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+
+__all__ = ['Control', 'Inspect', 'PIDBOX_EXCHANGE', 'REPLY_EXCHANGE', 'decode_envelope', 'encode_envelope']
+
+PIDBOX_EXCHANGE = 'celery.pidbox'
+REPLY_EXCHANGE = 'reply.celery.pidbox'
+
+_clock = itertools.count(1)
+_clock_lock = threading.Lock()
+
+
+def tick() -> int:
+    """This process's Lamport clock (carried in pidbox headers, as Celery does)."""
+    with _clock_lock:
+        return next(_clock)
+
+
+def encode_envelope(body: Any, headers: dict[str, Any], exchange: str, routing_key: str, delivery_mode: int) -> bytes:
+    payload = _core.json_dumps(body, json_default)
+    message = _core.Message(payload, 'application/json', 'utf-8', headers, {})
+    return message.to_envelope(exchange, routing_key, 0, delivery_mode, None, str(uuid.uuid4()))
+
+
+def decode_envelope(raw: bytes) -> tuple[dict[str, Any], Any]:
+    """(headers, body) of a pidbox envelope; ValueError if it is not one."""
+    message = _core.Message.from_envelope(raw, None)
+    return message.headers, _core.json_loads(message.body, json_tag_hook)
+
+
+class Control:
+    """`app.control`: broadcast, ping, revoke, shutdown, inspect."""
+
+    def __init__(self, app: Fastq) -> None:
+        self.app = app
+
+    def broadcast(
+        self,
+        command: str,
+        arguments: dict[str, Any] | None = None,
+        destination: Sequence[str] | None = None,
+        connection: Any = None,
+        reply: bool = False,
+        timeout: float = 1.0,
+        limit: int | None = None,
+        callback: Callable[[dict[str, Any]], Any] | None = None,
+        channel: Any = None,
+        pattern: str | None = None,
+        matcher: str | None = None,
+        **extra: Any,
+    ) -> list[dict[str, Any]] | None:
+        """Send `command` to every worker (or `destination`); with `reply`, return the replies received
+        within `timeout` seconds (or once `limit` replies came)."""
+        if destination is not None and not isinstance(destination, list | tuple):
+            raise ValueError(f'destination must be a list/tuple not {type(destination)}')
+        broker = self.app.broker
+        broker.connect()
+        body: dict[str, Any] = {
+            'method': command,
+            'arguments': dict(arguments or {}, **extra),
+            'destination': list(destination) if destination else None,
+            'pattern': pattern,
+            'matcher': matcher,
+        }
+        oid = self.app.thread_oid
+        reply_queue = f'{oid}.{REPLY_EXCHANGE}'
+        ticket = None
+        if reply:
+            ticket = str(uuid.uuid4())
+            body['ticket'] = ticket
+            body['reply_to'] = {'exchange': REPLY_EXCHANGE, 'routing_key': oid}
+            broker.bind(REPLY_EXCHANGE, oid, reply_queue)
+        headers = {'clock': tick(), 'expires': time.time() + timeout}
+        broker.fanout_publish(PIDBOX_EXCHANGE, encode_envelope(body, headers, PIDBOX_EXCHANGE, '', 2))
+        if not reply:
+            return None
+        try:
+            return self._collect(reply_queue, ticket, timeout, limit, callback)
+        finally:
+            unbind = getattr(broker, 'unbind', None)
+            if unbind is not None:
+                unbind(REPLY_EXCHANGE, oid, reply_queue)
+
+    def _collect(
+        self,
+        queue: str,
+        ticket: str | None,
+        timeout: float,
+        limit: int | None,
+        callback: Callable[[dict[str, Any]], Any] | None,
+    ) -> list[dict[str, Any]]:
+        broker = self.app.broker
+        replies: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while limit is None or len(replies) < limit:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for raw in broker.pop(queue, remaining):
+                try:
+                    headers, body = decode_envelope(raw)
+                except ValueError:
+                    continue
+                if headers.get('ticket') != ticket or not isinstance(body, dict):
+                    continue
+                replies.append(body)
+                if callback is not None:
+                    callback(body)
+        return replies
+
+    def ping(self, destination: Sequence[str] | None = None, timeout: float = 1.0, **kwargs: Any) -> list[Any]:
+        return self.broadcast('ping', reply=True, destination=destination, timeout=timeout, **kwargs) or []
+
+    def revoke(
+        self,
+        task_id: str | Sequence[str],
+        destination: Sequence[str] | None = None,
+        terminate: bool = False,
+        signal: str = 'SIGTERM',
+        **kwargs: Any,
+    ) -> list[dict[str, Any]] | None:
+        """Tell workers not to run `task_id` (and, with `terminate`, to kill it if it is running)."""
+        return self.broadcast(
+            'revoke',
+            destination=destination,
+            arguments={'task_id': task_id, 'terminate': terminate, 'signal': signal},
+            **kwargs,
+        )
+
+    def terminate(
+        self, task_id: str, destination: Sequence[str] | None = None, signal: str = 'SIGTERM', **kwargs: Any
+    ) -> Any:
+        return self.revoke(task_id, destination=destination, terminate=True, signal=signal, **kwargs)
+
+    def shutdown(self, destination: Sequence[str] | None = None, **kwargs: Any) -> list[dict[str, Any]] | None:
+        """Warm shutdown of workers."""
+        return self.broadcast('shutdown', destination=destination, **kwargs)
+
+    def inspect(
+        self,
+        destination: Sequence[str] | None = None,
+        timeout: float = 1.0,
+        callback: Callable[[dict[str, Any]], Any] | None = None,
+        limit: int | None = None,
+        pattern: str | None = None,
+        matcher: str | None = None,
+    ) -> Inspect:
+        return Inspect(self, destination, timeout, callback, limit, pattern, matcher)
+
+
+class Inspect:
+    """`app.control.inspect()`: inspect commands; each returns `{nodename: reply}` or None if none replied."""
+
+    def __init__(
+        self,
+        control: Control,
+        destination: Sequence[str] | None,
+        timeout: float,
+        callback: Callable[[dict[str, Any]], Any] | None,
+        limit: int | None,
+        pattern: str | None,
+        matcher: str | None,
+    ) -> None:
+        self.control = control
+        self.destination = destination
+        self.timeout = timeout
+        self.callback = callback
+        self.limit = limit
+        self.pattern = pattern
+        self.matcher = matcher
+
+    def _request(self, command: str, **arguments: Any) -> dict[str, Any] | None:
+        replies = self.control.broadcast(
+            command,
+            arguments=arguments,
+            destination=self.destination,
+            reply=True,
+            timeout=self.timeout,
+            limit=self.limit,
+            callback=self.callback,
+            pattern=self.pattern,
+            matcher=self.matcher,
+        )
+        merged: dict[str, Any] = {}
+        for reply in replies or ():
+            merged.update(reply)
+        return merged or None
+
+    def ping(self) -> dict[str, Any] | None:
+        return self._request('ping')

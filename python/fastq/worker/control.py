@@ -1,0 +1,173 @@
+"""A worker's side of remote control: listen on the pidbox, run commands, reply (Celery's wire format).
+
+Commands here: `ping`, `shutdown`, `revoke` (with `terminate`), `hello` (the greeting Celery workers exchange
+at startup, answered with our revoked ids so Celery peers honour them too). The rest arrive with the
+monitoring work. Commands that touch task state run in the worker loop's thread; the listener only waits.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fastq.control import PIDBOX_EXCHANGE, REPLY_EXCHANGE, decode_envelope, tick
+
+if TYPE_CHECKING:
+    from fastq.brokers.base import Broker
+    from fastq.worker.worker import WorkController
+
+logger = logging.getLogger('celery.worker.control')
+
+Handler = Callable[..., Any]
+COMMANDS: dict[str, Handler] = {}
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def ok(value: Any) -> dict[str, Any]:
+    return {'ok': value}
+
+
+@command('ping')
+def _ping(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
+    return ok('pong')
+
+
+@command('shutdown')
+def _shutdown(worker: WorkController, msg: str = 'Got shutdown from remote', **kwargs: Any) -> None:
+    logger.warning(msg)
+    worker.loop.call_soon_threadsafe(lambda: worker.request_shutdown('warm'))
+
+
+@command('revoke')
+def _revoke(
+    worker: WorkController, task_id: Any = None, terminate: bool = False, signal: str | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    ids = {task_id} if isinstance(task_id, str) else set(task_id or ())
+    done = threading.Event()
+
+    def apply() -> None:
+        if worker.dispatcher is not None:
+            worker.dispatcher.revoke(ids, terminate=bool(terminate), signal_name=signal or 'SIGTERM')
+        done.set()
+
+    worker.loop.call_soon_threadsafe(apply)
+    done.wait(5.0)
+    if terminate:
+        return ok(f'terminate: tasks {ids} flagged as revoked')
+    return ok(f'tasks {ids} flagged as revoked')
+
+
+@command('hello')
+def _hello(worker: WorkController, from_node: str = '', revoked: Any = None, **kwargs: Any) -> dict[str, Any]:
+    if from_node == worker.hostname:
+        return {}
+    if revoked and worker.dispatcher is not None:
+        ids = set(revoked)
+        worker.loop.call_soon_threadsafe(lambda: worker.dispatcher.revoke(ids) if worker.dispatcher else None)
+    known = sorted(worker.dispatcher.revoked) if worker.dispatcher is not None else []
+    return {'revoked': known, 'clock': tick()}
+
+
+def _matches(hostname: str, body: dict[str, Any]) -> bool:
+    destination = body.get('destination')
+    if destination:
+        return hostname in destination
+    pattern = body.get('pattern')
+    if pattern:
+        matcher = body.get('matcher') or 'glob'
+        if matcher == 'pcre':
+            return re.search(pattern, hostname) is not None
+        return fnmatch.fnmatchcase(hostname, pattern)
+    return True
+
+
+class ControlListener(threading.Thread):
+    """Subscribes to the pidbox and serves commands until the worker stops."""
+
+    def __init__(self, worker: WorkController, broker: Broker) -> None:
+        super().__init__(name='fastq-pidbox', daemon=True)
+        self.worker = worker
+        self.broker = broker
+        self._stop_event = threading.Event()
+        self.subscription = broker.subscribe(PIDBOX_EXCHANGE)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        backoff = 0.0
+        while not self._stop_event.is_set():
+            try:
+                messages = self.subscription.get(1.0)
+                backoff = 0.0
+            except Exception as exc:
+                backoff = min(max(backoff * 2, 0.5), 10.0)
+                logger.warning('pidbox: cannot read commands from %s: %s', self.broker.describe(), exc)
+                self._stop_event.wait(backoff)
+                try:
+                    self.subscription = self.broker.subscribe(PIDBOX_EXCHANGE)
+                except Exception as again:
+                    logger.debug('pidbox: resubscribe failed: %s', again)
+                continue
+            for _, raw in messages:
+                self.handle(raw)
+        self.subscription.close()
+
+    def handle(self, raw: bytes) -> None:
+        try:
+            headers, body = decode_envelope(raw)
+        except ValueError as exc:
+            logger.warning('pidbox: ignoring a malformed command: %s', exc)
+            return
+        if not isinstance(body, dict) or not isinstance(body.get('method'), str):
+            return
+        expires = headers.get('expires')
+        if isinstance(expires, int | float) and expires and expires < time.time():
+            logger.debug('pidbox: ignoring expired %s command', body['method'])
+            return
+        hostname = self.worker.hostname
+        if not _matches(hostname, body):
+            return
+        method = body['method']
+        handler = COMMANDS.get(method)
+        arguments = body.get('arguments') or {}
+        try:
+            result = handler(self.worker, **arguments) if handler else {'error': f'No such command: {method!r}'}
+        except Exception as exc:
+            logger.exception('pidbox command %s failed', method)
+            result = {'error': repr(exc)}
+        reply_to = body.get('reply_to')
+        ticket = body.get('ticket')
+        if result is None or not isinstance(reply_to, dict) or not ticket:
+            return
+        self.reply({hostname: result}, ticket, reply_to)
+
+    def reply(self, body: dict[str, Any], ticket: str, reply_to: dict[str, Any]) -> None:
+        from fastq import _core
+        from fastq.brokers.base import Outgoing
+
+        routing_key = str(reply_to.get('routing_key') or '')
+        exchange = str(reply_to.get('exchange') or REPLY_EXCHANGE)
+        payload = _core.json_dumps(body, None)
+        message = _core.Message(payload, 'application/json', 'utf-8', {'ticket': ticket, 'clock': tick()}, {})
+        try:
+            self.broker.publish(
+                [Outgoing(message, f'{routing_key}.{REPLY_EXCHANGE}', exchange, routing_key, 0, delivery_mode=1)]
+            )
+        except Exception as exc:
+            logger.warning('pidbox: cannot reply to %s: %s', routing_key, exc)
+
+
+__all__ = ['COMMANDS', 'ControlListener']

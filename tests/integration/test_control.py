@@ -1,0 +1,60 @@
+"""Remote control basics on every broker with fanout: ping, revoke, shutdown (and the CLI words and codes)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastq import states
+
+from .conftest import lines, wait_until
+from .test_cli import fastq
+
+pytestmark = pytest.mark.slow
+
+
+def test_ping_api_and_cli(tasks: Any, worker: Any, tmp_path: Path, urls: dict[str, str]) -> None:
+    w = worker('-n', 'w1@%h')
+    hostname = [word for word in w.log.split() if word.startswith('w1@')][0]
+    replies = tasks.app.control.ping(timeout=2)
+    assert {hostname: {'ok': 'pong'}} in replies
+    assert tasks.app.control.inspect(destination=[hostname], timeout=2).ping() == {hostname: {'ok': 'pong'}}
+    assert tasks.app.control.inspect(destination=['nobody@nowhere'], timeout=0.5).ping() is None
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'inspect', 'ping', '-d', hostname, '-t', '2')
+    assert proc.stdout.splitlines()[:2] == [f'->  {hostname}: OK', '        pong']
+    assert proc.stdout.rstrip().endswith('1 node online.')
+    missing = fastq(tmp_path, urls, '-A', 'worker_tasks', 'inspect', 'ping', '-d', 'x@y', '-t', '0.5', check=False)
+    assert missing.returncode == 69 and 'No nodes replied within time constraint' in missing.stderr
+    status = fastq(tmp_path, urls, '-A', 'worker_tasks', 'status', '-t', '2')
+    assert '1 node online.' in status.stdout
+
+
+def test_revoke_before_it_runs(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    worker()
+    out = tmp_path / 'ran.txt'
+    result = tasks.record.apply_async((str(out), 'x'), countdown=2)
+    replies = tasks.app.control.revoke(result.id, reply=True, timeout=2)
+    assert replies and list(replies[0].values())[0]['ok'] == f"tasks {{'{result.id}'}} flagged as revoked"
+    wait_until(lambda: result.state == states.REVOKED, timeout=30, message='REVOKED')
+    time.sleep(2.5)
+    assert not out.exists()
+
+
+def test_terminate_running_task(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    worker()
+    out = tmp_path / 'slow.txt'
+    result = tasks.sleeper.delay(str(out), 'long', 60)
+    wait_until(lambda: any(line.startswith('start long') for line in lines(out)), message='started')
+    tasks.app.control.terminate(result.id)
+    wait_until(lambda: result.state == states.REVOKED, timeout=30, message='REVOKED after terminate')
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2
+
+
+def test_remote_shutdown(tasks: Any, worker: Any) -> None:
+    w = worker()
+    tasks.app.control.shutdown()
+    assert w.proc.wait(30) == 0
+    assert 'Got shutdown from remote' in w.log
