@@ -1,0 +1,57 @@
+"""The Celery half of the compatibility tests: the same task names as `worker_tasks`, on the same Redis.
+
+Run by a real `celery worker` (and used as a Celery client) with the URL from CELERY_BROKER_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+
+url = os.environ.get('CELERY_BROKER_URL', 'redis://127.0.0.1:6379/0')
+app = Celery('celery_side', broker=url, backend=url)
+app.conf.accept_content = ['json', 'msgpack']
+app.conf.broker_transport_options = {
+    'visibility_timeout': float(os.environ.get('VISIBILITY_TIMEOUT', '3600')),
+    'unacked_restore_interval': 1,
+    'unacked_restore_throttle': 1,
+}
+app.conf.worker_prefetch_multiplier = 1
+
+
+def _record(path: str, line: str) -> None:
+    with open(path, 'a') as f:
+        f.write(f'{line}\n')
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@app.task(name='worker_tasks.add')
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name='worker_tasks.fail')
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task(name='worker_tasks.when_run')
+def when_run() -> float:
+    return time.time()
+
+
+@app.task(name='worker_tasks.record')
+def record(path: str, key: str) -> str:
+    _record(path, f'ran {key} celery {time.time()}')
+    return key
+
+
+@app.task(name='worker_tasks.slow_record', acks_late=True)
+def slow_record(path: str, key: str, seconds: float) -> str:
+    _record(path, f'start {key} celery')
+    time.sleep(seconds)
+    _record(path, f'done {key} celery')
+    return key
