@@ -41,13 +41,20 @@ class RedisServer:
     def _args(self) -> list[str]:
         args = [
             self.binary,
-            '--bind', '127.0.0.1',
-            '--port', str(self.port),
-            '--dir', str(self.dir),
-            '--save', '',
-            '--databases', '64',
-            '--protected-mode', 'yes',
-            '--logfile', str(self.dir / 'redis.log'),
+            '--bind',
+            '127.0.0.1',
+            '--port',
+            str(self.port),
+            '--dir',
+            str(self.dir),
+            '--save',
+            '',
+            '--databases',
+            '64',
+            '--protected-mode',
+            'yes',
+            '--logfile',
+            str(self.dir / 'redis.log'),
         ]
         if self.appendonly:
             args += ['--appendonly', 'yes', '--appendfsync', 'always']

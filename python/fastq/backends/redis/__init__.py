@@ -113,8 +113,9 @@ class RedisBackend(Backend):
         if client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = redis.Redis(connection_pool=self._create_pool())
-                    self._store_script = self._client.register_script(STORE_RESULT)
+                    client = redis.Redis(connection_pool=self._create_pool())
+                    self._store_script = client.register_script(STORE_RESULT)  # before _client: read without lock
+                    self._client = client
                 client = self._client
         return client
 

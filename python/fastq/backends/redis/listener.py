@@ -81,6 +81,7 @@ class ResultListener:
         self._stopping = False
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
+        self._conn: Any = None  # the pub/sub connection, while there is one
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -92,7 +93,7 @@ class ResultListener:
         waiter = Waiter(channel)
         with self._lock:
             if self._stopping:
-                raise RuntimeError('the result listener is closed')
+                raise self.make_error(RuntimeError('the backend was closed'))
             self._waiters.setdefault(channel, set()).add(waiter)
             if channel in self._confirmed:
                 waiter.reread = True  # already subscribed: the key can be read now
@@ -125,6 +126,7 @@ class ResultListener:
         return payloads, reread, woken
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread and close the connection; anyone still waiting gets an error, not a hang."""
         with self._lock:
             self._stopping = True
             thread = self._thread
@@ -134,11 +136,20 @@ class ResultListener:
             thread.join(timeout)
         if thread is None:
             self._close_pipe()
+        self._fail_waiters(RuntimeError('the backend was closed'))
 
     def abandon_after_fork(self) -> None:
-        """In a forked child: the thread did not survive the fork; release our copies of its descriptors."""
+        """In a forked child: the thread did not survive the fork; close our copies of its descriptors.
+
+        Closing (never shutting down) the inherited socket leaves the parent's subscription alone, and keeps
+        the server from holding a connection open for a child that will never read it.
+        """
         self._lock = threading.Lock()  # may have been held by a parent thread at the fork
         self._stopping = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.disconnect()  # redis-py skips shutdown() in a process other than the one that connected
         self._close_pipe()
 
     # --- the listener thread ------------------------------------------------------------------------------
@@ -180,6 +191,7 @@ class ResultListener:
                     conn = self._connect()
                     if conn is None:
                         continue
+                    self._conn = conn
                 try:
                     self._serve(conn)
                 except CONNECTION_ERRORS as exc:
@@ -190,10 +202,11 @@ class ResultListener:
                     self._fail_waiters(exc)
                     self._stop_event.wait(1.0)
                 self._drop(conn)
-                conn = None
+                conn = self._conn = None
         finally:
             if conn is not None:
                 self._drop(conn)
+            self._conn = None
             self._close_pipe()
 
     def _idle(self) -> None:
@@ -236,12 +249,11 @@ class ResultListener:
             self.pool.release(conn)
 
     def _fail_waiters(self, exc: BaseException) -> None:
-        error = self.make_error(exc)
         with self._lock:
             for waiters in self._waiters.values():
                 for waiter in waiters:
                     if waiter.error is None:
-                        waiter.error = error
+                        waiter.error = self.make_error(exc)  # one each: they are raised in different threads
                         waiter.event.set()
 
     def _serve(self, conn: Any) -> None:
