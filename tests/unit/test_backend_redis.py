@@ -191,6 +191,8 @@ def test_url_and_settings_to_connection_params() -> None:
 
     with pytest.raises(ImproperlyConfigured, match='bogus'):
         connection_params(_conf(), 'redis://h/0?bogus=1')
+    with pytest.raises(ImproperlyConfigured, match='RESP2'):
+        connection_params(_conf(), 'redis://h/0?protocol=3')
 
 
 def test_tls_params_follow_celerys_rules() -> None:
@@ -645,6 +647,18 @@ def test_unreachable_server_raises_backend_errors(make_app: Callable[..., Fastq]
     assert isinstance(errors['forget'], BackendError)
     for exc in errors.values():
         _check_message(exc, unreachable_url)
+
+
+def test_a_refused_connection_fails_the_wait_and_the_listener_survives(
+    make_app: Callable[..., Fastq], redis_server: RedisServer
+) -> None:
+    app = make_app(redis_server.url(99))  # the server has 64 databases: SELECT fails, and retrying cannot help
+    with pytest.raises(BackendError, match='DB index is out of range'):
+        AsyncResult(task_id(), app=app).get(timeout=LONG)
+    with pytest.raises(BackendGetMetaError, match='DB index is out of range'):
+        app.backend.get_task_meta(task_id())
+    listener = app.backend._listener
+    assert listener is not None and listener._thread is not None and listener._thread.is_alive()
 
 
 def test_always_retry_retries_stores(

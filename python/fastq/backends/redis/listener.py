@@ -77,6 +77,7 @@ class ResultListener:
         self._sent: set[bytes] = set()  # channels subscribed on this connection (SUBSCRIBE sent, no UNSUBSCRIBE)
         self._confirmed: set[bytes] = set()  # ... whose subscription the server has confirmed
         self._inflight: Counter[bytes] = Counter()  # SUBSCRIBE/UNSUBSCRIBE replies still to come, per channel
+        self._dirty = True  # the waited-on channels changed since the last _sync
         self.connected = False
         self._stopping = False
         self._stop_event = threading.Event()
@@ -95,6 +96,7 @@ class ResultListener:
             if self._stopping:
                 raise self.make_error(RuntimeError('the backend was closed'))
             self._waiters.setdefault(channel, set()).add(waiter)
+            self._dirty = True
             if channel in self._confirmed:
                 waiter.reread = True  # already subscribed: the key can be read now
                 waiter.event.set()
@@ -111,6 +113,7 @@ class ResultListener:
                 waiters.discard(waiter)
                 if not waiters:
                     del self._waiters[waiter.channel]
+                    self._dirty = True
         self._wake()
 
     def take(self, waiter: Waiter, timeout: float | None) -> tuple[list[bytes], bool, bool]:
@@ -235,6 +238,9 @@ class ResultListener:
                              max_retries or 'Inf', delay)  # fmt: skip
                 retries += 1
                 self._stop_event.wait(delay)
+            except Exception as exc:  # e.g. no such database: retrying will not help
+                self._fail_waiters(exc)
+                return None
         return None
 
     def _drop(self, conn: Any) -> None:
@@ -243,6 +249,7 @@ class ResultListener:
             self._sent.clear()
             self._confirmed.clear()
             self._inflight.clear()
+            self._dirty = True
         with contextlib.suppress(Exception):
             conn.disconnect()
         with contextlib.suppress(Exception):
@@ -292,6 +299,9 @@ class ResultListener:
     def _sync(self, conn: Any) -> None:
         """Bring the connection's subscriptions in line with the channels someone waits on."""
         with self._lock:
+            if not self._dirty:
+                return
+            self._dirty = False
             wanted = self._waiters.keys()
             subscribe = [channel for channel in wanted if channel not in self._sent]
             unsubscribe = [channel for channel in self._sent if channel not in wanted]

@@ -114,6 +114,8 @@ def settings_params(conf: Any) -> dict[str, Any]:
 
 
 def _apply_query(params: dict[str, Any], query: dict[str, str]) -> None:
+    if query.pop('protocol', '2') != '2':
+        raise ImproperlyConfigured('result_backend: only protocol=2 (RESP2) is supported by the Redis result backend')
     unknown = sorted(set(query) - _QUERY_KEYS)
     if unknown:
         raise ImproperlyConfigured(f'result_backend: unknown query parameter(s) {", ".join(unknown)} in the URL')

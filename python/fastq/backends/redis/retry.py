@@ -21,7 +21,7 @@ __all__ = ['CONNECTION_ERRORS', 'DEFAULT_RETRY_POLICY', 'full_jitter_backoff', '
 T = TypeVar('T')
 
 #: What counts as "Redis could not be reached" (retried); other Redis errors are raised at once.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+CONNECTION_ERRORS = (
     redis.ConnectionError,
     redis.TimeoutError,
     socket.timeout,
