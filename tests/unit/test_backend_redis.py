@@ -139,13 +139,14 @@ def subscribers(raw: Any, channel: bytes) -> int:
 
 
 def count_reads(backend: RedisBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record every read of a result key (`_get`), the only way the backend reads one."""
+    """Record every completed read of a result key (`_get`, the only way the backend reads one)."""
     calls: list[str] = []
     original = backend._get
 
     def counted(tid: str) -> bytes | None:
-        calls.append(tid)
-        return original(tid)
+        value = original(tid)
+        calls.append(tid)  # after the read: a test that saw it knows what the read could see
+        return value
 
     monkeypatch.setattr(backend, '_get', counted)
     return calls
