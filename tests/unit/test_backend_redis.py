@@ -429,6 +429,26 @@ def test_a_missed_message_delays_the_wait_at_most_an_interval(
     assert len(reads) >= 2
 
 
+def test_a_failed_read_does_not_end_the_wait(app: Fastq, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = app.backend
+    original = backend._get
+    failed: list[str] = []
+
+    def flaky(tid: str) -> bytes | None:
+        if not failed:  # the read after subscribing hits a connection that just broke
+            failed.append(tid)
+            raise BackendGetMetaError('unreachable', task_id=tid) from redis.ConnectionError('reset by peer')
+        return original(tid)
+
+    monkeypatch.setattr(backend, '_get', flaky)
+    tid = task_id()
+    waiting = Waiting(AsyncResult(tid, app=app), timeout=LONG, interval=LONG)
+    waiting.start()
+    wait_until(lambda: failed)
+    backend.store_result(tid, 'still delivered', states.SUCCESS)
+    assert waiting.outcome() == 'still delivered'
+
+
 def test_concurrent_waiters_on_different_tasks(app: Fastq, raw: Any) -> None:
     tids = [task_id() for _ in range(8)]
     waiters = [Waiting(AsyncResult(tid, app=app), timeout=LONG, interval=LONG) for tid in tids]

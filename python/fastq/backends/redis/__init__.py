@@ -305,7 +305,7 @@ class RedisBackend(Backend):
                     return meta
             subscribed = subscribed or reread
             if reread or (subscribed and not woken):  # subscribed (again), or a quiet spell: read the key
-                stored = self._reread(listener, task_id)
+                stored = self._reread(task_id)
                 if stored is not None and stored['status'] in states.READY_STATES:
                     return stored
             if deadline is not None and time.monotonic() >= deadline:
@@ -317,13 +317,16 @@ class RedisBackend(Backend):
             if on_interval is not None:
                 on_interval()
 
-    def _reread(self, listener: ResultListener, task_id: str) -> dict[str, Any] | None:
+    def _reread(self, task_id: str) -> dict[str, Any] | None:
         try:
             return self.get_task_meta(task_id)
-        except BackendGetMetaError:
-            if listener.connected:
+        except BackendGetMetaError as exc:
+            if not isinstance(exc.__cause__, CONNECTION_ERRORS):
                 raise
-            return None  # the listener is reconnecting, and will say when to read again (or fail us)
+            # Unreachable for now (a restart?). The listener is the judge: it reconnects and says when to read
+            # again, or gives up and fails this wait; one failed read must not end a wait that may still succeed.
+            logger.debug('Reading %s failed while waiting: %s', task_id, exc)
+            return None
 
 
 class SentinelBackend(RedisBackend):
