@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -733,7 +734,16 @@ def test_forked_child_uses_its_own_connections(app: Fastq) -> None:
             code = 0 if waiting.outcome() == os.getpid() and pool.pid == os.getpid() else 2
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + LONG
+    while True:  # bounded: a child stuck on a lock inherited from the fork must fail the test, not hang it
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError('the forked child did not finish')
+        time.sleep(0.01)
     assert os.waitstatus_to_exitcode(status) == 0
     assert AsyncResult(child_tid, app=app).get(timeout=LONG) == pid  # the parent's connections still work
     other = task_id()
