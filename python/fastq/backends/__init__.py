@@ -17,11 +17,12 @@ BACKENDS = {
     'sqlite': 'fastq.backends.sqlite:SQLiteBackend',
     'db+sqlite': 'fastq.backends.sqlite:SQLiteBackend',
     'disabled': 'fastq.backends.base:DisabledBackend',
+    'redis': 'fastq.backends.redis:RedisBackend',
+    'rediss': 'fastq.backends.redis:RedisBackend',
+    'redis+socket': 'fastq.backends.redis:RedisBackend',
+    'sentinel': 'fastq.backends.redis:SentinelBackend',
 }
 PLANNED = {
-    'redis': 'the Redis result backend',
-    'rediss': 'the Redis result backend',
-    'sentinel': 'the Redis result backend',
     'rpc': 'the rpc:// result backend',
 }
 DEFAULT_RESULTS_FILE = 'fastq-results.sqlite3'

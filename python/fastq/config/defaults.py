@@ -122,6 +122,10 @@ CELERY_SETTINGS = [
     _s('redis_socket_connect_timeout', 'float', None, old=('CELERY_REDIS_SOCKET_CONNECT_TIMEOUT',)),
     _s('redis_retry_on_timeout', 'bool', False, old=('CELERY_REDIS_RETRY_ON_TIMEOUT',)),
     _s('redis_socket_keepalive', 'bool', False, old=('CELERY_REDIS_SOCKET_KEEPALIVE',)),
+    # Read by Celery's Redis result backend (conf.get) though absent from its settings table.
+    _s('redis_backend_health_check_interval', 'int', None),
+    _s('redis_backend_credential_provider', 'any', None),
+    _s('redis_client_name', 'str', None),
     _s('result_backend', 'str', None, old=('CELERY_RESULT_BACKEND',)),
     _s('result_cache_max', 'int', -1, old=('CELERY_MAX_CACHED_RESULTS',)),
     _s('result_compression', 'str', None, old=('CELERY_RESULT_COMPRESSION',)),

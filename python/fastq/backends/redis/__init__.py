@@ -1,0 +1,358 @@
+"""Result backend on Redis, with Celery's key layout: Celery clients and workers read what fastq stores, and back.
+
+URLs:
+    `redis://[[user]:password@]host[:port][/db]`, `rediss://...?ssl_cert_reqs=CERT_REQUIRED` (TLS; also
+    `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`), `redis+socket:///path/to/redis.sock?virtual_host=<db>`,
+    `sentinel://host:26379[/db];sentinel://host2:26379` with `master_name` in the transport options.
+    Query parameters redis-py knows (`socket_timeout`, `health_check_interval`, ...) override the settings.
+Settings read:
+    `redis_socket_timeout`, `redis_socket_connect_timeout`, `redis_retry_on_timeout`, `redis_socket_keepalive`,
+    `redis_max_connections`, `redis_backend_health_check_interval`, `redis_backend_use_ssl`, `redis_username`,
+    `redis_password`, `redis_client_name`, `redis_backend_credential_provider`, `result_expires`,
+    `result_failure_expires`, `result_serializer`, `result_compression`, `result_extended`,
+    `result_backend_always_retry` (+ `..._max_retries`, `..._base/max_sleep_between_retries_ms`), and
+    `result_backend_transport_options`: `global_keyprefix`, `retry_policy`, `master_name`,
+    `min_other_sentinels`, `sentinel_kwargs`.
+Layout (see `layout.py`):
+    `celery-task-meta-<task_id>` = the encoded meta document, TTL `result_expires` (none when 0/None), and
+    every write published on the channel of the same name, in one round trip (a Lua script, `scripts.py`).
+Supports:
+    a stored SUCCESS is never overwritten (checked atomically in Redis, not read-then-write as Celery does);
+    `get()` waits on pub/sub, not by polling (`listener.py`); reconnects without losing a result; fork-safe
+    (a child builds its own connections and listener). Not yet: group results (`celery-taskset-meta-*`),
+    chords (Celery's native Redis join).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import redis
+
+from fastq import states
+from fastq.backends.base import Backend
+from fastq.backends.redis.layout import KeyLayout
+from fastq.backends.redis.listener import ResultListener, Waiter
+from fastq.backends.redis.params import connection_params, sentinel_params
+from fastq.backends.redis.retry import CONNECTION_ERRORS, DEFAULT_RETRY_POLICY, full_jitter_backoff, retry_over_time
+from fastq.backends.redis.scripts import MODE_CAS, MODE_FOR_SERIALIZER, MODE_OTHER, STORE_RESULT
+from fastq.exceptions import BackendError, BackendGetMetaError, BackendStoreError, ImproperlyConfigured, TimeoutError
+from fastq.utils.text import mask_url
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+
+__all__ = ['RedisBackend', 'SentinelBackend']
+
+logger = logging.getLogger('fastq.backends.redis')
+
+T = TypeVar('T')
+
+#: Redis's limit for a string value (Celery refuses larger results with the same message).
+MAX_VALUE_SIZE = 512 * 1024 * 1024
+#: A waiter re-reads its key at least this far apart (`interval` raises it), in case a message went missing.
+MIN_RECHECK = 1.0
+#: Compare-and-set rounds before a store gives up on a key other writers keep changing.
+MAX_CAS_ROUNDS = 16
+
+_live: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_live):
+        backend._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class RedisBackend(Backend):
+    polling = False
+
+    def __init__(self, app: Fastq, url: str | None = None) -> None:
+        super().__init__(app, url)
+        if not url:
+            raise ImproperlyConfigured('result_backend: the Redis backend needs a URL')
+        conf = app.conf
+        options = dict(conf.result_backend_transport_options or {})
+        self.transport_options = options
+        self.layout = KeyLayout(options.get('global_keyprefix'))
+        self.retry_policy: dict[str, Any] = {**DEFAULT_RETRY_POLICY, **(options.get('retry_policy') or {})}
+        self.always_retry: bool = bool(conf.result_backend_always_retry)
+        self.max_retries: float = conf.result_backend_max_retries
+        self.base_sleep_ms: float = conf.result_backend_base_sleep_between_retries_ms
+        self.max_sleep_ms: float = conf.result_backend_max_sleep_between_retries_ms
+        self.connparams = self._connection_params(url)
+        self._store_mode = MODE_FOR_SERIALIZER.get(self.serializer, MODE_OTHER) if not self.compression else MODE_OTHER
+        self._masked = mask_url(url)
+        self._lock = threading.Lock()
+        self._client: redis.Redis | None = None
+        self._store_script: Any = None
+        self._listener: ResultListener | None = None
+        _live.add(self)
+
+    # --- connections --------------------------------------------------------------------------------------
+
+    def _connection_params(self, url: str) -> dict[str, Any]:
+        return connection_params(self.app.conf, url)
+
+    def _create_pool(self) -> redis.ConnectionPool:
+        return redis.ConnectionPool(**self.connparams)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The client of this process; its pool notices a fork by itself (redis-py compares pids) and reconnects."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    client = redis.Redis(connection_pool=self._create_pool())
+                    self._store_script = client.register_script(STORE_RESULT)  # before _client: read without lock
+                    self._client = client
+                client = self._client
+        return client
+
+    def _get_listener(self) -> ResultListener:
+        listener = self._listener
+        if listener is None:
+            client = self.client
+            with self._lock:
+                if self._listener is None:
+                    interval = self.connparams.get('health_check_interval')
+                    self._listener = ResultListener(
+                        client.connection_pool,
+                        self.retry_policy,
+                        self._unreachable_on_wait,
+                        ping_interval=float(interval) if interval else None,
+                        reply_timeout=self.connparams.get('socket_timeout'),
+                    )
+                listener = self._listener
+        return listener
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: the parent's listener thread is gone and its locks may be held; start afresh."""
+        self._lock = threading.Lock()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.abandon_after_fork()
+
+    def close(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            client, self._client = self._client, None
+        if listener is not None:
+            listener.stop()
+        if client is not None:
+            client.connection_pool.disconnect()
+
+    # --- errors and retries -------------------------------------------------------------------------------
+
+    def _message(self, what: str, exc: BaseException) -> str:
+        return f'Cannot {what}: Redis result backend {self._masked}: {type(exc).__name__}: {exc}'
+
+    def _unreachable_on_wait(self, exc: BaseException) -> BaseException:
+        return BackendGetMetaError(self._message('wait for results', exc))
+
+    def _run(
+        self,
+        fn: Callable[[], T],
+        what: str,
+        error: Callable[[str], BaseException],
+        with_policy: bool = False,
+    ) -> T:
+        """`fn` with Celery's retries; Redis errors become `error(...)`, naming the URL with its password masked."""
+
+        def attempt() -> T:
+            return retry_over_time(fn, self.retry_policy, time.sleep, self._log_retry) if with_policy else fn()
+
+        retries = 0
+        while True:
+            try:
+                return attempt()
+            except CONNECTION_ERRORS as exc:
+                if self.always_retry and retries < self.max_retries:
+                    retries += 1
+                    logger.warning('Failed to %s. Retrying %s more times.', what, self.max_retries - retries)
+                    time.sleep(full_jitter_backoff(self.base_sleep_ms, retries, self.max_sleep_ms))
+                    continue
+                raise error(self._message(what, exc)) from exc
+            except redis.RedisError as exc:
+                raise error(self._message(what, exc)) from exc
+
+    def _log_retry(self, exc: BaseException, retries: int, delay: float) -> None:
+        max_retries = self.retry_policy.get('max_retries')
+        logger.error(
+            'Connection to Redis lost: Retry (%s/%s) in %.1fs. (%s)', retries, max_retries or 'Inf', delay, exc
+        )
+
+    # --- storage ------------------------------------------------------------------------------------------
+
+    def _store(self, task_id: str, payload: bytes, state: str, expires: float | None) -> None:
+        def error(message: str) -> BaseException:
+            return BackendStoreError(message, task_id=task_id, state=state)
+
+        if len(payload) > MAX_VALUE_SIZE:
+            raise error('value too large for Redis backend')
+        key = self.layout.task_key(task_id)
+        ttl_ms = math.ceil(expires * 1000) if expires else 0
+        self._run(
+            lambda: self._store_unless_success(key, payload, ttl_ms), f'store the result of {task_id}', error, True
+        )
+
+    def _store_unless_success(self, key: bytes, payload: bytes, ttl_ms: int) -> None:
+        client = self.client
+        mode, expected = self._store_mode, b''
+        for _ in range(MAX_CAS_ROUNDS):
+            reply = self._store_script(keys=[key], args=[payload, ttl_ms, mode, expected], client=client)
+            if isinstance(reply, int):
+                return
+            # Stored in a form the script cannot read: decide here, then write only if it is still that document.
+            if self._is_success(reply):
+                return
+            mode, expected = MODE_CAS, reply
+        raise redis.RedisError(f'{key!r} kept changing while storing a result')
+
+    def _is_success(self, payload: bytes) -> bool:
+        try:
+            meta = self.decode(payload)
+        except Exception:  # unreadable: not a SUCCESS we could ever return, so it may be replaced
+            return False
+        return isinstance(meta, dict) and meta.get('status') == states.SUCCESS
+
+    def _set(self, task_id: str, payload: bytes, state: str, expires: float | None) -> None:
+        """Celery's `_set`: SETEX (or SET) and PUBLISH in one pipeline, replacing whatever is stored."""
+        key = self.layout.task_key(task_id)
+
+        def write() -> None:
+            with self.client.pipeline() as pipe:
+                if expires:
+                    pipe.set(key, payload, px=math.ceil(expires * 1000))
+                else:
+                    pipe.set(key, payload)
+                pipe.publish(key, payload)
+                pipe.execute()
+
+        self._run(write, f'store the result of {task_id}', BackendStoreError, True)
+
+    def _get(self, task_id: str) -> bytes | None:
+        key = self.layout.task_key(task_id)
+
+        def error(message: str) -> BaseException:
+            return BackendGetMetaError(message, task_id=task_id)
+
+        value: Any = self._run(lambda: self.client.get(key), f'read the result of {task_id}', error)
+        return value  # type: ignore[no-any-return]
+
+    def _get_many(self, task_ids: list[str]) -> dict[str, bytes]:
+        if not task_ids:
+            return {}
+        keys = [self.layout.task_key(task_id) for task_id in task_ids]
+        values: list[Any] = self._run(lambda: self.client.mget(keys), 'read results', BackendGetMetaError)
+        return {task_id: value for task_id, value in zip(task_ids, values, strict=True) if value is not None}
+
+    def _delete(self, task_id: str) -> None:
+        key = self.layout.task_key(task_id)
+        self._run(lambda: self.client.delete(key), f'forget the result of {task_id}', BackendError)
+
+    # --- waiting ------------------------------------------------------------------------------------------
+
+    def wait_for(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        on_interval: Callable[[], Any] | None = None,
+    ) -> dict[str, Any]:
+        """Subscribe to the task's channel, read its key once subscribed, then wait for a message.
+
+        The key is read again after a reconnect (the listener says when) and every `max(interval, 1)` seconds
+        in case a message went missing; that is all `interval` does here.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        listener = self._get_listener()
+        waiter = listener.subscribe(self.layout.task_key(task_id))
+        try:
+            return self._wait(listener, waiter, task_id, deadline, max(interval, MIN_RECHECK), on_interval)
+        finally:
+            listener.unsubscribe(waiter)
+
+    def _wait(
+        self,
+        listener: ResultListener,
+        waiter: Waiter,
+        task_id: str,
+        deadline: float | None,
+        recheck: float,
+        on_interval: Callable[[], Any] | None,
+    ) -> dict[str, Any]:
+        subscribed = False
+        while True:
+            wait = recheck if subscribed else None
+            if deadline is not None:
+                remaining = max(0.0, deadline - time.monotonic())
+                wait = remaining if wait is None else min(wait, remaining)
+            payloads, reread, woken = listener.take(waiter, wait)
+            for payload in payloads:  # the document itself travels in the message: no read needed
+                meta = self.meta_from_payload(payload)
+                if meta['status'] in states.READY_STATES:
+                    return meta
+            subscribed = subscribed or reread
+            if reread or (subscribed and not woken):  # subscribed (again), or a quiet spell: read the key
+                stored = self._reread(task_id)
+                if stored is not None and stored['status'] in states.READY_STATES:
+                    return stored
+            if deadline is not None and time.monotonic() >= deadline:
+                if not subscribed:  # e.g. timeout=0: what is stored already still counts
+                    stored = self.get_task_meta(task_id)
+                    if stored['status'] in states.READY_STATES:
+                        return stored
+                raise TimeoutError('The operation timed out.')
+            if on_interval is not None:
+                on_interval()
+
+    def _reread(self, task_id: str) -> dict[str, Any] | None:
+        try:
+            return self.get_task_meta(task_id)
+        except BackendGetMetaError as exc:
+            if not isinstance(exc.__cause__, CONNECTION_ERRORS):
+                raise
+            # Unreachable for now (a restart?). The listener is the judge: it reconnects and says when to read
+            # again, or gives up and fails this wait; one failed read must not end a wait that may still succeed.
+            logger.debug('Reading %s failed while waiting: %s', task_id, exc)
+            return None
+
+
+class SentinelBackend(RedisBackend):
+    """The same backend, finding the master through Redis Sentinel (`sentinel://` URLs)."""
+
+    def _connection_params(self, url: str) -> dict[str, Any]:
+        self.sentinels, params = sentinel_params(self.app.conf, url)
+        if not self.transport_options.get('master_name'):
+            raise ImproperlyConfigured(
+                "result_backend: sentinel:// needs result_backend_transport_options={'master_name': ...}"
+            )
+        return params
+
+    def _create_pool(self) -> redis.ConnectionPool:
+        from redis import sentinel as redis_sentinel
+
+        sentinels: Any = redis_sentinel  # untyped module
+        options = self.transport_options
+        params = dict(self.connparams)
+        credentials = {key: params[key] for key in ('username', 'password') if key in params}
+        sentinel = sentinels.Sentinel(
+            self.sentinels,
+            min_other_sentinels=options.get('min_other_sentinels', 0),
+            sentinel_kwargs=options.get('sentinel_kwargs') or None,
+            **params,
+        )
+        master = sentinel.master_for(options['master_name'], redis_class=redis.Redis, **credentials)
+        pool: redis.ConnectionPool = master.connection_pool
+        return pool

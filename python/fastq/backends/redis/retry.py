@@ -1,0 +1,72 @@
+"""The two retry loops Celery runs around Redis result operations, with Celery's semantics and defaults.
+
+Inner: `result_backend_transport_options['retry_policy']` (kombu's `retry_over_time`; by default 20 retries a
+second apart) around writes and the listener's reconnects, on connection errors only. Outer:
+`result_backend_always_retry` with exponential backoff and full jitter between
+`result_backend_base_sleep_between_retries_ms` and `..._max_sleep_between_retries_ms`, up to
+`result_backend_max_retries`, around every store, read and forget.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import redis
+
+__all__ = ['CONNECTION_ERRORS', 'DEFAULT_RETRY_POLICY', 'full_jitter_backoff', 'policy_intervals', 'retry_over_time']
+
+T = TypeVar('T')
+
+#: What counts as "Redis could not be reached" (retried); other Redis errors are raised at once.
+CONNECTION_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    socket.timeout,
+    OSError,
+)
+
+#: Celery's `BaseBackend.retry_policy`, which `retry_policy` in the transport options updates.
+DEFAULT_RETRY_POLICY: dict[str, Any] = {'max_retries': 20, 'interval_start': 0, 'interval_step': 1, 'interval_max': 1}
+
+
+def policy_intervals(policy: dict[str, Any]) -> Iterator[float]:
+    """kombu's `fxrange(start, max + start, step, repeatlast=True)`: start, start+step, ... then max forever."""
+    start = float(policy.get('interval_start', 2))
+    step = float(policy.get('interval_step', 2))
+    maximum = float(policy.get('interval_max', 30))
+    current = start
+    while True:
+        yield min(current, maximum)
+        current += step
+
+
+def retry_over_time(
+    fn: Callable[[], T],
+    policy: dict[str, Any],
+    sleep: Callable[[float], Any],
+    on_retry: Callable[[BaseException, int, float], Any] | None = None,
+) -> T:
+    """Call `fn`, retrying on connection errors `policy['max_retries']` times (None: forever)."""
+    max_retries = policy.get('max_retries', 20)
+    intervals = policy_intervals(policy)
+    retries = 0
+    while True:
+        try:
+            return fn()
+        except CONNECTION_ERRORS as exc:
+            if max_retries is not None and retries >= max_retries:
+                raise
+            delay = next(intervals)
+            if on_retry is not None:
+                on_retry(exc, retries, delay)
+            retries += 1
+            sleep(delay)
+
+
+def full_jitter_backoff(base_ms: float, retries: int, max_ms: float) -> float:
+    """Celery's `get_exponential_backoff_interval(base, retries, max, full_jitter=True)`, in seconds."""
+    countdown = int(min(max_ms, base_ms * (2**retries)))
+    return max(0, random.randrange(countdown + 1)) / 1000

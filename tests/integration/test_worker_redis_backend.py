@@ -1,0 +1,31 @@
+"""End to end with results in Redis: real `fastq worker` processes (SQLite broker) store, the client waits on pub/sub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastq import states
+from fastq.backends.redis import RedisBackend
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def urls(tmp_path: Path, redis_url: str) -> dict[str, str]:
+    return {'FASTQ_BROKER_URL': f'sqlite:///{tmp_path}/broker.sqlite3', 'FASTQ_RESULT_BACKEND': redis_url}
+
+
+def test_worker_results_in_redis(tasks: Any, worker: Any, urls: dict[str, str]) -> None:
+    w = worker()
+    assert '.> results:     ' + urls['FASTQ_RESULT_BACKEND'] in w.log
+    assert isinstance(tasks.app.backend, RedisBackend)
+    results = [tasks.add.delay(i, i) for i in range(50)]
+    assert [r.get(timeout=30) for r in results] == [i + i for i in range(50)]
+    assert results[0].state == states.SUCCESS and results[0].date_done is not None
+    failed = tasks.fail_custom.delay('boom')
+    with pytest.raises(tasks.CustomError, match='boom'):
+        failed.get(timeout=30)
+    assert 'CustomError: boom' in (failed.traceback or '')

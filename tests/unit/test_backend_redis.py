@@ -1,0 +1,881 @@
+"""The Redis result backend against a real redis-server, with the real celery package as the other client.
+
+Every test gets its own database (`redis_url`). Waits are bounded (a stuck wait fails the test) but nothing
+asserts how long anything took.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+redis = pytest.importorskip('redis')
+celery = pytest.importorskip('celery')
+celery_result = pytest.importorskip('celery.result')
+
+from fastq import Fastq, states  # noqa: E402
+from fastq.backends import backend_class  # noqa: E402
+from fastq.backends.redis import RedisBackend, SentinelBackend  # noqa: E402
+from fastq.backends.redis.params import connection_params, sentinel_params  # noqa: E402
+from fastq.exceptions import (  # noqa: E402
+    BackendError,
+    BackendGetMetaError,
+    BackendStoreError,
+    ImproperlyConfigured,
+    TaskRevokedError,
+    TimeoutError,
+)
+from fastq.result import AsyncResult  # noqa: E402
+from tests.servers import RedisServer, free_port  # noqa: E402
+
+LONG = 30.0  # a bound no healthy run comes near
+
+# Celery 5.7's Redis backend writes with redis-py's SETEX, which redis-py 8 deprecates.
+pytestmark = pytest.mark.filterwarnings('ignore:Call to deprecated setex:DeprecationWarning')
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = LONG) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError('condition not reached')
+        time.sleep(0.005)
+
+
+def task_id() -> str:
+    return str(uuid.uuid4())
+
+
+def key(tid: str, prefix: str = '') -> bytes:
+    return f'{prefix}celery-task-meta-{tid}'.encode()
+
+
+class Waiting(threading.Thread):
+    """`AsyncResult.get()` in a thread: `.value` or `.error` once joined."""
+
+    def __init__(self, result: AsyncResult[Any], **kwargs: Any) -> None:
+        super().__init__(daemon=True)
+        self.result, self.kwargs = result, kwargs
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.value = self.result.get(**self.kwargs)
+        except BaseException as exc:
+            self.error = exc
+
+    def outcome(self) -> Any:
+        self.join(LONG)
+        assert not self.is_alive(), 'get() did not return'
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@pytest.fixture
+def make_app(redis_url: str) -> Iterator[Callable[..., Fastq]]:
+    apps: list[Fastq] = []
+
+    def make(url: str | None = None, **conf: Any) -> Fastq:
+        app = Fastq('t', broker='memory://', backend=url or redis_url, set_as_current=False)
+        app.conf.update(conf)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Fastq]) -> Fastq:
+    return make_app()
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[Any]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_celery(redis_url: str) -> Iterator[Callable[..., Any]]:
+    apps: list[Any] = []
+
+    def make(**conf: Any) -> Any:
+        capp = celery.Celery('c', broker='memory://', backend=redis_url, set_as_current=False)
+        capp.conf.update(conf)
+        apps.append(capp)
+        return capp
+
+    yield make
+    for capp in apps:
+        with contextlib.suppress(Exception):
+            capp.backend.result_consumer.stop()
+        capp.backend.client.connection_pool.disconnect()
+
+
+def subscribers(raw: Any, channel: bytes) -> int:
+    return int(dict(raw.pubsub_numsub(channel))[channel])
+
+
+def count_reads(backend: RedisBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every completed read of a result key (`_get`, the only way the backend reads one)."""
+    calls: list[str] = []
+    original = backend._get
+
+    def counted(tid: str) -> bytes | None:
+        value = original(tid)
+        calls.append(tid)  # after the read: a test that saw it knows what the read could see
+        return value
+
+    monkeypatch.setattr(backend, '_get', counted)
+    return calls
+
+
+# --- scheme registry and URL parsing -------------------------------------------------------------------------
+
+
+def test_schemes_resolve_to_the_redis_backends() -> None:
+    for url in ('redis://h/0', 'rediss://h/0', 'redis+socket:///tmp/r.sock'):
+        assert backend_class(url) is RedisBackend
+    assert backend_class('sentinel://h:26379') is SentinelBackend
+
+
+def _conf(**values: Any) -> Any:
+    app = Fastq('t', broker='memory://', backend='memory://', set_as_current=False)
+    app.conf.update(values)
+    return app.conf
+
+
+def test_url_and_settings_to_connection_params() -> None:
+    conf = _conf(
+        redis_socket_timeout=3.5,
+        redis_socket_connect_timeout=2,
+        redis_retry_on_timeout=True,
+        redis_socket_keepalive=True,
+        redis_max_connections=7,
+        redis_backend_health_check_interval=15,
+    )
+    params = connection_params(conf, 'redis://user:p%40ss@example.com:6390/5?socket_timeout=9')
+    assert params['host'] == 'example.com' and params['port'] == 6390 and params['db'] == 5
+    assert params['username'] == 'user' and params['password'] == 'p@ss'
+    assert params['socket_timeout'] == 9.0  # the query overrides the setting
+    assert params['socket_connect_timeout'] == 2.0 and params['retry_on_timeout'] is True
+    assert params['socket_keepalive'] is True and params['max_connections'] == 7
+    assert params['health_check_interval'] == 15
+    assert params['decode_responses'] is False
+    assert connection_params(_conf(), 'redis://:secret@h')['db'] == 0
+
+    unix = connection_params(_conf(), 'redis+socket:///run/redis/redis.sock?virtual_host=3')
+    assert unix['connection_class'] is redis.UnixDomainSocketConnection
+    assert unix['path'] == '/run/redis/redis.sock' and unix['db'] == 3 and 'host' not in unix
+
+    with pytest.raises(ImproperlyConfigured, match='bogus'):
+        connection_params(_conf(), 'redis://h/0?bogus=1')
+    with pytest.raises(ImproperlyConfigured, match='RESP2'):
+        connection_params(_conf(), 'redis://h/0?protocol=3')
+
+
+def test_tls_params_follow_celerys_rules() -> None:
+    params = connection_params(_conf(), 'rediss://h:6380/1?ssl_cert_reqs=CERT_REQUIRED&ssl_ca_certs=%2Fca.pem')
+    assert params['connection_class'] is redis.SSLConnection
+    assert params['ssl_cert_reqs'] == ssl.CERT_REQUIRED and params['ssl_ca_certs'] == '/ca.pem'
+    assert connection_params(_conf(), 'rediss://h?ssl_cert_reqs=none')['ssl_cert_reqs'] == ssl.CERT_NONE
+    with pytest.raises(ImproperlyConfigured, match='ssl_cert_reqs'):
+        connection_params(_conf(), 'rediss://h:6380/1')
+    with pytest.raises(ImproperlyConfigured, match='rediss://'):
+        connection_params(_conf(), 'redis://h/0?ssl_cert_reqs=CERT_NONE')
+    via_setting = connection_params(_conf(redis_backend_use_ssl={'ssl_cert_reqs': 'CERT_OPTIONAL'}), 'redis://h/0')
+    assert via_setting['connection_class'] is redis.SSLConnection
+    assert via_setting['ssl_cert_reqs'] == ssl.CERT_OPTIONAL
+
+
+def test_sentinel_params_and_master_name_required() -> None:
+    hosts, params = sentinel_params(_conf(), 'sentinel://:pw@s1:26379/4;sentinel://s2:26380/4')
+    assert hosts == [('s1', 26379), ('s2', 26380)]
+    assert params['db'] == 4 and params['password'] == 'pw' and 'host' not in params
+    app = Fastq('t', broker='memory://', backend='sentinel://s1:26379', set_as_current=False)
+    with pytest.raises(ImproperlyConfigured, match='master_name'):
+        app.backend  # noqa: B018
+    app.close()
+
+
+def test_describe_masks_the_password(make_app: Callable[..., Fastq]) -> None:
+    assert make_app('redis://:hunter2@127.0.0.1:1/0').backend.describe() == 'redis://:**@127.0.0.1:1/0'
+    sentinel = make_app(
+        'sentinel://:pw@s1:26379;sentinel://:pw@s2:26379', result_backend_transport_options={'master_name': 'm'}
+    )
+    assert sentinel.backend.describe() == 'sentinel://:**@s1:26379;sentinel://:**@s2:26379'
+
+
+# --- storing and reading -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ('state', 'value'),
+    [
+        (states.SUCCESS, {'answer': [42, 'x', None, 1.5]}),
+        (states.FAILURE, ValueError('boom', 3)),
+        (states.RETRY, KeyError('later')),
+        (states.STARTED, {'pid': 1, 'hostname': 'w'}),
+        ('PROGRESS', {'done': 3, 'total': 10}),
+    ],
+)
+def test_round_trip_by_state(app: Fastq, state: str, value: Any) -> None:
+    tid = task_id()
+    app.backend.store_result(tid, value, state)
+    result = AsyncResult(tid, app=app)
+    assert result.state == state
+    if isinstance(value, BaseException):
+        assert type(result.result) is type(value) and result.result.args == value.args
+    else:
+        assert result.result == value
+    assert (result.date_done is not None) == (state in states.READY_STATES)
+
+
+def test_revoked_raises_task_revoked(app: Fastq) -> None:
+    tid = task_id()
+    app.backend.mark_as_revoked(tid, 'expired')
+    with pytest.raises(TaskRevokedError):
+        AsyncResult(tid, app=app).get(timeout=LONG)
+
+
+def test_failure_reraised_with_type_traceback_and_date(app: Fastq) -> None:
+    tid = task_id()
+    app.backend.mark_as_failure(tid, ZeroDivisionError('division by zero'), traceback='Traceback: line 1')
+    result = AsyncResult(tid, app=app)
+    with pytest.raises(ZeroDivisionError, match='division by zero'):
+        result.get(timeout=LONG)
+    assert result.traceback == 'Traceback: line 1'
+    assert isinstance(result.date_done, datetime) and result.date_done.tzinfo is not None
+    assert result.failed() and not result.successful()
+
+
+def test_result_extended_fields(make_app: Callable[..., Fastq]) -> None:
+    app = make_app(result_extended=True)
+    tid = task_id()
+    request = SimpleNamespace(
+        task='proj.add',
+        args=[1, 2],
+        kwargs={'z': 3},
+        hostname='w1@host',
+        retries=2,
+        delivery_info={'routing_key': 'fast'},
+        group='g1',
+        parent_id='p1',
+    )
+    app.backend.store_result(tid, 3, states.SUCCESS, request=request)
+    result = AsyncResult(tid, app=app)
+    assert (result.args, result.kwargs, result.worker, result.retries, result.queue) == (
+        [1, 2],
+        {'z': 3},
+        'w1@host',
+        2,
+        'fast',
+    )
+    meta = app.backend.get_task_meta(tid)
+    assert meta['name'] == 'proj.add' and meta['group_id'] == 'g1' and meta['parent_id'] == 'p1'
+
+
+def test_result_expires_is_the_key_ttl(make_app: Callable[..., Fastq], raw: Any) -> None:
+    default = make_app()
+    tid = task_id()
+    default.backend.store_result(tid, 1, states.SUCCESS)
+    assert 86000 < raw.ttl(key(tid)) <= 86400
+
+    short = make_app(result_expires=timedelta(seconds=120), result_failure_expires=30)
+    ok, failed = task_id(), task_id()
+    short.backend.store_result(ok, 1, states.SUCCESS)
+    short.backend.mark_as_failure(failed, ValueError('x'))
+    assert 100 < raw.ttl(key(ok)) <= 120
+    assert 0 < raw.ttl(key(failed)) <= 30
+
+    for never in (None, 0):
+        forever = make_app(result_expires=never)
+        tid = task_id()
+        forever.backend.store_result(tid, 1, states.SUCCESS)
+        assert raw.ttl(key(tid)) == -1
+
+
+def test_forget_deletes_the_key(app: Fastq, raw: Any) -> None:
+    tid = task_id()
+    app.backend.store_result(tid, 1, states.SUCCESS)
+    AsyncResult(tid, app=app).forget()
+    assert raw.exists(key(tid)) == 0
+    assert AsyncResult(tid, app=app).state == states.PENDING
+
+
+@pytest.mark.parametrize(
+    'conf',
+    [{}, {'result_serializer': 'msgpack', 'accept_content': ['json', 'msgpack']}, {'result_compression': 'zlib'}],
+    ids=['json', 'msgpack', 'zlib'],
+)
+def test_success_is_never_overwritten_nor_republished(
+    make_app: Callable[..., Fastq], raw: Any, conf: dict[str, Any]
+) -> None:
+    app = make_app(**conf)
+    tid = task_id()
+    pubsub = raw.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(key(tid), 'marker')
+    app.backend.mark_as_started(tid, pid=1)
+    app.backend.store_result(tid, 'first', states.SUCCESS)
+    app.backend.mark_as_failure(tid, ValueError('duplicate delivery'))
+    app.backend.mark_as_started(tid, pid=2)
+    raw.publish('marker', b'end')  # messages arrive in the order Redis ran the commands
+    seen = []
+    deadline = time.monotonic() + LONG
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=1.0)  # None for the skipped subscribe confirmations, too
+        if message is None:
+            continue
+        if message['channel'] == b'marker':
+            break
+        seen.append(app.backend.decode(message['data'])['status'])
+    pubsub.close()
+    assert seen == [states.STARTED, states.SUCCESS]
+    assert app.backend.get_task_meta(tid)['result'] == 'first'
+
+
+def test_global_keyprefix(make_app: Callable[..., Fastq], make_celery: Callable[..., Any], raw: Any) -> None:
+    options = {'global_keyprefix': 'myapp'}
+    app = make_app(result_backend_transport_options=options)
+    tid = task_id()
+    app.backend.store_result(tid, 'prefixed', states.SUCCESS)
+    assert raw.exists(key(tid, 'myapp_')) == 1 and raw.exists(key(tid)) == 0
+    assert AsyncResult(tid, app=app).get(timeout=LONG) == 'prefixed'
+    capp = make_celery(result_backend_transport_options=options)
+    assert celery_result.AsyncResult(tid, app=capp).get(timeout=LONG) == 'prefixed'
+
+
+def test_msgpack_serializer(make_app: Callable[..., Fastq], make_celery: Callable[..., Any], raw: Any) -> None:
+    import msgpack
+
+    conf = {'result_serializer': 'msgpack', 'accept_content': ['json', 'msgpack']}
+    app = make_app(**conf)
+    tid = task_id()
+    app.backend.store_result(tid, {'x': [1, 2]}, states.SUCCESS)
+    assert msgpack.unpackb(raw.get(key(tid)))['result'] == {'x': [1, 2]}
+    assert AsyncResult(tid, app=app).get(timeout=LONG) == {'x': [1, 2]}
+    assert celery_result.AsyncResult(tid, app=make_celery(**conf)).get(timeout=LONG) == {'x': [1, 2]}
+
+
+def test_compressed_results(make_app: Callable[..., Fastq], make_celery: Callable[..., Any], raw: Any) -> None:
+    app = make_app(result_compression='zlib')
+    capp = make_celery(result_compression='zlib')
+    ours, theirs = task_id(), task_id()
+    app.backend.store_result(ours, 'z' * 1000, states.SUCCESS)
+    assert raw.get(key(ours)).startswith(b'\x00celery-compressed\x00')
+    assert AsyncResult(ours, app=app).get(timeout=LONG) == 'z' * 1000
+    assert celery_result.AsyncResult(ours, app=capp).get(timeout=LONG) == 'z' * 1000
+    capp.backend.store_result(theirs, 'y' * 1000, states.SUCCESS)
+    assert AsyncResult(theirs, app=app).get(timeout=LONG) == 'y' * 1000
+
+
+# --- waiting: pub/sub, not polling ---------------------------------------------------------------------------
+
+
+def test_get_wakes_on_publish_without_polling(app: Fastq, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = count_reads(app.backend, monkeypatch)
+    tid = task_id()
+    waiting = Waiting(AsyncResult(tid, app=app), timeout=LONG, interval=LONG)
+    waiting.start()
+    wait_until(lambda: subscribers(raw, key(tid)) == 1)
+    wait_until(lambda: len(reads) == 1)  # read once the subscription was confirmed
+    app.backend.store_result(tid, 'woken', states.SUCCESS)
+    assert waiting.outcome() == 'woken'
+    assert reads == [tid]  # the document came in the message: no second read, and no polling
+    wait_until(lambda: subscribers(raw, key(tid)) == 0)
+
+
+def test_result_stored_before_the_wait(app: Fastq, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = count_reads(app.backend, monkeypatch)
+    tid = task_id()
+    app.backend.store_result(tid, 'early', states.SUCCESS)
+    assert AsyncResult(tid, app=app).get(timeout=LONG, interval=LONG) == 'early'
+    assert reads == [tid]
+
+
+def test_a_missed_message_delays_the_wait_at_most_an_interval(
+    app: Fastq, raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = count_reads(app.backend, monkeypatch)
+    tid = task_id()
+    waiting = Waiting(AsyncResult(tid, app=app), timeout=LONG, interval=0.1)
+    waiting.start()
+    wait_until(lambda: len(reads) == 1)
+    # A writer that does not publish (or a message lost in transit): only the periodic read can see it.
+    raw.set(key(tid), app.backend.encode({'status': states.SUCCESS, 'result': 'unannounced', 'task_id': tid}))
+    assert waiting.outcome() == 'unannounced'
+    assert len(reads) >= 2
+
+
+def test_a_failed_read_does_not_end_the_wait(app: Fastq, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = app.backend
+    original = backend._get
+    failed: list[str] = []
+
+    def flaky(tid: str) -> bytes | None:
+        if not failed:  # the read after subscribing hits a connection that just broke
+            failed.append(tid)
+            raise BackendGetMetaError('unreachable', task_id=tid) from redis.ConnectionError('reset by peer')
+        return original(tid)
+
+    monkeypatch.setattr(backend, '_get', flaky)
+    tid = task_id()
+    waiting = Waiting(AsyncResult(tid, app=app), timeout=LONG, interval=LONG)
+    waiting.start()
+    wait_until(lambda: failed)
+    backend.store_result(tid, 'still delivered', states.SUCCESS)
+    assert waiting.outcome() == 'still delivered'
+
+
+def test_concurrent_waiters_on_different_tasks(app: Fastq, raw: Any) -> None:
+    tids = [task_id() for _ in range(8)]
+    waiters = [Waiting(AsyncResult(tid, app=app), timeout=LONG, interval=LONG) for tid in tids]
+    both = Waiting(AsyncResult(tids[0], app=app), timeout=LONG, interval=LONG)  # two waiters, one task
+    for waiting in [*waiters, both]:
+        waiting.start()
+    wait_until(lambda: all(subscribers(raw, key(tid)) == 1 for tid in tids))
+    for index, tid in reversed(list(enumerate(tids))):
+        app.backend.store_result(tid, index, states.SUCCESS)
+    assert [waiting.outcome() for waiting in waiters] == list(range(8))
+    assert both.outcome() == 0
+    wait_until(lambda: all(subscribers(raw, key(tid)) == 0 for tid in tids))
+
+
+def test_intermediate_states_do_not_end_the_wait(app: Fastq, raw: Any) -> None:
+    tid = task_id()
+    waiting = Waiting(AsyncResult(tid, app=app), timeout=LONG)
+    waiting.start()
+    wait_until(lambda: subscribers(raw, key(tid)) == 1)
+    app.backend.mark_as_started(tid, pid=1)
+    app.backend.store_result(tid, {'done': 1}, 'PROGRESS')
+    app.backend.mark_as_failure(tid, KeyError('finally'))
+    with pytest.raises(KeyError, match='finally'):
+        waiting.outcome()
+
+
+def test_timeout_raises_and_unsubscribes(app: Fastq, raw: Any) -> None:
+    tid = task_id()
+    with pytest.raises(TimeoutError):
+        AsyncResult(tid, app=app).get(timeout=0.2)
+    with pytest.raises(TimeoutError):
+        AsyncResult(tid, app=app).get(timeout=0)
+    wait_until(lambda: subscribers(raw, key(tid)) == 0)
+    app.backend.store_result(tid, 'late', states.SUCCESS)
+    assert AsyncResult(tid, app=app).get(timeout=0) == 'late'
+
+
+def test_close_stops_the_listener_thread(make_app: Callable[..., Fastq]) -> None:
+    app = make_app()
+    tid = task_id()
+    app.backend.store_result(tid, 1, states.SUCCESS)
+    assert AsyncResult(tid, app=app).get(timeout=LONG) == 1
+    names = {t.name for t in threading.enumerate()}
+    assert 'fastq-redis-results' in names
+    backend = app.backend
+    listener = backend._listener
+    assert listener is not None and listener._thread is not None
+    backend.close()
+    assert not listener._thread.is_alive()
+    # A closed backend connects again on next use; a wait cut short by close() fails instead of hanging.
+    stranded = Waiting(AsyncResult(task_id(), app=app), timeout=LONG)
+    stranded.start()
+    wait_until(lambda: backend._listener is not None and backend._listener.connected)
+    backend.close()
+    with pytest.raises(BackendError, match='closed'):
+        stranded.outcome()
+    assert AsyncResult(tid, app=app).get(timeout=LONG) == 1
+    backend.close()
+
+
+# --- interop with Celery -------------------------------------------------------------------------------------
+
+
+def test_celery_reads_what_fastq_stored(app: Fastq, make_celery: Callable[..., Any]) -> None:
+    capp = make_celery()
+    ok, failed = task_id(), task_id()
+    app.backend.store_result(ok, {'sum': 3}, states.SUCCESS)
+    app.backend.mark_as_failure(failed, ValueError('from fastq'), traceback='tb')
+    assert celery_result.AsyncResult(ok, app=capp).get(timeout=LONG) == {'sum': 3}
+    with pytest.raises(ValueError, match='from fastq'):
+        celery_result.AsyncResult(failed, app=capp).get(timeout=LONG)
+    assert celery_result.AsyncResult(failed, app=capp).traceback == 'tb'
+
+
+def test_celery_waiting_get_wakes_on_a_fastq_store(app: Fastq, make_celery: Callable[..., Any], raw: Any) -> None:
+    capp = make_celery()
+    tid = task_id()
+    box: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: box.update(value=celery_result.AsyncResult(tid, app=capp).get(timeout=LONG)), daemon=True
+    )
+    thread.start()
+    wait_until(lambda: subscribers(raw, key(tid)) == 1)
+    app.backend.store_result(tid, 'published', states.SUCCESS)
+    thread.join(LONG)
+    assert box == {'value': 'published'}
+
+
+class Unimportable(Exception):
+    pass
+
+
+Unimportable.__module__ = 'no_such_module_for_fastq'
+
+
+def test_fastq_reads_what_celery_stored(app: Fastq, make_celery: Callable[..., Any]) -> None:
+    capp = make_celery()
+    ok, builtin, foreign = task_id(), task_id(), task_id()
+    capp.backend.store_result(ok, [1, 'two'], states.SUCCESS)
+    capp.backend.store_result(builtin, KeyError('missing'), states.FAILURE, traceback='tb')
+    capp.backend.store_result(foreign, Unimportable('odd', 7), states.FAILURE)
+    assert AsyncResult(ok, app=app).get(timeout=LONG) == [1, 'two']
+    with pytest.raises(KeyError, match='missing'):
+        AsyncResult(builtin, app=app).get(timeout=LONG)
+    assert AsyncResult(builtin, app=app).traceback == 'tb'
+    with pytest.raises(Exception) as raised:
+        AsyncResult(foreign, app=app).get(timeout=LONG)
+    assert type(raised.value).__name__ == 'Unimportable' and type(raised.value) is not Unimportable
+    assert type(raised.value).__module__ == 'no_such_module_for_fastq' and raised.value.args == ('odd', 7)
+
+
+def test_fastq_waiting_get_wakes_on_a_celery_store(app: Fastq, make_celery: Callable[..., Any], raw: Any) -> None:
+    capp = make_celery()
+    tid = task_id()
+    waiting = Waiting(AsyncResult(tid, app=app), timeout=LONG, interval=LONG)
+    waiting.start()
+    wait_until(lambda: subscribers(raw, key(tid)) == 1)
+    capp.backend.store_result(tid, 'from celery', states.SUCCESS)
+    assert waiting.outcome() == 'from celery'
+
+
+def _stored(raw: Any, tid: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(raw.get(key(tid)))
+    assert document.pop('task_id') == tid
+    assert datetime.fromisoformat(document.pop('date_done')).tzinfo is not None
+    return document
+
+
+def test_same_documents_as_celery(make_app: Callable[..., Fastq], make_celery: Callable[..., Any], raw: Any) -> None:
+    app, capp = make_app(result_extended=True), make_celery(result_extended=True)
+    request = SimpleNamespace(
+        task='proj.add',
+        args=[1, 2],
+        kwargs={},
+        hostname='w@h',
+        retries=0,
+        delivery_info={'routing_key': 'celery'},
+        group=None,
+        parent_id='p',
+        children=[],
+    )
+    cases: list[tuple[Any, str]] = [
+        ({'a': [1, 2.5, None, 'é']}, states.SUCCESS),
+        (ValueError('bad', 1), states.FAILURE),
+    ]
+    for value, state in cases:
+        ours, theirs = task_id(), task_id()
+        app.backend.store_result(ours, value, state, traceback='tb', request=request)
+        capp.backend.store_result(theirs, value, state, traceback='tb', request=request)
+        assert _stored(raw, ours) == _stored(raw, theirs)
+        assert raw.ttl(key(ours)) > 0 and raw.ttl(key(theirs)) > 0
+
+
+# --- faults ----------------------------------------------------------------------------------------------------
+
+
+def test_get_survives_a_server_restart(
+    app: Fastq, raw: Any, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    tid = task_id()
+    # interval=LONG: no periodic read, so only the listener's reconnect can bring the result
+    waiting = Waiting(AsyncResult(tid, app=app), timeout=LONG, interval=LONG)
+    with caplog.at_level('WARNING', logger='fastq.backends.redis'):
+        waiting.start()
+        wait_until(lambda: subscribers(raw, key(tid)) == 1)
+        redis_server.restart()  # nothing persisted; the listener loses its connection
+        wait_until(redis_server.ping)
+        # Most likely stored while the listener is still reconnecting, so the message is lost: the listener
+        # must subscribe again and have the waiter read the key.
+        app.backend.store_result(tid, 'after restart', states.SUCCESS)
+        assert waiting.outcome() == 'after restart'
+    assert any('lost' in record.getMessage() for record in caplog.records)
+    # and the backend keeps working
+    again = task_id()
+    waiting = Waiting(AsyncResult(again, app=app), timeout=LONG)
+    waiting.start()
+    wait_until(lambda: subscribers(raw, key(again)) == 1)
+    app.backend.store_result(again, 'again', states.SUCCESS)
+    assert waiting.outcome() == 'again'
+
+
+@pytest.fixture
+def unreachable_url() -> str:
+    return f'redis://:s3cret@127.0.0.1:{free_port()}/0'
+
+
+def _check_message(exc: BaseException, port_url: str) -> None:
+    text = str(exc)
+    assert 's3cret' not in text
+    assert port_url.replace(':s3cret@', ':**@') in text
+
+
+def test_unreachable_server_raises_backend_errors(make_app: Callable[..., Fastq], unreachable_url: str) -> None:
+    app = make_app(unreachable_url, result_backend_transport_options={'retry_policy': {'max_retries': 0}})
+    errors: dict[str, BaseException] = {}
+
+    def attempt(name: str, call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except BaseException as exc:
+            errors[name] = exc
+
+    calls = {
+        'read': lambda: app.backend.get_task_meta('t1'),
+        'store': lambda: app.backend.store_result('t1', 1, states.SUCCESS),
+        'wait': lambda: AsyncResult('t1', app=app).get(timeout=LONG),
+        'forget': lambda: app.backend.forget('t1'),
+    }
+    threads = [threading.Thread(target=attempt, args=item, daemon=True) for item in calls.items()]
+    for thread in threads:  # in parallel: each waits out redis-py's own reconnect backoff
+        thread.start()
+    for thread in threads:
+        thread.join(LONG)
+    assert isinstance(errors['read'], BackendGetMetaError)
+    assert isinstance(errors['store'], BackendStoreError) and errors['store'].state == states.SUCCESS
+    assert isinstance(errors['wait'], BackendError)
+    assert isinstance(errors['forget'], BackendError)
+    for exc in errors.values():
+        _check_message(exc, unreachable_url)
+
+
+def test_a_refused_connection_fails_the_wait_and_the_listener_survives(
+    make_app: Callable[..., Fastq], redis_server: RedisServer
+) -> None:
+    app = make_app(redis_server.url(99))  # the server has 64 databases: SELECT fails, and retrying cannot help
+    with pytest.raises(BackendError, match='DB index is out of range'):
+        AsyncResult(task_id(), app=app).get(timeout=LONG)
+    with pytest.raises(BackendGetMetaError, match='DB index is out of range'):
+        app.backend.get_task_meta(task_id())
+    listener = app.backend._listener
+    assert listener is not None and listener._thread is not None and listener._thread.is_alive()
+
+
+def test_always_retry_retries_stores(
+    make_app: Callable[..., Fastq], unreachable_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(
+        unreachable_url,
+        result_backend_always_retry=True,
+        result_backend_max_retries=2,
+        result_backend_base_sleep_between_retries_ms=1,
+        result_backend_max_sleep_between_retries_ms=2,
+        result_backend_transport_options={'retry_policy': {'max_retries': 0}},
+    )
+    backend = app.backend
+    assert isinstance(backend, RedisBackend)
+    attempts = []
+    monkey = pytest.MonkeyPatch()
+    original = backend._store_unless_success
+
+    def failing(*args: Any) -> None:
+        attempts.append(args)
+        raise redis.ConnectionError('refused')
+
+    monkey.setattr(backend, '_store_unless_success', failing)
+    try:
+        with caplog.at_level('WARNING', logger='fastq.backends.redis'), pytest.raises(BackendStoreError):
+            backend.store_result('t1', 1, states.SUCCESS)
+    finally:
+        monkey.setattr(backend, '_store_unless_success', original)
+    assert len(attempts) == 3
+    assert sum('Retrying' in record.getMessage() for record in caplog.records) == 2
+
+
+def test_forked_child_uses_its_own_connections(app: Fastq) -> None:
+    parent_tid = task_id()
+    app.backend.store_result(parent_tid, 'parent', states.SUCCESS)
+    assert AsyncResult(parent_tid, app=app).get(timeout=LONG) == 'parent'  # the listener runs in the parent
+    child_tid = task_id()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)  # fork() with threads running (3.12+)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            waiting = Waiting(AsyncResult(child_tid, app=app), timeout=LONG)
+            waiting.start()
+            time.sleep(0.05)
+            app.backend.store_result(child_tid, os.getpid(), states.SUCCESS)
+            pool = app.backend.client.connection_pool
+            # redis-py's pool noticed the fork (pid check) and connected anew; ours started a new listener
+            code = 0 if waiting.outcome() == os.getpid() and pool.pid == os.getpid() else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + LONG
+    while True:  # bounded: a child stuck on a lock inherited from the fork must fail the test, not hang it
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError('the forked child did not finish')
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert AsyncResult(child_tid, app=app).get(timeout=LONG) == pid  # the parent's connections still work
+    other = task_id()
+    waiting = Waiting(AsyncResult(other, app=app), timeout=LONG)
+    waiting.start()
+    app.backend.store_result(other, 'still listening', states.SUCCESS)
+    assert waiting.outcome() == 'still listening'
+
+
+# --- other ways to reach Redis: a unix socket, TLS, Sentinel ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def spawn_redis(directory: Path, args: list[str], ready: Callable[[], bool]) -> Iterator[None]:
+    binary = shutil.which('redis-server')
+    assert binary is not None
+    log = directory / 'redis.log'
+    proc = subprocess.Popen(
+        [binary, *args, '--dir', str(directory), '--logfile', str(log)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + LONG
+        while not ready():
+            if proc.poll() is not None:
+                raise RuntimeError(f'redis-server exited: {log.read_text(errors="replace") if log.exists() else ""}')
+            assert time.monotonic() < deadline, 'redis-server did not start'
+            time.sleep(0.02)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(LONG)
+
+
+def _pong(sock: socket.socket) -> bool:
+    sock.sendall(b'PING\r\n')
+    return sock.recv(64).startswith(b'+PONG')
+
+
+def _tcp_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(('127.0.0.1', port), timeout=1) as sock:
+            return _pong(sock)
+    except OSError:
+        return False
+
+
+def _round_trip(app: Fastq) -> None:
+    tid = task_id()
+    waiting = Waiting(AsyncResult(tid, app=app), timeout=LONG)
+    waiting.start()
+    early = task_id()
+    app.backend.store_result(early, 'stored', states.SUCCESS)
+    assert AsyncResult(early, app=app).get(timeout=LONG) == 'stored'
+    app.backend.store_result(tid, 'published', states.SUCCESS)
+    assert waiting.outcome() == 'published'
+
+
+def test_unix_socket(make_app: Callable[..., Fastq], tmp_path: Path) -> None:
+    path = tmp_path / 'redis.sock'
+
+    def ready() -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(1)
+                sock.connect(str(path))
+                return _pong(sock)
+        except OSError:
+            return False
+
+    with spawn_redis(tmp_path, ['--port', '0', '--unixsocket', str(path), '--save', ''], ready):
+        app = make_app(f'redis+socket://{path}?virtual_host=2')
+        _round_trip(app)
+        assert redis.Redis(unix_socket_path=str(path), db=2).exists(b'celery-task-meta-' + b'x') == 0
+        app.close()
+
+
+def _make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    openssl = shutil.which('openssl')
+    if openssl is None:
+        pytest.skip('openssl is not installed')
+    ca_key, ca, key_file, csr, cert = (directory / name for name in ('ca.key', 'ca.crt', 's.key', 's.csr', 's.crt'))
+    ext = directory / 'san.ext'
+    ext.write_text('subjectAltName=IP:127.0.0.1\n')
+    ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
+    run = lambda *args: subprocess.run([openssl, *args], check=True, capture_output=True)  # noqa: E731
+    run('req', '-x509', *ec, '-keyout', str(ca_key), '-out', str(ca), '-days', '1', '-subj', '/CN=fastq test CA')
+    run('req', *ec, '-keyout', str(key_file), '-out', str(csr), '-subj', '/CN=127.0.0.1')
+    run(
+        'x509', '-req', '-in', str(csr), '-CA', str(ca), '-CAkey', str(ca_key), '-CAcreateserial',
+        '-out', str(cert), '-days', '1', '-extfile', str(ext),
+    )  # fmt: skip
+    return ca, cert, key_file
+
+
+def test_tls(make_app: Callable[..., Fastq], tmp_path: Path) -> None:
+    ca, cert, key_file = _make_certificates(tmp_path)
+    port = free_port()
+    context = ssl.create_default_context(cafile=str(ca))
+
+    def ready() -> bool:
+        try:
+            with (
+                socket.create_connection(('127.0.0.1', port), timeout=1) as plain,
+                context.wrap_socket(plain, server_hostname='127.0.0.1') as sock,
+            ):
+                return _pong(sock)
+        except OSError:
+            return False
+
+    args = ['--port', '0', '--tls-port', str(port), '--bind', '127.0.0.1', '--save', '']
+    args += ['--tls-cert-file', str(cert), '--tls-key-file', str(key_file), '--tls-ca-cert-file', str(ca)]
+    args += ['--tls-auth-clients', 'no']
+    with spawn_redis(tmp_path, args, ready):
+        url = f'rediss://127.0.0.1:{port}/0?ssl_cert_reqs=CERT_REQUIRED&ssl_ca_certs={quote(str(ca), safe="")}'
+        app = make_app(url)
+        _round_trip(app)
+        app.close()
+
+
+def test_sentinel(make_app: Callable[..., Fastq], redis_server: RedisServer, redis_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / 'sentinel.conf'
+    config.write_text(f'port {port}\nbind 127.0.0.1\nsentinel monitor fastqmaster 127.0.0.1 {redis_server.port} 1\n')
+    with spawn_redis(tmp_path, [str(config), '--sentinel'], lambda: _tcp_ping(port)):
+        db = int(redis_url.rsplit('/', 1)[1])
+        url = f'sentinel://127.0.0.1:{port}/{db};sentinel://127.0.0.1:{free_port()}/{db}'
+        app = make_app(url, result_backend_transport_options={'master_name': 'fastqmaster'})
+        assert isinstance(app.backend, SentinelBackend)
+        tid = task_id()
+        app.backend.store_result(tid, 'via sentinel', states.SUCCESS)
+        assert redis.Redis(port=redis_server.port, db=db).exists(key(tid)) == 1
+        _round_trip(app)
+        app.close()
