@@ -15,17 +15,20 @@ READY_TIMEOUT = 60.0
 
 
 class WorkerProcess:
-    def __init__(self, cwd: Path, env: dict[str, str], args: list[str], name: str) -> None:
+    def __init__(
+        self, cwd: Path, env: dict[str, str], args: list[str], name: str, command: list[str] | None = None
+    ) -> None:
         self.cwd = cwd
         self.logfile = cwd / f'{name}.log'
         self.args = args
         self.env = env
+        self.command = command or [sys.executable, '-m', 'fastq', '-A', 'worker_tasks', 'worker']
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> WorkerProcess:
         log = open(self.logfile, 'ab')
         self.proc = subprocess.Popen(
-            [sys.executable, '-m', 'fastq', '-A', 'worker_tasks', 'worker', *self.args],
+            [*self.command, *self.args],
             cwd=self.cwd,
             env=self.env,
             stdout=log,

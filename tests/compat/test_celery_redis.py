@@ -129,7 +129,10 @@ def test_celery_inspect_ping_reaches_fastq_and_back(celery_client: Any, fastq_cl
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), CELERY_BROKER_URL=f.env['FASTQ_BROKER_URL'])
     cli = subprocess.run(
         [sys.executable, '-m', 'celery', '-A', 'celery_side', 'inspect', 'ping', '-d', fq, '-t', '3'],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert cli.returncode == 0 and f'{fq}: OK' in cli.stdout and 'pong' in cli.stdout
 

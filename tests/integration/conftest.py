@@ -84,5 +84,3 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     rep = yield
     setattr(item, f'rep_{rep.when}', rep)
     return rep
-
-

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from fastq import __version__
+from tests.harness import wait_until
 
-from .conftest import HERE, wait_until
+from .conftest import HERE
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from fastq import states
+from tests.harness import lines, wait_until
 
-from .conftest import lines, wait_until
 from .test_cli import fastq
 
 pytestmark = pytest.mark.slow

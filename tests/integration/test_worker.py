@@ -13,8 +13,7 @@ import pytest
 
 from fastq import states
 from fastq.exceptions import NotRegistered, TimeLimitExceeded, WorkerLostError
-
-from .conftest import lines, wait_until
+from tests.harness import lines, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -30,12 +30,28 @@ def durable_redis() -> Iterator[RedisServer]:
     server.close()
 
 
+_started: list[WorkerProcess] = []
+
+
 def _worker(tmp_path: Path, url: str, *args: str, name: str = 'worker') -> WorkerProcess:
     env = dict(os.environ, PYTHONPATH=str(INTEGRATION), FASTQ_BROKER_URL=url, FASTQ_RESULT_BACKEND=url)
     env['FASTQ_BROKER_TRANSPORT_OPTIONS'] = '{"visibility_timeout": 5}'
     env.pop('PYTEST_CURRENT_TEST', None)
     w = WorkerProcess(tmp_path, env, ['-l', 'info', '-c', '2', *args], name)
+    _started.append(w)
     return w.start()
+
+
+@pytest.fixture(autouse=True)
+def _stop_workers() -> Iterator[None]:
+    yield
+    while _started:
+        w = _started.pop()
+        if w.proc is not None and w.proc.poll() is None:
+            try:
+                w.stop(30)
+            except AssertionError:
+                w.kill()
 
 
 @pytest.fixture
@@ -112,5 +128,3 @@ def test_sigkill_with_acks_late_runs_again(client: Any, durable_redis: RedisServ
     assert sorted(r.get(timeout=120) for r in results) == ['0', '1', '2', '3']
     done = {line.split()[1] for line in lines(out) if line.startswith('done')}
     assert done == {'0', '1', '2', '3'}
-
-
