@@ -58,7 +58,8 @@ test: ## run the Rust and Python test suites
 .PHONY: bench
 bench: ## benchmarks: Rust envelope vs pure Python vs kombu, and a worker on SQLite (tasks/s)
 	$(PY) -m pytest benches -q --benchmark-columns=min,median,ops -p no:cacheprovider
-	$(PY) benches/macro_sqlite.py
+	$(PY) benches/macro.py --broker sqlite --rounds 1
+	$(PY) benches/macro.py --broker redis
 
 .PHONY: demo
 demo: ## run the quickstart app on the embedded SQLite broker

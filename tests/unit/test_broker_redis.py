@@ -1,0 +1,185 @@
+"""The Redis broker beyond the shared SPI contract: its key layout, options, URLs and scale of parked ETAs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import redis
+
+from fastq import Fastq, protocol
+from fastq.brokers.base import Outgoing
+from fastq.brokers.redis import RedisBroker
+from fastq.exceptions import BrokerConnectionError
+from tests.servers import RedisServer, free_port
+from tests.unit.test_backend_redis import _make_certificates, _pong, _tcp_ping, spawn_redis
+
+
+def message(task_id: str) -> Any:
+    return protocol.build_task_message(
+        task_id=task_id, name='t.add', args=(1, 2), kwargs={}, embed={}, serializer='json', compression=None,
+        eta=None, expires=None, reply_to='r', origin='gen1@host',
+    )  # fmt: skip
+
+
+def make(url: str, **options: Any) -> Fastq:
+    app = Fastq('t', broker=url, backend='memory://', set_as_current=False)
+    if options:
+        app.conf.broker_transport_options = options
+    return app
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def round_trip(app: Fastq) -> None:
+    broker = app.broker
+    broker.connect()
+    broker.publish([Outgoing(message('rt'), 'celery')])
+    consumer = broker.consumer(['celery'], owner='w')
+    (d,) = consumer.fetch(1, 5.0)
+    assert d.task_id == 'rt'
+    consumer.ack([d.tag])
+    consumer.close()
+    app.close()
+
+
+def test_kombu_layout_on_the_wire(redis_url: str, raw: redis.Redis) -> None:
+    app = make(redis_url)
+    broker = app.broker
+    assert isinstance(broker, RedisBroker)
+    broker.publish([Outgoing(message('a'), 'celery', priority=5)])
+    assert raw.smembers('_kombu.binding.celery') == {b'celery\x06\x16\x06\x16celery'}
+    assert raw.llen('celery\x06\x163') == 1  # priority 5 -> step 3, kombu's key
+    envelope = json.loads(raw.lindex('celery\x06\x163', 0))
+    assert envelope['properties']['delivery_info'] == {'exchange': '', 'routing_key': 'celery'}
+    consumer = broker.consumer(['celery'], owner='w')
+    (d,) = consumer.fetch(1, 1.0)
+    stored = json.loads(raw.hget('unacked', d.tag))
+    assert stored == [envelope, '', 'celery']  # kombu's record: [envelope, exchange, routing_key]
+    assert raw.zscore('unacked_index', d.tag) == pytest.approx(time.time(), abs=30)
+    consumer.ack([d.tag])
+    assert raw.hlen('unacked') == 0 and raw.zcard('unacked_index') == 0
+    consumer.close()
+    app.close()
+
+
+def test_global_keyprefix_custom_steps_and_sep(redis_url: str, raw: redis.Redis) -> None:
+    app = make(redis_url, global_keyprefix='pfx:', priority_steps=list(range(10)), sep=':')
+    broker = app.broker
+    broker.publish([Outgoing(message('a'), 'q', priority=7)])
+    assert raw.llen('pfx:q:7') == 1 and raw.exists('pfx:_kombu.binding.q')
+    consumer = broker.consumer(['q'], owner='w')
+    (d,) = consumer.fetch(1, 1.0)
+    assert raw.hexists('pfx:unacked', d.tag) and not raw.exists('unacked')
+    consumer.close()  # hands it back: served next
+    assert raw.llen('pfx:q:7') == 1
+    app.close()
+
+
+def test_round_robin_between_queues(redis_url: str) -> None:
+    app = make(redis_url)
+    broker = app.broker
+    broker.publish([Outgoing(message(f'a{i}'), 'a') for i in range(3)] + [Outgoing(message(f'b{i}'), 'b') for i in range(3)])
+    consumer = broker.consumer(['a', 'b'], owner='w')
+    got = [consumer.fetch(1, 1.0)[0].queue for _ in range(4)]
+    assert got.count('a') == 2 and got.count('b') == 2  # alternates instead of draining one queue first
+    consumer.close()
+    app.close()
+
+
+def test_ten_thousand_etas_parked_not_held(redis_url: str, raw: redis.Redis) -> None:
+    app = make(redis_url)
+    broker = app.broker
+    assert isinstance(broker, RedisBroker)
+    broker.publish([Outgoing(message(f'eta{i}'), 'celery') for i in range(10_000)])
+    consumer = broker.consumer(['celery'], owner='w')
+    eta = time.time() + 3600
+    parked = 0
+    while parked < 10_000:
+        batch = consumer.fetch(1000, 1.0)
+        for d in batch:
+            consumer.defer(d.tag, eta)
+        parked += len(batch)
+    assert raw.llen('celery') == 0 and raw.hlen('unacked') == 10_000
+    scores = {s for _, s in raw.zrange('unacked_index', 0, -1, withscores=True)}
+    assert all(abs(s - (eta - broker.visibility_timeout)) < 1 for s in scores)
+    broker.maintenance()  # not due: nothing restored
+    assert raw.llen('celery') == 0
+    consumer.close()
+    app.close()
+
+
+def test_unreachable_broker_names_the_masked_url() -> None:
+    port = free_port()
+    app = make(f'redis://:s3cret@127.0.0.1:{port}/0', socket_connect_timeout=1)
+    with pytest.raises(BrokerConnectionError) as info:
+        app.broker.connect()
+    assert f'redis://:**@127.0.0.1:{port}/0' in str(info.value) and 's3cret' not in str(info.value)
+    app.close()
+
+
+def test_password_url(tmp_path: Path) -> None:
+    server = RedisServer(password='s3cret')
+    try:
+        round_trip(make(server.url(3)))
+    finally:
+        server.close()
+
+
+def test_unix_socket(tmp_path: Path) -> None:
+    path = tmp_path / 'redis.sock'
+
+    def ready() -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(1)
+                sock.connect(str(path))
+                return _pong(sock)
+        except OSError:
+            return False
+
+    with spawn_redis(tmp_path, ['--port', '0', '--unixsocket', str(path), '--save', ''], ready):
+        round_trip(make(f'redis+socket://{path}?virtual_host=2'))
+
+
+def test_tls(tmp_path: Path) -> None:
+    ca, cert, key_file = _make_certificates(tmp_path)
+    port = free_port()
+
+    def ready() -> bool:
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(ca))
+        try:
+            with socket.create_connection(('127.0.0.1', port), timeout=1) as plain:
+                with context.wrap_socket(plain, server_hostname='127.0.0.1') as sock:
+                    return _pong(sock)
+        except OSError:
+            return False
+
+    args = ['--port', '0', '--tls-port', str(port), '--bind', '127.0.0.1', '--save', '']
+    args += ['--tls-cert-file', str(cert), '--tls-key-file', str(key_file), '--tls-ca-cert-file', str(ca)]
+    args += ['--tls-auth-clients', 'no']
+    with spawn_redis(tmp_path, args, ready):
+        url = f'rediss://127.0.0.1:{port}/0?ssl_cert_reqs=CERT_REQUIRED&ssl_ca_certs={quote(str(ca), safe="")}'
+        round_trip(make(url))
+
+
+def test_sentinel(redis_server: RedisServer, redis_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / 'sentinel.conf'
+    config.write_text(f'port {port}\nbind 127.0.0.1\nsentinel monitor fastqbroker 127.0.0.1 {redis_server.port} 1\n')
+    with spawn_redis(tmp_path, [str(config), '--sentinel'], lambda: _tcp_ping(port)):
+        db = int(redis_url.rsplit('/', 1)[1])
+        round_trip(make(f'sentinel://127.0.0.1:{port}/{db}', master_name='fastqbroker'))
