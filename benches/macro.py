@@ -93,7 +93,7 @@ class Engine:
 
     def worker(self) -> tuple[subprocess.Popen[bytes], float]:
         cmd = [sys.executable, '-m', self.name, '-A', 'benchapp', 'worker', '-c', '2', '-P', 'prefork', '-l', 'warning']
-        log = open(self.dir / 'worker.log', 'ab')  # noqa: SIM115 - the child holds it
+        log = open(self.dir / 'worker.log', 'ab')
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(self.dir), str(ROOT / 'python')]))
         started = time.monotonic()
         return subprocess.Popen(cmd, cwd=self.dir, env=env, stdout=log, stderr=subprocess.STDOUT), started
@@ -244,7 +244,9 @@ def main() -> int:
     for metric in ('publish', 'drain', 'e2e', 'p50 ms', 'p99 ms'):
         values = {e: statistics.median(runs[e][metric]) for e in names}
         unit = '/s' if 'ms' not in metric else 'ms'
-        row = f'{metric:10}' + ''.join(f'{values[e]:>12,.2f}{unit}' if unit == 'ms' else f'{values[e]:>12,.0f}{unit}' for e in names)
+        row = f'{metric:10}' + ''.join(
+            f'{values[e]:>12,.2f}{unit}' if unit == 'ms' else f'{values[e]:>12,.0f}{unit}' for e in names
+        )
         if len(names) > 1:
             ratio = values['fastq'] / values['celery'] if unit == '/s' else values['celery'] / values['fastq']
             row += f'{ratio:>14.1f}x'

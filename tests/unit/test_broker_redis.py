@@ -90,7 +90,9 @@ def test_global_keyprefix_custom_steps_and_sep(redis_url: str, raw: redis.Redis)
 def test_round_robin_between_queues(redis_url: str) -> None:
     app = make(redis_url)
     broker = app.broker
-    broker.publish([Outgoing(message(f'a{i}'), 'a') for i in range(3)] + [Outgoing(message(f'b{i}'), 'b') for i in range(3)])
+    broker.publish(
+        [Outgoing(message(f'a{i}'), 'a') for i in range(3)] + [Outgoing(message(f'b{i}'), 'b') for i in range(3)]
+    )
     consumer = broker.consumer(['a', 'b'], owner='w')
     got = [consumer.fetch(1, 1.0)[0].queue for _ in range(4)]
     assert got.count('a') == 2 and got.count('b') == 2  # alternates instead of draining one queue first

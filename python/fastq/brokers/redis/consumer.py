@@ -78,7 +78,8 @@ class RedisConsumer(Consumer):
         self.queues = queues
         self.owner = owner
         self.client = broker.client
-        self._keys = self.layout.consume_keys(queues)
+        ordered = sorted(queues) if broker.queue_order_strategy == 'sorted' else list(queues)
+        self._keys = self.layout.consume_keys(ordered)
         self._key_queue = dict(self._keys)
         self._rotation = 0
         self._held: set[Tag] = set()
