@@ -141,7 +141,13 @@ class Control:
         signal: str = 'SIGTERM',
         **kwargs: Any,
     ) -> list[dict[str, Any]] | None:
-        """Tell workers not to run `task_id` (and, with `terminate`, to kill it if it is running)."""
+        """Tell workers not to run `task_id` (and, with `terminate`, to kill it if it is running).
+
+        Beyond Celery: the ids are also kept in the broker for `worker_revoke_expires` seconds, so a worker
+        that is offline now, or restarts, still discards the task when it arrives.
+        """
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        self.app.broker.revoke(ids, float(self.app.conf.worker_revoke_expires))
         return self.broadcast(
             'revoke',
             destination=destination,
@@ -153,6 +159,21 @@ class Control:
         self, task_id: str, destination: Sequence[str] | None = None, signal: str = 'SIGTERM', **kwargs: Any
     ) -> Any:
         return self.revoke(task_id, destination=destination, terminate=True, signal=signal, **kwargs)
+
+    def rate_limit(
+        self,
+        task_name: str,
+        rate_limit: str | int | float | None,
+        destination: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> list[dict[str, Any]] | None:
+        """Change a task's per-worker rate limit on running workers (`'10/m'`; 0 or None removes it)."""
+        return self.broadcast(
+            'rate_limit',
+            destination=destination,
+            arguments={'task_name': task_name, 'rate_limit': rate_limit},
+            **kwargs,
+        )
 
     def shutdown(self, destination: Sequence[str] | None = None, **kwargs: Any) -> list[dict[str, Any]] | None:
         """Warm shutdown of workers."""

@@ -197,6 +197,19 @@ class AsyncResult(ResultBase, Generic[R]):
 
     maybe_reraise = maybe_throw
 
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Revoke this task (see `app.control.revoke`); with `wait`, block until workers report the state."""
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal or 'SIGTERM')
+        if wait:
+            self.backend.wait_for(self.id, timeout=timeout)
+
     def forget(self) -> None:
         """Remove the stored result."""
         self._cache = None

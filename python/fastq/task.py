@@ -117,6 +117,8 @@ class Task(Generic[P, R]):
     max_retries: int | None = 3
     default_retry_delay: float = 3 * 60
     rate_limit: str | None = None
+    #: fastq's own: a limit shared by every worker of the fleet, kept in the broker ('100/s').
+    global_rate_limit: str | None = None
     ignore_result: bool | None = None
     trail: bool = True
     send_events: bool = True
@@ -372,47 +374,63 @@ class Task(Generic[P, R]):
         max_retries: int | None = None,
         **options: Any,
     ) -> Retry:
-        """Retry this task later: re-sent with the same id and `retries + 1`; raises `Retry` to stop this run."""
+        """Retry this task later: re-sent with the same id and `retries + 1`; raises `Retry` to end this run.
+
+        Past `max_retries` the original `exc` is raised (or MaxRetriesExceededError without one). Called
+        outside a worker, the exception is raised at once; run eagerly, the retry runs eagerly too.
+        """
         request = self.request
+        if request.called_directly:
+            raise exc or Retry('Task can be retried', None)
         retries = request.retries + 1
         max_retries = self.max_retries if max_retries is None else max_retries
-        if request.called_directly:
-            raise RuntimeError('Task.retry() can only be called from within a task run by a worker')
+        if eta is None and countdown is None:
+            countdown = self.default_retry_delay
+        sig = self.signature_from_request(request, args, kwargs, countdown=countdown, eta=eta, **options)
+        sig.options['retries'] = retries
         if max_retries is not None and retries > max_retries:
             if exc:
                 raise exc
             raise MaxRetriesExceededError(
-                f"Can't retry {self.name}[{request.id}] args:{request.args} kwargs:{request.kwargs}",
-                task_args=request.args,
-                task_kwargs=request.kwargs,
+                f"Can't retry {self.name}[{request.id}] args:{sig.args} kwargs:{sig.kwargs}",
+                task_args=sig.args,
+                task_kwargs=sig.kwargs,
             )
-        if eta is None and countdown is None:
-            countdown = self.default_retry_delay
-        ret = Retry(exc=exc, when=eta or countdown, is_eager=request.is_eager)
-        if request.is_eager:
-            if throw:
-                raise ret
-            return ret
-        opts = request.as_execution_options()
-        opts.update(options)
-        opts.pop('task_id', None)
-        self.app.send_task(
-            self.name,
-            request.args if args is None else args,
-            request.kwargs if kwargs is None else kwargs,
-            task_id=request.id,
-            retries=retries,
-            countdown=countdown,
-            eta=eta,
-            reply_to=request.reply_to,
-            task_type=self,
-            queue=(request.delivery_info or {}).get('routing_key'),
-            **{k: v for k, v in opts.items() if v is not None and k not in ('expires', 'headers')},
-            expires=request.expires,
-        )
+        ret = Retry(exc=exc, when=eta or countdown, is_eager=request.is_eager, sig=sig)
+        if not request.is_eager:
+            try:
+                sig.apply_async()
+            except Exception as publish_error:
+                from fastq.exceptions import Reject
+
+                raise Reject(publish_error, requeue=False) from publish_error
         if throw:
             raise ret
         return ret
+
+    def signature_from_request(
+        self,
+        request: Context | None = None,
+        args: Any = None,
+        kwargs: Any = None,
+        queue: str | None = None,
+        **extra: Any,
+    ) -> Signature[R]:
+        """A signature that sends this request again: same id, workflow links, limits and queue."""
+        request = request or self.request
+        delivery_info = request.delivery_info or {}
+        options = {
+            **request.as_execution_options(),
+            'reply_to': request.reply_to,
+            'queue': queue or delivery_info.get('routing_key'),
+            'priority': delivery_info.get('priority'),
+            **extra,
+        }
+        options.pop('headers', None)
+        options = {k: v for k, v in options.items() if v is not None}
+        return self.signature(
+            request.args if args is None else args, request.kwargs if kwargs is None else kwargs, **options
+        )
 
     def update_state(
         self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any

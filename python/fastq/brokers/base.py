@@ -13,6 +13,7 @@ After `os.fork()` neither may be used in the child: create new ones.
 from __future__ import annotations
 
 import abc
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -263,6 +264,33 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def _publish_raw(self, queue: str, payload: bytes) -> None:
         """Store an envelope as it is (dead-letter requeue)."""
+
+    # --- revocations: kept in the broker so a worker that was offline or restarts still honours them ---
+
+    def revoke(self, task_ids: Sequence[str], ttl: float) -> None:
+        """Remember `task_ids` as revoked for `ttl` seconds (in-process only unless a broker overrides)."""
+        store = self.__dict__.setdefault('_revoked', {})
+        until = time.time() + ttl
+        for task_id in task_ids:
+            store[task_id] = until
+
+    def revoked(self) -> set[str]:
+        """Task ids revoked and not yet expired."""
+        now = time.time()
+        store: dict[str, float] = self.__dict__.get('_revoked', {})
+        return {task_id for task_id, until in store.items() if until > now}
+
+    def acquire_rate(self, key: str, rate: float) -> float:
+        """Fleet-wide rate limiting: 0.0 when one unit at `rate` per second is granted now, else the seconds
+        to wait before asking again (GCRA; in-process only unless a broker overrides)."""
+        with self.__dict__.setdefault('_rate_lock', threading.Lock()):
+            rates: dict[str, float] = self.__dict__.setdefault('_rates', {})
+            now = time.time()
+            tat = max(rates.get(key, 0.0), now)
+            if tat > now:
+                return tat - now
+            rates[key] = tat + 1.0 / rate
+            return 0.0
 
     def bind(self, exchange: str, routing_key: str, queue: str) -> None:
         """Route messages published to `exchange` with `routing_key` to `queue` (brokers that route)."""

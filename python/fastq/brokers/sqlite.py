@@ -76,6 +76,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     payload BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_task ON dead_letters (task_id);
+CREATE TABLE IF NOT EXISTS rates (key TEXT PRIMARY KEY, tat REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS revoked (task_id TEXT PRIMARY KEY, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS fanout (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     exchange TEXT NOT NULL,
@@ -309,6 +311,30 @@ class SQLiteBroker(Broker):
     def dead_letters(self) -> DeadLetterStore:
         self.connect()
         return self._dead
+
+    def acquire_rate(self, key: str, rate: float) -> float:
+        self.connect()
+        with self.db.write() as conn:
+            now = time.time()
+            row = conn.execute('SELECT tat FROM rates WHERE key = ?', (key,)).fetchone()
+            tat = max(float(row[0]) if row else 0.0, now)
+            if tat > now:
+                return tat - now
+            conn.execute('INSERT OR REPLACE INTO rates (key, tat) VALUES (?, ?)', (key, tat + 1.0 / rate))
+        return 0.0
+
+    def revoke(self, task_ids: Sequence[str], ttl: float) -> None:
+        self.connect()
+        until = time.time() + ttl
+        with self.db.write() as conn:
+            conn.executemany(
+                'INSERT OR REPLACE INTO revoked (task_id, expires) VALUES (?, ?)', [(t, until) for t in task_ids]
+            )
+            conn.execute('DELETE FROM revoked WHERE expires < ?', (time.time(),))
+
+    def revoked(self) -> set[str]:
+        self.connect()
+        return {row[0] for row in self.db.query('SELECT task_id FROM revoked WHERE expires > ?', (time.time(),))}
 
     def pop(self, queue: str, timeout: float) -> list[bytes]:
         self.connect()

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 INSPECT_COMMANDS = {'ping': 'Ping worker(s).'}
 CONTROL_COMMANDS = {
+    'rate_limit': 'Tell worker(s) to modify the rate limit for a task by type.',
     'revoke': 'Revoke task by task id (or list of ids).',
     'terminate': 'Terminate task by task id (or list of ids).',
     'shutdown': 'Shutdown worker(s).',
@@ -122,6 +123,14 @@ def run_control(app: Fastq, args: argparse.Namespace) -> int:
             destination=destination,
             reply=True,
             timeout=args.timeout,
+        )
+    elif args.command == 'rate_limit':
+        if len(args.args) != 2:
+            raise CommandError(
+                'rate_limit: usage: fastq control rate_limit <task_name> <rate_limit (e.g. 5/s | 5/m | 5/h)>'
+            )
+        replies = control.rate_limit(
+            args.args[0], args.args[1], destination=destination, reply=True, timeout=args.timeout
         )
     elif args.command == 'shutdown':
         control.shutdown(destination=destination)

@@ -281,6 +281,13 @@ FASTQ_SETTINGS = [
         'the dead-letter store instead of being delivered again. 0 disables the limit.',
     ),
     _s(
+        'worker_revoke_expires',
+        'float',
+        10800.0,
+        doc='Seconds a revoked task id is remembered (in the broker, so workers that were offline or restart '
+        'honour it too); Celery keeps revocations in worker memory for 3 hours.',
+    ),
+    _s(
         'worker_lease_renew_interval',
         'float',
         None,

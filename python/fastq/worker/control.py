@@ -69,6 +69,24 @@ def _revoke(
     return ok(f'tasks {ids} flagged as revoked')
 
 
+@command('rate_limit')
+def _rate_limit(worker: WorkController, task_name: str = '', rate_limit: Any = None, **kwargs: Any) -> dict[str, Any]:
+    from fastq.utils.time import parse_rate
+
+    if task_name not in worker.app.tasks:
+        return {'error': f'unknown task {task_name!r}'}
+    try:
+        parse_rate(rate_limit)
+    except ValueError as exc:
+        return {'error': f'Invalid rate limit string: {exc}'}
+    if worker.dispatcher is not None:
+        dispatcher = worker.dispatcher
+        worker.loop.call_soon_threadsafe(lambda: dispatcher.set_rate_limit(task_name, rate_limit))
+    if not rate_limit:
+        return ok('rate limit disabled successfully')
+    return ok('new rate limit set successfully')
+
+
 @command('hello')
 def _hello(worker: WorkController, from_node: str = '', revoked: Any = None, **kwargs: Any) -> dict[str, Any]:
     if from_node == worker.hostname:

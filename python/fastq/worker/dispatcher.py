@@ -30,6 +30,7 @@ from fastq.exceptions import (
 )
 from fastq.protocol import parse_task_headers
 from fastq.worker.job import DECODE_ERROR, Job
+from fastq.worker.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -102,6 +103,10 @@ class Dispatcher:
         self.default_soft_time_limit = conf.task_soft_time_limit
         self.accepting = True
         self.revoked = RevokedSet()
+        self.limiter = RateLimiter(
+            loop, broker, lambda job: self.ready.append(job), enabled=not conf.worker_disable_rate_limits
+        )
+        self._limits_known: set[str] = set()
         self.processed = 0
         self._warned_time_limit = False
 
@@ -187,7 +192,27 @@ class Dispatcher:
             return
         logger.info('Task %s[%s] received', job.name, request.id)
         signals.task_received.send(sender=self, request=job)
-        self.ready.append(job)
+        self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        """Ready to run, unless its task is rate limited: then it waits for a token first."""
+        name = job.request.task
+        if name not in self._limits_known:
+            self._limits_known.add(name)
+            task = self.app.tasks.get(name)
+            if task is not None:
+                self.limiter.configure(name, task.rate_limit, getattr(task, 'global_rate_limit', None))
+        if self.limiter.limited(name):
+            self.limiter.admit(job)
+        else:
+            self.ready.append(job)
+
+    def set_rate_limit(self, name: str, rate_limit: Any) -> None:
+        task = self.app.tasks.get(name)
+        if task is not None:
+            task.rate_limit = rate_limit
+        self._limits_known.add(name)
+        self.limiter.configure(name, rate_limit, getattr(task, 'global_rate_limit', None))
 
     def _window(self) -> int:
         # Like Celery, scheduled (ETA) tasks held in memory do not count against the prefetch window.
@@ -198,7 +223,7 @@ class Dispatcher:
         while self.held and self.held[0][0] <= now:
             _, _, job = heapq.heappop(self.held)
             signals.task_received.send(sender=self, request=job)
-            self.ready.append(job)
+            self._enqueue(job)
         self.ledger.window = self._window()
 
     def _unknown_task(self, d: Delivery, name: str, task_id: str) -> None:
@@ -233,6 +258,10 @@ class Dispatcher:
             self.revoked.add(task_id)
         if not ids:
             return
+        for queue in self.limiter.waiting.values():
+            for job in [j for j in queue if j.request.id in ids]:
+                queue.remove(job)
+                self.ready.append(job)  # discarded below with the rest
         waiting = [job for job in self.ready if job.request.id in ids]
         held = [entry for entry in self.held if entry[2].request.id in ids]
         if waiting or held:
@@ -301,7 +330,10 @@ class Dispatcher:
         if job.acked:
             return
         if state == states.REJECTED:
-            self._reject([job.tag], requeue=outcome.requeue)
+            if outcome.requeue:
+                self._reject([job.tag], requeue=True)
+            else:  # rejected for good: kept aside (AMQP would dead-letter it too), not silently dropped
+                self._dead_letter(job.delivery, f'rejected by the task: {outcome.exc_repr}')
         elif state == states.FAILURE and job.acks_late and not job.acks_on_failure_or_timeout:
             self._dead_letter(job.delivery, f'task failed: {outcome.exc_repr}')
         else:
@@ -434,6 +466,7 @@ class Dispatcher:
         """Warm shutdown: hand back everything not started; running tasks finish."""
         self.accepting = False
         waiting = [job.tag for job in self.ready] + [job.tag for _, _, job in self.held]
+        waiting += [job.tag for job in self.limiter.clear()]
         self.ready.clear()
         self.held.clear()
         self._release([t for t in waiting if t in self.ledger])
@@ -450,6 +483,7 @@ class Dispatcher:
             'active': len(self.running),
             'reserved': len(self.ready),
             'scheduled': len(self.held),
+            'rate_limited': len(self.limiter.held()),
             'held': len(self.ledger),
             'processed': self.processed,
         }

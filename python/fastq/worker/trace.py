@@ -290,14 +290,13 @@ def apply_eagerly(
     outcome = execute(task, args, kwargs, request)
     if outcome.state == states.SUCCESS:
         _apply_signatures(task.app, _listify(link), (outcome.retval,), task.request)
-    elif (
-        outcome.state == states.FAILURE
-        and throw
-        and outcome.exception is not None
-        or outcome.state == states.RETRY
-        and throw
-        and outcome.exception is not None
-    ):
+    elif outcome.state == states.RETRY:
+        sig = getattr(outcome.exception, 'sig', None)
+        if sig is not None:  # an eager retry runs eagerly, as Celery's apply() does
+            return sig.apply(retries=retries + 1, throw=throw)  # type: ignore[no-any-return]
+        if throw and outcome.exception is not None:
+            raise outcome.exception
+    elif outcome.state == states.FAILURE and throw and outcome.exception is not None:
         raise outcome.exception
     value = outcome.retval if outcome.state == states.SUCCESS else outcome.exception
     return EagerResult(task_id, value, outcome.state, traceback=outcome.traceback, name=task.name, app=task.app)

@@ -38,6 +38,7 @@ logger = logging.getLogger('celery.worker')
 
 TIME_LIMIT_CHECK = 0.25
 HOUSEKEEPING_INTERVAL = 1.0
+REVOKED_REFRESH = 5.0  # seconds between reads of the broker's revoked ids (the pidbox is the fast path)
 
 
 class WorkController:
@@ -124,6 +125,7 @@ class WorkController:
         self.dispatcher = Dispatcher(
             self.app, self.broker, self.consumer, self.pool, self.loop, self.window, self.accept, self.hostname
         )
+        self._load_revoked()
         self.settler = Settler(self.consumer, self.broker.describe())
         self.settler.start()
         self.dispatcher.settler = self.settler
@@ -194,6 +196,20 @@ class WorkController:
             return
         self.control.start()
 
+    def _load_revoked(self) -> None:
+        """Take the revocations kept in the broker (made while this worker was offline, or by a peer)."""
+        broker, dispatcher = self.broker, self.dispatcher
+        if broker is None or dispatcher is None:
+            return
+        try:
+            ids = broker.revoked()
+        except Exception as exc:
+            logger.warning('Cannot read revoked task ids from %s: %s', broker.describe(), exc)
+            return
+        new = ids - set(dispatcher.revoked)
+        if new:
+            self.loop.call_soon_threadsafe(lambda: dispatcher.revoke(new))
+
     def _start_housekeeping(self) -> None:
         """A thread that renews our reservations and lets the broker and backend tidy up, so neither depends
         on the loop being responsive (a solo pool blocks it for the length of a task)."""
@@ -203,6 +219,7 @@ class WorkController:
 
         def run() -> None:
             next_renewal = time.monotonic() + renew_every
+            next_revoked_check = time.monotonic() + REVOKED_REFRESH
             while not self._stop_renew.wait(HOUSEKEEPING_INTERVAL):
                 try:
                     if broker.features.leases and time.monotonic() >= next_renewal:
@@ -210,6 +227,9 @@ class WorkController:
                         consumer.renew()
                     broker.maintenance()
                     backend.maintenance()
+                    if time.monotonic() >= next_revoked_check:
+                        next_revoked_check = time.monotonic() + REVOKED_REFRESH
+                        self._load_revoked()
                 except Exception as exc:
                     logger.warning('Housekeeping on %s failed: %s', broker.describe(), exc)
 

@@ -287,6 +287,20 @@ class RedisBroker(Broker):
     def dead_letter_store(self) -> RedisDeadLetters:
         return self._dead
 
+    def acquire_rate(self, key: str, rate: float) -> float:
+        return self.scripts.rate(keys=[f'{self.layout.prefix}fastq.rate:{key}'], args=[repr(time.time()), repr(rate)])
+
+    def revoke(self, task_ids: Sequence[str], ttl: float) -> None:
+        until = time.time() + ttl
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.layout.revoked, {task_id: until for task_id in task_ids})
+            pipe.zremrangebyscore(self.layout.revoked, '-inf', repr(time.time()))
+            pipe.execute()
+
+    def revoked(self) -> set[str]:
+        members = self.client.zrangebyscore(self.layout.revoked, repr(time.time()), '+inf')
+        return {_text(m) for m in members}
+
     def bind(self, exchange: str, routing_key: str, queue: str) -> None:
         member = self.layout.binding_member(routing_key, queue)
         self.client.sadd(self.layout.binding_key(exchange), member)

@@ -9,6 +9,7 @@
     _kombu.binding.<exchange>        set   "<routing_key><sep><pattern><sep><queue>"
     /<db>.<exchange>[/<routing_key>] pub/sub channels of fanout exchanges (pidbox, events)
     fastq.deadletter(.index)         hash id -> dead letter (JSON) and zset id -> time: fastq's own
+    fastq.revoked                    zset  task_id -> until when it stays revoked
 
 `global_keyprefix` is prepended to every key and channel, as kombu does.
 """
@@ -93,6 +94,10 @@ class Layout:
         return f'{base}/{routing_key}' if routing_key and self.fanout_patterns else base
 
     # --- fastq's own --------------------------------------------------------------------------------------
+
+    @property
+    def revoked(self) -> str:
+        return f'{self.prefix}fastq.revoked'
 
     @property
     def dead_letters(self) -> str:

@@ -20,6 +20,7 @@ class Scripts:
         self._fetch = client.register_script(_source('fetch'))
         self._move = client.register_script(_source('move'))
         self._park = client.register_script(_source('park'))
+        self._rate = client.register_script(_source('rate'))
 
     def fetch(self, keys: list[str], args: list[Any]) -> list[Any]:
         result: list[Any] = self._fetch(keys=keys, args=args)
@@ -27,6 +28,9 @@ class Scripts:
 
     def move(self, keys: list[str], args: list[Any], client: Any = None) -> int:
         return int(self._move(keys=keys, args=args, client=client))
+
+    def rate(self, keys: list[str], args: list[Any]) -> float:
+        return float(self._rate(keys=keys, args=args))
 
     def park(self, keys: list[str], args: list[Any]) -> int:
         return int(self._park(keys=keys, args=args))
