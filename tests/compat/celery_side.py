@@ -55,3 +55,11 @@ def slow_record(path: str, key: str, seconds: float) -> str:
     time.sleep(seconds)
     _record(path, f'done {key} celery')
     return key
+
+
+@app.task(name='worker_tasks.flaky', bind=True, max_retries=2, default_retry_delay=0)
+def flaky(self, path: str) -> int:  # type: ignore[no-untyped-def]
+    _record(path, f'try {self.request.retries} celery')
+    if self.request.retries < 2:
+        raise self.retry(countdown=0)
+    return int(self.request.retries)

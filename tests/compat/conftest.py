@@ -42,10 +42,14 @@ def workers(tmp_path: Path, url: str) -> Iterator[Callable[..., WorkerProcess]]:
     """`workers('fastq', '-n', 'f1@%h')` or `workers('celery', ...)`: started, ready, stopped at teardown."""
     started: list[WorkerProcess] = []
 
-    def start(kind: str, *args: str, extra_env: dict[str, str] | None = None, wait: bool = True) -> WorkerProcess:
+    def start(
+        kind: str, *args: str, extra_env: dict[str, str] | None = None, wait: bool = True, mingle: bool = False
+    ) -> WorkerProcess:
         if kind == 'celery':
             command = [sys.executable, '-m', 'celery', '-A', 'celery_side', 'worker']
-            base = ['-l', 'info', '-c', '2', '-P', 'prefork', '--without-gossip', '--without-mingle']
+            base = ['-l', 'info', '-c', '2', '-P', 'prefork', '--without-gossip']
+            if not mingle:
+                base.append('--without-mingle')
         else:
             command = [sys.executable, '-m', 'fastq', '-A', 'worker_tasks', 'worker']
             base = ['-l', 'info', '-c', '2']

@@ -145,3 +145,30 @@ def test_celery_revoke_is_honoured_by_fastq(celery_client: Any, workers: Any, tm
     wait_until(lambda: result.state == 'REVOKED', timeout=30, message='REVOKED')
     time.sleep(2.5)
     assert not out.exists()
+
+
+@pytest.mark.parametrize('direction', ['celery->fastq', 'fastq->celery'])
+def test_retries_both_ways(celery_client: Any, fastq_client: Any, workers: Any, tmp_path: Path, direction: str) -> None:
+    """Same id, retries header +1, RETRY in between: a retry sent by one side runs on the other's terms."""
+    out = tmp_path / 'tries.txt'
+    if direction == 'celery->fastq':
+        workers('fastq')
+        result = celery_client.send_task('worker_tasks.flaky', (str(out),))
+    else:
+        workers('celery')
+        result = fastq_client.flaky.delay(str(out))
+    assert result.get(timeout=60) == 2
+    assert [line.split()[:2] for line in lines(out)] == [['try', '0'], ['try', '1'], ['try', '2']]
+
+
+def test_celery_worker_learns_fastq_revocations_through_mingle(
+    celery_client: Any, fastq_client: Any, workers: Any, tmp_path: Path
+) -> None:
+    """A Celery worker that starts after a revoke asks its peers at startup (mingle's hello); fastq answers."""
+    workers('fastq', '-n', 'fq@%h')
+    out = tmp_path / 'ran.txt'
+    result = fastq_client.record.apply_async((str(out), 'x'), queue='celery_only', countdown=1)
+    result.revoke()
+    c = workers('celery', '-n', 'late@%h', '-Q', 'celery_only', mingle=True)
+    c.wait_for(f'Discarding revoked task: worker_tasks.record[{result.id}]', timeout=60)
+    assert not out.exists()

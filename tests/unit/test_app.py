@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -244,3 +245,35 @@ def test_worker_main_builds_argv(app: Fastq, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(fastq.cli, 'main', lambda argv, app=None: seen.append(list(argv)))
     app.worker_main(['-l', 'info'])
     assert seen == [['worker', '-l', 'info']]
+
+
+def test_eta_and_expires_are_aware_in_the_app_timezone() -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from fastq.brokers.memory import MemoryBroker
+
+    app = Fastq('tz', broker='memory://', backend='memory://', set_as_current=False)
+    app.conf.timezone = 'Europe/Paris'
+
+    @app.task
+    def noop() -> None:
+        return None
+
+    noop.apply_async(countdown=60)
+    noop.apply_async(eta=datetime(2030, 7, 1, 12, 0))  # naive: read in the app's zone, as Celery does
+    noop.apply_async(eta=datetime(2030, 7, 1, 12, 0, tzinfo=UTC), expires=30)
+    broker = app.broker
+    assert isinstance(broker, MemoryBroker)
+    import json
+
+    stored = [json.loads(m.payload)['headers'] for m in broker._state.messages.values()]
+    countdown, naive, aware = stored
+    eta = datetime.fromisoformat(countdown['eta'])
+    assert eta.utcoffset() == datetime.now(ZoneInfo('Europe/Paris')).utcoffset()
+    assert naive['eta'] == '2030-07-01T12:00:00+02:00'
+    assert aware['eta'] == '2030-07-01T12:00:00+00:00'
+    assert datetime.fromisoformat(aware['expires']).utcoffset() is not None
+    by_time = sorted(broker._state.messages.values(), key=lambda m: m.not_before)
+    assert by_time[-1].not_before == datetime(2030, 7, 1, 12, 0, tzinfo=UTC).timestamp()
+    app.close()
