@@ -30,6 +30,7 @@ class SoloPool(Pool):
 
     def submit(self, job: Job) -> None:
         self._pending.append(job)
+        self.loop.wake()  # run it on the loop's next pass, after this pass has sent its early acks
 
     def _run_pending(self) -> None:
         while self._pending:
