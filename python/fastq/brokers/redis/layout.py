@@ -9,6 +9,8 @@
     _kombu.binding.<exchange>        set   "<routing_key><sep><pattern><sep><queue>"
     /<db>.<exchange>[/<routing_key>] pub/sub channels of fanout exchanges (pidbox, events)
     fastq.deadletter(.index)         hash id -> dead letter (JSON) and zset id -> time: fastq's own
+    fastq.lease.<name>               string holder, with a TTL: a named lease (beat's leader lock)
+    fastq.claim.<key>                string '1', with a TTL: a claimed key (one beat run, `<entry>@<time>`)
 
 `global_keyprefix` is prepended to every key and channel, as kombu does.
 """
@@ -101,3 +103,9 @@ class Layout:
     @property
     def dead_letters_index(self) -> str:
         return f'{self.prefix}fastq.deadletter.index'
+
+    def lease(self, name: str) -> str:
+        return f'{self.prefix}fastq.lease.{name}'
+
+    def claim(self, key: str) -> str:
+        return f'{self.prefix}fastq.claim.{key}'
