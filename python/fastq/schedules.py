@@ -213,7 +213,9 @@ def _round_down(dt: datetime, every: timedelta) -> datetime:
 
 def _occurrences(local: datetime) -> list[datetime]:
     """UTC instants a local wall time names: two in a repeated hour, the forward one in a skipped hour."""
-    return sorted({_utc(local.replace(fold=0)), _utc(local.replace(fold=1))} if _exists(local) else {_utc(local)})
+    if not _exists(local):
+        return [_utc(local.replace(fold=0))]  # fold 0 of a skipped time is the instant the clock jumped past it
+    return sorted({_utc(local.replace(fold=0)), _utc(local.replace(fold=1))})
 
 
 def _exists(local: datetime) -> bool:

@@ -6,8 +6,11 @@ exactly: no key may appear twice, however the beats are started, killed and rest
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -118,3 +121,23 @@ def test_two_beats_one_sends_and_the_other_takes_over(start: Start, tmp_path: Pa
     standby.wait_for(SENDING)
     before = len(runs(tmp_path))
     wait_for_runs(tmp_path, before + 3)
+
+
+@pytest.mark.parametrize('broker_kind', ['sqlite'])
+def test_detached_beat_writes_and_removes_its_pidfile(tmp_path: Path, urls: dict[str, str]) -> None:
+    pidfile, logfile = tmp_path / 'beat.pid', tmp_path / 'beat.log'
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get('PYTHONPATH', '')]), **urls)
+    env['BEAT_RECORD'] = str(tmp_path / 'runs.txt')
+    command = [sys.executable, '-m', 'fastq', '-A', 'beat_tasks', 'beat', '-l', 'info', '--detach']
+    command += ['--logfile', str(logfile), '--pidfile', str(pidfile), '-s', str(tmp_path / 'schedule')]
+    assert subprocess.run(command, cwd=tmp_path, env=env, timeout=60).returncode == 0
+    wait_until(lambda: pidfile.exists() and logfile.exists(), 30, 'a detached beat')
+    pid = int(pidfile.read_text())
+    try:
+        wait_until(lambda: SENDING in logfile.read_text(), 30, 'a detached beat sending')
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not pidfile.exists(), 30, 'the pidfile removed')
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert 'beat: Shutting down...' in logfile.read_text()
