@@ -63,7 +63,9 @@ def banner(app: Fastq, service: Service, loglevel: str, logfile: str | None) -> 
 
 def run(app: Fastq, args: argparse.Namespace) -> int:
     from fastq.beat.service import Service
+    from fastq.brokers import broker_class
     from fastq.utils.log import setup_logging
+    from fastq.utils.text import mask_url
 
     loglevel = check_loglevel(args.loglevel)
     for option, message in IGNORED.items():
@@ -72,6 +74,8 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
     service = Service(
         app, max_interval=args.max_interval, schedule_filename=args.schedule, scheduler_cls=args.scheduler
     )
+    if not broker_class(app.broker_url).features.shared:
+        err(f'warning: {mask_url(app.broker_url)} is private to this process: what beat sends reaches no worker')
     quiet = getattr(args, 'quiet', False)
     if not quiet:
         print(f'fastq beat v{__version__} is starting.', flush=True)
