@@ -102,6 +102,7 @@ class Fastq:
         self.on_after_finalize = _AppSignal('on_after_finalize')
         self.on_configure = _AppSignal('on_configure')
         self._configured = False
+        self._pending_periodic_tasks: list[tuple[str, dict[str, Any], str | None]] = []
         base = symbol_by_name(task_cls) if task_cls else BaseTask
         self.Task = type('Task', (base,), {'abstract': True, '__module__': __name__})
         if broker:
@@ -259,6 +260,9 @@ class Fastq:
             self.on_configure.send(sender=self)
             self.conf._load_pending()
             self.conf.validate()
+            for key, entry, name in self._pending_periodic_tasks:
+                self._add_periodic_task(key, entry, name)
+            self._pending_periodic_tasks.clear()
             self.on_after_configure.send(sender=self, source=self.conf)
 
     def autodiscover_tasks(
@@ -292,6 +296,49 @@ class Fastq:
         except ImportError:
             return []
         return [config.name for config in apps.get_app_configs()]
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Any,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        **opts: Any,
+    ) -> str:
+        """Add an entry to `beat_schedule` (Celery's API, usually called in an `on_after_configure` handler):
+        `app.add_periodic_task(10.0, add.s(2, 2), name='add every 10')`. The key is `name`, else the
+        signature's repr; returns it."""
+        from fastq.canvas import Signature
+
+        if isinstance(sig, Signature):
+            sig = sig.clone(args, kwargs)
+        else:
+            sig = self.signature(sig.name, args, kwargs)
+        key = name or repr(sig)
+        entry = {
+            'schedule': schedule,
+            'task': sig.task,
+            'args': sig.args,
+            'kwargs': sig.kwargs,
+            'options': dict(sig.options, **opts),
+        }
+        if self._configured:
+            self._add_periodic_task(key, entry, name)
+        else:
+            self._pending_periodic_tasks.append((key, entry, name))
+        return key
+
+    def _add_periodic_task(self, key: str, entry: dict[str, Any], name: str | None) -> None:
+        schedule = dict(self.conf.beat_schedule or {})
+        if name is None and key in schedule:
+            logger.warning(
+                "Periodic task key='%s' shadowed a previous unnamed periodic task. "
+                'Pass a name kwarg to add_periodic_task to silence this warning.',
+                key,
+            )
+        schedule[key] = entry
+        self.conf.beat_schedule = schedule
 
     # --- broker, backend, routing -------------------------------------------------------------------------
 

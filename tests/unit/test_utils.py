@@ -57,10 +57,10 @@ def test_schedule_is_due() -> None:
 def test_crontab_next_fire() -> None:
     c = crontab(minute=0, hour='*/3')
     start = datetime(2026, 1, 1, 1, 30, tzinfo=UTC)
-    assert c.next_after(start) == datetime(2026, 1, 1, 3, 0, tzinfo=UTC)
+    assert c.next_run_at(start) == datetime(2026, 1, 1, 3, 0, tzinfo=UTC)
     weekdays = crontab(hour=7, minute=30, day_of_week='mon-fri')
     saturday = datetime(2026, 1, 3, 8, 0, tzinfo=UTC)
-    assert weekdays.next_after(saturday) == datetime(2026, 1, 5, 7, 30, tzinfo=UTC)
+    assert weekdays.next_run_at(saturday) == datetime(2026, 1, 5, 7, 30, tzinfo=UTC)
     assert crontab.from_string('*/15 * * * *') == crontab(minute='*/15')
-    with pytest.raises(ValueError, match='out of range'):
+    with pytest.raises(ValueError, match='Valid range is 0-59'):
         crontab(minute=61)

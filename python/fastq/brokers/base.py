@@ -312,6 +312,33 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    # --- coordination between processes (beat's leader lock and run claims) -------------------------------
+
+    def claim(self, key: str, ttl: float) -> bool:
+        """Record `key` for `ttl` seconds unless it is already recorded: True for the first caller only.
+
+        Atomic across every process sharing the broker, so two callers never both get True for a key while it
+        lives. Beat claims `<entry>@<scheduled time>` before sending a periodic task, so even two schedulers
+        running at once (split brain) send each run once.
+        """
+        raise NotImplementedError(f'{type(self).__name__} cannot claim keys')
+
+    def lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Take the lease `name` for `holder`, or extend it if `holder` has it, for `ttl` seconds from now.
+
+        True when `holder` holds it afterwards; False while another holder's lease runs (it is free again once
+        its holder stops extending it, or, on brokers with `dead_owner_detection`, once that process is gone).
+        """
+        raise NotImplementedError(f'{type(self).__name__} has no leases')
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease `name` up if `holder` holds it (a no-op otherwise), so another can take it at once."""
+        raise NotImplementedError(f'{type(self).__name__} has no leases')
+
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds the lease `name` now (None when it is free), for logs and tests."""
+        raise NotImplementedError(f'{type(self).__name__} has no leases')
+
     def maintenance(self) -> None:
         """Periodic housekeeping a worker runs in the background (about once a second)."""
         return None

@@ -4,8 +4,8 @@ URL: `memory://` (anything after the scheme names a separate in-process namespac
 `memory://b` do not share queues). Each app's broker object owns its state, so two apps in one test never
 share messages by accident; a worker with the prefork pool works because only the parent talks to brokers.
 
-Features: priorities (higher first), delayed messages, leases, delivery counts, fanout. Not shared between
-processes, not durable.
+Features: priorities (higher first), delayed messages, leases, delivery counts, fanout, claims and named leases
+(beat's coordination, within this broker object). Not shared between processes, not durable.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ class _State:
     fanout: list[tuple[int, str, str, bytes]] = field(default_factory=list)
     dead: dict[str, DeadLetter] = field(default_factory=dict)
     queues: set[str] = field(default_factory=set)
+    claims: dict[str, float] = field(default_factory=dict)  # key -> expiry (unix time)
+    leases: dict[str, tuple[str, float]] = field(default_factory=dict)  # name -> (holder, expiry)
 
 
 class _MemoryDeadLetters(DeadLetterStore):
@@ -179,6 +181,38 @@ class MemoryBroker(Broker):
 
     def subscribe(self, exchange: str) -> Subscription:
         return _MemorySubscription(self._state, exchange)
+
+    def claim(self, key: str, ttl: float) -> bool:
+        now = time.time()
+        with self._state.lock:
+            claims = self._state.claims
+            if claims.get(key, 0.0) > now:
+                return False
+            if len(claims) > 1000:
+                for stale in [k for k, until in claims.items() if until <= now]:
+                    del claims[stale]
+            claims[key] = now + ttl
+            return True
+
+    def lease(self, name: str, holder: str, ttl: float) -> bool:
+        now = time.time()
+        with self._state.lock:
+            current = self._state.leases.get(name)
+            if current is not None and current[0] != holder and current[1] > now:
+                return False
+            self._state.leases[name] = (holder, now + ttl)
+            return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._state.lock:
+            current = self._state.leases.get(name)
+            if current is not None and current[0] == holder:
+                del self._state.leases[name]
+
+    def lease_holder(self, name: str) -> str | None:
+        with self._state.lock:
+            current = self._state.leases.get(name)
+            return current[0] if current is not None and current[1] > time.time() else None
 
     def close(self) -> None:
         return None

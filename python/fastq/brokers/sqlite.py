@@ -12,11 +12,13 @@ Transport options (`broker_transport_options`):
 Features: priorities (0-255, higher first, like RabbitMQ; FIFO within a priority), ETA/countdown messages
 held in the database until due, leases renewed by live workers, dead owners detected at once through a
 per-consumer lock file (the kernel releases it when the process dies, even on SIGKILL), delivery counts,
-fanout (for remote control and events), a dead-letter table.
+fanout (for remote control and events), a dead-letter table, claims and named leases (beat's run claims and
+leader lock; a lease whose holder's process died is free at once, through the same lock files).
 
 Layout: table `messages` (one row per message, the payload is kombu's JSON envelope, exactly what kombu's
-Redis transport stores), `dead_letters`, `fanout`, `queues`; next to the file, `<file>-ring` (the doorbell
-rung after each publish) and `<file>-owners/` (one lock file per live consumer).
+Redis transport stores), `dead_letters`, `fanout`, `queues`, `claims`, `leases`; next to the file,
+`<file>-ring` (the doorbell rung after each publish) and `<file>-owners/` (one lock file per live consumer
+and lease holder).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_task ON dead_letters (task_id);
 CREATE TABLE IF NOT EXISTS rates (key TEXT PRIMARY KEY, tat REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS revoked (task_id TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS fanout (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     exchange TEXT NOT NULL,
@@ -89,6 +93,7 @@ CREATE TABLE IF NOT EXISTS fanout (
 
 SWEEP_INTERVAL = 1.0  # seconds between checks for dead owners and expired leases
 FANOUT_KEEP = 60.0  # seconds fanout rows are kept for subscribers
+CLAIM_CLEANUP_INTERVAL = 60.0  # seconds between deletions of expired claims
 
 
 def _first(rows: list[Any]) -> Any:
@@ -212,6 +217,11 @@ class SQLiteDeadLetters(DeadLetterStore):
         return int(self._db.query('SELECT COUNT(*) FROM dead_letters')[0][0])
 
 
+def _lease_owner(holder: str) -> str:
+    """The owner lock file name of a lease holder (holder names come from callers: keep them file-safe)."""
+    return 'lease.' + ''.join(c if c.isalnum() or c in '-_.' else '_' for c in holder)[:100]
+
+
 def insert_dead_letter(conn: object, letter: DeadLetter) -> None:
     conn.execute(  # type: ignore[attr-defined]
         'INSERT OR REPLACE INTO dead_letters (id, queue, reason, task_id, task_name, deliveries, created, payload) '
@@ -254,6 +264,8 @@ class SQLiteBroker(Broker):
         self._known_queues: set[str] = set()
         self._connected = False
         self._last_fanout_cleanup = 0.0
+        self._last_claim_cleanup = 0.0
+        self._lease_locks: dict[str, int] = {}  # holder -> fd of its owner lock (liveness of lease holders)
 
     def connect(self) -> None:
         if not self._connected:
@@ -370,10 +382,58 @@ class SQLiteBroker(Broker):
         self.connect()
         return _SQLiteSubscription(self, exchange)
 
+    def claim(self, key: str, ttl: float) -> bool:
+        self.connect()
+        now = time.time()
+        with self.db.write() as conn:
+            conn.execute('DELETE FROM claims WHERE key = ? AND expires <= ?', (key, now))
+            taken = conn.execute('INSERT OR IGNORE INTO claims (key, expires) VALUES (?, ?)', (key, now + ttl))
+            if now - self._last_claim_cleanup > CLAIM_CLEANUP_INTERVAL:
+                conn.execute('DELETE FROM claims WHERE expires <= ?', (now,))
+                self._last_claim_cleanup = now
+        return taken.rowcount == 1
+
+    def lease(self, name: str, holder: str, ttl: float) -> bool:
+        """A row per lease; a holder also holds an owner lock file, so its lease is free the moment its process
+        dies (as reservations of dead consumers are), without waiting for the row to expire."""
+        self.connect()
+        now = time.time()
+        with self.db.write() as conn:
+            row = conn.execute('SELECT holder, expires FROM leases WHERE name = ?', (name,)).fetchone()
+            if row is not None and row[0] != holder and row[1] > now and not self._lease_holder_dead(row[0]):
+                return False
+            if holder not in self._lease_locks:
+                self._lease_locks[holder] = self.owners.acquire(_lease_owner(holder))
+            conn.execute(
+                'INSERT OR REPLACE INTO leases (name, holder, expires) VALUES (?, ?, ?)', (name, holder, now + ttl)
+            )
+        return True
+
+    def _lease_holder_dead(self, holder: str) -> bool:
+        return holder not in self._lease_locks and self.owners.is_dead(_lease_owner(holder))
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self.connect()
+        with self.db.write() as conn:
+            conn.execute('DELETE FROM leases WHERE name = ? AND holder = ?', (name, holder))
+        fd = self._lease_locks.pop(holder, None)
+        if fd is not None:
+            self.owners.release(_lease_owner(holder), fd)
+
+    def lease_holder(self, name: str) -> str | None:
+        self.connect()
+        row = _first(self.db.query('SELECT holder, expires FROM leases WHERE name = ?', (name,)))
+        if row is None or row[1] <= time.time() or self._lease_holder_dead(row[0]):
+            return None
+        return str(row[0])
+
     def maintenance(self) -> None:
         self.db.checkpoint()
 
     def close(self) -> None:
+        for holder, fd in list(self._lease_locks.items()):
+            self.owners.release(_lease_owner(holder), fd)
+        self._lease_locks.clear()
         self.db.close()
 
 

@@ -1,6 +1,7 @@
 """The `fastq` command (also `python -m fastq`), with Celery's subcommands, options and output words.
 
 fastq -A proj worker -l info        fastq -A proj call proj.add --args '[1, 2]'
+fastq -A proj beat -l info          fastq -A proj worker -B (worker with beat inside)
 fastq -A proj result <id>           fastq -A proj purge -f
 fastq -A proj deadletter list       fastq --version
 """
@@ -23,7 +24,7 @@ __all__ = ['main']
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastq.cli import calling, control, deadletter, purge, worker
+    from fastq.cli import beat, calling, control, deadletter, purge, worker
 
     parser = argparse.ArgumentParser(
         prog='fastq',
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--loader', help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest='command', metavar='COMMAND')
     worker.register(commands)
+    beat.register(commands)
     calling.register(commands)
     purge.register(commands)
     deadletter.register(commands)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -92,3 +93,50 @@ def out(text: str = '') -> None:
 
 def err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def check_loglevel(value: str) -> str:
+    level = value.upper()
+    if level == 'FATAL':
+        level = 'CRITICAL'
+    if level not in ('DEBUG', 'INFO', 'WARNING', 'WARN', 'ERROR', 'CRITICAL'):
+        raise CommandError(f'-l/--loglevel: unknown level {value!r} (DEBUG, INFO, WARNING, ERROR, CRITICAL)')
+    return level
+
+
+def write_pidfile(path: str) -> None:
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        try:
+            pid = int(open(path).read().strip() or 0)
+        except (OSError, ValueError):
+            pid = 0
+        alive = False
+        if pid:
+            try:
+                os.kill(pid, 0)
+                alive = True
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:
+                alive = True
+        if alive:
+            raise CommandError(f'Pidfile ({path}) already exists.\nSeems we are already running? (pid: {pid})')
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, 'w') as f:
+        f.write(f'{os.getpid()}\n')
+
+
+def detach(logfile: str | None) -> None:
+    if not logfile:
+        raise CommandError('--detach needs --logfile (a detached process has no terminal to log to)')
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)

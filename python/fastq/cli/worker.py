@@ -9,7 +9,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from fastq.cli.base import CommandError, err
+from fastq.cli.base import CommandError, check_loglevel, detach, err, write_pidfile
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -21,11 +21,8 @@ NO_OPS = {
     'without_heartbeat': '--without-heartbeat: worker heartbeats are events, not sent by this build; ignored',
     'heartbeat_interval': '--heartbeat-interval: worker heartbeats are not sent by this build; ignored',
     'autoscale': '--autoscale: autoscaling is not available yet; running with a fixed pool size',
-    'beat': '-B/--beat: the embedded beat scheduler is not available yet; run without it',
     'task_events': '-E/--task-events: task events are not available yet; ignored',
     'statedb': '--statedb: fastq keeps revocations in the broker, no state file is needed; ignored',
-    'scheduler': '--scheduler: beat is not available yet; ignored',
-    'schedule_filename': '-s/--schedule-filename: beat is not available yet; ignored',
     'uid': '--uid: fastq does not drop privileges itself; use your service manager; ignored',
     'gid': '--gid: fastq does not drop privileges itself; use your service manager; ignored',
 }
@@ -56,10 +53,12 @@ def register(commands: Any) -> None:
     p.add_argument('--without-heartbeat', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--heartbeat-interval', type=float, help=argparse.SUPPRESS)
     p.add_argument('--autoscale', help=argparse.SUPPRESS)
-    p.add_argument('-B', '--beat', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument(
+        '-B', '--beat', action='store_true', help='also run beat, the periodic task scheduler, in this worker'
+    )
     p.add_argument('-S', '--statedb', help=argparse.SUPPRESS)
-    p.add_argument('-s', '--schedule-filename', help=argparse.SUPPRESS)
-    p.add_argument('--scheduler', help=argparse.SUPPRESS)
+    p.add_argument('-s', '--schedule-filename', '--schedule', dest='schedule_filename', help="-B: beat's schedule file")
+    p.add_argument('--scheduler', help='-B: scheduler class (fastq has its own: fastq.beat:Scheduler)')
     p.add_argument('--uid', help=argparse.SUPPRESS)
     p.add_argument('--gid', help=argparse.SUPPRESS)
     p.add_argument('--umask', help=argparse.SUPPRESS)
@@ -71,59 +70,12 @@ def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or '').split(',') if part.strip()]
 
 
-def _check_loglevel(value: str) -> str:
-    level = value.upper()
-    if level == 'FATAL':
-        level = 'CRITICAL'
-    if level not in ('DEBUG', 'INFO', 'WARNING', 'WARN', 'ERROR', 'CRITICAL'):
-        raise CommandError(f'-l/--loglevel: unknown level {value!r} (DEBUG, INFO, WARNING, ERROR, CRITICAL)')
-    return level
-
-
-def _write_pidfile(path: str) -> None:
-    path = os.path.abspath(path)
-    if os.path.exists(path):
-        try:
-            pid = int(open(path).read().strip() or 0)
-        except (OSError, ValueError):
-            pid = 0
-        alive = False
-        if pid:
-            try:
-                os.kill(pid, 0)
-                alive = True
-            except ProcessLookupError:
-                alive = False
-            except PermissionError:
-                alive = True
-        if alive:
-            raise CommandError(f'Pidfile ({path}) already exists.\nSeems we are already running? (pid: {pid})')
-        os.unlink(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, 'w') as f:
-        f.write(f'{os.getpid()}\n')
-
-
-def _detach(logfile: str | None) -> None:
-    if not logfile:
-        raise CommandError('--detach needs --logfile (a detached worker has no terminal to log to)')
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-
-
 def run(app: Fastq, args: argparse.Namespace) -> int:
     from fastq.config.validate import UNSUPPORTED_POOLS
     from fastq.utils.log import setup_logging
     from fastq.worker.worker import WorkController
 
-    loglevel = _check_loglevel(args.loglevel)
+    loglevel = check_loglevel(args.loglevel)
     if args.pool and args.pool in UNSUPPORTED_POOLS and UNSUPPORTED_POOLS[args.pool]:
         raise CommandError(f'-P {args.pool}: {UNSUPPORTED_POOLS[args.pool]}')
     for option, message in NO_OPS.items():
@@ -132,7 +84,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
     if args.include:
         app.conf.include = [*(app.conf.include or []), *_split(args.include)]
     if args.detach:
-        _detach(args.logfile)
+        detach(args.logfile)
     conf = app.conf
     setup_logging(
         loglevel,
@@ -144,7 +96,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
         hijack_root=conf.worker_hijack_root_logger,
     )
     if args.pidfile:
-        _write_pidfile(args.pidfile)
+        write_pidfile(args.pidfile)
     try:
         queues = _split(args.queues) or None
         worker = WorkController(
@@ -159,6 +111,9 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
             time_limit=args.time_limit,
             soft_time_limit=args.soft_time_limit,
             quiet=args.quiet if hasattr(args, 'quiet') else False,
+            beat=args.beat,
+            schedule_filename=args.schedule_filename,
+            scheduler=args.scheduler,
         )
         excluded = set(_split(args.exclude_queues))
         if excluded:

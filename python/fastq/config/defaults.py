@@ -295,6 +295,14 @@ FASTQ_SETTINGS = [
         "broker's visibility timeout.",
     ),
     _s(
+        'beat_lock_timeout',
+        'float',
+        30.0,
+        doc="Seconds beat's leader lock lasts unless the leading beat extends it (it does every third of "
+        'that); a standby beat takes over at most this long after the leader stops (at once on SQLite when '
+        "the leader's process is gone, and at once on any broker when it shuts down cleanly).",
+    ),
+    _s(
         'sqlite_directory',
         'str',
         None,

@@ -56,6 +56,9 @@ class WorkController:
         soft_time_limit: float | None = None,
         quiet: bool = False,
         banner_stream: Any = None,
+        beat: bool = False,
+        schedule_filename: str | None = None,
+        scheduler: str | None = None,
     ) -> None:
         self.app = app
         conf = app.conf
@@ -93,6 +96,11 @@ class WorkController:
         self.control: Any = None
         self._renewer: threading.Thread | None = None
         self._stop_renew = threading.Event()
+        self.beat: Any = None
+        if beat:
+            from fastq.beat import EmbeddedService
+
+            self.beat = EmbeddedService(app, schedule_filename=schedule_filename, scheduler_cls=scheduler)
 
     # --- startup ------------------------------------------------------------------------------------------
 
@@ -143,6 +151,8 @@ class WorkController:
         self.fetcher.start()
         self._start_housekeeping()
         self._start_remote_control()
+        if self.beat is not None:
+            self.beat.start()  # a thread: only now that the pool has forked its children
         logger.info('%s ready.', self.hostname)
         signals.worker_ready.send(sender=self)
         self.loop.run_until(lambda: self._shutdown is not None)
@@ -280,6 +290,7 @@ class WorkController:
         self.loop.call_soon_threadsafe(lambda: self.request_shutdown('warm'))
 
     def _finish(self) -> int:
+        self._stop_beat()
         try:
             if self.fetcher is not None:
                 self.fetcher.stop()
@@ -317,6 +328,10 @@ class WorkController:
             self.app.close()
             self.loop.close()
         return self.exitcode
+
+    def _stop_beat(self) -> None:
+        if self.beat is not None and self.beat.is_alive():
+            self.beat.stop()
 
     def _dispatcher_idle(self) -> bool:
         return self.dispatcher is None or not self.dispatcher.running

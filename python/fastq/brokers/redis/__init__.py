@@ -14,7 +14,8 @@ Transport options (`broker_transport_options`), kombu's names and defaults:
 Features: priorities (Redis semantics, kombu's: lower number served first, 10 levels in 4 steps), delayed
 messages (parked in `unacked_index` at eta - visibility_timeout, which any kombu or fastq sweep restores on
 time), leases (live workers rescore their reservations, so long tasks are never handed out twice), delivery
-counts (a header fastq adds on restore), fanout over PUB/SUB, dead letters (fastq's own keys).
+counts (a header fastq adds on restore), fanout over PUB/SUB, dead letters (fastq's own keys), claims and
+named leases for beat (SET NX PX, and a script that extends a lease only for its holder).
 
 Not shared with kombu: the restore sweep runs in every fastq worker about once a second (kombu's runs every
 ~100 s), and restores each message with one atomic script, so concurrent sweepers never duplicate one.
@@ -333,8 +334,27 @@ class RedisBroker(Broker):
     def subscribe(self, exchange: str) -> Subscription:
         return _RedisSubscription(self, exchange)
 
+    # --- coordination (beat) -------------------------------------------------------------------------------
+
+    def claim(self, key: str, ttl: float) -> bool:
+        return bool(self.client.set(self.layout.claim(key), '1', nx=True, px=_millis(ttl)))
+
+    def lease(self, name: str, holder: str, ttl: float) -> bool:
+        return bool(self.scripts.lease(keys=[self.layout.lease(name)], args=[holder, _millis(ttl)]))
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self.scripts.unlease(keys=[self.layout.lease(name)], args=[holder])
+
+    def lease_holder(self, name: str) -> str | None:
+        value = self.client.get(self.layout.lease(name))
+        return None if value is None else _text(value)
+
     def close(self) -> None:
         self.client.close()
+
+
+def _millis(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)
 
 
 class _RedisSubscription(Subscription):

@@ -10,6 +10,8 @@
     /<db>.<exchange>[/<routing_key>] pub/sub channels of fanout exchanges (pidbox, events)
     fastq.deadletter(.index)         hash id -> dead letter (JSON) and zset id -> time: fastq's own
     fastq.revoked                    zset  task_id -> until when it stays revoked
+    fastq.lease.<name>               string holder, with a TTL: a named lease (beat's leader lock)
+    fastq.claim.<key>                string '1', with a TTL: a claimed key (one beat run, `<entry>@<time>`)
 
 `global_keyprefix` is prepended to every key and channel, as kombu does.
 """
@@ -106,3 +108,9 @@ class Layout:
     @property
     def dead_letters_index(self) -> str:
         return f'{self.prefix}fastq.deadletter.index'
+
+    def lease(self, name: str) -> str:
+        return f'{self.prefix}fastq.lease.{name}'
+
+    def claim(self, key: str) -> str:
+        return f'{self.prefix}fastq.claim.{key}'

@@ -21,6 +21,8 @@ class Scripts:
         self._move = client.register_script(_source('move'))
         self._park = client.register_script(_source('park'))
         self._rate = client.register_script(_source('rate'))
+        self._lease = client.register_script(_source('lease'))
+        self._unlease = client.register_script(_source('unlease'))
 
     def fetch(self, keys: list[str], args: list[Any]) -> list[Any]:
         result: list[Any] = self._fetch(keys=keys, args=args)
@@ -34,3 +36,9 @@ class Scripts:
 
     def park(self, keys: list[str], args: list[Any]) -> int:
         return int(self._park(keys=keys, args=args))
+
+    def lease(self, keys: list[str], args: list[Any]) -> int:
+        return int(self._lease(keys=keys, args=args))
+
+    def unlease(self, keys: list[str], args: list[Any]) -> int:
+        return int(self._unlease(keys=keys, args=args))

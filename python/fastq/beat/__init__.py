@@ -1,0 +1,16 @@
+"""Beat, the periodic task scheduler: `fastq -A proj beat`, or `fastq -A proj worker -B` to embed it.
+
+    entry.py      ScheduleEntry: one `beat_schedule` item (Celery's dict format) and its last run
+    scheduler.py  Scheduler: what is due, claiming each run in the broker, sending it; the catch-up policy
+    store.py      ScheduleStore: the schedule file (-s) keeping last runs across restarts (SQLite, WAL)
+    lock.py       LeaderLock: one leading beat per app and broker, the others standing by
+    service.py    Service / EmbeddedService: the loop, standalone or in a worker thread
+
+Schedules themselves (`schedule`, `crontab`, `solar`) live in `fastq.schedules`, where Celery keeps them.
+"""
+
+from fastq.beat.entry import BeatLazyFunc, ScheduleEntry
+from fastq.beat.scheduler import Scheduler
+from fastq.beat.service import EmbeddedService, Service
+
+__all__ = ['BeatLazyFunc', 'EmbeddedService', 'ScheduleEntry', 'Scheduler', 'Service']

@@ -1,0 +1,186 @@
+"""The beat service: the loop that keeps (or waits for) the leader lock and ticks the scheduler.
+
+`Service.start()` runs it in the calling thread until `stop()` (from a signal handler or another thread):
+`fastq beat` runs it in its main thread, and `fastq worker -B` in a thread of the worker (`EmbeddedService`),
+started after the pool has forked its children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from fastq import signals
+from fastq.beat.lock import LeaderLock
+from fastq.beat.scheduler import Scheduler
+from fastq.beat.store import ScheduleStore
+from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured
+from fastq.schedules import humanize_seconds
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+    from fastq.brokers.base import Broker
+
+__all__ = ['SCHEDULER_NAMES', 'EmbeddedService', 'Service', 'check_scheduler']
+
+logger = logging.getLogger('celery.beat')
+
+#: `--scheduler` / `beat_scheduler` values that mean fastq's scheduler (Celery's default name among them, so
+#: Celery configurations keep working).
+SCHEDULER_NAMES = frozenset(
+    {
+        'celery.beat:PersistentScheduler',
+        'celery.beat.PersistentScheduler',
+        'fastq.beat:Scheduler',
+        'fastq.beat.Scheduler',
+        'fastq.beat.scheduler:Scheduler',
+        'fastq.beat.scheduler.Scheduler',
+    }
+)
+
+
+def check_scheduler(value: Any) -> None:
+    """Refuse schedulers fastq does not have (django-celery-beat's, RedBeat ...) with a clear error."""
+    if value is None or value is Scheduler or (isinstance(value, str) and value in SCHEDULER_NAMES):
+        return
+    raise ImproperlyConfigured(
+        f'beat_scheduler: {value!r} is not available in fastq. fastq runs its own scheduler '
+        '(fastq.beat:Scheduler, also named celery.beat:PersistentScheduler): entries come from beat_schedule '
+        'and app.add_periodic_task, last runs are kept in the -s file, and a leader lock in the broker lets '
+        'several beats run safely.'
+    )
+
+
+class Service:
+    """One beat: connects, stands by or leads, ticks, and on `stop()` hands the lock over."""
+
+    def __init__(
+        self,
+        app: Fastq,
+        max_interval: float | None = None,
+        schedule_filename: str | None = None,
+        scheduler_cls: Any = None,
+        lock_timeout: float | None = None,
+        embedded: bool = False,
+    ) -> None:
+        check_scheduler(scheduler_cls if scheduler_cls is not None else app.conf.beat_scheduler)
+        self.app = app
+        self.schedule_filename = schedule_filename or app.conf.beat_schedule_filename
+        self.embedded = embedded
+        self.lock_timeout = float(lock_timeout or app.conf.beat_lock_timeout)
+        if self.lock_timeout <= 0:
+            raise ImproperlyConfigured(f'beat_lock_timeout: must be more than 0 seconds, got {self.lock_timeout}')
+        self.scheduler = Scheduler(app, ScheduleStore(self.schedule_filename), max_interval)
+        self.lock: LeaderLock | None = None
+        self.leader = False
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._standby_said = False
+
+    @property
+    def lock_name(self) -> str:
+        return f'beat.{self.scheduler.namespace}'
+
+    def start(self) -> None:
+        """Run until `stop()`; raises on a configuration error (the schedule, the schedule file)."""
+        logger.info('beat: Starting...')
+        self.app.finalize()
+        logger.debug('beat: Ticking with max interval->%s', humanize_seconds(self.scheduler.max_interval))
+        signals.beat_init.send(sender=self)
+        if self.embedded:
+            signals.beat_embedded_init.send(sender=self)
+        store = self.scheduler.store
+        try:
+            if store is not None:
+                store.open(str(self.app.conf.timezone or ''), bool(self.app.conf.enable_utc))
+            self.scheduler.setup()
+            broker = self._connect()
+            if broker is not None:
+                self._loop(broker)
+        finally:
+            self._shutdown()
+            self._stopped.set()
+
+    def _connect(self) -> Broker | None:
+        broker = self.app.broker
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                broker.connect()
+                return broker
+            except BrokerConnectionError as exc:
+                logger.error('beat: Connection error: %s. Trying again in %s seconds...', exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 32.0)
+        return None
+
+    def _loop(self, broker: Broker) -> None:
+        lock = self.lock = LeaderLock(broker, self.lock_name, self.lock_timeout)
+        while not self._stop.is_set():
+            if not lock.due():
+                self._elect(lock, broker)
+            wait = lock.due()
+            if self.leader and lock.held:
+                wait = min(wait, self.scheduler.tick())
+            self._stop.wait(wait)
+
+    def _elect(self, lock: LeaderLock, broker: Broker) -> None:
+        was_leader = self.leader
+        try:
+            self.leader = lock.acquire()
+        except Exception as exc:
+            self.leader = False
+            logger.error('beat: Cannot reach %s for the leader lock: %s', broker.describe(), exc)
+            return
+        if self.leader and not was_leader:
+            logger.info(
+                'beat: Acquired the leader lock %s on %s: sending periodic tasks.', lock.name, broker.describe()
+            )
+            self.scheduler.setup()
+            self._standby_said = False
+        elif not self.leader and was_leader:
+            logger.warning('beat: Lost the leader lock to %s: standing by.', lock.holder_now() or 'another beat')
+        elif not self.leader and not self._standby_said:
+            self._standby_said = True
+            logger.info(
+                'beat: Standing by: another beat (%s) holds the leader lock %s on %s.',
+                lock.holder_now() or '?',
+                lock.name,
+                broker.describe(),
+            )
+
+    def _shutdown(self) -> None:
+        if self.lock is not None and self.leader:
+            with contextlib.suppress(Exception):
+                self.lock.release()
+        self.leader = False
+        self.scheduler.close()
+
+    def stop(self, wait: bool = False) -> None:
+        """Ask the loop to end (safe from signal handlers and other threads); `wait` blocks until it has."""
+        if not self._stop.is_set():
+            logger.info('beat: Shutting down...')
+        self._stop.set()
+        if wait:
+            self._stopped.wait()
+
+
+class EmbeddedService(threading.Thread):
+    """Beat in a thread of a worker (`fastq worker -B`); sends `beat_init` and `beat_embedded_init`."""
+
+    def __init__(self, app: Fastq, **kwargs: Any) -> None:
+        super().__init__(name='Beat', daemon=True)
+        self.service = Service(app, embedded=True, **kwargs)
+
+    def run(self) -> None:
+        try:
+            self.service.start()
+        except Exception as exc:
+            logger.critical('beat raised exception %s: %r', type(exc), exc, exc_info=True)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.service.stop()
+        if self.is_alive():
+            self.join(timeout)

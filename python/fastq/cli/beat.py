@@ -1,0 +1,108 @@
+"""`fastq beat`: the periodic task scheduler, with `celery beat`'s options, banner and log lines."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from fastq import __version__
+from fastq.cli.base import check_loglevel, detach, err, write_pidfile
+from fastq.schedules import humanize_seconds
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+    from fastq.beat.service import Service
+
+IGNORED = {
+    'uid': '--uid: fastq does not drop privileges itself; use your service manager; ignored',
+    'gid': '--gid: fastq does not drop privileges itself; use your service manager; ignored',
+    'umask': '--umask: ignored; set it in your service manager',
+}
+
+
+def register(commands: Any) -> None:
+    p = commands.add_parser(
+        'beat', help='start the periodic task scheduler', description='Start the beat periodic task scheduler.'
+    )
+    p.add_argument('--detach', action='store_true', help='run in the background as a daemon (needs --logfile)')
+    p.add_argument(
+        '-s', '--schedule', help='path to the schedule file (default: beat_schedule_filename, celerybeat-schedule)'
+    )
+    p.add_argument('-S', '--scheduler', help='scheduler class (fastq has its own: fastq.beat:Scheduler)')
+    p.add_argument('--max-interval', type=int, help='max seconds to sleep between schedule iterations')
+    p.add_argument('-l', '--loglevel', default='WARNING', help='DEBUG, INFO, WARNING, ERROR, CRITICAL, FATAL')
+    p.add_argument('-f', '--logfile', help='log to this file instead of stderr')
+    p.add_argument('--pidfile', help='write the pid to this file (refuses to start if it is held)')
+    p.add_argument('--uid', help=argparse.SUPPRESS)
+    p.add_argument('--gid', help=argparse.SUPPRESS)
+    p.add_argument('--umask', help=argparse.SUPPRESS)
+    p.set_defaults(handler=run)
+
+
+def banner(app: Fastq, service: Service, loglevel: str, logfile: str | None) -> str:
+    scheduler = service.scheduler
+    max_interval = scheduler.max_interval
+    lines = [
+        '__    -    ... __   -        _',
+        f'LocalTime -> {datetime.now().replace(microsecond=0)}',
+        'Configuration ->',
+        f'    . broker -> {app.broker.describe()}',
+        f'    . scheduler -> {type(scheduler).__module__}.{type(scheduler).__qualname__}',
+        scheduler.info,
+        f'    . logfile -> {logfile or "[stderr]"}@%{loglevel}',
+        f'    . maxinterval -> {humanize_seconds(max_interval)} ({max_interval:g}s)',
+        f'    . leader lock -> {service.lock_name} ({humanize_seconds(service.lock_timeout)})',
+    ]
+    return '\n'.join(line for line in lines if line)
+
+
+def run(app: Fastq, args: argparse.Namespace) -> int:
+    from fastq.beat.service import Service
+    from fastq.brokers import broker_class
+    from fastq.utils.log import setup_logging
+    from fastq.utils.text import mask_url
+
+    loglevel = check_loglevel(args.loglevel)
+    for option, message in IGNORED.items():
+        if getattr(args, option, None):
+            err(f'warning: {message}')
+    service = Service(
+        app, max_interval=args.max_interval, schedule_filename=args.schedule, scheduler_cls=args.scheduler
+    )
+    if not broker_class(app.broker_url).features.shared:
+        err(f'warning: {mask_url(app.broker_url)} is private to this process: what beat sends reaches no worker')
+    quiet = getattr(args, 'quiet', False)
+    if not quiet:
+        print(f'fastq beat v{__version__} is starting.', flush=True)
+    if args.detach:
+        detach(args.logfile)
+    conf = app.conf
+    setup_logging(
+        loglevel,
+        args.logfile,
+        fmt=conf.worker_log_format,
+        datefmt=conf.worker_log_datefmt,
+        colorize=False if args.logfile else conf.worker_log_color,
+        hijack_root=conf.worker_hijack_root_logger,
+    )
+    if args.pidfile:
+        write_pidfile(args.pidfile)
+    try:
+        app.finalize()
+        if not quiet and not args.detach:
+            print(banner(app, service, loglevel, args.logfile), flush=True)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: service.stop())
+        service.start()
+        return 0
+    finally:
+        if args.pidfile:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.abspath(args.pidfile))
+        app.close()
+        sys.stdout.flush()

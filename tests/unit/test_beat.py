@@ -1,0 +1,314 @@
+"""Beat in one process: entries from Celery's config formats, ticking, catch-up, the schedule file, the service."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastq import Fastq, signals
+from fastq.beat import BeatLazyFunc, EmbeddedService, Scheduler, Service
+from fastq.beat.entry import entries_from_config
+from fastq.beat.scheduler import RUN_HEADER
+from fastq.beat.service import check_scheduler
+from fastq.beat.store import ScheduleStore
+from fastq.exceptions import ImproperlyConfigured
+from fastq.schedules import crontab, schedule
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2024, 5, 1, 12, 0, 0, 500000, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def app() -> Iterator[Fastq]:
+    app = Fastq('proj', broker='memory://', backend='memory://', set_as_current=False)
+
+    @app.task(name='proj.add')
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    yield app
+    app.close()
+
+
+def drain(app: Fastq, *queues: str) -> list[Any]:
+    consumer = app.broker.consumer(list(queues or ['celery']), 'test')
+    out = consumer.fetch(1000, 0.01)
+    consumer.ack([d.tag for d in out])
+    consumer.close()
+    return [d.message for d in out]
+
+
+def test_celery_dict_format(app: Fastq) -> None:
+    entries = entries_from_config(
+        app,
+        {
+            'seconds': {'task': 'proj.add', 'schedule': 30.0, 'args': (16, 16)},
+            'delta': {'task': 'proj.add', 'schedule': timedelta(minutes=5), 'kwargs': {'x': 1, 'y': 2}},
+            'cron': {'task': 'other.task', 'schedule': crontab(hour=7, minute=30, day_of_week=1)},
+            'relative': {'task': 'proj.add', 'schedule': 3600, 'relative': True, 'options': {'queue': 'q'}},
+        },
+    )
+    assert isinstance(entries['seconds'].schedule, schedule) and entries['seconds'].schedule.seconds == 30
+    assert entries['seconds'].args == (16, 16)
+    assert entries['delta'].kwargs == {'x': 1, 'y': 2}
+    assert entries['cron'].schedule.app is app
+    assert entries['relative'].schedule.relative and entries['relative'].options == {'queue': 'q'}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    'spec,error',
+    [
+        ({'schedule': 10}, "'task' is required"),
+        ({'task': 'x'}, "'schedule' is required"),
+        ({'task': 'x', 'schedule': 10, 'when': 1}, 'unknown key'),
+        ({'task': 'x', 'schedule': 'daily'}, 'not a schedule'),
+        ('x', 'expected a dict'),
+    ],
+)
+def test_bad_entries_name_themselves(app: Fastq, spec: Any, error: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match=rf"beat_schedule\['bad'\]: .*{error}"):
+        entries_from_config(app, {'bad': spec})
+
+
+def test_add_periodic_task_in_configure_and_finalize_handlers(app: Fastq, caplog: pytest.LogCaptureFixture) -> None:
+    add = app.tasks['proj.add']
+
+    @app.on_after_configure.connect
+    def setup_periodic_tasks(sender: Fastq, **kwargs: Any) -> None:
+        sender.add_periodic_task(10.0, add.s(2, 2), name='add every 10')
+        sender.add_periodic_task(30.0, add.s(3, 3), expires=10)
+        sender.add_periodic_task(crontab(hour=7, minute=30), add.s(4, 4), queue='morning')
+
+    @app.on_after_finalize.connect
+    def later(sender: Fastq, **kwargs: Any) -> None:
+        sender.add_periodic_task(60, add, args=(5, 5), name='from a task')
+
+    app.finalize()
+    schedule_ = app.conf.beat_schedule
+    assert schedule_['add every 10'] == {
+        'schedule': 10.0,
+        'task': 'proj.add',
+        'args': (2, 2),
+        'kwargs': {},
+        'options': {},
+    }
+    assert schedule_['proj.add(3, 3)']['options'] == {'expires': 10}
+    assert schedule_['proj.add(4, 4)']['options'] == {'queue': 'morning'}
+    assert schedule_['from a task']['args'] == (5, 5)
+    key = app.add_periodic_task(1, add.s(3, 3))
+    assert key == 'proj.add(3, 3)'
+    assert 'shadowed a previous unnamed periodic task' in caplog.text
+    assert set(entries_from_config(app, app.conf.beat_schedule)) == set(schedule_)
+
+
+def test_tick_sends_due_entries_with_their_options(app: Fastq, clock: Clock) -> None:
+    app.conf.beat_schedule = {
+        'add': {
+            'task': 'proj.add',
+            'schedule': schedule(1.0, nowfun=clock),
+            'args': (1, 2),
+            'options': {'queue': 'periodic', 'priority': 7, 'expires': 30},
+        },
+        'remote': {'task': 'elsewhere.job', 'schedule': crontab(nowfun=clock), 'kwargs': {'k': BeatLazyFunc(clock)}},
+    }
+    scheduler = Scheduler(app)
+    scheduler.setup()
+    assert 0.9 < scheduler.tick() <= 1.0  # fresh entries wait one interval
+    assert drain(app, 'periodic', 'celery') == []
+    clock.advance(1.0)
+    scheduler.tick()
+    [sent] = drain(app, 'periodic')
+    assert sent.headers['task'] == 'proj.add'
+    assert sent.headers['celery_beat_task'] is True
+    assert sent.headers[RUN_HEADER] == 'add@2024-05-01T12:00:01+00:00'
+    assert sent.headers['expires'] is not None
+    assert sent.properties['priority'] == 7
+    clock.advance(59)
+    scheduler.tick()
+    [remote] = drain(app)
+    assert remote.headers['task'] == 'elsewhere.job'
+    assert remote.headers[RUN_HEADER] == 'remote@2024-05-01T12:01:00+00:00'
+    assert '2024-05-01T12:01:00.500000+00:00' in remote.body.decode()  # BeatLazyFunc called at send time
+
+
+def test_a_missed_stretch_runs_once(app: Fastq, clock: Clock, tmp_path: Path) -> None:
+    app.conf.beat_schedule = {
+        'every-10s': {'task': 'proj.add', 'schedule': schedule(10, nowfun=clock), 'args': (1, 2)},
+        'hourly': {'task': 'proj.add', 'schedule': crontab(minute=0, nowfun=clock), 'args': (1, 2)},
+    }
+    store = ScheduleStore(str(tmp_path / 'schedule'))
+    store.open('', True)
+    store.save('every-10s', clock.now - timedelta(hours=3), 5)
+    store.save('hourly', clock.now - timedelta(hours=3), 5)
+    scheduler = Scheduler(app, store)
+    scheduler.setup()
+    assert scheduler.tick() == 10.0
+    assert len(drain(app)) == 2  # one catch-up run each, not 1080 and 3
+    clock.advance(5)
+    scheduler.tick()
+    assert drain(app) == []
+    assert store.load()['every-10s'] == (datetime(2024, 5, 1, 12, 0, 0, 500000, tzinfo=UTC), 6)
+
+
+def test_restart_from_the_schedule_file_does_not_repeat_a_run(app: Fastq, clock: Clock, tmp_path: Path) -> None:
+    app.conf.beat_schedule = {'every-2s': {'task': 'proj.add', 'schedule': schedule(2, nowfun=clock), 'args': (1, 2)}}
+    path = str(tmp_path / 'schedule')
+    first = Scheduler(app, ScheduleStore(path))
+    assert first.store is not None
+    first.store.open('', True)
+    first.setup()
+    clock.advance(2)
+    first.tick()
+    assert len(drain(app)) == 1
+    first.close()  # as if killed: the file was written before the send
+    clock.advance(1)
+    second = Scheduler(app, ScheduleStore(path))
+    assert second.store is not None
+    second.store.open('', True)
+    second.setup()
+    assert second.entries['every-2s'].total_run_count == 1
+    assert second.tick() == pytest.approx(1.0)
+    assert drain(app) == []
+    clock.advance(1)
+    second.tick()
+    assert len(drain(app)) == 1
+    second.close()
+
+
+def test_schedule_file_resets_when_the_zone_changes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = ScheduleStore(str(tmp_path / 'schedule'))
+    store.open('Europe/Berlin', True)
+    store.save('x', datetime(2024, 1, 1, tzinfo=UTC), 3)
+    store.close()
+    store = ScheduleStore(str(tmp_path / 'schedule'))
+    store.open('Europe/Paris', True)
+    assert store.load() == {}
+    assert "Reset: Timezone changed from 'Europe/Berlin' to 'Europe/Paris'" in caplog.text
+    store.save('x', datetime(2024, 1, 1, tzinfo=UTC), 3)
+    store.keep_only({'y'})
+    assert store.load() == {}
+    store.close()
+
+
+def test_a_foreign_schedule_file_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / 'celerybeat-schedule'
+    path.write_bytes(b'\x13W\x9a\xce' + b'gdbm' * 100)  # what Celery's shelve leaves behind
+    store = ScheduleStore(str(path))
+    store.open('', True)
+    store.save('x', datetime(2024, 1, 1, tzinfo=UTC), 1)
+    assert 'Removing corrupted schedule file' in caplog.text
+    assert path.read_bytes().startswith(b'SQLite format 3')
+    store.close()
+
+
+def test_entry_whose_next_run_fails_does_not_stop_the_others(app: Fastq, clock: Clock) -> None:
+    class Broken(schedule):
+        def is_due(self, last_run_at: datetime) -> Any:
+            raise RuntimeError('boom')
+
+    app.conf.beat_schedule = {
+        'broken': {'task': 'proj.add', 'schedule': Broken(1, nowfun=clock), 'args': (1, 2)},
+        'fine': {'task': 'proj.add', 'schedule': schedule(1, nowfun=clock), 'args': (1, 2)},
+    }
+    scheduler = Scheduler(app)
+    scheduler.setup()
+    clock.advance(1)
+    scheduler.tick()
+    assert [m.headers[RUN_HEADER].split('@')[0] for m in drain(app)] == ['fine']
+
+
+@pytest.mark.parametrize(
+    'name', [None, 'celery.beat:PersistentScheduler', 'celery.beat.PersistentScheduler', 'fastq.beat:Scheduler']
+)
+def test_scheduler_names_accepted(name: str | None) -> None:
+    check_scheduler(name)
+
+
+def test_other_schedulers_are_refused_clearly(app: Fastq, capsys: pytest.CaptureFixture[str]) -> None:
+    from fastq.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(['beat', '--scheduler', 'django_celery_beat.schedulers:DatabaseScheduler'], app=app)
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "beat_scheduler: 'django_celery_beat.schedulers:DatabaseScheduler' is not available in fastq" in err
+    app.conf.beat_scheduler = 'redbeat.RedBeatScheduler'
+    with pytest.raises(ImproperlyConfigured):
+        Service(app)
+
+
+def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, 'not met in time'
+        time.sleep(0.01)
+
+
+def test_embedded_service_sends_signals_runs_and_stops(app: Fastq, tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def on_init(sender: Any, **kwargs: Any) -> None:
+        seen.append('beat_init')
+
+    def on_embedded(sender: Any, **kwargs: Any) -> None:
+        seen.append('beat_embedded_init')
+
+    signals.beat_init.connect(on_init)
+    signals.beat_embedded_init.connect(on_embedded)
+    app.conf.beat_schedule = {'fast': {'task': 'proj.add', 'schedule': 0.05, 'args': (1, 1)}}
+    beat = EmbeddedService(app, schedule_filename=str(tmp_path / 'schedule'))
+    try:
+        beat.start()
+        wait_until(lambda: app.broker.qsize('celery') >= 2)
+    finally:
+        beat.stop()
+        signals.beat_init.disconnect(on_init)
+        signals.beat_embedded_init.disconnect(on_embedded)
+    assert not beat.is_alive()
+    assert seen == ['beat_init', 'beat_embedded_init']
+    assert app.broker.lease_holder('beat.proj') is None  # handed back on the way out
+
+
+def test_two_services_one_leader_and_a_clean_handover(
+    app: Fastq, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger='celery.beat')
+    app.conf.beat_schedule = {'fast': {'task': 'proj.add', 'schedule': 0.05, 'args': (1, 1)}}
+    first = Service(app, schedule_filename=str(tmp_path / 'a'), lock_timeout=0.6)
+    second = Service(app, schedule_filename=str(tmp_path / 'b'), lock_timeout=0.6)
+    threads = [threading.Thread(target=s.start, daemon=True) for s in (first, second)]
+    try:
+        threads[0].start()
+        wait_until(lambda: first.leader)
+        threads[1].start()
+        wait_until(lambda: 'Standing by: another beat' in caplog.text)
+        assert not second.leader
+        first.stop(wait=True)
+        wait_until(lambda: second.leader)
+        sent_before = app.broker.qsize('celery')
+        wait_until(lambda: app.broker.qsize('celery') > sent_before)
+    finally:
+        first.stop()
+        second.stop(wait=True)
+    runs = [m.headers[RUN_HEADER] for m in drain(app)]
+    assert len(runs) == len(set(runs))
