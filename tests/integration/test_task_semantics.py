@@ -118,7 +118,7 @@ def test_revoke_survives_an_offline_worker(tasks: Any, worker: Any, tmp_path: Pa
     result = tasks.record.delay(str(out), 'x')
     result.revoke()  # no worker is running: Celery would lose this revocation
     w = worker()
-    wait_until(lambda: result.state == states.REVOKED, message='REVOKED once a worker saw it')
+    wait_until(lambda: result.state == states.REVOKED, timeout=60, message='REVOKED once a worker saw it')
     assert f'Discarding revoked task: worker_tasks.record[{result.id}]' in w.log
     assert not out.exists()
 
