@@ -191,6 +191,7 @@ def fallback_chord_unlock(
 ) -> None:
     """Send `celery.chord_unlock`, which retries until the header is ready, then sends the body."""
     from fastq.builtins import builtin
+    from fastq.routing import Exchange, Queue
 
     app = backend.app
     kwargs['result'] = [r.as_tuple() for r in header_result]
@@ -200,6 +201,9 @@ def fallback_chord_unlock(
         queue = app.router.route({}, body.task, (), {}, body_type)['queue']
     priority = body.options.get('priority', getattr(body_type, 'priority', None))
     routing = {k: body.options[k] for k in ('exchange', 'routing_key', 'headers') if body.options.get(k) is not None}
+    exchange = (app.router.queues.get(queue) or Queue(queue)).exchange
+    if isinstance(exchange, Exchange):  # the unlock task's retries need it (not in delivery_info), as in Celery
+        routing['exchange_type'] = kwargs['_chord_unlock_exchange_type'] = exchange.type
     builtin(app, 'celery.chord_unlock').apply_async(
         (header_result.id, body), kwargs, countdown=countdown, queue=queue, priority=priority, **routing
     )
