@@ -38,11 +38,11 @@ if TYPE_CHECKING:
     from fastq import states
     from fastq.app import Celery, Fastq
     from fastq.canvas import Signature, maybe_signature, xmap, xstarmap
+    from fastq.canvas import signature as signature
     from fastq.canvas.chain import chain
     from fastq.canvas.chord import chord
     from fastq.canvas.chunks import chunks
     from fastq.canvas.group import group
-    from fastq.canvas import signature as signature
     from fastq.result import AsyncResult, GroupResult
     from fastq.routing import Exchange, Queue
     from fastq.shared import shared_task

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-import fastq
+import fastq.canvas
 from fastq import Fastq, GroupResult, chain, chord, chunks, group, signature
 from fastq.canvas import Signature, maybe_signature, xmap, xstarmap
 from fastq.canvas.chain import _chain
@@ -62,8 +62,6 @@ def t(app: Fastq) -> SimpleNamespace:
 
 
 def test_public_names() -> None:
-    import fastq.canvas
-
     for name in ('chain', 'group', 'chord', 'chunks', 'signature', 'maybe_signature', 'xmap', 'xstarmap'):
         assert getattr(fastq, name) is getattr(fastq.canvas, name)
     assert fastq.GroupResult is GroupResult
