@@ -55,3 +55,29 @@ def slow_record(path: str, key: str, seconds: float) -> str:
     time.sleep(seconds)
     _record(path, f'done {key} celery')
     return key
+
+
+@app.task(name='worker_tasks.mul')
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+@app.task(name='worker_tasks.tsum')
+def tsum(values: list[int]) -> int:
+    return sum(values)
+
+
+@app.task(name='worker_tasks.xsum')
+def xsum(values: list[object]) -> int:
+    return sum(xsum.run(v) if isinstance(v, list) else v for v in values)  # type: ignore[misc]
+
+
+@app.task(name='worker_tasks.record_body')
+def record_body(values: list[object], path: str) -> list[object]:
+    _record(path, f'body {values!r} celery')
+    return values
+
+
+@app.task(name='worker_tasks.on_error')
+def on_error(task_id: str, path: str) -> None:
+    _record(path, f'error {task_id}')
