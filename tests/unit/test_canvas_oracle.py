@@ -37,15 +37,15 @@ UUID = re.compile(r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 
 
 def _namespace(app: Any, canvas: Any) -> SimpleNamespace:
-    @app.task(name='oracle.add')
+    @app.task(name='oracle.add', shared=False)
     def add(x: Any, y: Any = 0) -> Any:
         return x + y
 
-    @app.task(name='oracle.xsum')
+    @app.task(name='oracle.xsum', shared=False)
     def xsum(values: Any) -> Any:
         return sum(values)
 
-    @app.task(name='oracle.err')
+    @app.task(name='oracle.err', shared=False)
     def err(task_id: str) -> str:
         return task_id
 

@@ -14,8 +14,10 @@ import random
 import sqlite3
 import threading
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -190,6 +192,33 @@ def test_redis_chord_joined_by_celery_and_fastq(redis_url: str, completer: str) 
         keys = {k.decode() for k in app.backend.client.keys(f'celery-taskset-meta-{gid}*')}  # type: ignore[union-attr]
         assert keys == {f'celery-taskset-meta-{gid}.c'}  # only the done marker is left
         assert app.backend.client.get(f'celery-taskset-meta-{gid}.c') == b'done'  # type: ignore[attr-defined]
+    finally:
+        capp.close()
+        app.close()
+
+
+def test_redis_group_results_saved_by_either_side(redis_url: str) -> None:
+    """`celery-taskset-meta-<id>` = `{"result": as_tuple()}`: what fastq saves, Celery's backend reads, and
+    the reverse. (Celery's result objects register with its backend for life, so the test avoids them.)"""
+    celery = pytest.importorskip('celery')
+    from fastq.result import GroupResult
+
+    app = Fastq('j', broker=redis_url, backend=redis_url, set_as_current=False)
+    capp = celery.Celery('j', broker=redis_url, backend=redis_url, set_as_current=False)
+    try:
+        ours = app.GroupResult(str(uuid.uuid4()), [app.AsyncResult(str(uuid.uuid4())) for _ in range(3)])
+        ours.save()
+        stored = capp.backend.decode(capp.backend.get(capp.backend.get_key_for_group(ours.id)))
+        assert stored['result'] == json.loads(json.dumps(ours.as_tuple()))
+        gid, ids = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(2)]
+        theirs = SimpleNamespace(as_tuple=lambda: ((gid, None), [((i, None), None) for i in ids]))
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', DeprecationWarning)  # Celery's save uses redis-py's setex
+            capp.backend._save_group(gid, theirs)
+        back = GroupResult.restore(gid, app=app)
+        assert back is not None and back.id == gid and [r.id for r in back.results] == ids
+        back.delete()
+        assert capp.backend.get(capp.backend.get_key_for_group(gid)) is None
     finally:
         capp.close()
         app.close()

@@ -273,7 +273,11 @@ class _chord(Signature[Any]):
         if self.body is None:
             return f'<chord without body: {self.tasks!r}>'
         members = self.tasks.tasks if isinstance(self.tasks, group) else self.tasks
-        return f'%{self.body.reprcall(members)}'
+        body = self.body
+        if body.subtask_type == 'chain' and body.kwargs.get('tasks'):
+            first, *rest = body.kwargs['tasks']
+            return '%(' + ' | '.join([first.reprcall(members), *map(repr, rest)]) + ')'
+        return f'%{body.reprcall(members)}'
 
 
 chord = _chord

@@ -105,7 +105,7 @@ class group(Signature[Any]):
         link: Any = None,
         link_error: Any = None,
         **options: Any,
-    ) -> GroupResult:
+    ) -> Any:  # a GroupResult
         if link is not None:
             raise TypeError('Cannot add link to group: use a chord')
         if link_error is not None:
@@ -115,7 +115,7 @@ class group(Signature[Any]):
         if app.conf.task_always_eager:
             return self.apply(partial, kwargs, **options)
         if not self.tasks:
-            return self.freeze()  # type: ignore[no-any-return]
+            return self.freeze()
         options, group_id, root_id = self._freeze_gid(options)
         prepared = list(self._prepared(self.tasks, group_id, root_id))
         results = self._apply_tasks(prepared, app, args=partial, kwargs=kwargs, **options)
@@ -125,7 +125,7 @@ class group(Signature[Any]):
         parent = app.current_worker_task
         if add_to_parent and parent is not None and parent.trail:
             parent.request.children.append(result)
-        return result  # type: ignore[no-any-return]
+        return result
 
     def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> GroupResult:
         """Run every task in this process; a GroupResult of EagerResults."""

@@ -21,7 +21,7 @@ from fastq.exceptions import NotRegistered
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
-    from fastq.result import AsyncResult
+    from fastq.result import AsyncResult as Result
     from fastq.task import Task
 
 __all__ = ['Signature', 'maybe_signature', 'signature']
@@ -158,7 +158,7 @@ class Signature(dict[str, Any], Generic[R]):
             self._type = self.app.tasks[self.task]
         return self._type
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[R]:
+    def AsyncResult(self, task_id: str) -> Result[R]:
         try:
             return self.type.AsyncResult(task_id)
         except NotRegistered:
@@ -285,7 +285,7 @@ class Signature(dict[str, Any], Generic[R]):
 
     # --- calling --------------------------------------------------------------------------------------------
 
-    def apply_async(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+    def apply_async(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Result[R]:
         """Send the task; `args` are prepended to the signature's, options given here win (None ignored)."""
         options.pop('route_name', None)
         options = {k: v for k, v in options.items() if v is not None}
@@ -299,7 +299,7 @@ class Signature(dict[str, Any], Generic[R]):
             return self.app.send_task(self.task, new_args, new_kwargs, **new_opts)
         return task.apply_async(new_args, new_kwargs, **new_opts)
 
-    def delay(self, *args: Any, **kwargs: Any) -> Any:
+    def delay(self, *args: Any, **kwargs: Any) -> Result[R]:
         return self.apply_async(args, kwargs)
 
     def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:

@@ -43,7 +43,9 @@ class RedisChordStore(ChordStore):
 
     def _call(self, lua: str, keys: list[bytes], args: list[Any], what: str) -> Any:
         script = self._script(lua)
-        return self.backend._run(lambda: script(keys=keys, args=args, client=self.backend.client), what, BackendError)
+        # Retried on connection errors (retry_policy): every script is safe to run twice with the same token.
+        call = lambda: script(keys=keys, args=args, client=self.backend.client)  # noqa: E731
+        return self.backend._run(call, what, BackendError, True)
 
     def set_size(self, group_id: str, size: int) -> None:
         keys = self.backend.layout.chord_keys(group_id)
@@ -85,9 +87,11 @@ class RedisChordStore(ChordStore):
             ],
             f'return a part of chord {group_id}',
         )
-        if count == -1 or not size or not claimed or count != int(size) + int(diff or 0):
+        if count == -1 or not size or count != int(size) + int(diff or 0):
             return None
-        return Claim(token)
+        if not claimed:  # a retried call whose first reply was lost may have taken the claim already
+            claimed = self.backend.client.get(keys[CHORD_CLAIM]) == token.encode()
+        return Claim(token) if claimed else None
 
     def parts(self, group_id: str, claim: Claim) -> list[bytes]:
         key = self.backend.layout.chord_keys(group_id)[CHORD_JOIN]
