@@ -157,6 +157,25 @@ CASES: list[tuple[str, Build]] = [
             T.chord([T.add.s(1, 1), T.add.s(2, 2)], T.xsum.s()), T.chord([T.add.s(1), T.add.s(2)], T.xsum.s())
         ).apply_async(),
     ),
+    (
+        'chord links',
+        lambda T: T.chord([T.add.s(1, 1), T.add.s(2, 2)], T.xsum.s()).apply_async(link=T.err.s(), link_error=T.err.s()),
+    ),
+    ('chord options', lambda T: T.chord([T.add.s(1, 1)], T.xsum.s()).set(queue='q2').apply_async()),
+    ('immutable chord body', lambda T: T.chord([T.add.s(1, 1)], T.err.si('x')).apply_async()),
+    (
+        'chain in a chord header',
+        lambda T: T.chord([T.chain(T.add.s(1, 1), T.add.s(2)), T.add.s(3, 3)], T.xsum.s()).apply_async(),
+    ),
+    ('chain options', lambda T: T.chain(T.add.s(1, 1), T.add.s(2)).set(queue='q3').apply_async()),
+    (
+        'group link_error',
+        lambda T: (lambda g: (g.link_error(T.err.s()), g.apply_async())[1])(T.group(T.add.s(1), T.add.s(2))),
+    ),
+    (
+        'chain, group of chains',
+        lambda T: T.chain(T.add.s(1, 1), T.group(T.chain(T.add.s(1), T.add.s(2)), T.add.s(3))).apply_async(),
+    ),
     ('chunks', lambda T: T.add.chunks([(1, 1), (2, 2), (3, 3)], 2).apply_async()),
     ('map', lambda T: T.add.map([1, 2, 3]).apply_async()),
     ('starmap', lambda T: T.add.starmap([(1, 2), (3, 4)]).apply_async()),
@@ -266,3 +285,13 @@ def test_chord_unlock_message_as_celery_sends_it(captured: list[Any], tmp_path: 
     finally:
         f_app.close()
         c_app.close()
+
+
+def test_group_in_a_chord_header_keeps_its_order(fastq_side: Any) -> None:
+    """A deliberate difference: Celery flattens a group nested in a chord header with `deque.extendleft`,
+    which reverses its members, so the body gets their results backwards; fastq keeps the written order.
+    Either way the sender assigns every `group_index`, so workers of both kinds join such a chord alike."""
+    T = fastq_side
+    T.chord([T.group(T.add.s(1, 1), T.add.s(2, 2)), T.add.s(3, 3)], T.xsum.s()).apply_async()
+    sent = [(env['headers'], json.loads(base64.b64decode(env['body']))) for _, env in fastq_sent(T.app)]
+    assert [(h['group_index'], body[0]) for h, body in sent] == [(0, [1, 1]), (1, [2, 2]), (2, [3, 3])]
