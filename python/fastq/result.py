@@ -37,6 +37,10 @@ def assert_will_not_block() -> None:
 class ResultBase:
     parent: Any = None
 
+    def as_tuple(self) -> Any:
+        """What travels in `children` and saved groups: `((id, parent), None)`, or a group's members."""
+        raise NotImplementedError
+
 
 class AsyncResult(ResultBase, Generic[R]):
     """The result of a task that was sent (or is being executed)."""

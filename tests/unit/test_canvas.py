@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -205,6 +206,17 @@ def test_workflows_run(live: Any) -> None:
     assert t.add.chunks([(i, i) for i in range(5)], 2).apply_async().get(timeout=30) == [[0, 2], [4, 6], [8]]
     assert t.add.map([1, 2]).apply_async().get(timeout=30) == [1, 2]
     assert t.add.starmap([(1, 2), (3, 4)]).delay().get(timeout=30) == [3, 7]
+
+
+def test_builtins_sent_by_name(live: Any, any_app: Fastq) -> None:
+    """What a Celery client may send: the old `celery.chord` task, `celery.chunks`, `celery.map`."""
+    body = live.xsum.s().set(task_id=str(uuid.uuid4()))
+    any_app.send_task('celery.chord', kwargs={'header': [live.add.s(1, 1), live.add.s(2, 2)], 'body': body})
+    assert any_app.AsyncResult(body.id).get(timeout=30) == 6
+    r = any_app.send_task('celery.chunks', kwargs={'task': live.add.s(), 'it': [(1, 1), (2, 2), (3, 3)], 'n': 2})
+    (group_id, _), parts = r.get(timeout=30)  # the GroupResult it sent, as a tuple
+    assert GroupResult(group_id, [AsyncResult(p[0][0], app=any_app) for p in parts]).get(timeout=30) == [[2, 4], [6]]
+    assert any_app.send_task('celery.map', kwargs={'task': live.xsum.s(), 'it': [[1, 2], [3]]}).get(timeout=30) == [3, 3]
 
 
 def test_group_result_save_restore(live: Any, any_app: Fastq) -> None:

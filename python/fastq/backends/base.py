@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import states
 from fastq.exceptions import ImproperlyConfigured, SecurityError, TimeoutError
+from fastq.result import ResultBase
 from fastq.serialization import accept_set, compress, decompress, dumps, loads
 
 if TYPE_CHECKING:
@@ -201,6 +202,8 @@ class Backend(abc.ABC):
     def encode_result(self, result: Any, state: str) -> Any:
         if state in states.EXCEPTION_STATES and isinstance(result, BaseException):
             return self.prepare_exception(result)
+        if isinstance(result, ResultBase):  # a task returning a result handle (a group's): its tuple, as Celery
+            return result.as_tuple()
         return result
 
     # --- the meta document --------------------------------------------------------------------------------
