@@ -216,7 +216,10 @@ def test_builtins_sent_by_name(live: Any, any_app: Fastq) -> None:
     r = any_app.send_task('celery.chunks', kwargs={'task': live.add.s(), 'it': [(1, 1), (2, 2), (3, 3)], 'n': 2})
     (group_id, _), parts = r.get(timeout=30)  # the GroupResult it sent, as a tuple
     assert GroupResult(group_id, [AsyncResult(p[0][0], app=any_app) for p in parts]).get(timeout=30) == [[2, 4], [6]]
-    assert any_app.send_task('celery.map', kwargs={'task': live.xsum.s(), 'it': [[1, 2], [3]]}).get(timeout=30) == [3, 3]
+    assert any_app.send_task('celery.map', kwargs={'task': live.xsum.s(), 'it': [[1, 2], [3]]}).get(timeout=30) == [
+        3,
+        3,
+    ]
 
 
 def test_group_result_save_restore(live: Any, any_app: Fastq) -> None:
