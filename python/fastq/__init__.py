@@ -15,24 +15,35 @@ __all__ = [
     'Celery',
     'Exchange',
     'Fastq',
+    'GroupResult',
     'Queue',
     'Signature',
     'Task',
     '__version__',
+    'chain',
+    'chord',
+    'chunks',
     'current_app',
     'current_task',
+    'group',
     'maybe_signature',
     'shared_task',
     'signature',
     'states',
+    'xmap',
+    'xstarmap',
 ]
 
 if TYPE_CHECKING:
     from fastq import states
     from fastq.app import Celery, Fastq
-    from fastq.canvas import Signature, maybe_signature
+    from fastq.canvas import Signature, maybe_signature, xmap, xstarmap
     from fastq.canvas import signature as signature
-    from fastq.result import AsyncResult
+    from fastq.canvas.chain import chain
+    from fastq.canvas.chord import chord
+    from fastq.canvas.chunks import chunks
+    from fastq.canvas.group import group
+    from fastq.result import AsyncResult, GroupResult
     from fastq.routing import Exchange, Queue
     from fastq.shared import shared_task
     from fastq.task import Task
@@ -45,7 +56,14 @@ _LAZY = {
     'Celery': 'fastq.app:Celery',
     'Task': 'fastq.task:Task',
     'AsyncResult': 'fastq.result:AsyncResult',
+    'GroupResult': 'fastq.result:GroupResult',
     'Signature': 'fastq.canvas:Signature',
+    'chain': 'fastq.canvas:chain',
+    'chord': 'fastq.canvas:chord',
+    'chunks': 'fastq.canvas:chunks',
+    'group': 'fastq.canvas:group',
+    'xmap': 'fastq.canvas:xmap',
+    'xstarmap': 'fastq.canvas:xstarmap',
     'signature': 'fastq.canvas:signature',
     'maybe_signature': 'fastq.canvas:maybe_signature',
     'shared_task': 'fastq.shared:shared_task',

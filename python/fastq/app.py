@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from fastq.backends.base import Backend
     from fastq.brokers.base import Broker, Outgoing
     from fastq.control import Control
-    from fastq.result import AsyncResult
+    from fastq.result import AsyncResult, GroupResult
     from fastq.routing import Router
 
 __all__ = ['Celery', 'Fastq']
@@ -246,8 +246,10 @@ class Fastq:
                 return
             self.finalized = True
             self._configure()
+            from fastq.builtins import register_builtins
             from fastq.shared import bind_shared_tasks
 
+            register_builtins(self)
             bind_shared_tasks(self)
             for module in [*(self.conf.imports or ()), *(self.conf.include or ())]:
                 importlib.import_module(module)
@@ -496,6 +498,11 @@ class Fastq:
         from fastq.result import AsyncResult
 
         return AsyncResult(task_id, app=self, **kwargs)
+
+    def GroupResult(self, id: str | None = None, results: Any = None, **kwargs: Any) -> GroupResult:
+        from fastq.result import GroupResult
+
+        return GroupResult(id, results, app=self, **kwargs)
 
     def signature(self, *args: Any, **kwargs: Any) -> Any:
         from fastq.canvas import signature

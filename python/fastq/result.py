@@ -6,6 +6,8 @@ failed task's exception is re-raised by `get()` as its original class when that 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
     from fastq.app import Fastq
     from fastq.backends.base import Backend
 
-__all__ = ['AsyncResult', 'EagerResult', 'ResultBase']
+__all__ = ['AsyncResult', 'EagerResult', 'GroupResult', 'ResultBase', 'ResultSet', 'result_from_tuple']
 
 R = TypeVar('R')
 
@@ -34,6 +36,10 @@ def assert_will_not_block() -> None:
 
 class ResultBase:
     parent: Any = None
+
+    def as_tuple(self) -> Any:
+        """What travels in `children` and saved groups: `((id, parent), None)`, or a group's members."""
+        raise NotImplementedError
 
 
 class AsyncResult(ResultBase, Generic[R]):
@@ -167,6 +173,10 @@ class AsyncResult(ResultBase, Generic[R]):
             return None  # type: ignore[return-value]
         if disable_sync_subtasks:
             assert_will_not_block()
+        if follow_parents and propagate and self.parent is not None:
+            # A chain's result: a failed earlier step raises its own error rather than leave us waiting.
+            self._maybe_reraise_parent_error()
+            on_interval = _then(self._maybe_reraise_parent_error, on_interval)
         if self._cache is not None:
             meta = self._cache
         else:
@@ -190,10 +200,12 @@ class AsyncResult(ResultBase, Generic[R]):
             raise TaskRevokedError(value)
         raise Exception(value)
 
-    def maybe_throw(self, propagate: bool = True) -> None:
+    def maybe_throw(self, propagate: bool = True, callback: Any = None) -> None:
         meta = self._get_task_meta()
         if propagate and meta['status'] in states.PROPAGATE_STATES:
             self._raise(meta['status'], meta.get('result'), meta.get('traceback'))
+        if callback is not None:
+            callback(self.id, meta.get('result'))
 
     maybe_reraise = maybe_throw
 
@@ -209,6 +221,15 @@ class AsyncResult(ResultBase, Generic[R]):
         self.app.control.revoke(self.id, terminate=terminate, signal=signal or 'SIGTERM')
         if wait:
             self.backend.wait_for(self.id, timeout=timeout)
+
+    def _maybe_reraise_parent_error(self) -> None:
+        parents = []
+        node = self.parent
+        while node is not None:
+            parents.append(node)
+            node = node.parent
+        for node in reversed(parents):
+            node.maybe_throw()
 
     def forget(self) -> None:
         """Remove the stored result."""
@@ -273,3 +294,248 @@ class EagerResult(AsyncResult[R]):
 
     def __repr__(self) -> str:
         return f'<EagerResult: {self.id}>'
+
+
+def _then(first: Any, second: Any) -> Any:
+    if second is None:
+        return first
+
+    def both() -> None:
+        first()
+        second()
+
+    return both
+
+
+class ResultSet(ResultBase):
+    """Results of several tasks, read and waited for together, in order."""
+
+    def __init__(self, results: Iterable[Any], app: Fastq | None = None, **kwargs: Any) -> None:
+        self._app = app
+        self.results: list[Any] = list(results)
+
+    @property
+    def app(self) -> Fastq:
+        if self._app is None:
+            self._app = self.results[0].app if self.results else _state.get_current_app()
+        return self._app
+
+    @app.setter
+    def app(self, app: Fastq) -> None:
+        self._app = app
+
+    @property
+    def backend(self) -> Backend:
+        return self.app.backend
+
+    def add(self, result: Any) -> None:
+        if result not in self.results:
+            self.results.append(result)
+
+    def remove(self, result: Any) -> None:
+        if isinstance(result, str):
+            result = self.app.AsyncResult(result)
+        try:
+            self.results.remove(result)
+        except ValueError:
+            raise KeyError(result) from None
+
+    def discard(self, result: Any) -> None:
+        try:
+            self.remove(result)
+        except KeyError:
+            pass
+
+    def update(self, results: Iterable[Any]) -> None:
+        self.results.extend(r for r in results if r not in self.results)
+
+    def clear(self) -> None:
+        self.results[:] = []
+
+    def successful(self) -> bool:
+        """True if every task succeeded."""
+        return all(result.successful() for result in self.results)
+
+    def failed(self) -> bool:
+        """True if any task failed."""
+        return any(result.failed() for result in self.results)
+
+    def waiting(self) -> bool:
+        """True if any task has not finished."""
+        return any(not result.ready() for result in self.results)
+
+    def ready(self) -> bool:
+        """True when every task has finished (whatever the outcome)."""
+        return all(result.ready() for result in self.results)
+
+    def completed_count(self) -> int:
+        """How many tasks succeeded (Celery counts only successes as completed)."""
+        return sum(int(result.successful()) for result in self.results)
+
+    def maybe_throw(self, propagate: bool = True, callback: Any = None) -> None:
+        for result in self.results:
+            result.maybe_throw(propagate=propagate, callback=callback)
+
+    maybe_reraise = maybe_throw
+
+    def forget(self) -> None:
+        for result in self.results:
+            result.forget()
+
+    def revoke(self, terminate: bool = False, signal: Any = None, wait: bool = False, timeout: Any = None) -> Any:
+        return self.app.control.revoke(
+            [r.id for r in self.results], terminate=terminate, signal=signal, reply=wait, timeout=timeout
+        )
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        callback: Any = None,
+        no_ack: bool = True,
+        on_message: Any = None,
+        disable_sync_subtasks: bool = True,
+        on_interval: Any = None,
+    ) -> list[Any]:
+        """The results in order (see `join`)."""
+        return self.join(
+            timeout=timeout,
+            propagate=propagate,
+            interval=interval,
+            callback=callback,
+            disable_sync_subtasks=disable_sync_subtasks,
+            on_interval=on_interval,
+        )
+
+    def join(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        callback: Any = None,
+        no_ack: bool = True,
+        on_message: Any = None,
+        disable_sync_subtasks: bool = True,
+        on_interval: Any = None,
+    ) -> list[Any]:
+        """Wait for every task, in order, and return their values; the first failure (in order) is raised
+        when `propagate`, else its exception takes its place. `timeout` bounds the whole wait."""
+        if disable_sync_subtasks:
+            assert_will_not_block()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            value = result.get(
+                timeout=remaining,
+                propagate=propagate,
+                interval=interval,
+                on_interval=on_interval,
+                disable_sync_subtasks=disable_sync_subtasks,
+            )
+            if callback is not None:
+                callback(result.id, value)
+            else:
+                values.append(value)
+        return values
+
+    join_native = join
+
+    @property
+    def supports_native_join(self) -> bool:
+        return False
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.results[index]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ResultSet):
+            return other.results == self.results
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(r.id for r in self.results))
+
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__}: [{", ".join(r.id for r in self.results)}]>'
+
+
+class GroupResult(ResultSet):
+    """The result of a group: its id and its tasks' results, in the group's order."""
+
+    def __init__(
+        self,
+        id: str | None = None,
+        results: Iterable[Any] | None = None,
+        parent: Any = None,
+        app: Fastq | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(results or [], app=app)
+        self.id = id
+        self.parent = parent
+
+    def save(self, backend: Backend | None = None) -> Any:
+        """Store this group's task ids, so `GroupResult.restore(id)` can rebuild it elsewhere."""
+        return (backend or self.backend).save_group(self.id or '', self)
+
+    def delete(self, backend: Backend | None = None) -> None:
+        """Remove what `save` stored."""
+        (backend or self.backend).delete_group(self.id or '')
+
+    @classmethod
+    def restore(cls, id: str, backend: Backend | None = None, app: Fastq | None = None) -> GroupResult | None:
+        """The group saved under `id`, or None."""
+        backend = backend or (app or _state.get_current_app()).backend
+        return backend.restore_group(id)
+
+    def as_tuple(self) -> tuple[tuple[str | None, Any], list[Any]]:
+        return (self.id, self.parent.as_tuple() if self.parent is not None else None), [
+            r.as_tuple() for r in self.results
+        ]
+
+    @property
+    def children(self) -> list[Any]:
+        return self.results
+
+    def __bool__(self) -> bool:
+        return bool(self.id or self.results)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, GroupResult):
+            return other.id == self.id and other.results == self.results and other.parent == self.parent
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__}: {self.id} [{", ".join(r.id for r in self.results)}]>'
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.__class__, (self.id, self.results)
+
+
+def result_from_tuple(r: Any, app: Fastq | None = None) -> Any:
+    """An AsyncResult or GroupResult from what `as_tuple()` made (as stored in `children` and saved groups)."""
+    if isinstance(r, ResultBase):
+        return r
+    app = app or _state.get_current_app()
+    res, nodes = r
+    task_id, parent = res if isinstance(res, list | tuple) else (res, None)
+    parent_result = result_from_tuple(parent, app) if parent else None
+    if nodes is not None:
+        return GroupResult(task_id, [result_from_tuple(child, app) for child in nodes], parent=parent_result, app=app)
+    return AsyncResult(task_id, app=app, parent=parent_result)

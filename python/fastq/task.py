@@ -340,6 +340,24 @@ class Task(Generic[P, R]):
         """An immutable signature: a parent's result is not prepended when it runs as a callback."""
         return self.signature(args, kwargs, immutable=True)
 
+    def map(self, it: Any) -> Signature[list[R]]:
+        """One `celery.map` task calling this task for each item: `add.map([1, 2])`."""
+        from fastq.canvas import xmap
+
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Any) -> Signature[list[R]]:
+        """One `celery.starmap` task calling this task with each argument tuple."""
+        from fastq.canvas import xstarmap
+
+        return xstarmap(self.s(), it, app=self.app)
+
+    def chunks(self, it: Any, n: int) -> Signature[Any]:
+        """A group of `celery.starmap` tasks, `n` argument tuples each."""
+        from fastq.canvas import chunks
+
+        return chunks(self.s(), it, n, app=self.app)
+
     # --- request context ----------------------------------------------------------------------------------
 
     def push_request(self, *args: Any, **kwargs: Any) -> None:

@@ -63,3 +63,29 @@ def flaky(self, path: str) -> int:  # type: ignore[no-untyped-def]
     if self.request.retries < 2:
         raise self.retry(countdown=0)
     return int(self.request.retries)
+
+
+@app.task(name='worker_tasks.mul')
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+@app.task(name='worker_tasks.tsum')
+def tsum(values: list[int]) -> int:
+    return sum(values)
+
+
+@app.task(name='worker_tasks.xsum')
+def xsum(values: list[object]) -> int:
+    return sum(xsum.run(v) if isinstance(v, list) else v for v in values)  # type: ignore[misc]
+
+
+@app.task(name='worker_tasks.record_body')
+def record_body(values: list[object], path: str) -> list[object]:
+    _record(path, f'body {values!r} celery')
+    return values
+
+
+@app.task(name='worker_tasks.on_error')
+def on_error(task_id: str, path: str) -> None:
+    _record(path, f'error {task_id}')

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from fastq import Fastq
 from fastq.exceptions import SoftTimeLimitExceeded
@@ -124,3 +125,59 @@ def when_run() -> float:
 @app.task
 def logs(message: str) -> None:
     logger.warning(message)
+
+
+# --- canvas (tests/integration/test_canvas.py, tests/compat/test_canvas_celery.py) -------------------------
+
+
+@app.task
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+@app.task
+def tsum(values: list[int]) -> int:
+    return sum(values)
+
+
+@app.task
+def xsum(values: list[object]) -> int:
+    """Sum of a chord's results, nested lists included (a group in the header)."""
+    return sum(xsum.run(v) if isinstance(v, list) else v for v in values)  # type: ignore[misc]
+
+
+@app.task(acks_late=True)
+def chord_part(path: str, key: str, value: int, seconds: float) -> int:
+    _record(path, f'start {key} {os.getpid()}')
+    time.sleep(seconds)
+    _record(path, f'done {key} {os.getpid()}')
+    return value
+
+
+class _HangAfterReturn(app.Task):  # type: ignore[name-defined,misc]
+    """After the first run has returned its chord part, hang before the ack: the test SIGKILLs the worker
+    there, so the same header task is redelivered and returns its part a second time."""
+
+    def after_return(self, status: str, retval: object, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        path, key = args[0], args[1]
+        _record(path, f'returned {key} {os.getpid()}')
+        marker = f'{path}.{key}.hung'
+        if not os.path.exists(marker):
+            open(marker, 'w').close()
+            time.sleep(60)
+
+
+@app.task(base=_HangAfterReturn, acks_late=True)
+def chord_part_hang(path: str, key: str, value: int) -> int:
+    return value
+
+
+@app.task
+def record_body(values: list[object], path: str) -> list[object]:
+    _record(path, f'body {values!r} {os.getpid()}')
+    return values
+
+
+@app.task
+def on_error(task_id: str, path: str) -> None:
+    _record(path, f'error {task_id}')

@@ -60,3 +60,22 @@ def test_doorbell_rings_across_threads(tmp_path: Path) -> None:
     generation = bell.generation()
     threading.Timer(0.1, bell.ring).start()
     assert bell.wait(generation, 5.0) is True
+
+
+def test_opening_a_new_file_while_another_process_writes(tmp_path: Path) -> None:
+    """Switching a new file to WAL fails at once with "locked" while another connection writes (SQLite skips
+    its busy wait there); opening waits for it instead, as two processes set up one results file."""
+    import sqlite3
+
+    from fastq.utils.sqlite import Database
+
+    path = tmp_path / 'new.sqlite3'
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute('BEGIN IMMEDIATE')
+    other.execute('CREATE TABLE t (x)')
+    threading.Timer(0.2, other.execute, ('COMMIT',)).start()
+    db = Database(str(path), f'sqlite:///{path}', 'CREATE TABLE IF NOT EXISTS u (y)')
+    db.setup()
+    assert db.query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") == [('t',), ('u',)]
+    db.close()
+    other.close()

@@ -9,6 +9,7 @@ so a Celery client can read what a fastq worker stored and the reverse. Subclass
 from __future__ import annotations
 
 import abc
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -17,15 +18,29 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import states
 from fastq.exceptions import ImproperlyConfigured, SecurityError, TimeoutError
+from fastq.result import ResultBase
 from fastq.serialization import accept_set, compress, decompress, dumps, loads
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
+    from fastq.backends.chords import ChordStore
+    from fastq.result import GroupResult
 
 __all__ = ['Backend', 'DisabledBackend', 'create_exception_cls']
 
+E_CHORD_NO_BACKEND = """
+Starting chords requires a result backend to be configured.
+
+Note that a group chained with a task is also upgraded to be a chord,
+as this pattern requires synchronization.
+
+Result backends that supports chords: Redis, Database, Memcached, and more.
+"""
+
 #: Celery's marker for a compressed result: a JSON or msgpack document never starts with a NUL byte.
 COMPRESSED_PAYLOAD_MAGIC = b'\x00celery-compressed\x00'
+
+logger = logging.getLogger('fastq.backends')
 
 _synthetic: dict[tuple[str, str], type[Exception]] = {}
 
@@ -62,6 +77,8 @@ class Backend(abc.ABC):
     polling = True
     persistent = True
     supports_native_join = False
+    #: How this backend joins chords (see `backends/chords.py`); None: Celery's `celery.chord_unlock` polling.
+    chord_store: ChordStore | None = None
 
     def __init__(self, app: Fastq, url: str | None = None) -> None:
         self.app = app
@@ -185,6 +202,8 @@ class Backend(abc.ABC):
     def encode_result(self, result: Any, state: str) -> Any:
         if state in states.EXCEPTION_STATES and isinstance(result, BaseException):
             return self.prepare_exception(result)
+        if isinstance(result, ResultBase):  # a task returning a result handle (a group's): its tuple, as Celery
+            return result.as_tuple()
         return result
 
     # --- the meta document --------------------------------------------------------------------------------
@@ -308,6 +327,77 @@ class Backend(abc.ABC):
                 wait = min(wait, remaining)
             self._wait_for_change_since(marker, wait)
 
+    # --- groups (Celery's `celery-taskset-meta-<group_id>` document: `{"result": GroupResult.as_tuple()}`) ----
+
+    def _set_group(self, group_id: str, payload: bytes, expires: float | None) -> None:
+        raise NotImplementedError(f'{type(self).__name__} cannot store group results')
+
+    def _get_group(self, group_id: str) -> bytes | None:
+        raise NotImplementedError(f'{type(self).__name__} cannot store group results')
+
+    def _delete_group(self, group_id: str) -> None:
+        raise NotImplementedError(f'{type(self).__name__} cannot store group results')
+
+    def save_group(self, group_id: str, result: GroupResult) -> GroupResult:
+        self._set_group(group_id, self.encode({'result': result.as_tuple()}), self.expires)
+        return result
+
+    def restore_group(self, group_id: str, cache: bool = True) -> GroupResult | None:
+        from fastq.result import result_from_tuple
+
+        payload = self._get_group(group_id)
+        if payload is None:
+            return None
+        group: GroupResult = result_from_tuple(self.decode(payload)['result'], self.app)
+        return group
+
+    def delete_group(self, group_id: str) -> None:
+        self._delete_group(group_id)
+
+    # --- chords and chains (the logic is in backends/chords.py; a backend provides a `chord_store`) ------
+
+    def ensure_chords_allowed(self) -> None:
+        return None
+
+    def apply_chord(self, header_result_args: tuple[str, list[Any]], body: Any, **kwargs: Any) -> None:
+        from fastq.backends import chords
+
+        chords.apply_chord(self, header_result_args, body, **kwargs)
+
+    def set_chord_size(self, group_id: str, chord_size: int) -> None:
+        if self.chord_store is not None:
+            self.chord_store.set_size(group_id, chord_size)
+
+    def add_to_chord(self, group_id: str, result: Any) -> None:
+        if self.chord_store is None:
+            raise NotImplementedError('Backend does not support add_to_chord')
+        self.chord_store.add(group_id, 1)
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
+        """A chord header task reached its final state (the worker calls this after storing it)."""
+        from fastq.backends import chords
+
+        try:
+            chords.on_chord_part_return(self, request, state, result)
+        except Exception:  # the task's own outcome stands; the chord's problem is logged, not turned into it
+            logger.exception('Chord %r: returning the part of %s failed', getattr(request, 'group', None), request.id)
+
+    def chord_error_from_stack(self, callback: Any, exc: BaseException) -> None:
+        from fastq.backends import chords
+
+        chords.chord_error_from_stack(self, callback, exc)
+
+    def fail_chain(self, chain: Any, exc: BaseException, traceback: str | None = None) -> None:
+        """A task failed: the chain steps it carried never run; their results fail too (Celery's `_fail_chain`)."""
+        from fastq.backends import chords
+
+        if not chain:
+            return
+        try:
+            chords.fail_chain(self, chain, exc, traceback)
+        except Exception:  # as for chord parts: logged, the failed task's own outcome stands
+            logger.exception('Could not mark the rest of a chain as failed after %r', exc)
+
 
 class DisabledBackend(Backend):
     """What `AsyncResult` talks to when no `result_backend` is configured (Celery's behaviour)."""
@@ -328,6 +418,9 @@ class DisabledBackend(Backend):
 
     def store_result(self, *args: Any, **kwargs: Any) -> Any:
         return None
+
+    def ensure_chords_allowed(self) -> None:
+        raise NotImplementedError(E_CHORD_NO_BACKEND.strip())
 
 
 def check_url_scheme(url: str, expected: tuple[str, ...]) -> None:

@@ -1,5 +1,24 @@
-"""Canvas: signatures now; chain, group, chord, chunks, map and starmap come with the workflows work."""
+"""Canvas: signatures and the workflows built from them, with Celery's names, semantics and wire format.
 
-from fastq.canvas.signatures import Signature, maybe_signature, signature
+`signature`/`Signature` (one task call), `chain` (one after another), `group` (in parallel), `chord` (a group,
+then a task with all its results), `chunks`, `xmap` and `xstarmap` (one task over many arguments).
+"""
 
-__all__ = ['Signature', 'maybe_signature', 'signature']
+from fastq.canvas.chain import chain
+from fastq.canvas.chord import chord
+from fastq.canvas.chunks import chunks, xmap, xstarmap
+from fastq.canvas.group import group
+from fastq.canvas.signatures import Signature, maybe_signature, signature, subtask
+
+__all__ = [
+    'Signature',
+    'chain',
+    'chord',
+    'chunks',
+    'group',
+    'maybe_signature',
+    'signature',
+    'subtask',
+    'xmap',
+    'xstarmap',
+]

@@ -67,7 +67,9 @@ class Database:
             if directory:
                 os.makedirs(directory, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=LOCKED_RETRY_FOR, isolation_level=None, check_same_thread=False)
-            conn.execute('PRAGMA journal_mode=WAL')
+            # Switching a new file to WAL needs an exclusive lock, and SQLite answers "locked" at once (no busy
+            # wait, to avoid a deadlock) while another process holds a write transaction: creating the tables.
+            self._retry(lambda: conn.execute('PRAGMA journal_mode=WAL'))
             conn.execute(f'PRAGMA synchronous={self.synchronous}')
             conn.execute('PRAGMA busy_timeout=0')
             # With readers always present (workers), an automatic checkpoint cannot finish and is retried,

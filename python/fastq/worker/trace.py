@@ -177,6 +177,8 @@ def _on_success(
     task_id = ctx.id or ''
     if _store_allowed(task, ctx, failure=False):
         task.app.backend.mark_as_done(task_id, retval, request=ctx)
+    if ctx.chord:  # a chord header task: its part counts whether or not its result is stored
+        task.app.backend.on_chord_part_return(ctx, states.SUCCESS, retval)
     runtime = time.monotonic() - started
     outcome = Outcome(states.SUCCESS, runtime, retval_repr=saferepr(retval, 256), retval=retval)
     task.on_success(retval, task_id, args, kwargs)
@@ -200,6 +202,10 @@ def _on_failure(
             task.app.backend.mark_as_failure(task_id, exc, einfo.traceback, request=ctx)
         except Exception as store_exc:  # the failure must be reported even if the backend chokes on it
             logger.exception('Task %s[%s] could not store its failure: %r', task.name, task_id, store_exc)
+    if ctx.chord:
+        task.app.backend.on_chord_part_return(ctx, states.FAILURE, exc)
+    if ctx.chain and not ctx.is_eager:  # the chain's later steps never run: their results fail too
+        task.app.backend.fail_chain(ctx.chain, exc, einfo.traceback)
     runtime = time.monotonic() - started
     outcome = Outcome(states.FAILURE, runtime, exc_repr=repr(exc), exception=exc, traceback=einfo.traceback)
     task.on_failure(exc, task_id, args, kwargs, einfo)

@@ -15,12 +15,14 @@ Settings read:
     `min_other_sentinels`, `sentinel_kwargs`.
 Layout (see `layout.py`):
     `celery-task-meta-<task_id>` = the encoded meta document, TTL `result_expires` (none when 0/None), and
-    every write published on the channel of the same name, in one round trip (a Lua script, `scripts.py`).
+    every write published on the channel of the same name, in one round trip (a Lua script, `scripts.py`);
+    `celery-taskset-meta-<group_id>` = a saved GroupResult; `celery-taskset-meta-<group_id>.j/.s/.t/.d/.c` =
+    a chord's join (`chords.py`).
 Supports:
     a stored SUCCESS is never overwritten (checked atomically in Redis, not read-then-write as Celery does);
     `get()` waits on pub/sub, not by polling (`listener.py`); reconnects without losing a result; fork-safe
-    (a child builds its own connections and listener). Not yet: group results (`celery-taskset-meta-*`),
-    chords (Celery's native Redis join).
+    (a child builds its own connections and listener); Celery 5.7's native chord join, with Celery workers
+    joining the same chords (`result_chord_ordered` in the transport options, default True).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import redis
 
 from fastq import states
 from fastq.backends.base import Backend
+from fastq.backends.redis.chords import RedisChordStore
 from fastq.backends.redis.layout import KeyLayout
 from fastq.backends.redis.listener import ResultListener, Waiter
 from fastq.backends.redis.params import connection_params, sentinel_params
@@ -96,6 +99,7 @@ class RedisBackend(Backend):
         self._client: redis.Redis | None = None
         self._store_script: Any = None
         self._listener: ResultListener | None = None
+        self.chord_store = RedisChordStore(self)
         _live.add(self)
 
     # --- connections --------------------------------------------------------------------------------------
@@ -260,6 +264,27 @@ class RedisBackend(Backend):
     def _delete(self, task_id: str) -> None:
         key = self.layout.task_key(task_id)
         self._run(lambda: self.client.delete(key), f'forget the result of {task_id}', BackendError)
+
+    def _set_group(self, group_id: str, payload: bytes, expires: float | None) -> None:
+        """Celery's `save_group`: SET (with the result TTL) and PUBLISH, like a task's result."""
+        key = self.layout.group_key(group_id)
+
+        def write() -> None:
+            with self.client.pipeline() as pipe:
+                pipe.set(key, payload, px=math.ceil(expires * 1000) if expires else None)
+                pipe.publish(key, payload)
+                pipe.execute()
+
+        self._run(write, f'save group {group_id}', BackendStoreError, True)
+
+    def _get_group(self, group_id: str) -> bytes | None:
+        key = self.layout.group_key(group_id)
+        value: Any = self._run(lambda: self.client.get(key), f'read group {group_id}', BackendGetMetaError)
+        return value  # type: ignore[no-any-return]
+
+    def _delete_group(self, group_id: str) -> None:
+        key = self.layout.group_key(group_id)
+        self._run(lambda: self.client.delete(key), f'delete group {group_id}', BackendError)
 
     # --- waiting ------------------------------------------------------------------------------------------
 

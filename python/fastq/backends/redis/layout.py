@@ -12,8 +12,14 @@ __all__ = ['CHORD_KEYPREFIX', 'GROUP_KEYPREFIX', 'TASK_KEYPREFIX', 'KeyLayout']
 
 #: A task's meta document (string key, TTL `result_expires`); also the channel its writes are published on.
 TASK_KEYPREFIX = 'celery-task-meta-'
-#: A saved GroupResult, `{"result": GroupResult.as_tuple()}` (Celery's; fastq does not write it yet).
+#: A saved GroupResult, `{"result": GroupResult.as_tuple()}`, TTL `result_expires`; also a chord's prefix.
 GROUP_KEYPREFIX = 'celery-taskset-meta-'
+#: A chord's keys are its group key plus one of these (Celery 5.7's native join, `backends/redis/chords.py`):
+CHORD_JOIN = '.j'  # the header results: zset of encoded `[1, task_id, state, result]` scored by group_index
+CHORD_SIZE = '.s'  # how many parts complete the chord (string), set before the last header task is sent
+CHORD_DIFF = '.t'  # parts added to a running chord (INCR)
+CHORD_SEEN = '.d'  # set of `task_id:group_index` already recorded, so a redelivered task counts once
+CHORD_CLAIM = '.c'  # the token of the worker sending the body (SET NX EX), then "done" for a while
 #: Celery's chord_unlock bookkeeping for backends without a native join (listed so the prefix stays in one place).
 CHORD_KEYPREFIX = 'chord-unlock-'
 
@@ -41,3 +47,10 @@ class KeyLayout:
         if not group_id:
             raise ValueError(f'group_id must not be empty. Got {group_id!r} instead.')
         return self.group_prefix + str(group_id).encode()
+
+    def chord_keys(self, group_id: str) -> dict[str, bytes]:
+        """The keys of a chord's join, by suffix (`.j`, `.s`, `.t`, `.d`, `.c`)."""
+        group = self.group_key(group_id)
+        return {
+            suffix: group + suffix.encode() for suffix in (CHORD_JOIN, CHORD_SIZE, CHORD_DIFF, CHORD_SEEN, CHORD_CLAIM)
+        }

@@ -1,4 +1,4 @@
-"""The Lua script that stores a result: Celery's SETEX + PUBLISH, plus its "never overwrite a SUCCESS" rule.
+"""Lua scripts: storing a result (Celery's SETEX + PUBLISH, plus "never overwrite a SUCCESS"), and the chord join.
 
 Celery reads the stored document, checks it in Python, then writes: two round trips, and a duplicate delivery
 finishing in between can still replace a SUCCESS. Here the check, the write and the publish run as one script,
@@ -9,7 +9,15 @@ compare-and-set mode: write only if the stored value is still the one it looked 
 
 from __future__ import annotations
 
-__all__ = ['MODE_CAS', 'MODE_FOR_SERIALIZER', 'MODE_OTHER', 'STORE_RESULT']
+__all__ = [
+    'CHORD_CLAIM_EXTEND',
+    'CHORD_CLEANUP',
+    'CHORD_PART_RETURN',
+    'MODE_CAS',
+    'MODE_FOR_SERIALIZER',
+    'MODE_OTHER',
+    'STORE_RESULT',
+]
 
 #: ARGV[3] values: how the script tells whether the stored document is a SUCCESS.
 MODE_FOR_SERIALIZER = {'json': 'json', 'msgpack': 'msgpack'}
@@ -53,4 +61,84 @@ else
 end
 redis.call('PUBLISH', key, payload)
 return 1
+"""
+
+# The chord join. Celery 5.7 workers run the same steps on the same keys (`celery/backends/redis.py`,
+# CHORD_PART_RETURN_LUA and friends), so Celery and fastq workers can join one chord: each must do what the
+# other expects, to the key and to the argument. Written here from that contract, not copied.
+
+CHORD_PART_RETURN = """
+-- KEYS: <group key>.j .t .s .d, <group key>, <group key>.c   (see fastq/backends/redis/layout.py)
+-- ARGV[1] task id, ARGV[2] encoded [1, task_id, state, result], ARGV[3] '1' for a zset (scored by ARGV[4],
+--   the group_index or '+inf') else a list, ARGV[5] chord key TTL, ARGV[6] group key TTL (0: leave it),
+--   ARGV[7] claim TTL, ARGV[8] claim token.
+-- Records the part once per 'task_id:index' (a redelivered header task counts once), refreshes the TTLs,
+-- and when the parts reach size + totaldiff takes the claim (SET NX): only the claimer sends the body.
+-- Returns {parts so far, totaldiff, size, claimed}; {-1, 0, 0, 0} once the chord is done.
+local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local task_id, part, ordered, index = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ttl, group_ttl, claim_ttl, token = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+
+if redis.call('GET', ckey) == 'done' then
+    return {-1, 0, 0, 0}
+end
+local member = task_id .. ':' .. index
+if redis.call('SISMEMBER', dkey, member) == 0 then
+    if ordered == '1' then
+        redis.call('ZADD', jkey, index, part)
+    else
+        redis.call('RPUSH', jkey, part)
+    end
+    redis.call('SADD', dkey, member)
+end
+local count
+if ordered == '1' then
+    count = redis.call('ZCOUNT', jkey, '-inf', '+inf')
+else
+    count = redis.call('LLEN', jkey)
+end
+if ttl > 0 then
+    for _, key in ipairs({jkey, tkey, skey, dkey}) do
+        redis.call('EXPIRE', key, ttl)
+    end
+    if group_ttl > 0 then
+        redis.call('EXPIRE', gkey, group_ttl)
+    end
+end
+local diff = redis.call('GET', tkey)
+local size = redis.call('GET', skey)
+local claimed = 0
+if size and count == tonumber(size) + tonumber(diff or 0) then
+    if redis.call('SET', ckey, token, 'NX', 'EX', claim_ttl) then
+        claimed = 1
+    end
+end
+return {count, diff, size, claimed}
+"""
+
+CHORD_CLEANUP = """
+-- KEYS: <group key>.c .j .t .s .d; ARGV[1] claim token, ARGV[2] TTL of the done marker.
+-- If we still hold the claim: delete the chord's data and leave "done", so late duplicates are ignored.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+local ttl = tonumber(ARGV[2])
+if ttl and ttl > 0 then
+    redis.call('SET', KEYS[1], 'done', 'EX', ttl)
+end
+return 1
+"""
+
+CHORD_CLAIM_EXTEND = """
+-- KEYS: <group key>.c .s; ARGV[1] claim token, ARGV[2] new TTL.
+-- Extend our claim, or take it again if it expired while the chord's data is still there.
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+    return redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+if not current and redis.call('EXISTS', KEYS[2]) == 1 then
+    return redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]), 'NX') and 1 or 0
+end
+return 0
 """
