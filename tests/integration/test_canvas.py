@@ -81,3 +81,25 @@ def test_chord_body_once_after_header_worker_sigkill(tasks: Any, worker: Any, tm
     assert seen('returned h3') == 2  # the same part, returned twice
     wait_until(lambda: len(lines(body_out)) >= 1, message='body ran')
     assert [line.split(' [')[0] for line in lines(body_out)] == ['body']  # exactly once
+
+
+def test_chord_header_ended_outside_its_task(tasks: Any, worker: Any) -> None:
+    """Header tasks that never return through their own code (killed at the hard time limit, or expired before
+    they ran) still return their part: the chord errors naming that task and its body never runs."""
+    from datetime import UTC, datetime, timedelta
+
+    worker('-c', '2')
+    t = tasks
+    r = chord([t.add.s(1, 1), t.long.s(30).set(time_limit=1)], t.tsum.s()).apply_async()
+    with pytest.raises(ChordError) as info:
+        r.get(timeout=60, follow_parents=False)
+    assert f'Dependency {r.parent.results[1].id} raised TimeLimitExceeded' in str(info.value)
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    r = chord([t.add.s(1, 1).set(expires=past), t.add.s(2, 2)], t.tsum.s()).apply_async()
+    with pytest.raises(ChordError) as info:
+        r.get(timeout=60, follow_parents=False)
+    assert f'Dependency {r.parent.results[0].id} raised TaskRevokedError' in str(info.value)
+    # a chain whose first step expired: the steps after it fail too, instead of waiting forever
+    r = (t.add.s(1, 1).set(expires=past) | t.add.s(1)).apply_async()
+    with pytest.raises(Exception, match='expired'):
+        r.get(timeout=60, follow_parents=False)
