@@ -25,6 +25,7 @@ from fastq import _core, signals, states
 from fastq.exceptions import (
     InvalidTaskError,
     NotRegistered,
+    TaskRevokedError,
     TimeLimitExceeded,
     WorkerLostError,
 )
@@ -244,13 +245,30 @@ class Dispatcher:
     def _discard_revoked(self, d: Delivery, request: Any, task: Any, expired: bool) -> None:
         """Revoked (or expired) before it ran: REVOKED stored, message acked, never executed."""
         logger.info('Discarding revoked task: %s[%s]', request.task, request.id)
-        if not request.ignore_result:
-            try:
-                self.app.backend.mark_as_revoked(request.id, 'expired' if expired else 'revoked', request=None)
-            except NotImplementedError:
-                pass
+        self._finished_outside(d, request, states.REVOKED, TaskRevokedError('expired' if expired else 'revoked'))
         signals.task_revoked.send(sender=task, request=request, terminated=False, signum=None, expired=expired)
         self._ack_now([d.tag])
+
+    def _finished_outside(self, d: Delivery, request: Any, state: str, exc: BaseException) -> None:
+        """Store the end of a task that never reached (or never left) an executor, as the trace would:
+        its state, then its part of a chord and the failure of the chain steps it carried, so a workflow
+        waiting on it does not wait forever."""
+        ctx = outside_context(d, request, self.hostname, self.accept)
+        task = self.app.tasks.get(request.task)
+        ignored = request.ignore_result and not (task is not None and task.store_errors_even_if_ignored)
+        backend = self.app.backend
+        try:
+            if not ignored:
+                tb = ''.join(traceback.format_exception_only(type(exc), exc))
+                backend.store_result(request.id, exc, state, traceback=tb, request=ctx)
+            if ctx.chord:
+                backend.on_chord_part_return(ctx, state, exc)
+            if ctx.chain:
+                backend.fail_chain(ctx.chain, exc)
+        except NotImplementedError:
+            pass
+        except Exception as store_exc:
+            error_logger.warning('Could not store the %s state of %s: %r', state, request.id, store_exc)
 
     def revoke(self, ids: set[str], terminate: bool = False, signal_name: str = 'SIGTERM') -> None:
         """Remember revoked ids; drop matching waiting jobs now; with `terminate`, kill running ones."""
@@ -284,38 +302,48 @@ class Dispatcher:
     # --- dispatching --------------------------------------------------------------------------------------
 
     def dispatch(self) -> None:
-        """Hand ready jobs to free pool slots (idle callback of the loop)."""
-        free = self.pool.free_slots()
-        if not free or not self.ready:
+        """Hand ready jobs to the pool while it takes them (idle callback of the loop)."""
+        ready, pool, revoked = self.ready, self.pool, self.revoked
+        if not ready:
             return
-        batch: list[Job] = []
-        while self.ready and len(batch) < free:
-            job = self.ready.popleft()
-            if job.request.id in self.revoked:
+        early = []
+        sent = False
+        while ready:
+            job = ready[0]
+            if job.request.id in revoked:
+                ready.popleft()
                 self._discard_revoked(job.delivery, job.request, self.app.tasks.get(job.request.task), False)
                 continue
-            batch.append(job)
-        early = []
-        for job in batch:
-            if job.time_limit and not self._warned_time_limit and not self.pool.supports_hard_time_limit():
-                self._warned_time_limit = True
-                logger.warning(
-                    'Task %s[%s] has a hard time limit, which the %s pool cannot enforce (it cannot kill a '
-                    'task); use the prefork pool for hard time limits',
-                    job.name,
-                    job.request.id,
-                    self.pool.name,
-                )
+            if not pool.can_take(job):
+                break
+            ready.popleft()
+            if job.time_limit and not self._warned_time_limit and not pool.supports_hard_time_limit():
+                self._warn_time_limit(job)
             if job.acks_late:
                 self.ledger.start(job.tag)
             else:
                 job.acked = True
                 early.append(job.tag)
-                self._settled(job.tag)
+                self.ledger.settle(job.tag)
             self.running[job.id] = job
-            self.pool.submit(job)
+            pool.submit(job)
+            sent = True
+        if sent:
+            pool.commit()
         if early:
+            if self.fetcher is not None:
+                self.fetcher.notify_window()
             self._ack(early)
+
+    def _warn_time_limit(self, job: Job) -> None:
+        self._warned_time_limit = True
+        logger.warning(
+            'Task %s[%s] has a hard time limit, which the %s pool cannot enforce (it cannot kill a '
+            'task); use the prefork pool for hard time limits',
+            job.name,
+            job.request.id,
+            self.pool.name,
+        )
 
     # --- results ------------------------------------------------------------------------------------------
 
@@ -345,10 +373,7 @@ class Dispatcher:
         task_id = job.request.id
         if reason == 'revoked':
             task = self.app.tasks.get(job.request.task)
-            try:
-                self.app.backend.mark_as_revoked(task_id, 'terminated', request=None)
-            except NotImplementedError:
-                pass
+            self._finished_outside(job.delivery, job.request, states.REVOKED, TaskRevokedError('terminated'))
             signals.task_revoked.send(sender=task, request=job, terminated=True, signum=None, expired=False)
             if not job.acked:
                 self._late_acks.append(job.tag)
@@ -374,15 +399,7 @@ class Dispatcher:
 
     def _store_failure(self, job: Job, exc: BaseException) -> None:
         task = self.app.tasks.get(job.request.task)
-        if job.request.ignore_result and not (task and task.store_errors_even_if_ignored):
-            return
-        try:
-            tb = ''.join(traceback.format_exception_only(type(exc), exc))
-            self.app.backend.mark_as_failure(job.request.id, exc, tb, request=None)
-        except NotImplementedError:
-            pass
-        except Exception as store_exc:
-            error_logger.warning('Could not store the failure of %s: %r', job.request.id, store_exc)
+        self._finished_outside(job.delivery, job.request, states.FAILURE, exc)
         if task is not None:
             signals.task_failure.send(
                 sender=task, task_id=job.request.id, exception=exc, args=None, kwargs=None, traceback=None, einfo=None
@@ -487,6 +504,35 @@ class Dispatcher:
             'held': len(self.ledger),
             'processed': self.processed,
         }
+
+
+def outside_context(d: Delivery, request: Any, hostname: str, accept: frozenset[str]) -> Any:
+    """A task's request built in the parent, from its headers and (only for workflow members) its body."""
+    from fastq.protocol import decode_body
+    from fastq.task import Context
+
+    message = d.message
+    headers = message.headers if message is not None else {}
+    ctx = Context(
+        id=request.id,
+        task=request.task,
+        group=headers.get('group'),
+        group_index=headers.get('group_index'),
+        root_id=headers.get('root_id'),
+        parent_id=headers.get('parent_id'),
+        retries=request.retries,
+        hostname=hostname,
+        delivery_info={'routing_key': d.queue},
+        called_directly=False,
+    )
+    if message is not None:  # rare paths (revoked, expired, killed): decoding the body here is affordable
+        try:
+            args, kwargs, embed = decode_body(message.body, message.content_type, headers.get('compression'), accept)
+        except Exception:  # the part cannot be returned; the state is still stored
+            return ctx
+        ctx.update(args=args, kwargs=kwargs, chord=embed.get('chord'), chain=embed.get('chain'),
+                   callbacks=embed.get('callbacks'), errbacks=embed.get('errbacks'))  # fmt: skip
+    return ctx
 
 
 class RevokedSet:

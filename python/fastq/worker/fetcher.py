@@ -22,6 +22,8 @@ logger = logging.getLogger('celery.worker.consumer.consumer')
 
 FETCH_TIMEOUT = 1.0
 MAX_BATCH = 1000
+#: With fewer free slots than half the window, wait this long for more before fetching (seconds).
+GATHER_DELAY = 0.001
 
 
 class Fetcher(threading.Thread):
@@ -49,8 +51,11 @@ class Fetcher(threading.Thread):
 
     def notify_window(self) -> None:
         """Called by the loop after it settled deliveries."""
-        if not self.window_open.is_set():
+        if not self.window_open.is_set() and self.ledger.free() >= self._batch_floor():
             self.window_open.set()
+
+    def _batch_floor(self) -> int:
+        return max(1, min(self.ledger.window // 2, MAX_BATCH)) if self.ledger.window else 1
 
     def run(self) -> None:
         backoff = 0.0
@@ -61,6 +66,14 @@ class Fetcher(threading.Thread):
                 if self.ledger.free() <= 0 or self.paused.is_set():
                     self.window_open.wait(1.0)
                 continue
+            if free < self._batch_floor():
+                # A busy worker frees its window one task at a time; fetching each slot as it frees costs a
+                # broker round trip per task. Wait briefly for half the window (the worker still holds the
+                # other half, so it does not run dry meanwhile); an idle worker has its whole window free.
+                self.window_open.clear()
+                if self.ledger.free() < self._batch_floor():
+                    self.window_open.wait(GATHER_DELAY)
+                free = min(self.ledger.free(), MAX_BATCH)
             try:
                 deliveries = self.consumer.fetch(free, FETCH_TIMEOUT)
             except Exception as exc:

@@ -47,6 +47,7 @@ from fastq.backends.redis.params import connection_params, sentinel_params
 from fastq.backends.redis.retry import CONNECTION_ERRORS, DEFAULT_RETRY_POLICY, full_jitter_backoff, retry_over_time
 from fastq.backends.redis.scripts import MODE_CAS, MODE_FOR_SERIALIZER, MODE_OTHER, STORE_RESULT
 from fastq.exceptions import BackendError, BackendGetMetaError, BackendStoreError, ImproperlyConfigured, TimeoutError
+from fastq.utils.rediswire import Link
 from fastq.utils.text import mask_url
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class RedisBackend(Backend):
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
         self._store_script: Any = None
+        self._link: Link | None = None
         self._listener: ResultListener | None = None
         self.chord_store = RedisChordStore(self)
         _live.add(self)
@@ -143,6 +145,7 @@ class RedisBackend(Backend):
     def _reset_after_fork(self) -> None:
         """In a forked child: the parent's listener thread is gone and its locks may be held; start afresh."""
         self._lock = threading.Lock()
+        self._link = None  # the parent's socket: never used here
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.abandon_after_fork()
@@ -151,6 +154,9 @@ class RedisBackend(Backend):
         with self._lock:
             listener, self._listener = self._listener, None
             client, self._client = self._client, None
+            link, self._link = self._link, None
+        if link is not None:
+            link.close()
         if listener is not None:
             listener.stop()
         if client is not None:
@@ -211,10 +217,15 @@ class RedisBackend(Backend):
         )
 
     def _store_unless_success(self, key: bytes, payload: bytes, ttl_ms: int) -> None:
-        client = self.client
+        self.client  # noqa: B018 - registers the script
+        link = self._link
+        if link is None:
+            link = self._link = Link(self.client)
         mode, expected = self._store_mode, b''
         for _ in range(MAX_CAS_ROUNDS):
-            reply = self._store_script(keys=[key], args=[payload, ttl_ms, mode, expected], client=client)
+            # Through a hiredis-only connection: a worker stores a result per task, and redis-py's own call
+            # path costs several times the round trip itself.
+            reply = link.evalsha(self._store_script, [key], [payload, ttl_ms, mode, expected])
             if isinstance(reply, int):
                 return
             # Stored in a form the script cannot read: decide here, then write only if it is still that document.

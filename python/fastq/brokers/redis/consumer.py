@@ -16,9 +16,12 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import redis.exceptions
+
 from fastq import _core
 from fastq.brokers.base import Consumer, DeadLetter, Delivery, Tag
 from fastq.brokers.redis.layout import DELIVERIES_HEADER
+from fastq.utils.rediswire import Link
 
 if TYPE_CHECKING:
     from fastq.brokers.redis import RedisBroker
@@ -88,6 +91,9 @@ class RedisConsumer(Consumer):
         self._ready = threading.Event()
         self._interrupted = False
         self._closed = False
+        # The hot path's own connections (fetches come from the fetcher thread, acks from the settler's).
+        self._fetch_link = Link(broker.client)
+        self._ack_link = Link(broker.client)
         self._waiters = [_Waiter(self, key) for key, _ in self._keys]
         for waiter in self._waiters:
             waiter.start()
@@ -132,9 +138,10 @@ class RedisConsumer(Consumer):
 
     def _reserve(self, limit: int) -> list[Delivery]:
         keys = self._ordered_keys()
-        raw = self.broker.scripts.fetch(
-            keys=[self.layout.unacked, self.layout.unacked_index, *keys], args=[limit, repr(time.time())]
-        )
+        raw = self._fetch_link.evalsha(
+            self.broker.scripts.fetch_script, [self.layout.unacked, self.layout.unacked_index, *keys],
+            [limit, repr(time.time())],
+        )  # fmt: skip
         out: list[Delivery] = []
         for i in range(0, len(raw), 3):
             key = keys[int(raw[i]) - 1]
@@ -171,12 +178,15 @@ class RedisConsumer(Consumer):
         if not tags:
             return
         layout = self.layout
-        with self.client.pipeline(transaction=True) as pipe:
-            for i in range(0, len(tags), 500):
-                chunk = list(tags[i : i + 500])
-                pipe.hdel(layout.unacked, *chunk)
-                pipe.zrem(layout.unacked_index, *chunk)
-            pipe.execute()
+        commands: list[Any] = [('MULTI',)]
+        for i in range(0, len(tags), 500):
+            chunk = [str(t) for t in tags[i : i + 500]]
+            commands.append(('HDEL', layout.unacked, *chunk))
+            commands.append(('ZREM', layout.unacked_index, *chunk))
+        commands.append(('EXEC',))
+        for reply in self._ack_link.execute(commands):
+            if isinstance(reply, redis.exceptions.ResponseError):
+                raise reply
         self._forget(tags)
 
     def reject(self, tags: Sequence[Tag], requeue: bool) -> None:
@@ -238,6 +248,8 @@ class RedisConsumer(Consumer):
             waiter.unblock(self.client)
         for waiter in self._waiters:
             waiter.join(WAIT_TIMEOUT + 1.0)
+        self._fetch_link.close()
+        self._ack_link.close()
 
 
 def _text(value: Any) -> str:

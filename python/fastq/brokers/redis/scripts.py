@@ -24,6 +24,11 @@ class Scripts:
         self._lease = client.register_script(_source('lease'))
         self._unlease = client.register_script(_source('unlease'))
 
+    @property
+    def fetch_script(self) -> Any:
+        """The fetch script itself (SHA and source), for connections that run it without redis-py."""
+        return self._fetch
+
     def fetch(self, keys: list[str], args: list[Any]) -> list[Any]:
         result: list[Any] = self._fetch(keys=keys, args=args)
         return result

@@ -1,6 +1,6 @@
 """The pool SPI the worker loop drives.
 
-The loop calls `submit` only when `free_slots() > 0`, and learns what happened through the callbacks it
+The loop calls `submit` only when `can_take(job)` (by default: `free_slots() > 0`), then `commit()` once per pass, and learns what happened through the callbacks it
 passes in: `on_result(job, outcome)` for every job that ran (in the loop's thread), `on_lost(job, reason)`
 for a job whose executor died while running it, `on_requeue(jobs)` for jobs that were handed to an executor
 but never started (they go back to the loop's ready queue: never failed, never lost).
@@ -57,6 +57,15 @@ class Pool(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, job: Job) -> None: ...
+
+    def can_take(self, job: Job) -> bool:
+        """Whether `submit(job)` may be called now. Pools that choose an executor per job (prefork) override
+        this; `submit` then uses the executor chosen here."""
+        return self.free_slots() > 0
+
+    def commit(self) -> None:
+        """End of a dispatch pass: send what `submit` buffered (one write per executor, not one per job)."""
+        return None
 
     @abc.abstractmethod
     def active(self) -> list[Job]:

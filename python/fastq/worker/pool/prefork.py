@@ -2,8 +2,14 @@
 
 Each child has a channel (a socketpair carrying frames tagged with job ids) and an ordered list of the jobs
 sent to it. A child runs its jobs in order, so the first unanswered job is the running one: its start time
-(for the hard time limit) is when the previous answer arrived. Scheduling is fair (Celery's `-O fair`): a
-job goes to a child with a free slot, one slot per child, so a long task never holds up queued short ones.
+(for the hard time limit) is when the previous answer arrived.
+
+Scheduling is fair (Celery's `-O fair`) without paying a parent-child round trip per task: a child with
+nothing to do always gets the next job; a busy child gets more only while the estimated work it holds stays
+under `QUEUE_BUDGET` (2 ms). Estimates are per task name, from the runtimes children report: a task never
+seen yet, or one that recently ran long, is estimated long, so it only goes to an idle child and nothing is
+queued behind it. A long task therefore delays at most ~2 ms of short work that was queued before it was
+known to be long, while a stream of short tasks keeps every child busy without waiting for the parent.
 
 When a child dies, its running job is reported lost (the worker decides between WorkerLostError, a
 requeue with `reject_on_worker_lost`, or TimeLimitExceeded when the pool killed it), and the jobs queued
@@ -33,8 +39,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger('celery.worker.pool')
 
-SLOTS_PER_CHILD = 1
 SPAWN_TIMEOUT = 30.0
+#: Estimated seconds of work a busy child may hold (running and queued) before it gets more.
+QUEUE_BUDGET = 0.002
+#: Jobs one child may hold at most, however short they are.
+MAX_JOBS_PER_CHILD = 64
+#: Estimate for a task name never run here yet: long, so it is sent to an idle child only.
+UNKNOWN_RUNTIME = 1.0
 
 
 def human_status(status: int) -> str:
@@ -51,10 +62,13 @@ def human_status(status: int) -> str:
 class _Child:
     __slots__ = (
         'chan',
+        'costs',
         'exit_status',
         'finalized',
         'index',
         'jobs',
+        'load',
+        'outbox',
         'killed_for',
         'pid',
         'ready',
@@ -68,6 +82,9 @@ class _Child:
         self.pid = pid
         self.chan = chan
         self.jobs: deque[Job] = deque()
+        self.costs: deque[float] = deque()  # estimated runtime of each job in `jobs`
+        self.load = 0.0  # sum of `costs`
+        self.outbox: list[tuple[int, int, bytes]] = []  # frames submitted in this dispatch pass
         self.sent = 0
         self.retiring = False  # no more jobs: reached max tasks, asked to stop, or announced its exit
         self.ready = False
@@ -94,6 +111,10 @@ class PreforkPool(Pool):
         self._dying: dict[int, _Child] = {}  # closed channel, waiting for the fork server's exit status
         self._stopping = False
         self.zygote: Zygote | None = None
+        self._estimates: dict[str, float] = {}  # task name -> estimated runtime (s)
+        self._chosen: _Child | None = None
+        self._chosen_cost = 0.0
+        self._dirty: list[_Child] = []
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -167,27 +188,55 @@ class PreforkPool(Pool):
 
     # --- dispatch -----------------------------------------------------------------------------------------
 
-    def _available(self) -> list[_Child]:
-        return [c for c in self.children.values() if not c.retiring and len(c.jobs) < SLOTS_PER_CHILD]
-
     def free_slots(self) -> int:
-        return sum(SLOTS_PER_CHILD - len(c.jobs) for c in self._available())
+        return sum(1 for c in self.children.values() if not c.retiring and not c.jobs)
+
+    def can_take(self, job: Job) -> bool:
+        cost = self._estimates.get(job.request.task, UNKNOWN_RUNTIME)
+        best: _Child | None = None
+        for child in self.children.values():
+            if child.retiring:
+                continue
+            if not child.jobs:
+                best = child
+                break
+            if len(child.jobs) < MAX_JOBS_PER_CHILD and child.load + cost <= QUEUE_BUDGET:
+                if best is None or child.load < best.load:
+                    best = child
+        self._chosen = best
+        self._chosen_cost = cost
+        return best is not None
 
     def submit(self, job: Job) -> None:
-        child = min(self._available(), key=lambda c: (len(c.jobs), c.sent))
+        child = self._chosen
+        if child is None or child.retiring:  # submit without can_take: pick now
+            if not self.can_take(job) or self._chosen is None:
+                raise RuntimeError('no pool child can take a job now')
+            child = self._chosen
+        self._chosen = None
         if not child.jobs:
             job.started = time.monotonic()
         job.pid = child.pid
         child.jobs.append(job)
+        child.costs.append(self._chosen_cost)
+        child.load += self._chosen_cost
         child.sent += 1
         if self.max_tasks_per_child and child.sent >= self.max_tasks_per_child:
             child.retiring = True
-        try:
-            child.chan.send(job.id, JOB, job.payload())
-        except (BrokenPipeError, ValueError):
-            return  # the EOF handler will requeue it
-        if child.chan.pending_output:
-            self._want_write(child)
+        if not child.outbox:
+            self._dirty.append(child)
+        child.outbox.append((job.id, JOB, job.payload()))
+
+    def commit(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for child in dirty:
+            frames, child.outbox = child.outbox, []
+            try:
+                child.chan.send_many(frames)
+            except (BrokenPipeError, ValueError):
+                continue  # the EOF handler will requeue its jobs
+            if child.chan.pending_output:
+                self._want_write(child)
 
     def _want_write(self, child: _Child) -> None:
         fd = child.chan.fileno()
@@ -228,11 +277,21 @@ class PreforkPool(Pool):
             logger.error('%s answered job %d out of order; ignoring it', child.name, job_id)
             return
         job = child.jobs.popleft()
+        child.load -= child.costs.popleft()
+        if not child.jobs:
+            child.load = 0.0  # no drift from float sums
         if exiting:
             child.retiring = True  # what it still holds never started: requeued when it is gone
         elif child.jobs:
             child.jobs[0].started = time.monotonic()
-        self.on_result(job, Outcome.from_wire(tuple(wire)))
+        outcome = Outcome.from_wire(tuple(wire))
+        self._learn(job.request.task, outcome.runtime)
+        self.on_result(job, outcome)
+
+    def _learn(self, name: str, runtime: float) -> None:
+        """Update the runtime estimate of a task name: up at once after a long run, down gradually."""
+        old = self._estimates.get(name)
+        self._estimates[name] = runtime if old is None else max(runtime, 0.7 * old + 0.3 * runtime)
 
     def _on_child_gone(self, child: _Child) -> None:
         """Its channel closed: wait (briefly) for the fork server's exit status, so the reason is exact."""
@@ -255,8 +314,12 @@ class PreforkPool(Pool):
         self._dying.pop(child.pid, None)
         jobs = list(child.jobs)
         child.jobs.clear()
+        child.costs.clear()
+        child.load = 0.0
         if jobs:
             running = jobs[0]
+            if running.started is not None:  # it ran this long at least: a killed task is estimated long
+                self._learn(running.request.task, time.monotonic() - running.started)
             if running.started is not None and child.killed_for is None:
                 status = human_status(child.exit_status) if child.exit_status is not None else 'unknown status'
                 reason = f'Worker exited prematurely: {status}.'
