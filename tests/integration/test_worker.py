@@ -272,3 +272,18 @@ def test_task_logger_uses_task_format(tasks: Any, worker: Any) -> None:
     result = tasks.logs.delay('hello from the task')
     result.get(timeout=30)
     w.wait_for(f'worker_tasks.logs[{result.id}]: hello from the task')
+
+
+def test_long_task_does_not_hold_up_short_ones(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    """Children take several short jobs at once (for throughput), but never queue work behind a task that
+    runs long: a long task first goes to an idle child alone, and short tasks sent after it all run on the
+    other child while it is still running (Celery's `-O fair` behaviour)."""
+    out = tmp_path / 'order.txt'
+    worker('-c', '2')
+    assert [r.get(timeout=60) for r in [tasks.add.delay(i, i) for i in range(20)]] == [2 * i for i in range(20)]
+    slow = tasks.slow_record.delay(str(out), 'long', 30)
+    wait_until(lambda: any(x.startswith('start long') for x in lines(out)), message='the long task started')
+    fast = [tasks.record.delay(str(out), f's{i}') for i in range(30)]
+    assert [r.get(timeout=25) for r in fast] == [f's{i}' for i in range(30)]
+    assert not any(x.startswith('done long') for x in lines(out))  # all 30 ran while the long task still held its child
+    slow.revoke(terminate=True, signal='SIGKILL')

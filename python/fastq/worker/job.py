@@ -8,11 +8,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastq import protocol, states
+from fastq import _core, protocol, states
 from fastq.exceptions import ContentDisallowed, DecodeError, SoftTimeLimitExceeded
 from fastq.worker.trace import Outcome, execute
 
 if TYPE_CHECKING:
+    from fastq._core import Message
     from fastq.app import Fastq
     from fastq.brokers.base import Delivery
     from fastq.protocol import TaskRequest
@@ -49,41 +50,48 @@ class Job:
         return self.request.display_name
 
     def payload(self) -> bytes:
-        """What the executor needs, marshalled (fast, and it carries only JSON-like values)."""
-        message = self.delivery.message
-        assert message is not None
-        h = message.headers
-        props = message.properties
-        delivery_info = dict(props.get('delivery_info') or {})
-        delivery_info.setdefault('routing_key', self.delivery.queue)
-        delivery_info['priority'] = props.get('priority')
-        delivery_info['redelivered'] = self.delivery.redelivered
-        request = {
-            'id': self.request.id,
-            'task': self.request.task,
-            'retries': self.request.retries,
-            'eta': h.get('eta'),
-            'expires': h.get('expires'),
-            'group': h.get('group'),
-            'group_index': h.get('group_index'),
-            'root_id': h.get('root_id'),
-            'parent_id': h.get('parent_id'),
-            'shadow': h.get('shadow'),
-            'origin': h.get('origin'),
-            'timelimit': (self.time_limit, self.soft_time_limit),
-            'ignore_result': self.request.ignore_result,
-            'stamps': h.get('stamps'),
-            'stamped_headers': h.get('stamped_headers'),
-            'replaced_task_nesting': h.get('replaced_task_nesting') or 0,
-            'headers': h,
-            'correlation_id': props.get('correlation_id'),
-            'reply_to': props.get('reply_to'),
-            'delivery_info': delivery_info,
-            'hostname': self.hostname,
-        }
-        return marshal.dumps(
-            (self.request.task, message.body, message.content_type, h.get('compression'), request, self.soft_time_limit)
-        )
+        """What the executor needs: the envelope as the broker stored it and what the parent decided about it.
+
+        The executor decodes the envelope itself: marshalling the parent's decoded copy cost the parent, the
+        one process every task goes through, more than decoding costs a child.
+        """
+        d = self.delivery
+        return marshal.dumps((d.raw, d.queue, d.redelivered, self.time_limit, self.soft_time_limit, self.hostname))
+
+
+def request_of(
+    message: Message, queue: str, redelivered: bool, limits: tuple[Any, Any], hostname: str
+) -> dict[str, Any]:
+    """The request dict `execute` takes, from a task message's headers and properties."""
+    h = message.headers
+    props = message.properties
+    delivery_info = dict(props.get('delivery_info') or {})
+    delivery_info.setdefault('routing_key', queue)
+    delivery_info['priority'] = props.get('priority')
+    delivery_info['redelivered'] = redelivered
+    return {
+        'id': h.get('id'),
+        'task': h.get('task'),
+        'retries': h.get('retries') or 0,
+        'eta': h.get('eta'),
+        'expires': h.get('expires'),
+        'group': h.get('group'),
+        'group_index': h.get('group_index'),
+        'root_id': h.get('root_id'),
+        'parent_id': h.get('parent_id'),
+        'shadow': h.get('shadow'),
+        'origin': h.get('origin'),
+        'timelimit': limits,
+        'ignore_result': bool(h.get('ignore_result', False)),
+        'stamps': h.get('stamps'),
+        'stamped_headers': h.get('stamped_headers'),
+        'replaced_task_nesting': h.get('replaced_task_nesting') or 0,
+        'headers': h,
+        'correlation_id': props.get('correlation_id'),
+        'reply_to': props.get('reply_to'),
+        'delivery_info': delivery_info,
+        'hostname': hostname,
+    }
 
 
 def _internal_error(app: Fastq, task: Any, request: dict[str, Any], exc: Exception) -> Outcome:
@@ -111,10 +119,15 @@ def _soft_limit_handler(signum: int, frame: Any) -> None:
 
 def run_payload(app: Fastq, payload: bytes, accept: frozenset[str]) -> Outcome:
     """Decode and execute a job payload (in a prefork child, a pool thread or the solo loop)."""
-    name, body, content_type, compression, request, soft_limit = marshal.loads(payload)
+    raw, queue, redelivered, time_limit, soft_limit, hostname = marshal.loads(payload)
     try:
-        args, kwargs, embed = protocol.decode_body(body, content_type, compression, accept)
-    except (DecodeError, ContentDisallowed) as exc:
+        message = _core.Message.from_envelope(raw, None)
+        request = request_of(message, queue, redelivered, (time_limit, soft_limit), hostname)
+        name = request['task']
+        args, kwargs, embed = protocol.decode_body(
+            message.body, message.content_type, message.headers.get('compression'), accept
+        )
+    except (DecodeError, ContentDisallowed, ValueError) as exc:
         return Outcome(DECODE_ERROR, 0.0, exc_repr=f'{type(exc).__name__}: {exc}')
     request['callbacks'] = embed.get('callbacks')
     request['errbacks'] = embed.get('errbacks')

@@ -41,6 +41,7 @@ class Loop:
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._idle: list[Callback] = []
+        self._wake_pending = False
         self.running = False
 
     # --- from any thread ----------------------------------------------------------------------------------
@@ -51,6 +52,11 @@ class Loop:
         self.wake()
 
     def wake(self) -> None:
+        # One byte per wake-up, not per call: a busy fetcher posts many times between two loop passes, and
+        # each write (and the read it causes) is a system call in the loop's critical path.
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b'\0')
 
@@ -97,6 +103,10 @@ class Loop:
         with contextlib.suppress(BlockingIOError, OSError):
             while os.read(self._wake_r, 4096):
                 pass
+        # After reading, not before: a byte written between the two would be read here with the flag left
+        # set, and every later wake would be skipped. A wake skipped because the flag is still set is not
+        # lost: its callback is already in the inbox, which this pass runs after this handler.
+        self._wake_pending = False
 
     def run_once(self, max_wait: float = 1.0) -> None:
         timeout = max_wait

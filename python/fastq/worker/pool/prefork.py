@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import _ipc, signals
 from fastq.worker.pool.base import Pool
-from fastq.worker.pool.child import JOB, READY, RESULT, STOP, child_main
+from fastq.worker.pool.child import JOB, JOB_SHORT, READY, RESULT, STOP, child_main
 from fastq.worker.pool.zygote import Zygote
 from fastq.worker.trace import Outcome
 
@@ -42,6 +42,8 @@ logger = logging.getLogger('celery.worker.pool')
 SPAWN_TIMEOUT = 30.0
 #: Estimated seconds of work a busy child may hold (running and queued) before it gets more.
 QUEUE_BUDGET = 0.002
+#: Jobs estimated to run at most this long (and without a hard time limit) have their answers batched.
+SHORT_RUNTIME = QUEUE_BUDGET / 4
 #: Jobs one child may hold at most, however short they are.
 MAX_JOBS_PER_CHILD = 64
 #: Estimate for a task name never run here yet: long, so it is sent to an idle child only.
@@ -225,7 +227,8 @@ class PreforkPool(Pool):
             child.retiring = True
         if not child.outbox:
             self._dirty.append(child)
-        child.outbox.append((job.id, JOB, job.payload()))
+        short = self._chosen_cost <= SHORT_RUNTIME and not job.time_limit
+        child.outbox.append((job.id, JOB_SHORT if short else JOB, job.payload()))
 
     def commit(self) -> None:
         dirty, self._dirty = self._dirty, []
