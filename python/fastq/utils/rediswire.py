@@ -51,6 +51,15 @@ class Link:
         with self._lock:
             self._drop()
 
+    def __del__(self) -> None:
+        # An owner that was never closed (a client dropped without close()): close quietly, not with a
+        # ResourceWarning, and never a socket inherited from the parent of a fork.
+        if self._sock is not None and self._pid == os.getpid():
+            try:
+                self._sock.close()
+            except Exception:  # interpreter shutdown: nothing left to do
+                pass
+
     def _drop(self) -> None:
         conn, self._conn, self._sock, self._reader = self._conn, None, None, None
         if conn is not None:

@@ -7,6 +7,48 @@
 -- ARGV[1]  limit
 -- ARGV[2]  now (unix time, the caller's clock, as kombu uses)
 -- Returns a flat array: key index (1-based among the queue keys), delivery_tag, envelope, ...
+
+-- The tag and the delivery info are found with plain substring searches when the envelope has exactly one
+-- of each key and simple values (every envelope Celery, kombu or fastq writes): a full cjson.decode costs
+-- about 40 us of the server's time per message, most of the script. Anything else is decoded in full.
+local function quoted_after(m, key, from)
+  local i = string.find(m, key, from, true)
+  if not i then return nil end
+  local s = i + #key
+  local e = string.find(m, '"', s, true)
+  if not e then return nil end
+  local v = string.sub(m, s, e - 1)
+  if string.find(v, '\\', 1, true) or string.find(v, '}', 1, true) then return nil end
+  return v, i
+end
+
+local function unique(m, key)
+  local i = string.find(m, key, 1, true)
+  return i and not string.find(m, key, i + 1, true)
+end
+
+local function fields(m)
+  if unique(m, '"delivery_tag": "') and unique(m, '"delivery_info": {') then
+    local tag = quoted_after(m, '"delivery_tag": "', 1)
+    local info = string.find(m, '"delivery_info": {', 1, true)
+    local close = string.find(m, '}', info, true)
+    local exchange, at = quoted_after(m, '"exchange": "', info)
+    local routing_key, at2 = quoted_after(m, '"routing_key": "', info)
+    if tag and exchange and routing_key and at < close and at2 < close then
+      return tag, exchange, routing_key
+    end
+  end
+  local ok, env = pcall(cjson.decode, m)
+  if ok and type(env) == 'table' and type(env.properties) == 'table' then
+    local info = env.properties.delivery_info
+    if type(info) == 'table' then
+      return env.properties.delivery_tag, info.exchange, info.routing_key
+    end
+    return env.properties.delivery_tag, nil, nil
+  end
+  return nil, nil, nil
+end
+
 local limit = tonumber(ARGV[1])
 local now = ARGV[2]
 local out = {}
@@ -15,16 +57,7 @@ for i = 3, #KEYS do
   while taken < limit do
     local m = redis.call('RPOP', KEYS[i])
     if not m then break end
-    local tag, exchange, routing_key
-    local ok, env = pcall(cjson.decode, m)
-    if ok and type(env) == 'table' and type(env.properties) == 'table' then
-      tag = env.properties.delivery_tag
-      local info = env.properties.delivery_info
-      if type(info) == 'table' then
-        exchange = info.exchange
-        routing_key = info.routing_key
-      end
-    end
+    local tag, exchange, routing_key = fields(m)
     local record
     if type(tag) == 'string' and tag ~= '' then
       if type(exchange) ~= 'string' then exchange = '' end
