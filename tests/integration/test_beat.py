@@ -96,8 +96,10 @@ def test_killed_and_restarted_beat_sends_no_run_twice(start: Start, tmp_path: Pa
     start('worker')
     first = start('beat', '-s', str(schedule_file))
     wait_for_runs(tmp_path, 3)
-    first.wait_for(SENDING, count=len(runs(tmp_path)) + 1)  # killed right after a send
-    first.kill()
+    target = len(runs(tmp_path)) + 1
+    first.wait_for(SENDING, count=target)
+    wait_for_runs(tmp_path, first.log.count(SENDING))  # the line is logged before the publish completes
+    first.kill()  # killed right after a send
     second = start('beat', '-s', str(schedule_file))
     wait_for_runs(tmp_path, len(runs(tmp_path)) + 3)
     second.stop()
