@@ -38,7 +38,8 @@ class _Waiter(threading.Thread):
         super().__init__(name=f'fastq-redis-wait:{key!r}', daemon=True)
         self.consumer = consumer
         self.key = key
-        self.client = consumer.broker.new_client(single_connection=True)
+        # hiredis only: the wake-up is on the path of every task that finds the worker idle
+        self.link = Link(consumer.broker.client)
         self.client_id: int | None = None
 
     def unblock(self, via: Any) -> None:
@@ -57,8 +58,8 @@ class _Waiter(threading.Thread):
                 continue
             try:
                 if self.client_id is None:
-                    self.client_id = int(self.client.client_id())
-                hit = self.client.blmove(self.key, self.key, WAIT_TIMEOUT, 'RIGHT', 'RIGHT')
+                    self.client_id = int(self.link.call('CLIENT', 'ID'))
+                hit = self.link.call('BLMOVE', self.key, self.key, 'RIGHT', 'RIGHT', WAIT_TIMEOUT)
                 backoff = 0.0
             except Exception as exc:
                 self.client_id = None  # a new connection has a new id
@@ -71,7 +72,7 @@ class _Waiter(threading.Thread):
                 continue
             if hit is not None:
                 consumer._ready.set()
-        self.client.close()
+        self.link.close()
 
 
 class RedisConsumer(Consumer):
@@ -90,6 +91,7 @@ class RedisConsumer(Consumer):
         self._armed = threading.Event()
         self._ready = threading.Event()
         self._interrupted = False
+        self._drained = False
         self._closed = False
         # The hot path's own connections (fetches come from the fetcher thread, acks from the settler's).
         self._fetch_link = Link(broker.client)
@@ -120,11 +122,17 @@ class RedisConsumer(Consumer):
 
     def fetch(self, limit: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
+        # The last fetch got less than it asked for, so the lists were empty a moment ago: wait for a waiter
+        # to see one fill instead of running the script once more for nothing (it returns at once if one
+        # filled meanwhile). Saves a script call per task on a worker that keeps up with its queues.
+        skip = self._drained and limit > 0
         while True:
             self._ready.clear()
-            got = self._reserve(limit) if limit > 0 else []
+            got = self._reserve(limit) if limit > 0 and not skip else []
+            skip = False
             if got or self._closed:
                 self._armed.clear()
+                self._drained = len(got) < limit
                 return got
             remaining = deadline - time.monotonic()
             if remaining <= 0:
