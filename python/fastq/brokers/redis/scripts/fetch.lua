@@ -52,6 +52,7 @@ end
 local limit = tonumber(ARGV[1])
 local now = ARGV[2]
 local out = {}
+local records, scores = {}, {}  -- one HSET and one ZADD for the whole batch: each call costs more than its work
 local taken = 0
 for i = 3, #KEYS do
   while taken < limit do
@@ -68,13 +69,25 @@ for i = 3, #KEYS do
       tag = 'fastq-malformed-' .. redis.sha1hex(m)
       record = '[' .. cjson.encode(m) .. ', "", ""]'
     end
-    redis.call('HSET', KEYS[1], tag, record)
-    redis.call('ZADD', KEYS[2], now, tag)
+    records[#records + 1] = tag
+    records[#records + 1] = record
+    scores[#scores + 1] = now
+    scores[#scores + 1] = tag
     out[#out + 1] = i - 2
     out[#out + 1] = tag
     out[#out + 1] = m
     taken = taken + 1
   end
   if taken >= limit then break end
+end
+-- unpack() is bounded by Lua's C stack (8000 values): call in slices of at most 2000 values (1000 pairs)
+local function call_in_slices(command, key, values)
+  for first = 1, #values, 2000 do
+    redis.call(command, key, unpack(values, first, math.min(first + 1999, #values)))
+  end
+end
+if taken > 0 then
+  call_in_slices('HSET', KEYS[1], records)
+  call_in_slices('ZADD', KEYS[2], scores)
 end
 return out
