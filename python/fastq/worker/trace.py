@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger('celery.app.trace')
 
+#: Return types checked for awaitability without `inspect.isawaitable` (an ABC check, slow per task).
+_NOT_AWAITABLE = frozenset({type(None), bool, int, float, str, bytes, list, tuple, dict, set})
+
 LOG_SUCCESS = 'Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s'
 LOG_FAILURE = 'Task %(name)s[%(id)s] %(description)s: %(exc)s'
 LOG_IGNORED = 'Task %(name)s[%(id)s] %(description)s'
@@ -140,7 +143,7 @@ def _run(task: Task[Any, Any], ctx: Context, args: list[Any], kwargs: dict[str, 
     try:
         task.before_start(task_id, args, kwargs)
         retval = task.run(*args, **kwargs)
-        if inspect.isawaitable(retval):
+        if type(retval) not in _NOT_AWAITABLE and inspect.isawaitable(retval):
             from fastq.worker.asyncrun import run_coroutine
 
             retval = run_coroutine(retval)
@@ -186,9 +189,10 @@ def _on_success(
     if not ctx.is_eager:
         _apply_signatures(task.app, ctx.callbacks, (retval,), ctx)
         _continue_chain(task.app, ctx.chain, retval, ctx)
-    logger.info(
-        LOG_SUCCESS, {'name': task.name, 'id': task_id, 'runtime': runtime, 'return_value': outcome.retval_repr}
-    )
+    if logger.isEnabledFor(logging.INFO):  # the arguments cost more than the check (a task per call)
+        logger.info(
+            LOG_SUCCESS, {'name': task.name, 'id': task_id, 'runtime': runtime, 'return_value': outcome.retval_repr}
+        )
     return outcome
 
 
