@@ -24,7 +24,7 @@ JOB = 1  # parent -> child: marshalled job payload
 RESULT = 2  # child -> parent: marshalled (outcome..., exiting)
 STOP = 3  # parent -> child: finish queued jobs, then exit
 READY = 4  # child -> parent: initialised; payload is the pid
-JOB_SHORT = 5  # parent -> child: a job estimated short, with no hard time limit (its answer may be batched)
+JOB_SHORT = 5  # parent -> child: short, acks_late, no hard time limit: its answer may be batched
 
 logger = logging.getLogger('fastq.worker.pool')
 
@@ -47,8 +47,10 @@ class _Answers:
     the previous answer. The parent knows which jobs are short (it estimates runtimes per task name) and
     sends those as JOB_SHORT; only their answers wait, and only while more short jobs run (at most 32 of
     them, or 0.5 ms). Before any other job starts, and after it ends, everything waiting is written. So the
-    job the parent believes is running is the one running, unless a task known to be short runs long; and
-    a job with a hard time limit is never sent as short.
+    job the parent believes is running is the one running, unless a task known to be short runs long; a job
+    with a hard time limit is never sent as short; and neither is an early-acked one: if the child dies, the
+    parent requeues every unanswered job but the first as never started, which an acks_late task may
+    tolerate (it runs at least once) and an early-acked task must not (it runs at most once).
     """
 
     def __init__(self, chan: _ipc.Channel) -> None:

@@ -227,7 +227,9 @@ class PreforkPool(Pool):
             child.retiring = True
         if not child.outbox:
             self._dirty.append(child)
-        short = self._chosen_cost <= SHORT_RUNTIME and not job.time_limit
+        # Batched answers are lost with the child if it dies: the parent then requeues jobs that may have
+        # run. That is at-least-once, fine for acks_late tasks only; an early-acked task must never run twice.
+        short = self._chosen_cost <= SHORT_RUNTIME and not job.time_limit and job.acks_late
         child.outbox.append((job.id, JOB_SHORT if short else JOB, job.payload()))
 
     def commit(self) -> None:
