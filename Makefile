@@ -56,10 +56,18 @@ test: ## run the Rust and Python test suites
 	$(PY) -m pytest -q
 
 .PHONY: bench
-bench: ## benchmarks: Rust envelope vs pure Python vs kombu, and a worker on SQLite (tasks/s)
+bench: ## full benchmarks (~30-60 min): micro benches, then fastq vs Celery, 3 rounds; writes benches/RESULTS.md + results.png
 	$(PY) -m pytest benches -q --benchmark-columns=min,median,ops -p no:cacheprovider
-	$(PY) benches/macro.py --broker sqlite --rounds 1
-	$(PY) benches/macro.py --broker redis
+	$(PY) benches/macro.py
+
+.PHONY: bench-quick
+bench-quick: ## the same in under 2 minutes (small counts, 1 round, 3 s soak); writes benches/RESULTS-quick.md
+	$(PY) -m pytest benches -q --benchmark-columns=min,median,ops -p no:cacheprovider --benchmark-max-time=0.2
+	$(PY) benches/macro.py --quick
+
+.PHONY: bench-soak
+bench-soak: ## worker memory: a 10-minute soak and 100,000 ETA tasks, fastq and Celery; writes benches/RESULTS-soak.md
+	$(PY) benches/macro.py --workloads soak,eta --soak 600 --out benches/RESULTS-soak.md
 
 .PHONY: demo
 demo: ## run the quickstart app on the embedded SQLite broker
