@@ -7,7 +7,7 @@ and so that `Task.request` answers for the running task.
 
 from __future__ import annotations
 
-import threading
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 _current_app: Fastq | None = None
 _default_app: Fastq | None = None
 _apps: list[Any] = []  # weak-ish registry of created apps for shared_task (strong refs: apps are long-lived)
-_local = threading.local()
+# The tasks executing, innermost last: per thread and per asyncio task (the asyncio pool runs many at once in
+# one thread). A tuple, replaced on each change, so an asyncio task's copy of the context stays its own.
+_tasks: ContextVar[tuple[Task[Any, Any], ...]] = ContextVar('fastq.current_tasks', default=())
 
 
 def set_current_app(app: Fastq) -> None:
@@ -44,31 +46,22 @@ def all_apps() -> list[Fastq]:
     return list(_apps)
 
 
-def _task_stack() -> list[Task[Any, Any]]:
-    stack: list[Task[Any, Any]] | None = getattr(_local, 'tasks', None)
-    if stack is None:
-        stack = _local.tasks = []
-    return stack
-
-
 def push_current_task(task: Task[Any, Any]) -> None:
-    _task_stack().append(task)
+    _tasks.set((*_tasks.get(), task))
 
 
 def pop_current_task() -> None:
-    stack = _task_stack()
-    if stack:
-        stack.pop()
+    _tasks.set(_tasks.get()[:-1])
 
 
 def get_current_task() -> Task[Any, Any] | None:
-    stack = _task_stack()
+    stack = _tasks.get()
     return stack[-1] if stack else None
 
 
 def get_current_worker_task() -> Task[Any, Any] | None:
     """The innermost task executed by a worker (not called directly or eagerly)."""
-    for task in reversed(_task_stack()):
+    for task in reversed(_tasks.get()):
         request = task.request
         if not request.called_directly and not request.is_eager:
             found: Task[Any, Any] = task

@@ -9,9 +9,9 @@ signature and returns `AsyncResult[R]`. Each decorated function becomes a subcla
 from __future__ import annotations
 
 import inspect
-import threading
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar
 
@@ -102,9 +102,19 @@ class Context:
         return f'<Context: {vars(self)!r}>'
 
 
-class _RequestStack(threading.local):
-    def __init__(self) -> None:
-        self.stack: list[Context] = []
+class _RequestStack:
+    """The requests a task is executing, innermost last, per thread and per asyncio task.
+
+    A context variable, not a thread-local: the asyncio pool runs many requests of one task concurrently in
+    one thread, each in its own asyncio task (which copies the context it starts in). The stack is a tuple,
+    replaced on each push and pop, so a copy taken by one asyncio task never sees another's pushes.
+    """
+
+    __slots__ = ('var',)
+
+    def __init__(self, name: str) -> None:
+        # One variable per Task instance: tasks are created once, when registered, so these stay few.
+        self.var: ContextVar[tuple[Context, ...]] = ContextVar(f'fastq.request:{name}', default=())
 
 
 class Task(Generic[P, R]):
@@ -167,7 +177,7 @@ class Task(Generic[P, R]):
     )
 
     def __init__(self) -> None:
-        self._requests = _RequestStack()
+        self._requests = _RequestStack(self.name or type(self).__name__)
 
     # --- binding to an app --------------------------------------------------------------------------------
 
@@ -361,22 +371,25 @@ class Task(Generic[P, R]):
     # --- request context ----------------------------------------------------------------------------------
 
     def push_request(self, *args: Any, **kwargs: Any) -> None:
-        self._requests.stack.append(Context(*args, **kwargs))
+        var = self._requests.var
+        var.set((*var.get(), Context(*args, **kwargs)))
 
     def pop_request(self) -> None:
-        self._requests.stack.pop()
+        var = self._requests.var
+        var.set(var.get()[:-1])
 
     def _get_request(self) -> Context:
-        stack = self._requests.stack
+        var = self._requests.var
+        stack = var.get()
         if not stack:
             ctx = Context()
-            stack.append(ctx)
+            var.set((ctx,))
             return ctx
         return stack[-1]
 
     @property
     def request(self) -> Context:
-        """The request being executed by this task in this thread (`called_directly` when none)."""
+        """The request this task is executing in this thread or asyncio task (`called_directly` when none)."""
         return self._get_request()
 
     # --- retry --------------------------------------------------------------------------------------------

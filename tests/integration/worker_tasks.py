@@ -7,6 +7,7 @@ of how many times something ran.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -181,3 +182,78 @@ def record_body(values: list[object], path: str) -> list[object]:
 @app.task
 def on_error(task_id: str, path: str) -> None:
     _record(path, f'error {task_id}')
+
+
+# --- the asyncio pool (tests/integration/test_asyncio_pool.py) ---------------------------------------------
+
+
+@app.task
+async def asleep(path: str, key: str, seconds: float) -> str:
+    _record(path, f'start {key} {os.getpid()} {time.time()}')
+    await asyncio.sleep(seconds)
+    _record(path, f'done {key} {os.getpid()} {time.time()}')
+    return key
+
+
+@app.task
+def tsleep(path: str, key: str, seconds: float) -> str:
+    """A sync task: under -P asyncio it runs in its child's thread pool."""
+    _record(path, f'start {key} {os.getpid()} {time.time()}')
+    time.sleep(seconds)
+    _record(path, f'done {key} {os.getpid()} {time.time()}')
+    return key
+
+
+@app.task
+async def acancellable(path: str, key: str, seconds: float) -> str:
+    _record(path, f'start {key} {os.getpid()}')
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        _record(path, f'cancelled {key} {os.getpid()}')
+        raise
+    return key
+
+
+@app.task
+async def ablock(path: str, key: str, seconds: float) -> str:
+    """Blocks its event loop (a sync sleep in a coroutine): cancellation cannot reach it."""
+    _record(path, f'start {key} {os.getpid()}')
+    time.sleep(seconds)
+    return key
+
+
+@app.task
+async def asoft(seconds: float) -> str:
+    try:
+        await asyncio.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        await asyncio.sleep(0)  # the task goes on awaiting after catching it
+        return 'soft limit caught'
+    return 'finished'
+
+
+@app.task(bind=True)
+async def aself(self, seconds: float) -> str:  # type: ignore[no-untyped-def]
+    """Its own request id, read before and after awaiting while many others run in the same loop."""
+    before = self.request.id
+    await asyncio.sleep(seconds)
+    after = self.request.id
+    logger.warning('aself %s', after)
+    return f'{before} {after}'
+
+
+@app.task(acks_late=True, reject_on_worker_lost=True)
+async def alate_requeue(path: str, key: str, seconds: float) -> str:
+    _record(path, f'start {key} {os.getpid()}')
+    await asyncio.sleep(seconds)
+    _record(path, f'done {key} {os.getpid()}')
+    return key
+
+
+@app.task(acks_late=True)
+async def alate(path: str, key: str, seconds: float) -> str:
+    _record(path, f'start {key} {os.getpid()}')
+    await asyncio.sleep(seconds)
+    _record(path, f'done {key} {os.getpid()}')
+    return key

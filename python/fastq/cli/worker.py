@@ -32,8 +32,19 @@ def register(commands: Any) -> None:
     p = commands.add_parser('worker', help='start a worker', description='Start a worker instance.')
     p.add_argument('-n', '--hostname', help='node name, e.g. worker1@%%h (default celery@%%h)')
     p.add_argument('-l', '--loglevel', default='WARNING', help='DEBUG, INFO, WARNING, ERROR, CRITICAL, FATAL')
-    p.add_argument('-c', '--concurrency', type=int, help='number of child processes/threads (default: CPU count)')
-    p.add_argument('-P', '--pool', help='prefork (default), threads or solo')
+    p.add_argument(
+        '-c',
+        '--concurrency',
+        type=int,
+        help='child processes (prefork) or threads (default: CPU count); with -P asyncio, tasks each child '
+        'runs at once (default 100)',
+    )
+    p.add_argument('-P', '--pool', help='prefork (default), asyncio, threads or solo')
+    p.add_argument(
+        '--processes',
+        type=int,
+        help='-P asyncio: child processes, each an event loop running -c tasks at once (default: CPU count)',
+    )
     p.add_argument('-Q', '--queues', help='comma-separated queues to consume from')
     p.add_argument('-X', '--exclude-queues', help='comma-separated queues not to consume from')
     p.add_argument('-I', '--include', help='comma-separated modules to import')
@@ -104,6 +115,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
             hostname=args.hostname,
             concurrency=args.concurrency,
             pool=args.pool,
+            processes=args.processes,
             queues=queues,
             prefetch_multiplier=args.prefetch_multiplier,
             max_tasks_per_child=args.max_tasks_per_child,

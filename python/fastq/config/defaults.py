@@ -295,6 +295,13 @@ FASTQ_SETTINGS = [
         "broker's visibility timeout.",
     ),
     _s(
+        'worker_asyncio_processes',
+        'int',
+        None,
+        doc='Child processes of the asyncio pool (-P asyncio; --processes); default: the CPU count. '
+        'worker_concurrency (-c) is then the number of tasks each child runs at once.',
+    ),
+    _s(
         'beat_lock_timeout',
         'float',
         30.0,

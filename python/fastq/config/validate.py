@@ -11,14 +11,14 @@ from fastq.exceptions import ImproperlyConfigured
 if TYPE_CHECKING:
     from fastq.config import Settings
 
-POOLS = ('prefork', 'threads', 'solo')
+POOLS = ('prefork', 'asyncio', 'threads', 'solo')
 UNSUPPORTED_POOLS = {
-    'gevent': 'fastq has no gevent pool: use -P threads for I/O-bound tasks, or write them as async def tasks '
-    '(they run natively on an asyncio loop, no monkey-patching needed)',
-    'eventlet': 'fastq has no eventlet pool (eventlet is deprecated upstream): use -P threads, or write '
-    'I/O-bound tasks as async def tasks (they run natively on an asyncio loop)',
+    'gevent': 'fastq has no gevent pool: write I/O-bound tasks as async def tasks and use -P asyncio (they run '
+    'natively on an event loop, no monkey-patching needed), or use -P threads',
+    'eventlet': 'fastq has no eventlet pool (eventlet is deprecated upstream): write I/O-bound tasks as '
+    'async def tasks and use -P asyncio, or use -P threads',
     'processes': '',
-    'custom': 'fastq has no custom pools: use prefork, threads or solo',
+    'custom': 'fastq has no custom pools: use prefork, asyncio, threads or solo',
 }
 
 
@@ -114,6 +114,7 @@ _VALUE_CHECKS: dict[str, Any] = {
     'timezone': _check_timezone,
     'worker_pool': _check_pool,
     'worker_concurrency': _check_positive,
+    'worker_asyncio_processes': _check_positive,
     'worker_prefetch_multiplier': _check_non_negative,
     'worker_max_tasks_per_child': _check_positive,
     'worker_max_memory_per_child': _check_positive,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from typing import Any
 
 __all__ = ['get_logger', 'get_task_logger', 'setup_logging', 'task_context']
 
-_task_ctx: dict[str, str] = {}
+# (task id, task name) of the task running in this thread or asyncio task, for task log records.
+_task_ctx: ContextVar[tuple[str, str] | None] = ContextVar('fastq.task_log_context', default=None)
 _CONFIGURED = False
 
 
@@ -28,19 +30,15 @@ def get_task_logger(name: str) -> logging.Logger:
 
 class _TaskFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.task_id = _task_ctx.get('task_id', '???')
-        record.task_name = _task_ctx.get('task_name', '???')
+        current = _task_ctx.get()
+        record.task_id, record.task_name = current if current is not None else ('???', '???')
         record.__dict__.setdefault('_fastq_task_record', True)
         return True
 
 
 def task_context(task_id: str | None, task_name: str | None) -> None:
     """Set (or clear, with None) the task whose id/name task log records carry; called by the worker."""
-    if task_id is None:
-        _task_ctx.clear()
-    else:
-        _task_ctx['task_id'] = task_id
-        _task_ctx['task_name'] = task_name or '???'
+    _task_ctx.set(None if task_id is None else (task_id, task_name or '???'))
 
 
 class _WorkerFormatter(logging.Formatter):

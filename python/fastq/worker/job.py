@@ -5,12 +5,13 @@ from __future__ import annotations
 import marshal
 import signal
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastq import _core, protocol, states
 from fastq.exceptions import ContentDisallowed, DecodeError, SoftTimeLimitExceeded
-from fastq.worker.trace import Outcome, execute
+from fastq.worker.trace import Outcome, execute, execute_async
 
 if TYPE_CHECKING:
     from fastq._core import Message
@@ -117,8 +118,20 @@ def _soft_limit_handler(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded()
 
 
-def run_payload(app: Fastq, payload: bytes, accept: frozenset[str]) -> Outcome:
-    """Decode and execute a job payload (in a prefork child, a pool thread or the solo loop)."""
+@dataclass(slots=True, eq=False)
+class Prepared:
+    """A decoded job payload, ready to run."""
+
+    task: Any
+    args: list[Any]
+    kwargs: dict[str, Any]
+    request: dict[str, Any]
+    time_limit: float | None
+    soft_time_limit: float | None
+
+
+def prepare_payload(app: Fastq, payload: bytes, accept: frozenset[str]) -> Prepared | Outcome:
+    """Decode a job payload; an Outcome instead when it cannot run (undecodable, or an unknown task)."""
     raw, queue, redelivered, time_limit, soft_limit, hostname = marshal.loads(payload)
     try:
         message = _core.Message.from_envelope(raw, None)
@@ -136,15 +149,39 @@ def run_payload(app: Fastq, payload: bytes, accept: frozenset[str]) -> Outcome:
     task = app.tasks.get(name)
     if task is None:  # the parent checks this; a child with a different import state still must not crash
         return Outcome(states.FAILURE, 0.0, exc_repr=f'NotRegistered({name!r})')
+    return Prepared(task, args, kwargs, request, time_limit, soft_limit)
+
+
+def run_payload(app: Fastq, payload: bytes, accept: frozenset[str]) -> Outcome:
+    """Decode and execute a job payload (in a prefork child, a pool thread or the solo loop)."""
+    prepared = prepare_payload(app, payload, accept)
+    if isinstance(prepared, Outcome):
+        return prepared
+    return run_prepared(app, prepared)
+
+
+def run_prepared(app: Fastq, job: Prepared) -> Outcome:
+    """Execute a decoded job; a soft time limit is delivered by SIGALRM, so only in the main thread."""
+    soft_limit = job.soft_time_limit
     use_alarm = bool(soft_limit) and threading.current_thread() is threading.main_thread()
     if use_alarm:
         previous = signal.signal(signal.SIGALRM, _soft_limit_handler)
-        signal.setitimer(signal.ITIMER_REAL, float(soft_limit))
+        signal.setitimer(signal.ITIMER_REAL, float(soft_limit or 0))
     try:
-        return execute(task, args, kwargs, request)
+        return execute(job.task, job.args, job.kwargs, job.request)
     except Exception as exc:  # a failure outside the task body (e.g. its result cannot be stored)
-        return _internal_error(app, task, request, exc)
+        return _internal_error(app, job.task, job.request, exc)
     finally:
         if use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+
+
+async def run_prepared_async(
+    app: Fastq, job: Prepared, guard: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None
+) -> Outcome:
+    """Execute a decoded job of an `async def` task on the running loop (the asyncio pool's children)."""
+    try:
+        return await execute_async(job.task, job.args, job.kwargs, job.request, guard)
+    except Exception as exc:
+        return _internal_error(app, job.task, job.request, exc)

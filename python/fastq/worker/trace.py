@@ -7,16 +7,18 @@ stays small; the log lines are Celery's, word for word, because people grep and 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import random
 import time
 import traceback as tb
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastq import _state, signals, states
-from fastq.exceptions import Ignore, Reject, Retry
+from fastq.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
 from fastq.utils.log import task_context
 from fastq.utils.text import saferepr
 
@@ -122,56 +124,113 @@ def _autoretry(task: Task[Any, Any], exc: BaseException) -> None:
 
 def execute(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], request: dict[str, Any]) -> Outcome:
     """Run `task` with a request built from `request` (Context fields) and return what happened."""
+    ctx, started = _enter(task, args, kwargs, request)
+    try:
+        _prerun(task, ctx, args, kwargs)
+        try:
+            task.before_start(ctx.id or '', args, kwargs)
+            retval = task.run(*args, **kwargs)
+            if type(retval) not in _NOT_AWAITABLE and inspect.isawaitable(retval):
+                from fastq.worker.asyncrun import run_coroutine
+
+                retval = run_coroutine(retval)
+        except BaseException as exc:
+            outcome = _on_exception(task, ctx, exc, args, kwargs, started)
+        else:
+            outcome = _on_success(task, ctx, retval, args, kwargs, started)
+        _finish(task, ctx, outcome, args, kwargs)
+        return outcome
+    finally:
+        _leave(task)
+
+
+async def execute_async(
+    task: Task[Any, Any],
+    args: list[Any],
+    kwargs: dict[str, Any],
+    request: dict[str, Any],
+    guard: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None,
+) -> Outcome:
+    """`execute` for the asyncio pool: the awaitable the task returns is awaited on the running loop, through
+    `guard` (the pool's time limits) when given; everything else (signals, hooks, result storage, retries) is
+    `execute`'s own code. Result-backend calls stay blocking: one short round trip each, made in the task's
+    own context, which a hop to a thread would cost more than it saves.
+
+    A cancellation from outside (the pool terminating a revoked task) propagates as CancelledError with no
+    bookkeeping, as a killed process would; a CancelledError raised by the task's own code is a failure.
+    """
+    ctx, started = _enter(task, args, kwargs, request)
+    try:
+        _prerun(task, ctx, args, kwargs)
+        try:
+            task.before_start(ctx.id or '', args, kwargs)
+            retval = task.run(*args, **kwargs)
+            if type(retval) not in _NOT_AWAITABLE and inspect.isawaitable(retval):
+                retval = await (guard(retval) if guard is not None else retval)
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            outcome = _on_exception(task, ctx, exc, args, kwargs, started)
+        except BaseException as exc:
+            outcome = _on_exception(task, ctx, exc, args, kwargs, started)
+        else:
+            outcome = _on_success(task, ctx, retval, args, kwargs, started)
+        _finish(task, ctx, outcome, args, kwargs)
+        return outcome
+    finally:
+        _leave(task)
+
+
+def _enter(
+    task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], request: dict[str, Any]
+) -> tuple[Context, float]:
     task.push_request(request, args=args, kwargs=kwargs, called_directly=False)
     ctx = task.request
     _state.push_current_task(task)
     task_context(ctx.id, task.name)
-    started = time.monotonic()
-    try:
-        return _run(task, ctx, args, kwargs, started)
-    finally:
-        task_context(None, None)
-        _state.pop_current_task()
-        task.pop_request()
+    return ctx, time.monotonic()
 
 
-def _run(task: Task[Any, Any], ctx: Context, args: list[Any], kwargs: dict[str, Any], started: float) -> Outcome:
+def _leave(task: Task[Any, Any]) -> None:
+    task_context(None, None)
+    _state.pop_current_task()
+    task.pop_request()
+
+
+def _prerun(task: Task[Any, Any], ctx: Context, args: list[Any], kwargs: dict[str, Any]) -> None:
     task_id = ctx.id or ''
     if task.track_started and _store_allowed(task, ctx, failure=False):
         task.app.backend.mark_as_started(task_id, pid=_pid(), hostname=ctx.hostname)
     signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
-    try:
-        task.before_start(task_id, args, kwargs)
-        retval = task.run(*args, **kwargs)
-        if type(retval) not in _NOT_AWAITABLE and inspect.isawaitable(retval):
-            from fastq.worker.asyncrun import run_coroutine
 
-            retval = run_coroutine(retval)
-    except Retry as exc:
-        outcome = _on_retry(task, ctx, exc, started)
-    except Ignore:
-        outcome = Outcome(states.IGNORED, time.monotonic() - started)
+
+def _on_exception(
+    task: Task[Any, Any], ctx: Context, exc: BaseException, args: list[Any], kwargs: dict[str, Any], started: float
+) -> Outcome:
+    """The outcome of a task body that raised `exc` (KeyboardInterrupt and SystemExit propagate)."""
+    task_id = ctx.id or ''
+    if isinstance(exc, Retry):
+        return _on_retry(task, ctx, exc, started)
+    if isinstance(exc, Ignore):
         logger.info(LOG_IGNORED, {'name': task.name, 'id': task_id, 'description': 'ignored'})
-    except Reject as exc:
-        outcome = Outcome(states.REJECTED, time.monotonic() - started, exc_repr=repr(exc), requeue=exc.requeue)
+        return Outcome(states.IGNORED, time.monotonic() - started)
+    if isinstance(exc, Reject):
         logger.info(LOG_REJECTED, {'name': task.name, 'id': task_id, 'exc': repr(exc)})
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
+        return Outcome(states.REJECTED, time.monotonic() - started, exc_repr=repr(exc), requeue=exc.requeue)
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        raise exc
+    if isinstance(exc, TimeLimitExceeded):  # a hard limit is final: never retried (a killed process is not)
+        return _on_failure(task, ctx, exc, args, kwargs, started)
+    try:
+        _autoretry(task, exc)
+    except Retry as retry:
+        return _on_retry(task, ctx, retry, started)
+    except BaseException as final:
+        if isinstance(final, KeyboardInterrupt | SystemExit):
             raise
-        try:
-            _autoretry(task, exc)
-        except Retry as retry:
-            outcome = _on_retry(task, ctx, retry, started)
-        except BaseException as final:
-            if isinstance(final, KeyboardInterrupt | SystemExit):
-                raise
-            outcome = _on_failure(task, ctx, final, args, kwargs, started)
-        else:
-            outcome = _on_failure(task, ctx, exc, args, kwargs, started)
-    else:
-        outcome = _on_success(task, ctx, retval, args, kwargs, started)
-    _finish(task, ctx, outcome, args, kwargs)
-    return outcome
+        return _on_failure(task, ctx, final, args, kwargs, started)
+    return _on_failure(task, ctx, exc, args, kwargs, started)
 
 
 def _on_success(

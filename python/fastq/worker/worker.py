@@ -49,6 +49,7 @@ class WorkController:
         hostname: str | None = None,
         concurrency: int | None = None,
         pool: str | None = None,
+        processes: int | None = None,
         queues: list[str] | None = None,
         prefetch_multiplier: int | None = None,
         max_tasks_per_child: int | None = None,
@@ -71,16 +72,27 @@ class WorkController:
             ('worker_prefetch_multiplier', prefetch_multiplier),
             ('worker_concurrency', concurrency),
             ('worker_pool', pool),
+            ('worker_asyncio_processes', processes),
         ):
             if value is not None:
                 conf[name] = value
         app.finalize()
         self.hostname = host_format(default_nodename(hostname))
-        self.concurrency = int(conf.worker_concurrency or os.cpu_count() or 1)
         self.pool_name = conf.worker_pool
+        if self.pool_name == 'asyncio':  # -c: tasks in flight per child; the children are counted apart
+            from fastq.worker.pool.aio import DEFAULT_COROUTINES
+
+            self.concurrency = int(conf.worker_concurrency or DEFAULT_COROUTINES)
+            self.processes = int(conf.worker_asyncio_processes or os.cpu_count() or 1)
+            slots = self.processes * self.concurrency
+        else:
+            if conf.worker_asyncio_processes:
+                logger.warning('--processes (worker_asyncio_processes) applies to -P asyncio only; ignored')
+            self.concurrency = slots = int(conf.worker_concurrency or os.cpu_count() or 1)
+            self.processes = self.concurrency if self.pool_name == 'prefork' else 1
         self.queues = app.router.worker_queues(queues)
         multiplier = int(conf.worker_prefetch_multiplier)
-        self.window = 0 if multiplier == 0 else self.concurrency * multiplier
+        self.window = 0 if multiplier == 0 else slots * multiplier
         self.accept = accept_set(conf.accept_content)
         self.quiet = quiet
         self.banner_stream = banner_stream if banner_stream is not None else sys.__stdout__
@@ -112,8 +124,10 @@ class WorkController:
             self._print_banner()
         signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=self.app.conf)
         self._install_signal_handlers()
+        extra: dict[str, Any] = {'processes': self.processes} if self.pool_name == 'asyncio' else {}
         self.pool = create_pool(
             self.pool_name,
+            **extra,
             app=self.app,
             concurrency=self.concurrency,
             loop=self.loop,
@@ -372,7 +386,7 @@ class WorkController:
             f'.> app:         {app.main or "__main__"}:{id(app):#x}',
             f'.> transport:   {app.broker.describe()}',
             f'.> results:     {backend}',
-            f'.> concurrency: {self.concurrency} ({self.pool_name})',
+            f'.> concurrency: {self._describe_concurrency()}',
             f'.> task events: {events}',
             '',
             '[queues]',
@@ -387,6 +401,12 @@ class WorkController:
         lines.append('')
         if self.banner_stream is not None:
             print('\n'.join(lines), file=self.banner_stream, flush=True)
+
+    def _describe_concurrency(self) -> str:
+        if self.pool_name == 'asyncio':
+            processes = f'{self.processes} process' + ('es' if self.processes != 1 else '')
+            return f'{processes} x {self.concurrency} tasks each ({self.pool_name})'
+        return f'{self.concurrency} ({self.pool_name})'
 
 
 def check_pool(name: str) -> None:

@@ -1,4 +1,5 @@
-"""Execution pools: where task bodies run. prefork (processes, the default), threads, solo."""
+"""Execution pools: where task bodies run. prefork (processes, the default), asyncio (event loops in
+processes), threads, solo."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ def create_pool(kind: str, **kwargs: Any) -> Pool:
         from fastq.worker.pool.prefork import PreforkPool
 
         return PreforkPool(**kwargs)
+    if kind == 'asyncio':
+        from fastq.worker.pool.aio import AsyncioPool
+
+        return AsyncioPool(**kwargs)
     if kind == 'threads':
         from fastq.worker.pool.threads import ThreadPool
 

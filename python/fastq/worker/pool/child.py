@@ -25,6 +25,7 @@ RESULT = 2  # child -> parent: marshalled (outcome..., exiting)
 STOP = 3  # parent -> child: finish queued jobs, then exit
 READY = 4  # child -> parent: initialised; payload is the pid
 JOB_SHORT = 5  # parent -> child: short, acks_late, no hard time limit: its answer may be batched
+CANCEL = 6  # parent -> child (asyncio pool): cancel the running job with this id
 
 logger = logging.getLogger('fastq.worker.pool')
 

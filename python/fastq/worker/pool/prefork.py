@@ -26,6 +26,7 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastq import _ipc, signals
@@ -117,20 +118,25 @@ class PreforkPool(Pool):
         self._chosen: _Child | None = None
         self._chosen_cost = 0.0
         self._dirty: list[_Child] = []
+        self.processes = self.concurrency  # children to keep running (the asyncio pool sets its own)
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def _child_main(self) -> Callable[[socket.socket, int], int]:
+        """What a forked child runs (the asyncio pool runs an event loop instead)."""
         app, accept = self.app, self.accept
         max_tasks, max_memory = self.max_tasks_per_child, self.max_memory_per_child
 
         def main(sock: socket.socket, index: int) -> int:
             return child_main(app, sock, index, accept, max_tasks, max_memory)
 
-        self.zygote = Zygote(main)
+        return main
+
+    def start(self) -> None:
+        self.zygote = Zygote(self._child_main())
         self.loop.add_reader(self.zygote.fileno(), self._on_zygote)
-        self._free_indexes = list(range(self.concurrency, 0, -1))
-        for _ in range(self.concurrency):
+        self._free_indexes = list(range(self.processes, 0, -1))
+        for _ in range(self.processes):
             self._spawn()
         deadline = time.monotonic() + SPAWN_TIMEOUT
         while self._spawning and time.monotonic() < deadline:
@@ -322,19 +328,7 @@ class PreforkPool(Pool):
         child.costs.clear()
         child.load = 0.0
         if jobs:
-            running = jobs[0]
-            if running.started is not None:  # it ran this long at least: a killed task is estimated long
-                self._learn(running.request.task, time.monotonic() - running.started)
-            if running.started is not None and child.killed_for is None:
-                status = human_status(child.exit_status) if child.exit_status is not None else 'unknown status'
-                reason = f'Worker exited prematurely: {status}.'
-                self.on_lost(running, reason)
-                jobs = jobs[1:]
-            elif child.killed_for is not None:
-                self.on_lost(running, child.killed_for)
-                jobs = jobs[1:]
-            if jobs:
-                self.on_requeue(jobs)
+            self._orphaned(child, jobs)
         if child.exit_status is not None:
             self._log_exit(child.pid, child.exit_status, child)
         elif child.killed_for is None and not child.retiring and not self._stopping:
@@ -343,6 +337,25 @@ class PreforkPool(Pool):
         self._free_indexes.append(child.index)
         if not self._stopping:
             self._spawn()
+
+    def _orphaned(self, child: _Child, jobs: list[Job]) -> None:
+        """Settle the jobs a gone child held: the running one is lost, those queued behind it are requeued."""
+        running = jobs[0]
+        if running.started is not None:  # it ran this long at least: a killed task is estimated long
+            self._learn(running.request.task, time.monotonic() - running.started)
+        if running.started is not None and child.killed_for is None:
+            self.on_lost(running, self._exit_reason(child))
+            jobs = jobs[1:]
+        elif child.killed_for is not None:
+            self.on_lost(running, child.killed_for)
+            jobs = jobs[1:]
+        if jobs:
+            self.on_requeue(jobs)
+
+    @staticmethod
+    def _exit_reason(child: _Child) -> str:
+        status = human_status(child.exit_status) if child.exit_status is not None else 'unknown status'
+        return f'Worker exited prematurely: {status}.'
 
     # --- limits -------------------------------------------------------------------------------------------
 
