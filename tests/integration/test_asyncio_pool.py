@@ -104,11 +104,13 @@ def test_hard_time_limit_cancels_the_coroutine_only(tasks: Any, worker: Any, tmp
 
 def test_coroutine_that_blocks_its_loop_gets_its_child_killed(tasks: Any, worker: Any, tmp_path: Path) -> None:
     """A coroutine over its limit that does not yield cannot be cancelled: the parent kills its process.
-    That task fails with TimeLimitExceeded; the others that process held are requeued and succeed."""
+    That task fails with TimeLimitExceeded; the acks_late tasks that process held are requeued and succeed;
+    an early-acked one is lost (WorkerLostError): it had started, and it was promised to run at most once."""
     out = tmp_path / 'runs.txt'
     w = worker('-P', 'asyncio', '-c', '10', '--processes', '1')
-    others = [tasks.asleep.delay(str(out), f'o{i}', 4) for i in range(3)]
-    wait_until(lambda: _started(out, 'o0', 'o1', 'o2'), message='the other tasks started')
+    others = [tasks.asleep_late.delay(str(out), f'o{i}', 4) for i in range(3)]
+    early = tasks.asleep.delay(str(out), 'early', 30)
+    wait_until(lambda: _started(out, 'o0', 'o1', 'o2', 'early'), message='the other tasks started')
     blocker = tasks.ablock.apply_async((str(out), 'blocker', 30), time_limit=1)
     with pytest.raises(TimeLimitExceeded):
         blocker.get(timeout=60)
@@ -119,9 +121,12 @@ def test_coroutine_that_blocks_its_loop_gets_its_child_killed(tasks: Any, worker
     assert [len(dones[f'o{i}']) for i in range(3)] == [1, 1, 1]
     first, second = starts['o0'][0][0], starts['o0'][1][0]
     assert starts['blocker'][0][0] == first != second  # on a new child
-    assert 'Killing ForkPoolWorker-1' in w.log and '3 other task(s) in flight will run again' in w.log
+    assert 'Killing ForkPoolWorker-1' in w.log and '3 (acks_late) will run again and 1 (acked early)' in w.log
     for r in others:
         assert r.state == states.SUCCESS
+    with pytest.raises(WorkerLostError):
+        early.get(timeout=60)
+    assert len(starts['early']) == 1
 
 
 def test_child_sigkill_loses_what_it_held_per_acks_late(tasks: Any, worker: Any, tmp_path: Path) -> None:

@@ -195,6 +195,11 @@ async def asleep(path: str, key: str, seconds: float) -> str:
     return key
 
 
+@app.task(acks_late=True)
+async def asleep_late(path: str, key: str, seconds: float) -> str:
+    return await asleep.run(path, key, seconds)  # type: ignore[no-any-return,misc]
+
+
 @app.task
 def tsleep(path: str, key: str, seconds: float) -> str:
     """A sync task: under -P asyncio it runs in its child's thread pool."""

@@ -310,11 +310,11 @@ class _Pool:
 _ids = iter(range(1, 1_000_000))
 
 
-def _job(name: str, time_limit: float | None = None) -> Job:
+def _job(name: str, time_limit: float | None = None, acks_late: bool = True) -> Job:
     job_id = next(_ids)
     request = SimpleNamespace(task=name, id=f't{job_id}', display_name=name)
     delivery = SimpleNamespace(raw=b'{}', queue='celery', redelivered=False, tag=job_id)
-    return Job(job_id, delivery, request, False, False, True, time_limit, None, 'h', 0.0)  # type: ignore[arg-type]
+    return Job(job_id, delivery, request, acks_late, False, True, time_limit, None, 'h', 0.0)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -368,9 +368,10 @@ def test_overdue_coroutine_kills_its_child_and_requeues_the_rest(
 ) -> None:
     killed: list[int] = []
     monkeypatch.setattr(os, 'kill', lambda pid, sig: killed.append(pid))
-    p = _Pool(app, slots=3, children=1)
+    p = _Pool(app, slots=4, children=1)
     limited, other, sync = _job(names.coro, time_limit=1), _job(names.coro), _job(names.sync, time_limit=5)
-    for job in (limited, other, sync):
+    early = _job(names.coro, acks_late=False)
+    for job in (limited, other, sync, early):
         p.send(job)
     assert limited.started is not None and sync.started is not None
     p.pool.check_time_limits(limited.started + 1.5)  # past the limit, within the grace: the child cancels it
@@ -380,8 +381,9 @@ def test_overdue_coroutine_kills_its_child_and_requeues_the_rest(
     p.pool.check_time_limits(limited.started + 10)  # killed once
     child = p.child(1)
     p.pool._orphaned(child, list(child.jobs))
-    assert p.lost == [(limited.request.id, 'time-limit:1')]
-    assert p.requeued == [other.request.id, sync.request.id]
+    assert p.lost[0] == (limited.request.id, 'time-limit:1')
+    assert p.requeued == [other.request.id, sync.request.id]  # acks_late: at least once
+    assert [job_id for job_id, _ in p.lost[1:]] == [early.request.id]  # acked early: at most once
 
 
 def test_sync_task_has_no_grace(app: Fastq, names: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -146,7 +146,9 @@ class AsyncioPool(PreforkPool):
 
     def _orphaned(self, child: _Child, jobs: list[Job]) -> None:
         """A child is gone with jobs in flight. All had started: if it died by itself, every one is lost; if
-        the pool killed it for some of them, those are lost for that reason and the others are requeued."""
+        the pool killed it for some of them, those are lost for that reason and the others are requeued, as
+        long as they are acks_late (at least once). An early-acked job was promised to run at most once: it
+        had started, so it is reported lost (WorkerLostError), never run a second time."""
         for job in jobs:
             self._forget(job)
             self._cancelled.pop(job.id, None)
@@ -158,10 +160,12 @@ class AsyncioPool(PreforkPool):
         requeue = []
         for job in jobs:
             why = self._doomed.pop(job.id, None)
-            if why is None:
+            if why is not None:
+                self.on_lost(job, why)
+            elif job.acks_late:
                 requeue.append(job)
             else:
-                self.on_lost(job, why)
+                self.on_lost(job, f'{self._exit_reason(child)} (killed for a neighbour: {child.killed_for})')
         if requeue:
             self.on_requeue(requeue)
 
@@ -195,13 +199,18 @@ class AsyncioPool(PreforkPool):
         for job, reason in doomed:
             self._doomed[job.id] = reason
         child.killed_for = doomed[0][1]
-        others = len(child.jobs) - len(doomed)
+        doomed_ids = {job.id for job, _ in doomed}
+        others = [job for job in child.jobs if job.id not in doomed_ids]
+        again = sum(1 for job in others if job.acks_late)
         logger.error(
-            'Killing %s (pid %d) for %s; its %d other task(s) in flight will run again',
+            'Killing %s (pid %d) for %s; of its %d other task(s) in flight, %d (acks_late) will run again '
+            'and %d (acked early) are lost',
             child.name,
             child.pid,
             ', '.join(f'{job.name}[{job.request.id}]' for job, _ in doomed),
-            others,
+            len(others),
+            again,
+            len(others) - again,
         )
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGKILL)
