@@ -403,3 +403,56 @@ def test_aapply_async_eager(eager_app: Fastq) -> None:
         return value
 
     assert asyncio.run(main()) == 4
+
+
+def test_async_client_survives_a_redis_restart() -> None:
+    """A lost connection fails the calls on it; the publish retry policy and the listener reconnect."""
+    from tests.servers import RedisServer
+
+    server = RedisServer()
+    app = Fastq('t', broker=server.url(1), backend=server.url(1), set_as_current=False)
+    add, _ = _tasks(app)
+
+    async def main() -> None:
+        first = await add.adelay(1, 1)
+        _store_later(app, first.id, 2, delay=0.05)
+        assert await first.aget(timeout=30) == 2
+        server.restart()
+        second = await add.adelay(2, 2)  # the old connection is dead: retried on a new one
+        _store_later(app, second.id, 4, delay=0.05)
+        assert await second.aget(timeout=30) == 4
+
+    try:
+        app.conf.task_publish_retry_policy = {'max_retries': 5, 'interval_start': 0.2}
+        app.conf.result_backend_transport_options = {'retry_policy': {'interval_start': 0.2, 'interval_step': 0.2}}
+        asyncio.run(main())
+        assert app.broker.qsize('celery') == 1  # the first was lost with the server's memory; the second is there
+    finally:
+        app.close()
+        server.close()
+
+
+def test_loop_local_closes_on_loop_shutdown() -> None:
+    from fastq.utils.loops import LoopLocal
+
+    closed: list[int] = []
+    made = iter(range(10))
+
+    async def close(value: int) -> None:
+        closed.append(value)
+
+    local: LoopLocal[int] = LoopLocal(lambda: next(made), close)
+
+    async def use() -> tuple[int, int]:
+        return await local.get(), await local.get()
+
+    assert asyncio.run(use()) == (0, 0) and closed == [0]
+    assert asyncio.run(use()) == (1, 1) and closed == [0, 1]
+
+    async def explicit() -> int:
+        await local.get()
+        await local.aclose()
+        return await local.get()
+
+    assert asyncio.run(explicit()) == 3 and closed == [0, 1, 2, 3]
+    assert local.peek() is None
