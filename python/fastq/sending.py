@@ -471,14 +471,20 @@ def _send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]
     context = _Context(app)
     prepare = context.prepare
     plans: dict[tuple[Any, ...], SendPlan] = {}
-    messages = []
+    messages: list[_Message] = []
+    append = messages.append
+    last: tuple[Any, ...] = ()
+    plan: SendPlan | None = None
     for i, (name, task_type, args, kwargs, kw, options) in enumerate(calls):
         shadow = kw.get('shadow')
         key = (name, shadow, id(task_type), id(options))
-        plan = plans.get(key)
-        if plan is None:
-            plan = plans[key] = plan_for(app, name, shadow or name, task_type, options, args, kwargs)
-        messages.append(prepare(plan, name, args, kwargs, kw, kw.get('task_id') or ids[2 * i], ids[2 * i + 1]))
+        if key != last:  # runs of calls alike (a group of one task) skip the lookup
+            plan = plans.get(key)
+            if plan is None:
+                plan = plans[key] = plan_for(app, name, shadow or name, task_type, options, args, kwargs)
+            last = key
+        assert plan is not None
+        append(prepare(plan, name, args, kwargs, kw, kw.get('task_id') or ids[2 * i], ids[2 * i + 1]))
     outgoing = _outgoing(messages)
     first = messages[0].plan
     publish_with_retry(app, outgoing, retry=first.retry, policy=first.retry_policy)

@@ -160,10 +160,16 @@ class RedisBroker(Broker):
     def _publish_commands(self, batch: Sequence[Outgoing]) -> tuple[list[tuple[Any, ...]], list[str]]:
         """The commands that publish `batch`, and the queues they declare (see `publish`)."""
         pushes: dict[str, list[bytes]] = {}
+        keys = self._queue_keys
         for out in batch:
-            payload = out.to_envelope()
-            for queue in self._route(out):
-                key = self._queue_key(queue, out.priority)
+            payload = out.envelope if out.envelope is not None else out.to_envelope()
+            targets: Sequence[str]
+            if out.exchange:
+                targets = [self._queue_key(queue, out.priority) for queue in self._route(out)]
+            else:  # the default exchange: its routing key names the queue (most messages; kept short)
+                key = keys.get((out.routing_key, out.priority)) or self._queue_key(out.routing_key, out.priority)
+                targets = (key,)
+            for key in targets:
                 values = pushes.get(key)
                 if values is None:
                     pushes[key] = [payload]

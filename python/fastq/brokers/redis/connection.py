@@ -241,7 +241,7 @@ def pack(commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
     for command in commands:
         parts.append(b'*%d\r\n' % len(command))
         for value in command:
-            data = _arg(value)
+            data = value if type(value) is bytes else _arg(value)
             parts.append(b'$%d\r\n%s\r\n' % (len(data), data))
             size += len(data) + 16
             if size >= PACK_BUFFER:
