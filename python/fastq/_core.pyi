@@ -174,6 +174,37 @@ def task_message(
         ValueError: unknown compression mime name.
     """
 
+def task_envelopes(
+    messages: list[tuple[Any, ...]],
+    default: Callable[[Any], Any] | None,
+    saferepr: Callable[[Any], str],
+) -> list[bytes]:
+    """The kombu envelope of each message, byte for byte what `task_message(...)` followed by
+    `Message.to_envelope(...)` gives for the same values, without the dicts in between (one call for a
+    whole batch).
+
+    Each message is a tuple of 35 fields: the parameters of `task_message` up to `reply_to` (task_id,
+    name, shadow, eta, expires, group_id, group_index, retries, time_limit, soft_time_limit, root_id,
+    parent_id, argsrepr, kwargsrepr, origin, ignore_result, replaced_task_nesting, stamped_headers, stamps,
+    extra_headers, reply_to), then those of `encode_task_body` (args, kwargs, callbacks, errbacks, chain,
+    chord, serializer), then compression (a mime name or None), then those of `to_envelope` (exchange,
+    routing_key, priority, delivery_mode, expiration, delivery_tag). `args` must be a list or tuple and
+    `kwargs` a dict. An `argsrepr`/`kwargsrepr` of None is `repr()` of the value when that works and is at
+    most 1024 characters long, else `saferepr(value)`. `default` is used by the json serializer only.
+
+    Raises:
+        TypeError, ValueError, OverflowError, UnicodeEncodeError: as task_message / encode_task_body, for
+            the first message that fails (no envelope is returned then); ValueError for a tuple of another
+            length or a serializer other than json and msgpack.
+    """
+
+def uuid4s(random: bytes) -> list[str]:
+    """`str(uuid.UUID(bytes=b, version=4))` for each 16 bytes `b` of `random` (version and variant bits set).
+
+    Raises:
+        ValueError: `random` is not a multiple of 16 bytes long.
+    """
+
 @final
 class Message:
     """A message as a broker carries it: kombu's (headers, properties, body, content type/encoding).

@@ -10,7 +10,6 @@ import importlib
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
@@ -98,6 +97,8 @@ class Fastq:
         self._router: Router | None = None
         self._tz: tuple[tuple[Any, bool], tzinfo] | None = None
         self._local = threading.local()
+        self._send_plans: dict[Any, Any] = {}  # see fastq.sending.plan_for
+        self._origin: tuple[int, str] | None = None
         self.on_after_configure = _AppSignal('on_after_configure')
         self.on_after_finalize = _AppSignal('on_after_finalize')
         self.on_configure = _AppSignal('on_configure')
@@ -451,32 +452,41 @@ class Fastq:
         """Send a task by name (it need not be registered here); returns its `AsyncResult`."""
         from fastq.sending import send_task_message
 
-        return send_task_message(
-            self,
-            name,
-            args=tuple(args or ()),
-            kwargs=dict(kwargs or {}),
-            countdown=countdown,
-            eta=eta,
-            task_id=task_id or str(uuid.uuid4()),
-            expires=expires,
-            link=link,
-            link_error=link_error,
-            group_id=group_id,
-            group_index=group_index,
-            retries=retries,
-            chord=chord,
-            chain=chain,
-            reply_to=reply_to,
-            time_limit=time_limit,
-            soft_time_limit=soft_time_limit,
-            root_id=root_id,
-            parent_id=parent_id,
-            shadow=shadow,
-            task_type=task_type,
-            replaced_task_nesting=replaced_task_nesting,
-            options=options,
-        )
+        kw = _send_keywords(locals(), options)
+        return send_task_message(self, name, tuple(args or ()), dict(kwargs or {}), task_type, kw, options)
+
+    async def asend_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        countdown: float | None = None,
+        eta: datetime | str | None = None,
+        task_id: str | None = None,
+        expires: float | datetime | str | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        group_id: str | None = None,
+        group_index: int | None = None,
+        retries: int = 0,
+        chord: Any = None,
+        chain: Any = None,
+        reply_to: str | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        shadow: str | None = None,
+        task_type: BaseTask[Any, Any] | None = None,
+        replaced_task_nesting: int = 0,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """`send_task` for code running in an event loop: the publish is awaited on the loop's own broker
+        connection (see `Task.aapply_async`)."""
+        from fastq.sending import asend_task_message
+
+        kw = _send_keywords(locals(), options)
+        return await asend_task_message(self, name, tuple(args or ()), dict(kwargs or {}), task_type, kw, options)
 
     def publish(self, batch: Sequence[Outgoing]) -> None:
         """Hand built messages to the broker (retrying while it is unreachable, per task_publish_retry)."""
@@ -512,7 +522,12 @@ class Fastq:
 
     @property
     def origin(self) -> str:
-        return anon_nodename()
+        """The `origin` header of the messages this process sends (its node name, per process)."""
+        cached = self._origin
+        pid = os.getpid()
+        if cached is None or cached[0] != pid:
+            cached = self._origin = (pid, anon_nodename())
+        return cached[1]
 
     # --- running ------------------------------------------------------------------------------------------
 
@@ -535,6 +550,17 @@ class Fastq:
 
         return WorkController(self, **kwargs)
 
+    async def aclose(self) -> None:
+        """Close the connections the asyncio client opened in the running event loop.
+
+        Optional: they are closed anyway when the loop shuts down (`asyncio.run` does that); call it when a
+        loop is closed without that step, or to release them earlier.
+        """
+        if self._broker is not None:
+            await self._broker.aclose()
+        if self._backend is not None:
+            await self._backend.aclose()
+
     def close(self) -> None:
         if self._broker is not None:
             self._broker.close()
@@ -554,3 +580,33 @@ class Fastq:
 
 
 Celery = Fastq
+
+#: `send_task` parameters that describe the message itself (fastq.sending.SEND_KEYWORDS, minus those only
+#: passed as options).
+_KEYWORD_PARAMS = (
+    'countdown',
+    'eta',
+    'task_id',
+    'expires',
+    'link',
+    'link_error',
+    'group_id',
+    'group_index',
+    'retries',
+    'chord',
+    'chain',
+    'reply_to',
+    'time_limit',
+    'soft_time_limit',
+    'root_id',
+    'parent_id',
+    'shadow',
+    'replaced_task_nesting',
+)
+
+
+def _send_keywords(params: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    kw = {key: params[key] for key in _KEYWORD_PARAMS}
+    kw['argsrepr'] = options.pop('argsrepr', None)
+    kw['kwargsrepr'] = options.pop('kwargsrepr', None)
+    return kw

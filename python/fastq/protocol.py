@@ -8,6 +8,7 @@ classes Celery users know (EncodeError, DecodeError, ContentDisallowed).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
@@ -26,7 +27,17 @@ from fastq.serialization import (
 from fastq.utils.text import saferepr
 from fastq.utils.time import from_iso, maybe_make_aware
 
-__all__ = ['TaskRequest', 'build_task_message', 'decode_body', 'parse_task_headers', 'resolve_eta', 'resolve_expires']
+__all__ = [
+    'TaskRequest',
+    'build_task_message',
+    'decode_body',
+    'message_from_fields',
+    'new_ids',
+    'parse_task_headers',
+    'resolve_eta',
+    'resolve_expires',
+    'task_envelopes',
+]
 
 Message = _core.Message
 
@@ -120,14 +131,19 @@ def build_task_message(
     headers: Mapping[str, Any] | None = None,
     argsrepr: str | None = None,
     kwargsrepr: str | None = None,
+    mime: str | None = None,
 ) -> Message:
-    """A protocol-v2 task message, as Celery's `as_task_v2` would build it for the same call."""
+    """A protocol-v2 task message, as Celery's `as_task_v2` would build it for the same call.
+
+    `compression` is a method name or alias; `mime` its wire name, when the caller resolved it already.
+    """
     if not isinstance(args, list | tuple):
         raise TypeError('task args must be a list or tuple')
     if not isinstance(kwargs, Mapping):
         raise TypeError('task keyword arguments must be a mapping')
     body, content_type, content_encoding = encode_body(args, kwargs, embed, serializer)
-    mime = compression_mime(compression) if compression else None
+    if compression:
+        mime = compression_mime(compression)
     return _core.task_message(
         task_id,
         name,
@@ -154,6 +170,57 @@ def build_task_message(
         content_type,
         content_encoding,
         mime,
+    )
+
+
+def new_ids(n: int) -> list[str]:
+    """`n` random (version 4) UUID strings, as `str(uuid.uuid4())` gives, from one read of `os.urandom`."""
+    return _core.uuid4s(os.urandom(16 * n))
+
+
+def task_envelopes(messages: list[tuple[Any, ...]]) -> list[bytes]:
+    """The kombu envelopes of messages described field by field (see `_core.task_envelopes`), in one call.
+
+    Raises:
+        EncodeError: an argument the serializer cannot encode (nothing is built then).
+    """
+    try:
+        return _core.task_envelopes(messages, json_default, saferepr)
+    except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
+        raise EncodeError(f'{type(exc).__name__}: {exc}') from exc
+
+
+def message_from_fields(f: tuple[Any, ...]) -> Message:
+    """The `Message` the same fields describe: for serializers Rust does not implement, and for signal
+    receivers that want the headers as a dict."""
+    return build_task_message(
+        task_id=f[0],
+        name=f[1],
+        shadow=f[2],
+        eta=f[3],
+        expires=f[4],
+        group_id=f[5],
+        group_index=f[6],
+        retries=f[7],
+        time_limit=f[8],
+        soft_time_limit=f[9],
+        root_id=f[10],
+        parent_id=f[11],
+        argsrepr=f[12],
+        kwargsrepr=f[13],
+        origin=f[14],
+        ignore_result=f[15],
+        replaced_task_nesting=f[16],
+        stamped_headers=f[17],
+        stamps=f[18],
+        headers=f[19],
+        reply_to=f[20],
+        args=f[21],
+        kwargs=f[22],
+        embed={'callbacks': f[23], 'errbacks': f[24], 'chain': f[25], 'chord': f[26]},
+        serializer=f[27],
+        compression=None,
+        mime=f[28],
     )
 
 

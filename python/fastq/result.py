@@ -193,6 +193,63 @@ class AsyncResult(ResultBase, Generic[R]):
 
     wait = get
 
+    async def aget(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        follow_parents: bool = True,
+        callback: Any = None,
+        disable_sync_subtasks: bool = True,
+        PROPAGATE_STATES: frozenset[str] = states.PROPAGATE_STATES,
+    ) -> R:
+        """`get` for code running in an event loop: awaits the result without blocking the loop.
+
+        Same semantics: the value, or the task's exception re-raised when `propagate`; a failed earlier step
+        of a chain raises its own error. On Redis it waits on the backend's pub/sub from the running loop (one
+        connection per loop, no thread); on SQLite and the in-memory backend the blocking wait runs in the
+        loop's default executor, a second at a time.
+
+        Raises:
+            fastq.exceptions.TimeoutError: not ready after `timeout` seconds.
+        """
+        if self.ignored:
+            return None  # type: ignore[return-value]
+        if disable_sync_subtasks:
+            assert_will_not_block()
+        check_parents = follow_parents and propagate and self.parent is not None
+        if check_parents:
+            await self._amaybe_reraise_parent_error()
+        if self._cache is not None:
+            meta = self._cache
+        else:
+            meta = self._set_cache(await self.backend.await_for(self.id, timeout=timeout, interval=interval))
+        state = meta['status']
+        value = meta.get('result')
+        if callback is not None:
+            callback(self.id, value)
+        if propagate and state in PROPAGATE_STATES:
+            if check_parents:  # an earlier step's failure is the one to report, as `get` does
+                await self._amaybe_reraise_parent_error()
+            self._raise(state, value, meta.get('traceback'))
+        return value  # type: ignore[return-value]
+
+    async def _amaybe_reraise_parent_error(self) -> None:
+        parents = []
+        node = self.parent
+        while node is not None:
+            parents.append(node)
+            node = node.parent
+        for node in reversed(parents):
+            if isinstance(node, AsyncResult):
+                meta = node._cache
+                if meta is None:
+                    meta = node._set_cache(await node.backend.aget_task_meta(node.id))
+                if meta['status'] in states.PROPAGATE_STATES:
+                    node._raise(meta['status'], meta.get('result'), meta.get('traceback'))
+            else:
+                node.maybe_throw()
+
     def _raise(self, state: str, value: Any, traceback: str | None) -> None:
         if isinstance(value, BaseException):
             raise value

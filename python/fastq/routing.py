@@ -91,6 +91,16 @@ def _map_router(routes: Mapping[Any, Any]) -> RouterFn:
     return lookup
 
 
+class _MapRouter:
+    """A `task_routes` dict as a router: its answer depends on the task name alone."""
+
+    def __init__(self, routes: Mapping[Any, Any]) -> None:
+        self.lookup = _map_router(routes)
+
+    def __call__(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.lookup(name)
+
+
 def prepare_routers(routes: Any) -> list[RouterFn]:
     if routes is None:
         return []
@@ -101,7 +111,7 @@ def prepare_routers(routes: Any) -> list[RouterFn]:
         if isinstance(item, str):
             item = symbol_by_name(item)
         if isinstance(item, Mapping):
-            out.append(_map_router(item))
+            out.append(_MapRouter(item))
         elif callable(item):
             fn: RouterFn = item
             out.append(fn)
@@ -118,6 +128,9 @@ class Router:
         self.routers = prepare_routers(conf.task_routes)
         self.queues = self._configured_queues(conf.task_queues)
         self.create_missing = bool(conf.task_create_missing_queues)
+        #: Whether a route depends on the task name alone (no router function that sees the arguments), so
+        #: a route once resolved can be reused (see `sending.plan_for`).
+        self.static = all(isinstance(router, _MapRouter) for router in self.routers)
 
     @staticmethod
     def _configured_queues(queues: Any) -> dict[str, Queue]:

@@ -2,28 +2,228 @@
 
 Order of precedence for every option, as in Celery: the call's keyword, then the task's attribute (its
 decorator option), then `task_routes`, then the app's settings.
+
+Sending is split in two so that a call costs little more than the broker's round trip:
+
+* a `SendPlan` holds what follows from the task, its options and the settings (queue, exchange, priority,
+  serializer, compression, time limits, ...). Plans are cached per app, keyed by everything they are made
+  from, so the tenth million `delay()` resolves nothing; a router function (which sees the arguments) or
+  an option that cannot be hashed only turns the cache off for that call.
+* what differs per message (ids, ETA, arguments, workflow links) goes into one tuple per message, and
+  `protocol.task_envelopes` builds every envelope of a batch in one Rust call.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import logging
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fastq import protocol, signals
+from fastq import _state, protocol, signals
 from fastq.brokers.base import Outgoing
 from fastq.exceptions import AlwaysEagerIgnored, BrokerConnectionError, OperationalError
+from fastq.result import AsyncResult
+from fastq.serialization import compression_mime
 from fastq.utils.time import to_timestamp
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
-    from fastq.result import AsyncResult
     from fastq.task import Task
+
+__all__ = [
+    'SEND_KEYWORDS',
+    'BatchCall',
+    'SendPlan',
+    'apublish_with_retry',
+    'asend_task_message',
+    'plan_for',
+    'publish_with_retry',
+    'send_batch',
+    'send_task_message',
+]
 
 logger = logging.getLogger('fastq.sending')
 
 _DELIVERY_MODES = {'persistent': 2, 'transient': 1}
+#: Serializers the Rust envelope builder encodes itself; others are encoded in Python first.
+_NATIVE_SERIALIZERS = frozenset({'json', 'msgpack'})
+#: Plans kept per app before the cache starts over (distinct option sets are few in real programs).
+_MAX_PLANS = 512
+#: Batches at least this large are built with the cyclic garbage collector paused (see `gc_paused`).
+GC_PAUSE_BATCH = 1000
+
+#: `send_task` keywords that describe one message rather than how to send it (they never key a plan).
+SEND_KEYWORDS = (
+    'task_id',
+    'countdown',
+    'eta',
+    'expires',
+    'link',
+    'link_error',
+    'group_id',
+    'group_index',
+    'retries',
+    'chord',
+    'chain',
+    'reply_to',
+    'time_limit',
+    'soft_time_limit',
+    'root_id',
+    'parent_id',
+    'shadow',
+    'replaced_task_nesting',
+    'argsrepr',
+    'kwargsrepr',
+)
+
+
+class SendPlan:
+    """What sending a task with given options resolves to, whatever its arguments and ids."""
+
+    __slots__ = (
+        'add_to_parent',
+        'compression',
+        'default_priority',
+        'delivery_mode',
+        'exchange',
+        'expires',
+        'headers',
+        'ignore_result',
+        'inherit_priority',
+        'native',
+        'priority',
+        'queue',
+        'retry',
+        'retry_policy',
+        'routing_key',
+        'serializer',
+        'soft_time_limit',
+        'stamped_headers',
+        'stamps',
+        'time_limit',
+    )
+
+    def __init__(
+        self,
+        app: Fastq,
+        name: str,
+        route_name: str,
+        task_type: Task[Any, Any] | None,
+        options: Mapping[str, Any],
+        args: Any,
+        kwargs: Any,
+    ) -> None:
+        conf = app.conf
+        if task_type is not None:
+            merged = {**task_type._exec_options(), **options}
+            merged.setdefault('ignore_result', task_type.ignore_result)
+        else:
+            registered = app.tasks.get(name)
+            merged = {**(registered._exec_options() if registered is not None else {}), **options}
+        self.time_limit: float | None = merged.pop('time_limit', None)
+        self.soft_time_limit: float | None = merged.pop('soft_time_limit', None)
+        self.expires: Any = merged.pop('expires', None)
+        self.ignore_result = bool(merged.pop('ignore_result', False))
+        routed = app.router.route(merged, route_name, args, kwargs, task_type)
+        priority = routed.get('priority')
+        self.priority: int | None = None if priority is None else int(priority)
+        self.default_priority = int(conf.task_default_priority or 0)
+        self.inherit_priority = bool(conf.task_inherit_parent_priority)
+        delivery_mode = routed.get('delivery_mode') or conf.task_default_delivery_mode
+        self.delivery_mode = int(_DELIVERY_MODES.get(delivery_mode, delivery_mode))
+        self.queue: str = routed['queue']
+        exchange = routed.get('exchange') or ''
+        # Celery publishes to a direct exchange named like the queue through the default exchange.
+        self.exchange: str = '' if exchange == self.queue else exchange
+        self.routing_key: str = routed.get('routing_key') or self.queue
+        self.serializer: str = routed.get('serializer') or conf.task_serializer
+        self.native = self.serializer in _NATIVE_SERIALIZERS
+        compression = routed.get('compression') or conf.task_compression
+        self.compression: str | None = compression_mime(compression) if compression else None
+        stamped_headers = routed.get('stamped_headers')
+        self.stamped_headers: list[str] | None = stamped_headers
+        self.stamps: dict[str, Any] = {h: routed[h] for h in stamped_headers or () if h in routed}
+        self.headers: Mapping[str, Any] | None = routed.get('headers')
+        self.retry: bool | None = routed.get('retry')
+        self.retry_policy: dict[str, Any] | None = routed.get('retry_policy')
+        self.add_to_parent = bool(routed.get('add_to_parent', True))
+
+
+def _task_key(task: Task[Any, Any] | None) -> tuple[Any, ...] | None:
+    """The task attributes a plan is made from: changing one (even at runtime) makes a new plan."""
+    if task is None:
+        return None
+    return (
+        task.queue,
+        task.routing_key,
+        task.exchange,
+        task.priority,
+        task.serializer,
+        task.compression,
+        task.time_limit,
+        task.soft_time_limit,
+        task.expires,
+        task.ignore_result,
+    )
+
+
+def plan_for(
+    app: Fastq,
+    name: str,
+    route_name: str,
+    task_type: Task[Any, Any] | None,
+    options: Mapping[str, Any],
+    args: Any,
+    kwargs: Any,
+) -> SendPlan:
+    """The plan for sending `name` (routed as `route_name`, its shadow) with `options`; cached unless a router
+    function, which sees the arguments, may answer differently per call."""
+    if not app.router.static:
+        return SendPlan(app, name, route_name, task_type, options, args, kwargs)
+    try:
+        key = (
+            name,
+            route_name,
+            task_type is None,
+            _task_key(task_type if task_type is not None else app.tasks.get(name)),
+            app.conf.generation,
+            frozenset(options.items()) if options else None,
+        )
+        plans = app._send_plans
+        plan = plans.get(key)
+    except TypeError:  # an option value that cannot be hashed (a list, a dict of headers)
+        return SendPlan(app, name, route_name, task_type, options, args, kwargs)
+    if plan is None:
+        plan = SendPlan(app, name, route_name, task_type, options, args, kwargs)
+        if len(plans) >= _MAX_PLANS:
+            plans.clear()
+        plans[key] = plan
+    return plan
+
+
+@contextlib.contextmanager
+def gc_paused(size: int) -> Iterator[None]:
+    """Pause the cyclic garbage collector while a batch of `size` messages is built.
+
+    Building a batch allocates several containers per message, none of them in a reference cycle, and
+    each full collection those allocations trigger walks every object of the process (the signatures of a
+    100,000-task group among them): a third of the time of a large batch went there. The collector is
+    process-wide, so it is only re-enabled if this call disabled it; a collection pending meanwhile runs
+    at the next allocation after.
+    """
+    if size < GC_PAUSE_BATCH or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _as_list(value: Any) -> list[Any] | None:
@@ -34,162 +234,298 @@ def _as_list(value: Any) -> list[Any] | None:
     return [value]
 
 
-def _exec_options_of(app: Fastq, name: str) -> dict[str, Any]:
-    task = app.tasks.get(name)
-    return task._exec_options() if task is not None else {}
+class _Message:
+    """One message being prepared: its envelope fields (in `task_envelopes` order) and delivery details."""
+
+    __slots__ = ('eta', 'fields', 'plan', 'result')
+
+    def __init__(self, fields: tuple[Any, ...], plan: SendPlan, eta: float | None, result: AsyncResult[Any]) -> None:
+        self.fields = fields
+        self.plan = plan
+        self.eta = eta
+        self.result = result
+
+
+class _Context:
+    """What every message of one send shares: this process's origin, this thread's reply_to, and the task
+    being executed (whose ids the messages inherit as root_id and parent_id), looked up once."""
+
+    __slots__ = ('app', 'origin', 'parent', 'reply_to')
+
+    def __init__(self, app: Fastq) -> None:
+        self.app = app
+        self.origin = app.origin
+        self.reply_to = app.thread_oid
+        self.parent = _state.get_current_worker_task()
+
+    def prepare(
+        self,
+        plan: SendPlan,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        kw: Mapping[str, Any],
+        task_id: str,
+        delivery_tag: str,
+    ) -> _Message:
+        """The message for one call; `kw` holds its `SEND_KEYWORDS` (missing ones are None)."""
+        countdown, eta, expires = kw.get('countdown'), kw.get('eta'), kw.get('expires')
+        if expires is None:
+            expires = plan.expires
+        eta_header = expires_header = expiration = None
+        eta_time = None
+        if countdown or eta is not None or expires is not None:
+            app = self.app
+            tz = app.timezone
+            now = app.now()
+            eta_header = protocol.resolve_eta(countdown, eta, now, tz)
+            expires_header, expiration = protocol.resolve_expires(expires, now, tz)
+            if expiration == '0':
+                logger.warning('%s has an expiration date in the past; it will be revoked when received', task_id)
+            eta_time = to_timestamp(eta_header, tz)
+        root_id, parent_id = kw.get('root_id'), kw.get('parent_id')
+        priority = plan.priority
+        parent = self.parent
+        if parent is not None:
+            request = parent.request
+            if not (root_id and parent_id):
+                root_id, parent_id = root_id or request.root_id or request.id, parent_id or request.id
+            if priority is None and plan.inherit_priority:
+                inherited = (request.delivery_info or {}).get('priority')
+                priority = None if inherited is None else int(inherited)
+        if priority is None:
+            priority = plan.default_priority
+        time_limit, soft_time_limit = kw.get('time_limit'), kw.get('soft_time_limit')
+        link, link_error = kw.get('link'), kw.get('link_error')
+        fields = (
+            task_id,
+            name,
+            kw.get('shadow'),
+            eta_header,
+            expires_header,
+            kw.get('group_id'),
+            kw.get('group_index'),
+            kw.get('retries') or 0,
+            plan.time_limit if time_limit is None else time_limit,
+            plan.soft_time_limit if soft_time_limit is None else soft_time_limit,
+            root_id or task_id,
+            parent_id,
+            kw.get('argsrepr'),
+            kw.get('kwargsrepr'),
+            self.origin,
+            plan.ignore_result,
+            kw.get('replaced_task_nesting') or 0,
+            plan.stamped_headers,
+            plan.stamps,
+            plan.headers,
+            kw.get('reply_to') or self.reply_to,
+            args,
+            kwargs,
+            None if link is None else _as_list(link),
+            None if link_error is None else _as_list(link_error),
+            kw.get('chain'),
+            kw.get('chord'),
+            plan.serializer,
+            plan.compression,
+            plan.exchange,
+            plan.routing_key,
+            priority,
+            plan.delivery_mode,
+            expiration,
+            delivery_tag,
+        )
+        result: AsyncResult[Any] = AsyncResult(task_id, app=self.app, task_name=name)
+        result.ignored = plan.ignore_result
+        return _Message(fields, plan, eta_time, result)
+
+
+def _outgoing(messages: Sequence[_Message]) -> list[Outgoing]:
+    """Outgoing messages with their envelopes: built together in Rust, unless something needs the headers
+    as a dict first (a `before_task_publish` receiver may change them) or the serializer is Python's."""
+    hooked = bool(signals.before_task_publish.receivers or signals.after_task_publish.receivers)
+    native = [m.fields for m in messages if m.plan.native and not hooked]
+    envelopes = iter(protocol.task_envelopes(native) if native else ())
+    out = []
+    for m in messages:
+        f, plan = m.fields, m.plan
+        if plan.native and not hooked:
+            out.append(Outgoing(None, plan.queue, f[29], f[30], f[31], f[32], f[33], m.eta, next(envelopes)))
+            continue
+        message = protocol.message_from_fields(f)
+        if signals.before_task_publish.receivers:
+            signals.before_task_publish.send(
+                sender=f[1],
+                body=(list(f[21]), f[22], None),
+                exchange=f[29],
+                routing_key=f[30],
+                headers=message.headers,
+                properties=message.properties,
+                declare=[],
+                retry_policy=plan.retry_policy,
+            )
+        envelope = message.to_envelope(f[29], f[30], f[31], f[32], f[33], f[34])
+        out.append(Outgoing(message, plan.queue, f[29], f[30], f[31], f[32], f[33], m.eta, envelope))
+    return out
+
+
+def _after_publish(messages: Sequence[_Message], outgoing: Sequence[Outgoing]) -> None:
+    for m, out in zip(messages, outgoing, strict=True):
+        f = m.fields
+        headers = out.message.headers if out.message is not None else None
+        signals.after_task_publish.send(
+            sender=f[1], body=(list(f[21]), f[22], None), headers=headers, exchange=f[29], routing_key=f[30]
+        )
+
+
+def _add_to_parent(parent: Task[Any, Any], messages: Sequence[_Message]) -> None:
+    if parent.trail:
+        parent.request.children.extend(m.result for m in messages if m.plan.add_to_parent)
+
+
+class _Single:
+    """One task being sent: its message and envelope built, its publish still to do (sync or async)."""
+
+    __slots__ = ('context', 'messages', 'outgoing', 'plan')
+
+    def __init__(
+        self,
+        app: Fastq,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task_type: Task[Any, Any] | None,
+        kw: Mapping[str, Any],
+        options: Mapping[str, Any],
+    ) -> None:
+        if task_type is None and app.conf.task_always_eager:
+            warnings.warn(AlwaysEagerIgnored('task_always_eager has no effect on send_task'), stacklevel=4)
+        plan = self.plan = plan_for(app, name, kw.get('shadow') or name, task_type, options, args, kwargs)
+        task_id = kw.get('task_id')
+        if task_id:
+            tag = protocol.new_ids(1)[0]
+        else:
+            task_id, tag = protocol.new_ids(2)
+        context = self.context = _Context(app)
+        self.messages = [context.prepare(plan, name, args, kwargs, kw, task_id, tag)]
+        self.outgoing = _outgoing(self.messages)
+
+    def published(self) -> AsyncResult[Any]:
+        if signals.after_task_publish.receivers:
+            _after_publish(self.messages, self.outgoing)
+        if self.plan.add_to_parent and self.context.parent is not None:
+            _add_to_parent(self.context.parent, self.messages)
+        return self.messages[0].result
 
 
 def send_task_message(
     app: Fastq,
     name: str,
-    *,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    countdown: float | None,
-    eta: Any,
-    task_id: str,
-    expires: Any,
-    link: Any,
-    link_error: Any,
-    group_id: str | None,
-    group_index: int | None,
-    retries: int,
-    chord: Any,
-    chain: Any,
-    reply_to: str | None,
-    time_limit: float | None,
-    soft_time_limit: float | None,
-    root_id: str | None,
-    parent_id: str | None,
-    shadow: str | None,
     task_type: Task[Any, Any] | None,
-    replaced_task_nesting: int,
-    options: dict[str, Any],
+    kw: Mapping[str, Any],
+    options: Mapping[str, Any],
 ) -> AsyncResult[Any]:
-    conf = app.conf
-    if task_type is None:
-        if conf.task_always_eager:
-            import warnings
+    """Send one task: `kw` holds its `SEND_KEYWORDS`, `options` the rest of the call's options."""
+    single = _Single(app, name, args, kwargs, task_type, kw, options)
+    publish_with_retry(app, single.outgoing, retry=single.plan.retry, policy=single.plan.retry_policy)
+    return single.published()
 
-            warnings.warn(AlwaysEagerIgnored('task_always_eager has no effect on send_task'), stacklevel=3)
-        options = {**_exec_options_of(app, name), **options}
-    time_limit = time_limit if time_limit is not None else options.pop('time_limit', None)
-    soft_time_limit = soft_time_limit if soft_time_limit is not None else options.pop('soft_time_limit', None)
-    if expires is None:
-        expires = options.pop('expires', None)
-    ignore_result = bool(options.pop('ignore_result', False))
-    options = app.router.route(options, shadow or name, args, kwargs, task_type)
 
-    tz = app.timezone
-    now = app.now()
-    eta_header = protocol.resolve_eta(countdown, eta, now, tz)
-    expires_header, expiration = protocol.resolve_expires(expires, now, tz)
-    if expiration == '0':
-        logger.warning('%s has an expiration date in the past; it will be revoked when received', task_id)
+async def asend_task_message(
+    app: Fastq,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    task_type: Task[Any, Any] | None,
+    kw: Mapping[str, Any],
+    options: Mapping[str, Any],
+) -> AsyncResult[Any]:
+    """`send_task_message` for the asyncio client: the message is built as for the sync call (CPU only),
+    then published through the broker's `apublish` on the running loop."""
+    single = _Single(app, name, args, kwargs, task_type, kw, options)
+    await apublish_with_retry(app, single.outgoing, retry=single.plan.retry, policy=single.plan.retry_policy)
+    return single.published()
 
-    root_id, parent_id = _lineage(app, root_id, parent_id, options)
 
-    serializer = options.get('serializer') or conf.task_serializer
-    compression = options.get('compression') or conf.task_compression
-    stamped_headers = options.get('stamped_headers')
-    message = protocol.build_task_message(
-        task_id=task_id,
-        name=name,
-        args=args,
-        kwargs=kwargs,
-        embed={
-            'callbacks': _as_list(link),
-            'errbacks': _as_list(link_error),
-            'chain': chain,
-            'chord': chord,
-        },
-        serializer=serializer,
-        compression=compression,
-        eta=eta_header,
-        expires=expires_header,
-        reply_to=reply_to or app.thread_oid,
-        origin=app.origin,
-        root_id=root_id,
-        parent_id=parent_id,
-        shadow=shadow,
-        group_id=group_id,
-        group_index=group_index,
-        retries=retries,
-        time_limit=time_limit,
-        soft_time_limit=soft_time_limit,
-        ignore_result=ignore_result,
-        replaced_task_nesting=replaced_task_nesting,
-        stamped_headers=stamped_headers,
-        stamps={h: options[h] for h in stamped_headers or () if h in options},
-        headers=options.get('headers'),
-    )
+#: One message of a batch: `(name, task_type, args, kwargs, keywords, options)`, `keywords` holding the
+#: call's `SEND_KEYWORDS` (task_id may be None: one is made) and `options` the rest of its options.
+BatchCall = tuple[str, 'Task[Any, Any] | None', tuple[Any, ...], dict[str, Any], dict[str, Any], dict[str, Any]]
 
-    out = _outgoing(app, message, options, expiration, to_timestamp(eta_header, tz))
-    exchange, routing_key = out.exchange, out.routing_key
-    if signals.before_task_publish.receivers:
-        signals.before_task_publish.send(
-            sender=name,
-            body=(list(args), kwargs, None),
-            exchange=exchange,
-            routing_key=routing_key,
-            headers=message.headers,
-            properties=message.properties,
-            declare=[],
-            retry_policy=options.get('retry_policy'),
-        )
-    publish_with_retry(app, [out], retry=options.get('retry'), policy=options.get('retry_policy'))
+
+def send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]]:
+    """Send many tasks in one publish: every one is on the broker when this returns without error.
+
+    Plans are resolved once per distinct task and options (calls that share one `options` dict share its
+    plan without hashing it again), ids come from one read of the random source, and Rust builds every
+    envelope in one call.
+    """
+    if not calls:
+        return []
+    with gc_paused(len(calls)):
+        return _send_batch(app, calls)
+
+
+def _send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]]:
+    ids = protocol.new_ids(2 * len(calls))
+    context = _Context(app)
+    prepare = context.prepare
+    plans: dict[tuple[Any, ...], SendPlan] = {}
+    messages: list[_Message] = []
+    append = messages.append
+    last: tuple[Any, ...] = ()
+    plan: SendPlan | None = None
+    for i, (name, task_type, args, kwargs, kw, options) in enumerate(calls):
+        shadow = kw.get('shadow')
+        key = (name, shadow, id(task_type), id(options))
+        if key != last:  # runs of calls alike (a group of one task) skip the lookup
+            plan = plans.get(key)
+            if plan is None:
+                plan = plans[key] = plan_for(app, name, shadow or name, task_type, options, args, kwargs)
+            last = key
+        assert plan is not None
+        append(prepare(plan, name, args, kwargs, kw, kw.get('task_id') or ids[2 * i], ids[2 * i + 1]))
+    outgoing = _outgoing(messages)
+    first = messages[0].plan
+    publish_with_retry(app, outgoing, retry=first.retry, policy=first.retry_policy)
     if signals.after_task_publish.receivers:
-        signals.after_task_publish.send(
-            sender=name,
-            body=(list(args), kwargs, None),
-            headers=message.headers,
-            exchange=exchange,
-            routing_key=routing_key,
-        )
-    result = app.AsyncResult(task_id, task_name=name)
-    result.ignored = ignore_result
-    if options.get('add_to_parent', True):
-        parent = app.current_worker_task
-        if parent is not None and parent.trail:
-            parent.request.children.append(result)
-    return result
+        _after_publish(messages, outgoing)
+    if context.parent is not None:
+        _add_to_parent(context.parent, messages)
+    return [m.result for m in messages]
 
 
-def _lineage(
-    app: Fastq, root_id: str | None, parent_id: str | None, options: dict[str, Any]
-) -> tuple[str | None, str | None]:
-    """root_id/parent_id of a task sent from inside a task (and the parent's priority, if inherited)."""
-    if root_id and parent_id:
-        return root_id, parent_id
-    parent = app.current_worker_task
-    if parent is None:
-        return root_id, parent_id
-    if app.conf.task_inherit_parent_priority:
-        options.setdefault('priority', (parent.request.delivery_info or {}).get('priority'))
-    return root_id or parent.request.root_id or parent.request.id, parent_id or parent.request.id
+class _Retrying:
+    """Celery's publish retry policy (`task_publish_retry`, `task_publish_retry_policy`), read only after a
+    first failure: the first attempt costs nothing but the publish."""
+
+    def __init__(self, app: Fastq, retry: bool | None, policy: dict[str, Any] | None) -> None:
+        conf = app.conf
+        self.broker = app.broker
+        self.retry = conf.task_publish_retry if retry is None else retry
+        policy = {**(conf.task_publish_retry_policy or {}), **(policy or {})}
+        self.max_retries = policy.get('max_retries', 3)
+        self.interval = float(policy.get('interval_start', 0))
+        self.step = float(policy.get('interval_step', 0.2))
+        self.interval_max = float(policy.get('interval_max', 1))
+        self.attempt = 0
+
+    def next_delay(self, error: Exception) -> float:
+        """Seconds to wait before the next attempt; raises OperationalError when the policy is exhausted."""
+        self.attempt += 1
+        broker = self.broker
+        if not self.retry or (self.max_retries is not None and self.attempt > self.max_retries):
+            raise OperationalError(f'cannot publish to {broker.describe()}: {error}') from error
+        delay = self.interval
+        logger.warning('Publishing to %s failed (%s); retry %d in %.2fs', broker.describe(), error, self.attempt, delay)
+        self.interval = min(self.interval + self.step, self.interval_max)
+        return delay
 
 
-def _outgoing(app: Fastq, message: Any, options: dict[str, Any], expiration: str | None, eta: float | None) -> Outgoing:
-    conf = app.conf
-    priority = options.get('priority')
-    if priority is None:
-        priority = conf.task_default_priority or 0
-    delivery_mode = options.get('delivery_mode') or conf.task_default_delivery_mode
-    delivery_mode = _DELIVERY_MODES.get(delivery_mode, delivery_mode)
-    queue = options['queue']
-    exchange = options.get('exchange') or ''
-    if exchange == queue:
-        # Celery publishes to a direct exchange named like the queue through the default exchange.
-        exchange = ''
-    return Outgoing(
-        message=message,
-        queue=queue,
-        exchange=exchange,
-        routing_key=options.get('routing_key') or queue,
-        priority=int(priority),
-        delivery_mode=int(delivery_mode),
-        expiration=expiration,
-        eta=eta,
+def _retriable(exc: Exception) -> bool:
+    # sqlite3.OperationalError (a locked or unreadable file) is matched by name: sqlite3 need not be loaded.
+    return (
+        isinstance(exc, BrokerConnectionError | OperationalError | OSError) or type(exc).__name__ == 'OperationalError'
     )
 
 
@@ -197,28 +533,31 @@ def publish_with_retry(
     app: Fastq, batch: Sequence[Outgoing], retry: bool | None = None, policy: dict[str, Any] | None = None
 ) -> None:
     """Publish, retrying on connection errors per `task_publish_retry_policy` (Celery's semantics)."""
-    conf = app.conf
-    retry = conf.task_publish_retry if retry is None else retry
-    policy = {**(conf.task_publish_retry_policy or {}), **(policy or {})}
-    max_retries = policy.get('max_retries', 3)
-    interval = float(policy.get('interval_start', 0))
-    step = float(policy.get('interval_step', 0.2))
-    interval_max = float(policy.get('interval_max', 1))
-    attempt = 0
     broker = app.broker
+    retrying = None
     while True:
         try:
             broker.publish(batch)
             return
-        except (BrokerConnectionError, OperationalError, OSError) as exc:
-            error: Exception = exc
-        except Exception as exc:  # e.g. sqlite3.OperationalError from a locked or unreadable file
-            if type(exc).__name__ != 'OperationalError':
+        except Exception as exc:
+            if not _retriable(exc):
                 raise
-            error = exc
-        attempt += 1
-        if not retry or (max_retries is not None and attempt > max_retries):
-            raise OperationalError(f'cannot publish to {broker.describe()}: {error}') from error
-        logger.warning('Publishing to %s failed (%s); retry %d in %.2fs', broker.describe(), error, attempt, interval)
-        time.sleep(interval)
-        interval = min(interval + step, interval_max)
+            retrying = retrying or _Retrying(app, retry, policy)
+            time.sleep(retrying.next_delay(exc))
+
+
+async def apublish_with_retry(
+    app: Fastq, batch: Sequence[Outgoing], retry: bool | None = None, policy: dict[str, Any] | None = None
+) -> None:
+    """`publish_with_retry` on the running event loop (`Broker.apublish`, waits with asyncio.sleep)."""
+    broker = app.broker
+    retrying = None
+    while True:
+        try:
+            await broker.apublish(batch)
+            return
+        except Exception as exc:
+            if not _retriable(exc):
+                raise
+            retrying = retrying or _Retrying(app, retry, policy)
+            await asyncio.sleep(retrying.next_delay(exc))

@@ -250,12 +250,57 @@ class Task(Generic[P, R]):
         kwargs = dict(kwargs or {})
         if self.typing:
             self.check_arguments(args, kwargs)
-        options = {**self._exec_options(), **options}
-        options.setdefault('ignore_result', self.ignore_result)
         app = self.app
         if app.conf.task_always_eager:
+            options = {**self._exec_options(), **options}
+            options.setdefault('ignore_result', self.ignore_result)
             return self._apply_eagerly(args, kwargs, task_id, link, link_error, options)
+        # The task's own options (queue, serializer, time limits, ...) are merged in once per option set,
+        # by the cached send plan (fastq.sending), not on every call.
         return app.send_task(
+            self.name,
+            args,
+            kwargs,
+            task_id=task_id,
+            link=link,
+            link_error=link_error,
+            shadow=shadow or self.shadow,
+            task_type=self,
+            **options,
+        )
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """`delay` for code running in an event loop (FastAPI, aiohttp): awaits the publish instead of
+        blocking the loop on it. A returned `adelay()` means the broker has the task."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """`apply_async` for code running in an event loop: same options, same message.
+
+        On Redis the publish goes over a connection pool of the running loop's own (made on first use,
+        closed when the loop shuts down), with no thread per call. On SQLite and the in-memory broker, whose
+        publish is a local write, it runs in the loop's default executor. With `task_always_eager` the task
+        runs here, synchronously, as `apply_async` would run it.
+        """
+        if self.soft_time_limit and self.time_limit and self.soft_time_limit > self.time_limit:
+            raise ValueError('soft_time_limit must be less than or equal to time_limit')
+        args = tuple(args or ())
+        kwargs = dict(kwargs or {})
+        if self.typing:
+            self.check_arguments(args, kwargs)
+        app = self.app
+        if app.conf.task_always_eager:
+            return self.apply_async(args, kwargs, task_id, link, link_error, shadow, **options)
+        return await app.asend_task(
             self.name,
             args,
             kwargs,

@@ -33,6 +33,8 @@ fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(protocol::body_py::encode_task_body, m)?)?;
     m.add_function(wrap_pyfunction!(protocol::body_py::decode_task_body, m)?)?;
     m.add_function(wrap_pyfunction!(protocol::message_py::task_message, m)?)?;
+    m.add_function(wrap_pyfunction!(protocol::batch_py::task_envelopes, m)?)?;
+    m.add_function(wrap_pyfunction!(protocol::batch_py::uuid4s, m)?)?;
     m.add_class::<protocol::message_py::Message>()?;
     m.add_class::<ledger_py::PyLedger>()?;
     m.add("FRAME_HEADER_SIZE", framing::HEADER_SIZE)?;

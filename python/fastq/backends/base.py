@@ -9,6 +9,7 @@ so a Celery client can read what a fastq worker stored and the reverse. Subclass
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
 import sys
 import time
@@ -36,6 +37,9 @@ as this pattern requires synchronization.
 
 Result backends that supports chords: Redis, Database, Memcached, and more.
 """
+
+#: Longest single wait the default `await_for` hands to an executor thread.
+EXECUTOR_WAIT_STEP = 1.0
 
 #: Celery's marker for a compressed result: a JSON or msgpack document never starts with a NUL byte.
 COMPRESSED_PAYLOAD_MAGIC = b'\x00celery-compressed\x00'
@@ -326,6 +330,32 @@ class Backend(abc.ABC):
                     raise TimeoutError('The operation timed out.')
                 wait = min(wait, remaining)
             self._wait_for_change_since(marker, wait)
+
+    async def await_for(self, task_id: str, timeout: float | None = None, interval: float = 0.5) -> dict[str, Any]:
+        """`wait_for` for the asyncio client: same result, same TimeoutError, without blocking the loop.
+
+        This default runs `wait_for` in the loop's default executor, in steps of at most
+        `EXECUTOR_WAIT_STEP` seconds, so a cancelled wait leaves a thread busy for no longer than that. It
+        suits the embedded backends (SQLite, memory), whose reads are local; Redis overrides it with pub/sub
+        on the loop itself.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            step = EXECUTOR_WAIT_STEP if deadline is None else min(EXECUTOR_WAIT_STEP, max(deadline - loop.time(), 0))
+            try:
+                return await loop.run_in_executor(None, self.wait_for, task_id, step, interval)
+            except TimeoutError:
+                if deadline is not None and loop.time() >= deadline:
+                    raise
+
+    async def aget_task_meta(self, task_id: str) -> dict[str, Any]:
+        """`get_task_meta` for the asyncio client (this default: in the loop's default executor)."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.get_task_meta, task_id)
+
+    async def aclose(self) -> None:
+        """Close what the asyncio client opened in the running event loop (nothing, unless overridden)."""
+        return None
 
     # --- groups (Celery's `celery-taskset-meta-<group_id>` document: `{"result": GroupResult.as_tuple()}`) ----
 

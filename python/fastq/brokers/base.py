@@ -13,8 +13,10 @@ After `os.fork()` neither may be used in the child: create new ones.
 from __future__ import annotations
 
 import abc
+import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -55,9 +57,13 @@ class BrokerFeatures:
 
 @dataclass(slots=True)
 class Outgoing:
-    """One message to publish, already routed to a queue."""
+    """One message to publish, already routed to a queue.
 
-    message: Message
+    Sending builds the kombu envelope itself (for many messages at once, in Rust), so `message` may be None
+    when `envelope` is given; brokers that store envelopes use `to_envelope()`.
+    """
+
+    message: Message | None
     queue: str
     exchange: str = ''  # '' is the default exchange: deliver to the queue named by routing_key
     routing_key: str = ''
@@ -65,10 +71,21 @@ class Outgoing:
     delivery_mode: int = 2  # 2 persistent, 1 transient (events, replies)
     expiration: str | None = None  # per-message TTL in milliseconds, as a string (AMQP style)
     eta: float | None = None  # unix time before which the message must not be delivered
+    envelope: bytes | None = None  # the kombu envelope, when already built
 
     def __post_init__(self) -> None:
         if not self.routing_key:
             self.routing_key = self.queue
+
+    def to_envelope(self) -> bytes:
+        """The kombu envelope of this message (built now, with a new delivery tag, unless given)."""
+        if self.envelope is not None:
+            return self.envelope
+        if self.message is None:
+            raise ValueError('an Outgoing needs a message or an envelope')
+        return self.message.to_envelope(
+            self.exchange, self.routing_key, self.priority, self.delivery_mode, self.expiration, str(uuid.uuid4())
+        )
 
 
 @dataclass(slots=True)
@@ -232,6 +249,15 @@ class Broker(abc.ABC):
     def publish(self, batch: Sequence[Outgoing]) -> None:
         """Store messages; when this returns without error, the broker has every one of them."""
 
+    async def apublish(self, batch: Sequence[Outgoing]) -> None:
+        """`publish` for the asyncio client, same contract.
+
+        This default runs `publish` in the loop's default executor (a worker thread, so the loop is never
+        blocked): right for brokers whose publish is a local write (SQLite, memory). Networked brokers
+        override it with a native asyncio implementation.
+        """
+        await asyncio.get_running_loop().run_in_executor(None, self.publish, batch)
+
     @abc.abstractmethod
     def consumer(self, queues: Sequence[str], owner: str) -> Consumer:
         """A consumer reserving from `queues` (earlier queues are not favoured) on behalf of `owner`."""
@@ -311,6 +337,10 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    async def aclose(self) -> None:
+        """Close what `apublish` opened in the running event loop (a no-op unless a broker opens anything)."""
+        return None
 
     # --- coordination between processes (beat's leader lock and run claims) -------------------------------
 

@@ -121,9 +121,7 @@ class MemoryBroker(Broker):
         with s.lock:
             for out in batch:
                 tag = next(s.counter)
-                payload = out.message.to_envelope(
-                    out.exchange, out.routing_key, out.priority, out.delivery_mode, out.expiration, uuid.uuid4().hex
-                )
+                payload = out.to_envelope()
                 s.messages[tag] = _Stored(tag, out.queue, payload, out.priority, out.eta or 0.0)
                 s.queues.add(out.queue)
             s.lock.notify_all()

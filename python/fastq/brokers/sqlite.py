@@ -281,9 +281,7 @@ class SQLiteBroker(Broker):
         rows = []
         new_queues = set()
         for out in batch:
-            payload = out.message.to_envelope(
-                out.exchange, out.routing_key, out.priority, out.delivery_mode, out.expiration, str(uuid.uuid4())
-            )
+            payload = out.to_envelope()
             rows.append((out.queue, out.priority, out.eta or 0.0, payload))
             if out.queue not in self._known_queues:
                 new_queues.add(out.queue)

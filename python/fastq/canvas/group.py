@@ -13,12 +13,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastq.canvas.signatures import Signature, keep_partial, maybe_signature
+from fastq.exceptions import NotRegistered
 from fastq.result import GroupResult
+from fastq.sending import SEND_KEYWORDS
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
+    from fastq.sending import BatchCall
 
 __all__ = ['group']
+
+_SEND_KEYWORDS = frozenset(SEND_KEYWORDS)
 
 Prepared = tuple[Signature[Any], Any, str]
 
@@ -117,8 +122,7 @@ class group(Signature[Any]):
         if not self.tasks:
             return self.freeze()
         options, group_id, root_id = self._freeze_gid(options)
-        prepared = list(self._prepared(self.tasks, group_id, root_id))
-        results = self._apply_tasks(prepared, app, args=partial, kwargs=kwargs, **options)
+        results = self._send(app, group_id, root_id, partial, kwargs, options)
         result: Any = app.GroupResult(group_id, results)
         if len(results) == 1 and isinstance(results[0], GroupResult):  # group(a | group(b, c)): that group's
             result = results[0]
@@ -161,29 +165,81 @@ class group(Signature[Any]):
             result = task.freeze(group_id=group_id, root_id=root_id, group_index=index) if freeze else None
             yield task, result, group_id
 
-    def _apply_tasks(
+    def _send(
         self,
-        prepared: list[Prepared],
         app: Fastq,
-        chord: Any = None,
-        args: Any = None,
-        kwargs: dict[str, Any] | None = None,
-        group_index: int | None = None,
-        **options: Any,
+        group_id: str,
+        root_id: str | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        options: dict[str, Any],
+    ) -> list[Any]:
+        """Send every task of the group: the single tasks in one batch (one publish, options resolved once
+        per distinct set, envelopes built by Rust together), workflows among them (chains, chords) each
+        through its own `apply_async`. Results come back in the group's order.
+
+        A chord's size is stored before anything is sent, so whichever part finishes last sees it.
+        """
+        from fastq.sending import gc_paused
+
+        leaves = list(self._leaves(self.tasks))
+        if not leaves:
+            return []
+        with gc_paused(len(leaves)):
+            return self._send_leaves(app, leaves, group_id, root_id, args, kwargs, options)
+
+    def _send_leaves(
+        self,
+        app: Fastq,
+        leaves: list[tuple[Signature[Any], int]],
+        group_id: str,
+        root_id: str | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        options: dict[str, Any],
     ) -> list[Any]:
         from fastq.canvas.chord import chord_size
+        from fastq.sending import send_batch
 
-        size = 0
-        results = []
-        for position, (sig, result, group_id) in enumerate(prepared):
-            body = chord if chord is not None else sig.options.get('chord')
-            size += chord_size(sig)
-            if body is not None and position == len(prepared) - 1:
-                # Before the last task is sent: whichever part finishes last then sees the size.
-                app.backend.set_chord_size(group_id, size)
-            sig.apply_async(args, kwargs, add_to_parent=False, chord=body, **options)
-            results.append(result)
+        # What `apply_async` passes each task: the group's options (a nested group's own index is not its
+        # tasks'), its chord body, add_to_parent=False; split as send_batch takes them.
+        workflow_options = {k: v for k, v in options.items() if k not in ('group_index', 'chord', 'add_to_parent')}
+        call = {k: v for k, v in workflow_options.items() if v is not None and k != 'route_name'}
+        if options.get('chord') is not None:
+            call['chord'] = options['chord']
+        call_kw = {k: call.pop(k) for k in SEND_KEYWORDS if k in call and k != 'group_id'}
+        call['add_to_parent'] = False
+        if (call_kw.get('chord') or leaves[-1][0].options.get('chord')) is not None:
+            app.backend.set_chord_size(group_id, sum(chord_size(sig) for sig, _ in leaves))
+        reply_to = app.thread_oid
+        results: list[Any] = [None] * len(leaves)
+        calls = []
+        positions = []
+        checked: dict[int, Any] = {}  # per task type: how to check arguments (its time limits checked once)
+        for position, (sig, index) in enumerate(leaves):
+            batch_call = _batch_call(sig, index, group_id, root_id, reply_to, args, kwargs, call_kw, call, checked)
+            if batch_call is None:
+                sig = sig.clone()
+                results[position] = sig.freeze(group_id=group_id, root_id=root_id, group_index=index)
+                body = options.get('chord')
+                body = sig.options.get('chord') if body is None else body
+                sig.apply_async(args, kwargs, **{**workflow_options, 'add_to_parent': False, 'chord': body})
+            else:
+                calls.append(batch_call)
+                positions.append(position)
+        for position, result in zip(positions, send_batch(app, calls), strict=True):
+            results[position] = result
         return results
+
+    def _leaves(self, tasks: list[Any]) -> Iterator[tuple[Signature[Any], int]]:
+        """The tasks with nested groups flattened, each with its index in its own group (as `_prepared`)."""
+        for index, task in enumerate(tasks):
+            if not isinstance(task, Signature):
+                task = Signature.from_dict(task, app=self._app)
+            if isinstance(task, group):
+                yield from task._leaves(task.tasks)
+            elif not (task.subtask_type == 'chain' and not task.kwargs.get('tasks')):
+                yield task, index
 
     # --- freezing -------------------------------------------------------------------------------------------
 
@@ -234,3 +290,86 @@ class group(Signature[Any]):
 
     def __repr__(self) -> str:
         return f'group({self.tasks!r})' if self.tasks else 'group(<empty>)'
+
+
+def _batch_call(
+    sig: Signature[Any],
+    index: int,
+    group_id: str,
+    root_id: str | None,
+    reply_to: str,
+    partial: tuple[Any, ...],
+    kwargs: dict[str, Any] | None,
+    call_kw: dict[str, Any],
+    call: dict[str, Any],
+    checked: dict[int, Any],
+) -> BatchCall | None:
+    """What `sig.clone().freeze(...)` then `.apply_async(partial, kwargs, **call_kw, **call)` would send, as a
+    `send_batch` call, without copying the signature; None for a workflow, which sends itself.
+
+    The options merge as `freeze` and `Signature._merge` merge them: the signature's own, its frozen ids,
+    then the group's except those that never change once set (`group_id`, stamps). A signature without
+    options of its own beyond ids and links shares the group's `call` dict, and so its send plan. This runs
+    once per task of a group (100,000 times for a big one), hence the dict access instead of properties.
+    """
+    if sig.get('subtask_type') or type(sig).apply_async is not _APPLY_ASYNC:
+        return None
+    task: Any = sig._type
+    if task is None:
+        try:
+            task = sig.type
+        except NotRegistered:
+            task = None
+    own = sig.get('options')
+    if own:
+        kw = {k: v for k, v in own.items() if k in _SEND_KEYWORDS}
+        kw.setdefault('reply_to', reply_to)
+        kw.setdefault('group_id', group_id)
+    else:
+        kw = {'reply_to': reply_to, 'group_id': group_id}
+    kw['group_index'] = index
+    if root_id:
+        kw['root_id'] = root_id
+    if call_kw:
+        kw.update(call_kw)
+    options = _merged_options(own, call) if own and not _SEND_KEYWORDS.issuperset(own) else call
+    args, kw_args = _call_arguments(sig, partial, kwargs)
+    if task is None:
+        return sig['task'], None, args, kw_args, kw, options
+    check: Any = checked.get(id(task))
+    if check is None:
+        if task.soft_time_limit and task.time_limit and task.soft_time_limit > task.time_limit:
+            raise ValueError('soft_time_limit must be less than or equal to time_limit')
+        check = checked[id(task)] = task.check_arguments if task.typing else False
+    if check:
+        check(args, kw_args)
+    if task.shadow and not kw.get('shadow'):
+        kw['shadow'] = task.shadow
+    return task.name, task, args, kw_args, kw, options
+
+
+def _merged_options(own: dict[str, Any], call: dict[str, Any]) -> dict[str, Any]:
+    """A signature's own options (queue, priority, stamps, ...) under the group's, except the fixed ones."""
+    fixed = Signature._IMMUTABLE_OPTIONS.union(own.get('stamped_headers') or ())
+    options = {k: v for k, v in own.items() if k not in _SEND_KEYWORDS}
+    options.update((k, v) for k, v in call.items() if k not in fixed or k not in options)
+    return options
+
+
+def _call_arguments(
+    sig: Signature[Any], partial: tuple[Any, ...], kwargs: dict[str, Any] | None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The group's partial arguments before the signature's (unless it is immutable), keywords merged."""
+    args = sig.get('args') or ()
+    if type(args) is not tuple:
+        args = tuple(args)
+    kw_args: dict[str, Any] = sig.get('kwargs') or {}
+    if not sig.get('immutable'):
+        if partial:
+            args = partial + args
+        if kwargs:
+            kw_args = dict(kw_args, **kwargs)
+    return args, kw_args
+
+
+_APPLY_ASYNC = Signature.apply_async

@@ -106,9 +106,18 @@ class Settings(MutableMapping[str, Any]):
         # Resolved values: sending a task reads a dozen settings, which must cost nothing.
         object.__setattr__(self, '_cache', {})
         object.__setattr__(self, '_env', None)
+        object.__setattr__(self, '_generation', 0)
 
     def _invalidate(self) -> None:
         self._cache.clear()
+        object.__setattr__(self, '_generation', self._generation + 1)
+
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever a setting may have: what is derived from settings and cached
+        elsewhere (plans for sending tasks) is keyed by it."""
+        generation: int = self._generation
+        return generation
 
     def reload_environment(self) -> None:
         """Read the FASTQ_* / CELERY_* environment overrides again (they are read once, on first use)."""

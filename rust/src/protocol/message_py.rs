@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyLong, PyString};
 
 use super::envelope::{self, DeliveryProperty};
-use super::{COMPRESSION_HEADER, CORRELATION_ID, HEADERS, LANG, REPLY_TO};
+use super::{COMPRESSION_HEADER, CORRELATION_ID, HEADERS, LANG, REPLY_TO, TIMELIMIT};
 use crate::base64;
 use crate::compression;
 use crate::compression_py::codec;
@@ -35,13 +35,13 @@ pub struct Message {
 }
 
 /// The values `to_envelope` gives the delivery properties, as Python objects.
-struct Publication<'py> {
-    exchange: &'py PyString,
-    routing_key: &'py PyString,
-    priority: &'py PyLong,
-    delivery_mode: &'py PyLong,
-    expiration: Option<&'py PyString>,
-    delivery_tag: &'py PyString,
+pub(super) struct Publication<'py> {
+    pub exchange: &'py PyString,
+    pub routing_key: &'py PyString,
+    pub priority: &'py PyLong,
+    pub delivery_mode: &'py PyLong,
+    pub expiration: Option<&'py PyString>,
+    pub delivery_tag: &'py PyString,
 }
 
 impl<'py> Publication<'py> {
@@ -78,6 +78,73 @@ fn write_key(out: &mut Vec<u8>, first: bool, key: &str) {
     }
     write_escaped(out, key.as_bytes());
     out.extend_from_slice(b": ");
+}
+
+/// Writes the envelope of one message: body (base64), content encoding and type, the headers as
+/// `headers` writes them, then the message's `properties` followed by the delivery properties.
+///
+/// Delivery properties already among `properties` are overwritten in place; the rest follow in the order
+/// kombu adds them. Shared by `Message.to_envelope` and `task_envelopes`, so both write the same bytes.
+pub(super) fn write_envelope<'py>(
+    enc: &mut Encoder<'py>,
+    body: &[u8],
+    content_encoding: &'py PyString,
+    content_type: &'py PyString,
+    headers: impl FnOnce(&mut Encoder<'py>) -> PyResult<()>,
+    properties: &[(&'py PyAny, &'py PyAny)],
+    publication: &Publication<'py>,
+) -> PyResult<()> {
+    enc.out.reserve(base64::encoded_len(body.len()) + 512);
+    enc.out.push(b'{');
+    write_key(&mut enc.out, true, envelope::BODY);
+    enc.out.push(b'"');
+    base64::encode_into(&mut enc.out, body);
+    enc.out.push(b'"');
+    write_key(&mut enc.out, false, envelope::CONTENT_ENCODING);
+    enc.string(content_encoding)?;
+    write_key(&mut enc.out, false, envelope::CONTENT_TYPE);
+    enc.string(content_type)?;
+    write_key(&mut enc.out, false, envelope::HEADERS);
+    headers(enc)?;
+    write_key(&mut enc.out, false, envelope::PROPERTIES);
+
+    let mut written = [false; DeliveryProperty::ALL.len()];
+    enc.out.push(b'{');
+    let mut first = true;
+    for &(key, value) in properties {
+        let overridden = key
+            .downcast::<PyString>()
+            .ok()
+            .and_then(|k| k.to_str().ok())
+            .and_then(DeliveryProperty::from_name);
+        if !first {
+            enc.out.extend_from_slice(b", ");
+        }
+        enc.key(key)?;
+        enc.out.extend_from_slice(b": ");
+        match overridden {
+            Some(p) if p != DeliveryProperty::Expiration || publication.expiration.is_some() => {
+                publication.write(enc, p)?;
+                written[p as usize] = true;
+            }
+            _ => enc.value(value, 2)?,
+        }
+        first = false;
+    }
+    for p in DeliveryProperty::ALL {
+        if written[p as usize] {
+            continue;
+        }
+        let start = enc.out.len();
+        write_key(&mut enc.out, first, p.name());
+        if publication.write(enc, p)? {
+            first = false;
+        } else {
+            enc.out.truncate(start);
+        }
+    }
+    enc.out.extend_from_slice(b"}}");
+    Ok(())
 }
 
 /// `obj[key]`, which must be present and of type `T`; `what` names it in the error.
@@ -131,60 +198,17 @@ impl Message {
             delivery_tag,
         };
         let mut enc = Encoder::new(py, None);
-        let body = self.body.as_ref(py).as_bytes();
-        enc.out.reserve(base64::encoded_len(body.len()) + 512);
-        enc.out.push(b'{');
-        write_key(&mut enc.out, true, envelope::BODY);
-        enc.out.push(b'"');
-        base64::encode_into(&mut enc.out, body);
-        enc.out.push(b'"');
-        write_key(&mut enc.out, false, envelope::CONTENT_ENCODING);
-        enc.string(self.content_encoding.as_ref(py))?;
-        write_key(&mut enc.out, false, envelope::CONTENT_TYPE);
-        enc.string(self.content_type.as_ref(py))?;
-        write_key(&mut enc.out, false, envelope::HEADERS);
-        enc.value(self.headers.as_ref(py), 1)?;
-        write_key(&mut enc.out, false, envelope::PROPERTIES);
-
-        // The message's own properties keep their order; delivery properties already among them are
-        // overwritten in place, the rest follow in the order kombu adds them.
         let properties: Vec<(&PyAny, &PyAny)> = self.properties.as_ref(py).iter().collect();
-        let mut written = [false; DeliveryProperty::ALL.len()];
-        enc.out.push(b'{');
-        let mut first = true;
-        for (key, value) in properties {
-            let overridden = key
-                .downcast::<PyString>()
-                .ok()
-                .and_then(|k| k.to_str().ok())
-                .and_then(DeliveryProperty::from_name);
-            if !first {
-                enc.out.extend_from_slice(b", ");
-            }
-            enc.key(key)?;
-            enc.out.extend_from_slice(b": ");
-            match overridden {
-                Some(p) if p != DeliveryProperty::Expiration || publication.expiration.is_some() => {
-                    publication.write(&mut enc, p)?;
-                    written[p as usize] = true;
-                }
-                _ => enc.value(value, 2)?,
-            }
-            first = false;
-        }
-        for p in DeliveryProperty::ALL {
-            if written[p as usize] {
-                continue;
-            }
-            let start = enc.out.len();
-            write_key(&mut enc.out, first, p.name());
-            if publication.write(&mut enc, p)? {
-                first = false;
-            } else {
-                enc.out.truncate(start);
-            }
-        }
-        enc.out.extend_from_slice(b"}}");
+        let headers = self.headers.as_ref(py);
+        write_envelope(
+            &mut enc,
+            self.body.as_ref(py).as_bytes(),
+            self.content_encoding.as_ref(py),
+            self.content_type.as_ref(py),
+            |enc| enc.value(headers, 1),
+            &properties,
+            &publication,
+        )?;
         Ok(PyBytes::new(py, &enc.out))
     }
 
@@ -246,13 +270,13 @@ impl Message {
 }
 
 /// The header names as interned Python strs, made once: most messages are built from them.
-fn header_names(py: Python<'_>) -> &[Py<PyString>] {
+pub(super) fn header_names(py: Python<'_>) -> &[Py<PyString>] {
     static NAMES: GILOnceCell<Vec<Py<PyString>>> = GILOnceCell::new();
     NAMES.get_or_init(py, || HEADERS.iter().map(|h| PyString::intern(py, h).into()).collect())
 }
 
 /// `obj` if it is None or a `T`, for parameters typed `T | None`.
-fn none_or<'py, T: pyo3::PyTypeInfo + pyo3::PyNativeType>(
+pub(super) fn none_or<'py, T: pyo3::PyTypeInfo + pyo3::PyNativeType>(
     obj: &'py PyAny,
     name: &str,
     what: &str,
@@ -268,11 +292,90 @@ fn none_or<'py, T: pyo3::PyTypeInfo + pyo3::PyNativeType>(
 }
 
 /// Time limits are kept as given: Celery writes `30` for an int and `30.0` for a float.
-fn time_limit_or_none<'py>(obj: &'py PyAny, name: &str) -> PyResult<&'py PyAny> {
+pub(super) fn time_limit_or_none<'py>(obj: &'py PyAny, name: &str) -> PyResult<&'py PyAny> {
     if obj.downcast::<PyLong>().is_ok() && obj.downcast::<PyBool>().is_err() {
         Ok(obj)
     } else {
         none_or::<PyFloat>(obj, name, "a number")
+    }
+}
+
+/// The values of the protocol-v2 headers of one message, before they are checked.
+pub(super) struct TaskHeaders<'py> {
+    pub task_id: &'py PyAny,
+    pub name: &'py PyAny,
+    pub shadow: &'py PyAny,
+    pub eta: &'py PyAny,
+    pub expires: &'py PyAny,
+    pub group_id: &'py PyAny,
+    pub group_index: &'py PyAny,
+    pub retries: &'py PyAny,
+    pub time_limit: &'py PyAny,
+    pub soft_time_limit: &'py PyAny,
+    pub root_id: &'py PyAny,
+    pub parent_id: &'py PyAny,
+    pub argsrepr: &'py PyAny,
+    pub kwargsrepr: &'py PyAny,
+    pub origin: &'py PyAny,
+    pub ignore_result: &'py PyAny,
+    pub replaced_task_nesting: &'py PyAny,
+    pub stamped_headers: &'py PyAny,
+    pub stamps: &'py PyAny,
+}
+
+/// `obj` if it is a `T`; a TypeError naming the parameter otherwise.
+pub(super) fn required<'py, T: pyo3::PyTypeInfo + pyo3::PyNativeType>(
+    obj: &'py PyAny,
+    name: &str,
+    what: &str,
+) -> PyResult<&'py PyAny> {
+    if obj.downcast::<T>().is_ok() {
+        Ok(obj)
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "{name} must be {what}, not {}",
+            obj.get_type().name()?
+        )))
+    }
+}
+
+impl<'py> TaskHeaders<'py> {
+    /// The header values in `HEADERS` order, type-checked; `timelimit` is left as None (see `values`), the
+    /// two limits are returned beside them.
+    pub fn checked(&self, py: Python<'py>) -> PyResult<([&'py PyAny; HEADERS.len()], [&'py PyAny; 2])> {
+        let limits = [
+            time_limit_or_none(self.time_limit, "time_limit")?,
+            time_limit_or_none(self.soft_time_limit, "soft_time_limit")?,
+        ];
+        let values = [
+            intern!(py, LANG),
+            required::<PyString>(self.name, "name", "a str")?,
+            required::<PyString>(self.task_id, "task_id", "a str")?,
+            none_or::<PyString>(self.shadow, "shadow", "a str")?,
+            none_or::<PyString>(self.eta, "eta", "a str")?,
+            none_or::<PyString>(self.expires, "expires", "a str")?,
+            none_or::<PyString>(self.group_id, "group_id", "a str")?,
+            none_or::<PyLong>(self.group_index, "group_index", "an int")?,
+            required::<PyLong>(self.retries, "retries", "an int")?,
+            py.None().into_ref(py),
+            required::<PyString>(self.root_id, "root_id", "a str")?,
+            none_or::<PyString>(self.parent_id, "parent_id", "a str")?,
+            required::<PyString>(self.argsrepr, "argsrepr", "a str")?,
+            required::<PyString>(self.kwargsrepr, "kwargsrepr", "a str")?,
+            required::<PyString>(self.origin, "origin", "a str")?,
+            required::<PyBool>(self.ignore_result, "ignore_result", "a bool")?,
+            required::<PyLong>(self.replaced_task_nesting, "replaced_task_nesting", "an int")?,
+            none_or::<PyList>(self.stamped_headers, "stamped_headers", "a list")?,
+            required::<PyDict>(self.stamps, "stamps", "a dict")?,
+        ];
+        Ok((values, limits))
+    }
+
+    /// The header values in `HEADERS` order, type-checked, with `timelimit` as `[hard, soft]`.
+    pub fn values(&self, py: Python<'py>) -> PyResult<[&'py PyAny; HEADERS.len()]> {
+        let (mut values, limits) = self.checked(py)?;
+        values[TIMELIMIT] = PyList::new(py, limits);
+        Ok(values)
     }
 }
 
@@ -313,34 +416,28 @@ pub fn task_message<'py>(
     content_encoding: &'py PyString,
     compression: &'py PyAny,
 ) -> PyResult<Message> {
-    let limits = PyList::new(
-        py,
-        [
-            time_limit_or_none(time_limit, "time_limit")?,
-            time_limit_or_none(soft_time_limit, "soft_time_limit")?,
-        ],
-    );
-    let values: [&PyAny; HEADERS.len()] = [
-        intern!(py, LANG),
-        name,
+    let values = TaskHeaders {
         task_id,
-        none_or::<PyString>(shadow, "shadow", "a str")?,
-        none_or::<PyString>(eta, "eta", "a str")?,
-        none_or::<PyString>(expires, "expires", "a str")?,
-        none_or::<PyString>(group_id, "group_id", "a str")?,
-        none_or::<PyLong>(group_index, "group_index", "an int")?,
+        name,
+        shadow,
+        eta,
+        expires,
+        group_id,
+        group_index,
         retries,
-        limits,
+        time_limit,
+        soft_time_limit,
         root_id,
-        none_or::<PyString>(parent_id, "parent_id", "a str")?,
+        parent_id,
         argsrepr,
         kwargsrepr,
         origin,
         ignore_result,
         replaced_task_nesting,
-        none_or::<PyList>(stamped_headers, "stamped_headers", "a list")?,
+        stamped_headers,
         stamps,
-    ];
+    }
+    .values(py)?;
     let headers = PyDict::new(py);
     for (key, value) in header_names(py).iter().zip(values) {
         headers.set_item(key, value)?;

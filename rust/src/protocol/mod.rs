@@ -1,6 +1,7 @@
 //! Celery's task message protocol v2: the one place its header names, their order and the body layout
 //! are written down (see `celery/app/amqp.py`, `AMQP.as_task_v2`, in Celery 5.7).
 
+pub mod batch_py;
 pub mod body_py;
 pub mod envelope;
 pub mod message_py;
@@ -70,6 +71,9 @@ pub const HEADERS: [&str; 19] = [
     "stamps",
 ];
 
+/// Position of `timelimit` in `HEADERS`: its value is the pair `[time_limit, soft_time_limit]`.
+pub const TIMELIMIT: usize = 9;
+
 /// Value of the `lang` header for Python producers (Celery's own workers do not check it).
 pub const LANG: &str = "py";
 
@@ -104,6 +108,6 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), HEADERS.len());
         assert_eq!(HEADERS[0], "lang");
-        assert_eq!(HEADERS[9], "timelimit");
+        assert_eq!(HEADERS[TIMELIMIT], "timelimit");
     }
 }

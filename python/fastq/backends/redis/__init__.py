@@ -27,6 +27,7 @@ Supports:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -40,6 +41,7 @@ import redis
 
 from fastq import states
 from fastq.backends.base import Backend
+from fastq.backends.redis.alistener import AsyncResultListener, AsyncWaiter
 from fastq.backends.redis.chords import RedisChordStore
 from fastq.backends.redis.layout import KeyLayout
 from fastq.backends.redis.listener import ResultListener, Waiter
@@ -47,6 +49,8 @@ from fastq.backends.redis.params import connection_params, sentinel_params
 from fastq.backends.redis.retry import CONNECTION_ERRORS, DEFAULT_RETRY_POLICY, full_jitter_backoff, retry_over_time
 from fastq.backends.redis.scripts import MODE_CAS, MODE_FOR_SERIALIZER, MODE_OTHER, STORE_RESULT
 from fastq.exceptions import BackendError, BackendGetMetaError, BackendStoreError, ImproperlyConfigured, TimeoutError
+from fastq.utils.aioredis import AsyncRedis, params_of
+from fastq.utils.loops import LoopLocal
 from fastq.utils.rediswire import Link
 from fastq.utils.text import mask_url
 
@@ -101,6 +105,7 @@ class RedisBackend(Backend):
         self._store_script: Any = None
         self._link: Link | None = None
         self._listener: ResultListener | None = None
+        self._async: LoopLocal[_AsyncState | None] = LoopLocal(self._new_async_state, _close_async_state)
         self.chord_store = RedisChordStore(self)
         _live.add(self)
 
@@ -363,6 +368,98 @@ class RedisBackend(Backend):
             # again, or gives up and fails this wait; one failed read must not end a wait that may still succeed.
             logger.debug('Reading %s failed while waiting: %s', task_id, exc)
             return None
+
+    # --- the asyncio client -------------------------------------------------------------------------------
+
+    def _new_async_state(self) -> _AsyncState | None:
+        params = params_of(self.client.connection_pool)
+        if params is None:
+            return None  # Sentinel, or no hiredis: the executor-based default
+        interval = self.connparams.get('health_check_interval')
+        listener = AsyncResultListener(
+            params,
+            self.retry_policy,
+            self._unreachable_on_wait,
+            ping_interval=float(interval) if interval else None,
+            reply_timeout=self.connparams.get('socket_timeout'),
+        )
+        return _AsyncState(AsyncRedis(params), listener)
+
+    async def aget_task_meta(self, task_id: str) -> dict[str, Any]:
+        state = await self._async.get()
+        if state is None:
+            return await super().aget_task_meta(task_id)
+        return await self._aread(state, task_id)
+
+    async def _aread(self, state: _AsyncState, task_id: str) -> dict[str, Any]:
+        try:
+            (payload,) = await state.client.execute([('GET', self.layout.task_key(task_id))])
+        except (redis.RedisError, OSError) as exc:
+            raise BackendGetMetaError(self._message(f'read the result of {task_id}', exc), task_id=task_id) from exc
+        return self.meta_from_payload(payload)
+
+    async def await_for(self, task_id: str, timeout: float | None = None, interval: float = 0.5) -> dict[str, Any]:
+        """`wait_for` on the running loop: subscribe to the task's channel, read its key once the subscription
+        is confirmed, then wait for the message (re-reading the key every `max(interval, 1)` seconds, and
+        after a reconnect, in case one went missing). No thread is involved."""
+        state = await self._async.get()
+        if state is None:
+            return await super().await_for(task_id, timeout, interval)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        listener = state.listener
+        waiter = listener.subscribe(self.layout.task_key(task_id))
+        try:
+            return await self._await(state, waiter, task_id, deadline, max(interval, MIN_RECHECK))
+        finally:
+            listener.unsubscribe(waiter)
+
+    async def _await(
+        self, state: _AsyncState, waiter: AsyncWaiter, task_id: str, deadline: float | None, recheck: float
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        subscribed = False
+        while True:
+            wait = recheck if subscribed else None
+            if deadline is not None:
+                remaining = max(0.0, deadline - loop.time())
+                wait = remaining if wait is None else min(wait, remaining)
+            payloads, reread, woken = await state.listener.take(waiter, wait)
+            for payload in payloads:  # the document itself travels in the message: no read needed
+                meta = self.meta_from_payload(payload)
+                if meta['status'] in states.READY_STATES:
+                    return meta
+            subscribed = subscribed or reread
+            if reread or (subscribed and not woken) or (deadline is not None and loop.time() >= deadline):
+                try:
+                    stored = await self._aread(state, task_id)
+                except BackendGetMetaError as exc:
+                    if not isinstance(exc.__cause__, CONNECTION_ERRORS):
+                        raise
+                    stored = None  # the listener reconnects and says when to read again, or fails the wait
+                if stored is not None and stored['status'] in states.READY_STATES:
+                    return stored
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError('The operation timed out.')
+
+    async def aclose(self) -> None:
+        await self._async.aclose()
+
+
+class _AsyncState:
+    """A loop's connections: a command client (reads) and the pub/sub listener."""
+
+    __slots__ = ('client', 'listener')
+
+    def __init__(self, client: AsyncRedis, listener: AsyncResultListener) -> None:
+        self.client = client
+        self.listener = listener
+
+
+async def _close_async_state(state: _AsyncState | None) -> None:
+    if state is not None:
+        await state.listener.close()
+        await state.client.aclose()
 
 
 class SentinelBackend(RedisBackend):

@@ -26,17 +26,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastq import _core
 from fastq.brokers.base import Broker, BrokerFeatures, Consumer, DeadLetterStore, Outgoing, Subscription, Tag
-from fastq.brokers.redis.connection import client_for, database_of
+from fastq.brokers.redis.connection import CONNECTION_ERRORS, Commands, client_for, database_of
 from fastq.brokers.redis.deadletters import RedisDeadLetters
 from fastq.brokers.redis.layout import DEFAULT_PRIORITY_STEPS, DEFAULT_SEP, DELIVERIES_HEADER, Layout
 from fastq.brokers.redis.scripts import Scripts
-from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured
+from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured, OperationalError
+from fastq.utils.aioredis import AsyncRedis, params_of
+from fastq.utils.loops import LoopLocal
 
 if TYPE_CHECKING:
     import redis
@@ -49,6 +50,7 @@ logger = logging.getLogger('fastq.brokers.redis')
 
 DEFAULT_VISIBILITY_TIMEOUT = 3600.0
 RESTORE_BATCH = 200
+LPUSH_CHUNK = 1000  # values per LPUSH when publishing a batch (keeps each command a few hundred kB)
 MAX_RENEW_INTERVAL = 60.0  # renew at least this often: a Celery worker with a short visibility timeout wins
 
 
@@ -87,10 +89,17 @@ class RedisBroker(Broker):
             fanout_patterns=bool(options.get('fanout_patterns', True)),
         )
         self.client: redis.Redis = client_for(url, conf, options)
+        self.commands = Commands(self.client.connection_pool)
+        self._async_clients: LoopLocal[AsyncRedis | None] = LoopLocal(self._new_async_client, _close_async_client)
+        self._queue_keys: dict[tuple[str, int], str] = {}
         self.scripts = Scripts(self.client)
         self._dead = RedisDeadLetters(self.client, self.layout)
         self._declared: set[str] = set()
         self._lock = threading.Lock()
+
+    def _new_async_client(self) -> AsyncRedis | None:
+        params = params_of(self.client.connection_pool)
+        return None if params is None else AsyncRedis(params)
 
     @property
     def lease_renew_interval(self) -> float:
@@ -112,20 +121,83 @@ class RedisBroker(Broker):
     # --- publishing ---------------------------------------------------------------------------------------
 
     def publish(self, batch: Sequence[Outgoing]) -> None:
+        """LPUSH every message to its list, in one round trip (with the first use of a queue's bindings).
+
+        Messages for the same list go in one LPUSH of many values (in order, so they are served in order);
+        several such commands are wrapped in MULTI/EXEC, so a batch is stored whole or not at all.
+        """
         if not batch:
             return
-        layout = self.layout
-        undeclared = {out.queue for out in batch if not out.exchange and out.queue not in self._declared}
-        if undeclared:
-            self.declare(sorted(undeclared))  # as Celery's producers declare a queue before first use
-        pipe = self.client.pipeline(transaction=False)
+        if len(batch) == 1 and not batch[0].exchange and batch[0].queue in self._declared:
+            out = batch[0]  # the common case (one delay()), without the batch's bookkeeping
+            try:
+                self.commands.execute([('LPUSH', self._queue_key(out.routing_key, out.priority), out.to_envelope())])
+            except CONNECTION_ERRORS as exc:
+                raise BrokerConnectionError(f'{self.describe()}: {exc}') from exc
+            return
+        commands, undeclared = self._publish_commands(batch)
+        try:
+            replies = self.commands.execute(commands)
+        except CONNECTION_ERRORS as exc:
+            raise BrokerConnectionError(f'{self.describe()}: {exc}') from exc
+        self._published(commands, replies, undeclared)
+
+    async def apublish(self, batch: Sequence[Outgoing]) -> None:
+        """As `publish`, on this event loop's redis.asyncio connections (Sentinel: in the default executor)."""
+        if not batch:
+            return
+        client = await self._async_clients.get()
+        if client is None:
+            await super().apublish(batch)
+            return
+        commands, undeclared = self._publish_commands(batch)
+        try:
+            replies = await client.execute(commands)
+        except CONNECTION_ERRORS as exc:
+            raise BrokerConnectionError(f'{self.describe()}: {exc}') from exc
+        self._published(commands, replies, undeclared)
+
+    def _publish_commands(self, batch: Sequence[Outgoing]) -> tuple[list[tuple[Any, ...]], list[str]]:
+        """The commands that publish `batch`, and the queues they declare (see `publish`)."""
+        pushes: dict[str, list[bytes]] = {}
+        keys = self._queue_keys
         for out in batch:
-            payload = out.message.to_envelope(
-                out.exchange, out.routing_key, out.priority, out.delivery_mode, out.expiration, str(uuid.uuid4())
-            )
-            for queue in self._route(out):
-                pipe.lpush(layout.queue_key(queue, out.priority), payload)
-        pipe.execute()
+            payload = out.envelope if out.envelope is not None else out.to_envelope()
+            targets: Sequence[str]
+            if out.exchange:
+                targets = [self._queue_key(queue, out.priority) for queue in self._route(out)]
+            else:  # the default exchange: its routing key names the queue (most messages; kept short)
+                key = keys.get((out.routing_key, out.priority)) or self._queue_key(out.routing_key, out.priority)
+                targets = (key,)
+            for key in targets:
+                values = pushes.get(key)
+                if values is None:
+                    pushes[key] = [payload]
+                else:
+                    values.append(payload)
+        commands: list[tuple[Any, ...]] = []
+        for key, values in pushes.items():
+            for start in range(0, len(values), LPUSH_CHUNK):
+                commands.append(('LPUSH', key, *values[start : start + LPUSH_CHUNK]))
+        if len(commands) > 1:
+            commands = [('MULTI',), *commands, ('EXEC',)]
+        undeclared = sorted({out.queue for out in batch if not out.exchange and out.queue not in self._declared})
+        # As Celery's producers declare a queue before first use; in the same round trip.
+        return [*self._declare_commands(undeclared), *commands], undeclared
+
+    def _published(self, commands: list[tuple[Any, ...]], replies: list[Any], undeclared: list[str]) -> None:
+        if commands[-1][0] == 'EXEC':
+            failed = [r for r in replies[-1] or () if isinstance(r, Exception)]
+            if replies[-1] is None or failed:
+                raise OperationalError(f'{self.describe()}: publishing failed: {failed or "transaction aborted"}')
+        self._declared.update(undeclared)
+
+    def _queue_key(self, queue: str, priority: int) -> str:
+        keys = self._queue_keys
+        key = keys.get((queue, priority))
+        if key is None:
+            key = keys[queue, priority] = self.layout.queue_key(queue, priority)
+        return key
 
     def _route(self, out: Outgoing) -> list[str]:
         """Queues for a message: its queue for the default exchange, else the exchange's bindings (kombu)."""
@@ -148,17 +220,23 @@ class RedisBroker(Broker):
 
     def declare(self, queues: Sequence[str]) -> None:
         """Bind queues to the direct exchange of the same name, as Celery declares them."""
-        layout = self.layout
         new = [q for q in queues if q not in self._declared]
         if not new:
             return
-        with self.client.pipeline(transaction=False) as pipe:
-            for q in new:
-                member = layout.binding_member(q, q)
-                pipe.sadd(layout.binding_key(q), member)
-                pipe.sadd(f'{layout.prefix}_kombu.binding_permanent.{q}', member)
-            pipe.execute()
+        try:
+            self.commands.execute(self._declare_commands(new))
+        except CONNECTION_ERRORS as exc:
+            raise BrokerConnectionError(f'{self.describe()}: {exc}') from exc
         self._declared.update(new)
+
+    def _declare_commands(self, queues: Sequence[str]) -> list[tuple[Any, ...]]:
+        layout = self.layout
+        commands: list[tuple[Any, ...]] = []
+        for q in queues:
+            member = layout.binding_member(q, q)
+            commands.append(('SADD', layout.binding_key(q), member))
+            commands.append(('SADD', f'{layout.prefix}_kombu.binding_permanent.{q}', member))
+        return commands
 
     def _publish_raw(self, queue: str, payload: bytes) -> None:
         try:
@@ -350,7 +428,16 @@ class RedisBroker(Broker):
         return None if value is None else _text(value)
 
     def close(self) -> None:
+        self.commands.close()
         self.client.close()
+
+    async def aclose(self) -> None:
+        await self._async_clients.aclose()
+
+
+async def _close_async_client(client: AsyncRedis | None) -> None:
+    if client is not None:
+        await client.aclose()
 
 
 def _millis(seconds: float) -> int:

@@ -9,7 +9,9 @@ Every connection made here has a socket timeout (a dead peer must not hang a wor
 
 from __future__ import annotations
 
+import os
 import ssl
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -17,6 +19,15 @@ from fastq.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
     import redis
+
+#: What redis-py raises when the server cannot be reached or stops answering.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (OSError,)
+try:
+    import redis as _redis
+
+    CONNECTION_ERRORS += (_redis.ConnectionError, _redis.TimeoutError)
+except ImportError:  # reported when a Redis URL is used (see _import_redis)
+    pass
 
 DEFAULT_PORT = 6379
 DEFAULT_SENTINEL_PORT = 26379
@@ -151,3 +162,91 @@ def database_of(url: str) -> int:
         path = urlsplit(first).path.strip('/')
         return int(path or 0)
     return int(parse_url(first).get('db', 0))
+
+
+class Commands:
+    """Pipelines of commands, one round trip each, on connections of its own that stay open between uses.
+
+    Publishing is a single LPUSH most of the time, and redis-py's client costs as much as the round trip
+    around it: its pool polls every borrowed connection for stray data, and each call passes through retry,
+    parsing and response-callback layers. Here a connection is taken from an idle stack, the commands are
+    written in one `sendall`, the replies read, and the connection put back. Each connection is used by one
+    thread at a time (taking and returning one is a single list operation, atomic in CPython); a connection
+    that failed is closed before it is returned, so no reply of an interrupted call is ever read as another's.
+    A forked child starts with no connections (its parent's sockets are not shared).
+    """
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self.pool = pool
+        self._idle: list[Any] = []
+        self._pid = os.getpid()
+        # Connections of other pools (Sentinel's) find their server through the pool: borrow them there.
+        self._own = type(pool) is _import_redis().ConnectionPool
+
+    def _take(self) -> Any:
+        if not self._own:
+            try:
+                return self.pool.get_connection()
+            except TypeError:  # redis-py < 5.3 wants a command name
+                return self.pool.get_connection('LPUSH')  # type: ignore[call-arg,unused-ignore]
+        if self._pid != os.getpid():
+            self._idle = []
+            self._pid = os.getpid()
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self.pool.connection_class(**self.pool.connection_kwargs)
+
+    def _give(self, conn: Any) -> None:
+        if self._own:
+            self._idle.append(conn)
+        else:
+            self.pool.release(conn)
+
+    def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send `commands` in one write and return their replies; an error reply is raised (ResponseError)."""
+        conn = self._take()
+        try:
+            conn.send_packed_command(pack(commands))
+            replies = [conn.read_response() for _ in commands]
+        except BaseException:
+            conn.disconnect()
+            self._give(conn)
+            raise
+        self._give(conn)
+        return replies
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.disconnect()
+
+
+#: Commands are packed into buffers of about this size: one `sendall` for a publish, a few for a batch,
+#: without copying a whole batch into one buffer.
+PACK_BUFFER = 256 * 1024
+
+
+def _arg(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return (value if isinstance(value, str) else str(value)).encode()
+
+
+def pack(commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
+    """The RESP encoding of `commands` (str, bytes, int arguments), in buffers of about PACK_BUFFER bytes."""
+    buffers: list[bytes] = []
+    parts: list[bytes] = []
+    size = 0
+    for command in commands:
+        parts.append(b'*%d\r\n' % len(command))
+        for value in command:
+            data = value if type(value) is bytes else _arg(value)
+            parts.append(b'$%d\r\n%s\r\n' % (len(data), data))
+            size += len(data) + 16
+            if size >= PACK_BUFFER:
+                buffers.append(b''.join(parts))
+                parts, size = [], 0
+    if parts:
+        buffers.append(b''.join(parts))
+    return buffers

@@ -1,0 +1,458 @@
+"""The client side of sending: cached send plans, envelopes built by Rust in batches, group publishing in one
+batch, and the asyncio client (`adelay`, `aapply_async`, `aget`) on the memory, SQLite and Redis brokers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fastq import Fastq, _core, group, signals, states
+from fastq.brokers.base import Outgoing
+from fastq.exceptions import TimeoutError
+from fastq.result import GroupResult
+from fastq.serialization import json_default
+from fastq.utils.text import saferepr
+
+
+@pytest.fixture
+def app(any_app: Fastq) -> Fastq:
+    return any_app
+
+
+def _tasks(app: Fastq) -> Any:
+    @app.task(name='client.add', shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name='client.noop', shared=False, ignore_result=True)
+    def noop() -> None:
+        return None
+
+    return add, noop
+
+
+def _memory_payloads(app: Fastq) -> list[dict[str, Any]]:
+    from fastq.brokers.memory import MemoryBroker
+
+    broker = app.broker
+    assert isinstance(broker, MemoryBroker)
+    return [json.loads(m.payload) for m in broker._state.messages.values()]
+
+
+# --- envelopes --------------------------------------------------------------------------------------------
+
+
+FIELDS: dict[str, Any] = dict(
+    task_id='tid',
+    name='t.add',
+    shadow=None,
+    eta=None,
+    expires=None,
+    group_id=None,
+    group_index=None,
+    retries=0,
+    time_limit=None,
+    soft_time_limit=None,
+    root_id='tid',
+    parent_id=None,
+    argsrepr=None,
+    kwargsrepr=None,
+    origin='gen1@host',
+    ignore_result=False,
+    replaced_task_nesting=0,
+    stamped_headers=None,
+    stamps={},
+    extra_headers=None,
+    reply_to='oid',
+    args=(1, 2),
+    kwargs={},
+    callbacks=None,
+    errbacks=None,
+    chain=None,
+    chord=None,
+    serializer='json',
+    compression=None,
+    exchange='',
+    routing_key='celery',
+    priority=0,
+    delivery_mode=2,
+    expiration=None,
+    delivery_tag='tag',
+)
+
+
+class _Unrepresentable:
+    def __repr__(self) -> str:
+        raise RuntimeError('no repr')
+
+    def __json__(self) -> str:
+        return 'x'
+
+
+@pytest.mark.parametrize(
+    'changes',
+    [
+        {},
+        {'args': (), 'kwargs': {'a': [1, 2]}, 'serializer': 'msgpack', 'compression': 'application/x-gzip'},
+        {'extra_headers': {'x': 1, 'task': 'replaced', 'compression': 'stale'}, 'compression': 'application/x-bz2'},
+        {'extra_headers': {'x': 1}, 'stamped_headers': ['s'], 'stamps': {'s': [1]}, 'time_limit': 10},
+        {'soft_time_limit': 5.5, 'group_id': 'g', 'group_index': 3, 'eta': '2030-01-01T00:00:00+00:00'},
+        {'expiration': '1000', 'priority': 7, 'exchange': 'ex', 'delivery_mode': 1},
+        {'args': ('x' * 5000,)},
+        {'args': (1,), 'argsrepr': 'hidden', 'kwargsrepr': 'hidden too'},
+        {'args': (_Unrepresentable(),)},
+        {'callbacks': [{'task': 'a', 'args': [], 'kwargs': {}, 'options': {}}], 'chord': {'task': 'b'}},
+    ],
+)
+def test_task_envelopes_match_task_message_then_to_envelope(changes: dict[str, Any]) -> None:
+    """One definition of the format: the batch builder writes the bytes the two-step path writes."""
+    f = {**FIELDS, **changes}
+    body, content_type, encoding = _core.encode_task_body(
+        f['args'], f['kwargs'], f['callbacks'], f['errbacks'], f['chain'], f['chord'], f['serializer'], json_default
+    )
+    message = _core.task_message(
+        f['task_id'], f['name'], f['shadow'], f['eta'], f['expires'], f['group_id'], f['group_index'], f['retries'],
+        f['time_limit'], f['soft_time_limit'], f['root_id'], f['parent_id'],
+        f['argsrepr'] if f['argsrepr'] is not None else saferepr(f['args']),
+        f['kwargsrepr'] if f['kwargsrepr'] is not None else saferepr(f['kwargs']),
+        f['origin'], f['ignore_result'], f['replaced_task_nesting'], f['stamped_headers'], f['stamps'],
+        f['extra_headers'], f['reply_to'], body, content_type, encoding, f['compression'],
+    )  # fmt: skip
+    expected = message.to_envelope(
+        f['exchange'], f['routing_key'], f['priority'], f['delivery_mode'], f['expiration'], f['delivery_tag']
+    )
+    assert _core.task_envelopes([tuple(f.values())], json_default, saferepr) == [expected]
+
+
+def test_task_envelopes_errors() -> None:
+    with pytest.raises(ValueError, match='35 fields'):
+        _core.task_envelopes([(1, 2)], None, saferepr)
+    with pytest.raises(TypeError, match='not JSON serializable'):
+        _core.task_envelopes([tuple({**FIELDS, 'args': (object(),)}.values())], None, saferepr)
+    with pytest.raises(ValueError, match='serializer'):
+        _core.task_envelopes([tuple({**FIELDS, 'serializer': 'pickle'}.values())], None, saferepr)
+
+
+def test_uuid4s() -> None:
+    ids = _core.uuid4s(bytes(range(32)))
+    assert ids == [str(uuid.UUID(bytes=bytes(range(i, i + 16)), version=4)) for i in (0, 16)]
+    assert all(uuid.UUID(i).version == 4 for i in _core.uuid4s(uuid.uuid4().bytes * 4))
+    with pytest.raises(ValueError, match='multiple of 16'):
+        _core.uuid4s(b'x' * 17)
+
+
+def test_envelope_same_with_and_without_publish_signals(memory_app: Fastq) -> None:
+    """A before_task_publish receiver gets the headers as a dict (built in Python), and the bytes stay the same."""
+    add, _ = _tasks(memory_app)
+    add.apply_async((1, 2), task_id='same-id', countdown=30, priority=3, headers={'h': 1})
+    fast = _memory_payloads(memory_app)[-1]
+    seen: list[dict[str, Any]] = []
+
+    def receiver(headers: dict[str, Any], **kwargs: Any) -> None:
+        seen.append(headers)
+
+    signals.before_task_publish.connect(receiver)
+    try:
+        add.apply_async((1, 2), task_id='same-id', countdown=30, priority=3, headers={'h': 1})
+    finally:
+        signals.before_task_publish.disconnect(receiver)
+    slow = _memory_payloads(memory_app)[-1]
+    assert seen and seen[0]['id'] == 'same-id'
+    for doc in (fast, slow):
+        doc['properties'].pop('delivery_tag')
+        doc['headers'].pop('eta')  # a countdown from two different moments
+        doc['headers'].pop('expires', None)
+    assert fast == slow
+
+
+# --- send plans ---------------------------------------------------------------------------------------------
+
+
+def _queues(app: Fastq) -> list[str]:
+    from fastq.brokers.memory import MemoryBroker
+
+    broker = app.broker
+    assert isinstance(broker, MemoryBroker)
+    return [m.queue for m in broker._state.messages.values()]
+
+
+def test_plan_follows_settings_and_task_attributes(memory_app: Fastq) -> None:
+    add, _ = _tasks(memory_app)
+    add.delay(1, 1)
+    memory_app.conf.task_default_queue = 'other'
+    add.delay(1, 1)
+    add.queue = 'own'  # changed at runtime: the next call sees it
+    add.delay(1, 1)
+    add.queue = None
+    add.apply_async((1, 1), queue='given')
+    assert _queues(memory_app) == ['celery', 'other', 'own', 'given']
+
+
+def test_router_functions_see_every_call(memory_app: Fastq) -> None:
+    def route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
+        return {'queue': f'q{args[0]}'}
+
+    memory_app.conf.task_routes = [route]
+    add, _ = _tasks(memory_app)
+    add.delay(1, 1)
+    add.delay(2, 2)
+    assert _queues(memory_app) == ['q1', 'q2']
+
+
+def test_unhashable_options_are_not_cached(memory_app: Fastq) -> None:
+    add, _ = _tasks(memory_app)
+    add.apply_async((1, 1), headers={'a': [1]})
+    add.apply_async((1, 1), headers={'a': [2]})
+    assert [p['headers']['a'] for p in _memory_payloads(memory_app)] == [[1], [2]]
+
+
+# --- batch publishing -----------------------------------------------------------------------------------------
+
+
+def test_group_is_one_publish(app: Fastq, monkeypatch: pytest.MonkeyPatch) -> None:
+    add, _ = _tasks(app)
+    batches: list[int] = []
+    publish = app.broker.publish
+
+    def counting(batch: Any) -> None:
+        batches.append(len(batch))
+        publish(batch)
+
+    monkeypatch.setattr(app.broker, 'publish', counting)
+    result = group(add.s(i, i) for i in range(2500)).apply_async()
+    assert batches == [2500]
+    assert app.broker.qsize('celery') == 2500
+    assert len(result) == 2500 and len({r.id for r in result}) == 2500
+
+
+def test_group_messages_in_order_with_their_ids(app: Fastq) -> None:
+    """Every message carries the group id, its index and its own task id, in the group's order (also across
+    Redis LPUSH chunks); GroupResult.save/restore are untouched by batching."""
+    add, _ = _tasks(app)
+    n = 2100
+    result = group(add.s(i, i) for i in range(n)).apply_async()
+    consumer = app.broker.consumer(['celery'], 'test')
+    seen: list[tuple[str, int, str]] = []
+    while len(seen) < n:
+        for delivery in consumer.fetch(500, 5.0):
+            assert delivery.message is not None
+            h = delivery.message.headers
+            seen.append((h['group'], h['group_index'], h['id']))
+            consumer.ack([delivery.tag])
+    consumer.close()
+    assert seen == [(result.id, i, r.id) for i, r in enumerate(result.results)]
+    if app.backend.persistent:
+        result.save()
+        restored = GroupResult.restore(result.id, app=app)
+        assert restored is not None and [r.id for r in restored] == [r.id for r in result.results]
+
+
+def test_group_with_workflows_and_options(memory_app: Fastq) -> None:
+    add, _ = _tasks(memory_app)
+    g = group(add.s(1, 1), add.s(2, 2).set(queue='q2', priority=5), add.s(3, 3) | add.s(4), add.si(5, 5))
+    result = g.apply_async(countdown=10)
+    payloads = _memory_payloads(memory_app)
+    by_id = {p['headers']['id']: p for p in payloads}
+    assert len(result) == 4
+    assert by_id[result.results[1].id]['properties']['priority'] == 5
+    assert _queues(memory_app).count('q2') == 1
+    assert all(p['headers']['eta'] for p in payloads)  # the group's countdown reached every task
+    assert [by_id[r.id]['headers']['group_index'] for r in result.results if r.id in by_id] == [0, 1, 3]
+
+
+# --- the asyncio client -----------------------------------------------------------------------------------
+
+
+def _store_later(app: Fastq, task_id: str, value: Any, state: str = states.SUCCESS, delay: float = 0.2) -> None:
+    def store() -> None:
+        time.sleep(delay)
+        app.backend.store_result(task_id, value, state)
+
+    threading.Thread(target=store, daemon=True).start()
+
+
+def test_adelay_publishes_and_aget_waits(app: Fastq) -> None:
+    add, noop = _tasks(app)
+
+    async def main() -> None:
+        result = await add.adelay(2, 3)
+        assert app.broker.qsize('celery') == 1  # on the broker once adelay returned
+        _store_later(app, result.id, 5)
+        assert await result.aget(timeout=30) == 5
+        assert await result.aget(timeout=0) == 5  # cached
+        assert (await noop.adelay()).ignored
+        other = await add.aapply_async((1, 1), task_id='fixed-id', queue='q9')
+        assert other.id == 'fixed-id' and app.broker.qsize('q9') == 1
+
+    asyncio.run(main())
+
+
+def test_aget_raises_the_task_error_and_times_out(app: Fastq) -> None:
+    add, _ = _tasks(app)
+
+    async def main() -> None:
+        result = await add.adelay(1, 1)
+        with pytest.raises(TimeoutError):
+            await result.aget(timeout=0.3)
+        _store_later(app, result.id, KeyError('nope'), states.FAILURE)
+        with pytest.raises(KeyError):
+            await result.aget(timeout=30)
+        assert isinstance(await result.aget(propagate=False), KeyError)
+
+    asyncio.run(main())
+
+
+def test_many_concurrent_agets_in_one_loop(app: Fastq) -> None:
+    add, _ = _tasks(app)
+
+    async def one(i: int) -> int:
+        result = await add.adelay(i, i)
+        _store_later(app, result.id, i + i, delay=0.05)
+        value: int = await result.aget(timeout=60)
+        return value
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(one(i) for i in range(200)))
+
+    assert asyncio.run(main()) == [i + i for i in range(200)]
+
+
+def test_async_client_per_loop(redis_url: str) -> None:
+    """Each loop gets its own connections, closed when asyncio.run shuts the loop down (no warning: the
+    suite turns ResourceWarnings into errors)."""
+    app = Fastq('t', broker=redis_url, backend=redis_url, set_as_current=False)
+    add, _ = _tasks(app)
+    try:
+        for _ in range(3):
+            asyncio.run(add.adelay(1, 1))
+        loops: list[Any] = []
+
+        def in_thread() -> None:
+            async def main() -> None:
+                await add.adelay(1, 1)
+                loops.append(app.broker._async_clients.peek())  # type: ignore[attr-defined]
+
+            asyncio.run(main())
+
+        threads = [threading.Thread(target=in_thread) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len({id(c) for c in loops}) == 3
+        assert app.broker.qsize('celery') == 6
+
+        async def explicit_close() -> None:
+            await add.adelay(1, 1)
+            await app.aclose()
+            await add.adelay(1, 1)  # a new connection after an explicit close
+            await app.aclose()
+
+        asyncio.run(explicit_close())
+        assert app.broker.qsize('celery') == 8
+    finally:
+        app.close()
+
+
+def test_redis_batch_is_one_transaction(redis_url: str) -> None:
+    """Several LPUSH commands (priorities, big batches) go in one MULTI/EXEC, and an error inside it is raised
+    (Redis runs the other commands of a transaction whatever one of them answers: the error must not be lost)."""
+    import redis
+
+    app = Fastq('t', broker=redis_url, set_as_current=False)
+    add, _ = _tasks(app)
+    try:
+        group(add.s(1, 1), add.s(2, 2).set(priority=9)).apply_async()
+        assert app.broker.qsize('celery') == 2
+        client = redis.Redis.from_url(redis_url)
+        client.set('celery', 'not a list')  # the priority-0 LPUSH fails inside the transaction
+        client.delete(app.broker.layout.queue_key('celery', 9))  # type: ignore[attr-defined]
+        with pytest.raises(Exception, match='WRONGTYPE|publishing failed'):
+            group(add.s(1, 1), add.s(2, 2).set(priority=9)).apply_async()
+        client.close()
+    finally:
+        app.close()
+
+
+def test_outgoing_without_message_needs_envelope() -> None:
+    with pytest.raises(ValueError, match='message or an envelope'):
+        Outgoing(None, 'q').to_envelope()
+
+
+@pytest.fixture
+def eager_app() -> Iterator[Fastq]:
+    app = Fastq('t', broker='memory://', backend='memory://', set_as_current=False, task_always_eager=True)
+    yield app
+    app.close()
+
+
+def test_aapply_async_eager(eager_app: Fastq) -> None:
+    add, _ = _tasks(eager_app)
+
+    async def main() -> int:
+        result = await add.adelay(2, 2)
+        value: int = await result.aget()
+        return value
+
+    assert asyncio.run(main()) == 4
+
+
+def test_async_client_survives_a_redis_restart() -> None:
+    """A lost connection fails the calls on it; the publish retry policy and the listener reconnect."""
+    from tests.servers import RedisServer
+
+    server = RedisServer()
+    app = Fastq('t', broker=server.url(1), backend=server.url(1), set_as_current=False)
+    add, _ = _tasks(app)
+
+    async def main() -> None:
+        first = await add.adelay(1, 1)
+        _store_later(app, first.id, 2, delay=0.05)
+        assert await first.aget(timeout=30) == 2
+        server.restart()
+        second = await add.adelay(2, 2)  # the old connection is dead: retried on a new one
+        _store_later(app, second.id, 4, delay=0.05)
+        assert await second.aget(timeout=30) == 4
+
+    try:
+        app.conf.task_publish_retry_policy = {'max_retries': 5, 'interval_start': 0.2}
+        app.conf.result_backend_transport_options = {'retry_policy': {'interval_start': 0.2, 'interval_step': 0.2}}
+        asyncio.run(main())
+        assert app.broker.qsize('celery') == 1  # the first was lost with the server's memory; the second is there
+    finally:
+        app.close()
+        server.close()
+
+
+def test_loop_local_closes_on_loop_shutdown() -> None:
+    from fastq.utils.loops import LoopLocal
+
+    closed: list[int] = []
+    made = iter(range(10))
+
+    async def close(value: int) -> None:
+        closed.append(value)
+
+    local: LoopLocal[int] = LoopLocal(lambda: next(made), close)
+
+    async def use() -> tuple[int, int]:
+        return await local.get(), await local.get()
+
+    assert asyncio.run(use()) == (0, 0) and closed == [0]
+    assert asyncio.run(use()) == (1, 1) and closed == [0, 1]
+
+    async def explicit() -> int:
+        await local.get()
+        await local.aclose()
+        return await local.get()
+
+    assert asyncio.run(explicit()) == 3 and closed == [0, 1, 2, 3]
+    assert local.peek() is None
