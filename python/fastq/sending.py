@@ -234,6 +234,10 @@ def _as_list(value: Any) -> list[Any] | None:
     return [value]
 
 
+# Positions in the envelope fields tuple (`_core.task_envelopes`' order) that sending reads back.
+_NAME, _ARGS, _KWARGS, _EXCHANGE, _ROUTING_KEY, _TAG = 1, 21, 22, 29, 30, 34
+
+
 class _Message:
     """One message being prepared: its envelope fields (in `task_envelopes` order) and delivery details."""
 
@@ -348,23 +352,29 @@ def _outgoing(messages: Sequence[_Message]) -> list[Outgoing]:
     out = []
     for m in messages:
         f, plan = m.fields, m.plan
+        exchange, routing_key, priority, delivery_mode, expiration = f[_EXCHANGE:_TAG]
         if plan.native and not hooked:
-            out.append(Outgoing(None, plan.queue, f[29], f[30], f[31], f[32], f[33], m.eta, next(envelopes)))
+            envelope = next(envelopes)
+            out.append(
+                Outgoing(None, plan.queue, exchange, routing_key, priority, delivery_mode, expiration, m.eta, envelope)
+            )
             continue
         message = protocol.message_from_fields(f)
         if signals.before_task_publish.receivers:
             signals.before_task_publish.send(
-                sender=f[1],
-                body=(list(f[21]), f[22], None),
-                exchange=f[29],
-                routing_key=f[30],
+                sender=f[_NAME],
+                body=(list(f[_ARGS]), f[_KWARGS], None),
+                exchange=exchange,
+                routing_key=routing_key,
                 headers=message.headers,
                 properties=message.properties,
                 declare=[],
                 retry_policy=plan.retry_policy,
             )
-        envelope = message.to_envelope(f[29], f[30], f[31], f[32], f[33], f[34])
-        out.append(Outgoing(message, plan.queue, f[29], f[30], f[31], f[32], f[33], m.eta, envelope))
+        envelope = message.to_envelope(exchange, routing_key, priority, delivery_mode, expiration, f[_TAG])
+        out.append(
+            Outgoing(message, plan.queue, exchange, routing_key, priority, delivery_mode, expiration, m.eta, envelope)
+        )
     return out
 
 
@@ -373,7 +383,11 @@ def _after_publish(messages: Sequence[_Message], outgoing: Sequence[Outgoing]) -
         f = m.fields
         headers = out.message.headers if out.message is not None else None
         signals.after_task_publish.send(
-            sender=f[1], body=(list(f[21]), f[22], None), headers=headers, exchange=f[29], routing_key=f[30]
+            sender=f[_NAME],
+            body=(list(f[_ARGS]), f[_KWARGS], None),
+            headers=headers,
+            exchange=f[_EXCHANGE],
+            routing_key=f[_ROUTING_KEY],
         )
 
 
