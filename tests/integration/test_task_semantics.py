@@ -144,15 +144,17 @@ def test_rate_limit_per_worker_and_at_runtime(sem: Any, sworker: Any, tmp_path: 
 
 
 def test_fleet_wide_rate_limit_across_workers(sem: Any, sworker: Any, tmp_path: Path) -> None:
-    sworker('-n', 'a@%h')
-    sworker('-n', 'b@%h')
+    # a prefetch window of 2 each, so that neither worker can reserve all 8 tasks
+    sworker('-n', 'a@%h', '--prefetch-multiplier', '1')
+    sworker('-n', 'b@%h', '--prefetch-multiplier', '1')
     out = tmp_path / 'fleet.txt'
     results = [sem.fleet_limited.delay(str(out), str(i)) for i in range(8)]
     [r.get(timeout=60) for r in results]
     times = _times(out)
     assert len({line.split()[2] for line in lines(out)}) >= 2  # both workers' children ran some
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert min(gaps) >= 0.2  # 4/s for the whole fleet, not per worker
+    # 4/s for the whole fleet, not per worker (8/s): 8 starts span at least 7 token intervals. A start may
+    # lag its token on a loaded machine, which can only shorten one gap, so allow one interval for it.
+    assert times[-1] - times[0] >= 6 * 0.25
 
 
 def test_routing_globs_functions_and_queues(sem: Any, sworker: Any, tasks: Any, tmp_path: Path) -> None:
