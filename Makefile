@@ -56,7 +56,7 @@ test: ## run the Rust and Python test suites
 	$(PY) -m pytest -q
 
 .PHONY: bench
-bench: ## full benchmarks (~30-60 min): micro benches, then fastq vs Celery, 3 rounds; writes benches/RESULTS.md + results.png
+bench: ## full benchmarks (75 min on the shared 2-core machine): micro benches, then fastq vs Celery, 3 rounds; writes benches/RESULTS.md + results.png
 	$(PY) -m pytest benches -q --benchmark-columns=min,median,ops -p no:cacheprovider
 	$(PY) benches/macro.py
 
