@@ -450,9 +450,9 @@ class Fastq:
         **options: Any,
     ) -> AsyncResult[Any]:
         """Send a task by name (it need not be registered here); returns its `AsyncResult`."""
-        from fastq.sending import send_task_message
+        from fastq.sending import send_keywords, send_task_message
 
-        kw = _send_keywords(locals(), options)
+        kw = send_keywords(locals(), options)
         return send_task_message(self, name, tuple(args or ()), dict(kwargs or {}), task_type, kw, options)
 
     async def asend_task(
@@ -483,9 +483,9 @@ class Fastq:
     ) -> AsyncResult[Any]:
         """`send_task` for code running in an event loop: the publish is awaited on the loop's own broker
         connection (see `Task.aapply_async`)."""
-        from fastq.sending import asend_task_message
+        from fastq.sending import asend_task_message, send_keywords
 
-        kw = _send_keywords(locals(), options)
+        kw = send_keywords(locals(), options)
         return await asend_task_message(self, name, tuple(args or ()), dict(kwargs or {}), task_type, kw, options)
 
     def publish(self, batch: Sequence[Outgoing]) -> None:
@@ -580,33 +580,3 @@ class Fastq:
 
 
 Celery = Fastq
-
-#: `send_task` parameters that describe the message itself (fastq.sending.SEND_KEYWORDS, minus those only
-#: passed as options).
-_KEYWORD_PARAMS = (
-    'countdown',
-    'eta',
-    'task_id',
-    'expires',
-    'link',
-    'link_error',
-    'group_id',
-    'group_index',
-    'retries',
-    'chord',
-    'chain',
-    'reply_to',
-    'time_limit',
-    'soft_time_limit',
-    'root_id',
-    'parent_id',
-    'shadow',
-    'replaced_task_nesting',
-)
-
-
-def _send_keywords(params: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    kw = {key: params[key] for key in _KEYWORD_PARAMS}
-    kw['argsrepr'] = options.pop('argsrepr', None)
-    kw['kwargsrepr'] = options.pop('kwargsrepr', None)
-    return kw

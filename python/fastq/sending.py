@@ -44,6 +44,7 @@ __all__ = [
     'plan_for',
     'publish_with_retry',
     'send_batch',
+    'send_keywords',
     'send_task_message',
 ]
 
@@ -80,6 +81,17 @@ SEND_KEYWORDS = (
     'argsrepr',
     'kwargsrepr',
 )
+#: Of those, the ones passed only as options (not parameters of `send_task`).
+_OPTION_ONLY_KEYWORDS = ('argsrepr', 'kwargsrepr')
+
+
+def send_keywords(params: Mapping[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """A call's `SEND_KEYWORDS` from `send_task`'s parameters (`locals()`), and from `options` the ones only
+    passed there (removed from `options`)."""
+    kw = {key: params[key] for key in SEND_KEYWORDS if key not in _OPTION_ONLY_KEYWORDS}
+    for key in _OPTION_ONLY_KEYWORDS:
+        kw[key] = options.pop(key, None)
+    return kw
 
 
 class SendPlan:

@@ -229,6 +229,18 @@ class Task(Generic[P, R]):
         except TypeError as exc:
             raise TypeError(f'{self.name}() {str(exc).partition("() ")[2] or exc}') from None
 
+    def _checked_call(
+        self, args: tuple[Any, ...] | list[Any] | None, kwargs: dict[str, Any] | None
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The checks every send makes in the caller: limits that fit, and (with `typing`) the arguments."""
+        if self.soft_time_limit and self.time_limit and self.soft_time_limit > self.time_limit:
+            raise ValueError('soft_time_limit must be less than or equal to time_limit')
+        args = tuple(args or ())
+        kwargs = dict(kwargs or {})
+        if self.typing:
+            self.check_arguments(args, kwargs)
+        return args, kwargs
+
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send the task with these arguments (the star-args shortcut of `apply_async`)."""
         return self.apply_async(args, kwargs)
@@ -244,12 +256,7 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> AsyncResult[R]:
         """Send the task; options are Celery's (countdown, eta, expires, queue, priority, serializer, ...)."""
-        if self.soft_time_limit and self.time_limit and self.soft_time_limit > self.time_limit:
-            raise ValueError('soft_time_limit must be less than or equal to time_limit')
-        args = tuple(args or ())
-        kwargs = dict(kwargs or {})
-        if self.typing:
-            self.check_arguments(args, kwargs)
+        args, kwargs = self._checked_call(args, kwargs)
         app = self.app
         if app.conf.task_always_eager:
             options = {**self._exec_options(), **options}
@@ -291,12 +298,7 @@ class Task(Generic[P, R]):
         publish is a local write, it runs in the loop's default executor. With `task_always_eager` the task
         runs here, synchronously, as `apply_async` would run it.
         """
-        if self.soft_time_limit and self.time_limit and self.soft_time_limit > self.time_limit:
-            raise ValueError('soft_time_limit must be less than or equal to time_limit')
-        args = tuple(args or ())
-        kwargs = dict(kwargs or {})
-        if self.typing:
-            self.check_arguments(args, kwargs)
+        args, kwargs = self._checked_call(args, kwargs)
         app = self.app
         if app.conf.task_always_eager:
             return self.apply_async(args, kwargs, task_id, link, link_error, shadow, **options)

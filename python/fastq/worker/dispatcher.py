@@ -30,7 +30,7 @@ from fastq.exceptions import (
     WorkerLostError,
 )
 from fastq.protocol import parse_task_headers
-from fastq.worker.job import DECODE_ERROR, Job
+from fastq.worker.job import DECODE_ERROR, Job, embed_into, request_of
 from fastq.worker.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -507,32 +507,24 @@ class Dispatcher:
 
 
 def outside_context(d: Delivery, request: Any, hostname: str, accept: frozenset[str]) -> Any:
-    """A task's request built in the parent, from its headers and (only for workflow members) its body."""
+    """A task's request built in the parent as an executor would build it (`request_of`), body included:
+    only rare paths (revoked, expired, killed) need it, so decoding the body here is affordable."""
     from fastq.protocol import decode_body
     from fastq.task import Context
 
     message = d.message
-    headers = message.headers if message is not None else {}
-    ctx = Context(
-        id=request.id,
-        task=request.task,
-        group=headers.get('group'),
-        group_index=headers.get('group_index'),
-        root_id=headers.get('root_id'),
-        parent_id=headers.get('parent_id'),
-        retries=request.retries,
-        hostname=hostname,
-        delivery_info={'routing_key': d.queue},
-        called_directly=False,
-    )
-    if message is not None:  # rare paths (revoked, expired, killed): decoding the body here is affordable
-        try:
-            args, kwargs, embed = decode_body(message.body, message.content_type, headers.get('compression'), accept)
-        except Exception:  # the part cannot be returned; the state is still stored
-            return ctx
-        ctx.update(args=args, kwargs=kwargs, chord=embed.get('chord'), chain=embed.get('chain'),
-                   callbacks=embed.get('callbacks'), errbacks=embed.get('errbacks'))  # fmt: skip
-    return ctx
+    if message is None:
+        return Context(id=request.id, task=request.task, retries=request.retries, hostname=hostname,
+                       called_directly=False)  # fmt: skip
+    fields = request_of(message, d.queue, d.redelivered, (request.time_limit, request.soft_time_limit), hostname)
+    try:
+        args, kwargs, embed = decode_body(
+            message.body, message.content_type, message.headers.get('compression'), accept
+        )
+    except Exception:  # the part cannot be returned; the state is still stored
+        return Context(fields, called_directly=False)
+    embed_into(fields, embed)
+    return Context(fields, args=args, kwargs=kwargs, called_directly=False)
 
 
 class RevokedSet:

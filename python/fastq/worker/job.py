@@ -95,6 +95,12 @@ def request_of(
     }
 
 
+def embed_into(request: dict[str, Any], embed: dict[str, Any]) -> None:
+    """Add the workflow fields a task body carries (protocol v2's `embed`) to a request dict."""
+    for key in ('callbacks', 'errbacks', 'chain', 'chord'):
+        request[key] = embed.get(key)
+
+
 def _internal_error(app: Fastq, task: Any, request: dict[str, Any], exc: Exception) -> Outcome:
     """Report what Celery calls an internal error: the task ran (or not) but its bookkeeping failed."""
     import logging
@@ -142,10 +148,7 @@ def prepare_payload(app: Fastq, payload: bytes, accept: frozenset[str]) -> Prepa
         )
     except (DecodeError, ContentDisallowed, ValueError) as exc:
         return Outcome(DECODE_ERROR, 0.0, exc_repr=f'{type(exc).__name__}: {exc}')
-    request['callbacks'] = embed.get('callbacks')
-    request['errbacks'] = embed.get('errbacks')
-    request['chain'] = embed.get('chain')
-    request['chord'] = embed.get('chord')
+    embed_into(request, embed)
     task = app.tasks.get(name)
     if task is None:  # the parent checks this; a child with a different import state still must not crash
         return Outcome(states.FAILURE, 0.0, exc_repr=f'NotRegistered({name!r})')

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger('celery.worker')
 
-SWITCH_INTERVAL = 0.005
 TIME_LIMIT_CHECK = 0.25
 HOUSEKEEPING_INTERVAL = 1.0
 REVOKED_REFRESH = 5.0  # seconds between reads of the broker's revoked ids (the pidbox is the fast path)
@@ -139,10 +138,6 @@ class WorkController:
             max_memory_per_child=self.app.conf.worker_max_memory_per_child,
         )
         self.pool.start()
-        # The parent's threads (fetcher, settler, loop) hand work to each other many times per millisecond;
-        # with CPython's default 5 ms switch interval a thread woken by I/O waits that long for the GIL while
-        # the loop computes, which caps throughput. Children are forked before this and keep the default.
-        sys.setswitchinterval(SWITCH_INTERVAL)
         if self._shutdown:
             return self._finish()
         self.broker = self._connect()

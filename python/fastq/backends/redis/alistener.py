@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from fastq.backends.redis.listener import PING_INTERVAL
 from fastq.backends.redis.retry import CONNECTION_ERRORS, policy_intervals
 from fastq.brokers.redis.connection import pack
 from fastq.utils.aioredis import ConnectionParams, open_redis
@@ -27,9 +28,6 @@ from fastq.utils.aioredis import ConnectionParams, open_redis
 __all__ = ['AsyncResultListener', 'AsyncWaiter']
 
 logger = logging.getLogger('fastq.backends.redis')
-
-#: Seconds without traffic after which the listener PINGs the server.
-PING_INTERVAL = 30.0
 
 
 class AsyncWaiter:
