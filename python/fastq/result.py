@@ -62,6 +62,7 @@ class AsyncResult(ResultBase, Generic[R]):
         self.parent = parent
         self._cache: dict[str, Any] | None = None
         self.ignored = False
+        self.sent_at: float | None = None  # time.monotonic() when this process sent the task (a hint for waits)
 
     @property
     def backend(self) -> Backend:
@@ -181,7 +182,9 @@ class AsyncResult(ResultBase, Generic[R]):
             meta = self._cache
         else:
             meta = self._set_cache(
-                self.backend.wait_for(self.id, timeout=timeout, interval=interval, on_interval=on_interval)
+                self.backend.wait_for(
+                    self.id, timeout=timeout, interval=interval, on_interval=on_interval, sent_at=self.sent_at
+                )
             )
         state = meta['status']
         value = meta.get('result')
@@ -223,7 +226,9 @@ class AsyncResult(ResultBase, Generic[R]):
         if self._cache is not None:
             meta = self._cache
         else:
-            meta = self._set_cache(await self.backend.await_for(self.id, timeout=timeout, interval=interval))
+            meta = self._set_cache(
+                await self.backend.await_for(self.id, timeout=timeout, interval=interval, sent_at=self.sent_at)
+            )
         state = meta['status']
         value = meta.get('result')
         if callback is not None:

@@ -352,6 +352,7 @@ class _Context:
         )
         result: AsyncResult[Any] = AsyncResult(task_id, app=self.app, task_name=name)
         result.ignored = plan.ignore_result
+        result.sent_at = time.monotonic()
         return _Message(fields, plan, eta_time, result)
 
 

@@ -166,6 +166,24 @@ def test_child_crash_is_worker_lost(tasks: Any, worker: Any) -> None:
     assert 'exited with' in w.log or 'exited unexpectedly' in w.log
 
 
+def test_child_death_amid_batched_short_tasks_runs_each_at_most_once(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    # Short early-acked tasks are answered in batches; when the child dies the parent reads how many jobs it
+    # had started: those are lost (never run again), the rest are requeued and run once.
+    out = tmp_path / 'ran.txt'
+    w = worker('-c', '1', '--prefetch-multiplier', '64')
+    tasks.tick_or_die.delay(str(out), 'warm', False)
+    wait_until(lambda: 'ran warm' in lines(out), message='runtime learned')
+    blocker = tasks.long.delay(1.0)  # holds the child while the queue fills: then jobs reach it in batches
+    for i in range(300):
+        tasks.tick_or_die.delay(str(out), f'k{i}', i == 150)
+    assert blocker.get(timeout=30) == 1.0
+    wait_until(lambda: len(lines(out)) >= 301, message='every task ran')
+    assert tasks.add.delay(1, 2).get(timeout=30) == 3  # the replacement child works
+    ran = [line.split()[1] for line in lines(out) if line.startswith('ran k')]
+    assert sorted(ran) == sorted(f'k{i}' for i in range(300))  # every task ran, none twice
+    assert 'WorkerLostError' in w.log
+
+
 def test_poison_message_dead_lettered_after_max_redeliveries(tasks: Any, worker: Any, tmp_path: Path) -> None:
     worker(extra_env={'FASTQ_TASK_MAX_REDELIVERIES': '3'})
     attempts = tmp_path / 'attempts.txt'

@@ -78,6 +78,21 @@ def crash_child() -> None:
     os._exit(13)
 
 
+_append_fds: dict[str, int] = {}
+
+
+@app.task(ignore_result=True)
+def tick_or_die(path: str, key: str, die: bool) -> None:
+    """A task short enough for the pool to batch: one write to a file kept open (it survives the child's
+    death: the kernel has it); one call kills the child right after its write."""
+    fd = _append_fds.get(path)
+    if fd is None:
+        fd = _append_fds[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, f'ran {key}\n'.encode())
+    if die:
+        os._exit(13)
+
+
 @app.task(acks_late=True, reject_on_worker_lost=True)
 def crash_child_late(path: str) -> None:
     _record(path, f'attempt {os.getpid()}')

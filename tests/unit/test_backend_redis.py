@@ -73,6 +73,8 @@ class Waiting(threading.Thread):
 
     def __init__(self, result: AsyncResult[Any], **kwargs: Any) -> None:
         super().__init__(daemon=True)
+        if result.sent_at is None:  # as if just sent: the wait subscribes before its first read
+            result.sent_at = time.monotonic()
         self.result, self.kwargs = result, kwargs
         self.value: Any = None
         self.error: BaseException | None = None
@@ -412,8 +414,24 @@ def test_result_stored_before_the_wait(app: Fastq, monkeypatch: pytest.MonkeyPat
     reads = count_reads(app.backend, monkeypatch)
     tid = task_id()
     app.backend.store_result(tid, 'early', states.SUCCESS)
+    # Not sent just now (or not by this process): read first, and a stored result needs no subscription.
+    monkeypatch.setattr(app.backend, '_get_listener', lambda: pytest.fail('subscribed for a stored result'))
     assert AsyncResult(tid, app=app).get(timeout=LONG, interval=LONG) == 'early'
     assert reads == [tid]
+
+
+def test_an_older_task_not_ready_is_read_then_waited_for(app: Fastq, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = count_reads(app.backend, monkeypatch)
+    tid = task_id()
+    result: AsyncResult[Any] = AsyncResult(tid, app=app)
+    result.sent_at = time.monotonic() - 60
+    waiting = Waiting(result, timeout=LONG, interval=LONG)
+    waiting.start()
+    wait_until(lambda: subscribers(raw, key(tid)) == 1)
+    wait_until(lambda: len(reads) == 2)  # the first read found nothing; read again once subscribed
+    app.backend.store_result(tid, 'later', states.SUCCESS)
+    assert waiting.outcome() == 'later'
+    assert reads == [tid, tid]
 
 
 def test_a_missed_message_delays_the_wait_at_most_an_interval(
@@ -490,8 +508,11 @@ def test_timeout_raises_and_unsubscribes(app: Fastq, raw: Any) -> None:
 def test_close_stops_the_listener_thread(make_app: Callable[..., Fastq]) -> None:
     app = make_app()
     tid = task_id()
+    first = Waiting(AsyncResult(tid, app=app), timeout=LONG)  # just sent: waits through the listener
+    first.start()
+    wait_until(lambda: app.backend._listener is not None and app.backend._listener.connected)
     app.backend.store_result(tid, 1, states.SUCCESS)
-    assert AsyncResult(tid, app=app).get(timeout=LONG) == 1
+    assert first.outcome() == 1
     names = {t.name for t in threading.enumerate()}
     assert 'fastq-redis-results' in names
     backend = app.backend
@@ -675,8 +696,10 @@ def test_a_refused_connection_fails_the_wait_and_the_listener_survives(
     make_app: Callable[..., Fastq], redis_server: RedisServer
 ) -> None:
     app = make_app(redis_server.url(99))  # the server has 64 databases: SELECT fails, and retrying cannot help
+    just_sent: AsyncResult[Any] = AsyncResult(task_id(), app=app)
+    just_sent.sent_at = time.monotonic()  # waits through the listener (an older task is read first)
     with pytest.raises(BackendError, match='DB index is out of range'):
-        AsyncResult(task_id(), app=app).get(timeout=LONG)
+        just_sent.get(timeout=LONG)
     with pytest.raises(BackendGetMetaError, match='DB index is out of range'):
         app.backend.get_task_meta(task_id())
     listener = app.backend._listener

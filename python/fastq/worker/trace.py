@@ -233,12 +233,32 @@ def _on_exception(
     return _on_failure(task, ctx, exc, args, kwargs, started)
 
 
+def _may_store_later(task: Task[Any, Any], ctx: Context) -> bool:
+    """Whether nothing that runs after the store in this trace could look for the stored result: no chord,
+    callbacks or chain to continue, no success/postrun receivers, no overridden success hooks."""
+    from fastq.task import Task  # fastq.task imports this module
+
+    cls = type(task)
+    return not (
+        ctx.chord
+        or ctx.callbacks
+        or ctx.chain
+        or signals.task_success.receivers
+        or signals.task_postrun.receivers
+        or cls.on_success is not Task.on_success
+        or cls.after_return is not Task.after_return
+    )
+
+
 def _on_success(
     task: Task[Any, Any], ctx: Context, retval: Any, args: list[Any], kwargs: dict[str, Any], started: float
 ) -> Outcome:
     task_id = ctx.id or ''
     if _store_allowed(task, ctx, failure=False):
-        task.app.backend.mark_as_done(task_id, retval, request=ctx)
+        if _may_store_later(task, ctx):
+            task.app.backend.store_success_later(task_id, retval, request=ctx)
+        else:
+            task.app.backend.mark_as_done(task_id, retval, request=ctx)
     if ctx.chord:  # a chord header task: its part counts whether or not its result is stored
         task.app.backend.on_chord_part_return(ctx, states.SUCCESS, retval)
     runtime = time.monotonic() - started

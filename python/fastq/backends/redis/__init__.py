@@ -67,6 +67,9 @@ T = TypeVar('T')
 MAX_VALUE_SIZE = 512 * 1024 * 1024
 #: A waiter re-reads its key at least this far apart (`interval` raises it), in case a message went missing.
 MIN_RECHECK = 1.0
+#: A wait for a task sent less than this long ago subscribes first: its result is unlikely to be stored yet, and
+#: reading first would add a round trip to the quickest waits. Older tasks are read first: usually that is all.
+FRESH = 0.005
 #: Compare-and-set rounds before a store gives up on a key other writers keep changing.
 MAX_CAS_ROUNDS = 16
 
@@ -104,6 +107,8 @@ class RedisBackend(Backend):
         self._client: redis.Redis | None = None
         self._store_script: Any = None
         self._link: Link | None = None
+        self._deferred: list[tuple[str, bytes]] | None = None  # results held by `store_success_later`
+        self._reader_links = threading.local()
         self._listener: ResultListener | None = None
         self._async: LoopLocal[_AsyncState | None] = LoopLocal(self._new_async_state, _close_async_state)
         self.chord_store = RedisChordStore(self)
@@ -151,6 +156,7 @@ class RedisBackend(Backend):
         """In a forked child: the parent's listener thread is gone and its locks may be held; start afresh."""
         self._lock = threading.Lock()
         self._link = None  # the parent's socket: never used here
+        self._reader_links = threading.local()
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.abandon_after_fork()
@@ -160,6 +166,7 @@ class RedisBackend(Backend):
             listener, self._listener = self._listener, None
             client, self._client = self._client, None
             link, self._link = self._link, None
+            self._reader_links = threading.local()  # dropping it closes every thread's reader link
         if link is not None:
             link.close()
         if listener is not None:
@@ -239,6 +246,53 @@ class RedisBackend(Backend):
             mode, expected = MODE_CAS, reply
         raise redis.RedisError(f'{key!r} kept changing while storing a result')
 
+    def defer_stores(self) -> bool:
+        self._deferred = []
+        return True
+
+    def store_success_later(self, task_id: str, result: Any, request: Any = None) -> None:
+        deferred = self._deferred
+        if deferred is None:
+            self.mark_as_done(task_id, result, request=request)
+            return
+        meta = self._meta(task_id, self.encode_result(result, states.SUCCESS), states.SUCCESS, None, request)
+        payload = self.encode(meta)
+        if len(payload) > MAX_VALUE_SIZE:  # fails now, in the task's trace, as an immediate store would
+            self._store(task_id, payload, states.SUCCESS, self.expires)
+            return
+        deferred.append((task_id, payload))
+
+    def flush_stores(self) -> None:
+        """Store held results with one round trip (the store script per result, pipelined)."""
+        deferred = self._deferred
+        if not deferred:
+            return
+        self._deferred = []
+        ttl_ms = math.ceil(self.expires * 1000) if self.expires else 0
+        self.client  # noqa: B018 - registers the script
+        script = self._store_script
+        commands = [
+            ('EVALSHA', script.sha, 1, self.layout.task_key(task_id), payload, ttl_ms, self._store_mode, b'')
+            for task_id, payload in deferred
+        ]
+        link = self._link
+        if link is None:
+            link = self._link = Link(self.client)
+        try:
+            replies = self._run(
+                lambda: link.execute(commands), f'store {len(commands)} results', BackendStoreError, True
+            )
+        except BackendStoreError as exc:
+            logger.error('%s (tasks %s)', exc, ', '.join(task_id for task_id, _ in deferred))
+            return
+        for (task_id, payload), reply in zip(deferred, replies, strict=True):
+            if isinstance(reply, int):
+                continue
+            try:  # not loaded yet (NOSCRIPT), or stored in a form the script cannot read: one at a time
+                self._store(task_id, payload, states.SUCCESS, self.expires)
+            except BackendStoreError as exc:
+                logger.error('%s', exc)
+
     def _is_success(self, payload: bytes) -> bool:
         try:
             meta = self.decode(payload)
@@ -261,20 +315,30 @@ class RedisBackend(Backend):
 
         self._run(write, f'store the result of {task_id}', BackendStoreError, True)
 
+    def _reader_link(self) -> Link:
+        """This thread's hiredis-only connection for reads: clients read results one by one, often from several
+        threads, and redis-py's call path costs several times the round trip (see `fastq.utils.rediswire`)."""
+        link: Link | None = getattr(self._reader_links, 'link', None)
+        if link is None:
+            link = self._reader_links.link = Link(self.client)
+        return link
+
     def _get(self, task_id: str) -> bytes | None:
         key = self.layout.task_key(task_id)
 
         def error(message: str) -> BaseException:
             return BackendGetMetaError(message, task_id=task_id)
 
-        value: Any = self._run(lambda: self.client.get(key), f'read the result of {task_id}', error)
+        value: Any = self._run(lambda: self._reader_link().call('GET', key), f'read the result of {task_id}', error)
         return value  # type: ignore[no-any-return]
 
     def _get_many(self, task_ids: list[str]) -> dict[str, bytes]:
         if not task_ids:
             return {}
         keys = [self.layout.task_key(task_id) for task_id in task_ids]
-        values: list[Any] = self._run(lambda: self.client.mget(keys), 'read results', BackendGetMetaError)
+        values: list[Any] = self._run(
+            lambda: self._reader_link().call('MGET', *keys), 'read results', BackendGetMetaError
+        )
         return {task_id: value for task_id, value in zip(task_ids, values, strict=True) if value is not None}
 
     def _delete(self, task_id: str) -> None:
@@ -310,12 +374,19 @@ class RedisBackend(Backend):
         timeout: float | None = None,
         interval: float = 0.5,
         on_interval: Callable[[], Any] | None = None,
+        sent_at: float | None = None,
     ) -> dict[str, Any]:
         """Subscribe to the task's channel, read its key once subscribed, then wait for a message.
 
         The key is read again after a reconnect (the listener says when) and every `max(interval, 1)` seconds
-        in case a message went missing; that is all `interval` does here.
+        in case a message went missing; that is all `interval` does here. A task not sent just now (`sent_at`,
+        `time.monotonic()` at sending, None when unknown) is read first, and a result found ends the wait
+        without subscribing: collecting many finished results costs one read each.
         """
+        if sent_at is None or time.monotonic() - sent_at > FRESH:
+            stored = self._reread(task_id)
+            if stored is not None and stored['status'] in states.READY_STATES:
+                return stored
         deadline = None if timeout is None else time.monotonic() + timeout
         listener = self._get_listener()
         waiter = listener.subscribe(self.layout.task_key(task_id))
@@ -398,13 +469,25 @@ class RedisBackend(Backend):
             raise BackendGetMetaError(self._message(f'read the result of {task_id}', exc), task_id=task_id) from exc
         return self.meta_from_payload(payload)
 
-    async def await_for(self, task_id: str, timeout: float | None = None, interval: float = 0.5) -> dict[str, Any]:
+    async def await_for(
+        self, task_id: str, timeout: float | None = None, interval: float = 0.5, sent_at: float | None = None
+    ) -> dict[str, Any]:
         """`wait_for` on the running loop: subscribe to the task's channel, read its key once the subscription
         is confirmed, then wait for the message (re-reading the key every `max(interval, 1)` seconds, and
-        after a reconnect, in case one went missing). No thread is involved."""
+        after a reconnect, in case one went missing). No thread is involved. A task not sent just now is read
+        first, as in `wait_for`."""
         state = await self._async.get()
         if state is None:
-            return await super().await_for(task_id, timeout, interval)
+            return await super().await_for(task_id, timeout, interval, sent_at)
+        if sent_at is None or time.monotonic() - sent_at > FRESH:
+            try:
+                stored = await self._aread(state, task_id)
+            except BackendGetMetaError as exc:
+                if not isinstance(exc.__cause__, CONNECTION_ERRORS):
+                    raise
+                stored = None  # unreachable for now: the listener reconnects and the wait reads again
+            if stored is not None and stored['status'] in states.READY_STATES:
+                return stored
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         listener = state.listener

@@ -51,6 +51,7 @@ CANCEL_GRACE = 2.0
 
 class AsyncioPool(PreforkPool):
     name = 'asyncio'
+    tracks_progress = False  # its children run jobs concurrently and say what they start in their answers
 
     def __init__(self, processes: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

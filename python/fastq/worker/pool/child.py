@@ -11,6 +11,7 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastq import _ipc, signals
@@ -49,13 +50,17 @@ class _Answers:
     sends those as JOB_SHORT; only their answers wait, and only while more short jobs run (at most 32 of
     them, or 0.5 ms). Before any other job starts, and after it ends, everything waiting is written. So the
     job the parent believes is running is the one running, unless a task known to be short runs long; a job
-    with a hard time limit is never sent as short; and neither is an early-acked one: if the child dies, the
-    parent requeues every unanswered job but the first as never started, which an acks_late task may
-    tolerate (it runs at least once) and an early-acked task must not (it runs at most once).
+    with a hard time limit is never sent as short. If the child dies with answers unwritten, the parent
+    reads how many jobs it had started from memory they share (see prefork.py), so a started job is never
+    requeued as if it had not run; where that count is not shared, only acks_late jobs are sent as short.
+
+    Results of short tasks are held too (the backend's `store_success_later`) and stored in one round trip
+    right before the answers are written, so a result is always stored before the parent hears of it.
     """
 
-    def __init__(self, chan: _ipc.Channel) -> None:
+    def __init__(self, chan: _ipc.Channel, flush_stores: Callable[[], None] | None = None) -> None:
         self.chan = chan
+        self.flush_stores = flush_stores
         self.waiting: list[tuple[int, int, bytes]] = []
         self.since = 0.0
 
@@ -73,9 +78,22 @@ class _Answers:
 
     def write(self) -> None:
         if self.waiting:
+            if self.flush_stores is not None:  # results first: an answer may make the parent ack the task
+                self.flush_stores()
             frames, self.waiting = self.waiting, []
             self.chan.send_many(frames)
             self.chan.flush_blocking()
+
+
+def _take(chan: _ipc.Channel, queue: deque[tuple[int, int, bytes]]) -> bool:
+    """Queue the jobs the parent has sent; True when it asked this child to stop. Raises EOFError."""
+    stop = False
+    for job_id, kind, payload in chan.recv():
+        if kind == JOB or kind == JOB_SHORT:
+            queue.append((job_id, kind, payload))
+        elif kind == STOP:
+            stop = True
+    return stop
 
 
 def child_main(
@@ -85,6 +103,7 @@ def child_main(
     accept: frozenset[str],
     max_tasks: int | None,
     max_memory_kib: int | None,
+    progress: memoryview | None = None,
 ) -> int:
     """Main function of a pool child; returns the exit code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
@@ -95,7 +114,10 @@ def child_main(
     chan.send(0, READY, str(os.getpid()).encode())
     chan.flush_blocking()
     queue: deque[tuple[int, int, bytes]] = deque()
-    answers = _Answers(chan)
+    backend = app.backend if app.conf.result_backend else None
+    answers = _Answers(chan, backend.flush_stores if backend is not None and backend.defer_stores() else None)
+    if progress is not None and index >= len(progress):
+        progress = None
     done = 0
     stopping = False
     exitcode = 0
@@ -110,20 +132,17 @@ def child_main(
                 # Take what the parent sent meanwhile (a non-blocking read), so a short queue is refilled
                 # before it runs dry rather than after.
                 try:
-                    frames = chan.recv()
+                    stopping = _take(chan, queue) or stopping
                 except EOFError:
                     break  # the parent is gone
-                for job_id, kind, payload in frames:
-                    if kind == JOB or kind == JOB_SHORT:
-                        queue.append((job_id, kind, payload))
-                    elif kind == STOP:
-                        stopping = True
                 if not queue:
                     continue
             job_id, kind, payload = queue.popleft()
             short = kind == JOB_SHORT
             if not short:
                 answers.write()
+            if progress is not None:  # before it runs: a job counted here is never requeued (see prefork.py)
+                progress[index] = done + 1
             outcome = run_payload(app, payload, accept)
             done += 1
             over_memory = bool(max_memory_kib and _rss_kib() > max_memory_kib)

@@ -11,9 +11,12 @@ seen yet, or one that recently ran long, is estimated long, so it only goes to a
 queued behind it. A long task therefore delays at most ~2 ms of short work that was queued before it was
 known to be long, while a stream of short tasks keeps every child busy without waiting for the parent.
 
-When a child dies, its running job is reported lost (the worker decides between WorkerLostError, a
-requeue with `reject_on_worker_lost`, or TimeLimitExceeded when the pool killed it), and the jobs queued
-behind it go back to the worker's ready queue untouched.
+When a child dies, the jobs it had started and not answered are reported lost (the worker decides between
+WorkerLostError, a requeue with `reject_on_worker_lost`, or TimeLimitExceeded when the pool killed it), and
+the jobs queued behind them go back to the worker's ready queue untouched. Which jobs had started is exact:
+each child counts the jobs it starts in a word of memory shared with the parent (`_progress`), written before
+a job runs, so answers may be batched (the parent then lags behind the child) without an early-acked task
+ever being requeued after it started.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import marshal
+import mmap
 import os
 import signal
 import socket
@@ -49,6 +53,9 @@ SHORT_RUNTIME = QUEUE_BUDGET / 4
 MAX_JOBS_PER_CHILD = 64
 #: Estimate for a task name never run here yet: long, so it is sent to an idle child only.
 UNKNOWN_RUNTIME = 1.0
+#: Children (by index) whose started-job count is shared with the parent; beyond it answers are not batched
+#: for early-acked jobs. 8 bytes each.
+PROGRESS_SLOTS = 1024
 
 
 def human_status(status: int) -> str:
@@ -64,6 +71,7 @@ def human_status(status: int) -> str:
 
 class _Child:
     __slots__ = (
+        'answered',
         'chan',
         'costs',
         'exit_status',
@@ -89,6 +97,7 @@ class _Child:
         self.load = 0.0  # sum of `costs`
         self.outbox: list[tuple[int, int, bytes]] = []  # frames submitted in this dispatch pass
         self.sent = 0
+        self.answered = 0
         self.retiring = False  # no more jobs: reached max tasks, asked to stop, or announced its exit
         self.ready = False
         self.killed_for: str | None = None
@@ -119,6 +128,8 @@ class PreforkPool(Pool):
         self._chosen_cost = 0.0
         self._dirty: list[_Child] = []
         self.processes = self.concurrency  # children to keep running (the asyncio pool sets its own)
+        # Jobs started by the child of each index, written by the child (see the module docstring).
+        self._progress: memoryview | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -126,13 +137,18 @@ class PreforkPool(Pool):
         """What a forked child runs (the asyncio pool runs an event loop instead)."""
         app, accept = self.app, self.accept
         max_tasks, max_memory = self.max_tasks_per_child, self.max_memory_per_child
+        progress = self._progress
 
         def main(sock: socket.socket, index: int) -> int:
-            return child_main(app, sock, index, accept, max_tasks, max_memory)
+            return child_main(app, sock, index, accept, max_tasks, max_memory, progress)
 
         return main
 
+    tracks_progress = True  # its children write `_progress` (the asyncio pool's do not)
+
     def start(self) -> None:
+        if self.tracks_progress:  # before the zygote forks: anonymous shared memory is inherited
+            self._progress = memoryview(mmap.mmap(-1, 8 * PROGRESS_SLOTS)).cast('Q')
         self.zygote = Zygote(self._child_main())
         self.loop.add_reader(self.zygote.fileno(), self._on_zygote)
         self._free_indexes = list(range(self.processes, 0, -1))
@@ -149,6 +165,8 @@ class PreforkPool(Pool):
         assert self.zygote is not None
         index = self._free_indexes.pop() if self._free_indexes else len(self.children) + self._spawning + 1
         signals.worker_before_create_process.send(sender=self)
+        if self._progress is not None and index < PROGRESS_SLOTS:
+            self._progress[index] = 0  # the previous child of this index is gone
         self._spawning += 1
         self.zygote.request_spawn(index)
 
@@ -233,9 +251,10 @@ class PreforkPool(Pool):
             child.retiring = True
         if not child.outbox:
             self._dirty.append(child)
-        # Batched answers are lost with the child if it dies: the parent then requeues jobs that may have
-        # run. That is at-least-once, fine for acks_late tasks only; an early-acked task must never run twice.
-        short = self._chosen_cost <= SHORT_RUNTIME and not job.time_limit and job.acks_late
+        # Batched answers are lost with the child if it dies. Where the child's started count is shared, the
+        # parent still knows which jobs ran; elsewhere it requeues jobs that may have run: at-least-once, fine
+        # for acks_late tasks only (an early-acked task must never run twice).
+        short = self._chosen_cost <= SHORT_RUNTIME and not job.time_limit and (job.acks_late or self._tracked(child))
         child.outbox.append((job.id, JOB_SHORT if short else JOB, job.payload()))
 
     def commit(self) -> None:
@@ -288,6 +307,7 @@ class PreforkPool(Pool):
             logger.error('%s answered job %d out of order; ignoring it', child.name, job_id)
             return
         job = child.jobs.popleft()
+        child.answered += 1
         child.load -= child.costs.popleft()
         if not child.jobs:
             child.load = 0.0  # no drift from float sums
@@ -338,19 +358,24 @@ class PreforkPool(Pool):
         if not self._stopping:
             self._spawn()
 
+    def _tracked(self, child: _Child) -> bool:
+        return self._progress is not None and child.index < PROGRESS_SLOTS
+
     def _orphaned(self, child: _Child, jobs: list[Job]) -> None:
-        """Settle the jobs a gone child held: the running one is lost, those queued behind it are requeued."""
+        """Settle the jobs a gone child held: those it started are lost, those queued behind are requeued."""
         running = jobs[0]
         if running.started is not None:  # it ran this long at least: a killed task is estimated long
             self._learn(running.request.task, time.monotonic() - running.started)
-        if running.started is not None and child.killed_for is None:
-            self.on_lost(running, self._exit_reason(child))
-            jobs = jobs[1:]
-        elif child.killed_for is not None:
-            self.on_lost(running, child.killed_for)
-            jobs = jobs[1:]
-        if jobs:
-            self.on_requeue(jobs)
+        if self._progress is not None and self._tracked(child):
+            started = min(max(self._progress[child.index] - child.answered, 0), len(jobs))
+        else:  # unknown: the first unanswered job is taken as the running one
+            started = 1 if running.started is not None else 0
+        if child.killed_for is not None:
+            started = max(started, 1)
+        for i, job in enumerate(jobs[:started]):
+            self.on_lost(job, child.killed_for if i == 0 and child.killed_for else self._exit_reason(child))
+        if jobs[started:]:
+            self.on_requeue(jobs[started:])
 
     @staticmethod
     def _exit_reason(child: _Child) -> str:
