@@ -12,6 +12,7 @@ writes to and reads from its socket. Errors come out as redis-py's exception typ
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -107,6 +108,55 @@ class Link:
             except BaseException:
                 self._drop()  # interrupted mid-reply: the stream position is unknown
                 raise
+
+    # --- split send and receive: for commands that block in Redis (BLMOVE), waited on with select() ----------
+
+    def send(self, command: Command) -> None:
+        """Write one command without reading its reply (collect it with `replies` once `fileno` is readable)."""
+        if self._pid != os.getpid():
+            self._lock = threading.Lock()
+            self._conn = self._sock = self._reader = None
+            self._pid = os.getpid()
+        with self._lock:
+            try:
+                if self._sock is None:
+                    self._connect()
+                self._sock.sendall(hiredis.pack_command(tuple(command)))  # type: ignore[arg-type]
+            except (OSError, redis.exceptions.ConnectionError) as exc:
+                self._drop()
+                if isinstance(exc, redis.exceptions.ConnectionError):
+                    raise
+                raise redis.exceptions.ConnectionError(f'Error while talking to Redis: {exc}') from exc
+
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 when not connected)."""
+        sock = self._sock
+        return -1 if sock is None else int(sock.fileno())
+
+    def replies(self) -> list[Any]:
+        """The replies that have arrived, without blocking (error replies as exception instances)."""
+        with self._lock:
+            sock, reader = self._sock, self._reader
+            if sock is None or reader is None:
+                return []
+            out: list[Any] = []
+            try:
+                while True:
+                    try:
+                        data = sock.recv(_READ_SIZE, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        break
+                    if not data:
+                        raise ConnectionError('connection closed by the server')
+                    reader.feed(data)
+                    if len(data) < _READ_SIZE:
+                        break
+                while (reply := reader.gets()) is not False:
+                    out.append(_response_error(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply)
+            except (OSError, hiredis.ProtocolError) as exc:
+                self._drop()
+                raise redis.exceptions.ConnectionError(f'Error while talking to Redis: {exc}') from exc
+            return out
 
     def call(self, *command: str | bytes | int | float) -> Any:
         """One command; an error reply is raised."""

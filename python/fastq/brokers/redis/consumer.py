@@ -2,14 +2,17 @@
 
 Fetching is one Lua call that pops up to the free window and records every message in `unacked` /
 `unacked_index`, so a message is always somewhere a restore sweep can find it. A script cannot block, so
-while the queues are empty one thread per list key waits in `BLMOVE key key RIGHT RIGHT` (it returns as soon
-as the list has an element and leaves the list as it was); the first to return wakes the fetch. There is no
-polling: an idle worker starts a published task within a round trip.
+while the queues are empty the fetching thread has a `BLMOVE key key RIGHT RIGHT` outstanding on each list key
+(one connection per key; it returns as soon as the list has an element and leaves the list as it was) and
+waits in select() on their sockets: the first reply starts the next fetch. There is no polling and no thread
+hand-off: an idle worker starts a published task within a round trip.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import select
 import threading
 import time
 import uuid
@@ -28,51 +31,33 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger('fastq.brokers.redis')
 
-WAIT_TIMEOUT = 2  # seconds one BLMOVE blocks before the waiter checks whether it should stop
+WAIT_TIMEOUT = 2  # seconds one BLMOVE blocks in Redis before it answers nil (and is sent again)
 
 
-class _Waiter(threading.Thread):
-    """Blocks on one list key while the consumer is idle; wakes the consumer when the list is not empty."""
+class _Watch:
+    """A connection with a BLMOVE on one list key, possibly still outstanding."""
+
+    __slots__ = ('key', 'link', 'pending')
 
     def __init__(self, consumer: RedisConsumer, key: str) -> None:
-        super().__init__(name=f'fastq-redis-wait:{key!r}', daemon=True)
-        self.consumer = consumer
         self.key = key
-        # hiredis only: the wake-up is on the path of every task that finds the worker idle
         self.link = Link(consumer.broker.client)
-        self.client_id: int | None = None
+        self.pending = False
 
-    def unblock(self, via: Any) -> None:
-        """End a BLMOVE in progress now (CLIENT UNBLOCK from another connection), e.g. at close."""
-        if self.client_id is not None:
-            try:
-                via.client_unblock(self.client_id)
-            except Exception as exc:
-                logger.debug('could not unblock waiter on %r: %s', self.key, exc)
+    def arm(self) -> None:
+        if not self.pending:
+            self.link.send(('BLMOVE', self.key, self.key, 'RIGHT', 'RIGHT', WAIT_TIMEOUT))
+            self.pending = True
 
-    def run(self) -> None:
-        consumer = self.consumer
-        backoff = 0.0
-        while not consumer.is_closed():
-            if not consumer._armed.wait(1.0) or consumer.is_closed():
-                continue
-            try:
-                if self.client_id is None:
-                    self.client_id = int(self.link.call('CLIENT', 'ID'))
-                hit = self.link.call('BLMOVE', self.key, self.key, 'RIGHT', 'RIGHT', WAIT_TIMEOUT)
-                backoff = 0.0
-            except Exception as exc:
-                self.client_id = None  # a new connection has a new id
-                if consumer.is_closed():
-                    return
-                backoff = min(max(backoff * 2, 0.1), 5.0)
-                logger.debug('waiting on %r failed (%s); again in %.1fs', self.key, exc, backoff)
-                consumer._ready.set()  # let the fetch loop see (and report) the connection problem
-                time.sleep(backoff)
-                continue
-            if hit is not None:
-                consumer._ready.set()
-        self.link.close()
+    def hit(self) -> bool:
+        """Whether the BLMOVE answered with an element (the list filled); False for nil or nothing yet."""
+        replies = self.link.replies()
+        if replies:
+            self.pending = False
+        for reply in replies:
+            if isinstance(reply, redis.exceptions.RedisError):
+                raise reply
+        return any(reply is not None for reply in replies)
 
 
 class RedisConsumer(Consumer):
@@ -88,17 +73,15 @@ class RedisConsumer(Consumer):
         self._rotation = 0
         self._held: set[Tag] = set()
         self._held_lock = threading.Lock()
-        self._armed = threading.Event()
-        self._ready = threading.Event()
         self._interrupted = False
         self._drained = False
         self._closed = False
         # The hot path's own connections (fetches come from the fetcher thread, acks from the settler's).
         self._fetch_link = Link(broker.client)
         self._ack_link = Link(broker.client)
-        self._waiters = [_Waiter(self, key) for key, _ in self._keys]
-        for waiter in self._waiters:
-            waiter.start()
+        self._watches = [_Watch(self, key) for key, _ in self._keys]
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._backoff = 0.0
 
     def is_closed(self) -> bool:
         return self._closed
@@ -122,27 +105,67 @@ class RedisConsumer(Consumer):
 
     def fetch(self, limit: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
-        # The last fetch got less than it asked for, so the lists were empty a moment ago: wait for a waiter
-        # to see one fill instead of running the script once more for nothing (it returns at once if one
+        # The last fetch got less than it asked for, so the lists were empty a moment ago: wait for a BLMOVE
+        # to see one fill instead of running the script once more for nothing (it answers at once if one
         # filled meanwhile). Saves a script call per task on a worker that keeps up with its queues.
         skip = self._drained and limit > 0
         while True:
-            self._ready.clear()
             got = self._reserve(limit) if limit > 0 and not skip else []
             skip = False
             if got or self._closed:
-                self._armed.clear()
                 self._drained = len(got) < limit
                 return got
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or not self._wait(remaining):
                 return []
-            self._armed.set()
-            woken = self._ready.wait(remaining)
-            self._armed.clear()
-            if not woken or self._interrupted:
-                self._interrupted = False
-                return []
+
+    def _wait(self, timeout: float) -> bool:
+        """Until a list may have filled (True), or `timeout` / `wakeup` (False)."""
+        deadline = time.monotonic() + timeout
+        while not self._closed:
+            try:
+                for watch in self._watches:
+                    watch.arm()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                fds = [watch.link.fileno() for watch in self._watches]
+                readable, _, _ = select.select([self._wake_r, *fds], [], [], remaining)
+                if self._wake_r in readable:
+                    self._drain_wake()
+                    if self._interrupted:
+                        self._interrupted = False
+                        return False
+                hit = False
+                for watch, fd in zip(self._watches, fds, strict=True):
+                    if fd in readable:
+                        hit = watch.hit() or hit
+            except redis.exceptions.RedisError as exc:
+                for watch in self._watches:
+                    watch.pending = watch.pending and watch.link.fileno() >= 0
+                # Let the fetch see (and report, with backoff) the problem, after a pause here so a broker
+                # that is down is not hammered from this loop.
+                self._backoff = min(max(self._backoff * 2, 0.1), 5.0)
+                logger.debug('waiting on the queues failed (%s); fetching in %.1fs', exc, self._backoff)
+                self._sleep(min(self._backoff, max(deadline - time.monotonic(), 0.0)))
+                return True
+            self._backoff = 0.0
+            if hit:
+                return True
+        return False
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            readable, _, _ = select.select([self._wake_r], [], [], seconds)
+            if readable:
+                self._drain_wake()
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def _reserve(self, limit: int) -> list[Delivery]:
         keys = self._ordered_keys()
@@ -174,7 +197,10 @@ class RedisConsumer(Consumer):
 
     def wakeup(self) -> None:
         self._interrupted = True
-        self._ready.set()
+        try:
+            os.write(self._wake_w, b'!')
+        except (BlockingIOError, OSError):  # already signalled, or closed
+            pass
 
     # --- settling -----------------------------------------------------------------------------------------
 
@@ -239,12 +265,19 @@ class RedisConsumer(Consumer):
         self._forget([delivery.tag])
         return letter
 
+    def __del__(self) -> None:
+        for fd in (getattr(self, '_wake_r', -1), getattr(self, '_wake_w', -1)):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._ready.set()
-        self._armed.set()
+        self.wakeup()
         with self._held_lock:
             held, self._held = list(self._held), set()
         if held:
@@ -252,12 +285,11 @@ class RedisConsumer(Consumer):
                 self.broker.restore(held, leftmost=False, count_delivery=False)
             except Exception as exc:  # the sweep will bring them back after the visibility timeout
                 logger.warning('Could not hand back %d reservation(s) at close: %s', len(held), exc)
-        for waiter in self._waiters:
-            waiter.unblock(self.client)
-        for waiter in self._waiters:
-            waiter.join(WAIT_TIMEOUT + 1.0)
+        for watch in self._watches:  # a BLMOVE still blocked in Redis ends with its connection
+            watch.link.close()
         self._fetch_link.close()
         self._ack_link.close()
+        # The pipe stays open: a fetch in another thread may still be about to select on it (closed with us).
 
 
 def _text(value: Any) -> str:
