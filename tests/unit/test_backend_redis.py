@@ -6,6 +6,7 @@ asserts how long anything took.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -135,6 +136,12 @@ def make_celery(redis_url: str) -> Iterator[Callable[..., Any]]:
         with contextlib.suppress(Exception):
             capp.backend.result_consumer.stop()
         capp.backend.client.connection_pool.disconnect()
+
+
+@pytest.fixture
+def listener_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every wait goes through the shared listener, as for the 9th concurrent waiting thread (see inline.py)."""
+    monkeypatch.setattr('fastq.backends.redis.MAX_INLINE_WAITERS', 0)
 
 
 def subscribers(raw: Any, channel: bytes) -> int:
@@ -397,6 +404,7 @@ def test_compressed_results(make_app: Callable[..., Fastq], make_celery: Callabl
 # --- waiting: pub/sub, not polling ---------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures('listener_only')
 def test_get_wakes_on_publish_without_polling(app: Fastq, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     reads = count_reads(app.backend, monkeypatch)
     tid = task_id()
@@ -420,6 +428,7 @@ def test_result_stored_before_the_wait(app: Fastq, monkeypatch: pytest.MonkeyPat
     assert reads == [tid]
 
 
+@pytest.mark.usefixtures('listener_only')
 def test_an_older_task_not_ready_is_read_then_waited_for(app: Fastq, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     reads = count_reads(app.backend, monkeypatch)
     tid = task_id()
@@ -434,6 +443,7 @@ def test_an_older_task_not_ready_is_read_then_waited_for(app: Fastq, raw: Any, m
     assert reads == [tid, tid]
 
 
+@pytest.mark.usefixtures('listener_only')
 def test_a_missed_message_delays_the_wait_at_most_an_interval(
     app: Fastq, raw: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -448,6 +458,7 @@ def test_a_missed_message_delays_the_wait_at_most_an_interval(
     assert len(reads) >= 2
 
 
+@pytest.mark.usefixtures('listener_only')
 def test_a_failed_read_does_not_end_the_wait(app: Fastq, raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = app.backend
     original = backend._get
@@ -505,6 +516,7 @@ def test_timeout_raises_and_unsubscribes(app: Fastq, raw: Any) -> None:
     assert AsyncResult(tid, app=app).get(timeout=0) == 'late'
 
 
+@pytest.mark.usefixtures('listener_only')
 def test_close_stops_the_listener_thread(make_app: Callable[..., Fastq]) -> None:
     app = make_app()
     tid = task_id()
@@ -529,6 +541,71 @@ def test_close_stops_the_listener_thread(make_app: Callable[..., Fastq]) -> None
         stranded.outcome()
     assert AsyncResult(tid, app=app).get(timeout=LONG) == 1
     backend.close()
+
+
+# --- a waiting thread's own connection (inline.py) ------------------------------------------------------------
+
+
+def test_inline_wait_needs_no_listener_thread(app: Fastq, raw: Any) -> None:
+    tid = task_id()
+    waiting = Waiting(AsyncResult(tid, app=app), timeout=LONG, interval=LONG)
+    waiting.start()
+    wait_until(lambda: subscribers(raw, key(tid)) == 1)
+    app.backend.mark_as_started(tid, pid=1)  # not ready: the wait goes on
+    app.backend.store_result(tid, 'inline', states.SUCCESS)
+    assert waiting.outcome() == 'inline'
+    assert app.backend._listener is None
+    assert 'fastq-redis-results' not in {t.name for t in threading.enumerate()}
+    wait_until(lambda: subscribers(raw, key(tid)) == 0)
+    # the same thread's connection serves the next wait, after skipping the last one's unsubscribe reply
+    assert AsyncResult(tid, app=app).get(timeout=LONG) == 'inline'
+
+
+def test_inline_wait_rereads_a_result_stored_without_a_message(app: Fastq, raw: Any) -> None:
+    tid = task_id()
+    waiting = Waiting(AsyncResult(tid, app=app), timeout=LONG, interval=0.1)
+    waiting.start()
+    wait_until(lambda: subscribers(raw, key(tid)) == 1)
+    raw.set(key(tid), app.backend.encode({'status': states.SUCCESS, 'result': 'unannounced', 'task_id': tid}))
+    assert waiting.outcome() == 'unannounced'
+
+
+def test_inline_wait_skips_an_earlier_waits_read() -> None:
+    from fastq.backends.redis.inline import InlineWait
+
+    inline = InlineWait.__new__(InlineWait)
+    inline._pending = collections.deque([b'old', b'new'])
+    decode: Callable[[bytes], dict[str, Any]] = lambda payload: {'status': 'SUCCESS', 'result': payload}  # noqa: E731
+    assert inline._take(b'{"stale"}', b'new', decode) is None  # the answer to the read for b'old'
+    assert inline._take([b'message', b'old', b'x'], b'new', decode) is None
+    assert inline._take([b'unsubscribe', b'old', 0], b'new', decode) is None
+    assert inline._take(b'fresh', b'new', decode) == {'status': 'SUCCESS', 'result': b'fresh'}
+    assert inline._take([b'message', b'new', b'pushed'], b'new', decode) == {'status': 'SUCCESS', 'result': b'pushed'}
+
+
+def test_more_waiting_threads_than_inline_connections(app: Fastq, raw: Any) -> None:
+    from fastq.backends.redis import MAX_INLINE_WAITERS
+
+    tids = [task_id() for _ in range(MAX_INLINE_WAITERS + 4)]
+    waiters = [Waiting(AsyncResult(tid, app=app), timeout=LONG, interval=LONG) for tid in tids]
+    for waiting in waiters:
+        waiting.start()
+    wait_until(lambda: all(subscribers(raw, key(tid)) == 1 for tid in tids))
+    assert len(app.backend._inline_all) <= MAX_INLINE_WAITERS
+    assert app.backend._listener is not None  # the rest wait through it
+    for index, tid in enumerate(tids):
+        app.backend.store_result(tid, index, states.SUCCESS)
+    assert [waiting.outcome() for waiting in waiters] == list(range(len(tids)))
+
+
+def test_inline_wait_on_a_refused_connection_fails_cleanly(
+    make_app: Callable[..., Fastq], redis_server: RedisServer
+) -> None:
+    app = make_app(redis_server.url(99))  # SELECT fails on the inline connection too: the listener reports it
+    just_sent: AsyncResult[Any] = AsyncResult(task_id(), app=app)
+    just_sent.sent_at = time.monotonic()
+    with pytest.raises(BackendError, match='DB index is out of range'):
+        just_sent.get(timeout=LONG)
 
 
 # --- interop with Celery -------------------------------------------------------------------------------------
@@ -692,6 +769,7 @@ def test_unreachable_server_raises_backend_errors(make_app: Callable[..., Fastq]
         _check_message(exc, unreachable_url)
 
 
+@pytest.mark.usefixtures('listener_only')
 def test_a_refused_connection_fails_the_wait_and_the_listener_survives(
     make_app: Callable[..., Fastq], redis_server: RedisServer
 ) -> None:
@@ -737,7 +815,16 @@ def test_always_retry_retries_stores(
     assert sum('Retrying' in record.getMessage() for record in caplog.records) == 2
 
 
+@pytest.mark.usefixtures('listener_only')
 def test_forked_child_uses_its_own_connections(app: Fastq) -> None:
+    _fork_round_trip(app)
+
+
+def test_forked_child_uses_its_own_inline_connection(app: Fastq) -> None:
+    _fork_round_trip(app)
+
+
+def _fork_round_trip(app: Fastq) -> None:
     parent_tid = task_id()
     app.backend.store_result(parent_tid, 'parent', states.SUCCESS)
     assert AsyncResult(parent_tid, app=app).get(timeout=LONG) == 'parent'  # the listener runs in the parent

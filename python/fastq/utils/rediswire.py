@@ -12,7 +12,8 @@ writes to and reads from its socket. Errors come out as redis-py's exception typ
 from __future__ import annotations
 
 import os
-import socket
+import select
+import ssl
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -113,6 +114,10 @@ class Link:
 
     def send(self, command: Command) -> None:
         """Write one command without reading its reply (collect it with `replies` once `fileno` is readable)."""
+        self.send_all([command])
+
+    def send_all(self, commands: Sequence[Command]) -> None:
+        """Write `commands` in one write without reading their replies (see `send`)."""
         if self._pid != os.getpid():
             self._lock = threading.Lock()
             self._conn = self._sock = self._reader = None
@@ -121,7 +126,7 @@ class Link:
             try:
                 if self._sock is None:
                     self._connect()
-                self._sock.sendall(hiredis.pack_command(tuple(command)))  # type: ignore[arg-type]
+                self._sock.sendall(b''.join([hiredis.pack_command(tuple(c)) for c in commands]))  # type: ignore[arg-type]
             except (OSError, redis.exceptions.ConnectionError) as exc:
                 self._drop()
                 if isinstance(exc, redis.exceptions.ConnectionError):
@@ -141,11 +146,10 @@ class Link:
                 return []
             out: list[Any] = []
             try:
-                while True:
-                    try:
-                        data = sock.recv(_READ_SIZE, socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        break
+                # select() first, not MSG_DONTWAIT: a socket with a timeout (redis-py sets `socket_timeout`)
+                # waits inside recv() whatever the flags, and TLS sockets take no flags at all.
+                while _readable(sock):
+                    data = sock.recv(_READ_SIZE)
                     if not data:
                         raise ConnectionError('connection closed by the server')
                     reader.feed(data)
@@ -175,6 +179,12 @@ class Link:
         if isinstance(reply, redis.exceptions.ResponseError):
             raise reply
         return reply
+
+
+def _readable(sock: Any) -> bool:
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True  # decrypted bytes already buffered: select() cannot see them
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def _response_error(message: str) -> redis.exceptions.ResponseError:

@@ -43,6 +43,7 @@ from fastq import states
 from fastq.backends.base import Backend
 from fastq.backends.redis.alistener import AsyncResultListener, AsyncWaiter
 from fastq.backends.redis.chords import RedisChordStore
+from fastq.backends.redis.inline import InlineWait, Unsupported
 from fastq.backends.redis.layout import KeyLayout
 from fastq.backends.redis.listener import ResultListener, Waiter
 from fastq.backends.redis.params import connection_params, sentinel_params
@@ -70,6 +71,8 @@ MIN_RECHECK = 1.0
 #: A wait for a task sent less than this long ago subscribes first: its result is unlikely to be stored yet, and
 #: reading first would add a round trip to the quickest waits. Older tasks are read first: usually that is all.
 FRESH = 0.005
+#: Threads that wait on a connection of their own (inline.py); more wait through the shared listener.
+MAX_INLINE_WAITERS = 8
 #: Compare-and-set rounds before a store gives up on a key other writers keep changing.
 MAX_CAS_ROUNDS = 16
 
@@ -110,6 +113,9 @@ class RedisBackend(Backend):
         self._deferred: list[tuple[str, bytes]] | None = None  # results held by `store_success_later`
         self._reader_links = threading.local()
         self._listener: ResultListener | None = None
+        self._inline_waits = threading.local()
+        self._inline_all: weakref.WeakSet[InlineWait] = weakref.WeakSet()  # a dead thread's closes itself
+        self._inline_supported = True
         self._async: LoopLocal[_AsyncState | None] = LoopLocal(self._new_async_state, _close_async_state)
         self.chord_store = RedisChordStore(self)
         _live.add(self)
@@ -152,11 +158,39 @@ class RedisBackend(Backend):
                 listener = self._listener
         return listener
 
+    def _inline_wait(self) -> InlineWait | None:
+        """This thread's own connection for waiting (see `inline.py`): for up to MAX_INLINE_WAITERS threads,
+        and only where the server speaks RESP3; None means: use the shared listener."""
+        inline: InlineWait | None = getattr(self._inline_waits, 'wait', None)
+        if inline is not None or not self._inline_supported:
+            return inline
+        client = self.client  # outside the lock: creating the client takes it
+        with self._lock:
+            if len(self._inline_all) >= MAX_INLINE_WAITERS:
+                return None
+            inline = self._inline_waits.wait = InlineWait(client)
+            self._inline_all.add(inline)
+        return inline
+
+    def _drop_inline_wait(self) -> None:
+        inline: InlineWait | None = getattr(self._inline_waits, 'wait', None)
+        if inline is None:
+            return
+        self._inline_waits.wait = None
+        with self._lock:
+            self._inline_all.discard(inline)
+        inline.close()
+
     def _reset_after_fork(self) -> None:
         """In a forked child: the parent's listener thread is gone and its locks may be held; start afresh."""
         self._lock = threading.Lock()
         self._link = None  # the parent's socket: never used here
         self._reader_links = threading.local()
+        self._inline_waits = threading.local()  # the parent's sockets: never used here
+        self._inline_all = weakref.WeakSet()
+        if self._client is not None:
+            # redis-py notices a fork only in get_connection(); the fast paths make connections directly
+            self._client.connection_pool.reset()
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.abandon_after_fork()
@@ -167,6 +201,10 @@ class RedisBackend(Backend):
             client, self._client = self._client, None
             link, self._link = self._link, None
             self._reader_links = threading.local()  # dropping it closes every thread's reader link
+            inline_waits, self._inline_all = list(self._inline_all), weakref.WeakSet()
+            self._inline_waits = threading.local()
+        for inline in inline_waits:
+            inline.close()
         if link is not None:
             link.close()
         if listener is not None:
@@ -388,10 +426,38 @@ class RedisBackend(Backend):
             if stored is not None and stored['status'] in states.READY_STATES:
                 return stored
         deadline = None if timeout is None else time.monotonic() + timeout
+        recheck = max(interval, MIN_RECHECK)
+        inline = self._inline_wait()
+        if inline is not None:
+            try:
+                meta = inline.wait(
+                    self.layout.task_key(task_id),
+                    self.meta_from_payload,
+                    lambda meta: meta['status'] in states.READY_STATES,
+                    deadline,
+                    recheck,
+                    on_interval,
+                )
+            except Unsupported as exc:
+                logger.debug('No RESP3 on %s (%s): results are waited on through the listener', self._masked, exc)
+                self._inline_supported = False
+                self._drop_inline_wait()
+            except (redis.exceptions.RedisError, OSError) as exc:  # the listener knows how to reconnect and report
+                if isinstance(exc, CONNECTION_ERRORS):
+                    logger.warning(
+                        'Connection to the Redis result backend lost (%s); waiting for %s goes on', exc, task_id
+                    )
+                else:
+                    logger.debug('Waiting for %s on its own connection failed (%s); using the listener', task_id, exc)
+                self._drop_inline_wait()
+            else:
+                if meta is None:
+                    raise TimeoutError('The operation timed out.')
+                return meta
         listener = self._get_listener()
         waiter = listener.subscribe(self.layout.task_key(task_id))
         try:
-            return self._wait(listener, waiter, task_id, deadline, max(interval, MIN_RECHECK), on_interval)
+            return self._wait(listener, waiter, task_id, deadline, recheck, on_interval)
         finally:
             listener.unsubscribe(waiter)
 
