@@ -3,6 +3,7 @@ and `State`, and a real Flower (its HTTP API); and fastq's receiver watching a C
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any
@@ -78,3 +79,80 @@ def test_fastq_receiver_sees_celery_worker_events(celery_client: Any, fastq_clie
     task = state.tasks[result.id]
     assert task.name == 'worker_tasks.add' and task.result == '3' and task.worker.hostname.startswith('evc@')
     assert any(w.sw_ident == 'py-celery' and w.alive for w in state.workers.values())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(port: int, path: str) -> Any:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f'http://127.0.0.1:{port}{path}', timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_flower_shows_fastq_workers_and_tasks(fastq_client: Any, workers: Any, url: str, tmp_path: Any) -> None:
+    """A real Flower (PyPI `flower`) against a fastq fleet: its event-driven views (tasks, worker status) come
+    from fastq's events; its worker list from inspect replies, which it asks for on refresh."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip('flower')
+    w = workers('fastq', '-n', 'fl1@%h', '--heartbeat-interval', '0.5')  # no -E: Flower enables task events
+    hostname = next(word for word in w.log.split() if word.startswith('fl1@'))
+    port = _free_port()
+    env = dict(os.environ, FLOWER_UNAUTHENTICATED_API='true')
+    env.pop('PYTEST_CURRENT_TEST', None)
+    log = open(tmp_path / 'flower.log', 'wb')
+    flower = subprocess.Popen(
+        [sys.executable, '-m', 'celery', f'--broker={url}', 'flower', f'--port={port}', '--address=127.0.0.1',
+         '--inspect_timeout=2000', '--persistent=False'],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log.close()
+    try:
+
+        def status() -> Any:
+            try:
+                return _get(port, '/api/workers?status=true')
+            except OSError:
+                return {}
+
+        wait_until(lambda: status().get(hostname) is True, timeout=60, message='Flower sees the worker alive')
+        # Flower sends enable_events to the workers when it starts (and every few seconds after): task events
+        # flow once the worker took it.
+        deadline = time.monotonic() + 60
+        while True:  # until one task shows up, which proves task events are on; then two more
+            probe = fastq_client.add.delay(1, 1)
+            assert probe.get(timeout=30) == 2
+            time.sleep(0.3)
+            if probe.id in _get(port, '/api/tasks'):
+                break
+            assert time.monotonic() < deadline, (tmp_path / 'flower.log').read_text()
+        results = [fastq_client.add.delay(5, 6), fastq_client.fail.delay('flower-boom')]
+        assert results[0].get(timeout=30) == 11
+
+        def shown() -> bool:
+            tasks = _get(port, '/api/tasks')
+            return (
+                results[0].id in tasks
+                and tasks[results[0].id]['state'] == 'SUCCESS'
+                and (results[1].id in tasks and tasks[results[1].id]['state'] == 'FAILURE')
+            )
+
+        wait_until(shown, timeout=30, message='Flower lists the tasks with their outcome')
+        info = _get(port, f'/api/task/info/{results[0].id}')
+        assert info['state'] == 'SUCCESS' and info['result'] == '11' and info['name'] == 'worker_tasks.add'
+        assert info['worker'] == hostname and info['args'] == '(5, 6)'
+        failed = _get(port, f'/api/task/info/{results[1].id}')
+        assert 'flower-boom' in failed['exception'] and 'Traceback' in failed['traceback']
+        listed = _get(port, '/api/workers?refresh=true')
+        assert hostname in listed  # from inspect replies (full stats, active, ... with the control commands)
+    finally:
+        flower.terminate()
+        flower.wait(10)
