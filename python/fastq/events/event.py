@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from fastq import __version__
+from fastq import __version__, control
 from fastq.control import decode_envelope, encode_envelope, tick
 
 __all__ = [
@@ -30,6 +30,10 @@ __all__ = [
 ]
 
 EVENT_EXCHANGE = 'celeryev'
+
+#: The next value of this process's Lamport clock (`fastq.control.tick` without its lock: `next()` on an
+#: `itertools.count` is atomic under the GIL), for senders that stamp an event per task.
+next_clock = control._clock.__next__
 
 #: What `worker-*` events say about the software (Celery sends sw_ident 'py-celery').
 SOFTWARE_INFO = {'sw_ident': 'fastq', 'sw_ver': __version__, 'sw_sys': platform.system()}
