@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from fastq.backends.base import Backend
     from fastq.brokers.base import Broker, Outgoing
     from fastq.control import Control
+    from fastq.events import Events
     from fastq.result import AsyncResult, GroupResult
     from fastq.routing import Router
 
@@ -503,6 +504,16 @@ class Fastq:
 
             control = self.__dict__['_control'] = Control(self)
         return control
+
+    @property
+    def events(self) -> Events:
+        """Monitoring events: `app.events.Receiver(conn, handlers={...})`, `.State()`, `.Dispatcher()`."""
+        events: Events | None = self.__dict__.get('_events')
+        if events is None:
+            from fastq.events import Events
+
+            events = self.__dict__['_events'] = Events(self)
+        return events
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[Any]:
         from fastq.result import AsyncResult

@@ -28,6 +28,7 @@ from fastq.utils.text import saferepr
 from fastq.utils.time import from_iso, maybe_make_aware
 
 __all__ = [
+    'SENT_AT_HEADER',
     'TaskRequest',
     'build_task_message',
     'decode_body',
@@ -40,6 +41,11 @@ __all__ = [
 ]
 
 Message = _core.Message
+
+#: The header fastq clients add to every task message: when it was sent (unix seconds), for the workers'
+#: time-in-queue metric. Celery's workers ignore headers they do not know (the task sees it in
+#: `self.request`, as any custom header), and Celery's clients do not send it.
+SENT_AT_HEADER = 'fastq_sent_at'
 
 
 def _iso(value: datetime | str | None, tz: tzinfo) -> str | None:

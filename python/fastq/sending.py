@@ -50,6 +50,8 @@ __all__ = [
 
 logger = logging.getLogger('fastq.sending')
 
+SENT_AT_HEADER = protocol.SENT_AT_HEADER
+
 _DELIVERY_MODES = {'persistent': 2, 'transient': 1}
 #: Serializers the Rust envelope builder encodes itself; others are encoded in Python first.
 _NATIVE_SERIALIZERS = frozenset({'json', 'msgpack'})
@@ -264,15 +266,18 @@ class _Message:
 
 class _Context:
     """What every message of one send shares: this process's origin, this thread's reply_to, and the task
-    being executed (whose ids the messages inherit as root_id and parent_id), looked up once."""
+    being executed (whose ids the messages inherit as root_id and parent_id), looked up once; and when they
+    were sent: the `fastq_sent_at` header (unix seconds), from which fastq workers measure time in queue
+    (Celery's workers ignore it, as any header they do not know)."""
 
-    __slots__ = ('app', 'origin', 'parent', 'reply_to')
+    __slots__ = ('app', 'origin', 'parent', 'reply_to', 'sent_at')
 
     def __init__(self, app: Fastq) -> None:
         self.app = app
         self.origin = app.origin
         self.reply_to = app.thread_oid
         self.parent = _state.get_current_worker_task()
+        self.sent_at = {SENT_AT_HEADER: time.time()}
 
     def prepare(
         self,
@@ -333,7 +338,7 @@ class _Context:
             kw.get('replaced_task_nesting') or 0,
             plan.stamped_headers,
             plan.stamps,
-            plan.headers,
+            self.sent_at if plan.headers is None else {**plan.headers, **self.sent_at},
             kw.get('reply_to') or self.reply_to,
             args,
             kwargs,

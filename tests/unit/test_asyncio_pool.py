@@ -304,7 +304,7 @@ class _Pool:
     def answer(self, pid: int, job: Job, state: str = states.SUCCESS, exiting: bool = False) -> None:
         import marshal
 
-        self.pool._on_result(self.child(pid), job.id, marshal.dumps((state, 0.1, '', '', False, exiting)))
+        self.pool._on_result(self.child(pid), job.id, marshal.dumps((state, 0.1, '', '', False, None, exiting)))
 
 
 _ids = iter(range(1, 1_000_000))

@@ -18,10 +18,7 @@ if TYPE_CHECKING:
 NO_OPS = {
     'without_gossip': '--without-gossip: fastq workers do not gossip; ignored',
     'without_mingle': '--without-mingle: fastq workers do not mingle at startup; ignored',
-    'without_heartbeat': '--without-heartbeat: worker heartbeats are events, not sent by this build; ignored',
-    'heartbeat_interval': '--heartbeat-interval: worker heartbeats are not sent by this build; ignored',
     'autoscale': '--autoscale: autoscaling is not available yet; running with a fixed pool size',
-    'task_events': '-E/--task-events: task events are not available yet; ignored',
     'statedb': '--statedb: fastq keeps revocations in the broker, no state file is needed; ignored',
     'uid': '--uid: fastq does not drop privileges itself; use your service manager; ignored',
     'gid': '--gid: fastq does not drop privileges itself; use your service manager; ignored',
@@ -58,11 +55,14 @@ def register(commands: Any) -> None:
     p.add_argument('--pidfile', help='write the pid to this file (refuses to start if it is held)')
     p.add_argument('-D', '--detach', action='store_true', help='run in the background (needs --logfile)')
     p.add_argument('--purge', '--discard', dest='purge', action='store_true', help='purge queues before starting')
-    p.add_argument('-E', '--task-events', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument(
+        '-E', '--task-events', action='store_true', help='send task events (for monitors: Flower, fastq events)'
+    )
+    p.add_argument('--metrics-port', type=int, help='serve Prometheus metrics on this port (0: any free port)')
     p.add_argument('--without-gossip', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--without-mingle', action='store_true', help=argparse.SUPPRESS)
-    p.add_argument('--without-heartbeat', action='store_true', help=argparse.SUPPRESS)
-    p.add_argument('--heartbeat-interval', type=float, help=argparse.SUPPRESS)
+    p.add_argument('--without-heartbeat', action='store_true', help='send no worker heartbeat events')
+    p.add_argument('--heartbeat-interval', type=float, help='seconds between heartbeat events (default 2)')
     p.add_argument('--autoscale', help=argparse.SUPPRESS)
     p.add_argument(
         '-B', '--beat', action='store_true', help='also run beat, the periodic task scheduler, in this worker'
@@ -126,6 +126,10 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
             beat=args.beat,
             schedule_filename=args.schedule_filename,
             scheduler=args.scheduler,
+            task_events=args.task_events,
+            heartbeat=not args.without_heartbeat,
+            heartbeat_interval=args.heartbeat_interval,
+            metrics_port=args.metrics_port,
         )
         excluded = set(_split(args.exclude_queues))
         if excluded:

@@ -302,6 +302,19 @@ FASTQ_SETTINGS = [
         'worker_concurrency (-c) is then the number of tasks each child runs at once.',
     ),
     _s(
+        'worker_metrics_port',
+        'int',
+        None,
+        doc='Serve Prometheus metrics from the worker on this TCP port (--metrics-port; 0: any free port, '
+        "logged at startup); needs prometheus_client (pip install 'fastq[metrics]'). Unset: no metrics.",
+    ),
+    _s(
+        'worker_metrics_address',
+        'str',
+        '0.0.0.0',
+        doc='The address the metrics endpoint listens on (with worker_metrics_port).',
+    ),
+    _s(
         'beat_lock_timeout',
         'float',
         30.0,

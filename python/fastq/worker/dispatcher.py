@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from fastq.brokers.base import Broker, Consumer, Delivery
     from fastq.worker.fetcher import Fetcher
     from fastq.worker.loop import Loop
+    from fastq.worker.metrics import WorkerMetrics
+    from fastq.worker.monitor import TaskEvents
     from fastq.worker.pool.base import Pool
     from fastq.worker.settler import Settler
     from fastq.worker.trace import Outcome
@@ -110,6 +112,9 @@ class Dispatcher:
         self._limits_known: set[str] = set()
         self.processed = 0
         self._warned_time_limit = False
+        # Observers of the task lifecycle, None when off (one attribute check per step on the hot path).
+        self.events: TaskEvents | None = None
+        self.metrics: WorkerMetrics | None = None
 
     # --- receiving ----------------------------------------------------------------------------------------
 
@@ -187,13 +192,21 @@ class Dispatcher:
                 logger.debug('Task %s[%s] parked in the broker until its ETA', request.task, request.id)
                 return
             logger.info('Task %s[%s] received', job.name, request.id)
+            self._observe_received(job)
             heapq.heappush(self.held, (request.eta, job.id, job))
             self.ledger.window = self._window()
             self.loop.call_later(max(0.0, request.eta - now), self._release_due)
             return
         logger.info('Task %s[%s] received', job.name, request.id)
+        self._observe_received(job)
         signals.task_received.send(sender=self, request=job)
         self._enqueue(job)
+
+    def _observe_received(self, job: Job) -> None:
+        if self.events is not None:
+            self.events.received(job)
+        if self.metrics is not None:
+            self.metrics.received(job)
 
     def _enqueue(self, job: Job) -> None:
         """Ready to run, unless its task is rate limited: then it waits for a token first."""
@@ -245,6 +258,10 @@ class Dispatcher:
     def _discard_revoked(self, d: Delivery, request: Any, task: Any, expired: bool) -> None:
         """Revoked (or expired) before it ran: REVOKED stored, message acked, never executed."""
         logger.info('Discarding revoked task: %s[%s]', request.task, request.id)
+        if self.events is not None:
+            self.events.revoked(request, False, None, expired)
+        if self.metrics is not None:
+            self.metrics.revoked(request.task)
         self._finished_outside(d, request, states.REVOKED, TaskRevokedError('expired' if expired else 'revoked'))
         signals.task_revoked.send(sender=task, request=request, terminated=False, signum=None, expired=expired)
         self._ack_now([d.tag])
@@ -327,6 +344,10 @@ class Dispatcher:
                 self.ledger.settle(job.tag)
             self.running[job.id] = job
             pool.submit(job)
+            if self.events is not None:
+                self.events.started(job)
+            if self.metrics is not None:
+                self.metrics.started(job)
             sent = True
         if sent:
             pool.commit()
@@ -350,6 +371,10 @@ class Dispatcher:
     def on_result(self, job: Job, outcome: Outcome) -> None:
         self.running.pop(job.id, None)
         self.processed += 1
+        if self.events is not None:
+            self.events.finished(job, outcome)
+        if self.metrics is not None:
+            self.metrics.finished(job, outcome)
         state = outcome.state
         if state == DECODE_ERROR:
             error_logger.error("Can't decode message body of %s[%s]: %s", job.name, job.request.id, outcome.exc_repr)
@@ -373,6 +398,10 @@ class Dispatcher:
         task_id = job.request.id
         if reason == 'revoked':
             task = self.app.tasks.get(job.request.task)
+            if self.events is not None:
+                self.events.revoked(job.request, True, None, False)
+            if self.metrics is not None:
+                self.metrics.lost(job, states.REVOKED)
             self._finished_outside(job.delivery, job.request, states.REVOKED, TaskRevokedError('terminated'))
             signals.task_revoked.send(sender=task, request=job, terminated=True, signum=None, expired=False)
             if not job.acked:
@@ -398,6 +427,10 @@ class Dispatcher:
             self._late_acks.append(job.tag)
 
     def _store_failure(self, job: Job, exc: BaseException) -> None:
+        if self.events is not None:
+            self.events.failed(job.request, exc)
+        if self.metrics is not None:
+            self.metrics.lost(job, states.FAILURE)
         task = self.app.tasks.get(job.request.task)
         self._finished_outside(job.delivery, job.request, states.FAILURE, exc)
         if task is not None:

@@ -43,6 +43,7 @@ class Fetcher(threading.Thread):
         self.window_open.set()
         self._stop_event = threading.Event()
         self.paused = threading.Event()
+        self.reconnects = 0  # times fetching worked again after failing: a metric
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -88,6 +89,7 @@ class Fetcher(threading.Thread):
                 continue
             if backoff:
                 logger.info('Connected to %s', self.describe)
+                self.reconnects += 1
                 backoff = 0.0
             if not deliveries:
                 continue

@@ -52,12 +52,14 @@ class Outcome:
     traceback: str | None = None
     children: list[Any] = field(default_factory=list)
 
-    def to_wire(self) -> tuple[str, float, str, str, bool]:
-        return (self.state, self.runtime, self.retval_repr, self.exc_repr, self.requeue)
+    def to_wire(self) -> tuple[str, float, str, str, bool, str | None]:
+        """The fields the parent needs (the traceback, set for failures and retries only, for their events)."""
+        return (self.state, self.runtime, self.retval_repr, self.exc_repr, self.requeue, self.traceback)
 
     @classmethod
-    def from_wire(cls, data: tuple[str, float, str, str, bool]) -> Outcome:
-        return cls(*data)
+    def from_wire(cls, data: tuple[str, float, str, str, bool, str | None]) -> Outcome:
+        state, runtime, retval_repr, exc_repr, requeue, traceback = data
+        return cls(state, runtime, retval_repr, exc_repr, requeue, traceback=traceback)
 
 
 class _Einfo:
@@ -325,7 +327,9 @@ def _on_retry(task: Task[Any, Any], ctx: Context, exc: Retry, started: float) ->
     task.on_retry(reason, task_id, ctx.args, ctx.kwargs, einfo)
     signals.task_retry.send(sender=task, request=ctx, reason=reason, einfo=einfo)
     logger.info(LOG_RETRY, {'name': task.name, 'id': task_id, 'exc': str(exc)})
-    return Outcome(states.RETRY, time.monotonic() - started, exc_repr=str(exc), exception=exc)
+    return Outcome(
+        states.RETRY, time.monotonic() - started, exc_repr=str(exc), exception=exc, traceback=einfo.traceback
+    )
 
 
 def _finish(task: Task[Any, Any], ctx: Context, outcome: Outcome, args: list[Any], kwargs: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ from fastq.utils.nodenames import default_nodename, host_format
 from fastq.worker.dispatcher import Dispatcher
 from fastq.worker.fetcher import Fetcher
 from fastq.worker.loop import Loop
+from fastq.worker.monitor import HEARTBEAT_INTERVAL, WorkerEvents
 from fastq.worker.pool import create_pool
 from fastq.worker.settler import Settler
 
@@ -60,6 +61,10 @@ class WorkController:
         beat: bool = False,
         schedule_filename: str | None = None,
         scheduler: str | None = None,
+        task_events: bool | None = None,
+        heartbeat: bool = True,
+        heartbeat_interval: float | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.app = app
         conf = app.conf
@@ -72,6 +77,8 @@ class WorkController:
             ('worker_concurrency', concurrency),
             ('worker_pool', pool),
             ('worker_asyncio_processes', processes),
+            ('worker_send_task_events', task_events or None),
+            ('worker_metrics_port', metrics_port),
         ):
             if value is not None:
                 conf[name] = value
@@ -106,6 +113,13 @@ class WorkController:
         self.fetcher: Fetcher | None = None
         self.settler: Settler | None = None
         self.control: Any = None
+        self.events: WorkerEvents | None = None
+        self.metrics: Any = None
+        self.heartbeat = heartbeat
+        self.heartbeat_interval = float(heartbeat_interval or HEARTBEAT_INTERVAL)
+        from fastq.worker.metrics import check_metrics_port
+
+        self.metrics_port = check_metrics_port(conf.worker_metrics_port)
         self._renewer: threading.Thread | None = None
         self._stop_renew = threading.Event()
         self.beat: Any = None
@@ -162,6 +176,8 @@ class WorkController:
             self.broker.describe(),
         )
         self.dispatcher.fetcher = self.fetcher
+        self._start_events()
+        self._start_metrics()
         self.fetcher.start()
         self._start_housekeeping()
         self._start_remote_control()
@@ -219,6 +235,26 @@ class WorkController:
             logger.warning('Remote control unavailable on %s: %s', broker.describe(), exc)
             return
         self.control.start()
+
+    def _start_events(self) -> None:
+        broker = self.broker
+        if broker is None or not broker.features.fanout:
+            if self.app.conf.worker_send_task_events:
+                logger.warning('Events are not available on %s; -E ignored', broker and broker.describe())
+            return
+        self.events = WorkerEvents(
+            self, broker, bool(self.app.conf.worker_send_task_events), self.heartbeat, self.heartbeat_interval
+        )
+        self.events.start()
+
+    def _start_metrics(self) -> None:
+        if self.metrics_port is None or self.dispatcher is None:
+            return
+        from fastq.worker.metrics import WorkerMetrics
+
+        self.metrics = WorkerMetrics(self)
+        self.metrics.serve(self.metrics_port, str(self.app.conf.worker_metrics_address or '0.0.0.0'))
+        self.dispatcher.metrics = self.metrics
 
     def _load_revoked(self) -> None:
         """Take the revocations kept in the broker (made while this worker was offline, or by a peer)."""
@@ -333,6 +369,7 @@ class WorkController:
                 self.loop.run_once(0)
                 if self.dispatcher is not None:
                     self.dispatcher.stop_accepting()
+            self._stop_monitoring()
             if self.settler is not None:
                 self.settler.stop()  # every ack queued is sent before the consumer hands back the rest
             if self.consumer is not None:
@@ -342,6 +379,13 @@ class WorkController:
             self.app.close()
             self.loop.close()
         return self.exitcode
+
+    def _stop_monitoring(self) -> None:
+        """After the pool is done: send the last task events and `worker-offline`; stop serving metrics."""
+        if self.events is not None:
+            self.events.stop()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def _stop_beat(self) -> None:
         if self.beat is not None and self.beat.is_alive():

@@ -130,6 +130,7 @@ class PreforkPool(Pool):
         self.processes = self.concurrency  # children to keep running (the asyncio pool sets its own)
         # Jobs started by the child of each index, written by the child (see the module docstring).
         self._progress: memoryview | None = None
+        self.replaced = 0  # children replaced after they exited (recycled or died): a metric
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -356,6 +357,7 @@ class PreforkPool(Pool):
         self._by_pid.pop(child.pid, None)
         self._free_indexes.append(child.index)
         if not self._stopping:
+            self.replaced += 1
             self._spawn()
 
     def _tracked(self, child: _Child) -> bool:

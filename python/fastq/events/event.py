@@ -1,0 +1,89 @@
+"""Celery's event format: what one event is, how a batch of them travels, and the clock that orders them.
+
+An event is a plain mapping with `type`, `hostname`, `timestamp` (unix seconds), `utcoffset` (hours), `pid`
+and `clock` (Lamport), plus fields per type (`task-succeeded` has `uuid`, `result`, `runtime`; see
+docs/monitoring.md). On the wire it is a kombu envelope published to the `celeryev` exchange (on Redis the
+pub/sub channel `/<db>.celeryev/<routing key>`) with the header `hostname`, delivery mode 1, JSON body: one
+event, or a list of them under the routing key `<group>.multi` (Celery's buffered `task.multi`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from fastq import __version__, control
+from fastq.control import decode_envelope, encode_envelope, tick
+
+__all__ = [
+    'EVENT_EXCHANGE',
+    'SOFTWARE_INFO',
+    'Event',
+    'decode_events',
+    'encode_events',
+    'group_from',
+    'routing_key_of',
+    'utcoffset',
+]
+
+EVENT_EXCHANGE = 'celeryev'
+
+#: The next value of this process's Lamport clock (`fastq.control.tick` without its lock: `next()` on an
+#: `itertools.count` is atomic under the GIL), for senders that stamp an event per task.
+next_clock = control._clock.__next__
+
+#: What `worker-*` events say about the software (Celery sends sw_ident 'py-celery').
+SOFTWARE_INFO = {'sw_ident': 'fastq', 'sw_ver': __version__, 'sw_sys': platform.system()}
+
+
+def utcoffset() -> int:
+    """This host's offset from UTC in hours, as Celery computes it (west of UTC is positive)."""
+    if time.localtime().tm_isdst and time.daylight:
+        return time.altzone // 3600
+    return time.timezone // 3600
+
+
+def Event(type: str, _fields: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """An event mapping (Celery's `celery.events.Event`): `timestamp` is set to now unless given."""
+    event = dict(_fields, **fields) if _fields else fields
+    if 'timestamp' not in event:
+        event['timestamp'] = time.time()
+    event['type'] = type
+    return event
+
+
+def group_from(type: str) -> str:
+    """The group of an event type: `task` for `task-sent`, `worker` for `worker-heartbeat`."""
+    return type.split('-', 1)[0]
+
+
+def routing_key_of(type: str) -> str:
+    """Celery's routing key for an event type: `task-succeeded` -> `task.succeeded`."""
+    return type.replace('-', '.')
+
+
+def stamp(event: dict[str, Any], hostname: str, offset: int, pid: int | None = None) -> dict[str, Any]:
+    """Add the fields every event carries (a clock tick each, in the order they are stamped)."""
+    event['hostname'] = hostname
+    event['utcoffset'] = offset
+    event['pid'] = os.getpid() if pid is None else pid
+    event['clock'] = tick()
+    return event
+
+
+def encode_events(events: Any, hostname: str, routing_key: str, exchange: str = EVENT_EXCHANGE) -> bytes:
+    """The envelope of one event (a mapping) or a batch (a list), as Celery's dispatcher publishes it."""
+    return encode_envelope(events, {'hostname': hostname}, exchange, routing_key, 1)
+
+
+def decode_events(raw: bytes) -> list[dict[str, Any]]:
+    """The events in one `celeryev` message (none if it is not one)."""
+    try:
+        _, body = decode_envelope(raw)
+    except ValueError:
+        return []
+    items: Iterable[Any] = body if isinstance(body, list) else (body,)
+    return [item for item in items if isinstance(item, dict) and isinstance(item.get('type'), str)]

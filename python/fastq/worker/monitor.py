@@ -1,0 +1,242 @@
+"""A worker's events: heartbeats always, task events with -E, and the control commands that switch them.
+
+Task events are built in the worker parent from what it already knows: the message headers (`argsrepr`,
+`kwargsrepr`, `eta`, ...) at reception, the pool hand-off as the start (a prefork child starts a job it is
+handed within `QUEUE_BUDGET`, 2 ms, of the hand-off), and the outcome each child answers with (state,
+runtime, result repr, exception repr and traceback). The loop thread only builds each event mapping and
+appends it to a buffer; the `fastq-events` thread encodes and publishes the buffer in `task.multi` batches
+and sends the heartbeats, so the cost per task stays a few microseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fastq import states
+from fastq.events.dispatcher import EventDispatcher
+from fastq.events.event import SOFTWARE_INFO, next_clock
+from fastq.worker.control import command, ok
+
+if TYPE_CHECKING:
+    from fastq.brokers.base import Broker
+    from fastq.protocol import TaskRequest
+    from fastq.worker.job import Job
+    from fastq.worker.trace import Outcome
+    from fastq.worker.worker import WorkController
+
+__all__ = ['TaskEvents', 'WorkerEvents']
+
+logger = logging.getLogger('celery.worker.heartbeat')
+control_logger = logging.getLogger('celery.worker.control')
+
+#: Celery's default heartbeat interval (`celery worker --heartbeat-interval`).
+HEARTBEAT_INTERVAL = 2.0
+
+
+def load_average() -> tuple[float, ...]:
+    try:
+        return tuple(round(value, 2) for value in os.getloadavg())
+    except OSError:  # not available on this platform
+        return (0.0, 0.0, 0.0)
+
+
+class TaskEvents:
+    """Builds a worker's task events (in the loop thread) into its dispatcher's `task` buffer.
+
+    Each event is one dict literal appended to a deque: this runs for every task, three times, so it avoids
+    calls it does not need (the clock is `next()` on the process's Lamport counter, atomic under the GIL).
+    """
+
+    def __init__(self, dispatcher: EventDispatcher, muted: Callable[[str], bool]) -> None:
+        self.dispatcher = dispatcher
+        self._append = dispatcher.buffer('task').append
+        self._buffer = dispatcher.buffer('task')
+        self._hostname = dispatcher.hostname
+        self._utcoffset = dispatcher.utcoffset
+        self._pid = dispatcher.pid
+        self._limit = dispatcher.buffer_limit
+        self._is_muted = muted  # task names whose `send_events` is False
+        self._muted: dict[str, bool] = {}
+
+    def _skip(self, name: str) -> bool:
+        muted = self._muted.get(name)
+        if muted is None:
+            muted = self._muted[name] = self._is_muted(name)
+        if len(self._buffer) >= self._limit:
+            self.dispatcher.wakeup()
+        return muted
+
+    def received(self, job: Job) -> None:
+        r = job.request
+        if self._skip(r.task):
+            return
+        h = r.headers
+        self._append({'hostname': self._hostname, 'utcoffset': self._utcoffset, 'pid': self._pid,
+                      'clock': next_clock(), 'uuid': r.id, 'name': r.task, 'args': r.argsrepr,
+                      'kwargs': r.kwargsrepr, 'root_id': r.root_id, 'parent_id': r.parent_id,
+                      'retries': r.retries, 'eta': h.get('eta'), 'expires': h.get('expires'),
+                      'timestamp': time.time(), 'type': 'task-received'})  # fmt: skip
+
+    def started(self, job: Job) -> None:
+        r = job.request
+        if not self._skip(r.task):  # Celery's has no more fields: `pid` is the worker's
+            self._append({'hostname': self._hostname, 'utcoffset': self._utcoffset, 'pid': self._pid,
+                          'clock': next_clock(), 'uuid': r.id, 'timestamp': time.time(),
+                          'type': 'task-started'})  # fmt: skip
+
+    def finished(self, job: Job, outcome: Outcome) -> None:
+        r = job.request
+        if self._skip(r.task):
+            return
+        state = outcome.state
+        if state == states.SUCCESS:
+            fields: dict[str, Any] = {'result': outcome.retval_repr, 'runtime': outcome.runtime,
+                                      'type': 'task-succeeded'}  # fmt: skip
+        elif state == states.FAILURE:
+            fields = {'exception': outcome.exc_repr, 'traceback': outcome.traceback, 'type': 'task-failed'}
+        elif state == states.RETRY:
+            fields = {'exception': outcome.exc_repr, 'traceback': outcome.traceback, 'type': 'task-retried'}
+        elif state == states.REJECTED:
+            fields = {'requeue': outcome.requeue, 'type': 'task-rejected'}
+        else:
+            return
+        self._emit(r.id, fields)
+
+    def _emit(self, uuid: str, fields: dict[str, Any]) -> None:
+        self._append({'hostname': self._hostname, 'utcoffset': self._utcoffset, 'pid': self._pid,
+                      'clock': next_clock(), 'uuid': uuid, 'timestamp': time.time(), **fields})  # fmt: skip
+
+    def failed(self, request: TaskRequest, exc: BaseException) -> None:
+        """A task that failed outside its executor (its process died, or its hard time limit killed it)."""
+        if not self._skip(request.task):
+            self._emit(request.id, {'exception': repr(exc), 'traceback': None, 'type': 'task-failed'})
+
+    def revoked(self, request: TaskRequest, terminated: bool, signum: int | None, expired: bool) -> None:
+        if not self._skip(request.task):
+            self._emit(request.id, {'terminated': terminated, 'signum': signum, 'expired': expired,
+                                    'type': 'task-revoked'})  # fmt: skip
+
+
+class WorkerEvents:
+    """The worker's event dispatcher: `worker-online`, a heartbeat every `interval`, `worker-offline`, and
+    task events while enabled."""
+
+    def __init__(
+        self, worker: WorkController, broker: Broker, task_events: bool, heartbeat: bool, interval: float
+    ) -> None:
+        self.worker = worker
+        self.interval = interval
+        self.heartbeats = heartbeat
+        self.dispatcher = EventDispatcher(worker.app, hostname=worker.hostname, buffer_group=['task'], broker=broker)
+        self.task_events_wanted = task_events
+        self._muted_names: dict[str, bool] = {}
+        if heartbeat:
+            self.dispatcher.call_repeatedly(interval, self.heartbeat)
+
+    def _muted(self, name: str) -> bool:
+        muted = self._muted_names.get(name)
+        if muted is None:
+            task = self.worker.app.tasks.get(name)
+            muted = self._muted_names[name] = task is not None and task.send_events is False
+        return muted
+
+    def start(self) -> None:
+        if self.heartbeats:
+            self.send_worker_event('worker-online')
+        if self.task_events_wanted:
+            self.enable_task_events()
+        self.dispatcher.start()
+
+    def send_worker_event(self, type: str, freq: float | None = None) -> None:
+        from fastq import signals
+
+        dispatcher = self.worker.dispatcher
+        fields: dict[str, Any] = {
+            'freq': self.interval if freq is None else freq,
+            'active': len(dispatcher.running) if dispatcher is not None else 0,
+            'processed': dispatcher.processed if dispatcher is not None else 0,
+            'loadavg': load_average(),
+            **SOFTWARE_INFO,
+        }
+        self.dispatcher.send(type, **fields)
+        if type == 'worker-heartbeat' and signals.heartbeat_sent.receivers:
+            signals.heartbeat_sent.send(sender=self)
+
+    def heartbeat(self) -> None:
+        self.send_worker_event('worker-heartbeat')
+
+    @property
+    def task_events_enabled(self) -> bool:
+        dispatcher = self.worker.dispatcher
+        return dispatcher is not None and dispatcher.events is not None
+
+    def enable_task_events(self) -> bool:
+        """Start sending task events; False if they were on already. Call in the loop's thread."""
+        dispatcher = self.worker.dispatcher
+        if dispatcher is None or dispatcher.events is not None:
+            return False
+        dispatcher.events = TaskEvents(self.dispatcher, self._muted)
+        return True
+
+    def disable_task_events(self) -> bool:
+        dispatcher = self.worker.dispatcher
+        if dispatcher is None or dispatcher.events is None:
+            return False
+        dispatcher.events = None
+        return True
+
+    def stop(self) -> None:
+        """Send what is buffered, then `worker-offline` (call once the pool has finished)."""
+        if self.heartbeats:
+            self.dispatcher.flush()
+            self.send_worker_event('worker-offline')
+        self.dispatcher.close()
+
+
+def _in_loop(worker: WorkController, fn: Callable[[], bool]) -> bool:
+    """Run `fn` in the worker loop's thread and return its answer (the pidbox listener waits for it)."""
+    import threading
+
+    done = threading.Event()
+    answer: list[bool] = []
+
+    def run() -> None:
+        try:
+            answer.append(fn())
+        finally:
+            done.set()
+
+    worker.loop.call_soon_threadsafe(run)
+    done.wait(5.0)
+    return bool(answer and answer[0])
+
+
+@command('enable_events')
+def _enable_events(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
+    events = worker.events
+    if events is None:
+        return {'error': 'events are not available on this broker'}
+    if _in_loop(worker, events.enable_task_events):
+        control_logger.info('Events of group {task} enabled by remote.')
+        return ok('task events enabled')
+    return ok('task events already enabled')
+
+
+@command('disable_events')
+def _disable_events(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
+    events = worker.events
+    if events is not None and _in_loop(worker, events.disable_task_events):
+        control_logger.info('Events of group {task} disabled by remote.')
+        return ok('task events disabled')
+    return ok('task events already disabled')
+
+
+@command('heartbeat')
+def _heartbeat(worker: WorkController, **kwargs: Any) -> None:
+    logger.debug('Heartbeat requested by remote.')
+    if worker.events is not None:
+        worker.events.send_worker_event('worker-heartbeat', freq=5)

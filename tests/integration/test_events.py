@@ -1,0 +1,100 @@
+"""Events from real workers: heartbeats always, task events with -E or after `enable_events`, in Celery's
+format (fields per type, `task.multi` batches), received by `app.events.Receiver` and folded by `State`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from fastq.events import EventReceiver, State
+
+pytestmark = pytest.mark.slow
+
+COMMON = {'hostname', 'utcoffset', 'pid', 'clock', 'timestamp', 'type'}
+
+
+def collect(receiver: EventReceiver, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 30) -> list[Any]:
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while not done(events):
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f'events seen: {[(e["type"], e.get("uuid")) for e in events]}'
+        events.extend(receiver.itercapture(timeout=min(remaining, 0.5)))
+    return events
+
+
+def of(events: list[dict[str, Any]], uuid: str) -> dict[str, dict[str, Any]]:
+    return {e['type']: e for e in events if e.get('uuid') == uuid}
+
+
+def test_task_and_worker_events(tasks: Any, worker: Any) -> None:
+    receiver = tasks.app.events.Receiver()
+    receiver.consume()  # subscribed before the worker starts: its worker-online is seen
+    try:
+        w = worker('-E', '-n', 'ev1@%h', '--heartbeat-interval', '0.5')
+        ok = tasks.add.delay(2, 3)
+        bad = tasks.fail.delay('boom')
+        assert ok.get(timeout=30) == 5
+
+        def done(events: list[dict[str, Any]]) -> bool:
+            return (
+                'task-succeeded' in of(events, ok.id)
+                and 'task-failed' in of(events, bad.id)
+                and (sum(e['type'] == 'worker-heartbeat' for e in events) >= 2)
+            )
+
+        events = collect(receiver, done)
+    finally:
+        receiver.close()
+    hostname = next(e['hostname'] for e in events if e['type'] == 'worker-online')
+    assert hostname.startswith('ev1@')
+    for event in events:
+        assert COMMON <= set(event), event
+    beat = next(e for e in events if e['type'] == 'worker-heartbeat')
+    assert beat['freq'] == 0.5 and beat['sw_ident'] == 'fastq' and len(beat['loadavg']) == 3
+    assert {'active', 'processed', 'sw_ver', 'sw_sys'} <= set(beat)
+    good = of(events, ok.id)
+    assert ['task-received', 'task-started', 'task-succeeded'] == [t for t in good]
+    received = good['task-received']
+    assert received['name'] == 'worker_tasks.add' and received['args'] == '(2, 3)' and received['kwargs'] == '{}'
+    assert received['root_id'] == ok.id and received['retries'] == 0
+    assert {'parent_id', 'eta', 'expires'} <= set(received)
+    assert good['task-started']['pid'] == w.pid  # the worker's, as Celery's
+    assert good['task-succeeded']['result'] == '5' and good['task-succeeded']['runtime'] >= 0
+    failed = of(events, bad.id)['task-failed']
+    assert 'boom' in failed['exception'] and 'Traceback' in failed['traceback']
+    assert len({e['clock'] for e in events if e['hostname'] == hostname}) == len(
+        [e for e in events if e['hostname'] == hostname]
+    )  # a clock tick each
+
+    state = State()
+    for event in events:
+        state.event(event)
+    assert state.tasks[ok.id].state == 'SUCCESS' and state.tasks[ok.id].result == '5'
+    assert state.tasks[bad.id].state == 'FAILURE' and state.tasks[ok.id].worker.hostname == hostname
+    assert [worker.hostname for worker in state.alive_workers()] == [hostname]
+
+
+def test_enable_and_disable_events_remotely(tasks: Any, worker: Any) -> None:
+    w = worker('-n', 'ev2@%h')
+    hostname = next(word for word in w.log.split() if word.startswith('ev2@'))
+    with tasks.app.events.Receiver() as receiver:
+        quiet = tasks.add.delay(1, 1)
+        assert quiet.get(timeout=30) == 2
+        reply = tasks.app.control.broadcast('enable_events', reply=True, timeout=5, limit=1, destination=[hostname])
+        assert reply == [{hostname: {'ok': 'task events enabled'}}]
+        loud = tasks.add.delay(2, 2)
+        events = collect(receiver, lambda evs: 'task-succeeded' in of(evs, loud.id))
+        assert 'task-received' not in of(events, quiet.id)  # its answer may reach the parent after enabling
+        again = tasks.app.control.broadcast('enable_events', reply=True, timeout=5, limit=1, destination=[hostname])
+        assert again == [{hostname: {'ok': 'task events already enabled'}}]
+        off = tasks.app.control.broadcast('disable_events', reply=True, timeout=5, limit=1, destination=[hostname])
+        assert off == [{hostname: {'ok': 'task events disabled'}}]
+        hushed = tasks.add.delay(3, 3)
+        assert hushed.get(timeout=30) == 6
+        tasks.app.control.broadcast('heartbeat', destination=[hostname])
+        events = collect(receiver, lambda evs: any(e.get('freq') == 5 for e in evs))
+        assert not of(events, hushed.id)

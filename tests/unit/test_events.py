@@ -1,0 +1,132 @@
+"""Events without a worker: the format, the dispatcher's buffering and batches, the receiver, `State`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastq import Fastq
+from fastq.events import Event, EventDispatcher, State, group_from
+from fastq.events.event import decode_events, encode_events, routing_key_of
+from fastq.worker.trace import Outcome
+
+
+def ev(kind: str, **fields: Any) -> dict[str, Any]:
+    return {'type': kind, 'hostname': 'w1@host', 'timestamp': time.time(), 'clock': 1, 'pid': 42, 'utcoffset': 0,
+            **fields}  # fmt: skip
+
+
+def test_format_helpers() -> None:
+    assert group_from('task-sent') == 'task' and group_from('worker-heartbeat') == 'worker'
+    assert routing_key_of('task-succeeded') == 'task.succeeded'
+    event = Event('task-sent', uuid='x')
+    assert event['type'] == 'task-sent' and isinstance(event['timestamp'], float)
+    assert Event('x-y', timestamp=1.5)['timestamp'] == 1.5
+    raw = encode_events([ev('task-started', uuid='a'), ev('task-succeeded', uuid='a')], 'w1@host', 'task.multi')
+    assert [e['type'] for e in decode_events(raw)] == ['task-started', 'task-succeeded']
+    assert decode_events(b'not an envelope') == []
+
+
+def test_dispatcher_publishes_at_once_and_buffers_groups(memory_app: Fastq) -> None:
+    receiver = memory_app.events.Receiver(routing_key='#')
+    receiver.consume()
+    dispatcher = memory_app.events.Dispatcher(hostname='n1@h', buffer_group=['task'], buffer_limit=3)
+    dispatcher.send('worker-online', freq=2.0)
+    dispatcher.send('task-received', uuid='a')
+    dispatcher.send('task-started', uuid='a')
+    got = list(receiver.itercapture(timeout=0.2))
+    assert [e['type'] for e in got] == ['worker-online']  # task events wait in the buffer
+    assert got[0]['hostname'] == 'n1@h' and got[0]['freq'] == 2.0 and {'pid', 'clock', 'utcoffset'} <= set(got[0])
+    dispatcher.send('task-succeeded', uuid='a', result='1', runtime=0.1)  # the third: the buffer is flushed
+    got = list(receiver.itercapture(timeout=0.2))
+    assert [e['type'] for e in got] == ['task-received', 'task-started', 'task-succeeded']
+    assert got[0]['clock'] < got[1]['clock'] < got[2]['clock']
+    dispatcher.close()
+    receiver.close()
+
+
+def test_groups_disabled_and_sender_thread(memory_app: Fastq) -> None:
+    seen: list[dict[str, Any]] = []
+    receiver = memory_app.events.Receiver(handlers={'task-failed': seen.append})
+    receiver.consume()
+    dispatcher = EventDispatcher(memory_app, hostname='n1@h', groups=['worker'], buffer_group=['task'])
+    dispatcher.send('task-failed', uuid='a')  # not in the groups sent
+    dispatcher.groups = None
+    dispatcher.enabled = False
+    dispatcher.send('task-failed', uuid='b')
+    dispatcher.enabled = True
+    dispatcher.flush_interval = 0.01
+    dispatcher.start()
+    dispatcher.send('task-failed', uuid='c', exception='E()', traceback='tb')
+    dispatcher.send('task-retried', uuid='c')  # no handler for it, and no '*'
+    receiver.capture(limit=2, timeout=2)
+    assert [e['uuid'] for e in seen] == ['c']
+    dispatcher.close()
+    receiver.close()
+
+
+def test_receiver_routing_key(memory_app: Fastq) -> None:
+    receiver = memory_app.events.Receiver(routing_key='worker.#')
+    receiver.consume()
+    dispatcher = memory_app.events.Dispatcher(hostname='n1@h')
+    dispatcher.send('task-sent', uuid='a')
+    dispatcher.send('worker-heartbeat', freq=2.0)
+    assert [e['type'] for e in receiver.itercapture(timeout=0.2)] == ['worker-heartbeat']
+    receiver.close()
+
+
+def test_offline_events_are_kept_and_sent_later(memory_app: Fastq) -> None:
+    broker = memory_app.broker
+    real = broker.fanout_publish
+    calls: list[str] = []
+
+    def down(exchange: str, payload: bytes, routing_key: str = '') -> None:
+        calls.append(routing_key)
+        raise ConnectionError('down')
+
+    broker.fanout_publish = down  # type: ignore[method-assign]
+    dispatcher = memory_app.events.Dispatcher(hostname='n1@h')
+    dispatcher.send('worker-heartbeat', freq=2.0)
+    dispatcher.send('worker-offline', freq=2.0)
+    assert calls == ['worker.heartbeat', 'worker.offline']
+    receiver = memory_app.events.Receiver()
+    receiver.consume()
+    broker.fanout_publish = real  # type: ignore[method-assign]
+    dispatcher.flush()
+    assert [e['type'] for e in receiver.itercapture(timeout=0.2)] == ['worker-heartbeat', 'worker-offline']
+    receiver.close()
+
+
+def test_state_folds_like_celery() -> None:
+    state = State()
+    now = time.time()
+    state.event(ev('worker-online', freq=2.0, timestamp=now))
+    state.event(ev('task-received', uuid='a', name='proj.add', args='(1, 2)', kwargs='{}', timestamp=now))
+    state.event(ev('task-succeeded', uuid='a', result='3', runtime=0.01, timestamp=now + 0.2))
+    state.event(ev('task-started', uuid='a', timestamp=now + 0.1))  # late: merged, state kept
+    task = state.tasks['a']
+    assert task.state == 'SUCCESS' and task.result == '3' and task.started == now + 0.1 and task.name == 'proj.add'
+    assert task.worker is state.workers['w1@host'] and task.ready
+    state.event(ev('task-received', uuid='b', name='proj.flaky', timestamp=now))
+    state.event(ev('task-retried', uuid='b', exception='E()', traceback='tb', timestamp=now + 0.1))
+    state.event(ev('task-received', uuid='b', retries=1, timestamp=now + 1))  # after a retry: received again
+    assert state.tasks['b'].state == 'RECEIVED' and state.tasks['b'].retries == 1
+    assert [w.hostname for w in state.alive_workers()] == ['w1@host']
+    assert [uuid for uuid, _ in state.tasks_by_time()] == ['b', 'a']
+    assert state.task_types() == ['proj.add', 'proj.flaky']
+    state.event(ev('worker-offline', timestamp=now + 2))
+    assert state.alive_workers() == [] and state.workers['w1@host'].status_string == 'OFFLINE'
+    stale = State()
+    stale.event(ev('worker-heartbeat', freq=0.01, timestamp=now - 1))
+    assert not stale.workers['w1@host'].alive  # two missed heartbeats: offline
+    small = State(max_tasks_in_memory=2)
+    for uuid in 'xyz':
+        small.event(ev('task-received', uuid=uuid))
+    assert list(small.tasks) == ['y', 'z'] and small.task_count == 3
+
+
+def test_outcome_wire_carries_the_traceback() -> None:
+    outcome = Outcome('FAILURE', 0.5, exc_repr="ValueError('x')", traceback='Traceback ...')
+    again = Outcome.from_wire(outcome.to_wire())
+    assert (again.state, again.exc_repr, again.traceback, again.retval) == ('FAILURE', "ValueError('x')",
+                                                                          'Traceback ...', None)  # fmt: skip
