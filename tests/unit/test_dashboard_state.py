@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastq import Fastq
 from fastq.control import encode_envelope
-from fastq.dashboard.feed import Feed, events_in
+from fastq.dashboard.feed import Feed
 from fastq.dashboard.state import DashboardState
 
 
@@ -68,15 +68,6 @@ def test_recent_tasks_are_bounded() -> None:
         state.event(ev('task-received', uuid=str(i), name='t'))
     snap = state.snapshot(tasks=100)
     assert [t['uuid'] for t in snap['tasks']] == [str(i) for i in range(24, 14, -1)]
-
-
-def test_events_in_reads_single_events_and_task_multi_batches() -> None:
-    one = encode_envelope(ev('worker-heartbeat'), {'hostname': 'w1@host'}, 'celeryev', 'worker.heartbeat', 1)
-    many = encode_envelope([ev('task-received', uuid='a'), ev('task-started', uuid='a')], {}, 'celeryev',
-                           'task.multi', 1)  # fmt: skip
-    assert [e['type'] for e in events_in(one)] == ['worker-heartbeat']
-    assert [e['type'] for e in events_in(many)] == ['task-received', 'task-started']
-    assert events_in(b'not an envelope') == []
 
 
 def test_feed_reads_events_and_queue_depths_from_the_broker(tmp_path: Path) -> None:

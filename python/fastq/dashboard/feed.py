@@ -8,30 +8,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from fastq.control import decode_envelope
 from fastq.dashboard.state import DashboardState
+from fastq.events.event import EVENT_EXCHANGE, decode_events
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
 
-__all__ = ['Feed', 'events_in']
+__all__ = ['Feed']
 
 logger = logging.getLogger('fastq.dashboard')
-
-EVENT_EXCHANGE = 'celeryev'
-
-
-def events_in(raw: bytes) -> list[dict[str, Any]]:
-    """The events in one `celeryev` message: one mapping, or a list of them (Celery's `task.multi`)."""
-    try:
-        _, body = decode_envelope(raw)
-    except ValueError:
-        return []
-    items: Iterable[Any] = body if isinstance(body, list) else [body]
-    return [item for item in items if isinstance(item, dict)]
 
 
 class Feed:
@@ -60,11 +47,11 @@ class Feed:
         while not self._stop.is_set():
             subscription = None
             try:
-                subscription = self.app.broker.subscribe(EVENT_EXCHANGE)
+                subscription = self.app.broker.subscribe(str(self.app.conf.event_exchange or EVENT_EXCHANGE))
                 self._ready.set()
                 while not self._stop.is_set():
                     for _, raw in subscription.get(0.5):
-                        for event in events_in(raw):
+                        for event in decode_events(raw):
                             self.state.event(event)
             except Exception as exc:
                 self._ready.set()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from fastq import states
 from fastq.events.dispatcher import EventDispatcher
 from fastq.events.event import SOFTWARE_INFO, next_clock
+from fastq.protocol import SENT_AT_HEADER
 from fastq.worker.control import command, ok
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ class TaskEvents:
                       'clock': next_clock(), 'uuid': r.id, 'name': r.task, 'args': r.argsrepr,
                       'kwargs': r.kwargsrepr, 'root_id': r.root_id, 'parent_id': r.parent_id,
                       'retries': r.retries, 'eta': h.get('eta'), 'expires': h.get('expires'),
+                      # beyond Celery's fields (monitors ignore unknown ones): where it waited, and since when
+                      'queue': job.delivery.queue, 'sent_at': h.get(SENT_AT_HEADER),
                       'timestamp': time.time(), 'type': 'task-received'})  # fmt: skip
 
     def started(self, job: Job) -> None:
