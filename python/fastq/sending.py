@@ -561,6 +561,8 @@ def publish_with_retry(
 ) -> None:
     """Publish, retrying on connection errors per `task_publish_retry_policy` (Celery's semantics)."""
     broker = app.broker
+    if app.rpc_results:
+        app.backend.on_task_call()  # rpc://: the reply queue must exist before a worker can answer
     retrying = None
     while True:
         try:
@@ -578,6 +580,8 @@ async def apublish_with_retry(
 ) -> None:
     """`publish_with_retry` on the running event loop (`Broker.apublish`, waits with asyncio.sleep)."""
     broker = app.broker
+    if app.rpc_results:
+        await asyncio.get_running_loop().run_in_executor(None, app.backend.on_task_call)
     retrying = None
     while True:
         try:

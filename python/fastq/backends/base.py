@@ -126,6 +126,10 @@ class Backend(abc.ABC):
     def _wait_for_change_since(self, marker: int, timeout: float) -> None:
         self._wait_for_change(timeout)
 
+    def on_task_call(self) -> None:
+        """Called before tasks are published from this thread (rpc:// declares its reply queue here)."""
+        return None
+
     def cleanup(self) -> None:
         """Delete expired results (backends without native expiry call this periodically)."""
         return None

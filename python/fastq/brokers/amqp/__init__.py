@@ -248,6 +248,10 @@ class AMQPBroker(Broker):
         self.declare(sorted({out.queue for out in batch if not out.exchange}))
         self.link.publish([to_amqp(out) for out in batch], PUBLISH_TIMEOUT)
 
+    def publish_unrouted(self, batch: Sequence[Outgoing]) -> None:
+        """Publish without declaring anything (replies: their queue is the caller's, declared its own way)."""
+        self.link.publish([to_amqp(out) for out in batch], PUBLISH_TIMEOUT)
+
     def _publish_raw(self, queue: str, payload: bytes) -> None:
         message = _core.Message.from_envelope(payload, None)
         self.publish([Outgoing(message, queue)])
