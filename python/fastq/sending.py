@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import _state, protocol, signals
 from fastq.brokers.base import Outgoing
-from fastq.exceptions import AlwaysEagerIgnored, BrokerConnectionError, OperationalError
+from fastq.exceptions import AlwaysEagerIgnored, AMQPChannelError, BrokerConnectionError, OperationalError
 from fastq.result import AsyncResult
 from fastq.serialization import compression_mime
 from fastq.utils.time import to_timestamp
@@ -551,6 +551,9 @@ class _Retrying:
 
 def _retriable(exc: Exception) -> bool:
     # sqlite3.OperationalError (a locked or unreadable file) is matched by name: sqlite3 need not be loaded.
+    # RabbitMQ refusing a declaration or a route (406, 404) will refuse it again: not retried.
+    if isinstance(exc, AMQPChannelError):
+        return False
     return (
         isinstance(exc, BrokerConnectionError | OperationalError | OSError) or type(exc).__name__ == 'OperationalError'
     )

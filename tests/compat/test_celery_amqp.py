@@ -19,11 +19,14 @@ def url(amqp_url: str) -> str:
     return amqp_url
 
 
-@pytest.fixture(params=['redis', 'rpc'])
+@pytest.fixture
 def backend_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue('redis_url')) if request.param == 'redis' else 'rpc://'
+    """Results in Redis, or through rpc:// when a test is parametrized with 'rpc'."""
+    kind = getattr(request, 'param', 'redis')
+    return str(request.getfixturevalue('redis_url')) if kind == 'redis' else 'rpc://'
 
 
+@pytest.mark.parametrize('backend_url', ['redis', 'rpc'], indirect=True)
 def test_celery_client_fastq_worker(celery_client: Any, workers: Any) -> None:
     w = workers('fastq')
     result = celery_client.send_task('worker_tasks.add', (20, 22))
@@ -34,6 +37,7 @@ def test_celery_client_fastq_worker(celery_client: Any, workers: Any) -> None:
     assert f'Task worker_tasks.add[{result.id}] received' in w.log
 
 
+@pytest.mark.parametrize('backend_url', ['redis', 'rpc'], indirect=True)
 def test_fastq_client_celery_worker(fastq_client: Any, workers: Any) -> None:
     w = workers('celery')
     result = fastq_client.add.delay(20, 22)
@@ -46,14 +50,17 @@ def test_fastq_client_celery_worker(fastq_client: Any, workers: Any) -> None:
 
 @pytest.mark.parametrize('direction', ['celery->fastq', 'fastq->celery'])
 def test_priorities_both_ways(
-    celery_client: Any, fastq_client: Any, workers: Any, tmp_path: Path, direction: str, backend_url: str
+    celery_client: Any,
+    fastq_client: Any,
+    workers: Any,
+    tmp_path: Path,
+    direction: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """RabbitMQ serves higher priorities first once the queue has x-max-priority (both sides declare 10)."""
-    if backend_url == 'rpc://':
-        pytest.skip('one backend is enough here')
     env = {'FASTQ_TASK_QUEUE_MAX_PRIORITY': '10', 'CELERY_QUEUE_MAX_PRIORITY': '10'}
     celery_client.conf.task_queue_max_priority = 10
-    fastq_client.app.conf.task_queue_max_priority = 10
+    monkeypatch.setitem(fastq_client.app.conf, 'task_queue_max_priority', 10)
     out = tmp_path / 'order.txt'
     if direction == 'celery->fastq':
         results = [celery_client.send_task('worker_tasks.record', (str(out), f'p{p}'), priority=p) for p in (0, 5, 9)]
@@ -65,13 +72,9 @@ def test_priorities_both_ways(
     assert [line.split()[1] for line in lines(out)] == ['p9', 'p5', 'p0']
 
 
-def test_celery_countdown_through_the_delayed_chain_to_fastq(
-    celery_client: Any, workers: Any, backend_url: str
-) -> None:
+def test_celery_countdown_through_the_delayed_chain_to_fastq(celery_client: Any, workers: Any) -> None:
     """Celery >= 5.5 with quorum queues (and a topic exchange) sends countdowns to celery_delayed_27; the fastq
     worker declared and bound that chain, so the task arrives when due."""
-    if backend_url == 'rpc://':
-        pytest.skip('one backend is enough here')
     env = {'FASTQ_TASK_DEFAULT_QUEUE_TYPE': 'quorum', 'FASTQ_TASK_DEFAULT_EXCHANGE_TYPE': 'topic'}
     workers('fastq', extra_env=env)
     celery_client.conf.update(task_default_queue_type='quorum', task_default_exchange_type='topic')
@@ -80,9 +83,7 @@ def test_celery_countdown_through_the_delayed_chain_to_fastq(
     assert result.get(timeout=30) >= sent + 1.5
 
 
-def test_mixed_fleet_shares_the_queue(celery_client: Any, workers: Any, tmp_path: Path, backend_url: str) -> None:
-    if backend_url == 'rpc://':
-        pytest.skip('one backend is enough here')
+def test_mixed_fleet_shares_the_queue(celery_client: Any, workers: Any, tmp_path: Path) -> None:
     out = tmp_path / 'ran.txt'
     workers('fastq', '-n', 'fastq1@%h')
     workers('celery', '-n', 'celery1@%h')
@@ -94,9 +95,7 @@ def test_mixed_fleet_shares_the_queue(celery_client: Any, workers: Any, tmp_path
     assert by_celery and len(by_celery) < 200  # both sides did work
 
 
-def test_celery_inspect_ping_reaches_fastq(celery_client: Any, workers: Any, backend_url: str) -> None:
-    if backend_url == 'rpc://':
-        pytest.skip('one backend is enough here')
+def test_celery_inspect_ping_reaches_fastq(celery_client: Any, workers: Any) -> None:
     w = workers('fastq', '-n', 'f1@%h')
     hostname = [word for word in w.log.split() if word.startswith('f1@')][0]
     assert celery_client.control.inspect(destination=[hostname], timeout=3).ping() == {hostname: {'ok': 'pong'}}

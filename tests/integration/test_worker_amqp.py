@@ -17,12 +17,15 @@ from .test_cli import fastq
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=['redis', 'rpc'])
+@pytest.fixture
 def urls(request: pytest.FixtureRequest, amqp_url: str) -> dict[str, str]:
-    backend = request.getfixturevalue('redis_url') if request.param == 'redis' else 'rpc://'
+    """Results in Redis, or through rpc:// when a test is parametrized with 'rpc'."""
+    kind = getattr(request, 'param', 'redis')
+    backend = request.getfixturevalue('redis_url') if kind == 'redis' else 'rpc://'
     return {'FASTQ_BROKER_URL': amqp_url, 'FASTQ_RESULT_BACKEND': backend}
 
 
+@pytest.mark.parametrize('urls', ['redis', 'rpc'], indirect=True)
 def test_results(tasks: Any, worker: Any, urls: dict[str, str]) -> None:
     worker()
     results = [tasks.add.delay(i, i) for i in range(50)]
@@ -34,8 +37,6 @@ def test_results(tasks: Any, worker: Any, urls: dict[str, str]) -> None:
 
 
 def test_eta_waits_in_the_delayed_chain_not_in_the_worker(tasks: Any, worker: Any, urls: dict[str, str]) -> None:
-    if urls['FASTQ_RESULT_BACKEND'] == 'rpc://':
-        pytest.skip('one backend is enough here')
     worker()
     sent = time.time()
     result = tasks.add.apply_async((2, 3), countdown=3)
@@ -50,10 +51,32 @@ def test_eta_waits_in_the_delayed_chain_not_in_the_worker(tasks: Any, worker: An
 
 
 def test_inspect_ping(tasks: Any, worker: Any, tmp_path: Path, urls: dict[str, str]) -> None:
-    if urls['FASTQ_RESULT_BACKEND'] == 'rpc://':
-        pytest.skip('one backend is enough here')
     w = worker('-n', 'w1@%h')
     hostname = [word for word in w.log.split() if word.startswith('w1@')][0]
     assert tasks.app.control.inspect(destination=[hostname], timeout=3).ping() == {hostname: {'ok': 'pong'}}
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'inspect', 'ping', '-d', hostname, '-t', '3')
     assert proc.stdout.splitlines()[:2] == [f'->  {hostname}: OK', '        pong']
+
+
+def test_malformed_messages_are_dead_lettered_and_the_worker_goes_on(
+    tasks: Any, worker: Any, urls: dict[str, str]
+) -> None:
+    from fastq import _core
+    from fastq.brokers.base import Outgoing
+
+    broker = tasks.app.broker
+    headers = {'id': 'bad-type', 'task': 'worker_tasks.add', 'lang': 'py', 'argsrepr': '', 'kwargsrepr': ''}
+    unknown = _core.Message(b'<x/>', 'application/x-unknown', 'utf-8', headers, {})
+    broken = _core.Message(b'[[1, 2], {', 'application/json', 'utf-8', {**headers, 'id': 'bad-body'}, {})
+    broker.publish([Outgoing(unknown, 'celery'), Outgoing(broken, 'celery')])
+    w = worker()
+    assert tasks.add.delay(1, 2).get(timeout=30) == 3  # and it goes on
+    wait_until(lambda: broker.dead_letters.count() == 2, timeout=30, message='two dead letters')
+    assert {letter.task_id for letter in broker.dead_letters.list()} == {'bad-type', 'bad-body'}
+    w.wait_for('bad-type')
+    w.wait_for('bad-body')
+
+
+def test_warns_when_a_time_limit_exceeds_consumer_timeout(tasks: Any, worker: Any, urls: dict[str, str]) -> None:
+    w = worker(extra_env={'FASTQ_TASK_TIME_LIMIT': '7200'})
+    assert 'task_time_limit (7200' in w.log and 'consumer_timeout' in w.log
