@@ -153,17 +153,36 @@ class RabbitServer:
             raise RuntimeError('rabbitmq-server is not installed (bash ci/install-deps.sh installs it)')
         self.port = free_port()
         self.dist_port = free_port()
+        self.tls_port = free_port()
         self.node = f'fastq-{os.urandom(4).hex()}@localhost'
         self.dir = Path(tempfile.mkdtemp(prefix='fastq-rabbit-'))
         for sub in ('mnesia', 'log'):
             (self.dir / sub).mkdir()
-        (self.dir / 'rabbitmq.conf').write_text(
-            f'loopback_users = none\nlisteners.tcp.default = 127.0.0.1:{self.port}\n'
-        )
+        config = f'loopback_users = none\nlisteners.tcp.default = 127.0.0.1:{self.port}\n'
+        self.cert = self._make_certificate()
+        if self.cert is not None:  # a TLS listener too, with a self-signed certificate for localhost
+            key = self.dir / 'key.pem'
+            config += (
+                f'listeners.ssl.default = 127.0.0.1:{self.tls_port}\nssl_options.cacertfile = {self.cert}\n'
+                f'ssl_options.certfile = {self.cert}\nssl_options.keyfile = {key}\n'
+                'ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n'
+            )
+        (self.dir / 'rabbitmq.conf').write_text(config)
         subprocess.run(['chown', '-R', 'rabbitmq:rabbitmq', str(self.dir)], check=False)
         self.dir.chmod(0o755)
         self._vhosts = 0
         self.start()
+
+    def _make_certificate(self) -> Path | None:
+        if shutil.which('openssl') is None:
+            return None
+        cert, key = self.dir / 'cert.pem', self.dir / 'key.pem'
+        done = subprocess.run(
+            ['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=localhost',
+             '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-keyout', str(key), '-out', str(cert)],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        return cert if done.returncode == 0 else None
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -240,9 +259,11 @@ class RabbitServer:
         self.ctl('set_permissions', '-p', name, 'guest', '.*', '.*', '.*')
         return name
 
-    def url(self, vhost: str = '/') -> str:
+    def url(self, vhost: str = '/', tls: bool = False) -> str:
         from urllib.parse import quote
 
+        if tls:
+            return f'amqps://guest:guest@localhost:{self.tls_port}/{quote(vhost, safe="")}'
         return f'amqp://guest:guest@127.0.0.1:{self.port}/{quote(vhost, safe="")}'
 
     def close(self) -> None:

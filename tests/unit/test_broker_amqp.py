@@ -242,3 +242,35 @@ def test_unreachable_broker_names_the_masked_url(amqp_url: str) -> None:
         assert 'hidden' not in str(info.value)
     finally:
         app.close()
+
+
+def test_amqps_with_broker_use_ssl(rabbit_server: Any) -> None:
+    import ssl
+
+    if rabbit_server.cert is None:
+        pytest.skip('openssl is not installed')
+    app = Fastq('t', broker=rabbit_server.url(rabbit_server.vhost(), tls=True), set_as_current=False)
+    app.conf.broker_use_ssl = {'ca_certs': str(rabbit_server.cert), 'cert_reqs': ssl.CERT_REQUIRED}
+    try:
+        broker = _broker(app)
+        broker.publish([Outgoing(_message(task_id='tls'), 'celery')])
+        consumer = broker.consumer(['celery'], 'w1')
+        try:
+            consumer.prefetch(1)
+            [d] = _fetch(consumer, 1)
+            assert d.task_id == 'tls'
+            consumer.ack([d.tag])
+        finally:
+            consumer.close()
+    finally:
+        app.close()
+    untrusted = Fastq('t', broker=rabbit_server.url('/', tls=True), set_as_current=False)
+    untrusted.conf.broker_use_ssl = {'cert_reqs': ssl.CERT_REQUIRED}  # no CA: the self-signed one is refused
+    untrusted.conf.broker_connection_timeout = 2
+    try:
+        from fastq.exceptions import BrokerConnectionError
+
+        with pytest.raises(BrokerConnectionError):
+            untrusted.broker.connect()
+    finally:
+        untrusted.close()

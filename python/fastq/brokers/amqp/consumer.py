@@ -110,8 +110,11 @@ class AMQPConsumer(Consumer):
             conn.queue_bind(CH_ADMIN, queue, DELAYED_DELIVERY_EXCHANGE, f'#.{queue}', {})
             self._delayed_bound.add(queue)
 
-    def _set_qos(self, conn: _amqp.Connection, want: int | None = None) -> None:
-        count = self.window if want is None else max(self.window, want)
+    def _set_qos(self, conn: _amqp.Connection) -> None:
+        count = self.window
+        if not self.global_qos and len(self.specs) > 1:
+            # Per-consumer limits (quorum queues): split the window so the channel's total stays the same.
+            count = -(-count // len(self.specs))
         count = 0 if self.window == 0 else min(count, MAX_PREFETCH)
         if count != self._qos:
             conn.qos(CH_CONSUME, count, self.global_qos)

@@ -17,7 +17,6 @@ import logging
 import os
 import select
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -98,6 +97,19 @@ class Link:
         self._connected = threading.Event()
         self._endpoint_index = 0
         self.last_error: Exception | None = None
+        self._pid = os.getpid()
+
+    def _after_fork(self) -> None:
+        """In a forked child the thread and the connection are the parent's: start over with fresh ones."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._thread = None
+        self.conn = None
+        self._connected = threading.Event()
+        self._commands.clear()
+        self._unconfirmed.clear()
+        self._open_channels.clear()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     @property
     def describe(self) -> str:
@@ -107,6 +119,8 @@ class Link:
 
     def start(self, timeout: float) -> None:
         """Start the thread (once) and wait up to `timeout` for the first connection."""
+        if self._pid != os.getpid():
+            self._after_fork()
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=f'fastq-amqp-{self.name}', daemon=True)
@@ -325,7 +339,3 @@ class Link:
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
-
-    @staticmethod
-    def elapsed(since: float) -> float:
-        return time.monotonic() - since
