@@ -584,7 +584,7 @@ async def apublish_with_retry(
     """`publish_with_retry` on the running event loop (`Broker.apublish`, waits with asyncio.sleep)."""
     broker = app.broker
     if app.rpc_results:
-        await asyncio.get_running_loop().run_in_executor(None, app.backend.on_task_call)
+        await asyncio.get_running_loop().run_in_executor(None, app.backend.on_task_call, app.thread_oid)
     retrying = None
     while True:
         try:

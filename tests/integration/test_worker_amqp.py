@@ -36,6 +36,20 @@ def test_results(tasks: Any, worker: Any, urls: dict[str, str]) -> None:
         failed.get(timeout=30)
 
 
+@pytest.mark.parametrize('urls', ['rpc'], indirect=True)
+def test_asyncio_client_with_rpc(tasks: Any, worker: Any) -> None:
+    """adelay/aget: the reply queue is the loop thread's oid, though declared and read from executor threads."""
+    import asyncio
+
+    worker()
+
+    async def main() -> None:
+        results = [await tasks.add.adelay(i, 1) for i in range(5)]
+        assert [await r.aget(timeout=30) for r in results] == [1, 2, 3, 4, 5]
+
+    asyncio.run(main())
+
+
 def test_eta_waits_in_the_delayed_chain_not_in_the_worker(tasks: Any, worker: Any, urls: dict[str, str]) -> None:
     worker()
     sent = time.time()

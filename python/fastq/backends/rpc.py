@@ -76,9 +76,9 @@ class RPCBackend(Backend):
 
     # --- the caller ---------------------------------------------------------------------------------------
 
-    def on_task_call(self) -> None:
-        """Declare this thread's reply queue before its first task goes out (once per thread and connection)."""
-        oid = self.app.thread_oid
+    def on_task_call(self, oid: str | None = None) -> None:
+        """Declare the reply queue of this thread (or `oid`) before its first task goes out (once per queue)."""
+        oid = oid or self.app.thread_oid
         if oid in self._declared:
             return
         broker = self.broker
@@ -92,23 +92,26 @@ class RPCBackend(Backend):
         self._declared.add(oid)
 
     def _listen(self) -> None:
-        """Consume this thread's reply queue (no ack, as Celery's ResultConsumer) on a connection of our own."""
-        oid = self.app.thread_oid
-        if oid in self._consumed:
-            return
+        """Consume every reply queue this process declared (no ack, as Celery's ResultConsumer), on a connection
+        of our own: a result is read by whichever thread waits, even when another thread sent the task (the
+        asyncio client waits in executor threads)."""
         self.on_task_call()
+        new = self._declared - self._consumed
+        if not new:
+            return
         with self._lock:
+            new = self._declared - self._consumed
+            self._consumed |= new
             if self._link is None:
                 link = Link(self.broker.endpoints, 'results', confirms=False)
                 link.on_connect.append(self._on_connect)
                 link.on_deliver = self._on_deliver
                 self._link = link
-                self._consumed.add(oid)
-                link.start(30.0)
+                link.start(30.0)  # consumes everything in _consumed once connected
                 return
             link = self._link
-            self._consumed.add(oid)
-        link.call(lambda conn: self._consume(conn, oid))
+        for oid in sorted(new):
+            link.call(lambda conn, oid=oid: self._consume(conn, oid))  # type: ignore[misc]
 
     def _on_connect(self, conn: _amqp.Connection) -> None:
         assert self._link is not None
