@@ -91,6 +91,10 @@ def test_publish_confirmed_priorities_and_expiration(app: Fastq) -> None:
     broker.publish([Outgoing(_message(), 'celery', expiration='1')])
     time.sleep(0.2)
     assert broker.qsize('celery') == 0  # the per-message TTL is RabbitMQ's to enforce
+    broker.publish([Outgoing(_message(), 'celery') for _ in range(3)])
+    assert broker.purge('celery') == 3 and broker.qsize('celery') == 0
+    assert broker.purge('never-declared') == 0 and broker.qsize('never-declared') == 0
+    assert 'celery' in broker.known_queues()
 
 
 def test_unacked_deliveries_come_back_and_release_requeues(app: Fastq) -> None:

@@ -138,7 +138,10 @@ class AMQPConsumer(Consumer):
                 event[5], event[6], int(props.get('priority') or 0), int(props.get('delivery_mode') or 2), None,
                 str(dtag),
             )  # fmt: skip
-            delivery = Delivery(tag, queue, message, raw, bool(event[4]), 0)
+            # Quorum queues count earlier deliveries (x-delivery-count): task_max_redeliveries works there.
+            earlier = message.headers.get('x-delivery-count')
+            deliveries = earlier + 1 if isinstance(earlier, int) else 0
+            delivery = Delivery(tag, queue, message, raw, bool(event[4]), deliveries)
             self._held[tag] = (message, queue)
         self._live.add(dtag)
         with self._cond:
