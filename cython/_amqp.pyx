@@ -350,6 +350,7 @@ cdef class Connection:
             self._fail_login(reply)
         self.state = CONN_OPEN
         self.fd = amqp_socket_get_sockfd(self.sock)
+        self.server_properties = amqp_decode_table(amqp_get_server_properties(self.conn))
 
     cdef _setup_ssl(self, dict ssl):
         cacert = ssl.get('ca_certs')

@@ -170,6 +170,7 @@ cdef extern from "amqp.h" nogil:
     amqp_rpc_reply_t amqp_login(amqp_connection_state_t state, const char *vhost, int channel_max, int frame_max,
                                 int heartbeat, amqp_sasl_method_enum sasl_method, ...)
     amqp_rpc_reply_t amqp_get_rpc_reply(amqp_connection_state_t state)
+    amqp_table_t *amqp_get_server_properties(amqp_connection_state_t state)
     amqp_rpc_reply_t amqp_connection_close(amqp_connection_state_t state, int code)
     amqp_rpc_reply_t amqp_channel_close(amqp_connection_state_t state, amqp_channel_t channel, int code)
     int amqp_send_method(amqp_connection_state_t state, amqp_channel_t channel, amqp_method_number_t id,

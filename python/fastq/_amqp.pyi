@@ -35,6 +35,7 @@ class Connection:
     heartbeat: int
     """The heartbeat interval asked for (seconds, 0 = none)."""
     server_properties: dict[str, Any]
+    """What the broker announced in connection.start (product, version, capabilities, ...)."""
 
     def __init__(
         self,

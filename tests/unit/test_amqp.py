@@ -143,3 +143,8 @@ def test_closed_connection_raises(conn: _amqp.Connection) -> None:
     assert not conn.is_open and conn.fileno() == -1
     with pytest.raises(BrokerConnectionError):
         conn.queue_declare(1, 'x', False, False, False, False, {})
+
+
+def test_server_properties(conn: _amqp.Connection) -> None:
+    props = conn.server_properties
+    assert props['product'] == 'RabbitMQ' and props['capabilities']['publisher_confirms'] is True

@@ -89,6 +89,10 @@ class AMQPConsumer(Consumer):
         self._live.clear()
         self._delayed_bound.clear()
         self._qos = -1
+        # Celery: global QoS (per channel) on RabbitMQ 3.x; 4.x removed it, and quorum queues ignore it.
+        major = str(conn.server_properties.get('version') or '3').split('.')[0]
+        old_node = not major.isdigit() or int(major) < 4
+        self.global_qos = old_node and not any(spec.quorum for spec in self.specs.values())
         with self._cond:
             self._ready.clear()  # their tags are void now: RabbitMQ requeued them
         for spec in self.specs.values():
