@@ -168,8 +168,10 @@ def test_dead_letters_go_to_the_named_queue_or_the_dlx(app: Fastq, amqp_url: str
     assert (stored.id, stored.queue, stored.reason, stored.task_id) == (letter.id, 'celery', letter.reason, 'id-1')
     assert _core.Message.from_envelope(stored.payload, None).body == b'not json'
     assert broker.qsize('dlq') == 1  # RabbitMQ dead-lettered it through the queue's exchange
-    assert store.remove(letter.id) is not None and store.count() == 0
-    assert broker.qsize(DEAD_LETTER_QUEUE) == 0
+    assert store.get('id-1') is not None and store.count() == 1  # reading puts them back
+    assert broker.requeue_dead_letter(letter.id) is not None  # `fastq deadletter requeue`
+    assert store.count() == 0 and broker.qsize(DEAD_LETTER_QUEUE) == 0
+    assert broker.qsize('celery') == 1
 
 
 def test_defer_parks_in_celerys_delayed_chain(app: Fastq, amqp_url: str) -> None:
