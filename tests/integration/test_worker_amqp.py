@@ -103,3 +103,53 @@ def test_heartbeats_answered_while_the_worker_is_busy(tasks: Any, worker: Any, t
     assert tasks.sleeper.delay(str(tmp_path / 'sleep.txt'), 'k', 4).get(timeout=30) == 'k'
     assert tasks.add.delay(1, 2).get(timeout=30) == 3
     assert 'lost' not in w.log and 'reconnecting' not in w.log
+
+
+def test_two_beats_one_sends_and_the_other_takes_over(amqp_url: str, redis_url: str, tmp_path: Path) -> None:
+    """Beat's leader lease on RabbitMQ is an exclusive queue: the standby takes over once the leader dies."""
+    import os
+    import sys
+
+    from tests.harness import READY_TIMEOUT, WorkerProcess, lines
+
+    here = Path(__file__).resolve().parent
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(here), os.environ.get('PYTHONPATH', '')]),
+        BEAT_RECORD=str(tmp_path / 'runs.txt'),
+        FASTQ_BEAT_LOCK_TIMEOUT='3',
+        FASTQ_BROKER_URL=amqp_url,
+        FASTQ_RESULT_BACKEND=redis_url,
+    )
+    env.pop('PYTEST_CURRENT_TEST', None)
+    started: list[WorkerProcess] = []
+
+    def run(kind: str, *args: str) -> WorkerProcess:
+        command = [sys.executable, '-m', 'fastq', '-A', 'beat_tasks', kind]
+        base = ['-l', 'info'] + (['-c', '1'] if kind == 'worker' else [])
+        proc = WorkerProcess(tmp_path, env, [*base, *args], f'{kind}{len(started)}', command=command)
+        started.append(proc)
+        proc.start(wait=False)
+        proc.wait_for('ready.' if kind == 'worker' else 'beat: Starting...', READY_TIMEOUT)
+        return proc
+
+    def runs() -> list[str]:
+        return [line.split()[0] for line in lines(tmp_path / 'runs.txt')]
+
+    try:
+        run('worker')
+        leader = run('beat', '-s', str(tmp_path / 'schedule-a'))
+        leader.wait_for('beat: Acquired the leader lock')
+        standby = run('beat', '-s', str(tmp_path / 'schedule-b'))
+        standby.wait_for('beat: Standing by: another beat')
+        wait_until(lambda: len(runs()) >= 2, 30, 'two runs')
+        leader.kill()
+        standby.wait_for('beat: Acquired the leader lock', 30)
+        before = len(runs())
+        wait_until(lambda: len(runs()) >= before + 2, 30, 'runs sent by the new leader')
+        done = runs()
+        assert len(done) == len(set(done)), f'a run was sent twice: {done}'
+    finally:
+        for proc in started:
+            if proc.proc is not None and proc.proc.poll() is None:
+                proc.kill()

@@ -19,7 +19,8 @@ tasks go through the default exchange with routing key = queue name, persistent,
 Features: priorities (RabbitMQ's: higher first, with `x-max-priority`), publisher confirms, delayed messages
 (ETA tasks are moved to Celery's native delayed-delivery chain `celery_delayed_27 … 0` instead of being held
 unacked in worker memory, where `consumer_timeout` would kill them), fanout (the pidbox), dead letters (to the
-queue's dead-letter exchange when it has one, else to the `fastq.deadletters` queue). Unacked deliveries of a
+queue's dead-letter exchange when it has one, else to the `fastq.deadletters` queue), beat's leader lease (an
+exclusive queue, free the moment its holder's connection dies). Unacked deliveries of a
 dead worker or a lost connection come back from the broker itself; no leases.
 """
 
@@ -144,6 +145,7 @@ class AMQPBroker(Broker):
         delayed=True,
         delayed_publish=False,
         leases=False,
+        dead_owner_detection=True,  # RabbitMQ requeues a dead connection's deliveries (and drops its leases)
         delivery_count=False,
         fanout=True,
         shared=True,
@@ -161,6 +163,8 @@ class AMQPBroker(Broker):
         self._declared: set[str] = set()
         self._delayed_declared = False
         self._lock = threading.Lock()
+        self._leases: dict[str, str] = {}  # lease name -> holder, held through this process's connection
+        self._claims: dict[str, float] = {}
         from fastq.brokers.amqp.deadletters import AMQPDeadLetters
 
         self._dead = AMQPDeadLetters(self)
@@ -171,6 +175,7 @@ class AMQPBroker(Broker):
     def _on_connect(self, conn: _amqp.Connection) -> None:
         self._declared.clear()  # redeclare on the new connection (the node may have restarted)
         self._delayed_declared = False
+        self._leases.clear()  # exclusive queues die with their connection: leases must be taken again
 
     def connect(self) -> None:
         self.link.start(float(self.conf.broker_connection_timeout or 4.0) * len(self.endpoints) + 1.0)
@@ -362,6 +367,60 @@ class AMQPBroker(Broker):
         from fastq.brokers.amqp.consumer import AMQPSubscription
 
         return AMQPSubscription(self, exchange)
+
+    # --- coordination (beat) -------------------------------------------------------------------------------
+
+    def lease(self, name: str, holder: str, ttl: float) -> bool:
+        """A lease is an exclusive queue `fastq.lease.<name>` on this process's connection: RabbitMQ lets one
+        connection at a time declare it (405 RESOURCE_LOCKED for the others) and deletes it when that
+        connection dies, so a dead beat's lease is free at once and `ttl` needs no extending."""
+        with self._lock:
+            current = self._leases.get(name)
+            if current is not None:
+                return current == holder
+            queue = f'fastq.lease.{name}'
+            try:
+                self._admin(lambda conn: conn.queue_declare(CH_ADMIN, queue, False, False, True, False, {}))
+            except AMQPChannelError as exc:
+                if exc.reply_code == 405:
+                    return False
+                raise
+            self._leases[name] = holder
+            return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._lock:
+            if self._leases.get(name) != holder:
+                return
+            del self._leases[name]
+            self._admin(lambda conn: conn.queue_delete(CH_ADMIN, f'fastq.lease.{name}'))
+
+    def lease_holder(self, name: str) -> str | None:
+        with self._lock:
+            if name in self._leases:
+                return self._leases[name]
+        try:
+            self._admin(lambda conn: conn.queue_declare(CH_ADMIN, f'fastq.lease.{name}', True, False, True, False, {}))
+        except AMQPChannelError as exc:
+            if exc.reply_code == 405:
+                return 'another connection'
+            if exc.reply_code == 404:
+                return None
+            raise
+        return None
+
+    def claim(self, key: str, ttl: float) -> bool:
+        """In this process only: on RabbitMQ the beat lease (an exclusive queue, see `lease`) already lets a
+        single beat send, and RabbitMQ has no atomic create-if-absent with expiry to share claims with."""
+        now = time.time()
+        with self._lock:
+            if self._claims.get(key, 0.0) > now:
+                return False
+            if len(self._claims) > 1000:
+                for stale in [k for k, until in self._claims.items() if until <= now]:
+                    del self._claims[stale]
+            self._claims[key] = now + ttl
+            return True
 
     def close(self) -> None:
         self.link.close()
