@@ -97,10 +97,10 @@ def test_warns_when_a_time_limit_exceeds_consumer_timeout(tasks: Any, worker: An
 
 
 def test_heartbeats_answered_while_the_worker_is_busy(tasks: Any, worker: Any, tmp_path: Path) -> None:
-    """A 1 s heartbeat and a task running 4 s in the worker's own process: the connections' I/O threads
+    """A 2 s heartbeat and a task running 7 s in the worker's own process: the connections' I/O threads
     answer the node, so nothing is cut off and the next task is consumed on the same connection."""
-    w = worker('-P', 'solo', extra_env={'FASTQ_BROKER_HEARTBEAT': '1'})
-    assert tasks.sleeper.delay(str(tmp_path / 'sleep.txt'), 'k', 4).get(timeout=30) == 'k'
+    w = worker('-P', 'solo', extra_env={'FASTQ_BROKER_HEARTBEAT': '2'})
+    assert tasks.sleeper.delay(str(tmp_path / 'sleep.txt'), 'k', 7).get(timeout=30) == 'k'
     assert tasks.add.delay(1, 2).get(timeout=30) == 3
     assert 'lost' not in w.log and 'reconnecting' not in w.log
 

@@ -110,10 +110,10 @@ def test_wait_returns_on_the_wakeup_descriptor(conn: _amqp.Connection) -> None:
 
 
 def test_heartbeats_are_answered_inside_wait(amqp_url: str) -> None:
-    c = _connect(amqp_url, heartbeat=1)
+    c = _connect(amqp_url, heartbeat=2)
     try:
         c.open_channel(1)
-        deadline = time.monotonic() + 4  # several heartbeat intervals: the node would close a silent peer
+        deadline = time.monotonic() + 7  # several heartbeat intervals: the node would close a silent peer
         while time.monotonic() < deadline:
             c.wait(0.5, -1)
         assert c.is_open

@@ -14,6 +14,7 @@ from fastq.brokers.amqp import AMQPBroker, parse_urls
 from fastq.brokers.amqp.consumer import AMQPConsumer
 from fastq.brokers.amqp.topology import DEAD_LETTER_QUEUE, delayed_routing_key
 from fastq.brokers.base import Delivery, Outgoing
+from tests.harness import wait_until
 
 
 @pytest.fixture
@@ -89,8 +90,7 @@ def test_publish_confirmed_priorities_and_expiration(app: Fastq) -> None:
     finally:
         consumer.close()
     broker.publish([Outgoing(_message(), 'celery', expiration='1')])
-    time.sleep(0.2)
-    assert broker.qsize('celery') == 0  # the per-message TTL is RabbitMQ's to enforce
+    wait_until(lambda: broker.qsize('celery') == 0, 10, 'the message expired')  # RabbitMQ enforces the TTL
     broker.publish([Outgoing(_message(), 'celery') for _ in range(3)])
     assert broker.purge('celery') == 3 and broker.qsize('celery') == 0
     assert broker.purge('never-declared') == 0 and broker.qsize('never-declared') == 0
