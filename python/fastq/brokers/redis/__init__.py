@@ -448,7 +448,7 @@ class _RedisSubscription(Subscription):
     def __init__(self, broker: RedisBroker, exchange: str) -> None:
         self.broker = broker
         self.client = broker.new_client()
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8.2
         base = broker.layout.fanout_topic(exchange)
         self.base = base
         self.pubsub.psubscribe(base, f'{base}/*')
