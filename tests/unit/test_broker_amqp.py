@@ -280,3 +280,27 @@ def test_amqps_with_broker_use_ssl(rabbit_server: Any) -> None:
             untrusted.broker.connect()
     finally:
         untrusted.close()
+
+
+def test_celery_events_reach_a_subscription(app: Fastq, amqp_url: str) -> None:
+    """`celeryev` is Celery's durable topic exchange on AMQP: fastq (the dashboard) subscribes without a 406
+    either way round, and sees what a Celery worker's event dispatcher sends."""
+    from celery import Celery
+
+    from fastq.dashboard.feed import events_in
+
+    broker = _broker(app)
+    sub = broker.subscribe('celeryev')
+    capp = Celery('peer', broker=amqp_url, set_as_current=False)
+    try:
+        with capp.connection_for_write() as conn:
+            dispatcher = capp.events.Dispatcher(conn, hostname='celery@peer', enabled=True, buffer_while_offline=False)
+            dispatcher.send('worker-heartbeat', freq=2.0)
+            dispatcher.close()
+        got = sub.get(5.0)
+        assert got and got[0][0] == 'worker.heartbeat'
+        [event] = events_in(got[0][1])
+        assert event['type'] == 'worker-heartbeat' and event['hostname'] == 'celery@peer'
+    finally:
+        sub.close()
+        capp.close()

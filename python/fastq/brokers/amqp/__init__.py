@@ -42,6 +42,7 @@ from fastq.brokers.amqp.topology import (
     PIDBOX_QUEUE_ARGUMENTS,
     QueueSpec,
     Topology,
+    broadcast_exchange,
     delayed_level,
 )
 from fastq.brokers.base import Broker, BrokerFeatures, Consumer, DeadLetterStore, Outgoing, Subscription
@@ -357,8 +358,10 @@ class AMQPBroker(Broker):
     def fanout_publish(self, exchange: str, payload: bytes, routing_key: str = '') -> None:
         message = _core.Message.from_envelope(payload, None)
 
+        kind, durable = broadcast_exchange(exchange)
+
         def declare(conn: _amqp.Connection) -> None:
-            conn.exchange_declare(CH_ADMIN, exchange, 'fanout', False, False, False, {})
+            conn.exchange_declare(CH_ADMIN, exchange, kind, False, durable, False, {})
 
         self._admin(declare)
         self.link.publish([to_amqp(Outgoing(message, '', exchange, routing_key or exchange, 0, 1))], PUBLISH_TIMEOUT)

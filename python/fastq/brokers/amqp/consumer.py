@@ -24,9 +24,11 @@ from fastq.brokers.amqp.link import CH_ADMIN, CH_CONSUME, Link
 from fastq.brokers.amqp.topology import (
     DEAD_LETTER_QUEUE,
     DELAYED_DELIVERY_EXCHANGE,
+    EVENT_QUEUE_ARGUMENTS,
     MAX_DELAY,
     PIDBOX_QUEUE_ARGUMENTS,
     QueueSpec,
+    broadcast_exchange,
     delayed_level,
     delayed_routing_key,
 )
@@ -291,7 +293,8 @@ class AMQPConsumer(Consumer):
 
 
 class AMQPSubscription(Subscription):
-    """A fanout subscription: an exclusive, auto-deleted queue bound to the exchange (kombu.pidbox's args)."""
+    """A broadcast subscription: an exclusive, auto-deleted queue bound to the exchange (the pidbox's fanout, or
+    the `celeryev` topic exchange with `#`), declared with Celery's arguments so neither side gets a 406."""
 
     def __init__(self, broker: AMQPBroker, exchange: str) -> None:
         self.exchange = exchange
@@ -305,9 +308,11 @@ class AMQPSubscription(Subscription):
 
     def _on_connect(self, conn: _amqp.Connection) -> None:
         self.link.ensure_channel(conn, CH_CONSUME)
-        conn.exchange_declare(CH_CONSUME, self.exchange, 'fanout', False, False, False, {})
-        conn.queue_declare(CH_CONSUME, self.queue, False, False, True, True, dict(PIDBOX_QUEUE_ARGUMENTS))
-        conn.queue_bind(CH_CONSUME, self.queue, self.exchange, '', {})
+        kind, durable = broadcast_exchange(self.exchange)
+        arguments = EVENT_QUEUE_ARGUMENTS if kind == 'topic' else PIDBOX_QUEUE_ARGUMENTS
+        conn.exchange_declare(CH_CONSUME, self.exchange, kind, False, durable, False, {})
+        conn.queue_declare(CH_CONSUME, self.queue, False, False, True, True, dict(arguments))
+        conn.queue_bind(CH_CONSUME, self.queue, self.exchange, '#' if kind == 'topic' else '', {})
         conn.consume(CH_CONSUME, self.queue, self.queue, True, {})
 
     def _on_deliver(self, event: tuple[Any, ...]) -> None:

@@ -23,6 +23,15 @@ MAX_DELAY = 2**DELAYED_LEVELS - 1
 #: kombu.pidbox with Celery's control_* defaults: exchanges not durable; queues exclusive, auto-deleted, gone
 #: 10 s after their last consumer, messages dropped after 300 s.
 PIDBOX_QUEUE_ARGUMENTS = {'x-expires': 10000, 'x-message-ttl': 300000}
+#: Broadcast exchanges as Celery declares them (type, durable): the pidbox (kombu.pidbox) and the event stream
+#: (celery.events: a durable topic exchange on AMQP). Others default to a transient fanout.
+BROADCAST_EXCHANGES = {'celery.pidbox': ('fanout', False), 'celeryev': ('topic', True)}
+#: What fastq's subscribers keep: events are live data (Celery's event_queue_ttl / event_queue_expires).
+EVENT_QUEUE_ARGUMENTS = {'x-expires': 60000, 'x-message-ttl': 5000}
+
+
+def broadcast_exchange(name: str) -> tuple[str, bool]:
+    return BROADCAST_EXCHANGES.get(name, ('fanout', False))
 
 
 def delayed_level(level: int) -> str:
