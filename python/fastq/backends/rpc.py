@@ -110,8 +110,12 @@ class RPCBackend(Backend):
                 link.start(30.0)  # consumes everything in _consumed once connected
                 return
             link = self._link
-        for oid in sorted(new):
-            link.call(lambda conn, oid=oid: self._consume(conn, oid))  # type: ignore[misc]
+
+        def consume(conn: _amqp.Connection) -> None:
+            for oid in sorted(new):
+                self._consume(conn, oid)
+
+        link.call(consume)
 
     def _on_connect(self, conn: _amqp.Connection) -> None:
         assert self._link is not None

@@ -30,8 +30,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from fastq import _amqp, _core
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ['AMQPBroker', 'parse_urls']
 
 logger = logging.getLogger('fastq.brokers.amqp')
+T = TypeVar('T')
 
 DEFAULT_CONSUMER_TIMEOUT = 1800.0
 PUBLISH_TIMEOUT = 30.0
@@ -285,8 +286,8 @@ class AMQPBroker(Broker):
 
     # --- queues -------------------------------------------------------------------------------------------
 
-    def _admin(self, fn: Any) -> Any:
-        def run(conn: _amqp.Connection) -> Any:
+    def _admin(self, fn: Callable[[_amqp.Connection], T]) -> T:
+        def run(conn: _amqp.Connection) -> T:
             self.link.ensure_channel(conn, CH_ADMIN)
             return fn(conn)
 
@@ -326,7 +327,7 @@ class AMQPBroker(Broker):
 
     def get(self, queue: str) -> tuple[Any, ...] | None:
         """basic.get with no ack (used for reply queues and the dead-letter queue)."""
-        return self._admin(lambda conn: conn.get(CH_ADMIN, queue, True))  # type: ignore[no-any-return]
+        return self._admin(lambda conn: conn.get(CH_ADMIN, queue, True))
 
     # --- remote control -----------------------------------------------------------------------------------
 

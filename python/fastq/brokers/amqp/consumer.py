@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastq import _amqp
@@ -216,7 +216,7 @@ class AMQPConsumer(Consumer):
             self._interrupted = True
             self._cond.notify_all()
 
-    def _run(self, fn: Any) -> None:
+    def _run(self, fn: Callable[[_amqp.Connection], None]) -> None:
         if self.link.conn is None:
             return  # the connection is gone: RabbitMQ requeued whatever these tags named
         self.link.call(fn)
