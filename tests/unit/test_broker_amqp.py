@@ -178,6 +178,7 @@ def test_defer_parks_in_celerys_delayed_chain(app: Fastq, amqp_url: str) -> None
     from kombu.transport.native_delayed_delivery import calculate_routing_key
 
     assert delayed_routing_key(5, 'celery') == calculate_routing_key(5, 'celery')
+    assert delayed_routing_key(3, delayed_routing_key(5, 'celery')) == calculate_routing_key(3, 'celery')
     broker = _broker(app)
     broker.publish([Outgoing(_message(task_id='eta'), 'celery')])
     consumer = broker.consumer(['celery'], 'w1')
@@ -304,3 +305,21 @@ def test_celery_events_reach_a_subscription(app: Fastq, amqp_url: str) -> None:
     finally:
         sub.close()
         capp.close()
+
+
+def test_countdown_to_a_quorum_queue_goes_through_the_delayed_chain(app: Fastq) -> None:
+    """As Celery >= 5.5 clients do: nothing waits in the queue (or in a worker) before the task is due."""
+    app.conf.task_default_queue_type = 'quorum'
+    broker = _broker(app)
+    broker.publish([Outgoing(_message(task_id='later'), 'celery', eta=time.time() + 2.5)])
+    assert broker.qsize('celery') == 0
+    assert sum(broker.qsize(f'celery_delayed_{level}') for level in range(3)) == 1
+    consumer = broker.consumer(['celery'], 'w1')
+    try:
+        consumer.prefetch(4)
+        [d] = _fetch(consumer, 1, timeout=20)
+        assert d.task_id == 'later' and d.message is not None
+        assert d.message.properties['delivery_info']['routing_key'] == 'celery'  # retries go back to the queue
+        consumer.ack([d.tag])
+    finally:
+        consumer.close()

@@ -39,11 +39,14 @@ from fastq.brokers.amqp.link import CH_ADMIN, Endpoint, Link
 from fastq.brokers.amqp.topology import (
     DELAYED_DELIVERY_EXCHANGE,
     DELAYED_LEVELS,
+    MAX_DELAY,
     PIDBOX_QUEUE_ARGUMENTS,
     QueueSpec,
     Topology,
     broadcast_exchange,
     delayed_level,
+    delayed_routing_key,
+    undelayed_routing_key,
 )
 from fastq.brokers.base import Broker, BrokerFeatures, Consumer, DeadLetterStore, Outgoing, Subscription
 from fastq.exceptions import AMQPChannelError, ImproperlyConfigured
@@ -124,6 +127,8 @@ def to_amqp(out: Outgoing) -> tuple[str, str, bytes, dict[str, Any]]:
 def to_message(event: tuple[Any, ...]) -> Message:
     """A delivered AMQP message as fastq's Message, with kombu's delivery_info."""
     _, _, _, _, redelivered, exchange, routing_key, props, body = event
+    if exchange == DELAYED_DELIVERY_EXCHANGE or routing_key[:2] in ('0.', '1.'):
+        routing_key = undelayed_routing_key(routing_key)  # came through the delayed chain
     properties: dict[str, Any] = {
         'delivery_info': {'exchange': exchange, 'routing_key': routing_key, 'redelivered': redelivered},
     }
@@ -164,6 +169,7 @@ class AMQPBroker(Broker):
         self.link.on_connect.append(self._on_connect)
         self._declared: set[str] = set()
         self._delayed_declared = False
+        self._delayed_bound: set[str] = set()
         self._lock = threading.Lock()
         self._leases: dict[str, str] = {}  # lease name -> holder, held through this process's connection
         self._claims: dict[str, float] = {}
@@ -177,6 +183,7 @@ class AMQPBroker(Broker):
     def _on_connect(self, conn: _amqp.Connection) -> None:
         self._declared.clear()  # redeclare on the new connection (the node may have restarted)
         self._delayed_declared = False
+        self._delayed_bound.clear()
         self._leases.clear()  # exclusive queues die with their connection: leases must be taken again
 
     def connect(self) -> None:
@@ -253,7 +260,34 @@ class AMQPBroker(Broker):
         if not batch:
             return
         self.declare(sorted({out.queue for out in batch if not out.exchange}))
-        self.link.publish([to_amqp(out) for out in batch], PUBLISH_TIMEOUT)
+        self.link.publish([self._routed(out) for out in batch], PUBLISH_TIMEOUT)
+
+    def _routed(self, out: Outgoing) -> tuple[str, str, bytes, dict[str, Any]]:
+        """A countdown/ETA task for a quorum queue goes into Celery's delayed-delivery chain, as Celery >= 5.5
+        clients send it, so whichever worker consumes the queue gets it when due and holds nothing meanwhile.
+        Other queues get it at once (a Celery worker there expects that); fastq workers park it on receipt."""
+        if out.eta is None or out.exchange:
+            return to_amqp(out)
+        seconds = int(out.eta - time.time())
+        if seconds < 1 or not self.topology.spec(out.queue).quorum:
+            return to_amqp(out)
+        self.ensure_delayed()
+        self.bind_delayed(out.queue)
+        _, _, body, properties = to_amqp(out)
+        properties.pop('expiration', None)  # a TTL would drop it in the chain; workers check `expires` themselves
+        return (
+            delayed_level(DELAYED_LEVELS - 1),
+            delayed_routing_key(min(seconds, MAX_DELAY), out.queue),
+            body,
+            properties,
+        )
+
+    def bind_delayed(self, queue: str) -> None:
+        """Bind `queue` to the chain's last exchange (`#.<queue>`), once per connection."""
+        if queue in self._delayed_bound:
+            return
+        self._admin(lambda conn: conn.queue_bind(CH_ADMIN, queue, DELAYED_DELIVERY_EXCHANGE, f'#.{queue}', {}))
+        self._delayed_bound.add(queue)
 
     def publish_unrouted(self, batch: Sequence[Outgoing]) -> None:
         """Publish without declaring anything (replies: their queue is the caller's, declared its own way)."""

@@ -242,7 +242,7 @@ class AMQPConsumer(Consumer):
         seconds = min(max(int(eta - time.time()), 1), MAX_DELAY)
         broker = self.broker
         broker.ensure_delayed()
-        self.link.call(lambda conn: self._bind_delayed(conn, queue))
+        broker.bind_delayed(queue)
         properties = dict(message.properties)
         properties.pop('expiration', None)
         out = Outgoing(

@@ -4,6 +4,7 @@ queue with other arguments gets 406 PRECONDITION_FAILED, and so would we). Names
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +39,18 @@ def delayed_level(level: int) -> str:
     return f'celery_delayed_{level}'
 
 
+_DELAY_PREFIX = re.compile(r'^(?:[01]\.){' + str(DELAYED_LEVELS) + '}')
+
+
+def undelayed_routing_key(routing_key: str) -> str:
+    """The routing key a message had before it went through the delayed chain (retries go back there)."""
+    return _DELAY_PREFIX.sub('', routing_key, count=1)
+
+
 def delayed_routing_key(seconds: int, routing_key: str) -> str:
-    """Celery's routing key for a delay: the 28 binary digits of `seconds`, dot-separated, then the key."""
-    return '.'.join(f'{seconds:0{DELAYED_LEVELS}b}') + '.' + routing_key
+    """Celery's routing key for a delay: the 28 binary digits of `seconds`, dot-separated, then the key (any
+    earlier delay prefix removed, as kombu does, so retried tasks do not grow it)."""
+    return '.'.join(f'{seconds:0{DELAYED_LEVELS}b}') + '.' + undelayed_routing_key(routing_key)
 
 
 @dataclass(frozen=True, slots=True)
