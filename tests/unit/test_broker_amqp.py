@@ -167,8 +167,10 @@ def test_dead_letters_go_to_the_named_queue_or_the_dlx(app: Fastq, amqp_url: str
     [stored] = store.list()
     assert (stored.id, stored.queue, stored.reason, stored.task_id) == (letter.id, 'celery', letter.reason, 'id-1')
     assert _core.Message.from_envelope(stored.payload, None).body == b'not json'
-    assert broker.qsize('dlq') == 1  # RabbitMQ dead-lettered it through the queue's exchange
-    assert store.get('id-1') is not None and store.count() == 1  # reading puts them back
+    wait_until(lambda: broker.qsize('dlq') == 1, 10, 'dead-lettered through the queue exchange')
+    wait_until(lambda: store.count() == 1, 10, 'the letters read put back')  # basic.reject is asynchronous
+    assert store.get('id-1') is not None
+    wait_until(lambda: store.count() == 1, 10, 'the letters read put back')
     assert broker.requeue_dead_letter(letter.id) is not None  # `fastq deadletter requeue`
     assert store.count() == 0 and broker.qsize(DEAD_LETTER_QUEUE) == 0
     assert broker.qsize('celery') == 1

@@ -48,7 +48,15 @@ from fastq.brokers.amqp.topology import (
     delayed_routing_key,
     undelayed_routing_key,
 )
-from fastq.brokers.base import Broker, BrokerFeatures, Consumer, DeadLetterStore, Outgoing, Subscription
+from fastq.brokers.base import (
+    Broker,
+    BrokerFeatures,
+    Consumer,
+    DeadLetter,
+    DeadLetterStore,
+    Outgoing,
+    Subscription,
+)
 from fastq.exceptions import AMQPChannelError, ImproperlyConfigured
 from fastq.utils.text import mask_url
 
@@ -358,6 +366,9 @@ class AMQPBroker(Broker):
     @property
     def dead_letter_store(self) -> AMQPDeadLetters:
         return self._dead
+
+    def requeue_dead_letter(self, ident: str) -> DeadLetter | None:
+        return self._dead.requeue(ident)
 
     def get(self, queue: str) -> tuple[Any, ...] | None:
         """basic.get with no ack (used for reply queues and the dead-letter queue)."""

@@ -1,7 +1,8 @@
 """Dead letters on RabbitMQ: messages in the durable queue `fastq.deadletters`, each with a header naming why.
 
-Reading them means taking them off the queue (basic.get) and putting back what stays, so `list` is for the
-`fastq deadletter` command, not a hot path. Queues with their own dead-letter exchange never land here:
+Reading them means taking them off the queue (basic.get) and putting back what stays (RabbitMQ does that
+asynchronously, so a count right after a read may lag), so `list` is for the `fastq deadletter` command, not a
+hot path. Queues with their own dead-letter exchange never land here:
 RabbitMQ moves their rejected messages there itself.
 """
 
@@ -99,6 +100,23 @@ class AMQPDeadLetters(DeadLetterStore):
                 break
         self._settle([dtag for dtag, _, _ in taken if found is None or dtag != found[0]],
                      [] if found is None else [found[0]])  # fmt: skip
+        return None if found is None else found[1]
+
+    def requeue(self, ident: str) -> DeadLetter | None:
+        """Publish a letter back to its queue and drop it, in one pass over the queue: letters just read are put
+        back asynchronously by RabbitMQ, so a second pass could miss the one it looks for."""
+        taken = self._take_all()
+        found = None
+        for dtag, letter, _ in reversed(taken):
+            if ident in (letter.id, letter.task_id):
+                found = (dtag, letter)
+                break
+        try:
+            if found is not None:
+                self.broker._publish_raw(found[1].queue, found[1].payload)
+        finally:
+            drop = [] if found is None else [found[0]]
+            self._settle([dtag for dtag, _, _ in taken if dtag not in drop], drop)
         return None if found is None else found[1]
 
     def purge(self) -> int:

@@ -238,6 +238,9 @@ class Link:
                 if not self._stopping:
                     logger.warning('Connection to %s lost: %s; reconnecting', self.describe, exc)
                 self.last_error = exc
+            except Exception as exc:  # a bug must not end the thread that owns the connection: start over
+                logger.exception('AMQP I/O thread for %s failed; reconnecting', self.describe)
+                self.last_error = exc
             finally:
                 self._connected.clear()
                 self.conn = None
@@ -308,7 +311,10 @@ class Link:
         kind = event[0]
         if kind == _amqp.DELIVER:
             if self.on_deliver is not None:
-                self.on_deliver(event)
+                try:
+                    self.on_deliver(event)
+                except Exception:  # unacked, it comes back when the connection is renewed
+                    logger.exception('Cannot take delivery %s from %s', event[3], self.describe)
         elif kind == _amqp.CONFIRM_ACK or kind == _amqp.CONFIRM_NACK:
             self._on_confirm(event[2], event[3], kind == _amqp.CONFIRM_ACK)
         elif kind == _amqp.CHANNEL_CLOSED:
