@@ -15,12 +15,12 @@ install: ## install system packages, create .venv and build everything (Rust + C
 
 .PHONY: build-dev
 build-dev: ## rebuild the extensions in place after editing rust/ or cython/
-	rm -f python/fastq/_core*.so python/fastq/_ipc*.so
+	rm -f python/fastq/_core*.so python/fastq/_ipc*.so python/fastq/_amqp*.so
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v 'is ignored' || true
 
 .PHONY: debug
 debug: ## rebuild with FASTQ_DEBUG checks, Cython annotate/linetrace and a Rust debug build
-	rm -f python/fastq/_core*.so python/fastq/_ipc*.so
+	rm -f python/fastq/_core*.so python/fastq/_ipc*.so python/fastq/_amqp*.so
 	FASTQ_DEBUG=1 SETUPTOOLS_RUST_CARGO_PROFILE=dev $(PY) -m pip install -q --no-deps --no-build-isolation -e .
 
 .PHONY: format
@@ -37,7 +37,7 @@ lint-python: ## ruff (lint + format check)
 .PHONY: typecheck
 typecheck: ## mypy --strict on python/fastq, and stubtest of the compiled modules against their .pyi
 	mypy
-	$(PY) -m mypy.stubtest fastq._core fastq._ipc --allowlist ci/stubtest-allowlist.txt
+	$(PY) -m mypy.stubtest fastq._core fastq._ipc fastq._amqp --allowlist ci/stubtest-allowlist.txt
 
 .PHONY: lint-rust
 lint-rust: ## cargo fmt --check and clippy -D warnings

@@ -19,6 +19,14 @@ extensions = [
         extra_compile_args=['-O2', '-Wall'],
         define_macros=[('FASTQ_DEBUG', '1' if DEBUG else '0')] + ([('CYTHON_TRACE', '1')] if DEBUG else []),
     ),
+    Extension(
+        'fastq._amqp',
+        ['cython/_amqp.pyx'],
+        include_dirs=['cython'],
+        libraries=['rabbitmq'],
+        extra_compile_args=['-O2', '-Wall'],
+        define_macros=[('FASTQ_DEBUG', '1' if DEBUG else '0')] + ([('CYTHON_TRACE', '1')] if DEBUG else []),
+    ),
 ]
 
 setup(

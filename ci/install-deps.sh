@@ -7,7 +7,7 @@ APT_PACKAGES=(
   # Rust crates vendored by Debian (used only when crates.io is unreachable)
   librust-pyo3-dev librust-flate2-dev librust-libz-sys-dev librust-bzip2-dev
   # C libraries and tools
-  librabbitmq-dev zlib1g-dev libbz2-dev pkg-config sqlite3
+  librabbitmq-dev zlib1g-dev libbz2-dev pkg-config sqlite3 openssl
   # servers started by the tests on 127.0.0.1
   redis-server rabbitmq-server
   # headless browser for the dashboard test (Selenium drives /usr/bin/chromium through /usr/bin/chromedriver)

@@ -8,4 +8,4 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -U pip 2>&1 | grep -v 'is ignored' || true
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,lint,bench]' 2>&1 | grep -v 'is ignored' || true
-.venv/bin/python -c 'import fastq._core, fastq._ipc; print("fastq", fastq._core.__version__, fastq._core.build_profile, "built")'
+.venv/bin/python -c 'import fastq._core, fastq._ipc, fastq._amqp; print("fastq", fastq._core.__version__, fastq._core.build_profile, "built")'

@@ -81,3 +81,22 @@ def redis_url(redis_server: object) -> str:
         pool = DatabasePool(redis_server)
         redis_server._pool = pool  # type: ignore[attr-defined]
     return redis_server.url(pool.take())
+
+
+@pytest.fixture(scope='session')
+def rabbit_server() -> Iterator[object]:
+    """One real RabbitMQ node for the session, started on first use (tests isolate by vhost)."""
+    from tests.servers import RabbitServer
+
+    server = RabbitServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def amqp_url(rabbit_server: object) -> str:
+    """A fresh vhost of this test's own on the session's RabbitMQ node."""
+    from tests.servers import RabbitServer
+
+    assert isinstance(rabbit_server, RabbitServer)
+    return rabbit_server.url(rabbit_server.vhost())

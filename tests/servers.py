@@ -138,3 +138,135 @@ class DatabasePool:
 def kill_process_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+
+
+class RabbitServer:
+    """A RabbitMQ node of our own (own node name, ports and data directory), restartable in place.
+
+    The Debian wrapper runs the node as user `rabbitmq`, so its directories are handed to that user. Tests
+    isolate themselves by vhost (`vhost()` creates a fresh one). Starting takes a few seconds: one node per
+    test session.
+    """
+
+    def __init__(self) -> None:
+        if shutil.which('rabbitmq-server') is None:
+            raise RuntimeError('rabbitmq-server is not installed (bash ci/install-deps.sh installs it)')
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.tls_port = free_port()
+        self.node = f'fastq-{os.urandom(4).hex()}@localhost'
+        self.dir = Path(tempfile.mkdtemp(prefix='fastq-rabbit-'))
+        for sub in ('mnesia', 'log'):
+            (self.dir / sub).mkdir()
+        config = f'loopback_users = none\nlisteners.tcp.default = 127.0.0.1:{self.port}\n'
+        self.cert = self._make_certificate()
+        if self.cert is not None:  # a TLS listener too, with a self-signed certificate for localhost
+            key = self.dir / 'key.pem'
+            config += (
+                f'listeners.ssl.default = 127.0.0.1:{self.tls_port}\nssl_options.cacertfile = {self.cert}\n'
+                f'ssl_options.certfile = {self.cert}\nssl_options.keyfile = {key}\n'
+                'ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n'
+            )
+        (self.dir / 'rabbitmq.conf').write_text(config)
+        subprocess.run(['chown', '-R', 'rabbitmq:rabbitmq', str(self.dir)], check=False)
+        self.dir.chmod(0o755)
+        self._vhosts = 0
+        self.start()
+
+    def _make_certificate(self) -> Path | None:
+        if shutil.which('openssl') is None:
+            return None
+        cert, key = self.dir / 'cert.pem', self.dir / 'key.pem'
+        done = subprocess.run(
+            ['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=localhost',
+             '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-keyout', str(key), '-out', str(cert)],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        return cert if done.returncode == 0 else None
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_NODE_IP_ADDRESS='127.0.0.1',
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(self.dir / 'mnesia'),
+            RABBITMQ_LOG_BASE=str(self.dir / 'log'),
+            RABBITMQ_CONFIG_FILE=str(self.dir / 'rabbitmq'),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / 'enabled_plugins'),
+            RABBITMQ_PID_FILE=str(self.dir / 'mnesia' / 'node.pid'),
+        )
+        return env
+
+    def ctl(self, *args: str, check: bool = True, timeout: float = 60) -> str:
+        done = subprocess.run(
+            ['rabbitmqctl', '-n', self.node, *args],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f'rabbitmqctl {" ".join(args)}: {done.stderr or done.stdout}')
+        return done.stdout
+
+    def ping(self) -> bool:
+        done = subprocess.run(
+            ['rabbitmq-diagnostics', '-t', '2', '-n', self.node, '-q', 'ping'],
+            env=self._env(),
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode != 0:
+            return False
+        with contextlib.suppress(OSError), socket.create_connection(('127.0.0.1', self.port), timeout=1):
+            return True
+        return False
+
+    def start(self) -> None:
+        subprocess.run(['rabbitmq-server', '-detached'], env=self._env(), capture_output=True, check=False)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.ping():
+                return
+            time.sleep(0.5)
+        logs = '\n'.join(p.read_text(errors='replace')[-3000:] for p in (self.dir / 'log').glob('*.log'))
+        raise RuntimeError(f'rabbitmq-server did not start:\n{logs}')
+
+    def stop(self) -> None:
+        self.ctl('stop', check=False)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(('127.0.0.1', self.port), timeout=0.5):
+                time.sleep(0.2)
+                continue
+            return
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        if down_for:
+            time.sleep(down_for)
+        self.start()
+
+    def vhost(self) -> str:
+        """A fresh vhost that user guest may use (tests keep their queues apart this way)."""
+        self._vhosts += 1
+        name = f't{self._vhosts}-{os.urandom(2).hex()}'
+        self.ctl('add_vhost', name)
+        self.ctl('set_permissions', '-p', name, 'guest', '.*', '.*', '.*')
+        return name
+
+    def url(self, vhost: str = '/', tls: bool = False) -> str:
+        from urllib.parse import quote
+
+        if tls:
+            return f'amqps://guest:guest@localhost:{self.tls_port}/{quote(vhost, safe="")}'
+        return f'amqp://guest:guest@127.0.0.1:{self.port}/{quote(vhost, safe="")}'
+
+    def close(self) -> None:
+        self.stop()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.dir)

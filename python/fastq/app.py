@@ -354,6 +354,11 @@ class Fastq:
         return url or default_broker_url(self.conf.sqlite_directory)
 
     @property
+    def rpc_results(self) -> bool:
+        """Whether results come back as messages (rpc://): sending then declares the reply queue first."""
+        return str(self.conf.result_backend or '').startswith('rpc')
+
+    @property
     def backend_url(self) -> str | None:
         from fastq.backends import default_backend_url
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 __all__ = [
+    'AMQPChannelError',
     'AlwaysEagerIgnored',
     'BackendError',
     'BackendGetMetaError',
@@ -259,6 +260,16 @@ class OperationalError(KombuError):
 
 class BrokerConnectionError(OperationalError):
     """No connection to the broker could be made; the message names the URL (password masked)."""
+
+
+class AMQPChannelError(OperationalError):
+    """RabbitMQ closed a channel (the connection stays up): e.g. 406 PRECONDITION_FAILED when a queue is
+    redeclared with other arguments, 404 NOT_FOUND for a missing exchange."""
+
+    def __init__(self, reply_code: int, reply_text: str) -> None:
+        super().__init__(f'{reply_code} {reply_text}')
+        self.reply_code = reply_code
+        self.reply_text = reply_text
 
 
 class SerializationError(KombuError):

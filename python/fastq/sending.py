@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import _state, protocol, signals
 from fastq.brokers.base import Outgoing
-from fastq.exceptions import AlwaysEagerIgnored, BrokerConnectionError, OperationalError
+from fastq.exceptions import AlwaysEagerIgnored, AMQPChannelError, BrokerConnectionError, OperationalError
 from fastq.result import AsyncResult
 from fastq.serialization import compression_mime
 from fastq.utils.time import to_timestamp
@@ -556,6 +556,9 @@ class _Retrying:
 
 def _retriable(exc: Exception) -> bool:
     # sqlite3.OperationalError (a locked or unreadable file) is matched by name: sqlite3 need not be loaded.
+    # RabbitMQ refusing a declaration or a route (406, 404) will refuse it again: not retried.
+    if isinstance(exc, AMQPChannelError):
+        return False
     return (
         isinstance(exc, BrokerConnectionError | OperationalError | OSError) or type(exc).__name__ == 'OperationalError'
     )
@@ -566,6 +569,8 @@ def publish_with_retry(
 ) -> None:
     """Publish, retrying on connection errors per `task_publish_retry_policy` (Celery's semantics)."""
     broker = app.broker
+    if app.rpc_results:
+        app.backend.on_task_call()  # rpc://: the reply queue must exist before a worker can answer
     retrying = None
     while True:
         try:
@@ -583,6 +588,8 @@ async def apublish_with_retry(
 ) -> None:
     """`publish_with_retry` on the running event loop (`Broker.apublish`, waits with asyncio.sleep)."""
     broker = app.broker
+    if app.rpc_results:
+        await asyncio.get_running_loop().run_in_executor(None, app.backend.on_task_call, app.thread_oid)
     retrying = None
     while True:
         try:

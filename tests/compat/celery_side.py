@@ -11,8 +11,13 @@ import time
 from celery import Celery
 
 url = os.environ.get('CELERY_BROKER_URL', 'redis://127.0.0.1:6379/0')
-app = Celery('celery_side', broker=url, backend=url)
+app = Celery('celery_side', broker=url, backend=os.environ.get('CELERY_RESULT_BACKEND', url))
 app.conf.accept_content = ['json', 'msgpack']
+if os.environ.get('CELERY_QUEUE_MAX_PRIORITY'):
+    app.conf.task_queue_max_priority = int(os.environ['CELERY_QUEUE_MAX_PRIORITY'])
+if os.environ.get('CELERY_DEFAULT_QUEUE_TYPE'):
+    app.conf.task_default_queue_type = os.environ['CELERY_DEFAULT_QUEUE_TYPE']
+    app.conf.task_default_exchange_type = os.environ.get('CELERY_DEFAULT_EXCHANGE_TYPE', 'direct')
 app.conf.broker_transport_options = {
     'visibility_timeout': float(os.environ.get('VISIBILITY_TIMEOUT', '3600')),
     'unacked_restore_interval': 1,

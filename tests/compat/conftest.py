@@ -23,14 +23,21 @@ def url(redis_url: str) -> str:
     return redis_url
 
 
-def _env(url: str, extra: dict[str, str] | None) -> dict[str, str]:
+@pytest.fixture
+def backend_url(url: str) -> str:
+    """Where results go: the broker's Redis unless a test module says otherwise."""
+    return url
+
+
+def _env(url: str, backend: str, extra: dict[str, str] | None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop('PYTEST_CURRENT_TEST', None)
     env.update(
         PYTHONPATH=os.pathsep.join([str(HERE), str(INTEGRATION), env.get('PYTHONPATH', '')]),
         FASTQ_BROKER_URL=url,
-        FASTQ_RESULT_BACKEND=url,
+        FASTQ_RESULT_BACKEND=backend,
         CELERY_BROKER_URL=url,
+        CELERY_RESULT_BACKEND=backend,
         FASTQ_ACCEPT_CONTENT='json,msgpack',
     )
     env.update(extra or {})
@@ -38,7 +45,7 @@ def _env(url: str, extra: dict[str, str] | None) -> dict[str, str]:
 
 
 @pytest.fixture
-def workers(tmp_path: Path, url: str) -> Iterator[Callable[..., WorkerProcess]]:
+def workers(tmp_path: Path, url: str, backend_url: str) -> Iterator[Callable[..., WorkerProcess]]:
     """`workers('fastq', '-n', 'f1@%h')` or `workers('celery', ...)`: started, ready, stopped at teardown."""
     started: list[WorkerProcess] = []
 
@@ -53,7 +60,7 @@ def workers(tmp_path: Path, url: str) -> Iterator[Callable[..., WorkerProcess]]:
         else:
             command = [sys.executable, '-m', 'fastq', '-A', 'worker_tasks', 'worker']
             base = ['-l', 'info', '-c', '2']
-        w = WorkerProcess(tmp_path, _env(url, extra_env), [*base, *args], f'{kind}{len(started)}', command)
+        w = WorkerProcess(tmp_path, _env(url, backend_url, extra_env), [*base, *args], f'{kind}{len(started)}', command)
         started.append(w)
         return w.start(wait=wait)
 
@@ -67,23 +74,27 @@ def workers(tmp_path: Path, url: str) -> Iterator[Callable[..., WorkerProcess]]:
 
 
 @pytest.fixture
-def celery_client(url: str) -> Iterator[Any]:
+def celery_client(url: str, backend_url: str) -> Iterator[Any]:
     """A Celery app (the real package) used as a client: send_task by name, AsyncResult, control."""
     from celery import Celery
 
-    app = Celery('client', broker=url, backend=url, set_as_current=False)
+    app = Celery('client', broker=url, backend=backend_url, set_as_current=False)
     app.conf.accept_content = ['json', 'msgpack']
     yield app
+    backend = getattr(app._local, 'backend', None)
+    consumer = getattr(backend, 'result_consumer', None)
+    if getattr(consumer, '_connection', None) is not None:  # rpc://: its own connection, not in app's pool
+        consumer.stop()
     app.close()
 
 
 @pytest.fixture
-def fastq_client(monkeypatch: pytest.MonkeyPatch, url: str) -> Iterator[Any]:
+def fastq_client(monkeypatch: pytest.MonkeyPatch, url: str, backend_url: str) -> Iterator[Any]:
     """fastq's `worker_tasks` module, its app on the same Redis."""
     monkeypatch.syspath_prepend(str(INTEGRATION))
     import worker_tasks
 
     worker_tasks.app.close()
-    worker_tasks.app.conf.update(broker_url=url, result_backend=url, accept_content=['json', 'msgpack'])
+    worker_tasks.app.conf.update(broker_url=url, result_backend=backend_url, accept_content=['json', 'msgpack'])
     yield worker_tasks
     worker_tasks.app.close()

@@ -21,10 +21,9 @@ BACKENDS = {
     'rediss': 'fastq.backends.redis:RedisBackend',
     'redis+socket': 'fastq.backends.redis:RedisBackend',
     'sentinel': 'fastq.backends.redis:SentinelBackend',
+    'rpc': 'fastq.backends.rpc:RPCBackend',
 }
-PLANNED = {
-    'rpc': 'the rpc:// result backend',
-}
+PLANNED: dict[str, str] = {}
 DEFAULT_RESULTS_FILE = 'fastq-results.sqlite3'
 
 

@@ -126,6 +126,11 @@ class Backend(abc.ABC):
     def _wait_for_change_since(self, marker: int, timeout: float) -> None:
         self._wait_for_change(timeout)
 
+    def on_task_call(self, oid: str | None = None) -> None:
+        """Called before tasks are published from this thread, or for its `oid` (the tasks' reply_to) from an
+        executor thread: rpc:// declares the reply queue here."""
+        return None
+
     def cleanup(self) -> None:
         """Delete expired results (backends without native expiry call this periodically)."""
         return None

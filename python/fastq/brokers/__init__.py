@@ -19,15 +19,14 @@ BROKERS = {
     'rediss': 'fastq.brokers.redis:RedisBroker',
     'sentinel': 'fastq.brokers.redis:RedisBroker',
     'socket': 'fastq.brokers.redis:RedisBroker',
+    'amqp': 'fastq.brokers.amqp:AMQPBroker',
+    'amqps': 'fastq.brokers.amqp:AMQPBroker',
+    'pyamqp': 'fastq.brokers.amqp:AMQPBroker',
+    'librabbitmq': 'fastq.brokers.amqp:AMQPBroker',
 }
 
 # Schemes Celery users have in their configs that fastq does not serve (yet): a clear error, not a guess.
-PLANNED = {
-    'amqp': 'the RabbitMQ broker',
-    'amqps': 'the RabbitMQ broker',
-    'pyamqp': 'the RabbitMQ broker',
-    'librabbitmq': 'the RabbitMQ broker',
-}
+PLANNED: dict[str, str] = {}
 
 DEFAULT_BROKER_FILE = 'fastq-broker.sqlite3'
 

@@ -184,6 +184,11 @@ class Consumer(abc.ABC):
         `Outgoing.eta` or `defer`) is in the future.
         """
 
+    def prefetch(self, window: int) -> None:
+        """The most deliveries the worker holds at once (0: no limit). Brokers that push messages (AMQP's
+        basic.qos) size their window from it; brokers the worker pulls from ignore it."""
+        return None
+
     @abc.abstractmethod
     def wakeup(self) -> None:
         """Make a `fetch` blocked in another thread return now (used at shutdown and when the window frees)."""

@@ -158,6 +158,7 @@ class WorkController:
         if self.broker is None:
             return self._finish()
         self.consumer = self.broker.consumer(self.queues, owner=self.hostname)
+        self.consumer.prefetch(self.window)
         self.dispatcher = Dispatcher(
             self.app, self.broker, self.consumer, self.pool, self.loop, self.window, self.accept, self.hostname
         )

@@ -1,0 +1,215 @@
+"""`rpc://`: results sent back as messages to the caller's reply queue, as Celery's rpc backend does.
+
+Wire format (celery/backends/rpc.py, protocol.md D.4): every client thread has a reply queue named by its oid
+(the `reply_to` property of each task it sends), declared durable, auto-deleted, with `x-expires` =
+`result_expires`, and reached through the default exchange. A worker publishes the meta document (status,
+result, traceback, children, date_done, task_id) there with `correlation_id` = the task id (or the request's
+correlation id), serialized with `result_serializer`, transient unless `result_persistent`. So Celery workers
+answer fastq clients and the reverse.
+
+Results are one-shot messages: only the process that sent a task can read its result, and not after it
+restarts; there is nothing to look up by id from elsewhere, and chords are not supported (as in Celery).
+Needs the AMQP broker: the queue is declared before each send (`on_task_call`), so a fast worker's reply
+never reaches the default exchange before its queue exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastq import _amqp, states
+from fastq.backends.base import Backend
+from fastq.brokers.amqp.link import CH_ADMIN, CH_CONSUME, Link
+from fastq.exceptions import ImproperlyConfigured
+from fastq.serialization import dumps, loads
+
+if TYPE_CHECKING:
+    from fastq.app import Fastq
+    from fastq.brokers.amqp import AMQPBroker
+
+logger = logging.getLogger('fastq.backends.rpc')
+
+E_NO_CHORDS = (
+    'The "rpc" result backend does not support chords!\n\nNote that a group chained with a task is also upgraded '
+    'to be a chord, as this pattern requires synchronization.\n\nResult backends that supports chords: Redis, '
+    'Database, Memcached, and more.'
+)
+
+
+def _field(request: Any, name: str) -> Any:
+    if isinstance(request, dict):
+        return request.get(name)
+    return getattr(request, name, None)
+
+
+class RPCBackend(Backend):
+    polling = False
+    persistent = False
+
+    def __init__(self, app: Fastq, url: str | None = None) -> None:
+        super().__init__(app, url)
+        self._declared: set[str] = set()
+        self._consumed: set[str] = set()
+        self._metas: dict[str, dict[str, Any]] = {}
+        self._cond = threading.Condition()
+        self._generation = 0
+        self._link: Link | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def broker(self) -> AMQPBroker:
+        from fastq.brokers.amqp import AMQPBroker
+
+        broker = self.app.broker
+        if not isinstance(broker, AMQPBroker):
+            raise ImproperlyConfigured('result_backend: rpc:// needs an AMQP broker_url (amqp://, pyamqp://, ...)')
+        return broker
+
+    def describe(self) -> str:
+        return 'rpc://'
+
+    def _queue_arguments(self) -> dict[str, Any]:
+        return {} if not self.expires else {'x-expires': int(self.expires) * 1000}
+
+    # --- the caller ---------------------------------------------------------------------------------------
+
+    def on_task_call(self, oid: str | None = None) -> None:
+        """Declare the reply queue of this thread (or `oid`) before its first task goes out (once per queue)."""
+        oid = oid or self.app.thread_oid
+        if oid in self._declared:
+            return
+        broker = self.broker
+        arguments = self._queue_arguments()
+
+        def declare(conn: _amqp.Connection) -> None:
+            broker.link.ensure_channel(conn, CH_ADMIN)
+            conn.queue_declare(CH_ADMIN, oid, False, True, False, True, arguments)
+
+        broker.link.call(declare)
+        self._declared.add(oid)
+
+    def _listen(self) -> None:
+        """Consume every reply queue this process declared (no ack, as Celery's ResultConsumer), on a connection
+        of our own: a result is read by whichever thread waits, even when another thread sent the task (the
+        asyncio client waits in executor threads)."""
+        self.on_task_call()
+        new = self._declared - self._consumed
+        if not new:
+            return
+        with self._lock:
+            new = self._declared - self._consumed
+            self._consumed |= new
+            if self._link is None:
+                link = Link(self.broker.endpoints, 'results', confirms=False)
+                link.on_connect.append(self._on_connect)
+                link.on_deliver = self._on_deliver
+                self._link = link
+                link.start(30.0)  # consumes everything in _consumed once connected
+                return
+            link = self._link
+
+        def consume(conn: _amqp.Connection) -> None:
+            for oid in sorted(new):
+                self._consume(conn, oid)
+
+        link.call(consume)
+
+    def _on_connect(self, conn: _amqp.Connection) -> None:
+        assert self._link is not None
+        self._link.ensure_channel(conn, CH_ADMIN)
+        for oid in sorted(self._consumed):
+            self._consume(conn, oid)
+
+    def _consume(self, conn: _amqp.Connection, oid: str) -> None:
+        assert self._link is not None
+        self._link.ensure_channel(conn, CH_CONSUME)
+        conn.queue_declare(CH_ADMIN, oid, False, True, False, True, self._queue_arguments())
+        conn.consume(CH_CONSUME, oid, oid, True, {})
+
+    def _on_deliver(self, event: tuple[Any, ...]) -> None:
+        props, body = event[7], event[8]
+        try:
+            meta = loads(body, props.get('content_type') or 'application/json', self.accept)
+        except Exception as exc:
+            logger.warning('rpc: ignoring a reply that cannot be decoded: %r', exc)
+            return
+        if not isinstance(meta, dict):
+            return
+        task_id = props.get('correlation_id') or meta.get('task_id')
+        if not task_id:
+            return
+        with self._cond:
+            current = self._metas.get(task_id)
+            if current is None or current.get('status') not in states.READY_STATES:
+                self._metas[task_id] = meta
+            self._generation += 1
+            self._cond.notify_all()
+
+    def get_task_meta(self, task_id: str, cache: bool = True) -> dict[str, Any]:
+        self._listen()
+        with self._cond:
+            meta = self._metas.get(task_id)
+        if meta is None:
+            return {'status': states.PENDING, 'result': None}
+        out = dict(meta)
+        if out.get('status') in states.EXCEPTION_STATES:
+            out['result'] = self.exception_to_python(out.get('result'))
+        return out
+
+    def _change_marker(self) -> int:
+        return self._generation
+
+    def _wait_for_change_since(self, marker: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._generation == marker:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+
+    def forget(self, task_id: str) -> None:
+        with self._cond:
+            self._metas.pop(task_id, None)
+
+    # --- the worker ---------------------------------------------------------------------------------------
+
+    def store_result(
+        self, task_id: str, result: Any, state: str, traceback: str | None = None, request: Any = None
+    ) -> Any:
+        """Publish the state to the caller's reply queue (nothing when the task was sent without one)."""
+        reply_to = _field(request, 'reply_to')
+        if not reply_to:
+            return result
+        from fastq import _core
+        from fastq.brokers.base import Outgoing
+
+        meta = self._meta(task_id, self.encode_result(result, state), state, traceback, request)
+        body, content_type, encoding = dumps(meta, self.serializer)
+        correlation_id = _field(request, 'correlation_id') or task_id
+        message = _core.Message(body, content_type, encoding, {}, {'correlation_id': correlation_id})
+        mode = 2 if self.app.conf.result_persistent else 1
+        self.broker.publish_unrouted([Outgoing(message, reply_to, '', reply_to, 0, mode)])
+        return result
+
+    # --- not available on rpc:// (as in Celery) -----------------------------------------------------------
+
+    def _set(self, task_id: str, payload: bytes, state: str, expires: float | None) -> None:
+        raise NotImplementedError('rpc:// stores results as messages (store_result)')
+
+    def _get(self, task_id: str) -> bytes | None:
+        return None
+
+    def _delete(self, task_id: str) -> None:
+        self.forget(task_id)
+
+    def ensure_chords_allowed(self) -> None:
+        raise NotImplementedError(E_NO_CHORDS)
+
+    def close(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()

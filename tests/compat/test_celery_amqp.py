@@ -1,0 +1,101 @@
+"""fastq and the real `celery` package (py-amqp) on one RabbitMQ node, both ways: clients, workers, results
+through Redis and through rpc://, priorities, Celery's delayed-delivery chain, and a shared queue."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import lines
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def url(amqp_url: str) -> str:
+    return amqp_url
+
+
+@pytest.fixture
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """Results in Redis, or through rpc:// when a test is parametrized with 'rpc'."""
+    kind = getattr(request, 'param', 'redis')
+    return str(request.getfixturevalue('redis_url')) if kind == 'redis' else 'rpc://'
+
+
+@pytest.mark.parametrize('backend_url', ['redis', 'rpc'], indirect=True)
+def test_celery_client_fastq_worker(celery_client: Any, workers: Any) -> None:
+    w = workers('fastq')
+    result = celery_client.send_task('worker_tasks.add', (20, 22))
+    assert result.get(timeout=30) == 42
+    failed = celery_client.send_task('worker_tasks.fail', ('from celery',))
+    with pytest.raises(ValueError, match='from celery'):
+        failed.get(timeout=30)
+    assert f'Task worker_tasks.add[{result.id}] received' in w.log
+
+
+@pytest.mark.parametrize('backend_url', ['redis', 'rpc'], indirect=True)
+def test_fastq_client_celery_worker(fastq_client: Any, workers: Any) -> None:
+    w = workers('celery')
+    result = fastq_client.add.delay(20, 22)
+    assert result.get(timeout=30) == 42
+    failed = fastq_client.fail.delay('from fastq')
+    with pytest.raises(ValueError, match='from fastq'):
+        failed.get(timeout=30)
+    w.wait_for(f'Task worker_tasks.add[{result.id}] succeeded')
+
+
+@pytest.mark.parametrize('direction', ['celery->fastq', 'fastq->celery'])
+def test_priorities_both_ways(
+    celery_client: Any,
+    fastq_client: Any,
+    workers: Any,
+    tmp_path: Path,
+    direction: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RabbitMQ serves higher priorities first once the queue has x-max-priority (both sides declare 10)."""
+    env = {'FASTQ_TASK_QUEUE_MAX_PRIORITY': '10', 'CELERY_QUEUE_MAX_PRIORITY': '10'}
+    celery_client.conf.task_queue_max_priority = 10
+    monkeypatch.setitem(fastq_client.app.conf, 'task_queue_max_priority', 10)
+    out = tmp_path / 'order.txt'
+    if direction == 'celery->fastq':
+        results = [celery_client.send_task('worker_tasks.record', (str(out), f'p{p}'), priority=p) for p in (0, 5, 9)]
+    else:
+        results = [fastq_client.record.apply_async((str(out), f'p{p}'), priority=p) for p in (0, 5, 9)]
+    workers('fastq' if direction == 'celery->fastq' else 'celery', '-c', '1', extra_env=env)
+    for r in results:
+        r.get(timeout=30)
+    assert [line.split()[1] for line in lines(out)] == ['p9', 'p5', 'p0']
+
+
+def test_celery_countdown_through_the_delayed_chain_to_fastq(celery_client: Any, workers: Any) -> None:
+    """Celery >= 5.5 with quorum queues (and a topic exchange) sends countdowns to celery_delayed_27; the fastq
+    worker declared and bound that chain, so the task arrives when due."""
+    env = {'FASTQ_TASK_DEFAULT_QUEUE_TYPE': 'quorum', 'FASTQ_TASK_DEFAULT_EXCHANGE_TYPE': 'topic'}
+    workers('fastq', extra_env=env)
+    celery_client.conf.update(task_default_queue_type='quorum', task_default_exchange_type='topic')
+    sent = time.time()
+    result = celery_client.send_task('worker_tasks.when_run', countdown=2)
+    assert result.get(timeout=30) >= sent + 1.5
+
+
+def test_mixed_fleet_shares_the_queue(celery_client: Any, workers: Any, tmp_path: Path) -> None:
+    out = tmp_path / 'ran.txt'
+    workers('fastq', '-n', 'fastq1@%h')
+    workers('celery', '-n', 'celery1@%h')
+    results = [celery_client.send_task('worker_tasks.record', (str(out), str(i))) for i in range(200)]
+    assert sorted(int(r.get(timeout=120)) for r in results) == list(range(200))
+    ran = lines(out)
+    assert sorted(int(line.split()[1]) for line in ran) == list(range(200))  # each once
+    by_celery = [line for line in ran if line.split()[2] == 'celery']
+    assert by_celery and len(by_celery) < 200  # both sides did work
+
+
+def test_celery_inspect_ping_reaches_fastq(celery_client: Any, workers: Any) -> None:
+    w = workers('fastq', '-n', 'f1@%h')
+    hostname = [word for word in w.log.split() if word.startswith('f1@')][0]
+    assert celery_client.control.inspect(destination=[hostname], timeout=3).ping() == {hostname: {'ok': 'pong'}}

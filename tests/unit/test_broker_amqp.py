@@ -1,0 +1,327 @@
+"""The RabbitMQ broker's SPI behaviours against the session's node; Celery's own objects are the oracle for
+declarations (redeclaring with kombu must not fail with 406 PRECONDITION_FAILED)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fastq import Fastq, _core
+from fastq.brokers.amqp import AMQPBroker, parse_urls
+from fastq.brokers.amqp.consumer import AMQPConsumer
+from fastq.brokers.amqp.topology import DEAD_LETTER_QUEUE, delayed_routing_key
+from fastq.brokers.base import Delivery, Outgoing
+from tests.harness import wait_until
+
+
+@pytest.fixture
+def app(amqp_url: str) -> Iterator[Fastq]:
+    app = Fastq('t', broker=amqp_url, backend='memory://', set_as_current=False)
+    yield app
+    app.close()
+
+
+def _broker(app: Fastq) -> AMQPBroker:
+    broker = app.broker
+    assert isinstance(broker, AMQPBroker)
+    return broker
+
+
+def _message(body: bytes = b'[[], {}, {}]', task_id: str = 'id-1', **headers: Any) -> _core.Message:
+    return _core.Message(body, 'application/json', 'utf-8', {'id': task_id, 'task': 't.x', **headers}, {})
+
+
+def _fetch(consumer: AMQPConsumer, want: int, timeout: float = 10.0) -> list[Delivery]:
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        got += consumer.fetch(want - len(got), 0.5)
+    return got
+
+
+def _celery_declare(amqp_url: str, **conf: Any) -> None:
+    """Declare what a Celery 5.7 app (these settings) declares, through kombu/py-amqp."""
+    from celery import Celery
+
+    capp = Celery('peer', broker=amqp_url.replace('amqp://', 'pyamqp://'), set_as_current=False)
+    capp.conf.update(conf)
+    with capp.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in capp.amqp.queues.values():
+            queue(channel).declare()
+
+
+@pytest.mark.parametrize(
+    'conf',
+    [{}, {'task_queue_max_priority': 10}, {'task_default_queue_type': 'quorum'}],
+    ids=['classic', 'max-priority', 'quorum'],
+)
+def test_declarations_equal_celerys(app: Fastq, amqp_url: str, conf: dict[str, Any]) -> None:
+    app.conf.update(conf)
+    broker = _broker(app)
+    spec = broker.topology.spec('celery')
+    if conf.get('task_default_queue_type') == 'quorum':
+        assert spec.arguments == {'x-queue-type': 'quorum'}
+    elif conf:
+        assert spec.arguments == {'x-max-priority': 10}
+    else:
+        assert spec.arguments == {}
+    broker.declare(['celery'])
+    _celery_declare(amqp_url, **conf)  # raises PreconditionFailed on any difference
+    app.send_task('t.x', (1,))
+    assert broker.qsize('celery') == 1
+
+
+def test_publish_confirmed_priorities_and_expiration(app: Fastq) -> None:
+    app.conf.task_queue_max_priority = 10
+    broker = _broker(app)
+    broker.publish([Outgoing(_message(task_id=str(p)), 'celery', priority=p) for p in (1, 9, 5)])
+    assert broker.qsize('celery') == 3  # confirms: the broker had them when publish returned
+    consumer = broker.consumer(['celery'], 'w1')
+    try:
+        consumer.prefetch(10)
+        got = _fetch(consumer, 3)
+        assert [d.task_id for d in got] == ['9', '5', '1']  # RabbitMQ: higher priority first
+        assert got[0].message is not None and got[0].message.properties['priority'] == 9
+        consumer.ack([d.tag for d in got])
+    finally:
+        consumer.close()
+    broker.publish([Outgoing(_message(), 'celery', expiration='1')])
+    wait_until(lambda: broker.qsize('celery') == 0, 10, 'the message expired')  # RabbitMQ enforces the TTL
+    broker.publish([Outgoing(_message(), 'celery') for _ in range(3)])
+    assert broker.purge('celery') == 3 and broker.qsize('celery') == 0
+    assert broker.purge('never-declared') == 0 and broker.qsize('never-declared') == 0
+    assert 'celery' in broker.known_queues()
+
+
+def test_unacked_deliveries_come_back_and_release_requeues(app: Fastq) -> None:
+    broker = _broker(app)
+    broker.publish([Outgoing(_message(task_id=str(i)), 'celery') for i in range(4)])
+    first = broker.consumer(['celery'], 'w1')
+    first.prefetch(4)
+    got = _fetch(first, 4)
+    first.ack([got[0].tag])
+    first.release([got[1].tag])
+    first.close()  # two still unacked: back in the queue with the connection
+    second = broker.consumer(['celery'], 'w2')
+    try:
+        second.prefetch(10)
+        again = _fetch(second, 3)
+        assert sorted(d.task_id or '' for d in again) == ['1', '2', '3']
+        assert all(d.redelivered for d in again)
+        second.ack([d.tag for d in again])
+        second.ack([d.tag for d in again])  # twice: a no-op, not a channel error
+        assert second.fetch(1, 0.3) == []
+    finally:
+        second.close()
+
+
+class _FakeConn:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def ack(self, channel: int, tag: int, multiple: bool) -> None:
+        self.calls.append(('ack', tag, multiple))
+
+    def reject(self, channel: int, tag: int, requeue: bool) -> None:
+        self.calls.append(('reject', tag, requeue))
+
+
+def test_batched_acks_only_over_a_contiguous_settled_prefix() -> None:
+    consumer = AMQPConsumer.__new__(AMQPConsumer)
+    from collections import deque
+
+    consumer._order, consumer._settled, consumer._to_ack = deque(range(1, 9)), set(), set()
+    conn: Any = _FakeConn()
+    consumer._ack(conn, [1, 2, 3, 5])  # 4 still running
+    assert conn.calls == [('ack', 3, True), ('ack', 5, False)]
+    conn.calls.clear()
+    consumer._reject(conn, [6], True)
+    consumer._ack(conn, [4, 7])
+    assert conn.calls == [('reject', 6, True), ('ack', 7, True)]  # 4..7 settled: one multiple ack
+    assert list(consumer._order) == [8]
+
+
+def test_dead_letters_go_to_the_named_queue_or_the_dlx(app: Fastq, amqp_url: str) -> None:
+    from fastq import Queue
+
+    app.conf.task_queues = [
+        Queue('celery'),
+        Queue('withdlx', queue_arguments={'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': 'dlq'}),
+    ]
+    broker = _broker(app)
+    broker.declare(['dlq'])
+    broker.publish([Outgoing(_message(b'not json'), 'celery'), Outgoing(_message(task_id='d2'), 'withdlx')])
+    consumer = broker.consumer(['celery', 'withdlx'], 'w1')
+    try:
+        got = {d.queue: d for d in _fetch(consumer, 2)}
+        letter = consumer.dead_letter(got['celery'], 'malformed message: test')
+        consumer.dead_letter(got['withdlx'], 'rejected')
+    finally:
+        consumer.close()
+    store = broker.dead_letters
+    assert store.count() == 1
+    [stored] = store.list()
+    assert (stored.id, stored.queue, stored.reason, stored.task_id) == (letter.id, 'celery', letter.reason, 'id-1')
+    assert _core.Message.from_envelope(stored.payload, None).body == b'not json'
+    wait_until(lambda: broker.qsize('dlq') == 1, 10, 'dead-lettered through the queue exchange')
+    wait_until(lambda: store.count() == 1, 10, 'the letters read put back')  # basic.reject is asynchronous
+    assert store.get('id-1') is not None
+    wait_until(lambda: store.count() == 1, 10, 'the letters read put back')
+    assert broker.requeue_dead_letter(letter.id) is not None  # `fastq deadletter requeue`
+    assert store.count() == 0 and broker.qsize(DEAD_LETTER_QUEUE) == 0
+    assert broker.qsize('celery') == 1
+
+
+def test_defer_parks_in_celerys_delayed_chain(app: Fastq, amqp_url: str) -> None:
+    from kombu.transport.native_delayed_delivery import calculate_routing_key
+
+    assert delayed_routing_key(5, 'celery') == calculate_routing_key(5, 'celery')
+    assert delayed_routing_key(3, delayed_routing_key(5, 'celery')) == calculate_routing_key(3, 'celery')
+    broker = _broker(app)
+    broker.publish([Outgoing(_message(task_id='eta'), 'celery')])
+    consumer = broker.consumer(['celery'], 'w1')
+    try:
+        consumer.prefetch(4)
+        [d] = _fetch(consumer, 1)
+        consumer.defer(d.tag, time.time() + 1.5)
+        assert consumer.fetch(1, 0.3) == []  # acked here, waiting in celery_delayed_0
+        [back] = _fetch(consumer, 1, timeout=15)
+        assert back.task_id == 'eta' and not back.redelivered
+        consumer.ack([back.tag])
+    finally:
+        consumer.close()
+    # Celery declares the same chain without a 406
+    from celery import Celery
+    from kombu.transport.native_delayed_delivery import declare_native_delayed_delivery_exchanges_and_queues
+
+    capp = Celery('peer', broker=amqp_url.replace('amqp://', 'pyamqp://'), set_as_current=False)
+    with capp.connection_for_write() as conn:
+        declare_native_delayed_delivery_exchanges_and_queues(conn, 'quorum')
+
+
+def test_pidbox_fanout_and_reply_queue(app: Fastq) -> None:
+    from fastq.control import encode_envelope
+
+    broker = _broker(app)
+    sub = broker.subscribe('celery.pidbox')
+    try:
+        broker.fanout_publish(
+            'celery.pidbox', encode_envelope({'method': 'ping'}, {'clock': 1}, 'celery.pidbox', '', 1)
+        )
+        [(_, raw)] = sub.get(5.0)
+        assert _core.json_loads(_core.Message.from_envelope(raw, None).body, None) == {'method': 'ping'}
+    finally:
+        sub.close()
+    broker.bind('reply.celery.pidbox', 'oid1', 'oid1.reply.celery.pidbox')
+    broker.publish([Outgoing(_message(), 'oid1.reply.celery.pidbox', 'reply.celery.pidbox', 'oid1', 0, 1)])
+    assert len(broker.pop('oid1.reply.celery.pidbox', 2.0)) == 1
+
+
+def test_failover_urls_and_masked_passwords() -> None:
+    app = Fastq('t', broker='memory://', backend='memory://', set_as_current=False)
+    conf = app.conf
+    conf.broker_heartbeat = 30
+    eps = parse_urls('amqp://u:s%40cret@h1:5673/v%2Fx; pyamqp://h2//;librabbitmq://h3', conf)
+    assert [(e.host, e.port, e.vhost, e.user, e.password) for e in eps] == [
+        ('h1', 5673, 'v/x', 'u', 's@cret'),
+        ('h2', 5672, '/', 'guest', 'guest'),
+        ('h3', 5672, '/', 'guest', 'guest'),
+    ]
+    assert eps[0].url == 'amqp://u:**@h1:5673/v%2Fx' and eps[0].heartbeat == 30
+    conf.broker_use_ssl = {'ca_certs': '/ca.pem', 'cert_reqs': 0}
+    [tls] = parse_urls('amqps://h', conf)
+    assert tls.port == 5671 and tls.ssl == {'ca_certs': '/ca.pem', 'cert_reqs': 0, 'verify_peer': False}
+    broker = AMQPBroker('amqp://u:secret@h1//;amqp://u:secret@h2//', conf)
+    assert 'secret' not in broker.describe() and 'secret' not in repr(broker)
+
+
+def test_unreachable_broker_names_the_masked_url(amqp_url: str) -> None:
+    from fastq.exceptions import BrokerConnectionError
+    from tests.servers import free_port
+
+    app = Fastq('t', broker=f'amqp://guest:hidden@127.0.0.1:{free_port()}//', set_as_current=False)
+    app.conf.broker_connection_timeout = 0.5
+    try:
+        with pytest.raises(BrokerConnectionError, match=r'guest:\*\*@') as info:
+            app.broker.connect()
+        assert 'hidden' not in str(info.value)
+    finally:
+        app.close()
+
+
+def test_amqps_with_broker_use_ssl(rabbit_server: Any) -> None:
+    import ssl
+
+    if rabbit_server.cert is None:
+        pytest.skip('openssl is not installed')
+    app = Fastq('t', broker=rabbit_server.url(rabbit_server.vhost(), tls=True), set_as_current=False)
+    app.conf.broker_use_ssl = {'ca_certs': str(rabbit_server.cert), 'cert_reqs': ssl.CERT_REQUIRED}
+    try:
+        broker = _broker(app)
+        broker.publish([Outgoing(_message(task_id='tls'), 'celery')])
+        consumer = broker.consumer(['celery'], 'w1')
+        try:
+            consumer.prefetch(1)
+            [d] = _fetch(consumer, 1)
+            assert d.task_id == 'tls'
+            consumer.ack([d.tag])
+        finally:
+            consumer.close()
+    finally:
+        app.close()
+    untrusted = Fastq('t', broker=rabbit_server.url('/', tls=True), set_as_current=False)
+    untrusted.conf.broker_use_ssl = {'cert_reqs': ssl.CERT_REQUIRED}  # no CA: the self-signed one is refused
+    untrusted.conf.broker_connection_timeout = 2
+    try:
+        from fastq.exceptions import BrokerConnectionError
+
+        with pytest.raises(BrokerConnectionError):
+            untrusted.broker.connect()
+    finally:
+        untrusted.close()
+
+
+def test_celery_events_reach_a_subscription(app: Fastq, amqp_url: str) -> None:
+    """`celeryev` is Celery's durable topic exchange on AMQP: fastq (the dashboard) subscribes without a 406
+    either way round, and sees what a Celery worker's event dispatcher sends."""
+    from celery import Celery
+
+    from fastq.dashboard.feed import events_in
+
+    broker = _broker(app)
+    sub = broker.subscribe('celeryev')
+    capp = Celery('peer', broker=amqp_url, set_as_current=False)
+    try:
+        with capp.connection_for_write() as conn:
+            dispatcher = capp.events.Dispatcher(conn, hostname='celery@peer', enabled=True, buffer_while_offline=False)
+            dispatcher.send('worker-heartbeat', freq=2.0)
+            dispatcher.close()
+        got = sub.get(5.0)
+        assert got and got[0][0] == 'worker.heartbeat'
+        [event] = events_in(got[0][1])
+        assert event['type'] == 'worker-heartbeat' and event['hostname'] == 'celery@peer'
+    finally:
+        sub.close()
+        capp.close()
+
+
+def test_countdown_to_a_quorum_queue_goes_through_the_delayed_chain(app: Fastq) -> None:
+    """As Celery >= 5.5 clients do: nothing waits in the queue (or in a worker) before the task is due."""
+    app.conf.task_default_queue_type = 'quorum'
+    broker = _broker(app)
+    broker.publish([Outgoing(_message(task_id='later'), 'celery', eta=time.time() + 2.5)])
+    assert broker.qsize('celery') == 0
+    assert sum(broker.qsize(f'celery_delayed_{level}') for level in range(3)) == 1
+    consumer = broker.consumer(['celery'], 'w1')
+    try:
+        consumer.prefetch(4)
+        [d] = _fetch(consumer, 1, timeout=20)
+        assert d.task_id == 'later' and d.message is not None
+        assert d.message.properties['delivery_info']['routing_key'] == 'celery'  # retries go back to the queue
+        consumer.ack([d.tag])
+    finally:
+        consumer.close()
