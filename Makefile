@@ -56,18 +56,22 @@ test: ## run the Rust and Python test suites
 	$(PY) -m pytest -q
 
 .PHONY: bench
-bench: ## full benchmarks (75 min on the shared 2-core machine): micro benches, then fastq vs Celery, 3 rounds; writes benches/RESULTS.md + results.png
+bench: ## full benchmarks (about 95 min on the shared 2-core machine): micro benches, then fastq vs Celery on Redis, SQLite and RabbitMQ, 3 rounds; writes benches/RESULTS.md + results.png
 	$(PY) -m pytest benches -q --benchmark-columns=min,median,ops -p no:cacheprovider
 	$(PY) benches/macro.py
 
 .PHONY: bench-quick
-bench-quick: ## the same in under 2 minutes (small counts, 1 round, 3 s soak); writes benches/RESULTS-quick.md
+bench-quick: ## the same in about 2 minutes (small counts, 1 round, 3 s soak); writes benches/RESULTS-quick.md
 	$(PY) -m pytest benches -q --benchmark-columns=min,median,ops -p no:cacheprovider --benchmark-max-time=0.2
 	$(PY) benches/macro.py --quick
 
 .PHONY: bench-soak
 bench-soak: ## worker memory: a 10-minute soak and 100,000 ETA tasks, fastq and Celery; writes benches/RESULTS-soak.md
 	$(PY) benches/macro.py --workloads soak,eta --soak 600 --out benches/RESULTS-soak.md
+
+.PHONY: bench-rabbit
+bench-rabbit: ## RabbitMQ rows only (fastq vs Celery, with and without publisher confirms, on a fresh node, 3 rounds); replaces that section of benches/RESULTS.md
+	$(PY) benches/macro.py --broker rabbitmq --workloads publish,publish-batch,drain,e2e,latency
 
 .PHONY: demo
 demo: ## run the quickstart app on the embedded SQLite broker

@@ -3,7 +3,9 @@
 Both engines store a waiting task as kombu's JSON envelope: on Redis in the list named after the queue
 (`celery`, pushed on the left, consumed from the right) and, once a worker has reserved it, in the `unacked`
 hash (field: the envelope's delivery tag) until it is acknowledged; on fastq's SQLite broker as a row of
-`messages` (owner NULL while waiting, set while reserved, deleted on ack).
+`messages` (owner NULL while waiting, set while reserved, deleted on ack). On RabbitMQ a task is an AMQP
+message on the durable queue `celery` (task id in the headers and correlation_id); the node counts it as
+ready, then unacknowledged once delivered to a consumer, until the worker acks it.
 
 Pre-filling (`stage` + `release`): the queue is filled while a worker already runs and sits idle, so neither
 the fill nor the worker's start-up is timed. Copies of one envelope that the engine's own client published are
@@ -11,6 +13,10 @@ written under a staging name the worker does not read, then moved onto the queue
 RENAMENX, which wakes a worker blocked on the queue as a push does; SQLite: one UPDATE, then the broker's
 doorbell is rung as a publish rings it). Each copy gets its own task id and delivery tag (`clone`), so the
 `unacked` hash and the results never collide.
+
+RabbitMQ has no atomic move of a queue's messages: the queue is filled before the worker starts (`prefilled`)
+and the drain is timed by the pool children's own clocks instead (see benches/README.md); `release` does
+nothing there.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-__all__ = ['Drained', 'RedisQueues', 'SqliteQueues', 'clone', 'queues_for']
+__all__ = ['AmqpQueues', 'Drained', 'RedisQueues', 'SqliteQueues', 'clone', 'queues_for']
 
 QUEUE = 'celery'
 STAGING = 'bench:staging'
@@ -77,8 +85,17 @@ class RedisQueues:
     def reserved(self) -> int:
         return int(self.client.hlen('unacked'))
 
+    prefilled = False  # staged, then released onto the queue of an idle worker
+
+    def settled(self, expected: int) -> int:
+        """Tasks on the queue once every publish has landed (on Redis: when the call returned)."""
+        return self.ready()
+
     def clear(self) -> None:
         self.client.delete(QUEUE, 'unacked', 'unacked_index', STAGING)
+
+    def copies(self, template: Any, count: int) -> Iterator[bytes]:
+        return clone(template, count)
 
     def pop_template(self) -> bytes:
         if self.ready() != 1:
@@ -153,8 +170,16 @@ class SqliteQueues:
     def reserved(self) -> int:
         return self._count('SELECT count(*) FROM messages WHERE queue = ? AND owner IS NOT NULL', QUEUE)
 
+    prefilled = False
+
+    def settled(self, expected: int) -> int:
+        return self.ready()
+
     def clear(self) -> None:
         self.db.execute('DELETE FROM messages WHERE queue IN (?, ?)', (QUEUE, STAGING))
+
+    def copies(self, template: Any, count: int) -> Iterator[bytes]:
+        return clone(template, count)
 
     def pop_template(self) -> bytes:
         rows = self.db.execute('DELETE FROM messages WHERE queue = ? RETURNING payload', (QUEUE,)).fetchall()
@@ -192,8 +217,146 @@ class SqliteQueues:
         self.db.close()
 
 
-def queues_for(kind: str, location: str) -> RedisQueues | SqliteQueues:
-    return RedisQueues(location) if kind == 'redis' else SqliteQueues(location)
+class AmqpQueues:
+    """The `celery` queue on a RabbitMQ vhost, seen with py-amqp (counts, fill) and rabbitmqctl (unacked).
+
+    `node` is the node name for rabbitmqctl: AMQP itself tells a client how many messages are ready
+    (queue.declare passive) but not how many are delivered and unacknowledged."""
+
+    prefilled = True  # filled before the worker starts: no atomic move on RabbitMQ
+
+    def __init__(self, url: str, node: str) -> None:
+        import amqp
+
+        parts = urlsplit(url)
+        self.vhost = unquote(parts.path[1:]) or '/'
+        self.node = node
+        self.conn = amqp.Connection(
+            f'{parts.hostname}:{parts.port}',
+            userid=unquote(parts.username or 'guest'),
+            password=unquote(parts.password or 'guest'),
+            virtual_host=self.vhost,
+        )
+        self.conn.connect()
+        self.channel = self.conn.channel()
+
+    def _declare(self) -> tuple[int, int]:
+        """(ready, consumers) of the queue; (0, 0) when it does not exist (yet)."""
+        import amqp
+
+        try:
+            _, ready, consumers = self.channel.queue_declare(QUEUE, passive=True)
+        except amqp.exceptions.NotFound:
+            self.channel = self.conn.channel()  # a 404 closes the channel
+            return 0, 0
+        return int(ready), int(consumers)
+
+    def ready(self) -> int:
+        return self._declare()[0]
+
+    def settled(self, expected: int, timeout: float = 60) -> int:
+        """Ready tasks once every publish has landed: without publisher confirms a task may still be on its
+        way when delay() returns, so wait until the count reaches `expected` and then holds still."""
+        deadline = time.monotonic() + timeout
+        last = self.ready()
+        while time.monotonic() < deadline:
+            if last >= expected:
+                time.sleep(0.1)
+                now = self.ready()
+                if now == last:
+                    return now
+                last = now
+            else:
+                time.sleep(0.01)
+                last = self.ready()
+        return last
+
+    def _ctl_counts(self) -> tuple[int, int, int]:
+        """(ready, unacknowledged, consumers) of the queue as the node reports them, one rabbitmqctl call."""
+        out = subprocess.run(
+            ['rabbitmqctl', '-n', self.node, '-q', 'list_queues', '-p', self.vhost, '--no-table-headers',
+             'name', 'messages_ready', 'messages_unacknowledged', 'consumers'],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        for line in out.splitlines():
+            parts = line.split('\t')
+            if len(parts) == 4 and parts[0] == QUEUE:
+                return int(parts[1]), int(parts[2]), int(parts[3])
+        return 0, 0, 0
+
+    def reserved(self) -> int:
+        return self._ctl_counts()[1]
+
+    def clear(self) -> None:
+        import amqp
+
+        try:
+            self.channel.queue_purge(QUEUE)
+        except amqp.exceptions.NotFound:
+            self.channel = self.conn.channel()
+
+    def pop_template(self) -> Any:
+        found = self.settled(1)
+        if found != 1:
+            raise RuntimeError(f'expected exactly the template on {QUEUE!r}, found {found}')
+        message = self.channel.basic_get(QUEUE, no_ack=True)
+        if message is None:
+            raise RuntimeError('basic.get found no template')
+        return message
+
+    def copies(self, template: Any, count: int) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        """`count` copies of a task message as (body, properties): the same body and properties, each with
+        a fresh task id (headers id and root_id, correlation_id). RabbitMQ assigns delivery tags itself."""
+        properties = dict(template.properties)
+        headers = dict(properties.get('application_headers') or {})
+        task_id = headers.get('id')
+        if not task_id or properties.get('correlation_id') != task_id:
+            raise ValueError('template: no task id in the headers, or correlation_id is not the task id')
+        body = template.body if isinstance(template.body, bytes) else template.body.encode()
+        for _ in range(count):
+            new_id = str(uuid.uuid4())
+            copy_headers = dict(headers, id=new_id)
+            if headers.get('root_id') == task_id:
+                copy_headers['root_id'] = new_id
+            yield body, dict(properties, application_headers=copy_headers, correlation_id=new_id)
+
+    def stage(self, payloads: Iterator[tuple[bytes, dict[str, Any]]]) -> int:
+        """Publish the copies straight onto the queue (no worker runs yet); returns the count on the node."""
+        import amqp
+
+        sent = 0
+        for body, properties in payloads:
+            self.channel.basic_publish(amqp.Message(body, **properties), exchange='', routing_key=QUEUE)
+            sent += 1
+        return self.settled(sent)
+
+    def release(self) -> float:
+        raise RuntimeError('RabbitMQ: the queue is filled before the worker starts; nothing to release')
+
+    def drained(self, consumer_blocks: bool = False) -> bool:
+        """Nothing ready, nothing delivered and unacknowledged, the worker still consuming: every task has
+        been handed to the pool (both engines ack early, when a pool child takes the task). The cheap AMQP
+        count first; the node's own counts (rabbitmqctl, ~0.4 s) only once nothing is ready."""
+        if self.ready():
+            return False
+        time.sleep(0.05)  # the last prefetched tasks take milliseconds: let them finish before rabbitmqctl starts
+        ready, unacked, consumers = self._ctl_counts()
+        return ready == 0 and unacked == 0 and consumers > 0
+
+    def parked(self) -> tuple[int, int]:
+        ready, unacked, _ = self._ctl_counts()
+        return ready, unacked
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def queues_for(kind: str, location: str) -> RedisQueues | SqliteQueues | AmqpQueues:
+    if kind == 'redis':
+        return RedisQueues(location)
+    if kind == 'amqp':
+        return AmqpQueues(location, os.environ['FASTQ_BENCH_RABBIT_NODE'])
+    return SqliteQueues(location)
 
 
 def wait_until(predicate: Any, timeout: float, interval: float = 0.005, what: str = 'condition') -> float:

@@ -1,4 +1,5 @@
-"""Command line and orchestration: rounds of workloads, each engine in turn, alternating order, on one redis-server.
+"""Command line and orchestration: rounds of workloads, each engine in turn, alternating order, on one redis-server
+(and one RabbitMQ node for the RabbitMQ engines).
 
     python benches/macro.py              full run: 3 rounds, drain 200,000 tasks, 60 s soak; writes RESULTS.md
     python benches/macro.py --quick      small counts, 1 round, 3 s soak; writes RESULTS-quick.md (not committed)
@@ -7,7 +8,7 @@
 A round runs publish, drain and e2e+latency for every engine; the engine order alternates from one round to
 the next (A/B, B/A, ...) so neither engine always runs first on a warm or cold machine. The soak and the ETA
 memory check run once, after the rounds. Between two workloads every worker and client process is gone and
-Redis is flushed, so each starts from the same empty state. A workload whose counts or results are wrong
+Redis is flushed (RabbitMQ: the engine's vhost has no queue left), so each starts from the same empty state. A workload whose counts or results are wrong
 records no number (and is listed under problems), so a fast wrong answer cannot win.
 """
 
@@ -31,17 +32,21 @@ from pathlib import Path
 from typing import Any
 
 from suite import report
-from suite.engines import BENCHES, ROOT, SPECS, Engine, Worker
-from suite.stats import Results, format_value, percentile, render
+from suite.engines import BENCHES, PYTHON, ROOT, SPECS, Engine, Worker
+from suite.rabbit import RabbitNode
+from suite.stats import RABBIT, REDIS, TABLES, Results, format_value, percentile, render, table_of
 
 ALL_WORKLOADS = ('publish', 'publish-batch', 'drain', 'e2e', 'latency', 'soak', 'eta')
 # which engines run which workload (SQLite: the throughput ones; Celery's defaults: drain, as the issue asks)
+# RabbitMQ (issue 6): publish, drain, e2e and latency, for fastq and Celery with and without publisher confirms.
+AMQP = ('fastq-amqp', 'celery-amqp', 'celery-amqp-confirm')
+AMQP_RPC = ('fastq-amqp-rpc', 'celery-amqp-rpc')  # results through rpc://: e2e and latency only
 RUNS_ON: dict[str, tuple[str, ...]] = {
-    'publish': ('fastq', 'celery', 'fastq-sqlite'),
-    'publish-batch': ('fastq', 'celery', 'fastq-sqlite'),
-    'drain': ('fastq', 'celery', 'celery-default', 'fastq-sqlite'),
-    'e2e': ('fastq', 'celery', 'fastq-sqlite'),
-    'latency': ('fastq', 'celery', 'fastq-sqlite'),
+    'publish': ('fastq', 'celery', 'fastq-sqlite', *AMQP),
+    'publish-batch': ('fastq', 'celery', 'fastq-sqlite', *AMQP),
+    'drain': ('fastq', 'celery', 'celery-default', 'fastq-sqlite', *AMQP),
+    'e2e': ('fastq', 'celery', 'fastq-sqlite', *AMQP, *AMQP_RPC),
+    'latency': ('fastq', 'celery', 'fastq-sqlite', *AMQP, *AMQP_RPC),
     'soak': ('fastq', 'celery'),
     'eta': ('fastq', 'celery'),
 }
@@ -76,11 +81,14 @@ class Config:
     prefetch: int
     out: Path | None
     quick: bool
-    problems: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (table key, what went wrong)
 
-    def settings(self) -> dict[str, str]:
+    def settings(self, table: str = 'redis') -> dict[str, str]:
+        engines = [e for e in self.engines if table_of(e).key == table]
+        if table == 'rabbitmq':
+            return self.rabbit_settings(engines)
         s = {
-            'engines': ', '.join(self.engines),
+            'engines': ', '.join(engines),
             'worker': '`-P prefork -c 2 -l warning`, both engines',
             'tuned settings (fastq, Celery)': f'worker_prefetch_multiplier={self.prefetch}, JSON, ignore_result on noop',
             'Celery, default settings': 'no configuration beyond the broker and backend URLs (prefetch multiplier 4)',
@@ -94,6 +102,25 @@ class Config:
         }
         return s
 
+    def rabbit_settings(self, engines: list[str]) -> dict[str, str]:
+        return {
+            'engines': ', '.join(engines),
+            'broker': 'one RabbitMQ node started for the run (own node name, loopback ports, fresh data '
+            'directory), a vhost per engine, emptied of queues before every workload',
+            'result backend': 'the same redis-server for every engine (e2e, latency); the rpc:// columns: '
+            "rpc:// (results as messages to the caller's reply queue) for both, publisher confirms on for both",
+            'worker': '`-P prefork -c 2 -l warning`, every engine',
+            'settings (every engine)': f'worker_prefetch_multiplier={self.prefetch}, JSON, ignore_result on noop',
+            'publisher confirms': 'fastq: on (its default, also set explicitly); Celery: off (its default); '
+            "Celery + confirms: broker_transport_options={'confirm_publish': True}",
+            'rounds': str(self.rounds),
+            'publish / publish-batch': f'{self.n_publish:,} / {self.n_batch:,} tasks',
+            'drain': f'{self.n_drain:,} tasks, queue filled before the worker starts, timed by the pool '
+            "children's own clocks (first noop start to last noop end)",
+            'e2e': f'{self.n_e2e:,} tasks',
+            'latency': f'{self.samples:,} sequential round trips per run',
+        }
+
 
 # --- agents: the client processes ------------------------------------------------------------------------
 
@@ -103,7 +130,8 @@ class Agent:
 
     def __init__(self, engine: Engine) -> None:
         spec = engine.spec
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(BENCHES), str(engine.dir), str(ROOT / 'python')]))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(BENCHES), str(engine.dir), str(PYTHON)]))
+        env.update(engine.agent_env)
         self.log_path = engine.dir / 'agent.log'
         log = open(self.log_path, 'ab')
         args = [
@@ -165,10 +193,23 @@ class Agent:
 
 
 class Bench:
-    def __init__(self, config: Config, redis_url: str | None, base: Path) -> None:
+    def __init__(self, config: Config, redis_url: str | None, base: Path, rabbit: RabbitNode | None = None) -> None:
         self.config = config
         self.redis_url = redis_url
-        self.engines = {key: Engine(SPECS[key], base, redis_url, config.prefetch) for key in config.engines}
+        self.rabbit = rabbit
+        self.vhosts: dict[str, str] = {}
+        self.engines = {}
+        for key in config.engines:
+            amqp_url = None
+            if SPECS[key].broker == 'amqp':
+                if rabbit is None:
+                    raise ValueError(f'{key} needs a RabbitMQ node')
+                self.vhosts[key] = f'bench-{key}'
+                amqp_url = rabbit.add_vhost(self.vhosts[key])
+            engine = Engine(SPECS[key], base, redis_url, config.prefetch, amqp_url)
+            if rabbit is not None:
+                engine.agent_env['FASTQ_BENCH_RABBIT_NODE'] = rabbit.node
+            self.engines[key] = engine
         self.results = Results()
         self.started = time.monotonic()
 
@@ -190,9 +231,15 @@ class Bench:
     def clean(self, engine: Engine) -> Iterator[None]:
         """Empty broker before; no process of ours left after."""
         self.flush()
+        self.clear_vhost(engine)
         engine.reset()
         yield
         self.flush()
+        self.clear_vhost(engine)
+
+    def clear_vhost(self, engine: Engine) -> None:
+        if self.rabbit is not None and engine.spec.key in self.vhosts:
+            self.rabbit.clear(self.vhosts[engine.spec.key])
 
     def flush(self) -> None:
         if self.redis_url:
@@ -234,7 +281,8 @@ class Bench:
 
     def fail(self, round_: int | None, workload: str, key: str, why: str) -> None:
         where = f'round {round_ + 1}' if round_ is not None else 'once'
-        self.config.problems.append(f'{workload}, {key}, {where}: {why}')
+        table = table_of(key).key if key != 'floor' else 'redis'
+        self.config.problems.append((table, f'{workload}, {key}, {where}: {why}'))
         self.say(round_, workload, key, f'FAILED: {why}')
 
     # --- workloads ------------------------------------------------------------------------------------------
@@ -264,6 +312,9 @@ class Bench:
 
     def drain(self, round_: int, key: str) -> None:
         engine, n = self.engines[key], self.config.n_drain
+        if engine.spec.broker == 'amqp':
+            self.drain_prefilled(round_, key)
+            return
         with self.clean(engine):
             agent = Agent(engine)
             try:
@@ -277,6 +328,34 @@ class Bench:
         self.record(key, 'drain', out['rate'], round_)
         self.say(
             round_, 'drain', key, f'{out["rate"]:>10,.0f} tasks/s  ({n:,} in {out["seconds"]:.2f} s, counts checked)'
+        )
+
+    def drain_prefilled(self, round_: int, key: str) -> None:
+        """RabbitMQ has no atomic move of a queue's messages (the Redis drain's RENAMENX): the queue is filled
+        with N copies before the worker starts, and the drain is timed from the first noop's start to the
+        last noop's end as the pool children's own clocks saw them (written with their counts), so neither
+        the fill nor the worker's start-up is in the time. Completion is still awaited on the broker (nothing
+        ready, nothing unacknowledged) before the warm shutdown, and the counts must add up to exactly N."""
+        engine, n = self.engines[key], self.config.n_drain
+        with self.clean(engine):
+            agent = Agent(engine)
+            try:
+                agent.call('fill', n=n)
+                with self.worker(engine) as worker:
+                    agent.call('drain', n=n)
+                    self.stop_and_count(engine, worker, n)
+            finally:
+                agent.close()
+        seconds = engine.noop_window()
+        if seconds <= 0:
+            raise Failed(f'no time between the first and the last noop ({seconds})')
+        rate = n / seconds
+        self.record(key, 'drain', rate, round_)
+        self.say(
+            round_,
+            'drain',
+            key,
+            f"{rate:>10,.0f} tasks/s  ({n:,} in {seconds:.2f} s by the children's clocks, counts checked)",
         )
 
     def e2e(self, round_: int, key: str) -> None:
@@ -315,6 +394,20 @@ class Bench:
                 self.record(kind, 'latency-p50', p50, round_)
                 self.record(kind, 'latency-p99', p99, round_)
                 self.say(round_, 'latency', kind, f'p50 {p50:.3f} ms, p99 {p99:.3f} ms')
+
+    def amqp_floor(self, round_: int) -> None:
+        """The latency floor on the same RabbitMQ node with bare py-amqp (see amqp_floor())."""
+        assert self.rabbit is not None
+        vhost = 'bench-floor'
+        if vhost not in self.vhosts.values():
+            self.vhosts['floor-amqp-relay'] = vhost
+            self.rabbit.add_vhost(vhost)
+        self.rabbit.clear(vhost)
+        p50, p99 = amqp_floor(self.rabbit.url(vhost), self.config.samples)
+        self.rabbit.clear(vhost)
+        self.record('floor-amqp-relay', 'latency-p50', p50, round_)
+        self.record('floor-amqp-relay', 'latency-p99', p99, round_)
+        self.say(round_, 'latency', 'floor-amqp', f'p50 {p50:.3f} ms, p99 {p99:.3f} ms')
 
     @contextmanager
     def clean_redis(self) -> Iterator[None]:
@@ -405,8 +498,10 @@ class Bench:
                         continue
                     if any(self.runs(w, key) for w in workloads):
                         self.attempt(round_, name, key, partial(fn, round_, key))
-            if self.wanted('latency') and self.redis_url:
+            if self.wanted('latency') and any(table_of(e) is REDIS for e in cfg.engines):
                 self.attempt(round_, 'latency', 'floor', partial(self.floors, round_))
+            if self.wanted('latency') and self.rabbit is not None:
+                self.attempt(round_, 'latency', 'floor-amqp-relay', partial(self.amqp_floor, round_))
         once: list[tuple[str, Callable[[str], None]]] = [('soak', self.soak), ('eta', self.eta)]
         for name, once_fn in once:
             for key in cfg.engines:
@@ -490,6 +585,69 @@ def floor(url: str, samples: int) -> dict[str, tuple[float, float]]:
     return out
 
 
+AMQP_RELAY = """
+import sys, amqp
+conn = amqp.Connection(sys.argv[1], virtual_host=sys.argv[2])
+conn.connect()
+ch = conn.channel()
+done = []
+def relay(m):
+    if m.body == b'quit':
+        done.append(1)
+    else:
+        ch.basic_publish(amqp.Message(m.body), exchange='', routing_key='floor.r')
+ch.basic_consume('floor.q', callback=relay, no_ack=True)
+print('ready', flush=True)
+while not done:
+    conn.drain_events()
+conn.close()
+"""
+
+
+def amqp_floor(url: str, samples: int) -> tuple[float, float]:
+    """A task round trip's floor on RabbitMQ, in ms (p50, p99), with a task-sized (600-byte) payload: the
+    client publishes a request (no confirm) and waits for the reply on a queue it consumes, while a bare
+    py-amqp process (the "worker") consumes the requests and publishes each back: one publish and one
+    delivery each way, two wake-ups, the least any worker in another process can do."""
+    from urllib.parse import unquote, urlsplit
+
+    import amqp
+
+    parts = urlsplit(url)
+    host, vhost = f'{parts.hostname}:{parts.port}', unquote(parts.path[1:]) or '/'
+    conn = amqp.Connection(host, virtual_host=vhost)
+    conn.connect()
+    ch = conn.channel()
+    for name in ('floor.q', 'floor.r'):
+        ch.queue_declare(name, durable=False, auto_delete=False)
+    replies: list[bytes] = []
+    ch.basic_consume('floor.r', callback=lambda m: replies.append(m.body), no_ack=True)
+    relay = subprocess.Popen([sys.executable, '-c', AMQP_RELAY, host, vhost], stdout=subprocess.PIPE, text=True)
+    payload = b'x' * 600
+    times = []
+    try:
+        assert relay.stdout is not None
+        relay.stdout.readline()
+        for i in range(20 + samples):
+            t = time.perf_counter()
+            ch.basic_publish(amqp.Message(payload), exchange='', routing_key='floor.q')
+            while not replies:
+                conn.drain_events(timeout=10)
+            if replies.pop() != payload:
+                raise Failed('the relay answered something else')
+            if i >= 20:
+                times.append((time.perf_counter() - t) * 1000)
+    finally:
+        ch.basic_publish(amqp.Message(b'quit'), exchange='', routing_key='floor.q')
+        try:
+            relay.wait(10)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            relay.wait()
+        conn.close()
+    return percentile(times, 50), percentile(times, 99)
+
+
 # --- command line -------------------------------------------------------------------------------------------
 
 
@@ -497,7 +655,7 @@ def parse(argv: list[str] | None) -> Config:
     parser = argparse.ArgumentParser(
         prog='benches/macro.py', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument('--quick', action='store_true', help='small counts, 1 round, 3 s soak (under 2 minutes)')
+    parser.add_argument('--quick', action='store_true', help='small counts, 1 round, 3 s soak (about 2 minutes)')
     parser.add_argument('--rounds', type=int, help='rounds of publish, drain, e2e and latency (full: 3)')
     parser.add_argument('-n', '--n-drain', type=int, help='tasks pre-filled for drain (full: 200,000)')
     parser.add_argument('--n-publish', type=int, help='tasks per publish run, one delay() each (full: 20,000)')
@@ -509,7 +667,9 @@ def parse(argv: list[str] | None) -> Config:
     parser.add_argument('--prefetch', type=int, default=DEFAULT_PREFETCH, help='worker_prefetch_multiplier, both')
     parser.add_argument('--engines', default=','.join(SPECS), help=f'comma-separated, of: {", ".join(SPECS)}')
     parser.add_argument('--workloads', default=','.join(ALL_WORKLOADS), help='comma-separated, of: %(default)s')
-    parser.add_argument('--broker', choices=('redis', 'sqlite'), help='only the engines on this broker')
+    parser.add_argument(
+        '--broker', choices=('redis', 'sqlite', 'rabbitmq'), help='only the engines on this broker (comma-separated)'
+    )
     parser.add_argument('--no-celery', action='store_true', help='fastq only')
     parser.add_argument('--out', type=Path, help='report path (default: benches/RESULTS.md, --quick: RESULTS-quick.md)')
     parser.add_argument('--no-write', action='store_true', help='print the table only')
@@ -522,9 +682,11 @@ def parse(argv: list[str] | None) -> Config:
         if unknown:
             parser.error(f'unknown {name}(s): {", ".join(unknown)}')
     if opts.broker:
-        engines = [e for e in engines if SPECS[e].broker == opts.broker]
+        brokers = {'rabbitmq': 'amqp'}.get(opts.broker, opts.broker)
+        engines = [e for e in engines if SPECS[e].broker == brokers]
     if opts.no_celery:
         engines = [e for e in engines if SPECS[e].package != 'celery']
+    engines = [e for e in engines if any(e in RUNS_ON[w] for w in workloads)]  # e.g. no RabbitMQ for soak only
 
     def pick(value: Any, key: str) -> Any:
         if value is not None:
@@ -552,12 +714,30 @@ def parse(argv: list[str] | None) -> Config:
     )
 
 
-def floor_text(results: Results) -> str:
+FLOORS = {
+    'redis': (
+        'Latency floor, the same Redis with bare redis-py commands:',
+        (
+            ('floor-2rt', 'two sequential round trips from one client (LPUSH, RPOP)'),
+            ('floor-relay', 'client LPUSH + BRPOP reply, a bare redis-py process relaying (BRPOP, LPUSH)'),
+        ),
+    ),
+    'rabbitmq': (
+        'Latency floor, the same RabbitMQ node with bare py-amqp:',
+        (
+            (
+                'floor-amqp-relay',
+                'client publishes (no confirm) and consumes the reply queue, a bare py-amqp process relaying '
+                '(consume, publish)',
+            ),
+        ),
+    ),
+}
+
+
+def floor_text(results: Results, table: str = 'redis') -> str:
     lines = []
-    for key, what in (
-        ('floor-2rt', 'two sequential round trips from one client (LPUSH, RPOP)'),
-        ('floor-relay', 'client LPUSH + BRPOP reply, a bare redis-py process relaying (BRPOP, LPUSH)'),
-    ):
+    for key, what in FLOORS[table][1]:
         p50, p99 = results.get(key, 'latency-p50'), results.get(key, 'latency-p99')
         if p50:
             med50, med99 = statistics.median(p50.values()), statistics.median(p99.values())
@@ -573,36 +753,50 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     from tests.servers import RedisServer
 
-    facts = report.machine_facts()
-    print('fastq vs Celery:', ', '.join(f'{k} {v}' for k, v in facts.items()))
-    print('settings:', '; '.join(f'{k}: {v}' for k, v in config.settings().items()), flush=True)
+    tables = [t for t in TABLES if any(table_of(e) is t for e in config.engines)]
     started = time.monotonic()
-    server = RedisServer() if any(SPECS[e].broker == 'redis' for e in config.engines) else None
+    server = RedisServer() if any(SPECS[e].broker in ('redis', 'amqp') for e in config.engines) else None
+    rabbit = None
     base = Path(tempfile.mkdtemp(prefix='fastq-bench-'))
     try:
-        bench = Bench(config, server.url(0) if server else None, base)
+        if RABBIT in tables:
+            print('starting a RabbitMQ node...', flush=True)
+            rabbit = RabbitNode()
+        facts = report.machine_facts(rabbit.version() if rabbit else None)
+        print('fastq vs Celery:', ', '.join(f'{k} {v}' for k, v in facts.items()))
+        for table in tables:
+            print(f'settings ({table.title}):', '; '.join(f'{k}: {v}' for k, v in config.settings(table.key).items()))
+        bench = Bench(config, server.url(0) if server else None, base, rabbit)
         bench.run()
     finally:
+        if rabbit is not None:
+            rabbit.close()
         if server is not None:
             server.close()
         shutil.rmtree(base, ignore_errors=True)
     elapsed = time.monotonic() - started
     results = bench.results
-    print(f'\nmedians of {config.rounds} round(s) (min-max); fastq advantage: >1 means fastq better')
-    print(render(results))
-    floors = floor_text(results)
-    if floors:
-        print('latency floor on the same redis-server, bare redis-py:\n' + floors)
+    sections: dict[str, report.Section] = {}
+    for table in tables:
+        print(f'\n{table.title}: medians of {config.rounds} round(s) (min-max); fastq advantage: >1 means fastq better')
+        print(render(results, table=table))
+        floors = floor_text(results, table.key)
+        if floors:
+            print(FLOORS[table.key][0] + '\n' + floors)
+        problems = [text for key, text in config.problems if key == table.key]
+        table_facts = facts if table is RABBIT else {k: v for k, v in facts.items() if not k.startswith('RabbitMQ')}
+        sections[table.key] = {
+            'facts': table_facts,
+            'settings': config.settings(table.key) | {'wall time (whole invocation)': f'{elapsed:.0f} s'},
+            'floors_title': FLOORS[table.key][0],
+            'floors': floors,
+            'problems': problems,
+        }
     print(f'wall time {elapsed:.0f} s')
     if config.problems:
-        print('\nPROBLEMS:\n' + '\n'.join(f'  {p}' for p in config.problems))
+        print('\nPROBLEMS:\n' + '\n'.join(f'  {p}' for _, p in config.problems))
     if config.out is not None:
-        chart_path = config.out.with_name(config.out.stem.lower() + '.png')  # RESULTS.md: results.png
-        settings = config.settings() | {'wall time': f'{elapsed:.0f} s'}
-        title = f'{facts["date"]}, {facts["cores (nproc)"]} cores, {facts["CPU"]}'
-        drawn = report.chart(results, chart_path, title)
-        config.out.write_text(
-            report.markdown(results, facts, settings, floors, config.problems, chart_path.name if drawn else None)
-        )
-        print(f'wrote {config.out}' + (f' and {chart_path}' if drawn else ' (no chart: matplotlib is missing)'))
+        json_path, chart_path = report.write(config.out, results, sections)
+        drawn = f', {chart_path}' if chart_path else ' (no chart: matplotlib is missing)'
+        print(f'wrote {config.out}, {json_path}{drawn}')
     return 1 if config.problems else 0

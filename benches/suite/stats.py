@@ -16,11 +16,16 @@ from dataclasses import dataclass, field
 __all__ = [
     'COLUMNS',
     'METRICS',
+    'RABBIT',
+    'REDIS',
+    'TABLES',
     'Advantage',
     'Metric',
     'Results',
     'Summary',
+    'Table',
     'advantage',
+    'table_of',
     'format_value',
     'percentile',
     'render',
@@ -72,6 +77,61 @@ ADVANTAGES: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# RabbitMQ (issue 6): the same workloads on one RabbitMQ node; Celery (py-amqp) both as configured for the
+# other rows and with publisher confirms on, as fastq publishes with confirms; results in the same Redis, and
+# (e2e and latency) through the rpc:// backend for both.
+RABBIT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ('fastq-amqp', 'fastq'),
+    ('celery-amqp', 'Celery'),
+    ('celery-amqp-confirm', 'Celery + confirms'),
+    ('fastq-amqp-rpc', 'fastq rpc://'),
+    ('celery-amqp-rpc', 'Celery rpc://'),
+    ('floor-amqp-relay', 'floor relay'),
+)
+RABBIT_ADVANTAGES: tuple[tuple[str, str, str], ...] = (
+    ('fastq adv.', 'fastq-amqp', 'celery-amqp'),
+    ('adv. vs confirms', 'fastq-amqp', 'celery-amqp-confirm'),
+    ('rpc:// adv.', 'fastq-amqp-rpc', 'celery-amqp-rpc'),
+)
+RABBIT_TARGETS: dict[str, tuple[str, float | None]] = {
+    'drain': ('>= 10x', 10),
+    'e2e': ('>= 10x', 10),
+    'latency-p50': ('<= 0.5', None),
+}
+
+
+@dataclass(frozen=True)
+class Table:
+    """One results table (one broker family): its columns, advantage columns and targets."""
+
+    key: str  # 'redis' or 'rabbitmq': the section of the report
+    title: str
+    columns: tuple[tuple[str, str], ...]
+    advantages: tuple[tuple[str, str, str], ...]
+    target_title: str
+    # metric key -> (target text, target advantage or None); None: the targets of METRICS (issue 5)
+    targets: dict[str, tuple[str, float | None]] | None = None
+    charted: int = 1  # how many of the advantage columns the chart draws
+
+    def target(self, metric: Metric) -> tuple[str, float | None]:
+        if self.targets is None:
+            return metric.target, metric.target_ratio
+        return self.targets.get(metric.key, ('', None))
+
+
+REDIS = Table('redis', 'Redis (and fastq on SQLite)', COLUMNS, ADVANTAGES, 'target (issue 5)')
+RABBIT = Table('rabbitmq', 'RabbitMQ', RABBIT_COLUMNS, RABBIT_ADVANTAGES, 'target (issue 6)', RABBIT_TARGETS, 2)
+TABLES: tuple[Table, ...] = (REDIS, RABBIT)
+
+
+def table_of(column: str) -> Table:
+    """The table a column (engine or floor) belongs to."""
+    for table in TABLES:
+        if any(key == column for key, _ in table.columns):
+            return table
+    raise KeyError(f'no table has column {column!r}')
+
+
 @dataclass(frozen=True)
 class Summary:
     median: float
@@ -102,11 +162,16 @@ class Results:
     def get(self, column: str, metric: str) -> dict[int, float]:
         return self.values.get(column, {}).get(metric, {})
 
-    def columns(self) -> list[tuple[str, str]]:
-        return [(key, title) for key, title in COLUMNS if any(self.values.get(key, {}).values())]
+    def columns(self, table: Table = REDIS) -> list[tuple[str, str]]:
+        return [(key, title) for key, title in table.columns if any(self.values.get(key, {}).values())]
 
-    def metrics(self) -> list[Metric]:
-        return [m for m in METRICS if any(self.get(col, m.key) for col, _ in COLUMNS)]
+    def metrics(self, table: Table = REDIS) -> list[Metric]:
+        return [m for m in METRICS if any(self.get(col, m.key) for col, _ in table.columns)]
+
+    def only(self, table: Table) -> Results:
+        """The values of one table's columns."""
+        keys = {key for key, _ in table.columns}
+        return Results({k: v for k, v in self.values.items() if k in keys})
 
 
 def summarize(values: Iterable[float]) -> Summary | None:
@@ -180,31 +245,31 @@ def _ratio_cell(adv: Advantage | None) -> str:
     return text
 
 
-def rows(results: Results) -> tuple[list[str], list[list[str]]]:
+def rows(results: Results, table: Table = REDIS) -> tuple[list[str], list[list[str]]]:
     """The table as a header and rows of cells (strings)."""
-    columns = results.columns()
+    columns = results.columns(table)
     present = {key for key, _ in columns}
-    adv_columns = [a for a in ADVANTAGES if a[1] in present and a[2] in present]
+    adv_columns = [a for a in table.advantages if a[1] in present and a[2] in present]
     header = ['workload', 'unit']
     for key, title in columns:
         header.append(title)
         header.extend(label for label, _, other in adv_columns if other == key)
-    header.append('target (issue 5)')
+    header.append(table.target_title)
     body = []
-    for metric in results.metrics():
+    for metric in results.metrics(table):
         line = [metric.label, metric.unit]
         for key, _ in columns:
             line.append(_cell(summarize(results.get(key, metric.key).values()), metric.unit))
             for _, mine, other in adv_columns:
                 if other == key:
                     line.append(_ratio_cell(advantage(results, metric, mine, other)))
-        line.append(metric.target or '-')
+        line.append(table.target(metric)[0] or '-')
         body.append(line)
     return header, body
 
 
-def render(results: Results, markdown: bool = False) -> str:
-    header, body = rows(results)
+def render(results: Results, markdown: bool = False, table: Table = REDIS) -> str:
+    header, body = rows(results, table)
     if markdown:
         out = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] * 2 + ['---:'] * (len(header) - 2)) + '|']
         out += ['| ' + ' | '.join(line) + ' |' for line in body]
