@@ -290,7 +290,7 @@ def test_celery_events_reach_a_subscription(app: Fastq, amqp_url: str) -> None:
     either way round, and sees what a Celery worker's event dispatcher sends."""
     from celery import Celery
 
-    from fastq.dashboard.feed import events_in
+    from fastq.events.event import decode_events
 
     broker = _broker(app)
     sub = broker.subscribe('celeryev')
@@ -302,7 +302,7 @@ def test_celery_events_reach_a_subscription(app: Fastq, amqp_url: str) -> None:
             dispatcher.close()
         got = sub.get(5.0)
         assert got and got[0][0] == 'worker.heartbeat'
-        [event] = events_in(got[0][1])
+        [event] = decode_events(got[0][1])
         assert event['type'] == 'worker-heartbeat' and event['hostname'] == 'celery@peer'
     finally:
         sub.close()
