@@ -194,7 +194,10 @@ COLORS = {
     'fastq-amqp': '#2b7bba',
     'celery-amqp': '#7a9c3b',
     'celery-amqp-confirm': '#c9a227',
+    'fastq-amqp-rpc': '#1b4f7a',
+    'celery-amqp-rpc': '#4d6b1f',
 }
+PAIR_COLORS = ('#2b7bba', '#8fb8dc', '#1b4f7a')  # the advantage bars: against each compared column in turn
 
 
 def _ratios(ax: Any, results: Results, table: Table, when: str, FuncFormatter: Any, NullFormatter: Any) -> None:
@@ -227,8 +230,8 @@ def _ratios(ax: Any, results: Results, table: Table, when: str, FuncFormatter: A
             errors[0].append(adv.ratio - adv.low)
             errors[1].append(adv.high - adv.ratio)
         title_of = dict(table.columns)
-        name = f'vs {title_of[other]}'
-        color = COLORS.get(mine) if j == 0 else '#8fb8dc'
+        name = f'{title_of[mine]} vs {title_of[other]}'
+        color = PAIR_COLORS[j % len(PAIR_COLORS)]
         ax.barh(ys, values, height, xerr=errors, color=color, capsize=3, label=name)
         for y, value, above in zip(ys, values, errors[1], strict=True):
             ax.text((value + above) * 1.08, y, format_ratio(value), va='center', fontsize=8)
@@ -249,7 +252,7 @@ def _ratios(ax: Any, results: Results, table: Table, when: str, FuncFormatter: A
     ax.set_xlabel(f'fastq advantage over Celery (log scale; >1: fastq better; red: {issue} target)')
     ax.set_title(f'{table.title}: fastq vs Celery, same run\n{when}', fontsize=10)
     if len(pairs) > 1:
-        ax.legend(fontsize=8, loc='lower right')
+        ax.legend(fontsize=8, loc='best')
 
 
 def _rates(ax: Any, results: Results, table: Table, FuncFormatter: Any, LogLocator: Any, NullFormatter: Any) -> None:

@@ -120,7 +120,7 @@ class Table:
 
 
 REDIS = Table('redis', 'Redis (and fastq on SQLite)', COLUMNS, ADVANTAGES, 'target (issue 5)')
-RABBIT = Table('rabbitmq', 'RabbitMQ', RABBIT_COLUMNS, RABBIT_ADVANTAGES, 'target (issue 6)', RABBIT_TARGETS, 2)
+RABBIT = Table('rabbitmq', 'RabbitMQ', RABBIT_COLUMNS, RABBIT_ADVANTAGES, 'target (issue 6)', RABBIT_TARGETS, 3)
 TABLES: tuple[Table, ...] = (REDIS, RABBIT)
 
 
