@@ -75,6 +75,8 @@ class Control:
         within `timeout` seconds (or once `limit` replies came)."""
         if destination is not None and not isinstance(destination, list | tuple):
             raise ValueError(f'destination must be a list/tuple not {type(destination)}')
+        if limit is None and destination:
+            limit = len(destination)  # as Celery: every addressed node answered, no need to wait out the timeout
         broker = self.app.broker
         broker.connect()
         body: dict[str, Any] = {
@@ -175,6 +177,36 @@ class Control:
             **kwargs,
         )
 
+    def time_limit(
+        self,
+        task_name: str,
+        soft: float | None = None,
+        hard: float | None = None,
+        destination: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> list[dict[str, Any]] | None:
+        """Change a task's soft and hard time limits on running workers (for runs that start later)."""
+        return self.broadcast(
+            'time_limit', destination=destination, arguments={'task_name': task_name, 'soft': soft, 'hard': hard},
+            **kwargs,
+        )  # fmt: skip
+
+    def heartbeat(self, destination: Sequence[str] | None = None, **kwargs: Any) -> list[dict[str, Any]] | None:
+        return self.broadcast('heartbeat', destination=destination, **kwargs)
+
+    def enable_events(self, destination: Sequence[str] | None = None, **kwargs: Any) -> list[dict[str, Any]] | None:
+        return self.broadcast('enable_events', destination=destination, **kwargs)
+
+    def disable_events(self, destination: Sequence[str] | None = None, **kwargs: Any) -> list[dict[str, Any]] | None:
+        return self.broadcast('disable_events', destination=destination, **kwargs)
+
+    def purge(self) -> int:
+        """Erase every waiting message from the app's known task queues; the number erased."""
+        broker = self.app.broker
+        broker.connect()
+        queues = sorted(set(broker.known_queues()) | set(self.app.router.worker_queues(None)))
+        return sum(broker.purge(queue) for queue in queues)
+
     def shutdown(self, destination: Sequence[str] | None = None, **kwargs: Any) -> list[dict[str, Any]] | None:
         """Warm shutdown of workers."""
         return self.broadcast('shutdown', destination=destination, **kwargs)
@@ -231,3 +263,40 @@ class Inspect:
 
     def ping(self) -> dict[str, Any] | None:
         return self._request('ping')
+
+    def clock(self) -> dict[str, Any] | None:
+        return self._request('clock')
+
+    def active(self, safe: bool | None = None) -> dict[str, Any] | None:
+        return self._request('active', safe=safe)
+
+    def reserved(self, safe: bool | None = None) -> dict[str, Any] | None:
+        return self._request('reserved')
+
+    def scheduled(self, safe: bool | None = None) -> dict[str, Any] | None:
+        return self._request('scheduled')
+
+    def revoked(self) -> dict[str, Any] | None:
+        return self._request('revoked')
+
+    def registered(self, *taskinfoitems: str) -> dict[str, Any] | None:
+        return self._request('registered', taskinfoitems=list(taskinfoitems) or None)
+
+    registered_tasks = registered
+
+    def stats(self) -> dict[str, Any] | None:
+        return self._request('stats')
+
+    def active_queues(self) -> dict[str, Any] | None:
+        return self._request('active_queues')
+
+    def conf(self, with_defaults: bool = False) -> dict[str, Any] | None:
+        return self._request('conf', with_defaults=with_defaults)
+
+    def query_task(self, *ids: str) -> dict[str, Any] | None:
+        # Celery accepts query_task('a', 'b') and query_task(['a', 'b'])
+        flat = [i for item in ids for i in ([item] if isinstance(item, str) else item)]
+        return self._request('query_task', ids=flat)
+
+    def report(self) -> dict[str, Any] | None:
+        return self._request('report')

@@ -137,6 +137,30 @@ def test_celery_inspect_ping_reaches_fastq_and_back(celery_client: Any, fastq_cl
     assert cli.returncode == 0 and f'{fq}: OK' in cli.stdout and 'pong' in cli.stdout
 
 
+def test_celery_inspects_a_fastq_worker(celery_client: Any, workers: Any, tmp_path: Path) -> None:
+    """Celery's own Inspect and CLI read fastq's replies: the shapes Flower and `celery inspect` rely on."""
+    f = workers('fastq', '-n', 'fqi@%h')
+    fq = [word for word in f.log.split() if word.startswith('fqi@')][0]
+    out = tmp_path / 'sleep.txt'
+    running = celery_client.send_task('worker_tasks.sleeper', (str(out), 'k', 30))
+    wait_until(lambda: out.exists() and 'start k' in out.read_text(), message='started')
+    inspect = celery_client.control.inspect(destination=[fq], timeout=3)
+    [active] = inspect.active()[fq]
+    assert active['id'] == running.id and active['args'] == [str(out), 'k', 30]
+    stats = inspect.stats()[fq]
+    assert stats['pool']['max-concurrency'] >= 1 and stats['pid'] > 0
+    assert any(name.startswith('worker_tasks.add') for name in inspect.registered()[fq])
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), CELERY_BROKER_URL=f.env['FASTQ_BROKER_URL'])
+    for command in ('active', 'stats', 'registered', 'active_queues', 'revoked', 'scheduled', 'reserved'):
+        cli = subprocess.run(
+            [sys.executable, '-m', 'celery', '-A', 'celery_side', 'inspect', command, '-d', fq, '-t', '3'],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert cli.returncode == 0 and f'{fq}: OK' in cli.stdout, (command, cli.stdout, cli.stderr)
+    celery_client.control.revoke(running.id, terminate=True)
+    wait_until(lambda: running.state == 'REVOKED', timeout=30, message='REVOKED')
+
+
 def test_celery_revoke_is_honoured_by_fastq(celery_client: Any, workers: Any, tmp_path: Path) -> None:
     workers('fastq')
     out = tmp_path / 'ran.txt'

@@ -12,11 +12,29 @@ from fastq.utils.text import pluralize
 if TYPE_CHECKING:
     from fastq.app import Fastq
 
-INSPECT_COMMANDS = {'ping': 'Ping worker(s).'}
+# Celery's help texts (celery/worker/control.py)
+INSPECT_COMMANDS = {
+    'active': 'List of tasks currently being executed.',
+    'active_queues': 'List the task queues a worker is currently consuming from.',
+    'clock': 'Get current logical clock value.',
+    'conf': 'List configuration.',
+    'ping': 'Ping worker(s).',
+    'query_task': 'Query for task information by id.',
+    'registered': 'List of registered tasks.',
+    'report': 'Information about Celery installation for bug reports.',
+    'reserved': 'List of currently reserved tasks, not including scheduled/active.',
+    'revoked': 'List of revoked task-ids.',
+    'scheduled': 'List of currently scheduled ETA/countdown tasks.',
+    'stats': 'Request worker statistics/information.',
+}
 CONTROL_COMMANDS = {
+    'disable_events': 'Tell worker(s) to stop sending task-related events.',
+    'enable_events': 'Tell worker(s) to send task-related events.',
+    'heartbeat': 'Tell worker(s) to send event heartbeat immediately.',
     'rate_limit': 'Tell worker(s) to modify the rate limit for a task by type.',
     'revoke': 'Revoke task by task id (or list of ids).',
     'terminate': 'Terminate task by task id (or list of ids).',
+    'time_limit': 'Tell worker(s) to modify the time limit for task by type.',
     'shutdown': 'Shutdown worker(s).',
 }
 EX_UNAVAILABLE = 69  # what `celery inspect` exits with when no node replies (liveness probes rely on it)
@@ -36,6 +54,7 @@ def register(commands: Any) -> None:
         + ', '.join(INSPECT_COMMANDS),
     )
     inspect.add_argument('command', help='|'.join(INSPECT_COMMANDS))
+    inspect.add_argument('args', nargs='*', help='arguments (task ids for query_task; attributes for registered)')
     _common(inspect)
     inspect.set_defaults(handler=run_inspect)
 
@@ -52,6 +71,9 @@ def register(commands: Any) -> None:
     status = commands.add_parser('status', help='show the workers that are online')
     _common(status)
     status.set_defaults(handler=run_status)
+
+    report = commands.add_parser('report', help='shows information useful to include in bug-reports')
+    report.set_defaults(handler=run_report)
 
 
 def _destination(args: argparse.Namespace) -> list[str] | None:
@@ -100,7 +122,21 @@ def run_inspect(app: Fastq, args: argparse.Namespace) -> int:
             f'Command {args.command} not recognized. Available inspect commands: {", ".join(INSPECT_COMMANDS)}'
         )
     inspect = app.control.inspect(destination=_destination(args), timeout=args.timeout)
-    return _finish(getattr(inspect, args.command)(), args)
+    extra = list(getattr(args, 'args', None) or [])
+    if args.command == 'conf':
+        replies = inspect.conf(with_defaults=bool(extra) and extra[0].lower() in ('1', 'true', 'yes'))
+    elif args.command in ('query_task', 'registered'):
+        replies = getattr(inspect, args.command)(*extra)
+    else:
+        replies = getattr(inspect, args.command)()
+    return _finish(replies, args)
+
+
+def run_report(app: Fastq, args: argparse.Namespace) -> int:
+    from fastq.worker.inspect import bugreport
+
+    out(bugreport(app))
+    return 0
 
 
 def run_status(app: Fastq, args: argparse.Namespace) -> int:
@@ -132,6 +168,16 @@ def run_control(app: Fastq, args: argparse.Namespace) -> int:
         replies = control.rate_limit(
             args.args[0], args.args[1], destination=destination, reply=True, timeout=args.timeout
         )
+    elif args.command == 'time_limit':
+        if len(args.args) not in (2, 3):
+            raise CommandError('time_limit: usage: fastq control time_limit <task_name> <soft_secs> [hard_secs]')
+        soft = float(args.args[1])
+        hard = float(args.args[2]) if len(args.args) == 3 else None
+        replies = control.time_limit(
+            args.args[0], soft, hard, destination=destination, reply=True, timeout=args.timeout
+        )
+    elif args.command in ('heartbeat', 'enable_events', 'disable_events'):
+        replies = control.broadcast(args.command, destination=destination, reply=True, timeout=args.timeout)
     elif args.command == 'shutdown':
         control.shutdown(destination=destination)
         return 0

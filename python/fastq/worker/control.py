@@ -13,13 +13,15 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastq.control import PIDBOX_EXCHANGE, REPLY_EXCHANGE, decode_envelope, tick
 
 if TYPE_CHECKING:
     from fastq.brokers.base import Broker
     from fastq.worker.worker import WorkController
+
+T = TypeVar('T')
 
 logger = logging.getLogger('celery.worker.control')
 
@@ -39,6 +41,31 @@ def ok(value: Any) -> dict[str, Any]:
     return {'ok': value}
 
 
+def on_loop(worker: WorkController, fn: Callable[[], T], timeout: float = 5.0) -> T:
+    """Run `fn` in the worker loop's thread, which owns the task state, and return its value (or raise what it
+    raised); the pidbox thread waits for it."""
+    if not worker.loop.running:
+        return fn()
+    done = threading.Event()
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:  # handed to the caller
+            box.append((False, exc))
+        finally:
+            done.set()
+
+    worker.loop.call_soon_threadsafe(run)
+    if not done.wait(timeout):
+        raise TimeoutError('the worker loop did not answer in time')
+    good, value = box[0]
+    if not good:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
 @command('ping')
 def _ping(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
     return ok('pong')
@@ -55,15 +82,9 @@ def _revoke(
     worker: WorkController, task_id: Any = None, terminate: bool = False, signal: str | None = None, **kwargs: Any
 ) -> dict[str, Any]:
     ids = {task_id} if isinstance(task_id, str) else set(task_id or ())
-    done = threading.Event()
-
-    def apply() -> None:
-        if worker.dispatcher is not None:
-            worker.dispatcher.revoke(ids, terminate=bool(terminate), signal_name=signal or 'SIGTERM')
-        done.set()
-
-    worker.loop.call_soon_threadsafe(apply)
-    done.wait(5.0)
+    dispatcher = worker.dispatcher
+    if dispatcher is not None:
+        on_loop(worker, lambda: dispatcher.revoke(ids, terminate=bool(terminate), signal_name=signal or 'SIGTERM'))
     if terminate:
         return ok(f'terminate: tasks {ids} flagged as revoked')
     return ok(f'tasks {ids} flagged as revoked')

@@ -18,7 +18,7 @@ import itertools
 import logging
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from fastq import _core, signals, states
@@ -111,6 +111,7 @@ class Dispatcher:
         )
         self._limits_known: set[str] = set()
         self.processed = 0
+        self.totals: Counter[str] = Counter()  # tasks finished per name (`inspect stats`)
         self._warned_time_limit = False
         # Observers of the task lifecycle, None when off (one attribute check per step on the hot path).
         self.events: TaskEvents | None = None
@@ -371,6 +372,7 @@ class Dispatcher:
     def on_result(self, job: Job, outcome: Outcome) -> None:
         self.running.pop(job.id, None)
         self.processed += 1
+        self.totals[job.request.task] += 1
         if self.events is not None:
             self.events.finished(job, outcome)
         if self.metrics is not None:

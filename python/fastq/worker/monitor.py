@@ -20,7 +20,7 @@ from fastq import states
 from fastq.events.dispatcher import EventDispatcher
 from fastq.events.event import SOFTWARE_INFO, next_clock
 from fastq.protocol import SENT_AT_HEADER
-from fastq.worker.control import command, ok
+from fastq.worker.control import command, ok, on_loop
 
 if TYPE_CHECKING:
     from fastq.brokers.base import Broker
@@ -201,21 +201,7 @@ class WorkerEvents:
 
 
 def _in_loop(worker: WorkController, fn: Callable[[], bool]) -> bool:
-    """Run `fn` in the worker loop's thread and return its answer (the pidbox listener waits for it)."""
-    import threading
-
-    done = threading.Event()
-    answer: list[bool] = []
-
-    def run() -> None:
-        try:
-            answer.append(fn())
-        finally:
-            done.set()
-
-    worker.loop.call_soon_threadsafe(run)
-    done.wait(5.0)
-    return bool(answer and answer[0])
+    return bool(on_loop(worker, fn))
 
 
 @command('enable_events')

@@ -103,6 +103,7 @@ class WorkController:
         self.quiet = quiet
         self.banner_stream = banner_stream if banner_stream is not None else sys.__stdout__
         self.loop = Loop()
+        self.started_at = time.monotonic()  # `inspect stats` uptime
         self._shutdown: str | None = None  # None, 'warm' or 'cold'
         self._signals_seen = 0
         self.exitcode = 0
@@ -228,6 +229,7 @@ class WorkController:
         broker = self.broker
         if broker is None or not broker.features.fanout or not self.app.conf.worker_enable_remote_control:
             return
+        import fastq.worker.inspect  # noqa: F401  (registers the inspect commands)
         from fastq.worker.control import ControlListener
 
         try:

@@ -1,0 +1,272 @@
+"""The inspect commands of the pidbox, answered in Celery's reply shapes (`celery/worker/control.py`), so
+`celery inspect`, Flower and `fastq inspect` read fastq workers and Celery workers alike.
+
+Worker state belongs to the loop's thread; the pidbox thread asks the loop for a snapshot (`_on_loop`) and
+builds the reply from that copy, so a slow reply never holds the loop.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastq.control import tick
+from fastq.worker.control import command, ok, on_loop
+
+if TYPE_CHECKING:
+    from fastq.worker.job import Job
+    from fastq.worker.worker import WorkController
+
+#: Celery's `registered` default attributes shown beside task names (`taskinfoitems`).
+DEFAULT_TASK_INFO_ITEMS = ('rate_limit', 'time_limit', 'soft_time_limit', 'acks_late', 'max_retries')
+
+
+def _wall(monotonic: float | None) -> float | None:
+    """A monotonic instant as Unix time (Celery reports `time_start` as time.time())."""
+    if monotonic is None:
+        return None
+    return time.time() - (time.monotonic() - monotonic)
+
+
+def request_info(job: Job, hostname: str, accept: frozenset[str]) -> dict[str, Any]:
+    """Celery's `Request.info()` for one job."""
+    from fastq.protocol import decode_body
+
+    d, r = job.delivery, job.request
+    args: Any = r.argsrepr
+    kwargs: Any = r.kwargsrepr
+    message = d.message
+    if message is not None:
+        try:
+            args, kwargs, _ = decode_body(
+                message.body, message.content_type, message.headers.get('compression'), accept
+            )
+        except Exception:  # shown as the sender's repr strings instead
+            pass
+    properties = message.properties if message is not None else {}
+    found = properties.get('delivery_info')
+    info: dict[str, Any] = found if isinstance(found, dict) else {}
+    return {
+        'id': r.id,
+        'name': r.task,
+        'args': args,
+        'kwargs': kwargs,
+        'type': r.task,
+        'hostname': hostname,
+        'time_start': _wall(job.started),
+        'acknowledged': job.acked,
+        'delivery_info': {
+            'exchange': info.get('exchange', ''),
+            'routing_key': info.get('routing_key', d.queue),
+            'priority': properties.get('priority'),
+            'redelivered': d.redelivered,
+        },
+        'worker_pid': job.pid,
+    }
+
+
+def _jobs(worker: WorkController) -> tuple[list[Job], list[Job], list[tuple[float, Job]]]:
+    """(active, reserved, scheduled) as of now, read in the loop's thread."""
+    dispatcher = worker.dispatcher
+    if dispatcher is None:
+        return [], [], []
+    running = list(dispatcher.running.values())
+    active = [job for job in running if job.started is not None]
+    reserved = [job for job in running if job.started is None] + list(dispatcher.ready)
+    for queue in dispatcher.limiter.waiting.values():
+        reserved.extend(queue)
+    scheduled = [(when, job) for when, _, job in sorted(dispatcher.held, key=lambda entry: entry[:2])]
+    return active, reserved, scheduled
+
+
+@command('active')
+def _active(worker: WorkController, safe: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+    active, _, _ = on_loop(worker, lambda: _jobs(worker))
+    return [request_info(job, worker.hostname, worker.accept) for job in active]
+
+
+@command('reserved')
+def _reserved(worker: WorkController, **kwargs: Any) -> list[dict[str, Any]]:
+    _, reserved, _ = on_loop(worker, lambda: _jobs(worker))
+    return [request_info(job, worker.hostname, worker.accept) for job in reserved]
+
+
+@command('scheduled')
+def _scheduled(worker: WorkController, **kwargs: Any) -> list[dict[str, Any]]:
+    """ETA tasks the worker holds. Beyond a second, fastq parks them in the broker, not in worker memory
+    (Celery holds them all): those are not listed here, as they are no one worker's yet."""
+    _, _, scheduled = on_loop(worker, lambda: _jobs(worker))
+    from datetime import UTC, datetime
+
+    out = []
+    for when, job in scheduled:  # `when` is the task's ETA, Unix time
+        eta = datetime.fromtimestamp(when, tz=UTC).isoformat()
+        priority = job.delivery.message.properties.get('priority') if job.delivery.message is not None else None
+        out.append({'eta': eta, 'priority': priority, 'request': request_info(job, worker.hostname, worker.accept)})
+    return out
+
+
+@command('revoked')
+def _revoked(worker: WorkController, **kwargs: Any) -> list[str]:
+    dispatcher = worker.dispatcher
+    return on_loop(worker, lambda: list(dispatcher.revoked)) if dispatcher is not None else []
+
+
+@command('registered')
+def _registered(worker: WorkController, taskinfoitems: Any = None, **kwargs: Any) -> list[str]:
+    items = list(taskinfoitems) if taskinfoitems else list(DEFAULT_TASK_INFO_ITEMS)
+    out = []
+    for name in sorted(worker.app.tasks):
+        if name.startswith('celery.'):
+            continue  # Celery hides its built-ins too
+        task = worker.app.tasks[name]
+        fields = [f'{item}={getattr(task, item)}' for item in items if getattr(task, item, None) is not None]
+        out.append(f'{name} [{" ".join(fields)}]' if fields else name)
+    return out
+
+
+@command('query_task')
+def _query_task(worker: WorkController, ids: Any = None, **kwargs: Any) -> dict[str, Any]:
+    wanted = {ids} if isinstance(ids, str) else set(ids or ())
+    active, reserved, scheduled = on_loop(worker, lambda: _jobs(worker))
+    found: dict[str, Any] = {}
+    for state, jobs in (('active', active), ('reserved', reserved), ('scheduled', [job for _, job in scheduled])):
+        for job in jobs:
+            if job.request.id in wanted:
+                found[job.request.id] = [state, request_info(job, worker.hostname, worker.accept)]
+    return found
+
+
+@command('stats')
+def _stats(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
+    dispatcher = worker.dispatcher
+    pool = worker.pool
+
+    def snapshot() -> tuple[dict[str, int], dict[str, object]]:
+        totals = dict(dispatcher.totals) if dispatcher is not None else {}
+        return totals, (pool.info() if pool is not None else {})
+
+    totals, pool_info = on_loop(worker, snapshot)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    broker = worker.broker
+    return {
+        'total': totals,
+        'pid': os.getpid(),
+        'clock': str(tick()),
+        'uptime': int(time.monotonic() - worker.started_at),
+        'pool': pool_info,
+        'broker': {
+            'hostname': broker.describe() if broker is not None else None,
+            'transport': type(broker).__name__ if broker is not None else None,
+        },
+        'prefetch_count': worker.window,
+        'rusage': {
+            'utime': usage.ru_utime,
+            'stime': usage.ru_stime,
+            'maxrss': usage.ru_maxrss,
+            'minflt': usage.ru_minflt,
+            'majflt': usage.ru_majflt,
+            'nvcsw': usage.ru_nvcsw,
+            'nivcsw': usage.ru_nivcsw,
+            'inblock': usage.ru_inblock,
+            'oublock': usage.ru_oublock,
+        },
+        'sw_ident': 'fastq',
+    }
+
+
+def _queue_object(worker: WorkController, name: str) -> Any:
+    for queue in worker.app.conf.task_queues or ():
+        if getattr(queue, 'name', None) == name:
+            return queue
+    return None
+
+
+@command('active_queues')
+def _active_queues(worker: WorkController, **kwargs: Any) -> list[dict[str, Any]]:
+    """kombu `Queue.as_dict()` shapes for the queues this worker consumes."""
+    out: list[dict[str, Any]] = []
+    for name in worker.queues:
+        queue = _queue_object(worker, name)
+        exchange = getattr(queue, 'exchange', None)
+        arguments = getattr(queue, 'queue_arguments', None)
+        out.append({
+            'name': name,
+            'exchange': {
+                'name': getattr(exchange, 'name', None) or name,
+                'type': getattr(exchange, 'type', None) or 'direct',
+                'arguments': None, 'durable': True, 'passive': False, 'auto_delete': False, 'delivery_mode': None,
+                'no_declare': False,
+            },
+            'routing_key': getattr(queue, 'routing_key', None) or name,
+            'queue_arguments': arguments,
+            'binding_arguments': None, 'consumer_arguments': None, 'durable': True, 'exclusive': False,
+            'auto_delete': False, 'no_ack': False, 'alias': None, 'bindings': [], 'no_declare': None,
+            'expires': None, 'message_ttl': None, 'max_length': None, 'max_length_bytes': None,
+            'max_priority': (arguments or {}).get('x-max-priority'),
+        })  # fmt: skip
+    return out
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return repr(value)
+
+
+@command('conf')
+def _conf(worker: WorkController, with_defaults: bool = False, **kwargs: Any) -> dict[str, Any]:
+    from fastq.utils.text import mask_secrets
+
+    conf = worker.app.conf
+    items = dict(conf) if with_defaults else conf.changes()
+    return {key: _json_safe(mask_secrets(key, value)) for key, value in sorted(items.items())}
+
+
+def bugreport(app: Any) -> str:
+    """Celery's `app.bugreport()`: software, platform and the settings that differ from the defaults."""
+    import platform
+    import sys
+
+    from fastq import __version__
+
+    broker = app.conf.broker_url or '(embedded sqlite)'
+    backend = app.conf.result_backend or '(disabled)'
+    from fastq.utils.text import mask_url
+
+    return (
+        f'software -> fastq:{__version__} python:{platform.python_version()}\n'
+        f'            {platform.python_implementation()} {sys.version.split()[0]}\n'
+        f'platform -> system:{platform.system()} arch:{platform.machine()} release:{platform.release()}\n'
+        f'loader   -> {type(app).__module__}.{type(app).__name__}\n'
+        f'settings -> transport:{mask_url(str(broker)).split(":", 1)[0]} results:{mask_url(str(backend))}\n\n'
+        f'{app.conf.humanize()}\n'
+    )
+
+
+@command('report')
+def _report(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
+    return ok(bugreport(worker.app))
+
+
+@command('clock')
+def _clock(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
+    return {'clock': tick()}
+
+
+@command('time_limit')
+def _time_limit(
+    worker: WorkController, task_name: str = '', soft: Any = None, hard: Any = None, **kwargs: Any
+) -> dict[str, Any]:
+    task = worker.app.tasks.get(task_name)
+    if task is None:
+        return {'error': f'unknown task {task_name!r}'}
+    task.soft_time_limit = float(soft) if soft is not None else None
+    task.time_limit = float(hard) if hard is not None else None
+    return ok('time limits set successfully')

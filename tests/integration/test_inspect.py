@@ -1,0 +1,103 @@
+"""Every inspect command, and the control commands beyond ping/revoke/shutdown, against a real worker.
+
+One worker per test, holding work in each state at once (running, reserved behind it, an ETA task held in
+memory, a revoked id), so each reply is checked against what the worker really holds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import lines, wait_until
+
+from .test_cli import fastq
+
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize('broker_kind', ['redis'], indirect=True)]
+
+
+def _hostname(w: Any, prefix: str) -> str:
+    return next(word for word in w.log.split() if word.startswith(prefix))
+
+
+def test_inspect_commands_show_what_the_worker_holds(
+    tasks: Any, worker: Any, tmp_path: Path, urls: dict[str, str]
+) -> None:
+    w = worker('-n', 'insp@%h', '-c', '1')
+    node = _hostname(w, 'insp@')
+    inspect = tasks.app.control.inspect(destination=[node], timeout=3)
+    out = tmp_path / 'sleep.txt'
+    running = tasks.sleeper.delay(str(out), 'busy', 30)
+    wait_until(lambda: any(line.startswith('start busy') for line in lines(out)), message='started')
+    waiting = tasks.add.delay(1, 2)  # behind the running task on a one-child pool
+    later = tasks.add.apply_async((3, 4), countdown=0.8)  # held in memory until due
+    tasks.app.control.revoke('some-revoked-id', reply=True, timeout=2)
+
+    [active] = inspect.active()[node]
+    assert active['id'] == running.id and active['name'] == 'worker_tasks.sleeper'
+    assert active['args'] == [str(out), 'busy', 30] and active['kwargs'] == {}
+    assert active['hostname'] == node and active['acknowledged'] is True and active['worker_pid'] > 0
+    assert active['time_start'] > 0 and active['delivery_info']['routing_key'] == 'celery'
+
+    def held() -> bool:
+        replies = inspect.reserved() or {}
+        return waiting.id in {r['id'] for r in replies.get(node, [])}
+
+    wait_until(held, message='reserved')
+    scheduled = inspect.scheduled()[node]
+    if scheduled:  # it may have come due meanwhile on a slow machine
+        assert scheduled[0]['request']['id'] == later.id and scheduled[0]['eta'].startswith('20')
+    query = inspect.query_task(running.id, waiting.id)[node]
+    assert query[running.id][0] == 'active' and query[waiting.id][0] == 'reserved'
+    assert 'some-revoked-id' in inspect.revoked()[node]
+    registered = inspect.registered()[node]
+    assert any(item.startswith('worker_tasks.add') for item in registered)
+    assert 'worker_tasks.add [acks_late=False]' in inspect.registered('acks_late')[node]
+    stats = inspect.stats()[node]
+    assert stats['pid'] == w.pid and stats['pool']['max-concurrency'] == 1 and stats['prefetch_count'] >= 1
+    assert stats['uptime'] >= 0 and stats['rusage']['utime'] > 0 and int(stats['clock']) > 0
+    [queue] = inspect.active_queues()[node]
+    assert queue['name'] == 'celery' and queue['exchange']['type'] == 'direct'
+    conf = inspect.conf()[node]
+    assert conf['broker_url'].startswith('redis://') and 'worker_prefetch_multiplier' not in conf  # changes only
+    assert 'worker_prefetch_multiplier' in inspect.conf(with_defaults=True)[node]
+    assert 'fastq' in inspect.report()[node]['ok']
+    assert inspect.clock()[node]['clock'] > 0
+
+    tasks.app.control.terminate(running.id)
+    assert waiting.get(timeout=30) == 3 and later.get(timeout=30) == 7
+    stats = inspect.stats()[node]
+    assert stats['total'].get('worker_tasks.add') == 2
+
+    # the command line, in Celery's words
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'inspect', 'stats', '-d', node, '-t', '3')
+    assert proc.stdout.startswith(f'->  {node}: OK') and '"max-concurrency": 1' in proc.stdout
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'inspect', 'active', '-d', node, '-t', '3', '-j')
+    assert json.loads(proc.stdout) == {node: []}
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'inspect', 'query_task', 'nope', '-d', node, '-t', '3', '-j')
+    assert json.loads(proc.stdout) == {node: {}}
+    bad = fastq(tmp_path, urls, '-A', 'worker_tasks', 'inspect', 'nonsense', check=False)
+    assert bad.returncode == 2 and 'Command nonsense not recognized' in bad.stderr
+
+
+def test_time_limit_and_events_control(tasks: Any, worker: Any, tmp_path: Path, urls: dict[str, str]) -> None:
+    w = worker('-n', 'ctl@%h')
+    node = _hostname(w, 'ctl@')
+    replies = tasks.app.control.time_limit('worker_tasks.long', soft=None, hard=1, reply=True, timeout=3)
+    assert replies == [{node: {'ok': 'time limits set successfully'}}]
+    from fastq.exceptions import TimeLimitExceeded
+
+    with pytest.raises(TimeLimitExceeded):
+        tasks.long.delay(30).get(timeout=60)
+    assert tasks.app.control.time_limit('no.such', hard=1, reply=True, timeout=3) == [
+        {node: {'error': "unknown task 'no.such'"}}
+    ]
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'enable_events', '-d', node, '-t', '3')
+    assert proc.stdout.splitlines()[:2] == [f'->  {node}: OK', '        task events enabled']
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'time_limit', 'worker_tasks.long', '5', '10')
+    assert 'time limits set successfully' in proc.stdout
+    report = fastq(tmp_path, urls, '-A', 'worker_tasks', 'report')
+    assert report.stdout.startswith('software -> fastq:')
