@@ -101,3 +101,46 @@ def test_time_limit_and_events_control(tasks: Any, worker: Any, tmp_path: Path, 
     assert 'time limits set successfully' in proc.stdout
     report = fastq(tmp_path, urls, '-A', 'worker_tasks', 'report')
     assert report.stdout.startswith('software -> fastq:')
+
+
+def _processes(inspect: Any, node: str) -> int:
+    return len(inspect.stats()[node]['pool']['processes'])
+
+
+def test_pool_grow_shrink_restart(tasks: Any, worker: Any) -> None:
+    w = worker('-n', 'pool@%h', '-c', '1', extra_env={'FASTQ_WORKER_POOL_RESTARTS': 'true'})
+    node = _hostname(w, 'pool@')
+    control, inspect = tasks.app.control, tasks.app.control.inspect(destination=[node], timeout=3)
+    assert control.broadcast('pool_grow', arguments={'n': 2}, destination=[node], reply=True, timeout=3) == [
+        {node: {'ok': 'pool will grow'}}
+    ]
+    wait_until(lambda: _processes(inspect, node) == 3, message='3 children')
+    assert inspect.stats()[node]['pool']['max-concurrency'] == 3
+    assert sorted(tasks.pid.delay().get(timeout=30) for _ in range(3))  # the new children run tasks
+    before = set(inspect.stats()[node]['pool']['processes'])
+    assert control.broadcast('pool_restart', destination=[node], reply=True, timeout=3) == [
+        {node: {'ok': 'reload started'}}
+    ]
+    wait_until(lambda: len(set(inspect.stats()[node]['pool']['processes']) - before) == 3, message='3 new children')
+    control.broadcast('pool_shrink', arguments={'n': 2}, destination=[node], reply=True, timeout=3)
+    wait_until(lambda: _processes(inspect, node) == 1, message='back to 1 child')
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2
+    [reply] = control.broadcast('autoscale', arguments={'max': 4, 'min': 1}, destination=[node], reply=True, timeout=3)
+    assert 'Autoscale not enabled' in reply[node]['error']
+
+
+def test_autoscale_grows_under_load_and_shrinks_when_idle(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    w = worker('-n', 'auto@%h', '--autoscale', '3,1', extra_env={'FASTQ_AUTOSCALE_KEEPALIVE': '1'})
+    node = _hostname(w, 'auto@')
+    inspect = tasks.app.control.inspect(destination=[node], timeout=3)
+    assert _processes(inspect, node) == 1
+    out = tmp_path / 'sleep.txt'
+    results = [tasks.sleeper.delay(str(out), str(i), 3) for i in range(3)]
+    wait_until(lambda: _processes(inspect, node) == 3, message='grown to 3')
+    assert sorted(r.get(timeout=60) for r in results) == ['0', '1', '2']
+    wait_until(lambda: _processes(inspect, node) == 1, timeout=30, message='shrunk to 1')
+    [reply] = tasks.app.control.broadcast(
+        'autoscale', arguments={'max': 2, 'min': 2}, destination=[node], reply=True, timeout=3
+    )
+    assert reply == {node: {'ok': 'autoscale now max=2 min=2'}}
+    wait_until(lambda: _processes(inspect, node) == 2, message='min raised to 2')

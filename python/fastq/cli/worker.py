@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 NO_OPS = {
     'without_gossip': '--without-gossip: fastq workers do not gossip; ignored',
     'without_mingle': '--without-mingle: fastq workers do not mingle at startup; ignored',
-    'autoscale': '--autoscale: autoscaling is not available yet; running with a fixed pool size',
     'statedb': '--statedb: fastq keeps revocations in the broker, no state file is needed; ignored',
     'uid': '--uid: fastq does not drop privileges itself; use your service manager; ignored',
     'gid': '--gid: fastq does not drop privileges itself; use your service manager; ignored',
@@ -63,7 +62,8 @@ def register(commands: Any) -> None:
     p.add_argument('--without-mingle', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--without-heartbeat', action='store_true', help='send no worker heartbeat events')
     p.add_argument('--heartbeat-interval', type=float, help='seconds between heartbeat events (default 2)')
-    p.add_argument('--autoscale', help=argparse.SUPPRESS)
+    p.add_argument('--autoscale', help='MAX,MIN: grow the prefork pool up to MAX processes while tasks wait, '
+                   'shrink it back to MIN when idle')  # fmt: skip
     p.add_argument(
         '-B', '--beat', action='store_true', help='also run beat, the periodic task scheduler, in this worker'
     )
@@ -130,6 +130,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
             heartbeat=not args.without_heartbeat,
             heartbeat_interval=args.heartbeat_interval,
             metrics_port=args.metrics_port,
+            autoscale=args.autoscale,
         )
         excluded = set(_split(args.exclude_queues))
         if excluded:

@@ -65,6 +65,7 @@ class WorkController:
         heartbeat: bool = True,
         heartbeat_interval: float | None = None,
         metrics_port: int | None = None,
+        autoscale: str | None = None,
     ) -> None:
         self.app = app
         conf = app.conf
@@ -97,7 +98,20 @@ class WorkController:
             self.concurrency = slots = int(conf.worker_concurrency or os.cpu_count() or 1)
             self.processes = self.concurrency if self.pool_name == 'prefork' else 1
         self.queues = app.router.worker_queues(queues)
-        multiplier = int(conf.worker_prefetch_multiplier)
+        self.autoscale: tuple[int, int] | None = None
+        if autoscale:
+            from fastq.worker.autoscale import parse_autoscale
+
+            if self.pool_name != 'prefork':
+                raise ImproperlyConfigured(f'--autoscale needs the prefork pool, not {self.pool_name!r}')
+            try:
+                self.autoscale = parse_autoscale(autoscale)
+            except ValueError as exc:
+                raise ImproperlyConfigured(str(exc)) from None
+            slots = self.autoscale[0]  # the window is for the largest pool, as Celery's
+            self.concurrency = self.processes = max(self.autoscale[1], 1)
+        self.autoscaler: Any = None
+        self.multiplier = multiplier = int(conf.worker_prefetch_multiplier)
         self.window = 0 if multiplier == 0 else slots * multiplier
         self.accept = accept_set(conf.accept_content)
         self.quiet = quiet
@@ -180,6 +194,11 @@ class WorkController:
         self.dispatcher.fetcher = self.fetcher
         self._start_events()
         self._start_metrics()
+        if self.autoscale is not None:
+            from fastq.worker.autoscale import Autoscaler
+
+            self.autoscaler = Autoscaler(self, *self.autoscale)
+            self.autoscaler.start()
         self.fetcher.start()
         self._start_housekeeping()
         self._start_remote_control()
@@ -189,6 +208,27 @@ class WorkController:
         signals.worker_ready.send(sender=self)
         self.loop.run_until(lambda: self._shutdown is not None)
         return self._finish()
+
+    def resize_pool(self, delta: int) -> int:
+        """Grow (delta > 0) or shrink the prefork pool, in the loop's thread; the prefetch window follows
+        (processes x multiplier) unless the autoscaler fixed it for its largest size. Returns the change."""
+        from fastq.worker.pool.prefork import PreforkPool
+
+        pool = self.pool
+        if not isinstance(pool, PreforkPool) or pool.name != 'prefork':
+            raise ValueError(f'the {self.pool_name} pool cannot be resized')
+        changed = pool.grow(delta) if delta > 0 else -pool.shrink(-delta)
+        self.concurrency = self.processes = pool.processes
+        dispatcher = self.dispatcher
+        if self.autoscale is None and dispatcher is not None and self.multiplier:
+            self.window = pool.processes * self.multiplier
+            dispatcher.base_window = self.window
+            dispatcher.ledger.window = dispatcher._window()
+            if self.consumer is not None:
+                self.consumer.prefetch(self.window)
+            if self.fetcher is not None:
+                self.fetcher.notify_window()
+        return changed
 
     def _connect(self) -> Broker | None:
         """Connect with retries and backoff, naming the URL (password masked); None if shut down meanwhile."""
@@ -229,6 +269,7 @@ class WorkController:
         broker = self.broker
         if broker is None or not broker.features.fanout or not self.app.conf.worker_enable_remote_control:
             return
+        import fastq.worker.autoscale
         import fastq.worker.inspect  # noqa: F401  (registers the inspect commands)
         from fastq.worker.control import ControlListener
 

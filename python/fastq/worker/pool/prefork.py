@@ -356,7 +356,7 @@ class PreforkPool(Pool):
             logger.error('Process %r pid:%r exited unexpectedly', child.name, child.pid)
         self._by_pid.pop(child.pid, None)
         self._free_indexes.append(child.index)
-        if not self._stopping:
+        if not self._stopping and self._live() < self.processes:  # not when it left because the pool shrank
             self.replaced += 1
             self._spawn()
 
@@ -425,6 +425,42 @@ class PreforkPool(Pool):
 
     def idle(self) -> bool:
         return not self.children and not self._spawning and not self._dying
+
+    # --- resizing (pool_grow / pool_shrink / pool_restart / the autoscaler) --------------------------------
+
+    def _live(self) -> int:
+        return sum(1 for c in self.children.values() if not c.retiring) + self._spawning
+
+    def _retire(self, child: _Child) -> None:
+        """Ask a child to finish what it holds and exit (what it holds is answered, never requeued)."""
+        child.retiring = True
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            child.chan.send(0, STOP, b'')
+            if child.chan.pending_output:
+                self._want_write(child)
+
+    def grow(self, n: int = 1) -> int:
+        n = max(0, int(n))
+        self.processes += n
+        self.concurrency = self.processes
+        for _ in range(self.processes - self._live()):
+            self._spawn()
+        return n
+
+    def shrink(self, n: int = 1) -> int:
+        """Retire up to `n` children (idle ones first), never the last one; the number retired."""
+        n = max(0, min(int(n), self.processes - 1))
+        self.processes -= n
+        self.concurrency = self.processes
+        live = sorted((c for c in self.children.values() if not c.retiring), key=lambda c: len(c.jobs))
+        for child in live[: max(0, self._live() - self.processes)]:
+            self._retire(child)
+        return n
+
+    def restart(self) -> None:
+        """Replace every child (each finishes what it holds first), e.g. to load changed code."""
+        for child in [c for c in self.children.values() if not c.retiring]:
+            self._retire(child)
 
     def terminate(self) -> list[Job]:
         self._stopping = True

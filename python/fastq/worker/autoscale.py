@@ -1,0 +1,141 @@
+"""`--autoscale=max,min`: grow the prefork pool while tasks wait, shrink it back once it idles.
+
+Celery's rule (`celery/worker/autoscale.py`), on the worker loop's timer instead of a thread: the wanted size
+is the number of tasks the worker holds (running, reserved, rate-limited), kept within [min, max]. It grows at
+once; it shrinks only after `keepalive` seconds without a change, so a bursty queue does not fork and reap
+children every second. The prefetch window follows the pool size (processes x prefetch multiplier).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastq.worker.control import command, ok, on_loop
+
+if TYPE_CHECKING:
+    from fastq.worker.worker import WorkController
+
+__all__ = ['AUTOSCALE_KEEPALIVE', 'Autoscaler', 'parse_autoscale']
+
+logger = logging.getLogger('celery.worker.autoscale')
+
+#: Celery's default; FASTQ_AUTOSCALE_KEEPALIVE (seconds) overrides it, as Celery's AUTOSCALE_KEEPALIVE does.
+AUTOSCALE_KEEPALIVE = float(os.environ.get('FASTQ_AUTOSCALE_KEEPALIVE') or os.environ.get('AUTOSCALE_KEEPALIVE') or 30)
+INTERVAL = 1.0
+
+
+def parse_autoscale(value: str) -> tuple[int, int]:
+    """'10,3' -> (10, 3); '10' -> (10, 0), as Celery reads `--autoscale`."""
+    max_s, _, min_s = str(value).partition(',')
+    try:
+        max_c, min_c = int(max_s), int(min_s or 0)
+    except ValueError:
+        raise ValueError(f'--autoscale: expected MAX[,MIN] (e.g. 10,3), got {value!r}') from None
+    if max_c < 1 or min_c < 0 or min_c > max_c:
+        raise ValueError(f'--autoscale: expected 1 <= MIN <= MAX, got max={max_c} min={min_c}')
+    return max_c, min_c
+
+
+class Autoscaler:
+    def __init__(self, worker: WorkController, max_concurrency: int, min_concurrency: int) -> None:
+        self.worker = worker
+        self.max_concurrency = max_concurrency
+        self.min_concurrency = min_concurrency
+        self.keepalive = AUTOSCALE_KEEPALIVE
+        self._last_action = time.monotonic()
+
+    def start(self) -> None:
+        self.worker.loop.call_repeatedly(INTERVAL, self.maybe_scale)
+
+    def qty(self) -> int:
+        d = self.worker.dispatcher
+        if d is None:
+            return 0
+        return len(d.running) + len(d.ready) + sum(len(q) for q in d.limiter.waiting.values())
+
+    def maybe_scale(self) -> None:
+        if self.worker.pool is None:
+            return
+        procs = self.worker.processes
+        cur = min(max(self.qty(), self.min_concurrency), self.max_concurrency)
+        if cur > procs:
+            self.scale_up(cur - procs)
+        elif cur < procs and time.monotonic() - self._last_action > self.keepalive:
+            self.scale_down(min(procs - cur, procs - max(self.min_concurrency, 1)))
+
+    def scale_up(self, n: int) -> None:
+        self._last_action = time.monotonic()
+        logger.info('Scaling up %s processes.', n)
+        self.worker.resize_pool(n)
+
+    def scale_down(self, n: int) -> None:
+        if n <= 0:
+            return
+        self._last_action = time.monotonic()
+        logger.info('Scaling down %s processes.', n)
+        self.worker.resize_pool(-n)
+
+    def update(self, max_concurrency: int | None = None, min_concurrency: int | None = None) -> tuple[int, int]:
+        if max_concurrency is not None:
+            self.max_concurrency = int(max_concurrency)
+        if min_concurrency is not None:
+            self.min_concurrency = int(min_concurrency)
+        procs = self.worker.processes
+        if self.worker.pool is not None:  # Celery: the new bounds apply at once
+            if procs > self.max_concurrency:
+                self.scale_down(procs - self.max_concurrency)
+            elif procs < self.min_concurrency:
+                self.scale_up(self.min_concurrency - procs)
+        return self.max_concurrency, self.min_concurrency
+
+
+# --- remote control: Celery's pool commands -------------------------------------------------------------------
+
+
+@command('pool_grow')
+def _pool_grow(worker: WorkController, n: int = 1, **kwargs: Any) -> dict[str, Any]:
+    if worker.autoscaler is not None:  # Celery: the autoscaler's bounds move with it
+        scaler = worker.autoscaler
+        on_loop(worker, lambda: scaler.update(scaler.max_concurrency + int(n), scaler.min_concurrency + int(n)))
+    else:
+        on_loop(worker, lambda: worker.resize_pool(int(n)))
+    return ok('pool will grow')
+
+
+@command('pool_shrink')
+def _pool_shrink(worker: WorkController, n: int = 1, **kwargs: Any) -> dict[str, Any]:
+    if worker.autoscaler is not None:
+        scaler = worker.autoscaler
+        on_loop(worker, lambda: scaler.update(max(scaler.max_concurrency - int(n), 1),
+                                              max(scaler.min_concurrency - int(n), 0)))  # fmt: skip
+    else:
+        on_loop(worker, lambda: worker.resize_pool(-int(n)))
+    return ok('pool will shrink')
+
+
+@command('pool_restart')
+def _pool_restart(worker: WorkController, modules: Any = None, reload: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Replace the pool's children; each finishes what it holds first. Children are forked from a fork server
+    that loaded the code at start, so changed task code needs a worker restart (Celery's `reload` neither
+    re-imports reliably); `modules`/`reload` are accepted and ignored."""
+    if not worker.app.conf.worker_pool_restarts:
+        raise ValueError('Pool restarts not enabled')
+    from fastq.worker.pool.prefork import PreforkPool
+
+    pool = worker.pool
+    if not isinstance(pool, PreforkPool):
+        raise ValueError(f'the {worker.pool_name} pool has no child processes to restart')
+    on_loop(worker, pool.restart)
+    return ok('reload started')
+
+
+@command('autoscale')
+def _autoscale(worker: WorkController, max: int | None = None, min: int | None = None, **kwargs: Any) -> dict[str, Any]:
+    scaler = worker.autoscaler
+    if scaler is None:
+        raise ValueError('Autoscale not enabled')
+    max_c, min_c = on_loop(worker, lambda: scaler.update(max, min))
+    return ok(f'autoscale now max={max_c} min={min_c}')
