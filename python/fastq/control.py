@@ -191,6 +191,43 @@ class Control:
             **kwargs,
         )  # fmt: skip
 
+    def add_consumer(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        exchange_type: str = 'direct',
+        routing_key: str | None = None,
+        options: dict[str, Any] | None = None,
+        destination: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> list[dict[str, Any]] | None:
+        """Tell workers to start consuming from `queue`."""
+        arguments = {'queue': queue, 'exchange': exchange, 'exchange_type': exchange_type, 'routing_key': routing_key}
+        return self.broadcast('add_consumer', destination=destination, arguments={**arguments, **(options or {})},
+                              **kwargs)  # fmt: skip
+
+    def cancel_consumer(
+        self, queue: str, destination: Sequence[str] | None = None, **kwargs: Any
+    ) -> list[dict[str, Any]] | None:
+        """Tell workers to stop consuming from `queue`."""
+        return self.broadcast('cancel_consumer', destination=destination, arguments={'queue': queue}, **kwargs)
+
+    def pool_grow(self, n: int = 1, destination: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        return self.broadcast('pool_grow', destination=destination, arguments={'n': n}, **kwargs)
+
+    def pool_shrink(self, n: int = 1, destination: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        return self.broadcast('pool_shrink', destination=destination, arguments={'n': n}, **kwargs)
+
+    def pool_restart(
+        self, modules: Sequence[str] | None = None, reload: bool = False, destination: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:  # fmt: skip
+        return self.broadcast('pool_restart', destination=destination,
+                              arguments={'modules': list(modules or ()), 'reload': reload}, **kwargs)  # fmt: skip
+
+    def autoscale(self, max: int, min: int, destination: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        return self.broadcast('autoscale', destination=destination, arguments={'max': max, 'min': min}, **kwargs)
+
     def heartbeat(self, destination: Sequence[str] | None = None, **kwargs: Any) -> list[dict[str, Any]] | None:
         return self.broadcast('heartbeat', destination=destination, **kwargs)
 

@@ -16,13 +16,15 @@ from tests.harness import lines, wait_until
 
 from .test_cli import fastq
 
-pytestmark = [pytest.mark.slow, pytest.mark.parametrize('broker_kind', ['redis'], indirect=True)]
+pytestmark = pytest.mark.slow
+REDIS = pytest.mark.parametrize('broker_kind', ['redis'], indirect=True)
 
 
 def _hostname(w: Any, prefix: str) -> str:
     return next(word for word in w.log.split() if word.startswith(prefix))
 
 
+@REDIS
 def test_inspect_commands_show_what_the_worker_holds(
     tasks: Any, worker: Any, tmp_path: Path, urls: dict[str, str]
 ) -> None:
@@ -83,6 +85,7 @@ def test_inspect_commands_show_what_the_worker_holds(
     assert bad.returncode == 2 and 'Command nonsense not recognized' in bad.stderr
 
 
+@REDIS
 def test_time_limit_and_events_control(tasks: Any, worker: Any, tmp_path: Path, urls: dict[str, str]) -> None:
     w = worker('-n', 'ctl@%h')
     node = _hostname(w, 'ctl@')
@@ -107,6 +110,7 @@ def _processes(inspect: Any, node: str) -> int:
     return len(inspect.stats()[node]['pool']['processes'])
 
 
+@REDIS
 def test_pool_grow_shrink_restart(tasks: Any, worker: Any) -> None:
     w = worker('-n', 'pool@%h', '-c', '1', extra_env={'FASTQ_WORKER_POOL_RESTARTS': 'true'})
     node = _hostname(w, 'pool@')
@@ -129,6 +133,7 @@ def test_pool_grow_shrink_restart(tasks: Any, worker: Any) -> None:
     assert 'Autoscale not enabled' in reply[node]['error']
 
 
+@REDIS
 def test_autoscale_grows_under_load_and_shrinks_when_idle(tasks: Any, worker: Any, tmp_path: Path) -> None:
     w = worker('-n', 'auto@%h', '--autoscale', '3,1', extra_env={'FASTQ_AUTOSCALE_KEEPALIVE': '1'})
     node = _hostname(w, 'auto@')
@@ -144,3 +149,21 @@ def test_autoscale_grows_under_load_and_shrinks_when_idle(tasks: Any, worker: An
     )
     assert reply == {node: {'ok': 'autoscale now max=2 min=2'}}
     wait_until(lambda: _processes(inspect, node) == 2, message='min raised to 2')
+
+
+@pytest.mark.parametrize('broker_kind', ['sqlite', 'redis'], indirect=True)
+def test_add_and_cancel_consumer(tasks: Any, worker: Any, tmp_path: Path, urls: dict[str, str]) -> None:
+    w = worker('-n', 'cons@%h')
+    node = _hostname(w, 'cons@')
+    inspect = tasks.app.control.inspect(destination=[node], timeout=3)
+    extra = tasks.add.apply_async((2, 2), queue='extra')
+    replies = tasks.app.control.add_consumer('extra', destination=[node], reply=True, timeout=3)
+    assert replies == [{node: {'ok': 'add consumer extra'}}]
+    assert extra.get(timeout=30) == 4  # sent before: waiting in its queue until someone consumed it
+    assert {q['name'] for q in inspect.active_queues()[node]} == {'celery', 'extra'}
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'cancel_consumer', 'extra', '-d', node, '-t', '3')
+    assert proc.stdout.splitlines()[:2] == [f'->  {node}: OK', '        no longer consuming from extra']
+    assert [q['name'] for q in inspect.active_queues()[node]] == ['celery']
+    left = tasks.add.apply_async((3, 3), queue='extra')
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2
+    assert left.state == 'PENDING' and tasks.app.broker.qsize('extra') == 1

@@ -189,6 +189,11 @@ class Consumer(abc.ABC):
         basic.qos) size their window from it; brokers the worker pulls from ignore it."""
         return None
 
+    def set_queues(self, queues: Sequence[str]) -> None:
+        """Consume from these queues from the next fetch on (`add_consumer` / `cancel_consumer`); called from
+        any thread. What is already reserved from a queue left is kept and settled as usual."""
+        raise NotImplementedError(f'{type(self).__name__} cannot change its queues while running')
+
     @abc.abstractmethod
     def wakeup(self) -> None:
         """Make a `fetch` blocked in another thread return now (used at shutdown and when the window frees)."""

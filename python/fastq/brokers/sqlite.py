@@ -475,7 +475,13 @@ class SQLiteConsumer(Consumer):
         self._woken = threading.Event()
         self._last_sweep = 0.0
         self._closed = False
-        self._queue_sql = placeholders(len(queues))
+        self._queue_sql = (queues, placeholders(len(queues)))  # replaced together, read once per query
+
+    def set_queues(self, queues: Sequence[str]) -> None:
+        queues = list(queues)
+        self.queues = queues
+        self._queue_sql = (queues, placeholders(len(queues)))
+        self.wakeup()
 
     # --- fetching -----------------------------------------------------------------------------------------
 
@@ -504,13 +510,14 @@ class SQLiteConsumer(Consumer):
 
     def _reserve(self, limit: int, now: float) -> list[Delivery]:
         until = now + self.broker.visibility_timeout
+        queues, sql = self._queue_sql
         with self.db.write() as conn:
             rows = conn.execute(
                 'UPDATE messages SET owner = ?, lease_until = ?, deliveries = deliveries + 1 '
                 'WHERE id IN (SELECT id FROM messages WHERE owner IS NULL AND queue IN '
-                f'({self._queue_sql}) AND not_before <= ? ORDER BY priority DESC, id LIMIT ?) '
+                f'({sql}) AND not_before <= ? ORDER BY priority DESC, id LIMIT ?) '
                 'RETURNING id, queue, priority, deliveries, payload',
-                (self.owner, until, *self.queues, now, limit),
+                (self.owner, until, *queues, now, limit),
             ).fetchall()
         rows.sort(key=lambda r: (-r[2], r[0]))
         return [self._delivery(r[0], r[1], r[3], bytes(r[4])) for r in rows]
@@ -524,11 +531,11 @@ class SQLiteConsumer(Consumer):
         return Delivery(tag, queue, message, payload, deliveries > 1, deliveries)
 
     def _next_due(self, now: float) -> float | None:
+        queues, sql = self._queue_sql
         row = _first(
             self.db.query(
-                f'SELECT MIN(not_before) FROM messages WHERE owner IS NULL AND queue IN ({self._queue_sql}) '
-                'AND not_before > ?',
-                (*self.queues, now),
+                f'SELECT MIN(not_before) FROM messages WHERE owner IS NULL AND queue IN ({sql}) AND not_before > ?',
+                (*queues, now),
             )
         )
         return float(row[0]) if row and row[0] is not None else None

@@ -28,6 +28,12 @@ INSPECT_COMMANDS = {
     'stats': 'Request worker statistics/information.',
 }
 CONTROL_COMMANDS = {
+    'add_consumer': 'Tell worker(s) to consume from task queue by name.',
+    'autoscale': 'Modify autoscale settings.',
+    'cancel_consumer': 'Tell worker(s) to stop consuming from task queue by name.',
+    'pool_grow': 'Grow pool by n processes/threads.',
+    'pool_restart': 'Restart execution pool.',
+    'pool_shrink': 'Shrink pool by n processes/threads.',
     'disable_events': 'Tell worker(s) to stop sending task-related events.',
     'enable_events': 'Tell worker(s) to send task-related events.',
     'heartbeat': 'Tell worker(s) to send event heartbeat immediately.',
@@ -143,48 +149,56 @@ def run_status(app: Fastq, args: argparse.Namespace) -> int:
     return run_inspect(app, argparse.Namespace(**{**vars(args), 'command': 'ping'}))
 
 
+def _usage(command: str, usage: str) -> CommandError:
+    return CommandError(f'{command}: usage: fastq control {command} {usage}')
+
+
+def _revoke_arguments(command: str, values: list[str]) -> dict[str, Any]:
+    if not values:
+        raise CommandError(f'{command}: which task ids?')
+    signal = 'SIGTERM'
+    if command == 'terminate' and len(values) > 1 and values[-1].upper().lstrip('SIG').isalpha():
+        signal = values.pop()
+    return {'task_id': values, 'terminate': command == 'terminate', 'signal': signal}
+
+
+def _control_call(command: str, values: list[str]) -> tuple[str, dict[str, Any]]:
+    """The pidbox method and arguments of `fastq control COMMAND VALUES...` (Celery's argument order)."""
+    if command in ('revoke', 'terminate'):
+        return 'revoke', _revoke_arguments(command, values)
+    if command == 'rate_limit':
+        if len(values) != 2:
+            raise _usage(command, '<task_name> <rate_limit (e.g. 5/s | 5/m | 5/h)>')
+        return command, {'task_name': values[0], 'rate_limit': values[1]}
+    if command == 'time_limit':
+        if len(values) not in (2, 3):
+            raise _usage(command, '<task_name> <soft_secs> [hard_secs]')
+        hard = float(values[2]) if len(values) == 3 else None
+        return command, {'task_name': values[0], 'soft': float(values[1]), 'hard': hard}
+    if command in ('add_consumer', 'cancel_consumer'):
+        if not values:
+            raise _usage(command, '<queue>')
+        return command, {'queue': values[0]}
+    if command in ('pool_grow', 'pool_shrink'):
+        return command, {'n': int(values[0]) if values else 1}
+    if command == 'autoscale':
+        if len(values) != 2:
+            raise _usage(command, '<max> <min>')
+        return command, {'max': int(values[0]), 'min': int(values[1])}
+    if command in ('heartbeat', 'enable_events', 'disable_events', 'pool_restart', 'shutdown'):
+        return command, {}
+    raise CommandError(f'Command {command} not recognized. Available control commands: {", ".join(CONTROL_COMMANDS)}')
+
+
 def run_control(app: Fastq, args: argparse.Namespace) -> int:
-    control = app.control
+    method, arguments = _control_call(args.command, list(args.args))
     destination = _destination(args)
-    if args.command in ('revoke', 'terminate'):
-        if not args.args:
-            raise CommandError(f'{args.command}: which task ids?')
-        signal = 'SIGTERM'
-        ids = list(args.args)
-        if args.command == 'terminate' and len(ids) > 1 and ids[-1].upper().lstrip('SIG').isalpha():
-            signal = ids.pop()
-        replies = control.broadcast(
-            'revoke',
-            arguments={'task_id': ids, 'terminate': args.command == 'terminate', 'signal': signal},
-            destination=destination,
-            reply=True,
-            timeout=args.timeout,
-        )
-    elif args.command == 'rate_limit':
-        if len(args.args) != 2:
-            raise CommandError(
-                'rate_limit: usage: fastq control rate_limit <task_name> <rate_limit (e.g. 5/s | 5/m | 5/h)>'
-            )
-        replies = control.rate_limit(
-            args.args[0], args.args[1], destination=destination, reply=True, timeout=args.timeout
-        )
-    elif args.command == 'time_limit':
-        if len(args.args) not in (2, 3):
-            raise CommandError('time_limit: usage: fastq control time_limit <task_name> <soft_secs> [hard_secs]')
-        soft = float(args.args[1])
-        hard = float(args.args[2]) if len(args.args) == 3 else None
-        replies = control.time_limit(
-            args.args[0], soft, hard, destination=destination, reply=True, timeout=args.timeout
-        )
-    elif args.command in ('heartbeat', 'enable_events', 'disable_events'):
-        replies = control.broadcast(args.command, destination=destination, reply=True, timeout=args.timeout)
-    elif args.command == 'shutdown':
-        control.shutdown(destination=destination)
+    if method == 'shutdown':  # no reply: the worker is going away
+        app.control.shutdown(destination=destination)
         return 0
-    else:
-        raise CommandError(
-            f'Command {args.command} not recognized. Available control commands: {", ".join(CONTROL_COMMANDS)}'
-        )
+    replies = app.control.broadcast(
+        method, arguments=arguments, destination=destination, reply=True, timeout=args.timeout
+    )
     merged: dict[str, Any] = {}
     for reply in replies or ():
         merged.update(reply)

@@ -270,3 +270,41 @@ def _time_limit(
     task.soft_time_limit = float(soft) if soft is not None else None
     task.time_limit = float(hard) if hard is not None else None
     return ok('time limits set successfully')
+
+
+# --- control: which queues this worker consumes --------------------------------------------------------------
+
+
+def _set_queues(worker: WorkController, queues: list[str]) -> None:
+    consumer = worker.consumer
+    if consumer is None:
+        raise ValueError('the worker is not consuming yet')
+    consumer.set_queues(queues)  # NotImplementedError on brokers that cannot: reported as an error reply
+    worker.queues = queues
+
+
+@command('add_consumer')
+def _add_consumer(
+    worker: WorkController,
+    queue: str = '',
+    exchange: str | None = None,
+    exchange_type: str | None = None,
+    routing_key: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Celery's `add_consumer`: start consuming `queue` now (declared as the app declares its queues)."""
+    if not queue:
+        raise ValueError('add_consumer needs a queue name')
+    if queue in worker.queues:
+        return ok(f'already consuming from {queue!r}')
+    _set_queues(worker, [*worker.queues, queue])
+    return ok(f'add consumer {queue}')
+
+
+@command('cancel_consumer')
+def _cancel_consumer(worker: WorkController, queue: str = '', **kwargs: Any) -> dict[str, Any]:
+    if queue in worker.queues:
+        if len(worker.queues) == 1:
+            raise ValueError(f'{queue!r} is the only queue this worker consumes')
+        _set_queues(worker, [q for q in worker.queues if q != queue])
+    return ok(f'no longer consuming from {queue}')

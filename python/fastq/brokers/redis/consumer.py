@@ -67,9 +67,8 @@ class RedisConsumer(Consumer):
         self.queues = queues
         self.owner = owner
         self.client = broker.client
-        ordered = sorted(queues) if broker.queue_order_strategy == 'sorted' else list(queues)
-        self._keys = self.layout.consume_keys(ordered)
-        self._key_queue = dict(self._keys)
+        self._use_queues(queues)
+        self._new_queues: list[str] | None = None  # set by set_queues, applied by the fetching thread
         self._rotation = 0
         self._held: set[Tag] = set()
         self._held_lock = threading.Lock()
@@ -85,6 +84,28 @@ class RedisConsumer(Consumer):
 
     def is_closed(self) -> bool:
         return self._closed
+
+    def _use_queues(self, queues: list[str]) -> None:
+        self.queues = queues
+        ordered = sorted(queues) if self.broker.queue_order_strategy == 'sorted' else list(queues)
+        self._keys = self.layout.consume_keys(ordered)
+        self._key_queue = dict(self._keys)
+
+    def set_queues(self, queues: Sequence[str]) -> None:
+        self.broker.declare(queues)
+        self._new_queues = list(queues)
+        self.wakeup()
+
+    def _apply_new_queues(self) -> None:
+        """In the fetching thread, which alone touches the watches: swap the keys and their BLMOVEs."""
+        queues, self._new_queues = self._new_queues, None
+        if queues is None:
+            return
+        self._use_queues(queues)
+        for watch in self._watches:
+            watch.link.close()  # drops its BLMOVE with the connection
+        self._watches = [_Watch(self, key) for key, _ in self._keys]
+        self._drained = False
 
     # --- fetching -----------------------------------------------------------------------------------------
 
@@ -108,6 +129,8 @@ class RedisConsumer(Consumer):
         # The last fetch got less than it asked for, so the lists were empty a moment ago: wait for a BLMOVE
         # to see one fill instead of running the script once more for nothing (it answers at once if one
         # filled meanwhile). Saves a script call per task on a worker that keeps up with its queues.
+        if self._new_queues is not None:
+            self._apply_new_queues()
         skip = self._drained and limit > 0
         while True:
             got = self._reserve(limit) if limit > 0 and not skip else []
