@@ -72,6 +72,23 @@ def test_inspect_ping(tasks: Any, worker: Any, tmp_path: Path, urls: dict[str, s
     assert proc.stdout.splitlines()[:2] == [f'->  {hostname}: OK', '        pong']
 
 
+def test_inspect_and_add_consumer(tasks: Any, worker: Any) -> None:
+    w = worker('-n', 'w2@%h')
+    node = [word for word in w.log.split() if word.startswith('w2@')][0]
+    inspect = tasks.app.control.inspect(destination=[node], timeout=3)
+    assert inspect.stats()[node]['prefetch_count'] > 0
+    extra = tasks.add.apply_async((2, 2), queue='amqp-extra')
+    assert tasks.app.control.add_consumer('amqp-extra', destination=[node], reply=True, timeout=3) == [
+        {node: {'ok': 'add consumer amqp-extra'}}
+    ]
+    assert extra.get(timeout=30) == 4
+    assert {q['name'] for q in inspect.active_queues()[node]} == {'celery', 'amqp-extra'}
+    tasks.app.control.cancel_consumer('amqp-extra', destination=[node], reply=True, timeout=3)
+    left = tasks.add.apply_async((3, 3), queue='amqp-extra')
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2
+    assert left.state == 'PENDING' and tasks.app.broker.qsize('amqp-extra') == 1
+
+
 def test_malformed_messages_are_dead_lettered_and_the_worker_goes_on(
     tasks: Any, worker: Any, urls: dict[str, str]
 ) -> None:

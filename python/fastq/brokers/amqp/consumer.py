@@ -106,10 +106,38 @@ class AMQPConsumer(Consumer):
                 self._bind_delayed(conn, spec.name)
         self.link.ensure_channel(conn, CH_CONSUME)
         self._set_qos(conn)
+        self._consumer_tags.clear()  # a new connection: the old tags died with the old one
         for spec in self.specs.values():
-            consumer_tag = f'{self.owner}.{spec.name}.{uuid.uuid4().hex[:8]}'
-            self._consumer_tags[consumer_tag] = spec.name
-            conn.consume(CH_CONSUME, spec.name, consumer_tag, False, spec.consumer_arguments)
+            self._consume(conn, spec)
+
+    def _consume(self, conn: _amqp.Connection, spec: QueueSpec) -> None:
+        consumer_tag = f'{self.owner}.{spec.name}.{uuid.uuid4().hex[:8]}'
+        self._consumer_tags[consumer_tag] = spec.name
+        conn.consume(CH_CONSUME, spec.name, consumer_tag, False, spec.consumer_arguments)
+
+    def set_queues(self, queues: Sequence[str]) -> None:
+        specs = {name: self.broker.topology.spec(name) for name in queues}
+
+        def apply(conn: _amqp.Connection) -> None:
+            added = [spec for name, spec in specs.items() if name not in self.specs]
+            self.specs, self.queues = specs, list(specs)
+            for consumer_tag, name in list(self._consumer_tags.items()):
+                if name not in specs:  # deliveries already received stay held and are settled as usual
+                    conn.cancel(CH_CONSUME, consumer_tag)
+                    del self._consumer_tags[consumer_tag]
+            for spec in added:
+                self.broker.declare_spec(self.link, conn, spec)
+                if spec.quorum:
+                    self.broker.declare_delayed(self.link, conn)
+                    self._bind_delayed(conn, spec.name)
+                self._consume(conn, spec)
+            self._qos = -1
+            self._set_qos(conn)
+
+        if self.link.conn is None:  # the next connection consumes from these
+            self.specs, self.queues = specs, list(specs)
+            return
+        self.link.call(apply)
 
     def _bind_delayed(self, conn: _amqp.Connection, queue: str) -> None:
         if queue not in self._delayed_bound:
