@@ -77,6 +77,12 @@ def test_inspect_and_add_consumer(tasks: Any, worker: Any) -> None:
     node = [word for word in w.log.split() if word.startswith('w2@')][0]
     inspect = tasks.app.control.inspect(destination=[node], timeout=3)
     assert inspect.stats()[node]['prefetch_count'] > 0
+    assert any(name.startswith('worker_tasks.add') for name in inspect.registered()[node])
+    assert inspect.active()[node] == [] and inspect.reserved()[node] == []
+    tasks.app.control.revoke('an-id', reply=True, timeout=3, destination=[node])
+    assert 'an-id' in inspect.revoked()[node]
+    assert inspect.conf()[node]['broker_url'].startswith('amqp://')
+    assert inspect.clock()[node]['clock'] > 0 and 'fastq' in inspect.report()[node]['ok']
     extra = tasks.add.apply_async((2, 2), queue='amqp-extra')
     assert tasks.app.control.add_consumer('amqp-extra', destination=[node], reply=True, timeout=3) == [
         {node: {'ok': 'add consumer amqp-extra'}}
@@ -170,3 +176,23 @@ def test_two_beats_one_sends_and_the_other_takes_over(amqp_url: str, redis_url: 
         for proc in started:
             if proc.proc is not None and proc.proc.poll() is None:
                 proc.kill()
+
+
+def test_worker_and_task_events(tasks: Any, worker: Any) -> None:
+    """Celery's event stream over RabbitMQ (the durable `celeryev` topic exchange): what Flower consumes."""
+    from .test_events import collect, of
+
+    receiver = tasks.app.events.Receiver()
+    receiver.consume()
+    try:
+        worker('-E', '-n', 'ev@%h', '--heartbeat-interval', '0.5')
+        ok = tasks.add.delay(2, 3)
+        assert ok.get(timeout=30) == 5
+        events = collect(
+            receiver,
+            lambda evs: 'task-succeeded' in of(evs, ok.id) and any(e['type'] == 'worker-heartbeat' for e in evs),
+        )
+    finally:
+        receiver.close()
+    assert list(of(events, ok.id)) == ['task-received', 'task-started', 'task-succeeded']
+    assert of(events, ok.id)['task-succeeded']['result'] == '5'
