@@ -190,6 +190,7 @@ class RabbitServer:
             RABBITMQ_NODENAME=self.node,
             RABBITMQ_NODE_PORT=str(self.port),
             RABBITMQ_NODE_IP_ADDRESS='127.0.0.1',
+            ERL_EPMD_ADDRESS='127.0.0.1',  # an epmd started for this node listens on loopback only
             RABBITMQ_DIST_PORT=str(self.dist_port),
             RABBITMQ_MNESIA_BASE=str(self.dir / 'mnesia'),
             RABBITMQ_LOG_BASE=str(self.dir / 'log'),
