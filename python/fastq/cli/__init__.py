@@ -4,6 +4,7 @@ fastq -A proj worker -l info        fastq -A proj call proj.add --args '[1, 2]'
 fastq -A proj beat -l info          fastq -A proj worker -B (worker with beat inside)
 fastq -A proj result <id>           fastq -A proj purge -f
 fastq -A proj deadletter list       fastq --version
+fastq -A proj events --dump         (task events need workers started with -E)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ __all__ = ['main']
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastq.cli import beat, calling, control, deadletter, purge, worker
+    from fastq.cli import beat, calling, control, deadletter, events, purge, worker
 
     parser = argparse.ArgumentParser(
         prog='fastq',
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     purge.register(commands)
     deadletter.register(commands)
     control.register(commands)
+    events.register(commands)
     return parser
 
 
