@@ -29,6 +29,7 @@ from fastq.brokers.base import Outgoing
 from fastq.exceptions import AlwaysEagerIgnored, AMQPChannelError, BrokerConnectionError, OperationalError
 from fastq.result import AsyncResult
 from fastq.serialization import compression_mime
+from fastq.utils.text import saferepr
 from fastq.utils.time import to_timestamp
 
 if TYPE_CHECKING:
@@ -461,6 +462,8 @@ def send_task_message(
     """Send one task: `kw` holds its `SEND_KEYWORDS`, `options` the rest of the call's options."""
     single = _Single(app, name, args, kwargs, task_type, kw, options)
     publish_with_retry(app, single.outgoing, retry=single.plan.retry, policy=single.plan.retry_policy)
+    if app.conf.task_send_sent_event:
+        send_sent_events(app, single.messages)
     return single.published()
 
 
@@ -520,11 +523,29 @@ def _send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]
     outgoing = _outgoing(messages)
     first = messages[0].plan
     publish_with_retry(app, outgoing, retry=first.retry, policy=first.retry_policy)
+    if app.conf.task_send_sent_event:
+        send_sent_events(app, messages)
     if signals.after_task_publish.receivers:
         _after_publish(messages, outgoing)
     if context.parent is not None:
         _add_to_parent(context.parent, messages)
     return [m.result for m in messages]
+
+
+def send_sent_events(app: Fastq, messages: Sequence[_Message]) -> None:
+    """`task-sent` events (task_send_sent_event), as Celery's producer sends them; never fails the send."""
+    dispatcher = app.__dict__.get('_sent_dispatcher')
+    if dispatcher is None:
+        dispatcher = app.__dict__['_sent_dispatcher'] = app.events.Dispatcher()
+    for m in messages:
+        f, plan = m.fields, m.plan
+        try:
+            dispatcher.send('task-sent', uuid=f[0], name=f[1], args=f[12] or saferepr(f[_ARGS]),
+                            kwargs=f[13] or saferepr(f[_KWARGS]), retries=f[7], eta=f[3], expires=f[4],
+                            queue=plan.queue, exchange=f[_EXCHANGE], routing_key=f[_ROUTING_KEY], root_id=f[10],
+                            parent_id=f[11])  # fmt: skip
+        except Exception as exc:
+            logger.warning('Cannot send task-sent for %s: %s', f[0], exc)
 
 
 class _Retrying:

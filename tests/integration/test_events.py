@@ -3,13 +3,20 @@ format (fields per type, `task.multi` batches), received by `app.events.Receiver
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fastq.events import EventReceiver, State
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -98,3 +105,39 @@ def test_enable_and_disable_events_remotely(tasks: Any, worker: Any) -> None:
         tasks.app.control.broadcast('heartbeat', destination=[hostname])
         events = collect(receiver, lambda evs: any(e.get('freq') == 5 for e in evs))
         assert not of(events, hushed.id)
+
+
+def test_events_command_dump_and_live_view(tasks: Any, worker: Any, tmp_path: Path, urls: dict[str, str]) -> None:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent), **urls)
+    env.pop('PYTEST_CURRENT_TEST', None)
+    base = [sys.executable, '-m', 'fastq', '-A', 'worker_tasks', 'events']
+    logs = {name: tmp_path / f'{name}.out' for name in ('dump', 'view')}
+    procs = {}
+    for name, extra in (('dump', ['--dump']), ('view', ['--freq', '0.3', '--max-time', '60'])):
+        with open(logs[name], 'wb') as log:
+            procs[name] = subprocess.Popen([*base, *extra], cwd=tmp_path, env=env, stdout=log, stderr=log)
+    try:
+        wait_until(lambda: '-> evdump: starting capture...' in logs['dump'].read_text(), message='dump started')
+        wait_until(lambda: 'fastq events:' in logs['view'].read_text(), message='view started')
+        worker('-E', '-n', 'ev3@%h')
+        result = tasks.add.delay(4, 5)
+        assert result.get(timeout=30) == 9
+
+        line = re.escape(f'task succeeded: worker_tasks.add({result.id}) args=(4, 5) kwargs={{}} clock=')
+
+        def dumped() -> bool:
+            return re.search(line + r'\d+, pid=\d+, result=9, runtime=[\d.e-]+, utcoffset=', logs['dump'].read_text())
+
+        wait_until(dumped, message='the dump shows the task')
+        text = logs['dump'].read_text()
+        assert re.search(
+            r'ev3@\S+ \[\d{4}-\d\d-\d\d [\d:.]+\+00:00\] started: active=0, clock=\d+, freq=2.0, loadavg=', text
+        ), text
+        assert f'task received: worker_tasks.add({result.id}) args=(4, 5) kwargs={{}} clock=' in text
+        wait_until(lambda: f'{result.id}  worker_tasks.add' in logs['view'].read_text(), message='the view shows it')
+        view = logs['view'].read_text()
+        assert 'Workers: 1 online, 0 offline' in view and 'SUCCESS' in view
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)

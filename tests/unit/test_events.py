@@ -130,3 +130,16 @@ def test_outcome_wire_carries_the_traceback() -> None:
     again = Outcome.from_wire(outcome.to_wire())
     assert (again.state, again.exc_repr, again.traceback, again.retval) == ('FAILURE', "ValueError('x')",
                                                                           'Traceback ...', None)  # fmt: skip
+
+
+def test_task_sent_events(memory_app: Fastq) -> None:
+    @memory_app.task(name='proj.add')
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    memory_app.conf.task_send_sent_event = True
+    with memory_app.events.Receiver(routing_key='task.sent') as receiver:
+        result = add.delay(1, 2)
+        (sent,) = list(receiver.itercapture(timeout=0.3))
+    assert sent['type'] == 'task-sent' and sent['uuid'] == result.id and sent['name'] == 'proj.add'
+    assert sent['args'] == '(1, 2)' and sent['queue'] == 'celery' and sent['root_id'] == result.id

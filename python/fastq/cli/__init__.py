@@ -3,7 +3,8 @@
 fastq -A proj worker -l info        fastq -A proj call proj.add --args '[1, 2]'
 fastq -A proj beat -l info          fastq -A proj worker -B (worker with beat inside)
 fastq -A proj result <id>           fastq -A proj purge -f
-fastq -A proj deadletter list       fastq -A proj dashboard --port 5555
+fastq -A proj deadletter list       fastq -A proj inspect active / control revoke <id> / status
+fastq -A proj events --dump         fastq -A proj dashboard --port 5555 (task events: workers with -E)
 fastq --version
 """
 
@@ -25,7 +26,7 @@ __all__ = ['main']
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastq.cli import beat, calling, control, dashboard, deadletter, purge, worker
+    from fastq.cli import beat, calling, control, dashboard, deadletter, events, purge, worker
 
     parser = argparse.ArgumentParser(
         prog='fastq',
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     purge.register(commands)
     deadletter.register(commands)
     control.register(commands)
+    events.register(commands)
     dashboard.register(commands)
     return parser
 
