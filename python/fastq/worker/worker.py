@@ -418,11 +418,19 @@ class WorkController:
                 self.settler.stop()  # every ack queued is sent before the consumer hands back the rest
             if self.consumer is not None:
                 self.consumer.close()
+            self._join_broker_threads()
         finally:
             signals.worker_shutdown.send(sender=self)
             self.app.close()
             self.loop.close()
         return self.exitcode
+
+    def _join_broker_threads(self) -> None:
+        """Every thread that talks to the broker is done before app.close() closes its connections: an SQLite
+        connection closed under a thread still querying it crashes the process (seen: SIGSEGV at shutdown)."""
+        for thread in (self.control, self._renewer):
+            if thread is not None and thread.is_alive():
+                thread.join(5.0)
 
     def _stop_monitoring(self) -> None:
         """After the pool is done: send the last task events and `worker-offline`; stop serving metrics."""
