@@ -7,6 +7,7 @@ builds the reply from that copy, so a slow reply never holds the loop.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import time
@@ -19,8 +20,10 @@ if TYPE_CHECKING:
     from fastq.worker.job import Job
     from fastq.worker.worker import WorkController
 
+logger = logging.getLogger('celery.worker.control')
+
 #: Celery's `registered` default attributes shown beside task names (`taskinfoitems`).
-DEFAULT_TASK_INFO_ITEMS = ('rate_limit', 'time_limit', 'soft_time_limit', 'acks_late', 'max_retries')
+DEFAULT_TASK_INFO_ITEMS = ('exchange', 'routing_key', 'rate_limit')
 
 
 def _wall(monotonic: float | None) -> float | None:
@@ -122,7 +125,7 @@ def _registered(worker: WorkController, taskinfoitems: Any = None, **kwargs: Any
         if name.startswith('celery.'):
             continue  # Celery hides its built-ins too
         task = worker.app.tasks[name]
-        fields = [f'{item}={getattr(task, item)}' for item in items if getattr(task, item, None) is not None]
+        fields = [f'{item}={getattr(task, item, None)}' for item in items if getattr(task, item, None) is not None]
         out.append(f'{name} [{" ".join(fields)}]' if fields else name)
     return out
 
@@ -266,9 +269,11 @@ def _time_limit(
 ) -> dict[str, Any]:
     task = worker.app.tasks.get(task_name)
     if task is None:
-        return {'error': f'unknown task {task_name!r}'}
+        logger.error('Change time limit attempt for unknown task %s', task_name)
+        return {'error': 'unknown task'}
     task.soft_time_limit = float(soft) if soft is not None else None
     task.time_limit = float(hard) if hard is not None else None
+    logger.info('New time limits for tasks of type %s: soft=%s hard=%s', task_name, soft, hard)
     return ok('time limits set successfully')
 
 
@@ -308,3 +313,29 @@ def _cancel_consumer(worker: WorkController, queue: str = '', **kwargs: Any) -> 
             raise ValueError(f'{queue!r} is the only queue this worker consumes')
         _set_queues(worker, [q for q in worker.queues if q != queue])
     return ok(f'no longer consuming from {queue}')
+
+
+@command('terminate')
+def _terminate(worker: WorkController, signal: str | None = None, task_id: Any = None, **kwargs: Any) -> Any:
+    """Celery's `terminate <signal> <id>...` (what `celery control terminate` sends): revoke with terminate."""
+    from fastq.worker.control import COMMANDS
+
+    return COMMANDS['revoke'](worker, task_id=task_id, terminate=True, signal=signal)
+
+
+def _aliases() -> None:
+    """Celery's older names for the inspect commands (`dump_active`, ...), still sent by old clients."""
+    from fastq.worker.control import COMMANDS
+
+    for alias, name in (
+        ('dump_active', 'active'),
+        ('dump_reserved', 'reserved'),
+        ('dump_schedule', 'scheduled'),
+        ('dump_revoked', 'revoked'),
+        ('dump_tasks', 'registered'),
+        ('dump_conf', 'conf'),
+    ):
+        COMMANDS[alias] = COMMANDS[name]
+
+
+_aliases()
