@@ -69,7 +69,12 @@ def test_inspect_commands_show_what_the_worker_holds(
     assert 'fastq' in inspect.report()[node]['ok']
     assert inspect.clock()[node]['clock'] > 0
 
-    tasks.app.control.terminate(running.id)
+    assert tasks.app.control.broadcast('dump_revoked', destination=[node], reply=True, timeout=3) == [
+        {node: inspect.revoked()[node]}
+    ]  # Celery's old aliases
+    assert tasks.app.control.terminate(running.id, reply=True, timeout=3) == [
+        {node: {'ok': f'terminate: {running.id}'}}
+    ]
     assert waiting.get(timeout=30) == 3 and later.get(timeout=30) == 7
     stats = inspect.stats()[node]
     assert stats['total'].get('worker_tasks.add') == 2
@@ -95,9 +100,8 @@ def test_time_limit_and_events_control(tasks: Any, worker: Any, tmp_path: Path, 
 
     with pytest.raises(TimeLimitExceeded):
         tasks.long.delay(30).get(timeout=60)
-    assert tasks.app.control.time_limit('no.such', hard=1, reply=True, timeout=3) == [
-        {node: {'error': "unknown task 'no.such'"}}
-    ]
+    assert tasks.app.control.time_limit('no.such', hard=1, reply=True, timeout=3) == [{node: {'error': 'unknown task'}}]
+    assert tasks.app.control.rate_limit('no.such', '1/s', reply=True, timeout=3) == [{node: {'error': 'unknown task'}}]
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'enable_events', '-d', node, '-t', '3')
     assert proc.stdout.splitlines()[:2] == [f'->  {node}: OK', '        task events enabled']
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'time_limit', 'worker_tasks.long', '5', '10')
@@ -149,6 +153,9 @@ def test_autoscale_grows_under_load_and_shrinks_when_idle(tasks: Any, worker: An
     )
     assert reply == {node: {'ok': 'autoscale now max=2 min=2'}}
     wait_until(lambda: _processes(inspect, node) == 2, message='min raised to 2')
+    for name in ('pool_grow', 'pool_shrink'):  # Celery: the autoscaler owns the size
+        [reply] = tasks.app.control.broadcast(name, destination=[node], reply=True, timeout=3)
+        assert reply == {node: {'error': f'{name} is not supported with autoscale. Adjust autoscale range instead.'}}
 
 
 @pytest.mark.parametrize('broker_kind', ['sqlite', 'redis'], indirect=True)

@@ -85,9 +85,13 @@ def _revoke(
     dispatcher = worker.dispatcher
     terminated: list[str] = []
     if dispatcher is not None:
-        terminated = on_loop(
-            worker, lambda: dispatcher.revoke(ids, terminate=bool(terminate), signal_name=signal or 'SIGTERM')
-        )
+
+        def revoke() -> list[str]:
+            running = sorted({job.request.id for job in dispatcher.running.values()} & ids) if terminate else []
+            dispatcher.revoke(ids, terminate=bool(terminate), signal_name=signal or 'SIGTERM')
+            return running
+
+        terminated = on_loop(worker, revoke)
     if terminate:  # Celery's words: the ids it found running, or none
         return ok('terminate: {}'.format(', '.join(terminated)) if terminated else 'terminate: tasks unknown')
     logger.info('Tasks flagged as revoked: %s', ', '.join(ids))
