@@ -105,7 +105,16 @@ def test_time_limit_and_events_control(tasks: Any, worker: Any, tmp_path: Path, 
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'enable_events', '-d', node, '-t', '3')
     assert proc.stdout.splitlines()[:2] == [f'->  {node}: OK', '        task events enabled']
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'time_limit', 'worker_tasks.long', '5', '10')
-    assert 'time limits set successfully' in proc.stdout
+    assert 'time limits set successfully' in proc.stdout and 'online' not in proc.stdout  # Celery: no count here
+    ctl = ('-A', 'worker_tasks', 'control')
+    proc = fastq(tmp_path, urls, *ctl, 'rate_limit', 'worker_tasks.add', '10/m', '-d', node, '-t', '3', '-j')
+    assert json.loads(proc.stdout) == [{node: {'ok': 'new rate limit set successfully'}}]
+    proc = fastq(tmp_path, urls, *ctl, 'autoscale', '3', '1', '-d', node, '-t', '3')
+    assert proc.stdout.splitlines() == [f'->  {node}: ERROR', "        ValueError('Autoscale not enabled')"]
+    proc = fastq(tmp_path, urls, *ctl, 'terminate', 'KILL', 'not-running', '-d', node, '-t', '3')
+    assert proc.stdout.splitlines() == [f'->  {node}: OK', '        terminate: tasks unknown']
+    bad = fastq(tmp_path, urls, *ctl, 'pool_grow', '1', '2', check=False)
+    assert bad.returncode == 2 and "Command 'pool_grow' takes arguments: [N=1]" in bad.stderr
     report = fastq(tmp_path, urls, '-A', 'worker_tasks', 'report')
     assert report.stdout.startswith('software -> fastq:')
 
