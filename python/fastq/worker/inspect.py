@@ -160,10 +160,7 @@ def _stats(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
         'clock': str(tick()),
         'uptime': int(time.monotonic() - worker.started_at),
         'pool': pool_info,
-        'broker': {
-            'hostname': broker.describe() if broker is not None else None,
-            'transport': type(broker).__name__ if broker is not None else None,
-        },
+        'broker': broker_info(str(getattr(broker, 'url', '') or worker.app.conf.broker_url or '')),
         'prefetch_count': worker.window,
         'rusage': {
             'utime': usage.ru_utime,
@@ -177,6 +174,40 @@ def _stats(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
             'oublock': usage.ru_oublock,
         },
         'sw_ident': 'fastq',
+    }
+
+
+_DEFAULT_PORTS = {'redis': 6379, 'rediss': 6379, 'amqp': 5672, 'amqps': 5671, 'pyamqp': 5672}
+
+
+def broker_info(url: str) -> dict[str, Any]:
+    """kombu's `Connection.info()` without the password, as Celery's `inspect stats` shows it under `broker`
+    (Flower reads `transport`, `hostname`, `port`, `virtual_host` there)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    scheme = parts.scheme or 'memory'
+    transport = {'rediss': 'redis', 'amqps': 'amqp', 'pyamqp': 'amqp', 'sqla+sqlite': 'sqlite'}.get(scheme, scheme)
+    path = unquote(parts.path.lstrip('/')) if parts.path else ''
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return {
+        'hostname': parts.hostname or ('localhost' if transport in ('redis', 'amqp') else None),
+        'userid': unquote(parts.username) if parts.username else ('guest' if transport == 'amqp' else None),
+        'virtual_host': path or {'amqp': '/', 'redis': '0'}.get(transport),
+        'port': port or _DEFAULT_PORTS.get(scheme),
+        'insist': False,
+        'ssl': scheme in ('rediss', 'amqps'),
+        'transport': transport,
+        'connect_timeout': 4,
+        'transport_options': {},
+        'login_method': 'AMQPLAIN' if transport == 'amqp' else None,
+        'uri_prefix': None,
+        'heartbeat': 120.0,
+        'failover_strategy': 'round-robin',
+        'alternates': [],
     }
 
 
