@@ -115,6 +115,8 @@ def test_time_limit_and_events_control(tasks: Any, worker: Any, tmp_path: Path, 
     assert proc.stdout.splitlines() == [f'->  {node}: ERROR', "        ValueError('Autoscale not enabled')"]
     proc = fastq(tmp_path, urls, *ctl, 'terminate', 'KILL', 'not-running', '-d', node, '-t', '3')
     assert proc.stdout.splitlines() == [f'->  {node}: OK', '        terminate: tasks unknown']
+    listing = fastq(tmp_path, urls, *ctl, '--list').stdout
+    assert listing.startswith('Control Commands:') and 'terminate <signal> [id1 [id2 [... [idN]]]]' in listing
     bad = fastq(tmp_path, urls, *ctl, 'pool_grow', '1', '2', check=False)
     assert bad.returncode == 2 and "Command 'pool_grow' takes arguments: [N=1]" in bad.stderr
     report = fastq(tmp_path, urls, '-A', 'worker_tasks', 'report')

@@ -61,7 +61,8 @@ def register(commands: Any) -> None:
         description='Inspect the workers by sending them the COMMAND inspect command.\n\nAvailable: '
         + ', '.join(INSPECT_COMMANDS),
     )
-    inspect.add_argument('command', help='|'.join(INSPECT_COMMANDS))
+    inspect.add_argument('remote', metavar='command', nargs='?', help='|'.join(INSPECT_COMMANDS))
+    inspect.add_argument('--list', action='store_true', help='List available inspect commands and exit.')
     inspect.add_argument('args', nargs='*', help='arguments (task ids for query_task; attributes for registered)')
     _common(inspect)
     inspect.set_defaults(handler=run_inspect)
@@ -71,7 +72,8 @@ def register(commands: Any) -> None:
         help='send commands to workers',
         description='Send the COMMAND control command to the workers.\n\nAvailable: ' + ', '.join(CONTROL_COMMANDS),
     )
-    control.add_argument('command', help='|'.join(CONTROL_COMMANDS))
+    control.add_argument('remote', metavar='command', nargs='?', help='|'.join(CONTROL_COMMANDS))
+    control.add_argument('--list', action='store_true', help='List available control commands and exit.')
     control.add_argument('args', nargs='*', help='arguments (task ids for revoke/terminate; a signal after them)')
     _common(control)
     control.set_defaults(handler=run_control)
@@ -138,19 +140,51 @@ class _Unavailable(CommandError):
     exit_code = EX_UNAVAILABLE
 
 
+INSPECT_SIGNATURES = {
+    'conf': '[include_defaults=False]',
+    'query_task': '[id1 [id2 [... [idN]]]]',
+    'registered': '[attr1 [attr2 [... [attrN]]]]',
+}
+
+
+def _listing(kind: str, commands: dict[str, str], signatures: dict[str, str]) -> int:
+    """`--list`: the commands with their signatures and help, as Celery's `inspect --list` prints them."""
+    rows = [
+        (f'{name} {signatures[name]}' if signatures.get(name) else name, text)
+        for name, text in sorted(commands.items())
+    ]
+    width = min(max(len(left) for left, _ in rows), 30)
+    out(f'{kind.capitalize()} Commands:')
+    for left, text in rows:
+        if len(left) > width:
+            out(f'  {left}')
+            out(f'  {"":{width}}  {text}')
+        else:
+            out(f'  {left:{width}}  {text}')
+    return 0
+
+
+def _need_command(args: argparse.Namespace, kind: str, commands: dict[str, str]) -> None:
+    if not args.remote:
+        raise CommandError(f'Missing argument COMMAND. Available {kind} commands: {", ".join(commands)}')
+
+
 def run_inspect(app: Fastq, args: argparse.Namespace) -> int:
-    if args.command not in INSPECT_COMMANDS:
+    if getattr(args, 'list', False):
+        return _listing('inspect', INSPECT_COMMANDS, INSPECT_SIGNATURES)
+    _need_command(args, 'inspect', INSPECT_COMMANDS)
+    if args.remote not in INSPECT_COMMANDS:
         raise CommandError(
-            f'Command {args.command} not recognized. Available inspect commands: {", ".join(INSPECT_COMMANDS)}'
+            f'Command {args.remote} not recognized. Available inspect commands: {", ".join(INSPECT_COMMANDS)}'
         )
     inspect = app.control.inspect(destination=_destination(args), timeout=args.timeout)
     extra = list(getattr(args, 'args', None) or [])
-    if args.command == 'conf':
+    if args.remote == 'conf':
         replies = inspect.conf(with_defaults=bool(extra) and extra[0].lower() in ('1', 'true', 'yes'))
-    elif args.command in ('query_task', 'registered'):
-        replies = getattr(inspect, args.command)(*extra)
+    elif args.remote in ('query_task', 'registered'):
+        replies = getattr(inspect, args.remote)(*extra)
     else:
-        replies = getattr(inspect, args.command)()
+        replies = getattr(inspect, args.remote)()
     return _finish(replies, args)
 
 
@@ -211,7 +245,10 @@ def _control_call(command: str, values: list[str]) -> tuple[str, dict[str, Any]]
 
 
 def run_control(app: Fastq, args: argparse.Namespace) -> int:
-    method, arguments = _control_call(args.command, list(args.args))
+    if getattr(args, 'list', False):
+        return _listing('control', CONTROL_COMMANDS, {name: spec[2] for name, spec in CONTROL_ARGUMENTS.items()})
+    _need_command(args, 'control', CONTROL_COMMANDS)
+    method, arguments = _control_call(args.remote, list(args.args))
     replies = app.control.broadcast(
         method, arguments=arguments, destination=_destination(args), reply=True, timeout=args.timeout
     )
