@@ -60,6 +60,7 @@ def test_inspect_commands_show_what_the_worker_holds(
     assert 'worker_tasks.add [acks_late=False]' in inspect.registered('acks_late')[node]
     stats = inspect.stats()[node]
     assert stats['pid'] == w.pid and stats['pool']['max-concurrency'] == 1 and stats['prefetch_count'] >= 1
+    assert stats['pool']['timeouts'] == [0, 0] and stats['pool']['max-tasks-per-child'] == 'N/A'
     broker = stats['broker']  # kombu's Connection.info() without the password
     assert broker['transport'] == 'redis' and broker['port'] > 0 and 'password' not in broker
     assert stats['uptime'] >= 0 and stats['rusage']['utime'] > 0 and int(stats['clock']) > 0
