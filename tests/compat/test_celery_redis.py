@@ -8,6 +8,7 @@ and a fastq worker share a queue, and when one is SIGKILLed the other runs its u
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -157,7 +158,27 @@ def test_celery_inspects_a_fastq_worker(celery_client: Any, workers: Any, tmp_pa
             capture_output=True, text=True, env=env, timeout=60,
         )  # fmt: skip
         assert cli.returncode == 0 and f'{fq}: OK' in cli.stdout, (command, cli.stdout, cli.stderr)
-    celery_client.control.revoke(running.id, terminate=True)
+    for command in (['inspect', 'ping'], ['inspect', 'clock'], ['status'], ['control', 'rate_limit', 'nope', '1/s']):
+        both = [
+            subprocess.run(
+                [sys.executable, '-m', program, '-A', module, *command, '-d', fq, '-t', '3'],
+                capture_output=True,
+                text=True,
+                env=environ,
+                timeout=60,
+            )  # fmt: skip
+            for program, module, environ in (('celery', 'celery_side', env), ('fastq', 'worker_tasks', f.env))
+        ]
+        # the same words line for line; the clock moves between the calls, and Celery's JSON highlighter
+        # leaves an indented empty line after a dict
+        texts = [re.sub(r'\d+', 'N', re.sub(r'\n +\n', '\n', p.stdout)) for p in both]
+        assert texts[0] == texts[1], (command, both[0].stdout, both[1].stdout)
+    cli = subprocess.run(  # Celery's own terminate command (signal first) reaches the fastq worker
+        [sys.executable, '-m', 'celery', '-A', 'celery_side', 'control', 'terminate', 'SIGTERM', running.id,
+         '-d', fq, '-t', '3'],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert f'terminate: {running.id}' in cli.stdout, (cli.stdout, cli.stderr)
     wait_until(lambda: running.state == 'REVOKED', timeout=30, message='REVOKED')
 
 

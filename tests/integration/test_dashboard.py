@@ -114,7 +114,8 @@ def test_page_shows_a_running_task_and_revokes_it(
     row = f'tr[data-task-id="{result.id}"]'
     _wait(lambda: browser.find_element(By.CSS_SELECTOR, f'{row} .state').text == 'STARTED', what='STARTED')
     browser.find_element(By.CSS_SELECTOR, f'button.revoke[data-task-id="{result.id}"]').click()
-    _wait(lambda: 'flagged as revoked' in browser.find_element(By.ID, 'toast').text, what='the revoke reply')
+    toast = f'terminate: {result.id}'  # Celery's reply to a revoke that terminated a running task
+    _wait(lambda: toast in browser.find_element(By.ID, 'toast').text, what='the revoke reply')
     _wait(lambda: browser.find_element(By.CSS_SELECTOR, f'{row} .state').text == 'REVOKED', what='REVOKED')
     assert _wait(lambda: result.state == 'REVOKED', what='the REVOKED result')
     w.wait_for('Terminating', 10)

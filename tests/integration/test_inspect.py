@@ -60,6 +60,9 @@ def test_inspect_commands_show_what_the_worker_holds(
     assert 'worker_tasks.add [acks_late=False]' in inspect.registered('acks_late')[node]
     stats = inspect.stats()[node]
     assert stats['pid'] == w.pid and stats['pool']['max-concurrency'] == 1 and stats['prefetch_count'] >= 1
+    assert stats['pool']['timeouts'] == [0, 0] and stats['pool']['max-tasks-per-child'] == 'N/A'
+    broker = stats['broker']  # kombu's Connection.info() without the password
+    assert broker['transport'] == 'redis' and broker['port'] > 0 and 'password' not in broker
     assert stats['uptime'] >= 0 and stats['rusage']['utime'] > 0 and int(stats['clock']) > 0
     [queue] = inspect.active_queues()[node]
     assert queue['name'] == 'celery' and queue['exchange']['type'] == 'direct'
@@ -69,7 +72,12 @@ def test_inspect_commands_show_what_the_worker_holds(
     assert 'fastq' in inspect.report()[node]['ok']
     assert inspect.clock()[node]['clock'] > 0
 
-    tasks.app.control.terminate(running.id)
+    assert tasks.app.control.broadcast('dump_revoked', destination=[node], reply=True, timeout=3) == [
+        {node: inspect.revoked()[node]}
+    ]  # Celery's old aliases
+    assert tasks.app.control.terminate(running.id, reply=True, timeout=3) == [
+        {node: {'ok': f'terminate: {running.id}'}}
+    ]
     assert waiting.get(timeout=30) == 3 and later.get(timeout=30) == 7
     stats = inspect.stats()[node]
     assert stats['total'].get('worker_tasks.add') == 2
@@ -95,13 +103,23 @@ def test_time_limit_and_events_control(tasks: Any, worker: Any, tmp_path: Path, 
 
     with pytest.raises(TimeLimitExceeded):
         tasks.long.delay(30).get(timeout=60)
-    assert tasks.app.control.time_limit('no.such', hard=1, reply=True, timeout=3) == [
-        {node: {'error': "unknown task 'no.such'"}}
-    ]
+    assert tasks.app.control.time_limit('no.such', hard=1, reply=True, timeout=3) == [{node: {'error': 'unknown task'}}]
+    assert tasks.app.control.rate_limit('no.such', '1/s', reply=True, timeout=3) == [{node: {'error': 'unknown task'}}]
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'enable_events', '-d', node, '-t', '3')
     assert proc.stdout.splitlines()[:2] == [f'->  {node}: OK', '        task events enabled']
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'time_limit', 'worker_tasks.long', '5', '10')
-    assert 'time limits set successfully' in proc.stdout
+    assert 'time limits set successfully' in proc.stdout and 'online' not in proc.stdout  # Celery: no count here
+    ctl = ('-A', 'worker_tasks', 'control')
+    proc = fastq(tmp_path, urls, *ctl, 'rate_limit', 'worker_tasks.add', '10/m', '-d', node, '-t', '3', '-j')
+    assert json.loads(proc.stdout) == [{node: {'ok': 'new rate limit set successfully'}}]
+    proc = fastq(tmp_path, urls, *ctl, 'autoscale', '3', '1', '-d', node, '-t', '3')
+    assert proc.stdout.splitlines() == [f'->  {node}: ERROR', "        ValueError('Autoscale not enabled')"]
+    proc = fastq(tmp_path, urls, *ctl, 'terminate', 'KILL', 'not-running', '-d', node, '-t', '3')
+    assert proc.stdout.splitlines() == [f'->  {node}: OK', '        terminate: tasks unknown']
+    listing = fastq(tmp_path, urls, *ctl, '--list').stdout
+    assert listing.startswith('Control Commands:') and 'terminate <signal> [id1 [id2 [... [idN]]]]' in listing
+    bad = fastq(tmp_path, urls, *ctl, 'pool_grow', '1', '2', check=False)
+    assert bad.returncode == 2 and "Command 'pool_grow' takes arguments: [N=1]" in bad.stderr
     report = fastq(tmp_path, urls, '-A', 'worker_tasks', 'report')
     assert report.stdout.startswith('software -> fastq:')
 
@@ -149,6 +167,9 @@ def test_autoscale_grows_under_load_and_shrinks_when_idle(tasks: Any, worker: An
     )
     assert reply == {node: {'ok': 'autoscale now max=2 min=2'}}
     wait_until(lambda: _processes(inspect, node) == 2, message='min raised to 2')
+    for name in ('pool_grow', 'pool_shrink'):  # Celery: the autoscaler owns the size
+        [reply] = tasks.app.control.broadcast(name, destination=[node], reply=True, timeout=3)
+        assert reply == {node: {'error': f'{name} is not supported with autoscale. Adjust autoscale range instead.'}}
 
 
 @pytest.mark.parametrize('broker_kind', ['sqlite', 'redis'], indirect=True)

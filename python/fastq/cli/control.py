@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from pprint import pformat
 from typing import TYPE_CHECKING, Any
 
 from fastq.cli.base import CommandError, out
@@ -59,7 +61,8 @@ def register(commands: Any) -> None:
         description='Inspect the workers by sending them the COMMAND inspect command.\n\nAvailable: '
         + ', '.join(INSPECT_COMMANDS),
     )
-    inspect.add_argument('command', help='|'.join(INSPECT_COMMANDS))
+    inspect.add_argument('remote', metavar='command', nargs='?', help='|'.join(INSPECT_COMMANDS))
+    inspect.add_argument('--list', action='store_true', help='List available inspect commands and exit.')
     inspect.add_argument('args', nargs='*', help='arguments (task ids for query_task; attributes for registered)')
     _common(inspect)
     inspect.set_defaults(handler=run_inspect)
@@ -69,7 +72,8 @@ def register(commands: Any) -> None:
         help='send commands to workers',
         description='Send the COMMAND control command to the workers.\n\nAvailable: ' + ', '.join(CONTROL_COMMANDS),
     )
-    control.add_argument('command', help='|'.join(CONTROL_COMMANDS))
+    control.add_argument('remote', metavar='command', nargs='?', help='|'.join(CONTROL_COMMANDS))
+    control.add_argument('--list', action='store_true', help='List available control commands and exit.')
     control.add_argument('args', nargs='*', help='arguments (task ids for revoke/terminate; a signal after them)')
     _common(control)
     control.set_defaults(handler=run_control)
@@ -89,31 +93,45 @@ def _destination(args: argparse.Namespace) -> list[str] | None:
 
 
 def _pretty(reply: Any) -> tuple[str, str]:
-    if isinstance(reply, dict) and ('ok' in reply or 'error' in reply):
-        status = 'OK' if 'ok' in reply else 'ERROR'
-        value = reply.get('ok', reply.get('error'))
-        return status, str(value) if not isinstance(value, dict | list) else json.dumps(value, indent=4)
+    """Celery's `pretty`: lists as `* item`, dicts as sorted JSON, `ok`/`error` values indented 4 more."""
     if isinstance(reply, list):
         return 'OK', '\n'.join(f'* {item}' for item in reply) if reply else '- empty -'
     if isinstance(reply, dict):
+        if 'ok' in reply or 'error' in reply:
+            status = 'OK' if 'ok' in reply else 'ERROR'
+            return status, _indent(_pretty(reply['ok'] if 'ok' in reply else reply['error'])[1])
         return 'OK', json.dumps(reply, sort_keys=True, indent=4)
-    return 'OK', str(reply)
+    if isinstance(reply, str):
+        return 'OK', reply
+    return 'OK', pformat(reply)
 
 
-def _say(replies: dict[str, Any]) -> None:
+def _indent(text: str, n: int = 4) -> str:
+    return '\n'.join(' ' * n + line for line in text.splitlines())
+
+
+def _say(replies: dict[str, Any], show_reply: bool = True) -> None:
+    """`->  node: OK` and, for inspect and control, the reply indented (Celery's `_say_remote_command_reply`)."""
     for node, reply in replies.items():
         status, text = _pretty(reply)
         out(f'->  {node}: {status}')
-        out('\n'.join(f'        {line}' for line in text.splitlines()))
+        if show_reply and text:
+            out(_indent(text))
 
 
-def _finish(replies: dict[str, Any] | None, args: argparse.Namespace) -> int:
+def _unavailable() -> CommandError:
+    return _Unavailable('No nodes replied within time constraint')
+
+
+def _finish(replies: dict[str, Any] | None, args: argparse.Namespace, show_reply: bool = True) -> int:
     if not replies:
-        raise _Unavailable('No nodes replied within time constraint')
+        raise _unavailable()
     if args.json:
         out(json.dumps(replies))
-        return 0
-    _say(replies)
+        if show_reply:  # `celery status -j` still counts the nodes; `inspect -j` prints the JSON only
+            return 0
+    else:
+        _say(replies, show_reply)
     out(f'\n{len(replies)} {pluralize(len(replies), "node").split(" ", 1)[1]} online.')
     return 0
 
@@ -122,19 +140,51 @@ class _Unavailable(CommandError):
     exit_code = EX_UNAVAILABLE
 
 
+INSPECT_SIGNATURES = {
+    'conf': '[include_defaults=False]',
+    'query_task': '[id1 [id2 [... [idN]]]]',
+    'registered': '[attr1 [attr2 [... [attrN]]]]',
+}
+
+
+def _listing(kind: str, commands: dict[str, str], signatures: dict[str, str]) -> int:
+    """`--list`: the commands with their signatures and help, as Celery's `inspect --list` prints them."""
+    rows = [
+        (f'{name} {signatures[name]}' if signatures.get(name) else name, text)
+        for name, text in sorted(commands.items())
+    ]
+    width = min(max(len(left) for left, _ in rows), 30)
+    out(f'{kind.capitalize()} Commands:')
+    for left, text in rows:
+        if len(left) > width:
+            out(f'  {left}')
+            out(f'  {"":{width}}  {text}')
+        else:
+            out(f'  {left:{width}}  {text}')
+    return 0
+
+
+def _need_command(args: argparse.Namespace, kind: str, commands: dict[str, str]) -> None:
+    if not args.remote:
+        raise CommandError(f'Missing argument COMMAND. Available {kind} commands: {", ".join(commands)}')
+
+
 def run_inspect(app: Fastq, args: argparse.Namespace) -> int:
-    if args.command not in INSPECT_COMMANDS:
+    if getattr(args, 'list', False):
+        return _listing('inspect', INSPECT_COMMANDS, INSPECT_SIGNATURES)
+    _need_command(args, 'inspect', INSPECT_COMMANDS)
+    if args.remote not in INSPECT_COMMANDS:
         raise CommandError(
-            f'Command {args.command} not recognized. Available inspect commands: {", ".join(INSPECT_COMMANDS)}'
+            f'Command {args.remote} not recognized. Available inspect commands: {", ".join(INSPECT_COMMANDS)}'
         )
     inspect = app.control.inspect(destination=_destination(args), timeout=args.timeout)
     extra = list(getattr(args, 'args', None) or [])
-    if args.command == 'conf':
+    if args.remote == 'conf':
         replies = inspect.conf(with_defaults=bool(extra) and extra[0].lower() in ('1', 'true', 'yes'))
-    elif args.command in ('query_task', 'registered'):
-        replies = getattr(inspect, args.command)(*extra)
+    elif args.remote in ('query_task', 'registered'):
+        replies = getattr(inspect, args.remote)(*extra)
     else:
-        replies = getattr(inspect, args.command)()
+        replies = getattr(inspect, args.remote)()
     return _finish(replies, args)
 
 
@@ -146,60 +196,67 @@ def run_report(app: Fastq, args: argparse.Namespace) -> int:
 
 
 def run_status(app: Fastq, args: argparse.Namespace) -> int:
-    return run_inspect(app, argparse.Namespace(**{**vars(args), 'command': 'ping'}))
+    replies = app.control.inspect(destination=_destination(args), timeout=args.timeout).ping()
+    return _finish(replies, args, show_reply=False)
 
 
-def _usage(command: str, usage: str) -> CommandError:
-    return CommandError(f'{command}: usage: fastq control {command} {usage}')
-
-
-def _revoke_arguments(command: str, values: list[str]) -> dict[str, Any]:
-    if not values:
-        raise CommandError(f'{command}: which task ids?')
-    signal = 'SIGTERM'
-    if command == 'terminate' and len(values) > 1 and values[-1].upper().lstrip('SIG').isalpha():
-        signal = values.pop()
-    return {'task_id': values, 'terminate': command == 'terminate', 'signal': signal}
+#: Celery's argument lists of the control commands (`celery/worker/control.py`): (name, type) pairs taken in
+#: order, then the variadic rest, and the signature shown when there are too many.
+CONTROL_ARGUMENTS: dict[str, tuple[list[tuple[str, Callable[[str], Any]]], str | None, str]] = {
+    'revoke': ([], 'task_id', '[id1 [id2 [... [idN]]]]'),
+    'terminate': ([('signal', str)], 'task_id', '<signal> [id1 [id2 [... [idN]]]]'),
+    'rate_limit': ([('task_name', str), ('rate_limit', str)], None, '<task_name> <rate_limit (e.g., 5/s | 5/m | 5/h)>'),
+    'time_limit': ([('task_name', str), ('soft', float), ('hard', float)], None, '<task_name> <soft_secs> [hard_secs]'),
+    'add_consumer': (
+        [('queue', str), ('exchange', str), ('exchange_type', str), ('routing_key', str)],
+        None,
+        '<queue> [exchange [type [routing_key]]]',
+    ),
+    'cancel_consumer': ([('queue', str)], None, '<queue>'),
+    'pool_grow': ([('n', int)], None, '[N=1]'),
+    'pool_shrink': ([('n', int)], None, '[N=1]'),
+    'autoscale': ([('max', int), ('min', int)], None, '[max [min]]'),
+}
 
 
 def _control_call(command: str, values: list[str]) -> tuple[str, dict[str, Any]]:
-    """The pidbox method and arguments of `fastq control COMMAND VALUES...` (Celery's argument order)."""
-    if command in ('revoke', 'terminate'):
-        return 'revoke', _revoke_arguments(command, values)
-    if command == 'rate_limit':
-        if len(values) != 2:
-            raise _usage(command, '<task_name> <rate_limit (e.g. 5/s | 5/m | 5/h)>')
-        return command, {'task_name': values[0], 'rate_limit': values[1]}
-    if command == 'time_limit':
-        if len(values) not in (2, 3):
-            raise _usage(command, '<task_name> <soft_secs> [hard_secs]')
-        hard = float(values[2]) if len(values) == 3 else None
-        return command, {'task_name': values[0], 'soft': float(values[1]), 'hard': hard}
-    if command in ('add_consumer', 'cancel_consumer'):
-        if not values:
-            raise _usage(command, '<queue>')
-        return command, {'queue': values[0]}
-    if command in ('pool_grow', 'pool_shrink'):
-        return command, {'n': int(values[0]) if values else 1}
-    if command == 'autoscale':
-        if len(values) != 2:
-            raise _usage(command, '<max> <min>')
-        return command, {'max': int(values[0]), 'min': int(values[1])}
-    if command in ('heartbeat', 'enable_events', 'disable_events', 'pool_restart', 'shutdown'):
-        return command, {}
-    raise CommandError(f'Command {command} not recognized. Available control commands: {", ".join(CONTROL_COMMANDS)}')
+    """The pidbox method and arguments of `fastq control COMMAND VALUES...`, compiled as Celery's CLI does."""
+    if command not in CONTROL_COMMANDS:
+        raise CommandError(
+            f'Command {command} not recognized. Available control commands: {", ".join(CONTROL_COMMANDS)}'
+        )
+    spec, variadic, signature = CONTROL_ARGUMENTS.get(command, ([], None, ''))
+    arguments: dict[str, Any] = {}
+    rest = list(values)
+    for index, value in enumerate(values):
+        if index >= len(spec):
+            if variadic:
+                break
+            raise CommandError(f'Command {command!r} takes arguments: {signature or "none"}')
+        name, typ = spec[index]
+        try:
+            arguments[name] = typ(value)
+        except ValueError as exc:
+            raise CommandError(f'Command {command!r} takes arguments: {signature}: {exc}') from None
+        rest = values[index + 1 :]
+    if variadic:
+        arguments[variadic] = rest
+    return command, arguments
 
 
 def run_control(app: Fastq, args: argparse.Namespace) -> int:
-    method, arguments = _control_call(args.command, list(args.args))
-    destination = _destination(args)
-    if method == 'shutdown':  # no reply: the worker is going away
-        app.control.shutdown(destination=destination)
-        return 0
+    if getattr(args, 'list', False):
+        return _listing('control', CONTROL_COMMANDS, {name: spec[2] for name, spec in CONTROL_ARGUMENTS.items()})
+    _need_command(args, 'control', CONTROL_COMMANDS)
+    method, arguments = _control_call(args.remote, list(args.args))
     replies = app.control.broadcast(
-        method, arguments=arguments, destination=destination, reply=True, timeout=args.timeout
+        method, arguments=arguments, destination=_destination(args), reply=True, timeout=args.timeout
     )
-    merged: dict[str, Any] = {}
-    for reply in replies or ():
-        merged.update(reply)
-    return _finish(merged, args)
+    if not replies:  # as Celery's: `shutdown` gets none, the worker leaving before it answers
+        raise _unavailable()
+    if args.json:
+        out(json.dumps(replies))
+        return 0
+    for reply in replies:
+        _say(reply)
+    return 0

@@ -97,22 +97,17 @@ class Autoscaler:
 
 @command('pool_grow')
 def _pool_grow(worker: WorkController, n: int = 1, **kwargs: Any) -> dict[str, Any]:
-    if worker.autoscaler is not None:  # Celery: the autoscaler's bounds move with it
-        scaler = worker.autoscaler
-        on_loop(worker, lambda: scaler.update(scaler.max_concurrency + int(n), scaler.min_concurrency + int(n)))
-    else:
-        on_loop(worker, lambda: worker.resize_pool(int(n)))
+    if worker.autoscaler is not None:  # Celery >= 5.3: the autoscaler owns the pool size
+        return {'error': 'pool_grow is not supported with autoscale. Adjust autoscale range instead.'}
+    on_loop(worker, lambda: worker.resize_pool(int(n)))
     return ok('pool will grow')
 
 
 @command('pool_shrink')
 def _pool_shrink(worker: WorkController, n: int = 1, **kwargs: Any) -> dict[str, Any]:
     if worker.autoscaler is not None:
-        scaler = worker.autoscaler
-        on_loop(worker, lambda: scaler.update(max(scaler.max_concurrency - int(n), 1),
-                                              max(scaler.min_concurrency - int(n), 0)))  # fmt: skip
-    else:
-        on_loop(worker, lambda: worker.resize_pool(-int(n)))
+        return {'error': 'pool_shrink is not supported with autoscale. Adjust autoscale range instead.'}
+    on_loop(worker, lambda: worker.resize_pool(-int(n)))
     return ok('pool will shrink')
 
 

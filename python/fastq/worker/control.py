@@ -83,10 +83,18 @@ def _revoke(
 ) -> dict[str, Any]:
     ids = {task_id} if isinstance(task_id, str) else set(task_id or ())
     dispatcher = worker.dispatcher
+    terminated: list[str] = []
     if dispatcher is not None:
-        on_loop(worker, lambda: dispatcher.revoke(ids, terminate=bool(terminate), signal_name=signal or 'SIGTERM'))
-    if terminate:
-        return ok(f'terminate: tasks {ids} flagged as revoked')
+
+        def revoke() -> list[str]:
+            running = sorted({job.request.id for job in dispatcher.running.values()} & ids) if terminate else []
+            dispatcher.revoke(ids, terminate=bool(terminate), signal_name=signal or 'SIGTERM')
+            return running
+
+        terminated = on_loop(worker, revoke)
+    if terminate:  # Celery's words: the ids it found running, or none
+        return ok('terminate: {}'.format(', '.join(terminated)) if terminated else 'terminate: tasks unknown')
+    logger.info('Tasks flagged as revoked: %s', ', '.join(ids))
     return ok(f'tasks {ids} flagged as revoked')
 
 
@@ -94,12 +102,13 @@ def _revoke(
 def _rate_limit(worker: WorkController, task_name: str = '', rate_limit: Any = None, **kwargs: Any) -> dict[str, Any]:
     from fastq.utils.time import parse_rate
 
-    if task_name not in worker.app.tasks:
-        return {'error': f'unknown task {task_name!r}'}
     try:
         parse_rate(rate_limit)
     except ValueError as exc:
-        return {'error': f'Invalid rate limit string: {exc}'}
+        return {'error': f'Invalid rate limit string: {exc!r}'}
+    if task_name not in worker.app.tasks:
+        logger.error('Rate limit attempt for unknown task %s', task_name)
+        return {'error': 'unknown task'}
     if worker.dispatcher is not None:
         dispatcher = worker.dispatcher
         worker.loop.call_soon_threadsafe(lambda: dispatcher.set_rate_limit(task_name, rate_limit))

@@ -7,6 +7,7 @@ builds the reply from that copy, so a slow reply never holds the loop.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import time
@@ -19,8 +20,10 @@ if TYPE_CHECKING:
     from fastq.worker.job import Job
     from fastq.worker.worker import WorkController
 
+logger = logging.getLogger('celery.worker.control')
+
 #: Celery's `registered` default attributes shown beside task names (`taskinfoitems`).
-DEFAULT_TASK_INFO_ITEMS = ('rate_limit', 'time_limit', 'soft_time_limit', 'acks_late', 'max_retries')
+DEFAULT_TASK_INFO_ITEMS = ('exchange', 'routing_key', 'rate_limit')
 
 
 def _wall(monotonic: float | None) -> float | None:
@@ -122,7 +125,7 @@ def _registered(worker: WorkController, taskinfoitems: Any = None, **kwargs: Any
         if name.startswith('celery.'):
             continue  # Celery hides its built-ins too
         task = worker.app.tasks[name]
-        fields = [f'{item}={getattr(task, item)}' for item in items if getattr(task, item, None) is not None]
+        fields = [f'{item}={getattr(task, item, None)}' for item in items if getattr(task, item, None) is not None]
         out.append(f'{name} [{" ".join(fields)}]' if fields else name)
     return out
 
@@ -149,6 +152,8 @@ def _stats(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
         return totals, (pool.info() if pool is not None else {})
 
     totals, pool_info = on_loop(worker, snapshot)
+    if 'timeouts' in pool_info and dispatcher is not None:  # Celery: (soft, hard) of the pool, 0 when unset
+        pool_info['timeouts'] = [dispatcher.default_soft_time_limit or 0, dispatcher.default_time_limit or 0]
     usage = resource.getrusage(resource.RUSAGE_SELF)
     broker = worker.broker
     return {
@@ -157,10 +162,7 @@ def _stats(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
         'clock': str(tick()),
         'uptime': int(time.monotonic() - worker.started_at),
         'pool': pool_info,
-        'broker': {
-            'hostname': broker.describe() if broker is not None else None,
-            'transport': type(broker).__name__ if broker is not None else None,
-        },
+        'broker': broker_info(str(getattr(broker, 'url', '') or worker.app.conf.broker_url or '')),
         'prefetch_count': worker.window,
         'rusage': {
             'utime': usage.ru_utime,
@@ -174,6 +176,40 @@ def _stats(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
             'oublock': usage.ru_oublock,
         },
         'sw_ident': 'fastq',
+    }
+
+
+_DEFAULT_PORTS = {'redis': 6379, 'rediss': 6379, 'amqp': 5672, 'amqps': 5671, 'pyamqp': 5672}
+
+
+def broker_info(url: str) -> dict[str, Any]:
+    """kombu's `Connection.info()` without the password, as Celery's `inspect stats` shows it under `broker`
+    (Flower reads `transport`, `hostname`, `port`, `virtual_host` there)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    scheme = parts.scheme or 'memory'
+    transport = {'rediss': 'redis', 'amqps': 'amqp', 'pyamqp': 'amqp', 'sqla+sqlite': 'sqlite'}.get(scheme, scheme)
+    path = unquote(parts.path.lstrip('/')) if parts.path else ''
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return {
+        'hostname': parts.hostname or ('localhost' if transport in ('redis', 'amqp') else None),
+        'userid': unquote(parts.username) if parts.username else ('guest' if transport == 'amqp' else None),
+        'virtual_host': path or {'amqp': '/', 'redis': '0'}.get(transport),
+        'port': port or _DEFAULT_PORTS.get(scheme),
+        'insist': False,
+        'ssl': scheme in ('rediss', 'amqps'),
+        'transport': transport,
+        'connect_timeout': 4,
+        'transport_options': {},
+        'login_method': 'AMQPLAIN' if transport == 'amqp' else None,
+        'uri_prefix': None,
+        'heartbeat': 120.0,
+        'failover_strategy': 'round-robin',
+        'alternates': [],
     }
 
 
@@ -266,9 +302,11 @@ def _time_limit(
 ) -> dict[str, Any]:
     task = worker.app.tasks.get(task_name)
     if task is None:
-        return {'error': f'unknown task {task_name!r}'}
+        logger.error('Change time limit attempt for unknown task %s', task_name)
+        return {'error': 'unknown task'}
     task.soft_time_limit = float(soft) if soft is not None else None
     task.time_limit = float(hard) if hard is not None else None
+    logger.info('New time limits for tasks of type %s: soft=%s hard=%s', task_name, soft, hard)
     return ok('time limits set successfully')
 
 
@@ -308,3 +346,29 @@ def _cancel_consumer(worker: WorkController, queue: str = '', **kwargs: Any) -> 
             raise ValueError(f'{queue!r} is the only queue this worker consumes')
         _set_queues(worker, [q for q in worker.queues if q != queue])
     return ok(f'no longer consuming from {queue}')
+
+
+@command('terminate')
+def _terminate(worker: WorkController, signal: str | None = None, task_id: Any = None, **kwargs: Any) -> Any:
+    """Celery's `terminate <signal> <id>...` (what `celery control terminate` sends): revoke with terminate."""
+    from fastq.worker.control import COMMANDS
+
+    return COMMANDS['revoke'](worker, task_id=task_id, terminate=True, signal=signal)
+
+
+def _aliases() -> None:
+    """Celery's older names for the inspect commands (`dump_active`, ...), still sent by old clients."""
+    from fastq.worker.control import COMMANDS
+
+    for alias, name in (
+        ('dump_active', 'active'),
+        ('dump_reserved', 'reserved'),
+        ('dump_schedule', 'scheduled'),
+        ('dump_revoked', 'revoked'),
+        ('dump_tasks', 'registered'),
+        ('dump_conf', 'conf'),
+    ):
+        COMMANDS[alias] = COMMANDS[name]
+
+
+_aliases()
