@@ -58,7 +58,7 @@ class Database:
         self.synchronous = synchronous
         self._local = threading.local()
         self._pid = os.getpid()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._all_lock = threading.Lock()
 
     def _open(self) -> sqlite3.Connection:
@@ -94,7 +94,7 @@ class Database:
             conn = self._open()
             self._local.conn = conn
             with self._all_lock:
-                self._all.append(conn)
+                self._all.append((threading.current_thread(), conn))
         return conn
 
     def setup(self) -> None:
@@ -158,9 +158,12 @@ class Database:
             return
         with self._all_lock:
             conns, self._all = self._all, []
-        for conn in conns:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+        for thread, conn in conns:
+            # Another live thread may be inside a query on its connection: closing it under that thread
+            # crashes the process (SIGSEGV). Dropping our reference closes it once that thread lets go too.
+            if thread is threading.current_thread() or not thread.is_alive():
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
         self._local = threading.local()
 
 

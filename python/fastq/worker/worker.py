@@ -426,11 +426,11 @@ class WorkController:
         return self.exitcode
 
     def _join_broker_threads(self) -> None:
-        """Every thread that talks to the broker is done before app.close() closes its connections: an SQLite
-        connection closed under a thread still querying it crashes the process (seen: SIGSEGV at shutdown)."""
-        for thread in (self.control, self._renewer):
-            if thread is not None and thread.is_alive():
-                thread.join(5.0)
+        """Housekeeping ends within a moment of `_stop_renew`; let it finish before app.close(). The pidbox
+        listener may sit in a one-second wait: it is not waited for (`Db.close` leaves a live thread's SQLite
+        connection alone, see fastq.utils.sqlite)."""
+        if self._renewer is not None and self._renewer.is_alive():
+            self._renewer.join(5.0)
 
     def _stop_monitoring(self) -> None:
         """After the pool is done: send the last task events and `worker-offline`; stop serving metrics."""
