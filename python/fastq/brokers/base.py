@@ -131,6 +131,20 @@ class DeadLetter:
     task_name: str | None = None
     deliveries: int = 0
 
+    @classmethod
+    def of(cls, delivery: Delivery, reason: str) -> DeadLetter:
+        """A new dead letter for a reserved message, kept as it was stored."""
+        return cls(
+            id=uuid.uuid4().hex,
+            queue=delivery.queue,
+            reason=reason,
+            payload=delivery.raw,
+            created=time.time(),
+            task_id=delivery.task_id,
+            task_name=delivery.task_name,
+            deliveries=delivery.deliveries,
+        )
+
 
 class DeadLetterStore(abc.ABC):
     """Where dead letters live on a broker; `fastq deadletter` reads and requeues them."""

@@ -14,7 +14,6 @@ import heapq
 import itertools
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -351,16 +350,7 @@ class _MemoryConsumer(Consumer):
                     m.lease_until = until
 
     def dead_letter(self, delivery: Delivery, reason: str) -> DeadLetter:
-        letter = DeadLetter(
-            id=uuid.uuid4().hex,
-            queue=delivery.queue,
-            reason=reason,
-            payload=delivery.raw,
-            created=time.time(),
-            task_id=delivery.task_id,
-            task_name=delivery.task_name,
-            deliveries=delivery.deliveries,
-        )
+        letter = DeadLetter.of(delivery, reason)
         with self._s.lock:
             if isinstance(delivery.tag, int):
                 self._s.messages.pop(delivery.tag, None)

@@ -625,16 +625,7 @@ class SQLiteConsumer(Consumer):
             conn.execute('UPDATE messages SET lease_until = ? WHERE owner = ?', (until, self.owner))
 
     def dead_letter(self, delivery: Delivery, reason: str) -> DeadLetter:
-        letter = DeadLetter(
-            id=uuid.uuid4().hex,
-            queue=delivery.queue,
-            reason=reason,
-            payload=delivery.raw,
-            created=time.time(),
-            task_id=delivery.task_id,
-            task_name=delivery.task_name,
-            deliveries=delivery.deliveries,
-        )
+        letter = DeadLetter.of(delivery, reason)
         with self.db.write() as conn:
             insert_dead_letter(conn, letter)
             conn.execute('DELETE FROM messages WHERE id = ?', (delivery.tag,))

@@ -285,16 +285,7 @@ class AMQPConsumer(Consumer):
 
     def dead_letter(self, delivery: Delivery, reason: str) -> DeadLetter:
         spec = self.specs.get(delivery.queue)
-        letter = DeadLetter(
-            id=uuid.uuid4().hex,
-            queue=delivery.queue,
-            reason=reason,
-            payload=delivery.raw,
-            created=time.time(),
-            task_id=delivery.task_id,
-            task_name=delivery.task_name,
-            deliveries=delivery.deliveries,
-        )
+        letter = DeadLetter.of(delivery, reason)
         if spec is not None and spec.dead_letter_exchange is not None:
             self.reject([delivery.tag], False)  # RabbitMQ moves it to the queue's dead-letter exchange
             return letter

@@ -15,7 +15,6 @@ import os
 import select
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -274,16 +273,7 @@ class RedisConsumer(Consumer):
             pipe.execute()
 
     def dead_letter(self, delivery: Delivery, reason: str) -> DeadLetter:
-        letter = DeadLetter(
-            id=uuid.uuid4().hex,
-            queue=delivery.queue,
-            reason=reason,
-            payload=delivery.raw,
-            created=time.time(),
-            task_id=delivery.task_id,
-            task_name=delivery.task_name,
-            deliveries=delivery.deliveries,
-        )
+        letter = DeadLetter.of(delivery, reason)
         self.broker.dead_letter_store.add(letter, remove_tag=str(delivery.tag))
         self._forget([delivery.tag])
         return letter
