@@ -82,6 +82,8 @@ class EngineSpec:
     confirm_publish: bool | None = None
     # RabbitMQ: results through the broker (`rpc://`) instead of the same Redis as the other engines
     rpc: bool = False
+    # the worker sends task events (`-E`): issue 7 allows them at most 10% of the drain rate
+    events: bool = False
 
 
 SPECS: dict[str, EngineSpec] = {
@@ -89,6 +91,7 @@ SPECS: dict[str, EngineSpec] = {
     'celery': EngineSpec('celery', 'celery', 'redis', True, True),
     'celery-default': EngineSpec('celery-default', 'celery', 'redis', False, True),
     'fastq-sqlite': EngineSpec('fastq-sqlite', 'fastq', 'sqlite', True, False),
+    'fastq-events': EngineSpec('fastq-events', 'fastq', 'redis', True, False, events=True),
     # RabbitMQ (one node, a vhost per engine); fastq confirms publishes by default, set here explicitly
     'fastq-amqp': EngineSpec('fastq-amqp', 'fastq', 'amqp', True, False, confirm_publish=True),
     'celery-amqp': EngineSpec('celery-amqp', 'celery', 'amqp', True, False),
@@ -144,6 +147,8 @@ class Worker:
         package = engine.spec.package
         cmd = [sys.executable, '-m', package, '-A', 'benchapp', 'worker', '-c', '2', '-P', 'prefork', '-l', 'warning']
         cmd += ['-n', f'bench-{engine.spec.key}@%h']
+        if engine.spec.events:
+            cmd.append('-E')
         self.log_path = engine.dir / 'worker.log'
         log = open(self.log_path, 'ab')
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(engine.dir), str(PYTHON)]))

@@ -44,7 +44,7 @@ AMQP_RPC = ('fastq-amqp-rpc', 'celery-amqp-rpc')  # results through rpc://: e2e 
 RUNS_ON: dict[str, tuple[str, ...]] = {
     'publish': ('fastq', 'celery', 'fastq-sqlite', *AMQP),
     'publish-batch': ('fastq', 'celery', 'fastq-sqlite', *AMQP),
-    'drain': ('fastq', 'celery', 'celery-default', 'fastq-sqlite', *AMQP),
+    'drain': ('fastq', 'celery', 'celery-default', 'fastq-sqlite', 'fastq-events', *AMQP),
     'e2e': ('fastq', 'celery', 'fastq-sqlite', *AMQP, *AMQP_RPC),
     'latency': ('fastq', 'celery', 'fastq-sqlite', *AMQP, *AMQP_RPC),
     'soak': ('fastq', 'celery'),

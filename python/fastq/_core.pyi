@@ -333,3 +333,33 @@ class Ledger:
         """Every held tag, oldest first."""
     def __len__(self) -> int: ...
     def __contains__(self, tag: object, /) -> bool: ...
+
+# --------------------------------------------------------------------------------------------------------
+# Task events of a worker
+# --------------------------------------------------------------------------------------------------------
+
+@final
+class EventBuffer:
+    """A worker's events, each written as a JSON object when pushed, taken out as `task.multi` bodies.
+
+    Every event starts with `hostname`, `utcoffset`, `pid` (given here), `clock` and `uuid` (given to
+    `push`), has the fields of its type, then `timestamp` (the time of the push) and `type`.
+    """
+
+    def __new__(cls, hostname: str, utcoffset: int, pid: int, default: Callable[[Any], Any] | None) -> EventBuffer:
+        """`default` converts values JSON has no type for, as `json.dumps`'s does (None: they raise TypeError)."""
+    def define(self, type: str, fields: Sequence[str]) -> int:
+        """Declare an event type and its fields (after `uuid`); returns the kind `push` takes."""
+    def push(self, kind: int, clock: int, uuid: str, *values: Any) -> int:
+        """Append an event of `kind` with one value per field; returns how many events wait.
+
+        Raises:
+            IndexError: no such kind.
+            ValueError: not one value per field.
+            TypeError: a value JSON cannot encode (and `default` did not convert); nothing is appended.
+        """
+    def take(self, limit: int) -> bytes | None:
+        """The oldest `limit` events (or fewer) as a JSON array, removed; None when none wait."""
+    def clear(self) -> int:
+        """Drop every waiting event; returns how many there were."""
+    def __len__(self) -> int: ...

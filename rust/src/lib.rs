@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 mod base64;
 mod compression;
 mod compression_py;
+mod events_py;
 mod framing;
 mod framing_py;
 mod json;
@@ -37,6 +38,7 @@ fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(protocol::batch_py::uuid4s, m)?)?;
     m.add_class::<protocol::message_py::Message>()?;
     m.add_class::<ledger_py::PyLedger>()?;
+    m.add_class::<events_py::PyEventBuffer>()?;
     m.add("FRAME_HEADER_SIZE", framing::HEADER_SIZE)?;
     m.add("MAX_FRAME_PAYLOAD", framing::MAX_PAYLOAD)?;
     m.add_function(wrap_pyfunction!(framing_py::encode_frame, m)?)?;

@@ -5,6 +5,10 @@ all the worker's loop pays per event; a sender thread (`start()`) publishes the 
 `flush_interval` seconds, or sooner once `buffer_limit` events wait, as lists under the routing key
 `<group>.multi` (Celery's `task.multi`). Other events are published at once. An event that cannot be
 published is kept (`buffer_while_offline`, up to `MAX_OFFLINE` of them) and sent with the next flush.
+
+A sender with an event per task (the worker with `-E`) writes to the group's `encoded(group)` buffer instead
+(`fastq._core.EventBuffer`), which turns each event into JSON as it is pushed: the flush then publishes
+ready-made bodies, and holds the GIL only to copy them out.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from fastq import _core
 from fastq.events.event import EVENT_EXCHANGE, Event, encode_events, group_from, routing_key_of, stamp, utcoffset
+from fastq.serialization import json_default
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -70,6 +76,7 @@ class EventDispatcher:
         self.on_enabled: set[Callable[[], Any]] = set()
         self.on_disabled: set[Callable[[], Any]] = set()
         self._buffers: dict[str, deque[dict[str, Any]]] = {group: deque() for group in self.buffer_group}
+        self._encoded: dict[str, _core.EventBuffer] = {}
         self._outbound: deque[tuple[Any, str]] = deque(maxlen=MAX_OFFLINE)
         self._mutex = threading.Lock()
         self._wake = threading.Event()
@@ -115,12 +122,26 @@ class EventDispatcher:
         """The buffer of a buffered group, for senders that build complete events themselves (the worker)."""
         return self._buffers[group]
 
+    def encoded(self, group: str) -> _core.EventBuffer:
+        """The JSON buffer of a buffered group (its events are published after those of `buffer(group)`)."""
+        if group not in self._buffers:
+            raise KeyError(f'{group!r} is not a buffered group of this dispatcher')
+        buffer = self._encoded.get(group)
+        if buffer is None:
+            buffer = self._encoded[group] = _core.EventBuffer(self.hostname, self.utcoffset, self.pid, json_default)
+        return buffer
+
     def wakeup(self) -> None:
         """Have the sender thread flush now (a buffer is full)."""
         self._wake.set()
 
+    def woken(self) -> bool:
+        """True from `wakeup()` until the sender thread starts its flush."""
+        return self._wake.is_set()
+
     def publish(self, events: Any, routing_key: str) -> bool:
-        """Publish one event or a list now; False (and kept for later, when buffering offline) on failure."""
+        """Publish one event, a list, or a JSON body of events now; False (and kept for later, when buffering
+        offline) on failure."""
         try:
             payload = encode_events(events, self.hostname, routing_key, self.exchange)
             with self._mutex:
@@ -150,6 +171,10 @@ class EventDispatcher:
                     count = min(len(buffer), BATCH)
                     batch = [buffer.popleft() for _ in range(count)]
                     if not self.publish(batch, f'{group}.multi'):
+                        return
+                encoded = self._encoded.get(group)
+                while encoded is not None and (body := encoded.take(BATCH)) is not None:
+                    if not self.publish(body, f'{group}.multi'):
                         return
 
     # --- the sender thread (workers) ----------------------------------------------------------------------

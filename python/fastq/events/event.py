@@ -75,7 +75,8 @@ def stamp(event: dict[str, Any], hostname: str, offset: int, pid: int | None = N
 
 
 def encode_events(events: Any, hostname: str, routing_key: str, exchange: str = EVENT_EXCHANGE) -> bytes:
-    """The envelope of one event (a mapping) or a batch (a list), as Celery's dispatcher publishes it."""
+    """The envelope of one event (a mapping) or a batch (a list, or its JSON as bytes), as Celery's
+    dispatcher publishes it."""
     return encode_envelope(events, {'hostname': hostname}, exchange, routing_key, 1)
 
 

@@ -3,8 +3,8 @@
 Task events are built in the worker parent from what it already knows: the message headers (`argsrepr`,
 `kwargsrepr`, `eta`, ...) at reception, the pool hand-off as the start (a prefork child starts a job it is
 handed within `QUEUE_BUDGET`, 2 ms, of the hand-off), and the outcome each child answers with (state,
-runtime, result repr, exception repr and traceback). The loop thread only builds each event mapping and
-appends it to a buffer; the `fastq-events` thread encodes and publishes the buffer in `task.multi` batches
+runtime, result repr, exception repr and traceback). The loop thread only appends each event's JSON to a
+compiled buffer (one call per event); the `fastq-events` thread publishes the buffer in `task.multi` batches
 and sends the heartbeats, so the cost per task stays a few microseconds.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +36,10 @@ control_logger = logging.getLogger('celery.worker.control')
 #: Celery's default heartbeat interval (`celery worker --heartbeat-interval`).
 HEARTBEAT_INTERVAL = 2.0
 
+#: The fields of `task-received` after `uuid`, as Celery's, then two of fastq's: the queue the task waited in
+#: and when its client sent it (`fastq_sent_at`; None from Celery clients).
+RECEIVED_FIELDS = ('name', 'args', 'kwargs', 'root_id', 'parent_id', 'retries', 'eta', 'expires', 'queue', 'sent_at')
+
 
 def load_average() -> tuple[float, ...]:
     try:
@@ -46,50 +49,54 @@ def load_average() -> tuple[float, ...]:
 
 
 class TaskEvents:
-    """Builds a worker's task events (in the loop thread) into its dispatcher's `task` buffer.
+    """Writes a worker's task events (in the loop thread) into its dispatcher's encoded `task` buffer.
 
-    Each event is one dict literal appended to a deque: this runs for every task, three times, so it avoids
-    calls it does not need (the clock is `next()` on the process's Lamport counter, atomic under the GIL).
+    This runs for every task, three times: each event is one call into `fastq._core.EventBuffer`, which
+    writes its JSON object at once (the fields every event has, the clock, the time), so the loop builds no
+    mapping and the sender thread only copies ready bodies out.
     """
 
     def __init__(self, dispatcher: EventDispatcher, muted: Callable[[str], bool]) -> None:
         self.dispatcher = dispatcher
-        self._append = dispatcher.buffer('task').append
-        self._buffer = dispatcher.buffer('task')
-        self._hostname = dispatcher.hostname
-        self._utcoffset = dispatcher.utcoffset
-        self._pid = dispatcher.pid
+        buffer = dispatcher.encoded('task')
+        self._push = buffer.push
         self._limit = dispatcher.buffer_limit
+        self._woken = dispatcher.woken
         self._is_muted = muted  # task names whose `send_events` is False
         self._muted: dict[str, bool] = {}
+        define = buffer.define
+        # beyond Celery's fields for task-received (monitors ignore unknown ones): where it waited, since when
+        self._received = define('task-received', RECEIVED_FIELDS)
+        self._started = define('task-started', ())  # Celery's has no more fields: `pid` is the worker's
+        self._succeeded = define('task-succeeded', ('result', 'runtime'))
+        self._failed = define('task-failed', ('exception', 'traceback'))
+        self._retried = define('task-retried', ('exception', 'traceback'))
+        self._rejected = define('task-rejected', ('requeue',))
+        self._revoked = define('task-revoked', ('terminated', 'signum', 'expired'))
 
     def _skip(self, name: str) -> bool:
         muted = self._muted.get(name)
         if muted is None:
             muted = self._muted[name] = self._is_muted(name)
-        if len(self._buffer) >= self._limit:
-            self.dispatcher.wakeup()
         return muted
+
+    def _pushed(self, waiting: int) -> None:
+        if waiting >= self._limit and not self._woken():
+            self.dispatcher.wakeup()
 
     def received(self, job: Job) -> None:
         r = job.request
         if self._skip(r.task):
             return
         h = r.headers
-        self._append({'hostname': self._hostname, 'utcoffset': self._utcoffset, 'pid': self._pid,
-                      'clock': next_clock(), 'uuid': r.id, 'name': r.task, 'args': r.argsrepr,
-                      'kwargs': r.kwargsrepr, 'root_id': r.root_id, 'parent_id': r.parent_id,
-                      'retries': r.retries, 'eta': h.get('eta'), 'expires': h.get('expires'),
-                      # beyond Celery's fields (monitors ignore unknown ones): where it waited, and since when
-                      'queue': job.delivery.queue, 'sent_at': h.get(SENT_AT_HEADER),
-                      'timestamp': time.time(), 'type': 'task-received'})  # fmt: skip
+        self._pushed(self._push(self._received, next_clock(), r.id, r.task, r.argsrepr, r.kwargsrepr, r.root_id,
+                                r.parent_id, r.retries, h.get('eta'), h.get('expires'), job.delivery.queue,
+                                h.get(SENT_AT_HEADER)))  # fmt: skip
 
     def started(self, job: Job) -> None:
         r = job.request
-        if not self._skip(r.task):  # Celery's has no more fields: `pid` is the worker's
-            self._append({'hostname': self._hostname, 'utcoffset': self._utcoffset, 'pid': self._pid,
-                          'clock': next_clock(), 'uuid': r.id, 'timestamp': time.time(),
-                          'type': 'task-started'})  # fmt: skip
+        if not self._skip(r.task):
+            self._pushed(self._push(self._started, next_clock(), r.id))
 
     def finished(self, job: Job, outcome: Outcome) -> None:
         r = job.request
@@ -97,31 +104,25 @@ class TaskEvents:
             return
         state = outcome.state
         if state == states.SUCCESS:
-            fields: dict[str, Any] = {'result': outcome.retval_repr, 'runtime': outcome.runtime,
-                                      'type': 'task-succeeded'}  # fmt: skip
+            waiting = self._push(self._succeeded, next_clock(), r.id, outcome.retval_repr, outcome.runtime)
         elif state == states.FAILURE:
-            fields = {'exception': outcome.exc_repr, 'traceback': outcome.traceback, 'type': 'task-failed'}
+            waiting = self._push(self._failed, next_clock(), r.id, outcome.exc_repr, outcome.traceback)
         elif state == states.RETRY:
-            fields = {'exception': outcome.exc_repr, 'traceback': outcome.traceback, 'type': 'task-retried'}
+            waiting = self._push(self._retried, next_clock(), r.id, outcome.exc_repr, outcome.traceback)
         elif state == states.REJECTED:
-            fields = {'requeue': outcome.requeue, 'type': 'task-rejected'}
+            waiting = self._push(self._rejected, next_clock(), r.id, outcome.requeue)
         else:
             return
-        self._emit(r.id, fields)
-
-    def _emit(self, uuid: str, fields: dict[str, Any]) -> None:
-        self._append({'hostname': self._hostname, 'utcoffset': self._utcoffset, 'pid': self._pid,
-                      'clock': next_clock(), 'uuid': uuid, 'timestamp': time.time(), **fields})  # fmt: skip
+        self._pushed(waiting)
 
     def failed(self, request: TaskRequest, exc: BaseException) -> None:
         """A task that failed outside its executor (its process died, or its hard time limit killed it)."""
         if not self._skip(request.task):
-            self._emit(request.id, {'exception': repr(exc), 'traceback': None, 'type': 'task-failed'})
+            self._pushed(self._push(self._failed, next_clock(), request.id, repr(exc), None))
 
     def revoked(self, request: TaskRequest, terminated: bool, signum: int | None, expired: bool) -> None:
         if not self._skip(request.task):
-            self._emit(request.id, {'terminated': terminated, 'signum': signum, 'expired': expired,
-                                    'type': 'task-revoked'})  # fmt: skip
+            self._pushed(self._push(self._revoked, next_clock(), request.id, terminated, signum, expired))
 
 
 class WorkerEvents:

@@ -1,0 +1,101 @@
+"""`fastq._core.EventBuffer`: each pushed event is the JSON object the stdlib would write for its mapping."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from typing import Any
+
+import pytest
+
+from fastq import _core
+from fastq.serialization import json_default
+
+
+def buffer(hostname: str = 'w1@host', default: Any = json_default) -> _core.EventBuffer:
+    return _core.EventBuffer(hostname, -1, 4242, default)
+
+
+def test_events_are_the_mappings_json_would_write() -> None:
+    events = buffer('wörker "1"@host')
+    started = events.define('task-started', ())
+    succeeded = events.define('task-succeeded', ['result', 'runtime'])
+    received = events.define('task-received', ('name', 'args', 'retries', 'eta', 'sent_at', 'flag'))
+    before = time.time()
+    assert events.push(started, 7, 'id-1') == 1
+    assert events.push(succeeded, 8, 'id-1', "'ok' \u2603\n", 0.000123) == 2
+    assert events.push(received, 9, 'id-2', 'proj.add', '(1, 2)', 3, None, 1.5e-7, True) == 3
+    after = time.time()
+    assert len(events) == 3
+    body = events.take(10)
+    assert body is not None and events.take(10) is None and len(events) == 0
+    decoded = json.loads(body)
+    for event in decoded:
+        assert before <= event.pop('timestamp') <= after
+    common = {'hostname': 'wörker "1"@host', 'utcoffset': -1, 'pid': 4242}
+    assert decoded == [
+        {**common, 'clock': 7, 'uuid': 'id-1', 'type': 'task-started'},
+        {**common, 'clock': 8, 'uuid': 'id-1', 'result': "'ok' \u2603\n", 'runtime': 0.000123, 'type': 'task-succeeded'},
+        {**common, 'clock': 9, 'uuid': 'id-2', 'name': 'proj.add', 'args': '(1, 2)', 'retries': 3, 'eta': None,
+         'sent_at': 1.5e-7, 'flag': True, 'type': 'task-received'},
+    ]  # fmt: skip
+    # byte for byte what json.dumps writes for the same mapping (keys in the same order, no spaces, ASCII)
+    again = buffer('wörker "1"@host')
+    kind = again.define('task-succeeded', ('result', 'runtime'))
+    again.push(kind, 8, 'id-1', "'ok' \u2603\n\x00", 0.1 + 0.2)
+    raw = again.take(1)
+    assert raw is not None and raw == json.dumps(json.loads(raw), separators=(',', ':')).encode()
+
+
+def test_take_gives_batches_oldest_first() -> None:
+    events = buffer()
+    kind = events.define('task-started', ())
+    for clock in range(1000):
+        events.push(kind, clock, f'id-{clock}')
+    clocks: list[int] = []
+    while (body := events.take(256)) is not None:
+        batch = json.loads(body)
+        assert 1 <= len(batch) <= 256
+        clocks += [event['clock'] for event in batch]
+    assert clocks == list(range(1000))
+
+
+def test_interleaved_push_and_take_keep_every_event() -> None:
+    """Long runs compact the buffer's front; no event is lost or repeated across that."""
+    events = buffer()
+    kind = events.define('task-succeeded', ('result', 'runtime'))
+    pushed = 0
+    seen: list[int] = []
+    for _ in range(200):
+        for _ in range(700):
+            events.push(kind, pushed, 'x' * 36, 'r' * 100, 0.5)
+            pushed += 1
+        body = events.take(500)
+        assert body is not None
+        seen += [event['clock'] for event in json.loads(body)]
+    while (body := events.take(500)) is not None:
+        seen += [event['clock'] for event in json.loads(body)]
+    assert seen == list(range(pushed))
+
+
+def test_values_go_through_default() -> None:
+    events = buffer()
+    kind = events.define('task-received', ('eta',))
+    events.push(kind, 1, 'id', datetime.datetime(2026, 12, 4, 21, 0, 0))
+    (event,) = json.loads(events.take(1) or b'')
+    assert event['eta'] == json.loads(json.dumps(datetime.datetime(2026, 12, 4, 21, 0, 0), default=json_default))
+
+
+def test_bad_pushes_raise_and_append_nothing() -> None:
+    events = buffer(default=None)
+    kind = events.define('task-succeeded', ('result', 'runtime'))
+    with pytest.raises(ValueError, match='2 fields, got 1'):
+        events.push(kind, 1, 'id', 'only one')
+    with pytest.raises(IndexError):
+        events.push(kind + 1, 1, 'id', 'a', 1.0)
+    with pytest.raises(TypeError, match='not JSON serializable'):
+        events.push(kind, 1, 'id', object(), 1.0)
+    assert len(events) == 0 and events.take(10) is None
+    events.push(kind, 2, 'id', 'fine', 1.0)
+    assert events.clear() == 1 and len(events) == 0
