@@ -80,27 +80,33 @@ class TaskEvents:
             muted = self._muted[name] = self._is_muted(name)
         return muted
 
-    def _pushed(self, waiting: int) -> None:
-        if waiting >= self._limit and not self._woken():
+    def _full(self) -> None:
+        if not self._woken():
             self.dispatcher.wakeup()
+
+    # The three below run for every task: the muted check and the buffer limit are spelled out inline, as
+    # a call each would cost more than the rest of the method.
 
     def received(self, job: Job) -> None:
         r = job.request
-        if self._skip(r.task):
+        if self._muted.get(r.task) is not False and self._skip(r.task):
             return
         h = r.headers
-        self._pushed(self._push(self._received, next_clock(), r.id, r.task, r.argsrepr, r.kwargsrepr, r.root_id,
-                                r.parent_id, r.retries, h.get('eta'), h.get('expires'), job.delivery.queue,
-                                h.get(SENT_AT_HEADER)))  # fmt: skip
+        if self._push(self._received, next_clock(), r.id, r.task, r.argsrepr, r.kwargsrepr, r.root_id, r.parent_id,
+                      r.retries, h.get('eta'), h.get('expires'), job.delivery.queue,
+                      h.get(SENT_AT_HEADER)) >= self._limit:  # fmt: skip
+            self._full()
 
     def started(self, job: Job) -> None:
         r = job.request
-        if not self._skip(r.task):
-            self._pushed(self._push(self._started, next_clock(), r.id))
+        if self._muted.get(r.task) is not False and self._skip(r.task):
+            return
+        if self._push(self._started, next_clock(), r.id) >= self._limit:
+            self._full()
 
     def finished(self, job: Job, outcome: Outcome) -> None:
         r = job.request
-        if self._skip(r.task):
+        if self._muted.get(r.task) is not False and self._skip(r.task):
             return
         state = outcome.state
         if state == states.SUCCESS:
@@ -113,16 +119,19 @@ class TaskEvents:
             waiting = self._push(self._rejected, next_clock(), r.id, outcome.requeue)
         else:
             return
-        self._pushed(waiting)
+        if waiting >= self._limit:
+            self._full()
 
     def failed(self, request: TaskRequest, exc: BaseException) -> None:
         """A task that failed outside its executor (its process died, or its hard time limit killed it)."""
         if not self._skip(request.task):
-            self._pushed(self._push(self._failed, next_clock(), request.id, repr(exc), None))
+            if self._push(self._failed, next_clock(), request.id, repr(exc), None) >= self._limit:
+                self._full()
 
     def revoked(self, request: TaskRequest, terminated: bool, signum: int | None, expired: bool) -> None:
         if not self._skip(request.task):
-            self._pushed(self._push(self._revoked, next_clock(), request.id, terminated, signum, expired))
+            if self._push(self._revoked, next_clock(), request.id, terminated, signum, expired) >= self._limit:
+                self._full()
 
 
 class WorkerEvents:
