@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the repository, for tests.servers: a run's redis-server and RabbitMQ node are the test suite's
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from suite.run import main
 

@@ -61,6 +61,14 @@ cdef inline bytes amqp_utf8(object value):
     return value.encode('utf-8') if isinstance(value, _str_type) else bytes(value)
 
 
+cdef inline int amqp_put_utf8(object value, amqp_bytes_t *out, list keep) except -1:
+    """Point `out` at `value` as UTF-8; `keep` holds the bytes object alive until the frame is sent."""
+    cdef bytes raw = amqp_utf8(value)
+    keep.append(raw)
+    out[0] = amqp_b(raw)
+    return 0
+
+
 # --- field tables -------------------------------------------------------------------------------------------
 
 cdef int amqp_encode_value(object value, amqp_field_value_t *out, amqp_pool_t *pool, list keep) except -1:
@@ -114,7 +122,6 @@ cdef int amqp_encode_array(object items, amqp_array_t *out, amqp_pool_t *pool, l
 
 cdef int amqp_encode_table(dict table, amqp_table_t *out, amqp_pool_t *pool, list keep) except -1:
     cdef Py_ssize_t n = len(table), i = 0
-    cdef bytes key
     out.num_entries = <int>n
     out.entries = NULL
     if n == 0:
@@ -123,9 +130,7 @@ cdef int amqp_encode_table(dict table, amqp_table_t *out, amqp_pool_t *pool, lis
     if out.entries == NULL:
         raise MemoryError()
     for name, value in table.items():
-        key = amqp_utf8(name)
-        keep.append(key)
-        out.entries[i].key = amqp_b(key)
+        amqp_put_utf8(name, &out.entries[i].key, keep)
         amqp_encode_value(value, &out.entries[i].value, pool, keep)
         i += 1
     return 0
@@ -211,19 +216,14 @@ cdef dict amqp_decode_properties(amqp_basic_properties_t *p):
 
 
 cdef int amqp_encode_properties(dict props, amqp_basic_properties_t *p, amqp_pool_t *pool, list keep) except -1:
-    cdef bytes raw
     p._flags = 0
     value = props.get('content_type')
     if value is not None:
-        raw = amqp_utf8(value)
-        keep.append(raw)
-        p.content_type = amqp_b(raw)
+        amqp_put_utf8(value, &p.content_type, keep)
         p._flags |= AMQP_BASIC_CONTENT_TYPE_FLAG
     value = props.get('content_encoding')
     if value is not None:
-        raw = amqp_utf8(value)
-        keep.append(raw)
-        p.content_encoding = amqp_b(raw)
+        amqp_put_utf8(value, &p.content_encoding, keep)
         p._flags |= AMQP_BASIC_CONTENT_ENCODING_FLAG
     value = props.get('headers')
     if value:
@@ -239,27 +239,19 @@ cdef int amqp_encode_properties(dict props, amqp_basic_properties_t *p, amqp_poo
         p._flags |= AMQP_BASIC_PRIORITY_FLAG
     value = props.get('correlation_id')
     if value is not None:
-        raw = amqp_utf8(value)
-        keep.append(raw)
-        p.correlation_id = amqp_b(raw)
+        amqp_put_utf8(value, &p.correlation_id, keep)
         p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG
     value = props.get('reply_to')
     if value is not None:
-        raw = amqp_utf8(value)
-        keep.append(raw)
-        p.reply_to = amqp_b(raw)
+        amqp_put_utf8(value, &p.reply_to, keep)
         p._flags |= AMQP_BASIC_REPLY_TO_FLAG
     value = props.get('expiration')
     if value is not None:
-        raw = amqp_utf8(value)
-        keep.append(raw)
-        p.expiration = amqp_b(raw)
+        amqp_put_utf8(value, &p.expiration, keep)
         p._flags |= AMQP_BASIC_EXPIRATION_FLAG
     value = props.get('message_id')
     if value is not None:
-        raw = amqp_utf8(value)
-        keep.append(raw)
-        p.message_id = amqp_b(raw)
+        amqp_put_utf8(value, &p.message_id, keep)
         p._flags |= AMQP_BASIC_MESSAGE_ID_FLAG
     value = props.get('timestamp')
     if value is not None:
@@ -267,15 +259,11 @@ cdef int amqp_encode_properties(dict props, amqp_basic_properties_t *p, amqp_poo
         p._flags |= AMQP_BASIC_TIMESTAMP_FLAG
     value = props.get('type')
     if value is not None:
-        raw = amqp_utf8(value)
-        keep.append(raw)
-        p.type = amqp_b(raw)
+        amqp_put_utf8(value, &p.type, keep)
         p._flags |= AMQP_BASIC_TYPE_FLAG
     value = props.get('app_id')
     if value is not None:
-        raw = amqp_utf8(value)
-        keep.append(raw)
-        p.app_id = amqp_b(raw)
+        amqp_put_utf8(value, &p.app_id, keep)
         p._flags |= AMQP_BASIC_APP_ID_FLAG
     return 0
 

@@ -1,4 +1,5 @@
-"""Processes under test: real workers (fastq's or Celery's) started as subprocesses, and waiting helpers."""
+"""Processes under test: real workers (fastq's or Celery's) started as subprocesses, waiting helpers, and the
+fault scenarios that tests/reliability runs on each broker."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 READY_TIMEOUT = 60.0
 
@@ -98,3 +101,52 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, message: st
             return
         time.sleep(0.02)
     raise AssertionError(f'{message} not met within {timeout}s')
+
+
+# --- fault scenarios (client: tests/integration/worker_tasks.py, its app on the test's broker) ---------------
+
+
+def send_through_restart(
+    client: Any, out: Path, count: int, restart_after: int, restart: Callable[[], None]
+) -> list[str]:
+    """Send `count` `record` tasks from a thread and call `restart()` once `restart_after` of them were sent,
+    then wait until every task whose `apply_async` returned has run (at least once). Returns those tasks'
+    arguments; every other one raised."""
+    sent: list[str] = []
+    failed: list[str] = []
+
+    def produce() -> None:
+        for i in range(count):
+            try:
+                client.record.apply_async((str(out), str(i)), ignore_result=True)
+            except Exception:
+                failed.append(str(i))
+            else:
+                sent.append(str(i))
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    wait_until(lambda: len(sent) >= restart_after, timeout=60, message='first tasks sent')
+    restart()
+    producer.join(300)
+    assert len(sent) + len(failed) == count
+    wait_until(
+        lambda: set(sent) <= {line.split()[1] for line in lines(out)},
+        timeout=240,
+        message=f'all {len(sent)} sent tasks executed',
+    )
+    return sent
+
+
+def check_acks_late_survive_sigkill(client: Any, start_worker: Callable[..., WorkerProcess], out: Path) -> None:
+    """acks_late tasks running when their worker is SIGKILLed are delivered again: a second worker completes all."""
+    worker = start_worker('-c', '2')
+    results = [client.slow_record.delay(str(out), str(i), 2) for i in range(4)]
+    wait_until(lambda: len([x for x in lines(out) if x.startswith('start')]) >= 2, message='two running')
+    os.killpg(worker.pid, signal.SIGKILL)
+    assert worker.proc is not None
+    worker.proc.wait(10)
+    start_worker(name='second')
+    assert sorted(r.get(timeout=120) for r in results) == ['0', '1', '2', '3']
+    done = {line.split()[1] for line in lines(out) if line.startswith('done')}
+    assert done == {'0', '1', '2', '3'}

@@ -145,21 +145,22 @@ class RabbitServer:
 
     The Debian wrapper runs the node as user `rabbitmq`, so its directories are handed to that user. Tests
     isolate themselves by vhost (`vhost()` creates a fresh one). Starting takes a few seconds: one node per
-    test session.
+    test session. The benchmarks start theirs from here too (`name` tells the nodes apart; `tls=False`
+    skips the certificate and the TLS listener they do not use).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = 'fastq', tls: bool = True) -> None:
         if shutil.which('rabbitmq-server') is None:
             raise RuntimeError('rabbitmq-server is not installed (bash ci/install-deps.sh installs it)')
         self.port = free_port()
         self.dist_port = free_port()
         self.tls_port = free_port()
-        self.node = f'fastq-{os.urandom(4).hex()}@localhost'
-        self.dir = Path(tempfile.mkdtemp(prefix='fastq-rabbit-'))
+        self.node = f'{name}-{os.urandom(4).hex()}@localhost'
+        self.dir = Path(tempfile.mkdtemp(prefix=f'{name}-rabbit-'))
         for sub in ('mnesia', 'log'):
             (self.dir / sub).mkdir()
         config = f'loopback_users = none\nlisteners.tcp.default = 127.0.0.1:{self.port}\n'
-        self.cert = self._make_certificate()
+        self.cert = self._make_certificate() if tls else None
         if self.cert is not None:  # a TLS listener too, with a self-signed certificate for localhost
             key = self.dir / 'key.pem'
             config += (
@@ -210,26 +211,29 @@ class RabbitServer:
             check=False,
         )
         if check and done.returncode != 0:
-            raise RuntimeError(f'rabbitmqctl {" ".join(args)}: {done.stderr or done.stdout}')
+            raise RuntimeError(f'rabbitmqctl {" ".join(args)}: {(done.stderr or done.stdout).strip()}')
         return done.stdout
 
     def ping(self) -> bool:
+        """Whether the node is ready: the rabbit app started (not only the Erlang node, which is all
+        `rabbitmq-diagnostics ping` waits for) and its AMQP port accepting connections."""
         done = subprocess.run(
-            ['rabbitmq-diagnostics', '-t', '2', '-n', self.node, '-q', 'ping'],
+            ['rabbitmqctl', '-n', self.node, '-t', '5', 'await_startup'],
             env=self._env(),
             capture_output=True,
-            timeout=30,
+            timeout=60,
             check=False,
         )
-        if done.returncode != 0:
-            return False
+        return done.returncode == 0 and self._listening()
+
+    def _listening(self) -> bool:
         with contextlib.suppress(OSError), socket.create_connection(('127.0.0.1', self.port), timeout=1):
             return True
         return False
 
     def start(self) -> None:
         subprocess.run(['rabbitmq-server', '-detached'], env=self._env(), capture_output=True, check=False)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.ping():
                 return
@@ -238,13 +242,10 @@ class RabbitServer:
         raise RuntimeError(f'rabbitmq-server did not start:\n{logs}')
 
     def stop(self) -> None:
-        self.ctl('stop', check=False)
+        self.ctl('stop', check=False, timeout=120)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(('127.0.0.1', self.port), timeout=0.5):
-                time.sleep(0.2)
-                continue
-            return
+        while time.monotonic() < deadline and self._listening():
+            time.sleep(0.2)
 
     def restart(self, down_for: float = 0.0) -> None:
         self.stop()
@@ -252,10 +253,11 @@ class RabbitServer:
             time.sleep(down_for)
         self.start()
 
-    def vhost(self) -> str:
-        """A fresh vhost that user guest may use (tests keep their queues apart this way)."""
-        self._vhosts += 1
-        name = f't{self._vhosts}-{os.urandom(2).hex()}'
+    def vhost(self, name: str | None = None) -> str:
+        """A vhost that user guest may use, `name` or a fresh one (tests keep their queues apart this way)."""
+        if name is None:
+            self._vhosts += 1
+            name = f't{self._vhosts}-{os.urandom(2).hex()}'
         self.ctl('add_vhost', name)
         self.ctl('set_permissions', '-p', name, 'guest', '.*', '.*', '.*')
         return name

@@ -10,7 +10,7 @@ Modules:
     engines   the generated task module, the worker processes (start, stop, resident memory, per-child counts)
     agent     the client process (one per engine and phase): publishes, collects, times, checks
     queues    broker-side views used for pre-filling, releasing and detecting completion (Redis, SQLite, RabbitMQ)
-    rabbit    the RabbitMQ node of a run: start, vhosts, emptying them, stop
+    rabbit    the RabbitMQ node of a run (tests/servers.py's RabbitServer): vhosts, emptying them, its version
     stats     medians, spreads, fastq's advantage, the text and Markdown tables (one per broker family)
     report    machine facts, RESULTS.md, the PNG chart and results.json (sections merged across runs)
 """

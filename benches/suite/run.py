@@ -31,8 +31,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from tests.servers import RedisServer
+
 from suite import report
-from suite.engines import BENCHES, PYTHON, ROOT, SPECS, Engine, Worker
+from suite.engines import BENCHES, PYTHON, SPECS, Engine, Worker
 from suite.rabbit import RabbitNode
 from suite.stats import RABBIT, REDIS, TABLES, Results, format_value, percentile, render, table_of
 
@@ -205,7 +207,7 @@ class Bench:
                 if rabbit is None:
                     raise ValueError(f'{key} needs a RabbitMQ node')
                 self.vhosts[key] = f'bench-{key}'
-                amqp_url = rabbit.add_vhost(self.vhosts[key])
+                amqp_url = rabbit.url(rabbit.vhost(self.vhosts[key]))
             engine = Engine(SPECS[key], base, redis_url, config.prefetch, amqp_url)
             if rabbit is not None:
                 engine.agent_env['FASTQ_BENCH_RABBIT_NODE'] = rabbit.node
@@ -401,7 +403,7 @@ class Bench:
         vhost = 'bench-floor'
         if vhost not in self.vhosts.values():
             self.vhosts['floor-amqp-relay'] = vhost
-            self.rabbit.add_vhost(vhost)
+            self.rabbit.vhost(vhost)
         self.rabbit.clear(vhost)
         p50, p99 = amqp_floor(self.rabbit.url(vhost), self.config.samples)
         self.rabbit.clear(vhost)
@@ -750,9 +752,6 @@ def main(argv: list[str] | None = None) -> int:
     if not config.engines:
         print('no engine selected', file=sys.stderr)
         return 2
-    sys.path.insert(0, str(ROOT))
-    from tests.servers import RedisServer
-
     tables = [t for t in TABLES if any(table_of(e) is t for e in config.engines)]
     started = time.monotonic()
     server = RedisServer() if any(SPECS[e].broker in ('redis', 'amqp') for e in config.engines) else None

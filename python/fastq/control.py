@@ -238,12 +238,16 @@ class Control:
     def disable_events(self, destination: Sequence[str] | None = None, **kwargs: Any) -> list[dict[str, Any]] | None:
         return self.broadcast('disable_events', destination=destination, **kwargs)
 
+    def known_queues(self) -> list[str]:
+        """The app's known task queues, sorted: those the broker has seen plus those a worker would consume
+        by default (configured or default queues may not exist on the broker yet). The caller connects."""
+        return sorted(set(self.app.broker.known_queues()) | set(self.app.router.worker_queues(None)))
+
     def purge(self) -> int:
         """Erase every waiting message from the app's known task queues; the number erased."""
         broker = self.app.broker
         broker.connect()
-        queues = sorted(set(broker.known_queues()) | set(self.app.router.worker_queues(None)))
-        return sum(broker.purge(queue) for queue in queues)
+        return sum(broker.purge(queue) for queue in self.known_queues())
 
     def shutdown(self, destination: Sequence[str] | None = None, **kwargs: Any) -> list[dict[str, Any]] | None:
         """Warm shutdown of workers."""

@@ -92,6 +92,20 @@ def test_solo_pool(app: Fastq, run_worker: Any) -> None:
         assert [mul.delay(i, 2).get(timeout=30) for i in range(3)] == [0, 2, 4]
 
 
+def test_control_purges_the_known_queues(app: Fastq) -> None:
+    @app.task
+    def noop() -> None:
+        return None
+
+    assert 'celery' in app.control.known_queues()  # the router's default queue, before the broker has seen it
+    noop.apply_async(queue='one')
+    noop.delay()
+    known = app.control.known_queues()
+    assert {'celery', 'one'} <= set(known) and known == sorted(known)
+    assert app.control.purge() >= 2
+    assert app.broker.qsize('one') == app.broker.qsize('celery') == 0
+
+
 def test_get_timeout_raises_fastq_timeout(app: Fastq) -> None:
     @app.task
     def never() -> None:

@@ -12,6 +12,7 @@ import abc
 import asyncio
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from fastq.backends.chords import ChordStore
     from fastq.result import GroupResult
 
-__all__ = ['Backend', 'DisabledBackend', 'create_exception_cls']
+__all__ = ['Backend', 'DisabledBackend', 'InProcessBackend', 'create_exception_cls']
 
 E_CHORD_NO_BACKEND = """
 Starting chords requires a result backend to be configured.
@@ -456,6 +457,38 @@ class Backend(abc.ABC):
             chords.fail_chain(self, chain, exc, traceback)
         except Exception:  # as for chord parts: logged, the failed task's own outcome stands
             logger.exception('Could not mark the rest of a chain as failed after %r', exc)
+
+
+class InProcessBackend(Backend):
+    """A backend whose results land in this process (memory://, rpc:// replies): a write wakes `get()` at once.
+
+    Subclasses guard their data with `_cond` and call `_changed()` under it after each write; `wait_for`
+    takes `_change_marker()` before it reads, so a write between its read and its wait is not missed.
+    """
+
+    polling = False
+
+    def __init__(self, app: Fastq, url: str | None = None) -> None:
+        super().__init__(app, url)
+        self._cond = threading.Condition()
+        self._generation = 0
+
+    def _changed(self) -> None:
+        """Wake every waiting `get()`; call with `_cond` held."""
+        self._generation += 1
+        self._cond.notify_all()
+
+    def _change_marker(self) -> int:
+        return self._generation
+
+    def _wait_for_change_since(self, marker: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._generation == marker:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
 
 
 class DisabledBackend(Backend):

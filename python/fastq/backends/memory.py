@@ -12,30 +12,26 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fastq.backends.base import Backend
+from fastq.backends.base import InProcessBackend
 from fastq.backends.chords import ChordStore, Claim, new_claim_token
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
 
 
-class MemoryBackend(Backend):
-    polling = False
+class MemoryBackend(InProcessBackend):
     persistent = False
 
     def __init__(self, app: Fastq, url: str | None = None) -> None:
         super().__init__(app, url)
         self._data: dict[str, tuple[bytes, float | None]] = {}
-        self._cond = threading.Condition()
-        self._generation = 0
         self._groups: dict[str, tuple[bytes, float | None]] = {}
         self.chord_store = MemoryChordStore()
 
     def _set(self, task_id: str, payload: bytes, state: str, expires: float | None) -> None:
         with self._cond:
             self._data[task_id] = (payload, time.time() + expires if expires else None)
-            self._generation += 1
-            self._cond.notify_all()
+            self._changed()
 
     def _get(self, task_id: str) -> bytes | None:
         entry = self._data.get(task_id)
@@ -60,18 +56,6 @@ class MemoryBackend(Backend):
 
     def _delete_group(self, group_id: str) -> None:
         self._groups.pop(group_id, None)
-
-    def _change_marker(self) -> int:
-        return self._generation
-
-    def _wait_for_change_since(self, marker: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._generation == marker:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._cond.wait(remaining)
 
     def cleanup(self) -> None:
         now = time.time()

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from fastq import _amqp, states
-from fastq.backends.base import Backend
+from fastq.backends.base import InProcessBackend
 from fastq.brokers.amqp.link import CH_ADMIN, CH_CONSUME, Link
 from fastq.exceptions import ImproperlyConfigured
 from fastq.serialization import dumps, loads
@@ -45,8 +44,7 @@ def _field(request: Any, name: str) -> Any:
     return getattr(request, name, None)
 
 
-class RPCBackend(Backend):
-    polling = False
+class RPCBackend(InProcessBackend):
     persistent = False
 
     def __init__(self, app: Fastq, url: str | None = None) -> None:
@@ -54,8 +52,6 @@ class RPCBackend(Backend):
         self._declared: set[str] = set()
         self._consumed: set[str] = set()
         self._metas: dict[str, dict[str, Any]] = {}
-        self._cond = threading.Condition()
-        self._generation = 0
         self._link: Link | None = None
         self._lock = threading.Lock()
 
@@ -145,8 +141,7 @@ class RPCBackend(Backend):
             current = self._metas.get(task_id)
             if current is None or current.get('status') not in states.READY_STATES:
                 self._metas[task_id] = meta
-            self._generation += 1
-            self._cond.notify_all()
+            self._changed()
 
     def get_task_meta(self, task_id: str, cache: bool = True) -> dict[str, Any]:
         self._listen()
@@ -158,18 +153,6 @@ class RPCBackend(Backend):
         if out.get('status') in states.EXCEPTION_STATES:
             out['result'] = self.exception_to_python(out.get('result'))
         return out
-
-    def _change_marker(self) -> int:
-        return self._generation
-
-    def _wait_for_change_since(self, marker: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._generation == marker:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._cond.wait(remaining)
 
     def forget(self, task_id: str) -> None:
         with self._cond:

@@ -28,7 +28,7 @@ def purge(app: Fastq, args: argparse.Namespace) -> int:
     if args.queues:
         queues = [q.strip() for q in args.queues.split(',') if q.strip()]
     else:
-        queues = sorted(set(broker.known_queues()) | set(app.router.worker_queues(None)))
+        queues = app.control.known_queues()
     excluded = {q.strip() for q in (args.exclude_queues or '').split(',') if q.strip()}
     queues = [q for q in queues if q not in excluded]
     if not queues:

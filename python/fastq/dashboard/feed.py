@@ -65,9 +65,7 @@ class Feed:
                         logger.debug('closing the event subscription failed', exc_info=True)
 
     def queues(self) -> list[str]:
-        broker = self.app.broker
-        known = set(broker.known_queues()) | set(self.app.router.worker_queues(None))
-        return sorted(q for q in known if not q.endswith('.pidbox') and '.reply.' not in q)
+        return [q for q in self.app.control.known_queues() if not q.endswith('.pidbox') and '.reply.' not in q]
 
     def _depths(self) -> None:
         while not self._stop.is_set():
