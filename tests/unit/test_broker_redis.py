@@ -185,3 +185,24 @@ def test_sentinel(redis_server: RedisServer, redis_url: str, tmp_path: Path) -> 
     with spawn_redis(tmp_path, [str(config), '--sentinel'], lambda: _tcp_ping(port)):
         db = int(redis_url.rsplit('/', 1)[1])
         round_trip(make(f'sentinel://127.0.0.1:{port}/{db}', master_name='fastqbroker'))
+
+
+def test_pack_is_resp_with_large_arguments_passed_through() -> None:
+    """`pack` writes what hiredis would, whatever the sizes; large arguments are sent as their own buffer."""
+    import hiredis
+
+    from fastq.brokers.redis.connection import PACK_BUFFER, PASS_THROUGH, pack
+
+    big = bytes(range(256)) * (PASS_THROUGH // 256 + 3)
+    commands = [
+        ('LPUSH', 'q', b'x' * 100),
+        ('PUBLISH', '/0.celeryev/task.multi', big),
+        ('PUBLISH', '/0.celeryev/task.multi', big + b'!'),
+        ('SET', 'k', 12, 'v\u2603'),
+        *[('LPUSH', 'q', b'y' * 1000)] * (PACK_BUFFER // 1000 + 5),
+    ]
+    buffers = pack(commands)
+    expected = b''.join(hiredis.pack_command(tuple(str(v) if isinstance(v, int) else v for v in c)) for c in commands)
+    assert b''.join(buffers) == expected
+    assert any(buffer is big for buffer in buffers)  # not copied
+    assert max(len(buffer) for buffer in buffers if len(buffer) < PASS_THROUGH * 2) <= PACK_BUFFER + 1100

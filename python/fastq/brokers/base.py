@@ -356,6 +356,12 @@ class Broker(abc.ABC):
     def fanout_publish(self, exchange: str, payload: bytes, routing_key: str = '') -> None:
         raise NotImplementedError(f'{type(self).__name__} has no fanout')
 
+    def fanout_publish_many(self, exchange: str, messages: Sequence[tuple[bytes, str]]) -> None:
+        """Publish (payload, routing key) pairs to a fanout exchange, in order; brokers that can do it in one
+        round trip do (a worker's event sender flushes several `task.multi` batches at a time)."""
+        for payload, routing_key in messages:
+            self.fanout_publish(exchange, payload, routing_key)
+
     def subscribe(self, exchange: str) -> Subscription:
         raise NotImplementedError(f'{type(self).__name__} has no fanout')
 

@@ -34,6 +34,8 @@ logger = logging.getLogger('celery.events')
 
 #: Events published per `<group>.multi` message at most.
 BATCH = 256
+#: `<group>.multi` messages published in one round trip at most.
+PIPELINE = 16
 #: Events kept while the broker cannot be reached; older ones are dropped beyond this.
 MAX_OFFLINE = 100_000
 
@@ -142,17 +144,25 @@ class EventDispatcher:
     def publish(self, events: Any, routing_key: str) -> bool:
         """Publish one event, a list, or a JSON body of events now; False (and kept for later, when buffering
         offline) on failure."""
+        return self._publish([(events, routing_key)])
+
+    def _publish(self, batches: list[tuple[Any, str]]) -> bool:
+        """Publish (events, routing key) pairs in order, in one round trip where the broker can; on failure all
+        of them are kept for the next flush (when buffering offline) and False returned."""
         try:
-            payload = encode_events(events, self.hostname, routing_key, self.exchange)
+            payloads = [(encode_events(events, self.hostname, key, self.exchange), key) for events, key in batches]
             with self._mutex:
-                self.broker.fanout_publish(self.exchange, payload, routing_key)
+                if len(payloads) == 1:
+                    self.broker.fanout_publish(self.exchange, *payloads[0])
+                else:
+                    self.broker.fanout_publish_many(self.exchange, payloads)
         except Exception as exc:
             if not self.buffer_while_offline:
                 raise
             if not self._warned_offline:
                 self._warned_offline = True
                 logger.warning('Cannot send events to %s (kept until it is back): %s', self.broker.describe(), exc)
-            self._outbound.append((events, routing_key))
+            self._outbound.extend(batches)
             return False
         self._warned_offline = False
         return True
@@ -165,17 +175,23 @@ class EventDispatcher:
                 if not self.publish(events, routing_key):
                     self._outbound.appendleft(self._outbound.pop())  # kept at the end: back in front
                     return
-        if groups:
-            for group, buffer in self._buffers.items():
-                while buffer:
-                    count = min(len(buffer), BATCH)
-                    batch = [buffer.popleft() for _ in range(count)]
-                    if not self.publish(batch, f'{group}.multi'):
+        if not groups:
+            return
+        batches: list[tuple[Any, str]] = []
+        for group, buffer in self._buffers.items():
+            routing_key = f'{group}.multi'
+            while buffer:
+                count = min(len(buffer), BATCH)
+                batches.append(([buffer.popleft() for _ in range(count)], routing_key))
+            encoded = self._encoded.get(group)
+            while encoded is not None and (body := encoded.take(BATCH)) is not None:
+                batches.append((body, routing_key))
+                if len(batches) >= PIPELINE:
+                    if not self._publish(batches):
                         return
-                encoded = self._encoded.get(group)
-                while encoded is not None and (body := encoded.take(BATCH)) is not None:
-                    if not self.publish(body, f'{group}.multi'):
-                        return
+                    batches = []
+        if batches:
+            self._publish(batches)
 
     # --- the sender thread (workers) ----------------------------------------------------------------------
 

@@ -409,6 +409,10 @@ class RedisBroker(Broker):
     def fanout_publish(self, exchange: str, payload: bytes, routing_key: str = '') -> None:
         self.client.publish(self.layout.fanout_topic(exchange, routing_key), payload)
 
+    def fanout_publish_many(self, exchange: str, messages: Sequence[tuple[bytes, str]]) -> None:
+        topic = self.layout.fanout_topic
+        self.commands.execute([('PUBLISH', topic(exchange, routing_key), payload) for payload, routing_key in messages])
+
     def subscribe(self, exchange: str) -> Subscription:
         return _RedisSubscription(self, exchange)
 

@@ -225,6 +225,9 @@ class Commands:
 #: Commands are packed into buffers of about this size: one `sendall` for a publish, a few for a batch,
 #: without copying a whole batch into one buffer.
 PACK_BUFFER = 256 * 1024
+#: Arguments at least this long are sent as they are, not copied into a buffer (event batches of a worker
+#: with -E are 50-100 KiB each).
+PASS_THROUGH = 32 * 1024
 
 
 def _arg(value: Any) -> bytes:
@@ -242,6 +245,11 @@ def pack(commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
         parts.append(b'*%d\r\n' % len(command))
         for value in command:
             data = value if type(value) is bytes else _arg(value)
+            if len(data) >= PASS_THROUGH:
+                parts.append(b'$%d\r\n' % len(data))
+                buffers += (b''.join(parts), data)
+                parts, size = [b'\r\n'], 2
+                continue
             parts.append(b'$%d\r\n%s\r\n' % (len(data), data))
             size += len(data) + 16
             if size >= PACK_BUFFER:
