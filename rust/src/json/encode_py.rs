@@ -71,6 +71,10 @@ impl<'py> Encoder<'py> {
         }
     }
 
+    pub fn py(&self) -> Python<'py> {
+        self.py
+    }
+
     /// Appends `obj`, which sits inside `depth` containers.
     ///
     /// This is the recursion's hot path, so it only dispatches: scalars and each kind of container are

@@ -85,6 +85,10 @@ fn write_key(out: &mut Vec<u8>, first: bool, key: &str) {
 ///
 /// Delivery properties already among `properties` are overwritten in place; the rest follow in the order
 /// kombu adds them. Shared by `Message.to_envelope` and `task_envelopes`, so both write the same bytes.
+/// Bodies at least this long are base64-encoded without the GIL: a worker's `task.multi` event batches
+/// (50-100 KiB) are encoded on its event thread, which would otherwise stall the worker's loop meanwhile.
+const RELEASE_GIL_FROM: usize = 16 * 1024;
+
 pub(super) fn write_envelope<'py>(
     enc: &mut Encoder<'py>,
     body: &[u8],
@@ -98,7 +102,13 @@ pub(super) fn write_envelope<'py>(
     enc.out.push(b'{');
     write_key(&mut enc.out, true, envelope::BODY);
     enc.out.push(b'"');
-    base64::encode_into(&mut enc.out, body);
+    if body.len() >= RELEASE_GIL_FROM {
+        let py = enc.py();
+        let out = &mut enc.out;
+        py.allow_threads(|| base64::encode_into(out, body));
+    } else {
+        base64::encode_into(&mut enc.out, body);
+    }
     enc.out.push(b'"');
     write_key(&mut enc.out, false, envelope::CONTENT_ENCODING);
     enc.string(content_encoding)?;
