@@ -71,7 +71,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ('floor-relay', 'floor relay'),
     ('floor-2rt', 'floor 2 RT'),
 )
-# Advantage columns, each right after the column it compares with: (title, fastq column, compared column).
+# Advantage columns, each right after the later of the two columns it compares: (title, fastq column, compared
+# column).
 ADVANTAGES: tuple[tuple[str, str, str], ...] = (
     ('fastq adv.', 'fastq', 'celery'),
     ('adv. vs defaults', 'fastq', 'celery-default'),
@@ -251,19 +252,25 @@ def rows(results: Results, table: Table = REDIS) -> tuple[list[str], list[list[s
     """The table as a header and rows of cells (strings)."""
     columns = results.columns(table)
     present = {key for key, _ in columns}
-    adv_columns = [a for a in table.advantages if a[1] in present and a[2] in present]
+    # each advantage column right after the later of the two columns it compares
+    order = {key: i for i, (key, _) in enumerate(columns)}
+    adv_columns = [
+        (label, mine, other, columns[max(order[mine], order[other])][0])
+        for label, mine, other in table.advantages
+        if mine in present and other in present
+    ]
     header = ['workload', 'unit']
     for key, title in columns:
         header.append(title)
-        header.extend(label for label, _, other in adv_columns if other == key)
+        header.extend(label for label, _, _, after in adv_columns if after == key)
     header.append(table.target_title)
     body = []
     for metric in results.metrics(table):
         line = [metric.label, metric.unit]
         for key, _ in columns:
             line.append(_cell(summarize(results.get(key, metric.key).values()), metric.unit))
-            for _, mine, other in adv_columns:
-                if other == key:
+            for _, mine, other, after in adv_columns:
+                if after == key:
                     line.append(_ratio_cell(advantage(results, metric, mine, other)))
         line.append(table.target(metric)[0] or '-')
         body.append(line)
