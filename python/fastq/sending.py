@@ -447,7 +447,10 @@ class _Single:
             _after_publish(self.messages, self.outgoing)
         if self.plan.add_to_parent and self.context.parent is not None:
             _add_to_parent(self.context.parent, self.messages)
-        return self.messages[0].result
+        result = self.messages[0].result
+        if not result.ignored:
+            result.backend.sent(result)
+        return result
 
 
 def send_task_message(

@@ -989,3 +989,64 @@ def test_sentinel(make_app: Callable[..., Fastq], redis_server: RedisServer, red
         assert redis.Redis(port=redis_server.port, db=db).exists(key(tid)) == 1
         _round_trip(app)
         app.close()
+
+
+# --- collecting many results: read-ahead (backends/redis/collect.py) -----------------------------------------
+
+
+def sent_results(app: Fastq, n: int) -> list[AsyncResult[Any]]:
+    """AsyncResults as `delay()` returns them (sent by this thread; the broker is in memory), a moment old."""
+    @app.task(name='t.add')
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    results = [add.delay(i, i) for i in range(n)]
+    time.sleep(0.02)  # older than FRESH: a get() reads the key first
+    return results
+
+
+def reads_of_keys(raw: Any) -> int:
+    stats = raw.info('commandstats')
+    return sum(int(stats.get(f'cmdstat_{name}', {}).get('calls', 0)) for name in ('get', 'mget'))
+
+
+def test_collecting_in_turn_reads_the_next_results_ahead(app: Fastq, raw: Any) -> None:
+    results = sent_results(app, 300)
+    for i, result in enumerate(results):
+        app.backend.store_result(result.id, 2 * i, states.SUCCESS)
+    before = reads_of_keys(raw)
+    assert [result.get(timeout=LONG) for result in results] == [2 * i for i in range(300)]
+    assert reads_of_keys(raw) - before < 60  # one read per result would be 300
+
+
+def test_a_result_not_ready_when_read_ahead_is_read_again(app: Fastq) -> None:
+    first, second, third = sent_results(app, 3)
+    app.backend.store_result(first.id, 'one', states.SUCCESS)
+    app.backend.store_result(second.id, None, states.STARTED)  # read along with first: not final, not kept
+    app.backend.store_result(third.id, 'three', states.SUCCESS)
+    assert first.get(timeout=LONG) == 'one'
+    app.backend.store_result(second.id, 'two', states.SUCCESS)
+    assert second.get(timeout=LONG) == 'two'
+    assert third.get(timeout=LONG) == 'three'
+
+
+def test_forget_drops_a_result_read_ahead(app: Fastq) -> None:
+    first, second = sent_results(app, 2)
+    app.backend.store_result(first.id, 'one', states.SUCCESS)
+    app.backend.store_result(second.id, 'two', states.SUCCESS)
+    assert first.get(timeout=LONG) == 'one'  # read second ahead
+    second.forget()
+    with pytest.raises(TimeoutError):
+        second.get(timeout=0.3)
+
+
+def test_results_nobody_holds_are_not_read_ahead(app: Fastq) -> None:
+    results = sent_results(app, 3)
+    dropped_id = results[1].id
+    del results[1]
+    for result_id, value in ((results[0].id, 0), (dropped_id, 1), (results[1].id, 2)):
+        app.backend.store_result(result_id, value, states.SUCCESS)
+    assert results[0].get(timeout=LONG) == 0
+    kept = app.backend._read_ahead._mine().kept
+    assert results[1].id in kept and dropped_id not in kept
+    assert results[1].get(timeout=LONG) == 2 and not kept

@@ -329,6 +329,11 @@ class Backend(abc.ABC):
     def forget(self, task_id: str) -> None:
         self._delete(task_id)
 
+    def sent(self, result: Any) -> None:
+        """This process just sent the task of `result` (an `AsyncResult` still waiting): a hint for backends
+        that read results ahead (Redis); others ignore it."""
+        return None
+
     def wait_for(
         self,
         task_id: str,

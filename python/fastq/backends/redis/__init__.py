@@ -43,6 +43,7 @@ from fastq import states
 from fastq.backends.base import Backend
 from fastq.backends.redis.alistener import AsyncResultListener, AsyncWaiter
 from fastq.backends.redis.chords import RedisChordStore
+from fastq.backends.redis.collect import ReadAhead
 from fastq.backends.redis.inline import InlineWait, Unsupported
 from fastq.backends.redis.layout import KeyLayout
 from fastq.backends.redis.listener import ResultListener, Waiter
@@ -116,6 +117,7 @@ class RedisBackend(Backend):
         self._inline_waits = threading.local()
         self._inline_all: weakref.WeakSet[InlineWait] = weakref.WeakSet()  # a dead thread's closes itself
         self._inline_supported = True
+        self._read_ahead = ReadAhead(FRESH)
         self._async: LoopLocal[_AsyncState | None] = LoopLocal(self._new_async_state, _close_async_state)
         self.chord_store = RedisChordStore(self)
         _live.add(self)
@@ -373,11 +375,15 @@ class RedisBackend(Backend):
     def _get_many(self, task_ids: list[str]) -> dict[str, bytes]:
         if not task_ids:
             return {}
+        values = self._get_list(task_ids)
+        return {task_id: value for task_id, value in zip(task_ids, values, strict=True) if value is not None}
+
+    def _get_list(self, task_ids: list[str]) -> list[bytes | None]:
         keys = [self.layout.task_key(task_id) for task_id in task_ids]
         values: list[Any] = self._run(
             lambda: self._reader_link().call('MGET', *keys), 'read results', BackendGetMetaError
         )
-        return {task_id: value for task_id, value in zip(task_ids, values, strict=True) if value is not None}
+        return values
 
     def _delete(self, task_id: str) -> None:
         key = self.layout.task_key(task_id)
@@ -422,7 +428,7 @@ class RedisBackend(Backend):
         without subscribing: collecting many finished results costs one read each.
         """
         if sent_at is None or time.monotonic() - sent_at > FRESH:
-            stored = self._reread(task_id)
+            stored = self._read_ahead.kept(task_id) or self._reread_ahead(task_id)
             if stored is not None and stored['status'] in states.READY_STATES:
                 return stored
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -494,6 +500,29 @@ class RedisBackend(Backend):
                 raise TimeoutError('The operation timed out.')
             if on_interval is not None:
                 on_interval()
+
+    def sent(self, result: Any) -> None:
+        self._read_ahead.sent(result, result.id, result.sent_at)
+
+    def forget(self, task_id: str) -> None:
+        self._read_ahead.forget(task_id)
+        super().forget(task_id)
+
+    def _reread_ahead(self, task_id: str) -> dict[str, Any] | None:
+        """`_reread`, with the next results this thread will likely collect read in the same MGET (collect.py)."""
+        others = self._read_ahead.others(task_id)
+        if not others:
+            return self._reread(task_id)
+        try:
+            payloads = self._get_list([task_id, *others])
+        except BackendGetMetaError as exc:
+            if not isinstance(exc.__cause__, CONNECTION_ERRORS):
+                raise
+            logger.debug('Reading %s failed while waiting: %s', task_id, exc)
+            return None
+        decode = self.meta_from_payload
+        self._read_ahead.read(others, [None if p is None else decode(p) for p in payloads[1:]])
+        return decode(payloads[0])
 
     def _reread(self, task_id: str) -> dict[str, Any] | None:
         try:
