@@ -119,6 +119,21 @@ def test_unacked_deliveries_come_back_and_release_requeues(app: Fastq) -> None:
         second.close()
 
 
+def test_a_channel_error_closes_that_channel_only(app: Fastq) -> None:
+    """A 404 from a passive declare closes the admin channel; the publishing channel stays open and is used
+    as it is (opening it again would be a second channel.open, which RabbitMQ answers by closing the
+    connection: 504 CHANNEL_ERROR)."""
+    broker = _broker(app)
+    broker.publish([Outgoing(_message(), 'chan-q')])
+    generation = broker.link.generation
+    assert broker.qsize('no-such-queue') == 0  # 404 NOT_FOUND on the admin channel
+    broker.publish([Outgoing(_message(task_id='id-2'), 'chan-q')])
+    assert broker.purge('no-such-queue') == 0
+    assert broker.qsize('chan-q') == 2
+    broker.publish([Outgoing(_message(task_id='id-3'), 'chan-q')])
+    assert broker.link.generation == generation  # the same connection throughout
+
+
 class _FakeConn:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
