@@ -228,8 +228,8 @@ class Link:
             if backoff:
                 logger.info('Connected to %s', self.describe)
             backoff = 0.0
+            self.generation += 1  # before `conn`: with a connection up, `generation` is always its own
             self.conn = conn
-            self.generation += 1
             self.last_error = None
             self._connected.set()
             try:
