@@ -283,8 +283,9 @@ cdef class Connection:
     """One AMQP connection (logged in when constructed). Use it from one thread only.
 
     Channels are numbered by the caller and opened with `open_channel`. Synchronous methods raise
-    `AMQPChannelError` when the broker closes the channel (the channel is then closed and may be opened
-    again) and `BrokerConnectionError` when the connection is gone (the object is then unusable).
+    `AMQPChannelError` when the broker closes the channel (its `channel`: that one is then closed and may be
+    opened again, the others stay open) and `BrokerConnectionError` when the connection is gone (the object
+    is then unusable).
     """
 
     cdef amqp_connection_state_t conn
@@ -405,7 +406,7 @@ cdef class Connection:
             if reply.reply.id == AMQP_CHANNEL_CLOSE_METHOD:
                 amqp_send_method(self.conn, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &close_ok)
                 amqp_maybe_release_buffers(self.conn)
-                raise AMQPChannelError(code, text)
+                raise AMQPChannelError(code, text, channel)
             amqp_send_method(self.conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &conn_close_ok)
             self._destroy()
             raise BrokerConnectionError(f'the broker closed the connection: {code} {text}')

@@ -145,11 +145,15 @@ class RabbitServer:
 
     The Debian wrapper runs the node as user `rabbitmq`, so its directories are handed to that user. Tests
     isolate themselves by vhost (`vhost()` creates a fresh one). Starting takes a few seconds: one node per
-    test session. The benchmarks start theirs from here too (`name` tells the nodes apart; `tls=False`
-    skips the certificate and the TLS listener they do not use).
+    test session, and one of their own for the few tests that need other settings (`extra_config`: lines added
+    to rabbitmq.conf; `advanced`: the node's advanced.config, an Erlang term list). The benchmarks start theirs
+    from here too (`name` tells the nodes apart; `tls=False` skips the certificate and the TLS listener they do
+    not use).
     """
 
-    def __init__(self, name: str = 'fastq', tls: bool = True) -> None:
+    def __init__(
+        self, name: str = 'fastq', tls: bool = True, extra_config: str = '', advanced: str | None = None
+    ) -> None:
         if shutil.which('rabbitmq-server') is None:
             raise RuntimeError('rabbitmq-server is not installed (bash ci/install-deps.sh installs it)')
         self.port = free_port()
@@ -168,7 +172,10 @@ class RabbitServer:
                 f'ssl_options.certfile = {self.cert}\nssl_options.keyfile = {key}\n'
                 'ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n'
             )
-        (self.dir / 'rabbitmq.conf').write_text(config)
+        (self.dir / 'rabbitmq.conf').write_text(config + extra_config)
+        self.advanced = advanced
+        if advanced is not None:
+            (self.dir / 'advanced.config').write_text(advanced)
         subprocess.run(['chown', '-R', 'rabbitmq:rabbitmq', str(self.dir)], check=False)
         self.dir.chmod(0o755)
         self._vhosts = 0
@@ -199,6 +206,8 @@ class RabbitServer:
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / 'enabled_plugins'),
             RABBITMQ_PID_FILE=str(self.dir / 'mnesia' / 'node.pid'),
         )
+        if self.advanced is not None:
+            env['RABBITMQ_ADVANCED_CONFIG_FILE'] = str(self.dir / 'advanced.config')
         return env
 
     def ctl(self, *args: str, check: bool = True, timeout: float = 60) -> str:

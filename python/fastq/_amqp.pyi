@@ -28,8 +28,8 @@ class Connection:
     Raises (every method):
         fastq.exceptions.BrokerConnectionError: the connection could not be made or is lost; the object is
             unusable afterwards (`is_open` is False).
-        fastq.exceptions.AMQPChannelError: the broker closed the channel (reply_code, reply_text); the close
-            was answered and the channel may be opened again.
+        fastq.exceptions.AMQPChannelError: the broker closed the channel (reply_code, reply_text, channel);
+            the close was answered and the channel may be opened again (the others stay open).
     """
 
     heartbeat: int

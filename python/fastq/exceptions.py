@@ -264,12 +264,14 @@ class BrokerConnectionError(OperationalError):
 
 class AMQPChannelError(OperationalError):
     """RabbitMQ closed a channel (the connection stays up): e.g. 406 PRECONDITION_FAILED when a queue is
-    redeclared with other arguments, 404 NOT_FOUND for a missing exchange."""
+    redeclared with other arguments, 404 NOT_FOUND for a missing exchange. `channel` is the one it closed (the
+    others stay open), when known."""
 
-    def __init__(self, reply_code: int, reply_text: str) -> None:
+    def __init__(self, reply_code: int, reply_text: str, channel: int | None = None) -> None:
         super().__init__(f'{reply_code} {reply_text}')
         self.reply_code = reply_code
         self.reply_text = reply_text
+        self.channel = channel
 
 
 class SerializationError(KombuError):

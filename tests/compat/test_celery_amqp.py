@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 
-from tests.harness import lines
+from fastq.brokers.amqp.topology import DELAYED_LEVELS, delayed_level
+from tests.harness import lines, wait_until
 
 pytestmark = pytest.mark.slow
+
+COUNTDOWN = 5  # s: long enough to see the task waiting in the chain (levels 2 and 0), short enough to wait
 
 
 @pytest.fixture
@@ -81,6 +84,63 @@ def test_celery_countdown_through_the_delayed_chain_to_fastq(celery_client: Any,
     sent = time.time()
     result = celery_client.send_task('worker_tasks.when_run', countdown=2)
     assert result.get(timeout=30) >= sent + 1.5
+
+
+def _parked(broker: Any) -> bool:
+    """Whether a message waits in Celery's delayed-delivery chain (celery_delayed_27 ... 0) right now."""
+    return any(broker.qsize(delayed_level(level)) for level in range(DELAYED_LEVELS))
+
+
+@pytest.mark.parametrize('exchange_type', ['direct', 'topic'])
+def test_fastq_countdown_to_a_quorum_queue_runs_once_on_a_celery_worker(
+    fastq_client: Any, workers: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange_type: str
+) -> None:
+    """A fastq client sends a countdown for a quorum queue through Celery's delayed chain (with either exchange
+    type: it binds the queue to celery_delayed_delivery itself; Celery's own clients do so only with a topic
+    exchange). The Celery worker declared the same chain without a 406 and gets the task when due, once: with
+    a topic exchange the queue is bound twice (by fastq directly, by Celery through its exchange), and RabbitMQ
+    still routes one copy."""
+    env = {'CELERY_DEFAULT_QUEUE_TYPE': 'quorum', 'CELERY_DEFAULT_EXCHANGE_TYPE': exchange_type}
+    monkeypatch.setitem(fastq_client.app.conf, 'task_default_queue_type', 'quorum')
+    monkeypatch.setitem(fastq_client.app.conf, 'task_default_exchange_type', exchange_type)
+    w = workers('celery', extra_env=env)
+    out = tmp_path / 'ran.txt'
+    broker = fastq_client.app.broker
+    sent = time.time()
+    result = fastq_client.record.apply_async((str(out), 'eta'), countdown=COUNTDOWN)
+    wait_until(lambda: _parked(broker), timeout=COUNTDOWN, message='the task waiting in celery_delayed_*')
+    assert result.get(timeout=COUNTDOWN + 60) == 'eta'
+    # Sent after it: by the time this one is done, a second copy (routed with the first) would have arrived.
+    assert fastq_client.record.delay(str(out), 'after').get(timeout=30) == 'after'
+    assert w.log.count(f'Task worker_tasks.record[{result.id}] received') == 1
+    ran = [line.split() for line in lines(out)]
+    assert [line[1] for line in ran] == ['eta', 'after']
+    assert float(ran[0][3]) >= sent + COUNTDOWN  # not before its ETA
+    assert not _parked(broker) and broker.qsize('celery') == 0
+
+
+def test_fastq_chain_with_countdowns_on_a_celery_worker(
+    fastq_client: Any, workers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fastq chain on a quorum queue (topic exchange, so Celery uses the delayed chain too): the first step
+    through the chain by fastq's client, the second by the Celery worker that ran the first, each when due."""
+    env = {'CELERY_DEFAULT_QUEUE_TYPE': 'quorum', 'CELERY_DEFAULT_EXCHANGE_TYPE': 'topic'}
+    monkeypatch.setitem(fastq_client.app.conf, 'task_default_queue_type', 'quorum')
+    monkeypatch.setitem(fastq_client.app.conf, 'task_default_exchange_type', 'topic')
+    workers('celery', extra_env=env)
+    broker = fastq_client.app.broker
+    t = fastq_client
+    sent = time.time()
+    result = (t.add.s(1, 1) | t.add.s(2).set(countdown=COUNTDOWN)).apply_async(countdown=COUNTDOWN)
+    wait_until(lambda: _parked(broker), timeout=COUNTDOWN, message='the first step waiting in celery_delayed_*')
+    assert result.parent.get(timeout=COUNTDOWN + 60) == 2
+    first_done = result.parent.date_done.timestamp()
+    assert first_done >= sent + COUNTDOWN
+    wait_until(lambda: _parked(broker), timeout=COUNTDOWN, message='the second step waiting in celery_delayed_*')
+    assert result.get(timeout=COUNTDOWN + 60) == 4
+    # Celery sends the next step just before it stores the first one's result: allow for that, no more.
+    assert result.date_done.timestamp() >= first_done + COUNTDOWN - 1
+    assert not _parked(broker) and broker.qsize('celery') == 0
 
 
 def test_mixed_fleet_shares_the_queue(celery_client: Any, workers: Any, tmp_path: Path) -> None:

@@ -196,3 +196,31 @@ def test_worker_and_task_events(tasks: Any, worker: Any) -> None:
         receiver.close()
     assert list(of(events, ok.id)) == ['task-received', 'task-started', 'task-succeeded']
     assert of(events, ok.id)['task-succeeded']['result'] == '5'
+
+
+def test_prefetched_tasks_run_once_when_the_connection_drops(
+    tasks: Any, worker: Any, rabbit_server: Any, urls: dict[str, str], tmp_path: Path
+) -> None:
+    """Tasks prefetched but not started when the worker's connection drops go back to the queue (RabbitMQ
+    requeues a closed connection's unacked deliveries) and come again on the new one: the worker must run the
+    new deliveries only, not also the copies it still had (Celery drops those too), or each runs twice."""
+    from urllib.parse import unquote
+
+    from tests.harness import lines
+
+    vhost = unquote(urls['FASTQ_BROKER_URL'].rsplit('/', 1)[1])
+    out = tmp_path / 'ran.txt'
+    w = worker('-c', '1', '-P', 'prefork', extra_env={'FASTQ_WORKER_PREFETCH_MULTIPLIER': '4'})
+    busy = tasks.sleeper.delay(str(out), 'busy', 8)
+    waiting = [tasks.record.delay(str(out), f'r{i}') for i in range(3)]
+    wait_until(lambda: 'start busy' in out.read_text() if out.exists() else False, 30, 'the busy task started')
+    for r in waiting:
+        w.wait_for(f'Task worker_tasks.record[{r.id}] received')
+    assert [line.split()[0] for line in lines(out)] == ['start']  # the three wait behind the busy one
+    rabbit_server.ctl('close_all_connections', '--vhost', vhost, 'test: connection lost')
+    w.wait_for('reconnecting')
+    assert busy.get(timeout=60) == 'busy'
+    assert sorted(r.get(timeout=60) for r in waiting) == ['r0', 'r1', 'r2']
+    assert tasks.record.delay(str(out), 'last').get(timeout=60) == 'last'  # after everything queued before it
+    ran = [line.split()[1] for line in lines(out) if line.startswith('ran ')]
+    assert sorted(ran) == ['last', 'r0', 'r1', 'r2'], f'ran twice: {ran}'

@@ -83,12 +83,15 @@ def test_redeclare_with_other_arguments_closes_only_the_channel(conn: _amqp.Conn
     conn.queue_declare(1, 'celery', False, True, False, False, {})
     with pytest.raises(AMQPChannelError) as info:
         conn.queue_declare(1, 'celery', False, True, False, False, {'x-max-priority': 10})
-    assert info.value.reply_code == 406
+    assert (info.value.reply_code, info.value.channel) == (406, 1)
     assert conn.is_open
     conn.open_channel(1)
     assert conn.queue_declare(1, 'celery', True, True, False, False, {})[0] == 'celery'
-    with pytest.raises(AMQPChannelError, match='404'):
-        conn.queue_purge(1, 'missing')
+    conn.open_channel(2)
+    with pytest.raises(AMQPChannelError, match='404') as info:
+        conn.queue_purge(2, 'missing')
+    assert info.value.channel == 2
+    assert conn.queue_declare(1, 'celery', True, True, False, False, {})[0] == 'celery'  # 1 is still open
 
 
 def test_channel_closed_event_for_asynchronous_errors(conn: _amqp.Connection) -> None:

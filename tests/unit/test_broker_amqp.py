@@ -119,6 +119,21 @@ def test_unacked_deliveries_come_back_and_release_requeues(app: Fastq) -> None:
         second.close()
 
 
+def test_a_channel_error_closes_that_channel_only(app: Fastq) -> None:
+    """A 404 from a passive declare closes the admin channel; the publishing channel stays open and is used
+    as it is (opening it again would be a second channel.open, which RabbitMQ answers by closing the
+    connection: 504 CHANNEL_ERROR)."""
+    broker = _broker(app)
+    broker.publish([Outgoing(_message(), 'chan-q')])
+    generation = broker.link.generation
+    assert broker.qsize('no-such-queue') == 0  # 404 NOT_FOUND on the admin channel
+    broker.publish([Outgoing(_message(task_id='id-2'), 'chan-q')])
+    assert broker.purge('no-such-queue') == 0
+    assert broker.qsize('chan-q') == 2
+    broker.publish([Outgoing(_message(task_id='id-3'), 'chan-q')])
+    assert broker.link.generation == generation  # the same connection throughout
+
+
 class _FakeConn:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
@@ -237,6 +252,39 @@ def test_failover_urls_and_masked_passwords() -> None:
     assert tls.port == 5671 and tls.ssl == {'ca_certs': '/ca.pem', 'cert_reqs': 0, 'verify_peer': False}
     broker = AMQPBroker('amqp://u:secret@h1//;amqp://u:secret@h2//', conf)
     assert 'secret' not in broker.describe() and 'secret' not in repr(broker)
+
+
+@pytest.mark.parametrize(
+    ('settings', 'options', 'warned'),
+    [
+        ({'task_time_limit': 7200}, {}, ['task_time_limit (7200s) exceeds RabbitMQ consumer_timeout (1800.0s']),
+        ({'task_soft_time_limit': 90, 'task_time_limit': 60}, {'consumer_timeout': 75},
+         ['task_soft_time_limit (90s) exceeds RabbitMQ consumer_timeout (75.0s']),
+        ({'task_time_limit': 3600, 'task_soft_time_limit': 3000}, {'consumer_timeout': 600},
+         ['task_time_limit (3600s) exceeds', 'task_soft_time_limit (3000s) exceeds']),
+        ({'task_time_limit': 1800}, {}, []),  # equal is not more
+        ({'task_time_limit': 7200}, {'consumer_timeout': 7200 * 2}, []),  # the node's timeout was raised
+        ({}, {'consumer_timeout': 60}, []),  # no limits at all
+    ],
+    ids=['hard-over-default', 'soft-over-option', 'both', 'equal', 'raised', 'none'],
+)  # fmt: skip
+def test_warns_when_a_time_limit_exceeds_consumer_timeout(
+    settings: dict[str, Any], options: dict[str, Any], warned: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's consumer warns (once per limit) when a task could hold its delivery unacked longer than
+    the node's consumer_timeout (transport option `consumer_timeout`, seconds, default RabbitMQ's 30 min)."""
+    app = Fastq('t', broker='memory://', backend='memory://', set_as_current=False)
+    app.conf.update(settings, broker_transport_options=options)
+    broker = AMQPBroker('amqp://guest:guest@127.0.0.1:1//', app.conf)
+    caplog.set_level('WARNING', logger='fastq.brokers.amqp')
+    try:
+        broker._warn_consumer_timeout()
+    finally:
+        broker.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == 'fastq.brokers.amqp']
+    assert len(messages) == len(warned)
+    for message, start in zip(messages, warned, strict=True):
+        assert message.startswith(start) and 'transport option consumer_timeout' in message
 
 
 def test_unreachable_broker_names_the_masked_url(amqp_url: str) -> None:

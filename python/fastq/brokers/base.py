@@ -238,6 +238,12 @@ class Consumer(abc.ABC):
     def renew(self) -> None:
         """Extend every reservation this consumer holds by the visibility timeout (a no-op without leases)."""
 
+    def current(self, tag: Tag) -> bool:
+        """Whether the delivery `tag` is still this consumer's. False once the broker has taken it back by
+        itself (RabbitMQ requeues a lost connection's unacked deliveries and delivers them again): the worker
+        then drops a job it has not started yet instead of running it a second time, as Celery does."""
+        return True
+
     @abc.abstractmethod
     def dead_letter(self, delivery: Delivery, reason: str) -> DeadLetter:
         """Move a reserved message (or one already acked) to the dead-letter store, in one step."""

@@ -22,6 +22,7 @@ from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from fastq import _core, signals, states
+from fastq.brokers.base import Consumer
 from fastq.exceptions import (
     InvalidTaskError,
     NotRegistered,
@@ -35,7 +36,7 @@ from fastq.worker.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
-    from fastq.brokers.base import Broker, Consumer, Delivery
+    from fastq.brokers.base import Broker, Delivery
     from fastq.worker.fetcher import Fetcher
     from fastq.worker.loop import Loop
     from fastq.worker.metrics import WorkerMetrics
@@ -86,6 +87,8 @@ class Dispatcher:
         self.app = app
         self.broker = broker
         self.consumer = consumer
+        # Consumers whose broker takes deliveries back by itself say which are still theirs (else: all).
+        self._current = consumer.current if type(consumer).current is not Consumer.current else None
         self.pool = pool
         self.loop = loop
         self.accept = accept
@@ -321,13 +324,18 @@ class Dispatcher:
 
     def dispatch(self) -> None:
         """Hand ready jobs to the pool while it takes them (idle callback of the loop)."""
-        ready, pool, revoked = self.ready, self.pool, self.revoked
+        ready, pool, revoked, current = self.ready, self.pool, self.revoked, self._current
         if not ready:
             return
         early = []
-        sent = False
+        sent = dropped = False
         while ready:
             job = ready[0]
+            if current is not None and not current(job.tag):
+                ready.popleft()
+                self._drop_taken_back(job)
+                dropped = True
+                continue
             if job.request.id in revoked:
                 ready.popleft()
                 self._discard_revoked(job.delivery, job.request, self.app.tasks.get(job.request.task), False)
@@ -352,10 +360,21 @@ class Dispatcher:
             sent = True
         if sent:
             pool.commit()
+        if (early or dropped) and self.fetcher is not None:
+            self.fetcher.notify_window()
         if early:
-            if self.fetcher is not None:
-                self.fetcher.notify_window()
             self._ack(early)
+
+    def _drop_taken_back(self, job: Job) -> None:
+        """Not started, and its delivery is no longer ours: the broker requeued it (the connection that
+        brought it was lost) and delivers it again, to this worker or another. Running it too would run it
+        twice."""
+        self.ledger.settle(job.tag)
+        logger.info(
+            'Task %s[%s] not run here: its delivery went back to the queue with a lost connection',
+            job.name,
+            job.request.id,
+        )
 
     def _warn_time_limit(self, job: Job) -> None:
         self._warned_time_limit = True

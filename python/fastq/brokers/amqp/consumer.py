@@ -283,6 +283,11 @@ class AMQPConsumer(Consumer):
     def renew(self) -> None:
         return None
 
+    def current(self, tag: Tag) -> bool:
+        """Delivered on the connection that is up now (tags of a lost one were requeued by RabbitMQ)."""
+        link = self.link
+        return isinstance(tag, int) and link.conn is not None and tag >> GENERATION_SHIFT == link.generation
+
     def dead_letter(self, delivery: Delivery, reason: str) -> DeadLetter:
         spec = self.specs.get(delivery.queue)
         letter = DeadLetter.of(delivery, reason)

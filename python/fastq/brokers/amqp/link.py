@@ -228,8 +228,8 @@ class Link:
             if backoff:
                 logger.info('Connected to %s', self.describe)
             backoff = 0.0
+            self.generation += 1  # before `conn`: with a connection up, `generation` is always its own
             self.conn = conn
-            self.generation += 1
             self.last_error = None
             self._connected.set()
             try:
@@ -287,8 +287,14 @@ class Link:
                 try:
                     result = fn(conn)
                 except AMQPChannelError as exc:
-                    self._open_channels.clear()  # which one closed is unknown here: reopen lazily
-                    self._channel_lost(exc)
+                    # Only that channel is closed: "reopening" one still open would be a second channel.open,
+                    # which the broker answers by closing the whole connection (504 CHANNEL_ERROR).
+                    if exc.channel is None:
+                        self._open_channels.clear()  # which one closed is unknown: reopen lazily
+                    else:
+                        self._open_channels.discard(exc.channel)
+                    if exc.channel in (None, CH_PUBLISH):
+                        self._channel_lost(exc)  # its unconfirmed publishes are lost with it
                     future.set_exception(exc)
                 except BrokerConnectionError as exc:
                     future.set_exception(exc)
@@ -322,7 +328,7 @@ class Link:
             logger.error('RabbitMQ closed channel %d of %s: %s %s', channel, self.describe, code, text)
             self._open_channels.discard(channel)
             if channel == CH_PUBLISH:
-                self._channel_lost(AMQPChannelError(code, text))
+                self._channel_lost(AMQPChannelError(code, text, channel))
             if channel == CH_CONSUME:
                 # The consumer's deliveries are back in their queues; consume again on a fresh channel.
                 raise BrokerConnectionError(f'consuming channel closed: {code} {text}')
