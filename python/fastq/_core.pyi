@@ -358,6 +358,19 @@ class EventBuffer:
             ValueError: not one value per field.
             TypeError: a value JSON cannot encode (and `default` did not convert); nothing is appended.
         """
+    def worker(
+        self, is_muted: Callable[[str], bool], wakeup: Callable[[], object], clock: Callable[[], int], limit: int
+    ) -> None:
+        """Make this the buffer of a worker's task events (the `task_*` methods below): tasks for which
+        `is_muted(name)` is true (asked once per name) send none, each event's Lamport time is `clock()`, and
+        `wakeup()` is called when `limit` events wait. Defines the event types it writes."""
+    def task_received(self, job: Any) -> None:
+        """`task-received` of a worker `Job`: its `request` (`id`, `task`, `argsrepr`, `kwargsrepr`, `root_id`,
+        `parent_id`, `retries`, `headers` for `eta`, `expires`, `fastq_sent_at`) and `delivery.queue`."""
+    def task_started(self, job: Any) -> None:
+        """`task-started` of a worker `Job`."""
+    def task_finished(self, job: Any, outcome: Any) -> None:
+        """`task-succeeded`, `-failed`, `-retried` or `-rejected` from an `Outcome` (nothing for other states)."""
     def take(self, limit: int) -> bytes | None:
         """The oldest `limit` events (or fewer) as a JSON array, removed; None when none wait."""
     def clear(self) -> int:

@@ -7,13 +7,15 @@
 //! written once at construction, plus the per-type keys, written once by `define`), and the sender thread
 //! takes ready-made `task.multi` bodies out of it.
 
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::{PyIndexError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 use crate::json::encode_py::{optional, Encoder};
 use crate::json::string::write_escaped;
@@ -49,12 +51,76 @@ pub struct PyEventBuffer {
     /// Written under the GIL by the loop thread and taken by the sender thread; the lock is never held
     /// across Python code (`default` runs before it is taken), so it is never contended for long.
     events: Mutex<Events>,
+    /// The worker's task events (`worker()`): which task names send none, and whom to wake when
+    /// `limit` events wait.
+    worker: Option<Worker>,
+}
+
+struct Worker {
+    kinds: [usize; 6],
+    clock: PyObject,
+    is_muted: PyObject,
+    muted: Mutex<HashMap<String, bool>>,
+    wakeup: PyObject,
+    limit: usize,
+}
+
+/// The worker's task events and their fields after `uuid`: Celery's, and for `task-received` two of fastq's,
+/// the queue the task waited in and when its client sent it (`fastq_sent_at`; None from Celery clients).
+const WORKER_EVENTS: [(&str, &[&str]); 6] = [
+    (
+        "task-received",
+        &[
+            "name",
+            "args",
+            "kwargs",
+            "root_id",
+            "parent_id",
+            "retries",
+            "eta",
+            "expires",
+            "queue",
+            "sent_at",
+        ],
+    ),
+    ("task-started", &[]),
+    ("task-succeeded", &["result", "runtime"]),
+    ("task-failed", &["exception", "traceback"]),
+    ("task-retried", &["exception", "traceback"]),
+    ("task-rejected", &["requeue"]),
+];
+const RECEIVED: usize = 0;
+const STARTED: usize = 1;
+const SUCCEEDED: usize = 2;
+const FAILED: usize = 3;
+const RETRIED: usize = 4;
+const REJECTED: usize = 5;
+
+impl Worker {
+    /// Whether tasks of this name send no events (their `send_events` is False), asked once per name.
+    fn skips(&self, py: Python<'_>, name: &PyAny) -> PyResult<bool> {
+        let name: &PyString = name.downcast()?;
+        let text = name.to_str()?;
+        if let Some(muted) = self
+            .muted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(text)
+        {
+            return Ok(*muted);
+        }
+        let muted = self.is_muted.as_ref(py).call1((name,))?.is_true()?;
+        self.muted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(text.to_owned(), muted);
+        Ok(muted)
+    }
 }
 
 /// Appends `time` as unix seconds with microseconds (`1796419702.360271`): what `time.time()` says to the
 /// precision events are read at, without the cost of the shortest-repr float formatting.
-fn write_timestamp(out: &mut Vec<u8>, time: SystemTime) {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+fn write_timestamp(out: &mut Vec<u8>, since: Duration) {
     write_u64(out, since.as_secs());
     let micros = since.subsec_micros();
     out.push(b'.');
@@ -73,6 +139,65 @@ fn json_string(text: &str) -> Vec<u8> {
     out
 }
 
+impl PyEventBuffer {
+    fn worker_append(
+        &self,
+        py: Python<'_>,
+        worker: &Worker,
+        kind: usize,
+        uuid: &PyString,
+        values: &PyTuple,
+    ) -> PyResult<()> {
+        let clock: i64 = worker.clock.as_ref(py).call0()?.extract()?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        if self.append(py, kind, clock, now, uuid, values)? == worker.limit {
+            worker.wakeup.as_ref(py).call0()?;
+        }
+        Ok(())
+    }
+
+    fn append(
+        &self,
+        py: Python<'_>,
+        kind: usize,
+        clock: i64,
+        time: Duration,
+        uuid: &PyString,
+        values: &PyTuple,
+    ) -> PyResult<usize> {
+        let schema = self
+            .schemas
+            .get(kind)
+            .ok_or_else(|| PyIndexError::new_err(format!("no event kind {kind}")))?;
+        if values.len() != schema.keys.len() {
+            return Err(PyValueError::new_err(format!(
+                "event kind {kind} has {} fields, got {} values",
+                schema.keys.len(),
+                values.len()
+            )));
+        }
+        let mut encoder = Encoder::new(py, self.default.as_ref().map(|d| d.as_ref(py)));
+        let out = &mut encoder.out;
+        out.extend_from_slice(&self.prefix);
+        write_i64(out, clock);
+        out.extend_from_slice(b",\"uuid\":");
+        encoder.string(uuid)?;
+        for (key, value) in schema.keys.iter().zip(values.iter()) {
+            encoder.out.extend_from_slice(key);
+            encoder.value(value, 1)?;
+        }
+        let out = &mut encoder.out;
+        out.extend_from_slice(b",\"timestamp\":");
+        write_timestamp(out, time);
+        out.extend_from_slice(&schema.suffix);
+        let mut events = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        events.bytes.extend_from_slice(out);
+        let end = events.bytes.len();
+        events.ends.push_back(end);
+        Ok(events.ends.len())
+    }
+}
+
 #[pymethods]
 impl PyEventBuffer {
     #[new]
@@ -89,7 +214,107 @@ impl PyEventBuffer {
             schemas: Vec::new(),
             default: optional(default).map(Into::into),
             events: Mutex::new(Events::default()),
+            worker: None,
         }
+    }
+
+    /// Makes this the buffer of a worker's task events: `task_received`, `task_started` and
+    /// `task_finished` then write them from the worker's own objects, skip tasks for which
+    /// `is_muted(name)` is true (asked once per name), take each event's Lamport time from `clock()`, and
+    /// call `wakeup()` when `limit` events wait.
+    #[pyo3(text_signature = "($self, is_muted, wakeup, clock, limit)")]
+    fn worker(&mut self, is_muted: PyObject, wakeup: PyObject, clock: PyObject, limit: usize) {
+        let kinds =
+            WORKER_EVENTS.map(|(name, fields)| self.define(name, fields.iter().map(|f| (*f).to_owned()).collect()));
+        self.worker = Some(Worker {
+            kinds,
+            clock,
+            is_muted,
+            muted: Mutex::new(HashMap::new()),
+            wakeup,
+            limit,
+        });
+    }
+
+    /// `task-received` of a worker's `Job` (its `request`, the `request.headers`, `delivery.queue`).
+    #[pyo3(text_signature = "($self, job)")]
+    fn task_received(&self, py: Python<'_>, job: &PyAny) -> PyResult<()> {
+        let Some(worker) = &self.worker else { return Ok(()) };
+        let request = job.getattr(intern!(py, "request"))?;
+        let name = request.getattr(intern!(py, "task"))?;
+        if worker.skips(py, name)? {
+            return Ok(());
+        }
+        let headers: &PyDict = request.getattr(intern!(py, "headers"))?.downcast()?;
+        let header = |key: &PyString| headers.get_item(key).unwrap_or_else(|| py.None().into_ref(py));
+        let values = PyTuple::new(
+            py,
+            [
+                name,
+                request.getattr(intern!(py, "argsrepr"))?,
+                request.getattr(intern!(py, "kwargsrepr"))?,
+                request.getattr(intern!(py, "root_id"))?,
+                request.getattr(intern!(py, "parent_id"))?,
+                request.getattr(intern!(py, "retries"))?,
+                header(intern!(py, "eta")),
+                header(intern!(py, "expires")),
+                job.getattr(intern!(py, "delivery"))?.getattr(intern!(py, "queue"))?,
+                header(intern!(py, "fastq_sent_at")),
+            ],
+        );
+        let uuid = request.getattr(intern!(py, "id"))?.downcast()?;
+        self.worker_append(py, worker, worker.kinds[RECEIVED], uuid, values)
+    }
+
+    /// `task-started` of a worker's `Job`.
+    #[pyo3(text_signature = "($self, job)")]
+    fn task_started(&self, py: Python<'_>, job: &PyAny) -> PyResult<()> {
+        let Some(worker) = &self.worker else { return Ok(()) };
+        let request = job.getattr(intern!(py, "request"))?;
+        if worker.skips(py, request.getattr(intern!(py, "task"))?)? {
+            return Ok(());
+        }
+        let uuid = request.getattr(intern!(py, "id"))?.downcast()?;
+        self.worker_append(py, worker, worker.kinds[STARTED], uuid, PyTuple::empty(py))
+    }
+
+    /// `task-succeeded`, `-failed`, `-retried` or `-rejected` of a worker's `Job` from its `Outcome`
+    /// (nothing for other states).
+    #[pyo3(text_signature = "($self, job, outcome)")]
+    fn task_finished(&self, py: Python<'_>, job: &PyAny, outcome: &PyAny) -> PyResult<()> {
+        let Some(worker) = &self.worker else { return Ok(()) };
+        let request = job.getattr(intern!(py, "request"))?;
+        if worker.skips(py, request.getattr(intern!(py, "task"))?)? {
+            return Ok(());
+        }
+        let state = outcome.getattr(intern!(py, "state"))?;
+        let state = state.downcast::<PyString>()?.to_str()?;
+        let (kind, values) = match state {
+            "SUCCESS" => (
+                SUCCEEDED,
+                PyTuple::new(
+                    py,
+                    [
+                        outcome.getattr(intern!(py, "retval_repr"))?,
+                        outcome.getattr(intern!(py, "runtime"))?,
+                    ],
+                ),
+            ),
+            "FAILURE" | "RETRY" => (
+                if state == "FAILURE" { FAILED } else { RETRIED },
+                PyTuple::new(
+                    py,
+                    [
+                        outcome.getattr(intern!(py, "exc_repr"))?,
+                        outcome.getattr(intern!(py, "traceback"))?,
+                    ],
+                ),
+            ),
+            "REJECTED" => (REJECTED, PyTuple::new(py, [outcome.getattr(intern!(py, "requeue"))?])),
+            _ => return Ok(()),
+        };
+        let uuid = request.getattr(intern!(py, "id"))?.downcast()?;
+        self.worker_append(py, worker, worker.kinds[kind], uuid, values)
     }
 
     /// Declares an event type and the names of its fields; returns the kind to `push` it with.
@@ -116,36 +341,8 @@ impl PyEventBuffer {
     #[pyo3(text_signature = "($self, kind, clock, uuid, *values)")]
     #[args(values = "*")]
     fn push(&self, py: Python<'_>, kind: usize, clock: i64, uuid: &PyString, values: &PyTuple) -> PyResult<usize> {
-        let schema = self
-            .schemas
-            .get(kind)
-            .ok_or_else(|| PyIndexError::new_err(format!("no event kind {kind}")))?;
-        if values.len() != schema.keys.len() {
-            return Err(PyValueError::new_err(format!(
-                "event kind {kind} has {} fields, got {} values",
-                schema.keys.len(),
-                values.len()
-            )));
-        }
-        let mut encoder = Encoder::new(py, self.default.as_ref().map(|d| d.as_ref(py)));
-        let out = &mut encoder.out;
-        out.extend_from_slice(&self.prefix);
-        write_i64(out, clock);
-        out.extend_from_slice(b",\"uuid\":");
-        encoder.string(uuid)?;
-        for (key, value) in schema.keys.iter().zip(values.iter()) {
-            encoder.out.extend_from_slice(key);
-            encoder.value(value, 1)?;
-        }
-        let out = &mut encoder.out;
-        out.extend_from_slice(b",\"timestamp\":");
-        write_timestamp(out, SystemTime::now());
-        out.extend_from_slice(&schema.suffix);
-        let mut events = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        events.bytes.extend_from_slice(out);
-        let end = events.bytes.len();
-        events.ends.push_back(end);
-        Ok(events.ends.len())
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.append(py, kind, clock, now, uuid, values)
     }
 
     /// The oldest `limit` events (or fewer) as one JSON array, removed from the buffer; None when empty.

@@ -996,6 +996,7 @@ def test_sentinel(make_app: Callable[..., Fastq], redis_server: RedisServer, red
 
 def sent_results(app: Fastq, n: int) -> list[AsyncResult[Any]]:
     """AsyncResults as `delay()` returns them (sent by this thread; the broker is in memory), a moment old."""
+
     @app.task(name='t.add')
     def add(x: int, y: int) -> int:
         return x + y

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -99,3 +100,62 @@ def test_bad_pushes_raise_and_append_nothing() -> None:
     assert len(events) == 0 and events.take(10) is None
     events.push(kind, 2, 'id', 'fine', 1.0)
     assert events.clear() == 1 and len(events) == 0
+
+
+def worker_buffer(muted: set[str], limit: int = 1000) -> tuple[_core.EventBuffer, list[str], list[int]]:
+    events = buffer()
+    asked: list[str] = []
+    woken: list[int] = []
+    clock = iter(range(100, 10_000)).__next__
+
+    def is_muted(name: str) -> bool:
+        asked.append(name)
+        return name in muted
+
+    events.worker(is_muted, lambda: woken.append(len(events)), clock, limit)
+    return events, asked, woken
+
+
+def job(task_id: str, name: str = 'proj.add', **headers: Any) -> Any:
+    request = SimpleNamespace(id=task_id, task=name, argsrepr='(1, 2)', kwargsrepr='{}', root_id='root',
+                              parent_id=None, retries=2, headers=headers)  # fmt: skip
+    return SimpleNamespace(request=request, delivery=SimpleNamespace(queue='emails'))
+
+
+def test_worker_events_from_the_workers_objects() -> None:
+    events, asked, _ = worker_buffer(muted={'proj.quiet'})
+    events.task_received(job('a', eta='2026-12-04T22:00:00+00:00', fastq_sent_at=1796419702.5))
+    events.task_started(job('a'))
+    events.task_finished(job('a'), SimpleNamespace(state='SUCCESS', retval_repr='3', runtime=0.25))
+    events.task_finished(job('b'), SimpleNamespace(state='FAILURE', exc_repr='KeyError(1)', traceback='Tb...'))
+    events.task_finished(job('c'), SimpleNamespace(state='RETRY', exc_repr='Retry()', traceback=None))
+    events.task_finished(job('d'), SimpleNamespace(state='REJECTED', requeue=True))
+    events.task_finished(job('e'), SimpleNamespace(state='REVOKED'))  # sent elsewhere: nothing here
+    for _ in range(3):
+        events.task_received(job('q', name='proj.quiet'))  # send_events=False: nothing, asked once
+    decoded = json.loads(events.take(100) or b'')
+    for event in decoded:
+        assert event.pop('hostname') == 'w1@host' and event.pop('pid') == 4242 and event.pop('utcoffset') == -1
+        assert isinstance(event.pop('timestamp'), float)
+    assert decoded == [
+        {'clock': 100, 'uuid': 'a', 'name': 'proj.add', 'args': '(1, 2)', 'kwargs': '{}', 'root_id': 'root',
+         'parent_id': None, 'retries': 2, 'eta': '2026-12-04T22:00:00+00:00', 'expires': None, 'queue': 'emails',
+         'sent_at': 1796419702.5, 'type': 'task-received'},
+        {'clock': 101, 'uuid': 'a', 'type': 'task-started'},
+        {'clock': 102, 'uuid': 'a', 'result': '3', 'runtime': 0.25, 'type': 'task-succeeded'},
+        {'clock': 103, 'uuid': 'b', 'exception': 'KeyError(1)', 'traceback': 'Tb...', 'type': 'task-failed'},
+        {'clock': 104, 'uuid': 'c', 'exception': 'Retry()', 'traceback': None, 'type': 'task-retried'},
+        {'clock': 105, 'uuid': 'd', 'requeue': True, 'type': 'task-rejected'},
+    ]  # fmt: skip
+    assert asked == ['proj.add', 'proj.quiet']
+
+
+def test_worker_events_wake_the_sender_once_the_limit_is_reached() -> None:
+    events, _, woken = worker_buffer(muted=set(), limit=3)
+    for task_id in 'abcde':
+        events.task_started(job(task_id))
+    assert woken == [3]
+    events.take(10)
+    for task_id in 'fgh':
+        events.task_started(job(task_id))
+    assert woken == [3, 3]
