@@ -146,7 +146,7 @@ impl PyEventBuffer {
         worker: &Worker,
         kind: usize,
         uuid: &PyString,
-        values: &PyTuple,
+        values: &[&PyAny],
     ) -> PyResult<()> {
         let clock: i64 = worker.clock.as_ref(py).call0()?.extract()?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -163,7 +163,7 @@ impl PyEventBuffer {
         clock: i64,
         time: Duration,
         uuid: &PyString,
-        values: &PyTuple,
+        values: &[&PyAny],
     ) -> PyResult<usize> {
         let schema = self
             .schemas
@@ -182,7 +182,7 @@ impl PyEventBuffer {
         write_i64(out, clock);
         out.extend_from_slice(b",\"uuid\":");
         encoder.string(uuid)?;
-        for (key, value) in schema.keys.iter().zip(values.iter()) {
+        for (key, value) in schema.keys.iter().zip(values) {
             encoder.out.extend_from_slice(key);
             encoder.value(value, 1)?;
         }
@@ -247,23 +247,20 @@ impl PyEventBuffer {
         }
         let headers: &PyDict = request.getattr(intern!(py, "headers"))?.downcast()?;
         let header = |key: &PyString| headers.get_item(key).unwrap_or_else(|| py.None().into_ref(py));
-        let values = PyTuple::new(
-            py,
-            [
-                name,
-                request.getattr(intern!(py, "argsrepr"))?,
-                request.getattr(intern!(py, "kwargsrepr"))?,
-                request.getattr(intern!(py, "root_id"))?,
-                request.getattr(intern!(py, "parent_id"))?,
-                request.getattr(intern!(py, "retries"))?,
-                header(intern!(py, "eta")),
-                header(intern!(py, "expires")),
-                job.getattr(intern!(py, "delivery"))?.getattr(intern!(py, "queue"))?,
-                header(intern!(py, "fastq_sent_at")),
-            ],
-        );
+        let values = [
+            name,
+            request.getattr(intern!(py, "argsrepr"))?,
+            request.getattr(intern!(py, "kwargsrepr"))?,
+            request.getattr(intern!(py, "root_id"))?,
+            request.getattr(intern!(py, "parent_id"))?,
+            request.getattr(intern!(py, "retries"))?,
+            header(intern!(py, "eta")),
+            header(intern!(py, "expires")),
+            job.getattr(intern!(py, "delivery"))?.getattr(intern!(py, "queue"))?,
+            header(intern!(py, "fastq_sent_at")),
+        ];
         let uuid = request.getattr(intern!(py, "id"))?.downcast()?;
-        self.worker_append(py, worker, worker.kinds[RECEIVED], uuid, values)
+        self.worker_append(py, worker, worker.kinds[RECEIVED], uuid, &values)
     }
 
     /// `task-started` of a worker's `Job`.
@@ -275,7 +272,7 @@ impl PyEventBuffer {
             return Ok(());
         }
         let uuid = request.getattr(intern!(py, "id"))?.downcast()?;
-        self.worker_append(py, worker, worker.kinds[STARTED], uuid, PyTuple::empty(py))
+        self.worker_append(py, worker, worker.kinds[STARTED], uuid, &[])
     }
 
     /// `task-succeeded`, `-failed`, `-retried` or `-rejected` of a worker's `Job` from its `Outcome`
@@ -289,32 +286,28 @@ impl PyEventBuffer {
         }
         let state = outcome.getattr(intern!(py, "state"))?;
         let state = state.downcast::<PyString>()?.to_str()?;
+        let uuid = request.getattr(intern!(py, "id"))?.downcast()?;
+        let field = |name: &PyString| outcome.getattr(name);
         let (kind, values) = match state {
             "SUCCESS" => (
                 SUCCEEDED,
-                PyTuple::new(
-                    py,
-                    [
-                        outcome.getattr(intern!(py, "retval_repr"))?,
-                        outcome.getattr(intern!(py, "runtime"))?,
-                    ],
-                ),
+                [field(intern!(py, "retval_repr"))?, field(intern!(py, "runtime"))?],
             ),
-            "FAILURE" | "RETRY" => (
-                if state == "FAILURE" { FAILED } else { RETRIED },
-                PyTuple::new(
-                    py,
-                    [
-                        outcome.getattr(intern!(py, "exc_repr"))?,
-                        outcome.getattr(intern!(py, "traceback"))?,
-                    ],
-                ),
+            "FAILURE" => (
+                FAILED,
+                [field(intern!(py, "exc_repr"))?, field(intern!(py, "traceback"))?],
             ),
-            "REJECTED" => (REJECTED, PyTuple::new(py, [outcome.getattr(intern!(py, "requeue"))?])),
+            "RETRY" => (
+                RETRIED,
+                [field(intern!(py, "exc_repr"))?, field(intern!(py, "traceback"))?],
+            ),
+            "REJECTED" => {
+                let requeue = [field(intern!(py, "requeue"))?];
+                return self.worker_append(py, worker, worker.kinds[REJECTED], uuid, &requeue);
+            }
             _ => return Ok(()),
         };
-        let uuid = request.getattr(intern!(py, "id"))?.downcast()?;
-        self.worker_append(py, worker, worker.kinds[kind], uuid, values)
+        self.worker_append(py, worker, worker.kinds[kind], uuid, &values)
     }
 
     /// Declares an event type and the names of its fields; returns the kind to `push` it with.
@@ -342,7 +335,7 @@ impl PyEventBuffer {
     #[args(values = "*")]
     fn push(&self, py: Python<'_>, kind: usize, clock: i64, uuid: &PyString, values: &PyTuple) -> PyResult<usize> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        self.append(py, kind, clock, now, uuid, values)
+        self.append(py, kind, clock, now, uuid, values.as_slice())
     }
 
     /// The oldest `limit` events (or fewer) as one JSON array, removed from the buffer; None when empty.
