@@ -287,6 +287,35 @@ def test_warns_when_a_time_limit_exceeds_consumer_timeout(
         assert message.startswith(start) and 'transport option consumer_timeout' in message
 
 
+def test_warns_about_a_tasks_own_time_limit_beyond_consumer_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    """Limits set on a task itself are checked against consumer_timeout too, naming the task; the worker shows
+    the broker its tasks before it starts consuming."""
+    app = Fastq('t', broker='memory://', backend='memory://', set_as_current=False)
+    app.conf.broker_transport_options = {'consumer_timeout': 600}
+
+    @app.task(name='t.report', time_limit=3600)
+    def report() -> None: ...
+
+    @app.task(name='t.digest', soft_time_limit=900, time_limit=300)
+    def digest() -> None: ...
+
+    @app.task(name='t.quick', time_limit=60)
+    def quick() -> None: ...
+
+    broker = AMQPBroker('amqp://guest:guest@127.0.0.1:1//', app.conf)
+    caplog.set_level('WARNING', logger='fastq.brokers.amqp')
+    try:
+        broker.check_tasks(app.tasks.values())
+    finally:
+        broker.close()
+    messages = sorted(r.getMessage() for r in caplog.records if r.name == 'fastq.brokers.amqp')
+    assert [m.split(' exceeds')[0] for m in messages] == [
+        'Task t.digest: soft_time_limit (900s)',
+        'Task t.report: time_limit (3600s)',
+    ]
+    assert all('consumer_timeout (600' in m for m in messages)
+
+
 def test_unreachable_broker_names_the_masked_url(amqp_url: str) -> None:
     from fastq.exceptions import BrokerConnectionError
     from tests.servers import free_port

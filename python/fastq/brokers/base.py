@@ -17,7 +17,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -407,6 +407,11 @@ class Broker(abc.ABC):
 
     def maintenance(self) -> None:
         """Periodic housekeeping a worker runs in the background (about once a second)."""
+        return None
+
+    def check_tasks(self, tasks: Iterable[Any]) -> None:
+        """A worker about to consume shows the broker the tasks it runs, for warnings about settings of
+        theirs this broker cannot honour (RabbitMQ: a time limit beyond the node's consumer_timeout)."""
         return None
 
     def describe(self) -> str:

@@ -172,6 +172,7 @@ class WorkController:
         self.broker = self._connect()
         if self.broker is None:
             return self._finish()
+        self.broker.check_tasks(self.app.tasks.values())
         self.consumer = self.broker.consumer(self.queues, owner=self.hostname)
         self.consumer.prefetch(self.window)
         self.dispatcher = Dispatcher(

@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -312,6 +312,25 @@ class AMQPBroker(Broker):
 
         self._warn_consumer_timeout()
         return AMQPConsumer(self, [self.topology.spec(q) for q in queues], owner)
+
+    def check_tasks(self, tasks: Iterable[Any]) -> None:
+        """Warn about each task whose own time limit exceeds consumer_timeout (the app-wide limits are warned
+        about when consuming starts): such a task, run with acks_late, or holding prefetched tasks back that
+        long, gets its channel closed by the node."""
+        for task in tasks:
+            for attr in ('time_limit', 'soft_time_limit'):
+                limit = getattr(task, attr, None)
+                if limit and float(limit) > self.consumer_timeout:
+                    logger.warning(
+                        'Task %s: %s (%ss) exceeds RabbitMQ consumer_timeout (%ss, transport option '
+                        'consumer_timeout): the node closes the channel of a consumer holding an unacknowledged '
+                        'task that long, and the task runs again elsewhere. Raise consumer_timeout on the node '
+                        '(and in the option).',
+                        task.name,
+                        attr,
+                        limit,
+                        self.consumer_timeout,
+                    )
 
     def _warn_consumer_timeout(self) -> None:
         for name in ('task_time_limit', 'task_soft_time_limit'):
