@@ -371,6 +371,10 @@ class EventBuffer:
         """`task-started` of a worker `Job`."""
     def task_finished(self, job: Any, outcome: Any) -> None:
         """`task-succeeded`, `-failed`, `-retried` or `-rejected` from an `Outcome` (nothing for other states)."""
+    def task_lost(self, request: Any, exception: str) -> None:
+        """`task-failed` of a worker `TaskRequest` that failed outside its executor (no traceback)."""
+    def task_revoked(self, request: Any, terminated: bool, signum: int | None, expired: bool) -> None:
+        """`task-revoked` of a worker `TaskRequest`."""
     def take(self, limit: int) -> bytes | None:
         """The oldest `limit` events (or fewer) as a JSON array, removed; None when none wait."""
     def clear(self) -> int:

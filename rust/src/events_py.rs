@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::{PyIndexError, PyValueError};
@@ -57,7 +57,7 @@ pub struct PyEventBuffer {
 }
 
 struct Worker {
-    kinds: [usize; 6],
+    kinds: [usize; 7],
     clock: PyObject,
     is_muted: PyObject,
     muted: Mutex<HashMap<String, bool>>,
@@ -67,7 +67,7 @@ struct Worker {
 
 /// The worker's task events and their fields after `uuid`: Celery's, and for `task-received` two of fastq's,
 /// the queue the task waited in and when its client sent it (`fastq_sent_at`; None from Celery clients).
-const WORKER_EVENTS: [(&str, &[&str]); 6] = [
+const WORKER_EVENTS: [(&str, &[&str]); 7] = [
     (
         "task-received",
         &[
@@ -88,6 +88,7 @@ const WORKER_EVENTS: [(&str, &[&str]); 6] = [
     ("task-failed", &["exception", "traceback"]),
     ("task-retried", &["exception", "traceback"]),
     ("task-rejected", &["requeue"]),
+    ("task-revoked", &["terminated", "signum", "expired"]),
 ];
 const RECEIVED: usize = 0;
 const STARTED: usize = 1;
@@ -95,24 +96,20 @@ const SUCCEEDED: usize = 2;
 const FAILED: usize = 3;
 const RETRIED: usize = 4;
 const REJECTED: usize = 5;
+const REVOKED: usize = 6;
 
 impl Worker {
     /// Whether tasks of this name send no events (their `send_events` is False), asked once per name.
     fn skips(&self, py: Python<'_>, name: &PyAny) -> PyResult<bool> {
         let name: &PyString = name.downcast()?;
         let text = name.to_str()?;
-        if let Some(muted) = self
-            .muted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(text)
-        {
+        if let Some(muted) = self.muted.lock().unwrap_or_else(PoisonError::into_inner).get(text) {
             return Ok(*muted);
         }
         let muted = self.is_muted.as_ref(py).call1((name,))?.is_true()?;
         self.muted
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(text.to_owned(), muted);
         Ok(muted)
     }
@@ -140,6 +137,10 @@ fn json_string(text: &str) -> Vec<u8> {
 }
 
 impl PyEventBuffer {
+    fn events(&self) -> MutexGuard<'_, Events> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn worker_append(
         &self,
         py: Python<'_>,
@@ -190,7 +191,7 @@ impl PyEventBuffer {
         out.extend_from_slice(b",\"timestamp\":");
         write_timestamp(out, time);
         out.extend_from_slice(&schema.suffix);
-        let mut events = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut events = self.events();
         events.bytes.extend_from_slice(out);
         let end = events.bytes.len();
         events.ends.push_back(end);
@@ -224,8 +225,13 @@ impl PyEventBuffer {
     /// call `wakeup()` when `limit` events wait.
     #[pyo3(text_signature = "($self, is_muted, wakeup, clock, limit)")]
     fn worker(&mut self, is_muted: PyObject, wakeup: PyObject, clock: PyObject, limit: usize) {
-        let kinds =
-            WORKER_EVENTS.map(|(name, fields)| self.define(name, fields.iter().map(|f| (*f).to_owned()).collect()));
+        // called again each time task events are enabled: the event types are defined once
+        let kinds = match &self.worker {
+            Some(worker) => worker.kinds,
+            None => {
+                WORKER_EVENTS.map(|(name, fields)| self.define(name, fields.iter().map(|f| (*f).to_owned()).collect()))
+            }
+        };
         self.worker = Some(Worker {
             kinds,
             clock,
@@ -310,6 +316,42 @@ impl PyEventBuffer {
         self.worker_append(py, worker, worker.kinds[kind], uuid, &values)
     }
 
+    /// `task-failed` of a task that failed outside its executor (its process died, or its hard time limit
+    /// killed it): the worker's `TaskRequest` and the exception's repr; no traceback.
+    #[pyo3(text_signature = "($self, request, exception)")]
+    fn task_lost(&self, py: Python<'_>, request: &PyAny, exception: &PyAny) -> PyResult<()> {
+        let Some(worker) = &self.worker else { return Ok(()) };
+        if worker.skips(py, request.getattr(intern!(py, "task"))?)? {
+            return Ok(());
+        }
+        let uuid = request.getattr(intern!(py, "id"))?.downcast()?;
+        self.worker_append(
+            py,
+            worker,
+            worker.kinds[FAILED],
+            uuid,
+            &[exception, py.None().into_ref(py)],
+        )
+    }
+
+    /// `task-revoked` of the worker's `TaskRequest`.
+    #[pyo3(text_signature = "($self, request, terminated, signum, expired)")]
+    fn task_revoked(
+        &self,
+        py: Python<'_>,
+        request: &PyAny,
+        terminated: &PyAny,
+        signum: &PyAny,
+        expired: &PyAny,
+    ) -> PyResult<()> {
+        let Some(worker) = &self.worker else { return Ok(()) };
+        if worker.skips(py, request.getattr(intern!(py, "task"))?)? {
+            return Ok(());
+        }
+        let uuid = request.getattr(intern!(py, "id"))?.downcast()?;
+        self.worker_append(py, worker, worker.kinds[REVOKED], uuid, &[terminated, signum, expired])
+    }
+
     /// Declares an event type and the names of its fields; returns the kind to `push` it with.
     #[pyo3(text_signature = "($self, type, fields)")]
     fn define(&mut self, r#type: &str, fields: Vec<String>) -> usize {
@@ -341,7 +383,7 @@ impl PyEventBuffer {
     /// The oldest `limit` events (or fewer) as one JSON array, removed from the buffer; None when empty.
     #[pyo3(text_signature = "($self, limit)")]
     fn take<'py>(&self, py: Python<'py>, limit: usize) -> Option<&'py PyBytes> {
-        let mut events = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut events = self.events();
         let count = events.ends.len().min(limit);
         if count == 0 {
             return None;
@@ -374,17 +416,13 @@ impl PyEventBuffer {
     /// Drops every waiting event; returns how many there were.
     #[pyo3(text_signature = "($self)")]
     fn clear(&self) -> usize {
-        let mut events = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut events = self.events();
         let count = events.ends.len();
         *events = Events::default();
         count
     }
 
     fn __len__(&self) -> usize {
-        self.events
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .ends
-            .len()
+        self.events().ends.len()
     }
 }

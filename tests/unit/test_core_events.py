@@ -135,7 +135,9 @@ def test_worker_events_from_the_workers_objects() -> None:
     events.task_finished(job('b'), SimpleNamespace(state='FAILURE', exc_repr='KeyError(1)', traceback='Tb...'))
     events.task_finished(job('c'), SimpleNamespace(state='RETRY', exc_repr='Retry()', traceback=None))
     events.task_finished(job('d'), SimpleNamespace(state='REJECTED', requeue=True))
-    events.task_finished(job('e'), SimpleNamespace(state='REVOKED'))  # sent elsewhere: nothing here
+    events.task_finished(job('e'), SimpleNamespace(state='REVOKED'))  # task_revoked sends it: nothing here
+    events.task_lost(job('f').request, "WorkerLostError('gone')")
+    events.task_revoked(job('g').request, True, 15, False)
     for _ in range(3):
         events.task_received(job('q', name='proj.quiet'))  # send_events=False: nothing, asked once
     decoded = json.loads(events.take(100) or b'')
@@ -151,6 +153,8 @@ def test_worker_events_from_the_workers_objects() -> None:
         {'clock': 103, 'uuid': 'b', 'exception': 'KeyError(1)', 'traceback': 'Tb...', 'type': 'task-failed'},
         {'clock': 104, 'uuid': 'c', 'exception': 'Retry()', 'traceback': None, 'type': 'task-retried'},
         {'clock': 105, 'uuid': 'd', 'requeue': True, 'type': 'task-rejected'},
+        {'clock': 106, 'uuid': 'f', 'exception': "WorkerLostError('gone')", 'traceback': None, 'type': 'task-failed'},
+        {'clock': 107, 'uuid': 'g', 'terminated': True, 'signum': 15, 'expired': False, 'type': 'task-revoked'},
     ]  # fmt: skip
     assert asked == ['proj.add', 'proj.quiet']
 
@@ -164,3 +168,13 @@ def test_worker_events_wake_the_sender_once_the_limit_is_reached() -> None:
     for task_id in 'fgh':
         events.task_started(job(task_id))
     assert woken == [3, 3]
+
+
+def test_enabling_worker_events_again_keeps_one_set_of_event_types() -> None:
+    """`enable_events` after `disable_events` configures the same buffer again; the event types stay as they were."""
+    events, _, _ = worker_buffer(muted=set())
+    first = events.define('probe', ())
+    events.worker(lambda name: False, lambda: None, iter(range(5)).__next__, 1000)
+    assert events.define('probe', ()) == first + 1  # nothing was defined in between
+    events.task_started(job('a'))
+    assert json.loads(events.take(1) or b'')[0]['type'] == 'task-started'
