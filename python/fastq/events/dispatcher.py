@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from fastq import _core
@@ -152,10 +152,7 @@ class EventDispatcher:
         try:
             payloads = [(encode_events(events, self.hostname, key, self.exchange), key) for events, key in batches]
             with self._mutex:
-                if len(payloads) == 1:
-                    self.broker.fanout_publish(self.exchange, *payloads[0])
-                else:
-                    self.broker.fanout_publish_many(self.exchange, payloads)
+                self.broker.fanout_publish_many(self.exchange, payloads)
         except Exception as exc:
             if not self.buffer_while_offline:
                 raise
@@ -178,20 +175,24 @@ class EventDispatcher:
         if not groups:
             return
         batches: list[tuple[Any, str]] = []
+        for batch in self._ready_batches():
+            batches.append(batch)
+            if len(batches) >= PIPELINE:
+                if not self._publish(batches):
+                    return
+                batches = []
+        if batches:
+            self._publish(batches)
+
+    def _ready_batches(self) -> Iterator[tuple[Any, str]]:
+        """The buffered groups' events, as `<group>.multi` batches of up to BATCH, taken as they are yielded."""
         for group, buffer in self._buffers.items():
             routing_key = f'{group}.multi'
             while buffer:
-                count = min(len(buffer), BATCH)
-                batches.append(([buffer.popleft() for _ in range(count)], routing_key))
+                yield [buffer.popleft() for _ in range(min(len(buffer), BATCH))], routing_key
             encoded = self._encoded.get(group)
             while encoded is not None and (body := encoded.take(BATCH)) is not None:
-                batches.append((body, routing_key))
-                if len(batches) >= PIPELINE:
-                    if not self._publish(batches):
-                        return
-                    batches = []
-        if batches:
-            self._publish(batches)
+                yield body, routing_key
 
     # --- the sender thread (workers) ----------------------------------------------------------------------
 
