@@ -513,20 +513,19 @@ class RedisBackend(Backend):
         others = self._read_ahead.others(task_id)
         if not others:
             return self._reread(task_id)
-        try:
-            payloads = self._get_list([task_id, *others])
-        except BackendGetMetaError as exc:
-            if not isinstance(exc.__cause__, CONNECTION_ERRORS):
-                raise
-            logger.debug('Reading %s failed while waiting: %s', task_id, exc)
-            return None
-        decode = self.meta_from_payload
-        self._read_ahead.read(others, [None if p is None else decode(p) for p in payloads[1:]])
-        return decode(payloads[0])
 
-    def _reread(self, task_id: str) -> dict[str, Any] | None:
+        def read(task_id: str) -> dict[str, Any]:
+            decode = self.meta_from_payload
+            payloads = self._get_list([task_id, *others])
+            self._read_ahead.read(others, [None if p is None else decode(p) for p in payloads[1:]])
+            return decode(payloads[0])
+
+        return self._reread(task_id, read)
+
+    def _reread(self, task_id: str, read: Callable[[str], dict[str, Any]] | None = None) -> dict[str, Any] | None:
+        """The task's stored meta (`read`, by default `get_task_meta`), or None when Redis cannot be reached."""
         try:
-            return self.get_task_meta(task_id)
+            return (read or self.get_task_meta)(task_id)
         except BackendGetMetaError as exc:
             if not isinstance(exc.__cause__, CONNECTION_ERRORS):
                 raise
