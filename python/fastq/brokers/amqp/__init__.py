@@ -319,31 +319,22 @@ class AMQPBroker(Broker):
         long, gets its channel closed by the node."""
         for task in tasks:
             for attr in ('time_limit', 'soft_time_limit'):
-                limit = getattr(task, attr, None)
-                if limit and float(limit) > self.consumer_timeout:
-                    logger.warning(
-                        'Task %s: %s (%ss) exceeds RabbitMQ consumer_timeout (%ss, transport option '
-                        'consumer_timeout): the node closes the channel of a consumer holding an unacknowledged '
-                        'task that long, and the task runs again elsewhere. Raise consumer_timeout on the node '
-                        '(and in the option).',
-                        task.name,
-                        attr,
-                        limit,
-                        self.consumer_timeout,
-                    )
+                self._warn_over_consumer_timeout(f'Task {task.name}: {attr}', getattr(task, attr, None))
 
     def _warn_consumer_timeout(self) -> None:
         for name in ('task_time_limit', 'task_soft_time_limit'):
-            limit = getattr(self.conf, name)
-            if limit and float(limit) > self.consumer_timeout:
-                logger.warning(
-                    '%s (%ss) exceeds RabbitMQ consumer_timeout (%ss, transport option consumer_timeout): the '
-                    'node closes the channel of a consumer holding an unacknowledged task that long, and the '
-                    'task runs again elsewhere. Raise consumer_timeout on the node (and in the option).',
-                    name,
-                    limit,
-                    self.consumer_timeout,
-                )
+            self._warn_over_consumer_timeout(name, getattr(self.conf, name))
+
+    def _warn_over_consumer_timeout(self, what: str, limit: Any) -> None:
+        if limit and float(limit) > self.consumer_timeout:
+            logger.warning(
+                '%s (%ss) exceeds RabbitMQ consumer_timeout (%ss, transport option consumer_timeout): the node '
+                'closes the channel of a consumer holding an unacknowledged task that long, and the task runs '
+                'again elsewhere. Raise consumer_timeout on the node (and in the option).',
+                what,
+                limit,
+                self.consumer_timeout,
+            )
 
     # --- queues -------------------------------------------------------------------------------------------
 
