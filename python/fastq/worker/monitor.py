@@ -49,7 +49,7 @@ class TaskEvents:
     Every method is one of `fastq._core.EventBuffer`'s compiled methods: each reads the job (or request and
     outcome) itself, skips tasks whose `send_events` is False, and writes the event's JSON at once (the
     fields every event has, the Lamport clock, the time); the sender thread only copies ready bodies out.
-    Measured, the three events of a task cost the loop about 2.3 µs, against 2.8 µs for Python methods
+    Measured, the three events of a task cost the loop about 2.1 µs, against 2.8 µs for Python methods
     building the same events.
     """
 
