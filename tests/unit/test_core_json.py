@@ -116,6 +116,20 @@ def test_float_repr_where_halfway_ties_can_happen(mantissa, exponent):
     assert _core.json_dumps(value, None) == repr(value).encode()
 
 
+def test_float_repr_at_the_edge_of_the_halfway_window():
+    """Below `2 * 10**17` for `m * 5**(-q-1)` a tie is possible and the exact pass runs; above it is skipped.
+    Every odd mantissa next to that bound, for every exponent where it lies below 2**53, and times of day
+    (which are far above it) must still print as CPython prints them."""
+    values = []
+    for q in range(-25, 0):
+        bound = 2 * 10**17 // 5 ** (-q - 1)
+        for m in range(max(1, bound - 400) | 1, min(bound + 400, 2**53), 2):
+            values.append(math.ldexp(m, q))
+    values += [1796419702.360271 + i * 1e-6 for i in range(2000)]
+    assert len(values) > 9000
+    assert _core.json_dumps(values, None) == json.dumps(values).encode()
+
+
 @pytest.mark.parametrize(
     'value',
     [

@@ -70,7 +70,7 @@ class Signature(dict[str, Any], Generic[R]):
         **ex: Any,
     ) -> None:
         self._app = app
-        if isinstance(task, Mapping):
+        if isinstance(task, dict) or (not isinstance(task, str) and not callable(task) and isinstance(task, Mapping)):
             super().__init__(task)
             return
         if task is not None and not isinstance(task, str):
@@ -83,6 +83,21 @@ class Signature(dict[str, Any], Generic[R]):
             subtask_type=subtask_type,
             immutable=immutable,
         )
+
+    @classmethod
+    def of_task(cls, task: Task[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Signature[R]:
+        """`cls(task, args, kwargs, app=task.app)` for arguments that are the caller's own (a tuple and a
+        dict nobody else holds): nothing to convert or copy."""
+        sig = cls.__new__(cls)
+        sig['task'] = task.name
+        sig['args'] = args
+        sig['kwargs'] = kwargs
+        sig['options'] = {}
+        sig['subtask_type'] = None
+        sig['immutable'] = False
+        sig._app = task.app
+        sig._type = task
+        return sig
 
     # --- the dict's keys as attributes, Celery style --------------------------------------------------------
 

@@ -111,8 +111,9 @@ impl Scientific {
 ///
 /// Write `v = m * 2^q` with `m` odd. Halfway means `2v = (2d + 1) * 10^k` for some `d` below 10^17. For
 /// `q >= 0` the powers of two force `k = q + 1` and `5^k` must divide `m < 2^53`, so `q <= 21`; for `q < 0`
-/// they force `k = 1 + q` (so `k <= 0`) and `d ~ m * 5^-k < 10^17` bounds `-q <= 25`. Outside that window
-/// (most floats with a long expansion, like 0.1 + 0.2) the shortest digits are already CPython's.
+/// they force `k = 1 + q` (so `k <= 0`) and `2d + 1 = m * 5^(-q-1)`, which must stay below `2 * 10^17`.
+/// Outside that (most floats with a long expansion, like 0.1 + 0.2, and every `time.time()`, whose `m` is
+/// large) the shortest digits are already CPython's; the exact pass inside it costs twice the rest.
 fn may_be_halfway(v: f64) -> bool {
     let bits = v.to_bits();
     let biased = i32::try_from((bits >> 52) & 0x7ff).expect("11 bits");
@@ -122,7 +123,19 @@ fn may_be_halfway(v: f64) -> bool {
     } else {
         (fraction | 1 << 52, biased - 1075)
     };
-    m != 0 && (-25..=21).contains(&(q + i32::try_from(m.trailing_zeros()).expect("below 64")))
+    if m == 0 {
+        return false;
+    }
+    let zeros = m.trailing_zeros();
+    let (m, q) = (m >> zeros, q + i32::try_from(zeros).expect("below 64"));
+    if q >= 0 {
+        return q <= 21;
+    }
+    match u32::try_from(-q - 1) {
+        // m < 2^53 and 5^24 < 2^56: the product fits
+        Ok(power) if power <= 24 => u128::from(m) * 5_u128.pow(power) < 200_000_000_000_000_000,
+        _ => false,
+    }
 }
 
 /// `digits` scaled so that the decimal point sits after `point` of them (`point` may be <= 0).
