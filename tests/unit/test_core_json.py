@@ -559,3 +559,32 @@ def test_deepest_documents_fit_a_thread_stack():
     """
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=60, check=False)
     assert (result.returncode, result.stdout.strip()) == (0, 'survived'), result.stderr
+
+
+def test_keys_are_shared_across_documents_and_threads():
+    """Short keys come from one process-wide cache: each message's keys are the str objects of the last
+    message's (made and hashed once); long keys are new each time. Decoding from many threads at once still
+    gives every document its own, correct keys."""
+    import threading
+
+    first = _core.json_loads(b'{"root_id": 1, "' + b'k' * 40 + b'": 2}', None)
+    second = _core.json_loads(b'{"root_id": 3, "' + b'k' * 40 + b'": 4}', None)
+    (a_short, a_long), (b_short, b_long) = list(first), list(second)
+    assert a_short is b_short
+    assert a_long == b_long and a_long is not b_long
+
+    failures = []
+
+    def decode(n: int) -> None:
+        for i in range(2000):
+            keys = [f'key{(n * 7 + i + j) % 300}' for j in range(5)]
+            doc = _core.json_loads(json.dumps(dict.fromkeys(keys, i)), None)
+            if list(doc) != list(dict.fromkeys(keys)):
+                failures.append((keys, list(doc)))
+
+    threads = [threading.Thread(target=decode, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
