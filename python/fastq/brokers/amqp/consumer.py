@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastq import _amqp
+# (the package never imports this module at its top, so it is complete by the time this runs)
+from fastq.brokers.amqp import to_message
 from fastq.brokers.amqp.link import CH_ADMIN, CH_CONSUME, Link
 from fastq.brokers.amqp.topology import (
     DEAD_LETTER_QUEUE,
@@ -155,8 +157,6 @@ class AMQPConsumer(Consumer):
             self._qos = count
 
     def _on_deliver(self, event: tuple[Any, ...]) -> None:
-        from fastq.brokers.amqp import to_message
-
         dtag: int = event[3]
         tag = (self.link.generation << GENERATION_SHIFT) | dtag
         queue = self._consumer_tags.get(event[2]) or event[6]
