@@ -20,8 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastq import _amqp
-# (the package never imports this module at its top, so it is complete by the time this runs)
-from fastq.brokers.amqp import to_message
+from fastq.brokers.amqp import to_message  # the package imports this module only inside a function
 from fastq.brokers.amqp.link import CH_ADMIN, CH_CONSUME, Link
 from fastq.brokers.amqp.topology import (
     DEAD_LETTER_QUEUE,
