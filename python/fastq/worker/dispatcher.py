@@ -116,6 +116,7 @@ class Dispatcher:
         self.processed = 0
         self.totals: Counter[str] = Counter()  # tasks finished per name (`inspect stats`)
         self._warned_time_limit = False
+        self._recheck_pending = False  # a timer for the earliest held ETA is set (see `_release_due`)
         # Observers of the task lifecycle, None when off (one attribute check per step on the hot path).
         self.events: TaskEvents | None = None
         self.metrics: WorkerMetrics | None = None
@@ -243,6 +244,16 @@ class Dispatcher:
             signals.task_received.send(sender=self, request=job)
             self._enqueue(job)
         self.ledger.window = self._window()
+        # Each held job's timer was set by the monotonic clock at reception; if the wall clock has stepped
+        # back since (an NTP correction), the timers fire before the ETAs, and without another look the
+        # held jobs would wait for the next ETA task to arrive, maybe forever.
+        if self.held and not self._recheck_pending:
+            self._recheck_pending = True
+            self.loop.call_later(max(0.0, self.held[0][0] - now), self._recheck_held)
+
+    def _recheck_held(self) -> None:
+        self._recheck_pending = False
+        self._release_due()
 
     def _unknown_task(self, d: Delivery, name: str, task_id: str) -> None:
         assert d.message is not None

@@ -1,0 +1,66 @@
+"""Tasks held in the worker until their ETA: released by the wall clock even when it steps back."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from fastq import Fastq
+from fastq.worker import dispatcher as dispatcher_module
+from fastq.worker.dispatcher import Dispatcher
+from fastq.worker.loop import Loop
+
+
+class _Pool:
+    """Takes nothing: released jobs stay in the dispatcher's ready queue, where the test looks for them."""
+
+    name = 'stub'
+
+    def can_take(self, job: Any) -> bool:
+        return False
+
+
+def _held_job(eta: float, job_id: int) -> Any:
+    request = SimpleNamespace(task='t.noop', id=f'id-{job_id}', eta=eta)
+    return SimpleNamespace(id=job_id, request=request, name='t.noop')
+
+
+@pytest.fixture
+def dispatcher(memory_app: Fastq) -> Dispatcher:
+    broker = memory_app.broker
+    consumer = broker.consumer(['celery'], 'test@host')
+    return Dispatcher(memory_app, broker, consumer, _Pool(), Loop(), 4, frozenset({'json'}), 'test@host')  # type: ignore[arg-type]
+
+
+def _run_until(loop: Loop, done: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        loop.run_once(0.05)
+
+
+def test_held_tasks_are_released_after_the_wall_clock_steps_back(
+    dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    dispatcher.held = [(now + 0.2, 1, _held_job(now + 0.2, 1)), (now + 0.3, 2, _held_job(now + 0.3, 2))]
+    # The jobs' own timers fire (here: now) while the wall clock reads half a second earlier than when
+    # they were held: nothing is due yet.
+    monkeypatch.setattr(dispatcher_module.time, 'time', lambda: now - 0.5)
+    dispatcher._release_due()
+    assert [entry[1] for entry in dispatcher.held] == [1, 2]
+    assert not dispatcher.ready
+    monkeypatch.undo()
+    # No other timer is left to fire; the dispatcher looks again when the earliest ETA is due by the clock.
+    _run_until(dispatcher.loop, lambda: not dispatcher.held)
+    assert [job.id for job in dispatcher.ready] == [1, 2]
+
+
+def test_one_pending_look_at_a_time(dispatcher: Dispatcher) -> None:
+    now = time.time()
+    dispatcher.held = [(now + 60 + i, i, _held_job(now + 60 + i, i)) for i in range(100)]
+    for _ in range(100):
+        dispatcher._release_due()
+    assert len(dispatcher.loop._timers) == 1
