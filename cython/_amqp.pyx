@@ -261,6 +261,10 @@ cdef int amqp_encode_properties(dict props, amqp_basic_properties_t *p, amqp_poo
     if value is not None:
         amqp_put_utf8(value, &p.type, keep)
         p._flags |= AMQP_BASIC_TYPE_FLAG
+    value = props.get('user_id')
+    if value is not None:  # RabbitMQ refuses (406) a user_id other than the connection's user
+        amqp_put_utf8(value, &p.user_id, keep)
+        p._flags |= AMQP_BASIC_USER_ID_FLAG
     value = props.get('app_id')
     if value is not None:
         amqp_put_utf8(value, &p.app_id, keep)

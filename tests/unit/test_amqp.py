@@ -65,7 +65,7 @@ def test_properties_and_header_tables_round_trip(conn: _amqp.Connection) -> None
     props = {
         'content_type': 'application/json', 'content_encoding': 'utf-8', 'headers': headers, 'delivery_mode': 2,
         'priority': 7, 'correlation_id': 'cid', 'reply_to': 'rq', 'expiration': '60000', 'message_id': 'mid',
-        'timestamp': 1234567890, 'type': 't', 'app_id': 'app',
+        'timestamp': 1234567890, 'type': 't', 'user_id': 'guest', 'app_id': 'app',
     }  # fmt: skip
     conn.publish(1, '', 'p', b'x' * 300_000, props, False)  # larger than a frame: several body frames
     got = None
