@@ -145,6 +145,19 @@ class Agent:
             raise AssertionError(f'{wrong} of {n} results wrong')
         return {'rate': n / seconds, 'seconds': seconds, 'ran': n}
 
+    def cmd_e2e_batch(self, n: int) -> dict[str, Any]:
+        """Publish n add(i, i) as one group (the batch API), then collect every result; each must be 2i.
+        Against `e2e`, the client's n round trips are gone: what is left is the worker's pace with results."""
+        add, group = self.app_module.add, self.group
+        started = time.perf_counter()
+        results = group(add.s(i, i) for i in range(n)).apply_async().results
+        values = [r.get(timeout=600, interval=0.001) for r in results]
+        seconds = time.perf_counter() - started
+        wrong = sum(1 for i, v in enumerate(values) if v != 2 * i)
+        if wrong:
+            raise AssertionError(f'{wrong} of {n} results wrong')
+        return {'rate': n / seconds, 'seconds': seconds, 'ran': n}
+
     def cmd_latency(self, samples: int) -> dict[str, Any]:
         """Sequential add.delay(1, 1).get() on an idle worker, after WARM unmeasured ones."""
         add = self.app_module.add

@@ -38,7 +38,7 @@ from suite.engines import BENCHES, PYTHON, SPECS, Engine, Worker
 from suite.rabbit import RabbitNode
 from suite.stats import RABBIT, REDIS, TABLES, Results, format_value, percentile, render, table_of
 
-ALL_WORKLOADS = ('publish', 'publish-batch', 'drain', 'e2e', 'latency', 'soak', 'eta')
+ALL_WORKLOADS = ('publish', 'publish-batch', 'drain', 'e2e', 'e2e-batch', 'latency', 'soak', 'eta')
 # which engines run which workload (SQLite: the throughput ones; Celery's defaults: drain, as the issue asks)
 # RabbitMQ (issue 6): publish, drain, e2e and latency, for fastq and Celery with and without publisher confirms.
 AMQP = ('fastq-amqp', 'celery-amqp', 'celery-amqp-confirm')
@@ -48,6 +48,7 @@ RUNS_ON: dict[str, tuple[str, ...]] = {
     'publish-batch': ('fastq', 'celery', 'fastq-sqlite', *AMQP),
     'drain': ('fastq', 'celery', 'celery-default', 'fastq-sqlite', 'fastq-events', *AMQP),
     'e2e': ('fastq', 'celery', 'fastq-sqlite', *AMQP, *AMQP_RPC),
+    'e2e-batch': ('fastq', 'celery', 'fastq-sqlite', *AMQP, *AMQP_RPC),
     'latency': ('fastq', 'celery', 'fastq-sqlite', *AMQP, *AMQP_RPC),
     'soak': ('fastq', 'celery'),
     'eta': ('fastq', 'celery'),
@@ -371,6 +372,9 @@ class Bench:
                     if self.runs('e2e', key):
                         got['e2e'] = agent.call('e2e', n=n)
                         ran += got['e2e']['ran']
+                    if self.runs('e2e-batch', key):
+                        got['e2e-batch'] = agent.call('e2e_batch', n=n)
+                        ran += got['e2e-batch']['ran']
                     if self.runs('latency', key):
                         got['latency'] = agent.call('latency', samples=self.config.samples)
                         ran += got['latency']['ran']
@@ -382,6 +386,10 @@ class Bench:
             self.say(
                 round_, 'e2e', key, f'{got["e2e"]["rate"]:>10,.0f} tasks/s  ({n:,} in {got["e2e"]["seconds"]:.2f} s)'
             )
+        if 'e2e-batch' in got:
+            rate, seconds = got['e2e-batch']['rate'], got['e2e-batch']['seconds']
+            self.record(key, 'e2e-batch', rate, round_)
+            self.say(round_, 'e2e-batch', key, f'{rate:>10,.0f} tasks/s  ({n:,} in {seconds:.2f} s)')
         if 'latency' in got:
             p50, p99 = got['latency']['p50'], got['latency']['p99']
             self.record(key, 'latency-p50', p50, round_)
@@ -490,7 +498,7 @@ class Bench:
         per_round = [
             ('publish', self.publish, ('publish', 'publish-batch')),
             ('drain', self.drain, ('drain',)),
-            ('e2e', self.e2e, ('e2e', 'latency')),
+            ('e2e', self.e2e, ('e2e', 'e2e-batch', 'latency')),
         ]
         for round_ in range(cfg.rounds):
             order = cfg.engines if round_ % 2 == 0 else cfg.engines[::-1]
