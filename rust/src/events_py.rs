@@ -127,15 +127,8 @@ impl Worker {
 /// precision events are read at, without the cost of the shortest-repr float formatting.
 fn write_timestamp(out: &mut Vec<u8>, since: Duration) {
     write_u64(out, since.as_secs());
-    let micros = since.subsec_micros();
     out.push(b'.');
-    let mut digits = [b'0'; 6];
-    let mut rest = micros;
-    for digit in digits.iter_mut().rev() {
-        *digit = b'0' + u8::try_from(rest % 10).unwrap_or(0);
-        rest /= 10;
-    }
-    out.extend_from_slice(&digits);
+    out.extend_from_slice(&fraction_digits(u64::from(since.subsec_micros()), 6)[..6]);
 }
 
 /// Appends the non-negative `seconds` to `decimals` places without trailing zeros (`0.000012`, `17.5`);
@@ -152,19 +145,25 @@ fn write_seconds(out: &mut Vec<u8>, seconds: f64, decimals: u32) -> bool {
     let units = scaled.round() as u64;
     write_u64(out, units / scale);
     out.push(b'.');
-    let mut digits = [b'0'; 19];
     let width = decimals as usize;
-    let mut rest = units % scale;
-    for digit in digits[..width].iter_mut().rev() {
-        *digit = b'0' + u8::try_from(rest % 10).unwrap_or(0);
-        rest /= 10;
-    }
+    let digits = fraction_digits(units % scale, width);
     let used = digits[..width]
         .iter()
         .rposition(|d| *d != b'0')
         .map_or(1, |last| last + 1);
     out.extend_from_slice(&digits[..used]);
     true
+}
+
+/// `fraction` (below `10^width`) as the `width` digits after a decimal point, zero-padded on the left.
+fn fraction_digits(fraction: u64, width: usize) -> [u8; 19] {
+    let mut digits = [b'0'; 19];
+    let mut rest = fraction;
+    for digit in digits[..width].iter_mut().rev() {
+        *digit = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        rest /= 10;
+    }
+    digits
 }
 
 fn json_string(text: &str) -> Vec<u8> {

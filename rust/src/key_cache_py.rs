@@ -1,7 +1,6 @@
 //! Reuse of the str objects made for mapping keys, across every document the process decodes.
 
 use std::cell::UnsafeCell;
-use std::marker::PhantomData;
 
 use pyo3::prelude::*;
 use pyo3::types::PyString;
@@ -22,59 +21,48 @@ struct Slot {
 /// of decoding an envelope.
 struct Slots(UnsafeCell<Option<Vec<Option<Slot>>>>);
 
-// SAFETY: the slots are only reached through `KeyCache::get`, which needs a `Python` token: only the thread
-// holding the GIL touches them, and nothing in `get` runs Python code (which could release the GIL or
+// SAFETY: the slots are only reached through `cached_key`, which needs a `Python` token: only the thread
+// holding the GIL touches them, and nothing in `cached_key` runs Python code (which could release the GIL or
 // re-enter) while they are borrowed (making or dropping a str of ASCII or UTF-8 text runs none).
 unsafe impl Sync for Slots {}
 
 static SLOTS_OF_PROCESS: Slots = Slots(UnsafeCell::new(None));
 
-/// Map keys repeat (a list of records has the same few keys over and over, and every message of a protocol
-/// has the same keys as the last), so, like the stdlib json memo and msgpack's key interning, recently seen
-/// keys reuse their str object, which also keeps its hash. A key that misses costs a hash and a slot check.
-pub struct KeyCache<'py> {
-    _py: PhantomData<Python<'py>>,
-}
-
-impl<'py> KeyCache<'py> {
-    pub fn new() -> Self {
-        Self { _py: PhantomData }
+/// The str for a mapping key. Map keys repeat (a list of records has the same few keys over and over, and
+/// every message of a protocol has the same keys as the last), so, like the stdlib json memo and msgpack's
+/// key interning, recently seen keys reuse their str object, which also keeps its hash. A key that misses
+/// costs a hash and a slot check.
+pub fn cached_key<'py>(py: Python<'py>, key: &str) -> &'py PyString {
+    let bytes = key.as_bytes();
+    if bytes.len() > MAX_KEY_LEN {
+        return PyString::new(py, key);
     }
-
-    #[allow(clippy::unused_self)] // the slots are the process's; the handle ties its strs to the GIL
-    pub fn get(&mut self, py: Python<'py>, key: &str) -> &'py PyString {
-        let bytes = key.as_bytes();
-        if bytes.len() > MAX_KEY_LEN {
-            return PyString::new(py, key);
+    // FNV-1a; plenty for telling a few hundred short keys apart.
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    #[allow(clippy::cast_possible_truncation)] // only the low bits pick the slot
+    let index = (hash ^ (hash >> 32)) as usize % SLOTS;
+    // SAFETY: see `Slots`; `py` proves this thread holds the GIL.
+    let slots = unsafe { &mut *SLOTS_OF_PROCESS.0.get() }.get_or_insert_with(|| {
+        let mut slots = Vec::with_capacity(SLOTS);
+        slots.resize_with(SLOTS, || None);
+        slots
+    });
+    let slot = &mut slots[index];
+    if let Some(cached) = slot {
+        if cached.text[..cached.len] == *bytes {
+            return cached.key.clone_ref(py).into_ref(py);
         }
-        // FNV-1a; plenty for telling a few hundred short keys apart.
-        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        #[allow(clippy::cast_possible_truncation)] // only the low bits pick the slot
-        let index = (hash ^ (hash >> 32)) as usize % SLOTS;
-        // SAFETY: see `Slots`; `py` proves this thread holds the GIL.
-        let slots = unsafe { &mut *SLOTS_OF_PROCESS.0.get() }.get_or_insert_with(|| {
-            let mut slots = Vec::with_capacity(SLOTS);
-            slots.resize_with(SLOTS, || None);
-            slots
-        });
-        let slot = &mut slots[index];
-        if let Some(cached) = slot {
-            if cached.text[..cached.len] == *bytes {
-                return cached.key.clone_ref(py).into_ref(py);
-            }
-        }
-        let made = PyString::new(py, key);
-        let mut text = [0; MAX_KEY_LEN];
-        text[..bytes.len()].copy_from_slice(bytes);
-        // the str it replaces is released after the borrow: dropping a Py may run no code here, only a decref
-        let replaced = slot.replace(Slot {
-            len: bytes.len(),
-            text,
-            key: made.into(),
-        });
-        drop(replaced);
-        made
     }
+    let made = PyString::new(py, key);
+    let mut text = [0; MAX_KEY_LEN];
+    text[..bytes.len()].copy_from_slice(bytes);
+    // the str it replaces is only decref'd: freeing a str runs no Python code
+    *slot = Some(Slot {
+        len: bytes.len(),
+        text,
+        key: made.into(),
+    });
+    made
 }

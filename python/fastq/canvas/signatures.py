@@ -70,7 +70,7 @@ class Signature(dict[str, Any], Generic[R]):
         **ex: Any,
     ) -> None:
         self._app = app
-        if isinstance(task, dict) or (not isinstance(task, str) and not callable(task) and isinstance(task, Mapping)):
+        if isinstance(task, Mapping):
             super().__init__(task)
             return
         if task is not None and not isinstance(task, str):

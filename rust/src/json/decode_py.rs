@@ -9,7 +9,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyLong, PyString};
 
 use super::encode_py::optional;
 use super::parse::{self, describe_position, Input, Sink, Str, SyntaxError};
-use crate::key_cache_py::KeyCache;
+use crate::key_cache_py::cached_key;
 use crate::recursion_py::DepthGuard;
 
 const TYPE_KEY: u8 = 1;
@@ -20,7 +20,6 @@ struct PySink<'py> {
     tag_hook: Option<&'py PyAny>,
     array_depth: DepthGuard,
     object_depth: DepthGuard,
-    keys: KeyCache<'py>,
 }
 
 /// Turns decoded text into a Python str; WTF-8 goes through `surrogatepass` to keep lone surrogates.
@@ -71,7 +70,7 @@ impl<'py> Sink for PySink<'py> {
             _ => 0,
         };
         let key = match s {
-            Str::Utf8(text) => self.keys.get(self.py, text),
+            Str::Utf8(text) => cached_key(self.py, text),
             Str::Wtf8(_) => py_str(self.py, s)?,
         };
         Ok((key, tag))
@@ -142,7 +141,6 @@ pub fn loads<'py>(py: Python<'py>, data: &'py PyAny, tag_hook: Option<&'py PyAny
         tag_hook,
         array_depth: DepthGuard::new(" while decoding a JSON array from a unicode string"),
         object_depth: DepthGuard::new(" while decoding a JSON object from a unicode string"),
-        keys: KeyCache::new(),
     };
     parse::parse(input, &mut sink).map_err(|e| match e {
         parse::Error::Syntax(SyntaxError { msg, pos }) => {

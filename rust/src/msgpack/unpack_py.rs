@@ -9,12 +9,11 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyString};
 
 use super::read::{ReadError, Reader, Token};
 use super::MAX_DEPTH;
-use crate::key_cache_py::KeyCache;
+use crate::key_cache_py::cached_key;
 
 pub struct Unpacker<'a, 'py> {
     py: Python<'py>,
     reader: Reader<'a>,
-    keys: KeyCache<'py>,
 }
 
 #[cold]
@@ -32,7 +31,6 @@ impl<'a, 'py> Unpacker<'a, 'py> {
         Self {
             py,
             reader: Reader::new(data),
-            keys: KeyCache::new(),
         }
     }
 
@@ -58,7 +56,7 @@ impl<'a, 'py> Unpacker<'a, 'py> {
     fn key(&mut self, depth: usize) -> PyResult<&'py PyAny> {
         match self.reader.next_token().map_err(|e| read_error(&e))? {
             Token::Str(raw) => match std::str::from_utf8(raw) {
-                Ok(text) => Ok(self.keys.get(self.py, text)),
+                Ok(text) => Ok(cached_key(self.py, text)),
                 Err(_) => self.scalar(&Token::Str(raw)),
             },
             Token::Array(len) => self.array(len, depth),
