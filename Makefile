@@ -71,7 +71,7 @@ bench-soak: ## worker memory: a 10-minute soak and 100,000 ETA tasks, fastq and 
 
 .PHONY: bench-rabbit
 bench-rabbit: ## RabbitMQ rows only (fastq vs Celery, with and without publisher confirms, on a fresh node, 3 rounds); replaces that section of benches/RESULTS.md
-	$(PY) benches/macro.py --broker rabbitmq --workloads publish,publish-batch,drain,e2e,latency
+	$(PY) benches/macro.py --broker rabbitmq --workloads publish,publish-batch,drain,e2e,e2e-batch,latency
 
 .PHONY: demo
 demo: ## run the quickstart app on the embedded SQLite broker

@@ -16,10 +16,13 @@ use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyString, PyTuple};
+use pyo3::PyCell;
 
+use crate::json::decode_py::HeaderSpans;
 use crate::json::encode_py::{optional, Encoder};
 use crate::json::string::write_escaped;
 use crate::json::{write_i64, write_u64};
+use crate::protocol::message_py::Message;
 
 /// The JSON written around the values of one event type.
 struct Schema {
@@ -84,8 +87,8 @@ const WORKER_EVENTS: [(&str, &[&str]); 7] = [
             "retries",
             "eta",
             "expires",
-            "queue",
             "sent_at",
+            "queue",
         ],
     ),
     ("task-started", &[]),
@@ -97,7 +100,8 @@ const WORKER_EVENTS: [(&str, &[&str]); 7] = [
 ];
 /// Float fields of the worker's events written as seconds to this many decimals (see `Schema::decimals`):
 /// the client's send time to the microsecond, as `timestamp` is, and a runtime to the nanosecond.
-const SECONDS_FIELDS: [(&str, u32); 2] = [("sent_at", 6), ("runtime", 9)];
+const SECONDS_FIELDS: [(&str, u32); 2] = [("sent_at", SENT_AT_DECIMALS), ("runtime", 9)];
+const SENT_AT_DECIMALS: u32 = 6;
 const RECEIVED: usize = 0;
 const STARTED: usize = 1;
 const SUCCEEDED: usize = 2;
@@ -166,6 +170,46 @@ fn fraction_digits(fraction: u64, width: usize) -> [u8; 19] {
     digits
 }
 
+/// The JSON of `task-received`'s fields from `name` to `sent_at`, each after a comma, from the text of
+/// the envelope's headers as it is: what `task_received` would write from the values decoded from them.
+/// None where that does not hold, or could not be told without decoding (a header `parse_task_headers`
+/// turns into another value: `argsrepr` missing, `retries` neither a count nor null), so the event is
+/// written from the decoded values.
+pub fn received_fields(spans: &HeaderSpans<'_>) -> Option<Vec<u8>> {
+    fn string(text: Option<&[u8]>) -> Option<&[u8]> {
+        text.filter(|t| t.len() > 2 && t[0] == b'"')
+    }
+    let [task, argsrepr, kwargsrepr, root_id, parent_id, retries, eta, expires, sent_at] =
+        std::array::from_fn(|i| spans.header(i));
+    let retries = match retries {
+        None | Some(b"null" | b"false") => b"0".as_slice(),
+        Some(digits) if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => digits,
+        Some(_) => return None,
+    };
+    let mut out = Vec::with_capacity(256);
+    for (key, text) in [
+        (",\"name\":", string(task)?),
+        (",\"args\":", string(argsrepr)?),
+        (",\"kwargs\":", string(kwargsrepr)?),
+        (",\"root_id\":", root_id.unwrap_or(b"null")),
+        (",\"parent_id\":", parent_id.unwrap_or(b"null")),
+        (",\"retries\":", retries),
+        (",\"eta\":", eta.unwrap_or(b"null")),
+        (",\"expires\":", expires.unwrap_or(b"null")),
+    ] {
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(text);
+    }
+    out.extend_from_slice(b",\"sent_at\":");
+    let sent_at = sent_at.unwrap_or(b"null");
+    // to the microsecond, as `task_received` writes a float it decoded (see `SECONDS_FIELDS`)
+    let seconds = std::str::from_utf8(sent_at).ok().and_then(|t| t.parse::<f64>().ok());
+    if !seconds.is_some_and(|s| sent_at[0] != b'"' && write_seconds(&mut out, s, SENT_AT_DECIMALS)) {
+        out.extend_from_slice(sent_at);
+    }
+    Some(out)
+}
+
 fn json_string(text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len() + 2);
     write_escaped(&mut out, text.as_bytes());
@@ -185,9 +229,21 @@ impl PyEventBuffer {
         uuid: &PyString,
         values: &[&PyAny],
     ) -> PyResult<()> {
+        self.worker_append_after(py, worker, kind, uuid, None, values)
+    }
+
+    fn worker_append_after(
+        &self,
+        py: Python<'_>,
+        worker: &Worker,
+        kind: usize,
+        uuid: &PyString,
+        written: Option<&[u8]>,
+        values: &[&PyAny],
+    ) -> PyResult<()> {
         let clock: i64 = worker.clock.as_ref(py).call0()?.extract()?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        if self.append(py, kind, clock, now, uuid, values)? == worker.limit {
+        if self.append_after(py, kind, clock, now, uuid, written, values)? == worker.limit {
             worker.wakeup.as_ref(py).call0()?;
         }
         Ok(())
@@ -202,24 +258,44 @@ impl PyEventBuffer {
         uuid: &PyString,
         values: &[&PyAny],
     ) -> PyResult<usize> {
+        self.append_after(py, kind, clock, time, uuid, None, values)
+    }
+
+    /// `append`, where the JSON of the event's first fields (keys and values, each after a comma) is
+    /// `written` already; `values` are those of the fields after them.
+    #[allow(clippy::too_many_arguments)]
+    fn append_after(
+        &self,
+        py: Python<'_>,
+        kind: usize,
+        clock: i64,
+        time: Duration,
+        uuid: &PyString,
+        written: Option<&[u8]>,
+        values: &[&PyAny],
+    ) -> PyResult<usize> {
         let schema = self
             .schemas
             .get(kind)
             .ok_or_else(|| PyIndexError::new_err(format!("no event kind {kind}")))?;
-        if values.len() != schema.keys.len() {
+        if values.len() > schema.keys.len() || (written.is_none() && values.len() != schema.keys.len()) {
             return Err(PyValueError::new_err(format!(
                 "event kind {kind} has {} fields, got {} values",
                 schema.keys.len(),
                 values.len()
             )));
         }
+        let first = schema.keys.len() - values.len();
         let mut encoder = Encoder::new(py, self.default.as_ref().map(|d| d.as_ref(py)));
         let out = &mut encoder.out;
         out.extend_from_slice(&self.prefix);
         write_i64(out, clock);
         out.extend_from_slice(b",\"uuid\":");
         encoder.string(uuid)?;
-        for ((key, value), decimals) in schema.keys.iter().zip(values).zip(&schema.decimals) {
+        if let Some(written) = written {
+            encoder.out.extend_from_slice(written);
+        }
+        for ((key, value), decimals) in schema.keys[first..].iter().zip(values).zip(&schema.decimals[first..]) {
             encoder.out.extend_from_slice(key);
             let written = match (decimals, value.downcast::<PyFloat>()) {
                 (Some(decimals), Ok(seconds)) => write_seconds(&mut encoder.out, seconds.value(), *decimals),
@@ -290,6 +366,9 @@ impl PyEventBuffer {
     }
 
     /// `task-received` of a worker's `Job` (its `request`, the `request.headers`, `delivery.queue`).
+    ///
+    /// A message decoded from a kombu envelope carries the JSON of the event's header fields as the
+    /// envelope had it (see `received_fields`): those are copied, and only the queue is encoded here.
     #[pyo3(text_signature = "($self, job)")]
     fn task_received(&self, py: Python<'_>, job: &PyAny) -> PyResult<()> {
         let Some(worker) = &self.worker else { return Ok(()) };
@@ -297,6 +376,15 @@ impl PyEventBuffer {
         let name = request.getattr(intern!(py, "task"))?;
         if worker.skips(py, name)? {
             return Ok(());
+        }
+        let uuid = request.getattr(intern!(py, "id"))?.downcast()?;
+        let delivery = job.getattr(intern!(py, "delivery"))?;
+        let queue = delivery.getattr(intern!(py, "queue"))?;
+        let message = delivery.getattr(intern!(py, "message")).ok();
+        if let Some(message) = message.and_then(|m| m.downcast::<PyCell<Message>>().ok()) {
+            if let Some(fields) = message.try_borrow().ok().as_deref().and_then(Message::received_fields) {
+                return self.worker_append_after(py, worker, worker.kinds[RECEIVED], uuid, Some(fields), &[queue]);
+            }
         }
         let headers: &PyDict = request.getattr(intern!(py, "headers"))?.downcast()?;
         let header = |key: &PyString| headers.get_item(key).unwrap_or_else(|| py.None().into_ref(py));
@@ -309,10 +397,9 @@ impl PyEventBuffer {
             request.getattr(intern!(py, "retries"))?,
             header(intern!(py, "eta")),
             header(intern!(py, "expires")),
-            job.getattr(intern!(py, "delivery"))?.getattr(intern!(py, "queue"))?,
             header(intern!(py, "fastq_sent_at")),
+            queue,
         ];
-        let uuid = request.getattr(intern!(py, "id"))?.downcast()?;
         self.worker_append(py, worker, worker.kinds[RECEIVED], uuid, &values)
     }
 

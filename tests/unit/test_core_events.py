@@ -178,3 +178,62 @@ def test_enabling_worker_events_again_keeps_one_set_of_event_types() -> None:
     assert events.define('probe', ()) == first + 1  # nothing was defined in between
     events.task_started(job('a'))
     assert json.loads(events.take(1) or b'')[0]['type'] == 'task-started'
+
+
+def kombu_envelope(headers: dict[str, Any]) -> bytes:
+    """A task envelope as kombu writes it (its `json.dumps` separators), with these headers."""
+    return json.dumps({
+        'body': 'W1tdLCB7fSwge31d', 'content-encoding': 'utf-8', 'content-type': 'application/json',
+        'headers': headers,
+        'properties': {'correlation_id': headers.get('id'), 'delivery_info': {'exchange': '', 'routing_key': 'q'},
+                       'body_encoding': 'base64', 'delivery_tag': 'tag-1'},
+    }).encode()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    'headers',
+    [
+        {'argsrepr': '(1, 2)', 'kwargsrepr': '{}', 'root_id': 'r', 'parent_id': None, 'retries': 0, 'eta': None,
+         'expires': None},  # a Celery client's: no send time
+        {'argsrepr': "('é \"q\"\\n',)", 'kwargsrepr': "{'k': [1, {'x': None}]}", 'root_id': None,
+         'parent_id': 'p', 'retries': 7, 'eta': '2026-12-04T22:00:00.123456+00:00',
+         'expires': '2026-12-05T22:00:00+00:00', 'fastq_sent_at': 1796419702.3602712},
+        {'argsrepr': '()', 'kwargsrepr': '{}', 'retries': None, 'fastq_sent_at': 1.5},  # no root/parent, null retries
+        {'argsrepr': '()', 'kwargsrepr': '{}', 'retries': 2, 'eta': '2026-12-04T22:00:00', 'lang': 'py',
+         'timelimit': [None, None], 'nested': {'argsrepr': 'not this one', 'retries': 'x'}},
+        {'kwargsrepr': '{}', 'retries': 1},  # argsrepr missing: written from the decoded request ('')
+        {'argsrepr': '()', 'kwargsrepr': '{}', 'retries': False},  # `or 0` makes it 0
+    ],
+)  # fmt: skip
+def test_received_event_from_the_envelope_text_is_the_event_from_the_decoded_values(headers: dict[str, Any]) -> None:
+    """A message decoded from an envelope keeps the JSON of the event's header fields, copied into its
+    `task-received` instead of encoding the decoded values again: the event must be the same either way."""
+    from fastq.protocol import parse_task_headers
+
+    headers = {'lang': 'py', 'task': 'proj.add', 'id': 'id-1', **headers}
+    message = _core.Message.from_envelope(kombu_envelope(headers), None)
+    request = parse_task_headers(message, datetime.UTC)
+
+    def received(message: Any) -> dict[str, Any]:
+        events, _, _ = worker_buffer(muted=set())
+        events.task_received(SimpleNamespace(request=request, delivery=SimpleNamespace(queue='q', message=message)))
+        (event,) = json.loads(events.take(10) or b'')
+        event.pop('timestamp')
+        return event
+
+    from_text = received(message)
+    from_values = received(SimpleNamespace(headers=message.headers))
+    assert from_text == from_values
+    assert from_text['args'] == str(headers.get('argsrepr', '')) and from_text['queue'] == 'q'
+    assert list(from_text)[-2:] == ['queue', 'type']
+
+
+def test_replaced_headers_are_not_read_from_the_envelope_text() -> None:
+    message = _core.Message.from_envelope(kombu_envelope({'task': 'proj.add', 'id': 'i', 'argsrepr': '(1,)'}), None)
+    message.headers = {'task': 'proj.add', 'id': 'i', 'argsrepr': '(2,)', 'kwargsrepr': '{}'}
+    request = SimpleNamespace(id='i', task='proj.add', argsrepr='(2,)', kwargsrepr='{}', root_id=None,
+                              parent_id=None, retries=0, headers=message.headers)  # fmt: skip
+    events, _, _ = worker_buffer(muted=set())
+    events.task_received(SimpleNamespace(request=request, delivery=SimpleNamespace(queue='q', message=message)))
+    (event,) = json.loads(events.take(10) or b'')
+    assert event['args'] == '(2,)'

@@ -15,11 +15,87 @@ use crate::recursion_py::DepthGuard;
 const TYPE_KEY: u8 = 1;
 const VALUE_KEY: u8 = 2;
 
-struct PySink<'py> {
+struct PySink<'py, 'a> {
     py: Python<'py>,
     tag_hook: Option<&'py PyAny>,
     array_depth: DepthGuard,
     object_depth: DepthGuard,
+    /// Kept for `loads_envelope` only.
+    spans: Option<&'a mut HeaderSpans<'py>>,
+}
+
+/// Where some of a kombu envelope's headers are in its text (`headers` is a member of the outermost
+/// object): the worker writes them into its `task-received` event as they are, instead of encoding
+/// the values it decoded from them again.
+pub struct HeaderSpans<'a> {
+    input: &'a [u8],
+    /// The depth-1 member being read is `headers`.
+    in_headers: bool,
+    /// The depth-2 member being read is `HEADER_SPANS[field]`, its value starting at `field_start`.
+    field: Option<usize>,
+    field_start: usize,
+    /// The members of the depth-2 object being read.
+    reading: [Option<(usize, usize)>; HEADER_SPANS.len()],
+    /// The members of `headers`, once it was read.
+    pub headers: Option<[Option<(usize, usize)>; HEADER_SPANS.len()]>,
+}
+
+/// The headers `HeaderSpans` finds, in this order.
+pub const HEADER_SPANS: [&str; 9] = [
+    "task",
+    "argsrepr",
+    "kwargsrepr",
+    "root_id",
+    "parent_id",
+    "retries",
+    "eta",
+    "expires",
+    "fastq_sent_at",
+];
+
+impl HeaderSpans<'_> {
+    /// The text of the input between `start` and `end`, less the quotes around it.
+    fn unquoted(&self, (start, end): (usize, usize)) -> &[u8] {
+        self.input.get(start + 1..end.saturating_sub(1)).unwrap_or_default()
+    }
+
+    /// The JSON text of header `HEADER_SPANS[index]`, if the envelope's `headers` had it.
+    pub fn header(&self, index: usize) -> Option<&[u8]> {
+        let (start, end) = self.headers.as_ref()?.get(index).copied().flatten()?;
+        self.input.get(start..end)
+    }
+
+    // Not inlined: in the parser's recursion this would add its locals to every level's frame.
+    #[inline(never)]
+    fn member_start(&mut self, depth: usize, key: (usize, usize), value_start: usize) {
+        match depth {
+            1 => self.in_headers = self.unquoted(key) == b"headers",
+            2 => {
+                let key = self.unquoted(key);
+                self.field = HEADER_SPANS.iter().position(|h| h.as_bytes() == key);
+                self.field_start = value_start;
+            }
+            _ => {}
+        }
+    }
+
+    #[inline(never)]
+    fn member_end(&mut self, depth: usize, value_end: usize) {
+        match depth {
+            1 => {
+                let read = std::mem::take(&mut self.reading);
+                if self.in_headers {
+                    self.headers = Some(read);
+                }
+            }
+            2 => {
+                if let Some(i) = self.field.take() {
+                    self.reading[i] = Some((self.field_start, value_end));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Turns decoded text into a Python str; WTF-8 goes through `surrogatepass` to keep lone surrogates.
@@ -34,7 +110,7 @@ fn py_str<'py>(py: Python<'py>, s: Str<'_>) -> PyResult<&'py PyString> {
     }
 }
 
-impl<'py> Sink for PySink<'py> {
+impl<'py> Sink for PySink<'py, '_> {
     type Value = &'py PyAny;
     /// The key and whether it is one of kombu's tag keys.
     type Key = (&'py PyString, u8);
@@ -100,6 +176,18 @@ impl<'py> Sink for PySink<'py> {
             _ => Ok(dict),
         }
     }
+    #[inline]
+    fn member_start(&mut self, depth: usize, key: (usize, usize), value_start: usize) {
+        if let Some(spans) = &mut self.spans {
+            spans.member_start(depth, key, value_start);
+        }
+    }
+    #[inline]
+    fn member_end(&mut self, depth: usize, value_end: usize) {
+        if let Some(spans) = &mut self.spans {
+            spans.member_end(depth, value_end);
+        }
+    }
     #[inline(never)]
     fn enter(&mut self, depth: usize, array: bool) -> PyResult<()> {
         let guard = if array {
@@ -136,11 +224,40 @@ fn input_text(data: &PyAny) -> PyResult<Input<'_>> {
 
 pub fn loads<'py>(py: Python<'py>, data: &'py PyAny, tag_hook: Option<&'py PyAny>) -> PyResult<&'py PyAny> {
     let input = input_text(data)?;
+    parse_with(py, input, tag_hook, None)
+}
+
+/// `loads` of a kombu envelope, with its text and where some of its headers are in it (see `HeaderSpans`).
+pub fn loads_envelope<'py>(
+    py: Python<'py>,
+    data: &'py PyAny,
+    tag_hook: Option<&'py PyAny>,
+) -> PyResult<(&'py PyAny, HeaderSpans<'py>)> {
+    let input = input_text(data)?;
+    let mut spans = HeaderSpans {
+        input: input.as_bytes(),
+        in_headers: false,
+        field: None,
+        field_start: 0,
+        reading: Default::default(),
+        headers: None,
+    };
+    let doc = parse_with(py, input, tag_hook, Some(&mut spans))?;
+    Ok((doc, spans))
+}
+
+fn parse_with<'py>(
+    py: Python<'py>,
+    input: Input<'py>,
+    tag_hook: Option<&'py PyAny>,
+    spans: Option<&mut HeaderSpans<'py>>,
+) -> PyResult<&'py PyAny> {
     let mut sink = PySink {
         py,
         tag_hook,
         array_depth: DepthGuard::new(" while decoding a JSON array from a unicode string"),
         object_depth: DepthGuard::new(" while decoding a JSON object from a unicode string"),
+        spans,
     };
     parse::parse(input, &mut sink).map_err(|e| match e {
         parse::Error::Syntax(SyntaxError { msg, pos }) => {

@@ -12,6 +12,7 @@ use super::{COMPRESSION_HEADER, CORRELATION_ID, HEADERS, LANG, REPLY_TO, TIMELIM
 use crate::base64;
 use crate::compression;
 use crate::compression_py::codec;
+use crate::events_py::received_fields;
 use crate::json::decode_py;
 use crate::json::encode_py::{optional, Encoder};
 use crate::json::string::write_escaped;
@@ -22,7 +23,7 @@ use crate::json::string::write_escaped;
     text_signature = "(body, content_type, content_encoding, headers, properties)"
 )]
 pub struct Message {
-    #[pyo3(get, set)]
+    #[pyo3(get)]
     headers: Py<PyDict>,
     #[pyo3(get, set)]
     properties: Py<PyDict>,
@@ -32,6 +33,15 @@ pub struct Message {
     content_type: Py<PyString>,
     #[pyo3(get, set)]
     content_encoding: Py<PyString>,
+    /// The JSON of a worker's `task-received` fields, from the text of the envelope it was decoded from
+    /// (`events_py::received_fields`); dropped when `headers` is replaced.
+    received: Option<Box<[u8]>>,
+}
+
+impl Message {
+    pub fn received_fields(&self) -> Option<&[u8]> {
+        self.received.as_deref()
+    }
 }
 
 /// The values `to_envelope` gives the delivery properties, as Python objects.
@@ -183,7 +193,14 @@ impl Message {
             body,
             content_type,
             content_encoding,
+            received: None,
         }
+    }
+
+    #[setter]
+    fn set_headers(&mut self, headers: Py<PyDict>) {
+        self.headers = headers;
+        self.received = None;
     }
 
     /// The JSON document kombu's virtual transports store for this message.
@@ -226,7 +243,7 @@ impl Message {
     #[staticmethod]
     #[pyo3(text_signature = "(data, tag_hook)")]
     fn from_envelope(py: Python<'_>, data: &PyAny, tag_hook: &PyAny) -> PyResult<Self> {
-        let doc = decode_py::loads(py, data, optional(tag_hook))?;
+        let (doc, spans) = decode_py::loads_envelope(py, data, optional(tag_hook))?;
         let doc: &PyDict = doc
             .downcast()
             .map_err(|_| PyValueError::new_err("malformed envelope: not a JSON object"))?;
@@ -262,6 +279,7 @@ impl Message {
             body: body.into(),
             content_type: content_type.into(),
             content_encoding: content_encoding.into(),
+            received: received_fields(&spans).map(Vec::into_boxed_slice),
         })
     }
 
@@ -474,5 +492,6 @@ pub fn task_message<'py>(
         body: body.into(),
         content_type: content_type.into(),
         content_encoding: content_encoding.into(),
+        received: None,
     })
 }
