@@ -17,7 +17,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -202,6 +202,13 @@ class Consumer(abc.ABC):
         """The most deliveries the worker holds at once (0: no limit). Brokers that push messages (AMQP's
         basic.qos) size their window from it; brokers the worker pulls from ignore it."""
         return None
+
+    def push_to(self, deliver: Callable[[list[Delivery]], None] | None) -> bool:
+        """Hand deliveries to `deliver` as the broker pushes them, from the consumer's own thread, instead of
+        waiting for `fetch` (what is ready already goes first); True if this consumer can. The broker's
+        window (`prefetch`) bounds what arrives. `None` stops it: when it returns, no call is in progress and
+        none follows, and deliveries wait for `fetch` again."""
+        return False
 
     def set_queues(self, queues: Sequence[str]) -> None:
         """Consume from these queues from the next fetch on (`add_consumer` / `cancel_consumer`); called from

@@ -1,5 +1,8 @@
 """The fetcher thread: blocks in the broker until messages are ready and hands them to the loop.
 
+A consumer the broker pushes to (RabbitMQ: `Consumer.push_to`) hands its deliveries on from its own I/O
+thread, through the same accounting (`_accept`); this thread then only waits to be stopped.
+
 It never takes more than the prefetch window allows: the `Ledger` counts what the worker holds, only this
 thread adds to it, and the loop settles (frees) entries, so reading `free()` here can only under-estimate.
 When the window is full it sleeps until the loop frees a slot. Broker errors are retried with backoff and
@@ -47,6 +50,7 @@ class Fetcher(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+        self.consumer.push_to(None)  # when it returns, nothing more is handed over
         self.window_open.set()
         self.consumer.wakeup()
 
@@ -59,6 +63,9 @@ class Fetcher(threading.Thread):
         return max(1, min(self.ledger.window // 2, MAX_BATCH)) if self.ledger.window else 1
 
     def run(self) -> None:
+        if self.consumer.push_to(self._accept):
+            self._stop_event.wait()
+            return
         backoff = 0.0
         while not self._stop_event.is_set():
             free = min(self.ledger.free(), MAX_BATCH)
@@ -91,15 +98,18 @@ class Fetcher(threading.Thread):
                 logger.info('Connected to %s', self.describe)
                 self.reconnects += 1
                 backoff = 0.0
-            if not deliveries:
-                continue
-            accepted = []
-            for d in deliveries:
-                try:
-                    self.ledger.add(d.tag)
-                except KeyError:
-                    logger.warning('broker handed out delivery %r twice; ignoring the duplicate', d.tag)
-                else:
-                    accepted.append(d)
-            if accepted:
-                self.deliver(accepted)
+            if deliveries:
+                self._accept(deliveries)
+
+    def _accept(self, deliveries: list[Delivery]) -> None:
+        """Count deliveries in the window and hand them to the loop (in this thread, or the consumer's)."""
+        accepted = []
+        for d in deliveries:
+            try:
+                self.ledger.add(d.tag)
+            except KeyError:
+                logger.warning('broker handed out delivery %r twice; ignoring the duplicate', d.tag)
+            else:
+                accepted.append(d)
+        if accepted:
+            self.deliver(accepted)

@@ -85,6 +85,8 @@ class Link:
         self.generation = 0  # bumped on every new connection: delivery tags of older ones are void
         self.on_connect: list[Callable[[_amqp.Connection], None]] = []
         self.on_deliver: Callable[[tuple[Any, ...]], None] | None = None
+        #: Called after the events of each read (the deliveries of one read are handed on together).
+        self.on_events_done: Callable[[], None] | None = None
         self.on_lost: list[Callable[[], None]] = []
         self._commands: deque[tuple[Callable[[_amqp.Connection], Any], Future[Any]]] = deque()
         self._unconfirmed: deque[tuple[int, _Batch]] = deque()
@@ -305,6 +307,8 @@ class Link:
                     future.set_result(result)
             for event in conn.wait(0.0 if self._commands else 1.0, self._wake_r):
                 self._on_event(event)
+            if self.on_events_done is not None:
+                self.on_events_done()
             self._drain_wake()
 
     def _channel_lost(self, exc: Exception) -> None:
