@@ -243,28 +243,16 @@ impl PyEventBuffer {
     ) -> PyResult<()> {
         let clock: i64 = worker.clock.as_ref(py).call0()?.extract()?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        if self.append_after(py, kind, clock, now, uuid, written, values)? == worker.limit {
+        if self.append(py, kind, clock, now, uuid, written, values)? == worker.limit {
             worker.wakeup.as_ref(py).call0()?;
         }
         Ok(())
     }
 
-    fn append(
-        &self,
-        py: Python<'_>,
-        kind: usize,
-        clock: i64,
-        time: Duration,
-        uuid: &PyString,
-        values: &[&PyAny],
-    ) -> PyResult<usize> {
-        self.append_after(py, kind, clock, time, uuid, None, values)
-    }
-
-    /// `append`, where the JSON of the event's first fields (keys and values, each after a comma) is
-    /// `written` already; `values` are those of the fields after them.
+    /// Appends one event of `kind`; the JSON of its first fields (keys and values, each after a comma) may
+    /// be `written` already, and `values` are those of the fields after them (of all of them otherwise).
     #[allow(clippy::too_many_arguments)]
-    fn append_after(
+    fn append(
         &self,
         py: Python<'_>,
         kind: usize,
@@ -512,7 +500,7 @@ impl PyEventBuffer {
     #[args(values = "*")]
     fn push(&self, py: Python<'_>, kind: usize, clock: i64, uuid: &PyString, values: &PyTuple) -> PyResult<usize> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        self.append(py, kind, clock, now, uuid, values.as_slice())
+        self.append(py, kind, clock, now, uuid, None, values.as_slice())
     }
 
     /// The oldest `limit` events (or fewer) as one JSON array, removed from the buffer; None when empty.
