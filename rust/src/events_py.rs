@@ -221,6 +221,28 @@ impl PyEventBuffer {
         self.events.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Declares an event type, its fields and the decimals of those written as seconds; returns its kind.
+    fn add_schema<'a>(
+        &mut self,
+        r#type: &str,
+        fields: impl Iterator<Item = &'a str>,
+        decimals: Vec<Option<u32>>,
+    ) -> usize {
+        let keys = fields
+            .map(|name| {
+                let mut key = b",".to_vec();
+                key.extend_from_slice(&json_string(name));
+                key.push(b':');
+                key
+            })
+            .collect();
+        let mut suffix = b",\"type\":".to_vec();
+        suffix.extend_from_slice(&json_string(r#type));
+        suffix.push(b'}');
+        self.schemas.push(Schema { keys, decimals, suffix });
+        self.schemas.len() - 1
+    }
+
     fn worker_append(
         &self,
         py: Python<'_>,
@@ -335,12 +357,11 @@ impl PyEventBuffer {
         let kinds = match &self.worker {
             Some(worker) => worker.kinds,
             None => WORKER_EVENTS.map(|(name, fields)| {
-                let kind = self.define(name, fields.iter().map(|f| (*f).to_owned()).collect());
-                self.schemas[kind].decimals = fields
+                let decimals = fields
                     .iter()
                     .map(|field| SECONDS_FIELDS.iter().find(|(name, _)| name == field).map(|(_, d)| *d))
                     .collect();
-                kind
+                self.add_schema(name, fields.iter().copied(), decimals)
             }),
         };
         self.worker = Some(Worker {
@@ -476,22 +497,10 @@ impl PyEventBuffer {
 
     /// Declares an event type and the names of its fields; returns the kind to `push` it with.
     #[pyo3(text_signature = "($self, type, fields)")]
+    #[allow(clippy::needless_pass_by_value)] // extracted from a Python sequence
     fn define(&mut self, r#type: &str, fields: Vec<String>) -> usize {
         let decimals = vec![None; fields.len()];
-        let keys = fields
-            .into_iter()
-            .map(|name| {
-                let mut key = b",".to_vec();
-                key.extend_from_slice(&json_string(&name));
-                key.push(b':');
-                key
-            })
-            .collect();
-        let mut suffix = b",\"type\":".to_vec();
-        suffix.extend_from_slice(&json_string(r#type));
-        suffix.push(b'}');
-        self.schemas.push(Schema { keys, decimals, suffix });
-        self.schemas.len() - 1
+        self.add_schema(r#type, fields.iter().map(String::as_str), decimals)
     }
 
     /// Appends one event of `kind`: `clock`, `uuid`, then one value per field of its `define`, stamped with
