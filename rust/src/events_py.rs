@@ -18,7 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyString, PyTuple};
 use pyo3::PyCell;
 
-use crate::json::decode_py::HeaderSpans;
+use crate::json::decode_py::{header_text, HeaderPositions};
 use crate::json::encode_py::{optional, Encoder};
 use crate::json::string::write_escaped;
 use crate::json::{write_i64, write_u64};
@@ -171,16 +171,17 @@ fn fraction_digits(fraction: u64, width: usize) -> [u8; 19] {
 }
 
 /// The JSON of `task-received`'s fields from `name` to `sent_at`, each after a comma, from the text of
-/// the envelope's headers as it is: what `task_received` would write from the values decoded from them.
+/// the envelope's headers (`input`, where `positions` says) as it is: what `task_received` would write
+/// from the values decoded from them.
 /// None where that does not hold, or could not be told without decoding (a header `parse_task_headers`
 /// turns into another value: `argsrepr` missing, `retries` neither a count nor null), so the event is
 /// written from the decoded values.
-pub fn received_fields(spans: &HeaderSpans<'_>) -> Option<Vec<u8>> {
+fn received_fields(input: &[u8], positions: &HeaderPositions) -> Option<Vec<u8>> {
     fn string(text: Option<&[u8]>) -> Option<&[u8]> {
         text.filter(|t| t.len() > 2 && t[0] == b'"')
     }
     let [task, argsrepr, kwargsrepr, root_id, parent_id, retries, eta, expires, sent_at] =
-        std::array::from_fn(|i| spans.header(i));
+        std::array::from_fn(|i| header_text(input, positions, i));
     let retries = match retries {
         None | Some(b"null" | b"false") => b"0".as_slice(),
         Some(digits) if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => digits,
@@ -391,8 +392,12 @@ impl PyEventBuffer {
         let queue = delivery.getattr(intern!(py, "queue"))?;
         let message = delivery.getattr(intern!(py, "message")).ok();
         if let Some(message) = message.and_then(|m| m.downcast::<PyCell<Message>>().ok()) {
-            if let Some(fields) = message.try_borrow().ok().as_deref().and_then(Message::received_fields) {
-                return self.worker_append_after(py, worker, worker.kinds[RECEIVED], uuid, Some(fields), &[queue]);
+            let fields = message.try_borrow().ok().and_then(|message| {
+                let (input, positions) = message.envelope_headers(py)?;
+                received_fields(input, positions)
+            });
+            if let Some(fields) = fields {
+                return self.worker_append_after(py, worker, worker.kinds[RECEIVED], uuid, Some(&fields), &[queue]);
             }
         }
         let headers: &PyDict = request.getattr(intern!(py, "headers"))?.downcast()?;

@@ -1,10 +1,10 @@
 """The fetcher thread: blocks in the broker until messages are ready and hands them to the loop.
 
-A consumer the broker pushes to (RabbitMQ: `Consumer.push_to`) hands its deliveries on from its own I/O
-thread, through the same accounting (`_accept`); this thread then only waits to be stopped.
-
 It never takes more than the prefetch window allows: the `Ledger` counts what the worker holds, only this
 thread adds to it, and the loop settles (frees) entries, so reading `free()` here can only under-estimate.
+A consumer the broker pushes to (RabbitMQ: `Consumer.push_to`) is the exception: the broker's own window
+(`basic.qos`, sized by `prefetch`) bounds what arrives, its I/O thread adds to the ledger in this one's place
+(`_accept`), and this thread only waits to be stopped.
 When the window is full it sleeps until the loop frees a slot. Broker errors are retried with backoff and
 logged with the broker's masked URL; the worker keeps what it holds meanwhile.
 """

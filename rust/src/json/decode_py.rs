@@ -25,9 +25,12 @@ struct PySink<'py, 'a> {
 }
 
 /// Where some of a kombu envelope's headers are in its text (`headers` is a member of the outermost
-/// object): the worker writes them into its `task-received` event as they are, instead of encoding
-/// the values it decoded from them again.
-pub struct HeaderSpans<'a> {
+/// object), in the order of `HEADER_SPANS`: the worker writes them into its `task-received` event as they
+/// are, instead of encoding the values it decoded from them again.
+pub type HeaderPositions = [Option<(usize, usize)>; HEADER_SPANS.len()];
+
+/// Finds the `HeaderPositions` of an envelope while it is parsed.
+struct HeaderSpans<'a> {
     input: &'a [u8],
     /// The depth-1 member being read is `headers`.
     in_headers: bool,
@@ -35,9 +38,15 @@ pub struct HeaderSpans<'a> {
     field: Option<usize>,
     field_start: usize,
     /// The members of the depth-2 object being read.
-    reading: [Option<(usize, usize)>; HEADER_SPANS.len()],
+    reading: HeaderPositions,
     /// The members of `headers`, once it was read.
-    pub headers: Option<[Option<(usize, usize)>; HEADER_SPANS.len()]>,
+    headers: Option<HeaderPositions>,
+}
+
+/// The JSON text of header `HEADER_SPANS[index]` in the envelope `input`, if its `headers` had it.
+pub fn header_text<'a>(input: &'a [u8], positions: &HeaderPositions, index: usize) -> Option<&'a [u8]> {
+    let (start, end) = positions.get(index).copied().flatten()?;
+    input.get(start..end)
 }
 
 /// The headers `HeaderSpans` finds, in this order.
@@ -57,12 +66,6 @@ impl HeaderSpans<'_> {
     /// The text of the input between `start` and `end`, less the quotes around it.
     fn unquoted(&self, (start, end): (usize, usize)) -> &[u8] {
         self.input.get(start + 1..end.saturating_sub(1)).unwrap_or_default()
-    }
-
-    /// The JSON text of header `HEADER_SPANS[index]`, if the envelope's `headers` had it.
-    pub fn header(&self, index: usize) -> Option<&[u8]> {
-        let (start, end) = self.headers.as_ref()?.get(index).copied().flatten()?;
-        self.input.get(start..end)
     }
 
     // Not inlined: in the parser's recursion this would add its locals to every level's frame.
@@ -227,12 +230,12 @@ pub fn loads<'py>(py: Python<'py>, data: &'py PyAny, tag_hook: Option<&'py PyAny
     parse_with(py, input, tag_hook, None)
 }
 
-/// `loads` of a kombu envelope, with its text and where some of its headers are in it (see `HeaderSpans`).
+/// `loads` of a kombu envelope, and where some of its headers are in its text (see `HeaderPositions`).
 pub fn loads_envelope<'py>(
     py: Python<'py>,
     data: &'py PyAny,
     tag_hook: Option<&'py PyAny>,
-) -> PyResult<(&'py PyAny, HeaderSpans<'py>)> {
+) -> PyResult<(&'py PyAny, Option<HeaderPositions>)> {
     let input = input_text(data)?;
     let mut spans = HeaderSpans {
         input: input.as_bytes(),
@@ -243,7 +246,7 @@ pub fn loads_envelope<'py>(
         headers: None,
     };
     let doc = parse_with(py, input, tag_hook, Some(&mut spans))?;
-    Ok((doc, spans))
+    Ok((doc, spans.headers))
 }
 
 fn parse_with<'py>(

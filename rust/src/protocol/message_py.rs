@@ -12,8 +12,7 @@ use super::{COMPRESSION_HEADER, CORRELATION_ID, HEADERS, LANG, REPLY_TO, TIMELIM
 use crate::base64;
 use crate::compression;
 use crate::compression_py::codec;
-use crate::events_py::received_fields;
-use crate::json::decode_py;
+use crate::json::decode_py::{self, HeaderPositions};
 use crate::json::encode_py::{optional, Encoder};
 use crate::json::string::write_escaped;
 
@@ -33,14 +32,16 @@ pub struct Message {
     content_type: Py<PyString>,
     #[pyo3(get, set)]
     content_encoding: Py<PyString>,
-    /// The JSON of a worker's `task-received` fields, from the text of the envelope it was decoded from
-    /// (`events_py::received_fields`); dropped when `headers` is replaced.
-    received: Option<Box<[u8]>>,
+    /// The envelope it was decoded from and where some headers are in its text, which a worker with task
+    /// events copies into `task-received` (`events_py::received_fields`, built only when one is sent);
+    /// dropped when `headers` is replaced.
+    envelope: Option<Box<(Py<PyBytes>, HeaderPositions)>>,
 }
 
 impl Message {
-    pub fn received_fields(&self) -> Option<&[u8]> {
-        self.received.as_deref()
+    pub fn envelope_headers<'py>(&'py self, py: Python<'py>) -> Option<(&'py [u8], &'py HeaderPositions)> {
+        let (text, positions) = self.envelope.as_deref()?;
+        Some((text.as_ref(py).as_bytes(), positions))
     }
 }
 
@@ -193,14 +194,14 @@ impl Message {
             body,
             content_type,
             content_encoding,
-            received: None,
+            envelope: None,
         }
     }
 
     #[setter]
     fn set_headers(&mut self, headers: Py<PyDict>) {
         self.headers = headers;
-        self.received = None;
+        self.envelope = None;
     }
 
     /// The JSON document kombu's virtual transports store for this message.
@@ -243,7 +244,7 @@ impl Message {
     #[staticmethod]
     #[pyo3(text_signature = "(data, tag_hook)")]
     fn from_envelope(py: Python<'_>, data: &PyAny, tag_hook: &PyAny) -> PyResult<Self> {
-        let (doc, spans) = decode_py::loads_envelope(py, data, optional(tag_hook))?;
+        let (doc, positions) = decode_py::loads_envelope(py, data, optional(tag_hook))?;
         let doc: &PyDict = doc
             .downcast()
             .map_err(|_| PyValueError::new_err("malformed envelope: not a JSON object"))?;
@@ -279,7 +280,10 @@ impl Message {
             body: body.into(),
             content_type: content_type.into(),
             content_encoding: content_encoding.into(),
-            received: received_fields(&spans).map(Vec::into_boxed_slice),
+            // (bytes only: a str envelope's text would have to be kept encoded)
+            envelope: positions
+                .zip(data.downcast::<PyBytes>().ok())
+                .map(|(positions, text)| Box::new((text.into(), positions))),
         })
     }
 
@@ -492,6 +496,6 @@ pub fn task_message<'py>(
         body: body.into(),
         content_type: content_type.into(),
         content_encoding: content_encoding.into(),
-        received: None,
+        envelope: None,
     })
 }
