@@ -7,7 +7,7 @@ in `fastq.serialization` and `fastq.protocol`. The codecs reproduce what Celery'
 each other's messages and the real `celery` package can be used as the test oracle.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal, final
 
 __version__: Final[str]
@@ -273,6 +273,15 @@ def encode_frame(job_id: int, kind: int, payload: bytes) -> bytes:
 
 def encode_frames(frames: Sequence[tuple[int, int, bytes]]) -> bytes:
     """Several frames concatenated into one buffer (one write for a batch of jobs or results)."""
+
+def resp_pack(
+    commands: Iterable[Sequence[bytes | str | int | float]], buffer_size: int, pass_through: int
+) -> list[bytes]:
+    """Redis commands in RESP, in buffers of about `buffer_size` bytes.
+
+    A bytes value of at least `pass_through` bytes is an item of the list by itself (the object given, not
+    a copy); values that are neither bytes nor str are written as `str(value)`.
+    """
 
 @final
 class FrameDecoder:

@@ -60,6 +60,9 @@ _NATIVE_SERIALIZERS = frozenset({'json', 'msgpack'})
 _MAX_PLANS = 512
 #: Batches at least this large are built with the cyclic garbage collector paused (see `gc_paused`).
 GC_PAUSE_BATCH = 1000
+#: Messages per part of a batch published while it is built (`Broker.publish_stream`), for batches larger
+#: than one part: small enough that the broker starts soon, large enough that each write is worth it.
+STREAM_PART = 4096
 
 #: `send_task` keywords that describe one message rather than how to send it (they never key a plan).
 SEND_KEYWORDS = (
@@ -513,19 +516,33 @@ def _send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]
     append = messages.append
     last: tuple[Any, ...] = ()
     plan: SendPlan | None = None
-    for i, (name, task_type, args, kwargs, kw, options) in enumerate(calls):
-        shadow = kw.get('shadow')
-        key = (name, shadow, id(task_type), id(options))
-        if key != last:  # runs of calls alike (a group of one task) skip the lookup
-            plan = plans.get(key)
-            if plan is None:
-                plan = plans[key] = plan_for(app, name, shadow or name, task_type, options, args, kwargs)
-            last = key
-        assert plan is not None
-        append(prepare(plan, name, args, kwargs, kw, kw.get('task_id') or ids[2 * i], ids[2 * i + 1]))
-    outgoing = _outgoing(messages)
+    outgoing: list[Outgoing] = []
+    stream = app.broker.publish_stream() if len(calls) > STREAM_PART and not app.rpc_results else None
+    step = STREAM_PART if stream is not None else len(calls)
+    try:
+        for start in range(0, len(calls), step):
+            for i in range(start, min(start + step, len(calls))):
+                name, task_type, args, kwargs, kw, options = calls[i]
+                shadow = kw.get('shadow')
+                key = (name, shadow, id(task_type), id(options))
+                if key != last:  # runs of calls alike (a group of one task) skip the lookup
+                    plan = plans.get(key)
+                    if plan is None:
+                        plan = plans[key] = plan_for(app, name, shadow or name, task_type, options, args, kwargs)
+                    last = key
+                assert plan is not None
+                append(prepare(plan, name, args, kwargs, kw, kw.get('task_id') or ids[2 * i], ids[2 * i + 1]))
+            part = _outgoing(messages[start:])
+            outgoing += part
+            if stream is not None:
+                stream.add(part)
+    except BaseException:
+        if stream is not None:
+            stream.abort()
+        raise
     first = messages[0].plan
-    publish_with_retry(app, outgoing, retry=first.retry, policy=first.retry_policy)
+    if stream is None or not stream.finish():  # a connection lost while streaming: once more, with retries
+        publish_with_retry(app, outgoing, retry=first.retry, policy=first.retry_policy)
     if app.conf.task_send_sent_event:
         send_sent_events(app, messages)
     if signals.after_task_publish.receivers:

@@ -15,6 +15,7 @@ mod ledger_py;
 mod msgpack;
 mod protocol;
 mod recursion_py;
+mod resp_py;
 
 #[pymodule]
 fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
@@ -44,5 +45,6 @@ fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(framing_py::encode_frame, m)?)?;
     m.add_function(wrap_pyfunction!(framing_py::encode_frames, m)?)?;
     m.add_class::<framing_py::PyFrameDecoder>()?;
+    m.add_function(wrap_pyfunction!(resp_py::resp_pack, m)?)?;
     Ok(())
 }

@@ -16,7 +16,7 @@ import pytest
 
 from fastq import Fastq, _core, group, signals, states
 from fastq.brokers.base import Outgoing
-from fastq.exceptions import TimeoutError
+from fastq.exceptions import EncodeError, TimeoutError
 from fastq.result import GroupResult
 from fastq.serialization import json_default
 from fastq.utils.text import saferepr
@@ -381,6 +381,97 @@ def test_redis_batch_is_one_transaction(redis_url: str) -> None:
         client.close()
     finally:
         app.close()
+
+
+def _queued_ids(app: Fastq, queue: str = 'celery') -> list[str]:
+    """Task ids in the Redis list `queue`, in the order workers get them (RPOP end first)."""
+    import redis
+
+    client = redis.Redis.from_url(app.conf.broker_url)
+    try:
+        return [json.loads(p)['headers']['id'] for p in reversed(client.lrange(queue, 0, -1))]
+    finally:
+        client.close()
+
+
+def test_redis_large_batch_is_streamed_as_one_transaction(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch larger than one part is written while it is built; it arrives whole, in order, once; a batch
+    whose building fails after some parts were written leaves nothing on the broker (nor on the connection)."""
+    from fastq import sending
+
+    monkeypatch.setattr(sending, 'STREAM_PART', 100)
+    app = Fastq('t', broker=redis_url, set_as_current=False)
+    add, _ = _tasks(app)
+    try:
+        parts: list[int] = []
+        stream = app.broker.publish_stream
+        monkeypatch.setattr(app.broker, 'publish_stream', lambda: _counting(stream(), parts))
+        result = group(add.s(i, i) for i in range(1050)).apply_async()
+        assert parts == [100] * 10 + [50]
+        assert _queued_ids(app) == [r.id for r in result.results]
+
+        app.broker.purge('celery')
+        with pytest.raises(EncodeError):  # the 8th part cannot be encoded: 7 parts were already written
+            group(add.s(i, object() if i == 750 else i) for i in range(1050)).apply_async()
+        assert app.broker.qsize('celery') == 0
+        add.delay(1, 1)
+        assert app.broker.qsize('celery') == 1
+    finally:
+        app.close()
+
+
+def test_redis_stream_falls_back_when_the_connection_is_lost(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis drops a transaction whose client went away before EXEC; the batch is then published again
+    (with the retry policy), so every task is on the broker exactly once."""
+    import redis
+
+    from fastq import sending
+
+    monkeypatch.setattr(sending, 'STREAM_PART', 100)
+    app = Fastq('t', broker=redis_url, set_as_current=False)
+    add, _ = _tasks(app)
+    killer = redis.Redis.from_url(redis_url)
+    try:
+        parts: list[int] = []
+        stream = app.broker.publish_stream
+
+        def killing() -> Any:
+            wrapped = _counting(stream(), parts)
+            add_part = wrapped.add
+
+            def add_then_kill(part: Any) -> None:
+                add_part(part)
+                if len(parts) == 3:
+                    killer.client_kill_filter(_type='normal', skipme=True)
+
+            wrapped.add = add_then_kill  # type: ignore[method-assign]
+            return wrapped
+
+        monkeypatch.setattr(app.broker, 'publish_stream', killing)
+        again: list[int] = []
+        publish = sending.publish_with_retry
+        monkeypatch.setattr(
+            sending,
+            'publish_with_retry',
+            lambda app, batch, **kw: again.append(len(batch)) or publish(app, batch, **kw),
+        )
+        result = group(add.s(i, i) for i in range(1000)).apply_async()
+        assert len(parts) == 10 and again == [1000]
+        assert _queued_ids(app) == [r.id for r in result.results]
+    finally:
+        killer.close()
+        app.close()
+
+
+def _counting(stream: Any, parts: list[int]) -> Any:
+    add_part = stream.add
+
+    def add(part: Any) -> None:
+        parts.append(len(part))
+        add_part(part)
+
+    stream.add = add
+    return stream
 
 
 def test_outgoing_without_message_needs_envelope() -> None:

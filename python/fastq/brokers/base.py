@@ -33,6 +33,7 @@ __all__ = [
     'DeadLetterStore',
     'Delivery',
     'Outgoing',
+    'PublishStream',
     'Subscription',
     'Tag',
 ]
@@ -260,6 +261,26 @@ class Consumer(abc.ABC):
         """Stop consuming; reservations still held go back to their queues."""
 
 
+class PublishStream(abc.ABC):
+    """One batch published in parts, with `publish`'s contract for the whole: when `finish` returns True,
+    the broker has every message `add`ed; when it returns False, or anything raises, or `abort` is called,
+    it has none of them (the caller then publishes the whole batch again with its retry policy, or not at
+    all). Used by one thread, once."""
+
+    @abc.abstractmethod
+    def add(self, part: Sequence[Outgoing]) -> None:
+        """Send the next messages of the batch (not yet visible to consumers); never raises a connection
+        error: a lost connection makes `finish` return False."""
+
+    @abc.abstractmethod
+    def finish(self) -> bool:
+        """Make every message added visible at once: True when the broker has them all."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop what was added (nothing of it is ever delivered)."""
+
+
 class Broker(abc.ABC):
     """A connection to one broker, shared by the threads of a process."""
 
@@ -285,6 +306,15 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def publish(self, batch: Sequence[Outgoing]) -> None:
         """Store messages; when this returns without error, the broker has every one of them."""
+
+    def publish_stream(self) -> PublishStream | None:
+        """A way to publish one large batch while the rest of it is still being built, or None (the default:
+        the batch is built whole, then `publish`ed).
+
+        What it saves is the broker's time: it takes in the first parts of a batch on its own core while the
+        client builds the next, instead of starting when the client is done.
+        """
+        return None
 
     async def apublish(self, batch: Sequence[Outgoing]) -> None:
         """`publish` for the asyncio client, same contract.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from fastq.canvas.signatures import Signature, keep_partial, maybe_signature
 from fastq.exceptions import NotRegistered
 from fastq.result import GroupResult
-from fastq.sending import SEND_KEYWORDS
+from fastq.sending import GC_PAUSE_BATCH, SEND_KEYWORDS, gc_paused
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -48,7 +48,11 @@ class group(Signature[Any]):
             else:
                 members = only  # a list, tuple or generator of signatures: read once, here
         app = options.get('app')
-        listed = [t if isinstance(t, Signature) else Signature.from_dict(t, app=app) for t in members]
+        # A generator (`group(add.s(i, i) for i in range(n))`) makes its signatures as it is read: with the
+        # garbage collector paused meanwhile, as when the group is sent (`gc_paused`), since its repeated
+        # full collections walking the signatures made so far cost more than making them.
+        with gc_paused(GC_PAUSE_BATCH if isinstance(members, Iterator) else 0):
+            listed = [t if isinstance(t, Signature) else Signature.from_dict(t, app=app) for t in members]
         super().__init__('celery.group', (), {'tasks': listed}, **options)
         self['subtask_type'] = 'group'
 
@@ -180,8 +184,6 @@ class group(Signature[Any]):
 
         A chord's size is stored before anything is sent, so whichever part finishes last sees it.
         """
-        from fastq.sending import gc_paused
-
         leaves = list(self._leaves(self.tasks))
         if not leaves:
             return []

@@ -30,8 +30,17 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastq import _core
-from fastq.brokers.base import Broker, BrokerFeatures, Consumer, DeadLetterStore, Outgoing, Subscription, Tag
-from fastq.brokers.redis.connection import CONNECTION_ERRORS, Commands, client_for, database_of
+from fastq.brokers.base import (
+    Broker,
+    BrokerFeatures,
+    Consumer,
+    DeadLetterStore,
+    Outgoing,
+    PublishStream,
+    Subscription,
+    Tag,
+)
+from fastq.brokers.redis.connection import CONNECTION_ERRORS, Commands, client_for, database_of, pack
 from fastq.brokers.redis.deadletters import RedisDeadLetters
 from fastq.brokers.redis.layout import DEFAULT_PRIORITY_STEPS, DEFAULT_SEP, DELIVERIES_HEADER, Layout
 from fastq.brokers.redis.scripts import Scripts
@@ -157,8 +166,14 @@ class RedisBroker(Broker):
             raise BrokerConnectionError(f'{self.describe()}: {exc}') from exc
         self._published(commands, replies, undeclared)
 
-    def _publish_commands(self, batch: Sequence[Outgoing]) -> tuple[list[tuple[Any, ...]], list[str]]:
-        """The commands that publish `batch`, and the queues they declare (see `publish`)."""
+    def publish_stream(self) -> PublishStream:
+        return _Stream(self)
+
+    def _publish_commands(
+        self, batch: Sequence[Outgoing], transaction: bool = True
+    ) -> tuple[list[tuple[Any, ...]], list[str]]:
+        """The commands that publish `batch`, and the queues they declare (see `publish`); wrapped in
+        MULTI/EXEC when there are several, unless `transaction` is False (the caller wraps them)."""
         pushes: dict[str, list[bytes]] = {}
         keys = self._queue_keys
         for out in batch:
@@ -179,7 +194,7 @@ class RedisBroker(Broker):
         for key, values in pushes.items():
             for start in range(0, len(values), LPUSH_CHUNK):
                 commands.append(('LPUSH', key, *values[start : start + LPUSH_CHUNK]))
-        if len(commands) > 1:
+        if len(commands) > 1 and transaction:
             commands = [('MULTI',), *commands, ('EXEC',)]
         undeclared = sorted({out.queue for out in batch if not out.exchange and out.queue not in self._declared})
         # As Celery's producers declare a queue before first use; in the same round trip.
@@ -508,3 +523,70 @@ def _match_words(words: list[str], keys: list[str]) -> bool:
     if not keys:
         return False
     return (head in ('*', keys[0])) and _match_words(rest, keys[1:])
+
+
+class _Stream(PublishStream):
+    """A batch published as one MULTI ... EXEC transaction written while it is built.
+
+    Redis reads and parses each part (most of its work for a large batch) while the client builds the next;
+    only EXEC's list inserts are left when the last part is written. Nothing is visible to consumers before
+    EXEC, and a connection dropped before it (`abort`, or a failure) makes Redis discard the transaction.
+    The "QUEUED" replies are read at `finish`: Redis holds them in its output buffer meanwhile.
+    """
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+        self.conn: Any = None
+        self.queued = 0
+        self.undeclared: set[str] = set()
+        self.failed = False
+
+    def add(self, part: Sequence[Outgoing]) -> None:
+        if self.failed or not part:
+            return
+        commands, undeclared = self.broker._publish_commands(part, transaction=False)
+        if self.conn is None:
+            commands.insert(0, ('MULTI',))
+        try:
+            if self.conn is None:
+                self.conn = self.broker.commands.take()
+            self.conn.send_packed_command(pack(commands))
+        except CONNECTION_ERRORS:
+            self._drop()
+            return
+        self.queued += len(commands)
+        self.undeclared.update(undeclared)
+
+    def finish(self) -> bool:
+        conn = self.conn
+        if self.failed or conn is None:
+            return not self.failed
+        try:
+            conn.send_packed_command(pack([('EXEC',)]))
+            for _ in range(self.queued):
+                conn.read_response()
+            reply = conn.read_response()
+        except CONNECTION_ERRORS:
+            self._drop()
+            return False
+        except BaseException:
+            self._drop()
+            raise
+        self.conn = None
+        self.broker.commands.give(conn)
+        failed = [r for r in reply or () if isinstance(r, Exception)]
+        if reply is None or failed:
+            raise OperationalError(f'{self.broker.describe()}: publishing failed: {failed or "transaction aborted"}')
+        self.broker._declared.update(self.undeclared)
+        return True
+
+    def abort(self) -> None:
+        if self.conn is not None:
+            self._drop()
+
+    def _drop(self) -> None:
+        self.failed = True
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.disconnect()  # Redis discards a transaction whose client went away before EXEC
+            self.broker.commands.give(conn)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from fastq import _core
 from fastq.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
@@ -183,7 +184,8 @@ class Commands:
         # Connections of other pools (Sentinel's) find their server through the pool: borrow them there.
         self._own = type(pool) is _import_redis().ConnectionPool
 
-    def _take(self) -> Any:
+    def take(self) -> Any:
+        """A connection for this thread alone until it is given back (`give`)."""
         if not self._own:
             try:
                 return self.pool.get_connection()
@@ -197,7 +199,7 @@ class Commands:
         except IndexError:
             return self.pool.connection_class(**self.pool.connection_kwargs)
 
-    def _give(self, conn: Any) -> None:
+    def give(self, conn: Any) -> None:
         if self._own:
             self._idle.append(conn)
         else:
@@ -205,15 +207,15 @@ class Commands:
 
     def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send `commands` in one write and return their replies; an error reply is raised (ResponseError)."""
-        conn = self._take()
+        conn = self.take()
         try:
             conn.send_packed_command(pack(commands))
             replies = [conn.read_response() for _ in commands]
         except BaseException:
             conn.disconnect()
-            self._give(conn)
+            self.give(conn)
             raise
-        self._give(conn)
+        self.give(conn)
         return replies
 
     def close(self) -> None:
@@ -230,31 +232,6 @@ PACK_BUFFER = 256 * 1024
 PASS_THROUGH = 32 * 1024
 
 
-def _arg(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    return (value if isinstance(value, str) else str(value)).encode()
-
-
 def pack(commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
     """The RESP encoding of `commands` (str, bytes, int arguments), in buffers of about PACK_BUFFER bytes."""
-    buffers: list[bytes] = []
-    parts: list[bytes] = []
-    size = 0
-    for command in commands:
-        parts.append(b'*%d\r\n' % len(command))
-        for value in command:
-            data = value if type(value) is bytes else _arg(value)
-            if len(data) >= PASS_THROUGH:
-                parts.append(b'$%d\r\n' % len(data))
-                buffers += (b''.join(parts), data)
-                parts, size = [b'\r\n'], 2
-                continue
-            parts.append(b'$%d\r\n%s\r\n' % (len(data), data))
-            size += len(data) + 16
-            if size >= PACK_BUFFER:
-                buffers.append(b''.join(parts))
-                parts, size = [], 0
-    if parts:
-        buffers.append(b''.join(parts))
-    return buffers
+    return _core.resp_pack(commands, PACK_BUFFER, PASS_THROUGH)
