@@ -87,6 +87,8 @@ SEND_KEYWORDS = (
     'argsrepr',
     'kwargsrepr',
 )
+#: Of those, the ones a group gives its members, for which `_Context.prepare_plain` is enough.
+PLAIN_KEYWORDS = frozenset({'task_id', 'reply_to', 'group_id', 'group_index', 'root_id'})
 #: Of those, the ones passed only as options (not parameters of `send_task`).
 _OPTION_ONLY_KEYWORDS = ('argsrepr', 'kwargsrepr')
 
@@ -364,6 +366,62 @@ class _Context:
         result.sent_at = time.monotonic()
         return _Message(fields, plan, eta_time, result)
 
+    def prepare_plain(
+        self,
+        plan: SendPlan,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        kw: Mapping[str, Any],
+        task_id: str,
+        delivery_tag: str,
+        sent_at: float,
+    ) -> _Message:
+        """`prepare` for a call whose keywords are only `PLAIN_KEYWORDS`, sent from outside a task with a plan
+        that sets no expiry (a group's members, most often): the same message, without looking up the
+        keywords that cannot be there. `sent_at` is `time.monotonic()`, read once per batch."""
+        fields = (
+            task_id,
+            name,
+            None,
+            None,
+            None,
+            kw.get('group_id'),
+            kw.get('group_index'),
+            0,
+            plan.time_limit,
+            plan.soft_time_limit,
+            kw.get('root_id') or task_id,
+            None,
+            None,
+            None,
+            self.origin,
+            plan.ignore_result,
+            0,
+            plan.stamped_headers,
+            plan.stamps,
+            self.sent_at if plan.headers is None else {**plan.headers, **self.sent_at},
+            kw.get('reply_to') or self.reply_to,
+            args,
+            kwargs,
+            None,
+            None,
+            None,
+            None,
+            plan.serializer,
+            plan.compression,
+            plan.exchange,
+            plan.routing_key,
+            plan.default_priority if plan.priority is None else plan.priority,
+            plan.delivery_mode,
+            None,
+            delivery_tag,
+        )
+        result: AsyncResult[Any] = AsyncResult(task_id, app=self.app, task_name=name)
+        result.ignored = plan.ignore_result
+        result.sent_at = sent_at
+        return _Message(fields, plan, None, result)
+
 
 def _outgoing(messages: Sequence[_Message]) -> list[Outgoing]:
     """Outgoing messages with their envelopes: built together in Rust, unless something needs the headers
@@ -497,9 +555,9 @@ BatchCall = tuple[str, 'Task[Any, Any] | None', tuple[Any, ...], dict[str, Any],
 def send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]]:
     """Send many tasks in one publish: every one is on the broker when this returns without error.
 
-    Plans are resolved once per distinct task and options (calls that share one `options` dict share its
-    plan without hashing it again), ids come from one read of the random source, and Rust builds every
-    envelope in one call.
+    Plans are resolved once per distinct task and options, ids come from one read of the random source,
+    and Rust builds the envelopes, all in one call or, for a batch larger than `STREAM_PART`, one call per
+    part, each part written to the broker (when it can take a `publish_stream`) while the next is built.
     """
     if not calls:
         return []
@@ -508,32 +566,22 @@ def send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]]
 
 
 def _send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]]:
-    ids = protocol.new_ids(2 * len(calls))
     context = _Context(app)
-    prepare = context.prepare
-    plans: dict[tuple[Any, ...], SendPlan] = {}
+    prepare = _Preparer(app, context, calls)
     messages: list[_Message] = []
-    append = messages.append
-    last: tuple[Any, ...] = ()
-    plan: SendPlan | None = None
     outgoing: list[Outgoing] = []
     stream = app.broker.publish_stream() if len(calls) > STREAM_PART and not app.rpc_results else None
     step = STREAM_PART if stream is not None else len(calls)
+    # A streamed part's envelopes are dropped once written (unless after_task_publish wants them): the next
+    # part's reuse their memory, where keeping them all made the first large batch of a process page-fault
+    # its way through a fresh megabyte per thousand tasks.
+    keep = stream is None or bool(signals.after_task_publish.receivers)
     try:
         for start in range(0, len(calls), step):
-            for i in range(start, min(start + step, len(calls))):
-                name, task_type, args, kwargs, kw, options = calls[i]
-                shadow = kw.get('shadow')
-                key = (name, shadow, id(task_type), id(options))
-                if key != last:  # runs of calls alike (a group of one task) skip the lookup
-                    plan = plans.get(key)
-                    if plan is None:
-                        plan = plans[key] = plan_for(app, name, shadow or name, task_type, options, args, kwargs)
-                    last = key
-                assert plan is not None
-                append(prepare(plan, name, args, kwargs, kw, kw.get('task_id') or ids[2 * i], ids[2 * i + 1]))
+            prepare.into(messages, start, min(start + step, len(calls)))
             part = _outgoing(messages[start:])
-            outgoing += part
+            if keep:
+                outgoing += part
             if stream is not None:
                 stream.add(part)
     except BaseException:
@@ -542,6 +590,8 @@ def _send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]
         raise
     first = messages[0].plan
     if stream is None or not stream.finish():  # a connection lost while streaming: once more, with retries
+        if not outgoing:
+            outgoing = _outgoing(messages)  # the same envelopes: their ids and tags are in the fields
         publish_with_retry(app, outgoing, retry=first.retry, policy=first.retry_policy)
     if app.conf.task_send_sent_event:
         send_sent_events(app, messages)
@@ -550,6 +600,43 @@ def _send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]
     if context.parent is not None:
         _add_to_parent(context.parent, messages)
     return [m.result for m in messages]
+
+
+class _Preparer:
+    """The messages of a batch's calls, with ids from one read of the random source and plans resolved once
+    per distinct task and options (calls that share one `options` dict share its plan without hashing it)."""
+
+    def __init__(self, app: Fastq, context: _Context, calls: Sequence[BatchCall]) -> None:
+        self.app = app
+        self.context = context
+        self.calls = calls
+        self.ids = protocol.new_ids(2 * len(calls))
+        self.plans: dict[tuple[Any, ...], SendPlan] = {}
+        self.sent_at = time.monotonic()
+
+    def into(self, messages: list[_Message], start: int, stop: int) -> None:
+        """Append the messages of calls `start` to `stop` to `messages`."""
+        app, calls, ids, plans, sent_at = self.app, self.calls, self.ids, self.plans, self.sent_at
+        prepare, prepare_plain = self.context.prepare, self.context.prepare_plain
+        plain_ok = self.context.parent is None
+        append = messages.append
+        last: tuple[Any, ...] = ()
+        plan: SendPlan | None = None
+        for i in range(start, stop):
+            name, task_type, args, kwargs, kw, options = calls[i]
+            shadow = kw.get('shadow')
+            key = (name, shadow, id(task_type), id(options))
+            if key != last:  # runs of calls alike (a group of one task) skip the lookup
+                plan = plans.get(key)
+                if plan is None:
+                    plan = plans[key] = plan_for(app, name, shadow or name, task_type, options, args, kwargs)
+                last = key
+            assert plan is not None
+            task_id = kw.get('task_id') or ids[2 * i]
+            if plain_ok and kw.keys() <= PLAIN_KEYWORDS and plan.expires is None:
+                append(prepare_plain(plan, name, args, kwargs, kw, task_id, ids[2 * i + 1], sent_at))
+            else:
+                append(prepare(plan, name, args, kwargs, kw, task_id, ids[2 * i + 1]))
 
 
 def send_sent_events(app: Fastq, messages: Sequence[_Message]) -> None:

@@ -185,6 +185,35 @@ def _queues(app: Fastq) -> list[str]:
     return [m.queue for m in broker._state.messages.values()]
 
 
+@pytest.mark.parametrize(
+    'kw',
+    [
+        {'reply_to': None, 'group_id': 'g', 'group_index': 3},
+        {'reply_to': 'other-reply', 'group_id': 'g', 'group_index': 0, 'root_id': 'r'},
+        {'root_id': None},
+        {},
+    ],
+)
+@pytest.mark.parametrize('options', [{}, {'priority': 7, 'time_limit': 5, 'headers': {'x': 1}, 'queue': 'q'}])
+def test_plain_preparation_is_the_same_message(memory_app: Fastq, kw: dict[str, Any], options: dict[str, Any]) -> None:
+    """A group member's message, prepared without looking up the keywords it cannot have, is the one the
+    general path prepares."""
+    from fastq import sending
+
+    add, _ = _tasks(memory_app)
+    assert kw.keys() <= sending.PLAIN_KEYWORDS
+    context = sending._Context(memory_app)
+    plan = sending.plan_for(memory_app, add.name, add.name, add, options, (1, 2), {})
+    general = context.prepare(plan, add.name, (1, 2), {}, kw, 'tid', 'tag')
+    plain = context.prepare_plain(plan, add.name, (1, 2), {}, kw, 'tid', 'tag', 0.0)
+    assert plain.fields == general.fields
+    assert (plain.eta, plain.result.id, plain.result.ignored) == (
+        general.eta,
+        general.result.id,
+        general.result.ignored,
+    )
+
+
 def test_plan_follows_settings_and_task_attributes(memory_app: Fastq) -> None:
     add, _ = _tasks(memory_app)
     add.delay(1, 1)

@@ -184,11 +184,9 @@ class group(Signature[Any]):
 
         A chord's size is stored before anything is sent, so whichever part finishes last sees it.
         """
-        leaves = list(self._leaves(self.tasks))
-        if not leaves:
-            return []
-        with gc_paused(len(leaves)):
-            return self._send_leaves(app, leaves, group_id, root_id, args, kwargs, options)
+        with gc_paused(len(self.tasks)):
+            leaves = list(self._leaves(self.tasks))
+            return self._send_leaves(app, leaves, group_id, root_id, args, kwargs, options) if leaves else []
 
     def _send_leaves(
         self,

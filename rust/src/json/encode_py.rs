@@ -57,6 +57,9 @@ pub struct Encoder<'py> {
     /// is encoded (as the stdlib's `items()` call does), since `default` may run arbitrary code.
     pairs: Vec<(&'py PyAny, &'py PyAny)>,
     depth: DepthGuard,
+    /// The last float written and its text: a batch of task envelopes repeats one timestamp in every
+    /// header, and the shortest round-trip repr costs more than the rest of the header.
+    last_float: Option<(u64, usize, [u8; 32])>,
 }
 
 impl<'py> Encoder<'py> {
@@ -68,6 +71,25 @@ impl<'py> Encoder<'py> {
             markers: Markers::default(),
             pairs: Vec::new(),
             depth: DepthGuard::new(" while encoding a JSON object"),
+            last_float: None,
+        }
+    }
+
+    fn float(&mut self, v: f64) {
+        let bits = v.to_bits();
+        if let Some((last, len, text)) = &self.last_float {
+            if *last == bits {
+                self.out.extend_from_slice(&text[..*len]);
+                return;
+            }
+        }
+        let start = self.out.len();
+        write_float(&mut self.out, v);
+        let written = &self.out[start..];
+        let mut text = [0u8; 32];
+        if let Some(slot) = text.get_mut(..written.len()) {
+            slot.copy_from_slice(written);
+            self.last_float = Some((bits, written.len(), text));
         }
     }
 
@@ -100,7 +122,7 @@ impl<'py> Encoder<'py> {
             self.depth.check(self.py, depth + 1)?;
             self.dict(dict, depth)
         } else if let Ok(f) = obj.downcast::<PyFloat>() {
-            write_float(&mut self.out, f.value());
+            self.float(f.value());
             Ok(())
         } else {
             self.fallback(obj, depth)
@@ -123,7 +145,7 @@ impl<'py> Encoder<'py> {
         } else if let Ok(i) = obj.downcast::<PyLong>() {
             self.int(i)?;
         } else if PyFloat::is_exact_type_of(obj) {
-            write_float(&mut self.out, obj.downcast::<PyFloat>()?.value());
+            self.float(obj.downcast::<PyFloat>()?.value());
         } else {
             return Ok(false);
         }

@@ -67,12 +67,22 @@ fn write_headers<'py>(
     compression: Option<&'py PyString>,
 ) -> PyResult<()> {
     let py = limits[0].py();
+    // Extra headers rarely replace the protocol's (fastq's own is `fastq_sent_at`): one pass over them
+    // says whether any does, instead of a lookup per protocol header for every message.
+    let replacing = extra.filter(|extra| {
+        extra.keys().iter().any(|key| {
+            key.downcast::<PyString>()
+                .ok()
+                .and_then(|k| k.to_str().ok())
+                .is_none_or(|name| HEADERS.contains(&name))
+        })
+    });
     enc.out.push(b'{');
     for (i, (name, value)) in HEADERS.iter().zip(values).enumerate() {
         write_name(&mut enc.out, i == 0, name);
-        let replaced = match extra {
-            Some(extra) if !extra.is_empty() => extra.get_item(header_names(py)[i].as_ref(py)),
-            _ => None,
+        let replaced = match replacing {
+            Some(extra) => extra.get_item(header_names(py)[i].as_ref(py)),
+            None => None,
         };
         match replaced {
             Some(value) => enc.value(value, 2)?,
