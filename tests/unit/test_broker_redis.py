@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,104 @@ def test_round_robin_between_queues(redis_url: str) -> None:
     assert got.count('a') == 2 and got.count('b') == 2  # alternates instead of draining one queue first
     consumer.close()
     app.close()
+
+
+def _fetch_in_thread(consumer: Any, limit: int, timeout: float) -> tuple[threading.Thread, list[Any]]:
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.extend(consumer.fetch(limit, timeout)))
+    thread.start()
+    return thread, got
+
+
+def _armed(consumer: Any) -> None:
+    """Until the consumer's lead watch has its BLMOVE and fetch script queued in Redis."""
+    lead = consumer._watches[0]
+    for _ in range(1000):
+        if lead.fetching and lead.client_id is not None:
+            return
+        time.sleep(0.005)
+    raise AssertionError('the lead watch was never armed')
+
+
+def test_waiting_fetch_reserves_within_the_window_from_any_key(
+    redis_url: str, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lead's queued script takes a task the moment it arrives, never more than the window; a task on
+    another key (a priority step) unblocks it. BLMOVEs wait 60 s here, so only that unblocking can answer
+    within the fetch's 20 s."""
+    from fastq.brokers.redis import consumer as consumer_module
+
+    monkeypatch.setattr(consumer_module, 'WAIT_TIMEOUT', 60)
+    app = make(redis_url, visibility_timeout=3600)
+    broker = app.broker
+    consumer = broker.consumer(['celery'], owner='w')
+    try:
+        thread, got = _fetch_in_thread(consumer, 2, 20.0)
+        _armed(consumer)
+        broker.publish([Outgoing(message(f'm{i}'), 'celery') for i in range(5)])
+        thread.join()
+        assert [d.task_id for d in got] == ['m0', 'm1']  # the window: 2 of the 5
+        assert raw.hlen('unacked') == 2 and raw.llen('celery') == 3
+        consumer.ack([d.tag for d in got])
+        assert [d.task_id for d in consumer.fetch(10, 1.0)] == ['m2', 'm3', 'm4']
+
+        thread, got = _fetch_in_thread(consumer, 4, 20.0)
+        _armed(consumer)
+        broker.publish([Outgoing(message('urgent'), 'celery', priority=9)])
+        thread.join()
+        assert [d.task_id for d in got] == ['urgent']
+    finally:
+        consumer.close()
+        app.close()
+
+
+def test_a_reservation_made_after_the_last_fetch_is_handed_back_at_close(redis_url: str, raw: redis.Redis) -> None:
+    """A task that arrives after the fetcher stopped waiting is reserved by the lead's queued script all the
+    same: closing collects it and puts it back, rather than leaving it to the visibility timeout."""
+    app = make(redis_url, visibility_timeout=3600)
+    broker = app.broker
+    consumer = broker.consumer(['celery'], owner='w')
+    try:
+        thread, got = _fetch_in_thread(consumer, 8, 20.0)
+        _armed(consumer)
+        consumer.wakeup()
+        thread.join()
+        assert got == [] and consumer._watches[0].fetching == 8  # stopped waiting; the script still queued
+        broker.publish([Outgoing(message('late'), 'celery')])
+        for _ in range(1000):  # until the script has run
+            if raw.hlen('unacked') == 1:
+                break
+            time.sleep(0.005)
+        assert raw.hlen('unacked') == 1 and raw.llen('celery') == 0
+    finally:
+        consumer.close()
+    assert raw.hlen('unacked') == 0 and raw.llen('celery') == 1
+    assert json.loads(raw.lindex('celery', 0))['headers']['id'] == 'late'  # type: ignore[arg-type]
+    app.close()
+
+
+def test_changing_queues_hands_back_what_the_lead_reserved(redis_url: str, raw: redis.Redis) -> None:
+    app = make(redis_url, visibility_timeout=3600)
+    broker = app.broker
+    consumer = broker.consumer(['celery'], owner='w')
+    try:
+        thread, got = _fetch_in_thread(consumer, 8, 20.0)
+        _armed(consumer)
+        consumer.wakeup()
+        thread.join()
+        broker.publish([Outgoing(message('before'), 'celery')])
+        for _ in range(1000):
+            if raw.hlen('unacked') == 1:
+                break
+            time.sleep(0.005)
+        consumer.set_queues(['other'])
+        assert consumer.fetch(8, 0.2) == []  # applies the change: the reservation goes back to 'celery'
+        assert raw.hlen('unacked') == 0 and raw.llen('celery') == 1
+        broker.publish([Outgoing(message('o'), 'other')])
+        assert [d.task_id for d in consumer.fetch(8, 5.0)] == ['o']
+    finally:
+        consumer.close()
+        app.close()
 
 
 def test_ten_thousand_etas_parked_not_held(redis_url: str, raw: redis.Redis) -> None:

@@ -6,6 +6,12 @@ while the queues are empty the fetching thread has a `BLMOVE key key RIGHT RIGHT
 (one connection per key; it returns as soon as the list has an element and leaves the list as it was) and
 waits in select() on their sockets: the first reply starts the next fetch. There is no polling and no thread
 hand-off: an idle worker starts a published task within a round trip.
+
+The first key's watch (the lead: the first queue's default priority, where most tasks arrive) has the fetch
+script queued behind its BLMOVE on the same connection, so Redis reserves a task the moment it arrives and
+answers both at once: the task reaches the worker in one round trip instead of two. The script's limit is
+set when it is queued, so until it answers the other fetches take only what is left of the window; a task
+on another key unblocks the lead (CLIENT UNBLOCK), whose script then reserves from every key in order.
 """
 
 from __future__ import annotations
@@ -34,19 +40,43 @@ WAIT_TIMEOUT = 2  # seconds one BLMOVE blocks in Redis before it answers nil (an
 
 
 class _Watch:
-    """A connection with a BLMOVE on one list key, possibly still outstanding."""
+    """A connection with a BLMOVE on one list key, possibly still outstanding; the lead's may have the fetch
+    script queued behind it (`fetching`: the script's limit, and the keys it reserves from, in order)."""
 
-    __slots__ = ('key', 'link', 'pending')
+    __slots__ = ('client_id', 'fetch_keys', 'fetching', 'key', 'link', 'pending', 'replies', 'timeout')
 
-    def __init__(self, consumer: RedisConsumer, key: str) -> None:
+    def __init__(self, consumer: RedisConsumer, key: str, timeout: float = WAIT_TIMEOUT) -> None:
         self.key = key
         self.link = Link(consumer.broker.client)
         self.pending = False
+        self.timeout = timeout
+        self.fetching = 0
+        self.fetch_keys: list[str] = []
+        self.replies: list[Any] = []
+        self.client_id: int | None = None
 
     def arm(self) -> None:
         if not self.pending:
-            self.link.send(('BLMOVE', self.key, self.key, 'RIGHT', 'RIGHT', WAIT_TIMEOUT))
+            self.link.send(('BLMOVE', self.key, self.key, 'RIGHT', 'RIGHT', self.timeout))
             self.pending = True
+
+    def arm_fetching(self, consumer: RedisConsumer, limit: int) -> None:
+        """Arm with the fetch script (up to `limit` messages) queued behind the BLMOVE."""
+        if self.pending:
+            return
+        if self.client_id is None or self.link.fileno() < 0:  # a new connection is a new client
+            self.client_id = int(self.link.call('CLIENT', 'ID'))
+        keys = consumer._ordered_keys()
+        layout = consumer.layout
+        self.link.send_all(
+            [
+                ('BLMOVE', self.key, self.key, 'RIGHT', 'RIGHT', self.timeout),
+                ('EVALSHA', consumer.broker.scripts.fetch_script.sha, len(keys) + 2, layout.unacked,
+                 layout.unacked_index, *keys, limit, repr(time.time())),
+            ]
+        )  # fmt: skip
+        self.pending = True
+        self.fetching, self.fetch_keys = limit, keys
 
     def hit(self) -> bool:
         """Whether the BLMOVE answered with an element (the list filled); False for nil or nothing yet."""
@@ -57,6 +87,20 @@ class _Watch:
             if isinstance(reply, redis.exceptions.RedisError):
                 raise reply
         return any(reply is not None for reply in replies)
+
+    def fetched(self) -> tuple[list[str], list[Any]] | None:
+        """Of a watch armed with `arm_fetching`: None until both replies are in, then the keys the script
+        reserved from and its reply. A script error is raised (the BLMOVE's own answer does not matter:
+        the script ran either way, and what it reserved must not be lost)."""
+        self.replies += self.link.replies()
+        if len(self.replies) < 2:
+            return None
+        reply = self.replies[1]
+        keys = self.fetch_keys
+        self.pending, self.replies, self.fetching, self.fetch_keys = False, [], 0, []
+        if isinstance(reply, redis.exceptions.RedisError):
+            raise reply
+        return keys, reply
 
 
 class RedisConsumer(Consumer):
@@ -77,7 +121,7 @@ class RedisConsumer(Consumer):
         # The hot path's own connections (fetches come from the fetcher thread, acks from the settler's).
         self._fetch_link = Link(broker.client)
         self._ack_link = Link(broker.client)
-        self._watches = [_Watch(self, key) for key, _ in self._keys]
+        self._watches = self._new_watches()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._backoff = 0.0
 
@@ -101,10 +145,43 @@ class RedisConsumer(Consumer):
         if queues is None:
             return
         self._use_queues(queues)
-        for watch in self._watches:
-            watch.link.close()  # drops its BLMOVE with the connection
-        self._watches = [_Watch(self, key) for key, _ in self._keys]
+        self._close_watches()
+        self._watches = self._new_watches()
         self._drained = False
+
+    def _new_watches(self) -> list[_Watch]:
+        """One watch per key; the first (the lead) also fetches. Its script's reservation time is set when
+        it is queued, so it waits in Redis at most a quarter of the visibility timeout: a reservation
+        scored that much early is still renewed (every quarter) long before any sweep would restore it."""
+        timeout = min(WAIT_TIMEOUT, max(self.broker.visibility_timeout / 4, 0.01))
+        return [_Watch(self, key, timeout if i == 0 else WAIT_TIMEOUT) for i, (key, _) in enumerate(self._keys)]
+
+    def _close_watches(self) -> None:
+        """Drop every BLMOVE with its connection; what the lead's script reserved meanwhile is handed back."""
+        lead = self._watches[0] if self._watches else None
+        if lead is not None and lead.fetching:
+            try:
+                got = self._finish_lead(lead)
+            except redis.exceptions.RedisError as exc:  # the sweep brings them back after the visibility timeout
+                logger.warning('Could not collect the last reservations at close: %s', exc)
+            else:
+                if got:
+                    self.release([d.tag for d in got])
+        for watch in self._watches:
+            watch.link.close()
+
+    def _finish_lead(self, lead: _Watch) -> list[Delivery]:
+        """Unblock the lead's BLMOVE and collect what its script reserved (in the thread that fetches, or
+        once it has stopped)."""
+        assert lead.client_id is not None
+        self._fetch_link.call('CLIENT', 'UNBLOCK', lead.client_id)
+        deadline = time.monotonic() + 2.0
+        while (fetched := lead.fetched()) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise redis.exceptions.TimeoutError('no answer from the unblocked fetch')
+            select.select([lead.link.fileno()], [], [], remaining)
+        return self._deliveries(*fetched)
 
     # --- fetching -----------------------------------------------------------------------------------------
 
@@ -132,39 +209,40 @@ class RedisConsumer(Consumer):
             self._apply_new_queues()
         skip = self._drained and limit > 0
         while True:
-            got = self._reserve(limit) if limit > 0 and not skip else []
+            lead = self._watches[0]
+            budget = limit - lead.fetching  # the lead's queued script may still take up to its limit
+            got = self._reserve(budget) if budget > 0 and not skip else []
             skip = False
             if got or self._closed:
-                self._drained = len(got) < limit
+                self._drained = len(got) < budget
                 return got
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._wait(remaining):
+            if remaining <= 0:
+                return []
+            waited = self._wait(remaining, limit)
+            if isinstance(waited, list):
+                if waited:
+                    self._drained = len(waited) < limit
+                    return waited
+                skip = True  # the script found nothing (another worker was first, or the BLMOVE timed out)
+            elif not waited:
                 return []
 
-    def _wait(self, timeout: float) -> bool:
-        """Until a list may have filled (True), or `timeout` / `wakeup` (False)."""
+    def _wait(self, timeout: float, limit: int) -> bool | list[Delivery]:
+        """Until a list may have filled (True), or `timeout` / `wakeup` (False), or the lead's script
+        answered (what it reserved)."""
         deadline = time.monotonic() + timeout
         while not self._closed:
             try:
-                for watch in self._watches:
-                    watch.arm()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                fds = [watch.link.fileno() for watch in self._watches]
-                readable, _, _ = select.select([self._wake_r, *fds], [], [], remaining)
-                if self._wake_r in readable:
-                    self._drain_wake()
-                    if self._interrupted:
-                        self._interrupted = False
-                        return False
-                hit = False
-                for watch, fd in zip(self._watches, fds, strict=True):
-                    if fd in readable:
-                        hit = watch.hit() or hit
+                outcome = self._wait_once(deadline, limit)
+            except redis.exceptions.NoScriptError:  # the lead's script: Redis restarted, or SCRIPT FLUSH
+                self._fetch_link.call('SCRIPT', 'LOAD', self.broker.scripts.fetch_script.script)
+                return True
             except redis.exceptions.RedisError as exc:
                 for watch in self._watches:
                     watch.pending = watch.pending and watch.link.fileno() >= 0
+                    if not watch.pending:
+                        watch.fetching, watch.replies = 0, []
                 # Let the fetch see (and report, with backoff) the problem, after a pause here so a broker
                 # that is down is not hammered from this loop.
                 self._backoff = min(max(self._backoff * 2, 0.1), 5.0)
@@ -172,9 +250,41 @@ class RedisConsumer(Consumer):
                 self._sleep(min(self._backoff, max(deadline - time.monotonic(), 0.0)))
                 return True
             self._backoff = 0.0
-            if hit:
-                return True
+            if outcome is not None:
+                return outcome
         return False
+
+    def _wait_once(self, deadline: float, limit: int) -> bool | list[Delivery] | None:
+        """One select() over the watches: as `_wait`, or None to keep waiting."""
+        lead = self._watches[0]
+        if limit > 0:
+            lead.arm_fetching(self, limit)
+        for watch in self._watches:
+            watch.arm()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        fds = [watch.link.fileno() for watch in self._watches]
+        readable, _, _ = select.select([self._wake_r, *fds], [], [], remaining)
+        if self._wake_r in readable:
+            self._drain_wake()
+            if self._interrupted:
+                self._interrupted = False
+                return False
+        if lead.fetching and fds[0] in readable:
+            fetched = lead.fetched()
+            if fetched is not None:
+                return self._deliveries(*fetched)
+        hit = False
+        for watch, fd in zip(self._watches, fds, strict=True):
+            if fd in readable and not watch.fetching:
+                hit = watch.hit() or hit
+        if hit and lead.fetching:
+            # A task on another key: the lead's script reserves from every key, once unblocked.
+            assert lead.client_id is not None
+            self._fetch_link.call('CLIENT', 'UNBLOCK', lead.client_id)
+            return None
+        return True if hit else None
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
@@ -195,6 +305,10 @@ class RedisConsumer(Consumer):
             self.broker.scripts.fetch_script, [self.layout.unacked, self.layout.unacked_index, *keys],
             [limit, repr(time.time())],
         )  # fmt: skip
+        return self._deliveries(keys, raw)
+
+    def _deliveries(self, keys: list[str], raw: list[Any]) -> list[Delivery]:
+        """The fetch script's reply (key index, tag, envelope, ...) as deliveries, now held by this consumer."""
         out: list[Delivery] = []
         for i in range(0, len(raw), 3):
             key = keys[int(raw[i]) - 1]
@@ -291,6 +405,7 @@ class RedisConsumer(Consumer):
             return
         self._closed = True
         self.wakeup()
+        self._close_watches()  # first: what the lead's script reserved is held, then handed back below
         with self._held_lock:
             held, self._held = list(self._held), set()
         if held:
@@ -298,8 +413,6 @@ class RedisConsumer(Consumer):
                 self.broker.restore(held, leftmost=False, count_delivery=False)
             except Exception as exc:  # the sweep will bring them back after the visibility timeout
                 logger.warning('Could not hand back %d reservation(s) at close: %s', len(held), exc)
-        for watch in self._watches:  # a BLMOVE still blocked in Redis ends with its connection
-            watch.link.close()
         self._fetch_link.close()
         self._ack_link.close()
         # The pipe stays open: a fetch in another thread may still be about to select on it (closed with us).
