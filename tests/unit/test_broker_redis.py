@@ -199,6 +199,30 @@ def test_changing_queues_hands_back_what_the_lead_reserved(redis_url: str, raw: 
         app.close()
 
 
+def test_without_the_client_command_a_waiting_fetch_still_gets_tasks(redis_url: str, raw: redis.Redis) -> None:
+    """An ACL user denied CLIENT (ID, UNBLOCK) waits as before, on plain BLMOVEs, and fetches in a second
+    round trip."""
+    raw.acl_setuser('nocli', enabled=True, passwords=['+pw'], keys=['*'], channels=['*'], commands=['+@all', '-client'])
+    try:
+        url = redis_url.replace('redis://', 'redis://nocli:pw@')
+        app = make(url)
+        consumer = app.broker.consumer(['celery'], owner='w')
+        try:
+            thread, got = _fetch_in_thread(consumer, 4, 20.0)
+            for _ in range(1000):
+                if not consumer._watches[0].can_fetch and consumer._watches[0].pending:
+                    break
+                time.sleep(0.005)
+            app.broker.publish([Outgoing(message('x'), 'celery')])
+            thread.join()
+            assert [d.task_id for d in got] == ['x']
+        finally:
+            consumer.close()
+            app.close()
+    finally:
+        raw.acl_deluser('nocli')
+
+
 def test_ten_thousand_etas_parked_not_held(redis_url: str, raw: redis.Redis) -> None:
     app = make(redis_url)
     broker = app.broker

@@ -43,7 +43,7 @@ class _Watch:
     """A connection with a BLMOVE on one list key, possibly still outstanding; the lead's may have the fetch
     script queued behind it (`fetching`: the script's limit, and the keys it reserves from, in order)."""
 
-    __slots__ = ('client_id', 'fetch_keys', 'fetching', 'key', 'link', 'pending', 'replies', 'timeout')
+    __slots__ = ('can_fetch', 'client_id', 'fetch_keys', 'fetching', 'key', 'link', 'pending', 'replies', 'timeout')
 
     def __init__(self, consumer: RedisConsumer, key: str, timeout: float = WAIT_TIMEOUT) -> None:
         self.key = key
@@ -54,6 +54,7 @@ class _Watch:
         self.fetch_keys: list[str] = []
         self.replies: list[Any] = []
         self.client_id: int | None = None
+        self.can_fetch = True
 
     def arm(self) -> None:
         if not self.pending:
@@ -62,10 +63,15 @@ class _Watch:
 
     def arm_fetching(self, consumer: RedisConsumer, limit: int) -> None:
         """Arm with the fetch script (up to `limit` messages) queued behind the BLMOVE."""
-        if self.pending:
+        if self.pending or not self.can_fetch:
             return
         if self.client_id is None or self.link.fileno() < 0:  # a new connection is a new client
-            self.client_id = int(self.link.call('CLIENT', 'ID'))
+            try:
+                self.client_id = int(self.link.call('CLIENT', 'ID'))
+            except redis.exceptions.ResponseError as exc:  # an ACL without CLIENT: wait as the other watches
+                logger.info('Waiting for tasks without a queued fetch (CLIENT ID: %s)', exc)
+                self.can_fetch = False
+                return
         keys = consumer._ordered_keys()
         layout = consumer.layout
         self.link.send_all(
