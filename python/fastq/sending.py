@@ -599,7 +599,13 @@ def _send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]
         _after_publish(messages, outgoing)
     if context.parent is not None:
         _add_to_parent(context.parent, messages)
-    return [m.result for m in messages]
+    results = [m.result for m in messages]
+    waited = [r for r in results if not r.ignored]
+    if waited:  # so that collecting them reads the next ones ahead (Redis), as for single sends
+        sent = app.backend.sent
+        for result in waited:
+            sent(result)
+    return results
 
 
 class _Preparer:

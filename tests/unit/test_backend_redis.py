@@ -1022,6 +1022,23 @@ def test_collecting_in_turn_reads_the_next_results_ahead(app: Fastq, raw: Any) -
     assert reads_of_keys(raw) - before < 60  # one read per result would be 300
 
 
+def test_a_groups_results_are_read_ahead_too(app: Fastq, raw: Any) -> None:
+    """`group(...).apply_async().get()` collects in turn as well: a batch send records its results as sent."""
+    from fastq import group
+
+    @app.task(name='t.add')
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    result = group(add.s(i, i) for i in range(300)).apply_async()
+    time.sleep(0.02)
+    for i, one in enumerate(result.results):
+        app.backend.store_result(one.id, 2 * i, states.SUCCESS)
+    before = reads_of_keys(raw)
+    assert result.get(timeout=LONG) == [2 * i for i in range(300)]
+    assert reads_of_keys(raw) - before < 60
+
+
 def test_a_result_not_ready_when_read_ahead_is_read_again(app: Fastq) -> None:
     first, second, third = sent_results(app, 3)
     app.backend.store_result(first.id, 'one', states.SUCCESS)
