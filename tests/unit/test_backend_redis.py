@@ -993,6 +993,34 @@ def test_sentinel(make_app: Callable[..., Fastq], redis_server: RedisServer, red
         app.close()
 
 
+# --- a worker's batch of results: one script call (STORE_RESULTS) ------------------------------------------
+
+
+def test_a_batch_of_results_is_stored_published_and_never_replaces_a_success(app: Fastq, raw: Any) -> None:
+    backend = app.backend
+    kept, replaced, fresh, unreadable = task_id(), task_id(), task_id(), task_id()
+    backend.store_result(kept, 'first', states.SUCCESS)
+    backend.store_result(replaced, None, states.STARTED)
+    raw.set(key(unreadable), b'\x00not a document')  # the script cannot decode it: decided in Python
+    pubsub = raw.pubsub()
+    pubsub.subscribe(key(fresh))
+    assert pubsub.get_message(timeout=LONG)['type'] == 'subscribe'
+    raw.script_flush()  # and the script is loaded on the way
+    assert backend.defer_stores()
+    for tid in (kept, replaced, fresh, unreadable):
+        backend.store_success_later(tid, f'value of {tid}')
+    assert raw.get(key(fresh)) is None  # held until the flush
+    backend.flush_stores()
+    assert backend.get_task_meta(kept)['result'] == 'first'
+    for tid in (replaced, fresh, unreadable):
+        meta = backend.get_task_meta(tid)
+        assert (meta['status'], meta['result']) == (states.SUCCESS, f'value of {tid}')
+    message = pubsub.get_message(timeout=LONG)
+    assert message is not None and json.loads(message['data'])['result'] == f'value of {fresh}'
+    assert 0 < raw.pttl(key(fresh)) <= 86_400_000  # result_expires: a day by default
+    pubsub.close()
+
+
 # --- collecting many results: read-ahead (backends/redis/collect.py) -----------------------------------------
 
 

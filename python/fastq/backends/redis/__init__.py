@@ -49,7 +49,7 @@ from fastq.backends.redis.layout import KeyLayout
 from fastq.backends.redis.listener import ResultListener, Waiter
 from fastq.backends.redis.params import connection_params, sentinel_params
 from fastq.backends.redis.retry import CONNECTION_ERRORS, DEFAULT_RETRY_POLICY, full_jitter_backoff, retry_over_time
-from fastq.backends.redis.scripts import MODE_CAS, MODE_FOR_SERIALIZER, MODE_OTHER, STORE_RESULT
+from fastq.backends.redis.scripts import MODE_CAS, MODE_FOR_SERIALIZER, MODE_OTHER, STORE_RESULT, STORE_RESULTS
 from fastq.exceptions import BackendError, BackendGetMetaError, BackendStoreError, ImproperlyConfigured, TimeoutError
 from fastq.utils.aioredis import AsyncRedis, params_of
 from fastq.utils.loops import LoopLocal
@@ -110,6 +110,7 @@ class RedisBackend(Backend):
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
         self._store_script: Any = None
+        self._store_many_script: Any = None
         self._link: Link | None = None
         self._deferred: list[tuple[str, bytes]] | None = None  # results held by `store_success_later`
         self._reader_links = threading.local()
@@ -138,7 +139,9 @@ class RedisBackend(Backend):
             with self._lock:
                 if self._client is None:
                     client = redis.Redis(connection_pool=self._create_pool())
-                    self._store_script = client.register_script(STORE_RESULT)  # before _client: read without lock
+                    # Registered before _client is set, so they can be read without the lock.
+                    self._store_script = client.register_script(STORE_RESULT)
+                    self._store_many_script = client.register_script(STORE_RESULTS)
                     self._client = client
                 client = self._client
         return client
@@ -303,24 +306,24 @@ class RedisBackend(Backend):
         deferred.append((task_id, payload))
 
     def flush_stores(self) -> None:
-        """Store held results with one round trip (the store script per result, pipelined)."""
+        """Store held results with one round trip and one script call (STORE_RESULTS)."""
         deferred = self._deferred
         if not deferred:
             return
         self._deferred = []
         ttl_ms = math.ceil(self.expires * 1000) if self.expires else 0
-        self.client  # noqa: B018 - registers the script
-        script = self._store_script
-        commands = [
-            ('EVALSHA', script.sha, 1, self.layout.task_key(task_id), payload, ttl_ms, self._store_mode, b'')
-            for task_id, payload in deferred
-        ]
+        self.client  # noqa: B018 - registers the scripts
+        keys = [self.layout.task_key(task_id) for task_id, _ in deferred]
+        args = [ttl_ms, self._store_mode, *(payload for _, payload in deferred)]
         link = self._link
         if link is None:
             link = self._link = Link(self.client)
         try:
             replies = self._run(
-                lambda: link.execute(commands), f'store {len(commands)} results', BackendStoreError, True
+                lambda: link.evalsha(self._store_many_script, keys, args),
+                f'store {len(deferred)} results',
+                BackendStoreError,
+                True,
             )
         except BackendStoreError as exc:
             logger.error('%s (tasks %s)', exc, ', '.join(task_id for task_id, _ in deferred))
@@ -328,7 +331,7 @@ class RedisBackend(Backend):
         for (task_id, payload), reply in zip(deferred, replies, strict=True):
             if isinstance(reply, int):
                 continue
-            try:  # not loaded yet (NOSCRIPT), or stored in a form the script cannot read: one at a time
+            try:  # stored in a form the script cannot read: decided here, one at a time
                 self._store(task_id, payload, states.SUCCESS, self.expires)
             except BackendStoreError as exc:
                 logger.error('%s', exc)

@@ -17,6 +17,7 @@ __all__ = [
     'MODE_FOR_SERIALIZER',
     'MODE_OTHER',
     'STORE_RESULT',
+    'STORE_RESULTS',
 ]
 
 #: ARGV[3] values: how the script tells whether the stored document is a SUCCESS.
@@ -61,6 +62,47 @@ else
 end
 redis.call('PUBLISH', key, payload)
 return 1
+"""
+
+STORE_RESULTS = """
+-- STORE_RESULT for several results in one call (a worker's batch of finished tasks): starting a script
+-- costs Redis more than the GET, SET and PUBLISH of one result, so a batch pays it once.
+-- KEYS     the result keys (channels too)
+-- ARGV[1]  time to live in milliseconds, 0 for none
+-- ARGV[2]  'json' | 'msgpack' | 'other'
+-- ARGV[2 + i]  the encoded meta document for KEYS[i]
+-- Returns one entry per key, as STORE_RESULT returns (1 written, 0 a SUCCESS kept, or the stored document
+-- for the caller to decide on with STORE_RESULT in 'cas' mode).
+local ttl, mode = tonumber(ARGV[1]), ARGV[2]
+local out = {}
+for i, key in ipairs(KEYS) do
+    local payload = ARGV[i + 2]
+    local current = redis.call('GET', key)
+    local verdict = 1
+    if current then
+        local ok, meta = false, nil
+        if mode == 'json' then
+            ok, meta = pcall(cjson.decode, current)
+        elseif mode == 'msgpack' then
+            ok, meta = pcall(cmsgpack.unpack, current)
+        end
+        if not ok or type(meta) ~= 'table' then
+            verdict = current
+        elseif meta['status'] == 'SUCCESS' then
+            verdict = 0
+        end
+    end
+    if verdict == 1 then
+        if ttl > 0 then
+            redis.call('SET', key, payload, 'PX', ttl)
+        else
+            redis.call('SET', key, payload)
+        end
+        redis.call('PUBLISH', key, payload)
+    end
+    out[i] = verdict
+end
+return out
 """
 
 # The chord join. Celery 5.7 workers run the same steps on the same keys (`celery/backends/redis.py`,
