@@ -379,7 +379,8 @@ class _Context:
     ) -> _Message:
         """`prepare` for a call whose keywords are only `PLAIN_KEYWORDS`, sent from outside a task with a plan
         that sets no expiry (a group's members, most often): the same message, without looking up the
-        keywords that cannot be there. `sent_at` is `time.monotonic()`, read once per batch."""
+        keywords that cannot be there. `sent_at` is `time.monotonic()`, read once per batch. Any field added
+        to `prepare` belongs here too (tests/unit/test_client.py compares the two)."""
         fields = (
             task_id,
             name,
@@ -572,10 +573,10 @@ def _send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]
     outgoing: list[Outgoing] = []
     stream = app.broker.publish_stream() if len(calls) > STREAM_PART and not app.rpc_results else None
     step = STREAM_PART if stream is not None else len(calls)
-    # A streamed part's envelopes are dropped once written (unless after_task_publish wants them): the next
+    # A streamed part's envelopes are dropped once written (unless publish signals saw them): the next
     # part's reuse their memory, where keeping them all made the first large batch of a process page-fault
     # its way through a fresh megabyte per thousand tasks.
-    keep = stream is None or bool(signals.after_task_publish.receivers)
+    keep = stream is None or bool(signals.before_task_publish.receivers or signals.after_task_publish.receivers)
     try:
         for start in range(0, len(calls), step):
             prepare.into(messages, start, min(start + step, len(calls)))

@@ -8,6 +8,8 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
 
+use crate::json::write_u64;
+
 /// RESP for `commands`, in buffers of about `buffer_size` bytes; a value of at least `pass_through`
 /// bytes is its own item of the list (the bytes object given, not a copy).
 #[pyfunction]
@@ -56,7 +58,7 @@ pub fn resp_pack<'py>(
 
 fn push_header(buf: &mut Vec<u8>, kind: u8, n: usize) {
     buf.push(kind);
-    push_decimal(buf, n);
+    write_u64(buf, n as u64);
     buf.extend_from_slice(b"\r\n");
 }
 
@@ -66,35 +68,9 @@ fn push_bulk(buf: &mut Vec<u8>, data: &[u8]) {
     buf.extend_from_slice(b"\r\n");
 }
 
-fn push_decimal(buf: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        // `n % 10` is below 10: the cast cannot truncate.
-        #[allow(clippy::cast_possible_truncation)]
-        let digit = (n % 10) as u8;
-        digits[at] = b'0' + digit;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[at..]);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decimals() {
-        for n in [0usize, 7, 10, 99, 1000, 123_456_789, usize::MAX] {
-            let mut buf = Vec::new();
-            push_decimal(&mut buf, n);
-            assert_eq!(buf, n.to_string().into_bytes());
-        }
-    }
 
     #[test]
     fn bulk_strings() {

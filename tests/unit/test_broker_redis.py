@@ -18,6 +18,7 @@ from fastq import Fastq, protocol
 from fastq.brokers.base import Outgoing
 from fastq.brokers.redis import RedisBroker
 from fastq.exceptions import BrokerConnectionError
+from tests.harness import wait_until
 from tests.servers import RedisServer, free_port
 from tests.unit.test_backend_redis import _make_certificates, _pong, _tcp_ping, spawn_redis
 
@@ -114,11 +115,7 @@ def _fetch_in_thread(consumer: Any, limit: int, timeout: float) -> tuple[threadi
 def _armed(consumer: Any) -> None:
     """Until the consumer's lead watch has its BLMOVE and fetch script queued in Redis."""
     lead = consumer._watches[0]
-    for _ in range(1000):
-        if lead.fetching and lead.client_id is not None:
-            return
-        time.sleep(0.005)
-    raise AssertionError('the lead watch was never armed')
+    wait_until(lambda: bool(lead.fetching and lead.client_id is not None), message='the lead watch armed')
 
 
 def test_waiting_fetch_reserves_within_the_window_from_any_key(
@@ -166,10 +163,7 @@ def test_a_reservation_made_after_the_last_fetch_is_handed_back_at_close(redis_u
         thread.join()
         assert got == [] and consumer._watches[0].fetching == 8  # stopped waiting; the script still queued
         broker.publish([Outgoing(message('late'), 'celery')])
-        for _ in range(1000):  # until the script has run
-            if raw.hlen('unacked') == 1:
-                break
-            time.sleep(0.005)
+        wait_until(lambda: raw.hlen('unacked') == 1, message='the queued script reserved it')
         assert raw.hlen('unacked') == 1 and raw.llen('celery') == 0
     finally:
         consumer.close()
@@ -188,10 +182,7 @@ def test_changing_queues_hands_back_what_the_lead_reserved(redis_url: str, raw: 
         consumer.wakeup()
         thread.join()
         broker.publish([Outgoing(message('before'), 'celery')])
-        for _ in range(1000):
-            if raw.hlen('unacked') == 1:
-                break
-            time.sleep(0.005)
+        wait_until(lambda: raw.hlen('unacked') == 1, message='the queued script reserved it')
         consumer.set_queues(['other'])
         assert consumer.fetch(8, 0.2) == []  # applies the change: the reservation goes back to 'celery'
         assert raw.hlen('unacked') == 0 and raw.llen('celery') == 1
@@ -212,10 +203,8 @@ def test_without_the_client_command_a_waiting_fetch_still_gets_tasks(redis_url: 
         consumer = app.broker.consumer(['celery'], owner='w')
         try:
             thread, got = _fetch_in_thread(consumer, 4, 20.0)
-            for _ in range(1000):
-                if not consumer._watches[0].can_fetch and consumer._watches[0].pending:
-                    break
-                time.sleep(0.005)
+            lead = consumer._watches[0]
+            wait_until(lambda: not lead.can_fetch and lead.pending, message='waiting without a queued fetch')
             app.broker.publish([Outgoing(message('x'), 'celery')])
             thread.join()
             assert [d.task_id for d in got] == ['x']

@@ -25,7 +25,30 @@ MODE_FOR_SERIALIZER = {'json': 'json', 'msgpack': 'msgpack'}
 MODE_OTHER = 'other'  # the script cannot decode it: hand it back if one is stored
 MODE_CAS = 'cas'  # the caller decoded it: write only if ARGV[4] is still what is stored
 
-STORE_RESULT = """
+#: Shared by the two store scripts: whether the document stored at a result key may be replaced.
+_REPLACEABLE = """
+-- 1 when `current` (a stored meta document) may be replaced, 0 when it is a SUCCESS (kept), or `current`
+-- itself when this script cannot decode it ('other': compressed, pickle, yaml) and the caller must decide.
+local function replaceable(current, mode)
+    local ok, meta = false, nil
+    if mode == 'json' then
+        ok, meta = pcall(cjson.decode, current)
+    elseif mode == 'msgpack' then
+        ok, meta = pcall(cmsgpack.unpack, current)
+    end
+    if not ok or type(meta) ~= 'table' then
+        return current
+    end
+    if meta['status'] == 'SUCCESS' then
+        return 0
+    end
+    return 1
+end
+"""
+
+STORE_RESULT = (
+    _REPLACEABLE
+    + """
 -- KEYS[1]  celery-task-meta-<task_id> (global_keyprefix included): the result key, also the channel
 -- ARGV[1]  the encoded meta document
 -- ARGV[2]  time to live in milliseconds, 0 for none (SET ... PX, i.e. Celery's SETEX)
@@ -41,17 +64,9 @@ if current then
             return current
         end
     else
-        local ok, meta = false, nil
-        if mode == 'json' then
-            ok, meta = pcall(cjson.decode, current)
-        elseif mode == 'msgpack' then
-            ok, meta = pcall(cmsgpack.unpack, current)
-        end
-        if not ok or type(meta) ~= 'table' then
-            return current
-        end
-        if meta['status'] == 'SUCCESS' then
-            return 0
+        local verdict = replaceable(current, mode)
+        if verdict ~= 1 then
+            return verdict
         end
     end
 end
@@ -63,8 +78,11 @@ end
 redis.call('PUBLISH', key, payload)
 return 1
 """
+)
 
-STORE_RESULTS = """
+STORE_RESULTS = (
+    _REPLACEABLE
+    + """
 -- STORE_RESULT for several results in one call (a worker's batch of finished tasks): starting a script
 -- costs Redis more than the GET, SET and PUBLISH of one result, so a batch pays it once.
 -- KEYS     the result keys (channels too)
@@ -80,17 +98,7 @@ for i, key in ipairs(KEYS) do
     local current = redis.call('GET', key)
     local verdict = 1
     if current then
-        local ok, meta = false, nil
-        if mode == 'json' then
-            ok, meta = pcall(cjson.decode, current)
-        elseif mode == 'msgpack' then
-            ok, meta = pcall(cmsgpack.unpack, current)
-        end
-        if not ok or type(meta) ~= 'table' then
-            verdict = current
-        elseif meta['status'] == 'SUCCESS' then
-            verdict = 0
-        end
+        verdict = replaceable(current, mode)
     end
     if verdict == 1 then
         if ttl > 0 then
@@ -104,6 +112,7 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+)
 
 # The chord join. Celery 5.7 workers run the same steps on the same keys (`celery/backends/redis.py`,
 # CHORD_PART_RETURN_LUA and friends), so Celery and fastq workers can join one chord: each must do what the

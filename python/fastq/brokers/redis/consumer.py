@@ -187,7 +187,10 @@ class RedisConsumer(Consumer):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise redis.exceptions.TimeoutError('no answer from the unblocked fetch')
-            select.select([lead.link.fileno()], [], [], remaining)
+            fd = lead.link.fileno()
+            if fd < 0:  # the connection was lost with the answer: what it reserved comes back in time
+                raise redis.exceptions.ConnectionError('the waiting connection was lost')
+            select.select([fd], [], [], remaining)
         return self._deliveries(*fetched)
 
     # --- fetching -----------------------------------------------------------------------------------------
