@@ -150,6 +150,26 @@ def test_waiting_fetch_reserves_within_the_window_from_any_key(
         app.close()
 
 
+def test_a_flushed_fetch_script_is_loaded_again_by_a_waiting_fetch(redis_url: str, raw: redis.Redis) -> None:
+    """Redis restarted or SCRIPT FLUSH while the lead waits: its queued script answers NOSCRIPT, the script is
+    loaded and the task fetched all the same."""
+    app = make(redis_url, visibility_timeout=3600)
+    broker = app.broker
+    consumer = broker.consumer(['celery'], owner='w')
+    try:
+        assert consumer.fetch(4, 0.1) == []  # loads the script, then waits
+        thread, got = _fetch_in_thread(consumer, 4, 20.0)
+        _armed(consumer)
+        raw.script_flush()
+        broker.publish([Outgoing(message('after-flush'), 'celery')])
+        thread.join()
+        assert [d.task_id for d in got] == ['after-flush']
+        assert raw.hlen('unacked') == 1
+    finally:
+        consumer.close()
+        app.close()
+
+
 def test_a_reservation_made_after_the_last_fetch_is_handed_back_at_close(redis_url: str, raw: redis.Redis) -> None:
     """A task that arrives after the fetcher stopped waiting is reserved by the lead's queued script all the
     same: closing collects it and puts it back, rather than leaving it to the visibility timeout."""
