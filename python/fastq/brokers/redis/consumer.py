@@ -10,8 +10,10 @@ hand-off: an idle worker starts a published task within a round trip.
 The first key's watch (the lead: the first queue's default priority, where most tasks arrive) has the fetch
 script queued behind its BLMOVE on the same connection, so Redis reserves a task the moment it arrives and
 answers both at once: the task reaches the worker in one round trip instead of two. The script's limit is
-set when it is queued, so until it answers the other fetches take only what is left of the window; a task
-on another key unblocks the lead (CLIENT UNBLOCK), whose script then reserves from every key in order.
+set when it is queued, so until it answers the other fetches take only what is left of the window (a window
+that shrinks meanwhile, as when ETA tasks held in memory are released, can be exceeded by the difference
+until then); a task on another key unblocks the lead (CLIENT UNBLOCK), whose script then reserves from every
+key in order.
 """
 
 from __future__ import annotations
@@ -151,8 +153,8 @@ class RedisConsumer(Consumer):
         queues, self._new_queues = self._new_queues, None
         if queues is None:
             return
+        self._close_watches()  # with the old keys: what the lead reserved from them is handed back
         self._use_queues(queues)
-        self._close_watches()
         self._watches = self._new_watches()
         self._drained = False
 
