@@ -55,9 +55,9 @@ local out = {}
 local records, scores = {}, {}  -- one HSET and one ZADD for the whole batch: each call costs more than its work
 local taken = 0
 for i = 3, #KEYS do
-  while taken < limit do
-    local m = redis.call('RPOP', KEYS[i])
-    if not m then break end
+  -- One RPOP with a count per key (Redis >= 6.2, as BLMOVE): a call from Lua costs more than its work.
+  local batch = taken < limit and redis.call('RPOP', KEYS[i], limit - taken) or false
+  for _, m in ipairs(batch or {}) do
     local tag, exchange, routing_key = fields(m)
     local record
     if type(tag) == 'string' and tag ~= '' then
