@@ -92,6 +92,57 @@ def test_global_keyprefix_custom_steps_and_sep(redis_url: str, raw: redis.Redis)
     app.close()
 
 
+def _envelope(tag: str, exchange: str = '', routing_key: str = 'celery', **extra_headers: Any) -> dict[str, Any]:
+    body = json.loads(message('x').to_envelope('', 'celery', 0, 2, None, 't'))
+    body['headers'].update(extra_headers)
+    body['properties']['delivery_tag'] = tag
+    body['properties']['delivery_info'] = {'exchange': exchange, 'routing_key': routing_key}
+    return dict(body)
+
+
+@pytest.mark.parametrize(
+    ('document', 'tag', 'exchange', 'routing_key'),
+    [
+        (json.dumps(_envelope('plain')), 'plain', '', 'celery'),
+        # a header with the same name: the plain search cannot tell which is the property, so it decodes
+        (json.dumps(_envelope('real', delivery_tag='a header')), 'real', '', 'celery'),
+        (json.dumps(_envelope('info', delivery_info={'exchange': 'no'})), 'info', '', 'celery'),
+        # properties first (another producer's key order)
+        (json.dumps(dict(reversed(list(_envelope('first').items())))), 'first', '', 'celery'),
+        # escapes in the values
+        (json.dumps(_envelope('esc', exchange='ex"q', routing_key='r\\k')), 'esc', 'ex"q', 'r\\k'),
+    ],
+)
+def test_the_fetch_script_finds_tag_and_route_in_any_envelope(
+    redis_url: str, raw: redis.Redis, document: str, tag: str, exchange: str, routing_key: str
+) -> None:
+    """kombu's record in `unacked` ([envelope, exchange, routing_key]) under the envelope's delivery tag,
+    whether the script finds them with its plain searches or has to decode the envelope."""
+    app = make(redis_url)
+    consumer = app.broker.consumer(['celery'], owner='w')
+    try:
+        raw.lpush('celery', document)
+        (d,) = consumer.fetch(4, 1.0)
+        assert d.tag == tag
+        assert json.loads(raw.hget('unacked', tag)) == [json.loads(document), exchange, routing_key]  # type: ignore[arg-type]
+    finally:
+        consumer.close()
+        app.close()
+
+
+def test_the_fetch_script_keeps_a_payload_that_is_not_json(redis_url: str, raw: redis.Redis) -> None:
+    app = make(redis_url)
+    consumer = app.broker.consumer(['celery'], owner='w')
+    try:
+        raw.lpush('celery', b'not json at all')
+        (d,) = consumer.fetch(4, 1.0)
+        assert str(d.tag).startswith('fastq-malformed-') and d.message is None and d.raw == b'not json at all'
+        assert json.loads(raw.hget('unacked', d.tag)) == ['not json at all', '', '']  # type: ignore[arg-type]
+    finally:
+        consumer.close()
+        app.close()
+
+
 def test_round_robin_between_queues(redis_url: str) -> None:
     app = make(redis_url)
     broker = app.broker

@@ -11,26 +11,31 @@
 -- The tag and the delivery info are found with plain substring searches when the envelope has exactly one
 -- of each key and simple values (every envelope Celery, kombu or fastq writes): a full cjson.decode costs
 -- about 40 us of the server's time per message, most of the script. Anything else is decoded in full.
-local function quoted_after(m, key, from)
-  local i = string.find(m, key, from, true)
-  if not i then return nil end
-  local s = i + #key
+local TAG, INFO = '"delivery_tag": "', '"delivery_info": {'
+
+-- The value of the JSON string whose text starts at `s` (just after its opening quote), when it is plain:
+-- no escape, and no '}' (which would mean the search matched somewhere else than a string value).
+local function plain_string(m, s)
   local e = string.find(m, '"', s, true)
   if not e then return nil end
   local v = string.sub(m, s, e - 1)
   if string.find(v, '\\', 1, true) or string.find(v, '}', 1, true) then return nil end
-  return v, i
+  return v
 end
 
-local function unique(m, key)
-  local i = string.find(m, key, 1, true)
-  return i and not string.find(m, key, i + 1, true)
+local function quoted_after(m, key, from)
+  local i = string.find(m, key, from, true)
+  if not i then return nil end
+  return plain_string(m, i + #key), i
 end
 
+-- Each key is searched once from the start and once more after the first match (to be sure it is unique):
+-- the properties come last in an envelope, so the second searches are short.
 local function fields(m)
-  if unique(m, '"delivery_tag": "') and unique(m, '"delivery_info": {') then
-    local tag = quoted_after(m, '"delivery_tag": "', 1)
-    local info = string.find(m, '"delivery_info": {', 1, true)
+  local t = string.find(m, TAG, 1, true)
+  local info = t and string.find(m, INFO, 1, true)
+  if info and not string.find(m, TAG, t + 1, true) and not string.find(m, INFO, info + 1, true) then
+    local tag = plain_string(m, t + #TAG)
     local close = string.find(m, '}', info, true)
     local exchange, at = quoted_after(m, '"exchange": "', info)
     local routing_key, at2 = quoted_after(m, '"routing_key": "', info)
