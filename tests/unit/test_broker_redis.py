@@ -221,6 +221,18 @@ def test_a_flushed_fetch_script_is_loaded_again_by_a_waiting_fetch(redis_url: st
         app.close()
 
 
+def _reserved_after_the_fetch_stopped(consumer: Any, raw: redis.Redis, task_id: str) -> None:
+    """A fetch waits (its script queued behind the lead's BLMOVE) and is woken without a task; then `task_id`
+    is published, and the queued script reserves it with no fetch running."""
+    thread, got = _fetch_in_thread(consumer, 8, 20.0)
+    _armed(consumer)
+    consumer.wakeup()
+    thread.join()
+    assert got == [] and consumer._watches[0].fetching == 8  # stopped waiting; the script still queued
+    consumer.broker.publish([Outgoing(message(task_id), 'celery')])
+    wait_until(lambda: raw.hlen('unacked') == 1, message='the queued script reserved it')
+
+
 def test_a_reservation_made_after_the_last_fetch_is_handed_back_at_close(redis_url: str, raw: redis.Redis) -> None:
     """A task that arrives after the fetcher stopped waiting is reserved by the lead's queued script all the
     same: closing collects it and puts it back, rather than leaving it to the visibility timeout."""
@@ -228,13 +240,7 @@ def test_a_reservation_made_after_the_last_fetch_is_handed_back_at_close(redis_u
     broker = app.broker
     consumer = broker.consumer(['celery'], owner='w')
     try:
-        thread, got = _fetch_in_thread(consumer, 8, 20.0)
-        _armed(consumer)
-        consumer.wakeup()
-        thread.join()
-        assert got == [] and consumer._watches[0].fetching == 8  # stopped waiting; the script still queued
-        broker.publish([Outgoing(message('late'), 'celery')])
-        wait_until(lambda: raw.hlen('unacked') == 1, message='the queued script reserved it')
+        _reserved_after_the_fetch_stopped(consumer, raw, 'late')
         assert raw.hlen('unacked') == 1 and raw.llen('celery') == 0
     finally:
         consumer.close()
@@ -248,12 +254,7 @@ def test_changing_queues_hands_back_what_the_lead_reserved(redis_url: str, raw: 
     broker = app.broker
     consumer = broker.consumer(['celery'], owner='w')
     try:
-        thread, got = _fetch_in_thread(consumer, 8, 20.0)
-        _armed(consumer)
-        consumer.wakeup()
-        thread.join()
-        broker.publish([Outgoing(message('before'), 'celery')])
-        wait_until(lambda: raw.hlen('unacked') == 1, message='the queued script reserved it')
+        _reserved_after_the_fetch_stopped(consumer, raw, 'before')
         consumer.set_queues(['other'])
         assert consumer.fetch(8, 0.2) == []  # applies the change: the reservation goes back to 'celery'
         assert raw.hlen('unacked') == 0 and raw.llen('celery') == 1

@@ -186,7 +186,8 @@ class group(Signature[Any]):
         """
         with gc_paused(len(self.tasks)):
             leaves = list(self._leaves(self.tasks))
-            return self._send_leaves(app, leaves, group_id, root_id, args, kwargs, options) if leaves else []
+            with gc_paused(len(leaves)):  # nested groups: their leaves may be many more than their tasks
+                return self._send_leaves(app, leaves, group_id, root_id, args, kwargs, options) if leaves else []
 
     def _send_leaves(
         self,

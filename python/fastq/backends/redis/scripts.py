@@ -25,8 +25,9 @@ MODE_FOR_SERIALIZER = {'json': 'json', 'msgpack': 'msgpack'}
 MODE_OTHER = 'other'  # the script cannot decode it: hand it back if one is stored
 MODE_CAS = 'cas'  # the caller decoded it: write only if ARGV[4] is still what is stored
 
-#: Shared by the two store scripts: whether the document stored at a result key may be replaced.
-_REPLACEABLE = """
+#: Shared by the two store scripts: whether the document stored at a result key may be replaced, and
+#: writing one (Celery's SETEX, or SET, then PUBLISH on the key's channel).
+_STORE_FUNCTIONS = """
 -- 1 when `current` (a stored meta document) may be replaced, 0 when it is a SUCCESS (kept), or `current`
 -- itself when this script cannot decode it ('other': compressed, pickle, yaml) and the caller must decide.
 local function replaceable(current, mode)
@@ -44,10 +45,19 @@ local function replaceable(current, mode)
     end
     return 1
 end
+
+local function write(key, payload, ttl)
+    if ttl > 0 then
+        redis.call('SET', key, payload, 'PX', ttl)
+    else
+        redis.call('SET', key, payload)
+    end
+    redis.call('PUBLISH', key, payload)
+end
 """
 
 STORE_RESULT = (
-    _REPLACEABLE
+    _STORE_FUNCTIONS
     + """
 -- KEYS[1]  celery-task-meta-<task_id> (global_keyprefix included): the result key, also the channel
 -- ARGV[1]  the encoded meta document
@@ -70,18 +80,13 @@ if current then
         end
     end
 end
-if ttl > 0 then
-    redis.call('SET', key, payload, 'PX', ttl)
-else
-    redis.call('SET', key, payload)
-end
-redis.call('PUBLISH', key, payload)
+write(key, payload, ttl)
 return 1
 """
 )
 
 STORE_RESULTS = (
-    _REPLACEABLE
+    _STORE_FUNCTIONS
     + """
 -- STORE_RESULT for several results in one call (a worker's batch of finished tasks): starting a script
 -- costs Redis more than the GET, SET and PUBLISH of one result, so a batch pays it once.
@@ -101,12 +106,7 @@ for i, key in ipairs(KEYS) do
         verdict = replaceable(current, mode)
     end
     if verdict == 1 then
-        if ttl > 0 then
-            redis.call('SET', key, payload, 'PX', ttl)
-        else
-            redis.call('SET', key, payload)
-        end
-        redis.call('PUBLISH', key, payload)
+        write(key, payload, ttl)
     end
     out[i] = verdict
 end

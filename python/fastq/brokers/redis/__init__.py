@@ -574,10 +574,7 @@ class _Stream(PublishStream):
             raise
         self.conn = None
         self.broker.commands.give(conn)
-        failed = [r for r in reply or () if isinstance(r, Exception)]
-        if reply is None or failed:
-            raise OperationalError(f'{self.broker.describe()}: publishing failed: {failed or "transaction aborted"}')
-        self.broker._declared.update(self.undeclared)
+        self.broker._published([('EXEC',)], [reply], sorted(self.undeclared))
         return True
 
     def abort(self) -> None:

@@ -76,14 +76,13 @@ class _Watch:
                 self.can_fetch = False
                 return
         keys = consumer._ordered_keys()
-        layout = consumer.layout
+        script_keys, args = consumer._fetch_call(keys, limit)
         self.link.send_all(
             [
                 ('BLMOVE', self.key, self.key, 'RIGHT', 'RIGHT', self.timeout),
-                ('EVALSHA', consumer.broker.scripts.fetch_script.sha, len(keys) + 2, layout.unacked,
-                 layout.unacked_index, *keys, limit, reservation_time()),
+                ('EVALSHA', consumer.broker.scripts.fetch_script.sha, len(script_keys), *script_keys, *args),
             ]
-        )  # fmt: skip
+        )
         self.pending = True
         self.fetching, self.fetch_keys = limit, keys
 
@@ -248,8 +247,7 @@ class RedisConsumer(Consumer):
             try:
                 outcome = self._wait_once(deadline, limit)
             except redis.exceptions.NoScriptError:  # the lead's script: Redis restarted, or SCRIPT FLUSH
-                self._fetch_link.call('SCRIPT', 'LOAD', self.broker.scripts.fetch_script.script)
-                return True
+                return True  # the fetch that follows loads it (`Link.evalsha`)
             except redis.exceptions.RedisError as exc:
                 for watch in self._watches:
                     watch.pending = watch.pending and watch.link.fileno() >= 0
@@ -313,11 +311,12 @@ class RedisConsumer(Consumer):
 
     def _reserve(self, limit: int) -> list[Delivery]:
         keys = self._ordered_keys()
-        raw = self._fetch_link.evalsha(
-            self.broker.scripts.fetch_script, [self.layout.unacked, self.layout.unacked_index, *keys],
-            [limit, reservation_time()],
-        )  # fmt: skip
+        raw = self._fetch_link.evalsha(self.broker.scripts.fetch_script, *self._fetch_call(keys, limit))
         return self._deliveries(keys, raw)
+
+    def _fetch_call(self, keys: list[str], limit: int) -> tuple[list[str], list[Any]]:
+        """The fetch script's KEYS and ARGV for reserving up to `limit` from `keys`, in that order."""
+        return [self.layout.unacked, self.layout.unacked_index, *keys], [limit, reservation_time()]
 
     def _deliveries(self, keys: list[str], raw: list[Any]) -> list[Delivery]:
         """The fetch script's reply (key index, tag, envelope, ...) as deliveries, now held by this consumer."""
