@@ -77,6 +77,8 @@ class Retry(TaskPredicate):
     exc: BaseException | None = None
     excs: str | None = None
     when: float | datetime | None = None
+    #: Set once the RETRY state is stored (Task.retry stores it before sending the next run).
+    state_stored: bool = False
 
     def __init__(
         self,

@@ -478,6 +478,11 @@ class Task(Generic[P, R]):
             )
         ret = Retry(exc=exc, when=eta or countdown, is_eager=request.is_eager, sig=sig)
         if not request.is_eager:
+            from fastq.worker.trace import store_retry_state
+
+            # RETRY is stored before the message goes: the next run may finish (and store its FAILURE) on
+            # another worker before this one returns, and a RETRY written after it would hide the outcome.
+            store_retry_state(self, request, ret)
             try:
                 sig.apply_async()
             except Exception as publish_error:

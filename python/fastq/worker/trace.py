@@ -318,11 +318,28 @@ def _on_failure(
     return outcome
 
 
+def store_retry_state(task: Task[Any, Any], ctx: Context, retry: Retry) -> None:
+    """Store RETRY for `retry` now (`Task.retry` calls this before it sends the next run).
+
+    A store that fails is logged and left to `_on_retry`, which tries again after the message went: a retry
+    must not be lost because the result backend is down.
+    """
+    if ctx.is_eager or not _store_allowed(task, ctx, failure=True):
+        return
+    reason = retry.exc if retry.exc is not None else retry
+    try:
+        task.app.backend.mark_as_retry(ctx.id or '', reason, _Einfo(reason).traceback, request=ctx)
+    except Exception as exc:
+        logger.warning('Task %s[%s] could not store its RETRY state yet: %r', task.name, ctx.id, exc)
+        return
+    retry.state_stored = True
+
+
 def _on_retry(task: Task[Any, Any], ctx: Context, exc: Retry, started: float) -> Outcome:
     task_id = ctx.id or ''
     reason = exc.exc if exc.exc is not None else exc
     einfo = _Einfo(reason)
-    if _store_allowed(task, ctx, failure=True) and not ctx.is_eager:
+    if not exc.state_stored and _store_allowed(task, ctx, failure=True) and not ctx.is_eager:
         task.app.backend.mark_as_retry(task_id, reason, einfo.traceback, request=ctx)
     task.on_retry(reason, task_id, ctx.args, ctx.kwargs, einfo)
     signals.task_retry.send(sender=task, request=ctx, reason=reason, einfo=einfo)
