@@ -107,3 +107,24 @@ def test_pace_follows_the_stream() -> None:
     assert _paced(pace, [0], fast) == [False]
     # the stream thins out to one task now and then: lingering stops
     assert _paced(pace, [1] * 20, 10 / LINGER_RATE)[-10:] == [False] * 10
+
+
+@pytest.mark.parametrize('idle', [True, False])
+def test_deliveries_are_handed_over_in_this_thread_when_the_loop_is_idle(idle: bool) -> None:
+    events: list[Any] = []
+    consumer = _Consumer(3, 2, events)
+    here: list[Delivery] = []
+    posted: list[Delivery] = []
+
+    def deliver_here(ds: list[Delivery]) -> bool:
+        if idle:
+            here.extend(ds)
+        return idle
+
+    f = Fetcher(consumer, _core.Ledger(0), posted.extend, 'test://', deliver_here)  # type: ignore[arg-type]
+    f.start()
+    assert consumer.done.wait(10)
+    f.stop()
+    f.join(10)
+    assert [d.tag for d in (here if idle else posted)] == [1, 2, 3, 4, 5, 6]
+    assert (posted if idle else here) == []

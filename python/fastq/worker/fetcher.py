@@ -53,9 +53,14 @@ class Fetcher(threading.Thread):
         ledger: Ledger,
         deliver: Callable[[list[Delivery]], None],
         describe: str,
+        deliver_here: Callable[[list[Delivery]], bool] | None = None,
     ) -> None:
         super().__init__(name='fastq-fetcher', daemon=True)
         self.consumer = consumer
+        # Tried first from this thread: hands deliveries over without waking the loop when it is idle
+        # (False: it was busy, post them with `deliver`). Not used from a push consumer's I/O thread, which
+        # the worker's own calls to the consumer may wait on.
+        self.deliver_here = deliver_here
         self.ledger = ledger
         self.deliver = deliver
         self.describe = describe
@@ -121,9 +126,9 @@ class Fetcher(threading.Thread):
                 backoff = 0.0
             linger = pace.fetched(len(deliveries), time.monotonic())
             if deliveries:
-                self._accept(deliveries)
+                self._accept(deliveries, self.deliver_here)
 
-    def _accept(self, deliveries: list[Delivery]) -> None:
+    def _accept(self, deliveries: list[Delivery], deliver_here: Callable[[list[Delivery]], bool] | None = None) -> None:
         """Count deliveries in the window and hand them to the loop (in this thread, or the consumer's)."""
         accepted = []
         for d in deliveries:
@@ -133,7 +138,7 @@ class Fetcher(threading.Thread):
                 logger.warning('broker handed out delivery %r twice; ignoring the duplicate', d.tag)
             else:
                 accepted.append(d)
-        if accepted:
+        if accepted and (deliver_here is None or not deliver_here(accepted)):
             self.deliver(accepted)
 
 

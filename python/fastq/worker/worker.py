@@ -191,6 +191,9 @@ class WorkController:
             self.dispatcher.ledger,
             lambda ds: self.loop.call_soon_threadsafe(lambda: self.dispatcher.on_deliveries(ds)),  # type: ignore[union-attr]
             self.broker.describe(),
+            None
+            if self.pool.runs_tasks_in_loop
+            else lambda ds: self.loop.run_borrowed(lambda: self.dispatcher.on_deliveries(ds)),  # type: ignore[union-attr]
         )
         self.dispatcher.fetcher = self.fetcher
         self._start_events()

@@ -25,6 +25,9 @@ RequeueCallback = Callable[[list['Job']], None]
 
 class Pool(abc.ABC):
     name: str
+    #: Tasks run in the loop's own passes (solo): then no other thread may run a pass (`Loop.run_borrowed`),
+    #: or a task would run in that thread.
+    runs_tasks_in_loop = False
 
     def __init__(
         self,

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 class SoloPool(Pool):
     name = 'solo'
+    runs_tasks_in_loop = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
