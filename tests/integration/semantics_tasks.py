@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -111,7 +112,7 @@ def routed(path: str, key: str) -> str:
 def _log_signal(name: str) -> Any:
     def receiver(sender: Any = None, **kwargs: Any) -> None:
         if SIGNAL_LOG:
-            _record(SIGNAL_LOG, f'{name} {os.getpid()}')
+            _record(SIGNAL_LOG, f'{name} {os.getpid()} {threading.current_thread().name}')
 
     return receiver
 

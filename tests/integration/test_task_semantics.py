@@ -195,6 +195,10 @@ def test_signals_fire_in_worker_and_children(sem: Any, worker: Any, tmp_path: Pa
         'task_success', 'task_failure', 'task_postrun', 'task_unknown', 'worker_shutdown',
     ):  # fmt: skip
         assert expected in names, (expected, names)
+    # Celery sends the reception signals in the worker's main thread; fastq does too while they have receivers
+    # (its fetcher receives in its own thread only when none are connected).
+    threads = {line.split()[2] for line in lines(log) if line.split()[0] in ('task_received', 'task_unknown')}
+    assert threads == {'MainThread'}, threads
     pids = {line.split()[0]: line.split()[1] for line in lines(log)}
     assert pids['worker_process_init'] != pids['worker_ready']  # children fire their own
     assert names.index('worker_init') < names.index('worker_ready') < names.index('worker_shutdown')

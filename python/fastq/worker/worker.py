@@ -32,7 +32,7 @@ from fastq.worker.settler import Settler
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
-    from fastq.brokers.base import Broker, Consumer
+    from fastq.brokers.base import Broker, Consumer, Delivery
     from fastq.worker.pool.base import Pool
 
 logger = logging.getLogger('celery.worker')
@@ -191,9 +191,7 @@ class WorkController:
             self.dispatcher.ledger,
             lambda ds: self.loop.call_soon_threadsafe(lambda: self.dispatcher.on_deliveries(ds)),  # type: ignore[union-attr]
             self.broker.describe(),
-            None
-            if self.pool.runs_tasks_in_loop
-            else lambda ds: self.loop.run_borrowed(lambda: self.dispatcher.on_deliveries(ds)),  # type: ignore[union-attr]
+            None if self.pool.runs_tasks_in_loop else self._deliver_here,
         )
         self.dispatcher.fetcher = self.fetcher
         self._start_events()
@@ -268,6 +266,16 @@ class WorkController:
                     self.loop.run_once(min(0.2, max(0.0, deadline - time.monotonic())))
                 if self._shutdown:
                     return None
+
+    def _deliver_here(self, deliveries: list[Delivery]) -> bool:
+        """Receive `deliveries` in the fetcher's thread while the loop sleeps (`Loop.run_borrowed`); False to
+        post them to the loop instead. Also False while a handler of a signal sent on reception is connected:
+        Celery sends those in the worker's main thread, and a handler may count on it."""
+        if signals.task_received.receivers or signals.task_unknown.receivers or signals.task_revoked.receivers:
+            return False
+        dispatcher = self.dispatcher
+        assert dispatcher is not None
+        return self.loop.run_borrowed(lambda: dispatcher.on_deliveries(deliveries))
 
     def _start_remote_control(self) -> None:
         broker = self.broker
