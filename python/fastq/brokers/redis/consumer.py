@@ -391,7 +391,7 @@ class RedisConsumer(Consumer):
             tags = list(self._held)
         if not tags:
             return
-        now = int(reservation_time())
+        now = reservation_time()
         with self.client.pipeline(transaction=False) as pipe:
             for i in range(0, len(tags), 500):
                 pipe.zadd(self.layout.unacked_index, {str(t): now for t in tags[i : i + 500]}, xx=True)
@@ -429,7 +429,7 @@ class RedisConsumer(Consumer):
         # The pipe stays open: a fetch in another thread may still be about to select on it (closed with us).
 
 
-def reservation_time() -> str:
+def reservation_time() -> int:
     """A reservation's score in `unacked_index`: now, in whole seconds rounded up.
 
     Whole seconds because Redis keeps a small sorted set as a listpack and reads a fractional score back
@@ -438,7 +438,7 @@ def reservation_time() -> str:
     Rounded up, so a reservation is restored at most a second after its visibility timeout, never before.
     kombu compares these scores with `time.time() - visibility_timeout`, which whole numbers serve as well.
     """
-    return str(math.ceil(time.time()))
+    return math.ceil(time.time())
 
 
 def _text(value: Any) -> str:
