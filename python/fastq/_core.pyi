@@ -253,6 +253,26 @@ class Message:
                 headers or properties, or a body that does not decode (bad base64, unknown body_encoding).
         """
 
+#: The headers `TaskHead.fields` holds, in this order.
+TASK_HEAD_FIELDS: Final[tuple[str, ...]]
+
+def task_head(data: bytes) -> TaskHead | None:
+    """The headers a worker's parent acts on, from a kombu envelope, without decoding the rest.
+
+    The whole document is checked as `Message.from_envelope` checks it (JSON syntax, the members' types,
+    the body's base64); None for anything this does not vouch for, so the caller decodes it the full way
+    (which then says what is wrong). Only bytes are read; a str gives None.
+    """
+
+@final
+class TaskHead:
+    """`task_head`'s result: the `TASK_HEAD_FIELDS` headers (None where absent or null) and the content type."""
+
+    @property
+    def fields(self) -> tuple[Any, ...]: ...
+    @property
+    def content_type(self) -> str: ...
+
 # --------------------------------------------------------------------------------------------------------
 # Framing for the prefork pool's pipes (carried by fastq._ipc)
 # --------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from fastq import _core
 from fastq.exceptions import ContentDisallowed, DecodeError, EncodeError, InvalidTaskError
@@ -27,6 +27,9 @@ from fastq.serialization import (
 from fastq.utils.text import saferepr
 from fastq.utils.time import from_iso, maybe_make_aware
 
+if TYPE_CHECKING:
+    from fastq.brokers.base import Delivery
+
 __all__ = [
     'SENT_AT_HEADER',
     'TaskRequest',
@@ -34,6 +37,7 @@ __all__ = [
     'decode_body',
     'message_from_fields',
     'new_ids',
+    'parse_delivery',
     'parse_task_headers',
     'resolve_eta',
     'resolve_expires',
@@ -253,11 +257,31 @@ class TaskRequest:
     parent_id: str | None
     group: str | None
     shadow: str | None
-    headers: dict[str, Any]
+    sent_at: Any  # the `fastq_sent_at` header as sent (a number from fastq's clients; None from Celery's)
+    # All the headers: given, or decoded from `_source` (a `Delivery`) the first time they are read.
+    _headers: dict[str, Any] | None = None
+    _source: Any = None
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        headers = self._headers
+        if headers is None:
+            message = self._source.message if self._source is not None else None
+            headers = self._headers = message.headers if message is not None else {}
+        return headers
 
     @property
     def display_name(self) -> str:
         return self.shadow or self.task
+
+
+#: The headers a `TaskRequest` is made of, in the order `TaskHead.fields` has them (the list is in Rust).
+_REQUEST_FIELDS: tuple[str, ...] = (
+    *('id', 'task', 'eta', 'expires', 'retries', 'timelimit', 'ignore_result', 'argsrepr', 'kwargsrepr'),
+    *('root_id', 'parent_id', 'group', 'shadow', SENT_AT_HEADER),
+)
+if tuple(_core.TASK_HEAD_FIELDS[: len(_REQUEST_FIELDS)]) != _REQUEST_FIELDS:  # pragma: no cover
+    raise ImportError('fastq._core.TASK_HEAD_FIELDS does not start with the fields a TaskRequest takes')
 
 
 def _number(value: Any, field: str) -> float | None:
@@ -272,40 +296,76 @@ def parse_task_headers(message: Message, tz: tzinfo) -> TaskRequest:
     """Validate the protocol-v2 headers of a message; InvalidTaskError says which header is wrong."""
     h = message.headers
     task = h.get('task')
-    task_id = h.get('id')
+    if (not isinstance(task, str) or not task) and isinstance(message.body, bytes) and 'task' not in h:
+        raise InvalidTaskError('not a protocol v2 task message (no "task" header); protocol v1 is not supported')
+    return _request(tz, h, None, *[h.get(name) for name in _REQUEST_FIELDS])
+
+
+def parse_delivery(d: Delivery, tz: tzinfo) -> TaskRequest:
+    """`parse_task_headers` of a delivery's message, from its head when the broker gave one (no decode)."""
+    head = d.head
+    if head is None:
+        assert d.message is not None
+        return parse_task_headers(d.message, tz)
+    try:
+        return _request(tz, None, d, *head.fields[: len(_REQUEST_FIELDS)])
+    except InvalidTaskError:
+        assert d.message is not None
+        return parse_task_headers(d.message, tz)  # in the full decode's words
+
+
+def _request(
+    tz: tzinfo,
+    headers: dict[str, Any] | None,
+    source: Delivery | None,
+    task_id: Any,
+    task: Any,
+    eta: Any,
+    expires: Any,
+    retries: Any,
+    timelimit: Any,
+    ignore_result: Any,
+    argsrepr: Any,
+    kwargsrepr: Any,
+    root_id: Any,
+    parent_id: Any,
+    group: Any,
+    shadow: Any,
+    sent_at: Any,
+) -> TaskRequest:
     if not isinstance(task, str) or not task:
-        if isinstance(message.body, bytes) and 'task' not in h:
-            raise InvalidTaskError('not a protocol v2 task message (no "task" header); protocol v1 is not supported')
         raise InvalidTaskError(f'header "task" must be a non-empty string, got {task!r}')
     if not isinstance(task_id, str) or not task_id:
         raise InvalidTaskError(f'header "id" must be a non-empty string, got {task_id!r}')
     try:
-        eta = from_iso(h['eta'], tz).timestamp() if h.get('eta') else None
-        expires = from_iso(h['expires'], tz).timestamp() if h.get('expires') else None
+        eta = from_iso(eta, tz).timestamp() if eta else None
+        expires = from_iso(expires, tz).timestamp() if expires else None
     except (TypeError, ValueError) as exc:
         raise InvalidTaskError(f'bad eta/expires header: {exc}') from exc
-    timelimit = h.get('timelimit') or (None, None)
+    timelimit = timelimit or (None, None)
     if not isinstance(timelimit, list | tuple) or len(timelimit) != 2:
         raise InvalidTaskError(f'header "timelimit" must be [hard, soft], got {timelimit!r}')
-    retries = h.get('retries') or 0
+    retries = retries or 0
     if not isinstance(retries, int):
         raise InvalidTaskError(f'header "retries" must be an integer, got {retries!r}')
     return TaskRequest(
-        id=task_id,
-        task=task,
-        eta=eta,
-        expires=expires,
-        retries=retries,
-        time_limit=_number(timelimit[0], 'timelimit'),
-        soft_time_limit=_number(timelimit[1], 'timelimit'),
-        ignore_result=bool(h.get('ignore_result', False)),
-        argsrepr=str(h.get('argsrepr', '')),
-        kwargsrepr=str(h.get('kwargsrepr', '')),
-        root_id=h.get('root_id'),
-        parent_id=h.get('parent_id'),
-        group=h.get('group'),
-        shadow=h.get('shadow'),
-        headers=h,
+        task_id,
+        task,
+        eta,
+        expires,
+        retries,
+        _number(timelimit[0], 'timelimit'),
+        _number(timelimit[1], 'timelimit'),
+        bool(ignore_result),
+        '' if argsrepr is None else str(argsrepr),
+        '' if kwargsrepr is None else str(kwargsrepr),
+        root_id,
+        parent_id,
+        group,
+        shadow,
+        sent_at,
+        headers,
+        source,
     )
 
 

@@ -22,6 +22,7 @@ use crate::json::decode_py::{header_text, HeaderPositions};
 use crate::json::encode_py::{optional, Encoder};
 use crate::json::string::write_escaped;
 use crate::json::{write_i64, write_u64};
+use crate::protocol::head_py::TaskHead;
 use crate::protocol::message_py::Message;
 
 /// The JSON written around the values of one event type.
@@ -390,15 +391,25 @@ impl PyEventBuffer {
         let uuid = request.getattr(intern!(py, "id"))?.downcast()?;
         let delivery = job.getattr(intern!(py, "delivery"))?;
         let queue = delivery.getattr(intern!(py, "queue"))?;
-        let message = delivery.getattr(intern!(py, "message")).ok();
-        if let Some(message) = message.and_then(|m| m.downcast::<PyCell<Message>>().ok()) {
-            let fields = message.try_borrow().ok().and_then(|message| {
-                let (input, positions) = message.envelope_headers(py)?;
+        // the envelope's text, from the head the parent read (most deliveries) or a decoded message
+        let head = delivery.getattr(intern!(py, "head")).ok();
+        let fields = if let Some(head) = head.and_then(|h| h.downcast::<PyCell<TaskHead>>().ok()) {
+            head.try_borrow().ok().and_then(|head| {
+                let (input, positions) = head.envelope_headers(py)?;
                 received_fields(input, positions)
-            });
-            if let Some(fields) = fields {
-                return self.worker_append_after(py, worker, worker.kinds[RECEIVED], uuid, Some(&fields), &[queue]);
-            }
+            })
+        } else {
+            let message = delivery.getattr(intern!(py, "message")).ok();
+            message
+                .and_then(|m| m.downcast::<PyCell<Message>>().ok())
+                .and_then(|message| {
+                    let message = message.try_borrow().ok()?;
+                    let (input, positions) = message.envelope_headers(py)?;
+                    received_fields(input, positions)
+                })
+        };
+        if let Some(fields) = fields {
+            return self.worker_append_after(py, worker, worker.kinds[RECEIVED], uuid, Some(&fields), &[queue]);
         }
         let headers: &PyDict = request.getattr(intern!(py, "headers"))?.downcast()?;
         let header = |key: &PyString| headers.get_item(key).unwrap_or_else(|| py.None().into_ref(py));

@@ -18,7 +18,7 @@ mod recursion_py;
 mod resp_py;
 
 #[pymodule]
-fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
+fn _core(py: Python<'_>, m: &PyModule) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add(
         "build_profile",
@@ -38,6 +38,12 @@ fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(protocol::batch_py::task_envelopes, m)?)?;
     m.add_function(wrap_pyfunction!(protocol::batch_py::uuid4s, m)?)?;
     m.add_class::<protocol::message_py::Message>()?;
+    m.add_class::<protocol::head_py::TaskHead>()?;
+    m.add(
+        "TASK_HEAD_FIELDS",
+        pyo3::types::PyTuple::new(py, protocol::head_py::HEAD_FIELDS),
+    )?;
+    m.add_function(wrap_pyfunction!(protocol::head_py::task_head, m)?)?;
     m.add_class::<ledger_py::PyLedger>()?;
     m.add_class::<events_py::PyEventBuffer>()?;
     m.add("FRAME_HEADER_SIZE", framing::HEADER_SIZE)?;

@@ -18,11 +18,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from fastq import _core
+
 if TYPE_CHECKING:
-    from fastq._core import Message
+    from fastq._core import Message, TaskHead
     from fastq.config import Settings
 
 __all__ = [
@@ -89,33 +91,71 @@ class Outgoing:
         )
 
 
-@dataclass(slots=True)
 class Delivery:
     """A message handed to a consumer under a reservation.
 
     `message` is None when the stored payload could not be parsed; `error` then says why and `raw` holds the
     payload as stored, so the worker can dead-letter it verbatim.
+
+    A broker that stores kombu envelopes may hand over only the envelope's `head` (`fastq._core.task_head`:
+    the headers the worker's parent acts on, the whole document checked) instead of a decoded `message`;
+    `message` is then decoded from `raw` the first time it is read, which most deliveries never are (the
+    pool child decodes the envelope it is given).
     """
 
-    tag: Tag
-    queue: str
-    message: Message | None
-    raw: bytes = b''
-    redelivered: bool = False
-    deliveries: int = 0  # hand-outs of this message including this one; 0 when the broker does not count
-    error: str | None = None
-    received: float = field(default_factory=time.time)
+    __slots__ = ('_message', 'deliveries', 'error', 'head', 'queue', 'raw', 'received', 'redelivered', 'tag')
+
+    def __init__(
+        self,
+        tag: Tag,
+        queue: str,
+        message: Message | None,
+        raw: bytes = b'',
+        redelivered: bool = False,
+        deliveries: int = 0,  # hand-outs of this message including this one; 0 when the broker does not count
+        error: str | None = None,
+        received: float | None = None,
+        head: TaskHead | None = None,
+    ) -> None:
+        self.tag = tag
+        self.queue = queue
+        self._message = message
+        self.raw = raw
+        self.redelivered = redelivered
+        self.deliveries = deliveries
+        self.error = error
+        self.received = time.time() if received is None else received
+        self.head = head
+
+    @property
+    def message(self) -> Message | None:
+        message = self._message
+        if message is None and self.head is not None:
+            # the head vouched for the whole envelope, so this decodes
+            message = self._message = _core.Message.from_envelope(self.raw, None)
+        return message
+
+    @message.setter
+    def message(self, value: Message | None) -> None:
+        self._message, self.head = value, None
+
+    def __repr__(self) -> str:
+        return f'Delivery(tag={self.tag!r}, queue={self.queue!r}, task_id={self.task_id!r}, error={self.error!r})'
 
     @property
     def task_id(self) -> str | None:
-        headers = self.message.headers if self.message is not None else {}
-        value = headers.get('id')
+        if self.head is not None:
+            value = self.head.fields[0]
+        else:
+            value = self.message.headers.get('id') if self.message is not None else None
         return value if isinstance(value, str) else None
 
     @property
     def task_name(self) -> str | None:
-        headers = self.message.headers if self.message is not None else {}
-        value = headers.get('task')
+        if self.head is not None:
+            value = self.head.fields[1]
+        else:
+            value = self.message.headers.get('task') if self.message is not None else None
         return value if isinstance(value, str) else None
 
 

@@ -30,7 +30,7 @@ from fastq.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from fastq.protocol import parse_task_headers
+from fastq.protocol import parse_delivery
 from fastq.worker.job import DECODE_ERROR, Job, embed_into, request_of
 from fastq.worker.ratelimit import RateLimiter
 
@@ -135,12 +135,13 @@ class Dispatcher:
         if not self.accepting:
             self._release([d.tag])
             return
-        if d.message is None:
+        head = d.head
+        if head is None and d.message is None:
             error_logger.error('Received a message that cannot be parsed (delivery %r): %s', d.tag, d.error)
             self._dead_letter(d, f'malformed message: {d.error}')
             return
         try:
-            request = parse_task_headers(d.message, self.tz)
+            request = parse_delivery(d, self.tz)
         except InvalidTaskError as exc:
             error_logger.error(INVALID_TASK_ERROR, exc, _safe_headers(d))
             self._dead_letter(d, f'invalid task message: {exc}')
@@ -156,16 +157,17 @@ class Dispatcher:
             )
             self._dead_letter(d, f'delivered {d.deliveries} times without being acknowledged')
             return
-        if d.message.content_type not in self.accept:
+        content_type = head.content_type if head is not None else d.message.content_type  # type: ignore[union-attr]
+        if content_type not in self.accept:
             error_logger.error(
                 'Task %s[%s]: refusing to deserialize untrusted content of type %s (accept_content=%s); '
                 'moved to the dead-letter store',
                 request.task,
                 request.id,
-                d.message.content_type,
+                content_type,
                 sorted(self.accept),
             )
-            self._dead_letter(d, f'content type {d.message.content_type!r} is not accepted')
+            self._dead_letter(d, f'content type {content_type!r} is not accepted')
             return
         task = self.app.tasks.get(request.task)
         if task is None:

@@ -121,7 +121,7 @@ class WorkerMetrics:
 
     def started(self, job: Job) -> None:
         request = job.request
-        sent = request.headers.get(SENT_AT_HEADER)
+        sent = request.sent_at
         if isinstance(sent, int | float) and not isinstance(sent, bool):
             since = max(float(sent), request.eta or 0.0)
             self._stats(request.task).queue.observe(max(time.time() - since, 0.0))

@@ -15,7 +15,7 @@ use crate::recursion_py::DepthGuard;
 const TYPE_KEY: u8 = 1;
 const VALUE_KEY: u8 = 2;
 
-struct PySink<'py, 'a> {
+pub(crate) struct PySink<'py, 'a> {
     py: Python<'py>,
     tag_hook: Option<&'py PyAny>,
     array_depth: DepthGuard,
@@ -30,7 +30,7 @@ struct PySink<'py, 'a> {
 pub type HeaderPositions = [Option<(usize, usize)>; HEADER_SPANS.len()];
 
 /// Finds the `HeaderPositions` of an envelope while it is parsed.
-struct HeaderSpans<'a> {
+pub(crate) struct HeaderSpans<'a> {
     input: &'a [u8],
     /// The depth-1 member being read is `headers`.
     in_headers: bool,
@@ -62,7 +62,23 @@ pub const HEADER_SPANS: [&str; 9] = [
     "fastq_sent_at",
 ];
 
-impl HeaderSpans<'_> {
+impl<'a> HeaderSpans<'a> {
+    pub(crate) fn new(input: &'a [u8]) -> Self {
+        Self {
+            input,
+            in_headers: false,
+            field: None,
+            field_start: 0,
+            reading: HeaderPositions::default(),
+            headers: None,
+        }
+    }
+
+    /// The positions of the `headers` member's fields, once the document was read.
+    pub(crate) fn finish(self) -> Option<HeaderPositions> {
+        self.headers
+    }
+
     /// The text of the input between `start` and `end`, less the quotes around it.
     fn unquoted(&self, (start, end): (usize, usize)) -> &[u8] {
         self.input.get(start + 1..end.saturating_sub(1)).unwrap_or_default()
@@ -70,7 +86,7 @@ impl HeaderSpans<'_> {
 
     // Not inlined: in the parser's recursion this would add its locals to every level's frame.
     #[inline(never)]
-    fn member_start(&mut self, depth: usize, key: (usize, usize), value_start: usize) {
+    pub(crate) fn member_start(&mut self, depth: usize, key: (usize, usize), value_start: usize) {
         match depth {
             1 => self.in_headers = self.unquoted(key) == b"headers",
             2 => {
@@ -83,7 +99,7 @@ impl HeaderSpans<'_> {
     }
 
     #[inline(never)]
-    fn member_end(&mut self, depth: usize, value_end: usize) {
+    pub(crate) fn member_end(&mut self, depth: usize, value_end: usize) {
         match depth {
             1 => {
                 let read = std::mem::take(&mut self.reading);
@@ -237,16 +253,22 @@ pub fn loads_envelope<'py>(
     tag_hook: Option<&'py PyAny>,
 ) -> PyResult<(&'py PyAny, Option<HeaderPositions>)> {
     let input = input_text(data)?;
-    let mut spans = HeaderSpans {
-        input: input.as_bytes(),
-        in_headers: false,
-        field: None,
-        field_start: 0,
-        reading: Default::default(),
-        headers: None,
-    };
+    let mut spans = HeaderSpans::new(input.as_bytes());
     let doc = parse_with(py, input, tag_hook, Some(&mut spans))?;
     Ok((doc, spans.headers))
+}
+
+impl<'py> PySink<'py, '_> {
+    /// A sink that builds every value as `json.loads` would, with no tag hook.
+    pub(crate) fn plain(py: Python<'py>) -> Self {
+        Self {
+            py,
+            tag_hook: None,
+            array_depth: DepthGuard::new(" while decoding a JSON array from a unicode string"),
+            object_depth: DepthGuard::new(" while decoding a JSON object from a unicode string"),
+            spans: None,
+        }
+    }
 }
 
 fn parse_with<'py>(

@@ -4,6 +4,7 @@
 pub mod batch_py;
 pub mod body_py;
 pub mod envelope;
+pub mod head_py;
 pub mod message_py;
 
 pub const CONTENT_TYPE_JSON: &str = "application/json";

@@ -34,6 +34,10 @@ from fastq.brokers.base import Consumer, DeadLetter, Delivery, Tag
 from fastq.brokers.redis.layout import DELIVERIES_HEADER
 from fastq.utils.rediswire import Link
 
+# where `TaskHead.fields` has the headers a delivery's count comes from
+HEAD_DELIVERIES = _core.TASK_HEAD_FIELDS.index(DELIVERIES_HEADER)
+HEAD_REDELIVERED = _core.TASK_HEAD_FIELDS.index('redelivered')
+
 if TYPE_CHECKING:
     from fastq.brokers.redis import RedisBroker
 
@@ -332,6 +336,11 @@ class RedisConsumer(Consumer):
 
     @staticmethod
     def _delivery(tag: str, queue: str, payload: bytes) -> Delivery:
+        head = _core.task_head(payload)
+        if head is not None:  # the usual case: the parent reads only the head (see `Delivery`)
+            earlier, redelivered = head.fields[HEAD_DELIVERIES], head.fields[HEAD_REDELIVERED]
+            deliveries = max(earlier if isinstance(earlier, int) else 0, 0) + 1
+            return Delivery(tag, queue, None, payload, bool(redelivered) or deliveries > 1, deliveries, head=head)
         try:
             message = _core.Message.from_envelope(payload, None)
         except ValueError as exc:
