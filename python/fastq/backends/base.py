@@ -281,7 +281,7 @@ class Backend(abc.ABC):
 
         Only a prefork child turns this on: it flushes before it tells the parent a task finished (the parent
         may ack it then), so a stored result is never behind the ack. A child that dies in between loses the
-        results held (at most 0.5 ms of short tasks); the parent then reports those tasks lost, as it would
+        results held (at most 2 ms of short tasks); the parent then reports those tasks lost, as it would
         have without batching.
         """
         return False
