@@ -14,7 +14,7 @@ import random
 import time
 import traceback as tb
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastq import _state, signals, states
@@ -50,7 +50,6 @@ class Outcome:
     retval: Any = None  # only in-process (eager, threads); not sent over IPC
     exception: BaseException | None = None
     traceback: str | None = None
-    children: list[Any] = field(default_factory=list)
 
     def to_wire(self) -> tuple[str, float, str, str, bool, str | None]:
         """The fields the parent needs (the traceback, set for failures and retries only, for their events)."""
@@ -76,6 +75,8 @@ class _Einfo:
 
 
 def _apply_signatures(app: Any, sigs: Any, args: tuple[Any, ...], parent: Context) -> None:
+    if not sigs:
+        return
     from fastq.canvas import maybe_signature
 
     for raw in sigs or ():
@@ -204,7 +205,8 @@ def _prerun(task: Task[Any, Any], ctx: Context, args: list[Any], kwargs: dict[st
     task_id = ctx.id or ''
     if task.track_started and _store_allowed(task, ctx, failure=False):
         task.app.backend.mark_as_started(task_id, pid=_pid(), hostname=ctx.hostname)
-    signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
+    if signals.task_prerun._receivers:  # (checked here: building the call costs more than the send, per task)
+        signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
 
 
 def _on_exception(
@@ -266,7 +268,8 @@ def _on_success(
     runtime = time.monotonic() - started
     outcome = Outcome(states.SUCCESS, runtime, retval_repr=saferepr(retval, 256), retval=retval)
     task.on_success(retval, task_id, args, kwargs)
-    signals.task_success.send(sender=task, result=retval)
+    if signals.task_success._receivers:
+        signals.task_success.send(sender=task, result=retval)
     if not ctx.is_eager:
         _apply_signatures(task.app, ctx.callbacks, (retval,), ctx)
         _continue_chain(task.app, ctx.chain, retval, ctx)
@@ -356,9 +359,10 @@ def _finish(task: Task[Any, Any], ctx: Context, outcome: Outcome, args: list[Any
         task.after_return(outcome.state, retval, task_id, args, kwargs, None)
     except Exception as exc:
         logger.exception('Task %s[%s] after_return handler raised: %r', task.name, task_id, exc)
-    signals.task_postrun.send(
-        sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs, retval=retval, state=outcome.state
-    )
+    if signals.task_postrun._receivers:
+        signals.task_postrun.send(
+            sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs, retval=retval, state=outcome.state
+        )
 
 
 def _pid() -> int:
