@@ -100,13 +100,22 @@ local ttl, mode = tonumber(ARGV[1]), ARGV[2]
 local out = {}
 for i, key in ipairs(KEYS) do
     local payload = ARGV[i + 2]
-    local current = redis.call('GET', key)
+    -- A first result (the usual case) is written by SET NX, a call less per result than GET then SET;
+    -- a key that exists is decided on as STORE_RESULT decides.
     local verdict = 1
-    if current then
-        verdict = replaceable(current, mode)
+    local written
+    if ttl > 0 then
+        written = redis.call('SET', key, payload, 'NX', 'PX', ttl)
+    else
+        written = redis.call('SET', key, payload, 'NX')
     end
-    if verdict == 1 then
-        write(key, payload, ttl)
+    if written then
+        redis.call('PUBLISH', key, payload)
+    else
+        verdict = replaceable(redis.call('GET', key), mode)
+        if verdict == 1 then
+            write(key, payload, ttl)
+        end
     end
     out[i] = verdict
 end
