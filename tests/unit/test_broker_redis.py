@@ -156,6 +156,44 @@ def test_round_robin_between_queues(redis_url: str) -> None:
     app.close()
 
 
+def test_acks_ride_with_the_next_fetch(redis_url: str, raw: redis.Redis) -> None:
+    """`carry_acks`: the acks waiting are sent in the fetch's write (MULTI/HDEL/ZREM/EXEC, then the script),
+    reported back as sent; a fetch that cannot reach Redis reports them unsent, to be acked another way."""
+    app = make(redis_url)
+    broker = app.broker
+    broker.publish([Outgoing(message(f'c{i}'), 'celery') for i in range(6)])
+    consumer = broker.consumer(['celery'], owner='w')
+    waiting: list[Any] = []
+    reports: list[tuple[list[Any], bool]] = []
+
+    def take() -> list[Any]:
+        tags, waiting[:] = list(waiting), []
+        return tags
+
+    try:
+        assert consumer.carry_acks(take, lambda tags, sent: reports.append((tags, sent)))
+        first = consumer.fetch(3, 1.0)
+        assert len(first) == 3 and reports == []  # nothing waited: a plain fetch
+        raw.script_flush()  # and a script Redis lost is loaded on the way
+        waiting.extend(d.tag for d in first)
+        second = consumer.fetch(3, 1.0)
+        assert len(second) == 3
+        assert reports == [([d.tag for d in first], True)]
+        assert raw.hlen('unacked') == 3 and raw.zcard('unacked_index') == 3
+        assert not raw.hexists('unacked', first[0].tag)
+        waiting.extend(d.tag for d in second)
+        consumer._fetch_link._drop()  # the next write reconnects, to a port nobody listens on
+        consumer._fetch_link._pool = redis.Redis(port=free_port(), socket_connect_timeout=0.5).connection_pool
+        with pytest.raises(redis.exceptions.ConnectionError):
+            consumer._reserve(3)
+        assert reports[-1] == ([d.tag for d in second], False)
+        assert raw.hlen('unacked') == 3  # still reserved: nothing was sent
+    finally:
+        consumer.carry_acks(None, None)
+        consumer.close()
+        app.close()
+
+
 def _fetch_in_thread(consumer: Any, limit: int, timeout: float) -> tuple[threading.Thread, list[Any]]:
     got: list[Any] = []
     thread = threading.Thread(target=lambda: got.extend(consumer.fetch(limit, timeout)))

@@ -251,6 +251,15 @@ class Consumer(abc.ABC):
         none follows, and deliveries wait for `fetch` again."""
         return False
 
+    def carry_acks(
+        self, take: Callable[[], list[Tag]] | None, settled: Callable[[list[Tag], bool], None] | None
+    ) -> bool:
+        """Send waiting acks with the fetches, in the same write, instead of in a round trip of their own;
+        True if this consumer can. Before a fetch, `fetch`'s thread calls `take()` for the acks waiting (it
+        may return none), sends them, and reports `settled(tags, sent)`: False means they were not
+        (the connection failed) and must be acked another way. `None` stops it."""
+        return False
+
     def set_queues(self, queues: Sequence[str]) -> None:
         """Consume from these queues from the next fetch on (`add_consumer` / `cancel_consumer`); called from
         any thread. What is already reserved from a queue left is kept and settled as usual."""

@@ -5,6 +5,10 @@ in one broker call (one transaction on SQLite, one pipeline on Redis). An early 
 task is dispatched and sent within a round trip; a late ack only after the task's result was stored. If the
 broker refuses, the tags are kept and retried with backoff; if the worker dies first, the broker redelivers
 them (at least once).
+
+A consumer that can (Redis) sends the acks waiting with its next fetch instead (`Consumer.carry_acks`): a
+busy worker fetches more often than this thread would send them, so they cost neither a round trip nor a
+wake-up of this thread; it sends only what no fetch took within its gathering delay (an idle worker's acks).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class Settler(threading.Thread):
         self._pending: list[Any] = []
         self._stopping = False
         self._busy = False
+        self._carried = 0  # acks taken by `take` and not yet reported `settled`
 
     def ack(self, tags: Sequence[Any]) -> None:
         """Queue acks (from any thread); they are sent promptly, in a batch."""
@@ -46,7 +51,8 @@ class Settler(threading.Thread):
         backoff = 0.0
         while True:
             with self._cond:
-                while not self._pending and not self._stopping:
+                # (stopping: acks a fetch carries may still come back unsent, to be sent from here)
+                while not self._pending and (not self._stopping or self._carried):
                     self._cond.wait()
                 if not self._pending and self._stopping:
                     return
@@ -56,6 +62,8 @@ class Settler(threading.Thread):
                     # ledger was freed already), so this only delays the broker's bookkeeping.
                     self._cond.wait(GATHER_DELAY)
                 tags, self._pending = self._pending, []
+                if not tags:
+                    continue  # a fetch took them meanwhile
                 self._busy = True
             try:
                 self.consumer.ack(tags)
@@ -75,10 +83,26 @@ class Settler(threading.Thread):
                     self._busy = False
                     self._cond.notify_all()
 
+    def take(self) -> list[Any]:
+        """The acks waiting, for the consumer to send with its next fetch (`Consumer.carry_acks`); it reports
+        them back through `settled`."""
+        with self._cond:
+            tags, self._pending = self._pending, []
+            self._carried += len(tags)
+            return tags
+
+    def settled(self, tags: list[Any], sent: bool) -> None:
+        """The consumer sent the acks `take` gave it, or could not (they are queued here again)."""
+        with self._cond:
+            self._carried -= len(tags)
+            if not sent:
+                self._pending[:0] = tags
+            self._cond.notify_all()
+
     def drain(self, timeout: float = 30.0) -> None:
         """Wait until everything queued so far has been sent."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+            self._cond.wait_for(lambda: not self._pending and not self._busy and not self._carried, timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Send what is queued, then end the thread."""

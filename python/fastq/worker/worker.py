@@ -181,6 +181,7 @@ class WorkController:
         self._load_revoked()
         self.settler = Settler(self.consumer, self.broker.describe())
         self.settler.start()
+        self.consumer.carry_acks(self.settler.take, self.settler.settled)
         self.dispatcher.settler = self.settler
         self.loop.on_idle(self.dispatcher.dispatch)
         self.loop.on_idle(self.dispatcher.flush)

@@ -24,7 +24,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
@@ -136,6 +136,8 @@ class RedisConsumer(Consumer):
         self._watches = self._new_watches()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._backoff = 0.0
+        # (take, settled) of `carry_acks`: acks sent in the fetches' writes
+        self._carry: tuple[Callable[[], list[Tag]], Callable[[list[Tag], bool], None]] | None = None
 
     def is_closed(self) -> bool:
         return self._closed
@@ -313,9 +315,39 @@ class RedisConsumer(Consumer):
         except BlockingIOError:
             pass
 
+    def carry_acks(
+        self, take: Callable[[], list[Tag]] | None, settled: Callable[[list[Tag], bool], None] | None
+    ) -> bool:
+        self._carry = (take, settled) if take is not None and settled is not None else None
+        return True
+
     def _reserve(self, limit: int) -> list[Delivery]:
         keys = self._ordered_keys()
-        raw = self._fetch_link.evalsha(self.broker.scripts.fetch_script, *self._fetch_call(keys, limit))
+        script = self.broker.scripts.fetch_script
+        carry = self._carry
+        tags = carry[0]() if carry is not None else None
+        if not tags:
+            return self._deliveries(keys, self._fetch_link.evalsha(script, *self._fetch_call(keys, limit)))
+        # The acks waiting ride in front of the fetch: one write and one round trip for both (a busy worker
+        # fetches more often than the settler would send them), Redis running the ack transaction first.
+        assert carry is not None
+        fetch_keys, fetch_args = self._fetch_call(keys, limit)
+        commands = self._ack_commands(tags)
+        commands.append(('EVALSHA', script.sha, len(fetch_keys), *fetch_keys, *fetch_args))
+        try:
+            replies = self._fetch_link.execute(commands)
+        except BaseException:
+            carry[1](tags, False)
+            raise
+        acked = not any(isinstance(reply, redis.exceptions.ResponseError) for reply in replies[:-1])
+        if acked:
+            self._forget(tags)
+        carry[1](tags, acked)
+        raw = replies[-1]
+        if isinstance(raw, redis.exceptions.NoScriptError):  # Redis restarted, or SCRIPT FLUSH: load it
+            raw = self._fetch_link.evalsha(script, fetch_keys, fetch_args)
+        elif isinstance(raw, redis.exceptions.ResponseError):
+            raise raw
         return self._deliveries(keys, raw)
 
     def _fetch_call(self, keys: list[str], limit: int) -> tuple[list[str], list[Any]]:
@@ -367,6 +399,13 @@ class RedisConsumer(Consumer):
     def ack(self, tags: Sequence[Tag]) -> None:
         if not tags:
             return
+        for reply in self._ack_link.execute(self._ack_commands(tags)):
+            if isinstance(reply, redis.exceptions.ResponseError):
+                raise reply
+        self._forget(tags)
+
+    def _ack_commands(self, tags: Sequence[Tag]) -> list[Any]:
+        """One transaction that forgets the reservations of `tags` (kombu's layout: the hash and the index)."""
         layout = self.layout
         commands: list[Any] = [('MULTI',)]
         for i in range(0, len(tags), 500):
@@ -374,10 +413,7 @@ class RedisConsumer(Consumer):
             commands.append(('HDEL', layout.unacked, *chunk))
             commands.append(('ZREM', layout.unacked_index, *chunk))
         commands.append(('EXEC',))
-        for reply in self._ack_link.execute(commands):
-            if isinstance(reply, redis.exceptions.ResponseError):
-                raise reply
-        self._forget(tags)
+        return commands
 
     def reject(self, tags: Sequence[Tag], requeue: bool) -> None:
         if requeue:

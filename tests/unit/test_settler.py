@@ -1,0 +1,56 @@
+"""The settler thread's side of acks carried by fetches (`Consumer.carry_acks`)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from fastq.worker.settler import Settler
+from tests.harness import wait_until
+
+
+class _Consumer:
+    """Records the acks the settler sends itself."""
+
+    def __init__(self) -> None:
+        self.acked: list[Any] = []
+
+    def ack(self, tags: list[Any]) -> None:
+        self.acked.extend(tags)
+
+
+def test_acks_taken_by_a_fetch_are_not_sent_again_and_unsent_ones_come_back() -> None:
+    consumer = _Consumer()
+    settler = Settler(consumer, 'test://')  # type: ignore[arg-type]
+    settler.ack([1, 2])
+    assert settler.take() == [1, 2]  # a fetch carries them
+    settler.start()
+    try:
+        drained = threading.Event()
+        threading.Thread(target=lambda: (settler.drain(10.0), drained.set()), daemon=True).start()
+        assert not drained.wait(0.05)  # carried, not yet reported: not drained
+        settler.settled([1, 2], True)
+        assert drained.wait(5.0)
+        assert consumer.acked == []  # sent by the fetch, not again by the settler
+        settler.ack([3])
+        taken = settler.take()
+        settler.settled(taken, False)  # the fetch could not send them: the settler does
+        wait_until(lambda: consumer.acked == [3], message='the settler sent the returned ack')
+    finally:
+        settler.stop(5.0)
+    assert not settler.is_alive()
+
+
+def test_stopping_waits_for_carried_acks_to_be_reported() -> None:
+    consumer = _Consumer()
+    settler = Settler(consumer, 'test://')  # type: ignore[arg-type]
+    settler.start()
+    settler.ack([7])
+    taken = settler.take()
+    stopper = threading.Thread(target=settler.stop, args=(10.0,), daemon=True)
+    stopper.start()
+    stopper.join(0.1)
+    assert stopper.is_alive()  # a fetch still carries an ack that may come back
+    settler.settled(taken, False)
+    stopper.join(5.0)
+    assert not stopper.is_alive() and consumer.acked == [7]
