@@ -403,26 +403,27 @@ def test_from_envelope_round_trip_and_body_encodings():
     assert _core.Message.from_envelope(plain, None).body == b'[1]'
 
 
-@pytest.mark.parametrize(
-    'doc',
-    [
-        b'[]',
-        b'not json',
-        b'{}',
-        b'{"body": 1, "content-encoding": "utf-8", "content-type": "a", "headers": {}, "properties": {}}',
-        b'{"body": "", "content-encoding": "utf-8", "content-type": 1, "headers": {}, "properties": {}}',
-        b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": [], "properties": {}}',
-        b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": {}}',
-        (
-            b'{"body": "!!", "content-encoding": "utf-8", "content-type": "a", "headers": {},'
-            b' "properties": {"body_encoding": "base64"}}'
-        ),
-        (
-            b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": {},'
-            b' "properties": {"body_encoding": "rot13"}}'
-        ),
-    ],
-)
+#: Envelopes `Message.from_envelope` must reject (and `task_head` must not vouch for).
+MALFORMED_ENVELOPES = [
+    b'[]',
+    b'not json',
+    b'{}',
+    b'{"body": 1, "content-encoding": "utf-8", "content-type": "a", "headers": {}, "properties": {}}',
+    b'{"body": "", "content-encoding": "utf-8", "content-type": 1, "headers": {}, "properties": {}}',
+    b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": [], "properties": {}}',
+    b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": {}}',
+    (
+        b'{"body": "!!", "content-encoding": "utf-8", "content-type": "a", "headers": {},'
+        b' "properties": {"body_encoding": "base64"}}'
+    ),
+    (
+        b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": {},'
+        b' "properties": {"body_encoding": "rot13"}}'
+    ),
+]
+
+
+@pytest.mark.parametrize('doc', MALFORMED_ENVELOPES)
 def test_from_envelope_rejects_malformed(doc):
     with pytest.raises(ValueError):
         _core.Message.from_envelope(doc, None)

@@ -17,6 +17,7 @@ from fastq import _core
 from fastq.brokers.base import Delivery
 from fastq.exceptions import InvalidTaskError
 from fastq.protocol import build_task_message, parse_delivery, parse_task_headers
+from tests.unit.test_core_protocol import MALFORMED_ENVELOPES
 
 FIELDS = _core.TASK_HEAD_FIELDS
 
@@ -94,24 +95,10 @@ def test_utf8_body_without_base64():
 @pytest.mark.parametrize(
     'doc',
     [
-        b'[]',
-        b'not json',
-        b'{}',
-        b'{"body": 1, "content-encoding": "utf-8", "content-type": "a", "headers": {}, "properties": {}}',
-        b'{"body": "", "content-encoding": "utf-8", "content-type": 1, "headers": {}, "properties": {}}',
+        *MALFORMED_ENVELOPES,
         b'{"body": "", "content-encoding": 2, "content-type": "a", "headers": {}, "properties": {}}',
-        b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": [], "properties": {}}',
-        b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": {}}',
         b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": {}, "properties": {}} x',
         b'{"body": "\\ud800", "content-encoding": "utf-8", "content-type": "a", "headers": {}, "properties": {}}',
-        (
-            b'{"body": "!!", "content-encoding": "utf-8", "content-type": "a", "headers": {},'
-            b' "properties": {"body_encoding": "base64"}}'
-        ),
-        (
-            b'{"body": "", "content-encoding": "utf-8", "content-type": "a", "headers": {},'
-            b' "properties": {"body_encoding": "rot13"}}'
-        ),
         b'\xff{}',
     ],
 )
