@@ -11,7 +11,7 @@ import pytest
 from fastq import _core
 from fastq.brokers.base import Delivery
 from fastq.worker import fetcher as fetcher_module
-from fastq.worker.fetcher import LINGER, LINGER_BATCH, LINGER_RATE, Fetcher, _Pace
+from fastq.worker.fetcher import LINGER, LINGER_RATE, MAX_BATCH, Fetcher, _Pace
 
 
 class _Consumer:
@@ -78,8 +78,9 @@ def test_one_task_per_fetch_never_waits(monkeypatch: pytest.MonkeyPatch) -> None
     assert _run(monkeypatch, per_fetch=1) == ['fetch'] * 6
 
 
-def test_batches_that_already_fill_do_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _run(monkeypatch, per_fetch=LINGER_BATCH) == ['fetch'] * 6
+def test_a_fetch_that_gets_all_it_asked_for_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    # more may be waiting (a drain): the next fetch goes at once
+    assert _run(monkeypatch, per_fetch=MAX_BATCH) == ['fetch'] * 6
 
 
 def test_a_slow_stream_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,12 +88,12 @@ def test_a_slow_stream_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _run(monkeypatch, per_fetch=2, rate_floor=float('inf')) == ['fetch'] * 6
 
 
-def _paced(pace: _Pace, counts: list[int], interval: float) -> list[bool]:
+def _paced(pace: _Pace, counts: list[int], interval: float, asked: int = 32) -> list[bool]:
     now = pace.last
     out = []
     for count in counts:
         now += interval
-        out.append(pace.fetched(count, now))
+        out.append(pace.fetched(count, asked, now))
     return out
 
 
@@ -105,6 +106,8 @@ def test_pace_follows_the_stream() -> None:
     assert _paced(pace, [2] * 20, fast)[-10:] == [True] * 10
     # an empty fetch (a BLMOVE that timed out) is never followed by a wait
     assert _paced(pace, [0], fast) == [False]
+    # the fetches get all they ask for (a window nearly full, or a backlog): no waiting
+    assert _paced(pace, [2] * 5, fast, asked=2) == [False] * 5
     # the stream thins out to one task now and then: lingering stops
     assert _paced(pace, [1] * 20, 10 / LINGER_RATE)[-10:] == [False] * 10
 

@@ -10,12 +10,14 @@ logged with the broker's masked URL; the worker keeps what it holds meanwhile.
 
 Under a steady stream of tasks published one at a time (many `delay()` calls), fetching each as it arrives
 makes every stage pay per task what it could pay per batch: a fetch round trip, a hand-off to the loop, a
-child's wake-up, a result store. So while tasks arrive faster than `LINGER_RATE` and more than one is
-usually waiting when a fetch answers (fewer than `LINGER_BATCH`, which already make a batch), the fetcher
-waits `LINGER` before the next fetch and takes what gathered meanwhile: on this project's 2-core VM, the
-worker's CPU per task under such a stream dropped by a third (see benches/README.md). An idle worker, or
-one serving a caller that waits for each result before sending the next, finds one task per fetch and
-never waits: its task starts within a round trip.
+child's wake-up, a result store. So while tasks arrive faster than `LINGER_RATE`, more than one is usually
+waiting when a fetch answers, and the last fetch emptied the queues (it got fewer than it asked for: a fetch
+that got all it asked for may have left more), the fetcher waits `LINGER` before the next fetch and takes
+what gathered meanwhile. On this project's 2-core VM, a client looping over `delay()` against an otherwise
+idle worker cost ~300 µs of CPU per task in all with fetches as tasks arrived, ~200 with 2 ms waits (0.5
+ms: ~300, 1 ms: ~240; see benches/README.md); a drain, which always gets what it asks for, never waits. An
+idle worker, or one serving a caller that waits for each result before sending the next, finds one task per
+fetch and never waits: its task starts within a round trip.
 """
 
 from __future__ import annotations
@@ -38,11 +40,10 @@ MAX_BATCH = 1000
 #: With fewer free slots than half the window, wait this long for more before fetching (seconds).
 GATHER_DELAY = 0.001
 #: Under load (see the module docstring): the wait before the next fetch (seconds), the arrival rate above
-#: which it applies (tasks per second), the fetch size below which it applies, and the mean size (over the
-#: last few fetches that brought something) above which tasks are taken to be queueing up between fetches.
-LINGER = 0.0005
+#: which it applies (tasks per second), and the mean size (over the last few fetches that brought something)
+#: above which tasks are taken to be queueing up between fetches.
+LINGER = 0.002
 LINGER_RATE = 2000.0
-LINGER_BATCH = 8
 LINGER_QUEUEING = 1.25
 
 
@@ -124,7 +125,7 @@ class Fetcher(threading.Thread):
                 logger.info('Connected to %s', self.describe)
                 self.reconnects += 1
                 backoff = 0.0
-            linger = pace.fetched(len(deliveries), time.monotonic())
+            linger = pace.fetched(len(deliveries), free, time.monotonic())
             if deliveries:
                 self._accept(deliveries, self.deliver_here)
 
@@ -152,12 +153,13 @@ class _Pace:
         self.rate = 0.0  # tasks per second, over fetches
         self.size = 1.0  # tasks per fetch that brought any
 
-    def fetched(self, count: int, now: float) -> bool:
-        """Account for a fetch that brought `count` tasks at `now`; whether to wait before the next one."""
+    def fetched(self, count: int, asked: int, now: float) -> bool:
+        """Account for a fetch that brought `count` of the `asked` tasks at `now`; whether to wait before the
+        next one (not after a fetch that got all it asked for: more may be waiting)."""
         if now > self.last:
             self.rate = 0.7 * self.rate + 0.3 * count / (now - self.last)
         self.last = now
         if not count:
             return False
         self.size = 0.7 * self.size + 0.3 * count
-        return count < LINGER_BATCH and self.rate >= LINGER_RATE and self.size > LINGER_QUEUEING
+        return count < asked and self.rate >= LINGER_RATE and self.size > LINGER_QUEUEING
