@@ -71,6 +71,12 @@ class Signal:
         self._receivers: list[tuple[Any, Any, Any, bool]] = []
 
     @property
+    def connected(self) -> bool:
+        """Whether any receiver is connected (a weak one that died counts until the next `send`): checked before
+        building a `send` that would call nobody, on paths that run per task."""
+        return bool(self._receivers)
+
+    @property
     def receivers(self) -> list[Receiver]:
         out = []
         for _, ref, _, weak in self._receivers:

@@ -171,14 +171,23 @@ class Link:
 
     def evalsha(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run a redis-py `Script` by its SHA, loading it when the server does not know it (yet)."""
-        command = ('EVALSHA', script.sha, len(keys), *keys, *args)
-        reply = self.execute([command])[0]
-        if isinstance(reply, redis.exceptions.NoScriptError):
-            self.call('SCRIPT', 'LOAD', script.script)
-            reply = self.execute([command])[0]
+        reply = self.evalsha_after((), script, keys, args)[1]
         if isinstance(reply, redis.exceptions.ResponseError):
             raise reply
         return reply
+
+    def evalsha_after(
+        self, ahead: Sequence[Command], script: Any, keys: Sequence[Any], args: Sequence[Any]
+    ) -> tuple[list[Any], Any]:
+        """`ahead`, then the script as `evalsha` runs it, in one write: the replies of `ahead` and the script's
+        (error replies as exception instances, the script's too)."""
+        command = ('EVALSHA', script.sha, len(keys), *keys, *args)
+        replies = self.execute([*ahead, command])
+        reply = replies.pop()
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            self.call('SCRIPT', 'LOAD', script.script)
+            reply = self.execute([command])[0]
+        return replies, reply
 
 
 def _readable(sock: Any) -> bool:

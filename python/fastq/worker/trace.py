@@ -79,7 +79,7 @@ def _apply_signatures(app: Any, sigs: Any, args: tuple[Any, ...], parent: Contex
         return
     from fastq.canvas import maybe_signature
 
-    for raw in sigs or ():
+    for raw in sigs:
         sig = maybe_signature(raw, app=app)
         if sig is None:
             continue
@@ -205,7 +205,7 @@ def _prerun(task: Task[Any, Any], ctx: Context, args: list[Any], kwargs: dict[st
     task_id = ctx.id or ''
     if task.track_started and _store_allowed(task, ctx, failure=False):
         task.app.backend.mark_as_started(task_id, pid=_pid(), hostname=ctx.hostname)
-    if signals.task_prerun._receivers:  # (checked here: building the call costs more than the send, per task)
+    if signals.task_prerun.connected:  # (checked here: building the call costs more than the send, per task)
         signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
 
 
@@ -268,7 +268,7 @@ def _on_success(
     runtime = time.monotonic() - started
     outcome = Outcome(states.SUCCESS, runtime, retval_repr=saferepr(retval, 256), retval=retval)
     task.on_success(retval, task_id, args, kwargs)
-    if signals.task_success._receivers:
+    if signals.task_success.connected:
         signals.task_success.send(sender=task, result=retval)
     if not ctx.is_eager:
         _apply_signatures(task.app, ctx.callbacks, (retval,), ctx)
@@ -359,7 +359,7 @@ def _finish(task: Task[Any, Any], ctx: Context, outcome: Outcome, args: list[Any
         task.after_return(outcome.state, retval, task_id, args, kwargs, None)
     except Exception as exc:
         logger.exception('Task %s[%s] after_return handler raised: %r', task.name, task_id, exc)
-    if signals.task_postrun._receivers:
+    if signals.task_postrun.connected:
         signals.task_postrun.send(
             sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs, retval=retval, state=outcome.state
         )

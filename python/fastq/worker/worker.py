@@ -272,7 +272,7 @@ class WorkController:
         """Receive `deliveries` in the fetcher's thread while the loop sleeps (`Loop.run_borrowed`); False to
         post them to the loop instead. Also False while a handler of a signal sent on reception is connected:
         Celery sends those in the worker's main thread, and a handler may count on it."""
-        if signals.task_received.receivers or signals.task_unknown.receivers or signals.task_revoked.receivers:
+        if signals.task_received.connected or signals.task_unknown.connected or signals.task_revoked.connected:
             return False
         dispatcher = self.dispatcher
         assert dispatcher is not None

@@ -140,39 +140,19 @@ impl<'py> Sink for HeadSink<'py, '_> {
     type Error = Unvouched;
 
     fn null(&mut self) -> Result<Self::Value, Unvouched> {
-        Ok(if self.building > 0 {
-            Some(self.build.null()?)
-        } else {
-            None
-        })
+        self.built(Sink::null)
     }
     fn boolean(&mut self, v: bool) -> Result<Self::Value, Unvouched> {
-        Ok(if self.building > 0 {
-            Some(self.build.boolean(v)?)
-        } else {
-            None
-        })
+        self.built(|b| b.boolean(v))
     }
     fn int(&mut self, v: i64) -> Result<Self::Value, Unvouched> {
-        Ok(if self.building > 0 {
-            Some(self.build.int(v)?)
-        } else {
-            None
-        })
+        self.built(|b| b.int(v))
     }
     fn big_int(&mut self, digits: &str) -> Result<Self::Value, Unvouched> {
-        Ok(if self.building > 0 {
-            Some(self.build.big_int(digits)?)
-        } else {
-            None
-        })
+        self.built(|b| b.big_int(digits))
     }
     fn float(&mut self, v: f64) -> Result<Self::Value, Unvouched> {
-        Ok(if self.building > 0 {
-            Some(self.build.float(v)?)
-        } else {
-            None
-        })
+        self.built(|b| b.float(v))
     }
     fn string(&mut self, s: Str<'_>) -> Result<Self::Value, Unvouched> {
         if self.building == 1 && self.slot == Some(Slot::Body) {
@@ -189,18 +169,10 @@ impl<'py> Sink for HeadSink<'py, '_> {
             });
             return Ok(Some(self.py.None().into_ref(self.py)));
         }
-        Ok(if self.building > 0 {
-            Some(self.build.string(s)?)
-        } else {
-            None
-        })
+        self.built(|b| b.string(s))
     }
     fn key(&mut self, s: Str<'_>) -> Result<Self::Key, Unvouched> {
-        Ok(if self.building > 0 {
-            Some(self.build.key(s)?.0)
-        } else {
-            None
-        })
+        self.built(|b| Ok(b.key(s)?.0))
     }
     fn begin_array(&mut self) -> Result<Self::Array, Unvouched> {
         Ok(if self.building > 0 { Some(Vec::new()) } else { None })
@@ -327,7 +299,16 @@ impl<'py> Sink for HeadSink<'py, '_> {
     }
 }
 
-impl<'a> HeadSink<'_, 'a> {
+impl<'py, 'a> HeadSink<'py, 'a> {
+    /// What `make` builds when a wanted value is being read; nothing otherwise.
+    fn built<T>(&mut self, make: impl FnOnce(&mut PySink<'py, 'a>) -> PyResult<T>) -> Result<Option<T>, Unvouched> {
+        if self.building > 0 {
+            Ok(Some(make(&mut self.build)?))
+        } else {
+            Ok(None)
+        }
+    }
+
     /// A member's key as it is in the input, less its quotes.
     fn key_text(&self, (start, end): (usize, usize)) -> &'a [u8] {
         self.input.get(start + 1..end.saturating_sub(1)).unwrap_or_default()

@@ -331,22 +331,18 @@ class RedisConsumer(Consumer):
         # The acks waiting ride in front of the fetch: one write and one round trip for both (a busy worker
         # fetches more often than the settler would send them), Redis running the ack transaction first.
         assert carry is not None
-        fetch_keys, fetch_args = self._fetch_call(keys, limit)
-        commands = self._ack_commands(tags)
-        commands.append(('EVALSHA', script.sha, len(fetch_keys), *fetch_keys, *fetch_args))
         try:
-            replies = self._fetch_link.execute(commands)
+            replies, raw = self._fetch_link.evalsha_after(
+                self._ack_commands(tags), script, *self._fetch_call(keys, limit)
+            )
         except BaseException:
             carry[1](tags, False)
             raise
-        acked = not any(isinstance(reply, redis.exceptions.ResponseError) for reply in replies[:-1])
+        acked = not any(isinstance(reply, redis.exceptions.ResponseError) for reply in replies)
         if acked:
             self._forget(tags)
         carry[1](tags, acked)
-        raw = replies[-1]
-        if isinstance(raw, redis.exceptions.NoScriptError):  # Redis restarted, or SCRIPT FLUSH: load it
-            raw = self._fetch_link.evalsha(script, fetch_keys, fetch_args)
-        elif isinstance(raw, redis.exceptions.ResponseError):
+        if isinstance(raw, redis.exceptions.ResponseError):
             raise raw
         return self._deliveries(keys, raw)
 
@@ -370,17 +366,14 @@ class RedisConsumer(Consumer):
     def _delivery(tag: str, queue: str, payload: bytes) -> Delivery:
         head = _core.task_head(payload)
         if head is not None:  # the usual case: the parent reads only the head (see `Delivery`)
-            earlier, redelivered = head.fields[HEAD_DELIVERIES], head.fields[HEAD_REDELIVERED]
-            deliveries = max(earlier if isinstance(earlier, int) else 0, 0) + 1
-            return Delivery(tag, queue, None, payload, bool(redelivered) or deliveries > 1, deliveries, head=head)
+            redelivered, deliveries = _counts(head.fields[HEAD_DELIVERIES], head.fields[HEAD_REDELIVERED])
+            return Delivery(tag, queue, None, payload, redelivered, deliveries, head=head)
         try:
             message = _core.Message.from_envelope(payload, None)
         except ValueError as exc:
             return Delivery(tag, queue, None, payload, False, 1, error=str(exc))
         headers = message.headers
-        earlier = headers.get(DELIVERIES_HEADER)
-        deliveries = max(earlier if isinstance(earlier, int) else 0, 0) + 1
-        redelivered = bool(headers.get('redelivered')) or deliveries > 1
+        redelivered, deliveries = _counts(headers.get(DELIVERIES_HEADER), headers.get('redelivered'))
         return Delivery(tag, queue, message, payload, redelivered, deliveries)
 
     def wakeup(self) -> None:
@@ -484,6 +477,12 @@ def reservation_time() -> int:
     kombu compares these scores with `time.time() - visibility_timeout`, which whole numbers serve as well.
     """
     return math.ceil(time.time())
+
+
+def _counts(earlier: Any, redelivered: Any) -> tuple[bool, int]:
+    """(redelivered, hand-outs including this one) from a message's deliveries count and redelivered flag."""
+    deliveries = max(earlier if isinstance(earlier, int) else 0, 0) + 1
+    return bool(redelivered) or deliveries > 1, deliveries
 
 
 def _text(value: Any) -> str:
