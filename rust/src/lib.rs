@@ -44,6 +44,8 @@ fn _core(py: Python<'_>, m: &PyModule) -> PyResult<()> {
         pyo3::types::PyTuple::new(py, protocol::head_py::HEAD_FIELDS),
     )?;
     m.add_function(wrap_pyfunction!(protocol::head_py::task_head, m)?)?;
+    m.add_function(wrap_pyfunction!(protocol::request_py::task_request, m)?)?;
+    m.add_function(wrap_pyfunction!(protocol::request_py::job_request, m)?)?;
     m.add_class::<ledger_py::PyLedger>()?;
     m.add_class::<events_py::PyEventBuffer>()?;
     m.add("FRAME_HEADER_SIZE", framing::HEADER_SIZE)?;

@@ -204,9 +204,11 @@ class Dispatcher:
             self.ledger.window = self._window()
             self.loop.call_later(max(0.0, request.eta - now), self._release_due)
             return
-        logger.info('Task %s[%s] received', job.name, request.id)
+        if logger.isEnabledFor(logging.INFO):  # (checked first: the arguments cost more, once per task)
+            logger.info('Task %s[%s] received', job.name, request.id)
         self._observe_received(job)
-        signals.task_received.send(sender=self, request=job)
+        if signals.task_received.connected:
+            signals.task_received.send(sender=self, request=job)
         self._enqueue(job)
 
     def _observe_received(self, job: Job) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import _core, protocol, states
 from fastq.exceptions import ContentDisallowed, DecodeError, SoftTimeLimitExceeded
+from fastq.serialization import json_tag_hook
 from fastq.worker.trace import Outcome, execute, execute_async
 
 if TYPE_CHECKING:
@@ -64,35 +65,7 @@ def request_of(
     message: Message, queue: str, redelivered: bool, limits: tuple[Any, Any], hostname: str
 ) -> dict[str, Any]:
     """The request dict `execute` takes, from a task message's headers and properties."""
-    h = message.headers
-    props = message.properties
-    delivery_info = dict(props.get('delivery_info') or {})
-    delivery_info.setdefault('routing_key', queue)
-    delivery_info['priority'] = props.get('priority')
-    delivery_info['redelivered'] = redelivered
-    return {
-        'id': h.get('id'),
-        'task': h.get('task'),
-        'retries': h.get('retries') or 0,
-        'eta': h.get('eta'),
-        'expires': h.get('expires'),
-        'group': h.get('group'),
-        'group_index': h.get('group_index'),
-        'root_id': h.get('root_id'),
-        'parent_id': h.get('parent_id'),
-        'shadow': h.get('shadow'),
-        'origin': h.get('origin'),
-        'timelimit': limits,
-        'ignore_result': bool(h.get('ignore_result', False)),
-        'stamps': h.get('stamps'),
-        'stamped_headers': h.get('stamped_headers'),
-        'replaced_task_nesting': h.get('replaced_task_nesting') or 0,
-        'headers': h,
-        'correlation_id': props.get('correlation_id'),
-        'reply_to': props.get('reply_to'),
-        'delivery_info': delivery_info,
-        'hostname': hostname,
-    }
+    return _core.task_request(message.headers, message.properties, queue, redelivered, limits, hostname)
 
 
 def embed_into(request: dict[str, Any], embed: dict[str, Any]) -> None:
@@ -140,15 +113,22 @@ def prepare_payload(app: Fastq, payload: bytes, accept: frozenset[str]) -> Prepa
     """Decode a job payload; an Outcome instead when it cannot run (undecodable, or an unknown task)."""
     raw, queue, redelivered, time_limit, soft_limit, hostname = marshal.loads(payload)
     try:
-        message = _core.Message.from_envelope(raw, None)
-        request = request_of(message, queue, redelivered, (time_limit, soft_limit), hostname)
-        name = request['task']
-        args, kwargs, embed = protocol.decode_body(
-            message.body, message.content_type, message.headers.get('compression'), accept
-        )
-    except (DecodeError, ContentDisallowed, ValueError) as exc:
-        return Outcome(DECODE_ERROR, 0.0, exc_repr=f'{type(exc).__name__}: {exc}')
-    embed_into(request, embed)
+        decoded = _core.job_request(raw, queue, redelivered, time_limit, soft_limit, hostname, accept, json_tag_hook)
+    except Exception:  # (a tag hook's error, say) the general path below reports it in its own words
+        decoded = None
+    if decoded is not None:
+        args, kwargs, request = decoded
+    else:
+        try:
+            message = _core.Message.from_envelope(raw, None)
+            request = request_of(message, queue, redelivered, (time_limit, soft_limit), hostname)
+            args, kwargs, embed = protocol.decode_body(
+                message.body, message.content_type, message.headers.get('compression'), accept
+            )
+        except (DecodeError, ContentDisallowed, ValueError) as exc:
+            return Outcome(DECODE_ERROR, 0.0, exc_repr=f'{type(exc).__name__}: {exc}')
+        embed_into(request, embed)
+    name = request['task']
     task = app.tasks.get(name)
     if task is None:  # the parent checks this; a child with a different import state still must not crash
         return Outcome(states.FAILURE, 0.0, exc_repr=f'NotRegistered({name!r})')

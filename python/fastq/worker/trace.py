@@ -126,7 +126,8 @@ def _autoretry(task: Task[Any, Any], exc: BaseException) -> None:
 
 
 def execute(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], request: dict[str, Any]) -> Outcome:
-    """Run `task` with a request built from `request` (Context fields) and return what happened."""
+    """Run `task` with a request built from `request` (Context fields, a dict the request then owns: it
+    becomes the Context's attributes) and return what happened."""
     ctx, started = _enter(task, args, kwargs, request)
     try:
         _prerun(task, ctx, args, kwargs)
@@ -188,8 +189,10 @@ async def execute_async(
 def _enter(
     task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], request: dict[str, Any]
 ) -> tuple[Context, float]:
-    task.push_request(request, args=args, kwargs=kwargs, called_directly=False)
-    ctx = task.request
+    request['args'] = args
+    request['kwargs'] = kwargs
+    request['called_directly'] = False
+    ctx = task.push_fields(request)
     _state.push_current_task(task)
     task_context(ctx.id, task.name)
     return ctx, time.monotonic()

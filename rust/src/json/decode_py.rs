@@ -246,6 +246,11 @@ pub fn loads<'py>(py: Python<'py>, data: &'py PyAny, tag_hook: Option<&'py PyAny
     parse_with(py, input, tag_hook, None)
 }
 
+/// `loads` of UTF-8 text that is not a Python object (a body decoded from its envelope's base64).
+pub fn loads_text<'py>(py: Python<'py>, text: &str, tag_hook: Option<&'py PyAny>) -> PyResult<&'py PyAny> {
+    parse_with(py, Input::Utf8(text), tag_hook, None)
+}
+
 /// `loads` of a kombu envelope, and where some of its headers are in its text (see `HeaderPositions`).
 pub fn loads_envelope<'py>(
     py: Python<'py>,
@@ -273,7 +278,7 @@ impl<'py> PySink<'py, '_> {
 
 fn parse_with<'py>(
     py: Python<'py>,
-    input: Input<'py>,
+    input: Input<'_>,
     tag_hook: Option<&'py PyAny>,
     spans: Option<&mut HeaderSpans<'py>>,
 ) -> PyResult<&'py PyAny> {

@@ -1,6 +1,7 @@
 //! The protocol-v2 body `[args, kwargs, {callbacks, errbacks, chain, chord}]` in json or msgpack.
 
 use pyo3::exceptions::PyValueError;
+use pyo3::once_cell::GILOnceCell;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyLong, PyString, PyTuple};
 
@@ -135,6 +136,12 @@ pub fn decode_task_body<'py>(
             )))
         }
     };
+    let (args, kwargs, embed) = body_parts(py, value)?;
+    Ok(PyTuple::new(py, [args.as_ref(), kwargs.as_ref(), embed.as_ref()]))
+}
+
+/// The body's `[args, kwargs, embed]`, checked, with embed a dict holding all of `EMBED_KEYS`.
+pub fn body_parts<'py>(py: Python<'py>, value: &'py PyAny) -> PyResult<(&'py PyList, &'py PyDict, &'py PyDict)> {
     let triple = match value.downcast::<PyList>() {
         Ok(list) if list.len() == 3 => list,
         Ok(list) => {
@@ -146,12 +153,12 @@ pub fn decode_task_body<'py>(
         Err(_) => return Err(malformed("expected an array [args, kwargs, embed]", value)),
     };
     let (args, kwargs, embed) = (triple.get_item(0)?, triple.get_item(1)?, triple.get_item(2)?);
-    if args.downcast::<PyList>().is_err() {
-        return Err(malformed("args (item 0) must be an array", args));
-    }
-    if kwargs.downcast::<PyDict>().is_err() {
-        return Err(malformed("kwargs (item 1) must be an object", kwargs));
-    }
+    let args: &PyList = args
+        .downcast()
+        .map_err(|_| malformed("args (item 0) must be an array", args))?;
+    let kwargs: &PyDict = kwargs
+        .downcast()
+        .map_err(|_| malformed("kwargs (item 1) must be an object", kwargs))?;
     let embed = if embed.is_none() {
         PyDict::new(py)
     } else {
@@ -159,11 +166,19 @@ pub fn decode_task_body<'py>(
             .downcast::<PyDict>()
             .map_err(|_| malformed("embed (item 2) must be an object or null", embed))?
     };
-    for key in EMBED_KEYS {
-        let key = PyString::intern(py, key);
+    for key in embed_keys(py) {
+        let key = key.as_ref(py);
         if !embed.contains(key)? {
             embed.set_item(key, py.None())?;
         }
     }
-    Ok(PyTuple::new(py, [args, kwargs, embed.as_ref()]))
+    Ok((args, kwargs, embed))
+}
+
+/// `EMBED_KEYS` as Python strs, made once (with their hashes): every task's body is read with them.
+pub fn embed_keys(py: Python<'_>) -> &[Py<PyString>] {
+    static KEYS: GILOnceCell<Vec<Py<PyString>>> = GILOnceCell::new();
+    KEYS.get_or_init(py, || {
+        EMBED_KEYS.iter().map(|k| PyString::intern(py, k).into()).collect()
+    })
 }

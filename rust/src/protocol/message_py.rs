@@ -15,6 +15,7 @@ use crate::compression_py::codec;
 use crate::json::decode_py::{self, HeaderPositions};
 use crate::json::encode_py::{optional, Encoder};
 use crate::json::string::write_escaped;
+use crate::key_cache_py::cached_key;
 
 #[pyclass(
     name = "Message",
@@ -170,12 +171,70 @@ pub(super) fn write_envelope<'py>(
 
 /// `obj[key]`, which must be present and of type `T`; `what` names it in the error.
 fn field<'py, T: pyo3::PyTypeInfo + pyo3::PyNativeType>(doc: &'py PyDict, key: &str, what: &str) -> PyResult<&'py T> {
+    // (the key cache's str, whose hash is known: a new str per lookup had to be hashed each time)
     let value = doc
-        .get_item(key)
+        .get_item(cached_key(doc.py(), key))
         .ok_or_else(|| PyValueError::new_err(format!("malformed envelope: no {key:?}")))?;
     value
         .downcast::<T>()
         .map_err(|_| PyValueError::new_err(format!("malformed envelope: {key:?} must be {what}")))
+}
+
+/// The members of a decoded envelope, checked as kombu's virtual transport would use them.
+pub(super) struct EnvelopeParts<'py> {
+    pub headers: &'py PyDict,
+    pub properties: &'py PyDict,
+    pub content_type: &'py PyString,
+    pub content_encoding: &'py PyString,
+    pub body: EnvelopeBody<'py>,
+}
+
+/// A body as the envelope carries it: base64 (decoded here), or text that is the body's UTF-8 itself.
+pub(super) enum EnvelopeBody<'py> {
+    Decoded(Vec<u8>),
+    Text(&'py PyString),
+}
+
+impl<'py> EnvelopeParts<'py> {
+    pub fn of(doc: &'py PyAny) -> PyResult<Self> {
+        let doc: &PyDict = doc
+            .downcast()
+            .map_err(|_| PyValueError::new_err("malformed envelope: not a JSON object"))?;
+        let body: &PyString = field(doc, envelope::BODY, "a string")?;
+        let content_type: &PyString = field(doc, envelope::CONTENT_TYPE, "a string")?;
+        let content_encoding: &PyString = field(doc, envelope::CONTENT_ENCODING, "a string")?;
+        let headers: &PyDict = field(doc, envelope::HEADERS, "an object")?;
+        let properties: &PyDict = field(doc, envelope::PROPERTIES, "an object")?;
+        let body_encoding = properties
+            .get_item(cached_key(doc.py(), envelope::BODY_ENCODING))
+            .filter(|e| !e.is_none());
+        let body = match body_encoding {
+            Some(e) if e.extract::<&str>().is_ok_and(|e| e == envelope::BASE64) => {
+                let text = body
+                    .to_str()
+                    .map_err(|_| PyValueError::new_err("malformed envelope: bad base64 body"))?;
+                EnvelopeBody::Decoded(
+                    base64::decode(text.as_bytes())
+                        .map_err(|_| PyValueError::new_err("malformed envelope: bad base64 body"))?,
+                )
+            }
+            // kombu decodes only non-UTF-8 encodings; a UTF-8 (or unlabelled) body is the text itself.
+            Some(e) if !e.extract::<&str>().is_ok_and(|e| e.eq_ignore_ascii_case("utf-8")) => {
+                return Err(PyValueError::new_err(format!(
+                    "malformed envelope: unsupported body_encoding {}",
+                    e.repr()?
+                )))
+            }
+            _ => EnvelopeBody::Text(body),
+        };
+        Ok(Self {
+            headers,
+            properties,
+            content_type,
+            content_encoding,
+            body,
+        })
+    }
 }
 
 #[pymethods]
@@ -245,41 +304,19 @@ impl Message {
     #[pyo3(text_signature = "(data, tag_hook)")]
     fn from_envelope(py: Python<'_>, data: &PyAny, tag_hook: &PyAny) -> PyResult<Self> {
         let (doc, positions) = decode_py::loads_envelope(py, data, optional(tag_hook))?;
-        let doc: &PyDict = doc
-            .downcast()
-            .map_err(|_| PyValueError::new_err("malformed envelope: not a JSON object"))?;
-        let body: &PyString = field(doc, envelope::BODY, "a string")?;
-        let content_type: &PyString = field(doc, envelope::CONTENT_TYPE, "a string")?;
-        let content_encoding: &PyString = field(doc, envelope::CONTENT_ENCODING, "a string")?;
-        let headers: &PyDict = field(doc, envelope::HEADERS, "an object")?;
-        let properties: &PyDict = field(doc, envelope::PROPERTIES, "an object")?;
-        let body_encoding = properties.get_item(envelope::BODY_ENCODING).filter(|e| !e.is_none());
-        let body: &PyBytes = match body_encoding {
-            Some(e) if e.extract::<&str>().is_ok_and(|e| e == envelope::BASE64) => {
-                let text = body
-                    .to_str()
-                    .map_err(|_| PyValueError::new_err("malformed envelope: bad base64 body"))?;
-                let raw = base64::decode(text.as_bytes())
-                    .map_err(|_| PyValueError::new_err("malformed envelope: bad base64 body"))?;
-                PyBytes::new(py, &raw)
-            }
-            // kombu decodes only non-UTF-8 encodings; a UTF-8 (or unlabelled) body is the text itself.
-            Some(e) if !e.extract::<&str>().is_ok_and(|e| e.eq_ignore_ascii_case("utf-8")) => {
-                return Err(PyValueError::new_err(format!(
-                    "malformed envelope: unsupported body_encoding {}",
-                    e.repr()?
-                )))
-            }
-            _ => body
+        let parts = EnvelopeParts::of(doc)?;
+        let body: &PyBytes = match parts.body {
+            EnvelopeBody::Decoded(raw) => PyBytes::new(py, &raw),
+            EnvelopeBody::Text(text) => text
                 .call_method1(intern!(py, "encode"), ("utf-8",))?
                 .downcast::<PyBytes>()?,
         };
         Ok(Self {
-            headers: headers.into(),
-            properties: properties.into(),
+            headers: parts.headers.into(),
+            properties: parts.properties.into(),
             body: body.into(),
-            content_type: content_type.into(),
-            content_encoding: content_encoding.into(),
+            content_type: parts.content_type.into(),
+            content_encoding: parts.content_encoding.into(),
             // (bytes only: a str envelope's text would have to be kept encoded)
             envelope: positions
                 .zip(data.downcast::<PyBytes>().ok())

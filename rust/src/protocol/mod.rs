@@ -6,6 +6,7 @@ pub mod body_py;
 pub mod envelope;
 pub mod head_py;
 pub mod message_py;
+pub mod request_py;
 
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const CONTENT_TYPE_MSGPACK: &str = "application/x-msgpack";

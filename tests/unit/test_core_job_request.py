@@ -1,0 +1,286 @@
+"""`_core.job_request` and `_core.task_request`: the request a pool child runs a task with.
+
+The contract is relative to the general path (`Message.from_envelope`, the request fields Celery's
+`Context` has, `protocol.decode_body`): whatever `job_request` returns is what that path gives, and
+whatever it refuses (None) that path decodes or reports. The reference below is written out in Python on
+purpose, as the request was built before it moved to Rust.
+"""
+
+from __future__ import annotations
+
+import json
+import marshal
+from datetime import datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastq import Fastq, _core, protocol
+from fastq.exceptions import ContentDisallowed, DecodeError
+from fastq.protocol import build_task_message
+from fastq.serialization import json_tag_hook
+from fastq.worker.job import DECODE_ERROR, Prepared, prepare_payload
+from fastq.worker.trace import Outcome, execute
+from tests.unit.test_core_protocol import MALFORMED_ENVELOPES
+
+JSON = frozenset({'application/json'})
+BOTH = frozenset({'application/json', 'application/x-msgpack'})
+
+
+def envelope(priority: int = 0, **options: Any) -> bytes:
+    fields: dict[str, Any] = {
+        'task_id': 'id-1',
+        'name': 'tasks.add',
+        'args': (1, 2),
+        'kwargs': {'k': 'é'},
+        'embed': {},
+        'serializer': 'json',
+        'compression': None,
+        'eta': None,
+        'expires': None,
+        'reply_to': 'r',
+        'origin': 'gen1@host',
+    }
+    fields.update(options)
+    return build_task_message(**fields).to_envelope('', 'celery', priority, 2, None, 'tag-1')
+
+
+def reference(data: bytes, queue: str, redelivered: bool, limits: tuple[Any, Any], hostname: str, accept):
+    """(args, kwargs, request) the general way, with the request built as the Python code built it."""
+    message = _core.Message.from_envelope(data, None)
+    h, props = message.headers, message.properties
+    delivery_info = dict(props.get('delivery_info') or {})
+    delivery_info.setdefault('routing_key', queue)
+    delivery_info['priority'] = props.get('priority')
+    delivery_info['redelivered'] = redelivered
+    request = {
+        'id': h.get('id'),
+        'task': h.get('task'),
+        'retries': h.get('retries') or 0,
+        'eta': h.get('eta'),
+        'expires': h.get('expires'),
+        'group': h.get('group'),
+        'group_index': h.get('group_index'),
+        'root_id': h.get('root_id'),
+        'parent_id': h.get('parent_id'),
+        'shadow': h.get('shadow'),
+        'origin': h.get('origin'),
+        'timelimit': limits,
+        'ignore_result': bool(h.get('ignore_result', False)),
+        'stamps': h.get('stamps'),
+        'stamped_headers': h.get('stamped_headers'),
+        'replaced_task_nesting': h.get('replaced_task_nesting') or 0,
+        'headers': h,
+        'correlation_id': props.get('correlation_id'),
+        'reply_to': props.get('reply_to'),
+        'delivery_info': delivery_info,
+        'hostname': hostname,
+    }
+    args, kwargs, embed = protocol.decode_body(message.body, message.content_type, h.get('compression'), accept)
+    for key in ('callbacks', 'errbacks', 'chain', 'chord'):
+        request[key] = embed.get(key)
+    return args, kwargs, request
+
+
+def fast(data: bytes, accept=JSON, limits=(None, None)):
+    return _core.job_request(data, 'celery', True, *limits, 'w@h', accept, json_tag_hook)
+
+
+def agrees(data: bytes, accept=JSON, limits=(None, None)) -> None:
+    """job_request, if it answers, says what the general path says."""
+    got = fast(data, accept, limits)
+    if got is None:
+        return
+    assert list(got) == list(reference(data, 'celery', True, limits, 'w@h', accept))
+
+
+ENVELOPES = {
+    'plain': envelope(),
+    'every header': envelope(
+        priority=5,
+        eta='2030-01-01T00:00:00+00:00',
+        expires='2030-01-02T00:00:00+00:00',
+        time_limit=30,
+        soft_time_limit=20.5,
+        retries=3,
+        shadow='alias',
+        group_id='g',
+        group_index=2,
+        root_id='root',
+        parent_id='parent',
+        ignore_result=True,
+        headers={'fastq_sent_at': 1.5, 'custom': [1, {'a': 2}]},
+    ),
+    'workflow': envelope(
+        embed={
+            'callbacks': [{'task': 'tasks.cb', 'args': [], 'kwargs': {}, 'options': {}}],
+            'chain': [{'task': 'tasks.next', 'args': [], 'kwargs': {}, 'options': {}}],
+        }
+    ),
+    'msgpack': envelope(serializer='msgpack', args=(b'\x00\xff', 1.5), kwargs={'n': None}),
+}
+
+
+@pytest.mark.parametrize('name', ENVELOPES)
+def test_gives_what_the_general_path_gives(name):
+    data = ENVELOPES[name]
+    got = fast(data, BOTH, (30, 20.5))
+    assert got is not None
+    assert list(got) == list(reference(data, 'celery', True, (30, 20.5), 'w@h', BOTH))
+    args, kwargs, request = got
+    assert request['timelimit'] == (30, 20.5)
+    assert request['delivery_info'] == {
+        'exchange': '',
+        'routing_key': 'celery',
+        'priority': 5 if name == 'every header' else 0,
+        'redelivered': True,
+    }
+
+
+def test_a_str_envelope_too():
+    text = ENVELOPES['plain'].decode()
+    assert list(fast(text)) == list(reference(text, 'celery', True, (None, None), 'w@h', JSON))
+
+
+def test_workflow_fields_come_from_the_body():
+    _, _, request = fast(ENVELOPES['workflow'])
+    assert request['callbacks'][0]['task'] == 'tasks.cb' and request['chain'][0]['task'] == 'tasks.next'
+    assert request['errbacks'] is None and request['chord'] is None
+
+
+def test_kombu_type_tags_go_through_the_tag_hook():
+    _, kwargs, _ = fast(envelope(kwargs={'when': datetime(2030, 1, 2, 3, 4, 5)}))
+    assert kwargs == {'when': datetime(2030, 1, 2, 3, 4, 5)}
+
+
+def test_a_plain_text_body_and_missing_properties():
+    doc = {
+        'body': '[[1], {}, null]',
+        'content-encoding': 'utf-8',
+        'content-type': 'application/json',
+        'headers': {'id': 'i', 'task': 't', 'retries': None, 'replaced_task_nesting': False},
+        'properties': {'delivery_info': [['routing_key', 'elsewhere']]},
+    }
+    data = json.dumps(doc).encode()
+    got = fast(data)
+    assert got is not None
+    agrees(data)
+    args, kwargs, request = got
+    assert args == [1] and kwargs == {}
+    assert request['retries'] == 0 and request['replaced_task_nesting'] == 0 and request['ignore_result'] is False
+    assert request['delivery_info'] == {'routing_key': 'elsewhere', 'priority': None, 'redelivered': True}
+    assert request['correlation_id'] is None and request['chord'] is None
+
+
+@pytest.mark.parametrize(
+    'data, accept',
+    [
+        (envelope(compression='zlib'), JSON),  # decompressing is the general path's
+        (envelope(serializer='msgpack'), JSON),  # not accepted: refused there, in its words
+        (envelope(serializer='pickle'), frozenset({'application/x-python-serialize'})),
+        *[(doc, JSON) for doc in MALFORMED_ENVELOPES],
+    ],
+)
+def test_leaves_the_rest_to_the_general_path(data, accept):
+    assert _core.job_request(data, 'q', False, None, None, 'h', accept, json_tag_hook) is None
+
+
+@pytest.mark.parametrize(
+    'body',
+    [b'[1, 2]', b'{}', b'[[], [], {}]', b'[{}, {}, {}]', b'[[], {}, []]', b'[[], {}, {}] x', b'\xff'],
+)
+def test_bad_bodies_are_reported_by_the_general_path(body):
+    import base64
+
+    doc = json.loads(ENVELOPES['plain'])
+    doc['body'] = base64.b64encode(body).decode()
+    data = json.dumps(doc).encode()
+    assert fast(data) is None
+    message = _core.Message.from_envelope(data, None)
+    with pytest.raises(DecodeError):
+        protocol.decode_body(message.body, message.content_type, None, JSON)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_mutated_envelopes_never_disagree(data):
+    """Whatever bytes a broker hands over: None, or what the general path gives."""
+    doc = bytearray(data.draw(st.sampled_from(list(ENVELOPES.values()))))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(doc) - 1))
+        op = data.draw(st.sampled_from(['set', 'delete', 'insert']))
+        byte = data.draw(st.sampled_from(b'{}[]",:\\0123456789.eE-+ tnfaulrsNI\x00\xff'))
+        if op == 'set':
+            doc[at] = byte
+        elif op == 'delete':
+            del doc[at]
+        else:
+            doc.insert(at, byte)
+    agrees(bytes(doc), BOTH)
+
+
+def test_task_request_of_a_decoded_message():
+    message = _core.Message.from_envelope(ENVELOPES['every header'], None)
+    request = _core.task_request(message.headers, message.properties, 'q', False, (1, 2), 'w@h')
+    _, _, expected = reference(ENVELOPES['every header'], 'q', False, (1, 2), 'w@h', JSON)
+    for key in ('callbacks', 'errbacks', 'chain', 'chord'):
+        del expected[key]
+    assert request == expected
+    assert request['headers'] is message.headers  # the same dict, as Celery's request.headers
+    assert request['delivery_info'] is not message.properties['delivery_info']  # a copy: it is added to
+    assert list(request) == list(expected)
+
+
+@pytest.fixture
+def app():
+    app = Fastq('jobs', broker='memory://', backend='cache+memory://')
+
+    @app.task(name='tasks.add', bind=True)
+    def add(self, x, y, k=None):
+        return (x + y, k, self.request.id, self.request.args, self.request.called_directly, self.request.hostname)
+
+    return app
+
+
+def payload(data: bytes) -> bytes:
+    return marshal.dumps((data, 'celery', False, 30, None, 'w@h'))
+
+
+def test_prepared_job_runs_with_its_request(app):
+    prepared = prepare_payload(app, payload(ENVELOPES['plain']), JSON)
+    assert isinstance(prepared, Prepared)
+    assert prepared.request['timelimit'] == (30, None)
+    outcome = execute(prepared.task, prepared.args, prepared.kwargs, prepared.request)
+    assert outcome.state == 'SUCCESS'
+    assert outcome.retval == (3, 'é', 'id-1', [1, 2], False, 'w@h')
+
+
+def test_undecodable_jobs_keep_their_error_words(app):
+    doc = json.loads(ENVELOPES['plain'])
+    doc['body'] = 'WzEsIDJd'  # [1, 2]
+    outcome = prepare_payload(app, payload(json.dumps(doc).encode()), JSON)
+    assert isinstance(outcome, Outcome) and outcome.state == DECODE_ERROR
+    assert outcome.exc_repr == 'DecodeError: malformed task body: expected 3 items [args, kwargs, embed], got 2'
+    outcome = prepare_payload(app, payload(envelope(serializer='msgpack')), JSON)
+    assert isinstance(outcome, Outcome) and outcome.state == DECODE_ERROR
+    assert outcome.exc_repr.startswith(ContentDisallowed.__name__)
+    outcome = prepare_payload(app, payload(b'not json'), JSON)
+    assert isinstance(outcome, Outcome) and outcome.exc_repr.startswith('ValueError: Expecting value')
+
+
+def test_compressed_jobs_take_the_general_path(app):
+    prepared = prepare_payload(app, payload(envelope(compression='zlib')), JSON)
+    assert isinstance(prepared, Prepared) and prepared.args == [1, 2]
+
+
+def test_a_context_adopts_the_request_dict():
+    from fastq.task import Context
+
+    fields = {'id': 'x', 'retries': 2}
+    ctx = Context.adopt(fields)
+    assert ctx.__dict__ is fields
+    assert (ctx.id, ctx.retries, ctx.children, ctx.is_eager, ctx.get('group')) == ('x', 2, [], False, None)
+    ctx.update(group='g')
+    assert fields['group'] == 'g'
