@@ -139,3 +139,23 @@ def test_on_after_configure_and_finalize() -> None:
     a.on_after_finalize.connect(lambda sender, **kw: seen.append('finalize'))
     a.finalize()
     assert seen == ['configure', 'finalize']
+
+
+def test_a_setting_read_as_an_attribute_follows_every_later_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    the_app = app()
+    conf = the_app.conf
+    assert conf.result_extended is False and conf.result_extended is False  # the second read: kept
+    conf['result_extended'] = True
+    assert conf.result_extended is True
+    conf.update(result_extended=False)
+    assert conf.result_extended is False
+    conf.result_extended = True
+    assert conf.result_extended is True
+    del conf['result_extended']
+    assert conf.result_extended is False
+    the_app.config_from_object(types.SimpleNamespace(result_extended=True))
+    assert conf.result_extended is True
+    monkeypatch.setenv('FASTQ_RESULT_EXTENDED', 'false')
+    conf.reload_environment()
+    assert conf.result_extended is False
+    assert not hasattr(conf, 'no_such_setting')

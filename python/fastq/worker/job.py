@@ -6,7 +6,7 @@ import marshal
 import signal
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastq import _core, protocol, states
@@ -41,7 +41,6 @@ class Job:
     started: float | None = None  # monotonic, when an executor began it
     pid: int | None = None  # process running it (prefork)
     acked: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tag(self) -> Any:
