@@ -24,6 +24,7 @@ from fastq.serialization import json_tag_hook
 from fastq.worker.job import DECODE_ERROR, Prepared, prepare_payload
 from fastq.worker.trace import Outcome, execute
 from tests.unit.test_core_protocol import MALFORMED_ENVELOPES
+from tests.unit.test_core_task_head import mutated
 
 JSON = frozenset({'application/json'})
 BOTH = frozenset({'application/json', 'application/x-msgpack'})
@@ -207,18 +208,7 @@ def test_bad_bodies_are_reported_by_the_general_path(body):
 @given(st.data())
 def test_mutated_envelopes_never_disagree(data):
     """Whatever bytes a broker hands over: None, or what the general path gives."""
-    doc = bytearray(data.draw(st.sampled_from(list(ENVELOPES.values()))))
-    for _ in range(data.draw(st.integers(1, 4))):
-        at = data.draw(st.integers(0, len(doc) - 1))
-        op = data.draw(st.sampled_from(['set', 'delete', 'insert']))
-        byte = data.draw(st.sampled_from(b'{}[]",:\\0123456789.eE-+ tnfaulrsNI\x00\xff'))
-        if op == 'set':
-            doc[at] = byte
-        elif op == 'delete':
-            del doc[at]
-        else:
-            doc.insert(at, byte)
-    agrees(bytes(doc), BOTH)
+    agrees(mutated(data, ENVELOPES.values()), BOTH)
 
 
 def test_task_request_of_a_decoded_message():

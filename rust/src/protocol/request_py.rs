@@ -22,7 +22,9 @@ use crate::msgpack::unpack_py::Unpacker;
 /// The request dict of a task message with these headers and properties, delivered from `queue`, run
 /// with `timelimit` (the pair the worker settled on) by the worker `hostname`. The body's embed keys
 /// are not in it (see `job_request`).
-pub fn request_dict<'py>(
+#[pyfunction]
+#[pyo3(text_signature = "(headers, properties, queue, redelivered, timelimit, hostname)")]
+pub fn task_request<'py>(
     py: Python<'py>,
     headers: &'py PyDict,
     properties: &'py PyDict,
@@ -113,21 +115,6 @@ fn put(dict: &PyDict, key: &PyString, value: &PyAny) -> PyResult<()> {
     }
 }
 
-/// `request_dict` for Python: the request of a decoded `Message`'s headers and properties.
-#[pyfunction]
-#[pyo3(text_signature = "(headers, properties, queue, redelivered, timelimit, hostname)")]
-pub fn task_request<'py>(
-    py: Python<'py>,
-    headers: &'py PyDict,
-    properties: &'py PyDict,
-    queue: &'py PyAny,
-    redelivered: bool,
-    timelimit: &'py PyAny,
-    hostname: &'py PyAny,
-) -> PyResult<&'py PyDict> {
-    request_dict(py, headers, properties, queue, redelivered, timelimit, hostname)
-}
-
 /// `(args, kwargs, request)` of the task envelope `data`, the request holding the body's embed keys and
 /// the time limits as the pair `(time_limit, soft_time_limit)`; None when the general path must decode it.
 #[pyfunction]
@@ -179,7 +166,7 @@ pub fn job_request<'py>(
         return Ok(None);
     };
     let limits = PyTuple::new(py, [time_limit, soft_time_limit]);
-    let request = request_dict(
+    let request = task_request(
         py,
         parts.headers,
         parts.properties,
