@@ -19,33 +19,14 @@ from hypothesis import strategies as st
 
 from fastq import Fastq, _core, protocol
 from fastq.exceptions import ContentDisallowed, DecodeError
-from fastq.protocol import build_task_message
 from fastq.serialization import json_tag_hook
 from fastq.worker.job import DECODE_ERROR, Prepared, prepare_payload
 from fastq.worker.trace import Outcome, execute
 from tests.unit.test_core_protocol import MALFORMED_ENVELOPES
-from tests.unit.test_core_task_head import mutated
+from tests.unit.test_core_task_head import envelope, mutated
 
 JSON = frozenset({'application/json'})
 BOTH = frozenset({'application/json', 'application/x-msgpack'})
-
-
-def envelope(priority: int = 0, **options: Any) -> bytes:
-    fields: dict[str, Any] = {
-        'task_id': 'id-1',
-        'name': 'tasks.add',
-        'args': (1, 2),
-        'kwargs': {'k': 'é'},
-        'embed': {},
-        'serializer': 'json',
-        'compression': None,
-        'eta': None,
-        'expires': None,
-        'reply_to': 'r',
-        'origin': 'gen1@host',
-    }
-    fields.update(options)
-    return build_task_message(**fields).to_envelope('', 'celery', priority, 2, None, 'tag-1')
 
 
 def reference(data: bytes, queue: str, redelivered: bool, limits: tuple[Any, Any], hostname: str, accept):

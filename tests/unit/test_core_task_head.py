@@ -23,7 +23,7 @@ from tests.unit.test_core_protocol import MALFORMED_ENVELOPES
 FIELDS = _core.TASK_HEAD_FIELDS
 
 
-def envelope(**options) -> bytes:
+def envelope(priority: int = 0, **options) -> bytes:
     fields = {
         'task_id': 'id-1',
         'name': 'tasks.add',
@@ -39,7 +39,7 @@ def envelope(**options) -> bytes:
     }
     fields.update(options)
     message = build_task_message(**fields)
-    return message.to_envelope('', 'celery', 0, 2, None, 'tag-1')
+    return message.to_envelope('', 'celery', priority, 2, None, 'tag-1')
 
 
 def agrees(data: bytes) -> None:
