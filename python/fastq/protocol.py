@@ -284,6 +284,9 @@ if tuple(_core.TASK_HEAD_FIELDS[: len(_REQUEST_FIELDS)]) != _REQUEST_FIELDS:  # 
     raise ImportError('fastq._core.TASK_HEAD_FIELDS does not start with the fields a TaskRequest takes')
 
 
+_NO_LIMITS = [None, None]
+
+
 def _number(value: Any, field: str) -> float | None:
     if value is None:
         return None
@@ -307,8 +310,29 @@ def parse_delivery(d: Delivery, tz: tzinfo) -> TaskRequest:
     if head is None:
         assert d.message is not None
         return parse_task_headers(d.message, tz)
+    fields = head.fields
+    (task_id, task, eta, expires, retries, timelimit, ignore_result, argsrepr, kwargsrepr) = fields[:9]
+    # The usual message (no ETA or expiry, no time limits, the types right) without `_request`'s general
+    # checks: this runs once per task in the worker's one busy thread. Anything else takes the general path.
+    if (
+        type(task) is str
+        and task
+        and type(task_id) is str
+        and task_id
+        and eta is None
+        and expires is None
+        and (timelimit is None or (type(timelimit) is list and timelimit == _NO_LIMITS))
+        and type(retries) is int
+        and type(argsrepr) is str
+        and type(kwargsrepr) is str
+    ):
+        root_id, parent_id, group, shadow, sent_at = fields[9:14]
+        return TaskRequest(
+            task_id, task, None, None, retries, None, None, bool(ignore_result), argsrepr, kwargsrepr,
+            root_id, parent_id, group, shadow, sent_at, None, d,
+        )  # fmt: skip
     try:
-        return _request(tz, None, d, *head.fields[: len(_REQUEST_FIELDS)])
+        return _request(tz, None, d, *fields[: len(_REQUEST_FIELDS)])
     except InvalidTaskError:
         assert d.message is not None
         return parse_task_headers(d.message, tz)  # in the full decode's words

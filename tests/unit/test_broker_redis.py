@@ -111,6 +111,11 @@ def _envelope(tag: str, exchange: str = '', routing_key: str = 'celery', **extra
         (json.dumps(dict(reversed(list(_envelope('first').items())))), 'first', '', 'celery'),
         # escapes in the values
         (json.dumps(_envelope('esc', exchange='ex"q', routing_key='r\\k')), 'esc', 'ex"q', 'r\\k'),
+        # plain values written back as they are: a slash (cjson.encode would escape it) and UTF-8 text
+        (json.dumps(_envelope('sl', exchange='a/b', routing_key='ключ'), ensure_ascii=False), 'sl', 'a/b', 'ключ'),
+        # the searched tail of a key ('very_tag": "') inside another key: taken as a second key, decoded
+        (json.dumps(_envelope('tail', xdelivery_tag='x')), 'tail', '', 'celery'),
+        (json.dumps(_envelope('tail2', **{'not_delivery_info': {'a': 1}})), 'tail2', '', 'celery'),
     ],
 )
 def test_the_fetch_script_finds_tag_and_route_in_any_envelope(

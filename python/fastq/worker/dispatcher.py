@@ -174,24 +174,24 @@ class Dispatcher:
             self._unknown_task(d, request.task, request.id)
             return
         now = time.time()
-        if request.id in self.revoked:
+        if self.revoked and request.id in self.revoked:
             self._discard_revoked(d, request, task, expired=False)
             return
         if request.expires is not None and request.expires < now:
             self._discard_revoked(d, request, task, expired=True)
             return
         job = Job(
-            id=next(self._ids),
-            delivery=d,
-            request=request,
-            acks_late=bool(task.acks_late),
-            reject_on_worker_lost=bool(task.reject_on_worker_lost),
-            acks_on_failure_or_timeout=task.acks_on_failure_or_timeout is not False,
-            time_limit=request.time_limit or task.time_limit or self.default_time_limit,
-            soft_time_limit=request.soft_time_limit or task.soft_time_limit or self.default_soft_time_limit,
-            hostname=self.hostname,
-            received=time.monotonic(),
-        )
+            next(self._ids),
+            d,
+            request,
+            bool(task.acks_late),  # acks_late
+            bool(task.reject_on_worker_lost),  # reject_on_worker_lost
+            task.acks_on_failure_or_timeout is not False,  # acks_on_failure_or_timeout
+            request.time_limit or task.time_limit or self.default_time_limit,  # time_limit
+            request.soft_time_limit or task.soft_time_limit or self.default_soft_time_limit,  # soft_time_limit
+            self.hostname,
+            time.monotonic(),  # received
+        )  # (positional: keywords cost this, the one busy thread, a little more per task)
         if request.eta is not None and request.eta > now:
             if request.eta - now > HOLD_IN_MEMORY and self.broker.features.delayed:
                 self._settled(d.tag)
@@ -351,7 +351,7 @@ class Dispatcher:
                 self._drop_taken_back(job)
                 dropped = True
                 continue
-            if job.request.id in revoked:
+            if revoked and job.request.id in revoked:
                 ready.popleft()
                 self._discard_revoked(job.delivery, job.request, self.app.tasks.get(job.request.task), False)
                 continue
@@ -626,6 +626,9 @@ class RevokedSet:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def __bool__(self) -> bool:
+        return bool(self._ids)
 
 
 def _safe_headers(d: Delivery) -> str:

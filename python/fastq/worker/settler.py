@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,32 +39,26 @@ class Settler(threading.Thread):
         self._stopping = False
         self._busy = False
         self._carried = 0  # acks taken by `take` and not yet reported `settled`
+        self._since = 0.0  # when the first of the acks pending was queued (monotonic)
+        self._idle = False  # waiting for acks, with none pending (`ack` wakes it)
+        self._waiting = 0  # threads in `drain`
 
     def ack(self, tags: Sequence[Any]) -> None:
         """Queue acks (from any thread); they are sent promptly, in a batch."""
         with self._cond:
-            was_empty = not self._pending
+            if not self._pending:
+                self._since = time.monotonic()
             self._pending.extend(tags)
-            if was_empty or len(self._pending) >= GATHER_MAX:
+            if self._idle or len(self._pending) >= GATHER_MAX:
                 self._cond.notify()
 
     def run(self) -> None:
         backoff = 0.0
         while True:
             with self._cond:
-                # (stopping: acks a fetch carries may still come back unsent, to be sent from here)
-                while not self._pending and (not self._stopping or self._carried):
-                    self._cond.wait()
-                if not self._pending and self._stopping:
+                tags = self._gathered()
+                if tags is None:
                     return
-                if len(self._pending) < GATHER_MAX and not self._stopping:
-                    # A busy worker settles a task every few microseconds: gathering for up to a millisecond
-                    # turns one broker round trip per task into one per batch. Nothing waits on an ack (the
-                    # ledger was freed already), so this only delays the broker's bookkeeping.
-                    self._cond.wait(GATHER_DELAY)
-                tags, self._pending = self._pending, []
-                if not tags:
-                    continue  # a fetch took them meanwhile
                 self._busy = True
             try:
                 self.consumer.ack(tags)
@@ -81,7 +76,40 @@ class Settler(threading.Thread):
             finally:
                 with self._cond:
                     self._busy = False
-                    self._cond.notify_all()
+                    if self._waiting:
+                        self._cond.notify_all()
+
+    def _gathered(self) -> list[Any] | None:
+        """(Holding the lock) wait for acks that have waited GATHER_DELAY, or GATHER_MAX of them, and take
+        them; None once stopped with nothing left.
+
+        A busy worker's fetches take the acks before they are due (`take`), and the acks of the next tasks
+        start a new wait: the thread wakes once per GATHER_DELAY at most, and never for a fetch. (It used to
+        be woken by each first ack and by each fetch's report, twice a fetch; every wake-up contends for the
+        GIL with the thread doing the worker's work.)
+        """
+        while True:
+            if self._pending:
+                if self._stopping or len(self._pending) >= GATHER_MAX:
+                    break
+                # A busy worker settles a task every few microseconds: gathering for up to a millisecond
+                # turns one broker round trip per task into one per batch. Nothing waits on an ack (the
+                # ledger was freed already), so this only delays the broker's bookkeeping.
+                due = self._since + GATHER_DELAY - time.monotonic()
+                if due <= 0:
+                    break
+                self._cond.wait(due)
+            elif self._stopping and not self._carried:
+                return None
+            else:
+                # (stopping: acks a fetch carries may still come back unsent, to be sent from here)
+                self._idle = True
+                try:
+                    self._cond.wait()
+                finally:
+                    self._idle = False
+        tags, self._pending = self._pending, []
+        return tags
 
     def take(self) -> list[Any]:
         """The acks waiting, for the consumer to send with its next fetch (`Consumer.carry_acks`); it reports
@@ -92,17 +120,24 @@ class Settler(threading.Thread):
             return tags
 
     def settled(self, tags: list[Any], sent: bool) -> None:
-        """The consumer sent the acks `take` gave it, or could not (they are queued here again)."""
+        """The consumer sent the acks `take` gave it, or could not (they are queued here again, due now)."""
         with self._cond:
             self._carried -= len(tags)
             if not sent:
                 self._pending[:0] = tags
-            self._cond.notify_all()
+                self._since = time.monotonic() - GATHER_DELAY
+                self._cond.notify_all()
+            elif self._waiting or (self._stopping and not self._carried):
+                self._cond.notify_all()
 
     def drain(self, timeout: float = 30.0) -> None:
         """Wait until everything queued so far has been sent."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._pending and not self._busy and not self._carried, timeout)
+            self._waiting += 1
+            try:
+                self._cond.wait_for(lambda: not self._pending and not self._busy and not self._carried, timeout)
+            finally:
+                self._waiting -= 1
 
     def stop(self, timeout: float = 30.0) -> None:
         """Send what is queued, then end the thread."""

@@ -353,19 +353,36 @@ class RedisConsumer(Consumer):
     def _deliveries(self, keys: list[str], raw: list[Any]) -> list[Delivery]:
         """The fetch script's reply (key index, tag, envelope, ...) as deliveries, now held by this consumer."""
         out: list[Delivery] = []
+        if not raw:
+            return out
+        # (Once per message in the worker's one busy thread: the usual case is written out here.)
+        now = time.time()
+        key_queue, task_head, tags = self._key_queue, _core.task_head, []
         for i in range(0, len(raw), 3):
             key = keys[int(raw[i]) - 1]
             tag = _text(raw[i + 1])
-            out.append(self._delivery(tag, self._key_queue.get(key, key), bytes(raw[i + 2])))
-        if out:
-            with self._held_lock:
-                self._held.update(d.tag for d in out)
+            payload = bytes(raw[i + 2])
+            head = task_head(payload)
+            if head is None:
+                delivery = self._delivery(tag, key_queue.get(key, key), payload)
+            else:  # the parent reads only the head (see `Delivery`)
+                fields = head.fields
+                earlier = fields[HEAD_DELIVERIES]
+                deliveries = (earlier + 1 if earlier > 0 else 1) if isinstance(earlier, int) else 1
+                redelivered = deliveries > 1 or bool(fields[HEAD_REDELIVERED])
+                delivery = Delivery(
+                    tag, key_queue.get(key, key), None, payload, redelivered, deliveries, None, now, head
+                )
+            out.append(delivery)
+            tags.append(tag)
+        with self._held_lock:
+            self._held.update(tags)
         return out
 
     @staticmethod
     def _delivery(tag: str, queue: str, payload: bytes) -> Delivery:
         head = _core.task_head(payload)
-        if head is not None:  # the usual case: the parent reads only the head (see `Delivery`)
+        if head is not None:
             redelivered, deliveries = _counts(head.fields[HEAD_DELIVERIES], head.fields[HEAD_REDELIVERED])
             return Delivery(tag, queue, None, payload, redelivered, deliveries, head=head)
         try:

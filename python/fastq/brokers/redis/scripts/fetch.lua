@@ -11,7 +11,10 @@
 -- The tag and the delivery info are found with plain substring searches when the envelope has exactly one
 -- of each key and simple values (every envelope Celery, kombu or fastq writes): a full cjson.decode costs
 -- about 40 us of the server's time per message, most of the script. Anything else is decoded in full.
-local TAG, INFO = '"delivery_tag": "', '"delivery_info": {'
+-- A plain search runs memchr() for its first byte and compares from each hit: the keys are searched from
+-- their 'v' (five or so in an envelope) rather than their opening quote (a hundred), and the rest of the
+-- key is compared where one is found. That halved the searches' time (2.7 -> ~1 us per message).
+local TAG, INFO, LEAD = 'very_tag": "', 'very_info": {', '"deli'
 
 -- The value of the JSON string whose text starts at `s` (just after its opening quote), when it is plain:
 -- no escape, and no '}' (which would mean the search matched somewhere else than a string value).
@@ -29,12 +32,19 @@ local function quoted_after(m, key, from)
   return plain_string(m, i + #key), i
 end
 
--- Each key is searched once from the start and once more after the first match (to be sure it is unique):
--- the properties come last in an envelope, so the second searches are short.
+-- Where `key` (after LEAD) is, when it is there exactly once; nil otherwise. (Checked against its tail alone:
+-- a second match of the tail anywhere is taken as a second key, which only sends the envelope to the full
+-- decode.)
+local function once(m, key)
+  local i = string.find(m, key, 1, true)
+  if not i or string.sub(m, i - #LEAD, i - 1) ~= LEAD or string.find(m, key, i + 1, true) then return nil end
+  return i
+end
+
 local function fields(m)
-  local t = string.find(m, TAG, 1, true)
-  local info = t and string.find(m, INFO, 1, true)
-  if info and not string.find(m, TAG, t + 1, true) and not string.find(m, INFO, info + 1, true) then
+  local t = once(m, TAG)
+  local info = t and once(m, INFO)
+  if info then
     local tag = plain_string(m, t + #TAG)
     local close = string.find(m, '}', info, true)
     local exchange, at = quoted_after(m, '"exchange": "', info)
@@ -54,6 +64,13 @@ local function fields(m)
   return nil, nil, nil
 end
 
+-- JSON text of a string: quoted as it is unless it holds what JSON escapes (a value `fields` found with its
+-- plain searches never has a quote or backslash; one it decoded may).
+local function json_string(v)
+  if string.find(v, '[%c"\\]') then return cjson.encode(v) end
+  return '"' .. v .. '"'
+end
+
 local limit = tonumber(ARGV[1])
 local now = ARGV[2]
 local out = {}
@@ -68,7 +85,7 @@ for i = 3, #KEYS do
     if type(tag) == 'string' and tag ~= '' then
       if type(exchange) ~= 'string' then exchange = '' end
       if type(routing_key) ~= 'string' then routing_key = '' end
-      record = '[' .. m .. ', ' .. cjson.encode(exchange) .. ', ' .. cjson.encode(routing_key) .. ']'
+      record = '[' .. m .. ', ' .. json_string(exchange) .. ', ' .. json_string(routing_key) .. ']'
     else
       -- Not an envelope: keep it (as a JSON string) under a tag of its own so it can be dead-lettered.
       tag = 'fastq-malformed-' .. redis.sha1hex(m)
