@@ -14,7 +14,7 @@ use pyo3::{ffi, intern, AsPyPointer, PyTypeInfo};
 
 use super::body_py::{body_parts, embed_keys};
 use super::message_py::{EnvelopeBody, EnvelopeParts};
-use super::Serializer;
+use super::{Serializer, COMPRESSION_HEADER};
 use crate::json::decode_py;
 use crate::json::encode_py::optional;
 use crate::msgpack::unpack_py::Unpacker;
@@ -143,7 +143,7 @@ pub fn job_request<'py>(
     if !accept.contains(parts.content_type)? {
         return Ok(None);
     }
-    if let Some(compression) = parts.headers.get_item(intern!(py, "compression")) {
+    if let Some(compression) = parts.headers.get_item(intern!(py, COMPRESSION_HEADER)) {
         if compression.is_true()? {
             return Ok(None);
         }
