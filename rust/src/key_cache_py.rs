@@ -97,31 +97,13 @@ mod tests {
 
     #[test]
     fn the_keys_of_the_protocol_fit_two_to_a_set() {
-        let keys = [
+        // the task headers, then the envelope's and its properties', a body's workflow keys, a stored
+        // result's and the task events' fields
+        let others = [
             "body",
             "content-encoding",
             "content-type",
             "headers",
-            "lang",
-            "task",
-            "id",
-            "shadow",
-            "eta",
-            "expires",
-            "group",
-            "group_index",
-            "retries",
-            "timelimit",
-            "root_id",
-            "parent_id",
-            "argsrepr",
-            "kwargsrepr",
-            "origin",
-            "ignore_result",
-            "replaced_task_nesting",
-            "stamped_headers",
-            "stamps",
-            "fastq_sent_at",
             "properties",
             "correlation_id",
             "reply_to",
@@ -132,40 +114,43 @@ mod tests {
             "priority",
             "body_encoding",
             "delivery_tag",
+            "compression",
             "callbacks",
             "errbacks",
             "chain",
             "chord",
+            "task_id",
+            "status",
+            "result",
+            "traceback",
+            "children",
+            "date_done",
+            "name",
+            "args",
+            "kwargs",
+            "exc_type",
+            "exc_message",
+            "exc_module",
             "hostname",
             "timestamp",
             "type",
             "uuid",
-            "name",
-            "args",
-            "kwargs",
-            "result",
             "runtime",
-            "status",
-            "traceback",
-            "date_done",
-            "children",
-            "task_id",
-            "exc_type",
-            "exc_message",
-            "exc_module",
             "clock",
             "utcoffset",
             "pid",
             "local_received",
-            "x-fastq-deliveries",
-            "redelivered",
-            "compression",
             "group_id",
             "subtask_type",
             "immutable",
             "options",
             "chord_size",
         ];
+        let keys = crate::protocol::HEADERS
+            .iter()
+            .chain(crate::protocol::head_py::HEAD_FIELDS.iter())
+            .chain(others.iter())
+            .collect::<std::collections::HashSet<_>>();
         let mut per_set = std::collections::HashMap::new();
         for key in keys {
             *per_set.entry(slot_index(key.as_bytes()) & !1).or_insert(0) += 1;
