@@ -1,0 +1,113 @@
+"""Micro benchmarks of the worker's two compiled steps per task, against the ways they were done before.
+
+    head: the parent reads the dozen headers it acts on (`_core.task_head`: the whole envelope checked,
+          Python objects made for those headers only) vs decoding the envelope whole (`Message.from_envelope`,
+          what the parent did before) vs the stdlib's `json.loads`
+    job:  a pool child goes from the stored envelope to (args, kwargs, request) (`_core.job_request`: one
+          call) vs the general path it falls back to (`from_envelope`, `request_of`, `decode_body`) vs the
+          stdlib's `json.loads` and `base64` with the same request built from their dicts
+
+`make bench` runs these with pytest-benchmark; each checks its output against the others
+(`extra_info['correct']`), so a fast wrong answer cannot pass for a speed-up.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from test_micro_envelope import ACCEPT, ENVELOPE
+
+from fastq import _core, protocol
+from fastq.serialization import json_tag_hook
+from fastq.worker.job import embed_into, request_of
+
+QUEUE, HOSTNAME = 'celery', 'celery@bench'
+
+
+def _picked(headers: dict[str, Any], content_type: str) -> tuple[tuple[Any, ...], str]:
+    return tuple(headers.get(name) for name in _core.TASK_HEAD_FIELDS), content_type
+
+
+def head_fastq() -> tuple[tuple[Any, ...], str]:
+    head = _core.task_head(ENVELOPE)
+    assert head is not None
+    return head.fields, head.content_type
+
+
+def head_full_decode() -> tuple[tuple[Any, ...], str]:
+    message = _core.Message.from_envelope(ENVELOPE, None)
+    return _picked(message.headers, message.content_type)
+
+
+def head_stdlib() -> tuple[tuple[Any, ...], str]:
+    envelope = json.loads(ENVELOPE)
+    return _picked(envelope['headers'], envelope['content-type'])
+
+
+def test_head_fastq(benchmark: Any) -> None:
+    out = benchmark(head_fastq)
+    benchmark.extra_info['correct'] = out == head_stdlib() == head_full_decode()
+    assert benchmark.extra_info['correct']
+
+
+def test_head_full_decode(benchmark: Any) -> None:
+    out = benchmark(head_full_decode)
+    benchmark.extra_info['correct'] = out == head_stdlib()
+    assert benchmark.extra_info['correct']
+
+
+def test_head_stdlib(benchmark: Any) -> None:
+    out = benchmark(head_stdlib)
+    benchmark.extra_info['correct'] = out == head_fastq()
+    assert benchmark.extra_info['correct']
+
+
+Job = tuple[list[Any], dict[str, Any], dict[str, Any]]
+
+
+def job_fastq() -> Job:
+    out = _core.job_request(ENVELOPE, QUEUE, False, None, None, HOSTNAME, ACCEPT, json_tag_hook)
+    assert out is not None
+    return out
+
+
+def job_general() -> Job:
+    message = _core.Message.from_envelope(ENVELOPE, None)
+    request = request_of(message, QUEUE, False, (None, None), HOSTNAME)
+    args, kwargs, embed = protocol.decode_body(message.body, message.content_type, None, ACCEPT)
+    embed_into(request, embed)
+    return args, kwargs, request
+
+
+def job_stdlib() -> Job:
+    envelope = json.loads(ENVELOPE)
+    request = _core.task_request(envelope['headers'], envelope['properties'], QUEUE, False, (None, None), HOSTNAME)
+    args, kwargs, embed = json.loads(base64.b64decode(envelope['body']), object_hook=_hook)
+    embed_into(request, embed)
+    return args, kwargs, request
+
+
+def _hook(o: dict[str, Any]) -> Any:
+    return json_tag_hook(o) if o.keys() == {'__type__', '__value__'} else o
+
+
+def test_job_fastq(benchmark: Any) -> None:
+    out = benchmark(job_fastq)
+    benchmark.extra_info['correct'] = (
+        out == job_general() == job_stdlib() and out[2]['delivery_info']['routing_key'] == QUEUE
+    )
+    assert benchmark.extra_info['correct']
+
+
+def test_job_general(benchmark: Any) -> None:
+    out = benchmark(job_general)
+    benchmark.extra_info['correct'] = out == job_fastq()
+    assert benchmark.extra_info['correct']
+
+
+def test_job_stdlib(benchmark: Any) -> None:
+    out = benchmark(job_stdlib)
+    benchmark.extra_info['correct'] = out == job_fastq()
+    assert benchmark.extra_info['correct']
