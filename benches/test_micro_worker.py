@@ -17,11 +17,10 @@ import base64
 import json
 from typing import Any
 
-from test_micro_envelope import ACCEPT, ENVELOPE
-
 from fastq import _core, protocol
 from fastq.serialization import json_tag_hook
 from fastq.worker.job import embed_into, request_of
+from test_micro_envelope import ACCEPT, ENVELOPE
 
 QUEUE, HOSTNAME = 'celery', 'celery@bench'
 
