@@ -307,6 +307,13 @@ class Bench:
                 agent.close()
 
     def _publish_one(self, agent: Agent, round_: int, key: str, workload: str, cmd: str, n: int) -> None:
+        if cmd == 'publish' and key == 'fastq' and self.redis_url is not None:
+            # Right before, in the same state of the machine: on this project's VM a round trip to an idle
+            # redis-server costs 25 us or 120 depending on whether its vCPU has to be woken, which changes
+            # from minute to minute, so a floor measured in another phase would not say how far delay() is.
+            rate = publish_floor(self.redis_url, n)
+            self.record('floor-1rt', 'publish', rate, round_)
+            self.say(round_, workload, 'floor-1rt', f'{rate:>10,.0f} tasks/s  (bare redis-py LPUSH, one per task)')
         out = agent.call(cmd, n=n)
         self.record(key, workload, out['rate'], round_)
         self.say(
@@ -548,6 +555,25 @@ while True:
 """
 
 
+def publish_floor(url: str, n: int) -> float:
+    """The floor of `delay()` per task (tasks/s): n sequential LPUSHes of a task-sized (900-byte) payload from
+    one redis-py client, one round trip each."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    payload = b'x' * 900
+    try:
+        for _ in range(20):
+            client.lpush('floor:publish', payload)
+        start = time.perf_counter()
+        for _ in range(n):
+            client.lpush('floor:publish', payload)
+        return n / (time.perf_counter() - start)
+    finally:
+        client.delete('floor:publish')
+        client.close()
+
+
 def floor(url: str, samples: int) -> dict[str, tuple[float, float]]:
     """Two floors for a task round trip, in ms (p50, p99), with a task-sized (600-byte) payload.
 
@@ -726,9 +752,10 @@ def parse(argv: list[str] | None) -> Config:
 
 FLOORS = {
     'redis': (
-        'Latency floor, the same Redis with bare redis-py commands:',
+        'Floors, the same Redis with bare redis-py commands:',
         (
             ('floor-2rt', 'two sequential round trips from one client (LPUSH, RPOP)'),
+            ('floor-1rt', "publish: one LPUSH per task of a 900-byte payload, right before fastq's delay() run"),
             ('floor-relay', 'client LPUSH + BRPOP reply, a bare redis-py process relaying (BRPOP, LPUSH)'),
         ),
     ),
@@ -752,6 +779,8 @@ def floor_text(results: Results, table: str = 'redis') -> str:
         if p50:
             med50, med99 = statistics.median(p50.values()), statistics.median(p99.values())
             lines.append(f'- {what}: p50 {format_value(med50, "ms")} ms, p99 {format_value(med99, "ms")} ms')
+        if rates := results.get(key, 'publish'):
+            lines.append(f'- {what}: {statistics.median(rates.values()):,.0f} tasks/s')
     return '\n'.join(lines)
 
 

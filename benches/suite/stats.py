@@ -71,6 +71,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ('fastq-events', 'fastq -E'),
     ('floor-relay', 'floor relay'),
     ('floor-2rt', 'floor 2 RT'),
+    ('floor-1rt', 'floor 1 RT'),
 )
 # Advantage columns, each right after the later of the two columns it compares: (title, fastq column, compared
 # column).
