@@ -13,7 +13,7 @@
 -- about 40 us of the server's time per message, most of the script. Anything else is decoded in full.
 -- A plain search runs memchr() for its first byte and compares from each hit: the keys are searched from
 -- their 'v' (five or so in an envelope) rather than their opening quote (a hundred), and the rest of the
--- key is compared where one is found. That halved the searches' time (2.7 -> ~1 us per message).
+-- key is compared where one is found: the searches' time per message 2.7 -> 1.2-1.4 us.
 local TAG, INFO, LEAD = 'very_tag": "', 'very_info": {', '"deli'
 
 -- The value of the JSON string whose text starts at `s` (just after its opening quote), when it is plain:
