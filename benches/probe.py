@@ -1,0 +1,219 @@
+"""Where a long-lived worker's time goes: tasks/s and CPU per task by process and thread, A/B between trees.
+
+    python benches/probe.py drain                       200,000 no-op tasks per round, 3 rounds
+    python benches/probe.py drain --events              the same worker with -E
+    python benches/probe.py e2e -n 20000                a group of add(i, i), results collected
+    python benches/probe.py drain --src /tmp/old/python --src python --pairs 3
+                                                        A/B: the worker runs from each tree in turn
+
+The suite (macro.py) compares fastq with Celery on fresh workers; this is for changing fastq itself: one
+worker (prefork, -c 2, prefetch multiplier 16) serves every round, so start-up and warm-up stay out of the
+numbers, and the CPU time each process and thread used is read from /proc before and after each round (CPU per
+task is steadier than tasks/s on a shared machine). A drain round stages the tasks on a list of its own and
+RENAMEs it onto the worker's queue, so the worker sees all of them at once. Thread names come from py-spy when
+it is installed (Python threads have no OS names). Every `--src` tree needs fastq's compiled modules built in
+place (`make build-dev`); the client side always runs the installed fastq. Linux only (/proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+from tests.servers import RedisServer
+
+from suite.queues import clone
+
+APP = """\
+import os
+from fastq import Fastq
+app = Fastq('probeapp', broker=os.environ['PROBE_BROKER'], backend=os.environ['PROBE_BACKEND'])
+app.conf.worker_prefetch_multiplier = 16
+app.conf.task_serializer = 'json'
+
+@app.task(ignore_result=True)
+def noop():
+    pass
+
+@app.task
+def add(x, y):
+    return x + y
+"""
+QUEUE = 'probe'
+TICK = os.sysconf('SC_CLK_TCK')
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    path = f'/proc/{pid}/stat' if tid is None else f'/proc/{pid}/task/{tid}/stat'
+    fields = Path(path).read_text().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def threads(pid: int) -> dict[int, float]:
+    out = {}
+    for entry in os.listdir(f'/proc/{pid}/task'):
+        try:
+            out[int(entry)] = cpu_seconds(pid, int(entry))
+        except FileNotFoundError:  # ended meanwhile
+            pass
+    return out
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of `pid` (the pool's fork server and its children)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(Path(f'/proc/{entry}/stat').read_text().rsplit(')', 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    spy = shutil.which('py-spy') or str(Path(sys.executable).with_name('py-spy'))
+    try:
+        dump = subprocess.run([spy, 'dump', '--pid', str(pid)], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    names = {}
+    for line in dump.splitlines():
+        if line.startswith('Thread ') and '"' in line:
+            ident = line.split()[1]
+            names[int(ident, 16) if ident.startswith('0x') else int(ident)] = line.split('"')[1]
+    return names
+
+
+class Probe:
+    def __init__(self, src: str | None, events: bool, workdir: Path, redis_url: str) -> None:
+        import redis
+
+        self.redis = redis.Redis.from_url(redis_url + '/0')
+        self.redis.flushall()
+        env = dict(os.environ, PROBE_BROKER=redis_url + '/0', PROBE_BACKEND=redis_url + '/1')
+        trees = [str(Path(src).resolve())] if src else []
+        env['PYTHONPATH'] = os.pathsep.join([str(workdir), *trees, env.get('PYTHONPATH', '')])
+        command = [sys.executable, '-m', 'fastq', '-A', 'probeapp', 'worker', '-c', '2', '-P', 'prefork']
+        command += ['-l', 'warning', '-Q', QUEUE] + (['-E'] if events else [])
+        self.worker = subprocess.Popen(command, env=env, cwd=workdir, stdout=subprocess.DEVNULL)
+        self.server_pid = int(self.redis.info('server')['process_id'])
+        deadline = time.monotonic() + 30
+        while not self.redis.keys('_kombu.binding.*') and time.monotonic() < deadline:
+            time.sleep(0.1)  # the worker declared its queue: it is consuming
+        time.sleep(1.0)
+        self.names = thread_names(self.worker.pid)
+
+    def snapshot(self) -> dict[str, float]:
+        out = {f'parent:{self.names.get(tid, tid)}': cpu for tid, cpu in threads(self.worker.pid).items()}
+        out['children'] = sum(cpu_seconds(pid) for pid in children(self.worker.pid))
+        out['redis-server'] = cpu_seconds(self.server_pid)
+        return out
+
+    def stage(self, n: int) -> None:
+        from probeapp import noop  # type: ignore[import-not-found]
+
+        noop.apply_async(queue='probe-staging')
+        template = self.redis.rpop('probe-staging')
+        pipe = self.redis.pipeline(transaction=False)
+        for i, envelope in enumerate(clone(template, n)):
+            pipe.lpush('probe-staging', envelope)
+            if i % 5000 == 4999:
+                pipe.execute()
+        pipe.execute()
+
+    def drain(self, n: int) -> float:
+        self.stage(n)
+        start = time.perf_counter()
+        self.redis.rename('probe-staging', QUEUE)
+        while self.redis.llen(QUEUE) or self.redis.zcard('unacked_index'):
+            time.sleep(0.002)
+        return time.perf_counter() - start
+
+    def e2e(self, n: int) -> float:
+        from probeapp import add
+
+        from fastq import group
+
+        start = time.perf_counter()
+        results = group(add.s(i, i) for i in range(n)).apply_async(queue=QUEUE).get(timeout=600)
+        elapsed = time.perf_counter() - start
+        if results != [2 * i for i in range(n)]:
+            raise SystemExit('wrong results')
+        return elapsed
+
+    def close(self) -> None:
+        self.worker.send_signal(signal.SIGTERM)
+        self.worker.wait(60)
+
+
+def run_round(probe: Probe, workload: str, n: int) -> str:
+    client = time.process_time()
+    before = probe.snapshot()
+    seconds = probe.drain(n) if workload == 'drain' else probe.e2e(n)
+    after = probe.snapshot()
+    per_task = {key: (after[key] - before.get(key, 0.0)) / n * 1e6 for key in after}
+    parent = sum(v for k, v in per_task.items() if k.startswith('parent:'))
+    busy = {k.split(':', 1)[1]: round(v, 1) for k, v in per_task.items() if k.startswith('parent:') and v >= 0.2}
+    text = f'{n / seconds:>9,.0f} tasks/s   CPU µs/task: parent {parent:.1f} {busy}'
+    text += f'  children {per_task["children"]:.1f}  redis-server {per_task["redis-server"]:.1f}'
+    if workload == 'e2e':
+        text += f'  client {(time.process_time() - client) / n * 1e6:.1f}'
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('workload', choices=['drain', 'e2e'])
+    parser.add_argument('-n', type=int, default=None, help='tasks per round (drain 200,000, e2e 20,000)')
+    parser.add_argument('--rounds', type=int, default=3, help='rounds per worker')
+    parser.add_argument('--src', action='append', default=[], help='a tree with fastq to run the worker from')
+    parser.add_argument('--pairs', type=int, default=1, help='times each --src takes its turn')
+    parser.add_argument('--events', action='store_true', help='the worker with -E')
+    opts = parser.parse_args()
+    n = opts.n or (200_000 if opts.workload == 'drain' else 20_000)
+    workdir = Path(tempfile.mkdtemp(prefix='fastq-probe-'))
+    (workdir / 'probeapp.py').write_text(APP)
+    server = RedisServer()
+    url = f'redis://127.0.0.1:{server.port}'
+    os.environ.update(PROBE_BROKER=url + '/0', PROBE_BACKEND=url + '/1')
+    sys.path.insert(0, str(workdir))
+    rates: dict[str, list[float]] = {}
+    try:
+        for _ in range(opts.pairs):
+            for src in opts.src or [None]:
+                label = src or 'installed fastq'
+                print(f'{label}:', flush=True)
+                probe = Probe(src, opts.events, workdir, url)
+                try:
+                    for round_ in range(opts.rounds):
+                        line = run_round(probe, opts.workload, n)
+                        rates.setdefault(label, []).append(float(line.split()[0].replace(',', '')))
+                        print(f'  round {round_ + 1}: {line}', flush=True)
+                finally:
+                    probe.close()
+        for label, values in rates.items():
+            print(f'{label}: median {statistics.median(values):,.0f} tasks/s ({min(values):,.0f}-{max(values):,.0f})')
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
