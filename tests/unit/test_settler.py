@@ -54,3 +54,23 @@ def test_stopping_waits_for_carried_acks_to_be_reported() -> None:
     settler.settled(taken, False)
     stopper.join(5.0)
     assert not stopper.is_alive() and consumer.acked == [7]
+
+
+def test_acks_no_fetch_takes_are_sent_after_the_gathering_delay_and_once() -> None:
+    consumer = _Consumer()
+    settler = Settler(consumer, 'test://')  # type: ignore[arg-type]
+    settler.start()
+    try:
+        settler.ack([1, 2])  # an idle settler: woken by the first ack, sends after its gathering delay
+        wait_until(lambda: consumer.acked == [1, 2], message='the settler sent the acks itself')
+        settler.ack([3])
+        taken = settler.take()  # a fetch takes them during the settler's wait: it must not send them too
+        assert taken == [3]
+        settler.settled(taken, True)
+        settler.ack([4])
+        wait_until(lambda: consumer.acked == [1, 2, 4], message='the next ack is sent')
+        settler.drain(5.0)
+        assert consumer.acked == [1, 2, 4]
+    finally:
+        settler.stop(5.0)
+    assert not settler.is_alive()
