@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
 from fastq import _core, protocol
@@ -45,22 +46,23 @@ def head_stdlib() -> tuple[tuple[Any, ...], str]:
     return _picked(envelope['headers'], envelope['content-type'])
 
 
-def test_head_fastq(benchmark: Any) -> None:
-    out = benchmark(head_fastq)
-    benchmark.extra_info['correct'] = out == head_stdlib() == head_full_decode()
+def checked(benchmark: Any, run: Callable[[], Any], *others: Callable[[], Any]) -> None:
+    """Benchmark `run` and check its output equals each of the `others`' (`extra_info['correct']`)."""
+    out = benchmark(run)
+    benchmark.extra_info['correct'] = all(out == other() for other in others)
     assert benchmark.extra_info['correct']
+
+
+def test_head_fastq(benchmark: Any) -> None:
+    checked(benchmark, head_fastq, head_stdlib, head_full_decode)
 
 
 def test_head_full_decode(benchmark: Any) -> None:
-    out = benchmark(head_full_decode)
-    benchmark.extra_info['correct'] = out == head_stdlib()
-    assert benchmark.extra_info['correct']
+    checked(benchmark, head_full_decode, head_stdlib)
 
 
 def test_head_stdlib(benchmark: Any) -> None:
-    out = benchmark(head_stdlib)
-    benchmark.extra_info['correct'] = out == head_fastq()
-    assert benchmark.extra_info['correct']
+    checked(benchmark, head_stdlib, head_fastq)
 
 
 Job = tuple[list[Any], dict[str, Any], dict[str, Any]]
@@ -93,20 +95,13 @@ def _hook(o: dict[str, Any]) -> Any:
 
 
 def test_job_fastq(benchmark: Any) -> None:
-    out = benchmark(job_fastq)
-    benchmark.extra_info['correct'] = (
-        out == job_general() == job_stdlib() and out[2]['delivery_info']['routing_key'] == QUEUE
-    )
-    assert benchmark.extra_info['correct']
+    checked(benchmark, job_fastq, job_general, job_stdlib)
+    assert job_fastq()[2]['delivery_info']['routing_key'] == QUEUE
 
 
 def test_job_general(benchmark: Any) -> None:
-    out = benchmark(job_general)
-    benchmark.extra_info['correct'] = out == job_fastq()
-    assert benchmark.extra_info['correct']
+    checked(benchmark, job_general, job_fastq)
 
 
 def test_job_stdlib(benchmark: Any) -> None:
-    out = benchmark(job_stdlib)
-    benchmark.extra_info['correct'] = out == job_fastq()
-    assert benchmark.extra_info['correct']
+    checked(benchmark, job_stdlib, job_fastq)
