@@ -162,7 +162,8 @@ class Probe:
         self.worker.wait(60)
 
 
-def run_round(probe: Probe, workload: str, n: int) -> str:
+def run_round(probe: Probe, workload: str, n: int) -> tuple[float, str]:
+    """One round: its rate (tasks/s) and a line with the CPU per task of each process and parent thread."""
     client = time.process_time()
     before = probe.snapshot()
     seconds = probe.drain(n) if workload == 'drain' else probe.e2e(n)
@@ -174,7 +175,7 @@ def run_round(probe: Probe, workload: str, n: int) -> str:
     text += f'  children {per_task["children"]:.1f}  redis-server {per_task["redis-server"]:.1f}'
     if workload == 'e2e':
         text += f'  client {(time.process_time() - client) / n * 1e6:.1f}'
-    return text
+    return n / seconds, text
 
 
 def main() -> int:
@@ -202,8 +203,8 @@ def main() -> int:
                 probe = Probe(src, opts.events, workdir, url)
                 try:
                     for round_ in range(opts.rounds):
-                        line = run_round(probe, opts.workload, n)
-                        rates.setdefault(label, []).append(float(line.split()[0].replace(',', '')))
+                        rate, line = run_round(probe, opts.workload, n)
+                        rates.setdefault(label, []).append(rate)
                         print(f'  round {round_ + 1}: {line}', flush=True)
                 finally:
                     probe.close()

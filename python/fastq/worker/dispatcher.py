@@ -174,7 +174,7 @@ class Dispatcher:
             self._unknown_task(d, request.task, request.id)
             return
         now = time.time()
-        if self.revoked and request.id in self.revoked:
+        if request.id in self.revoked:
             self._discard_revoked(d, request, task, expired=False)
             return
         if request.expires is not None and request.expires < now:
@@ -351,7 +351,7 @@ class Dispatcher:
                 self._drop_taken_back(job)
                 dropped = True
                 continue
-            if revoked and job.request.id in revoked:
+            if job.request.id in revoked:
                 ready.popleft()
                 self._discard_revoked(job.delivery, job.request, self.app.tasks.get(job.request.task), False)
                 continue
@@ -626,9 +626,6 @@ class RevokedSet:
 
     def __len__(self) -> int:
         return len(self._ids)
-
-    def __bool__(self) -> bool:
-        return bool(self._ids)
 
 
 def _safe_headers(d: Delivery) -> str:

@@ -364,12 +364,10 @@ class RedisConsumer(Consumer):
             payload = bytes(raw[i + 2])
             head = task_head(payload)
             if head is None:
-                delivery = self._delivery(tag, key_queue.get(key, key), payload)
-            else:  # the parent reads only the head (see `Delivery`)
+                delivery = self._decoded(tag, key_queue.get(key, key), payload)
+            else:  # the usual case: the parent reads only the head (see `Delivery`)
                 fields = head.fields
-                earlier = fields[HEAD_DELIVERIES]
-                deliveries = (earlier + 1 if earlier > 0 else 1) if isinstance(earlier, int) else 1
-                redelivered = deliveries > 1 or bool(fields[HEAD_REDELIVERED])
+                redelivered, deliveries = _counts(fields[HEAD_DELIVERIES], fields[HEAD_REDELIVERED])
                 delivery = Delivery(
                     tag, key_queue.get(key, key), None, payload, redelivered, deliveries, None, now, head
                 )
@@ -380,11 +378,8 @@ class RedisConsumer(Consumer):
         return out
 
     @staticmethod
-    def _delivery(tag: str, queue: str, payload: bytes) -> Delivery:
-        head = _core.task_head(payload)
-        if head is not None:
-            redelivered, deliveries = _counts(head.fields[HEAD_DELIVERIES], head.fields[HEAD_REDELIVERED])
-            return Delivery(tag, queue, None, payload, redelivered, deliveries, head=head)
+    def _decoded(tag: str, queue: str, payload: bytes) -> Delivery:
+        """A delivery whose envelope `task_head` did not vouch for: decoded whole (or its error kept)."""
         try:
             message = _core.Message.from_envelope(payload, None)
         except ValueError as exc:
@@ -498,8 +493,8 @@ def reservation_time() -> int:
 
 def _counts(earlier: Any, redelivered: Any) -> tuple[bool, int]:
     """(redelivered, hand-outs including this one) from a message's deliveries count and redelivered flag."""
-    deliveries = max(earlier if isinstance(earlier, int) else 0, 0) + 1
-    return bool(redelivered) or deliveries > 1, deliveries
+    deliveries = earlier + 1 if isinstance(earlier, int) and earlier > 0 else 1
+    return deliveries > 1 or bool(redelivered), deliveries
 
 
 def _text(value: Any) -> str:
