@@ -3,9 +3,9 @@
 //! `__value__`. Every other object is built without calling into Python code.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyLong, PyString};
+use pyo3::{ffi, intern, AsPyPointer};
 
 use super::encode_py::optional;
 use super::parse::{self, describe_position, Input, Sink, Str, SyntaxError};
@@ -22,6 +22,9 @@ pub(crate) struct PySink<'py, 'a> {
     object_depth: DepthGuard,
     /// Kept for `loads_envelope` only.
     spans: Option<&'a mut HeaderSpans<'py>>,
+    /// The members of the objects being read, innermost last: a dict is made once its size is known, so
+    /// it never grows (an envelope's headers, grown from empty, resized three times).
+    members: Vec<(&'py PyString, &'py PyAny)>,
 }
 
 /// Where some of a kombu envelope's headers are in its text (`headers` is a member of the outermost
@@ -134,8 +137,8 @@ impl<'py> Sink for PySink<'py, '_> {
     /// The key and whether it is one of kombu's tag keys.
     type Key = (&'py PyString, u8);
     type Array = Vec<&'py PyAny>;
-    /// The dict and which tag keys it has.
-    type Object = (&'py PyDict, u8);
+    /// Where the object's members start in `members`, and which tag keys it has.
+    type Object = (usize, u8);
     type Error = PyErr;
 
     fn null(&mut self) -> PyResult<&'py PyAny> {
@@ -180,17 +183,32 @@ impl<'py> Sink for PySink<'py, '_> {
     fn end_array(&mut self, array: Vec<&'py PyAny>) -> PyResult<&'py PyAny> {
         Ok(PyList::new(self.py, array))
     }
-    fn begin_object(&mut self) -> PyResult<(&'py PyDict, u8)> {
-        Ok((PyDict::new(self.py), 0))
+    fn begin_object(&mut self) -> PyResult<(usize, u8)> {
+        Ok((self.members.len(), 0))
     }
-    fn insert(&mut self, object: &mut (&'py PyDict, u8), key: (&'py PyString, u8), v: &'py PyAny) -> PyResult<()> {
+    fn insert(&mut self, object: &mut (usize, u8), key: (&'py PyString, u8), v: &'py PyAny) -> PyResult<()> {
         object.1 |= key.1;
-        object.0.set_item(key.0, v)
+        self.members.push((key.0, v));
+        Ok(())
     }
     #[inline(never)]
-    fn end_object(&mut self, (dict, tags): (&'py PyDict, u8)) -> PyResult<&'py PyAny> {
+    fn end_object(&mut self, (start, tags): (usize, u8)) -> PyResult<&'py PyAny> {
+        let py = self.py;
+        let members = &self.members[start..];
+        #[allow(clippy::cast_possible_wrap)] // a slice's length fits an isize
+        // SAFETY: a new reference (NULL with an error set), owned by the GIL pool from here.
+        let dict: &PyDict =
+            unsafe { py.from_owned_ptr_or_err(ffi::_PyDict_NewPresized(members.len() as ffi::Py_ssize_t))? };
+        for &(key, value) in members {
+            // SAFETY: all three are live objects; the dict takes its own references. (A later duplicate
+            // key replaces the value in the first one's place, as json.loads does.)
+            if unsafe { ffi::PyDict_SetItem(dict.as_ptr(), key.as_ptr(), value.as_ptr()) } != 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        self.members.truncate(start);
         match self.tag_hook {
-            // Keys are only ever added, so two keys including both tag keys means exactly those two.
+            // Two keys including both tag keys means exactly those two.
             Some(hook) if tags == TYPE_KEY | VALUE_KEY && dict.len() == 2 => hook.call1((dict,)),
             _ => Ok(dict),
         }
@@ -272,6 +290,7 @@ impl<'py> PySink<'py, '_> {
             array_depth: DepthGuard::new(" while decoding a JSON array from a unicode string"),
             object_depth: DepthGuard::new(" while decoding a JSON object from a unicode string"),
             spans: None,
+            members: Vec::with_capacity(32),
         }
     }
 }
@@ -288,6 +307,7 @@ fn parse_with<'py>(
         array_depth: DepthGuard::new(" while decoding a JSON array from a unicode string"),
         object_depth: DepthGuard::new(" while decoding a JSON object from a unicode string"),
         spans,
+        members: Vec::with_capacity(32),
     };
     parse::parse(input, &mut sink).map_err(|e| match e {
         parse::Error::Syntax(SyntaxError { msg, pos }) => {
