@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastq import _ipc, signals
+from fastq.states import SUCCESS
 from fastq.worker.job import run_payload
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ STOP = 3  # parent -> child: finish queued jobs, then exit
 READY = 4  # child -> parent: initialised; payload is the pid
 JOB_SHORT = 5  # parent -> child: short, acks_late, no hard time limit: its answer may be batched
 CANCEL = 6  # parent -> child (asyncio pool): cancel the running job with this id
+SUCCEEDED = 7  # child -> parent: short jobs that succeeded, in order: marshalled (job ids, runtimes, retval reprs)
 
 logger = logging.getLogger('fastq.worker.pool')
 
@@ -67,25 +69,51 @@ class _Answers:
         self.chan = chan
         self.flush_stores = flush_stores
         self.waiting: list[tuple[int, int, bytes]] = []
+        # Short jobs that succeeded since the last frame in `waiting`: one SUCCEEDED frame for all of them
+        # (a RESULT frame each cost the child a marshal of its outcome and the parent an unmarshal and an
+        # Outcome rebuilt from it, ~1.4 us per task, for the usual answer: success, nothing else to say).
+        self.ids: list[int] = []
+        self.runtimes: list[float] = []
+        self.reprs: list[str] = []
+        self.count = 0
         self.since = 0.0
 
     def add(self, job_id: int, payload: bytes, batch: bool) -> None:
-        waiting = self.waiting
-        waiting.append((job_id, RESULT, payload))
+        """A RESULT answer (marshalled outcome); written now unless `batch` (see the class docstring)."""
+        self._close_successes()
+        self.waiting.append((job_id, RESULT, payload))
+        self._added(batch)
+
+    def succeeded(self, job_id: int, runtime: float, retval_repr: str) -> None:
+        """A short job's plain success (no exception, requeue or traceback to report), batched as `add`'s."""
+        self.ids.append(job_id)
+        self.runtimes.append(runtime)
+        self.reprs.append(retval_repr)
+        self._added(True)
+
+    def _added(self, batch: bool) -> None:
+        self.count += 1
         if not batch:
             self.write()
             return
         now = time.monotonic()
-        if len(waiting) == 1:
+        if self.count == 1:
             self.since = now
-        elif len(waiting) >= MAX_ANSWERS or now - self.since >= MAX_ANSWER_DELAY:
+        elif self.count >= MAX_ANSWERS or now - self.since >= MAX_ANSWER_DELAY:
             self.write()
 
+    def _close_successes(self) -> None:
+        """The successes gathered so far as one frame, in their place among the other answers."""
+        if self.ids:
+            self.waiting.append((self.ids[0], SUCCEEDED, marshal.dumps((self.ids, self.runtimes, self.reprs))))
+            self.ids, self.runtimes, self.reprs = [], [], []
+
     def write(self) -> None:
-        if self.waiting:
+        if self.count:
+            self._close_successes()
             if self.flush_stores is not None:  # results first: an answer may make the parent ack the task
                 self.flush_stores()
-            frames, self.waiting = self.waiting, []
+            frames, self.waiting, self.count = self.waiting, [], 0
             self.chan.send_many(frames)
             self.chan.flush_blocking()
 
@@ -152,7 +180,16 @@ def child_main(
             done += 1
             over_memory = bool(max_memory_kib and _rss_kib() > max_memory_kib)
             exiting = bool((max_tasks and done >= max_tasks) or over_memory)
-            answers.add(job_id, marshal.dumps((*outcome.to_wire(), exiting)), short and not exiting)
+            if (
+                short
+                and not exiting
+                and outcome.state == SUCCESS
+                and not outcome.exc_repr
+                and outcome.traceback is None
+            ):
+                answers.succeeded(job_id, outcome.runtime, outcome.retval_repr)
+            else:
+                answers.add(job_id, marshal.dumps((*outcome.to_wire(), exiting)), short and not exiting)
             if exiting:
                 if over_memory:
                     logger.warning(

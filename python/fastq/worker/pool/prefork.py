@@ -34,8 +34,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastq import _ipc, signals
+from fastq.states import SUCCESS
 from fastq.worker.pool.base import Pool
-from fastq.worker.pool.child import JOB, JOB_SHORT, READY, RESULT, STOP, child_main
+from fastq.worker.pool.child import JOB, JOB_SHORT, READY, RESULT, STOP, SUCCEEDED, child_main
 from fastq.worker.pool.zygote import Zygote
 from fastq.worker.trace import Outcome
 
@@ -295,7 +296,9 @@ class PreforkPool(Pool):
         except (EOFError, ValueError, OSError):
             frames = None
         for job_id, kind, payload in frames or ():
-            if kind == RESULT:
+            if kind == SUCCEEDED:
+                self._on_succeeded(child, payload)
+            elif kind == RESULT:
                 self._on_result(child, job_id, payload)
             elif kind == READY:
                 child.ready = True
@@ -304,9 +307,26 @@ class PreforkPool(Pool):
 
     def _on_result(self, child: _Child, job_id: int, payload: bytes) -> None:
         *wire, exiting = marshal.loads(payload)
+        job = self._answered(child, job_id, exiting)
+        if job is not None:
+            outcome = Outcome.from_wire(tuple(wire))
+            self._learn(job.request.task, outcome.runtime)
+            self.on_result(job, outcome)
+
+    def _on_succeeded(self, child: _Child, payload: bytes) -> None:
+        """A SUCCEEDED frame: the plain successes of several short jobs, in the order they ran."""
+        ids, runtimes, reprs = marshal.loads(payload)
+        for job_id, runtime, retval_repr in zip(ids, runtimes, reprs, strict=True):
+            job = self._answered(child, job_id, False)
+            if job is not None:
+                self._learn(job.request.task, runtime)
+                self.on_result(job, Outcome(SUCCESS, runtime, retval_repr))
+
+    def _answered(self, child: _Child, job_id: int, exiting: bool) -> Job | None:
+        """The child's oldest job, which `job_id` must be, taken off its queue; None (logged) if it is not."""
         if not child.jobs or child.jobs[0].id != job_id:
             logger.error('%s answered job %d out of order; ignoring it', child.name, job_id)
-            return
+            return None
         job = child.jobs.popleft()
         child.answered += 1
         child.load -= child.costs.popleft()
@@ -316,9 +336,7 @@ class PreforkPool(Pool):
             child.retiring = True  # what it still holds never started: requeued when it is gone
         elif child.jobs:
             child.jobs[0].started = time.monotonic()
-        outcome = Outcome.from_wire(tuple(wire))
-        self._learn(job.request.task, outcome.runtime)
-        self.on_result(job, outcome)
+        return job
 
     def _learn(self, name: str, runtime: float) -> None:
         """Update the runtime estimate of a task name: up at once after a long run, down gradually."""

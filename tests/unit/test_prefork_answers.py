@@ -1,0 +1,157 @@
+"""A prefork child's answers and the parent reading them, over a real channel, without processes: plain
+successes of short jobs travel as one SUCCEEDED frame, in their place among the other answers, and the parent
+settles every job in the order it ran with the same outcome a RESULT frame would have given."""
+
+from __future__ import annotations
+
+import logging
+import marshal
+import socket
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+
+from fastq import Fastq, _ipc, states
+from fastq.worker.job import Job
+from fastq.worker.pool import create_pool
+from fastq.worker.pool.child import RESULT, SUCCEEDED, _Answers
+from fastq.worker.pool.prefork import PreforkPool, _Child
+from fastq.worker.trace import Outcome
+
+
+@pytest.fixture
+def channels() -> Iterator[tuple[_ipc.Channel, _ipc.Channel]]:
+    a, b = socket.socketpair()
+    parent, child = _ipc.Channel(a.detach()), _ipc.Channel(b.detach())
+    yield parent, child
+    parent.close()
+    child.close()
+
+
+def _failure(runtime: float) -> bytes:
+    outcome = Outcome(states.FAILURE, runtime, exc_repr="KeyError('k')", traceback='Traceback ...')
+    return marshal.dumps((*outcome.to_wire(), False))
+
+
+def _read(chan: _ipc.Channel, count: int) -> list[tuple[int, int, bytes]]:
+    frames: list[tuple[int, int, bytes]] = []
+    while len(frames) < count:
+        chan.wait(5.0)
+        frames += chan.recv()
+    return frames
+
+
+def test_successes_share_a_frame_in_their_place(channels: tuple[_ipc.Channel, _ipc.Channel]) -> None:
+    parent, child = channels
+    answers = _Answers(child)
+    answers.succeeded(1, 0.25, '3')
+    answers.succeeded(2, 0.5, "'x'")
+    answers.add(3, _failure(0.75), True)
+    answers.succeeded(4, 1.0, 'None')
+    assert parent.recv() == []  # batched: nothing written before `write`
+    answers.write()
+    frames = _read(parent, 3)
+    assert [(job_id, kind) for job_id, kind, _ in frames] == [(1, SUCCEEDED), (3, RESULT), (4, SUCCEEDED)]
+    assert marshal.loads(frames[0][2]) == ([1, 2], [0.25, 0.5], ['3', "'x'"])
+    assert marshal.loads(frames[2][2]) == ([4], [1.0], ['None'])
+    answers.write()  # nothing waiting: nothing written
+    parent.wait(0.05)
+    assert parent.recv() == []
+
+
+def test_an_unbatched_answer_writes_what_waits_before_it(channels: tuple[_ipc.Channel, _ipc.Channel]) -> None:
+    parent, child = channels
+    answers = _Answers(child)
+    answers.succeeded(1, 0.1, '1')
+    answers.add(2, _failure(0.2), False)
+    frames = _read(parent, 2)
+    assert [(job_id, kind) for job_id, kind, _ in frames] == [(1, SUCCEEDED), (2, RESULT)]
+
+
+def test_successes_are_written_at_the_batch_limit(channels: tuple[_ipc.Channel, _ipc.Channel]) -> None:
+    from fastq.worker.pool.child import MAX_ANSWERS
+
+    parent, child = channels
+    answers = _Answers(child)
+    for job_id in range(1, MAX_ANSWERS + 1):
+        answers.succeeded(job_id, 0.0, 'None')
+    (frame,) = _read(parent, 1)
+    assert marshal.loads(frame[2])[0] == list(range(1, MAX_ANSWERS + 1))
+
+
+_ids = iter(range(1, 1_000_000))
+
+
+def _job(name: str) -> Job:
+    job_id = next(_ids)
+    request = SimpleNamespace(task=name, id=f't{job_id}', display_name=name)
+    delivery = SimpleNamespace(raw=b'{}', queue='celery', redelivered=False, tag=job_id)
+    return Job(job_id, delivery, request, False, False, True, None, None, 'h', 0.0)  # type: ignore[arg-type]
+
+
+def test_the_parent_settles_each_job_as_from_its_own_answer(
+    memory_app: Fastq, channels: tuple[_ipc.Channel, _ipc.Channel], caplog: pytest.LogCaptureFixture
+) -> None:
+    parent_end, child_end = channels
+    settled: list[tuple[int, Outcome]] = []
+    pool = create_pool(
+        'prefork',
+        app=memory_app,
+        concurrency=1,
+        loop=None,
+        accept=frozenset({'application/json'}),
+        on_result=lambda job, outcome: settled.append((job.id, outcome)),
+        on_lost=lambda job, reason: None,
+        on_requeue=lambda jobs: None,
+    )
+    assert isinstance(pool, PreforkPool)
+    child = _Child(1, 4242, parent_end)
+    pool.children[parent_end.fileno()] = child
+    jobs = [_job('a'), _job('a'), _job('b'), _job('a')]
+    for job in jobs:
+        child.jobs.append(job)
+        child.costs.append(0.001)
+        child.load += 0.001
+
+    answers = _Answers(child_end)
+    answers.succeeded(jobs[0].id, 0.25, '3')
+    answers.succeeded(jobs[1].id, 0.5, "'x'")
+    answers.add(jobs[2].id, _failure(0.75), True)
+    answers.succeeded(jobs[3].id, 1.0, 'None')
+    answers.write()
+    parent_end.wait(5.0)
+    while len(settled) < 4:
+        pool._on_readable(child)
+        if len(settled) < 4:
+            parent_end.wait(5.0)
+
+    assert [job_id for job_id, _ in settled] == [job.id for job in jobs]
+    assert [(o.state, o.runtime, o.retval_repr) for _, o in settled] == [
+        (states.SUCCESS, 0.25, '3'),
+        (states.SUCCESS, 0.5, "'x'"),
+        (states.FAILURE, 0.75, ''),
+        (states.SUCCESS, 1.0, 'None'),
+    ]
+    # the same outcome a RESULT frame carries for a success
+    assert settled[0][1].to_wire() == Outcome(states.SUCCESS, 0.25, retval_repr='3').to_wire()
+    assert settled[2][1].exc_repr == "KeyError('k')"
+    assert not child.jobs and child.load == 0.0 and child.answered == 4
+    assert pool._estimates['a'] >= 1.0  # learnt from the batched answers too
+
+    # an answer for a job the child does not hold first is reported and ignored, the rest still settle
+    late = [_job('a'), _job('a')]
+    for job in late:
+        child.jobs.append(job)
+        child.costs.append(0.001)
+    answers.succeeded(999_999_999, 0.1, 'None')
+    answers.write()
+    answers.succeeded(late[0].id, 0.1, 'None')
+    answers.succeeded(late[1].id, 0.1, 'None')
+    answers.write()
+    with caplog.at_level(logging.ERROR, logger='celery.worker.pool'):
+        while len(settled) < 6:
+            parent_end.wait(5.0)
+            pool._on_readable(child)
+    assert 'answered job 999999999 out of order' in caplog.text
+    assert [job_id for job_id, _ in settled[4:]] == [job.id for job in late]
