@@ -74,3 +74,36 @@ def test_acks_no_fetch_takes_are_sent_after_the_gathering_delay_and_once() -> No
     finally:
         settler.stop(5.0)
     assert not settler.is_alive()
+
+
+def test_the_carriers_acks_wait_for_its_fetch_or_its_hand_over() -> None:
+    consumer = _Consumer()
+    settler = Settler(consumer, 'test://')  # type: ignore[arg-type]
+    settler.start()
+    carrier_acks: list[list[Any]] = []
+    go = threading.Event()
+
+    def carrier() -> None:  # the fetcher: queues acks while dispatching, then fetches (takes) or waits
+        settler.ack([1, 2])
+        go.wait(5.0)
+        carrier_acks.append(settler.take())
+        settler.settled(carrier_acks[-1], True)
+        settler.ack([3])
+        settler.hand_over()  # about to block waiting for messages: the settler sends what is queued
+
+    thread = threading.Thread(target=carrier, daemon=True)
+    settler.carrier = thread
+    try:
+        wait_until(lambda: settler._idle, message='the settler waiting for acks')
+        thread.start()
+        thread.join(0.2)
+        assert consumer.acked == []  # not woken for the carrier's acks: its next fetch takes them
+        go.set()
+        thread.join(5.0)
+        assert carrier_acks == [[1, 2]]
+        wait_until(lambda: consumer.acked == [3], message='the handed-over ack sent by the settler')
+        settler.ack([4])  # from any other thread: wakes the settler as before
+        wait_until(lambda: consumer.acked == [3, 4], message='an ack from another thread sent')
+    finally:
+        settler.stop(5.0)
+    assert not settler.is_alive()

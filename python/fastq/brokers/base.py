@@ -252,12 +252,16 @@ class Consumer(abc.ABC):
         return False
 
     def carry_acks(
-        self, take: Callable[[], list[Tag]] | None, settled: Callable[[list[Tag], bool], None] | None
+        self,
+        take: Callable[[], list[Tag]] | None,
+        settled: Callable[[list[Tag], bool], None] | None,
+        handover: Callable[[], None] | None = None,
     ) -> bool:
         """Send waiting acks with the fetches, in the same write, instead of in a round trip of their own;
         True if this consumer can. Before a fetch, `fetch`'s thread calls `take()` for the acks waiting (it
         may return none), sends them, and reports `settled(tags, sent)`: False means they were not
-        (the connection failed) and must be acked another way. `None` stops it."""
+        (the connection failed) and must be acked another way. Before it blocks waiting for messages, it
+        calls `handover()`: acks waiting then are not going to ride with a fetch soon. `None` stops it."""
         return False
 
     def set_queues(self, queues: Sequence[str]) -> None:

@@ -70,6 +70,8 @@ class Fetcher(threading.Thread):
         self._stop_event = threading.Event()
         self.paused = threading.Event()
         self.reconnects = 0  # times fetching worked again after failing: a metric
+        # Called before this thread waits, when the acks it queues ride with its fetches (`Settler.carrier`).
+        self.handover: Callable[[], None] | None = None
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -94,11 +96,13 @@ class Fetcher(threading.Thread):
         linger = False
         while not self._stop_event.is_set():
             if linger:
+                self._before_waiting()
                 self._stop_event.wait(LINGER)
             free = min(self.ledger.free(), MAX_BATCH)
             if free <= 0 or self.paused.is_set():
                 self.window_open.clear()
                 if self.ledger.free() <= 0 or self.paused.is_set():
+                    self._before_waiting()
                     self.window_open.wait(1.0)
                 continue
             if free < self._batch_floor():
@@ -107,6 +111,7 @@ class Fetcher(threading.Thread):
                 # other half, so it does not run dry meanwhile); an idle worker has its whole window free.
                 self.window_open.clear()
                 if self.ledger.free() < self._batch_floor():
+                    self._before_waiting()
                     self.window_open.wait(GATHER_DELAY)
                 free = min(self.ledger.free(), MAX_BATCH)
             try:
@@ -119,6 +124,7 @@ class Fetcher(threading.Thread):
                     exc,
                     backoff,
                 )
+                self._before_waiting()
                 self._stop_event.wait(backoff * (0.5 + random.random() / 2))
                 continue
             if backoff:
@@ -128,6 +134,10 @@ class Fetcher(threading.Thread):
             linger = pace.fetched(len(deliveries), free, time.monotonic())
             if deliveries:
                 self._accept(deliveries, self.deliver_here)
+
+    def _before_waiting(self) -> None:
+        if self.handover is not None:
+            self.handover()
 
     def _accept(self, deliveries: list[Delivery], deliver_here: Callable[[list[Delivery]], bool] | None = None) -> None:
         """Count deliveries in the window and hand them to the loop (in this thread, or the consumer's)."""

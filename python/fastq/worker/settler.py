@@ -9,6 +9,10 @@ them (at least once).
 A consumer that can (Redis) sends the acks waiting with its next fetch instead (`Consumer.carry_acks`): a
 busy worker fetches more often than this thread would send them, so they cost neither a round trip nor a
 wake-up of this thread; it sends only what no fetch took within its gathering delay (an idle worker's acks).
+Acks queued by the fetching thread itself (`carrier`: it dispatches in the loop's place while the loop sleeps)
+do not wake this thread at all: that thread's next fetch takes them, and before it waits for anything it
+hands over what is still queued (`hand_over`). In a drain every ack is queued there, and waking this thread
+for each batch cost ~0.8 us of CPU per task and a turn on the GIL taken from the thread doing the work.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ class Settler(threading.Thread):
         self._since = 0.0  # when the first of the acks pending was queued (monotonic)
         self._idle = False  # waiting for acks, with none pending (`ack` wakes it)
         self._waiting = 0  # threads in `drain`
+        #: The thread whose fetches carry the acks (`Consumer.carry_acks`): what it queues waits for its
+        #: next fetch, or its `hand_over`, instead of waking this thread.
+        self.carrier: threading.Thread | None = None
 
     def ack(self, tags: Sequence[Any]) -> None:
         """Queue acks (from any thread); they are sent promptly, in a batch."""
@@ -49,7 +56,13 @@ class Settler(threading.Thread):
             if not self._pending:
                 self._since = time.monotonic()
             self._pending.extend(tags)
-            if self._idle or len(self._pending) >= GATHER_MAX:
+            if len(self._pending) >= GATHER_MAX or (self._idle and threading.current_thread() is not self.carrier):
+                self._cond.notify()
+
+    def hand_over(self) -> None:
+        """(From the carrier, about to wait) the acks queued are not riding with a fetch soon: send them."""
+        with self._cond:
+            if self._pending and self._idle:
                 self._cond.notify()
 
     def run(self) -> None:

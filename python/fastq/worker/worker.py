@@ -181,7 +181,7 @@ class WorkController:
         self._load_revoked()
         self.settler = Settler(self.consumer, self.broker.describe())
         self.settler.start()
-        self.consumer.carry_acks(self.settler.take, self.settler.settled)
+        carried = self.consumer.carry_acks(self.settler.take, self.settler.settled, self.settler.hand_over)
         self.dispatcher.settler = self.settler
         self.loop.on_idle(self.dispatcher.dispatch)
         self.loop.on_idle(self.dispatcher.flush)
@@ -195,6 +195,9 @@ class WorkController:
             None if self.pool.runs_tasks_in_loop else self._deliver_here,
         )
         self.dispatcher.fetcher = self.fetcher
+        if carried:  # acks the fetcher queues ride with its next fetch; it hands them over before it waits
+            self.settler.carrier = self.fetcher
+            self.fetcher.handover = self.settler.hand_over
         self._start_events()
         self._start_metrics()
         if self.autoscale is not None:

@@ -136,8 +136,9 @@ class RedisConsumer(Consumer):
         self._watches = self._new_watches()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._backoff = 0.0
-        # (take, settled) of `carry_acks`: acks sent in the fetches' writes
+        # (take, settled) of `carry_acks`: acks sent in the fetches' writes; `_handover` before blocking
         self._carry: tuple[Callable[[], list[Tag]], Callable[[list[Tag], bool], None]] | None = None
+        self._handover: Callable[[], None] | None = None
 
     def is_closed(self) -> bool:
         return self._closed
@@ -280,6 +281,8 @@ class RedisConsumer(Consumer):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
+        if self._handover is not None:
+            self._handover()
         fds = [watch.link.fileno() for watch in self._watches]
         readable, _, _ = select.select([self._wake_r, *fds], [], [], remaining)
         if self._wake_r in readable:
@@ -304,6 +307,8 @@ class RedisConsumer(Consumer):
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
+            if self._handover is not None:
+                self._handover()
             readable, _, _ = select.select([self._wake_r], [], [], seconds)
             if readable:
                 self._drain_wake()
@@ -316,9 +321,13 @@ class RedisConsumer(Consumer):
             pass
 
     def carry_acks(
-        self, take: Callable[[], list[Tag]] | None, settled: Callable[[list[Tag], bool], None] | None
+        self,
+        take: Callable[[], list[Tag]] | None,
+        settled: Callable[[list[Tag], bool], None] | None,
+        handover: Callable[[], None] | None = None,
     ) -> bool:
         self._carry = (take, settled) if take is not None and settled is not None else None
+        self._handover = handover if self._carry is not None else None
         return True
 
     def _reserve(self, limit: int) -> list[Delivery]:
