@@ -107,3 +107,17 @@ def test_the_carriers_acks_wait_for_its_fetch_or_its_hand_over() -> None:
     finally:
         settler.stop(5.0)
     assert not settler.is_alive()
+
+
+def test_drain_sends_what_the_carrier_queued() -> None:
+    consumer = _Consumer()
+    settler = Settler(consumer, 'test://')  # type: ignore[arg-type]
+    settler.carrier = threading.current_thread()
+    settler.start()
+    try:
+        wait_until(lambda: settler._idle, message='the settler waiting for acks')
+        settler.ack([5])  # from the carrier: waits for its fetch
+        settler.drain(5.0)
+        assert consumer.acked == [5]
+    finally:
+        settler.stop(5.0)
