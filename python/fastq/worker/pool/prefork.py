@@ -16,7 +16,8 @@ WorkerLostError, a requeue with `reject_on_worker_lost`, or TimeLimitExceeded wh
 the jobs queued behind them go back to the worker's ready queue untouched. Which jobs had started is exact:
 each child counts the jobs it starts in a word of memory shared with the parent (`_progress`), written before
 a job runs, so answers may be batched (the parent then lags behind the child) without an early-acked task
-ever being requeued after it started.
+ever being requeued after it started. The same memory holds, for each child, the number of jobs the parent
+has written to it, so a child looks for more between jobs only when there are more (see child.py).
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ class PreforkPool(Pool):
         self._chosen_cost = 0.0
         self._dirty: list[_Child] = []
         self.processes = self.concurrency  # children to keep running (the asyncio pool sets its own)
-        # Jobs started by the child of each index, written by the child (see the module docstring).
+        # Jobs started by the child of each index, written by the child (see the module docstring), then
+        # (from PROGRESS_SLOTS on) jobs written to it, written by this process.
         self._progress: memoryview | None = None
         self.replaced = 0  # children replaced after they exited (recycled or died): a metric
 
@@ -150,7 +152,7 @@ class PreforkPool(Pool):
 
     def start(self) -> None:
         if self.tracks_progress:  # before the zygote forks: anonymous shared memory is inherited
-            self._progress = memoryview(mmap.mmap(-1, 8 * PROGRESS_SLOTS)).cast('Q')
+            self._progress = memoryview(mmap.mmap(-1, 8 * 2 * PROGRESS_SLOTS)).cast('Q')
         self.zygote = Zygote(self._child_main())
         self.loop.add_reader(self.zygote.fileno(), self._on_zygote)
         self._free_indexes = list(range(self.processes, 0, -1))
@@ -168,7 +170,7 @@ class PreforkPool(Pool):
         index = self._free_indexes.pop() if self._free_indexes else len(self.children) + self._spawning + 1
         signals.worker_before_create_process.send(sender=self)
         if self._progress is not None and index < PROGRESS_SLOTS:
-            self._progress[index] = 0  # the previous child of this index is gone
+            self._progress[index] = self._progress[PROGRESS_SLOTS + index] = 0  # its previous child is gone
         self._spawning += 1
         self.zygote.request_spawn(index)
 
@@ -261,12 +263,15 @@ class PreforkPool(Pool):
 
     def commit(self) -> None:
         dirty, self._dirty = self._dirty, []
+        progress = self._progress
         for child in dirty:
             frames, child.outbox = child.outbox, []
             try:
                 child.chan.send_many(frames)
             except (BrokenPipeError, ValueError):
                 continue  # the EOF handler will requeue its jobs
+            if progress is not None and child.index < PROGRESS_SLOTS:
+                progress[PROGRESS_SLOTS + child.index] = child.sent  # (after the write: see child.py)
             if child.chan.pending_output:
                 self._want_write(child)
 
