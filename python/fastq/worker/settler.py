@@ -147,8 +147,7 @@ class Settler(threading.Thread):
         """Wait until everything queued so far has been sent."""
         with self._cond:
             self._waiting += 1
-            if self._pending and self._idle:  # queued by the carrier, which may not fetch again soon
-                self._cond.notify()
+            self.hand_over()  # what the carrier queued: it may not fetch again soon (the lock is an RLock)
             try:
                 self._cond.wait_for(lambda: not self._pending and not self._busy and not self._carried, timeout)
             finally:
