@@ -59,7 +59,7 @@ pub fn cached_key<'py>(py: Python<'py>, key: &str) -> &'py PyString {
     // dropped (the least recently made of the two).
     slots.swap(set, set | 1);
     let slot = &mut slots[set];
-    let made = PyString::new(py, key);
+    let made = PyString::intern(py, key);
     let mut text = [0; MAX_KEY_LEN];
     text[..bytes.len()].copy_from_slice(bytes);
     // the str it replaces is only decref'd: freeing a str runs no Python code

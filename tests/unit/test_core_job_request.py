@@ -185,6 +185,84 @@ def test_bad_bodies_are_reported_by_the_general_path(body):
         protocol.decode_body(message.body, message.content_type, None, JSON)
 
 
+def _variant(edit) -> bytes:
+    """The plain envelope's JSON text after `edit` (a function of the text)."""
+    return edit(ENVELOPES['plain'].decode()).encode()
+
+
+def _celery_text() -> str:
+    """An envelope as Celery's kombu writes it: members in kombu's order, `delivery_info` before `priority`."""
+    doc = json.loads(ENVELOPES['plain'])
+    properties = doc.pop('properties')
+    return json.dumps({**doc, 'properties': dict(sorted(properties.items()))})
+
+
+# Envelopes the child's one-pass reader must answer, each as the general path does.
+ANSWERED = {
+    'kombu order': _celery_text().encode(),
+    'null body_encoding, plain text body': json.dumps(
+        {**json.loads(ENVELOPES['plain']), 'body': '[[1, 2], {}, {}]'}
+        | {'properties': {**json.loads(ENVELOPES['plain'])['properties'], 'body_encoding': None}}
+    ).encode(),
+    'utf-8 body_encoding': json.dumps(
+        {**json.loads(ENVELOPES['plain']), 'body': '[[1, 2], {}, {}]'}
+        | {'properties': {**json.loads(ENVELOPES['plain'])['properties'], 'body_encoding': 'UTF-8'}}
+    ).encode(),
+    'no delivery_info': json.dumps(
+        {**json.loads(ENVELOPES['plain']), 'properties': {'body_encoding': 'base64', 'priority': 3}}
+    ).encode(),
+    'members it skips nested deep': _variant(
+        lambda t: t.replace(
+            '"properties": {', '"x": {"a": [{"b": [1, 2.5, null, true]}]}, "properties": {"y": [[{}]], '
+        )
+    ),
+    'escaped key in the headers': _variant(lambda t: t.replace('"lang"', '"l\\u0061ng"')),
+}
+
+# Envelopes it may leave to the general path (None), and must then not contradict it.
+UNUSUAL = {
+    'repeated headers': _variant(lambda t: t.replace('"headers": {', '"headers": {"task": "x"}, "headers": {')),
+    'repeated properties': _variant(lambda t: t.replace('"properties": {', '"properties": {}, "properties": {')),
+    'repeated body_encoding': _variant(
+        lambda t: t.replace('"body_encoding": "base64"', '"body_encoding": null, "body_encoding": "base64"')
+    ),
+    'repeated priority': _variant(lambda t: t.replace('"priority": 0', '"priority": 0, "priority": 7')),
+    'escaped envelope key': _variant(lambda t: t.replace('"body"', '"b\\u006fdy"')),
+    'escaped property key': _variant(lambda t: t.replace('"reply_to"', '"reply\\u005fto"')),
+    'escaped body': _variant(lambda t: t.replace('"body": "', '"body": "\\u0057')),
+    'big int skipped': _variant(lambda t: t.replace('"delivery_mode": 2', '"delivery_mode": ' + '9' * 40)),
+    'body not a string': _variant(lambda t: t.replace('"body": "', '"body": 5, "z": "')),
+    'headers not an object': _variant(lambda t: t.replace('"headers": {', '"headers": [], "h": {')),
+    'properties not an object': _variant(lambda t: t.replace('"properties": {', '"properties": [], "p": {')),
+}
+
+
+@pytest.mark.parametrize('name', ANSWERED)
+def test_the_one_pass_reader_answers(name):
+    data = ANSWERED[name]
+    assert fast(data) is not None
+    agrees(data)
+
+
+@pytest.mark.parametrize('name', UNUSUAL)
+def test_the_one_pass_reader_never_contradicts(name):
+    data = UNUSUAL[name]
+    assert data != ENVELOPES['plain']  # the edit applied
+    try:
+        _core.Message.from_envelope(data, None)
+    except ValueError:
+        assert fast(data) is None  # the general path refuses it: so does the fast one
+    else:
+        agrees(data)
+
+
+def test_repeated_members_read_as_the_general_path_reads_them():
+    """A JSON object's later member wins, in the headers as everywhere (the general path's dict)."""
+    data = _variant(lambda t: t.replace('"headers": {', '"headers": {"task": "x"}, "headers": {'))
+    got = fast(data)
+    assert got is None or got[2]['task'] == 'tasks.add'
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.data())
 def test_mutated_envelopes_never_disagree(data):

@@ -237,7 +237,7 @@ impl<'py> Sink for PySink<'py, '_> {
 }
 
 /// The text of `data` (bytes must be UTF-8, as kombu decodes them before parsing).
-fn input_text(data: &PyAny) -> PyResult<Input<'_>> {
+pub(crate) fn input_text(data: &PyAny) -> PyResult<Input<'_>> {
     if let Ok(bytes) = data.downcast::<PyBytes>() {
         if let Ok(text) = std::str::from_utf8(bytes.as_bytes()) {
             return Ok(Input::Utf8(text));

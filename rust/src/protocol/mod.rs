@@ -5,6 +5,7 @@ pub mod batch_py;
 pub mod body_py;
 pub mod envelope;
 pub mod head_py;
+pub mod job_envelope_py;
 pub mod message_py;
 pub mod request_py;
 

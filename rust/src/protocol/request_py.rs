@@ -1,22 +1,25 @@
 //! The request a task runs with (the fields Celery's `Context` is built from), made from a task message.
 //!
 //! Every task a pool child runs starts here, so `job_request` goes from the envelope the broker stored
-//! straight to `(args, kwargs, request)`: one parse of the envelope, the body decoded from its base64
-//! into Rust memory and parsed from there, the request dict built with interned keys. Going through
-//! `Message` and the Python helpers cost a no-op task 7.6 µs of the child's ~13 (decode and run) on this
-//! project's VM; this call costs ~5.3, 3.0 of it the envelope's parse (`prepare_payload` 6.0 in all). Anything it does not take on (a content type outside the two
-//! built-in serializers or outside `accept`, a compressed body, any error) gives None, and the caller
-//! takes the general path, which reports problems in its own words.
+//! straight to `(args, kwargs, request)`: one pass over the envelope that builds only the headers and the
+//! four properties a request takes (`job_envelope_py`), the body decoded from its base64 text in the
+//! input and parsed from Rust memory, the request dict built with interned keys. Going through `Message`
+//! and the Python helpers cost a no-op task 7.6 µs of the child's ~13 (decode and run) on this project's
+//! VM; decoding the whole envelope first, ~4.2; this, ~3.3. Anything it does not take on (a content type
+//! outside the two built-in serializers or outside `accept`, a compressed body, an envelope the one-pass
+//! reader leaves alone, any error) gives None, and the caller takes the general path, which reports
+//! problems in its own words.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFrozenSet, PyString, PyTuple};
 use pyo3::{ffi, intern, AsPyPointer, PyTypeInfo};
 
 use super::body_py::{body_parts, embed_keys};
-use super::message_py::{EnvelopeBody, EnvelopeParts};
-use super::{Serializer, COMPRESSION_HEADER};
+use super::{envelope, job_envelope_py, Serializer, COMPRESSION_HEADER};
+use crate::base64;
 use crate::json::decode_py;
 use crate::json::encode_py::optional;
+use crate::key_cache_py::cached_key;
 use crate::msgpack::unpack_py::Unpacker;
 
 /// Members a request dict ends up with: `task_request`'s 21, the 4 embed keys, and `args`, `kwargs` and
@@ -32,6 +35,36 @@ pub fn task_request<'py>(
     py: Python<'py>,
     headers: &'py PyDict,
     properties: &'py PyDict,
+    queue: &'py PyAny,
+    redelivered: bool,
+    timelimit: &'py PyAny,
+    hostname: &'py PyAny,
+) -> PyResult<&'py PyDict> {
+    let props = Props {
+        correlation_id: get(properties, intern!(py, "correlation_id")),
+        reply_to: get(properties, intern!(py, "reply_to")),
+        priority: get(properties, intern!(py, "priority")),
+        delivery_info: get(properties, intern!(py, "delivery_info")),
+        delivery_info_is_new: false,
+    };
+    request(py, headers, props, queue, redelivered, timelimit, hostname)
+}
+
+/// The properties a request is made with (None: absent).
+#[derive(Clone, Copy)]
+struct Props<'py> {
+    correlation_id: Option<&'py PyAny>,
+    reply_to: Option<&'py PyAny>,
+    priority: Option<&'py PyAny>,
+    delivery_info: Option<&'py PyAny>,
+    /// `delivery_info` was made for this request alone (decoded here), so it is completed in place.
+    delivery_info_is_new: bool,
+}
+
+fn request<'py>(
+    py: Python<'py>,
+    headers: &'py PyDict,
+    props: Props<'py>,
     queue: &'py PyAny,
     redelivered: bool,
     timelimit: &'py PyAny,
@@ -81,10 +114,16 @@ pub fn task_request<'py>(
     copy!(headers, "stamps", "stamped_headers");
     count!("replaced_task_nesting");
     put(request, intern!(py, "headers"), headers)?;
-    copy!(properties, "correlation_id", "reply_to");
+    put(
+        request,
+        intern!(py, "correlation_id"),
+        props.correlation_id.unwrap_or(none),
+    )?;
+    put(request, intern!(py, "reply_to"), props.reply_to.unwrap_or(none))?;
 
-    let delivery_info = match get(properties, intern!(py, "delivery_info")) {
+    let delivery_info = match props.delivery_info {
         Some(d) if d.is_true()? => match d.downcast::<PyDict>() {
+            Ok(d) if props.delivery_info_is_new => d,
             Ok(d) => d.copy()?,
             Err(_) => PyDict::type_object(py).call1((d,))?.downcast()?, // what `dict(value)` makes of it
         },
@@ -94,8 +133,7 @@ pub fn task_request<'py>(
     if get(delivery_info, routing_key).is_none() {
         put(delivery_info, routing_key, queue)?;
     }
-    let priority = intern!(py, "priority");
-    put(delivery_info, priority, get(properties, priority).unwrap_or(none))?;
+    put(delivery_info, intern!(py, "priority"), props.priority.unwrap_or(none))?;
     put(delivery_info, intern!(py, "redelivered"), PyBool::new(py, redelivered))?;
     put(request, intern!(py, "delivery_info"), delivery_info)?;
     put(request, intern!(py, "hostname"), hostname)?;
@@ -138,29 +176,35 @@ pub fn job_request<'py>(
     accept: &'py PyFrozenSet,
     tag_hook: &'py PyAny,
 ) -> PyResult<Option<&'py PyTuple>> {
-    let Ok(doc) = decode_py::loads(py, data, None) else {
+    let Ok(input) = decode_py::input_text(data) else {
         return Ok(None);
     };
-    let Ok(parts) = EnvelopeParts::of(doc) else {
+    let Some(parts) = job_envelope_py::read(py, input) else {
         return Ok(None);
     };
-    let Some(serializer) = parts.content_type.to_str().ok().and_then(Serializer::from_content_type) else {
+    let Some(serializer) = Serializer::from_content_type(parts.content_type) else {
         return Ok(None);
     };
-    if !accept.contains(parts.content_type)? {
+    if !accept.contains(cached_key(py, parts.content_type))? {
         return Ok(None);
     }
-    if let Some(compression) = parts.headers.get_item(intern!(py, COMPRESSION_HEADER)) {
+    let headers: &PyDict = parts.headers.downcast()?;
+    if let Some(compression) = get(headers, intern!(py, COMPRESSION_HEADER)) {
         if compression.is_true()? {
             return Ok(None);
         }
     }
-    let body = match &parts.body {
-        EnvelopeBody::Decoded(raw) => raw.as_slice(),
-        EnvelopeBody::Text(text) => match text.to_str() {
-            Ok(text) => text.as_bytes(),
+    let decoded;
+    let body = match parts.body_encoding {
+        Some(envelope::BASE64) => match base64::decode(parts.body.as_bytes()) {
+            Ok(raw) => {
+                decoded = raw;
+                decoded.as_slice()
+            }
             Err(_) => return Ok(None),
         },
+        Some(e) if !e.eq_ignore_ascii_case("utf-8") => return Ok(None),
+        _ => parts.body.as_bytes(),
     };
     let value = match serializer {
         Serializer::Json => match std::str::from_utf8(body) {
@@ -173,15 +217,14 @@ pub fn job_request<'py>(
         return Ok(None);
     };
     let limits = PyTuple::new(py, [time_limit, soft_time_limit]);
-    let request = task_request(
-        py,
-        parts.headers,
-        parts.properties,
-        queue,
-        redelivered,
-        limits,
-        hostname,
-    )?;
+    let props = Props {
+        correlation_id: parts.correlation_id,
+        reply_to: parts.reply_to,
+        priority: parts.priority,
+        delivery_info: parts.delivery_info,
+        delivery_info_is_new: true,
+    };
+    let request = request(py, headers, props, queue, redelivered, limits, hostname)?;
     for key in embed_keys(py) {
         let key = key.as_ref(py);
         put(request, key, get(embed, key).unwrap_or_else(|| py.None().into_ref(py)))?;
