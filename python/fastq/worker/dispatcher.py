@@ -113,6 +113,8 @@ class Dispatcher:
             loop, broker, lambda job: self.ready.append(job), enabled=not conf.worker_disable_rate_limits
         )
         self._limits_known: set[str] = set()
+        # Task names seen and not rate limited: the usual task goes straight to `ready` (see `_enqueue`).
+        self._unlimited: set[str] = set()
         self.processed = 0
         self.totals: Counter[str] = Counter()  # tasks finished per name (`inspect stats`)
         self._warned_time_limit = False
@@ -174,7 +176,7 @@ class Dispatcher:
             self._unknown_task(d, request.task, request.id)
             return
         now = time.time()
-        if request.id in self.revoked:
+        if self.revoked.ids and request.id in self.revoked:
             self._discard_revoked(d, request, task, expired=False)
             return
         if request.expires is not None and request.expires < now:
@@ -193,23 +195,29 @@ class Dispatcher:
             time.monotonic(),  # received
         )  # (positional: keywords cost this, the one busy thread, a little more per task)
         if request.eta is not None and request.eta > now:
-            if request.eta - now > HOLD_IN_MEMORY and self.broker.features.delayed:
-                self._settled(d.tag)
-                self.consumer.defer(d.tag, request.eta)
-                logger.debug('Task %s[%s] parked in the broker until its ETA', request.task, request.id)
-                return
-            logger.info('Task %s[%s] received', job.name, request.id)
-            self._observe_received(job)
-            heapq.heappush(self.held, (request.eta, job.id, job))
-            self.ledger.window = self._window()
-            self.loop.call_later(max(0.0, request.eta - now), self._release_due)
+            self._hold(job, request.eta, now)
             return
         if logger.isEnabledFor(logging.INFO):  # (checked first: the arguments cost more, once per task)
             logger.info('Task %s[%s] received', job.name, request.id)
-        self._observe_received(job)
+        if self.events is not None or self.metrics is not None:
+            self._observe_received(job)
         if signals.task_received.connected:
             signals.task_received.send(sender=self, request=job)
         self._enqueue(job)
+
+    def _hold(self, job: Job, eta: float, now: float) -> None:
+        """A task with an ETA ahead: parked in the broker if far enough and it can, else held in memory."""
+        request = job.request
+        if eta - now > HOLD_IN_MEMORY and self.broker.features.delayed:
+            self._settled(job.tag)
+            self.consumer.defer(job.tag, eta)
+            logger.debug('Task %s[%s] parked in the broker until its ETA', request.task, request.id)
+            return
+        logger.info('Task %s[%s] received', job.name, request.id)
+        self._observe_received(job)
+        heapq.heappush(self.held, (eta, job.id, job))
+        self.ledger.window = self._window()
+        self.loop.call_later(max(0.0, eta - now), self._release_due)
 
     def _observe_received(self, job: Job) -> None:
         if self.events is not None:
@@ -220,6 +228,9 @@ class Dispatcher:
     def _enqueue(self, job: Job) -> None:
         """Ready to run, unless its task is rate limited: then it waits for a token first."""
         name = job.request.task
+        if name in self._unlimited:
+            self.ready.append(job)
+            return
         if name not in self._limits_known:
             self._limits_known.add(name)
             task = self.app.tasks.get(name)
@@ -228,6 +239,7 @@ class Dispatcher:
         if self.limiter.limited(name):
             self.limiter.admit(job)
         else:
+            self._unlimited.add(name)
             self.ready.append(job)
 
     def set_rate_limit(self, name: str, rate_limit: Any) -> None:
@@ -235,6 +247,7 @@ class Dispatcher:
         if task is not None:
             task.rate_limit = rate_limit
         self._limits_known.add(name)
+        self._unlimited.discard(name)
         self.limiter.configure(name, rate_limit, getattr(task, 'global_rate_limit', None))
 
     def _window(self) -> int:
@@ -344,6 +357,7 @@ class Dispatcher:
             return
         early = []
         sent = dropped = False
+        events, metrics = self.events, self.metrics
         while ready:
             job = ready[0]
             if current is not None and not current(job.tag):
@@ -351,7 +365,7 @@ class Dispatcher:
                 self._drop_taken_back(job)
                 dropped = True
                 continue
-            if job.request.id in revoked:
+            if revoked.ids and job.request.id in revoked:
                 ready.popleft()
                 self._discard_revoked(job.delivery, job.request, self.app.tasks.get(job.request.task), False)
                 continue
@@ -368,10 +382,10 @@ class Dispatcher:
                 self.ledger.settle(job.tag)
             self.running[job.id] = job
             pool.submit(job)
-            if self.events is not None:
-                self.events.started(job)
-            if self.metrics is not None:
-                self.metrics.started(job)
+            if events is not None:
+                events.started(job)
+            if metrics is not None:
+                metrics.started(job)
             sent = True
         if sent:
             pool.commit()
@@ -603,29 +617,31 @@ class RevokedSet:
     EXPIRES = 3 * 3600.0
 
     def __init__(self) -> None:
-        self._ids: dict[str, float] = {}
+        # Read directly (`if revoked.ids and task_id in revoked`) where every task is checked: empty nearly
+        # always, and a method call per task costs the loop's thread more than the check.
+        self.ids: dict[str, float] = {}
 
     def add(self, task_id: str) -> None:
-        self._ids.pop(task_id, None)
-        self._ids[task_id] = time.monotonic()
-        if len(self._ids) > self.MAX:
-            for old in list(self._ids)[: len(self._ids) - self.MAX]:
-                del self._ids[old]
+        self.ids.pop(task_id, None)
+        self.ids[task_id] = time.monotonic()
+        if len(self.ids) > self.MAX:
+            for old in list(self.ids)[: len(self.ids) - self.MAX]:
+                del self.ids[old]
 
     def __contains__(self, task_id: object) -> bool:
-        added = self._ids.get(task_id) if isinstance(task_id, str) else None
+        added = self.ids.get(task_id) if isinstance(task_id, str) else None
         if added is None:
             return False
         if time.monotonic() - added > self.EXPIRES:
-            del self._ids[task_id]  # type: ignore[arg-type]
+            del self.ids[task_id]  # type: ignore[arg-type]
             return False
         return True
 
     def __iter__(self) -> Any:
-        return iter(list(self._ids))
+        return iter(list(self.ids))
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self.ids)
 
 
 def _safe_headers(d: Delivery) -> str:

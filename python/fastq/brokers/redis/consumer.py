@@ -369,17 +369,22 @@ class RedisConsumer(Consumer):
         key_queue, task_head, tags = self._key_queue, _core.task_head, []
         for i in range(0, len(raw), 3):
             key = keys[int(raw[i]) - 1]
-            tag = _text(raw[i + 1])
-            payload = bytes(raw[i + 2])
+            tag = raw[i + 1]
+            tag = tag.decode() if type(tag) is bytes else str(tag)
+            payload = raw[i + 2]
+            if type(payload) is not bytes:
+                payload = bytes(payload)
             head = task_head(payload)
             if head is None:
                 delivery = self._decoded(tag, key_queue.get(key, key), payload)
             else:  # the usual case: the parent reads only the head (see `Delivery`)
                 fields = head.fields
-                redelivered, deliveries = _counts(fields[HEAD_DELIVERIES], fields[HEAD_REDELIVERED])
-                delivery = Delivery(
-                    tag, key_queue.get(key, key), None, payload, redelivered, deliveries, None, now, head
-                )
+                earlier, redelivered = fields[HEAD_DELIVERIES], fields[HEAD_REDELIVERED]
+                if earlier is None and redelivered is None:  # never handed out before
+                    delivery = Delivery(tag, key_queue.get(key, key), None, payload, False, 1, None, now, head)
+                else:
+                    flag, deliveries = _counts(earlier, redelivered)
+                    delivery = Delivery(tag, key_queue.get(key, key), None, payload, flag, deliveries, None, now, head)
             out.append(delivery)
             tags.append(tag)
         with self._held_lock:
@@ -504,7 +509,3 @@ def _counts(earlier: Any, redelivered: Any) -> tuple[bool, int]:
     """(redelivered, hand-outs including this one) from a message's deliveries count and redelivered flag."""
     deliveries = earlier + 1 if isinstance(earlier, int) and earlier > 0 else 1
     return deliveries > 1 or bool(redelivered), deliveries
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
