@@ -264,6 +264,24 @@ def task_head(data: bytes) -> TaskHead | None:
     (which then says what is wrong). Only bytes are read; a str gives None.
     """
 
+def fetched_deliveries(
+    reply: list[Any],
+    queues: list[str],
+    now: float,
+    delivery: Callable[..., Any],
+    decoded: Callable[[str, str, bytes], Any],
+    counts: Callable[[Any, Any], tuple[bool, int]],
+) -> tuple[list[Any], list[str]]:
+    """The deliveries of the Redis fetch script's reply, and their tags, in order.
+
+    `reply` is the script's flat array of (1-based queue key index, tag, envelope) triples; `queues[i - 1]`
+    names key i's queue. Each envelope with a head (`task_head`) becomes `delivery(tag, queue, None,
+    envelope, redelivered, deliveries, None, now, head)`, the counts `(False, 1)` for a message never handed
+    out before and `counts(earlier, redelivered)` otherwise; one without a head becomes `decoded(tag, queue,
+    envelope)`. Tags are str (bytes decoded as UTF-8). ValueError for a reply that is not triples or names
+    a key outside `queues`.
+    """
+
 def task_request(
     headers: dict[str, Any],
     properties: dict[str, Any],

@@ -6,6 +6,7 @@ mod base64;
 mod compression;
 mod compression_py;
 mod events_py;
+mod fetched_py;
 mod framing;
 mod framing_py;
 mod json;
@@ -44,6 +45,7 @@ fn _core(py: Python<'_>, m: &PyModule) -> PyResult<()> {
         pyo3::types::PyTuple::new(py, protocol::head_py::HEAD_FIELDS),
     )?;
     m.add_function(wrap_pyfunction!(protocol::head_py::task_head, m)?)?;
+    m.add_function(wrap_pyfunction!(fetched_py::fetched_deliveries, m)?)?;
     m.add_function(wrap_pyfunction!(protocol::request_py::task_request, m)?)?;
     m.add_function(wrap_pyfunction!(protocol::request_py::job_request, m)?)?;
     m.add_class::<ledger_py::PyLedger>()?;

@@ -55,6 +55,11 @@ pub struct TaskHead {
 }
 
 impl TaskHead {
+    /// The value of `HEAD_FIELDS[index]` (None where the envelope has none).
+    pub fn field(&self, py: Python<'_>, index: usize) -> PyResult<PyObject> {
+        Ok(self.fields.as_ref(py).get_item(index)?.into())
+    }
+
     pub fn envelope_headers<'py>(&'py self, py: Python<'py>) -> Option<(&'py [u8], &'py HeaderPositions)> {
         Some((self.envelope.as_ref(py).as_bytes(), self.positions.as_ref()?))
     }
@@ -322,6 +327,11 @@ pub fn task_head(py: Python<'_>, data: &PyAny) -> PyResult<Option<TaskHead>> {
     let Ok(bytes) = data.downcast::<PyBytes>() else {
         return Ok(None);
     };
+    head_of(py, bytes)
+}
+
+/// `task_head` of an envelope known to be bytes.
+pub fn head_of(py: Python<'_>, bytes: &PyBytes) -> PyResult<Option<TaskHead>> {
     let Ok(text) = std::str::from_utf8(bytes.as_bytes()) else {
         return Ok(None);
     };

@@ -35,8 +35,6 @@ from fastq.brokers.redis.layout import DELIVERIES_HEADER
 from fastq.utils.rediswire import Link
 
 # where `TaskHead.fields` has the headers a delivery's count comes from
-HEAD_DELIVERIES = _core.TASK_HEAD_FIELDS.index(DELIVERIES_HEADER)
-HEAD_REDELIVERED = _core.TASK_HEAD_FIELDS.index('redelivered')
 
 if TYPE_CHECKING:
     from fastq.brokers.redis import RedisBroker
@@ -361,32 +359,13 @@ class RedisConsumer(Consumer):
 
     def _deliveries(self, keys: list[str], raw: list[Any]) -> list[Delivery]:
         """The fetch script's reply (key index, tag, envelope, ...) as deliveries, now held by this consumer."""
-        out: list[Delivery] = []
         if not raw:
-            return out
-        # (Once per message in the worker's one busy thread: the usual case is written out here.)
-        now = time.time()
-        key_queue, task_head, tags = self._key_queue, _core.task_head, []
-        for i in range(0, len(raw), 3):
-            key = keys[int(raw[i]) - 1]
-            tag = raw[i + 1]
-            tag = tag.decode() if type(tag) is bytes else str(tag)
-            payload = raw[i + 2]
-            if type(payload) is not bytes:
-                payload = bytes(payload)
-            head = task_head(payload)
-            if head is None:
-                delivery = self._decoded(tag, key_queue.get(key, key), payload)
-            else:  # the usual case: the parent reads only the head (see `Delivery`)
-                fields = head.fields
-                earlier, redelivered = fields[HEAD_DELIVERIES], fields[HEAD_REDELIVERED]
-                if earlier is None and redelivered is None:  # never handed out before
-                    delivery = Delivery(tag, key_queue.get(key, key), None, payload, False, 1, None, now, head)
-                else:
-                    flag, deliveries = _counts(earlier, redelivered)
-                    delivery = Delivery(tag, key_queue.get(key, key), None, payload, flag, deliveries, None, now, head)
-            out.append(delivery)
-            tags.append(tag)
+            return []
+        # (Once per message in the worker's one busy thread, so the loop is compiled: `fetched_deliveries`.)
+        key_queue = self._key_queue
+        out, tags = _core.fetched_deliveries(
+            raw, [key_queue.get(key, key) for key in keys], time.time(), Delivery, self._decoded, _counts
+        )
         with self._held_lock:
             self._held.update(tags)
         return out
