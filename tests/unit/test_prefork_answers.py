@@ -90,11 +90,15 @@ def _job(name: str) -> Job:
     return Job(job_id, delivery, request, False, False, True, None, None, 'h', 0.0)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize('batched', [False, True], ids=['on_result', 'on_successes'])
 def test_the_parent_settles_each_job_as_from_its_own_answer(
-    memory_app: Fastq, channels: tuple[_ipc.Channel, _ipc.Channel], caplog: pytest.LogCaptureFixture
+    memory_app: Fastq, channels: tuple[_ipc.Channel, _ipc.Channel], caplog: pytest.LogCaptureFixture, batched: bool
 ) -> None:
+    """Whether the worker takes plain successes in a batch (`on_successes`, as it does) or each through
+    `on_result`, every job is settled in order with the outcome its own RESULT frame would have carried."""
     parent_end, child_end = channels
     settled: list[tuple[int, Outcome]] = []
+    batches: list[int] = []
     pool = create_pool(
         'prefork',
         app=memory_app,
@@ -106,6 +110,14 @@ def test_the_parent_settles_each_job_as_from_its_own_answer(
         on_requeue=lambda jobs: None,
     )
     assert isinstance(pool, PreforkPool)
+    if batched:
+
+        def on_successes(jobs: list[Job], runtimes: list[float], reprs: list[str]) -> None:
+            batches.append(len(jobs))
+            for job, runtime, retval_repr in zip(jobs, runtimes, reprs, strict=True):
+                settled.append((job.id, Outcome(states.SUCCESS, runtime, retval_repr)))
+
+        pool.on_successes = on_successes
     child = _Child(1, 4242, parent_end)
     pool.children[parent_end.fileno()] = child
     jobs = [_job('a'), _job('a'), _job('b'), _job('a')]
@@ -146,12 +158,19 @@ def test_the_parent_settles_each_job_as_from_its_own_answer(
         child.costs.append(0.001)
     answers.succeeded(999_999_999, 0.1, 'None')
     answers.write()
-    answers.succeeded(late[0].id, 0.1, 'None')
-    answers.succeeded(late[1].id, 0.1, 'None')
+    answers.succeeded(late[0].id, 0.2, '2')
+    answers.succeeded(999_999_998, 0.3, '3')  # a stray among good answers in one frame
+    answers.succeeded(late[1].id, 0.4, '4')
     answers.write()
     with caplog.at_level(logging.ERROR, logger='celery.worker.pool'):
         while len(settled) < 6:
             parent_end.wait(5.0)
             pool._on_readable(child)
     assert 'answered job 999999999 out of order' in caplog.text
-    assert [job_id for job_id, _ in settled[4:]] == [job.id for job in late]
+    assert 'answered job 999999998 out of order' in caplog.text
+    assert [(job_id, o.runtime, o.retval_repr) for job_id, o in settled[4:]] == [
+        (late[0].id, 0.2, '2'),
+        (late[1].id, 0.4, '4'),
+    ]
+    assert not child.jobs and child.answered == 6
+    assert batches == ([2, 1, 0, 2] if batched else [])

@@ -33,6 +33,7 @@ from fastq.exceptions import (
 from fastq.protocol import parse_delivery
 from fastq.worker.job import DECODE_ERROR, Job, embed_into, request_of
 from fastq.worker.ratelimit import RateLimiter
+from fastq.worker.trace import Outcome
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from fastq.worker.monitor import TaskEvents
     from fastq.worker.pool.base import Pool
     from fastq.worker.settler import Settler
-    from fastq.worker.trace import Outcome
 
 logger = logging.getLogger('celery.worker.strategy')
 error_logger = logging.getLogger('celery.worker.consumer.consumer')
@@ -441,6 +441,24 @@ class Dispatcher:
             self._dead_letter(job.delivery, f'task failed: {outcome.exc_repr}')
         else:
             self._late_acks.append(job.tag)
+
+    def on_successes(self, jobs: list[Job], runtimes: list[float], reprs: list[str]) -> None:
+        """`on_result` of each job with `Outcome(SUCCESS, runtime, retval_repr)`, the Outcome made only for
+        the observers that read it (the prefork pool's batched answers: the loop thread's usual work)."""
+        running, totals, late = self.running, self.totals, self._late_acks
+        events, metrics = self.events, self.metrics
+        self.processed += len(jobs)
+        for job, runtime, retval_repr in zip(jobs, runtimes, reprs, strict=True):
+            running.pop(job.id, None)
+            totals[job.request.task] += 1
+            if events is not None or metrics is not None:
+                outcome = Outcome(states.SUCCESS, runtime, retval_repr)
+                if events is not None:
+                    events.finished(job, outcome)
+                if metrics is not None:
+                    metrics.finished(job, outcome)
+            if not job.acked:
+                late.append(job.tag)
 
     def on_lost(self, job: Job, reason: str) -> None:
         """The executor running `job` died (or was killed by us for its time limit or a revoke)."""

@@ -166,6 +166,7 @@ class WorkController:
             max_tasks_per_child=self.app.conf.worker_max_tasks_per_child,
             max_memory_per_child=self.app.conf.worker_max_memory_per_child,
         )
+        self.pool.on_successes = self._on_successes
         self.pool.start()
         if self._shutdown:
             return self._finish()
@@ -361,6 +362,10 @@ class WorkController:
     def _on_result(self, job: Any, outcome: Any) -> None:
         if self.dispatcher is not None:
             self.dispatcher.on_result(job, outcome)
+
+    def _on_successes(self, jobs: list[Any], runtimes: list[float], reprs: list[str]) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.on_successes(jobs, runtimes, reprs)
 
     def _on_lost(self, job: Any, reason: str) -> None:
         if self.dispatcher is not None:

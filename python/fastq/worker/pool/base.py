@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 ResultCallback = Callable[['Job', 'Outcome'], None]
 LostCallback = Callable[['Job', str], None]
 RequeueCallback = Callable[[list['Job']], None]
+SuccessesCallback = Callable[[list['Job'], list[float], list[str]], None]
 
 
 class Pool(abc.ABC):
@@ -28,6 +29,10 @@ class Pool(abc.ABC):
     #: Tasks run in the loop's own passes (solo): then no other thread may run a pass (`Loop.run_borrowed`),
     #: or a task would run in that thread.
     runs_tasks_in_loop = False
+    #: Set by the worker: takes plain successes (SUCCESS, nothing else to report) in a batch, as `on_result`
+    #: would take each with `Outcome(SUCCESS, runtime, retval_repr)`; pools that learn of several at once
+    #: (prefork's SUCCEEDED frames) use it, saving a call chain and an Outcome per task in the loop's thread.
+    on_successes: SuccessesCallback | None = None
 
     def __init__(
         self,
