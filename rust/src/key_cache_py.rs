@@ -59,6 +59,8 @@ pub fn cached_key<'py>(py: Python<'py>, key: &str) -> &'py PyString {
     // dropped (the least recently made of the two).
     slots.swap(set, set | 1);
     let slot = &mut slots[set];
+    // Interned, so a key is the very str Python code looks it up with (`headers['task']`): dict lookups
+    // then match on identity, without comparing the text.
     let made = PyString::intern(py, key);
     let mut text = [0; MAX_KEY_LEN];
     text[..bytes.len()].copy_from_slice(bytes);
