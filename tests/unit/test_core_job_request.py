@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastq import Fastq, _core, protocol
+from fastq import Fastq, _core, protocol, states
 from fastq.exceptions import ContentDisallowed, DecodeError
 from fastq.serialization import json_tag_hook
 from fastq.worker.job import DECODE_ERROR, Prepared, prepare_payload
@@ -333,3 +333,26 @@ def test_a_context_adopts_the_request_dict():
     assert (ctx.id, ctx.retries, ctx.children, ctx.is_eager, ctx.get('group')) == ('x', 2, [], False, None)
     ctx.update(group='g')
     assert fields['group'] == 'g'
+
+
+def test_run_payload_runs_the_usual_job_as_the_general_path_does(app):
+    """`run_payload`'s own path (no soft time limit, decoded in one call) and `prepare_payload` +
+    `run_prepared` give the same outcome; everything else is the general path's."""
+    from fastq.worker.job import run_payload, run_prepared
+
+    def general(data: bytes) -> Outcome:
+        prepared = prepare_payload(app, data, JSON)
+        return prepared if isinstance(prepared, Outcome) else run_prepared(app, prepared)
+
+    def wire(outcome: Outcome) -> tuple[Any, ...]:
+        return (outcome.state, outcome.retval_repr, outcome.exc_repr)
+
+    usual = payload(ENVELOPES['plain'])
+    assert wire(run_payload(app, usual, JSON)) == wire(general(usual))
+    assert run_payload(app, usual, JSON).retval == (3, 'é', 'id-1', [1, 2], False, 'w@h')
+    soft = marshal.dumps((ENVELOPES['plain'], 'celery', False, 30, 20.0, 'w@h'))  # arms SIGALRM: general path
+    assert wire(run_payload(app, soft, JSON)) == wire(general(soft)) == (states.SUCCESS, wire(general(usual))[1], '')
+    unknown = payload(envelope(name='tasks.nope'))
+    assert wire(run_payload(app, unknown, JSON)) == (states.FAILURE, '', "NotRegistered('tasks.nope')")
+    undecodable = payload(b'not json')
+    assert run_payload(app, undecodable, JSON).state == DECODE_ERROR
