@@ -6,6 +6,8 @@
     job:  a pool child goes from the stored envelope to (args, kwargs, request) (`_core.job_request`: one
           call) vs the general path it falls back to (`from_envelope`, `request_of`, `decode_body`) vs the
           stdlib's `json.loads` and `base64` with the same request built from their dicts
+    fetch: the parent turns a Redis fetch reply (a window of 32) into deliveries
+          (`_core.fetched_deliveries`: one compiled loop) vs the Python loop over `task_head` it replaced
 
 `make bench` runs these with pytest-benchmark; each checks its output against the others
 (`extra_info['correct']`), so a fast wrong answer cannot pass for a speed-up.
@@ -19,6 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fastq import _core, protocol
+from fastq.brokers.base import Delivery
+from fastq.brokers.redis.consumer import _counts
 from fastq.serialization import json_tag_hook
 from fastq.worker.job import embed_into, request_of
 from test_micro_envelope import ACCEPT, ENVELOPE
@@ -105,3 +109,45 @@ def test_job_general(benchmark: Any) -> None:
 
 def test_job_stdlib(benchmark: Any) -> None:
     checked(benchmark, job_stdlib, job_fastq)
+
+
+#: A fetch script's reply for a window of 32: (1-based queue key index, tag, envelope) triples.
+REPLY = [item for i in range(32) for item in (1, f'tag-{i:04d}'.encode(), ENVELOPE)]
+Fetched = list[tuple[Any, ...]]
+
+
+def _undecoded(tag: str, queue: str, data: bytes) -> Delivery:
+    raise AssertionError('every envelope here has a head')
+
+
+def _summary(deliveries: list[Delivery]) -> Fetched:
+    return [(d.tag, d.queue, d.raw, d.redelivered, d.deliveries, d.task_id) for d in deliveries]
+
+
+def fetch_fastq() -> Fetched:
+    out, _ = _core.fetched_deliveries(REPLY, [QUEUE], 1.0, Delivery, _undecoded, _counts)
+    return _summary(out)
+
+
+def fetch_python() -> Fetched:
+    """The loop `RedisConsumer._deliveries` ran before it was compiled."""
+    out, keys, tags = [], [QUEUE], []
+    for i in range(0, len(REPLY), 3):
+        queue = keys[int(REPLY[i]) - 1]
+        tag = REPLY[i + 1].decode()
+        payload = bytes(REPLY[i + 2])
+        head = _core.task_head(payload)
+        assert head is not None
+        fields = head.fields
+        redelivered, deliveries = _counts(fields[14], fields[15])
+        out.append(Delivery(tag, queue, None, payload, redelivered, deliveries, None, 1.0, head))
+        tags.append(tag)
+    return _summary(out)
+
+
+def test_fetch_fastq(benchmark: Any) -> None:
+    checked(benchmark, fetch_fastq, fetch_python)
+
+
+def test_fetch_python(benchmark: Any) -> None:
+    checked(benchmark, fetch_python, fetch_fastq)
