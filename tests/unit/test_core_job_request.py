@@ -336,8 +336,8 @@ def test_a_context_adopts_the_request_dict():
 
 
 def test_run_payload_runs_the_usual_job_as_the_general_path_does(app):
-    """`run_payload`'s own path (no soft time limit, decoded in one call) and `prepare_payload` +
-    `run_prepared` give the same outcome; everything else is the general path's."""
+    """`run_payload` and `prepare_payload` + `run_prepared` give the same outcome, with and without a soft
+    time limit, for an unknown task and an undecodable envelope."""
     from fastq.worker.job import run_payload, run_prepared
 
     def general(data: bytes) -> Outcome:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import marshal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -83,7 +83,23 @@ def test_successes_are_written_at_the_batch_limit(channels: tuple[_ipc.Channel, 
 _ids = iter(range(1, 1_000_000))
 
 
-def _job(name: str) -> Job:
+def prefork_pool(app: Fastq, concurrency: int, on_result: Callable[[Job, Outcome], None]) -> PreforkPool:
+    """A prefork pool not started: children are added by hand, as bookkeeping over real channels."""
+    pool = create_pool(
+        'prefork',
+        app=app,
+        concurrency=concurrency,
+        loop=None,
+        accept=frozenset({'application/json'}),
+        on_result=on_result,
+        on_lost=lambda job, reason: None,
+        on_requeue=lambda jobs: None,
+    )
+    assert isinstance(pool, PreforkPool)
+    return pool
+
+
+def make_job(name: str) -> Job:
     job_id = next(_ids)
     request = SimpleNamespace(task=name, id=f't{job_id}', display_name=name)
     delivery = SimpleNamespace(raw=b'{}', queue='celery', redelivered=False, tag=job_id)
@@ -99,17 +115,7 @@ def test_the_parent_settles_each_job_as_from_its_own_answer(
     parent_end, child_end = channels
     settled: list[tuple[int, Outcome]] = []
     batches: list[int] = []
-    pool = create_pool(
-        'prefork',
-        app=memory_app,
-        concurrency=1,
-        loop=None,
-        accept=frozenset({'application/json'}),
-        on_result=lambda job, outcome: settled.append((job.id, outcome)),
-        on_lost=lambda job, reason: None,
-        on_requeue=lambda jobs: None,
-    )
-    assert isinstance(pool, PreforkPool)
+    pool = prefork_pool(memory_app, 1, lambda job, outcome: settled.append((job.id, outcome)))
     if batched:
 
         def on_successes(jobs: list[Job], runtimes: list[float], reprs: list[str]) -> None:
@@ -120,7 +126,7 @@ def test_the_parent_settles_each_job_as_from_its_own_answer(
         pool.on_successes = on_successes
     child = _Child(1, 4242, parent_end)
     pool.children[parent_end.fileno()] = child
-    jobs = [_job('a'), _job('a'), _job('b'), _job('a')]
+    jobs = [make_job('a'), make_job('a'), make_job('b'), make_job('a')]
     for job in jobs:
         child.jobs.append(job)
         child.costs.append(0.001)
@@ -152,7 +158,7 @@ def test_the_parent_settles_each_job_as_from_its_own_answer(
     assert pool._estimates['a'] >= 1.0  # learnt from the batched answers too
 
     # an answer for a job the child does not hold first is reported and ignored, the rest still settle
-    late = [_job('a'), _job('a')]
+    late = [make_job('a'), make_job('a')]
     for job in late:
         child.jobs.append(job)
         child.costs.append(0.001)

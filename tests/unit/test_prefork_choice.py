@@ -7,38 +7,17 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 
 from fastq import Fastq, _ipc
-from fastq.worker.job import Job
-from fastq.worker.pool import create_pool
 from fastq.worker.pool.prefork import FILL_BUDGET, QUEUE_BUDGET, PreforkPool, _Child
-
-_ids = iter(range(1, 1_000_000))
-
-
-def _job(name: str) -> Job:
-    job_id = next(_ids)
-    request = SimpleNamespace(task=name, id=f't{job_id}', display_name=name)
-    delivery = SimpleNamespace(raw=b'{}', queue='celery', redelivered=False, tag=job_id)
-    return Job(job_id, delivery, request, True, False, True, None, None, 'h', 0.0)  # type: ignore[arg-type]
+from tests.unit.test_prefork_answers import make_job, prefork_pool
 
 
 @pytest.fixture
 def pool(memory_app: Fastq) -> Iterator[PreforkPool]:
-    pool = create_pool(
-        'prefork',
-        app=memory_app,
-        concurrency=2,
-        loop=None,
-        accept=frozenset({'application/json'}),
-        on_result=lambda job, outcome: None,
-        on_lost=lambda job, reason: None,
-        on_requeue=lambda jobs: None,
-    )
-    assert isinstance(pool, PreforkPool)
+    pool = prefork_pool(memory_app, 2, lambda job, outcome: None)
     ends = []
     for index in (1, 2):
         a, b = socket.socketpair()
@@ -52,7 +31,7 @@ def pool(memory_app: Fastq) -> Iterator[PreforkPool]:
 
 
 def _give(pool: PreforkPool, name: str) -> _Child:
-    job = _job(name)
+    job = make_job(name)
     assert pool.can_take(job)
     child = pool._chosen
     assert child is not None
@@ -95,6 +74,6 @@ def test_with_every_child_busy_the_queue_budget_still_applies(pool: PreforkPool)
     first, second = pool.children.values()
     _give(pool, 'short')
     first.load = second.load = QUEUE_BUDGET  # full
-    second.jobs.append(_job('short'))
+    second.jobs.append(make_job('short'))
     second.costs.append(0.0)
-    assert not pool.can_take(_job('short'))
+    assert not pool.can_take(make_job('short'))

@@ -136,22 +136,6 @@ def prepare_payload(app: Fastq, payload: bytes, accept: frozenset[str]) -> Prepa
 
 def run_payload(app: Fastq, payload: bytes, accept: frozenset[str]) -> Outcome:
     """Decode and execute a job payload (in a prefork child, a pool thread or the solo loop)."""
-    raw, queue, redelivered, time_limit, soft_limit, hostname = marshal.loads(payload)
-    if not soft_limit:
-        # The usual job (decoded in one call, no soft time limit to arm), run without `prepare_payload` and
-        # `run_prepared` around it: once per task in the executor. Anything else takes the general path.
-        try:
-            decoded = _core.job_request(raw, queue, redelivered, time_limit, None, hostname, accept, json_tag_hook)
-        except Exception:
-            decoded = None
-        if decoded is not None:
-            args, kwargs, request = decoded
-            task = app.tasks.get(request['task'])
-            if task is not None:
-                try:
-                    return execute(task, args, kwargs, request)
-                except Exception as exc:  # a failure outside the task body (e.g. its result cannot be stored)
-                    return _internal_error(app, task, request, exc)
     prepared = prepare_payload(app, payload, accept)
     if isinstance(prepared, Outcome):
         return prepared

@@ -34,8 +34,6 @@ from fastq.brokers.base import Consumer, DeadLetter, Delivery, Tag
 from fastq.brokers.redis.layout import DELIVERIES_HEADER
 from fastq.utils.rediswire import Link
 
-# where `TaskHead.fields` has the headers a delivery's count comes from
-
 if TYPE_CHECKING:
     from fastq.brokers.redis import RedisBroker
 

@@ -351,37 +351,22 @@ class PreforkPool(Pool):
         """A SUCCEEDED frame: the plain successes of several short jobs, in the order they ran."""
         ids, runtimes, reprs = marshal.loads(payload)
         on_successes = self.on_successes
-        if on_successes is None:
-            for job_id, runtime, retval_repr in zip(ids, runtimes, reprs, strict=True):
-                job = self._answered(child, job_id, False)
-                if job is not None:
-                    self._learn(job.request.task, runtime)
-                    self.on_result(job, Outcome(SUCCESS, runtime, retval_repr))
-            return
-        # (Once per task in the loop's thread: `_answered` and `_learn` written out for the usual answer.)
         jobs: list[Job] = []
-        strays: list[int] = []  # where answers out of order are in the frame
-        estimates, queue, costs = self._estimates, child.jobs, child.costs
-        for job_id, runtime in zip(ids, runtimes, strict=True):
-            if not queue or queue[0].id != job_id:
-                self._answered(child, job_id, False)  # logs it, and takes nothing
-                strays.append(len(jobs) + len(strays))
+        taken: list[float] = []
+        taken_reprs: list[str] = []
+        for job_id, runtime, retval_repr in zip(ids, runtimes, reprs, strict=True):
+            job = self._answered(child, job_id, False)
+            if job is None:
                 continue
-            job = queue.popleft()
-            child.load -= costs.popleft()
-            name = job.request.task
-            old = estimates.get(name)
-            estimates[name] = runtime if old is None else max(runtime, 0.7 * old + 0.3 * runtime)
-            jobs.append(job)
-        child.answered += len(jobs)
-        if queue:
-            queue[0].started = time.monotonic()
-        else:
-            child.load = 0.0  # no drift from float sums
-        if strays:
-            runtimes = [r for k, r in enumerate(runtimes) if k not in strays]
-            reprs = [r for k, r in enumerate(reprs) if k not in strays]
-        on_successes(jobs, runtimes, reprs)
+            self._learn(job.request.task, runtime)
+            if on_successes is None:
+                self.on_result(job, Outcome(SUCCESS, runtime, retval_repr))
+            else:
+                jobs.append(job)
+                taken.append(runtime)
+                taken_reprs.append(retval_repr)
+        if on_successes is not None:
+            on_successes(jobs, taken, taken_reprs)
 
     def _answered(self, child: _Child, job_id: int, exiting: bool) -> Job | None:
         """The child's oldest job, which `job_id` must be, taken off its queue; None (logged) if it is not."""
