@@ -3,6 +3,7 @@
     python benches/probe.py drain                       200,000 no-op tasks per round, 3 rounds
     python benches/probe.py drain --events              the same worker with -E
     python benches/probe.py e2e -n 20000                a group of add(i, i), results collected
+    python benches/probe.py latency -n 1000             sequential add.delay(1, 1).get(), then split by step
     python benches/probe.py drain --src /tmp/old/python --src python --pairs 3
                                                         A/B: the worker runs from each tree in turn
 
@@ -37,6 +38,7 @@ from suite.queues import clone
 
 APP = """\
 import os
+import time
 from fastq import Fastq
 app = Fastq('probeapp', broker=os.environ['PROBE_BROKER'], backend=os.environ['PROBE_BACKEND'])
 app.conf.worker_prefetch_multiplier = 16
@@ -49,6 +51,10 @@ def noop():
 @app.task
 def add(x, y):
     return x + y
+
+@app.task
+def stamp():
+    return time.perf_counter()
 """
 QUEUE = 'probe'
 TICK = os.sysconf('SC_CLK_TCK')
@@ -157,6 +163,32 @@ class Probe:
             raise SystemExit('wrong results')
         return elapsed
 
+    def latency(self, n: int) -> tuple[list[float], dict[str, list[float]]]:
+        """`n` sequential `add.delay(1, 1).get()` (seconds each), then `n` of a task that returns when it
+        started (`perf_counter` is the system's monotonic clock, the same in every process): how long
+        `delay()` took, from its return to the task's start, and from there to `get()`'s return."""
+        from probeapp import add, stamp
+
+        for _ in range(20):
+            add.apply_async((1, 1), queue=QUEUE).get(timeout=10)
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            if add.apply_async((1, 1), queue=QUEUE).get(timeout=10) != 2:
+                raise SystemExit('wrong result')
+            times.append(time.perf_counter() - start)
+        steps: dict[str, list[float]] = {'delay': [], 'to start': [], 'start to get': []}
+        for _ in range(n):
+            start = time.perf_counter()
+            result = stamp.apply_async(queue=QUEUE)
+            sent = time.perf_counter()
+            started = result.get(timeout=10)
+            done = time.perf_counter()
+            steps['delay'].append(sent - start)
+            steps['to start'].append(started - sent)
+            steps['start to get'].append(done - started)
+        return times, steps
+
     def close(self) -> None:
         self.worker.send_signal(signal.SIGTERM)
         self.worker.wait(60)
@@ -166,28 +198,40 @@ def run_round(probe: Probe, workload: str, n: int) -> tuple[float, str]:
     """One round: its rate (tasks/s) and a line with the CPU per task of each process and parent thread."""
     client = time.process_time()
     before = probe.snapshot()
-    seconds = probe.drain(n) if workload == 'drain' else probe.e2e(n)
+    if workload == 'latency':
+        times, steps = probe.latency(n)
+        n *= 2
+        seconds = 0.0
+    else:
+        seconds = probe.drain(n) if workload == 'drain' else probe.e2e(n)
     after = probe.snapshot()
     per_task = {key: (after[key] - before.get(key, 0.0)) / n * 1e6 for key in after}
     parent = sum(v for k, v in per_task.items() if k.startswith('parent:'))
     busy = {k.split(':', 1)[1]: round(v, 1) for k, v in per_task.items() if k.startswith('parent:') and v >= 0.2}
-    text = f'{n / seconds:>9,.0f} tasks/s   CPU µs/task: parent {parent:.1f} {busy}'
+    if workload == 'latency':
+        times.sort()
+        p50, p99 = times[len(times) // 2] * 1e3, times[int(len(times) * 0.99)] * 1e3
+        split = '  '.join(f'{k} {statistics.median(v) * 1e6:.0f}' for k, v in steps.items())
+        text = f'p50 {p50:.3f} ms  p99 {p99:.3f} ms  (µs, p50 of each step: {split})\n           CPU µs/task: '
+        text += f'parent {parent:.1f} {busy}'
+    else:
+        text = f'{n / seconds:>9,.0f} tasks/s   CPU µs/task: parent {parent:.1f} {busy}'
     text += f'  children {per_task["children"]:.1f}  redis-server {per_task["redis-server"]:.1f}'
     if workload == 'e2e':
         text += f'  client {(time.process_time() - client) / n * 1e6:.1f}'
-    return n / seconds, text
+    return (p50 if workload == 'latency' else n / seconds), text
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('workload', choices=['drain', 'e2e'])
-    parser.add_argument('-n', type=int, default=None, help='tasks per round (drain 200,000, e2e 20,000)')
+    parser.add_argument('workload', choices=['drain', 'e2e', 'latency'])
+    parser.add_argument('-n', type=int, default=None, help='tasks per round (drain 200,000, e2e 20,000, latency 1,000)')
     parser.add_argument('--rounds', type=int, default=3, help='rounds per worker')
     parser.add_argument('--src', action='append', default=[], help='a tree with fastq to run the worker from')
     parser.add_argument('--pairs', type=int, default=1, help='times each --src takes its turn')
     parser.add_argument('--events', action='store_true', help='the worker with -E')
     opts = parser.parse_args()
-    n = opts.n or (200_000 if opts.workload == 'drain' else 20_000)
+    n = opts.n or {'drain': 200_000, 'e2e': 20_000, 'latency': 1000}[opts.workload]
     workdir = Path(tempfile.mkdtemp(prefix='fastq-probe-'))
     (workdir / 'probeapp.py').write_text(APP)
     server = RedisServer()
@@ -209,7 +253,13 @@ def main() -> int:
                 finally:
                     probe.close()
         for label, values in rates.items():
-            print(f'{label}: median {statistics.median(values):,.0f} tasks/s ({min(values):,.0f}-{max(values):,.0f})')
+            unit = 'ms p50' if opts.workload == 'latency' else 'tasks/s'
+            low, mid, high = min(values), statistics.median(values), max(values)
+            print(
+                f'{label}: median {mid:,.3f} {unit} ({low:,.3f}-{high:,.3f})'
+                if opts.workload == 'latency'
+                else f'{label}: median {mid:,.0f} {unit} ({low:,.0f}-{high:,.0f})'
+            )
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -563,6 +563,25 @@ def test_inline_wait_needs_no_listener_thread(app: Fastq, raw: Any) -> None:
     assert AsyncResult(tid, app=app).get(timeout=LONG) == 'inline'
 
 
+def test_inline_wait_leaves_a_ready_results_channel_in_the_next_wait(app: Fastq, raw: Any) -> None:
+    """The UNSUBSCRIBE of a result that came rides with the next wait's SUBSCRIBE: one write per wait."""
+    first, second = task_id(), task_id()
+    app.backend.store_result(first, 1, states.SUCCESS)
+    app.backend.store_result(second, 2, states.SUCCESS)
+    for tid, value in ((first, 1), (second, 2)):
+        just_sent: AsyncResult[Any] = AsyncResult(tid, app=app)
+        just_sent.sent_at = time.monotonic()  # waited on (subscribed), not just read
+        assert just_sent.get(timeout=LONG) == value
+    assert subscribers(raw, key(first)) == 0
+    assert subscribers(raw, key(second)) == 1  # until this thread waits again
+    app.backend.store_result(first, 'again', states.SUCCESS)  # published on a channel left: never taken
+    third: AsyncResult[Any] = AsyncResult(task_id(), app=app)
+    third.sent_at = time.monotonic()
+    app.backend.store_result(third.id, 3, states.SUCCESS)
+    assert third.get(timeout=LONG) == 3
+    wait_until(lambda: subscribers(raw, key(second)) == 0)
+
+
 def test_inline_wait_rereads_a_result_stored_without_a_message(app: Fastq, raw: Any) -> None:
     tid = task_id()
     waiting = Waiting(AsyncResult(tid, app=app), timeout=LONG, interval=0.1)

@@ -199,6 +199,51 @@ def test_acks_ride_with_the_next_fetch(redis_url: str, raw: redis.Redis) -> None
         app.close()
 
 
+def test_acks_ride_ahead_of_a_waiting_fetch(redis_url: str, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle worker's acks go in the write that arms the lead, ahead of its BLMOVE: Redis runs them at
+    once (the fetch still waiting), they are reported sent, and a wake-up that ends the wait first settles
+    any whose replies were still to be read."""
+    from fastq.brokers.redis import consumer as consumer_module
+
+    monkeypatch.setattr(consumer_module, 'WAIT_TIMEOUT', 60)
+    app = make(redis_url, visibility_timeout=3600)
+    broker = app.broker
+    broker.publish([Outgoing(message(f'a{i}'), 'celery') for i in range(3)])
+    consumer = broker.consumer(['celery'], owner='w')
+    waiting: list[Any] = []
+    reports: list[tuple[list[Any], bool]] = []
+
+    def take() -> list[Any]:
+        tags, waiting[:] = list(waiting), []
+        return tags
+
+    try:
+        consumer.carry_acks(take, lambda tags, sent: reports.append((tags, sent)))
+        first = consumer.fetch(4, 1.0)  # fewer than it asked for: the next fetch waits at once, arming the lead
+        assert len(first) == 3
+        waiting.extend(d.tag for d in first)
+        thread, got = _fetch_in_thread(consumer, 3, 20.0)
+        wait_until(lambda: bool(reports), message='the acks sent ahead reported')
+        assert reports == [([d.tag for d in first], True)]
+        assert raw.hlen('unacked') == 0 and raw.zcard('unacked_index') == 0 and thread.is_alive()
+        broker.publish([Outgoing(message('next'), 'celery')])
+        thread.join()
+        assert [d.task_id for d in got] == ['next']
+
+        tag = got[0].tag
+        waiting.append(tag)
+        thread, got = _fetch_in_thread(consumer, 3, 20.0)
+        _armed(consumer)
+        consumer.wakeup()
+        thread.join()
+        assert got == [] and reports[1:] == [([tag], True)]  # settled before the fetch returned
+        assert not raw.hexists('unacked', tag)
+    finally:
+        consumer.carry_acks(None, None)
+        consumer.close()
+        app.close()
+
+
 def _fetch_in_thread(consumer: Any, limit: int, timeout: float) -> tuple[threading.Thread, list[Any]]:
     got: list[Any] = []
     thread = threading.Thread(target=lambda: got.extend(consumer.fetch(limit, timeout)))

@@ -6,7 +6,9 @@ more than the Redis round trips. A thread that waits often (a sequential `delay(
 request) gets a connection of its own instead, speaking RESP3, where a subscribed connection can still run
 commands. One write sends `SUBSCRIBE key` and `GET key`; Redis runs them in that order, so a result stored
 before the subscription is in the GET reply and one stored after is published to us: no window, no second
-round trip, and the thread reads its own socket.
+round trip, and the thread reads its own socket. The channel of a result that came is left (`UNSUBSCRIBE`)
+in the next wait's write rather than at the end of this one: a write less per wait, and one Redis wake-up less,
+on the way from a result to the caller's next `delay()`.
 
 Replies on the connection are told apart by shape: pushes (messages, subscription confirmations) are lists,
 a GET reply is bytes or nil. GETs still in flight when a wait ends (a periodic re-read) are answered during
@@ -41,6 +43,7 @@ class InlineWait:
         self.link = Link(client)
         self._ready = False
         self._pending: deque[bytes] = deque()  # the key of each GET sent and not yet answered, in order
+        self._left: bytes | None = None  # the channel of the last wait, still subscribed until the next one
 
     def close(self) -> None:
         self.link.close()
@@ -51,6 +54,7 @@ class InlineWait:
             raise Unsupported(str(reply))
         self._ready = True
         self._pending.clear()
+        self._left = None
 
     def wait(
         self,
@@ -68,14 +72,18 @@ class InlineWait:
         link = self.link
         if not self._ready or link.fileno() < 0:
             self._hello()
-        link.send_all([('SUBSCRIBE', key), ('GET', key)])
+        left, self._left = self._left, None
+        leave = [('UNSUBSCRIBE', left)] if left is not None and left != key else []
+        link.send_all([*leave, ('SUBSCRIBE', key), ('GET', key)])
         self._pending.append(key)
+        ready = False
         try:
             next_check = time.monotonic() + recheck
             while True:
                 for reply in link.replies():
                     meta = self._take(reply, key, decode)
                     if meta is not None and is_ready(meta):
+                        ready = True
                         return meta
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
@@ -90,7 +98,11 @@ class InlineWait:
                 wait = next_check - now if deadline is None else min(next_check, deadline) - now
                 select.select([link.fileno()], [], [], max(0.0, wait))
         finally:
-            if link.fileno() >= 0:
+            if ready and link.fileno() >= 0:
+                # A ready result is final: nothing more is published on its channel. Left in the next wait's
+                # write (a message that comes meanwhile is skipped then, `_take`).
+                self._left = key
+            elif link.fileno() >= 0:  # a timeout or an error: nothing is left subscribed behind the caller
                 try:
                     link.send_all([('UNSUBSCRIBE', key)])  # its confirmation is read (and skipped) next time
                 except redis.exceptions.ConnectionError:

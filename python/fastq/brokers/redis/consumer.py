@@ -14,6 +14,9 @@ set when it is queued, so until it answers the other fetches take only what is l
 that shrinks meanwhile, as when ETA tasks held in memory are released, can be exceeded by the difference
 until then); a task on another key unblocks the lead (CLIENT UNBLOCK), whose script then reserves from every
 key in order.
+
+Acks waiting when the lead is armed go in the same write, ahead of its BLMOVE (Redis runs them at once, then
+blocks): an idle worker's early ack then costs no round trip and no wake-up of the settler thread of its own.
 """
 
 from __future__ import annotations
@@ -44,9 +47,24 @@ WAIT_TIMEOUT = 2  # seconds one BLMOVE blocks in Redis before it answers nil (an
 
 class _Watch:
     """A connection with a BLMOVE on one list key, possibly still outstanding; the lead's may have the fetch
-    script queued behind it (`fetching`: the script's limit, and the keys it reserves from, in order)."""
+    script queued behind it (`fetching`: the script's limit, and the keys it reserves from, in order), and an
+    ack transaction ahead of it (`acks`: its tags; `ack_replies`: its replies, `ack_expected` of them)."""
 
-    __slots__ = ('can_fetch', 'client_id', 'fetch_keys', 'fetching', 'key', 'link', 'pending', 'replies', 'timeout')
+    __slots__ = (
+        'ack_expected',
+        'ack_replies',
+        'ack_report',
+        'acks',
+        'can_fetch',
+        'client_id',
+        'fetch_keys',
+        'fetching',
+        'key',
+        'link',
+        'pending',
+        'replies',
+        'timeout',
+    )
 
     def __init__(self, consumer: RedisConsumer, key: str, timeout: float = WAIT_TIMEOUT) -> None:
         self.key = key
@@ -58,6 +76,10 @@ class _Watch:
         self.replies: list[Any] = []
         self.client_id: int | None = None
         self.can_fetch = True
+        self.acks: list[Tag] = []
+        self.ack_expected = 0
+        self.ack_replies: list[Any] = []
+        self.ack_report: Callable[[list[Tag], bool], None] | None = None  # `carry_acks`'s `settled`
 
     def arm(self) -> None:
         if not self.pending:
@@ -77,18 +99,48 @@ class _Watch:
                 return
         keys = consumer._ordered_keys()
         script_keys, args = consumer._fetch_call(keys, limit)
-        self.link.send_all(
-            [
-                ('BLMOVE', self.key, self.key, 'RIGHT', 'RIGHT', self.timeout),
-                ('EVALSHA', consumer.broker.scripts.fetch_script.sha, len(script_keys), *script_keys, *args),
-            ]
-        )
+        acks, report = consumer._take_carried()
+        ahead = consumer._ack_commands(acks) if acks else []
+        try:
+            self.link.send_all(
+                [
+                    *ahead,
+                    ('BLMOVE', self.key, self.key, 'RIGHT', 'RIGHT', self.timeout),
+                    ('EVALSHA', consumer.broker.scripts.fetch_script.sha, len(script_keys), *script_keys, *args),
+                ]
+            )
+        except BaseException:
+            if acks:
+                consumer._carried_settled(acks, False, report)
+            raise
         self.pending = True
         self.fetching, self.fetch_keys = limit, keys
+        self.acks, self.ack_expected, self.ack_report = acks, len(ahead), report
 
-    def hit(self) -> bool:
-        """Whether the BLMOVE answered with an element (the list filled); False for nil or nothing yet."""
+    def _read(self, consumer: RedisConsumer) -> list[Any]:
+        """The replies that arrived, after those of the acks sent ahead (settled once all of theirs are in)."""
         replies = self.link.replies()
+        if self.ack_expected:
+            taken = self.ack_expected - len(self.ack_replies)
+            self.ack_replies += replies[:taken]
+            replies = replies[taken:]
+            if len(self.ack_replies) == self.ack_expected:
+                ok = not any(isinstance(reply, redis.exceptions.ResponseError) for reply in self.ack_replies)
+                acks, report = self.acks, self.ack_report
+                self.acks, self.ack_expected, self.ack_replies, self.ack_report = [], 0, [], None
+                consumer._carried_settled(acks, ok, report)
+        return replies
+
+    def drop_acks(self, consumer: RedisConsumer) -> None:
+        """The connection failed: acks whose replies did not all come are sent another way (the settler's)."""
+        if self.ack_expected:
+            acks, report = self.acks, self.ack_report
+            self.acks, self.ack_expected, self.ack_replies, self.ack_report = [], 0, [], None
+            consumer._carried_settled(acks, False, report)
+
+    def hit(self, consumer: RedisConsumer) -> bool:
+        """Whether the BLMOVE answered with an element (the list filled); False for nil or nothing yet."""
+        replies = self._read(consumer)
         if replies:
             self.pending = False
         for reply in replies:
@@ -96,11 +148,11 @@ class _Watch:
                 raise reply
         return any(reply is not None for reply in replies)
 
-    def fetched(self) -> tuple[list[str], list[Any]] | None:
+    def fetched(self, consumer: RedisConsumer) -> tuple[list[str], list[Any]] | None:
         """Of a watch armed with `arm_fetching`: None until both replies are in, then the keys the script
         reserved from and its reply. A script error is raised (the BLMOVE's own answer does not matter:
         the script ran either way, and what it reserved must not be lost)."""
-        self.replies += self.link.replies()
+        self.replies += self._read(consumer)
         if len(self.replies) < 2:
             return None
         reply = self.replies[1]
@@ -179,6 +231,7 @@ class RedisConsumer(Consumer):
                 if got:
                     self.release([d.tag for d in got])
         for watch in self._watches:
+            watch.drop_acks(self)
             watch.link.close()
 
     def _finish_lead(self, lead: _Watch) -> list[Delivery]:
@@ -187,7 +240,7 @@ class RedisConsumer(Consumer):
         assert lead.client_id is not None
         self._fetch_link.call('CLIENT', 'UNBLOCK', lead.client_id)
         deadline = time.monotonic() + 2.0
-        while (fetched := lead.fetched()) is None:
+        while (fetched := lead.fetched(self)) is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise redis.exceptions.TimeoutError('no answer from the unblocked fetch')
@@ -256,6 +309,7 @@ class RedisConsumer(Consumer):
                     watch.pending = watch.pending and watch.link.fileno() >= 0
                     if not watch.pending:
                         watch.fetching, watch.replies = 0, []
+                        watch.drop_acks(self)
                 # Let the fetch see (and report, with backoff) the problem, after a pause here so a broker
                 # that is down is not hammered from this loop.
                 self._backoff = min(max(self._backoff * 2, 0.1), 5.0)
@@ -285,21 +339,31 @@ class RedisConsumer(Consumer):
             self._drain_wake()
             if self._interrupted:
                 self._interrupted = False
+                self._settle_ahead(lead)
                 return False
         if lead.fetching and fds[0] in readable:
-            fetched = lead.fetched()
+            fetched = lead.fetched(self)
             if fetched is not None:
                 return self._deliveries(*fetched)
         hit = False
         for watch, fd in zip(self._watches, fds, strict=True):
             if fd in readable and not watch.fetching:
-                hit = watch.hit() or hit
+                hit = watch.hit(self) or hit
         if hit and lead.fetching:
             # A task on another key: the lead's script reserves from every key, once unblocked.
             assert lead.client_id is not None
             self._fetch_link.call('CLIENT', 'UNBLOCK', lead.client_id)
             return None
         return True if hit else None
+
+    def _settle_ahead(self, lead: _Watch, timeout: float = 1.0) -> None:
+        """Before handing control back (a stop may follow): read the replies of the acks the lead sent ahead of
+        its BLMOVE. Redis answers them at once, so this rarely waits; what does not come is acked again."""
+        deadline = time.monotonic() + timeout
+        while lead.ack_expected and (remaining := deadline - time.monotonic()) > 0 and lead.link.fileno() >= 0:
+            if select.select([lead.link.fileno()], [], [], remaining)[0]:
+                lead.replies += lead._read(self)
+        lead.drop_acks(self)
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
@@ -325,6 +389,18 @@ class RedisConsumer(Consumer):
         self._carry = (take, settled) if take is not None and settled is not None else None
         self._handover = handover if self._carry is not None else None
         return True
+
+    def _take_carried(self) -> tuple[list[Tag], Callable[[list[Tag], bool], None] | None]:
+        """The acks waiting to ride with this thread's next write to Redis (none if acks are not carried), and
+        where to report them settled."""
+        carry = self._carry
+        return (carry[0](), carry[1]) if carry is not None else ([], None)
+
+    def _carried_settled(self, tags: list[Tag], acked: bool, report: Callable[[list[Tag], bool], None] | None) -> None:
+        if acked:
+            self._forget(tags)
+        if report is not None:
+            report(tags, acked)
 
     def _reserve(self, limit: int) -> list[Delivery]:
         keys = self._ordered_keys()
