@@ -459,3 +459,10 @@ class EventBuffer:
     def clear(self) -> int:
         """Drop every waiting event; returns how many there were."""
     def __len__(self) -> int: ...
+
+def utc_isoformat(micros: int | None) -> str:
+    """`micros` after the epoch (None: now, truncated to the microsecond) as `datetime.isoformat()` writes the
+    same aware UTC datetime, e.g. '2026-12-06T11:30:00.123456+00:00' (no fraction when it is zero).
+
+    Raises ValueError outside datetime's years 1-9999.
+    """

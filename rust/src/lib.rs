@@ -3,6 +3,7 @@
 use pyo3::prelude::*;
 
 mod base64;
+mod clock_py;
 mod compression;
 mod compression_py;
 mod events_py;
@@ -56,5 +57,6 @@ fn _core(py: Python<'_>, m: &PyModule) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(framing_py::encode_frames, m)?)?;
     m.add_class::<framing_py::PyFrameDecoder>()?;
     m.add_function(wrap_pyfunction!(resp_py::resp_pack, m)?)?;
+    m.add_function(wrap_pyfunction!(clock_py::utc_isoformat, m)?)?;
     Ok(())
 }

@@ -15,10 +15,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from fastq import states
+from fastq import _core, states
 from fastq.exceptions import ImproperlyConfigured, SecurityError, TimeoutError
 from fastq.result import ResultBase
 from fastq.serialization import accept_set, compress, decompress, dumps, loads
@@ -219,7 +218,7 @@ class Backend(abc.ABC):
     # --- the meta document --------------------------------------------------------------------------------
 
     def _meta(self, task_id: str, result: Any, state: str, traceback: str | None, request: Any) -> dict[str, Any]:
-        date_done = datetime.now(UTC).isoformat() if state in states.READY_STATES else None
+        date_done = _core.utc_isoformat(None) if state in states.READY_STATES else None  # datetime.now(UTC)
         meta: dict[str, Any] = {
             'status': state,
             'result': result,
