@@ -80,6 +80,25 @@ def test_successes_are_written_at_the_batch_limit(channels: tuple[_ipc.Channel, 
     assert marshal.loads(frame[2])[0] == list(range(1, MAX_ANSWERS + 1))
 
 
+def test_an_outcome_is_answered_by_its_kind(channels: tuple[_ipc.Channel, _ipc.Channel]) -> None:
+    """`answer`: only a short job's plain success joins the batched successes; held results are stored before
+    anything is written, and `store_now` stores them without writing."""
+    parent, child = channels
+    stores: list[str] = []
+    answers = _Answers(child, lambda: stores.append('flush'))
+    answers.answer(1, Outcome(states.SUCCESS, 0.1, retval_repr='2'), True, False)
+    answers.answer(2, Outcome(states.SUCCESS, 0.1, retval_repr='2'), True, True)  # exiting: a RESULT, at once
+    frames = _read(parent, 2)
+    assert [(job_id, kind) for job_id, kind, _ in frames] == [(1, SUCCEEDED), (2, RESULT)]
+    assert stores == ['flush'] and marshal.loads(frames[1][2])[-1] is True
+    answers.store_now()
+    assert stores == ['flush', 'flush']
+    answers.answer(3, Outcome(states.FAILURE, 0.1, exc_repr='E()', traceback='tb'), True, False)  # batched
+    answers.answer(4, Outcome(states.SUCCESS, 0.1, retval_repr='1'), False, False)  # not short: at once
+    frames = _read(parent, 2)
+    assert [(job_id, kind) for job_id, kind, _ in frames] == [(3, RESULT), (4, RESULT)]
+
+
 _ids = iter(range(1, 1_000_000))
 
 

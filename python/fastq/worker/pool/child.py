@@ -20,6 +20,7 @@ from fastq.worker.job import run_payload
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
+    from fastq.worker.trace import Outcome
 
 # Frame kinds on a child's channel (job id in the frame header says which job a frame is about).
 JOB = 1  # parent -> child: marshalled job payload
@@ -62,7 +63,9 @@ class _Answers:
     requeued as if it had not run; where that count is not shared, only acks_late jobs are sent as short.
 
     Results of short tasks are held too (the backend's `store_success_later`) and stored in one round trip
-    right before the answers are written, so a result is always stored before the parent hears of it.
+    right before the answers are written, so a result is always stored before the parent hears of it. When
+    the child's queue runs out they are stored as the last job returns (`store_now`), before this bookkeeping:
+    a caller may be waiting on that result, and nothing would join the round trip by waiting.
     """
 
     def __init__(self, chan: _ipc.Channel, flush_stores: Callable[[], None] | None = None) -> None:
@@ -77,6 +80,19 @@ class _Answers:
         self.reprs: list[str] = []
         self.count = 0
         self.since = 0.0
+
+    def store_now(self) -> None:
+        """The results held so far, stored now (they would be at the next `write`)."""
+        if self.flush_stores is not None:
+            self.flush_stores()
+
+    def answer(self, job_id: int, outcome: Outcome, short: bool, exiting: bool) -> None:
+        """A job's outcome: a plain success of a short job joins the batched successes (`succeeded`); anything
+        else is a RESULT frame (`add`), batched only for a short job of a child that is not exiting."""
+        if short and not exiting and outcome.state == SUCCESS and not outcome.exc_repr and outcome.traceback is None:
+            self.succeeded(job_id, outcome.runtime, outcome.retval_repr)
+        else:
+            self.add(job_id, marshal.dumps((*outcome.to_wire(), exiting)), short and not exiting)
 
     def add(self, job_id: int, payload: bytes, batch: bool) -> None:
         """A RESULT answer (marshalled outcome); written now unless `batch` (see the class docstring)."""
@@ -186,19 +202,12 @@ def child_main(
             if progress is not None:  # before it runs: a job counted here is never requeued (see prefork.py)
                 progress[index] = done + 1
             outcome = run_payload(app, payload, accept)
+            if not queue:
+                answers.store_now()
             done += 1
             over_memory = bool(max_memory_kib and _rss_kib() > max_memory_kib)
             exiting = bool((max_tasks and done >= max_tasks) or over_memory)
-            if (
-                short
-                and not exiting
-                and outcome.state == SUCCESS
-                and not outcome.exc_repr
-                and outcome.traceback is None
-            ):
-                answers.succeeded(job_id, outcome.runtime, outcome.retval_repr)
-            else:
-                answers.add(job_id, marshal.dumps((*outcome.to_wire(), exiting)), short and not exiting)
+            answers.answer(job_id, outcome, short, exiting)
             if exiting:
                 if over_memory:
                     logger.warning(
