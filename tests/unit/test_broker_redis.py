@@ -161,13 +161,9 @@ def test_round_robin_between_queues(redis_url: str) -> None:
     app.close()
 
 
-def test_acks_ride_with_the_next_fetch(redis_url: str, raw: redis.Redis) -> None:
-    """`carry_acks`: the acks waiting are sent in the fetch's write (MULTI/HDEL/ZREM/EXEC, then the script),
-    reported back as sent; a fetch that cannot reach Redis reports them unsent, to be acked another way."""
-    app = make(redis_url)
-    broker = app.broker
-    broker.publish([Outgoing(message(f'c{i}'), 'celery') for i in range(6)])
-    consumer = broker.consumer(['celery'], owner='w')
+def _carrying(consumer: Any) -> tuple[list[Any], list[tuple[list[Any], bool]]]:
+    """`carry_acks` on `consumer`: tags put in the first list are acked with its next write to Redis; what it
+    reports back (tags, sent) is appended to the second."""
     waiting: list[Any] = []
     reports: list[tuple[list[Any], bool]] = []
 
@@ -175,8 +171,19 @@ def test_acks_ride_with_the_next_fetch(redis_url: str, raw: redis.Redis) -> None
         tags, waiting[:] = list(waiting), []
         return tags
 
+    assert consumer.carry_acks(take, lambda tags, sent: reports.append((tags, sent)))
+    return waiting, reports
+
+
+def test_acks_ride_with_the_next_fetch(redis_url: str, raw: redis.Redis) -> None:
+    """`carry_acks`: the acks waiting are sent in the fetch's write (MULTI/HDEL/ZREM/EXEC, then the script),
+    reported back as sent; a fetch that cannot reach Redis reports them unsent, to be acked another way."""
+    app = make(redis_url)
+    broker = app.broker
+    broker.publish([Outgoing(message(f'c{i}'), 'celery') for i in range(6)])
+    consumer = broker.consumer(['celery'], owner='w')
     try:
-        assert consumer.carry_acks(take, lambda tags, sent: reports.append((tags, sent)))
+        waiting, reports = _carrying(consumer)
         first = consumer.fetch(3, 1.0)
         assert len(first) == 3 and reports == []  # nothing waited: a plain fetch
         raw.script_flush()  # and a script Redis lost is loaded on the way
@@ -210,15 +217,8 @@ def test_acks_ride_ahead_of_a_waiting_fetch(redis_url: str, raw: redis.Redis, mo
     broker = app.broker
     broker.publish([Outgoing(message(f'a{i}'), 'celery') for i in range(3)])
     consumer = broker.consumer(['celery'], owner='w')
-    waiting: list[Any] = []
-    reports: list[tuple[list[Any], bool]] = []
-
-    def take() -> list[Any]:
-        tags, waiting[:] = list(waiting), []
-        return tags
-
     try:
-        consumer.carry_acks(take, lambda tags, sent: reports.append((tags, sent)))
+        waiting, reports = _carrying(consumer)
         first = consumer.fetch(4, 1.0)  # fewer than it asked for: the next fetch waits at once, arming the lead
         assert len(first) == 3
         waiting.extend(d.tag for d in first)
