@@ -6,6 +6,7 @@ asserts how long anything took.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import json
@@ -1009,6 +1010,66 @@ def test_sentinel(make_app: Callable[..., Fastq], redis_server: RedisServer, red
         app.backend.store_result(tid, 'via sentinel', states.SUCCESS)
         assert redis.Redis(port=redis_server.port, db=db).exists(key(tid)) == 1
         _round_trip(app)
+        app.close()
+
+
+# --- the asyncio listener on RESP3: the read behind the subscription (alistener.py) ---------------------------
+
+
+def _aget_fresh(app: Fastq, tid: str) -> tuple[Any, bool]:
+    """`aget()` of a task just sent (so it subscribes before reading), and whether the listener spoke RESP3."""
+
+    async def main() -> tuple[Any, bool]:
+        result: AsyncResult[Any] = AsyncResult(tid, app=app)
+        result.sent_at = time.monotonic()
+        value = await result.aget(timeout=LONG)
+        state = await app.backend._async.get()  # type: ignore[attr-defined]
+        return value, state.listener._resp3
+
+    return asyncio.run(main())
+
+
+def _count_reads(app: Fastq, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The keys the waiters read themselves, through the command connection (`_aread`)."""
+    reads: list[str] = []
+    backend = type(app.backend)
+    original = backend._aread
+
+    async def counted(self: Any, state: Any, tid: str) -> Any:
+        reads.append(tid)
+        return await original(self, state, tid)
+
+    monkeypatch.setattr(backend, '_aread', counted)
+    return reads
+
+
+def test_aget_takes_the_read_written_behind_its_subscription(app: Fastq, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RESP3: `SUBSCRIBE key` and `GET key` in one write; a result stored before the wait is in the GET's reply,
+    one stored after comes as a message, and the waiter reads nothing itself."""
+    reads = _count_reads(app, monkeypatch)
+    before, after = task_id(), task_id()
+    app.backend.store_result(before, 'stored first', states.SUCCESS)
+    assert _aget_fresh(app, before) == ('stored first', True)
+    app.backend.mark_as_started(after, pid=1)  # read behind the subscription: not ready, so the wait goes on
+    threading.Timer(0.2, lambda: app.backend.store_result(after, 'stored later', states.SUCCESS)).start()
+    assert _aget_fresh(app, after) == ('stored later', True)
+    assert reads == []
+
+
+def test_aget_without_resp3_reads_once_subscribed(
+    make_app: Callable[..., Fastq], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server without HELLO (Redis before 6; here one with the command renamed away): the listener stays on
+    RESP2 and the waiter reads the key itself once its subscription is confirmed."""
+    port = free_port()
+    args = ['--port', str(port), '--bind', '127.0.0.1', '--save', '', '--rename-command', 'HELLO', '']
+    with spawn_redis(tmp_path, args, lambda: _tcp_ping(port)):
+        app = make_app(f'redis://127.0.0.1:{port}/0')
+        reads = _count_reads(app, monkeypatch)
+        tid = task_id()
+        app.backend.store_result(tid, 'stored first', states.SUCCESS)
+        assert _aget_fresh(app, tid) == ('stored first', False)
+        assert reads == [tid]
         app.close()
 
 

@@ -605,10 +605,13 @@ class RedisBackend(Backend):
                 remaining = max(0.0, deadline - loop.time())
                 wait = remaining if wait is None else min(wait, remaining)
             payloads, reread, woken = await state.listener.take(waiter, wait)
-            for payload in payloads:  # the document itself travels in the message: no read needed
+            for payload in payloads:  # the document itself travels in the message (or the listener's read)
                 meta = self.meta_from_payload(payload)
                 if meta['status'] in states.READY_STATES:
                     return meta
+            if waiter.confirmed and not subscribed:  # subscribed, and the key read behind it (RESP3): wait
+                subscribed = True
+                continue
             subscribed = subscribed or reread
             if reread or (subscribed and not woken) or (deadline is not None and loop.time() >= deadline):
                 try:

@@ -9,6 +9,12 @@ Subscriptions asked for while the loop runs other code are sent together, in one
 next gets to it (200 concurrent `aget()` calls cost one command, not 200). The connection is a plain
 asyncio stream read through hiredis: only this listener writes to it and only its task reads it, so
 subscribing never waits for, or races with, the reader.
+
+Where the server speaks RESP3 (Redis 6+), the connection does so, and each SUBSCRIBE is followed in the same
+write by a GET of each new channel's key (the channel is the key's name): Redis runs them in that order, so
+the GET's reply is the read a confirmed subscription calls for, without the waiter's own round trip after
+the confirmation (as `inline.py` does for a waiting thread). Replies are told apart by shape: pushes are
+lists, a GET's (or a PING's) reply is not, and those come in the order the commands were written.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -33,13 +39,14 @@ logger = logging.getLogger('fastq.backends.redis')
 class AsyncWaiter:
     """One `aget()` waiting on one channel."""
 
-    __slots__ = ('channel', 'error', 'event', 'payloads', 'reread')
+    __slots__ = ('channel', 'confirmed', 'error', 'event', 'payloads', 'reread')
 
     def __init__(self, channel: bytes) -> None:
         self.channel = channel
         self.event = asyncio.Event()
         self.payloads: list[bytes] = []
-        self.reread = False
+        self.reread = False  # read the key now (the subscription is confirmed, and nothing read it for us)
+        self.confirmed = False  # subscribed, and the key was read after: what it held is in `payloads`
         self.error: BaseException | None = None
 
 
@@ -67,6 +74,8 @@ class AsyncResultListener:
         self._task: asyncio.Task[None] | None = None
         self._flush_scheduled = False
         self._closed = False
+        self._resp3 = True  # until the server refuses HELLO 3
+        self._replies: deque[bytes | None] = deque()  # per GET (its key) or PING (None) written, in order
 
     # --- called by waiting coroutines ---------------------------------------------------------------------
 
@@ -137,6 +146,9 @@ class AsyncResultListener:
         commands: list[tuple[Any, ...]] = []
         if subscribe:
             commands.append(('SUBSCRIBE', *subscribe))
+            if self._resp3:
+                commands.extend(('GET', channel) for channel in subscribe)
+                self._replies.extend(subscribe)
         if unsubscribe:
             commands.append(('UNSUBSCRIBE', *unsubscribe))
         if not commands:
@@ -154,7 +166,9 @@ class AsyncResultListener:
         retries = 0
         while not self._closed:
             try:
-                reader, writer = await open_redis(self.params, select_db=False)
+                reader, writer = await open_redis(self.params, select_db=self._resp3)  # GETs need the database
+                if self._resp3:
+                    await self._hello(reader, writer)
             except CONNECTION_ERRORS as exc:
                 if max_retries is not None and retries >= max_retries:
                     self._fail_waiters(exc)
@@ -185,7 +199,24 @@ class AsyncResultListener:
                 self._sent.clear()
                 self._confirmed.clear()
                 self._inflight.clear()
+                self._replies.clear()
                 writer.close()
+
+    async def _hello(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Switch the connection to RESP3; where the server cannot, stay on RESP2 for good (`_resp3`)."""
+        import hiredis
+
+        writer.writelines(pack([('HELLO', '3')]))
+        parser = hiredis.Reader()
+        async with asyncio.timeout(self.reply_timeout):
+            while (reply := parser.gets()) is False:
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionError('the server closed the connection')
+                parser.feed(data)
+        if isinstance(reply, hiredis.ReplyError):
+            logger.debug('No RESP3 on the result backend (%s): a waiter reads its key once subscribed', reply)
+            self._resp3 = False
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         import hiredis
@@ -200,6 +231,8 @@ class AsyncResultListener:
                 if ping_sent:
                     raise ConnectionError(f'no reply to PING in {self.reply_timeout:.0f}s') from None
                 writer.writelines(pack([('PING',)]))
+                if self._resp3:
+                    self._replies.append(None)
                 ping_sent = True
                 continue
             if not data:
@@ -210,7 +243,11 @@ class AsyncResultListener:
                 self._dispatch(reply)
 
     def _dispatch(self, reply: Any) -> None:
-        if not isinstance(reply, list) or len(reply) < 2:
+        if not isinstance(reply, list):
+            if self._resp3 and self._replies:
+                self._read_reply(self._replies.popleft(), reply)
+            return
+        if len(reply) < 2:
             return
         kind, channel = reply[0], reply[1]
         if kind == b'message':
@@ -224,9 +261,25 @@ class AsyncResultListener:
                 # Only the last reply counts: an earlier `subscribe` may predate an UNSUBSCRIBE sent since.
                 if kind == b'subscribe' and channel in self._sent:
                     self._confirmed.add(channel)
-                    for waiter in self._waiters.get(channel, ()):
-                        waiter.reread = True
-                        waiter.event.set()
+                    if not self._resp3:  # (on RESP3 the GET written behind the SUBSCRIBE is this read)
+                        for waiter in self._waiters.get(channel, ()):
+                            waiter.reread = True
+                            waiter.event.set()
+
+    def _read_reply(self, key: bytes | None, reply: Any) -> None:
+        """The reply to a GET of `key` written behind its SUBSCRIBE (None: a PING's)."""
+        if key is None:
+            return
+        import hiredis
+
+        for waiter in self._waiters.get(key, ()):
+            if isinstance(reply, hiredis.ReplyError):
+                waiter.reread = True  # read it the usual way, which reports the error
+            else:
+                waiter.confirmed = True
+                if reply is not None:
+                    waiter.payloads.append(reply)
+            waiter.event.set()
 
     def _fail_waiters(self, exc: BaseException) -> None:
         for waiters in self._waiters.values():
