@@ -1056,6 +1056,24 @@ def test_aget_takes_the_read_written_behind_its_subscription(app: Fastq, monkeyp
     assert reads == []
 
 
+def test_aget_leaves_its_channel_with_the_next_subscription(app: Fastq, raw: Any) -> None:
+    """The channel of an `aget()` that ended stays subscribed until the next one's write leaves it."""
+    first, second = task_id(), task_id()
+    app.backend.store_result(first, 1, states.SUCCESS)
+    app.backend.store_result(second, 2, states.SUCCESS)
+
+    async def main() -> None:
+        for tid, value in ((first, 1), (second, 2)):
+            result: AsyncResult[Any] = AsyncResult(tid, app=app)
+            result.sent_at = time.monotonic()
+            assert await result.aget(timeout=LONG) == value
+            await asyncio.sleep(0.05)  # a pass of the loop: nothing is written for the wait that ended
+            assert subscribers(raw, key(tid)) == 1
+        wait_until(lambda: subscribers(raw, key(first)) == 0)
+
+    asyncio.run(main())
+
+
 def test_aget_without_resp3_reads_once_subscribed(
     make_app: Callable[..., Fastq], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

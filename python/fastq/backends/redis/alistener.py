@@ -36,6 +36,10 @@ __all__ = ['AsyncResultListener', 'AsyncWaiter']
 logger = logging.getLogger('fastq.backends.redis')
 
 
+#: Channels no one waits on any more that may stay subscribed until the next subscription's write.
+LEAVE_AFTER = 256
+
+
 class AsyncWaiter:
     """One `aget()` waiting on one channel."""
 
@@ -93,12 +97,16 @@ class AsyncResultListener:
         return waiter
 
     def unsubscribe(self, waiter: AsyncWaiter) -> None:
+        """A wait ended. Its channel is left with the next subscription's write (a write less per `aget()`,
+        on the way to the caller's next call), or once LEAVE_AFTER channels wait to be left; a message that
+        comes on it meanwhile has no waiter and is dropped."""
         waiters = self._waiters.get(waiter.channel)
         if waiters is not None:
             waiters.discard(waiter)
             if not waiters:
                 del self._waiters[waiter.channel]
-                self._schedule_flush()
+                if len(self._sent) - len(self._waiters) >= LEAVE_AFTER:
+                    self._schedule_flush()
 
     async def take(self, waiter: AsyncWaiter, timeout: float | None) -> tuple[list[bytes], bool, bool]:
         """Wait up to `timeout` for news: the payloads published since, whether to read the key (again), and
