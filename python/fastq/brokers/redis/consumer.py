@@ -125,8 +125,7 @@ class _Watch:
             self.ack_replies += replies[:taken]
             replies = replies[taken:]
             if len(self.ack_replies) == self.ack_expected:
-                ok = not any(isinstance(reply, redis.exceptions.ResponseError) for reply in self.ack_replies)
-                acks, report = self.acks, self.ack_report
+                acks, report, ok = self.acks, self.ack_report, _all_ok(self.ack_replies)
                 self.acks, self.ack_expected, self.ack_replies, self.ack_report = [], 0, [], None
                 consumer._carried_settled(acks, ok, report)
         return replies
@@ -417,12 +416,9 @@ class RedisConsumer(Consumer):
                 self._ack_commands(tags), script, *self._fetch_call(keys, limit)
             )
         except BaseException:
-            carry[1](tags, False)
+            self._carried_settled(tags, False, carry[1])
             raise
-        acked = not any(isinstance(reply, redis.exceptions.ResponseError) for reply in replies)
-        if acked:
-            self._forget(tags)
-        carry[1](tags, acked)
+        self._carried_settled(tags, _all_ok(replies), carry[1])
         if isinstance(raw, redis.exceptions.ResponseError):
             raise raw
         return self._deliveries(keys, raw)
@@ -544,6 +540,11 @@ class RedisConsumer(Consumer):
         self._fetch_link.close()
         self._ack_link.close()
         # The pipe stays open: a fetch in another thread may still be about to select on it (closed with us).
+
+
+def _all_ok(replies: list[Any]) -> bool:
+    """Whether no reply of an ack transaction is an error (it then counts as sent)."""
+    return not any(isinstance(reply, redis.exceptions.ResponseError) for reply in replies)
 
 
 def reservation_time() -> int:

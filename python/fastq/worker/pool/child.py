@@ -127,8 +127,7 @@ class _Answers:
     def write(self) -> None:
         if self.count:
             self._close_successes()
-            if self.flush_stores is not None:  # results first: an answer may make the parent ack the task
-                self.flush_stores()
+            self.store_now()  # results first: an answer may make the parent ack the task
             frames, self.waiting, self.count = self.waiting, [], 0
             self.chan.send_many(frames)
             self.chan.flush_blocking()
