@@ -194,9 +194,11 @@ class Probe:
         self.worker.wait(60)
 
 
-def run_round(probe: Probe, workload: str, n: int) -> tuple[float, str]:
+def run_round(probe: Probe, workload: str, n: int, stats: bool = False) -> tuple[float, str]:
     """One round: its rate (tasks/s) and a line with the CPU per task of each process and parent thread."""
     client = time.process_time()
+    if stats:
+        probe.redis.config_resetstat()
     before = probe.snapshot()
     if workload == 'latency':
         times, steps = probe.latency(n)
@@ -219,6 +221,13 @@ def run_round(probe: Probe, workload: str, n: int) -> tuple[float, str]:
     text += f'  children {per_task["children"]:.1f}  redis-server {per_task["redis-server"]:.1f}'
     if workload == 'e2e':
         text += f'  client {(time.process_time() - client) / n * 1e6:.1f}'
+    if stats:
+        rows = sorted(probe.redis.info('commandstats').items(), key=lambda kv: -kv[1]['usec'])
+        text += '\n           Redis per task (calls, µs): ' + '  '.join(
+            f'{k.removeprefix("cmdstat_")} {v["calls"] / n:.2f} {v["usec"] / n:.1f}'
+            for k, v in rows
+            if v['calls'] >= n / 10
+        )
     return (p50 if workload == 'latency' else n / seconds), text
 
 
@@ -230,6 +239,9 @@ def main() -> int:
     parser.add_argument('--src', action='append', default=[], help='a tree with fastq to run the worker from')
     parser.add_argument('--pairs', type=int, default=1, help='times each --src takes its turn')
     parser.add_argument('--events', action='store_true', help='the worker with -E')
+    parser.add_argument(
+        '--commandstats', action='store_true', help="per round, Redis's calls and time per task by command"
+    )
     opts = parser.parse_args()
     n = opts.n or {'drain': 200_000, 'e2e': 20_000, 'latency': 1000}[opts.workload]
     workdir = Path(tempfile.mkdtemp(prefix='fastq-probe-'))
@@ -247,7 +259,7 @@ def main() -> int:
                 probe = Probe(src, opts.events, workdir, url)
                 try:
                     for round_ in range(opts.rounds):
-                        rate, line = run_round(probe, opts.workload, n)
+                        rate, line = run_round(probe, opts.workload, n, opts.commandstats)
                         rates.setdefault(label, []).append(rate)
                         print(f'  round {round_ + 1}: {line}', flush=True)
                 finally:

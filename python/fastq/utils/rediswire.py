@@ -7,20 +7,27 @@ they use this instead. Connecting (AUTH, SELECT, TLS, a sentinel's master lookup
 `Link` asks the client's connection pool for a new connection, lets it do the handshake, and then only
 writes to and reads from its socket. Errors come out as redis-py's exception types, so callers' handling
 (retry with backoff, logging with the masked URL) is the same for both.
+
+A plain (not TLS) socket is written with `os.write` and read without waiting by `os.read`: redis-py gives its
+sockets a timeout, and Python polls such a socket before every send and receive, a system call for nothing
+when the buffer has room or the data is there (as it is when a write is small, or select() said readable).
 """
 
 from __future__ import annotations
 
 import os
 import select
+import socket
 import ssl
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import hiredis
 import redis
 import redis.exceptions
+
+from fastq.brokers.redis.connection import pack
 
 Command = Sequence[str | bytes | int | float]
 
@@ -37,9 +44,14 @@ class Link:
         self._reader: hiredis.Reader | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._fd = -1  # the socket's descriptor when it is plain (os.write/os.read), else -1 (TLS)
+        self._timeout = True  # whether the socket has a timeout (then Python keeps its descriptor non-blocking)
 
     def _connect(self) -> None:
-        conn: Any = self._pool.make_connection()
+        # Made as the pool makes its own (so Sentinel's find the master), but not counted in its
+        # max_connections: the pool neither hands this connection out nor takes it back.
+        pool = self._pool
+        conn: Any = pool.connection_class(**pool.connection_kwargs)
         conn.connect()
         sock = getattr(conn, '_sock', None)
         if sock is None:
@@ -48,6 +60,8 @@ class Link:
         self._conn, self._sock = conn, sock
         self._reader = hiredis.Reader()
         self._pid = os.getpid()
+        self._fd = -1 if isinstance(sock, ssl.SSLSocket) else sock.fileno()
+        self._timeout = sock.gettimeout() is not None
 
     def close(self) -> None:
         with self._lock:
@@ -63,12 +77,20 @@ class Link:
                 pass
 
     def _drop(self) -> None:
-        conn, self._conn, self._sock, self._reader = self._conn, None, None, None
+        conn, self._conn, self._sock, self._reader, self._fd = self._conn, None, None, None, -1
         if conn is not None:
             try:
                 conn.disconnect()
             except Exception:  # closing a broken connection: nothing left to do
                 pass
+
+    def _after_fork(self) -> None:
+        """In a forked child the socket is the parent's: leave it alone, connect anew when used."""
+        if self._pid != os.getpid():
+            self._lock = threading.Lock()
+            self._conn = self._sock = self._reader = None
+            self._fd = -1
+            self._pid = os.getpid()
 
     def execute(self, commands: Sequence[Command]) -> list[Any]:
         """Send `commands` in one write and return their replies in order.
@@ -77,38 +99,65 @@ class Link:
         one); connection failures raise `redis.exceptions.ConnectionError` after dropping the connection,
         so the next call reconnects.
         """
-        if self._pid != os.getpid():  # a forked child: the socket is the parent's; leave it alone
-            self._lock = threading.Lock()
-            self._conn = self._sock = self._reader = None
-            self._pid = os.getpid()
+        return self.execute_packed(pack(commands), len(commands))
+
+    def execute_packed(self, buffers: list[bytes], count: int) -> list[Any]:
+        """`execute` for commands already in RESP (`pack`): `count` of them, in `buffers`."""
+        self._after_fork()
         with self._lock:
             try:
                 if self._sock is None:
                     self._connect()
-                sock, reader = self._sock, self._reader
-                assert reader is not None
-                sock.sendall(b''.join([hiredis.pack_command(tuple(c)) for c in commands]))  # type: ignore[arg-type]
-                replies: list[Any] = []
-                while len(replies) < len(commands):
-                    reply = reader.gets()
-                    if reply is False:
-                        data = sock.recv(_READ_SIZE)
-                        if not data:
-                            raise ConnectionError('connection closed by the server')
-                        reader.feed(data)
-                        continue
-                    if isinstance(reply, hiredis.ReplyError):
-                        reply = _response_error(str(reply))
-                    replies.append(reply)
-                return replies
-            except (OSError, hiredis.ProtocolError, redis.exceptions.ConnectionError) as exc:
-                self._drop()
-                if isinstance(exc, redis.exceptions.ConnectionError):
-                    raise
-                raise redis.exceptions.ConnectionError(f'Error while talking to Redis: {exc}') from exc
-            except BaseException:
-                self._drop()  # interrupted mid-reply: the stream position is unknown
-                raise
+                self._write(buffers)
+                return self._receive(count)
+            except BaseException as exc:
+                self._fail(exc)
+
+    def send_packed(self, buffers: list[bytes]) -> None:
+        """Write commands already in RESP without reading their replies (`receive` them later)."""
+        self._after_fork()
+        with self._lock:
+            try:
+                if self._sock is None:
+                    self._connect()
+                self._write(buffers)
+            except BaseException as exc:
+                self._fail(exc)
+
+    def receive(self, count: int) -> list[Any]:
+        """Wait for the next `count` replies (as `execute` returns them)."""
+        with self._lock:
+            if self._sock is None:
+                raise redis.exceptions.ConnectionError('not connected')
+            try:
+                return self._receive(count)
+            except BaseException as exc:
+                self._fail(exc)
+
+    def _receive(self, count: int) -> list[Any]:
+        sock, reader = self._sock, self._reader
+        assert reader is not None
+        replies: list[Any] = []
+        while len(replies) < count:
+            reply = reader.gets()
+            if reply is False:
+                data = sock.recv(_READ_SIZE)
+                if not data:
+                    raise ConnectionError('connection closed by the server')
+                reader.feed(data)
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                reply = _response_error(str(reply))
+            replies.append(reply)
+        return replies
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        """Drop the connection (after an error, or an interruption mid-reply, the stream position is unknown)
+        and raise: I/O and protocol errors as redis-py's ConnectionError, anything else as it is."""
+        self._drop()
+        if isinstance(exc, OSError | hiredis.ProtocolError):
+            raise redis.exceptions.ConnectionError(f'Error while talking to Redis: {exc}') from exc
+        raise exc
 
     # --- split send and receive: for commands that block in Redis (BLMOVE), waited on with select() ----------
 
@@ -118,20 +167,20 @@ class Link:
 
     def send_all(self, commands: Sequence[Command]) -> None:
         """Write `commands` in one write without reading their replies (see `send`)."""
-        if self._pid != os.getpid():
-            self._lock = threading.Lock()
-            self._conn = self._sock = self._reader = None
-            self._pid = os.getpid()
-        with self._lock:
-            try:
-                if self._sock is None:
-                    self._connect()
-                self._sock.sendall(b''.join([hiredis.pack_command(tuple(c)) for c in commands]))  # type: ignore[arg-type]
-            except (OSError, redis.exceptions.ConnectionError) as exc:
-                self._drop()
-                if isinstance(exc, redis.exceptions.ConnectionError):
-                    raise
-                raise redis.exceptions.ConnectionError(f'Error while talking to Redis: {exc}') from exc
+        self.send_packed(pack(commands))
+
+    def _write(self, buffers: list[bytes]) -> None:
+        """Write all of `buffers` (under the lock, connected)."""
+        sock, fd = self._sock, self._fd
+        for data in buffers:
+            sent = 0
+            if fd >= 0:
+                try:
+                    sent = os.write(fd, data)
+                except BlockingIOError:  # the socket's buffer is full: sendall waits for room
+                    pass
+            if sent < len(data):
+                sock.sendall(memoryview(data)[sent:])
 
     def fileno(self) -> int:
         """The socket's descriptor (-1 when not connected)."""
@@ -146,10 +195,7 @@ class Link:
                 return []
             out: list[Any] = []
             try:
-                # select() first, not MSG_DONTWAIT: a socket with a timeout (redis-py sets `socket_timeout`)
-                # waits inside recv() whatever the flags, and TLS sockets take no flags at all.
-                while _readable(sock):
-                    data = sock.recv(_READ_SIZE)
+                while (data := self._read_ready()) is not None:
                     if not data:
                         raise ConnectionError('connection closed by the server')
                     reader.feed(data)
@@ -158,9 +204,22 @@ class Link:
                 while (reply := reader.gets()) is not False:
                     out.append(_response_error(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply)
             except (OSError, hiredis.ProtocolError) as exc:
-                self._drop()
-                raise redis.exceptions.ConnectionError(f'Error while talking to Redis: {exc}') from exc
+                self._fail(exc)
             return out
+
+    def _read_ready(self) -> bytes | None:
+        """What has arrived, without waiting (b'' when the server closed); None when nothing has.
+
+        A socket with a timeout waits inside `recv` whatever the flags (Python polls first), but its descriptor
+        is non-blocking: read it directly. One without is blocking: `MSG_DONTWAIT`. TLS takes no flags and
+        may hold decrypted bytes select() cannot see."""
+        sock, fd = self._sock, self._fd
+        try:
+            if fd >= 0:
+                return os.read(fd, _READ_SIZE) if self._timeout else sock.recv(_READ_SIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        return sock.recv(_READ_SIZE) if _readable(sock) else None
 
     def call(self, *command: str | bytes | int | float) -> Any:
         """One command; an error reply is raised."""

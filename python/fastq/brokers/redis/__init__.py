@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     import redis
 
     from fastq.config import Settings
+    from fastq.utils.rediswire import Link
 
 __all__ = ['RedisBroker']
 
@@ -98,7 +99,7 @@ class RedisBroker(Broker):
             fanout_patterns=bool(options.get('fanout_patterns', True)),
         )
         self.client: redis.Redis = client_for(url, conf, options)
-        self.commands = Commands(self.client.connection_pool)
+        self.commands = Commands(self.client)
         self._async_clients: LoopLocal[AsyncRedis | None] = LoopLocal(self._new_async_client, _close_async_client)
         self._queue_keys: dict[tuple[str, int], str] = {}
         self.scripts = Scripts(self.client)
@@ -536,7 +537,7 @@ class _Stream(PublishStream):
 
     def __init__(self, broker: RedisBroker) -> None:
         self.broker = broker
-        self.conn: Any = None
+        self.conn: Link | None = None
         self.queued = 0
         self.undeclared: set[str] = set()
         self.failed = False
@@ -550,7 +551,7 @@ class _Stream(PublishStream):
         try:
             if self.conn is None:
                 self.conn = self.broker.commands.take()
-            self.conn.send_packed_command(pack(commands))
+            self.conn.send_packed(pack(commands))
         except CONNECTION_ERRORS:
             self._drop()
             return
@@ -562,10 +563,12 @@ class _Stream(PublishStream):
         if self.failed or conn is None:
             return not self.failed
         try:
-            conn.send_packed_command(pack([('EXEC',)]))
-            for _ in range(self.queued):
-                conn.read_response()
-            reply = conn.read_response()
+            conn.send_packed(pack([('EXEC',)]))
+            replies = conn.receive(self.queued + 1)
+            for error in replies:
+                if isinstance(error, Exception):  # an error reply: refused while queueing (EXECABORT)
+                    raise error
+            reply = replies[-1]
         except CONNECTION_ERRORS:
             self._drop()
             return False
@@ -585,5 +588,5 @@ class _Stream(PublishStream):
         self.failed = True
         conn, self.conn = self.conn, None
         if conn is not None:
-            conn.disconnect()  # Redis discards a transaction whose client went away before EXEC
+            conn.close()  # Redis discards a transaction whose client went away before EXEC
             self.broker.commands.give(conn)

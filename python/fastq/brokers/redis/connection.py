@@ -21,6 +21,8 @@ from fastq.exceptions import ImproperlyConfigured
 if TYPE_CHECKING:
     import redis
 
+    from fastq.utils.rediswire import Link
+
 #: What redis-py raises when the server cannot be reached or stops answering.
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (OSError,)
 try:
@@ -170,58 +172,49 @@ class Commands:
 
     Publishing is a single LPUSH most of the time, and redis-py's client costs as much as the round trip
     around it: its pool polls every borrowed connection for stray data, and each call passes through retry,
-    parsing and response-callback layers. Here a connection is taken from an idle stack, the commands are
-    written in one `sendall`, the replies read, and the connection put back. Each connection is used by one
-    thread at a time (taking and returning one is a single list operation, atomic in CPython); a connection
-    that failed is closed before it is returned, so no reply of an interrupted call is ever read as another's.
-    A forked child starts with no connections (its parent's sockets are not shared).
+    parsing and response-callback layers. Here a connection (a `Link`) is taken from an idle stack, the
+    commands are written in one write, the replies read, and the connection put back. Each connection is used
+    by one thread at a time (taking and returning one is a single list operation, atomic in CPython); a
+    connection that failed is closed before it is returned, so no reply of an interrupted call is ever read as
+    another's. A forked child starts with no connections (its parent's sockets are not shared).
     """
 
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self.pool = pool
-        self._idle: list[Any] = []
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._idle: list[Link] = []
         self._pid = os.getpid()
-        # Connections of other pools (Sentinel's) find their server through the pool: borrow them there.
-        self._own = type(pool) is _import_redis().ConnectionPool
 
-    def take(self) -> Any:
+    def take(self) -> Link:
         """A connection for this thread alone until it is given back (`give`)."""
-        if not self._own:
-            try:
-                return self.pool.get_connection()
-            except TypeError:  # redis-py < 5.3 wants a command name
-                return self.pool.get_connection('LPUSH')  # type: ignore[call-arg,unused-ignore]
         if self._pid != os.getpid():
             self._idle = []
             self._pid = os.getpid()
         try:
             return self._idle.pop()
         except IndexError:
-            return self.pool.connection_class(**self.pool.connection_kwargs)
+            from fastq.utils.rediswire import Link
 
-    def give(self, conn: Any) -> None:
-        if self._own:
-            self._idle.append(conn)
-        else:
-            self.pool.release(conn)
+            return Link(self.client)
+
+    def give(self, link: Link) -> None:
+        self._idle.append(link)
 
     def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send `commands` in one write and return their replies; an error reply is raised (ResponseError)."""
-        conn = self.take()
+        link = self.take()
         try:
-            conn.send_packed_command(pack(commands))
-            replies = [conn.read_response() for _ in commands]
-        except BaseException:
-            conn.disconnect()
-            self.give(conn)
-            raise
-        self.give(conn)
+            replies = link.execute_packed(pack(commands), len(commands))
+        finally:
+            self.give(link)  # closed by a failure: it connects again when next used
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         return replies
 
     def close(self) -> None:
         idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.disconnect()
+        for link in idle:
+            link.close()
 
 
 #: Commands are packed into buffers of about this size: one `sendall` for a publish, a few for a batch,
@@ -232,6 +225,6 @@ PACK_BUFFER = 256 * 1024
 PASS_THROUGH = 32 * 1024
 
 
-def pack(commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
+def pack(commands: Sequence[Sequence[Any]]) -> list[bytes]:
     """The RESP encoding of `commands` (str, bytes, int arguments), in buffers of about PACK_BUFFER bytes."""
     return _core.resp_pack(commands, PACK_BUFFER, PASS_THROUGH)
