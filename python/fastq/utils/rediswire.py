@@ -33,6 +33,18 @@ Command = Sequence[str | bytes | int | float]
 
 _READ_SIZE = 65536
 
+#: Forks this process is from (counted in each child): a connection made in an earlier generation is the
+#: parent's. Checked on every call instead of os.getpid(), a system call (glibc does not cache it).
+generation = 0
+
+
+def _forked() -> None:
+    global generation
+    generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
 
 class Link:
     """One connection, used by one thread at a time (a lock makes misuse safe, not fast)."""
@@ -43,7 +55,7 @@ class Link:
         self._sock: Any = None
         self._reader: hiredis.Reader | None = None
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._generation = generation
         self._fd = -1  # the socket's descriptor when it is plain (os.write/os.read), else -1 (TLS)
         self._timeout = True  # whether the socket has a timeout (then Python keeps its descriptor non-blocking)
 
@@ -59,7 +71,7 @@ class Link:
             raise redis.exceptions.ConnectionError('could not open a connection for the fast path')
         self._conn, self._sock = conn, sock
         self._reader = hiredis.Reader()
-        self._pid = os.getpid()
+        self._generation = generation
         self._fd = -1 if isinstance(sock, ssl.SSLSocket) else sock.fileno()
         self._timeout = sock.gettimeout() is not None
 
@@ -70,7 +82,7 @@ class Link:
     def __del__(self) -> None:
         # An owner that was never closed (a client dropped without close()): close quietly, not with a
         # ResourceWarning, and never a socket inherited from the parent of a fork.
-        if self._sock is not None and self._pid == os.getpid():
+        if self._sock is not None and self._generation == generation:
             try:
                 self._sock.close()
             except Exception:  # interpreter shutdown: nothing left to do
@@ -86,11 +98,11 @@ class Link:
 
     def _after_fork(self) -> None:
         """In a forked child the socket is the parent's: leave it alone, connect anew when used."""
-        if self._pid != os.getpid():
+        if self._generation != generation:
             self._lock = threading.Lock()
             self._conn = self._sock = self._reader = None
             self._fd = -1
-            self._pid = os.getpid()
+            self._generation = generation
 
     def execute(self, commands: Sequence[Command]) -> list[Any]:
         """Send `commands` in one write and return their replies in order.

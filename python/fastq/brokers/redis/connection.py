@@ -9,7 +9,6 @@ Every connection made here has a socket timeout (a dead peer must not hang a wor
 
 from __future__ import annotations
 
-import os
 import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -181,20 +180,22 @@ class Commands:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
+        from fastq.utils import rediswire  # (needs redis-py, which this module must not import first)
+
+        self._wire = rediswire
         self._idle: list[Link] = []
-        self._pid = os.getpid()
+        self._generation = rediswire.generation
 
     def take(self) -> Link:
         """A connection for this thread alone until it is given back (`give`)."""
-        if self._pid != os.getpid():
+        wire = self._wire
+        if self._generation != wire.generation:  # a forked child: its parent's connections are not its own
             self._idle = []
-            self._pid = os.getpid()
+            self._generation = wire.generation
         try:
             return self._idle.pop()
         except IndexError:
-            from fastq.utils.rediswire import Link
-
-            return Link(self.client)
+            return cast('Link', wire.Link(self.client))
 
     def give(self, link: Link) -> None:
         self._idle.append(link)
