@@ -115,24 +115,21 @@ class Link:
 
     def execute_packed(self, buffers: list[bytes], count: int) -> list[Any]:
         """`execute` for commands already in RESP (`pack`): `count` of them, in `buffers`."""
-        self._after_fork()
-        with self._lock:
-            try:
-                if self._sock is None:
-                    self._connect()
-                self._write(buffers)
-                return self._receive(count)
-            except BaseException as exc:
-                self._fail(exc)
+        return self._exchange(buffers, count)
 
     def send_packed(self, buffers: list[bytes]) -> None:
         """Write commands already in RESP without reading their replies (`receive` them later)."""
+        self._exchange(buffers, 0)
+
+    def _exchange(self, buffers: list[bytes], count: int) -> list[Any]:
+        """Write `buffers`, then read `count` replies, holding the connection throughout."""
         self._after_fork()
         with self._lock:
             try:
                 if self._sock is None:
                     self._connect()
                 self._write(buffers)
+                return self._receive(count) if count else []
             except BaseException as exc:
                 self._fail(exc)
 
