@@ -52,7 +52,7 @@ def test_replies_never_wait(redis_url: str, timeout: float | None) -> None:
         client.close()
 
 
-def test_a_write_larger_than_the_socket_buffer_is_sent_whole(redis_url: str, raw: redis.Redis) -> None:
+def test_a_write_larger_than_the_socket_buffer_is_sent_whole(raw: redis.Redis) -> None:
     link = Link(raw)
     try:
         value = os.urandom(1 << 20) * 12  # 12 MiB: more than a socket buffer holds
@@ -87,7 +87,7 @@ def test_a_closed_server_connection_is_a_connection_error_and_the_next_call_reco
         link.close()
 
 
-def test_commands_raise_an_error_reply_and_keep_the_connection(redis_url: str, raw: redis.Redis) -> None:
+def test_commands_raise_an_error_reply_and_keep_the_connection(raw: redis.Redis) -> None:
     commands = Commands(raw)
     try:
         raw.set('wire-str2', 'x')

@@ -237,9 +237,10 @@ class Link:
             raise reply
         return reply
 
-    def evalsha(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Run a redis-py `Script` by its SHA, loading it when the server does not know it (yet)."""
-        reply = self.evalsha_after((), script, keys, args)[1]
+    def evalsha(self, script: Any, keys: Sequence[Any], args: Sequence[Any], ahead: Sequence[Command] = ()) -> Any:
+        """Run a redis-py `Script` by its SHA, loading it when the server does not know it (yet); `ahead`: commands
+        written before it, in the same write, whose replies are not looked at. An error reply is raised."""
+        reply = self.evalsha_after(ahead, script, keys, args)[1]
         if isinstance(reply, redis.exceptions.ResponseError):
             raise reply
         return reply

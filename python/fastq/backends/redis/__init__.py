@@ -88,6 +88,13 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+#: Written ahead of a store script, which PUBLISHes the result. Redis writes the replies of one pass of its
+#: event loop newest first: without the PING, the script's own reply, made last, would go out before the
+#: message to the caller waiting on the channel, and the caller would wait for that write (and the wake-up of
+#: the worker it makes) too. The PING's reply makes the storing connection's the older one.
+STORE_AHEAD = (('PING',),)
+
+
 class RedisBackend(Backend):
     polling = False
 
@@ -280,7 +287,7 @@ class RedisBackend(Backend):
         for _ in range(MAX_CAS_ROUNDS):
             # Through a hiredis-only connection: a worker stores a result per task, and redis-py's own call
             # path costs several times the round trip itself.
-            reply = _publishing(link, self._store_script, [key], [payload, ttl_ms, mode, expected])
+            reply = link.evalsha(self._store_script, [key], [payload, ttl_ms, mode, expected], STORE_AHEAD)
             if isinstance(reply, int):
                 return
             # Stored in a form the script cannot read: decide here, then write only if it is still that document.
@@ -320,7 +327,7 @@ class RedisBackend(Backend):
             link = self._link = Link(self.client)
         try:
             replies = self._run(
-                lambda: _publishing(link, self._store_many_script, keys, args),
+                lambda: link.evalsha(self._store_many_script, keys, args, STORE_AHEAD),
                 f'store {len(deferred)} results',
                 BackendStoreError,
                 True,
@@ -672,21 +679,3 @@ class SentinelBackend(RedisBackend):
         master = sentinel.master_for(options['master_name'], redis_class=redis.Redis, **credentials)
         pool: redis.ConnectionPool = master.connection_pool
         return pool
-
-
-#: Sent ahead of a store script (see `_publishing`).
-_AHEAD = (('PING',),)
-
-
-def _publishing(link: Link, script: Any, keys: list[Any], args: list[Any]) -> Any:
-    """Run a store script, which PUBLISHes the result, with a PING ahead of it in the same write.
-
-    Redis writes the replies of one pass of its event loop newest first: without the PING, the script's own
-    reply, made last, would go out before the message to the caller waiting on the channel, and the caller
-    would wait for that write (and the wake-up of the worker it makes) too. The PING's reply makes this
-    connection's the older one. An error reply of the script is raised, as `Link.evalsha` raises it.
-    """
-    reply = link.evalsha_after(_AHEAD, script, keys, args)[1]
-    if isinstance(reply, redis.exceptions.ResponseError):
-        raise reply
-    return reply

@@ -310,7 +310,7 @@ class PreforkPool(Pool):
             # tends to put it on this CPU, where it would wait for this thread to re-arm its fetch and sleep
             # (~30-40 µs on the project's 2-vCPU VM); a yield starts the task first. With nothing to yield to
             # (the child went to the other CPU) it returns at once. On the VM, rounds of `delay().get()` placed
-            # the fast way went 0.320-0.335 -> 0.303-0.308 ms p50, and more rounds were (benches/README.md).
+            # the fast way went 0.315-0.343 -> 0.297-0.311 ms p50 (benches/README.md).
             # Not for batches: a drain's parent must keep feeding its children.
             os.sched_yield()
 
