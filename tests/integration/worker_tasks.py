@@ -74,6 +74,20 @@ def sleeper(path: str, key: str, seconds: float) -> str:
 
 
 @app.task
+def napper(path: str, key: str, seconds: float) -> int:
+    """Records its start with the pid of the process running it (unless it sleeps 0), then sleeps."""
+    if seconds:
+        _record(path, f'start {key} {os.getpid()}')
+        time.sleep(seconds)
+    return os.getpid()
+
+
+@app.task(acks_late=True)
+def late_add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
 def crash_child() -> None:
     os._exit(13)
 

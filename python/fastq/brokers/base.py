@@ -264,6 +264,33 @@ class Consumer(abc.ABC):
         calls `handover()`: acks waiting then are not going to ride with a fetch soon. `None` stops it."""
         return False
 
+    def lend_lead(self) -> list[Delivery] | None:
+        """Stop waiting on the first queue so a pool child can wait there instead (fastq.worker.lending): None
+        if this consumer cannot lend its wait; else what it reserved meanwhile (delivered as usual, and the
+        wait is then not lent). Called from `fetch`'s thread, between fetches."""
+        return None
+
+    def unlend(self) -> None:
+        """Wait on the first queue again (any thread; `fetch` resumes it)."""
+        return None
+
+    def lead_spec(self) -> Any:
+        """What a pool child needs to wait in this consumer's place (the broker's `child_lead` takes it)."""
+        raise NotImplementedError
+
+    def taken(self, keys: list[str], raw: list[Any]) -> list[Delivery]:
+        """The deliveries a pool child reserved while it waited in this consumer's place, now held here."""
+        raise NotImplementedError
+
+    def recover_taken(self, tag: str) -> Delivery | None:
+        """A delivery a pool child reserved in this consumer's place and died before reporting (`taken`): now
+        held here, or None if it is no longer reserved."""
+        return None
+
+    def forget(self, tags: Sequence[Tag]) -> None:
+        """These reservations were acked by someone else (a pool child, `taken`): no longer held here."""
+        return None
+
     def set_queues(self, queues: Sequence[str]) -> None:
         """Consume from these queues from the next fetch on (`add_consumer` / `cancel_consumer`); called from
         any thread. What is already reserved from a queue left is kept and settled as usual."""
@@ -377,6 +404,10 @@ class Broker(abc.ABC):
         override it with a native asyncio implementation.
         """
         await asyncio.get_running_loop().run_in_executor(None, self.publish, batch)
+
+    def child_lead(self, spec: Any) -> Any:
+        """A pool child's wait in a consumer's place (`Consumer.lead_spec`), for brokers whose consumers lend it."""
+        raise NotImplementedError(f'{type(self).__name__} cannot wait from a pool child')
 
     @abc.abstractmethod
     def consumer(self, queues: Sequence[str], owner: str) -> Consumer:

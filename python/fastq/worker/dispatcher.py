@@ -19,6 +19,7 @@ import logging
 import time
 import traceback
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastq import _core, signals, states
@@ -122,6 +123,8 @@ class Dispatcher:
         # Observers of the task lifecycle, None when off (one attribute check per step on the hot path).
         self.events: TaskEvents | None = None
         self.metrics: WorkerMetrics | None = None
+        # Called when what a pool child holding the lent lead was told goes stale (a revoke, a rate limit).
+        self.on_terms_changed: Callable[[], None] | None = None
 
     # --- receiving ----------------------------------------------------------------------------------------
 
@@ -182,8 +185,16 @@ class Dispatcher:
         if request.expires is not None and request.expires < now:
             self._discard_revoked(d, request, task, expired=True)
             return
-        job = Job(
-            next(self._ids),
+        job = self._job(next(self._ids), d, request, task)
+        if request.eta is not None and request.eta > now:
+            self._hold(job, request.eta, now)
+            return
+        self._received(job)
+        self._enqueue(job)
+
+    def _job(self, job_id: int, d: Delivery, request: Any, task: Any) -> Job:
+        return Job(
+            job_id,
             d,
             request,
             bool(task.acks_late),  # acks_late
@@ -194,16 +205,70 @@ class Dispatcher:
             self.hostname,
             time.monotonic(),  # received
         )  # (positional: keywords cost this, the one busy thread, a little more per task)
-        if request.eta is not None and request.eta > now:
-            self._hold(job, request.eta, now)
-            return
+
+    def _received(self, job: Job) -> None:
         if logger.isEnabledFor(logging.INFO):  # (checked first: the arguments cost more, once per task)
-            logger.info('Task %s[%s] received', job.name, request.id)
+            logger.info('Task %s[%s] received', job.name, job.request.id)
         if self.events is not None or self.metrics is not None:
             self._observe_received(job)
         if signals.task_received.connected:
             signals.task_received.send(sender=self, request=job)
-        self._enqueue(job)
+
+    # --- tasks a pool child took from the broker itself (fastq.worker.lending) ------------------------------
+
+    def lendable(self) -> dict[str, tuple[Any, Any]]:
+        """Task names a child may run as it takes them (registered, seen here and not rate limited), with
+        their time limits (hard, soft) as this process has them (`time_limit` may have changed them)."""
+        tasks = self.app.tasks
+        return {
+            name: (tasks[name].time_limit, tasks[name].soft_time_limit) for name in self._unlimited if name in tasks
+        }
+
+    def adopt(self, d: Delivery, job_id: int, acked: bool) -> Job:
+        """A task a pool child took with the lent lead and is running or ran (it checked what `_receive`
+        checks): received and started here as if dispatched. An early ack is the child's when `acked` (it
+        rides with the child's next wait in the broker), else sent now, as Celery's is (on the pool's word
+        that the task started)."""
+        self.ledger.add(d.tag)
+        request = parse_delivery(d, self.tz)
+        job = self._job(job_id, d, request, self.app.tasks[request.task])
+        self._received(job)
+        if job.acks_late:
+            self.ledger.start(job.tag)
+        else:
+            job.acked = True
+            self.ledger.settle(job.tag)
+            if acked:
+                self.consumer.forget([job.tag])
+            else:
+                self._ack([job.tag])
+        self.running[job.id] = job
+        if self.events is not None:
+            self.events.started(job)
+        if self.metrics is not None:
+            self.metrics.started(job)
+        return job
+
+    def lost_taken(self, d: Delivery, reason: str) -> None:
+        """A task a pool child took with the lent lead and died with before it reported it: it may have
+        started, so it is lost as a running task is (`on_lost`: never run twice unless acks_late says so)."""
+        self.on_lost(self.adopt(d, next(self._ids), False), reason)
+
+    def acked_elsewhere_failed(self, tags: list[Any]) -> None:
+        """Early acks a pool child took on and could not send: sent from here."""
+        self._ack(tags)
+
+    def taken_back(self, deliveries: list[Delivery]) -> None:
+        """Deliveries a pool child took with the lent lead and left to this process: received as fetched."""
+        accepted = []
+        for d in deliveries:
+            try:
+                self.ledger.add(d.tag)
+            except KeyError:
+                logger.warning('broker handed out delivery %r twice; ignoring the duplicate', d.tag)
+            else:
+                accepted.append(d)
+        self.on_deliveries(accepted)
 
     def _hold(self, job: Job, eta: float, now: float) -> None:
         """A task with an ETA ahead: parked in the broker if far enough and it can, else held in memory."""
@@ -249,6 +314,8 @@ class Dispatcher:
         self._limits_known.add(name)
         self._unlimited.discard(name)
         self.limiter.configure(name, rate_limit, getattr(task, 'global_rate_limit', None))
+        if self.on_terms_changed is not None:
+            self.on_terms_changed()
 
     def _window(self) -> int:
         # Like Celery, scheduled (ETA) tasks held in memory do not count against the prefetch window.
@@ -325,6 +392,8 @@ class Dispatcher:
             self.revoked.add(task_id)
         if not ids:
             return
+        if self.on_terms_changed is not None:
+            self.on_terms_changed()
         for queue in self.limiter.waiting.values():
             for job in [j for j in queue if j.request.id in ids]:
                 queue.remove(job)

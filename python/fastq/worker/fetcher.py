@@ -72,6 +72,16 @@ class Fetcher(threading.Thread):
         self.reconnects = 0  # times fetching worked again after failing: a metric
         # Called before this thread waits, when the acks it queues ride with its fetches (`Settler.carrier`).
         self.handover: Callable[[], None] | None = None
+        # Lending the lead to a pool child (fastq.worker.lending): asked for, and told whether it stopped
+        # waiting on the lead (True) or kept it (False).
+        self._lend_asked = False
+        self.on_lead_free: Callable[[str], None] | None = None
+
+    def request_lend(self) -> None:
+        """(Any thread) stop waiting on the lead between fetches, and say how it went through `on_lead_free`
+        ('free', 'busy': tasks came as it stopped, or 'unable')."""
+        self._lend_asked = True
+        self.consumer.wakeup()
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -95,6 +105,8 @@ class Fetcher(threading.Thread):
         pace = _Pace()
         linger = False
         while not self._stop_event.is_set():
+            if self._lend_asked:
+                self._lend()
             if linger:
                 self._before_waiting()
                 self._stop_event.wait(LINGER)
@@ -134,6 +146,18 @@ class Fetcher(threading.Thread):
             linger = pace.fetched(len(deliveries), free, time.monotonic())
             if deliveries:
                 self._accept(deliveries, self.deliver_here)
+
+    def _lend(self) -> None:
+        self._lend_asked = False
+        try:
+            got = self.consumer.lend_lead()
+        except Exception as exc:  # the fetch that follows reports a broker that is down
+            logger.debug('could not stop waiting on the lead: %r', exc)
+            got = None
+        if got:
+            self._accept(got, self.deliver_here)
+        if self.on_lead_free is not None:
+            self.on_lead_free('unable' if got is None else 'busy' if got else 'free')
 
     def _before_waiting(self) -> None:
         if self.handover is not None:

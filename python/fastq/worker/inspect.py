@@ -306,6 +306,7 @@ def _time_limit(
         return {'error': 'unknown task'}
     task.soft_time_limit = float(soft) if soft is not None else None
     task.time_limit = float(hard) if hard is not None else None
+    _terms_changed(worker)
     logger.info('New time limits for tasks of type %s: soft=%s hard=%s', task_name, soft, hard)
     return ok('time limits set successfully')
 
@@ -319,6 +320,14 @@ def _set_queues(worker: WorkController, queues: list[str]) -> None:
         raise ValueError('the worker is not consuming yet')
     consumer.set_queues(queues)  # NotImplementedError on brokers that cannot: reported as an error reply
     worker.queues = queues
+    _terms_changed(worker)
+
+
+def _terms_changed(worker: WorkController) -> None:
+    """A pool child waiting in the broker (fastq.worker.lending) waits by what it was told: take the lead back."""
+    lending = worker.lending
+    if lending is not None:
+        worker.loop.call_soon_threadsafe(lending.recall)
 
 
 @command('add_consumer')

@@ -108,9 +108,11 @@ class Prepared:
     soft_time_limit: float | None
 
 
-def prepare_payload(app: Fastq, payload: bytes, accept: frozenset[str]) -> Prepared | Outcome:
-    """Decode a job payload; an Outcome instead when it cannot run (undecodable, or an unknown task)."""
-    raw, queue, redelivered, time_limit, soft_limit, hostname = marshal.loads(payload)
+def prepare_payload(app: Fastq, payload: bytes | tuple[Any, ...], accept: frozenset[str]) -> Prepared | Outcome:
+    """Decode a job payload (or take its fields as they are: a task a pool child took itself); an Outcome
+    instead when it cannot run (undecodable, or an unknown task)."""
+    fields: tuple[Any, ...] = marshal.loads(payload) if type(payload) is bytes else payload  # type: ignore[assignment]
+    raw, queue, redelivered, time_limit, soft_limit, hostname = fields
     try:
         decoded = _core.job_request(raw, queue, redelivered, time_limit, soft_limit, hostname, accept, json_tag_hook)
     except Exception:  # (a tag hook's error, say) the general path below reports it in its own words
@@ -134,7 +136,7 @@ def prepare_payload(app: Fastq, payload: bytes, accept: frozenset[str]) -> Prepa
     return Prepared(task, args, kwargs, request, time_limit, soft_limit)
 
 
-def run_payload(app: Fastq, payload: bytes, accept: frozenset[str]) -> Outcome:
+def run_payload(app: Fastq, payload: bytes | tuple[Any, ...], accept: frozenset[str]) -> Outcome:
     """Decode and execute a job payload (in a prefork child, a pool thread or the solo loop)."""
     prepared = prepare_payload(app, payload, accept)
     if isinstance(prepared, Outcome):

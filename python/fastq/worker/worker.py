@@ -33,6 +33,7 @@ from fastq.worker.settler import Settler
 if TYPE_CHECKING:
     from fastq.app import Fastq
     from fastq.brokers.base import Broker, Consumer, Delivery
+    from fastq.worker.lending import Lending
     from fastq.worker.pool.base import Pool
 
 logger = logging.getLogger('celery.worker')
@@ -127,6 +128,7 @@ class WorkController:
         self.dispatcher: Dispatcher | None = None
         self.fetcher: Fetcher | None = None
         self.settler: Settler | None = None
+        self.lending: Lending | None = None
         self.control: Any = None
         self.events: WorkerEvents | None = None
         self.metrics: Any = None
@@ -199,6 +201,7 @@ class WorkController:
         if carried:  # acks the fetcher queues ride with its next fetch; it hands them over before it waits
             self.settler.carrier = self.fetcher
             self.fetcher.handover = self.settler.hand_over
+        self._start_lending()
         self._start_events()
         self._start_metrics()
         if self.autoscale is not None:
@@ -271,6 +274,24 @@ class WorkController:
                     self.loop.run_once(min(0.2, max(0.0, deadline - time.monotonic())))
                 if self._shutdown:
                     return None
+
+    def _start_lending(self) -> None:
+        """Lend the broker's lead to an idle pool child while the worker is idle (fastq.worker.lending)."""
+        from fastq.brokers.base import Consumer
+        from fastq.worker.pool.prefork import PreforkPool
+
+        pool, consumer = self.pool, self.consumer
+        if (
+            type(pool) is not PreforkPool
+            or consumer is None
+            or type(consumer).lend_lead is Consumer.lend_lead
+            or self.dispatcher is None
+            or self.fetcher is None
+        ):
+            return
+        from fastq.worker.lending import Lending
+
+        self.lending = Lending(self.dispatcher, consumer, self.fetcher, pool, self.loop)
 
     def _deliver_here(self, deliveries: list[Delivery]) -> bool:
         """Receive `deliveries` in the fetcher's thread while the loop sleeps (`Loop.run_borrowed`); False to
@@ -407,8 +428,7 @@ class WorkController:
     def _finish(self) -> int:
         self._stop_beat()
         try:
-            if self.fetcher is not None:
-                self.fetcher.stop()
+            self._stop_fetching()
             if self.control is not None:
                 self.control.stop()
             self._stop_renew.set()
@@ -445,6 +465,12 @@ class WorkController:
             self.app.close()
             self.loop.close()
         return self.exitcode
+
+    def _stop_fetching(self) -> None:
+        if self.lending is not None:
+            self.lending.stop()
+        if self.fetcher is not None:
+            self.fetcher.stop()
 
     def _join_broker_threads(self) -> None:
         """Housekeeping ends within a moment of `_stop_renew`; let it finish before app.close(). The pidbox

@@ -269,6 +269,12 @@ class RedisBroker(Broker):
         self.declare(queues)
         return RedisConsumer(self, list(queues), owner)
 
+    def child_lead(self, spec: dict[str, Any]) -> Any:
+        """The lead's wait for a pool child the worker lends it to (`RedisConsumer.lead_spec`)."""
+        from fastq.brokers.redis.childlead import ChildLead
+
+        return ChildLead(self, spec)
+
     def restore(self, tags: Sequence[Tag], leftmost: bool, count_delivery: bool) -> int:
         """Put reserved messages back on their queues (RPUSH: served next; LPUSH with `leftmost`: last).
 

@@ -186,6 +186,8 @@ class RedisConsumer(Consumer):
         # (take, settled) of `carry_acks`: acks sent in the fetches' writes; `_handover` before blocking
         self._carry: tuple[Callable[[], list[Tag]], Callable[[list[Tag], bool], None]] | None = None
         self._handover: Callable[[], None] | None = None
+        # The lead is lent to a pool child (`lend_lead`): this thread neither arms it nor waits on it.
+        self._lent = False
 
     def is_closed(self) -> bool:
         return self._closed
@@ -248,6 +250,64 @@ class RedisConsumer(Consumer):
                 raise redis.exceptions.ConnectionError('the waiting connection was lost')
             select.select([fd], [], [], remaining)
         return self._deliveries(*fetched)
+
+    # --- lending the lead to a pool child (fastq.worker.lending) --------------------------------------------
+
+    def lend_lead(self) -> list[Delivery] | None:
+        """Stop waiting on the lead so a pool child can wait in its place (`lead_spec`): what the lead's script
+        reserved meanwhile (to be delivered as usual; the lead is then not lent), or None when this consumer
+        cannot lend it (no queued fetch here: an ACL without CLIENT). In the fetching thread."""
+        if self._new_queues is not None:
+            self._apply_new_queues()
+        lead = self._watches[0]
+        if not lead.can_fetch or self._closed:
+            return None
+        got: list[Delivery] = []
+        if lead.pending:
+            if lead.fetching:
+                got = self._finish_lead(lead)
+            else:  # a bare BLMOVE (armed while the window was full): dropped with its connection
+                lead.link.close()
+                lead.pending, lead.replies = False, []
+        self._lent = not got
+        return got
+
+    def unlend(self) -> None:
+        """The lead is this consumer's again (any thread): the fetching thread arms it from its next wait."""
+        self._lent = False
+        self.wakeup()
+
+    def lead_spec(self) -> dict[str, Any]:
+        """What a pool child needs to wait on the lead (`ChildLead`): the keys in serving order, their queues,
+        and how long one BLMOVE blocks."""
+        return {
+            'keys': [key for key, _ in self._keys],
+            'queues': [queue for _, queue in self._keys],
+            'timeout': self._watches[0].timeout if self._watches else WAIT_TIMEOUT,
+        }
+
+    def taken(self, keys: list[str], raw: list[Any]) -> list[Delivery]:
+        """The deliveries a pool child reserved with the lent lead (the fetch script's reply), now held by this
+        consumer as if it had fetched them."""
+        return self._deliveries(keys, raw)
+
+    def recover_taken(self, tag: str) -> Delivery | None:
+        """A task a pool child took with the lent lead and did not report before it died: its delivery, held
+        here, if it is still reserved (None if it was acked, or is not kombu's record)."""
+        raw = self.client.hget(self.layout.unacked, tag)
+        if raw is None:
+            return None
+        try:
+            envelope, _, routing_key = _core.json_loads(raw, None)
+        except (ValueError, TypeError):
+            return None
+        if not isinstance(envelope, dict):
+            return None
+        queue = routing_key if routing_key in self.queues else self.queues[0]
+        delivery = self._decoded(tag, queue, _core.json_dumps(envelope, None))
+        with self._held_lock:
+            self._held.add(tag)
+        return delivery
 
     # --- fetching -----------------------------------------------------------------------------------------
 
@@ -323,16 +383,17 @@ class RedisConsumer(Consumer):
     def _wait_once(self, deadline: float, limit: int) -> bool | list[Delivery] | None:
         """One select() over the watches: as `_wait`, or None to keep waiting."""
         lead = self._watches[0]
-        if limit > 0:
+        watches = self._watches[1:] if self._lent else self._watches
+        if limit > 0 and not self._lent:
             lead.arm_fetching(self, limit)
-        for watch in self._watches:
+        for watch in watches:
             watch.arm()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
         if self._handover is not None:
             self._handover()
-        fds = [watch.link.fileno() for watch in self._watches]
+        fds = [watch.link.fileno() for watch in watches]
         readable, _, _ = select.select([self._wake_r, *fds], [], [], remaining)
         if self._wake_r in readable:
             self._drain_wake()
@@ -340,15 +401,15 @@ class RedisConsumer(Consumer):
                 self._interrupted = False
                 self._settle_ahead(lead)
                 return False
-        if lead.fetching and fds[0] in readable:
+        if lead.fetching and not self._lent and fds[0] in readable:
             fetched = lead.fetched(self)
             if fetched is not None:
                 return self._deliveries(*fetched)
         hit = False
-        for watch, fd in zip(self._watches, fds, strict=True):
+        for watch, fd in zip(watches, fds, strict=True):
             if fd in readable and not watch.fetching:
                 hit = watch.hit(self) or hit
-        if hit and lead.fetching:
+        if hit and lead.fetching and not self._lent:
             # A task on another key: the lead's script reserves from every key, once unblocked.
             assert lead.client_id is not None
             self._fetch_link.call('CLIENT', 'UNBLOCK', lead.client_id)
@@ -459,6 +520,9 @@ class RedisConsumer(Consumer):
             pass
 
     # --- settling -----------------------------------------------------------------------------------------
+
+    def forget(self, tags: Sequence[Tag]) -> None:
+        self._forget(tags)
 
     def _forget(self, tags: Sequence[Tag]) -> None:
         with self._held_lock:

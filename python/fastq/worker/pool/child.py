@@ -12,11 +12,12 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastq import _ipc, signals
 from fastq.states import SUCCESS
 from fastq.worker.job import run_payload
+from fastq.worker.pool.lent import LEND, Borrower
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -30,8 +31,10 @@ READY = 4  # child -> parent: initialised; payload is the pid
 JOB_SHORT = 5  # parent -> child: short, acks_late, no hard time limit: its answer may be batched
 CANCEL = 6  # parent -> child (asyncio pool): cancel the running job with this id
 SUCCEEDED = 7  # child -> parent: short jobs that succeeded, in order: marshalled (job ids, runtimes, retval reprs)
+# LEND, RECALL, TOOK, RELEASED (8-11): the broker's lead lent to a child, see lent.py.
 
 logger = logging.getLogger('fastq.worker.pool')
+
 
 #: Answers to short jobs are written when this many wait, or when the oldest waited this long (seconds).
 #: Only while more short jobs are queued in the child: one that runs out writes everything at once, so an
@@ -133,15 +136,28 @@ class _Answers:
             self.chan.flush_blocking()
 
 
-def _take(chan: _ipc.Channel, queue: deque[tuple[int, int, bytes]]) -> bool:
-    """Queue the jobs the parent has sent; True when it asked this child to stop. Raises EOFError."""
+def _take(
+    chan: _ipc.Channel, queue: deque[tuple[int, int, bytes]], lends: list[tuple[int, bytes]] | None = None
+) -> bool:
+    """Queue the jobs the parent has sent (and in `lends` the leads it lent); True when it asked this child to
+    stop. Raises EOFError."""
     stop = False
     for job_id, kind, payload in chan.recv():
         if kind == JOB or kind == JOB_SHORT:
             queue.append((job_id, kind, payload))
         elif kind == STOP:
             stop = True
+        elif kind == LEND and lends is not None:
+            lends.append((job_id, payload))
     return stop
+
+
+def _exiting(done: int, max_tasks: int | None, max_memory_kib: int | None) -> bool:
+    """Whether this child exits after `done` jobs (`--max-tasks-per-child`, `--max-memory-per-child`)."""
+    if max_memory_kib and _rss_kib() > max_memory_kib:
+        logger.warning('child process exiting after exceeding memory limit (%sKiB / %sKiB)', _rss_kib(), max_memory_kib)
+        return True
+    return bool(max_tasks and done >= max_tasks)
 
 
 def child_main(
@@ -161,26 +177,34 @@ def child_main(
     signals.worker_process_init.send(sender=None)
     chan.send(0, READY, str(os.getpid()).encode())
     chan.flush_blocking()
-    queue: deque[tuple[int, int, bytes]] = deque()
+    queue: deque[tuple[int, int, Any]] = deque()
     backend = app.backend if app.conf.result_backend else None
     answers = _Answers(chan, backend.flush_stores if backend is not None and backend.defer_stores() else None)
     # `progress` (prefork.py): this child's count of jobs started at `index`, and the parent's count of jobs
     # written to it at `sent`.
-    if progress is not None and index >= len(progress) // 2:
+    if progress is not None and index >= len(progress) // 3:
         progress = None
-    sent = len(progress) // 2 + index if progress is not None else 0
+    sent = len(progress) // 3 + index if progress is not None else 0
     received = 0
     done = 0
     stopping = False
     exitcode = 0
+    borrower = Borrower(app, accept, chan, progress, index)  # the broker's lead, when the parent lends it
+    lends: list[tuple[int, bytes]] = []
     try:
         while True:
+            took = False
             if not queue:
+                borrower.settle(stopping)  # first: the early acks of the tasks taken go ahead of their answers
                 answers.write()  # about to wait: everything done so far must reach the parent first
+                borrower.reported()
                 if stopping:
                     break
-                chan.wait(None)
-            if not queue or (len(queue) < REFILL_BELOW and (progress is None or progress[sent] != received)):
+                took = borrower.wait(queue, answers.waiting)  # took a task: run it (the parent's count may lag)
+                received += took
+            if not took and (
+                not queue or (len(queue) < REFILL_BELOW and (progress is None or progress[sent] != received))
+            ):
                 # Take what the parent sent meanwhile (a non-blocking read), so a short queue is refilled
                 # before it runs dry rather than after. Not while the parent's count says it sent nothing
                 # new: that read found nothing most times (0.38 system calls per task in a drain). The count
@@ -188,10 +212,12 @@ def child_main(
                 # is not counted, and is read when the queue has run out.
                 before = len(queue)
                 try:
-                    stopping = _take(chan, queue) or stopping
+                    stopping = _take(chan, queue, lends) or stopping
                 except EOFError:
                     break  # the parent is gone
                 received += len(queue) - before
+                if lends:
+                    borrower.take_up(lends)
                 if not queue:
                     continue
             job_id, kind, payload = queue.popleft()
@@ -204,16 +230,12 @@ def child_main(
             if not queue:
                 answers.store_now()
             done += 1
-            over_memory = bool(max_memory_kib and _rss_kib() > max_memory_kib)
-            exiting = bool((max_tasks and done >= max_tasks) or over_memory)
+            exiting = _exiting(done, max_tasks, max_memory_kib)
             answers.answer(job_id, outcome, short, exiting)
             if exiting:
-                if over_memory:
-                    logger.warning(
-                        'child process exiting after exceeding memory limit (%sKiB / %sKiB)', _rss_kib(), max_memory_kib
-                    )
                 break
     finally:
+        borrower.give_back()
         signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=exitcode)
         chan.close()
     return exitcode

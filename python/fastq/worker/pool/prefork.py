@@ -43,6 +43,7 @@ from fastq import _ipc, signals
 from fastq.states import SUCCESS
 from fastq.worker.pool.base import Pool
 from fastq.worker.pool.child import JOB, JOB_SHORT, READY, RESULT, STOP, SUCCEEDED, child_main
+from fastq.worker.pool.lent import LEND, RECALL, RELEASED, TAG_BYTES, TOOK
 from fastq.worker.pool.zygote import Zygote
 from fastq.worker.trace import Outcome
 
@@ -65,8 +66,10 @@ MAX_JOBS_PER_CHILD = 64
 #: Estimate for a task name never run here yet: long, so it is sent to an idle child only.
 UNKNOWN_RUNTIME = 1.0
 #: Children (by index) whose started-job count is shared with the parent; beyond it answers are not batched
-#: for early-acked jobs. 8 bytes each.
+#: for early-acked jobs, and the broker's lead is not lent to them. 8 bytes each, three regions (see below).
 PROGRESS_SLOTS = 1024
+# After the three regions of counts, TAG_BYTES per child: the tag of the task it took from the broker and has
+# not reported yet (a length byte, then the tag), so that a child dying meanwhile does not leave it unknown.
 
 
 def human_status(status: int) -> str:
@@ -97,6 +100,7 @@ class _Child:
         'retiring',
         'sent',
         'timer',
+        'took_tag',
     )
 
     def __init__(self, index: int, pid: int, chan: _ipc.Channel) -> None:
@@ -115,6 +119,7 @@ class _Child:
         self.exit_status: int | None = None
         self.finalized = False
         self.timer: Any = None
+        self.took_tag: str | None = None  # the last task it took from the broker itself and reported (TOOK)
 
     @property
     def name(self) -> str:
@@ -140,9 +145,16 @@ class PreforkPool(Pool):
         self._dirty: list[_Child] = []
         self.processes = self.concurrency  # children to keep running (the asyncio pool sets its own)
         # Jobs started by the child of each index, written by the child (see the module docstring), then
-        # (from PROGRESS_SLOTS on) jobs written to it, written by this process.
+        # (from PROGRESS_SLOTS on) jobs written to it, written by this process, then (from 2 * PROGRESS_SLOTS
+        # on) the generation of the broker's lead lent to it, 0 for none (lent.py).
         self._progress: memoryview | None = None
         self.replaced = 0  # children replaced after they exited (recycled or died): a metric
+        self.lent_to: _Child | None = None  # the child holding the broker's lead (fastq.worker.lending)
+        self.loans = 0  # times the lead was lent: a metric
+        # Set by the worker when it lends the lead (fastq.worker.lending): what a child took, released, lost.
+        self.on_taken: Callable[[_Child, int, bytes], None] | None = None
+        self.on_released: Callable[[_Child, int, bytes], None] | None = None
+        self.on_taken_lost: Callable[[_Child, str, str], None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -161,7 +173,8 @@ class PreforkPool(Pool):
 
     def start(self) -> None:
         if self.tracks_progress:  # before the zygote forks: anonymous shared memory is inherited
-            self._progress = memoryview(mmap.mmap(-1, 8 * 2 * PROGRESS_SLOTS)).cast('Q')
+            memory = mmap.mmap(-1, (8 * 3 + TAG_BYTES) * PROGRESS_SLOTS)  # (its tag bytes: `_taking`)
+            self._progress = memoryview(memory)[: 8 * 3 * PROGRESS_SLOTS].cast('Q')
         self.zygote = Zygote(self._child_main())
         self.loop.add_reader(self.zygote.fileno(), self._on_zygote)
         self._free_indexes = list(range(self.processes, 0, -1))
@@ -178,8 +191,11 @@ class PreforkPool(Pool):
         assert self.zygote is not None
         index = self._free_indexes.pop() if self._free_indexes else len(self.children) + self._spawning + 1
         signals.worker_before_create_process.send(sender=self)
-        if self._progress is not None and index < PROGRESS_SLOTS:
-            self._progress[index] = self._progress[PROGRESS_SLOTS + index] = 0  # its previous child is gone
+        if self._progress is not None and index < PROGRESS_SLOTS:  # its previous child is gone
+            self._progress[index] = self._progress[PROGRESS_SLOTS + index] = self._progress[
+                2 * PROGRESS_SLOTS + index
+            ] = 0
+            self._taking(index)[0] = 0
         self._spawning += 1
         self.zygote.request_spawn(index)
 
@@ -239,7 +255,7 @@ class PreforkPool(Pool):
                 return True
         best: _Child | None = None
         for child in self.children.values():
-            if child.retiring:
+            if child.retiring or child is self.lent_to:
                 continue
             if not child.jobs:
                 best = child
@@ -256,7 +272,13 @@ class PreforkPool(Pool):
         now = 0.0
         for child in self.children.values():
             jobs = child.jobs
-            if not jobs or child.retiring or child.load + cost > FILL_BUDGET or len(jobs) >= MAX_JOBS_PER_CHILD:
+            if (
+                not jobs
+                or child.retiring
+                or child.load + cost > FILL_BUDGET
+                or len(jobs) >= MAX_JOBS_PER_CHILD
+                or child is self.lent_to
+            ):
                 continue
             started = jobs[0].started
             if started is not None:
@@ -332,6 +354,76 @@ class PreforkPool(Pool):
     def active(self) -> list[Job]:
         return [job for c in self.children.values() for job in c.jobs]
 
+    # --- the broker's lead, lent to a child (fastq.worker.lending) -----------------------------------------
+
+    def lendable_child(self) -> _Child | None:
+        """An idle child that can wait in the broker (it shares its progress with this process)."""
+        if self._stopping:
+            return None
+        for child in self.children.values():
+            if child.ready and not child.jobs and not child.retiring and self._tracked(child):
+                return child
+        return None
+
+    def lend(self, child: _Child, gen: int, payload: bytes) -> bool:
+        """Send the lead to `child` (generation `gen`, a LEND payload); False if its channel is gone."""
+        assert self._progress is not None
+        self._progress[2 * PROGRESS_SLOTS + child.index] = gen  # before the frame: the child checks it
+        try:
+            child.chan.send(gen, LEND, payload)
+        except (BrokenPipeError, ValueError):
+            self._progress[2 * PROGRESS_SLOTS + child.index] = 0
+            return False
+        if child.chan.pending_output:
+            self._want_write(child)
+        self.lent_to = child
+        self.loans += 1
+        return True
+
+    def recall(self, child: _Child) -> None:
+        """Take the lead back from `child`: it stops waiting and hands over what it reserved meanwhile."""
+        if self.lent_to is child:
+            self.lent_to = None
+        if self._progress is not None and child.index < PROGRESS_SLOTS:
+            self._progress[2 * PROGRESS_SLOTS + child.index] = 0
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            child.chan.send(0, RECALL, b'')
+            if child.chan.pending_output:
+                self._want_write(child)
+
+    def adopt(self, child: _Child, job: Job) -> None:
+        """`job` runs in `child`, which took it from the broker itself (TOOK): track it as if sent there.
+
+        It goes first: a child takes from the broker only once it has answered every job it had read, so the
+        jobs still listed here are ones it had not read yet (sent after the lead came back), which run after.
+        """
+        cost = self._estimates.get(job.request.task, UNKNOWN_RUNTIME)
+        if child.jobs:
+            child.jobs[0].started = None  # not yet: it starts once this one is answered
+        job.started = time.monotonic()
+        job.pid = child.pid
+        child.jobs.appendleft(job)
+        child.costs.appendleft(cost)
+        child.load += cost
+        child.sent += 1
+        if self._progress is not None and child.index < PROGRESS_SLOTS:
+            self._progress[PROGRESS_SLOTS + child.index] = child.sent
+        if self.max_tasks_per_child and child.sent >= self.max_tasks_per_child:
+            child.retiring = True
+
+    def started_unreported(self, child: _Child) -> int | None:
+        """If `child` has started a job this process has not heard of (one it took from the broker): how many
+        jobs it has started in all (which tells one such job from the next); else None."""
+        if self._progress is None or not self._tracked(child):
+            return None
+        started = int(self._progress[child.index])
+        return started if started > child.answered + len(child.jobs) else None
+
+    def known_short(self, name: str) -> bool:
+        """Whether tasks of this name are known to run short (their answers then come soon)."""
+        estimate = self._estimates.get(name)
+        return estimate is not None and estimate <= SHORT_RUNTIME
+
     # --- results ------------------------------------------------------------------------------------------
 
     def _on_readable(self, child: _Child) -> None:
@@ -346,6 +438,10 @@ class PreforkPool(Pool):
                 self._on_result(child, job_id, payload)
             elif kind == READY:
                 child.ready = True
+            elif kind == TOOK and self.on_taken is not None:
+                self.on_taken(child, job_id, payload)
+            elif kind == RELEASED and self.on_released is not None:
+                self.on_released(child, job_id, payload)
         if frames is None:
             self._on_child_gone(child)
 
@@ -401,6 +497,10 @@ class PreforkPool(Pool):
 
     def _on_child_gone(self, child: _Child) -> None:
         """Its channel closed: wait (briefly) for the fork server's exit status, so the reason is exact."""
+        if child is self.lent_to:
+            self.lent_to = None
+            if self.on_released is not None:
+                self.on_released(child, -1, b'')
         fd = child.chan.fileno()
         self.loop.remove(fd)
         self.children.pop(fd, None)
@@ -424,6 +524,9 @@ class PreforkPool(Pool):
         child.load = 0.0
         if jobs:
             self._orphaned(child, jobs)
+        tag = self._taken_unreported(child)
+        if tag is not None and self.on_taken_lost is not None:
+            self.on_taken_lost(child, tag, child.killed_for or self._exit_reason(child))
         if child.exit_status is not None:
             self._log_exit(child.pid, child.exit_status, child)
         elif child.killed_for is None and not child.retiring and not self._stopping:
@@ -433,6 +536,22 @@ class PreforkPool(Pool):
         if not self._stopping and self._live() < self.processes:  # not when it left because the pool shrank
             self.replaced += 1
             self._spawn()
+
+    def _taking(self, index: int) -> memoryview:
+        """The shared bytes where the child of `index` notes the task it took and has not reported yet."""
+        assert self._progress is not None
+        start = 8 * 3 * PROGRESS_SLOTS + TAG_BYTES * index
+        return memoryview(self._progress.obj)[start : start + TAG_BYTES]
+
+    def _taken_unreported(self, child: _Child) -> str | None:
+        """(The child is gone) the tag of a task it took from the broker and had not reported, if any."""
+        if not self._tracked(child):
+            return None
+        slot = self._taking(child.index)
+        n = slot[0]
+        tag = bytes(slot[1 : 1 + n]).decode() if n else None
+        slot[0] = 0
+        return tag if tag != child.took_tag else None
 
     def _tracked(self, child: _Child) -> bool:
         return self._progress is not None and child.index < PROGRESS_SLOTS
@@ -566,4 +685,6 @@ class PreforkPool(Pool):
             'timeouts': [],
             'writes': {},
             'implementation': 'fastq.worker.pool.prefork:PreforkPool',
+            'lead-loans': self.loans,
+            'lead-holder': self.lent_to.pid if self.lent_to is not None else None,
         }
