@@ -3,17 +3,20 @@
 An idle prefork worker's task is handed over twice before it runs: the broker wakes the parent's fetcher,
 and the fetcher wakes a child. On a 2-vCPU machine each wake-up that crosses to the other vCPU costs both
 sides 10-30 µs, and which vCPU each process lands on is the scheduler's choice: `add.delay(1, 1).get()`
-took ~0.30 ms at p50 in one placement and 0.41-0.46 in the other (benches/README.md). So while the worker has
-nothing to do, the parent lends its lead (the consumer's first wait, with the fetch script queued behind
-it) to an idle child, which waits in the broker itself and runs what it takes at once (pool/lent.py). The
-parent hears of each task before it starts (TOOK) and does the rest of its bookkeeping beside it: the
-reservation, events, the early ack, the hard time limit.
+took ~0.30 ms at p50 in one placement and 0.41-0.46 in the other; with the lead lent, 0.33-0.40 in every
+round measured (benches/README.md). So while the worker has nothing to do, the parent lends its lead (the
+consumer's first wait, with the fetch script queued behind it) to an idle child, which waits in the broker
+itself and runs what it takes at once (pool/lent.py). The parent hears of each task (TOOK) and does the rest
+of its bookkeeping beside it or after it: the reservation, events, the early ack, the hard time limit. A
+task of a name known to run short is reported with its answer (acked by the child; the parent finds it in
+shared memory if the child dies first), any other before it starts (acked by the parent, Celery's moment).
 
 The parent takes the lead back (and its fetcher waits again) as soon as the worker is not idle in that one
 way: tasks arrived by other ways (other queues, a child's hand-back), more were waiting behind the one taken,
 a task is not known to be short (a task that runs long would leave its queue unwatched meanwhile), a short
-one overruns, or the worker pauses, stops, or revokes. It lends again once the worker is idle, not sooner
-than `HOLDOFF` after taking it back, so a busy worker does not shuttle the lead to and fro.
+one overruns (`WATCH`), or what the child was told goes stale (a revoke, a rate or time limit, the queues),
+or the worker stops. It lends again once the worker is idle, not sooner than `HOLDOFF` after taking it back
+because of load, so a busy worker does not shuttle the lead to and fro.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import marshal
 import time
 from typing import TYPE_CHECKING
 
+from fastq import signals
 from fastq.worker.pool.lent import terms
 
 if TYPE_CHECKING:
@@ -77,6 +81,9 @@ class Lending:
             and not len(d.ledger)
             and not self.fetcher.paused.is_set()
             and len(d.revoked) <= MAX_REVOKED
+            # Celery sends task_received in the worker's main process before the task runs; a child that
+            # takes a task runs it first. While a handler is connected, tasks come the usual way.
+            and not signals.task_received.connected
         )
 
     def check(self) -> None:

@@ -127,6 +127,19 @@ class _Answers:
             self.waiting.append((self.ids[0], SUCCEEDED, marshal.dumps((self.ids, self.runtimes, self.reprs))))
             self.ids, self.runtimes, self.reprs = [], [], []
 
+    def report(self, frame: tuple[int, int, bytes]) -> None:
+        """A frame to go with the answers, after those given so far (a TOOK: see lent.py)."""
+        self._close_successes()
+        self.waiting.append(frame)
+
+    def due_in(self) -> float | None:
+        """Seconds until the answers waiting must be written (0: now), None if none wait."""
+        if not self.count:
+            return None
+        if self.count >= MAX_ANSWERS:
+            return 0.0
+        return max(0.0, self.since + MAX_ANSWER_DELAY - time.monotonic())
+
     def write(self) -> None:
         if self.count:
             self._close_successes()
@@ -195,12 +208,10 @@ def child_main(
         while True:
             took = False
             if not queue:
-                borrower.settle(stopping)  # first: the early acks of the tasks taken go ahead of their answers
-                answers.write()  # about to wait: everything done so far must reach the parent first
-                borrower.reported()
+                borrower.before_waiting(answers, stopping)  # everything done so far reaches the parent first
                 if stopping:
                     break
-                took = borrower.wait(queue, answers.waiting)  # took a task: run it (the parent's count may lag)
+                took = borrower.wait(queue, answers)  # took a task: run it (the parent's count may lag)
                 received += took
             if not took and (
                 not queue or (len(queue) < REFILL_BELOW and (progress is None or progress[sent] != received))

@@ -91,7 +91,8 @@ class Lent:
 
     def settle(self, chan: _ipc.Channel, wait: bool) -> None:
         """Send the early acks of the tasks taken (before their answers: an answer tells the parent the ack is
-        sent): with the next wait in the broker when `wait` (it starts now), else on their own."""
+        sent): with the next wait in the broker when `wait` (it starts now), else on their own. Once sent,
+        the task that ran last is settled: the parent need not find it if this child dies before reporting."""
         try:
             if wait:
                 self.lead.arm(self.acks)
@@ -99,9 +100,7 @@ class Lent:
                 self.lead.ack(self.acks)
         except Exception as exc:
             self._failed(chan, exc)
-
-    def reported(self) -> None:
-        """The answers are written, TOOK frames first: no task taken is unknown to the parent any more."""
+            return
         slot = self.slot
         if slot is not None and slot[0]:
             slot[0] = 0
@@ -114,15 +113,28 @@ class Lent:
         chan.send(self.gen, RELEASED, marshal.dumps(acks))  # the parent sends the acks this child could not
         chan.flush_blocking()
 
-    def wait(self, chan: _ipc.Channel, queue: deque[tuple[int, int, Any]], later: list[tuple[int, int, bytes]]) -> bool:
-        """Wait in the broker and the channel; True when a task was taken to run here (queued in `queue`; the
-        TOOK frame of a short one in `later`, to go with its answer)."""
+    def wait(
+        self,
+        chan: _ipc.Channel,
+        queue: deque[tuple[int, int, Any]],
+        answers: Any,
+        timeout: float | None,
+    ) -> bool:
+        """Wait in the broker and the channel (up to `timeout`); True when a task was taken to run here (queued in
+        `queue`; the TOOK frame of a short one goes with the `answers`, `_Answers.report`)."""
         lead = self.lead
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             lead.arm(self.acks)
-            fd = lead.fileno()
-            readable, _, _ = select.select([fd, chan.fileno()], [], [])
-            got = lead.collect() if fd in readable else None
+            fds = [lead.fileno(), chan.fileno()]
+            while True:
+                readable, _, _ = select.select(fds, [], [], timeout)
+                got = lead.collect() if fds[0] in readable else None
+                if got is not None or fds[1] in readable or not readable:
+                    break
+                # only the replies of the acks sent ahead of the wait: wait on
+                if deadline is not None:
+                    timeout = max(0.0, deadline - time.monotonic())
         except Exception as exc:  # the broker connection failed: the parent's fetcher takes over (and retries)
             self._failed(chan, exc)
             return False
@@ -131,13 +143,13 @@ class Lent:
         raw, more = got
         if not raw:
             return False
-        return self._took(chan, queue, later, raw, more)
+        return self._took(chan, queue, answers, raw, more)
 
     def _took(
         self,
         chan: _ipc.Channel,
         queue: deque[tuple[int, int, Any]],
-        later: list[tuple[int, int, bytes]],
+        answers: Any,
         raw: list[Any],
         more: bool,
     ) -> bool:
@@ -163,7 +175,7 @@ class Lent:
             encoded = tag.encode()
             slot[1 : 1 + len(encoded)] = encoded
             slot[0] = len(encoded)
-            later.append((job_id, TOOK, marshal.dumps((self.lead.keys, raw, True, not more, early))))
+            answers.report((job_id, TOOK, marshal.dumps((self.lead.keys, raw, True, not more, early))))
         else:  # reported before it starts (the parent acks it early, times its limit, may take the lead back)
             chan.send(job_id, TOOK, marshal.dumps((self.lead.keys, raw, True, not more, False)))
             chan.flush_blocking()
@@ -270,26 +282,29 @@ class Borrower:
             return
         self.lent = lent
 
-    def settle(self, stopping: bool) -> None:
-        """(About to write the answers) the early acks of the tasks taken go first (see `Lent.settle`)."""
+    def before_waiting(self, answers: Any, stopping: bool) -> None:
+        """(About to wait) send the early acks of the tasks taken (before their answers: see `Lent.settle`),
+        then the answers (`_Answers.write`). While this child holds the lead, the answers to the tasks it took
+        (and the TOOK frames with them) may wait as batched answers do, so the parent is not woken for each
+        of an idle worker's round trips: their results are stored, and their acks sent, without waiting."""
         lent = self.lent
+        held = lent is not None and not stopping and lent.held()
         if lent is not None:
-            lent.settle(self.chan, not stopping and lent.held())
+            lent.settle(self.chan, held)
+        if not held or lent is None or not lent.held() or answers.due_in() == 0.0:  # (settle may have lost it)
+            answers.write()
 
-    def reported(self) -> None:
-        if self.lent is not None:
-            self.lent.reported()
-
-    def wait(self, queue: deque[tuple[int, int, Any]], later: list[tuple[int, int, bytes]]) -> bool:
+    def wait(self, queue: deque[tuple[int, int, Any]], answers: Any) -> bool:
         """Wait for the parent, and in the broker while lent the lead; True when a task was taken (queued)."""
         lent = self.lent
         if lent is not None and not lent.held():
             self.give_back()
             lent = None
         if lent is None:
+            answers.write()  # (not held any more: nothing is left waiting)
             self.chan.wait(None)
             return False
-        return lent.wait(self.chan, queue, later)
+        return lent.wait(self.chan, queue, answers, answers.due_in())
 
     def give_back(self) -> None:
         if self.lent is not None:
