@@ -254,21 +254,9 @@ class Dispatcher:
         started, so it is lost as a running task is (`on_lost`: never run twice unless acks_late says so)."""
         self.on_lost(self.adopt(d, next(self._ids), False), reason)
 
-    def acked_elsewhere_failed(self, tags: list[Any]) -> None:
-        """Early acks a pool child took on and could not send: sent from here."""
+    def ack_for_child(self, tags: list[Any]) -> None:
+        """Early acks a pool child took on and could not send (its broker connection failed): sent from here."""
         self._ack(tags)
-
-    def taken_back(self, deliveries: list[Delivery]) -> None:
-        """Deliveries a pool child took with the lent lead and left to this process: received as fetched."""
-        accepted = []
-        for d in deliveries:
-            try:
-                self.ledger.add(d.tag)
-            except KeyError:
-                logger.warning('broker handed out delivery %r twice; ignoring the duplicate', d.tag)
-            else:
-                accepted.append(d)
-        self.on_deliveries(accepted)
 
     def _hold(self, job: Job, eta: float, now: float) -> None:
         """A task with an ETA ahead: parked in the broker if far enough and it can, else held in memory."""

@@ -4,7 +4,7 @@ It never takes more than the prefetch window allows: the `Ledger` counts what th
 thread adds to it, and the loop settles (frees) entries, so reading `free()` here can only under-estimate.
 A consumer the broker pushes to (RabbitMQ: `Consumer.push_to`) is the exception: the broker's own window
 (`basic.qos`, sized by `prefetch`) bounds what arrives, its I/O thread adds to the ledger in this one's place
-(`_accept`), and this thread only waits to be stopped.
+(`accept`), and this thread only waits to be stopped.
 When the window is full it sleeps until the loop frees a slot. Broker errors are retried with backoff and
 logged with the broker's masked URL; the worker keeps what it holds meanwhile.
 
@@ -98,7 +98,7 @@ class Fetcher(threading.Thread):
         return max(1, min(self.ledger.window // 2, MAX_BATCH)) if self.ledger.window else 1
 
     def run(self) -> None:
-        if self.consumer.push_to(self._accept):
+        if self.consumer.push_to(self.accept):
             self._stop_event.wait()
             return
         backoff = 0.0
@@ -145,7 +145,7 @@ class Fetcher(threading.Thread):
                 backoff = 0.0
             linger = pace.fetched(len(deliveries), free, time.monotonic())
             if deliveries:
-                self._accept(deliveries, self.deliver_here)
+                self.accept(deliveries, self.deliver_here)
 
     def _lend(self) -> None:
         self._lend_asked = False
@@ -155,7 +155,7 @@ class Fetcher(threading.Thread):
             logger.debug('could not stop waiting on the lead: %r', exc)
             got = None
         if got:
-            self._accept(got, self.deliver_here)
+            self.accept(got, self.deliver_here)
         if self.on_lead_free is not None:
             self.on_lead_free('unable' if got is None else 'busy' if got else 'free')
 
@@ -163,8 +163,9 @@ class Fetcher(threading.Thread):
         if self.handover is not None:
             self.handover()
 
-    def _accept(self, deliveries: list[Delivery], deliver_here: Callable[[list[Delivery]], bool] | None = None) -> None:
-        """Count deliveries in the window and hand them to the loop (in this thread, or the consumer's)."""
+    def accept(self, deliveries: list[Delivery], deliver_here: Callable[[list[Delivery]], bool] | None = None) -> None:
+        """Count deliveries in the window and hand them to the loop (from this thread, the consumer's, or the
+        loop's: what a pool child holding the lent lead reserved and left to the parent)."""
         accepted = []
         for d in deliveries:
             try:

@@ -152,16 +152,19 @@ class Lending:
     def took(self, child: _Child, job_id: int, payload: bytes) -> None:
         """(TOOK) `child` reserved a task with the lead: it runs it (adopted here), or left it to this process."""
         keys, raw, ran, held, acked = marshal.loads(payload)
-        deliveries = self.consumer.taken(keys, raw)
         if not held and child is self.holder:
             self.pool.lent_to = None
             self._back(ran)  # ran, and gave the lead back: more tasks were waiting
-        if not ran:
-            self.dispatcher.taken_back(deliveries)
+        try:
+            deliveries = self.consumer.taken(keys, raw)
+            if not ran:
+                self.fetcher.accept(deliveries)
+                return
+            child.took_tag = str(deliveries[0].tag)
+            job = self.dispatcher.adopt(deliveries[0], job_id, acked)
+        except Exception as exc:  # a bug: the task still runs (or ran); its answer is then logged and dropped
+            logger.exception('Could not take over what %s took from the broker: %r', child.name, exc)
             return
-        d = self.dispatcher
-        child.took_tag = str(deliveries[0].tag)
-        job = d.adopt(deliveries[0], job_id, acked)
         self.pool.adopt(child, job)
         if child is self.holder and not self.pool.known_short(job.request.task):
             self.recall()
@@ -182,7 +185,7 @@ class Lending:
         send are sent from here."""
         acks = marshal.loads(payload) if payload else None
         if acks:
-            self.dispatcher.acked_elsewhere_failed(acks)
+            self.dispatcher.ack_for_child(acks)
         if child is self.holder and gen in (-1, self.gen):
             self.pool.lent_to = None
             self._back(True)

@@ -101,6 +101,9 @@ class Lent:
         except Exception as exc:
             self._failed(chan, exc)
             return
+        self._settled()
+
+    def _settled(self) -> None:
         slot = self.slot
         if slot is not None and slot[0]:
             slot[0] = 0
@@ -112,6 +115,7 @@ class Lent:
         acks, self.acks = self.acks, []
         chan.send(self.gen, RELEASED, marshal.dumps(acks))  # the parent sends the acks this child could not
         chan.flush_blocking()
+        self._settled()
 
     def wait(
         self,
