@@ -58,7 +58,6 @@ class Lending:
         self.fetcher = fetcher
         self.pool = pool
         self.loop = loop
-        self.holder: _Child | None = None
         self.asked = False  # the fetcher was asked to stop waiting on the lead
         self.gen = 0
         self.back_at = 0.0  # when the lead last came back (monotonic)
@@ -70,6 +69,11 @@ class Lending:
         self._unreported: tuple[_Child | None, int] | None = None  # the holder, seen running a task unreported
         loop.on_idle(self.check)
         loop.call_repeatedly(WATCH, self._watch)
+
+    @property
+    def holder(self) -> _Child | None:
+        """The child the lead is lent to (the pool keeps it: it skips that child when it dispatches)."""
+        return self.pool.lent_to
 
     def _idle(self) -> bool:
         d = self.dispatcher
@@ -131,13 +135,12 @@ class Lending:
                 d.hostname,
             )
             if self.pool.lend(child, self.gen, payload):
-                self.holder = child
                 return
         self._back(False)
 
     def _back(self, busy: bool) -> None:
         """The lead is the fetcher's again; not lent again for `HOLDOFF` if it came back because of load."""
-        self.holder = None
+        self.pool.lent_to = None
         if busy:
             self.back_at = time.monotonic()
         self.consumer.unlend()
@@ -153,7 +156,6 @@ class Lending:
         """(TOOK) `child` reserved a task with the lead: it runs it (adopted here), or left it to this process."""
         keys, raw, ran, held, acked = marshal.loads(payload)
         if not held and child is self.holder:
-            self.pool.lent_to = None
             self._back(ran)  # ran, and gave the lead back: more tasks were waiting
         try:
             deliveries = self.consumer.taken(keys, raw)
@@ -187,7 +189,6 @@ class Lending:
         if acks:
             self.dispatcher.ack_for_child(acks)
         if child is self.holder and gen in (-1, self.gen):
-            self.pool.lent_to = None
             self._back(True)
 
     def taken_lost(self, child: _Child, tag: str, reason: str) -> None:

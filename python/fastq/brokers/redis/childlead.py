@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 
-from fastq import _core
 from fastq.brokers.base import Delivery
-from fastq.brokers.redis.consumer import RedisConsumer, _counts, reservation_time
+from fastq.brokers.redis.consumer import ack_commands, fetched_deliveries, reservation_time
 from fastq.utils.rediswire import Link
 
 if TYPE_CHECKING:
@@ -36,9 +35,8 @@ class ChildLead:
         self.queues: list[str] = list(spec['queues'])
         self.timeout = spec['timeout']
         self._script = broker.scripts.fetch_script
-        layout = broker.layout
+        self._layout = layout = broker.layout
         self._script_keys = [layout.unacked, layout.unacked_index, *self.keys]
-        self._unacked, self._unacked_index = layout.unacked, layout.unacked_index
         self._expected = 3  # replies of the commands sent when armed
         self._link = Link(broker.client)
         self._control: Link | None = None  # for CLIENT UNBLOCK of our own wait
@@ -50,9 +48,6 @@ class ChildLead:
     def fileno(self) -> int:
         return self._link.fileno()
 
-    def _ack_commands(self, tags: list[str]) -> list[Any]:
-        return [('MULTI',), ('HDEL', self._unacked, *tags), ('ZREM', self._unacked_index, *tags), ('EXEC',)]
-
     def arm(self, acks: list[str]) -> None:
         """Wait in Redis (once connected and not already waiting), after acking `acks` in the same write."""
         if self.pending:
@@ -61,7 +56,7 @@ class ChildLead:
             self._client_id = int(self._link.call('CLIENT', 'ID'))
         lead = self.keys[0]
         script_keys = self._script_keys
-        ahead = self._ack_commands(acks) if acks else []
+        ahead = ack_commands(self._layout, acks) if acks else []
         self._link.send_all(
             [
                 *ahead,
@@ -77,7 +72,7 @@ class ChildLead:
     def ack(self, acks: list[str]) -> None:
         """Ack `acks` now (not waiting: no wait follows to carry them)."""
         if acks:
-            replies = self._link.execute(self._ack_commands(acks))
+            replies = self._link.execute(ack_commands(self._layout, acks))
             acks.clear()
             _check_acks(replies)
 
@@ -115,8 +110,7 @@ class ChildLead:
 
     def deliveries(self, raw: list[Any]) -> list[Delivery]:
         """The script's reply as deliveries (as the parent's consumer will make them)."""
-        out, _ = _core.fetched_deliveries(raw, self.queues, time.time(), Delivery, RedisConsumer._decoded, _counts)
-        return out
+        return fetched_deliveries(raw, self.queues)[0]
 
     def close(self) -> None:
         """Drop the connections (a wait still outstanding ends with its connection; see `release`)."""

@@ -39,6 +39,7 @@ from fastq.utils.rediswire import Link
 
 if TYPE_CHECKING:
     from fastq.brokers.redis import RedisBroker
+    from fastq.brokers.redis.layout import Layout
 
 logger = logging.getLogger('fastq.brokers.redis')
 
@@ -304,7 +305,7 @@ class RedisConsumer(Consumer):
         if not isinstance(envelope, dict):
             return None
         queue = routing_key if routing_key in self.queues else self.queues[0]
-        delivery = self._decoded(tag, queue, _core.json_dumps(envelope, None))
+        delivery = _decoded(tag, queue, _core.json_dumps(envelope, None))
         with self._held_lock:
             self._held.add(tag)
         return delivery
@@ -492,25 +493,11 @@ class RedisConsumer(Consumer):
         """The fetch script's reply (key index, tag, envelope, ...) as deliveries, now held by this consumer."""
         if not raw:
             return []
-        # (Once per message in the worker's one busy thread, so the loop is compiled: `fetched_deliveries`.)
         key_queue = self._key_queue
-        out, tags = _core.fetched_deliveries(
-            raw, [key_queue.get(key, key) for key in keys], time.time(), Delivery, self._decoded, _counts
-        )
+        out, tags = fetched_deliveries(raw, [key_queue.get(key, key) for key in keys])
         with self._held_lock:
             self._held.update(tags)
         return out
-
-    @staticmethod
-    def _decoded(tag: str, queue: str, payload: bytes) -> Delivery:
-        """A delivery whose envelope `task_head` did not vouch for: decoded whole (or its error kept)."""
-        try:
-            message = _core.Message.from_envelope(payload, None)
-        except ValueError as exc:
-            return Delivery(tag, queue, None, payload, False, 1, error=str(exc))
-        headers = message.headers
-        redelivered, deliveries = _counts(headers.get(DELIVERIES_HEADER), headers.get('redelivered'))
-        return Delivery(tag, queue, message, payload, redelivered, deliveries)
 
     def wakeup(self) -> None:
         self._interrupted = True
@@ -537,15 +524,7 @@ class RedisConsumer(Consumer):
         self._forget(tags)
 
     def _ack_commands(self, tags: Sequence[Tag]) -> list[Any]:
-        """One transaction that forgets the reservations of `tags` (kombu's layout: the hash and the index)."""
-        layout = self.layout
-        commands: list[Any] = [('MULTI',)]
-        for i in range(0, len(tags), 500):
-            chunk = [str(t) for t in tags[i : i + 500]]
-            commands.append(('HDEL', layout.unacked, *chunk))
-            commands.append(('ZREM', layout.unacked_index, *chunk))
-        commands.append(('EXEC',))
-        return commands
+        return ack_commands(self.layout, tags)
 
     def reject(self, tags: Sequence[Tag], requeue: bool) -> None:
         if requeue:
@@ -604,6 +583,35 @@ class RedisConsumer(Consumer):
         self._fetch_link.close()
         self._ack_link.close()
         # The pipe stays open: a fetch in another thread may still be about to select on it (closed with us).
+
+
+def ack_commands(layout: Layout, tags: Sequence[Tag]) -> list[Any]:
+    """One transaction that forgets the reservations of `tags` (kombu's layout: the hash and the index)."""
+    commands: list[Any] = [('MULTI',)]
+    for i in range(0, len(tags), 500):
+        chunk = [str(t) for t in tags[i : i + 500]]
+        commands.append(('HDEL', layout.unacked, *chunk))
+        commands.append(('ZREM', layout.unacked_index, *chunk))
+    commands.append(('EXEC',))
+    return commands
+
+
+def fetched_deliveries(raw: list[Any], queues: list[str]) -> tuple[list[Delivery], list[str]]:
+    """The fetch script's reply (key index, tag, envelope, ...) as deliveries, `queues[i - 1]` naming key i's
+    queue, and their tags. (Once per message in the worker's one busy thread, so the loop is compiled.)"""
+    out, tags = _core.fetched_deliveries(raw, queues, time.time(), Delivery, _decoded, _counts)
+    return out, tags
+
+
+def _decoded(tag: str, queue: str, payload: bytes) -> Delivery:
+    """A delivery whose envelope `task_head` did not vouch for: decoded whole (or its error kept)."""
+    try:
+        message = _core.Message.from_envelope(payload, None)
+    except ValueError as exc:
+        return Delivery(tag, queue, None, payload, False, 1, error=str(exc))
+    headers = message.headers
+    redelivered, deliveries = _counts(headers.get(DELIVERIES_HEADER), headers.get('redelivered'))
+    return Delivery(tag, queue, message, payload, redelivered, deliveries)
 
 
 def _all_ok(replies: list[Any]) -> bool:

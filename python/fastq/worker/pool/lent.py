@@ -42,8 +42,19 @@ RELEASED = (
 
 #: Job ids of the tasks a child takes itself: above any id the parent assigns, unique per child process.
 TAKEN_IDS = 1 << 62
-#: Shared bytes per child for the tag of a task taken and not reported (prefork.py's TAG_BYTES).
+#: Shared bytes per child for the tag of a task taken and not reported (a length byte, then the tag).
 TAG_BYTES = 64
+
+
+def loan_memory(progress: memoryview, index: int) -> tuple[memoryview, memoryview]:
+    """The loan's part of the memory a prefork pool shares with its children (prefork.py's `_progress`, three
+    regions of 8-byte counts, the third the generation of the lead lent to each child; then `TAG_BYTES` per
+    child): the child of `index`'s generation (one count) and its tag bytes."""
+    slots = len(progress) // 3
+    start = 8 * 3 * slots + TAG_BYTES * index
+    return progress[2 * slots + index : 2 * slots + index + 1], memoryview(progress.obj)[start : start + TAG_BYTES]
+
+
 _NO_LIMITS = [None, None]  # the time limits header of a message that sets none
 #: Job kinds, as child.py names them (JOB_SHORT: its answer may wait; see `_Answers`).
 _JOB, _JOB_SHORT = 1, 5
@@ -275,10 +286,7 @@ class Borrower:
             if progress is None:
                 raise RuntimeError('no memory shared with the parent')
             lent = Lent(self.app, self.accept, payload)
-            slots = len(progress) // 3
-            start = 8 * 3 * slots + TAG_BYTES * self.index
-            lent.slot = memoryview(progress.obj)[start : start + TAG_BYTES]
-            lent.generation = progress[2 * slots + self.index : 2 * slots + self.index + 1]
+            lent.generation, lent.slot = loan_memory(progress, self.index)
         except Exception as exc:  # a broker without a child lead, or a bug: the parent takes the lead back
             logger.warning('Cannot wait in the broker from a pool child: %r', exc)
             chan.send(marshal.loads(payload)[0], RELEASED, marshal.dumps([]))

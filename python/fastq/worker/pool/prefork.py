@@ -43,7 +43,7 @@ from fastq import _ipc, signals
 from fastq.states import SUCCESS
 from fastq.worker.pool.base import Pool
 from fastq.worker.pool.child import JOB, JOB_SHORT, READY, RESULT, STOP, SUCCEEDED, child_main
-from fastq.worker.pool.lent import LEND, RECALL, RELEASED, TAG_BYTES, TOOK
+from fastq.worker.pool.lent import LEND, RECALL, RELEASED, TAG_BYTES, TOOK, loan_memory
 from fastq.worker.pool.zygote import Zygote
 from fastq.worker.trace import Outcome
 
@@ -173,7 +173,7 @@ class PreforkPool(Pool):
 
     def start(self) -> None:
         if self.tracks_progress:  # before the zygote forks: anonymous shared memory is inherited
-            memory = mmap.mmap(-1, (8 * 3 + TAG_BYTES) * PROGRESS_SLOTS)  # (its tag bytes: `_taking`)
+            memory = mmap.mmap(-1, (8 * 3 + TAG_BYTES) * PROGRESS_SLOTS)  # (tag bytes: lent.loan_memory)
             self._progress = memoryview(memory)[: 8 * 3 * PROGRESS_SLOTS].cast('Q')
         self.zygote = Zygote(self._child_main())
         self.loop.add_reader(self.zygote.fileno(), self._on_zygote)
@@ -192,10 +192,9 @@ class PreforkPool(Pool):
         index = self._free_indexes.pop() if self._free_indexes else len(self.children) + self._spawning + 1
         signals.worker_before_create_process.send(sender=self)
         if self._progress is not None and index < PROGRESS_SLOTS:  # its previous child is gone
-            self._progress[index] = self._progress[PROGRESS_SLOTS + index] = self._progress[
-                2 * PROGRESS_SLOTS + index
-            ] = 0
-            self._taking(index)[0] = 0
+            self._progress[index] = self._progress[PROGRESS_SLOTS + index] = 0
+            generation, tag = loan_memory(self._progress, index)
+            generation[0] = tag[0] = 0
         self._spawning += 1
         self.zygote.request_spawn(index)
 
@@ -368,11 +367,12 @@ class PreforkPool(Pool):
     def lend(self, child: _Child, gen: int, payload: bytes) -> bool:
         """Send the lead to `child` (generation `gen`, a LEND payload); False if its channel is gone."""
         assert self._progress is not None
-        self._progress[2 * PROGRESS_SLOTS + child.index] = gen  # before the frame: the child checks it
+        generation, _ = loan_memory(self._progress, child.index)
+        generation[0] = gen  # before the frame: the child checks it
         try:
             child.chan.send(gen, LEND, payload)
         except (BrokenPipeError, ValueError):
-            self._progress[2 * PROGRESS_SLOTS + child.index] = 0
+            generation[0] = 0
             return False
         if child.chan.pending_output:
             self._want_write(child)
@@ -384,8 +384,9 @@ class PreforkPool(Pool):
         """Take the lead back from `child`: it stops waiting and hands over what it reserved meanwhile."""
         if self.lent_to is child:
             self.lent_to = None
-        if self._progress is not None and child.index < PROGRESS_SLOTS:
-            self._progress[2 * PROGRESS_SLOTS + child.index] = 0
+        if self._tracked(child):
+            assert self._progress is not None
+            loan_memory(self._progress, child.index)[0][0] = 0
         with contextlib.suppress(BrokenPipeError, ValueError):
             child.chan.send(0, RECALL, b'')
             if child.chan.pending_output:
@@ -498,9 +499,9 @@ class PreforkPool(Pool):
     def _on_child_gone(self, child: _Child) -> None:
         """Its channel closed: wait (briefly) for the fork server's exit status, so the reason is exact."""
         if child is self.lent_to:
-            self.lent_to = None
             if self.on_released is not None:
-                self.on_released(child, -1, b'')
+                self.on_released(child, -1, b'')  # (the lender takes the lead back for its fetcher)
+            self.lent_to = None
         fd = child.chan.fileno()
         self.loop.remove(fd)
         self.children.pop(fd, None)
@@ -537,17 +538,12 @@ class PreforkPool(Pool):
             self.replaced += 1
             self._spawn()
 
-    def _taking(self, index: int) -> memoryview:
-        """The shared bytes where the child of `index` notes the task it took and has not reported yet."""
-        assert self._progress is not None
-        start = 8 * 3 * PROGRESS_SLOTS + TAG_BYTES * index
-        return memoryview(self._progress.obj)[start : start + TAG_BYTES]
-
     def _taken_unreported(self, child: _Child) -> str | None:
         """(The child is gone) the tag of a task it took from the broker and had not reported, if any."""
         if not self._tracked(child):
             return None
-        slot = self._taking(child.index)
+        assert self._progress is not None
+        _, slot = loan_memory(self._progress, child.index)
         n = slot[0]
         tag = bytes(slot[1 : 1 + n]).decode() if n else None
         slot[0] = 0
