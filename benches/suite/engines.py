@@ -29,6 +29,8 @@ BENCHES = ROOT / 'benches'
 # the fastq package the workers and clients import: this checkout's, or another one's built in place
 # (FASTQ_BENCH_PYTHON=/path/to/checkout/python, e.g. a branch's worktree)
 PYTHON = Path(os.environ.get('FASTQ_BENCH_PYTHON') or ROOT / 'python')
+#: Pool processes of every worker the suite starts (`-c`), the same for every engine.
+CONCURRENCY = 2
 
 TASKS = textwrap.dedent(
     '''
@@ -145,7 +147,20 @@ class Worker:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         package = engine.spec.package
-        cmd = [sys.executable, '-m', package, '-A', 'benchapp', 'worker', '-c', '2', '-P', 'prefork', '-l', 'warning']
+        cmd = [
+            sys.executable,
+            '-m',
+            package,
+            '-A',
+            'benchapp',
+            'worker',
+            '-c',
+            str(CONCURRENCY),
+            '-P',
+            'prefork',
+            '-l',
+            'warning',
+        ]
         cmd += ['-n', f'bench-{engine.spec.key}@%h']
         if engine.spec.events:
             cmd.append('-E')

@@ -34,7 +34,8 @@ from typing import Any
 from tests.servers import RedisServer
 
 from suite import report
-from suite.engines import BENCHES, PYTHON, SPECS, Engine, Worker
+from suite.engines import BENCHES, CONCURRENCY, PYTHON, SPECS, Engine, Worker
+from suite.queues import CHUNK, STAGING, clone
 from suite.rabbit import RabbitNode
 from suite.stats import RABBIT, REDIS, TABLES, Results, format_value, percentile, render, table_of
 
@@ -329,6 +330,13 @@ class Bench:
             agent = Agent(engine)
             try:
                 agent.call('fill', n=n)
+                if key == 'fastq' and self.redis_url is not None:
+                    # Right before the worker's drain, as the publish floor is (see _publish_one).
+                    rate = drain_floor(self.redis_url, n, self.config.prefetch * CONCURRENCY)
+                    self.record('floor-fetch', 'drain', rate, round_)
+                    self.say(
+                        round_, 'drain', 'floor-fetch', f'{rate:>10,.0f} tasks/s  (bare reserve + ack, nothing run)'
+                    )
                 with self.worker(engine) as worker:
                     warm = agent.call('warmup')['ran']
                     out = agent.call('drain', n=n)
@@ -574,6 +582,51 @@ def publish_floor(url: str, n: int) -> float:
         client.close()
 
 
+def drain_floor(url: str, n: int, window: int) -> float:
+    """The floor of the drain (tasks/s): one bare redis-py consumer doing only what every worker on kombu's
+    Redis layout must do per task, `window` (the prefetch multiplier times the concurrency) at a time: reserve
+    it atomically (fastq's fetch script: RPOP, then HSET into `unacked` and ZADD into `unacked_index`, the
+    record Celery's restore reads) and ack it (HDEL, ZREM, sent with the next fetch). Nothing is decoded,
+    nothing run, no transaction around the acks: a worker with one consumer (fastq's fetcher, Celery's main
+    process) cannot drain faster. Copies of the envelope the drain staged, on keys of its own."""
+    import redis
+
+    import fastq
+
+    script = (Path(fastq.__file__).parent / 'brokers' / 'redis' / 'scripts' / 'fetch.lua').read_text()
+    client = redis.Redis.from_url(url)
+    keys = ('floor:unacked', 'floor:unacked_index', 'floor:drain')
+    try:
+        template = client.lindex(STAGING, 0)
+        if not isinstance(template, bytes):
+            raise Failed('nothing staged to copy for the drain floor')
+        for start in range(0, n, CHUNK):
+            client.lpush('floor:staging', *clone(template, min(CHUNK, n - start)))
+        sha = client.script_load(script)
+        client.rename('floor:staging', keys[2])
+        reserved = 0
+        acks: list[bytes] = []
+        began = time.perf_counter()
+        while True:
+            pipe = client.pipeline(transaction=False)
+            if acks:
+                pipe.hdel(keys[0], *acks)
+                pipe.zrem(keys[1], *acks)
+            pipe.evalsha(sha, len(keys), *keys, window, int(time.time()) + 1)
+            reply = pipe.execute()[-1]
+            if not reply:
+                break
+            acks = reply[1::3]
+            reserved += len(acks)
+        seconds = time.perf_counter() - began
+        if reserved != n or client.hlen(keys[0]):
+            raise Failed(f'the drain floor reserved {reserved:,} of {n:,} tasks')
+        return n / seconds
+    finally:
+        client.delete('floor:staging', *keys)
+        client.close()
+
+
 def floor(url: str, samples: int) -> dict[str, tuple[float, float]]:
     """Two floors for a task round trip, in ms (p50, p99), with a task-sized (600-byte) payload.
 
@@ -757,6 +810,12 @@ FLOORS = {
             ('floor-2rt', 'two sequential round trips from one client (LPUSH, RPOP)'),
             ('floor-1rt', "publish: one LPUSH per task of a 900-byte payload, right before fastq's delay() run"),
             ('floor-relay', 'client LPUSH + BRPOP reply, a bare redis-py process relaying (BRPOP, LPUSH)'),
+            (
+                'floor-fetch',
+                "drain: one consumer reserving (fastq's fetch script: kombu's unacked hash and index) a window of "
+                'tasks at a time and acking them with the next fetch, nothing decoded or run, right before '
+                "fastq's drain",
+            ),
         ),
     ),
     'rabbitmq': (
@@ -779,8 +838,9 @@ def floor_text(results: Results, table: str = 'redis') -> str:
         if p50:
             med50, med99 = statistics.median(p50.values()), statistics.median(p99.values())
             lines.append(f'- {what}: p50 {format_value(med50, "ms")} ms, p99 {format_value(med99, "ms")} ms')
-        if rates := results.get(key, 'publish'):
-            lines.append(f'- {what}: {statistics.median(rates.values()):,.0f} tasks/s')
+        for workload in ('publish', 'drain'):
+            if rates := results.get(key, workload):
+                lines.append(f'- {what}: {statistics.median(rates.values()):,.0f} tasks/s')
     return '\n'.join(lines)
 
 

@@ -72,6 +72,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ('floor-relay', 'floor relay'),
     ('floor-2rt', 'floor 2 RT'),
     ('floor-1rt', 'floor 1 RT'),
+    ('floor-fetch', 'floor fetch'),
 )
 # Advantage columns, each right after the later of the two columns it compares: (title, fastq column, compared
 # column).

@@ -112,3 +112,19 @@ def test_clone_gives_every_copy_its_own_id_and_tag() -> None:
     for c in copies:
         assert c['headers']['root_id'] == c['headers']['id'] == c['properties']['correlation_id']
         assert c['body'] == envelope['body'] and c['headers']['task'] == 'benchapp.noop'
+
+
+def test_drain_floor_is_a_column_and_a_floor_line() -> None:
+    from suite.run import floor_text
+
+    r = results()
+    for round_, rate in enumerate((58_000.0, 55_000.0, 60_000.0)):
+        r.add('floor-fetch', 'drain', rate, round_)
+    r.add('floor-1rt', 'publish', 14_000.0, 0)
+    lines = render(r).splitlines()
+    assert 'floor fetch' in lines[0]
+    drain = next(line for line in lines if line.startswith('drain'))
+    assert '58,000 (55,000-60,000)' in drain
+    text = floor_text(r).splitlines()
+    assert any(line.startswith('- publish: one LPUSH') and line.endswith(': 14,000 tasks/s') for line in text)
+    assert any(line.startswith('- drain: one consumer') and line.endswith(': 58,000 tasks/s') for line in text)

@@ -84,6 +84,7 @@ class Lending:
             and not d.held
             and not len(d.ledger)
             and not self.fetcher.paused.is_set()
+            and self.fetcher.caught_up
             and len(d.revoked) <= MAX_REVOKED
             # Celery sends task_received in the worker's main process before the task runs; a child that
             # takes a task runs it first. While a handler is connected, tasks come the usual way.
