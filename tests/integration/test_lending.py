@@ -79,6 +79,29 @@ def test_idle_round_trips_are_run_by_the_child_holding_the_lead(tasks: Any, work
     assert _pool(tasks)['lead-loans'] <= loans + 5  # not lent and taken back for every task
 
 
+def test_log_says_received_before_succeeded_once_per_task(tasks: Any, worker: Any) -> None:
+    # A short task the holder took is reported to the parent with its answer; the "received" line (Celery's
+    # words, in that order) is then the child's, written before the task runs, and the parent writes none.
+    w = worker()
+    _warm(tasks)
+    holder = _lent(tasks)
+    ids = []
+    for i in range(40):
+        result = tasks.add.delay(i, i)
+        assert result.get(timeout=30) == i + i
+        ids.append(result.id)
+    wait_until(lambda: all(f'[{task_id}] succeeded' in w.log for task_id in ids), message='every task logged')
+    log = w.log.splitlines()
+    by_child = 0
+    for task_id in ids:
+        received = [n for n, line in enumerate(log) if f'[{task_id}] received' in line]
+        succeeded = [n for n, line in enumerate(log) if f'[{task_id}] succeeded' in line]
+        assert len(received) == 1 and len(succeeded) == 1, (task_id, received, succeeded)
+        assert received[0] < succeeded[0], log[received[0]]
+        by_child += 'ForkPoolWorker' in log[received[0]]
+    assert by_child, f'no task was taken by the child holding the lead (pid {holder})'
+
+
 def test_a_burst_is_fetched_in_batches_and_every_task_runs_once(tasks: Any, worker: Any, tmp_path: Path) -> None:
     worker()
     _warm(tasks)

@@ -206,8 +206,8 @@ class Dispatcher:
             time.monotonic(),  # received
         )  # (positional: keywords cost this, the one busy thread, a little more per task)
 
-    def _received(self, job: Job) -> None:
-        if logger.isEnabledFor(logging.INFO):  # (checked first: the arguments cost more, once per task)
+    def _received(self, job: Job, logged: bool = False) -> None:
+        if not logged and logger.isEnabledFor(logging.INFO):  # (checked first: the arguments cost more)
             logger.info('Task %s[%s] received', job.name, job.request.id)
         if self.events is not None or self.metrics is not None:
             self._observe_received(job)
@@ -224,15 +224,15 @@ class Dispatcher:
             name: (tasks[name].time_limit, tasks[name].soft_time_limit) for name in self._unlimited if name in tasks
         }
 
-    def adopt(self, d: Delivery, job_id: int, acked: bool) -> Job:
+    def adopt(self, d: Delivery, job_id: int, acked: bool, logged: bool = False) -> Job:
         """A task a pool child took with the lent lead and is running or ran (it checked what `_receive`
         checks): received and started here as if dispatched. An early ack is the child's when `acked` (it
         rides with the child's next wait in the broker), else sent now, as Celery's is (on the pool's word
-        that the task started)."""
+        that the task started). `logged`: the child wrote the "received" line (before it ran the task)."""
         self.ledger.add(d.tag)
         request = parse_delivery(d, self.tz)
         job = self._job(job_id, d, request, self.app.tasks[request.task])
-        self._received(job)
+        self._received(job, logged)
         if job.acks_late:
             self.ledger.start(job.tag)
         else:

@@ -155,7 +155,7 @@ class Lending:
 
     def took(self, child: _Child, job_id: int, payload: bytes) -> None:
         """(TOOK) `child` reserved a task with the lead: it runs it (adopted here), or left it to this process."""
-        keys, raw, ran, held, acked = marshal.loads(payload)
+        keys, raw, ran, held, acked, logged = marshal.loads(payload)
         if not held and child is self.holder:
             self._back(ran)  # ran, and gave the lead back: more tasks were waiting
         try:
@@ -164,7 +164,7 @@ class Lending:
                 self.fetcher.accept(deliveries)
                 return
             child.took_tag = str(deliveries[0].tag)
-            job = self.dispatcher.adopt(deliveries[0], job_id, acked)
+            job = self.dispatcher.adopt(deliveries[0], job_id, acked, logged)
         except Exception as exc:  # a bug: the task still runs (or ran); its answer is then logged and dropped
             logger.exception('Could not take over what %s took from the broker: %r', child.name, exc)
             return

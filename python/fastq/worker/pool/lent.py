@@ -22,7 +22,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from fastq import _ipc
+from fastq import _core, _ipc
 from fastq.exceptions import InvalidTaskError
 from fastq.protocol import parse_delivery
 
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from fastq.brokers.base import Delivery
 
 logger = logging.getLogger('fastq.worker.pool')
+#: Celery's "Task ...[...] received" line (the parent's, dispatcher.py): written by the child for a task it
+#: runs as it takes it, so the log keeps Celery's order (received, then succeeded), which the parent, told
+#: of a short task with its answer, would write after the child's "succeeded".
+received_logger = logging.getLogger('celery.worker.strategy')
 
 # Frame kinds (child.py has the others).
 LEND = 8  # parent -> child: wait in the broker; payload: marshalled `terms`; job id: the generation
@@ -58,6 +62,7 @@ def loan_memory(progress: memoryview, index: int) -> tuple[memoryview, memoryvie
 _NO_LIMITS = [None, None]  # the time limits header of a message that sets none
 #: Job kinds, as child.py names them (JOB_SHORT: its answer may wait; see `_Answers`).
 _JOB, _JOB_SHORT = 1, 5
+SHADOW = _core.TASK_HEAD_FIELDS.index('shadow')  # in `TaskHead.fields`
 
 
 def terms(gen: int, spec: dict[str, Any], names: dict[str, tuple[Any, Any]], short: frozenset[str],
@@ -172,7 +177,7 @@ class Lent:
         # (Not once the parent took the lead back: it may have done so to revoke this very task.)
         job = self._job(deliveries[0]) if len(deliveries) == 1 and self.held() else None
         if job is None:
-            chan.send(0, TOOK, marshal.dumps((self.lead.keys, raw, False, False, False)))
+            chan.send(0, TOOK, marshal.dumps((self.lead.keys, raw, False, False, False, False)))
             chan.flush_blocking()
             self.active = False
             return False
@@ -180,6 +185,9 @@ class Lent:
         job_id = self._base | (Lent._taken & 0xFFFFFF)
         kind, payload, early, name = job
         tag = str(deliveries[0].tag)
+        logged = received_logger.isEnabledFor(logging.INFO)
+        if logged:
+            _log_received(deliveries[0], name)
         slot = self.slot
         if kind == _JOB_SHORT and not more and slot is not None and len(tag) < TAG_BYTES and name in self.short:
             # Reported with its answer (one write, one wake-up of the parent, after the result is stored), its
@@ -190,9 +198,9 @@ class Lent:
             encoded = tag.encode()
             slot[1 : 1 + len(encoded)] = encoded
             slot[0] = len(encoded)
-            answers.report((job_id, TOOK, marshal.dumps((self.lead.keys, raw, True, not more, early))))
+            answers.report((job_id, TOOK, marshal.dumps((self.lead.keys, raw, True, not more, early, logged))))
         else:  # reported before it starts (the parent acks it early, times its limit, may take the lead back)
-            chan.send(job_id, TOOK, marshal.dumps((self.lead.keys, raw, True, not more, False)))
+            chan.send(job_id, TOOK, marshal.dumps((self.lead.keys, raw, True, not more, False, logged)))
             chan.flush_blocking()
         if more:  # more are waiting: a batch is the fetcher's
             self.active = False
@@ -322,3 +330,13 @@ class Borrower:
         if self.lent is not None:
             self.lent.give_back(self.chan)
             self.lent = None
+
+
+def _log_received(d: Delivery, name: str) -> None:
+    """The parent's "received" line, for a task this child runs (the name shown as `TaskRequest.display_name`:
+    the shadow name when the message has one)."""
+    head = d.head
+    fields = head.fields if head is not None else ()
+    task_id = fields[0] if fields else None
+    shadow = fields[SHADOW] if len(fields) > SHADOW else None
+    received_logger.info('Task %s[%s] received', shadow or name, task_id)
