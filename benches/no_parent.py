@@ -50,21 +50,7 @@ def stand_in(workdir: str, window: int, run: bool) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     app = probeapp.app
-    broker = app.broker
-    broker.connect()
-    consumer = broker.consumer([probe.QUEUE], owner=f'no-parent-{os.getpid()}@localhost')
-    acks: list[object] = []
-
-    def take() -> list[object]:
-        taken = acks[:]
-        acks.clear()
-        return taken
-
-    def settled(tags: list[object], sent: bool) -> None:
-        if not sent:
-            consumer.ack(tags)
-
-    consumer.carry_acks(take, settled, lambda: None)
+    consumer, acks = probe.carrying_consumer(app, f'no-parent-{os.getpid()}@localhost')
     accept = frozenset({'application/json'})
     ran = 0
     print('ready', flush=True)
@@ -77,7 +63,7 @@ def stand_in(workdir: str, window: int, run: bool) -> None:
                     raise SystemExit(f'task failed: {outcome}')
             ran += 1
     if acks:
-        consumer.ack(take())
+        consumer.ack(acks[:])
     print(ran, flush=True)
 
 

@@ -42,21 +42,7 @@ def stand_in(workdir: str) -> None:
     from fastq.worker.job import run_payload
 
     app = probeapp.app
-    broker = app.broker
-    broker.connect()
-    consumer = broker.consumer([probe.QUEUE], owner='one-hop-fewer@localhost')
-    acks: list[object] = []
-
-    def take() -> list[object]:
-        taken = acks[:]
-        acks.clear()
-        return taken
-
-    def settled(tags: list[object], sent: bool) -> None:
-        if not sent:
-            consumer.ack(tags)
-
-    consumer.carry_acks(take, settled, lambda: None)
+    consumer, acks = probe.carrying_consumer(app, 'one-hop-fewer@localhost')
     backend = app.backend
     backend.defer_stores()
     accept = frozenset({'application/json'})

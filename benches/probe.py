@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
@@ -57,6 +58,30 @@ def stamp():
     return time.perf_counter()
 """
 QUEUE = 'probe'
+
+
+def carrying_consumer(app: Any, owner: str) -> tuple[Any, list[Any]]:
+    """`app`'s real Redis consumer on the probe's queue, and the list its acks go in: they ride ahead of its
+    next fetch, as the worker's fetcher carries the settler's (for the stand-ins of one_hop_fewer.py and
+    no_parent.py)."""
+    broker = app.broker
+    broker.connect()
+    consumer = broker.consumer([QUEUE], owner=owner)
+    acks: list[Any] = []
+
+    def take() -> list[Any]:
+        taken = acks[:]
+        acks.clear()
+        return taken
+
+    def settled(tags: list[Any], sent: bool) -> None:
+        if not sent:
+            consumer.ack(tags)
+
+    consumer.carry_acks(take, settled, lambda: None)
+    return consumer, acks
+
+
 TICK = os.sysconf('SC_CLK_TCK')
 
 
