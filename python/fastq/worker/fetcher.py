@@ -78,8 +78,8 @@ class Fetcher(threading.Thread):
         self.on_lead_free: Callable[[str], None] | None = None
         # Whether the last fetch got less than it asked for: the queues were empty then. A draining worker
         # looks idle for a moment between two fetches of a full window (every task handed out, the next
-        # batch not yet in); lending its lead then would cost a broker round trip and two thread wake-ups
-        # for nothing (~150 tries in a 200,000-task drain), so it is lent only once its queues ran out.
+        # batch not yet in); asking to lend its lead then woke this thread's wait and the loop, and back,
+        # for nothing (~150 times in a 200,000-task drain), so it is lent only once its queues ran out.
         self.caught_up = True
 
     def request_lend(self) -> None:
