@@ -35,7 +35,7 @@ from tests.servers import RedisServer
 
 from suite import report
 from suite.engines import BENCHES, CONCURRENCY, PYTHON, SPECS, Engine, Worker
-from suite.queues import CHUNK, STAGING, clone
+from suite.queues import STAGING
 from suite.rabbit import RabbitNode
 from suite.stats import RABBIT, REDIS, TABLES, Results, format_value, percentile, render, table_of
 
@@ -588,22 +588,18 @@ def drain_floor(url: str, n: int, window: int) -> float:
     it atomically (fastq's fetch script: RPOP, then HSET into `unacked` and ZADD into `unacked_index`, the
     record Celery's restore reads) and ack it (HDEL, ZREM, sent with the next fetch). Nothing is decoded,
     nothing run, no transaction around the acks: a worker with one consumer (fastq's fetcher, Celery's main
-    process) cannot drain faster. Copies of the envelope the drain staged, on keys of its own."""
+    process) cannot drain faster. A copy of the `n` tasks the drain staged, on keys of its own."""
     import redis
 
-    import fastq
+    from fastq.brokers.redis.consumer import reservation_time
+    from fastq.brokers.redis.scripts import Scripts
 
-    script = (Path(fastq.__file__).parent / 'brokers' / 'redis' / 'scripts' / 'fetch.lua').read_text()
     client = redis.Redis.from_url(url)
     keys = ('floor:unacked', 'floor:unacked_index', 'floor:drain')
     try:
-        template = client.lindex(STAGING, 0)
-        if not isinstance(template, bytes):
-            raise Failed('nothing staged to copy for the drain floor')
-        for start in range(0, n, CHUNK):
-            client.lpush('floor:staging', *clone(template, min(CHUNK, n - start)))
-        sha = client.script_load(script)
-        client.rename('floor:staging', keys[2])
+        if not client.copy(STAGING, keys[2]) or client.llen(keys[2]) != n:
+            raise Failed(f'no {n:,} staged tasks to copy for the drain floor')
+        sha = client.script_load(Scripts(client).fetch_script.script)
         reserved = 0
         acks: list[bytes] = []
         began = time.perf_counter()
@@ -612,18 +608,18 @@ def drain_floor(url: str, n: int, window: int) -> float:
             if acks:
                 pipe.hdel(keys[0], *acks)
                 pipe.zrem(keys[1], *acks)
-            pipe.evalsha(sha, len(keys), *keys, window, int(time.time()) + 1)
+            pipe.evalsha(sha, len(keys), *keys, window, reservation_time())
             reply = pipe.execute()[-1]
             if not reply:
                 break
-            acks = reply[1::3]
+            acks = reply[1::3]  # (key index, delivery tag, envelope) per task
             reserved += len(acks)
         seconds = time.perf_counter() - began
         if reserved != n or client.hlen(keys[0]):
             raise Failed(f'the drain floor reserved {reserved:,} of {n:,} tasks')
         return n / seconds
     finally:
-        client.delete('floor:staging', *keys)
+        client.delete(*keys)
         client.close()
 
 
