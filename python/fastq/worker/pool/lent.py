@@ -334,9 +334,7 @@ class Borrower:
 
 def _log_received(d: Delivery, name: str) -> None:
     """The parent's "received" line, for a task this child runs (the name shown as `TaskRequest.display_name`:
-    the shadow name when the message has one)."""
-    head = d.head
-    fields = head.fields if head is not None else ()
-    task_id = fields[0] if fields else None
-    shadow = fields[SHADOW] if len(fields) > SHADOW else None
-    received_logger.info('Task %s[%s] received', shadow or name, task_id)
+    the shadow name when the message has one). `_job` ran it, so it has a head."""
+    assert d.head is not None
+    fields = d.head.fields
+    received_logger.info('Task %s[%s] received', fields[SHADOW] or name, fields[0])
