@@ -17,7 +17,7 @@ from fastq import _core
 from fastq.brokers.base import Delivery
 from fastq.brokers.redis.consumer import _counts
 from fastq.brokers.redis.layout import DELIVERIES_HEADER
-from fastq.worker.pool.lent import Lent, terms
+from fastq.worker.pool.lent import RELEASED, TOOK, Lent, Took, terms
 from tests.unit.test_core_task_head import envelope
 
 JOB, JOB_SHORT = 1, 5
@@ -113,3 +113,30 @@ def test_held_while_the_shared_generation_is_the_loans() -> None:
 def test_terms_round_trip() -> None:
     payload = terms(3, SPEC, {'a': (1.0, None)}, frozenset({'a'}), ['x'], (None, 5.0), 4, 'w@h')
     assert marshal.loads(payload) == (3, SPEC, {'a': (1.0, None)}, ['a'], ['x'], (None, 5.0), 4, 'w@h')
+
+
+class _Chan:
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, int, bytes]] = []
+
+    def send(self, job_id: int, kind: int, payload: bytes) -> None:
+        self.sent.append((job_id, kind, payload))
+
+    def flush_blocking(self) -> None:
+        pass
+
+
+def test_what_a_recalled_wait_reserved_goes_to_the_parent_unrun() -> None:
+    # The frame the parent reads (`Took.loads`, lending.py) is the one the child writes on every route; the
+    # give-back route once wrote one field fewer, which stopped the parent's loop.
+    lent = _lent()
+    raw = [1, b'tag-1', envelope()]
+    lent.lead = SimpleNamespace(keys=['celery'], release=lambda: raw, ack=lambda acks: None, close=lambda: None)
+    lent.acks = ['tag-0']
+    chan = _Chan()
+    lent.give_back(chan)  # type: ignore[arg-type]
+    (job_id, kind, payload), (gen, released, acks) = chan.sent
+    assert (job_id, kind) == (0, TOOK)
+    assert Took.loads(payload) == Took(['celery'], raw, ran=False, held=False, acked=False, logged=False)
+    assert (gen, released, marshal.loads(acks)) == (7, RELEASED, ['tag-0'])
+    assert not lent.active

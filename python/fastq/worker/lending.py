@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING
 
 from fastq import signals
-from fastq.worker.pool.lent import terms
+from fastq.worker.pool.lent import Took, terms
 
 if TYPE_CHECKING:
     from fastq.brokers.base import Consumer
@@ -155,7 +155,7 @@ class Lending:
 
     def took(self, child: _Child, job_id: int, payload: bytes) -> None:
         """(TOOK) `child` reserved a task with the lead: it runs it (adopted here), or left it to this process."""
-        keys, raw, ran, held, acked, logged = marshal.loads(payload)
+        keys, raw, ran, held, acked, logged = Took.loads(payload)
         if not held and child is self.holder:
             self._back(ran)  # ran, and gave the lead back: more tasks were waiting
         try:

@@ -20,7 +20,7 @@ import os
 import select
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fastq import _core, _ipc
 from fastq.exceptions import InvalidTaskError
@@ -39,10 +39,29 @@ received_logger = logging.getLogger('celery.worker.strategy')
 # Frame kinds (child.py has the others).
 LEND = 8  # parent -> child: wait in the broker; payload: marshalled `terms`; job id: the generation
 RECALL = 9  # parent -> child: stop waiting (the shared generation says so; the frame wakes a waiting child)
-TOOK = 10  # child -> parent: marshalled (keys, fetch reply, ran here, still held, acked early here); job id: the job's
+TOOK = 10  # child -> parent: a marshalled `Took`; job id: the job's (0 if it did not run here)
 RELEASED = (
     11  # child -> parent: stopped waiting; payload: marshalled early acks it could not send; job id: the generation
 )
+
+
+class Took(NamedTuple):
+    """What a TOOK frame says: one definition for the child that writes it and the parent that reads it."""
+
+    keys: list[str]  # the lead's keys, which the parent's consumer needs to read `raw`
+    raw: list[Any]  # the fetch script's reply, as the child got it
+    ran: bool = False  # runs in this child (else the parent dispatches it)
+    held: bool = False  # the child still holds the lead
+    acked: bool = False  # acked early by the child
+    logged: bool = False  # the child wrote its "received" line
+
+    def dumps(self) -> bytes:
+        return marshal.dumps(tuple(self))
+
+    @classmethod
+    def loads(cls, payload: bytes) -> Took:
+        return cls(*marshal.loads(payload))
+
 
 #: Job ids of the tasks a child takes itself: above any id the parent assigns, unique per child process.
 TAKEN_IDS = 1 << 62
@@ -177,7 +196,7 @@ class Lent:
         # (Not once the parent took the lead back: it may have done so to revoke this very task.)
         job = self._job(deliveries[0]) if len(deliveries) == 1 and self.held() else None
         if job is None:
-            chan.send(0, TOOK, marshal.dumps((self.lead.keys, raw, False, False, False, False)))
+            chan.send(0, TOOK, Took(self.lead.keys, raw).dumps())
             chan.flush_blocking()
             self.active = False
             return False
@@ -198,9 +217,9 @@ class Lent:
             encoded = tag.encode()
             slot[1 : 1 + len(encoded)] = encoded
             slot[0] = len(encoded)
-            answers.report((job_id, TOOK, marshal.dumps((self.lead.keys, raw, True, not more, early, logged))))
+            answers.report((job_id, TOOK, Took(self.lead.keys, raw, True, not more, early, logged).dumps()))
         else:  # reported before it starts (the parent acks it early, times its limit, may take the lead back)
-            chan.send(job_id, TOOK, marshal.dumps((self.lead.keys, raw, True, not more, False, logged)))
+            chan.send(job_id, TOOK, Took(self.lead.keys, raw, True, not more, False, logged).dumps())
             chan.flush_blocking()
         if more:  # more are waiting: a batch is the fetcher's
             self.active = False
@@ -261,7 +280,7 @@ class Lent:
         acks, self.acks = self.acks, []
         try:
             if raw:
-                chan.send(0, TOOK, marshal.dumps((lead.keys, raw, False, False, False)))
+                chan.send(0, TOOK, Took(lead.keys, raw).dumps())
             if self.active or acks:
                 chan.send(self.gen, RELEASED, marshal.dumps(acks))
             chan.flush_blocking()
