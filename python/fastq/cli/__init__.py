@@ -5,6 +5,7 @@ fastq -A proj beat -l info          fastq -A proj worker -B (worker with beat in
 fastq -A proj result <id>           fastq -A proj purge -f
 fastq -A proj deadletter list       fastq -A proj inspect active / control revoke <id> / status
 fastq -A proj events --dump         fastq -A proj dashboard --port 5555 (task events: workers with -E)
+fastq -A proj multi start w1 w2 --pidfile=/run/fastq/%n.pid   (detached workers; stopwait, restart, kill)
 fastq --version
 """
 
@@ -26,7 +27,7 @@ __all__ = ['main']
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastq.cli import beat, calling, control, dashboard, deadletter, events, purge, worker
+    from fastq.cli import beat, calling, control, dashboard, deadletter, events, multi, purge, worker
 
     parser = argparse.ArgumentParser(
         prog='fastq',
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--loader', help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest='command', metavar='COMMAND')
     worker.register(commands)
+    multi.register(commands)
     beat.register(commands)
     calling.register(commands)
     purge.register(commands)
@@ -66,6 +68,8 @@ def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
             import os
 
             os.chdir(args.workdir)
+        if not getattr(args, 'needs_app', True):  # (multi: each worker it starts loads the app)
+            sys.exit(args.handler(None, args) or 0)
         if app is None:
             app = find_app(args.app)
         if args.broker:

@@ -104,28 +104,50 @@ def check_loglevel(value: str) -> str:
     return level
 
 
-def write_pidfile(path: str) -> None:
+def pid_alive(pid: int) -> bool:
+    """Process `pid` runs: it exists and is not a zombie (a detached worker that exited is one until PID 1
+    reaps it, and some containers' PID 1 never does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rpartition(')')[2].split()[0] != 'Z'
+    except (OSError, IndexError):
+        return True  # no /proc: the signal said enough
+
+
+def check_pidfile(path: str) -> None:
+    """Refuse a pidfile a live process holds (Celery's words); remove a stale one."""
     path = os.path.abspath(path)
     if os.path.exists(path):
         try:
             pid = int(open(path).read().strip() or 0)
         except (OSError, ValueError):
             pid = 0
-        alive = False
-        if pid:
-            try:
-                os.kill(pid, 0)
-                alive = True
-            except ProcessLookupError:
-                alive = False
-            except PermissionError:
-                alive = True
-        if alive:
+        if pid and pid_alive(pid):
             raise CommandError(f'Pidfile ({path}) already exists.\nSeems we are already running? (pid: {pid})')
         os.unlink(path)
+
+
+def write_pidfile(path: str) -> None:
+    path = os.path.abspath(path)
+    check_pidfile(path)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     with os.fdopen(fd, 'w') as f:
         f.write(f'{os.getpid()}\n')
+
+
+def touch(path: str) -> None:
+    """Open `path` for appending, or say why it cannot be (before detaching: afterwards no one would hear)."""
+    try:
+        with open(path, 'a'):
+            pass
+    except OSError as exc:
+        raise CommandError(f'Cannot open the log file {path}: {exc.strerror}') from None
 
 
 def detach(logfile: str | None) -> None:

@@ -9,7 +9,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from fastq.cli.base import CommandError, check_loglevel, detach, err, write_pidfile
+from fastq.cli.base import CommandError, check_loglevel, check_pidfile, detach, err, touch, write_pidfile
+from fastq.utils.nodenames import default_nodename, host_format, node_format
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -94,7 +95,16 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
             err(f'warning: {message}')
     if args.include:
         app.conf.include = [*(app.conf.include or []), *_split(args.include)]
+    # `--logfile=/var/log/celery/%n%I.log --pidfile=/run/celery/%n.pid`, as `celery multi` and Celery's
+    # service files pass them: expanded for this node (the log file once more in each child, for `%I`).
+    node = host_format(default_nodename(args.hostname))
+    pidfile = node_format(args.pidfile, node) if args.pidfile else None
     if args.detach:
+        # What would stop the detached process is said here, where someone reads it.
+        if pidfile:
+            check_pidfile(pidfile)
+        if args.logfile:
+            touch(node_format(args.logfile, node))
         detach(args.logfile)
     conf = app.conf
     setup_logging(
@@ -105,9 +115,10 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
         datefmt=conf.worker_log_datefmt,
         colorize=False if args.logfile else conf.worker_log_color,
         hijack_root=conf.worker_hijack_root_logger,
+        nodename=node,
     )
-    if args.pidfile:
-        write_pidfile(args.pidfile)
+    if pidfile:
+        write_pidfile(pidfile)
     try:
         queues = _split(args.queues) or None
         worker = WorkController(
@@ -144,7 +155,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
             )
         return worker.start()
     finally:
-        if args.pidfile:
+        if pidfile:
             with contextlib.suppress(OSError):
-                os.unlink(os.path.abspath(args.pidfile))
+                os.unlink(os.path.abspath(pidfile))
         sys.stdout.flush()

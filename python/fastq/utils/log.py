@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextvars import ContextVar
 from typing import Any
@@ -12,6 +13,9 @@ __all__ = ['get_logger', 'get_task_logger', 'setup_logging', 'task_context']
 # (task id, task name) of the task running in this thread or asyncio task, for task log records.
 _task_ctx: ContextVar[tuple[str, str] | None] = ContextVar('fastq.task_log_context', default=None)
 _CONFIGURED = False
+#: (the `--logfile` template, the node name, its handler) when the template names a file per process (`%i`,
+#: `%I`): each pool child then writes to a file of its own, as Celery's do (`process_logfile`).
+_PER_PROCESS: tuple[str, str, logging.FileHandler] | None = None
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -68,12 +72,20 @@ def setup_logging(
     datefmt: str | None = None,
     colorize: bool | None = None,
     hijack_root: bool = True,
+    nodename: str | None = None,
 ) -> None:
-    """Configure the root logger for a worker unless the `setup_logging` signal has a receiver that did it."""
-    global _CONFIGURED
+    """Configure the root logger for a worker unless the `setup_logging` signal has a receiver that did it.
+
+    With `nodename`, `logfile` is a template (`%n%I.log`, expanded as Celery's worker does: `node_format`).
+    """
+    global _CONFIGURED, _PER_PROCESS
     from fastq import signals
+    from fastq.utils.nodenames import node_format
 
     level = logging.getLevelName(loglevel.upper()) if isinstance(loglevel, str) else loglevel
+    template = logfile
+    if logfile and nodename:
+        logfile = node_format(logfile, nodename)
     if signals.setup_logging.receivers:
         signals.setup_logging.send(sender=None, loglevel=level, logfile=logfile, format=fmt, colorize=colorize)
         _CONFIGURED = True
@@ -82,6 +94,8 @@ def setup_logging(
     if logfile:
         handler = logging.FileHandler(logfile)
         stream: Any = None
+        if template and nodename and '%i' in template.lower():
+            _PER_PROCESS = (template, nodename, handler)
     else:
         stream = sys.stderr
         handler = logging.StreamHandler(stream)
@@ -99,3 +113,26 @@ def setup_logging(
         sender=None, logger=root, loglevel=level, logfile=logfile, format=fmt, colorize=use_color
     )
     _CONFIGURED = True
+
+
+def process_logfile(index: int) -> None:
+    """In pool child `index`: log to the child's own file when the worker's `--logfile` names one per process
+    (`%I`: `w1-1.log` beside the parent's `w1.log`), as Celery's children do; else keep the handlers inherited
+    from the parent."""
+    global _PER_PROCESS
+    if _PER_PROCESS is None:
+        return
+    from fastq.utils.nodenames import node_format
+
+    template, nodename, inherited = _PER_PROCESS
+    path = os.path.abspath(node_format(template, nodename, index))
+    if path == inherited.baseFilename:
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(inherited.formatter)
+    handler.setLevel(inherited.level)
+    root = logging.getLogger()
+    root.removeHandler(inherited)
+    inherited.close()  # this process's copy of the parent's file descriptor
+    root.addHandler(handler)
+    _PER_PROCESS = (template, nodename, handler)

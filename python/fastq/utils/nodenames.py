@@ -1,4 +1,4 @@
-"""Node names (`celery@host`, `gen1234@host`) and the `%h/%n/%d/%i` abbreviations Celery's CLI expands."""
+"""Node names (`celery@host`, `gen1234@host`) and the `%h/%n/%d/%i/%I/%p` abbreviations Celery's CLI expands."""
 
 from __future__ import annotations
 
@@ -36,8 +36,11 @@ def default_nodename(hostname: str | None, default_name: str = NODENAME_DEFAULT)
     return nodename(name or default_name, host or gethostname())
 
 
-def host_format(s: str, host: str | None = None, name: str | None = None, index: int | None = None) -> str:
-    """Expand `%h` (host), `%n` (name part of host), `%d` (domain), `%i`/`%I` (pool process index), `%%`."""
+def host_format(
+    s: str, host: str | None = None, name: str | None = None, index: int | None = None, **extra: str
+) -> str:
+    """Expand `%h` (host), `%n` (name part of host), `%d` (domain), `%i`/`%I` (pool process index: `0`/`` in
+    the main process, `1`/`-1` in the first child), `%%`, and the one-letter keys of `extra`."""
     host = host or gethostname()
     hname, _, domain = host.partition('.')
     keys = {
@@ -46,6 +49,7 @@ def host_format(s: str, host: str | None = None, name: str | None = None, index:
         'd': domain,
         'i': str(index or 0),
         'I': f'-{index}' if index else '',
+        **extra,
     }
     out = []
     i = 0
@@ -64,6 +68,13 @@ def host_format(s: str, host: str | None = None, name: str | None = None, index:
         out.append(ch)
         i += 1
     return ''.join(out)
+
+
+def node_format(s: str, nodename: str, index: int | None = None, **extra: str) -> str:
+    """Expand the abbreviations in a path given to the worker node `nodename` (`--logfile=%n%I.log`,
+    `--pidfile=%n.pid`): as `host_format`, with the node's host, its name as `%n` and the whole name as `%p`."""
+    name, host = nodesplit(nodename)
+    return host_format(s, host, name or NODENAME_DEFAULT, index, **{'p': nodename, **extra})
 
 
 def oid_from(instance: object) -> str:

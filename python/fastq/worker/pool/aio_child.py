@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import _ipc, signals
 from fastq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from fastq.utils.log import process_logfile
 from fastq.worker.job import Prepared, prepare_payload, run_prepared, run_prepared_async
 from fastq.worker.pool.child import CANCEL, JOB, JOB_SHORT, READY, RESULT, STOP
 from fastq.worker.trace import Outcome
@@ -308,6 +309,7 @@ def aio_child_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     multiprocessing.current_process().name = f'ForkPoolWorker-{index}'
+    process_logfile(index)  # `--logfile=%n%I.log`: a file of its own
     chan = _ipc.Channel(sock.detach())
     loop, kind = new_event_loop()
     asyncio.set_event_loop(loop)  # for code that asks for the current loop; the loop policy is left alone
