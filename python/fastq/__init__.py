@@ -30,6 +30,7 @@ __all__ = [
     'shared_task',
     'signature',
     'states',
+    'subtask',
     'xmap',
     'xstarmap',
 ]
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from fastq.app import Celery, Fastq
     from fastq.canvas import Signature, maybe_signature, xmap, xstarmap
     from fastq.canvas import signature as signature
+    from fastq.canvas import signature as subtask
     from fastq.canvas.chain import chain
     from fastq.canvas.chord import chord
     from fastq.canvas.chunks import chunks
@@ -65,6 +67,7 @@ _LAZY = {
     'xmap': 'fastq.canvas:xmap',
     'xstarmap': 'fastq.canvas:xstarmap',
     'signature': 'fastq.canvas:signature',
+    'subtask': 'fastq.canvas:signature',  # Celery's old name, still exported by it
     'maybe_signature': 'fastq.canvas:maybe_signature',
     'shared_task': 'fastq.shared:shared_task',
     'Queue': 'fastq.routing:Queue',

@@ -563,6 +563,13 @@ class Task(Generic[P, R]):
             f'<@task: {self.name} of {self.app.main}>' if hasattr(self, 'app') else f'<unbound {type(self).__name__}>'
         )
 
+    if not TYPE_CHECKING:  # (for mypy, `type(task).__name__` would then be this property)
+
+        @property
+        def __name__(self) -> str:
+            """The function's name, as Celery's tasks have it (decorators, `functools.wraps`, `celery shell`)."""
+            return type(self).__name__
+
 
 def _arity_checker(sig: inspect.Signature) -> Callable[..., None]:
     """A function with the same parameters that does nothing: calling it checks arguments as Python does,

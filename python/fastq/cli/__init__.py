@@ -6,6 +6,7 @@ fastq -A proj result <id>           fastq -A proj purge -f
 fastq -A proj deadletter list       fastq -A proj inspect active / control revoke <id> / status
 fastq -A proj events --dump         fastq -A proj dashboard --port 5555 (task events: workers with -E)
 fastq -A proj multi start w1 w2 --pidfile=/run/fastq/%n.pid   (detached workers; stopwait, restart, kill)
+fastq -A proj shell                 (a Python shell with the app and its tasks)
 fastq --version
 """
 
@@ -27,7 +28,7 @@ __all__ = ['main']
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastq.cli import beat, calling, control, dashboard, deadletter, events, multi, purge, worker
+    from fastq.cli import beat, calling, control, dashboard, deadletter, events, multi, purge, shell, worker
 
     parser = argparse.ArgumentParser(
         prog='fastq',
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     control.register(commands)
     events.register(commands)
     dashboard.register(commands)
+    shell.register(commands)
     return parser
 
 
