@@ -73,6 +73,14 @@ def test_an_option_the_worker_declares_takes_its_value_with_or_without_equals() 
     assert parsed.options == {'-E': None, '-B': None, '--without-mingle': None}
 
 
+def test_relative_paths_are_the_workdirs() -> None:
+    (node,) = nodes_from(parse_args(['w1', '--workdir=/srv/app', '--pidfile=run/%n.pid', '--logfile=/var/log/%n.log']))
+    assert (node.pidfile, node.logfile) == ('/srv/app/run/w1.pid', '/var/log/w1.log')
+    assert node.argv[:4] == ['-m', 'fastq', '--workdir=/srv/app', 'worker']
+    (node,) = nodes_from(parse_args(['w1', '--pidfile=%n.pid']))
+    assert node.options['--pidfile'] == 'w1.pid'
+
+
 def test_everything_after_a_double_dash_goes_to_each_worker_as_it_is() -> None:
     (node,) = nodes_from(parse_args(['w1', '-c', '2', '--', '--purge', '-X', 'slow']))
     assert node.argv[-3:] == ['--purge', '-X', 'slow']

@@ -209,8 +209,11 @@ class Node:
         options['-n'] = name
         pidfile = _pop_any(options, '--pidfile', '-p') or DEFAULT_PIDFILE
         logfile = _pop_any(options, '--logfile', '-f') or DEFAULT_LOGFILE
-        options['--pidfile'] = os.path.expanduser(self.expand(pidfile))
-        options['--logfile'] = os.path.expanduser(self.expand(logfile))
+        # Relative paths are the worker's, which starts in `--workdir` when one is given: multi reads the
+        # pidfile there too.
+        workdir = os.path.expanduser(self.expand(options.get('--workdir') or ''))
+        options['--pidfile'] = os.path.join(workdir, os.path.expanduser(self.expand(pidfile)))
+        options['--logfile'] = os.path.join(workdir, os.path.expanduser(self.expand(logfile)))
         self.options = options
         self.executable = executable
         words = self.expand(cmd).split()
