@@ -244,10 +244,12 @@ class Control:
         return sorted(set(self.app.broker.known_queues()) | set(self.app.router.worker_queues(None)))
 
     def purge(self) -> int:
-        """Erase every waiting message from the app's known task queues; the number erased."""
+        """Erase every waiting message from the app's task queues (`task_queues`, else the default queue), as
+        Celery's does: not the other queues the broker knows, which may be other apps' or other workers'; the
+        number erased."""
         broker = self.app.broker
         broker.connect()
-        return sum(broker.purge(queue) for queue in self.known_queues())
+        return sum(broker.purge(queue) for queue in self.app.router.worker_queues(None))
 
     def shutdown(self, destination: Sequence[str] | None = None, **kwargs: Any) -> list[dict[str, Any]] | None:
         """Warm shutdown of workers."""

@@ -43,7 +43,7 @@ class Queue:
     """kombu's Queue: where a worker consumes from; exchange and routing key matter on AMQP brokers."""
 
     name: str = ''
-    exchange: Exchange | str | None = None
+    exchange: Exchange | str | Any | None = None  # (Any: kombu's Exchange, made fastq's)
     routing_key: str | None = None
     durable: bool = True
     exclusive: bool = False
@@ -57,6 +57,8 @@ class Queue:
     def __post_init__(self) -> None:
         if isinstance(self.exchange, str):
             self.exchange = Exchange(self.exchange)
+        elif self.exchange is not None and not isinstance(self.exchange, Exchange):
+            self.exchange = as_exchange(self.exchange)
         if self.exchange is None:
             self.exchange = Exchange(self.name)
         if self.routing_key is None:
@@ -66,13 +68,55 @@ class Queue:
         return hash(self.name)
 
 
+def as_exchange(exchange: Any) -> Exchange:
+    """fastq's Exchange for kombu's (or anything with its attributes), as Celery's documentation writes them:
+    `from kombu import Exchange, Queue` works in settings too."""
+    if isinstance(exchange, Exchange):
+        return exchange
+    if isinstance(exchange, str):
+        return Exchange(exchange)
+    return Exchange(
+        str(getattr(exchange, 'name', '') or ''),
+        str(getattr(exchange, 'type', None) or 'direct'),
+        bool(getattr(exchange, 'durable', True)),
+        bool(getattr(exchange, 'auto_delete', False)),
+        getattr(exchange, 'delivery_mode', None),
+        dict(getattr(exchange, 'arguments', None) or {}) or None,
+    )
+
+
+def as_queue(queue: Any) -> Queue:
+    """fastq's Queue for kombu's (see `as_exchange`)."""
+    if isinstance(queue, Queue):
+        return queue
+    exchange = getattr(queue, 'exchange', None)
+    return Queue(
+        str(queue.name),
+        as_exchange(exchange) if exchange is not None and getattr(exchange, 'name', exchange) != '' else None,
+        getattr(queue, 'routing_key', None) or None,
+        bool(getattr(queue, 'durable', True)),
+        bool(getattr(queue, 'exclusive', False)),
+        bool(getattr(queue, 'auto_delete', False)),
+        getattr(queue, 'queue_arguments', None),
+        getattr(queue, 'max_priority', None),
+        getattr(queue, 'consumer_arguments', None),
+        bool(getattr(queue, 'no_ack', False)),
+        tuple(getattr(queue, 'bindings', None) or ()),
+    )
+
+
+def _is_queue(value: Any) -> bool:
+    return isinstance(value, Queue) or (not isinstance(value, str | Mapping) and hasattr(value, 'routing_key'))
+
+
 RouterFn = Callable[..., Any]
 
 
-def _map_router(routes: Mapping[Any, Any]) -> RouterFn:
+def _map_router(routes: Mapping[Any, Any] | Sequence[tuple[Any, Any]]) -> RouterFn:
     exact: dict[str, Any] = {}
     patterns: list[tuple[re.Pattern[str], Any]] = []
-    for key, route in routes.items():
+    pairs = routes.items() if isinstance(routes, Mapping) else routes
+    for key, route in pairs:
         if isinstance(key, re.Pattern):
             patterns.append((key, route))
         elif isinstance(key, str) and any(c in key for c in '*?['):
@@ -92,9 +136,10 @@ def _map_router(routes: Mapping[Any, Any]) -> RouterFn:
 
 
 class _MapRouter:
-    """A `task_routes` dict as a router: its answer depends on the task name alone."""
+    """A `task_routes` dict (or list of `(pattern, route)` pairs, tried in order) as a router: its answer
+    depends on the task name alone."""
 
-    def __init__(self, routes: Mapping[Any, Any]) -> None:
+    def __init__(self, routes: Mapping[Any, Any] | Sequence[tuple[Any, Any]]) -> None:
         self.lookup = _map_router(routes)
 
     def __call__(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -112,11 +157,16 @@ def prepare_routers(routes: Any) -> list[RouterFn]:
             item = symbol_by_name(item)
         if isinstance(item, Mapping):
             out.append(_MapRouter(item))
+        elif isinstance(item, list | tuple) and all(isinstance(p, list | tuple) and len(p) == 2 for p in item):
+            out.append(_MapRouter([tuple(p) for p in item]))  # Celery's ordered form: [(pattern, route), ...]
         elif callable(item):
             fn: RouterFn = item
             out.append(fn)
         else:
-            raise TypeError(f'task_routes: a route must be a dict, a function or a dotted path, got {item!r}')
+            raise TypeError(
+                f'task_routes: a route must be a dict, a list of (pattern, route) pairs, a function or a dotted '
+                f'path, got {item!r}'
+            )
     return out
 
 
@@ -139,9 +189,9 @@ class Router:
         if isinstance(queues, Mapping):
             out = {}
             for name, spec in queues.items():
-                out[name] = spec if isinstance(spec, Queue) else Queue(name, **dict(spec or {}))
+                out[name] = as_queue(spec) if _is_queue(spec) else Queue(name, **dict(spec or {}))
             return out
-        return {q.name: q for q in queues}
+        return {q.name: q for q in map(as_queue, queues)}
 
     def _lookup(self, route: Any, name: str, args: Any, kwargs: Any, options: Mapping[str, Any], task: Any) -> Any:
         for router in self.routers:
@@ -156,7 +206,10 @@ class Router:
     def route(
         self, options: Mapping[str, Any], name: str, args: Any = (), kwargs: Any = None, task: Any = None
     ) -> dict[str, Any]:
-        """`options` with `queue` resolved to a name and routing_key/exchange filled in."""
+        """`options` with `queue` resolved to a name, and the exchange and routing key to publish with, as
+        Celery's `send_task_message` settles them: a queue on a direct exchange is published to by name
+        (the default exchange, `''`) unless both an exchange and a routing key were given; a topic or fanout
+        queue through its exchange, with the routing key given or its own."""
         out = dict(options)
         queue = out.get('queue')
         if queue is None:
@@ -169,16 +222,25 @@ class Router:
                 queue = out.get('queue')
         if queue is None:
             queue = self.conf.task_default_queue
-        if isinstance(queue, Queue):
-            qobj = queue
+        if _is_queue(queue):
+            qobj = as_queue(queue)
         else:
             qobj = self.queues.get(queue) or Queue(queue)
             if queue not in self.queues and self.queues and not self.create_missing:
                 raise QueueNotFound(f'Queue {queue!r} missing from task_queues')
         out['queue'] = qobj.name
-        out.setdefault('routing_key', qobj.routing_key)
-        exchange = qobj.exchange
-        out.setdefault('exchange', exchange.name if isinstance(exchange, Exchange) else exchange)
+        exchange = out.get('exchange')
+        if exchange is not None and not isinstance(exchange, str):
+            exchange = as_exchange(exchange).name
+        routing_key = out.get('routing_key')
+        own = as_exchange(qobj.exchange) if qobj.exchange is not None else Exchange(qobj.name)
+        if (not exchange or not routing_key) and own.type == 'direct':
+            exchange, routing_key = '', qobj.name
+        elif not exchange:
+            exchange = own.name or self.conf.task_default_exchange or self.conf.task_default_queue
+            routing_key = routing_key or qobj.routing_key or self.conf.task_default_routing_key or qobj.name
+        out['exchange'] = exchange
+        out['routing_key'] = routing_key or qobj.name
         return out
 
     def worker_queues(self, names: Sequence[str] | None) -> list[str]:

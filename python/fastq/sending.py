@@ -157,9 +157,8 @@ class SendPlan:
         delivery_mode = routed.get('delivery_mode') or conf.task_default_delivery_mode
         self.delivery_mode = int(_DELIVERY_MODES.get(delivery_mode, delivery_mode))
         self.queue: str = routed['queue']
-        exchange = routed.get('exchange') or ''
-        # Celery publishes to a direct exchange named like the queue through the default exchange.
-        self.exchange: str = '' if exchange == self.queue else exchange
+        # ('' for the default exchange, where the routing key names the queue: see `Router.route`)
+        self.exchange: str = routed.get('exchange') or ''
         self.routing_key: str = routed.get('routing_key') or self.queue
         self.serializer: str = routed.get('serializer') or conf.task_serializer
         self.native = self.serializer in _NATIVE_SERIALIZERS

@@ -64,12 +64,15 @@ def test_call_rejects_bad_json(tmp_path: Path, urls: dict[str, str]) -> None:
 def test_purge(tmp_path: Path, urls: dict[str, str], tasks: Any) -> None:
     for i in range(3):
         tasks.add.delay(i, i)
-    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'purge', stdin='no\n')
+    tasks.add.apply_async((1, 1), queue='another_apps')  # not this app's queue: left alone, as by Celery
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'purge', stdin='no\n', check=False)
     assert 'There is no undo for this operation!' in proc.stdout
+    assert proc.returncode == 1 and proc.stdout.rstrip().endswith('Aborted!')
     assert tasks.app.broker.qsize('celery') == 3
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'purge', '-f')
     assert proc.stdout.strip() == 'Purged 3 messages from 1 known task queue.'
     assert tasks.app.broker.qsize('celery') == 0
+    assert tasks.app.broker.qsize('another_apps') == 1
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'purge', '-f')
     assert proc.stdout.strip() == 'No messages purged from 1 queue.'
 

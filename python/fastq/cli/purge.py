@@ -27,8 +27,8 @@ def purge(app: Fastq, args: argparse.Namespace) -> int:
     broker.connect()
     if args.queues:
         queues = [q.strip() for q in args.queues.split(',') if q.strip()]
-    else:
-        queues = app.control.known_queues()
+    else:  # the app's own queues, as Celery's purge: not every queue the broker knows (other apps' too)
+        queues = app.router.worker_queues(None)
     excluded = {q.strip() for q in (args.exclude_queues or '').split(',') if q.strip()}
     queues = [q for q in queues if q not in excluded]
     if not queues:
@@ -43,7 +43,8 @@ def purge(app: Fastq, args: argparse.Namespace) -> int:
         )
         answer = input('Are you sure you want to delete all tasks (yes/NO)? ')
         if answer.strip().lower() not in ('y', 'yes'):
-            return 0
+            out('Aborted!')
+            return 1
     messages = sum(broker.purge(q) for q in queues)
     if messages:
         out(f'Purged {pluralize(messages, "message")} from {pluralize(len(queues), "known task queue")}.')

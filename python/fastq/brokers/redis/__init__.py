@@ -45,6 +45,7 @@ from fastq.brokers.redis.deadletters import RedisDeadLetters
 from fastq.brokers.redis.layout import DEFAULT_PRIORITY_STEPS, DEFAULT_SEP, DELIVERIES_HEADER, Layout
 from fastq.brokers.redis.scripts import Scripts
 from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured, OperationalError
+from fastq.routing import Queue, Router, as_exchange
 from fastq.utils.aioredis import AsyncRedis, params_of
 from fastq.utils.loops import LoopLocal
 
@@ -105,6 +106,7 @@ class RedisBroker(Broker):
         self.scripts = Scripts(self.client)
         self._dead = RedisDeadLetters(self.client, self.layout)
         self._declared: set[str] = set()
+        self._configured: dict[str, Queue] | None = None  # task_queues, for their bindings (`_declare_commands`)
         self._lock = threading.Lock()
 
     def _new_async_client(self) -> AsyncRedis | None:
@@ -246,12 +248,29 @@ class RedisBroker(Broker):
         self._declared.update(new)
 
     def _declare_commands(self, queues: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Each queue bound to the direct exchange of its name, and where `task_queues` says, to its exchange
+        with its routing key and its extra bindings (kombu's `_kombu.binding.<exchange>` sets), so a message
+        sent to an exchange reaches the queues bound to it (`lookup`), as with kombu's Redis transport."""
         layout = self.layout
+        configured = self._configured
+        if configured is None:
+            configured = self._configured = Router._configured_queues(self.conf.task_queues)
         commands: list[tuple[Any, ...]] = []
         for q in queues:
-            member = layout.binding_member(q, q)
-            commands.append(('SADD', layout.binding_key(q), member))
-            commands.append(('SADD', f'{layout.prefix}_kombu.binding_permanent.{q}', member))
+            bindings = {(q, q)}
+            queue = configured.get(q)
+            if queue is not None:
+                exchange = as_exchange(queue.exchange) if queue.exchange is not None else None
+                if exchange is not None and exchange.name:
+                    bindings.add((exchange.name, queue.routing_key or q))
+                for extra in queue.bindings or ():
+                    name = getattr(as_exchange(getattr(extra, 'exchange', '')), 'name', '')
+                    if name:
+                        bindings.add((name, getattr(extra, 'routing_key', None) or ''))
+            for exchange_name, routing_key in sorted(bindings):
+                member = layout.binding_member(routing_key, q)
+                commands.append(('SADD', layout.binding_key(exchange_name), member))
+                commands.append(('SADD', f'{layout.prefix}_kombu.binding_permanent.{exchange_name}', member))
         return commands
 
     def _publish_raw(self, queue: str, payload: bytes) -> None:
