@@ -92,5 +92,5 @@ def record_body(values: list[object], path: str) -> list[object]:
 
 
 @app.task(name='worker_tasks.on_error')
-def on_error(task_id: str, path: str) -> None:
-    _record(path, f'error {task_id}')
+def on_error(request: Any, exc: BaseException, traceback: str | None, path: str) -> None:
+    _record(path, f'error {request.id} {type(exc).__name__} {bool(traceback)}')

@@ -48,7 +48,12 @@ def test_chord_failure(tasks: Any, worker: Any, tmp_path: Path) -> None:
     with pytest.raises(ChordError) as info:
         r.get(timeout=60, follow_parents=False)
     assert f'Dependency {r.parent.results[1].id} raised ValueError' in str(info.value)  # header order decides
-    wait_until(lambda: f'error {r.id}' in lines(out), message='the body errback ran')
+    wait_until(lambda: f'error {r.id} ChordError False' in lines(out), message='the body errback ran')
+    # a task's errbacks, both styles: (request, exc, traceback) called in place, (task_id) sent as a task
+    r = t.fail.apply_async(('boom',), link_error=[t.on_error.s(str(out)), t.on_error_id.s(path=str(out))])
+    with pytest.raises(ValueError):
+        r.get(timeout=60)
+    wait_until(lambda: {f'error {r.id} ValueError True', f'error-id {r.id}'} <= set(lines(out)), message='errbacks')
     # a failed chain step fails what comes after it, so its result does not wait forever
     r = (t.add.s(1, 1) | t.fail.s() | t.add.s(1)).apply_async()
     with pytest.raises(ValueError):

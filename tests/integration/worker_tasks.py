@@ -209,8 +209,15 @@ def record_body(values: list[object], path: str) -> list[object]:
 
 
 @app.task
-def on_error(task_id: str, path: str) -> None:
-    _record(path, f'error {task_id}')
+def on_error(request: Any, exc: BaseException, traceback: str | None, path: str) -> None:
+    """An errback in the style Celery's guides teach: called in the failed task's process."""
+    _record(path, f'error {request.id} {type(exc).__name__} {bool(traceback)}')
+
+
+@app.task
+def on_error_id(task_id: str, *, path: str) -> None:
+    """An errback in the older style: sent as a task with the failed task's id."""
+    _record(path, f'error-id {task_id}')
 
 
 # --- the asyncio pool (tests/integration/test_asyncio_pool.py) ---------------------------------------------

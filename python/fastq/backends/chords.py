@@ -15,6 +15,7 @@ polls the header's results until they are all ready.
 from __future__ import annotations
 
 import abc
+import inspect
 import logging
 import math
 import uuid
@@ -218,8 +219,19 @@ def chord_error_from_stack(backend: Backend, callback: Any, exc: BaseException) 
     else:
         callback_id = callback.id or callback.options.setdefault('task_id', str(uuid.uuid4()))
         backend.mark_as_failure(callback_id, exc, request=None)
-        call_errbacks(backend.app, callback.options.get('link_error'), callback_id, callback.options.get('root_id'))
+        # (a request made up for the body, which never ran: Celery's "fake request" for new-style errbacks)
+        request = _request_of(callback, callback_id)
+        call_errbacks(backend.app, callback.options.get('link_error'), request, exc)
     fail_chain(backend, callback.options.get('chain'), exc)
+
+
+def _request_of(sig: Any, task_id: str) -> Any:
+    from fastq.task import Context
+
+    options = sig.options
+    return Context(
+        {**dict(sig), **options, 'id': task_id, 'root_id': options.get('root_id'), 'group': options.get('group_id')}
+    )
 
 
 def _fail_group_body(backend: Backend, body: Any, exc: BaseException) -> None:
@@ -229,21 +241,50 @@ def _fail_group_body(backend: Backend, body: Any, exc: BaseException) -> None:
     group_errbacks = _as_list(body.options.get('link_error'))
     for task, result in zip(body.tasks, frozen.results, strict=False):
         backend.mark_as_failure(result.id, original, request=None)
-        call_errbacks(backend.app, [*_as_list(task.options.get('link_error')), *group_errbacks], result.id, None)
+        errbacks = [*_as_list(task.options.get('link_error')), *group_errbacks]
+        call_errbacks(backend.app, errbacks, _request_of(task, result.id), original)
     if frozen.id:
         backend.mark_as_failure(frozen.id, original, request=None)
 
 
-def call_errbacks(app: Fastq, errbacks: Any, task_id: str, root_id: str | None) -> None:
-    """Send each errback with the failed task's id, as the worker does for a task's own errbacks."""
+def call_errbacks(app: Fastq, errbacks: Any, request: Any, exc: BaseException, traceback: str | None = None) -> None:
+    """Run a failed task's errbacks as Celery does.
+
+    One whose task takes more than one positional argument (`def on_error(request, exc, traceback)`, the
+    style Celery's guides teach) is called here, in the failing task's process, with the failed task's
+    request, its exception and its traceback; one taking the failed task's id alone (the older style, and
+    any bound task or a task this process does not know) is sent as a task with it. One that fails is logged
+    and does not keep the others from running.
+    """
     from fastq.canvas import maybe_signature
 
+    task_id = request.id
+    root_id = request.root_id or task_id
     for raw in _as_list(errbacks):
         sig = maybe_signature(raw, app=app)
+        if sig is None:
+            continue
         try:
-            sig.clone((task_id,)).apply_async(parent_id=task_id, root_id=root_id or task_id)
+            if _takes_request(app.tasks.get(sig.task)):
+                sig(request, exc, traceback)
+            elif request.is_eager:
+                sig.clone((task_id,)).apply(parent_id=task_id, root_id=root_id)
+            else:
+                sig.clone((task_id,)).apply_async(parent_id=task_id, root_id=root_id)
         except Exception:
-            logger.exception('Errback %r of %s could not be sent', sig, task_id)
+            logger.exception('Errback %r of %s failed', sig, task_id)
+
+
+def _takes_request(task: Any) -> bool:
+    """A new-style errback: an unbound task whose function takes more than one positional argument."""
+    fun = getattr(type(task), '__wrapped__', None) if task is not None else None
+    if fun is None or getattr(task, '_bound', False):
+        return False
+    try:
+        spec = inspect.getfullargspec(fun)
+    except TypeError:
+        return False
+    return bool(spec.varargs) or len(spec.args) > 1
 
 
 def fail_chain(backend: Backend, chain: Any, exc: BaseException, traceback: str | None = None) -> None:

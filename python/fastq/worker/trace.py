@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from fastq import _state, signals, states
 from fastq.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
 from fastq.utils.log import task_context
+from fastq.utils.nodenames import gethostname
 from fastq.utils.text import saferepr
 
 if TYPE_CHECKING:
@@ -309,13 +310,10 @@ def _on_failure(
         traceback=exc.__traceback__,
         einfo=einfo,
     )
-    if not ctx.is_eager and ctx.errbacks:
-        from fastq.canvas import maybe_signature
+    if ctx.errbacks:
+        from fastq.backends.chords import call_errbacks
 
-        for raw in ctx.errbacks:
-            sig = maybe_signature(raw, app=task.app)
-            if sig is not None:
-                sig.clone((task_id,)).apply_async(parent_id=task_id, root_id=ctx.root_id or task_id)
+        call_errbacks(task.app, ctx.errbacks, ctx, exc, einfo.traceback)
     logger.error(
         LOG_FAILURE,
         {'name': task.name, 'id': task_id, 'description': 'raised unexpected', 'exc': repr(exc)},
@@ -396,11 +394,16 @@ def apply_eagerly(
         'retries': retries,
         'is_eager': True,
         'callbacks': None,
-        'errbacks': None,
-        'delivery_info': {'is_eager': True},
+        'errbacks': _listify(link_error) or None,  # (run by the failure's handling, as a worker's)
+        'delivery_info': {
+            'is_eager': True,
+            'exchange': options.get('exchange'),
+            'routing_key': options.get('routing_key'),
+            'priority': options.get('priority'),
+        },
         'root_id': parent.request.root_id if parent else task_id,
         'parent_id': parent.request.id if parent else None,
-        'hostname': None,
+        'hostname': gethostname(),
         'ignore_result': bool(options.get('ignore_result', False)),
         'headers': options.get('headers'),
     }
