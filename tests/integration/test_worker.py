@@ -305,3 +305,17 @@ def test_long_task_does_not_hold_up_short_ones(tasks: Any, worker: Any, tmp_path
     assert [r.get(timeout=25) for r in fast] == [f's{i}' for i in range(30)]
     assert not any(x.startswith('done long') for x in lines(out))  # all 30 ran while the long task still held its child
     slow.revoke(terminate=True, signal='SIGKILL')
+
+
+@pytest.mark.parametrize('broker_kind', ['sqlite'])
+def test_sighup_restarts_the_worker_in_place(worker: Any, tasks: Any) -> None:
+    """As Celery's worker without a terminal (a service's reload): a warm shutdown, then the same command
+    again in the same process."""
+    w = worker()
+    assert tasks.add.delay(1, 2).get(timeout=30) == 3
+    w.signal(signal.SIGHUP)
+    w.wait_for('Restarting fastq worker (', 30)
+    w.wait_for('ready.', 60, count=2)
+    assert w.proc.poll() is None
+    assert tasks.add.delay(2, 3).get(timeout=30) == 5
+    assert w.log.count('Warm shutdown') == 1

@@ -82,6 +82,24 @@ def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or '').split(',') if part.strip()]
 
 
+def _detach_if_asked(args: argparse.Namespace) -> tuple[str, str | None]:
+    """This worker's node name and its pidfile's path, detached from the terminal first with `--detach`.
+
+    `--logfile=/var/log/celery/%n%I.log --pidfile=/run/celery/%n.pid`, as `celery multi` and Celery's service
+    files pass them, are expanded for this node (the log file once more in each child, for `%I`).
+    """
+    node = host_format(default_nodename(args.hostname))
+    pidfile = node_format(args.pidfile, node) if args.pidfile else None
+    if args.detach:
+        # What would stop the detached process is said here, where someone reads it.
+        if pidfile:
+            check_pidfile(pidfile)
+        if args.logfile:
+            touch(node_format(args.logfile, node))
+        detach(args.logfile)
+    return node, pidfile
+
+
 def run(app: Fastq, args: argparse.Namespace) -> int:
     from fastq.config.validate import UNSUPPORTED_POOLS
     from fastq.utils.log import setup_logging
@@ -95,17 +113,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
             err(f'warning: {message}')
     if args.include:
         app.conf.include = [*(app.conf.include or []), *_split(args.include)]
-    # `--logfile=/var/log/celery/%n%I.log --pidfile=/run/celery/%n.pid`, as `celery multi` and Celery's
-    # service files pass them: expanded for this node (the log file once more in each child, for `%I`).
-    node = host_format(default_nodename(args.hostname))
-    pidfile = node_format(args.pidfile, node) if args.pidfile else None
-    if args.detach:
-        # What would stop the detached process is said here, where someone reads it.
-        if pidfile:
-            check_pidfile(pidfile)
-        if args.logfile:
-            touch(node_format(args.logfile, node))
-        detach(args.logfile)
+    node, pidfile = _detach_if_asked(args)
     conf = app.conf
     setup_logging(
         loglevel,
@@ -143,6 +151,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             autoscale=args.autoscale,
         )
+        worker.restart_on_hup = True
         excluded = set(_split(args.exclude_queues))
         if excluded:
             worker.queues = [q for q in worker.queues if q not in excluded]
@@ -153,9 +162,13 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
             logging.getLogger('celery.worker').warning(
                 'Purged %d message(s) from %d queue(s)', count, len(worker.queues)
             )
-        return worker.start()
+        code = worker.start()
     finally:
         if pidfile:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.abspath(pidfile))
         sys.stdout.flush()
+    if worker.restart_requested:  # SIGHUP: the same command again, in this process (Celery's execv)
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    return code

@@ -8,6 +8,7 @@ second (kill the pool; unacked messages go back to the broker): nothing reserved
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -122,6 +123,10 @@ class WorkController:
         self._shutdown: str | None = None  # None, 'warm' or 'cold'
         self._signals_seen = 0
         self.exitcode = 0
+        #: Whether SIGHUP restarts the worker (the `fastq worker` command sets it: it runs itself again once
+        #: the worker has stopped, when `restart_requested`).
+        self.restart_on_hup = False
+        self.restart_requested = False
         self.broker: Broker | None = None
         self.consumer: Consumer | None = None
         self.pool: Pool | None = None
@@ -407,6 +412,22 @@ class WorkController:
             return
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(signum, self._on_signal)
+        # As Celery's: SIGHUP restarts a worker that has no terminal (a service's reload); one on a terminal
+        # keeps the default, so closing the terminal does not leave it restarted in the background.
+        if self.restart_on_hup and not (sys.stdout is not None and sys.stdout.isatty()):
+            signal.signal(signal.SIGHUP, self._on_restart)
+
+    def _on_restart(self, signum: int, frame: Any) -> None:
+        said = f'Restarting fastq worker ({" ".join(sys.argv)})'
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.write(sys.__stdout__.fileno(), f'{said}\n'.encode())  # type: ignore[union-attr]
+        self.restart_requested = True
+
+        def restart() -> None:
+            logger.warning('%s', said)
+            self.request_shutdown('warm', signum)
+
+        self.loop.call_soon_threadsafe(restart)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals_seen += 1
