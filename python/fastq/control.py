@@ -64,7 +64,7 @@ class Control:
         destination: Sequence[str] | None = None,
         connection: Any = None,
         reply: bool = False,
-        timeout: float = 1.0,
+        timeout: float | None = 1.0,
         limit: int | None = None,
         callback: Callable[[dict[str, Any]], Any] | None = None,
         channel: Any = None,
@@ -95,6 +95,8 @@ class Control:
             body['ticket'] = ticket
             body['reply_to'] = {'exchange': REPLY_EXCHANGE, 'routing_key': oid}
             broker.bind(REPLY_EXCHANGE, oid, reply_queue)
+        if timeout is None:  # (as Celery's: `GroupResult.revoke()` passes None)
+            timeout = 1.0
         headers = {'clock': tick(), 'expires': time.time() + timeout}
         broker.fanout_publish(PIDBOX_EXCHANGE, encode_envelope(body, headers, PIDBOX_EXCHANGE, '', 2))
         if not reply:

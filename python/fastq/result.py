@@ -6,6 +6,8 @@ failed task's exception is re-raised by `get()` as its original class when that 
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -18,7 +20,16 @@ if TYPE_CHECKING:
     from fastq.app import Fastq
     from fastq.backends.base import Backend
 
-__all__ = ['AsyncResult', 'EagerResult', 'GroupResult', 'ResultBase', 'ResultSet', 'result_from_tuple']
+__all__ = [
+    'AsyncResult',
+    'EagerResult',
+    'GroupResult',
+    'ResultBase',
+    'ResultSet',
+    'allow_join_result',
+    'denied_join_result',
+    'result_from_tuple',
+]
 
 R = TypeVar('R')
 
@@ -28,10 +39,40 @@ E_WOULDBLOCK = (
 )
 
 
+#: Inside `allow_join_result()` (per thread, as Celery's): a task may wait on a result there.
+_join = threading.local()
+
+
 def assert_will_not_block() -> None:
     task = _state.get_current_worker_task()
-    if task is not None and getattr(task.app.conf, 'task_allow_sync_subtasks', False) is not True:
+    if (
+        task is not None
+        and getattr(task.app.conf, 'task_allow_sync_subtasks', False) is not True
+        and not getattr(_join, 'allowed', False)
+    ):
         raise RuntimeError(E_WOULDBLOCK)
+
+
+@contextlib.contextmanager
+def allow_join_result() -> Iterator[None]:
+    """Let a task wait on results within this block (Celery's escape hatch; it can deadlock a busy pool)."""
+    before = getattr(_join, 'allowed', False)
+    _join.allowed = True
+    try:
+        yield
+    finally:
+        _join.allowed = before
+
+
+@contextlib.contextmanager
+def denied_join_result() -> Iterator[None]:
+    """The opposite of `allow_join_result`, within this block."""
+    before = getattr(_join, 'allowed', False)
+    _join.allowed = False
+    try:
+        yield
+    finally:
+        _join.allowed = before
 
 
 class ResultBase:
@@ -114,7 +155,11 @@ class AsyncResult(ResultBase, Generic[R]):
 
     @property
     def children(self) -> list[Any] | None:
-        return self._get_task_meta().get('children')
+        """The results of the tasks this one sent while it ran (as stored with its result)."""
+        children = self._get_task_meta().get('children')
+        if children is None:
+            return None
+        return [result_from_tuple(child, self.app) for child in children]
 
     def _extended(self, key: str) -> Any:
         return self._get_task_meta().get(key)
@@ -446,7 +491,11 @@ class ResultSet(ResultBase):
 
     def revoke(self, terminate: bool = False, signal: Any = None, wait: bool = False, timeout: Any = None) -> Any:
         return self.app.control.revoke(
-            [r.id for r in self.results], terminate=terminate, signal=signal, reply=wait, timeout=timeout
+            [r.id for r in self.results],
+            terminate=terminate,
+            signal=signal or 'SIGTERM',
+            reply=wait,
+            timeout=1.0 if timeout is None else timeout,
         )
 
     def get(

@@ -32,6 +32,10 @@ logger = logging.getLogger('celery.app.trace')
 #: Return types checked for awaitability without `inspect.isawaitable` (an ABC check, slow per task).
 _NOT_AWAITABLE = frozenset({type(None), bool, int, float, str, bytes, list, tuple, dict, set})
 
+#: Outcomes after which the task has not returned for good, so `after_return` is not called (Celery's
+#: IGNORE_STATES): it will run again (a retry), or was dropped on purpose.
+_NOT_RETURNED = frozenset({states.IGNORED, states.RETRY, states.REJECTED})
+
 LOG_SUCCESS = 'Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s'
 LOG_FAILURE = 'Task %(name)s[%(id)s] %(description)s: %(exc)s'
 LOG_IGNORED = 'Task %(name)s[%(id)s] %(description)s'
@@ -356,10 +360,11 @@ def _on_retry(task: Task[Any, Any], ctx: Context, exc: Retry, started: float) ->
 def _finish(task: Task[Any, Any], ctx: Context, outcome: Outcome, args: list[Any], kwargs: dict[str, Any]) -> None:
     task_id = ctx.id or ''
     retval = outcome.retval if outcome.state == states.SUCCESS else outcome.exception
-    try:
-        task.after_return(outcome.state, retval, task_id, args, kwargs, None)
-    except Exception as exc:
-        logger.exception('Task %s[%s] after_return handler raised: %r', task.name, task_id, exc)
+    if outcome.state not in _NOT_RETURNED:
+        try:
+            task.after_return(outcome.state, retval, task_id, args, kwargs, None)
+        except Exception as exc:
+            logger.exception('Task %s[%s] after_return handler raised: %r', task.name, task_id, exc)
     if signals.task_postrun.connected:
         signals.task_postrun.send(
             sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs, retval=retval, state=outcome.state

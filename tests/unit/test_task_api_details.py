@@ -1,0 +1,81 @@
+"""Details of Celery's task and result API that code written for Celery relies on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fastq import Fastq, group
+from fastq._state import get_current_worker_task
+from fastq.exceptions import Ignore
+from fastq.result import AsyncResult, GroupResult, allow_join_result, assert_will_not_block, result_from_tuple
+
+
+def test_after_return_only_once_a_task_has_returned_for_good() -> None:
+    # Celery skips it for RETRY, IGNORED and REJECTED: the task will run again, or was dropped on purpose
+    app = Fastq('after_return', broker='memory://', backend='memory://')
+    app.conf.task_always_eager = True
+    seen: list[str] = []
+
+    class Base(app.Task):  # type: ignore[name-defined,misc]
+        def after_return(self, status: str, *args: Any) -> None:
+            seen.append(status)
+
+    @app.task(base=Base, bind=True, max_retries=1, default_retry_delay=0)
+    def flaky(self: Any) -> str:
+        if self.request.retries == 0:
+            raise self.retry()
+        return 'ok'
+
+    @app.task(base=Base)
+    def ignored() -> None:
+        raise Ignore()
+
+    @app.task(base=Base)
+    def fails() -> None:
+        raise ValueError('x')
+
+    assert flaky.delay().get() == 'ok'
+    ignored.delay()
+    fails.apply()
+    assert seen == ['SUCCESS', 'FAILURE']
+
+
+def test_allow_join_result_lets_a_task_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = Fastq('join', broker='memory://')
+
+    @app.task
+    def t() -> None: ...
+
+    monkeypatch.setattr('fastq.result._state.get_current_worker_task', lambda: t)
+    with pytest.raises(RuntimeError, match='Never call result.get'):
+        assert_will_not_block()
+    with allow_join_result():
+        assert_will_not_block()
+    with pytest.raises(RuntimeError):
+        assert_will_not_block()
+    assert get_current_worker_task() is None
+
+
+def test_children_are_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = Fastq('children', broker='memory://', backend='memory://')
+    stored = [[['child-1', None], None], [['group-1', None], [[['m1', None], None], [['m2', None], None]]]]
+    monkeypatch.setattr(AsyncResult, '_get_task_meta', lambda self: {'children': stored})
+    first, second = AsyncResult('parent', app=app).children or []
+    assert isinstance(first, AsyncResult) and first.id == 'child-1'
+    assert isinstance(second, GroupResult) and [r.id for r in second.results] == ['m1', 'm2']
+    assert result_from_tuple(first.as_tuple(), app) == first
+
+
+def test_group_result_revoke_without_a_timeout() -> None:
+    app = Fastq('group_revoke', broker='memory://', backend='memory://')
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    result = group(add.s(1, 1), add.s(2, 2)).apply_async()
+    result.revoke()  # Celery's signature passes timeout=None on to the broadcast
+    result.revoke(terminate=True, wait=True)
+    app.close()
