@@ -42,9 +42,24 @@ R = TypeVar('R')
 
 
 class TaskRegistry(dict[str, BaseTask[Any, Any]]):
-    """Registered tasks by name; a missing name raises `NotRegistered` (a KeyError)."""
+    """Registered tasks by name; a missing name raises `NotRegistered` (a KeyError).
+
+    Celery's built-in tasks (`celery.map`, `celery.chunks`, `celery.accumulate`, ...) are registered on
+    first use, so an app that never starts a worker (a client, `task_always_eager` in tests) has them too.
+    """
+
+    def __init__(self, app: Fastq | None = None) -> None:
+        super().__init__()
+        self._app = app
 
     def __missing__(self, key: str) -> BaseTask[Any, Any]:
+        app = self._app
+        if app is not None and key.startswith('celery.') and 'celery.chord_unlock' not in self:
+            from fastq.builtins import register_builtins
+
+            register_builtins(app)
+            if key in self:
+                return self[key]
         raise NotRegistered(key)
 
     def regular(self) -> dict[str, BaseTask[Any, Any]]:
@@ -89,7 +104,7 @@ class Fastq:
         self.conf = Settings()
         self.namespace = namespace
         self.autofinalize = autofinalize
-        self.tasks = TaskRegistry()
+        self.tasks = TaskRegistry(self)
         self.finalized = False
         self._finalize_lock = threading.RLock()
         self._pending_tasks: list[Callable[[], None]] = []

@@ -459,6 +459,47 @@ class Task(Generic[P, R]):
 
     # --- retry --------------------------------------------------------------------------------------------
 
+    def replace(self, sig: Any) -> Any:
+        """Replace this task by `sig` (a task, chain, group or chord), which takes over its id: whoever waits
+        on this task gets `sig`'s result, and this task's callbacks, errbacks, group, chord and the rest of
+        its chain go with it (Celery's `Task.replace`).
+
+        On a worker it sends `sig` and raises `Ignore`, so nothing is stored for this run (`raise
+        self.replace(sig)` reads well there); run eagerly, it runs `sig` in place and returns its result.
+        """
+        from fastq.canvas import group, signature
+        from fastq.canvas.chain import _chain
+        from fastq.exceptions import Ignore, ImproperlyConfigured
+
+        request = self.request
+        if 'chord' in sig.options:
+            raise ImproperlyConfigured('A signature replacing a task must not be part of a chord')
+        if isinstance(sig, _chain) and not sig.tasks:
+            raise ImproperlyConfigured('Cannot replace with an empty chain')
+        if isinstance(sig, group):  # a chord, so what follows links onto its body: the result is the list
+            sig |= self.app.tasks['celery.accumulate'].s(index=0)
+        for callback in _as_list(request.callbacks):
+            sig.link(callback)
+        for errback in _as_list(request.errbacks):
+            sig.link_error(errback)
+        if isinstance(sig, _chain) and 'link' in sig.options:  # a chain's callbacks go with its last step
+            sig.tasks[-1].options.setdefault('link', []).extend(_as_list(sig.options.pop('link')))
+        sig.freeze(request.id)
+        nesting = (request.replaced_task_nesting or 0) + 1
+        sig.set(
+            chord=request.chord,
+            group_id=request.group,
+            group_index=request.group_index,
+            root_id=request.root_id,
+            replaced_task_nesting=nesting,
+        )
+        for step in reversed(request.chain or ()):  # (stored last step first, as the protocol has it)
+            sig |= signature(step, app=self.app)
+        if request.is_eager:
+            return sig.apply().get()
+        sig.delay()
+        raise Ignore('Replaced by new task')
+
     def retry(
         self,
         args: Any = None,
@@ -648,3 +689,9 @@ def _signature_type() -> type[Signature[Any]]:
 
 
 _SIGNATURE: type[Signature[Any]] | None = None
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]

@@ -39,6 +39,14 @@ def test_workflows(tasks: Any, worker: Any) -> None:
     assert t.add.chunks([(i, i) for i in range(6)], 4).apply_async().get(timeout=60) == [[0, 2, 4, 6], [8, 10]]
 
 
+def test_replace(tasks: Any, worker: Any) -> None:
+    worker()
+    t = tasks
+    assert t.replaced.delay(1).get(timeout=60) == 2  # the replacement's result, under the replaced task's id
+    assert (t.replaced.s(1) | t.add.s(10)).delay().get(timeout=60) == 12  # the chain goes on after it
+    assert t.replaced_by_group.delay(3).get(timeout=60) == [0, 2, 4]
+
+
 def test_chord_failure(tasks: Any, worker: Any, tmp_path: Path) -> None:
     worker()
     out = tmp_path / 'errors.txt'

@@ -298,3 +298,18 @@ async def alate(path: str, key: str, seconds: float) -> str:
     await asyncio.sleep(seconds)
     _record(path, f'done {key} {os.getpid()}')
     return key
+
+
+# --- Task.replace (tests/integration/test_canvas.py) ------------------------------------------------------
+
+
+@app.task(bind=True)
+def replaced(self, x: int) -> Any:  # type: ignore[no-untyped-def]
+    raise self.replace(add.s(x, 1))
+
+
+@app.task(bind=True)
+def replaced_by_group(self, n: int) -> Any:  # type: ignore[no-untyped-def]
+    from fastq import group
+
+    raise self.replace(group(add.s(i, i) for i in range(n)))

@@ -79,3 +79,42 @@ def test_group_result_revoke_without_a_timeout() -> None:
     result.revoke()  # Celery's signature passes timeout=None on to the broadcast
     result.revoke(terminate=True, wait=True)
     app.close()
+
+
+def test_replace_eagerly() -> None:
+    app = Fastq('replace', broker='memory://', backend='memory://')
+    app.conf.task_always_eager = True
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(bind=True)
+    def replaced(self: Any, x: int) -> Any:
+        return self.replace(add.s(x, 1))  # (eagerly, replace runs it and returns its result)
+
+    @app.task(bind=True)
+    def by_group(self: Any, n: int) -> Any:
+        return self.replace(group(add.s(i, i) for i in range(n)))
+
+    assert replaced.delay(1).get() == 2
+    assert by_group.delay(3).get() == [0, 2, 4]
+
+
+def test_map_starmap_and_chunks_eagerly_in_a_client_app() -> None:
+    # the built-in tasks they send exist in an app that never started a worker, as in Celery
+    app = Fastq('eager_map', broker='memory://', backend='memory://')
+    app.conf.task_always_eager = True
+
+    @app.task
+    def tsum(values: list[int]) -> int:
+        return sum(values)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert tsum.map([[1], [2, 3]]).delay().get(timeout=5) == [1, 5]
+    assert add.starmap([(1, 2)]).delay().get(timeout=5) == [3]
+    assert add.chunks([(1, 2), (3, 4), (5, 6)], 2).delay().get(timeout=5) == [[3, 7], [11]]
+    assert 'celery.map' in app.tasks and 'celery.map' not in app.tasks.regular()
