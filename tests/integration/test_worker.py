@@ -292,6 +292,17 @@ def test_task_logger_uses_task_format(tasks: Any, worker: Any) -> None:
     w.wait_for(f'worker_tasks.logs[{result.id}]: hello from the task')
 
 
+@pytest.mark.parametrize('broker_kind', ['sqlite'])
+def test_what_a_task_prints_goes_to_the_log(tasks: Any, worker: Any) -> None:
+    # worker_redirect_stdouts (on by default, as Celery's): a detached worker's print() is not lost
+    w = worker()
+    tasks.prints.delay('printed by the task').get(timeout=30)
+    w.wait_for('WARNING/ForkPoolWorker-', 30)
+    lines = [line for line in w.log.splitlines() if 'printed by the task' in line]
+    assert any(line.endswith('] printed by the task') and 'WARNING/ForkPoolWorker-' in line for line in lines)
+    assert any(line.endswith('] printed by the task (stderr)') for line in lines)
+
+
 def test_long_task_does_not_hold_up_short_ones(tasks: Any, worker: Any, tmp_path: Path) -> None:
     """Children take several short jobs at once (for throughput), but never queue work behind a task that
     runs long: a long task first goes to an idle child alone, and short tasks sent after it all run on the

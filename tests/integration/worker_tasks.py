@@ -157,6 +157,14 @@ def logs(message: str) -> None:
     logger.warning(message)
 
 
+@app.task
+def prints(message: str) -> None:
+    import sys
+
+    print(message)
+    print(f'{message} (stderr)', file=sys.stderr)
+
+
 # --- canvas (tests/integration/test_canvas.py, tests/compat/test_canvas_celery.py) -------------------------
 
 

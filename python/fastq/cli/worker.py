@@ -100,9 +100,29 @@ def _detach_if_asked(args: argparse.Namespace) -> tuple[str, str | None]:
     return node, pidfile
 
 
+def _setup_logging(app: Fastq, loglevel: str, logfile: str | None, node: str) -> None:
+    """The worker's logging as Celery sets it up: its formats, and (`worker_redirect_stdouts`, unless a
+    `setup_logging` receiver took logging over) stdout and stderr into the log."""
+    from fastq import signals
+    from fastq.utils.log import redirect_stdouts, setup_logging
+
+    conf = app.conf
+    setup_logging(
+        loglevel,
+        logfile,
+        fmt=conf.worker_log_format,
+        task_fmt=conf.worker_task_log_format,
+        datefmt=conf.worker_log_datefmt,
+        colorize=False if logfile else conf.worker_log_color,
+        hijack_root=conf.worker_hijack_root_logger,
+        nodename=node,
+    )
+    if conf.worker_redirect_stdouts and not signals.setup_logging.receivers:
+        redirect_stdouts(conf.worker_redirect_stdouts_level)
+
+
 def run(app: Fastq, args: argparse.Namespace) -> int:
     from fastq.config.validate import UNSUPPORTED_POOLS
-    from fastq.utils.log import setup_logging
     from fastq.worker.worker import WorkController
 
     loglevel = check_loglevel(args.loglevel)
@@ -114,17 +134,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
     if args.include:
         app.conf.include = [*(app.conf.include or []), *_split(args.include)]
     node, pidfile = _detach_if_asked(args)
-    conf = app.conf
-    setup_logging(
-        loglevel,
-        args.logfile,
-        fmt=conf.worker_log_format,
-        task_fmt=conf.worker_task_log_format,
-        datefmt=conf.worker_log_datefmt,
-        colorize=False if args.logfile else conf.worker_log_color,
-        hijack_root=conf.worker_hijack_root_logger,
-        nodename=node,
-    )
+    _setup_logging(app, loglevel, args.logfile, node)
     if pidfile:
         write_pidfile(pidfile)
     try:

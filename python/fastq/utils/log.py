@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
+import threading
 from contextvars import ContextVar
 from typing import Any
 
@@ -136,3 +138,70 @@ def process_logfile(index: int) -> None:
     inherited.close()  # this process's copy of the parent's file descriptor
     root.addHandler(handler)
     _PER_PROCESS = (template, nodename, handler)
+
+
+class LoggingProxy:
+    """A file for `sys.stdout` and `sys.stderr` that writes each line to a logger, as Celery's worker does
+    with `worker_redirect_stdouts`: what a task prints reaches the worker's log, also when it runs detached
+    (its stdout is then /dev/null). The banner and other terminal output use `sys.__stdout__`."""
+
+    mode = 'w'
+    name = None
+    encoding = 'utf-8'
+    errors = 'strict'
+    closed = False
+
+    def __init__(self, logger: logging.Logger, level: int) -> None:
+        self.logger = logger
+        self.level = level
+        self._pending = ''
+        self._local = threading.local()
+
+    def write(self, data: str) -> int:
+        if getattr(self._local, 'busy', False):  # a handler that writes to stderr: not into the log again
+            return 0
+        text = self._pending + str(data)
+        *lines, self._pending = text.split('\n')
+        for line in lines:
+            self._log(line)
+        return len(data)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._pending:
+            line, self._pending = self._pending, ''
+            self._log(line)
+
+    def _log(self, line: str) -> None:
+        line = line.rstrip()
+        if not line:
+            return
+        self._local.busy = True
+        try:
+            self.logger.log(self.level, '%s', line)
+        finally:
+            self._local.busy = False
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation('fileno: stdout is redirected to the log (worker_redirect_stdouts)')
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+
+def redirect_stdouts(level: int | str = logging.WARNING, name: str = 'celery.redirected') -> None:
+    """`sys.stdout` and `sys.stderr` to the logger `name` at `level` (Celery's `redirect_stdouts_to_logger`)."""
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())
+    logger = logging.getLogger(name)
+    sys.stdout = LoggingProxy(logger, int(level))
+    sys.stderr = LoggingProxy(logger, int(level))

@@ -414,7 +414,7 @@ class WorkController:
             signal.signal(signum, self._on_signal)
         # As Celery's: SIGHUP restarts a worker that has no terminal (a service's reload); one on a terminal
         # keeps the default, so closing the terminal does not leave it restarted in the background.
-        if self.restart_on_hup and not (sys.stdout is not None and sys.stdout.isatty()):
+        if self.restart_on_hup and not (sys.__stdout__ is not None and sys.__stdout__.isatty()):
             signal.signal(signal.SIGHUP, self._on_restart)
 
     def _on_restart(self, signum: int, frame: Any) -> None:
