@@ -577,8 +577,30 @@ class Fastq:
         main(list(argv or []), app=self)
 
     def Worker(self, **kwargs: Any) -> Any:
+        """A worker to `start()` from code, taking `celery.apps.worker.Worker`'s keywords too: `loglevel` and
+        `logfile` (logging set up as `fastq worker` does), `pool_cls`, `send_events`, `without_heartbeat`,
+        `include`; `without_mingle`, `without_gossip`, `optimization` and `no_execv` mean nothing here."""
         from fastq.worker.worker import WorkController
 
+        for name in ('without_mingle', 'without_gossip', 'optimization', 'no_execv', 'autoreloader', 'statedb'):
+            kwargs.pop(name, None)
+        if 'pool_cls' in kwargs:
+            pool = kwargs.pop('pool_cls')
+            kwargs.setdefault('pool', pool if isinstance(pool, str) or pool is None else getattr(pool, 'name', pool))
+        if 'send_events' in kwargs:
+            kwargs.setdefault('task_events', kwargs.pop('send_events'))
+        if 'without_heartbeat' in kwargs:
+            kwargs.setdefault('heartbeat', not kwargs.pop('without_heartbeat'))
+        include = kwargs.pop('include', None)
+        if include:
+            extra = include.split(',') if isinstance(include, str) else list(include)
+            self.conf.include = [*(self.conf.include or []), *extra]
+        loglevel, logfile = kwargs.pop('loglevel', None), kwargs.pop('logfile', None)
+        if loglevel is not None or logfile is not None:
+            from fastq.utils.log import setup_logging
+
+            level = loglevel if isinstance(loglevel, int) else str(loglevel or 'WARNING').upper()
+            setup_logging(level, logfile, fmt=self.conf.worker_log_format, task_fmt=self.conf.worker_task_log_format)
         return WorkController(self, **kwargs)
 
     async def aclose(self) -> None:

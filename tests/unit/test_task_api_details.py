@@ -118,3 +118,19 @@ def test_map_starmap_and_chunks_eagerly_in_a_client_app() -> None:
     assert add.starmap([(1, 2)]).delay().get(timeout=5) == [3]
     assert add.chunks([(1, 2), (3, 4), (5, 6)], 2).delay().get(timeout=5) == [[3, 7], [11]]
     assert 'celery.map' in app.tasks and 'celery.map' not in app.tasks.regular()
+
+
+def test_app_worker_takes_celerys_keywords() -> None:
+    # celery.apps.worker.Worker's: pool_cls, send_events, without_* ... (loglevel/logfile set up logging)
+    app = Fastq('worker_kwargs', broker='memory://', backend='memory://')
+    worker = app.Worker(
+        concurrency=1,
+        pool_cls='solo',
+        send_events=True,
+        without_mingle=True,
+        without_gossip=True,
+        without_heartbeat=True,
+        optimization='fair',
+    )
+    assert (worker.pool_name, worker.concurrency, worker.heartbeat) == ('solo', 1, False)
+    assert app.conf.worker_send_task_events is True

@@ -151,8 +151,8 @@ def touch(path: str) -> None:
 
 
 def detach(logfile: str | None) -> None:
-    if not logfile:
-        raise CommandError('--detach needs --logfile (a detached process has no terminal to log to)')
+    if not logfile:  # (allowed, as by Celery)
+        err('warning: --detach without --logfile: the log goes nowhere once detached')
     if os.fork():
         os._exit(0)
     os.setsid()

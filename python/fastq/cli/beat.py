@@ -29,7 +29,11 @@ def register(commands: Any) -> None:
     p = commands.add_parser(
         'beat', help='start the periodic task scheduler', description='Start the beat periodic task scheduler.'
     )
-    p.add_argument('--detach', action='store_true', help='run in the background as a daemon (needs --logfile)')
+    p.add_argument(
+        '--detach',
+        action='store_true',
+        help='run in the background as a daemon (give --logfile: the log has nowhere else to go)',
+    )
     p.add_argument(
         '-s', '--schedule', help='path to the schedule file (default: beat_schedule_filename, celerybeat-schedule)'
     )

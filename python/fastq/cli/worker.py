@@ -53,10 +53,20 @@ def register(commands: Any) -> None:
     p.add_argument('--soft-time-limit', type=float, help='soft time limit in seconds')
     p.add_argument('-f', '--logfile', help='log to this file instead of stderr')
     p.add_argument('--pidfile', help='write the pid to this file (refuses to start if it is held)')
-    p.add_argument('-D', '--detach', action='store_true', help='run in the background (needs --logfile)')
+    p.add_argument(
+        '-D',
+        '--detach',
+        action='store_true',
+        help='run in the background (give --logfile: the log has nowhere else to go)',
+    )
     p.add_argument('--purge', '--discard', dest='purge', action='store_true', help='purge queues before starting')
     p.add_argument(
-        '-E', '--task-events', action='store_true', help='send task events (for monitors: Flower, fastq events)'
+        '-E',
+        '--task-events',
+        '--events',
+        dest='task_events',
+        action='store_true',
+        help='send task events (for monitors: Flower, fastq events)',
     )
     p.add_argument('--metrics-port', type=int, help='serve Prometheus metrics on this port (0: any free port)')
     p.add_argument('--without-gossip', action='store_true', help=argparse.SUPPRESS)
