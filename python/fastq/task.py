@@ -85,6 +85,15 @@ class Context:
             self.__dict__.update(d)
         self.__dict__.update(kwargs)
 
+    def __getattr__(self, name: str) -> Any:
+        # A header the sender added (`apply_async(headers={'tenant': ...})`) reads as an attribute, as in
+        # Celery, where every message header becomes one. Looked up only when no field has the name, so the
+        # worker's path pays nothing for it.
+        headers = self.__dict__.get('headers')
+        if headers and not name.startswith('__') and name in headers:
+            return headers[name]
+        raise AttributeError(f'{type(self).__name__!r} object has no attribute {name!r}')
+
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default)
 

@@ -292,6 +292,12 @@ def test_task_logger_uses_task_format(tasks: Any, worker: Any) -> None:
     w.wait_for(f'worker_tasks.logs[{result.id}]: hello from the task')
 
 
+def test_a_custom_header_reads_as_a_request_attribute(tasks: Any, worker: Any) -> None:
+    worker()
+    assert tasks.header_of.apply_async(('tenant',), headers={'tenant': 'acme'}).get(timeout=30) == 'acme'
+    assert tasks.header_of.delay('tenant').get(timeout=30) is None
+
+
 @pytest.mark.parametrize('broker_kind', ['sqlite'])
 def test_what_a_task_prints_goes_to_the_log(tasks: Any, worker: Any) -> None:
     # worker_redirect_stdouts (on by default, as Celery's): a detached worker's print() is not lost

@@ -157,6 +157,11 @@ def logs(message: str) -> None:
     logger.warning(message)
 
 
+@app.task(bind=True)
+def header_of(self, name: str) -> object:  # type: ignore[no-untyped-def]
+    return getattr(self.request, name, None)
+
+
 @app.task
 def prints(message: str) -> None:
     import sys
