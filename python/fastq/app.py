@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
-from fastq import _state
+from fastq import _state, signals
 from fastq.config import Settings
 from fastq.exceptions import ImproperlyConfigured, NotRegistered
 from fastq.task import Task as BaseTask
@@ -268,6 +268,7 @@ class Fastq:
 
             register_builtins(self)
             bind_shared_tasks(self)
+            signals.import_modules.send(sender=self)
             for module in [*(self.conf.imports or ()), *(self.conf.include or ())]:
                 importlib.import_module(module)
             bind_shared_tasks(self)

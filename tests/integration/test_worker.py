@@ -292,6 +292,16 @@ def test_task_logger_uses_task_format(tasks: Any, worker: Any) -> None:
     w.wait_for(f'worker_tasks.logs[{result.id}]: hello from the task')
 
 
+@pytest.mark.parametrize('broker_kind', ['sqlite'])
+def test_celeryd_init_comes_first(worker: Any, tmp_path: Path) -> None:
+    record = tmp_path / 'init.txt'
+    env = {'WORKER_TASKS_LOG_FORMAT': 'CUSTOM %(levelname)s %(message)s', 'WORKER_TASKS_INIT_RECORD': str(record)}
+    w = worker('-n', 'named@%h', extra_env=env)
+    assert 'CUSTOM INFO named@' in w.log  # the format its receiver set: logging came after it
+    (line,) = record.read_text().splitlines()
+    assert line.startswith('named@') and line.endswith(' INFO 2')
+
+
 def test_a_custom_header_reads_as_a_request_attribute(tasks: Any, worker: Any) -> None:
     worker()
     assert tasks.header_of.apply_async(('tenant',), headers={'tenant': 'acme'}).get(timeout=30) == 'acme'

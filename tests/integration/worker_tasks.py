@@ -12,12 +12,24 @@ import os
 import time
 from typing import Any
 
-from fastq import Fastq
+from fastq import Fastq, signals
 from fastq.exceptions import SoftTimeLimitExceeded
 from fastq.utils.log import get_task_logger
 
 app = Fastq('worker_tasks')
 logger = get_task_logger(__name__)
+
+
+@signals.celeryd_init.connect
+def _configure_this_worker(sender: str, conf: Any, options: dict[str, Any], **kwargs: Any) -> None:
+    """Celery's way to configure a worker by its name, before it reads its settings and sets up logging
+    (tests/integration/test_worker.py: test_celeryd_init_comes_first)."""
+    fmt = os.environ.get('WORKER_TASKS_LOG_FORMAT')
+    if fmt:
+        conf.worker_log_format = fmt
+    path = os.environ.get('WORKER_TASKS_INIT_RECORD')
+    if path:
+        _record(path, f'{sender} {options.get("loglevel")} {options.get("concurrency")}')
 
 
 class CustomError(Exception):

@@ -144,33 +144,34 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
     if args.include:
         app.conf.include = [*(app.conf.include or []), *_split(args.include)]
     node, pidfile = _detach_if_asked(args)
+    # Made before logging is set up, as Celery's: its `celeryd_init` receivers may configure logging too.
+    worker = WorkController(
+        app,
+        hostname=args.hostname,
+        concurrency=args.concurrency,
+        pool=args.pool,
+        processes=args.processes,
+        queues=_split(args.queues) or None,
+        prefetch_multiplier=args.prefetch_multiplier,
+        max_tasks_per_child=args.max_tasks_per_child,
+        max_memory_per_child=args.max_memory_per_child,
+        time_limit=args.time_limit,
+        soft_time_limit=args.soft_time_limit,
+        quiet=args.quiet if hasattr(args, 'quiet') else False,
+        beat=args.beat,
+        schedule_filename=args.schedule_filename,
+        scheduler=args.scheduler,
+        task_events=args.task_events,
+        heartbeat=not args.without_heartbeat,
+        heartbeat_interval=args.heartbeat_interval,
+        metrics_port=args.metrics_port,
+        autoscale=args.autoscale,
+        options={'loglevel': loglevel, 'logfile': args.logfile, 'pidfile': pidfile, 'detach': args.detach},
+    )
     _setup_logging(app, loglevel, args.logfile, node)
     if pidfile:
         write_pidfile(pidfile)
     try:
-        queues = _split(args.queues) or None
-        worker = WorkController(
-            app,
-            hostname=args.hostname,
-            concurrency=args.concurrency,
-            pool=args.pool,
-            processes=args.processes,
-            queues=queues,
-            prefetch_multiplier=args.prefetch_multiplier,
-            max_tasks_per_child=args.max_tasks_per_child,
-            max_memory_per_child=args.max_memory_per_child,
-            time_limit=args.time_limit,
-            soft_time_limit=args.soft_time_limit,
-            quiet=args.quiet if hasattr(args, 'quiet') else False,
-            beat=args.beat,
-            schedule_filename=args.schedule_filename,
-            scheduler=args.scheduler,
-            task_events=args.task_events,
-            heartbeat=not args.without_heartbeat,
-            heartbeat_interval=args.heartbeat_interval,
-            metrics_port=args.metrics_port,
-            autoscale=args.autoscale,
-        )
         worker.restart_on_hup = True
         excluded = set(_split(args.exclude_queues))
         if excluded:

@@ -114,6 +114,14 @@ def setup_logging(
     signals.after_setup_logger.send(
         sender=None, logger=root, loglevel=level, logfile=logfile, format=fmt, colorize=use_color
     )
+    signals.after_setup_task_logger.send(
+        sender=None,
+        logger=logging.getLogger('celery.task'),
+        loglevel=level,
+        logfile=logfile,
+        format=task_fmt,
+        colorize=use_color,
+    )
     _CONFIGURED = True
 
 

@@ -277,7 +277,7 @@ def _on_success(
     outcome = Outcome(states.SUCCESS, runtime, retval_repr=saferepr(retval, 256), retval=retval)
     task.on_success(retval, task_id, args, kwargs)
     if signals.task_success.connected:
-        signals.task_success.send(sender=task, result=retval)
+        signals.task_success.send(sender=task, result=retval, runtime=runtime)
     if not ctx.is_eager:
         _apply_signatures(task.app, ctx.callbacks, (retval,), ctx)
         _continue_chain(task.app, ctx.chain, retval, ctx)

@@ -68,9 +68,32 @@ class WorkController:
         heartbeat_interval: float | None = None,
         metrics_port: int | None = None,
         autoscale: str | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.app = app
         conf = app.conf
+        # Celery's first signal, before anything reads the settings or logging is set up: a receiver may
+        # configure this worker by its name. `options` are the command line's (loglevel, logfile, ...).
+        signals.celeryd_init.send(
+            sender=host_format(default_nodename(hostname)),
+            instance=self,
+            conf=conf,
+            options={
+                'hostname': hostname,
+                'concurrency': concurrency,
+                'pool_cls': pool,
+                'queues': queues,
+                'prefetch_multiplier': prefetch_multiplier,
+                'max_tasks_per_child': max_tasks_per_child,
+                'max_memory_per_child': max_memory_per_child,
+                'time_limit': time_limit,
+                'soft_time_limit': soft_time_limit,
+                'beat': beat,
+                'task_events': task_events,
+                'autoscale': autoscale,
+                **(options or {}),
+            },
+        )
         for name, value in (
             ('task_time_limit', time_limit),
             ('task_soft_time_limit', soft_time_limit),
@@ -153,7 +176,6 @@ class WorkController:
     # --- startup ------------------------------------------------------------------------------------------
 
     def start(self) -> int:
-        signals.celeryd_init.send(sender=self.hostname, instance=self, conf=self.app.conf, options={})
         signals.worker_init.send(sender=self)
         if not self.quiet:
             self._print_banner()
