@@ -56,6 +56,15 @@ def test_call_then_result(tmp_path: Path, urls: dict[str, str], worker: Any) -> 
     )
 
 
+def test_result_of_a_failed_task_fails(tmp_path: Path, urls: dict[str, str], tasks: Any, worker: Any) -> None:
+    worker()
+    result = tasks.fail.delay('broken')
+    with pytest.raises(ValueError):
+        result.get(timeout=30)
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'result', result.id, check=False)
+    assert proc.returncode == 1 and 'ValueError' in proc.stderr and not proc.stdout
+
+
 def test_call_rejects_bad_json(tmp_path: Path, urls: dict[str, str]) -> None:
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'call', 'worker_tasks.add', '--args', '{1', check=False)
     assert proc.returncode == 2 and '--args: not valid JSON' in proc.stderr

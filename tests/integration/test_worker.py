@@ -154,8 +154,10 @@ def test_time_limit_kills_task_and_worker_goes_on(tasks: Any, worker: Any) -> No
 
 
 def test_soft_time_limit_raises_inside_task(tasks: Any, worker: Any) -> None:
-    worker()
-    assert tasks.soft.apply_async((30,), soft_time_limit=0.5).get(timeout=30) == 'soft limit caught'
+    w = worker()
+    result = tasks.soft.apply_async((30,), soft_time_limit=0.5)
+    assert result.get(timeout=30) == 'soft limit caught'
+    w.wait_for(f'Soft time limit (0.5s) exceeded for worker_tasks.soft[{result.id}]')  # Celery's warning
 
 
 def test_child_crash_is_worker_lost(tasks: Any, worker: Any) -> None:
@@ -290,6 +292,15 @@ def test_task_logger_uses_task_format(tasks: Any, worker: Any) -> None:
     result = tasks.logs.delay('hello from the task')
     result.get(timeout=30)
     w.wait_for(f'worker_tasks.logs[{result.id}]: hello from the task')
+
+
+@pytest.mark.parametrize('broker_kind', ['sqlite'])
+def test_sigusr1_dumps_the_thread_stacks(worker: Any, tasks: Any) -> None:
+    w = worker()
+    w.signal(signal.SIGUSR1)
+    w.wait_for('=== MainThread (ident ', 30)
+    assert 'fastq-fetcher' in w.log
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2  # and it goes on
 
 
 @pytest.mark.parametrize('broker_kind', ['sqlite'])

@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from fastq.cli.base import CommandError, out
+from fastq import states
+from fastq.cli.base import CommandError, err, out
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -83,5 +84,10 @@ def result(app: Fastq, args: argparse.Namespace) -> int:
         out(str(res.traceback))
     else:
         value = res.get(propagate=False, disable_sync_subtasks=False) if res.ready() else res.result
+        if isinstance(value, BaseException) and res.state in states.PROPAGATE_STATES:
+            # As Celery's: the task's error is raised here, so the command fails (its traceback on stderr)
+            err(res.traceback or f'{type(value).__name__}: {value}')
+            err(f'Error: the task {res.state.lower()}: {value!r}')
+            return 1
         out(repr(value) if isinstance(value, BaseException) else str(value))
     return 0

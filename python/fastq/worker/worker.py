@@ -438,6 +438,7 @@ class WorkController:
         # keeps the default, so closing the terminal does not leave it restarted in the background.
         if self.restart_on_hup and not (sys.__stdout__ is not None and sys.__stdout__.isatty()):
             signal.signal(signal.SIGHUP, self._on_restart)
+        signal.signal(signal.SIGUSR1, _cry)  # as Celery's: every thread's stack, for a worker that hangs
 
     def _on_restart(self, signum: int, frame: Any) -> None:
         said = f'Restarting fastq worker ({" ".join(sys.argv)})'
@@ -596,3 +597,20 @@ def check_pool(name: str) -> None:
     if name not in POOLS:
         message = UNSUPPORTED_POOLS.get(name) or f'unknown pool {name!r} (choose from {", ".join(POOLS)})'
         raise ImproperlyConfigured(f'worker_pool: {message}')
+
+
+def _cry(signum: int, frame: Any) -> None:
+    """(SIGUSR1) Where each of this process's threads is, on stderr and in the log (Celery's `cry`)."""
+    import traceback
+
+    frames = sys._current_frames()
+    parts = []
+    for thread in threading.enumerate():
+        parts.append(f'\n=== {thread.name} (ident {thread.ident}) ===\n')
+        stack = frames.get(thread.ident or 0)
+        if stack is not None:
+            parts.extend(traceback.format_stack(stack))
+    text = ''.join(parts)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.write(sys.__stderr__.fileno(), text.encode())  # type: ignore[union-attr]
+    logger.warning('Thread stacks (SIGUSR1):%s', text)
