@@ -159,3 +159,15 @@ def test_a_setting_read_as_an_attribute_follows_every_later_change(monkeypatch: 
     conf.reload_environment()
     assert conf.result_extended is False
     assert not hasattr(conf, 'no_such_setting')
+
+
+def test_an_old_setting_name_reads_the_new_setting() -> None:
+    # Celery code written for 3.x still reads `app.conf.CELERYD_CONCURRENCY`; Celery answers it
+    from fastq import Fastq
+
+    app = Fastq('old_names', broker='memory://')
+    app.conf.worker_concurrency = 3
+    assert app.conf.CELERYD_CONCURRENCY == 3 and app.conf['CELERYD_CONCURRENCY'] == 3
+    assert app.conf.CELERY_TASK_SERIALIZER == 'json'
+    with pytest.raises(AttributeError, match='NOT_A_SETTING'):
+        app.conf.NOT_A_SETTING  # noqa: B018

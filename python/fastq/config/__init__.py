@@ -208,7 +208,13 @@ class Settings(MutableMapping[str, Any]):
         return list(default) if isinstance(default, list) else dict(default) if isinstance(default, dict) else default
 
     def __getitem__(self, name: str) -> Any:
-        return self._lookup(name)
+        try:
+            return self._lookup(name)
+        except KeyError:
+            canonical = self._canonical(name, warn=False)
+            if canonical is None or canonical == name:
+                raise
+            return self._lookup(canonical)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith('_'):
@@ -216,6 +222,9 @@ class Settings(MutableMapping[str, Any]):
         try:
             value = self._lookup(name)
         except KeyError:
+            canonical = self._canonical(name, warn=False)  # an old name (CELERYD_CONCURRENCY): as Celery reads it
+            if canonical is not None and canonical != name:
+                return self._lookup(canonical)
             hint = closest_setting(name)
             tail = f'; did you mean {hint!r}?' if hint else ''
             raise AttributeError(f'No setting {name!r}{tail}') from None
