@@ -226,9 +226,10 @@ class AsyncResult(ResultBase, Generic[R]):
         if self._cache is not None:
             meta = self._cache
         else:
+            extra = {'on_message': on_message} if on_message is not None else {}
             meta = self._set_cache(
                 self.backend.wait_for(
-                    self.id, timeout=timeout, interval=interval, on_interval=on_interval, sent_at=self.sent_at
+                    self.id, timeout=timeout, interval=interval, on_interval=on_interval, sent_at=self.sent_at, **extra
                 )
             )
         state = meta['status']

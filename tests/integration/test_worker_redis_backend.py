@@ -29,3 +29,13 @@ def test_worker_results_in_redis(tasks: Any, worker: Any, urls: dict[str, str]) 
     with pytest.raises(tasks.CustomError, match='boom'):
         failed.get(timeout=30)
     assert 'CustomError: boom' in (failed.traceback or '')
+
+
+def test_get_on_message_hears_the_progress(tasks: Any, worker: Any) -> None:
+    # Celery's progress-bar pattern: update_state(PROGRESS) in the task, get(on_message=...) in the caller
+    worker()
+    heard: list[tuple[str, Any]] = []
+    result = tasks.progress.delay(3, 0.3)
+    assert result.get(timeout=30, on_message=lambda meta: heard.append((meta['status'], meta['result']))) == 3
+    assert heard[-1] == ('SUCCESS', 3)
+    assert ('PROGRESS', {'step': 2}) in heard  # (the first may come before the caller listens)

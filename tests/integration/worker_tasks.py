@@ -170,6 +170,14 @@ def logs(message: str) -> None:
 
 
 @app.task(bind=True)
+def progress(self, steps: int, pause: float) -> int:  # type: ignore[no-untyped-def]
+    for step in range(steps):
+        self.update_state(state='PROGRESS', meta={'step': step})
+        time.sleep(pause)
+    return steps
+
+
+@app.task(bind=True)
 def header_of(self, name: str) -> object:  # type: ignore[no-untyped-def]
     return getattr(self.request, name, None)
 

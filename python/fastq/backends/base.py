@@ -340,12 +340,15 @@ class Backend(abc.ABC):
         interval: float = 0.5,
         on_interval: Callable[[], Any] | None = None,
         sent_at: float | None = None,
+        on_message: Callable[[dict[str, Any]], Any] | None = None,
     ) -> dict[str, Any]:
         """Block until the task is in a ready state; raise `TimeoutError` after `timeout` seconds.
 
         Backends with notifications wake on the write; `interval` only bounds how long a missed notification
         could delay us (and is how often polling backends look). `sent_at` (`time.monotonic()` when this
         process sent the task, None when unknown) lets a backend guess whether the result is likely stored.
+        `on_message` is called with each state update a backend with notifications hears (Celery's
+        `get(on_message=...)`: progress from `update_state`); polling backends ignore it, as Celery's do.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

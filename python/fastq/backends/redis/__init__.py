@@ -429,8 +429,10 @@ class RedisBackend(Backend):
         interval: float = 0.5,
         on_interval: Callable[[], Any] | None = None,
         sent_at: float | None = None,
+        on_message: Callable[[dict[str, Any]], Any] | None = None,
     ) -> dict[str, Any]:
-        """Subscribe to the task's channel, read its key once subscribed, then wait for a message.
+        """Subscribe to the task's channel, read its key once subscribed, then wait for a message (each one
+        given to `on_message`, when there is one: the listener's path, which sees every message).
 
         The key is read again after a reconnect (the listener says when) and every `max(interval, 1)` seconds
         in case a message went missing; that is all `interval` does here. A task not sent just now (`sent_at`,
@@ -443,7 +445,7 @@ class RedisBackend(Backend):
                 return stored
         deadline = None if timeout is None else time.monotonic() + timeout
         recheck = max(interval, MIN_RECHECK)
-        inline = self._inline_wait()
+        inline = self._inline_wait() if on_message is None else None
         if inline is not None:
             try:
                 meta = inline.wait(
@@ -473,7 +475,7 @@ class RedisBackend(Backend):
         listener = self._get_listener()
         waiter = listener.subscribe(self.layout.task_key(task_id))
         try:
-            return self._wait(listener, waiter, task_id, deadline, recheck, on_interval)
+            return self._wait(listener, waiter, task_id, deadline, recheck, on_interval, on_message)
         finally:
             listener.unsubscribe(waiter)
 
@@ -485,6 +487,7 @@ class RedisBackend(Backend):
         deadline: float | None,
         recheck: float,
         on_interval: Callable[[], Any] | None,
+        on_message: Callable[[dict[str, Any]], Any] | None = None,
     ) -> dict[str, Any]:
         subscribed = False
         while True:
@@ -495,6 +498,8 @@ class RedisBackend(Backend):
             payloads, reread, woken = listener.take(waiter, wait)
             for payload in payloads:  # the document itself travels in the message: no read needed
                 meta = self.meta_from_payload(payload)
+                if on_message is not None:
+                    on_message(meta)
                 if meta['status'] in states.READY_STATES:
                     return meta
             subscribed = subscribed or reread
