@@ -117,9 +117,12 @@ def test_gevent_pool_names_the_alternative(tmp_path: Path, urls: dict[str, str])
 
 
 def test_no_op_flags_are_accepted_with_a_warning(tmp_path: Path, worker: Any) -> None:
-    w = worker('--without-gossip', '--without-mingle', '--without-heartbeat', '-O', 'fair', '-E')
+    w = worker('--without-gossip', '--without-mingle', '--without-heartbeat', '-O', 'fair', '--events')
     assert '--without-gossip: fastq workers do not gossip; ignored' in w.log
-    assert 'task events: ON' in w.log and 'heartbeat' not in w.log  # -E and --without-heartbeat do work
+    assert 'task events: ON' in w.log and 'heartbeat' not in w.log  # --events and --without-heartbeat do work
+    # the rest of `celery worker --help`: -P processes (prefork), --disable-prefetch, --pool-start-method
+    w = worker('-P', 'processes', '-c', '1', '--disable-prefetch', '--pool-start-method', 'spawn')
+    assert 'concurrency: 1 (prefork)' in w.log and '--pool-start-method: fastq forks' in w.log
 
 
 def test_bad_setting_fails_at_startup_naming_it(tmp_path: Path, worker: Any) -> None:

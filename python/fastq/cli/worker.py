@@ -22,6 +22,8 @@ NO_OPS = {
     'statedb': '--statedb: fastq keeps revocations in the broker, no state file is needed; ignored',
     'uid': '--uid: fastq does not drop privileges itself; use your service manager; ignored',
     'gid': '--gid: fastq does not drop privileges itself; use your service manager; ignored',
+    'pool_start_method': '--pool-start-method: fastq forks its children from a fork server started before any '
+    'connection or thread, which is what spawn guards against; ignored',
 }
 
 
@@ -47,6 +49,12 @@ def register(commands: Any) -> None:
     p.add_argument('-I', '--include', help='comma-separated modules to import')
     p.add_argument('-O', dest='optimization', choices=('default', 'fair'), help='scheduling (fastq is always fair)')
     p.add_argument('--prefetch-multiplier', type=int, help='messages held per process (default 4)')
+    p.add_argument(
+        '--disable-prefetch',
+        action='store_true',
+        help='fetch a task only when a process is free to run it (prefetch multiplier 1)',
+    )
+    p.add_argument('--pool-start-method', choices=('fork', 'spawn'), help=argparse.SUPPRESS)
     p.add_argument('--max-tasks-per-child', type=int, help='replace a child after this many tasks')
     p.add_argument('--max-memory-per-child', type=int, help='replace a child above this resident memory (KiB)')
     p.add_argument('--time-limit', type=float, help='hard time limit in seconds')
@@ -86,6 +94,13 @@ def register(commands: Any) -> None:
     p.add_argument('--umask', help=argparse.SUPPRESS)
     p.add_argument('--executable', help=argparse.SUPPRESS)
     p.set_defaults(handler=run)
+
+
+def _warn_no_ops(args: argparse.Namespace) -> None:
+    for option, message in NO_OPS.items():
+        value = getattr(args, option, None)
+        if value and not (option == 'pool_start_method' and value == 'fork'):  # (fork: what fastq does)
+            err(f'warning: {message}')
 
 
 def _split(value: str | None) -> list[str]:
@@ -138,9 +153,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
     loglevel = check_loglevel(args.loglevel)
     if args.pool and args.pool in UNSUPPORTED_POOLS and UNSUPPORTED_POOLS[args.pool]:
         raise CommandError(f'-P {args.pool}: {UNSUPPORTED_POOLS[args.pool]}')
-    for option, message in NO_OPS.items():
-        if getattr(args, option, None):
-            err(f'warning: {message}')
+    _warn_no_ops(args)
     if args.include:
         app.conf.include = [*(app.conf.include or []), *_split(args.include)]
     node, pidfile = _detach_if_asked(args)
@@ -152,7 +165,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
         pool=args.pool,
         processes=args.processes,
         queues=_split(args.queues) or None,
-        prefetch_multiplier=args.prefetch_multiplier,
+        prefetch_multiplier=1 if args.disable_prefetch else args.prefetch_multiplier,
         max_tasks_per_child=args.max_tasks_per_child,
         max_memory_per_child=args.max_memory_per_child,
         time_limit=args.time_limit,

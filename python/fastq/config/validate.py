@@ -73,7 +73,7 @@ def _check_timezone(conf: Settings, name: str) -> None:
 
 def _check_pool(conf: Settings, name: str) -> None:
     value = conf[name]
-    if value in POOLS:
+    if value in POOLS or value == 'processes':  # (Celery's other name for prefork)
         return
     if UNSUPPORTED_POOLS.get(value):
         raise _fail(name, UNSUPPORTED_POOLS[value])

@@ -101,7 +101,7 @@ class WorkController:
             ('worker_max_memory_per_child', max_memory_per_child),
             ('worker_prefetch_multiplier', prefetch_multiplier),
             ('worker_concurrency', concurrency),
-            ('worker_pool', pool),
+            ('worker_pool', 'prefork' if pool == 'processes' else pool),  # (Celery's alias of prefork)
             ('worker_asyncio_processes', processes),
             ('worker_send_task_events', task_events or None),
             ('worker_metrics_port', metrics_port),
@@ -110,7 +110,7 @@ class WorkController:
                 conf[name] = value
         app.finalize()
         self.hostname = host_format(default_nodename(hostname))
-        self.pool_name = conf.worker_pool
+        self.pool_name = 'prefork' if conf.worker_pool == 'processes' else conf.worker_pool
         if self.pool_name == 'asyncio':  # -c: tasks in flight per child; the children are counted apart
             from fastq.worker.pool.aio import DEFAULT_COROUTINES
 
