@@ -541,10 +541,14 @@ class Fastq:
 
         return AsyncResult(task_id, app=self, **kwargs)
 
-    def GroupResult(self, id: str | None = None, results: Any = None, **kwargs: Any) -> GroupResult:
-        from fastq.result import GroupResult
-
-        return GroupResult(id, results, app=self, **kwargs)
+    @property
+    def GroupResult(self) -> type[GroupResult]:
+        """Celery's app-bound class: `app.GroupResult(id, results)`, and `app.GroupResult.restore(id)` for a
+        group saved with `save()`."""
+        cls: type[GroupResult] | None = self.__dict__.get('_group_result_cls')
+        if cls is None:
+            cls = self.__dict__['_group_result_cls'] = _bound_group_result(self)
+        return cls
 
     def signature(self, *args: Any, **kwargs: Any) -> Any:
         from fastq.canvas import signature
@@ -634,3 +638,19 @@ class Fastq:
 
 
 Celery = Fastq
+
+
+def _bound_group_result(bound: Fastq) -> type[GroupResult]:
+    from fastq.result import GroupResult as Base
+
+    class GroupResult(Base):
+        def __init__(
+            self, id: str | None = None, results: Any = None, parent: Any = None, app: Fastq | None = None, **kw: Any
+        ) -> None:
+            super().__init__(id, results, parent, app or bound, **kw)
+
+        @classmethod
+        def restore(cls, id: str, backend: Any = None, app: Fastq | None = None) -> Base | None:
+            return Base.restore(id, backend, app or bound)
+
+    return GroupResult

@@ -134,3 +134,12 @@ def test_app_worker_takes_celerys_keywords() -> None:
     )
     assert (worker.pool_name, worker.concurrency, worker.heartbeat) == ('solo', 1, False)
     assert app.conf.worker_send_task_events is True
+
+
+def test_app_group_result_is_a_class_with_restore() -> None:
+    app = Fastq('group_restore', broker='memory://', backend='memory://')
+    saved = app.GroupResult('gid', [app.AsyncResult('a'), app.AsyncResult('b')])
+    saved.save()
+    restored = app.GroupResult.restore('gid')
+    assert isinstance(saved, app.GroupResult) and isinstance(saved, GroupResult)
+    assert restored is not None and [r.id for r in restored.results] == ['a', 'b']
