@@ -30,6 +30,8 @@ def test_ping_api_and_cli(tasks: Any, worker: Any, tmp_path: Path, urls: dict[st
     assert missing.returncode == 69 and 'No nodes replied within time constraint' in missing.stderr
     status = fastq(tmp_path, urls, '-A', 'worker_tasks', 'status', '-t', '2')
     assert status.stdout.splitlines() == [f'->  {hostname}: OK', '', '1 node online.']  # no body, as Celery's
+    # a command whose handler returns nothing still answers, with None, as kombu's pidbox does
+    assert tasks.app.control.heartbeat(destination=[hostname], reply=True, timeout=2) == [{hostname: None}]
 
 
 def test_revoke_before_it_runs(tasks: Any, worker: Any, tmp_path: Path) -> None:

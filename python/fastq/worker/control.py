@@ -198,7 +198,9 @@ class ControlListener(threading.Thread):
             result = {'error': repr(exc)}
         reply_to = body.get('reply_to')
         ticket = body.get('ticket')
-        if result is None or not isinstance(reply_to, dict) or not ticket:
+        # (None is a reply too, as kombu's pidbox sends it: `control heartbeat` answers so; only a shutdown,
+        # which Celery's worker never answers, stays silent)
+        if (result is None and method == 'shutdown') or not isinstance(reply_to, dict) or not ticket:
             return
         self.reply({hostname: result}, ticket, reply_to)
 
