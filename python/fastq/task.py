@@ -171,6 +171,8 @@ class Task(Generic[P, R]):
     retry_backoff: bool | float = False
     retry_backoff_max: float = 600
     retry_jitter: bool = True
+    #: Characters of the return value's repr kept for the "succeeded" line and events (Celery's).
+    resultrepr_maxsize: int = 1024
     abstract: ClassVar[bool] = True
     _decorated: ClassVar[bool] = False
     _bound: ClassVar[bool] = False

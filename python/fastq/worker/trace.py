@@ -274,7 +274,7 @@ def _on_success(
     if ctx.chord:  # a chord header task: its part counts whether or not its result is stored
         task.app.backend.on_chord_part_return(ctx, states.SUCCESS, retval)
     runtime = time.monotonic() - started
-    outcome = Outcome(states.SUCCESS, runtime, retval_repr=saferepr(retval, 256), retval=retval)
+    outcome = Outcome(states.SUCCESS, runtime, retval_repr=saferepr(retval, task.resultrepr_maxsize), retval=retval)
     task.on_success(retval, task_id, args, kwargs)
     if signals.task_success.connected:
         signals.task_success.send(sender=task, result=retval, runtime=runtime)
