@@ -325,6 +325,10 @@ class Inspect:
     def revoked(self) -> dict[str, Any] | None:
         return self._request('revoked')
 
+    def hello(self, from_node: str, revoked: Any = None) -> dict[str, Any] | None:
+        """What workers answer a node starting up (Celery's mingle): their clock and revoked ids."""
+        return self._request('hello', from_node=from_node, revoked=revoked)
+
     def registered(self, *taskinfoitems: str) -> dict[str, Any] | None:
         return self._request('registered', taskinfoitems=list(taskinfoitems) or None)
 

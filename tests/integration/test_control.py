@@ -32,6 +32,8 @@ def test_ping_api_and_cli(tasks: Any, worker: Any, tmp_path: Path, urls: dict[st
     assert status.stdout.splitlines() == [f'->  {hostname}: OK', '', '1 node online.']  # no body, as Celery's
     # a command whose handler returns nothing still answers, with None, as kombu's pidbox does
     assert tasks.app.control.heartbeat(destination=[hostname], reply=True, timeout=2) == [{hostname: None}]
+    hello = tasks.app.control.inspect(destination=[hostname], timeout=2).hello('other@host')
+    assert set(hello[hostname]) == {'revoked', 'clock'}
 
 
 def test_revoke_before_it_runs(tasks: Any, worker: Any, tmp_path: Path) -> None:
