@@ -54,25 +54,23 @@ def assert_will_not_block() -> None:
 
 
 @contextlib.contextmanager
-def allow_join_result() -> Iterator[None]:
+def _joining(allowed: bool) -> Iterator[None]:
+    before = getattr(_join, 'allowed', False)
+    _join.allowed = allowed
+    try:
+        yield
+    finally:
+        _join.allowed = before
+
+
+def allow_join_result() -> contextlib.AbstractContextManager[None]:
     """Let a task wait on results within this block (Celery's escape hatch; it can deadlock a busy pool)."""
-    before = getattr(_join, 'allowed', False)
-    _join.allowed = True
-    try:
-        yield
-    finally:
-        _join.allowed = before
+    return _joining(True)
 
 
-@contextlib.contextmanager
-def denied_join_result() -> Iterator[None]:
+def denied_join_result() -> contextlib.AbstractContextManager[None]:
     """The opposite of `allow_join_result`, within this block."""
-    before = getattr(_join, 'allowed', False)
-    _join.allowed = False
-    try:
-        yield
-    finally:
-        _join.allowed = before
+    return _joining(False)
 
 
 class ResultBase:
