@@ -72,8 +72,11 @@ class WorkController:
     ) -> None:
         self.app = app
         conf = app.conf
-        # Celery's first signal, before anything reads the settings or logging is set up: a receiver may
-        # configure this worker by its name. `options` are the command line's (loglevel, logfile, ...).
+        # The app's `include`/`imports` modules first (Celery's `loader.init_worker()`), so their receivers
+        # hear celeryd_init: Celery's first worker signal, sent before the worker reads its settings or
+        # logging is set up, so a receiver may configure this worker by its name. `options` are the command
+        # line's (loglevel, logfile, ...).
+        app.finalize()
         signals.celeryd_init.send(
             sender=host_format(default_nodename(hostname)),
             instance=self,
@@ -108,7 +111,7 @@ class WorkController:
         ):
             if value is not None:
                 conf[name] = value
-        app.finalize()
+        conf.validate()  # (again: the command line's values and the receivers' changes)
         self.hostname = host_format(default_nodename(hostname))
         self.pool_name = 'prefork' if conf.worker_pool == 'processes' else conf.worker_pool
         if self.pool_name == 'asyncio':  # -c: tasks in flight per child; the children are counted apart
