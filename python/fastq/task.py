@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar
 
 from fastq import _state, states
 from fastq.exceptions import MaxRetriesExceededError, Retry
+from fastq.utils.functional import as_list
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -489,12 +490,12 @@ class Task(Generic[P, R]):
             raise ImproperlyConfigured('Cannot replace with an empty chain')
         if isinstance(sig, group):  # a chord, so what follows links onto its body: the result is the list
             sig |= self.app.tasks['celery.accumulate'].s(index=0)
-        for callback in _as_list(request.callbacks):
+        for callback in as_list(request.callbacks):
             sig.link(callback)
-        for errback in _as_list(request.errbacks):
+        for errback in as_list(request.errbacks):
             sig.link_error(errback)
         if isinstance(sig, _chain) and 'link' in sig.options:  # a chain's callbacks go with its last step
-            sig.tasks[-1].options.setdefault('link', []).extend(_as_list(sig.options.pop('link')))
+            sig.tasks[-1].options.setdefault('link', []).extend(as_list(sig.options.pop('link')))
         sig.freeze(request.id)
         nesting = (request.replaced_task_nesting or 0) + 1
         sig.set(
@@ -700,9 +701,3 @@ def _signature_type() -> type[Signature[Any]]:
 
 
 _SIGNATURE: type[Signature[Any]] | None = None
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]

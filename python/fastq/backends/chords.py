@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import states
 from fastq.exceptions import ChordError
+from fastq.utils.functional import as_list
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -238,10 +239,10 @@ def _fail_group_body(backend: Backend, body: Any, exc: BaseException) -> None:
     """A group body: each of its tasks fails with the header's error (never sent, so they cannot run)."""
     original = exc.__cause__ if isinstance(exc, ChordError) and exc.__cause__ is not None else exc
     frozen = body.freeze()
-    group_errbacks = _as_list(body.options.get('link_error'))
+    group_errbacks = as_list(body.options.get('link_error'))
     for task, result in zip(body.tasks, frozen.results, strict=False):
         backend.mark_as_failure(result.id, original, request=None)
-        errbacks = [*_as_list(task.options.get('link_error')), *group_errbacks]
+        errbacks = [*as_list(task.options.get('link_error')), *group_errbacks]
         call_errbacks(backend.app, errbacks, _request_of(task, result.id), original)
     if frozen.id:
         backend.mark_as_failure(frozen.id, original, request=None)
@@ -260,7 +261,7 @@ def call_errbacks(app: Fastq, errbacks: Any, request: Any, exc: BaseException, t
 
     task_id = request.id
     root_id = request.root_id or task_id
-    for raw in _as_list(errbacks):
+    for raw in as_list(errbacks):
         sig = maybe_signature(raw, app=app)
         if sig is None:
             continue
@@ -307,9 +308,3 @@ def fail_chain(backend: Backend, chain: Any, exc: BaseException, traceback: str 
             backend.on_chord_part_return(request, states.FAILURE, exc)
         if step.subtask_type == 'chord' and step.kwargs.get('body') is not None:
             pending.append(step.kwargs['body'])
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]

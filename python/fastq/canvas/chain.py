@@ -18,6 +18,7 @@ from fastq.canvas.chord import _chord, chord, strip_chord_header_links
 from fastq.canvas.group import group
 from fastq.canvas.signatures import Signature, keep_partial, maybe_signature
 from fastq.result import GroupResult
+from fastq.utils.functional import as_list
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -120,9 +121,9 @@ class _chain(Signature[Any]):
     def unchain_tasks(self) -> list[Any]:
         """Copies of the tasks, with the chain's callbacks on the last and its errbacks on every one."""
         tasks = [task.clone() for task in self.tasks]
-        for callback in _as_list(self.options.get('link')):
+        for callback in as_list(self.options.get('link')):
             tasks[-1].link(callback)
-        for errback in _as_list(self.options.get('link_error')):
+        for errback in as_list(self.options.get('link_error')):
             for task in tasks:
                 task.link_error(errback)
         return tasks
@@ -307,7 +308,7 @@ class _chain(Signature[Any]):
                 res = task.freeze(root_id=root_id)
             if prev_task is not None and prev_res is not None and prev_res.parent is None:
                 prev_res.parent = res
-            for errback in _as_list(link_error):
+            for errback in as_list(link_error):
                 task.link_error(errback)
                 if isinstance(task, _chord) and task.body is not None:
                     task.body.link_error(errback)
@@ -366,9 +367,3 @@ class chain(_chain):
             steps = tasks[0] if len(tasks) == 1 else tasks
             return reduce(operator.or_, steps, _chain())
         return super().__new__(cls)
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq.canvas.group import group
 from fastq.canvas.signatures import Signature, maybe_signature
+from fastq.utils.functional import as_list
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -308,8 +309,8 @@ def _body_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def _add_body_callbacks(body: Any, options: dict[str, Any]) -> Any:
     """Move `link`/`link_error` from the chord's options to (a copy of) its body: they apply to its result."""
-    callbacks = _as_list(options.pop('link', None))
-    errbacks = _as_list(options.pop('link_error', None))
+    callbacks = as_list(options.pop('link', None))
+    errbacks = as_list(options.pop('link_error', None))
     if not callbacks and not errbacks:
         return body
     body = body.clone()
@@ -323,12 +324,6 @@ def _add_body_callbacks(body: Any, options: dict[str, Any]) -> Any:
         else:
             body.append_to_list_option('link_error', errback)
     return body
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def _clear_chord_option(sig: Any) -> None:

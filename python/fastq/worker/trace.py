@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import _state, signals, states
 from fastq.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
+from fastq.utils.functional import as_list
 from fastq.utils.log import task_context
 from fastq.utils.nodenames import gethostname
 from fastq.utils.text import saferepr
@@ -399,7 +400,7 @@ def apply_eagerly(
         'retries': retries,
         'is_eager': True,
         'callbacks': None,
-        'errbacks': _listify(link_error) or None,  # (run by the failure's handling, as a worker's)
+        'errbacks': as_list(link_error) or None,  # (run by the failure's handling, as a worker's)
         'delivery_info': {
             'is_eager': True,
             'exchange': options.get('exchange'),
@@ -414,7 +415,7 @@ def apply_eagerly(
     }
     outcome = execute(task, args, kwargs, request)
     if outcome.state == states.SUCCESS:
-        _apply_signatures(task.app, _listify(link), (outcome.retval,), task.request)
+        _apply_signatures(task.app, as_list(link), (outcome.retval,), task.request)
     elif outcome.state == states.RETRY:
         sig = getattr(outcome.exception, 'sig', None)
         if sig is not None:  # an eager retry runs eagerly, as Celery's apply() does
@@ -425,9 +426,3 @@ def apply_eagerly(
         raise outcome.exception
     value = outcome.retval if outcome.state == states.SUCCESS else outcome.exception
     return EagerResult(task_id, value, outcome.state, traceback=outcome.traceback, name=task.name, app=task.app)
-
-
-def _listify(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]
