@@ -224,10 +224,14 @@ class AsyncResult(ResultBase, Generic[R]):
         if self._cache is not None:
             meta = self._cache
         else:
-            extra = {'on_message': on_message} if on_message is not None else {}
             meta = self._set_cache(
                 self.backend.wait_for(
-                    self.id, timeout=timeout, interval=interval, on_interval=on_interval, sent_at=self.sent_at, **extra
+                    self.id,
+                    timeout=timeout,
+                    interval=interval,
+                    on_interval=on_interval,
+                    sent_at=self.sent_at,
+                    on_message=on_message,
                 )
             )
         state = meta['status']
@@ -494,7 +498,7 @@ class ResultSet(ResultBase):
             terminate=terminate,
             signal=signal or 'SIGTERM',
             reply=wait,
-            timeout=1.0 if timeout is None else timeout,
+            timeout=timeout,
         )
 
     def get(

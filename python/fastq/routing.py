@@ -55,12 +55,7 @@ class Queue:
     bindings: Sequence[Any] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if isinstance(self.exchange, str):
-            self.exchange = Exchange(self.exchange)
-        elif self.exchange is not None and not isinstance(self.exchange, Exchange):
-            self.exchange = as_exchange(self.exchange)
-        if self.exchange is None:
-            self.exchange = Exchange(self.name)
+        self.exchange = Exchange(self.name) if self.exchange is None else as_exchange(self.exchange)
         if self.routing_key is None:
             self.routing_key = self.name
 
@@ -233,7 +228,7 @@ class Router:
         if exchange is not None and not isinstance(exchange, str):
             exchange = as_exchange(exchange).name
         routing_key = out.get('routing_key')
-        own = as_exchange(qobj.exchange) if qobj.exchange is not None else Exchange(qobj.name)
+        own = as_exchange(qobj.exchange)
         if (not exchange or not routing_key) and own.type == 'direct':
             exchange, routing_key = '', qobj.name
         elif not exchange:

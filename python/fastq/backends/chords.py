@@ -226,13 +226,11 @@ def chord_error_from_stack(backend: Backend, callback: Any, exc: BaseException) 
     fail_chain(backend, callback.options.get('chain'), exc)
 
 
-def _request_of(sig: Any, task_id: str) -> Any:
+def _request_of(sig: Any, task_id: str | None) -> Any:
     from fastq.task import Context
 
     options = sig.options
-    return Context(
-        {**dict(sig), **options, 'id': task_id, 'root_id': options.get('root_id'), 'group': options.get('group_id')}
-    )
+    return Context({**dict(sig), **options, 'id': task_id, 'group': options.get('group_id')})
 
 
 def _fail_group_body(backend: Backend, body: Any, exc: BaseException) -> None:
@@ -292,14 +290,13 @@ def fail_chain(backend: Backend, chain: Any, exc: BaseException, traceback: str 
     """A chain step failed: the steps after it never run, so store the failure for each (its result is
     what a caller waits on), return their part to a chord they belong to, and go into chord bodies."""
     from fastq.canvas import maybe_signature
-    from fastq.task import Context
 
     pending = deque(chain or ())
     while pending:
         step = maybe_signature(pending.popleft(), app=backend.app)
         options = step.options
         task_id = options.get('task_id')
-        request = Context({**dict(step), **options, 'id': task_id, 'group': options.get('group_id')})
+        request = _request_of(step, task_id)
         in_chord = 'chord' in options
         already_failed = in_chord and task_id is not None and backend.get_state(task_id) in states.PROPAGATE_STATES
         if task_id is not None:

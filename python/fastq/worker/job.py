@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import marshal
 import signal
@@ -93,17 +94,13 @@ def _internal_error(app: Fastq, task: Any, request: dict[str, Any], exc: Excepti
     return Outcome(states.FAILURE, 0.0, exc_repr=repr(exc))
 
 
-#: The soft time limit of the job running in this process's main thread (for the warning Celery logs).
-_soft_limit: list[float | None] = [None]
-
-
-def _soft_limit_handler(signum: int, frame: Any) -> None:
+def _soft_limit_handler(limit: float | None, signum: int, frame: Any) -> None:
     from fastq import _state
 
     task = _state.get_current_task()
     if task is not None:
         logging.getLogger('celery.worker.request').warning(
-            'Soft time limit (%ss) exceeded for %s[%s]', _soft_limit[0], task.name, task.request.id
+            'Soft time limit (%ss) exceeded for %s[%s]', limit, task.name, task.request.id
         )
     raise SoftTimeLimitExceeded()
 
@@ -161,8 +158,7 @@ def run_prepared(app: Fastq, job: Prepared) -> Outcome:
     soft_limit = job.soft_time_limit
     use_alarm = bool(soft_limit) and threading.current_thread() is threading.main_thread()
     if use_alarm:
-        _soft_limit[0] = soft_limit
-        previous = signal.signal(signal.SIGALRM, _soft_limit_handler)
+        previous = signal.signal(signal.SIGALRM, functools.partial(_soft_limit_handler, soft_limit))
         signal.setitimer(signal.ITIMER_REAL, float(soft_limit or 0))
     try:
         return execute(job.task, job.args, job.kwargs, job.request)

@@ -77,8 +77,9 @@ class WorkController:
         # logging is set up, so a receiver may configure this worker by its name. `options` are the command
         # line's (loglevel, logfile, ...).
         app.finalize()
+        self.hostname = host_format(default_nodename(hostname))
         signals.celeryd_init.send(
-            sender=host_format(default_nodename(hostname)),
+            sender=self.hostname,
             instance=self,
             conf=conf,
             options={
@@ -104,7 +105,7 @@ class WorkController:
             ('worker_max_memory_per_child', max_memory_per_child),
             ('worker_prefetch_multiplier', prefetch_multiplier),
             ('worker_concurrency', concurrency),
-            ('worker_pool', 'prefork' if pool == 'processes' else pool),  # (Celery's alias of prefork)
+            ('worker_pool', pool),
             ('worker_asyncio_processes', processes),
             ('worker_send_task_events', task_events or None),
             ('worker_metrics_port', metrics_port),
@@ -112,8 +113,7 @@ class WorkController:
             if value is not None:
                 conf[name] = value
         conf.validate()  # (again: the command line's values and the receivers' changes)
-        self.hostname = host_format(default_nodename(hostname))
-        self.pool_name = 'prefork' if conf.worker_pool == 'processes' else conf.worker_pool
+        self.pool_name = 'prefork' if conf.worker_pool == 'processes' else conf.worker_pool  # (Celery's alias)
         if self.pool_name == 'asyncio':  # -c: tasks in flight per child; the children are counted apart
             from fastq.worker.pool.aio import DEFAULT_COROUTINES
 

@@ -260,11 +260,11 @@ class RedisBroker(Broker):
             bindings = {(q, q)}
             queue = configured.get(q)
             if queue is not None:
-                exchange = as_exchange(queue.exchange) if queue.exchange is not None else None
-                if exchange is not None and exchange.name:
+                exchange = as_exchange(queue.exchange)
+                if exchange.name:
                     bindings.add((exchange.name, queue.routing_key or q))
                 for extra in queue.bindings or ():
-                    name = getattr(as_exchange(getattr(extra, 'exchange', '')), 'name', '')
+                    name = as_exchange(getattr(extra, 'exchange', '')).name
                     if name:
                         bindings.add((name, getattr(extra, 'routing_key', None) or ''))
             for exchange_name, routing_key in sorted(bindings):
