@@ -602,10 +602,10 @@ class Fastq:
             self.conf.include = [*(self.conf.include or []), *extra]
         loglevel, logfile = kwargs.pop('loglevel', None), kwargs.pop('logfile', None)
         if loglevel is not None or logfile is not None:
-            from fastq.utils.log import setup_logging
+            from fastq.utils.log import setup_worker_logging
 
             level = loglevel if isinstance(loglevel, int) else str(loglevel or 'WARNING').upper()
-            setup_logging(level, logfile, fmt=self.conf.worker_log_format, task_fmt=self.conf.worker_task_log_format)
+            setup_worker_logging(self.conf, level, logfile, redirect=False)
         return WorkController(self, **kwargs)
 
     async def aclose(self) -> None:

@@ -10,6 +10,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from fastq.cli.base import CommandError, check_loglevel, check_pidfile, detach, err, touch, write_pidfile
+from fastq.utils.log import setup_worker_logging
 from fastq.utils.nodenames import default_nodename, host_format, node_format
 
 if TYPE_CHECKING:
@@ -125,27 +126,6 @@ def _detach_if_asked(args: argparse.Namespace) -> tuple[str, str | None]:
     return node, pidfile
 
 
-def _setup_logging(app: Fastq, loglevel: str, logfile: str | None, node: str) -> None:
-    """The worker's logging as Celery sets it up: its formats, and (`worker_redirect_stdouts`, unless a
-    `setup_logging` receiver took logging over) stdout and stderr into the log."""
-    from fastq import signals
-    from fastq.utils.log import redirect_stdouts, setup_logging
-
-    conf = app.conf
-    setup_logging(
-        loglevel,
-        logfile,
-        fmt=conf.worker_log_format,
-        task_fmt=conf.worker_task_log_format,
-        datefmt=conf.worker_log_datefmt,
-        colorize=False if logfile else conf.worker_log_color,
-        hijack_root=conf.worker_hijack_root_logger,
-        nodename=node,
-    )
-    if conf.worker_redirect_stdouts and not signals.setup_logging.receivers:
-        redirect_stdouts(conf.worker_redirect_stdouts_level)
-
-
 def run(app: Fastq, args: argparse.Namespace) -> int:
     from fastq.config.validate import UNSUPPORTED_POOLS
     from fastq.worker.worker import WorkController
@@ -181,7 +161,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
         autoscale=args.autoscale,
         options={'loglevel': loglevel, 'logfile': args.logfile, 'pidfile': pidfile, 'detach': args.detach},
     )
-    _setup_logging(app, loglevel, args.logfile, node)
+    setup_worker_logging(app.conf, loglevel, args.logfile, node)
     if pidfile:
         write_pidfile(pidfile)
     try:

@@ -125,6 +125,28 @@ def setup_logging(
     _CONFIGURED = True
 
 
+def setup_worker_logging(
+    conf: Any, loglevel: int | str, logfile: str | None, nodename: str | None = None, redirect: bool = True
+) -> None:
+    """A worker's logging as Celery sets it up, from its settings: its formats, and with `redirect`
+    (`worker_redirect_stdouts`, unless a `setup_logging` receiver took logging over) stdout and stderr into
+    the log."""
+    from fastq import signals
+
+    setup_logging(
+        loglevel,
+        logfile,
+        fmt=conf.worker_log_format,
+        task_fmt=conf.worker_task_log_format,
+        datefmt=conf.worker_log_datefmt,
+        colorize=False if logfile else conf.worker_log_color,
+        hijack_root=conf.worker_hijack_root_logger,
+        nodename=nodename,
+    )
+    if redirect and conf.worker_redirect_stdouts and not signals.setup_logging.receivers:
+        redirect_stdouts(conf.worker_redirect_stdouts_level)
+
+
 def process_logfile(index: int) -> None:
     """In pool child `index`: log to the child's own file when the worker's `--logfile` names one per process
     (`%I`: `w1-1.log` beside the parent's `w1.log`), as Celery's children do; else keep the handlers inherited
