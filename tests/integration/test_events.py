@@ -3,6 +3,7 @@ format (fields per type, `task.multi` batches), received by `app.events.Receiver
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -141,3 +142,59 @@ def test_events_command_dump_and_live_view(tasks: Any, worker: Any, tmp_path: Pa
         for proc in procs.values():
             proc.send_signal(signal.SIGINT)
             proc.wait(30)
+
+
+CAMERA = '''
+import json
+from fastq.events.snapshot import Polaroid
+
+
+class FileCam(Polaroid):
+    clear_after = True  # each shot sees what happened since the last one
+
+    def on_shutter(self, state):
+        if not state.event_count:
+            return
+        with open('shots.jsonl', 'a') as f:
+            tasks = {uuid: [task.name, task.state] for uuid, task in state.tasks.items()}
+            workers = sorted(state.workers)
+            f.write(json.dumps({'events': state.event_count, 'tasks': tasks, 'workers': workers}) + '\\n')
+'''
+
+
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_events_camera_detached(tasks: Any, worker: Any, tmp_path: Path, urls: dict[str, str]) -> None:
+    """`celery events --camera=... --frequency=... --detach --pidfile --logfile`, Celery's snapshot recorder: a
+    Polaroid subclass sees the tasks and workers at each shot, emptied after each (clear_after), and a
+    SIGTERM (to the pid in the pidfile) stops it with the pidfile removed."""
+    (tmp_path / 'cam.py').write_text(CAMERA)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent), str(tmp_path)]), **urls)
+    env.pop('PYTEST_CURRENT_TEST', None)
+    pidfile, logfile, shots = tmp_path / 'cam.pid', tmp_path / 'cam.log', tmp_path / 'shots.jsonl'
+    command = [sys.executable, '-m', 'fastq', '-A', 'worker_tasks', 'events', '--camera', 'cam.FileCam']
+    command += ['--frequency', '0.2', '--detach', '--pidfile', str(pidfile), '--logfile', str(logfile)]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    wait_until(pidfile.exists, message='the camera wrote its pidfile')
+    pid = int(pidfile.read_text())
+    try:
+        worker('-E', '-n', 'cam1@%h')
+        result = tasks.add.delay(20, 22)
+        assert result.get(timeout=30) == 42
+
+        def seen() -> bool:
+            if not shots.exists():
+                return False
+            return any(
+                json.loads(line)['tasks'].get(result.id) == ['worker_tasks.add', 'SUCCESS']
+                for line in shots.read_text().splitlines()
+            )
+
+        wait_until(seen, message='a shot with the finished task')
+        lines = [json.loads(line) for line in shots.read_text().splitlines()]
+        assert any(any(w.startswith('cam1@') for w in shot['workers']) for shot in lines)
+        # cleared after each shot: the finished task is in one shot only
+        assert sum(result.id in shot['tasks'] and shot['tasks'][result.id][1] == 'SUCCESS' for shot in lines) == 1
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not pidfile.exists(), message='the camera stopped and removed its pidfile')

@@ -143,3 +143,93 @@ def test_task_sent_events(memory_app: Fastq) -> None:
         (sent,) = list(receiver.itercapture(timeout=0.3))
     assert sent['type'] == 'task-sent' and sent['uuid'] == result.id and sent['name'] == 'proj.add'
     assert sent['args'] == '(1, 2)' and sent['queue'] == 'celery' and sent['root_id'] == result.id
+
+
+def test_state_clear_keeps_running_tasks_and_freeze_while_clears_after() -> None:
+    state = State()
+    state.event(ev('task-received', uuid='done', name='t.a'))
+    state.event(ev('task-succeeded', uuid='done', result='1'))
+    state.event(ev('task-started', uuid='running', name='t.b'))
+    assert state.freeze_while(lambda: sorted(state.tasks)) == ['done', 'running']  # no clear without clear_after
+    assert state.event_count == 3
+    assert state.freeze_while(lambda: state.task_count, clear_after=True) == 2
+    assert list(state.tasks) == ['running'] and state.event_count == 0 and not state.workers
+    state.clear(ready=False)
+    assert not state.tasks
+
+
+class _ManualTimer:
+    """A timer that fires only when told (the Polaroid's timer may be any object with call_repeatedly)."""
+
+    def __init__(self) -> None:
+        self.entries: list[Any] = []
+
+    def call_repeatedly(self, secs: float, fun: Any) -> Any:
+        timer = self
+
+        class Entry:
+            cancelled = False
+
+            def __call__(self) -> Any:
+                return fun()
+
+            def cancel(self) -> None:
+                self.cancelled = True
+                timer.entries.remove(self)
+
+        entry = Entry()
+        self.entries.append(entry)
+        return entry
+
+
+def test_polaroid_shots_maxrate_signal_and_the_last_shot(memory_app: Fastq) -> None:
+    from fastq.events.snapshot import Polaroid
+
+    seen: list[tuple[int, list[str]]] = []
+    signalled: list[Any] = []
+
+    class Cam(Polaroid):
+        clear_after = True
+
+        def on_shutter(self, state: State) -> None:
+            seen.append((state.event_count, sorted(state.tasks)))
+
+    def heard(sender: Any, **kwargs: Any) -> None:
+        signalled.append(sender)
+
+    Polaroid.shutter_signal.connect(heard, weak=False)
+    try:
+        state, timer = State(), _ManualTimer()
+        with Cam(state, freq=0.5, timer=timer, app=memory_app) as cam:
+            assert len(timer.entries) == 2  # the shutter and the cleanup
+            state.event(ev('task-succeeded', uuid='a'))
+            timer.entries[0]()
+            timer.entries[0]()  # nothing new: the camera sees an empty state
+            state.event(ev('task-started', uuid='b'))
+        assert not timer.entries  # cancelled, after one last shot
+        assert seen == [(1, ['a']), (0, []), (1, ['b'])]
+        assert signalled == [state] * 3 and cam.app is memory_app
+
+        limited, shots = State(), []
+        slow = Polaroid(limited, maxrate='1/h', timer=_ManualTimer(), app=memory_app)
+        slow.on_shutter = lambda s: shots.append(s)  # type: ignore[method-assign]
+        for _ in range(3):
+            slow.capture()
+        assert len(shots) == 1  # the rest are over the rate
+    finally:
+        Polaroid.shutter_signal.disconnect(heard)
+
+
+def test_polaroid_default_timer_repeats() -> None:
+    from fastq.events.snapshot import Polaroid
+
+    shots: list[int] = []
+    state = State()
+    cam = Polaroid(state, freq=0.01)
+    cam.on_shutter = lambda s: shots.append(1)  # type: ignore[method-assign]
+    cam.install()
+    deadline = time.monotonic() + 10
+    while len(shots) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    cam.cancel()
+    assert len(shots) >= 3

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from fastq.cli.base import CommandError, out
+from fastq.cli.base import CommandError, check_loglevel, check_pidfile, detach, out, touch
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -20,19 +22,28 @@ def register(commands: Any) -> None:
         'for task events). --dump prints every event instead, as `celery events --dump`.',
     )
     p.add_argument('-d', '--dump', action='store_true', help='print each event as it comes')
-    p.add_argument('-F', '--freq', '--frequency', dest='freq', type=float, default=1.0, help='redraw interval (s)')
+    p.add_argument('-c', '--camera', help='take snapshots with this camera class (a Polaroid subclass: module.Class)')
+    p.add_argument(
+        '-F', '--freq', '--frequency', dest='freq', type=float, default=1.0, help='redraw or snapshot interval (s)'
+    )
+    p.add_argument('-r', '--maxrate', help="at most this many snapshots ('100/m': Celery's rate strings)")
+    p.add_argument('-l', '--loglevel', default='WARNING', help='the camera: DEBUG, INFO, WARNING, ERROR, CRITICAL')
+    p.add_argument('-f', '--logfile', help='the camera: log to this file instead of stderr')
+    p.add_argument('--pidfile', help='the camera: write the pid to this file (refuses to start if it is held)')
+    p.add_argument('--detach', action='store_true', help='the camera: run in the background (give --logfile)')
     p.add_argument('--max-time', type=float, help='stop after this many seconds (for scripts)')
-    p.add_argument('-c', '--camera', help=argparse.SUPPRESS)
+    for option in ('--uid', '--gid', '--umask', '--executable'):
+        p.add_argument(option, help=argparse.SUPPRESS)
     p.set_defaults(handler=run)
 
 
 def run(app: Fastq, args: argparse.Namespace) -> int:
     from fastq.events.dumper import Dumper, LiveView
 
-    if args.camera:
-        raise CommandError('--camera: snapshot cameras are not supported; use the live view or --dump')
     if not app.broker.features.fanout:
         raise CommandError(f'{app.broker.describe()} carries no events')
+    if args.camera:
+        return _camera(app, args)
     deadline = None if args.max_time is None else time.monotonic() + args.max_time
     receiver = app.events.Receiver()
     if args.dump:
@@ -51,4 +62,35 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
             receiver.capture(timeout=step)
             view.draw()
     out()
+    return 0
+
+
+def _camera(app: Fastq, args: argparse.Namespace) -> int:
+    """`celery events --camera`: snapshots with a Polaroid subclass, optionally as a daemon."""
+    from fastq.events.snapshot import evcam
+    from fastq.utils.imports import symbol_by_name
+
+    loglevel = check_loglevel(args.loglevel)
+    try:
+        symbol_by_name(args.camera)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise CommandError(f'--camera: cannot import {args.camera!r}: {exc}') from None
+    if args.pidfile:
+        check_pidfile(args.pidfile)
+    if args.logfile:
+        touch(args.logfile)
+    if args.detach:
+        detach(args.logfile)
+    # stopped by a service manager (or `kill`): still the last shot, and the pidfile removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    evcam(
+        args.camera,
+        freq=args.freq,
+        maxrate=args.maxrate,
+        loglevel=loglevel,
+        logfile=args.logfile,
+        pidfile=args.pidfile,
+        app=app,
+        max_time=args.max_time,
+    )
     return 0

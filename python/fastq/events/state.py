@@ -269,11 +269,30 @@ class State:
 
     # --- queries ------------------------------------------------------------------------------------------
 
-    def clear(self) -> None:
+    def clear(self, ready: bool = True) -> None:
+        """Forget the workers and the tasks (with `ready`, Celery's default, only the finished ones: a task
+        still running keeps its state for the next look); the counts start again."""
         with self._mutex:
-            self.workers.clear()
+            self._clear(ready)
+
+    def _clear(self, ready: bool = True) -> None:
+        self.workers.clear()
+        if ready:
+            running = [(uuid, task) for uuid, task in self.tasks.items() if not task.ready]
             self.tasks.clear()
-            self.event_count = self.task_count = 0
+            self.tasks.update(running)
+        else:
+            self.tasks.clear()
+        self.event_count = self.task_count = 0
+
+    def freeze_while(self, fun: Callable[..., Any], *args: Any, clear_after: bool = False, **kwargs: Any) -> Any:
+        """Call `fun` with no event folded in meanwhile (a snapshot camera's look), then `clear` if asked."""
+        with self._mutex:
+            try:
+                return fun(*args, **kwargs)
+            finally:
+                if clear_after:
+                    self._clear()
 
     def alive_workers(self) -> list[Worker]:
         return [w for w in list(self.workers.values()) if w.alive]
