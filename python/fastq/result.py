@@ -9,16 +9,19 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from fastq import _state, states
-from fastq.exceptions import TaskRevokedError
+from fastq.exceptions import IncompleteStream, TaskRevokedError
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
     from fastq.backends.base import Backend
+    from fastq.utils.graph import DependencyGraph
 
 __all__ = [
     'AsyncResult',
@@ -158,6 +161,67 @@ class AsyncResult(ResultBase, Generic[R]):
         if children is None:
             return None
         return [result_from_tuple(child, self.app) for child in children]
+
+    # --- the tree of tasks this one sent --------------------------------------------------------------------
+
+    def iterdeps(self, intermediate: bool = False) -> Iterator[tuple[Any, Any]]:
+        """(parent, node) for this result and every result under it, breadth first; a node's children are
+        known once it is done, so an unfinished one raises IncompleteStream unless `intermediate`."""
+        stack: deque[tuple[Any, Any]] = deque([(None, self)])
+        while stack:
+            parent, node = stack.popleft()
+            yield parent, node
+            if node.ready():
+                stack.extend((node, child) for child in node.children or [])
+            elif not intermediate:
+                raise IncompleteStream()
+
+    def collect(self, intermediate: bool = False, **kwargs: Any) -> Iterator[tuple[Any, Any]]:
+        """(result, value) for this task and every task it sent (and so on), waiting for each: Celery's way
+        to gather what a task fanned out (`kwargs` go to each `get`)."""
+        for _, node in self.iterdeps(intermediate=intermediate):
+            yield node, node.get(**kwargs)
+
+    def get_leaf(self) -> Any:
+        """The value of the last result of the tree (`iterdeps` order): a chain of tasks that each sent the
+        next one ends there."""
+        value = None
+        for _, node in self.iterdeps():
+            value = node.get()
+        return value
+
+    def build_graph(self, intermediate: bool = False, formatter: Any = None) -> DependencyGraph:
+        """The tree of results as a `DependencyGraph` (`.to_dot(fh)` draws it)."""
+        from fastq.utils.graph import DependencyGraph, GraphFormatter
+
+        graph = DependencyGraph(formatter=formatter or GraphFormatter(root=self.id, shape='oval'))
+        for parent, node in self.iterdeps(intermediate=intermediate):
+            graph.add_arc(node)
+            if parent is not None:
+                graph.add_edge(parent, node)
+        return graph
+
+    @property
+    def graph(self) -> DependencyGraph:
+        return self.build_graph()
+
+    def then(self, callback: Any, on_error: Any = None, weak: bool = False) -> Future[Any]:
+        """Call `callback(result)` once the task is done (from a thread of its own: fastq's clients need no
+        event loop to drive it); `on_error(exc)` if waiting or the callback fails. Returns a Future of what
+        the callback returned. (`weak` is accepted for Celery's signature.)"""
+        future: Future[Any] = Future()
+
+        def wait() -> None:
+            try:
+                self.get(propagate=False, disable_sync_subtasks=False)
+                future.set_result(callback(self))
+            except Exception as exc:
+                future.set_exception(exc)
+                if on_error is not None:
+                    on_error(exc)
+
+        threading.Thread(target=wait, name=f'fastq-then-{self.id}', daemon=True).start()
+        return future
 
     def _extended(self, key: str) -> Any:
         return self._get_task_meta().get(key)

@@ -144,7 +144,7 @@ def test_events_command_dump_and_live_view(tasks: Any, worker: Any, tmp_path: Pa
             proc.wait(30)
 
 
-CAMERA = '''
+CAMERA = """
 import json
 from fastq.events.snapshot import Polaroid
 
@@ -159,7 +159,7 @@ class FileCam(Polaroid):
             tasks = {uuid: [task.name, task.state] for uuid, task in state.tasks.items()}
             workers = sorted(state.workers)
             f.write(json.dumps({'events': state.event_count, 'tasks': tasks, 'workers': workers}) + '\\n')
-'''
+"""
 
 
 @pytest.mark.parametrize('broker_kind', ['redis'])

@@ -39,3 +39,16 @@ def test_get_on_message_hears_the_progress(tasks: Any, worker: Any) -> None:
     assert result.get(timeout=30, on_message=lambda meta: heard.append((meta['status'], meta['result']))) == 3
     assert heard[-1] == ('SUCCESS', 3)
     assert ('PROGRESS', {'step': 2}) in heard  # (the first may come before the caller listens)
+
+
+def test_collect_the_tasks_a_task_sent(tasks: Any, worker: Any) -> None:
+    # Celery's `collect()`: a task's children are stored with its result, and their values gathered from there
+    worker()
+    result = tasks.fan_out.delay(3)
+    assert result.get(timeout=30) == 3
+    collected = list(result.collect(timeout=30))
+    assert collected[0] == (result, 3)
+    assert sorted(value for _, value in collected[1:]) == [0, 2, 4]
+    assert {node.id for node in result.graph} == {node.id for node, _ in collected}
+    assert result.get_leaf() in (0, 2, 4)
+    assert result.then(lambda r: r.get() * 10).result(timeout=30) == 30

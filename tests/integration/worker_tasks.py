@@ -346,3 +346,11 @@ def replaced_by_group(self, n: int) -> Any:  # type: ignore[no-untyped-def]
     from fastq import group
 
     raise self.replace(group(add.s(i, i) for i in range(n)))
+
+
+@app.task
+def fan_out(n: int) -> int:
+    """Sends `n` add tasks (its children) and returns without waiting for them."""
+    for i in range(n):
+        add.delay(i, i)
+    return n

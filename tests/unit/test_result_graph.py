@@ -1,0 +1,95 @@
+"""The tree of results a task's children make (`iterdeps`, `collect`, `get_leaf`, `graph`) and `then`, as
+Celery's `AsyncResult` offers them; the graph's DOT compared with Celery's own `DependencyGraph`."""
+
+from __future__ import annotations
+
+import io
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from fastq import Fastq, states
+from fastq.exceptions import IncompleteStream
+from fastq.result import AsyncResult, GroupResult
+from fastq.utils.graph import CycleError, DependencyGraph
+
+
+def done(app: Fastq, task_id: str, value: Any, children: list[Any] = ()) -> AsyncResult[Any]:  # type: ignore[assignment]
+    app.backend.store_result(task_id, value, states.SUCCESS, request=SimpleNamespace(children=list(children)))
+    return AsyncResult(task_id, app=app)
+
+
+def tree(app: Fastq) -> AsyncResult[Any]:
+    """root -> (a -> a1, group g of b and c)"""
+    a1 = done(app, 'a1', 11)
+    a = done(app, 'a', 1, [a1])
+    b, c = done(app, 'b', 2), done(app, 'c', 3)
+    group = GroupResult('g', [b, c], app=app)
+    return done(app, 'root', 0, [a, group])
+
+
+def test_collect_get_leaf_and_iterdeps(memory_app: Fastq) -> None:
+    root = tree(memory_app)
+    collected = [(str(node), value) for node, value in root.collect()]
+    assert collected == [('root', 0), ('a', 1), ('g', [2, 3]), ('a1', 11), ('b', 2), ('c', 3)]
+    assert root.get_leaf() == 3
+    pairs = [(str(parent) if parent is not None else None, str(node)) for parent, node in root.iterdeps()]
+    assert pairs[:3] == [(None, 'root'), ('root', 'a'), ('root', 'g')] and ('g', 'c') in pairs
+
+
+def test_an_unfinished_node_is_an_incomplete_stream(memory_app: Fastq) -> None:
+    pending = AsyncResult('pending', app=memory_app)
+    root = done(memory_app, 'root2', 0, [pending])
+    with pytest.raises(IncompleteStream):
+        list(root.iterdeps())
+    assert [str(node) for _, node in root.iterdeps(intermediate=True)] == ['root2', 'pending']
+
+
+def test_graph_matches_celerys_dot(memory_app: Fastq) -> None:
+    from celery.utils.graph import DependencyGraph as CeleryGraph
+    from celery.utils.graph import GraphFormatter as CeleryFormatter
+
+    root = tree(memory_app)
+    graph = root.graph
+    assert len(graph) == 6 and 'a1' in {str(n) for n in graph}
+    assert [str(n) for n in graph['root']] == ['a', 'g']
+    ours = io.StringIO()
+    graph.to_dot(ours)
+    theirs = CeleryGraph(formatter=CeleryFormatter(root='root', shape='oval'))
+    for node, deps in graph.items():
+        theirs.add_arc(str(node))
+        for dep in deps:
+            theirs.add_edge(str(node), str(dep))
+    expected = io.StringIO()
+    theirs.to_dot(expected)
+    assert ours.getvalue() == expected.getvalue()
+    assert graph.valency_of(root) == 6
+    assert 'root(6)' in repr(graph)
+
+
+def test_topsort_and_cycles() -> None:
+    graph = DependencyGraph([('app', ['db', 'cache']), ('db', ['disk']), ('cache', []), ('disk', [])])
+    order = graph.topsort()
+    assert order.index('disk') < order.index('db') < order.index('app') and order.index('cache') < order.index('app')
+    assert sorted(graph.edges()) == ['app', 'db']
+    cyclic = DependencyGraph([('x', ['y']), ('y', ['x'])])
+    with pytest.raises(CycleError):
+        cyclic.topsort()
+
+
+def test_then_calls_back_once_done(memory_app: Fastq) -> None:
+    result = AsyncResult('later', app=memory_app)
+    called = threading.Event()
+    seen: list[Any] = []
+    future = result.then(lambda r: seen.append(r.get()) or 'cb')
+    assert not called.is_set() and not seen
+    memory_app.backend.store_result('later', 42, states.SUCCESS)
+    assert future.result(timeout=10) == 'cb' and seen == [42]
+
+    errors: list[Exception] = []
+    failing = done(memory_app, 'failing-cb', 1).then(lambda r: 1 / 0, on_error=errors.append)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(timeout=10)
+    assert isinstance(errors[0], ZeroDivisionError)
