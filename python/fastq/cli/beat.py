@@ -45,6 +45,7 @@ def register(commands: Any) -> None:
     p.add_argument('--uid', help=argparse.SUPPRESS)
     p.add_argument('--gid', help=argparse.SUPPRESS)
     p.add_argument('--umask', help=argparse.SUPPRESS)
+    p.add_argument('--executable', help=argparse.SUPPRESS)  # (Celery's daemon option; beat runs in place)
     p.set_defaults(handler=run)
 
 
