@@ -22,7 +22,7 @@ _apps: list[Any] = []  # weak-ish registry of created apps for shared_task (stro
 _tasks: ContextVar[tuple[Task[Any, Any], ...]] = ContextVar('fastq.current_tasks', default=())
 
 
-def set_current_app(app: Fastq) -> None:
+def set_current_app(app: Fastq | None) -> None:
     global _current_app
     _current_app = app
 
@@ -38,8 +38,19 @@ def get_current_app() -> Fastq:
     return _default_app
 
 
+def set_default_app(app: Fastq | None) -> None:
+    global _default_app
+    _default_app = app
+
+
 def register_app(app: Fastq) -> None:
     _apps.append(app)
+
+
+def unregister_app(app: Fastq) -> None:
+    """Forget a closed app (so `shared_task` no longer registers on it): test apps come and go."""
+    if app in _apps:
+        _apps.remove(app)
 
 
 def all_apps() -> list[Fastq]:

@@ -136,6 +136,14 @@ class Fastq:
             _state.set_current_app(self)
         _state.register_app(self)
 
+    def set_current(self) -> None:
+        """Make this the current app (what `current_app`, `shared_task` and `AsyncResult(id)` use)."""
+        _state.set_current_app(self)
+
+    def set_default(self) -> None:
+        """Make this the default app: the one used when no app was made current."""
+        _state.set_default_app(self)
+
     # --- configuration ------------------------------------------------------------------------------------
 
     def config_from_object(

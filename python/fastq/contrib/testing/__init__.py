@@ -1,0 +1,2 @@
+"""Testing helpers with Celery's names: `TestApp` (app.py), `start_worker` (worker.py), the `celery.ping` task
+(tasks.py). The pytest fixtures built on them are in `fastq.contrib.pytest`."""

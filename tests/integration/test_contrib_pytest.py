@@ -1,0 +1,122 @@
+"""Celery's "Testing with Celery" guide on fastq: `fastq.contrib.pytest` fixtures and `start_worker`.
+
+A test module written for `celery.contrib.pytest` (the guide's examples) runs in a pytest of its own, with
+the in-memory default and with a `celery_config` naming a real Redis; `start_worker` is used directly too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastq import Fastq
+from fastq.contrib.testing.app import TestApp, setup_default_app
+from fastq.contrib.testing.worker import start_worker, test_worker_started, test_worker_stopped
+from fastq.exceptions import ImproperlyConfigured
+
+pytestmark = pytest.mark.slow
+
+GUIDE = """
+import os
+import pytest
+from fastq import shared_task
+
+pytest_plugins = ('fastq.contrib.pytest',)
+
+if os.environ.get('GUIDE_REDIS'):
+    @pytest.fixture(scope='session')
+    def celery_config():
+        return {'broker_url': os.environ['GUIDE_REDIS'], 'result_backend': os.environ['GUIDE_REDIS']}
+
+
+@shared_task
+def shared_mul(x, y):
+    return x * y
+
+
+def test_create_task(celery_app, celery_worker):
+    @celery_app.task
+    def mul(x, y):
+        return x * y
+
+    celery_worker.reload()
+    assert mul.delay(4, 4).get(timeout=10) == 16
+    assert shared_mul.delay(3, 3).get(timeout=10) == 9
+    expected = os.environ.get('GUIDE_REDIS', 'memory://')
+    assert celery_app.conf.broker_url == expected
+
+
+@pytest.mark.celery(task_default_queue='other')
+def test_marker_overrides(celery_app, celery_worker):
+    assert celery_app.conf.task_default_queue == 'other'
+
+    @celery_app.task
+    def add(x, y):
+        return x + y
+
+    assert add.delay(1, 2).get(timeout=10) == 3
+
+
+def test_session_worker(celery_session_app, celery_session_worker):
+    @celery_session_app.task
+    def sub(x, y):
+        return x - y
+
+    assert sub.delay(5, 2).get(timeout=10) == 3
+"""
+
+
+@pytest.mark.parametrize('broker', ['memory', 'redis'])
+def test_the_guides_fixtures_in_a_pytest_of_their_own(
+    tmp_path: Path, broker: str, request: pytest.FixtureRequest
+) -> None:
+    (tmp_path / 'test_guide.py').write_text(GUIDE)
+    env = dict(os.environ)
+    env.pop('PYTEST_CURRENT_TEST', None)
+    env.pop('PYTEST_ADDOPTS', None)
+    if broker == 'redis':
+        env['GUIDE_REDIS'] = request.getfixturevalue('redis_url')
+    command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-p', 'no:randomly', 'test_guide.py']
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '3 passed' in done.stdout
+
+
+def test_start_worker_directly() -> None:
+    started, stopped = [], []
+
+    def on_started(sender: Fastq, worker: object, **kwargs: object) -> None:
+        started.append(worker)
+
+    def on_stopped(sender: Fastq, worker: object, **kwargs: object) -> None:
+        stopped.append(worker)
+
+    test_worker_started.connect(on_started, weak=False)
+    test_worker_stopped.connect(on_stopped, weak=False)
+    app = TestApp(config={'task_default_queue': 'direct'})
+    try:
+        with setup_default_app(app):
+
+            @app.task
+            def double(x: int) -> int:
+                return 2 * x
+
+            with start_worker(app, pool='threads', concurrency=2) as worker:
+                assert [double.delay(i).get(timeout=10) for i in range(5)] == [0, 2, 4, 6, 8]
+                assert worker.queues == ['direct']
+        assert started == [worker] and stopped == [worker]
+        assert app.conf.broker_url == 'memory://'
+    finally:
+        test_worker_started.disconnect(on_started)
+        test_worker_stopped.disconnect(on_stopped)
+
+
+def test_start_worker_fails_clearly_when_the_worker_cannot_start() -> None:
+    app = TestApp()
+    with setup_default_app(app), pytest.raises(ImproperlyConfigured, match='worker_pool: unknown pool'):
+        with start_worker(app, pool='no-such-pool'):
+            pass  # pragma: no cover
