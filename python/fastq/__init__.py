@@ -88,12 +88,11 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return importlib.import_module('fastq.states')
-    if name == 'current_app':
-        from fastq._state import get_current_app
+    if name in ('current_app', 'current_task'):  # proxies: the app or task of the moment, at each use
+        from fastq import _state
+        from fastq.utils.local import Proxy
 
-        return get_current_app()
-    if name == 'current_task':
-        from fastq._state import get_current_task
-
-        return get_current_task()
+        value = Proxy(_state.get_current_app if name == 'current_app' else _state.get_current_task, name)
+        globals()[name] = value
+        return value
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -19,7 +19,7 @@ from fastq.config import Settings
 from fastq.exceptions import ImproperlyConfigured, NotRegistered
 from fastq.task import Task as BaseTask
 from fastq.task import build_task_class
-from fastq.utils.imports import symbol_by_name
+from fastq.utils.imports import module_or_symbol, symbol_by_name
 from fastq.utils.nodenames import anon_nodename, oid_from
 from fastq.utils.time import get_timezone
 
@@ -157,7 +157,7 @@ class Fastq:
 
         def load() -> dict[str, Any]:
             try:
-                source = symbol_by_name(obj) if isinstance(obj, str) else obj
+                source = module_or_symbol(obj) if isinstance(obj, str) else obj
             except (ImportError, AttributeError):
                 if silent:
                     return {}
@@ -280,6 +280,8 @@ class Fastq:
             for module in [*(self.conf.imports or ()), *(self.conf.include or ())]:
                 importlib.import_module(module)
             bind_shared_tasks(self)
+            for task in list(self.tasks.values()):  # settings configured after `@app.task` apply (Celery's)
+                task.sync_config()
             self.on_after_finalize.send(sender=self)
 
     def _configure(self) -> None:

@@ -140,6 +140,7 @@ class SendPlan:
     ) -> None:
         conf = app.conf
         if task_type is not None:
+            task_type.sync_config()  # (a plan is made again when the settings changed: see plan_for)
             merged = {**task_type._exec_options(), **options}
             merged.setdefault('ignore_result', task_type.ignore_result)
         else:

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar
 
 from fastq import _state, states
-from fastq.exceptions import MaxRetriesExceededError, Retry
+from fastq.exceptions import MaxRetriesExceededError, OperationalError, Retry
 from fastq.utils.functional import as_list
 
 if TYPE_CHECKING:
@@ -166,6 +166,12 @@ class Task(Generic[P, R]):
     routing_key: str | None = None
     exchange: str | None = None
     shadow: str | None = None
+    #: Celery's, as task attributes: `except self.MaxRetriesExceededError:` in a bound task.
+    MaxRetriesExceededError: ClassVar[type[MaxRetriesExceededError]] = MaxRetriesExceededError
+    OperationalError: ClassVar[type[Exception]] = OperationalError
+    #: Exceptions this task raises on purpose: logged at INFO without a traceback ("raised expected"), as
+    #: Celery does; the task still fails.
+    throws: tuple[type[BaseException], ...] = ()
     autoretry_for: tuple[type[BaseException], ...] = ()
     dont_autoretry_for: tuple[type[BaseException], ...] = ()
     retry_kwargs: dict[str, Any] = {}
@@ -177,6 +183,8 @@ class Task(Generic[P, R]):
     abstract: ClassVar[bool] = True
     _decorated: ClassVar[bool] = False
     _bound: ClassVar[bool] = False
+    _from_settings: dict[str, Any] = {}  # see bind
+    _settings_generation: int = -1
     _is_async: ClassVar[bool] = False
     _signature: inspect.Signature | None = None
     _arity_checker: Callable[..., None] | None = None
@@ -203,20 +211,63 @@ class Task(Generic[P, R]):
     # --- binding to an app --------------------------------------------------------------------------------
 
     def bind(self, app: Fastq) -> None:
-        """Attach to an app and fill unset attributes from its settings and `task_annotations`."""
+        """Attach to an app and fill unset attributes from its settings and `task_annotations`.
+
+        Celery binds a task when its app is finalized, so settings configured after `@app.task` still
+        apply; fastq binds at once (the task is usable right away) and binds again, through `sync_config`,
+        when the settings changed since: before the next send is planned, and when the app is finalized.
+        What was filled in from the settings is remembered, so only those attributes follow the settings,
+        never one set explicitly since (by `control time_limit`, say)."""
         self.app = app
         conf = app.conf
+        filled: dict[str, Any] = {}
         for attr, setting in self.from_config:
             if getattr(self, attr) is None:
-                setattr(self, attr, conf[setting])
-        annotations = conf.task_annotations
-        if annotations:
-            for annotation in annotations if isinstance(annotations, list | tuple) else [annotations]:
-                values = annotation.get(self.name) or annotation.get('*') if isinstance(annotation, dict) else None
-                if callable(annotation) and not isinstance(annotation, dict):
-                    values = annotation(self)
-                for key, value in (values or {}).items():
-                    setattr(self, key, value)
+                filled[attr] = conf[setting]
+                setattr(self, attr, filled[attr])
+        self._from_settings = filled
+        self._settings_generation = conf.generation
+        self._annotate(conf.task_annotations)
+
+    def sync_config(self) -> None:
+        """Bind again if the app's settings changed since this task was bound (see `bind`)."""
+        app = self.__dict__.get('app')
+        if app is None or self._settings_generation == app.conf.generation:
+            return
+        conf = app.conf
+        settings = dict(self.from_config)
+        for attr, value in list(self._from_settings.items()):
+            if self.__dict__.get(attr, value) is value:  # (still what the settings gave it)
+                self._from_settings[attr] = conf[settings[attr]]
+                setattr(self, attr, self._from_settings[attr])
+        self._settings_generation = conf.generation
+        self._annotate(conf.task_annotations)
+
+    def _annotate(self, annotations: Any) -> None:
+        """Apply `task_annotations`: dicts by task name (or '*'), callables, or objects with `annotate(task)`
+        (Celery's three forms); a method annotated (`on_failure`) replaces the class's for this task."""
+        if not annotations:
+            return
+        for annotation in annotations if isinstance(annotations, list | tuple) else [annotations]:
+            if isinstance(annotation, dict):
+                values = annotation.get(self.name) or annotation.get('*')
+            elif callable(getattr(annotation, 'annotate', None)):
+                values = annotation.annotate(self)
+            elif callable(annotation):
+                values = annotation(self)
+            else:
+                values = None
+            for key, value in (values or {}).items():
+                if key.startswith('@'):  # Celery's '@name': wrap the method instead of replacing it
+                    method = getattr(type(self), key[1:])
+                    method = getattr(method, '__wrapped__', method)
+                    wrapped = value(method)
+                    wrapped.__wrapped__ = method
+                    setattr(self, key[1:], wrapped.__get__(self, type(self)))
+                    continue
+                if callable(value) and callable(getattr(type(self), key, None)) and not isinstance(value, type):
+                    value = value.__get__(self, type(self))  # a function given for a method: bound to the task
+                setattr(self, key, value)
 
     # --- calling ------------------------------------------------------------------------------------------
 
@@ -441,8 +492,12 @@ class Task(Generic[P, R]):
     # --- request context ----------------------------------------------------------------------------------
 
     def push_request(self, *args: Any, **kwargs: Any) -> None:
+        """Push a request made of the current one's fields updated with these (Celery's): a custom `__call__`
+        that calls `super().__call__` in a worker keeps the request's id, retries and the rest."""
         var = self._requests.var
-        var.set((*var.get(), Context(*args, **kwargs)))
+        stack = var.get()
+        fields = {**vars(stack[-1]), **kwargs} if stack else kwargs
+        var.set((*stack, Context(*args, **fields)))
 
     def push_fields(self, fields: dict[str, Any]) -> Context:
         """`push_request` of a Context whose attributes are `fields` itself (`Context.adopt`); returns it."""
@@ -590,9 +645,15 @@ class Task(Generic[P, R]):
         self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any
     ) -> None:
         """Store a custom state (e.g. progress) for this or another task."""
-        self.app.backend.store_result(
-            task_id or self.request.id or '', meta, state or states.PENDING, request=self.request, **kwargs
-        )
+        task_id = task_id or self.request.id
+        if not task_id:  # (outside a task, with no id: Celery's error, rather than a state stored under '')
+            raise ValueError(f'task_id must not be empty. Got {task_id!r} instead.')
+        self.app.backend.store_result(task_id, meta, state or states.PENDING, request=self.request, **kwargs)
+
+    @property
+    def backend(self) -> Any:
+        """The result backend this task's results are stored in (the app's)."""
+        return self.app.backend
 
     # --- hooks (override in subclasses) -------------------------------------------------------------------
 
@@ -681,7 +742,7 @@ def build_task_class(
         'abstract': False,
         **options,
     }
-    for key in ('autoretry_for', 'dont_autoretry_for'):
+    for key in ('autoretry_for', 'dont_autoretry_for', 'throws'):
         if key in attrs:
             attrs[key] = tuple(attrs[key])
     return type(fun.__name__, (base,), attrs)

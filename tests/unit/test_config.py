@@ -132,6 +132,17 @@ def test_humanize_masks_passwords() -> None:
     assert 'secret' not in text and 'amqp://user:**@host:5672//' in text
 
 
+def test_table_lists_what_was_set_even_to_the_default() -> None:
+    a = app()
+    a.conf.update(enable_utc=True, broker_url='redis://:pw@localhost:6379/0', security_key='abc')
+    table = a.conf.table()
+    assert table['enable_utc'] is True  # set explicitly, though it is the default (Celery lists it)
+    assert table['security_key'] == '********' and 'pw' not in table['broker_url']
+    assert a.conf.table(censored=False)['security_key'] == 'abc'
+    assert 'task_serializer' not in table and a.conf.table(with_defaults=True)['task_serializer'] == 'json'
+    assert 'enable_utc: True' in a.conf.humanize().splitlines()
+
+
 def test_on_after_configure_and_finalize() -> None:
     a = app()
     seen: list[str] = []

@@ -278,15 +278,25 @@ class Settings(MutableMapping[str, Any]):
                 out[name] = value
         return out
 
-    def humanize(self, with_defaults: bool = False, censored: bool = True) -> str:
+    def table(self, with_defaults: bool = False, censored: bool = True) -> dict[str, Any]:
+        """The settings as a dict: the ones set explicitly (by the app, its config source or the environment),
+        or all of them `with_defaults`; secrets and URL passwords masked unless `censored` is False."""
         from fastq.utils.text import mask_secrets
 
-        items = dict(self) if with_defaults else self.changes()
-        lines = []
-        for key, value in sorted(items.items()):
-            shown = mask_secrets(key, value) if censored else value
-            lines.append(f'{key}: {shown!r}')
-        return '\n'.join(lines)
+        if with_defaults:
+            items = dict(self)
+        else:
+            self._load_pending()
+            names = dict.fromkeys([*self._source, *self._changes, *self._environment()])
+            items = {name: self[name] for name in names}
+        return {key: mask_secrets(key, value) if censored else value for key, value in items.items()}
+
+    def humanize(self, with_defaults: bool = False, censored: bool = True) -> str:
+        """`table` as text, one `name: value` line each (Celery's, for `report` and logs)."""
+        import pprint
+
+        table = self.table(with_defaults, censored)
+        return '\n'.join(f'{key}: {pprint.pformat(value, width=50)}' for key, value in sorted(table.items()))
 
     def __repr__(self) -> str:
         return f'<Settings: {len(self.changes())} changed>'

@@ -24,6 +24,18 @@ def symbol_by_name(name: str | Any, default: Any = None) -> Any:
     return obj
 
 
+def module_or_symbol(path: str) -> Any:
+    """`path` imported as a module if it is one (`'proj.config.celery'`), else as `symbol_by_name` reads it
+    (`'proj.config:Config'`, `'proj.config.Config'`): Celery's loader tries the module first."""
+    if ':' not in path:
+        try:
+            return importlib.import_module(path)
+        except ModuleNotFoundError as exc:
+            if exc.name != path:  # a module it imports is missing: that error is the one to see
+                raise
+    return symbol_by_name(path)
+
+
 def resolve_scheme(setting: str, what: str, scheme: str, known: dict[str, str], planned: dict[str, str]) -> Any:
     """The class registered for a URL scheme, imported on first use; an unknown scheme fails naming the setting
     and the closest known scheme, a scheme fastq will serve later says so instead of guessing."""

@@ -42,6 +42,9 @@ class _TaskFilter(logging.Filter):
         return True
 
 
+_TASK_FILTER = _TaskFilter()
+
+
 def task_context(task_id: str | None, task_name: str | None) -> None:
     """Set (or clear, with None) the task whose id/name task log records carry; called by the worker."""
     _task_ctx.set(None if task_id is None else (task_id, task_name or '???'))
@@ -58,6 +61,9 @@ class _WorkerFormatter(logging.Formatter):
     _COLORS = {logging.ERROR: '\033[31m', logging.CRITICAL: '\033[35m', logging.WARNING: '\033[33m'}
 
     def format(self, record: logging.LogRecord) -> str:
+        if not record.__dict__.get('_fastq_task_record') and record.name.startswith('celery.task'):
+            if record.name == 'celery.task' or record.name[11:12] == '.':  # a logger under celery.task, as
+                _TASK_FILTER.filter(record)  # Celery's guide suggests, formats as a task logger's
         if record.__dict__.get('_fastq_task_record'):
             text = self._task.format(record)
         else:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import _state, signals, states
 from fastq.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
+from fastq.task import Task as _Task
 from fastq.utils.functional import as_list
 from fastq.utils.log import task_context
 from fastq.utils.nodenames import gethostname
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from fastq.task import Context, Task
 
 logger = logging.getLogger('celery.app.trace')
+
+#: The base class's __call__: a task class that replaced it runs through its own (see `execute`).
+_TASK_CALL = _Task.__call__
 
 #: Return types checked for awaitability without `inspect.isawaitable` (an ABC check, slow per task).
 _NOT_AWAITABLE = frozenset({type(None), bool, int, float, str, bytes, list, tuple, dict, set})
@@ -139,7 +143,9 @@ def execute(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], reque
         _prerun(task, ctx, args, kwargs)
         try:
             task.before_start(ctx.id or '', args, kwargs)
-            retval = task.run(*args, **kwargs)
+            # A Task class with its own __call__ (Celery's DebugTask, Flask's app-context task) runs through it,
+            # as Celery's tracer does; otherwise straight to `run`, a call less per task.
+            retval = task(*args, **kwargs) if type(task).__call__ is not _TASK_CALL else task.run(*args, **kwargs)
             if type(retval) not in _NOT_AWAITABLE and inspect.isawaitable(retval):
                 from fastq.worker.asyncrun import run_coroutine
 
@@ -174,7 +180,9 @@ async def execute_async(
         _prerun(task, ctx, args, kwargs)
         try:
             task.before_start(ctx.id or '', args, kwargs)
-            retval = task.run(*args, **kwargs)
+            # A custom __call__ of a sync task (see `execute`); an async task's own __call__ would block the loop.
+            custom = type(task).__call__ is not _TASK_CALL and not task._is_async
+            retval = task(*args, **kwargs) if custom else task.run(*args, **kwargs)
             if type(retval) not in _NOT_AWAITABLE and inspect.isawaitable(retval):
                 retval = await (guard(retval) if guard is not None else retval)
         except asyncio.CancelledError as exc:
@@ -227,10 +235,12 @@ def _on_exception(
         return _on_retry(task, ctx, exc, started)
     if isinstance(exc, Ignore):
         logger.info(LOG_IGNORED, {'name': task.name, 'id': task_id, 'description': 'ignored'})
-        return Outcome(states.IGNORED, time.monotonic() - started)
+        return Outcome(states.IGNORED, time.monotonic() - started, exception=exc)
     if isinstance(exc, Reject):
         logger.info(LOG_REJECTED, {'name': task.name, 'id': task_id, 'exc': repr(exc)})
-        return Outcome(states.REJECTED, time.monotonic() - started, exc_repr=repr(exc), requeue=exc.requeue)
+        return Outcome(
+            states.REJECTED, time.monotonic() - started, exc_repr=repr(exc), requeue=exc.requeue, exception=exc
+        )
     if isinstance(exc, KeyboardInterrupt | SystemExit):
         raise exc
     if isinstance(exc, TimeLimitExceeded):  # a hard limit is final: never retried (a killed process is not)
@@ -260,6 +270,8 @@ def _may_store_later(task: Task[Any, Any], ctx: Context) -> bool:
         or signals.task_postrun.receivers
         or cls.on_success is not Task.on_success
         or cls.after_return is not Task.after_return
+        or 'on_success' in task.__dict__  # (annotated)
+        or 'after_return' in task.__dict__
     )
 
 
@@ -319,11 +331,14 @@ def _on_failure(
         from fastq.backends.chords import call_errbacks
 
         call_errbacks(task.app, ctx.errbacks, ctx, exc, einfo.traceback)
-    logger.error(
-        LOG_FAILURE,
-        {'name': task.name, 'id': task_id, 'description': 'raised unexpected', 'exc': repr(exc)},
-        exc_info=(type(exc), exc, exc.__traceback__),
-    )
+    if task.throws and isinstance(exc, task.throws):  # Celery's expected errors: INFO, no traceback
+        logger.info(LOG_FAILURE, {'name': task.name, 'id': task_id, 'description': 'raised expected', 'exc': repr(exc)})
+    else:
+        logger.error(
+            LOG_FAILURE,
+            {'name': task.name, 'id': task_id, 'description': 'raised unexpected', 'exc': repr(exc)},
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
     return outcome
 
 

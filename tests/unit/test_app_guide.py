@@ -1,0 +1,199 @@
+"""Celery's Application and Tasks guides, the parts that depend on when things are bound: a custom
+`Task.__call__` in the worker, settings configured after `@app.task`, annotations in their three forms,
+`config_from_object` with a dotted module path, `current_app`/`current_task` as live proxies, `throws`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastq import Fastq, Task
+from fastq.worker.worker import WorkController
+
+
+def test_a_custom_call_runs_in_the_worker_with_the_request(memory_app: Fastq) -> None:
+    seen: list[Any] = []
+
+    class DebugTask(Task):  # the Application guide's abstract task
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            seen.append(('call', self.request.id))
+            return super().__call__(*args, **kwargs)
+
+    @memory_app.task(base=DebugTask, bind=True)
+    def add(self: Any, x: int, y: int) -> int:
+        seen.append(('run', self.request.id, self.request.called_directly))
+        return x + y
+
+    assert add.apply((1, 2), task_id='eager-id').get() == 3
+    assert seen == [('call', 'eager-id'), ('run', 'eager-id', False)]
+    seen.clear()
+    worker = WorkController(memory_app, pool='threads', concurrency=1, quiet=True)
+    import threading
+
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        result = add.delay(2, 3)
+        assert result.get(timeout=30) == 5
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert seen == [('call', result.id), ('run', result.id, False)]
+    seen.clear()
+    assert add(1, 1) == 2 and seen == [('call', None), ('run', None, True)]  # called directly
+
+
+def test_settings_configured_after_the_decorator_apply(tmp_path: Path) -> None:
+    app = Fastq('late', broker='memory://', backend='memory://', set_as_current=False)
+
+    @app.task
+    def first() -> None:
+        pass
+
+    @app.task(acks_late=False)
+    def explicit() -> None:
+        pass
+
+    app.conf.update(
+        task_acks_late=True,
+        task_serializer='pickle',
+        accept_content=['json', 'pickle'],
+        task_time_limit=30,
+        task_track_started=True,
+        task_annotations={'*': {'rate_limit': '10/s'}},
+    )
+    first.delay()  # a send plans with the settings of now
+    assert first.serializer == 'pickle'
+    app.finalize()
+    assert (first.acks_late, first.time_limit, first.track_started, first.rate_limit) == (True, 30, True, '10/s')
+    assert explicit.acks_late is False  # set explicitly: not the setting's
+    first.time_limit = 5  # as `control time_limit` sets it
+    app.conf.task_time_limit = 60
+    first.sync_config()
+    assert first.time_limit == 5
+    app.close()
+
+
+def test_annotations_in_celerys_three_forms(memory_app: Fastq) -> None:
+    failures: list[Any] = []
+
+    def my_on_failure(self: Any, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        failures.append((self.name, repr(exc)))
+
+    class MyAnnotate:
+        def annotate(self, task: Any) -> dict[str, Any] | None:
+            if task.name.endswith('.limited'):
+                return {'rate_limit': '10/s'}
+            return None
+
+    def around(method: Any) -> Any:
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            failures.append('around')
+            return method(self, *args, **kwargs)
+
+        return wrapper
+
+    memory_app.conf.task_annotations = [MyAnnotate(), {'*': {'on_failure': my_on_failure, '@on_retry': around}}]
+
+    @memory_app.task
+    def limited() -> None:
+        raise KeyError('boom')
+
+    assert limited.rate_limit == '10/s'
+    assert limited.apply().state == 'FAILURE'
+    assert failures == [(limited.name, "KeyError('boom')")]
+    limited.on_retry(None, 'x', (), {}, None)
+    assert failures[-1] == 'around'
+
+
+def test_config_from_object_with_a_dotted_module_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / 'cfgpkg_guide'
+    package.mkdir()
+    (package / '__init__.py').write_text('')
+    (package / 'celeryconfig.py').write_text("task_default_queue = 'from-module'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = Fastq('cfg', broker='memory://', set_as_current=False)
+    app.config_from_object('cfgpkg_guide.celeryconfig')
+    assert app.conf.task_default_queue == 'from-module'
+    quiet = Fastq('cfg2', broker='memory://', set_as_current=False)
+    quiet.config_from_object('cfgpkg_guide.missing', silent=True)
+    assert quiet.conf.task_default_queue == 'celery'
+    broken = Fastq('cfg3', broker='memory://', set_as_current=False)
+    (package / 'broken.py').write_text('import no_such_module_anywhere\n')
+    broken.config_from_object('cfgpkg_guide.broken')
+    with pytest.raises(ModuleNotFoundError, match='no_such_module_anywhere'):
+        _ = broken.conf.task_default_queue
+    sys.modules.pop('cfgpkg_guide.celeryconfig', None)
+
+
+def test_current_app_and_current_task_are_live_proxies() -> None:
+    from fastq import current_app, current_task  # imported before the app exists, as at a module's top
+
+    app = Fastq('proxied', broker='memory://', backend='memory://')  # becomes current
+    try:
+        assert current_app.main == 'proxied' and isinstance(current_app, Fastq)
+        assert not current_task
+
+        @app.task
+        def who() -> list[Any]:
+            return [current_task.name, current_task.request.id]
+
+        assert who.apply(task_id='tid').get() == [who.name, 'tid']
+    finally:
+        app.close()
+
+
+def test_throws_are_expected_errors(memory_app: Fastq, caplog: pytest.LogCaptureFixture) -> None:
+    @memory_app.task(throws=(KeyError,))
+    def picky(key: str) -> None:
+        raise KeyError(key) if key == 'k' else ValueError(key)
+
+    with caplog.at_level(logging.INFO, logger='celery.app.trace'):
+        assert picky.apply(('k',)).state == 'FAILURE'
+        assert picky.apply(('v',)).state == 'FAILURE'
+    expected = [r for r in caplog.records if 'raised expected' in r.getMessage()]
+    unexpected = [r for r in caplog.records if 'raised unexpected' in r.getMessage()]
+    assert len(expected) == 1 and expected[0].levelno == logging.INFO and expected[0].exc_info is None
+    assert len(unexpected) == 1 and unexpected[0].levelno == logging.ERROR and unexpected[0].exc_info
+
+
+def test_task_attributes_from_the_tasks_guide(memory_app: Fastq) -> None:
+    from fastq.exceptions import Ignore, MaxRetriesExceededError, Reject
+
+    @memory_app.task(bind=True)
+    def ignored(self: Any) -> None:
+        assert self.MaxRetriesExceededError is MaxRetriesExceededError
+        raise Ignore()
+
+    @memory_app.task
+    def rejected() -> None:
+        raise Reject('no', requeue=False)
+
+    assert ignored.backend is memory_app.backend
+    result = ignored.apply()
+    assert result.state == 'IGNORED' and isinstance(result.result, Ignore)  # Celery's eager result
+    assert isinstance(rejected.apply().result, Reject)
+    with pytest.raises(ValueError, match='task_id must not be empty'):
+        ignored.update_state(state='PROGRESS', meta={'done': 1})  # outside a task, no id
+
+
+def test_a_logger_under_celery_task_formats_as_a_task_logger() -> None:
+    from fastq.utils.log import _WorkerFormatter, task_context
+
+    formatter = _WorkerFormatter('%(name)s %(message)s', '%(task_name)s[%(task_id)s]: %(message)s', None, False)
+    task_context('tid-1', 'proj.add')
+    try:
+        for name, expected in (
+            ('celery.task.custom', 'proj.add[tid-1]: hello'),
+            ('celery.task', 'proj.add[tid-1]: hello'),
+            ('celery.taskother', 'celery.taskother hello'),
+            ('myapp', 'myapp hello'),
+        ):
+            record = logging.LogRecord(name, logging.INFO, __file__, 1, 'hello', None, None)
+            assert formatter.format(record) == expected
+    finally:
+        task_context(None, None)
