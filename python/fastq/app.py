@@ -135,6 +135,10 @@ class Fastq:
         if set_as_current:
             _state.set_current_app(self)
         _state.register_app(self)
+        self.on_init()
+
+    def on_init(self) -> None:
+        """Called at the end of `__init__`: a hook for subclasses (Celery's)."""
 
     def set_current(self) -> None:
         """Make this the current app (what `current_app`, `shared_task` and `AsyncResult(id)` use)."""

@@ -197,3 +197,26 @@ def test_a_logger_under_celery_task_formats_as_a_task_logger() -> None:
             assert formatter.format(record) == expected
     finally:
         task_context(None, None)
+
+
+def test_retry_backoff_ignores_a_countdown_in_retry_kwargs(memory_app: Fastq) -> None:
+    from fastq.worker.trace import _autoretry
+
+    @memory_app.task(autoretry_for=(KeyError,), retry_backoff=2, retry_jitter=False, retry_kwargs={'countdown': 99})
+    def flaky() -> None:
+        pass
+
+    asked: list[dict[str, Any]] = []
+    flaky.retry = lambda **options: asked.append(options)  # type: ignore[method-assign]
+    _autoretry(flaky, KeyError('x'))
+    assert asked[0]['countdown'] == 2  # the backoff's (2 * 2 ** retries), not retry_kwargs'
+
+
+def test_on_init_is_called() -> None:
+    class MyApp(Fastq):
+        def on_init(self) -> None:
+            self.inited = True
+
+    app = MyApp('hooked', broker='memory://', set_as_current=False)
+    assert app.inited
+    app.close()

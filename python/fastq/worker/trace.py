@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from fastq.task import Context, Task
 
 logger = logging.getLogger('celery.app.trace')
+# As Celery's: an app that never set logging up (a client running tasks eagerly, `apply()` in tests) does not
+# get tracebacks on stderr from Python's last-resort handler; a configured root logger still gets them.
+logger.addHandler(logging.NullHandler())
 
 #: The base class's __call__: a task class that replaced it runs through its own (see `execute`).
 _TASK_CALL = _Task.__call__
@@ -126,7 +129,7 @@ def _autoretry(task: Task[Any, Any], exc: BaseException) -> None:
     if task.dont_autoretry_for and isinstance(exc, task.dont_autoretry_for):
         return
     options = dict(task.retry_kwargs or {})
-    if task.retry_backoff and 'countdown' not in options:
+    if task.retry_backoff:  # (a countdown in retry_kwargs is ignored then, as Celery documents)
         factor = 1 if task.retry_backoff is True else float(task.retry_backoff)
         countdown = min(factor * (2**task.request.retries), task.retry_backoff_max)
         if task.retry_jitter:
