@@ -21,7 +21,7 @@ import gc
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastq import _state, protocol, signals
@@ -29,6 +29,7 @@ from fastq.brokers.base import Outgoing
 from fastq.exceptions import AlwaysEagerIgnored, AMQPChannelError, BrokerConnectionError, OperationalError
 from fastq.result import AsyncResult
 from fastq.serialization import compression_mime
+from fastq.task import Task as _Task
 from fastq.utils.text import saferepr
 from fastq.utils.time import to_timestamp
 
@@ -58,6 +59,7 @@ _DELIVERY_MODES = {'persistent': 2, 'transient': 1}
 _NATIVE_SERIALIZERS = frozenset({'json', 'msgpack'})
 #: Plans kept per app before the cache starts over (distinct option sets are few in real programs).
 _MAX_PLANS = 512
+_TASK_ASYNC_RESULT = _Task.AsyncResult
 #: Batches at least this large are built with the cyclic garbage collector paused (see `gc_paused`).
 GC_PAUSE_BATCH = 1000
 #: Messages per part of a batch published while it is built (`Broker.publish_stream`), for batches larger
@@ -107,6 +109,7 @@ class SendPlan:
 
     __slots__ = (
         'add_to_parent',
+        'result_factory',
         'compression',
         'default_priority',
         'delivery_mode',
@@ -172,6 +175,12 @@ class SendPlan:
         self.retry: bool | None = routed.get('retry')
         self.retry_policy: dict[str, Any] | None = routed.get('retry_policy')
         self.add_to_parent = bool(routed.get('add_to_parent', True))
+        # A task class with its own AsyncResult (AbortableTask's): its results are made by it, as Celery's
+        # send_task(result_cls=task.AsyncResult) does; None for the usual kind.
+        custom = task_type if task_type is not None else app.tasks.get(name)
+        self.result_factory: Callable[[str], AsyncResult[Any]] | None = (
+            custom.AsyncResult if custom is not None and type(custom).AsyncResult is not _TASK_ASYNC_RESULT else None
+        )
 
 
 def _task_key(task: Task[Any, Any] | None) -> tuple[Any, ...] | None:
@@ -361,7 +370,10 @@ class _Context:
             expiration,
             delivery_tag,
         )
-        result: AsyncResult[Any] = AsyncResult(task_id, app=self.app, task_name=name)
+        factory = plan.result_factory
+        result: AsyncResult[Any] = (
+            AsyncResult(task_id, app=self.app, task_name=name) if factory is None else factory(task_id)
+        )
         result.ignored = plan.ignore_result
         result.sent_at = time.monotonic()
         return _Message(fields, plan, eta_time, result)
@@ -418,7 +430,10 @@ class _Context:
             None,
             delivery_tag,
         )
-        result: AsyncResult[Any] = AsyncResult(task_id, app=self.app, task_name=name)
+        factory = plan.result_factory
+        result: AsyncResult[Any] = (
+            AsyncResult(task_id, app=self.app, task_name=name) if factory is None else factory(task_id)
+        )
         result.ignored = plan.ignore_result
         result.sent_at = sent_at
         return _Message(fields, plan, None, result)
