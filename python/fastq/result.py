@@ -100,7 +100,7 @@ class AsyncResult(ResultBase, Generic[R]):
         self.app = app or _state.get_current_app()
         self.id = id
         self._backend = backend
-        self.name = task_name
+        self._name = task_name
         self.parent = parent
         self._cache: dict[str, Any] | None = None
         self.ignored = False
@@ -225,6 +225,16 @@ class AsyncResult(ResultBase, Generic[R]):
 
     def _extended(self, key: str) -> Any:
         return self._get_task_meta().get(key)
+
+    @property
+    def name(self) -> str | None:
+        """The task's name: as known when this result was made (sent from here), else as stored with the
+        result (`result_extended`), else None."""
+        return self._name if self._name is not None else self._extended('name')
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        self._name = value
 
     @property
     def args(self) -> Any:
@@ -431,7 +441,7 @@ class AsyncResult(ResultBase, Generic[R]):
         return f'<{type(self).__name__}: {self.id}>'
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return self.__class__, (self.id, None, self.name, None, self.parent)
+        return self.__class__, (self.id, None, self._name, None, self.parent)
 
 
 class EagerResult(AsyncResult[R]):
@@ -582,6 +592,7 @@ class ResultSet(ResultBase):
             propagate=propagate,
             interval=interval,
             callback=callback,
+            on_message=on_message,
             disable_sync_subtasks=disable_sync_subtasks,
             on_interval=on_interval,
         )
@@ -610,6 +621,7 @@ class ResultSet(ResultBase):
                 propagate=propagate,
                 interval=interval,
                 on_interval=on_interval,
+                on_message=on_message,
                 disable_sync_subtasks=disable_sync_subtasks,
             )
             if callback is not None:
@@ -619,6 +631,32 @@ class ResultSet(ResultBase):
         return values
 
     join_native = join
+
+    def iter_native(
+        self, timeout: float | None = None, interval: float = 0.5, no_ack: bool = True, **kwargs: Any
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(task id, result meta) for each task as it finishes, in order (Celery's; `join` is simpler)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for result in self.results:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            result.get(timeout=remaining, propagate=False, interval=interval, disable_sync_subtasks=False)
+            yield result.id, result._get_task_meta()
+
+    def then(self, callback: Any, on_error: Any = None, weak: bool = False) -> Future[Any]:
+        """Call `callback(self)` once every task finished (see `AsyncResult.then`)."""
+        future: Future[Any] = Future()
+
+        def wait() -> None:
+            try:
+                self.join(propagate=False, disable_sync_subtasks=False)
+                future.set_result(callback(self))
+            except Exception as exc:
+                future.set_exception(exc)
+                if on_error is not None:
+                    on_error(exc)
+
+        threading.Thread(target=wait, name='fastq-then-group', daemon=True).start()
+        return future
 
     @property
     def supports_native_join(self) -> bool:
@@ -703,7 +741,8 @@ class GroupResult(ResultSet):
         return f'<{type(self).__name__}: {self.id} [{", ".join(r.id for r in self.results)}]>'
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return self.__class__, (self.id, self.results)
+        # As the module's class: `app.GroupResult` is a subclass made per app, which pickle cannot name.
+        return GroupResult, (self.id, self.results, self.parent)
 
 
 def result_from_tuple(r: Any, app: Fastq | None = None) -> Any:

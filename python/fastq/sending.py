@@ -88,11 +88,12 @@ SEND_KEYWORDS = (
     'replaced_task_nesting',
     'argsrepr',
     'kwargsrepr',
+    'route_name',
 )
 #: Of those, the ones a group gives its members, for which `_Context.prepare_plain` is enough.
 PLAIN_KEYWORDS = frozenset({'task_id', 'reply_to', 'group_id', 'group_index', 'root_id'})
 #: Of those, the ones passed only as options (not parameters of `send_task`).
-_OPTION_ONLY_KEYWORDS = ('argsrepr', 'kwargsrepr')
+_OPTION_ONLY_KEYWORDS = ('argsrepr', 'kwargsrepr', 'route_name')
 
 
 def send_keywords(params: Mapping[str, Any], options: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +211,7 @@ def plan_for(
     args: Any,
     kwargs: Any,
 ) -> SendPlan:
-    """The plan for sending `name` (routed as `route_name`, its shadow) with `options`; cached unless a router
+    """The plan for sending `name` (routed as `route_name`: its own name, or map's inner task) with `options`; cached unless a router
     function, which sees the arguments, may answer differently per call."""
     if not app.router.static:
         return SendPlan(app, name, route_name, task_type, options, args, kwargs)
@@ -509,7 +510,8 @@ class _Single:
     ) -> None:
         if task_type is None and app.conf.task_always_eager:
             warnings.warn(AlwaysEagerIgnored('task_always_eager has no effect on send_task'), stacklevel=4)
-        plan = self.plan = plan_for(app, name, kw.get('shadow') or name, task_type, options, args, kwargs)
+        # Routed by the task's own name (a shadow name is for display), or by `route_name` (map's inner task)
+        plan = self.plan = plan_for(app, name, kw.get('route_name') or name, task_type, options, args, kwargs)
         task_id = kw.get('task_id')
         if task_id:
             tag = protocol.new_ids(1)[0]
@@ -646,12 +648,12 @@ class _Preparer:
         plan: SendPlan | None = None
         for i in range(start, stop):
             name, task_type, args, kwargs, kw, options = calls[i]
-            shadow = kw.get('shadow')
-            key = (name, shadow, id(task_type), id(options))
+            route_name = kw.get('route_name')
+            key = (name, route_name, id(task_type), id(options))
             if key != last:  # runs of calls alike (a group of one task) skip the lookup
                 plan = plans.get(key)
                 if plan is None:
-                    plan = plans[key] = plan_for(app, name, shadow or name, task_type, options, args, kwargs)
+                    plan = plans[key] = plan_for(app, name, route_name or name, task_type, options, args, kwargs)
                 last = key
             assert plan is not None
             task_id = kw.get('task_id') or ids[2 * i]

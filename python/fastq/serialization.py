@@ -9,7 +9,10 @@ worker only decodes them when they are named in `accept_content`.
 from __future__ import annotations
 
 import base64
+import importlib
+import importlib.util
 import pickle
+import sys
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +34,9 @@ __all__ = [
     'json_default',
     'json_tag_hook',
     'loads',
+    'python_compress',
+    'register',
+    'register_compression',
     'register_type',
     'serializer_by_content_type',
     'serializer_by_name',
@@ -130,10 +136,51 @@ _BY_CONTENT_TYPE = {s.content_type: s for s in _SERIALIZERS}
 BINARY_TYPES = frozenset({'application/data', 'application/text'})
 
 
+def register(
+    name: str,
+    encoder: Callable[[Any], bytes | str],
+    decoder: Callable[[bytes], Any],
+    content_type: str,
+    content_encoding: str = 'utf-8',
+) -> None:
+    """Add a serializer (kombu's `kombu.serialization.register`, same arguments): `serializer='name'` on a
+    call or `task_serializer`, and `accept_content=['name']` on the workers that should decode it."""
+
+    def encode(obj: Any) -> bytes:
+        data = encoder(obj)
+        return (
+            data.encode(content_encoding if content_encoding != 'binary' else 'utf-8')
+            if isinstance(data, str)
+            else data
+        )
+
+    serializer = Serializer(name, content_type, content_encoding, encode, decoder)
+    _BY_NAME[name] = serializer
+    _BY_CONTENT_TYPE[content_type] = serializer
+
+
+def _serializer_from_kombu(name: str | None = None, content_type: str | None = None) -> Serializer | None:
+    """A serializer registered with kombu (by a Celery app's code) and not with fastq: adopted."""
+    kombu = sys.modules.get('kombu.serialization')
+    if kombu is None:
+        return None
+    registry = kombu.registry
+    if name is None:
+        name = registry.type_to_name.get(content_type)
+    codec = registry._encoders.get(name) if name else None
+    if codec is None or codec.content_type not in registry._decoders:
+        return None
+    register(name, codec.encoder, registry._decoders[codec.content_type], codec.content_type, codec.content_encoding)
+    return _BY_NAME[name]
+
+
 def serializer_by_name(name: str) -> Serializer:
     try:
         return _BY_NAME[name]
     except KeyError:
+        adopted = _serializer_from_kombu(name=name)
+        if adopted is not None:
+            return adopted
         raise EncodeError(f'No encoder installed for {name!r} (known: {", ".join(_BY_NAME)})') from None
 
 
@@ -141,6 +188,9 @@ def serializer_by_content_type(content_type: str) -> Serializer:
     try:
         return _BY_CONTENT_TYPE[content_type]
     except KeyError:
+        adopted = _serializer_from_kombu(content_type=content_type)
+        if adopted is not None:
+            return adopted
         raise DecodeError(f'No decoder installed for content type {content_type!r}') from None
 
 
@@ -148,7 +198,7 @@ def accept_set(accept: Iterable[str]) -> frozenset[str]:
     """Content types for an `accept_content` list, which (as in Celery) may name serializers or mime types."""
     out = set()
     for item in accept:
-        s = _BY_NAME.get(item)
+        s = _BY_NAME.get(item) or (None if '/' in item else _serializer_from_kombu(name=item))
         out.add(s.content_type if s else item)
     return frozenset(out)
 
@@ -183,6 +233,69 @@ _COMPRESSION_ALIASES = {
     'bzip': 'application/x-bz2',
     'application/x-bz2': 'application/x-bz2',
 }
+#: Wire names compressed in Rust (zlib and bzip2, byte-identical to kombu's); the others by Python codecs.
+_NATIVE_COMPRESSION = frozenset({'application/x-gzip', 'application/x-bz2'})
+#: Python codecs by wire name: (compress, decompress).
+_PYTHON_CODECS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {}
+
+
+def register_compression(
+    encoder: Callable[[bytes], bytes],
+    decoder: Callable[[bytes], bytes],
+    content_type: str,
+    aliases: Iterable[str] = (),
+) -> None:
+    """Add a compression method (kombu's `kombu.compression.register`, same arguments): `compression='name'`
+    on a call or `task_compression` then use it, and workers decompress bodies flagged with `content_type`."""
+    _PYTHON_CODECS[content_type] = (encoder, decoder)
+    _COMPRESSION_ALIASES[content_type] = content_type
+    for alias in aliases:
+        _COMPRESSION_ALIASES[alias] = content_type
+
+
+def _lazy(module: str, compress: str, decompress: str) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:
+    def encode(data: bytes) -> bytes:
+        return getattr(importlib.import_module(module), compress)(data)  # type: ignore[no-any-return]
+
+    def decode(data: bytes) -> bytes:
+        return getattr(importlib.import_module(module), decompress)(data)  # type: ignore[no-any-return]
+
+    return encode, decode
+
+
+def _zstd() -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:
+    def encode(data: bytes) -> bytes:
+        import zstandard  # type: ignore[import-not-found]
+
+        return zstandard.ZstdCompressor().compress(data)  # type: ignore[no-any-return]
+
+    def decode(data: bytes) -> bytes:
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompress(data)  # type: ignore[no-any-return]
+
+    return encode, decode
+
+
+# kombu's other built-in methods, under its names: lzma always (the standard library's), brotli and zstd
+# when their packages are installed (as kombu registers them).
+register_compression(*_lazy('lzma', 'compress', 'decompress'), 'application/x-lzma', aliases=('lzma', 'xz'))
+if importlib.util.find_spec('brotli') is not None:
+    register_compression(*_lazy('brotli', 'compress', 'decompress'), 'application/x-brotli', aliases=('brotli',))
+if importlib.util.find_spec('zstandard') is not None:
+    register_compression(*_zstd(), 'application/zstd', aliases=('zstd', 'zstandard'))
+
+
+def _from_kombu(name: str) -> str | None:
+    """A compression method registered with kombu (by a Celery app's code) and not with fastq: adopted."""
+    kombu = sys.modules.get('kombu.compression')
+    if kombu is None:
+        return None
+    mime = kombu._aliases.get(name, name)
+    if mime not in kombu._encoders:
+        return None
+    register_compression(kombu._encoders[mime], kombu._decoders[mime], mime, aliases=(name,))
+    return str(mime)
 
 
 def compression_mime(name: str) -> str:
@@ -190,17 +303,38 @@ def compression_mime(name: str) -> str:
     try:
         return _COMPRESSION_ALIASES[name]
     except KeyError:
+        adopted = _from_kombu(name)
+        if adopted is not None:
+            return adopted
         known = ', '.join(sorted({k for k in _COMPRESSION_ALIASES if '/' not in k}))
         raise EncodeError(f'Unknown compression method {name!r} (known: {known})') from None
 
 
+def python_compress(data: bytes, mime: str) -> bytes:
+    """`data` compressed by a Python codec (called from the compiled envelope builders for non-native ones)."""
+    codec = _PYTHON_CODECS.get(mime)
+    if codec is None:
+        raise EncodeError(f'Unknown compression method {mime!r}')
+    return codec[0](data)
+
+
 def compress(data: bytes, name: str) -> tuple[bytes, str]:
     mime = compression_mime(name)
-    return _core.compress(data, mime), mime
+    if mime in _NATIVE_COMPRESSION:
+        return _core.compress(data, mime), mime
+    return python_compress(data, mime), mime
 
 
 def decompress(data: bytes, mime: str) -> bytes:
+    resolved = _COMPRESSION_ALIASES.get(mime) or _from_kombu(mime) or mime
     try:
-        return _core.decompress(data, _COMPRESSION_ALIASES.get(mime, mime))
-    except ValueError as exc:
+        if resolved in _NATIVE_COMPRESSION:
+            return _core.decompress(data, resolved)
+        codec = _PYTHON_CODECS.get(resolved)
+        if codec is None:
+            raise ValueError(f'unknown compression {mime!r}')
+        return codec[1](data)
+    except DecodeError:
+        raise
+    except Exception as exc:
         raise DecodeError(f'cannot decompress {mime} body: {exc}') from exc

@@ -650,6 +650,13 @@ class Task(Generic[P, R]):
             raise ValueError(f'task_id must not be empty. Got {task_id!r} instead.')
         self.app.backend.store_result(task_id, meta, state or states.PENDING, request=self.request, **kwargs)
 
+    def send_event(self, type_: str, retry: bool = True, retry_policy: Any = None, **fields: Any) -> None:
+        """Send a monitoring event about the running task (`uuid` is its id): custom event types for Flower
+        and `app.events.Receiver` handlers (Celery's). Sent whether or not the worker has -E."""
+        request = self.request
+        with self.app.events.default_dispatcher(hostname=request.hostname) as dispatcher:
+            dispatcher.send(type_, uuid=request.id, **fields)
+
     @property
     def backend(self) -> Any:
         """The result backend this task's results are stored in (the app's)."""

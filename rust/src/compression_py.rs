@@ -16,6 +16,19 @@ pub fn codec(mime: &str) -> PyResult<Codec> {
     })
 }
 
+/// `data` compressed with the codec named by `mime`: kombu's zlib and bzip2 here, any other (lzma, and what
+/// `fastq.serialization.register_compression` added) by its Python encoder.
+pub fn compress_any(py: Python<'_>, mime: &str, data: &[u8]) -> PyResult<Vec<u8>> {
+    if let Some(codec) = Codec::from_mime(mime) {
+        return Ok(maybe_without_gil(py, data, || compression::compress(codec, data)));
+    }
+    let encoded = py
+        .import(pyo3::intern!(py, "fastq.serialization"))?
+        .getattr(pyo3::intern!(py, "python_compress"))?
+        .call1((PyBytes::new(py, data), mime))?;
+    Ok(encoded.downcast::<PyBytes>()?.as_bytes().to_vec())
+}
+
 /// Runs `f` without the GIL when `data` is big enough for other threads to make use of the time;
 /// for the usual few-hundred-byte bodies, releasing and re-taking the GIL would cost more than it frees.
 fn maybe_without_gil<T: Send>(py: Python<'_>, data: &[u8], f: impl FnOnce() -> T + Send) -> T {

@@ -198,3 +198,20 @@ def test_events_camera_detached(tasks: Any, worker: Any, tmp_path: Path, urls: d
     finally:
         os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not pidfile.exists(), message='the camera stopped and removed its pidfile')
+
+
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_a_task_sends_custom_events(tasks: Any, worker: Any) -> None:
+    # Task.send_event: custom event types reach receivers (and Flower), -E or not
+    receiver = tasks.app.events.Receiver()
+    receiver.consume()
+    try:
+        worker('-n', 'custom@%h')
+        result = tasks.announce.delay(2)
+        assert result.get(timeout=30) == 2
+        events = collect(receiver, lambda events: any(e['type'] == 'task-progress' for e in events))
+    finally:
+        receiver.close()
+    event = next(e for e in events if e['type'] == 'task-progress')
+    assert event['uuid'] == result.id and event['current'] == 2 and event['total'] == 3
+    assert event['hostname'].startswith('custom@')

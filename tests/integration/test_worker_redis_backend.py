@@ -52,3 +52,24 @@ def test_collect_the_tasks_a_task_sent(tasks: Any, worker: Any) -> None:
     assert {node.id for node in result.graph} == {node.id for node, _ in collected}
     assert result.get_leaf() in (0, 2, 4)
     assert result.then(lambda r: r.get() * 10).result(timeout=30) == 30
+
+
+def test_link_callbacks_and_the_next_chain_step_are_children(tasks: Any, worker: Any) -> None:
+    # The Canvas guide: `add.apply_async((2, 2), link=mul.s(16)); res.children[0].get()` -> 64
+    from fastq import chain
+    from fastq.result import GroupResult
+
+    worker()
+    res = tasks.add.apply_async((2, 2), link=tasks.mul.s(16))
+    assert res.get(timeout=30) == 4
+    assert res.children is not None and len(res.children) == 1
+    assert res.children[0].get(timeout=30) == 64
+    two = tasks.add.apply_async((1, 1), link=[tasks.mul.s(2), tasks.mul.s(3)])
+    assert two.get(timeout=30) == 2
+    assert len(two.children or []) == 1 and isinstance(two.children[0], GroupResult)  # several: one group
+    assert sorted(two.children[0].get(timeout=30)) == [4, 6]
+    last = chain(tasks.add.s(4, 4), tasks.mul.s(8), tasks.mul.s(10))()
+    assert last.get(timeout=30) == 640
+    first = last.parent.parent
+    assert [node.id for node in first.children or []] == [last.parent.id]
+    assert first.get_leaf() == 640

@@ -354,3 +354,10 @@ def fan_out(n: int) -> int:
     for i in range(n):
         add.delay(i, i)
     return n
+
+
+@app.task(bind=True)
+def announce(self, step: int) -> int:  # type: ignore[no-untyped-def]
+    """Sends a custom event about itself (Celery's Task.send_event)."""
+    self.send_event('task-progress', current=step, total=3)
+    return step

@@ -93,3 +93,25 @@ def test_then_calls_back_once_done(memory_app: Fastq) -> None:
     with pytest.raises(ZeroDivisionError):
         failing.result(timeout=10)
     assert isinstance(errors[0], ZeroDivisionError)
+
+
+def test_a_group_result_pickles(memory_app: Fastq) -> None:
+    import pickle
+
+    group = memory_app.GroupResult('gid', [AsyncResult('a', app=memory_app), AsyncResult('b', app=memory_app)])
+    back = pickle.loads(pickle.dumps(group))
+    assert isinstance(back, GroupResult) and back.id == 'gid' and [r.id for r in back.results] == ['a', 'b']
+
+
+def test_result_set_then_iter_native_and_on_message(memory_app: Fastq) -> None:
+    from fastq.result import ResultSet
+
+    a, b = done(memory_app, 'rs-a', 1), done(memory_app, 'rs-b', 2)
+    results = ResultSet([a, b], app=memory_app)
+    assert [(task_id, meta['result']) for task_id, meta in results.iter_native(timeout=5)] == [('rs-a', 1), ('rs-b', 2)]
+    assert results.then(lambda rs: rs.join()).result(timeout=10) == [1, 2]
+    heard: list[Any] = []
+    pending = AsyncResult('rs-later', app=memory_app)
+    later = ResultSet([pending], app=memory_app)
+    threading.Timer(0.2, lambda: memory_app.backend.store_result('rs-later', 3, states.SUCCESS)).start()
+    assert later.get(timeout=10, on_message=heard.append) == [3]

@@ -114,3 +114,19 @@ def test_what_a_message_is_published_with() -> None:
     assert sent({'queue': 'news'}) == ('topics', 'news.#')
     assert sent({'queue': 'news', 'routing_key': 'news.sport'}) == ('topics', 'news.sport')
     assert sent({'queue': KombuQueue('adhoc')}) == ('', 'adhoc')
+
+
+def test_map_and_starmap_go_where_their_task_is_routed_and_a_shadow_name_does_not_route(
+    app: Fastq, redis_url: str
+) -> None:
+    # Celery routes `add.map(...)` as `add` (route_name), and a task sent with shadow= by its real name
+    app.conf.task_routes = {'routing_guide.add': {'queue': 'addq'}, 'shown.as': {'queue': 'wrongq'}}
+
+    @app.task(name='routing_guide.add')
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    add.starmap([(1, 2)]).apply_async()
+    add.map([(1, 2)]).apply_async()
+    add.apply_async((1, 2), shadow='shown.as')
+    assert lengths(redis_url) == {'addq': 3}

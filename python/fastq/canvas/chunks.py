@@ -31,6 +31,14 @@ class _basemap(Signature[Any]):
         # Immutable, with no subtask_type (as Celery sends it): on the wire, a call of the built-in task.
         super().__init__(self._task_name, (), {'task': task, 'it': list(it)}, immutable=True, **options)
 
+    def apply_async(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+        # Routed as the task it maps (Celery's): `task_routes` for `add` send `add.map(...)` where `add` goes.
+        inner = self.kwargs['task']
+        name = inner.get('task') if isinstance(inner, Mapping) else getattr(inner, 'name', None)
+        if name and not options.get('route_name'):
+            options['route_name'] = name
+        return super().apply_async(args, kwargs, **options)
+
 
 @Signature.register_type()
 class xmap(_basemap):

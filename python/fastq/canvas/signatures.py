@@ -302,7 +302,6 @@ class Signature(dict[str, Any], Generic[R]):
 
     def apply_async(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Result[R]:
         """Send the task; `args` are prepended to the signature's, options given here win (None ignored)."""
-        options.pop('route_name', None)
         options = {k: v for k, v in options.items() if v is not None}
         if args or kwargs or options:
             new_args, new_kwargs, new_opts = self._merge(args, kwargs, options)

@@ -38,7 +38,7 @@ def _check_serializer(conf: Settings, name: str) -> None:
 
 
 def _check_accept(conf: Settings, name: str) -> None:
-    from fastq.serialization import _BY_CONTENT_TYPE, _BY_NAME, BINARY_TYPES
+    from fastq.serialization import _BY_CONTENT_TYPE, _BY_NAME, BINARY_TYPES, _serializer_from_kombu
 
     value = conf[name]
     if value is None:
@@ -46,7 +46,10 @@ def _check_accept(conf: Settings, name: str) -> None:
     if isinstance(value, str):
         raise _fail(name, f'expected a list of serializer names, got the string {value!r} (write [{value!r}])')
     for item in value:
-        if item not in _BY_NAME and item not in _BY_CONTENT_TYPE and item not in BINARY_TYPES:
+        known = item in _BY_NAME or item in _BY_CONTENT_TYPE or item in BINARY_TYPES
+        if not known and '/' not in item and _serializer_from_kombu(name=item) is not None:
+            continue  # registered with kombu by the app's code: adopted
+        if not known:
             raise _fail(name, f'unknown serializer {item!r} (known: {", ".join(_BY_NAME)})')
 
 

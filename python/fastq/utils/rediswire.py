@@ -25,13 +25,16 @@ from typing import Any, NoReturn
 
 import hiredis
 import redis
+import redis.backoff
 import redis.exceptions
+import redis.retry
 
 from fastq.brokers.redis.connection import pack
 
 Command = Sequence[str | bytes | int | float]
 
 _READ_SIZE = 65536
+_NO_RETRY = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
 
 #: Forks this process is from (counted in each child): a connection made in an earlier generation is the
 #: parent's. Checked on every call instead of os.getpid(), a system call (glibc does not cache it).
@@ -63,7 +66,9 @@ class Link:
         # Made as the pool makes its own (so Sentinel's find the master), but not counted in its
         # max_connections: the pool neither hands this connection out nor takes it back.
         pool = self._pool
-        conn: Any = pool.connection_class(**pool.connection_kwargs)
+        # One attempt: redis-py's own retries (10, with backoff, by default in redis-py 6+) would hold a publish
+        # for seconds before fastq's retry policy (`retry`, `retry_policy`, the fetcher's backoff) even starts.
+        conn: Any = pool.connection_class(**{**pool.connection_kwargs, 'retry': _NO_RETRY})
         conn.connect()
         sock = getattr(conn, '_sock', None)
         if sock is None:

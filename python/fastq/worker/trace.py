@@ -88,15 +88,23 @@ class _Einfo:
 
 
 def _apply_signatures(app: Any, sigs: Any, args: tuple[Any, ...], parent: Context) -> None:
+    """Send a task's link callbacks with its return value, as Celery's tracer does: one callback as itself;
+    several as one group (and each group among them as itself), so `result.children` reads as in Celery."""
     if not sigs:
         return
-    from fastq.canvas import maybe_signature
+    from fastq.canvas import group, maybe_signature
 
-    for raw in sigs:
-        sig = maybe_signature(raw, app=app)
-        if sig is None:
-            continue
-        sig.clone(args).apply_async(parent_id=parent.id, root_id=parent.root_id or parent.id)
+    found = [sig for sig in (maybe_signature(raw, app=app) for raw in sigs) if sig is not None]
+    ids = {'parent_id': parent.id, 'root_id': parent.root_id or parent.id}
+    if len(found) == 1:
+        found[0].clone(args).apply_async(**ids)
+        return
+    for sig in found:
+        if isinstance(sig, group):
+            sig.apply_async(args, **ids)
+    rest = [sig for sig in found if not isinstance(sig, group)]
+    if rest:
+        group(rest, app=app).apply_async(args, **ids)
 
 
 def _continue_chain(app: Any, chain: list[Any] | None, retval: Any, request: Context) -> None:
@@ -262,8 +270,6 @@ def _on_exception(
 def _may_store_later(task: Task[Any, Any], ctx: Context) -> bool:
     """Whether nothing that runs after the store in this trace could look for the stored result: no chord,
     callbacks or chain to continue, no success/postrun receivers, no overridden success hooks."""
-    from fastq.task import Task  # fastq.task imports this module
-
     cls = type(task)
     return not (
         ctx.chord
@@ -271,8 +277,8 @@ def _may_store_later(task: Task[Any, Any], ctx: Context) -> bool:
         or ctx.chain
         or signals.task_success.receivers
         or signals.task_postrun.receivers
-        or cls.on_success is not Task.on_success
-        or cls.after_return is not Task.after_return
+        or cls.on_success is not _Task.on_success
+        or cls.after_return is not _Task.after_return
         or 'on_success' in task.__dict__  # (annotated)
         or 'after_return' in task.__dict__
     )
@@ -282,6 +288,9 @@ def _on_success(
     task: Task[Any, Any], ctx: Context, retval: Any, args: list[Any], kwargs: dict[str, Any], started: float
 ) -> Outcome:
     task_id = ctx.id or ''
+    if not ctx.is_eager:  # sent before the result is stored, so the stored `children` list them (Celery's)
+        _apply_signatures(task.app, ctx.callbacks, (retval,), ctx)
+        _continue_chain(task.app, ctx.chain, retval, ctx)
     if _store_allowed(task, ctx, failure=False):
         if _may_store_later(task, ctx):
             task.app.backend.store_success_later(task_id, retval, request=ctx)
@@ -294,9 +303,6 @@ def _on_success(
     task.on_success(retval, task_id, args, kwargs)
     if signals.task_success.connected:
         signals.task_success.send(sender=task, result=retval, runtime=runtime)
-    if not ctx.is_eager:
-        _apply_signatures(task.app, ctx.callbacks, (retval,), ctx)
-        _continue_chain(task.app, ctx.chain, retval, ctx)
     if logger.isEnabledFor(logging.INFO):  # the arguments cost more than the check (a task per call)
         logger.info(
             LOG_SUCCESS, {'name': task.name, 'id': task_id, 'runtime': runtime, 'return_value': outcome.retval_repr}

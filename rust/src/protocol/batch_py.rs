@@ -15,8 +15,7 @@ use super::{
     Serializer, COMPRESSION_HEADER, CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, CORRELATION_ID, HEADERS, REPLY_TO,
     TIMELIMIT,
 };
-use crate::compression;
-use crate::compression_py::codec;
+use crate::compression_py::compress_any;
 use crate::json::encode_py::{optional, Encoder};
 
 /// Fields of one message tuple, in order (documented in `_core.pyi`, `task_envelopes`).
@@ -188,7 +187,7 @@ fn envelope<'py>(
     let compression: Option<&PyString> = optional(f(28)).map(PyAny::downcast).transpose()?;
     let mut body = body_py::encode(py, serializer, args, kwargs, [f(23), f(24), f(25), f(26)], default)?;
     if let Some(mime) = compression {
-        body = compression::compress(codec(mime.to_str()?)?, &body);
+        body = compress_any(py, mime.to_str()?, &body)?;
     }
     let reply_to = required::<PyString>(f(20), "reply_to", "a str")?;
     let properties: [(&PyAny, &PyAny); 2] = [

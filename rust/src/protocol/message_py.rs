@@ -10,8 +10,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyLong, PyString};
 use super::envelope::{self, DeliveryProperty};
 use super::{COMPRESSION_HEADER, CORRELATION_ID, HEADERS, LANG, REPLY_TO, TIMELIMIT};
 use crate::base64;
-use crate::compression;
-use crate::compression_py::codec;
+use crate::compression_py::compress_any;
 use crate::json::decode_py::{self, HeaderPositions};
 use crate::json::encode_py::{optional, Encoder};
 use crate::json::string::write_escaped;
@@ -518,7 +517,7 @@ pub fn task_message<'py>(
     let body = match optional(compression) {
         Some(mime) => {
             let mime: &PyString = mime.downcast()?;
-            let packed = compression::compress(codec(mime.to_str()?)?, body.as_bytes());
+            let packed = compress_any(py, mime.to_str()?, body.as_bytes())?;
             headers.set_item(intern!(py, COMPRESSION_HEADER), mime)?;
             PyBytes::new(py, &packed)
         }
