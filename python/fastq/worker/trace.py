@@ -95,7 +95,7 @@ def _apply_signatures(app: Any, sigs: Any, args: tuple[Any, ...], parent: Contex
     from fastq.canvas import group, maybe_signature
 
     found = [sig for sig in (maybe_signature(raw, app=app) for raw in sigs) if sig is not None]
-    ids = {'parent_id': parent.id, 'root_id': parent.root_id or parent.id}
+    ids: dict[str, Any] = {'parent_id': parent.id, 'root_id': parent.root_id or parent.id}
     if len(found) == 1:
         found[0].clone(args).apply_async(**ids)
         return
