@@ -30,6 +30,20 @@ P = ParamSpec('P')
 R = TypeVar('R')
 
 
+#: Header names that are the protocol's, not the sender's (Celery's list: the Context fields and these), and
+#: prefixes of fastq's own and RabbitMQ's dead-lettering headers.
+_PROTOCOL_KEYS = frozenset(
+    {
+        'lang', 'task', 'id', 'shadow', 'eta', 'expires', 'group', 'group_index', 'retries', 'timelimit',
+        'root_id', 'parent_id', 'argsrepr', 'kwargsrepr', 'origin', 'ignore_result', 'replaced_task_nesting',
+        'stamped_headers', 'stamps', 'compression', 'redelivered', 'chord', 'chain', 'callbacks', 'errbacks',
+        'args', 'kwargs', 'is_eager', 'correlation_id', 'reply_to', 'hostname', 'delivery_info', 'utc',
+        'called_directly', 'headers', 'properties', 'priority',
+    }
+)  # fmt: skip
+_OWN_PREFIXES = ('fastq_', 'x-fastq-', 'x-death', 'x-first-death-', 'x-last-death-')
+
+
 class Context:
     """The request of the task being executed (`self.request` in a bound task), with Celery's field names."""
 
@@ -58,7 +72,6 @@ class Context:
     utc: bool | None = True
     ignore_result: bool = False
     called_directly: bool = True
-    headers: dict[str, Any] | None = None
     properties: dict[str, Any] | None = None
     shadow: str | None = None
     replaced_task_nesting: int = 0
@@ -98,6 +111,21 @@ class Context:
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default)
 
+    @property
+    def all_headers(self) -> dict[str, Any] | None:
+        """Every header of the message (the protocol's and the sender's), as fastq's worker received it."""
+        return self.__dict__.get('headers')
+
+    def _custom_headers(self) -> dict[str, Any] | None:
+        raw = self.__dict__.get('headers')
+        if not raw:
+            return None
+        custom = {k: v for k, v in raw.items() if k not in _PROTOCOL_KEYS and not k.startswith(_OWN_PREFIXES)}
+        return custom or None
+
+    def _set_headers(self, value: dict[str, Any] | None) -> None:
+        self.__dict__['headers'] = value
+
     def as_execution_options(self) -> dict[str, Any]:
         return {
             'task_id': self.id,
@@ -119,6 +147,10 @@ class Context:
 
     def __repr__(self) -> str:
         return f'<Context: {vars(self)!r}>'
+
+    #: The headers the sender added (`apply_async(headers={...})`, beat's `celery_beat_task`), None when
+    #: there are none: Celery's `request.headers`. (The message's protocol headers are the other fields.)
+    headers = property(_custom_headers, _set_headers)
 
 
 class _RequestStack:
@@ -635,8 +667,7 @@ class Task(Generic[P, R]):
             'priority': delivery_info.get('priority'),
             **extra,
         }
-        options.pop('headers', None)
-        options = {k: v for k, v in options.items() if v is not None}
+        options = {k: v for k, v in options.items() if v is not None}  # (the sender's headers carry over)
         return self.signature(
             request.args if args is None else args, request.kwargs if kwargs is None else kwargs, **options
         )

@@ -16,7 +16,7 @@ app.conf.beat_schedule = {'every-second': {'task': 'beat_tasks.record', 'schedul
 
 @app.task(bind=True, ignore_result=True)
 def record(self: object) -> None:
-    run = (self.request.headers or {}).get('fastq_beat_run')  # type: ignore[attr-defined]
+    run = (self.request.all_headers or {}).get('fastq_beat_run')  # type: ignore[attr-defined]
     with open(os.environ['BEAT_RECORD'], 'a') as f:
         f.write(f'{run} {os.getpid()}\n')
         f.flush()

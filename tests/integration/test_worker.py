@@ -317,6 +317,9 @@ def test_a_custom_header_reads_as_a_request_attribute(tasks: Any, worker: Any) -
     worker()
     assert tasks.header_of.apply_async(('tenant',), headers={'tenant': 'acme'}).get(timeout=30) == 'acme'
     assert tasks.header_of.delay('tenant').get(timeout=30) is None
+    # request.headers: the sender's headers only, as Celery's (None without any)
+    assert tasks.header_of.apply_async(('headers',), headers={'tenant': 'acme'}).get(timeout=30) == {'tenant': 'acme'}
+    assert tasks.header_of.delay('headers').get(timeout=30) is None
 
 
 @pytest.mark.parametrize('broker_kind', ['sqlite'])

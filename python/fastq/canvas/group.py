@@ -94,6 +94,17 @@ class group(Signature[Any]):
         for task in self.tasks:
             task.set_immutable(immutable)
 
+    def skew(self, start: float = 1.0, stop: float | None = None, step: float = 1.0) -> group:
+        """Spread the tasks out in time: countdowns `start`, `start + step`, ... (the last repeated once
+        `stop` is reached), as Celery's `group.skew` (the Canvas guide's chunks example)."""
+        countdown = float(start)
+        for task in self.tasks:
+            if stop and countdown > stop:  # (kombu's fxrange: up to `stop` included, then the last again)
+                countdown -= step
+            task.set(countdown=countdown)
+            countdown += step
+        return self
+
     def link(self, callback: Signature[Any]) -> Signature[Any]:
         """Linked to the first task only, made immutable: use a chord to act on all the results."""
         return self.tasks[0].link(callback.clone().set(immutable=True))
