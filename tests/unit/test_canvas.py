@@ -301,6 +301,7 @@ def test_group_skew_spreads_countdowns_as_celerys(memory_app: Any) -> None:
         return x + y
 
     for start, stop, step in ((1.0, None, 1.0), (1, 3, 0.5), (0.5, 2, 1.0)):
-        skewed = add.chunks(zip(range(8), range(8)), 1).group().skew(start=start, stop=stop, step=step)
+        pairs = [(i, i) for i in range(8)]
+        skewed = add.chunks(pairs, 1).group().skew(start=start, stop=stop, step=step)
         expected = list(itertools.islice(fxrange(start, stop, step, repeatlast=True), 8))
         assert [task.options['countdown'] for task in skewed.tasks] == expected
