@@ -160,6 +160,24 @@ class Control:
             **kwargs,
         )
 
+    def revoke_by_stamped_headers(
+        self,
+        headers: dict[str, Any] | Sequence[str],
+        destination: Sequence[str] | None = None,
+        terminate: bool = False,
+        signal: str = 'SIGTERM',
+        **kwargs: Any,
+    ) -> list[dict[str, Any]] | None:
+        """Tell workers not to run tasks stamped with these values (`{'mtask_id': [id1, id2]}`; see
+        `Signature.stamp`), and with `terminate` to kill the running ones. Held in each worker's memory, as
+        Celery's (a worker that starts later does not know of them)."""
+        return self.broadcast(
+            'revoke_by_stamped_headers',
+            destination=destination,
+            arguments={'headers': headers, 'terminate': terminate, 'signal': signal},
+            **kwargs,
+        )
+
     def terminate(
         self, task_id: str, destination: Sequence[str] | None = None, signal: str = 'SIGTERM', **kwargs: Any
     ) -> Any:

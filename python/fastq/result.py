@@ -406,6 +406,18 @@ class AsyncResult(ResultBase, Generic[R]):
         if wait:
             self.backend.wait_for(self.id, timeout=timeout)
 
+    def revoke_by_stamped_headers(
+        self,
+        headers: dict[str, Any],
+        connection: Any = None,
+        terminate: bool = False,
+        signal: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Revoke the tasks stamped with these values (see `app.control.revoke_by_stamped_headers`)."""
+        self.app.control.revoke_by_stamped_headers(headers, terminate=terminate, signal=signal or 'SIGTERM')
+
     def _maybe_reraise_parent_error(self) -> None:
         parents = []
         node = self.parent

@@ -73,3 +73,32 @@ def test_link_callbacks_and_the_next_chain_step_are_children(tasks: Any, worker:
     first = last.parent.parent
     assert [node.id for node in first.children or []] == [last.parent.id]
     assert first.get_leaf() == 640
+
+
+def test_stamps_reach_the_task_the_result_and_revoke_by_stamped_headers(tasks: Any, worker: Any) -> None:
+    # Canvas guide, Stamping: stamps in the task's request, in extended results, and revoking by them
+    from fastq import group
+
+    worker('-c', '1', extra_env={'FASTQ_RESULT_EXTENDED': 'true'})
+    sig = tasks.stamps_of.s()
+    sig.stamp(mystamp='S1', other='o')
+    result = sig.apply_async()
+    assert result.get(timeout=30) == {
+        'stamps': {'mystamp': 'S1', 'other': 'o'},
+        'stamped_headers': ['mystamp', 'other'],
+    }
+    meta = tasks.app.backend.get_task_meta(result.id)
+    assert meta['mystamp'] == 'S1' and sorted(meta['stamped_headers']) == ['mystamp', 'other']
+
+    busy = tasks.long.delay(2)  # the one slot taken: what follows waits in the worker
+    later = group(tasks.add.s(i, i) for i in range(3))
+    later.stamp(batch='b-42')
+    held = later.apply_async()
+    kept = tasks.add.s(1, 1).stamp(batch='b-7').apply_async()
+    replies = tasks.app.control.revoke_by_stamped_headers({'batch': 'b-42'}, reply=True, timeout=1)
+    assert replies and 'flagged as revoked' in next(iter(replies[0].values()))['ok']
+    for r in held.results:
+        with pytest.raises(Exception, match='revoked'):
+            r.get(timeout=30)
+        assert r.state == states.REVOKED
+    assert kept.get(timeout=30) == 2 and busy.get(timeout=30)

@@ -361,3 +361,9 @@ def announce(self, step: int) -> int:  # type: ignore[no-untyped-def]
     """Sends a custom event about itself (Celery's Task.send_event)."""
     self.send_event('task-progress', current=step, total=3)
     return step
+
+
+@app.task(bind=True)
+def stamps_of(self) -> object:  # type: ignore[no-untyped-def]
+    """The stamps this task was sent with (Celery's stamping API)."""
+    return {'stamps': self.request.stamps, 'stamped_headers': sorted(self.request.stamped_headers or [])}

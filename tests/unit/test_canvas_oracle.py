@@ -97,7 +97,7 @@ def normalise(sent: list[tuple[str, dict[str, Any]]], result: Any, oids: tuple[s
         # fastq's own header (its send time, for the time-in-queue metric): Celery sends none
         headers = {k: v for k, v in envelope['headers'].items() if k != 'fastq_sent_at'}
         messages.append({'queue': queue, 'headers': headers, 'properties': props, 'body': body})
-    text = json.dumps({'messages': messages, 'result': result}, sort_keys=True)
+    text = json.dumps(_sorted_stamp_names({'messages': messages, 'result': result}), sort_keys=True)
     for oid in oids:
         text = text.replace(oid, '<oid>')
     ids: dict[str, str] = {}
@@ -109,6 +109,58 @@ def as_tuple(result: Any) -> Any:
 
 
 Build = Callable[[SimpleNamespace], Any]
+
+
+class Visitor:
+    """A stamping visitor (duck-typed: Celery's and fastq's stamp() only call these methods)."""
+
+    def on_signature(self, sig: Any, **headers: Any) -> dict[str, Any]:
+        return {'on_sig': 'S', 'task_stamp': sig.task}
+
+    def on_group_start(self, group: Any, **headers: Any) -> dict[str, Any]:
+        return {'grp': 'G'}
+
+    def on_group_end(self, group: Any, **headers: Any) -> None:
+        pass
+
+    def on_chain_start(self, chain: Any, **headers: Any) -> dict[str, Any]:
+        return {'chn': 'C'}
+
+    def on_chain_end(self, chain: Any, **headers: Any) -> None:
+        pass
+
+    def on_chord_header_start(self, sig: Any, **headers: Any) -> dict[str, Any]:
+        return {'hdr': 'H'}
+
+    def on_chord_header_end(self, sig: Any, **headers: Any) -> None:
+        pass
+
+    def on_chord_body(self, sig: Any, **headers: Any) -> dict[str, Any]:
+        return {'body_stamp': 'B'}
+
+    def on_callback(self, callback: Any, **headers: Any) -> dict[str, Any]:
+        return {'cb': 'L'}
+
+    def on_errback(self, errback: Any, **headers: Any) -> dict[str, Any]:
+        return {'eb': 'E'}
+
+
+def _stamped(sig: Any, append_stamps: bool = False, **headers: Any) -> Any:
+    sig.stamp(Visitor(), append_stamps, **headers)
+    return sig
+
+
+def _sorted_stamp_names(value: Any) -> Any:
+    """Celery lists stamped_headers in a set's order (per process): compare them sorted."""
+    if isinstance(value, dict):
+        return {
+            k: sorted(v) if k == 'stamped_headers' and isinstance(v, list) else _sorted_stamp_names(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_sorted_stamp_names(v) for v in value]
+    return value
+
 
 CASES: list[tuple[str, Build]] = [
     ('chain', lambda T: T.chain(T.add.s(1, 1), T.add.s(2), T.add.si(9, 9)).apply_async()),
@@ -177,6 +229,24 @@ CASES: list[tuple[str, Build]] = [
     (
         'chain, group of chains',
         lambda T: T.chain(T.add.s(1, 1), T.group(T.chain(T.add.s(1), T.add.s(2)), T.add.s(3))).apply_async(),
+    ),
+    ('stamp', lambda T: T.add.s(1, 1).stamp(mystamp='S1').apply_async()),
+    ('stamp twice, appended', lambda T: T.add.s(1, 1).stamp(a='1').stamp(append_stamps=True, a='2').apply_async()),
+    ('stamp twice, kept', lambda T: T.add.s(1, 1).stamp(a='1').stamp(a='2', b='3').apply_async()),
+    ('stamp links', lambda T: T.add.s(1, 1).on_error(T.err.s()).stamp(Visitor(), tag='t').apply_async(link=T.add.s(5))),
+    ('group stamped by a visitor', lambda T: _stamped(T.group(T.add.s(1, 1), T.add.s(2, 2)), tag='g').apply_async()),
+    ('chain stamped by a visitor', lambda T: _stamped(T.chain(T.add.s(1, 1), T.add.s(2))).apply_async()),
+    (
+        'chord stamped by a visitor',
+        lambda T: _stamped(T.chord([T.add.s(1, 1), T.add.s(2, 2)], T.xsum.s())).apply_async(),
+    ),
+    (
+        'chain of a group and a chord, stamped',
+        lambda T: _stamped(
+            T.chain(T.add.s(1, 1), T.group(T.add.s(1), T.add.s(2)), T.chord([T.add.s(3), T.add.s(4)], T.xsum.s())),
+            append_stamps=True,
+            tag='x',
+        ).apply_async(),
     ),
     ('chunks', lambda T: T.add.chunks([(1, 1), (2, 2), (3, 3)], 2).apply_async()),
     ('map', lambda T: T.add.map([1, 2, 3]).apply_async()),

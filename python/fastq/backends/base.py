@@ -243,6 +243,11 @@ class Backend(abc.ABC):
                     retries=getattr(request, 'retries', None),
                     queue=delivery_info.get('routing_key'),
                 )
+                stamps = getattr(request, 'stamps', None)
+                if stamps:  # (Celery's: the stamps named in stamped_headers, each a key of its own)
+                    names = getattr(request, 'stamped_headers', None) or ()
+                    meta['stamped_headers'] = names
+                    meta.update({k: v for k, v in stamps.items() if k in names})
         meta['task_id'] = task_id
         return meta
 

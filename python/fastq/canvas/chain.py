@@ -74,6 +74,18 @@ class _chain(Signature[Any]):
     def tasks(self, value: list[Any]) -> None:
         self.kwargs['tasks'] = value
 
+    def stamp(self, visitor: Any = None, append_stamps: bool = False, **headers: Any) -> None:
+        """Stamp the chain and every step (see `Signature.stamp`)."""
+        from fastq.canvas.stamping import stamp_headers
+
+        visitor_headers = None if visitor is None else visitor.on_chain_start(self, **headers) or {}
+        headers = stamp_headers(self, visitor_headers, append_stamps, **headers)
+        self.stamp_links(visitor, **headers)
+        for task in self.tasks:
+            task.stamp(visitor, append_stamps, **headers)
+        if visitor is not None:
+            visitor.on_chain_end(self, **headers)
+
     @property
     def app(self) -> Fastq:
         if self._app is None and self.tasks and isinstance(self.tasks[0], Signature):

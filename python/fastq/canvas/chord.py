@@ -68,6 +68,24 @@ class _chord(Signature[Any]):
     def tasks(self, value: Any) -> None:
         self.kwargs['header'] = value
 
+    def stamp(self, visitor: Any = None, append_stamps: bool = False, **headers: Any) -> None:
+        """Stamp the chord, its header's tasks and (with a visitor) its body (see `Signature.stamp`)."""
+        from fastq.canvas.group import group
+        from fastq.canvas.stamping import stamp_headers
+
+        visitor_headers = None if visitor is None else visitor.on_chord_header_start(self, **headers) or {}
+        headers = stamp_headers(self, visitor_headers, append_stamps, **headers)
+        self.stamp_links(visitor, append_stamps, **headers)
+        tasks = self.tasks.tasks if isinstance(self.tasks, group) else self.tasks
+        for task in tasks:
+            task.stamp(visitor, append_stamps, **dict(headers))
+        if visitor is not None:
+            visitor.on_chord_header_end(self, **headers)
+        if visitor is not None and self.body is not None:
+            visitor_headers = visitor.on_chord_body(self, **headers) or {}
+            headers = stamp_headers(self, visitor_headers, append_stamps, **headers)
+            self.body.stamp(visitor, append_stamps, **headers)
+
     @property
     def body(self) -> Any:
         return self.kwargs.get('body')

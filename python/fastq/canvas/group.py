@@ -94,6 +94,23 @@ class group(Signature[Any]):
         for task in self.tasks:
             task.set_immutable(immutable)
 
+    def stamp(self, visitor: Any = None, append_stamps: bool = False, **headers: Any) -> None:
+        """Stamp the group and every task in it (see `Signature.stamp`)."""
+        from fastq.canvas.signatures import maybe_signature
+        from fastq.canvas.stamping import stamp_headers
+
+        visitor_headers = None if visitor is None else visitor.on_group_start(self, **headers) or {}
+        headers = stamp_headers(self, visitor_headers, append_stamps, **headers)
+        self.stamp_links(visitor, append_stamps, **headers)
+        stamped = []
+        for task in self.tasks:
+            sig = maybe_signature(task, app=self._app)
+            sig.stamp(visitor, append_stamps, **headers)
+            stamped.append(sig)
+        self.tasks = stamped
+        if visitor is not None:
+            visitor.on_group_end(self, **headers)
+
     def skew(self, start: float = 1.0, stop: float | None = None, step: float = 1.0) -> group:
         """Spread the tasks out in time: countdowns `start`, `start + step`, ... (the last repeated once
         `stop` is reached), as Celery's `group.skew` (the Canvas guide's chunks example)."""

@@ -257,6 +257,22 @@ class Signature(dict[str, Any], Generic[R]):
     def extend_list_option(self, key: str, value: Any) -> None:
         self._list_option(key).extend(value if isinstance(value, list | tuple) else [value])
 
+    # --- stamping (Celery 5.3): see fastq.canvas.stamping ---------------------------------------------------
+
+    def stamp(self, visitor: Any = None, append_stamps: bool = False, **headers: Any) -> Any:
+        """Stamp this signature (and its callbacks and errbacks) with `headers`, or as `visitor` decides."""
+        from fastq.canvas.stamping import stamp_headers
+
+        self.stamp_links(visitor, append_stamps, **headers)
+        visitor_headers = None if visitor is None else visitor.on_signature(self, **headers) or {}
+        return self.set(**stamp_headers(self, visitor_headers, append_stamps, **headers))
+
+    def stamp_links(self, visitor: Any, append_stamps: bool = False, **headers: Any) -> None:
+        """Stamp this signature's callbacks and errbacks only."""
+        from fastq.canvas.stamping import stamp_links
+
+        stamp_links(self, visitor, append_stamps, **headers)
+
     def link(self, callback: Signature[Any]) -> Signature[Any]:
         """Apply `callback` with this task's return value when it succeeds; returns `callback`."""
         return self.append_to_list_option('link', callback)  # type: ignore[no-any-return]

@@ -41,6 +41,7 @@ CONTROL_COMMANDS = {
     'heartbeat': 'Tell worker(s) to send event heartbeat immediately.',
     'rate_limit': 'Tell worker(s) to modify the rate limit for a task by type.',
     'revoke': 'Revoke task by task id (or list of ids).',
+    'revoke_by_stamped_headers': 'Revoke task by header (or list of headers).',
     'terminate': 'Terminate task by task id (or list of ids).',
     'time_limit': 'Tell worker(s) to modify the time limit for task by type.',
     'shutdown': 'Shutdown worker(s).',
@@ -204,6 +205,7 @@ def run_status(app: Fastq, args: argparse.Namespace) -> int:
 #: order, then the variadic rest, and the signature shown when there are too many.
 CONTROL_ARGUMENTS: dict[str, tuple[list[tuple[str, Callable[[str], Any]]], str | None, str]] = {
     'revoke': ([], 'task_id', '[id1 [id2 [... [idN]]]]'),
+    'revoke_by_stamped_headers': ([], 'headers', '[key1=value1 [key2=value2 [... [keyN=valueN]]]]'),
     'terminate': ([('signal', str)], 'task_id', '<signal> [id1 [id2 [... [idN]]]]'),
     'rate_limit': ([('task_name', str), ('rate_limit', str)], None, '<task_name> <rate_limit (e.g., 5/s | 5/m | 5/h)>'),
     'time_limit': ([('task_name', str), ('soft', float), ('hard', float)], None, '<task_name> <soft_secs> [hard_secs]'),

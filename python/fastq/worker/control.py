@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastq.control import PIDBOX_EXCHANGE, REPLY_EXCHANGE, decode_envelope, tick
+from fastq.utils.functional import as_list
 
 if TYPE_CHECKING:
     from fastq.brokers.base import Broker
@@ -115,6 +116,32 @@ def _rate_limit(worker: WorkController, task_name: str = '', rate_limit: Any = N
     if not rate_limit:
         return ok('rate limit disabled successfully')
     return ok('new rate limit set successfully')
+
+
+@command('revoke_by_stamped_headers')
+def _revoke_by_stamped_headers(
+    worker: WorkController, headers: Any = None, terminate: bool = False, signal: str | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    """Revoke the tasks stamped with these values (`{'mtask_id': [id1, id2]}`, or Celery's 'k=v' strings)."""
+    if isinstance(headers, list | tuple):
+        headers = dict(item.split('=', 1) for item in headers)
+    headers = dict(headers or {})
+    dispatcher = worker.dispatcher
+    killed: list[Any] = []
+    if dispatcher is not None:
+        killed = on_loop(worker, lambda: dispatcher.revoke_stamped(headers, bool(terminate), signal or 'SIGTERM'))
+    if not terminate:
+        return ok(f'headers {headers} flagged as revoked, but not terminated')
+    if not killed:
+        return ok(f'headers {headers} were not terminated')
+    matched: dict[str, set[Any]] = {}
+    for job in killed:
+        stamps = (job.delivery.message.headers.get('stamps') if job.delivery.message is not None else None) or {}
+        for name, values in headers.items():
+            found = set(as_list(stamps.get(name))) & set(as_list(values))
+            if found:
+                matched.setdefault(name, set()).update(found)
+    return ok(f'headers {matched} revoked')
 
 
 @command('hello')

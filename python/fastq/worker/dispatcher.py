@@ -32,6 +32,7 @@ from fastq.exceptions import (
     WorkerLostError,
 )
 from fastq.protocol import parse_delivery
+from fastq.utils.functional import as_list
 from fastq.worker.job import DECODE_ERROR, Job, embed_into, request_of
 from fastq.worker.ratelimit import RateLimiter
 from fastq.worker.trace import Outcome
@@ -110,6 +111,8 @@ class Dispatcher:
         self.default_soft_time_limit = conf.task_soft_time_limit
         self.accepting = True
         self.revoked = RevokedSet()
+        #: `revoke_by_stamped_headers`: stamp name -> the values revoked (Celery's worker_state.revoked_stamps).
+        self.revoked_stamps: dict[str, list[Any]] = {}
         self.limiter = RateLimiter(
             loop, broker, lambda job: self.ready.append(job), enabled=not conf.worker_disable_rate_limits
         )
@@ -179,7 +182,7 @@ class Dispatcher:
             self._unknown_task(d, request.task, request.id)
             return
         now = time.time()
-        if self.revoked.ids and request.id in self.revoked:
+        if (self.revoked.ids and request.id in self.revoked) or (self.revoked_stamps and self._stamp_revoked(d)):
             self._discard_revoked(d, request, task, expired=False)
             return
         if request.expires is not None and request.expires < now:
@@ -382,28 +385,61 @@ class Dispatcher:
             return
         if self.on_terms_changed is not None:
             self.on_terms_changed()
+        self._drop_matching(lambda job: job.request.id in ids, terminate, signal_name)
+
+    def revoke_stamped(
+        self, headers: dict[str, Any], terminate: bool = False, signal_name: str = 'SIGTERM'
+    ) -> list[Job]:
+        """`revoke_by_stamped_headers`: remember the stamp values; drop waiting jobs stamped with one now;
+        with `terminate`, kill the running ones (returned). Held in memory, as Celery's worker holds them."""
+        for name, values in headers.items():
+            self.revoked_stamps[name] = [*as_list(self.revoked_stamps.get(name)), *as_list(values)]
+        if self.on_terms_changed is not None:
+            self.on_terms_changed()
+        return self._drop_matching(lambda job: self._stamp_revoked(job.delivery, headers), terminate, signal_name)
+
+    def _stamp_revoked(self, d: Delivery, revoked: dict[str, Any] | None = None) -> bool:
+        """Whether the message is stamped with a revoked value (its headers decoded: only while some are)."""
+        message = d.message
+        stamps = message.headers.get('stamps') if message is not None else None
+        if not isinstance(stamps, dict):
+            return False
+        revoked = self.revoked_stamps if revoked is None else revoked
+        for name, value in stamps.items():
+            if name in revoked:
+                against = as_list(revoked[name])
+                if any(v in against for v in as_list(value)):
+                    return True
+        return False
+
+    def _drop_matching(self, matches: Callable[[Job], bool], terminate: bool, signal_name: str) -> list[Job]:
+        """Discard the waiting and held jobs that `matches`; with `terminate`, kill the running ones."""
         for queue in self.limiter.waiting.values():
-            for job in [j for j in queue if j.request.id in ids]:
+            for job in [j for j in queue if matches(j)]:
                 queue.remove(job)
                 self.ready.append(job)  # discarded below with the rest
-        waiting = [job for job in self.ready if job.request.id in ids]
-        held = [entry for entry in self.held if entry[2].request.id in ids]
+        waiting = [job for job in self.ready if matches(job)]
+        held = [entry for entry in self.held if matches(entry[2])]
         if waiting or held:
-            self.ready = deque(job for job in self.ready if job.request.id not in ids)
-            self.held = [entry for entry in self.held if entry[2].request.id not in ids]
+            dropped = {id(job) for job in waiting} | {id(entry[2]) for entry in held}
+            self.ready = deque(job for job in self.ready if id(job) not in dropped)
+            self.held = [entry for entry in self.held if id(entry[2]) not in dropped]
             heapq.heapify(self.held)
             for job in waiting + [entry[2] for entry in held]:
                 self._discard_revoked(job.delivery, job.request, self.app.tasks.get(job.request.task), False)
+        killed: list[Job] = []
         if terminate:
             import signal as signals_module
 
             signum = getattr(signals_module, signal_name if signal_name.startswith('SIG') else f'SIG{signal_name}', 15)
             for job in list(self.running.values()):
-                if job.request.id in ids:
+                if matches(job):
                     logger.info('Terminating %s (%s)', job.request.id, signal_name)
+                    killed.append(job)
                     kill = getattr(self.pool, 'kill_job', None)
                     if kill is None or not kill(job, 'revoked', signum):
                         logger.warning('The %s pool cannot terminate a running task', self.pool.name)
+        return killed
 
     # --- dispatching --------------------------------------------------------------------------------------
 
@@ -422,7 +458,9 @@ class Dispatcher:
                 self._drop_taken_back(job)
                 dropped = True
                 continue
-            if revoked.ids and job.request.id in revoked:
+            if (revoked.ids and job.request.id in revoked) or (
+                self.revoked_stamps and self._stamp_revoked(job.delivery)
+            ):
                 ready.popleft()
                 self._discard_revoked(job.delivery, job.request, self.app.tasks.get(job.request.task), False)
                 continue
