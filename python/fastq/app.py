@@ -564,6 +564,36 @@ class Fastq:
             cls = self.__dict__['_group_result_cls'] = _bound_group_result(self)
         return cls
 
+    # --- connections, as Celery code passes them around (see fastq.connection) ------------------------------
+
+    def connection(self, hostname: str | None = None, **kwargs: Any) -> Any:
+        """A handle on the broker (`hostname` may be another broker URL): kombu's Connection interface, for
+        `with app.connection() as conn:` in code written against Celery."""
+        from fastq.connection import Connection
+
+        return Connection(self, hostname if hostname and '://' in hostname else None, **kwargs)
+
+    broker_connection = connection
+
+    def connection_for_write(self, url: str | None = None, **kwargs: Any) -> Any:
+        return self.connection(url, **kwargs)
+
+    def connection_for_read(self, url: str | None = None, **kwargs: Any) -> Any:
+        return self.connection(url, **kwargs)
+
+    @property
+    def pool(self) -> Any:
+        """Celery's broker connection pool: `app.pool.acquire(block=True)` gives a connection."""
+        from fastq.connection import ConnectionPool
+
+        return ConnectionPool(self)
+
+    def producer_or_acquire(self, producer: Any = None) -> Any:
+        """A context giving `producer`, or one made for the block (accepted as `producer=` when sending)."""
+        from fastq.connection import producer_or_acquire
+
+        return producer_or_acquire(self, producer)
+
     def signature(self, *args: Any, **kwargs: Any) -> Any:
         from fastq.canvas import signature
 

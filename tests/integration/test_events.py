@@ -215,3 +215,31 @@ def test_a_task_sends_custom_events(tasks: Any, worker: Any) -> None:
     event = next(e for e in events if e['type'] == 'task-progress')
     assert event['uuid'] == result.id and event['current'] == 2 and event['total'] == 3
     assert event['hostname'].startswith('custom@')
+
+
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_the_monitoring_guides_real_time_example(tasks: Any, worker: Any) -> None:
+    # "Real-time processing" (Monitoring and Management Guide), as written there, on app.connection()
+    app = tasks.app
+    state = app.events.State()
+    failed: list[str] = []
+
+    def announce_failed_tasks(event: dict[str, Any]) -> None:
+        state.event(event)
+        task = state.tasks.get(event['uuid'])
+        failed.append('TASK FAILED: %s[%s] %s' % (task.name, task.uuid, task.info()))  # noqa: UP031 (the guide's)
+
+    worker('-E', '-n', 'mon@%h')
+    with app.connection() as connection:
+        assert connection.as_uri().startswith('redis://') and connection.ensure_connection(max_retries=1)
+        recv = app.events.Receiver(connection, handlers={'task-failed': announce_failed_tasks, '*': state.event})
+        result = tasks.fail.delay('boom')
+        deadline = time.monotonic() + 30
+        while not failed and time.monotonic() < deadline:
+            recv.capture(limit=None, timeout=0.5, wakeup=True)
+    assert failed and failed[0].startswith(f'TASK FAILED: worker_tasks.fail[{result.id}]')
+    assert "'exception':" in failed[0]
+    # the Calling guide's connection handling: a pooled connection and producer passed to apply_async
+    with app.pool.acquire(block=True) as conn, app.producer_or_acquire() as producer:
+        sent = [tasks.add.apply_async((i, i), connection=conn, producer=producer) for i in range(3)]
+    assert [r.get(timeout=30) for r in sent] == [0, 2, 4]

@@ -220,3 +220,19 @@ def test_on_init_is_called() -> None:
     app = MyApp('hooked', broker='memory://', set_as_current=False)
     assert app.inited
     app.close()
+
+
+def test_app_connection_names_the_broker_and_fails_clearly() -> None:
+    from fastq.exceptions import OperationalError
+
+    app = Fastq('conn', broker='redis://user:secret@127.0.0.1:1/3', set_as_current=False)
+    with app.connection() as conn:
+        assert conn.as_uri() == 'redis://user:**@127.0.0.1:1/3' and 'secret' in conn.as_uri(include_password=True)
+        assert (conn.hostname, conn.port, conn.userid, conn.transport_cls) == ('127.0.0.1', 1, 'user', 'redis')
+        waits: list[float] = []
+        with pytest.raises(OperationalError, match='127.0.0.1:1'):
+            conn.ensure_connection(errback=lambda exc, interval: waits.append(interval), max_retries=2,
+                                   interval_start=0, interval_step=0.01)  # fmt: skip
+        assert waits == [0.0, 0.01]
+    assert app.connection('redis://other:6379/0').hostname == 'other'
+    app.close()

@@ -156,6 +156,15 @@ class Task:
     def __getattr__(self, name: str) -> Any:  # for mypy: the fields above are set in __init__
         raise AttributeError(name)
 
+    #: What `info()` shows by default (Celery's).
+    _info_fields = ('args', 'kwargs', 'retries', 'result', 'eta', 'runtime', 'expires', 'exception',
+                    'exchange', 'routing_key', 'root_id', 'parent_id')  # fmt: skip
+
+    def info(self, fields: Any = None, extra: Any = None) -> dict[str, Any]:
+        """The task's fields that are set, for display (Celery's `Task.info()`)."""
+        names = [*(self._info_fields if fields is None else fields), *(extra or ())]
+        return {name: value for name in names if (value := getattr(self, name, None)) is not None}
+
     def event(self, kind: str, timestamp: float, fields: dict[str, Any]) -> None:
         state = TASK_EVENT_TO_STATE.get(kind) or kind.upper()
         if kind in TASK_EVENT_TO_STATE:

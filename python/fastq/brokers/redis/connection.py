@@ -40,6 +40,8 @@ CONNECT_TIMEOUT = 5.0
 def _import_redis() -> Any:
     try:
         import redis
+        import redis.backoff
+        import redis.retry
     except ImportError:
         raise ImproperlyConfigured(
             'broker_url: the Redis broker needs the redis package: pip install "fastq[redis]"'
@@ -105,6 +107,11 @@ def client_for(url: str, conf: Any, transport_options: dict[str, Any], setting: 
         'health_check_interval': transport_options.get('health_check_interval', 25),
         'client_name': transport_options.get('client_name'),
     }
+    # One immediate retry (a pooled connection the server closed meanwhile reconnects), not redis-py 6's
+    # default of ten with backoff: with the server down, that held every call for seconds before fastq's
+    # own retry policies (broker_connection_retry, a publish's retry_policy, the fetcher's backoff), which
+    # log what they do, even began. kombu builds its pools without that default too.
+    common['retry'] = transport_options.get('retry') or rp.retry.Retry(rp.backoff.NoBackoff(), 1)
     if 'retry_on_timeout' in transport_options:  # deprecated in redis-py 6: passed only when asked for
         common['retry_on_timeout'] = transport_options['retry_on_timeout']
     max_connections = transport_options.get('max_connections')
