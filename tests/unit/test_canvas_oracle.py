@@ -367,3 +367,19 @@ def test_group_in_a_chord_header_keeps_its_order(fastq_side: Any) -> None:
     T.chord([T.group(T.add.s(1, 1), T.add.s(2, 2)), T.add.s(3, 3)], T.xsum.s()).apply_async()
     sent = [(env['headers'], json.loads(base64.b64decode(env['body']))) for _, env in fastq_sent(T.app)]
     assert [(h['group_index'], body[0]) for h, body in sent] == [(0, [1, 1]), (1, [2, 2]), (2, [3, 3])]
+
+
+def test_reprs_as_celerys(celery_side: Any, fastq_side: Any) -> None:
+    # printed workflows read the same (the module written once, Celery's remove_repeating_from_task)
+    def build(T: SimpleNamespace) -> list[Any]:
+        add, xsum = T.add, T.xsum
+        return [
+            add.s(2, 2), add.si(2, 2), add.s(2, y=3), add.s(), T.group(add.s(2, 2), add.s(4, 4)), T.group([]),
+            T.chain(add.s(2, 2), add.s(4), add.s(8)), add.s(1, 1) | add.s(2),
+            T.chord([add.s(1, 1), add.s(2, 2)], xsum.s()), T.chord([add.s(1, 1)]),
+            T.chord([add.s(1, 1)], T.chain(xsum.s(), add.s(1), add.s(2))),
+            add.map([1, 2]), add.starmap([(1, 2)]), add.chunks([(1, 1), (2, 2)], 1),
+            T.group(T.chain(add.s(1, 1), add.s(2)), xsum.s([1])),
+        ]  # fmt: skip
+
+    assert [repr(s) for s in build(fastq_side)] == [repr(s) for s in build(celery_side)]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq.canvas.chord import _chord, chord, strip_chord_header_links
 from fastq.canvas.group import group
-from fastq.canvas.signatures import Signature, keep_partial, maybe_signature
+from fastq.canvas.signatures import Signature, keep_partial, maybe_signature, without_repeated_module
 from fastq.result import GroupResult
 from fastq.utils.functional import as_list
 
@@ -364,7 +364,7 @@ class _chain(Signature[Any]):
     def __repr__(self) -> str:
         if not self.tasks:
             return f'<{type(self).__name__}@{id(self):#x}: empty>'
-        return ' | '.join(repr(task) for task in self.tasks)
+        return without_repeated_module(self.tasks[0]['task'], ' | '.join(repr(task) for task in self.tasks))
 
 
 class chain(_chain):

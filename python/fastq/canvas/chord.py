@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastq.canvas.group import group
-from fastq.canvas.signatures import Signature, maybe_signature
+from fastq.canvas.signatures import Signature, maybe_signature, without_repeated_module
 from fastq.utils.functional import as_list
 
 if TYPE_CHECKING:
@@ -294,9 +294,12 @@ class _chord(Signature[Any]):
         members = self.tasks.tasks if isinstance(self.tasks, group) else self.tasks
         body = self.body
         if body.subtask_type == 'chain' and body.kwargs.get('tasks'):
+            from fastq.canvas.chain import chain
+
             first, *rest = body.kwargs['tasks']
-            return '%(' + ' | '.join([first.reprcall(members), *map(repr, rest)]) + ')'
-        return f'%{body.reprcall(members)}'
+            text = '%(' + ' | '.join([first.reprcall(members), repr(chain(rest, app=self._app))]) + ')'
+            return without_repeated_module(first['task'], text)
+        return '%' + without_repeated_module(body['task'], body.reprcall(members))
 
 
 chord = _chord

@@ -318,7 +318,11 @@ class group(Signature[Any]):
         return gid, results
 
     def __repr__(self) -> str:
-        return f'group({self.tasks!r})' if self.tasks else 'group(<empty>)'
+        if not self.tasks:
+            return 'group(<empty>)'
+        from fastq.canvas.signatures import without_repeated_module
+
+        return without_repeated_module(self.tasks[0]['task'], f'group({tuple(self.tasks)!r})')
 
 
 def _batch_call(

@@ -381,7 +381,18 @@ class Signature(dict[str, Any], Generic[R]):
         return f'{self.task}({shown})'
 
     def __repr__(self) -> str:
-        return self.reprcall() + ('!' if self.immutable else '')
+        return self.reprcall()
+
+
+def without_repeated_module(task_name: str, text: str) -> str:
+    """`text` with the module of `task_name` written only where it first appears: Celery's workflow reprs
+    (`group((tasks.add(2, 2), add(4, 4)))`, `tasks.add(2, 2) | add(4)`)."""
+    module = str(task_name).rpartition('.')[0] + '.'
+    index = text.find(module)
+    if index < 0:
+        return text
+    end = index + len(module)
+    return text[:end] + text[end:].replace(module, '')
 
 
 def signature(varies: Any, *args: Any, **kwargs: Any) -> Signature[Any]:
