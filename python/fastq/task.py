@@ -198,6 +198,9 @@ class Task(Generic[P, R]):
     routing_key: str | None = None
     exchange: str | None = None
     shadow: str | None = None
+    #: The class whose hooks run in the worker's parent for this task (fastq.worker.request: on_timeout,
+    #: on_failure); a class or its 'module:Name'.
+    Request: ClassVar[Any] = 'fastq.worker.request:Request'
     #: Celery's, as task attributes: `except self.MaxRetriesExceededError:` in a bound task.
     MaxRetriesExceededError: ClassVar[type[MaxRetriesExceededError]] = MaxRetriesExceededError
     OperationalError: ClassVar[type[Exception]] = OperationalError

@@ -360,3 +360,16 @@ def test_sighup_restarts_the_worker_in_place(worker: Any, tasks: Any) -> None:
     assert w.proc.poll() is None
     assert tasks.add.delay(2, 3).get(timeout=30) == 5
     assert w.log.count('Warm shutdown') == 1
+
+
+@pytest.mark.parametrize('broker_kind', ['sqlite'])
+def test_a_custom_request_hears_timeouts_and_failures(tasks: Any, worker: Any) -> None:
+    # Tasks guide, "Requests and custom requests": MyRequest's hooks run in the worker's parent
+    w = worker()
+    with pytest.raises(Exception, match='watched failed'):
+        tasks.watched.delay(0, True).get(timeout=30)
+    with pytest.raises(Exception, match='TimeLimitExceeded|Time limit'):
+        tasks.watched.delay(10, False).get(timeout=30)
+    w.wait_for('A hard timeout was enforced for task worker_tasks.watched', 30)
+    w.wait_for('Failure detected for task worker_tasks.watched', 30)
+    assert "ValueError('watched failed')" in w.log and 'Failure detected for task worker_tasks.watched: ' in w.log

@@ -367,3 +367,38 @@ def announce(self, step: int) -> int:  # type: ignore[no-untyped-def]
 def stamps_of(self) -> object:  # type: ignore[no-untyped-def]
     """The stamps this task was sent with (Celery's stamping API)."""
     return {'stamps': self.request.stamps, 'stamped_headers': sorted(self.request.stamped_headers or [])}
+
+
+# --- the Tasks guide's custom request (hooks run in the worker's parent) -------------------------------------
+
+import logging as _logging  # noqa: E402
+
+from fastq import Task as _Task  # noqa: E402
+from fastq.worker.request import Request as _Request  # noqa: E402
+
+_request_logger = _logging.getLogger('my.package')
+
+
+class MyRequest(_Request):
+    """A minimal custom request to log failures and hard time limits."""
+
+    def on_timeout(self, soft: bool, timeout: float | None) -> None:
+        super().on_timeout(soft, timeout)
+        if not soft:
+            _request_logger.warning('A hard timeout was enforced for task %s', self.task.name)
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+        _request_logger.warning('Failure detected for task %s: %s', self.task.name, exc_info.exception)
+
+
+class MyTask(_Task):
+    Request = MyRequest
+
+
+@app.task(base=MyTask, time_limit=1)
+def watched(seconds: float, fail: bool) -> float:
+    if fail:
+        raise ValueError('watched failed')
+    time.sleep(seconds)
+    return seconds

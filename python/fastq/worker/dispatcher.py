@@ -33,8 +33,10 @@ from fastq.exceptions import (
 )
 from fastq.protocol import parse_delivery
 from fastq.utils.functional import as_list
+from fastq.utils.imports import symbol_by_name
 from fastq.worker.job import DECODE_ERROR, Job, embed_into, request_of
 from fastq.worker.ratelimit import RateLimiter
+from fastq.worker.request import DEFAULT_REQUEST, ExceptionInfo, Request
 from fastq.worker.trace import Outcome
 
 if TYPE_CHECKING:
@@ -525,6 +527,8 @@ class Dispatcher:
             error_logger.error("Can't decode message body of %s[%s]: %s", job.name, job.request.id, outcome.exc_repr)
             self._dead_letter(job.delivery, f'cannot decode body: {outcome.exc_repr}', acked=job.acked)
             return
+        if state == states.FAILURE:
+            self._request_hook(job, 'on_failure', ExceptionInfo(Exception(outcome.exc_repr), outcome.traceback))
         if job.acked:
             return
         if state == states.REJECTED:
@@ -572,6 +576,8 @@ class Dispatcher:
             return
         if reason.startswith('time-limit:'):
             exc: BaseException = TimeLimitExceeded(job.time_limit)
+            self._request_hook(job, 'on_timeout', False, job.time_limit)
+            self._request_hook(job, 'on_failure', ExceptionInfo(exc))
             self._store_failure(job, exc)
             if not job.acked:
                 if job.acks_on_failure_or_timeout:
@@ -585,9 +591,25 @@ class Dispatcher:
             return
         exc = WorkerLostError(reason)
         error_logger.error('Task handler raised error: %r', exc)
+        self._request_hook(job, 'on_failure', ExceptionInfo(exc))
         self._store_failure(job, exc)
         if not job.acked:
             self._late_acks.append(job.tag)
+
+    def _request_hook(self, job: Job, hook: str, *args: Any) -> None:
+        """Call a task class's custom `Request` hook (fastq.worker.request), if it has one; its errors are
+        logged, never raised into the worker."""
+        task = self.app.tasks.get(job.request.task)
+        custom = getattr(task, 'Request', None) if task is not None else None
+        if custom is None or custom == DEFAULT_REQUEST:
+            return
+        try:
+            cls = symbol_by_name(custom)
+            if cls is Request:
+                return
+            getattr(cls(job, task, self.app), hook)(*args)
+        except Exception:
+            logger.exception('Task %s[%s]: its Request.%s raised', job.name, job.request.id, hook)
 
     def _store_failure(self, job: Job, exc: BaseException) -> None:
         if self.events is not None:
