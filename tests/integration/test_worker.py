@@ -373,3 +373,28 @@ def test_a_custom_request_hears_timeouts_and_failures(tasks: Any, worker: Any) -
     w.wait_for('A hard timeout was enforced for task worker_tasks.watched', 30)
     w.wait_for('Failure detected for task worker_tasks.watched', 30)
     assert "ValueError('watched failed')" in w.log and 'Failure detected for task worker_tasks.watched: ' in w.log
+
+
+@pytest.mark.parametrize('broker_kind', ['sqlite'])
+def test_the_remote_debugger(tasks: Any, worker: Any) -> None:
+    # Debugging guide: rdb.set_trace() in a task; telnet to the port the log names, look, continue
+    import re
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        base = probe.getsockname()[1] - 50
+    w = worker(extra_env={'CELERY_RDB_PORT': str(base)})
+    result = tasks.debugged.delay(2, 3)
+    w.wait_for('Waiting for client...', 30)
+    port = int(re.search(r'Ready to connect: telnet 127\.0\.0\.1 (\d+)', w.log).group(1))  # type: ignore[union-attr]
+    with socket.create_connection(('127.0.0.1', port), timeout=30) as conn:
+        conn.sendall(b'p result * 10\n')
+        seen = b''
+        while b'50' not in seen:
+            chunk = conn.recv(4096)
+            assert chunk, seen
+            seen += chunk
+        conn.sendall(b'c\n')
+    assert result.get(timeout=30) == 5
+    w.wait_for(f'Remote Debugger:{port}: Session with 127.0.0.1:', 30)

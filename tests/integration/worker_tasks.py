@@ -402,3 +402,13 @@ def watched(seconds: float, fail: bool) -> float:
         raise ValueError('watched failed')
     time.sleep(seconds)
     return seconds
+
+
+@app.task
+def debugged(x: int, y: int) -> int:
+    """Stops in the remote debugger (the Debugging guide's example)."""
+    from fastq.contrib import rdb
+
+    result = x + y
+    rdb.set_trace()
+    return result
