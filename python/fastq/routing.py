@@ -53,8 +53,14 @@ class Queue:
     consumer_arguments: dict[str, Any] | None = None
     no_ack: bool = False
     bindings: Sequence[Any] = field(default_factory=tuple)
+    #: Whether the exchange and routing key were given, or filled in here: in `task_queues`, Celery fills
+    #: them from the task_default_* settings instead (see `Router._configured_queues`).
+    exchange_given: bool = field(default=True, init=False, repr=False, compare=False)
+    routing_key_given: bool = field(default=True, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self.exchange_given = self.exchange is not None
+        self.routing_key_given = self.routing_key is not None
         self.exchange = Exchange(self.name) if self.exchange is None else as_exchange(self.exchange)
         if self.routing_key is None:
             self.routing_key = self.name
@@ -171,22 +177,37 @@ class Router:
     def __init__(self, conf: Settings) -> None:
         self.conf = conf
         self.routers = prepare_routers(conf.task_routes)
-        self.queues = self._configured_queues(conf.task_queues)
+        self.queues = self._configured_queues(conf.task_queues, conf)
         self.create_missing = bool(conf.task_create_missing_queues)
         #: Whether a route depends on the task name alone (no router function that sees the arguments), so
         #: a route once resolved can be reused (see `sending.plan_for`).
         self.static = all(isinstance(router, _MapRouter) for router in self.routers)
 
     @staticmethod
-    def _configured_queues(queues: Any) -> dict[str, Queue]:
+    def _configured_queues(queues: Any, conf: Any) -> dict[str, Queue]:
+        """`task_queues` as Celery's `app.amqp.queues` reads it: a queue given without an exchange is on the
+        default one (`task_default_exchange`, else `task_default_queue`, of `task_default_exchange_type`);
+        without a routing key, bound with `task_default_routing_key`, else `task_default_queue` (a queue
+        given as a name and a dict of options: its own name). So the bindings declared on the broker are the
+        ones a Celery worker declares, and a Celery client's messages routed through them arrive."""
         if not queues:
             return {}
         if isinstance(queues, Mapping):
-            out = {}
-            for name, spec in queues.items():
-                out[name] = as_queue(spec) if _is_queue(spec) else Queue(name, **dict(spec or {}))
-            return out
-        return {q.name: q for q in map(as_queue, queues)}
+            pairs = [
+                (as_queue(spec), True) if _is_queue(spec) else (Queue(name, **dict(spec or {})), False)
+                for name, spec in queues.items()
+            ]
+        else:
+            pairs = [(as_queue(q), True) for q in queues]
+        exchange = Exchange(
+            str(conf.task_default_exchange or conf.task_default_queue), str(conf.task_default_exchange_type or 'direct')
+        )
+        for queue, is_object in pairs:
+            if not queue.exchange_given:
+                queue.exchange = exchange
+            if not queue.routing_key_given and is_object:
+                queue.routing_key = str(conf.task_default_routing_key or conf.task_default_queue)
+        return {queue.name: queue for queue, _ in pairs}
 
     def _lookup(self, route: Any, name: str, args: Any, kwargs: Any, options: Mapping[str, Any], task: Any) -> Any:
         for router in self.routers:

@@ -130,3 +130,31 @@ def test_map_and_starmap_go_where_their_task_is_routed_and_a_shadow_name_does_no
     add.map([(1, 2)]).apply_async()
     add.apply_async((1, 2), shadow='shown.as')
     assert lengths(redis_url) == {'addq': 3}
+
+
+@pytest.mark.parametrize(
+    'conf',
+    [{}, {'task_default_queue': 'dq'}, {'task_default_routing_key': 'drk'},
+     {'task_default_exchange': 'dex', 'task_default_exchange_type': 'topic'}],
+)  # fmt: skip
+def test_task_queues_get_celerys_defaults(conf: dict[str, str]) -> None:
+    # a queue without an exchange is on the default exchange, without a routing key bound with the default
+    # key: the bindings a Celery worker declares for the same settings (Celery's app.amqp.queues as oracle)
+    from celery import Celery
+
+    def queues() -> tuple[object, ...]:
+        return (
+            KombuQueue('video'),
+            KombuQueue('images', routing_key='img'),
+            KombuQueue('media', KombuExchange('media'), routing_key='m'),
+            KombuQueue('plain', KombuExchange('plainx')),
+        )
+
+    celery_app = Celery('x', set_as_current=False)
+    celery_app.conf.update(conf, task_queues=queues())
+    fastq_app = Fastq('x', broker='memory://', set_as_current=False)
+    fastq_app.conf.update(conf, task_queues=queues())
+    theirs = [(q.name, q.exchange.name, q.exchange.type, q.routing_key) for q in celery_app.amqp.queues.values()]
+    ours = [(q.name, q.exchange.name, q.exchange.type, q.routing_key) for q in fastq_app.router.queues.values()]
+    assert ours == theirs
+    fastq_app.close()

@@ -86,7 +86,7 @@ class Topology:
 
     def __init__(self, conf: Settings) -> None:
         self.conf = conf
-        self.queues: dict[str, Queue] = Router._configured_queues(conf.task_queues)
+        self.queues: dict[str, Queue] = Router._configured_queues(conf.task_queues, conf)
 
     def spec(self, name: str) -> QueueSpec:
         conf = self.conf

@@ -254,7 +254,7 @@ class RedisBroker(Broker):
         layout = self.layout
         configured = self._configured
         if configured is None:
-            configured = self._configured = Router._configured_queues(self.conf.task_queues)
+            configured = self._configured = Router._configured_queues(self.conf.task_queues, self.conf)
         commands: list[tuple[Any, ...]] = []
         for q in queues:
             bindings = {(q, q)}
