@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from fastq import _state, signals
-from fastq.config import Settings
+from fastq.config import OLD_NAMES, SETTINGS, Settings
 from fastq.exceptions import ImproperlyConfigured, NotRegistered
 from fastq.task import Task as BaseTask
 from fastq.task import build_task_class
@@ -171,15 +171,27 @@ class Fastq:
                 items = source.items()
             else:
                 items = ((k, getattr(source, k)) for k in dir(source) if not k.startswith('_'))
-            out = {}
+            out: dict[str, Any] = {}
+            old: dict[str, Any] = {}
             prefix = f'{namespace}_' if namespace else None
+            items = list(items)
             for key, value in items:
-                if prefix:
-                    if not key.startswith(prefix):
-                        continue
-                    key = key[len(prefix) :].lower()
-                out[key] = value
-            return out
+                if not prefix:
+                    out[key] = value
+                elif key.startswith(prefix):
+                    stripped = key[len(prefix) :].lower()
+                    if stripped in SETTINGS or key not in OLD_NAMES:
+                        out[stripped] = value  # CELERY_TASK_ALWAYS_EAGER, or a name of the app's own
+                    else:
+                        old[OLD_NAMES[key]] = value  # Celery's old names, read with a namespace too:
+                elif key in OLD_NAMES:  # CELERY_ALWAYS_EAGER above, CELERYD_CONCURRENCY here
+                    old[OLD_NAMES[key]] = value
+                elif key.isupper() and key.lower() in SETTINGS:  # BROKER_URL
+                    old[key.lower()] = value
+            zone = dict(items).get('TIME_ZONE')  # Django's, when no timezone setting says otherwise (Celery's)
+            if zone and 'timezone' not in out and 'timezone' not in old and 'CELERY_TIMEZONE' not in out:
+                old['timezone'] = zone
+            return {**old, **out}
 
         self.conf.add_pending_source(load)
         if force:
@@ -195,7 +207,9 @@ class Fastq:
         return True
 
     def add_defaults(self, d: Any) -> None:
-        self.conf.add_pending_source(lambda: d() if callable(d) else d)
+        """Defaults of the app's own (a mapping, or a function returning one, read lazily), below what the
+        config object and code set (Celery's)."""
+        self.conf.add_pending_source(lambda: d() if callable(d) else d, defaults=True)
 
     # --- tasks --------------------------------------------------------------------------------------------
 

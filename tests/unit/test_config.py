@@ -24,7 +24,7 @@ def test_celery_defaults() -> None:
     assert conf.accept_content == ['json']
     assert conf.task_default_queue == 'celery'
     assert conf.worker_prefetch_multiplier == 4
-    assert conf.result_expires == 86400.0
+    assert conf.result_expires == timedelta(days=1)  # Celery's default, a timedelta
     assert conf.enable_utc is True
     assert conf.task_acks_late is False
     assert conf['task_time_limit'] is None
@@ -182,3 +182,55 @@ def test_an_old_setting_name_reads_the_new_setting() -> None:
     assert app.conf.CELERY_TASK_SERIALIZER == 'json'
     with pytest.raises(AttributeError, match='NOT_A_SETTING'):
         app.conf.NOT_A_SETTING  # noqa: B018
+
+
+def test_a_django_settings_module_with_old_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    # namespace='CELERY' reads Celery's old names too (CELERY_ALWAYS_EAGER, BROKER_URL, CELERYD_*), keeps the
+    # app's own CELERY_* names, and takes Django's TIME_ZONE when no timezone is set (Celery's rules)
+    settings = types.ModuleType('dj_settings_old')
+    settings.CELERY_ALWAYS_EAGER = True  # type: ignore[attr-defined]
+    settings.CELERY_DEFAULT_QUEUE = 'dq'  # type: ignore[attr-defined]
+    settings.BROKER_URL = 'redis://localhost:6379/9'  # type: ignore[attr-defined]
+    settings.CELERYD_CONCURRENCY = 3  # type: ignore[attr-defined]
+    settings.CELERY_TASK_ACKS_LATE = True  # type: ignore[attr-defined]
+    settings.CELERY_ACKS_LATE = False  # type: ignore[attr-defined]  # (the new name wins)
+    settings.CELERY_MY_KEY = 'mine'  # type: ignore[attr-defined]
+    settings.TIME_ZONE = 'Europe/Paris'  # type: ignore[attr-defined]
+    settings.DEBUG = True  # type: ignore[attr-defined]
+    monkeypatch.setitem(__import__('sys').modules, 'dj_settings_old', settings)
+    a = Fastq('dj', set_as_current=False)  # (no broker given in code: the settings module's is read)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        a.config_from_object('dj_settings_old', namespace='CELERY')
+        conf = a.conf
+        assert (conf.task_always_eager, conf.task_default_queue, conf.worker_concurrency) == (True, 'dq', 3)
+        assert conf.broker_url == 'redis://localhost:6379/9' and conf.task_acks_late is True
+        assert conf.get('my_key') == 'mine' and conf.timezone == 'Europe/Paris' and conf.get('DEBUG') is None
+        assert conf.task_default_exchange == 'dq' and conf.task_default_routing_key == 'dq'  # Celery's fallbacks
+
+
+def test_config_layers_setdefault_and_names_of_the_apps_own() -> None:
+    a = app()
+    holder = types.SimpleNamespace(task_default_queue='from-object', redbeat_redis_url='redis://x', _private=1)
+    a.config_from_object(holder)
+    a.add_defaults({'task_default_queue': 'from-defaults', 'worker_prefetch_multiplier': 7})
+    assert a.conf.task_default_queue == 'from-object'  # defaults do not erase the config object
+    assert a.conf.worker_prefetch_multiplier == 7 and a.conf.get('redbeat_redis_url') == 'redis://x'
+    assert a.conf.setdefault('task_default_queue', 'sd') == 'from-object'
+    assert a.conf.setdefault('my_own_option', 'sd') == 'sd'
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        a.conf.update(my_custom=1)  # a name of the app's own: no warning, as in Celery
+    with pytest.warns(UnknownSettingWarning, match="did you mean 'task_acks_late'"):
+        a.conf.update(task_acks_lat=True)
+
+
+def test_expiry_settings_take_timedeltas_and_the_environment_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = Fastq('exp', broker='memory://', backend='memory://', set_as_current=False)
+    a.conf.update(result_failure_expires=timedelta(minutes=2), result_chord_expires=timedelta(hours=1))
+    a.backend.store_result('x', None, 'FAILURE')  # (crashed: float(timedelta))
+    assert a.backend.expires == 86400.0
+    monkeypatch.setenv('FASTQ_RESULT_EXPIRES', '3600')
+    b = app()
+    assert b.conf.result_expires == 3600
+    b.conf.validate()

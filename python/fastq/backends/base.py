@@ -21,6 +21,7 @@ from fastq import _core, states
 from fastq.exceptions import ImproperlyConfigured, SecurityError, TimeoutError
 from fastq.result import ResultBase
 from fastq.serialization import accept_set, compress, decompress, dumps, loads
+from fastq.utils.time import seconds
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -92,8 +93,7 @@ class Backend(abc.ABC):
         accept = conf.result_accept_content or conf.accept_content
         self.accept = accept_set(accept)
         self.compression: str | None = conf.result_compression
-        expires = conf.result_expires
-        self.expires: float | None = expires.total_seconds() if hasattr(expires, 'total_seconds') else expires
+        self.expires: float | None = seconds(conf.result_expires)
 
     # --- storage, per backend -----------------------------------------------------------------------------
 
@@ -259,7 +259,7 @@ class Backend(abc.ABC):
         meta = self._meta(task_id, encoded, state, traceback, request)
         expires = self.expires
         if state == states.FAILURE and self.app.conf.result_failure_expires is not None:
-            expires = float(self.app.conf.result_failure_expires)
+            expires = seconds(self.app.conf.result_failure_expires)
         self._store(task_id, self.encode(meta), state, expires)
         return result
 

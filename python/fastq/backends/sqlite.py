@@ -22,6 +22,7 @@ from fastq.backends.base import Backend
 from fastq.backends.chords import ChordStore, Claim, claim_seconds, done_seconds, new_claim_token
 from fastq.utils.doorbell import Doorbell
 from fastq.utils.sqlite import Database, path_from_url
+from fastq.utils.time import seconds
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -183,7 +184,7 @@ class SQLiteChordStore(ChordStore):
         self.backend = backend
         conf = backend.app.conf
         expires = conf.result_chord_expires or backend.expires
-        self.expires = float(expires) if expires else DEFAULT_CHORD_EXPIRES
+        self.expires = seconds(expires) if expires else DEFAULT_CHORD_EXPIRES
 
     def _write(self) -> Any:
         self.backend._setup()

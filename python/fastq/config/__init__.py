@@ -20,11 +20,13 @@ from typing import Any
 from fastq.config.defaults import OLD_NAMES, SETTINGS, Setting
 from fastq.exceptions import FastqWarning, ImproperlyConfigured
 
-__all__ = ['SETTINGS', 'Setting', 'Settings', 'UnknownSettingWarning']
+__all__ = ['OLD_NAMES', 'SETTINGS', 'Setting', 'Settings', 'UnknownSettingWarning']
 
 # Prefixes that mark a name in a config module as meant to be a setting (other names there are helpers).
 _SETTING_PREFIXES = tuple(sorted({name.split('_', 1)[0] + '_' for name in SETTINGS}))
 _ENV_ALIASES = {'broker_url': ('CELERY_BROKER_URL',), 'result_backend': ('CELERY_RESULT_BACKEND',)}
+#: Settings that, unset, read as another one (Celery's `conf.task_default_exchange`).
+_FALLBACKS = {'task_default_exchange': 'task_default_queue', 'task_default_routing_key': 'task_default_queue'}
 _TRUE = {'1', 'true', 'yes', 'on'}
 _FALSE = {'0', 'false', 'no', 'off', ''}
 
@@ -36,6 +38,12 @@ class UnknownSettingWarning(FastqWarning):
 def closest_setting(name: str) -> str | None:
     matches = difflib.get_close_matches(name.lower(), SETTINGS, n=1, cutoff=0.6)
     return matches[0] if matches else None
+
+
+def _misspelt(name: str) -> bool:
+    """Whether `name` is close enough to a setting's to be a typo of it (`task_acks_lat`), not a name of the
+    app's own or an extension's (`redbeat_redis_url`)."""
+    return bool(difflib.get_close_matches(name.lower(), SETTINGS, n=1, cutoff=0.85))
 
 
 def _warn_unknown(name: str) -> None:
@@ -64,6 +72,11 @@ def _parse_env(setting: Setting, raw: str) -> Any:
             if not isinstance(value, dict):
                 raise ValueError('expected a JSON object')
             return value
+        if kind == 'any':  # a number, true/false or JSON when it reads as one ('3600'), else the text
+            try:
+                return json.loads(raw)
+            except ValueError:
+                return raw
     except ValueError as exc:
         raise ImproperlyConfigured(f'{setting.name}: bad value in the environment: {exc}') from None
     return raw
@@ -102,6 +115,8 @@ class Settings(MutableMapping[str, Any]):
     def __init__(self) -> None:
         object.__setattr__(self, '_changes', {})
         object.__setattr__(self, '_source', {})
+        # `app.add_defaults(...)`: below the config object, above the built-in defaults (Celery's layers).
+        object.__setattr__(self, '_added_defaults', {})
         object.__setattr__(self, '_pending', [])
         # Resolved values: sending a task reads a dozen settings, which must cost nothing.
         object.__setattr__(self, '_cache', {})
@@ -142,25 +157,34 @@ class Settings(MutableMapping[str, Any]):
 
     # --- loading ------------------------------------------------------------------------------------------
 
-    def add_pending_source(self, load: Callable[[], Mapping[str, Any]]) -> None:
-        """Register a config source loaded on first read (`config_from_object` is lazy, as in Celery)."""
-        self._pending.append(load)
+    def add_pending_source(self, load: Callable[[], Mapping[str, Any]], defaults: bool = False) -> None:
+        """Register a config source loaded on first read (`config_from_object` is lazy, as in Celery); with
+        `defaults`, one of `app.add_defaults`, which a config object overrides and does not erase."""
+        self._pending.append((load, defaults))
         self._invalidate()
 
     def _load_pending(self) -> None:
         if self._pending:
             self._invalidate()
         while self._pending:
-            load = self._pending.pop(0)
-            self._source.clear()
-            self._source.update(self._normalise(load(), from_object=True))
+            load, defaults = self._pending.pop(0)
+            values = self._normalise(load(), from_object=True)
+            if defaults:
+                self._added_defaults.update(values)
+            else:  # a new config object replaces the previous one (Celery's)
+                self._source.clear()
+                self._source.update(values)
 
     def _normalise(self, values: Mapping[str, Any], from_object: bool = False) -> dict[str, Any]:
+        """Values by their settings' names; a name that is no setting is kept as it is (an extension's own
+        setting, or the app's, read with `conf.get`), and warned about when it looks like a misspelt one."""
         out: dict[str, Any] = {}
         for key, value in values.items():
-            name = self._canonical(key, warn=not from_object or self._looks_like_setting(key, value))
-            if name is not None:
-                out[name] = value
+            if from_object and not self._looks_like_setting(key, value):
+                if not key.startswith('_') and not callable(value) and type(value).__name__ != 'module':
+                    out.setdefault(key, value)
+                continue
+            out[self._canonical(key, warn=True) or key] = value
         return out
 
     @staticmethod
@@ -178,7 +202,7 @@ class Settings(MutableMapping[str, Any]):
             return OLD_NAMES[key]
         if key.isupper() and key.lower() in SETTINGS:
             return key.lower()
-        if warn:
+        if warn and _misspelt(key):  # (a name of the app's or an extension's own: no warning, as in Celery)
             _warn_unknown(key)
         return None
 
@@ -202,9 +226,13 @@ class Settings(MutableMapping[str, Any]):
         self._load_pending()
         if name in self._source:
             return self._source[name]
+        if name in self._added_defaults:
+            return self._added_defaults[name]
         if setting is None:
             raise KeyError(name)
         default = setting.default
+        if default is None and name in _FALLBACKS:  # (Celery's: unset, they are the default queue's name)
+            return self[_FALLBACKS[name]]
         return list(default) if isinstance(default, list) else dict(default) if isinstance(default, dict) else default
 
     def __getitem__(self, name: str) -> Any:
@@ -247,7 +275,7 @@ class Settings(MutableMapping[str, Any]):
 
     def __iter__(self) -> Iterator[str]:
         self._load_pending()
-        return iter(dict.fromkeys([*SETTINGS, *self._source, *self._changes]))
+        return iter(dict.fromkeys([*SETTINGS, *self._added_defaults, *self._source, *self._changes]))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -258,10 +286,10 @@ class Settings(MutableMapping[str, Any]):
             self[key] = value
 
     def setdefault(self, name: str, default: Any = None) -> Any:
-        if name not in self._changes:
-            self._changes[name] = default
-            self._invalidate()
-        return self._changes[name]
+        """`default` unless the name has a value (set, configured or a default of its own), as Celery's."""
+        if name not in self:
+            self[name] = default
+        return self[name]
 
     def find_value_for_key(self, name: str, namespace: str = 'celery') -> Any:
         """Celery's helper: `find_value_for_key('extended', 'result')` reads `result_extended`."""

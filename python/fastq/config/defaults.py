@@ -8,6 +8,7 @@ config module should port without noise.
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from typing import Any, NamedTuple
 
 
@@ -131,7 +132,7 @@ CELERY_SETTINGS = [
     _s('result_compression', 'str', None, old=('CELERY_RESULT_COMPRESSION',)),
     _s('result_exchange', 'str', 'celeryresults', old=('CELERY_RESULT_EXCHANGE',)),
     _s('result_exchange_type', 'str', 'direct', old=('CELERY_RESULT_EXCHANGE_TYPE',)),
-    _s('result_expires', 'any', 86400.0, old=('CELERY_TASK_RESULT_EXPIRES',)),
+    _s('result_expires', 'any', timedelta(days=1), old=('CELERY_TASK_RESULT_EXPIRES',)),
     _s('result_chord_expires', 'float', None, old=('CELERY_RESULT_CHORD_EXPIRES',)),
     _s('result_failure_expires', 'float', None, old=('CELERY_RESULT_FAILURE_EXPIRES',)),
     _s('result_persistent', 'bool', None, old=('CELERY_RESULT_PERSISTENT',)),

@@ -286,7 +286,7 @@ class WorkController:
                 return broker
             except BrokerConnectionError as exc:
                 attempt += 1
-                if not retry or (max_retries and attempt > max_retries):
+                if not retry or (max_retries is not None and attempt > max_retries):
                     logger.critical('Cannot connect to %s: %s.', broker.describe(), exc)
                     self.exitcode = 1
                     return None

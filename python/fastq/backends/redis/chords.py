@@ -16,6 +16,7 @@ from fastq.backends.chords import ChordStore, Claim, claim_seconds, done_seconds
 from fastq.backends.redis.layout import CHORD_CLAIM, CHORD_DIFF, CHORD_JOIN, CHORD_SEEN, CHORD_SIZE
 from fastq.backends.redis.scripts import CHORD_CLAIM_EXTEND, CHORD_CLEANUP, CHORD_PART_RETURN
 from fastq.exceptions import BackendError
+from fastq.utils.time import seconds
 
 if TYPE_CHECKING:
     from fastq.backends.redis import RedisBackend
@@ -30,7 +31,7 @@ class RedisChordStore(ChordStore):
         result_expires = int(backend.expires or 0)
         chord_expires = backend.app.conf.result_chord_expires
         #: TTL of the chord's keys (`result_chord_expires`, default `result_expires`; 0: none).
-        self.expires = int(chord_expires) if chord_expires is not None else result_expires
+        self.expires = int(seconds(chord_expires) or 0) if chord_expires is not None else result_expires
         #: TTL given to a saved header group: users read it too, so never less than `result_expires`.
         self.group_expires = max(self.expires, result_expires) if self.expires and result_expires else 0
         self._scripts: dict[str, Any] = {}
