@@ -184,7 +184,7 @@ class SQLiteChordStore(ChordStore):
         self.backend = backend
         conf = backend.app.conf
         expires = conf.result_chord_expires or backend.expires
-        self.expires = seconds(expires) if expires else DEFAULT_CHORD_EXPIRES
+        self.expires = seconds(expires) or DEFAULT_CHORD_EXPIRES
 
     def _write(self) -> Any:
         self.backend._setup()
