@@ -395,6 +395,8 @@ class Fastq:
         from fastq.brokers import default_broker_url
 
         url = self.conf.broker_url
+        if isinstance(url, list | tuple):  # failover URLs as a list (Celery's documented form): `;`-joined
+            url = ';'.join(url)
         return url or default_broker_url(self.conf.sqlite_directory)
 
     @property

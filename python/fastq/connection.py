@@ -30,7 +30,7 @@ class Connection:
 
     def __init__(self, app: Fastq, url: str | None = None, **kwargs: Any) -> None:
         self.app = app
-        self.url = url or app.conf.broker_url or app.broker.url
+        self.url = url or app.broker_url
         self.options = kwargs
         self._connected = False
 

@@ -379,6 +379,8 @@ class AsyncResult(ResultBase, Generic[R]):
 
     def _raise(self, state: str, value: Any, traceback: str | None) -> None:
         if isinstance(value, BaseException):
+            if traceback and self.app.conf.task_remote_tracebacks:
+                value = _with_remote_traceback(value, traceback)
             raise value
         if state == states.REVOKED:
             raise TaskRevokedError(value)
@@ -490,6 +492,17 @@ class EagerResult(AsyncResult[R]):
 
     def __repr__(self) -> str:
         return f'<EagerResult: {self.id}>'
+
+
+def _with_remote_traceback(exc: BaseException, traceback: str) -> BaseException:
+    """`task_remote_tracebacks`: the exception with the frames it was raised in, in the worker (tblib, as
+    Celery's; without tblib installed, as it is)."""
+    try:
+        from tblib import Traceback  # type: ignore[import-not-found]
+
+        return exc.with_traceback(Traceback.from_string(traceback, strict=False).as_traceback())
+    except Exception:  # no tblib, or a traceback it cannot read: the exception as it is
+        return exc
 
 
 def _then(first: Any, second: Any) -> Any:

@@ -706,11 +706,14 @@ class _Retrying:
         return delay
 
 
-def _retriable(exc: Exception) -> bool:
+def _retriable(exc: Exception, policy: dict[str, Any] | None = None) -> bool:
     # sqlite3.OperationalError (a locked or unreadable file) is matched by name: sqlite3 need not be loaded.
     # RabbitMQ refusing a declaration or a route (406, 404) will refuse it again: not retried.
     if isinstance(exc, AMQPChannelError):
         return False
+    extra = (policy or {}).get('retry_errors')  # the policy's own (kombu's `retry_errors`), besides these
+    if extra and isinstance(exc, tuple(extra) if isinstance(extra, list | tuple | set) else extra):
+        return True
     return (
         isinstance(exc, BrokerConnectionError | OperationalError | OSError) or type(exc).__name__ == 'OperationalError'
     )
@@ -729,7 +732,7 @@ def publish_with_retry(
             broker.publish(batch)
             return
         except Exception as exc:
-            if not _retriable(exc):
+            if not _retriable(exc, policy or app.conf.task_publish_retry_policy):
                 raise
             retrying = retrying or _Retrying(app, retry, policy)
             time.sleep(retrying.next_delay(exc))
@@ -748,7 +751,7 @@ async def apublish_with_retry(
             await broker.apublish(batch)
             return
         except Exception as exc:
-            if not _retriable(exc):
+            if not _retriable(exc, policy or app.conf.task_publish_retry_policy):
                 raise
             retrying = retrying or _Retrying(app, retry, policy)
             await asyncio.sleep(retrying.next_delay(exc))

@@ -236,3 +236,29 @@ def test_app_connection_names_the_broker_and_fails_clearly() -> None:
         assert waits == [0.0, 0.01]
     assert app.connection('redis://other:6379/0').hostname == 'other'
     app.close()
+
+
+def test_remote_tracebacks(memory_app: Fastq) -> None:
+    # task_remote_tracebacks (with tblib, as celery[tblib]): get() raises with the worker's frames
+    import traceback
+
+    memory_app.conf.task_remote_tracebacks = True
+
+    @memory_app.task
+    def deep_failure() -> None:
+        raise KeyError('deep')
+
+    worker = WorkController(memory_app, pool='threads', concurrency=1, quiet=True)
+    import threading
+
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        result = deep_failure.delay()
+        with pytest.raises(KeyError) as info:
+            result.get(timeout=30)
+    finally:
+        worker.stop()
+        thread.join(30)
+    frames = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
+    assert 'deep_failure' in frames  # the task's own frame, from the worker's traceback

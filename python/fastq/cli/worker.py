@@ -145,7 +145,9 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
         pool=args.pool,
         processes=args.processes,
         queues=_split(args.queues) or None,
-        prefetch_multiplier=1 if args.disable_prefetch else args.prefetch_multiplier,
+        prefetch_multiplier=1
+        if args.disable_prefetch or app.conf.worker_disable_prefetch
+        else args.prefetch_multiplier,
         max_tasks_per_child=args.max_tasks_per_child,
         max_memory_per_child=args.max_memory_per_child,
         time_limit=args.time_limit,

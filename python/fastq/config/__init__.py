@@ -291,9 +291,46 @@ class Settings(MutableMapping[str, Any]):
             self[name] = default
         return self[name]
 
+    def find_option(self, name: str, namespace: str = 'celery') -> tuple[str | None, str, Setting]:
+        """Celery's lookup of a setting by its short name: `(namespace, key, setting)`, the given namespace
+        first (`'extended', 'result'` -> result_extended), then every other (`'always_eager'`), then the
+        full name; KeyError when none has it."""
+        name, namespace = name.lower(), namespace.lower()
+        if namespace not in ('', 'celery') and f'{namespace}_{name}' in SETTINGS:
+            return namespace, name, SETTINGS[f'{namespace}_{name}']
+        for prefix in _SETTING_PREFIXES:
+            if prefix + name in SETTINGS:
+                return prefix[:-1], name, SETTINGS[prefix + name]
+        if name in SETTINGS:
+            return None, name, SETTINGS[name]
+        raise KeyError(name)
+
+    def get_by_parts(self, *parts: str | None) -> Any:
+        """`get_by_parts('task', 'always_eager')` reads task_always_eager."""
+        return self['_'.join(part for part in parts if part)]
+
     def find_value_for_key(self, name: str, namespace: str = 'celery') -> Any:
         """Celery's helper: `find_value_for_key('extended', 'result')` reads `result_extended`."""
-        return self[f'{namespace}_{name}' if namespace != 'celery' else name]
+        return self.get_by_parts(*self.find_option(name, namespace)[:-1])
+
+    def without_defaults(self) -> dict[str, Any]:
+        """What was configured (in code, by the config object, `add_defaults` or the environment)."""
+        return self.table(censored=False)
+
+    def value_set_for(self, key: str) -> bool:
+        return key in self.without_defaults()
+
+    def first(self, *keys: str) -> Any:
+        """The value of the first of `keys` that is set to something (not None)."""
+        return next((value for value in (self.get(key) for key in keys) if value is not None), None)
+
+    def copy(self) -> dict[str, Any]:
+        return dict(self.items())
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The built-in defaults of every setting."""
+        return {name: setting.default for name, setting in SETTINGS.items()}
 
     def changes(self) -> dict[str, Any]:
         """Settings that differ from the defaults (what `fastq report` and the banner show)."""
@@ -315,7 +352,7 @@ class Settings(MutableMapping[str, Any]):
             items = dict(self)
         else:
             self._load_pending()
-            names = dict.fromkeys([*self._source, *self._changes, *self._environment()])
+            names = dict.fromkeys([*self._added_defaults, *self._source, *self._changes, *self._environment()])
             items = {name: self[name] for name in names}
         return {key: mask_secrets(key, value) if censored else value for key, value in items.items()}
 

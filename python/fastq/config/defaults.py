@@ -39,7 +39,7 @@ CELERY_SETTINGS = [
     _s('beat_schedule_filename', 'str', 'celerybeat-schedule', old=('CELERYBEAT_SCHEDULE_FILENAME',)),
     _s('beat_sync_every', 'int', 0, old=('CELERYBEAT_SYNC_EVERY',)),
     _s('beat_cron_starting_deadline', 'int', None, old=('CELERYBEAT_CRON_STARTING_DEADLINE',)),
-    _s('broker_url', 'str', None),
+    _s('broker_url', 'any', None),  # a URL, or a list of them to fail over between
     _s('broker_read_url', 'str', None),
     _s('broker_write_url', 'str', None),
     _s('broker_transport', 'str', None),

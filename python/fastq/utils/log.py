@@ -53,9 +53,11 @@ def task_context(task_id: str | None, task_name: str | None) -> None:
 class _WorkerFormatter(logging.Formatter):
     """Formats task records with `worker_task_log_format` and all others with `worker_log_format`."""
 
-    def __init__(self, fmt: str, task_fmt: str, datefmt: str | None, color: bool) -> None:
+    def __init__(
+        self, fmt: str, task_fmt: str, datefmt: str | None, color: bool, task_datefmt: str | None = None
+    ) -> None:
         super().__init__(fmt, datefmt)
-        self._task = logging.Formatter(task_fmt, datefmt)
+        self._task = logging.Formatter(task_fmt, task_datefmt or datefmt)
         self._color = color
 
     _COLORS = {logging.ERROR: '\033[31m', logging.CRITICAL: '\033[35m', logging.WARNING: '\033[33m'}
@@ -81,6 +83,7 @@ def setup_logging(
     colorize: bool | None = None,
     hijack_root: bool = True,
     nodename: str | None = None,
+    task_datefmt: str | None = None,
 ) -> None:
     """Configure the root logger for a worker unless the `setup_logging` signal has a receiver that did it.
 
@@ -108,7 +111,7 @@ def setup_logging(
         stream = sys.stderr
         handler = logging.StreamHandler(stream)
     use_color = colorize if colorize is not None else bool(stream is not None and stream.isatty())
-    handler.setFormatter(_WorkerFormatter(fmt, task_fmt, datefmt, use_color))
+    handler.setFormatter(_WorkerFormatter(fmt, task_fmt, datefmt, use_color, task_datefmt))
     root = logging.getLogger()
     if hijack_root:
         for old in list(root.handlers):
@@ -148,6 +151,7 @@ def setup_worker_logging(
         colorize=False if logfile else conf.worker_log_color,
         hijack_root=conf.worker_hijack_root_logger,
         nodename=nodename,
+        task_datefmt=conf.worker_task_log_datefmt,
     )
     if redirect and conf.worker_redirect_stdouts and not signals.setup_logging.receivers:
         redirect_stdouts(conf.worker_redirect_stdouts_level)

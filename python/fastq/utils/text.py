@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import reprlib
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,11 +30,16 @@ def mask_url(url: str) -> str:
 
 
 def mask_secrets(key: str, value: Any) -> Any:
-    """What `conf.humanize()` shows for a setting: URLs with passwords masked, secret-looking keys starred."""
+    """What `conf.humanize()` shows for a setting: URLs with passwords masked, secret-looking keys starred,
+    at any depth (`broker_transport_options={'sentinel_kwargs': {'password': ...}}`, a beat entry's kwargs)."""
     if isinstance(value, str) and '://' in value:
         return mask_url(value)
-    if _SECRET_KEYS.search(key) and value and not isinstance(value, bool | int):
+    if isinstance(key, str) and _SECRET_KEYS.search(key) and value and not isinstance(value, bool | int | Mapping):
         return '********'
+    if isinstance(value, Mapping):
+        return {k: mask_secrets(k, v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(mask_secrets(key, v) for v in value)
     return value
 
 
