@@ -498,7 +498,7 @@ def _with_remote_traceback(exc: BaseException, traceback: str) -> BaseException:
     """`task_remote_tracebacks`: the exception with the frames it was raised in, in the worker (tblib, as
     Celery's; without tblib installed, as it is)."""
     try:
-        from tblib import Traceback  # type: ignore[import-not-found]
+        from tblib import Traceback  # type: ignore[import-untyped,unused-ignore]
 
         return exc.with_traceback(Traceback.from_string(traceback, strict=False).as_traceback())
     except Exception:  # no tblib, or a traceback it cannot read: the exception as it is
