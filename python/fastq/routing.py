@@ -20,7 +20,7 @@ from fastq.utils.imports import symbol_by_name
 if TYPE_CHECKING:
     from fastq.config import Settings
 
-__all__ = ['Exchange', 'Queue', 'Router']
+__all__ = ['Exchange', 'Queue', 'Router', 'direct_queue', 'worker_direct']
 
 
 @dataclass(eq=True)
@@ -104,6 +104,25 @@ def as_queue(queue: Any) -> Queue:
         bool(getattr(queue, 'no_ack', False)),
         tuple(getattr(queue, 'bindings', None) or ()),
     )
+
+
+#: `worker_direct`: each worker's own queue, `<nodename>.dq2`, bound to this exchange with its node name.
+WORKER_DIRECT_EXCHANGE = 'C.dq2'
+WORKER_DIRECT_SUFFIX = '.dq2'
+
+
+def worker_direct(hostname: str | Queue) -> Queue:
+    """The queue that is a direct route to the worker `hostname` (`w1@example.com`): Celery's."""
+    if isinstance(hostname, Queue):
+        return hostname
+    return Queue(f'{hostname}{WORKER_DIRECT_SUFFIX}', Exchange(WORKER_DIRECT_EXCHANGE), hostname)
+
+
+def direct_queue(name: str) -> Queue | None:
+    """The `worker_direct` queue of this name (`w1@example.com.dq2`), or None for any other."""
+    if name.endswith(WORKER_DIRECT_SUFFIX) and '@' in name:
+        return worker_direct(name[: -len(WORKER_DIRECT_SUFFIX)])
+    return None
 
 
 def _is_queue(value: Any) -> bool:
@@ -241,8 +260,8 @@ class Router:
         if _is_queue(queue):
             qobj = as_queue(queue)
         else:
-            qobj = self.queues.get(queue) or Queue(queue)
-            if queue not in self.queues and self.queues and not self.create_missing:
+            qobj = self.queues.get(queue) or direct_queue(queue) or Queue(queue)
+            if qobj.name not in self.queues and self.queues and not self.create_missing and not direct_queue(queue):
                 raise QueueNotFound(f'Queue {queue!r} missing from task_queues')
         out['queue'] = qobj.name
         exchange = out.get('exchange')

@@ -398,3 +398,15 @@ def test_the_remote_debugger(tasks: Any, worker: Any) -> None:
         conn.sendall(b'c\n')
     assert result.get(timeout=30) == 5
     w.wait_for(f'Remote Debugger:{port}: Session with 127.0.0.1:', 30)
+
+
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_worker_direct_queues(tasks: Any, worker: Any) -> None:
+    # worker_direct (Celery's): each worker consumes `<nodename>.dq2`, bound to C.dq2 with its node name
+    worker('-n', 'direct1@%h', extra_env={'FASTQ_WORKER_DIRECT': 'true'})
+    worker('-n', 'other1@%h')
+    node = next(name for reply in tasks.app.control.ping(timeout=2) for name in reply if name.startswith('direct1@'))
+    by_exchange = tasks.whoami.apply_async(exchange='C.dq2', routing_key=node)
+    by_queue = tasks.whoami.apply_async(queue=f'{node}.dq2')
+    assert by_exchange.get(timeout=30)['hostname'] == node
+    assert by_queue.get(timeout=30)['hostname'] == node

@@ -126,6 +126,10 @@ class WorkController:
             self.concurrency = slots = int(conf.worker_concurrency or os.cpu_count() or 1)
             self.processes = self.concurrency if self.pool_name == 'prefork' else 1
         self.queues = app.router.worker_queues(queues)
+        if conf.worker_direct:  # a queue of this worker's own, for tasks routed to it by name (Celery's)
+            from fastq.routing import worker_direct
+
+            self.queues.append(worker_direct(self.hostname).name)
         self.autoscale: tuple[int, int] | None = None
         if autoscale:
             from fastq.worker.autoscale import parse_autoscale

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastq.routing import Exchange, Queue, Router
+from fastq.routing import Exchange, Queue, Router, direct_queue
 
 if TYPE_CHECKING:
     from fastq.config import Settings
@@ -90,7 +90,7 @@ class Topology:
 
     def spec(self, name: str) -> QueueSpec:
         conf = self.conf
-        queue = self.queues.get(name)
+        queue = self.queues.get(name) or direct_queue(name)
         arguments: dict[str, Any] = {}
         if queue is None:
             kind = conf.task_default_queue_type if name == conf.task_default_queue else None

@@ -45,7 +45,7 @@ from fastq.brokers.redis.deadletters import RedisDeadLetters
 from fastq.brokers.redis.layout import DEFAULT_PRIORITY_STEPS, DEFAULT_SEP, DELIVERIES_HEADER, Layout
 from fastq.brokers.redis.scripts import Scripts
 from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured, OperationalError
-from fastq.routing import Queue, Router, as_exchange
+from fastq.routing import Queue, Router, as_exchange, direct_queue
 from fastq.utils.aioredis import AsyncRedis, params_of
 from fastq.utils.loops import LoopLocal
 
@@ -258,7 +258,7 @@ class RedisBroker(Broker):
         commands: list[tuple[Any, ...]] = []
         for q in queues:
             bindings = {(q, q)}
-            queue = configured.get(q)
+            queue = configured.get(q) or direct_queue(q)
             if queue is not None:
                 exchange = as_exchange(queue.exchange)
                 if exchange.name:
