@@ -410,3 +410,26 @@ def test_worker_direct_queues(tasks: Any, worker: Any) -> None:
     by_queue = tasks.whoami.apply_async(queue=f'{node}.dq2')
     assert by_exchange.get(timeout=30)['hostname'] == node
     assert by_queue.get(timeout=30)['hostname'] == node
+
+
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_a_redelivered_task_that_succeeded_is_not_run_again(
+    tasks: Any, worker: Any, tmp_path: Path, urls: dict[str, str]
+) -> None:
+    # worker_deduplicate_successful_tasks (Celery's): its ack was lost, its SUCCESS was not: acked, not rerun
+    import json as _json
+
+    import redis as redis_client
+
+    from tests.harness import lines
+
+    client = redis_client.Redis.from_url(urls['FASTQ_BROKER_URL'])
+    log = tmp_path / 'runs.log'
+    result = tasks.slow_record.apply_async((str(log), 'once', 0.0), queue='dedupe')
+    envelope = _json.loads(client.lindex('dedupe', 0))  # the message as stored, before any worker took it
+    w = worker('-Q', 'dedupe', extra_env={'FASTQ_WORKER_DEDUPLICATE_SUCCESSFUL_TASKS': 'true'})
+    assert result.get(timeout=30) == 'once'
+    envelope['headers']['redelivered'] = True  # as a restore of the reservation would hand it out again
+    client.lpush('dedupe', _json.dumps(envelope))
+    w.wait_for(f'Task worker_tasks.slow_record[{result.id}] Task already completed successfully.', 30)
+    assert [line.split()[0] for line in lines(log)] == ['start', 'done']  # ran once

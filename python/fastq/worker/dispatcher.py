@@ -113,6 +113,9 @@ class Dispatcher:
         self.default_soft_time_limit = conf.task_soft_time_limit
         self.accepting = True
         self.revoked = RevokedSet()
+        #: `worker_deduplicate_successful_tasks`: a redelivered acks_late task whose result says SUCCESS is
+        #: acked, not run again (it ran; the ack was lost). Needs a result backend that keeps results.
+        self.deduplicate = bool(conf.worker_deduplicate_successful_tasks) and bool(conf.result_backend)
         #: `revoke_by_stamped_headers`: stamp name -> the values revoked (Celery's worker_state.revoked_stamps).
         self.revoked_stamps: dict[str, list[Any]] = {}
         self.limiter = RateLimiter(
@@ -189,6 +192,10 @@ class Dispatcher:
             return
         if request.expires is not None and request.expires < now:
             self._discard_revoked(d, request, task, expired=True)
+            return
+        if d.redelivered and self.deduplicate and task.acks_late and self._already_succeeded(request):
+            logger.info('Task %s[%s] Task already completed successfully.', request.task, request.id)
+            self._ack_now([d.tag])
             return
         job = self._job(next(self._ids), d, request, task)
         if request.eta is not None and request.eta > now:
@@ -346,6 +353,14 @@ class Dispatcher:
             except Exception as store_exc:
                 error_logger.warning('Could not store NotRegistered for %s: %r', task_id, store_exc)
         signals.task_unknown.send(sender=self, message=d.message, exc=exc, name=name, id=task_id)
+
+    def _already_succeeded(self, request: Any) -> bool:
+        """Whether the result backend holds SUCCESS for this task (read only for redelivered messages)."""
+        try:
+            return bool(self.app.backend.get_task_meta(request.id).get('status') == states.SUCCESS)
+        except Exception as exc:  # the backend cannot say: run it (at least once, as without the setting)
+            logger.warning('Task %s[%s]: cannot read its state to skip a duplicate: %r', request.task, request.id, exc)
+            return False
 
     def _discard_revoked(self, d: Delivery, request: Any, task: Any, expired: bool) -> None:
         """Revoked (or expired) before it ran: REVOKED stored, message acked, never executed."""

@@ -86,6 +86,7 @@ class Lending:
             and not self.fetcher.paused.is_set()
             and self.fetcher.caught_up
             and len(d.revoked) <= MAX_REVOKED
+            and not d.revoked_stamps  # (checked on the message's headers, which the child does not decode)
             # Celery sends task_received in the worker's main process before the task runs; a child that
             # takes a task runs it first. While a handler is connected, tasks come the usual way.
             and not signals.task_received.connected

@@ -107,6 +107,8 @@ class Lent:
         self.time_limit, self.soft_time_limit = limits
         self.max_redeliveries: int = max_redeliveries
         self.hostname: str = hostname
+        #: A redelivered acks_late task goes to the parent, which checks its result first (dedupe).
+        self.deduplicate = bool(app.conf.worker_deduplicate_successful_tasks)
         spare, Lent._spare = Lent._spare, None
         self.lead = spare if spare is not None and spare.spec == spec else app.broker.child_lead(spec)
         self.active = True  # False once this child gave the lead back itself (TOOK), or lost it
@@ -256,7 +258,7 @@ class Lent:
                 if (eta is not None and eta > now) or (expires is not None and expires < now):
                     return None
         task = self.app.tasks.get(name) if name in self.names else None
-        if task is None or task_id in self.revoked:
+        if task is None or task_id in self.revoked or (d.redelivered and self.deduplicate and task.acks_late):
             return None
         task_limit, task_soft_limit = self.names[name]
         time_limit = time_limit or task_limit or self.time_limit
