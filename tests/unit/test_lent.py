@@ -30,6 +30,7 @@ def _app(**task: Any) -> Any:
         tasks={'tasks.add': add},
         timezone=dt.UTC,
         broker=SimpleNamespace(child_lead=lambda spec: SimpleNamespace(spec=spec)),
+        conf=SimpleNamespace(worker_deduplicate_successful_tasks=False),
     )
 
 
