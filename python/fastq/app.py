@@ -295,7 +295,7 @@ class Fastq:
             register_builtins(self)
             bind_shared_tasks(self)
             signals.import_modules.send(sender=self)
-            for module in [*(self.conf.imports or ()), *(self.conf.include or ())]:
+            for module in [*_module_names(self.conf.imports), *_module_names(self.conf.include)]:
                 importlib.import_module(module)
             bind_shared_tasks(self)
             for task in list(self.tasks.values()):  # settings configured after `@app.task` apply (Celery's)
@@ -659,7 +659,7 @@ class Fastq:
         include = kwargs.pop('include', None)
         if include:
             extra = include.split(',') if isinstance(include, str) else list(include)
-            self.conf.include = [*(self.conf.include or []), *extra]
+            self.conf.include = [*_module_names(self.conf.include), *extra]
         loglevel, logfile = kwargs.pop('loglevel', None), kwargs.pop('logfile', None)
         if loglevel is not None or logfile is not None:
             from fastq.utils.log import setup_worker_logging
@@ -698,6 +698,13 @@ class Fastq:
 
 
 Celery = Fastq
+
+
+def _module_names(value: Any) -> list[str]:
+    """`imports`/`include`: a list of module names, or one name (Celery takes either)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _bound_group_result(bound: Fastq) -> type[GroupResult]:

@@ -89,7 +89,7 @@ def test_unknown_attribute_suggests() -> None:
         ('accept_content', 'json', 'accept_content: expected a list'),
         ('accept_content', ['json', 'bogus'], "accept_content: unknown serializer 'bogus'"),
         ('worker_concurrency', 0, 'worker_concurrency: must be positive'),
-        ('worker_concurrency', 'four', 'worker_concurrency: expected an integer'),
+        ('worker_concurrency', 'four', "worker_concurrency: expected a number of processes or 'auto'"),
         ('worker_prefetch_multiplier', -1, 'worker_prefetch_multiplier: must not be negative'),
         ('timezone', 'Mars/Olympus', "timezone: unknown time zone 'Mars/Olympus'"),
         ('worker_pool', 'gevent', 'worker_pool: fastq has no gevent pool.*async def'),
@@ -119,9 +119,13 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bad_environment_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv('FASTQ_WORKER_CONCURRENCY', 'many')
-    with pytest.raises(ImproperlyConfigured, match='worker_concurrency: bad value in the environment'):
-        _ = app().conf.worker_concurrency
+    monkeypatch.setenv('FASTQ_WORKER_PREFETCH_MULTIPLIER', 'many')
+    with pytest.raises(ImproperlyConfigured, match='worker_prefetch_multiplier: bad value in the environment'):
+        _ = app().conf.worker_prefetch_multiplier
+    monkeypatch.delenv('FASTQ_WORKER_PREFETCH_MULTIPLIER')
+    monkeypatch.setenv('FASTQ_WORKER_CONCURRENCY', 'many')  # (a number or 'auto': checked when validated)
+    with pytest.raises(ImproperlyConfigured, match="worker_concurrency: expected a number of processes or 'auto'"):
+        app().conf.validate()
 
 
 def test_humanize_masks_passwords() -> None:
@@ -234,3 +238,28 @@ def test_expiry_settings_take_timedeltas_and_the_environment_numbers(monkeypatch
     b = app()
     assert b.conf.result_expires == 3600
     b.conf.validate()
+
+
+def test_values_celery_takes_that_were_refused() -> None:
+    import os
+
+    from fastq.beat import Scheduler
+    from fastq.beat.service import check_scheduler
+
+    a = app()
+    a.conf.update(
+        worker_concurrency='auto', imports='os.path', broker_heartbeat=10.0, beat_cron_starting_deadline=60.0,
+        broker_failover_strategy=lambda hosts: iter(hosts), beat_scheduler=Scheduler, cassandra_port=9042,
+    )  # fmt: skip
+    a.conf.validate()
+    a.finalize()  # imports one module named as a string
+    from fastq.worker.worker import _concurrency
+
+    assert _concurrency('auto') is None and _concurrency('4') == 4 and os.cpu_count()
+
+    class Mine(Scheduler):
+        pass
+
+    assert check_scheduler(Mine) is Mine and check_scheduler('celery.beat:PersistentScheduler') is Scheduler
+    with pytest.raises(ImproperlyConfigured, match='is not available in fastq'):
+        check_scheduler('django_celery_beat.schedulers:DatabaseScheduler')

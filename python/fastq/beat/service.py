@@ -41,10 +41,21 @@ SCHEDULER_NAMES = frozenset(
 )
 
 
-def check_scheduler(value: Any) -> None:
-    """Refuse schedulers fastq does not have (django-celery-beat's, RedBeat ...) with a clear error."""
-    if value is None or value is Scheduler or (isinstance(value, str) and value in SCHEDULER_NAMES):
-        return
+def check_scheduler(value: Any) -> type[Scheduler]:
+    """The scheduler class `beat_scheduler`/`--scheduler` names: fastq's, or a subclass of it (by class or
+    'module:Name'); schedulers fastq does not have (django-celery-beat's, RedBeat ...) fail clearly."""
+    if value is None or (isinstance(value, str) and value in SCHEDULER_NAMES):
+        return Scheduler
+    candidate = value
+    if isinstance(value, str):
+        from fastq.utils.imports import symbol_by_name
+
+        try:
+            candidate = symbol_by_name(value)
+        except (ImportError, AttributeError, ValueError):
+            candidate = None
+    if isinstance(candidate, type) and issubclass(candidate, Scheduler):
+        return candidate
     raise ImproperlyConfigured(
         f'beat_scheduler: {value!r} is not available in fastq. fastq runs its own scheduler '
         '(fastq.beat:Scheduler, also named celery.beat:PersistentScheduler): entries come from beat_schedule '
@@ -65,14 +76,14 @@ class Service:
         lock_timeout: float | None = None,
         embedded: bool = False,
     ) -> None:
-        check_scheduler(scheduler_cls if scheduler_cls is not None else app.conf.beat_scheduler)
+        cls = check_scheduler(scheduler_cls if scheduler_cls is not None else app.conf.beat_scheduler)
         self.app = app
         self.schedule_filename = schedule_filename or app.conf.beat_schedule_filename
         self.embedded = embedded
         self.lock_timeout = float(lock_timeout or app.conf.beat_lock_timeout)
         if self.lock_timeout <= 0:
             raise ImproperlyConfigured(f'beat_lock_timeout: must be more than 0 seconds, got {self.lock_timeout}')
-        self.scheduler = Scheduler(app, ScheduleStore(self.schedule_filename), max_interval)
+        self.scheduler = cls(app, ScheduleStore(self.schedule_filename), max_interval)
         self.lock: LeaderLock | None = None
         self.leader = False
         self._stop = threading.Event()

@@ -135,7 +135,10 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
         raise CommandError(f'-P {args.pool}: {UNSUPPORTED_POOLS[args.pool]}')
     _warn_no_ops(args)
     if args.include:
-        app.conf.include = [*(app.conf.include or []), *_split(args.include)]
+        app.conf.include = [
+            *([app.conf.include] if isinstance(app.conf.include, str) else app.conf.include or []),
+            *_split(args.include),
+        ]
     node, pidfile = _detach_if_asked(args)
     # Made before logging is set up, as Celery's: its `celeryd_init` receivers may configure logging too.
     worker = WorkController(

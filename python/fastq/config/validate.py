@@ -89,6 +89,15 @@ def _check_non_negative(conf: Settings, name: str) -> None:
         raise _fail(name, f'must not be negative, got {value!r}')
 
 
+def _check_concurrency(conf: Settings, name: str) -> None:
+    value = conf[name]
+    if value is None or value == 'auto' or (isinstance(value, str) and value.strip().isdigit()):
+        return  # ('auto': the CPUs, as Celery 5.7; a number as text, from an environment or ini file)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _fail(name, f"expected a number of processes or 'auto', got {value!r}")
+    _check_positive(conf, name)
+
+
 def _check_positive(conf: Settings, name: str) -> None:
     value = conf[name]
     if value is not None and value <= 0:
@@ -116,7 +125,7 @@ _VALUE_CHECKS: dict[str, Any] = {
     'result_compression': _check_compression,
     'timezone': _check_timezone,
     'worker_pool': _check_pool,
-    'worker_concurrency': _check_positive,
+    'worker_concurrency': _check_concurrency,
     'worker_asyncio_processes': _check_positive,
     'worker_prefetch_multiplier': _check_non_negative,
     'worker_max_tasks_per_child': _check_positive,

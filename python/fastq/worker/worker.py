@@ -44,6 +44,13 @@ HOUSEKEEPING_INTERVAL = 1.0
 REVOKED_REFRESH = 5.0  # seconds between reads of the broker's revoked ids (the pidbox is the fast path)
 
 
+def _concurrency(value: Any) -> int | None:
+    """`worker_concurrency` as a number: None (and Celery 5.7's 'auto') for the pool's own default."""
+    if value is None or value == 'auto':
+        return None
+    return int(value) or None
+
+
 class WorkController:
     def __init__(
         self,
@@ -117,13 +124,13 @@ class WorkController:
         if self.pool_name == 'asyncio':  # -c: tasks in flight per child; the children are counted apart
             from fastq.worker.pool.aio import DEFAULT_COROUTINES
 
-            self.concurrency = int(conf.worker_concurrency or DEFAULT_COROUTINES)
+            self.concurrency = _concurrency(conf.worker_concurrency) or DEFAULT_COROUTINES
             self.processes = int(conf.worker_asyncio_processes or os.cpu_count() or 1)
             slots = self.processes * self.concurrency
         else:
             if conf.worker_asyncio_processes:
                 logger.warning('--processes (worker_asyncio_processes) applies to -P asyncio only; ignored')
-            self.concurrency = slots = int(conf.worker_concurrency or os.cpu_count() or 1)
+            self.concurrency = slots = _concurrency(conf.worker_concurrency) or os.cpu_count() or 1
             self.processes = self.concurrency if self.pool_name == 'prefork' else 1
         self.queues = app.router.worker_queues(queues)
         if conf.worker_direct:  # a queue of this worker's own, for tasks routed to it by name (Celery's)
