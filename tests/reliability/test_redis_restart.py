@@ -79,3 +79,20 @@ def test_sigkill_with_acks_late_runs_again(
     client: Any, start_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
     check_acks_late_survive_sigkill(client, start_worker, tmp_path / 'slow.txt')
+
+
+def test_broker_lost_with_retries_disabled_shuts_the_worker_down(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, durable_redis: RedisServer
+) -> None:
+    # broker_connection_retry=False (Celery's): a connection lost after startup is not retried; the worker
+    # says so and stops with exit code 1 (an orchestrator restarts it), instead of retrying forever
+    monkeypatch.setenv('FASTQ_BROKER_CONNECTION_RETRY', 'false')
+    worker = request.getfixturevalue('start_worker')()  # (its environment taken now, with the setting)
+    durable_redis.stop()
+    try:
+        assert worker.proc is not None
+        worker.proc.wait(60)
+        assert worker.proc.returncode == 1
+        assert 'broker_connection_retry=False). Shutting down...' in worker.log
+    finally:
+        durable_redis.start()

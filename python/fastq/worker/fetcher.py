@@ -72,6 +72,11 @@ class Fetcher(threading.Thread):
         self.reconnects = 0  # times fetching worked again after failing: a metric
         # Called before this thread waits, when the acks it queues ride with its fetches (`Settler.carrier`).
         self.handover: Callable[[], None] | None = None
+        # After the broker was lost (Celery's broker_connection_retry / broker_connection_max_retries): whether
+        # to try again, how many times in a row, and what to call when giving up (the worker shuts down).
+        self.retry = True
+        self.max_retries: int | None = None
+        self.on_give_up: Callable[[], None] | None = None
         # Lending the lead to a pool child (fastq.worker.lending): asked for, and told whether it stopped
         # waiting on the lead (True) or kept it (False).
         self._lend_asked = False
@@ -107,6 +112,7 @@ class Fetcher(threading.Thread):
             self._stop_event.wait()
             return
         backoff = 0.0
+        failures = 0
         pace = _Pace()
         linger = False
         while not self._stop_event.is_set():
@@ -134,6 +140,9 @@ class Fetcher(threading.Thread):
             try:
                 deliveries = self.consumer.fetch(free, FETCH_TIMEOUT)
             except Exception as exc:
+                failures += 1
+                if self._give_up(exc, failures):
+                    return
                 backoff = min(max(backoff * 2, 0.5), 30.0)
                 logger.error(
                     'consumer: Cannot fetch from %s: %s.\nTrying again in %.2f seconds...',
@@ -148,10 +157,35 @@ class Fetcher(threading.Thread):
                 logger.info('Connected to %s', self.describe)
                 self.reconnects += 1
                 backoff = 0.0
+            failures = 0
             self.caught_up = len(deliveries) < free
             linger = pace.fetched(len(deliveries), free, time.monotonic())
             if deliveries:
                 self.accept(deliveries, self.deliver_here)
+
+    def _give_up(self, exc: Exception, failures: int) -> bool:
+        """Whether to stop fetching for good after a broker error: retries disabled, or too many in a row
+        (the worker then shuts down with exit code 1, as Celery's)."""
+        if self.on_give_up is None:
+            return False
+        if not self.retry:
+            logger.critical(
+                'Retrying to re-establish a connection to the message broker after a connection loss has been '
+                'disabled (app.conf.broker_connection_retry=False). Shutting down... (%s: %s)',
+                self.describe,
+                exc,
+            )
+        elif self.max_retries is not None and failures > self.max_retries:
+            logger.critical(
+                'Cannot connect to %s: %s. Retry limit exceeded (broker_connection_max_retries=%d): shutting down.',
+                self.describe,
+                exc,
+                self.max_retries,
+            )
+        else:
+            return False
+        self.on_give_up()
+        return True
 
     def _lend(self) -> None:
         self._lend_asked = False

@@ -239,6 +239,9 @@ class WorkController:
             None if self.pool.runs_tasks_in_loop else self._deliver_here,
         )
         self.dispatcher.fetcher = self.fetcher
+        self.fetcher.retry = bool(self.app.conf.broker_connection_retry)
+        self.fetcher.max_retries = self.app.conf.broker_connection_max_retries
+        self.fetcher.on_give_up = self._broker_lost
         if carried:  # acks the fetcher queues ride with its next fetch; it hands them over before it waits
             self.settler.carrier = self.fetcher
             self.fetcher.handover = self.settler.hand_over
@@ -478,6 +481,11 @@ class WorkController:
         sys.stdout.flush()
         logger.warning('worker: %s shutdown (MainProcess)', how.capitalize())
         signals.worker_shutting_down.send(sender=self.hostname, sig=signum, how=how.capitalize(), exitcode=0)
+
+    def _broker_lost(self) -> None:
+        """(The fetcher's thread) the broker is gone for good per the retry settings: stop, exit code 1."""
+        self.exitcode = 1
+        self.loop.call_soon_threadsafe(lambda: self.request_shutdown('warm'))
 
     def stop(self) -> None:
         """Warm shutdown, callable from any thread (tests, embedding)."""
