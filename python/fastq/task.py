@@ -190,6 +190,13 @@ class Task(Generic[P, R]):
     soft_time_limit: float | None = None
     acks_late: bool | None = None
     acks_on_failure_or_timeout: bool | None = None
+    #: Celery 5.7's split of the above (None: as acks_on_failure_or_timeout says, else True): with acks_late,
+    #: whether a failed task's message is acked (else dead-lettered), and a timed-out one's (else requeued).
+    acks_on_failure: bool | None = None
+    acks_on_timeout: bool | None = None
+    #: A task whose process was lost is sent again as `retry` would (max_retries and default_retry_delay
+    #: apply); once they run out it fails. Before reject_on_worker_lost.
+    retry_on_worker_lost: bool | None = None
     reject_on_worker_lost: bool | None = None
     track_started: bool | None = None
     expires: float | datetime | None = None
@@ -232,6 +239,9 @@ class Task(Generic[P, R]):
         ('track_started', 'task_track_started'),
         ('acks_late', 'task_acks_late'),
         ('acks_on_failure_or_timeout', 'task_acks_on_failure_or_timeout'),
+        ('acks_on_failure', 'task_acks_on_failure'),
+        ('acks_on_timeout', 'task_acks_on_timeout'),
+        ('retry_on_worker_lost', 'task_retry_on_worker_lost'),
         ('reject_on_worker_lost', 'task_reject_on_worker_lost'),
         ('ignore_result', 'task_ignore_result'),
         ('store_errors_even_if_ignored', 'task_store_errors_even_if_ignored'),

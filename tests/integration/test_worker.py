@@ -433,3 +433,12 @@ def test_a_redelivered_task_that_succeeded_is_not_run_again(
     client.lpush('dedupe', _json.dumps(envelope))
     w.wait_for(f'Task worker_tasks.slow_record[{result.id}] Task already completed successfully.', 30)
     assert [line.split()[0] for line in lines(log)] == ['start', 'done']  # ran once
+
+
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_retry_on_worker_lost(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    # Celery 5.7's retry_on_worker_lost: a task whose process died is sent again as retry() would
+    w = worker()
+    result = tasks.dies_once.delay(str(tmp_path / 'died.txt'))
+    assert result.get(timeout=60) == 1  # the second run, a retry
+    w.wait_for(f'Task worker_tasks.dies_once[{result.id}] retry: Retry in ', 30)

@@ -412,3 +412,14 @@ def debugged(x: int, y: int) -> int:
     result = x + y
     rdb.set_trace()
     return result
+
+
+@app.task(bind=True, acks_late=True, retry_on_worker_lost=True, max_retries=2, default_retry_delay=0)
+def dies_once(self, path: str) -> int:  # type: ignore[no-untyped-def]
+    """Kills its own process on the first run (Celery 5.7's retry_on_worker_lost sends it again)."""
+    import signal as _signal
+
+    if not os.path.exists(path):
+        _record(path, 'died')
+        os.kill(os.getpid(), _signal.SIGKILL)
+    return int(self.request.retries)

@@ -551,7 +551,9 @@ class Dispatcher:
                 self._reject([job.tag], requeue=True)
             else:  # rejected for good: kept aside (AMQP would dead-letter it too), not silently dropped
                 self._dead_letter(job.delivery, f'rejected by the task: {outcome.exc_repr}')
-        elif state == states.FAILURE and job.acks_late and not job.acks_on_failure_or_timeout:
+        elif (
+            state == states.FAILURE and job.acks_late and not _acks_on(self.app.tasks.get(job.request.task), 'failure')
+        ):
             self._dead_letter(job.delivery, f'task failed: {outcome.exc_repr}')
         else:
             self._late_acks.append(job.tag)
@@ -593,12 +595,17 @@ class Dispatcher:
             exc: BaseException = TimeLimitExceeded(job.time_limit)
             self._request_hook(job, 'on_timeout', False, job.time_limit)
             self._request_hook(job, 'on_failure', ExceptionInfo(exc))
-            self._store_failure(job, exc)
-            if not job.acked:
-                if job.acks_on_failure_or_timeout:
+            if job.acked or not job.acks_late or _acks_on(self.app.tasks.get(job.request.task), 'timeout'):
+                self._store_failure(job, exc)
+                if not job.acked:
                     self._late_acks.append(job.tag)
-                else:
-                    self._dead_letter(job.delivery, f'time limit ({job.time_limit}s) exceeded')
+            else:  # (Celery 5.7: a timed-out acks_late task not acked on timeout is requeued)
+                error_logger.error(
+                    'Task %s[%s]: time limit (%ss) exceeded; requeued', job.name, task_id, job.time_limit
+                )
+                self._reject([job.tag], requeue=True)
+            return
+        if job.acks_late and not job.acked and self._retry_lost(job, reason):
             return
         if job.acks_late and job.reject_on_worker_lost and not job.acked:
             error_logger.error('Task %s[%s]: %s; requeued (reject_on_worker_lost)', job.name, task_id, reason)
@@ -610,6 +617,34 @@ class Dispatcher:
         self._store_failure(job, exc)
         if not job.acked:
             self._late_acks.append(job.tag)
+
+    def _retry_lost(self, job: Job, reason: str) -> bool:
+        """`retry_on_worker_lost`: send the task again as `retry` would (its retries counted), ack this one;
+        False (and nothing done) when the task does not ask for it, its retries ran out, or sending fails."""
+        task = self.app.tasks.get(job.request.task)
+        if task is None or not task.retry_on_worker_lost:
+            return False
+        max_retries = task.max_retries
+        if max_retries is not None and job.request.retries >= max_retries:
+            return False
+        exc = WorkerLostError(reason)
+        ctx = outside_context(job.delivery, job.request, self.hostname, self.accept)
+        countdown = task.default_retry_delay
+        try:
+            task.signature_from_request(ctx, countdown=countdown, retries=job.request.retries + 1).apply_async()
+        except Exception as send_exc:
+            error_logger.error(
+                'Failed to retry task %s[%s] after worker was lost: %r', job.name, job.request.id, send_exc
+            )
+            return False
+        if not ctx.ignore_result or task.store_errors_even_if_ignored:
+            try:
+                self.app.backend.mark_as_retry(job.request.id, exc, None, request=ctx)
+            except Exception as store_exc:
+                error_logger.warning('Could not store the RETRY state of %s: %r', job.request.id, store_exc)
+        logger.info('Task %s[%s] retry: Retry in %ss: %r', job.name, job.request.id, countdown, exc)
+        self._late_acks.append(job.tag)
+        return True
 
     def _request_hook(self, job: Job, hook: str, *args: Any) -> None:
         """Call a task class's custom `Request` hook (fastq.worker.request), if it has one; its errors are
@@ -737,6 +772,17 @@ class Dispatcher:
             'held': len(self.ledger),
             'processed': self.processed,
         }
+
+
+def _acks_on(task: Any, what: str) -> bool:
+    """With acks_late, whether a task's message is acked on 'failure' or 'timeout' (Celery 5.7's
+    acks_on_failure / acks_on_timeout, falling back to acks_on_failure_or_timeout, then True)."""
+    if task is None:
+        return True
+    own = getattr(task, f'acks_on_{what}', None)
+    if own is None:
+        own = task.acks_on_failure_or_timeout
+    return own is not False
 
 
 def outside_context(d: Delivery, request: Any, hostname: str, accept: frozenset[str]) -> Any:
