@@ -13,16 +13,11 @@ from typing import TYPE_CHECKING, Any
 from fastq import __version__
 from fastq.cli.base import check_loglevel, detach, err, write_pidfile
 from fastq.schedules import humanize_seconds
+from fastq.utils.platforms import maybe_drop_privileges, set_umask
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
     from fastq.beat.service import Service
-
-IGNORED = {
-    'uid': '--uid: fastq does not drop privileges itself; use your service manager; ignored',
-    'gid': '--gid: fastq does not drop privileges itself; use your service manager; ignored',
-    'umask': '--umask: ignored; set it in your service manager',
-}
 
 
 def register(commands: Any) -> None:
@@ -42,9 +37,9 @@ def register(commands: Any) -> None:
     p.add_argument('-l', '--loglevel', default='WARNING', help='DEBUG, INFO, WARNING, ERROR, CRITICAL, FATAL')
     p.add_argument('-f', '--logfile', help='log to this file instead of stderr')
     p.add_argument('--pidfile', help='write the pid to this file (refuses to start if it is held)')
-    p.add_argument('--uid', help=argparse.SUPPRESS)
-    p.add_argument('--gid', help=argparse.SUPPRESS)
-    p.add_argument('--umask', help=argparse.SUPPRESS)
+    p.add_argument('--uid', help='run as this user (name or id) once the log and pidfile are open')
+    p.add_argument('--gid', help="run as this group (default with --uid: the user's)")
+    p.add_argument('--umask', help='umask of the files beat creates (octal, e.g. 022)')
     p.add_argument('--executable', help=argparse.SUPPRESS)  # (Celery's daemon option; beat runs in place)
     p.set_defaults(handler=run)
 
@@ -73,9 +68,6 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
     from fastq.utils.text import mask_url
 
     loglevel = check_loglevel(args.loglevel)
-    for option, message in IGNORED.items():
-        if getattr(args, option, None):
-            err(f'warning: {message}')
     service = Service(
         app, max_interval=args.max_interval, schedule_filename=args.schedule, scheduler_cls=args.scheduler
     )
@@ -86,6 +78,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
         print(f'fastq beat v{__version__} is starting.', flush=True)
     if args.detach:
         detach(args.logfile)
+    set_umask(args.umask)
     conf = app.conf
     setup_logging(
         loglevel,
@@ -97,6 +90,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
     )
     if args.pidfile:
         write_pidfile(args.pidfile)
+    maybe_drop_privileges(uid=args.uid, gid=args.gid)
     try:
         app.finalize()
         if not quiet and not args.detach:

@@ -32,8 +32,10 @@ def register(commands: Any) -> None:
     p.add_argument('--pidfile', help='the camera: write the pid to this file (refuses to start if it is held)')
     p.add_argument('--detach', action='store_true', help='the camera: run in the background (give --logfile)')
     p.add_argument('--max-time', type=float, help='stop after this many seconds (for scripts)')
-    for option in ('--uid', '--gid', '--umask', '--executable'):
-        p.add_argument(option, help=argparse.SUPPRESS)
+    p.add_argument('--uid', help='the camera: run as this user (name or id)')
+    p.add_argument('--gid', help='the camera: run as this group')
+    p.add_argument('--umask', help='the camera: umask of the files it creates (octal)')
+    p.add_argument('--executable', help=argparse.SUPPRESS)
     p.set_defaults(handler=run)
 
 
@@ -81,6 +83,10 @@ def _camera(app: Fastq, args: argparse.Namespace) -> int:
         touch(args.logfile)
     if args.detach:
         detach(args.logfile)
+    from fastq.utils.platforms import maybe_drop_privileges, set_umask
+
+    set_umask(args.umask)
+    maybe_drop_privileges(uid=args.uid, gid=args.gid)  # (as Celery's: before the pidfile and log are made)
     # stopped by a service manager (or `kill`): still the last shot, and the pidfile removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     evcam(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fastq.cli.base import CommandError, check_loglevel, check_pidfile, detach, err, touch, write_pidfile
 from fastq.utils.log import setup_worker_logging
 from fastq.utils.nodenames import default_nodename, host_format, node_format
+from fastq.utils.platforms import maybe_drop_privileges, set_umask
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -21,8 +22,6 @@ NO_OPS = {
     'without_gossip': '--without-gossip: fastq workers do not gossip; ignored',
     'without_mingle': '--without-mingle: fastq workers do not mingle at startup; ignored',
     'statedb': '--statedb: fastq keeps revocations in the broker, no state file is needed; ignored',
-    'uid': '--uid: fastq does not drop privileges itself; use your service manager; ignored',
-    'gid': '--gid: fastq does not drop privileges itself; use your service manager; ignored',
     'pool_start_method': '--pool-start-method: fastq forks its children from a fork server started before any '
     'connection or thread, which is what spawn guards against; ignored',
 }
@@ -90,10 +89,10 @@ def register(commands: Any) -> None:
     p.add_argument('-S', '--statedb', help=argparse.SUPPRESS)
     p.add_argument('-s', '--schedule-filename', '--schedule', dest='schedule_filename', help="-B: beat's schedule file")
     p.add_argument('--scheduler', help='-B: scheduler class (fastq has its own: fastq.beat:Scheduler)')
-    p.add_argument('--uid', help=argparse.SUPPRESS)
-    p.add_argument('--gid', help=argparse.SUPPRESS)
-    p.add_argument('--umask', help=argparse.SUPPRESS)
-    p.add_argument('--executable', help=argparse.SUPPRESS)
+    p.add_argument('--uid', help='run as this user (name or id) once the log and pidfile are open')
+    p.add_argument('--gid', help="run as this group (default with --uid: the user's)")
+    p.add_argument('--umask', help='umask of the files the worker creates (octal, e.g. 022)')
+    p.add_argument('--executable', help=argparse.SUPPRESS)  # (Celery's, for the detached re-exec: fastq forks)
     p.set_defaults(handler=run)
 
 
@@ -140,6 +139,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
             *_split(args.include),
         ]
     node, pidfile = _detach_if_asked(args)
+    set_umask(args.umask)
     # Made before logging is set up, as Celery's: its `celeryd_init` receivers may configure logging too.
     worker = WorkController(
         app,
@@ -169,6 +169,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
     setup_worker_logging(app.conf, loglevel, args.logfile, node)
     if pidfile:
         write_pidfile(pidfile)
+    maybe_drop_privileges(uid=args.uid, gid=args.gid)  # (the log file and pidfile open: root no more)
     try:
         worker.restart_on_hup = True
         excluded = set(_split(args.exclude_queues))
