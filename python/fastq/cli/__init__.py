@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from fastq import __version__
 from fastq.cli.base import CommandError, find_app
-from fastq.exceptions import ImproperlyConfigured
+from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured, OperationalError
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('-C', '--no-color', action='store_true', help='disable colored output')
     parser.add_argument('-q', '--quiet', action='store_true', help='less output')
     parser.add_argument('--loader', help=argparse.SUPPRESS)
+    parser.add_argument('--skip-checks', action='store_true', help=argparse.SUPPRESS)  # (Celery's, for Django)
     commands = parser.add_subparsers(dest='command', metavar='COMMAND')
     worker.register(commands)
     multi.register(commands)
@@ -56,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.register(commands)
     shell.register(commands)
     return parser
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the broker cannot be reached (fastq's errors, or a client library's)."""
+    if isinstance(exc, BrokerConnectionError | OperationalError | ConnectionError):
+        return True
+    return type(exc).__name__ in ('ConnectionError', 'TimeoutError') and type(exc).__module__.startswith('redis')
 
 
 def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
@@ -84,6 +92,15 @@ def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
     except (CommandError, ImproperlyConfigured) as exc:
         print(f'Error: {exc}', file=sys.stderr)
         code = getattr(exc, 'exit_code', 2) if isinstance(exc, CommandError) else 1
+    except Exception as exc:
+        if not _unreachable(exc):
+            raise
+        print(  # Celery's words and exit status (EX_UNAVAILABLE)
+            'Error: Could not connect to the message broker. Please make sure your broker (e.g., RabbitMQ or '
+            f'Redis) is running and the broker URL is correct.\nReason: {exc}',
+            file=sys.stderr,
+        )
+        code = 69
     except KeyboardInterrupt:
         code = 130
     sys.exit(code or 0)

@@ -129,7 +129,9 @@ def check_pidfile(path: str) -> None:
         except (OSError, ValueError):
             pid = 0
         if pid and pid_alive(pid):
-            raise CommandError(f'Pidfile ({path}) already exists.\nSeems we are already running? (pid: {pid})')
+            error = CommandError(f"Pidfile ({path}) already exists.\nSeems we're already running? (pid: {pid})")
+            error.exit_code = 73  # type: ignore[attr-defined]  # (Celery's: EX_CANTCREAT)
+            raise error
         os.unlink(path)
 
 

@@ -83,7 +83,7 @@ def result(app: Fastq, args: argparse.Namespace) -> int:
     if args.traceback:
         out(str(res.traceback))
     else:
-        value = res.get(propagate=False, disable_sync_subtasks=False) if res.ready() else res.result
+        value = res.get(propagate=False, disable_sync_subtasks=False)  # (waits for it, as Celery's)
         if isinstance(value, BaseException) and res.state in states.PROPAGATE_STATES:
             # As Celery's: the task's error is raised here, so the command fails (its traceback on stderr)
             err(res.traceback or f'{type(value).__name__}: {value}')

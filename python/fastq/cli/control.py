@@ -221,6 +221,11 @@ CONTROL_ARGUMENTS: dict[str, tuple[list[tuple[str, Callable[[str], Any]]], str |
 }
 
 
+#: Arguments a command cannot do without (Celery's CLI refuses the call; fastq's took `rate_limit add` as
+#: "no limit").
+_REQUIRED = {'rate_limit': 2, 'time_limit': 2, 'terminate': 1, 'add_consumer': 1, 'cancel_consumer': 1}
+
+
 def _control_call(command: str, values: list[str]) -> tuple[str, dict[str, Any]]:
     """The pidbox method and arguments of `fastq control COMMAND VALUES...`, compiled as Celery's CLI does."""
     if command not in CONTROL_COMMANDS:
@@ -241,6 +246,9 @@ def _control_call(command: str, values: list[str]) -> tuple[str, dict[str, Any]]
         except ValueError as exc:
             raise CommandError(f'Command {command!r} takes arguments: {signature}: {exc}') from None
         rest = values[index + 1 :]
+    required = _REQUIRED.get(command, 0)
+    if len(values) < required:
+        raise CommandError(f'Command {command!r} takes arguments: {signature}')
     if variadic:
         arguments[variadic] = rest
     return command, arguments
@@ -251,6 +259,8 @@ def run_control(app: Fastq, args: argparse.Namespace) -> int:
         return _listing('control', CONTROL_COMMANDS, {name: spec[2] for name, spec in CONTROL_ARGUMENTS.items()})
     _need_command(args, 'control', CONTROL_COMMANDS)
     method, arguments = _control_call(args.remote, list(args.args))
+    if method in ('revoke', 'terminate'):  # also kept in the broker, as app.control.revoke keeps them (restarts)
+        app.broker.revoke(list(arguments.get('task_id') or []), float(app.conf.worker_revoke_expires))
     replies = app.control.broadcast(
         method, arguments=arguments, destination=_destination(args), reply=True, timeout=args.timeout
     )

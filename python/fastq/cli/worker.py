@@ -34,7 +34,7 @@ def register(commands: Any) -> None:
     p.add_argument(
         '-c',
         '--concurrency',
-        type=int,
+        type=_concurrency_arg,
         help='child processes (prefork) or threads (default: CPU count); with -P asyncio, tasks each child '
         'runs at once (default 100)',
     )
@@ -47,7 +47,13 @@ def register(commands: Any) -> None:
     p.add_argument('-Q', '--queues', help='comma-separated queues to consume from')
     p.add_argument('-X', '--exclude-queues', help='comma-separated queues not to consume from')
     p.add_argument('-I', '--include', help='comma-separated modules to import')
-    p.add_argument('-O', dest='optimization', choices=('default', 'fair'), help='scheduling (fastq is always fair)')
+    p.add_argument(
+        '-O',
+        '--optimization',
+        dest='optimization',
+        choices=('default', 'fair'),
+        help='scheduling (fastq is always fair)',
+    )
     p.add_argument('--prefetch-multiplier', type=int, help='messages held per process (default 4)')
     p.add_argument(
         '--disable-prefetch',
@@ -96,6 +102,14 @@ def register(commands: Any) -> None:
     p.set_defaults(handler=run)
 
 
+def _concurrency_arg(value: str) -> int | str | None:
+    """-c N, or 'auto' / 0: the CPU count (Celery's)."""
+    if value.strip().lower() == 'auto':
+        return 'auto'
+    number = int(value)
+    return number or None
+
+
 def _warn_no_ops(args: argparse.Namespace) -> None:
     for option, message in NO_OPS.items():
         value = getattr(args, option, None)
@@ -139,6 +153,8 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
             *_split(args.include),
         ]
     node, pidfile = _detach_if_asked(args)
+    if pidfile:
+        check_pidfile(pidfile)  # (said on the terminal, before logging takes stderr over)
     set_umask(args.umask)
     # Made before logging is set up, as Celery's: its `celeryd_init` receivers may configure logging too.
     worker = WorkController(

@@ -34,7 +34,9 @@ def parse_autoscale(value: str) -> tuple[int, int]:
         max_c, min_c = int(max_s), int(min_s or 0)
     except ValueError:
         raise ValueError(f'--autoscale: expected MAX[,MIN] (e.g. 10,3), got {value!r}') from None
-    if max_c < 1 or min_c < 0 or min_c > max_c:
+    if min_s and min_c > max_c:  # either order, as Celery reads it ('1,4' is min 1, max 4)
+        max_c, min_c = min_c, max_c
+    if max_c < 1 or min_c < 0:
         raise ValueError(f'--autoscale: expected 1 <= MIN <= MAX, got max={max_c} min={min_c}')
     return max_c, min_c
 

@@ -1,0 +1,38 @@
+"""Command lines as Celery's accepts them (from an audit of `celery --help` and the Workers guide): the
+forms of -c and --autoscale, --optimization, --skip-checks, control commands missing their arguments, and an
+unreachable broker reported in Celery's words with its exit status."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastq.cli import build_parser, main
+from fastq.cli.base import CommandError
+from fastq.cli.control import _control_call
+from fastq.cli.worker import _concurrency_arg
+from fastq.worker.autoscale import parse_autoscale
+
+
+def test_concurrency_and_autoscale_forms() -> None:
+    assert _concurrency_arg('auto') == 'auto' and _concurrency_arg('0') is None and _concurrency_arg('3') == 3
+    assert parse_autoscale('10,3') == (10, 3) and parse_autoscale('1,4') == (4, 1) and parse_autoscale('5') == (5, 0)
+    args = build_parser().parse_args(['--skip-checks', 'worker', '--optimization', 'fair', '-c', 'auto'])
+    assert (args.optimization, args.concurrency) == ('fair', 'auto')
+
+
+def test_control_commands_need_their_arguments() -> None:
+    with pytest.raises(CommandError, match="'rate_limit' takes arguments"):
+        _control_call('rate_limit', ['tasks.add'])  # (was: the limit removed)
+    with pytest.raises(CommandError, match="'terminate' takes arguments"):
+        _control_call('terminate', [])
+    assert _control_call('rate_limit', ['tasks.add', '10/m']) == (
+        'rate_limit',
+        {'task_name': 'tasks.add', 'rate_limit': '10/m'},
+    )
+
+
+def test_an_unreachable_broker_exits_69(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(['-b', 'redis://127.0.0.1:1/0', 'control', 'revoke', 'some-id'])
+    assert exited.value.code == 69
+    assert 'Error: Could not connect to the message broker.' in capsys.readouterr().err
