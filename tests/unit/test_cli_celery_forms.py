@@ -36,3 +36,21 @@ def test_an_unreachable_broker_exits_69(capsys: pytest.CaptureFixture[str]) -> N
         main(['-b', 'redis://127.0.0.1:1/0', 'control', 'revoke', 'some-id'])
     assert exited.value.code == 69
     assert 'Error: Could not connect to the message broker.' in capsys.readouterr().err
+
+
+def test_options_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Celery's CLI reads APP / CELERY_APP, BROKER_URL, CONFIG_MODULE ... and CELERY_<COMMAND>_<OPTION>
+    from fastq.cli import _options_from_environment
+
+    monkeypatch.setenv('CELERY_APP', 'proj')
+    monkeypatch.setenv('CONFIG_MODULE', 'proj.settings')
+    monkeypatch.setenv('CELERY_WORKER_CONCURRENCY', '3')
+    monkeypatch.setenv('CELERY_WORKER_HOSTNAME', 'envc@%h')
+    monkeypatch.setenv('CELERY_STATUS_JSON', '1')
+    parser = build_parser()
+    args = parser.parse_args(['worker', '-n', 'given@%h'])
+    _options_from_environment(parser, args)
+    assert (args.app, args.config, args.concurrency, args.hostname) == ('proj', 'proj.settings', 3, 'given@%h')
+    status = parser.parse_args(['status'])
+    _options_from_environment(parser, status)
+    assert status.json is True

@@ -59,6 +59,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Global options and the environment variables Celery's CLI reads them from (besides CELERY_<OPTION>).
+_GLOBAL_ENV = {
+    'app': ('APP',),
+    'broker': ('BROKER_URL',),
+    'result_backend': ('RESULT_BACKEND',),
+    'config': ('CONFIG_MODULE',),
+    'no_color': ('NO_COLOR',),
+    'skip_checks': ('SKIP_CHECKS',),
+}
+
+
+def _options_from_environment(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options not given on the command line, from the environment as Celery's CLI reads them: `APP` or
+    `CELERY_APP` (or `FASTQ_APP`) for -A and the other global options, `CELERY_<COMMAND>_<OPTION>` for a
+    command's (`CELERY_WORKER_CONCURRENCY=4`)."""
+    import os
+
+    def fill(action: argparse.Action, names: Sequence[str]) -> None:
+        if action.dest in ('help', 'version') or getattr(args, action.dest, None) != action.default:
+            return
+        raw = next((os.environ[name] for name in names if os.environ.get(name) is not None), None)
+        if raw is None:
+            return
+        if isinstance(action, argparse._StoreTrueAction):
+            setattr(args, action.dest, raw.strip().lower() in ('1', 'true', 'yes', 'on'))
+        else:
+            setattr(args, action.dest, action.type(raw) if callable(action.type) else raw)  # type: ignore[misc]
+
+    for action in parser._actions:
+        if action.option_strings:
+            dest = action.dest.upper()
+            fill(action, [f'FASTQ_{dest}', f'CELERY_{dest}', *_GLOBAL_ENV.get(action.dest, ())])
+    subparsers = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    command = getattr(args, 'command', None)
+    if subparsers is None or command not in subparsers.choices:
+        return
+    prefix = command.upper().replace('-', '_')
+    for action in subparsers.choices[command]._actions:
+        if action.option_strings:
+            dest = action.dest.upper()
+            fill(action, [f'CELERY_{prefix}_{dest}'])  # (not FASTQ_: those name settings, FASTQ_BEAT_SCHEDULE)
+
+
 def _unreachable(exc: BaseException) -> bool:
     """Whether `exc` says the broker cannot be reached (fastq's errors, or a client library's)."""
     if isinstance(exc, BrokerConnectionError | OperationalError | ConnectionError):
@@ -70,6 +113,7 @@ def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
     """Entry point of `fastq`; exits with the command's status."""
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    _options_from_environment(parser, args)
     if not args.command:
         parser.print_help()
         sys.exit(0)
