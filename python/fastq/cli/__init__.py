@@ -85,7 +85,7 @@ def _options_from_environment(parser: argparse.ArgumentParser, args: argparse.Na
         if isinstance(action, argparse._StoreTrueAction):
             setattr(args, action.dest, raw.strip().lower() in ('1', 'true', 'yes', 'on'))
         else:
-            setattr(args, action.dest, action.type(raw) if callable(action.type) else raw)  # type: ignore[misc]
+            setattr(args, action.dest, action.type(raw) if callable(action.type) else raw)
 
     for action in parser._actions:
         if action.option_strings:
