@@ -442,3 +442,18 @@ def test_retry_on_worker_lost(tasks: Any, worker: Any, tmp_path: Path) -> None:
     result = tasks.dies_once.delay(str(tmp_path / 'died.txt'))
     assert result.get(timeout=60) == 1  # the second run, a retry
     w.wait_for(f'Task worker_tasks.dies_once[{result.id}] retry: Retry in ', 30)
+
+
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_soft_shutdown_lets_running_tasks_finish(tasks: Any, worker: Any) -> None:
+    # Celery 5.5's soft shutdown (Workers guide): a cold shutdown (SIGQUIT) first gives the running tasks
+    # worker_soft_shutdown_timeout seconds to finish
+    w = worker(extra_env={'FASTQ_WORKER_SOFT_SHUTDOWN_TIMEOUT': '20'})
+    result = tasks.long.delay(2)
+    w.wait_for(f'Task worker_tasks.long[{result.id}] received', 30)
+    time.sleep(0.3)  # (started in its child)
+    assert w.proc is not None
+    w.proc.send_signal(signal.SIGQUIT)
+    assert result.get(timeout=30) == 2  # finished, not killed
+    w.wait_for('Initiating Soft Shutdown, terminating in 20 seconds', 30)
+    assert w.proc.wait(30) is not None

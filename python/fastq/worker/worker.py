@@ -482,6 +482,21 @@ class WorkController:
         logger.warning('worker: %s shutdown (MainProcess)', how.capitalize())
         signals.worker_shutting_down.send(sender=self.hostname, sig=signum, how=how.capitalize(), exitcode=0)
 
+    def _soft_shutdown(self, pool: Pool) -> None:
+        """Celery 5.5's soft shutdown: before a cold shutdown kills the running tasks, give them up to
+        `worker_soft_shutdown_timeout` seconds to finish (nothing new starts meanwhile); with
+        `worker_enable_soft_shutdown_on_idle`, wait even with none running."""
+        conf = self.app.conf
+        seconds = float(conf.worker_soft_shutdown_timeout or 0)
+        if seconds <= 0 or (pool.idle() and not conf.worker_enable_soft_shutdown_on_idle):
+            return
+        logger.warning('Initiating Soft Shutdown, terminating in %s seconds', f'{seconds:g}')
+        if self.dispatcher is not None:
+            self.dispatcher.stop_accepting()
+        pool.stop()
+        deadline = time.monotonic() + seconds
+        self.loop.run_until(lambda: pool.idle() or time.monotonic() >= deadline, 0.2)
+
     def _broker_lost(self) -> None:
         """(The fetcher's thread) the broker is gone for good per the retry settings: stop, exit code 1."""
         self.exitcode = 1
@@ -507,6 +522,7 @@ class WorkController:
                 if self.dispatcher is not None:
                     self.dispatcher.flush()
             if self._shutdown != 'warm' and self.pool is not None:
+                self._soft_shutdown(self.pool)
                 held = self.pool.terminate()
                 if self.dispatcher is not None:
                     self.dispatcher.stop_accepting()
