@@ -161,3 +161,19 @@ def test_python_dash_m_is_the_command(tmp_path: Path, urls: dict[str, str]) -> N
     entry = subprocess.run([str(script), '--version'], capture_output=True, text=True, env={**os.environ, **urls})
     module = fastq(tmp_path, urls, '--version')
     assert entry.stdout == module.stdout
+
+
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_the_apps_own_remote_control_commands(tmp_path: Path, worker: Any, urls: dict[str, str]) -> None:
+    # Workers guide, "Writing your own remote control commands": control_command / inspect_command
+    worker('-n', 'own@%h')
+    bumped = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'bump', '3')
+    assert '->  own@' in bumped.stdout and 'OK' in bumped.stdout and 'bumped by 3 on own@' in bumped.stdout
+    fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'bump', '2')
+    seen = fastq(tmp_path, urls, '-A', 'worker_tasks', 'inspect', 'bumped', '-j')
+    import json
+
+    replies = json.loads(seen.stdout)
+    assert list(replies.values()) == [{'total': 5, 'app': 'worker_tasks'}]
+    refused = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'bump', 'many', check=False)
+    assert refused.returncode == 2 and "Command 'bump' takes arguments: [N=1]" in refused.stderr

@@ -423,3 +423,21 @@ def dies_once(self, path: str) -> int:  # type: ignore[no-untyped-def]
         _record(path, 'died')
         os.kill(os.getpid(), _signal.SIGKILL)
     return int(self.request.retries)
+
+
+# --- the Workers guide's own remote control commands ---------------------------------------------------------
+
+from fastq.worker.control import control_command, inspect_command  # noqa: E402
+
+_bumps: list[int] = []
+
+
+@control_command(args=[('n', int)], signature='[N=1]')
+def bump(state: Any, n: int = 1) -> dict[str, Any]:
+    _bumps.append(n)
+    return {'ok': f'bumped by {n} on {state.hostname}'}
+
+
+@inspect_command()
+def bumped(state: Any) -> dict[str, Any]:
+    return {'total': sum(_bumps), 'app': state.app.main}

@@ -174,6 +174,8 @@ def run_inspect(app: Fastq, args: argparse.Namespace) -> int:
     if getattr(args, 'list', False):
         return _listing('inspect', INSPECT_COMMANDS, INSPECT_SIGNATURES)
     _need_command(args, 'inspect', INSPECT_COMMANDS)
+    if args.remote in _app_commands('inspect'):
+        return _run_app_command(app, args)
     if args.remote not in INSPECT_COMMANDS:
         raise CommandError(
             f'Command {args.remote} not recognized. Available inspect commands: {", ".join(INSPECT_COMMANDS)}'
@@ -226,6 +228,45 @@ CONTROL_ARGUMENTS: dict[str, tuple[list[tuple[str, Callable[[str], Any]]], str |
 _REQUIRED = {'rate_limit': 2, 'time_limit': 2, 'terminate': 1, 'add_consumer': 1, 'cancel_consumer': 1}
 
 
+def _app_commands(kind: str) -> dict[str, dict[str, Any]]:
+    """The app's own commands of this kind (defined with control_command / inspect_command when the app's
+    modules were imported)."""
+    from fastq.worker.control import APP_COMMANDS
+
+    return {name: spec for name, spec in APP_COMMANDS.items() if spec['type'] == kind}
+
+
+def _run_app_command(app: Fastq, args: argparse.Namespace) -> int:
+    from fastq.worker.control import APP_COMMANDS
+
+    spec = APP_COMMANDS[args.remote]
+    values = list(getattr(args, 'args', None) or [])
+    arguments: dict[str, Any] = {}
+    for index, value in enumerate(values):
+        if index >= len(spec['args']):
+            if spec['variadic']:
+                arguments[spec['variadic']] = values[index:]
+                break
+            raise CommandError(f'Command {args.remote!r} takes arguments: {spec["signature"] or "none"}')
+        name, typ = spec['args'][index]
+        try:
+            arguments[name] = typ(value)
+        except ValueError as exc:
+            raise CommandError(f'Command {args.remote!r} takes arguments: {spec["signature"]}: {exc}') from None
+    replies = app.control.broadcast(
+        args.remote, arguments=arguments, destination=_destination(args), reply=True, timeout=args.timeout
+    )
+    if not replies:
+        raise _unavailable()
+    if args.json:  # (inspect's as one object by node, control's as the list of replies: Celery's)
+        merged = {node: value for reply in replies for node, value in reply.items()}
+        out(json.dumps(merged if spec['type'] == 'inspect' else replies))
+        return 0
+    for reply in replies:
+        _say(reply)
+    return 0
+
+
 def _control_call(command: str, values: list[str]) -> tuple[str, dict[str, Any]]:
     """The pidbox method and arguments of `fastq control COMMAND VALUES...`, compiled as Celery's CLI does."""
     if command not in CONTROL_COMMANDS:
@@ -258,6 +299,8 @@ def run_control(app: Fastq, args: argparse.Namespace) -> int:
     if getattr(args, 'list', False):
         return _listing('control', CONTROL_COMMANDS, {name: spec[2] for name, spec in CONTROL_ARGUMENTS.items()})
     _need_command(args, 'control', CONTROL_COMMANDS)
+    if args.remote in _app_commands('control'):
+        return _run_app_command(app, args)
     method, arguments = _control_call(args.remote, list(args.args))
     if method in ('revoke', 'terminate'):  # also kept in the broker, as app.control.revoke keeps them (restarts)
         app.broker.revoke(list(arguments.get('task_id') or []), float(app.conf.worker_revoke_expires))

@@ -38,6 +38,74 @@ def command(name: str) -> Callable[[Handler], Handler]:
     return register
 
 
+#: Commands the app defined (Celery's `control_command` / `inspect_command`): name -> what the CLI needs
+#: to call them (kind, argument spec, signature, variadic name).
+APP_COMMANDS: dict[str, dict[str, Any]] = {}
+
+
+class ControlState:
+    """What an app's command function gets as `state` (Celery's Panel state): the worker's app, node name
+    and `consumer` (whose `controller` is the worker, and `app` the app)."""
+
+    def __init__(self, worker: WorkController) -> None:
+        self.worker = worker
+        self.app = worker.app
+        self.hostname = worker.hostname
+        self.consumer = _ConsumerView(worker)
+
+
+class _ConsumerView:
+    def __init__(self, worker: WorkController) -> None:
+        self.controller = worker
+        self.app = worker.app
+        self.hostname = worker.hostname
+        self.pool = worker.pool
+
+
+def _app_command(
+    kind: str, name: str | None, args: Any, signature: str | None, variadic: str | None, alias: str | None
+) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        names = [name or fn.__name__, *([alias] if alias else [])]
+        for each in names:
+            APP_COMMANDS[each] = {
+                'type': kind,
+                'args': list(args or []),
+                'signature': signature or '',
+                'variadic': variadic,
+            }
+            COMMANDS[each] = lambda worker, _fn=fn, **kwargs: _fn(ControlState(worker), **kwargs)
+        return fn
+
+    return register
+
+
+def control_command(
+    name: str | None = None,
+    args: Any = None,
+    signature: str | None = None,
+    variadic: str | None = None,
+    alias: str | None = None,
+    **kwargs: Any,
+) -> Callable[[Handler], Handler]:
+    """Define a remote control command (Celery's): `fn(state, **arguments)` runs in every worker that gets
+    it and returns the reply (`{'ok': ...}`); `fastq control NAME ARGS...` sends it, with `args` (pairs of
+    name and type) saying how the command line's values are read."""
+    return _app_command('control', name, args, signature, variadic, alias)
+
+
+def inspect_command(
+    name: str | None = None,
+    args: Any = None,
+    signature: str | None = None,
+    variadic: str | None = None,
+    alias: str | None = None,
+    **kwargs: Any,
+) -> Callable[[Handler], Handler]:
+    """Define a remote inspect command (Celery's), read with `fastq inspect NAME` or `app.control.inspect()`."""
+    return _app_command('inspect', name, args, signature, variadic, alias)
+
+
 def ok(value: Any) -> dict[str, Any]:
     return {'ok': value}
 
