@@ -368,3 +368,15 @@ class Inspect:
 
     def report(self) -> dict[str, Any] | None:
         return self._request('report')
+
+    def memsample(self) -> dict[str, Any] | None:
+        """Each worker's resident memory now (kept for `memdump`)."""
+        return self._request('memsample')
+
+    def memdump(self, samples: int = 10) -> dict[str, Any] | None:
+        """The samples `memsample` took, and the resident memory after a garbage collection."""
+        return self._request('memdump', samples=samples)
+
+    def objgraph(self, type: str = 'Request', n: int = 200, max_depth: int = 10) -> dict[str, Any] | None:
+        """A graph of the objects of `type` alive in the worker (needs the objgraph package there)."""
+        return self._request('objgraph', num=n, max_depth=max_depth, type=type)

@@ -188,3 +188,16 @@ def test_add_and_cancel_consumer(tasks: Any, worker: Any, tmp_path: Path, urls: 
     left = tasks.add.apply_async((3, 3), queue='extra')
     assert tasks.add.delay(1, 1).get(timeout=30) == 2
     assert left.state == 'PENDING' and tasks.app.broker.qsize('extra') == 1
+
+
+def test_memsample_and_memdump(tasks: Any, worker: Any) -> None:
+    # Celery's memory-leak helpers: samples of the workers' resident memory, then the dump of them
+    import re
+
+    worker('-n', 'mem@%h')
+    inspect = tasks.app.control.inspect(timeout=2)
+    first = inspect.memsample()
+    assert first and all(re.fullmatch(r'[\d.]+(GB|MB|KB|b)', value) for value in first.values())
+    inspect.memsample()
+    dump = next(iter(inspect.memdump().values()))
+    assert dump.startswith('- rss (sample):') and dump.count('-    > ') == 2 and '- rss (end): ' in dump

@@ -20,6 +20,9 @@ INSPECT_COMMANDS = {
     'active_queues': 'List the task queues a worker is currently consuming from.',
     'clock': 'Get current logical clock value.',
     'conf': 'List configuration.',
+    'memdump': 'Dump statistics of previous memsample requests.',
+    'memsample': 'Sample current RSS memory usage.',
+    'objgraph': 'Create graph of uncollected objects (memory-leak debugging).',
     'ping': 'Ping worker(s).',
     'query_task': 'Query for task information by id.',
     'registered': 'List of registered tasks.',
@@ -143,6 +146,8 @@ class _Unavailable(CommandError):
 
 INSPECT_SIGNATURES = {
     'conf': '[include_defaults=False]',
+    'memdump': '[n_samples=10]',
+    'objgraph': '[object_type=Request [num=200 [max_depth=10]]]',
     'query_task': '[id1 [id2 [... [idN]]]]',
     'registered': '[attr1 [attr2 [... [attrN]]]]',
 }
@@ -186,6 +191,10 @@ def run_inspect(app: Fastq, args: argparse.Namespace) -> int:
         replies = inspect.conf(with_defaults=bool(extra) and extra[0].lower() in ('1', 'true', 'yes'))
     elif args.remote in ('query_task', 'registered'):
         replies = getattr(inspect, args.remote)(*extra)
+    elif args.remote == 'memdump':
+        replies = inspect.memdump(int(extra[0]) if extra else 10)
+    elif args.remote == 'objgraph':
+        replies = inspect.objgraph(*extra[:1], *[int(v) for v in extra[1:3]])
     else:
         replies = getattr(inspect, args.remote)()
     return _finish(replies, args)

@@ -381,3 +381,63 @@ def _aliases() -> None:
 
 
 _aliases()
+
+
+# --- memory (Celery's memsample / memdump / objgraph, for leak hunting) -------------------------------------
+
+_mem_samples: list[str] = []
+
+
+def _rss() -> str | None:
+    """This process's resident memory, as Celery's humanbytes writes it ('54.3MB'); None where unknown."""
+    try:
+        with open('/proc/self/status') as status:
+            kib = next(int(line.split()[1]) for line in status if line.startswith('VmRSS:'))
+    except (OSError, StopIteration, ValueError):
+        return None
+    size = float(kib * 1024)
+    for unit, shift in (('GB', 30), ('MB', 20), ('KB', 10)):
+        if size >= 1 << shift:
+            return f'{size / (1 << shift):.2f}'.rstrip('0').rstrip('.') + unit
+    return f'{int(size)}b'
+
+
+@command('memsample')
+def _memsample(worker: WorkController, **kwargs: Any) -> str | None:
+    value = _rss()
+    if value is not None:
+        _mem_samples.append(value)
+    return value
+
+
+@command('memdump')
+def _memdump(worker: WorkController, samples: int = 10, **kwargs: Any) -> str:
+    import gc
+
+    taken = list(_mem_samples)
+    if len(taken) > samples:
+        step = len(taken) / samples
+        taken = [taken[int(i * step)] for i in range(samples)]
+    _mem_samples.clear()
+    gc.collect()
+    after = _rss()
+    if after is None:
+        return '- rss: (unknown on this platform).\n'
+    lines = ['- rss (sample):', *(f'-    > {value},' for value in taken)] if taken else []
+    return '\n'.join([*lines, f'- rss (end): {after}.']) + '\n'
+
+
+@command('objgraph')
+def _objgraph(worker: WorkController, num: int = 200, max_depth: int = 10, type: str = 'Request', **kwargs: Any) -> Any:
+    try:
+        import objgraph  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:
+        return {'error': 'Requires the objgraph library'}
+    import random
+    import tempfile
+
+    logger.info('Dumping graph for type %r', type)
+    with tempfile.NamedTemporaryFile(prefix='cobjg', suffix='.png', delete=False) as fh:
+        objects = objgraph.by_type(type)[:num]
+        objgraph.show_backrefs(random.sample(objects, min(num, len(objects))), max_depth=max_depth, filename=fh.name)
+        return {'filename': fh.name}
