@@ -321,8 +321,23 @@ class Inspect:
             matcher=self.matcher,
         )
         merged: dict[str, Any] = {}
+        dupes: set[str] = set()
         for reply in replies or ():
+            dupes.update(name for name in reply if name in merged)
             merged.update(reply)
+        if dupes:  # (one of them would be hidden: Celery's warning)
+            import warnings
+
+            from fastq.exceptions import DuplicateNodenameWarning
+
+            names = 'name' if len(dupes) == 1 else 'names'
+            warnings.warn(
+                DuplicateNodenameWarning(
+                    f'Received multiple replies from node {names}: {", ".join(sorted(dupes))}.\n'
+                    'Please make sure you give each node a unique nodename using\nthe celery worker `-n` option.'
+                ),
+                stacklevel=3,
+            )
         return merged or None
 
     def ping(self) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ __all__ = [
     'BackendError',
     'BackendGetMetaError',
     'BackendStoreError',
+    'DuplicateNodenameWarning',
     'BrokerConnectionError',
     'CeleryError',
     'ChordError',
@@ -57,6 +58,10 @@ CeleryWarning = FastqWarning
 
 class AlwaysEagerIgnored(FastqWarning):
     """`send_task` ignores `task_always_eager`."""
+
+
+class DuplicateNodenameWarning(FastqWarning):
+    """Several workers answered under one node name (give each its own with `-n`)."""
 
 
 class FastqError(Exception):

@@ -177,3 +177,14 @@ def test_the_apps_own_remote_control_commands(tmp_path: Path, worker: Any, urls:
     assert list(replies.values()) == [{'total': 5, 'app': 'worker_tasks'}]
     refused = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'bump', 'many', check=False)
     assert refused.returncode == 2 and "Command 'bump' takes arguments: [N=1]" in refused.stderr
+
+
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_duplicate_node_names_and_worker_purge(tmp_path: Path, worker: Any, tasks: Any, urls: dict[str, str]) -> None:
+    tasks.add.apply_async((1, 1), queue='purged')
+    tasks.add.apply_async((2, 2), queue='purged')
+    first = worker('-n', 'dup@%h', '-Q', 'purged', '--purge')
+    assert 'purge: Erased 2 messages from the queue.' in first.log  # Celery's words
+    worker('-n', 'dup@%h')
+    status = fastq(tmp_path, urls, '-A', 'worker_tasks', 'status')
+    assert 'Received multiple replies from node name: dup@' in status.stderr  # (Celery's warning)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -195,9 +194,8 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
                 raise CommandError('-X/--exclude-queues excludes every queue this worker would consume')
         if args.purge:
             count = sum(app.broker.purge(q) for q in worker.queues)
-            logging.getLogger('celery.worker').warning(
-                'Purged %d message(s) from %d queue(s)', count, len(worker.queues)
-            )
+            if count:  # (Celery's words, on the terminal)
+                print(f'purge: Erased {count} {"message" if count == 1 else "messages"} from the queue.', flush=True)
         code = worker.start()
     finally:
         if pidfile:
