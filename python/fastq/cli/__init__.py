@@ -28,7 +28,7 @@ __all__ = ['main']
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastq.cli import beat, calling, control, dashboard, deadletter, events, multi, purge, shell, worker
+    from fastq.cli import beat, calling, control, dashboard, deadletter, events, multi, purge, shell, upgrade, worker
 
     parser = argparse.ArgumentParser(
         prog='fastq',
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.register(commands)
     dashboard.register(commands)
     shell.register(commands)
+    upgrade.register(commands)
     return parser
 
 
