@@ -197,6 +197,34 @@ class Fastq:
         if force:
             self.conf._load_pending()
 
+    def config_from_cmdline(self, argv: Sequence[str], namespace: str = 'celery') -> None:
+        """Settings from `key=value` arguments, as Celery's worker and beat take them after `--`:
+        `worker.concurrency=4` or `worker_concurrency=4`, `.concurrency=4` (in `namespace`), and `(json)[1, 2]`,
+        `(int)5` ... to give the type; otherwise read as the setting's type."""
+        import json
+        import re
+
+        from fastq.config import _parse_env
+
+        casts: dict[str, Any] = {'json': json.loads, 'list': json.loads, 'dict': json.loads, 'tuple': json.loads,
+                                 'int': int, 'float': float, 'string': str, 'str': str,
+                                 'bool': lambda v: v.strip().lower() in ('1', 'true', 'yes', 'on')}  # fmt: skip
+        updates: dict[str, Any] = {}
+        for arg in argv:
+            key, sep, value = arg.partition('=')
+            if not sep:
+                raise ImproperlyConfigured(f'{arg!r}: settings after -- are key=value')
+            key = key.lower().replace('.', '_')
+            name = f'{namespace}{key}' if key.startswith('_') and namespace != 'celery' else key.lstrip('_')
+            cast = re.match(r'\((\w+)\)', value)
+            if cast and cast.group(1) in casts:
+                updates[name] = casts[cast.group(1)](value[cast.end() :])
+            elif name in SETTINGS:
+                updates[name] = _parse_env(SETTINGS[name], value)
+            else:
+                updates[name] = value
+        self.conf.update(updates)
+
     def config_from_envvar(self, variable_name: str, silent: bool = False, force: bool = False) -> bool:
         module = os.environ.get(variable_name)
         if not module:

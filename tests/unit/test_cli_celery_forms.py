@@ -54,3 +54,25 @@ def test_options_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     status = parser.parse_args(['status'])
     _options_from_environment(parser, status)
     assert status.json is True
+
+
+def test_settings_after_the_double_dash() -> None:
+    # `fastq worker -- worker.concurrency=3 .prefetch_multiplier=1` (Celery's config_from_cmdline)
+    from fastq import Fastq
+
+    app = Fastq('cmdline', broker='memory://', set_as_current=False)
+    app.config_from_cmdline(
+        ['worker.concurrency=3', '.prefetch_multiplier=1', 'task_default_queue=q', 'task_routes=(json){"a": "b"}'],
+        namespace='worker',
+    )
+    conf = app.conf
+    assert (conf.worker_concurrency, conf.worker_prefetch_multiplier) == (3, 1)
+    assert conf.task_default_queue == 'q' and conf.task_routes == {'a': 'b'}
+    app.close()
+
+
+def test_the_double_dash_is_read_by_worker_and_beat(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(['-A', 'no_such_app_module_here', 'worker', '--', 'worker.concurrency=3'])
+    err = capsys.readouterr().err
+    assert 'unrecognized arguments' not in err and 'Unable to load celery application' in err

@@ -103,6 +103,21 @@ def _options_from_environment(parser: argparse.ArgumentParser, args: argparse.Na
             fill(action, [f'CELERY_{prefix}_{dest}'])  # (not FASTQ_: those name settings, FASTQ_BEAT_SCHEDULE)
 
 
+def _load_app(spec: str | None) -> Fastq:
+    """`find_app`, with an app module that fails to import reported as Celery's CLI reports it (exit 2)."""
+    try:
+        return find_app(spec)
+    except (CommandError, ImproperlyConfigured, KeyboardInterrupt):
+        raise
+    except Exception:
+        import traceback
+
+        raise CommandError(
+            f'Unable to load celery application.\nWhile trying to load the module {spec} the following error '
+            f'occurred:\n{traceback.format_exc()}'
+        ) from None
+
+
 def _unreachable(exc: BaseException) -> bool:
     """Whether `exc` says the broker cannot be reached (fastq's errors, or a client library's)."""
     if isinstance(exc, BrokerConnectionError | OperationalError | ConnectionError):
@@ -113,7 +128,14 @@ def _unreachable(exc: BaseException) -> bool:
 def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
     """Entry point of `fastq`; exits with the command's status."""
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    settings: list[str] = []
+    if '--' in argv:  # worker/beat: `-- worker.concurrency=4 .prefetch_multiplier=1` sets settings (Celery's)
+        cut = argv.index('--')
+        head = parser.parse_known_args(argv[:cut])[0]
+        if getattr(head, 'command', None) in ('worker', 'beat'):
+            argv, settings = argv[:cut], argv[cut + 1 :]
+    args = parser.parse_args(argv)
     _options_from_environment(parser, args)
     if not args.command:
         parser.print_help()
@@ -126,13 +148,15 @@ def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
         if not getattr(args, 'needs_app', True):  # (multi: each worker it starts loads the app)
             sys.exit(args.handler(None, args) or 0)
         if app is None:
-            app = find_app(args.app)
+            app = _load_app(args.app)
         if args.broker:
             app.conf.broker_url = args.broker
         if args.result_backend:
             app.conf.result_backend = args.result_backend
         if args.config:
             app.config_from_object(args.config)
+        if settings:
+            app.config_from_cmdline(settings, namespace='worker' if args.command == 'worker' else 'celery')
         code = args.handler(app, args)
     except (CommandError, ImproperlyConfigured) as exc:
         print(f'Error: {exc}', file=sys.stderr)
