@@ -125,17 +125,35 @@ def _unreachable(exc: BaseException) -> bool:
     return type(exc).__name__ in ('ConnectionError', 'TimeoutError') and type(exc).__module__.startswith('redis')
 
 
+def _split_settings(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """worker/beat: `-- worker.concurrency=4 .prefetch_multiplier=1` are settings (Celery's), not arguments
+    (for multi, what follows `--` goes to the workers it starts: left in place)."""
+    if '--' not in argv:
+        return argv, []
+    cut = argv.index('--')
+    head = parser.parse_known_args(argv[:cut])[0]
+    if getattr(head, 'command', None) in ('worker', 'beat'):
+        return argv[:cut], argv[cut + 1 :]
+    return argv, []
+
+
+def _configure(app: Fastq, args: argparse.Namespace, settings: list[str]) -> None:
+    """The global options' and the command line's settings, over the app's own."""
+    if args.broker:
+        app.conf.broker_url = args.broker
+    if args.result_backend:
+        app.conf.result_backend = args.result_backend
+    if args.config:
+        app.config_from_object(args.config)
+    if settings:
+        app.config_from_cmdline(settings, namespace='worker' if args.command == 'worker' else 'celery')
+
+
 def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
     """Entry point of `fastq`; exits with the command's status."""
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    settings: list[str] = []
-    if '--' in argv:  # worker/beat: `-- worker.concurrency=4 .prefetch_multiplier=1` sets settings (Celery's)
-        cut = argv.index('--')
-        head = parser.parse_known_args(argv[:cut])[0]
-        if getattr(head, 'command', None) in ('worker', 'beat'):
-            argv, settings = argv[:cut], argv[cut + 1 :]
-    args = parser.parse_args(argv)
+    arguments, settings = _split_settings(parser, list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(arguments)
     _options_from_environment(parser, args)
     if not args.command:
         parser.print_help()
@@ -149,14 +167,7 @@ def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
             sys.exit(args.handler(None, args) or 0)
         if app is None:
             app = _load_app(args.app)
-        if args.broker:
-            app.conf.broker_url = args.broker
-        if args.result_backend:
-            app.conf.result_backend = args.result_backend
-        if args.config:
-            app.config_from_object(args.config)
-        if settings:
-            app.config_from_cmdline(settings, namespace='worker' if args.command == 'worker' else 'celery')
+        _configure(app, args, settings)
         code = args.handler(app, args)
     except (CommandError, ImproperlyConfigured) as exc:
         print(f'Error: {exc}', file=sys.stderr)
