@@ -466,8 +466,20 @@ class Fastq:
         return self._backend
 
     @property
+    def loader(self) -> _Loader:
+        """Celery's `app.loader`, for the calls code makes on it: importing task modules and the app's
+        `imports`/`include` (`import_default_modules`), reading configuration."""
+        return _Loader(self)
+
+    @property
+    def amqp(self) -> _Amqp:
+        """Celery's `app.amqp`, for what code reads from it: `queues` (the configured queues by name) and
+        `router`."""
+        return _Amqp(self)
+
+    @property
     def router(self) -> Router:
-        if self._router is None:
+        if self._router is None:  # (see `amqp` and `loader` below for the names Celery code reaches for)
             from fastq.routing import Router
 
             self._configure()
@@ -726,6 +738,58 @@ class Fastq:
 
 
 Celery = Fastq
+
+
+class _Loader:
+    def __init__(self, app: Fastq) -> None:
+        self.app = app
+
+    def import_task_module(self, module: str) -> Any:
+        return importlib.import_module(module)
+
+    import_module = import_task_module
+
+    def import_default_modules(self) -> list[Any]:
+        self.app.finalize()
+        return [
+            importlib.import_module(m)
+            for m in [*_module_names(self.app.conf.imports), *_module_names(self.app.conf.include)]
+        ]
+
+    def config_from_object(self, obj: Any, silent: bool = False) -> None:
+        self.app.config_from_object(obj, silent=silent)
+
+    def read_configuration(self, env: str = 'CELERY_CONFIG_MODULE') -> dict[str, Any]:
+        module = os.environ.get(env)
+        if module:
+            self.app.config_from_object(module)
+        return self.app.conf.table(with_defaults=False, censored=False)
+
+    def autodiscover_tasks(self, packages: Any, related_name: str = 'tasks') -> None:
+        self.app.autodiscover_tasks(packages, related_name, force=True)
+
+
+class _Amqp:
+    def __init__(self, app: Fastq) -> None:
+        self.app = app
+
+    @property
+    def queues(self) -> dict[str, Any]:
+        from fastq.routing import Queue
+
+        router = self.app.router
+        return dict(router.queues) or {name: Queue(name) for name in router.worker_queues(None)}
+
+    @property
+    def router(self) -> Router:
+        return self.app.router
+
+    @property
+    def default_queue(self) -> Any:
+        from fastq.routing import Queue
+
+        name = self.app.conf.task_default_queue
+        return self.app.router.queues.get(name) or Queue(name)
 
 
 def _module_names(value: Any) -> list[str]:

@@ -273,6 +273,11 @@ class Task(Generic[P, R]):
         self._from_settings = filled
         self._settings_generation = conf.generation
         self._annotate(conf.task_annotations)
+        type(self).on_bound(app)
+
+    @classmethod
+    def on_bound(cls, app: Fastq) -> None:
+        """Called when the task is bound to an app (Celery's hook; PeriodicTask-style classes use it)."""
 
     def sync_config(self) -> None:
         """Bind again if the app's settings changed since this task was bound (see `bind`)."""
@@ -388,10 +393,19 @@ class Task(Generic[P, R]):
             task_id=task_id,
             link=link,
             link_error=link_error,
-            shadow=shadow or self.shadow,
+            shadow=shadow or self.shadow or self._shadow_name(args, kwargs, options),
             task_type=self,
             **options,
         )
+
+    def shadow_name(self, args: Any, kwargs: Any, options: Any) -> str | None:
+        """Override to give a call a name of its own in logs and monitors (Celery's): `shadow` per call."""
+        return None
+
+    def _shadow_name(self, args: Any, kwargs: Any, options: Any) -> str | None:
+        if type(self).shadow_name is Task.shadow_name:  # (not overridden: nothing to call per send)
+            return None
+        return self.shadow_name(args, kwargs, options)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """`delay` for code running in an event loop (FastAPI, aiohttp): awaits the publish instead of

@@ -262,3 +262,30 @@ def test_remote_tracebacks(memory_app: Fastq) -> None:
         thread.join(30)
     frames = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
     assert 'deep_failure' in frames  # the task's own frame, from the worker's traceback
+
+
+def test_shadow_name_on_bound_loader_and_amqp() -> None:
+    import json
+
+    bound: list[str] = []
+
+    class Named(Task):
+        @classmethod
+        def on_bound(cls, app: Fastq) -> None:
+            bound.append(app.main or '')
+
+        def shadow_name(self, args: Any, kwargs: Any, options: Any) -> str:
+            return f'named-{args[0]}'
+
+    app = Fastq('hooks', broker='memory://', set_as_current=False)
+
+    @app.task(base=Named)
+    def f(x: int) -> int:
+        return x
+
+    f.delay(5)
+    message = next(iter(app.broker._state.messages.values()))  # type: ignore[attr-defined]
+    assert json.loads(message.payload)['headers']['shadow'] == 'named-5' and bound == ['hooks']
+    assert list(app.amqp.queues) == ['celery'] and app.amqp.default_queue.name == 'celery'
+    assert app.loader.import_task_module('json') is json and app.loader.import_default_modules() == []
+    app.close()
