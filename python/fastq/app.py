@@ -82,10 +82,28 @@ class _AppSignal:
         return self._signal.send(sender, **named)
 
 
+class _FinalizingTasks:
+    """`app.tasks`: reading it finalizes the app first, as in Celery (the `include`/`imports` modules and
+    shared tasks are registered, so `'proj.tasks.add' in app.tasks` answers for them too); with
+    `autofinalize=False`, reading it before `app.finalize()` is an error. Once finalized, the registry is an
+    ordinary attribute of the app: hot paths that read `app.tasks` per task pay nothing for this."""
+
+    def __get__(self, app: Fastq | None, owner: type | None = None) -> Any:
+        if app is None:
+            return self
+        if not app.finalized:
+            if not app.autofinalize:
+                raise RuntimeError('Contract breach: app not finalized')
+            app.finalize(auto=True)
+        app.__dict__['tasks'] = app._tasks
+        return app._tasks
+
+
 class Fastq:
     """A fastq application. `Fastq('proj', broker='sqlite:///proj.db', include=['proj.tasks'])`."""
 
     Task: type[BaseTask[Any, Any]]
+    tasks: TaskRegistry = _FinalizingTasks()  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -104,7 +122,7 @@ class Fastq:
         self.conf = Settings()
         self.namespace = namespace
         self.autofinalize = autofinalize
-        self.tasks = TaskRegistry(self)
+        self._tasks = TaskRegistry(self)  # (`tasks`, read through _FinalizingTasks)
         self.finalized = False
         self._finalize_lock = threading.RLock()
         self._pending_tasks: list[Callable[[], None]] = []
@@ -285,14 +303,15 @@ class Fastq:
         **options: Any,
     ) -> BaseTask[Any, Any]:
         name = name or self.gen_task_name(fun.__name__, fun.__module__)
-        if name in self.tasks and getattr(self.tasks[name], '__wrapped__', None) is fun:
-            return self.tasks[name]
+        registry = self._tasks
+        if name in registry and getattr(registry[name], '__wrapped__', None) is fun:
+            return registry[name]
         options.pop('shared', None)
         options.pop('lazy', None)
         cls = build_task_class(self, fun, name, base or self.Task, bind, options)
         task = cls()
         task.bind(self)
-        self.tasks[name] = task
+        self._tasks[name] = task
         return task
 
     def gen_task_name(self, name: str, module: str) -> str:
@@ -307,7 +326,7 @@ class Fastq:
         if not instance.name:
             instance.name = self.gen_task_name(type(instance).__name__, type(instance).__module__)
         instance.bind(self)
-        self.tasks[instance.name] = instance
+        self._tasks[instance.name] = instance
         return instance
 
     def finalize(self, auto: bool = False) -> None:
@@ -326,7 +345,7 @@ class Fastq:
             for module in [*_module_names(self.conf.imports), *_module_names(self.conf.include)]:
                 importlib.import_module(module)
             bind_shared_tasks(self)
-            for task in list(self.tasks.values()):  # settings configured after `@app.task` apply (Celery's)
+            for task in list(self._tasks.values()):  # settings configured after `@app.task` apply (Celery's)
                 task.sync_config()
             self.on_after_finalize.send(sender=self)
 

@@ -289,3 +289,21 @@ def test_shadow_name_on_bound_loader_and_amqp() -> None:
     assert list(app.amqp.queues) == ['celery'] and app.amqp.default_queue.name == 'celery'
     assert app.loader.import_task_module('json') is json and app.loader.import_default_modules() == []
     app.close()
+
+
+def test_reading_app_tasks_finalizes_the_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Application guide: finalization happens "implicitly by accessing the app.tasks attribute"
+    (tmp_path / 'guide_included.py').write_text(
+        'from fastq import shared_task\n\n@shared_task(name="guide.included")\ndef included():\n    return 1\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = Fastq('fin', broker='memory://', include=['guide_included'], set_as_current=False)
+    assert not app.finalized
+    assert 'guide.included' in app.tasks and app.finalized
+    lazy = Fastq('lazy', broker='memory://', autofinalize=False, set_as_current=False)
+    with pytest.raises(RuntimeError, match='Contract breach: app not finalized'):
+        _ = lazy.tasks
+    lazy.finalize()
+    assert 'celery.chord_unlock' in lazy.tasks
+    app.close()
+    lazy.close()

@@ -91,7 +91,7 @@ def test_bad_entries_name_themselves(app: Fastq, spec: Any, error: str) -> None:
 
 
 def test_add_periodic_task_in_configure_and_finalize_handlers(app: Fastq, caplog: pytest.LogCaptureFixture) -> None:
-    add = app.tasks['proj.add']
+    add = app._tasks['proj.add']  # (reading app.tasks finalizes the app, before these handlers connect: Celery's)
 
     @app.on_after_configure.connect
     def setup_periodic_tasks(sender: Fastq, **kwargs: Any) -> None:
