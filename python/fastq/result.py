@@ -209,19 +209,7 @@ class AsyncResult(ResultBase, Generic[R]):
         """Call `callback(result)` once the task is done (from a thread of its own: fastq's clients need no
         event loop to drive it); `on_error(exc)` if waiting or the callback fails. Returns a Future of what
         the callback returned. (`weak` is accepted for Celery's signature.)"""
-        future: Future[Any] = Future()
-
-        def wait() -> None:
-            try:
-                self.get(propagate=False, disable_sync_subtasks=False)
-                future.set_result(callback(self))
-            except Exception as exc:
-                future.set_exception(exc)
-                if on_error is not None:
-                    on_error(exc)
-
-        threading.Thread(target=wait, name=f'fastq-then-{self.id}', daemon=True).start()
-        return future
+        return _then_in_thread(lambda: self.get(propagate=False, disable_sync_subtasks=False), self, callback, on_error)
 
     def _extended(self, key: str) -> Any:
         return self._get_task_meta().get(key)
@@ -494,6 +482,24 @@ class EagerResult(AsyncResult[R]):
         return f'<EagerResult: {self.id}>'
 
 
+def _then_in_thread(wait: Any, result: Any, callback: Any, on_error: Any) -> Future[Any]:
+    """`then`: a thread waits, then calls `callback(result)`; a Future of what it returned (or its error,
+    which `on_error` hears too)."""
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            wait()
+            future.set_result(callback(result))
+        except Exception as exc:
+            future.set_exception(exc)
+            if on_error is not None:
+                on_error(exc)
+
+    threading.Thread(target=run, name='fastq-then', daemon=True).start()
+    return future
+
+
 def _with_remote_traceback(exc: BaseException, traceback: str) -> BaseException:
     """`task_remote_tracebacks`: the exception with the frames it was raised in, in the worker (tblib, as
     Celery's; without tblib installed, as it is)."""
@@ -669,19 +675,9 @@ class ResultSet(ResultBase):
 
     def then(self, callback: Any, on_error: Any = None, weak: bool = False) -> Future[Any]:
         """Call `callback(self)` once every task finished (see `AsyncResult.then`)."""
-        future: Future[Any] = Future()
-
-        def wait() -> None:
-            try:
-                self.join(propagate=False, disable_sync_subtasks=False)
-                future.set_result(callback(self))
-            except Exception as exc:
-                future.set_exception(exc)
-                if on_error is not None:
-                    on_error(exc)
-
-        threading.Thread(target=wait, name='fastq-then-group', daemon=True).start()
-        return future
+        return _then_in_thread(
+            lambda: self.join(propagate=False, disable_sync_subtasks=False), self, callback, on_error
+        )
 
     @property
     def supports_native_join(self) -> bool:

@@ -250,18 +250,7 @@ def _run_app_command(app: Fastq, args: argparse.Namespace) -> int:
 
     spec = APP_COMMANDS[args.remote]
     values = list(getattr(args, 'args', None) or [])
-    arguments: dict[str, Any] = {}
-    for index, value in enumerate(values):
-        if index >= len(spec['args']):
-            if spec['variadic']:
-                arguments[spec['variadic']] = values[index:]
-                break
-            raise CommandError(f'Command {args.remote!r} takes arguments: {spec["signature"] or "none"}')
-        name, typ = spec['args'][index]
-        try:
-            arguments[name] = typ(value)
-        except ValueError as exc:
-            raise CommandError(f'Command {args.remote!r} takes arguments: {spec["signature"]}: {exc}') from None
+    arguments = _arguments(args.remote, values, spec['args'], spec['variadic'], spec['signature'])
     replies = app.control.broadcast(
         args.remote, arguments=arguments, destination=_destination(args), reply=True, timeout=args.timeout
     )
@@ -283,6 +272,16 @@ def _control_call(command: str, values: list[str]) -> tuple[str, dict[str, Any]]
             f'Command {command} not recognized. Available control commands: {", ".join(CONTROL_COMMANDS)}'
         )
     spec, variadic, signature = CONTROL_ARGUMENTS.get(command, ([], None, ''))
+    if len(values) < _REQUIRED.get(command, 0):
+        raise CommandError(f'Command {command!r} takes arguments: {signature}')
+    return command, _arguments(command, values, spec, variadic, signature)
+
+
+def _arguments(
+    command: str, values: list[str], spec: list[tuple[str, Any]], variadic: str | None, signature: str
+) -> dict[str, Any]:
+    """A command's arguments from the command line's values: (name, type) pairs in order, then the rest as
+    the variadic argument (Celery's CLI)."""
     arguments: dict[str, Any] = {}
     rest = list(values)
     for index, value in enumerate(values):
@@ -296,12 +295,9 @@ def _control_call(command: str, values: list[str]) -> tuple[str, dict[str, Any]]
         except ValueError as exc:
             raise CommandError(f'Command {command!r} takes arguments: {signature}: {exc}') from None
         rest = values[index + 1 :]
-    required = _REQUIRED.get(command, 0)
-    if len(values) < required:
-        raise CommandError(f'Command {command!r} takes arguments: {signature}')
     if variadic:
         arguments[variadic] = rest
-    return command, arguments
+    return arguments
 
 
 def run_control(app: Fastq, args: argparse.Namespace) -> int:
