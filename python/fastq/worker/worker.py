@@ -612,13 +612,20 @@ class WorkController:
             '[queues]',
         ]
         lines = [art + text for art, text in zip(artlines, info, strict=False)]
-        for queue in self.queues:
-            lines.append(f'                .> {queue:<16} exchange={queue}(direct) key={queue}')
+        from fastq.routing import Queue, as_exchange, direct_queue
+
+        for name in self.queues:
+            queue = app.router.queues.get(name) or direct_queue(name) or Queue(name)
+            exchange = as_exchange(queue.exchange)
+            lines.append(
+                f'                .> {name:<16} exchange={exchange.name}({exchange.type}) key={queue.routing_key}'
+            )
         lines.append('')
-        lines.append('[tasks]')
-        for name in sorted(app.tasks.regular()):
-            lines.append(f'  . {name}')
-        lines.append('')
+        if logging.getLogger().getEffectiveLevel() <= logging.INFO:  # (Celery lists the tasks at -l info and below)
+            lines.append('[tasks]')
+            for name in sorted(app.tasks.regular()):
+                lines.append(f'  . {name}')
+            lines.append('')
         if self.banner_stream is not None:
             print('\n'.join(lines), file=self.banner_stream, flush=True)
 
