@@ -215,6 +215,21 @@ class Fastq:
         if force:
             self.conf._load_pending()
 
+    def setup_security(
+        self,
+        allowed_serializers: Any = None,
+        key: str | None = None,
+        key_password: Any = None,
+        cert: str | None = None,
+        store: str | None = None,
+        digest: str | None = None,
+        serializer: str = 'json',
+    ) -> None:
+        """Sign task messages and accept only signed ones (Celery's `auth` serializer; see fastq.security)."""
+        from fastq.security import setup_security
+
+        setup_security(self, allowed_serializers, key, key_password, cert, store, digest, serializer)
+
     def config_from_cmdline(self, argv: Sequence[str], namespace: str = 'celery') -> None:
         """Settings from `key=value` arguments, as Celery's worker and beat take them after `--`:
         `worker.concurrency=4` or `worker_concurrency=4`, `.concurrency=4` (in `namespace`), and `(json)[1, 2]`,
