@@ -339,6 +339,8 @@ class Settings(MutableMapping[str, Any]):
         for name in self:
             value = self[name]
             setting = SETTINGS.get(name)
+            if name in _FALLBACKS and value == self[_FALLBACKS[name]]:
+                continue  # (unset: it reads as the default queue's name)
             if setting is None or value != setting.default:
                 out[name] = value
         return out
