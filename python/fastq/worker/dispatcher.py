@@ -595,10 +595,11 @@ class Dispatcher:
             exc: BaseException = TimeLimitExceeded(job.time_limit)
             self._request_hook(job, 'on_timeout', False, job.time_limit)
             self._request_hook(job, 'on_failure', ExceptionInfo(exc))
-            if job.acked or not job.acks_late or _acks_on(self.app.tasks.get(job.request.task), 'timeout'):
-                self._store_failure(job, exc)
-                if not job.acked:
-                    self._late_acks.append(job.tag)
+            self._store_failure(job, exc)  # (Celery stores the failure either way)
+            if job.acked:
+                return
+            if not job.acks_late or _acks_on(self.app.tasks.get(job.request.task), 'timeout'):
+                self._late_acks.append(job.tag)
             else:  # (Celery 5.7: a timed-out acks_late task not acked on timeout is requeued)
                 error_logger.error(
                     'Task %s[%s]: time limit (%ss) exceeded; requeued', job.name, task_id, job.time_limit
