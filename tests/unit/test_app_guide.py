@@ -307,3 +307,19 @@ def test_reading_app_tasks_finalizes_the_app(tmp_path: Path, monkeypatch: pytest
     assert 'celery.chord_unlock' in lazy.tasks
     app.close()
     lazy.close()
+
+
+def test_acks_on_failure_and_timeout_fall_back_as_celerys() -> None:
+    from types import SimpleNamespace
+
+    from fastq.worker.dispatcher import _acks_on
+
+    def task(**attrs: Any) -> Any:
+        return SimpleNamespace(**{'acks_on_failure': None, 'acks_on_timeout': None,
+                                  'acks_on_failure_or_timeout': None, **attrs})  # fmt: skip
+
+    assert _acks_on(task(), 'failure') and _acks_on(task(), 'timeout')  # (default: acked)
+    assert not _acks_on(task(acks_on_failure_or_timeout=False), 'timeout')
+    assert _acks_on(task(acks_on_failure_or_timeout=False, acks_on_timeout=True), 'timeout')
+    assert not _acks_on(task(acks_on_failure=False), 'failure') and _acks_on(task(acks_on_failure=False), 'timeout')
+    assert _acks_on(None, 'failure')
