@@ -143,3 +143,22 @@ def test_detached_beat_writes_and_removes_its_pidfile(tmp_path: Path, urls: dict
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert 'beat: Shutting down...' in logfile.read_text()
+
+
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_beat_answers_ping_with_remote_control(start: Start, urls: dict[str, str]) -> None:
+    # Celery 5.7: `beat --enable-remote-control` (-n to name it) answers `inspect ping`, a liveness probe,
+    # and only that: worker-only commands do not count it
+    from fastq import Fastq
+
+    beat = start('beat', '--enable-remote-control', '-n', 'probe-beat@%h')
+    beat.wait_for('beat pidbox: probe-beat@', READY_TIMEOUT)
+    app = Fastq('probe', broker=urls['FASTQ_BROKER_URL'], set_as_current=False)
+    try:
+        replies = app.control.inspect(timeout=2).ping() or {}
+        assert [name for name in replies if name.startswith('probe-beat@')] and all(
+            reply == {'ok': 'pong'} for reply in replies.values()
+        )
+        assert not any(name.startswith('probe-beat@') for name in app.control.inspect(timeout=1).active() or {})
+    finally:
+        app.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from fastq import signals
@@ -75,6 +76,8 @@ class Service:
         scheduler_cls: Any = None,
         lock_timeout: float | None = None,
         embedded: bool = False,
+        remote_control: bool | None = None,
+        hostname: str | None = None,
     ) -> None:
         cls = check_scheduler(scheduler_cls if scheduler_cls is not None else app.conf.beat_scheduler)
         self.app = app
@@ -89,6 +92,14 @@ class Service:
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._standby_said = False
+        #: Celery 5.7's beat remote control: a `celerybeat@host` node answering `ping` on the pidbox while its
+        #: scheduler ticks (a liveness probe: `inspect ping -d celerybeat@host`), silent once it stalls.
+        self.remote_control = app.conf.beat_enable_remote_control if remote_control is None else remote_control
+        from fastq.utils.nodenames import default_nodename, host_format
+
+        self.hostname = host_format(default_nodename(hostname, 'celerybeat'))
+        self._last_tick: float | None = None
+        self._pidbox: Any = None
 
     @property
     def lock_name(self) -> str:
@@ -109,6 +120,7 @@ class Service:
             self.scheduler.setup()
             broker = self._connect()
             if broker is not None:
+                self._start_remote_control(broker)
                 self._loop(broker)
         finally:
             self._shutdown()
@@ -135,7 +147,30 @@ class Service:
             wait = lock.due()
             if self.leader and lock.held:
                 wait = min(wait, self.scheduler.tick())
+            self._last_tick = time.monotonic()
             self._stop.wait(wait)
+
+    def _start_remote_control(self, broker: Broker) -> None:
+        if not self.remote_control:
+            return
+        if not broker.features.fanout:
+            logger.warning('beat pidbox: %s has no fanout; remote control is off', broker.describe())
+            return
+        from fastq.worker.control import NO_REPLY, ControlListener
+
+        def ping(node: Any, **kwargs: Any) -> Any:
+            return NO_REPLY if self._stale() else {'ok': 'pong'}
+
+        self._pidbox = ControlListener(self, broker, commands={'ping': ping})
+        self._pidbox.start()
+        logger.info('beat pidbox: %s answers ping on %s', self.hostname, broker.describe())
+
+    def _stale(self) -> bool:
+        """No tick for beat_remote_control_max_tick_age seconds (default: twice the max interval, 60 s at
+        least): the scheduler is stuck, and saying nothing is what a liveness probe can act on."""
+        configured = self.app.conf.beat_remote_control_max_tick_age
+        limit = configured if configured is not None else max(2 * self.scheduler.max_interval, 60.0)
+        return bool(limit) and self._last_tick is not None and time.monotonic() - self._last_tick > limit
 
     def _elect(self, lock: LeaderLock, broker: Broker) -> None:
         was_leader = self.leader
@@ -163,6 +198,8 @@ class Service:
             )
 
     def _shutdown(self) -> None:
+        if self._pidbox is not None:
+            self._pidbox.stop()
         if self.lock is not None and self.leader:
             with contextlib.suppress(Exception):
                 self.lock.release()

@@ -34,6 +34,14 @@ def register(commands: Any) -> None:
     )
     p.add_argument('-S', '--scheduler', help='scheduler class (fastq has its own: fastq.beat:Scheduler)')
     p.add_argument('--max-interval', type=int, help='max seconds to sleep between schedule iterations')
+    p.add_argument('-n', '--hostname', help="beat's node name for remote control (default celerybeat@%%h)")
+    p.add_argument(
+        '--enable-remote-control',
+        dest='remote_control',
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help='answer `inspect ping` on the pidbox while the scheduler ticks (beat_enable_remote_control)',
+    )
     p.add_argument('-l', '--loglevel', default='WARNING', help='DEBUG, INFO, WARNING, ERROR, CRITICAL, FATAL')
     p.add_argument('-f', '--logfile', help='log to this file instead of stderr')
     p.add_argument('--pidfile', help='write the pid to this file (refuses to start if it is held)')
@@ -69,7 +77,12 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
 
     loglevel = check_loglevel(args.loglevel)
     service = Service(
-        app, max_interval=args.max_interval, schedule_filename=args.schedule, scheduler_cls=args.scheduler
+        app,
+        max_interval=args.max_interval,
+        schedule_filename=args.schedule,
+        scheduler_cls=args.scheduler,
+        remote_control=args.remote_control,
+        hostname=args.hostname,
     )
     if not broker_class(app.broker_url).features.shared:
         err(f'warning: {mask_url(app.broker_url)} is private to this process: what beat sends reaches no worker')

@@ -236,13 +236,20 @@ def _matches(hostname: str, body: dict[str, Any]) -> bool:
     return True
 
 
+#: What a handler returns to stay silent (beat's ping while its scheduler is stalled: no answer is the signal).
+NO_REPLY = object()
+
+
 class ControlListener(threading.Thread):
     """Subscribes to the pidbox and serves commands until the worker stops."""
 
-    def __init__(self, worker: WorkController, broker: Broker) -> None:
+    def __init__(self, worker: Any, broker: Broker, commands: dict[str, Handler] | None = None) -> None:
         super().__init__(name='fastq-pidbox', daemon=True)
-        self.worker = worker
+        self.worker = worker  # (a worker, or any node with a `hostname`: beat's)
         self.broker = broker
+        #: The commands this node serves; a node with its own (beat: ping) ignores the others silently, as
+        #: replying would add it to the answers of worker-only commands such as `inspect active`.
+        self.commands = COMMANDS if commands is None else commands
         self._stop_event = threading.Event()
         self.subscription = broker.subscribe(PIDBOX_EXCHANGE)
 
@@ -284,7 +291,9 @@ class ControlListener(threading.Thread):
         if not _matches(hostname, body):
             return
         method = body['method']
-        handler = COMMANDS.get(method)
+        handler = self.commands.get(method)
+        if handler is None and self.commands is not COMMANDS:
+            return
         arguments = body.get('arguments') or {}
         try:
             result = handler(self.worker, **arguments) if handler else {'error': f'No such command: {method!r}'}
@@ -295,7 +304,12 @@ class ControlListener(threading.Thread):
         ticket = body.get('ticket')
         # (None is a reply too, as kombu's pidbox sends it: `control heartbeat` answers so; only a shutdown,
         # which Celery's worker never answers, stays silent)
-        if (result is None and method == 'shutdown') or not isinstance(reply_to, dict) or not ticket:
+        if (
+            result is NO_REPLY
+            or (result is None and method == 'shutdown')
+            or not isinstance(reply_to, dict)
+            or not ticket
+        ):
             return
         self.reply({hostname: result}, ticket, reply_to)
 
