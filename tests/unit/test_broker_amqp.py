@@ -402,3 +402,27 @@ def test_countdown_to_a_quorum_queue_goes_through_the_delayed_chain(app: Fastq) 
         consumer.ack([d.tag])
     finally:
         consumer.close()
+
+
+def test_broadcast_queues_follow_the_event_and_control_settings() -> None:
+    # event_queue_ttl/expires, control_queue_ttl/expires and event_exchange (Celery's), defaults as before
+    from fastq import Fastq
+    from fastq.brokers.amqp.topology import (
+        EVENT_QUEUE_ARGUMENTS,
+        PIDBOX_QUEUE_ARGUMENTS,
+        broadcast_exchange,
+        broadcast_queue_arguments,
+    )
+
+    app = Fastq('bq', broker='memory://', set_as_current=False)
+    conf = app.conf
+    assert broadcast_queue_arguments('topic', conf) == EVENT_QUEUE_ARGUMENTS
+    assert broadcast_queue_arguments('fanout', conf) == PIDBOX_QUEUE_ARGUMENTS
+    conf.update(event_queue_ttl=1.5, event_queue_expires=None, control_queue_ttl=None, event_exchange='myev')
+    assert broadcast_queue_arguments('topic', conf) == {'x-message-ttl': 1500}
+    assert broadcast_queue_arguments('fanout', conf) == {'x-expires': 10000}
+    assert broadcast_exchange('myev', conf) == ('topic', True) and broadcast_exchange('celery.pidbox', conf) == (
+        'fanout',
+        False,
+    )
+    app.close()

@@ -40,10 +40,10 @@ from fastq.brokers.amqp.topology import (
     DELAYED_DELIVERY_EXCHANGE,
     DELAYED_LEVELS,
     MAX_DELAY,
-    PIDBOX_QUEUE_ARGUMENTS,
     QueueSpec,
     Topology,
     broadcast_exchange,
+    broadcast_queue_arguments,
     delayed_level,
     delayed_routing_key,
     undelayed_routing_key,
@@ -391,7 +391,9 @@ class AMQPBroker(Broker):
 
         def run(conn: _amqp.Connection) -> None:
             conn.exchange_declare(CH_ADMIN, exchange, 'direct', False, False, False, {})
-            conn.queue_declare(CH_ADMIN, queue, False, False, False, True, dict(PIDBOX_QUEUE_ARGUMENTS))
+            conn.queue_declare(
+                CH_ADMIN, queue, False, False, False, True, broadcast_queue_arguments('fanout', self.conf)
+            )
             conn.queue_bind(CH_ADMIN, queue, exchange, routing_key, {})
 
         self._admin(run)
@@ -414,7 +416,7 @@ class AMQPBroker(Broker):
     def fanout_publish(self, exchange: str, payload: bytes, routing_key: str = '') -> None:
         message = _core.Message.from_envelope(payload, None)
 
-        kind, durable = broadcast_exchange(exchange)
+        kind, durable = broadcast_exchange(exchange, self.conf)
 
         def declare(conn: _amqp.Connection) -> None:
             conn.exchange_declare(CH_ADMIN, exchange, kind, False, durable, False, {})

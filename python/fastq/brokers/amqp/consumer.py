@@ -26,11 +26,10 @@ from fastq.brokers.amqp.link import CH_ADMIN, CH_CONSUME, Link
 from fastq.brokers.amqp.topology import (
     DEAD_LETTER_QUEUE,
     DELAYED_DELIVERY_EXCHANGE,
-    EVENT_QUEUE_ARGUMENTS,
     MAX_DELAY,
-    PIDBOX_QUEUE_ARGUMENTS,
     QueueSpec,
     broadcast_exchange,
+    broadcast_queue_arguments,
     delayed_level,
     delayed_routing_key,
 )
@@ -351,6 +350,7 @@ class AMQPSubscription(Subscription):
 
     def __init__(self, broker: AMQPBroker, exchange: str) -> None:
         self.exchange = exchange
+        self.conf = broker.conf
         self.queue = f'fastq.{uuid.uuid4().hex}.{exchange}'
         self._cond = threading.Condition()
         self._items: deque[tuple[str, bytes]] = deque()
@@ -361,10 +361,10 @@ class AMQPSubscription(Subscription):
 
     def _on_connect(self, conn: _amqp.Connection) -> None:
         self.link.ensure_channel(conn, CH_CONSUME)
-        kind, durable = broadcast_exchange(self.exchange)
-        arguments = EVENT_QUEUE_ARGUMENTS if kind == 'topic' else PIDBOX_QUEUE_ARGUMENTS
+        kind, durable = broadcast_exchange(self.exchange, self.conf)
+        arguments = broadcast_queue_arguments(kind, self.conf)
         conn.exchange_declare(CH_CONSUME, self.exchange, kind, False, durable, False, {})
-        conn.queue_declare(CH_CONSUME, self.queue, False, False, True, True, dict(arguments))
+        conn.queue_declare(CH_CONSUME, self.queue, False, False, True, True, arguments)
         conn.queue_bind(CH_CONSUME, self.queue, self.exchange, '#' if kind == 'topic' else '', {})
         conn.consume(CH_CONSUME, self.queue, self.queue, True, {})
 

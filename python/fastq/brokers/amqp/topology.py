@@ -31,8 +31,32 @@ BROADCAST_EXCHANGES = {'celery.pidbox': ('fanout', False), 'celeryev': ('topic',
 EVENT_QUEUE_ARGUMENTS = {'x-expires': 60000, 'x-message-ttl': 5000}
 
 
-def broadcast_exchange(name: str) -> tuple[str, bool]:
+def broadcast_exchange(name: str, conf: Any = None) -> tuple[str, bool]:
+    """(type, durable) of a broadcast exchange: the event exchange (`event_exchange`, a durable topic) and
+    the pidbox (`<control_exchange>.pidbox`, a transient fanout) by the app's names, else by Celery's."""
+    if conf is not None:
+        if name == conf.event_exchange:
+            return 'topic', True
+        if name == f'{conf.control_exchange}.pidbox':
+            return 'fanout', False
     return BROADCAST_EXCHANGES.get(name, ('fanout', False))
+
+
+def broadcast_queue_arguments(kind: str, conf: Any = None) -> dict[str, Any]:
+    """The arguments of a subscriber's queue: `event_queue_ttl`/`event_queue_expires` for events (a topic
+    exchange), `control_queue_ttl`/`control_queue_expires` for the pidbox (Celery's defaults without conf)."""
+    if conf is None:
+        return dict(EVENT_QUEUE_ARGUMENTS if kind == 'topic' else PIDBOX_QUEUE_ARGUMENTS)
+    if kind == 'topic':
+        ttl, expires = conf.event_queue_ttl, conf.event_queue_expires
+    else:
+        ttl, expires = conf.control_queue_ttl, conf.control_queue_expires
+    out: dict[str, Any] = {}
+    if expires:
+        out['x-expires'] = int(float(expires) * 1000)
+    if ttl:
+        out['x-message-ttl'] = int(float(ttl) * 1000)
+    return out
 
 
 def delayed_level(level: int) -> str:
