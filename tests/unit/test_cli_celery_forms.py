@@ -76,3 +76,14 @@ def test_the_double_dash_is_read_by_worker_and_beat(capsys: pytest.CaptureFixtur
         main(['-A', 'no_such_app_module_here', 'worker', '--', 'worker.concurrency=3'])
     err = capsys.readouterr().err
     assert 'unrecognized arguments' not in err and 'Unable to load celery application' in err
+
+
+def test_quiet_inspect_output(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from fastq.cli.control import _finish
+
+    _finish({'w1@h': {'ok': 'pong'}}, argparse.Namespace(json=False, quiet=False))
+    assert capsys.readouterr().out == '->  w1@h: OK\n        pong\n\n1 node online.\n'
+    _finish({'w1@h': {'ok': 'pong'}}, argparse.Namespace(json=False, quiet=True))
+    assert capsys.readouterr().out == ' w1@h: OK\n        pong\n'  # (Celery's -q: no arrow, no count)

@@ -114,11 +114,12 @@ def _indent(text: str, n: int = 4) -> str:
     return '\n'.join(' ' * n + line for line in text.splitlines())
 
 
-def _say(replies: dict[str, Any], show_reply: bool = True) -> None:
-    """`->  node: OK` and, for inspect and control, the reply indented (Celery's `_say_remote_command_reply`)."""
+def _say(replies: dict[str, Any], show_reply: bool = True, quiet: bool = False) -> None:
+    """`->  node: OK` and, for inspect and control, the reply indented (Celery's `_say_remote_command_reply`;
+    with the global -q, without the arrow)."""
     for node, reply in replies.items():
         status, text = _pretty(reply)
-        out(f'->  {node}: {status}')
+        out(f' {node}: {status}' if quiet else f'->  {node}: {status}')
         if show_reply and text:
             out(_indent(text))
 
@@ -135,8 +136,9 @@ def _finish(replies: dict[str, Any] | None, args: argparse.Namespace, show_reply
         if show_reply:  # `celery status -j` still counts the nodes; `inspect -j` prints the JSON only
             return 0
     else:
-        _say(replies, show_reply)
-    out(f'\n{len(replies)} {pluralize(len(replies), "node").split(" ", 1)[1]} online.')
+        _say(replies, show_reply, quiet=getattr(args, 'quiet', False))
+    if not getattr(args, 'quiet', False):  # (Celery's -q leaves the count out)
+        out(f'\n{len(replies)} {pluralize(len(replies), "node").split(" ", 1)[1]} online.')
     return 0
 
 
@@ -261,7 +263,7 @@ def _run_app_command(app: Fastq, args: argparse.Namespace) -> int:
         out(json.dumps(merged if spec['type'] == 'inspect' else replies))
         return 0
     for reply in replies:
-        _say(reply)
+        _say(reply, quiet=getattr(args, 'quiet', False))
     return 0
 
 
@@ -318,5 +320,5 @@ def run_control(app: Fastq, args: argparse.Namespace) -> int:
         out(json.dumps(replies))
         return 0
     for reply in replies:
-        _say(reply)
+        _say(reply, quiet=getattr(args, 'quiet', False))
     return 0
