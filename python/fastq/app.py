@@ -19,7 +19,7 @@ from fastq.config import OLD_NAMES, SETTINGS, Settings
 from fastq.exceptions import ImproperlyConfigured, NotRegistered
 from fastq.task import Task as BaseTask
 from fastq.task import build_task_class
-from fastq.utils.imports import module_or_symbol, symbol_by_name
+from fastq.utils.imports import module_names, module_or_symbol, symbol_by_name
 from fastq.utils.nodenames import anon_nodename, oid_from
 from fastq.utils.time import get_timezone
 
@@ -357,7 +357,7 @@ class Fastq:
             register_builtins(self)
             bind_shared_tasks(self)
             signals.import_modules.send(sender=self)
-            for module in [*_module_names(self.conf.imports), *_module_names(self.conf.include)]:
+            for module in [*module_names(self.conf.imports), *module_names(self.conf.include)]:
                 importlib.import_module(module)
             bind_shared_tasks(self)
             for task in list(self._tasks.values()):  # settings configured after `@app.task` apply (Celery's)
@@ -733,12 +733,12 @@ class Fastq:
         include = kwargs.pop('include', None)
         if include:
             extra = include.split(',') if isinstance(include, str) else list(include)
-            self.conf.include = [*_module_names(self.conf.include), *extra]
+            self.conf.include = [*module_names(self.conf.include), *extra]
         loglevel, logfile = kwargs.pop('loglevel', None), kwargs.pop('logfile', None)
         if loglevel is not None or logfile is not None:
             from fastq.utils.log import setup_worker_logging
 
-            level = loglevel if isinstance(loglevel, int) else str(loglevel or 'WARNING').upper()
+            level = loglevel if isinstance(loglevel, int) else str(loglevel or 'WARNING')
             setup_worker_logging(self.conf, level, logfile, redirect=False)
         return WorkController(self, **kwargs)
 
@@ -787,7 +787,7 @@ class _Loader:
         self.app.finalize()
         return [
             importlib.import_module(m)
-            for m in [*_module_names(self.app.conf.imports), *_module_names(self.app.conf.include)]
+            for m in [*module_names(self.app.conf.imports), *module_names(self.app.conf.include)]
         ]
 
     def config_from_object(self, obj: Any, silent: bool = False) -> None:
@@ -824,13 +824,6 @@ class _Amqp:
 
         name = self.app.conf.task_default_queue
         return self.app.router.queues.get(name) or Queue(name)
-
-
-def _module_names(value: Any) -> list[str]:
-    """`imports`/`include`: a list of module names, or one name (Celery takes either)."""
-    if not value:
-        return []
-    return [value] if isinstance(value, str) else list(value)
 
 
 def _bound_group_result(bound: Fastq) -> type[GroupResult]:

@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from fastq.cli.base import CommandError, check_loglevel, check_pidfile, detach, err, touch, write_pidfile
+from fastq.utils.imports import module_names
 from fastq.utils.log import setup_worker_logging
 from fastq.utils.nodenames import default_nodename, host_format, node_format
 from fastq.utils.platforms import maybe_drop_privileges, set_umask
@@ -147,10 +148,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
         raise CommandError(f'-P {args.pool}: {UNSUPPORTED_POOLS[args.pool]}')
     _warn_no_ops(args)
     if args.include:
-        app.conf.include = [
-            *([app.conf.include] if isinstance(app.conf.include, str) else app.conf.include or []),
-            *_split(args.include),
-        ]
+        app.conf.include = [*module_names(app.conf.include), *_split(args.include)]
     node, pidfile = _detach_if_asked(args)
     if pidfile:
         check_pidfile(pidfile)  # (said on the terminal, before logging takes stderr over)

@@ -24,6 +24,13 @@ def symbol_by_name(name: str | Any, default: Any = None) -> Any:
     return obj
 
 
+def module_names(value: Any) -> list[str]:
+    """`imports`/`include`: a list of module names, or one name (Celery takes either)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
 def module_or_symbol(path: str) -> Any:
     """`path` imported as a module if it is one (`'proj.config.celery'`), else as `symbol_by_name` reads it
     (`'proj.config:Config'`, `'proj.config.Config'`): Celery's loader tries the module first."""

@@ -124,8 +124,7 @@ def _start_worker_thread(
     if logfile:
         from fastq.utils.log import setup_worker_logging
 
-        level = loglevel if isinstance(loglevel, int) else str(loglevel).upper()
-        setup_worker_logging(app.conf, level, logfile, redirect=False)
+        setup_worker_logging(app.conf, loglevel, logfile, redirect=False)
     app.finalize()
     app.set_current()
     app.set_default()
