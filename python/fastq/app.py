@@ -145,7 +145,7 @@ class Fastq:
         if backend:
             self.conf.result_backend = backend
         if include:
-            self.conf.include = list(include)
+            self.conf.include = module_names(include)  # one name or several, as Celery takes
         if preconf:
             self.conf.update(preconf)
         if config_source is not None:

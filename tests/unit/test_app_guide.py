@@ -300,6 +300,8 @@ def test_reading_app_tasks_finalizes_the_app(tmp_path: Path, monkeypatch: pytest
     app = Fastq('fin', broker='memory://', include=['guide_included'], set_as_current=False)
     assert not app.finalized
     assert 'guide.included' in app.tasks and app.finalized
+    one = Fastq('one', broker='memory://', include='guide_included', set_as_current=False)  # a name, not a list
+    assert one.conf.include == ['guide_included'] and 'guide.included' in one.tasks
     lazy = Fastq('lazy', broker='memory://', autofinalize=False, set_as_current=False)
     with pytest.raises(RuntimeError, match='Contract breach: app not finalized'):
         _ = lazy.tasks
