@@ -405,8 +405,11 @@ class AsyncResult(ResultBase, Generic[R]):
         wait: bool = False,
         timeout: float | None = None,
     ) -> None:
-        """Revoke the tasks stamped with these values (see `app.control.revoke_by_stamped_headers`)."""
-        self.app.control.revoke_by_stamped_headers(headers, terminate=terminate, signal=signal or 'SIGTERM')
+        """Revoke the tasks stamped with these values (see `app.control.revoke_by_stamped_headers`); with `wait`,
+        block until the workers answered (or `timeout` seconds passed), as Celery's."""
+        self.app.control.revoke_by_stamped_headers(
+            headers, terminate=terminate, signal=signal or 'SIGTERM', reply=wait, timeout=timeout
+        )
 
     def _maybe_reraise_parent_error(self) -> None:
         parents = []

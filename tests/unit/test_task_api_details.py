@@ -81,6 +81,27 @@ def test_group_result_revoke_without_a_timeout() -> None:
     app.close()
 
 
+def test_result_revoke_by_stamped_headers_waits_for_replies_with_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = Fastq('stamped_revoke', broker='memory://', backend='memory://')
+    sent: list[dict[str, Any]] = []
+    broadcast = app.control.broadcast
+
+    def recording(command: str, **kwargs: Any) -> Any:
+        sent.append({'command': command, **kwargs})
+        return broadcast(command, **kwargs)
+
+    monkeypatch.setattr(app.control, 'broadcast', recording)
+    result = AsyncResult('t1', app=app)
+    result.revoke_by_stamped_headers({'batch': 'b-1'}, terminate=True, wait=True, timeout=0.2)
+    result.revoke_by_stamped_headers({'batch': 'b-2'})
+    assert [(s['command'], s['arguments']['headers'], s['reply'], s['timeout']) for s in sent] == [
+        ('revoke_by_stamped_headers', {'batch': 'b-1'}, True, 0.2),
+        ('revoke_by_stamped_headers', {'batch': 'b-2'}, False, None),
+    ]
+    assert sent[0]['arguments']['terminate'] is True
+    app.close()
+
+
 def test_replace_eagerly() -> None:
     app = Fastq('replace', broker='memory://', backend='memory://')
     app.conf.task_always_eager = True
