@@ -314,7 +314,7 @@ def _job(name: str, time_limit: float | None = None, acks_late: bool = True) -> 
     job_id = next(_ids)
     request = SimpleNamespace(task=name, id=f't{job_id}', display_name=name)
     delivery = SimpleNamespace(raw=b'{}', queue='celery', redelivered=False, tag=job_id)
-    return Job(job_id, delivery, request, acks_late, False, True, time_limit, None, 'h', 0.0)  # type: ignore[arg-type]
+    return Job(job_id, delivery, request, acks_late, False, time_limit, None, 'h', 0.0)  # type: ignore[arg-type]
 
 
 @pytest.fixture

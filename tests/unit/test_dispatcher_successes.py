@@ -38,7 +38,7 @@ def _jobs() -> list[Job]:
     for job_id, (name, acks_late) in enumerate([('a', True), ('b', False), ('a', True), ('a', False)], 1):
         request = SimpleNamespace(task=name, id=f't{job_id}', display_name=name)
         delivery = SimpleNamespace(raw=b'{}', queue='celery', redelivered=False, tag=f'tag{job_id}')
-        job = Job(job_id, delivery, request, acks_late, False, True, None, None, 'h', 0.0)  # type: ignore[arg-type]
+        job = Job(job_id, delivery, request, acks_late, False, None, None, 'h', 0.0)  # type: ignore[arg-type]
         job.acked = not acks_late
         jobs.append(job)
     return jobs

@@ -122,7 +122,7 @@ def make_job(name: str) -> Job:
     job_id = next(_ids)
     request = SimpleNamespace(task=name, id=f't{job_id}', display_name=name)
     delivery = SimpleNamespace(raw=b'{}', queue='celery', redelivered=False, tag=job_id)
-    return Job(job_id, delivery, request, False, False, True, None, None, 'h', 0.0)  # type: ignore[arg-type]
+    return Job(job_id, delivery, request, False, False, None, None, 'h', 0.0)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize('batched', [False, True], ids=['on_result', 'on_successes'])

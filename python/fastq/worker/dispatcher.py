@@ -211,7 +211,6 @@ class Dispatcher:
             request,
             bool(task.acks_late),  # acks_late
             bool(task.reject_on_worker_lost),  # reject_on_worker_lost
-            task.acks_on_failure_or_timeout is not False,  # acks_on_failure_or_timeout
             request.time_limit or task.time_limit or self.default_time_limit,  # time_limit
             request.soft_time_limit or task.soft_time_limit or self.default_soft_time_limit,  # soft_time_limit
             self.hostname,

@@ -35,7 +35,6 @@ class Job:
     request: TaskRequest
     acks_late: bool
     reject_on_worker_lost: bool
-    acks_on_failure_or_timeout: bool
     time_limit: float | None
     soft_time_limit: float | None
     hostname: str
