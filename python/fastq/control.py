@@ -5,7 +5,8 @@ Celery's pidbox, on the wire as Celery sends it, so `celery inspect ping` reache
 `celery.pidbox` (on Redis: PUBLISH /<db>.celery.pidbox), body `{method, arguments, destination, pattern,
 matcher[, ticket, reply_to]}`, headers `{clock, expires}`. Workers answer `{<nodename>: <result>}` with
 header `ticket` through the direct exchange `reply.celery.pidbox`, routed to the caller's queue
-`<oid>.reply.celery.pidbox`.
+`<oid>.reply.celery.pidbox`. `celery` there is `control_exchange` (kombu's mailbox namespace): apps that set
+it apart only reach each other's workers.
 """
 
 from __future__ import annotations
@@ -23,10 +24,30 @@ from fastq.serialization import json_default, json_tag_hook
 if TYPE_CHECKING:
     from fastq.app import Fastq
 
-__all__ = ['Control', 'Inspect', 'PIDBOX_EXCHANGE', 'REPLY_EXCHANGE', 'decode_envelope', 'encode_envelope']
+__all__ = [
+    'Control',
+    'Inspect',
+    'PIDBOX_EXCHANGE',
+    'REPLY_EXCHANGE',
+    'decode_envelope',
+    'encode_envelope',
+    'pidbox_exchange',
+    'reply_exchange',
+]
 
 PIDBOX_EXCHANGE = 'celery.pidbox'
 REPLY_EXCHANGE = 'reply.celery.pidbox'
+
+
+def pidbox_exchange(conf: Any) -> str:
+    """The fanout exchange commands go out on: `<control_exchange>.pidbox` (kombu's `Mailbox.exchange`)."""
+    return f'{conf.control_exchange or "celery"}.pidbox'
+
+
+def reply_exchange(conf: Any) -> str:
+    """The direct exchange replies come back through: `reply.<control_exchange>.pidbox`."""
+    return f'reply.{pidbox_exchange(conf)}'
+
 
 _clock = itertools.count(1)
 _clock_lock = threading.Lock()
@@ -55,6 +76,13 @@ class Control:
     """`app.control`: broadcast, ping, revoke, shutdown, inspect."""
 
     def __init__(self, app: Fastq) -> None:
+        from fastq.exceptions import ImproperlyConfigured
+
+        if app.conf.control_queue_durable and app.conf.control_queue_exclusive:
+            raise ImproperlyConfigured(
+                'control_queue_durable and control_queue_exclusive cannot both be True '
+                '(exclusive queues are automatically deleted and cannot be durable).'
+            )
         self.app = app
 
     def broadcast(
@@ -88,17 +116,18 @@ class Control:
             'matcher': matcher,
         }
         oid = self.app.thread_oid
-        reply_queue = f'{oid}.{REPLY_EXCHANGE}'
+        exchange, replies_exchange = pidbox_exchange(self.app.conf), reply_exchange(self.app.conf)
+        reply_queue = f'{oid}.{replies_exchange}'
         ticket = None
         if reply:
             ticket = str(uuid.uuid4())
             body['ticket'] = ticket
-            body['reply_to'] = {'exchange': REPLY_EXCHANGE, 'routing_key': oid}
-            broker.bind(REPLY_EXCHANGE, oid, reply_queue)
+            body['reply_to'] = {'exchange': replies_exchange, 'routing_key': oid}
+            broker.bind(replies_exchange, oid, reply_queue)
         if timeout is None:  # (as Celery's: `GroupResult.revoke()` passes None)
             timeout = 1.0
         headers = {'clock': tick(), 'expires': time.time() + timeout}
-        broker.fanout_publish(PIDBOX_EXCHANGE, encode_envelope(body, headers, PIDBOX_EXCHANGE, '', 2))
+        broker.fanout_publish(exchange, encode_envelope(body, headers, exchange, '', 2))
         if not reply:
             return None
         try:
@@ -106,7 +135,7 @@ class Control:
         finally:
             unbind = getattr(broker, 'unbind', None)
             if unbind is not None:
-                unbind(REPLY_EXCHANGE, oid, reply_queue)
+                unbind(replies_exchange, oid, reply_queue)
 
     def _collect(
         self,

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from fastq.brokers.amqp.topology import DELAYED_LEVELS, delayed_level
+from tests.compat.test_celery_redis import control_exchange_keeps_apps_apart
 from tests.harness import lines, wait_until
 
 pytestmark = pytest.mark.slow
@@ -159,3 +160,7 @@ def test_celery_inspect_ping_reaches_fastq(celery_client: Any, workers: Any) -> 
     w = workers('fastq', '-n', 'f1@%h')
     hostname = [word for word in w.log.split() if word.startswith('f1@')][0]
     assert celery_client.control.inspect(destination=[hostname], timeout=3).ping() == {hostname: {'ok': 'pong'}}
+
+
+def test_control_exchange_keeps_apps_apart(celery_client: Any, fastq_client: Any, workers: Any, url: str) -> None:
+    control_exchange_keeps_apps_apart(celery_client, fastq_client, workers, url)

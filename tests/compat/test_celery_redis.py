@@ -138,6 +138,33 @@ def test_celery_inspect_ping_reaches_fastq_and_back(celery_client: Any, fastq_cl
     assert cli.returncode == 0 and f'{fq}: OK' in cli.stdout and 'pong' in cli.stdout
 
 
+def test_control_exchange_keeps_apps_apart(celery_client: Any, fastq_client: Any, workers: Any, url: str) -> None:
+    control_exchange_keeps_apps_apart(celery_client, fastq_client, workers, url)
+
+
+def control_exchange_keeps_apps_apart(celery_client: Any, fastq_client: Any, workers: Any, url: str) -> None:
+    """`control_exchange` is the pidbox's namespace (`<name>.pidbox`, replies on `reply.<name>.pidbox`): Celery
+    and fastq apps that set it alike reach each other's workers, and apps left on `celery` reach neither."""
+    f = workers('fastq', '-n', 'fops@%h', extra_env={'FASTQ_CONTROL_EXCHANGE': 'ops'})
+    c = workers('celery', '-n', 'cops@%h', extra_env={'CELERY_CONTROL_EXCHANGE': 'ops'})
+    fq = [word for word in f.log.split() if word.startswith('fops@')][0]
+    cy = [word for word in c.log.split() if word.startswith('cops@')][0]
+    assert fastq_client.app.control.ping(timeout=1) == []
+    assert celery_client.control.ping(timeout=1) == []
+    from celery import Celery
+
+    celery_ops = Celery('ops', broker=url, set_as_current=False)  # (Celery reads it once, for app.control)
+    celery_ops.conf.control_exchange = 'ops'
+    fastq_client.app.conf.control_exchange = 'ops'
+    try:
+        assert celery_ops.control.inspect(destination=[fq], timeout=3).ping() == {fq: {'ok': 'pong'}}
+        assert fastq_client.app.control.inspect(destination=[cy], timeout=3).ping() == {cy: {'ok': 'pong'}}
+        assert {fq, cy} <= {node for reply in fastq_client.app.control.ping(timeout=2) for node in reply}
+    finally:
+        fastq_client.app.conf.control_exchange = 'celery'
+        celery_ops.close()
+
+
 def test_celery_inspects_a_fastq_worker(celery_client: Any, workers: Any, tmp_path: Path) -> None:
     """Celery's own Inspect and CLI read fastq's replies: the shapes Flower and `celery inspect` rely on."""
     f = workers('fastq', '-n', 'fqi@%h')

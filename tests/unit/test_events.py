@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from fastq import Fastq
 from fastq.events import Event, EventDispatcher, State, group_from
 from fastq.events.event import decode_events, encode_events, routing_key_of
+from fastq.exceptions import ImproperlyConfigured
 from fastq.worker.trace import Outcome
 
 
@@ -233,3 +236,18 @@ def test_polaroid_default_timer_repeats() -> None:
         time.sleep(0.01)
     cam.cancel()
     assert len(shots) >= 3
+
+
+@pytest.mark.parametrize(
+    ('kind', 'message'), [('control', 'control_queue_durable and control_queue_exclusive'), ('event', 'exclusive and')]
+)
+def test_durable_and_exclusive_queues_are_refused(kind: str, message: str) -> None:
+    """As Celery's Control and EventReceiver: exclusive queues vanish with their connection, so one that is also
+    durable is a contradiction, refused when the control or receiver is made, naming the settings."""
+    app = Fastq('t', broker='memory://', set_as_current=False)
+    app.conf.update({f'{kind}_queue_durable': True, f'{kind}_queue_exclusive': True})
+    with pytest.raises(ImproperlyConfigured, match=message):
+        app.control if kind == 'control' else app.events.Receiver(app)
+    app.conf.update({f'{kind}_queue_exclusive': False})
+    app.control if kind == 'control' else app.events.Receiver(app)
+    app.close()

@@ -161,7 +161,9 @@ class Service:
         def ping(node: Any, **kwargs: Any) -> Any:
             return NO_REPLY if self._stale() else {'ok': 'pong'}
 
-        self._pidbox = ControlListener(self, broker, commands={'ping': ping})
+        from fastq.control import pidbox_exchange
+
+        self._pidbox = ControlListener(self, broker, commands={'ping': ping}, exchange=pidbox_exchange(self.app.conf))
         self._pidbox.start()
         logger.info('beat pidbox: %s answers ping on %s', self.hostname, broker.describe())
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastq.events.event import EVENT_EXCHANGE, decode_events
+from fastq.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -45,6 +46,8 @@ class EventReceiver:
         connection: Any = None,
         **kwargs: Any,
     ) -> None:
+        if app.conf.event_queue_exclusive and app.conf.event_queue_durable:
+            raise ImproperlyConfigured('Queue cannot be both exclusive and durable, choose one or the other.')
         self.app = app
         self.handlers: dict[str, Handler] = dict(handlers or {})
         self.routing_key = routing_key

@@ -243,7 +243,13 @@ NO_REPLY = object()
 class ControlListener(threading.Thread):
     """Subscribes to the pidbox and serves commands until the worker stops."""
 
-    def __init__(self, worker: Any, broker: Broker, commands: dict[str, Handler] | None = None) -> None:
+    def __init__(
+        self,
+        worker: Any,
+        broker: Broker,
+        commands: dict[str, Handler] | None = None,
+        exchange: str = PIDBOX_EXCHANGE,
+    ) -> None:
         super().__init__(name='fastq-pidbox', daemon=True)
         self.worker = worker  # (a worker, or any node with a `hostname`: beat's)
         self.broker = broker
@@ -251,7 +257,8 @@ class ControlListener(threading.Thread):
         #: replying would add it to the answers of worker-only commands such as `inspect active`.
         self.commands = COMMANDS if commands is None else commands
         self._stop_event = threading.Event()
-        self.subscription = broker.subscribe(PIDBOX_EXCHANGE)
+        self.exchange = exchange  # `<control_exchange>.pidbox` (fastq.control.pidbox_exchange)
+        self.subscription = broker.subscribe(exchange)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -267,7 +274,7 @@ class ControlListener(threading.Thread):
                 logger.warning('pidbox: cannot read commands from %s: %s', self.broker.describe(), exc)
                 self._stop_event.wait(backoff)
                 try:
-                    self.subscription = self.broker.subscribe(PIDBOX_EXCHANGE)
+                    self.subscription = self.broker.subscribe(self.exchange)
                 except Exception as again:
                     logger.debug('pidbox: resubscribe failed: %s', again)
                 continue
@@ -322,8 +329,9 @@ class ControlListener(threading.Thread):
         payload = _core.json_dumps(body, None)
         message = _core.Message(payload, 'application/json', 'utf-8', {'ticket': ticket, 'clock': tick()}, {})
         try:
+            # (the caller's queue is named after the reply exchange it chose: `<oid>.reply.<namespace>.pidbox`)
             self.broker.publish(
-                [Outgoing(message, f'{routing_key}.{REPLY_EXCHANGE}', exchange, routing_key, 0, delivery_mode=1)]
+                [Outgoing(message, f'{routing_key}.{exchange}', exchange, routing_key, 0, delivery_mode=1)]
             )
         except Exception as exc:
             logger.warning('pidbox: cannot reply to %s: %s', routing_key, exc)

@@ -353,10 +353,11 @@ class WorkController:
             return
         import fastq.worker.autoscale
         import fastq.worker.inspect  # noqa: F401  (registers the inspect commands)
+        from fastq.control import pidbox_exchange
         from fastq.worker.control import ControlListener
 
         try:
-            self.control = ControlListener(self, broker)
+            self.control = ControlListener(self, broker, exchange=pidbox_exchange(self.app.conf))
         except Exception as exc:
             logger.warning('Remote control unavailable on %s: %s', broker.describe(), exc)
             return

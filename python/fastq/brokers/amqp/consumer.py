@@ -351,7 +351,17 @@ class AMQPSubscription(Subscription):
     def __init__(self, broker: AMQPBroker, exchange: str) -> None:
         self.exchange = exchange
         self.conf = broker.conf
-        self.queue = f'fastq.{uuid.uuid4().hex}.{exchange}'
+        kind, _ = broadcast_exchange(exchange, self.conf)
+        # Celery's names and flags: an event receiver's queue is `<event_queue_prefix>.<uuid>`, durable and
+        # exclusive as event_queue_durable/_exclusive say (control_queue_* for the pidbox).
+        if kind == 'topic':
+            prefix = self.conf.event_queue_prefix or 'celeryev'
+            self.queue = f'{prefix}.{uuid.uuid4()}'
+            self.durable, self.exclusive = bool(self.conf.event_queue_durable), bool(self.conf.event_queue_exclusive)
+        else:
+            self.queue = f'fastq.{uuid.uuid4().hex}.{exchange}'
+            self.durable = bool(self.conf.control_queue_durable)
+            self.exclusive = bool(self.conf.control_queue_exclusive)
         self._cond = threading.Condition()
         self._items: deque[tuple[str, bytes]] = deque()
         self.link = Link(broker.endpoints, 'fanout', confirms=False)
@@ -364,7 +374,7 @@ class AMQPSubscription(Subscription):
         kind, durable = broadcast_exchange(self.exchange, self.conf)
         arguments = broadcast_queue_arguments(kind, self.conf)
         conn.exchange_declare(CH_CONSUME, self.exchange, kind, False, durable, False, {})
-        conn.queue_declare(CH_CONSUME, self.queue, False, False, True, True, arguments)
+        conn.queue_declare(CH_CONSUME, self.queue, False, self.durable, self.exclusive, not self.durable, arguments)
         conn.queue_bind(CH_CONSUME, self.queue, self.exchange, '#' if kind == 'topic' else '', {})
         conn.consume(CH_CONSUME, self.queue, self.queue, True, {})
 
