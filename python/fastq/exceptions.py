@@ -36,6 +36,7 @@ __all__ = [
     'Reject',
     'Retry',
     'SecurityError',
+    'SecurityWarning',
     'SoftTimeLimitExceeded',
     'TaskError',
     'TaskPredicate',
@@ -58,6 +59,10 @@ CeleryWarning = FastqWarning
 
 class AlwaysEagerIgnored(FastqWarning):
     """`send_task` ignores `task_always_eager`."""
+
+
+class SecurityWarning(FastqWarning):
+    """Potential security issue found (a worker running as root)."""
 
 
 class DuplicateNodenameWarning(FastqWarning):

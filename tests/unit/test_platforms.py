@@ -11,8 +11,15 @@ import pwd
 
 import pytest
 
-from fastq.exceptions import ImproperlyConfigured
-from fastq.utils.platforms import maybe_drop_privileges, parse_gid, parse_uid, set_umask
+from fastq.exceptions import ImproperlyConfigured, SecurityWarning
+from fastq.utils.platforms import (
+    SecurityError,
+    check_privileges,
+    maybe_drop_privileges,
+    parse_gid,
+    parse_uid,
+    set_umask,
+)
 
 
 def _in_child(fn: object) -> int:
@@ -65,3 +72,32 @@ def test_names_numbers_and_errors() -> None:
     assert _in_child(umask) == 0o027
     with pytest.raises(ImproperlyConfigured, match='--umask: expected an octal number'):
         set_umask('rwx')
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason='needs root')
+def test_root_worker_is_warned_and_refused_with_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery's `check_privileges`: root is warned; root accepting pickle is refused unless C_FORCE_ROOT; a
+    user that is neither root nor in sudo/wheel hears nothing."""
+    monkeypatch.delenv('C_FORCE_ROOT', raising=False)
+    with pytest.warns(SecurityWarning, match="You're running the worker with superuser privileges"):
+        check_privileges(['json'])
+    with pytest.raises(SecurityError, match='accepts messages serialized with pickle'):
+        check_privileges(['json', 'pickle'])
+    with pytest.raises(SecurityError, match='C_FORCE_ROOT'):
+        check_privileges(['application/x-python-serialize'])
+    monkeypatch.setenv('C_FORCE_ROOT', '1')
+    with pytest.warns(SecurityWarning, match='uid=0 euid=0'):
+        check_privileges(['pickle'])
+    nobody = pwd.getpwnam('nobody')
+
+    def as_nobody() -> int:
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
+            check_privileges(['pickle'])
+        return 0
+
+    assert _in_child(as_nobody) == 0

@@ -12,7 +12,7 @@ from fastq.cli.base import CommandError, check_loglevel, check_pidfile, detach, 
 from fastq.utils.imports import module_names
 from fastq.utils.log import setup_worker_logging
 from fastq.utils.nodenames import default_nodename, host_format, node_format
-from fastq.utils.platforms import maybe_drop_privileges, set_umask
+from fastq.utils.platforms import check_privileges, maybe_drop_privileges, set_umask
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -183,6 +183,13 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
     if pidfile:
         write_pidfile(pidfile)
     maybe_drop_privileges(uid=args.uid, gid=args.gid)  # (the log file and pidfile open: root no more)
+    try:
+        check_privileges(app.conf.accept_content)
+    except Exception:
+        if pidfile:
+            with contextlib.suppress(OSError):
+                os.unlink(pidfile)
+        raise
     try:
         worker.restart_on_hup = True
         excluded = set(_split(args.exclude_queues))

@@ -2,16 +2,69 @@
 
 A service started as root (an init script, `multi` from a root shell) should not run tasks as root: with
 `--uid`/`--gid` the process switches user and group once it has done what needs root (opened its log
-file, written its pidfile), and cannot switch back.
+file, written its pidfile), and cannot switch back. A worker still root after that is warned, and refused
+when it accepts pickle (a message that can run code would run it as root), unless C_FORCE_ROOT is set:
+Celery's `check_privileges`, in its words.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Iterable
 
-from fastq.exceptions import ImproperlyConfigured
+from fastq.exceptions import ImproperlyConfigured, SecurityWarning
 
-__all__ = ['SecurityError', 'maybe_drop_privileges', 'parse_gid', 'parse_uid', 'set_umask']
+__all__ = ['SecurityError', 'check_privileges', 'maybe_drop_privileges', 'parse_gid', 'parse_uid', 'set_umask']
+
+ROOT_DISALLOWED = """\
+Running a worker with superuser privileges when the
+worker accepts messages serialized with pickle is a very bad idea!
+
+If you really want to continue then you have to set the C_FORCE_ROOT
+environment variable (but please think about this before you do).
+
+User information: uid={uid} euid={euid} gid={gid} egid={egid}
+"""
+
+ROOT_DISCOURAGED = """\
+You're running the worker with superuser privileges: this is
+absolutely not recommended!
+
+Please specify a different user using the --uid option.
+
+User information: uid={uid} euid={euid} gid={gid} egid={egid}
+"""
+
+ASSUMING_ROOT = """\
+An entry for the specified gid or egid was not found.
+We're assuming this is a potential security issue.
+"""
+
+#: Content that runs code when it is loaded (by name or by content type).
+_PICKLE = {'pickle', 'application/x-python-serialize', 'application/group-python-serialize'}
+#: Groups whose members can become root.
+_ROOT_GROUPS = ('sudo', 'wheel')
+
+
+def check_privileges(accept_content: Iterable[str]) -> None:
+    """Warn a worker that runs as root (or in a group that can become root) with SecurityWarning; refuse with
+    SecurityError when it also accepts pickle, unless the environment has C_FORCE_ROOT."""
+    import grp
+
+    pickle = any(str(c).lower() in _PICKLE for c in accept_content or ())
+    uid, gid, euid, egid = os.getuid(), os.getgid(), os.geteuid(), os.getegid()
+    try:
+        groups = (grp.getgrgid(gid).gr_name, grp.getgrgid(egid).gr_name)
+    except KeyError:
+        warnings.warn(SecurityWarning(ASSUMING_ROOT), stacklevel=2)
+    else:
+        if uid != 0 and euid != 0 and not any(group in groups for group in _ROOT_GROUPS):
+            return
+    info = {'uid': uid, 'euid': euid, 'gid': gid, 'egid': egid}
+    if pickle and not os.environ.get('C_FORCE_ROOT'):
+        raise SecurityError(ROOT_DISALLOWED.format(**info))
+    warnings.warn(SecurityWarning(ROOT_DISCOURAGED.format(**info)), stacklevel=2)
 
 
 def parse_uid(uid: str | int) -> int:
