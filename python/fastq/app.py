@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from fastq.events import Events
     from fastq.result import AsyncResult, GroupResult
     from fastq.routing import Router
+    from fastq.utils.log import Logging
 
 __all__ = ['Celery', 'Fastq']
 
@@ -498,6 +499,16 @@ class Fastq:
 
                     self._backend = create_backend(self, self.backend_url)
         return self._backend
+
+    @property
+    def log(self) -> Logging:
+        """Celery's `app.log`: set logging up as a worker does (`app.log.setup(loglevel='INFO')`)."""
+        log: Logging | None = self.__dict__.get('_log')
+        if log is None:
+            from fastq.utils.log import Logging
+
+            log = self.__dict__['_log'] = Logging(self)
+        return log
 
     @property
     def loader(self) -> _Loader:

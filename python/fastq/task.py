@@ -161,11 +161,39 @@ class _RequestStack:
     replaced on each push and pop, so a copy taken by one asyncio task never sees another's pushes.
     """
 
-    __slots__ = ('var',)
+    __slots__ = ('idle', 'var')
 
     def __init__(self, name: str) -> None:
         # One variable per Task instance: tasks are created once, when registered, so these stay few.
         self.var: ContextVar[tuple[Context, ...]] = ContextVar(f'fastq.request:{name}', default=())
+        # `task.request` read while nothing executes (called directly): one per thread or asyncio task, kept
+        # off the stack, as Celery's default request is.
+        self.idle: ContextVar[Context | None] = ContextVar(f'fastq.idle-request:{name}', default=None)
+
+    # Celery's `Task.request_stack` (a `_LocalStack`): what code written against it reads and pushes.
+
+    def push(self, request: Context) -> None:
+        self.var.set((*self.var.get(), request))
+
+    def pop(self) -> Context | None:
+        stack = self.var.get()
+        if not stack:
+            return None
+        self.var.set(stack[:-1])
+        return stack[-1]
+
+    @property
+    def top(self) -> Context | None:
+        """The innermost request, None when the task is not executing."""
+        stack = self.var.get()
+        return stack[-1] if stack else None
+
+    @property
+    def stack(self) -> list[Context]:
+        return list(self.var.get())
+
+    def __len__(self) -> int:
+        return len(self.var.get())
 
 
 class Task(Generic[P, R]):
@@ -570,11 +598,13 @@ class Task(Generic[P, R]):
         var.set(var.get()[:-1])
 
     def _get_request(self) -> Context:
-        var = self._requests.var
-        stack = var.get()
+        stack = self._requests.var.get()
         if not stack:
-            ctx = Context()
-            var.set((ctx,))
+            idle = self._requests.idle
+            ctx = idle.get()
+            if ctx is None:
+                ctx = Context()
+                idle.set(ctx)
             return ctx
         return stack[-1]
 
@@ -582,6 +612,11 @@ class Task(Generic[P, R]):
     def request(self) -> Context:
         """The request this task is executing in this thread or asyncio task (`called_directly` when none)."""
         return self._get_request()
+
+    @property
+    def request_stack(self) -> _RequestStack:
+        """The requests this task is executing, innermost on `top` (Celery's `Task.request_stack`)."""
+        return self._requests
 
     # --- retry --------------------------------------------------------------------------------------------
 

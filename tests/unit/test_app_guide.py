@@ -325,3 +325,27 @@ def test_acks_on_failure_and_timeout_fall_back_as_celerys() -> None:
     assert _acks_on(task(acks_on_failure_or_timeout=False, acks_on_timeout=True), 'timeout')
     assert not _acks_on(task(acks_on_failure=False), 'failure') and _acks_on(task(acks_on_failure=False), 'timeout')
     assert _acks_on(None, 'failure')
+
+
+def test_app_log_sets_logging_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`app.log.setup(...)` (Celery's `app.log`): the worker's formats on the root logger, stdout redirected
+    when asked, and nothing done again once logging was set up in the process."""
+    import fastq.utils.log as log
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, 'handlers', [])
+    monkeypatch.setattr(root, 'level', root.level)
+    monkeypatch.setattr(sys, 'stdout', sys.stdout)
+    monkeypatch.setattr(sys, 'stderr', sys.stderr)
+    monkeypatch.setattr(log, '_CONFIGURED', False)
+    app = Fastq('logs', broker='memory://', set_as_current=False)
+    assert not app.log.already_setup
+    assert app.log.setup(loglevel='INFO', redirect_stdouts=True, redirect_level='ERROR') is False
+    assert app.log.already_setup and root.level == logging.INFO and len(root.handlers) == 1
+    assert isinstance(sys.stdout, log.LoggingProxy) and sys.stdout.level == logging.ERROR
+    assert app.log.setup(loglevel='DEBUG') is False and root.level == logging.INFO  # (once per process)
+    assert app.log.get_default_logger().name == 'celery'
+    assert app.log.setup_task_loggers(loglevel='DEBUG').name == 'celery.task'
+    logging.getLogger('celery.task').setLevel(logging.NOTSET)
+    assert not app.log.supports_color(logfile='x.log')
+    logging.captureWarnings(False)

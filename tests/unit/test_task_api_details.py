@@ -164,3 +164,26 @@ def test_app_group_result_is_a_class_with_restore() -> None:
     restored = app.GroupResult.restore('gid')
     assert isinstance(saved, app.GroupResult) and isinstance(saved, GroupResult)
     assert restored is not None and [r.id for r in restored.results] == ['a', 'b']
+
+
+def test_request_stack_is_celerys_local_stack() -> None:
+    """`task.request_stack` (push/pop/top/len) as Celery's `_LocalStack`: empty while the task is not running,
+    even after `task.request` was read (the called-directly request is kept off the stack)."""
+    app = Fastq('stack', broker='memory://', backend='memory://', set_as_current=False)
+    seen: list[Any] = []
+
+    @app.task(bind=True)
+    def where(self: Any) -> None:
+        seen.append((len(self.request_stack), self.request_stack.top.id, self.request_stack.top is self.request))
+
+    assert where.request.called_directly and where.request_stack.top is None and len(where.request_stack) == 0
+    where.apply(task_id='t1')
+    assert seen == [(1, 't1', True)]
+    assert where.request_stack.top is None and where.request_stack.stack == []
+    from fastq.task import Context
+
+    pushed = Context(id='manual')
+    where.request_stack.push(pushed)
+    assert where.request.id == 'manual' and len(where.request_stack) == 1
+    assert where.request_stack.pop() is pushed and where.request_stack.pop() is None
+    assert where.request.called_directly

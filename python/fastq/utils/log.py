@@ -10,7 +10,7 @@ import threading
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ['get_logger', 'get_task_logger', 'setup_logging', 'task_context']
+__all__ = ['Logging', 'get_logger', 'get_task_logger', 'setup_logging', 'task_context']
 
 # (task id, task name) of the task running in this thread or asyncio task, for task log records.
 _task_ctx: ContextVar[tuple[str, str] | None] = ContextVar('fastq.task_log_context', default=None)
@@ -245,3 +245,118 @@ def redirect_stdouts(level: int | str = logging.WARNING, name: str = 'celery.red
     logger = logging.getLogger(name)
     sys.stdout = LoggingProxy(logger, int(level))
     sys.stderr = LoggingProxy(logger, int(level))
+
+
+def _level(level: int | str | None, default: int = logging.WARNING) -> int:
+    if level is None or level == '':
+        return default
+    if isinstance(level, str):
+        named = logging.getLevelName(level.upper())
+        return named if isinstance(named, int) else int(level)
+    return int(level)
+
+
+class Logging:
+    """`app.log` (Celery's `celery.app.log.Logging`): a script or a program embedding the app sets logging up
+    as a worker does (`app.log.setup(loglevel='INFO')`), once per process; the worker's own setup counts."""
+
+    def __init__(self, app: Any) -> None:
+        conf = app.conf
+        self.app = app
+        self.loglevel = logging.WARNING
+        self.format = conf.worker_log_format
+        self.datefmt = conf.worker_log_datefmt
+        self.task_format = conf.worker_task_log_format
+        self.task_datefmt = conf.worker_task_log_datefmt
+        self.colorize = conf.worker_log_color
+
+    @property
+    def already_setup(self) -> bool:
+        return _CONFIGURED
+
+    @already_setup.setter
+    def already_setup(self, was_setup: bool) -> None:
+        global _CONFIGURED
+        _CONFIGURED = bool(was_setup)
+
+    def setup(
+        self,
+        loglevel: int | str | None = None,
+        logfile: str | None = None,
+        redirect_stdouts: bool = False,
+        redirect_level: int | str = 'WARNING',
+        colorize: bool | None = None,
+        hostname: str | None = None,
+    ) -> bool:
+        """Configure logging (unless done already), then with `redirect_stdouts` send stdout and stderr into
+        it; True when a `setup_logging` receiver took logging over."""
+        handled = self.setup_logging_subsystem(loglevel, logfile, colorize=colorize, hostname=hostname)
+        if not handled and redirect_stdouts:
+            self.redirect_stdouts(redirect_level)
+        logging.captureWarnings(True)
+        return handled
+
+    def setup_logging_subsystem(
+        self,
+        loglevel: int | str | None = None,
+        logfile: str | None = None,
+        format: str | None = None,
+        colorize: bool | None = None,
+        hostname: str | None = None,
+        datefmt: str | None = None,
+        **kwargs: Any,
+    ) -> bool:
+        from fastq import signals
+
+        if self.already_setup:
+            return False
+        setup_logging(
+            _level(loglevel, self.loglevel),
+            logfile,
+            fmt=format or self.format,
+            task_fmt=self.task_format,
+            datefmt=self.datefmt if datefmt is None else datefmt,
+            colorize=self.supports_color(colorize, logfile),
+            hijack_root=bool(self.app.conf.worker_hijack_root_logger),
+            nodename=hostname,
+            task_datefmt=self.task_datefmt,
+        )
+        return bool(signals.setup_logging.receivers)
+
+    def setup_task_loggers(
+        self,
+        loglevel: int | str | None = None,
+        logfile: str | None = None,
+        format: str | None = None,
+        colorize: bool | None = None,
+        propagate: bool = False,
+        **kwargs: Any,
+    ) -> logging.Logger:
+        """The task logger (`celery.task`) at `loglevel`; its records reach the handlers `setup` made, which
+        format them with `worker_task_log_format`."""
+        logger = logging.getLogger('celery.task')
+        logger.setLevel(_level(loglevel, self.loglevel))
+        return logger
+
+    def redirect_stdouts(self, loglevel: int | str | None = None, name: str = 'celery.redirected') -> None:
+        redirect_stdouts(_level(loglevel), name)
+
+    def redirect_stdouts_to_logger(
+        self, logger: logging.Logger, loglevel: int | str | None = None, stdout: bool = True, stderr: bool = True
+    ) -> LoggingProxy:
+        proxy = LoggingProxy(logger, _level(loglevel))
+        if stdout:
+            sys.stdout = proxy
+        if stderr:
+            sys.stderr = proxy
+        return proxy
+
+    def supports_color(self, colorize: bool | None = None, logfile: str | None = None) -> bool:
+        """Color only on a terminal and without a log file, unless asked for (`worker_log_color`)."""
+        colorize = self.colorize if colorize is None else colorize
+        if colorize or colorize is None:
+            return logfile is None and sys.stderr.isatty()
+        return bool(colorize)
+
+    def get_default_logger(self, name: str = 'celery', **kwargs: Any) -> logging.Logger:
+        return logging.getLogger(name)
