@@ -224,3 +224,27 @@ def test_prefetched_tasks_run_once_when_the_connection_drops(
     assert tasks.record.delay(str(out), 'last').get(timeout=60) == 'last'  # after everything queued before it
     ran = [line.split()[1] for line in lines(out) if line.startswith('ran ')]
     assert sorted(ran) == ['last', 'r0', 'r1', 'r2'], f'ran twice: {ran}'
+
+
+def test_connection_loss_cancels_running_late_acked_tasks(
+    tasks: Any, worker: Any, rabbit_server: Any, urls: dict[str, str], tmp_path: Path
+) -> None:
+    """`worker_cancel_long_running_tasks_on_connection_loss` (Celery's): RabbitMQ requeues what a dropped
+    connection held, so a running acks_late task would run twice; the worker terminates the run instead,
+    stores RETRY ('cancelled by Celery'), and the redelivered message runs once more, to the end."""
+    from urllib.parse import unquote
+
+    from tests.harness import lines
+
+    vhost = unquote(urls['FASTQ_BROKER_URL'].rsplit('/', 1)[1])
+    out = tmp_path / 'ran.txt'
+    w = worker(
+        '-c', '1', '-P', 'prefork', extra_env={'FASTQ_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS': 'true'}
+    )
+    result = tasks.long_first_time.delay(str(out), 'long')
+    wait_until(lambda: out.exists() and 'start long False' in out.read_text(), 30, 'the long task started')
+    rabbit_server.ctl('close_all_connections', '--vhost', vhost, 'test: connection lost')
+    w.wait_for(f'Task {result.id} cannot be acknowledged after a connection loss')
+    assert result.get(timeout=60) == 'long'
+    assert lines(out) == ['start long False', 'start long True']
+    assert 'Terminating it instead' in w.log

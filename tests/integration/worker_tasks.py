@@ -441,3 +441,13 @@ def bump(state: Any, n: int = 1) -> dict[str, Any]:
 @inspect_command()
 def bumped(state: Any) -> dict[str, Any]:
     return {'total': sum(_bumps), 'app': state.app.main}
+
+
+@app.task(bind=True, acks_late=True)
+def long_first_time(self: Any, path: str, key: str) -> str:
+    """Sleeps ten minutes unless its message was delivered before (then returns at once)."""
+    redelivered = bool((self.request.delivery_info or {}).get('redelivered'))
+    _record(path, f'start {key} {redelivered}')
+    if not redelivered:
+        time.sleep(600)
+    return key

@@ -230,6 +230,10 @@ class Consumer(abc.ABC):
 
     queues: list[str]
     owner: str
+    #: Called (from any thread) when a lost connection took back what it had delivered and not yet settled
+    #: (RabbitMQ requeues it): running acks_late tasks can no longer be acked and will run again. Brokers
+    #: whose reservations outlive a connection (Redis's unacked hash, SQLite) never call it.
+    on_connection_lost: Callable[[], None] | None = None
 
     @abc.abstractmethod
     def fetch(self, limit: int, timeout: float) -> list[Delivery]:

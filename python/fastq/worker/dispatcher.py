@@ -428,6 +428,27 @@ class Dispatcher:
                     return True
         return False
 
+    def cancel_unackable(self) -> list[Job]:
+        """After the broker connection was lost (`worker_cancel_long_running_tasks_on_connection_loss`, as
+        Celery's): a running acks_late task can no longer be acked, and RabbitMQ requeued its message with the
+        dead connection, so it would run twice. Terminate those runs instead; each is stored as RETRY
+        ('cancelled by Celery') in `on_lost`. (A Redis reservation outlives the connection: not called.)"""
+        import signal as signals_module
+
+        cancelled: list[Job] = []
+        for job in list(self.running.values()):
+            if job.acks_late and not job.acked:
+                logger.warning(
+                    'Task %s cannot be acknowledged after a connection loss since late acknowledgement is '
+                    'enabled for it.\nTerminating it instead.\n',
+                    job.request.id,
+                )
+                cancelled.append(job)
+                kill = getattr(self.pool, 'kill_job', None)
+                if kill is None or not kill(job, 'cancelled', signals_module.SIGTERM):
+                    logger.warning('The %s pool cannot terminate a running task', self.pool.name)
+        return cancelled
+
     def _drop_matching(self, matches: Callable[[Job], bool], terminate: bool, signal_name: str) -> list[Job]:
         """Discard the waiting and held jobs that `matches`; with `terminate`, kill the running ones."""
         for queue in self.limiter.waiting.values():
@@ -590,6 +611,9 @@ class Dispatcher:
             if not job.acked:
                 self._late_acks.append(job.tag)
             return
+        if reason == 'cancelled':
+            self._cancelled(job)
+            return
         if reason.startswith('time-limit:'):
             exc: BaseException = TimeLimitExceeded(job.time_limit)
             self._request_hook(job, 'on_timeout', False, job.time_limit)
@@ -617,6 +641,29 @@ class Dispatcher:
         self._store_failure(job, exc)
         if not job.acked:
             self._late_acks.append(job.tag)
+
+    def _cancelled(self, job: Job) -> None:
+        """A run `cancel_unackable` terminated: RETRY stored, `on_retry` and `task_retry` (Celery's
+        `_announce_cancelled`), and its message requeued (a no-op where the broker did so already)."""
+        from fastq.exceptions import Retry
+
+        task = self.app.tasks.get(job.request.task)
+        exc = Retry('cancelled by Celery')
+        ctx = outside_context(job.delivery, job.request, self.hostname, self.accept)
+        if self.events is not None:
+            self.events.dispatcher.send('task-cancelled', uuid=job.request.id)
+        if task is not None and (not ctx.ignore_result or task.store_errors_even_if_ignored):
+            try:
+                self.app.backend.mark_as_retry(job.request.id, exc, None, request=ctx)
+            except Exception as store_exc:
+                error_logger.warning('Could not store the RETRY state of %s: %r', job.request.id, store_exc)
+        if task is not None:
+            try:
+                task.on_retry(exc, job.request.id, ctx.args, ctx.kwargs, None)
+            except Exception:
+                error_logger.exception('on_retry of %s[%s] failed', job.name, job.request.id)
+            signals.task_retry.send(sender=task, request=ctx, reason=exc, einfo=None)
+        self._reject([job.tag], requeue=True)
 
     def _retry_lost(self, job: Job, reason: str) -> bool:
         """`retry_on_worker_lost`: send the task again as `retry` would (its retries counted), ack this one;

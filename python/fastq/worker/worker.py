@@ -227,6 +227,9 @@ class WorkController:
         self.settler.start()
         carried = self.consumer.carry_acks(self.settler.take, self.settler.settled, self.settler.hand_over)
         self.dispatcher.settler = self.settler
+        if self.app.conf.worker_cancel_long_running_tasks_on_connection_loss:
+            cancel = self.dispatcher.cancel_unackable
+            self.consumer.on_connection_lost = lambda: self.loop.call_soon_threadsafe(cancel)
         self.loop.on_idle(self.dispatcher.dispatch)
         self.loop.on_idle(self.dispatcher.flush)
         if self.pool.supports_hard_time_limit():

@@ -201,6 +201,8 @@ class AMQPConsumer(Consumer):
     def _on_lost(self) -> None:
         self._read.clear()
         self._held.clear()
+        if self.on_connection_lost is not None and not self._closed:  # (not the worker closing it)
+            self.on_connection_lost()
 
     def _current(self, tags: Sequence[Tag]) -> list[int]:
         generation = self.link.generation
