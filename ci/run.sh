@@ -22,6 +22,8 @@ step 'rust tests'
 (cd rust && cargo test --quiet)
 
 step 'pytest'
-python -m pytest -q -p no:cacheprovider "$@"
+# Three test processes on the two cores: most of a test's time is spent waiting on worker processes and
+# servers, so this roughly halves the run. Each process starts its own session servers (Redis, RabbitMQ).
+python -m pytest -q -p no:cacheprovider -n "${PYTEST_PROCESSES:-3}" --dist loadfile "$@"
 
 step 'done'
