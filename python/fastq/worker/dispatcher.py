@@ -428,14 +428,13 @@ class Dispatcher:
                     return True
         return False
 
-    def cancel_unackable(self) -> list[Job]:
+    def cancel_unackable(self) -> None:
         """After the broker connection was lost (`worker_cancel_long_running_tasks_on_connection_loss`, as
         Celery's): a running acks_late task can no longer be acked, and RabbitMQ requeued its message with the
         dead connection, so it would run twice. Terminate those runs instead; each is stored as RETRY
         ('cancelled by Celery') in `on_lost`. (A Redis reservation outlives the connection: not called.)"""
         import signal as signals_module
 
-        cancelled: list[Job] = []
         for job in list(self.running.values()):
             if job.acks_late and not job.acked:
                 logger.warning(
@@ -443,11 +442,9 @@ class Dispatcher:
                     'enabled for it.\nTerminating it instead.\n',
                     job.request.id,
                 )
-                cancelled.append(job)
                 kill = getattr(self.pool, 'kill_job', None)
                 if kill is None or not kill(job, 'cancelled', signals_module.SIGTERM):
                     logger.warning('The %s pool cannot terminate a running task', self.pool.name)
-        return cancelled
 
     def _drop_matching(self, matches: Callable[[Job], bool], terminate: bool, signal_name: str) -> list[Job]:
         """Discard the waiting and held jobs that `matches`; with `terminate`, kill the running ones."""
