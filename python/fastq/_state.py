@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 _current_app: Fastq | None = None
 _default_app: Fastq | None = None
+#: The node name of the worker this process belongs to (its parent's, in a pool child), for the signals Celery
+#: sends with it as sender (`worker_process_init`, `worker_process_shutdown`); None outside a worker.
+worker_hostname: str | None = None
 _apps: list[Any] = []  # weak-ish registry of created apps for shared_task (strong refs: apps are long-lived)
 # The tasks executing, innermost last: per thread and per asyncio task (the asyncio pool runs many at once in
 # one thread). A tuple, replaced on each change, so an asyncio task's copy of the context stays its own.

@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
@@ -139,6 +140,11 @@ class Fastq:
         self.on_configure = _AppSignal('on_configure')
         self._configured = False
         self._pending_periodic_tasks: list[tuple[str, dict[str, Any], str | None]] = []
+        #: Custom command-line options (click `Option`s) by command: 'worker', 'beat', 'events', and 'preload'
+        #: for every command (fastq.cli.options), as Celery's.
+        self.user_options: defaultdict[str, set[Any]] = defaultdict(set)
+        #: Custom bootsteps: 'worker' and 'consumer' (fastq.bootsteps), as Celery's.
+        self.steps: defaultdict[str, set[Any]] = defaultdict(set)
         base = symbol_by_name(task_cls) if task_cls else BaseTask
         self.Task = type('Task', (base,), {'abstract': True, '__module__': __name__})
         if broker:
@@ -520,7 +526,10 @@ class Fastq:
     def amqp(self) -> _Amqp:
         """Celery's `app.amqp`, for what code reads from it: `queues` (the configured queues by name) and
         `router`."""
-        return _Amqp(self)
+        amqp: _Amqp | None = self.__dict__.get('_amqp')
+        if amqp is None:  # (one per app: a worker being set up leaves its queues on it for `select_add`)
+            amqp = self.__dict__['_amqp'] = _Amqp(self)
+        return amqp
 
     @property
     def router(self) -> Router:
@@ -814,16 +823,40 @@ class _Loader:
         self.app.autodiscover_tasks(packages, related_name, force=True)
 
 
+class _Queues(dict[str, Any]):
+    """`app.amqp.queues`: the queues by name, and `select_add` for a `celeryd_after_setup` receiver."""
+
+    def __init__(self, amqp: _Amqp, queues: dict[str, Any]) -> None:
+        super().__init__(queues)
+        self.amqp = amqp
+
+    def select_add(self, queue: Any, **kwargs: Any) -> Any:
+        """Consume from `queue` too (a name or a Queue), in the worker being set up: Celery's way to add a
+        queue from `celeryd_after_setup`. Outside that signal there is no worker to tell: ValueError."""
+        from fastq.routing import Queue
+
+        selected = self.amqp.selected
+        if selected is None:
+            raise ValueError('select_add: only while a worker is set up (from a celeryd_after_setup receiver)')
+        q = Queue(queue, **kwargs) if isinstance(queue, str) else queue
+        if q.name not in selected:
+            selected.append(q.name)
+        self[q.name] = q
+        return q
+
+
 class _Amqp:
     def __init__(self, app: Fastq) -> None:
         self.app = app
+        #: The queues of the worker being set up, while its celeryd_after_setup receivers run.
+        self.selected: list[str] | None = None
 
     @property
-    def queues(self) -> dict[str, Any]:
+    def queues(self) -> _Queues:
         from fastq.routing import Queue
 
         router = self.app.router
-        return dict(router.queues) or {name: Queue(name) for name in router.worker_queues(None)}
+        return _Queues(self, dict(router.queues) or {name: Queue(name) for name in router.worker_queues(None)})
 
     @property
     def router(self) -> Router:

@@ -11,6 +11,7 @@ Nothing has to be closed; `release()` and leaving the `with` block are there for
 from __future__ import annotations
 
 import contextlib
+import importlib
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -152,9 +153,30 @@ class Producer:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        self._kombu: Any = None
+
+    def publish(self, body: Any, routing_key: str | None = None, **kwargs: Any) -> Any:
+        """kombu's `Producer.publish`, for messages that are not tasks (the Extensions guide's custom
+        consumers read them): sent with kombu, which must be installed, on a connection to the same broker."""
+        try:
+            kombu: Any = importlib.import_module('kombu')  # (optional, and untyped)
+        except ImportError:
+            raise NotImplementedError(
+                'Producer.publish of a non-task message needs kombu (pip install kombu)'
+            ) from None
+        if self._kombu is None:
+            conf = self.connection.app.conf
+            self._kombu = kombu.Connection(
+                self.connection.url,
+                ssl=conf.broker_use_ssl or False,
+                transport_options=dict(conf.broker_transport_options or {}),
+            )
+        return self._kombu.Producer().publish(body, routing_key=routing_key, **kwargs)
 
     def release(self) -> None:
-        pass
+        conn, self._kombu = self._kombu, None
+        if conn is not None:
+            conn.release()
 
     close = release
 
@@ -162,7 +184,7 @@ class Producer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        self.release()
 
 
 class ConnectionPool:
@@ -186,5 +208,5 @@ def producer_or_acquire(app: Fastq, producer: Any = None) -> Iterator[Any]:
     if producer is not None:
         yield producer
         return
-    with Connection(app) as connection:
-        yield Producer(connection)
+    with Connection(app) as connection, Producer(connection) as producer:
+        yield producer

@@ -460,7 +460,7 @@ def _outgoing(messages: Sequence[_Message]) -> list[Outgoing]:
         if signals.before_task_publish.receivers:
             signals.before_task_publish.send(
                 sender=f[_NAME],
-                body=(list(f[_ARGS]), f[_KWARGS], None),
+                body=_signal_body(f),
                 exchange=exchange,
                 routing_key=routing_key,
                 headers=message.headers,
@@ -475,17 +475,32 @@ def _outgoing(messages: Sequence[_Message]) -> list[Outgoing]:
     return out
 
 
+def _signal_body(f: tuple[Any, ...]) -> tuple[list[Any], Any, dict[str, Any]]:
+    """The protocol-v2 body as Celery's publish signals carry it: (args, kwargs, embed)."""
+    return list(f[_ARGS]), f[_KWARGS], {'callbacks': f[23], 'errbacks': f[24], 'chain': f[25], 'chord': f[26]}
+
+
+def _publish_signalled() -> bool:
+    """Whether `_after_publish` has receivers to call (after_task_publish, or the deprecated task_sent)."""
+    return bool(signals.after_task_publish.receivers or signals.task_sent.receivers)
+
+
 def _after_publish(messages: Sequence[_Message], outgoing: Sequence[Outgoing]) -> None:
     for m, out in zip(messages, outgoing, strict=True):
         f = m.fields
         headers = out.message.headers if out.message is not None else None
         signals.after_task_publish.send(
             sender=f[_NAME],
-            body=(list(f[_ARGS]), f[_KWARGS], None),
+            body=_signal_body(f),
             headers=headers,
             exchange=f[_EXCHANGE],
             routing_key=f[_ROUTING_KEY],
         )
+        if signals.task_sent.receivers:  # (deprecated in Celery, still sent by it: its arguments)
+            signals.task_sent.send(
+                sender=f[_NAME], task_id=f[0], task=f[_NAME], args=list(f[_ARGS]), kwargs=f[_KWARGS], eta=f[3],
+                taskset=f[5],
+            )  # fmt: skip
 
 
 def _add_to_parent(parent: Task[Any, Any], messages: Sequence[_Message]) -> None:
@@ -522,7 +537,7 @@ class _Single:
         self.outgoing = _outgoing(self.messages)
 
     def published(self) -> AsyncResult[Any]:
-        if signals.after_task_publish.receivers:
+        if _publish_signalled():
             _after_publish(self.messages, self.outgoing)
         if self.plan.add_to_parent and self.context.parent is not None:
             _add_to_parent(self.context.parent, self.messages)
@@ -593,7 +608,7 @@ def _send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]
     # A streamed part's envelopes are dropped once written (unless publish signals saw them): the next
     # part's reuse their memory, where keeping them all made the first large batch of a process page-fault
     # its way through a fresh megabyte per thousand tasks.
-    keep = stream is None or bool(signals.before_task_publish.receivers or signals.after_task_publish.receivers)
+    keep = stream is None or bool(signals.before_task_publish.receivers or _publish_signalled())
     try:
         for start in range(0, len(calls), step):
             prepare.into(messages, start, min(start + step, len(calls)))
@@ -613,7 +628,7 @@ def _send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]
         publish_with_retry(app, outgoing, retry=first.retry, policy=first.retry_policy)
     if app.conf.task_send_sent_event:
         send_sent_events(app, messages)
-    if signals.after_task_publish.receivers:
+    if _publish_signalled():
         _after_publish(messages, outgoing)
     if context.parent is not None:
         _add_to_parent(context.parent, messages)

@@ -149,17 +149,61 @@ def _configure(app: Fastq, args: argparse.Namespace, settings: list[str]) -> Non
         app.config_from_cmdline(settings, namespace='worker' if args.command == 'worker' else 'celery')
 
 
+_GLOBAL_VALUED = {'-A', '--app', '-b', '--broker', '--result-backend', '--config', '--workdir', '--loader'}
+
+
+def _early_app(parser: argparse.ArgumentParser, arguments: list[str], app: Fastq | None) -> tuple[Fastq | None, bool]:
+    """The app, loaded before the command line is parsed when `-A` (or APP/CELERY_APP/FASTQ_APP) names it,
+    so that its `app.user_options` join the commands' options (fastq.cli.options), as in Celery, whose CLI
+    loads the app first too. Returns the app (None: loaded later, as before) and whether --workdir was
+    entered."""
+    import os
+
+    from fastq.cli.options import _commands, add_user_options
+
+    commands = _commands(parser)
+    i = 0
+    while i < len(arguments) and arguments[i] not in commands:
+        i += 2 if arguments[i] in _GLOBAL_VALUED else 1
+    command = commands.get(arguments[i]) if i < len(arguments) else None
+    if command is None or command.get_default('needs_app') is False:
+        return app, False
+    entered = False
+    if app is None:
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument('-A', '--app')
+        pre.add_argument('--workdir')
+        known = pre.parse_known_args(arguments[:i])[0]
+        spec = known.app or next((os.environ[n] for n in ('FASTQ_APP', 'CELERY_APP', 'APP') if os.environ.get(n)), None)
+        if not spec:
+            return None, False
+        if known.workdir:
+            os.chdir(known.workdir)
+            entered = True
+        app = _load_app(spec)
+    add_user_options(parser, app)
+    return app, entered
+
+
 def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
     """Entry point of `fastq`; exits with the command's status."""
+    from fastq.cli.options import finish_user_options, send_preload_options
+
     parser = build_parser()
     arguments, settings = _split_settings(parser, list(sys.argv[1:] if argv is None else argv))
+    try:
+        app, entered = _early_app(parser, arguments, app)
+    except (CommandError, ImproperlyConfigured) as exc:
+        print(f'Error: {exc}', file=sys.stderr)
+        sys.exit(getattr(exc, 'exit_code', 2) if isinstance(exc, CommandError) else 1)
     args = parser.parse_args(arguments)
+    args.user_options = finish_user_options(parser, args)
     _options_from_environment(parser, args)
     if not args.command:
         parser.print_help()
         sys.exit(0)
     try:
-        if args.workdir:
+        if args.workdir and not entered:
             import os
 
             os.chdir(args.workdir)
@@ -168,6 +212,7 @@ def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
         if app is None:
             app = _load_app(args.app)
         _configure(app, args, settings)
+        send_preload_options(app, args, args.handler)
         code = args.handler(app, args)
     except (CommandError, ImproperlyConfigured) as exc:
         print(f'Error: {exc}', file=sys.stderr)

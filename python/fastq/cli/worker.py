@@ -177,7 +177,13 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         metrics_port=args.metrics_port,
         autoscale=args.autoscale,
-        options={'loglevel': loglevel, 'logfile': args.logfile, 'pidfile': pidfile, 'detach': args.detach},
+        options={
+            'loglevel': loglevel,
+            'logfile': args.logfile,
+            'pidfile': pidfile,
+            'detach': args.detach,
+            **getattr(args, 'user_options', {}),  # (app.user_options['worker'] and ['preload']: fastq.cli.options)
+        },
     )
     setup_worker_logging(app.conf, loglevel, args.logfile, node)
     if pidfile:

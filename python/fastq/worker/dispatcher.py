@@ -152,12 +152,14 @@ class Dispatcher:
         if head is None and d.message is None:
             error_logger.error('Received a message that cannot be parsed (delivery %r): %s', d.tag, d.error)
             self._dead_letter(d, f'malformed message: {d.error}')
+            signals.task_rejected.send(sender=self, message=d, exc=None)  # (Celery's "unknown message")
             return
         try:
             request = parse_delivery(d, self.tz)
         except InvalidTaskError as exc:
             error_logger.error(INVALID_TASK_ERROR, exc, _safe_headers(d))
             self._dead_letter(d, f'invalid task message: {exc}')
+            signals.task_rejected.send(sender=self, message=d.message if d.message is not None else d, exc=exc)
             return
         if self.max_redeliveries and d.deliveries > self.max_redeliveries:
             error_logger.error(
@@ -223,7 +225,12 @@ class Dispatcher:
         if self.events is not None or self.metrics is not None:
             self._observe_received(job)
         if signals.task_received.connected:
-            signals.task_received.send(sender=self, request=job)
+            self._announce_received(job)
+
+    def _announce_received(self, job: Job) -> None:
+        """`task_received` with Celery's `request`: a worker Request (`id`, `name`, `task`, `args`, `eta`, ...)."""
+        task = self.app.tasks.get(job.request.task)
+        signals.task_received.send(sender=self, request=Request(job, task, self.app))
 
     # --- tasks a pool child took from the broker itself (fastq.worker.lending) ------------------------------
 
@@ -279,6 +286,8 @@ class Dispatcher:
             return
         logger.info('Task %s[%s] received', job.name, request.id)
         self._observe_received(job)
+        if signals.task_received.connected:  # (on reception, as Celery's, not when its ETA comes)
+            self._announce_received(job)
         heapq.heappush(self.held, (eta, job.id, job))
         self.ledger.window = self._window()
         self.loop.call_later(max(0.0, eta - now), self._release_due)
@@ -324,7 +333,6 @@ class Dispatcher:
         now = time.time()
         while self.held and self.held[0][0] <= now:
             _, _, job = heapq.heappop(self.held)
-            signals.task_received.send(sender=self, request=job)
             self._enqueue(job)
         self.ledger.window = self._window()
         # Each held job's timer was set by the monotonic clock at reception; if the wall clock has stepped
@@ -604,7 +612,7 @@ class Dispatcher:
             if self.metrics is not None:
                 self.metrics.lost(job, states.REVOKED)
             self._finished_outside(job.delivery, job.request, states.REVOKED, TaskRevokedError('terminated'))
-            signals.task_revoked.send(sender=task, request=job, terminated=True, signum=None, expired=False)
+            signals.task_revoked.send(sender=task, request=job.request, terminated=True, signum=None, expired=False)
             if not job.acked:
                 self._late_acks.append(job.tag)
             return

@@ -74,17 +74,29 @@ def embed_into(request: dict[str, Any], embed: dict[str, Any]) -> None:
         request[key] = embed.get(key)
 
 
-def _internal_error(app: Fastq, task: Any, request: dict[str, Any], exc: Exception) -> Outcome:
+def _internal_error(
+    app: Fastq, task: Any, request: dict[str, Any], exc: Exception, args: Any = None, kwargs: Any = None
+) -> Outcome:
     """Report what Celery calls an internal error: the task ran (or not) but its bookkeeping failed."""
     import logging
 
     from fastq import signals
+    from fastq.worker.trace import _Einfo
 
     logging.getLogger('celery.app.trace').error(
         'Task %s[%s] INTERNAL ERROR: %r', task.name, request.get('id'), exc, exc_info=True
     )
+    einfo = _Einfo(exc)
+    einfo.internal = True
     signals.task_internal_error.send(
-        sender=task, task_id=request.get('id'), args=None, kwargs=None, request=request, exception=exc, einfo=None
+        sender=task,
+        task_id=request.get('id'),
+        args=args,
+        kwargs=kwargs,
+        request=request,
+        exception=exc,
+        traceback=exc.__traceback__,
+        einfo=einfo,
     )
     try:
         app.backend.mark_as_failure(request['id'], exc, None)
@@ -162,7 +174,7 @@ def run_prepared(app: Fastq, job: Prepared) -> Outcome:
     try:
         return execute(job.task, job.args, job.kwargs, job.request)
     except Exception as exc:  # a failure outside the task body (e.g. its result cannot be stored)
-        return _internal_error(app, job.task, job.request, exc)
+        return _internal_error(app, job.task, job.request, exc, job.args, job.kwargs)
     finally:
         if use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -176,4 +188,4 @@ async def run_prepared_async(
     try:
         return await execute_async(job.task, job.args, job.kwargs, job.request, guard)
     except Exception as exc:
-        return _internal_error(app, job.task, job.request, exc)
+        return _internal_error(app, job.task, job.request, exc, job.args, job.kwargs)

@@ -77,11 +77,21 @@ class Outcome:
 class _Einfo:
     """Celery's ExceptionInfo, reduced: what hooks and signals receive as `einfo`."""
 
+    #: Celery's: whether the error happened in the worker's own code rather than the task's.
+    internal = False
+
     def __init__(self, exc: BaseException) -> None:
         self.exception = exc
         self.type = type(exc)
         self.tb = exc.__traceback__
         self.traceback = ''.join(tb.format_exception(type(exc), exc, exc.__traceback__))
+
+    @property
+    def exc_info(self) -> tuple[type[BaseException], BaseException, Any]:
+        return self.type, self.exception, self.tb
+
+    def __repr__(self) -> str:
+        return f'<ExceptionInfo: {self.exception!r}>'
 
     def __str__(self) -> str:
         return self.traceback
@@ -375,7 +385,8 @@ def _on_retry(task: Task[Any, Any], ctx: Context, exc: Retry, started: float) ->
     if not exc.state_stored and _store_allowed(task, ctx, failure=True) and not ctx.is_eager:
         task.app.backend.mark_as_retry(task_id, reason, einfo.traceback, request=ctx)
     task.on_retry(reason, task_id, ctx.args, ctx.kwargs, einfo)
-    signals.task_retry.send(sender=task, request=ctx, reason=reason, einfo=einfo)
+    # Celery's `reason` is the Retry exception itself (str() of it says why), and `einfo` describes it.
+    signals.task_retry.send(sender=task, request=ctx, reason=exc, einfo=_Einfo(exc))
     logger.info(LOG_RETRY, {'name': task.name, 'id': task_id, 'exc': str(exc)})
     return Outcome(
         states.RETRY, time.monotonic() - started, exc_repr=str(exc), exception=exc, traceback=einfo.traceback

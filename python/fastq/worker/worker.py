@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from fastq import __version__, signals
+from fastq import __version__, _state, signals
 from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured
 from fastq.serialization import accept_set
 from fastq.utils.nodenames import default_nodename, host_format
@@ -30,6 +30,7 @@ from fastq.worker.loop import Loop
 from fastq.worker.monitor import HEARTBEAT_INTERVAL, WorkerEvents
 from fastq.worker.pool import create_pool
 from fastq.worker.settler import Settler
+from fastq.worker.steps import StepConsumer, StepTimer, WorkerBlueprint
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -76,35 +77,35 @@ class WorkController:
         metrics_port: int | None = None,
         autoscale: str | None = None,
         options: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         self.app = app
         conf = app.conf
         # The app's `include`/`imports` modules first (Celery's `loader.init_worker()`), so their receivers
         # hear celeryd_init: Celery's first worker signal, sent before the worker reads its settings or
         # logging is set up, so a receiver may configure this worker by its name. `options` are the command
-        # line's (loglevel, logfile, ...).
+        # line's (loglevel, logfile, ...), custom `app.user_options` among them; with any other keywords (Celery's
+        # Worker takes them) they also reach the application's bootsteps (fastq.bootsteps).
         app.finalize()
         self.hostname = host_format(default_nodename(hostname))
-        signals.celeryd_init.send(
-            sender=self.hostname,
-            instance=self,
-            conf=conf,
-            options={
-                'hostname': hostname,
-                'concurrency': concurrency,
-                'pool_cls': pool,
-                'queues': queues,
-                'prefetch_multiplier': prefetch_multiplier,
-                'max_tasks_per_child': max_tasks_per_child,
-                'max_memory_per_child': max_memory_per_child,
-                'time_limit': time_limit,
-                'soft_time_limit': soft_time_limit,
-                'beat': beat,
-                'task_events': task_events,
-                'autoscale': autoscale,
-                **(options or {}),
-            },
-        )
+        _state.worker_hostname = self.hostname  # (inherited by the pool's children)
+        self.options: dict[str, Any] = {
+            'hostname': hostname,
+            'concurrency': concurrency,
+            'pool_cls': pool,
+            'queues': queues,
+            'prefetch_multiplier': prefetch_multiplier,
+            'max_tasks_per_child': max_tasks_per_child,
+            'max_memory_per_child': max_memory_per_child,
+            'time_limit': time_limit,
+            'soft_time_limit': soft_time_limit,
+            'beat': beat,
+            'task_events': task_events,
+            'autoscale': autoscale,
+            **(options or {}),
+            **kwargs,
+        }
+        signals.celeryd_init.send(sender=self.hostname, instance=self, conf=conf, options=self.options)
         for name, value in (
             ('task_time_limit', time_limit),
             ('task_soft_time_limit', soft_time_limit),
@@ -186,14 +187,26 @@ class WorkController:
             from fastq.beat import EmbeddedService
 
             self.beat = EmbeddedService(app, schedule_filename=schedule_filename, scheduler_cls=scheduler)
+        # The application's bootsteps: built at `start` (after logging is set up, as Celery's are).
+        self.timer = StepTimer(self.loop)
+        self.hub = None  # (Celery's kombu hub: None, as on its thread-based pools)
+        self.steps: list[Any] = []
+        self.blueprint: WorkerBlueprint | None = None
+        self.step_consumer: StepConsumer | None = None
+        signals.worker_init.send(sender=self)
 
     # --- startup ------------------------------------------------------------------------------------------
 
     def start(self) -> int:
-        signals.worker_init.send(sender=self)
+        self._apply_bootsteps()
+        # Before the banner, as Celery's: a receiver may still add queues (`app.amqp.queues.select_add`).
+        self.app.amqp.selected = self.queues
+        try:
+            signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=self.app.conf)
+        finally:
+            self.app.amqp.selected = None
         if not self.quiet:
             self._print_banner()
-        signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=self.app.conf)
         self._install_signal_handlers()
         extra: dict[str, Any] = {'processes': self.processes} if self.pool_name == 'asyncio' else {}
         self.pool = create_pool(
@@ -211,7 +224,7 @@ class WorkController:
         )
         self.pool.on_successes = self._on_successes
         self.pool.start()
-        if self._shutdown:
+        if self._shutdown or not self._start_steps(self.blueprint, self):
             return self._finish()
         self.broker = self._connect()
         if self.broker is None:
@@ -261,10 +274,42 @@ class WorkController:
         self._start_remote_control()
         if self.beat is not None:
             self.beat.start()  # a thread: only now that the pool has forked its children
+        if not self._start_steps(self.step_consumer, None):
+            return self._finish()
         logger.info('%s ready.', self.hostname)
         signals.worker_ready.send(sender=self)
         self.loop.run_until(lambda: self._shutdown is not None)
         return self._finish()
+
+    def _apply_bootsteps(self) -> None:
+        """Build the application's worker and consumer steps (`__init__`, `include_if`, `create`) with the
+        worker's options; a `ConsumerStep` the broker cannot serve stops the start here, named."""
+        self.blueprint = WorkerBlueprint(steps=self.app.steps['worker'])
+        self.blueprint.apply(self, **self.options)
+        self.step_consumer = StepConsumer(self, **self.options)
+
+    def _start_steps(self, blueprint: Any, parent: Any) -> bool:
+        """Start the worker's steps (`parent` is the worker) or the consumer's (`blueprint` is the
+        StepConsumer); False, shutting down with exit code 1, if one raised (Celery's worker stops too)."""
+        if blueprint is None or (parent is not None and not parent.steps):
+            return True
+        try:
+            blueprint.start(parent) if parent is not None else blueprint.start()
+        except Exception as exc:
+            logger.critical('Unrecoverable error starting a bootstep: %r', exc, exc_info=True)
+            self.exitcode = 1
+            self.request_shutdown('warm')
+            return False
+        return True
+
+    def _stop_steps(self) -> None:
+        """Celery's order: the consumer's steps stop first, then the worker's, last started first (each
+        `close`d, then `stop`ped, or `terminate`d on a cold shutdown)."""
+        terminate = self._shutdown == 'cold'
+        if self.step_consumer is not None:
+            self.step_consumer.stop(terminate=terminate)
+        if self.blueprint is not None:
+            self.blueprint.stop(self, terminate=terminate)
 
     def resize_pool(self, delta: int) -> int:
         """Grow (delta > 0) or shrink the prefork pool, in the loop's thread; the prefetch window follows
@@ -484,7 +529,14 @@ class WorkController:
         self._shutdown = how
         sys.stdout.flush()
         logger.warning('worker: %s shutdown (MainProcess)', how.capitalize())
-        signals.worker_shutting_down.send(sender=self.hostname, sig=signum, how=how.capitalize(), exitcode=0)
+        # Celery's arguments: the signal's name ('SIGTERM'), 'Warm' or 'Cold', and the exit code it means
+        # (EX_FAILURE for a cold shutdown); `sig` is None for a shutdown asked for without a signal.
+        signals.worker_shutting_down.send(
+            sender=self.hostname,
+            sig=signal.Signals(signum).name if signum else None,
+            how=how.capitalize(),
+            exitcode=1 if how == 'cold' else self.exitcode,
+        )
 
     def _soft_shutdown(self, pool: Pool) -> None:
         """Celery 5.5's soft shutdown: before a cold shutdown kills the running tasks, give them up to
@@ -513,6 +565,7 @@ class WorkController:
     def _finish(self) -> int:
         self._stop_beat()
         try:
+            self._stop_steps()
             self._stop_fetching()
             if self.control is not None:
                 self.control.stop()
@@ -547,6 +600,8 @@ class WorkController:
                 self.consumer.close()
             self._join_broker_threads()
         finally:
+            if self.step_consumer is not None:
+                self.step_consumer.shutdown()
             signals.worker_shutdown.send(sender=self)
             self.app.close()
             self.loop.close()

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from fastq import _ipc, signals
+from fastq import _ipc, _state, signals
 from fastq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from fastq.utils.log import process_logfile
 from fastq.worker.job import Prepared, prepare_payload, run_prepared, run_prepared_async
@@ -317,13 +317,13 @@ def aio_child_main(
     runner = Runner(app, chan, loop, accept, slots, max_tasks, max_memory_kib)
     exitcode = 0
     try:
-        signals.worker_process_init.send(sender=None)
+        signals.worker_process_init.send(sender=_state.worker_hostname)
         chan.send(0, READY, str(os.getpid()).encode())
         chan.flush_blocking()
         loop.add_reader(chan.fileno(), runner.on_readable)
         exitcode = loop.run_until_complete(runner.done)
     finally:
-        signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=exitcode)
+        signals.worker_process_shutdown.send(sender=_state.worker_hostname, pid=os.getpid(), exitcode=exitcode)
         loop.remove_reader(chan.fileno())
         runner.executor.shutdown(wait=not runner.running, cancel_futures=True)
         if not runner.running:  # jobs still running only when the parent is gone: exit without waiting

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fastq import _ipc, signals
+from fastq import _ipc, _state, signals
 from fastq.states import SUCCESS
 from fastq.utils.log import process_logfile
 from fastq.worker.job import run_payload
@@ -189,7 +189,7 @@ def child_main(
     multiprocessing.current_process().name = f'ForkPoolWorker-{index}'
     process_logfile(index)  # `--logfile=%n%I.log`: a file of its own
     chan = _ipc.Channel(sock.detach())
-    signals.worker_process_init.send(sender=None)
+    signals.worker_process_init.send(sender=_state.worker_hostname)
     chan.send(0, READY, str(os.getpid()).encode())
     chan.flush_blocking()
     queue: deque[tuple[int, int, Any]] = deque()
@@ -249,6 +249,6 @@ def child_main(
                 break
     finally:
         borrower.give_back()
-        signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=exitcode)
+        signals.worker_process_shutdown.send(sender=_state.worker_hostname, pid=os.getpid(), exitcode=exitcode)
         chan.close()
     return exitcode

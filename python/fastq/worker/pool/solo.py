@@ -6,6 +6,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from fastq import _state, signals
 from fastq.worker.job import run_payload
 from fastq.worker.pool.base import Pool
 
@@ -24,6 +25,8 @@ class SoloPool(Pool):
         self._stopped = False
 
     def start(self) -> None:
+        # Tasks run in this process, which Celery's solo pool announces as a pool process (sender: node name).
+        signals.worker_process_init.send(sender=_state.worker_hostname)
         self.loop.on_idle(self._run_pending)
 
     def free_slots(self) -> int:

@@ -1,0 +1,111 @@
+"""The Extensions and Bootsteps guide on a real worker and a real redis-server: custom worker and consumer steps,
+custom command-line options reaching them, a kombu consumer of the worker's own, and the worker signals with
+Celery's senders and arguments (tests/integration/bootstep_tasks.py holds the application)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import WorkerProcess, lines, wait_until
+
+HERE = Path(__file__).resolve().parent
+NODE = 'bootsteps@example.com'
+
+pytest.importorskip('kombu')
+pytest.importorskip('click')
+
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Iterator[Any]:
+    monkeypatch.syspath_prepend(str(HERE))
+    import bootstep_tasks
+
+    bootstep_tasks.app.close()
+    bootstep_tasks.app.conf.update(broker_url=redis_url, result_backend=redis_url)
+    yield bootstep_tasks
+    bootstep_tasks.app.close()
+
+
+def _records(path: Path) -> list[tuple[str, str]]:
+    """(pid, what) per line."""
+    return [(line.partition(' ')[0], line.partition(' ')[2]) for line in lines(path)]
+
+
+def _index(records: list[tuple[str, str]], prefix: str) -> int:
+    return next(i for i, (_, what) in enumerate(records) if what.startswith(prefix))
+
+
+def test_guide_steps_options_and_signals_on_a_real_worker(app: Any, redis_url: str, tmp_path: Path) -> None:
+    record = tmp_path / 'record.txt'
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get('PYTHONPATH', '')]),
+        FASTQ_BROKER_URL=redis_url,
+        FASTQ_RESULT_BACKEND=redis_url,
+        BOOTSTEP_RECORD=str(record),
+    )
+    env.pop('PYTEST_CURRENT_TEST', None)
+    command = [sys.executable, '-m', 'fastq', '-A', 'bootstep_tasks', 'worker']
+    args = ['-l', 'info', '-c', '1', '-n', NODE, '--enable-my-option', '--my-number', '42', '-Z', 'tmpl']
+    w = WorkerProcess(tmp_path, env, args, 'worker', command=command).start()
+    try:
+        added = app.add.delay(1, 2)
+        assert added.get(timeout=60) == 3
+        failing = app.fail.delay('boom')
+        with pytest.raises(ValueError):
+            failing.get(timeout=60)
+        app.send_me_a_message('world')
+        import redis
+
+        redis.Redis.from_url(redis_url).lpush('celery', b'not a message')  # Celery's "unknown message"
+        wait_until(lambda: any('task_rejected' in line for line in lines(record)), 60, 'task_rejected')
+        wait_until(lambda: any('consumer-step-message world' in line for line in lines(record)), 60, 'custom message')
+        wait_until(lambda: any('worker-step-timer' in line for line in lines(record)), 60, 'timer tick')
+        assert f'{NODE}.dq' in w.log  # the celeryd_after_setup receiver's queue, in the banner
+    finally:
+        assert w.stop(60) == 0, w.log
+    records = _records(record)
+    whats = [what for _, what in records]
+    parent = records[_index(records, 'worker_ready')][0]
+    by_pid = {what: pid for pid, what in records}
+
+    # The custom options: the preload one announced before the command runs, the worker's ones in
+    # celeryd_init's options and the worker step's __init__ keywords.
+    assert 'user_preload_options template=tmpl app=bootstep_tasks' in whats
+    assert f'celeryd_init {NODE} enable_my_option=True' in whats
+    assert 'celeryd_init-wrong-sender' not in whats
+    assert f'worker-step-init {NODE} enable_my_option=True my_number=42' in whats
+    assert 'not-included-start' not in whats
+    # The steps run in the worker's main process, in Celery's order.
+    assert by_pid['worker-step-start pool=True'] == parent
+    order = [
+        _index(records, prefix)
+        for prefix in (
+            'celeryd_init',
+            'worker-step-init',
+            f'celeryd_after_setup {NODE}',
+            'worker-step-start',
+            'consumer-step-get-consumers',
+            'worker_ready',
+            'worker_shutting_down',
+            'worker-step-stop',
+            'consumer-step-shutdown',
+            'worker_shutdown',
+        )
+    ]
+    assert order == sorted(order), whats
+    # Signals with Celery's senders and arguments.
+    assert f'worker_shutting_down {NODE} SIGTERM Warm 0' in whats
+    assert f'worker_process_init {NODE}' in whats
+    assert by_pid[f'worker_process_init {NODE}'] != parent  # in the pool's child
+    assert f'worker_process_shutdown {NODE} True 0' in whats
+    assert "task_failure bootstep_tasks.fail ValueError ['boom'] ValueError" in whats
+    assert 'task_rejected NoneType' in whats
+    assert f'task_received bootstep_tasks.add {added.id} [1, 2]' in whats
+    assert f"task_received bootstep_tasks.fail {failing.id} ['boom']" in whats

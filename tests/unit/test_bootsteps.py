@@ -1,0 +1,436 @@
+"""fastq.bootsteps and app.user_options as the Extensions and Bootsteps guide uses them, and the signals whose
+senders and arguments follow Celery's (the real-worker run is tests/integration/test_bootsteps.py)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fastq import Fastq, bootsteps, signals
+from fastq.cli import build_parser
+from fastq.cli.base import CommandError
+from fastq.cli.options import add_user_options, finish_user_options
+from fastq.exceptions import ImproperlyConfigured, Retry
+from fastq.worker.worker import WorkController
+
+click = pytest.importorskip('click')
+
+
+@pytest.fixture
+def connected() -> Iterator[Any]:
+    """`connected(signal, receiver)`: connected for this test only."""
+    made: list[tuple[Any, Any]] = []
+
+    def connect(sig: Any, receiver: Any, **kwargs: Any) -> Any:
+        sig.connect(receiver, weak=False, **kwargs)
+        made.append((sig, receiver))
+        return receiver
+
+    yield connect
+    for sig, receiver in made:
+        sig.disconnect(receiver)
+
+
+# --- blueprints -----------------------------------------------------------------------------------------
+
+
+def _steps(calls: list[str]) -> tuple[type[bootsteps.Step], ...]:
+    class A(bootsteps.StartStopStep):
+        requires = ('celery.worker.components:Pool',)
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            calls.append(f'init A {sorted(kwargs)}')
+
+        def create(self, parent: Any) -> Any:
+            calls.append('create A')
+            return self
+
+        def start(self, parent: Any) -> None:
+            calls.append('start A')
+
+        def stop(self, parent: Any) -> None:
+            calls.append('stop A')
+            raise RuntimeError('A cannot stop')  # logged; B still stops
+
+        def terminate(self, parent: Any) -> None:
+            calls.append('terminate A')
+
+    class B(bootsteps.StartStopStep):
+        requires = (A,)
+
+        def start(self, parent: Any) -> None:
+            calls.append('start B')
+
+        def close(self, parent: Any) -> None:
+            calls.append('close B')
+
+        def stop(self, parent: Any) -> None:
+            calls.append('stop B')
+
+    class Off(bootsteps.StartStopStep):
+        def include_if(self, parent: Any) -> bool:
+            return False
+
+        def create(self, parent: Any) -> None:
+            calls.append('create Off')
+
+    class Plain(bootsteps.Step):
+        def create(self, parent: Any) -> None:
+            calls.append('create Plain')
+
+    return A, B, Off, Plain
+
+
+def test_blueprint_orders_by_requires_and_runs_the_hooks_as_celery() -> None:
+    from fastq.worker.steps import WorkerBlueprint
+
+    calls: list[str] = []
+    A, B, Off, Plain = _steps(calls)
+    parent = type('Parent', (), {'steps': []})()
+    blueprint = WorkerBlueprint(steps={B, Off, Plain})  # A comes in as B's requirement
+    blueprint.apply(parent, answer=42)
+    assert [type(s) for s in parent.steps] == [A, B]
+    assert calls[0] == "init A ['answer']" and 'create A' in calls and 'create Plain' in calls
+    assert 'create Off' not in calls
+    names = [s.name for s in blueprint.order]
+    assert names.index('celery.worker.components.Pool') < names.index(A.name) < names.index(B.name)
+    assert names[-1] == 'celery.worker.components.Consumer'  # Celery's `last` step stays last
+    assert blueprint[A.name] is parent.steps[0]
+    calls.clear()
+    blueprint.start(parent)
+    blueprint.stop(parent)
+    assert calls == ['start A', 'start B', 'close B', 'stop B', 'stop A']
+    assert blueprint.human_state() == 'terminating'
+
+
+def test_blueprint_terminates_on_cold_shutdown_and_stops_only_what_started() -> None:
+    calls: list[str] = []
+    A, B, *_ = _steps(calls)
+
+    class Broken(bootsteps.StartStopStep):
+        requires = (B,)
+
+        def start(self, parent: Any) -> None:
+            raise RuntimeError('no')
+
+    parent = type('Parent', (), {'steps': []})()
+    blueprint = bootsteps.Blueprint(steps={Broken}).apply(parent)
+    with pytest.raises(RuntimeError):
+        blueprint.start(parent)
+    calls.clear()
+    blueprint.stop(parent, terminate=True)
+    # B's terminate is StartStopStep's: its `obj` (none here) terminated, as Celery's; its stop is not called.
+    assert calls == ['close B', 'terminate A']
+
+
+def test_blueprint_refuses_what_is_not_a_step_and_cycles() -> None:
+    with pytest.raises(TypeError, match='not a bootstep'):
+        bootsteps.Blueprint(steps={object}).apply(type('P', (), {'steps': []})())
+
+    class X(bootsteps.Step):
+        requires = ('tests.unit.test_bootsteps:_Y',)
+
+    global _Y
+
+    class _Y(bootsteps.Step):
+        requires = (X,)
+
+    with pytest.raises(ValueError, match='circular'):
+        bootsteps.Blueprint(steps={X}).apply(type('P', (), {'steps': []})())
+
+
+# --- on an in-process worker ----------------------------------------------------------------------------
+
+
+class InProcess:
+    def __init__(self, app: Fastq, **kwargs: Any) -> None:
+        self.controller = WorkController(app, pool='threads', concurrency=1, quiet=True, **kwargs)
+        self.code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.code = self.controller.start()
+
+    def __enter__(self) -> WorkController:
+        self.thread.start()
+        return self.controller
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+def test_worker_and_consumer_steps_on_a_worker(memory_app: Fastq, connected: Any) -> None:
+    calls: list[str] = []
+    ticked = threading.Event()
+
+    class WorkerStep(bootsteps.StartStopStep):
+        requires = {'celery.worker.components:Timer'}
+
+        def __init__(self, worker: Any, enable_my_option: bool = False, **options: Any) -> None:
+            super().__init__(worker, **options)
+            calls.append(f'init {worker.hostname} {enable_my_option} {options.get("concurrency")}')
+
+        def start(self, worker: Any) -> None:
+            calls.append(f'start pool={worker.pool is not None} hub={worker.hub}')
+            self.tref = worker.timer.call_repeatedly(0.01, ticked.set)
+
+        def stop(self, worker: Any) -> None:
+            worker.timer.cancel(self.tref)
+            calls.append('stop')
+
+    class ConsumerStep(bootsteps.StartStopStep):
+        requires = {'celery.worker.consumer.tasks:Tasks'}
+
+        def __init__(self, c: Any, enable_my_option: bool = False, **options: Any) -> None:
+            calls.append(f'consumer init {enable_my_option}')
+
+        def start(self, c: Any) -> None:
+            calls.append(f'consumer start {c.hostname == c.controller.hostname} {c.app is memory_app}')
+
+        def stop(self, c: Any) -> None:
+            calls.append('consumer stop')
+
+        def shutdown(self, c: Any) -> None:
+            calls.append('consumer shutdown')
+
+    memory_app.steps['worker'].add(WorkerStep)
+    memory_app.steps['consumer'].add(ConsumerStep)
+    connected(signals.worker_ready, lambda sender, **kw: calls.append('worker_ready'))
+    connected(signals.worker_shutdown, lambda sender, **kw: calls.append('worker_shutdown'))
+    w = InProcess(memory_app, hostname='steps@example.com', enable_my_option=True)
+    assert calls == []  # (steps are built when the worker starts, after logging is set up, as Celery's)
+    with w as controller:
+        assert ticked.wait(30)
+        assert controller.blueprint is not None and controller.steps and isinstance(controller.steps[0], WorkerStep)
+    assert w.code == 0
+    assert calls == [
+        'init steps@example.com True 1',
+        'consumer init True',
+        'start pool=True hub=None',
+        'consumer start True True',
+        'worker_ready',
+        'consumer stop',
+        'stop',
+        'consumer shutdown',
+        'worker_shutdown',
+    ]
+
+
+def test_a_step_that_fails_to_start_stops_the_worker(memory_app: Fastq) -> None:
+    class Broken(bootsteps.StartStopStep):
+        def start(self, worker: Any) -> None:
+            raise RuntimeError('cannot start')
+
+    memory_app.steps['worker'].add(Broken)
+    w = InProcess(memory_app)
+    with w:
+        w.thread.join(30)
+    assert w.code == 1
+
+
+def test_a_consumer_step_needs_a_broker_kombu_can_reach(memory_app: Fastq) -> None:
+    class MyConsumerStep(bootsteps.ConsumerStep):
+        def get_consumers(self, channel: Any) -> list[Any]:
+            return []
+
+    memory_app.steps['consumer'].add(MyConsumerStep)
+    controller = WorkController(memory_app, pool='solo', quiet=True)
+    with pytest.raises(ImproperlyConfigured, match=r'bootstep .*MyConsumerStep: .*memory://'):
+        controller.start()
+
+
+# --- custom command-line options ------------------------------------------------------------------------
+
+
+def _app_with_options() -> Fastq:
+    app = Fastq('opts', broker='memory://', set_as_current=False)
+    app.user_options['worker'].add(click.Option(('--enable-my-option',), is_flag=True, help='Enable custom option.'))
+    app.user_options['worker'].add(click.Option(('--level',), type=click.IntRange(0, 5), default=1))
+    app.user_options['worker'].add(click.Option(('--tag',), multiple=True))
+    app.user_options['worker'].add(click.Option(('--shout/--no-shout',), default=True))
+    app.user_options['worker'].add(click.Option(('-V', '--verbose'), count=True))
+    app.user_options['worker'].add(click.Option(('--kind',), type=click.Choice(['a', 'b'])))
+    app.user_options['beat'].add(click.Option(('--beat-thing',)))
+    app.user_options['preload'].add(click.Option(('-Z', '--template'), default='default'))
+    return app
+
+
+def _parse(app: Fastq, argv: list[str]) -> dict[str, Any]:
+    parser = build_parser()
+    add_user_options(parser, app)
+    args = parser.parse_args(argv)
+    return finish_user_options(parser, args)
+
+
+def test_click_options_become_argparse_options() -> None:
+    app = _app_with_options()
+    assert _parse(app, ['worker']) == {
+        'enable_my_option': False,
+        'kind': None,
+        'level': 1,
+        'shout': True,
+        'tag': (),
+        'template': 'default',
+        'verbose': 0,
+    }
+    argv = ['worker', '--enable-my-option', '--level', '3', '--tag', 'x', '--tag', 'y', '--no-shout', '-VV']
+    assert _parse(app, [*argv, '--kind', 'b', '-Z', 'tmpl']) == {
+        'enable_my_option': True,
+        'kind': 'b',
+        'level': 3,
+        'shout': False,
+        'tag': ('x', 'y'),
+        'template': 'tmpl',
+        'verbose': 2,
+    }
+    assert _parse(app, ['beat', '--beat-thing', 'q', '-Z', 't']) == {'beat_thing': 'q', 'template': 't'}
+    assert _parse(app, ['purge', '-Z', 't']) == {'template': 't'}  # preload options: every command
+
+
+def test_click_types_check_the_values(capsys: pytest.CaptureFixture[str]) -> None:
+    app = _app_with_options()
+    with pytest.raises(SystemExit):
+        _parse(app, ['worker', '--level', '9'])
+    assert '--level' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parse(app, ['worker', '--kind', 'c'])
+
+
+def test_an_option_that_clashes_is_named() -> None:
+    app = Fastq('clash', broker='memory://', set_as_current=False)
+    app.user_options['worker'].add(click.Option(('-c', '--my-concurrency')))
+    with pytest.raises(CommandError, match='-c/--my-concurrency'):
+        _parse(app, ['worker'])
+
+
+def test_main_sends_preload_options_and_passes_worker_options(monkeypatch: pytest.MonkeyPatch, connected: Any) -> None:
+    import fastq.cli
+    import fastq.cli.worker
+
+    app = _app_with_options()
+    seen: dict[str, Any] = {}
+    connected(signals.user_preload_options, lambda sender, app, options, **kw: seen.update(preload=(app, options)))
+
+    def run(app: Fastq, args: argparse.Namespace) -> int:
+        seen['user_options'] = args.user_options
+        return 0
+
+    monkeypatch.setattr(fastq.cli.worker, 'run', run)
+    with pytest.raises(SystemExit) as exit_:
+        fastq.cli.main(['worker', '--enable-my-option', '-Z', 'tmpl'], app=app)
+    assert exit_.value.code == 0
+    assert seen['preload'] == (app, {'template': 'tmpl'})
+    assert seen['user_options']['enable_my_option'] is True and seen['user_options']['template'] == 'tmpl'
+
+
+# --- signals with Celery's arguments --------------------------------------------------------------------
+
+
+def test_worker_shutting_down_names_the_signal(memory_app: Fastq, connected: Any) -> None:
+    seen: list[dict[str, Any]] = []
+    connected(signals.worker_shutting_down, lambda **kw: seen.append(kw))
+    controller = WorkController(memory_app, hostname='w@h', pool='solo', quiet=True)
+    controller.request_shutdown('warm', signal.SIGTERM)
+    controller.request_shutdown('cold', signal.SIGQUIT)
+    assert [(s['sender'], s['sig'], s['how'], s['exitcode']) for s in seen] == [
+        ('w@h', 'SIGTERM', 'Warm', 0),
+        ('w@h', 'SIGQUIT', 'Cold', 1),
+    ]
+    controller.loop.close()
+
+
+def test_celeryd_init_by_node_name_and_worker_init_at_construction(memory_app: Fastq, connected: Any) -> None:
+    seen: list[str] = []
+    connected(signals.celeryd_init, lambda sender, conf, options, **kw: seen.append(f'init {sender}'), sender='w12@h')
+    connected(signals.celeryd_init, lambda sender, **kw: seen.append('other'), sender='other@h')
+    connected(signals.worker_init, lambda sender, **kw: seen.append(f'worker_init {sender.hostname}'))
+    controller = WorkController(memory_app, hostname='w12@h', pool='solo', quiet=True)
+    assert seen == ['init w12@h', 'worker_init w12@h']
+    controller.loop.close()
+
+
+def test_publish_signals_carry_celerys_body_and_task_sent(memory_app: Fastq, connected: Any) -> None:
+    from tests.unit.test_client import _memory_payloads
+
+    @memory_app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    seen: dict[str, Any] = {}
+
+    def before(sender: str, body: Any, headers: dict[str, Any], properties: dict[str, Any], **kw: Any) -> None:
+        seen['before'] = (sender, body, sorted(kw))
+        headers['x-added'] = 'yes'
+
+    connected(signals.before_task_publish, before)
+    connected(signals.task_sent, lambda **kw: seen.update(sent=kw))
+    result = add.apply_async((1, 2), countdown=60)
+    sender, body, keywords = seen['before']
+    assert sender == add.name and body[:2] == ([1, 2], {})
+    assert body[2] == {'callbacks': None, 'errbacks': None, 'chain': None, 'chord': None}
+    assert keywords == ['declare', 'exchange', 'retry_policy', 'routing_key', 'signal']
+    assert _memory_payloads(memory_app)[-1]['headers']['x-added'] == 'yes'  # the change is in the message
+    sent = seen['sent']
+    assert (sent['sender'], sent['task_id'], sent['task'], sent['args'], sent['kwargs']) == (
+        add.name, result.id, add.name, [1, 2], {}
+    )  # fmt: skip
+    assert sent['eta'] is not None and sent['taskset'] is None
+
+
+def test_task_retry_reason_is_the_retry(memory_app: Fastq, connected: Any) -> None:
+    @memory_app.task(bind=True, max_retries=1)
+    def flaky(self: Any) -> None:
+        raise self.retry(exc=KeyError('k'), countdown=60)
+
+    seen: list[Any] = []
+    connected(signals.task_retry, lambda sender, request, reason, einfo, **kw: seen.append((reason, einfo)))
+    from fastq.worker.trace import execute
+
+    execute(flaky, [], {}, {'id': 'r1', 'task': flaky.name, 'retries': 0})
+    ((reason, einfo),) = seen
+    assert isinstance(reason, Retry) and 'KeyError' in str(reason)
+    assert einfo.exception is reason and einfo.exc_info[1] is reason
+
+
+def test_task_internal_error_has_celerys_arguments(memory_app: Fastq, connected: Any) -> None:
+    from fastq.worker.job import _internal_error
+
+    @memory_app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    seen: list[dict[str, Any]] = []
+    connected(signals.task_internal_error, lambda **kw: seen.append(kw))
+    try:
+        raise OSError('backend down')
+    except OSError as exc:
+        _internal_error(memory_app, add, {'id': 'i1'}, exc, [1, 2], {})
+    (kw,) = seen
+    assert (kw['sender'], kw['task_id'], kw['args'], kw['kwargs'], kw['request']) == (
+        add,
+        'i1',
+        [1, 2],
+        {},
+        {'id': 'i1'},
+    )
+    assert kw['traceback'] is not None and kw['einfo'].internal and 'backend down' in kw['einfo'].traceback
+
+
+def test_select_add_from_celeryd_after_setup(memory_app: Fastq, connected: Any) -> None:
+    def setup_direct_queue(sender: str, instance: Any, **kwargs: Any) -> None:
+        instance.app.amqp.queues.select_add(f'{sender}.dq')
+
+    connected(signals.celeryd_after_setup, setup_direct_queue)
+    w = InProcess(memory_app, hostname='dq@h')
+    with w as controller:
+        pass
+    assert 'dq@h.dq' in controller.queues
+    with pytest.raises(ValueError, match='celeryd_after_setup'):
+        memory_app.amqp.queues.select_add('late')
