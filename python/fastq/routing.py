@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,16 @@ from fastq.utils.imports import symbol_by_name
 if TYPE_CHECKING:
     from fastq.config import Settings
 
-__all__ = ['Exchange', 'Queue', 'Router', 'direct_queue', 'worker_direct']
+__all__ = [
+    'Broadcast',
+    'Exchange',
+    'Queue',
+    'Router',
+    'direct_queue',
+    'exchange_types',
+    'topic_pattern',
+    'worker_direct',
+]
 
 
 @dataclass(eq=True)
@@ -53,6 +63,8 @@ class Queue:
     consumer_arguments: dict[str, Any] | None = None
     no_ack: bool = False
     bindings: Sequence[Any] = field(default_factory=tuple)
+    #: Another name the queue goes by in routes and `-Q`/`-X` (a `Broadcast` queue's exchange name).
+    alias: str | None = None
     #: Whether the exchange and routing key were given, or filled in here: in `task_queues`, Celery fills
     #: them from the task_default_* settings instead (see `Router._configured_queues`).
     exchange_given: bool = field(default=True, init=False, repr=False, compare=False)
@@ -67,6 +79,91 @@ class Queue:
 
     def __hash__(self) -> int:
         return hash(self.name)
+
+    @classmethod
+    def from_dict(cls, name: str, **options: Any) -> Queue:
+        """A queue given in `task_queues` as a name and a dict of options, read as kombu's `Queue.from_dict`
+        reads it (through Celery's `Queues.add_compat`): `exchange`, `exchange_type`, `routing_key` or
+        `binding_key` (else the queue's name), `durable`/`auto_delete` for both the queue and its exchange
+        unless `queue_*`/`exchange_*` say otherwise, `exchange_arguments`, `queue_arguments`, ..."""
+
+        def either(specific: str, general: str, default: bool) -> bool:
+            value = options.get(specific)
+            if value is None:
+                value = options.get(general)
+            return default if value is None else bool(value)
+
+        exchange = options.get('exchange')
+        if exchange is not None and not isinstance(exchange, str):
+            exchange = as_exchange(exchange)
+        elif exchange:
+            exchange = Exchange(
+                exchange,
+                str(options.get('exchange_type') or 'direct'),
+                either('exchange_durable', 'durable', True),
+                either('exchange_auto_delete', 'auto_delete', False),
+                options.get('delivery_mode'),
+                options.get('exchange_arguments'),
+            )
+        else:
+            exchange = None  # the default exchange (see `Router._configured_queues`)
+        return cls(
+            name,
+            exchange,
+            options.get('binding_key') or options.get('routing_key') or name,
+            either('queue_durable', 'durable', True),
+            bool(options.get('exclusive', False)),
+            either('queue_auto_delete', 'auto_delete', False),
+            options.get('queue_arguments'),
+            options.get('max_priority'),
+            options.get('consumer_arguments'),
+            bool(options.get('no_ack', False)),
+            tuple(options.get('bindings') or ()),
+            options.get('alias'),
+        )
+
+
+class Broadcast(Queue):
+    """kombu's `Broadcast` (`from kombu.common import Broadcast` works too): a queue of this process's own
+    (`bcast.<uuid>`, auto-deleted) bound to the fanout exchange `name`, which routes and `-Q` know by that
+    name. Every worker consuming it gets a copy of each message sent to the exchange::
+
+        task_queues = (Broadcast('broadcast_tasks'),)
+        task_routes = {'tasks.reload_cache': {'queue': 'broadcast_tasks', 'exchange': 'broadcast_tasks'}}
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        queue: str | None = None,
+        unique: bool = False,
+        auto_delete: bool = True,
+        exchange: Exchange | str | Any | None = None,
+        alias: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if unique:
+            queue = f'{queue or "bcast"}.{uuid.uuid4()}'
+        else:
+            queue = queue or f'bcast.{uuid.uuid4()}'
+        super().__init__(
+            queue,
+            exchange if exchange is not None else Exchange(name or '', 'fanout'),
+            auto_delete=auto_delete,
+            alias=alias or name,
+            **kwargs,
+        )
+
+
+def topic_pattern(routing_key: str) -> str:
+    """The regular expression kombu's virtual topic exchange matches routing keys with (and stores with a
+    Redis binding): `*` one word, `#` any characters (so `feed.#` matches `feed.x.y`, not `feed`)."""
+    escaped = ''.join(c if c.isalnum() or c in '.#*' else ('\\000' if c == '\000' else '\\' + c) for c in routing_key)
+    words = escaped.split('.')
+    return '^{}$'.format(r'\.'.join(_TOPIC_WILDCARDS.get(word, word) for word in words))
+
+
+_TOPIC_WILDCARDS = {'*': r'[^\.]+', '#': r'.*?'}
 
 
 def as_exchange(exchange: Any) -> Exchange:
@@ -103,6 +200,7 @@ def as_queue(queue: Any) -> Queue:
         getattr(queue, 'consumer_arguments', None),
         bool(getattr(queue, 'no_ack', False)),
         tuple(getattr(queue, 'bindings', None) or ()),
+        getattr(queue, 'alias', None) or None,
     )
 
 
@@ -123,6 +221,20 @@ def direct_queue(name: str) -> Queue | None:
     if name.endswith(WORKER_DIRECT_SUFFIX) and '@' in name:
         return worker_direct(name[: -len(WORKER_DIRECT_SUFFIX)])
     return None
+
+
+def exchange_types(queues: Mapping[str, Queue], conf: Any) -> dict[str, str]:
+    """The type of each exchange `queues` (`Router.queues`) are bound to, and the default exchange's, for
+    brokers that route messages sent to an exchange themselves (Redis)."""
+    default = str(conf.task_default_exchange or conf.task_default_queue)
+    out = {default: str(conf.task_default_exchange_type or 'direct')}
+    for queue in queues.values():
+        for exchange in (queue.exchange, *(getattr(b, 'exchange', None) for b in queue.bindings or ())):
+            if exchange is not None and exchange != '':
+                ex = as_exchange(exchange)
+                if ex.name:
+                    out[ex.name] = ex.type
+    return out
 
 
 def _is_queue(value: Any) -> bool:
@@ -197,6 +309,8 @@ class Router:
         self.conf = conf
         self.routers = prepare_routers(conf.task_routes)
         self.queues = self._configured_queues(conf.task_queues, conf)
+        #: Queues by their other name (a `Broadcast` queue by its exchange's), which routes and `-Q` use.
+        self.aliases = {q.alias: q for q in self.queues.values() if q.alias}
         self.create_missing = bool(conf.task_create_missing_queues)
         #: Whether a route depends on the task name alone (no router function that sees the arguments), so
         #: a route once resolved can be reused (see `sending.plan_for`).
@@ -213,7 +327,7 @@ class Router:
             return {}
         if isinstance(queues, Mapping):
             pairs = [
-                (as_queue(spec), True) if _is_queue(spec) else (Queue(name, **dict(spec or {})), False)
+                (as_queue(spec), True) if _is_queue(spec) else (Queue.from_dict(name, **dict(spec or {})), False)
                 for name, spec in queues.items()
             ]
         else:
@@ -246,21 +360,22 @@ class Router:
         (the default exchange, `''`) unless both an exchange and a routing key were given; a topic or fanout
         queue through its exchange, with the routing key given or its own."""
         out = dict(options)
+        # The routes are asked even when a queue was given, as Celery asks them: what they say fills in what
+        # the call's options leave out (a route's routing_key or priority with `apply_async(queue=...)`).
+        answer = self._lookup(None, name, args, kwargs or {}, options, task) if self.routers else None
+        if isinstance(answer, str):
+            answer = {'queue': answer}
+        if answer:
+            for key, value in dict(answer).items():
+                if out.get(key) is None:
+                    out[key] = value
         queue = out.get('queue')
-        if queue is None:
-            answer = self._lookup(None, name, args, kwargs or {}, options, task)
-            if isinstance(answer, str):
-                answer = {'queue': answer}
-            if answer:
-                for key, value in dict(answer).items():
-                    out.setdefault(key, value)
-                queue = out.get('queue')
         if queue is None:
             queue = self.conf.task_default_queue
         if _is_queue(queue):
             qobj = as_queue(queue)
         else:
-            qobj = self.queues.get(queue) or direct_queue(queue) or Queue(queue)
+            qobj = self.queue(queue)
             if qobj.name not in self.queues and self.queues and not self.create_missing and not direct_queue(queue):
                 raise QueueNotFound(f'Queue {queue!r} missing from task_queues')
         out['queue'] = qobj.name
@@ -269,7 +384,9 @@ class Router:
             exchange = as_exchange(exchange).name
         routing_key = out.get('routing_key')
         own = as_exchange(qobj.exchange)
-        if (not exchange or not routing_key) and own.type == 'direct':
+        # (Celery's `exchange_type` option decides this alone; otherwise the queue's exchange's type does)
+        kind = out.pop('exchange_type', None) or own.type
+        if (not exchange or not routing_key) and kind == 'direct':
             exchange, routing_key = '', qobj.name
         elif not exchange:
             exchange = own.name or self.conf.task_default_exchange or self.conf.task_default_queue
@@ -278,10 +395,22 @@ class Router:
         out['routing_key'] = routing_key or qobj.name
         return out
 
+    def queue(self, name: str) -> Queue:
+        """The queue a route or `-Q` names, as Celery's `app.amqp.queues[name]` finds it: by alias first (a
+        `Broadcast` queue by its exchange's name), then by name, else a queue of that name on the direct
+        exchange of the same name (`task_create_missing_queues`)."""
+        return self.aliases.get(name) or self.queues.get(name) or direct_queue(name) or Queue(name)
+
+    def queue_name(self, name: str) -> str:
+        """The name of the queue `name` stands for (itself unless it is an alias)."""
+        alias = self.aliases.get(name)
+        return name if alias is None else alias.name
+
     def worker_queues(self, names: Sequence[str] | None) -> list[str]:
-        """The queues a worker consumes: `-Q` names, else every configured queue, else the default one."""
+        """The queues a worker consumes: `-Q` names (an alias standing for its queue), else every configured
+        queue, else the default one."""
         if names:
-            return list(dict.fromkeys(names))
+            return list(dict.fromkeys(self.queue_name(name) for name in names))
         if self.queues:
             return list(self.queues)
         return [self.conf.task_default_queue]

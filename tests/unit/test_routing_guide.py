@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -13,7 +14,7 @@ from kombu import Exchange as KombuExchange
 from kombu import Queue as KombuQueue
 
 from fastq import Fastq
-from fastq.routing import Exchange, Queue, Router
+from fastq.routing import Broadcast, Exchange, Queue, Router, topic_pattern
 
 
 @pytest.fixture
@@ -158,3 +159,96 @@ def test_task_queues_get_celerys_defaults(conf: dict[str, str]) -> None:
     ours = [(q.name, q.exchange.name, q.exchange.type, q.routing_key) for q in fastq_app.router.queues.values()]
     assert ours == theirs
     fastq_app.close()
+
+
+def test_task_queues_as_names_and_dicts_as_celery_reads_them() -> None:
+    # "Routing Tasks: Defining queues" and the older dict form: kombu's Queue.from_dict options
+    from celery import Celery
+
+    queues = {
+        'video': {'exchange': 'video', 'exchange_type': 'topic', 'binding_key': 'video.#', 'durable': False},
+        'images': {'exchange': 'media', 'routing_key': 'media.image', 'queue_arguments': {'x-max-priority': 10}},
+        'plain': {},
+        'kind_only': {'exchange_type': 'topic'},
+        'ad': {'exchange': 'ad', 'auto_delete': True, 'exchange_durable': True},
+    }
+    celery_app = Celery('x', set_as_current=False)
+    celery_app.conf.task_queues = queues
+    fastq_app = Fastq('x', broker='memory://', set_as_current=False)
+    fastq_app.conf.task_queues = queues
+
+    def described(q: Any) -> tuple[object, ...]:
+        ex = q.exchange
+        return (q.name, ex.name, ex.type, bool(ex.durable), q.routing_key, bool(q.durable), bool(q.auto_delete),
+                q.queue_arguments or None)  # fmt: skip
+
+    theirs = [described(q) for q in celery_app.amqp.queues.values()]
+    assert [described(q) for q in fastq_app.router.queues.values()] == theirs
+    fastq_app.close()
+
+
+def test_a_route_fills_in_what_the_call_leaves_out() -> None:
+    # Celery asks the routes even when the call names a queue; the call's options win where both say
+    from celery import Celery
+
+    routes = {'a': {'queue': 'qa', 'priority': 5, 'routing_key': 'zz'}}
+    celery_app = Celery('x', set_as_current=False)
+    celery_app.conf.task_routes = routes
+    fastq_app = Fastq('x', broker='memory://', set_as_current=False)
+    fastq_app.conf.task_routes = routes
+    for options in ({'queue': 'b'}, {}, {'priority': 1}):
+        theirs = celery_app.amqp.router.route(dict(options), 'a')
+        ours = fastq_app.router.route(dict(options), 'a')
+        assert (ours['queue'], ours.get('priority')) == (theirs['queue'].name, theirs.get('priority'))
+    fastq_app.close()
+
+
+def test_a_router_functions_exchange_type_decides_how_it_is_published() -> None:
+    # "Routing Tasks: Routers": the example router answers with an exchange, its type and a routing key
+    def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
+        if name == 'myapp.tasks.compress_video':
+            return {'exchange': 'video', 'exchange_type': 'topic', 'routing_key': 'video.compress'}
+        return None
+
+    app = Fastq('x', broker='memory://', set_as_current=False)
+    app.conf.task_routes = (route_task,)
+    routed = app.router.route({}, 'myapp.tasks.compress_video')
+    assert (routed['exchange'], routed['routing_key'], 'exchange_type' in routed) == ('video', 'video.compress', False)
+    # a direct exchange with no routing key of its own is still the queue's name on the default exchange
+    routed = app.router.route({'exchange': 'video', 'exchange_type': 'direct'}, 'x')
+    assert (routed['exchange'], routed['routing_key']) == ('', 'celery')
+    app.close()
+
+
+@pytest.mark.parametrize('key', ['feed.#', 'task.#', '*.stock.#', 'usd.stock', 'a_b-c.*', '#', '', 'x\x00y'])
+def test_topic_patterns_are_kombus(key: str) -> None:
+    from kombu.transport.virtual.exchange import TopicExchange
+
+    assert topic_pattern(key) == TopicExchange(None).key_to_pattern(key)
+
+
+def test_broadcast_queues_by_their_alias() -> None:
+    # "Routing Tasks: Broadcast": routes and -Q/-X name the exchange; the queue is bcast.<uuid>
+    from celery import Celery
+    from kombu.common import Broadcast as KombuBroadcast
+
+    for broadcast in (Broadcast('broadcast_tasks'), KombuBroadcast('broadcast_tasks')):
+        conf = {
+            'task_queues': (broadcast, KombuQueue('celery')),
+            'task_routes': {'tasks.reload_cache': {'queue': 'broadcast_tasks', 'exchange': 'broadcast_tasks'}},
+        }
+        fastq_app = Fastq('x', broker='memory://', set_as_current=False)
+        fastq_app.conf.update(conf)
+        router = fastq_app.router
+        routed = router.route({}, 'tasks.reload_cache')
+        assert (routed['queue'], routed['exchange']) == (broadcast.name, 'broadcast_tasks')
+        assert router.worker_queues(['broadcast_tasks', 'celery']) == [broadcast.name, 'celery']
+        assert router.queue_name('broadcast_tasks') == broadcast.name and router.queue_name('celery') == 'celery'
+        queue = router.queue('broadcast_tasks')
+        assert (queue.exchange.type, queue.auto_delete, queue.alias) == ('fanout', True, 'broadcast_tasks')
+        if isinstance(broadcast, KombuBroadcast):  # (Celery takes kombu's objects only)
+            celery_app = Celery('x', set_as_current=False)
+            celery_app.conf.update(conf)
+            theirs = celery_app.amqp.queues['broadcast_tasks']
+            assert (queue.name, queue.routing_key) == (theirs.name, theirs.routing_key)
+        fastq_app.close()

@@ -198,7 +198,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
         raise
     try:
         worker.restart_on_hup = True
-        excluded = set(_split(args.exclude_queues))
+        excluded = {app.router.queue_name(q) for q in _split(args.exclude_queues)}  # (an alias: its queue)
         if excluded:
             worker.queues = [q for q in worker.queues if q not in excluded]
             if not worker.queues:

@@ -17,6 +17,13 @@ time), leases (live workers rescore their reservations, so long tasks are never 
 counts (a header fastq adds on restore), fanout over PUB/SUB, dead letters (fastq's own keys), claims and
 named leases for beat (SET NX PX, and a script that extends a lease only for its holder).
 
+Exchanges, as kombu's virtual ones: a message sent to one goes to the queues bound to it (`_kombu.binding.*`),
+matched by the exchange's type from the settings (`task_queues`, task_default_exchange_type): direct by key,
+topic by the pattern kombu stores with each topic binding, fanout to all. A message sent to a fanout exchange
+(a `Broadcast` queue's) is pushed to each bound queue's list, a copy with a delivery tag of its own, and a
+consumer deletes its auto-delete broadcast queues when it closes (kombu sends these over PUB/SUB instead, so
+a Celery worker on Redis does not see them: kombu's own client does not reach it either).
+
 Not shared with kombu: the restore sweep runs in every fastq worker about once a second (kombu's runs every
 ~100 s), and restores each message with one atomic script, so concurrent sweepers never duplicate one.
 """
@@ -24,8 +31,10 @@ Not shared with kombu: the restore sweep runs in every fastq worker about once a
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +54,7 @@ from fastq.brokers.redis.deadletters import RedisDeadLetters
 from fastq.brokers.redis.layout import DEFAULT_PRIORITY_STEPS, DEFAULT_SEP, DELIVERIES_HEADER, Layout
 from fastq.brokers.redis.scripts import Scripts
 from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured, OperationalError
-from fastq.routing import Queue, Router, as_exchange, direct_queue
+from fastq.routing import Queue, Router, as_exchange, direct_queue, exchange_types, topic_pattern
 from fastq.utils.aioredis import AsyncRedis, params_of
 from fastq.utils.loops import LoopLocal
 
@@ -107,6 +116,7 @@ class RedisBroker(Broker):
         self._dead = RedisDeadLetters(self.client, self.layout)
         self._declared: set[str] = set()
         self._configured: dict[str, Queue] | None = None  # task_queues, for their bindings (`_declare_commands`)
+        self._types: dict[str, str] | None = None  # their exchanges' types (`exchange_type`)
         self._lock = threading.Lock()
 
     def _new_async_client(self) -> AsyncRedis | None:
@@ -148,6 +158,8 @@ class RedisBroker(Broker):
                 raise BrokerConnectionError(f'{self.describe()}: {exc}') from exc
             return
         commands, undeclared = self._publish_commands(batch)
+        if not commands:  # (only messages for a fanout exchange without queues: nobody to deliver to)
+            return
         try:
             replies = self.commands.execute(commands)
         except CONNECTION_ERRORS as exc:
@@ -163,6 +175,8 @@ class RedisBroker(Broker):
             await super().apublish(batch)
             return
         commands, undeclared = self._publish_commands(batch)
+        if not commands:
+            return
         try:
             replies = await client.execute(commands)
         except CONNECTION_ERRORS as exc:
@@ -181,18 +195,22 @@ class RedisBroker(Broker):
         keys = self._queue_keys
         for out in batch:
             payload = out.envelope if out.envelope is not None else out.to_envelope()
-            targets: Sequence[str]
-            if out.exchange:
-                targets = [self._queue_key(queue, out.priority) for queue in self._route(out)]
-            else:  # the default exchange: its routing key names the queue (most messages; kept short)
+            targets: Sequence[tuple[str, bytes]]
+            if not out.exchange:  # the default exchange: its routing key names the queue (most messages)
                 key = keys.get((out.routing_key, out.priority)) or self._queue_key(out.routing_key, out.priority)
-                targets = (key,)
-            for key in targets:
+                targets = ((key, payload),)
+            elif self.exchange_type(out.exchange) == 'fanout':
+                targets = [
+                    (self._queue_key(queue, out.priority), _fanout_copy(payload, queue)) for queue in self._route(out)
+                ]
+            else:
+                targets = [(self._queue_key(queue, out.priority), payload) for queue in self._route(out)]
+            for key, value in targets:
                 values = pushes.get(key)
                 if values is None:
-                    pushes[key] = [payload]
+                    pushes[key] = [value]
                 else:
-                    values.append(payload)
+                    values.append(value)
         commands: list[tuple[Any, ...]] = []
         for key, values in pushes.items():
             for start in range(0, len(values), LPUSH_CHUNK):
@@ -218,23 +236,52 @@ class RedisBroker(Broker):
         return key
 
     def _route(self, out: Outgoing) -> list[str]:
-        """Queues for a message: its queue for the default exchange, else the exchange's bindings (kombu)."""
+        """Queues for a message: its queue for the default exchange, else the exchange's bindings (kombu),
+        else its queue; a fanout exchange without bindings has nobody listening (kombu's PUB/SUB)."""
         if not out.exchange:
             return [out.routing_key or out.queue]
         queues = self.lookup(out.exchange, out.routing_key)
-        return queues or [out.queue]
+        if queues or self.exchange_type(out.exchange) == 'fanout':
+            return queues
+        return [out.queue]
+
+    def exchange_type(self, exchange: str) -> str | None:
+        """The type of `exchange` as the settings declare it (`task_queues`, task_default_exchange_type), None
+        for one they do not mention (kombu's Redis transport knows only what its process declared, too)."""
+        types = self._types
+        if types is None:
+            types = self._types = exchange_types(self._configured_queues(), self.conf)
+        return types.get(exchange)
+
+    def _configured_queues(self) -> dict[str, Queue]:
+        configured = self._configured
+        if configured is None:
+            configured = self._configured = Router._configured_queues(self.conf.task_queues, self.conf)
+        return configured
 
     def lookup(self, exchange: str, routing_key: str) -> list[str]:
+        """The queues bound to `exchange` that a message with `routing_key` goes to, as kombu's virtual
+        exchanges match: fanout all of them, topic by the binding's pattern (kombu stores one with each
+        topic binding), direct by equal keys. Of an exchange the settings do not mention: a binding with a
+        pattern is a topic one, and one without is matched as a direct key or an AMQP topic pattern."""
         if not exchange:
             return [routing_key]
+        kind = self.exchange_type(exchange)
         members = self.client.smembers(self.layout.binding_key(exchange))
         queues: list[str] = []
         for member in members:
             rk, pattern, queue = self.layout.parse_binding(_text(member))
-            if rk == routing_key or _topic_match(rk, routing_key):
-                if queue not in queues:
-                    queues.append(queue)
-        return queues
+            if kind == 'fanout':
+                matched = True
+            elif kind == 'topic' or (kind is None and pattern):
+                matched = _pattern(pattern or topic_pattern(rk)).match(routing_key) is not None
+            elif kind is None:
+                matched = rk == routing_key or _topic_match(rk, routing_key)
+            else:
+                matched = rk == routing_key
+            if matched and queue and queue not in queues:
+                queues.append(queue)
+        return sorted(queues)
 
     def declare(self, queues: Sequence[str]) -> None:
         """Bind queues to the direct exchange of the same name, as Celery declares them."""
@@ -252,26 +299,55 @@ class RedisBroker(Broker):
         with its routing key and its extra bindings (kombu's `_kombu.binding.<exchange>` sets), so a message
         sent to an exchange reaches the queues bound to it (`lookup`), as with kombu's Redis transport."""
         layout = self.layout
-        configured = self._configured
-        if configured is None:
-            configured = self._configured = Router._configured_queues(self.conf.task_queues, self.conf)
         commands: list[tuple[Any, ...]] = []
         for q in queues:
-            bindings = {(q, q)}
-            queue = configured.get(q) or direct_queue(q)
-            if queue is not None:
-                exchange = as_exchange(queue.exchange)
-                if exchange.name:
-                    bindings.add((exchange.name, queue.routing_key or q))
-                for extra in queue.bindings or ():
-                    name = as_exchange(getattr(extra, 'exchange', '')).name
-                    if name:
-                        bindings.add((name, getattr(extra, 'routing_key', None) or ''))
-            for exchange_name, routing_key in sorted(bindings):
-                member = layout.binding_member(routing_key, q)
+            for exchange_name, member in self._bindings(q):
                 commands.append(('SADD', layout.binding_key(exchange_name), member))
                 commands.append(('SADD', f'{layout.prefix}_kombu.binding_permanent.{exchange_name}', member))
         return commands
+
+    def _bindings(self, q: str) -> list[tuple[str, str]]:
+        """(exchange, binding set member) of each binding of queue `q`, as kombu writes them: a topic
+        exchange's with the pattern its routing key stands for (which kombu matches keys with)."""
+        bindings = set()
+        queue = self._configured_queues().get(q) or direct_queue(q)
+        if queue is None or not (queue.auto_delete and as_exchange(queue.exchange).type == 'fanout'):
+            bindings.add((q, q, ''))  # (not for a broadcast queue: it is only ever reached through its exchange)
+        if queue is not None:
+            exchange = as_exchange(queue.exchange)
+            if exchange.name:
+                bindings.add((exchange.name, queue.routing_key or q, exchange.type))
+            for extra in queue.bindings or ():
+                bound = as_exchange(getattr(extra, 'exchange', ''))
+                if bound.name:
+                    bindings.add((bound.name, getattr(extra, 'routing_key', None) or '', bound.type))
+        layout = self.layout
+        return [
+            (name, layout.binding_member(rk, q, topic_pattern(rk) if kind == 'topic' else ''))
+            for name, rk, kind in sorted(bindings)
+        ]
+
+    def delete_auto_queues(self, queues: Sequence[str]) -> None:
+        """Delete the auto-delete queues of fanout exchanges (`Broadcast` queues) among `queues`, their
+        bindings and messages, as kombu's Redis channel does when it closes: a consumer's own broadcast queue
+        must not go on collecting copies once it is gone."""
+        configured = self._configured_queues()
+        layout = self.layout
+        commands: list[tuple[Any, ...]] = []
+        for q in queues:
+            queue = configured.get(q)
+            if queue is None or not queue.auto_delete or as_exchange(queue.exchange).type != 'fanout':
+                continue
+            for exchange_name, member in self._bindings(q):
+                commands.append(('SREM', layout.binding_key(exchange_name), member))
+                commands.append(('SREM', f'{layout.prefix}_kombu.binding_permanent.{exchange_name}', member))
+            commands.append(('DEL', *layout.step_keys(q)))
+            self._declared.discard(q)
+        if commands:
+            try:
+                self.commands.execute(commands)
+            except CONNECTION_ERRORS as exc:
+                logger.warning('Could not delete the broadcast queue(s) %s: %s', ', '.join(queues), exc)
 
     def _publish_raw(self, queue: str, payload: bytes) -> None:
         try:
@@ -334,7 +410,10 @@ class RedisBroker(Broker):
                 earlier = headers.get(DELIVERIES_HEADER)
                 headers[DELIVERIES_HEADER] = (earlier if isinstance(earlier, int) else 0) + 1
         priority = props.get('priority', 0) if isinstance(props, dict) else 0
-        queues = self.lookup(exchange or '', routing_key or '') or [routing_key or 'celery']
+        if exchange and self.exchange_type(exchange) == 'fanout':
+            queues = [routing_key]  # a copy for one broadcast queue, which its routing key names (`_fanout_copy`)
+        else:
+            queues = self.lookup(exchange or '', routing_key or '') or [routing_key or 'celery']
         return self.layout.queue_key(queues[0], priority if isinstance(priority, int) else 0), _core.json_dumps(
             envelope, None
         )
@@ -533,6 +612,33 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
+def _pattern(pattern: str) -> re.Pattern[str]:
+    compiled = _PATTERNS.get(pattern)
+    if compiled is None:
+        if len(_PATTERNS) > 1000:
+            _PATTERNS.clear()
+        compiled = _PATTERNS[pattern] = re.compile(pattern)
+    return compiled
+
+
+def _fanout_copy(payload: bytes, queue: str) -> bytes:
+    """The envelope of one broadcast queue's copy of a message sent to a fanout exchange: a delivery tag of
+    its own (each copy is reserved and acked apart) and the queue as its routing key, so a copy handed back
+    goes back to that queue alone (kombu delivers fanout messages over PUB/SUB, unacked; fastq to the
+    broadcast queues' lists, so that workers reserve and ack them as any task)."""
+    try:
+        envelope = _core.json_loads(payload, None)
+        props = envelope['properties']
+        props['delivery_tag'] = str(uuid.uuid4())
+        props['delivery_info']['routing_key'] = queue
+    except (ValueError, TypeError, KeyError):
+        return payload
+    return _core.json_dumps(envelope, None)
+
+
 def _topic_match(binding: str, routing_key: str) -> bool:
     """AMQP topic matching (`*` one word, `#` any words) for bindings declared on topic exchanges."""
     if '*' not in binding and '#' not in binding:
@@ -571,6 +677,8 @@ class _Stream(PublishStream):
         if self.failed or not part:
             return
         commands, undeclared = self.broker._publish_commands(part, transaction=False)
+        if not commands:
+            return
         if self.conn is None:
             commands.insert(0, ('MULTI',))
         try:

@@ -580,6 +580,7 @@ class RedisConsumer(Consumer):
                 self.broker.restore(held, leftmost=False, count_delivery=False)
             except Exception as exc:  # the sweep will bring them back after the visibility timeout
                 logger.warning('Could not hand back %d reservation(s) at close: %s', len(held), exc)
+        self.broker.delete_auto_queues(self.queues)  # (this consumer's broadcast queues go with it, as kombu's)
         self._fetch_link.close()
         self._ack_link.close()
         # The pipe stays open: a fetch in another thread may still be about to select on it (closed with us).

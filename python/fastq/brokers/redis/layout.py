@@ -6,7 +6,8 @@
     unacked_index                    zset  delivery_tag -> reservation time (restore when older than the
                                            visibility timeout; fastq parks ETA messages here at eta - timeout)
     unacked_mutex                    kombu's restore lock (fastq restores with a script and does not need it)
-    _kombu.binding.<exchange>        set   "<routing_key><sep><pattern><sep><queue>"
+    _kombu.binding.<exchange>        set   "<routing_key><sep><pattern><sep><queue>" (pattern: kombu's regex
+                                           for a topic exchange's key, `routing.topic_pattern`; else empty)
     /<db>.<exchange>[/<routing_key>] pub/sub channels of fanout exchanges (pidbox, events)
     fastq.deadletter(.index)         hash id -> dead letter (JSON) and zset id -> time: fastq's own
     fastq.revoked                    zset  task_id -> until when it stays revoked
