@@ -830,6 +830,13 @@ class _Queues(dict[str, Any]):
         super().__init__(queues)
         self.amqp = amqp
 
+    def __missing__(self, name: str) -> Any:
+        """A queue by its alias too (a `Broadcast` queue by its exchange's name), as Celery's `Queues`."""
+        alias = self.amqp.app.router.aliases.get(name)
+        if alias is None:
+            raise KeyError(name)
+        return alias
+
     def select_add(self, queue: Any, **kwargs: Any) -> Any:
         """Consume from `queue` too (a name or a Queue), in the worker being set up: Celery's way to add a
         queue from `celeryd_after_setup`. Outside that signal there is no worker to tell: ValueError."""

@@ -246,6 +246,7 @@ def test_broadcast_queues_by_their_alias() -> None:
         assert router.queue_name('broadcast_tasks') == broadcast.name and router.queue_name('celery') == 'celery'
         queue = router.queue('broadcast_tasks')
         assert (queue.exchange.type, queue.auto_delete, queue.alias) == ('fanout', True, 'broadcast_tasks')
+        assert fastq_app.amqp.queues['broadcast_tasks'] is queue  # (by alias, as Celery's Queues)
         if isinstance(broadcast, KombuBroadcast):  # (Celery takes kombu's objects only)
             celery_app = Celery('x', set_as_current=False)
             celery_app.conf.update(conf)
