@@ -111,8 +111,8 @@ def test_unknown_app_module(tmp_path: Path, urls: dict[str, str]) -> None:
     assert proc.returncode == 2 and 'The module no_such_module was not found' in proc.stderr
 
 
-def test_gevent_pool_names_the_alternative(tmp_path: Path, urls: dict[str, str]) -> None:
-    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'worker', '-P', 'gevent', check=False)
+def test_eventlet_pool_names_the_alternative(tmp_path: Path, urls: dict[str, str]) -> None:
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'worker', '-P', 'eventlet', check=False)
     assert proc.returncode == 2 and 'async def' in proc.stderr
 
 

@@ -92,7 +92,7 @@ def test_unknown_attribute_suggests() -> None:
         ('worker_concurrency', 'four', "worker_concurrency: expected a number of processes or 'auto'"),
         ('worker_prefetch_multiplier', -1, 'worker_prefetch_multiplier: must not be negative'),
         ('timezone', 'Mars/Olympus', "timezone: unknown time zone 'Mars/Olympus'"),
-        ('worker_pool', 'gevent', 'worker_pool: fastq has no gevent pool.*async def'),
+        ('worker_pool', 'eventlet', 'worker_pool: fastq has no eventlet pool.*async def'),
         ('task_compression', 'lz5', "task_compression: Unknown compression method 'lz5'"),
         ('task_default_rate_limit', '10/x', "task_default_rate_limit: bad rate limit '10/x'"),
         ('task_acks_late', 'yes', 'task_acks_late: expected True or False'),

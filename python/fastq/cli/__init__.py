@@ -187,6 +187,9 @@ def _early_app(parser: argparse.ArgumentParser, arguments: list[str], app: Fastq
 
 def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
     """Entry point of `fastq`; exits with the command's status."""
+    from fastq.utils.green import maybe_patch_concurrency
+
+    maybe_patch_concurrency(sys.argv[1:] if argv is None else argv)  # (`-P gevent`: before anything else)
     from fastq.cli.options import finish_user_options, send_preload_options
 
     parser = build_parser()

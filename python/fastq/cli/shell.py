@@ -44,8 +44,12 @@ def namespace(app: Fastq, with_tasks: bool = True) -> dict[str, Any]:
 
 
 def run(app: Fastq, args: argparse.Namespace) -> int:
-    if args.eventlet or args.gevent:
-        raise CommandError('--eventlet/--gevent: fastq has no green-thread pools (see fastq worker -P)')
+    if args.eventlet:
+        raise CommandError('--eventlet: fastq has no eventlet pool (see fastq worker -P)')
+    if args.gevent:  # (as Celery's: the shell's calls then wait cooperatively)
+        from gevent import monkey
+
+        monkey.patch_all()
     sys.path.insert(0, os.getcwd())
     names = namespace(app, not args.without_tasks)
     if args.python:

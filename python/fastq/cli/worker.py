@@ -38,7 +38,7 @@ def register(commands: Any) -> None:
         help='child processes (prefork) or threads (default: CPU count); with -P asyncio, tasks each child '
         'runs at once (default 100)',
     )
-    p.add_argument('-P', '--pool', help='prefork (default), asyncio, threads or solo')
+    p.add_argument('-P', '--pool', help='prefork (default), asyncio, threads, gevent or solo')
     p.add_argument(
         '--processes',
         type=int,

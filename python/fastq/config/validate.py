@@ -11,14 +11,12 @@ from fastq.exceptions import ImproperlyConfigured
 if TYPE_CHECKING:
     from fastq.config import Settings
 
-POOLS = ('prefork', 'asyncio', 'threads', 'solo')
+POOLS = ('prefork', 'asyncio', 'threads', 'gevent', 'solo')
 UNSUPPORTED_POOLS = {
-    'gevent': 'fastq has no gevent pool: write I/O-bound tasks as async def tasks and use -P asyncio (they run '
-    'natively on an event loop, no monkey-patching needed), or use -P threads',
     'eventlet': 'fastq has no eventlet pool (eventlet is deprecated upstream): write I/O-bound tasks as '
     'async def tasks and use -P asyncio, or use -P threads',
     'processes': '',
-    'custom': 'fastq has no custom pools: use prefork, asyncio, threads or solo',
+    'custom': 'fastq has no custom pools: use prefork, asyncio, threads, gevent or solo',
 }
 
 

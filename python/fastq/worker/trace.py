@@ -74,6 +74,11 @@ class Outcome:
         return cls(state, runtime, retval_repr, exc_repr, requeue, traceback=traceback)
 
 
+class Killed(BaseException):
+    """Raised into a running task by a pool that stops it in place (the gevent pool's time limit or revoke):
+    it leaves the task with no bookkeeping, as a killed process would, and the pool reports why."""
+
+
 class _Einfo:
     """Celery's ExceptionInfo, reduced: what hooks and signals receive as `einfo`."""
 
@@ -172,6 +177,8 @@ def execute(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], reque
 
                 retval = run_coroutine(retval)
         except BaseException as exc:
+            if type(exc) is Killed:
+                raise
             outcome = _on_exception(task, ctx, exc, args, kwargs, started)
         else:
             outcome = _on_success(task, ctx, retval, args, kwargs, started)

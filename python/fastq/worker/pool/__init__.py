@@ -1,5 +1,5 @@
 """Execution pools: where task bodies run. prefork (processes, the default), asyncio (event loops in
-processes), threads, solo."""
+processes), threads, gevent (greenlets), solo."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ def create_pool(kind: str, **kwargs: Any) -> Pool:
         from fastq.worker.pool.threads import ThreadPool
 
         return ThreadPool(**kwargs)
+    if kind == 'gevent':
+        from fastq.worker.pool.green import GeventPool
+
+        return GeventPool(**kwargs)
     if kind == 'solo':
         from fastq.worker.pool.solo import SoloPool
 
