@@ -7,6 +7,9 @@ fastq -A proj deadletter list       fastq -A proj inspect active / control revok
 fastq -A proj events --dump         fastq -A proj dashboard --port 5555 (task events: workers with -E)
 fastq -A proj multi start w1 w2 --pidfile=/run/fastq/%n.pid   (detached workers; stopwait, restart, kill)
 fastq -A proj shell                 (a Python shell with the app and its tasks)
+fastq -A proj migrate redis://old redis://new -a   (move waiting tasks to another broker)
+fastq -A proj list bindings         fastq logtool stats worker.log
+fastq -A proj amqp queue.declare foo   (RabbitMQ administration; a shell without arguments)
 fastq --version
 """
 
@@ -28,7 +31,23 @@ __all__ = ['main']
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastq.cli import beat, calling, control, dashboard, deadletter, events, multi, purge, shell, upgrade, worker
+    from fastq.cli import (
+        amqp,
+        beat,
+        bindings,
+        calling,
+        control,
+        dashboard,
+        deadletter,
+        events,
+        logtool,
+        migrate,
+        multi,
+        purge,
+        shell,
+        upgrade,
+        worker,
+    )
 
     parser = argparse.ArgumentParser(
         prog='fastq',
@@ -57,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.register(commands)
     shell.register(commands)
     upgrade.register(commands)
+    migrate.register(commands)
+    bindings.register(commands)
+    logtool.register(commands)
+    amqp.register(commands)
     return parser
 
 
