@@ -454,6 +454,15 @@ cdef class Connection:
             empty_amqp_pool(&pool)
         self._check_reply(channel)
 
+    def exchange_delete(self, int channel, str name, bint if_unused=False):
+        cdef bytes b_name = name.encode()
+        cdef amqp_bytes_t c_b_name
+        self._check_open()
+        c_b_name = amqp_b(b_name)
+        with nogil:
+            amqp_exchange_delete(self.conn, <uint16_t>channel, c_b_name, if_unused)
+        self._check_reply(channel)
+
     def exchange_bind(self, int channel, str destination, str source, str routing_key):
         cdef bytes b_dest = destination.encode(), b_src = source.encode(), b_key = routing_key.encode()
         cdef amqp_bytes_t c_b_dest, c_b_key, c_b_src
@@ -518,14 +527,14 @@ cdef class Connection:
         self._check_reply(channel)
         return ok.message_count
 
-    def queue_delete(self, int channel, str queue):
+    def queue_delete(self, int channel, str queue, bint if_unused=False, bint if_empty=False):
         cdef bytes b_queue = queue.encode()
         cdef amqp_queue_delete_ok_t *ok = NULL
         cdef amqp_bytes_t c_b_queue
         self._check_open()
         c_b_queue = amqp_b(b_queue)
         with nogil:
-            ok = amqp_queue_delete(self.conn, <uint16_t>channel, c_b_queue, 0, 0)
+            ok = amqp_queue_delete(self.conn, <uint16_t>channel, c_b_queue, if_unused, if_empty)
         self._check_reply(channel)
         return ok.message_count
 

@@ -290,6 +290,7 @@ cdef extern from "amqp_framing.h" nogil:
 
     ctypedef struct amqp_channel_open_ok_t
     ctypedef struct amqp_exchange_declare_ok_t
+    ctypedef struct amqp_exchange_delete_ok_t
     ctypedef struct amqp_exchange_bind_ok_t
     ctypedef struct amqp_queue_bind_ok_t
     ctypedef struct amqp_basic_qos_ok_t
@@ -301,6 +302,8 @@ cdef extern from "amqp_framing.h" nogil:
         amqp_connection_state_t state, amqp_channel_t channel, amqp_bytes_t exchange, amqp_bytes_t type,
         amqp_boolean_t passive, amqp_boolean_t durable, amqp_boolean_t auto_delete, amqp_boolean_t internal,
         amqp_table_t arguments)
+    amqp_exchange_delete_ok_t *amqp_exchange_delete(
+        amqp_connection_state_t state, amqp_channel_t channel, amqp_bytes_t exchange, amqp_boolean_t if_unused)
     amqp_exchange_bind_ok_t *amqp_exchange_bind(
         amqp_connection_state_t state, amqp_channel_t channel, amqp_bytes_t destination, amqp_bytes_t source,
         amqp_bytes_t routing_key, amqp_table_t arguments)

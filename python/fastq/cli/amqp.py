@@ -7,9 +7,6 @@ spelled as Celery's click reads them (1/0, true/false, yes/no, y/n, on/off). The
 connects again (a channel error leaves the channel closed), as Celery's does. One difference: a command
 that fails exits with status 1 (Celery's exits 0 whatever happened), so scripts can tell.
 
-Not available yet: `exchange.delete`, and `queue.delete` with if_unused or if_empty, which need methods
-fastq._amqp does not have (they are refused with an ERROR line, nothing is half done).
-
 It needs an AMQP broker: Celery's shell also drives kombu's emulation of AMQP on other transports, which
 fastq does not have (its Redis layout is kombu's, but declarations there are bindings, not objects).
 """
@@ -164,10 +161,7 @@ def _exchange_declare(shell: Shell, a: list[Any]) -> None:
 
 def _exchange_delete(shell: Shell, a: list[Any]) -> None:
     exchange, if_unused = a
-    delete = getattr(shell.connection, 'exchange_delete', None)
-    if delete is None:  # (fastq._amqp builds without exchange.delete: refused rather than half done)
-        raise ValueError("exchange.delete is not available in this build of fastq's AMQP client")
-    delete(CHANNEL, exchange, if_unused)
+    shell.connection.exchange_delete(CHANNEL, exchange, if_unused)
 
 
 def _queue_bind(shell: Shell, a: list[Any]) -> None:
@@ -183,9 +177,7 @@ def _queue_declare(shell: Shell, a: list[Any]) -> None:
 
 def _queue_delete(shell: Shell, a: list[Any]) -> None:
     queue, if_unused, if_empty = a
-    if if_unused or if_empty:
-        raise ValueError("queue.delete with if_unused or if_empty is not available in fastq's AMQP client")
-    out(f'{shell.connection.queue_delete(CHANNEL, queue)} messages deleted.')
+    out(f'{shell.connection.queue_delete(CHANNEL, queue, if_unused, if_empty)} messages deleted.')
 
 
 def _queue_purge(shell: Shell, a: list[Any]) -> None:
