@@ -100,3 +100,22 @@ def amqp_url(rabbit_server: object) -> str:
 
     assert isinstance(rabbit_server, RabbitServer)
     return rabbit_server.url(rabbit_server.vhost())
+
+
+@pytest.fixture(scope='session')
+def postgres_server() -> Iterator[object]:
+    """One real PostgreSQL cluster for the session, started on first use (tests isolate by database)."""
+    from tests.servers import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: object) -> str:
+    """A fresh database of this test's own on the session's PostgreSQL (`postgresql://` SQLAlchemy URL)."""
+    from tests.servers import PostgresServer
+
+    assert isinstance(postgres_server, PostgresServer)
+    return postgres_server.url(postgres_server.database())

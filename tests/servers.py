@@ -1,7 +1,8 @@
 """Real servers for the test suite, started on free loopback ports in temporary directories.
 
 One redis-server per test session (tests isolate themselves by database number or key prefix); restartable
-in place for broker-restart tests. Never binds anything but 127.0.0.1.
+in place for broker-restart tests. A RabbitMQ node and a PostgreSQL cluster likewise, started on first use.
+Never binds anything but 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -277,6 +278,115 @@ class RabbitServer:
         if tls:
             return f'amqps://guest:guest@localhost:{self.tls_port}/{quote(vhost, safe="")}'
         return f'amqp://guest:guest@127.0.0.1:{self.port}/{quote(vhost, safe="")}'
+
+    def close(self) -> None:
+        self.stop()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.dir)
+
+
+def postgres_bindir() -> Path | None:
+    """Where initdb and postgres are: on PATH, else Debian's /usr/lib/postgresql/<version>/bin (newest)."""
+    found = shutil.which('initdb')
+    if found is not None and shutil.which('postgres') is not None:
+        return Path(found).resolve().parent
+    versions = sorted(Path('/usr/lib/postgresql').glob('*/bin/postgres'), key=lambda p: int(p.parent.parent.name))
+    return versions[-1].parent if versions else None
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of our own: initdb in a temp dir, trust auth, listening on 127.0.0.1 only (its Unix
+    socket in that dir), durability off for speed. `database()` creates a fresh database for a test.
+
+    PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` user Debian's package
+    creates, as RabbitServer's node belongs to `rabbitmq`.
+    """
+
+    def __init__(self) -> None:
+        bindir = postgres_bindir()
+        if bindir is None:
+            raise RuntimeError('PostgreSQL is not installed (bash ci/install-deps.sh installs it)')
+        self.bindir = bindir
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix='fastq-pg-'))
+        self.data = self.dir / 'data'
+        self.logfile = self.dir / 'postgres.log'
+        self.user = 'postgres' if os.getuid() == 0 else None
+        if self.user is not None:
+            subprocess.run(['chown', '-R', f'{self.user}:', str(self.dir)], check=True)
+        self._databases = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._run(
+            [str(bindir / 'initdb'), '-D', str(self.data), '-U', 'postgres', '--auth=trust', '-E', 'UTF8',
+             '--locale=C', '--no-sync', '--no-instructions'],
+        )  # fmt: skip
+        self.start()
+
+    def _run(self, args: list[str]) -> None:
+        done = subprocess.run(args, cwd=self.dir, user=self.user, capture_output=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f'{args[0]} failed: {(done.stderr or done.stdout).decode(errors="replace")}')
+
+    def start(self) -> None:
+        settings = {
+            'listen_addresses': '127.0.0.1',
+            'port': str(self.port),
+            'unix_socket_directories': str(self.dir),
+            'fsync': 'off',
+            'synchronous_commit': 'off',
+            'full_page_writes': 'off',
+            'max_connections': '300',
+            'timezone': 'UTC',
+        }
+        args = [str(self.bindir / 'postgres'), '-D', str(self.data)]
+        for name, value in settings.items():
+            args += ['-c', f'{name}={value}']
+        with open(self.logfile, 'ab') as log:
+            self.proc = subprocess.Popen(args, cwd=self.dir, user=self.user, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.ping():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f'postgres did not start:\n{self.logfile.read_text(errors="replace")[-3000:]}')
+
+    def ping(self) -> bool:
+        done = subprocess.run(
+            [str(self.bindir / 'pg_isready'), '-q', '-h', '127.0.0.1', '-p', str(self.port), '-U', 'postgres'],
+            capture_output=True,
+            check=False,
+        )
+        return done.returncode == 0
+
+    def url(self, database: str = 'postgres', scheme: str = 'postgresql') -> str:
+        return f'{scheme}://postgres@127.0.0.1:{self.port}/{database}'
+
+    def execute(self, sql: str, database: str = 'postgres') -> None:
+        import psycopg
+
+        with psycopg.connect(
+            host='127.0.0.1', port=self.port, user='postgres', dbname=database, autocommit=True
+        ) as conn:
+            conn.execute(sql)
+
+    def database(self) -> str:
+        """A new empty database's name."""
+        self._databases += 1
+        name = f't{self._databases}_{os.urandom(3).hex()}'
+        self.execute(f'CREATE DATABASE {name}')
+        return name
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT: clients are disconnected), SIGKILL if it hangs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
     def close(self) -> None:
         self.stop()

@@ -19,6 +19,8 @@ if os.environ.get('CELERY_QUEUE_MAX_PRIORITY'):
 if os.environ.get('CELERY_DEFAULT_QUEUE_TYPE'):
     app.conf.task_default_queue_type = os.environ['CELERY_DEFAULT_QUEUE_TYPE']
     app.conf.task_default_exchange_type = os.environ.get('CELERY_DEFAULT_EXCHANGE_TYPE', 'direct')
+if os.environ.get('CELERY_RESULT_EXTENDED'):
+    app.conf.result_extended = True
 if os.environ.get('CELERY_CONTROL_EXCHANGE'):
     app.conf.control_exchange = os.environ['CELERY_CONTROL_EXCHANGE']
 app.conf.broker_transport_options = {

@@ -1,7 +1,7 @@
 """Chord joins: exactly one body per chord, whatever the duplicates, races and mix of Celery and fastq workers.
 
 The store tests drive each backend's `ChordStore` directly (memory: a lock; SQLite: one write transaction;
-Redis: Celery 5.7's Lua script); the part-return tests go through `Backend.on_chord_part_return`, as the worker
+Redis: Celery 5.7's Lua script; the database backend: the chord row's lock); the part-return tests go through `Backend.on_chord_part_return`, as the worker
 calls it, and count the bodies that reach the broker. On Redis, Celery's own backend returns some of the parts
 of the same chord, so the join is checked against the real thing.
 """
@@ -28,11 +28,16 @@ from fastq.exceptions import ChordError
 from fastq.task import Context
 
 
-@pytest.fixture(params=['memory', 'sqlite', 'redis'])
+@pytest.fixture(params=['memory', 'sqlite', 'redis', 'db+sqlite', 'db+postgresql'])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fastq]:
     if request.param == 'redis':
         url = request.getfixturevalue('redis_url')
         app = Fastq('j', broker=url, backend=url, set_as_current=False)
+    elif request.param.startswith('db+'):  # Celery's SQLAlchemy backend, with fastq's chord tables beside it
+        pytest.importorskip('sqlalchemy')
+        sqlite_url = f'sqlite:///{tmp_path}/r.db'
+        url = request.getfixturevalue('postgres_url') if 'postgres' in request.param else sqlite_url
+        app = Fastq('j', broker='memory://', backend=f'db+{url}', set_as_current=False)
     elif request.param == 'sqlite':
         app = Fastq(
             'j',

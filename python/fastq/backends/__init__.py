@@ -15,7 +15,9 @@ BACKENDS = {
     'memory': 'fastq.backends.memory:MemoryBackend',
     'cache+memory': 'fastq.backends.memory:MemoryBackend',
     'sqlite': 'fastq.backends.sqlite:SQLiteBackend',
-    'db+sqlite': 'fastq.backends.sqlite:SQLiteBackend',
+    # Celery's SQLAlchemy backend: `db+<any SQLAlchemy URL>`, or 'database'/'db' with database_url set
+    'db': 'fastq.backends.database:DatabaseBackend',
+    'database': 'fastq.backends.database:DatabaseBackend',
     'disabled': 'fastq.backends.base:DisabledBackend',
     'redis': 'fastq.backends.redis:RedisBackend',
     'rediss': 'fastq.backends.redis:RedisBackend',
@@ -33,6 +35,8 @@ def default_backend_url(directory: str | None = None) -> str:
 
 def backend_class(url: str) -> type[Backend]:
     scheme = url.partition('://')[0].lower() if '://' in url else url.lower()
+    if scheme.startswith('db+'):
+        scheme = 'db'
     cls: type[Backend] = resolve_scheme('result_backend', 'backend', scheme, BACKENDS, PLANNED)
     return cls
 

@@ -1,9 +1,9 @@
 """Result backend on a SQLite file: the default next to the embedded broker.
 
-URL: `sqlite:///results.db` (also `db+sqlite:///...`, the spelling Celery configs use). Results are Celery
-meta documents keyed by task id, expiring after `result_expires` (expired rows are invisible at once and
-deleted by a periodic sweep in writers). A waiting `get()` wakes on the doorbell `<file>-ring`, rung after
-each commit, so it sees a result within milliseconds without polling the table.
+URL: `sqlite:///results.db` (`db+sqlite:///...` is Celery's database backend, on Celery's tables:
+backends/database). Results are Celery meta documents keyed by task id, expiring after `result_expires`
+(expired rows are invisible at once and deleted by a periodic sweep in writers). A waiting `get()` wakes on the
+doorbell `<file>-ring`, rung after each commit, so it sees a result within milliseconds without polling.
 
 Groups saved with `GroupResult.save()` live in `groups`. A chord joins in `chords` (size, claim, done marker)
 and `chord_parts` (one row per header task and index): recording a part, counting, and claiming the right to
