@@ -145,6 +145,13 @@ class Fastq:
         self.user_options: defaultdict[str, set[Any]] = defaultdict(set)
         #: Custom bootsteps: 'worker' and 'consumer' (fastq.bootsteps), as Celery's.
         self.steps: defaultdict[str, set[Any]] = defaultdict(set)
+        # Celery's fixups: with DJANGO_SETTINGS_MODULE set, Django's (fastq.fixups.django), whose task class
+        # (DjangoTask: delay_on_commit) the app's tasks get unless it was given one.
+        from fastq.fixups.django import fixup as django_fixup
+
+        self.fixups = [f for f in (django_fixup(self),) if f is not None]
+        if task_cls is None and self.fixups:
+            task_cls = 'fastq.contrib.django.task:DjangoTask'
         base = symbol_by_name(task_cls) if task_cls else BaseTask
         self.Task = type('Task', (base,), {'abstract': True, '__module__': __name__})
         if broker:
