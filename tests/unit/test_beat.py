@@ -312,3 +312,31 @@ def test_two_services_one_leader_and_a_clean_handover(
         second.stop(wait=True)
     runs = [m.headers[RUN_HEADER] for m in drain(app)]
     assert len(runs) == len(set(runs))
+
+
+def test_backend_cleanup_is_scheduled_where_results_do_not_expire(tmp_path: Path) -> None:
+    """Celery's default entry: `celery.backend_cleanup` daily at 4:00 when results expire (`result_expires`)
+    but the backend does not expire them itself (the database backend), unless the schedule names it."""
+    pytest.importorskip('sqlalchemy')
+    db = Fastq('proj', broker='memory://', backend=f'db+sqlite:///{tmp_path}/r.db', set_as_current=False)
+    scheduler = Scheduler(db)
+    scheduler.setup()
+    entry = scheduler.entries['celery.backend_cleanup']
+    assert (entry.task, entry.schedule, entry.options['expires']) == (
+        'celery.backend_cleanup',
+        crontab('0', '4', '*'),
+        12 * 3600,
+    )
+    db.conf.beat_schedule = {'celery.backend_cleanup': {'task': 'celery.backend_cleanup', 'schedule': 60.0}}
+    scheduler.setup()
+    assert scheduler.entries['celery.backend_cleanup'].schedule == schedule(60.0)  # (the schedule's own wins)
+    db.conf.result_expires = None
+    db.conf.beat_schedule = {}
+    scheduler.setup()
+    assert 'celery.backend_cleanup' not in scheduler.entries
+    db.close()
+    redis_like = Fastq('proj', broker='memory://', backend='memory://', set_as_current=False)  # (expires itself)
+    scheduler = Scheduler(redis_like)
+    scheduler.setup()
+    assert 'celery.backend_cleanup' not in scheduler.entries
+    redis_like.close()

@@ -82,6 +82,8 @@ class Backend(abc.ABC):
     polling = True
     persistent = True
     supports_native_join = False
+    #: Whether results expire by themselves (`result_expires`); else beat schedules `celery.backend_cleanup`.
+    supports_autoexpire = True
     #: How this backend joins chords (see `backends/chords.py`); None: Celery's `celery.chord_unlock` polling.
     chord_store: ChordStore | None = None
 

@@ -63,6 +63,7 @@ class Scheduler:
         """Read `beat_schedule` and each entry's last run from the schedule file (again on becoming leader,
         since another beat may have sent runs meanwhile from the same file)."""
         entries = entries_from_config(self.app, self.app.conf.beat_schedule or {})
+        entries.update(self._default_entries(entries))
         if self.store is not None:
             stored = self.store.load()
             for name, entry in entries.items():
@@ -71,6 +72,26 @@ class Scheduler:
             self.store.keep_only(set(entries))
         self.entries = entries
         self._retry_at.clear()
+
+    def _default_entries(self, entries: Mapping[str, ScheduleEntry]) -> dict[str, ScheduleEntry]:
+        """Celery's: with `result_expires` and a backend whose results do not expire by themselves (the
+        database backend), `celery.backend_cleanup` every day at 4:00, unless the schedule has it."""
+        from fastq.backends.base import DisabledBackend
+        from fastq.schedules import crontab
+
+        if 'celery.backend_cleanup' in entries or not self.app.conf.result_expires:
+            return {}
+        backend = self.app.backend
+        if backend.supports_autoexpire or isinstance(backend, DisabledBackend):
+            return {}
+        entry = ScheduleEntry(
+            name='celery.backend_cleanup',
+            app=self.app,
+            task='celery.backend_cleanup',
+            schedule=crontab('0', '4', '*'),
+            options={'expires': 12 * 3600},
+        )
+        return {entry.name: entry}
 
     def tick(self) -> float:
         """Send every due entry; returns the seconds until the schedule should be looked at again."""

@@ -93,6 +93,7 @@ class _RowAppeared(Exception):
 
 class DatabaseBackend(Backend):
     polling = True
+    supports_autoexpire = False  # (rows carry no expiry: beat schedules celery.backend_cleanup, as Celery's)
 
     def __init__(self, app: Fastq, url: str | None = None) -> None:
         super().__init__(app, url)
