@@ -272,8 +272,11 @@ class Node:
         return True
 
     def alive(self, pid: int) -> bool:
-        """The worker `pid` still runs, and its pidfile still names it (the worker removes it as it exits)."""
-        return self.pid == pid and pid_alive(pid)
+        """The worker `pid` still runs (as Celery's: until the process is gone, not only its pidfile, which the
+        worker removes before it has finished exiting), unless its pidfile names another process now (the pid
+        was reused by a node started since)."""
+        current = self.pid
+        return (current is None or current == pid) and pid_alive(pid)
 
     def __repr__(self) -> str:
         return f'<Node: {self.name}>'
