@@ -26,6 +26,16 @@ def test_tasks_run_in_greenlets_at_once(tasks: Any, worker: Any, tmp_path: Path)
     assert sorted(r.get(timeout=60) for r in results) == sorted(f'k{i}' for i in range(20))
     kinds = [line.split()[0] for line in lines(out)]
     assert kinds == ['start'] * 20 + ['done'] * 20  # all twenty slept at once, in one process
+    # pool_grow / pool_shrink change how many greenlets run at once, as Celery's gevent pool
+    assert tasks.app.control.pool_grow(5, reply=True, timeout=5)[0]
+    wait_until(lambda: _max_concurrency(tasks) == 25, 30, 'grown to 25')
+    tasks.app.control.pool_shrink(10, reply=True, timeout=5)
+    wait_until(lambda: _max_concurrency(tasks) == 15, 30, 'shrunk to 15')
+
+
+def _max_concurrency(tasks: Any) -> int | None:
+    stats = tasks.app.control.inspect(timeout=2).stats() or {}
+    return next((s['pool']['max-concurrency'] for s in stats.values()), None)
 
 
 def test_time_limits_and_terminate(tasks: Any, worker: Any) -> None:

@@ -312,18 +312,24 @@ class WorkController:
             self.blueprint.stop(self, terminate=terminate)
 
     def resize_pool(self, delta: int) -> int:
-        """Grow (delta > 0) or shrink the prefork pool, in the loop's thread; the prefetch window follows
-        (processes x multiplier) unless the autoscaler fixed it for its largest size. Returns the change."""
+        """Grow (delta > 0) or shrink the prefork pool (or the gevent pool's greenlet limit, as Celery's), in
+        the loop's thread; the prefetch window follows (size x multiplier) unless the autoscaler fixed it for
+        its largest size. Returns the change."""
+        from fastq.worker.pool.green import GeventPool
         from fastq.worker.pool.prefork import PreforkPool
 
         pool = self.pool
-        if not isinstance(pool, PreforkPool) or pool.name != 'prefork':
+        if isinstance(pool, GeventPool):
+            changed = pool.resize(delta)
+            self.concurrency = size = pool.concurrency
+        elif isinstance(pool, PreforkPool) and pool.name == 'prefork':
+            changed = pool.grow(delta) if delta > 0 else -pool.shrink(-delta)
+            self.concurrency = self.processes = size = pool.processes
+        else:
             raise ValueError(f'the {self.pool_name} pool cannot be resized')
-        changed = pool.grow(delta) if delta > 0 else -pool.shrink(-delta)
-        self.concurrency = self.processes = pool.processes
         dispatcher = self.dispatcher
         if self.autoscale is None and dispatcher is not None and self.multiplier:
-            self.window = pool.processes * self.multiplier
+            self.window = size * self.multiplier
             dispatcher.base_window = self.window
             dispatcher.ledger.window = dispatcher._window()
             if self.consumer is not None:

@@ -108,6 +108,13 @@ class GeventPool(Pool):
         else:
             self.on_lost(job, 'greenlet exited')
 
+    def resize(self, delta: int) -> int:
+        """`pool_grow`/`pool_shrink`: more or fewer greenlets at once (never under one); running ones finish.
+        Returns the change."""
+        size = max(1, self.concurrency + delta)
+        changed, self.concurrency = size - self.concurrency, size
+        return changed
+
     def active(self) -> list[Job]:
         return list(self._active.values())
 
