@@ -22,6 +22,7 @@ from fastq.task import Task as BaseTask
 from fastq.task import build_task_class
 from fastq.utils.imports import module_names, module_or_symbol, symbol_by_name
 from fastq.utils.nodenames import anon_nodename, oid_from
+from fastq.utils.text import saferepr
 from fastq.utils.time import get_timezone
 
 if TYPE_CHECKING:
@@ -189,7 +190,7 @@ class Fastq:
 
         With `namespace='CELERY'` only names prefixed `CELERY_` are read (Django's settings module).
         """
-        namespace = namespace or self.namespace
+        namespace = self.namespace = namespace or self.namespace  # (kept, as Celery keeps it: extensions read it)
 
         def load() -> dict[str, Any]:
             try:
@@ -605,6 +606,8 @@ class Fastq:
         """Send a task by name (it need not be registered here); returns its `AsyncResult`."""
         from fastq.sending import send_keywords, send_task_message
 
+        if isinstance(args, list) and options.get('argsrepr') is None:  # (Celery's shows a list as a list)
+            options['argsrepr'] = saferepr(args)
         kw = send_keywords(locals(), options)
         return send_task_message(self, name, tuple(args or ()), dict(kwargs or {}), task_type, kw, options)
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar
 from fastq import _state, states
 from fastq.exceptions import MaxRetriesExceededError, OperationalError, Retry
 from fastq.utils.functional import as_list
+from fastq.utils.text import saferepr
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -406,6 +407,8 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> AsyncResult[R]:
         """Send the task; options are Celery's (countdown, eta, expires, queue, priority, serializer, ...)."""
+        if isinstance(args, list) and options.get('argsrepr') is None:  # (Celery's shows a list as a list)
+            options['argsrepr'] = saferepr(args)
         args, kwargs = self._checked_call(args, kwargs)
         app = self.app
         if app.conf.task_always_eager:

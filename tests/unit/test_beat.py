@@ -252,7 +252,7 @@ def test_other_schedulers_are_refused_clearly(app: Fastq, capsys: pytest.Capture
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert "beat_scheduler: 'django_celery_beat.schedulers:DatabaseScheduler' is not available in fastq" in err
-    app.conf.beat_scheduler = 'redbeat.RedBeatScheduler'
+    app.conf.beat_scheduler = 'collections:OrderedDict'  # (not a scheduler class)
     with pytest.raises(ImproperlyConfigured):
         Service(app)
 

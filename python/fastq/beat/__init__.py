@@ -5,6 +5,7 @@
     store.py      ScheduleStore: the schedule file (-s) keeping last runs across restarts (SQLite, WAL)
     lock.py       LeaderLock: one leading beat per app and broker, the others standing by
     service.py    Service / EmbeddedService: the loop, standalone or in a worker thread
+    hosted.py     HostedScheduler: a Celery scheduler class (django-celery-beat's ...) run by that loop
 
 Schedules themselves (`schedule`, `crontab`, `solar`) live in `fastq.schedules`, where Celery keeps them.
 """

@@ -189,13 +189,22 @@ class Scheduler:
         headers['celery_beat_task'] = True
         headers[RUN_HEADER] = run
         task = self.app.tasks.get(entry.task)
+        listed = list(args)  # (as Celery's beat passes them: the message's argsrepr shows a list)
         if task is not None:
-            return task.apply_async(args, kwargs, headers=headers, **options)
-        return self.app.send_task(entry.task, args, kwargs, headers=headers, **options)
+            return task.apply_async(listed, kwargs, headers=headers, **options)
+        return self.app.send_task(entry.task, listed, kwargs, headers=headers, **options)
+
+    def standby(self) -> None:
+        """Another beat leads now: nothing to let go of (each run's claim and the schedule file already say
+        what this one sent)."""
 
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
+
+    @property
+    def label(self) -> str:
+        return f'{type(self).__module__}.{type(self).__qualname__}'
 
     @property
     def info(self) -> str:

@@ -2,7 +2,8 @@
 
 `Service.start()` runs it in the calling thread until `stop()` (from a signal handler or another thread):
 `fastq beat` runs it in its main thread, and `fastq worker -B` in a thread of the worker (`EmbeddedService`),
-started after the pool has forked its children.
+started after the pool has forked its children. The scheduler it ticks is fastq's, or a Celery scheduler class
+(django-celery-beat's DatabaseScheduler, RedBeat's) hosted by `fastq.beat.hosted`, under the same leader lock.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fastq import signals
+from fastq.beat.hosted import HostedScheduler, celery_scheduler_class
 from fastq.beat.lock import LeaderLock
 from fastq.beat.scheduler import Scheduler
 from fastq.beat.store import ScheduleStore
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from fastq.app import Fastq
     from fastq.brokers.base import Broker
 
-__all__ = ['SCHEDULER_NAMES', 'EmbeddedService', 'Service', 'check_scheduler']
+__all__ = ['SCHEDULER_NAMES', 'EmbeddedService', 'Service', 'check_scheduler', 'make_scheduler']
 
 logger = logging.getLogger('celery.beat')
 
@@ -42,9 +44,10 @@ SCHEDULER_NAMES = frozenset(
 )
 
 
-def check_scheduler(value: Any) -> type[Scheduler]:
-    """The scheduler class `beat_scheduler`/`--scheduler` names: fastq's, or a subclass of it (by class or
-    'module:Name'); schedulers fastq does not have (django-celery-beat's, RedBeat ...) fail clearly."""
+def check_scheduler(value: Any) -> type[Any]:
+    """The scheduler class `beat_scheduler`/`--scheduler` names (a class, 'module:Name', or an alias of the
+    `celery.beat_schedulers` entry points, as `-S django`): fastq's, a subclass of it, or a Celery scheduler
+    class, which fastq's beat hosts (fastq.beat.hosted). Anything else fails, naming the value and why."""
     if value is None or (isinstance(value, str) and value in SCHEDULER_NAMES):
         return Scheduler
     candidate = value
@@ -52,17 +55,39 @@ def check_scheduler(value: Any) -> type[Scheduler]:
         from fastq.utils.imports import symbol_by_name
 
         try:
-            candidate = symbol_by_name(value)
-        except (ImportError, AttributeError, ValueError):
-            candidate = None
-    if isinstance(candidate, type) and issubclass(candidate, Scheduler):
+            candidate = symbol_by_name(_scheduler_aliases().get(value, value))
+        except Exception as exc:  # (a Django project's scheduler raises Django's errors when Django is not set up)
+            raise ImproperlyConfigured(
+                f'beat_scheduler: {value!r} is not available in fastq beat: importing it raised '
+                f'{type(exc).__name__}: {exc}'
+            ) from exc
+    if isinstance(candidate, type) and (issubclass(candidate, Scheduler) or celery_scheduler_class(candidate)):
         return candidate
     raise ImproperlyConfigured(
-        f'beat_scheduler: {value!r} is not available in fastq. fastq runs its own scheduler '
-        '(fastq.beat:Scheduler, also named celery.beat:PersistentScheduler): entries come from beat_schedule '
-        'and app.add_periodic_task, last runs are kept in the -s file, and a leader lock in the broker lets '
-        'several beats run safely.'
+        f'beat_scheduler: {value!r} is not available in fastq beat: it is neither fastq.beat:Scheduler (nor a '
+        'subclass) nor a Celery scheduler class (a celery.beat.Scheduler subclass, which fastq hosts).'
     )
+
+
+def _scheduler_aliases() -> dict[str, str]:
+    """Short names schedulers register for `celery beat -S` (django-celery-beat: `django`)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group='celery.beat_schedulers')}
+
+
+def make_scheduler(
+    app: Fastq, value: Any, schedule_filename: str, max_interval: float | None, embedded: bool
+) -> Scheduler | HostedScheduler:
+    """fastq's scheduler with its schedule file, or a hosted Celery one. A scheduler class other than
+    fastq's may import the project's models (django-celery-beat's do), so the app's modules are imported
+    first, which sets Django up as `celery beat` does before it loads the scheduler."""
+    if not (value is None or (isinstance(value, str) and value in SCHEDULER_NAMES)):
+        app.finalize()
+    cls = check_scheduler(value)
+    if issubclass(cls, Scheduler):
+        return cls(app, ScheduleStore(schedule_filename), max_interval)
+    return HostedScheduler(app, cls, schedule_filename, max_interval, embedded=embedded)
 
 
 class Service:
@@ -79,14 +104,14 @@ class Service:
         remote_control: bool | None = None,
         hostname: str | None = None,
     ) -> None:
-        cls = check_scheduler(scheduler_cls if scheduler_cls is not None else app.conf.beat_scheduler)
         self.app = app
         self.schedule_filename = schedule_filename or app.conf.beat_schedule_filename
         self.embedded = embedded
         self.lock_timeout = float(lock_timeout or app.conf.beat_lock_timeout)
         if self.lock_timeout <= 0:
             raise ImproperlyConfigured(f'beat_lock_timeout: must be more than 0 seconds, got {self.lock_timeout}')
-        self.scheduler = cls(app, ScheduleStore(self.schedule_filename), max_interval)
+        value = scheduler_cls if scheduler_cls is not None else app.conf.beat_scheduler
+        self.scheduler = make_scheduler(app, value, self.schedule_filename, max_interval, embedded)
         self.lock: LeaderLock | None = None
         self.leader = False
         self._stop = threading.Event()
@@ -180,6 +205,8 @@ class Service:
             self.leader = lock.acquire()
         except Exception as exc:
             self.leader = False
+            if was_leader:
+                self.scheduler.standby()
             logger.error('beat: Cannot reach %s for the leader lock: %s', broker.describe(), exc)
             return
         if self.leader and not was_leader:
@@ -189,6 +216,7 @@ class Service:
             self.scheduler.setup()
             self._standby_said = False
         elif not self.leader and was_leader:
+            self.scheduler.standby()
             logger.warning('beat: Lost the leader lock to %s: standing by.', lock.holder_now() or 'another beat')
         elif not self.leader and not self._standby_said:
             self._standby_said = True

@@ -32,7 +32,11 @@ def register(commands: Any) -> None:
     p.add_argument(
         '-s', '--schedule', help='path to the schedule file (default: beat_schedule_filename, celerybeat-schedule)'
     )
-    p.add_argument('-S', '--scheduler', help='scheduler class (fastq has its own: fastq.beat:Scheduler)')
+    p.add_argument(
+        '-S',
+        '--scheduler',
+        help="scheduler class: fastq's (fastq.beat:Scheduler), or a Celery one such as django-celery-beat's",
+    )
     p.add_argument('--max-interval', type=int, help='max seconds to sleep between schedule iterations')
     p.add_argument('-n', '--hostname', help="beat's node name for remote control (default celerybeat@%%h)")
     p.add_argument(
@@ -60,7 +64,7 @@ def banner(app: Fastq, service: Service, loglevel: str, logfile: str | None) -> 
         f'LocalTime -> {datetime.now().replace(microsecond=0)}',
         'Configuration ->',
         f'    . broker -> {app.broker.describe()}',
-        f'    . scheduler -> {type(scheduler).__module__}.{type(scheduler).__qualname__}',
+        f'    . scheduler -> {scheduler.label}',
         scheduler.info,
         f'    . logfile -> {logfile or "[stderr]"}@%{loglevel}',
         f'    . maxinterval -> {humanize_seconds(max_interval)} ({max_interval:g}s)',
