@@ -10,6 +10,8 @@ APT_PACKAGES=(
   librabbitmq-dev zlib1g-dev libbz2-dev pkg-config sqlite3 openssl
   # servers started by the tests on 127.0.0.1
   redis-server rabbitmq-server
+  # memcached for the cache result backend's tests (tests/servers.py runs its own on a free port)
+  memcached
   # PostgreSQL for the database result backend's tests (tests/servers.py runs initdb and postgres itself)
   postgresql
   # headless browser for the dashboard test (Selenium drives /usr/bin/chromium through /usr/bin/chromedriver)

@@ -119,3 +119,23 @@ def postgres_url(postgres_server: object) -> str:
 
     assert isinstance(postgres_server, PostgresServer)
     return postgres_server.url(postgres_server.database())
+
+
+@pytest.fixture(scope='session')
+def memcached_server() -> Iterator[object]:
+    """One real memcached for the session, started on first use (tests keep apart by their own ids)."""
+    from tests.servers import MemcachedServer
+
+    server = MemcachedServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def memcached_url(memcached_server: object) -> str:
+    """The session's memcached as a result backend URL, emptied for this test (`cache+memcached://...`)."""
+    from tests.servers import MemcachedServer
+
+    assert isinstance(memcached_server, MemcachedServer)
+    memcached_server.flush()
+    return memcached_server.url()

@@ -1,7 +1,8 @@
 """Real servers for the test suite, started on free loopback ports in temporary directories.
 
 One redis-server per test session (tests isolate themselves by database number or key prefix); restartable
-in place for broker-restart tests. A RabbitMQ node and a PostgreSQL cluster likewise, started on first use.
+in place for broker-restart tests. A RabbitMQ node, a PostgreSQL cluster and a memcached likewise, started on
+first use.
 Never binds anything but 127.0.0.1.
 """
 
@@ -114,6 +115,58 @@ class RedisServer:
         self.stop()
         with contextlib.suppress(OSError):
             shutil.rmtree(self.dir)
+
+
+class MemcachedServer:
+    """A memcached of our own on a free loopback port (`-U 0`: no UDP). `url()` is the result backend URL;
+    `flush()` empties it between tests. As root, memcached wants a user to run as: `-u root` keeps it ours."""
+
+    def __init__(self, memory_mb: int = 64) -> None:
+        binary = shutil.which('memcached')
+        if binary is None:
+            raise RuntimeError('memcached is not installed (bash ci/install-deps.sh installs it)')
+        self.port = free_port()
+        args = [binary, '-l', '127.0.0.1', '-p', str(self.port), '-U', '0', '-m', str(memory_mb)]
+        if os.getuid() == 0:
+            args += ['-u', 'root']
+        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self._command(b'version\r\n').startswith(b'VERSION'):
+                return
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read() if self.proc.stderr else b''
+                raise RuntimeError(f'memcached exited: {err.decode(errors="replace")}')
+            time.sleep(0.02)
+        raise RuntimeError('memcached did not start')
+
+    def _command(self, line: bytes) -> bytes:
+        try:
+            with socket.create_connection(('127.0.0.1', self.port), timeout=2) as s:
+                s.sendall(line)
+                return s.recv(256)
+        except OSError:
+            return b''
+
+    def url(self) -> str:
+        return f'cache+memcached://127.0.0.1:{self.port}/'
+
+    def flush(self) -> None:
+        if not self._command(b'flush_all\r\n').startswith(b'OK'):
+            raise RuntimeError('memcached did not flush')
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
 
 
 class DatabasePool:

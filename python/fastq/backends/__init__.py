@@ -24,6 +24,16 @@ BACKENDS = {
     'redis+socket': 'fastq.backends.redis:RedisBackend',
     'sentinel': 'fastq.backends.redis:SentinelBackend',
     'rpc': 'fastq.backends.rpc:RPCBackend',
+    # django-celery-results' backends: its tables through its models, Celery's cache keys in Django's cache
+    'django-db': 'fastq.backends.django.database:DjangoDatabaseBackend',
+    'django-cache': 'fastq.backends.django.cache:DjangoCacheBackend',
+    # Celery's cache backend on memcached (pymemcache); bare 'cache' takes the servers from cache_backend
+    'cache': 'fastq.backends.cache:CacheBackend',
+    'cache+memcached': 'fastq.backends.cache:CacheBackend',
+    'cache+memcache': 'fastq.backends.cache:CacheBackend',
+    'cache+pymemcache': 'fastq.backends.cache:CacheBackend',
+    'cache+pylibmc': 'fastq.backends.cache:CacheBackend',
+    'file': 'fastq.backends.filesystem:FilesystemBackend',
 }
 PLANNED: dict[str, str] = {}
 DEFAULT_RESULTS_FILE = 'fastq-results.sqlite3'
