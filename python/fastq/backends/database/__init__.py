@@ -35,7 +35,6 @@ backend ignores chord parts), so such a chord's header tasks must run on fastq w
 
 from __future__ import annotations
 
-import asyncio
 import pickle
 import threading
 import time
@@ -46,8 +45,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastq import states
-from fastq.backends.base import Backend
-from fastq.exceptions import BackendGetMetaError, BackendStoreError, ImproperlyConfigured, TimeoutError
+from fastq.backends.polling import PollingBackend
+from fastq.exceptions import BackendGetMetaError, BackendStoreError, ImproperlyConfigured
 
 try:
     import sqlalchemy as sa
@@ -74,7 +73,6 @@ __all__ = ['DatabaseBackend']
 T = TypeVar('T')
 
 #: `get()` looks again after 5 ms, then twice as long each time, up to its `interval`.
-FIRST_POLL = 0.005
 #: What Celery's database backend retries by default (`result_backend_max_retries` unset).
 DEFAULT_MAX_RETRIES = 3
 #: The columns `result_extended` adds to the meta document, in Celery's order.
@@ -91,8 +89,7 @@ class _RowAppeared(Exception):
     """Another writer inserted the row between our UPDATE and INSERT (dialects without an upsert): go again."""
 
 
-class DatabaseBackend(Backend):
-    polling = True
+class DatabaseBackend(PollingBackend):
     supports_autoexpire = False  # (rows carry no expiry: beat schedules celery.backend_cleanup, as Celery's)
 
     def __init__(self, app: Fastq, url: str | None = None) -> None:
@@ -316,53 +313,6 @@ class DatabaseBackend(Backend):
         if isinstance(data['date_done'], datetime):
             data['date_done'] = data['date_done'].replace(tzinfo=UTC).isoformat()
         return self.encode(data)
-
-    def wait_for(
-        self,
-        task_id: str,
-        timeout: float | None = None,
-        interval: float = 0.5,
-        on_interval: Callable[[], Any] | None = None,
-        sent_at: float | None = None,
-        on_message: Callable[[dict[str, Any]], Any] | None = None,
-    ) -> dict[str, Any]:
-        """Poll until the task is ready: soon at first (most tasks are short), then every `interval`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = FIRST_POLL
-        while True:
-            meta = self.get_task_meta(task_id)
-            if meta['status'] in states.READY_STATES:
-                return meta
-            if on_interval is not None:
-                on_interval()
-            wait = delay
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError('The operation timed out.')
-                wait = min(wait, remaining)
-            time.sleep(wait)
-            delay = min(delay * 2, max(interval, FIRST_POLL))
-
-    async def await_for(
-        self, task_id: str, timeout: float | None = None, interval: float = 0.5, sent_at: float | None = None
-    ) -> dict[str, Any]:
-        """`wait_for` on the event loop: each read in the default executor, the pauses on the loop."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        delay = FIRST_POLL
-        while True:
-            meta = await loop.run_in_executor(None, self.get_task_meta, task_id)
-            if meta['status'] in states.READY_STATES:
-                return meta
-            wait = delay
-            if deadline is not None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise TimeoutError('The operation timed out.')
-                wait = min(wait, remaining)
-            await asyncio.sleep(wait)
-            delay = min(delay * 2, max(interval, FIRST_POLL))
 
     # --- groups --------------------------------------------------------------------------------------------
 

@@ -43,14 +43,12 @@ import asyncio
 import base64
 import binascii
 import json
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fastq import states
-from fastq.backends.base import Backend
-from fastq.exceptions import DecodeError, ImproperlyConfigured, TimeoutError
+from fastq.backends.polling import PollingBackend
+from fastq.exceptions import DecodeError, ImproperlyConfigured
 
 try:
     import django_celery_results  # noqa: F401
@@ -71,7 +69,6 @@ if TYPE_CHECKING:
 __all__ = ['DjangoDatabaseBackend']
 
 #: `get()` looks again after 5 ms, then twice as long each time, up to its `interval`.
-FIRST_POLL = 0.005
 #: Rounds of "update, else insert" before an IntegrityError is taken for a real one.
 UPSERT_ATTEMPTS = 5
 #: The columns `get_task_meta` reads (TaskResult.as_dict's, and how to decode them).
@@ -81,8 +78,7 @@ COLUMNS = (
 )  # fmt: skip
 
 
-class DjangoDatabaseBackend(Backend):
-    polling = True
+class DjangoDatabaseBackend(PollingBackend):
     supports_autoexpire = False  # (beat schedules celery.backend_cleanup, as for Celery's)
 
     def __init__(self, app: Fastq, url: str | None = None) -> None:
@@ -245,58 +241,10 @@ class DjangoDatabaseBackend(Backend):
             data['date_done'] = (date_done if date_done.tzinfo else date_done.replace(tzinfo=UTC)).isoformat()
         return self.encode(data)
 
-    def wait_for(
-        self,
-        task_id: str,
-        timeout: float | None = None,
-        interval: float = 0.5,
-        on_interval: Callable[[], Any] | None = None,
-        sent_at: float | None = None,
-        on_message: Callable[[dict[str, Any]], Any] | None = None,
-        managed: bool | None = None,
-    ) -> dict[str, Any]:
-        """Poll until the task is ready: soon at first (most tasks are short), then every `interval`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = FIRST_POLL
-        while True:
-            meta = self.get_task_meta(task_id, managed=managed)
-            if meta['status'] in states.READY_STATES:
-                return meta
-            if on_interval is not None:
-                on_interval()
-            wait = delay
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError('The operation timed out.')
-                wait = min(wait, remaining)
-            time.sleep(wait)
-            delay = min(delay * 2, max(interval, FIRST_POLL))
-
     async def aget_task_meta(self, task_id: str) -> dict[str, Any]:
         """In the loop's executor, whose threads close their connections after each read (nobody else would)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, lambda: self.get_task_meta(task_id, managed=True))
-
-    async def await_for(
-        self, task_id: str, timeout: float | None = None, interval: float = 0.5, sent_at: float | None = None
-    ) -> dict[str, Any]:
-        """`wait_for` on the event loop: each read in the default executor, the pauses on the loop."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        delay = FIRST_POLL
-        while True:
-            meta = await self.aget_task_meta(task_id)
-            if meta['status'] in states.READY_STATES:
-                return meta
-            wait = delay
-            if deadline is not None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise TimeoutError('The operation timed out.')
-                wait = min(wait, remaining)
-            await asyncio.sleep(wait)
-            delay = min(delay * 2, max(interval, FIRST_POLL))
 
     # --- groups --------------------------------------------------------------------------------------------
 
