@@ -72,7 +72,8 @@ def test_idle_round_trips_are_run_by_the_child_holding_the_lead(tasks: Any, work
     _lent(tasks)
     pids |= {tasks.pid.delay().get(timeout=30) for _ in range(30)}
     assert [tasks.add.delay(i, i).get(timeout=30) for i in range(300)] == [i + i for i in range(300)]
-    assert _pool(tasks)['lead-holder'] in pids | {holder}
+    # (lent again once idle: on a loaded machine the parent may still hold it back for a moment)
+    wait_until(lambda: _pool(tasks)['lead-holder'] in pids | {holder}, message='the lead lent to a child')
     loans = _pool(tasks)['lead-loans']
     assert [tasks.late_add.delay(i, 2).get(timeout=30) for i in range(50)] == [i + 2 for i in range(50)]
     wait_until(lambda: _reservations(urls) == (0, 0), message='every reservation acked')
