@@ -22,8 +22,9 @@ step 'rust tests'
 (cd rust && cargo test --quiet)
 
 step 'pytest'
-# Three test processes on the two cores: most of a test's time is spent waiting on worker processes and
-# servers, so this roughly halves the run. Each process starts its own session servers (Redis, RabbitMQ).
-python -m pytest -q -p no:cacheprovider -n "${PYTEST_PROCESSES:-3}" --dist loadfile "$@"
+# Two test processes, one a core: most of a test's time is spent waiting on worker processes and
+# servers, so this shortens the run by a third; three were faster still but made tests that wait on a busy
+# worker miss their marks. Each process starts its own session servers (Redis, RabbitMQ, PostgreSQL).
+python -m pytest -q -p no:cacheprovider -n "${PYTEST_PROCESSES:-2}" --dist loadfile "$@"
 
 step 'done'
