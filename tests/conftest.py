@@ -139,3 +139,46 @@ def memcached_url(memcached_server: object) -> str:
     assert isinstance(memcached_server, MemcachedServer)
     memcached_server.flush()
     return memcached_server.url()
+
+
+@pytest.fixture(scope='session')
+def sqs_server() -> Iterator[object]:
+    """moto's SQS server for the session, started on first use (tests keep apart by queue-name prefix). The
+    dummy AWS_* variables stay set for the session, so no boto3 client here or in a worker reaches AWS."""
+    pytest.importorskip('boto3')
+    pytest.importorskip('moto.server')
+    from tests.servers import AWS_TEST_ENV, SQSServer
+
+    saved = {name: os.environ.get(name) for name in AWS_TEST_ENV}
+    os.environ.update(AWS_TEST_ENV)
+    server = SQSServer()
+    yield server
+    server.close()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def sqs_options(sqs_server: object) -> dict[str, object]:
+    """broker_transport_options for this test: a queue-name prefix of its own, quick polls and redelivery."""
+    from tests.servers import SQSServer
+
+    assert isinstance(sqs_server, SQSServer)
+    return {
+        'queue_name_prefix': sqs_server.prefix(),
+        'region': 'us-east-1',
+        'wait_time_seconds': 1,
+        'polling_interval': 0,
+        'visibility_timeout': 30,
+    }
+
+
+@pytest.fixture
+def sqs_url(sqs_server: object) -> str:
+    from tests.servers import SQSServer
+
+    assert isinstance(sqs_server, SQSServer)
+    return sqs_server.url()

@@ -117,6 +117,89 @@ class RedisServer:
             shutil.rmtree(self.dir)
 
 
+#: What boto3 sees in the tests: dummy credentials and no config files, so nothing can reach AWS (every client
+#: is also given the moto server's endpoint).
+AWS_TEST_ENV = {
+    'AWS_ACCESS_KEY_ID': 'testing',
+    'AWS_SECRET_ACCESS_KEY': 'testing',
+    'AWS_SESSION_TOKEN': 'testing',
+    'AWS_DEFAULT_REGION': 'us-east-1',
+    'AWS_CONFIG_FILE': os.devnull,
+    'AWS_SHARED_CREDENTIALS_FILE': os.devnull,
+    'AWS_EC2_METADATA_DISABLED': 'true',
+}
+
+
+class SQSServer:
+    """moto's standalone server (`python -m moto.server`) as a local SQS: `url()` for brokers, `client()` to look.
+
+    One per session; tests keep apart by `queue_name_prefix` (`prefix()`). Credentials are dummies (moto takes
+    any): the URL's host is the endpoint, so boto3 never resolves an AWS one.
+    """
+
+    def __init__(self) -> None:
+        import sys
+
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix='fastq-sqs-'))
+        with open(self.dir / 'moto.log', 'wb') as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **AWS_TEST_ENV},
+            )
+        self._count = 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.ping():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f'moto server exited: {(self.dir / "moto.log").read_text(errors="replace")}')
+            time.sleep(0.05)
+        raise RuntimeError('moto server did not start')
+
+    @property
+    def endpoint(self) -> str:
+        return f'http://127.0.0.1:{self.port}'
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(('127.0.0.1', self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def url(self) -> str:
+        return f'sqs://testing:testing@127.0.0.1:{self.port}'
+
+    def prefix(self) -> str:
+        """A queue-name prefix no other test uses."""
+        self._count += 1
+        return f't{os.getpid()}-{self._count}-'
+
+    def client(self) -> object:
+        import boto3
+
+        return boto3.client(
+            'sqs',
+            region_name='us-east-1',
+            endpoint_url=self.endpoint,
+            aws_access_key_id='testing',
+            aws_secret_access_key='testing',
+        )
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class MemcachedServer:
     """A memcached of our own on a free loopback port (`-U 0`: no UDP). `url()` is the result backend URL;
     `flush()` empties it between tests. As root, memcached wants a user to run as: `-u root` keeps it ours."""

@@ -107,6 +107,13 @@ class Control:
         if limit is None and destination:
             limit = len(destination)  # as Celery: every addressed node answered, no need to wait out the timeout
         broker = self.app.broker
+        if not broker.features.fanout:
+            from fastq.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(
+                f'{broker.describe()} has no fanout: remote control (inspect, control, revoke) cannot reach '
+                'workers on it, as with Celery on SQS'
+            )
         broker.connect()
         body: dict[str, Any] = {
             'method': command,

@@ -5,6 +5,7 @@ Run by a real `celery worker` (and used as a Celery client) with the URL from CE
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -28,6 +29,8 @@ app.conf.broker_transport_options = {
     'unacked_restore_interval': 1,
     'unacked_restore_throttle': 1,
 }
+if os.environ.get('CELERY_BROKER_TRANSPORT_OPTIONS'):  # (SQS: a queue-name prefix, short polls)
+    app.conf.broker_transport_options = json.loads(os.environ['CELERY_BROKER_TRANSPORT_OPTIONS'])
 app.conf.worker_prefetch_multiplier = 1
 
 

@@ -23,6 +23,7 @@ BROKERS = {
     'amqps': 'fastq.brokers.amqp:AMQPBroker',
     'pyamqp': 'fastq.brokers.amqp:AMQPBroker',
     'librabbitmq': 'fastq.brokers.amqp:AMQPBroker',
+    'sqs': 'fastq.brokers.sqs:SQSBroker',
 }
 
 # Schemes Celery users have in their configs that fastq does not serve (yet): a clear error, not a guess.

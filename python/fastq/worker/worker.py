@@ -403,7 +403,13 @@ class WorkController:
 
     def _start_remote_control(self) -> None:
         broker = self.broker
-        if broker is None or not broker.features.fanout or not self.app.conf.worker_enable_remote_control:
+        if broker is None or not self.app.conf.worker_enable_remote_control:
+            return
+        if not broker.features.fanout:  # (SQS) nothing to listen on: the worker runs without its pidbox
+            logger.info(
+                'Remote control is off: %s has no fanout, so inspect and control cannot reach this worker',
+                broker.describe(),
+            )
             return
         import fastq.worker.autoscale
         import fastq.worker.inspect  # noqa: F401  (registers the inspect commands)
