@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +150,17 @@ def check_acks_late_survive_sigkill(client: Any, start_worker: Callable[..., Wor
     assert sorted(r.get(timeout=120) for r in results) == ['0', '1', '2', '3']
     done = {line.split()[1] for line in lines(out) if line.startswith('done')}
     assert done == {'0', '1', '2', '3'}
+
+
+@contextlib.contextmanager
+def settings_kept(app: Any) -> Iterator[None]:
+    """Put back the settings a test changed on a module-level app shared by the tests of one process (with
+    pytest-xdist a test's leftovers would reach whichever test that process runs next)."""
+    conf = app.conf
+    saved = dict(conf._changes)
+    try:
+        yield
+    finally:
+        conf._changes.clear()
+        conf._changes.update(saved)
+        conf._invalidate()

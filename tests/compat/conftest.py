@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import WorkerProcess
+from tests.harness import WorkerProcess, settings_kept
 
 HERE = Path(__file__).resolve().parent
 INTEGRATION = HERE.parent / 'integration'
@@ -95,6 +95,7 @@ def fastq_client(monkeypatch: pytest.MonkeyPatch, url: str, backend_url: str) ->
     import worker_tasks
 
     worker_tasks.app.close()
-    worker_tasks.app.conf.update(broker_url=url, result_backend=backend_url, accept_content=['json', 'msgpack'])
-    yield worker_tasks
-    worker_tasks.app.close()
+    with settings_kept(worker_tasks.app):
+        worker_tasks.app.conf.update(broker_url=url, result_backend=backend_url, accept_content=['json', 'msgpack'])
+        yield worker_tasks
+        worker_tasks.app.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import WorkerProcess
+from tests.harness import WorkerProcess, settings_kept
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,9 +47,10 @@ def tasks(monkeypatch: pytest.MonkeyPatch, urls: dict[str, str]) -> Iterator[Any
     import worker_tasks
 
     worker_tasks.app.close()
-    worker_tasks.app.conf.update(broker_url=urls['FASTQ_BROKER_URL'], result_backend=urls['FASTQ_RESULT_BACKEND'])
-    yield worker_tasks
-    worker_tasks.app.close()
+    with settings_kept(worker_tasks.app):
+        worker_tasks.app.conf.update(broker_url=urls['FASTQ_BROKER_URL'], result_backend=urls['FASTQ_RESULT_BACKEND'])
+        yield worker_tasks
+        worker_tasks.app.close()
 
 
 @pytest.fixture
