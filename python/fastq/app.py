@@ -741,9 +741,14 @@ class Fastq:
         main(argv, app=self)
 
     def start(self, argv: Sequence[str] | None = None) -> None:
+        """The command line with this app (`app.start(['worker', '-l', 'INFO'])`); without `argv`, the
+        process's own arguments, so the Next Steps tutorial's `if __name__ == '__main__': app.start()` runs
+        `python -m proj.celery worker` as `fastq -A proj worker`."""
+        import sys
+
         from fastq.cli import main
 
-        main(list(argv or []), app=self)
+        main(list(sys.argv[1:] if argv is None else argv), app=self)
 
     def Worker(self, **kwargs: Any) -> Any:
         """A worker to `start()` from code, taking `celery.apps.worker.Worker`'s keywords too: `loglevel` and

@@ -299,13 +299,15 @@ class Control:
         by default (configured or default queues may not exist on the broker yet). The caller connects."""
         return sorted(set(self.app.broker.known_queues()) | set(self.app.router.worker_queues(None)))
 
-    def purge(self) -> int:
+    def purge(self, connection: Any = None) -> int:
         """Erase every waiting message from the app's task queues (`task_queues`, else the default queue), as
         Celery's does: not the other queues the broker knows, which may be other apps' or other workers'; the
         number erased."""
         broker = self.app.broker
         broker.connect()
         return sum(broker.purge(queue) for queue in self.app.router.worker_queues(None))
+
+    discard_all = purge  # Celery's older name, which its FAQ still shows
 
     def shutdown(self, destination: Sequence[str] | None = None, **kwargs: Any) -> list[dict[str, Any]] | None:
         """Warm shutdown of workers."""

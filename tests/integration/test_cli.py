@@ -75,9 +75,19 @@ def test_purge(tmp_path: Path, urls: dict[str, str], tasks: Any) -> None:
         tasks.add.delay(i, i)
     tasks.add.apply_async((1, 1), queue='another_apps')  # not this app's queue: left alone, as by Celery
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'purge', stdin='no\n', check=False)
-    assert 'There is no undo for this operation!' in proc.stdout
-    assert proc.returncode == 1 and proc.stdout.rstrip().endswith('Aborted!')
+    assert proc.stdout == (  # Celery's prompt (click.confirm), so scripts answering it work unchanged
+        'WARNING:This will remove all tasks from queue: celery.\n'
+        '         There is no undo for this operation!\n\n'
+        '(to skip this prompt use the -f option)\n'
+        'Are you sure you want to delete all tasks? [y/N]: '
+    )
+    assert proc.returncode == 1 and proc.stderr.strip() == 'Aborted!'
     assert tasks.app.broker.qsize('celery') == 3
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'purge', stdin='maybe\ny\n')
+    assert 'Error: invalid input' in proc.stderr
+    assert proc.stdout.strip().endswith('Purged 3 messages from 1 known task queue.')
+    for i in range(3):
+        tasks.add.delay(i, i)
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'purge', '-f')
     assert proc.stdout.strip() == 'Purged 3 messages from 1 known task queue.'
     assert tasks.app.broker.qsize('celery') == 0
@@ -98,7 +108,7 @@ def test_deadletter_commands(tmp_path: Path, urls: dict[str, str], tasks: Any, w
     # Requeued, it comes back to a worker, which dead-letters it again (nobody registered the task).
     out = fastq(tmp_path, urls, '-A', 'worker_tasks', 'deadletter', 'requeue', result.id).stdout
     assert f'Requeued worker_tasks.missing[{result.id}] to celery.' in out
-    w.wait_for('Received unregistered task of type worker_tasks.missing', count=2)
+    w.wait_for("Received unregistered task of type 'worker_tasks.missing'", count=2)
     wait_until(lambda: tasks.app.broker.dead_letters.count() == 1, message='dead-lettered again')
     assert fastq(tmp_path, urls, '-A', 'worker_tasks', 'deadletter', 'purge', '-f').stdout.strip() == (
         'Purged 1 dead letter(s).'
@@ -188,3 +198,40 @@ def test_duplicate_node_names_and_worker_purge(tmp_path: Path, worker: Any, task
     worker('-n', 'dup@%h')
     status = fastq(tmp_path, urls, '-A', 'worker_tasks', 'status')
     assert 'Received multiple replies from node name: dup@' in status.stderr  # (Celery's warning)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='the refusal is for root')
+def test_worker_as_root_accepting_pickle_is_refused_on_the_terminal(tmp_path: Path, urls: dict[str, str]) -> None:
+    # The FAQ's "Is it safe to run celery worker as root?": refused with Celery's words on stderr, before
+    # logging takes stderr over (no log-record prefixes, no "Error:"), exit status 1.
+    (tmp_path / 'picklish.py').write_text(
+        'from worker_tasks import app\n\napp.conf.accept_content = ["pickle", "json"]\n'
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(HERE)]), **urls)
+    env.pop('C_FORCE_ROOT', None)
+    proc = subprocess.run(
+        [sys.executable, '-m', 'fastq', '-A', 'picklish', 'worker', '-l', 'info'],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith(
+        'Running a worker with superuser privileges when the\n'
+        'worker accepts messages serialized with pickle is a very bad idea!\n'
+    ), proc.stderr
+    assert 'WARNING/MainProcess' not in proc.stderr and 'Error:' not in proc.stderr
+
+
+def test_output_piped_into_a_reader_that_leaves_is_no_broker_error(tmp_path: Path, urls: dict[str, str]) -> None:
+    # `fastq inspect stats | head -1`: the reader is gone before the output is written. That BrokenPipeError
+    # is not the broker's: no "Could not connect to the message broker", no EX_UNAVAILABLE.
+    env = dict(os.environ, PYTHONPATH=str(HERE), **urls)
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'fastq', '-A', 'worker_tasks', 'report'],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    with proc.stderr:
+        stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1, stderr
+    assert 'Could not connect' not in stderr and 'Traceback' not in stderr, stderr

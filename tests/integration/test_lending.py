@@ -205,3 +205,21 @@ def test_warm_shutdown_while_lent_hands_everything_back(tasks: Any, worker: Any,
     results = [tasks.add.delay(i, i) for i in range(10)]
     worker()
     assert [r.get(timeout=30) for r in results] == [i + i for i in range(10)]
+
+
+def test_prefetch_multiplier_one_holds_one_task_with_the_lead_lent(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    # The FAQ's "disable prefetching": acks_late with a window of one. While the lead is lent the fetcher must
+    # neither reserve beside the child nor, once the lead is back, fetch with a limit read before the child
+    # took its task: either way a second task was reserved while the first ran (two "received", one running).
+    w = worker('-c', '1', '--prefetch-multiplier', '1')
+    out = str(tmp_path / 'ran.txt')
+    assert tasks.slow_record.delay(out, 'warm', 0).get(timeout=30) == 'warm'  # the name is now lendable
+    _lent(tasks)
+    results = [tasks.slow_record.delay(out, f'k{i}', 0.3) for i in range(6)]
+    assert [r.get(timeout=30) for r in results] == [f'k{i}' for i in range(6)]
+    held = most = 0
+    for line in w.log.splitlines():
+        if 'worker_tasks.slow_record[' in line:
+            held += line.endswith('] received') - (' succeeded in ' in line)
+            most = max(most, held)
+    assert most == 1, w.log

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from fastq import states
-from fastq.exceptions import NotRegistered, TimeLimitExceeded, WorkerLostError
+from fastq.exceptions import NotRegistered, TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from tests.harness import lines, wait_until
 
 pytestmark = pytest.mark.slow
@@ -105,12 +105,25 @@ def test_expired_task_is_revoked_and_never_runs(tasks: Any, worker: Any, tmp_pat
     assert not out.exists()
 
 
+def test_task_expiring_before_its_eta_is_revoked_when_the_eta_comes(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    # The FAQ's ETA/countdown with expires: not expired when it arrives, expired by the time it may run. Celery
+    # looks at `expires` again as it runs the task (Request.revoked), so it is discarded, not run.
+    w = worker()
+    out = tmp_path / 'ran.txt'
+    result = tasks.record.apply_async((str(out), 'x'), countdown=1, expires=0.5)
+    with pytest.raises(TaskRevokedError, match='expired'):
+        result.get(timeout=30)
+    assert result.state == states.REVOKED
+    assert f'Discarding revoked task: worker_tasks.record[{result.id}]' in w.log
+    assert not out.exists()
+
+
 def test_unknown_task_fails_and_is_dead_lettered(tasks: Any, worker: Any) -> None:
     w = worker()
     result = tasks.app.send_task('worker_tasks.nope', (1,))
     with pytest.raises(NotRegistered):
         result.get(timeout=30)
-    assert 'Received unregistered task of type worker_tasks.nope' in w.log
+    assert "Received unregistered task of type 'worker_tasks.nope'." in w.log
     letters = tasks.app.broker.dead_letters.list()
     assert [(d.task_id, d.task_name) for d in letters] == [(result.id, 'worker_tasks.nope')]
     assert tasks.add.delay(1, 1).get(timeout=30) == 2  # still running
@@ -253,7 +266,7 @@ def test_graceful_shutdown_loses_nothing(tasks: Any, worker: Any, tmp_path: Path
     results = [tasks.sleeper.delay(str(out), str(i), 0.3) for i in range(12)]
     wait_until(lambda: len(lines(out)) >= 2, message='first tasks started')
     assert w.stop() == 0
-    assert 'Warm shutdown' in w.log
+    assert '\nworker: Warm shutdown (MainProcess)\n' in w.log  # Celery's line on the terminal, not a log record
     started = [line for line in lines(out) if line.startswith('start')]
     done = [line for line in lines(out) if line.startswith('done')]
     assert len(started) == len(done)  # every task that started finished before exit

@@ -33,7 +33,7 @@ logger = logging.getLogger('fastq.backends.rpc')
 
 E_NO_CHORDS = (
     'The "rpc" result backend does not support chords!\n\nNote that a group chained with a task is also upgraded '
-    'to be a chord, as this pattern requires synchronization.\n\nResult backends that supports chords: Redis, '
+    'to be a chord,\nas this pattern requires synchronization.\n\nResult backends that supports chords: Redis, '
     'Database, Memcached, and more.'
 )
 

@@ -16,6 +16,7 @@ fastq --version
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -148,6 +149,23 @@ def _unreachable(exc: BaseException) -> bool:
     return type(exc).__name__ in ('ConnectionError', 'TimeoutError') and type(exc).__module__.startswith('redis')
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout's reader has gone (a pipe into `head`): then a BrokenPipeError is no broker's. stdout is
+    pointed at /dev/null so the interpreter's last flush does not fail again."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not any(events & select.POLLERR for _, events in poller.poll(0)):
+            return False
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _split_settings(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
     """worker/beat: `-- worker.concurrency=4 .prefetch_multiplier=1` are settings (Celery's), not arguments
     (for multi, what follows `--` goes to the workers it starts: left in place)."""
@@ -244,6 +262,8 @@ def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
         print(f'Error: {exc}', file=sys.stderr)
         code = getattr(exc, 'exit_code', 2) if isinstance(exc, CommandError) else 1
     except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            sys.exit(1)  # `fastq inspect stats | head`: the reader left, the broker is fine
         if not _unreachable(exc):
             raise
         print(  # Celery's words and exit status (EX_UNAVAILABLE)

@@ -95,6 +95,21 @@ def err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def confirm(question: str) -> bool:
+    """Ask a yes/no question as click's `confirm` does for Celery (` [y/N]: `, asked again on other answers; no
+    answer or end of input is a no), so scripts that pipe `y` or `yes` into Celery's prompts work here too."""
+    while True:
+        try:
+            answer = input(f'{question} [y/N]: ').strip().lower()
+        except EOFError:
+            return False
+        if answer in ('y', 'yes'):
+            return True
+        if answer in ('', 'n', 'no'):
+            return False
+        err('Error: invalid input')
+
+
 def check_loglevel(value: str) -> str:
     level = value.upper()
     if level == 'FATAL':

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from fastq.cli.base import out
+from fastq.cli.base import confirm, err, out
 from fastq.utils.text import pluralize
 
 if TYPE_CHECKING:
@@ -35,15 +35,15 @@ def purge(app: Fastq, args: argparse.Namespace) -> int:
         out('No queues to purge.')
         return 0
     if not args.force:
-        names = ', '.join(queues)
-        out(
-            f'WARNING: This will remove all tasks from {pluralize(len(queues), "queue")}: {names}.\n'
+        names = ', '.join(sorted(queues))
+        question = (  # Celery's words, its missing space after the colon included
+            f'WARNING:This will remove all tasks from {"queue" if len(queues) == 1 else "queues"}: {names}.\n'
             '         There is no undo for this operation!\n\n'
             '(to skip this prompt use the -f option)\n'
+            'Are you sure you want to delete all tasks?'
         )
-        answer = input('Are you sure you want to delete all tasks (yes/NO)? ')
-        if answer.strip().lower() not in ('y', 'yes'):
-            out('Aborted!')
+        if not confirm(question):
+            err('Aborted!')
             return 1
     messages = sum(broker.purge(q) for q in queues)
     if messages:

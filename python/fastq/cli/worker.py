@@ -139,6 +139,22 @@ def _detach_if_asked(args: argparse.Namespace) -> tuple[str, str | None]:
     return node, pidfile
 
 
+def _privileges_allowed(app: Fastq, pidfile: str | None = None) -> bool:
+    """Celery's root check (a SecurityWarning; refused with pickle unless C_FORCE_ROOT), its refusal said
+    on stderr in Celery's words, without an "Error:" prefix; a refused worker's pidfile is removed."""
+    from fastq.utils.platforms import SecurityError
+
+    try:
+        check_privileges(app.conf.accept_content)
+    except SecurityError as exc:
+        err(str(exc))
+        if pidfile:
+            with contextlib.suppress(OSError):
+                os.unlink(pidfile)
+        return False
+    return True
+
+
 def run(app: Fastq, args: argparse.Namespace) -> int:
     from fastq.config.validate import UNSUPPORTED_POOLS
     from fastq.worker.worker import WorkController
@@ -185,17 +201,17 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
             **getattr(args, 'user_options', {}),  # (app.user_options['worker'] and ['preload']: fastq.cli.options)
         },
     )
+    # Without --uid/--gid the user is known now: checked before logging takes stderr over, so the warning or
+    # refusal reads as Celery's on the terminal (not as log records), and a refused worker leaves no log file.
+    checked = not (args.uid or args.gid)
+    if checked and not _privileges_allowed(app):
+        return 1
     setup_worker_logging(app.conf, loglevel, args.logfile, node)
     if pidfile:
         write_pidfile(pidfile)
     maybe_drop_privileges(uid=args.uid, gid=args.gid)  # (the log file and pidfile open: root no more)
-    try:
-        check_privileges(app.conf.accept_content)
-    except Exception:
-        if pidfile:
-            with contextlib.suppress(OSError):
-                os.unlink(pidfile)
-        raise
+    if not checked and not _privileges_allowed(app, pidfile):
+        return 1
     try:
         worker.restart_on_hup = True
         excluded = {app.router.queue_name(q) for q in _split(args.exclude_queues)}  # (an alias: its queue)

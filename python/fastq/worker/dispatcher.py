@@ -56,7 +56,7 @@ error_logger = logging.getLogger('celery.worker.consumer.consumer')
 HOLD_IN_MEMORY = 1.0
 
 UNKNOWN_TASK_ERROR = """\
-Received unregistered task of type %s.
+Received unregistered task of type %r.
 The message has been moved to the dead-letter store.
 
 Did you remember to import the module containing this task?
@@ -500,11 +500,8 @@ class Dispatcher:
                 self._drop_taken_back(job)
                 dropped = True
                 continue
-            if (revoked.ids and job.request.id in revoked) or (
-                self.revoked_stamps and self._stamp_revoked(job.delivery)
-            ):
+            if (revoked.ids or self.revoked_stamps or job.request.expires is not None) and self._discarded(job):
                 ready.popleft()
-                self._discard_revoked(job.delivery, job.request, self.app.tasks.get(job.request.task), False)
                 continue
             if not pool.can_take(job):
                 break
@@ -530,6 +527,21 @@ class Dispatcher:
             self.fetcher.notify_window()
         if early:
             self._ack(early)
+
+    def _discarded(self, job: Job) -> bool:
+        """Whether `job` was revoked, or expired while it waited (its ETA, a rate limit, a busy pool): Celery
+        looks at both again as it runs a task. Such a job is discarded (REVOKED stored, message acked)."""
+        request = job.request
+        if (self.revoked.ids and request.id in self.revoked) or (
+            self.revoked_stamps and self._stamp_revoked(job.delivery)
+        ):
+            expired = False
+        elif request.expires is not None and request.expires < time.time():
+            expired = True
+        else:
+            return False
+        self._discard_revoked(job.delivery, request, self.app.tasks.get(request.task), expired)
+        return True
 
     def _drop_taken_back(self, job: Job) -> None:
         """Not started, and its delivery is no longer ours: the broker requeued it (the connection that

@@ -157,17 +157,24 @@ class Lending:
     def took(self, child: _Child, job_id: int, payload: bytes) -> None:
         """(TOOK) `child` reserved a task with the lead: it runs it (adopted here), or left it to this process."""
         keys, raw, ran, held, acked, logged = Took.loads(payload)
-        if not held and child is self.holder:
-            self._back(ran)  # ran, and gave the lead back: more tasks were waiting
+        # The child gave the lead back (it ran, and more tasks were waiting): the fetcher gets it only once what
+        # the child took is in the ledger, else it could fetch into the slot that task fills (one task over the
+        # prefetch window, which `--prefetch-multiplier 1` with acks_late must not exceed).
+        give_back = not held and child is self.holder
+        job = None
         try:
             deliveries = self.consumer.taken(keys, raw)
             if not ran:
                 self.fetcher.accept(deliveries)
-                return
-            child.took_tag = str(deliveries[0].tag)
-            job = self.dispatcher.adopt(deliveries[0], job_id, acked, logged)
+            else:
+                child.took_tag = str(deliveries[0].tag)
+                job = self.dispatcher.adopt(deliveries[0], job_id, acked, logged)
         except Exception as exc:  # a bug: the task still runs (or ran); its answer is then logged and dropped
             logger.exception('Could not take over what %s took from the broker: %r', child.name, exc)
+        finally:
+            if give_back:
+                self._back(ran)
+        if job is None:
             return
         self.pool.adopt(child, job)
         if child is self.holder and not self.pool.known_short(job.request.task):

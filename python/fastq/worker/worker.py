@@ -540,7 +540,12 @@ class WorkController:
             return
         self._shutdown = how
         sys.stdout.flush()
-        logger.warning('worker: %s shutdown (MainProcess)', how.capitalize())
+        if signum is not None and sys.__stderr__ is not None:
+            # Celery's safe_say: on the terminal (the real stderr, not the log), after a blank line.
+            with contextlib.suppress(OSError, ValueError):
+                print(f'\nworker: {how.capitalize()} shutdown (MainProcess)', file=sys.__stderr__, flush=True)
+        else:
+            logger.warning('worker: %s shutdown (MainProcess)', how.capitalize())
         # Celery's arguments: the signal's name ('SIGTERM'), 'Warm' or 'Cold', and the exit code it means
         # (EX_FAILURE for a cold shutdown); `sig` is None for a shutdown asked for without a signal.
         signals.worker_shutting_down.send(

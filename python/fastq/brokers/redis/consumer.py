@@ -334,7 +334,9 @@ class RedisConsumer(Consumer):
         # filled meanwhile). Saves a script call per task on a worker that keeps up with its queues.
         if self._new_queues is not None:
             self._apply_new_queues()
-        skip = self._drained and limit > 0
+        # While the lead is lent, the child holding it reserves from its lists: a reservation from here too
+        # would take a second task for one free slot (the child's is not in the window yet).
+        skip = (self._drained or self._lent) and limit > 0
         while True:
             lead = self._watches[0]
             budget = limit - lead.fetching  # the lead's queued script may still take up to its limit
@@ -384,8 +386,9 @@ class RedisConsumer(Consumer):
     def _wait_once(self, deadline: float, limit: int) -> bool | list[Delivery] | None:
         """One select() over the watches: as `_wait`, or None to keep waiting."""
         lead = self._watches[0]
-        watches = self._watches[1:] if self._lent else self._watches
-        if limit > 0 and not self._lent:
+        lent = self._lent
+        watches = self._watches[1:] if lent else self._watches
+        if limit > 0 and not lent:
             lead.arm_fetching(self, limit)
         for watch in watches:
             watch.arm()
@@ -401,6 +404,10 @@ class RedisConsumer(Consumer):
             if self._interrupted:
                 self._interrupted = False
                 self._settle_ahead(lead)
+                return False
+            if lent and not self._lent:
+                # The lead is back from a pool child, which may have taken tasks meanwhile: `limit` predates
+                # them, so the fetcher reads its window again before the lead is armed (else one task over it).
                 return False
         if lead.fetching and not self._lent and fds[0] in readable:
             fetched = lead.fetched(self)
