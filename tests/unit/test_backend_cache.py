@@ -299,3 +299,82 @@ def test_missing_group_fails_the_body(apps: Any) -> None:
     failed = f_app.AsyncResult(body_id)
     with pytest.raises(ChordError, match='no longer exists'):
         failed.get(timeout=5)
+
+
+def test_failed_part_fails_the_body_naming_it_as_celery_does(apps: Any) -> None:
+    """The body of a chord whose part failed fails with Celery's "Dependency <id> raised ..." (the saved
+    header is joined: its error was reported as "Join error: ..." before), whichever worker joins it."""
+    import fastq.canvas.signatures as signatures
+
+    f_app, c_app = apps()
+    group_id, results = _header(f_app, 3)
+    body = f_app.signature('t.body').freeze()
+    f_app.backend.apply_chord((group_id, results), f_app.signature('t.body'))
+    for n, result in enumerate(results):
+        if n == 1:
+            f_app.backend.mark_as_failure(result.id, ValueError('boom'))
+            state, value = states.FAILURE, ValueError('boom')
+        else:
+            f_app.backend.mark_as_done(result.id, n)
+            state, value = states.SUCCESS, n
+        request = _request(id=result.id, group=group_id, group_index=n, chord=dict(f_app.signature('t.body')))
+        request.chord['options'] = {'task_id': body.id}
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(signatures.Signature, 'delay', lambda self, *a, **k: pytest.fail('body sent'))
+            f_app.backend.on_chord_part_return(request, state, value)
+    meta = c_app.backend.get_task_meta(body.id)
+    assert meta['status'] == states.FAILURE
+    assert str(meta['result']) == f"Dependency {results[1].id} raised ValueError('boom')"
+
+
+def test_a_threads_client_is_closed_when_the_thread_ends(apps: Any) -> None:
+    """Each thread has its own client; one whose thread ended must not keep its connection open until the
+    backend is closed (threads come and go: `AsyncResult.then()`, a web server's request threads)."""
+    import gc
+
+    f_app, _ = apps()
+    backend = f_app.backend
+    used: list[Any] = []
+
+    def work() -> None:
+        client = backend.client
+        client.get(backend.keys.task(_id()))
+        assert client.sock is not None
+        used.append(client)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    gc.collect()
+    assert len(used) == 4 and len({id(c) for c in used}) == 4
+    assert [client.sock for client in used] == [None] * 4
+    main = backend.client
+    main.get(backend.keys.task(_id()))
+    backend.close()
+    assert main.sock is None
+
+
+def test_forked_child_does_not_wait_for_a_lock_its_parent_held(apps: Any) -> None:
+    """A thread of the parent may hold the client registry's lock as the worker forks a pool child; the child
+    makes its own clients without waiting for it (it would wait forever: that thread is not in the child)."""
+    import os
+
+    f_app, _ = apps()
+    backend = f_app.backend
+    key = backend.keys.task(_id())
+    backend.client.set(key, b'parent', 60)
+    with backend._clients._lock:  # (held across the fork, as by another thread)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                signal_alarm = __import__('signal').alarm
+                signal_alarm(10)
+                code = 0 if backend.client.get(key) == b'parent' else 2
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert backend.client.get(key) == b'parent'  # (the parent's connection is still its own)

@@ -530,3 +530,66 @@ def test_without_native_join_chords_poll_as_celerys_do(tmp_path: Path) -> None:
         assert names[0] == 'celery.chord_unlock' and names.count('t.add') == 2
     finally:
         app.close()
+
+
+def test_role_that_cannot_create_tables_stores_results_in_celerys(postgres_url: str, caplog: Any) -> None:
+    """Celery's tables made by their owner, workers connected as a role that may only use them (PostgreSQL 15+
+    lets no other role create tables in `public`): results are stored, as Celery stores them; fastq's chord tables,
+    which it cannot create, are left out (with a warning saying how to make them), and not tried at all without
+    native joins."""
+    c_app = celery.Celery('t', broker='memory://', backend=f'db+{postgres_url}', set_as_current=False)
+    c_app.backend.store_result('made', 1, states.SUCCESS)
+    c_app.backend.session_manager.invalidate(c_app.backend.url)
+    c_app.close()
+    role = f'limited_{os.getpid()}_{time.monotonic_ns()}'  # (roles belong to the whole server)
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as conn:
+        for statement in (
+            f'CREATE ROLE {role} LOGIN',
+            'REVOKE CREATE ON SCHEMA public FROM PUBLIC',
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}',
+            f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}',
+        ):
+            conn.execute(sa.text(statement))
+    engine.dispose()
+    limited = postgres_url.replace('postgres@', f'{role}@', 1)
+    for native in (False, True):
+        app = _fastq(limited, result_backend_transport_options={'native_join': native})
+        try:
+            with caplog.at_level('WARNING', logger='fastq.backends.database'):
+                app.backend.store_result(f't{native}', 2, states.SUCCESS)
+            assert app.backend.get_task_meta(f't{native}')['result'] == 2
+            assert app.backend.get_task_meta('made')['result'] == 1
+            warned = [r.getMessage() for r in caplog.records if 'fastq_chords' in r.getMessage()]
+            assert bool(warned) is native, warned
+            if native:
+                assert 'CREATE TABLE fastq_chord_parts' in warned[0] and "'native_join': False" in warned[0]
+            app.backend.cleanup()  # (Celery's rows only: no chord tables to clean)
+        finally:
+            app.close()
+        caplog.clear()
+
+
+def test_forked_child_sets_up_though_its_parent_was_setting_up(tmp_path: Path) -> None:
+    """A thread of the parent creating the tables (first use, the setup lock held over its round trips) as the
+    worker forks a pool child: the child sets up on its own instead of waiting forever for that lock."""
+    app = _fastq(f'sqlite:///{tmp_path}/r.db', database_create_tables_at_setup=False)
+    try:
+        backend = app.backend
+        with backend.engines.setup_lock:  # (held across the fork, as by that thread)
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child reports by exit code
+                code = 1
+                try:
+                    __import__('signal').alarm(20)
+                    backend.store_result('child', 2, states.SUCCESS)
+                    code = 0
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert backend.get_task_meta('child')['result'] == 2
+    finally:
+        app.close()

@@ -163,7 +163,16 @@ def _join(backend: Backend, store: ChordStore, group_id: str, claim: Claim) -> l
     """The header's values in order; a ChordError for the first part (in order) that failed."""
     saved = backend.restore_group(group_id)
     if saved is not None:  # a header with nested groups: its saved structure says how to shape the values
-        return saved.join(timeout=backend.app.conf.result_chord_join_timeout, disable_sync_subtasks=False)
+        try:
+            return saved.join(timeout=backend.app.conf.result_chord_join_timeout, disable_sync_subtasks=False)
+        except Exception as exc:
+            # Name the first failed part, as Celery does when it joins a saved header (memcached saves every
+            # chord's header, so without this its bodies failed with "Join error: ..." where Celery's say
+            # "Dependency <id> raised ...").
+            culprit = next((r for r in saved.results if getattr(r, 'state', None) in states.PROPAGATE_STATES), None)
+            if culprit is None:
+                raise
+            raise chord_error(f'Dependency {culprit.id} raised {exc!r}', exc) from exc
     return [_unpack(backend, part) for part in store.parts(group_id, claim)]
 
 

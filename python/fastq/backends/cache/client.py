@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from typing import Any
 
 from fastq.exceptions import ImproperlyConfigured
@@ -62,36 +63,74 @@ def make_client(servers: list[str], options: dict[str, Any]) -> Any:
     return client
 
 
+class _Owned:
+    """A thread's client, closed when that thread ends: its thread-local slot is dropped then, and with it
+    this holder. (Clients were kept in a list until `close()`, so every thread that ever used the backend, e.g.
+    each `AsyncResult.then()` or each request thread of a web server, left a memcached connection open.)"""
+
+    __slots__ = ('__weakref__', 'client', 'pid')
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        client, self.client = self.client, None
+        if client is None or self.pid != os.getpid():  # (never the socket of the parent of a fork)
+            return
+        try:
+            client.close()
+        except Exception:  # closing is best effort
+            logger.debug('closing a memcached client failed', exc_info=True)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing left to do
+            pass
+
+
+#: Every ClientPerThread, so a forked child can start afresh (see `_after_fork_in_child`).
+_LIVE: weakref.WeakSet[ClientPerThread] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread of the parent may have held the lock as it forked: the child would wait for it forever.
+    for clients in list(_LIVE):
+        clients._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class ClientPerThread:
     """One client per thread (a pymemcache client is one socket, not safe to share) and per process (a forked
-    child must not talk on its parent's sockets)."""
+    child must not talk on its parent's sockets); a thread's client is closed when the thread ends."""
 
     def __init__(self, servers: list[str], options: dict[str, Any]) -> None:
         self.servers = servers
         self.options = options
+        self._reset()
+        _LIVE.add(self)
+
+    def _reset(self) -> None:
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[Any] = []
+        self._all: weakref.WeakSet[_Owned] = weakref.WeakSet()
         self._pid = os.getpid()
 
     def get(self) -> Any:
         if self._pid != os.getpid():  # a forked child: the parent's clients are the parent's
+            self._reset()
+        owned: _Owned | None = getattr(self._local, 'client', None)
+        if owned is None or owned.client is None:
+            owned = self._local.client = _Owned(make_client(self.servers, self.options))
             with self._lock:
-                self._pid, self._all, self._local = os.getpid(), [], threading.local()
-        client = getattr(self._local, 'client', None)
-        if client is None:
-            client = self._local.client = make_client(self.servers, self.options)
-            with self._lock:
-                self._all.append(client)
-        return client
+                self._all.add(owned)
+        return owned.client
 
     def close(self) -> None:
         with self._lock:
-            clients, self._all, self._local = self._all, [], threading.local()
-        if self._pid != os.getpid():
-            return
-        for client in clients:
-            try:
-                client.close()
-            except Exception:  # closing is best effort
-                logger.debug('closing a memcached client failed', exc_info=True)
+            owned, self._all, self._local = list(self._all), weakref.WeakSet(), threading.local()
+        for slot in owned:
+            slot.close()

@@ -36,7 +36,6 @@ backend ignores chord parts), so such a chord's header tasks must run on fastq w
 from __future__ import annotations
 
 import pickle
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -111,7 +110,6 @@ class DatabaseBackend(PollingBackend):
             float(conf.result_backend_max_sleep_between_retries_ms),
         )
         self._prepared = False
-        self._prepare_lock = threading.Lock()
         if self.compression:  # as Celery 5.7's: the result column holds the serialized value itself
             warnings.warn(W_COMPRESSION_UNSUPPORTED, UserWarning, stacklevel=2)
             self.compression = None
@@ -137,9 +135,9 @@ class DatabaseBackend(PollingBackend):
         """`prepare` within an operation (which retries the whole of itself)."""
         if self._prepared:
             return
-        with self._prepare_lock:
+        with self.engines.setup_lock:  # (not a lock of its own: see `Engines.setup_lock`)
             if not self._prepared:
-                prepare(self.engines.get(), self.tables)
+                prepare(self.engines.get(), self.tables, chords=self.chord_store is not None)
                 self._prepared = True
 
     def retrying(self, fn: Callable[[], T], what: str, fallback: Callable[[str], Exception] | None = None) -> T:
@@ -373,6 +371,7 @@ class DatabaseBackend(PollingBackend):
                     before = datetime.now(UTC) - timedelta(seconds=self.expires)
                     conn.execute(sa.delete(tables.task).where(tables.task.c.date_done < before))
                     conn.execute(sa.delete(tables.group).where(tables.group.c.date_done < before))
-                self.chords.cleanup(conn, time.time())
+                if self.tables.chords_ready:  # (none without native joins, or when they could not be created)
+                    self.chords.cleanup(conn, time.time())
 
         self.retrying(attempt, 'delete expired results')

@@ -52,6 +52,7 @@ _LIVE: weakref.WeakSet[Engines] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for engines in list(_LIVE):
         engines._lock = threading.Lock()
+        engines.setup_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -84,6 +85,9 @@ class Engines:
         self._engine: Engine | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        #: The backend's one-time table setup (network round trips, held meanwhile): replaced in a forked child
+        #: like `_lock`, or a child forked while a thread of its parent set up would wait for it forever.
+        self.setup_lock = threading.Lock()
         _LIVE.add(self)
 
     def get(self) -> Engine:

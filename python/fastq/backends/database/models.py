@@ -45,6 +45,8 @@ class Tables:
     chord_part: sa.Table
     #: The task table's columns that exist in the database (known after `prepare`).
     task_columns: frozenset[str] = field(default_factory=frozenset)
+    #: Whether fastq's chord tables exist (known after `prepare`).
+    chords_ready: bool = False
 
 
 def build_tables(schemas: dict[str, Any], names: dict[str, Any]) -> Tables:
@@ -114,22 +116,54 @@ def build_tables(schemas: dict[str, Any], names: dict[str, Any]) -> Tables:
     return Tables(task, group, chord, chord_part)
 
 
-def prepare(engine: Engine, tables: Tables, create: bool = True) -> Tables:
-    """Create what is missing (tables, then Celery 5.7's newer nullable columns); learn the task table's columns."""
+def prepare(engine: Engine, tables: Tables, create: bool = True, chords: bool = True) -> Tables:
+    """Create what is missing (tables, then Celery 5.7's newer nullable columns); learn the task table's columns.
+
+    Celery's tables come first and on their own: a role that may use them but not create tables (the rule in
+    PostgreSQL 15+'s `public` for all but its owner) stores results as Celery does. fastq's chord tables are
+    made only with `chords` (native joins), and when they cannot be, results are still stored: the warning
+    says how to make them. (All four were created at once, so such a role could store no result at all.)
+    """
     if create:
-        _create_all(engine, tables)
+        _create_all(engine, [tables.task, tables.group])
+        if chords:
+            _create_chord_tables(engine, tables)
         _add_missing_columns(engine, tables)
     inspector = sa.inspect(engine)
     existing = {c['name'] for c in inspector.get_columns(tables.task.name, schema=tables.task.schema)}
     tables.task_columns = frozenset(c.name for c in tables.task.columns if c.name in existing)
+    tables.chords_ready = chords and all(
+        inspector.has_table(t.name, schema=t.schema) for t in (tables.chord, tables.chord_part)
+    )
     return tables
 
 
-def _create_all(engine: Engine, tables: Tables) -> None:
+def _create_chord_tables(engine: Engine, tables: Tables) -> None:
+    chord_tables = [tables.chord, tables.chord_part]
+    try:
+        tables.task.metadata.create_all(engine, tables=chord_tables)
+    except DatabaseError as exc:
+        if exc.connection_invalidated:  # (the backend's retry policy deals with a lost connection)
+            raise
+        time.sleep(random.uniform(0, 0.05))  # another process creating them at the same moment, maybe
+        if all(sa.inspect(engine).has_table(t.name, schema=t.schema) for t in chord_tables):
+            return
+        ddl: list[Any] = [sa.schema.CreateTable(t) for t in chord_tables]
+        ddl += [sa.schema.CreateIndex(index) for t in chord_tables for index in t.indexes]
+        statements = '; '.join(str(statement.compile(engine)).strip() for statement in ddl)
+        logger.warning(
+            'Could not create the chord tables %s (%s): results are stored, but chords sent with native joins '
+            'cannot be joined here. Create them (%s), or set result_backend_transport_options '
+            "{'native_join': False} on clients and workers to join chords with celery.chord_unlock as Celery does",
+            ' and '.join(t.name for t in chord_tables), str(exc).strip().splitlines()[0], statements,
+        )  # fmt: skip
+
+
+def _create_all(engine: Engine, chosen: list[sa.Table]) -> None:
     retries = 0
     while True:
         try:
-            tables.task.metadata.create_all(engine)
+            chosen[0].metadata.create_all(engine, tables=chosen)
             return
         except (IntegrityError, ProgrammingError):  # "already exists": another process was quicker
             if retries >= CREATE_RETRIES:
