@@ -319,3 +319,104 @@ def test_beat_coordination_within_the_process(broker: SQSBroker) -> None:
     assert broker.lease_holder('beat') == 'a'
     broker.release_lease('beat', 'a')
     assert broker.lease('beat', 'b', 60)
+
+
+# --- regressions ------------------------------------------------------------------------------------------
+
+
+def test_a_dead_letter_requeued_to_a_fifo_queue_is_not_dropped_as_a_repeat(
+    app: Fastq, broker: SQSBroker, consumers: Any, sqs_server: Any
+) -> None:
+    """The requeued envelope is the one first sent, delivery tag and all: sent with that tag as its
+    deduplication id, SQS dropped it as a repeat within 5 minutes of the first send (and the letter was gone;
+    moto dedups only against messages still queued, so the id is checked here)."""
+    app.tasks['t.add'].apply_async((1, 2), queue='jobs.fifo')
+    c = consumers('jobs.fifo')
+    [d] = _fetch(c)
+    first = json.loads(d.raw)['properties']['delivery_tag']
+    c.dead_letter(d, 'poison')
+    assert broker.requeue_dead_letter(d.task_id or '') is not None
+    [raw] = _raw(sqs_server, broker, 'jobs.fifo')
+    assert raw['Attributes']['MessageDeduplicationId'] not in ('', first)
+    [back] = _fetch(c)
+    assert back.task_id == d.task_id
+    c.ack([back.tag])
+
+
+def test_an_ack_that_failed_is_sent_again_by_the_retry(
+    app: Fastq, broker: SQSBroker, consumers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settler retries a failed ack with the same tags: they must still be held, or the retry deletes
+    nothing and the task runs again once its visibility timeout passes."""
+    from fastq.exceptions import BrokerConnectionError
+
+    app.tasks['t.add'].delay(1, 2)
+    c = consumers()
+    [d] = _fetch(c)
+    client = broker.clients.for_queue(broker.options.sqs_name('celery'))
+    real = client.delete_message_batch
+
+    def down(**kwargs: Any) -> Any:
+        raise BrokerConnectionError('down')
+
+    monkeypatch.setattr(client, 'delete_message_batch', down)
+    with pytest.raises(BrokerConnectionError):
+        c.ack([d.tag])
+    monkeypatch.setattr(client, 'delete_message_batch', real)
+    c.ack([d.tag])
+    hidden = broker._attributes('celery', ['ApproximateNumberOfMessagesNotVisible'])
+    assert hidden == {'ApproximateNumberOfMessagesNotVisible': '0'}  # deleted, not waiting to come back
+
+
+def test_a_release_during_a_renewal_is_not_hidden_by_it(
+    app: Fastq, broker: SQSBroker, consumers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The housekeeping thread's renewal and the loop's release race: the release reaching SQS first, the
+    renewal hid the message handed back for a whole visibility timeout. Here the release lands while the
+    renewal's call is in flight (before it, at SQS): the message is visible again all the same."""
+    app.tasks['t.add'].delay(1, 2)
+    c = consumers()
+    [d] = _fetch(c)
+    client = broker.clients.for_queue(broker.options.sqs_name('celery'))
+    real = client.change_message_visibility_batch
+    calls: list[int] = []
+
+    def change(**kwargs: Any) -> Any:
+        calls.append(kwargs['Entries'][0]['VisibilityTimeout'])
+        if len(calls) == 1:  # the renewal: the release goes first
+            c.release([d.tag])
+        return real(**kwargs)
+
+    monkeypatch.setattr(client, 'change_message_visibility_batch', change)
+    c.renew()
+    assert calls[0] > 0 and calls[-1] == 0
+    [back] = _fetch(c)
+    assert back.task_id == d.task_id
+    c.ack([back.tag])
+
+
+def test_a_backoff_task_past_its_policy_is_left_to_redelivery(
+    sqs_server: Any, sqs_url: str, sqs_options: dict[str, Any]
+) -> None:
+    """kombu never deletes a rejected task its queue's backoff policy covers (`QoS.is_backoff_task`): SQS
+    redelivers it. One received more often than the policy names was deleted here, and lost."""
+    prefix = sqs_options['queue_name_prefix']
+    url = sqs_server.client().create_queue(QueueName=f'{prefix}celery')['QueueUrl']
+    spec = {'url': url, 'backoff_policy': {1: 1}, 'backoff_tasks': ['t.add']}
+    app = Fastq('t', broker=sqs_url, backend='memory://', set_as_current=False)
+    app.conf.broker_transport_options = dict(
+        sqs_options, visibility_timeout=1, predefined_queues={f'{prefix}celery': spec}
+    )
+    c = app.broker.consumer(['celery'], 'me')
+    try:
+        app.send_task('t.add', (1, 2))
+        [d] = _fetch(c)
+        c.reject([d.tag], requeue=False)  # first receive: hidden for the policy's 1 s
+        [d] = _fetch(c)
+        c.reject([d.tag], requeue=False)  # second: the policy names none; left, back after its timeout
+        [d] = _fetch(c)
+        assert d.task_name == 't.add'
+        c.ack([d.tag])
+    finally:
+        c.close()
+        app.close()

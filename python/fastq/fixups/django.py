@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import uuid
 import warnings
 from typing import Any
 
@@ -55,8 +56,15 @@ class DjangoFixup:
         cwd = os.getcwd()
         if cwd not in sys.path:  # (the project directory first, as Celery's fixup puts it)
             sys.path.insert(0, cwd)
-        signals.import_modules.connect(self.on_import_modules, sender=self.app, weak=False)
-        signals.worker_init.connect(self.on_worker_init, weak=False, dispatch_uid=('django-fixup', id(self)))
+        # Weak receivers, as Celery's: the app keeps its fixups (`app.fixups`), so they live as long as it does,
+        # and an app let go (test apps: fastq.contrib.testing forgets them) takes them along; strong ones kept
+        # every such app, its fixup and its worker fixup's per-task receivers for the life of the process.
+        # No `sender=self.app` either (a signal keeps its senders): `on_import_modules` checks the sender.
+        # Each with a uid of its own: a weak bound method's default key is the id of an object that dies at
+        # once, which another fixup's could reuse, and then its receiver would not be connected.
+        uid = uuid.uuid4().hex
+        signals.import_modules.connect(self.on_import_modules, dispatch_uid=('django-fixup', uid))
+        signals.worker_init.connect(self.on_worker_init, dispatch_uid=('django-fixup', uid))
         return self
 
     @property
@@ -65,9 +73,11 @@ class DjangoFixup:
             self._worker_fixup = DjangoWorkerFixup(self.app)
         return self._worker_fixup
 
-    def on_import_modules(self, **kwargs: Any) -> None:
+    def on_import_modules(self, sender: Any = None, **kwargs: Any) -> None:
         """Before the task modules are imported: Django set up (they import models), and in a process that
         was not set up yet (a worker, a script), its system checks run as a worker's are."""
+        if sender is not self.app:
+            return  # another app's: its own fixup sees to it
         from django.apps import apps
 
         if apps.ready:  # a Django process (a web server sending tasks) is set up already: nothing to check
@@ -106,10 +116,11 @@ class DjangoWorkerFixup:
         if self._installed:
             return self
         self._installed = True
-        signals.beat_embedded_init.connect(self.close_database, weak=False)
-        signals.task_prerun.connect(self.on_task_prerun, weak=False)
-        signals.task_postrun.connect(self.on_task_postrun, weak=False)
-        signals.worker_process_init.connect(self.on_worker_process_init, weak=False)
+        uid = ('django-worker-fixup', uuid.uuid4().hex)  # (weak, each its own uid: see DjangoFixup.install)
+        signals.beat_embedded_init.connect(self.close_database, dispatch_uid=uid)
+        signals.task_prerun.connect(self.on_task_prerun, dispatch_uid=uid)
+        signals.task_postrun.connect(self.on_task_postrun, dispatch_uid=uid)
+        signals.worker_process_init.connect(self.on_worker_process_init, dispatch_uid=uid)
         self.close_database()
         self.close_cache()
         return self

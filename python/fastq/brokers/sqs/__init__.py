@@ -122,8 +122,12 @@ class SQSBroker(Broker):
         for sqs_name, entries in by_queue.items():
             self._send(sqs_name, entries)
 
-    def _entry(self, sqs_name: str, envelope: bytes, eta: float | None, now: float) -> dict[str, Any]:
-        """SendMessage's parameters for an envelope, as kombu's `Channel._put` sets them."""
+    def _entry(
+        self, sqs_name: str, envelope: bytes, eta: float | None, now: float, resend: bool = False
+    ) -> dict[str, Any]:
+        """SendMessage's parameters for an envelope, as kombu's `Channel._put` sets them. `resend`: the
+        envelope was delivered before (a dead letter requeued), so on a FIFO queue it gets a deduplication id
+        of its own: its delivery tag's would have SQS drop it as a repeat within 5 minutes of the first send."""
         fifo = is_fifo(sqs_name)
         entry: dict[str, Any] = {}
         properties: dict[str, Any] = {}
@@ -145,7 +149,8 @@ class SQSBroker(Broker):
             # The envelope's delivery tag (new per publish, kept by a retry of it): SQS drops a repeat within
             # 5 minutes, where kombu's fresh uuid would not.
             entry['MessageDeduplicationId'] = str(
-                properties.get('MessageDeduplicationId') or properties.get('delivery_tag') or uuid.uuid4()
+                (None if resend else properties.get('MessageDeduplicationId') or properties.get('delivery_tag'))
+                or uuid.uuid4()
             )
         else:
             if delay is None and eta is not None and eta > now:
@@ -176,7 +181,7 @@ class SQSBroker(Broker):
 
     def _publish_raw(self, queue: str, payload: bytes) -> None:
         sqs_name = self.options.sqs_name(queue)
-        self._send(sqs_name, [self._entry(sqs_name, payload, None, time.time())])
+        self._send(sqs_name, [self._entry(sqs_name, payload, None, time.time(), resend=True)])
 
     # --- consuming and queues -----------------------------------------------------------------------------
 

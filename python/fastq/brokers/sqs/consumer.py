@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import _core
 from fastq.brokers.base import Consumer, DeadLetter, Delivery, Tag
-from fastq.brokers.sqs.client import translated
+from fastq.brokers.sqs.client import PredefinedQueue, translated
 from fastq.brokers.sqs.layout import MAX_MESSAGES, MAX_VISIBILITY, RECEIVE_COUNT, REDRIVE_POLICY_TTL, decode_body
 from fastq.exceptions import OperationalError
 
@@ -71,6 +71,10 @@ class SQSConsumer(Consumer):
         self._error: Exception | None = None
         self._pollers: list[threading.Thread] = []
         self._redrive: dict[str, tuple[bool, float]] = {}  # url -> (has a redrive policy, when read)
+        # A renewal in flight (`renew`): the tags it extends, and the visibility changes settled meanwhile for
+        # some of them, applied again once its calls have returned (see `_settle_visibility`).
+        self._renewing: set[int] = set()
+        self._clashes: list[tuple[_Held, int]] = []
 
     # --- receiving ----------------------------------------------------------------------------------------
 
@@ -200,24 +204,28 @@ class SQSConsumer(Consumer):
     def reject(self, tags: Sequence[Tag], requeue: bool) -> None:
         held = self._take(tags)
         if requeue:
-            self._change_visibility([(h, 0) for h in held])
+            self._settle_visibility([(h, 0) for h in held])
             return
         doomed, backoff = [], []
         for h in held:
-            delay = self._backoff(h)
-            if delay is not None:
-                backoff.append((h, delay))
+            spec = self._backoff_spec(h)
+            if spec is not None:
+                # kombu leaves a backoff task to SQS's redelivery, never deletes it: hidden for the policy's
+                # delay at this receive count, else for what is left of its visibility timeout.
+                delay = spec.backoff_policy.get(h.receive_count)
+                if delay is not None:
+                    backoff.append((h, delay))
             elif not self._has_redrive_policy(h):
                 doomed.append(h)
-        self._change_visibility(backoff)
+        self._settle_visibility(backoff)
         self._delete(doomed)
 
-    def _backoff(self, h: _Held) -> int | None:
-        """The visibility a predefined queue's backoff policy gives a rejected task (kombu's QoS.reject)."""
+    def _backoff_spec(self, h: _Held) -> PredefinedQueue | None:
+        """The predefined queue whose backoff policy covers a rejected task (kombu's `QoS.is_backoff_task`)."""
         spec = self.options.predefined.get(h.sqs_name)
         if spec is None or not spec.backoff_policy or h.task not in spec.backoff_tasks:
             return None
-        return spec.backoff_policy.get(h.receive_count)
+        return spec
 
     def _has_redrive_policy(self, h: _Held) -> bool:
         """Whether SQS moves the queue's messages to a dead-letter queue after some receives: a rejected
@@ -238,7 +246,7 @@ class SQSConsumer(Consumer):
         return has
 
     def release(self, tags: Sequence[Tag]) -> None:
-        self._change_visibility([(h, 0) for h in self._take(tags)])
+        self._settle_visibility([(h, 0) for h in self._take(tags)])
 
     def defer(self, tag: Tag, eta: float) -> None:
         """Hidden until its ETA (at most until 12 hours after it was received: then it comes back and is
@@ -249,17 +257,37 @@ class SQSConsumer(Consumer):
             return
         h = held[0]
         allowance = MAX_VISIBILITY - math.ceil(time.monotonic() - h.received) - 1
-        self._change_visibility([(h, max(0, min(math.ceil(eta - time.time()), allowance)))])
+        self._settle_visibility([(h, max(0, min(math.ceil(eta - time.time()), allowance)))])
 
     def renew(self) -> None:
         """Extend every reservation held by the visibility timeout (beyond Celery: a kombu worker lets a long
-        acks_late task's message reappear once the queue's visibility timeout passes)."""
+        acks_late task's message reappear once the queue's visibility timeout passes).
+
+        The housekeeping thread renews while the loop settles: a message released (or requeued, or deferred)
+        while this renewal is in flight could reach SQS before it, and the renewal would then hide a message
+        handed back for a whole visibility timeout (30 minutes by default) instead of none. So what is settled
+        meanwhile is sent again after the renewal's calls returned (`_settle_visibility`)."""
         with self._cond:
             held = list(self._held.values())
-        now = time.monotonic()
-        timeout = self.options.visibility_timeout
-        changes = [(h, min(timeout, MAX_VISIBILITY - math.ceil(now - h.received) - 1)) for h in held]
-        self._change_visibility([(h, t) for h, t in changes if t > 0], renewing=True)
+            self._renewing = {h.tag for h in held}
+        try:
+            now = time.monotonic()
+            timeout = self.options.visibility_timeout
+            changes = [(h, min(timeout, MAX_VISIBILITY - math.ceil(now - h.received) - 1)) for h in held]
+            self._change_visibility([(h, t) for h, t in changes if t > 0], renewing=True)
+        finally:
+            with self._cond:
+                clashes, self._clashes = self._clashes, []
+                self._renewing = set()
+            self._change_visibility(clashes)
+
+    def _settle_visibility(self, changes: list[tuple[_Held, int]]) -> None:
+        """Change the visibility of messages no longer held (released, requeued, deferred), and again after a
+        renewal in flight that covered them (see `renew`)."""
+        with self._cond:
+            if self._renewing:
+                self._clashes.extend((h, t) for h, t in changes if h.tag in self._renewing)
+        self._change_visibility(changes)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> DeadLetter:
         letter = DeadLetter.of(delivery, reason)
@@ -292,7 +320,16 @@ class SQSConsumer(Consumer):
         def entry(h: _Held, i: int) -> dict[str, Any]:
             return {'Id': str(i), 'ReceiptHandle': h.receipt}
 
-        failed = self._batches(held, 'delete_message_batch', 'DeleteMessageBatch', entry)
+        sent: list[_Held] = []
+        try:
+            failed = self._batches(held, 'delete_message_batch', 'DeleteMessageBatch', entry, sent)
+        except Exception:
+            # Not deleted (a connection error, a refusal): held again, so the settler's retry deletes them
+            # (taken already, a retry found nothing to ack and the message ran again after its timeout).
+            done = {id(h) for h in sent}
+            with self._cond:
+                self._held.update((h.tag, h) for h in held if id(h) not in done)
+            raise
         if failed:
             stale = [h for h, code in failed if code in STALE_RECEIPT]
             if stale:
@@ -316,6 +353,9 @@ class SQSConsumer(Consumer):
             return {'Id': str(i), 'ReceiptHandle': h.receipt, 'VisibilityTimeout': timeouts[id(h)]}
 
         failed = self._batches([h for h, _ in changes], 'change_message_visibility_batch', 'ChangeVisibility', entry)
+        if renewing and failed:
+            with self._cond:  # acked or handed back while the renewal was in flight: nothing is lost
+                failed = [(h, code) for h, code in failed if h.tag in self._held]
         if failed:
             logger.warning(
                 '%s %d message(s) on %s failed (%s)%s',
@@ -327,9 +367,15 @@ class SQSConsumer(Consumer):
             )
 
     def _batches(
-        self, held: list[_Held], method: str, what: str, entry: Callable[[_Held, int], dict[str, Any]]
+        self,
+        held: list[_Held],
+        method: str,
+        what: str,
+        entry: Callable[[_Held, int], dict[str, Any]],
+        sent: list[_Held] | None = None,
     ) -> list[tuple[_Held, str]]:
-        """Call a batch API per queue, 10 entries a call; the entries SQS refused, with their error codes."""
+        """Call a batch API per queue, 10 entries a call; the entries SQS refused, with their error codes.
+        `sent` collects the entries of the calls that returned (when one raises, the rest were not sent)."""
         by_queue: dict[str, list[_Held]] = {}
         for h in held:
             by_queue.setdefault(h.sqs_name, []).append(h)
@@ -343,6 +389,8 @@ class SQSConsumer(Consumer):
                         QueueUrl=chunk[0].url, Entries=[entry(h, i) for i, h in enumerate(chunk)]
                     )
                 failed.extend((chunk[int(f['Id'])], str(f.get('Code', '?'))) for f in reply.get('Failed') or ())
+                if sent is not None:
+                    sent.extend(chunk)
         return failed
 
 

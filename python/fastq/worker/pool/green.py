@@ -64,6 +64,7 @@ class GeventPool(Pool):
         self._active: dict[int, Job] = {}
         self._killed: dict[int, str] = {}  # job id -> why the pool killed it (reported through on_lost)
         self._soft: dict[int, float] = {}  # job id -> when its soft time limit expires (monotonic)
+        self._started: set[int] = set()  # job ids whose greenlet has begun to run
         self._stopping = False
 
     def start(self) -> None:
@@ -79,6 +80,7 @@ class GeventPool(Pool):
 
     def _run(self, job: Job) -> None:
         outcome: Outcome | None = None
+        self._started.add(job.id)
         try:
             prepared = prepare_payload(self.app, job.payload(), self.accept)
             if isinstance(prepared, Outcome):
@@ -92,6 +94,7 @@ class GeventPool(Pool):
         except BaseException as exc:  # never lose the answer for a job
             outcome = Outcome('FAILURE', 0.0, exc_repr=repr(exc))
         finally:
+            self._started.discard(job.id)
             self._soft.pop(job.id, None)
             self._running.pop(job.id, None)
             # (the loop and the greenlets share one thread, but the loop may be waiting in select: post)
@@ -150,6 +153,12 @@ class GeventPool(Pool):
     def _kill(self, job: Job, reason: str) -> None:
         self._killed[job.id] = reason
         self._running[job.id].kill(Killed(reason), block=False)
+        if job.id not in self._started:
+            # gevent never runs a greenlet killed before it was first switched to (a revoke or a hard limit
+            # that came before the hub started it), so `_run`'s `finally` would never report the job: it
+            # stayed active for good, its message unsettled and a warm shutdown waiting on it. Report it here.
+            self._running.pop(job.id, None)
+            self.loop.call_soon_threadsafe(lambda: self._finished(job, None))
 
     def stop(self) -> None:
         self._stopping = True
