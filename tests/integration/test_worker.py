@@ -442,6 +442,8 @@ def test_a_redelivered_task_that_succeeded_is_not_run_again(
     envelope = _json.loads(client.lindex('dedupe', 0))  # the message as stored, before any worker took it
     w = worker('-Q', 'dedupe', extra_env={'FASTQ_WORKER_DEDUPLICATE_SUCCESSFUL_TASKS': 'true'})
     assert result.get(timeout=30) == 'once'
+    # (once its ack is in: a copy with the same delivery tag while the first is still held is a duplicate)
+    wait_until(lambda: client.hlen('unacked') == 0, 30, 'the first delivery acked')
     envelope['headers']['redelivered'] = True  # as a restore of the reservation would hand it out again
     client.lpush('dedupe', _json.dumps(envelope))
     w.wait_for(f'Task worker_tasks.slow_record[{result.id}] Task already completed successfully.', 30)

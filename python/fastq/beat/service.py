@@ -230,11 +230,15 @@ class Service:
     def _shutdown(self) -> None:
         if self._pidbox is not None:
             self._pidbox.stop()
-        if self.lock is not None and self.leader:
-            with contextlib.suppress(Exception):
-                self.lock.release()
-        self.leader = False
-        self.scheduler.close()
+        # The schedule saved (its last runs) before the lead is let go: a standby taking over in between would
+        # read the runs from before and send the last one again.
+        try:
+            self.scheduler.close()
+        finally:
+            if self.lock is not None and self.leader:
+                with contextlib.suppress(Exception):
+                    self.lock.release()
+            self.leader = False
 
     def stop(self, wait: bool = False) -> None:
         """Ask the loop to end (safe from signal handlers and other threads); `wait` blocks until it has."""

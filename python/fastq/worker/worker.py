@@ -586,7 +586,6 @@ class WorkController:
             self._stop_fetching()
             if self.control is not None:
                 self.control.stop()
-            self._stop_renew.set()
             pool = self.pool
             if self._shutdown == 'warm' and pool is not None:
                 if self.dispatcher is not None:
@@ -604,6 +603,9 @@ class WorkController:
                     self.dispatcher.abandon(held)
             elif self.pool is not None and hasattr(self.pool, 'close'):
                 self.pool.close()
+            # Only now: a warm shutdown waits for the running tasks, whose reservations must stay renewed
+            # meanwhile, or a long one outlasting the visibility timeout is handed to another worker.
+            self._stop_renew.set()
             if self.fetcher is not None:
                 self.fetcher.join(5.0)
                 # A delivery the fetcher handed over while we were stopping is released with the rest.
