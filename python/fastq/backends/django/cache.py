@@ -23,7 +23,7 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 from fastq import states
-from fastq.backends.base import Backend
+from fastq.backends.polling import PollingBackend
 from fastq.backends.django.connections import current_request, run
 from fastq.exceptions import ImproperlyConfigured
 
@@ -45,8 +45,7 @@ TASK_KEY_PREFIX = 'celery-task-meta-'
 GROUP_KEY_PREFIX = 'celery-taskset-meta-'
 
 
-class DjangoCacheBackend(Backend):
-    polling = True
+class DjangoCacheBackend(PollingBackend):
 
     def __init__(self, app: Fastq, url: str | None = None) -> None:
         super().__init__(app, url)
