@@ -39,7 +39,10 @@ def test_many_tasks_all_results(tasks: Any, worker: Any) -> None:
 def test_banner_names_broker_backend_and_tasks(tasks: Any, worker: Any, urls: dict[str, str]) -> None:
     w = worker()
     log = w.log
-    assert '.> transport:   ' + urls['FASTQ_BROKER_URL'] in log
+    from fastq.utils.text import as_uri
+
+    assert '.> transport:   ' + as_uri(urls['FASTQ_BROKER_URL']) in log  # (redis://:**@host:port/db, as Celery's)
+    assert 'Connected to ' + as_uri(urls['FASTQ_BROKER_URL']) in log
     assert '.> results:     ' + urls['FASTQ_RESULT_BACKEND'] in log
     assert '.> concurrency: 2 (prefork)' in log
     assert '  . worker_tasks.add' in log

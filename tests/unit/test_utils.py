@@ -8,7 +8,7 @@ import pytest
 
 from fastq.schedules import crontab, schedule
 from fastq.utils.nodenames import default_nodename, host_format, nodesplit
-from fastq.utils.text import mask_url, saferepr
+from fastq.utils.text import as_uri, mask_url, saferepr
 from fastq.utils.time import parse_rate
 
 
@@ -64,3 +64,32 @@ def test_crontab_next_fire() -> None:
     assert crontab.from_string('*/15 * * * *') == crontab(minute='*/15')
     with pytest.raises(ValueError, match='Valid range is 0-59'):
         crontab(minute=61)
+
+
+@pytest.mark.parametrize(
+    'url',
+    [
+        'pyamqp://guest@localhost//',
+        'amqp://',
+        'amqps://',
+        'amqp://user@h/vh',
+        'amqp://u:p@127.0.0.1:5673/a%2Fb',
+        'amqp://a:b@h1//;amqp://a:b@h2//',
+        'redis://localhost',
+        'redis://:secret@127.0.0.1:6379/1',
+        'redis://user:pw@h/3',
+        'rediss://:s@h:6380/0',
+        'sentinel://h:26379;sentinel://h2:26379',
+        'sqs://AK:SK@',
+        'memory://',
+        'redis+socket:///tmp/r.sock',
+    ],
+)
+def test_as_uri_prints_broker_urls_as_celery(url: str) -> None:
+    """The banner's transport and "Connected to" line: kombu's `Connection.as_uri()`, which Celery prints."""
+    kombu = pytest.importorskip('kombu')
+    assert as_uri(url) == kombu.Connection(url).as_uri()
+
+
+def test_as_uri_masks_what_kombu_does_not_know() -> None:
+    assert as_uri('sqlite:///tmp/b.db') == 'sqlite:///tmp/b.db'

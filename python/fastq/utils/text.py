@@ -6,7 +6,7 @@ import re
 import reprlib
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 _SECRET_KEYS = re.compile(r'API|TOKEN|KEY|SECRET|PASS|SIGNATURE|DATABASE', re.IGNORECASE)
 
@@ -27,6 +27,43 @@ def mask_url(url: str) -> str:
         host = f'{host}:{parts.port}'
     netloc = f'{user}:**@{host}'
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+#: scheme -> (the scheme kombu shows, its default port, its default user), for `as_uri`.
+_KOMBU_URIS: dict[str, tuple[str, int | None, str]] = {
+    'amqp': ('amqp', 5672, 'guest'),
+    'pyamqp': ('amqp', 5672, 'guest'),
+    'librabbitmq': ('amqp', 5672, 'guest'),
+    'amqps': ('amqps', 5671, 'guest'),
+    'redis': ('redis', 6379, ''),
+    'rediss': ('rediss', 6379, ''),
+    'sentinel': ('sentinel', 26379, ''),
+    'sqs': ('sqs', None, ''),
+    'memory': ('memory', None, ''),
+}
+
+
+def as_uri(url: str) -> str:
+    """A broker URL as Celery prints it in the worker's banner and "Connected to" line (kombu's
+    `Connection.as_uri()`): transport aliases resolved, default host, port, user and virtual host filled in,
+    the password always `**`, the first of several failover URLs. Other URLs (fastq's own: sqlite://) are
+    only masked."""
+    first = url.split(';', 1)[0]
+    try:
+        parts = urlsplit(first)
+        port = parts.port
+    except ValueError:
+        return mask_url(url)
+    known = _KOMBU_URIS.get(parts.scheme.lower())
+    if known is None:
+        return mask_url(url)
+    scheme, default_port, default_user = known
+    user = unquote(parts.username) if parts.username else default_user
+    host = parts.hostname or 'localhost'
+    port = port or default_port
+    vhost = unquote(parts.path[1:]) if parts.path[1:] else '/'
+    address = f'{host}:{port}' if port else host
+    return f'{scheme}://{user}:**@{address}/{vhost}'
 
 
 def mask_secrets(key: str, value: Any) -> Any:

@@ -24,6 +24,7 @@ from fastq import __version__, _state, signals
 from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured
 from fastq.serialization import accept_set
 from fastq.utils.nodenames import default_nodename, host_format
+from fastq.utils.text import as_uri
 from fastq.worker.dispatcher import Dispatcher
 from fastq.worker.fetcher import Fetcher
 from fastq.worker.loop import Loop
@@ -350,7 +351,7 @@ class WorkController:
         while True:
             try:
                 broker.connect()
-                logger.info('Connected to %s', broker.describe())
+                logger.info('Connected to %s', as_uri(broker.url))
                 return broker
             except BrokerConnectionError as exc:
                 attempt += 1
@@ -682,7 +683,7 @@ class WorkController:
             '',
             '[config]',
             f'.> app:         {app.main or "__main__"}:{id(app):#x}',
-            f'.> transport:   {app.broker.describe()}',
+            f'.> transport:   {as_uri(app.broker.url)}',  # (as Celery prints it: kombu's as_uri)
             f'.> results:     {backend}',
             f'.> concurrency: {self._describe_concurrency()}',
             f'.> task events: {events}',

@@ -23,8 +23,8 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 from fastq import states
-from fastq.backends.polling import PollingBackend
 from fastq.backends.django.connections import current_request, run
+from fastq.backends.polling import PollingBackend
 from fastq.exceptions import ImproperlyConfigured
 
 try:
@@ -46,7 +46,6 @@ GROUP_KEY_PREFIX = 'celery-taskset-meta-'
 
 
 class DjangoCacheBackend(PollingBackend):
-
     def __init__(self, app: Fastq, url: str | None = None) -> None:
         super().__init__(app, url)
         self.cache_name: str | None = app.conf.cache_backend
