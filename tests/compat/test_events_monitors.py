@@ -156,3 +156,38 @@ def test_flower_shows_fastq_workers_and_tasks(fastq_client: Any, workers: Any, u
     finally:
         flower.terminate()
         flower.wait(10)
+
+
+def test_fastq_flower_runs_flower_on_the_fastq_app(workers: Any, url: str, tmp_path: Any) -> None:
+    """`fastq -A proj flower` (Celery's `celery -A proj flower`): Celery CLI plugins run on a Celery app that
+    mirrors the fastq app's broker and backend; Flower then lists the fastq workers as alive."""
+    import subprocess
+    import sys
+
+    pytest.importorskip('flower')
+    w = workers('fastq', '-n', 'ff1@%h', '--heartbeat-interval', '0.5')
+    hostname = next(word for word in w.log.split() if word.startswith('ff1@'))
+    port = _free_port()
+    env = dict(w.env, FLOWER_UNAUTHENTICATED_API='true')
+    log = open(tmp_path / 'flower.log', 'wb')
+    flower = subprocess.Popen(
+        [sys.executable, '-m', 'fastq', '-A', 'worker_tasks', 'flower', f'--port={port}', '--address=127.0.0.1',
+         '--inspect_timeout=2000', '--persistent=False'],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log.close()
+    try:
+
+        def status() -> Any:
+            try:
+                return _get(port, '/api/workers?status=true')
+            except OSError:
+                return {}
+
+        wait_until(lambda: status().get(hostname) is True, timeout=60, message='Flower sees the worker alive')
+        flower_log = (tmp_path / 'flower.log').read_text()
+        assert url.rpartition('@')[2].split('/')[0] in flower_log  # (its broker)
+        assert "'worker_tasks.add'" in flower_log  # (the app's tasks, registered by name on the mirror)
+    finally:
+        flower.terminate()
+        flower.wait(10)

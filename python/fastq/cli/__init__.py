@@ -226,6 +226,38 @@ def _early_app(parser: argparse.ArgumentParser, arguments: list[str], app: Fastq
     return app, entered
 
 
+def _plugin(parser: argparse.ArgumentParser, arguments: list[str], app: Fastq | None) -> int | None:
+    """A command no fastq command answers to but a Celery CLI plugin does (`fastq -A proj flower`): run it
+    (fastq.cli.plugins) and return its exit status; None for everything else."""
+    from fastq.cli import plugins
+    from fastq.cli.options import _commands
+
+    commands = _commands(parser)
+    i = 0
+    while i < len(arguments) and arguments[i].startswith('-'):
+        i += 2 if arguments[i] in _GLOBAL_VALUED else 1
+    if i >= len(arguments) or arguments[i] in commands or plugins.find(arguments[i]) is None:
+        return None
+    pre = argparse.ArgumentParser(add_help=False)
+    for flag in ('-A', '--app'), ('-b', '--broker'), ('--result-backend',), ('--config',), ('--workdir',):
+        pre.add_argument(*flag)
+    known = pre.parse_known_args(arguments[:i])[0]
+    if known.workdir:
+        os.chdir(known.workdir)
+    if app is None:
+        spec = known.app or next((os.environ[n] for n in ('FASTQ_APP', 'CELERY_APP', 'APP') if os.environ.get(n)), None)
+        if not spec:
+            raise CommandError(f'{arguments[i]}: which app? (fastq -A proj {arguments[i]} ...)')
+        app = _load_app(spec)
+    if known.broker:
+        app.conf.broker_url = known.broker
+    if known.result_backend:
+        app.conf.result_backend = known.result_backend
+    if known.config:
+        app.config_from_object(known.config)
+    return plugins.run(app, arguments[i], arguments[i + 1 :])
+
+
 def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
     """Entry point of `fastq`; exits with the command's status."""
     from fastq.utils.green import maybe_patch_concurrency
@@ -236,6 +268,9 @@ def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
     parser = build_parser()
     arguments, settings = _split_settings(parser, list(sys.argv[1:] if argv is None else argv))
     try:
+        code = _plugin(parser, arguments, app)
+        if code is not None:
+            sys.exit(code)
         app, entered = _early_app(parser, arguments, app)
     except (CommandError, ImproperlyConfigured) as exc:
         print(f'Error: {exc}', file=sys.stderr)
