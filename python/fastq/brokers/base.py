@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -184,6 +185,37 @@ class DeadLetter:
             task_id=delivery.task_id,
             task_name=delivery.task_name,
             deliveries=delivery.deliveries,
+        )
+
+    def to_json(self) -> str:
+        """The record a store keeps where it has no columns of its own (Redis's hash, an SQS queue): the
+        payload's bytes carried through JSON as text, undecodable ones included."""
+        return json.dumps(
+            {
+                'id': self.id,
+                'queue': self.queue,
+                'reason': self.reason,
+                'task_id': self.task_id,
+                'task_name': self.task_name,
+                'deliveries': self.deliveries,
+                'created': self.created,
+                'payload': self.payload.decode('utf-8', 'surrogateescape'),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> DeadLetter:
+        """The letter `to_json` wrote."""
+        d = json.loads(raw)
+        return cls(
+            id=d['id'],
+            queue=d['queue'],
+            reason=d['reason'],
+            payload=d['payload'].encode('utf-8', 'surrogateescape'),
+            created=d['created'],
+            task_id=d.get('task_id'),
+            task_name=d.get('task_name'),
+            deliveries=d.get('deliveries', 0),
         )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from fastq.brokers.base import DeadLetter, DeadLetterStore
@@ -17,35 +16,6 @@ def _key(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _record(letter: DeadLetter) -> str:
-    return json.dumps(
-        {
-            'id': letter.id,
-            'queue': letter.queue,
-            'reason': letter.reason,
-            'task_id': letter.task_id,
-            'task_name': letter.task_name,
-            'deliveries': letter.deliveries,
-            'created': letter.created,
-            'payload': letter.payload.decode('utf-8', 'surrogateescape'),
-        }
-    )
-
-
-def _letter(raw: Any) -> DeadLetter:
-    d = json.loads(raw)
-    return DeadLetter(
-        id=d['id'],
-        queue=d['queue'],
-        reason=d['reason'],
-        payload=d['payload'].encode('utf-8', 'surrogateescape'),
-        created=d['created'],
-        task_id=d.get('task_id'),
-        task_name=d.get('task_name'),
-        deliveries=d.get('deliveries', 0),
-    )
-
-
 class RedisDeadLetters(DeadLetterStore):
     def __init__(self, client: redis.Redis, layout: Layout) -> None:
         self.client = client
@@ -55,7 +25,7 @@ class RedisDeadLetters(DeadLetterStore):
         """Store a letter; with `remove_tag`, drop that reservation in the same transaction."""
         layout = self.layout
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(layout.dead_letters, letter.id, _record(letter))
+            pipe.hset(layout.dead_letters, letter.id, letter.to_json())
             pipe.zadd(layout.dead_letters_index, {letter.id: letter.created})
             if remove_tag is not None:
                 pipe.hdel(layout.unacked, remove_tag)
@@ -67,12 +37,12 @@ class RedisDeadLetters(DeadLetterStore):
         if not ids:
             return []
         raws = self.client.hmget(self.layout.dead_letters, [_key(i) for i in ids])
-        return [_letter(raw) for raw in raws if raw is not None]
+        return [DeadLetter.from_json(raw) for raw in raws if raw is not None]
 
     def get(self, ident: str) -> DeadLetter | None:
         raw = self.client.hget(self.layout.dead_letters, ident)
         if raw is not None:
-            return _letter(raw)
+            return DeadLetter.from_json(raw)
         matches = [d for d in self.list(10_000) if d.task_id == ident]
         return matches[0] if matches else None
 

@@ -8,7 +8,6 @@ matter: they hold what SQS moved there, untouched by fastq.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,35 +20,6 @@ if TYPE_CHECKING:
 
 SCAN_HIDE = 30  # seconds a scanned record stays invisible unless handed back
 MAX_SCAN = 100_000  # records read at most by one scan
-
-
-def _record(letter: DeadLetter) -> str:
-    return json.dumps(
-        {
-            'id': letter.id,
-            'queue': letter.queue,
-            'reason': letter.reason,
-            'task_id': letter.task_id,
-            'task_name': letter.task_name,
-            'deliveries': letter.deliveries,
-            'created': letter.created,
-            'payload': letter.payload.decode('utf-8', 'surrogateescape'),
-        }
-    )
-
-
-def _letter(raw: str) -> DeadLetter:
-    d = json.loads(raw)
-    return DeadLetter(
-        id=d['id'],
-        queue=d['queue'],
-        reason=d['reason'],
-        payload=d['payload'].encode('utf-8', 'surrogateescape'),
-        created=d['created'],
-        task_id=d.get('task_id'),
-        task_name=d.get('task_name'),
-        deliveries=d.get('deliveries', 0),
-    )
 
 
 def _find(found: Sequence[tuple[DeadLetter, str]], ident: str) -> tuple[DeadLetter, str] | None:
@@ -72,7 +42,7 @@ class SQSDeadLetters(DeadLetterStore):
     def add(self, letter: DeadLetter) -> None:
         url = self._url(create=True)
         with translated(self.broker.describe(), 'SendMessage (dead letter)'):
-            self.broker.clients.default.send_message(QueueUrl=url, MessageBody=_record(letter))
+            self.broker.clients.default.send_message(QueueUrl=url, MessageBody=letter.to_json())
 
     def _scan(self) -> tuple[str | None, list[tuple[DeadLetter, str]]]:
         """Every record with its receipt handle, hidden until handed back (`_settle`)."""
@@ -91,7 +61,7 @@ class SQSDeadLetters(DeadLetterStore):
                     break
                 for m in messages:
                     try:
-                        found.append((_letter(m['Body']), m['ReceiptHandle']))
+                        found.append((DeadLetter.from_json(m['Body']), m['ReceiptHandle']))
                     except (ValueError, KeyError, TypeError):
                         continue  # not ours: left hidden for a moment, never deleted
         return url, found
