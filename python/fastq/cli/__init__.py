@@ -198,7 +198,6 @@ def _early_app(parser: argparse.ArgumentParser, arguments: list[str], app: Fastq
     so that its `app.user_options` join the commands' options (fastq.cli.options), as in Celery, whose CLI
     loads the app first too. Returns the app (None: loaded later, as before) and whether --workdir was
     entered."""
-    import os
 
     from fastq.cli.options import _commands, add_user_options
 
@@ -211,11 +210,8 @@ def _early_app(parser: argparse.ArgumentParser, arguments: list[str], app: Fastq
         return app, False
     entered = False
     if app is None:
-        pre = argparse.ArgumentParser(add_help=False)
-        pre.add_argument('-A', '--app')
-        pre.add_argument('--workdir')
-        known = pre.parse_known_args(arguments[:i])[0]
-        spec = known.app or next((os.environ[n] for n in ('FASTQ_APP', 'CELERY_APP', 'APP') if os.environ.get(n)), None)
+        known = _global_options(arguments[:i])
+        spec = _app_spec(known)
         if not spec:
             return None, False
         if known.workdir:
@@ -224,6 +220,21 @@ def _early_app(parser: argparse.ArgumentParser, arguments: list[str], app: Fastq
         app = _load_app(spec)
     add_user_options(parser, app)
     return app, entered
+
+
+def _global_options(arguments: list[str]) -> argparse.Namespace:
+    """The global options among `arguments` (those before the command), read before the whole command line
+    can be (the app they name may add options to it)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    for flag in ('-A', '--app'), ('-b', '--broker'), ('--result-backend',), ('--config',), ('--workdir',):
+        pre.add_argument(*flag)
+    pre.set_defaults(command=None)
+    return pre.parse_known_args(arguments)[0]
+
+
+def _app_spec(known: argparse.Namespace) -> str | None:
+    """`-A`, else the environment's APP (fastq's name first, then Celery's)."""
+    return known.app or next((os.environ[n] for n in ('FASTQ_APP', 'CELERY_APP', 'APP') if os.environ.get(n)), None)
 
 
 def _plugin(parser: argparse.ArgumentParser, arguments: list[str], app: Fastq | None) -> int | None:
@@ -238,23 +249,15 @@ def _plugin(parser: argparse.ArgumentParser, arguments: list[str], app: Fastq | 
         i += 2 if arguments[i] in _GLOBAL_VALUED else 1
     if i >= len(arguments) or arguments[i] in commands or plugins.find(arguments[i]) is None:
         return None
-    pre = argparse.ArgumentParser(add_help=False)
-    for flag in ('-A', '--app'), ('-b', '--broker'), ('--result-backend',), ('--config',), ('--workdir',):
-        pre.add_argument(*flag)
-    known = pre.parse_known_args(arguments[:i])[0]
+    known = _global_options(arguments[:i])
     if known.workdir:
         os.chdir(known.workdir)
     if app is None:
-        spec = known.app or next((os.environ[n] for n in ('FASTQ_APP', 'CELERY_APP', 'APP') if os.environ.get(n)), None)
+        spec = _app_spec(known)
         if not spec:
             raise CommandError(f'{arguments[i]}: which app? (fastq -A proj {arguments[i]} ...)')
         app = _load_app(spec)
-    if known.broker:
-        app.conf.broker_url = known.broker
-    if known.result_backend:
-        app.conf.result_backend = known.result_backend
-    if known.config:
-        app.config_from_object(known.config)
+    _configure(app, known, [])
     return plugins.run(app, arguments[i], arguments[i + 1 :])
 
 
