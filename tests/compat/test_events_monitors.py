@@ -95,35 +95,44 @@ def _get(port: int, path: str) -> Any:
         return json.loads(response.read())
 
 
+def _flower(command: list[str], port: int, env: dict[str, str], tmp_path: Any) -> Any:
+    """A Flower process (`command` is what runs it: celery's or fastq's CLI) on 127.0.0.1:`port`, its
+    output in flower.log, the API open without authentication."""
+    import subprocess
+
+    env = dict(env, FLOWER_UNAUTHENTICATED_API='true')
+    env.pop('PYTEST_CURRENT_TEST', None)
+    with open(tmp_path / 'flower.log', 'wb') as log:
+        return subprocess.Popen(
+            [*command, 'flower', f'--port={port}', '--address=127.0.0.1', '--inspect_timeout=2000',
+             '--persistent=False'],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def _workers_status(port: int) -> Any:
+    """Flower's worker -> alive map ({} while it is not listening yet)."""
+    try:
+        return _get(port, '/api/workers?status=true')
+    except OSError:
+        return {}
+
+
 def test_flower_shows_fastq_workers_and_tasks(fastq_client: Any, workers: Any, url: str, tmp_path: Any) -> None:
     """A real Flower (PyPI `flower`) against a fastq fleet: its event-driven views (tasks, worker status) come
     from fastq's events; its worker list from inspect replies, which it asks for on refresh."""
     import os
-    import subprocess
     import sys
 
     pytest.importorskip('flower')
     w = workers('fastq', '-n', 'fl1@%h', '--heartbeat-interval', '0.5')  # no -E: Flower enables task events
     hostname = next(word for word in w.log.split() if word.startswith('fl1@'))
     port = _free_port()
-    env = dict(os.environ, FLOWER_UNAUTHENTICATED_API='true')
-    env.pop('PYTEST_CURRENT_TEST', None)
-    log = open(tmp_path / 'flower.log', 'wb')
-    flower = subprocess.Popen(
-        [sys.executable, '-m', 'celery', f'--broker={url}', 'flower', f'--port={port}', '--address=127.0.0.1',
-         '--inspect_timeout=2000', '--persistent=False'],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    log.close()
+    flower = _flower([sys.executable, '-m', 'celery', f'--broker={url}'], port, dict(os.environ), tmp_path)
     try:
-
-        def status() -> Any:
-            try:
-                return _get(port, '/api/workers?status=true')
-            except OSError:
-                return {}
-
-        wait_until(lambda: status().get(hostname) is True, timeout=60, message='Flower sees the worker alive')
+        wait_until(
+            lambda: _workers_status(port).get(hostname) is True, timeout=60, message='Flower sees the worker alive'
+        )
         # Flower sends enable_events to the workers when it starts (and every few seconds after): task events
         # flow once the worker took it.
         deadline = time.monotonic() + 60
@@ -161,30 +170,17 @@ def test_flower_shows_fastq_workers_and_tasks(fastq_client: Any, workers: Any, u
 def test_fastq_flower_runs_flower_on_the_fastq_app(workers: Any, url: str, tmp_path: Any) -> None:
     """`fastq -A proj flower` (Celery's `celery -A proj flower`): Celery CLI plugins run on a Celery app that
     mirrors the fastq app's broker and backend; Flower then lists the fastq workers as alive."""
-    import subprocess
     import sys
 
     pytest.importorskip('flower')
     w = workers('fastq', '-n', 'ff1@%h', '--heartbeat-interval', '0.5')
     hostname = next(word for word in w.log.split() if word.startswith('ff1@'))
     port = _free_port()
-    env = dict(w.env, FLOWER_UNAUTHENTICATED_API='true')
-    log = open(tmp_path / 'flower.log', 'wb')
-    flower = subprocess.Popen(
-        [sys.executable, '-m', 'fastq', '-A', 'worker_tasks', 'flower', f'--port={port}', '--address=127.0.0.1',
-         '--inspect_timeout=2000', '--persistent=False'],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    log.close()
+    flower = _flower([sys.executable, '-m', 'fastq', '-A', 'worker_tasks'], port, w.env, tmp_path)
     try:
-
-        def status() -> Any:
-            try:
-                return _get(port, '/api/workers?status=true')
-            except OSError:
-                return {}
-
-        wait_until(lambda: status().get(hostname) is True, timeout=60, message='Flower sees the worker alive')
+        wait_until(
+            lambda: _workers_status(port).get(hostname) is True, timeout=60, message='Flower sees the worker alive'
+        )
         flower_log = (tmp_path / 'flower.log').read_text()
         assert url.rpartition('@')[2].split('/')[0] in flower_log  # (its broker)
         assert "'worker_tasks.add'" in flower_log  # (the app's tasks, registered by name on the mirror)
