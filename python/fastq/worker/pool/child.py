@@ -241,6 +241,7 @@ def child_main(
                 progress[index] = done + 1
             outcome = run_payload(app, payload, accept)
             if not queue:
+                borrower.rearm(stopping)
                 answers.store_now()
             done += 1
             exiting = _exiting(done, max_tasks, max_memory_kib)

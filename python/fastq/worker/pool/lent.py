@@ -140,6 +140,19 @@ class Lent:
             return
         self._settled()
 
+    def rearm(self, chan: _ipc.Channel) -> None:
+        """Wait in the broker again (with the early acks) right as a task ends, before its result is stored.
+
+        The store's write then reaches Redis behind the wait, often in the same pass: the wait is in place
+        before the caller has its result (and sends the next task), and Redis and this child are woken once
+        for both instead of once each (the wait used to follow the store's round trip). The slot stays set
+        until `settle`, after the store: a child that dies in between still has its task found by the parent.
+        Alternated with the old order (`probe.py latency`, 4 pairs of 2 rounds): p50 0.519 -> 0.468 ms."""
+        try:
+            self.lead.arm(self.acks)
+        except Exception as exc:
+            self._failed(chan, exc)
+
     def _settled(self) -> None:
         slot = self.slot
         if slot is not None and slot[0]:
@@ -334,6 +347,12 @@ class Borrower:
             lent.settle(self.chan, held)
         if not held or lent is None or not lent.held() or answers.due_in() == 0.0:  # (settle may have lost it)
             answers.write()
+
+    def rearm(self, stopping: bool) -> None:
+        """(The last queued job returned) wait in the broker again now, if this child holds the lead."""
+        lent = self.lent
+        if lent is not None and not stopping and lent.held():
+            lent.rearm(self.chan)
 
     def wait(self, queue: deque[tuple[int, int, Any]], answers: Any) -> bool:
         """Wait for the parent, and in the broker while lent the lead; True when a task was taken (queued)."""
