@@ -64,3 +64,22 @@ def test_one_pending_look_at_a_time(dispatcher: Dispatcher) -> None:
     for _ in range(100):
         dispatcher._release_due()
     assert len(dispatcher.loop._timers) == 1
+
+
+def test_a_task_the_broker_cannot_park_any_more_is_held_not_failed(
+    dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RabbitMQ's consumer refuses to park a delivery of a connection it lost (NotImplementedError): the task is
+    held in memory (and dropped at dispatch, as not current), not an error that fails its delivery batch."""
+
+    def refuse(tag: Any, eta: float) -> None:
+        raise NotImplementedError('no longer held')
+
+    monkeypatch.setattr(dispatcher.broker, 'features', SimpleNamespace(delayed=True))
+    monkeypatch.setattr(dispatcher.consumer, 'defer', refuse)
+    now = time.time()
+    job = _held_job(now + 60, 7)
+    job.tag = 'tag-7'
+    dispatcher._hold(job, now + 60, now)
+    assert [entry[1] for entry in dispatcher.held] == [7]
+    assert dispatcher.parked is None or not len(dispatcher.parked)  # nothing claimed as parked

@@ -358,6 +358,16 @@ class Consumer(abc.ABC):
         Brokers without `features.delayed` raise NotImplementedError; the worker then holds it itself.
         """
 
+    def parked(self, limit: int) -> list[Message] | None:
+        """The messages waiting in the broker for their ETA that this consumer answers for (`inspect
+        scheduled`), at most `limit`: no message under two consumers at once, so no task is listed twice.
+        Called from the worker's remote-control thread.
+
+        None when the broker cannot read them back (RabbitMQ's delayed chain): the worker then lists the tasks
+        it deferred itself, from memory (`fastq.worker.parked`).
+        """
+        return None
+
     @abc.abstractmethod
     def renew(self) -> None:
         """Extend every reservation this consumer holds by the visibility timeout (a no-op without leases)."""

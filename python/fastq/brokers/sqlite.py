@@ -10,10 +10,11 @@ Transport options (`broker_transport_options`):
                         use FULL to also survive power loss, at an fsync per commit).
 
 Features: priorities (0-255, higher first, like RabbitMQ; FIFO within a priority), ETA/countdown messages
-held in the database until due, leases renewed by live workers, dead owners detected at once through a
-per-consumer lock file (the kernel releases it when the process dies, even on SIGKILL), delivery counts,
-fanout (for remote control and events), a dead-letter table, claims and named leases (beat's run claims and
-leader lock; a lease whose holder's process died is free at once, through the same lock files).
+held in the database until due (`inspect scheduled` lists them under one worker per queue), leases renewed
+by live workers, dead owners detected at once through a per-consumer lock file (the kernel releases it when
+the process dies, even on SIGKILL), delivery counts, fanout (for remote control and events), a dead-letter
+table, claims and named leases (beat's run claims and leader lock; a lease whose holder's process died is
+free at once, through the same lock files).
 
 Layout: table `messages` (one row per message, the payload is kombu's JSON envelope, exactly what kombu's
 Redis transport stores), `dead_letters`, `fanout`, `queues`, `claims`, `leases`; next to the file,
@@ -94,6 +95,7 @@ CREATE TABLE IF NOT EXISTS fanout (
 SWEEP_INTERVAL = 1.0  # seconds between checks for dead owners and expired leases
 FANOUT_KEEP = 60.0  # seconds fanout rows are kept for subscribers
 CLAIM_CLEANUP_INTERVAL = 60.0  # seconds between deletions of expired claims
+LISTING_LEASE = 300.0  # seconds a worker stays the one listing a queue's ETA messages unless asked again
 
 
 def _first(rows: list[Any]) -> Any:
@@ -618,6 +620,27 @@ class SQLiteConsumer(Consumer):
             eta,
         )
         self.broker.doorbell.ring()
+
+    def parked(self, limit: int) -> list[_core.Message]:
+        """The messages of our queues not due yet, whether sent with an ETA (they wait here, unseen by any
+        worker) or deferred by one: listed by one consumer per queue, the holder of the lease
+        `scheduled.<queue>`, which it keeps while it is asked within `LISTING_LEASE` and loses when its
+        process dies, so each task is listed once and a restart does not hide it."""
+        queues = [q for q in self.queues if self.broker.lease(f'scheduled.{q}', self.owner, LISTING_LEASE)]
+        if not queues:
+            return []
+        rows = self.db.query(
+            f'SELECT payload FROM messages WHERE owner IS NULL AND queue IN ({placeholders(len(queues))}) '
+            'AND not_before > ? ORDER BY not_before, id LIMIT ?',
+            (*queues, time.time(), limit),
+        )
+        messages = []
+        for row in rows:
+            try:
+                messages.append(_core.Message.from_envelope(bytes(row[0]), None))
+            except ValueError:  # dead-lettered when it comes due; nothing to list
+                continue
+        return messages
 
     def renew(self) -> None:
         until = time.time() + self.broker.visibility_timeout

@@ -35,6 +35,7 @@ from fastq.protocol import parse_delivery
 from fastq.utils.functional import as_list
 from fastq.utils.imports import symbol_by_name
 from fastq.worker.job import DECODE_ERROR, Job, embed_into, request_of
+from fastq.worker.parked import ParkedTasks, of_job
 from fastq.worker.ratelimit import RateLimiter
 from fastq.worker.request import DEFAULT_REQUEST, ExceptionInfo, Request
 from fastq.worker.trace import Outcome
@@ -93,6 +94,8 @@ class Dispatcher:
         self.consumer = consumer
         # Consumers whose broker takes deliveries back by itself say which are still theirs (else: all).
         self._current = consumer.current if type(consumer).current is not Consumer.current else None
+        # What it parks, for `inspect scheduled`, where the broker cannot list it back (fastq.worker.parked).
+        self.parked = ParkedTasks() if type(consumer).parked is Consumer.parked else None
         self.pool = pool
         self.loop = loop
         self.accept = accept
@@ -280,10 +283,18 @@ class Dispatcher:
         """A task with an ETA ahead: parked in the broker if far enough and it can, else held in memory."""
         request = job.request
         if eta - now > HOLD_IN_MEMORY and self.broker.features.delayed:
-            self._settled(job.tag)
-            self.consumer.defer(job.tag, eta)
-            logger.debug('Task %s[%s] parked in the broker until its ETA', request.task, request.id)
-            return
+            try:
+                self.consumer.defer(job.tag, eta)
+            except NotImplementedError:
+                # Not this consumer's to park any more (RabbitMQ requeued it with a lost connection): held like
+                # any other, and dropped at dispatch (`current`), rather than failing the whole delivery batch.
+                pass
+            else:
+                self._settled(job.tag)
+                if self.parked is not None:
+                    self.parked.add(of_job(eta, job))
+                logger.debug('Task %s[%s] parked in the broker until its ETA', request.task, request.id)
+                return
         logger.info('Task %s[%s] received', job.name, request.id)
         self._observe_received(job)
         if signals.task_received.connected:  # (on reception, as Celery's, not when its ETA comes)

@@ -98,17 +98,22 @@ def _reserved(worker: WorkController, **kwargs: Any) -> list[dict[str, Any]]:
 
 @command('scheduled')
 def _scheduled(worker: WorkController, **kwargs: Any) -> list[dict[str, Any]]:
-    """ETA tasks the worker holds. Beyond a second, fastq parks them in the broker, not in worker memory
-    (Celery holds them all): those are not listed here, as they are no one worker's yet."""
-    _, _, scheduled = on_loop(worker, lambda: _jobs(worker))
-    from datetime import UTC, datetime
+    """ETA tasks the worker holds, and those it left waiting in the broker (Celery holds them all; which
+    worker lists a parked task: fastq.worker.parked), earliest first."""
+    from fastq.worker import parked
 
+    _, _, scheduled = on_loop(worker, lambda: _jobs(worker))
     out = []
     for when, job in scheduled:  # `when` is the task's ETA, Unix time
-        eta = datetime.fromtimestamp(when, tz=UTC).isoformat()
         priority = job.delivery.message.properties.get('priority') if job.delivery.message is not None else None
-        out.append({'eta': eta, 'priority': priority, 'request': request_info(job, worker.hostname, worker.accept)})
-    return out
+        info = request_info(job, worker.hostname, worker.accept)
+        out.append((when, {'eta': parked.eta_iso(when), 'priority': priority, 'request': info}))
+    held = {job.request.id for _, job in scheduled}  # (RabbitMQ's delayed chain may deliver up to 1 s early)
+    for record in parked.waiting(worker):
+        if record.id not in held:
+            out.append((record.eta, parked.entry(record, worker.hostname, worker.accept)))
+    out.sort(key=lambda pair: pair[0])
+    return [item for _, item in out]
 
 
 @command('revoked')

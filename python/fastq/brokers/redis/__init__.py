@@ -13,9 +13,10 @@ Transport options (`broker_transport_options`), kombu's names and defaults:
 
 Features: priorities (Redis semantics, kombu's: lower number served first, 10 levels in 4 steps), delayed
 messages (parked in `unacked_index` at eta - visibility_timeout, which any kombu or fastq sweep restores on
-time), leases (live workers rescore their reservations, so long tasks are never handed out twice), delivery
-counts (a header fastq adds on restore), fanout over PUB/SUB, dead letters (fastq's own keys), claims and
-named leases for beat (SET NX PX, and a script that extends a lease only for its holder).
+time; indexed per parking node, for its `inspect scheduled`), leases (live workers rescore their
+reservations, so long tasks are never handed out twice), delivery counts (a header fastq adds on restore),
+fanout over PUB/SUB, dead letters (fastq's own keys), claims and named leases for beat (SET NX PX, and a
+script that extends a lease only for its holder).
 
 Exchanges, as kombu's virtual ones: a message sent to one goes to the queues bound to it (`_kombu.binding.*`),
 matched by the exchange's type from the settings (`task_queues`, task_default_exchange_type): direct by key,
@@ -418,11 +419,12 @@ class RedisBroker(Broker):
             envelope, None
         )
 
-    def park(self, tag: str, eta: float) -> bool:
+    def park(self, tag: str, eta: float, node: str | None = None) -> bool:
         """Keep a reserved message in `unacked` until `eta` (see park.lua); False if no longer reserved.
 
         The record's delivery counter is lowered by one first: the restore that brings it back at its ETA
-        counts a delivery, and waiting for an ETA is not a failed one.
+        counts a delivery, and waiting for an ETA is not a failed one. With `node`, the tag also goes into
+        that node's index (`parked`), in the same script: no round trip of its own.
         """
         layout = self.layout
         raw = self.client.hget(layout.unacked, tag)
@@ -438,7 +440,36 @@ class RedisBroker(Broker):
         except (ValueError, TypeError, KeyError):
             pass  # parked as it is; at worst its count is one higher
         score = repr(eta - self.visibility_timeout)
-        return bool(self.scripts.park(keys=[layout.unacked, layout.unacked_index], args=[tag, score, record]))
+        keys, args = [layout.unacked, layout.unacked_index], [tag, score, record]
+        if node is not None:
+            keys.append(layout.parked(node))
+            args += [repr(eta), repr(time.time())]
+        return bool(self.scripts.park(keys=keys, args=args))
+
+    def parked(self, node: str, limit: int) -> list[_core.Message]:
+        """The messages `node` parked whose ETA is still ahead, earliest first, read from their `unacked`
+        records: a record gone (acked, purged, restored) takes its index entry with it."""
+        key, now = self.layout.parked(node), repr(time.time())
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(key, '-inf', now)
+            pipe.zrangebyscore(key, f'({now}', '+inf', start=0, num=limit)
+            tags = pipe.execute()[1]
+        records: list[Any] = []
+        for i in range(0, len(tags), RESTORE_BATCH):
+            records += self.client.hmget(self.layout.unacked, tags[i : i + RESTORE_BATCH])
+        gone = [tag for tag, raw in zip(tags, records, strict=True) if raw is None]
+        if gone:
+            self.client.zrem(key, *gone)
+        messages = []
+        for raw in records:
+            if raw is None:
+                continue
+            try:
+                envelope = _core.json_loads(raw, None)[0]
+                messages.append(_core.Message.from_envelope(_core.json_dumps(envelope, None), None))
+            except (ValueError, TypeError, LookupError):  # not a kombu record: nothing to list
+                continue
+        return messages
 
     def maintenance(self) -> None:
         """Restore reservations older than the visibility timeout (dead workers') and parked ETAs now due."""

@@ -545,8 +545,12 @@ class RedisConsumer(Consumer):
         self._forget(tags)
 
     def defer(self, tag: Tag, eta: float) -> None:
-        self.broker.park(str(tag), eta)
+        self.broker.park(str(tag), eta, self.owner)
         self._forget([tag])
+
+    def parked(self, limit: int) -> list[_core.Message]:
+        """What this node parked (the owner is the worker's node name), so a restarted node lists its tasks."""
+        return self.broker.parked(self.owner, limit)
 
     def renew(self) -> None:
         """Move our reservations' scores to now, so no sweep (fastq's or kombu's) restores a running task."""

@@ -11,6 +11,8 @@
     /<db>.<exchange>[/<routing_key>] pub/sub channels of fanout exchanges (pidbox, events)
     fastq.deadletter(.index)         hash id -> dead letter (JSON) and zset id -> time: fastq's own
     fastq.revoked                    zset  task_id -> until when it stays revoked
+    fastq.parked.<node>              zset  delivery_tag -> ETA, of the tasks <node> parked (`inspect scheduled`;
+                                           trimmed as ETAs pass, and gone after the last one)
     fastq.lease.<name>               string holder, with a TTL: a named lease (beat's leader lock)
     fastq.claim.<key>                string '1', with a TTL: a claimed key (one beat run, `<entry>@<time>`)
 
@@ -101,6 +103,9 @@ class Layout:
     @property
     def revoked(self) -> str:
         return f'{self.prefix}fastq.revoked'
+
+    def parked(self, node: str) -> str:
+        return f'{self.prefix}fastq.parked.{node}'
 
     @property
     def dead_letters(self) -> str:
