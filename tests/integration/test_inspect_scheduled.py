@@ -70,6 +70,9 @@ def test_countdown_task_listed_until_revoked(
     }
     assert delivery_info['routing_key'] == 'celery' and delivery_info['redelivered'] is False
     assert entries[1]['request']['args'] == [3] and entries[1]['request']['kwargs'] == {'y': 4}
+    # query_task finds it there too, as Celery's answers for a task in its timer
+    found = tasks.app.control.inspect(destination=[node], timeout=3).query_task(later.id)[node]
+    assert found[later.id][0] == 'scheduled' and found[later.id][1]['id'] == later.id
 
     # the command line prints it as Celery's does: one `* {...}` line per task
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'inspect', 'scheduled', '-d', node, '-t', '3')

@@ -144,6 +144,12 @@ def _query_task(worker: WorkController, ids: Any = None, **kwargs: Any) -> dict[
         for job in jobs:
             if job.request.id in wanted:
                 found[job.request.id] = [state, request_info(job, worker.hostname, worker.accept)]
+    if wanted - found.keys():  # scheduled, and left waiting in the broker (as `scheduled` lists them)
+        from fastq.worker import parked
+
+        for record in parked.waiting(worker):
+            if record.id in wanted and record.id not in found:
+                found[record.id] = ['scheduled', parked.entry(record, worker.hostname, worker.accept)['request']]
     return found
 
 
