@@ -131,10 +131,23 @@ def test_detached_beat_writes_and_removes_its_pidfile(tmp_path: Path, urls: dict
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get('PYTHONPATH', '')]), **urls)
     env['BEAT_RECORD'] = str(tmp_path / 'runs.txt')
     command = [sys.executable, '-m', 'fastq', '-A', 'beat_tasks', 'beat', '-l', 'info', '--detach']
+    # a pidfile or log file it cannot create is said on the terminal, before detaching (Celery's `detached`
+    # checks both too), not left for a detached process to fail on with no one to hear
+    for bad in (
+        ['--logfile', str(logfile), '--pidfile', f'{tmp_path}/no/beat.pid'],
+        ['--logfile', f'{tmp_path}/no/b.log'],
+    ):
+        failed = subprocess.run([*command, *bad], cwd=tmp_path, env=env, timeout=60, capture_output=True, text=True)
+        assert (
+            failed.returncode != 0
+            and f'{tmp_path}/no/' in failed.stderr
+            and 'No such file or directory' in failed.stderr
+        )
     command += ['--logfile', str(logfile), '--pidfile', str(pidfile), '-s', str(tmp_path / 'schedule')]
-    assert subprocess.run(command, cwd=tmp_path, env=env, timeout=60).returncode == 0
+    assert subprocess.run([*command, '--umask=077'], cwd=tmp_path, env=env, timeout=60).returncode == 0
     wait_until(lambda: pidfile.exists() and logfile.exists(), 30, 'a detached beat')
     pid = int(pidfile.read_text())
+    assert {path.stat().st_mode & 0o777 for path in (pidfile, logfile)} == {0o600}  # --umask, its log file too
     try:
         wait_until(lambda: SENDING in logfile.read_text(), 30, 'a detached beat sending')
         os.kill(pid, signal.SIGTERM)

@@ -155,7 +155,7 @@ def test_unreachable_broker_is_named_masked_and_retried(tmp_path: Path, worker: 
     assert 'Trying again in 1.00 seconds... (1/2)' in log and 'Trying again in 2.00 seconds... (2/2)' in log
 
 
-def test_pidfile(tmp_path: Path, worker: Any) -> None:
+def test_pidfile(tmp_path: Path, worker: Any, urls: dict[str, str]) -> None:
     pidfile = tmp_path / 'w.pid'
     w = worker('--pidfile', str(pidfile))
     assert int(pidfile.read_text()) == w.pid
@@ -164,6 +164,12 @@ def test_pidfile(tmp_path: Path, worker: Any) -> None:
     assert "already exists.\nSeems we're already running?" in second.log
     assert w.stop() == 0
     assert not pidfile.exists()
+    # one it cannot create: said on the terminal before detaching (Celery's `detached` tries it first too),
+    # not left for a detached worker to fail on with no one to hear
+    missing = tmp_path / 'no' / 'w.pid'
+    detached = fastq(tmp_path, urls, '-A', 'worker_tasks', 'worker', '--detach', '--pidfile', str(missing),
+                     '--logfile', str(tmp_path / 'd.log'), check=False)  # fmt: skip
+    assert detached.returncode == 73 and f'Cannot create the pidfile {missing}: No such file' in detached.stderr
 
 
 def test_python_dash_m_is_the_command(tmp_path: Path, urls: dict[str, str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,13 @@ def test_start_serve_restart_and_stop_named_workers(tmp_path: Path, urls: dict[s
         wait_until(lambda: any('succeeded' in p.read_text() for p in log.glob('w?-1.log')), 30, 'a child log')
         assert not any('succeeded' in (log / f'{name}.log').read_text() for name in ('w1', 'w2'))
 
+        # SIGHUP (a detached worker has no terminal): restarted in place, as Celery's execv, so the pid that a
+        # service manager (systemd's PIDFile=) and the pidfile hold stays the worker's
+        os.kill(first['w1'], signal.SIGHUP)
+        wait_until(lambda: (log / 'w1.log').read_text().count('ready.') == 2, 60, 'w1 restarted')
+        assert 'Restarting fastq worker (' in (log / 'w1.log').read_text()
+        assert pids() == first and pid_alive(first['w1'])
+
         held = multi('start', 'w1')  # its pidfile is held: refused, and said so
         assert held.returncode == 1 and 'FAILED' in held.stdout
         assert 'already exists' in held.stderr
@@ -88,10 +96,12 @@ def test_kill_and_a_failing_start(tmp_path: Path, urls: dict[str, str]) -> None:
 
     bad = multi('no_such_module', 'start', 'w1')  # the app cannot load: the worker exits before detaching
     assert bad.returncode == 1 and 'FAILED' in bad.stdout and 'no_such_module' in bad.stderr
-    assert multi('worker_tasks', 'start', 'w1', '-c', '1').returncode == 0
+    assert multi('worker_tasks', 'start', 'w1', '-c', '1', '--umask=077').returncode == 0
     pidfile = tmp_path / 'w1.pid'
     wait_until(pidfile.exists, 60, 'a pidfile')
     pid = int(pidfile.read_text())
+    # --umask: every file the detached worker makes, its log file too (made before detaching, to check it)
+    assert {(tmp_path / name).stat().st_mode & 0o777 for name in ('w1.pid', 'w1.log')} == {0o600}
     try:
         killed = multi('worker_tasks', 'kill', 'w1')
         assert f'Sending KILL to node w1@{gethostname()} ({pid})' in killed.stdout

@@ -404,16 +404,49 @@ def test_the_remote_debugger(tasks: Any, worker: Any) -> None:
     result = tasks.debugged.delay(2, 3)
     w.wait_for('Waiting for client...', 30)
     port = int(re.search(r'Ready to connect: telnet 127\.0\.0\.1 (\d+)', w.log).group(1))  # type: ignore[union-attr]
+    _debug_session(port, b'p result * 10', b'50')
+    assert result.get(timeout=30) == 5
+    w.wait_for(f'Remote Debugger:{port}: Session with 127.0.0.1:', 30)
+
+
+def _debug_session(port: int, command: bytes, expect: bytes) -> None:
+    """Connect to a remote debugger, run `command` in it until `expect` comes back, then `c` (continue)."""
+    import socket
+
     with socket.create_connection(('127.0.0.1', port), timeout=30) as conn:
-        conn.sendall(b'p result * 10\n')
+        conn.sendall(command + b'\n')
         seen = b''
-        while b'50' not in seen:
+        while expect not in seen:
             chunk = conn.recv(4096)
             assert chunk, seen
             seen += chunk
         conn.sendall(b'c\n')
-    assert result.get(timeout=30) == 5
-    w.wait_for(f'Remote Debugger:{port}: Session with 127.0.0.1:', 30)
+
+
+@pytest.mark.parametrize('broker_kind', ['sqlite'])
+def test_the_break_point_signal(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    # Debugging guide, "Enabling the break-point signal": with CELERY_RDBSIG set, SIGUSR2 opens a session where
+    # the process is: the main process (port CELERY_RDB_PORT) and a pool child (offset by its number)
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        base = probe.getsockname()[1] - 50
+    w = worker('-c', '1', extra_env={'CELERY_RDBSIG': '1', 'CELERY_RDB_PORT': str(base)})
+    w.signal(signal.SIGUSR2)
+    w.wait_for(f'Remote Debugger:{base}: Ready to connect: telnet 127.0.0.1 {base}', 30)
+    _debug_session(base, b'p 6 * 7', b'42')
+    w.wait_for(f'Remote Debugger:{base}: Session with 127.0.0.1:', 30)
+
+    log = tmp_path / 'runs.log'
+    result = tasks.slow_record.delay(str(log), 'debugged', 1.0)
+    wait_until(lambda: bool(lines(log)), 30, 'the task started')
+    child = int(lines(log)[0].split()[2])
+    os.kill(child, signal.SIGUSR2)  # in the task: the session's frame is the task's
+    w.wait_for(f'Remote Debugger:{base + 1}: Ready to connect: telnet 127.0.0.1 {base + 1}', 30)
+    _debug_session(base + 1, b'p key, seconds', b"('debugged', 1.0)")
+    assert result.get(timeout=30) == 'debugged'
+    assert w.proc is not None and w.proc.poll() is None
 
 
 @pytest.mark.parametrize('broker_kind', ['redis'])

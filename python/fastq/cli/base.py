@@ -136,7 +136,9 @@ def pid_alive(pid: int) -> bool:
 
 
 def check_pidfile(path: str) -> None:
-    """Refuse a pidfile a live process holds (Celery's words); remove a stale one."""
+    """Refuse a pidfile a live process holds (Celery's words); remove a stale one; and check that it can be
+    created (as Celery's `detached` does, creating and removing it): said here, on the terminal, rather than
+    after detaching, where no one would hear it."""
     path = os.path.abspath(path)
     if os.path.exists(path):
         try:
@@ -148,6 +150,13 @@ def check_pidfile(path: str) -> None:
             error.exit_code = 73  # type: ignore[attr-defined]  # (Celery's: EX_CANTCREAT)
             raise error
         os.unlink(path)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except OSError as exc:
+        error = CommandError(f'Cannot create the pidfile {path}: {exc.strerror}')
+        error.exit_code = 73  # type: ignore[attr-defined]
+        raise error from None
+    os.unlink(path)
 
 
 def write_pidfile(path: str) -> None:

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from fastq import __version__
-from fastq.cli.base import check_loglevel, detach, err, write_pidfile
+from fastq.cli.base import check_loglevel, check_pidfile, detach, err, touch, write_pidfile
 from fastq.schedules import humanize_seconds
 from fastq.utils.platforms import maybe_drop_privileges, set_umask
 
@@ -93,9 +93,14 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
     quiet = getattr(args, 'quiet', False)
     if not quiet:
         print(f'fastq beat v{__version__} is starting.', flush=True)
+    set_umask(args.umask)  # (first: the log file checked below is made with it, as Celery's)
     if args.detach:
+        # What would stop the detached process is said here, where someone reads it (as the worker does).
+        if args.pidfile:
+            check_pidfile(args.pidfile)
+        if args.logfile:
+            touch(args.logfile)
         detach(args.logfile)
-    set_umask(args.umask)
     conf = app.conf
     setup_logging(
         loglevel,

@@ -165,10 +165,10 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
     _warn_no_ops(args)
     if args.include:
         app.conf.include = [*module_names(app.conf.include), *_split(args.include)]
+    set_umask(args.umask)  # (first: the log file a detached worker opens to check it is made with it, as Celery's)
     node, pidfile = _detach_if_asked(args)
     if pidfile:
         check_pidfile(pidfile)  # (said on the terminal, before logging takes stderr over)
-    set_umask(args.umask)
     # Made before logging is set up, as Celery's: its `celeryd_init` receivers may configure logging too.
     worker = WorkController(
         app,
@@ -229,7 +229,18 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.abspath(pidfile))
         sys.stdout.flush()
-    if worker.restart_requested:  # SIGHUP: the same command again, in this process (Celery's execv)
-        sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    if worker.restart_requested:
+        _restart(args.detach)
     return code
+
+
+def _restart(detached: bool) -> None:
+    """SIGHUP: the same command again, in this process (Celery's execv)."""
+    sys.stderr.flush()
+    argv = sys.orig_argv[1:]
+    if detached:
+        # Detached already: detaching again would move the worker to a new pid after this one (and its
+        # pidfile) had gone, which a service manager reads as the service having died. Celery's detached
+        # worker runs without -D/--detach too, and its execv keeps the pid.
+        argv = [word for word in argv if word not in ('--detach', '-D')]
+    os.execv(sys.executable, [sys.executable, *argv])

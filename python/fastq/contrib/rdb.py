@@ -14,6 +14,11 @@ a TCP port instead and waits for someone to connect (`telnet 127.0.0.1 6900`); t
 The port is the first free one from `CELERY_RDB_PORT` (6899), offset by the pool child's number so that
 children do not race for the same one; `CELERY_RDB_HOST` (127.0.0.1: local connections only) is the address
 bound. `FASTQ_RDB_HOST`/`FASTQ_RDB_PORT` are read too. `exit` or `continue` in the session lets the task go on.
+
+The break-point signal: a worker started with `CELERY_RDBSIG` (or `FASTQ_RDBSIG`) set in its environment opens
+a session wherever a process is when it gets SIGUSR2, in the main process and in each pool child, as Celery's
+does (`kill -USR2 <pid>`: a task that hangs can be looked at without having been edited first); see
+`fastq.utils.platforms.install_rdb_handler`.
 """
 
 from __future__ import annotations

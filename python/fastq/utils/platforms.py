@@ -1,4 +1,5 @@
-"""Daemon options as Celery's `celery.platforms` applies them: `--uid`/`--gid` (drop root), `--umask`.
+"""Daemon options as Celery's `celery.platforms` applies them: `--uid`/`--gid` (drop root), `--umask`; and the
+break-point signal (`CELERY_RDBSIG`).
 
 A service started as root (an init script, `multi` from a root shell) should not run tasks as root: with
 `--uid`/`--gid` the process switches user and group once it has done what needs root (opened its log
@@ -10,12 +11,23 @@ Celery's `check_privileges`, in its words.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import warnings
 from collections.abc import Iterable
+from types import FrameType
 
 from fastq.exceptions import ImproperlyConfigured, SecurityWarning
 
-__all__ = ['SecurityError', 'check_privileges', 'maybe_drop_privileges', 'parse_gid', 'parse_uid', 'set_umask']
+__all__ = [
+    'SecurityError',
+    'check_privileges',
+    'install_rdb_handler',
+    'maybe_drop_privileges',
+    'parse_gid',
+    'parse_uid',
+    'set_umask',
+]
 
 ROOT_DISALLOWED = """\
 Running a worker with superuser privileges when the
@@ -132,3 +144,23 @@ def set_umask(umask: str | int | None) -> None:
         os.umask(int(umask, 8) if isinstance(umask, str) else int(umask))
     except ValueError:
         raise ImproperlyConfigured(f'--umask: expected an octal number such as 022, got {umask!r}') from None
+
+
+def install_rdb_handler(envvar: str = 'CELERY_RDBSIG', sig: int = signal.SIGUSR2) -> bool:
+    """Celery's "break-point signal": with `envvar` (or its FASTQ_ twin) set, `sig` opens a remote debugger
+    session (`fastq.contrib.rdb`) where this process is when it arrives. True if the handler was installed.
+
+    The worker calls this at startup, and so does each pool child: Celery's children inherit the handler
+    across the fork, fastq's are forked from the fork server, which does not keep it (a session would stop
+    it forking).
+    """
+    if not (os.environ.get(envvar) or os.environ.get(envvar.replace('CELERY_', 'FASTQ_', 1))):
+        return False
+    signal.signal(sig, _rdb_handler)
+    return True
+
+
+def _rdb_handler(signum: int, frame: FrameType | None) -> None:
+    from fastq.contrib.rdb import set_trace  # (brings pdb: only once asked for)
+
+    set_trace(frame or sys._getframe().f_back)

@@ -24,6 +24,7 @@ from fastq import __version__, _state, signals
 from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured
 from fastq.serialization import accept_set
 from fastq.utils.nodenames import default_nodename, host_format
+from fastq.utils.platforms import install_rdb_handler
 from fastq.utils.text import as_uri
 from fastq.worker.dispatcher import Dispatcher
 from fastq.worker.fetcher import Fetcher
@@ -518,6 +519,7 @@ class WorkController:
         if self.restart_on_hup and not (sys.__stdout__ is not None and sys.__stdout__.isatty()):
             signal.signal(signal.SIGHUP, self._on_restart)
         signal.signal(signal.SIGUSR1, _cry)  # as Celery's: every thread's stack, for a worker that hangs
+        install_rdb_handler()  # as Celery's: with CELERY_RDBSIG set, SIGUSR2 opens a remote debugger session
 
     def _on_restart(self, signum: int, frame: Any) -> None:
         said = f'Restarting fastq worker ({" ".join(sys.argv)})'

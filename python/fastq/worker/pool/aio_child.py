@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from fastq import _ipc, _state, signals
 from fastq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from fastq.utils.log import process_logfile
+from fastq.utils.platforms import install_rdb_handler
 from fastq.worker.job import Prepared, prepare_payload, run_prepared, run_prepared_async
 from fastq.worker.pool.child import CANCEL, JOB, JOB_SHORT, READY, RESULT, STOP
 from fastq.worker.trace import Outcome
@@ -309,6 +310,7 @@ def aio_child_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     multiprocessing.current_process().name = f'ForkPoolWorker-{index}'
+    install_rdb_handler()  # CELERY_RDBSIG: SIGUSR2 opens a debugger session where this child is
     process_logfile(index)  # `--logfile=%n%I.log`: a file of its own
     chan = _ipc.Channel(sock.detach())
     loop, kind = new_event_loop()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from fastq import _ipc, _state, signals
 from fastq.states import SUCCESS
 from fastq.utils.log import process_logfile
+from fastq.utils.platforms import install_rdb_handler
 from fastq.worker.job import run_payload
 from fastq.worker.pool.lent import LEND, Borrower
 
@@ -187,6 +188,7 @@ def child_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     multiprocessing.current_process().name = f'ForkPoolWorker-{index}'
+    install_rdb_handler()  # CELERY_RDBSIG: SIGUSR2 opens a debugger session where this child is
     process_logfile(index)  # `--logfile=%n%I.log`: a file of its own
     chan = _ipc.Channel(sock.detach())
     signals.worker_process_init.send(sender=_state.worker_hostname)
