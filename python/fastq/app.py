@@ -119,9 +119,12 @@ class Fastq:
         autofinalize: bool = True,
         namespace: str | None = None,
         task_cls: type[BaseTask[Any, Any]] | str | None = None,
+        strict_typing: bool = True,
         **preconf: Any,
     ) -> None:
         self.main = main
+        #: Whether tasks check their arguments when sent, unless a task says (`typing=`): Celery's.
+        self.strict_typing = strict_typing
         self.conf = Settings()
         self.namespace = namespace
         self.autofinalize = autofinalize

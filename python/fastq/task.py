@@ -8,7 +8,9 @@ signature and returns `AsyncResult[R]`. Each decorated function becomes a subcla
 
 from __future__ import annotations
 
+import functools
 import inspect
+import keyword
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -112,6 +114,18 @@ class Context:
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default)
 
+    # Celery 5.7's two halves of `timelimit`, read from it (a task message carries only the pair).
+
+    @property
+    def time_limit(self) -> float | None:
+        limits = self.timelimit
+        return limits[0] if limits and len(limits) >= 2 else None
+
+    @property
+    def soft_time_limit(self) -> float | None:
+        limits = self.timelimit
+        return limits[1] if limits and len(limits) >= 2 else None
+
     @property
     def all_headers(self) -> dict[str, Any] | None:
         """Every header of the message (the protocol's and the sender's), as fastq's worker received it."""
@@ -203,7 +217,8 @@ class Task(Generic[P, R]):
     __trace__: Any = None
     name: str = ''
     app: Fastq
-    typing: bool = True
+    #: Check a call's arguments against the function when it is sent (None: the app's `strict_typing`).
+    typing: bool | None = None
     max_retries: int | None = 3
     default_retry_delay: float = 3 * 60
     rate_limit: str | None = None
@@ -213,6 +228,8 @@ class Task(Generic[P, R]):
     trail: bool = True
     send_events: bool = True
     store_errors_even_if_ignored: bool | None = None
+    #: Whether a task run by `apply()` or `task_always_eager` stores its result (Celery's).
+    store_eager_result: bool | None = None
     serializer: str | None = None
     compression: str | None = None
     time_limit: float | None = None
@@ -274,6 +291,7 @@ class Task(Generic[P, R]):
         ('reject_on_worker_lost', 'task_reject_on_worker_lost'),
         ('ignore_result', 'task_ignore_result'),
         ('store_errors_even_if_ignored', 'task_store_errors_even_if_ignored'),
+        ('store_eager_result', 'task_store_eager_result'),
         ('time_limit', 'task_time_limit'),
         ('soft_time_limit', 'task_soft_time_limit'),
         ('compression', 'task_compression'),
@@ -301,6 +319,8 @@ class Task(Generic[P, R]):
                 setattr(self, attr, filled[attr])
         self._from_settings = filled
         self._settings_generation = conf.generation
+        if self.typing is None:
+            self.typing = app.strict_typing
         self._annotate(conf.task_annotations)
         type(self).on_bound(app)
 
@@ -374,11 +394,11 @@ class Task(Generic[P, R]):
         if checker is None:
             if self._signature is None:
                 return
-            checker = self._arity_checker = _arity_checker(self._signature)
+            checker = self._arity_checker = _arity_checker(self._signature, type(self).__name__, self._bound)
         try:
             checker(*args, **kwargs)
         except TypeError as exc:
-            raise TypeError(f'{self.name}() {str(exc).partition("() ")[2] or exc}') from None
+            raise TypeError(str(exc)) from None
 
     def _checked_call(
         self, args: tuple[Any, ...] | list[Any] | None, kwargs: dict[str, Any] | None
@@ -788,10 +808,17 @@ class Task(Generic[P, R]):
             return type(self).__name__
 
 
-def _arity_checker(sig: inspect.Signature) -> Callable[..., None]:
+def _arity_checker(sig: inspect.Signature, name: str, bound: bool) -> Callable[..., None]:
     """A function with the same parameters that does nothing: calling it checks arguments as Python does,
-    in about a microsecond (what `inspect.Signature.bind` does in tens)."""
-    params = []
+    in about a microsecond (what `inspect.Signature.bind` does in tens).
+
+    It has the task function's name, and a bound task's `self` first (given a placeholder), so that its
+    TypeError reads as Celery's does: "add() missing 1 required positional argument: 'y'", and "takes 2
+    positional arguments but 3 were given" for a bound task with one parameter given two arguments."""
+    placeholder = '_self'
+    while placeholder in sig.parameters:
+        placeholder += '_'
+    params = [placeholder] if bound else []
     seen_kw_only = False
     for p in sig.parameters.values():
         default = '=_d' if p.default is not inspect.Parameter.empty else ''
@@ -811,11 +838,12 @@ def _arity_checker(sig: inspect.Signature) -> Callable[..., None]:
             params.append(f'{p.name}{default}')
     if any(p.kind is p.POSITIONAL_ONLY for p in sig.parameters.values()):
         last = max(i for i, p in enumerate(sig.parameters.values()) if p.kind is p.POSITIONAL_ONLY)
-        params.insert(last + 1, '/')
+        params.insert(last + 1 + bound, '/')
+    name = name if name.isidentifier() and not keyword.iskeyword(name) else 'check'  # ('<lambda>')
     namespace: dict[str, Any] = {'_d': None}
-    exec(f'def check({", ".join(params)}):\n    pass', namespace)
-    checker: Callable[..., None] = namespace['check']
-    return checker
+    exec(f'def {name}({", ".join(params)}):\n    pass', namespace)
+    checker: Callable[..., None] = namespace[name]
+    return functools.partial(checker, None) if bound else checker
 
 
 def build_task_class(

@@ -110,8 +110,9 @@ def _soft_limit_handler(limit: float | None, signum: int, frame: Any) -> None:
 
     task = _state.get_current_task()
     if task is not None:
+        request = task.request
         logging.getLogger('celery.worker.request').warning(
-            'Soft time limit (%ss) exceeded for %s[%s]', limit, task.name, task.request.id
+            'Soft time limit (%ss) exceeded for %s[%s]', limit, request.shadow or task.name, request.id
         )
     raise SoftTimeLimitExceeded()
 

@@ -137,7 +137,7 @@ def _continue_chain(app: Any, chain: list[Any] | None, retval: Any, request: Con
 
 
 def _store_allowed(task: Task[Any, Any], request: Context, failure: bool) -> bool:
-    if request.is_eager and not task.app.conf.task_store_eager_result:
+    if request.is_eager and not task.store_eager_result:
         return False
     ignore = task.ignore_result or request.ignore_result
     if failure:
@@ -153,10 +153,11 @@ def _autoretry(task: Task[Any, Any], exc: BaseException) -> None:
         return
     options = dict(task.retry_kwargs or {})
     if task.retry_backoff:  # (a countdown in retry_kwargs is ignored then, as Celery documents)
-        factor = 1 if task.retry_backoff is True else float(task.retry_backoff)
-        countdown = min(factor * (2**task.request.retries), task.retry_backoff_max)
+        # Whole seconds, as Celery's: the factor is `int(max(1.0, retry_backoff))`, the cap an int too.
+        factor = int(max(1.0, float(task.retry_backoff)))
+        countdown = min(factor * (2**task.request.retries), int(task.retry_backoff_max))
         if task.retry_jitter:
-            countdown = random.randrange(int(countdown) + 1)
+            countdown = random.randrange(countdown + 1)
         options['countdown'] = countdown
     task.retry(exc=exc, **options)
 
@@ -262,13 +263,10 @@ def _on_exception(
     if isinstance(exc, Retry):
         return _on_retry(task, ctx, exc, started)
     if isinstance(exc, Ignore):
-        logger.info(LOG_IGNORED, {'name': task.name, 'id': task_id, 'description': 'ignored'})
+        logger.info(LOG_IGNORED, {'name': _log_name(task, ctx), 'id': task_id, 'description': 'ignored'})
         return Outcome(states.IGNORED, time.monotonic() - started, exception=exc)
     if isinstance(exc, Reject):
-        logger.info(LOG_REJECTED, {'name': task.name, 'id': task_id, 'exc': repr(exc)})
-        return Outcome(
-            states.REJECTED, time.monotonic() - started, exc_repr=repr(exc), requeue=exc.requeue, exception=exc
-        )
+        return _on_reject(task, ctx, exc, args, kwargs, started)
     if isinstance(exc, KeyboardInterrupt | SystemExit):
         raise exc
     if isinstance(exc, TimeLimitExceeded):  # a hard limit is final: never retried (a killed process is not)
@@ -322,7 +320,8 @@ def _on_success(
         signals.task_success.send(sender=task, result=retval, runtime=runtime)
     if logger.isEnabledFor(logging.INFO):  # the arguments cost more than the check (a task per call)
         logger.info(
-            LOG_SUCCESS, {'name': task.name, 'id': task_id, 'runtime': runtime, 'return_value': outcome.retval_repr}
+            LOG_SUCCESS,
+            {'name': _log_name(task, ctx), 'id': task_id, 'runtime': runtime, 'return_value': outcome.retval_repr},
         )
     return outcome
 
@@ -332,21 +331,43 @@ def _on_failure(
 ) -> Outcome:
     task_id = ctx.id or ''
     einfo = _Einfo(exc)
-    if _store_allowed(task, ctx, failure=True):
-        try:
-            task.app.backend.mark_as_failure(task_id, exc, einfo.traceback, request=ctx)
-        except Exception as store_exc:  # the failure must be reported even if the backend chokes on it
-            logger.exception('Task %s[%s] could not store its failure: %r', task.name, task_id, store_exc)
-    if ctx.chord:
-        task.app.backend.on_chord_part_return(ctx, states.FAILURE, exc)
-    if ctx.chain and not ctx.is_eager:  # the chain's later steps never run: their results fail too
-        task.app.backend.fail_chain(ctx.chain, exc, einfo.traceback)
+    _store_failure(task, ctx, exc, einfo.traceback)
     runtime = time.monotonic() - started
     outcome = Outcome(states.FAILURE, runtime, exc_repr=repr(exc), exception=exc, traceback=einfo.traceback)
     task.on_failure(exc, task_id, args, kwargs, einfo)
+    _announce_failure(task, ctx, exc, args, kwargs, einfo)
+    name = _log_name(task, ctx)
+    if task.throws and isinstance(exc, task.throws):  # Celery's expected errors: INFO, no traceback
+        logger.info(LOG_FAILURE, {'name': name, 'id': task_id, 'description': 'raised expected', 'exc': repr(exc)})
+    else:
+        logger.error(
+            LOG_FAILURE,
+            {'name': name, 'id': task_id, 'description': 'raised unexpected', 'exc': repr(exc)},
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+    return outcome
+
+
+def _store_failure(task: Task[Any, Any], ctx: Context, exc: BaseException, traceback: str | None) -> None:
+    """Record the task's FAILURE, and what it means for its chord and the rest of its chain."""
+    if _store_allowed(task, ctx, failure=True):
+        try:
+            task.app.backend.mark_as_failure(ctx.id or '', exc, traceback, request=ctx)
+        except Exception as store_exc:  # the failure must be reported even if the backend chokes on it
+            logger.exception('Task %s[%s] could not store its failure: %r', task.name, ctx.id, store_exc)
+    if ctx.chord:
+        task.app.backend.on_chord_part_return(ctx, states.FAILURE, exc)
+    if ctx.chain and not ctx.is_eager:  # the chain's later steps never run: their results fail too
+        task.app.backend.fail_chain(ctx.chain, exc, traceback)
+
+
+def _announce_failure(
+    task: Task[Any, Any], ctx: Context, exc: BaseException, args: list[Any], kwargs: dict[str, Any], einfo: _Einfo
+) -> None:
+    """`task_failure`, then the errbacks."""
     signals.task_failure.send(
         sender=task,
-        task_id=task_id,
+        task_id=ctx.id or '',
         exception=exc,
         args=args,
         kwargs=kwargs,
@@ -357,15 +378,32 @@ def _on_failure(
         from fastq.backends.chords import call_errbacks
 
         call_errbacks(task.app, ctx.errbacks, ctx, exc, einfo.traceback)
-    if task.throws and isinstance(exc, task.throws):  # Celery's expected errors: INFO, no traceback
-        logger.info(LOG_FAILURE, {'name': task.name, 'id': task_id, 'description': 'raised expected', 'exc': repr(exc)})
-    else:
-        logger.error(
-            LOG_FAILURE,
-            {'name': task.name, 'id': task_id, 'description': 'raised unexpected', 'exc': repr(exc)},
-            exc_info=(type(exc), exc, exc.__traceback__),
-        )
-    return outcome
+
+
+def _on_reject(
+    task: Task[Any, Any], ctx: Context, exc: Reject, args: list[Any], kwargs: dict[str, Any], started: float
+) -> Outcome:
+    """A task that raised Reject: logged as Celery does, a warning with the traceback.
+
+    Rejected without requeue, the task never runs again, so Celery 5.7 (its issue #4222) records it as
+    failed rather than leave it PENDING for good: FAILURE stored with no traceback, its chord, chain and
+    errbacks told, `task_failure` sent. Its `on_failure` and `after_return` are not called, and the message
+    is still rejected, not acked, so that a dead-letter exchange gets it.
+    """
+    logger.warning(
+        LOG_REJECTED,
+        {'name': _log_name(task, ctx), 'id': ctx.id or '', 'exc': repr(exc)},
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+    if not exc.requeue and not ctx.is_eager:
+        _store_failure(task, ctx, exc, None)
+        _announce_failure(task, ctx, exc, args, kwargs, _Einfo(exc))
+    return Outcome(states.REJECTED, time.monotonic() - started, exc_repr=repr(exc), requeue=exc.requeue, exception=exc)
+
+
+def _log_name(task: Task[Any, Any], ctx: Context) -> str:
+    """The name the worker's task lines give: the call's shadow name when it has one (Celery's)."""
+    return ctx.shadow or task.name
 
 
 def store_retry_state(task: Task[Any, Any], ctx: Context, retry: Retry) -> None:
@@ -394,7 +432,7 @@ def _on_retry(task: Task[Any, Any], ctx: Context, exc: Retry, started: float) ->
     task.on_retry(reason, task_id, ctx.args, ctx.kwargs, einfo)
     # Celery's `reason` is the Retry exception itself (str() of it says why), and `einfo` describes it.
     signals.task_retry.send(sender=task, request=ctx, reason=exc, einfo=_Einfo(exc))
-    logger.info(LOG_RETRY, {'name': task.name, 'id': task_id, 'exc': str(exc)})
+    logger.info(LOG_RETRY, {'name': _log_name(task, ctx), 'id': task_id, 'exc': str(exc)})
     return Outcome(
         states.RETRY, time.monotonic() - started, exc_repr=str(exc), exception=exc, traceback=einfo.traceback
     )

@@ -1,0 +1,47 @@
+"""Tasks from Celery's Tasks guide, for a worker of either kind: `celery -A tasks_guide_side worker` with
+TASKS_GUIDE_KIND=celery, `fastq -A tasks_guide_side worker` without. The same code on both sides, so a test
+can hold a fastq worker to what the real Celery worker does with it (tests/compat/test_celery_tasks_guide.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+if os.environ.get('TASKS_GUIDE_KIND') == 'celery':
+    from celery import Celery as App
+    from celery import signals
+    from celery.exceptions import Reject, SoftTimeLimitExceeded
+else:
+    from fastq import Fastq as App  # type: ignore[assignment]
+    from fastq import signals  # type: ignore[no-redef]
+    from fastq.exceptions import Reject, SoftTimeLimitExceeded  # type: ignore[assignment]
+
+url = os.environ['CELERY_BROKER_URL']
+app = App('tasks_guide_side', broker=url, backend=os.environ.get('CELERY_RESULT_BACKEND', url))
+app.conf.worker_prefetch_multiplier = 1
+
+
+@signals.task_failure.connect
+def _record_failure(sender: Any = None, task_id: str | None = None, exception: Any = None, **kwargs: Any) -> None:
+    """One line per task_failure sent, wherever the worker sends it (Celery: the parent, for a Reject)."""
+    path = os.environ.get('TASKS_GUIDE_FAILURES')
+    if path:
+        with open(path, 'a') as f:
+            f.write(f'{task_id} {type(exception).__name__}\n')
+
+
+@app.task(name='guide.reject')
+def reject() -> None:
+    raise Reject('bad', requeue=False)
+
+
+@app.task(name='guide.limited', bind=True)
+def limited(self: Any) -> list[Any]:
+    """Sleeps into its soft time limit, then reports the limits its request carries."""
+    try:
+        time.sleep(10)
+    except SoftTimeLimitExceeded:
+        pass
+    return [self.request.time_limit, self.request.soft_time_limit]

@@ -1,0 +1,80 @@
+"""Celery's Tasks guide, a real Celery worker and a fastq worker side by side: each test runs once against
+each, with the same expectations, so the Celery run shows what the guide's behaviour is and the fastq run
+that fastq's worker matches it (what the task stores, the lines the worker logs, the signals it sends).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import WorkerProcess, lines, wait_until
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).resolve().parent
+KINDS = ['celery', 'fastq']
+
+
+@pytest.fixture
+def guide_worker(tmp_path: Path, url: str, backend_url: str) -> Iterator[Callable[[str], WorkerProcess]]:
+    """`guide_worker(kind)`: a worker of that kind running tests/compat/tasks_guide_side.py, ready."""
+    started: list[WorkerProcess] = []
+
+    def start(kind: str) -> WorkerProcess:
+        env = dict(os.environ)
+        env.pop('PYTEST_CURRENT_TEST', None)
+        env.update(
+            PYTHONPATH=os.pathsep.join([str(HERE), env.get('PYTHONPATH', '')]),
+            CELERY_BROKER_URL=url,
+            CELERY_RESULT_BACKEND=backend_url,
+            TASKS_GUIDE_KIND=kind,
+            TASKS_GUIDE_FAILURES=str(tmp_path / 'failures'),
+        )
+        args = ['-l', 'info', '-c', '1']
+        if kind == 'celery':
+            args += ['-P', 'prefork', '--without-gossip', '--without-mingle']
+        command = [sys.executable, '-m', kind, '-A', 'tasks_guide_side', 'worker']
+        worker = WorkerProcess(tmp_path, env, args, kind, command)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        if worker.proc is not None and worker.proc.poll() is None:
+            try:
+                worker.stop(30)
+            except AssertionError:
+                worker.kill()
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_a_reject_without_requeue_fails_the_task(
+    kind: str, guide_worker: Any, celery_client: Any, tmp_path: Path
+) -> None:
+    """The task never runs again, so its result is FAILURE (the Reject, no traceback), task_failure is sent,
+    and the worker logs the rejection as a warning with its traceback."""
+    worker = guide_worker(kind)
+    result = celery_client.send_task('guide.reject')
+    wait_until(lambda: result.state == 'FAILURE', timeout=30, message='FAILURE stored')
+    assert type(result.result).__name__ == 'Reject' and result.traceback is None
+    wait_until(lambda: f'{result.id} Reject' in lines(tmp_path / 'failures'), message='task_failure sent')
+    line = rf'WARNING/\S+\] Task guide\.reject\[{result.id}\] reject requeue=False: bad\nTraceback'
+    wait_until(lambda: re.search(line, worker.log) is not None, message='the warning with its traceback')
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_the_worker_names_a_task_by_its_shadow_name(kind: str, guide_worker: Any, celery_client: Any) -> None:
+    """A call's shadow name is what the worker's lines about it say, the soft time limit's included; and
+    `request.time_limit`/`soft_time_limit` are the halves of the call's limits."""
+    worker = guide_worker(kind)
+    result = celery_client.send_task('guide.limited', shadow='shadow.x', soft_time_limit=0.3, time_limit=30)
+    assert result.get(timeout=30) == [30, 0.3]
+    worker.wait_for(f'Task shadow.x[{result.id}] succeeded in')
+    assert f'Soft time limit (0.3s) exceeded for shadow.x[{result.id}]' in worker.log

@@ -1,0 +1,142 @@
+"""Celery's Tasks guide, the parts a client or an eager call shows, with the real celery package as the
+oracle: each test builds the same task with Celery and with fastq (in this process, no broker needed) and
+expects the same of both. What only a worker shows is in tests/compat/test_celery_tasks_guide.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fastq import Fastq
+
+celery = pytest.importorskip('celery')
+
+KINDS = ['celery', 'fastq']
+
+
+@pytest.fixture(params=KINDS)
+def make_app(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """`make_app(**options)`: a Celery or a fastq app on its in-memory broker and backend."""
+    made: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        if request.param == 'celery':
+            app = celery.Celery('guide', broker='memory://', backend='cache+memory://', set_as_current=False, **options)
+        else:
+            app = Fastq('guide', broker='memory://', backend='memory://', set_as_current=False, **options)
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.close()
+
+
+def test_argument_errors_read_as_a_call_of_the_function(make_app: Any) -> None:
+    """`typing`: a call that does not fit raises TypeError in the caller, named after the function (not
+    the task), and a bound task's `self` counts among the positional arguments, as Python counts it."""
+    app = make_app()
+
+    @app.task(name='guide.add', shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name='guide.bound', bind=True, shared=False)
+    def bound(self: Any, x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError) as missing:
+        add.delay(1)
+    assert str(missing.value) == "add() missing 1 required positional argument: 'y'"
+    with pytest.raises(TypeError) as extra:
+        bound.apply_async((1, 2))
+    assert str(extra.value) == 'bound() takes 2 positional arguments but 3 were given'
+    with pytest.raises(TypeError) as unexpected:
+        add.apply_async((1, 2), {'z': 3})
+    assert str(unexpected.value) == "add() got an unexpected keyword argument 'z'"
+
+
+def test_strict_typing_false_turns_the_checks_off(make_app: Any) -> None:
+    app = make_app(strict_typing=False)
+
+    @app.task(name='guide.one', shared=False)
+    def one(x: int) -> int:
+        return x
+
+    @app.task(name='guide.checked', typing=True, shared=False)
+    def checked(x: int) -> int:
+        return x
+
+    assert app.tasks['guide.one'].typing is False
+    assert one.apply_async((1, 2, 3)).id  # sent as it is
+    with pytest.raises(TypeError):
+        checked.apply_async((1, 2, 3))  # a task's own `typing` wins
+
+
+@pytest.mark.parametrize(
+    ('backoff', 'maximum', 'countdowns'),
+    [(0.5, 600, [1, 2, 4, 8]), (2.5, 7.9, [2, 4, 7, 7])],
+    ids=['under-one', 'fractions'],
+)
+def test_retry_backoff_counts_whole_seconds(
+    make_app: Any, backoff: float, maximum: float, countdowns: list[int]
+) -> None:
+    """`retry_backoff` as a number is a factor of whole seconds, at least 1 (`int(max(1.0, factor))`), and
+    `retry_backoff_max` caps it in whole seconds too."""
+    app = make_app()
+
+    @app.task(
+        name='guide.flaky',
+        autoretry_for=(KeyError,),
+        retry_backoff=backoff,
+        retry_backoff_max=maximum,
+        retry_jitter=False,
+        max_retries=3,
+        shared=False,
+    )
+    def flaky() -> None:
+        raise KeyError('again')
+
+    task = app.tasks['guide.flaky']
+    asked: list[Any] = []
+    retry = task.retry
+
+    def spy(*args: Any, **options: Any) -> Any:
+        asked.append(options.get('countdown'))
+        return retry(*args, **options)
+
+    task.retry = spy
+    result = task.apply()
+    assert result.state == 'FAILURE' and isinstance(result.result, KeyError)
+    assert asked == countdowns  # (the last one finds max_retries exceeded: KeyError raised)
+
+
+def test_store_eager_result_is_a_task_option(make_app: Any) -> None:
+    app = make_app()
+
+    @app.task(name='guide.kept', store_eager_result=True, shared=False)
+    def kept() -> int:
+        return 1
+
+    @app.task(name='guide.dropped', shared=False)
+    def dropped() -> int:
+        return 2
+
+    assert app.tasks['guide.kept'].store_eager_result is True
+    assert app.tasks['guide.dropped'].store_eager_result is False
+    assert app.backend.get_task_meta(kept.apply().id)['status'] == 'SUCCESS'
+    assert app.backend.get_task_meta(dropped.apply().id)['status'] == 'PENDING'
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_the_request_splits_timelimit_into_time_limit_and_soft_time_limit(kind: str) -> None:
+    if kind == 'celery':
+        from celery.app.task import Context
+    else:
+        from fastq.task import Context  # type: ignore[assignment]
+    request = Context({'timelimit': [30, 20]})
+    assert (request.time_limit, request.soft_time_limit) == (30, 20)
+    assert (Context().time_limit, Context().soft_time_limit) == (None, None)
