@@ -38,7 +38,7 @@ R = TypeVar('R')
 
 E_WOULDBLOCK = (
     'Never call result.get() within a task!\n'
-    'See https://docs.celeryq.dev/en/latest/userguide/tasks.html#avoid-launching-synchronous-subtasks'
+    'See https://docs.celeryq.dev/en/latest/userguide/tasks.html#avoid-launching-synchronous-subtasks\n'
 )
 
 
@@ -113,6 +113,10 @@ class AsyncResult(ResultBase, Generic[R]):
     @property
     def task_id(self) -> str:
         return self.id
+
+    @property
+    def supports_native_join(self) -> bool:
+        return bool(self.backend.supports_native_join)
 
     # --- state --------------------------------------------------------------------------------------------
 
@@ -279,7 +283,8 @@ class AsyncResult(ResultBase, Generic[R]):
             return None  # type: ignore[return-value]
         if disable_sync_subtasks:
             assert_will_not_block()
-        if follow_parents and propagate and self.parent is not None:
+        check_parents = follow_parents and propagate and self.parent is not None
+        if check_parents:
             # A chain's result: a failed earlier step raises its own error rather than leave us waiting.
             self._maybe_reraise_parent_error()
             on_interval = _then(self._maybe_reraise_parent_error, on_interval)
@@ -301,6 +306,10 @@ class AsyncResult(ResultBase, Generic[R]):
         if callback is not None:
             callback(self.id, value)
         if propagate and state in PROPAGATE_STATES:
+            if check_parents:
+                # Celery looks at the parents once more as the result arrives: a chord's body failed with
+                # ChordError raises the header task's own error, as a chain's last step raises its first's.
+                self._maybe_reraise_parent_error()
             self._raise(state, value, meta.get('traceback'))
         return value  # type: ignore[return-value]
 
@@ -683,8 +692,9 @@ class ResultSet(ResultBase):
         )
 
     @property
-    def supports_native_join(self) -> bool:
-        return False
+    def supports_native_join(self) -> bool | None:
+        """The first result's backend's (Celery's: None for an empty set)."""
+        return self.results[0].supports_native_join if self.results else None
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.results)

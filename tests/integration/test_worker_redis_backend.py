@@ -9,6 +9,7 @@ import pytest
 
 from fastq import states
 from fastq.backends.redis import RedisBackend
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +40,28 @@ def test_get_on_message_hears_the_progress(tasks: Any, worker: Any) -> None:
     assert result.get(timeout=30, on_message=lambda meta: heard.append((meta['status'], meta['result']))) == 3
     assert heard[-1] == ('SUCCESS', 3)
     assert ('PROGRESS', {'step': 2}) in heard  # (the first may come before the caller listens)
+    # Celery listens from the moment it sends: a progress stored before `get()` listens is heard too
+    heard.clear()
+    result = tasks.progress.delay(2, 1.0)
+    wait_until(lambda: result.state == 'PROGRESS', message='first progress stored')
+    assert result.get(timeout=30, on_message=lambda meta: heard.append((meta['status'], meta['result']))) == 2
+    assert heard == [('PROGRESS', {'step': 0}), ('PROGRESS', {'step': 1}), ('SUCCESS', 2)]
+
+
+def test_a_chord_result_raises_the_failed_header_tasks_error(tasks: Any, worker: Any) -> None:
+    # Canvas guide, Error handling: on Redis Celery's `get()` looks at the parents once the body's ChordError
+    # arrives, so the header task's own exception is raised; the body's stored result stays the ChordError.
+    from fastq import chord
+    from fastq.exceptions import ChordError
+
+    worker()
+    result = chord([tasks.add.s(4, 4), tasks.fail.s('in the header'), tasks.add.s(8, 8)], tasks.tsum.s()).delay()
+    assert result.parent is not None and result.parent.supports_native_join is True
+    with pytest.raises(ValueError, match='in the header'):
+        result.get(timeout=30)
+    assert result.state == states.FAILURE and isinstance(result.result, ChordError)
+    with pytest.raises(ChordError, match=r"Dependency .* raised ValueError\('in the header'\)"):
+        result.get(timeout=30, follow_parents=False)
 
 
 def test_collect_the_tasks_a_task_sent(tasks: Any, worker: Any) -> None:

@@ -46,6 +46,7 @@ def _field(request: Any, name: str) -> Any:
 
 class RPCBackend(InProcessBackend):
     persistent = False
+    supports_native_join = True
 
     def __init__(self, app: Fastq, url: str | None = None) -> None:
         super().__init__(app, url)

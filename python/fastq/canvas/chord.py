@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
 from fastq.canvas.group import group
+from fastq.canvas.regen import regen
 from fastq.canvas.signatures import Signature, maybe_signature, without_repeated_module
 from fastq.utils.functional import as_list
 
@@ -22,15 +24,20 @@ if TYPE_CHECKING:
 __all__ = ['chord', 'chord_size']
 
 
-def _as_tasks(tasks: Any, app: Fastq | None) -> list[Any]:
-    """A chord header as a list of signatures, from a group, a chain (its tasks), a signature or a list."""
+def _as_tasks(tasks: Any, app: Fastq | None) -> Any:
+    """A chord header as a list of signatures, from a group, a chain (its tasks), a signature or a list.
+
+    As Celery's `_maybe_group`, in the shapes its repr shows: a group's or chain's own tuple or `regen`
+    (shared), and a generator's signatures in a `regen`."""
     if isinstance(tasks, dict):
         tasks = maybe_signature(tasks, app=app)
     if isinstance(tasks, Signature) and tasks.subtask_type in ('group', 'chain'):
-        return list(tasks.kwargs['tasks'])
+        members = tasks.kwargs['tasks']
+        return members if isinstance(members, tuple | regen) else list(members)
     if isinstance(tasks, Signature):
         return [tasks]
-    return [t if isinstance(t, Signature) else Signature.from_dict(t, app=app) for t in tasks]
+    listed = [t if isinstance(t, Signature) else Signature.from_dict(t, app=app) for t in tasks]
+    return regen(listed) if isinstance(tasks, GeneratorType) else listed
 
 
 @Signature.register_type('chord')
@@ -291,7 +298,7 @@ class _chord(Signature[Any]):
     def __repr__(self) -> str:
         if self.body is None:
             return f'<chord without body: {self.tasks!r}>'
-        members = self.tasks.tasks if isinstance(self.tasks, group) else self.tasks
+        members = self.tasks  # (a group once frozen, printed as one: Celery's)
         body = self.body
         if body.subtask_type == 'chain' and body.kwargs.get('tasks'):
             from fastq.canvas.chain import chain

@@ -12,7 +12,9 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from fastq.canvas.group import group
+from fastq.canvas.regen import maybe_regen
 from fastq.canvas.signatures import Signature, maybe_signature
+from fastq.utils.text import truncate
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -29,7 +31,7 @@ class _basemap(Signature[Any]):
 
     def __init__(self, task: Any, it: Iterable[Any], **options: Any) -> None:
         # Immutable, with no subtask_type (as Celery sends it): on the wire, a call of the built-in task.
-        super().__init__(self._task_name, (), {'task': task, 'it': list(it)}, immutable=True, **options)
+        super().__init__(self._task_name, (), {'task': task, 'it': maybe_regen(it)}, immutable=True, **options)
 
     def apply_async(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
         # Routed as the task it maps (Celery's): `task_routes` for `add` send `add.map(...)` where `add` goes.
@@ -47,7 +49,7 @@ class xmap(_basemap):
     _task_name = 'celery.map'
 
     def __repr__(self) -> str:
-        return f'[{self.kwargs["task"]["task"]}(x) for x in {self.kwargs["it"]!r}]'
+        return f'[{self.kwargs["task"]["task"]}(x) for x in {truncate(repr(self.kwargs["it"]), 100)}]'
 
 
 @Signature.register_type()
@@ -57,7 +59,7 @@ class xstarmap(_basemap):
     _task_name = 'celery.starmap'
 
     def __repr__(self) -> str:
-        return f'[{self.kwargs["task"]["task"]}(*x) for x in {self.kwargs["it"]!r}]'
+        return f'[{self.kwargs["task"]["task"]}(*x) for x in {truncate(repr(self.kwargs["it"]), 100)}]'
 
 
 @Signature.register_type()
@@ -70,7 +72,7 @@ class chunks(Signature[Any]):
         return cls(kw['task'], kw['it'], kw['n'], app=app, **d['options'])
 
     def __init__(self, task: Any, it: Iterable[Any], n: int, **options: Any) -> None:
-        super().__init__('celery.chunks', (), {'task': task, 'it': list(it), 'n': n}, immutable=True, **options)
+        super().__init__('celery.chunks', (), {'task': task, 'it': maybe_regen(it), 'n': n}, immutable=True, **options)
 
     def __call__(self, **options: Any) -> Any:
         return self.apply_async(**options)
@@ -82,7 +84,7 @@ class chunks(Signature[Any]):
     def group(self) -> group:
         task, it, n = self.kwargs['task'], iter(self.kwargs['it']), int(self.kwargs['n'])
         parts = iter(lambda: list(islice(it, n)), [])
-        return group([xstarmap(task, part, app=self._app) for part in parts], app=self._app)
+        return group((xstarmap(task, part, app=self._app) for part in parts), app=self._app)
 
     @classmethod
     def apply_chunks(cls, task: Any, it: Iterable[Any], n: int, app: Fastq | None = None) -> Any:

@@ -9,9 +9,10 @@ knows how many parts to wait for.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from fastq.canvas.regen import regen
 from fastq.canvas.signatures import Signature, keep_partial, maybe_signature
 from fastq.exceptions import NotRegistered
 from fastq.result import GroupResult
@@ -34,8 +35,9 @@ class group(Signature[Any]):
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], app: Fastq | None = None) -> group:
-        tasks = [maybe_signature(task, app=app) for task in d['kwargs']['tasks']]
-        return keep_partial(cls(tasks, app=app, **d['options']), d)
+        tasks = d['kwargs']['tasks']
+        rebuilt = _like(tasks, [maybe_signature(task, app=app) for task in _unread(tasks)], keep_reads=False)
+        return keep_partial(cls(rebuilt, app=app, **d['options']), d)
 
     def __init__(self, *tasks: Any, **options: Any) -> None:
         members: Iterable[Any] = tasks
@@ -52,16 +54,18 @@ class group(Signature[Any]):
         # garbage collector paused meanwhile, as when the group is sent (`gc_paused`), since its repeated
         # full collections walking the signatures made so far cost more than making them.
         with gc_paused(GC_PAUSE_BATCH if isinstance(members, Iterator) else 0):
-            listed = [t if isinstance(t, Signature) else Signature.from_dict(t, app=app) for t in members]
-        super().__init__('celery.group', (), {'tasks': listed}, **options)
+            listed = [t if isinstance(t, Signature) else Signature.from_dict(t, app=app) for t in _unread(members)]
+        # Kept in the shape given (a tuple, a list, or a generator's `regen`): Celery's repr shows it.
+        super().__init__('celery.group', (), {'tasks': _like(members, listed)}, **options)
         self['subtask_type'] = 'group'
 
     @property
-    def tasks(self) -> list[Signature[Any]]:
+    def tasks(self) -> Sequence[Signature[Any]]:
+        """The signatures: a list, a tuple (`group(a, b)`), or a `regen` (a generator's)."""
         return self.kwargs['tasks']  # type: ignore[no-any-return]
 
     @tasks.setter
-    def tasks(self, value: list[Signature[Any]]) -> None:
+    def tasks(self, value: Sequence[Signature[Any]]) -> None:
         self.kwargs['tasks'] = value
 
     @property
@@ -87,7 +91,7 @@ class group(Signature[Any]):
     def clone(self, args: Any = None, kwargs: dict[str, Any] | None = None, **opts: Any) -> group:
         sig = super().clone(args, kwargs, **opts)
         assert isinstance(sig, group)
-        sig.tasks = [task.clone() for task in self.tasks]
+        sig.tasks = _like(self.tasks, [task.clone() for task in _unread(self.tasks)], keep_reads=False)
         return sig
 
     def set_immutable(self, immutable: bool) -> None:
@@ -103,11 +107,11 @@ class group(Signature[Any]):
         headers = stamp_headers(self, visitor_headers, append_stamps, **headers)
         self.stamp_links(visitor, append_stamps, **headers)
         stamped = []
-        for task in self.tasks:
+        for task in _unread(self.tasks):
             sig = maybe_signature(task, app=self._app)
             sig.stamp(visitor, append_stamps, **headers)
             stamped.append(sig)
-        self.tasks = stamped
+        self.tasks = regen(stamped, self.tasks._read) if isinstance(self.tasks, regen) else stamped
         if visitor is not None:
             visitor.on_group_end(self, **headers)
 
@@ -184,7 +188,7 @@ class group(Signature[Any]):
         return options, group_id, options.get('root_id')
 
     def _prepared(
-        self, tasks: list[Signature[Any]], group_id: str, root_id: str | None, freeze: bool = True
+        self, tasks: Sequence[Signature[Any]], group_id: str, root_id: str | None, freeze: bool = True
     ) -> Iterator[Prepared]:
         """Copies of the tasks (nested groups flattened), each frozen with the group id and its index."""
         for index, task in enumerate(tasks):
@@ -260,7 +264,7 @@ class group(Signature[Any]):
             results[position] = result
         return results
 
-    def _leaves(self, tasks: list[Any]) -> Iterator[tuple[Signature[Any], int]]:
+    def _leaves(self, tasks: Sequence[Any]) -> Iterator[tuple[Signature[Any], int]]:
         """The tasks with nested groups flattened, each with its index in its own group (as `_prepared`)."""
         for index, task in enumerate(tasks):
             if not isinstance(task, Signature):
@@ -314,7 +318,7 @@ class group(Signature[Any]):
             task.freeze(group_id=group_id, chord=chord, root_id=root_id, parent_id=parent_id, group_index=index)
             for index, task in enumerate(flat)
         ]
-        self.tasks = flat
+        self.tasks = regen(flat) if isinstance(self.tasks, regen) else flat  # (Celery's: a new one, unread)
         return gid, results
 
     def __repr__(self) -> str:
@@ -322,7 +326,22 @@ class group(Signature[Any]):
             return 'group(<empty>)'
         from fastq.canvas.signatures import without_repeated_module
 
-        return without_repeated_module(self.tasks[0]['task'], f'group({tuple(self.tasks)!r})')
+        return without_repeated_module(self.tasks[0]['task'], f'group({self.tasks!r})')
+
+
+def _unread(items: Iterable[Any]) -> Iterator[Any]:
+    """Iterate without counting as a read (a `regen`'s repr is Celery's, whose lazy list these reads are not)."""
+    return list.__iter__(items) if isinstance(items, list) else iter(items)
+
+
+def _like(given: Any, signatures: list[Signature[Any]], keep_reads: bool = True) -> Any:
+    """`signatures` in the shape `given` had: a tuple, a list, or a `regen` for anything else (with as many
+    reads as `given` had when `keep_reads`)."""
+    if isinstance(given, regen):
+        return regen(signatures, given._read if keep_reads else 0)
+    if isinstance(given, tuple):
+        return tuple(signatures)
+    return signatures if isinstance(given, list) else regen(signatures)
 
 
 def _batch_call(

@@ -106,8 +106,11 @@ def saferepr(obj: Any, maxlen: int = 1024) -> str:
     return text if len(text) <= maxlen else text[: maxlen - 3] + '...'
 
 
-def truncate(text: str, maxlen: int = 128) -> str:
-    return text if len(text) <= maxlen else text[: maxlen - 3] + '...'
+def truncate(text: str, maxlen: int = 128, suffix: str = '...') -> str:
+    """Celery's: cut at the last space before `maxlen` (a `map` signature's repr shows its items so)."""
+    if maxlen and len(text) >= maxlen:
+        return text[:maxlen].rsplit(' ', 1)[0] + suffix
+    return text
 
 
 def pluralize(n: int, word: str) -> str:

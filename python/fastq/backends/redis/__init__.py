@@ -97,6 +97,7 @@ STORE_AHEAD = (('PING',),)
 
 class RedisBackend(Backend):
     polling = False
+    supports_native_join = True
 
     def __init__(self, app: Fastq, url: str | None = None) -> None:
         super().__init__(app, url)
@@ -490,6 +491,7 @@ class RedisBackend(Backend):
         on_message: Callable[[dict[str, Any]], Any] | None = None,
     ) -> dict[str, Any]:
         subscribed = False
+        heard: dict[str, Any] | None = None
         while True:
             wait = recheck if subscribed else None
             if deadline is not None:
@@ -497,7 +499,7 @@ class RedisBackend(Backend):
                 wait = remaining if wait is None else min(wait, remaining)
             payloads, reread, woken = listener.take(waiter, wait)
             for payload in payloads:  # the document itself travels in the message: no read needed
-                meta = self.meta_from_payload(payload)
+                meta = heard = self.meta_from_payload(payload)
                 if on_message is not None:
                     on_message(meta)
                 if meta['status'] in states.READY_STATES:
@@ -507,6 +509,10 @@ class RedisBackend(Backend):
                 stored = self._reread(task_id)
                 if stored is not None and stored['status'] in states.READY_STATES:
                     return stored
+                if reread and on_message and stored and stored['status'] != states.PENDING and stored != heard:
+                    # Celery listens from the moment it sends; we from `get()`: the progress stored before
+                    # then is the first message it would have heard still current.
+                    on_message(stored)
             if deadline is not None and time.monotonic() >= deadline:
                 if not subscribed:  # e.g. timeout=0: what is stored already still counts
                     stored = self.get_task_meta(task_id)
