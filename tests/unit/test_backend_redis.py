@@ -1119,6 +1119,26 @@ def test_a_batch_of_results_is_stored_published_and_never_replaces_a_success(app
     pubsub.close()
 
 
+def test_a_batch_store_runs_between_once_while_redis_stores(app: Fastq, raw: Any) -> None:
+    """A pool child re-arms its wait in the broker while Redis stores its results (`flush_stores(between)`):
+    `between` runs once, whether the script had to be loaded first, or nothing was held at all."""
+    backend = app.backend
+    assert backend.defer_stores()
+    calls: list[Any] = []
+    backend.flush_stores(lambda: calls.append('nothing held'))
+    tid = task_id()
+    backend.store_success_later(tid, 'stored')
+    raw.script_flush()  # the first EVALSHA meets NOSCRIPT: loaded and run again, `between` not run twice
+    backend.flush_stores(lambda: calls.append(raw.get(key(tid)) is None or 'already stored'))
+    assert calls == ['nothing held', True] or calls == ['nothing held', 'already stored']
+    assert backend.get_task_meta(tid)['result'] == 'stored'
+    other = task_id()
+    backend.store_success_later(other, 'stored too')
+    backend.flush_stores(lambda: calls.append('loaded'))
+    assert calls[-1] == 'loaded' and len(calls) == 3
+    assert backend.get_task_meta(other)['result'] == 'stored too'
+
+
 # --- collecting many results: read-ahead (backends/redis/collect.py) -----------------------------------------
 
 

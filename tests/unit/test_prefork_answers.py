@@ -85,7 +85,7 @@ def test_an_outcome_is_answered_by_its_kind(channels: tuple[_ipc.Channel, _ipc.C
     anything is written, and `store_now` stores them without writing."""
     parent, child = channels
     stores: list[str] = []
-    answers = _Answers(child, lambda: stores.append('flush'))
+    answers = _Answers(child, lambda between: stores.append('flush'))
     answers.answer(1, Outcome(states.SUCCESS, 0.1, retval_repr='2'), True, False)
     answers.answer(2, Outcome(states.SUCCESS, 0.1, retval_repr='2'), True, True)  # exiting: a RESULT, at once
     frames = _read(parent, 2)

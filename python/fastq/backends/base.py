@@ -296,9 +296,11 @@ class Backend(abc.ABC):
         """`mark_as_done`, possibly written with others at the next `flush_stores`."""
         self.mark_as_done(task_id, result, request=request)
 
-    def flush_stores(self) -> None:
-        """Write what `store_success_later` held (a no-op unless `defer_stores` returned True)."""
-        return None
+    def flush_stores(self, between: Callable[[], None] | None = None) -> None:
+        """Write what `store_success_later` held (a no-op unless `defer_stores` returned True); `between` runs
+        once, after the write and before its reply is read (at once when nothing is written)."""
+        if between is not None:
+            between()
 
     def mark_as_failure(
         self, task_id: str, exc: BaseException, traceback: str | None = None, request: Any = None

@@ -20,7 +20,7 @@ import select
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import hiredis
@@ -246,6 +246,26 @@ class Link:
         """Run a redis-py `Script` by its SHA, loading it when the server does not know it (yet); `ahead`: commands
         written before it, in the same write, whose replies are not looked at. An error reply is raised."""
         reply = self.evalsha_after(ahead, script, keys, args)[1]
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise reply
+        return reply
+
+    def evalsha_around(
+        self,
+        script: Any,
+        keys: Sequence[Any],
+        args: Sequence[Any],
+        ahead: Sequence[Command],
+        between: Callable[[], None],
+    ) -> Any:
+        """`evalsha`, with `between` run once the script is written and before its reply is read: work of
+        the caller's that overlaps the server's run of the script (it must not raise, nor use this link)."""
+        command = ('EVALSHA', script.sha, len(keys), *keys, *args)
+        self.send_packed(pack([*ahead, command]))
+        between()
+        reply = self.receive(len(ahead) + 1)[-1]
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            return self.evalsha(script, keys, args)
         if isinstance(reply, redis.exceptions.ResponseError):
             raise reply
         return reply

@@ -313,10 +313,13 @@ class RedisBackend(Backend):
             return
         deferred.append((task_id, payload))
 
-    def flush_stores(self) -> None:
-        """Store held results with one round trip and one script call (STORE_RESULTS)."""
+    def flush_stores(self, between: Callable[[], None] | None = None) -> None:
+        """Store held results with one round trip and one script call (STORE_RESULTS); `between` runs while
+        Redis runs it (a pool child re-arms its wait in the broker there: see `Lent.rearm`)."""
         deferred = self._deferred
         if not deferred:
+            if between is not None:
+                between()
             return
         self._deferred = []
         ttl_ms = math.ceil(self.expires * 1000) if self.expires else 0
@@ -326,9 +329,18 @@ class RedisBackend(Backend):
         link = self._link
         if link is None:
             link = self._link = Link(self.client)
+        script = self._store_many_script
+
+        def store() -> Any:
+            nonlocal between
+            if between is None:
+                return link.evalsha(script, keys, args, STORE_AHEAD)
+            run, between = between, None  # (once: a retry of the store does not run it again)
+            return link.evalsha_around(script, keys, args, STORE_AHEAD, run)
+
         try:
             replies = self._run(
-                lambda: link.evalsha(self._store_many_script, keys, args, STORE_AHEAD),
+                store,
                 f'store {len(deferred)} results',
                 BackendStoreError,
                 True,

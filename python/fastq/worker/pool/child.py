@@ -73,7 +73,9 @@ class _Answers:
     a caller may be waiting on that result, and nothing would join the round trip by waiting.
     """
 
-    def __init__(self, chan: _ipc.Channel, flush_stores: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, chan: _ipc.Channel, flush_stores: Callable[[Callable[[], None] | None], None] | None = None
+    ) -> None:
         self.chan = chan
         self.flush_stores = flush_stores
         self.waiting: list[tuple[int, int, bytes]] = []
@@ -86,10 +88,13 @@ class _Answers:
         self.count = 0
         self.since = 0.0
 
-    def store_now(self) -> None:
-        """The results held so far, stored now (they would be at the next `write`)."""
+    def store_now(self, between: Callable[[], None] | None = None) -> None:
+        """The results held so far, stored now (they would be at the next `write`); `between` runs once their
+        write is out, before its reply is read."""
         if self.flush_stores is not None:
-            self.flush_stores()
+            self.flush_stores(between)
+        elif between is not None:
+            between()
 
     def answer(self, job_id: int, outcome: Outcome, short: bool, exiting: bool) -> None:
         """A job's outcome: a plain success of a short job joins the batched successes (`succeeded`); anything
@@ -242,9 +247,8 @@ def child_main(
             if progress is not None:  # before it runs: a job counted here is never requeued (see prefork.py)
                 progress[index] = done + 1
             outcome = run_payload(app, payload, accept)
-            if not queue:
-                borrower.rearm(stopping)
-                answers.store_now()
+            if not queue:  # (a child holding the lead waits in the broker again while Redis stores)
+                answers.store_now(None if stopping else borrower.rearm)
             done += 1
             exiting = _exiting(done, max_tasks, max_memory_kib)
             answers.answer(job_id, outcome, short, exiting)
