@@ -552,11 +552,37 @@ def maybe_schedule(s: Any, relative: bool = False, app: Fastq | None = None) -> 
         s = timedelta(seconds=s)
     if isinstance(s, timedelta):
         return schedule(s, relative, app=app)
+    s = _from_celery(s)
     if not isinstance(s, BaseSchedule) and not hasattr(s, 'is_due'):
         raise TypeError(f'not a schedule: {s!r} (a number of seconds, a timedelta, crontab or solar)')
     if app is not None:
         s.app = app
     return s  # type: ignore[no-any-return]
+
+
+def _from_celery(s: Any) -> Any:
+    """Celery's own `schedule`, `crontab` or `solar` (a config written for Celery may still import them from
+    `celery.schedules`) as fastq's namesake, with its `nowfun`.
+
+    Beat keys each run on the schedule's `last_due_at`, which Celery's classes lack: its runs were keyed to the
+    minute, so a Celery `schedule(10)` sent one run in each half minute and skipped the others as "sent by
+    another beat". Subclasses, other modules' classes, and a spec fastq refuses stay as they are.
+    """
+    cls = type(s)
+    if cls.__module__ != 'celery.schedules':
+        return s
+    nowfun = getattr(s, 'nowfun', None)
+    try:
+        if cls.__name__ == 'schedule':
+            return schedule(s.run_every, s.relative, nowfun=nowfun)
+        if cls.__name__ == 'crontab':
+            fields = (s._orig_minute, s._orig_hour, s._orig_day_of_week, s._orig_day_of_month, s._orig_month_of_year)
+            return crontab(*fields, nowfun=nowfun)
+        if cls.__name__ == 'solar':
+            return solar(s.event, s.lat, s.lon, nowfun=nowfun)
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return s
 
 
 class solar(BaseSchedule):

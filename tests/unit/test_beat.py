@@ -151,6 +151,27 @@ def test_tick_sends_due_entries_with_their_options(app: Fastq, clock: Clock) -> 
     assert '2024-05-01T12:01:00.500000+00:00' in remote.body.decode()  # BeatLazyFunc called at send time
 
 
+def test_celery_schedule_objects_send_every_run(app: Fastq, clock: Clock) -> None:
+    """A config that still imports `celery.schedules`: each run is sent (a Celery `schedule(10)` was keyed to
+    the minute, so all but one run per half minute were skipped as "sent by another beat")."""
+    from celery import schedules as cs
+
+    app.conf.beat_schedule = {
+        'every-10s': {'task': 'proj.add', 'schedule': cs.schedule(10, nowfun=clock), 'args': (1, 2)},
+        'cron': {'task': 'proj.add', 'schedule': cs.crontab(nowfun=clock), 'args': (3, 4)},
+    }
+    scheduler = Scheduler(app)
+    scheduler.setup()
+    assert isinstance(scheduler.entries['cron'].schedule, crontab)
+    sent = []
+    for _ in range(12):
+        clock.advance(10)
+        scheduler.tick()
+        sent += [m.headers['argsrepr'] for m in drain(app)]
+    assert sent.count('[1, 2]') == 12
+    assert sent.count('[3, 4]') == 2
+
+
 def test_a_missed_stretch_runs_once(app: Fastq, clock: Clock, tmp_path: Path) -> None:
     app.conf.beat_schedule = {
         'every-10s': {'task': 'proj.add', 'schedule': schedule(10, nowfun=clock), 'args': (1, 2)},
@@ -264,7 +285,10 @@ def wait_until(predicate: Any, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def test_embedded_service_sends_signals_runs_and_stops(app: Fastq, tmp_path: Path) -> None:
+def test_embedded_service_sends_signals_runs_and_stops(
+    app: Fastq, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, 'celery.beat')
     seen: list[str] = []
 
     def on_init(sender: Any, **kwargs: Any) -> None:
@@ -287,6 +311,24 @@ def test_embedded_service_sends_signals_runs_and_stops(app: Fastq, tmp_path: Pat
     assert not beat.is_alive()
     assert seen == ['beat_init', 'beat_embedded_init']
     assert app.broker.lease_holder('beat.proj') is None  # handed back on the way out
+    # Celery's debug lines: the schedule as read, and each sleep
+    assert 'Current schedule:\n<ScheduleEntry: fast proj.add(1, 1) <freq: now>>' in caplog.text
+    assert 'beat: Waking up now.' in caplog.text  # (humanize_seconds: under a second is 'now')
+
+
+@pytest.mark.parametrize('remote_control', [False, True])
+def test_banner_has_celerys_lines(app: Fastq, tmp_path: Path, remote_control: bool) -> None:
+    """`celery beat`'s Configuration block, the remote control node included when it answers."""
+    from fastq.cli.beat import banner
+
+    service = Service(
+        app, schedule_filename=str(tmp_path / 's'), max_interval=10, remote_control=remote_control, hostname='b@h'
+    )
+    lines = banner(app, service, 'INFO', None).splitlines()
+    assert lines[1].startswith('LocalTime -> ') and lines[2] == 'Configuration ->'
+    assert '    . logfile -> [stderr]@%INFO' in lines
+    assert '    . maxinterval -> 10.00 seconds (10s)' in lines
+    assert ('    . remote control -> b@h' in lines) is remote_control
 
 
 def test_two_services_one_leader_and_a_clean_handover(

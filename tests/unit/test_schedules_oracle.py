@@ -9,7 +9,8 @@ hour); fastq's next run is always after the last.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -201,3 +202,55 @@ def test_solar_like_celery(city: str, tz: str) -> None:
             f = fs.solar(event, lat, lon, app=fapp, nowfun=lambda: now)  # noqa: B023
             assert abs(f.remaining_estimate(last) - c.remaining_estimate(last)) < timedelta(milliseconds=1)
             assert f.is_due(last).is_due == c.is_due(last).is_due
+
+
+@pytest.fixture
+def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Set the process's local zone (`TZ` and tzset) for a test, and put it back after."""
+
+    def use(name: str) -> None:
+        monkeypatch.setenv('TZ', name)
+        time.tzset()
+
+    yield use
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize('tz', ['Europe/London', 'America/New_York'])
+def test_crontab_in_local_time_follows_dst(local_zone: Callable[[str], None], tz: str) -> None:
+    """`enable_utc = False` and no `timezone`: the machine's zone, DST included, so a crontab runs as Celery's
+    does with that zone named in `timezone`. (fastq took today's fixed offset: in December a summer crontab ran
+    an hour off. Celery's own LocalTimezone is not the oracle here: west of UTC it puts runs hours off.)"""
+    local_zone(tz)
+    fapp = Fastq(set_as_current=False)
+    fapp.conf.enable_utc = False
+    capp = Celery(set_as_current=False)
+    capp.conf.timezone = tz
+    rng = random.Random(tz)
+    specs: list[dict[str, Any]] = [
+        {'minute': 30, 'hour': 1},
+        {'minute': 0, 'hour': '*/5'},
+        {'hour': 23, 'day_of_month': 31},
+    ]
+    for spec in specs:
+        for _ in range(60):
+            last = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randint(0, 366 * 86400))
+            now = last + timedelta(seconds=rng.choice([1, 60, 3600, 86400]))
+            c = cs.crontab(**spec, app=capp, nowfun=lambda: now)  # noqa: B023
+            f = fs.crontab(**spec, app=fapp, nowfun=lambda: now)  # noqa: B023
+            if now + c.remaining_estimate(last) <= last:  # (the DST fall-back case above)
+                continue
+            assert f.remaining_estimate(last) == c.remaining_estimate(last), (spec, last, now)
+            assert tuple(f.is_due(last)) == tuple(c.is_due(last)), (spec, last, now)
+
+
+def test_local_zone_from_a_posix_tz_rule_has_its_dst(local_zone: Callable[[str], None]) -> None:
+    """A `TZ` only the C library reads (no tzdata name) still gives DST, through the `time` module."""
+    from fastq.utils.time import get_timezone
+
+    local_zone('CET-1CEST,M3.5.0,M10.5.0/3')
+    zone = get_timezone(None, enable_utc=False)
+    winter, summer = datetime(2024, 1, 15, 12, tzinfo=UTC), datetime(2024, 7, 15, 12, tzinfo=UTC)
+    assert winter.astimezone(zone).hour == 13 and summer.astimezone(zone).hour == 14
+    assert datetime(2024, 7, 15, 14, tzinfo=zone).astimezone(UTC) == summer

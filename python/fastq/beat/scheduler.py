@@ -72,6 +72,7 @@ class Scheduler:
             self.store.keep_only(set(entries))
         self.entries = entries
         self._retry_at.clear()
+        logger.debug('Current schedule:\n%s', '\n'.join(repr(entry) for entry in entries.values()))
 
     def _default_entries(self, entries: Mapping[str, ScheduleEntry]) -> dict[str, ScheduleEntry]:
         """Celery's: with `result_expires` and a backend whose results do not expire by themselves (the

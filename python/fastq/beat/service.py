@@ -173,6 +173,8 @@ class Service:
             if self.leader and lock.held:
                 wait = min(wait, self.scheduler.tick())
             self._last_tick = time.monotonic()
+            if wait > 0:
+                logger.debug('beat: Waking up %s.', humanize_seconds(wait, prefix='in '))
             self._stop.wait(wait)
 
     def _start_remote_control(self, broker: Broker) -> None:

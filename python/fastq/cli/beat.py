@@ -68,6 +68,7 @@ def banner(app: Fastq, service: Service, loglevel: str, logfile: str | None) -> 
         scheduler.info,
         f'    . logfile -> {logfile or "[stderr]"}@%{loglevel}',
         f'    . maxinterval -> {humanize_seconds(max_interval)} ({max_interval:g}s)',
+        f'    . remote control -> {service.hostname}' if service.remote_control else '',
         f'    . leader lock -> {service.lock_name} ({humanize_seconds(service.lock_timeout)})',
     ]
     return '\n'.join(line for line in lines if line)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import time as _time
 from datetime import UTC, datetime, timedelta, tzinfo
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ['from_iso', 'get_timezone', 'maybe_make_aware', 'now_in', 'parse_rate', 'to_timestamp']
+__all__ = ['from_iso', 'get_timezone', 'local_timezone', 'maybe_make_aware', 'now_in', 'parse_rate', 'to_timestamp']
 
 _RATE = re.compile(r'^\s*(\d+(?:\.\d*)?)\s*(?:/\s*([smh]))?\s*$')
 _RATE_UNITS = {'s': 1.0, 'm': 60.0, 'h': 3600.0}
@@ -38,8 +40,57 @@ def get_timezone(name: str | None, enable_utc: bool = True) -> tzinfo:
         return ZoneInfo(name)
     if enable_utc:
         return UTC
-    local = datetime.now().astimezone().tzinfo
-    return local or UTC
+    return local_timezone()
+
+
+def local_timezone() -> tzinfo:
+    """The machine's zone with its DST rules (`TZ`, else /etc/localtime), as Celery's LocalTimezone follows them.
+
+    Not `datetime.now().astimezone().tzinfo`: that is today's fixed offset, and a crontab read in it would run an
+    hour off for half of the year. A zone tzdata names is a ZoneInfo, so repeated and skipped wall times have
+    their two instants (`fold`); a `TZ` that only the C library understands (a POSIX rule) falls back to the
+    offsets the `time` module gives.
+    """
+    name = os.environ.get('TZ', '').lstrip(':')
+    candidates = [name] if name else []
+    if not name:
+        real = os.path.realpath('/etc/localtime')
+        if '/zoneinfo/' in real:
+            candidates.append(real.split('/zoneinfo/', 1)[1])
+    for key in candidates:
+        with contextlib.suppress(ZoneInfoNotFoundError, ValueError, OSError):
+            return ZoneInfo(key)
+    if not name:
+        with contextlib.suppress(OSError, ValueError), open('/etc/localtime', 'rb') as f:
+            return ZoneInfo.from_file(f, key='localtime')
+    return _SystemLocalTime()
+
+
+class _SystemLocalTime(tzinfo):
+    """Local time as the C library computes it (Celery's LocalTimezone): for a `TZ` zoneinfo cannot read."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(seconds=-_time.altzone) if self._isdst(dt) else timedelta(seconds=-_time.timezone)
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return self.utcoffset(dt) - timedelta(seconds=-_time.timezone)
+
+    def tzname(self, dt: datetime | None) -> str:
+        return _time.tzname[self._isdst(dt)]
+
+    def fromutc(self, dt: datetime) -> datetime:
+        local = _time.localtime((dt.replace(tzinfo=None) - datetime(1970, 1, 1)).total_seconds())
+        return dt + timedelta(seconds=local.tm_gmtoff)
+
+    @staticmethod
+    def _isdst(dt: datetime | None) -> bool:
+        if dt is None or not _time.daylight:
+            return False
+        stamp = _time.mktime((dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second, dt.weekday(), 0, -1))
+        return _time.localtime(stamp).tm_isdst > 0
+
+    def __repr__(self) -> str:
+        return f'<local time: {"/".join(_time.tzname)}>'
 
 
 def now_in(tz: tzinfo) -> datetime:
