@@ -26,14 +26,18 @@ def bind_shared_tasks(app: Fastq) -> None:
 
 
 class _SharedTaskProxy:
-    """Looks like the task, resolved on each use against the current app."""
+    """Looks like the task, resolved on each use against the current app.
+
+    Setting or deleting an attribute reaches the task too, as through Celery's Proxy: the Testing guide's
+    `patch('proj.tasks.send_order.retry')` must replace the retry the task body calls, not a proxy's copy.
+    """
 
     def __init__(self, fun: Callable[..., Any], options: dict[str, Any]) -> None:
-        self._fun = fun
-        self._options = options
-        self.__wrapped__ = fun
-        self.__doc__ = fun.__doc__
-        self.__name__ = fun.__name__
+        for name, value in (
+            ('_fun', fun), ('_options', options), ('__wrapped__', fun), ('__doc__', fun.__doc__),
+            ('__name__', fun.__name__),
+        ):  # fmt: skip
+            object.__setattr__(self, name, value)
 
     def _resolve(self) -> Task[Any, Any]:
         app = _state.get_current_app()
@@ -41,6 +45,12 @@ class _SharedTaskProxy:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._resolve(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._resolve(), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self._resolve(), name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._resolve()(*args, **kwargs)

@@ -109,7 +109,7 @@ def test_start_worker_directly() -> None:
                 assert [double.delay(i).get(timeout=10) for i in range(5)] == [0, 2, 4, 6, 8]
                 assert worker.queues == ['direct']
         assert started == [worker] and stopped == [worker]
-        assert app.conf.broker_url == 'memory://'
+        assert (app.conf.broker_url, app.conf.result_backend) == ('memory://', 'cache+memory://')  # (Celery's)
     finally:
         test_worker_started.disconnect(on_started)
         test_worker_stopped.disconnect(on_stopped)

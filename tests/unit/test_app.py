@@ -254,6 +254,31 @@ def test_shared_task_binds_to_the_current_app() -> None:
     assert triple.name in second.tasks
 
 
+def test_patching_a_shared_tasks_retry_patches_the_task() -> None:
+    """The Testing guide's unit test mocks `retry` on a task through its module (`patch('proj.tasks.send_order
+    .retry')`); for a shared task that sets the attribute on the proxy, which must reach the task, as Celery's
+    Proxy does, or the real retry runs."""
+    from unittest.mock import patch
+
+    from fastq.exceptions import Retry
+
+    @shared_task(bind=True)
+    def send_order(self: Any, quantity: int) -> None:
+        try:
+            raise OSError('database down')
+        except OSError as exc:
+            raise self.retry(exc=exc) from None
+
+    app = Fastq('guide', broker='memory://', backend='memory://')
+    assert send_order._resolve() is send_order._resolve()  # (one task per app, not one per use)
+    with patch.object(send_order, 'retry') as send_order_retry:
+        send_order_retry.side_effect = Retry()
+        with pytest.raises(Retry):
+            send_order(3)
+        assert send_order_retry.call_count == 1
+    assert 'retry' not in vars(app.tasks[send_order.name])  # (the patch is undone on the task itself)
+
+
 def test_worker_main_builds_argv(app: Fastq, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
     import fastq.cli

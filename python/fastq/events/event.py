@@ -9,14 +9,17 @@ event, or a list of them under the routing key `<group>.multi` (Celery's buffere
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from fastq import __version__, control
-from fastq.control import decode_envelope, encode_envelope, tick
+from fastq import __version__, _core, control
+from fastq.control import encode_envelope, tick
+from fastq.exceptions import FastqError, SerializationError
+from fastq.serialization import json_tag_hook, loads
 
 __all__ = [
     'EVENT_EXCHANGE',
@@ -30,6 +33,8 @@ __all__ = [
 ]
 
 EVENT_EXCHANGE = 'celeryev'
+
+logger = logging.getLogger('celery.events')
 
 #: The next value of this process's Lamport clock (`fastq.control.tick` without its lock: `next()` on an
 #: `itertools.count` is atomic under the GIL), for senders that stamp an event per task.
@@ -80,11 +85,22 @@ def encode_events(events: Any, hostname: str, routing_key: str, exchange: str = 
     return encode_envelope(events, {'hostname': hostname}, exchange, routing_key, 1)
 
 
-def decode_events(raw: bytes) -> list[dict[str, Any]]:
-    """The events in one `celeryev` message (none if it is not one)."""
+def decode_events(raw: bytes, accept: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """The events in one `celeryev` message (none if it is not one).
+
+    A Celery worker with `event_serializer='auth'` (the Security guide's setting) sends them signed
+    (`application/data`): they are verified by the `auth` serializer `setup_security` registered, and one that
+    fails (a stranger's, tampered with) or is outside `accept` (content types) is dropped, not handed over.
+    """
     try:
-        _, body = decode_envelope(raw)
-    except ValueError:
+        message = _core.Message.from_envelope(raw, None)
+        if message.content_type in ('application/json', ''):
+            body = _core.json_loads(message.body, json_tag_hook)
+        else:
+            body = loads(message.body, message.content_type, accept)
+    except (ValueError, FastqError, SerializationError) as exc:
+        if raw[:1] == b'{':  # (an envelope that said too little to be one is not worth a word)
+            logger.warning('Dropped an event that could not be decoded: %r', exc)
         return []
     items: Iterable[Any] = body if isinstance(body, list) else (body,)
     return [item for item in items if isinstance(item, dict) and isinstance(item.get('type'), str)]

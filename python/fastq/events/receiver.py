@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq.events.event import EVENT_EXCHANGE, decode_events
 from fastq.exceptions import ImproperlyConfigured
+from fastq.serialization import accept_set
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -44,6 +45,7 @@ class EventReceiver:
         routing_key: str = '#',
         node_id: str | None = None,
         connection: Any = None,
+        accept: Any = None,
         **kwargs: Any,
     ) -> None:
         if app.conf.event_queue_exclusive and app.conf.event_queue_durable:
@@ -54,6 +56,9 @@ class EventReceiver:
         self.node_id = node_id
         self.exchange = str(app.conf.event_exchange or EVENT_EXCHANGE)
         self._match = _key_matcher(routing_key)
+        #: What events may be (Celery's default: the event serializer, signed `auth` in the Security guide,
+        #: and json, which workers that do not sign send).
+        self.accept = accept_set(accept if accept is not None else {app.conf.event_serializer, 'json'})
         self._subscription: Subscription | None = None
         self.should_stop = False
 
@@ -80,7 +85,7 @@ class EventReceiver:
             for routing_key, raw in self._subscription.get(wait):
                 if not self._match(routing_key):
                     continue
-                for event in decode_events(raw):
+                for event in decode_events(raw, self.accept):
                     yield event
                     count += 1
                     if limit is not None and count >= limit:

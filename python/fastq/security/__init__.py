@@ -7,13 +7,15 @@ store of certificates, so a worker runs only what a holder of a trusted key sent
         security_cert_store='/etc/ssl/certs/*.pem',
         security_digest='sha256',
         task_serializer='auth',
-        event_serializer='json',
+        event_serializer='auth',
         accept_content=['auth'],
     )
     app.setup_security()
 
 The wire format is Celery's `auth` serializer (kombu content type `application/data`): Celery and fastq
-sign and verify each other's messages. Needs the `cryptography` package (`pip install "fastq[auth]"`).
+sign and verify each other's messages (task messages and results with `result_serializer='auth'`; events a
+Celery worker signs are verified by fastq's receivers, while fastq's workers send theirs as json, which
+Celery's receivers accept too). Needs the `cryptography` package (`pip install "fastq[auth]"`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ if TYPE_CHECKING:
 
 __all__ = ['setup_security']
 
-SETTING_MISSING = """\
+CRYPTOGRAPHY_NOT_INSTALLED = """\
+You need to install the cryptography library to use the auth serializer.
+Please install by:
+
+    $ pip install cryptography
+"""
+
+# The messages and their names are Celery's (celery.security), as users and their tests know them.
+SECURITY_SETTING_MISSING = """\
 Sorry, but you have to configure the
     * security_key
     * security_certificate, and the
@@ -37,11 +47,14 @@ configuration settings to use the auth serializer.
 Please see the configuration reference for more information.
 """
 
-SECURITY_SETTING_MISSING = """\
-Sorry, but you have to configure the
-    * task_serializer='auth'
-    * accept_content=['auth']
-configuration settings to use the auth serializer.
+SETTING_MISSING = """\
+You have to configure a special task serializer
+for signing and verifying tasks:
+    * task_serializer = 'auth'
+
+You have to accept only tasks which are serialized with 'auth'.
+There is no point in signing messages if they are not verified.
+    * accept_content = ['auth']
 """
 
 
@@ -57,16 +70,20 @@ def setup_security(
 ) -> None:
     """Register the `auth` serializer with this app's key, certificate and certificate store (the settings
     unless given); refuses to run unless tasks are sent and accepted signed only."""
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        raise ImproperlyConfigured(CRYPTOGRAPHY_NOT_INSTALLED) from None
     conf = app.conf
     if conf.task_serializer != 'auth' or list(conf.accept_content or ()) != ['auth']:
-        raise ImproperlyConfigured(SECURITY_SETTING_MISSING)
+        raise ImproperlyConfigured(SETTING_MISSING)
     key = key or conf.security_key
     key_password = key_password or conf.security_key_password
     cert = cert or conf.security_certificate
     store = store or conf.security_cert_store
     digest = digest or conf.security_digest
     if not (key and cert and store):
-        raise ImproperlyConfigured(SETTING_MISSING)
+        raise ImproperlyConfigured(SECURITY_SETTING_MISSING)
     from fastq.security.serialization import register_auth
 
     with open(key) as key_file, open(cert) as cert_file:

@@ -102,8 +102,8 @@ class CertStore:
         key = cert_id.decode() if isinstance(cert_id, bytes) else cert_id
         try:
             return self._certs[key]
-        except KeyError:
-            raise SecurityError(f'Unknown certificate: {key!r}') from None
+        except KeyError:  # (the id as given, bytes from a message: Celery's words, b'issuer serial')
+            raise SecurityError(f'Unknown certificate: {cert_id!r}') from None
 
     def add_cert(self, cert: Certificate) -> None:
         if cert.get_id() in self._certs:

@@ -35,22 +35,28 @@ class SecureSerializer:
         self._serializer = serializer
 
     def serialize(self, data: Any) -> bytes:
+        """Sign and pack `data`; any failure is a SecurityError worded as Celery's ('Unable to serialize: ')."""
         from fastq.serialization import dumps
 
         if self._key is None or self._cert is None:
             raise SecurityError('Unable to serialize: no key and certificate to sign with')
-        body, content_type, content_encoding = dumps(data, self._serializer)
-        signature = self._key.sign(body, self._digest)
-        fields = [
-            base64.b64encode(self._cert.get_id().encode()),
-            base64.b64encode(signature),
-            content_type.encode(),
-            content_encoding.encode(),
-            body,
-        ]
+        try:
+            body, content_type, content_encoding = dumps(data, self._serializer)
+            signature = self._key.sign(body, self._digest)
+            fields = [
+                base64.b64encode(self._cert.get_id().encode()),
+                base64.b64encode(signature),
+                content_type.encode(),
+                content_encoding.encode(),
+                body,
+            ]
+        except Exception as exc:
+            raise SecurityError(f'Unable to serialize: {exc!r}') from exc
         return base64.b64encode(SEPARATOR.join(fields))
 
     def deserialize(self, data: bytes | str) -> Any:
+        """Verify, then decode. A refusal reads as Celery's: 'Unable to deserialize: ' and the reason (an
+        unknown signer, a bad signature, an expired certificate, a malformed payload), which a worker logs."""
         from fastq.serialization import loads
 
         if self._cert_store is None:
@@ -59,9 +65,9 @@ class SecureSerializer:
             raw = base64.b64decode(data.encode() if isinstance(data, str) else data)
             signer, signature, content_type, _content_encoding, body = raw.split(SEPARATOR, 4)
             signer, signature = base64.b64decode(signer), base64.b64decode(signature)
-        except (ValueError, TypeError) as exc:
+            self._cert_store[signer].verify(body, signature, self._digest)
+        except Exception as exc:
             raise SecurityError(f'Unable to deserialize: {exc!r}') from exc
-        self._cert_store[signer.decode()].verify(body, signature, self._digest)
         return loads(body, content_type.decode(), None)
 
 

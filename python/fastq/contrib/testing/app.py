@@ -16,8 +16,8 @@ from fastq.app import Fastq
 
 __all__ = ['DEFAULT_TEST_CONFIG', 'TestApp', 'Trap', 'set_trap', 'setup_default_app']
 
-#: The test app's settings unless a test's config says otherwise (Celery's, with its `cache+memory://`
-#: spelled as fastq's in-process backend).
+#: The test app's settings unless a test's config says otherwise: Celery's, spelled as Celery spells them
+#: (`cache+memory://` is fastq's in-process backend too), since ported tests assert on them.
 DEFAULT_TEST_CONFIG: dict[str, Any] = {
     'worker_hijack_root_logger': False,
     'worker_log_color': False,
@@ -25,7 +25,7 @@ DEFAULT_TEST_CONFIG: dict[str, Any] = {
     'enable_utc': True,
     'timezone': 'UTC',
     'broker_url': 'memory://',
-    'result_backend': 'memory://',
+    'result_backend': 'cache+memory://',
     'broker_heartbeat': 0,
 }
 
