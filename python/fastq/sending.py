@@ -21,7 +21,7 @@ import gc
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastq import _state, protocol, signals
@@ -176,12 +176,24 @@ class SendPlan:
         self.retry: bool | None = routed.get('retry')
         self.retry_policy: dict[str, Any] | None = routed.get('retry_policy')
         self.add_to_parent = bool(routed.get('add_to_parent', True))
-        # A task class with its own AsyncResult (AbortableTask's): its results are made by it, as Celery's
-        # send_task(result_cls=task.AsyncResult) does; None for the usual kind.
-        custom = task_type if task_type is not None else app.tasks.get(name)
-        self.result_factory: Callable[[str], AsyncResult[Any]] | None = (
-            custom.AsyncResult if custom is not None and type(custom).AsyncResult is not _TASK_ASYNC_RESULT else None
-        )
+        self.result_factory = _result_factory(app, name, task_type)
+
+
+def _result_factory(
+    app: Fastq, name: str, task_type: Task[Any, Any] | None
+) -> Callable[[str], AsyncResult[Any]] | None:
+    """What makes the results of a send, None for the usual `AsyncResult` on the app's backend.
+
+    A task class with its own AsyncResult (AbortableTask's) makes them, as Celery's `send_task(result_cls=
+    task.AsyncResult)` has it, whether sent by `apply_async` or by name. So does a task with a result backend
+    of its own, whose results read from it, when sent by `apply_async`: Celery's `send_task` by name gives
+    `app.AsyncResult`, on the app's backend. (Setting `Task.backend` drops the cached plans.)"""
+    if task_type is not None and task_type._backend is not None:
+        return task_type.AsyncResult
+    custom = task_type if task_type is not None else app.tasks.get(name)
+    if custom is not None and type(custom).AsyncResult is not _TASK_ASYNC_RESULT:
+        return custom.AsyncResult
+    return None
 
 
 def _task_key(task: Task[Any, Any] | None) -> tuple[Any, ...] | None:
@@ -635,10 +647,20 @@ def _send_batch(app: Fastq, calls: Sequence[BatchCall]) -> list[AsyncResult[Any]
     results = [m.result for m in messages]
     waited = [r for r in results if not r.ignored]
     if waited:  # so that collecting them reads the next ones ahead (Redis), as for single sends
-        sent = app.backend.sent
-        for result in waited:
-            sent(result)
+        _sent(app, waited, prepare.plans.values())
     return results
+
+
+def _sent(app: Fastq, results: list[AsyncResult[Any]], plans: Iterable[SendPlan]) -> None:
+    """Tell each result's backend its task was sent: the app's, unless a plan makes results of their own kind
+    (which may read from a task's own backend)."""
+    if any(plan.result_factory is not None for plan in plans):
+        for result in results:
+            result.backend.sent(result)
+        return
+    sent = app.backend.sent
+    for result in results:
+        sent(result)
 
 
 class _Preparer:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import keyword
+import threading
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -24,6 +25,7 @@ from fastq.utils.text import saferepr
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
+    from fastq.backends.base import Backend
     from fastq.canvas import Signature
     from fastq.result import AsyncResult, EagerResult
 
@@ -276,6 +278,10 @@ class Task(Generic[P, R]):
     _is_async: ClassVar[bool] = False
     _signature: inspect.Signature | None = None
     _arity_checker: Callable[..., None] | None = None
+    #: This task's own result backend, Celery's `_backend`: as given (a URL, a Backend class or instance)
+    #: until first used, then the instance it made; None for the app's. Read through `backend`; the worker's
+    #: trace reads it directly, so a task without one pays an attribute read for it and nothing more.
+    _backend: Any = None
 
     # Settings a task reads from app.conf when its own attribute is None (Celery's `from_config`).
     from_config: ClassVar[tuple[tuple[str, str], ...]] = (
@@ -296,6 +302,15 @@ class Task(Generic[P, R]):
         ('soft_time_limit', 'task_soft_time_limit'),
         ('compression', 'task_compression'),
     )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # `@app.task(backend=...)` makes its options class attributes, as does `backend = ...` in a class body:
+        # either would hide the `backend` property, so a URL would reach the trace as a string (Celery's fails
+        # so: "'str' object has no attribute 'store_result'"). Kept in `_backend`, which the property reads.
+        if 'backend' in cls.__dict__ and not isinstance(cls.__dict__['backend'], property):
+            cls._backend = cls.__dict__['backend']
+            delattr(cls, 'backend')
 
     def __init__(self) -> None:
         self._requests = _RequestStack(self.name or type(self).__name__)
@@ -557,8 +572,11 @@ class Task(Generic[P, R]):
         )
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[R]:
+        """The result of this task's call `task_id`, read from this task's backend (Celery's)."""
         from fastq.result import AsyncResult
 
+        if self._backend is not None:  # (else unbound: it follows the app's backend, replaced or not)
+            kwargs.setdefault('backend', self.backend)
         return AsyncResult(task_id, app=self.app, task_name=self.name, **kwargs)
 
     # --- signatures ---------------------------------------------------------------------------------------
@@ -764,7 +782,7 @@ class Task(Generic[P, R]):
         task_id = task_id or self.request.id
         if not task_id:  # (outside a task, with no id: Celery's error, rather than a state stored under '')
             raise ValueError(f'task_id must not be empty. Got {task_id!r} instead.')
-        self.app.backend.store_result(task_id, meta, state or states.PENDING, request=self.request, **kwargs)
+        self.backend.store_result(task_id, meta, state or states.PENDING, request=self.request, **kwargs)
 
     def send_event(self, type_: str, retry: bool = True, retry_policy: Any = None, **fields: Any) -> None:
         """Send a monitoring event about the running task (`uuid` is its id): custom event types for Flower
@@ -774,9 +792,22 @@ class Task(Generic[P, R]):
             dispatcher.send(type_, uuid=request.id, **fields)
 
     @property
-    def backend(self) -> Any:
-        """The result backend this task's results are stored in (the app's)."""
-        return self.app.backend
+    def backend(self) -> Backend:
+        """The result backend this task's results are stored in and read from: its own, given as
+        `@app.task(backend=...)` (made on first use, once, when a URL or class), else the app's."""
+        backend = self._backend
+        if backend is None:
+            return self.app.backend
+        if isinstance(backend, str | type):
+            return _own_backend(self)
+        return backend  # type: ignore[no-any-return]
+
+    @backend.setter
+    def backend(self, value: Any) -> None:
+        self._backend = value
+        app = self.__dict__.get('app')
+        if app is not None:  # its cached send plans say whether results read from a backend of the task's own
+            app._send_plans.clear()
 
     # --- hooks (override in subclasses) -------------------------------------------------------------------
 
@@ -877,6 +908,24 @@ def build_task_class(
         if key in attrs:
             attrs[key] = tuple(attrs[key])
     return type(fun.__name__, (base,), attrs)
+
+
+_BACKEND_LOCK = threading.Lock()
+
+
+def _own_backend(task: Task[Any, Any]) -> Backend:
+    """The backend `task._backend` names (a URL or a class), made once for the task, under a lock so that two
+    threads do not make two. Made when first used, not when decorated: a backend reads the app's settings,
+    which may be configured after the task."""
+    from fastq.backends import create_backend
+
+    with _BACKEND_LOCK:
+        current = task._backend  # (another thread may have made it meanwhile)
+        if isinstance(current, str | type):
+            app = task.app
+            app._configure()  # (the settings loaded, as for the app's own backend)
+            current = task._backend = create_backend(app, current) if isinstance(current, str) else current(app)
+    return task.app.backend if current is None else current
 
 
 _TASK_SIGNATURE = Task.signature

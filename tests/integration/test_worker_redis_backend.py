@@ -32,6 +32,48 @@ def test_worker_results_in_redis(tasks: Any, worker: Any, urls: dict[str, str]) 
     assert 'CustomError: boom' in (failed.traceback or '')
 
 
+def test_a_task_with_a_backend_of_its_own_keeps_its_results_there(
+    tasks: Any, worker: Any, urls: dict[str, str], redis_server: Any
+) -> None:
+    # Celery's `@app.task(backend=...)`: the worker stores the task's results, states and retries in the task's
+    # backend (another Redis database here), and its results read from there; other tasks keep the app's.
+    import redis
+
+    own_url = redis_server.url(redis_server._pool.take())
+    task = tasks.own_backend
+    task.backend = own_url  # (the worker's is given by its environment)
+    try:
+        worker(extra_env={'WORKER_TASKS_OWN_BACKEND': own_url})
+        done = task.delay('done')
+        assert done.backend is task.backend and done.backend.url == own_url
+        assert done.get(timeout=30) == 'done'
+        progress = task.delay('progress', 1.0)
+        wait_until(lambda: progress.state == 'PROGRESS', message='PROGRESS in the task backend')
+        retried = task.delay('retry', 1.0)
+        wait_until(lambda: retried.state == states.RETRY, message='RETRY in the task backend')
+        failed = task.delay('fail')
+        with pytest.raises(tasks.CustomError, match='own backend'):
+            failed.get(timeout=30)
+        assert progress.get(timeout=30) == 'progress' and retried.get(timeout=30) == 'retry'
+        plain = tasks.add.delay(1, 2)
+        assert plain.get(timeout=30) == 3
+        ids = [done.id, progress.id, retried.id, failed.id]
+        assert task.AsyncResult(done.id).get(timeout=5) == 'done'
+        assert tasks.app.AsyncResult(done.id).state == states.PENDING  # (the app's backend never had it)
+
+        def stored(url: str) -> set[str]:
+            client = redis.Redis.from_url(url, decode_responses=True)
+            return {str(key).removeprefix('celery-task-meta-') for key in client.keys()}
+
+        own, apps = stored(own_url), stored(urls['FASTQ_RESULT_BACKEND'])
+        assert set(ids) <= own and not set(ids) & apps
+        assert plain.id in apps and plain.id not in own
+    finally:
+        own_backend = task.backend
+        task.backend = None
+        own_backend.close()
+
+
 def test_get_on_message_hears_the_progress(tasks: Any, worker: Any) -> None:
     # Celery's progress-bar pattern: update_state(PROGRESS) in the task, get(on_message=...) in the caller
     worker()

@@ -177,6 +177,19 @@ def progress(self, steps: int, pause: float) -> int:  # type: ignore[no-untyped-
     return steps
 
 
+@app.task(bind=True, backend=os.environ.get('WORKER_TASKS_OWN_BACKEND') or None, max_retries=1, default_retry_delay=0.5)
+def own_backend(self, mode: str, pause: float = 0) -> str:  # type: ignore[no-untyped-def]
+    """A task with a result backend of its own (a URL the test gives the worker, and the client's task)."""
+    if mode == 'progress':
+        self.update_state(state='PROGRESS', meta={'step': 1})
+        time.sleep(pause)
+    elif mode == 'retry' and self.request.retries < 1:
+        raise self.retry(exc=ValueError('again'), countdown=pause)
+    elif mode == 'fail':
+        raise CustomError('own backend')
+    return mode
+
+
 @app.task(bind=True)
 def header_of(self, name: str) -> object:  # type: ignore[no-untyped-def]
     return getattr(self.request, name, None)

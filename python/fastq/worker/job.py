@@ -81,7 +81,7 @@ def _internal_error(
     import logging
 
     from fastq import signals
-    from fastq.worker.trace import _Einfo
+    from fastq.worker.trace import _Einfo, _results
 
     logging.getLogger('celery.app.trace').error(
         'Task %s[%s] INTERNAL ERROR: %r', task.name, request.get('id'), exc, exc_info=True
@@ -99,7 +99,7 @@ def _internal_error(
         einfo=einfo,
     )
     try:
-        app.backend.mark_as_failure(request['id'], exc, None)
+        _results(task).mark_as_failure(request['id'], exc, None)  # (the task's backend, as Celery's on_error)
     except Exception:  # the backend is what failed, most likely
         pass
     return Outcome(states.FAILURE, 0.0, exc_repr=repr(exc))

@@ -26,6 +26,7 @@ from fastq.utils.nodenames import gethostname
 from fastq.utils.text import saferepr
 
 if TYPE_CHECKING:
+    from fastq.backends.base import Backend
     from fastq.result import EagerResult
     from fastq.task import Context, Task
 
@@ -134,6 +135,13 @@ def _continue_chain(app: Any, chain: list[Any] | None, retval: Any, request: Con
         nxt.clone((retval,)).apply_async(
             chain=remaining or None, parent_id=request.id, root_id=request.root_id or request.id
         )
+
+
+def _results(task: Task[Any, Any]) -> Backend:
+    """The backend the task's results go to: its own (`@app.task(backend=...)`), else the app's, as Celery's
+    tracer uses `task.backend`. A task without one reads a class attribute more than `app.backend` costs;
+    one with a URL has it made on the first call, not on each (`Task.backend`)."""
+    return task.app.backend if task._backend is None else task.backend
 
 
 def _store_allowed(task: Task[Any, Any], request: Context, failure: bool) -> bool:
@@ -250,7 +258,7 @@ def _leave(task: Task[Any, Any]) -> None:
 def _prerun(task: Task[Any, Any], ctx: Context, args: list[Any], kwargs: dict[str, Any]) -> None:
     task_id = ctx.id or ''
     if task.track_started and _store_allowed(task, ctx, failure=False):
-        task.app.backend.mark_as_started(task_id, pid=_pid(), hostname=ctx.hostname)
+        _results(task).mark_as_started(task_id, pid=_pid(), hostname=ctx.hostname)
     if signals.task_prerun.connected:  # (checked here: building the call costs more than the send, per task)
         signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
 
@@ -307,12 +315,13 @@ def _on_success(
         _apply_signatures(task.app, ctx.callbacks, (retval,), ctx)
         _continue_chain(task.app, ctx.chain, retval, ctx)
     if _store_allowed(task, ctx, failure=False):
+        backend = task.app.backend if task._backend is None else task.backend  # (`_results`, inlined)
         if _may_store_later(task, ctx):
-            task.app.backend.store_success_later(task_id, retval, request=ctx)
+            backend.store_success_later(task_id, retval, request=ctx)
         else:
-            task.app.backend.mark_as_done(task_id, retval, request=ctx)
+            backend.mark_as_done(task_id, retval, request=ctx)
     if ctx.chord:  # a chord header task: its part counts whether or not its result is stored
-        task.app.backend.on_chord_part_return(ctx, states.SUCCESS, retval)
+        _results(task).on_chord_part_return(ctx, states.SUCCESS, retval)
     runtime = time.monotonic() - started
     outcome = Outcome(states.SUCCESS, runtime, retval_repr=saferepr(retval, task.resultrepr_maxsize), retval=retval)
     task.on_success(retval, task_id, args, kwargs)
@@ -352,13 +361,13 @@ def _store_failure(task: Task[Any, Any], ctx: Context, exc: BaseException, trace
     """Record the task's FAILURE, and what it means for its chord and the rest of its chain."""
     if _store_allowed(task, ctx, failure=True):
         try:
-            task.app.backend.mark_as_failure(ctx.id or '', exc, traceback, request=ctx)
+            _results(task).mark_as_failure(ctx.id or '', exc, traceback, request=ctx)
         except Exception as store_exc:  # the failure must be reported even if the backend chokes on it
             logger.exception('Task %s[%s] could not store its failure: %r', task.name, ctx.id, store_exc)
     if ctx.chord:
-        task.app.backend.on_chord_part_return(ctx, states.FAILURE, exc)
+        _results(task).on_chord_part_return(ctx, states.FAILURE, exc)
     if ctx.chain and not ctx.is_eager:  # the chain's later steps never run: their results fail too
-        task.app.backend.fail_chain(ctx.chain, exc, traceback)
+        _results(task).fail_chain(ctx.chain, exc, traceback)
 
 
 def _announce_failure(
@@ -416,7 +425,7 @@ def store_retry_state(task: Task[Any, Any], ctx: Context, retry: Retry) -> None:
         return
     reason = retry.exc if retry.exc is not None else retry
     try:
-        task.app.backend.mark_as_retry(ctx.id or '', reason, _Einfo(reason).traceback, request=ctx)
+        _results(task).mark_as_retry(ctx.id or '', reason, _Einfo(reason).traceback, request=ctx)
     except Exception as exc:
         logger.warning('Task %s[%s] could not store its RETRY state yet: %r', task.name, ctx.id, exc)
         return
@@ -428,7 +437,7 @@ def _on_retry(task: Task[Any, Any], ctx: Context, exc: Retry, started: float) ->
     reason = exc.exc if exc.exc is not None else exc
     einfo = _Einfo(reason)
     if not exc.state_stored and _store_allowed(task, ctx, failure=True) and not ctx.is_eager:
-        task.app.backend.mark_as_retry(task_id, reason, einfo.traceback, request=ctx)
+        _results(task).mark_as_retry(task_id, reason, einfo.traceback, request=ctx)
     task.on_retry(reason, task_id, ctx.args, ctx.kwargs, einfo)
     # Celery's `reason` is the Retry exception itself (str() of it says why), and `einfo` describes it.
     signals.task_retry.send(sender=task, request=ctx, reason=exc, einfo=_Einfo(exc))
