@@ -519,12 +519,19 @@ class RedisBackend(Backend):
             subscribed = subscribed or reread
             if reread or (subscribed and not woken):  # subscribed (again), or a quiet spell: read the key
                 stored = self._reread(task_id)
-                if stored is not None and stored['status'] in states.READY_STATES:
-                    return stored
-                if reread and on_message and stored and stored['status'] != states.PENDING and stored != heard:
+                ready = stored is not None and stored['status'] in states.READY_STATES
+                if (
+                    on_message
+                    and stored
+                    and stored != heard
+                    and (ready or (reread and stored['status'] != states.PENDING))
+                ):
                     # Celery listens from the moment it sends; we from `get()`: the progress stored before
-                    # then is the first message it would have heard still current.
+                    # then is the first message it would have heard still current, and a result read here
+                    # rather than heard is the last message it would have heard.
                     on_message(stored)
+                if ready and stored is not None:
+                    return stored
             if deadline is not None and time.monotonic() >= deadline:
                 if not subscribed:  # e.g. timeout=0: what is stored already still counts
                     stored = self.get_task_meta(task_id)
