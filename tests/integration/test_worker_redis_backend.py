@@ -101,7 +101,9 @@ def test_a_chord_result_raises_the_failed_header_tasks_error(tasks: Any, worker:
     assert result.parent is not None and result.parent.supports_native_join is True
     with pytest.raises(ValueError, match='in the header'):
         result.get(timeout=30)
-    assert result.state == states.FAILURE and isinstance(result.result, ChordError)
+    # (the parent's error can be raised before the body's ChordError is stored: a moment later it is)
+    wait_until(lambda: result.state == states.FAILURE, message='the chord body failed')
+    assert isinstance(result.result, ChordError)
     with pytest.raises(ChordError, match=r"Dependency .* raised ValueError\('in the header'\)"):
         result.get(timeout=30, follow_parents=False)
 
