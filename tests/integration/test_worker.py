@@ -279,18 +279,31 @@ def test_graceful_shutdown_loses_nothing(tasks: Any, worker: Any, tmp_path: Path
     assert sorted(all_started) == sorted(str(i) for i in range(12))  # each ran exactly once
 
 
-def test_cold_shutdown_on_second_signal_hands_back_acks_late(tasks: Any, worker: Any, tmp_path: Path) -> None:
+def test_cold_shutdown_cancels_running_tasks_as_celery_does(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    """As Celery 5.7's: a second SIGTERM is only warm again; SIGQUIT then cancels the running tasks. The one
+    without acks_late (acked as it started) is stored as RETRY ('cancelled by Celery'); the acks_late one is
+    handed back unacked and runs again on the next worker."""
     out = tmp_path / 'slow.txt'
-    w = worker('-c', '1')
-    result = tasks.slow_record.delay(str(out), 'c', 4)
-    wait_until(lambda: any(line.startswith('start c') for line in lines(out)), message='task started')
+    w = worker('-c', '2')
+    late = tasks.slow_record.delay(str(out), 'c', 4)
+    early = tasks.sleeper.delay(str(out), 'e', 30)
+    wait_until(lambda: {'c', 'e'} <= {x.split()[1] for x in lines(out) if x.startswith('start')}, message='started')
     w.signal(signal.SIGTERM)
     w.wait_for('Warm shutdown')
     w.signal(signal.SIGTERM)
-    assert w.proc.wait(30) is not None
-    assert 'Cold shutdown' in w.log
+    w.wait_for('Warm shutdown', count=2)
+    time.sleep(0.3)
+    assert w.proc.poll() is None and 'Cold shutdown' not in w.log  # still waiting for the tasks
+    w.signal(signal.SIGQUIT)
+    assert w.proc.wait(30) == 0
+    said = w.log
+    warm = '\nworker: Warm shutdown (MainProcess)\n'
+    cold = '\nworker: Hitting Ctrl+C again will terminate all running tasks!\n\nworker: Cold shutdown (MainProcess)\n'
+    assert said.count(warm) == 2 and said.index(warm) < said.index(cold)
+    assert early.state == 'RETRY' and type(early.result).__name__ == 'Retry'  # (its message mangled as Celery's is)
     worker()
-    assert result.get(timeout=120) == 'c'
+    assert late.get(timeout=120) == 'c'
+    assert [x.split()[1] for x in lines(out) if x.startswith('start')].count('e') == 1  # not run again
 
 
 def test_two_workers_share_the_queue_each_task_once(tasks: Any, worker: Any, tmp_path: Path) -> None:
@@ -506,5 +519,59 @@ def test_soft_shutdown_lets_running_tasks_finish(tasks: Any, worker: Any) -> Non
     assert w.proc is not None
     w.proc.send_signal(signal.SIGQUIT)
     assert result.get(timeout=30) == 2  # finished, not killed
-    w.wait_for('Initiating Soft Shutdown, terminating in 20 seconds', 30)
+    w.wait_for('Initiating Soft Shutdown, terminating in 20.0 seconds', 30)  # (the setting's value, as Celery's)
     assert w.proc.wait(30) is not None
+
+
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_soft_shutdown_second_signal_cancels_and_third_is_hard(tasks: Any, worker: Any) -> None:
+    # Celery 5.7's during_soft_shutdown: a second SIGQUIT cancels the running tasks (RETRY stored for one
+    # without acks_late) and waits out the soft shutdown; a third ends it at once
+    w = worker(extra_env={'FASTQ_WORKER_SOFT_SHUTDOWN_TIMEOUT': '60'})
+    result = tasks.long.delay(60)
+    w.wait_for(f'Task worker_tasks.long[{result.id}] received', 30)
+    time.sleep(0.3)  # (started in its child)
+    w.signal(signal.SIGQUIT)
+    w.wait_for('Initiating Soft Shutdown, terminating in 60.0 seconds', 30)
+    w.signal(signal.SIGQUIT)
+    w.wait_for('\nWaiting gracefully for cold shutdown to complete...\n\nworker: Cold shutdown (MainProcess)\n', 30)
+    wait_until(lambda: result.state == 'RETRY', 30, 'RETRY stored')
+    time.sleep(0.5)
+    assert w.proc.poll() is None  # the soft shutdown's time is waited out
+    started = time.monotonic()
+    w.signal(signal.SIGQUIT)
+    assert w.proc.wait(30) == 0
+    assert time.monotonic() - started < 15
+    assert w.log.count('Cold shutdown (MainProcess)') == 1  # the first one's is never printed: hard
+
+
+@pytest.mark.parametrize('broker_kind', ['sqlite'])
+def test_soft_shutdown_on_idle_waits_with_nothing_running(worker: Any) -> None:
+    # worker_enable_soft_shutdown_on_idle: the whole soft shutdown is waited even with no task running
+    w = worker(extra_env={'FASTQ_WORKER_SOFT_SHUTDOWN_TIMEOUT': '2', 'FASTQ_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE': '1'})
+    started = time.monotonic()
+    w.signal(signal.SIGQUIT)
+    assert w.proc.wait(30) == 0
+    assert time.monotonic() - started >= 2
+    assert 'Initiating Soft Shutdown, terminating in 2.0 seconds' in w.log
+
+
+@pytest.mark.parametrize('broker_kind', ['sqlite'])
+def test_soft_shutdown_is_skipped_with_nothing_running(worker: Any) -> None:
+    w = worker(extra_env={'FASTQ_WORKER_SOFT_SHUTDOWN_TIMEOUT': '20'})
+    w.signal(signal.SIGQUIT)
+    assert w.proc.wait(30) == 0
+    assert 'Initiating Soft Shutdown' not in w.log
+
+
+@pytest.mark.parametrize('broker_kind', ['sqlite'])
+def test_remap_sigterm_to_sigquit_makes_sigterm_cold(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    # billiard's REMAP_SIGTERM=SIGQUIT, read by Celery: SIGTERM cancels the running tasks as SIGQUIT does
+    out = tmp_path / 'slow.txt'
+    w = worker(extra_env={'REMAP_SIGTERM': 'SIGQUIT'})
+    result = tasks.sleeper.delay(str(out), 'r', 30)
+    wait_until(lambda: any(x.startswith('start r') for x in lines(out)), message='task started')
+    w.signal(signal.SIGTERM)
+    assert w.proc.wait(30) == 0
+    assert 'Hitting Ctrl+C again will terminate all running tasks!' in w.log and 'Warm shutdown' not in w.log
+    assert result.state == 'RETRY'

@@ -346,6 +346,83 @@ def test_worker_shutting_down_names_the_signal(memory_app: Fastq, connected: Any
     controller.loop.close()
 
 
+def _signalled(
+    app: Fastq, connected: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, *signums: int, env: str | None = None
+) -> tuple[WorkController, str, list[tuple[str, str, int]]]:
+    """A worker's shutdown signals handled in turn (`_signalled`, as its loop runs them), with Celery's lines
+    read from the real stdout and the `worker_shutting_down` calls; the cold ones come once the running tasks
+    are cancelled (`_announce_cold`, which its shutdown calls)."""
+    import sys
+
+    seen: list[tuple[str, str, int]] = []
+    connected(signals.worker_shutting_down, lambda sig, how, exitcode, **kw: seen.append((sig, how, exitcode)))
+    if env is None:
+        monkeypatch.delenv('REMAP_SIGTERM', raising=False)
+    else:
+        monkeypatch.setenv('REMAP_SIGTERM', env)
+    controller = WorkController(app, hostname='w@h', pool='solo', quiet=True)
+    monkeypatch.setattr(signal, 'signal', lambda *a: None)  # (pytest's own handlers are left alone)
+    monkeypatch.setattr('fastq.worker.worker.install_rdb_handler', lambda: None)
+    controller._install_signal_handlers()
+    with open(tmp_path / 'stdout', 'w+') as out:
+        with monkeypatch.context() as m:
+            m.setattr(sys, '__stdout__', out)
+            for signum in signums:
+                controller._signalled(signum)
+            controller._announce_cold()
+        controller.loop.close()
+        out.seek(0)
+        return controller, out.read(), seen
+
+
+HITTING_COLD = '\nworker: Hitting Ctrl+C again will terminate all running tasks!\n'
+COLD = '\nworker: Cold shutdown (MainProcess)\n'
+WARM = '\nworker: Warm shutdown (MainProcess)\n'
+
+
+def test_shutdown_signals_say_what_celerys_say_on_stdout(
+    memory_app: Fastq, connected: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGTERM: warm, every time (a second one is not cold); SIGQUIT then: cold, announced once tasks are cancelled
+    w, said, seen = _signalled(
+        memory_app, connected, tmp_path, monkeypatch, signal.SIGTERM, signal.SIGTERM, signal.SIGQUIT
+    )
+    assert said == WARM + WARM + HITTING_COLD + COLD
+    assert seen == [('SIGTERM', 'Warm', 0), ('SIGTERM', 'Warm', 0), ('SIGQUIT', 'Cold', 1)]
+    assert w._shutdown == 'cold' and w.exitcode == 0
+
+
+def test_sigint_twice_is_warm_with_exit_code_1_then_quietly_cold(
+    memory_app: Fastq, connected: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w, said, seen = _signalled(memory_app, connected, tmp_path, monkeypatch, signal.SIGINT, signal.SIGINT)
+    assert said == (
+        '\nworker: Hitting Ctrl+C again will initiate cold shutdown, terminating all running tasks!\n'
+        + WARM
+        + HITTING_COLD
+    )
+    assert seen == [('SIGINT', 'Warm', 1), ('SIGINT', 'Cold', 1)]
+    assert w._shutdown == 'cold' and w.exitcode == 1
+
+
+def test_sigquit_during_the_soft_shutdown_then_a_hard_one(
+    memory_app: Fastq, connected: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w, said, seen = _signalled(memory_app, connected, tmp_path, monkeypatch, signal.SIGQUIT, signal.SIGQUIT)
+    assert said == HITTING_COLD + '\nWaiting gracefully for cold shutdown to complete...\n' + COLD + COLD
+    assert seen == [('SIGQUIT', 'Cold', 1)] * 2
+    w, said, seen = _signalled(memory_app, connected, tmp_path, monkeypatch, *[signal.SIGQUIT] * 3)
+    assert said == HITTING_COLD + '\nWaiting gracefully for cold shutdown to complete...\n' + COLD  # (the 1st: none)
+    assert seen == [('SIGQUIT', 'Cold', 1)] and w._hard
+
+
+def test_remap_sigterm_makes_sigterm_cold(
+    memory_app: Fastq, connected: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w, said, seen = _signalled(memory_app, connected, tmp_path, monkeypatch, signal.SIGTERM, env='SIGQUIT')
+    assert said == HITTING_COLD + COLD and seen == [('SIGTERM', 'Cold', 1)] and w._shutdown == 'cold'
+
+
 def test_celeryd_init_by_node_name_and_worker_init_at_construction(memory_app: Fastq, connected: Any) -> None:
     seen: list[str] = []
     connected(signals.celeryd_init, lambda sender, conf, options, **kw: seen.append(f'init {sender}'), sender='w12@h')

@@ -671,15 +671,33 @@ class Dispatcher:
             self._late_acks.append(job.tag)
 
     def _cancelled(self, job: Job) -> None:
-        """A run `cancel_unackable` terminated: RETRY stored, `on_retry` and `task_retry` (Celery's
-        `_announce_cancelled`), and its message requeued (a no-op where the broker did so already)."""
+        """A run `cancel_unackable` terminated: announced as cancelled, and its message requeued (a no-op
+        where the broker did so already)."""
+        self._announce_cancelled(job, emit_retry=True)
+        self._reject([job.tag], requeue=True)
+
+    def cancel(self, jobs: list[Job]) -> None:
+        """Cold shutdown (Celery's `cancel_active_requests`): of the jobs killed with their executors, each
+        that had started is announced as cancelled; only one without acks_late is stored as RETRY, since an
+        acks_late one is still unacked and the broker runs it again (`abandon` hands it back)."""
+        for job in jobs:
+            if job.started is None or (job.acked and job.acks_late):
+                continue
+            self.running.pop(job.id, None)
+            self._announce_cancelled(job, emit_retry=not job.acks_late)
+
+    def _announce_cancelled(self, job: Job, emit_retry: bool) -> None:
+        """Celery's `Request._announce_cancelled`: `task-cancelled`, and with `emit_retry` RETRY stored
+        ('cancelled by Celery'), `on_retry`, and `task_retry` (sent without a reason, as Celery's is)."""
         from fastq.exceptions import Retry
 
+        if self.events is not None:
+            self.events.dispatcher.send('task-cancelled', uuid=job.request.id)
+        if not emit_retry:
+            return
         task = self.app.tasks.get(job.request.task)
         exc = Retry('cancelled by Celery')
         ctx = outside_context(job.delivery, job.request, self.hostname, self.accept)
-        if self.events is not None:
-            self.events.dispatcher.send('task-cancelled', uuid=job.request.id)
         if task is not None and (not ctx.ignore_result or task.store_errors_even_if_ignored):
             try:
                 self.app.backend.mark_as_retry(job.request.id, exc, None, request=ctx)
@@ -690,8 +708,7 @@ class Dispatcher:
                 task.on_retry(exc, job.request.id, ctx.args, ctx.kwargs, None)
             except Exception:
                 error_logger.exception('on_retry of %s[%s] failed', job.name, job.request.id)
-            signals.task_retry.send(sender=task, request=ctx, reason=exc, einfo=None)
-        self._reject([job.tag], requeue=True)
+            signals.task_retry.send(sender=task, request=ctx, einfo=None)
 
     def _retry_lost(self, job: Job, reason: str) -> bool:
         """`retry_on_worker_lost`: send the task again as `retry` would (its retries counted), ack this one;

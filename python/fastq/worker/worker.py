@@ -1,9 +1,10 @@
 """`WorkController`: a worker's life, from banner to shutdown.
 
 Start order matters: the pool (and its fork server) starts before any thread exists or the broker is
-connected, so children are forked from a clean single-threaded process. Shutdown is warm on the first
-SIGTERM/SIGINT (stop fetching, hand back what has not started, let running tasks finish) and cold on the
-second (kill the pool; unacked messages go back to the broker): nothing reserved is lost either way.
+connected, so children are forked from a clean single-threaded process. The shutdown signals do what
+Celery 5.7's do (`_signalled`): SIGTERM is a warm shutdown (stop fetching, hand back what has not started,
+let running tasks finish), SIGQUIT a cold one (after the soft shutdown, if set, the running tasks are
+cancelled: unacked messages go back to the broker), SIGINT warm and then cold. Nothing reserved is lost.
 """
 
 from __future__ import annotations
@@ -161,7 +162,12 @@ class WorkController:
         self.loop = Loop()
         self.started_at = time.monotonic()  # `inspect stats` uptime
         self._shutdown: str | None = None  # None, 'warm' or 'cold'
-        self._signals_seen = 0
+        # What each shutdown signal does next (`_signalled`), and the cold shutdowns announced once the running
+        # tasks are cancelled (signal number, whether the line is printed).
+        self._on_next_signal: dict[int, tuple[str, bool]] = {}
+        self._cold_announcements: list[tuple[int, bool]] = []
+        self._hard = False  # a hard shutdown: no more waiting
+        self._pool_terminated = False
         self.exitcode = 0
         #: Whether SIGHUP restarts the worker (the `fastq worker` command sets it: it runs itself again once
         #: the worker has stopped, when `restart_requested`).
@@ -512,6 +518,13 @@ class WorkController:
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        # billiard's REMAP_SIGTERM=SIGQUIT (read by Celery when it starts) makes SIGTERM a cold shutdown.
+        term = 'cold' if os.environ.get('REMAP_SIGTERM') == 'SIGQUIT' else 'warm'
+        self._on_next_signal = {
+            signal.SIGTERM: (term, True),
+            signal.SIGQUIT: ('cold', True),
+            signal.SIGINT: ('interrupt', True),
+        }
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(signum, self._on_signal)
         # As Celery's: SIGHUP restarts a worker that has no terminal (a service's reload); one on a terminal
@@ -534,44 +547,119 @@ class WorkController:
         self.loop.call_soon_threadsafe(restart)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signals_seen += 1
-        how = 'cold' if (signum == signal.SIGQUIT or self._signals_seen > 1) else 'warm'
-        self.loop.call_soon_threadsafe(lambda: self.request_shutdown(how, signum))
+        self.loop.call_soon_threadsafe(lambda: self._signalled(signum))
+
+    def _signalled(self, signum: int) -> None:
+        """(The loop's thread) a shutdown signal, handled as Celery 5.7's handlers are (celery.apps.worker):
+
+        - warm (SIGTERM): "Warm shutdown", every time; the running tasks finish.
+        - interrupt (SIGINT the first time): a warm shutdown with exit code 1; the next SIGINT is cold, quietly.
+        - cold (SIGQUIT; SIGTERM with REMAP_SIGTERM=SIGQUIT): the soft shutdown, if set, then the running
+          tasks are cancelled; "Cold shutdown" and `worker_shutting_down` come after that.
+        - during (SIGQUIT/SIGINT once cold): the running tasks are cancelled now; the next one is hard.
+        - hard: no more waiting, and nothing announced.
+        """
+        actions = self._on_next_signal
+        action, verbose = actions.get(signum, ('warm', True))
+        if action == 'hard':
+            self._hard = True
+            self._cold_announcements.clear()  # (Celery's handler raises before it prints)
+            return
+        if action == 'during':
+            actions[signal.SIGINT] = ('hard', False)
+            actions[signal.SIGQUIT] = ('hard', True)
+            self._cancel_running()
+            _say('Waiting gracefully for cold shutdown to complete...')
+            self._announce('Cold', signum, 1, verbose)
+            return
+        if action == 'cold':
+            _say('worker: Hitting Ctrl+C again will terminate all running tasks!')
+            actions[signal.SIGINT] = actions[signal.SIGQUIT] = ('during', True)
+            if actions.get(signal.SIGTERM, ('warm', True))[0] != 'warm':  # (REMAP_SIGTERM=SIGQUIT)
+                actions[signal.SIGTERM] = ('during', True)
+            self._cold_announcements.append((signum, verbose))
+            self._shutdown = 'cold'
+            return
+        if action == 'interrupt':
+            _say('worker: Hitting Ctrl+C again will initiate cold shutdown, terminating all running tasks!')
+            actions[signal.SIGINT] = ('cold', False)
+            self.exitcode = 1
+        self._announce('Warm', signum, self.exitcode if action == 'interrupt' else 0, True)
+        if self._shutdown is None:
+            self._shutdown = 'warm'
 
     def request_shutdown(self, how: str = 'warm', signum: int | None = None) -> None:
+        """Shut down (or go from a warm shutdown to a cold one), announced now; the shutdown signals are
+        `_signalled`'s."""
         if self._shutdown == 'cold' or (self._shutdown == 'warm' and how == 'warm'):
             return
         self._shutdown = how
+        self._announce(how.capitalize(), signum, 1 if how == 'cold' else self.exitcode, True)
+
+    def _announce(self, how: str, signum: int | None, exitcode: int, verbose: bool) -> None:
+        """Celery's `_shutdown_handler`: "worker: Warm shutdown (MainProcess)" on the terminal for a signal (a
+        log record otherwise), then `worker_shutting_down` with the signal's name ('SIGTERM'; None without
+        one), 'Warm' or 'Cold', and the exit code it means."""
         sys.stdout.flush()
-        if signum is not None and sys.__stderr__ is not None:
-            # Celery's safe_say: on the terminal (the real stderr, not the log), after a blank line.
-            with contextlib.suppress(OSError, ValueError):
-                print(f'\nworker: {how.capitalize()} shutdown (MainProcess)', file=sys.__stderr__, flush=True)
-        else:
-            logger.warning('worker: %s shutdown (MainProcess)', how.capitalize())
-        # Celery's arguments: the signal's name ('SIGTERM'), 'Warm' or 'Cold', and the exit code it means
-        # (EX_FAILURE for a cold shutdown); `sig` is None for a shutdown asked for without a signal.
+        if signum is None:
+            logger.warning('worker: %s shutdown (MainProcess)', how)
+        elif verbose:
+            _say(f'worker: {how} shutdown (MainProcess)')
         signals.worker_shutting_down.send(
             sender=self.hostname,
             sig=signal.Signals(signum).name if signum else None,
-            how=how.capitalize(),
-            exitcode=1 if how == 'cold' else self.exitcode,
+            how=how,
+            exitcode=exitcode,
         )
 
     def _soft_shutdown(self, pool: Pool) -> None:
-        """Celery 5.5's soft shutdown: before a cold shutdown kills the running tasks, give them up to
+        """Celery 5.5's soft shutdown: before a cold shutdown cancels the running tasks, give them up to
         `worker_soft_shutdown_timeout` seconds to finish (nothing new starts meanwhile); with
-        `worker_enable_soft_shutdown_on_idle`, wait even with none running."""
+        `worker_enable_soft_shutdown_on_idle`, wait the whole time even with none running (as Celery does:
+        e.g. for ETA tasks to be handed back). A hard shutdown stops the wait."""
         conf = self.app.conf
-        seconds = float(conf.worker_soft_shutdown_timeout or 0)
-        if seconds <= 0 or (pool.idle() and not conf.worker_enable_soft_shutdown_on_idle):
+        timeout = conf.worker_soft_shutdown_timeout or 0
+        on_idle = bool(conf.worker_enable_soft_shutdown_on_idle)
+        running = self.dispatcher is not None and bool(self.dispatcher.running)
+        if float(timeout) <= 0 or self._hard or not (running or on_idle):
             return
-        logger.warning('Initiating Soft Shutdown, terminating in %s seconds', f'{seconds:g}')
+        # (The value as set, as Celery prints it: 5.0 is "5.0")
+        logger.warning('Initiating Soft Shutdown, terminating in %s seconds', timeout)
         if self.dispatcher is not None:
             self.dispatcher.stop_accepting()
         pool.stop()
-        deadline = time.monotonic() + seconds
-        self.loop.run_until(lambda: pool.idle() or time.monotonic() >= deadline, 0.2)
+        deadline = time.monotonic() + float(timeout)
+        # Once a second signal cancelled the running tasks, the rest of the time is waited too ("Waiting
+        # gracefully for cold shutdown to complete..."), as Celery's handler sleeps it out.
+        self.loop.run_until(
+            lambda: (
+                self._hard
+                or time.monotonic() >= deadline
+                or (not on_idle and not self._pool_terminated and pool.idle())
+            ),
+            0.2,
+        )
+
+    def _cancel_running(self) -> None:
+        """Celery's `cancel_active_requests`: kill the running tasks; the started ones are announced as
+        cancelled (RETRY stored for those without acks_late), and the unacked messages go back to the broker."""
+        pool, dispatcher = self.pool, self.dispatcher
+        if pool is None or self._pool_terminated:
+            return
+        self._pool_terminated = True
+        held = pool.terminate()
+        if dispatcher is not None:
+            dispatcher.stop_accepting()
+            dispatcher.flush()
+            dispatcher.cancel(held)
+            dispatcher.abandon(held)
+
+    def _announce_cold(self) -> None:
+        """The cold shutdowns asked for by signal, announced once their running tasks were cancelled, as
+        Celery's handler announces it when its soft shutdown and cancelling are done."""
+        announcements, self._cold_announcements = self._cold_announcements, []
+        for signum, verbose in announcements:
+            self._announce('Cold', signum, 1, verbose)
 
     def _broker_lost(self) -> None:
         """(The fetcher's thread) the broker is gone for good per the retry settings: stop, exit code 1."""
@@ -599,11 +687,8 @@ class WorkController:
                     self.dispatcher.flush()
             if self._shutdown != 'warm' and self.pool is not None:
                 self._soft_shutdown(self.pool)
-                held = self.pool.terminate()
-                if self.dispatcher is not None:
-                    self.dispatcher.stop_accepting()
-                    self.dispatcher.flush()
-                    self.dispatcher.abandon(held)
+                self._cancel_running()
+                self._announce_cold()
             elif self.pool is not None and hasattr(self.pool, 'close'):
                 self.pool.close()
             # Only now: a warm shutdown waits for the running tasks, whose reservations must stay renewed
@@ -723,6 +808,13 @@ def check_pool(name: str) -> None:
     if name not in POOLS:
         message = UNSUPPORTED_POOLS.get(name) or f'unknown pool {name!r} (choose from {", ".join(POOLS)})'
         raise ImproperlyConfigured(f'worker_pool: {message}')
+
+
+def _say(message: str) -> None:
+    """Celery's `safe_say`: a line on the real stdout (the terminal, not the log), after a blank line, written
+    with os.write (safe in a signal handler)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.write(sys.__stdout__.fileno(), f'\n{message}\n'.encode())  # type: ignore[union-attr]
 
 
 def _cry(signum: int, frame: Any) -> None:
