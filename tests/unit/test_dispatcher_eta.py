@@ -83,3 +83,23 @@ def test_a_task_the_broker_cannot_park_any_more_is_held_not_failed(
     dispatcher._hold(job, now + 60, now)
     assert [entry[1] for entry in dispatcher.held] == [7]
     assert dispatcher.parked is None or not len(dispatcher.parked)  # nothing claimed as parked
+
+
+def test_a_cold_shutdown_puts_back_early_acked_jobs_that_never_started(dispatcher: Dispatcher) -> None:
+    """Celery acks a task once a pool process accepted it, so its cold shutdown leaves tasks still queued for
+    the pool in the broker; fastq acks short jobs as it writes them to a child, so the ones that never started
+    are published again (and only those: a started one is never sent twice)."""
+    broker = dispatcher.broker
+
+    def job(job_id: int, acked: bool, started: float | None) -> Any:
+        delivery = SimpleNamespace(tag=f'tag-{job_id}', queue='celery', raw=f'envelope {job_id}'.encode())
+        request = SimpleNamespace(task='t.noop', id=f'id-{job_id}')
+        return SimpleNamespace(
+            id=job_id, delivery=delivery, request=request, acked=acked, started=started, tag=delivery.tag, name='t.noop'
+        )
+
+    published: list[tuple[str, bytes]] = []
+    broker._publish_raw = lambda queue, payload: published.append((queue, payload))  # type: ignore[method-assign]
+    jobs = [job(1, True, time.monotonic()), job(2, True, None), job(3, True, None), job(4, False, None)]
+    dispatcher.abandon(jobs)  # type: ignore[arg-type]
+    assert published == [('celery', b'envelope 2'), ('celery', b'envelope 3')]

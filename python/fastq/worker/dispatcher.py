@@ -852,8 +852,22 @@ class Dispatcher:
         return not self.running and not self.ready
 
     def abandon(self, jobs: list[Job]) -> None:
-        """Cold shutdown: jobs killed with their executors; unacked ones go back to the broker."""
+        """Cold shutdown: jobs killed with their executors; unacked ones go back to the broker.
+
+        So do the ones acked early that never started (a prefork child had them queued behind its running
+        job: fastq acks a short job when it writes it to a child, a few at a time), as copies of their
+        messages: Celery acks a task only once a pool process has accepted it, so its cold shutdown leaves
+        such tasks in the broker, and here they would be lost. A job that started is never sent again."""
         self._release([job.tag for job in jobs if not job.acked and job.tag in self.ledger])
+        for job in jobs:
+            if job.acked and job.started is None:
+                d = job.delivery
+                try:
+                    self.broker._publish_raw(d.queue, d.raw)
+                except Exception as exc:  # the broker is gone: the task is lost, and said so
+                    error_logger.error(
+                        'Task %s[%s] could not be put back in %r: %r', job.name, job.request.id, d.queue, exc
+                    )
 
     def info(self) -> dict[str, Any]:
         return {

@@ -652,14 +652,24 @@ class PreforkPool(Pool):
             self._retire(child)
 
     def terminate(self) -> list[Job]:
+        """Kill every child (cold shutdown); the jobs they held, each with `started` set only if it had started
+        by the count the child keeps in shared memory (read once they are killed), so the dispatcher can tell
+        the jobs cut short from those still queued in a child, which never ran."""
         self._stopping = True
-        held: list[Job] = []
-        for child in list(self.children.values()):
-            held.extend(child.jobs)
-            child.jobs.clear()
+        children = list(self.children.values())
+        for child in children:
             child.killed_for = 'terminated'
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGKILL)
+        held: list[Job] = []
+        for child in children:
+            jobs = list(child.jobs)
+            if jobs and self._progress is not None and self._tracked(child):
+                started = min(max(self._progress[child.index] - child.answered, 0), len(jobs))
+                for i, job in enumerate(jobs):
+                    job.started = (job.started or time.monotonic()) if i < started else None
+            held.extend(jobs)
+            child.jobs.clear()
             self.loop.remove(child.chan.fileno())
             child.chan.close()
         self.children.clear()
