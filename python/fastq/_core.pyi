@@ -151,7 +151,7 @@ def task_message(
     argsrepr: str,
     kwargsrepr: str,
     origin: str,
-    ignore_result: bool,
+    ignore_result: bool | None,
     replaced_task_nesting: int,
     stamped_headers: list[str] | None,
     stamps: dict[str, Any],

@@ -43,6 +43,7 @@ __all__ = [
     'TaskRevokedError',
     'Terminated',
     'TimeLimitExceeded',
+    'UndeliverableWarning',
     'TimeoutError',
     'WorkerLostError',
     'WorkerShutdown',
@@ -67,6 +68,11 @@ class SecurityWarning(FastqWarning):
 
 class DuplicateNodenameWarning(FastqWarning):
     """Several workers answered under one node name (give each its own with `-n`)."""
+
+
+class UndeliverableWarning(FastqWarning):
+    """A message sent to an exchange no queue is bound to went to the `deadletter_queue` transport option
+    (kombu's virtual transports' warning, in its words); without that option the message is dropped."""
 
 
 class FastqError(Exception):

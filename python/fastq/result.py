@@ -103,7 +103,7 @@ class AsyncResult(ResultBase, Generic[R]):
         self._name = task_name
         self.parent = parent
         self._cache: dict[str, Any] | None = None
-        self.ignored = False
+        self.ignored: bool | None = False  # (None: `send_task` was not told, as Celery sets it)
         self.sent_at: float | None = None  # time.monotonic() when this process sent the task (a hint for waits)
 
     @property

@@ -153,7 +153,9 @@ class SendPlan:
         self.time_limit: float | None = merged.pop('time_limit', None)
         self.soft_time_limit: float | None = merged.pop('soft_time_limit', None)
         self.expires: Any = merged.pop('expires', None)
-        self.ignore_result = bool(merged.pop('ignore_result', False))
+        ignore_result = merged.pop('ignore_result', None)
+        # `send_task` sends what it was given, None by default, as Celery's does; a task's call its setting.
+        self.ignore_result: bool | None = None if ignore_result is None and task_type is None else bool(ignore_result)
         routed = app.router.route(merged, route_name, args, kwargs, task_type)
         priority = routed.get('priority')
         self.priority: int | None = None if priority is None else int(priority)

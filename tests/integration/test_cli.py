@@ -191,6 +191,9 @@ def test_the_apps_own_remote_control_commands(tmp_path: Path, worker: Any, urls:
 
     replies = json.loads(seen.stdout)
     assert list(replies.values()) == [{'total': 5, 'app': 'worker_tasks'}]
+    shown = fastq(tmp_path, urls, '-A', 'worker_tasks', 'inspect', 'bumped').stdout
+    assert shown.endswith('\n\n1 node online.\n'), shown  # (as for Celery's own inspect commands)
+    assert 'online' not in fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'bump', '1').stdout
     refused = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'bump', 'many', check=False)
     assert refused.returncode == 2 and "Command 'bump' takes arguments: [N=1]" in refused.stderr
 

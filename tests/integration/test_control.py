@@ -47,6 +47,16 @@ def test_revoke_before_it_runs(tasks: Any, worker: Any, tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_revoking_a_parked_task_stores_revoked_at_once(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    """Celery 5.7 stores REVOKED as the revoke arrives for a task waiting for its ETA, not when the ETA comes."""
+    worker()
+    result = tasks.add.apply_async((1, 2), countdown=3600)
+    scheduled = tasks.app.control.inspect(timeout=1).scheduled
+    wait_until(lambda: any((scheduled() or {}).values()), message='parked')
+    tasks.app.control.revoke(result.id, reply=True, timeout=2)
+    wait_until(lambda: result.state == states.REVOKED, timeout=10, message='REVOKED before the ETA')
+
+
 def test_terminate_running_task(tasks: Any, worker: Any, tmp_path: Path) -> None:
     worker()
     out = tmp_path / 'slow.txt'

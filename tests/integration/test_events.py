@@ -86,6 +86,26 @@ def test_task_and_worker_events(tasks: Any, worker: Any) -> None:
     assert [worker.hostname for worker in state.alive_workers()] == [hostname]
 
 
+def test_a_rejected_task_fails_and_a_revoked_one_goes_by_its_shadow_name(tasks: Any, worker: Any) -> None:
+    """Celery 5.7 sends `task-failed` (with the traceback), then `task-rejected`, for Reject(requeue=False), and
+    names a discarded task by its shadow name."""
+    receiver = tasks.app.events.Receiver()
+    receiver.consume()
+    try:
+        w = worker('-E')
+        rejected = tasks.rejects.delay('no')
+        assert tasks.app.control.revoke('revoked-id', reply=True, timeout=5)  # (the worker has it before the task)
+        revoked = tasks.add.apply_async((1, 2), task_id='revoked-id', shadow='shadowy.name')
+        events = collect(receiver, lambda ev: 'task-rejected' in of(ev, rejected.id))
+    finally:
+        receiver.close()
+    mine = of(events, rejected.id)
+    assert [t for t in mine if t in ('task-failed', 'task-rejected')] == ['task-failed', 'task-rejected']
+    failed = mine['task-failed']
+    assert failed['exception'] == 'reject requeue=False: no' and 'Traceback' in failed['traceback']
+    w.wait_for(f'Discarding revoked task: shadowy.name[{revoked.id}]')
+
+
 def test_enable_and_disable_events_remotely(tasks: Any, worker: Any) -> None:
     w = worker('-n', 'ev2@%h')
     hostname = next(word for word in w.log.split() if word.startswith('ev2@'))

@@ -46,7 +46,7 @@ def test_time_limits_and_terminate(tasks: Any, worker: Any) -> None:
     hard = tasks.long.apply_async((60,), time_limit=1)
     with pytest.raises(TimeLimitExceeded):
         hard.get(timeout=60)
-    w.wait_for('Hard time limit (1.0s) exceeded for worker_tasks.long')
+    w.wait_for('Hard time limit (1s) exceeded for worker_tasks.long')
     victim = tasks.long.delay(60)
     w.wait_for(f'Task worker_tasks.long[{victim.id}] received')
     wait_until(lambda: any(j['id'] == victim.id for j in _active(tasks)), 30, 'the task started')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import time
@@ -106,6 +107,7 @@ def test_expired_task_is_revoked_and_never_runs(tasks: Any, worker: Any, tmp_pat
     wait_until(lambda: result.state == states.REVOKED, message='expired task revoked')
     assert f'Discarding revoked task: worker_tasks.record[{result.id}]' in w.log
     assert not out.exists()
+    assert result.traceback is None  # (as Celery stores it: nothing ran to raise)
 
 
 def test_task_expiring_before_its_eta_is_revoked_when_the_eta_comes(tasks: Any, worker: Any, tmp_path: Path) -> None:
@@ -165,7 +167,12 @@ def test_time_limit_kills_task_and_worker_goes_on(tasks: Any, worker: Any) -> No
     result = tasks.long.apply_async((60,), time_limit=1)
     with pytest.raises(TimeLimitExceeded):
         result.get(timeout=60)
-    assert 'Hard time limit (1' in w.log
+    # Celery's words: the handler's error with a traceback, then the limit as it was given; no traceback stored
+    assert 'ERROR/MainProcess] Task handler raised error: TimeLimitExceeded(1)\nTraceback' in w.log
+    assert f'Hard time limit (1s) exceeded for worker_tasks.long[{result.id}]' in w.log
+    assert result.traceback is None and repr(result.result) == 'TimeLimitExceeded(1)'
+    w.wait_for("exited with 'signal 9 (SIGKILL)'")
+    assert re.search(r"ERROR/MainProcess\] Process 'ForkPoolWorker-\d+' pid:\d+ exited with 'signal 9", w.log)
     assert tasks.add.delay(3, 3).get(timeout=30) == 6
 
 

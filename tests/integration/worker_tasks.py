@@ -464,3 +464,11 @@ def long_first_time(self: Any, path: str, key: str) -> str:
     if not redelivered:
         time.sleep(600)
     return key
+
+
+@app.task
+def rejects(reason: str) -> None:
+    """Rejects its message for good (Reject(requeue=False)): stored as FAILURE, with a `task-failed` event."""
+    from fastq.exceptions import Reject
+
+    raise Reject(reason, requeue=False)

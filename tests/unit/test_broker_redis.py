@@ -148,6 +148,33 @@ def test_the_fetch_script_keeps_a_payload_that_is_not_json(redis_url: str, raw: 
         app.close()
 
 
+def test_a_message_no_queue_is_bound_to_take_is_dropped_or_dead_lettered(redis_url: str, raw: redis.Redis) -> None:
+    """kombu's `_lookup`: a message to an exchange without a matching binding is dropped (a Celery client's is
+    not put in its routed queue), or goes to the `deadletter_queue` transport option with UndeliverableWarning;
+    a queue `task_queues` binds to the exchange gets it even before any worker declared it."""
+    from fastq import Queue
+    from fastq.exceptions import UndeliverableWarning
+
+    app = make(redis_url)
+    app.conf.task_queues = [Queue('bound', routing_key='bound.key', exchange='ex2')]
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    add.apply_async((1, 2), exchange='ex', routing_key='rkey')
+    assert raw.llen('celery') == 0 and not raw.keys('*ex*')
+    add.apply_async((1, 2), queue='bound', exchange='ex2', routing_key='bound.key')
+    assert raw.llen('bound') == 1
+    app.close()
+    app = make(redis_url, deadletter_queue='undelivered')
+    add = app.task(name=add.name)(lambda x, y: x + y)
+    with pytest.warns(UndeliverableWarning, match="No queues bound to exchange 'ex' using binding key 'rkey'"):
+        add.apply_async((1, 2), exchange='ex', routing_key='rkey')
+    assert raw.llen('undelivered') == 1 and raw.llen('celery') == 0
+    app.close()
+
+
 def test_round_robin_between_queues(redis_url: str) -> None:
     app = make(redis_url)
     broker = app.broker

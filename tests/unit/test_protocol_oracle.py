@@ -173,3 +173,19 @@ def test_byte_identical_json_envelope(celery_app: Any, fastq_app: Fastq, capture
     # fastq's one addition: its send time, placed where Celery puts a custom header (last).
     c_env['headers']['fastq_sent_at'] = f_env['headers']['fastq_sent_at']
     assert f_raw == json.dumps(c_env).encode()
+
+
+@pytest.mark.parametrize('name', ['unregistered.name', 'oracle.add'])
+@pytest.mark.parametrize('options', [{}, {'ignore_result': True}, {'ignore_result': False}])
+def test_send_task_sends_ignore_result_as_given(
+    name: str, options: dict[str, Any], celery_app: Any, fastq_app: Fastq, captured: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """`send_task` puts `ignore_result` in the header as given, None by default (registered task or not), as
+    Celery's does: it does not look at the task."""
+    task_id = str(uuid.uuid4())
+    c_result = celery_app.send_task(name, (1, 1), task_id=task_id, **options)
+    f_result = fastq_app.send_task(name, (1, 1), task_id=task_id, **options)
+    c_env, f_env = captured[-1][1], json.loads(fastq_stored(fastq_app)[1])
+    assert f_env['headers']['ignore_result'] is c_env['headers']['ignore_result'] is options.get('ignore_result')
+    assert f_result.ignored is c_result.ignored
+    assert normalise(f_env) == normalise(c_env)

@@ -129,3 +129,33 @@ def test_eager_results_are_stored_in_the_tasks_backend(app: Fastq) -> None:
     assert result.get() == 3
     assert own.backend.get_task_meta(result.id)['result'] == 3
     assert _status(app.backend, result.id) == states.PENDING
+
+
+def test_the_worker_parent_stores_in_the_tasks_backend(app: Fastq) -> None:
+    """What the worker's parent stores for a task that never reached, or never left, its executor (REVOKED, a
+    hard time limit, the RETRY of `retry_on_worker_lost`) goes to the task's backend, as Celery's request
+    handling stores it (`request.task.backend`)."""
+    import signal
+
+    from fastq.worker.dispatcher import Dispatcher
+    from fastq.worker.loop import Loop
+
+    @app.task(backend='memory://', acks_late=True, retry_on_worker_lost=True, time_limit=5)
+    def own() -> None: ...
+
+    consumer = app.broker.consumer(['celery'], 'test@host')
+    pool = type('Pool', (), {'name': 'stub', 'can_take': lambda self, job: False, 'kill_job': lambda *a: True})()
+    accept = frozenset({'application/json'})
+    dispatcher = Dispatcher(app, app.broker, consumer, pool, Loop(), 4, accept, 'test@host')  # type: ignore[arg-type]
+    revoked, timed_out, lost = (own.apply_async(task_id=name) for name in ('revoked', 'timed-out', 'lost'))
+    deliveries = consumer.fetch(3, 1.0)
+    dispatcher.revoke({revoked.id})
+    dispatcher.on_deliveries(deliveries)
+    assert dispatcher.running == {} and len(dispatcher.ready) == 2
+    jobs = {job.request.id: job for job in dispatcher.ready}
+    dispatcher.on_lost(jobs[timed_out.id], 'time-limit:5')
+    dispatcher.on_lost(jobs[lost.id], f'Worker exited prematurely: signal {int(signal.SIGKILL)} (SIGKILL).')
+    assert _status(own.backend, revoked.id) == states.REVOKED
+    assert _status(own.backend, timed_out.id) == states.FAILURE
+    assert _status(own.backend, lost.id) == states.RETRY
+    assert {_status(app.backend, task_id) for task_id in ('revoked', 'timed-out', 'lost')} == {states.PENDING}

@@ -262,8 +262,11 @@ def _run_app_command(app: Fastq, args: argparse.Namespace) -> int:
         merged = {node: value for reply in replies for node, value in reply.items()}
         out(json.dumps(merged if spec['type'] == 'inspect' else replies))
         return 0
+    quiet = getattr(args, 'quiet', False)
     for reply in replies:
-        _say(reply, quiet=getattr(args, 'quiet', False))
+        _say(reply, quiet=quiet)
+    if spec['type'] == 'inspect' and not quiet:  # (Celery's `inspect` counts the nodes for any command)
+        out(f'\n{len(replies)} {pluralize(len(replies), "node").split(" ", 1)[1]} online.')
     return 0
 
 

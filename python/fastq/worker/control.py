@@ -161,6 +161,9 @@ def _revoke(
             return running
 
         terminated = on_loop(worker, revoke)
+        from fastq.worker.parked import store_revoked
+
+        store_revoked(worker, ids)
     if terminate:  # Celery's words: the ids it found running, or none
         return ok('terminate: {}'.format(', '.join(terminated)) if terminated else 'terminate: tasks unknown')
     logger.info('Tasks flagged as revoked: %s', ', '.join(ids))
@@ -304,8 +307,8 @@ class ControlListener(threading.Thread):
         arguments = body.get('arguments') or {}
         try:
             result = handler(self.worker, **arguments) if handler else {'error': f'No such command: {method!r}'}
-        except Exception as exc:
-            logger.exception('pidbox command %s failed', method)
+        except Exception as exc:  # (kombu's pidbox: logged with its traceback, answered with its repr)
+            logging.getLogger('kombu.pidbox').error('pidbox command error: %r', exc, exc_info=True)
             result = {'error': repr(exc)}
         reply_to = body.get('reply_to')
         ticket = body.get('ticket')

@@ -17,7 +17,6 @@ import heapq
 import itertools
 import logging
 import time
-import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -382,7 +381,7 @@ class Dispatcher:
 
     def _discard_revoked(self, d: Delivery, request: Any, task: Any, expired: bool) -> None:
         """Revoked (or expired) before it ran: REVOKED stored, message acked, never executed."""
-        logger.info('Discarding revoked task: %s[%s]', request.task, request.id)
+        logger.info('Discarding revoked task: %s[%s]', request.display_name, request.id)  # (shadow name first)
         if self.events is not None:
             self.events.revoked(request, False, None, expired)
         if self.metrics is not None:
@@ -398,11 +397,10 @@ class Dispatcher:
         ctx = outside_context(d, request, self.hostname, self.accept)
         task = self.app.tasks.get(request.task)
         ignored = request.ignore_result and not (task is not None and task.store_errors_even_if_ignored)
-        backend = self.app.backend
+        backend = task.backend if task is not None else self.app.backend  # (Celery's `request.task.backend`)
         try:
-            if not ignored:
-                tb = ''.join(traceback.format_exception_only(type(exc), exc))
-                backend.store_result(request.id, exc, state, traceback=tb, request=ctx)
+            if not ignored:  # (no traceback: Celery stores None for these, as nothing ran to raise it)
+                backend.store_result(request.id, exc, state, traceback=None, request=ctx)
             if ctx.chord:
                 backend.on_chord_part_return(ctx, state, exc)
             if ctx.chain:
@@ -581,11 +579,13 @@ class Dispatcher:
         self.running.pop(job.id, None)
         self.processed += 1
         self.totals[job.request.task] += 1
+        state = outcome.state
         if self.events is not None:
+            if state == states.REJECTED and not outcome.requeue:  # (stored as FAILURE: Celery says task-failed)
+                self.events.finished(job, _failed_outcome(outcome))
             self.events.finished(job, outcome)
         if self.metrics is not None:
             self.metrics.finished(job, outcome)
-        state = outcome.state
         if state == DECODE_ERROR:
             error_logger.error("Can't decode message body of %s[%s]: %s", job.name, job.request.id, outcome.exc_repr)
             self._dead_letter(job.delivery, f'cannot decode body: {outcome.exc_repr}', acked=job.acked)
@@ -700,7 +700,7 @@ class Dispatcher:
         ctx = outside_context(job.delivery, job.request, self.hostname, self.accept)
         if task is not None and (not ctx.ignore_result or task.store_errors_even_if_ignored):
             try:
-                self.app.backend.mark_as_retry(job.request.id, exc, None, request=ctx)
+                task.backend.mark_as_retry(job.request.id, exc, None, request=ctx)
             except Exception as store_exc:
                 error_logger.warning('Could not store the RETRY state of %s: %r', job.request.id, store_exc)
         if task is not None:
@@ -731,7 +731,7 @@ class Dispatcher:
             return False
         if not ctx.ignore_result or task.store_errors_even_if_ignored:
             try:
-                self.app.backend.mark_as_retry(job.request.id, exc, None, request=ctx)
+                task.backend.mark_as_retry(job.request.id, exc, None, request=ctx)
             except Exception as store_exc:
                 error_logger.warning('Could not store the RETRY state of %s: %r', job.request.id, store_exc)
         logger.info('Task %s[%s] retry: Retry in %ss: %r', job.name, job.request.id, countdown, exc)
@@ -878,6 +878,12 @@ class Dispatcher:
             'held': len(self.ledger),
             'processed': self.processed,
         }
+
+
+def _failed_outcome(rejected: Outcome) -> Outcome:
+    """The FAILURE a `Reject(requeue=False)` is stored as, for its `task-failed` event (Celery 5.7 sends one
+    before `task-rejected`, so a monitor shows the task failed rather than stuck in STARTED)."""
+    return Outcome(states.FAILURE, rejected.runtime, exc_repr=rejected.exc_repr, traceback=rejected.traceback)
 
 
 def _acks_on(task: Any, what: str) -> bool:

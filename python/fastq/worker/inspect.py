@@ -228,6 +228,7 @@ def broker_info(url: str) -> dict[str, Any]:
         'heartbeat': 120.0,
         'failover_strategy': 'round-robin',
         'alternates': [],
+        'credential_provider': None,  # (kombu 5.6's Connection.info() has it)
     }
 
 
@@ -360,9 +361,8 @@ def _add_consumer(
     """Celery's `add_consumer`: start consuming `queue` now (declared as the app declares its queues)."""
     if not queue:
         raise ValueError('add_consumer needs a queue name')
-    if queue in worker.queues:
-        return ok(f'already consuming from {queue!r}')
-    _set_queues(worker, [*worker.queues, queue])
+    if queue not in worker.queues:  # (already consumed: the same answer, as Celery's)
+        _set_queues(worker, [*worker.queues, queue])
     return ok(f'add consumer {queue}')
 
 
@@ -449,8 +449,8 @@ def _memdump(worker: WorkController, samples: int = 10, **kwargs: Any) -> str:
 def _objgraph(worker: WorkController, num: int = 200, max_depth: int = 10, type: str = 'Request', **kwargs: Any) -> Any:
     try:
         import objgraph  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    except ImportError:
-        return {'error': 'Requires the objgraph library'}
+    except ImportError as exc:  # (answered as any failing command is: `{'error': repr(exc)}`, Celery's words)
+        raise ImportError('Requires the objgraph library') from exc
     import random
     import tempfile
 

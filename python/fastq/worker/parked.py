@@ -213,3 +213,42 @@ def waiting(worker: WorkController) -> list[Parked]:
 
         records = on_loop(worker, not_revoked)
     return sorted(records, key=lambda r: r.eta)
+
+
+#: The states a revoke may overwrite at once (Celery 5.7's `_revoke`): the task has not started anywhere.
+NOT_STARTED = frozenset({'PENDING', 'RECEIVED', 'RETRY', 'REJECTED'})
+
+
+def store_revoked(worker: WorkController, ids: set[str]) -> None:
+    """Store REVOKED now for the revoked tasks this worker parked until their ETA, as Celery 5.7's `revoke` does
+    for a request waiting in its timer: else `AsyncResult.state` says PENDING until the ETA, maybe for days.
+    Only a state no worker has moved on from is overwritten; the discard at the ETA stores it again, with the
+    request (chord, chain). Tasks held in memory or reserved are discarded (and stored) by the revoke itself.
+    Runs in the remote-control thread: the broker is read there, and the backend written."""
+    dispatcher = worker.dispatcher
+    if dispatcher is None or not ids:
+        return
+    try:
+        messages = dispatcher.consumer.parked(LIMIT)
+    except Exception as exc:
+        logger.warning('Cannot list the tasks waiting for their ETA in %s: %s', dispatcher.broker.describe(), exc)
+        return
+    if messages is None:
+        remembered = dispatcher.parked
+        if remembered is None:
+            return
+        found = on_loop(worker, lambda: [(r.id, r.name) for r in remembered.entries.values() if r.id in ids])
+    else:
+        tz = worker.app.timezone
+        found = [(r.id, r.name) for r in (of_message(m, tz) for m in messages) if r is not None and r.id in ids]
+    app = worker.app
+    for task_id, name in found:
+        task = app.tasks.get(name)
+        backend = task.backend if task is not None else app.backend  # (a task may have a backend of its own)
+        try:
+            if backend.get_state(task_id) in NOT_STARTED:
+                backend.mark_as_revoked(task_id, reason='revoked')
+        except NotImplementedError:  # no result backend
+            pass
+        except Exception as exc:
+            logger.warning('Failed to mark task %s as revoked in backend: %s', task_id, exc)

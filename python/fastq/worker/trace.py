@@ -397,17 +397,27 @@ def _on_reject(
     Rejected without requeue, the task never runs again, so Celery 5.7 (its issue #4222) records it as
     failed rather than leave it PENDING for good: FAILURE stored with no traceback, its chord, chain and
     errbacks told, `task_failure` sent. Its `on_failure` and `after_return` are not called, and the message
-    is still rejected, not acked, so that a dead-letter exchange gets it.
+    is still rejected, not acked, so that a dead-letter exchange gets it. The worker sends `task-failed`
+    (with the traceback carried in the outcome) before `task-rejected`, as Celery's does.
     """
     logger.warning(
         LOG_REJECTED,
         {'name': _log_name(task, ctx), 'id': ctx.id or '', 'exc': repr(exc)},
         exc_info=(type(exc), exc, exc.__traceback__),
     )
+    einfo = None
     if not exc.requeue and not ctx.is_eager:
+        einfo = _Einfo(exc)
         _store_failure(task, ctx, exc, None)
-        _announce_failure(task, ctx, exc, args, kwargs, _Einfo(exc))
-    return Outcome(states.REJECTED, time.monotonic() - started, exc_repr=repr(exc), requeue=exc.requeue, exception=exc)
+        _announce_failure(task, ctx, exc, args, kwargs, einfo)
+    return Outcome(
+        states.REJECTED,
+        time.monotonic() - started,
+        exc_repr=repr(exc),
+        requeue=exc.requeue,
+        exception=exc,
+        traceback=einfo.traceback if einfo is not None else None,  # (for the parent's `task-failed`)
+    )
 
 
 def _log_name(task: Task[Any, Any], ctx: Context) -> str:

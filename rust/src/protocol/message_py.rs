@@ -431,7 +431,7 @@ impl<'py> TaskHeaders<'py> {
             required::<PyString>(self.argsrepr, "argsrepr", "a str")?,
             required::<PyString>(self.kwargsrepr, "kwargsrepr", "a str")?,
             required::<PyString>(self.origin, "origin", "a str")?,
-            required::<PyBool>(self.ignore_result, "ignore_result", "a bool")?,
+            none_or::<PyBool>(self.ignore_result, "ignore_result", "a bool")?, // (None: send_task's default)
             required::<PyLong>(self.replaced_task_nesting, "replaced_task_nesting", "an int")?,
             none_or::<PyList>(self.stamped_headers, "stamped_headers", "a list")?,
             required::<PyDict>(self.stamps, "stamps", "a dict")?,
@@ -473,7 +473,7 @@ pub fn task_message<'py>(
     argsrepr: &'py PyString,
     kwargsrepr: &'py PyString,
     origin: &'py PyString,
-    ignore_result: &'py PyBool,
+    ignore_result: &'py PyAny,
     replaced_task_nesting: &'py PyLong,
     stamped_headers: &'py PyAny,
     stamps: &'py PyDict,

@@ -8,6 +8,7 @@ Transport options (`broker_transport_options`), kombu's names and defaults:
     priority_steps          [0, 3, 6, 9]; sep '\\x06\\x16'
     queue_order_strategy    round_robin | sorted | priority
     global_keyprefix        ''     prepended to every key and channel
+    deadletter_queue        None   where a message to an exchange with no matching binding goes (else dropped)
     fanout_prefix           True   channels '/<db>.<exchange>'; fanout_patterns True adds '/<routing_key>'
     socket_timeout, socket_connect_timeout, socket_keepalive, health_check_interval, max_connections
 
@@ -36,6 +37,7 @@ import re
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +56,7 @@ from fastq.brokers.redis.connection import CONNECTION_ERRORS, Commands, client_f
 from fastq.brokers.redis.deadletters import RedisDeadLetters
 from fastq.brokers.redis.layout import DEFAULT_PRIORITY_STEPS, DEFAULT_SEP, DELIVERIES_HEADER, Layout
 from fastq.brokers.redis.scripts import Scripts
-from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured, OperationalError
+from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured, OperationalError, UndeliverableWarning
 from fastq.routing import Queue, Router, as_exchange, direct_queue, exchange_types, topic_pattern
 from fastq.utils.aioredis import AsyncRedis, params_of
 from fastq.utils.loops import LoopLocal
@@ -66,6 +68,11 @@ if TYPE_CHECKING:
     from fastq.utils.rediswire import Link
 
 __all__ = ['RedisBroker']
+
+#: kombu's words (kombu/transport/virtual/base.py) for a message no queue is bound to take.
+UNDELIVERABLE_FMT = (
+    'Message could not be delivered: No queues bound to exchange {exchange!r} using binding key {routing_key!r}.\n'
+)
 
 logger = logging.getLogger('fastq.brokers.redis')
 
@@ -237,14 +244,31 @@ class RedisBroker(Broker):
         return key
 
     def _route(self, out: Outgoing) -> list[str]:
-        """Queues for a message: its queue for the default exchange, else the exchange's bindings (kombu),
-        else its queue; a fanout exchange without bindings has nobody listening (kombu's PUB/SUB)."""
+        """Queues for a message: its queue for the default exchange, else the exchange's bindings (kombu); a
+        fanout exchange without bindings has nobody listening (kombu's PUB/SUB).
+
+        With no binding matching, as kombu's `_lookup`: the queue it was routed to is declared first (Celery's
+        producer declares it before publishing), so a `task_queues` entry bound to this exchange gets it;
+        failing that, it goes to the `deadletter_queue` transport option with an UndeliverableWarning, and
+        without one it is dropped, as a Celery client's message is (not put in the routed queue, where a
+        worker would run a task the sender's exchange and key said no queue takes).
+        """
         if not out.exchange:
             return [out.routing_key or out.queue]
         queues = self.lookup(out.exchange, out.routing_key)
         if queues or self.exchange_type(out.exchange) == 'fanout':
             return queues
-        return [out.queue]
+        if out.queue and out.queue not in self._declared:
+            self.declare([out.queue])
+            queues = self.lookup(out.exchange, out.routing_key)
+            if queues:
+                return queues
+        deadletter = self.transport_options.get('deadletter_queue')
+        if not deadletter:
+            return []
+        text = UNDELIVERABLE_FMT.format(exchange=out.exchange, routing_key=out.routing_key)
+        warnings.warn(UndeliverableWarning(text), stacklevel=2)
+        return [deadletter]
 
     def exchange_type(self, exchange: str) -> str | None:
         """The type of `exchange` as the settings declare it (`task_queues`, task_default_exchange_type), None

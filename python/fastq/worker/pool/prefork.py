@@ -72,6 +72,17 @@ PROGRESS_SLOTS = 1024
 # not reported yet (a length byte, then the tag), so that a child dying meanwhile does not leave it unknown.
 
 
+def _log_time_limit_error(limit: float) -> None:
+    """Celery's first words on a hard time limit, before 'Hard time limit (Xs) exceeded': the error its request
+    handler got, with a traceback, from the logger that writes it (a user's log filters may look for it)."""
+    from fastq.exceptions import TimeLimitExceeded
+
+    try:
+        raise TimeLimitExceeded(limit)
+    except TimeLimitExceeded as exc:
+        logging.getLogger('celery.worker.request').error('Task handler raised error: %r', exc, exc_info=True)
+
+
 def human_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -237,7 +248,10 @@ class PreforkPool(Pool):
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and (expected or self._stopping):
             return
         name = child.name if child else 'ForkPoolWorker'
-        log = logger.info if (expected or self._stopping) else logger.error
+        # A child killed for its task (hard time limit, revoke with terminate) is an error too, as billiard logs
+        # every exit it did not cause itself; one retired or stopped by the pool is not.
+        quiet = (child is not None and child.retiring) or self._stopping
+        log = logger.info if quiet else logger.error
         log('Process %r pid:%r exited with %r', name, pid, human_status(status))
 
     # --- dispatch -----------------------------------------------------------------------------------------
@@ -586,6 +600,7 @@ class PreforkPool(Pool):
             if job.started is None or not job.time_limit:
                 continue
             if now - job.started > job.time_limit:
+                _log_time_limit_error(job.time_limit)
                 logger.error('Hard time limit (%ss) exceeded for %s[%s]', job.time_limit, job.name, job.request.id)
                 child.killed_for = f'time-limit:{job.time_limit}'
                 with contextlib.suppress(ProcessLookupError):
