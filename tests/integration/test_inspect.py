@@ -195,6 +195,26 @@ def test_add_and_cancel_consumer(tasks: Any, worker: Any, tmp_path: Path, urls: 
     assert left.state == 'PENDING' and tasks.app.broker.qsize('extra') == 1
 
 
+@pytest.mark.parametrize('broker_kind', ['redis'], indirect=True)
+def test_add_consumer_binds_the_queue_to_its_exchange(tasks: Any, worker: Any) -> None:
+    # The Workers guide's `add_consumer(queue, exchange, exchange_type, routing_key)`: what is sent to that
+    # exchange with a matching key then reaches the queue (kombu's binding, as Celery's consumer declares it)
+    w = worker('-n', 'bound@%h')
+    node = _hostname(w, 'bound@')
+    replies = tasks.app.control.add_consumer(
+        'feeds',
+        exchange='feed_ex',
+        exchange_type='topic',
+        routing_key='feed.#',
+        destination=[node],
+        reply=True,
+        timeout=3,
+    )
+    assert replies == [{node: {'ok': 'add consumer feeds'}}]
+    sent = tasks.add.apply_async((5, 5), exchange='feed_ex', routing_key='feed.news.today')
+    assert sent.get(timeout=30) == 10
+
+
 def test_memsample_and_memdump(tasks: Any, worker: Any) -> None:
     # Celery's memory-leak helpers: samples of the workers' resident memory, then the dump of them
     import re

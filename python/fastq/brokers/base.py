@@ -519,6 +519,11 @@ class Broker(abc.ABC):
         """Route messages published to `exchange` with `routing_key` to `queue` (brokers that route)."""
         return None
 
+    def bind_consumed(self, queue: str, exchange: str, exchange_type: str, routing_key: str) -> None:
+        """Bind a task queue a worker was told to consume (`add_consumer` with an exchange) as Celery's
+        consumer declares it; a no-op where the broker keeps no bindings of its own."""
+        return None
+
     @abc.abstractmethod
     def pop(self, queue: str, timeout: float) -> list[bytes]:
         """Take (no reservation, no ack) what waits in `queue`, blocking up to `timeout` for the first.

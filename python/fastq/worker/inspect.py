@@ -358,9 +358,15 @@ def _add_consumer(
     routing_key: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Celery's `add_consumer`: start consuming `queue` now (declared as the app declares its queues)."""
+    """Celery's `add_consumer`: start consuming `queue` now (declared as the app declares its queues), bound to
+    `exchange` (default: the queue's name, direct) with `routing_key` (default: the queue's name) as Celery's
+    consumer declares it (`add_task_queue`)."""
     if not queue:
         raise ValueError('add_consumer needs a queue name')
+    exchange = exchange or queue
+    routing_key = queue if routing_key is None else routing_key
+    if (exchange, routing_key) != (queue, queue) and worker.broker is not None:
+        worker.broker.bind_consumed(queue, exchange, exchange_type or 'direct', routing_key)
     if queue not in worker.queues:  # (already consumed: the same answer, as Celery's)
         _set_queues(worker, [*worker.queues, queue])
     return ok(f'add consumer {queue}')

@@ -559,6 +559,13 @@ class RedisBroker(Broker):
         member = self.layout.binding_member(routing_key, queue)
         self.client.sadd(self.layout.binding_key(exchange), member)
 
+    def bind_consumed(self, queue: str, exchange: str, exchange_type: str, routing_key: str) -> None:
+        """kombu's binding of `queue` to `exchange` (a topic one with the pattern kombu matches keys with), so
+        that what is sent to the exchange reaches it, as after Celery's `add_consumer` (without it such a
+        message has no queue and is dropped, as kombu drops it)."""
+        pattern = topic_pattern(routing_key) if exchange_type == 'topic' else ''
+        self.client.sadd(self.layout.binding_key(exchange), self.layout.binding_member(routing_key, queue, pattern))
+
     def unbind(self, exchange: str, routing_key: str, queue: str) -> None:
         member = self.layout.binding_member(routing_key, queue)
         with self.client.pipeline(transaction=False) as pipe:
