@@ -93,6 +93,12 @@ def test_inspect_and_add_consumer(tasks: Any, worker: Any) -> None:
     left = tasks.add.apply_async((3, 3), queue='amqp-extra')
     assert tasks.add.delay(1, 1).get(timeout=30) == 2
     assert left.state == 'PENDING' and tasks.app.broker.qsize('amqp-extra') == 1
+    # with an exchange (the Workers guide's form): the queue is bound to it, a topic one here
+    assert tasks.app.control.add_consumer(
+        'amqp-feeds', exchange='feed_ex', exchange_type='topic', routing_key='feed.#',
+        destination=[node], reply=True, timeout=3,
+    ) == [{node: {'ok': 'add consumer amqp-feeds'}}]  # fmt: skip
+    assert tasks.add.apply_async((5, 5), exchange='feed_ex', routing_key='feed.news.today').get(timeout=30) == 10
 
 
 def test_malformed_messages_are_dead_lettered_and_the_worker_goes_on(

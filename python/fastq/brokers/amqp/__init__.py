@@ -224,6 +224,16 @@ class AMQPBroker(Broker):
         self.link.call(run)
         self._declared.update(new)
 
+    def bind_consumed(self, queue: str, exchange: str, exchange_type: str, routing_key: str) -> None:
+        """`add_consumer` with an exchange: the exchange declared (of that type) and the queue bound to it with
+        `routing_key`, as Celery's consumer declares the queue it adds."""
+        import dataclasses
+
+        spec = dataclasses.replace(
+            self.topology.spec(queue), exchange=exchange, exchange_type=exchange_type, routing_key=routing_key
+        )
+        self.link.call(lambda conn: self.declare_spec(self.link, conn, spec))
+
     def declare_delayed(self, link: Link, conn: _amqp.Connection) -> None:
         """Celery's native delayed-delivery chain (kombu.transport.native_delayed_delivery), argument for
         argument, so Celery workers and clients redeclare it without a 406."""
