@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from fastq import _state, signals
-from fastq.config import OLD_NAMES, SETTINGS, Settings
+from fastq.config import OLD_NAMES, SETTINGS, Settings, check_mixed_names, setting_for_old_name
 from fastq.exceptions import ImproperlyConfigured, NotRegistered
 from fastq.task import Task as BaseTask
 from fastq.task import build_task_class
@@ -37,6 +37,16 @@ if TYPE_CHECKING:
     from fastq.utils.log import Logging
 
 __all__ = ['Celery', 'Fastq']
+
+# Celery's text, word for word: it tells the user what the variable is for and what to put in it.
+_ERR_ENVVAR_NOT_SET = '''The environment variable {0!r} is not set,
+and as such the configuration could not be loaded.
+
+Please set this variable and make sure it points to
+a valid configuration module.
+
+Example:
+    {0}="proj.celeryconfig"'''
 
 logger = logging.getLogger('fastq.app')
 
@@ -211,19 +221,19 @@ class Fastq:
             old: dict[str, Any] = {}
             prefix = f'{namespace}_' if namespace else None
             items = list(items)
+            if not prefix:  # (with a namespace, only the prefixed names are read: no mix to refuse, as Celery)
+                check_mixed_names(key for key, _ in items)
             for key, value in items:
-                if not prefix:
-                    out[key] = value
-                elif key.startswith(prefix):
+                if not prefix and (key in SETTINGS or setting_for_old_name(key) is None):
+                    out[key] = value  # (an old name goes below: the new one wins when both are given, as Celery)
+                elif prefix and key.startswith(prefix):
                     stripped = key[len(prefix) :].lower()
                     if stripped in SETTINGS or key not in OLD_NAMES:
                         out[stripped] = value  # CELERY_TASK_ALWAYS_EAGER, or a name of the app's own
                     else:
                         old[OLD_NAMES[key]] = value  # Celery's old names, read with a namespace too:
-                elif key in OLD_NAMES:  # CELERY_ALWAYS_EAGER above, CELERYD_CONCURRENCY here
-                    old[OLD_NAMES[key]] = value
-                elif key.isupper() and key.lower() in SETTINGS:  # BROKER_URL
-                    old[key.lower()] = value
+                elif (canonical := setting_for_old_name(key)) is not None:  # CELERYD_CONCURRENCY, BROKER_URL
+                    old[canonical] = value  # (CELERY_ALWAYS_EAGER above)
             zone = dict(items).get('TIME_ZONE')  # Django's, when no timezone setting says otherwise (Celery's)
             if zone and 'timezone' not in out and 'timezone' not in old and 'CELERY_TIMEZONE' not in out:
                 old['timezone'] = zone
@@ -281,13 +291,14 @@ class Fastq:
         if not module:
             if silent:
                 return False
-            raise ImproperlyConfigured(f'The environment variable {variable_name!r} is not set')
+            raise ImproperlyConfigured(_ERR_ENVVAR_NOT_SET.format(variable_name))
         self.config_from_object(module, silent=silent, force=force)
         return True
 
     def add_defaults(self, d: Any) -> None:
-        """Defaults of the app's own (a mapping, or a function returning one, read lazily), below what the
-        config object and code set (Celery's)."""
+        """Defaults of the app's own (a mapping, or a function returning one, read lazily): below what code
+        sets, above the config object and the built-in defaults, as Celery layers them (its `add_defaults`
+        puts them first among the default maps, before the config source)."""
         self.conf.add_pending_source(lambda: d() if callable(d) else d, defaults=True)
 
     # --- tasks --------------------------------------------------------------------------------------------
@@ -382,6 +393,18 @@ class Fastq:
             for task in list(self._tasks.values()):  # settings configured after `@app.task` apply (Celery's)
                 task.sync_config()
             self.on_after_finalize.send(sender=self)
+
+    @property
+    def configured(self) -> bool:
+        """Whether the settings were read yet (Celery's): False until something needs them (the broker, the
+        backend, finalizing), since `config_from_object` and `add_defaults` only take effect then."""
+        return self._configured
+
+    def bugreport(self) -> str:
+        """Software, platform and the configured settings (censored), as `fastq report` prints them."""
+        from fastq.worker.inspect import bugreport
+
+        return bugreport(self)
 
     def _configure(self) -> None:
         if not self._configured:

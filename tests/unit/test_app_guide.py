@@ -349,3 +349,17 @@ def test_app_log_sets_logging_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
     logging.getLogger('celery.task').setLevel(logging.NOTSET)
     assert not app.log.supports_color(logfile='x.log')
     logging.captureWarnings(False)
+
+
+def test_configured_and_bugreport() -> None:
+    """Celery's `app.configured` (False until the settings are first needed) and `app.bugreport()`."""
+    a = Fastq('br', broker='redis://u:pw@127.0.0.1:1/0', set_as_current=False)
+    a.conf.update(my_api_token='t')
+    assert a.configured is False
+    a.config_from_object({'worker_concurrency': 2})
+    assert a.configured is False
+    a.finalize()
+    assert a.configured is True
+    report = a.bugreport()
+    assert report.startswith('software -> fastq:') and "broker_url: 'redis://u:********@127.0.0.1:1/0'" in report
+    assert "my_api_token: '********'" in report and 'worker_concurrency: 2' in report and 'pw' not in report

@@ -43,8 +43,8 @@ def test_update_attribute_and_item() -> None:
 
 def test_config_from_object_module_and_old_names() -> None:
     module = types.ModuleType('celeryconfig')
-    module.broker_url = 'memory://'  # type: ignore[attr-defined]
-    module.task_serializer = 'msgpack'  # type: ignore[attr-defined]
+    module.BROKER_URL = 'memory://'  # type: ignore[attr-defined]
+    module.CELERY_TASK_SERIALIZER = 'msgpack'  # type: ignore[attr-defined]
     module.CELERY_ACKS_LATE = True  # type: ignore[attr-defined]
     module.timedelta = timedelta  # type: ignore[attr-defined]  # helpers in a config module are not settings
     a = app()
@@ -53,6 +53,39 @@ def test_config_from_object_module_and_old_names() -> None:
         a.config_from_object(module)
         assert a.conf.task_serializer == 'msgpack'
         assert a.conf.task_acks_late is True
+
+
+def test_mixing_old_and_new_names_is_refused_with_celerys_text() -> None:
+    """Celery's `detect_settings`: the names in the minority are to be renamed; raised on first read."""
+    a = app()
+    a.config_from_object({'CELERY_ALWAYS_EAGER': True, 'task_default_queue': 'x'})
+    with pytest.raises(ImproperlyConfigured) as info:
+        _ = a.conf.task_always_eager
+    assert str(info.value) == (
+        '\n\nCannot mix new and old setting keys, please rename the\nfollowing settings to the new format:\n\n'
+        'CELERY_ALWAYS_EAGER                  -> task_always_eager\n\n'
+    )
+    a = app()
+    a.config_from_object({'CELERY_ALWAYS_EAGER': True, 'BROKER_URL': 'memory://', 'worker_concurrency': 2})
+    with pytest.raises(ImproperlyConfigured, match='use the old format:\n\nworker_concurrency +-> CELERYD_CONCURRENCY'):
+        _ = a.conf.worker_concurrency
+    a = app()  # one setting in both spellings is no mix to refuse, and a namespace reads only its own names
+    a.config_from_object({'result_expires': 5, 'CELERY_TASK_RESULT_EXPIRES': 9, 'task_acks_late': True})
+    assert a.conf.result_expires == 5
+    a = app()
+    a.config_from_object({'CELERY_ALWAYS_EAGER': True, 'CELERY_BROKER_URL': 'memory://'}, namespace='CELERY')
+    assert a.conf.task_always_eager is True
+
+
+def test_config_from_envvar_unset_says_what_to_set() -> None:
+    a = app()
+    with pytest.raises(ImproperlyConfigured) as info:
+        a.config_from_envvar('FASTQ_TEST_UNSET_CONFIG_VARIABLE')
+    assert str(info.value).startswith(
+        "The environment variable 'FASTQ_TEST_UNSET_CONFIG_VARIABLE' is not set,\nand as such the configuration"
+    )
+    assert str(info.value).endswith('Example:\n    FASTQ_TEST_UNSET_CONFIG_VARIABLE="proj.celeryconfig"')
+    assert a.config_from_envvar('FASTQ_TEST_UNSET_CONFIG_VARIABLE', silent=True) is False
 
 
 def test_config_from_object_django_namespace() -> None:
@@ -133,7 +166,48 @@ def test_humanize_masks_passwords() -> None:
     a.conf.result_backend = 'sqlite:///x.db'
     a.conf.broker_url = 'amqp://user:secret@host:5672//'
     text = a.conf.humanize()
-    assert 'secret' not in text and 'amqp://user:**@host:5672//' in text
+    assert 'secret' not in text and 'amqp://user:********@host:5672//' in text  # Celery's eight stars
+
+
+def test_humanize_hides_what_celery_hides_in_the_order_set() -> None:
+    a = app()
+    a.conf.update(
+        worker_concurrency=2,
+        database_url='postgresql://u:p@h/db',  # the whole value (DATABASE), not only the password
+        beat_dburi='sqlite:///beat.db',
+        profanities_list=['x'],
+        database_short_lived_sessions=True,
+        security_key=None,
+        broker_transport_options={'password': 'p', 'visibility_timeout': 9},
+    )
+    assert a.conf.humanize().splitlines()[-7:] == [
+        'worker_concurrency: 2',
+        "database_url: '********'",
+        "beat_dburi: '********'",
+        "profanities_list: '********'",
+        "database_short_lived_sessions: '********'",
+        "security_key: '********'",
+        "broker_transport_options: {'password': '********', 'visibility_timeout': 9}",
+    ]
+
+
+def test_add_defaults_sit_above_the_config_object_and_below_code() -> None:
+    """Celery's `add_defaults` is documented as `conf.update(d)` without the copy: it overrides the config
+    object whichever was given first, and values set in code override it."""
+    a = app()
+    a.add_defaults({'foo_bar': 1, 'task_default_queue': 'dq'})
+    a.config_from_object({'foo_bar': 2, 'task_default_queue': 'cq', 'worker_concurrency': 3})
+    assert (a.conf.foo_bar, a.conf.task_default_queue, a.conf.worker_concurrency) == (1, 'dq', 3)
+    a.add_defaults(lambda: {'worker_concurrency': 4})
+    assert a.conf.worker_concurrency == 4
+    a.conf.worker_concurrency = 5
+    assert a.conf.worker_concurrency == 5
+
+
+def test_find_option_returns_celerys_searchresult() -> None:
+    found = app().conf.find_option('always_eager')
+    assert (found.namespace, found.key, found.type.name) == ('task', 'always_eager', 'task_always_eager')
+    assert found.type.default is False
 
 
 def test_table_lists_what_was_set_even_to_the_default() -> None:
@@ -218,9 +292,9 @@ def test_config_layers_setdefault_and_names_of_the_apps_own() -> None:
     holder = types.SimpleNamespace(task_default_queue='from-object', redbeat_redis_url='redis://x', _private=1)
     a.config_from_object(holder)
     a.add_defaults({'task_default_queue': 'from-defaults', 'worker_prefetch_multiplier': 7})
-    assert a.conf.task_default_queue == 'from-object'  # defaults do not erase the config object
+    assert a.conf.task_default_queue == 'from-defaults'  # above the config object, as Celery's
     assert a.conf.worker_prefetch_multiplier == 7 and a.conf.get('redbeat_redis_url') == 'redis://x'
-    assert a.conf.setdefault('task_default_queue', 'sd') == 'from-object'
+    assert a.conf.setdefault('task_default_queue', 'sd') == 'from-defaults'
     assert a.conf.setdefault('my_own_option', 'sd') == 'sd'
     with warnings.catch_warnings():
         warnings.simplefilter('error')
@@ -263,3 +337,18 @@ def test_values_celery_takes_that_were_refused() -> None:
     assert check_scheduler(Mine) is Mine and check_scheduler('celery.beat:PersistentScheduler') is Scheduler
     with pytest.raises(ImproperlyConfigured, match='is not available in fastq'):
         check_scheduler('django_celery_beat.schedulers:DatabaseScheduler')
+
+
+def test_inspect_conf_replies_with_the_censored_table() -> None:
+    """Celery's `inspect conf`: `conf.table()`, so a setting set to its default's value is listed too."""
+    from fastq.worker.inspect import _conf
+
+    a = app()
+    a.conf.update(enable_utc=True, database_url='postgresql://u:p@h/d')
+    reply = _conf(types.SimpleNamespace(app=a))
+    assert reply == {
+        'broker_url': 'memory://',
+        'database_url': '********',
+        'enable_utc': True,
+        'result_backend': 'memory://',
+    }

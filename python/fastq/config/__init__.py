@@ -1,8 +1,9 @@
 """`app.conf`: Celery's settings, read from code, config objects and the environment, validated at startup.
 
 Lookup order for a setting: the environment (`FASTQ_<NAME>`, and Celery's `CELERY_BROKER_URL` /
-`CELERY_RESULT_BACKEND`; read once, when the settings are first used), then values set in code (`conf.x = ...`, `conf.update`, `Fastq(broker=...)`), then
-the object given to `config_from_object`, then the default. Validation happens once, when the app is
+`CELERY_RESULT_BACKEND`; read once, when the settings are first used), then values set in code
+(`conf.x = ...`, `conf.update`, `Fastq(broker=...)`), then `app.add_defaults(...)`, then the object given
+to `config_from_object`, then the default (Celery's order). Validation happens once, when the app is
 finalized: a bad value raises `ImproperlyConfigured` naming the setting; an unknown name warns with the
 closest known one, since a typo in a setting name otherwise silently does nothing.
 """
@@ -13,9 +14,9 @@ import difflib
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastq.config.defaults import OLD_NAMES, SETTINGS, Setting
 from fastq.exceptions import FastqWarning, ImproperlyConfigured
@@ -29,6 +30,14 @@ _ENV_ALIASES = {'broker_url': ('CELERY_BROKER_URL',), 'result_backend': ('CELERY
 _FALLBACKS = {'task_default_exchange': 'task_default_queue', 'task_default_routing_key': 'task_default_queue'}
 _TRUE = {'1', 'true', 'yes', 'on'}
 _FALSE = {'0', 'false', 'no', 'off', ''}
+
+
+class SearchResult(NamedTuple):
+    """What `conf.find_option` returns: Celery's `searchresult(namespace, key, type)`, so `.type` reads."""
+
+    namespace: str | None
+    key: str
+    type: Setting
 
 
 class UnknownSettingWarning(FastqWarning):
@@ -50,6 +59,54 @@ def _warn_unknown(name: str) -> None:
     hint = closest_setting(name)
     tail = f'; did you mean {hint!r}?' if hint else ''
     warnings.warn(f'Unknown setting {name!r}{tail}', UnknownSettingWarning, stacklevel=4)
+
+
+def setting_for_old_name(key: str) -> str | None:
+    """The setting an old (Celery 3) name stands for: `CELERY_ALWAYS_EAGER`, `BROKER_URL`."""
+    if key in OLD_NAMES:
+        return OLD_NAMES[key]
+    if key.isupper() and key.lower() in SETTINGS:
+        return key.lower()
+    return None
+
+
+_MIX_NEW = """
+
+Cannot mix new and old setting keys, please rename the
+following settings to the new format:
+
+{renames}
+
+"""
+_MIX_OLD = """
+
+Cannot mix new setting names with old setting names, please
+rename the following settings to use the old format:
+
+{renames}
+
+Or change all of the settings to use the new format :)
+
+"""
+
+
+def check_mixed_names(keys: Iterable[str]) -> None:
+    """Refuse a config source with both old and new setting names, as Celery's `detect_settings` does, with
+    its text: which name wins when both spell one setting is otherwise a guess. The names are to be renamed
+    to whichever style most of them use; a setting given in both styles is not counted against it."""
+    have = set(keys)
+    new = {key for key in have if key in SETTINGS}
+    old = {key for key in have if setting_for_old_name(key) is not None}
+    if not new or not old:
+        return
+    if len(old) > len(new):  # most names are old: rename the new ones
+        template, convert = _MIX_OLD, {key: (SETTINGS[key].old[:1] or (key.upper(),))[0] for key in new}
+    else:
+        template, convert = _MIX_NEW, {key: str(setting_for_old_name(key)) for key in old}
+    left = sorted(key for key, other in convert.items() if other not in have)
+    if left:
+        renames = '\n'.join(f'{key:<36} -> {convert[key]}' for key in left)
+        raise ImproperlyConfigured(template.format(renames=renames))
 
 
 def _parse_env(setting: Setting, raw: str) -> Any:
@@ -115,7 +172,7 @@ class Settings(MutableMapping[str, Any]):
     def __init__(self) -> None:
         object.__setattr__(self, '_changes', {})
         object.__setattr__(self, '_source', {})
-        # `app.add_defaults(...)`: below the config object, above the built-in defaults (Celery's layers).
+        # `app.add_defaults(...)`: below values set in code, above the config object (Celery's layers).
         object.__setattr__(self, '_added_defaults', {})
         object.__setattr__(self, '_pending', [])
         # Resolved values: sending a task reads a dozen settings, which must cost nothing.
@@ -159,7 +216,7 @@ class Settings(MutableMapping[str, Any]):
 
     def add_pending_source(self, load: Callable[[], Mapping[str, Any]], defaults: bool = False) -> None:
         """Register a config source loaded on first read (`config_from_object` is lazy, as in Celery); with
-        `defaults`, one of `app.add_defaults`, which a config object overrides and does not erase."""
+        `defaults`, one of `app.add_defaults`, which a later config object does not erase."""
         self._pending.append((load, defaults))
         self._invalidate()
 
@@ -198,10 +255,9 @@ class Settings(MutableMapping[str, Any]):
     def _canonical(key: str, warn: bool) -> str | None:
         if key in SETTINGS:
             return key
-        if key in OLD_NAMES:
-            return OLD_NAMES[key]
-        if key.isupper() and key.lower() in SETTINGS:
-            return key.lower()
+        old = setting_for_old_name(key)
+        if old is not None:
+            return old
         if warn and _misspelt(key):  # (a name of the app's or an extension's own: no warning, as in Celery)
             _warn_unknown(key)
         return None
@@ -224,10 +280,10 @@ class Settings(MutableMapping[str, Any]):
         if name in self._changes:
             return self._changes[name]
         self._load_pending()
+        if name in self._added_defaults:  # (above the config object: Celery's `add_defaults` order)
+            return self._added_defaults[name]
         if name in self._source:
             return self._source[name]
-        if name in self._added_defaults:
-            return self._added_defaults[name]
         if setting is None:
             raise KeyError(name)
         default = setting.default
@@ -291,18 +347,18 @@ class Settings(MutableMapping[str, Any]):
             self[name] = default
         return self[name]
 
-    def find_option(self, name: str, namespace: str = 'celery') -> tuple[str | None, str, Setting]:
+    def find_option(self, name: str, namespace: str = 'celery') -> SearchResult:
         """Celery's lookup of a setting by its short name: `(namespace, key, setting)`, the given namespace
         first (`'extended', 'result'` -> result_extended), then every other (`'always_eager'`), then the
         full name; KeyError when none has it."""
         name, namespace = name.lower(), namespace.lower()
         if namespace not in ('', 'celery') and f'{namespace}_{name}' in SETTINGS:
-            return namespace, name, SETTINGS[f'{namespace}_{name}']
+            return SearchResult(namespace, name, SETTINGS[f'{namespace}_{name}'])
         for prefix in _SETTING_PREFIXES:
             if prefix + name in SETTINGS:
-                return prefix[:-1], name, SETTINGS[prefix + name]
+                return SearchResult(prefix[:-1], name, SETTINGS[prefix + name])
         if name in SETTINGS:
-            return None, name, SETTINGS[name]
+            return SearchResult(None, name, SETTINGS[name])
         raise KeyError(name)
 
     def get_by_parts(self, *parts: str | None) -> Any:
@@ -359,11 +415,11 @@ class Settings(MutableMapping[str, Any]):
         return {key: mask_secrets(key, value) if censored else value for key, value in items.items()}
 
     def humanize(self, with_defaults: bool = False, censored: bool = True) -> str:
-        """`table` as text, one `name: value` line each (Celery's, for `report` and logs)."""
+        """`table` as text, one `name: value` line each in the order they were set (Celery's, for `report`)."""
         import pprint
 
         table = self.table(with_defaults, censored)
-        return '\n'.join(f'{key}: {pprint.pformat(value, width=50)}' for key, value in sorted(table.items()))
+        return '\n'.join(f'{key}: {pprint.pformat(value, width=50)}' for key, value in table.items())
 
     def __repr__(self) -> str:
         return f'<Settings: {len(self.changes())} changed>'

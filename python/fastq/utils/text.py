@@ -8,13 +8,17 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-_SECRET_KEYS = re.compile(r'API|TOKEN|KEY|SECRET|PASS|SIGNATURE|DATABASE', re.IGNORECASE)
+#: Setting names whose values `conf.humanize()` hides whole (Celery's `HIDDEN_SETTINGS`).
+_SECRET_KEYS = re.compile(r'API|TOKEN|KEY|SECRET|PASS|PROFANITIES_LIST|SIGNATURE|DATABASE|BEAT_DBURI', re.IGNORECASE)
+#: What `conf.humanize()` / `fastq report` print in place of a secret, in a URL too (Celery's; the worker's
+#: banner and log lines use kombu's shorter `**`).
+SETTINGS_MASK = '*' * 8
 
 
-def mask_url(url: str) -> str:
+def mask_url(url: str, mask: str = '**') -> str:
     """`redis://:secret@host:6379/0` -> `redis://:**@host:6379/0`; several `;`-separated URLs each masked."""
     if ';' in url:
-        return ';'.join(mask_url(part) for part in url.split(';'))
+        return ';'.join(mask_url(part, mask) for part in url.split(';'))
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -25,7 +29,7 @@ def mask_url(url: str) -> str:
     host = parts.hostname or ''
     if parts.port is not None:
         host = f'{host}:{parts.port}'
-    netloc = f'{user}:**@{host}'
+    netloc = f'{user}:{mask}@{host}'
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -68,11 +72,15 @@ def as_uri(url: str) -> str:
 
 def mask_secrets(key: str, value: Any) -> Any:
     """What `conf.humanize()` shows for a setting: URLs with passwords masked, secret-looking keys starred,
-    at any depth (`broker_transport_options={'sentinel_kwargs': {'password': ...}}`, a beat entry's kwargs)."""
+    at any depth (`broker_transport_options={'sentinel_kwargs': {'password': ...}}`, a beat entry's kwargs).
+
+    As Celery's `filter_hidden_settings`: a secret-looking key hides its value whatever it is (`database_url`
+    whole, not only its password; None and booleans too, so `report` prints what Celery's does), and URL
+    passwords show as eight stars. Unlike Celery, URLs under any key and lists are masked too."""
+    if isinstance(key, str) and _SECRET_KEYS.search(key) and not isinstance(value, Mapping):
+        return SETTINGS_MASK
     if isinstance(value, str) and '://' in value:
-        return mask_url(value)
-    if isinstance(key, str) and _SECRET_KEYS.search(key) and value and not isinstance(value, bool | int | Mapping):
-        return '********'
+        return mask_url(value, SETTINGS_MASK)
     if isinstance(value, Mapping):
         return {k: mask_secrets(k, v) for k, v in value.items()}
     if type(value) in (list, tuple):

@@ -277,11 +277,9 @@ def _json_safe(value: Any) -> Any:
 
 @command('conf')
 def _conf(worker: WorkController, with_defaults: bool = False, **kwargs: Any) -> dict[str, Any]:
-    from fastq.utils.text import mask_secrets
-
-    conf = worker.app.conf
-    items = dict(conf) if with_defaults else conf.changes()
-    return {key: _json_safe(mask_secrets(key, value)) for key, value in sorted(items.items())}
+    """Celery's: `conf.table()`, what was configured (even to a default's value), censored."""
+    table = worker.app.conf.table(with_defaults=with_defaults)
+    return {key: _json_safe(value) for key, value in sorted(table.items()) if not key.startswith('__')}
 
 
 def bugreport(app: Any) -> str:
