@@ -212,8 +212,11 @@ def test_unpack_fuzz(data):
     try:
         expected = unpackb(data)
     except UnicodeDecodeError:
-        with pytest.raises(UnicodeDecodeError):
+        # The same error, unless fastq stopped earlier, at an ext type it refuses (msgpack returns ExtType and
+        # goes on): hypothesis found `[ext 0, invalid str]`.
+        with pytest.raises(ValueError) as info:
             _core.msgpack_unpackb(data)
+        assert isinstance(info.value, UnicodeDecodeError) or 'extension type' in str(info.value)
         return
     except (ValueError, TypeError):
         # TypeError: msgpack refuses unhashable (e.g. list) keys late; we refuse all non-str keys with ValueError.
