@@ -75,6 +75,28 @@ def _ensure_serializable(items: tuple[Any, ...], encode: Callable[[Any], Any]) -
     return out
 
 
+#: The module each of fastq's exceptions that Celery also has lives in on Celery's side. A result stores
+#: that module (Celery's `exc_module`), so a Celery client reading what a fastq worker stored rebuilds its own
+#: class (`except celery.exceptions.TimeLimitExceeded` catches it), and a fastq client reading either rebuilds
+#: fastq's; storing 'fastq.exceptions' made Celery fall back to a look-alike class that no `except` catches.
+CELERY_HOMES: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            'Retry', 'Ignore', 'Reject', 'TaskPredicate', 'ImproperlyConfigured', 'SecurityError', 'TaskError',
+            'QueueNotFound', 'IncompleteStream', 'NotRegistered', 'AlreadyRegistered', 'TimeoutError',
+            'MaxRetriesExceededError', 'TaskRevokedError', 'InvalidTaskError', 'ChordError', 'WorkerTerminate',
+            'WorkerShutdown', 'BackendError', 'BackendGetMetaError', 'BackendStoreError',
+        ),
+        'celery.exceptions',
+    ),
+    **dict.fromkeys(('TimeLimitExceeded', 'SoftTimeLimitExceeded', 'WorkerLostError', 'Terminated'), 'billiard.exceptions'),
+    **dict.fromkeys(
+        ('KombuError', 'OperationalError', 'SerializationError', 'EncodeError', 'DecodeError', 'ContentDisallowed'),
+        'kombu.exceptions',
+    ),
+}  # fmt: skip
+
+
 class Backend(abc.ABC):
     """Stores and reads task states and results."""
 
@@ -170,10 +192,14 @@ class Backend(abc.ABC):
 
     def prepare_exception(self, exc: BaseException) -> dict[str, Any]:
         cls = type(exc)
+        name = getattr(cls, '__qualname__', cls.__name__)
+        module = cls.__module__
+        if module == 'fastq.exceptions':  # stored under its Celery namesake's module (see CELERY_HOMES)
+            module = CELERY_HOMES.get(name, module)
         return {
-            'exc_type': getattr(cls, '__qualname__', cls.__name__),
+            'exc_type': name,
             'exc_message': _ensure_serializable(exc.args, lambda v: dumps(v, self.serializer)),
-            'exc_module': cls.__module__,
+            'exc_module': module,
         }
 
     def exception_to_python(self, exc: Any) -> BaseException | None:
@@ -195,6 +221,10 @@ class Backend(abc.ABC):
         cls: Any
         if exc_module is None:
             cls = create_exception_cls(exc_type, __name__)
+        elif CELERY_HOMES.get(exc_type) == exc_module:  # Celery's, or fastq's stored as Celery's: fastq's class
+            from fastq import exceptions
+
+            cls = getattr(exceptions, exc_type)
         else:
             try:
                 cls = sys.modules[exc_module]
