@@ -57,6 +57,18 @@ def test_revoking_a_parked_task_stores_revoked_at_once(tasks: Any, worker: Any, 
     wait_until(lambda: result.state == states.REVOKED, timeout=10, message='REVOKED before the ETA')
 
 
+def test_revoking_a_task_still_in_its_queue_stores_revoked_at_once(tasks: Any, worker: Any) -> None:
+    """Celery 5.7's workers mark REVOKED as the revoke arrives even for an id they hold nothing of (a task in a
+    queue no worker consumes yet); a revoked task that already has a result keeps it."""
+    worker()
+    done = tasks.add.delay(2, 2)
+    assert done.get(timeout=30) == 4
+    waiting = tasks.add.apply_async((1, 1), queue='nobody-consumes-this')
+    tasks.app.control.revoke([waiting.id, done.id], reply=True, timeout=2)
+    wait_until(lambda: waiting.state == states.REVOKED, timeout=10, message='REVOKED while still in its queue')
+    assert done.state == states.SUCCESS and done.result == 4
+
+
 def test_terminate_running_task(tasks: Any, worker: Any, tmp_path: Path) -> None:
     worker()
     out = tmp_path / 'slow.txt'

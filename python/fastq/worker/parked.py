@@ -220,30 +220,36 @@ NOT_STARTED = frozenset({'PENDING', 'RECEIVED', 'RETRY', 'REJECTED'})
 
 
 def store_revoked(worker: WorkController, ids: set[str]) -> None:
-    """Store REVOKED now for the revoked tasks this worker parked until their ETA, as Celery 5.7's `revoke` does
-    for a request waiting in its timer: else `AsyncResult.state` says PENDING until the ETA, maybe for days.
+    """Store REVOKED now for the revoked tasks not running here, as Celery 5.7's `revoke` does (for a request
+    waiting in its timer, and for an id it has no request for): else `AsyncResult.state` says PENDING until the
+    task reaches a worker, for one parked until its ETA maybe for days.
     Only a state no worker has moved on from is overwritten; the discard at the ETA stores it again, with the
     request (chord, chain). Tasks held in memory or reserved are discarded (and stored) by the revoke itself.
     Runs in the remote-control thread: the broker is read there, and the backend written."""
     dispatcher = worker.dispatcher
     if dispatcher is None or not ids:
         return
+    found: list[tuple[str, str | None]] = []
     try:
         messages = dispatcher.consumer.parked(LIMIT)
     except Exception as exc:
         logger.warning('Cannot list the tasks waiting for their ETA in %s: %s', dispatcher.broker.describe(), exc)
-        return
+        messages = []
     if messages is None:
         remembered = dispatcher.parked
-        if remembered is None:
-            return
-        found = on_loop(worker, lambda: [(r.id, r.name) for r in remembered.entries.values() if r.id in ids])
+        if remembered is not None:
+            found = on_loop(worker, lambda: [(r.id, r.name) for r in remembered.entries.values() if r.id in ids])
     else:
         tz = worker.app.timezone
         found = [(r.id, r.name) for r in (of_message(m, tz) for m in messages) if r is not None and r.id in ids]
+    # The rest too, but the ones running here, as Celery's `_revoke` does for ids it holds no request for (a
+    # task still in its queue): its state says REVOKED at once, on the app's backend.
+    running = on_loop(worker, lambda: {job.request.id for job in dispatcher.running.values()})
+    named = {task_id for task_id, _ in found}
+    found += [(task_id, None) for task_id in sorted(ids - named - running)]
     app = worker.app
     for task_id, name in found:
-        task = app.tasks.get(name)
+        task = app.tasks.get(name) if name is not None else None
         backend = task.backend if task is not None else app.backend  # (a task may have a backend of its own)
         try:
             if backend.get_state(task_id) in NOT_STARTED:
