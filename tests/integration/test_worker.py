@@ -466,6 +466,16 @@ def _debug_session(port: int, command: bytes, expect: bytes) -> None:
 
 
 @pytest.mark.parametrize('broker_kind', ['sqlite'])
+def _rdb_port(w: Any, process: str, first: int) -> int:
+    """The port `process`'s debugger listens on: the first free one from `first` (its base, offset by a pool
+    child's number), so another test holding that one moves it up."""
+    ready = re.compile(rf'{process}\] Remote Debugger:(\d+): Ready to connect: telnet 127\.0\.0\.1 (\d+)')
+    wait_until(lambda: ready.search(w.log) is not None, 30, f'{process} ready for a session')
+    match = ready.search(w.log)
+    assert match is not None and match.group(1) == match.group(2) and int(match.group(1)) >= first
+    return int(match.group(1))
+
+
 def test_the_break_point_signal(tasks: Any, worker: Any, tmp_path: Path) -> None:
     # Debugging guide, "Enabling the break-point signal": with CELERY_RDBSIG set, SIGUSR2 opens a session where
     # the process is: the main process (port CELERY_RDB_PORT) and a pool child (offset by its number)
@@ -476,17 +486,16 @@ def test_the_break_point_signal(tasks: Any, worker: Any, tmp_path: Path) -> None
         base = probe.getsockname()[1] - 50
     w = worker('-c', '1', extra_env={'CELERY_RDBSIG': '1', 'CELERY_RDB_PORT': str(base)})
     w.signal(signal.SIGUSR2)
-    w.wait_for(f'Remote Debugger:{base}: Ready to connect: telnet 127.0.0.1 {base}', 30)
-    _debug_session(base, b'p 6 * 7', b'42')
-    w.wait_for(f'Remote Debugger:{base}: Session with 127.0.0.1:', 30)
+    main = _rdb_port(w, 'MainProcess', base)
+    _debug_session(main, b'p 6 * 7', b'42')
+    w.wait_for(f'Remote Debugger:{main}: Session with 127.0.0.1:', 30)
 
     log = tmp_path / 'runs.log'
     result = tasks.slow_record.delay(str(log), 'debugged', 1.0)
     wait_until(lambda: bool(lines(log)), 30, 'the task started')
     child = int(lines(log)[0].split()[2])
     os.kill(child, signal.SIGUSR2)  # in the task: the session's frame is the task's
-    w.wait_for(f'Remote Debugger:{base + 1}: Ready to connect: telnet 127.0.0.1 {base + 1}', 30)
-    _debug_session(base + 1, b'p key, seconds', b"('debugged', 1.0)")
+    _debug_session(_rdb_port(w, 'ForkPoolWorker-1', base + 1), b'p key, seconds', b"('debugged', 1.0)")
     assert result.get(timeout=30) == 'debugged'
     assert w.proc is not None and w.proc.poll() is None
 
