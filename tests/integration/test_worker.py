@@ -491,11 +491,11 @@ def test_the_break_point_signal(tasks: Any, worker: Any, tmp_path: Path) -> None
     w.wait_for(f'Remote Debugger:{main}: Session with 127.0.0.1:', 30)
 
     log = tmp_path / 'runs.log'
-    result = tasks.slow_record.delay(str(log), 'debugged', 1.0)
+    result = tasks.slow_record.delay(str(log), 'debugged', 5.0)  # (long enough to be signalled inside it)
     wait_until(lambda: bool(lines(log)), 30, 'the task started')
     child = int(lines(log)[0].split()[2])
     os.kill(child, signal.SIGUSR2)  # in the task: the session's frame is the task's
-    _debug_session(_rdb_port(w, 'ForkPoolWorker-1', base + 1), b'p key, seconds', b"('debugged', 1.0)")
+    _debug_session(_rdb_port(w, 'ForkPoolWorker-1', base + 1), b'p key, seconds', b"('debugged', 5.0)")
     assert result.get(timeout=30) == 'debugged'
     assert w.proc is not None and w.proc.poll() is None
 
