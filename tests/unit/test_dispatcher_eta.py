@@ -77,6 +77,8 @@ def test_a_task_the_broker_cannot_park_any_more_is_held_not_failed(
 
     monkeypatch.setattr(dispatcher.broker, 'features', SimpleNamespace(delayed=True))
     monkeypatch.setattr(dispatcher.consumer, 'defer', refuse)
+    # (a task_received receiver another test left connected would build a full Request of this stub)
+    monkeypatch.setattr(dispatcher, '_announce_received', lambda job: None)
     now = time.time()
     job = _held_job(now + 60, 7)
     job.tag = 'tag-7'
