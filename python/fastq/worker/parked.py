@@ -230,8 +230,13 @@ def store_revoked(worker: WorkController, ids: set[str]) -> None:
     if dispatcher is None or not ids:
         return
     found: list[tuple[str, str | None]] = []
+    app = worker.app
+    # The parked tasks are looked up only for their names, which matter only to a task with a result backend
+    # of its own: otherwise every id goes to the app's backend, and reading up to LIMIT parked messages from
+    # the broker on every revoke would be work for nothing.
+    own_backends = any(getattr(task, '_backend', None) is not None for task in list(app.tasks.values()))
     try:
-        messages = dispatcher.consumer.parked(LIMIT)
+        messages = dispatcher.consumer.parked(LIMIT) if own_backends else []
     except Exception as exc:
         logger.warning('Cannot list the tasks waiting for their ETA in %s: %s', dispatcher.broker.describe(), exc)
         messages = []
@@ -247,7 +252,6 @@ def store_revoked(worker: WorkController, ids: set[str]) -> None:
     running = on_loop(worker, lambda: {job.request.id for job in dispatcher.running.values()})
     named = {task_id for task_id, _ in found}
     found += [(task_id, None) for task_id in sorted(ids - named - running)]
-    app = worker.app
     for task_id, name in found:
         task = app.tasks.get(name) if name is not None else None
         backend = task.backend if task is not None else app.backend  # (a task may have a backend of its own)
