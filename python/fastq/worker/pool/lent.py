@@ -130,14 +130,14 @@ class Lent:
         """Send the early acks of the tasks taken (before their answers: an answer tells the parent the ack is
         sent): with the next wait in the broker when `wait` (it starts now), else on their own. Once sent,
         the task that ran last is settled: the parent need not find it if this child dies before reporting."""
-        try:
-            if wait:
-                self.lead.arm(self.acks)
-            elif self.acks:
+        if wait:
+            self.rearm(chan)  # (a failure is settled by `_failed`; settling again changes nothing)
+        elif self.acks:
+            try:
                 self.lead.ack(self.acks)
-        except Exception as exc:
-            self._failed(chan, exc)
-            return
+            except Exception as exc:
+                self._failed(chan, exc)
+                return
         self._settled()
 
     def rearm(self, chan: _ipc.Channel) -> None:

@@ -36,7 +36,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastq import _ipc, signals
@@ -566,14 +566,20 @@ class PreforkPool(Pool):
     def _tracked(self, child: _Child) -> bool:
         return self._progress is not None and child.index < PROGRESS_SLOTS
 
+    def _started_count(self, child: _Child, jobs: Sequence[Job]) -> int | None:
+        """How many of `jobs` (the child's unanswered ones, in order) it had started, by the count it keeps in
+        the memory it shares with us; None where that count is not shared."""
+        if self._progress is None or not self._tracked(child):
+            return None
+        return min(max(self._progress[child.index] - child.answered, 0), len(jobs))
+
     def _orphaned(self, child: _Child, jobs: list[Job]) -> None:
         """Settle the jobs a gone child held: those it started are lost, those queued behind are requeued."""
         running = jobs[0]
         if running.started is not None:  # it ran this long at least: a killed task is estimated long
             self._learn(running.request.task, time.monotonic() - running.started)
-        if self._progress is not None and self._tracked(child):
-            started = min(max(self._progress[child.index] - child.answered, 0), len(jobs))
-        else:  # unknown: the first unanswered job is taken as the running one
+        started = self._started_count(child, jobs)
+        if started is None:  # unknown: the first unanswered job is taken as the running one
             started = 1 if running.started is not None else 0
         if child.killed_for is not None:
             started = max(started, 1)
@@ -679,8 +685,8 @@ class PreforkPool(Pool):
         held: list[Job] = []
         for child in children:
             jobs = list(child.jobs)
-            if jobs and self._progress is not None and self._tracked(child):
-                started = min(max(self._progress[child.index] - child.answered, 0), len(jobs))
+            started = self._started_count(child, jobs) if jobs else None
+            if started is not None:
                 for i, job in enumerate(jobs):
                     job.started = (job.started or time.monotonic()) if i < started else None
             held.extend(jobs)
