@@ -172,7 +172,7 @@ class Probe:
         self.stage(n)
         start = time.perf_counter()
         self.redis.rename('probe-staging', QUEUE)
-        while self.redis.llen(QUEUE) or self.redis.zcard('unacked_index'):
+        while self.redis.llen(QUEUE) or self.redis.zcard('unacked_index') or self.redis.zcard('fastq.holds'):
             time.sleep(0.002)
         return time.perf_counter() - start
 

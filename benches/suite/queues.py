@@ -92,7 +92,7 @@ class RedisQueues:
         return self.ready()
 
     def clear(self) -> None:
-        self.client.delete(QUEUE, 'unacked', 'unacked_index', STAGING)
+        self.client.delete(QUEUE, 'unacked', 'unacked_index', 'fastq.holds', STAGING)
 
     def copies(self, template: Any, count: int) -> Iterator[bytes]:
         return clone(template, count)
@@ -126,13 +126,15 @@ class RedisQueues:
         return visible
 
     def snapshot(self) -> tuple[int, int, int]:
-        """(waiting, reserved, clients blocked in Redis), all read in one MULTI/EXEC: a consistent instant."""
+        """(waiting, reserved, clients blocked in Redis), all read in one MULTI/EXEC: a consistent instant.
+        Reserved counts fastq's holds (a batch moved off the queue, recorded in `unacked` a write later)."""
         pipe = self.client.pipeline(transaction=True)
         pipe.llen(QUEUE)
         pipe.hlen('unacked')
+        pipe.zcard('fastq.holds')
         pipe.info('clients')
-        ready, reserved, clients = pipe.execute()
-        return int(ready), int(reserved), int(clients.get('blocked_clients', 0))
+        ready, reserved, holds, clients = pipe.execute()
+        return int(ready), int(reserved) + int(holds), int(clients.get('blocked_clients', 0))
 
     def drained(self, consumer_blocks: bool) -> bool:
         """Every task handed to the pool: nothing waiting, nothing reserved and unacknowledged.
@@ -140,7 +142,8 @@ class RedisQueues:
         Celery's worker (kombu) pops a message with BRPOP and records it in `unacked` in a second command, so
         for a moment a message is in neither place. The worker issues its next BRPOP only after recording
         the last delivery, so `consumer_blocks` also requires a client blocked in Redis in the same instant:
-        then nothing is in transit. fastq's fetch is one script that pops and records atomically.
+        then nothing is in transit. fastq's fetch is one script that pops and records atomically, or moves
+        a batch into a hold list that `fastq.holds` lists until the batch is recorded or acked.
         """
         ready, reserved, blocked = self.snapshot()
         return ready == 0 and reserved == 0 and (blocked > 0 or not consumer_blocks)

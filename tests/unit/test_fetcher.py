@@ -30,6 +30,9 @@ class _Consumer:
     def wakeup(self) -> None:
         pass
 
+    def before_wait(self, brief: bool) -> None:
+        pass
+
     def fetch(self, limit: int, timeout: float) -> list[Delivery]:
         if self.left == 0:
             self.done.set()

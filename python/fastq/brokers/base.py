@@ -300,6 +300,12 @@ class Consumer(abc.ABC):
         calls `handover()`: acks waiting then are not going to ride with a fetch soon. `None` stops it."""
         return False
 
+    def before_wait(self, brief: bool) -> None:
+        """Called by the fetching thread before it waits outside `fetch` (for the window, or a moment before
+        the next fetch: `brief`): a consumer that defers writes to ride with the next fetch sends what must
+        not wait."""
+        return None
+
     def lend_lead(self) -> list[Delivery] | None:
         """Stop waiting on the first queue so a pool child can wait there instead (fastq.worker.lending): None
         if this consumer cannot lend its wait; else what it reserved meanwhile (delivered as usual, and the

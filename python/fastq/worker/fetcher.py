@@ -119,7 +119,7 @@ class Fetcher(threading.Thread):
             if self._lend_asked:
                 self._lend()
             if linger:
-                self._before_waiting()
+                self._before_waiting(brief=True)
                 self._stop_event.wait(LINGER)
             free = min(self.ledger.free(), MAX_BATCH)
             if free <= 0 or self.paused.is_set():
@@ -134,7 +134,7 @@ class Fetcher(threading.Thread):
                 # other half, so it does not run dry meanwhile); an idle worker has its whole window free.
                 self.window_open.clear()
                 if self.ledger.free() < self._batch_floor():
-                    self._before_waiting()
+                    self._before_waiting(brief=True)
                     self.window_open.wait(GATHER_DELAY)
                 free = min(self.ledger.free(), MAX_BATCH)
             try:
@@ -200,7 +200,8 @@ class Fetcher(threading.Thread):
         if self.on_lead_free is not None:
             self.on_lead_free('unable' if got is None else 'busy' if got else 'free')
 
-    def _before_waiting(self) -> None:
+    def _before_waiting(self, brief: bool = False) -> None:
+        self.consumer.before_wait(brief)
         if self.handover is not None:
             self.handover()
 

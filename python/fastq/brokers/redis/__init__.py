@@ -413,6 +413,21 @@ class RedisBroker(Broker):
             restored += self.scripts.move(keys=keys, args=[str(tag), payload, 'L' if leftmost else 'R'])
         return restored
 
+    def unhold(self, hold: str, count_delivery: bool) -> int:
+        """Put a hold's messages back on the queue key it was filled from (see holding.py), served next, in
+        the order they were taken; `count_delivery` as for `restore`. The number pushed back."""
+        source = self.layout.hold_source(hold)
+        for _ in range(5):
+            raw = self.client.lrange(hold, 0, -1)  # newest first: pushed in this order, the oldest ends rightmost
+            if source is None:  # not a name holding.py made: nowhere to put it back, so left where it is
+                self.client.zrem(self.layout.holds, hold)
+                return 0
+            payloads = [_recounted(m) if count_delivery else m for m in raw]
+            pushed = self.scripts.unhold(keys=[hold, self.layout.holds, source], args=[len(raw), *payloads])
+            if pushed >= 0:
+                return pushed
+        return 0  # still changing: the next sweep tries again
+
     def _restored_payload(self, raw: bytes | str, count_delivery: bool) -> tuple[str | None, bytes | str]:
         """(destination list, envelope) for an unacked record, flags set as kombu's restore sets them."""
         try:
@@ -424,16 +439,9 @@ class RedisBroker(Broker):
             return self.layout.queue_key(routing_key or 'celery'), envelope.encode('utf-8', 'surrogateescape')
         if not isinstance(envelope, dict):
             return None, raw
-        headers = envelope.get('headers')
         props = envelope.get('properties')
-        if isinstance(headers, dict) and isinstance(props, dict):
-            if count_delivery:
-                headers['redelivered'] = True
-                info = props.get('delivery_info')
-                if isinstance(info, dict):
-                    info['redelivered'] = True
-                earlier = headers.get(DELIVERIES_HEADER)
-                headers[DELIVERIES_HEADER] = (earlier if isinstance(earlier, int) else 0) + 1
+        if count_delivery:
+            _count_delivery(envelope)
         priority = props.get('priority', 0) if isinstance(props, dict) else 0
         if exchange and self.exchange_type(exchange) == 'fanout':
             queues = [routing_key]  # a copy for one broadcast queue, which its routing key names (`_fanout_copy`)
@@ -496,13 +504,20 @@ class RedisBroker(Broker):
         return messages
 
     def maintenance(self) -> None:
-        """Restore reservations older than the visibility timeout (dead workers') and parked ETAs now due."""
+        """Restore reservations older than the visibility timeout (dead workers', and their holds) and parked
+        ETAs now due."""
         ceiling = time.time() - self.visibility_timeout
-        tags = self.client.zrangebyscore(self.layout.unacked_index, '-inf', repr(ceiling), start=0, num=RESTORE_BATCH)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(self.layout.unacked_index, '-inf', repr(ceiling), start=0, num=RESTORE_BATCH)
+            pipe.zrangebyscore(self.layout.holds, '-inf', repr(ceiling), start=0, num=RESTORE_BATCH)
+            tags, holds = pipe.execute()
         if tags:
             count = self.restore([_text(t) for t in tags], leftmost=False, count_delivery=True)
             if count:
                 logger.info('Restored %d unacknowledged message(s)', count)
+        count = sum(self.unhold(_text(hold), count_delivery=True) for hold in holds)
+        if count:
+            logger.info('Restored %d message(s) a worker reserved and did not record', count)
 
     # --- queues -------------------------------------------------------------------------------------------
 
@@ -664,6 +679,32 @@ class _RedisSubscription(Subscription):
     def close(self) -> None:
         self.pubsub.close()
         self.client.close()
+
+
+def _count_delivery(envelope: dict[str, Any]) -> None:
+    """Mark a delivery that ended without an ack, as kombu's restore does, and count it (DELIVERIES_HEADER)."""
+    headers = envelope.get('headers')
+    props = envelope.get('properties')
+    if isinstance(headers, dict) and isinstance(props, dict):
+        headers['redelivered'] = True
+        info = props.get('delivery_info')
+        if isinstance(info, dict):
+            info['redelivered'] = True
+        earlier = headers.get(DELIVERIES_HEADER)
+        headers[DELIVERIES_HEADER] = (earlier if isinstance(earlier, int) else 0) + 1
+
+
+def _recounted(raw: bytes | str) -> bytes | str:
+    """An envelope with its delivery counted (`_count_delivery`); anything not an envelope as it is."""
+    try:
+        envelope = _core.json_loads(raw, None)
+    except (ValueError, TypeError):
+        return raw
+    if not isinstance(envelope, dict):
+        return raw
+    _count_delivery(envelope)
+    dumped: bytes = _core.json_dumps(envelope, None)
+    return dumped
 
 
 def _raw(value: Any) -> bytes:

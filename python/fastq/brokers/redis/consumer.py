@@ -17,6 +17,9 @@ key in order.
 
 Acks waiting when the lead is armed go in the same write, ahead of its BLMOVE (Redis runs them at once, then
 blocks): an idle worker's early ack then costs no round trip and no wake-up of the settler thread of its own.
+
+While a single queue keeps filling whole windows, the script gives way to plain LMOVEs into a hold list,
+recorded in `unacked` one write later (holding.py): Redis's share of a drained task less than half.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import redis.exceptions
 
 from fastq import _core
 from fastq.brokers.base import Consumer, DeadLetter, Delivery, Tag
+from fastq.brokers.redis.holding import Holding, tag_of
 from fastq.brokers.redis.layout import DELIVERIES_HEADER
 from fastq.utils.rediswire import Link
 
@@ -44,6 +48,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger('fastq.brokers.redis')
 
 WAIT_TIMEOUT = 2  # seconds one BLMOVE blocks in Redis before it answers nil (and is sent again)
+#: The smallest fetch that moves messages into a hold instead of running the script: a small window's every
+#: fetch is "full", and its holds would mostly be recorded in a write of their own before the worker waits.
+MOVING_MIN = 8
 
 
 class _Watch:
@@ -101,6 +108,12 @@ class _Watch:
         keys = consumer._ordered_keys()
         script_keys, args = consumer._fetch_call(keys, limit)
         acks, report = consumer._take_carried()
+        if acks:  # those of held messages are settled there (a delete must follow its record on one connection)
+            rest = consumer._holding.settle(acks)
+            if len(rest) < len(acks):
+                kept = set(rest)
+                consumer._carried_settled([t for t in acks if t not in kept], True, report)
+                acks = rest
         ahead = consumer._ack_commands(acks) if acks else []
         try:
             self.link.send_all(
@@ -189,12 +202,16 @@ class RedisConsumer(Consumer):
         self._handover: Callable[[], None] | None = None
         # The lead is lent to a pool child (`lend_lead`): this thread neither arms it nor waits on it.
         self._lent = False
+        # Reserving with LMOVEs into holds (holding.py) while the last fetch filled the window (`_burst`).
+        self._holding = Holding(self.layout)
+        self._burst = False
 
     def is_closed(self) -> bool:
         return self._closed
 
     def _use_queues(self, queues: list[str]) -> None:
         self.queues = queues
+        self._burst = False
         ordered = sorted(queues) if self.broker.queue_order_strategy == 'sorted' else list(queues)
         self._keys = self.layout.consume_keys(ordered)
         self._key_queue = dict(self._keys)
@@ -385,6 +402,7 @@ class RedisConsumer(Consumer):
 
     def _wait_once(self, deadline: float, limit: int) -> bool | list[Delivery] | None:
         """One select() over the watches: as `_wait`, or None to keep waiting."""
+        self._write_holds(carry=True)  # before waiting for long: nothing stays in a hold meanwhile
         lead = self._watches[0]
         lent = self._lent
         watches = self._watches[1:] if lent else self._watches
@@ -471,26 +489,132 @@ class RedisConsumer(Consumer):
             report(tags, acked)
 
     def _reserve(self, limit: int) -> list[Delivery]:
+        if self._holding.orphans:
+            self._restore_orphans()
+        if self._burst and len(self.queues) == 1 and limit >= MOVING_MIN:
+            got = self._reserve_moving(limit)
+        else:
+            got = self._reserve_script(limit)
+        # A window filled from one queue: more are likely waiting there (a drain), so the next fetch moves them
+        # without the script. Several queues keep the script's order (round robin, priorities across queues).
+        self._burst = len(got) >= limit > 0 and len(self.queues) == 1
+        return got
+
+    def _reserve_script(self, limit: int) -> list[Delivery]:
         keys = self._ordered_keys()
         script = self.broker.scripts.fetch_script
         carry = self._carry
         tags = carry[0]() if carry is not None else None
-        if not tags:
+        holding = self._holding
+        if not tags and not holding.pending():
             return self._deliveries(keys, self._fetch_link.evalsha(script, *self._fetch_call(keys, limit)))
         # The acks waiting ride in front of the fetch: one write and one round trip for both (a busy worker
-        # fetches more often than the settler would send them), Redis running the ack transaction first.
-        assert carry is not None
-        try:
-            replies, raw = self._fetch_link.evalsha_after(
-                self._ack_commands(tags), script, *self._fetch_call(keys, limit)
-            )
-        except BaseException:
-            self._carried_settled(tags, False, carry[1])
-            raise
-        self._carried_settled(tags, _all_ok(replies), carry[1])
+        # fetches more often than the settler would send them), Redis running the ack transaction first; so do
+        # the records the last holds still owe (holding.py).
+        with holding.writing:
+            ahead, write = holding.begin(tags or (), reservation_time())
+            try:
+                replies, raw = self._fetch_link.evalsha_after(ahead, script, *self._fetch_call(keys, limit))
+            except BaseException:
+                holding.done(write, False)
+                if tags and carry is not None:
+                    self._carried_settled(tags, False, carry[1])
+                raise
+            ok = _transaction_ok(replies)
+            holding.done(write, ok)
+        if tags and carry is not None:
+            self._carried_settled(tags, ok, carry[1])
         if isinstance(raw, redis.exceptions.ResponseError):
             raise raw
         return self._deliveries(keys, raw)
+
+    def _reserve_moving(self, limit: int) -> list[Delivery]:
+        """Reserve up to `limit` from the first key with one LMOVE each into a new hold, in the write that
+        settles the last hold (see holding.py)."""
+        key, queue = self._keys[0]
+        holding = self._holding
+        carry = self._carry
+        tags = carry[0]() if carry is not None else []
+        now = reservation_time()
+        with holding.writing:
+            ahead, write = holding.begin(tags, now)
+            commands = ahead + holding.fill(write, key, limit, now)
+            try:
+                replies = self._fetch_link.execute(commands)
+            except BaseException:
+                holding.done(write, False)
+                if tags and carry is not None:
+                    self._carried_settled(tags, False, carry[1])
+                raise
+            ok = _transaction_ok(replies[: len(ahead)])
+            got: dict[str, tuple[bytes, str]] = {}
+            raw: list[Any] = []
+            error: Exception | None = None
+            try:
+                for reply in replies[len(ahead) + 1 :]:
+                    if isinstance(reply, bytes):
+                        tag = tag_of(reply)
+                        raw += (1, tag, reply)
+                        got[tag] = (reply, queue)
+                    elif isinstance(reply, Exception):
+                        error = error or reply
+            finally:  # what was read is held (and recorded by the next write) whatever happens here
+                holding.done(write, ok, got)
+        if tags and carry is not None:
+            self._carried_settled(tags, ok, carry[1])
+        if not raw and error is not None:
+            raise error
+        return self._deliveries([key], raw) if raw else []
+
+    def _write_holds(self, carry: bool = False, brief: bool = False) -> None:
+        """Write what the holds owe (records, deletes, holds to drop) now: before this consumer waits, or
+        something reads a record. `carry`: with the acks waiting to ride (the fetching thread's); `brief`: only
+        when records are owed (before a short wait, deletes can ride with the next fetch)."""
+        holding = self._holding
+        if holding.orphans:
+            self._restore_orphans()
+        if not (holding.inflight or (holding.unrecorded if brief else holding.pending())):
+            return
+        with holding.writing:  # after any write on its way (another thread's), whose records may be the ones owed
+            if not (holding.unrecorded if brief else holding.pending()):
+                return
+            take = self._carry if carry else None
+            tags = take[0]() if take is not None else []
+            commands, write = holding.begin(tags, reservation_time())
+            try:
+                replies = self._fetch_link.execute(commands) if commands else []
+            except BaseException:
+                holding.done(write, False)
+                if tags and take is not None:
+                    self._carried_settled(tags, False, take[1])
+                raise
+            ok = _transaction_ok(replies)
+            holding.done(write, ok)
+        if tags and take is not None:
+            self._carried_settled(tags, ok, take[1])
+        if not ok:
+            raise redis.exceptions.ResponseError(f'recording reserved messages failed: {replies!r}')
+
+    def _restore_orphans(self) -> None:
+        """Put back on their queues the holds of writes that failed (their messages were never seen here)."""
+        for i, hold in enumerate(orphans := self._holding.take_orphans()):
+            try:
+                self.broker.unhold(hold, count_delivery=False)
+            except BaseException:
+                with self._holding.lock:
+                    self._holding.orphans += orphans[i:]
+                raise
+
+    def _record(self, tags: Sequence[Tag]) -> None:
+        """Before anything reads the `unacked` records of `tags` (park, restore, dead-letter): written, if held."""
+        if self._holding.holds_any(tags):
+            self._write_holds()
+
+    def before_wait(self, brief: bool) -> None:
+        try:
+            self._write_holds(carry=True, brief=brief)
+        except redis.exceptions.RedisError as exc:  # kept: the next fetch writes them, or reports the broker
+            logger.debug('could not record reserved messages before waiting: %r', exc)
 
     def _fetch_call(self, keys: list[str], limit: int) -> tuple[list[str], list[Any]]:
         """The fetch script's KEYS and ARGV for reserving up to `limit` from `keys`, in that order."""
@@ -525,6 +649,16 @@ class RedisConsumer(Consumer):
     def ack(self, tags: Sequence[Tag]) -> None:
         if not tags:
             return
+        holding = self._holding
+        rest = holding.settle(tags)
+        if len(rest) < len(tags):  # held and never recorded (or recorded in a write on its way): settled there
+            kept = set(rest)
+            self._forget([t for t in tags if t not in kept])
+            tags = rest
+            if holding.deletes:  # owed by the fetching thread's next write: not after a wait of seconds
+                self.wakeup()
+            if not tags:
+                return
         for reply in self._ack_link.execute(self._ack_commands(tags)):
             if isinstance(reply, redis.exceptions.ResponseError):
                 raise reply
@@ -535,16 +669,19 @@ class RedisConsumer(Consumer):
 
     def reject(self, tags: Sequence[Tag], requeue: bool) -> None:
         if requeue:
+            self._record(tags)
             self.broker.restore(tags, leftmost=True, count_delivery=True)
             self._forget(tags)
         else:
             self.ack(tags)
 
     def release(self, tags: Sequence[Tag]) -> None:
+        self._record(tags)
         self.broker.restore(tags, leftmost=False, count_delivery=False)
         self._forget(tags)
 
     def defer(self, tag: Tag, eta: float) -> None:
+        self._record([tag])
         self.broker.park(str(tag), eta, self.owner)
         self._forget([tag])
 
@@ -566,6 +703,7 @@ class RedisConsumer(Consumer):
 
     def dead_letter(self, delivery: Delivery, reason: str) -> DeadLetter:
         letter = DeadLetter.of(delivery, reason)
+        self._record([delivery.tag])
         self.broker.dead_letter_store.add(letter, remove_tag=str(delivery.tag))
         self._forget([delivery.tag])
         return letter
@@ -583,6 +721,10 @@ class RedisConsumer(Consumer):
             return
         self._closed = True
         self.wakeup()
+        try:
+            self._write_holds()  # what the holds owe, so the reservations handed back below have their records
+        except redis.exceptions.RedisError as exc:  # the sweep restores the holds after the visibility timeout
+            logger.warning('Could not record the last reservations at close: %s', exc)
         self._close_watches()  # first: what the lead's script reserved is held, then handed back below
         with self._held_lock:
             held, self._held = list(self._held), set()
@@ -624,6 +766,14 @@ def _decoded(tag: str, queue: str, payload: bytes) -> Delivery:
     headers = message.headers
     redelivered, deliveries = _counts(headers.get(DELIVERIES_HEADER), headers.get('redelivered'))
     return Delivery(tag, queue, message, payload, redelivered, deliveries)
+
+
+def _transaction_ok(replies: list[Any]) -> bool:
+    """Whether a MULTI ... EXEC went through with no error (no replies: nothing was sent, nothing failed)."""
+    if not replies:
+        return True
+    done = replies[-1]
+    return _all_ok(replies) and isinstance(done, list) and not any(isinstance(reply, Exception) for reply in done)
 
 
 def _all_ok(replies: list[Any]) -> bool:

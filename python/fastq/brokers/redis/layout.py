@@ -15,6 +15,9 @@
                                            trimmed as ETAs pass, and gone after the last one)
     fastq.lease.<name>               string holder, with a TTL: a named lease (beat's leader lock)
     fastq.claim.<key>                string '1', with a TTL: a claimed key (one beat run, `<entry>@<time>`)
+    fastq.hold.<token>.<n>.<key>     list  a batch a busy consumer moved off queue key <key> and has not
+                                           recorded in unacked yet (holding.py): gone a write later
+    fastq.holds                      zset  hold -> when it was filled (a dead consumer's holds are restored)
 
 `global_keyprefix` is prepended to every key and channel, as kombu does.
 """
@@ -120,3 +123,19 @@ class Layout:
 
     def claim(self, key: str) -> str:
         return f'{self.prefix}fastq.claim.{key}'
+
+    @property
+    def holds(self) -> str:
+        return f'{self.prefix}fastq.holds'
+
+    def hold(self, token: str, n: int, key: str) -> str:
+        """A consumer's (`token`) n-th hold of messages moved off queue key `key` (which carries the prefix)."""
+        return f'{self.prefix}fastq.hold.{token}.{n}.{key}'
+
+    def hold_source(self, hold: str) -> str | None:
+        """The queue key a hold was filled from (None for a name that is not a hold's)."""
+        head = f'{self.prefix}fastq.hold.'
+        if not hold.startswith(head):
+            return None
+        parts = hold[len(head) :].split('.', 2)
+        return parts[2] if len(parts) == 3 and parts[2] else None

@@ -23,6 +23,7 @@ class Scripts:
         self._rate = client.register_script(_source('rate'))
         self._lease = client.register_script(_source('lease'))
         self._unlease = client.register_script(_source('unlease'))
+        self._unhold = client.register_script(_source('unhold'))
 
     @property
     def fetch_script(self) -> Any:
@@ -47,3 +48,6 @@ class Scripts:
 
     def unlease(self, keys: list[str], args: list[Any]) -> int:
         return int(self._unlease(keys=keys, args=args))
+
+    def unhold(self, keys: list[str], args: list[Any]) -> int:
+        return int(self._unhold(keys=keys, args=args))
