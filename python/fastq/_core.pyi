@@ -282,6 +282,22 @@ def fetched_deliveries(
     a key outside `queues`.
     """
 
+def moved_deliveries(
+    replies: list[Any],
+    queue: str,
+    now: float,
+    delivery: Callable[..., Any],
+    decoded: Callable[[str, str, bytes], Any],
+    counts: Callable[[Any, Any], tuple[bool, int]],
+    tag_of: Callable[[bytes], str],
+) -> tuple[list[Any], list[str]]:
+    """The deliveries among the replies of a batch of `LMOVE`s into a hold, and their tags, in order.
+
+    Each bytes reply is an envelope taken from `queue`, made into a delivery as `fetched_deliveries` makes
+    one; its tag is read from the envelope as the fetch script reads it (the key `"delivery_tag": "` found
+    once, a plain string), or is `tag_of(envelope)` for anything else. Other replies (nil, errors) are skipped.
+    """
+
 def task_request(
     headers: dict[str, Any],
     properties: dict[str, Any],

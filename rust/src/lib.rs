@@ -47,6 +47,7 @@ fn _core(py: Python<'_>, m: &PyModule) -> PyResult<()> {
     )?;
     m.add_function(wrap_pyfunction!(protocol::head_py::task_head, m)?)?;
     m.add_function(wrap_pyfunction!(fetched_py::fetched_deliveries, m)?)?;
+    m.add_function(wrap_pyfunction!(fetched_py::moved_deliveries, m)?)?;
     m.add_function(wrap_pyfunction!(protocol::request_py::task_request, m)?)?;
     m.add_function(wrap_pyfunction!(protocol::request_py::job_request, m)?)?;
     m.add_class::<ledger_py::PyLedger>()?;

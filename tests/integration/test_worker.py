@@ -270,6 +270,33 @@ def _alive(w: Any) -> bool:
     return bool(w.children())
 
 
+def test_a_worker_killed_mid_drain_loses_no_acks_late_task(tasks: Any, worker: Any, broker_kind: str) -> None:
+    """kill -9 while a worker drains a queue of acks_late tasks: the next worker runs every one. On Redis the
+    drain reserves whole windows into hold lists recorded a write later (fastq.brokers.redis.holding): what
+    was recorded and what was still held both come back after the visibility timeout."""
+    from fastq import group
+
+    short = {'FASTQ_BROKER_TRANSPORT_OPTIONS': '{"visibility_timeout": 3}'}
+    n = 3000
+    results = group(tasks.late_add.s(i, i) for i in range(n)).apply_async().results
+    w = worker(extra_env=short)
+    wait_until(lambda: sum(r.ready() for r in results[:: n // 100]) >= 20, timeout=60, message='the drain under way')
+    os.kill(w.pid, signal.SIGKILL)  # the parent only: its fork server and children die with it
+    w.proc.wait(10)
+    wait_until(lambda: not _alive(w), message='children gone')
+    assert sum(r.ready() for r in results) < n  # killed mid-drain
+    worker(extra_env=short)
+    assert [r.get(timeout=120) for r in results] == [2 * i for i in range(n)]
+    if broker_kind == 'redis':
+        import redis
+
+        client = redis.Redis.from_url(tasks.app.conf.broker_url)
+        wait_until(lambda: client.zcard('unacked_index') == 0, timeout=30, message='every reservation acked')
+        wait_until(lambda: client.zcard('fastq.holds') == 0, timeout=30, message='every hold settled or swept')
+        assert client.llen('celery') == 0
+        client.close()
+
+
 def test_graceful_shutdown_loses_nothing(tasks: Any, worker: Any, tmp_path: Path) -> None:
     out = tmp_path / 'sleep.txt'
     w = worker('-c', '2')

@@ -101,3 +101,34 @@ def test_replies_it_cannot_read(reply, words):
 def test_a_tag_that_is_not_utf8_raises_as_decode_does():
     with pytest.raises(UnicodeDecodeError):
         fetched([1, b'\xff', envelope()])
+
+
+def test_moved_deliveries_read_their_tags_from_the_envelopes():
+    """`moved_deliveries`: the replies of LMOVEs into a hold (fastq.brokers.redis.holding). Each envelope's
+    tag is read as the fetch script reads it, or asked of `tag_of` when it is not plainly there; nil replies
+    (the queue ran out) and errors are skipped."""
+    plain = envelope()
+    doc = json.loads(plain)
+    doc['properties']['delivery_tag'] = 'odd"tag'
+    odd = json.dumps(doc).encode()
+    asked = []
+
+    def tag_of(data):
+        asked.append(data)
+        return 'from-python'
+
+    made = []
+    out, tags = _core.moved_deliveries(
+        [plain, None, odd, b'not json', ValueError('x')],
+        'celery',
+        12.5,
+        Delivery,
+        lambda tag, queue, data: made.append((tag, queue, data)) or ('decoded', tag),
+        _counts,
+        tag_of,
+    )
+    assert tags == [json.loads(plain)['properties']['delivery_tag'], 'from-python', 'from-python']
+    assert asked == [odd, b'not json']
+    assert [d.tag for d in out[:2]] == tags[:2] and all(d.queue == 'celery' for d in out[:2])
+    assert out[0].head is not None and out[0].received == 12.5
+    assert out[2] == ('decoded', 'from-python') and made == [('from-python', 'celery', b'not json')]

@@ -547,24 +547,25 @@ class RedisConsumer(Consumer):
                     self._carried_settled(tags, False, carry[1])
                 raise
             ok = _transaction_ok(replies[: len(ahead)])
+            moved = replies[len(ahead) + 1 :]
             got: dict[str, tuple[bytes, str]] = {}
-            raw: list[Any] = []
-            error: Exception | None = None
             try:
-                for reply in replies[len(ahead) + 1 :]:
-                    if isinstance(reply, bytes):
-                        tag = tag_of(reply)
-                        raw += (1, tag, reply)
-                        got[tag] = (reply, queue)
-                    elif isinstance(reply, Exception):
-                        error = error or reply
+                out, held = _core.moved_deliveries(moved, queue, time.time(), Delivery, _decoded, _counts, tag_of)
+                got = {tag: (d.raw, queue) for tag, d in zip(held, out, strict=True)}
             finally:  # what was read is held (and recorded by the next write) whatever happens here
+                if not got:
+                    got = {tag_of(m): (m, queue) for m in moved if isinstance(m, bytes)}
                 holding.done(write, ok, got)
         if tags and carry is not None:
             self._carried_settled(tags, ok, carry[1])
-        if not raw and error is not None:
-            raise error
-        return self._deliveries([key], raw) if raw else []
+        if not out:
+            error = next((reply for reply in moved if isinstance(reply, Exception)), None)
+            if error is not None:
+                raise error
+            return []
+        with self._held_lock:
+            self._held.update(held)
+        return out
 
     def _write_holds(self, carry: bool = False, brief: bool = False) -> None:
         """Write what the holds owe (records, deletes, holds to drop) now: before this consumer waits, or
