@@ -150,21 +150,35 @@ def check_pidfile(path: str) -> None:
             error.exit_code = 73  # type: ignore[attr-defined]  # (Celery's: EX_CANTCREAT)
             raise error
         os.unlink(path)
+    probe = f'{path}.{os.getpid()}.probe'  # (a name of its own: whoever watches `path` never sees it empty)
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
     except OSError as exc:
         error = CommandError(f'Cannot create the pidfile {path}: {exc.strerror}')
         error.exit_code = 73  # type: ignore[attr-defined]
         raise error from None
-    os.unlink(path)
+    os.unlink(probe)
 
 
 def write_pidfile(path: str) -> None:
+    """Write our pid to `path`, which must not exist. The file appears with its content (written under another
+    name, then linked): a supervisor or script that polls for it never reads it empty."""
     path = os.path.abspath(path)
     check_pidfile(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, 'w') as f:
-        f.write(f'{os.getpid()}\n')
+    content = f'{os.getpid()}\n'
+    temp = f'{path}.{os.getpid()}.tmp'
+    with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 'w') as f:
+        f.write(content)
+    try:
+        os.link(temp, path)  # fails if `path` exists, as O_EXCL would
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: written in place
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, 'w') as f:
+            f.write(content)
+    finally:
+        os.unlink(temp)
 
 
 def touch(path: str) -> None:
