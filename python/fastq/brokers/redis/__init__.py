@@ -417,11 +417,11 @@ class RedisBroker(Broker):
         """Put a hold's messages back on the queue key it was filled from (see holding.py), served next, in
         the order they were taken; `count_delivery` as for `restore`. The number pushed back."""
         source = self.layout.hold_source(hold)
+        if source is None:  # not a name holding.py made: nowhere to put it back, so left where it is
+            self.client.zrem(self.layout.holds, hold)
+            return 0
         for _ in range(5):
             raw = self.client.lrange(hold, 0, -1)  # newest first: pushed in this order, the oldest ends rightmost
-            if source is None:  # not a name holding.py made: nowhere to put it back, so left where it is
-                self.client.zrem(self.layout.holds, hold)
-                return 0
             payloads = [_recounted(m) if count_delivery else m for m in raw]
             pushed = self.scripts.unhold(keys=[hold, self.layout.holds, source], args=[len(raw), *payloads])
             if pushed >= 0:

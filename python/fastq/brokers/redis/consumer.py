@@ -31,13 +31,13 @@ import select
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.exceptions
 
 from fastq import _core
 from fastq.brokers.base import Consumer, DeadLetter, Delivery, Tag
-from fastq.brokers.redis.holding import Holding, tag_of
+from fastq.brokers.redis.holding import Holding, Write, tag_of
 from fastq.brokers.redis.layout import DELIVERIES_HEADER
 from fastq.utils.rediswire import Link
 
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from fastq.brokers.redis.layout import Layout
 
 logger = logging.getLogger('fastq.brokers.redis')
+
+_R = TypeVar('_R')
 
 WAIT_TIMEOUT = 2  # seconds one BLMOVE blocks in Redis before it answers nil (and is sent again)
 #: The smallest fetch that moves messages into a hold instead of running the script: a small window's every
@@ -503,8 +505,7 @@ class RedisConsumer(Consumer):
     def _reserve_script(self, limit: int) -> list[Delivery]:
         keys = self._ordered_keys()
         script = self.broker.scripts.fetch_script
-        carry = self._carry
-        tags = carry[0]() if carry is not None else None
+        tags, report = self._take_carried()
         holding = self._holding
         if not tags and not holding.pending():
             return self._deliveries(keys, self._fetch_link.evalsha(script, *self._fetch_call(keys, limit)))
@@ -512,18 +513,17 @@ class RedisConsumer(Consumer):
         # fetches more often than the settler would send them), Redis running the ack transaction first; so do
         # the records the last holds still owe (holding.py).
         with holding.writing:
-            ahead, write = holding.begin(tags or (), reservation_time())
-            try:
-                replies, raw = self._fetch_link.evalsha_after(ahead, script, *self._fetch_call(keys, limit))
-            except BaseException:
-                holding.done(write, False)
-                if tags and carry is not None:
-                    self._carried_settled(tags, False, carry[1])
-                raise
+            ahead, write = holding.begin(tags, reservation_time())
+            replies, raw = self._sent(
+                write,
+                tags,
+                report,
+                lambda: self._fetch_link.evalsha_after(ahead, script, *self._fetch_call(keys, limit)),
+            )
             ok = _transaction_ok(replies)
             holding.done(write, ok)
-        if tags and carry is not None:
-            self._carried_settled(tags, ok, carry[1])
+        if tags:
+            self._carried_settled(tags, ok, report)
         if isinstance(raw, redis.exceptions.ResponseError):
             raise raw
         return self._deliveries(keys, raw)
@@ -533,31 +533,22 @@ class RedisConsumer(Consumer):
         settles the last hold (see holding.py)."""
         key, queue = self._keys[0]
         holding = self._holding
-        carry = self._carry
-        tags = carry[0]() if carry is not None else []
+        tags, report = self._take_carried()
         now = reservation_time()
         with holding.writing:
             ahead, write = holding.begin(tags, now)
             commands = ahead + holding.fill(write, key, limit, now)
-            try:
-                replies = self._fetch_link.execute(commands)
-            except BaseException:
-                holding.done(write, False)
-                if tags and carry is not None:
-                    self._carried_settled(tags, False, carry[1])
-                raise
+            replies = self._sent(write, tags, report, lambda: self._fetch_link.execute(commands))
             ok = _transaction_ok(replies[: len(ahead)])
             moved = replies[len(ahead) + 1 :]
-            got: dict[str, tuple[bytes, str]] = {}
             try:
                 out, held = _core.moved_deliveries(moved, queue, time.time(), Delivery, _decoded, _counts, tag_of)
-                got = {tag: (d.raw, queue) for tag, d in zip(held, out, strict=True)}
-            finally:  # what was read is held (and recorded by the next write) whatever happens here
-                if not got:
-                    got = {tag_of(m): (m, queue) for m in moved if isinstance(m, bytes)}
-                holding.done(write, ok, got)
-        if tags and carry is not None:
-            self._carried_settled(tags, ok, carry[1])
+            except BaseException:  # what was read is held all the same (and recorded by the next write)
+                holding.done(write, ok, {tag_of(m): (m, queue) for m in moved if isinstance(m, bytes)})
+                raise
+            holding.done(write, ok, {tag: (d.raw, queue) for tag, d in zip(held, out, strict=True)})
+        if tags:
+            self._carried_settled(tags, ok, report)
         if not out:
             error = next((reply for reply in moved if isinstance(reply, Exception)), None)
             if error is not None:
@@ -579,22 +570,28 @@ class RedisConsumer(Consumer):
         with holding.writing:  # after any write on its way (another thread's), whose records may be the ones owed
             if not (holding.unrecorded if brief else holding.pending()):
                 return
-            take = self._carry if carry else None
-            tags = take[0]() if take is not None else []
+            tags, report = self._take_carried() if carry else ([], None)
             commands, write = holding.begin(tags, reservation_time())
-            try:
-                replies = self._fetch_link.execute(commands) if commands else []
-            except BaseException:
-                holding.done(write, False)
-                if tags and take is not None:
-                    self._carried_settled(tags, False, take[1])
-                raise
+            replies = self._sent(write, tags, report, lambda: self._fetch_link.execute(commands) if commands else [])
             ok = _transaction_ok(replies)
             holding.done(write, ok)
-        if tags and take is not None:
-            self._carried_settled(tags, ok, take[1])
+        if tags:
+            self._carried_settled(tags, ok, report)
         if not ok:
             raise redis.exceptions.ResponseError(f'recording reserved messages failed: {replies!r}')
+
+    def _sent(
+        self, write: Write, tags: list[Tag], report: Callable[[list[Tag], bool], None] | None, send: Callable[[], _R]
+    ) -> _R:
+        """`send()`, the write carrying what `write` owes and the acks `tags`: when it fails, the holding owes
+        it all again and the acks are reported unsent (to be acked another way). Under `holding.writing`."""
+        try:
+            return send()
+        except BaseException:
+            self._holding.done(write, False)
+            if tags:
+                self._carried_settled(tags, False, report)
+            raise
 
     def _restore_orphans(self) -> None:
         """Put back on their queues the holds of writes that failed (their messages were never seen here)."""

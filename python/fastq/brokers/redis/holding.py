@@ -46,25 +46,14 @@ if TYPE_CHECKING:
     from fastq.brokers.base import Tag
     from fastq.brokers.redis.layout import Layout
 
-#: How a kombu envelope spells the key the tag is read from (Celery, kombu and fastq all write it this way).
-TAG_KEY = b'"delivery_tag": "'
 MALFORMED = 'fastq-malformed-'
 CHUNK = 500  # values per HDEL/ZREM/HSET command
 
 
 def tag_of(envelope: bytes) -> str:
-    """The delivery tag of an envelope, as the fetch script reads it: found once, plainly, with a full decode
-    for anything else; a message without one gets a tag of its own (`fastq-malformed-<sha1>`), to be
-    dead-lettered."""
-    start = envelope.find(TAG_KEY)
-    if start >= 0 and envelope.find(TAG_KEY, start + 1) < 0:
-        start += len(TAG_KEY)
-        end = envelope.find(b'"', start)
-        if end > start and b'\\' not in envelope[start:end]:
-            try:
-                return envelope[start:end].decode()
-            except UnicodeDecodeError:
-                pass
+    """The delivery tag of an envelope whose tag is not plainly there (`_core.moved_deliveries` reads the plain
+    ones, as the fetch script does): decoded whole; a message without one gets a tag of its own
+    (`fastq-malformed-<sha1>`), to be dead-lettered."""
     try:
         props = _core.json_loads(envelope, None).get('properties')
         tag = props.get('delivery_tag')
