@@ -85,6 +85,11 @@ def celery_client(url: str, backend_url: str) -> Iterator[Any]:
     consumer = getattr(backend, 'result_consumer', None)
     if getattr(consumer, '_connection', None) is not None:  # rpc://: its own connection, not in app's pool
         consumer.stop()
+    if getattr(consumer, '_pubsub', None) is not None:  # redis://: its pubsub connection
+        consumer.stop()
+    pool = getattr(getattr(backend, 'client', None), 'connection_pool', None)
+    if pool is not None:  # redis://: the backend's own pool is not the app's either; a socket left for the
+        pool.disconnect()  # garbage collector to close can be finalized before its connection (a ResourceWarning)
     app.close()
 
 

@@ -207,20 +207,24 @@ def test_migrate_forever_until_interrupted(apps: Path, two_urls: tuple[str, str]
 
     source, dest = two_urls
     send_with_celery(source, [('tasks.add', (0, 0), {})])
-    env = dict(os.environ, PYTHONPATH=str(apps))
+    env = dict(os.environ, PYTHONPATH=str(apps), PYTHONUNBUFFERED='1')
     env.pop('PYTEST_CURRENT_TEST', None)
     command = [sys.executable, '-m', 'fastq', 'migrate', '-F', *(['-a'] if ack else []), source, dest]
-    proc = subprocess.Popen(command, cwd=apps, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = apps / 'migrate.out'
+    with out.open('w') as sink:
+        proc = subprocess.Popen(command, cwd=apps, env=env, stdout=sink, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: len(envelopes(dest)) == 1, message='the first task migrated')
         time.sleep(1.5)  # (longer than the default timeout: -F waits on)
         send_with_celery(source, [('tasks.add', (i, i), {}) for i in (1, 2)])
-        wait_until(lambda: len(envelopes(dest)) == 3, message='the later tasks migrated')
+        # (its line is printed once the task is moved: read the line, not the destination, before Ctrl-C)
+        wait_until(lambda: 'Migrating task 3/' in out.read_text(), message='the later tasks migrated')
     finally:
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
-    assert stdout.splitlines()[-1].startswith('Migrating task 3/1: [[2, 2], {}')
+    assert len(envelopes(dest)) == 3
+    assert out.read_text().splitlines()[-1].startswith('Migrating task 3/1: [[2, 2], {}')
     assert [args_of(e) for e in envelopes(source)] == ([] if ack else ['(0, 0)', '(1, 1)', '(2, 2)'])
     assert unacked(source) == 0
 

@@ -98,19 +98,29 @@ def test_kill_and_a_failing_start(tmp_path: Path, urls: dict[str, str]) -> None:
     assert bad.returncode == 1 and 'FAILED' in bad.stdout and 'no_such_module' in bad.stderr
     assert multi('worker_tasks', 'start', 'w1', '-c', '1', '--umask=077').returncode == 0
     pidfile = tmp_path / 'w1.pid'
-    wait_until(pidfile.exists, 60, 'a pidfile')
-    pid = int(pidfile.read_text())
-    # --umask: every file the detached worker makes, its log file too (made before detaching, to check it)
-    assert {(tmp_path / name).stat().st_mode & 0o777 for name in ('w1.pid', 'w1.log')} == {0o600}
+    seen: set[int] = set()  # every node this test started, killed at the end whatever failed on the way
+
+    def current() -> int:
+        pid = int(pidfile.read_text())
+        seen.add(pid)
+        return pid
+
     try:
+        wait_until(pidfile.exists, 60, 'a pidfile')
+        pid = current()
+        # --umask: every file the detached worker makes, its log file too (made before detaching, to check it)
+        assert {(tmp_path / name).stat().st_mode & 0o777 for name in ('w1.pid', 'w1.log')} == {0o600}
         killed = multi('worker_tasks', 'kill', 'w1')
         assert f'Sending KILL to node w1@{gethostname()} ({pid})' in killed.stdout
         wait_until(lambda: not pid_alive(pid), 30, 'the node killed')
         # the stale pidfile does not stop the next start
         assert multi('worker_tasks', 'start', 'w1', '-c', '1').returncode == 0
-        wait_until(lambda: pidfile.exists() and int(pidfile.read_text()) != pid, 60, 'a new pidfile')
+        wait_until(lambda: pidfile.exists() and current() != pid, 60, 'a new pidfile')
         assert multi('worker_tasks', 'stopwait', 'w1').returncode == 0
         assert not pidfile.exists()
     finally:
-        if pidfile.exists() and pid_alive(int(pidfile.read_text())):
-            os.kill(int(pidfile.read_text()), 9)
+        if pidfile.exists():
+            current()
+        for pid in seen:
+            if pid_alive(pid):
+                os.kill(pid, 9)
