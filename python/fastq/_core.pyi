@@ -7,7 +7,7 @@ in `fastq.serialization` and `fastq.protocol`. The codecs reproduce what Celery'
 each other's messages and the real `celery` package can be used as the test oracle.
 """
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal, final
 
 __version__: Final[str]
@@ -196,6 +196,34 @@ def task_envelopes(
         TypeError, ValueError, OverflowError, UnicodeEncodeError: as task_message / encode_task_body, for
             the first message that fails (no envelope is returned then); ValueError for a tuple of another
             length or a serializer other than json and msgpack.
+    """
+
+def uniform_run(calls: list[tuple[Any, ...]], start: int, plain: Container[str]) -> int:
+    """How many of `calls` (`send_batch`'s: name, task type, args, kwargs, keywords, options), from
+    `start`, share the first one's name, task type and options (the same objects: one send plan) and have
+    keywords (a dict) whose names are all in `plain`; 0 when `start` is past the end.
+
+    Raises:
+        TypeError, ValueError: a call that is not a tuple of 6 items.
+    """
+
+def uniform_envelopes(
+    template: tuple[Any, ...],
+    calls: list[tuple[Any, ...]],
+    start: int,
+    stop: int,
+    ids: list[str],
+    default: Callable[[Any], Any] | None,
+    saferepr: Callable[[Any], str],
+) -> tuple[list[bytes], list[str]]:
+    """The envelopes and task ids of `calls[start:stop]`, a run `uniform_run` found: each message is
+    `template` (35 fields, as `task_envelopes` reads them) with, from call `i` and its keywords `kw`: task_id
+    `kw.get('task_id') or ids[2 * i]`, group_id and group_index from `kw`, root_id `kw.get('root_id') or
+    task_id`, reply_to `kw.get('reply_to') or template's`, args and kwargs from the call, delivery tag
+    `ids[2 * i + 1]`. The same bytes `task_envelopes` gives for those tuples.
+
+    Raises:
+        As `task_envelopes`; ValueError when the range or the ids do not fit the calls.
     """
 
 def uuid4s(random: bytes) -> list[str]:

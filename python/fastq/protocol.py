@@ -200,6 +200,24 @@ def task_envelopes(messages: list[tuple[Any, ...]]) -> list[bytes]:
         raise EncodeError(f'{type(exc).__name__}: {exc}') from exc
 
 
+#: How many calls of a batch, from a start, are alike (see `_core.uniform_run`).
+uniform_run = _core.uniform_run
+
+
+def uniform_envelopes(
+    template: tuple[Any, ...], calls: list[Any], start: int, stop: int, ids: list[str]
+) -> tuple[list[bytes], list[str]]:
+    """The envelopes and task ids of a run of alike calls (see `_core.uniform_envelopes`), in one call.
+
+    Raises:
+        EncodeError: an argument the serializer cannot encode (nothing is built then).
+    """
+    try:
+        return _core.uniform_envelopes(template, calls, start, stop, ids, json_default, saferepr)
+    except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
+        raise EncodeError(f'{type(exc).__name__}: {exc}') from exc
+
+
 def message_from_fields(f: tuple[Any, ...]) -> Message:
     """The `Message` the same fields describe: for serializers Rust does not implement, and for signal
     receivers that want the headers as a dict."""

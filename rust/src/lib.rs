@@ -39,6 +39,8 @@ fn _core(py: Python<'_>, m: &PyModule) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(protocol::message_py::task_message, m)?)?;
     m.add_function(wrap_pyfunction!(protocol::batch_py::task_envelopes, m)?)?;
     m.add_function(wrap_pyfunction!(protocol::batch_py::uuid4s, m)?)?;
+    m.add_function(wrap_pyfunction!(protocol::batch_py::uniform_run, m)?)?;
+    m.add_function(wrap_pyfunction!(protocol::batch_py::uniform_envelopes, m)?)?;
     m.add_class::<protocol::message_py::Message>()?;
     m.add_class::<protocol::head_py::TaskHead>()?;
     m.add(

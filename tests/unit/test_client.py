@@ -9,7 +9,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -141,6 +141,41 @@ def test_task_envelopes_errors() -> None:
         _core.task_envelopes([tuple({**FIELDS, 'serializer': 'pickle'}.values())], None, saferepr)
 
 
+def test_uniform_run_and_envelopes() -> None:
+    """The run stops at the first call with another name, task type, options object or a keyword outside the
+    plain ones; each envelope is the template's with the call's ids, arguments and keywords."""
+    from fastq.sending import PLAIN_KEYWORDS
+
+    task, options = object(), {}
+    calls: list[Any] = [('t.add', task, (i,), {}, {'group_index': i}, options) for i in range(4)]
+    assert _core.uniform_run(calls, 0, PLAIN_KEYWORDS) == 4 and _core.uniform_run(calls, 4, PLAIN_KEYWORDS) == 0
+    for odd in [
+        ('t.other', task, (), {}, {}, options),
+        ('t.add', object(), (), {}, {}, options),
+        ('t.add', task, (), {}, {}, {}),
+        ('t.add', task, (), {}, {'countdown': 1}, options),
+        ('t.add', task, (), {}, None, options),
+    ]:
+        assert _core.uniform_run([*calls[:2], odd, *calls[2:]], 0, PLAIN_KEYWORDS) == 2
+        assert _core.uniform_run([*calls[:2], odd, *calls[2:]], 3, PLAIN_KEYWORDS) == 2
+    with pytest.raises(ValueError, match='6 items'):
+        _core.uniform_run([('t.add',)], 0, PLAIN_KEYWORDS)
+
+    template = tuple({**FIELDS, 'task_id': None, 'root_id': None, 'delivery_tag': None}.values())
+    calls[1] = ('t.add', task, (1,), {'k': 1}, {'task_id': 'own', 'root_id': 'r', 'reply_to': 'rt'}, options)
+    ids = [f'x{i}' for i in range(8)]
+    envelopes, task_ids = _core.uniform_envelopes(template, calls, 1, 3, ids, json_default, saferepr)
+    assert task_ids == ['own', 'x4']
+    expected = [
+        {**FIELDS, 'task_id': 'own', 'root_id': 'r', 'reply_to': 'rt', 'args': (1,), 'kwargs': {'k': 1},
+         'delivery_tag': 'x3'},
+        {**FIELDS, 'task_id': 'x4', 'root_id': 'x4', 'group_index': 2, 'args': (2,), 'delivery_tag': 'x5'},
+    ]  # fmt: skip
+    assert envelopes == _core.task_envelopes([tuple(f.values()) for f in expected], json_default, saferepr)
+    with pytest.raises(ValueError, match='ids'):
+        _core.uniform_envelopes(template, calls, 0, 4, ids[:7], json_default, saferepr)
+
+
 def test_uuid4s() -> None:
     ids = _core.uuid4s(bytes(range(32)))
     assert ids == [str(uuid.UUID(bytes=bytes(range(i, i + 16)), version=4)) for i in (0, 16)]
@@ -212,6 +247,57 @@ def test_plain_preparation_is_the_same_message(memory_app: Fastq, kw: dict[str, 
         general.result.id,
         general.result.ignored,
     )
+
+
+@pytest.mark.parametrize(
+    ('options', 'alike'),
+    [
+        ({}, True),
+        ({'priority': 7, 'headers': {'x': 1}, 'queue': 'q', 'compression': 'gzip', 'soft_time_limit': 3}, False),
+        ({'priority': 7, 'headers': {'x': 1}, 'queue': 'q', 'compression': 'gzip'}, True),
+    ],
+)
+@pytest.mark.parametrize('frozen', [False, True], ids=['fresh', 'frozen'])
+def test_a_batch_of_alike_calls_is_the_general_batch(
+    memory_app: Fastq, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], alike: bool, frozen: bool
+) -> None:
+    """A group of one task, whose envelopes Rust writes from one template (`sending._send_uniform`), puts on
+    the broker byte for byte what the general path puts there for the same ids and clock (a time limit given
+    to the group is a keyword of each call: the general path sends that one)."""
+    from fastq import protocol, sending
+
+    add, noop = _tasks(memory_app)
+    monkeypatch.setattr(sending.time, 'time', lambda: 1_700_000_000.25)
+    counter = iter(range(10**6))
+    monkeypatch.setattr(protocol, 'new_ids', lambda n: [f'id-{next(counter)}' for _ in range(n)])
+    uniform = sending._send_uniform
+
+    def publish(general: bool) -> tuple[list[bytes], list[Any]]:
+        nonlocal counter
+        counter = iter(range(10**6))
+        memory_app.broker.purge('celery')
+        memory_app.broker.purge('q')
+        taken: list[bool] = []
+
+        def watched(*args: Any) -> Any:
+            sent = uniform(*args)
+            taken.append(sent is not None)
+            return sent
+
+        monkeypatch.setattr(sending, '_send_uniform', (lambda *a: None) if general else watched)
+        sigs = [add.s(i, y=i) if i % 3 == 0 else add.s(i, i) for i in range(7)]
+        sigs += [add.s(i, i) for i in range(3)]
+        if frozen:  # own task ids (and so the keyword task_id), as a group frozen before it is sent
+            for i, sig in enumerate(sigs):
+                sig.options['task_id'] = f'own-{i}'
+        result = group(sigs).apply_async(task_id='g1', **options)
+        single = group(noop.s(), noop.s()).apply_async(task_id='g2')
+        assert taken == ([] if general else [alike, True])
+        payloads = [m.payload for m in memory_app.broker._state.messages.values()]  # type: ignore[attr-defined]
+        described = [(r.id, r.ignored) for r in [*result.results, *single.results]]
+        return payloads, described
+
+    assert publish(general=False) == publish(general=True)
 
 
 def test_plan_follows_settings_and_task_attributes(memory_app: Fastq) -> None:
@@ -423,7 +509,17 @@ def _queued_ids(app: Fastq, queue: str = 'celery') -> list[str]:
         client.close()
 
 
-def test_redis_large_batch_is_streamed_as_one_transaction(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def _member(add: Any, alike: bool, i: int, y: Any = None) -> Any:
+    """`add.s(i, y)`; unless `alike`, every other one with options of its own (the same queue), so the batch
+    is not one of alike calls (see `sending._send_uniform`)."""
+    sig = add.s(i, i if y is None else y)
+    return sig if alike or i % 2 else sig.set(queue='celery')
+
+
+@pytest.mark.parametrize('alike', [True, False], ids=['alike', 'mixed'])
+def test_redis_large_batch_is_streamed_as_one_transaction(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, alike: bool
+) -> None:
     """A batch larger than one part is written while it is built; it arrives whole, in order, once; a batch
     whose building fails after some parts were written leaves nothing on the broker (nor on the connection)."""
     from fastq import sending
@@ -435,13 +531,13 @@ def test_redis_large_batch_is_streamed_as_one_transaction(redis_url: str, monkey
         parts: list[int] = []
         stream = app.broker.publish_stream
         monkeypatch.setattr(app.broker, 'publish_stream', lambda: _counting(stream(), parts))
-        result = group(add.s(i, i) for i in range(1050)).apply_async()
+        result = group(_member(add, alike, i) for i in range(1050)).apply_async()
         assert parts == [100] * 10 + [50]
         assert _queued_ids(app) == [r.id for r in result.results]
 
         app.broker.purge('celery')
         with pytest.raises(EncodeError):  # the 8th part cannot be encoded: 7 parts were already written
-            group(add.s(i, object() if i == 750 else i) for i in range(1050)).apply_async()
+            group(_member(add, alike, i, object() if i == 750 else i) for i in range(1050)).apply_async()
         assert app.broker.qsize('celery') == 0
         add.delay(1, 1)
         assert app.broker.qsize('celery') == 1
@@ -449,7 +545,10 @@ def test_redis_large_batch_is_streamed_as_one_transaction(redis_url: str, monkey
         app.close()
 
 
-def test_redis_stream_falls_back_when_the_connection_is_lost(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize('alike', [True, False], ids=['alike', 'mixed'])
+def test_redis_stream_falls_back_when_the_connection_is_lost(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, alike: bool
+) -> None:
     """Redis drops a transaction whose client went away before EXEC; the batch is then published again
     (with the retry policy), so every task is on the broker exactly once."""
     import redis
@@ -464,17 +563,12 @@ def test_redis_stream_falls_back_when_the_connection_is_lost(redis_url: str, mon
         parts: list[int] = []
         stream = app.broker.publish_stream
 
+        def kill_after_three() -> None:
+            if len(parts) == 3:
+                killer.client_kill_filter(_type='normal', skipme=True)
+
         def killing() -> Any:
-            wrapped = _counting(stream(), parts)
-            add_part = wrapped.add
-
-            def add_then_kill(part: Any) -> None:
-                add_part(part)
-                if len(parts) == 3:
-                    killer.client_kill_filter(_type='normal', skipme=True)
-
-            wrapped.add = add_then_kill  # type: ignore[method-assign]
-            return wrapped
+            return _counting(stream(), parts, kill_after_three)
 
         monkeypatch.setattr(app.broker, 'publish_stream', killing)
         again: list[int] = []
@@ -484,7 +578,7 @@ def test_redis_stream_falls_back_when_the_connection_is_lost(redis_url: str, mon
             'publish_with_retry',
             lambda app, batch, **kw: again.append(len(batch)) or publish(app, batch, **kw),
         )
-        result = group(add.s(i, i) for i in range(1000)).apply_async()
+        result = group(_member(add, alike, i) for i in range(1000)).apply_async()
         assert len(parts) == 10 and again == [1000]
         assert _queued_ids(app) == [r.id for r in result.results]
     finally:
@@ -492,14 +586,22 @@ def test_redis_stream_falls_back_when_the_connection_is_lost(redis_url: str, mon
         app.close()
 
 
-def _counting(stream: Any, parts: list[int]) -> Any:
-    add_part = stream.add
+def _counting(stream: Any, parts: list[int], then: Callable[[], None] = lambda: None) -> Any:
+    """`stream` with the size of each part it is given appended to `parts` (a batch of alike calls comes as
+    envelopes, any other as `Outgoing`s), and `then()` called after each."""
+    add_part, add_envelopes = stream.add, stream.add_envelopes
 
     def add(part: Any) -> None:
         parts.append(len(part))
         add_part(part)
+        then()
 
-    stream.add = add
+    def add_alike(*args: Any) -> None:
+        parts.append(len(args[-1]))
+        add_envelopes(*args)
+        then()
+
+    stream.add, stream.add_envelopes = add, add_alike
     return stream
 
 

@@ -404,6 +404,15 @@ class PublishStream(abc.ABC):
         """Send the next messages of the batch (not yet visible to consumers); never raises a connection
         error: a lost connection makes `finish` return False."""
 
+    def add_envelopes(
+        self, queue: str, exchange: str, routing_key: str, priority: int, delivery_mode: int, envelopes: list[bytes]
+    ) -> None:
+        """`add` for messages alike but for their envelopes (a group of one task): a broker that can write
+        them without an `Outgoing` apiece does so."""
+        self.add(
+            [Outgoing(None, queue, exchange, routing_key, priority, delivery_mode, None, None, e) for e in envelopes]
+        )
+
     @abc.abstractmethod
     def finish(self) -> bool:
         """Make every message added visible at once: True when the broker has them all."""

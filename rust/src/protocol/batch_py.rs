@@ -120,21 +120,26 @@ fn write_headers<'py>(
     Ok(())
 }
 
-/// Appends to `enc.out` the envelope of the message `item` describes.
-fn envelope<'py>(
-    py: Python<'py>,
-    enc: &mut Encoder<'py>,
-    item: &'py PyTuple,
-    default: Option<&'py PyAny>,
-    saferepr: &'py PyAny,
-) -> PyResult<()> {
+/// The fields of a message tuple (of `FIELDS` items).
+fn fields_of(item: &PyTuple) -> PyResult<[&PyAny; FIELDS]> {
     if item.len() != FIELDS {
         return Err(PyValueError::new_err(format!(
             "a message is a tuple of {FIELDS} fields, got {}",
             item.len()
         )));
     }
-    let f = |i: usize| item.get_item(i).expect("length checked");
+    Ok(std::array::from_fn(|i| item.get_item(i).expect("length checked")))
+}
+
+/// Appends to `enc.out` the envelope of the message whose fields are `fields`.
+fn envelope<'py>(
+    py: Python<'py>,
+    enc: &mut Encoder<'py>,
+    fields: &[&'py PyAny; FIELDS],
+    default: Option<&'py PyAny>,
+    saferepr: &'py PyAny,
+) -> PyResult<()> {
+    let f = |i: usize| fields[i];
     let (args, kwargs) = (f(21), f(22));
     if args.downcast::<PyList>().is_err() && args.downcast::<PyTuple>().is_err() {
         return Err(PyTypeError::new_err("task args must be a list or tuple"));
@@ -238,10 +243,137 @@ pub fn task_envelopes<'py>(
             .downcast()
             .map_err(|_| PyTypeError::new_err("each message must be a tuple"))?;
         enc.out.clear();
-        envelope(py, &mut enc, item, default, saferepr)?;
+        envelope(py, &mut enc, &fields_of(item)?, default, saferepr)?;
         out.append(PyBytes::new(py, &enc.out))?;
     }
     Ok(out)
+}
+
+/// Positions in a call of `send_batch` (`BatchCall`): (name, task type, args, kwargs, keywords, options).
+const CALL_NAME: usize = 0;
+const CALL_TYPE: usize = 1;
+const CALL_ARGS: usize = 2;
+const CALL_KWARGS: usize = 3;
+const CALL_KEYWORDS: usize = 4;
+const CALL_OPTIONS: usize = 5;
+
+fn call_at(calls: &PyList, i: usize) -> PyResult<&PyTuple> {
+    let call: &PyTuple = calls
+        .get_item(i)?
+        .downcast()
+        .map_err(|_| PyTypeError::new_err("each call must be a tuple"))?;
+    if call.len() != 6 {
+        return Err(PyValueError::new_err(format!(
+            "a call is a tuple of 6 items, got {}",
+            call.len()
+        )));
+    }
+    Ok(call)
+}
+
+/// How many of `calls`, from `start`, are alike: the same task name, task type and options (the same
+/// objects: they share one send plan) as the first, and keywords (a dict) that are all in `plain`.
+#[pyfunction]
+#[pyo3(text_signature = "(calls, start, plain)")]
+pub fn uniform_run(calls: &PyList, start: usize, plain: &PyAny) -> PyResult<usize> {
+    if start >= calls.len() {
+        return Ok(0);
+    }
+    let first = call_at(calls, start)?;
+    let (name, task_type, options) = (
+        first.get_item(CALL_NAME)?,
+        first.get_item(CALL_TYPE)?,
+        first.get_item(CALL_OPTIONS)?,
+    );
+    let mut count = 0;
+    for i in start..calls.len() {
+        let call = call_at(calls, i)?;
+        let same = |at: usize, value: &PyAny| call.get_item(at).is_ok_and(|item| item.is(value));
+        if !(same(CALL_TYPE, task_type) && same(CALL_OPTIONS, options)) {
+            break;
+        }
+        let this_name = call.get_item(CALL_NAME)?;
+        if !(this_name.is(name) || this_name.eq(name)?) {
+            break;
+        }
+        let Ok(keywords) = call.get_item(CALL_KEYWORDS)?.downcast::<PyDict>() else {
+            break;
+        };
+        let mut plain_only = true;
+        for key in keywords.keys() {
+            if !plain.contains(key)? {
+                plain_only = false;
+                break;
+            }
+        }
+        if !plain_only {
+            break;
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// `value` unless it is None or false (Python's `value or other`).
+fn or<'py>(value: Option<&'py PyAny>, other: &'py PyAny) -> PyResult<&'py PyAny> {
+    match value {
+        Some(value) if value.is_true()? => Ok(value),
+        _ => Ok(other),
+    }
+}
+
+/// The envelopes (and task ids) of the calls `start..stop` of a uniform run (see `uniform_run`): the
+/// message fields are `template`'s, with what differs per call taken from the call (see `_core.pyi`).
+#[pyfunction]
+#[pyo3(text_signature = "(template, calls, start, stop, ids, default, saferepr)")]
+#[allow(clippy::too_many_arguments)]
+pub fn uniform_envelopes<'py>(
+    py: Python<'py>,
+    template: &'py PyTuple,
+    calls: &'py PyList,
+    start: usize,
+    stop: usize,
+    ids: &'py PyList,
+    default: &'py PyAny,
+    saferepr: &'py PyAny,
+) -> PyResult<(&'py PyList, &'py PyList)> {
+    if stop > calls.len() || start > stop || ids.len() < 2 * stop {
+        return Err(PyValueError::new_err(format!(
+            "calls {start}..{stop} of {} with {} ids",
+            calls.len(),
+            ids.len()
+        )));
+    }
+    let default = optional(default);
+    let mut fields = fields_of(template)?;
+    let reply_to = fields[20];
+    let (envelopes, task_ids) = (PyList::empty(py), PyList::empty(py));
+    let mut enc = Encoder::new(py, None);
+    for i in start..stop {
+        let call = call_at(calls, i)?;
+        let keywords: &PyDict = call
+            .get_item(CALL_KEYWORDS)?
+            .downcast()
+            .map_err(|_| PyTypeError::new_err("a call's keywords must be a dict"))?;
+        let task_id = or(keywords.get_item(intern!(py, "task_id")), ids.get_item(2 * i)?)?;
+        fields[0] = task_id;
+        fields[5] = keywords
+            .get_item(intern!(py, "group_id"))
+            .unwrap_or_else(|| py.None().into_ref(py));
+        fields[6] = keywords
+            .get_item(intern!(py, "group_index"))
+            .unwrap_or_else(|| py.None().into_ref(py));
+        fields[10] = or(keywords.get_item(intern!(py, "root_id")), task_id)?;
+        fields[20] = or(keywords.get_item(intern!(py, "reply_to")), reply_to)?;
+        fields[21] = call.get_item(CALL_ARGS)?;
+        fields[22] = call.get_item(CALL_KWARGS)?;
+        fields[34] = ids.get_item(2 * i + 1)?;
+        enc.out.clear();
+        envelope(py, &mut enc, &fields, default, saferepr)?;
+        envelopes.append(PyBytes::new(py, &enc.out))?;
+        task_ids.append(task_id)?;
+    }
+    Ok((envelopes, task_ids))
 }
 
 /// `str(uuid.UUID(bytes=b, version=4))` for each 16 bytes `b` of `random`: ids from one read of the

@@ -779,7 +779,24 @@ class _Stream(PublishStream):
     def add(self, part: Sequence[Outgoing]) -> None:
         if self.failed or not part:
             return
-        commands, undeclared = self.broker._publish_commands(part, transaction=False)
+        self._send(*self.broker._publish_commands(part, transaction=False))
+
+    def add_envelopes(
+        self, queue: str, exchange: str, routing_key: str, priority: int, delivery_mode: int, envelopes: list[bytes]
+    ) -> None:
+        if exchange:  # (routed by the exchange: see `_publish_commands`)
+            super().add_envelopes(queue, exchange, routing_key, priority, delivery_mode, envelopes)
+            return
+        if self.failed or not envelopes:
+            return
+        broker = self.broker
+        key = broker._queue_keys.get((routing_key, priority)) or broker._queue_key(routing_key, priority)
+        undeclared = [] if queue in broker._declared else [queue]
+        commands = broker._declare_commands(undeclared)
+        commands += [('LPUSH', key, *envelopes[i : i + LPUSH_CHUNK]) for i in range(0, len(envelopes), LPUSH_CHUNK)]
+        self._send(commands, undeclared)
+
+    def _send(self, commands: list[tuple[Any, ...]], undeclared: list[str]) -> None:
         if not commands:
             return
         if self.conn is None:
