@@ -38,7 +38,10 @@ def test_update_attribute_and_item() -> None:
     conf['result_expires'] = 10
     assert (conf.task_serializer, conf.worker_concurrency, conf.task_acks_late) == ('msgpack', 3, True)
     assert conf.result_expires == 10
-    assert conf.changes()['worker_concurrency'] == 3
+    assert conf.differing()['worker_concurrency'] == 3
+    # Celery's `app.conf.changes`: an attribute, what was set in code
+    assert conf.changes == {'broker_url': 'memory://', 'result_backend': 'memory://', 'task_serializer': 'msgpack',
+                            'worker_concurrency': 3, 'task_acks_late': True, 'result_expires': 10}  # fmt: skip
 
 
 def test_config_from_object_module_and_old_names() -> None:

@@ -388,8 +388,14 @@ class Settings(MutableMapping[str, Any]):
         """The built-in defaults of every setting."""
         return {name: setting.default for name, setting in SETTINGS.items()}
 
+    @property
     def changes(self) -> dict[str, Any]:
-        """Settings that differ from the defaults (what `fastq report` and the banner show)."""
+        """The settings set in code on this app (`conf.x = ...`, `update`, `setdefault`), as Celery's
+        `app.conf.changes` (an attribute, not a method): a copy, change settings through `conf` itself."""
+        return dict(self._changes)
+
+    def differing(self) -> dict[str, Any]:
+        """Settings that differ from the defaults, wherever they were set."""
         self._load_pending()
         out = {}
         for name in self:
@@ -422,7 +428,7 @@ class Settings(MutableMapping[str, Any]):
         return '\n'.join(f'{key}: {pprint.pformat(value, width=50)}' for key, value in table.items())
 
     def __repr__(self) -> str:
-        return f'<Settings: {len(self.changes())} changed>'
+        return f'<Settings: {len(self.differing())} changed>'
 
     # --- validation ---------------------------------------------------------------------------------------
 
