@@ -739,16 +739,14 @@ def _send_uniform(app: Fastq, context: _Context, calls: Sequence[BatchCall]) -> 
             for e in envelopes
         ]
         publish_with_retry(app, outgoing, retry=plan.retry, policy=plan.retry_policy)
-    factory = plan.result_factory
-    results: list[AsyncResult[Any]] = (
-        [AsyncResult(task_id, app=app, task_name=name) for task_id in task_ids]
-        if factory is None
-        else [factory(task_id) for task_id in task_ids]
-    )
-    ignored = plan.ignore_result
-    for result in results:
-        result.ignored = ignored
-        result.sent_at = sent_at
+    factory, ignored = plan.result_factory, plan.ignore_result
+    if factory is None:
+        results = AsyncResult._of_sent(task_ids, app, name, ignored, sent_at)
+    else:
+        results = [factory(task_id) for task_id in task_ids]
+        for result in results:
+            result.ignored = ignored
+            result.sent_at = sent_at
     if not ignored:
         _sent(app, results, (plan,))
     return results
@@ -761,9 +759,7 @@ def _sent(app: Fastq, results: list[AsyncResult[Any]], plans: Iterable[SendPlan]
         for result in results:
             result.backend.sent(result)
         return
-    sent = app.backend.sent
-    for result in results:
-        sent(result)
+    app.backend.sent_many(results)
 
 
 class _Preparer:

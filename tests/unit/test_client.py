@@ -17,7 +17,7 @@ import pytest
 from fastq import Fastq, _core, group, signals, states
 from fastq.brokers.base import Outgoing
 from fastq.exceptions import EncodeError, TimeoutError
-from fastq.result import GroupResult
+from fastq.result import AsyncResult, GroupResult
 from fastq.serialization import json_default
 from fastq.utils.text import saferepr
 
@@ -298,6 +298,13 @@ def test_a_batch_of_alike_calls_is_the_general_batch(
         return payloads, described
 
     assert publish(general=False) == publish(general=True)
+
+
+def test_results_of_a_batch_are_made_as_init_makes_them(memory_app: Fastq) -> None:
+    made = AsyncResult('t1', app=memory_app, task_name='client.add')
+    made.ignored, made.sent_at = True, 5.0
+    [fast] = AsyncResult._of_sent(['t1'], memory_app, 'client.add', True, 5.0)
+    assert type(fast) is AsyncResult and vars(fast) == vars(made)
 
 
 def test_plan_follows_settings_and_task_attributes(memory_app: Fastq) -> None:

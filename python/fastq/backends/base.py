@@ -372,6 +372,12 @@ class Backend(abc.ABC):
         that read results ahead (Redis); others ignore it."""
         return None
 
+    def sent_many(self, results: list[Any]) -> None:
+        """`sent` for each of `results` (a batch just sent)."""
+        if type(self).sent is not Backend.sent:
+            for result in results:
+                self.sent(result)
+
     def wait_for(
         self,
         task_id: str,

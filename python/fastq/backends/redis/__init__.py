@@ -544,6 +544,9 @@ class RedisBackend(Backend):
     def sent(self, result: Any) -> None:
         self._read_ahead.sent(result, result.id, result.sent_at)
 
+    def sent_many(self, results: list[Any]) -> None:
+        self._read_ahead.sent_many(results)
+
     def forget(self, task_id: str) -> None:
         self._read_ahead.forget(task_id)
         super().forget(task_id)

@@ -61,6 +61,13 @@ class ReadAhead:
         if len(sent) > MAX_SENT:
             sent.popitem(last=False)
 
+    def sent_many(self, results: list[Any]) -> None:
+        """`sent` for each of `results` (`AsyncResult`s with their `id` and `sent_at`), in order."""
+        sent, ref = self._mine().sent, weakref.ref
+        sent.update([(result.id, (ref(result), result.sent_at)) for result in results])
+        while len(sent) > MAX_SENT:
+            sent.popitem(last=False)
+
     def kept(self, task_id: str) -> dict[str, Any] | None:
         """The result read ahead for `task_id` (handed out once), or None."""
         mine = self._mine()
