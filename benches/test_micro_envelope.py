@@ -190,3 +190,48 @@ def test_json_body_fastq(benchmark: Any) -> None:
 def test_json_body_stdlib(benchmark: Any) -> None:
     doc = [list(range(100)), {f'k{i}': {'v': [i, str(i), None, True, 1.5]} for i in range(50)}]
     benchmark(json.dumps, doc, default=json_default)
+
+
+# --- a group's envelopes: 1,000 members of one task, per call ------------------------------------------------
+
+GROUP = 1000
+_IDS = [f'{i:08d}-0000-4000-8000-000000000000' for i in range(2 * GROUP)]
+_CALLS = [
+    ('bench.add', None, (i, i), {}, {'group_id': 'g', 'group_index': i, 'reply_to': 'reply'}, {}) for i in range(GROUP)
+]
+
+
+def _fields(task_id: Any, root_id: Any, args: Any, group_index: Any, tag: Any) -> tuple[Any, ...]:
+    """`task_envelopes`' 35 fields for a group member of `bench.add` (None ids: the template)."""
+    return (
+        task_id, 'bench.add', None, None, None, 'g' if task_id else None, group_index, 0, None, None, root_id,
+        None, None, None, 'gen1@host', False, 0, None, {}, {'fastq_sent_at': 1.5}, 'reply', args, {}, None, None,
+        None, None, 'json', None, '', 'celery', 0, 2, None, tag,
+    )  # fmt: skip
+
+
+_TEMPLATE = _fields(None, None, (), None, None)
+
+
+def group_uniform() -> list[bytes]:
+    """A group as `send_batch` writes one of alike calls: Rust reads the calls, one template."""
+    return protocol.uniform_envelopes(_TEMPLATE, _CALLS, 0, GROUP, _IDS)[0]
+
+
+def group_general() -> list[bytes]:
+    """The same group the general way: a message tuple per member built in Python, then one Rust call."""
+    return protocol.task_envelopes(
+        [_fields(_IDS[2 * i], _IDS[2 * i], (i, i), i, _IDS[2 * i + 1]) for i in range(GROUP)]
+    )
+
+
+def test_group_envelopes_uniform(benchmark: Any) -> None:
+    out = benchmark(group_uniform)
+    benchmark.extra_info['correct'] = out == group_general()
+    assert benchmark.extra_info['correct']
+
+
+def test_group_envelopes_general(benchmark: Any) -> None:
+    out = benchmark(group_general)
+    benchmark.extra_info['correct'] = len(out) == GROUP and json.loads(out[7])['headers']['group_index'] == 7
+    assert benchmark.extra_info['correct']
