@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from fastq import _core, states
 from fastq.exceptions import ImproperlyConfigured, SecurityError, TimeoutError
 from fastq.result import ResultBase
-from fastq.serialization import accept_set, compress, decompress, dumps, loads
+from fastq.serialization import accept_set, compress, decompress, dumps, loads, serializer_by_name
 from fastq.utils.time import seconds
 
 if TYPE_CHECKING:
@@ -185,8 +185,6 @@ class Backend(abc.ABC):
         if payload.startswith(COMPRESSED_PAYLOAD_MAGIC):
             mime, _, body = payload[len(COMPRESSED_PAYLOAD_MAGIC) :].partition(b'\0')
             payload = decompress(body, mime.decode())
-        from fastq.serialization import serializer_by_name
-
         content_type = serializer_by_name(self.serializer).content_type
         return loads(payload, content_type, self.accept)
 
