@@ -300,7 +300,7 @@ class _Context:
     were sent: the `fastq_sent_at` header (unix seconds), from which fastq workers measure time in queue
     (Celery's workers ignore it, as any header they do not know)."""
 
-    __slots__ = ('app', 'origin', 'parent', 'reply_to', 'sent_at')
+    __slots__ = ('_templates', 'app', 'origin', 'parent', 'reply_to', 'sent_at')
 
     def __init__(self, app: Fastq) -> None:
         self.app = app
@@ -308,6 +308,7 @@ class _Context:
         self.reply_to = app.thread_oid
         self.parent = _state.get_current_worker_task()
         self.sent_at = {SENT_AT_HEADER: time.time()}
+        self._templates: dict[tuple[int, str], tuple[Any, ...]] = {}
 
     def prepare(
         self,
@@ -448,44 +449,16 @@ class _Context:
         """`prepare` for a call whose keywords are only `PLAIN_KEYWORDS`, sent from outside a task with a plan
         that sets no expiry (a group's members, most often): the same message, without looking up the
         keywords that cannot be there. `sent_at` is `time.monotonic()`, read once per batch. Any field added
-        to `prepare` belongs here and in `plain_template` too (tests/unit/test_client.py compares them)."""
+        to `prepare` belongs in `plain_template` too (tests/unit/test_client.py compares them)."""
+        key = (id(plan), name)  # (the plans outlive this context: see `_Preparer.plans`)
+        t = self._templates.get(key)
+        if t is None:
+            t = self._templates[key] = self.plain_template(plan, name)
+        # The template's fields with those of this call, at the positions `_core.uniform_envelopes` fills.
         fields = (
-            task_id,
-            name,
-            None,
-            None,
-            None,
-            kw.get('group_id'),
-            kw.get('group_index'),
-            0,
-            plan.time_limit,
-            plan.soft_time_limit,
-            kw.get('root_id') or task_id,
-            None,
-            None,
-            None,
-            self.origin,
-            plan.ignore_result,
-            0,
-            plan.stamped_headers,
-            plan.stamps,
-            self.sent_at if plan.headers is None else {**plan.headers, **self.sent_at},
-            kw.get('reply_to') or self.reply_to,
-            args,
-            kwargs,
-            None,
-            None,
-            None,
-            None,
-            plan.serializer,
-            plan.compression,
-            plan.exchange,
-            plan.routing_key,
-            plan.default_priority if plan.priority is None else plan.priority,
-            plan.delivery_mode,
-            None,
-            delivery_tag,
-        )
+            task_id, *t[1:5], kw.get('group_id'), kw.get('group_index'), *t[7:10], kw.get('root_id') or task_id,
+            *t[11:20], kw.get('reply_to') or t[20], args, kwargs, *t[23:34], delivery_tag,
+        )  # fmt: skip
         factory = plan.result_factory
         result: AsyncResult[Any] = (
             AsyncResult(task_id, app=self.app, task_name=name) if factory is None else factory(task_id)
