@@ -121,6 +121,7 @@ class SendPlan:
         'inherit_priority',
         'native',
         'priority',
+        'publish_retry_policy',
         'queue',
         'retry',
         'retry_policy',
@@ -177,6 +178,8 @@ class SendPlan:
         self.headers: Mapping[str, Any] | None = routed.get('headers')
         self.retry: bool | None = routed.get('retry')
         self.retry_policy: dict[str, Any] | None = routed.get('retry_policy')
+        # (the policy publishing follows, as `before_task_publish` receivers see it: the call's over the app's)
+        self.publish_retry_policy = {**(conf.task_publish_retry_policy or {}), **(self.retry_policy or {})}
         self.add_to_parent = bool(routed.get('add_to_parent', True))
         self.result_factory = _result_factory(app, name, task_type)
 
@@ -486,16 +489,22 @@ def _outgoing(messages: Sequence[_Message]) -> list[Outgoing]:
             continue
         message = protocol.message_from_fields(f)
         if signals.before_task_publish.receivers:
+            properties = message.properties
             signals.before_task_publish.send(
                 sender=f[_NAME],
                 body=_signal_body(f),
                 exchange=exchange,
                 routing_key=routing_key,
                 headers=message.headers,
-                properties=message.properties,
+                properties=properties,
                 declare=[],
-                retry_policy=plan.retry_policy,
+                retry_policy=plan.publish_retry_policy,
             )
+            # What a receiver set among the publish properties is how the message is sent (Celery hands the
+            # properties dict to the producer as its keyword arguments).
+            priority = properties.pop('priority', priority)
+            delivery_mode = properties.pop('delivery_mode', delivery_mode)
+            expiration = properties.pop('expiration', expiration)
         envelope = message.to_envelope(exchange, routing_key, priority, delivery_mode, expiration, f[_TAG])
         out.append(
             Outgoing(message, plan.queue, exchange, routing_key, priority, delivery_mode, expiration, m.eta, envelope)
@@ -503,9 +512,9 @@ def _outgoing(messages: Sequence[_Message]) -> list[Outgoing]:
     return out
 
 
-def _signal_body(f: tuple[Any, ...]) -> tuple[list[Any], Any, dict[str, Any]]:
+def _signal_body(f: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any, dict[str, Any]]:
     """The protocol-v2 body as Celery's publish signals carry it: (args, kwargs, embed)."""
-    return list(f[_ARGS]), f[_KWARGS], {'callbacks': f[23], 'errbacks': f[24], 'chain': f[25], 'chord': f[26]}
+    return tuple(f[_ARGS]), f[_KWARGS], {'callbacks': f[23], 'errbacks': f[24], 'chain': f[25], 'chord': f[26]}
 
 
 def _publish_signalled() -> bool:
@@ -526,7 +535,7 @@ def _after_publish(messages: Sequence[_Message], outgoing: Sequence[Outgoing]) -
         )
         if signals.task_sent.receivers:  # (deprecated in Celery, still sent by it: its arguments)
             signals.task_sent.send(
-                sender=f[_NAME], task_id=f[0], task=f[_NAME], args=list(f[_ARGS]), kwargs=f[_KWARGS], eta=f[3],
+                sender=f[_NAME], task_id=f[0], task=f[_NAME], args=tuple(f[_ARGS]), kwargs=f[_KWARGS], eta=f[3],
                 taskset=f[5],
             )  # fmt: skip
 

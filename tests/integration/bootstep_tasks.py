@@ -105,6 +105,11 @@ def fail(message: str) -> None:
     raise ValueError(message)
 
 
+@app.task
+def die(code: int) -> None:
+    os._exit(code)  # the pool child is lost mid-task: the parent sends task_failure (WorkerLostError)
+
+
 @signals.user_preload_options.connect
 def on_preload_parsed(options: dict[str, Any], app: Any, **kwargs: Any) -> None:
     record(f'user_preload_options template={options["template"]} app={app.main}')
@@ -156,9 +161,29 @@ def failed(sender: Any, task_id: str, exception: BaseException, args: Any, einfo
     record(f'task_failure {sender.name} {type(exception).__name__} {list(args)} {einfo.type.__name__}')
 
 
+@signals.task_failure.connect(sender=die)
+def died(sender: Any, args: Any, kwargs: Any, traceback: Any, einfo: Any, **rest: Any) -> None:
+    record(
+        f'task_failure {sender.name} {type(einfo.exception).__name__} {list(args)} {kwargs} {type(traceback).__name__}'
+    )
+
+
+@signals.task_revoked.connect
+def revoked(sender: Any, request: Any, terminated: bool, expired: bool, **kwargs: Any) -> None:
+    record(
+        f'task_revoked {sender.name} {type(request).__name__} {list(request.args)} {bool(request.hostname)} {expired}'
+    )
+
+
 @signals.task_received.connect
 def received(sender: Any, request: Any, **kwargs: Any) -> None:
     record(f'task_received {request.name} {request.id} {list(request.args)}')
+    info = request.delivery_info
+    record(
+        f'task_received-details {request.id} {request.correlation_id == request.id} {request.root_id == request.id} '
+        f'{request.parent_id} {request.group} {bool(request.reply_to)} {info["exchange"]!r} {info["routing_key"]} '
+        f'{info["priority"]} {info["redelivered"]} {request.eta}'
+    )
 
 
 @signals.task_rejected.connect

@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fastq.exceptions import WorkerLostError
 from tests.harness import WorkerProcess, lines, wait_until
 
 HERE = Path(__file__).resolve().parent
@@ -60,6 +62,10 @@ def test_guide_steps_options_and_signals_on_a_real_worker(app: Any, redis_url: s
         failing = app.fail.delay('boom')
         with pytest.raises(ValueError):
             failing.get(timeout=60)
+        with pytest.raises(WorkerLostError):
+            app.die.delay(3).get(timeout=60)
+        app.add.apply_async((5, 6), expires=datetime.now(UTC) - timedelta(seconds=10))
+        wait_until(lambda: any('task_revoked' in line for line in lines(record)), 60, 'task_revoked')
         app.send_me_a_message('world')
         import redis
 
@@ -109,3 +115,7 @@ def test_guide_steps_options_and_signals_on_a_real_worker(app: Any, redis_url: s
     assert 'task_rejected NoneType' in whats
     assert f'task_received bootstep_tasks.add {added.id} [1, 2]' in whats
     assert f"task_received bootstep_tasks.fail {failing.id} ['boom']" in whats
+    # Celery's Request fields, and task_failure for a lost process as Celery's parent sends it
+    assert f"task_received-details {added.id} True True None None True '' celery 0 False None" in whats
+    assert 'task_failure bootstep_tasks.die WorkerLostError [3] {} str' in whats
+    assert 'task_revoked bootstep_tasks.add Context [5, 6] True True' in whats  # (Celery's: a Context)

@@ -184,6 +184,30 @@ def test_uuid4s() -> None:
         _core.uuid4s(b'x' * 17)
 
 
+def test_before_task_publish_as_celery_sends_it(memory_app: Fastq) -> None:
+    """Celery's arguments (the body's args a tuple, the retry policy in force) and properties a receiver
+    sets are how the message is sent (Celery passes them to the producer)."""
+    add, _ = _tasks(memory_app)
+    seen: list[dict[str, Any]] = []
+
+    def receiver(**kwargs: Any) -> None:
+        seen.append(kwargs)
+        kwargs['properties']['priority'] = 7
+
+    signals.before_task_publish.connect(receiver)
+    try:
+        add.delay(2, 3)
+        add.apply_async((1, 1), retry_policy={'max_retries': 1})
+    finally:
+        signals.before_task_publish.disconnect(receiver)
+    assert seen[0]['body'][0] == (2, 3)
+    defaults = memory_app.conf.task_publish_retry_policy
+    assert seen[0]['retry_policy'] == defaults and seen[1]['retry_policy'] == {**defaults, 'max_retries': 1}
+    payloads = _memory_payloads(memory_app)
+    assert [p['properties']['priority'] for p in payloads] == [7, 7]
+    assert all('priority' not in p['headers'] for p in payloads)
+
+
 def test_envelope_same_with_and_without_publish_signals(memory_app: Fastq) -> None:
     """A before_task_publish receiver gets the headers as a dict (built in Python), and the bytes stay the same."""
     add, _ = _tasks(memory_app)

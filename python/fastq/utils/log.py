@@ -97,20 +97,19 @@ def setup_logging(
     template = logfile
     if logfile and nodename:
         logfile = node_format(logfile, nodename)
+    # (Celery's `supports_color`: never into a file, else as asked, else when stderr is a terminal)
+    use_color = False if logfile else colorize if colorize is not None else sys.stderr.isatty()
     if signals.setup_logging.receivers:
-        signals.setup_logging.send(sender=None, loglevel=level, logfile=logfile, format=fmt, colorize=colorize)
+        signals.setup_logging.send(sender=None, loglevel=level, logfile=logfile, format=fmt, colorize=use_color)
         _CONFIGURED = True
         return
     handler: logging.Handler
     if logfile:
         handler = logging.FileHandler(logfile)
-        stream: Any = None
         if template and nodename and '%i' in template.lower():
             _PER_PROCESS = (template, nodename, handler)
     else:
-        stream = sys.stderr
-        handler = logging.StreamHandler(stream)
-    use_color = colorize if colorize is not None else bool(stream is not None and stream.isatty())
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_WorkerFormatter(fmt, task_fmt, datefmt, use_color, task_datefmt))
     root = logging.getLogger()
     if hijack_root:

@@ -17,6 +17,7 @@ import heapq
 import itertools
 import logging
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -386,14 +387,15 @@ class Dispatcher:
             self.events.revoked(request, False, None, expired)
         if self.metrics is not None:
             self.metrics.revoked(request.task)
-        self._finished_outside(d, request, states.REVOKED, TaskRevokedError('expired' if expired else 'revoked'))
-        signals.task_revoked.send(sender=task, request=request, terminated=False, signum=None, expired=expired)
+        ctx = self._finished_outside(d, request, states.REVOKED, TaskRevokedError('expired' if expired else 'revoked'))
+        signals.task_revoked.send(sender=task, request=ctx, terminated=False, signum=None, expired=expired)
         self._ack_now([d.tag])
 
-    def _finished_outside(self, d: Delivery, request: Any, state: str, exc: BaseException) -> None:
+    def _finished_outside(self, d: Delivery, request: Any, state: str, exc: BaseException) -> Any:
         """Store the end of a task that never reached (or never left) an executor, as the trace would:
         its state, then its part of a chord and the failure of the chain steps it carried, so a workflow
-        waiting on it does not wait forever."""
+        waiting on it does not wait forever. Returns the task's request as a `Context` (what Celery's
+        `task_revoked` carries)."""
         ctx = outside_context(d, request, self.hostname, self.accept)
         task = self.app.tasks.get(request.task)
         ignored = request.ignore_result and not (task is not None and task.store_errors_even_if_ignored)
@@ -409,6 +411,7 @@ class Dispatcher:
             pass
         except Exception as store_exc:
             error_logger.warning('Could not store the %s state of %s: %r', state, request.id, store_exc)
+        return ctx
 
     def revoke(self, ids: set[str], terminate: bool = False, signal_name: str = 'SIGTERM') -> None:
         """Remember revoked ids; drop matching waiting jobs now; with `terminate`, kill running ones."""
@@ -634,8 +637,8 @@ class Dispatcher:
                 self.events.revoked(job.request, True, None, False)
             if self.metrics is not None:
                 self.metrics.lost(job, states.REVOKED)
-            self._finished_outside(job.delivery, job.request, states.REVOKED, TaskRevokedError('terminated'))
-            signals.task_revoked.send(sender=task, request=job.request, terminated=True, signum=None, expired=False)
+            ctx = self._finished_outside(job.delivery, job.request, states.REVOKED, TaskRevokedError('terminated'))
+            signals.task_revoked.send(sender=task, request=ctx, terminated=True, signum=None, expired=False)
             if not job.acked:
                 self._late_acks.append(job.tag)
             return
@@ -760,10 +763,19 @@ class Dispatcher:
             self.metrics.lost(job, states.FAILURE)
         task = self.app.tasks.get(job.request.task)
         self._finished_outside(job.delivery, job.request, states.FAILURE, exc)
-        if task is not None:
+        if task is not None and signals.task_failure.receivers:
+            # As Celery's parent sends it for a task it saw fail from outside (time limit, process lost): the
+            # task's arguments, and the error's traceback text and `ExceptionInfo`.
+            request = Request(job, task, self.app)
+            try:
+                args, kwargs = request.args, request.kwargs
+            except Exception:  # (an undecodable body: the task never ran)
+                args, kwargs = [], {}
+            einfo = ExceptionInfo(exc, ''.join(traceback.format_exception(exc)))
             signals.task_failure.send(
-                sender=task, task_id=job.request.id, exception=exc, args=None, kwargs=None, traceback=None, einfo=None
-            )
+                sender=task, task_id=job.request.id, exception=exc, args=args, kwargs=kwargs,
+                traceback=einfo.traceback, einfo=einfo,
+            )  # fmt: skip
 
     def on_requeue(self, jobs: list[Job]) -> None:
         """Jobs an executor received but never started: run them elsewhere, first."""

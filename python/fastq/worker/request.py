@@ -21,6 +21,7 @@ that failed, timed out or whose process was lost.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -58,13 +59,37 @@ class Request:
         self.task = task
         self.app = app
         request = job.request
-        self.id = self.task_id = request.id
+        self.id = self.task_id = self.correlation_id = request.id
         self.name = self.task_name = request.task
         self.hostname = job.hostname
-        self.eta = request.eta
-        self.expires = request.expires
+        self.root_id = request.root_id
+        self.parent_id = request.parent_id
+        self.group = request.group
+        # (Celery's are aware datetimes, as the message's ISO 8601 strings read)
+        self.eta = None if request.eta is None else datetime.fromtimestamp(request.eta, UTC)
+        self.expires = None if request.expires is None else datetime.fromtimestamp(request.expires, UTC)
         self.time_limits = (job.time_limit, job.soft_time_limit)
-        self.delivery_info = {'routing_key': job.delivery.queue, 'redelivered': job.delivery.redelivered}
+
+    @property
+    def delivery_info(self) -> dict[str, Any]:
+        """Celery's: exchange, routing key, priority, redelivered (from the message's properties)."""
+        delivery = self._job.delivery
+        properties = self._properties()
+        info = properties.get('delivery_info') or {}
+        return {
+            'exchange': info.get('exchange', ''),
+            'routing_key': info.get('routing_key', delivery.queue),
+            'priority': properties.get('priority'),
+            'redelivered': delivery.redelivered,
+        }
+
+    @property
+    def reply_to(self) -> str | None:
+        return self._properties().get('reply_to')
+
+    def _properties(self) -> dict[str, Any]:
+        message = self._job.delivery.message
+        return message.properties if message is not None else {}
 
     @property
     def worker_pid(self) -> int | None:
