@@ -69,6 +69,13 @@ The message headers:
 The delivery info for this task is:
 %s"""
 
+UNKNOWN_MESSAGE = """\
+Received and deleted unknown message.  Wrong destination?!?
+(fastq keeps it in the dead-letter store: fastq deadletter list)
+
+The full contents of the message body was: %s
+"""
+
 INVALID_TASK_ERROR = """\
 Received invalid task message: %s
 The message has been moved to the dead-letter store (fastq deadletter list).
@@ -160,9 +167,15 @@ class Dispatcher:
         try:
             request = parse_delivery(d, self.tz)
         except InvalidTaskError as exc:
+            message = d.message
+            if message is not None and 'task' not in message.headers:  # not a task at all: Celery's words
+                logger.warning(UNKNOWN_MESSAGE, _body_report(message.body))
+                self._dead_letter(d, f'unknown message: {exc}')
+                signals.task_rejected.send(sender=self, message=message, exc=None)
+                return
             error_logger.error(INVALID_TASK_ERROR, exc, _safe_headers(d))
             self._dead_letter(d, f'invalid task message: {exc}')
-            signals.task_rejected.send(sender=self, message=d.message if d.message is not None else d, exc=exc)
+            signals.task_rejected.send(sender=self, message=message if message is not None else d, exc=exc)
             return
         if self.max_redeliveries and d.deliveries > self.max_redeliveries:
             error_logger.error(
@@ -962,6 +975,15 @@ class RevokedSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def _body_report(body: bytes) -> str:
+    """The body as Celery's unknown-message warning shows it (its text, or its repr; at most 1024 bytes)."""
+    try:
+        text = body[:1024].decode()
+    except UnicodeDecodeError:
+        text = repr(body[:1024])
+    return f'{text} ({len(body)}b)'
 
 
 def _safe_headers(d: Delivery) -> str:
