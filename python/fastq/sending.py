@@ -498,7 +498,7 @@ def _outgoing(messages: Sequence[_Message]) -> list[Outgoing]:
                 headers=message.headers,
                 properties=properties,
                 declare=[],
-                retry_policy=plan.publish_retry_policy,
+                retry_policy=dict(plan.publish_retry_policy),  # (a copy: the plan is shared)
             )
             # What a receiver set among the publish properties is how the message is sent (Celery hands the
             # properties dict to the producer as its keyword arguments).
