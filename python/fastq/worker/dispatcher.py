@@ -775,19 +775,14 @@ class Dispatcher:
         if self.metrics is not None:
             self.metrics.lost(job, states.FAILURE)
         task = self.app.tasks.get(job.request.task)
-        self._finished_outside(job.delivery, job.request, states.FAILURE, exc)
-        if task is not None and signals.task_failure.receivers:
+        ctx = self._finished_outside(job.delivery, job.request, states.FAILURE, exc)
+        if task is not None:
             # As Celery's parent sends it for a task it saw fail from outside (time limit, process lost): the
-            # task's arguments, and the error's traceback text and `ExceptionInfo`.
-            request = Request(job, task, self.app)
-            try:
-                args, kwargs = request.args, request.kwargs
-            except Exception:  # (an undecodable body: the task never ran)
-                args, kwargs = [], {}
+            # task's arguments ([] and {} when its body cannot be read), the traceback text, `ExceptionInfo`.
             einfo = ExceptionInfo(exc, ''.join(traceback.format_exception(exc)))
             signals.task_failure.send(
-                sender=task, task_id=job.request.id, exception=exc, args=args, kwargs=kwargs,
-                traceback=einfo.traceback, einfo=einfo,
+                sender=task, task_id=job.request.id, exception=exc, args=ctx.args if ctx.args is not None else [],
+                kwargs=ctx.kwargs if ctx.kwargs is not None else {}, traceback=einfo.traceback, einfo=einfo,
             )  # fmt: skip
 
     def on_requeue(self, jobs: list[Job]) -> None:
