@@ -141,6 +141,8 @@ class Fastq:
         self._tasks = TaskRegistry(self)  # (`tasks`, read through _FinalizingTasks)
         self.finalized = False
         self._finalize_lock = threading.RLock()
+        self._worker_initialized = False  # the default modules imported for a worker, beat or shell
+        self._autodiscovery: list[Callable[[], None]] = []  # (`autodiscover_tasks`, run with those imports)
         self._pending_tasks: list[Callable[[], None]] = []
         self._broker: Broker | None = None
         self._backend: Backend | None = None
@@ -375,7 +377,8 @@ class Fastq:
         return instance
 
     def finalize(self, auto: bool = False) -> None:
-        """Import `include`/`imports` modules and bind shared tasks; run once before a worker starts."""
+        """Bind the built-in and shared tasks (once). The `include`/`imports` modules are not imported here,
+        as in Celery: a client never imports them; workers, beat and the shell do (`init_worker`)."""
         with self._finalize_lock:
             if self.finalized:
                 return
@@ -386,13 +389,37 @@ class Fastq:
 
             register_builtins(self)
             bind_shared_tasks(self)
-            signals.import_modules.send(sender=self)
-            for module in [*module_names(self.conf.imports), *module_names(self.conf.include)]:
-                importlib.import_module(module)
-            bind_shared_tasks(self)
             for task in list(self._tasks.values()):  # settings configured after `@app.task` apply (Celery's)
                 task.sync_config()
             self.on_after_finalize.send(sender=self)
+
+    def import_default_modules(self) -> list[Any]:
+        """Celery's `app.loader.import_default_modules()`: `import_modules` sent (the Django fixup sets Django
+        up), the packages given to `autodiscover_tasks` searched, then the `imports` and `include` modules
+        imported and their shared tasks bound."""
+        self.finalize()
+        from fastq.shared import bind_shared_tasks
+
+        signals.import_modules.send(sender=self)
+        discovery, self._autodiscovery = self._autodiscovery, []
+        for discover in discovery:
+            discover()
+        modules = [
+            importlib.import_module(m) for m in [*module_names(self.conf.imports), *module_names(self.conf.include)]
+        ]
+        bind_shared_tasks(self)
+        for task in list(self._tasks.values()):
+            task.sync_config()
+        return modules
+
+    def init_worker(self) -> None:
+        """Once per app and process (Celery's `loader.init_worker()`): what a worker, beat or the shell does
+        before it starts, `import_default_modules`."""
+        with self._finalize_lock:
+            if self._worker_initialized:
+                return
+            self._worker_initialized = True
+        self.import_default_modules()
 
     @property
     def configured(self) -> bool:
@@ -423,7 +450,8 @@ class Fastq:
         related_name: str = 'tasks',
         force: bool = False,
     ) -> None:
-        """Import `<package>.tasks` for each package (Django: every installed app) when the app finalizes."""
+        """Import `<package>.tasks` for each package (Django: every installed app) with the app's default
+        modules (in a worker, beat or shell: `import_default_modules`), or now with `force`."""
 
         def discover() -> None:
             pkgs = packages() if callable(packages) else packages
@@ -438,8 +466,10 @@ class Fastq:
 
         if force:
             discover()
-        else:
-            self.on_after_finalize.connect(lambda **kw: discover(), weak=False)
+        elif self._worker_initialized:  # (asked after the worker imported its modules: now)
+            discover()
+        else:  # with the default modules, as Celery's (on `import_modules`): in workers, beat and shells only
+            self._autodiscovery.append(discover)
 
     @staticmethod
     def _django_apps() -> list[str]:
@@ -846,11 +876,10 @@ class _Loader:
     import_module = import_task_module
 
     def import_default_modules(self) -> list[Any]:
-        self.app.finalize()
-        return [
-            importlib.import_module(m)
-            for m in [*module_names(self.app.conf.imports), *module_names(self.app.conf.include)]
-        ]
+        return self.app.import_default_modules()
+
+    def init_worker(self) -> None:
+        self.app.init_worker()
 
     def config_from_object(self, obj: Any, silent: bool = False) -> None:
         self.app.config_from_object(obj, silent=silent)

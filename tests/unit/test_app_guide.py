@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fastq import Fastq, Task
+from fastq import Fastq, Task, signals
 from fastq.worker.worker import WorkController
 
 
@@ -299,9 +299,26 @@ def test_reading_app_tasks_finalizes_the_app(tmp_path: Path, monkeypatch: pytest
     monkeypatch.syspath_prepend(str(tmp_path))
     app = Fastq('fin', broker='memory://', include=['guide_included'], set_as_current=False)
     assert not app.finalized
-    assert 'guide.included' in app.tasks and app.finalized
+    # As Celery's: finalizing does not import `include` (a client never does); a worker, beat or the shell
+    # does, through the loader
+    seen: list[Any] = []
+
+    def receiver(sender: Any = None, **kwargs: Any) -> None:
+        seen.append(sender)
+
+    signals.import_modules.connect(receiver)
+    try:
+        assert 'celery.chord_unlock' in app.tasks and app.finalized and 'guide.included' not in app.tasks
+        assert seen == []
+        app.loader.init_worker()
+        app.loader.init_worker()  # (once)
+    finally:
+        signals.import_modules.disconnect(receiver)
+    assert 'guide.included' in app.tasks and seen == [app]
     one = Fastq('one', broker='memory://', include='guide_included', set_as_current=False)  # a name, not a list
-    assert one.conf.include == ['guide_included'] and 'guide.included' in one.tasks
+    assert one.conf.include == ['guide_included'] and [m.__name__ for m in one.loader.import_default_modules()] == [
+        'guide_included'
+    ]
     lazy = Fastq('lazy', broker='memory://', autofinalize=False, set_as_current=False)
     with pytest.raises(RuntimeError, match='Contract breach: app not finalized'):
         _ = lazy.tasks

@@ -83,7 +83,7 @@ def make_scheduler(
     fastq's may import the project's models (django-celery-beat's do), so the app's modules are imported
     first, which sets Django up as `celery beat` does before it loads the scheduler."""
     if not (value is None or (isinstance(value, str) and value in SCHEDULER_NAMES)):
-        app.finalize()
+        app.init_worker()
     cls = check_scheduler(value)
     if issubclass(cls, Scheduler):
         return cls(app, ScheduleStore(schedule_filename), max_interval)
@@ -133,7 +133,7 @@ class Service:
     def start(self) -> None:
         """Run until `stop()`; raises on a configuration error (the schedule, the schedule file)."""
         logger.info('beat: Starting...')
-        self.app.finalize()
+        self.app.init_worker()
         logger.debug('beat: Ticking with max interval->%s', humanize_seconds(self.scheduler.max_interval))
         signals.beat_init.send(sender=self)
         if self.embedded:

@@ -115,7 +115,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
         write_pidfile(args.pidfile)
     maybe_drop_privileges(uid=args.uid, gid=args.gid)
     try:
-        app.finalize()
+        app.init_worker()
         if not quiet and not args.detach:
             print(banner(app, service, loglevel, args.logfile), flush=True)
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -205,6 +205,7 @@ def run_inspect(app: Fastq, args: argparse.Namespace) -> int:
 def run_report(app: Fastq, args: argparse.Namespace) -> int:
     from fastq.worker.inspect import bugreport
 
+    app.import_default_modules()  # (as `celery report`)
     out(bugreport(app))
     return 0
 

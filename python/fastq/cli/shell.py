@@ -34,7 +34,7 @@ def namespace(app: Fastq, with_tasks: bool = True) -> dict[str, Any]:
     """What the shell starts with: Celery's names for the same things."""
     import fastq
 
-    app.finalize()  # the `include` and `imports` modules, so their tasks are there too
+    app.init_worker()  # the `include` and `imports` modules, so their tasks are there too
     names: dict[str, Any] = {'app': app, 'celery': app}
     for name in ('Task', 'chord', 'group', 'chain', 'chunks', 'xmap', 'xstarmap', 'subtask', 'signature'):
         names[name] = getattr(fastq, name)

@@ -89,7 +89,7 @@ class WorkController:
         # logging is set up, so a receiver may configure this worker by its name. `options` are the command
         # line's (loglevel, logfile, ...), custom `app.user_options` among them; with any other keywords (Celery's
         # Worker takes them) they also reach the application's bootsteps (fastq.bootsteps).
-        app.finalize()
+        app.init_worker()
         self.hostname = host_format(default_nodename(hostname))
         _state.worker_hostname = self.hostname  # (inherited by the pool's children)
         self.options: dict[str, Any] = {
