@@ -75,8 +75,8 @@ class Waiting(threading.Thread):
 
     def __init__(self, result: AsyncResult[Any], **kwargs: Any) -> None:
         super().__init__(daemon=True)
-        if result.sent_at is None:  # as if just sent: the wait subscribes before its first read
-            result.sent_at = time.monotonic()
+        if result.sent_at is None:  # as if just sent (whatever the load): the wait subscribes before its first read
+            result.sent_at = time.monotonic() + 3600
         self.result, self.kwargs = result, kwargs
         self.value: Any = None
         self.error: BaseException | None = None
@@ -571,13 +571,13 @@ def test_inline_wait_leaves_a_ready_results_channel_in_the_next_wait(app: Fastq,
     app.backend.store_result(second, 2, states.SUCCESS)
     for tid, value in ((first, 1), (second, 2)):
         just_sent: AsyncResult[Any] = AsyncResult(tid, app=app)
-        just_sent.sent_at = time.monotonic()  # waited on (subscribed), not just read
+        just_sent.sent_at = time.monotonic() + 3600  # waited on (subscribed), not just read, whatever the load
         assert just_sent.get(timeout=LONG) == value
     assert subscribers(raw, key(first)) == 0
     assert subscribers(raw, key(second)) == 1  # until this thread waits again
     app.backend.store_result(first, 'again', states.SUCCESS)  # published on a channel left: never taken
     third: AsyncResult[Any] = AsyncResult(task_id(), app=app)
-    third.sent_at = time.monotonic()
+    third.sent_at = time.monotonic() + 3600
     app.backend.store_result(third.id, 3, states.SUCCESS)
     assert third.get(timeout=LONG) == 3
     wait_until(lambda: subscribers(raw, key(second)) == 0)
@@ -797,7 +797,9 @@ def test_a_refused_connection_fails_the_wait_and_the_listener_survives(
 ) -> None:
     app = make_app(redis_server.url(99))  # the server has 64 databases: SELECT fails, and retrying cannot help
     just_sent: AsyncResult[Any] = AsyncResult(task_id(), app=app)
-    just_sent.sent_at = time.monotonic()  # waits through the listener (an older task is read first)
+    # Sent "just now" whatever the machine's load (an older task is read first, before the listener is made):
+    # its wait goes straight to the listener.
+    just_sent.sent_at = time.monotonic() + 3600
     with pytest.raises(BackendError, match='DB index is out of range'):
         just_sent.get(timeout=LONG)
     with pytest.raises(BackendGetMetaError, match='DB index is out of range'):
