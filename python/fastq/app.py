@@ -385,21 +385,24 @@ class Fastq:
             self.finalized = True
             self._configure()
             from fastq.builtins import register_builtins
-            from fastq.shared import bind_shared_tasks
 
             register_builtins(self)
-            bind_shared_tasks(self)
-            for task in list(self._tasks.values()):  # settings configured after `@app.task` apply (Celery's)
-                task.sync_config()
+            self._bind_tasks()
             self.on_after_finalize.send(sender=self)
+
+    def _bind_tasks(self) -> None:
+        """Shared tasks bound to this app, and settings configured after `@app.task` applied (Celery's)."""
+        from fastq.shared import bind_shared_tasks
+
+        bind_shared_tasks(self)
+        for task in list(self._tasks.values()):
+            task.sync_config()
 
     def import_default_modules(self) -> list[Any]:
         """Celery's `app.loader.import_default_modules()`: `import_modules` sent (the Django fixup sets Django
         up), the packages given to `autodiscover_tasks` searched, then the `imports` and `include` modules
         imported and their shared tasks bound."""
         self.finalize()
-        from fastq.shared import bind_shared_tasks
-
         signals.import_modules.send(sender=self)
         discovery, self._autodiscovery = self._autodiscovery, []
         for discover in discovery:
@@ -407,9 +410,7 @@ class Fastq:
         modules = [
             importlib.import_module(m) for m in [*module_names(self.conf.imports), *module_names(self.conf.include)]
         ]
-        bind_shared_tasks(self)
-        for task in list(self._tasks.values()):
-            task.sync_config()
+        self._bind_tasks()
         return modules
 
     def init_worker(self) -> None:

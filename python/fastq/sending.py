@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastq import _state, protocol, signals
-from fastq.brokers.base import Outgoing
+from fastq.brokers.base import Outgoing, alike_outgoing
 from fastq.exceptions import AlwaysEagerIgnored, AMQPChannelError, BrokerConnectionError, OperationalError
 from fastq.result import AsyncResult
 from fastq.serialization import compression_mime
@@ -105,6 +105,11 @@ def send_keywords(params: Mapping[str, Any], options: dict[str, Any]) -> dict[st
     return kw
 
 
+def retry_policy_in_force(conf: Any, policy: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The publish retry policy a send follows: the call's (or task's) keys over `task_publish_retry_policy`."""
+    return {**(conf.task_publish_retry_policy or {}), **(policy or {})}
+
+
 class SendPlan:
     """What sending a task with given options resolves to, whatever its arguments and ids."""
 
@@ -179,7 +184,7 @@ class SendPlan:
         self.retry: bool | None = routed.get('retry')
         self.retry_policy: dict[str, Any] | None = routed.get('retry_policy')
         # (the policy publishing follows, as `before_task_publish` receivers see it: the call's over the app's)
-        self.publish_retry_policy = {**(conf.task_publish_retry_policy or {}), **(self.retry_policy or {})}
+        self.publish_retry_policy = retry_policy_in_force(conf, self.retry_policy)
         self.add_to_parent = bool(routed.get('add_to_parent', True))
         self.result_factory = _result_factory(app, name, task_type)
 
@@ -716,10 +721,7 @@ def _send_uniform(app: Fastq, context: _Context, calls: Sequence[BatchCall]) -> 
             raise
     if stream is None or not stream.finish():  # a connection lost while streaming: once more, with retries
         envelopes, task_ids = protocol.uniform_envelopes(template, calls, 0, len(calls), ids)
-        outgoing = [
-            Outgoing(None, plan.queue, plan.exchange, plan.routing_key, priority, plan.delivery_mode, None, None, e)
-            for e in envelopes
-        ]
+        outgoing = alike_outgoing(plan.queue, plan.exchange, plan.routing_key, priority, plan.delivery_mode, envelopes)
         publish_with_retry(app, outgoing, retry=plan.retry, policy=plan.retry_policy)
     factory, ignored = plan.result_factory, plan.ignore_result
     if factory is None:
@@ -805,7 +807,7 @@ class _Retrying:
         conf = app.conf
         self.broker = app.broker
         self.retry = conf.task_publish_retry if retry is None else retry
-        policy = {**(conf.task_publish_retry_policy or {}), **(policy or {})}
+        policy = retry_policy_in_force(conf, policy)
         self.max_retries = policy.get('max_retries', 3)
         self.interval = float(policy.get('interval_start', 0))
         self.step = float(policy.get('interval_step', 0.2))

@@ -100,7 +100,9 @@ def publish_seconds(app: Fastq, body: Any) -> int:
     timeout = conf.broker_connection_timeout
     if timeout is None:
         return initial * 2
-    policy = {**(conf.task_publish_retry_policy or {}), **(body.options.get('retry_policy') or {})}
+    from fastq.sending import retry_policy_in_force
+
+    policy = retry_policy_in_force(conf, body.options.get('retry_policy'))
     retry = body.options.get('retry')
     retries = int(policy.get('max_retries') or 0) if (conf.task_publish_retry if retry is None else retry) else 0
     start, step = float(policy.get('interval_start', 0)), float(policy.get('interval_step', 0.2))

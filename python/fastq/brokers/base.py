@@ -39,6 +39,7 @@ __all__ = [
     'PublishStream',
     'Subscription',
     'Tag',
+    'alike_outgoing',
 ]
 
 Tag = int | str
@@ -393,6 +394,13 @@ class Consumer(abc.ABC):
         """Stop consuming; reservations still held go back to their queues."""
 
 
+def alike_outgoing(
+    queue: str, exchange: str, routing_key: str, priority: int, delivery_mode: int, envelopes: list[bytes]
+) -> list[Outgoing]:
+    """Messages routed alike, given as their envelopes (no expiration, no ETA): a group of one task."""
+    return [Outgoing(None, queue, exchange, routing_key, priority, delivery_mode, None, None, e) for e in envelopes]
+
+
 class PublishStream(abc.ABC):
     """One batch published in parts, with `publish`'s contract for the whole: when `finish` returns True,
     the broker has every message `add`ed; when it returns False, or anything raises, or `abort` is called,
@@ -409,9 +417,7 @@ class PublishStream(abc.ABC):
     ) -> None:
         """`add` for messages alike but for their envelopes (a group of one task): a broker that can write
         them without an `Outgoing` apiece does so."""
-        self.add(
-            [Outgoing(None, queue, exchange, routing_key, priority, delivery_mode, None, None, e) for e in envelopes]
-        )
+        self.add(alike_outgoing(queue, exchange, routing_key, priority, delivery_mode, envelopes))
 
     @abc.abstractmethod
     def finish(self) -> bool:

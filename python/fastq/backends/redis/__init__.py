@@ -542,10 +542,10 @@ class RedisBackend(Backend):
                 on_interval()
 
     def sent(self, result: Any) -> None:
-        self._read_ahead.sent(result, result.id, result.sent_at)
+        self._read_ahead.sent([result])
 
     def sent_many(self, results: list[Any]) -> None:
-        self._read_ahead.sent_many(results)
+        self._read_ahead.sent(results)
 
     def forget(self, task_id: str) -> None:
         self._read_ahead.forget(task_id)

@@ -54,15 +54,9 @@ class ReadAhead:
             mine = self._local.state = _Thread()
         return mine
 
-    def sent(self, result: Any, task_id: str, at: float) -> None:
-        """Record a result this thread just sent (its `AsyncResult`, held weakly)."""
-        sent = self._mine().sent
-        sent[task_id] = (weakref.ref(result), at)
-        if len(sent) > MAX_SENT:
-            sent.popitem(last=False)
-
-    def sent_many(self, results: list[Any]) -> None:
-        """`sent` for each of `results` (`AsyncResult`s with their `id` and `sent_at`), in order."""
+    def sent(self, results: list[Any]) -> None:
+        """Record results this thread just sent (`AsyncResult`s with their `id` and `sent_at`, held weakly),
+        in order."""
         sent, ref = self._mine().sent, weakref.ref
         sent.update([(result.id, (ref(result), result.sent_at)) for result in results])
         while len(sent) > MAX_SENT:

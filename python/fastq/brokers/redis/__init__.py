@@ -219,15 +219,22 @@ class RedisBroker(Broker):
                     pushes[key] = [value]
                 else:
                     values.append(value)
+        undeclared = sorted({out.queue for out in batch if not out.exchange and out.queue not in self._declared})
+        return self._push_commands(pushes, undeclared, transaction), undeclared
+
+    def _push_commands(
+        self, pushes: dict[str, list[bytes]], undeclared: list[str], transaction: bool = True
+    ) -> list[tuple[Any, ...]]:
+        """LPUSHes of `pushes` (values by list key, a few hundred kB a command), in MULTI/EXEC when there are
+        several (unless `transaction` is False), after declaring the `undeclared` queues."""
         commands: list[tuple[Any, ...]] = []
         for key, values in pushes.items():
             for start in range(0, len(values), LPUSH_CHUNK):
                 commands.append(('LPUSH', key, *values[start : start + LPUSH_CHUNK]))
         if len(commands) > 1 and transaction:
             commands = [('MULTI',), *commands, ('EXEC',)]
-        undeclared = sorted({out.queue for out in batch if not out.exchange and out.queue not in self._declared})
         # As Celery's producers declare a queue before first use; in the same round trip.
-        return [*self._declare_commands(undeclared), *commands], undeclared
+        return [*self._declare_commands(undeclared), *commands]
 
     def _published(self, commands: list[tuple[Any, ...]], replies: list[Any], undeclared: list[str]) -> None:
         if commands[-1][0] == 'EXEC':
@@ -790,11 +797,9 @@ class _Stream(PublishStream):
         if self.failed or not envelopes:
             return
         broker = self.broker
-        key = broker._queue_keys.get((routing_key, priority)) or broker._queue_key(routing_key, priority)
         undeclared = [] if queue in broker._declared else [queue]
-        commands = broker._declare_commands(undeclared)
-        commands += [('LPUSH', key, *envelopes[i : i + LPUSH_CHUNK]) for i in range(0, len(envelopes), LPUSH_CHUNK)]
-        self._send(commands, undeclared)
+        pushes = {broker._queue_key(routing_key, priority): envelopes}
+        self._send(broker._push_commands(pushes, undeclared, transaction=False), undeclared)
 
     def _send(self, commands: list[tuple[Any, ...]], undeclared: list[str]) -> None:
         if not commands:
