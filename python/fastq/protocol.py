@@ -104,13 +104,13 @@ def encode_body(
                 json_default,
             )
         except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
-            raise EncodeError(f'{type(exc).__name__}: {exc}') from exc
+            raise EncodeError(exc) from exc  # (kombu's: the error itself as the argument)
     s = serializer_by_name(serializer)
     body = (list(args), dict(kwargs), {'callbacks': callbacks, 'errbacks': errbacks, 'chain': chain, 'chord': chord})
     try:
         return s.encode(body), s.content_type, s.content_encoding
     except Exception as exc:
-        raise EncodeError(f'{type(exc).__name__}: {exc}') from exc
+        raise EncodeError(exc) from exc  # (kombu's: the error itself as the argument)
 
 
 def build_task_message(
@@ -197,7 +197,7 @@ def task_envelopes(messages: list[tuple[Any, ...]]) -> list[bytes]:
     try:
         return _core.task_envelopes(messages, json_default, saferepr)
     except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
-        raise EncodeError(f'{type(exc).__name__}: {exc}') from exc
+        raise EncodeError(exc) from exc  # (kombu's: the error itself as the argument)
 
 
 #: How many calls of a batch, from a start, are alike (see `_core.uniform_run`).
@@ -215,7 +215,7 @@ def uniform_envelopes(
     try:
         return _core.uniform_envelopes(template, calls, start, stop, ids, json_default, saferepr)
     except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
-        raise EncodeError(f'{type(exc).__name__}: {exc}') from exc
+        raise EncodeError(exc) from exc  # (kombu's: the error itself as the argument)
 
 
 def message_from_fields(f: tuple[Any, ...]) -> Message:

@@ -28,6 +28,7 @@ from fastq import _state, protocol, signals
 from fastq.brokers.base import Outgoing, alike_outgoing
 from fastq.exceptions import AlwaysEagerIgnored, AMQPChannelError, BrokerConnectionError, OperationalError
 from fastq.result import AsyncResult
+from fastq.routing import Broadcast
 from fastq.serialization import compression_mime
 from fastq.task import Task as _Task
 from fastq.utils.text import saferepr
@@ -117,6 +118,7 @@ class SendPlan:
         'add_to_parent',
         'result_factory',
         'compression',
+        'declare',
         'default_priority',
         'delivery_mode',
         'exchange',
@@ -173,6 +175,12 @@ class SendPlan:
         # ('' for the default exchange, where the routing key names the queue: see `Router.route`)
         self.exchange: str = routed.get('exchange') or ''
         self.routing_key: str = routed.get('routing_key') or self.queue
+        # What `before_task_publish` gets as `declare`, as Celery's: the option given, else the queue published
+        # to (its configured `Queue`), nothing for a `Broadcast` queue.
+        declare = routed.get('declare')
+        if declare is None:
+            declare = () if isinstance(queue := app.router.queue(self.queue), Broadcast) else (queue,)
+        self.declare: tuple[Any, ...] = tuple(declare)
         self.serializer: str = routed.get('serializer') or conf.task_serializer
         self.native = self.serializer in _NATIVE_SERIALIZERS
         compression = routed.get('compression') or conf.task_compression
@@ -502,7 +510,7 @@ def _outgoing(messages: Sequence[_Message]) -> list[Outgoing]:
                 routing_key=routing_key,
                 headers=message.headers,
                 properties=properties,
-                declare=[],
+                declare=list(plan.declare),
                 retry_policy=dict(plan.publish_retry_policy),  # (a copy: the plan is shared)
             )
             # What a receiver set among the publish properties is how the message is sent (Celery hands the

@@ -209,7 +209,7 @@ def dumps(obj: Any, serializer: str) -> tuple[bytes, str, str]:
     try:
         return s.encode(obj), s.content_type, s.content_encoding
     except Exception as exc:
-        raise EncodeError(f'{type(exc).__name__}: {exc}') from exc
+        raise EncodeError(exc) from exc  # (kombu's: the error itself as the argument)
 
 
 def loads(data: bytes, content_type: str, accept: frozenset[str] | None) -> Any:
@@ -222,7 +222,7 @@ def loads(data: bytes, content_type: str, accept: frozenset[str] | None) -> Any:
     try:
         return s.decode(data)
     except Exception as exc:
-        raise DecodeError(f'{type(exc).__name__}: {exc}') from exc
+        raise DecodeError(exc) from exc
 
 
 _COMPRESSION_ALIASES = {

@@ -18,6 +18,7 @@ from fastq import Fastq, _core, group, signals, states
 from fastq.brokers.base import Outgoing
 from fastq.exceptions import EncodeError, TimeoutError
 from fastq.result import AsyncResult, GroupResult
+from fastq.routing import Broadcast, Queue
 from fastq.serialization import json_default
 from fastq.utils.text import saferepr
 
@@ -206,6 +207,30 @@ def test_before_task_publish_as_celery_sends_it(memory_app: Fastq) -> None:
     payloads = _memory_payloads(memory_app)
     assert [p['properties']['priority'] for p in payloads] == [7, 7]
     assert all('priority' not in p['headers'] for p in payloads)
+    assert [q.name for q in seen[0]['declare']] == [memory_app.conf.task_default_queue]
+
+
+def test_before_task_publish_declare_as_celery(memory_app: Fastq) -> None:
+    """`declare` is what the publish declares, as Celery passes it: the configured Queue published to, none for a
+    Broadcast queue, the `declare` option when given."""
+    hi, extra = Queue('hi', routing_key='hi'), Queue('extra')
+    memory_app.conf.task_queues = [Queue('celery'), hi, Broadcast('bc')]
+    add, _ = _tasks(memory_app)
+    seen: list[list[Any]] = []
+
+    def receiver(declare: list[Any], **kwargs: Any) -> None:
+        seen.append(declare)
+
+    signals.before_task_publish.connect(receiver)
+    try:
+        add.apply_async((1, 1), queue='hi')
+        add.apply_async((1, 1), queue='bc')
+        add.apply_async((1, 1), declare=[extra])
+    finally:
+        signals.before_task_publish.disconnect(receiver)
+    assert seen[0] == [hi] and seen[0][0] is hi
+    assert seen[1] == []
+    assert seen[2] == [extra]
 
 
 def test_envelope_same_with_and_without_publish_signals(memory_app: Fastq) -> None:

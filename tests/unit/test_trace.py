@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from fastq import Fastq, states
-from fastq.exceptions import MaxRetriesExceededError
+from fastq import Fastq, signals, states
+from fastq.exceptions import EncodeError, MaxRetriesExceededError
 from fastq.worker.trace import execute
 
 
@@ -112,3 +112,92 @@ def test_retry_state_is_stored_once(app: Fastq, monkeypatch: pytest.MonkeyPatch)
 
     assert execute(again, [], {}, _request('r3', again.name)).state == states.RETRY
     assert stored == ['r3']
+
+
+@pytest.fixture
+def lifecycle() -> Iterator[list[tuple[str, Any]]]:
+    seen: list[tuple[str, Any]] = []
+    receivers = []
+    for name in ('task_postrun', 'task_failure', 'task_success', 'task_internal_error'):
+
+        def receiver(sender: Any = None, _name: str = name, **kwargs: Any) -> None:
+            seen.append((_name, kwargs['state'] if _name == 'task_postrun' else type(kwargs['exception']).__name__))
+
+        getattr(signals, name).connect(receiver)
+        receivers.append((getattr(signals, name), receiver))
+    yield seen
+    for signal, receiver in receivers:
+        signal.disconnect(receiver)
+
+
+def test_a_return_value_the_serializer_cannot_write_fails_the_task(
+    app: Fastq, lifecycle: list[tuple[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """As Celery 5.7's tracer: an EncodeError storing the result is the task's failure (stored, `on_failure`,
+    `task_failure`, `task_postrun` FAILURE), not an internal error; the stored error wraps the serializer's."""
+    failures: list[Any] = []
+
+    class Noted(app.Task):  # type: ignore[name-defined,misc]
+        def on_failure(self, exc: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+            failures.append(exc)
+
+    @app.task(base=Noted)
+    def unwritable() -> object:
+        return object()
+
+    outcome = execute(unwritable, [], {}, _request('e1', unwritable.name))
+    assert outcome.state == states.FAILURE and isinstance(outcome.exception, EncodeError)
+    assert lifecycle == [('task_failure', 'EncodeError'), ('task_postrun', states.FAILURE)]
+    assert [type(e) for e in failures] == [EncodeError]
+    assert isinstance(failures[0].args[0], TypeError)  # (kombu's EncodeError: the original as its argument)
+    stored = app.AsyncResult('e1')
+    assert stored.state == states.FAILURE and isinstance(stored.result, EncodeError)
+    assert 'not JSON serializable' in str(stored.result)
+    assert 'raised unexpected: EncodeError(TypeError(' in caplog.text
+
+
+def test_an_internal_error_is_reported_as_celerys(
+    app: Fastq, monkeypatch: pytest.MonkeyPatch, lifecycle: list[tuple[str, Any]]
+) -> None:
+    """The result store raising something else: `task_postrun` with the state reached (SUCCESS, from the
+    tracer's `finally`), `task_internal_error`, the "raised outside body" warning, then the task failed as any
+    failure (FAILURE stored once the store works, `task_failure`), as Celery 5.7 does."""
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    calls = 0
+    store = app.backend.store_result
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError('store broke')
+        return store(*args, **kwargs)
+
+    monkeypatch.setattr(app.backend, 'store_result', flaky)
+    with pytest.warns(RuntimeWarning, match=r"Exception raised outside body: RuntimeError\('store broke'\)"):
+        outcome = execute(add, [1, 2], {}, _request('i1', add.name))
+    assert outcome.state == states.FAILURE and isinstance(outcome.exception, RuntimeError)
+    assert lifecycle == [
+        ('task_postrun', states.SUCCESS),
+        ('task_internal_error', 'RuntimeError'),
+        ('task_failure', 'RuntimeError'),
+    ]
+    assert app.AsyncResult('i1').state == states.FAILURE
+    assert add.request.id is None  # (the request was popped)
+
+
+def test_an_internal_error_in_an_eager_call_is_raised(app: Fastq, monkeypatch: pytest.MonkeyPatch) -> None:
+    @app.task(store_eager_result=True)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError('store broke')
+
+    monkeypatch.setattr(app.backend, 'store_result', broken)
+    with pytest.raises(RuntimeError, match='store broke'):
+        add.apply((1, 2))

@@ -77,27 +77,16 @@ def embed_into(request: dict[str, Any], embed: dict[str, Any]) -> None:
 def _internal_error(
     app: Fastq, task: Any, request: dict[str, Any], exc: Exception, args: Any = None, kwargs: Any = None
 ) -> Outcome:
-    """Report what Celery calls an internal error: the task ran (or not) but its bookkeeping failed."""
+    """Report what Celery calls an internal error outside a trace (the trace reports its own: see
+    `trace._on_internal_error`): the task ran (or not) but the worker's own code failed."""
     import logging
 
-    from fastq import signals
-    from fastq.worker.trace import _Einfo, _results
+    from fastq.worker.trace import _results, signal_internal_error
 
-    logging.getLogger('celery.app.trace').error(
+    logging.getLogger('celery.app.trace').critical(
         'Task %s[%s] INTERNAL ERROR: %r', task.name, request.get('id'), exc, exc_info=True
     )
-    einfo = _Einfo(exc)
-    einfo.internal = True
-    signals.task_internal_error.send(
-        sender=task,
-        task_id=request.get('id'),
-        args=args,
-        kwargs=kwargs,
-        request=request,
-        exception=exc,
-        traceback=exc.__traceback__,
-        einfo=einfo,
-    )
+    signal_internal_error(task, request, exc, args, kwargs)
     try:
         _results(task).mark_as_failure(request['id'], exc, None)  # (the task's backend, as Celery's on_error)
     except Exception:  # the backend is what failed, most likely

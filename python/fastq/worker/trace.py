@@ -13,12 +13,13 @@ import logging
 import random
 import time
 import traceback as tb
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastq import _state, signals, states
-from fastq.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
+from fastq.exceptions import EncodeError, Ignore, OperationalError, Reject, Retry, TimeLimitExceeded
 from fastq.task import Task as _Task
 from fastq.utils.functional import as_list
 from fastq.utils.log import task_context
@@ -174,6 +175,7 @@ def execute(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], reque
     """Run `task` with a request built from `request` (Context fields, a dict the request then owns: it
     becomes the Context's attributes) and return what happened."""
     ctx, started = _enter(task, args, kwargs, request)
+    state, retval = None, None
     try:
         _prerun(task, ctx, args, kwargs)
         try:
@@ -190,9 +192,12 @@ def execute(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], reque
                 raise
             outcome = _on_exception(task, ctx, exc, args, kwargs, started)
         else:
+            state = states.SUCCESS
             outcome = _on_success(task, ctx, retval, args, kwargs, started)
         _finish(task, ctx, outcome, args, kwargs)
         return outcome
+    except Exception as exc:
+        return _on_internal_error(task, ctx, exc, args, kwargs, started, state, retval)
     finally:
         _leave(task)
 
@@ -213,6 +218,7 @@ async def execute_async(
     bookkeeping, as a killed process would; a CancelledError raised by the task's own code is a failure.
     """
     ctx, started = _enter(task, args, kwargs, request)
+    state, retval = None, None
     try:
         _prerun(task, ctx, args, kwargs)
         try:
@@ -230,9 +236,12 @@ async def execute_async(
         except BaseException as exc:
             outcome = _on_exception(task, ctx, exc, args, kwargs, started)
         else:
+            state = states.SUCCESS
             outcome = _on_success(task, ctx, retval, args, kwargs, started)
         _finish(task, ctx, outcome, args, kwargs)
         return outcome
+    except Exception as exc:
+        return _on_internal_error(task, ctx, exc, args, kwargs, started, state, retval)
     finally:
         _leave(task)
 
@@ -311,15 +320,21 @@ def _on_success(
     task: Task[Any, Any], ctx: Context, retval: Any, args: list[Any], kwargs: dict[str, Any], started: float
 ) -> Outcome:
     task_id = ctx.id or ''
-    if not ctx.is_eager:  # sent before the result is stored, so the stored `children` list them (Celery's)
-        _apply_signatures(task.app, ctx.callbacks, (retval,), ctx)
-        _continue_chain(task.app, ctx.chain, retval, ctx)
+    try:
+        if not ctx.is_eager:  # sent before the result is stored, so the stored `children` list them (Celery's)
+            _apply_signatures(task.app, ctx.callbacks, (retval,), ctx)
+            _continue_chain(task.app, ctx.chain, retval, ctx)
+    except (EncodeError, OperationalError) as exc:  # (Celery's: the task fails, its failure stored and told)
+        return _on_failure(task, ctx, exc, args, kwargs, started)
     if _store_allowed(task, ctx, failure=False):
         backend = task.app.backend if task._backend is None else task.backend  # (`_results`, inlined)
-        if _may_store_later(task, ctx):
-            backend.store_success_later(task_id, retval, request=ctx)
-        else:
-            backend.mark_as_done(task_id, retval, request=ctx)
+        try:
+            if _may_store_later(task, ctx):
+                backend.store_success_later(task_id, retval, request=ctx)
+            else:
+                backend.mark_as_done(task_id, retval, request=ctx)
+        except EncodeError as exc:  # a return value the result serializer cannot write: the task fails, as Celery's
+            return _on_failure(task, ctx, exc, args, kwargs, started)
     if ctx.chord:  # a chord header task: its part counts whether or not its result is stored
         _results(task).on_chord_part_return(ctx, states.SUCCESS, retval)
     runtime = time.monotonic() - started
@@ -455,6 +470,49 @@ def _on_retry(task: Task[Any, Any], ctx: Context, exc: Retry, started: float) ->
     return Outcome(
         states.RETRY, time.monotonic() - started, exc_repr=str(exc), exception=exc, traceback=einfo.traceback
     )
+
+
+def _on_internal_error(
+    task: Task[Any, Any],
+    ctx: Context,
+    exc: Exception,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    started: float,
+    state: str | None,
+    retval: Any,
+) -> Outcome:
+    """What Celery's tracer does when its own bookkeeping raised (the result store, a signal's sender, a
+    handler), not the task body: `task_postrun` with the state reached so far (its `finally`), then
+    `task_internal_error`, the "Exception raised outside body" warning, and the task failed as any
+    failure is (FAILURE stored if the backend can, `on_failure`, `task_failure`, errbacks, the error line).
+    An eager call raises it instead, as Celery's `apply()`."""
+    if signals.task_postrun.connected:
+        signals.task_postrun.send(
+            sender=task, task_id=ctx.id or '', task=task, args=args, kwargs=kwargs, retval=retval, state=state
+        )
+    if ctx.is_eager:
+        raise exc
+    einfo = signal_internal_error(task, vars(ctx), exc, args, kwargs)
+    warnings.warn(RuntimeWarning(f'Exception raised outside body: {exc!r}:\n{einfo.traceback}'), stacklevel=1)
+    return _on_failure(task, ctx, exc, args, kwargs, started)
+
+
+def signal_internal_error(task: Any, request: dict[str, Any], exc: Exception, args: Any, kwargs: Any) -> _Einfo:
+    """`task_internal_error` as Celery sends it (`request` the request's dict); the `einfo` it carried."""
+    einfo = _Einfo(exc)
+    einfo.internal = True
+    signals.task_internal_error.send(
+        sender=task,
+        task_id=request.get('id'),
+        args=args,
+        kwargs=kwargs,
+        request=request,
+        exception=exc,
+        traceback=exc.__traceback__,
+        einfo=einfo,
+    )
+    return einfo
 
 
 def _finish(task: Task[Any, Any], ctx: Context, outcome: Outcome, args: list[Any], kwargs: dict[str, Any]) -> None:
