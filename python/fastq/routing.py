@@ -1,8 +1,9 @@
 """Exchanges, queues and routes, under the names Celery users import from kombu and configure in settings.
 
 `task_routes` accepts what Celery's does: a dict (exact names, glob patterns like `'feed.*'`, compiled
-regexes), a router function `(name, args, kwargs, options, task=None, **kw) -> dict | str | None`, a dotted
-path to one, or a list of these (the first that answers wins). A route is `{'queue': ...}` (plus optional
+regexes), a router function `(name, args, kwargs, options, task=None, **kw) -> dict | str | None`, a Celery 3
+router (an object with `route_for_task(task, args, kwargs)`; by dotted path, its class), a dotted path to a
+function, or a list of these (the first that answers wins). A route is `{'queue': ...}` (plus optional
 routing_key/exchange/priority) or a queue name string.
 """
 
@@ -278,6 +279,17 @@ class _MapRouter:
         return self.lookup(name)
 
 
+class _OldRouter:
+    """A router object of Celery 3's (`route_for_task(task, args=None, kwargs=None)`), which Celery 5 still
+    asks: called with the task name, the arguments and the keyword arguments only."""
+
+    def __init__(self, router: Any) -> None:
+        self.router = router
+
+    def __call__(self, name: str, args: Any = (), kwargs: Any = None, *rest: Any, **options: Any) -> Any:
+        return self.router.route_for_task(name, args, kwargs)
+
+
 def prepare_routers(routes: Any) -> list[RouterFn]:
     if routes is None:
         return []
@@ -287,7 +299,11 @@ def prepare_routers(routes: Any) -> list[RouterFn]:
     for item in routes:
         if isinstance(item, str):
             item = symbol_by_name(item)
-        if isinstance(item, Mapping):
+            if isinstance(item, type) and hasattr(item, 'route_for_task'):
+                item = item()  # a router class of Celery 3's, named by its path: instantiated, as Celery does
+        if hasattr(item, 'route_for_task'):  # (Celery 3's router: `route_for_task(task, args, kwargs)`)
+            out.append(_OldRouter(item))
+        elif isinstance(item, Mapping):
             out.append(_MapRouter(item))
         elif isinstance(item, list | tuple) and all(isinstance(p, list | tuple) and len(p) == 2 for p in item):
             out.append(_MapRouter([tuple(p) for p in item]))  # Celery's ordered form: [(pattern, route), ...]

@@ -92,6 +92,24 @@ def test_routes_as_ordered_pairs() -> None:
     ]
 
 
+class ThreeRouter:
+    """A router as Celery 3 wrote them, which Celery 5 still asks."""
+
+    def route_for_task(self, task: str, args: Any = None, kwargs: Any = None) -> dict[str, str] | None:
+        if task == 'tasks.add':
+            return {'queue': f'math-{len(args)}-{sorted(kwargs)}'}
+        return None
+
+
+def test_celery_3_routers_by_object_and_by_the_path_of_their_class() -> None:
+    app = Fastq('old_routers', broker='memory://', set_as_current=False)
+    for routes in (ThreeRouter(), (f'{__name__}.ThreeRouter',), [ThreeRouter(), {'tasks.*': 'other'}]):
+        app.conf.task_routes = routes
+        router = Router(app.conf)
+        assert router.route({}, 'tasks.add', (1, 2), {'z': 1})['queue'] == "math-2-['z']"
+        assert router.route({}, 'tasks.mul')['queue'] == ('other' if isinstance(routes, list) else 'celery')
+
+
 def test_what_a_message_is_published_with() -> None:
     app = Fastq('published', broker='memory://')
     app.conf.task_queues = [
