@@ -358,20 +358,31 @@ class Task(Generic[P, R]):
         self._annotate(conf.task_annotations)
 
     def _annotate(self, annotations: Any) -> None:
-        """Apply `task_annotations`: dicts by task name (or '*'), callables, or objects with `annotate(task)`
-        (Celery's three forms); a method annotated (`on_failure`) replaces the class's for this task."""
+        """Apply `task_annotations`: dicts by task name (or '*'), objects with `annotate(task)` (and
+        `annotate_any()`), dotted paths to their classes (Celery's forms), or functions of the task (fastq's).
+        As Celery resolves them: the first annotation in the list that answers for this task by name, then
+        the first that answers for any task ('*'), the latter applied last; a method annotated (`on_failure`)
+        replaces the class's for this task."""
         if not annotations:
             return
+        from fastq.utils.imports import symbol_by_name
+
+        found: list[Any] = [None, None]  # (for this task, for any task)
         for annotation in annotations if isinstance(annotations, list | tuple) else [annotations]:
+            if isinstance(annotation, str):
+                annotation = symbol_by_name(annotation)()
             if isinstance(annotation, dict):
-                values = annotation.get(self.name) or annotation.get('*')
-            elif callable(getattr(annotation, 'annotate', None)):
-                values = annotation.annotate(self)
+                answers = (annotation.get(self.name), annotation.get('*'))
+            elif hasattr(annotation, 'annotate') or hasattr(annotation, 'annotate_any'):
+                by_name, any_task = getattr(annotation, 'annotate', None), getattr(annotation, 'annotate_any', None)
+                answers = (by_name(self) if by_name else None, any_task() if any_task else None)
             elif callable(annotation):
-                values = annotation(self)
+                answers = (annotation(self), None)
             else:
-                values = None
-            for key, value in (values or {}).items():
+                continue
+            found = [mine if mine is not None else answer for mine, answer in zip(found, answers, strict=True)]
+        for values in found:
+            for key, value in dict(values or {}).items():
                 if key.startswith('@'):  # Celery's '@name': wrap the method instead of replacing it
                     method = getattr(type(self), key[1:])
                     method = getattr(method, '__wrapped__', method)

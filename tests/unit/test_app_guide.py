@@ -110,6 +110,42 @@ def test_annotations_in_celerys_three_forms(memory_app: Fastq) -> None:
     assert failures[-1] == 'around'
 
 
+class AnnotateByPath:
+    """An annotation class named by its dotted path in `task_annotations` (Celery instantiates it)."""
+
+    def annotate(self, task: Any) -> dict[str, Any] | None:
+        return {'max_retries': 7} if task.name.endswith('.first') else None
+
+    def annotate_any(self) -> dict[str, Any]:
+        return {'default_retry_delay': 5}
+
+
+def test_annotations_resolve_as_celerys_first_by_name_then_for_any_task() -> None:
+    """Celery takes the first annotation that answers for the task by name and the first that answers for any
+    task ('*'), from anywhere in the list, and applies the latter last: '*' adds to a task's own and wins
+    where both set an attribute, and a later annotation by name does not add to an earlier one."""
+    app = Fastq('annotated', broker='memory://', set_as_current=False)
+    app.conf.task_annotations = [
+        {'annotated.first': {'rate_limit': '10/s', 'acks_late': True}, '*': {'rate_limit': '1/s'}},
+        {'annotated.first': {'track_started': True}, '*': {'ignore_result': True}},
+        f'{__name__}.AnnotateByPath',
+    ]
+
+    @app.task(name='annotated.first')
+    def first() -> None:
+        pass
+
+    @app.task(name='annotated.second')
+    def second() -> None:
+        pass
+
+    assert (first.rate_limit, first.acks_late, first.track_started, first.ignore_result) == ('1/s', True, False, False)
+    assert (second.rate_limit, second.acks_late, second.max_retries) == ('1/s', False, 3)
+    app.conf.task_annotations = f'{__name__}.AnnotateByPath'
+    app.finalize()
+    assert (second.max_retries, second.default_retry_delay, app.tasks['annotated.first'].max_retries) == (3, 5, 7)
+
+
 def test_config_from_object_with_a_dotted_module_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     package = tmp_path / 'cfgpkg_guide'
     package.mkdir()
