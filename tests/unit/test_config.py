@@ -355,3 +355,22 @@ def test_inspect_conf_replies_with_the_censored_table() -> None:
         'enable_utc': True,
         'result_backend': 'memory://',
     }
+
+
+def test_number_settings_given_as_text_read_as_numbers() -> None:
+    """A config module that reads the environment gives numbers as text; Celery takes them (its worker and
+    backends `int()` the prefetch multiplier and the result expiry), so they must not fail validation."""
+    a = app()
+    a.config_from_object({'worker_prefetch_multiplier': '10', 'task_time_limit': ' 30 ', 'result_expires': '3600'})
+    a.conf.broker_pool_limit = '5'
+    a.add_defaults({'broker_connection_timeout': '2.5'})
+    a.finalize()
+    conf = a.conf
+    assert (conf.worker_prefetch_multiplier, conf.task_time_limit, conf.result_expires) == (10, 30.0, 3600)
+    assert (conf.broker_pool_limit, conf['broker_connection_timeout']) == (5, 2.5)
+    assert a.backend.expires == 3600
+    b = app()
+    b.conf.worker_prefetch_multiplier = 'ten'  # (text that is no number is still reported)
+    with pytest.raises(ImproperlyConfigured, match="worker_prefetch_multiplier: expected an integer, got str 'ten'"):
+        b.finalize()
+

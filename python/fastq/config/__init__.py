@@ -139,6 +139,28 @@ def _parse_env(setting: Setting, raw: str) -> Any:
     return raw
 
 
+#: Settings of another type that also take a number of seconds (Celery's backends `int()` them).
+_NUMERIC_ANY = frozenset({'result_expires'})
+
+
+def _number_from_text(setting: Setting | None, value: Any) -> Any:
+    """A number setting given as text (`worker_prefetch_multiplier = os.environ.get(...)` in a config module)
+    read as the number: Celery takes such text, its consumers `int()` it (the prefetch multiplier, the
+    result expiry). Text that is no number is left for validation to report."""
+    if not isinstance(value, str) or setting is None:
+        return value
+    kind = setting.type
+    if kind not in ('int', 'float') and setting.name not in _NUMERIC_ANY:
+        return value
+    text = value.strip()
+    for parse in {'int': (int,), 'float': (float,)}.get(kind, (int, float)):
+        try:
+            return parse(text)
+        except ValueError:
+            continue
+    return value
+
+
 _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
     'str': lambda v: isinstance(v, str),
     'bool': lambda v: isinstance(v, bool),
@@ -278,12 +300,12 @@ class Settings(MutableMapping[str, Any]):
         if name in env:
             return env[name]
         if name in self._changes:
-            return self._changes[name]
+            return _number_from_text(setting, self._changes[name])
         self._load_pending()
         if name in self._added_defaults:  # (above the config object: Celery's `add_defaults` order)
-            return self._added_defaults[name]
+            return _number_from_text(setting, self._added_defaults[name])
         if name in self._source:
-            return self._source[name]
+            return _number_from_text(setting, self._source[name])
         if setting is None:
             raise KeyError(name)
         default = setting.default
