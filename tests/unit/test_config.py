@@ -374,3 +374,20 @@ def test_number_settings_given_as_text_read_as_numbers() -> None:
     with pytest.raises(ImproperlyConfigured, match="worker_prefetch_multiplier: expected an integer, got str 'ten'"):
         b.finalize()
 
+
+def test_broker_read_and_write_urls_default_to_the_broker_url_and_read_celerys_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Celery's `conf.broker_read_url` / `broker_write_url`: CELERY_BROKER_READ_URL / _WRITE_URL, else the
+    setting, else the broker URL; an empty CELERY_* variable counts as unset (Celery tests it with `or`)."""
+    a = app()
+    assert (a.conf.broker_read_url, a.conf.broker_write_url) == ('memory://', 'memory://')
+    a.conf.broker_write_url = 'memory://write'
+    assert (a.conf.broker_read_url, a.conf.broker_write_url) == ('memory://', 'memory://write')
+    assert 'broker_read_url' not in a.conf.table() and 'broker_read_url' not in a.conf.differing()
+    monkeypatch.setenv('CELERY_BROKER_URL', '')
+    monkeypatch.setenv('CELERY_RESULT_BACKEND', '')
+    monkeypatch.setenv('CELERY_BROKER_READ_URL', 'memory://read-env')
+    b = app()
+    assert (b.conf.broker_url, b.conf.result_backend, b.broker_url) == ('memory://', 'memory://', 'memory://')
+    assert (b.conf.broker_read_url, b.conf.broker_write_url) == ('memory://read-env', 'memory://')

@@ -1,11 +1,12 @@
 """`app.conf`: Celery's settings, read from code, config objects and the environment, validated at startup.
 
-Lookup order for a setting: the environment (`FASTQ_<NAME>`, and Celery's `CELERY_BROKER_URL` /
-`CELERY_RESULT_BACKEND`; read once, when the settings are first used), then values set in code
-(`conf.x = ...`, `conf.update`, `Fastq(broker=...)`), then `app.add_defaults(...)`, then the object given
-to `config_from_object`, then the default (Celery's order). Validation happens once, when the app is
-finalized: a bad value raises `ImproperlyConfigured` naming the setting; an unknown name warns with the
-closest known one, since a typo in a setting name otherwise silently does nothing.
+Lookup order for a setting: the environment (`FASTQ_<NAME>`, and Celery's `CELERY_BROKER_URL`,
+`CELERY_BROKER_READ_URL` / `_WRITE_URL` and `CELERY_RESULT_BACKEND` when not empty; read once, when the
+settings are first used), then values set in code (`conf.x = ...`, `conf.update`, `Fastq(broker=...)`), then
+`app.add_defaults(...)`, then the object given to `config_from_object`, then the default (Celery's order).
+Validation happens once, when the app is finalized: a bad value raises `ImproperlyConfigured` naming the
+setting; an unknown name warns with the closest known one, since a typo in a setting name otherwise silently
+does nothing.
 """
 
 from __future__ import annotations
@@ -25,9 +26,20 @@ __all__ = ['OLD_NAMES', 'SETTINGS', 'Setting', 'Settings', 'UnknownSettingWarnin
 
 # Prefixes that mark a name in a config module as meant to be a setting (other names there are helpers).
 _SETTING_PREFIXES = tuple(sorted({name.split('_', 1)[0] + '_' for name in SETTINGS}))
-_ENV_ALIASES = {'broker_url': ('CELERY_BROKER_URL',), 'result_backend': ('CELERY_RESULT_BACKEND',)}
-#: Settings that, unset, read as another one (Celery's `conf.task_default_exchange`).
-_FALLBACKS = {'task_default_exchange': 'task_default_queue', 'task_default_routing_key': 'task_default_queue'}
+#: Celery's environment variables for these settings (read when set to something: an empty one is unset).
+_ENV_ALIASES = {
+    'broker_url': ('CELERY_BROKER_URL',),
+    'broker_read_url': ('CELERY_BROKER_READ_URL',),
+    'broker_write_url': ('CELERY_BROKER_WRITE_URL',),
+    'result_backend': ('CELERY_RESULT_BACKEND',),
+}
+#: Settings that, unset, read as another one (Celery's `conf.task_default_exchange`, `conf.broker_read_url`).
+_FALLBACKS = {
+    'task_default_exchange': 'task_default_queue',
+    'task_default_routing_key': 'task_default_queue',
+    'broker_read_url': 'broker_url',
+    'broker_write_url': 'broker_url',
+}
 _TRUE = {'1', 'true', 'yes', 'on'}
 _FALSE = {'0', 'false', 'no', 'off', ''}
 
@@ -226,11 +238,11 @@ class Settings(MutableMapping[str, Any]):
         if env is None:
             env = {}
             for name, setting in SETTINGS.items():
-                for var in (f'FASTQ_{name.upper()}', *_ENV_ALIASES.get(name, ())):
-                    raw = os.environ.get(var)
-                    if raw is not None:
-                        env[name] = _parse_env(setting, raw)
-                        break
+                raw = os.environ.get(f'FASTQ_{name.upper()}')
+                if raw is None:  # (Celery's: `os.environ.get('CELERY_BROKER_URL') or` the setting)
+                    raw = next((os.environ[var] for var in _ENV_ALIASES.get(name, ()) if os.environ.get(var)), None)
+                if raw is not None:
+                    env[name] = _parse_env(setting, raw)
             object.__setattr__(self, '_env', env)
         return env
 
