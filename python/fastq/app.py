@@ -180,6 +180,8 @@ class Fastq:
             self.conf.update(preconf)
         if config_source is not None:
             self.config_from_object(config_source)
+        else:
+            self.conf.add_pending_source(self._config_from_environment, fallback=True)
         if set_as_current:
             _state.set_current_app(self)
         _state.register_app(self)
@@ -206,6 +208,12 @@ class Fastq:
         With `namespace='CELERY'` only names prefixed `CELERY_` are read (Django's settings module).
         """
         namespace = self.namespace = namespace or self.namespace  # (kept, as Celery keeps it: extensions read it)
+        self.conf.add_pending_source(self._object_loader(obj, silent, namespace))
+        if force:
+            self.conf._load_pending()
+
+    def _object_loader(self, obj: Any, silent: bool, namespace: str | None) -> Callable[[], dict[str, Any]]:
+        """What reads the settings of a config object (see `config_from_object`), when called."""
 
         def load() -> dict[str, Any]:
             try:
@@ -241,9 +249,7 @@ class Fastq:
                 old['timezone'] = zone
             return {**old, **out}
 
-        self.conf.add_pending_source(load)
-        if force:
-            self.conf._load_pending()
+        return load
 
     def setup_security(
         self,
@@ -287,6 +293,12 @@ class Fastq:
             else:
                 updates[name] = value
         self.conf.update(updates)
+
+    def _config_from_environment(self) -> dict[str, Any]:
+        """The settings of the module `CELERY_CONFIG_MODULE` names (`celery --config`'s variable), read by an
+        app given no config object, as Celery's loader reads it; an app given one never imports it."""
+        module = os.environ.get('CELERY_CONFIG_MODULE')
+        return self._object_loader(module, False, self.namespace)() if module else {}
 
     def config_from_envvar(self, variable_name: str, silent: bool = False, force: bool = False) -> bool:
         module = os.environ.get(variable_name)

@@ -391,3 +391,29 @@ def test_broker_read_and_write_urls_default_to_the_broker_url_and_read_celerys_v
     b = app()
     assert (b.conf.broker_url, b.conf.result_backend, b.broker_url) == ('memory://', 'memory://', 'memory://')
     assert (b.conf.broker_read_url, b.conf.broker_write_url) == ('memory://read-env', 'memory://')
+
+
+def test_an_app_without_a_config_object_reads_the_module_celery_config_module_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Celery's loader reads the module CELERY_CONFIG_MODULE names (what `celery --config` sets) when the
+    app has no config source; an app given one never imports it."""
+    module = types.ModuleType('envconfig_for_fastq_tests')
+    module.task_default_queue = 'from-env-module'  # type: ignore[attr-defined]
+    module.worker_concurrency = 3  # type: ignore[attr-defined]
+    monkeypatch.setitem(__import__('sys').modules, module.__name__, module)
+    monkeypatch.setenv('CELERY_CONFIG_MODULE', module.__name__)
+    a = app()
+    assert (a.conf.task_default_queue, a.conf.worker_concurrency, a.conf.broker_url) == (
+        'from-env-module',
+        3,
+        'memory://',
+    )
+    b = app()
+    b.config_from_object({'worker_concurrency': 2})
+    assert (b.conf.task_default_queue, b.conf.worker_concurrency) == ('celery', 2)
+    c = Fastq('t', broker='memory://', config_source={'task_acks_late': True}, set_as_current=False)
+    assert (c.conf.task_default_queue, c.conf.task_acks_late) == ('celery', True)
+    monkeypatch.setenv('CELERY_CONFIG_MODULE', 'no_such_config_module_for_fastq')
+    with pytest.raises(ModuleNotFoundError, match='no_such_config_module_for_fastq'):
+        _ = app().conf.task_default_queue

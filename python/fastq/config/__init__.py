@@ -3,10 +3,10 @@
 Lookup order for a setting: the environment (`FASTQ_<NAME>`, and Celery's `CELERY_BROKER_URL`,
 `CELERY_BROKER_READ_URL` / `_WRITE_URL` and `CELERY_RESULT_BACKEND` when not empty; read once, when the
 settings are first used), then values set in code (`conf.x = ...`, `conf.update`, `Fastq(broker=...)`), then
-`app.add_defaults(...)`, then the object given to `config_from_object`, then the default (Celery's order).
-Validation happens once, when the app is finalized: a bad value raises `ImproperlyConfigured` naming the
-setting; an unknown name warns with the closest known one, since a typo in a setting name otherwise silently
-does nothing.
+`app.add_defaults(...)`, then the object given to `config_from_object` (without one, the module named by
+`CELERY_CONFIG_MODULE`, as Celery's loader reads it), then the default (Celery's order). Validation happens
+once, when the app is finalized: a bad value raises `ImproperlyConfigured` naming the setting; an unknown name
+warns with the closest known one, since a typo in a setting name otherwise silently does nothing.
 """
 
 from __future__ import annotations
@@ -248,10 +248,16 @@ class Settings(MutableMapping[str, Any]):
 
     # --- loading ------------------------------------------------------------------------------------------
 
-    def add_pending_source(self, load: Callable[[], Mapping[str, Any]], defaults: bool = False) -> None:
+    def add_pending_source(
+        self, load: Callable[[], Mapping[str, Any]], defaults: bool = False, fallback: bool = False
+    ) -> None:
         """Register a config source loaded on first read (`config_from_object` is lazy, as in Celery); with
-        `defaults`, one of `app.add_defaults`, which a later config object does not erase."""
-        self._pending.append((load, defaults))
+        `defaults`, one of `app.add_defaults`, which a later config object does not erase; with `fallback`, the
+        source read only if no config object is given before the settings are first read (Celery's loader
+        reads `CELERY_CONFIG_MODULE` so: never when the app has a config source)."""
+        if not defaults and not fallback:
+            self._pending[:] = [entry for entry in self._pending if entry[1] != 'fallback']
+        self._pending.append((load, 'fallback' if fallback else defaults))
         self._invalidate()
 
     def _load_pending(self) -> None:
@@ -260,7 +266,7 @@ class Settings(MutableMapping[str, Any]):
         while self._pending:
             load, defaults = self._pending.pop(0)
             values = self._normalise(load(), from_object=True)
-            if defaults:
+            if defaults is True:
                 self._added_defaults.update(values)
             else:  # a new config object replaces the previous one (Celery's)
                 self._source.clear()
