@@ -21,7 +21,8 @@ def test_celery_defaults() -> None:
     conf = app().conf
     assert conf.task_serializer == 'json'
     assert conf.result_serializer == 'json'
-    assert conf.accept_content == ['json']
+    assert conf.accept_content == ('json',)  # tuples, as Celery's: `conf.imports + ('proj.tasks',)` works
+    assert conf.imports == () and conf.include == ()
     assert conf.task_default_queue == 'celery'
     assert conf.worker_prefetch_multiplier == 4
     assert conf.result_expires == timedelta(days=1)  # Celery's default, a timedelta

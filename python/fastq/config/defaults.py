@@ -25,11 +25,11 @@ def _s(name: str, type: str, default: Any, old: tuple[str, ...] = (), doc: str =
 
 
 CELERY_SETTINGS = [
-    _s('accept_content', 'list', ['json'], old=('CELERY_ACCEPT_CONTENT',)),
+    _s('accept_content', 'list', ('json',), old=('CELERY_ACCEPT_CONTENT',)),
     _s('result_accept_content', 'list', None),
     _s('enable_utc', 'bool', True),
-    _s('imports', 'any', [], old=('CELERY_IMPORTS',)),  # a list of module names, or one name
-    _s('include', 'any', [], old=('CELERY_INCLUDE',)),
+    _s('imports', 'any', (), old=('CELERY_IMPORTS',)),  # module names (a tuple, list or one name)
+    _s('include', 'any', (), old=('CELERY_INCLUDE',)),
     _s('timezone', 'str', None, old=('CELERY_TIMEZONE',)),
     _s('beat_enable_remote_control', 'bool', False, old=('CELERYBEAT_ENABLE_REMOTE_CONTROL',)),
     _s('beat_remote_control_max_tick_age', 'float', None, old=('CELERYBEAT_REMOTE_CONTROL_MAX_TICK_AGE',)),
