@@ -133,6 +133,7 @@ def test_unknown_attribute_suggests() -> None:
         ('task_compression', 'lz5', "task_compression: Unknown compression method 'lz5'"),
         ('task_default_rate_limit', '10/x', "task_default_rate_limit: bad rate limit '10/x'"),
         ('task_acks_late', 'yes', 'task_acks_late: expected True or False'),
+        ('timezone', 3, 'timezone: expected a time zone name or a tzinfo, got int 3'),
     ],
 )
 def test_bad_values_fail_naming_the_setting(name: str, value: object, match: str) -> None:
@@ -418,3 +419,14 @@ def test_an_app_without_a_config_object_reads_the_module_celery_config_module_na
     monkeypatch.setenv('CELERY_CONFIG_MODULE', 'no_such_config_module_for_fastq')
     with pytest.raises(ModuleNotFoundError, match='no_such_config_module_for_fastq'):
         _ = app().conf.task_default_queue
+
+
+def test_the_timezone_setting_takes_a_tzinfo_as_celery_does() -> None:
+    from datetime import UTC
+    from zoneinfo import ZoneInfo
+
+    for zone, name in ((ZoneInfo('Europe/Paris'), 'Europe/Paris'), (UTC, 'UTC')):
+        a = app()
+        a.conf.timezone = zone
+        a.finalize()
+        assert a.timezone is zone and a.now().tzinfo is zone and str(a.timezone) == name

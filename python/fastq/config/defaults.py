@@ -30,7 +30,7 @@ CELERY_SETTINGS = [
     _s('enable_utc', 'bool', True),
     _s('imports', 'any', (), old=('CELERY_IMPORTS',)),  # module names (a tuple, list or one name)
     _s('include', 'any', (), old=('CELERY_INCLUDE',)),
-    _s('timezone', 'str', None, old=('CELERY_TIMEZONE',)),
+    _s('timezone', 'any', None, old=('CELERY_TIMEZONE',)),  # a zone's name, or a tzinfo (Celery takes both)
     _s('beat_enable_remote_control', 'bool', False, old=('CELERYBEAT_ENABLE_REMOTE_CONTROL',)),
     _s('beat_remote_control_max_tick_age', 'float', None, old=('CELERYBEAT_REMOTE_CONTROL_MAX_TICK_AGE',)),
     _s('beat_max_loop_interval', 'float', 0, old=('CELERYBEAT_MAX_LOOP_INTERVAL',)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zoneinfo
+from datetime import tzinfo
 from typing import TYPE_CHECKING, Any
 
 from fastq.config.defaults import SETTINGS
@@ -65,6 +66,10 @@ def _check_compression(conf: Settings, name: str) -> None:
 
 def _check_timezone(conf: Settings, name: str) -> None:
     value = conf[name]
+    if isinstance(value, tzinfo):
+        return
+    if value and not isinstance(value, str):
+        raise _fail(name, f'expected a time zone name or a tzinfo, got {type(value).__name__} {value!r}')
     if value:
         try:
             zoneinfo.ZoneInfo(value)

@@ -34,8 +34,11 @@ def parse_rate(rate: str | float | None) -> float:
     return float(match.group(1)) / _RATE_UNITS[match.group(2) or 's']
 
 
-def get_timezone(name: str | None, enable_utc: bool = True) -> tzinfo:
-    """The app's time zone: `timezone` if set, else UTC (or the local zone when `enable_utc` is False)."""
+def get_timezone(name: str | tzinfo | None, enable_utc: bool = True) -> tzinfo:
+    """The app's time zone: `timezone` if set (a zone's name, or a tzinfo as Celery takes too), else UTC (or
+    the local zone when `enable_utc` is False)."""
+    if isinstance(name, tzinfo):
+        return name
     if name:
         return ZoneInfo(name)
     if enable_utc:
