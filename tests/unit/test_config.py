@@ -134,6 +134,7 @@ def test_unknown_attribute_suggests() -> None:
         ('task_default_rate_limit', '10/x', "task_default_rate_limit: bad rate limit '10/x'"),
         ('task_acks_late', 'yes', 'task_acks_late: expected True or False'),
         ('timezone', 3, 'timezone: expected a time zone name or a tzinfo, got int 3'),
+        ('worker_pool_start_method', 'forkserver', "must be 'fork' or 'spawn', got 'forkserver'"),
     ],
 )
 def test_bad_values_fail_naming_the_setting(name: str, value: object, match: str) -> None:

@@ -86,6 +86,12 @@ def _check_pool(conf: Settings, name: str) -> None:
     raise _fail(name, f'unknown pool {value!r} (choose from {", ".join(POOLS)})')
 
 
+def _check_start_method(conf: Settings, name: str) -> None:
+    value = conf[name]
+    if value not in ('fork', 'spawn'):  # (Celery's worker refuses the others so, with this text)
+        raise ImproperlyConfigured(f"worker_pool_start_method must be 'fork' or 'spawn', got {value!r}.")
+
+
 def _check_non_negative(conf: Settings, name: str) -> None:
     value = conf[name]
     if value is not None and value < 0:
@@ -129,6 +135,7 @@ _VALUE_CHECKS: dict[str, Any] = {
     'timezone': _check_timezone,
     'worker_pool': _check_pool,
     'worker_concurrency': _check_concurrency,
+    'worker_pool_start_method': _check_start_method,
     'worker_asyncio_processes': _check_positive,
     'worker_prefetch_multiplier': _check_non_negative,
     'worker_max_tasks_per_child': _check_positive,
