@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from fastq import _core
@@ -52,19 +52,23 @@ Message = _core.Message
 SENT_AT_HEADER = 'fastq_sent_at'
 
 
-def _iso(value: datetime | str | None, tz: tzinfo) -> str | None:
+def _iso(value: datetime | str | None) -> str | None:
     if value is None or isinstance(value, str):
         return value
-    return maybe_make_aware(value, tz).isoformat()
+    return maybe_make_aware(value, UTC).isoformat()
 
 
 def resolve_eta(countdown: float | None, eta: datetime | str | None, now: datetime, tz: tzinfo) -> str | None:
-    """The `eta` header: `countdown` seconds from now (in the app's zone) or the given datetime, as ISO-8601."""
+    """The `eta` header: `countdown` seconds from now (in the app's zone) or the given datetime, as ISO-8601.
+
+    A naive `eta` (or `expires`) is UTC whatever the app's zone: Celery sends it as it is and its worker
+    reads it as UTC, so reading it in the app's zone ran it hours early or late. It leaves here with the
+    offset spelled out."""
     if countdown:
         if isinstance(countdown, bool) or not isinstance(countdown, int | float):
             raise TypeError(f'countdown must be a number of seconds, got {countdown!r}')
         return maybe_make_aware(now + timedelta(seconds=float(countdown)), tz).isoformat()
-    return _iso(eta, tz)
+    return _iso(eta)
 
 
 def resolve_expires(expires: float | datetime | str | None, now: datetime, tz: tzinfo) -> tuple[str | None, str | None]:
@@ -74,10 +78,12 @@ def resolve_expires(expires: float | datetime | str | None, now: datetime, tz: t
     if isinstance(expires, int | float) and not isinstance(expires, bool):
         seconds = float(expires)
         header = maybe_make_aware(now + timedelta(seconds=seconds), tz).isoformat()
-    else:
-        when = from_iso(expires, tz) if isinstance(expires, str) else maybe_make_aware(expires, tz)  # type: ignore[arg-type]
+    elif isinstance(expires, str | datetime):
+        when = from_iso(expires) if isinstance(expires, str) else maybe_make_aware(expires, UTC)
         header = when.isoformat()
         seconds = (when - now).total_seconds()
+    else:  # (a timedelta too: Celery takes seconds or a datetime, and raises TypeError for the rest)
+        raise TypeError(f'expires must be seconds, a datetime or an ISO-8601 string, got {expires!r}')
     seconds = max(seconds, 0.0)
     return header, str(int(seconds * 1000))
 
@@ -313,21 +319,21 @@ def _number(value: Any, field: str) -> float | None:
     raise InvalidTaskError(f'header {field!r} must be a number or null, got {value!r}')
 
 
-def parse_task_headers(message: Message, tz: tzinfo) -> TaskRequest:
+def parse_task_headers(message: Message) -> TaskRequest:
     """Validate the protocol-v2 headers of a message; InvalidTaskError says which header is wrong."""
     h = message.headers
     task = h.get('task')
     if (not isinstance(task, str) or not task) and isinstance(message.body, bytes) and 'task' not in h:
         raise InvalidTaskError('not a protocol v2 task message (no "task" header); protocol v1 is not supported')
-    return _request(tz, h, None, *[h.get(name) for name in _REQUEST_FIELDS])
+    return _request(h, None, *[h.get(name) for name in _REQUEST_FIELDS])
 
 
-def parse_delivery(d: Delivery, tz: tzinfo) -> TaskRequest:
+def parse_delivery(d: Delivery) -> TaskRequest:
     """`parse_task_headers` of a delivery's message, from its head when the broker gave one (no decode)."""
     head = d.head
     if head is None:
         assert d.message is not None
-        return parse_task_headers(d.message, tz)
+        return parse_task_headers(d.message)
     fields = head.fields
     (task_id, task, eta, expires, retries, timelimit, ignore_result, argsrepr, kwargsrepr) = fields[:9]
     # The usual message (no ETA or expiry, no time limits, the types right) without `_request`'s general
@@ -350,14 +356,13 @@ def parse_delivery(d: Delivery, tz: tzinfo) -> TaskRequest:
             root_id, parent_id, group, shadow, sent_at, None, d,
         )  # fmt: skip
     try:
-        return _request(tz, None, d, *fields[: len(_REQUEST_FIELDS)])
+        return _request(None, d, *fields[: len(_REQUEST_FIELDS)])
     except InvalidTaskError:
         assert d.message is not None
-        return parse_task_headers(d.message, tz)  # in the full decode's words
+        return parse_task_headers(d.message)  # in the full decode's words
 
 
 def _request(
-    tz: tzinfo,
     headers: dict[str, Any] | None,
     source: Delivery | None,
     task_id: Any,
@@ -380,8 +385,8 @@ def _request(
     if not isinstance(task_id, str) or not task_id:
         raise InvalidTaskError(f'header "id" must be a non-empty string, got {task_id!r}')
     try:
-        eta = from_iso(eta, tz).timestamp() if eta else None
-        expires = from_iso(expires, tz).timestamp() if expires else None
+        eta = from_iso(eta).timestamp() if eta else None
+        expires = from_iso(expires).timestamp() if expires else None
     except (TypeError, ValueError) as exc:
         raise InvalidTaskError(f'bad eta/expires header: {exc}') from exc
     timelimit = timelimit or (None, None)

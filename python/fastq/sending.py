@@ -350,7 +350,7 @@ class _Context:
             expires_header, expiration = protocol.resolve_expires(expires, now, tz)
             if expiration == '0':
                 logger.warning('%s has an expiration date in the past; it will be revoked when received', task_id)
-            eta_time = to_timestamp(eta_header, tz)
+            eta_time = to_timestamp(eta_header)
         root_id, parent_id = kw.get('root_id'), kw.get('parent_id')
         priority = plan.priority
         parent = self.parent

@@ -288,7 +288,10 @@ def test_worker_main_builds_argv(app: Fastq, monkeypatch: pytest.MonkeyPatch) ->
     assert seen == [['worker', '-l', 'info']]
 
 
-def test_eta_and_expires_are_aware_in_the_app_timezone() -> None:
+def test_eta_and_expires_are_aware_and_naive_ones_are_utc() -> None:
+    """A countdown is measured in the app's zone, but a naive `eta`/`expires` is UTC whatever the zone: Celery
+    sends it as it is and its worker reads it as UTC (`maybe_make_aware(naive_as_utc=True)`), so reading it in
+    the app's zone ran a task two hours early here."""
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
@@ -302,19 +305,35 @@ def test_eta_and_expires_are_aware_in_the_app_timezone() -> None:
         return None
 
     noop.apply_async(countdown=60)
-    noop.apply_async(eta=datetime(2030, 7, 1, 12, 0))  # naive: read in the app's zone, as Celery does
-    noop.apply_async(eta=datetime(2030, 7, 1, 12, 0, tzinfo=UTC), expires=30)
+    noop.apply_async(eta=datetime(2030, 7, 1, 12, 0), expires=datetime(2030, 7, 1, 13, 0))
+    noop.apply_async(eta=datetime(2030, 7, 1, 12, 0, tzinfo=ZoneInfo('Europe/Paris')), expires=30)
     broker = app.broker
     assert isinstance(broker, MemoryBroker)
     import json
 
-    stored = [json.loads(m.payload)['headers'] for m in broker._state.messages.values()]
-    countdown, naive, aware = stored
+    stored = sorted(broker._state.messages.values(), key=lambda m: m.not_before)
+    countdown, aware, naive = (json.loads(m.payload)['headers'] for m in stored)
     eta = datetime.fromisoformat(countdown['eta'])
     assert eta.utcoffset() == datetime.now(ZoneInfo('Europe/Paris')).utcoffset()
-    assert naive['eta'] == '2030-07-01T12:00:00+02:00'
-    assert aware['eta'] == '2030-07-01T12:00:00+00:00'
+    assert naive['eta'] == '2030-07-01T12:00:00+00:00'
+    assert naive['expires'] == '2030-07-01T13:00:00+00:00'
+    assert aware['eta'] == '2030-07-01T12:00:00+02:00'
     assert datetime.fromisoformat(aware['expires']).utcoffset() is not None
-    by_time = sorted(broker._state.messages.values(), key=lambda m: m.not_before)
-    assert by_time[-1].not_before == datetime(2030, 7, 1, 12, 0, tzinfo=UTC).timestamp()
+    assert stored[-1].not_before == datetime(2030, 7, 1, 12, 0, tzinfo=UTC).timestamp()
+    app.close()
+
+
+def test_expires_is_seconds_or_a_datetime() -> None:
+    """Celery takes `expires` as seconds, a datetime or an ISO string, and a timedelta raises TypeError in the
+    caller (not an AttributeError from deep inside)."""
+    from datetime import timedelta
+
+    app = Fastq('tz', broker='memory://', backend='memory://', set_as_current=False)
+
+    @app.task
+    def noop() -> None:
+        return None
+
+    with pytest.raises(TypeError, match='expires'):
+        noop.apply_async(expires=timedelta(minutes=5))
     app.close()

@@ -212,7 +212,7 @@ def test_received_event_from_the_envelope_text_is_the_event_from_the_decoded_val
 
     headers = {'lang': 'py', 'task': 'proj.add', 'id': 'id-1', **headers}
     message = _core.Message.from_envelope(kombu_envelope(headers), None)
-    request = parse_task_headers(message, datetime.UTC)
+    request = parse_task_headers(message)
 
     def received(message: Any) -> dict[str, Any]:
         events, _, _ = worker_buffer(muted=set())

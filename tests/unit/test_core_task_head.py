@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import UTC
 
 import pytest
 from hypothesis import given, settings
@@ -165,8 +164,8 @@ def test_delivery_decodes_its_message_only_when_read():
 def test_request_from_the_head_is_the_request_from_the_message():
     data = ENVELOPES['every header']
     d = Delivery('tag-1', 'celery', None, data, head=_core.task_head(data))
-    fast = parse_delivery(d, UTC)
-    full = parse_task_headers(_core.Message.from_envelope(data, None), UTC)
+    fast = parse_delivery(d)
+    full = parse_task_headers(_core.Message.from_envelope(data, None))
     for name in (
         'id task eta expires retries time_limit soft_time_limit ignore_result argsrepr kwargsrepr root_id '
         'parent_id group shadow sent_at'
@@ -182,7 +181,7 @@ def test_invalid_headers_are_reported_in_the_full_decodes_words():
     d = Delivery('tag-1', 'celery', None, bad, head=_core.task_head(bad))
     assert d.head is not None
     with pytest.raises(InvalidTaskError, match='"retries" must be an integer'):
-        parse_delivery(d, UTC)
+        parse_delivery(d)
     v1 = (
         b'{"body": "e30=", "content-encoding": "utf-8", "content-type": "application/json", "headers": {},'
         b' "properties": {"body_encoding": "base64"}}'
@@ -190,4 +189,4 @@ def test_invalid_headers_are_reported_in_the_full_decodes_words():
     d = Delivery('tag-2', 'celery', None, v1, head=_core.task_head(v1))
     assert d.head is not None
     with pytest.raises(InvalidTaskError, match='protocol v1 is not supported'):
-        parse_delivery(d, UTC)
+        parse_delivery(d)

@@ -146,8 +146,8 @@ def test_same_envelope_as_celery(
         # are for logs only and never parsed back, so this is the one deliberate difference.
         f_env['headers']['argsrepr'] = c_env['headers']['argsrepr']
     if case == 'eta naive':
-        # Celery sends a naive eta as it is; fastq makes it aware in the app's zone (UTC here) before sending,
-        # so no reader has to guess the zone. Same instant, explicit offset.
+        # Celery sends a naive eta as it is, and its worker reads it as UTC; fastq makes it aware in UTC before
+        # sending, so no reader has to guess the zone. Same instant, explicit offset.
         assert f_env['headers']['eta'] == options['eta'].replace(tzinfo=UTC).isoformat()
         assert c_env['headers']['eta'] == options['eta'].isoformat()
         f_env['headers']['eta'] = c_env['headers']['eta'] = None
@@ -189,3 +189,34 @@ def test_send_task_sends_ignore_result_as_given(
     assert f_env['headers']['ignore_result'] is c_env['headers']['ignore_result'] is options.get('ignore_result')
     assert f_result.ignored is c_result.ignored
     assert normalise(f_env) == normalise(c_env)
+
+
+def test_a_naive_eta_is_the_instant_celerys_worker_reads(
+    celery_app: Any, fastq_app: Fastq, captured: list[tuple[str, dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A naive `eta`/`expires` means UTC to Celery whatever the app's `timezone`: its client sends it as it is
+    and its worker's `Request` reads it with `naive_as_utc`. fastq's worker reading Celery's message, and
+    fastq's client sending its own, land on that instant, not on the same wall time in the app's zone (here
+    nine hours earlier)."""
+    from celery.worker.request import Request
+
+    from fastq import _core
+    from fastq.protocol import parse_task_headers
+
+    monkeypatch.setattr(celery_app.conf, 'timezone', 'Asia/Tokyo')
+    fastq_app.conf.timezone = 'Asia/Tokyo'
+    eta, expires = datetime(2030, 1, 1, 12), datetime(2030, 1, 1, 13)
+    celery_app.tasks['oracle.add'].apply_async((1, 1), eta=eta, expires=expires)
+    envelope = captured[-1][1]
+    assert envelope['headers']['eta'] == '2030-01-01T12:00:00'  # Celery sends it naive
+    with celery_app.connection_for_write() as conn:
+        request = Request(conn.default_channel.message_to_python(envelope), app=celery_app)
+        celery_eta, celery_expires = request.eta.timestamp(), request.expires.timestamp()
+    assert celery_eta == eta.replace(tzinfo=UTC).timestamp()
+
+    fastq_read = parse_task_headers(_core.Message.from_envelope(json.dumps(envelope).encode(), None))
+    assert (fastq_read.eta, fastq_read.expires) == (celery_eta, celery_expires)
+
+    fastq_app.tasks['oracle.add'].apply_async((1, 1), eta=eta, expires=expires)
+    fastq_read = parse_task_headers(_core.Message.from_envelope(fastq_stored(fastq_app)[1], None))
+    assert (fastq_read.eta, fastq_read.expires) == (celery_eta, celery_expires)

@@ -107,16 +107,17 @@ def maybe_make_aware(dt: datetime, tz: tzinfo | None = None) -> datetime:
     return dt
 
 
-def from_iso(value: str, tz: tzinfo | None = None) -> datetime:
-    """Parse an ISO-8601 timestamp from a message; a naive one is read in `tz` (Celery's behaviour)."""
-    return maybe_make_aware(datetime.fromisoformat(value), tz)
+def from_iso(value: str) -> datetime:
+    """Parse a message's ISO-8601 `eta`/`expires`; a naive one is UTC, whatever the app's `timezone`, as
+    Celery's worker reads it (`maybe_make_aware(..., naive_as_utc=True)`) and its client measures it."""
+    return maybe_make_aware(datetime.fromisoformat(value), UTC)
 
 
-def to_timestamp(value: str | datetime | None, tz: tzinfo | None = None) -> float | None:
-    """Unix time of an ISO string or datetime (None stays None)."""
+def to_timestamp(value: str | datetime | None) -> float | None:
+    """Unix time of an ISO string or datetime (None stays None; naive is UTC, as in `from_iso`)."""
     if value is None:
         return None
-    dt = from_iso(value, tz) if isinstance(value, str) else maybe_make_aware(value, tz)
+    dt = from_iso(value) if isinstance(value, str) else maybe_make_aware(value, UTC)
     return dt.timestamp()
 
 

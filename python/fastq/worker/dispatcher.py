@@ -116,7 +116,6 @@ class Dispatcher:
         self.running: dict[int, Job] = {}
         self._late_acks: list[Any] = []
         self._ids = itertools.count(1)
-        self.tz = app.timezone
         conf = app.conf
         self.max_redeliveries = int(conf.task_max_redeliveries or 0)
         self.default_time_limit = conf.task_time_limit
@@ -165,7 +164,7 @@ class Dispatcher:
             signals.task_rejected.send(sender=self, message=d, exc=None)  # (Celery's "unknown message")
             return
         try:
-            request = parse_delivery(d, self.tz)
+            request = parse_delivery(d)
         except InvalidTaskError as exc:
             message = d.message
             if message is not None and 'task' not in message.headers:  # not a task at all: Celery's words
@@ -264,7 +263,7 @@ class Dispatcher:
         rides with the child's next wait in the broker), else sent now, as Celery's is (on the pool's word
         that the task started). `logged`: the child wrote the "received" line (before it ran the task)."""
         self.ledger.add(d.tag)
-        request = parse_delivery(d, self.tz)
+        request = parse_delivery(d)
         job = self._job(job_id, d, request, self.app.tasks[request.task])
         self._received(job, logged)
         if job.acks_late:

@@ -37,8 +37,6 @@ from fastq.protocol import decode_body, parse_task_headers
 from fastq.worker.control import on_loop
 
 if TYPE_CHECKING:
-    from datetime import tzinfo
-
     from fastq._core import Message
     from fastq.worker.job import Job
     from fastq.worker.worker import WorkController
@@ -86,10 +84,10 @@ def of_job(eta: float, job: Job) -> Parked:
     )
 
 
-def of_message(message: Message, tz: tzinfo) -> Parked | None:
+def of_message(message: Message) -> Parked | None:
     """A message read back from the broker; None if it is no task with an ETA (it is not listed)."""
     try:
-        request = parse_task_headers(message, tz)
+        request = parse_task_headers(message)
     except InvalidTaskError:
         return None
     if request.eta is None:
@@ -204,8 +202,7 @@ def waiting(worker: WorkController) -> list[Parked]:
             return []
         records = on_loop(worker, lambda: remembered.live(now, dispatcher.revoked))
     else:
-        tz = worker.app.timezone
-        found = [r for r in (of_message(m, tz) for m in messages) if r is not None and r.eta > now]
+        found = [r for r in (of_message(m) for m in messages) if r is not None and r.eta > now]
 
         def not_revoked() -> list[Parked]:
             revoked = dispatcher.revoked
@@ -245,8 +242,7 @@ def store_revoked(worker: WorkController, ids: set[str]) -> None:
         if remembered is not None:
             found = on_loop(worker, lambda: [(r.id, r.name) for r in remembered.entries.values() if r.id in ids])
     else:
-        tz = worker.app.timezone
-        found = [(r.id, r.name) for r in (of_message(m, tz) for m in messages) if r is not None and r.id in ids]
+        found = [(r.id, r.name) for r in (of_message(m) for m in messages) if r is not None and r.id in ids]
     # The rest too, but the ones running here, as Celery's `_revoke` does for ids it holds no request for (a
     # task still in its queue): its state says REVOKED at once, on the app's backend.
     running = on_loop(worker, lambda: {job.request.id for job in dispatcher.running.values()})

@@ -264,7 +264,7 @@ class Lent:
             time_limit = soft_limit = None
         else:
             try:
-                request = parse_delivery(d, self.app.timezone)
+                request = parse_delivery(d)
             except (InvalidTaskError, ValueError, TypeError):
                 return None
             task_id, name, eta, expires = request.id, request.task, request.eta, request.expires
