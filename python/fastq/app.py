@@ -778,6 +778,12 @@ class Fastq:
 
         return ConnectionPool(self)
 
+    @property
+    def producer_pool(self) -> Any:
+        """Celery's producer pool: `with app.producer_pool.acquire(block=True) as producer:` then
+        `apply_async(..., producer=producer)`."""
+        return self.amqp.producer_pool
+
     def producer_or_acquire(self, producer: Any = None) -> Any:
         """A context giving `producer`, or one made for the block (accepted as `producer=` when sending)."""
         from fastq.connection import producer_or_acquire
@@ -952,6 +958,17 @@ class _Amqp:
     @property
     def router(self) -> Router:
         return self.app.router
+
+    @property
+    def producer_pool(self) -> Any:
+        pool = self.__dict__.get('_producer_pool')
+        if pool is None:
+            from fastq.connection import ProducerPool
+
+            pool = self.__dict__['_producer_pool'] = ProducerPool(self.app)
+        return pool
+
+    publisher_pool = producer_pool  # (Celery's old name, still there)
 
     @property
     def default_queue(self) -> Any:

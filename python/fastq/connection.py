@@ -23,7 +23,7 @@ from fastq.utils.text import mask_url
 if TYPE_CHECKING:
     from fastq.app import Fastq
 
-__all__ = ['Connection', 'ConnectionPool', 'Producer']
+__all__ = ['Connection', 'ConnectionPool', 'Producer', 'ProducerPool']
 
 
 class Connection:
@@ -198,6 +198,28 @@ class ConnectionPool:
 
     def release(self, connection: Connection) -> None:
         connection.release()
+
+    def force_close_all(self) -> None:
+        pass
+
+
+class ProducerPool:
+    """`app.producer_pool` (`app.amqp.producer_pool`, `publisher_pool`): `acquire()` gives a `Producer` for
+    `apply_async(producer=...)`, as the Calling guide's connection reuse does; leaving its `with` block, or
+    `release(producer)`, gives it back (there is nothing to wait for: producers hold no connection)."""
+
+    def __init__(self, app: Fastq) -> None:
+        self.app = app
+
+    @property
+    def limit(self) -> int | None:
+        return self.app.conf.broker_pool_limit  # type: ignore[no-any-return]
+
+    def acquire(self, block: bool = False, timeout: float | None = None) -> Producer:
+        return Producer(Connection(self.app))
+
+    def release(self, producer: Producer) -> None:
+        producer.release()
 
     def force_close_all(self) -> None:
         pass

@@ -386,6 +386,25 @@ def test_unhashable_options_are_not_cached(memory_app: Fastq) -> None:
     assert [p['headers']['a'] for p in _memory_payloads(memory_app)] == [[1], [2]]
 
 
+def test_sending_through_a_producer_from_the_producer_pool(memory_app: Fastq) -> None:
+    """The Calling guide's connection reuse: `with app.producer_pool.acquire(block=True) as producer:` then
+    `apply_async(..., producer=producer)` (or Celery's old `publisher=`, and `app.amqp.publisher_pool`) sends
+    the message a plain call sends."""
+    add, _ = _tasks(memory_app)
+    assert memory_app.producer_pool is memory_app.amqp.producer_pool is memory_app.amqp.publisher_pool
+    with memory_app.producer_pool.acquire(block=True) as producer:
+        assert producer.connection.as_uri() == 'memory://'
+        add.apply_async((1, 1), task_id='a', producer=producer)
+        add.apply_async((1, 1), task_id='b', publisher=producer)
+    memory_app.producer_pool.release(memory_app.producer_pool.acquire())
+    add.apply_async((1, 1), task_id='c')
+    sent = _memory_payloads(memory_app)
+    for p in sent:
+        p['headers'].pop('id'), p['headers'].pop('root_id'), p['headers'].pop('fastq_sent_at')
+        p['properties'].pop('correlation_id'), p['properties'].pop('delivery_tag')
+    assert sent[0] == sent[1] == sent[2]
+
+
 # --- batch publishing -----------------------------------------------------------------------------------------
 
 
