@@ -6,9 +6,18 @@ imports (`exceptions`, `result`, `states`, `signals`, `schedules`, `utils.log`) 
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from fastq._core import __version__
+
+# A library's warnings (a publish being retried, an `expires` already past) reach a program's own logging
+# setup, and nowhere else: as kombu's `get_logger` does for every Celery logger, a NullHandler on the roots
+# fastq logs under keeps Python's last-resort handler from printing them to a client's stderr.
+for _name in ('fastq', 'celery'):
+    if not logging.getLogger(_name).handlers:
+        logging.getLogger(_name).addHandler(logging.NullHandler())
+del _name
 
 __all__ = [
     'AsyncResult',

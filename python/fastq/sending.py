@@ -827,7 +827,10 @@ class _Retrying:
         self.attempt += 1
         broker = self.broker
         if not self.retry or (self.max_retries is not None and self.attempt > self.max_retries):
-            raise OperationalError(f'cannot publish to {broker.describe()}: {error}') from error
+            where, said = broker.describe(), str(error)  # (a connection error already names the URL: once)
+            raise OperationalError(
+                f'cannot publish to {said if said.startswith(where) else f"{where}: {said}"}'
+            ) from error
         delay = self.interval
         logger.warning('Publishing to %s failed (%s); retry %d in %.2fs', broker.describe(), error, self.attempt, delay)
         self.interval = min(self.interval + self.step, self.interval_max)

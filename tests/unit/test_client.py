@@ -754,3 +754,34 @@ def test_loop_local_closes_on_loop_shutdown() -> None:
 
     assert asyncio.run(explicit()) == 3 and closed == [0, 1, 2, 3]
     assert local.peek() is None
+
+
+def test_a_client_without_logging_set_up_prints_nothing_of_its_own(tmp_path: Any) -> None:
+    """Celery's loggers have a NullHandler (kombu's `get_logger`), so a program that never set logging up
+    sees none of their warnings on stderr: not the publish retries before the OperationalError the caller
+    handles, not an `expires` already past. Nor does it see fastq's; and the error names the broker once."""
+    import subprocess
+    import sys
+
+    from tests.servers import free_port
+
+    script = tmp_path / 'client.py'
+    script.write_text(
+        'from datetime import datetime, timedelta, timezone\n'
+        'from fastq import Fastq\n'
+        'from fastq.exceptions import OperationalError\n'
+        f"app = Fastq('c', broker='redis://127.0.0.1:{free_port()}/0', set_as_current=False)\n"
+        "app.conf.task_publish_retry_policy = {'max_retries': 2, 'interval_start': 0, 'interval_step': 0}\n"
+        "add = app.task(name='c.add')(lambda x, y: x + y)\n"
+        'try:\n'
+        '    add.delay(1, 1)\n'
+        'except OperationalError as exc:\n'
+        '    print(exc)\n'
+        "app = Fastq('m', broker='memory://', set_as_current=False)\n"
+        "add = app.task(name='c.add')(lambda x, y: x + y)\n"
+        'add.apply_async((1, 1), expires=datetime.now(timezone.utc) - timedelta(seconds=5))\n'
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stderr == ''
+    (said,) = done.stdout.splitlines()
+    assert said.startswith('cannot publish to redis://127.0.0.1:') and said.count('redis://') == 1, said
