@@ -37,6 +37,7 @@ __all__ = [
     'Retry',
     'SecurityError',
     'SecurityWarning',
+    'SerializerNotInstalled',
     'SoftTimeLimitExceeded',
     'TaskError',
     'TaskPredicate',
@@ -298,6 +299,11 @@ class SerializationError(KombuError):
 
 class EncodeError(SerializationError):
     """A message could not be serialized (the original error is chained)."""
+
+
+class SerializerNotInstalled(EncodeError):
+    """No serializer of that name (kombu's: `apply_async(serializer='nope')` raises it in the caller). An
+    EncodeError too, as fastq raised before, so code catching that still does."""
 
 
 class DecodeError(SerializationError):

@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from fastq import _core
-from fastq.exceptions import ContentDisallowed, DecodeError, EncodeError
+from fastq.exceptions import ContentDisallowed, DecodeError, EncodeError, SerializerNotInstalled
 
 __all__ = [
     'BINARY_TYPES',
@@ -181,7 +181,7 @@ def serializer_by_name(name: str) -> Serializer:
         adopted = _serializer_from_kombu(name=name)
         if adopted is not None:
             return adopted
-        raise EncodeError(f'No encoder installed for {name!r} (known: {", ".join(_BY_NAME)})') from None
+        raise SerializerNotInstalled(f'No encoder installed for {name!r} (known: {", ".join(_BY_NAME)})') from None
 
 
 def serializer_by_content_type(content_type: str) -> Serializer:

@@ -53,3 +53,14 @@ def test_registered_codecs_end_to_end() -> None:
             ):
                 result = add.apply_async((2, 3), serializer=serializer, compression=compression)
                 assert result.get(timeout=10) == 5, (serializer, compression)
+
+
+def test_an_unknown_serializer_is_serializer_not_installed(memory_app: Any) -> None:
+    """Celery's `apply_async(serializer='nope')` raises kombu's SerializerNotInstalled ('No encoder installed
+    for nope') in the caller, which code catches by that name; fastq's is an EncodeError as well."""
+    from fastq.exceptions import SerializerNotInstalled
+
+    add = memory_app.task(name='codecs.add', shared=False)(lambda x, y: x + y)
+    with pytest.raises(SerializerNotInstalled, match="No encoder installed for 'nope'") as raised:
+        add.apply_async((1, 2), serializer='nope')
+    assert isinstance(raised.value, EncodeError)

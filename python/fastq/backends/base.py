@@ -91,7 +91,10 @@ CELERY_HOMES: dict[str, str] = {
     ),
     **dict.fromkeys(('TimeLimitExceeded', 'SoftTimeLimitExceeded', 'WorkerLostError', 'Terminated'), 'billiard.exceptions'),
     **dict.fromkeys(
-        ('KombuError', 'OperationalError', 'SerializationError', 'EncodeError', 'DecodeError', 'ContentDisallowed'),
+        (
+            'KombuError', 'OperationalError', 'SerializationError', 'EncodeError', 'DecodeError', 'ContentDisallowed',
+            'SerializerNotInstalled',
+        ),
         'kombu.exceptions',
     ),
 }  # fmt: skip
