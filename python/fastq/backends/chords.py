@@ -15,6 +15,7 @@ polls the header's results until they are all ready.
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
 import logging
 import math
@@ -260,33 +261,45 @@ def _fail_group_body(backend: Backend, body: Any, exc: BaseException) -> None:
 def call_errbacks(app: Fastq, errbacks: Any, request: Any, exc: BaseException, traceback: str | None = None) -> None:
     """Run a failed task's errbacks as Celery does.
 
-    One whose task takes more than one positional argument (`def on_error(request, exc, traceback)`, the
-    style Celery's guides teach) is called here, in the failing task's process, with the failed task's
-    request, its exception and its traceback; one taking the failed task's id alone (the older style, and
-    any bound task or a task this process does not know) is sent as a task with it. One that fails is logged
-    and does not keep the others from running.
+    One whose task takes more than one positional argument besides those its signature already holds
+    (`def on_error(request, exc, traceback)`, the style Celery's guides teach) is called here, in the failing
+    task's process, with the failed task's request, its exception and its traceback; the others (taking the
+    failed task's id alone, the older style, and any bound task or a task this process does not know) are
+    sent with it, together as one group, as Celery 5.7's `_call_task_errbacks` sends them: each has the
+    group's id in `request.group` (and, with `result_extended`, in its stored result). One that fails is
+    logged and does not keep the others from running.
     """
-    from fastq.canvas import maybe_signature
+    from fastq.canvas import group, maybe_signature
 
     task_id = request.id
     root_id = request.root_id or task_id
+    old_style = []
     for raw in as_list(errbacks):
         sig = maybe_signature(raw, app=app)
         if sig is None:
             continue
+        if not _takes_request(app.tasks.get(sig.task), sig):
+            old_style.append(sig)
+            continue
         try:
-            if _takes_request(app.tasks.get(sig.task)):
-                sig(request, exc, traceback)
-            elif request.is_eager:
-                sig.clone((task_id,)).apply(parent_id=task_id, root_id=root_id)
-            else:
-                sig.clone((task_id,)).apply_async(parent_id=task_id, root_id=root_id)
+            sig(request, exc, traceback)
         except Exception:
             logger.exception('Errback %r of %s failed', sig, task_id)
+    if not old_style:
+        return
+    sent = group(old_style, app=app)
+    try:
+        if request.is_eager:
+            sent.apply((task_id,), parent_id=task_id, root_id=root_id)
+        else:
+            sent.apply_async((task_id,), parent_id=task_id, root_id=root_id)
+    except Exception:
+        logger.exception('Errbacks %r of %s failed', old_style, task_id)
 
 
-def _takes_request(task: Any) -> bool:
-    """A new-style errback: an unbound task whose function takes more than one positional argument."""
+def _takes_request(task: Any, sig: Any) -> bool:
+    """A new-style errback: an unbound task whose function takes more than one positional argument, not
+    counting the arguments a mutable signature already holds (Celery's `_errback_arity_greater`)."""
     fun = getattr(type(task), '__wrapped__', None) if task is not None else None
     if fun is None or getattr(task, '_bound', False):
         return False
@@ -294,6 +307,11 @@ def _takes_request(task: Any) -> bool:
         spec = inspect.getfullargspec(fun)
     except TypeError:
         return False
+    if not sig.immutable and (sig.args or sig.kwargs):
+        try:  # (what is left once they are bound from the left, as partial() binds them)
+            spec = inspect.getfullargspec(functools.partial(fun, *sig.args, **sig.kwargs))
+        except (TypeError, ValueError):
+            pass  # (a call that cannot work: classified by the function alone, as Celery does)
     return bool(spec.varargs) or len(spec.args) > 1
 
 
