@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from fastq.exceptions import BrokerConnectionError, OperationalError
+from fastq.exceptions import BrokerConnectionError, OperationalError, publish_failed
 from fastq.utils.text import mask_url
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class Connection:
         try:
             self.app.broker.connect()
         except BrokerConnectionError as exc:
-            raise OperationalError(str(exc)) from exc
+            raise publish_failed(str(exc)) from exc
         self._connected = True
         return self
 

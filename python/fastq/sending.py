@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import _state, protocol, signals
 from fastq.brokers.base import Outgoing, alike_outgoing
-from fastq.exceptions import AlwaysEagerIgnored, AMQPChannelError, BrokerConnectionError, OperationalError
+from fastq.exceptions import (
+    AlwaysEagerIgnored,
+    AMQPChannelError,
+    BrokerConnectionError,
+    OperationalError,
+    publish_failed,
+)
 from fastq.result import AsyncResult
 from fastq.routing import Broadcast
 from fastq.serialization import compression_mime
@@ -828,7 +834,7 @@ class _Retrying:
         broker = self.broker
         if not self.retry or (self.max_retries is not None and self.attempt > self.max_retries):
             where, said = broker.describe(), str(error)  # (a connection error already names the URL: once)
-            raise OperationalError(
+            raise publish_failed(
                 f'cannot publish to {said if said.startswith(where) else f"{where}: {said}"}'
             ) from error
         delay = self.interval

@@ -785,3 +785,30 @@ def test_a_client_without_logging_set_up_prints_nothing_of_its_own(tmp_path: Any
     assert done.stderr == ''
     (said,) = done.stdout.splitlines()
     assert said.startswith('cannot publish to redis://127.0.0.1:') and said.count('redis://') == 1, said
+
+
+def test_a_failed_publish_is_kombus_operational_error_too() -> None:
+    """Code written for Celery catches a broker that is down with kombu's class (`except
+    kombu.exceptions.OperationalError:` around `delay()`); fastq's own name, the task's attribute and
+    pickling (a task failing with it, results in pickle) keep working."""
+    import pickle
+
+    import kombu.exceptions
+
+    from fastq.exceptions import OperationalError
+    from tests.servers import free_port
+
+    app = Fastq('c', broker=f'redis://127.0.0.1:{free_port()}/0', set_as_current=False)
+    try:
+        add = app.task(name='c.add')(lambda x, y: x + y)
+        with pytest.raises(kombu.exceptions.OperationalError) as caught:
+            add.apply_async((1, 1), retry=False)
+        exc = caught.value
+        assert isinstance(exc, OperationalError) and isinstance(exc, add.OperationalError)
+        assert type(exc).__name__ == 'OperationalError' and 'cannot publish to redis://' in str(exc)
+        again = pickle.loads(pickle.dumps(exc))
+        assert type(again) is type(exc) and again.args == exc.args
+        with pytest.raises(kombu.exceptions.OperationalError):
+            app.connection().connect()
+    finally:
+        app.close()
