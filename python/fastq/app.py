@@ -676,7 +676,7 @@ class Fastq:
         """Send a task by name (it need not be registered here); returns its `AsyncResult`."""
         from fastq.sending import send_keywords, send_task_message
 
-        if isinstance(args, list) and options.get('argsrepr') is None:  # (Celery's shows a list as a list)
+        if isinstance(args, list) and args and options.get('argsrepr') is None:  # (Celery: a list as a list, [] as ())
             options['argsrepr'] = saferepr(args)
         kw = send_keywords(locals(), options)
         return send_task_message(self, name, tuple(args or ()), dict(kwargs or {}), task_type, kw, options)

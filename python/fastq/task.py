@@ -453,7 +453,7 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> AsyncResult[R]:
         """Send the task; options are Celery's (countdown, eta, expires, queue, priority, serializer, ...)."""
-        if isinstance(args, list) and options.get('argsrepr') is None:  # (Celery's shows a list as a list)
+        if isinstance(args, list) and args and options.get('argsrepr') is None:  # (Celery: a list as a list, [] as ())
             options['argsrepr'] = saferepr(args)
         args, kwargs = self._checked_call(args, kwargs)
         app = self.app

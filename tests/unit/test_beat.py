@@ -151,6 +151,29 @@ def test_tick_sends_due_entries_with_their_options(app: Fastq, clock: Clock) -> 
     assert '2024-05-01T12:01:00.500000+00:00' in remote.body.decode()  # BeatLazyFunc called at send time
 
 
+def test_argsrepr_is_celerys(app: Fastq, clock: Clock) -> None:
+    """Celery's beat passes the args as a list, shown as one, but no args as `()` (its `args or ()`), as
+    monitors (flower, events) show them; fastq showed `[]`."""
+    app.task(name='proj.ping')(lambda: None)
+    app.conf.beat_schedule = {
+        name: {'task': task, 'schedule': schedule(1.0, nowfun=clock), 'args': args}
+        for name, task, args in [
+            ('local', 'proj.ping', ()),
+            ('remote', 'elsewhere.job', ()),
+            ('two', 'proj.add', (1, 2)),
+        ]
+    }
+    scheduler = Scheduler(app)
+    scheduler.setup()
+    clock.advance(1.0)
+    scheduler.tick()
+    shown = {m.headers[RUN_HEADER].split('@')[0]: m.headers['argsrepr'] for m in drain(app)}
+    assert shown == {'local': '()', 'remote': '()', 'two': '[1, 2]'}
+    app.tasks['proj.ping'].apply_async([])
+    app.send_task('elsewhere.job', [])
+    assert [m.headers['argsrepr'] for m in drain(app)] == ['()', '()']
+
+
 def test_celery_schedule_objects_send_every_run(app: Fastq, clock: Clock) -> None:
     """A config that still imports `celery.schedules`: each run is sent (a Celery `schedule(10)` was keyed to
     the minute, so all but one run per half minute were skipped as "sent by another beat")."""
