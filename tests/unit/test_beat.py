@@ -66,8 +66,11 @@ def test_celery_dict_format(app: Fastq) -> None:
             'delta': {'task': 'proj.add', 'schedule': timedelta(minutes=5), 'kwargs': {'x': 1, 'y': 2}},
             'cron': {'task': 'other.task', 'schedule': crontab(hour=7, minute=30, day_of_week=1)},
             'relative': {'task': 'proj.add', 'schedule': 3600, 'relative': True, 'options': {'queue': 'q'}},
+            # Celery's beat names an entry by its key, whatever 'name' it carries (fastq refused the key)
+            'keyed': {'task': 'proj.add', 'schedule': 5, 'name': 'other'},
         },
     )
+    assert entries['keyed'].name == 'keyed' and 'other' not in entries
     assert isinstance(entries['seconds'].schedule, schedule) and entries['seconds'].schedule.seconds == 30
     assert entries['seconds'].args == (16, 16)
     assert entries['delta'].kwargs == {'x': 1, 'y': 2}

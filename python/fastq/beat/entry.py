@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ['BeatLazyFunc', 'ScheduleEntry', 'entries_from_config']
 
 _FIELDS = {'task', 'schedule', 'args', 'kwargs', 'options', 'relative', 'last_run_at', 'total_run_count'}
+#: Keys Celery's beat overrides with its own (`Entry(**dict(spec, name=key, app=app))`): accepted, and the
+#: dict's key names the entry, as there.
+_OVERRIDDEN = {'name', 'app'}
 
 
 class BeatLazyFunc:
@@ -110,7 +113,7 @@ def entries_from_config(app: Fastq, schedule: Mapping[str, Any]) -> dict[str, Sc
             continue
         if not isinstance(spec, Mapping):
             raise ImproperlyConfigured(f'beat_schedule[{name!r}]: expected a dict with "task" and "schedule"')
-        unknown = set(spec) - _FIELDS
+        unknown = set(spec) - _FIELDS - _OVERRIDDEN
         if unknown:
             raise ImproperlyConfigured(
                 f'beat_schedule[{name!r}]: unknown key(s) {", ".join(sorted(unknown))} '
@@ -120,7 +123,8 @@ def entries_from_config(app: Fastq, schedule: Mapping[str, Any]) -> dict[str, Sc
             if spec.get(required) is None:
                 raise ImproperlyConfigured(f'beat_schedule[{name!r}]: {required!r} is required')
         try:
-            entries[name] = ScheduleEntry(name=name, app=app, **spec)
+            fields = {k: v for k, v in spec.items() if k not in _OVERRIDDEN}
+            entries[name] = ScheduleEntry(name=name, app=app, **fields)
         except (TypeError, ValueError) as exc:
             raise ImproperlyConfigured(f'beat_schedule[{name!r}]: {exc}') from exc
     return entries
