@@ -15,7 +15,7 @@ import pytest
 from fastq import Fastq, signals
 from fastq.beat import BeatLazyFunc, EmbeddedService, Scheduler, Service
 from fastq.beat.entry import entries_from_config
-from fastq.beat.scheduler import RUN_HEADER
+from fastq.beat.scheduler import RUN_HEADER, SchedulingError
 from fastq.beat.service import check_scheduler
 from fastq.beat.store import ScheduleStore
 from fastq.exceptions import ImproperlyConfigured
@@ -281,6 +281,27 @@ def test_entry_whose_next_run_fails_does_not_stop_the_others(app: Fastq, clock: 
     scheduler.setup()
     clock.advance(1)
     scheduler.tick()
+    assert [m.headers[RUN_HEADER].split('@')[0] for m in drain(app)] == ['fine']
+
+
+def test_a_task_that_cannot_be_sent_is_logged_as_celerys_beat_logs_it(
+    app: Fastq, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Celery's line (alerts match on it) and error type, and the next entry still goes out."""
+    app.conf.beat_schedule = {
+        'unsendable': {'task': 'proj.add', 'schedule': schedule(1, nowfun=clock), 'args': (object(), 2)},
+        'fine': {'task': 'proj.add', 'schedule': schedule(1, nowfun=clock), 'args': (1, 2)},
+    }
+    scheduler = Scheduler(app)
+    scheduler.setup()
+    clock.advance(1)
+    with caplog.at_level(logging.ERROR, 'celery.beat'):
+        scheduler.tick()
+    [record] = [r for r in caplog.records if r.getMessage().startswith('Message Error: ')]
+    assert record.getMessage() == (
+        "Message Error: Couldn't apply scheduled task unsendable: Object of type object is not JSON serializable"
+    )
+    assert record.exc_info is not None and record.exc_info[0] is SchedulingError
     assert [m.headers[RUN_HEADER].split('@')[0] for m in drain(app)] == ['fine']
 
 

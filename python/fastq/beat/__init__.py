@@ -11,7 +11,7 @@ Schedules themselves (`schedule`, `crontab`, `solar`) live in `fastq.schedules`,
 """
 
 from fastq.beat.entry import BeatLazyFunc, ScheduleEntry
-from fastq.beat.scheduler import Scheduler
+from fastq.beat.scheduler import Scheduler, SchedulingError
 from fastq.beat.service import EmbeddedService, Service
 
-__all__ = ['BeatLazyFunc', 'EmbeddedService', 'ScheduleEntry', 'Scheduler', 'Service']
+__all__ = ['BeatLazyFunc', 'EmbeddedService', 'ScheduleEntry', 'Scheduler', 'SchedulingError', 'Service']

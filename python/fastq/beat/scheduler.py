@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from fastq.app import Fastq
     from fastq.beat.store import ScheduleStore
 
-__all__ = ['DEFAULT_MAX_INTERVAL', 'RUN_HEADER', 'Scheduler']
+__all__ = ['DEFAULT_MAX_INTERVAL', 'RUN_HEADER', 'Scheduler', 'SchedulingError']
 
 logger = logging.getLogger('celery.beat')
 
@@ -36,6 +36,10 @@ DEFAULT_MAX_INTERVAL = 300.0  # Celery's: the longest sleep between two looks at
 CLAIM_MARGIN = 300.0  # a claim outlives the run's turn by this much (clock skew between hosts)
 RETRY_DELAY = 5.0  # seconds before an entry that could not be claimed (broker down) is tried again
 RUN_HEADER = 'fastq_beat_run'
+
+
+class SchedulingError(Exception):
+    """A due task could not be sent (Celery's `celery.beat.SchedulingError`); logged, and beat goes on."""
 
 
 class Scheduler:
@@ -168,7 +172,10 @@ class Scheduler:
         try:
             result = self.send(entry, run)
         except Exception as exc:
-            logger.error('Message Error: %s', exc, exc_info=True)
+            try:
+                raise SchedulingError(f"Couldn't apply scheduled task {entry.name}: {exc}") from exc
+            except SchedulingError as failed:
+                logger.error('Message Error: %s', failed, exc_info=True)
         else:
             logger.debug('%s sent. id->%s', entry.task, getattr(result, 'id', None))
         return True
