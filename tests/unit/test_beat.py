@@ -364,8 +364,11 @@ def test_embedded_service_sends_signals_runs_and_stops(
 
 
 @pytest.mark.parametrize('remote_control', [False, True])
-def test_banner_has_celerys_lines(app: Fastq, tmp_path: Path, remote_control: bool) -> None:
+def test_banner_has_celerys_lines(
+    app: Fastq, tmp_path: Path, remote_control: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`celery beat`'s Configuration block, the remote control node included when it answers."""
+    monkeypatch.chdir(tmp_path)
     from fastq.cli.beat import banner
 
     service = Service(
@@ -373,6 +376,11 @@ def test_banner_has_celerys_lines(app: Fastq, tmp_path: Path, remote_control: bo
     )
     lines = banner(app, service, 'INFO', None).splitlines()
     assert lines[1].startswith('LocalTime -> ') and lines[2] == 'Configuration ->'
+    # the URL as kombu's as_uri masks it, and the schedule file as given (fastq: its own form, an absolute path)
+    assert lines[3] == '    . broker -> memory://:**@localhost//'
+    assert f'    . db -> {tmp_path / "s"}' in lines
+    relative = Service(app, schedule_filename='celerybeat-schedule')
+    assert relative.scheduler.info == '    . db -> celerybeat-schedule'
     assert '    . logfile -> [stderr]@%INFO' in lines
     assert '    . maxinterval -> 10.00 seconds (10s)' in lines
     assert ('    . remote control -> b@h' in lines) is remote_control

@@ -216,4 +216,4 @@ class Scheduler:
 
     @property
     def info(self) -> str:
-        return f'    . db -> {self.store.path}' if self.store is not None else ''
+        return f'    . db -> {self.store.filename}' if self.store is not None else ''

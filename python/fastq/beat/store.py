@@ -42,6 +42,7 @@ class ScheduleStore:
     """Last runs by entry name, in one SQLite file."""
 
     def __init__(self, path: str) -> None:
+        self.filename = path  # as given, as Celery's banner shows it
         self.path = os.path.abspath(path)
         self.db = Database(self.path, f'sqlite:///{self.path}', SCHEMA)
 

@@ -14,6 +14,7 @@ from fastq import __version__
 from fastq.cli.base import check_loglevel, check_pidfile, detach, err, touch, write_pidfile
 from fastq.schedules import humanize_seconds
 from fastq.utils.platforms import maybe_drop_privileges, set_umask
+from fastq.utils.text import as_uri
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -63,7 +64,7 @@ def banner(app: Fastq, service: Service, loglevel: str, logfile: str | None) -> 
         '__    -    ... __   -        _',
         f'LocalTime -> {datetime.now().replace(microsecond=0)}',
         'Configuration ->',
-        f'    . broker -> {app.broker.describe()}',
+        f'    . broker -> {as_uri(app.broker.url)}',  # (kombu's as_uri, as Celery prints it)
         f'    . scheduler -> {scheduler.label}',
         scheduler.info,
         f'    . logfile -> {logfile or "[stderr]"}@%{loglevel}',
