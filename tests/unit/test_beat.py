@@ -361,6 +361,11 @@ def test_embedded_service_sends_signals_runs_and_stops(
     # Celery's debug lines: the schedule as read, and each sleep
     assert 'Current schedule:\n<ScheduleEntry: fast proj.add(1, 1) <freq: now>>' in caplog.text
     assert 'beat: Waking up now.' in caplog.text  # (humanize_seconds: under a second is 'now')
+    # the `%(processName)s` of Celery's embedded beat (a process named Beat), and only of what it logs: the
+    # worker's main thread asks it to stop, there as in Celery
+    names = {r.getMessage(): r.processName for r in caplog.records if r.name == 'celery.beat'}
+    assert names.pop('beat: Shutting down...') == 'MainProcess'
+    assert set(names.values()) == {'Beat'}
 
 
 @pytest.mark.parametrize('remote_control', [False, True])

@@ -259,6 +259,7 @@ class EmbeddedService(threading.Thread):
         self.service = Service(app, embedded=True, **kwargs)
 
     def run(self) -> None:
+        _name_beat_records()
         try:
             self.service.start()
         except Exception as exc:
@@ -268,3 +269,20 @@ class EmbeddedService(threading.Thread):
         self.service.stop()
         if self.is_alive():
             self.join(timeout)
+
+
+def _name_beat_records() -> None:
+    """Records logged from the embedded beat's thread name `Beat` as their process (`%(processName)s`), as
+    those of Celery's embedded beat, a process named Beat: `[...: INFO/Beat] Scheduler: Sending due task ...`."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, 'fastq_beat', False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if isinstance(threading.current_thread(), EmbeddedService):
+            record.processName = 'Beat'
+        return record
+
+    factory.fastq_beat = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
