@@ -204,7 +204,7 @@ def test_a_missed_stretch_runs_once(app: Fastq, clock: Clock, tmp_path: Path) ->
         'hourly': {'task': 'proj.add', 'schedule': crontab(minute=0, nowfun=clock), 'args': (1, 2)},
     }
     store = ScheduleStore(str(tmp_path / 'schedule'))
-    store.open('', True)
+    store.open(None, True)
     store.save('every-10s', clock.now - timedelta(hours=3), 5)
     store.save('hourly', clock.now - timedelta(hours=3), 5)
     scheduler = Scheduler(app, store)
@@ -222,7 +222,7 @@ def test_restart_from_the_schedule_file_does_not_repeat_a_run(app: Fastq, clock:
     path = str(tmp_path / 'schedule')
     first = Scheduler(app, ScheduleStore(path))
     assert first.store is not None
-    first.store.open('', True)
+    first.store.open(None, True)
     first.setup()
     clock.advance(2)
     first.tick()
@@ -231,7 +231,7 @@ def test_restart_from_the_schedule_file_does_not_repeat_a_run(app: Fastq, clock:
     clock.advance(1)
     second = Scheduler(app, ScheduleStore(path))
     assert second.store is not None
-    second.store.open('', True)
+    second.store.open(None, True)
     second.setup()
     assert second.entries['every-2s'].total_run_count == 1
     assert second.tick() == pytest.approx(1.0)
@@ -257,11 +257,29 @@ def test_schedule_file_resets_when_the_zone_changes(tmp_path: Path, caplog: pyte
     store.close()
 
 
+def test_schedule_file_resets_as_celerys_when_the_zone_is_set_or_unset(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Celery compares the stored `timezone` only when one was stored: setting one where none was keeps the last
+    runs, unsetting one drops them, saying `to None`. (fastq dropped them both ways, saying `''`.)"""
+    path = str(tmp_path / 'schedule')
+    kept = {'x': (datetime(2024, 1, 1, tzinfo=UTC), 3)}
+    for tz, expected in [(None, {}), ('Europe/Paris', kept), (None, {})]:
+        store = ScheduleStore(path)
+        store.open(tz, True)
+        assert store.load() == expected, tz
+        store.save('x', *kept['x'])
+        store.close()
+    assert [r.getMessage() for r in caplog.records if 'Reset' in r.getMessage()] == [
+        "Reset: Timezone changed from 'Europe/Paris' to None"
+    ]
+
+
 def test_a_foreign_schedule_file_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / 'celerybeat-schedule'
     path.write_bytes(b'\x13W\x9a\xce' + b'gdbm' * 100)  # what Celery's shelve leaves behind
     store = ScheduleStore(str(path))
-    store.open('', True)
+    store.open(None, True)
     store.save('x', datetime(2024, 1, 1, tzinfo=UTC), 1)
     assert 'Removing corrupted schedule file' in caplog.text
     assert path.read_bytes().startswith(b'SQLite format 3')

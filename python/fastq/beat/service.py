@@ -141,7 +141,8 @@ class Service:
         store = self.scheduler.store
         try:
             if store is not None:
-                store.open(str(self.app.conf.timezone or ''), bool(self.app.conf.enable_utc))
+                tz = self.app.conf.timezone
+                store.open(str(tz) if tz else None, bool(self.app.conf.enable_utc))
             self.scheduler.setup()
             broker = self._connect()
             if broker is not None:

@@ -46,8 +46,11 @@ class ScheduleStore:
         self.path = os.path.abspath(path)
         self.db = Database(self.path, f'sqlite:///{self.path}', SCHEMA)
 
-    def open(self, tz: str, utc_enabled: bool) -> None:
-        """Create or check the file; forget stored runs if the time zone settings changed since they were kept."""
+    def open(self, tz: str | None, utc_enabled: bool) -> None:
+        """Create or check the file; forget stored runs if the time zone settings changed since they were kept.
+
+        As Celery's: a `timezone` set where none was (stored as '') keeps them, one changed or unset drops them.
+        """
         if not self._is_sqlite():
             logger.error('Removing corrupted schedule file %r: not a fastq schedule database', self.path)
             self._remove()
@@ -59,15 +62,15 @@ class ScheduleStore:
         utc = 'enabled' if utc_enabled else 'disabled'
         stored_tz, stored_utc = meta.get('tz'), meta.get('utc_enabled')
         with self.db.write() as conn:
-            if stored_tz is not None and stored_tz != tz:
-                logger.warning('Reset: Timezone changed from %r to %r', stored_tz, tz)
+            if stored_tz and stored_tz != (tz or ''):
+                logger.warning('Reset: Timezone changed from %r to %r', stored_tz, tz or None)
                 conn.execute('DELETE FROM entries')
             elif stored_utc is not None and stored_utc != utc:
                 logger.warning('Reset: UTC changed from %s to %s', stored_utc, utc)
                 conn.execute('DELETE FROM entries')
             conn.executemany(
                 'INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)',
-                [('version', __version__), ('tz', tz), ('utc_enabled', utc)],
+                [('version', __version__), ('tz', tz or ''), ('utc_enabled', utc)],
             )
 
     def _is_sqlite(self) -> bool:
