@@ -107,6 +107,16 @@ class BaseSchedule:
             return dt.replace(tzinfo=UTC).astimezone(self.tz)
         return dt.replace(tzinfo=self.tz)
 
+    def to_local(self, dt: datetime) -> datetime:
+        """Celery's: with `enable_utc` off, `dt` in the machine's zone (a naive one read as in it), else `dt`."""
+        if self.utc_enabled:
+            return dt
+        from fastq.utils.time import local_timezone
+
+        if dt.tzinfo is None or dt.utcoffset() is None:
+            return dt.replace(tzinfo=local_timezone())
+        return dt.astimezone(local_timezone())
+
     def remaining_estimate(self, last_run_at: datetime) -> timedelta:
         raise NotImplementedError
 
@@ -490,6 +500,15 @@ class crontab(BaseSchedule):
         while _utc(wall.replace(tzinfo=tz)) > now_utc:  # a skipped wall time maps forward, past now
             wall = self._previous_wall(wall - timedelta(minutes=1))
         return wall.replace(tzinfo=tz)
+
+    def remaining_delta(
+        self, last_run_at: datetime, tz: tzinfo | None = None, ffwd: Any = None
+    ) -> tuple[datetime, timedelta, datetime]:
+        """Celery's `(start, delta, now)`, the next run being at `start + delta`, so that Celery's
+        `celery.utils.time.remaining(*crontab.remaining_delta(last))` is `remaining_estimate(last)`. (Celery's
+        delta is an `ffwd` of the fields to set; here it is a timedelta from `start`, in UTC.)"""
+        start = _utc(self.maybe_make_aware(last_run_at))
+        return start, _utc(self.next_run_at(last_run_at)) - start, self.maybe_make_aware(self.now())
 
     def remaining_estimate(self, last_run_at: datetime) -> timedelta:
         return self._remaining_from(self.next_run_at(last_run_at))

@@ -254,3 +254,22 @@ def test_local_zone_from_a_posix_tz_rule_has_its_dst(local_zone: Callable[[str],
     winter, summer = datetime(2024, 1, 15, 12, tzinfo=UTC), datetime(2024, 7, 15, 12, tzinfo=UTC)
     assert winter.astimezone(zone).hour == 13 and summer.astimezone(zone).hour == 14
     assert datetime(2024, 7, 15, 14, tzinfo=zone).astimezone(UTC) == summer
+
+
+@pytest.mark.parametrize('enable_utc', [True, False])
+def test_to_local_and_remaining_delta_like_celery(local_zone: Callable[[str], None], enable_utc: bool) -> None:
+    """The reference's `to_local` and `crontab.remaining_delta` (fastq had neither): `remaining(*delta)` is the
+    time to the next run, as with Celery's."""
+    from celery.utils.time import remaining
+
+    local_zone('America/New_York')
+    capp, fapp = apps('Europe/Berlin')
+    capp.conf.enable_utc = fapp.conf.enable_utc = enable_utc
+    now = datetime(2024, 3, 30, 23, 40, tzinfo=UTC)  # Berlin's clocks go forward that night
+    c = cs.crontab(minute='*/20', hour='1-3', app=capp, nowfun=lambda: now)
+    f = fs.crontab(minute='*/20', hour='1-3', app=fapp, nowfun=lambda: now)
+    naive = datetime(2024, 7, 1, 12, 30)
+    assert f.to_local(naive) == c.to_local(naive) and f.to_local(naive).utcoffset() == c.to_local(naive).utcoffset()
+    assert f.to_local(naive.replace(tzinfo=UTC)) == c.to_local(naive.replace(tzinfo=UTC))  # (the same instant)
+    for last in (now - timedelta(minutes=50), now, now + timedelta(hours=3)):
+        assert remaining(*f.remaining_delta(last)) == c.remaining_estimate(last) == f.remaining_estimate(last)
