@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -460,3 +461,14 @@ def test_backend_cleanup_is_scheduled_where_results_do_not_expire(tmp_path: Path
     scheduler.setup()
     assert 'celery.backend_cleanup' not in scheduler.entries
     redis_like.close()
+
+
+def test_a_stale_pidfile_is_removed_saying_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`celery beat --pidfile` (and the worker's) say it on stderr when they replace a dead process's pidfile."""
+    from fastq.cli.base import write_pidfile
+
+    pidfile = tmp_path / 'beat.pid'
+    pidfile.write_text('999999999\n')  # (above any pid_max: no such process)
+    write_pidfile(str(pidfile))
+    assert capsys.readouterr().err == 'Stale pidfile exists - Removing it.\n'
+    assert int(pidfile.read_text()) == os.getpid()

@@ -142,13 +142,15 @@ def check_pidfile(path: str) -> None:
     path = os.path.abspath(path)
     if os.path.exists(path):
         try:
-            pid = int(open(path).read().strip() or 0)
+            with open(path) as f:
+                pid = int(f.read().strip() or 0)
         except (OSError, ValueError):
             pid = 0
         if pid and pid_alive(pid):
             error = CommandError(f"Pidfile ({path}) already exists.\nSeems we're already running? (pid: {pid})")
             error.exit_code = 73  # type: ignore[attr-defined]  # (Celery's: EX_CANTCREAT)
             raise error
+        print('Stale pidfile exists - Removing it.', file=sys.stderr)  # (Celery's words)
         os.unlink(path)
     probe = f'{path}.{os.getpid()}.probe'  # (a name of its own: whoever watches `path` never sees it empty)
     try:
