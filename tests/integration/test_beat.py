@@ -165,7 +165,7 @@ def test_beat_answers_ping_with_remote_control(start: Start, urls: dict[str, str
     from fastq import Fastq
 
     beat = start('beat', '--enable-remote-control', '-n', 'probe-beat@%h')
-    beat.wait_for('beat pidbox: probe-beat@', READY_TIMEOUT)
+    beat.wait_for('beat pidbox: Connected to ', READY_TIMEOUT)
     app = Fastq('probe', broker=urls['FASTQ_BROKER_URL'], set_as_current=False)
     try:
         replies = app.control.inspect(timeout=2).ping() or {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -472,3 +473,32 @@ def test_a_stale_pidfile_is_removed_saying_so(tmp_path: Path, capsys: pytest.Cap
     write_pidfile(str(pidfile))
     assert capsys.readouterr().err == 'Stale pidfile exists - Removing it.\n'
     assert int(pidfile.read_text()) == os.getpid()
+
+
+def test_remote_control_logs_celerys_pidbox_lines(
+    app: Fastq, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery 5.7's beat pidbox lines: connected, a ping left unanswered by a stuck scheduler, no fanout."""
+    import dataclasses
+
+    from fastq.worker.control import NO_REPLY
+
+    caplog.set_level(logging.INFO, 'celery.beat')
+    service = Service(app, schedule_filename=str(tmp_path / 's'), max_interval=10, remote_control=True)
+    service._start_remote_control(app.broker)
+    try:
+        assert 'beat pidbox: Connected to memory://:**@localhost//.' in caplog.messages
+        service._last_tick = time.monotonic()
+        assert service._ping(None) == {'ok': 'pong'}
+        service._last_tick = time.monotonic() - 90
+        assert service._ping(None) is NO_REPLY
+    finally:
+        service._pidbox.stop()
+    [stuck] = [m for m in caplog.messages if m.startswith('beat pidbox: not answering')]
+    assert re.fullmatch(r'beat pidbox: not answering ping, the scheduler has not ticked for 9\d\.\ds '
+                        r'\(over the 60\.0s limit\)\.', stuck)  # fmt: skip
+    monkeypatch.setattr(app.broker, 'features', dataclasses.replace(app.broker.features, fanout=False))
+    Service(app, schedule_filename=str(tmp_path / 's'), remote_control=True)._start_remote_control(app.broker)
+    assert caplog.messages[-1] == (
+        'beat pidbox: the memory transport has no fanout exchanges, so remote control is unavailable.'
+    )

@@ -182,25 +182,42 @@ class Service:
         if not self.remote_control:
             return
         if not broker.features.fanout:
-            logger.warning('beat pidbox: %s has no fanout; remote control is off', broker.describe())
+            logger.warning(
+                'beat pidbox: the %s transport has no fanout exchanges, so remote control is unavailable.',
+                broker.url.split('://', 1)[0],
+            )
             return
-        from fastq.worker.control import NO_REPLY, ControlListener
-
-        def ping(node: Any, **kwargs: Any) -> Any:
-            return NO_REPLY if self._stale() else {'ok': 'pong'}
-
         from fastq.control import pidbox_exchange
+        from fastq.utils.text import as_uri
+        from fastq.worker.control import ControlListener
 
-        self._pidbox = ControlListener(self, broker, commands={'ping': ping}, exchange=pidbox_exchange(self.app.conf))
+        exchange = pidbox_exchange(self.app.conf)
+        self._pidbox = ControlListener(self, broker, commands={'ping': self._ping}, exchange=exchange)
         self._pidbox.start()
-        logger.info('beat pidbox: %s answers ping on %s', self.hostname, broker.describe())
+        logger.info('beat pidbox: Connected to %s.', as_uri(broker.url))  # (Celery's line)
 
-    def _stale(self) -> bool:
-        """No tick for beat_remote_control_max_tick_age seconds (default: twice the max interval, 60 s at
-        least): the scheduler is stuck, and saying nothing is what a liveness probe can act on."""
+    def _ping(self, node: Any, **kwargs: Any) -> Any:
+        from fastq.worker.control import NO_REPLY
+
+        age, limit = self._tick_age()
+        if limit and age is not None and age > limit:
+            logger.warning(
+                'beat pidbox: not answering %s, the scheduler has not ticked for %.1fs (over the %ss limit).',
+                'ping',
+                age,
+                limit,
+            )
+            return NO_REPLY
+        return {'ok': 'pong'}
+
+    def _tick_age(self) -> tuple[float | None, float]:
+        """Seconds since the last tick, and how many make the scheduler stuck (beat_remote_control_max_tick_age,
+        by default twice the max interval, 60 s at least; 0: never): saying nothing then is what a liveness
+        probe can act on."""
         configured = self.app.conf.beat_remote_control_max_tick_age
         limit = configured if configured is not None else max(2 * self.scheduler.max_interval, 60.0)
-        return bool(limit) and self._last_tick is not None and time.monotonic() - self._last_tick > limit
+        age = None if self._last_tick is None else time.monotonic() - self._last_tick
+        return age, limit
 
     def _elect(self, lock: LeaderLock, broker: Broker) -> None:
         was_leader = self.leader
