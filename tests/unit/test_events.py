@@ -148,6 +148,28 @@ def test_task_sent_events(memory_app: Fastq) -> None:
     assert sent['args'] == '(1, 2)' and sent['queue'] == 'celery' and sent['root_id'] == result.id
 
 
+def test_receiver_wakes_the_workers_and_stamps_what_it_receives(memory_app: Fastq) -> None:
+    # Celery's EventReceiver: capture() first broadcasts `heartbeat` (so a monitor lists the workers at once),
+    # and each event gets `local_received` and a timestamp moved into this host's zone
+    from fastq.control import decode_envelope
+    from fastq.events.event import utcoffset
+
+    pidbox = memory_app.broker.subscribe('celery.pidbox')
+    dispatcher = memory_app.events.Dispatcher(hostname='n1@h')
+    with memory_app.events.Receiver() as receiver:
+        dispatcher.send('worker-heartbeat', freq=2.0)
+        dispatcher.publish(ev('worker-heartbeat', utcoffset=utcoffset() + 1, timestamp=1000.0), 'worker.heartbeat')
+        before = time.time()
+        first, east = list(receiver.itercapture(timeout=0.3))
+        list(receiver.itercapture(timeout=0.1, wakeup=False))
+    commands = [decode_envelope(raw)[1]['method'] for _, raw in pidbox.get(0.3)]
+    assert commands == ['heartbeat']  # the second capture asked for none
+    assert isinstance(first['local_received'], float) and first['local_received'] >= before
+    assert east['timestamp'] == 1000.0 - 3600  # sent from an hour further west: its clock reads an hour behind
+    pidbox.close()
+    dispatcher.close()
+
+
 def test_state_clear_keeps_running_tasks_and_freeze_while_clears_after() -> None:
     state = State()
     state.event(ev('task-received', uuid='done', name='t.a'))

@@ -59,9 +59,11 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
     view = LiveView(state, title=app.broker.describe())
     receiver.handlers['*'] = state.event
     with receiver:
+        wakeup = True  # (once: the workers answer with a heartbeat, so the view lists them from the start)
         while deadline is None or time.monotonic() < deadline:
             step = args.freq if deadline is None else min(args.freq, max(deadline - time.monotonic(), 0.0))
-            receiver.capture(timeout=step)
+            receiver.capture(timeout=step, wakeup=wakeup)
+            wakeup = False
             view.draw()
     out()
     return 0

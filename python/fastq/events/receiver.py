@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from fastq.events.event import EVENT_EXCHANGE, decode_events
+from fastq.events.event import EVENT_EXCHANGE, decode_events, utcoffset
 from fastq.exceptions import ImproperlyConfigured
 from fastq.serialization import accept_set
 
@@ -72,10 +72,30 @@ class EventReceiver:
         if handler is not None:
             handler(event)
 
-    def itercapture(self, limit: int | None = None, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Yield events as they come, until `limit` were yielded or `timeout` seconds passed (None: forever)."""
+    def wakeup_workers(self) -> None:
+        """Ask every worker for a heartbeat now (Celery's), so a monitor that just started lists them at once
+        instead of after their next one."""
+        if self.app.broker.features.fanout:
+            self.app.control.broadcast('heartbeat')
+
+    def event_from_message(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Celery's: `local_received` (this host's clock when it arrived: State's liveness and `events --dump`
+        show it) and the sender's `timestamp` moved into this host's time zone (`utcoffset`, hours west of UTC)."""
+        offset, timestamp = event.get('utcoffset'), event.get('timestamp')
+        if isinstance(offset, int | float) and isinstance(timestamp, int | float):
+            event['timestamp'] = timestamp - (offset - utcoffset()) * 3600
+        event['local_received'] = time.time()
+        return event
+
+    def itercapture(
+        self, limit: int | None = None, timeout: float | None = None, wakeup: bool = True
+    ) -> Iterator[dict[str, Any]]:
+        """Yield events as they come, until `limit` were yielded or `timeout` seconds passed (None: forever);
+        with `wakeup` (Celery's default), the workers are first asked for a heartbeat."""
         self.consume()
         assert self._subscription is not None
+        if wakeup:
+            self.wakeup_workers()
         deadline = None if timeout is None else time.monotonic() + timeout
         count = 0
         while not self.should_stop:
@@ -86,7 +106,7 @@ class EventReceiver:
                 if not self._match(routing_key):
                     continue
                 for event in decode_events(raw, self.accept):
-                    yield event
+                    yield self.event_from_message(event)
                     count += 1
                     if limit is not None and count >= limit:
                         return
@@ -96,7 +116,7 @@ class EventReceiver:
 
         Unlike Celery's, a `timeout` ends the capture quietly instead of raising `socket.timeout`.
         """
-        for event in self.itercapture(limit=limit, timeout=timeout):
+        for event in self.itercapture(limit=limit, timeout=timeout, wakeup=wakeup):
             self.process(event['type'], event)
 
     def close(self) -> None:
