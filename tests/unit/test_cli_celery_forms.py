@@ -87,3 +87,30 @@ def test_quiet_inspect_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == '->  w1@h: OK\n        pong\n\n1 node online.\n'
     _finish({'w1@h': {'ok': 'pong'}}, argparse.Namespace(json=False, quiet=True))
     assert capsys.readouterr().out == ' w1@h: OK\n        pong\n'  # (Celery's -q: no arrow, no count)
+
+
+def test_command_listings_are_laid_out_as_celerys(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # click's write_dl, as Celery's --list prints: help wrapped to the terminal's width less 2 (78 at most, and
+    # on a pipe), continued under its column; objgraph's signature in Celery's brackets
+    monkeypatch.setenv('COLUMNS', '80')
+    from fastq.cli.control import INSPECT_COMMANDS, INSPECT_SIGNATURES, _listing
+
+    _listing('inspect', INSPECT_COMMANDS, INSPECT_SIGNATURES)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [
+        'Inspect Commands:',
+        '  active                          List of tasks currently being executed.',
+        '  active_queues                   List the task queues a worker is currently',
+    ]
+    assert lines[3] == ' ' * 34 + 'consuming from.' and max(map(len, lines)) <= 78
+    assert lines[lines.index('  objgraph [object_type=Request] [num=200 [max_depth=10]]') + 1 :][:2] == [
+        ' ' * 34 + 'Create graph of uncollected objects (memory-',
+        ' ' * 34 + 'leak debugging).',
+    ]
+    monkeypatch.setenv('COLUMNS', '60')  # narrower: 58 columns
+    _listing('inspect', INSPECT_COMMANDS, INSPECT_SIGNATURES)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3:5] == ['  active_queues                   List the task queues a', ' ' * 34 + 'worker is currently']
+    assert max(len(line) for line in lines if line.startswith(' ' * 34)) <= 58

@@ -149,7 +149,7 @@ class _Unavailable(CommandError):
 INSPECT_SIGNATURES = {
     'conf': '[include_defaults=False]',
     'memdump': '[n_samples=10]',
-    'objgraph': '[object_type=Request [num=200 [max_depth=10]]]',
+    'objgraph': '[object_type=Request] [num=200 [max_depth=10]]',
     'query_task': '[id1 [id2 [... [idN]]]]',
     'registered': '[attr1 [attr2 [... [attrN]]]]',
 }
@@ -161,14 +161,23 @@ def _listing(kind: str, commands: dict[str, str], signatures: dict[str, str]) ->
         (f'{name} {signatures[name]}' if signatures.get(name) else name, text)
         for name, text in sorted(commands.items())
     ]
+    import shutil
+    import textwrap
+
     width = min(max(len(left) for left, _ in rows), 30)
+    # click's HelpFormatter.write_dl, which Celery's --list prints with: the help wrapped to the terminal's
+    # width (80 columns at most, less 2), continued under its column
+    text_width = max(max(min(shutil.get_terminal_size().columns, 80) - 2, 50) - (width + 2) - 2, 10)
     out(f'{kind.capitalize()} Commands:')
     for left, text in rows:
+        first, *more = textwrap.wrap(text, text_width) or ['']
         if len(left) > width:
             out(f'  {left}')
-            out(f'  {"":{width}}  {text}')
+            out(f'  {"":{width}}  {first}')
         else:
-            out(f'  {left:{width}}  {text}')
+            out(f'  {left:{width}}  {first}')
+        for line in more:
+            out(f'  {"":{width}}  {line}')
     return 0
 
 
