@@ -62,7 +62,8 @@ def apps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def run(cwd: Path, command: list[str], env: dict[str, str] | None = None, stdin: str | None = None) -> Any:
-    full_env = dict(os.environ, PYTHONPATH=str(cwd), **(env or {}))
+    # (the caller's PYTHONPATH kept after ours: it names the fastq under test when that is not the installed one)
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(cwd), os.environ.get('PYTHONPATH', '')]), **(env or {}))
     full_env.pop('PYTEST_CURRENT_TEST', None)
     return subprocess.run(
         command, cwd=cwd, env=full_env, capture_output=True, text=True, input=stdin, timeout=120, check=False
