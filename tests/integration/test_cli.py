@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 def fastq(cwd: Path, urls: dict[str, str], *args: str, stdin: str | None = None, check: bool = True) -> Any:
-    env = dict(os.environ, PYTHONPATH=str(HERE), **urls)
+    # (the caller's PYTHONPATH kept after ours: it names the fastq under test when that is not the installed one)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get('PYTHONPATH', '')]), **urls)
     proc = subprocess.run(
         [sys.executable, '-m', 'fastq', *args],
         cwd=cwd,
@@ -94,6 +95,12 @@ def test_purge(tmp_path: Path, urls: dict[str, str], tasks: Any) -> None:
     assert tasks.app.broker.qsize('another_apps') == 1
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'purge', '-f')
     assert proc.stdout.strip() == 'No messages purged from 1 queue.'
+    # -X takes away from -Q (or the app's queues); nothing left: Celery's purge prints nothing, prompts nothing
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'purge', '-Q', 'another_apps', '-X', 'another_apps')
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, '', '')
+    assert tasks.app.broker.qsize('another_apps') == 1
+    proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'purge', '-f', '-Q', 'another_apps,celery', '-X', 'celery')
+    assert proc.stdout.strip() == 'Purged 1 message from 1 known task queue.'
 
 
 def test_deadletter_commands(tmp_path: Path, urls: dict[str, str], tasks: Any, worker: Any) -> None:
