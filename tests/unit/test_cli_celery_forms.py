@@ -114,3 +114,26 @@ def test_command_listings_are_laid_out_as_celerys(
     lines = capsys.readouterr().out.splitlines()
     assert lines[3:5] == ['  active_queues                   List the task queues a', ' ' * 34 + 'worker is currently']
     assert max(len(line) for line in lines if line.startswith(' ' * 34)) <= 58
+
+
+def test_replies_are_printed_as_celerys(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from fastq.cli.control import _finish
+
+    # Celery's text.indent splits on newlines: the newlines `report` and `memdump` texts start or end with
+    # print as indented blank lines
+    replies = {'a@h': {'ok': '\nsoftware -> x\n'}, 'b@h': '- rss (end): 1MB.\n', 'c@h': ''}
+    _finish(replies, argparse.Namespace(json=False, quiet=False))
+    assert capsys.readouterr().out.split('\n') == [
+        '->  a@h: OK', ' ' * 8, ' ' * 8 + 'software -> x', ' ' * 8,
+        '->  b@h: OK', '    - rss (end): 1MB.', '    ',
+        '->  c@h: OK', '    ',
+        '', '3 nodes online.', '',
+    ]  # fmt: skip
+    # -q: `inspect` leaves out the arrows and the count, `status` only the arrows (Celery's status reads -q
+    # from its own options, where it never is)
+    _finish({'a@h': {'ok': 'pong'}}, argparse.Namespace(json=False, quiet=True))
+    assert capsys.readouterr().out == ' a@h: OK\n        pong\n'
+    _finish({'a@h': {'ok': 'pong'}}, argparse.Namespace(json=False, quiet=True), show_reply=False)
+    assert capsys.readouterr().out == ' a@h: OK\n\n1 node online.\n'

@@ -111,7 +111,9 @@ def _pretty(reply: Any) -> tuple[str, str]:
 
 
 def _indent(text: str, n: int = 4) -> str:
-    return '\n'.join(' ' * n + line for line in text.splitlines())
+    """Celery's `text.indent`: every line indented, an empty one at either end too (`report`'s text starts and
+    ends with a newline; Celery prints those as indented blank lines)."""
+    return '\n'.join(' ' * n + line for line in text.split('\n'))
 
 
 def _say(replies: dict[str, Any], show_reply: bool = True, quiet: bool = False) -> None:
@@ -120,7 +122,7 @@ def _say(replies: dict[str, Any], show_reply: bool = True, quiet: bool = False) 
     for node, reply in replies.items():
         status, text = _pretty(reply)
         out(f' {node}: {status}' if quiet else f'->  {node}: {status}')
-        if show_reply and text:
+        if show_reply:  # (an empty reply too: Celery's indented text is never empty)
             out(_indent(text))
 
 
@@ -137,7 +139,8 @@ def _finish(replies: dict[str, Any] | None, args: argparse.Namespace, show_reply
             return 0
     else:
         _say(replies, show_reply, quiet=getattr(args, 'quiet', False))
-    if not getattr(args, 'quiet', False):  # (Celery's -q leaves the count out)
+    # Celery's -q leaves the count out of `inspect`, not of `status` (which looks for -q where it never is)
+    if not getattr(args, 'quiet', False) or not show_reply:
         out(f'\n{len(replies)} {pluralize(len(replies), "node").split(" ", 1)[1]} online.')
     return 0
 
