@@ -203,6 +203,16 @@ def test_the_apps_own_remote_control_commands(tmp_path: Path, worker: Any, urls:
     assert 'online' not in fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'bump', '1').stdout
     refused = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'bump', 'many', check=False)
     assert refused.returncode == 2 and "Command 'bump' takes arguments: [N=1]" in refused.stderr
+    # listed with the built-in ones, as Celery's --list: help from the docstring's first line (none: the name
+    # alone), not the aliases nor the commands defined with visible=False
+    listing = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', '--list').stdout.splitlines()
+    assert f"  {'bump [N=1]':30}  Bump the worker's counter by n." in listing and 'unbump' not in str(listing)
+    at = listing.index(f"  {'bump [N=1]':30}  Bump the worker's counter by n.")
+    assert listing[at - 1].startswith('  autoscale') and listing[at + 1].startswith('  cancel_consumer')  # in order
+    listing = fastq(tmp_path, urls, '-A', 'worker_tasks', 'inspect', '--list').stdout.splitlines()
+    assert '  bumped' in listing and 'bumps' not in str(listing)
+    unknown = fastq(tmp_path, urls, '-A', 'worker_tasks', 'inspect', 'bumpz', check=False)
+    assert 'Available inspect commands: active, active_queues, bumped, clock, conf,' in unknown.stderr
 
 
 @pytest.mark.parametrize('broker_kind', ['redis'])

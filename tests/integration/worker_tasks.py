@@ -447,13 +447,24 @@ _bumps: list[int] = []
 
 @control_command(args=[('n', int)], signature='[N=1]')
 def bump(state: Any, n: int = 1) -> dict[str, Any]:
+    """Bump the worker's counter by n.
+
+    (Only the first line is --list's help.)
+    """
     _bumps.append(n)
     return {'ok': f'bumped by {n} on {state.hostname}'}
 
 
-@inspect_command()
+@inspect_command(alias='bumps')
 def bumped(state: Any) -> dict[str, Any]:
     return {'total': sum(_bumps), 'app': state.app.main}
+
+
+@control_command(visible=False)
+def unbump(state: Any) -> dict[str, Any]:
+    """Not listed."""
+    _bumps.clear()
+    return {'ok': 'cleared'}
 
 
 @app.task(bind=True, acks_late=True)

@@ -32,22 +32,22 @@ INSPECT_COMMANDS = {
     'scheduled': 'List of currently scheduled ETA/countdown tasks.',
     'stats': 'Request worker statistics/information.',
 }
-CONTROL_COMMANDS = {
+CONTROL_COMMANDS = {  # (in name order, as Celery lists them)
     'add_consumer': 'Tell worker(s) to consume from task queue by name.',
     'autoscale': 'Modify autoscale settings.',
     'cancel_consumer': 'Tell worker(s) to stop consuming from task queue by name.',
-    'pool_grow': 'Grow pool by n processes/threads.',
-    'pool_restart': 'Restart execution pool.',
-    'pool_shrink': 'Shrink pool by n processes/threads.',
     'disable_events': 'Tell worker(s) to stop sending task-related events.',
     'enable_events': 'Tell worker(s) to send task-related events.',
     'heartbeat': 'Tell worker(s) to send event heartbeat immediately.',
+    'pool_grow': 'Grow pool by n processes/threads.',
+    'pool_restart': 'Restart execution pool.',
+    'pool_shrink': 'Shrink pool by n processes/threads.',
     'rate_limit': 'Tell worker(s) to modify the rate limit for a task by type.',
     'revoke': 'Revoke task by task id (or list of ids).',
     'revoke_by_stamped_headers': 'Revoke task by header (or list of headers).',
+    'shutdown': 'Shutdown worker(s).',
     'terminate': 'Terminate task by task id (or list of ids).',
     'time_limit': 'Tell worker(s) to modify the time limit for task by type.',
-    'shutdown': 'Shutdown worker(s).',
 }
 EX_UNAVAILABLE = 69  # what `celery inspect` exits with when no node replies (liveness probes rely on it)
 
@@ -173,7 +173,10 @@ def _listing(kind: str, commands: dict[str, str], signatures: dict[str, str]) ->
     text_width = max(max(min(shutil.get_terminal_size().columns, 80) - 2, 50) - (width + 2) - 2, 10)
     out(f'{kind.capitalize()} Commands:')
     for left, text in rows:
-        first, *more = textwrap.wrap(text, text_width) or ['']
+        if not text:
+            out(f'  {left}')
+            continue
+        first, *more = textwrap.wrap(text, text_width)
         if len(left) > width:
             out(f'  {left}')
             out(f'  {"":{width}}  {first}')
@@ -191,13 +194,13 @@ def _need_command(args: argparse.Namespace, kind: str, commands: dict[str, str])
 
 def run_inspect(app: Fastq, args: argparse.Namespace) -> int:
     if getattr(args, 'list', False):
-        return _listing('inspect', INSPECT_COMMANDS, INSPECT_SIGNATURES)
-    _need_command(args, 'inspect', INSPECT_COMMANDS)
+        return _listing('inspect', *_available('inspect'))
+    _need_command(args, 'inspect', _available('inspect')[0])
     if args.remote in _app_commands('inspect'):
         return _run_app_command(app, args)
     if args.remote not in INSPECT_COMMANDS:
         raise CommandError(
-            f'Command {args.remote} not recognized. Available inspect commands: {", ".join(INSPECT_COMMANDS)}'
+            f'Command {args.remote} not recognized. Available inspect commands: ' + ', '.join(_available('inspect')[0])
         )
     inspect = app.control.inspect(destination=_destination(args), timeout=args.timeout)
     extra = list(getattr(args, 'args', None) or [])
@@ -260,6 +263,20 @@ def _app_commands(kind: str) -> dict[str, dict[str, Any]]:
     return {name: spec for name, spec in APP_COMMANDS.items() if spec['type'] == kind}
 
 
+def _available(kind: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The commands of this kind by name, with their help, and their signatures: the built-in ones and those
+    the app defined, as Celery's --list and its 'Available ... commands' show them."""
+    if kind == 'inspect':
+        commands, signatures = dict(INSPECT_COMMANDS), dict(INSPECT_SIGNATURES)
+    else:
+        commands = dict(CONTROL_COMMANDS)
+        signatures = {name: spec[2] for name, spec in CONTROL_ARGUMENTS.items()}
+    for name, spec in _app_commands(kind).items():
+        if spec.get('listed', True):
+            commands[name], signatures[name] = spec.get('help', ''), spec['signature']
+    return dict(sorted(commands.items())), signatures
+
+
 def _run_app_command(app: Fastq, args: argparse.Namespace) -> int:
     from fastq.worker.control import APP_COMMANDS
 
@@ -287,7 +304,7 @@ def _control_call(command: str, values: list[str]) -> tuple[str, dict[str, Any]]
     """The pidbox method and arguments of `fastq control COMMAND VALUES...`, compiled as Celery's CLI does."""
     if command not in CONTROL_COMMANDS:
         raise CommandError(
-            f'Command {command} not recognized. Available control commands: {", ".join(CONTROL_COMMANDS)}'
+            f'Command {command} not recognized. Available control commands: ' + ', '.join(_available('control')[0])
         )
     spec, variadic, signature = CONTROL_ARGUMENTS.get(command, ([], None, ''))
     if len(values) < _REQUIRED.get(command, 0):
@@ -320,8 +337,8 @@ def _arguments(
 
 def run_control(app: Fastq, args: argparse.Namespace) -> int:
     if getattr(args, 'list', False):
-        return _listing('control', CONTROL_COMMANDS, {name: spec[2] for name, spec in CONTROL_ARGUMENTS.items()})
-    _need_command(args, 'control', CONTROL_COMMANDS)
+        return _listing('control', *_available('control'))
+    _need_command(args, 'control', _available('control')[0])
     if args.remote in _app_commands('control'):
         return _run_app_command(app, args)
     method, arguments = _control_call(args.remote, list(args.args))

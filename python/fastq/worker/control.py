@@ -63,7 +63,14 @@ class _ConsumerView:
 
 
 def _app_command(
-    kind: str, name: str | None, args: Any, signature: str | None, variadic: str | None, alias: str | None
+    kind: str,
+    name: str | None,
+    args: Any,
+    signature: str | None,
+    variadic: str | None,
+    alias: str | None,
+    visible: bool = True,
+    help: str | None = None,
 ) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         names = [name or fn.__name__, *([alias] if alias else [])]
@@ -73,6 +80,9 @@ def _app_command(
                 'args': list(args or []),
                 'signature': signature or '',
                 'variadic': variadic,
+                # what --list shows (Celery's: the docstring's first line; not the alias, nor visible=False)
+                'help': help or (fn.__doc__ or '').strip().split('\n')[0],
+                'listed': visible and each == names[0],
             }
             COMMANDS[each] = lambda worker, _fn=fn, **kwargs: _fn(ControlState(worker), **kwargs)
         return fn
@@ -86,12 +96,14 @@ def control_command(
     signature: str | None = None,
     variadic: str | None = None,
     alias: str | None = None,
+    visible: bool = True,
+    help: str | None = None,
     **kwargs: Any,
 ) -> Callable[[Handler], Handler]:
     """Define a remote control command (Celery's): `fn(state, **arguments)` runs in every worker that gets
     it and returns the reply (`{'ok': ...}`); `fastq control NAME ARGS...` sends it, with `args` (pairs of
     name and type) saying how the command line's values are read."""
-    return _app_command('control', name, args, signature, variadic, alias)
+    return _app_command('control', name, args, signature, variadic, alias, visible, help)
 
 
 def inspect_command(
@@ -100,10 +112,12 @@ def inspect_command(
     signature: str | None = None,
     variadic: str | None = None,
     alias: str | None = None,
+    visible: bool = True,
+    help: str | None = None,
     **kwargs: Any,
 ) -> Callable[[Handler], Handler]:
     """Define a remote inspect command (Celery's), read with `fastq inspect NAME` or `app.control.inspect()`."""
-    return _app_command('inspect', name, args, signature, variadic, alias)
+    return _app_command('inspect', name, args, signature, variadic, alias, visible, help)
 
 
 def ok(value: Any) -> dict[str, Any]:
