@@ -34,6 +34,9 @@ def test_ping_api_and_cli(tasks: Any, worker: Any, tmp_path: Path, urls: dict[st
     assert tasks.app.control.heartbeat(destination=[hostname], reply=True, timeout=2) == [{hostname: None}]
     hello = tasks.app.control.inspect(destination=[hostname], timeout=2).hello('other@host')
     assert set(hello[hostname]) == {'revoked', 'clock'}
+    # a command the worker does not know: kombu's pidbox answers the KeyError its lookup raised
+    unknown = tasks.app.control.broadcast('no_such_command', destination=[hostname], reply=True, timeout=2)
+    assert unknown == [{hostname: {'error': "KeyError('no_such_command')"}}]
 
 
 def test_revoke_before_it_runs(tasks: Any, worker: Any, tmp_path: Path) -> None:

@@ -320,7 +320,9 @@ class ControlListener(threading.Thread):
             return
         arguments = body.get('arguments') or {}
         try:
-            result = handler(self.worker, **arguments) if handler else {'error': f'No such command: {method!r}'}
+            if handler is None:  # (kombu's pidbox looks it up inside its try: KeyError, logged and answered)
+                raise KeyError(method)
+            result = handler(self.worker, **arguments)
         except Exception as exc:  # (kombu's pidbox: logged with its traceback, answered with its repr)
             logging.getLogger('kombu.pidbox').error('pidbox command error: %r', exc, exc_info=True)
             result = {'error': repr(exc)}
