@@ -132,6 +132,22 @@ def _processes(inspect: Any, node: str) -> int:
 
 
 @REDIS
+@pytest.mark.parametrize('pool', ['solo', 'threads'])
+def test_stats_describe_the_pool_as_celerys(tasks: Any, worker: Any, pool: str) -> None:
+    # Celery's pools' _get_info: the class as module:Class; solo runs one task at a time in the worker's own
+    # process whatever -c says, and says so; threads count their threads
+    w = worker('-n', f'{pool}@%h', '-P', pool, '-c', '2')
+    node = _hostname(w, f'{pool}@')
+    info = tasks.app.control.inspect(destination=[node], timeout=3).stats()[node]['pool']
+    if pool == 'solo':
+        assert info == {'implementation': 'fastq.worker.pool.solo:SoloPool', 'max-concurrency': 1,
+                        'processes': [w.pid], 'max-tasks-per-child': None, 'put-guarded-by-semaphore': True,
+                        'timeouts': []}  # fmt: skip
+    else:
+        assert info == {'implementation': 'fastq.worker.pool.threads:ThreadPool', 'max-concurrency': 2, 'threads': 2}
+
+
+@REDIS
 def test_pool_grow_shrink_restart(tasks: Any, worker: Any) -> None:
     w = worker('-n', 'pool@%h', '-c', '1', extra_env={'FASTQ_WORKER_POOL_RESTARTS': 'true'})
     node = _hostname(w, 'pool@')

@@ -163,7 +163,8 @@ def _stats(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
         return totals, (pool.info() if pool is not None else {})
 
     totals, pool_info = on_loop(worker, snapshot)
-    if 'timeouts' in pool_info and dispatcher is not None:  # Celery: (soft, hard) of the pool, 0 when unset
+    # Celery: (soft, hard) of the pool, 0 when unset; a pool that has none says () (solo), left as it is
+    if isinstance(pool_info.get('timeouts'), list) and dispatcher is not None:
         pool_info['timeouts'] = [dispatcher.default_soft_time_limit or 0, dispatcher.default_time_limit or 0]
     usage = resource.getrusage(resource.RUSAGE_SELF)
     broker = worker.broker

@@ -98,4 +98,8 @@ class Pool(abc.ABC):
         """Stop now: kill executors; returns the jobs they held, unsettled."""
 
     def info(self) -> dict[str, object]:
-        return {'max-concurrency': self.concurrency, 'implementation': self.name}
+        """The `pool` part of `inspect stats` (Celery's `_get_info`: the class as `module:Class`)."""
+        return {
+            'max-concurrency': self.concurrency,
+            'implementation': f'{type(self).__module__}:{type(self).__qualname__}',
+        }

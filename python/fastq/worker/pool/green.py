@@ -177,6 +177,3 @@ class GeventPool(Pool):
         self._active.clear()
         self._stopping = True
         return held
-
-    def info(self) -> dict[str, object]:
-        return {'max-concurrency': self.concurrency, 'implementation': self.name}

@@ -61,3 +61,10 @@ class SoloPool(Pool):
         self._pending.clear()
         self._stopped = True
         return held
+
+    def info(self) -> dict[str, object]:
+        # Celery's solo pool: one task at a time, in the worker's own process, whatever -c says
+        import os
+
+        return {**super().info(), 'max-concurrency': 1, 'processes': [os.getpid()], 'max-tasks-per-child': None,
+                'put-guarded-by-semaphore': True, 'timeouts': ()}  # fmt: skip

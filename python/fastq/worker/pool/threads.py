@@ -67,6 +67,9 @@ class ThreadPool(Pool):
     def active(self) -> list[Job]:
         return list(self._active.values())
 
+    def info(self) -> dict[str, object]:
+        return {**super().info(), 'threads': self._alive}  # (Celery's: its executor's threads)
+
     def stop(self) -> None:
         for _ in self._threads:
             self._queue.put(None)
