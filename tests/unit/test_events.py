@@ -170,6 +170,43 @@ def test_receiver_wakes_the_workers_and_stamps_what_it_receives(memory_app: Fast
     dispatcher.close()
 
 
+def test_state_folds_as_celerys_state() -> None:
+    # Celery's State as the oracle, fed the same events (each with the receiver's local_received)
+    from celery.events.state import State as CeleryState
+
+    now = time.time()
+    stream = [
+        ev('worker-online', freq=2.0, timestamp=now - 10),
+        ev('task-sent', uuid='a', name='t.a', hostname='client@h', timestamp=now - 1.5),
+        ev('task-received', uuid='a', name='t.a', timestamp=now - 1.4),
+        ev('task-started', uuid='a', timestamp=now - 1.3),
+        ev('task-started', uuid='b', timestamp=now - 1.2),  # never seen received
+        ev('task-succeeded', uuid='a', result='1', runtime=0.1, timestamp=now - 1.1),
+        ev('worker-offline', hostname='gone@h', timestamp=now - 1),  # never seen online
+    ]
+    left: dict[str, list[str]] = {'celery': [], 'fastq': []}
+    theirs = CeleryState(on_node_leave=lambda w: left['celery'].append(w.hostname))
+    ours = State(on_node_leave=lambda w: left['fastq'].append(w.hostname))
+    for received, event in enumerate(stream):  # (local_received far in the past: task events go by their time)
+        (their_obj, their_new), their_kind = theirs.event(dict(event, local_received=now - 100 + received))
+        (our_obj, our_new), our_kind = ours.event(dict(event, local_received=now - 100 + received))
+        assert (type(our_obj).__name__, our_new, our_kind) == (type(their_obj).__name__, their_new, their_kind)
+    assert ours.task_count == theirs.task_count == 1  # task-received events, not tasks
+    assert ours.tasks['a'].client == theirs.tasks['a'].client == 'client@h'
+    assert ours.tasks['a'].worker.hostname == theirs.tasks['a'].worker.hostname == 'w1@host'
+    assert sorted(ours.workers) == sorted(theirs.workers) == ['w1@host']  # the offline stranger not kept
+    assert left['fastq'] == left['celery'] == ['gone@h']
+    assert [w.hostname for w in ours.alive_workers()] == [w.hostname for w in theirs.alive_workers()] == ['w1@host']
+    # the worker's own events go by when they were received; its tasks' events keep it alive
+    assert ours.workers['w1@host'].heartbeats == theirs.workers['w1@host'].heartbeats
+    assert ours.workers['w1@host'].heartbeats == [now - 1.4, now - 1.3, now - 1.2, now - 1.1]  # (the last 4)
+    assert ours.workers['w1@host'].id == theirs.workers['w1@host'].id == 'w1@host.42'
+    ours.event(ev('worker-offline', local_received=now))
+    theirs.event(ev('worker-offline', local_received=now))
+    assert ours.workers == {} and len(theirs.workers) == 0  # forgotten once on_node_leave was told
+    assert ours.event({'type': 'other-thing'}) == (None, 'thing')
+
+
 def test_state_clear_keeps_running_tasks_and_freeze_while_clears_after() -> None:
     state = State()
     state.event(ev('task-received', uuid='done', name='t.a'))
@@ -177,7 +214,7 @@ def test_state_clear_keeps_running_tasks_and_freeze_while_clears_after() -> None
     state.event(ev('task-started', uuid='running', name='t.b'))
     assert state.freeze_while(lambda: sorted(state.tasks)) == ['done', 'running']  # no clear without clear_after
     assert state.event_count == 3
-    assert state.freeze_while(lambda: state.task_count, clear_after=True) == 2
+    assert state.freeze_while(lambda: state.task_count, clear_after=True) == 1  # (task-received events)
     assert list(state.tasks) == ['running'] and state.event_count == 0 and not state.workers
     state.clear(ready=False)
     assert not state.tasks

@@ -87,14 +87,21 @@ class Worker:
         self.sw_sys: str | None = None
         self.event_count = 0
 
-    def event(self, type: str, timestamp: float, fields: dict[str, Any]) -> None:
+    def event(self, type: str | None, timestamp: float, fields: dict[str, Any]) -> None:
+        """Fold in a `worker-<type>` event; type None: one of its task events, which also says it is alive."""
         for key in ('pid', 'freq', 'clock', 'active', 'processed', 'loadavg', 'sw_ident', 'sw_ver', 'sw_sys'):
-            if key in fields:
+            if key in fields and type is not None:
                 setattr(self, key, fields[key])
-        self.event_count += 1
+        if type is not None:
+            self.event_count += 1
         if type == 'offline':
             self.heartbeats.clear()
             return
+        # Celery's: when it arrived here (the receiver's local_received), so a sender whose clock is off is
+        # still judged by this host's clock
+        received = fields.get('local_received')
+        if isinstance(received, int | float) and received:
+            timestamp = float(received)
         heartbeats = self.heartbeats
         if not heartbeats or timestamp >= heartbeats[-1]:
             heartbeats.append(timestamp)
@@ -113,8 +120,8 @@ class Worker:
         return 'ONLINE' if self.alive else 'OFFLINE'
 
     @property
-    def id(self) -> tuple[str, int | None]:
-        return (self.hostname, self.pid)
+    def id(self) -> str:
+        return f'{self.hostname}.{self.pid}'  # (Celery's)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -150,6 +157,8 @@ class Task:
         self.timestamp: float | None = None
         self.clock = 0
         self.worker: Worker | None = None
+        #: The node that sent it (`task-sent`'s hostname), as Celery's.
+        self.client: str | None = None
         for name in self._FIELDS:
             setattr(self, name, None)
 
@@ -222,19 +231,20 @@ class State:
         self.task_count = 0
         self._mutex = threading.RLock()
 
-    def event(self, event: dict[str, Any]) -> tuple[Any, bool]:
-        """Fold one event in; returns (the worker or task it was about, whether that one is new)."""
+    def event(self, event: dict[str, Any]) -> tuple[tuple[Any, bool] | None, str]:
+        """Fold one event in; returns ((the worker or task it was about, whether that one is new), the event's
+        type after its group: 'succeeded'), as Celery's (None for an event about neither)."""
         with self._mutex:
             self.event_count += 1
             group, _, kind = str(event.get('type', '')).partition('-')
-            result: tuple[Any, bool] = (None, False)
+            result: tuple[Any, bool] | None = None
             if group == 'worker':
                 result = self._worker_event(kind, event)
             elif group == 'task':
                 result = self._task_event(kind, event)
             if self.callback is not None:
                 self.callback(self, event)
-            return result
+            return result, kind
 
     def _get_worker(self, hostname: str) -> tuple[Worker, bool]:
         worker = self.workers.get(hostname)
@@ -246,7 +256,11 @@ class State:
         return worker, True
 
     def _worker_event(self, kind: str, event: dict[str, Any]) -> tuple[Worker, bool]:
-        worker, created = self._get_worker(str(event.get('hostname')))
+        hostname = str(event.get('hostname'))
+        if kind == 'offline' and hostname not in self.workers:  # (Celery's: not added only to say it left)
+            worker, created = Worker(hostname), False
+        else:
+            worker, created = self._get_worker(hostname)
         was_alive = worker.alive
         worker.event(kind, float(event.get('timestamp') or time.time()), event)
         if kind == 'online' or (not was_alive and worker.alive):
@@ -254,6 +268,7 @@ class State:
                 self.on_node_join(worker)
         elif kind == 'offline' and self.on_node_leave is not None:
             self.on_node_leave(worker)
+            self.workers.pop(hostname, None)  # (Celery's: forgotten once on_node_leave was told)
         return worker, created
 
     def _task_event(self, kind: str, event: dict[str, Any]) -> tuple[Task | None, bool]:
@@ -264,16 +279,21 @@ class State:
         created = task is None
         if task is None:
             task = self.tasks[uuid] = Task(uuid)
-            self.task_count += 1
             while len(self.tasks) > self.max_tasks_in_memory:
                 self.tasks.popitem(last=False)
+        if kind == 'received':  # (Celery's task_count: the task-received events seen)
+            self.task_count += 1
         hostname = event.get('hostname')
-        if isinstance(hostname, str) and kind != 'sent':
+        timestamp = float(event.get('timestamp') or time.time())
+        if kind == 'sent':
+            task.client = hostname if isinstance(hostname, str) else None
+        elif isinstance(hostname, str):
             task.worker, _ = self._get_worker(hostname)
+            task.worker.event(None, timestamp, {})  # (Celery's: a worker's task event is a sign of life, at its time)
         clock = event.get('clock')
         if isinstance(clock, int):
             task.clock = max(task.clock, clock)
-        task.event(kind, float(event.get('timestamp') or time.time()), event)
+        task.event(kind, timestamp, event)
         return task, created
 
     # --- queries ------------------------------------------------------------------------------------------
