@@ -106,6 +106,30 @@ def test_a_rejected_task_fails_and_a_revoked_one_goes_by_its_shadow_name(tasks: 
     w.wait_for(f'Discarding revoked task: shadowy.name[{revoked.id}]')
 
 
+def test_retried_and_terminated_tasks_events_say_what_celerys_say(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    # Celery's Request: task-retried's exception is the reason's repr (not the Retry's "Retry in 0s: ..."),
+    # and task-revoked for a terminated task carries the signal's number
+    from tests.harness import lines
+
+    receiver = tasks.app.events.Receiver()
+    receiver.consume()
+    try:
+        worker('-E', '-c', '2')
+        retried = tasks.own_backend.delay('retry', 0)
+        out = tmp_path / 'sleep.txt'
+        killed = tasks.sleeper.delay(str(out), 'long', 60)
+        wait_until(lambda: any(line.startswith('start long') for line in lines(out)), message='started')
+        tasks.app.control.revoke(killed.id, terminate=True, signal='SIGKILL')
+        events = collect(
+            receiver, lambda ev: 'task-revoked' in of(ev, killed.id) and 'task-succeeded' in of(ev, retried.id)
+        )
+    finally:
+        receiver.close()
+    assert of(events, retried.id)['task-retried']['exception'] == "ValueError('again')"
+    revoked = of(events, killed.id)['task-revoked']
+    assert (revoked['terminated'], revoked['signum'], revoked['expired']) == (True, signal.SIGKILL, False)
+
+
 def test_enable_and_disable_events_remotely(tasks: Any, worker: Any) -> None:
     w = worker('-n', 'ev2@%h')
     hostname = next(word for word in w.log.split() if word.startswith('ev2@'))

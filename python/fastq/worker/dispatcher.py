@@ -114,6 +114,9 @@ class Dispatcher:
         self.ready: deque[Job] = deque()
         self.held: list[tuple[float, int, Job]] = []  # ETA heap
         self.running: dict[int, Job] = {}
+        #: The signal each running job a revoke terminates was sent (job id -> signum): what its task-revoked
+        #: event and task_revoked signal carry, as Celery's.
+        self._terminated_with: dict[int, int] = {}
         self._late_acks: list[Any] = []
         self._ids = itertools.count(1)
         conf = app.conf
@@ -503,7 +506,9 @@ class Dispatcher:
                     logger.info('Terminating %s (%s)', job.request.id, signal_name)
                     killed.append(job)
                     kill = getattr(self.pool, 'kill_job', None)
+                    self._terminated_with[job.id] = int(signum)
                     if kill is None or not kill(job, 'revoked', signum):
+                        self._terminated_with.pop(job.id, None)
                         logger.warning('The %s pool cannot terminate a running task', self.pool.name)
         return killed
 
@@ -592,6 +597,8 @@ class Dispatcher:
 
     def on_result(self, job: Job, outcome: Outcome) -> None:
         self.running.pop(job.id, None)
+        if self._terminated_with:  # (finished before the signal reached it)
+            self._terminated_with.pop(job.id, None)
         self.processed += 1
         self.totals[job.request.task] += 1
         state = outcome.state
@@ -627,6 +634,9 @@ class Dispatcher:
         running, totals, late = self.running, self.totals, self._late_acks
         events, metrics = self.events, self.metrics
         self.processed += len(jobs)
+        if self._terminated_with:  # (finished before the signal reached them)
+            for job in jobs:
+                self._terminated_with.pop(job.id, None)
         for job, runtime, retval_repr in zip(jobs, runtimes, reprs, strict=True):
             running.pop(job.id, None)
             totals[job.request.task] += 1
@@ -642,15 +652,16 @@ class Dispatcher:
     def on_lost(self, job: Job, reason: str) -> None:
         """The executor running `job` died (or was killed by us for its time limit or a revoke)."""
         self.running.pop(job.id, None)
+        signum = self._terminated_with.pop(job.id, None)
         task_id = job.request.id
         if reason == 'revoked':
             task = self.app.tasks.get(job.request.task)
             if self.events is not None:
-                self.events.revoked(job.request, True, None, False)
+                self.events.revoked(job.request, True, signum, False)
             if self.metrics is not None:
                 self.metrics.lost(job, states.REVOKED)
             ctx = self._finished_outside(job.delivery, job.request, states.REVOKED, TaskRevokedError('terminated'))
-            signals.task_revoked.send(sender=task, request=ctx, terminated=True, signum=None, expired=False)
+            signals.task_revoked.send(sender=task, request=ctx, terminated=True, signum=signum, expired=False)
             if not job.acked:
                 self._late_acks.append(job.tag)
             return

@@ -467,8 +467,10 @@ def _on_retry(task: Task[Any, Any], ctx: Context, exc: Retry, started: float) ->
     # Celery's `reason` is the Retry exception itself (str() of it says why), and `einfo` describes it.
     signals.task_retry.send(sender=task, request=ctx, reason=exc, einfo=_Einfo(exc))
     logger.info(LOG_RETRY, {'name': _log_name(task, ctx), 'id': task_id, 'exc': str(exc)})
+    # task-retried's `exception` is the reason's repr (Celery's Request.on_retry: safe_repr(exc.exc)), not
+    # the Retry's 'Retry in 0s: ...'
     return Outcome(
-        states.RETRY, time.monotonic() - started, exc_repr=str(exc), exception=exc, traceback=einfo.traceback
+        states.RETRY, time.monotonic() - started, exc_repr=repr(exc.exc), exception=exc, traceback=einfo.traceback
     )
 
 
