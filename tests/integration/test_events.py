@@ -30,7 +30,8 @@ def collect(receiver: EventReceiver, done: Callable[[list[dict[str, Any]]], bool
     while not done(events):
         remaining = deadline - time.monotonic()
         assert remaining > 0, f'events seen: {[(e["type"], e.get("uuid")) for e in events]}'
-        events.extend(receiver.itercapture(timeout=min(remaining, 0.5)))
+        # (no wakeup: its heartbeat, freq 5, would be taken for the worker's own)
+        events.extend(receiver.itercapture(timeout=min(remaining, 0.5), wakeup=False))
     return events
 
 
