@@ -35,7 +35,14 @@ def test_an_unreachable_broker_exits_69(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit) as exited:
         main(['-b', 'redis://127.0.0.1:1/0', 'control', 'revoke', 'some-id'])
     assert exited.value.code == 69
-    assert 'Error: Could not connect to the message broker.' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(  # Celery's handle_remote_command_error, on one line
+            'Error: Could not connect to the message broker. Please make sure your broker (e.g., RabbitMQ or Redis) is '
+            'running and the connection settings are correct. Reason: '
+        )
+        and err.count('\n') == 1
+    )
 
 
 def test_options_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
             raise
         print(  # Celery's words and exit status (EX_UNAVAILABLE)
             'Error: Could not connect to the message broker. Please make sure your broker (e.g., RabbitMQ or '
-            f'Redis) is running and the broker URL is correct.\nReason: {exc}',
+            f'Redis) is running and the connection settings are correct. Reason: {exc}',
             file=sys.stderr,
         )
         code = 69
