@@ -194,6 +194,13 @@ def test_state_folds_as_celerys_state() -> None:
     assert ours.task_count == theirs.task_count == 1  # task-received events, not tasks
     assert ours.tasks['a'].client == theirs.tasks['a'].client == 'client@h'
     assert ours.tasks['a'].worker.hostname == theirs.tasks['a'].worker.hostname == 'w1@host'
+    # by type and by worker: called, (uuid, task) newest first, limited after filtering; indexed, a set
+    assert [u for u, _ in ours.tasks_by_type('t.a')] == [u for u, _ in theirs.tasks_by_type('t.a')] == ['a']
+    assert [u for u, _ in ours.tasks_by_worker('w1@host', limit=1)] == ['a']  # (the newest; b's last was older)
+    assert [u for u, _ in theirs.tasks_by_worker('w1@host', limit=1)] == ['a']
+    assert {t.uuid for t in ours.tasks_by_type['t.a']} == {t.uuid for t in theirs.tasks_by_type['t.a']} == {'a'}
+    assert {t.uuid for t in ours.tasks_by_worker['w1@host']} == {'a', 'b'}  # (Celery's files 'a' under its client)
+    assert len(ours.tasks_by_type['nothing']) == len(theirs.tasks_by_type['nothing']) == 0
     assert sorted(ours.workers) == sorted(theirs.workers) == ['w1@host']  # the offline stranger not kept
     assert left['fastq'] == left['celery'] == ['gone@h']
     assert [w.hostname for w in ours.alive_workers()] == [w.hostname for w in theirs.alive_workers()] == ['w1@host']

@@ -209,6 +209,30 @@ class Task:
         return f'<Task: {self.name}({self.uuid}) {self.state} clock:{self.clock}>'
 
 
+class _TaskIndex(dict[Any, set[Task]]):
+    """Celery's `CallableDefaultdict` of tasks by a key: indexed, the set of tasks with that key (empty if
+    none); called, those tasks as (uuid, task) pairs by time, at most `limit`."""
+
+    def __init__(
+        self,
+        key: Callable[[Task], Any],
+        tasks: list[Task],
+        by_time: Callable[..., list[tuple[str, Task]]],
+    ) -> None:
+        super().__init__()
+        for task in tasks:
+            self.setdefault(key(task), set()).add(task)
+        self._key = key
+        self._by_time = by_time
+
+    def __missing__(self, key: Any) -> set[Task]:
+        return set()
+
+    def __call__(self, value: Any, limit: int | None = None, reverse: bool = True) -> list[tuple[str, Task]]:
+        found = [(uuid, task) for uuid, task in self._by_time(reverse=reverse) if self._key(task) == value]
+        return found[:limit] if limit is not None else found
+
+
 class State:
     """Workers and tasks from an event stream: `State().event(ev)` for each event, from any thread."""
 
@@ -337,11 +361,21 @@ class State:
         ordered = sorted(self.tasks.items(), key=lambda item: item[1].timestamp or 0.0, reverse=reverse)
         return ordered[:limit] if limit is not None else ordered
 
-    def tasks_by_type(self, name: str, limit: int | None = None) -> list[tuple[str, Task]]:
-        return [(uuid, task) for uuid, task in self.tasks_by_time(limit) if task.name == name]
+    @property
+    def tasks_by_type(self) -> _TaskIndex:
+        """`tasks_by_type(name, limit=None, reverse=True)`: (uuid, task) of that name, newest first; and, as
+        Celery's, `tasks_by_type[name]`: the set of those tasks."""
+        return _TaskIndex(lambda task: task.name, list(self.tasks.values()), self.tasks_by_time)
 
-    def tasks_by_worker(self, hostname: str, limit: int | None = None) -> list[tuple[str, Task]]:
-        return [(uuid, t) for uuid, t in self.tasks_by_time(limit) if t.worker and t.worker.hostname == hostname]
+    @property
+    def tasks_by_worker(self) -> _TaskIndex:
+        """`tasks_by_worker(hostname, limit=None, reverse=True)`, and `tasks_by_worker[hostname]`, as
+        `tasks_by_type`."""
+        return _TaskIndex(
+            lambda task: task.worker.hostname if task.worker is not None else None,
+            list(self.tasks.values()),
+            self.tasks_by_time,
+        )
 
     def task_types(self) -> list[str]:
         return sorted({task.name for task in list(self.tasks.values()) if task.name})
