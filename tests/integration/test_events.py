@@ -172,7 +172,10 @@ def test_events_command_dump_and_live_view(tasks: Any, worker: Any, tmp_path: Pa
         line = re.escape(f'task succeeded: worker_tasks.add({result.id}) args=(4, 5) kwargs={{}} clock=')
 
         def dumped() -> bool:
-            return re.search(line + r'\d+, pid=\d+, result=9, runtime=[\d.e-]+, utcoffset=', logs['dump'].read_text())
+            return re.search(
+                line + r'\d+, local_received=[\d.]+, pid=\d+, result=9, runtime=[\d.e-]+, utcoffset=',
+                logs['dump'].read_text(),
+            )
 
         wait_until(dumped, message='the dump shows the task')
         text = logs['dump'].read_text()
