@@ -469,7 +469,7 @@ class EventBuffer:
     `push`), has the fields of its type, then `timestamp` (the time of the push) and `type`.
     """
 
-    def __new__(cls, hostname: str, utcoffset: int, pid: int, default: Callable[[Any], Any] | None) -> EventBuffer:
+    def __new__(cls, hostname: str, utcoffset: float, pid: int, default: Callable[[Any], Any] | None) -> EventBuffer:
         """`default` converts values JSON has no type for, as `json.dumps`'s does (None: they raise TypeError)."""
     def define(self, type: str, fields: Sequence[str]) -> int:
         """Declare an event type and its fields (after `uuid`); returns the kind `push` takes."""

@@ -21,7 +21,7 @@ use pyo3::PyCell;
 use crate::json::decode_py::{header_text, HeaderPositions};
 use crate::json::encode_py::{optional, Encoder};
 use crate::json::string::write_escaped;
-use crate::json::{write_i64, write_u64};
+use crate::json::{write_float, write_i64, write_u64};
 use crate::protocol::head_py::TaskHead;
 use crate::protocol::message_py::Message;
 
@@ -332,11 +332,11 @@ impl PyEventBuffer {
 #[pymethods]
 impl PyEventBuffer {
     #[new]
-    fn new(hostname: &str, utcoffset: i64, pid: i64, default: &PyAny) -> Self {
+    fn new(hostname: &str, utcoffset: f64, pid: i64, default: &PyAny) -> Self {
         let mut prefix = b"{\"hostname\":".to_vec();
         prefix.extend_from_slice(&json_string(hostname));
         prefix.extend_from_slice(b",\"utcoffset\":");
-        write_i64(&mut prefix, utcoffset);
+        write_float(&mut prefix, utcoffset);
         prefix.extend_from_slice(b",\"pid\":");
         write_i64(&mut prefix, pid);
         prefix.extend_from_slice(b",\"clock\":");

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import pytest
 
-from fastq import Fastq
+from fastq import Fastq, _core
 from fastq.events import Event, EventDispatcher, State, group_from
 from fastq.events.event import decode_events, encode_events, routing_key_of
 from fastq.exceptions import ImproperlyConfigured
@@ -317,3 +318,23 @@ def test_durable_and_exclusive_queues_are_refused(kind: str, message: str) -> No
     app.conf.update({f'{kind}_queue_exclusive': False})
     app.control if kind == 'control' else app.events.Receiver(app)
     app.close()
+
+
+@pytest.mark.parametrize('zone', ['UTC', 'Asia/Kolkata', 'America/St_Johns', 'Europe/Paris'])
+def test_utcoffset_is_celerys(monkeypatch: pytest.MonkeyPatch, zone: str) -> None:
+    """Hours west of UTC as a float, as Celery 5.7 sends it: -5.5 in a half-hour zone, which an int rounded to
+    -6, and Celery's receivers then moved fastq's timestamps by half an hour."""
+    from celery.utils.time import utcoffset as celerys
+
+    from fastq.events.event import utcoffset
+
+    monkeypatch.setenv('TZ', zone)
+    time.tzset()
+    try:
+        assert utcoffset() == celerys() and isinstance(utcoffset(), float)
+        buffer = _core.EventBuffer('w1@host', utcoffset(), 1, None)
+        buffer.push(buffer.define('worker-heartbeat', ()), 1, '')
+        assert json.loads(buffer.take(1) or b'')[0]['utcoffset'] == celerys()
+    finally:
+        monkeypatch.delenv('TZ')
+        time.tzset()

@@ -44,11 +44,12 @@ next_clock = control._clock.__next__
 SOFTWARE_INFO = {'sw_ident': 'fastq', 'sw_ver': __version__, 'sw_sys': platform.system()}
 
 
-def utcoffset() -> int:
-    """This host's offset from UTC in hours, as Celery computes it (west of UTC is positive)."""
+def utcoffset() -> float:
+    """This host's offset from UTC in hours, as Celery 5.7 computes it (west of UTC is positive; a float, so
+    a half-hour zone, UTC+5:30, is -5.5: receivers move the sender's timestamps by it)."""
     if time.localtime().tm_isdst and time.daylight:
-        return time.altzone // 3600
-    return time.timezone // 3600
+        return time.altzone / 3600
+    return time.timezone / 3600
 
 
 def Event(type: str, _fields: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def routing_key_of(type: str) -> str:
     return type.replace('-', '.')
 
 
-def stamp(event: dict[str, Any], hostname: str, offset: int, pid: int | None = None) -> dict[str, Any]:
+def stamp(event: dict[str, Any], hostname: str, offset: float, pid: int | None = None) -> dict[str, Any]:
     """Add the fields every event carries (a clock tick each, in the order they are stamped)."""
     event['hostname'] = hostname
     event['utcoffset'] = offset
