@@ -791,6 +791,26 @@ def test_unreachable_server_raises_backend_errors(make_app: Callable[..., Fastq]
         _check_message(exc, unreachable_url)
 
 
+def test_retry_policy_timeout_ends_the_retries(make_app: Callable[..., Fastq], unreachable_url: str) -> None:
+    """The "Using Redis" page's `retry_policy: {'timeout': 5.0}`: kombu's retry_over_time retries no more once
+    `timeout` seconds have passed, whatever `max_retries` says (here: retry forever)."""
+    policy = {'max_retries': None, 'timeout': 0.3, 'interval_start': 0.05, 'interval_step': 0, 'interval_max': 0.05}
+    app = make_app(unreachable_url, result_backend_transport_options={'retry_policy': policy})
+    errors: list[BaseException] = []
+
+    def store() -> None:
+        try:
+            app.backend.store_result('t1', 1, states.SUCCESS)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=store, daemon=True)
+    thread.start()
+    thread.join(LONG)
+    assert not thread.is_alive(), 'still retrying after the retry_policy timeout'
+    assert isinstance(errors[0], BackendStoreError)
+
+
 @pytest.mark.usefixtures('listener_only')
 def test_a_refused_connection_fails_the_wait_and_the_listener_survives(
     make_app: Callable[..., Fastq], redis_server: RedisServer

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastq.backends.redis.listener import PING_INTERVAL
-from fastq.backends.redis.retry import CONNECTION_ERRORS, policy_intervals
+from fastq.backends.redis.retry import CONNECTION_ERRORS, gave_up, policy_deadline, policy_intervals
 from fastq.brokers.redis.connection import pack
 from fastq.utils.aioredis import ConnectionParams, open_redis
 
@@ -170,6 +170,7 @@ class AsyncResultListener:
 
     async def _run(self) -> None:
         intervals = policy_intervals(self.retry_policy)
+        deadline = policy_deadline(self.retry_policy)
         max_retries = self.retry_policy.get('max_retries', 20)
         retries = 0
         while not self._closed:
@@ -178,7 +179,7 @@ class AsyncResultListener:
                 if self._resp3:
                     await self._hello(reader, writer)
             except CONNECTION_ERRORS as exc:
-                if max_retries is not None and retries >= max_retries:
+                if gave_up(self.retry_policy, retries, deadline):
                     self._fail_waiters(exc)
                     return
                 retries += 1
@@ -190,7 +191,7 @@ class AsyncResultListener:
             except Exception as exc:  # e.g. refused credentials: retrying will not help
                 self._fail_waiters(exc)
                 return
-            retries, intervals = 0, policy_intervals(self.retry_policy)
+            retries, intervals, deadline = 0, policy_intervals(self.retry_policy), policy_deadline(self.retry_policy)
             self._writer = writer
             try:
                 self._flush()

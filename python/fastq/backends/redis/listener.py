@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from fastq.backends.redis.retry import CONNECTION_ERRORS, policy_intervals
+from fastq.backends.redis.retry import CONNECTION_ERRORS, gave_up, policy_deadline, policy_intervals
 
 __all__ = ['ResultListener', 'Waiter']
 
@@ -221,6 +221,7 @@ class ResultListener:
         """A dedicated connection from the pool, retried per `retry_policy`; None when it gave up or no one waits."""
         max_retries = self.retry_policy.get('max_retries', 20)
         intervals = policy_intervals(self.retry_policy)
+        deadline = policy_deadline(self.retry_policy)
         retries = 0
         while not self._stopping:
             try:
@@ -230,7 +231,7 @@ class ResultListener:
                     conn = self.pool.get_connection('SUBSCRIBE')
                 return conn
             except CONNECTION_ERRORS as exc:
-                if (max_retries is not None and retries >= max_retries) or not self._active():
+                if gave_up(self.retry_policy, retries, deadline) or not self._active():
                     self._fail_waiters(exc)
                     return None
                 delay = next(intervals)
