@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -17,7 +18,7 @@ import redis
 from fastq import Fastq, protocol
 from fastq.brokers.base import Outgoing
 from fastq.brokers.redis import RedisBroker
-from fastq.exceptions import BrokerConnectionError
+from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured
 from tests.harness import wait_until
 from tests.servers import RedisServer, free_port
 from tests.unit.test_backend_redis import _make_certificates, _pong, _tcp_ping, spawn_redis
@@ -457,7 +458,9 @@ def test_unix_socket(tmp_path: Path) -> None:
         round_trip(make(f'redis+socket://{path}?virtual_host=2'))
 
 
-def test_tls(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A redis-server answering TLS only, with a certificate of a CA of our own: (port, CA file)."""
     ca, cert, key_file = _make_certificates(tmp_path)
     port = free_port()
 
@@ -476,8 +479,48 @@ def test_tls(tmp_path: Path) -> None:
     args += ['--tls-cert-file', str(cert), '--tls-key-file', str(key_file), '--tls-ca-cert-file', str(ca)]
     args += ['--tls-auth-clients', 'no']
     with spawn_redis(tmp_path, args, ready):
+        yield port, ca
+
+
+def test_tls(tmp_path: Path) -> None:
+    with _tls_redis(tmp_path) as (port, ca):
         url = f'rediss://127.0.0.1:{port}/0?ssl_cert_reqs=CERT_REQUIRED&ssl_ca_certs={quote(str(ca), safe="")}'
         round_trip(make(url))
+
+
+def test_tls_options_as_kombu_reads_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """kombu: rediss:// with no ssl options connects without verifying (and warns); a `broker_use_ssl` dict
+    turns TLS on for a redis:// URL too; the URL's ssl_* parameters replace `broker_use_ssl` as a whole."""
+    import ssl
+
+    with _tls_redis(tmp_path) as (port, ca):
+        with caplog.at_level('WARNING', 'fastq.brokers.redis'):
+            round_trip(make(f'rediss://127.0.0.1:{port}/0'))  # a certificate of an unknown CA: not verified
+        assert 'Secure redis scheme specified (rediss) with no ssl options' in caplog.text
+
+        app = make(f'redis://127.0.0.1:{port}/0')
+        app.conf.broker_use_ssl = {'ssl_cert_reqs': ssl.CERT_REQUIRED, 'ssl_ca_certs': str(ca)}
+        round_trip(app)
+
+        app = make(f'rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none')
+        app.conf.broker_use_ssl = {'ssl_cert_reqs': ssl.CERT_REQUIRED}  # (no CA: would fail to verify)
+        round_trip(app)
+
+
+def test_tls_url_parameters_checked_and_passed_through() -> None:
+    import ssl
+
+    def kwargs(url: str, use_ssl: Any = None) -> dict[str, Any]:
+        app = make(url)
+        app.conf.broker_use_ssl = use_ssl
+        return dict(app.broker.client.connection_pool.connection_kwargs)  # type: ignore[attr-defined]
+
+    with pytest.raises(ImproperlyConfigured, match='ssl_cert_reqs'):
+        kwargs('rediss://127.0.0.1/0?ssl_cert_reqs=bogus')  # kombu: KeyError
+    assert kwargs('rediss://127.0.0.1/0?ssl_cert_reqs=required&ssl_check_hostname=false')['ssl_check_hostname'] is False
+    passed = kwargs('rediss://127.0.0.1/0', {'ssl_cert_reqs': 'required', 'ssl_min_version': ssl.TLSVersion.TLSv1_3})
+    assert passed['ssl_min_version'] == ssl.TLSVersion.TLSv1_3  # kombu hands redis-py the whole dict
+    assert passed['ssl_cert_reqs'] == ssl.CERT_REQUIRED
 
 
 def test_sentinel(redis_server: RedisServer, redis_url: str, tmp_path: Path) -> None:

@@ -75,6 +75,11 @@ def params_of(pool: Any) -> ConnectionParams | None:
     cls = pool.connection_class
     if cls not in (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection):
         return None
+    if any(
+        key.startswith('ssl_') and key not in _CARRIED and value not in (None, False)
+        for key, value in pool.connection_kwargs.items()
+    ):
+        return None  # TLS settings `_tls_context` does not apply (ssl_ca_path, ssl_min_version, ...)
     kwargs = {key: value for key, value in pool.connection_kwargs.items() if key in _CARRIED}
     return ConnectionParams(kwargs, tls=cls is redis.SSLConnection)
 

@@ -1,6 +1,6 @@
 """Redis connections from Celery-style URLs and settings.
 
-    redis://[[user]:password@]host[:port][/db]     rediss:// for TLS (options from `broker_use_ssl`)
+    redis://[[user]:password@]host[:port][/db]     rediss:// for TLS (options: the URL's ssl_* or `broker_use_ssl`)
     redis+socket:///path/to/redis.sock[?virtual_host=db]
     sentinel://[:password@]host:port[;sentinel://host2:port...] with transport option `master_name`
 
@@ -9,6 +9,7 @@ Every connection made here has a socket timeout (a dead peer must not hang a wor
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -49,25 +50,47 @@ def _import_redis() -> Any:
     return redis
 
 
-_SSL_REQS = {'CERT_NONE': ssl.CERT_NONE, 'CERT_OPTIONAL': ssl.CERT_OPTIONAL, 'CERT_REQUIRED': ssl.CERT_REQUIRED}
+#: kombu's `parse_ssl_cert_reqs` spellings (any other is an error there too: a KeyError).
+_SSL_REQS = {
+    'CERT_NONE': ssl.CERT_NONE,
+    'CERT_OPTIONAL': ssl.CERT_OPTIONAL,
+    'CERT_REQUIRED': ssl.CERT_REQUIRED,
+    'none': ssl.CERT_NONE,
+    'optional': ssl.CERT_OPTIONAL,
+    'required': ssl.CERT_REQUIRED,
+}
+W_NO_SSL_OPTIONS = 'Secure redis scheme specified (rediss) with no ssl options, defaulting to insecure SSL behaviour.'
 
 
-def _ssl_kwargs(ssl_options: Any, query: dict[str, list[str]]) -> dict[str, Any]:
-    options = dict(ssl_options) if isinstance(ssl_options, dict) else {}
-    for key, values in query.items():
-        if key.startswith('ssl_'):
-            options.setdefault(key, values[-1])
-    out: dict[str, Any] = {'ssl': True}
-    reqs = options.pop('ssl_cert_reqs', None)
+def _ssl_kwargs(scheme: str, ssl_options: Any, query: dict[str, list[str]], setting: str) -> dict[str, Any]:
+    """redis-py's TLS keywords as kombu derives them, or {} for a plain connection.
+
+    kombu: the URL's `ssl_*` parameters replace `broker_use_ssl` as a whole (not key by key); a dict of them
+    turns TLS on for a redis:// URL as well; and rediss:// with neither connects without verifying the
+    server's certificate, with a warning.
+    """
+    from_url = {key: values[-1] for key, values in query.items() if key.startswith('ssl_')}
+    if from_url:
+        options: dict[str, Any] = from_url
+        if 'ssl_check_hostname' in options:
+            options['ssl_check_hostname'] = options['ssl_check_hostname'].lower() != 'false'
+    elif isinstance(ssl_options, dict):
+        options = dict(ssl_options)
+    else:
+        options = {}
+    if not options and scheme != 'rediss':
+        return {}
+    if not options and not ssl_options:
+        logging.getLogger('fastq.brokers.redis').warning(W_NO_SSL_OPTIONS)
+        options = {'ssl_cert_reqs': ssl.CERT_NONE}
+    reqs = options.get('ssl_cert_reqs')
     if isinstance(reqs, str):
-        name = reqs.upper()
-        reqs = _SSL_REQS.get(name) or _SSL_REQS.get(f'CERT_{name}')
-    if reqs is not None:
-        out['ssl_cert_reqs'] = reqs
-    for key in ('ssl_ca_certs', 'ssl_certfile', 'ssl_keyfile', 'ssl_check_hostname'):
-        if key in options:
-            out[key] = options[key]
-    return out
+        if reqs not in _SSL_REQS and reqs.lower() not in _SSL_REQS:
+            raise ImproperlyConfigured(
+                f'{setting}: ssl_cert_reqs must be CERT_REQUIRED, CERT_OPTIONAL or CERT_NONE, got {reqs!r}'
+            )
+        options['ssl_cert_reqs'] = _SSL_REQS.get(reqs, _SSL_REQS.get(reqs.lower()))
+    return {'ssl': True, **{key: value for key, value in options.items() if key.startswith('ssl_')}}
 
 
 def parse_url(url: str, setting: str = 'broker_url') -> dict[str, Any]:
@@ -120,13 +143,8 @@ def client_for(url: str, conf: Any, transport_options: dict[str, Any], setting: 
     if scheme == 'sentinel':
         return cast('redis.Redis', _sentinel_client(rp, url, conf, transport_options, common, setting))
     kwargs = parse_url(first, setting)
-    if scheme == 'rediss':
-        kwargs.update(
-            _ssl_kwargs(
-                conf.broker_use_ssl if setting == 'broker_url' else conf.redis_backend_use_ssl,
-                parse_qs(urlsplit(first).query),
-            )
-        )
+    if 'unix_socket_path' not in kwargs:
+        kwargs.update(_ssl_kwargs(scheme, _use_ssl(conf, setting), parse_qs(urlsplit(first).query), setting))
     kwargs.update({k: v for k, v in common.items() if v is not None})
     if 'unix_socket_path' in kwargs:
         kwargs.pop('socket_keepalive', None)
@@ -138,6 +156,10 @@ def client_for(url: str, conf: Any, transport_options: dict[str, Any], setting: 
         )
         return cast('redis.Redis', rp.Redis(connection_pool=pool))
     return cast('redis.Redis', rp.Redis(max_connections=max_connections, **kwargs))
+
+
+def _use_ssl(conf: Any, setting: str) -> Any:
+    return conf.broker_use_ssl if setting == 'broker_url' else conf.redis_backend_use_ssl
 
 
 def _sentinel_client(
@@ -162,7 +184,9 @@ def _sentinel_client(
     sentinel = redis.sentinel.Sentinel(
         nodes, sentinel_kwargs=sentinel_kwargs, **{k: v for k, v in common.items() if v is not None}
     )
-    return sentinel.master_for(master, db=db, password=password)
+    # kombu's Sentinel channel connects to the master with TLS when `broker_use_ssl` says so.
+    tls = _ssl_kwargs('sentinel', _use_ssl(conf, setting), {}, setting)
+    return sentinel.master_for(master, db=db, password=password, **tls)
 
 
 def database_of(url: str) -> int:
