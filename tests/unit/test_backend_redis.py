@@ -207,7 +207,7 @@ def test_url_and_settings_to_connection_params() -> None:
         connection_params(_conf(), 'redis://h/0?protocol=3')
 
 
-def test_tls_params_follow_celerys_rules() -> None:
+def test_tls_params_follow_celerys_rules(caplog: pytest.LogCaptureFixture) -> None:
     params = connection_params(_conf(), 'rediss://h:6380/1?ssl_cert_reqs=CERT_REQUIRED&ssl_ca_certs=%2Fca.pem')
     assert params['connection_class'] is redis.SSLConnection
     assert params['ssl_cert_reqs'] == ssl.CERT_REQUIRED and params['ssl_ca_certs'] == '/ca.pem'
@@ -219,6 +219,11 @@ def test_tls_params_follow_celerys_rules() -> None:
     via_setting = connection_params(_conf(redis_backend_use_ssl={'ssl_cert_reqs': 'CERT_OPTIONAL'}), 'redis://h/0')
     assert via_setting['connection_class'] is redis.SSLConnection
     assert via_setting['ssl_cert_reqs'] == ssl.CERT_OPTIONAL
+    # Celery warns of each connection setup that may not verify the server (and not of one that does).
+    warned = [r.getMessage() for r in caplog.records if r.name == 'fastq.backends.redis']
+    assert len(warned) == 2
+    assert 'ssl_cert_reqs=CERT_NONE when connecting to redis means that celery will not validate' in warned[0]
+    assert 'ssl_cert_reqs=CERT_OPTIONAL when connecting to redis means that celery might not validate' in warned[1]
 
 
 def test_sentinel_params_and_master_name_required() -> None:

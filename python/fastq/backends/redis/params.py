@@ -7,6 +7,7 @@ on the first connection.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,16 @@ E_CERT_REQS = (
     'result_backend: a rediss:// URL must have parameter ssl_cert_reqs and this must be set to CERT_REQUIRED, '
     'CERT_OPTIONAL, or CERT_NONE'
 )
+#: Celery's warnings (celery/backends/redis.py) for a TLS connection that may not verify the server.
+W_CERT_OPTIONAL = (
+    'Setting ssl_cert_reqs=CERT_OPTIONAL when connecting to redis means that celery might not validate the '
+    'identity of the redis broker when connecting. This leaves you vulnerable to man in the middle attacks.'
+)
+W_CERT_NONE = (
+    'Setting ssl_cert_reqs=CERT_NONE when connecting to redis means that celery will not validate the identity '
+    'of the redis broker when connecting. This leaves you vulnerable to man in the middle attacks.'
+)
+logger = logging.getLogger('fastq.backends.redis')
 # Query parameters redis-py's own URL parser knows, plus the ones Celery adds.
 _QUERY_KEYS = {*URL_QUERY_ARGUMENT_PARSERS, *SSL_PARAMS, 'virtual_host', 'credential_provider', 'client_name'}
 _QUERY_KEYS -= {'protocol'}  # the listener reads RESP2 pub/sub replies: see connection_params
@@ -139,6 +150,10 @@ def _check_ssl(params: dict[str, Any]) -> None:
     reqs = _CERT_REQS.get(reqs, reqs) if isinstance(reqs, str) else reqs
     if reqs not in _CERT_REQS.values():
         raise ImproperlyConfigured(E_CERT_REQS)
+    if reqs == ssl.CERT_OPTIONAL:
+        logger.warning(W_CERT_OPTIONAL)
+    elif reqs == ssl.CERT_NONE:
+        logger.warning(W_CERT_NONE)
     params['ssl_cert_reqs'] = reqs
 
 
