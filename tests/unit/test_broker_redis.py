@@ -530,6 +530,23 @@ def test_sentinel(redis_server: RedisServer, redis_url: str, tmp_path: Path) -> 
     with spawn_redis(tmp_path, [str(config), '--sentinel'], lambda: _tcp_ping(port)):
         db = int(redis_url.rsplit('/', 1)[1])
         round_trip(make(f'sentinel://127.0.0.1:{port}/{db}', master_name='fastqbroker'))
+        # The URL's user and password are the master's (kombu hands them to redis-py's Sentinel as the master's
+        # connection arguments): an ACL user of its own (the password alone logs in as the default user).
+        admin = redis.Redis(host='127.0.0.1', port=redis_server.port)
+        admin.acl_setuser(
+            'fastq-sentinel-user', enabled=True, passwords=['+s3cret'], keys=['*'], channels=['*'], commands=['+@all']
+        )
+        try:
+            app = make(
+                f'sentinel://fastq-sentinel-user:s3cret@127.0.0.1:{port}/{db}',
+                master_name='fastqbroker',
+                min_other_sentinels=0,
+            )
+            round_trip(app)
+            assert app.broker.client.acl_whoami() == 'fastq-sentinel-user'
+        finally:
+            admin.acl_deluser('fastq-sentinel-user')
+            admin.close()
 
 
 def test_pack_is_resp_with_large_arguments_passed_through() -> None:

@@ -172,21 +172,27 @@ def _sentinel_client(
             "broker_transport_options={'master_name': 'mymaster'}"
         )
     nodes = []
-    password = None
+    password = username = None
     db = 0
     for part in url.split(';'):
         parts = urlsplit(part.strip())
         nodes.append((parts.hostname or 'localhost', parts.port or DEFAULT_SENTINEL_PORT))
         password = password or (unquote(parts.password) if parts.password else None)
+        username = username or (unquote(parts.username) if parts.username else None)
         if parts.path.strip('/'):
             db = int(parts.path.strip('/'))
-    sentinel_kwargs = transport_options.get('sentinel_kwargs') or {}
+    # As kombu: without sentinel_kwargs, redis-py gives the sentinels the socket_* settings (not the master's
+    # credentials); min_other_sentinels as given.
     sentinel = redis.sentinel.Sentinel(
-        nodes, sentinel_kwargs=sentinel_kwargs, **{k: v for k, v in common.items() if v is not None}
+        nodes,
+        min_other_sentinels=int(transport_options.get('min_other_sentinels') or 0),
+        sentinel_kwargs=transport_options.get('sentinel_kwargs') or None,
+        **{k: v for k, v in common.items() if v is not None},
     )
     # kombu's Sentinel channel connects to the master with TLS when `broker_use_ssl` says so.
     tls = _ssl_kwargs('sentinel', _use_ssl(conf, setting), {}, setting)
-    return sentinel.master_for(master, db=db, password=password, **tls)
+    credentials = {'username': username} if username else {}
+    return sentinel.master_for(master, db=db, password=password, **credentials, **tls)
 
 
 def database_of(url: str) -> int:
