@@ -120,3 +120,42 @@ def test_start_worker_fails_clearly_when_the_worker_cannot_start() -> None:
     with setup_default_app(app), pytest.raises(ImproperlyConfigured, match='worker_pool: unknown pool'):
         with start_worker(app, pool='no-such-pool'):
             pass  # pragma: no cover
+
+
+def test_start_worker_takes_the_queue_parameters_celerys_worker_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The guide's celery_worker_parameters: queues and exclude_queues (there a plain string), as
+    # Celery's WorkController reads them; and its `include` modules, imported before the worker starts.
+    (tmp_path / 'guide_included_module.py').write_text('IMPORTED = True\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = TestApp()
+    with setup_default_app(app):
+
+        @app.task
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        with start_worker(
+            app, queues=['high-prio', 'celery'], exclude_queues=('celery'), include=['guide_included_module'],
+            perform_ping_check=False,
+        ) as worker:  # fmt: skip
+            assert worker.queues == ['high-prio']
+            assert 'guide_included_module' in sys.modules
+            assert add.apply_async((1, 2), queue='high-prio').get(timeout=10) == 3
+        with start_worker(app, queues='low-prio,high-prio', perform_ping_check=False) as worker:
+            assert worker.queues == ['low-prio', 'high-prio']
+
+
+def test_start_worker_raises_the_connection_error_of_an_unreachable_broker() -> None:
+    import socket
+
+    from fastq.exceptions import OperationalError
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    app = TestApp(config={'broker_url': f'redis://127.0.0.1:{port}/0'})
+    with setup_default_app(app), pytest.raises(OperationalError, match='Connection refused'):
+        with start_worker(app):
+            pass  # pragma: no cover

@@ -9,6 +9,7 @@ names: `memory://` (the test app's default) works because worker and test share 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import threading
 import time
@@ -58,13 +59,19 @@ class TestWorkController(WorkController):
     def reload(self, modules: Any = None, reload: bool = False, reloader: Any = None) -> None:
         """Celery's way to make a worker see tasks defined after it started. An embedded worker shares the
         app's registry with the test, so they are seen already; named `modules` are imported."""
-        import importlib
-
         for module in modules or ():
             importlib.reload(importlib.import_module(module)) if reload else importlib.import_module(module)
 
     def close(self) -> None:
         signals.worker_ready.disconnect(self._ready, sender=self)
+
+
+def _names(value: Any) -> list[str]:
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(',') if name.strip()]
+    return list(value)
 
 
 def _ping_task(app: Fastq) -> Any:
@@ -125,17 +132,29 @@ def _start_worker_thread(
         from fastq.utils.log import setup_worker_logging
 
         setup_worker_logging(app.conf, loglevel, logfile, redirect=False)
+    # Celery's WorkController takes these as a list or a comma-separated string (the Testing guide's
+    # `'exclude_queues': ('celery')` is one), and imports `include` before it starts.
+    queues = _names(kwargs.pop('queues', None))
+    excluded = {app.router.queue_name(name) for name in _names(kwargs.pop('exclude_queues', None))}
+    for module in _names(kwargs.pop('include', None)):
+        importlib.import_module(module)
     app.finalize()
     app.set_current()
     app.set_default()
     _ping_task(app)
+    # Fail now on a broker that cannot be reached, with the connection error, as Celery's start_worker
+    # does (`TEST_BROKER` names another broker to check), rather than once the worker gave up retrying.
+    with app.connection(hostname=os.environ.get('TEST_BROKER')) as connection:
+        connection.default_channel  # noqa: B018
     for name in ('without_mingle', 'without_gossip', 'ready_callback', 'optimization'):
         kwargs.pop(name, None)
     heartbeat = not kwargs.pop('without_heartbeat', True)
     worker = WorkController(
         app, concurrency=concurrency, pool=pool, hostname=kwargs.pop('hostname', anon_nodename()),
-        quiet=True, heartbeat=heartbeat, **kwargs,
+        quiet=True, heartbeat=heartbeat, queues=queues or None, **kwargs,
     )  # fmt: skip
+    if excluded:
+        worker.queues = [name for name in worker.queues if name not in excluded]
     thread = threading.Thread(target=worker.start, name='fastq-test-worker', daemon=True)
     thread.start()
     try:
