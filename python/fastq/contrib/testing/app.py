@@ -49,7 +49,9 @@ def TestApp(
     if backend is not None:
         settings.pop('result_backend', None)
     app = Fastq(name or 'celery.tests', broker=broker, backend=backend, set_as_current=set_as_current, **kwargs)
-    app.conf.update(settings)
+    # Defaults, not changes (Celery's add_defaults): `conf.changes` and `conf.humanize()` show only what the
+    # test itself set, and the app's own `broker`/`backend` arguments still win.
+    app.add_defaults(settings)
     return app
 
 
