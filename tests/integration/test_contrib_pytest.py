@@ -159,3 +159,25 @@ def test_start_worker_raises_the_connection_error_of_an_unreachable_broker() -> 
     with setup_default_app(app), pytest.raises(OperationalError, match='Connection refused'):
         with start_worker(app):
             pass  # pragma: no cover
+
+
+def test_the_rpc_backend_on_the_test_apps_memory_broker() -> None:
+    # The guide's `@pytest.mark.celery(result_backend='rpc')` keeps the test app's memory:// broker, on which
+    # Celery's rpc backend works (kombu's memory transport carries the replies).
+    app = TestApp(config={'result_backend': 'rpc'})
+    with setup_default_app(app):
+
+        @app.task
+        def pair(x: int, y: int) -> tuple[int, int]:
+            return (x, y)
+
+        @app.task
+        def boom() -> None:
+            raise KeyError('k')
+
+        with start_worker(app):
+            assert pair.delay(1, 2).get(timeout=10) == [1, 2]  # (JSON on the way back, as on the wire)
+            failed = boom.delay()
+            with pytest.raises(KeyError, match='k'):
+                failed.get(timeout=10)
+            assert failed.state == 'FAILURE'

@@ -10,7 +10,10 @@ answer fastq clients and the reverse.
 Results are one-shot messages: only the process that sent a task can read its result, and not after it
 restarts; there is nothing to look up by id from elsewhere, and chords are not supported (as in Celery).
 Needs the AMQP broker: the queue is declared before each send (`on_task_call`), so a fast worker's reply
-never reaches the default exchange before its queue exists.
+never reaches the default exchange before its queue exists. On the in-process `memory://` broker (the test
+app's) the worker and the caller share this backend object, so a reply is handed over in the process (encoded
+and decoded as on the wire): Celery's rpc backend works on kombu's memory transport, and its Testing guide
+sets `@pytest.mark.celery(result_backend='rpc')` on the default test app.
 """
 
 from __future__ import annotations
@@ -61,12 +64,18 @@ class RPCBackend(InProcessBackend):
         from fastq.brokers.amqp import AMQPBroker
 
         broker = self.app.broker
-        if not isinstance(broker, AMQPBroker):
+        if not isinstance(broker, AMQPBroker):  # (the in-process broker never gets here: _in_process)
             raise ImproperlyConfigured('result_backend: rpc:// needs an AMQP broker_url (amqp://, pyamqp://, ...)')
         return broker
 
     def describe(self) -> str:
         return 'rpc://'
+
+    @property
+    def _in_process(self) -> bool:
+        from fastq.brokers.memory import MemoryBroker
+
+        return isinstance(self.app.broker, MemoryBroker)
 
     def _queue_arguments(self) -> dict[str, Any]:
         return {} if not self.expires else {'x-expires': int(self.expires) * 1000}
@@ -76,7 +85,7 @@ class RPCBackend(InProcessBackend):
     def on_task_call(self, oid: str | None = None) -> None:
         """Declare the reply queue of this thread (or `oid`) before its first task goes out (once per queue)."""
         oid = oid or self.app.thread_oid
-        if oid in self._declared:
+        if oid in self._declared or self._in_process:
             return
         broker = self.broker
         arguments = self._queue_arguments()
@@ -92,6 +101,8 @@ class RPCBackend(InProcessBackend):
         """Consume every reply queue this process declared (no ack, as Celery's ResultConsumer), on a connection
         of our own: a result is read by whichever thread waits, even when another thread sent the task (the
         asyncio client waits in executor threads)."""
+        if self._in_process:
+            return
         self.on_task_call()
         new = self._declared - self._consumed
         if not new:
@@ -133,9 +144,12 @@ class RPCBackend(InProcessBackend):
         except Exception as exc:
             logger.warning('rpc: ignoring a reply that cannot be decoded: %r', exc)
             return
+        self._receive(meta, props.get('correlation_id'))
+
+    def _receive(self, meta: Any, correlation_id: str | None) -> None:
         if not isinstance(meta, dict):
             return
-        task_id = props.get('correlation_id') or meta.get('task_id')
+        task_id = correlation_id or meta.get('task_id')
         if not task_id:
             return
         with self._cond:
@@ -174,6 +188,9 @@ class RPCBackend(InProcessBackend):
         meta = self._meta(task_id, self.encode_result(result, state), state, traceback, request)
         body, content_type, encoding = dumps(meta, self.serializer)
         correlation_id = _field(request, 'correlation_id') or task_id
+        if self._in_process:
+            self._receive(loads(body, content_type, self.accept), correlation_id)
+            return result
         message = _core.Message(body, content_type, encoding, {}, {'correlation_id': correlation_id})
         mode = 2 if self.app.conf.result_persistent else 1
         self.broker.publish_unrouted([Outgoing(message, reply_to, '', reply_to, 0, mode)])
