@@ -181,3 +181,25 @@ def test_the_rpc_backend_on_the_test_apps_memory_broker() -> None:
             with pytest.raises(KeyError, match='k'):
                 failed.get(timeout=10)
             assert failed.state == 'FAILURE'
+
+
+SETUP_APP_FOR_WORKER = """
+import logging
+from fastq import _state, signals
+from fastq.contrib.testing.app import TestApp
+from fastq.contrib.testing.worker import setup_app_for_worker
+
+seen = []
+signals.after_setup_logger.connect(lambda logger=None, loglevel=None, **kw: seen.append(loglevel), weak=False)
+app = TestApp()
+setup_app_for_worker(app, 'info', None)
+assert app.finalized and _state.get_current_app() is app and _state._default_app is app
+assert seen == [logging.INFO] and logging.getLogger().level == logging.INFO
+print('ok')
+"""
+
+
+def test_setup_app_for_worker_prepares_the_app_and_logging_as_celerys() -> None:
+    # (in a process of its own: it sets the root logger up, once per process)
+    done = subprocess.run([sys.executable, '-c', SETUP_APP_FOR_WORKER], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == 'ok', done.stdout + done.stderr

@@ -22,7 +22,14 @@ from fastq.signals import Signal
 from fastq.utils.nodenames import anon_nodename
 from fastq.worker.worker import WorkController
 
-__all__ = ['TestWorkController', 'start_worker', 'test_worker_started', 'test_worker_starting', 'test_worker_stopped']
+__all__ = [
+    'TestWorkController',
+    'setup_app_for_worker',
+    'start_worker',
+    'test_worker_started',
+    'test_worker_starting',
+    'test_worker_stopped',
+]
 
 WORKER_LOGLEVEL = os.environ.get('WORKER_LOGLEVEL', 'error')
 #: How long `start_worker` waits for the worker to be consuming (a broker that is down fails the test here).
@@ -80,6 +87,15 @@ def _ping_task(app: Fastq) -> Any:
     if 'celery.ping' not in app.tasks:  # (shared tasks bind when an app finalizes; this one may not have)
         app._task_from_fun(tasks.ping.__wrapped__, name='celery.ping')
     return app.tasks['celery.ping']
+
+
+def setup_app_for_worker(app: Fastq, loglevel: str | int, logfile: str | None) -> None:
+    """Celery's: finalize `app`, make it the current and default app, and set logging up as a worker does
+    (once per process: `app.log.setup`)."""
+    app.finalize()
+    app.set_current()
+    app.set_default()
+    app.log.setup(loglevel=loglevel, logfile=logfile)
 
 
 @contextlib.contextmanager
