@@ -44,12 +44,16 @@ E_WOULDBLOCK = (
 
 #: Inside `allow_join_result()` (per thread, as Celery's): a task may wait on a result there.
 _join = threading.local()
+#: How many embedded test workers (`fastq.contrib.testing.worker.start_worker`) run: their tasks may wait on
+#: results, as Celery's may (its start_worker clears `task_join_will_block` once the worker is up).
+_embedded_workers = 0
 
 
 def assert_will_not_block() -> None:
     task = _state.get_current_worker_task()
     if (
         task is not None
+        and not _embedded_workers
         and getattr(task.app.conf, 'task_allow_sync_subtasks', False) is not True
         and not getattr(_join, 'allowed', False)
     ):

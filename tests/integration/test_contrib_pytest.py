@@ -203,3 +203,27 @@ def test_setup_app_for_worker_prepares_the_app_and_logging_as_celerys() -> None:
     # (in a process of its own: it sets the root logger up, once per process)
     done = subprocess.run([sys.executable, '-c', SETUP_APP_FOR_WORKER], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == 'ok', done.stdout + done.stderr
+
+
+def test_tasks_on_the_embedded_worker_may_wait_on_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Celery's start_worker clears task_join_will_block once its worker is up, so a task under test that
+    # calls .get() on a subtask gets the value rather than "Never call result.get() within a task!".
+    from fastq.result import assert_will_not_block
+
+    app = TestApp()
+    with setup_default_app(app):
+
+        @app.task
+        def inner() -> int:
+            return 1
+
+        @app.task
+        def outer() -> int:
+            return int(inner.delay().get(timeout=10)) + 1
+
+        with start_worker(app, pool='threads', concurrency=2):
+            assert outer.delay().get(timeout=20) == 2
+        # Once the embedded worker stopped, a task waiting on a result is refused again.
+        monkeypatch.setattr('fastq.result._state.get_current_worker_task', lambda: outer)
+        with pytest.raises(RuntimeError, match='Never call result.get'):
+            assert_will_not_block()

@@ -73,6 +73,17 @@ class TestWorkController(WorkController):
         signals.worker_ready.disconnect(self._ready, sender=self)
 
 
+@contextlib.contextmanager
+def _joins_allowed() -> Iterator[None]:
+    from fastq import result
+
+    result._embedded_workers += 1
+    try:
+        yield
+    finally:
+        result._embedded_workers -= 1
+
+
 def _names(value: Any) -> list[str]:
     if not value:
         return []
@@ -180,7 +191,8 @@ def _start_worker_thread(
                 raise RuntimeError(f'the embedded worker stopped before it consumed (exit code {worker.exitcode})')
             if time.monotonic() > deadline:
                 raise RuntimeError(f'the embedded worker did not start consuming within {START_TIMEOUT:g} s')
-        yield worker
+        with _joins_allowed():
+            yield worker
     finally:
         worker.stop()
         thread.join(shutdown_timeout)
