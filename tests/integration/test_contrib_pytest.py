@@ -227,3 +227,56 @@ def test_tasks_on_the_embedded_worker_may_wait_on_results(monkeypatch: pytest.Mo
         monkeypatch.setattr('fastq.result._state.get_current_worker_task', lambda: outer)
         with pytest.raises(RuntimeError, match='Never call result.get'):
             assert_will_not_block()
+
+
+def test_the_integration_test_manager() -> None:
+    # celery.contrib.testing.manager.Manager, as Celery's own integration suite uses it with a live worker.
+    import io
+    import threading
+
+    from fastq.contrib.testing.manager import Manager, Sentinel
+
+    app = TestApp()
+    gate = threading.Event()
+    out, err = io.StringIO(), io.StringIO()
+    with setup_default_app(app):
+
+        @app.task
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        @app.task
+        def block() -> str:
+            gate.wait(30)
+            return 'done'
+
+        with start_worker(app, pool='threads', concurrency=2, perform_ping_check=False):
+            manager = Manager(app, stdout=out, stderr=err)
+            added = add.delay(1, 2)
+            manager.join(added, timeout=10)
+            assert added.get(timeout=1) == 3
+            blocked = block.delay()
+            try:
+                assert manager.assert_received([blocked.id], max_retries=20)
+                assert manager.assert_accepted([blocked.id], max_retries=20)
+                with pytest.raises(AssertionError, match='Test failed: Missing task results'):
+                    manager.join(blocked, timeout=0.2, max_retries=2)
+                assert out.getvalue().count(f'!Still waiting for 1/1: [{blocked.id}]') == 2
+            finally:
+                gate.set()
+            manager.join(blocked, timeout=10)
+            assert blocked.get(timeout=1) == 'done'
+            manager.wait_until_idle()
+
+            def never() -> None:
+                raise Sentinel()
+
+            assert manager.ensure_not_for_a_while(never, (Sentinel,), max_retries=2) is None
+            assert manager.ensure_not_for_a_while(lambda: 'happened', (Sentinel,)) == 'happened'  # (Celery's)
+
+            def missing() -> None:
+                raise KeyError('no')
+
+            with pytest.raises(KeyError):
+                manager.wait_for(missing, (KeyError,), desc='key', max_retries=1, emit_warning=True)
+            assert err.getvalue() == "Still waiting for key.  Trying again in 0.10 seconds: KeyError('no')\n"
