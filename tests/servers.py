@@ -65,6 +65,8 @@ class RedisServer:
         return args
 
     def start(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return  # (already running: the constructor starts it; a second server would leak the first)
         self.proc = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
