@@ -110,14 +110,13 @@ class DependencyGraph:
         return (obj for obj, adjacent in self.items() if adjacent)
 
     def valency_of(self, obj: Any) -> int:
-        """How many nodes `obj` reaches, itself included."""
+        """The edges below `obj`: its own and, recursively, its dependencies' (0 for a leaf or a stranger),
+        the number Celery's `DependencyGraph` prints after each node of `result.graph`."""
         try:
-            count = 1
-            for dep in self[obj]:
-                count += self.valency_of(dep)
-            return count
+            deps = self[obj]
         except KeyError:
             return 0
+        return len(deps) + sum(self.valency_of(dep) for dep in deps)
 
     def topsort(self) -> list[Any]:
         """The nodes, each after the ones it depends on (Kahn's algorithm); CycleError on a cycle."""
