@@ -251,6 +251,9 @@ def test_chord_header_failure_is_a_chord_error(live: Any) -> None:
     with pytest.raises(ChordError) as info:
         r.get(timeout=30, follow_parents=False)
     assert f'Dependency {r.parent.results[1].id} raised ValueError' in str(info.value)
+    # the body's traceback, as Celery stores it: the header's error, then where the join raised the ChordError
+    assert r.traceback.startswith("ValueError: fail ('second',)\n\nThe above exception was the direct cause")
+    assert r.traceback.endswith(f'fastq.exceptions.ChordError: {info.value}\n')
     with pytest.raises(ValueError, match='second'):  # follow_parents: the header's own error
         AsyncResult(r.id, app=r.app, parent=r.parent).get(timeout=30)
     # the body's errback ran, with the body's request (`collect(*args)` takes more than one positional

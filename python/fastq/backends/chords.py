@@ -19,9 +19,11 @@ import functools
 import inspect
 import logging
 import math
+import sys
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from traceback import format_exception
 from typing import TYPE_CHECKING, Any
 
 from fastq import states
@@ -231,11 +233,17 @@ def chord_error_from_stack(backend: Backend, callback: Any, exc: BaseException) 
         _fail_group_body(backend, callback, exc)
     else:
         callback_id = callback.id or callback.options.setdefault('task_id', str(uuid.uuid4()))
-        backend.mark_as_failure(callback_id, exc, request=None)
+        backend.mark_as_failure(callback_id, exc, traceback=_current_traceback(exc), request=None)
         # (a request made up for the body, which never ran: Celery's "fake request" for new-style errbacks)
         request = _request_of(callback, callback_id)
         call_errbacks(backend.app, callback.options.get('link_error'), request, exc)
     fail_chain(backend, callback.options.get('chain'), exc)
+
+
+def _current_traceback(exc: BaseException) -> str:
+    """`exc` formatted with the traceback of the exception being handled (the join's or the send's), as
+    Celery's `fail_from_current_stack` stores it for a failed chord's body (and its cause's chain)."""
+    return ''.join(format_exception(type(exc), exc, sys.exc_info()[2]))
 
 
 def _request_of(sig: Any, task_id: str | None) -> Any:
