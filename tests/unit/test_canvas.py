@@ -106,6 +106,19 @@ def test_signature_options_and_freezing(t: Any, app: Fastq) -> None:
     assert maybe_signature(None) is None and maybe_signature(dict(s), app=app).app is app
 
 
+def test_flatten_links_walks_callbacks_depth_first(t: Any) -> None:
+    """Celery's `Signature.flatten_links`: the signature, then each callback's own flattened links (errbacks
+    left out). A callback still a dict (as it arrives in a message) is read as a signature, where Celery's
+    raises AttributeError."""
+    s, mul = t.add.s(1), t.mul.s(2)
+    mul.link(t.xsum.s())
+    s.link(mul)
+    s.link_error(t.collect.s())
+    s.options['link'].append(dict(t.add.s(3)))
+    assert s.flatten_links() == [s, mul, t.xsum.s(), t.add.s(3)]
+    assert t.add.s(1).flatten_links() == [t.add.s(1)]
+
+
 def test_workflows_rebuild_from_json(t: Any) -> None:
     """What travels in messages comes back as the same workflow class (Celery's subtask_type)."""
     canvas = chain(t.add.s(1, 1), group(t.add.s(1), t.mul.s(2)), t.xsum.s(), t.add.si(1, 2))

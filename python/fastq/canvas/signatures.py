@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from fastq import _state
 from fastq.exceptions import NotRegistered
+from fastq.utils.functional import as_list
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -280,6 +281,13 @@ class Signature(dict[str, Any], Generic[R]):
     def link_error(self, errback: Signature[Any]) -> Signature[Any]:
         """Apply `errback` with this task's id when it fails; returns `errback`."""
         return self.append_to_list_option('link_error', errback)  # type: ignore[no-any-return]
+
+    def flatten_links(self) -> list[Signature[Any]]:
+        """This signature, then its callbacks and theirs, depth first (errbacks not included)."""
+        flat: list[Signature[Any]] = [self]
+        for callback in as_list(self.options.get('link')):
+            flat.extend(maybe_signature(callback, app=self._app).flatten_links())
+        return flat
 
     def on_error(self, errback: Signature[Any]) -> Signature[R]:
         """`link_error` that returns this signature, for chaining calls."""
