@@ -656,9 +656,10 @@ class ResultSet(ResultBase):
         on_message: Any = None,
         disable_sync_subtasks: bool = True,
         on_interval: Any = None,
-    ) -> list[Any]:
-        """The results in order (see `join`)."""
-        return self.join(
+    ) -> Any:  # (a list; None with a callback on a native-join backend)
+        """The results in order (see `join`; `join_native` on a backend that supports it, as Celery's)."""
+        join = self.join_native if self.supports_native_join else self.join
+        return join(
             timeout=timeout,
             propagate=propagate,
             interval=interval,
@@ -701,7 +702,28 @@ class ResultSet(ResultBase):
                 values.append(value)
         return values
 
-    join_native = join
+    def join_native(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        callback: Any = None,
+        no_ack: bool = True,
+        on_message: Any = None,
+        on_interval: Any = None,
+        disable_sync_subtasks: bool = True,
+    ) -> list[Any] | None:
+        """`join`, except that with a `callback` it returns None (Celery's native join keeps no list then)."""
+        values = self.join(
+            timeout=timeout,
+            propagate=propagate,
+            interval=interval,
+            callback=callback,
+            on_message=on_message,
+            disable_sync_subtasks=disable_sync_subtasks,
+            on_interval=on_interval,
+        )
+        return None if callback is not None else values
 
     def iter_native(
         self, timeout: float | None = None, interval: float = 0.5, no_ack: bool = True, **kwargs: Any

@@ -247,6 +247,19 @@ def test_group_result_save_restore(live: Any, any_app: Fastq) -> None:
     assert back.results[0].state == 'PENDING'
 
 
+def test_group_result_callback_gets_the_values(live: Any, any_app: Fastq) -> None:
+    """With a callback, the values go to it: `join` returns an empty list, `join_native` None, and `get`
+    is `join_native` on a backend with native join (Redis), else `join`: as Celery's ResultSet."""
+    g = group(live.add.s(1, 1), live.add.s(2, 2)).apply_async()
+    seen: list[Any] = []
+    assert g.join(timeout=30, callback=lambda task_id, value: seen.append((task_id, value))) == []
+    assert g.join_native(timeout=30, callback=lambda task_id, value: seen.append((task_id, value))) is None
+    native = any_app.backend.supports_native_join
+    assert g.get(timeout=30, callback=lambda task_id, value: seen.append((task_id, value))) == (None if native else [])
+    assert seen == [(r.id, v) for r, v in zip(g.results, [2, 4], strict=True)] * 3
+    assert g.get(timeout=30) == g.join_native(timeout=30) == [2, 4]
+
+
 def test_chain_failure_fails_the_rest(live: Any) -> None:
     r = (live.add.s(1, 1) | live.fail.s() | live.add.s(3) | live.add.s(4)).apply_async()
     with pytest.raises(ValueError, match='fail'):
