@@ -518,6 +518,14 @@ class EagerResult(AsyncResult[R]):
     def forget(self) -> None:
         return None
 
+    def revoke(self, *args: Any, **kwargs: Any) -> None:
+        """Mark it revoked, as Celery 5.7's: the task already ran here, so nothing is sent to workers; its
+        value gives way to the TaskRevokedError a worker would store, which `get` raises."""
+        self._state = states.REVOKED
+        self._result = TaskRevokedError('revoked')
+        self._traceback = None
+        self._cache = {'status': self._state, 'result': self._result, 'traceback': None, 'task_id': self.id}
+
     def __repr__(self) -> str:
         return f'<EagerResult: {self.id}>'
 

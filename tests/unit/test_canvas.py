@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 
@@ -173,6 +174,33 @@ def test_eager_workflows(app: Fastq, t: Any) -> None:
     assert group(t.add.s(i, i) for i in range(3)).apply_async().get() == [0, 2, 4]
     assert chord([t.add.s(1, 1), t.add.s(2, 2)], t.xsum.s()).apply_async().get() == 6
     assert chord([t.add.s(1, 1)])(t.xsum.s()).get() == 2
+
+
+def test_eager_result_revoke_marks_it_revoked(app: Fastq, t: Any) -> None:
+    """Celery 5.7's `EagerResult.revoke`: REVOKED, its value replaced by TaskRevokedError('revoked') (which
+    `get` raises), traceback cleared, and nothing sent (fastq's asked the workers to revoke it, and kept the
+    value)."""
+    from celery.result import EagerResult as CeleryEagerResult
+
+    from fastq.exceptions import TaskRevokedError
+
+    theirs = CeleryEagerResult('x', 4, 'SUCCESS')
+    theirs.revoke()
+    r = chain(t.add.s(1, 1), t.fail.s()).apply()
+    parent = r.parent
+    assert parent is not None
+    with patch.object(app.control, 'revoke', side_effect=AssertionError('sent a revoke')):
+        parent.revoke()
+        r.revoke(terminate=True)
+    for ours in (parent, r):
+        assert ours.state == ours.status == theirs.state == 'REVOKED' and ours.ready() and not ours.successful()
+        assert repr(ours.result) == repr(theirs.result) == "TaskRevokedError('revoked')"
+        assert ours.traceback is theirs.traceback is None
+        with pytest.raises(TaskRevokedError, match='revoked'):
+            ours.get()
+        with pytest.raises(TaskRevokedError):
+            ours.maybe_throw()
+        assert isinstance(ours.get(propagate=False), TaskRevokedError)
 
 
 # --- through a worker ---------------------------------------------------------------------------------------
