@@ -518,6 +518,10 @@ class EagerResult(AsyncResult[R]):
     def forget(self) -> None:
         return None
 
+    @property
+    def supports_native_join(self) -> bool:
+        return False  # (already here: nothing to join through the backend, as Celery's)
+
     def revoke(self, *args: Any, **kwargs: Any) -> None:
         """Mark it revoked, as Celery 5.7's: the task already ran here, so nothing is sent to workers; its
         value gives way to the TaskRevokedError a worker would store, which `get` raises."""

@@ -176,6 +176,23 @@ def test_eager_workflows(app: Fastq, t: Any) -> None:
     assert chord([t.add.s(1, 1)])(t.xsum.s()).get() == 2
 
 
+def test_eager_group_joins_one_by_one() -> None:
+    """EagerResults have no native join, even on a backend that has one (Celery's), so an eager group's
+    `get(callback=...)` is `join`'s: an empty list, not `join_native`'s None. (The Redis backend is never
+    contacted: eager results are not stored.)"""
+    app = Fastq('c', broker='memory://', backend='redis://127.0.0.1:1/0', set_as_current=False)
+    try:
+        app.conf.task_always_eager = True
+        t = _tasks(app)
+        assert app.backend.supports_native_join
+        g = group(t.add.s(1, 1), t.add.s(2, 2)).apply_async()
+        seen: list[Any] = []
+        assert g.supports_native_join is False
+        assert g.get(callback=lambda task_id, value: seen.append(value)) == [] and seen == [2, 4]
+    finally:
+        app.close()
+
+
 def test_eager_result_revoke_marks_it_revoked(app: Fastq, t: Any) -> None:
     """Celery 5.7's `EagerResult.revoke`: REVOKED, its value replaced by TaskRevokedError('revoked') (which
     `get` raises), traceback cleared, and nothing sent (fastq's asked the workers to revoke it, and kept the
