@@ -777,19 +777,23 @@ class WorkController:
             '',
             '[queues]',
         ]
-        lines = [art + text for art, text in zip(artlines, info, strict=False)]
+        # (Celery's banner starts with a line of one space)
+        lines = [' '] + [art + text for art, text in zip(artlines, info, strict=False)]
         from fastq.routing import Queue, as_exchange, direct_queue
 
-        for name in self.queues:
+        for name in sorted(self.queues):  # (sorted by name, as Celery's `Queues.format` lists them)
             queue = app.router.queues.get(name) or direct_queue(name) or Queue(name)
             exchange = as_exchange(queue.exchange)
             lines.append(
                 f'                .> {name:<16} exchange={exchange.name}({exchange.type}) key={queue.routing_key}'
             )
+        if len(self.queues) == 1:  # Celery's layout: its one-queue table ends with a line of the art's indent
+            lines.append(' ' * 16)
         lines.append('')
-        if logging.getLogger().getEffectiveLevel() <= logging.INFO:  # (Celery lists the tasks at -l info and below)
+        level = logging.getLogger().getEffectiveLevel()
+        if level <= logging.INFO:  # Celery lists the tasks at -l info and below, the built-in ones at -l debug
             lines.append('[tasks]')
-            for name in sorted(app.tasks.regular()):
+            for name in sorted(app.tasks if level <= logging.DEBUG else app.tasks.regular()):
                 lines.append(f'  . {name}')
             lines.append('')
         if self.banner_stream is not None:

@@ -1,0 +1,58 @@
+"""Celery's tutorials (First Steps, Next Steps, Daemonization's `celery multi`), what a newcomer sees there that
+the rest of the suite does not check: the worker's banner as Celery lays it out, a task's repr."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from fastq import Fastq
+from fastq.worker.worker import WorkController
+
+
+@pytest.fixture
+def level() -> Iterator[logging.Logger]:
+    root = logging.getLogger()
+    before = root.level
+    yield root
+    root.setLevel(before)
+
+
+def banner(app: Fastq, queues: list[str]) -> str:
+    out = io.StringIO()
+    worker = WorkController(app, hostname='w1@h', pool='threads', concurrency=1, queues=queues, banner_stream=out)
+    worker._print_banner()
+    return out.getvalue()
+
+
+def test_the_banner_laid_out_as_celerys(memory_app: Fastq, level: logging.Logger) -> None:
+    @memory_app.task(name='t.add')
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    level.setLevel(logging.INFO)
+    text = banner(memory_app, ['hipri', 'celery'])  # (`-Q hipri,celery` of Next Steps)
+    assert text.startswith(' \n -------------- w1@h v')  # Celery prints a line of one space first
+    queues = text.split('[queues]\n', 1)[1]
+    assert queues == (  # by name, whatever the order of -Q; what follows as Celery 5.7 prints it
+        '                .> celery           exchange=celery(direct) key=celery\n'
+        '                .> hipri            exchange=hipri(direct) key=hipri\n'
+        '\n'
+        '[tasks]\n'
+        '  . t.add\n'
+        '\n'
+    )
+    # one queue: Celery's table ends with a line of sixteen spaces, so two lines stand before [tasks]
+    queues = banner(memory_app, ['celery']).split('[queues]\n', 1)[1]
+    assert queues.startswith(
+        '                .> celery           exchange=celery(direct) key=celery\n' + ' ' * 16 + '\n\n['
+    )
+
+    level.setLevel(logging.DEBUG)  # -l DEBUG lists the built-in tasks too, as Celery's
+    tasks = banner(memory_app, ['celery']).split('[tasks]\n', 1)[1].split()
+    assert {'celery.chord', 'celery.chain', 'celery.group', 't.add'} <= set(tasks[1::2])
+    level.setLevel(logging.WARNING)
+    assert banner(memory_app, ['celery']).endswith('exchange=celery(direct) key=celery\n' + ' ' * 16 + '\n\n')
