@@ -839,7 +839,9 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return (
-            f'<@task: {self.name} of {self.app.main}>' if hasattr(self, 'app') else f'<unbound {type(self).__name__}>'
+            f'<@task: {self.name} of {self.app.main or "__main__"} at {id(self.app):#x}>'  # (Celery's `appstr`)
+            if hasattr(self, 'app')
+            else f'<unbound {type(self).__name__}>'
         )
 
     if not TYPE_CHECKING:  # (for mypy, `type(task).__name__` would then be this property)

@@ -56,3 +56,11 @@ def test_the_banner_laid_out_as_celerys(memory_app: Fastq, level: logging.Logger
     assert {'celery.chord', 'celery.chain', 'celery.group', 't.add'} <= set(tasks[1::2])
     level.setLevel(logging.WARNING)
     assert banner(memory_app, ['celery']).endswith('exchange=celery(direct) key=celery\n' + ' ' * 16 + '\n\n')
+
+
+def test_a_tasks_repr_names_its_app_as_celerys(memory_app: Fastq) -> None:
+    @memory_app.task(name='t.add')
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert repr(add) == f'<@task: t.add of t at {id(memory_app):#x}>'  # Celery's `<@task: tasks.add of tasks at 0x…>`
