@@ -426,3 +426,27 @@ def test_broadcast_queues_follow_the_event_and_control_settings() -> None:
         False,
     )
     app.close()
+
+
+def test_queue_bindings_are_declared_as_kombus(app: Fastq, amqp_url: str) -> None:
+    """kombu's `Queue(name, bindings=[binding(...), ...])`: bound through each binding, and not to the default
+    exchange (kombu's Queue drops its own exchange when given bindings), as a Celery worker declares it."""
+    from celery import Celery
+    from kombu import Exchange, Queue, binding
+
+    media = Exchange('media', 'topic')
+    app.conf.task_queues = [Queue('multi', bindings=[binding(media, routing_key='a.#'), binding(media, 'b.#')])]
+    broker = _broker(app)
+    spec = broker.topology.spec('multi')
+    assert spec.exchange == '' and sorted((b.exchange, b.exchange_type, b.routing_key) for b in spec.bindings) == [
+        ('media', 'topic', 'a.#'),
+        ('media', 'topic', 'b.#'),
+    ]
+    broker.declare(['multi'])
+    for key in ('a.x', 'b.y', 'c.z'):
+        broker.publish([Outgoing(_message(task_id=key), 'multi', 'media', key, 0, 2)])
+    wait_until(lambda: broker.qsize('multi') == 2, 10, 'a.x and b.y routed to multi')
+    capp = Celery('peer', broker=amqp_url.replace('amqp://', 'pyamqp://'), set_as_current=False)
+    capp.conf.task_queues = app.conf.task_queues
+    with capp.connection_for_write() as conn:
+        capp.amqp.queues['multi'](conn.default_channel).declare()  # the same bindings: no 406

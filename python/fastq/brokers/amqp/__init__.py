@@ -209,6 +209,13 @@ class AMQPBroker(Broker):
         conn.queue_declare(CH_ADMIN, spec.name, False, spec.durable, spec.exclusive, spec.auto_delete, spec.arguments)
         if spec.exchange:
             conn.queue_bind(CH_ADMIN, spec.name, spec.exchange, spec.routing_key, {})
+        for binding in spec.bindings:
+            if binding.exchange:
+                conn.exchange_declare(
+                    CH_ADMIN, binding.exchange, binding.exchange_type, False, binding.exchange_durable,
+                    binding.exchange_auto_delete, binding.exchange_arguments,
+                )  # fmt: skip
+            conn.queue_bind(CH_ADMIN, spec.name, binding.exchange, binding.routing_key, binding.arguments)
 
     def declare(self, queues: Sequence[str]) -> None:
         """Declare queues (and their exchanges and bindings) as Celery does, once per connection."""

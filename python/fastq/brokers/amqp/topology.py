@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastq.routing import Exchange, Queue, Router, direct_queue
+from fastq.routing import Exchange, Queue, Router, as_exchange, direct_queue
 
 if TYPE_CHECKING:
     from fastq.config import Settings
@@ -78,6 +78,19 @@ def delayed_routing_key(seconds: int, routing_key: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class BindingSpec:
+    """One of a queue's kombu `bindings` (`Queue(name, bindings=[binding(exchange, routing_key), ...])`)."""
+
+    exchange: str
+    exchange_type: str = 'direct'
+    exchange_durable: bool = True
+    exchange_auto_delete: bool = False
+    exchange_arguments: dict[str, Any] = field(default_factory=dict)
+    routing_key: str = ''
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class QueueSpec:
     """One queue's declaration (and its exchange's), resolved from Celery's settings."""
 
@@ -93,6 +106,7 @@ class QueueSpec:
     exchange_arguments: dict[str, Any] = field(default_factory=dict)
     routing_key: str = ''
     consumer_arguments: dict[str, Any] = field(default_factory=dict)
+    bindings: tuple[BindingSpec, ...] = ()
 
     @property
     def quorum(self) -> bool:
@@ -131,6 +145,9 @@ class Topology:
         if max_priority is not None and 'x-max-priority' not in arguments and not _is_quorum(arguments):
             arguments['x-max-priority'] = int(max_priority)
         exchange = queue.exchange if isinstance(queue.exchange, Exchange) else Exchange(str(queue.exchange or ''))
+        bindings = tuple(_binding_spec(b) for b in queue.bindings or ())
+        if bindings:
+            exchange = Exchange('')  # kombu's Queue drops its own exchange when given bindings
         return QueueSpec(
             name=name,
             durable=queue.durable,
@@ -144,7 +161,22 @@ class Topology:
             exchange_arguments=dict(exchange.arguments or {}),
             routing_key=queue.routing_key or name,
             consumer_arguments=dict(queue.consumer_arguments or {}),
+            bindings=bindings,
         )
+
+
+def _binding_spec(value: Any) -> BindingSpec:
+    exchange = getattr(value, 'exchange', None)
+    ex = Exchange('') if exchange is None else as_exchange(exchange)  # (kombu's Exchange != '' is False)
+    return BindingSpec(
+        exchange=ex.name,
+        exchange_type=ex.type,
+        exchange_durable=ex.durable,
+        exchange_auto_delete=ex.auto_delete,
+        exchange_arguments=dict(ex.arguments or {}),
+        routing_key=str(getattr(value, 'routing_key', '') or ''),
+        arguments=dict(getattr(value, 'arguments', None) or {}),
+    )
 
 
 def _is_quorum(arguments: dict[str, Any]) -> bool:
