@@ -450,3 +450,28 @@ def test_queue_bindings_are_declared_as_kombus(app: Fastq, amqp_url: str) -> Non
     capp.conf.task_queues = app.conf.task_queues
     with capp.connection_for_write() as conn:
         capp.amqp.queues['multi'](conn.default_channel).declare()  # the same bindings: no 406
+
+
+def test_celery_countdown_to_a_topic_quorum_queue_reaches_its_consumer(app: Fastq, amqp_url: str) -> None:
+    """A Celery client sends a countdown through the delayed chain with the queue's routing key (not its name):
+    the consumer binds `celery_delayed_delivery` -> the queue's exchange -> the queue with `#.<routing key>`,
+    as kombu's `bind_queue_to_native_delayed_delivery_exchange` does on a Celery worker."""
+    from celery import Celery
+    from kombu import Exchange, Queue
+
+    queues = [Queue('videos', Exchange('media', 'topic'), 'media.video', queue_arguments={'x-queue-type': 'quorum'})]
+    app.conf.task_queues = queues
+    broker = _broker(app)
+    consumer = broker.consumer(['videos'], 'w1')
+    capp = Celery('peer', broker=amqp_url.replace('amqp://', 'pyamqp://'), set_as_current=False)
+    capp.conf.task_queues = queues
+    try:
+        consumer.prefetch(4)
+        sent = capp.send_task('t.x', (1,), countdown=1, queue='videos')
+        [d] = _fetch(consumer, 1, timeout=30)
+        assert d.task_id == sent.id and d.message is not None
+        assert d.message.properties['delivery_info']['routing_key'] == 'media.video'
+        consumer.ack([d.tag])
+    finally:
+        consumer.close()
+        capp.close()

@@ -308,11 +308,22 @@ class AMQPBroker(Broker):
         )
 
     def bind_delayed(self, queue: str) -> None:
-        """Bind `queue` to the chain's last exchange (`#.<queue>`), once per connection."""
+        """Bind `queue` to the chain's last exchange, once per connection (see `bind_delayed_spec`)."""
         if queue in self._delayed_bound:
             return
-        self._admin(lambda conn: conn.queue_bind(CH_ADMIN, queue, DELAYED_DELIVERY_EXCHANGE, f'#.{queue}', {}))
+        spec = self.topology.spec(queue)
+        self._admin(lambda conn: self.bind_delayed_spec(conn, spec))
         self._delayed_bound.add(queue)
+
+    @staticmethod
+    def bind_delayed_spec(conn: _amqp.Connection, spec: QueueSpec) -> None:
+        """The queue bound to the chain's last exchange with `#.<queue>` (fastq's countdowns, any exchange), and
+        its non-direct exchanges as kombu binds them (`celery_delayed_delivery` -> exchange -> queue with
+        `#.<routing key>`), where Celery clients' countdowns arrive. Its exchanges are declared already."""
+        conn.queue_bind(CH_ADMIN, spec.name, DELAYED_DELIVERY_EXCHANGE, f'#.{spec.name}', {})
+        for exchange, key in spec.delayed_routes:
+            conn.exchange_bind(CH_ADMIN, exchange, DELAYED_DELIVERY_EXCHANGE, key)
+            conn.queue_bind(CH_ADMIN, spec.name, exchange, key, {})
 
     def publish_unrouted(self, batch: Sequence[Outgoing]) -> None:
         """Publish without declaring anything (replies: their queue is the caller's, declared its own way)."""

@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import _amqp
 from fastq.brokers.amqp import to_message  # the package imports this module only inside a function
-from fastq.brokers.amqp.link import CH_ADMIN, CH_CONSUME, Link
+from fastq.brokers.amqp.link import CH_CONSUME, Link
 from fastq.brokers.amqp.topology import (
     DEAD_LETTER_QUEUE,
-    DELAYED_DELIVERY_EXCHANGE,
     MAX_DELAY,
     QueueSpec,
     broadcast_exchange,
@@ -104,11 +103,12 @@ class AMQPConsumer(Consumer):
             self._ready.clear()  # their tags are void now: RabbitMQ requeued them
         for spec in self.specs.values():
             self.broker.declare_spec(self.link, conn, spec)
-        if any(spec.quorum for spec in self.specs.values()):
-            # Celery >= 5.5 clients send countdowns to quorum queues through the delayed chain: it must exist.
+        if self.broker.topology.any_quorum(self.specs):
+            # Celery >= 5.5 clients send countdowns through the delayed chain once the app has any quorum
+            # queue (to classic queues of its too, when not on a direct exchange): it must exist.
             self.broker.declare_delayed(self.link, conn)
             for spec in self.specs.values():
-                self._bind_delayed(conn, spec.name)
+                self._bind_delayed(conn, spec)
         self.link.ensure_channel(conn, CH_CONSUME)
         self._set_qos(conn)
         self._consumer_tags.clear()  # a new connection: the old tags died with the old one
@@ -132,9 +132,9 @@ class AMQPConsumer(Consumer):
                     del self._consumer_tags[consumer_tag]
             for spec in added:
                 self.broker.declare_spec(self.link, conn, spec)
-                if spec.quorum:
+                if self.broker.topology.any_quorum(self.specs):
                     self.broker.declare_delayed(self.link, conn)
-                    self._bind_delayed(conn, spec.name)
+                    self._bind_delayed(conn, spec)
                 self._consume(conn, spec)
             self._qos = -1
             self._set_qos(conn)
@@ -144,10 +144,10 @@ class AMQPConsumer(Consumer):
             return
         self.link.call(apply)
 
-    def _bind_delayed(self, conn: _amqp.Connection, queue: str) -> None:
-        if queue not in self._delayed_bound:
-            conn.queue_bind(CH_ADMIN, queue, DELAYED_DELIVERY_EXCHANGE, f'#.{queue}', {})
-            self._delayed_bound.add(queue)
+    def _bind_delayed(self, conn: _amqp.Connection, spec: QueueSpec) -> None:
+        if spec.name not in self._delayed_bound:
+            self.broker.bind_delayed_spec(conn, spec)
+            self._delayed_bound.add(spec.name)
 
     def _set_qos(self, conn: _amqp.Connection) -> None:
         count = self.window

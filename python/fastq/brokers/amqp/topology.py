@@ -5,6 +5,7 @@ queue with other arguments gets 406 PRECONDITION_FAILED, and so would we). Names
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +110,21 @@ class QueueSpec:
     bindings: tuple[BindingSpec, ...] = ()
 
     @property
+    def delayed_routes(self) -> list[tuple[str, str]]:
+        """(exchange, binding key) pairs kombu's `bind_queue_to_native_delayed_delivery_exchange` binds between
+        `celery_delayed_delivery`, the queue's exchange and the queue: for each of its bindings (its exchange's,
+        or its `bindings`) on an exchange that is not direct, the key `#.<routing key>` (kept if it starts
+        with `#`). Celery clients send countdowns through the chain with the queue's routing key, not its name."""
+        pairs = [(b.exchange, b.exchange_type, b.routing_key) for b in self.bindings]
+        if self.exchange:
+            pairs.insert(0, (self.exchange, self.exchange_type, self.routing_key))
+        return [
+            (exchange, key if key.startswith('#') else f'#.{key}')
+            for exchange, kind, key in pairs
+            if exchange and kind != 'direct'
+        ]
+
+    @property
     def quorum(self) -> bool:
         return self.arguments.get('x-queue-type') == 'quorum'
 
@@ -163,6 +179,12 @@ class Topology:
             consumer_arguments=dict(queue.consumer_arguments or {}),
             bindings=bindings,
         )
+
+    def any_quorum(self, names: Iterable[str] = ()) -> bool:
+        """Celery's `detect_quorum_queues`: whether any of the app's queues (`task_queues`, else the default
+        queue, and those consumed) is a quorum queue."""
+        configured = list(self.queues) or [str(self.conf.task_default_queue)]
+        return any(self.spec(name).quorum for name in {*configured, *names})
 
 
 def _binding_spec(value: Any) -> BindingSpec:
