@@ -254,6 +254,21 @@ def test_failover_urls_and_masked_passwords() -> None:
     assert 'secret' not in broker.describe() and 'secret' not in repr(broker)
 
 
+def test_broker_login_method_other_than_a_password_is_refused() -> None:
+    # Celery's py-amqp logs in with the configured mechanism or fails ("Couldn't find appropriate auth mechanism"):
+    # fastq, which has user/password login only, must not log in with the URL's credentials instead.
+    from fastq.exceptions import ImproperlyConfigured
+
+    app = Fastq('t', broker='memory://', backend='memory://', set_as_current=False)
+    for method in (None, 'AMQPLAIN', 'PLAIN', 'plain'):
+        app.conf.broker_login_method = method
+        assert parse_urls('amqp://h//', app.conf)[0].host == 'h'
+    app.conf.broker_login_method = 'EXTERNAL'
+    with pytest.raises(ImproperlyConfigured, match="broker_login_method 'EXTERNAL'"):
+        parse_urls('amqps://h//', app.conf)
+    app.close()
+
+
 @pytest.mark.parametrize(
     ('settings', 'options', 'warned'),
     [

@@ -73,10 +73,19 @@ T = TypeVar('T')
 DEFAULT_CONSUMER_TIMEOUT = 1800.0
 PUBLISH_TIMEOUT = 30.0
 SCHEMES = ('amqp', 'amqps', 'pyamqp', 'librabbitmq')
+#: Celery's broker_login_method values fastq can log in with (py-amqp's default is AMQPLAIN).
+LOGIN_METHODS = ('AMQPLAIN', 'PLAIN')
 
 
 def parse_urls(url: str, conf: Settings) -> list[Endpoint]:
     """The endpoints of a (maybe `;`-separated) broker URL, with TLS options for amqps://."""
+    method = str(conf.broker_login_method or 'AMQPLAIN').upper()
+    if method not in LOGIN_METHODS:
+        # Logging in with the URL's (or guest's) password instead would be another identity than configured.
+        raise ImproperlyConfigured(
+            f'broker_login_method {conf.broker_login_method!r}: fastq logs in to RabbitMQ with a user name and '
+            f'password only ({" or ".join(LOGIN_METHODS)}, the same on RabbitMQ)'
+        )
     out = []
     for part in (p.strip() for p in url.split(';')):
         if not part:
