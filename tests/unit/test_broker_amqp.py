@@ -490,3 +490,22 @@ def test_celery_countdown_to_a_topic_quorum_queue_reaches_its_consumer(app: Fast
     finally:
         consumer.close()
         capp.close()
+
+
+def test_prefetch_window_applies_to_quorum_queue_consumers(app: Fastq) -> None:
+    """Per-consumer QoS (quorum queues): basic.qos applies to consumers started after it, so the worker's window,
+    set once consuming, must reach them; else the consumer takes the whole queue (prefetch 0 = unlimited)."""
+    app.conf.task_default_queue_type = 'quorum'
+    broker = _broker(app)
+    consumer = broker.consumer(['celery'], 'w1')
+    try:
+        assert not consumer.global_qos
+        consumer.prefetch(2)
+        broker.publish([Outgoing(_message(task_id=f'q{i}'), 'celery') for i in range(5)])
+        got = _fetch(consumer, 2)
+        assert len(got) == 2
+        assert broker.qsize('celery') == 3 and consumer.fetch(5, 0.5) == []  # the window is full
+        consumer.ack([d.tag for d in got])
+        assert len(_fetch(consumer, 2)) == 2
+    finally:
+        consumer.close()

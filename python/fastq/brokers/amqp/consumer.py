@@ -98,7 +98,7 @@ class AMQPConsumer(Consumer):
         # Celery: global QoS (per channel) on RabbitMQ 3.x; 4.x removed it, and quorum queues ignore it.
         major = str(conn.server_properties.get('version') or '3').split('.')[0]
         old_node = not major.isdigit() or int(major) < 4
-        self.global_qos = old_node and not any(spec.quorum for spec in self.specs.values())
+        self.global_qos = old_node and not self.broker.topology.any_quorum(self.specs)  # detect_quorum_queues
         with self._cond:
             self._ready.clear()  # their tags are void now: RabbitMQ requeued them
         for spec in self.specs.values():
@@ -110,8 +110,8 @@ class AMQPConsumer(Consumer):
             for spec in self.specs.values():
                 self._bind_delayed(conn, spec)
         self.link.ensure_channel(conn, CH_CONSUME)
-        self._set_qos(conn)
         self._consumer_tags.clear()  # a new connection: the old tags died with the old one
+        self._set_qos(conn)
         for spec in self.specs.values():
             self._consume(conn, spec)
 
@@ -158,6 +158,14 @@ class AMQPConsumer(Consumer):
         if count != self._qos:
             conn.qos(CH_CONSUME, count, self.global_qos)
             self._qos = count
+            if not self.global_qos:
+                # A per-consumer basic.qos applies to the consumers started after it only (Celery's worker sets
+                # it before consuming): start ours again, or they keep the old window (0: unlimited). What they
+                # were delivered stays theirs to settle on this channel.
+                for consumer_tag, name in list(self._consumer_tags.items()):
+                    conn.cancel(CH_CONSUME, consumer_tag)
+                    del self._consumer_tags[consumer_tag]
+                    self._consume(conn, self.specs[name])
 
     def _on_deliver(self, event: tuple[Any, ...]) -> None:
         dtag: int = event[3]
