@@ -17,7 +17,6 @@ import heapq
 import itertools
 import logging
 import time
-import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -38,7 +37,7 @@ from fastq.worker.job import DECODE_ERROR, Job, embed_into, request_of
 from fastq.worker.parked import ParkedTasks, of_job
 from fastq.worker.ratelimit import RateLimiter
 from fastq.worker.request import DEFAULT_REQUEST, ExceptionInfo, Request
-from fastq.worker.trace import Outcome
+from fastq.worker.trace import Outcome, _Einfo
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -789,7 +788,7 @@ class Dispatcher:
         if task is not None:
             # As Celery's parent sends it for a task it saw fail from outside (time limit, process lost): the
             # task's arguments ([] and {} when its body cannot be read), the traceback text, `ExceptionInfo`.
-            einfo = ExceptionInfo(exc, ''.join(traceback.format_exception(exc)))
+            einfo = _Einfo(exc)
             signals.task_failure.send(
                 sender=task, task_id=job.request.id, exception=exc, args=ctx.args if ctx.args is not None else [],
                 kwargs=ctx.kwargs if ctx.kwargs is not None else {}, traceback=einfo.traceback, einfo=einfo,

@@ -25,6 +25,7 @@ from fastq.utils.functional import as_list
 from fastq.utils.log import task_context
 from fastq.utils.nodenames import gethostname
 from fastq.utils.text import saferepr
+from fastq.worker.request import ExceptionInfo
 
 if TYPE_CHECKING:
     from fastq.backends.base import Backend
@@ -81,27 +82,17 @@ class Killed(BaseException):
     it leaves the task with no bookkeeping, as a killed process would, and the pool reports why."""
 
 
-class _Einfo:
-    """Celery's ExceptionInfo, reduced: what hooks and signals receive as `einfo`."""
-
-    #: Celery's: whether the error happened in the worker's own code rather than the task's.
-    internal = False
+class _Einfo(ExceptionInfo):
+    """The `ExceptionInfo` of an exception raised here, with its traceback: what hooks and signals receive as
+    `einfo` (`internal`, Celery's: whether the error happened in the worker's own code, not the task's)."""
 
     def __init__(self, exc: BaseException) -> None:
-        self.exception = exc
-        self.type = type(exc)
+        super().__init__(exc, ''.join(tb.format_exception(type(exc), exc, exc.__traceback__)))
         self.tb = exc.__traceback__
-        self.traceback = ''.join(tb.format_exception(type(exc), exc, exc.__traceback__))
 
     @property
     def exc_info(self) -> tuple[type[BaseException], BaseException, Any]:
         return self.type, self.exception, self.tb
-
-    def __repr__(self) -> str:
-        return f'<ExceptionInfo: {self.exception!r}>'
-
-    def __str__(self) -> str:
-        return self.traceback
 
 
 def _apply_signatures(app: Any, sigs: Any, args: tuple[Any, ...], parent: Context) -> None:
@@ -489,10 +480,7 @@ def _on_internal_error(
     `task_internal_error`, the "Exception raised outside body" warning, and the task failed as any
     failure is (FAILURE stored if the backend can, `on_failure`, `task_failure`, errbacks, the error line).
     An eager call raises it instead, as Celery's `apply()`."""
-    if signals.task_postrun.connected:
-        signals.task_postrun.send(
-            sender=task, task_id=ctx.id or '', task=task, args=args, kwargs=kwargs, retval=retval, state=state
-        )
+    _postrun(task, ctx, args, kwargs, retval, state)
     if ctx.is_eager:
         raise exc
     einfo = signal_internal_error(task, vars(ctx), exc, args, kwargs)
@@ -525,9 +513,15 @@ def _finish(task: Task[Any, Any], ctx: Context, outcome: Outcome, args: list[Any
             task.after_return(outcome.state, retval, task_id, args, kwargs, None)
         except Exception as exc:
             logger.exception('Task %s[%s] after_return handler raised: %r', task.name, task_id, exc)
-    if signals.task_postrun.connected:
+    _postrun(task, ctx, args, kwargs, retval, outcome.state)
+
+
+def _postrun(
+    task: Task[Any, Any], ctx: Context, args: list[Any], kwargs: dict[str, Any], retval: Any, state: str | None
+) -> None:
+    if signals.task_postrun.connected:  # (checked here: building the call costs more than the send, per task)
         signals.task_postrun.send(
-            sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs, retval=retval, state=outcome.state
+            sender=task, task_id=ctx.id or '', task=task, args=args, kwargs=kwargs, retval=retval, state=state
         )
 
 
