@@ -208,6 +208,7 @@ class Settings(MutableMapping[str, Any]):
         object.__setattr__(self, '_source', {})
         # `app.add_defaults(...)`: below values set in code, above the config object (Celery's layers).
         object.__setattr__(self, '_added_defaults', {})
+        # Sources read on first use: (load, 'object' | 'defaults' | 'fallback'), see `add_pending_source`.
         object.__setattr__(self, '_pending', [])
         # Resolved values: sending a task reads a dozen settings, which must cost nothing.
         object.__setattr__(self, '_cache', {})
@@ -255,18 +256,19 @@ class Settings(MutableMapping[str, Any]):
         `defaults`, one of `app.add_defaults`, which a later config object does not erase; with `fallback`, the
         source read only if no config object is given before the settings are first read (Celery's loader
         reads `CELERY_CONFIG_MODULE` so: never when the app has a config source)."""
-        if not defaults and not fallback:
+        kind = 'defaults' if defaults else 'fallback' if fallback else 'object'
+        if kind == 'object':
             self._pending[:] = [entry for entry in self._pending if entry[1] != 'fallback']
-        self._pending.append((load, 'fallback' if fallback else defaults))
+        self._pending.append((load, kind))
         self._invalidate()
 
     def _load_pending(self) -> None:
         if self._pending:
             self._invalidate()
         while self._pending:
-            load, defaults = self._pending.pop(0)
+            load, kind = self._pending.pop(0)
             values = self._normalise(load(), from_object=True)
-            if defaults is True:
+            if kind == 'defaults':
                 self._added_defaults.update(values)
             else:  # a new config object replaces the previous one (Celery's)
                 self._source.clear()
