@@ -37,13 +37,14 @@ def test_the_banner_laid_out_as_celerys(memory_app: Fastq, level: logging.Logger
     text = banner(memory_app, ['hipri', 'celery'])  # (`-Q hipri,celery` of Next Steps)
     assert text.startswith(' \n -------------- w1@h v')  # Celery prints a line of one space first
     queues = text.split('[queues]\n', 1)[1]
+    # (the app's tasks: t.add, and any shared task other tests in this process defined, bound as Celery binds them)
+    listed = sorted(memory_app.tasks.regular())
+    assert 't.add' in listed
     assert queues == (  # by name, whatever the order of -Q; what follows as Celery 5.7 prints it
         '                .> celery           exchange=celery(direct) key=celery\n'
         '                .> hipri            exchange=hipri(direct) key=hipri\n'
         '\n'
-        '[tasks]\n'
-        '  . t.add\n'
-        '\n'
+        '[tasks]\n' + ''.join(f'  . {name}\n' for name in listed) + '\n'
     )
     # one queue: Celery's table ends with a line of sixteen spaces, so two lines stand before [tasks]
     queues = banner(memory_app, ['celery']).split('[queues]\n', 1)[1]
