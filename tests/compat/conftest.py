@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -74,12 +75,13 @@ def workers(tmp_path: Path, url: str, backend_url: str) -> Iterator[Callable[...
 
 
 @pytest.fixture
-def celery_client(url: str, backend_url: str) -> Iterator[Any]:
+def celery_client(monkeypatch: pytest.MonkeyPatch, url: str, backend_url: str) -> Iterator[Any]:
     """A Celery app (the real package) used as a client: send_task by name, AsyncResult, control."""
     from celery import Celery
 
     app = Celery('client', broker=url, backend=backend_url, set_as_current=False)
     app.conf.accept_content = ['json', 'msgpack']
+    _confirm_subscriptions(monkeypatch)
     yield app
     backend = getattr(app._local, 'backend', None)
     consumer = getattr(backend, 'result_consumer', None)
@@ -91,6 +93,34 @@ def celery_client(url: str, backend_url: str) -> Iterator[Any]:
     if pool is not None:  # redis://: the backend's own pool is not the app's either; a socket left for the
         pool.disconnect()  # garbage collector to close can be finalized before its connection (a ResourceWarning)
     app.close()
+
+
+def _confirm_subscriptions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Work around a race in Celery 5.7's Redis result consumer, so a test waits for the workers, not for it.
+
+    `get()` sends SUBSCRIBE on the pub/sub connection, then GETs the result key on another connection without
+    waiting for the subscription to be confirmed. Redis may run the GET first: a result stored between the two
+    is neither read nor published to the client, which then waits for its whole timeout (seen with redis
+    MONITOR: GET, the worker's SET and PUBLISH, then SUBSCRIBE, within 0.2 ms). It shows about once in a
+    thousand chains run by a fastq worker, which finishes a chain before the client's two commands land.
+    Here the poll waits until the server counts the subscription. fastq's own listener does this itself.
+    """
+    from celery.backends.redis import ResultConsumer
+
+    poll = ResultConsumer.on_wait_for_pending
+
+    def on_wait_for_pending(self: Any, result: Any, **kwargs: Any) -> Any:
+        nodes = getattr(result, 'results', None) or [result]
+        keys = [self._get_key_for_task(node.id) for node in nodes if getattr(node, 'id', None)]
+        keys = [key for key in keys if key in self.subscribed_to and key not in self._pending_unsubscribe]
+        deadline = time.monotonic() + 5.0
+        while keys and time.monotonic() < deadline:
+            if all(count for _, count in self.backend.client.pubsub_numsub(*keys)):
+                break
+            time.sleep(0.001)
+        return poll(self, result, **kwargs)
+
+    monkeypatch.setattr(ResultConsumer, 'on_wait_for_pending', on_wait_for_pending)
 
 
 @pytest.fixture
