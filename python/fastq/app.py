@@ -362,7 +362,7 @@ class Fastq:
     ) -> BaseTask[Any, Any]:
         name = name or self.gen_task_name(fun.__name__, fun.__module__)
         registry = self._tasks
-        # (the class's `__wrapped__`: read through the instance it is a bound method, never `fun` itself)
+        # (the class's `__wrapped__`: read through a bound task's instance it is a bound method, never `fun`)
         if name in registry and getattr(type(registry[name]), '__wrapped__', None) is fun:
             return registry[name]
         options.pop('shared', None)

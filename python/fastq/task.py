@@ -913,7 +913,7 @@ def build_task_class(
         '__doc__': fun.__doc__,
         '__module__': fun.__module__,
         '__qualname__': getattr(fun, '__qualname__', fun.__name__),
-        '__wrapped__': fun,
+        '__wrapped__': run,  # as Celery's: `add.__wrapped__(1, 2)` calls the function; a bound task's binds
         'abstract': False,
         **options,
     }

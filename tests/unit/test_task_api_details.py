@@ -187,3 +187,22 @@ def test_request_stack_is_celerys_local_stack() -> None:
     assert where.request.id == 'manual' and len(where.request_stack) == 1
     assert where.request_stack.pop() is pushed and where.request_stack.pop() is None
     assert where.request.called_directly
+
+
+def test_wrapped_is_the_function_as_in_celery() -> None:
+    # `task.__wrapped__` is what the decorator wrapped, callable as it was (Celery's `'__wrapped__': run`): a
+    # plain task's is the function itself, a bound task's is bound to the task. It read as a method bound to
+    # the task for every task, so `add.__wrapped__(1, 2)` failed, and Sphinx documented `add(y)`.
+    app = Fastq('wrapped', broker='memory://', backend='memory://')
+
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    def who(self: Any) -> str:
+        return self.name
+
+    plain = app.task(add)
+    bound = app.task(bind=True, name='who')(who)
+    assert plain.__wrapped__ is add and plain.__wrapped__(1, 2) == 3
+    assert bound.__wrapped__() == 'who' and bound.__wrapped__.__func__ is who
+    assert app.task(add) is plain  # the same function decorated again: the same task
