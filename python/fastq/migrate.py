@@ -1,4 +1,4 @@
-"""Moving task messages from one broker to another (`fastq migrate`, Celery's `celery.contrib.migrate`).
+"""Moving task messages to another broker or queue: the loop under `fastq migrate` and `fastq.contrib.migrate`.
 
 A message is taken from the source under a reservation, published to the destination, and only once the
 destination has it (`Broker.publish`'s contract: Redis answered, RabbitMQ confirmed) acked on the source, so a
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from fastq.app import Fastq
     from fastq.brokers.base import Broker, Delivery, Tag
 
-__all__ = ['State', 'migrate_tasks', 'prepare_queues']
+__all__ = ['State', 'StopFiltering', 'filter_deliveries', 'migrate_tasks', 'prepare_queues']
 
 BATCH = 100  # messages taken and published per round trip
 #: Exchanges of Celery's native delayed delivery (RabbitMQ): a message that came through them is published to
@@ -37,14 +37,19 @@ _TRANSPORT_PROPERTIES = ('delivery_info', 'delivery_tag', 'body_encoding', 'prio
 
 @dataclass
 class State:
-    """Progress, as Celery's: `count` migrated, of about `total_apx` waiting when the run started."""
+    """Progress, as Celery's: `count` messages taken (of the tasks asked for), of about `total_apx` waiting
+    when the run started; `filtered` those `contrib.migrate.move` moved."""
 
     count: int = 0
     total_apx: int = 0
+    filtered: int = 0
 
     @property
     def strtotal(self) -> str:
         return str(self.total_apx) if self.total_apx else '?'
+
+    def __repr__(self) -> str:
+        return f'^{self.filtered}' if self.filtered else f'{self.count}/{self.strtotal}'
 
 
 def prepare_queues(queues: str | Sequence[str] | None) -> dict[str, str]:
@@ -128,23 +133,68 @@ def migrate_tasks(
     separated string) leaves other tasks' messages where they are. `callback(state, delivery)` follows each
     message migrated. Messages taken and not migrated go back to their source queues at the end."""
     renames = prepare_queues(queues)
-    wanted = {t.strip() for t in (tasks.split(',') if isinstance(tasks, str) else tasks or ()) if t.strip()}
     consume_from = list(renames) or app.router.worker_queues(None)
-    state = State()
-    source.connect()
     dest.connect()
-    state.total_apx = sum(source.qsize(queue) for queue in consume_from)
     declare = getattr(dest, 'declare', None)  # (brokers that route: the queues and their bindings, as Celery)
     if declare is not None:
         declare([renames.get(queue, queue) for queue in consume_from])
+    return filter_deliveries(
+        source,
+        consume_from,
+        lambda delivery: ([republished(delivery, renames)], ack_messages),
+        dest,
+        limit=limit,
+        timeout=timeout,
+        tasks=tasks,
+        forever=forever,
+        callback=callback,
+    )
+
+
+class StopFiltering(Exception):
+    """Raised by a filter or a callback: stop after the messages already chosen (Celery's semi-predicate)."""
+
+
+#: What a filter says of one message: what to publish for it (nothing: leave it where it is), and whether to
+#: ack it on the source (after that publish).
+Choice = tuple[Sequence[Outgoing], bool]
+
+
+def filter_deliveries(
+    source: Broker,
+    consume_from: Sequence[str],
+    choose: Callable[[Delivery], Choice],
+    dest: Broker,
+    *,
+    limit: int | None = None,
+    timeout: float = 1.0,
+    tasks: Iterable[str] | str | None = None,
+    forever: bool = False,
+    callback: Callable[[State, Delivery], None] | None = None,
+    state: State | None = None,
+    limit_seen: bool = False,
+) -> State:
+    """Take the messages waiting in `consume_from` on `source` and let `choose` decide, one by one, what to
+    publish on `dest` for each and whether to ack it (`migrate_tasks`, and `contrib.migrate.move` with `dest`
+    the source itself). Runs until `timeout` seconds pass without a message (never, with `forever`), `limit`
+    messages were published (taken, with `limit_seen`), or `choose` or `callback` raise `StopFiltering`. `tasks` leaves other tasks'
+    messages alone (counted neither as seen nor published); `callback(state, delivery)` follows each
+    published message. What was taken and not acked goes back to its queue, in order, at the end."""
+    wanted = {t.strip() for t in (tasks.split(',') if isinstance(tasks, str) else tasks or ()) if t.strip()}
+    state = State() if state is None else state
+    source.connect()
+    dest.connect()
+    state.total_apx = sum(source.qsize(queue) for queue in consume_from)
     from fastq.utils.nodenames import gethostname
 
-    consumer = source.consumer(consume_from, f'migrate@{gethostname()}')
-    kept: list[Tag] = []  # taken and staying in the source: copies (without ack_messages) and other tasks
+    consumer = source.consumer(list(consume_from), f'migrate@{gethostname()}')
+    kept: list[Tag] = []  # taken and staying in the source: copies, other tasks, messages left alone
+    published = 0
+    stop = False
     try:
         idle_since = time.monotonic()
         renewed = idle_since
-        while not limit or state.count < limit:
+        while not stop and (not limit or (state.count if limit_seen else published) < limit):
             now = time.monotonic()
             if now - renewed > source.lease_renew_interval:
                 consumer.renew()  # (what is kept must not be restored by a sweep meanwhile: it would be twice)
@@ -152,28 +202,24 @@ def migrate_tasks(
             wait = 1.0 if forever else timeout - (now - idle_since)
             if wait <= 0:
                 break
-            room = BATCH if not limit else min(BATCH, limit - state.count)
+            room = BATCH if not limit else min(BATCH, limit - (state.count if limit_seen else published))
             deliveries = consumer.fetch(room, min(wait, 1.0))
             if not deliveries:
                 continue
             idle_since = time.monotonic()
-            chosen = []
-            for delivery in deliveries:
-                if delivery.message is None or (wanted and task_name(delivery) not in wanted):
-                    kept.append(delivery.tag)  # (one that does not parse stays as it is, for a worker to judge)
-                else:
-                    chosen.append(delivery)
-            if not chosen:
-                continue
-            dest.publish([republished(delivery, renames) for delivery in chosen])
-            if ack_messages:
-                consumer.ack([delivery.tag for delivery in chosen])
-            else:
-                kept.extend(delivery.tag for delivery in chosen)
-            for delivery in chosen:
-                state.count += 1
-                if callback is not None:
-                    callback(state, delivery)
+            try:
+                batch = _Batch(deliveries, choose, state, wanted)
+                if batch.outgoing:
+                    dest.publish(batch.outgoing)  # (before the acks: a crash between leaves a copy, never nothing)
+            except BaseException:
+                kept.extend(delivery.tag for delivery in deliveries)  # (a filter or the publish failed: all stay)
+                raise
+            stop = batch.stopped
+            kept.extend(batch.kept)
+            if batch.acks:
+                consumer.ack(batch.acks)
+            published += len(batch.chosen)
+            stop = batch.follow(state, callback) or stop
     finally:
         try:
             # The consumer's own wait stops first: on Redis it would reserve what the releases put back.
@@ -184,3 +230,49 @@ def migrate_tasks(
         finally:
             consumer.close()
     return state
+
+
+class _Batch:
+    """One fetch sorted by `choose`: what to publish, which to ack, which stay (in order), and whether a
+    `StopFiltering` ended the run (the rest of the fetch then stays)."""
+
+    def __init__(
+        self, deliveries: Sequence[Delivery], choose: Callable[[Delivery], Choice], state: State, wanted: set[str]
+    ) -> None:
+        self.outgoing: list[Outgoing] = []
+        self.chosen: list[tuple[Delivery, int]] = []  # (with the count when it was seen, for its callback)
+        self.acks: list[Tag] = []
+        self.kept: list[Tag] = []
+        self.stopped = False
+        for delivery in deliveries:
+            if self.stopped or delivery.message is None or (wanted and task_name(delivery) not in wanted):
+                self.kept.append(delivery.tag)  # (one that does not parse stays as it is, for a worker to judge)
+                continue
+            state.count += 1
+            try:
+                out, ack = choose(delivery)
+            except StopFiltering:
+                self.stopped = True
+                self.kept.append(delivery.tag)
+                continue
+            if out:
+                self.outgoing.extend(out)
+                self.chosen.append((delivery, state.count))
+            (self.acks if ack else self.kept).append(delivery.tag)
+
+    def follow(self, state: State, callback: Callable[[State, Delivery], None] | None) -> bool:
+        """`callback` for each message published, seeing `count` as it was when that one was taken; True if
+        one raised `StopFiltering`."""
+        if callback is None:
+            return False
+        stop = False
+        seen = state.count
+        try:
+            for delivery, state.count in self.chosen:
+                try:
+                    callback(state, delivery)
+                except StopFiltering:
+                    stop = True
+        finally:
+            state.count = seen
+        return stop
