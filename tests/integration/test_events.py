@@ -184,8 +184,12 @@ def test_events_command_dump_and_live_view(tasks: Any, worker: Any, tmp_path: Pa
         ), text
         assert f'task received: worker_tasks.add({result.id}) args=(4, 5) kwargs={{}} clock=' in text
         wait_until(lambda: f'{result.id}  worker_tasks.add' in logs['view'].read_text(), message='the view shows it')
-        view = logs['view'].read_text()
-        assert 'Workers: 1 online, 0 offline' in view and 'SUCCESS' in view
+
+        def shown() -> bool:  # (a frame drawn between the task's events shows it STARTED: wait for a later one)
+            view = logs['view'].read_text()
+            return 'Workers: 1 online, 0 offline' in view and 'SUCCESS' in view
+
+        wait_until(shown, message='the view shows the worker and the task succeeded')
     finally:
         for proc in procs.values():
             proc.send_signal(signal.SIGINT)
