@@ -14,4 +14,16 @@ from fastq.beat.entry import BeatLazyFunc, ScheduleEntry
 from fastq.beat.scheduler import Scheduler, SchedulingError
 from fastq.beat.service import EmbeddedService, Service
 
-__all__ = ['BeatLazyFunc', 'EmbeddedService', 'ScheduleEntry', 'Scheduler', 'SchedulingError', 'Service']
+#: Celery's default scheduler's name, for code that subclasses it or names it: fastq's scheduler keeps its
+#: last runs in the schedule file (-s) too.
+PersistentScheduler = Scheduler
+
+__all__ = [
+    'BeatLazyFunc',
+    'EmbeddedService',
+    'PersistentScheduler',
+    'ScheduleEntry',
+    'Scheduler',
+    'SchedulingError',
+    'Service',
+]

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from fastq.routing import Router
     from fastq.utils.log import Logging
 
-__all__ = ['Celery', 'Fastq']
+__all__ = ['Celery', 'Fastq', 'app_or_default', 'shared_task']
 
 # Celery's text, word for word: it tells the user what the variable is for and what to put in it.
 _ERR_ENVVAR_NOT_SET = '''The environment variable {0!r} is not set,
@@ -992,3 +992,16 @@ def _bound_group_result(bound: Fastq) -> type[GroupResult]:
             return Base.restore(id, backend, app or bound)
 
     return GroupResult
+
+
+def app_or_default(app: Fastq | None = None) -> Fastq:
+    """`app`, else the current app (Celery's `celery.app.app_or_default`, for helpers that take an `app=`)."""
+    return app if app is not None else _state.get_current_app()
+
+
+def __getattr__(name: str) -> Any:
+    if name == 'shared_task':  # (`from celery.app import shared_task`; the module imports this one)
+        from fastq.shared import shared_task
+
+        return shared_task
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
