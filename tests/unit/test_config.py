@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 import warnings
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -394,6 +395,20 @@ def test_broker_read_and_write_urls_default_to_the_broker_url_and_read_celerys_v
     b = app()
     assert (b.conf.broker_url, b.conf.result_backend, b.broker_url) == ('memory://', 'memory://', 'memory://')
     assert (b.conf.broker_read_url, b.conf.broker_write_url) == ('memory://read-env', 'memory://')
+
+
+def test_the_read_and_write_urls_decide_where_the_app_connects(tmp_path: Path) -> None:
+    # Celery's connection_for_read / connection_for_write (a worker consumes from the first; everything
+    # published goes through the second); one broker when they are the same URL
+    a = app()
+    assert a.read_broker is a.broker
+    assert (a.connection_for_read().url, a.connection_for_write().url) == ('memory://', 'memory://')
+    b = app()
+    read, write = f'sqlite:///{tmp_path}/read.db', f'sqlite:///{tmp_path}/write.db'
+    b.conf.update(broker_read_url=read, broker_write_url=write)
+    assert (b.read_broker.url, b.broker.url, b.broker_url, b.read_broker_url) == (read, write, write, read)
+    assert (b.connection_for_read().url, b.connection_for_write().url, b.connection().url) == (read, write, write)
+    b.close()
 
 
 def test_an_app_without_a_config_object_reads_the_module_celery_config_module_names(

@@ -145,6 +145,7 @@ class Fastq:
         self._autodiscovery: list[Callable[[], None]] = []  # (`autodiscover_tasks`, run with those imports)
         self._pending_tasks: list[Callable[[], None]] = []
         self._broker: Broker | None = None
+        self._read_broker: Broker | None = None
         self._backend: Backend | None = None
         self._router: Router | None = None
         self._tz: tuple[tuple[Any, bool], tzinfo] | None = None
@@ -539,12 +540,21 @@ class Fastq:
 
     @property
     def broker_url(self) -> str:
+        """Where `app.broker` connects: what this process publishes through (Celery's `connection_for_write`:
+        `broker_write_url`, which reads as `broker_url` when unset), else the embedded default."""
+        return self._broker_url(self.conf.broker_write_url)
+
+    @property
+    def read_broker_url(self) -> str:
+        """Where a worker consumes (Celery's `connection_for_read`: `broker_read_url`, else `broker_url`)."""
+        return self._broker_url(self.conf.broker_read_url)
+
+    def _broker_url(self, url: Any) -> str:
         from fastq.brokers import default_broker_url
 
-        url = self.conf.broker_url
         if isinstance(url, list | tuple):  # failover URLs as a list (Celery's documented form): `;`-joined
             url = ';'.join(url)
-        return url or default_broker_url(self.conf.sqlite_directory)
+        return str(url or '') or default_broker_url(self.conf.sqlite_directory)
 
     @property
     def rpc_results(self) -> bool:
@@ -572,6 +582,22 @@ class Fastq:
 
                     self._broker = create_broker(self.broker_url, self.conf)
         return self._broker
+
+    @property
+    def read_broker(self) -> Broker:
+        """The broker a worker consumes from: `app.broker` itself unless `broker_read_url` names another URL
+        than the one `app.broker` publishes to (then a second connection, as Celery's worker makes)."""
+        url = self.read_broker_url
+        broker = self.broker
+        if url == broker.url:
+            return broker
+        if self._read_broker is None:
+            with self._finalize_lock:
+                if self._read_broker is None:
+                    from fastq.brokers import create_broker
+
+                    self._read_broker = create_broker(url, self.conf)
+        return self._read_broker
 
     @property
     def backend(self) -> Backend:
@@ -769,7 +795,7 @@ class Fastq:
         return self.connection(url, **kwargs)
 
     def connection_for_read(self, url: str | None = None, **kwargs: Any) -> Any:
-        return self.connection(url, **kwargs)
+        return self.connection(url or self.read_broker_url, **kwargs)
 
     @property
     def pool(self) -> Any:
@@ -861,6 +887,8 @@ class Fastq:
         """
         if self._broker is not None:
             await self._broker.aclose()
+        if self._read_broker is not None:
+            await self._read_broker.aclose()
         if self._backend is not None:
             await self._backend.aclose()
 
@@ -868,6 +896,9 @@ class Fastq:
         if self._broker is not None:
             self._broker.close()
             self._broker = None
+        if self._read_broker is not None:
+            self._read_broker.close()
+            self._read_broker = None
         if self._backend is not None:
             self._backend.close()
             self._backend = None

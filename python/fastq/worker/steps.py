@@ -155,7 +155,7 @@ def check_consumer_step(app: Fastq, step: Any) -> None:
         raise ImproperlyConfigured(
             f'bootstep {step.name}: a ConsumerStep consumes with kombu, which is not installed (pip install kombu)'
         ) from None
-    url = app.broker_url
+    url = app.read_broker_url
     scheme = url.partition('://')[0].partition('+')[0]
     if scheme not in TRANSPORT_ALIASES or scheme in ('sqlite', 'memory'):  # (kombu's memory:// is per process)
         raise ImproperlyConfigured(
@@ -196,7 +196,7 @@ class StepConsumer:
             kombu: Any = importlib.import_module('kombu')  # (checked by check_consumer_step; untyped)
             conf = self.app.conf
             conn = kombu.Connection(
-                self.app.broker_url,
+                self.app.read_broker_url,  # (Celery's consumer connection: connection_for_read)
                 ssl=conf.broker_use_ssl or False,
                 transport_options=dict(conf.broker_transport_options or {}),
             )

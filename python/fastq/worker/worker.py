@@ -347,8 +347,9 @@ class WorkController:
         return changed
 
     def _connect(self) -> Broker | None:
-        """Connect with retries and backoff, naming the URL (password masked); None if shut down meanwhile."""
-        broker = self.app.broker
+        """Connect with retries and backoff, naming the URL (password masked); None if shut down meanwhile.
+        The broker consumed from is `broker_read_url`'s (the app's own broker unless that names another)."""
+        broker = self.app.read_broker
         conf = self.app.conf
         max_retries = conf.broker_connection_max_retries
         retry = conf.broker_connection_retry_on_startup
@@ -432,7 +433,7 @@ class WorkController:
         self.control.start()
 
     def _start_events(self) -> None:
-        broker = self.broker
+        broker = self.app.broker if self.broker is not None else None  # (sent as published: connection_for_write)
         if broker is None or not broker.features.fanout:
             if self.app.conf.worker_send_task_events:
                 logger.warning('Events are not available on %s; -E ignored', broker and broker.describe())

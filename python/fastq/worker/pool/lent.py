@@ -110,7 +110,7 @@ class Lent:
         #: A redelivered acks_late task goes to the parent, which checks its result first (dedupe).
         self.deduplicate = bool(app.conf.worker_deduplicate_successful_tasks)
         spare, Lent._spare = Lent._spare, None
-        self.lead = spare if spare is not None and spare.spec == spec else app.broker.child_lead(spec)
+        self.lead = spare if spare is not None and spare.spec == spec else app.read_broker.child_lead(spec)
         self.active = True  # False once this child gave the lead back itself (TOOK), or lost it
         self.acks: list[str] = []  # early acks of tasks taken here, sent with the next wait
         self.slot: memoryview | None = None  # shared with the parent: the tag of a task taken, not yet reported
