@@ -9,8 +9,11 @@ answer fastq clients and the reverse.
 
 Results are one-shot messages: only the process that sent a task can read its result, and not after it
 restarts; there is nothing to look up by id from elsewhere, and chords are not supported (as in Celery).
-Needs the AMQP broker: the queue is declared before each send (`on_task_call`), so a fast worker's reply
-never reaches the default exchange before its queue exists. On the in-process `memory://` broker (the test
+On RabbitMQ the queue is declared before each send (`on_task_call`), so a fast worker's reply never reaches
+the default exchange before its queue exists. On Redis, as with kombu's Redis transport (where Celery's rpc
+backend works too), a reply queue is the list named by the oid: the worker LPUSHes the reply's kombu
+envelope there without declaring anything, and a thread of the caller's BRPOPs every reply queue the process
+sent tasks from. On the in-process `memory://` broker (the test
 app's) the worker and the caller share this backend object, so a reply is handed over in the process (encoded
 and decoded as on the wire): Celery's rpc backend works on kombu's memory transport, and its Testing guide
 sets `@pytest.mark.celery(result_backend='rpc')` on the default test app.
@@ -31,6 +34,7 @@ from fastq.serialization import dumps, loads
 if TYPE_CHECKING:
     from fastq.app import Fastq
     from fastq.brokers.amqp import AMQPBroker
+    from fastq.brokers.redis import RedisBroker
 
 logger = logging.getLogger('fastq.backends.rpc')
 
@@ -57,6 +61,7 @@ class RPCBackend(InProcessBackend):
         self._consumed: set[str] = set()
         self._metas: dict[str, dict[str, Any]] = {}
         self._link: Link | None = None
+        self._popper: _ReplyPopper | None = None
         self._lock = threading.Lock()
 
     @property
@@ -65,8 +70,17 @@ class RPCBackend(InProcessBackend):
 
         broker = self.app.broker
         if not isinstance(broker, AMQPBroker):  # (the in-process broker never gets here: _in_process)
-            raise ImproperlyConfigured('result_backend: rpc:// needs an AMQP broker_url (amqp://, pyamqp://, ...)')
+            raise ImproperlyConfigured(
+                'result_backend: rpc:// needs an AMQP or Redis broker_url (amqp://, pyamqp://, redis://, ...)'
+            )
         return broker
+
+    @property
+    def _redis(self) -> RedisBroker | None:
+        from fastq.brokers.redis import RedisBroker
+
+        broker = self.app.broker
+        return broker if isinstance(broker, RedisBroker) else None
 
     def describe(self) -> str:
         return 'rpc://'
@@ -86,6 +100,9 @@ class RPCBackend(InProcessBackend):
         """Declare the reply queue of this thread (or `oid`) before its first task goes out (once per queue)."""
         oid = oid or self.app.thread_oid
         if oid in self._declared or self._in_process:
+            return
+        if self._redis is not None:  # (a list needs no declaring: it is there once a reply is pushed)
+            self._declared.add(oid)
             return
         broker = self.broker
         arguments = self._queue_arguments()
@@ -110,6 +127,12 @@ class RPCBackend(InProcessBackend):
         with self._lock:
             new = self._declared - self._consumed
             self._consumed |= new
+            redis_broker = self._redis
+            if redis_broker is not None:
+                if self._popper is None:
+                    self._popper = _ReplyPopper(self, redis_broker)
+                self._popper.watch(new)
+                return
             if self._link is None:
                 link = Link(self.broker.endpoints, 'results', confirms=False)
                 link.on_connect.append(self._on_connect)
@@ -193,7 +216,8 @@ class RPCBackend(InProcessBackend):
             return result
         message = _core.Message(body, content_type, encoding, {}, {'correlation_id': correlation_id})
         mode = 2 if self.app.conf.result_persistent else 1
-        self.broker.publish_unrouted([Outgoing(message, reply_to, '', reply_to, 0, mode)])
+        broker: Any = self._redis or self.broker
+        broker.publish_unrouted([Outgoing(message, reply_to, '', reply_to, 0, mode)])
         return result
 
     # --- not available on rpc:// (as in Celery) -----------------------------------------------------------
@@ -214,3 +238,74 @@ class RPCBackend(InProcessBackend):
         link, self._link = self._link, None
         if link is not None:
             link.close()
+        popper, self._popper = self._popper, None
+        if popper is not None:
+            popper.close()
+        with self._lock:
+            self._consumed.clear()
+
+
+class _ReplyPopper:
+    """The caller's reply queues on a Redis broker: one thread BRPOPs them all (on a connection of its own)
+    and hands each reply to the backend, so any thread's `get()` sees it. A lost connection is retried every
+    second, logged once; replies pushed meanwhile wait in their lists."""
+
+    def __init__(self, backend: RPCBackend, broker: RedisBroker) -> None:
+        self.backend = backend
+        self.broker = broker
+        self.keys: list[str] = []
+        self._client_id: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name='fastq-rpc-replies', daemon=True)
+        self._thread.start()
+
+    def watch(self, oids: set[str]) -> None:
+        """Add reply queues, and wake the thread's BRPOP (CLIENT UNBLOCK) to wait on them too. A reply pushed
+        before then waits in its list: nothing is missed."""
+        self.keys = sorted({*self.keys, *oids})
+        client_id = self._client_id
+        if client_id is not None:
+            try:
+                self.broker.client.client_unblock(client_id)
+            except Exception:  # (the thread's next wait sees the keys anyway, within a second)
+                pass
+
+    def _run(self) -> None:
+        from fastq.brokers.redis.connection import CONNECTION_ERRORS
+
+        client = self.broker.new_client(single_connection=True)
+        failing = False
+        while not self._stop.is_set():
+            keys = self.keys
+            if not keys:
+                self._stop.wait(0.05)
+                continue
+            try:
+                if self._client_id is None:
+                    self._client_id = int(client.client_id())
+                popped = client.brpop(keys, timeout=1)
+            except CONNECTION_ERRORS as exc:
+                self._client_id = None  # (a new connection has a new id)
+                if not failing:
+                    logger.warning('rpc: cannot read replies from %s: %s (retrying)', self.broker.describe(), exc)
+                failing = True
+                self._stop.wait(1.0)
+                continue
+            failing = False
+            if popped:
+                self._deliver(popped[1] if isinstance(popped[1], bytes) else popped[1].encode())
+        client.close()
+
+    def _deliver(self, raw: bytes) -> None:
+        from fastq import _core
+
+        try:
+            message = _core.Message.from_envelope(raw, None)
+            meta = loads(message.body, message.content_type or 'application/json', self.backend.accept)
+        except Exception as exc:
+            logger.warning('rpc: ignoring a reply that cannot be decoded: %r', exc)
+            return
+        self.backend._receive(meta, message.properties.get('correlation_id'))
+
+    def close(self) -> None:
+        self._stop.set()

@@ -381,6 +381,18 @@ class RedisBroker(Broker):
             except CONNECTION_ERRORS as exc:
                 logger.warning('Could not delete the broadcast queue(s) %s: %s', ', '.join(queues), exc)
 
+    def publish_unrouted(self, batch: Sequence[Outgoing]) -> None:
+        """Push each message onto its queue's list without declaring anything: `rpc://` replies, whose reply
+        queue is the caller's (kombu's Redis transport puts what the default exchange gets on the list named
+        by the routing key, declared or not)."""
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for out in batch:
+                    pipe.lpush(self._queue_key(out.queue, out.priority), out.to_envelope())
+                pipe.execute()
+        except CONNECTION_ERRORS as exc:
+            raise BrokerConnectionError(f'{self.describe()}: {exc}') from exc
+
     def _publish_raw(self, queue: str, payload: bytes) -> None:
         try:
             priority = _core.Message.from_envelope(payload, None).properties.get('priority') or 0
