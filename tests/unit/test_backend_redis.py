@@ -1243,3 +1243,29 @@ def test_results_nobody_holds_are_not_read_ahead(app: Fastq) -> None:
     kept = app.backend._read_ahead._mine().kept
     assert results[1].id in kept and dropped_id not in kept
     assert results[1].get(timeout=LONG) == 2 and not kept
+
+
+@pytest.mark.parametrize(
+    ('start', 'stop', 'step', 'repeatlast'),
+    [(2, 32, 2, True), (0, 1.2, 0.2, True), (0.5, 3, 1, True), (1, None, 1, False), (1, 4, 1, False), (0, 0, 1, True)],
+)
+def test_fxrange_is_kombus(start: float, stop: float | None, step: float, repeatlast: bool) -> None:
+    from itertools import islice
+
+    from kombu.utils.functional import fxrange as kombu_fxrange
+
+    from fastq.utils.functional import fxrange
+
+    expected = list(islice(kombu_fxrange(start, stop, step, repeatlast), 40))
+    assert list(islice(fxrange(start, stop, step, repeatlast), 40)) == expected
+
+
+def test_retry_waits_are_kombus_retry_over_time() -> None:
+    # kombu sleeps fxrange(interval_start, interval_max + interval_start, interval_step, repeatlast=True): with
+    # the defaults 2, 4, ... 32, then 32 (the waits were capped at interval_max, 30)
+    from itertools import islice
+
+    from fastq.backends.redis.retry import policy_intervals
+
+    waits = list(islice(policy_intervals({'interval_start': 2, 'interval_step': 2, 'interval_max': 30}), 18))
+    assert waits == [float(n) for n in range(2, 33, 2)] + [32.0, 32.0]

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import redis
 
+from fastq.utils.functional import fxrange
+
 __all__ = [
     'CONNECTION_ERRORS',
     'DEFAULT_RETRY_POLICY',
@@ -43,14 +45,12 @@ DEFAULT_RETRY_POLICY: dict[str, Any] = {'max_retries': 20, 'interval_start': 0, 
 
 
 def policy_intervals(policy: dict[str, Any]) -> Iterator[float]:
-    """kombu's `fxrange(start, max + start, step, repeatlast=True)`: start, start+step, ... then max forever."""
+    """The waits between retries, as kombu's `retry_over_time` takes them: `fxrange(start, max + start, step,
+    repeatlast=True)` (so the longest wait is `interval_max + interval_start`'s last step, not `interval_max`)."""
     start = float(policy.get('interval_start', 2))
     step = float(policy.get('interval_step', 2))
     maximum = float(policy.get('interval_max', 30))
-    current = start
-    while True:
-        yield min(current, maximum)
-        current += step
+    return fxrange(start, maximum + start, step, repeatlast=True)
 
 
 def policy_deadline(policy: dict[str, Any], clock: Callable[[], float] = time.monotonic) -> float | None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from fastq import exceptions, states
 from fastq.exceptions import ContentDisallowed, OperationalError
 from fastq.result import ResultSet
+from fastq.utils.functional import fxrange
 from fastq.utils.text import truncate
 
 if TYPE_CHECKING:
@@ -36,16 +37,6 @@ def humanize_seconds(secs: float, prefix: str = '', sep: str = '', now: str = 'n
     return _humanize(secs, f'{prefix}{sep}', now)
 
 
-def _intervals(start: float, stop: float, step: float) -> Iterator[float]:
-    # kombu's fxrange(..., repeatlast=True): start, start + step, ... below stop, then the last one forever.
-    current = last = float(start)
-    while current < stop:
-        yield current
-        last, current = current, current + step
-    while True:
-        yield last
-
-
 def retry_over_time(
     fun: Callable[..., Any],
     catch: type[BaseException] | tuple[type[BaseException], ...],
@@ -61,7 +52,7 @@ def retry_over_time(
 ) -> Any:
     """kombu's: call `fun` until it does not raise `catch` (re-raised after `max_retries` retries or once
     `timeout` seconds passed); `errback(exc, intervals, retries)` returns the time to wait."""
-    intervals = _intervals(interval_start, interval_max + interval_start, interval_step)
+    intervals = fxrange(interval_start, interval_max + interval_start, interval_step, repeatlast=True)
     end = time.monotonic() + timeout if timeout else None
     for retries in itertools.count():
         try:
