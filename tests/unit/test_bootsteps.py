@@ -223,6 +223,54 @@ def test_worker_and_consumer_steps_on_a_worker(memory_app: Fastq, connected: Any
     ]
 
 
+def _guide_info_step(said: list[str]) -> type[bootsteps.StartStopStep]:
+    """The guide's InfoStep (a StartStopStep: a plain Step is never started, in Celery either), saying its
+    parent at each hook."""
+
+    class InfoStep(bootsteps.StartStopStep):
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            said.append(f'{parent!r} is in init')
+
+        def start(self, parent: Any) -> None:
+            said.append(f'{parent!r} is starting')
+
+        def close(self, parent: Any) -> None:
+            said.append(f'{parent!r} is closing')
+
+        def stop(self, parent: Any) -> None:
+            said.append(f'{parent!r} is stopping')
+
+        def shutdown(self, parent: Any) -> None:
+            said.append(f'{parent!r} is shutting down')
+
+    return InfoStep
+
+
+def test_the_guides_info_step_prints_celerys_worker_and_consumer(memory_app: Fastq) -> None:
+    """The guide's "Installing Bootsteps" log: the parents print as Celery's `<Worker: w@example.com (state)>`
+    and `<Consumer: ...>` with their blueprint's state (fastq printed `<fastq.worker.worker.WorkController
+    object at 0x...>`)."""
+    said: list[str] = []
+    InfoStep = _guide_info_step(said)
+    memory_app.steps['worker'].add(InfoStep)
+    memory_app.steps['consumer'].add(InfoStep)
+    w = InProcess(memory_app, hostname='w@example.com')
+    assert repr(w.controller) == '<Worker: w@example.com (INIT)>'
+    with w:
+        wait = threading.Event()
+        while not any('Consumer' in line and 'starting' in line for line in said):
+            wait.wait(0.01)
+    assert [line for line in said if not line.endswith('is closing')] == [
+        '<Worker: w@example.com (initializing)> is in init',
+        '<Consumer: w@example.com (initializing)> is in init',
+        '<Worker: w@example.com (running)> is starting',
+        '<Consumer: w@example.com (running)> is starting',
+        '<Consumer: w@example.com (closing)> is stopping',
+        '<Worker: w@example.com (closing)> is stopping',
+        '<Consumer: w@example.com (terminating)> is shutting down',
+    ]
+
+
 def test_a_step_that_fails_to_start_stops_the_worker(memory_app: Fastq) -> None:
     class Broken(bootsteps.StartStopStep):
         def start(self, worker: Any) -> None:

@@ -185,6 +185,10 @@ class StepConsumer:
             if isinstance(step, bootsteps.ConsumerStep):
                 check_consumer_step(self.app, step)
 
+    def __repr__(self) -> str:
+        """Celery's: what the guide's steps print as their parent, '<Consumer: w@example.com (running)>'."""
+        return f'<Consumer: {self.hostname} ({self.blueprint.human_state()})>'
+
     @property
     def pool(self) -> Any:
         return self.controller.pool

@@ -203,6 +203,12 @@ class WorkController:
         self.step_consumer: StepConsumer | None = None
         signals.worker_init.send(sender=self)
 
+    def __repr__(self) -> str:
+        """Celery's: '<Worker: w@example.com (running)>', the worker blueprint's state ('INIT' before it is
+        built); what the guide's steps print as their parent and signal receivers as their sender."""
+        state = self.blueprint.human_state() if self.blueprint is not None else 'INIT'
+        return f'<Worker: {self.hostname} ({state})>'
+
     # --- startup ------------------------------------------------------------------------------------------
 
     def start(self) -> int:
@@ -299,7 +305,7 @@ class WorkController:
     def _start_steps(self, blueprint: Any, parent: Any) -> bool:
         """Start the worker's steps (`parent` is the worker) or the consumer's (`blueprint` is the
         StepConsumer); False, shutting down with exit code 1, if one raised (Celery's worker stops too)."""
-        if blueprint is None or (parent is not None and not parent.steps):
+        if blueprint is None:
             return True
         try:
             blueprint.start(parent) if parent is not None else blueprint.start()
