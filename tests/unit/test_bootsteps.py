@@ -94,7 +94,7 @@ def test_blueprint_orders_by_requires_and_runs_the_hooks_as_celery() -> None:
     parent = type('Parent', (), {'steps': []})()
     blueprint = WorkerBlueprint(steps={B, Off, Plain})  # A comes in as B's requirement
     blueprint.apply(parent, answer=42)
-    assert [type(s) for s in parent.steps] == [A, B]
+    assert [type(s).__name__ for s in parent.steps] == ['A', 'B', 'Consumer']  # (Celery's last worker step)
     assert calls[0] == "init A ['answer']" and 'create A' in calls and 'create Plain' in calls
     assert 'create Off' not in calls
     names = [s.name for s in blueprint.order]
@@ -268,6 +268,29 @@ def test_the_guides_info_step_prints_celerys_worker_and_consumer(memory_app: Fas
         '<Consumer: w@example.com (closing)> is stopping',
         '<Worker: w@example.com (closing)> is stopping',
         '<Consumer: w@example.com (terminating)> is shutting down',
+    ]
+
+
+def test_shutdown_closes_every_worker_step_before_the_consumer_steps_stop(memory_app: Fastq) -> None:
+    """Celery's order at shutdown: the worker blueprint closes all its steps, then stops its last (Consumer),
+    which closes and stops the consumer steps, then the other worker steps stop (fastq closed a worker step
+    only after the consumer steps had stopped)."""
+    said: list[str] = []
+    InfoStep = _guide_info_step(said)
+    memory_app.steps['worker'].add(InfoStep)
+    memory_app.steps['consumer'].add(InfoStep)
+    w = InProcess(memory_app, hostname='w@example.com')
+    with w:
+        wait = threading.Event()
+        while not any('Consumer' in line and 'starting' in line for line in said):
+            wait.wait(0.01)
+        del said[:]
+    assert [line.rpartition('> ')[0].split()[0] + ' ' + line.rpartition('> ')[2] for line in said] == [
+        '<Worker: is closing',
+        '<Consumer: is closing',
+        '<Consumer: is stopping',
+        '<Worker: is stopping',
+        '<Consumer: is shutting down',
     ]
 
 

@@ -45,6 +45,32 @@ def _stand_in(path: str, last: bool = False) -> type[bootsteps.Step]:
     return cls  # type: ignore[return-value]
 
 
+class Consumer(bootsteps.StartStopStep):
+    """Celery's worker step `celery.worker.components.Consumer`, the worker blueprint's last: the consumer
+    steps start later (once fastq consumes), but they stop as part of the worker's `stop`, so a worker
+    shuts down in Celery's order: every worker step's `close`, then the consumer steps (`close`, `stop`),
+    then the worker steps' `stop`, last started first."""
+
+    name = 'celery.worker.components.Consumer'
+    last = True
+
+    def start(self, w: Any) -> None:
+        pass
+
+    def stop(self, w: Any) -> None:
+        self._stop(w, terminate=False)
+
+    def terminate(self, w: Any) -> None:
+        self._stop(w, terminate=True)
+
+    def _stop(self, w: Any, terminate: bool) -> None:
+        consumer = getattr(w, 'step_consumer', None)
+        if consumer is not None:
+            consumer.stop(terminate=terminate)
+
+
+bootsteps._KNOWN[Consumer.name] = Consumer
+
 WORKER_STEPS = [
     _stand_in('celery.worker.components.Hub'),
     _stand_in('celery.worker.components.Pool'),
@@ -52,7 +78,7 @@ WORKER_STEPS = [
     _stand_in('celery.worker.components.Timer'),
     _stand_in('celery.worker.components.StateDB'),
     _stand_in('celery.worker.autoscale.WorkerComponent'),
-    _stand_in('celery.worker.components.Consumer', last=True),
+    Consumer,
 ]
 
 CONSUMER_STEPS = [

@@ -317,13 +317,14 @@ class WorkController:
         return True
 
     def _stop_steps(self) -> None:
-        """Celery's order: the consumer's steps stop first, then the worker's, last started first (each
-        `close`d, then `stop`ped, or `terminate`d on a cold shutdown)."""
+        """Celery's order: the worker's steps are closed, then the consumer's steps stop (its last step,
+        fastq.worker.steps.Consumer), then the worker's, last started first (each `close`d, then `stop`ped,
+        or `terminate`d on a cold shutdown)."""
         terminate = self._shutdown == 'cold'
-        if self.step_consumer is not None:
-            self.step_consumer.stop(terminate=terminate)
         if self.blueprint is not None:
             self.blueprint.stop(self, terminate=terminate)
+        if self.step_consumer is not None:  # (the worker's steps did not all start: nothing if stopped already)
+            self.step_consumer.stop(terminate=terminate)
 
     def resize_pool(self, delta: int) -> int:
         """Grow (delta > 0) or shrink the prefork pool (or the gevent pool's greenlet limit, as Celery's), in
