@@ -274,16 +274,22 @@ class Blueprint:
     def apply(self, parent: Any, **kwargs: Any) -> Blueprint:
         """Instantiate every step with `(parent, **kwargs)` in dependency order, then `include` each (which
         calls `include_if` and `create`, and lists a `StartStopStep` in `parent.steps`)."""
+        self._debug('Preparing bootsteps.')
         self.order = []
         self.steps = {}
+        self._debug('Building graph...')
         for cls in self._ordered():
             step = cls(parent, **kwargs)
             self.steps[str(cls.name)] = step
             self.order.append(step)
-        logger.debug('| %s: New boot order: {%s}', self.alias, ', '.join(s.alias for s in self.order))
+        self._debug('New boot order: {%s}', ', '.join(s.alias for s in self.order))
         for step in self.order:
             step.include(parent)
         return self
+
+    def _debug(self, msg: str, *args: Any) -> None:
+        """Celery's `-l debug` lines about the boot ('| Worker: Building graph...')."""
+        logger.debug('| %s: ' + msg, self.alias, *args)
 
     def _ordered(self) -> list[type[Step]]:
         """Steps and what they require, each after its requirements; ties keep the listed order (Celery's
@@ -331,9 +337,10 @@ class Blueprint:
         if self.on_start:
             self.on_start()
         for i, step in enumerate(s for s in parent.steps if s is not None):
-            logger.debug('| %s: Starting %s', self.alias, step.alias)
+            self._debug('Starting %s', step.alias)
             self.started = i + 1
             step.start(parent)
+            logger.debug('^-- substep ok')
 
     def _started_steps(self, parent: Any) -> list[Any]:
         return [s for s in parent.steps[: self.started] if s is not None]

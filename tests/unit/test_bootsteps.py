@@ -294,6 +294,34 @@ def test_shutdown_closes_every_worker_step_before_the_consumer_steps_stop(memory
     ]
 
 
+def test_debug_log_of_the_boot_as_celerys(caplog: pytest.LogCaptureFixture) -> None:
+    """`-l debug` says what Celery's says while it builds and starts the blueprints: 'Preparing bootsteps.',
+    'Building graph...', the boot order with Celery's labels (Autoscaler, event loop) and '^-- substep ok'."""
+    from fastq.worker.steps import ConsumerBlueprint, WorkerBlueprint
+
+    said: list[str] = []
+    InfoStep = _guide_info_step(said)
+    caplog.set_level('DEBUG', logger='celery.bootsteps')
+    parent = type('Parent', (), {'steps': []})()
+    blueprint = WorkerBlueprint(steps={InfoStep})
+    blueprint.apply(parent)
+    blueprint.start(parent)
+    ConsumerBlueprint(steps={InfoStep}).apply(type('Parent', (), {'steps': []})())
+    assert [r.getMessage() for r in caplog.records if r.name == 'celery.bootsteps'] == [
+        '| Worker: Preparing bootsteps.',
+        '| Worker: Building graph...',
+        '| Worker: New boot order: {Hub, Pool, Beat, Timer, StateDB, Autoscaler, InfoStep, Consumer}',
+        '| Worker: Starting InfoStep',
+        '^-- substep ok',
+        '| Worker: Starting Consumer',
+        '^-- substep ok',
+        '| Consumer: Preparing bootsteps.',
+        '| Consumer: Building graph...',
+        '| Consumer: New boot order: {Connection, Mingle, Events, Gossip, Heart, Control, Tasks, DelayedDelivery, '
+        'Agent, InfoStep, event loop}',
+    ]
+
+
 def test_a_step_that_fails_to_start_stops_the_worker(memory_app: Fastq) -> None:
     class Broken(bootsteps.StartStopStep):
         def start(self, worker: Any) -> None:

@@ -37,10 +37,12 @@ logger = logging.getLogger('celery.worker.consumer')
 DRAIN_TIMEOUT = 1.0  # seconds the consumer-steps thread waits for an event before checking whether to stop
 
 
-def _stand_in(path: str, last: bool = False) -> type[bootsteps.Step]:
-    """A no-op step named as Celery's step at `path`, so `requires` naming it resolves."""
+def _stand_in(path: str, last: bool = False, label: str | None = None) -> type[bootsteps.Step]:
+    """A no-op step named (and labelled, in the boot order's debug line) as Celery's step at `path`, so
+    `requires` naming it resolves."""
     module, _, name = path.rpartition('.')
-    cls = bootsteps.StepType(name, (bootsteps.Step,), {'__module__': module, 'name': path, 'last': last})
+    attrs = {'__module__': module, 'name': path, 'last': last, 'label': label}
+    cls = bootsteps.StepType(name, (bootsteps.Step,), attrs)
     bootsteps._KNOWN[path] = cls  # type: ignore[assignment]
     return cls  # type: ignore[return-value]
 
@@ -77,7 +79,7 @@ WORKER_STEPS = [
     _stand_in('celery.worker.components.Beat'),
     _stand_in('celery.worker.components.Timer'),
     _stand_in('celery.worker.components.StateDB'),
-    _stand_in('celery.worker.autoscale.WorkerComponent'),
+    _stand_in('celery.worker.autoscale.WorkerComponent', label='Autoscaler'),
     Consumer,
 ]
 
@@ -91,7 +93,7 @@ CONSUMER_STEPS = [
     _stand_in('celery.worker.consumer.tasks.Tasks'),
     _stand_in('celery.worker.consumer.delayed_delivery.DelayedDelivery'),
     _stand_in('celery.worker.consumer.agent.Agent'),
-    _stand_in('celery.worker.consumer.consumer.Evloop', last=True),
+    _stand_in('celery.worker.consumer.consumer.Evloop', last=True, label='event loop'),
 ]
 
 
