@@ -119,3 +119,25 @@ def test_guide_steps_options_and_signals_on_a_real_worker(app: Any, redis_url: s
     assert f"task_received-details {added.id} True True None None True '' celery 0 False None" in whats
     assert 'task_failure bootstep_tasks.die WorkerLostError [3] {} str' in whats
     assert 'task_revoked bootstep_tasks.add Context [5, 6] True True' in whats  # (Celery's: a Context)
+
+
+def test_the_guides_info_step_prints_plainly_until_the_banner_then_into_the_log(redis_url: str, tmp_path: Path) -> None:
+    """The guide's "Installing Bootsteps" output: what steps print in `__init__` (before the banner) is plain
+    text, as Celery's worker redirects stdout into the log only once its banner is out; what they print when
+    they start is a WARNING record (fastq redirected stdout before the steps were built, so their `__init__`
+    lines were log records too)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get('PYTHONPATH', '')]))
+    env.update(FASTQ_BROKER_URL=redis_url, FASTQ_RESULT_BACKEND=redis_url)
+    env.pop('PYTEST_CURRENT_TEST', None)
+    command = [sys.executable, '-m', 'fastq', '-A', 'bootstep_info', 'worker']
+    w = WorkerProcess(tmp_path, env, ['-l', 'info', '-c', '1', '-n', 'w@example.com'], 'info', command=command)
+    w.start()
+    try:
+        w.wait_for('<Consumer: w@example.com (running)> is starting')
+    finally:
+        assert w.stop(60) == 0, w.log
+    log = w.log.splitlines()
+    banner = next(i for i, line in enumerate(log) if 'w@example.com v' in line)
+    assert log.index('<Worker: w@example.com (initializing)> is in init') < banner
+    assert log.index('<Consumer: w@example.com (initializing)> is in init') < banner
+    assert any(line.endswith('WARNING/MainProcess] <Worker: w@example.com (running)> is starting') for line in log)

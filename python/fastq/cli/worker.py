@@ -206,7 +206,8 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
     checked = not (args.uid or args.gid)
     if checked and not _privileges_allowed(app):
         return 1
-    setup_worker_logging(app.conf, loglevel, args.logfile, node)
+    setup_worker_logging(app.conf, loglevel, args.logfile, node, redirect=False)
+    worker.redirect_stdouts = True  # (once the banner is out: WorkController.start)
     if pidfile:
         write_pidfile(pidfile)
     maybe_drop_privileges(uid=args.uid, gid=args.gid)  # (the log file and pidfile open: root no more)

@@ -139,8 +139,6 @@ def setup_worker_logging(
     """A worker's logging as Celery sets it up, from its settings: its formats, and with `redirect`
     (`worker_redirect_stdouts`, unless a `setup_logging` receiver took logging over) stdout and stderr into
     the log."""
-    from fastq import signals
-
     setup_logging(
         loglevel,
         logfile,
@@ -152,7 +150,18 @@ def setup_worker_logging(
         nodename=nodename,
         task_datefmt=conf.worker_task_log_datefmt,
     )
-    if redirect and conf.worker_redirect_stdouts and not signals.setup_logging.receivers:
+    if redirect:
+        redirect_worker_stdouts(conf)
+
+
+def redirect_worker_stdouts(conf: Any) -> None:
+    """stdout and stderr into the worker's log (`worker_redirect_stdouts`, at `worker_redirect_stdouts_level`),
+    unless a `setup_logging` receiver took logging over. `fastq worker` does it once its banner is out, as
+    Celery's does: what is printed before (by `celeryd_init`/`celeryd_after_setup` receivers, bootsteps'
+    `__init__`, `--purge`) stays plain text on the terminal."""
+    from fastq import signals
+
+    if conf.worker_redirect_stdouts and not signals.setup_logging.receivers:
         redirect_stdouts(conf.worker_redirect_stdouts_level)
 
 

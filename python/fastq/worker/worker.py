@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from fastq import __version__, _state, signals
 from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured
 from fastq.serialization import accept_set
+from fastq.utils.log import redirect_worker_stdouts
 from fastq.utils.nodenames import default_nodename, host_format
 from fastq.utils.platforms import install_rdb_handler
 from fastq.utils.text import as_uri
@@ -169,6 +170,8 @@ class WorkController:
         self._hard = False  # a hard shutdown: no more waiting
         self._pool_terminated = False
         self.exitcode = 0
+        #: stdout and stderr into the log once the banner is out (`fastq worker` sets it; Celery's Worker too).
+        self.redirect_stdouts = False
         #: Whether SIGHUP restarts the worker (the `fastq worker` command sets it: it runs itself again once
         #: the worker has stopped, when `restart_requested`).
         self.restart_on_hup = False
@@ -221,6 +224,8 @@ class WorkController:
             self.app.amqp.selected = None
         if not self.quiet:
             self._print_banner()
+        if self.redirect_stdouts:
+            redirect_worker_stdouts(self.app.conf)
         self._install_signal_handlers()
         extra: dict[str, Any] = {'processes': self.processes} if self.pool_name == 'asyncio' else {}
         self.pool = create_pool(
