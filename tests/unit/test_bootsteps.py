@@ -322,6 +322,30 @@ def test_debug_log_of_the_boot_as_celerys(caplog: pytest.LogCaptureFixture) -> N
     ]
 
 
+def test_a_consumer_step_sends_events_through_the_workers_dispatcher(memory_app: Fastq) -> None:
+    """The guide's `c.event_dispatcher` (require 'celery.worker.consumer:Events'): the worker's dispatcher,
+    sending only the 'worker' group without -E, as Celery's (fastq's was None: AttributeError on send)."""
+    seen: list[Any] = []
+    published: list[str] = []
+
+    class Custom(bootsteps.StartStopStep):
+        requires = ('celery.worker.consumer:Events',)
+
+        def start(self, c: Any) -> None:
+            d = c.event_dispatcher
+            d.publish = lambda event, routing_key: published.append(event['type'])
+            seen.append((type(d).__name__, d.enabled, sorted(d.groups), d.hostname))
+            for kind in ('worker-custom', 'task-custom', 'custom-thing'):
+                d.send(kind, answer=42)
+
+    memory_app.steps['consumer'].add(Custom)
+    with InProcess(memory_app, hostname='ev@example.com'):
+        while not seen:
+            threading.Event().wait(0.01)
+    assert seen == [('EventDispatcher', True, ['worker'], 'ev@example.com')]
+    assert [kind for kind in published if kind.endswith(('custom', 'thing'))] == ['worker-custom']
+
+
 def test_a_step_that_fails_to_start_stops_the_worker(memory_app: Fastq) -> None:
     class Broken(bootsteps.StartStopStep):
         def start(self, worker: Any) -> None:

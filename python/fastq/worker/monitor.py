@@ -83,7 +83,15 @@ class WorkerEvents:
         self.worker = worker
         self.interval = interval
         self.heartbeats = heartbeat
-        self.dispatcher = EventDispatcher(worker.app, hostname=worker.hostname, buffer_group=['task'], broker=broker)
+        # Celery's worker dispatcher sends only the 'worker' group without -E ('task' joins when task events
+        # are enabled): what a bootstep sends through `c.event_dispatcher` is filtered as in Celery.
+        self.dispatcher = EventDispatcher(
+            worker.app,
+            hostname=worker.hostname,
+            groups=None if task_events else ['worker'],
+            buffer_group=['task'],
+            broker=broker,
+        )
         self.task_events_wanted = task_events
         if heartbeat:
             self.dispatcher.call_repeatedly(interval, self.heartbeat)
@@ -128,6 +136,8 @@ class WorkerEvents:
         dispatcher = self.worker.dispatcher
         if dispatcher is None or dispatcher.events is not None:
             return False
+        if self.dispatcher.groups is not None:
+            self.dispatcher.groups.add('task')
         dispatcher.events = TaskEvents(self.dispatcher, self._muted)
         return True
 
@@ -135,6 +145,8 @@ class WorkerEvents:
         dispatcher = self.worker.dispatcher
         if dispatcher is None or dispatcher.events is None:
             return False
+        if self.dispatcher.groups is not None:
+            self.dispatcher.groups.discard('task')
         dispatcher.events = None
         return True
 

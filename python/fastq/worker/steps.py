@@ -201,7 +201,6 @@ class StepConsumer:
         self.hostname: str = controller.hostname
         self.timer: StepTimer = controller.timer
         self.hub = None
-        self.event_dispatcher: Any = None
         self.task_consumer: Any = None
         self.steps: list[Any] = []
         self._connection: Any = None
@@ -220,6 +219,14 @@ class StepConsumer:
     @property
     def pool(self) -> Any:
         return self.controller.pool
+
+    @property
+    def event_dispatcher(self) -> Any:
+        """The worker's event dispatcher (Celery's Events step's): `send('worker-custom', ...)` reaches event
+        receivers; as in Celery, only the 'worker' group is sent unless task events are enabled (-E). None
+        where the broker has no events (fastq's SQLite broker)."""
+        events = self.controller.events
+        return events.dispatcher if events is not None else None
 
     @property
     def connection(self) -> Any:
