@@ -17,6 +17,7 @@ from fastq.cli.base import CommandError
 from fastq.cli.options import add_user_options, finish_user_options
 from fastq.exceptions import ImproperlyConfigured, Retry
 from fastq.worker.worker import WorkController
+from tests.harness import wait_until
 
 click = pytest.importorskip('click')
 
@@ -257,9 +258,7 @@ def test_the_guides_info_step_prints_celerys_worker_and_consumer(memory_app: Fas
     w = InProcess(memory_app, hostname='w@example.com')
     assert repr(w.controller) == '<Worker: w@example.com (INIT)>'
     with w:
-        wait = threading.Event()
-        while not any('Consumer' in line and 'starting' in line for line in said):
-            wait.wait(0.01)
+        wait_until(lambda: any('Consumer' in line and 'starting' in line for line in said), 60, 'consumer step started')
     assert [line for line in said if not line.endswith('is closing')] == [
         '<Worker: w@example.com (initializing)> is in init',
         '<Consumer: w@example.com (initializing)> is in init',
@@ -281,9 +280,7 @@ def test_shutdown_closes_every_worker_step_before_the_consumer_steps_stop(memory
     memory_app.steps['consumer'].add(InfoStep)
     w = InProcess(memory_app, hostname='w@example.com')
     with w:
-        wait = threading.Event()
-        while not any('Consumer' in line and 'starting' in line for line in said):
-            wait.wait(0.01)
+        wait_until(lambda: any('Consumer' in line and 'starting' in line for line in said), 60, 'consumer step started')
         del said[:]
     assert [line.rpartition('> ')[0].split()[0] + ' ' + line.rpartition('> ')[2] for line in said] == [
         '<Worker: is closing',
@@ -340,8 +337,7 @@ def test_a_consumer_step_sends_events_through_the_workers_dispatcher(memory_app:
 
     memory_app.steps['consumer'].add(Custom)
     with InProcess(memory_app, hostname='ev@example.com'):
-        while not seen:
-            threading.Event().wait(0.01)
+        wait_until(lambda: bool(seen), 60, 'consumer step started')
     assert seen == [('EventDispatcher', True, ['worker'], 'ev@example.com')]
     assert [kind for kind in published if kind.endswith(('custom', 'thing'))] == ['worker-custom']
 
