@@ -141,3 +141,42 @@ def test_the_guides_info_step_prints_plainly_until_the_banner_then_into_the_log(
     assert log.index('<Worker: w@example.com (initializing)> is in init') < banner
     assert log.index('<Consumer: w@example.com (initializing)> is in init') < banner
     assert any(line.endswith('WARNING/MainProcess] <Worker: w@example.com (running)> is starting') for line in log)
+
+
+def test_a_consumer_step_adds_and_cancels_task_queues(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The guide's consumer methods `add_task_queue(name, ...)` and `cancel_task_queue(name)`, logged in
+    Celery's words (fastq's consumer had neither: AttributeError)."""
+    import threading
+
+    from fastq import Fastq, bootsteps
+    from fastq.worker.worker import WorkController
+
+    app = Fastq('queues', broker=redis_url, backend=redis_url)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    class Queues(bootsteps.StartStopStep):
+        requires = ('celery.worker.consumer:Tasks',)
+
+        def start(self, c: Any) -> None:
+            c.add_task_queue('extra')
+            c.add_task_queue('extra')  # (consumed already: said once)
+            c.add_task_queue('other')
+            c.cancel_task_queue('other')
+
+    app.steps['consumer'].add(Queues)
+    caplog.set_level('INFO')
+    worker = WorkController(app, pool='threads', concurrency=1, quiet=True)
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        assert add.apply_async((2, 3), queue='extra').get(timeout=60) == 5
+        assert 'extra' in worker.queues and 'other' not in worker.queues
+    finally:
+        worker.stop()
+        thread.join(60)
+        app.close()
+    said = [r.getMessage() for r in caplog.records if r.name == 'celery.worker.consumer.consumer']
+    assert said == ['Started consuming from extra', 'Started consuming from other', 'Canceling queue other']

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from fastq.worker.worker import WorkController
 
 logger = logging.getLogger('celery.worker.control')
+consumer_logger = logging.getLogger('celery.worker.consumer.consumer')  # (Celery's add/cancel_task_queue)
 
 #: Celery's `registered` default attributes shown beside task names (`taskinfoitems`).
 DEFAULT_TASK_INFO_ITEMS = ('exchange', 'routing_key', 'rate_limit')
@@ -357,27 +358,48 @@ def _add_consumer(
     routing_key: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Celery's `add_consumer`: start consuming `queue` now (declared as the app declares its queues), bound to
-    `exchange` (default: the queue's name, direct) with `routing_key` (default: the queue's name) as Celery's
-    consumer declares it (`add_task_queue`)."""
+    """Celery's `add_consumer`: start consuming `queue` now (`add_task_queue`)."""
     if not queue:
         raise ValueError('add_consumer needs a queue name')
+    add_task_queue(worker, queue, exchange, exchange_type, routing_key)
+    return ok(f'add consumer {queue}')
+
+
+def add_task_queue(
+    worker: WorkController,
+    queue: str,
+    exchange: str | None = None,
+    exchange_type: str | None = None,
+    routing_key: str | None = None,
+) -> None:
+    """Celery's consumer `add_task_queue` (add_consumer, and a bootstep's `c.add_task_queue`): consume `queue`
+    (declared as the app declares its queues), bound to `exchange` (default: the queue's name, direct) with
+    `routing_key` (default: the queue's name); 'Started consuming from <queue>' logged unless consumed
+    already, as Celery's."""
     exchange = exchange or queue
     routing_key = queue if routing_key is None else routing_key
     if (exchange, routing_key) != (queue, queue) and worker.broker is not None:
         worker.broker.bind_consumed(queue, exchange, exchange_type or 'direct', routing_key)
     if queue not in worker.queues:  # (already consumed: the same answer, as Celery's)
         _set_queues(worker, [*worker.queues, queue])
-    return ok(f'add consumer {queue}')
+        consumer_logger.info('Started consuming from %s', queue)
 
 
 @command('cancel_consumer')
 def _cancel_consumer(worker: WorkController, queue: str = '', **kwargs: Any) -> dict[str, Any]:
+    cancel_task_queue(worker, queue)
+    return ok(f'no longer consuming from {queue}')
+
+
+def cancel_task_queue(worker: WorkController, queue: str) -> None:
+    """Celery's consumer `cancel_task_queue` (cancel_consumer, and a bootstep's `c.cancel_task_queue`): stop
+    consuming `queue`, 'Canceling queue <queue>' logged as Celery's. Unlike Celery's, the worker's only
+    queue is not cancelled (ValueError): a fastq worker consumes at least one queue."""
+    consumer_logger.info('Canceling queue %s', queue)
     if queue in worker.queues:
         if len(worker.queues) == 1:
             raise ValueError(f'{queue!r} is the only queue this worker consumes')
         _set_queues(worker, [q for q in worker.queues if q != queue])
-    return ok(f'no longer consuming from {queue}')
 
 
 @command('terminate')

@@ -220,6 +220,26 @@ class StepConsumer:
     def pool(self) -> Any:
         return self.controller.pool
 
+    def add_task_queue(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        exchange_type: str | None = None,
+        routing_key: str | None = None,
+        **options: Any,
+    ) -> None:
+        """Consume from `queue` too (Celery's; as `control add_consumer`): it stays consumed when the broker
+        connection is lost and regained."""
+        from fastq.worker.inspect import add_task_queue
+
+        add_task_queue(self.controller, queue, exchange, exchange_type, routing_key)
+
+    def cancel_task_queue(self, queue: str) -> None:
+        """Stop consuming from `queue` (Celery's; as `control cancel_consumer`)."""
+        from fastq.worker.inspect import cancel_task_queue
+
+        cancel_task_queue(self.controller, queue)
+
     @property
     def event_dispatcher(self) -> Any:
         """The worker's event dispatcher (Celery's Events step's): `send('worker-custom', ...)` reaches event
