@@ -342,6 +342,34 @@ def test_a_consumer_step_sends_events_through_the_workers_dispatcher(memory_app:
     assert [kind for kind in published if kind.endswith(('custom', 'thing'))] == ['worker-custom']
 
 
+def test_a_consumer_step_changes_the_prefetch_count_through_qos(
+    memory_app: Fastq, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The guide's `c.qos` (kombu's QoS): `value` is the worker's prefetch count, `set(n)` and the eventual
+    changes reach the worker's window (what `inspect stats` says as prefetch_count); fastq's consumer had no
+    `qos` (AttributeError)."""
+    said: list[Any] = []
+
+    class Prefetch(bootsteps.StartStopStep):
+        requires = ('celery.worker.consumer:Tasks',)
+
+        def start(self, c: Any) -> None:
+            said.append(c.qos.value)
+            said.append(c.qos.set(10))
+            said.append(c.qos.increment_eventually(2))  # from value (4), not from what was set
+            said.append(c.qos.decrement_eventually(10))  # never below 1
+
+    memory_app.steps['consumer'].add(Prefetch)
+    caplog.set_level('DEBUG', logger='celery.worker.consumer')
+    with InProcess(memory_app) as controller:  # (1 thread x prefetch multiplier 4)
+        wait_until(lambda: len(said) == 4 and controller.window == 1, 60, 'the prefetch count applied')
+    assert said == [4, 10, 6, 1]
+    assert [r.getMessage() for r in caplog.records if 'basic.qos' in r.getMessage()] == [
+        'basic.qos: prefetch_count->10',
+        'basic.qos: prefetch_count->1',
+    ]
+
+
 def test_a_step_that_fails_to_start_stops_the_worker(memory_app: Fastq) -> None:
     class Broken(bootsteps.StartStopStep):
         def start(self, worker: Any) -> None:

@@ -347,16 +347,22 @@ class WorkController:
             self.concurrency = self.processes = size = pool.processes
         else:
             raise ValueError(f'the {self.pool_name} pool cannot be resized')
-        dispatcher = self.dispatcher
-        if self.autoscale is None and dispatcher is not None and self.multiplier:
-            self.window = size * self.multiplier
-            dispatcher.base_window = self.window
-            dispatcher.ledger.window = dispatcher._window()
-            if self.consumer is not None:
-                self.consumer.prefetch(self.window)
-            if self.fetcher is not None:
-                self.fetcher.notify_window()
+        if self.autoscale is None and self.dispatcher is not None and self.multiplier:
+            self.set_prefetch_window(size * self.multiplier)
         return changed
+
+    def set_prefetch_window(self, window: int) -> None:
+        """How many tasks this worker holds at most (Celery's prefetch count; 0: no limit), from now on. In the
+        loop's thread."""
+        self.window = window
+        dispatcher = self.dispatcher
+        if dispatcher is not None:
+            dispatcher.base_window = window
+            dispatcher.ledger.window = dispatcher._window()
+        if self.consumer is not None:
+            self.consumer.prefetch(window)
+        if self.fetcher is not None:
+            self.fetcher.notify_window()
 
     def _connect(self) -> Broker | None:
         """Connect with retries and backoff, naming the URL (password masked); None if shut down meanwhile.
