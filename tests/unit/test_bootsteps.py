@@ -370,6 +370,29 @@ def test_a_consumer_step_changes_the_prefetch_count_through_qos(
     ]
 
 
+def test_a_consumer_step_resets_the_rate_limits(memory_app: Fastq) -> None:
+    """The guide's `c.reset_rate_limits()`, after `task.rate_limit` changed on a running worker: the new limit
+    applies to the task from then on (fastq's consumer had no such method: AttributeError)."""
+    ran: list[int] = []
+
+    @memory_app.task
+    def tick(n: int) -> int:
+        ran.append(n)
+        return n
+
+    with InProcess(memory_app) as controller:
+        assert tick.delay(1).get(timeout=60) == 1  # (unlimited: known as such by the worker)
+        tick.rate_limit = '1/h'
+        assert controller.step_consumer is not None
+        controller.step_consumer.reset_rate_limits()
+        assert tick.delay(2).get(timeout=60) == 2  # the bucket's one token
+        tick.delay(3)
+        dispatcher = controller.dispatcher
+        assert dispatcher is not None
+        wait_until(lambda: len(dispatcher.limiter.held()) == 1, 60, 'the third held by the new limit')
+    assert ran == [1, 2]
+
+
 def test_a_step_that_fails_to_start_stops_the_worker(memory_app: Fastq) -> None:
     class Broken(bootsteps.StartStopStep):
         def start(self, worker: Any) -> None:

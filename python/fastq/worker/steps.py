@@ -272,6 +272,19 @@ class StepConsumer:
             self._qos = StepQoS(self.controller)
         return self._qos
 
+    def reset_rate_limits(self) -> None:
+        """Apply every task's `rate_limit` as it is now (Celery's; the guide's RatelimitStep changes
+        `task.rate_limit`, then calls this), soon after, in the worker's thread."""
+        worker = self.controller
+
+        def reset() -> None:
+            dispatcher = worker.dispatcher
+            if dispatcher is not None:
+                for name, task in list(self.app.tasks.items()):
+                    dispatcher.set_rate_limit(name, task.rate_limit)
+
+        worker.loop.call_soon_threadsafe(reset)
+
     def add_task_queue(
         self,
         queue: str,
