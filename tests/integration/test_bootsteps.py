@@ -180,3 +180,35 @@ def test_a_consumer_step_adds_and_cancels_task_queues(redis_url: str, caplog: py
         app.close()
     said = [r.getMessage() for r in caplog.records if r.name == 'celery.worker.consumer.consumer']
     assert said == ['Started consuming from extra', 'Started consuming from other', 'Canceling queue other']
+
+
+def test_consumer_steps_restart_when_the_broker_connection_is_lost(tmp_path: Path) -> None:
+    """The guide: "the Consumer calls stop every time the consumer is restarted (i.e. connection is lost)",
+    and starts the steps again once it is back (fastq's consumer steps kept running through the outage)."""
+    from tests.servers import RedisServer
+
+    server = RedisServer()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get('PYTHONPATH', '')]))
+    env.update(FASTQ_BROKER_URL=server.url(0), FASTQ_RESULT_BACKEND=server.url(1))
+    env.pop('PYTEST_CURRENT_TEST', None)
+    command = [sys.executable, '-m', 'fastq', '-A', 'bootstep_info', 'worker']
+    w = WorkerProcess(tmp_path, env, ['-l', 'info', '-c', '1', '-n', 're@example.com'], 're', command=command)
+    try:
+        w.start()
+        w.wait_for('<Consumer: re@example.com (running)> is starting')
+        server.stop()
+        w.wait_for('<Consumer: re@example.com (running)> is stopping')
+        server.start()
+        w.wait_for('<Consumer: re@example.com (running)> is starting', count=2)
+    finally:
+        code = w.stop(60)
+        server.close()
+    assert code == 0, w.log
+    said = [line.partition('] ')[2] for line in w.log.splitlines() if '<Consumer: ' in line and '] ' in line]
+    assert said == [
+        '<Consumer: re@example.com (running)> is starting',
+        '<Consumer: re@example.com (running)> is stopping',
+        '<Consumer: re@example.com (running)> is starting',
+        '<Consumer: re@example.com (closing)> is stopping',
+        '<Consumer: re@example.com (terminating)> is shutting down',
+    ]

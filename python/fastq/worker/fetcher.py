@@ -77,6 +77,10 @@ class Fetcher(threading.Thread):
         self.retry = True
         self.max_retries: int | None = None
         self.on_give_up: Callable[[], None] | None = None
+        # Called (in this thread) when fetching first fails, and when it works again after failing: the
+        # worker restarts its consumer bootsteps across the outage, as Celery restarts its consumer.
+        self.on_lost: Callable[[], None] | None = None
+        self.on_regained: Callable[[], None] | None = None
         # Lending the lead to a pool child (fastq.worker.lending): asked for, and told whether it stopped
         # waiting on the lead (True) or kept it (False).
         self._lend_asked = False
@@ -141,7 +145,7 @@ class Fetcher(threading.Thread):
                 deliveries = self.consumer.fetch(free, FETCH_TIMEOUT)
             except Exception as exc:
                 failures += 1
-                if self._give_up(exc, failures):
+                if self._fetch_failed(exc, failures):
                     return
                 backoff = min(max(backoff * 2, 0.5), 30.0)
                 logger.error(
@@ -154,14 +158,28 @@ class Fetcher(threading.Thread):
                 self._stop_event.wait(backoff * (0.5 + random.random() / 2))
                 continue
             if backoff:
-                logger.info('Connected to %s', self.describe)
-                self.reconnects += 1
+                self._regained()
                 backoff = 0.0
             failures = 0
             self.caught_up = len(deliveries) < free
             linger = pace.fetched(len(deliveries), free, time.monotonic())
             if deliveries:
                 self.accept(deliveries, self.deliver_here)
+
+    def _fetch_failed(self, exc: Exception, failures: int) -> bool:
+        """After a failed fetch: whether to stop fetching for good; the first failure in a row is announced
+        (`on_lost`)."""
+        if self._give_up(exc, failures):
+            return True
+        if failures == 1 and self.on_lost is not None:
+            self.on_lost()
+        return False
+
+    def _regained(self) -> None:
+        logger.info('Connected to %s', self.describe)
+        self.reconnects += 1
+        if self.on_regained is not None:
+            self.on_regained()
 
     def _give_up(self, exc: Exception, failures: int) -> bool:
         """Whether to stop fetching for good after a broker error: retries disabled, or too many in a row

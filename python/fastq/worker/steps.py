@@ -249,6 +249,7 @@ class StepConsumer:
         self.steps: list[Any] = []
         self._connection: Any = None
         self._qos: StepQoS | None = None
+        self._lost = False  # stopped by connection_lost, until connection_regained
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.blueprint = ConsumerBlueprint(steps=self.app.steps['consumer'])
@@ -334,6 +335,25 @@ class StepConsumer:
         if self._connection is not None:
             self._thread = threading.Thread(target=self._drain, name='fastq-consumer-steps', daemon=True)
             self._thread.start()
+
+    def connection_lost(self) -> None:
+        """The worker lost the broker (its fetching failed): Celery restarts its consumer then, so the consumer
+        steps are stopped (`stop`, last started first) until `connection_regained`. (When they consume with
+        a kombu connection, `_drain` restarts them as that connection fails and comes back instead.)"""
+        if self._thread is not None or self._lost or self._stop.is_set() or self.blueprint.state != bootsteps.RUN:
+            return
+        self._lost = True
+        self.blueprint.restart(self)
+
+    def connection_regained(self) -> None:
+        """The broker is back: the consumer steps start again (Celery's consumer restart)."""
+        if not self._lost or self._stop.is_set():
+            return
+        self._lost = False
+        try:
+            self.blueprint.start(self)
+        except Exception as exc:
+            logger.exception('consumer: Cannot restart the consumer steps: %r', exc)
 
     def _drain(self) -> None:
         while not self._stop.is_set():

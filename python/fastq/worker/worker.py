@@ -277,6 +277,10 @@ class WorkController:
         self.fetcher.retry = bool(self.app.conf.broker_connection_retry)
         self.fetcher.max_retries = self.app.conf.broker_connection_max_retries
         self.fetcher.on_give_up = self._broker_lost
+        steps = self.step_consumer
+        if steps is not None:
+            self.fetcher.on_lost = lambda: self.loop.call_soon_threadsafe(steps.connection_lost)
+            self.fetcher.on_regained = lambda: self.loop.call_soon_threadsafe(steps.connection_regained)
         if carried:  # acks the fetcher queues ride with its next fetch; it hands them over before it waits
             self.settler.carrier = self.fetcher
             self.fetcher.handover = self.settler.hand_over
