@@ -393,6 +393,24 @@ def test_a_consumer_step_resets_the_rate_limits(memory_app: Fastq) -> None:
     assert ran == [1, 2]
 
 
+def test_worker_attributes_the_guide_lists(memory_app: Fastq) -> None:
+    """The guide's WorkController attributes a worker step may read: `statedb` (None: no --statedb) and
+    `use_eventloop` (False: no `hub`) are there, as on Celery's worker without them (fastq's had neither:
+    AttributeError)."""
+    seen: list[Any] = []
+
+    class Attributes(bootsteps.StartStopStep):
+        requires = ('celery.worker.components:Pool',)
+
+        def start(self, w: Any) -> None:
+            seen.append((w.statedb, w.use_eventloop, w.hub, w.autoscaler))
+
+    memory_app.steps['worker'].add(Attributes)
+    with InProcess(memory_app):
+        wait_until(lambda: bool(seen), 60, 'the worker step started')
+    assert seen == [(None, False, None, None)]
+
+
 def test_a_step_that_fails_to_start_stops_the_worker(memory_app: Fastq) -> None:
     class Broken(bootsteps.StartStopStep):
         def start(self, worker: Any) -> None:

@@ -201,6 +201,8 @@ class WorkController:
         # The application's bootsteps: built at `start` (after logging is set up, as Celery's are).
         self.timer = StepTimer(self.loop)
         self.hub = None  # (Celery's kombu hub: None, as on its thread-based pools)
+        self.use_eventloop = False  # (Celery's: whether `hub` is there)
+        self.statedb = None  # (Celery's --statedb store: fastq keeps revocations in the broker)
         self.steps: list[Any] = []
         self.blueprint: WorkerBlueprint | None = None
         self.step_consumer: StepConsumer | None = None
