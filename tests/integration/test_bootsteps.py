@@ -204,6 +204,10 @@ def test_consumer_steps_restart_when_the_broker_connection_is_lost(tmp_path: Pat
         code = w.stop(60)
         server.close()
     assert code == 0, w.log
+    # "Connected to" the broker when the worker starts and again after the outage, in the same (Celery's) words
+    from fastq.utils.text import as_uri
+
+    assert w.log.count(f'Connected to {as_uri(server.url(0))}\n') == 2, w.log
     said = [line.partition('] ')[2] for line in w.log.splitlines() if '<Consumer: ' in line and '] ' in line]
     assert said == [
         '<Consumer: re@example.com (running)> is starting',

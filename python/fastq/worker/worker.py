@@ -272,7 +272,7 @@ class WorkController:
             self.consumer,
             self.dispatcher.ledger,
             lambda ds: self.loop.call_soon_threadsafe(lambda: self.dispatcher.on_deliveries(ds)),  # type: ignore[union-attr]
-            self.broker.describe(),
+            as_uri(self.broker.url),  # (its "Connected to" after an outage says what the first one said, as Celery's)
             None if self.pool.runs_tasks_in_loop else self._deliver_here,
         )
         self.dispatcher.fetcher = self.fetcher
