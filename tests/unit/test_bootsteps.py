@@ -411,6 +411,36 @@ def test_worker_attributes_the_guide_lists(memory_app: Fastq) -> None:
     assert seen == [(None, False, None, None)]
 
 
+def test_timer_call_at_reads_eta_as_kombus_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`worker.timer.call_at(eta, ...)` as kombu's timer (Celery's worker.timer) reads `eta`: a number is on
+    the monotonic clock, a naive datetime is UTC. fastq read a number as a wall-clock time (so
+    `time.monotonic() + 60` fired at once) and a naive datetime as local time."""
+    import time
+    from datetime import datetime, timedelta
+
+    from fastq.worker.steps import StepTimer
+
+    monkeypatch.setenv('TZ', 'America/New_York')
+    time.tzset()
+    armed: list[float] = []
+
+    class Loop:
+        def call_soon_threadsafe(self, fn: Any) -> None:
+            fn()
+
+        def call_later(self, when: float, entry: Any) -> None:
+            armed.append(when)
+
+    try:
+        timer = StepTimer(Loop())  # type: ignore[arg-type]
+        timer.call_at(time.monotonic() + 60, print)
+        timer.call_at(datetime.utcnow() + timedelta(seconds=60), print)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert [round(when / 10) for when in armed] == [6, 6]
+
+
 def test_a_step_that_fails_to_start_stops_the_worker(memory_app: Fastq) -> None:
     class Broken(bootsteps.StartStopStep):
         def start(self, worker: Any) -> None:

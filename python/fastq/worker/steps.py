@@ -20,7 +20,7 @@ import importlib
 import logging
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fastq import bootsteps
@@ -154,8 +154,13 @@ class StepTimer:
         return self._arm(TimerEntry(fun, args, kwargs), float(secs), False)
 
     def call_at(self, eta: Any, fun: Any, args: Any = (), kwargs: Any = None, priority: int = 0) -> TimerEntry:
-        when = eta.timestamp() if isinstance(eta, datetime) else float(eta)
-        return self._arm(TimerEntry(fun, args, kwargs), when - time.time(), False)
+        """At `eta`, as kombu's timer reads it: a datetime (naive: UTC), or a number on the monotonic clock
+        (`time.monotonic() + 30`), which kombu's timer keeps time by."""
+        if isinstance(eta, datetime):
+            delay = (eta if eta.tzinfo else eta.replace(tzinfo=UTC)).timestamp() - time.time()
+        else:
+            delay = float(eta) - time.monotonic()
+        return self._arm(TimerEntry(fun, args, kwargs), delay, False)
 
     def call_repeatedly(
         self, secs: float, fun: Any, args: Any = (), kwargs: Any = None, priority: int = 0
