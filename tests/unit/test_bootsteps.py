@@ -441,6 +441,34 @@ def test_timer_call_at_reads_eta_as_kombus_timer(monkeypatch: pytest.MonkeyPatch
     assert [round(when / 10) for when in armed] == [6, 6]
 
 
+def test_inspect_stats_shows_what_the_steps_info_says(memory_app: Fastq) -> None:
+    """Celery's `inspect stats` merges each worker and consumer step's `info(parent)` into its reply (a plain
+    `Step` is not among the parent's steps: its info is not asked for, in Celery either); fastq's left it out."""
+    from fastq.worker.control import COMMANDS
+
+    class W(bootsteps.StartStopStep):
+        def info(self, w: Any) -> dict[str, Any]:
+            return {'my_worker_step': {'host': w.hostname}}
+
+    class C(bootsteps.StartStopStep):
+        def info(self, c: Any) -> dict[str, Any]:
+            return {'my_consumer_step': [1, 2]}
+
+    class Plain(bootsteps.Step):
+        def info(self, w: Any) -> dict[str, Any]:
+            return {'plain': True}
+
+    memory_app.steps['worker'].update([W, Plain])
+    memory_app.steps['consumer'].add(C)
+    with InProcess(memory_app, hostname='stats@example.com') as controller:
+        consumer = controller.step_consumer
+        wait_until(lambda: consumer is not None and consumer.blueprint.state == bootsteps.RUN, 60, 'consuming')
+        stats = COMMANDS['stats'](controller)
+    assert stats['my_worker_step'] == {'host': 'stats@example.com'}
+    assert stats['my_consumer_step'] == [1, 2]
+    assert 'plain' not in stats and stats['pid'] and stats['rusage']
+
+
 def test_a_step_that_fails_to_start_stops_the_worker(memory_app: Fastq) -> None:
     class Broken(bootsteps.StartStopStep):
         def start(self, worker: Any) -> None:

@@ -177,6 +177,7 @@ def _stats(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
         'pool': pool_info,
         'broker': broker_info(str(getattr(broker, 'url', '') or worker.app.conf.broker_url or '')),
         'prefetch_count': worker.window,
+        **_steps_info(worker),
         'rusage': {  # (Celery's keys: every field of getrusage)
             'utime': usage.ru_utime,
             'stime': usage.ru_stime,
@@ -197,6 +198,18 @@ def _stats(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
         },
         'sw_ident': 'fastq',
     }
+
+
+def _steps_info(worker: WorkController) -> dict[str, Any]:
+    """What the application's worker and consumer bootsteps say in `info(parent)`: Celery merges it into the
+    stats reply (a step's `info` returning {'my_step': {...}} is shown by `inspect stats`)."""
+    info: dict[str, Any] = {}
+    if worker.blueprint is not None:
+        info.update(worker.blueprint.info(worker))
+    consumer = worker.step_consumer
+    if consumer is not None:
+        info.update(consumer.blueprint.info(consumer))
+    return info
 
 
 _DEFAULT_PORTS = {'redis': 6379, 'rediss': 6379, 'amqp': 5672, 'amqps': 5671, 'pyamqp': 5672}
