@@ -441,6 +441,16 @@ def test_timer_call_at_reads_eta_as_kombus_timer(monkeypatch: pytest.MonkeyPatch
     assert [round(when / 10) for when in armed] == [6, 6]
 
 
+def test_timer_entries_say_whether_they_were_cancelled_in_both_spellings() -> None:
+    """kombu's timer entries have `cancelled` and `canceled`; fastq's had only `cancelled` (AttributeError)."""
+    from fastq.worker.steps import TimerEntry
+
+    entry = TimerEntry(print, (), {})
+    assert (entry.canceled, entry.cancelled) == (False, False)
+    entry.cancel()
+    assert (entry.canceled, entry.cancelled) == (True, True)
+
+
 def test_inspect_stats_shows_what_the_steps_info_says(memory_app: Fastq) -> None:
     """Celery's `inspect stats` merges each worker and consumer step's `info(parent)` into its reply (a plain
     `Step` is not among the parent's steps: its info is not asked for, in Celery either); fastq's left it out."""

@@ -125,6 +125,11 @@ class TimerEntry:
         if self.handle is not None:
             self.handle.cancel()
 
+    @property
+    def canceled(self) -> bool:
+        """kombu's `Entry.canceled` (it has both spellings)."""
+        return self.cancelled
+
     def __call__(self) -> None:
         if self.cancelled:
             return
