@@ -479,16 +479,28 @@ def test_inspect_stats_shows_what_the_steps_info_says(memory_app: Fastq) -> None
     assert 'plain' not in stats and stats['pid'] and stats['rusage']
 
 
-def test_a_step_that_fails_to_start_stops_the_worker(memory_app: Fastq) -> None:
+@pytest.mark.parametrize('blueprint', ['worker', 'consumer'])
+def test_a_step_that_fails_to_start_stops_the_worker(
+    memory_app: Fastq, connected: Any, caplog: pytest.LogCaptureFixture, blueprint: str
+) -> None:
+    """Celery's words ('Unrecoverable error: RuntimeError(...)', CRITICAL) and exit code 1, without a
+    "worker: Warm shutdown" nor worker_shutting_down, which Celery's worker sends for signals only (fastq
+    said 'Unrecoverable error starting a bootstep: ...' and announced a warm shutdown)."""
+    shutting_down: list[Any] = []
+
     class Broken(bootsteps.StartStopStep):
         def start(self, worker: Any) -> None:
             raise RuntimeError('cannot start')
 
-    memory_app.steps['worker'].add(Broken)
+    memory_app.steps[blueprint].add(Broken)
+    connected(signals.worker_shutting_down, lambda sender, **kw: shutting_down.append(kw))
     w = InProcess(memory_app)
     with w:
         w.thread.join(30)
     assert w.code == 1
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == 'celery.worker']
+    assert ('CRITICAL', "Unrecoverable error: RuntimeError('cannot start')") in said
+    assert not [message for _, message in said if 'shutdown' in message] and shutting_down == []
 
 
 def test_a_consumer_step_needs_a_broker_kombu_can_reach(memory_app: Fastq) -> None:

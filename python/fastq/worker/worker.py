@@ -315,15 +315,17 @@ class WorkController:
 
     def _start_steps(self, blueprint: Any, parent: Any) -> bool:
         """Start the worker's steps (`parent` is the worker) or the consumer's (`blueprint` is the
-        StepConsumer); False, shutting down with exit code 1, if one raised (Celery's worker stops too)."""
+        StepConsumer); False, shutting down with exit code 1, if one raised: as Celery's worker, it says
+        'Unrecoverable error: ...' and stops, without announcing a warm shutdown (no worker_shutting_down:
+        Celery sends it for signals only)."""
         if blueprint is None:
             return True
         try:
             blueprint.start(parent) if parent is not None else blueprint.start()
         except Exception as exc:
-            logger.critical('Unrecoverable error starting a bootstep: %r', exc, exc_info=True)
+            logger.critical('Unrecoverable error: %r', exc, exc_info=True)
             self.exitcode = 1
-            self.request_shutdown('warm')
+            self._shutdown = self._shutdown or 'warm'
             return False
         return True
 
