@@ -1,17 +1,23 @@
 """The worker's side of bootsteps (fastq.bootsteps): its two blueprints, stand-ins for Celery's own steps, and
 the objects steps receive as `parent`.
 
-A worker step gets the `WorkController` (`app`, `hostname`, `pool` once started, `timer`, `hub` = None as on
-Celery's thread-based pools, `blueprint`, `steps`, `concurrency`); a consumer step gets a `StepConsumer`
-(`app`, `controller`, `hostname`, `pool`, `timer`, `connection`, `blueprint`, `steps`). fastq's own parts
-are not steps, so Celery's step paths in `requires` resolve to the no-op stand-ins below: each marks the
-moment its fastq part is running (every worker step starts after the pool has started and before the worker
-connects to the broker; every consumer step once the worker consumes, before `worker_ready`).
+A worker step gets the `WorkController` (`app`, `hostname`, `pool` once started, `timer`, `hub` = None and
+`use_eventloop` = False as on Celery's thread-based pools, `statedb` = None, `autoscaler`, `blueprint`,
+`steps`, `concurrency`); a consumer step gets a `StepConsumer` (`app`, `controller`, `hostname`, `pool`,
+`timer`, `connection`, `event_dispatcher`, `qos`, `blueprint`, `steps`, and the methods `add_task_queue`,
+`cancel_task_queue`, `reset_rate_limits`). Both print as Celery's ('<Worker: w@example.com (running)>').
+Not there: the consumer's `gossip` (fastq workers do not gossip), `heart`, `task_consumer`, `strategies`,
+`task_buckets`/`bucket_for_task` and `apply_eta_task` (fastq's consuming and rate limiting are not kombu's);
+the worker's `consumer` is fastq's broker consumer, not Celery's Consumer. fastq's own parts are not steps,
+so Celery's step paths in `requires` resolve to the no-op stand-ins below: each marks the moment its fastq
+part is running (every worker step starts after the pool has started and before the worker connects to the
+broker; every consumer step once the worker consumes, before `worker_ready`).
 
+As Celery's consumer restarts when the broker connection is lost, the consumer steps are stopped when the
+worker's fetching fails and started again once it works (`connection_lost`/`connection_regained`).
 `StepConsumer.connection` is a kombu `Connection` to the broker, opened on first use (by a `ConsumerStep`):
 the consumers steps create on it are served by one thread, `fastq-consumer-steps`, which drains its events
-and, if the connection is lost, stops the consumer steps, reconnects and starts them again (Celery's consumer
-restart). fastq's own consuming is separate and reconnects by itself.
+and, if that connection is lost, stops the consumer steps, reconnects and starts them again.
 """
 
 from __future__ import annotations
