@@ -127,6 +127,8 @@ def not_this_worker(sender: str, **kwargs: Any) -> None:
 
 @signals.celeryd_after_setup.connect
 def setup_direct_queue(sender: str, instance: Any, **kwargs: Any) -> None:
+    if instance.app is not app:  # (tests import this module: an in-process worker of another app must not
+        return  # get the queue, as a test of contrib.testing's start_worker did when it ran later)
     instance.app.amqp.queues.select_add(f'{sender}.dq')
     record(f'celeryd_after_setup {sender}')
 
