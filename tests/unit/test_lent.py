@@ -29,7 +29,7 @@ def _app(**task: Any) -> Any:
     return SimpleNamespace(
         tasks={'tasks.add': add},
         timezone=dt.UTC,
-        broker=SimpleNamespace(child_lead=lambda spec: SimpleNamespace(spec=spec)),
+        read_broker=SimpleNamespace(child_lead=lambda spec: SimpleNamespace(spec=spec)),  # (where a worker consumes)
         conf=SimpleNamespace(worker_deduplicate_successful_tasks=False),
     )
 
