@@ -18,6 +18,8 @@ __all__ = [
     'BackendStoreError',
     'DuplicateNodenameWarning',
     'BrokerConnectionError',
+    'CDeprecationWarning',
+    'CPendingDeprecationWarning',
     'CeleryError',
     'ChordError',
     'ContentDisallowed',
@@ -57,6 +59,14 @@ class FastqWarning(UserWarning):
 
 
 CeleryWarning = FastqWarning
+
+
+class CDeprecationWarning(FastqWarning):
+    """Celery's: something Celery deprecated and still accepts (e.g. `Signal.disconnect(weak=...)`)."""
+
+
+class CPendingDeprecationWarning(FastqWarning):
+    """Celery's: something Celery will deprecate."""
 
 
 class AlwaysEagerIgnored(FastqWarning):

@@ -85,7 +85,7 @@ class _AppSignal:
     def __init__(self, name: str) -> None:
         from fastq.signals import Signal
 
-        self._signal = Signal(name)
+        self._signal = Signal(name=name)
 
     def connect(self, receiver: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
         kwargs.setdefault('weak', False)
@@ -152,9 +152,9 @@ class Fastq:
         self._local = threading.local()
         self._send_plans: dict[Any, Any] = {}  # see fastq.sending.plan_for
         self._origin: tuple[int, str] | None = None
-        self.on_after_configure = _AppSignal('on_after_configure')
-        self.on_after_finalize = _AppSignal('on_after_finalize')
-        self.on_configure = _AppSignal('on_configure')
+        self.on_after_configure = _AppSignal(name='on_after_configure')
+        self.on_after_finalize = _AppSignal(name='on_after_finalize')
+        self.on_configure = _AppSignal(name='on_configure')
         self._configured = False
         self._pending_periodic_tasks: list[tuple[str, dict[str, Any], str | None]] = []
         #: Custom command-line options (click `Option`s) by command: 'worker', 'beat', 'events', and 'preload'

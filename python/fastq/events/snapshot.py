@@ -68,8 +68,8 @@ class Polaroid:
     """Record event snapshots: subclass it and override `on_shutter` (and `on_cleanup`)."""
 
     timer: Any = None
-    shutter_signal = Signal('shutter_signal', providing_args={'state'})
-    cleanup_signal = Signal('cleanup_signal')
+    shutter_signal = Signal(name='shutter_signal', providing_args={'state'})
+    cleanup_signal = Signal(name='cleanup_signal')
     #: Empty the state after each shot (tasks still running are kept).
     clear_after = False
 

@@ -35,9 +35,9 @@ WORKER_LOGLEVEL = os.environ.get('WORKER_LOGLEVEL', 'error')
 #: How long `start_worker` waits for the worker to be consuming (a broker that is down fails the test here).
 START_TIMEOUT = 60.0
 
-test_worker_starting = Signal('test_worker_starting')
-test_worker_started = Signal('test_worker_started', providing_args={'worker', 'consumer'})
-test_worker_stopped = Signal('test_worker_stopped', providing_args={'worker'})
+test_worker_starting = Signal(name='test_worker_starting')
+test_worker_started = Signal(name='test_worker_started', providing_args={'worker', 'consumer'})
+test_worker_stopped = Signal(name='test_worker_stopped', providing_args={'worker'})
 
 
 class TestWorkController(WorkController):
