@@ -508,7 +508,7 @@ def _outgoing(messages: Sequence[_Message]) -> list[Outgoing]:
             continue
         message = protocol.message_from_fields(f)
         if signals.before_task_publish.receivers:
-            properties = message.properties
+            properties = _signal_properties(message.properties, plan, priority, expiration)
             signals.before_task_publish.send(
                 sender=f[_NAME],
                 body=_signal_body(f),
@@ -523,12 +523,29 @@ def _outgoing(messages: Sequence[_Message]) -> list[Outgoing]:
             # properties dict to the producer as its keyword arguments).
             priority = properties.pop('priority', priority)
             delivery_mode = properties.pop('delivery_mode', delivery_mode)
-            expiration = properties.pop('expiration', expiration)
+            expiration = _expiration_ms(properties.pop('expiration', None))
         envelope = message.to_envelope(exchange, routing_key, priority, delivery_mode, expiration, f[_TAG])
         out.append(
             Outgoing(message, plan.queue, exchange, routing_key, priority, delivery_mode, expiration, m.eta, envelope)
         )
     return out
+
+
+def _signal_properties(properties: dict[str, Any], plan: Any, priority: Any, expiration: str | None) -> dict[str, Any]:
+    """The message properties as Celery's `before_task_publish` has them: with the publish options Celery hands
+    to kombu among them, `priority` when one was asked for (not the `task_default_priority` fastq fills in) and
+    `expiration` in seconds (from `expires`; on the wire it is milliseconds)."""
+    if priority is not None and (plan.priority is not None or priority != plan.default_priority):
+        properties['priority'] = priority
+    if expiration is not None:
+        seconds = int(expiration) / 1000
+        properties['expiration'] = int(seconds) if seconds.is_integer() else seconds
+    return properties
+
+
+def _expiration_ms(seconds: Any) -> str | None:
+    """A `before_task_publish` receiver's `expiration` (seconds, as kombu takes it) as the wire's milliseconds."""
+    return None if seconds is None else str(max(round(float(seconds) * 1000), 0))
 
 
 def _signal_body(f: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any, dict[str, Any]]:

@@ -210,6 +210,29 @@ def test_before_task_publish_as_celery_sends_it(memory_app: Fastq) -> None:
     assert [q.name for q in seen[0]['declare']] == [memory_app.conf.task_default_queue]
 
 
+def test_before_task_publish_properties_hold_celerys_publish_options(memory_app: Fastq) -> None:
+    """`properties` carries what Celery hands kombu besides the message's own: the priority asked for and
+    the expiration in seconds; an expiration a receiver sets (seconds) goes on the wire in milliseconds."""
+    add, _ = _tasks(memory_app)
+    seen: list[dict[str, Any]] = []
+
+    def receiver(properties: dict[str, Any], **kwargs: Any) -> None:
+        seen.append({k: v for k, v in properties.items() if k in ('priority', 'expiration')})
+        if len(seen) == 3:
+            properties['expiration'] = 30
+
+    signals.before_task_publish.connect(receiver)
+    try:
+        add.apply_async((1, 1), priority=3)
+        add.apply_async((1, 1), expires=60)
+        add.delay(1, 1)
+    finally:
+        signals.before_task_publish.disconnect(receiver)
+    assert seen == [{'priority': 3}, {'expiration': 60}, {}]
+    payloads = _memory_payloads(memory_app)
+    assert [p['properties'].get('expiration') for p in payloads] == [None, '60000', '30000']
+
+
 def test_before_task_publish_declare_as_celery(memory_app: Fastq) -> None:
     """`declare` is what the publish declares, as Celery passes it: the configured Queue published to, none for a
     Broadcast queue, the `declare` option when given."""
