@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import signal
@@ -396,7 +397,15 @@ def test_celeryd_init_comes_first(worker: Any, tmp_path: Path) -> None:
     w = worker('-n', 'named@%h', extra_env=env)
     assert 'CUSTOM INFO named@' in w.log  # the format its receiver set: logging came after it
     (line,) = record.read_text().splitlines()
-    assert line.startswith('named@') and line.endswith(' INFO 2')
+    node, loglevel, concurrency, keys = line.split(' ', 3)
+    assert node.startswith('named@') and (loglevel, concurrency) == ('20', '2')  # (Celery's level: a number)
+    # The options `celery worker` passes, so a receiver written for Celery finds each of them.
+    celerys = {'autoscale', 'beat', 'concurrency', 'detach', 'exclude_queues', 'executable', 'heartbeat_interval',
+               'include', 'logfile', 'loglevel', 'max_memory_per_child', 'max_tasks_per_child', 'no_color',
+               'optimization', 'pidfile', 'pool', 'pool_cls', 'pool_start_method', 'prefetch_multiplier', 'purge',
+               'queues', 'schedule_filename', 'scheduler', 'soft_time_limit', 'statedb', 'task_events',
+               'time_limit', 'umask', 'without_gossip', 'without_heartbeat', 'without_mingle'}  # fmt: skip
+    assert celerys <= set(ast.literal_eval(keys))
 
 
 def test_a_custom_header_reads_as_a_request_attribute(tasks: Any, worker: Any) -> None:

@@ -29,7 +29,7 @@ def _configure_this_worker(sender: str, conf: Any, options: dict[str, Any], **kw
         conf.worker_log_format = fmt
     path = os.environ.get('WORKER_TASKS_INIT_RECORD')
     if path:
-        _record(path, f'{sender} {options.get("loglevel")} {options.get("concurrency")}')
+        _record(path, f'{sender} {options["loglevel"]} {options["concurrency"]} {sorted(options)}')
 
 
 class CustomError(Exception):

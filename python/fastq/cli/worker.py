@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -110,6 +111,30 @@ def _concurrency_arg(value: str) -> int | str | None:
     return number or None
 
 
+def _celery_options(app: Fastq, args: argparse.Namespace) -> dict[str, Any]:
+    """The rest of `celery worker`'s options as its `celeryd_init` receivers find them in `options` (a
+    receiver reading `options['without_mingle']` or `options['purge']` works on either); `pool` is the
+    name given with -P (Celery's holds its pool class)."""
+    return {
+        'pool': args.pool,
+        'include': args.include,
+        'exclude_queues': args.exclude_queues,
+        'optimization': args.optimization or 'default',
+        'pool_start_method': args.pool_start_method,
+        'purge': args.purge,
+        'statedb': args.statedb,
+        'schedule_filename': args.schedule_filename or app.conf.beat_schedule_filename,
+        'scheduler': args.scheduler,
+        'heartbeat_interval': args.heartbeat_interval,
+        'without_gossip': args.without_gossip,
+        'without_mingle': args.without_mingle,
+        'without_heartbeat': args.without_heartbeat,
+        'umask': args.umask,
+        'executable': args.executable,
+        'no_color': bool(getattr(args, 'no_color', False)),
+    }
+
+
 def _warn_no_ops(args: argparse.Namespace) -> None:
     for option, message in NO_OPS.items():
         value = getattr(args, option, None)
@@ -169,6 +194,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
     node, pidfile = _detach_if_asked(args)
     if pidfile:
         check_pidfile(pidfile)  # (said on the terminal, before logging takes stderr over)
+    prefetch = 1 if args.disable_prefetch or app.conf.worker_disable_prefetch else args.prefetch_multiplier
     # Made before logging is set up, as Celery's: its `celeryd_init` receivers may configure logging too.
     worker = WorkController(
         app,
@@ -177,9 +203,7 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
         pool=args.pool,
         processes=args.processes,
         queues=_split(args.queues) or None,
-        prefetch_multiplier=1
-        if args.disable_prefetch or app.conf.worker_disable_prefetch
-        else args.prefetch_multiplier,
+        prefetch_multiplier=prefetch,
         max_tasks_per_child=args.max_tasks_per_child,
         max_memory_per_child=args.max_memory_per_child,
         time_limit=args.time_limit,
@@ -194,10 +218,12 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         autoscale=args.autoscale,
         options={
-            'loglevel': loglevel,
+            'loglevel': logging.getLevelName(loglevel),  # (a number, as Celery's: 20 for INFO)
             'logfile': args.logfile,
             'pidfile': pidfile,
             'detach': args.detach,
+            **_celery_options(app, args),
+            'prefetch_multiplier': prefetch or app.conf.worker_prefetch_multiplier,  # (the one in force)
             **getattr(args, 'user_options', {}),  # (app.user_options['worker'] and ['preload']: fastq.cli.options)
         },
     )
