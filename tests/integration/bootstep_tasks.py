@@ -186,6 +186,13 @@ def received(sender: Any, request: Any, **kwargs: Any) -> None:
         f'{request.parent_id} {request.group} {bool(request.reply_to)} {info["exchange"]!r} {info["routing_key"]} '
         f'{info["priority"]} {info["redelivered"]} {request.eta}'
     )
+    celerys = {'args', 'kwargs', 'properties', 'reply_to', 'correlation_id', 'hostname', 'delivery_info', 'argsrepr'}
+    record(
+        f'task_received-more {request.id} {request.type} {request.argsrepr} {request.kwargsrepr} '
+        f'{request.content_type} {request.content_encoding} {request.utc} {request.ignore_result} '
+        f'{request.store_errors} {request.stamps} {request.groups} {request.chord} '
+        f'{celerys <= request.request_dict.keys()} {request.request_dict["args"]}'
+    )
 
 
 @signals.task_rejected.connect

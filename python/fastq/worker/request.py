@@ -60,7 +60,10 @@ class Request:
         self.app = app
         request = job.request
         self.id = self.task_id = self.correlation_id = request.id
-        self.name = self.task_name = request.task
+        self.type = request.task  # (the registered name; `name` is the one shown, a shadow name if it has one)
+        self.name = self.task_name = request.shadow or request.task
+        self.argsrepr = request.argsrepr
+        self.kwargsrepr = request.kwargsrepr
         self.hostname = job.hostname
         self.root_id = request.root_id
         self.parent_id = request.parent_id
@@ -69,6 +72,65 @@ class Request:
         self.eta = None if request.eta is None else datetime.fromtimestamp(request.eta, UTC)
         self.expires = None if request.expires is None else datetime.fromtimestamp(request.expires, UTC)
         self.time_limits = (job.time_limit, job.soft_time_limit)
+
+    # Celery's: the message's times are read as UTC.
+    utc = True
+
+    @property
+    def tzlocal(self) -> Any:
+        return self.app.conf.timezone
+
+    @property
+    def content_type(self) -> str | None:
+        message = self._job.delivery.message
+        return message.content_type if message is not None else None
+
+    @property
+    def content_encoding(self) -> str | None:
+        message = self._job.delivery.message
+        return getattr(message, 'content_encoding', None) if message is not None else None
+
+    @property
+    def ignore_result(self) -> bool:
+        """The message's `ignore_result`, or the task's when the message leaves it to it (Celery's)."""
+        value = self._headers().get('ignore_result')
+        if value is None:
+            return bool(getattr(self.task, 'ignore_result', False))
+        return bool(value)
+
+    @property
+    def store_errors(self) -> bool:
+        return not self.ignore_result or bool(getattr(self.task, 'store_errors_even_if_ignored', False))
+
+    @property
+    def replaced_task_nesting(self) -> int:
+        return self._headers().get('replaced_task_nesting') or 0
+
+    @property
+    def groups(self) -> list[str]:
+        groups: list[str] = self._headers().get('groups', [])
+        return groups
+
+    @property
+    def stamped_headers(self) -> list[str]:
+        return self._headers().get('stamped_headers') or []
+
+    @property
+    def stamps(self) -> dict[str, Any]:
+        stamps = self._headers().get('stamps') or {}
+        return {header: stamps.get(header) for header in self.stamped_headers}
+
+    @property
+    def chord(self) -> Any:
+        return self._embed().get('chord')
+
+    @property
+    def errbacks(self) -> Any:
+        return self._embed().get('errbacks')
+
+    def _headers(self) -> dict[str, Any]:
+        message = self._job.delivery.message
+        return message.headers if message is not None else {}
 
     @property
     def delivery_info(self) -> dict[str, Any]:
@@ -105,30 +167,41 @@ class Request:
 
     @property
     def request_dict(self) -> dict[str, Any]:
-        """The message's headers (decoded on first use: the parent does not otherwise read them all)."""
-        message = self._job.delivery.message
-        return dict(message.headers) if message is not None else {}
+        """Celery's: the message's headers with its properties, reply_to, correlation_id, hostname,
+        delivery_info, args and kwargs (decoded on first use: the parent does not otherwise read them all)."""
+        properties = self._properties()
+        args, kwargs, _ = self._payload()
+        return {
+            **self._headers(),
+            'properties': properties,
+            'reply_to': properties.get('reply_to'),
+            'correlation_id': properties.get('correlation_id'),
+            'hostname': self.hostname,
+            'delivery_info': self.delivery_info,
+            'args': args,
+            'kwargs': kwargs,
+        }
 
     @property
     def args(self) -> Any:
-        return self._body()[0]
+        return self._payload()[0]
 
     @property
     def kwargs(self) -> Any:
-        return self._body()[1]
+        return self._payload()[1]
 
-    def _body(self) -> tuple[Any, Any]:
+    def _embed(self) -> dict[str, Any]:
+        return self._payload()[2] or {}
+
+    def _payload(self) -> tuple[Any, Any, Any]:
         from fastq import protocol
         from fastq.serialization import accept_set
 
         message = self._job.delivery.message
         if message is None:
-            return (), {}
+            return (), {}, {}
         accept = accept_set([message.content_type])
-        args, kwargs, _ = protocol.decode_body(
-            message.body, message.content_type, message.headers.get('compression'), accept
-        )
-        return args, kwargs
+        return protocol.decode_body(message.body, message.content_type, message.headers.get('compression'), accept)
 
     def on_timeout(self, soft: bool, timeout: float | None) -> None:
         """The task ran over its time limit (`soft` False: the parent killed it)."""
