@@ -572,7 +572,7 @@ class Task(Generic[P, R]):
 
         return apply_eagerly(
             self,
-            list(args or ()),
+            args or (),  # (as given, as Celery's: `apply((1,))`'s signals and request hold the tuple)
             dict(kwargs or {}),
             task_id=task_id or str(uuid.uuid4()),
             retries=retries or 0,

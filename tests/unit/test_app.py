@@ -144,6 +144,48 @@ def test_apply_and_always_eager(app: Fastq) -> None:
     assert who.delay(4).get() == (True, 4)
 
 
+def test_apply_keeps_the_arguments_as_given(app: Fastq) -> None:
+    """Celery's `apply` runs the task with the args it was given (a tuple stays a tuple, none is `()`): its
+    task_prerun/postrun/failure receivers and `self.request.args` see them so; `delay` in eager mode sends
+    them through the serializer, a list."""
+    seen: list[tuple[str, Any, Any]] = []
+
+    def prerun(task: Any, args: Any, **kwargs: Any) -> None:
+        seen.append(('prerun', args, task.request.args))
+
+    def failure(args: Any, **kwargs: Any) -> None:
+        seen.append(('failure', args, None))
+
+    @app.task
+    def echo(x: int = 0) -> int:
+        if x < 0:
+            raise ValueError(x)
+        return x
+
+    signals.task_prerun.connect(prerun)
+    signals.task_failure.connect(failure)
+    try:
+        echo.apply((1,))
+        echo.apply()
+        echo.apply([2])
+        echo.apply((-1,))
+        echo.s(3).apply()
+        app.conf.task_always_eager = True
+        echo.delay(4)
+    finally:
+        signals.task_prerun.disconnect(prerun)
+        signals.task_failure.disconnect(failure)
+    assert seen == [
+        ('prerun', (1,), (1,)),
+        ('prerun', (), ()),
+        ('prerun', [2], [2]),
+        ('prerun', (-1,), (-1,)),
+        ('failure', (-1,), None),
+        ('prerun', (3,), (3,)),
+        ('prerun', [4], [4]),
+    ]
+
+
 def test_eager_round_trips_arguments_through_the_serializer(app: Fastq) -> None:
     from fastq.exceptions import EncodeError
 

@@ -14,7 +14,7 @@ import random
 import time
 import traceback as tb
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -162,7 +162,7 @@ def _autoretry(task: Task[Any, Any], exc: BaseException) -> None:
     task.retry(exc=exc, **options)
 
 
-def execute(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], request: dict[str, Any]) -> Outcome:
+def execute(task: Task[Any, Any], args: Sequence[Any], kwargs: dict[str, Any], request: dict[str, Any]) -> Outcome:
     """Run `task` with a request built from `request` (Context fields, a dict the request then owns: it
     becomes the Context's attributes) and return what happened."""
     ctx, started = _enter(task, args, kwargs, request)
@@ -195,7 +195,7 @@ def execute(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], reque
 
 async def execute_async(
     task: Task[Any, Any],
-    args: list[Any],
+    args: Sequence[Any],
     kwargs: dict[str, Any],
     request: dict[str, Any],
     guard: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None,
@@ -238,7 +238,7 @@ async def execute_async(
 
 
 def _enter(
-    task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], request: dict[str, Any]
+    task: Task[Any, Any], args: Sequence[Any], kwargs: dict[str, Any], request: dict[str, Any]
 ) -> tuple[Context, float]:
     request['args'] = args
     request['kwargs'] = kwargs
@@ -255,7 +255,7 @@ def _leave(task: Task[Any, Any]) -> None:
     task.pop_request()
 
 
-def _prerun(task: Task[Any, Any], ctx: Context, args: list[Any], kwargs: dict[str, Any]) -> None:
+def _prerun(task: Task[Any, Any], ctx: Context, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
     task_id = ctx.id or ''
     if task.track_started and _store_allowed(task, ctx, failure=False):
         _results(task).mark_as_started(task_id, pid=_pid(), hostname=ctx.hostname)
@@ -264,7 +264,7 @@ def _prerun(task: Task[Any, Any], ctx: Context, args: list[Any], kwargs: dict[st
 
 
 def _on_exception(
-    task: Task[Any, Any], ctx: Context, exc: BaseException, args: list[Any], kwargs: dict[str, Any], started: float
+    task: Task[Any, Any], ctx: Context, exc: BaseException, args: Sequence[Any], kwargs: dict[str, Any], started: float
 ) -> Outcome:
     """The outcome of a task body that raised `exc` (KeyboardInterrupt and SystemExit propagate)."""
     task_id = ctx.id or ''
@@ -308,7 +308,7 @@ def _may_store_later(task: Task[Any, Any], ctx: Context) -> bool:
 
 
 def _on_success(
-    task: Task[Any, Any], ctx: Context, retval: Any, args: list[Any], kwargs: dict[str, Any], started: float
+    task: Task[Any, Any], ctx: Context, retval: Any, args: Sequence[Any], kwargs: dict[str, Any], started: float
 ) -> Outcome:
     task_id = ctx.id or ''
     try:
@@ -342,7 +342,7 @@ def _on_success(
 
 
 def _on_failure(
-    task: Task[Any, Any], ctx: Context, exc: BaseException, args: list[Any], kwargs: dict[str, Any], started: float
+    task: Task[Any, Any], ctx: Context, exc: BaseException, args: Sequence[Any], kwargs: dict[str, Any], started: float
 ) -> Outcome:
     task_id = ctx.id or ''
     einfo = _Einfo(exc)
@@ -377,7 +377,7 @@ def _store_failure(task: Task[Any, Any], ctx: Context, exc: BaseException, trace
 
 
 def _announce_failure(
-    task: Task[Any, Any], ctx: Context, exc: BaseException, args: list[Any], kwargs: dict[str, Any], einfo: _Einfo
+    task: Task[Any, Any], ctx: Context, exc: BaseException, args: Sequence[Any], kwargs: dict[str, Any], einfo: _Einfo
 ) -> None:
     """`task_failure`, then the errbacks."""
     signals.task_failure.send(
@@ -396,7 +396,7 @@ def _announce_failure(
 
 
 def _on_reject(
-    task: Task[Any, Any], ctx: Context, exc: Reject, args: list[Any], kwargs: dict[str, Any], started: float
+    task: Task[Any, Any], ctx: Context, exc: Reject, args: Sequence[Any], kwargs: dict[str, Any], started: float
 ) -> Outcome:
     """A task that raised Reject: logged as Celery does, a warning with the traceback.
 
@@ -469,7 +469,7 @@ def _on_internal_error(
     task: Task[Any, Any],
     ctx: Context,
     exc: Exception,
-    args: list[Any],
+    args: Sequence[Any],
     kwargs: dict[str, Any],
     started: float,
     state: str | None,
@@ -505,7 +505,7 @@ def signal_internal_error(task: Any, request: dict[str, Any], exc: Exception, ar
     return einfo
 
 
-def _finish(task: Task[Any, Any], ctx: Context, outcome: Outcome, args: list[Any], kwargs: dict[str, Any]) -> None:
+def _finish(task: Task[Any, Any], ctx: Context, outcome: Outcome, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
     task_id = ctx.id or ''
     retval = outcome.retval if outcome.state == states.SUCCESS else outcome.exception
     if outcome.state not in _NOT_RETURNED:
@@ -517,7 +517,7 @@ def _finish(task: Task[Any, Any], ctx: Context, outcome: Outcome, args: list[Any
 
 
 def _postrun(
-    task: Task[Any, Any], ctx: Context, args: list[Any], kwargs: dict[str, Any], retval: Any, state: str | None
+    task: Task[Any, Any], ctx: Context, args: Sequence[Any], kwargs: dict[str, Any], retval: Any, state: str | None
 ) -> None:
     if signals.task_postrun.connected:  # (checked here: building the call costs more than the send, per task)
         signals.task_postrun.send(
@@ -533,7 +533,7 @@ def _pid() -> int:
 
 def apply_eagerly(
     task: Task[Any, Any],
-    args: list[Any],
+    args: Sequence[Any],
     kwargs: dict[str, Any],
     *,
     task_id: str,
