@@ -201,3 +201,23 @@ def test_an_internal_error_in_an_eager_call_is_raised(app: Fastq, monkeypatch: p
     monkeypatch.setattr(app.backend, 'store_result', broken)
     with pytest.raises(RuntimeError, match='store broke'):
         add.apply((1, 2))
+
+
+def test_task_prerun_runs_before_started_is_stored(app: Fastq) -> None:
+    """Celery's tracer sends task_prerun, then stores STARTED (track_started), then runs the task."""
+    seen: list[tuple[str, str]] = []
+
+    @app.task(track_started=True)
+    def tracked() -> None:
+        seen.append(('run', app.AsyncResult('s1').state))
+
+    def prerun(task_id: str, **kwargs: Any) -> None:
+        seen.append(('prerun', app.AsyncResult(task_id).state))
+
+    signals.task_prerun.connect(prerun)
+    try:
+        outcome = execute(tracked, [], {}, _request('s1', tracked.name))
+    finally:
+        signals.task_prerun.disconnect(prerun)
+    assert outcome.state == states.SUCCESS
+    assert seen == [('prerun', states.PENDING), ('run', states.STARTED)]

@@ -257,10 +257,11 @@ def _leave(task: Task[Any, Any]) -> None:
 
 def _prerun(task: Task[Any, Any], ctx: Context, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
     task_id = ctx.id or ''
-    if task.track_started and _store_allowed(task, ctx, failure=False):
-        _results(task).mark_as_started(task_id, pid=_pid(), hostname=ctx.hostname)
     if signals.task_prerun.connected:  # (checked here: building the call costs more than the send, per task)
         signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
+    # STARTED after task_prerun, as Celery's tracer stores it: its receivers run before the task is seen started.
+    if task.track_started and _store_allowed(task, ctx, failure=False):
+        _results(task).mark_as_started(task_id, pid=_pid(), hostname=ctx.hostname)
 
 
 def _on_exception(
