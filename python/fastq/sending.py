@@ -490,9 +490,10 @@ class _Context:
         return _Message(fields, plan, None, result)
 
 
-def _outgoing(messages: Sequence[_Message]) -> list[Outgoing]:
+def _outgoing(messages: Sequence[_Message], policies: list[dict[str, Any]] | None = None) -> list[Outgoing]:
     """Outgoing messages with their envelopes: built together in Rust, unless something needs the headers
-    as a dict first (a `before_task_publish` receiver may change them) or the serializer is Python's."""
+    as a dict first (a `before_task_publish` receiver may change them) or the serializer is Python's. The
+    retry policies handed to `before_task_publish` receivers (who may change them) go to `policies`."""
     hooked = bool(signals.before_task_publish.receivers or signals.after_task_publish.receivers)
     native = [m.fields for m in messages if m.plan.native and not hooked]
     envelopes = iter(protocol.task_envelopes(native) if native else ())
@@ -509,6 +510,7 @@ def _outgoing(messages: Sequence[_Message]) -> list[Outgoing]:
         message = protocol.message_from_fields(f)
         if signals.before_task_publish.receivers:
             properties = _signal_properties(message.properties, plan, priority, expiration)
+            policy = dict(plan.publish_retry_policy)  # (a copy: the plan is shared)
             signals.before_task_publish.send(
                 sender=f[_NAME],
                 body=_signal_body(f),
@@ -517,8 +519,10 @@ def _outgoing(messages: Sequence[_Message]) -> list[Outgoing]:
                 headers=message.headers,
                 properties=properties,
                 declare=list(plan.declare),
-                retry_policy=dict(plan.publish_retry_policy),  # (a copy: the plan is shared)
+                retry_policy=policy,
             )
+            if policies is not None:
+                policies.append(policy)
             # What a receiver set among the publish properties is how the message is sent (Celery hands the
             # properties dict to the producer as its keyword arguments).
             priority = properties.pop('priority', priority)
@@ -584,7 +588,7 @@ def _add_to_parent(parent: Task[Any, Any], messages: Sequence[_Message]) -> None
 class _Single:
     """One task being sent: its message and envelope built, its publish still to do (sync or async)."""
 
-    __slots__ = ('context', 'messages', 'outgoing', 'plan')
+    __slots__ = ('context', 'messages', 'outgoing', 'plan', 'retry_policy')
 
     def __init__(
         self,
@@ -607,7 +611,11 @@ class _Single:
             task_id, tag = protocol.new_ids(2)
         context = self.context = _Context(app)
         self.messages = [context.prepare(plan, name, args, kwargs, kw, task_id, tag)]
-        self.outgoing = _outgoing(self.messages)
+        policies: list[dict[str, Any]] = []
+        self.outgoing = _outgoing(self.messages, policies)
+        # The publish follows the retry policy as a `before_task_publish` receiver left it (Celery publishes
+        # with the dict its receivers were handed).
+        self.retry_policy = policies[0] if policies else plan.retry_policy
 
     def published(self) -> AsyncResult[Any]:
         if _publish_signalled():
@@ -631,7 +639,7 @@ def send_task_message(
 ) -> AsyncResult[Any]:
     """Send one task: `kw` holds its `SEND_KEYWORDS`, `options` the rest of the call's options."""
     single = _Single(app, name, args, kwargs, task_type, kw, options)
-    publish_with_retry(app, single.outgoing, retry=single.plan.retry, policy=single.plan.retry_policy)
+    publish_with_retry(app, single.outgoing, retry=single.plan.retry, policy=single.retry_policy)
     if app.conf.task_send_sent_event:
         send_sent_events(app, single.messages)
     return single.published()
@@ -649,7 +657,7 @@ async def asend_task_message(
     """`send_task_message` for the asyncio client: the message is built as for the sync call (CPU only),
     then published through the broker's `apublish` on the running loop."""
     single = _Single(app, name, args, kwargs, task_type, kw, options)
-    await apublish_with_retry(app, single.outgoing, retry=single.plan.retry, policy=single.plan.retry_policy)
+    await apublish_with_retry(app, single.outgoing, retry=single.plan.retry, policy=single.retry_policy)
     return single.published()
 
 

@@ -835,3 +835,31 @@ def test_a_failed_publish_is_kombus_operational_error_too() -> None:
             app.connection().connect()
     finally:
         app.close()
+
+
+def test_before_task_publish_retry_policy_is_the_one_followed(memory_app: Fastq, monkeypatch: Any) -> None:
+    """Celery publishes with the retry policy its before_task_publish receivers were handed ("can be
+    modified"): a receiver setting max_retries=0 makes a refused publish fail at the first attempt."""
+    from fastq.exceptions import OperationalError
+
+    add, _ = _tasks(memory_app)
+    attempts: list[int] = []
+
+    def refuse(batch: Any) -> None:
+        attempts.append(len(batch))
+        raise OSError('connection refused')
+
+    def no_retries(retry_policy: dict[str, Any], **kwargs: Any) -> None:
+        retry_policy['max_retries'] = 0
+
+    monkeypatch.setattr(memory_app.broker, 'publish', refuse)
+    signals.before_task_publish.connect(no_retries)
+    try:
+        with pytest.raises(OperationalError):
+            add.delay(1, 1)
+    finally:
+        signals.before_task_publish.disconnect(no_retries)
+    assert attempts == [1]
+    with pytest.raises(OperationalError):
+        add.apply_async((1, 1), retry_policy={'max_retries': 1, 'interval_start': 0, 'interval_step': 0})
+    assert attempts == [1, 1, 1]  # (without the receiver: the call's own policy, one retry)
