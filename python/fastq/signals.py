@@ -76,6 +76,14 @@ def _make_id(target: Any) -> Any:
     return id(target)
 
 
+def _unproxied(sender: Any) -> Any:
+    """A `@shared_task` (a proxy resolved against the current app on each use) as its task's name: the sender
+    a receiver connected with it hears is that task in whichever app runs it (Celery resolves its Proxy)."""
+    from fastq.shared import _SharedTaskProxy
+
+    return sender.name if isinstance(sender, _SharedTaskProxy) else sender
+
+
 def _lookup_key(receiver: Any, sender: Any, dispatch_uid: Any) -> tuple[Any, Any]:
     """One connection per (receiver, sender), as Celery's: the same `dispatch_uid` may be connected once
     for each sender."""
@@ -186,6 +194,7 @@ class Signal:
         return connect_receiver
 
     def _connect(self, receiver: Receiver, sender: Any, weak: bool, dispatch_uid: Any) -> None:
+        sender = _unproxied(sender)
         if not callable(receiver):
             raise TypeError('Signal receivers must be callable')
         if not _accepts_kwargs(receiver):
@@ -207,7 +216,7 @@ class Signal:
         """Disconnect what `connect` connected with the same receiver (or `dispatch_uid`) and sender."""
         if weak is not None:
             warnings.warn('Passing `weak` to disconnect has no effect.', CDeprecationWarning, stacklevel=2)
-        key = _lookup_key(receiver, sender, dispatch_uid)
+        key = _lookup_key(receiver, _unproxied(sender), dispatch_uid)
         with self._lock:
             for index, (k, *_) in enumerate(self._receivers):
                 if k == key:
@@ -217,6 +226,7 @@ class Signal:
 
     def has_listeners(self, sender: Any = None) -> bool:
         """Whether a live receiver would hear `sender` (Celery's; any sender when None)."""
+        sender = _unproxied(sender)
         for _, ref, wanted, weak in list(self._receivers):
             if (ref() if weak else ref) is not None and (sender is None or _sender_matches(wanted, sender)):
                 return True

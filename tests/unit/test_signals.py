@@ -113,3 +113,29 @@ def test_eventlet_signals_import() -> None:
         'eventlet_pool_preshutdown',
         'eventlet_pool_postshutdown',
     ]
+
+
+def test_a_shared_task_as_sender_is_heard_from_the_task_it_stands_for() -> None:
+    """`@task_success.connect(sender=a_shared_task)` hears that task run (Celery resolves its Proxy); fastq's
+    shared-task proxy is not the task object a worker sends as the sender."""
+    from fastq import Fastq, shared_task
+
+    heard = []
+
+    @shared_task(name='test_signals.shared_echo')
+    def shared_echo(x: int) -> int:
+        return x
+
+    def on_success(sender: Any = None, **kwargs: Any) -> None:
+        heard.append(sender.name)
+
+    app = Fastq('signals-shared', broker='memory://', set_as_current=True)
+    try:
+        signals.task_success.connect(on_success, sender=shared_echo)
+        app.tasks['test_signals.shared_echo'].apply((1,))
+        assert heard == ['test_signals.shared_echo']
+        assert signals.task_success.has_listeners(shared_echo)
+        assert signals.task_success.disconnect(on_success, sender=shared_echo) is True
+    finally:
+        signals.task_success.disconnect(on_success, sender=shared_echo)
+        app.close()
