@@ -164,9 +164,10 @@ def failed(sender: Any, task_id: str, exception: BaseException, args: Any, einfo
 
 
 @signals.task_failure.connect(sender=die)
-def died(sender: Any, args: Any, kwargs: Any, traceback: Any, einfo: Any, **rest: Any) -> None:
+def died(sender: Any, task_id: str, args: Any, kwargs: Any, traceback: Any, einfo: Any, **rest: Any) -> None:
     record(
         f'task_failure {sender.name} {type(einfo.exception).__name__} {list(args)} {kwargs} {type(traceback).__name__}'
+        f' request={sender.request.id == task_id}'
     )
 
 

@@ -789,10 +789,15 @@ class Dispatcher:
             # As Celery's parent sends it for a task it saw fail from outside (time limit, process lost): the
             # task's arguments ([] and {} when its body cannot be read), the traceback text, `ExceptionInfo`.
             einfo = _Einfo(exc)
-            signals.task_failure.send(
-                sender=task, task_id=job.request.id, exception=exc, args=ctx.args if ctx.args is not None else [],
-                kwargs=ctx.kwargs if ctx.kwargs is not None else {}, traceback=einfo.traceback, einfo=einfo,
-            )  # fmt: skip
+            # With the request on the task's stack meanwhile, as Celery's: its receivers read `sender.request`.
+            task.request_stack.push(ctx)
+            try:
+                signals.task_failure.send(
+                    sender=task, task_id=job.request.id, exception=exc, args=ctx.args if ctx.args is not None else [],
+                    kwargs=ctx.kwargs if ctx.kwargs is not None else {}, traceback=einfo.traceback, einfo=einfo,
+                )  # fmt: skip
+            finally:
+                task.request_stack.pop()
 
     def on_requeue(self, jobs: list[Job]) -> None:
         """Jobs an executor received but never started: run them elsewhere, first."""
