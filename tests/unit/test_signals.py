@@ -139,3 +139,10 @@ def test_a_shared_task_as_sender_is_heard_from_the_task_it_stands_for() -> None:
     finally:
         signals.task_success.disconnect(on_success, sender=shared_echo)
         app.close()
+
+
+def test_the_signal_class_imports_from_celerys_paths() -> None:
+    from fastq.utils.dispatch import Signal as FromPackage
+    from fastq.utils.dispatch.signal import Signal as FromModule
+
+    assert FromPackage is FromModule is Signal
