@@ -199,3 +199,13 @@ def received(sender: Any, request: Any, **kwargs: Any) -> None:
 @signals.task_rejected.connect
 def rejected(sender: Any, message: Any, exc: Any, **kwargs: Any) -> None:
     record(f'task_rejected {type(exc).__name__}')
+    if hasattr(message, 'payload'):  # (kombu's Message reading, as Celery's receivers get it)
+        info = message.delivery_info
+        record(f'task_rejected-message {message.payload} {info["routing_key"]} {message.acknowledged}')
+
+
+@signals.task_unknown.connect
+def unknown(sender: Any, message: Any, exc: Any, name: str, id: str, **kwargs: Any) -> None:
+    record(
+        f'task_unknown {name} {isinstance(exc, KeyError)} {message.payload[0]} {message.delivery_info["routing_key"]}'
+    )

@@ -71,6 +71,13 @@ def test_guide_steps_options_and_signals_on_a_real_worker(app: Any, redis_url: s
 
         redis.Redis.from_url(redis_url).lpush('celery', b'not a message')  # Celery's "unknown message"
         wait_until(lambda: any('task_rejected' in line for line in lines(record)), 60, 'task_rejected')
+        import kombu
+
+        with kombu.Connection(redis_url) as conn:  # a message without a task header, as kombu sends it
+            conn.Producer().publish({'hello': 1}, routing_key='celery', serializer='json')
+        wait_until(lambda: any('task_rejected-message' in line for line in lines(record)), 60, 'its message')
+        app.app.send_task('bootstep_tasks.nope', (7,))
+        wait_until(lambda: any('task_unknown' in line for line in lines(record)), 60, 'task_unknown')
         wait_until(lambda: any('consumer-step-message world' in line for line in lines(record)), 60, 'custom message')
         wait_until(lambda: any('worker-step-timer' in line for line in lines(record)), 60, 'timer tick')
         assert f'{NODE}.dq' in w.log  # the celeryd_after_setup receiver's queue, in the banner
@@ -113,6 +120,8 @@ def test_guide_steps_options_and_signals_on_a_real_worker(app: Any, redis_url: s
     assert f'worker_process_shutdown {NODE} True 0' in whats
     assert "task_failure bootstep_tasks.fail ValueError ['boom'] ValueError" in whats
     assert 'task_rejected NoneType' in whats
+    assert "task_rejected-message {'hello': 1} celery True" in whats  # (kombu's Message: payload, delivery_info)
+    assert 'task_unknown bootstep_tasks.nope True [7] celery' in whats
     assert f'task_received bootstep_tasks.add {added.id} [1, 2]' in whats
     assert f"task_received bootstep_tasks.fail {failing.id} ['boom']" in whats
     # Celery's Request fields, and task_failure for a lost process as Celery's parent sends it

@@ -34,6 +34,7 @@ from fastq.protocol import parse_delivery
 from fastq.utils.functional import as_list
 from fastq.utils.imports import symbol_by_name
 from fastq.worker.job import DECODE_ERROR, Job, embed_into, request_of
+from fastq.worker.message import ReceivedMessage
 from fastq.worker.parked import ParkedTasks, of_job
 from fastq.worker.ratelimit import RateLimiter
 from fastq.worker.request import DEFAULT_REQUEST, ExceptionInfo, Request
@@ -172,11 +173,13 @@ class Dispatcher:
             if message is not None and 'task' not in message.headers:  # not a task at all: Celery's words
                 logger.warning(UNKNOWN_MESSAGE, _body_report(message.body))
                 self._dead_letter(d, f'unknown message: {exc}')
-                signals.task_rejected.send(sender=self, message=message, exc=None)
+                signals.task_rejected.send(sender=self, message=ReceivedMessage(d, message), exc=None)
                 return
             error_logger.error(INVALID_TASK_ERROR, exc, _safe_headers(d))
             self._dead_letter(d, f'invalid task message: {exc}')
-            signals.task_rejected.send(sender=self, message=message if message is not None else d, exc=exc)
+            signals.task_rejected.send(
+                sender=self, message=ReceivedMessage(d, message) if message is not None else d, exc=exc
+            )
             return
         if self.max_redeliveries and d.deliveries > self.max_redeliveries:
             error_logger.error(
@@ -384,7 +387,7 @@ class Dispatcher:
                 pass
             except Exception as store_exc:
                 error_logger.warning('Could not store NotRegistered for %s: %r', task_id, store_exc)
-        signals.task_unknown.send(sender=self, message=d.message, exc=exc, name=name, id=task_id)
+        signals.task_unknown.send(sender=self, message=ReceivedMessage(d, d.message), exc=exc, name=name, id=task_id)
 
     def _already_succeeded(self, request: Any) -> bool:
         """Whether the result backend holds SUCCESS for this task (read only for redelivered messages)."""
