@@ -209,10 +209,14 @@ class Dispatcher:
             self._unknown_task(d, request.task, request.id)
             return
         now = time.time()
+        # Logged as received before revocation is looked at, as Celery's strategy logs every task it takes (no
+        # `task_received` is sent for one discarded here, as in Celery).
         if (self.revoked.ids and request.id in self.revoked) or (self.revoked_stamps and self._stamp_revoked(d)):
+            logger.info('Task %s[%s] received', request.display_name, request.id)
             self._discard_revoked(d, request, task, expired=False)
             return
         if request.expires is not None and request.expires < now:
+            logger.info('Task %s[%s] received', request.display_name, request.id)
             self._discard_revoked(d, request, task, expired=True)
             return
         if d.redelivered and self.deduplicate and task.acks_late and self._already_succeeded(request):
