@@ -130,6 +130,16 @@ def _retrying(fn: Receiver) -> Receiver:
     return retrying_receiver
 
 
+def reraise_errors(responses: list[tuple[Receiver, Any]]) -> list[tuple[Receiver, Any]]:
+    """Raise the first exception a receiver raised, for the signals sent before logging is set up
+    (`setup_logging`, `import_modules`): Celery re-raises those, so a broken logging configuration or import
+    hook stops the program instead of going unnoticed; other signals only log it."""
+    for _, response in responses:
+        if isinstance(response, Exception):
+            raise response
+    return responses
+
+
 class Signal:
     """A named hook; `connect` receivers, `send` to call them.
 

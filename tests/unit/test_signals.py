@@ -146,3 +146,31 @@ def test_the_signal_class_imports_from_celerys_paths() -> None:
     from fastq.utils.dispatch.signal import Signal as FromModule
 
     assert FromPackage is FromModule is Signal
+
+
+def test_an_error_in_a_setup_logging_or_import_modules_receiver_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery re-raises these two (sent before logging is set up): a broken logging config or import hook
+    stops the worker (exit 1, its traceback) instead of leaving it running unconfigured."""
+    from fastq import Fastq
+    from fastq.utils import log
+
+    def broken(**kwargs: Any) -> None:
+        raise ValueError("Unable to configure handler 'h'")
+
+    monkeypatch.setattr(log, '_CONFIGURED', False)
+    signals.setup_logging.connect(broken)
+    try:
+        with pytest.raises(ValueError, match="Unable to configure handler 'h'"):
+            log.setup_logging('INFO')
+    finally:
+        signals.setup_logging.disconnect(broken)
+    assert log._CONFIGURED is False
+
+    app = Fastq('signals-imports', broker='memory://', set_as_current=False)
+    signals.import_modules.connect(broken, sender=app)
+    try:
+        with pytest.raises(ValueError, match="Unable to configure handler 'h'"):
+            app.loader.import_default_modules()
+    finally:
+        signals.import_modules.disconnect(broken, sender=app)
+        app.close()

@@ -416,7 +416,7 @@ class Fastq:
         up), the packages given to `autodiscover_tasks` searched, then the `imports` and `include` modules
         imported and their shared tasks bound."""
         self.finalize()
-        signals.import_modules.send(sender=self)
+        signals.reraise_errors(signals.import_modules.send(sender=self))
         discovery, self._autodiscovery = self._autodiscovery, []
         for discover in discovery:
             discover()

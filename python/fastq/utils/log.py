@@ -100,7 +100,9 @@ def setup_logging(
     # (Celery's `supports_color`: never into a file, else as asked, else when stderr is a terminal)
     use_color = False if logfile else colorize if colorize is not None else sys.stderr.isatty()
     if signals.setup_logging.receivers:
-        signals.setup_logging.send(sender=None, loglevel=level, logfile=logfile, format=fmt, colorize=use_color)
+        signals.reraise_errors(
+            signals.setup_logging.send(sender=None, loglevel=level, logfile=logfile, format=fmt, colorize=use_color)
+        )
         _CONFIGURED = True
         return
     handler: logging.Handler
