@@ -183,7 +183,11 @@ class Signal:
         `sig.connect(fn, sender, weak, dispatch_uid, retry)`. A receiver must take `**kwargs` (ValueError
         otherwise, when connected rather than at the first `send`); `retry=True` calls it again until it
         succeeds, and keeps it by a strong reference."""
-        if args and callable(args[0]):
+        if 'receiver' in kwargs:  # (fastq's keyword form: `connect(receiver=fn)`, or None for a decorator)
+            args = (kwargs.pop('receiver'), *args)
+        if args and args[0] is None:
+            args = args[1:]
+        elif args and callable(args[0]):
             return self._options(*args[1:], **kwargs)(args[0])
         return self._options(*args, **kwargs)
 

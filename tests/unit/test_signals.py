@@ -174,3 +174,41 @@ def test_an_error_in_a_setup_logging_or_import_modules_receiver_is_raised(monkey
     finally:
         signals.import_modules.disconnect(broken, sender=app)
         app.close()
+
+
+def test_connect_forms() -> None:
+    """Celery's forms (`connect(fn)`, `@connect`, `@connect(sender=...)`, positional options) and fastq's
+    `connect(receiver=fn)`; an app signal's decorator with options (`@app.on_after_configure.connect(sender=app)`)."""
+    from fastq import Fastq
+
+    heard: list[str] = []
+
+    def positional(**kwargs: Any) -> None:
+        heard.append('positional')
+
+    def keyword(**kwargs: Any) -> None:
+        heard.append('keyword')
+
+    sig = Signal(name='s')
+    sig.connect(positional, 'a', False)  # (sender, weak)
+    sig.connect(receiver=keyword, sender='a')
+
+    @sig.connect(sender='a', dispatch_uid='decorated')
+    def decorated(**kwargs: Any) -> None:
+        heard.append('decorated')
+
+    sig.send(sender='a')
+    sig.send(sender='b')
+    assert heard == ['positional', 'keyword', 'decorated']
+
+    app = Fastq('signals-forms', broker='memory://', set_as_current=False)
+    try:
+
+        @app.on_after_configure.connect(sender=app)
+        def configured(sender: Any, **kwargs: Any) -> None:
+            heard.append('configured')
+
+        app.finalize()  # (the settings are read: configured)
+    finally:
+        app.close()
+    assert heard[-1] == 'configured'
