@@ -312,8 +312,12 @@ class Task(Generic[P, R]):
             cls._backend = cls.__dict__['backend']
             delattr(cls, 'backend')
 
-    def __init__(self) -> None:
-        self._requests = _RequestStack(self.name or type(self).__name__)
+    @functools.cached_property
+    def _requests(self) -> _RequestStack:
+        """Made on first use rather than in `__init__`: a Celery task class may define its own `__init__`
+        without calling `super().__init__()` (the Tasks guide's `NaiveAuthenticateServer`), as Celery's
+        Task has no constructor of its own to skip."""
+        return _RequestStack(self.name or type(self).__name__)
 
     # --- binding to an app --------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from fastq import Fastq
+from fastq import Task as FastqTask
 
 celery = pytest.importorskip('celery')
 
@@ -140,3 +141,28 @@ def test_the_request_splits_timelimit_into_time_limit_and_soft_time_limit(kind: 
     request = Context({'timelimit': [30, 20]})
     assert (request.time_limit, request.soft_time_limit) == (30, 20)
     assert (Context().time_limit, Context().soft_time_limit) == (None, None)
+
+
+def test_a_class_based_task_may_have_its_own_init(make_app: Any) -> None:
+    """The guide's NaiveAuthenticateServer: an `__init__` that does not call the Task's, registered once per
+    process as an instance; it keeps its state between calls."""
+    app = make_app()
+    base = celery.Task if isinstance(app, celery.Celery) else FastqTask
+
+    class NaiveAuthenticateServer(base):  # type: ignore[misc,valid-type]
+        def __init__(self) -> None:
+            self.users = {'george': 'password'}
+
+        def run(self, username: str, password: str) -> bool:
+            try:
+                return bool(self.users[username] == password)
+            except KeyError:
+                return False
+
+    task = app.register_task(NaiveAuthenticateServer())
+    assert task.name == 'guide.NaiveAuthenticateServer' or task.name.endswith('.NaiveAuthenticateServer')
+    assert app.tasks[task.name] is task
+    assert task.apply(('george', 'password')).get() is True
+    assert task.apply(('bob', 'password')).get() is False
+    assert task('george', 'password') is True
+    assert task.request.called_directly
