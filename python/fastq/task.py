@@ -901,7 +901,9 @@ def build_task_class(
     is_async = inspect.iscoroutinefunction(fun)
     run = fun if bind else staticmethod(fun)
     try:
-        sig = inspect.signature(fun)
+        # The function as given, not what a `functools.wraps` decorator under `@app.task` wrapped: the call
+        # reaches the wrapper (Celery's check reads the wrapper's own parameters, getfullargspec)
+        sig = inspect.signature(fun, follow_wrapped=False)
         if bind:
             params = list(sig.parameters.values())[1:]
             sig = sig.replace(parameters=params)

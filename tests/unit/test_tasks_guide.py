@@ -5,6 +5,7 @@ expects the same of both. What only a worker shows is in tests/compat/test_celer
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -166,3 +167,26 @@ def test_a_class_based_task_may_have_its_own_init(make_app: Any) -> None:
     assert task.apply(('bob', 'password')).get() is False
     assert task('george', 'password') is True
     assert task.request.called_directly
+
+
+def test_a_decorator_under_the_task_decorator_is_what_typing_checks(make_app: Any) -> None:
+    """Multiple decorators: `@app.task` over a `functools.wraps` decorator checks a call against the wrapper
+    it calls, not the function the wrapper wraps (here the wrapper supplies the first argument itself)."""
+    app = make_app()
+
+    def supply_first(fun: Any) -> Any:
+        @functools.wraps(fun)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fun(1, *args, **kwargs)
+
+        return wrapper
+
+    @app.task(name='guide.wrapped', shared=False)
+    @supply_first
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert add.name == 'guide.wrapped'
+    assert add.delay(5).id  # one argument: the wrapper supplies x
+    assert add.apply((5,)).get() == 6
+    assert add(5) == 6
