@@ -17,6 +17,7 @@ __all__ = [
     'BackendGetMetaError',
     'BackendStoreError',
     'DuplicateNodenameWarning',
+    'DuplicateTaskNameWarning',
     'BrokerConnectionError',
     'CDeprecationWarning',
     'CPendingDeprecationWarning',
@@ -79,6 +80,10 @@ class SecurityWarning(FastqWarning):
 
 class DuplicateNodenameWarning(FastqWarning):
     """Several workers answered under one node name (give each its own with `-n`)."""
+
+
+class DuplicateTaskNameWarning(FastqWarning):
+    """Two callables registered under one task name (Celery 5.7's): the message says which one calls reach."""
 
 
 class UndeliverableWarning(FastqWarning):

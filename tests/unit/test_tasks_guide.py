@@ -13,6 +13,7 @@ import pytest
 
 from fastq import Fastq
 from fastq import Task as FastqTask
+from fastq.exceptions import DuplicateTaskNameWarning as FastqWarningType
 
 celery = pytest.importorskip('celery')
 
@@ -190,3 +191,33 @@ def test_a_decorator_under_the_task_decorator_is_what_typing_checks(make_app: An
     assert add.delay(5).id  # one argument: the wrapper supplies x
     assert add.apply((5,)).get() == 6
     assert add(5) == 6
+
+
+def test_a_second_callable_under_a_taken_name_is_warned_about_and_not_registered(make_app: Any) -> None:
+    """Names: every task must have a unique name. Celery 5.7 warns (DuplicateTaskNameWarning, once per name)
+    and keeps the callable registered first; registering the same function again is quiet."""
+    app = make_app()
+    app.finalize()  # (Celery's decorator is lazy until then; which callable comes first is then its order)
+    warning = celery.exceptions.DuplicateTaskNameWarning if isinstance(app, celery.Celery) else FastqWarningType
+
+    def first() -> int:
+        return 1
+
+    def second() -> int:
+        return 2
+
+    task = app.task(name='guide.dup', shared=False)(first)
+    with pytest.warns(warning) as caught:
+        again = app.task(name='guide.dup', shared=False)(second)
+        app.task(name='guide.dup', shared=False)(second)  # (one warning per name)
+    assert len(caught) == 1
+    assert str(caught[0].message) == (
+        "Task name 'guide.dup' is already registered to a different callable.\n\n"
+        f'Existing: {first.__qualname__}\nNew:      {second.__qualname__}\n\n'
+        'The new callable was not registered; calls under this name reach the callable registered first.\n\n'
+        'Every task must have a unique name. Pass an explicit name= to the task decorator, or rename one of the '
+        'callables.'
+    )
+    assert caught[0].filename == __file__
+    assert again.apply().get() == 1 and app.tasks['guide.dup'].apply().get() == 1
+    assert app.task(name='guide.dup', shared=False)(first).name == task.name  # the same function: no warning

@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import threading
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 
 from fastq import _state, signals
 from fastq.config import OLD_NAMES, SETTINGS, Settings, check_mixed_names, setting_for_old_name
-from fastq.exceptions import ImproperlyConfigured, NotRegistered
+from fastq.exceptions import DuplicateTaskNameWarning, ImproperlyConfigured, NotRegistered
 from fastq.task import Task as BaseTask
 from fastq.task import build_task_class
 from fastq.utils.imports import module_names, module_or_symbol, symbol_by_name
@@ -37,6 +39,41 @@ if TYPE_CHECKING:
     from fastq.utils.log import Logging
 
 __all__ = ['Celery', 'Fastq', 'app_or_default', 'shared_task']
+
+W_DUPTASK = """\
+Task name {0!r} is already registered to a different callable.
+
+Existing: {1}
+New:      {2}
+
+{3}
+
+Every task must have a unique name. Pass an explicit name= to the task \
+decorator, or rename one of the callables.\
+"""
+W_DUPTASK_KEPT = 'The new callable was not registered; calls under this name reach the callable registered first.'
+W_DUPTASK_REPLACED = 'The new callable replaced the existing one; calls under this name now reach the new callable.'
+
+
+def _callable_of(task: Any) -> Any:
+    """What a task runs: its decorated function, or its class for a class-based task."""
+    return getattr(type(task), '__wrapped__', None) or type(task)
+
+
+def _qualname(obj: Any) -> str:
+    """Celery's `qualname`: the qualified name, with the module only when that has no dot."""
+    q = getattr(obj, '__qualname__', None) or type(obj).__qualname__
+    return q if '.' in q else f'{obj.__module__}.{q}'
+
+
+def _caller_stacklevel() -> int:
+    """`warnings.warn`'s stacklevel for the first frame outside fastq (the user's decorator line)."""
+    frame: Any = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get('__name__', '').split('.')[0] == 'fastq':
+        frame, level = frame.f_back, level + 1
+    return level
+
 
 # Celery's text, word for word: it tells the user what the variable is for and what to put in it.
 _ERR_ENVVAR_NOT_SET = '''The environment variable {0!r} is not set,
@@ -363,8 +400,13 @@ class Fastq:
     ) -> BaseTask[Any, Any]:
         name = name or self.gen_task_name(fun.__name__, fun.__module__)
         registry = self._tasks
-        # (the class's `__wrapped__`: read through a bound task's instance it is a bound method, never `fun`)
-        if name in registry and getattr(type(registry[name]), '__wrapped__', None) is fun:
+        if name in registry:
+            # As Celery: the task registered first stays (a module imported twice hands the same function
+            # back; another function under its name is a mistake, warned about, and not registered).
+            # (The class's `__wrapped__`: read through a bound task's instance it is a bound method.)
+            existing = getattr(type(registry[name]), '__wrapped__', None)
+            if existing is not None and existing is not fun:
+                self._warn_duplicate_task_name(name, existing, fun, W_DUPTASK_KEPT)
             return registry[name]
         options.pop('shared', None)
         options.pop('lazy', None)
@@ -373,6 +415,15 @@ class Fastq:
         task.bind(self)
         self._tasks[name] = task
         return task
+
+    def _warn_duplicate_task_name(self, name: str, existing: Any, new: Any, consequence: str) -> None:
+        """Celery 5.7's DuplicateTaskNameWarning, once per name and app (one mistake, one warning)."""
+        warned = self.__dict__.setdefault('_duplicate_names_warned', set())
+        if name in warned:
+            return
+        warned.add(name)
+        text = W_DUPTASK.format(name, _qualname(existing), _qualname(new), consequence)
+        warnings.warn(DuplicateTaskNameWarning(text), stacklevel=_caller_stacklevel())
 
     def gen_task_name(self, name: str, module: str) -> str:
         """`module.function`, with `__main__` replaced by the app's main name (as Celery does)."""
@@ -385,6 +436,11 @@ class Fastq:
         instance = task() if isinstance(task, type) else task
         if not instance.name:
             instance.name = self.gen_task_name(type(instance).__name__, type(instance).__module__)
+        existing = self._tasks.get(instance.name)
+        if existing is not None and existing is not instance:
+            self._warn_duplicate_task_name(
+                instance.name, _callable_of(existing), _callable_of(instance), W_DUPTASK_REPLACED
+            )
         instance.bind(self)
         self._tasks[instance.name] = instance
         return instance
