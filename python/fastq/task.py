@@ -783,6 +783,7 @@ class Task(Generic[P, R]):
             'reply_to': request.reply_to,
             'queue': queue or delivery_info.get('routing_key'),
             'priority': delivery_info.get('priority'),
+            'ignore_result': actual_ignore_result(self, request),  # (the task's, for a sender that said none)
             **extra,
         }
         options = {k: v for k, v in options.items() if v is not None}  # (the sender's headers carry over)
@@ -892,6 +893,21 @@ def _arity_checker(sig: inspect.Signature, name: str, bound: bool) -> Callable[.
     exec(f'def {name}({", ".join(params)}):\n    pass', namespace)
     checker: Callable[..., None] = namespace[name]
     return functools.partial(checker, None) if bound else checker
+
+
+def actual_ignore_result(task: Task[Any, Any], request: Context) -> bool:
+    """Whether this run of `task` ignores its result (Celery's `get_actual_ignore_result`): the call's
+    `ignore_result` when the sender said one (`apply_async(ignore_result=False)` stores the result of a task
+    that ignores results: the guide's precedence, the execution option last), else the task's.
+
+    The request's field is False both for a sender's False and for a header the sender left null (Celery's
+    `send_task` without the option); the message's own header tells them apart, and is read only when they
+    disagree with the task."""
+    said = request.ignore_result
+    if said or not task.ignore_result or request.is_eager:  # (an eager request holds the task's when unsaid)
+        return bool(said)
+    headers = request.__dict__.get('headers')
+    return not headers or headers.get('ignore_result') is None
 
 
 def build_task_class(

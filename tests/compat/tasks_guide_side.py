@@ -45,3 +45,18 @@ def limited(self: Any) -> list[Any]:
     except SoftTimeLimitExceeded:
         pass
     return [self.request.time_limit, self.request.soft_time_limit]
+
+
+@app.task(name='guide.ignored', ignore_result=True)
+def ignored() -> str:
+    return 'kept'
+
+
+@app.task(name='guide.ignored_retry', bind=True, ignore_result=True)
+def ignored_retry(self: Any) -> str:
+    """Retried once, then writes '<id> done' to the failures file (so a test knows its run is over)."""
+    if not self.request.retries:
+        raise self.retry(countdown=0)
+    with open(os.environ['TASKS_GUIDE_FAILURES'], 'a') as f:
+        f.write(f'{self.request.id} done\n')
+    return 'kept'

@@ -78,3 +78,21 @@ def test_the_worker_names_a_task_by_its_shadow_name(kind: str, guide_worker: Any
     assert result.get(timeout=30) == [30, 0.3]
     worker.wait_for(f'Task shadow.x[{result.id}] succeeded in')
     assert f'Soft time limit (0.3s) exceeded for shadow.x[{result.id}]' in worker.log
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_the_calls_ignore_result_wins_over_the_tasks(
+    kind: str, guide_worker: Any, celery_client: Any, tmp_path: Path
+) -> None:
+    """Tips: the execution option `ignore_result` comes last in the precedence, so a task that ignores results
+    stores one when the call says ignore_result=False; a call that says nothing (send_task) leaves the task's
+    choice, through a retry too."""
+    guide_worker(kind)
+    unsaid = celery_client.send_task('guide.ignored')
+    retried = celery_client.send_task('guide.ignored_retry')
+    wait_until(lambda: f'{retried.id} done' in lines(tmp_path / 'failures'), timeout=30, message='retried run')
+    kept = celery_client.send_task('guide.ignored', ignore_result=False)
+    assert kept.get(timeout=30) == 'kept'  # (-c 1: the calls before it are over)
+    meta = celery_client.backend.get_task_meta
+    assert meta(unsaid.id)['status'] == 'PENDING'
+    assert meta(retried.id)['status'] == 'PENDING'

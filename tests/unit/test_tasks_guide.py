@@ -221,3 +221,14 @@ def test_a_second_callable_under_a_taken_name_is_warned_about_and_not_registered
     assert caught[0].filename == __file__
     assert again.apply().get() == 1 and app.tasks['guide.dup'].apply().get() == 1
     assert app.task(name='guide.dup', shared=False)(first).name == task.name  # the same function: no warning
+
+
+def test_an_eager_calls_ignore_result_wins_over_the_tasks(make_app: Any) -> None:
+    app = make_app()
+
+    @app.task(name='guide.ignored', ignore_result=True, store_eager_result=True, shared=False)
+    def ignored() -> int:
+        return 1
+
+    assert app.backend.get_task_meta(ignored.apply(ignore_result=False).id)['status'] == 'SUCCESS'
+    assert app.backend.get_task_meta(ignored.apply().id)['status'] == 'PENDING'

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from fastq import _state, signals, states
 from fastq.exceptions import EncodeError, Ignore, OperationalError, Reject, Retry, TimeLimitExceeded
 from fastq.task import Task as _Task
+from fastq.task import actual_ignore_result
 from fastq.utils.functional import as_list
 from fastq.utils.log import task_context
 from fastq.utils.nodenames import gethostname
@@ -139,7 +140,7 @@ def _results(task: Task[Any, Any]) -> Backend:
 def _store_allowed(task: Task[Any, Any], request: Context, failure: bool) -> bool:
     if request.is_eager and not task.store_eager_result:
         return False
-    ignore = task.ignore_result or request.ignore_result
+    ignore = actual_ignore_result(task, request)
     if failure:
         return not ignore or bool(task.store_errors_even_if_ignored)
     return not ignore
@@ -564,7 +565,7 @@ def apply_eagerly(
         'root_id': parent.request.root_id if parent else task_id,
         'parent_id': parent.request.id if parent else None,
         'hostname': gethostname(),
-        'ignore_result': bool(options.get('ignore_result', False)),
+        'ignore_result': bool(options.get('ignore_result', task.ignore_result)),  # (Celery's apply())
         'headers': options.get('headers'),
     }
     outcome = execute(task, args, kwargs, request)
