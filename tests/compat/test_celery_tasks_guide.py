@@ -9,6 +9,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,16 @@ def test_the_calls_ignore_result_wins_over_the_tasks(
     meta = celery_client.backend.get_task_meta
     assert meta(unsaid.id)['status'] == 'PENDING'
     assert meta(retried.id)['status'] == 'PENDING'
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_an_expired_call_stores_revoked_as_its_ignore_result_says(
+    kind: str, guide_worker: Any, celery_client: Any
+) -> None:
+    """An expired message of a task that ignores results stores nothing unless the call asked for its result."""
+    guide_worker(kind)
+    past = datetime.now(UTC) - timedelta(seconds=30)
+    unsaid = celery_client.send_task('guide.ignored', expires=past)
+    kept = celery_client.send_task('guide.ignored', expires=past, ignore_result=False)
+    wait_until(lambda: kept.state == 'REVOKED', timeout=30, message='REVOKED stored for the call that asked')
+    assert celery_client.backend.get_task_meta(unsaid.id)['status'] == 'PENDING'

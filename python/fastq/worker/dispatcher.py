@@ -31,6 +31,7 @@ from fastq.exceptions import (
     WorkerLostError,
 )
 from fastq.protocol import parse_delivery
+from fastq.task import actual_ignore_result
 from fastq.utils.functional import as_list
 from fastq.utils.imports import symbol_by_name
 from fastq.worker.job import DECODE_ERROR, Job, embed_into, request_of
@@ -419,7 +420,9 @@ class Dispatcher:
         `task_revoked` carries)."""
         ctx = outside_context(d, request, self.hostname, self.accept)
         task = self.app.tasks.get(request.task)
-        ignored = request.ignore_result and not (task is not None and task.store_errors_even_if_ignored)
+        # (the call's ignore_result, else the task's: Celery's Request.store_errors)
+        ignores = actual_ignore_result(task, ctx) if task is not None else request.ignore_result
+        ignored = ignores and not (task is not None and task.store_errors_even_if_ignored)
         backend = task.backend if task is not None else self.app.backend  # (Celery's `request.task.backend`)
         try:
             if not ignored:  # (no traceback: Celery stores None for these, as nothing ran to raise it)
@@ -730,7 +733,7 @@ class Dispatcher:
         task = self.app.tasks.get(job.request.task)
         exc = Retry('cancelled by Celery')
         ctx = outside_context(job.delivery, job.request, self.hostname, self.accept)
-        if task is not None and (not ctx.ignore_result or task.store_errors_even_if_ignored):
+        if task is not None and (not actual_ignore_result(task, ctx) or task.store_errors_even_if_ignored):
             try:
                 task.backend.mark_as_retry(job.request.id, exc, None, request=ctx)
             except Exception as store_exc:
@@ -761,7 +764,7 @@ class Dispatcher:
                 'Failed to retry task %s[%s] after worker was lost: %r', job.name, job.request.id, send_exc
             )
             return False
-        if not ctx.ignore_result or task.store_errors_even_if_ignored:
+        if not actual_ignore_result(task, ctx) or task.store_errors_even_if_ignored:
             try:
                 task.backend.mark_as_retry(job.request.id, exc, None, request=ctx)
             except Exception as store_exc:
