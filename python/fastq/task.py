@@ -43,7 +43,7 @@ _PROTOCOL_KEYS = frozenset(
         'root_id', 'parent_id', 'argsrepr', 'kwargsrepr', 'origin', 'ignore_result', 'replaced_task_nesting',
         'stamped_headers', 'stamps', 'compression', 'redelivered', 'chord', 'chain', 'callbacks', 'errbacks',
         'args', 'kwargs', 'is_eager', 'correlation_id', 'reply_to', 'hostname', 'delivery_info', 'utc',
-        'called_directly', 'headers', 'properties', 'priority',
+        'called_directly', 'headers', 'properties', 'priority', 'loglevel', 'logfile', 'taskset',
     }
 )  # fmt: skip
 _OWN_PREFIXES = ('fastq_', 'x-fastq-', 'x-death', 'x-first-death-', 'x-last-death-')
@@ -82,6 +82,11 @@ class Context:
     replaced_task_nesting: int = 0
     stamps: dict[str, Any] | None = None
     stamped_headers: list[str] | None = None
+    #: Celery's Context has these too (None in a worker; `apply(loglevel=, logfile=)` sets them eagerly):
+    #: code written for Celery reads them without a default.
+    loglevel: int | None = None
+    logfile: str | None = None
+    taskset: str | None = None  # (Celery's old name of `group`, never set)
     children: list[Any]
 
     def __init__(self, *args: dict[str, Any], **kwargs: Any) -> None:

@@ -232,3 +232,17 @@ def test_an_eager_calls_ignore_result_wins_over_the_tasks(make_app: Any) -> None
 
     assert app.backend.get_task_meta(ignored.apply(ignore_result=False).id)['status'] == 'SUCCESS'
     assert app.backend.get_task_meta(ignored.apply().id)['status'] == 'PENDING'
+
+
+def test_the_request_has_celerys_loglevel_logfile_and_taskset(make_app: Any) -> None:
+    """Code written for Celery reads these request attributes without a default (None unless given)."""
+    app = make_app()
+
+    @app.task(name='guide.levels', bind=True, shared=False)
+    def levels(self: Any) -> list[Any]:
+        return [self.request.loglevel, self.request.logfile, self.request.taskset]
+
+    assert levels.apply().get() == [0, None, None]
+    assert levels.apply(loglevel=10, logfile='x.log').get() == [10, 'x.log', None]
+    assert levels() == [None, None, None]
+    assert levels.request.loglevel is None  # (outside any call)

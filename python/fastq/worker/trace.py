@@ -565,6 +565,8 @@ def apply_eagerly(
         'root_id': parent.request.root_id if parent else task_id,
         'parent_id': parent.request.id if parent else None,
         'hostname': gethostname(),
+        'loglevel': options.get('loglevel') or 0,
+        'logfile': options.get('logfile'),
         'ignore_result': bool(options.get('ignore_result', task.ignore_result)),  # (Celery's apply())
         'headers': options.get('headers'),
     }
