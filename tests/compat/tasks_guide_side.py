@@ -5,6 +5,7 @@ can hold a fastq worker to what the real Celery worker does with it (tests/compa
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -21,6 +22,13 @@ else:
 url = os.environ['CELERY_BROKER_URL']
 app = App('tasks_guide_side', broker=url, backend=os.environ.get('CELERY_RESULT_BACKEND', url))
 app.conf.worker_prefetch_multiplier = 1
+if os.environ.get('TASKS_GUIDE_LOG_FORMAT'):
+    app.conf.worker_log_format = os.environ['TASKS_GUIDE_LOG_FORMAT']
+
+
+@signals.worker_ready.connect
+def _ready(**kwargs: Any) -> None:
+    logging.getLogger('guide').warning('worker_ready received')
 
 
 @signals.task_failure.connect

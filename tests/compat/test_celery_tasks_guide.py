@@ -28,8 +28,8 @@ def guide_worker(tmp_path: Path, url: str, backend_url: str) -> Iterator[Callabl
     """`guide_worker(kind)`: a worker of that kind running tests/compat/tasks_guide_side.py, ready."""
     started: list[WorkerProcess] = []
 
-    def start(kind: str) -> WorkerProcess:
-        env = dict(os.environ)
+    def start(kind: str, **extra: str) -> WorkerProcess:
+        env = dict(os.environ, **extra)
         env.pop('PYTEST_CURRENT_TEST', None)
         env.update(
             PYTHONPATH=os.pathsep.join([str(HERE), env.get('PYTHONPATH', '')]),
@@ -110,3 +110,15 @@ def test_an_expired_call_stores_revoked_as_its_ignore_result_says(
     kept = celery_client.send_task('guide.ignored', expires=past, ignore_result=False)
     wait_until(lambda: kept.state == 'REVOKED', timeout=30, message='REVOKED stored for the call that asked')
     assert celery_client.backend.get_task_meta(unsaid.id)['status'] == 'PENDING'
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_the_worker_lines_come_from_celerys_loggers(kind: str, guide_worker: Any) -> None:
+    """Logging: a logging setup that names Celery's loggers (or a format showing `%(name)s`) finds the
+    worker's lines where Celery logs them, and worker_ready's receivers run before the 'ready.' line."""
+    worker = guide_worker(kind, TASKS_GUIDE_LOG_FORMAT='%(name)s|%(levelname)s|%(message)s')
+    log = worker.log
+    assert re.search(r'^celery\.worker\.consumer\.connection\|INFO\|Connected to redis://', log, re.M)
+    ready = re.search(r'^celery\.apps\.worker\|INFO\|\S+ ready\.$', log, re.M)
+    receiver = log.find('guide|WARNING|worker_ready received')
+    assert ready is not None and 0 <= receiver < ready.start()

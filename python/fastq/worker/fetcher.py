@@ -176,7 +176,7 @@ class Fetcher(threading.Thread):
         return False
 
     def _regained(self) -> None:
-        logger.info('Connected to %s', self.describe)
+        logging.getLogger('celery.worker.consumer.connection').info('Connected to %s', self.describe)
         self.reconnects += 1
         if self.on_regained is not None:
             self.on_regained()

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from fastq.worker.pool.base import Pool
 
 logger = logging.getLogger('celery.worker')
+# The loggers Celery's lines come from, for a logging config (or `%(name)s` format) that names them.
+ready_logger = logging.getLogger('celery.apps.worker')
+connection_logger = logging.getLogger('celery.worker.consumer.connection')
 
 TIME_LIMIT_CHECK = 0.25
 HOUSEKEEPING_INTERVAL = 1.0
@@ -301,8 +304,8 @@ class WorkController:
             self.beat.start()  # a thread: only now that the pool has forked its children
         if not self._start_steps(self.step_consumer, None):
             return self._finish()
-        logger.info('%s ready.', self.hostname)
-        signals.worker_ready.send(sender=self)
+        signals.worker_ready.send(sender=self)  # (before the line, as Celery's on_consumer_ready)
+        ready_logger.info('%s ready.', self.hostname)
         self.loop.run_until(lambda: self._shutdown is not None)
         return self._finish()
 
@@ -385,7 +388,7 @@ class WorkController:
         while True:
             try:
                 broker.connect()
-                logger.info('Connected to %s', as_uri(broker.url))
+                connection_logger.info('Connected to %s', as_uri(broker.url))
                 return broker
             except BrokerConnectionError as exc:
                 attempt += 1
