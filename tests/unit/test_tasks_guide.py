@@ -14,6 +14,7 @@ import pytest
 from fastq import Fastq
 from fastq import Task as FastqTask
 from fastq.exceptions import DuplicateTaskNameWarning as FastqWarningType
+from fastq.exceptions import NotRegistered as FastqNotRegistered
 
 celery = pytest.importorskip('celery')
 
@@ -246,3 +247,33 @@ def test_the_request_has_celerys_loglevel_logfile_and_taskset(make_app: Any) -> 
     assert levels.apply(loglevel=10, logfile='x.log').get() == [10, 'x.log', None]
     assert levels() == [None, None, None]
     assert levels.request.loglevel is None  # (outside any call)
+
+
+def test_the_registry_registers_and_unregisters_task_classes(make_app: Any) -> None:
+    """How it works: the registry (app.tasks) as Celery's TaskRegistry: register a named class (or an
+    instance), unregister by name, every task 'regular' (built-ins too), none periodic."""
+    app = make_app()
+    base = celery.Task if isinstance(app, celery.Celery) else FastqTask
+    not_registered = celery.exceptions.NotRegistered if isinstance(app, celery.Celery) else FastqNotRegistered
+
+    class Named(base):  # type: ignore[misc,valid-type]
+        name = 'guide.named'
+
+        def run(self) -> str:
+            return 'ran'
+
+    class Unnamed(base):  # type: ignore[misc,valid-type]
+        def run(self) -> None:
+            pass
+
+    app.tasks.register(Named)
+    assert type(app.tasks['guide.named']) is Named
+    assert 'guide.named' in app.tasks.regular() and 'celery.chord' in app.tasks.regular()
+    assert app.tasks.periodic() == {}
+    with pytest.raises(Exception, match='must specify .name attribute'):
+        app.tasks.register(Unnamed())
+    app.tasks.unregister('guide.named')
+    assert 'guide.named' not in app.tasks
+    with pytest.raises(not_registered) as missing:
+        app.tasks.unregister('guide.named')
+    assert repr(missing.value) == "Task of kind 'guide.named' never registered, please make sure it's imported."

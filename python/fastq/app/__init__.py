@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 
 from fastq import _state, signals
 from fastq.config import OLD_NAMES, SETTINGS, Settings, check_mixed_names, setting_for_old_name
-from fastq.exceptions import DuplicateTaskNameWarning, ImproperlyConfigured, NotRegistered
+from fastq.exceptions import DuplicateTaskNameWarning, ImproperlyConfigured, InvalidTaskError, NotRegistered
 from fastq.task import Task as BaseTask
 from fastq.task import build_task_class
 from fastq.utils.imports import module_names, module_or_symbol, symbol_by_name
@@ -112,8 +112,36 @@ class TaskRegistry(dict[str, BaseTask[Any, Any]]):
                 return self[key]
         raise NotRegistered(key)
 
+    NotRegistered = NotRegistered
+
+    def register(self, task: BaseTask[Any, Any] | type[BaseTask[Any, Any]]) -> None:
+        """Celery's `app.tasks.register(task)`: add a task (a class is instantiated) under its own name, which
+        it must have; bound to this registry's app when it has none yet."""
+        if not task.name:
+            cls = task if isinstance(task, type) else type(task)
+            raise InvalidTaskError(f'Task class {cls.__name__!r} must specify .name attribute')
+        instance = task() if isinstance(task, type) else task
+        if self._app is not None and 'app' not in instance.__dict__:
+            instance.bind(self._app)
+        self[instance.name] = instance
+
+    def unregister(self, name: str | BaseTask[Any, Any]) -> None:
+        """Remove a task by name (or a task with that name); NotRegistered when there is none."""
+        try:
+            self.pop(getattr(name, 'name', name))  # type: ignore[arg-type]
+        except KeyError:
+            raise NotRegistered(name) from None
+
+    def filter_types(self, type: str) -> dict[str, BaseTask[Any, Any]]:
+        """The tasks whose `type` attribute is `type` ('regular' for a task without one), as Celery's."""
+        return {name: task for name, task in self.items() if getattr(task, 'type', 'regular') == type}
+
     def regular(self) -> dict[str, BaseTask[Any, Any]]:
-        return {name: task for name, task in self.items() if not name.startswith('celery.')}
+        """Every task but the periodic ones (the built-in `celery.*` tasks too, as in Celery)."""
+        return self.filter_types('regular')
+
+    def periodic(self) -> dict[str, BaseTask[Any, Any]]:
+        return self.filter_types('periodic')
 
 
 class _AppSignal:

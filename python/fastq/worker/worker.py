@@ -823,7 +823,8 @@ class WorkController:
         level = logging.getLogger().getEffectiveLevel()
         if level <= logging.INFO:  # Celery lists the tasks at -l info and below, the built-in ones at -l debug
             lines.append('[tasks]')
-            for name in sorted(app.tasks if level <= logging.DEBUG else app.tasks.regular()):
+            builtins = level <= logging.DEBUG
+            for name in sorted(n for n in app.tasks if builtins or not n.startswith('celery.')):
                 lines.append(f'  . {name}')
             lines.append('')
         if self.banner_stream is not None:
