@@ -68,3 +68,18 @@ def ignored_retry(self: Any) -> str:
     with open(os.environ['TASKS_GUIDE_FAILURES'], 'a') as f:
         f.write(f'{self.request.id} done\n')
     return 'kept'
+
+
+class _RetryHooked(app.Task):  # type: ignore[name-defined,misc]
+    def on_retry(self, exc: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        with open(os.environ['TASKS_GUIDE_FAILURES'], 'a') as f:
+            f.write(f'{task_id} on_retry {exc!r} {einfo.type.__name__}\n')
+
+
+@app.task(name='guide.retry_later', bind=True, base=_RetryHooked)
+def retry_later(self: Any, with_exc: bool) -> None:
+    """Retried in a minute, with the exception being handled or with no exception at all."""
+    try:
+        raise KeyError('later')
+    except KeyError as exc:
+        raise self.retry(exc=exc if with_exc else None, countdown=60) from None

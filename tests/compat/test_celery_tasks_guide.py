@@ -122,3 +122,22 @@ def test_the_worker_lines_come_from_celerys_loggers(kind: str, guide_worker: Any
     ready = re.search(r'^celery\.apps\.worker\|INFO\|\S+ ready\.$', log, re.M)
     receiver = log.find('guide|WARNING|worker_ready received')
     assert ready is not None and 0 <= receiver < ready.start()
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_a_retry_stores_its_exc_and_tells_on_retry(
+    kind: str, guide_worker: Any, celery_client: Any, tmp_path: Path
+) -> None:
+    """States, RETRY: the stored result is the exception given to retry() (None without one), and on_retry
+    gets that exception (or None) with the Retry's ExceptionInfo, as the task_retry signal does."""
+    guide_worker(kind)
+    given = celery_client.send_task('guide.retry_later', (True,))
+    bare = celery_client.send_task('guide.retry_later', (False,))
+    for result in (given, bare):
+        wait_until(lambda r=result: r.state == 'RETRY', timeout=30, message='RETRY stored')
+    assert repr(given.result) == "KeyError('later')" and bare.result is None and bare.info is None
+    wait_until(lambda: len([x for x in lines(tmp_path / 'failures') if 'on_retry' in x]) == 2, message='on_retry')
+    said = lines(tmp_path / 'failures')
+    assert f"{given.id} on_retry KeyError('later') Retry" in said
+    assert f'{bare.id} on_retry None Retry' in said
+    celery_client.control.revoke([given.id, bare.id])

@@ -338,7 +338,9 @@ class Backend(abc.ABC):
     ) -> Any:
         return self.store_result(task_id, exc, states.FAILURE, traceback=traceback, request=request)
 
-    def mark_as_retry(self, task_id: str, exc: BaseException, traceback: str | None = None, request: Any = None) -> Any:
+    def mark_as_retry(
+        self, task_id: str, exc: BaseException | None, traceback: str | None = None, request: Any = None
+    ) -> Any:
         return self.store_result(task_id, exc, states.RETRY, traceback=traceback, request=request)
 
     def mark_as_revoked(self, task_id: str, reason: str = '', request: Any = None) -> Any:

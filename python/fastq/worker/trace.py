@@ -442,8 +442,8 @@ def store_retry_state(task: Task[Any, Any], ctx: Context, retry: Retry) -> None:
     if ctx.is_eager or not _store_allowed(task, ctx, failure=True):
         return
     reason = retry.exc if retry.exc is not None else retry
-    try:
-        _results(task).mark_as_retry(ctx.id or '', reason, _Einfo(reason).traceback, request=ctx)
+    try:  # (the result is the retry's exc, None without one: Celery's mark_as_retry(reason.exc))
+        _results(task).mark_as_retry(ctx.id or '', retry.exc, _Einfo(reason).traceback, request=ctx)
     except Exception as exc:
         logger.warning('Task %s[%s] could not store its RETRY state yet: %r', task.name, ctx.id, exc)
         return
@@ -455,10 +455,12 @@ def _on_retry(task: Task[Any, Any], ctx: Context, exc: Retry, started: float) ->
     reason = exc.exc if exc.exc is not None else exc
     einfo = _Einfo(reason)
     if not exc.state_stored and _store_allowed(task, ctx, failure=True) and not ctx.is_eager:
-        _results(task).mark_as_retry(task_id, reason, einfo.traceback, request=ctx)
-    task.on_retry(reason, task_id, ctx.args, ctx.kwargs, einfo)
-    # Celery's `reason` is the Retry exception itself (str() of it says why), and `einfo` describes it.
-    signals.task_retry.send(sender=task, request=ctx, reason=exc, einfo=_Einfo(exc))
+        _results(task).mark_as_retry(task_id, exc.exc, einfo.traceback, request=ctx)
+    # As Celery's handle_retry: on_retry gets the retry's exc (None without one) and the Retry's einfo, as
+    # task_retry does; that signal's `reason` is the Retry exception itself (str() of it says why).
+    retry_einfo = _Einfo(exc)
+    task.on_retry(exc.exc, task_id, ctx.args, ctx.kwargs, retry_einfo)  # type: ignore[arg-type]
+    signals.task_retry.send(sender=task, request=ctx, reason=exc, einfo=retry_einfo)
     logger.info(LOG_RETRY, {'name': _log_name(task, ctx), 'id': task_id, 'exc': str(exc)})
     # task-retried's `exception` is the reason's repr (Celery's Request.on_retry: safe_repr(exc.exc)), not
     # the Retry's 'Retry in 0s: ...'
