@@ -282,6 +282,8 @@ class Task(Generic[P, R]):
     _settings_generation: int = -1
     _is_async: ClassVar[bool] = False
     _signature: inspect.Signature | None = None
+    #: `@app.task(pydantic=True)`: how a caller's model arguments are sent (fastq.pydantic_args).
+    _dump_pydantic_arguments: Callable[[Any, Any], tuple[Any, Any]] | None = None
     _arity_checker: Callable[..., None] | None = None
     #: This task's own result backend, Celery's `_backend`: as given (a URL, a Backend class or instance)
     #: until first used, then the instance it made; None for the app's. Read through `backend`; the worker's
@@ -445,6 +447,9 @@ class Task(Generic[P, R]):
         kwargs = dict(kwargs or {})
         if self.typing:
             self.check_arguments(args, kwargs)
+        if self._dump_pydantic_arguments is not None and self.serializer != 'pickle':  # (pickle sends models)
+            dumped, kwargs = self._dump_pydantic_arguments(args, kwargs)
+            args = tuple(dumped)
         return args, kwargs
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:

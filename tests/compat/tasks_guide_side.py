@@ -10,6 +10,8 @@ import os
 import time
 from typing import Any
 
+from pydantic import BaseModel
+
 if os.environ.get('TASKS_GUIDE_KIND') == 'celery':
     from celery import Celery as App
     from celery import signals
@@ -83,3 +85,19 @@ def retry_later(self: Any, with_exc: bool) -> None:
         raise KeyError('later')
     except KeyError as exc:
         raise self.retry(exc=exc if with_exc else None, countdown=60) from None
+
+
+class ArgModel(BaseModel):
+    value: int
+
+
+class ReturnModel(BaseModel):
+    value: str
+
+
+@app.task(pydantic=True, name='guide.pydantic')
+def pydantic_task(arg: ArgModel) -> ReturnModel:
+    """The guide's argument validation with Pydantic: the dict sent arrives as the model, the model
+    returned is stored as its dump."""
+    assert isinstance(arg, ArgModel)
+    return ReturnModel(value=f'example: {arg.value}')

@@ -141,3 +141,20 @@ def test_a_retry_stores_its_exc_and_tells_on_retry(
     assert f"{given.id} on_retry KeyError('later') Retry" in said
     assert f'{bare.id} on_retry None Retry' in said
     celery_client.control.revoke([given.id, bare.id])
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_arguments_validated_with_pydantic(kind: str, guide_worker: Any, celery_client: Any) -> None:
+    """Argument validation with Pydantic: @app.task(pydantic=True) validates the dict sent into the model
+    the parameter is annotated with, stores the returned model's dump, and fails a call that does not
+    validate with pydantic's ValidationError."""
+    guide_worker(kind)
+    assert celery_client.send_task('guide.pydantic', ({'value': 1},)).get(timeout=30) == {'value': 'example: 1'}
+    assert celery_client.send_task('guide.pydantic', (), {'arg': {'value': '2'}}).get(timeout=30) == {
+        'value': 'example: 2'
+    }
+    bad = celery_client.send_task('guide.pydantic', ({'value': 'x'},))
+    with pytest.raises(Exception) as failed:
+        bad.get(timeout=30)
+    assert type(failed.value).__name__ == 'ValidationError'
+    assert celery_client.backend.get_task_meta(bad.id)['status'] == 'FAILURE'

@@ -17,6 +17,16 @@ from fastq.exceptions import DuplicateTaskNameWarning as FastqWarningType
 from fastq.exceptions import NotRegistered as FastqNotRegistered
 
 celery = pytest.importorskip('celery')
+pydantic = pytest.importorskip('pydantic')
+
+
+class ArgModel(pydantic.BaseModel):  # (at module level: the annotations below are strings to resolve)
+    value: int
+
+
+class ReturnModel(pydantic.BaseModel):
+    value: str
+
 
 KINDS = ['celery', 'fastq']
 
@@ -277,3 +287,25 @@ def test_the_registry_registers_and_unregisters_task_classes(make_app: Any) -> N
     with pytest.raises(not_registered) as missing:
         app.tasks.unregister('guide.named')
     assert repr(missing.value) == "Task of kind 'guide.named' never registered, please make sure it's imported."
+
+
+def test_pydantic_validates_arguments_and_dumps_results(make_app: Any) -> None:
+    """Argument validation with Pydantic (pydantic=True): the eager side, and what a caller's models are
+    sent as (their dumps)."""
+    app = make_app()
+
+    def x(arg: ArgModel) -> ReturnModel:
+        assert isinstance(arg, ArgModel)
+        return ReturnModel(value=f'example: {arg.value}')
+
+    task = app.task(pydantic=True, name='guide.pydantic', shared=False)(x)
+    assert task.apply(({'value': 1},)).get() == {'value': 'example: 1'}
+    assert task.apply((ArgModel(value=2),)).get() == {'value': 'example: 2'}
+    assert task.apply(({'value': '3'},)).get() == {'value': 'example: 3'}  # (not strict by default)
+    with pytest.raises(pydantic.ValidationError):
+        task.apply(({'value': 'nope'},)).get()
+    strict = app.task(pydantic=True, pydantic_strict=True, name='guide.strict', shared=False)(x)
+    with pytest.raises(pydantic.ValidationError):
+        strict.apply(({'value': '3'},)).get()
+    assert task._dump_pydantic_arguments((ArgModel(value=4),), {}) == (({'value': 4},), {})
+    assert app.task(pydantic=True, name='guide.pydantic', shared=False)(x).name == task.name  # (no warning)

@@ -6,6 +6,7 @@ broker configured, the app uses SQLite files in the working directory, so `Fastq
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -55,9 +56,16 @@ W_DUPTASK_KEPT = 'The new callable was not registered; calls under this name rea
 W_DUPTASK_REPLACED = 'The new callable replaced the existing one; calls under this name now reach the new callable.'
 
 
+def _decorated_of(task: Any) -> Any:
+    """The function `@app.task` was given for a task (None for a class-based task). (Read from the class:
+    through the instance a function attribute would be a bound method, never the function itself.)"""
+    found = type(task).__dict__.get('_decorated_fun')
+    return found.__func__ if isinstance(found, staticmethod) else None
+
+
 def _callable_of(task: Any) -> Any:
     """What a task runs: its decorated function, or its class for a class-based task."""
-    return getattr(type(task), '__wrapped__', None) or type(task)
+    return _decorated_of(task) or type(task)
 
 
 def _qualname(obj: Any) -> str:
@@ -424,6 +432,10 @@ class Fastq:
         name: str | None = None,
         base: type[BaseTask[Any, Any]] | None = None,
         bind: bool = False,
+        pydantic: bool = False,
+        pydantic_strict: bool = False,
+        pydantic_context: dict[str, Any] | None = None,
+        pydantic_dump_kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> BaseTask[Any, Any]:
         name = name or self.gen_task_name(fun.__name__, fun.__module__)
@@ -431,13 +443,18 @@ class Fastq:
         if name in registry:
             # As Celery: the task registered first stays (a module imported twice hands the same function
             # back; another function under its name is a mistake, warned about, and not registered).
-            # (The class's `__wrapped__`: read through a bound task's instance it is a bound method.)
-            existing = getattr(type(registry[name]), '__wrapped__', None)
+            existing = _decorated_of(registry[name])
             if existing is not None and existing is not fun:
                 self._warn_duplicate_task_name(name, existing, fun, W_DUPTASK_KEPT)
             return registry[name]
         options.pop('shared', None)
         options.pop('lazy', None)
+        options['_decorated_fun'] = staticmethod(fun)  # (as given: what a re-registration is told apart by)
+        if pydantic is True:  # Celery's argument validation with Pydantic (fastq.pydantic_args)
+            from fastq.pydantic_args import pydantic_wrapper
+
+            fun = pydantic_wrapper(self, fun, name, pydantic_strict, pydantic_context, pydantic_dump_kwargs)
+            options['_dump_pydantic_arguments'] = staticmethod(functools.partial(fun.dump_arguments, bound=bind))  # type: ignore[attr-defined]
         cls = build_task_class(self, fun, name, base or self.Task, bind, options)
         task = cls()
         task.bind(self)
