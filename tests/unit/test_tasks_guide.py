@@ -309,3 +309,34 @@ def test_pydantic_validates_arguments_and_dumps_results(make_app: Any) -> None:
         strict.apply(({'value': '3'},)).get()
     assert task._dump_pydantic_arguments((ArgModel(value=4),), {}) == (({'value': 4},), {})
     assert app.task(pydantic=True, name='guide.pydantic', shared=False)(x).name == task.name  # (no warning)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_a_groups_model_arguments_are_sent_as_their_dumps(kind: str, redis_url: str) -> None:
+    """pydantic=True: a group sends each member's models as its apply_async would (dumped)."""
+    import base64
+    import json
+
+    import redis
+
+    if kind == 'celery':
+        app: Any = celery.Celery('guide', broker=redis_url, backend=redis_url, set_as_current=False)
+        group = celery.group
+    else:
+        from fastq import group  # type: ignore[assignment]
+
+        app = Fastq('guide', broker=redis_url, backend=redis_url, set_as_current=False)
+
+    def x(arg: ArgModel) -> int:
+        return arg.value
+
+    task = app.task(pydantic=True, name='guide.model', shared=False)(x)
+    group(task.s(ArgModel(value=1)), task.s(arg=ArgModel(value=2))).delay()
+    client = redis.Redis.from_url(redis_url)
+    bodies = [json.loads(base64.b64decode(json.loads(raw)['body'])) for raw in client.lrange('celery', 0, -1)]
+    assert sorted(json.dumps(body[:2]) for body in bodies) == [
+        '[[], {"arg": {"value": 2}}]',
+        '[[{"value": 1}], {}]',
+    ]
+    client.close()
+    app.close()

@@ -395,6 +395,9 @@ def _batch_call(
         check = checked[id(task)] = task.check_arguments if task.typing else False
     if check:
         check(args, kw_args)
+    if task._dump_pydantic_arguments is not None and task.serializer != 'pickle':  # (as its apply_async does)
+        dumped, kw_args = task._dump_pydantic_arguments(args, kw_args)
+        args = tuple(dumped)
     if task.shadow and not kw.get('shadow'):
         kw['shadow'] = task.shadow
     return task.name, task, args, kw_args, kw, options
