@@ -74,7 +74,7 @@ class Context:
     origin: str | None = None
     delivery_info: dict[str, Any] | None = None
     timelimit: tuple[float | None, float | None] | None = None
-    utc: bool | None = True
+    utc: bool | None = None  # (Celery's: protocol 2 carries no utc, so a request never has one set)
     ignore_result: bool = False
     called_directly: bool = True
     properties: dict[str, Any] | None = None

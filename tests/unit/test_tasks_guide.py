@@ -340,3 +340,15 @@ def test_a_groups_model_arguments_are_sent_as_their_dumps(kind: str, redis_url: 
     ]
     client.close()
     app.close()
+
+
+def test_the_request_utc_is_none_as_in_celery(make_app: Any) -> None:
+    """The guide lists request.utc; Celery's protocol 2 carries none, so it reads None in every request."""
+    app = make_app()
+
+    @app.task(name='guide.utc', bind=True, shared=False)
+    def utc(self: Any) -> Any:
+        return self.request.utc
+
+    assert utc.apply().get() is None
+    assert utc() is None
