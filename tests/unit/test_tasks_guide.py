@@ -17,7 +17,7 @@ from fastq.exceptions import DuplicateTaskNameWarning as FastqWarningType
 from fastq.exceptions import NotRegistered as FastqNotRegistered
 
 celery = pytest.importorskip('celery')
-pydantic = pytest.importorskip('pydantic')
+pydantic = pytest.importorskip('pydantic')  # (a test dependency: see pyproject's test extra)
 
 
 class ArgModel(pydantic.BaseModel):  # (at module level: the annotations below are strings to resolve)
