@@ -171,6 +171,30 @@ def test_pool_grow_shrink_restart(tasks: Any, worker: Any) -> None:
 
 
 @REDIS
+def test_the_guides_prefetch_count_commands(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    """The Workers guide's own examples (increase_prefetch_count / current_prefetch_count) use the consumer's
+    kombu QoS: the raised count is the worker's real window, and stays raised when the pool grows."""
+    w = worker('-n', 'qos@%h', '-c', '1')
+    node = _hostname(w, 'qos@')
+    control, inspect = tasks.app.control, tasks.app.control.inspect(destination=[node], timeout=3)
+    assert inspect._request('current_prefetch_count') == {node: {'prefetch_count': 4}}
+    assert control.broadcast(
+        'increase_prefetch_count', arguments={'n': 3}, destination=[node], reply=True, timeout=3
+    ) == [{node: {'ok': 'prefetch count incremented'}}]
+    assert inspect._request('current_prefetch_count') == {node: {'prefetch_count': 7}}
+    assert inspect.stats()[node]['prefetch_count'] == 7
+    out = tmp_path / 'sleep.txt'
+    running = tasks.sleeper.delay(str(out), 'busy', 60)
+    wait_until(lambda: any(line.startswith('start busy') for line in lines(out)), message='started')
+    waiting = [tasks.add.delay(i, i) for i in range(10)]
+    wait_until(lambda: len((inspect.reserved() or {}).get(node, [])) == 7, message='7 reserved (the running one acked)')
+    control.broadcast('pool_grow', arguments={'n': 1}, destination=[node], reply=True, timeout=3)
+    assert [r.get(timeout=30) for r in waiting] == [i + i for i in range(10)]
+    assert inspect._request('current_prefetch_count') == {node: {'prefetch_count': 11}}
+    control.revoke(running.id, terminate=True, reply=True, timeout=3)
+
+
+@REDIS
 def test_autoscale_grows_under_load_and_shrinks_when_idle(tasks: Any, worker: Any, tmp_path: Path) -> None:
     w = worker('-n', 'auto@%h', '--autoscale', '3,1', extra_env={'FASTQ_AUTOSCALE_KEEPALIVE': '1'})
     node = _hostname(w, 'auto@')

@@ -467,6 +467,18 @@ def unbump(state: Any) -> dict[str, Any]:
     return {'ok': 'cleared'}
 
 
+@control_command(args=[('n', int)], signature='[N=1]')
+def increase_prefetch_count(state: Any, n: int = 1) -> dict[str, Any]:
+    """The guide's example, as written there: kombu's QoS of the consumer."""
+    state.consumer.qos.increment_eventually(n)
+    return {'ok': 'prefetch count incremented'}
+
+
+@inspect_command()
+def current_prefetch_count(state: Any) -> dict[str, Any]:
+    return {'prefetch_count': state.consumer.qos.value}
+
+
 @app.task(bind=True, acks_late=True)
 def long_first_time(self: Any, path: str, key: str) -> str:
     """Sleeps ten minutes unless its message was delivered before (then returns at once)."""

@@ -45,7 +45,7 @@ APP_COMMANDS: dict[str, dict[str, Any]] = {}
 
 class ControlState:
     """What an app's command function gets as `state` (Celery's Panel state): the worker's app, node name
-    and `consumer` (whose `controller` is the worker, and `app` the app)."""
+    and `consumer` (whose `controller` is the worker, `app` the app, and `qos` the prefetch count)."""
 
     def __init__(self, worker: WorkController) -> None:
         self.worker = worker
@@ -60,6 +60,8 @@ class _ConsumerView:
         self.app = worker.app
         self.hostname = worker.hostname
         self.pool = worker.pool
+        #: the prefetch count, as kombu's QoS (the Workers guide's increase_prefetch_count example uses it)
+        self.qos = worker.qos
 
 
 def _app_command(
@@ -127,8 +129,8 @@ def ok(value: Any) -> dict[str, Any]:
 def on_loop(worker: WorkController, fn: Callable[[], T], timeout: float = 5.0) -> T:
     """Run `fn` in the worker loop's thread, which owns the task state, and return its value (or raise what it
     raised); the pidbox thread waits for it."""
-    if not worker.loop.running:
-        return fn()
+    if not worker.loop.running or worker.loop.thread is threading.current_thread():
+        return fn()  # (asked from the loop's own thread, posting and waiting would wait for itself)
     done = threading.Event()
     box: list[Any] = []
 

@@ -159,11 +159,11 @@ def _stats(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
     dispatcher = worker.dispatcher
     pool = worker.pool
 
-    def snapshot() -> tuple[dict[str, int], dict[str, object]]:
+    def snapshot() -> tuple[dict[str, int], dict[str, object], int]:
         totals = dict(dispatcher.totals) if dispatcher is not None else {}
-        return totals, (pool.info() if pool is not None else {})
+        return totals, (pool.info() if pool is not None else {}), worker.prefetch_count
 
-    totals, pool_info = on_loop(worker, snapshot)
+    totals, pool_info, prefetch_count = on_loop(worker, snapshot)
     # Celery: (soft, hard) of the pool, 0 when unset; a pool that has none says () (solo), left as it is
     if isinstance(pool_info.get('timeouts'), list) and dispatcher is not None:
         pool_info['timeouts'] = [dispatcher.default_soft_time_limit or 0, dispatcher.default_time_limit or 0]
@@ -176,7 +176,7 @@ def _stats(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
         'uptime': int(time.monotonic() - worker.started_at),
         'pool': pool_info,
         'broker': broker_info(str(getattr(broker, 'url', '') or worker.app.conf.broker_url or '')),
-        'prefetch_count': worker.window,
+        'prefetch_count': prefetch_count,  # (Celery's qos.value: held ETA tasks count)
         **_steps_info(worker),
         'rusage': {  # (Celery's keys: every field of getrusage)
             'utime': usage.ru_utime,

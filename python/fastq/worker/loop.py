@@ -51,6 +51,7 @@ class Loop:
         self._idle: list[Callback] = []
         self._wake_pending = False
         self.running = False
+        self.thread: threading.Thread | None = None  # the one running it (`run_until`)
         # Held whenever loop work runs (see the module docstring). Taken here, by the thread that makes the
         # loop: until it first waits in select, nobody may borrow it.
         self._owner = threading.Lock()
@@ -177,6 +178,7 @@ class Loop:
             callback()
 
     def run_until(self, done: Callable[[], bool], max_wait: float = 1.0) -> None:
+        self.thread = threading.current_thread()
         self.running = True
         try:
             while not done():

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from fastq.app import Fastq
     from fastq.worker.loop import Loop
     from fastq.worker.loop import Timer as LoopTimer
+    from fastq.worker.qos import QoS
 
 logger = logging.getLogger('celery.worker.consumer')
 
@@ -191,50 +192,6 @@ class StepTimer:
 # --- the consumer ---------------------------------------------------------------------------------------
 
 
-class StepQoS:
-    """`c.qos`, kombu's `QoS` as Celery's consumer has it: `value` is the prefetch count the worker is to
-    have (concurrency x prefetch multiplier; 0: no limit), changed by `increment_eventually(n)` /
-    `decrement_eventually(n)` (never below 1), or `set(n)`; applied soon after, in the worker's thread (as
-    Celery's consumer applies the eventual changes in its loop). 'basic.qos: prefetch_count->N' is logged,
-    as kombu's."""
-
-    def __init__(self, worker: Any) -> None:
-        self.worker = worker
-        self.value: int = int(worker.window)
-        self.prev: int | None = self.value
-        self._mutex = threading.RLock()
-
-    def increment_eventually(self, n: int = 1) -> int:
-        with self._mutex:
-            if self.value:
-                self.value = self.value + max(n, 0)
-            self._soon()
-            return self.value
-
-    def decrement_eventually(self, n: int = 1) -> int:
-        with self._mutex:
-            if self.value:
-                self.value -= n
-                if self.value < 1:
-                    self.value = 1
-            self._soon()
-            return self.value
-
-    def set(self, pcount: int) -> int:
-        if pcount != self.prev:
-            logger.debug('basic.qos: prefetch_count->%s', pcount)
-            self.worker.loop.call_soon_threadsafe(lambda: self.worker.set_prefetch_window(pcount))
-        self.prev = pcount
-        return pcount
-
-    def update(self) -> int:
-        with self._mutex:
-            return self.set(self.value)
-
-    def _soon(self) -> None:
-        self.worker.loop.call_soon_threadsafe(self.update)
-
-
 def check_consumer_step(app: Fastq, step: Any) -> None:
     """Refuse to start a worker with a `ConsumerStep` whose kombu connection cannot be made, naming it."""
     try:
@@ -264,7 +221,6 @@ class StepConsumer:
         self.task_consumer: Any = None
         self.steps: list[Any] = []
         self._connection: Any = None
-        self._qos: StepQoS | None = None
         self._lost = False  # stopped by connection_lost, until connection_regained
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -283,11 +239,11 @@ class StepConsumer:
         return self.controller.pool
 
     @property
-    def qos(self) -> StepQoS:
-        """The task prefetch count (Celery's `c.qos`: `set(10)`, `increment_eventually(1)`, ...)."""
-        if self._qos is None:
-            self._qos = StepQoS(self.controller)
-        return self._qos
+    def qos(self) -> QoS:
+        """The task prefetch count (Celery's `c.qos`: `set(10)`, `increment_eventually(1)`, ...): the worker's
+        one `QoS`, which remote control commands change too."""
+        qos: QoS = self.controller.qos
+        return qos
 
     def reset_rate_limits(self) -> None:
         """Apply every task's `rate_limit` as it is now (Celery's; the guide's RatelimitStep changes

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from fastq.brokers.base import Broker, Consumer, Delivery
     from fastq.worker.lending import Lending
     from fastq.worker.pool.base import Pool
+    from fastq.worker.qos import QoS
 
 logger = logging.getLogger('celery.worker')
 # The loggers Celery's lines come from, for a logging config (or `%(name)s` format) that names them.
@@ -344,7 +345,7 @@ class WorkController:
 
     def resize_pool(self, delta: int) -> int:
         """Grow (delta > 0) or shrink the prefork pool (or the gevent pool's greenlet limit, as Celery's), in
-        the loop's thread; the prefetch window follows (size x multiplier) unless the autoscaler fixed it for
+        the loop's thread; the prefetch window moves by the change x multiplier unless the autoscaler fixed it for
         its largest size. Returns the change."""
         from fastq.worker.pool.green import GeventPool
         from fastq.worker.pool.prefork import PreforkPool
@@ -352,24 +353,44 @@ class WorkController:
         pool = self.pool
         if isinstance(pool, GeventPool):
             changed = pool.resize(delta)
-            self.concurrency = size = pool.concurrency
+            self.concurrency = pool.concurrency
         elif isinstance(pool, PreforkPool) and pool.name == 'prefork':
             changed = pool.grow(delta) if delta > 0 else -pool.shrink(-delta)
-            self.concurrency = self.processes = size = pool.processes
+            self.concurrency = self.processes = pool.processes
         else:
             raise ValueError(f'the {self.pool_name} pool cannot be resized')
-        if self.autoscale is None and self.dispatcher is not None and self.multiplier:
-            self.set_prefetch_window(size * self.multiplier)
+        if self.autoscale is None and self.dispatcher is not None and self.window:
+            # (by the change, as Celery's consumer moves its QoS: a count an app's command raised stays raised)
+            self.set_window(max(self.window + changed * self.multiplier, 1))
         return changed
 
-    def set_prefetch_window(self, window: int) -> None:
-        """How many tasks this worker holds at most (Celery's prefetch count; 0: no limit), from now on. In the
-        loop's thread."""
+    @property
+    def qos(self) -> QoS:
+        """The prefetch count as kombu's `QoS` (Celery's `consumer.qos`): what consumer steps (`c.qos`) and
+        remote control commands (`state.consumer.qos`) read and change."""
+        qos: QoS | None = self.__dict__.get('_qos')
+        if qos is None:
+            from fastq.worker.qos import QoS
+
+            qos = self.__dict__['_qos'] = QoS(self)
+        return qos
+
+    @property
+    def prefetch_count(self) -> int:
+        """The window in force, ETA tasks held in memory included, as Celery's `consumer.qos.value` (read in
+        the loop's thread)."""
+        dispatcher = self.dispatcher
+        return int(dispatcher._window()) if dispatcher is not None else self.window
+
+    def set_window(self, window: int) -> None:
+        """Make `window` the prefetch window (held ETA tasks aside), in the loop's thread: the ledger, the
+        broker's own window where it pushes, and a fetcher waiting for room all follow."""
         self.window = window
         dispatcher = self.dispatcher
-        if dispatcher is not None:
-            dispatcher.base_window = window
-            dispatcher.ledger.window = dispatcher._window()
+        if dispatcher is None:
+            return
+        dispatcher.base_window = window
+        dispatcher.ledger.window = dispatcher._window()
         if self.consumer is not None:
             self.consumer.prefetch(window)
         if self.fetcher is not None:
