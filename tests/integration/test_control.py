@@ -82,6 +82,37 @@ def test_terminate_running_task(tasks: Any, worker: Any, tmp_path: Path) -> None
     assert tasks.add.delay(1, 1).get(timeout=30) == 2
 
 
+def test_terminate_reads_the_signal_as_celery(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    """A name in capitals with or without SIG, or a number; a lower-case name is refused in Celery's words
+    (the id stays revoked), and the log names the signal by its number, as Celery's 'Terminating id (9)'."""
+    w = worker('-n', 'term@%h')
+    node = next(word for word in w.log.split() if word.startswith('term@'))
+    out = tmp_path / 'slow.txt'
+    control = tasks.app.control
+    first = tasks.sleeper.delay(str(out), 'first', 60)
+    wait_until(lambda: any(line.startswith('start first') for line in lines(out)), message='started')
+    assert control.revoke(first.id, terminate=True, signal='kill', reply=True, timeout=3) == [
+        {node: {'error': "TypeError('signal name must be uppercase string.')"}}
+    ]
+    assert control.revoke(first.id, terminate=True, signal='SIGNOPE', reply=True, timeout=3) == [
+        {node: {'error': "AttributeError(\"module 'signal' has no attribute 'SIGNOPE'\")"}}
+    ]
+    assert first.id in control.inspect(timeout=3).revoked()[node]
+    assert control.revoke(first.id, terminate=True, signal='KILL', reply=True, timeout=3) == [
+        {node: {'ok': f'terminate: {first.id}'}}
+    ]
+    wait_until(lambda: first.state == states.REVOKED, timeout=30, message='REVOKED after terminate')
+    assert f'Terminating {first.id} (9)' in w.log
+    second = tasks.sleeper.delay(str(out), 'second', 60)
+    wait_until(lambda: any(line.startswith('start second') for line in lines(out)), message='started')
+    control.revoke(second.id, terminate=True, signal=15, reply=True, timeout=3)
+    wait_until(lambda: second.state == states.REVOKED, timeout=30, message='REVOKED after terminate')
+    assert f'Terminating {second.id} (15)' in w.log
+    assert control.revoke_by_stamped_headers({'k': 'v'}, terminate=True, signal='term', reply=True, timeout=3) == [
+        {node: {'error': "TypeError('signal name must be uppercase string.')"}}
+    ]
+
+
 def test_remote_shutdown(tasks: Any, worker: Any) -> None:
     w = worker()
     tasks.app.control.shutdown()

@@ -162,24 +162,46 @@ def _shutdown(worker: WorkController, msg: str = 'Got shutdown from remote', **k
     worker.loop.call_soon_threadsafe(lambda: worker.request_shutdown('warm'))
 
 
+def signum(signal: Any) -> int:
+    """The signal a revoke's `signal` names, read as Celery's `platforms.signals.signum`: a number as it is, a
+    name in capitals with or without its SIG ('KILL', 'SIGKILL'); anything else is refused (TypeError, or
+    AttributeError for a name the signal module lacks), which the sender gets back as an error reply."""
+    import signal as signals_module
+
+    if isinstance(signal, int) and not isinstance(signal, bool):
+        return signal
+    if not isinstance(signal, str) or not signal.isupper():
+        raise TypeError('signal name must be uppercase string.')
+    return int(getattr(signals_module, signal if signal.startswith('SIG') else f'SIG{signal}'))
+
+
 @command('revoke')
 def _revoke(
-    worker: WorkController, task_id: Any = None, terminate: bool = False, signal: str | None = None, **kwargs: Any
+    worker: WorkController, task_id: Any = None, terminate: bool = False, signal: Any = None, **kwargs: Any
 ) -> dict[str, Any]:
     ids = {task_id} if isinstance(task_id, str) else set(task_id or ())
+    refused: Exception | None = None
+    number = 15
+    if terminate:
+        try:
+            number = signum(signal or 'SIGTERM')
+        except (TypeError, AttributeError) as exc:  # (Celery reads it after flagging the ids: they stay revoked)
+            refused, terminate = exc, False
     dispatcher = worker.dispatcher
     terminated: list[str] = []
     if dispatcher is not None:
 
         def revoke() -> list[str]:
             running = sorted({job.request.id for job in dispatcher.running.values()} & ids) if terminate else []
-            dispatcher.revoke(ids, terminate=bool(terminate), signal_name=signal or 'SIGTERM')
+            dispatcher.revoke(ids, terminate=bool(terminate), signum=number)
             return running
 
         terminated = on_loop(worker, revoke)
         from fastq.worker.parked import store_revoked
 
         store_revoked(worker, ids)
+    if refused is not None:
+        raise refused
     if terminate:  # Celery's words: the ids it found running, or none
         return ok('terminate: {}'.format(', '.join(terminated)) if terminated else 'terminate: tasks unknown')
     logger.info('Tasks flagged as revoked: %s', ', '.join(ids))
@@ -207,16 +229,17 @@ def _rate_limit(worker: WorkController, task_name: str = '', rate_limit: Any = N
 
 @command('revoke_by_stamped_headers')
 def _revoke_by_stamped_headers(
-    worker: WorkController, headers: Any = None, terminate: bool = False, signal: str | None = None, **kwargs: Any
+    worker: WorkController, headers: Any = None, terminate: bool = False, signal: Any = None, **kwargs: Any
 ) -> dict[str, Any]:
     """Revoke the tasks stamped with these values (`{'mtask_id': [id1, id2]}`, or Celery's 'k=v' strings)."""
+    number = signum(signal or 'SIGTERM')  # (first: Celery refuses a bad signal before flagging anything)
     if isinstance(headers, list | tuple):
         headers = dict(item.split('=', 1) for item in headers)
     headers = dict(headers or {})
     dispatcher = worker.dispatcher
     killed: list[Any] = []
     if dispatcher is not None:
-        killed = on_loop(worker, lambda: dispatcher.revoke_stamped(headers, bool(terminate), signal or 'SIGTERM'))
+        killed = on_loop(worker, lambda: dispatcher.revoke_stamped(headers, bool(terminate), number))
     if not terminate:
         return ok(f'headers {headers} flagged as revoked, but not terminated')
     if not killed:

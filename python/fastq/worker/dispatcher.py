@@ -437,7 +437,7 @@ class Dispatcher:
             error_logger.warning('Could not store the %s state of %s: %r', state, request.id, store_exc)
         return ctx
 
-    def revoke(self, ids: set[str], terminate: bool = False, signal_name: str = 'SIGTERM') -> None:
+    def revoke(self, ids: set[str], terminate: bool = False, signum: int = 15) -> None:
         """Remember revoked ids; drop matching waiting jobs now; with `terminate`, kill running ones."""
         for task_id in ids:
             self.revoked.add(task_id)
@@ -445,18 +445,16 @@ class Dispatcher:
             return
         if self.on_terms_changed is not None:
             self.on_terms_changed()
-        self._drop_matching(lambda job: job.request.id in ids, terminate, signal_name)
+        self._drop_matching(lambda job: job.request.id in ids, terminate, signum)
 
-    def revoke_stamped(
-        self, headers: dict[str, Any], terminate: bool = False, signal_name: str = 'SIGTERM'
-    ) -> list[Job]:
+    def revoke_stamped(self, headers: dict[str, Any], terminate: bool = False, signum: int = 15) -> list[Job]:
         """`revoke_by_stamped_headers`: remember the stamp values; drop waiting jobs stamped with one now;
         with `terminate`, kill the running ones (returned). Held in memory, as Celery's worker holds them."""
         for name, values in headers.items():
             self.revoked_stamps[name] = [*as_list(self.revoked_stamps.get(name)), *as_list(values)]
         if self.on_terms_changed is not None:
             self.on_terms_changed()
-        return self._drop_matching(lambda job: self._stamp_revoked(job.delivery, headers), terminate, signal_name)
+        return self._drop_matching(lambda job: self._stamp_revoked(job.delivery, headers), terminate, signum)
 
     def _stamp_revoked(self, d: Delivery, revoked: dict[str, Any] | None = None) -> bool:
         """Whether the message is stamped with a revoked value (its headers decoded: only while some are)."""
@@ -490,8 +488,9 @@ class Dispatcher:
                 if kill is None or not kill(job, 'cancelled', signals_module.SIGTERM):
                     logger.warning('The %s pool cannot terminate a running task', self.pool.name)
 
-    def _drop_matching(self, matches: Callable[[Job], bool], terminate: bool, signal_name: str) -> list[Job]:
-        """Discard the waiting and held jobs that `matches`; with `terminate`, kill the running ones."""
+    def _drop_matching(self, matches: Callable[[Job], bool], terminate: bool, signum: int) -> list[Job]:
+        """Discard the waiting and held jobs that `matches`; with `terminate`, kill the running ones with the
+        signal `signum`."""
         for queue in self.limiter.waiting.values():
             for job in [j for j in queue if matches(j)]:
                 queue.remove(job)
@@ -507,12 +506,9 @@ class Dispatcher:
                 self._discard_revoked(job.delivery, job.request, self.app.tasks.get(job.request.task), False)
         killed: list[Job] = []
         if terminate:
-            import signal as signals_module
-
-            signum = getattr(signals_module, signal_name if signal_name.startswith('SIG') else f'SIG{signal_name}', 15)
             for job in list(self.running.values()):
                 if matches(job):
-                    logger.info('Terminating %s (%s)', job.request.id, signal_name)
+                    logger.info('Terminating %s (%s)', job.request.id, signum)  # (the number, as Celery logs it)
                     killed.append(job)
                     kill = getattr(self.pool, 'kill_job', None)
                     self._terminated_with[job.id] = int(signum)
