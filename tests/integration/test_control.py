@@ -84,8 +84,10 @@ def test_terminate_running_task(tasks: Any, worker: Any, tmp_path: Path) -> None
 
 def test_terminate_reads_the_signal_as_celery(tasks: Any, worker: Any, tmp_path: Path) -> None:
     """A name in capitals with or without SIG, or a number; a lower-case name is refused in Celery's words
-    (the id stays revoked), and the log names the signal by its number, as Celery's 'Terminating id (9)'."""
-    w = worker('-n', 'term@%h')
+    (the id stays revoked), and the log names the signal by its number, as Celery's 'Terminating id (9)'. The
+    child killed on purpose is not logged as an error ('Process ... exited with ...': billiard's
+    terminate_job marks it a controlled termination)."""
+    w = worker('-n', 'term@%h', '-c', '1')
     node = next(word for word in w.log.split() if word.startswith('term@'))
     out = tmp_path / 'slow.txt'
     control = tasks.app.control
@@ -108,6 +110,8 @@ def test_terminate_reads_the_signal_as_celery(tasks: Any, worker: Any, tmp_path:
     control.revoke(second.id, terminate=True, signal=15, reply=True, timeout=3)
     wait_until(lambda: second.state == states.REVOKED, timeout=30, message='REVOKED after terminate')
     assert f'Terminating {second.id} (15)' in w.log
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2  # (in the child that replaced the killed one)
+    assert 'exited with' not in w.log
     assert control.revoke_by_stamped_headers({'k': 'v'}, terminate=True, signal='term', reply=True, timeout=3) == [
         {node: {'error': "TypeError('signal name must be uppercase string.')"}}
     ]

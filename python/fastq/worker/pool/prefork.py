@@ -65,6 +65,9 @@ FILL_BUDGET = QUEUE_BUDGET / 5
 MAX_JOBS_PER_CHILD = 64
 #: Estimate for a task name never run here yet: long, so it is sent to an idle child only.
 UNKNOWN_RUNTIME = 1.0
+#: Why a child was killed when the worker asked for it on purpose (revoke with terminate, a cold shutdown's
+#: cancel): billiard's terminate_job, whose child's exit it does not log.
+_CONTROLLED = frozenset({'revoked', 'cancelled'})
 #: Children (by index) whose started-job count is shared with the parent; beyond it answers are not batched
 #: for early-acked jobs, and the broker's lead is not lent to them. 8 bytes each, three regions (see below).
 PROGRESS_SLOTS = 1024
@@ -247,9 +250,11 @@ class PreforkPool(Pool):
         expected = child is not None and (child.retiring or child.killed_for is not None)
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and (expected or self._stopping):
             return
+        if child is not None and child.killed_for in _CONTROLLED:
+            return  # (billiard's terminate_job marks the child a controlled termination: its exit is not logged)
         name = child.name if child else 'ForkPoolWorker'
-        # A child killed for its task (hard time limit, revoke with terminate) is an error too, as billiard logs
-        # every exit it did not cause itself; one retired or stopped by the pool is not.
+        # A child killed for its task's hard time limit is an error too, as billiard logs every exit it did not
+        # ask for with terminate_job; one retired or stopped by the pool is not.
         quiet = (child is not None and child.retiring) or self._stopping
         log = logger.info if quiet else logger.error
         log('Process %r pid:%r exited with %r', name, pid, human_status(status))
