@@ -102,6 +102,8 @@ def test_time_limit_and_events_control(tasks: Any, worker: Any, tmp_path: Path, 
     node = _hostname(w, 'ctl@')
     replies = tasks.app.control.time_limit('worker_tasks.long', soft=None, hard=1, reply=True, timeout=3)
     assert replies == [{node: {'ok': 'time limits set successfully'}}]
+    # the limit as sent (Celery stores it so): 1, not 1.0
+    assert 'worker_tasks.long [time_limit=1]' in tasks.app.control.inspect(timeout=3).registered('time_limit')[node]
     from fastq.exceptions import TimeLimitExceeded
 
     with pytest.raises(TimeLimitExceeded):

@@ -336,11 +336,19 @@ def _time_limit(
     if task is None:
         logger.error('Change time limit attempt for unknown task %s', task_name)
         return {'error': 'unknown task'}
-    task.soft_time_limit = float(soft) if soft is not None else None
-    task.time_limit = float(hard) if hard is not None else None
+    # As sent (Celery stores them so): 120 from app.control.time_limit(..., hard=120) stays 120, which
+    # `inspect registered time_limit` shows; a number in a string is read as one
+    task.soft_time_limit = _seconds(soft)
+    task.time_limit = _seconds(hard)
     _terms_changed(worker)
     logger.info('New time limits for tasks of type %s: soft=%s hard=%s', task_name, soft, hard)
     return ok('time limits set successfully')
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    return float(value)
 
 
 # --- control: which queues this worker consumes --------------------------------------------------------------
