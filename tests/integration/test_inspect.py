@@ -117,6 +117,15 @@ def test_time_limit_and_events_control(tasks: Any, worker: Any, tmp_path: Path, 
     ctl = ('-A', 'worker_tasks', 'control')
     proc = fastq(tmp_path, urls, *ctl, 'rate_limit', 'worker_tasks.add', '10/m', '-d', node, '-t', '3', '-j')
     assert json.loads(proc.stdout) == [{node: {'ok': 'new rate limit set successfully'}}]
+    assert tasks.app.control.rate_limit('worker_tasks.add', None, reply=True, timeout=3) == [
+        {node: {'ok': 'rate limit disabled successfully'}}
+    ]
+    assert tasks.app.control.rate_limit('worker_tasks.add', 'abc', reply=True, timeout=3) == [
+        {node: {'error': 'Invalid rate limit string: ValueError("could not convert string to float: \'abc\'")'}}
+    ]
+    # Celery's lines for both changes
+    w.wait_for('New rate limit for tasks of type worker_tasks.add: 10/m.')
+    w.wait_for('Rate limits disabled for tasks of type worker_tasks.add')
     proc = fastq(tmp_path, urls, *ctl, 'autoscale', '3', '1', '-d', node, '-t', '3')
     assert proc.stdout.splitlines() == [f'->  {node}: ERROR', "        ValueError('Autoscale not enabled')"]
     proc = fastq(tmp_path, urls, *ctl, 'terminate', 'KILL', 'not-running', '-d', node, '-t', '3')

@@ -35,10 +35,35 @@ def test_host_format() -> None:
 
 
 @pytest.mark.parametrize(
-    ('rate', 'per_second'), [('10/s', 10.0), ('60/m', 1.0), ('3600/h', 1.0), ('5', 5.0), (None, 0.0)]
+    ('rate', 'per_second'),
+    [
+        ('10/s', 10.0),
+        ('60/m', 1.0),
+        ('3600/h', 1.0),
+        ('5', 5.0),
+        (None, 0.0),
+        ('', 0.0),
+        # read as Celery's rate(): float() of what is before the slash, no unit after it is /s
+        ('1e3/s', 1000.0),
+        (' 5 /m', 5 / 60),
+        ('5/', 5.0),
+        ('0.5', 0.5),
+    ],
 )
 def test_parse_rate(rate: str | None, per_second: float) -> None:
     assert parse_rate(rate) == per_second
+
+
+def test_parse_rate_refuses_in_floats_words() -> None:
+    """Celery's rate_limit control reply quotes float's error: 'Invalid rate limit string: ValueError("could
+    not convert string to float: 'abc'")'; a negative rate, which Celery takes and then never runs the task,
+    and an unknown unit are refused."""
+    with pytest.raises(ValueError, match="could not convert string to float: 'abc'"):
+        parse_rate('abc')
+    with pytest.raises(ValueError, match='must not be negative'):
+        parse_rate('-5/s')
+    with pytest.raises(ValueError, match="bad rate limit '10/x'"):
+        parse_rate('10/x')
 
 
 def test_saferepr_bounds() -> None:

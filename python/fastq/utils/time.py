@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time as _time
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = ['from_iso', 'get_timezone', 'local_timezone', 'maybe_make_aware', 'now_in', 'parse_rate', 'to_timestamp']
 
-_RATE = re.compile(r'^\s*(\d+(?:\.\d*)?)\s*(?:/\s*([smh]))?\s*$')
 _RATE_UNITS = {'s': 1.0, 'm': 60.0, 'h': 3600.0}
 
 
 def parse_rate(rate: str | float | None) -> float:
     """Tasks per second for Celery's rate strings: `'10/s'`, `'100/m'`, `'1000/h'`, or a bare number (per second).
 
-    0 or None means unlimited (returned as 0.0).
+    0, '' or None means unlimited (returned as 0.0). The number is read as Celery's `rate` reads it, with
+    `float` (' 5 ', '1e3' and '5/' are rates there too), and a bad one fails with float's own words, which
+    Celery's `rate_limit` control reply quotes; a negative rate is refused (Celery takes it, and the task
+    then never runs).
     """
     if rate is None:
         return 0.0
@@ -28,10 +29,16 @@ def parse_rate(rate: str | float | None) -> float:
         return float(rate)
     if not isinstance(rate, str):
         raise ValueError(f'rate limit must be a string like "10/m", got {rate!r}')
-    match = _RATE.match(rate)
-    if not match:
+    if not rate:
+        return 0.0
+    number, _, unit = rate.partition('/')
+    per = _RATE_UNITS.get(unit.strip() or 's')
+    if per is None:
         raise ValueError(f'bad rate limit {rate!r}: expected a number with an optional /s, /m or /h')
-    return float(match.group(1)) / _RATE_UNITS[match.group(2) or 's']
+    value = float(number)
+    if not value >= 0:  # (negative, or nan)
+        raise ValueError(f'rate limit must not be negative: {rate!r}')
+    return value / per
 
 
 def get_timezone(name: str | tzinfo | None, enable_utc: bool = True) -> tzinfo:

@@ -223,7 +223,9 @@ def _rate_limit(worker: WorkController, task_name: str = '', rate_limit: Any = N
         dispatcher = worker.dispatcher
         worker.loop.call_soon_threadsafe(lambda: dispatcher.set_rate_limit(task_name, rate_limit))
     if not rate_limit:
+        logger.info('Rate limits disabled for tasks of type %s', task_name)
         return ok('rate limit disabled successfully')
+    logger.info('New rate limit for tasks of type %s: %s.', task_name, rate_limit)
     return ok('new rate limit set successfully')
 
 
