@@ -244,6 +244,8 @@ def test_add_and_cancel_consumer(tasks: Any, worker: Any, tmp_path: Path, urls: 
     left = tasks.add.apply_async((3, 3), queue='extra')
     assert tasks.add.delay(1, 1).get(timeout=30) == 2
     assert left.state == 'PENDING' and tasks.app.broker.qsize('extra') == 1
+    # Celery's consumer's lines: once when it starts consuming, and for every cancel
+    assert w.log.count('Started consuming from extra') == 1 and 'Canceling queue extra' in w.log
 
 
 @pytest.mark.parametrize('broker_kind', ['redis'], indirect=True)
@@ -264,6 +266,13 @@ def test_add_consumer_binds_the_queue_to_its_exchange(tasks: Any, worker: Any) -
     assert replies == [{node: {'ok': 'add consumer feeds'}}]
     sent = tasks.add.apply_async((5, 5), exchange='feed_ex', routing_key='feed.news.today')
     assert sent.get(timeout=30) == 10
+    # and active_queues says so, as Celery's (the exchange and key it was declared with, not its own name)
+    [feeds] = [q for q in tasks.app.control.inspect(timeout=3).active_queues()[node] if q['name'] == 'feeds']
+    assert (feeds['exchange']['name'], feeds['exchange']['type'], feeds['routing_key']) == (
+        'feed_ex',
+        'topic',
+        'feed.#',
+    )
 
 
 def test_memsample_and_memdump(tasks: Any, worker: Any) -> None:

@@ -262,15 +262,16 @@ def _active_queues(worker: WorkController, **kwargs: Any) -> list[dict[str, Any]
         queue = _queue_object(worker, name)
         exchange = getattr(queue, 'exchange', None)
         arguments = getattr(queue, 'queue_arguments', None)
+        bound = worker.added_bindings.get(name) if queue is None else None
         out.append({
             'name': name,
             'exchange': {
-                'name': getattr(exchange, 'name', None) or name,
-                'type': getattr(exchange, 'type', None) or 'direct',
+                'name': bound[0] if bound else getattr(exchange, 'name', None) or name,
+                'type': bound[1] if bound else getattr(exchange, 'type', None) or 'direct',
                 'arguments': None, 'durable': True, 'passive': False, 'auto_delete': False, 'delivery_mode': None,
                 'no_declare': False,
             },
-            'routing_key': getattr(queue, 'routing_key', None) or name,
+            'routing_key': bound[2] if bound else getattr(queue, 'routing_key', None) or name,
             'queue_arguments': arguments,
             'binding_arguments': None, 'consumer_arguments': None, 'durable': True, 'exclusive': False,
             'auto_delete': False, 'no_ack': False, 'alias': None, 'bindings': [], 'no_declare': None,
@@ -401,6 +402,7 @@ def add_task_queue(
     routing_key = queue if routing_key is None else routing_key
     if (exchange, routing_key) != (queue, queue) and worker.broker is not None:
         worker.broker.bind_consumed(queue, exchange, exchange_type or 'direct', routing_key)
+        worker.added_bindings.setdefault(queue, (exchange, exchange_type or 'direct', routing_key))
     if queue not in worker.queues:  # (already consumed: the same answer, as Celery's)
         _set_queues(worker, [*worker.queues, queue])
         consumer_logger.info('Started consuming from %s', queue)

@@ -142,6 +142,9 @@ class WorkController:
             self.concurrency = slots = _concurrency(conf.worker_concurrency) or os.cpu_count() or 1
             self.processes = self.concurrency if self.pool_name == 'prefork' else 1
         self.queues = app.router.worker_queues(queues)
+        #: queue name -> (exchange, exchange type, routing key) of the queues `add_consumer` bound to an exchange
+        #: of their own, which `inspect active_queues` reports as Celery's consumer declared them
+        self.added_bindings: dict[str, tuple[str, str, str]] = {}
         if conf.worker_direct:  # a queue of this worker's own, for tasks routed to it by name (Celery's)
             from fastq.routing import worker_direct
 
