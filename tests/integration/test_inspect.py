@@ -7,6 +7,7 @@ memory, a revoked id), so each reply is checked against what the worker really h
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +247,19 @@ def test_add_and_cancel_consumer(tasks: Any, worker: Any, tmp_path: Path, urls: 
     assert left.state == 'PENDING' and tasks.app.broker.qsize('extra') == 1
     # Celery's consumer's lines: once when it starts consuming, and for every cancel
     assert w.log.count('Started consuming from extra') == 1 and 'Canceling queue extra' in w.log
+    # its last queue too, as Celery's worker allows: it consumes nothing until add_consumer gives it one
+    control = tasks.app.control
+    assert control.cancel_consumer('celery', destination=[node], reply=True, timeout=3) == [
+        {node: {'ok': 'no longer consuming from celery'}}
+    ]
+    assert inspect.active_queues()[node] == []
+    paused = tasks.add.delay(4, 4)
+    time.sleep(0.5)  # (a worker still consuming would have taken it by now; it stays in its queue)
+    assert paused.state == 'PENDING' and tasks.app.broker.qsize('celery') == 1
+    assert control.add_consumer('celery', destination=[node], reply=True, timeout=3) == [
+        {node: {'ok': 'add consumer celery'}}
+    ]
+    assert paused.get(timeout=30) == 8
 
 
 @pytest.mark.parametrize('broker_kind', ['redis'], indirect=True)

@@ -356,6 +356,8 @@ def _seconds(value: Any) -> float | None:
 
 
 def _set_queues(worker: WorkController, queues: list[str]) -> None:
+    """Consume from `queues` now; none at all too, as Celery's worker allows (cancel_consumer of its last
+    queue pauses it until add_consumer gives it one)."""
     consumer = worker.consumer
     if consumer is None:
         raise ValueError('the worker is not consuming yet')
@@ -420,8 +422,6 @@ def cancel_task_queue(worker: WorkController, queue: str) -> None:
     queue is not cancelled (ValueError): a fastq worker consumes at least one queue."""
     consumer_logger.info('Canceling queue %s', queue)
     if queue in worker.queues:
-        if len(worker.queues) == 1:
-            raise ValueError(f'{queue!r} is the only queue this worker consumes')
         _set_queues(worker, [q for q in worker.queues if q != queue])
 
 

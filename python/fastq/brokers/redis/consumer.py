@@ -279,6 +279,8 @@ class RedisConsumer(Consumer):
         cannot lend it (no queued fetch here: an ACL without CLIENT). In the fetching thread."""
         if self._new_queues is not None:
             self._apply_new_queues()
+        if not self._watches:  # (no queue to wait on)
+            return None
         lead = self._watches[0]
         if not lead.can_fetch or self._closed:
             return None
@@ -353,6 +355,9 @@ class RedisConsumer(Consumer):
         # filled meanwhile). Saves a script call per task on a worker that keeps up with its queues.
         if self._new_queues is not None:
             self._apply_new_queues()
+        if not self._watches:  # no queue at all (cancel_consumer of the worker's last): wait to be given one
+            self._sleep(timeout)
+            return []
         # While the lead is lent, the child holding it reserves from its lists: a reservation from here too
         # would take a second task for one free slot (the child's is not in the window yet).
         skip = (self._drained or self._lent) and limit > 0
