@@ -181,6 +181,18 @@ def test_time_limit_kills_task_and_worker_goes_on(tasks: Any, worker: Any) -> No
     assert tasks.add.delay(3, 3).get(timeout=30) == 6
 
 
+def test_max_memory_per_child_recycles_without_a_word_unless_mp_log(tasks: Any, worker: Any) -> None:
+    """A child over --max-memory-per-child is replaced after its task; Celery says so only with MP_LOG set
+    (billiard's 'multiprocessing' logger is kept at ERROR), so its log stays free of a warning per task."""
+    w = worker('-c', '1', '--max-memory-per-child', '1')
+    assert len({tasks.pid.delay().get(timeout=30) for _ in range(3)}) == 3  # each in a new child
+    w.stop(30)
+    assert 'exceeding memory limit' not in w.log
+    w = worker('-c', '1', '--max-memory-per-child', '1', extra_env={'MP_LOG': '1'})
+    assert tasks.pid.delay().get(timeout=30)
+    w.wait_for('WARNING/ForkPoolWorker-1] child process exiting after exceeding memory limit (')
+
+
 def test_soft_time_limit_raises_inside_task(tasks: Any, worker: Any) -> None:
     w = worker()
     result = tasks.soft.apply_async((30,), soft_time_limit=0.5)

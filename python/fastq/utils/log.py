@@ -15,6 +15,8 @@ __all__ = ['Logging', 'get_logger', 'get_task_logger', 'setup_logging', 'task_co
 # (task id, task name) of the task running in this thread or asyncio task, for task log records.
 _task_ctx: ContextVar[tuple[str, str] | None] = ContextVar('fastq.task_log_context', default=None)
 _CONFIGURED = False
+#: The pool's logger, billiard's name for it (Celery keeps it at ERROR unless the MP_LOG variable is set).
+MP_LOGGER = 'multiprocessing'
 #: (the `--logfile` template, the node name, its handler) when the template names a file per process (`%i`,
 #: `%I`): each pool child then writes to a file of its own, as Celery's do (`process_logfile`).
 _PER_PROCESS: tuple[str, str, logging.FileHandler] | None = None
@@ -121,6 +123,9 @@ def setup_logging(
     root.setLevel(level)
     for name in ('celery', 'celery.task', 'fastq'):
         logging.getLogger(name).setLevel(logging.NOTSET)
+    # The pool's own lines (billiard's 'multiprocessing' logger: a child recycled over its memory limit) show
+    # only from ERROR up, as Celery configures that logger, unless MP_LOG is set
+    logging.getLogger(MP_LOGGER).setLevel(level if os.environ.get('MP_LOG') else logging.ERROR)
     signals.after_setup_logger.send(
         sender=None, logger=root, loglevel=level, logfile=logfile, format=fmt, colorize=use_color
     )

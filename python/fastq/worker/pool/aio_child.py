@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import _ipc, _state, signals
 from fastq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from fastq.utils.log import process_logfile
+from fastq.utils.log import MP_LOGGER, process_logfile
 from fastq.utils.platforms import install_rdb_handler
 from fastq.worker.job import Prepared, prepare_payload, run_prepared, run_prepared_async
 from fastq.worker.pool.child import CANCEL, JOB, JOB_SHORT, READY, RESULT, STOP
@@ -249,7 +249,7 @@ class Runner:
         if not self.exiting:
             over_memory = bool(self.max_memory_kib and _rss_kib() > self.max_memory_kib)
             if over_memory:
-                logger.warning(
+                logging.getLogger(MP_LOGGER).warning(
                     'child process exiting after exceeding memory limit (%sKiB / %sKiB)',
                     _rss_kib(),
                     self.max_memory_kib,

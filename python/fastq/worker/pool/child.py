@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastq import _ipc, _state, signals
 from fastq.states import SUCCESS
-from fastq.utils.log import process_logfile
+from fastq.utils.log import MP_LOGGER, process_logfile
 from fastq.utils.platforms import install_rdb_handler
 from fastq.worker.job import run_payload
 from fastq.worker.pool.lent import LEND, Borrower
@@ -175,7 +175,9 @@ def _take(
 def _exiting(done: int, max_tasks: int | None, max_memory_kib: int | None) -> bool:
     """Whether this child exits after `done` jobs (`--max-tasks-per-child`, `--max-memory-per-child`)."""
     if max_memory_kib and _rss_kib() > max_memory_kib:
-        logger.warning('child process exiting after exceeding memory limit (%sKiB / %sKiB)', _rss_kib(), max_memory_kib)
+        logging.getLogger(MP_LOGGER).warning(
+            'child process exiting after exceeding memory limit (%sKiB / %sKiB)', _rss_kib(), max_memory_kib
+        )
         return True
     return bool(max_tasks and done >= max_tasks)
 
