@@ -212,6 +212,9 @@ def test_autoscale_grows_under_load_and_shrinks_when_idle(tasks: Any, worker: An
     node = _hostname(w, 'auto@')
     inspect = tasks.app.control.inspect(destination=[node], timeout=3)
     assert _processes(inspect, node) == 1
+    # Celery's stats: the autoscaler's own entry; the window is for the largest pool (3 x 4)
+    stats = inspect.stats()[node]
+    assert stats['autoscaler'] == {'max': 3, 'min': 1, 'current': 1, 'qty': 0} and stats['prefetch_count'] == 12
     out = tmp_path / 'sleep.txt'
     results = [tasks.sleeper.delay(str(out), str(i), 3) for i in range(3)]
     wait_until(lambda: _processes(inspect, node) == 3, message='grown to 3')
@@ -222,6 +225,8 @@ def test_autoscale_grows_under_load_and_shrinks_when_idle(tasks: Any, worker: An
     )
     assert reply == {node: {'ok': 'autoscale now max=2 min=2'}}
     wait_until(lambda: _processes(inspect, node) == 2, message='min raised to 2')
+    stats = inspect.stats()[node]  # the window follows the new maximum, as Celery's (2 x 4)
+    assert stats['autoscaler'] == {'max': 2, 'min': 2, 'current': 2, 'qty': 0} and stats['prefetch_count'] == 8
     for name in ('pool_grow', 'pool_shrink'):  # Celery: the autoscaler owns the size
         [reply] = tasks.app.control.broadcast(name, destination=[node], reply=True, timeout=3)
         assert reply == {node: {'error': f'{name} is not supported with autoscale. Adjust autoscale range instead.'}}

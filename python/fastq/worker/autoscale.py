@@ -80,8 +80,21 @@ class Autoscaler:
         logger.info('Scaling down %s processes.', n)
         self.worker.resize_pool(-n)
 
+    def info(self) -> dict[str, int]:
+        """What `inspect stats` reports under 'autoscaler', as Celery's (in the loop's thread)."""
+        return {
+            'max': self.max_concurrency,
+            'min': self.min_concurrency,
+            'current': self.worker.processes,
+            'qty': self.qty(),
+        }
+
     def update(self, max_concurrency: int | None = None, min_concurrency: int | None = None) -> tuple[int, int]:
         if max_concurrency is not None:
+            # The window is for the largest pool: it moves with the maximum (Celery's consumer prefetch update)
+            diff = int(max_concurrency) - self.max_concurrency
+            if diff and self.worker.window:
+                self.worker.set_window(max(self.worker.window + diff * self.worker.multiplier, 1))
             self.max_concurrency = int(max_concurrency)
         if min_concurrency is not None:
             self.min_concurrency = int(min_concurrency)

@@ -159,11 +159,12 @@ def _stats(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
     dispatcher = worker.dispatcher
     pool = worker.pool
 
-    def snapshot() -> tuple[dict[str, int], dict[str, object], int]:
+    def snapshot() -> tuple[dict[str, int], dict[str, object], int, dict[str, int] | None]:
         totals = dict(dispatcher.totals) if dispatcher is not None else {}
-        return totals, (pool.info() if pool is not None else {}), worker.prefetch_count
+        scaler = worker.autoscaler.info() if worker.autoscaler is not None else None
+        return totals, (pool.info() if pool is not None else {}), worker.prefetch_count, scaler
 
-    totals, pool_info, prefetch_count = on_loop(worker, snapshot)
+    totals, pool_info, prefetch_count, autoscaler = on_loop(worker, snapshot)
     # Celery: (soft, hard) of the pool, 0 when unset; a pool that has none says () (solo), left as it is
     if isinstance(pool_info.get('timeouts'), list) and dispatcher is not None:
         pool_info['timeouts'] = [dispatcher.default_soft_time_limit or 0, dispatcher.default_time_limit or 0]
@@ -197,6 +198,8 @@ def _stats(worker: WorkController, **kwargs: Any) -> dict[str, Any]:
             'nivcsw': usage.ru_nivcsw,
         },
         'sw_ident': 'fastq',
+        # (Celery's autoscaler bootstep adds its own, only with --autoscale)
+        **({'autoscaler': autoscaler} if autoscaler is not None else {}),
     }
 
 
