@@ -590,13 +590,15 @@ class WorkController:
 
     def _on_restart(self, signum: int, frame: Any) -> None:
         said = f'Restarting fastq worker ({" ".join(sys.argv)})'
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            os.write(sys.__stdout__.fileno(), f'{said}\n'.encode())  # type: ignore[union-attr]
+        _say(said)
         self.restart_requested = True
 
         def restart() -> None:
-            logger.warning('%s', said)
-            self.request_shutdown('warm', signum)
+            logger.warning('%s', said)  # (and in the log: a detached worker's stdout goes nowhere)
+            # A warm shutdown as Celery's restart handler starts it (should_stop): no "Warm shutdown" line and
+            # no worker_shutting_down, which Celery sends only for the shutdown signals
+            if self._shutdown is None:
+                self._shutdown = 'warm'
 
         self.loop.call_soon_threadsafe(restart)
 
