@@ -454,7 +454,8 @@ class Dispatcher:
             self.revoked_stamps[name] = [*as_list(self.revoked_stamps.get(name)), *as_list(values)]
         if self.on_terms_changed is not None:
             self.on_terms_changed()
-        return self._drop_matching(lambda job: self._stamp_revoked(job.delivery, headers), terminate, signum)
+        # (no 'Terminating' line: Celery's revoke_by_stamped_headers kills without one)
+        return self._drop_matching(lambda job: self._stamp_revoked(job.delivery, headers), terminate, signum, False)
 
     def _stamp_revoked(self, d: Delivery, revoked: dict[str, Any] | None = None) -> bool:
         """Whether the message is stamped with a revoked value (its headers decoded: only while some are)."""
@@ -488,9 +489,11 @@ class Dispatcher:
                 if kill is None or not kill(job, 'cancelled', signals_module.SIGTERM):
                     logger.warning('The %s pool cannot terminate a running task', self.pool.name)
 
-    def _drop_matching(self, matches: Callable[[Job], bool], terminate: bool, signum: int) -> list[Job]:
+    def _drop_matching(
+        self, matches: Callable[[Job], bool], terminate: bool, signum: int, announce: bool = True
+    ) -> list[Job]:
         """Discard the waiting and held jobs that `matches`; with `terminate`, kill the running ones with the
-        signal `signum`."""
+        signal `signum` (each logged as Celery's revoke logs it, when `announce`)."""
         for queue in self.limiter.waiting.values():
             for job in [j for j in queue if matches(j)]:
                 queue.remove(job)
@@ -508,7 +511,8 @@ class Dispatcher:
         if terminate:
             for job in list(self.running.values()):
                 if matches(job):
-                    logger.info('Terminating %s (%s)', job.request.id, signum)  # (the number, as Celery logs it)
+                    if announce:
+                        logger.info('Terminating %s (%s)', job.request.id, signum)  # (the number, as Celery's)
                     killed.append(job)
                     kill = getattr(self.pool, 'kill_job', None)
                     self._terminated_with[job.id] = int(signum)
