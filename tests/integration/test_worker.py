@@ -188,6 +188,9 @@ def test_max_memory_per_child_recycles_without_a_word_unless_mp_log(tasks: Any, 
     assert len({tasks.pid.delay().get(timeout=30) for _ in range(3)}) == 3  # each in a new child
     w.stop(30)
     assert 'exceeding memory limit' not in w.log
+    # named by billiard's count of the pool's children, never reused (the index, for %i, is): -1, -2, -3
+    for number in (1, 2, 3):
+        assert re.search(rf'INFO/ForkPoolWorker-{number}\] Task worker_tasks.pid\[', w.log)
     w = worker('-c', '1', '--max-memory-per-child', '1', extra_env={'MP_LOG': '1'})
     assert tasks.pid.delay().get(timeout=30)
     w.wait_for('WARNING/ForkPoolWorker-1] child process exiting after exceeding memory limit (')

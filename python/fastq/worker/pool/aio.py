@@ -62,12 +62,12 @@ class AsyncioPool(PreforkPool):
         self._doomed: dict[int, str] = {}  # job id -> why the parent killed its child
         self._async: dict[str, bool] = {}  # task name -> whether it is an `async def`
 
-    def _child_main(self) -> Callable[[socket.socket, int], int]:
+    def _child_main(self) -> Callable[[socket.socket, int, int], int]:
         app, accept, slots = self.app, self.accept, self.concurrency
         max_tasks, max_memory = self.max_tasks_per_child, self.max_memory_per_child
 
-        def main(sock: socket.socket, index: int) -> int:
-            return aio_child_main(app, sock, index, accept, max_tasks, max_memory, slots)
+        def main(sock: socket.socket, index: int, number: int) -> int:
+            return aio_child_main(app, sock, index, accept, max_tasks, max_memory, slots, number)
 
         return main
 

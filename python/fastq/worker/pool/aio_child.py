@@ -305,11 +305,12 @@ def aio_child_main(
     max_tasks: int | None,
     max_memory_kib: int | None,
     slots: int,
+    number: int | None = None,
 ) -> int:
     """Main function of an asyncio pool child; returns the exit code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    multiprocessing.current_process().name = f'ForkPoolWorker-{index}'
+    multiprocessing.current_process().name = f'ForkPoolWorker-{number or index}'
     install_rdb_handler()  # CELERY_RDBSIG: SIGUSR2 opens a debugger session where this child is
     process_logfile(index)  # `--logfile=%n%I.log`: a file of its own
     chan = _ipc.Channel(sock.detach())

@@ -107,6 +107,7 @@ class _Child:
         'index',
         'jobs',
         'load',
+        'number',
         'outbox',
         'killed_for',
         'pid',
@@ -117,8 +118,9 @@ class _Child:
         'took_tag',
     )
 
-    def __init__(self, index: int, pid: int, chan: _ipc.Channel) -> None:
+    def __init__(self, index: int, pid: int, chan: _ipc.Channel, number: int = 0) -> None:
         self.index = index
+        self.number = number or index  # ForkPoolWorker-<number>: billiard's counter, never reused
         self.pid = pid
         self.chan = chan
         self.jobs: deque[Job] = deque()
@@ -137,7 +139,7 @@ class _Child:
 
     @property
     def name(self) -> str:
-        return f'ForkPoolWorker-{self.index}'
+        return f'ForkPoolWorker-{self.number}'
 
 
 class PreforkPool(Pool):
@@ -149,6 +151,7 @@ class PreforkPool(Pool):
         self._by_pid: dict[int, _Child] = {}
         self._exit_statuses: dict[int, int] = {}
         self._free_indexes: list[int] = []
+        self._spawned_count = 0
         self._spawning = 0
         self._dying: dict[int, _Child] = {}  # closed channel, waiting for the fork server's exit status
         self._stopping = False
@@ -172,14 +175,14 @@ class PreforkPool(Pool):
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
-    def _child_main(self) -> Callable[[socket.socket, int], int]:
+    def _child_main(self) -> Callable[[socket.socket, int, int], int]:
         """What a forked child runs (the asyncio pool runs an event loop instead)."""
         app, accept = self.app, self.accept
         max_tasks, max_memory = self.max_tasks_per_child, self.max_memory_per_child
         progress = self._progress
 
-        def main(sock: socket.socket, index: int) -> int:
-            return child_main(app, sock, index, accept, max_tasks, max_memory, progress)
+        def main(sock: socket.socket, index: int, number: int) -> int:
+            return child_main(app, sock, index, accept, max_tasks, max_memory, progress, number)
 
         return main
 
@@ -229,7 +232,8 @@ class PreforkPool(Pool):
         if kind == 'spawned':
             self._spawning -= 1
             assert fd is not None
-            child = _Child(a, b, _ipc.Channel(fd))
+            self._spawned_count += 1  # (the zygote's count: its spawns come in the order asked)
+            child = _Child(a, b, _ipc.Channel(fd), self._spawned_count)
             if self._stopping:
                 child.retiring = True
                 with contextlib.suppress(OSError):

@@ -41,7 +41,7 @@ def die_with_parent(expected_parent: int) -> None:
 class Zygote:
     """Parent-side handle of the fork server."""
 
-    def __init__(self, child_main: Callable[[socket.socket, int], int]) -> None:
+    def __init__(self, child_main: Callable[[socket.socket, int, int], int]) -> None:
         parent_sock, zygote_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent_pid = os.getpid()
         sys.stdout.flush()
@@ -100,8 +100,12 @@ class Zygote:
             os.waitpid(self.pid, 0)
 
 
-def _serve(sock: socket.socket, child_main: Callable[[socket.socket, int], int]) -> int:
-    """The zygote's loop: fork children on request, report their exits, exit when the parent goes away."""
+def _serve(sock: socket.socket, child_main: Callable[[socket.socket, int, int], int]) -> int:
+    """The zygote's loop: fork children on request, report their exits, exit when the parent goes away.
+
+    Each child gets its index (reused: `%i` in file names) and its number, counted from 1 over the pool's
+    life (billiard's process counter: ForkPoolWorker-<number>, never reused); the parent counts the spawns
+    in the same order."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # (the worker's break-point signal: no session in here)
@@ -110,6 +114,7 @@ def _serve(sock: socket.socket, child_main: Callable[[socket.socket, int], int])
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     children: set[int] = set()
+    spawned = 0
     while True:
         ready, _, _ = select.select([sock.fileno(), wake_r], [], [], 1.0)
         if wake_r in ready:
@@ -126,6 +131,7 @@ def _serve(sock: socket.socket, child_main: Callable[[socket.socket, int], int])
             return 0
         _, index_text = msg.decode().split()
         index = int(index_text)
+        spawned += 1
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:
@@ -139,7 +145,7 @@ def _serve(sock: socket.socket, child_main: Callable[[socket.socket, int], int])
                 sock.close()
                 parent_end.close()
                 die_with_parent(my_pid)
-                code = child_main(child_end, index)
+                code = child_main(child_end, index, spawned)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
