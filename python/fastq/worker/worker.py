@@ -645,21 +645,21 @@ class WorkController:
             self._shutdown = 'warm'
 
     def request_shutdown(self, how: str = 'warm', signum: int | None = None) -> None:
-        """Shut down (or go from a warm shutdown to a cold one), announced now; the shutdown signals are
-        `_signalled`'s."""
+        """Shut down (or go from a warm shutdown to a cold one); for a signal (`_signalled`'s) announced now.
+        Without one (the remote `shutdown` command, `stop()`, a failed bootstep, the broker lost for good) it
+        is not: Celery raises WorkerShutdown there, with no "Warm shutdown" line and no worker_shutting_down."""
         if self._shutdown == 'cold' or (self._shutdown == 'warm' and how == 'warm'):
             return
         self._shutdown = how
-        self._announce(how.capitalize(), signum, 1 if how == 'cold' else self.exitcode, True)
+        if signum is not None:
+            self._announce(how.capitalize(), signum, 1 if how == 'cold' else self.exitcode, True)
 
     def _announce(self, how: str, signum: int | None, exitcode: int, verbose: bool) -> None:
-        """Celery's `_shutdown_handler`: "worker: Warm shutdown (MainProcess)" on the terminal for a signal (a
-        log record otherwise), then `worker_shutting_down` with the signal's name ('SIGTERM'; None without
-        one), 'Warm' or 'Cold', and the exit code it means."""
+        """Celery's `_shutdown_handler`: "worker: Warm shutdown (MainProcess)" on the terminal, then
+        `worker_shutting_down` with the signal's name ('SIGTERM'), 'Warm' or 'Cold', and the exit code it
+        means."""
         sys.stdout.flush()
-        if signum is None:
-            logger.warning('worker: %s shutdown (MainProcess)', how)
-        elif verbose:
+        if verbose:
             _say(f'worker: {how} shutdown (MainProcess)')
         signals.worker_shutting_down.send(
             sender=self.hostname,
