@@ -62,6 +62,19 @@ def test_inspect_commands_show_what_the_worker_holds(
     stats = inspect.stats()[node]
     assert stats['pid'] == w.pid and stats['pool']['max-concurrency'] == 1 and stats['prefetch_count'] >= 1
     assert stats['pool']['timeouts'] == [0, 0] and stats['pool']['max-tasks-per-child'] == 'N/A'
+    writes = stats['pool']['writes']  # Celery's prefork write stats: one child, so all of them its own
+    assert (
+        writes
+        == {
+            'total': writes['total'],
+            'avg': '1.00',
+            'all': '1.00',
+            'raw': str(writes['total']),
+            'strategy': 'fair',
+            'inqueues': {'total': 1, 'active': 0},
+        }
+        and writes['total'] >= 1
+    )
     broker = stats['broker']  # kombu's Connection.info() without the password
     import kombu
 

@@ -151,6 +151,7 @@ class PreforkPool(Pool):
         self._by_pid: dict[int, _Child] = {}
         self._exit_statuses: dict[int, int] = {}
         self._free_indexes: list[int] = []
+        self._sent_by_gone: dict[int, int] = {}  # index -> jobs sent to its children gone (`writes`)
         self._spawned_count = 0
         self._spawning = 0
         self._dying: dict[int, _Child] = {}  # closed channel, waiting for the fork server's exit status
@@ -557,6 +558,7 @@ class PreforkPool(Pool):
             logger.error('Process %r pid:%r exited unexpectedly', child.name, child.pid)
         self._by_pid.pop(child.pid, None)
         self._free_indexes.append(child.index)
+        self._sent_by_gone[child.index] = self._sent_by_gone.get(child.index, 0) + child.sent
         if not self._stopping and self._live() < self.processes:  # not when it left because the pool shrank
             self.replaced += 1
             self._spawn()
@@ -712,6 +714,31 @@ class PreforkPool(Pool):
             self.zygote.close()
             self.zygote = None
 
+    def _writes(self) -> dict[str, object]:
+        """Celery's prefork `writes` stats: the jobs sent to the children of each index over the pool's life,
+        their shares, and the children (inqueues) with a write still going."""
+        sent = dict(self._sent_by_gone)
+        for child in self.children.values():
+            if not child.finalized and child.sent:
+                sent[child.index] = sent.get(child.index, 0) + child.sent
+        counts = [sent[index] for index in sorted(sent) if sent[index]]
+        total = sum(counts)
+
+        def share(value: float) -> str:
+            return f'{(float(value) / total) if value else 0:.2f}'
+
+        return {
+            'total': total,
+            'avg': share(total / len(counts) if total else 0),
+            'all': ', '.join(share(v) for v in counts),
+            'raw': ', '.join(map(str, counts)),
+            'strategy': 'fair',  # (Celery's default -O fair: a job goes to a child that is free)
+            'inqueues': {
+                'total': len(self.children),
+                'active': sum(1 for c in self.children.values() if c.chan.pending_output),
+            },
+        }
+
     def info(self) -> dict[str, object]:
         return {
             'max-concurrency': self.concurrency,
@@ -719,7 +746,7 @@ class PreforkPool(Pool):
             'max-tasks-per-child': self.max_tasks_per_child or 'N/A',
             'put-guarded-by-semaphore': False,
             'timeouts': [],
-            'writes': {},
+            'writes': self._writes(),
             'implementation': 'fastq.worker.pool.prefork:PreforkPool',
             'lead-loans': self.loans,
             'lead-holder': self.lent_to.pid if self.lent_to is not None else None,
