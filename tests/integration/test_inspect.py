@@ -245,6 +245,22 @@ def test_autoscale_grows_under_load_and_shrinks_when_idle(tasks: Any, worker: An
         assert reply == {node: {'error': f'{name} is not supported with autoscale. Adjust autoscale range instead.'}}
 
 
+@REDIS
+def test_a_custom_autoscaler_from_worker_autoscaler(tasks: Any, worker: Any) -> None:
+    """The guide: 'You can specify a custom autoscaler with the worker_autoscaler setting' (a subclass
+    overriding _maybe_scale); fastq ignored the setting. A class that is not fastq's Autoscaler is refused."""
+    w = worker('-n', 'own@%h', '--autoscale', '3,1', extra_env={'FASTQ_WORKER_AUTOSCALER': 'worker_tasks:AlwaysMax'})
+    node = _hostname(w, 'own@')
+    inspect = tasks.app.control.inspect(destination=[node], timeout=3)
+    wait_until(lambda: _processes(inspect, node) == 3, message='grown to its maximum with nothing to do')
+    from fastq.exceptions import ImproperlyConfigured
+    from fastq.worker.autoscale import Autoscaler, autoscaler_class
+
+    assert autoscaler_class('celery.worker.autoscale:Autoscaler') is Autoscaler  # (Celery's default: fastq's)
+    with pytest.raises(ImproperlyConfigured, match='not a subclass of fastq.worker.autoscale.Autoscaler'):
+        autoscaler_class('collections:OrderedDict')
+
+
 @pytest.mark.parametrize('broker_kind', ['sqlite', 'redis'], indirect=True)
 def test_add_and_cancel_consumer(tasks: Any, worker: Any, tmp_path: Path, urls: dict[str, str]) -> None:
     w = worker('-n', 'cons@%h')

@@ -495,3 +495,18 @@ def rejects(reason: str) -> None:
     from fastq.exceptions import Reject
 
     raise Reject(reason, requeue=False)
+
+
+# --- the Workers guide's custom autoscaler (worker_autoscaler) ------------------------------------------------
+
+from fastq.worker.autoscale import Autoscaler  # noqa: E402
+
+
+class AlwaysMax(Autoscaler):
+    """Celery's way of writing one: override _maybe_scale with qty/processes/scale_up."""
+
+    def _maybe_scale(self, req: Any = None) -> bool | None:
+        if self.processes < self.max_concurrency:
+            self.scale_up(self.max_concurrency - self.processes)
+            return True
+        return None

@@ -18,7 +18,7 @@ from fastq.worker.control import command, ok, on_loop
 if TYPE_CHECKING:
     from fastq.worker.worker import WorkController
 
-__all__ = ['AUTOSCALE_KEEPALIVE', 'Autoscaler', 'parse_autoscale']
+__all__ = ['AUTOSCALE_KEEPALIVE', 'Autoscaler', 'autoscaler_class', 'parse_autoscale']
 
 logger = logging.getLogger('celery.worker.autoscale')
 
@@ -41,6 +41,28 @@ def parse_autoscale(value: str) -> tuple[int, int]:
     return max_c, min_c
 
 
+#: Celery's default `worker_autoscaler`, which means this class.
+DEFAULT_AUTOSCALER = 'celery.worker.autoscale:Autoscaler'
+
+
+def autoscaler_class(name: str | None) -> type[Autoscaler]:
+    """The `worker_autoscaler` setting's class: this module's Autoscaler for Celery's default, else the class
+    it names, which must subclass this module's Autoscaler (it drives fastq's pool, not billiard's)."""
+    from fastq.exceptions import ImproperlyConfigured
+    from fastq.utils.imports import symbol_by_name
+
+    if not name or name == DEFAULT_AUTOSCALER:
+        return Autoscaler
+    cls = symbol_by_name(name)
+    if not (isinstance(cls, type) and issubclass(cls, Autoscaler)):
+        raise ImproperlyConfigured(
+            f'worker_autoscaler: {name!r} is not a subclass of fastq.worker.autoscale.Autoscaler '
+            "(Celery's Autoscaler drives billiard's pool; derive from fastq's, which has the same "
+            '_maybe_scale/qty/processes/scale_up/scale_down)'
+        )
+    return cls
+
+
 class Autoscaler:
     def __init__(self, worker: WorkController, max_concurrency: int, min_concurrency: int) -> None:
         self.worker = worker
@@ -52,21 +74,36 @@ class Autoscaler:
     def start(self) -> None:
         self.worker.loop.call_repeatedly(INTERVAL, self.maybe_scale)
 
+    @property
     def qty(self) -> int:
+        """The tasks the worker holds (Celery's `qty`: its reserved requests)."""
         d = self.worker.dispatcher
         if d is None:
             return 0
         return len(d.running) + len(d.ready) + sum(len(q) for q in d.limiter.waiting.values())
 
-    def maybe_scale(self) -> None:
+    @property
+    def processes(self) -> int:
+        """The pool's size now (Celery's `processes`)."""
+        return int(self.worker.processes)
+
+    def maybe_scale(self, req: Any = None) -> None:
         if self.worker.pool is None:
             return
-        procs = self.worker.processes
-        cur = min(max(self.qty(), self.min_concurrency), self.max_concurrency)
+        self._maybe_scale(req)
+
+    def _maybe_scale(self, req: Any = None) -> bool | None:
+        """The rule, as Celery names it: a `worker_autoscaler` subclass overrides this one (with `qty`,
+        `processes`, `min_concurrency`, `max_concurrency`, `scale_up(n)`, `scale_down(n)`)."""
+        procs = self.processes
+        cur = min(max(self.qty, self.min_concurrency), self.max_concurrency)
         if cur > procs:
             self.scale_up(cur - procs)
-        elif cur < procs and time.monotonic() - self._last_action > self.keepalive:
+            return True
+        if cur < procs and time.monotonic() - self._last_action > self.keepalive:
             self.scale_down(min(procs - cur, procs - max(self.min_concurrency, 1)))
+            return True
+        return None
 
     def scale_up(self, n: int) -> None:
         self._last_action = time.monotonic()
@@ -86,7 +123,7 @@ class Autoscaler:
             'max': self.max_concurrency,
             'min': self.min_concurrency,
             'current': self.worker.processes,
-            'qty': self.qty(),
+            'qty': self.qty,
         }
 
     def update(self, max_concurrency: int | None = None, min_concurrency: int | None = None) -> tuple[int, int]:

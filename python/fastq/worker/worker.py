@@ -151,7 +151,9 @@ class WorkController:
             self.queues.append(worker_direct(self.hostname).name)
         self.autoscale: tuple[int, int] | None = None
         if autoscale:
-            from fastq.worker.autoscale import parse_autoscale
+            from fastq.worker.autoscale import autoscaler_class, parse_autoscale
+
+            self._autoscaler_class = autoscaler_class(conf.worker_autoscaler)  # (refused here, before starting)
 
             if self.pool_name != 'prefork':
                 raise ImproperlyConfigured(f'--autoscale needs the prefork pool, not {self.pool_name!r}')
@@ -297,9 +299,7 @@ class WorkController:
         self._start_events()
         self._start_metrics()
         if self.autoscale is not None:
-            from fastq.worker.autoscale import Autoscaler
-
-            self.autoscaler = Autoscaler(self, *self.autoscale)
+            self.autoscaler = self._autoscaler_class(self, *self.autoscale)
             self.autoscaler.start()
         self.fetcher.start()
         self._start_housekeeping()
