@@ -378,7 +378,11 @@ class Inspect:
             )
         return merged or None
 
-    def ping(self) -> dict[str, Any] | None:
+    def ping(self, destination: Sequence[str] | None = None) -> dict[str, Any] | None:
+        """`inspect().ping(destination=[...])`, as Celery's documents it; as Celery's, a destination given here
+        becomes this Inspect's, for the calls after it too."""
+        if destination:
+            self.destination = destination
         return self._request('ping')
 
     def clock(self) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ def test_ping_api_and_cli(tasks: Any, worker: Any, tmp_path: Path, urls: dict[st
     assert {hostname: {'ok': 'pong'}} in replies
     assert tasks.app.control.inspect(destination=[hostname], timeout=2).ping() == {hostname: {'ok': 'pong'}}
     assert tasks.app.control.inspect(destination=['nobody@nowhere'], timeout=0.5).ping() is None
+    assert tasks.app.control.inspect(timeout=2).ping(destination=[hostname]) == {hostname: {'ok': 'pong'}}
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'inspect', 'ping', '-d', hostname, '-t', '2')
     assert proc.stdout.splitlines()[:2] == [f'->  {hostname}: OK', '        pong']
     assert proc.stdout.rstrip().endswith('1 node online.')
