@@ -421,8 +421,8 @@ def _cancel_consumer(worker: WorkController, queue: str = '', **kwargs: Any) -> 
 
 def cancel_task_queue(worker: WorkController, queue: str) -> None:
     """Celery's consumer `cancel_task_queue` (cancel_consumer, and a bootstep's `c.cancel_task_queue`): stop
-    consuming `queue`, 'Canceling queue <queue>' logged as Celery's. Unlike Celery's, the worker's only
-    queue is not cancelled (ValueError): a fastq worker consumes at least one queue."""
+    consuming `queue`, 'Canceling queue <queue>' logged as Celery's. The last queue too: the worker then
+    waits, holding nothing, until `add_consumer` gives it one (how Celery users pause a worker)."""
     consumer_logger.info('Canceling queue %s', queue)
     if queue in worker.queues:
         _set_queues(worker, [q for q in worker.queues if q != queue])
