@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastq.exceptions import QueueNotFound
+from fastq.exceptions import ImproperlyConfigured, QueueNotFound
 from fastq.utils.imports import symbol_by_name
 
 if TYPE_CHECKING:
@@ -244,6 +244,14 @@ def _is_queue(value: Any) -> bool:
 
 RouterFn = Callable[..., Any]
 
+#: Celery's worker's words (celery.worker.worker) for a `-Q` queue that is not defined.
+SELECT_UNKNOWN_QUEUE = (
+    "Trying to select queue subset of {0!r}, but queue {1} isn't\n"
+    'defined in the `task_queues` setting.\n\n'
+    'If you want to automatically declare unknown queues you can\n'
+    'enable the `task_create_missing_queues` setting.'
+)
+
 
 def _map_router(routes: Mapping[Any, Any] | Sequence[tuple[Any, Any]]) -> RouterFn:
     exact: dict[str, Any] = {}
@@ -252,7 +260,7 @@ def _map_router(routes: Mapping[Any, Any] | Sequence[tuple[Any, Any]]) -> Router
     for key, route in pairs:
         if isinstance(key, re.Pattern):
             patterns.append((key, route))
-        elif isinstance(key, str) and any(c in key for c in '*?['):
+        elif isinstance(key, str) and '*' in key:  # (Celery's test: 'tasks.a?' or 'tasks.[ab]' is a name)
             patterns.append((re.compile(fnmatch.translate(key)), route))
         else:
             exact[key] = route
@@ -364,7 +372,7 @@ class Router:
                 answer = router(name, args, kwargs, options, task=task)
             except TypeError:
                 answer = router(name, args, kwargs, options)
-            if answer:
+            if answer is not None:  # (an empty answer, `{}`, still stops the search: Celery's)
                 return answer
         return route
 
@@ -386,13 +394,12 @@ class Router:
                 if out.get(key) is None:
                     out[key] = value
         queue = out.get('queue')
-        if queue is None:
-            queue = self.conf.task_default_queue
         if _is_queue(queue):
             qobj = as_queue(queue)
         else:
+            queue = str(queue or self.conf.task_default_queue)  # (None or a route's '': the default queue)
             qobj = self.queue(queue)
-            if qobj.name not in self.queues and self.queues and not self.create_missing and not direct_queue(queue):
+            if not self.create_missing and not self.defined(queue) and not direct_queue(queue):
                 raise QueueNotFound(f'Queue {queue!r} missing from task_queues')
         out['queue'] = qobj.name
         exchange = out.get('exchange')
@@ -417,6 +424,13 @@ class Router:
         exchange of the same name (`task_create_missing_queues`)."""
         return self.aliases.get(name) or self.queues.get(name) or direct_queue(name) or Queue(name)
 
+    def defined(self, name: str) -> bool:
+        """Whether `name` is a queue Celery's `app.amqp.queues` has without `task_create_missing_queues`:
+        one of `task_queues` (or an alias), else, with no `task_queues`, the default queue alone."""
+        if self.queues:
+            return name in self.queues or name in self.aliases
+        return bool(name == self.conf.task_default_queue)
+
     def queue_name(self, name: str) -> str:
         """The name of the queue `name` stands for (itself unless it is an alias)."""
         alias = self.aliases.get(name)
@@ -424,8 +438,13 @@ class Router:
 
     def worker_queues(self, names: Sequence[str] | None) -> list[str]:
         """The queues a worker consumes: `-Q` names (an alias standing for its queue), else every configured
-        queue, else the default one."""
+        queue, else the default one. Without `task_create_missing_queues`, a name `-Q` gives that is not
+        defined is refused as Celery's worker refuses it (ImproperlyConfigured, in its words)."""
         if names:
+            if not self.create_missing:
+                for name in names:
+                    if not self.defined(name) and not direct_queue(name):
+                        raise ImproperlyConfigured(SELECT_UNKNOWN_QUEUE.format(list(names), repr(name)))
             return list(dict.fromkeys(self.queue_name(name) for name in names))
         if self.queues:
             return list(self.queues)

@@ -271,3 +271,67 @@ def test_broadcast_queues_by_their_alias() -> None:
             theirs = celery_app.amqp.queues['broadcast_tasks']
             assert (queue.name, queue.routing_key) == (theirs.name, theirs.routing_key)
         fastq_app.close()
+
+
+def _empty_router(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
+    return {}
+
+
+@pytest.mark.parametrize(
+    ('conf', 'name', 'options'),
+    [
+        ({'task_create_missing_queues': False, 'task_routes': {'a': {'queue': 'feeds'}}}, 'a', {}),
+        ({'task_create_missing_queues': False}, 'b', {'queue': 'zzz'}),
+        ({'task_create_missing_queues': False}, 'b', {}),
+        ({'task_create_missing_queues': False, 'task_default_queue': 'dq'}, 'b', {'queue': 'dq'}),
+        ({'task_routes': (_empty_router, {'*': {'queue': 'other'}})}, 'a', {}),
+        ({'task_routes': {'t.a?': 'q1', 't.[ab]': 'q2'}}, 't.ab', {}),
+        ({'task_routes': {'t.a?': 'q1', 't.[ab]': 'q2'}}, 't.[ab]', {}),
+        ({'task_routes': {'t.a': {'queue': ''}}}, 't.a', {}),
+    ],
+)
+def test_the_queue_a_task_is_routed_to_is_celerys(conf: dict[str, Any], name: str, options: dict[str, Any]) -> None:
+    # Celery's Router as oracle: without task_create_missing_queues (and no task_queues) only the default
+    # queue exists; a router answering {} ends the search; only '*' makes a task_routes key a pattern; an
+    # empty queue in a route is the default queue
+    from celery import Celery
+
+    def queue_of(route: Any) -> str:
+        try:
+            return str(getattr(route(), 'get', lambda k: None)('queue'))
+        except Exception as exc:
+            return f'{type(exc).__name__}: {exc}'
+
+    celery_app = Celery('x', set_as_current=False)
+    celery_app.conf.update(conf)
+    fastq_app = Fastq('x', broker='memory://', set_as_current=False)
+    fastq_app.conf.update(conf)
+
+    def theirs() -> Any:
+        routed = celery_app.amqp.router.route(dict(options), name)
+        queue = routed.get('queue') or celery_app.amqp.default_queue  # (what send_task_message falls back to)
+        return {'queue': queue.name}
+
+    assert queue_of(lambda: fastq_app.router.route(dict(options), name)) == queue_of(theirs)
+    fastq_app.close()
+
+
+def test_a_worker_without_create_missing_queues_refuses_an_undefined_queue() -> None:
+    # `celery worker -Q feeds` with task_create_missing_queues=False: ImproperlyConfigured, in Celery's words
+    from celery.worker.worker import SELECT_UNKNOWN_QUEUE
+
+    from fastq.exceptions import ImproperlyConfigured
+
+    app = Fastq('x', broker='memory://', set_as_current=False)
+    app.conf.task_create_missing_queues = False
+    with pytest.raises(ImproperlyConfigured) as info:
+        app.router.worker_queues(['celery', 'feeds'])
+    assert str(info.value) == SELECT_UNKNOWN_QUEUE.strip().format(['celery', 'feeds'], KeyError('feeds'))
+    assert app.router.worker_queues(['celery']) == ['celery']
+    app.close()
+    app = Fastq('x', broker='memory://', set_as_current=False)
+    app.conf.update(task_create_missing_queues=False, task_queues=[Queue('feeds'), Broadcast('bc')])
+    assert app.router.worker_queues(['feeds', 'bc'])[0] == 'feeds'
+    with pytest.raises(ImproperlyConfigured):
+        app.router.worker_queues(['celery'])
+    app.close()
