@@ -386,7 +386,13 @@ class Router:
         out = dict(options)
         # The routes are asked even when a queue was given, as Celery asks them: what they say fills in what
         # the call's options leave out (a route's routing_key or priority with `apply_async(queue=...)`).
-        answer = self._lookup(None, name, args, kwargs or {}, options, task) if self.routers else None
+        answer = None
+        if self.routers:
+            asked = dict(options)
+            given = asked.get('queue')
+            if given and isinstance(given, str):  # (a router sees the queue as Celery's do: its Queue object)
+                asked['queue'] = self.queue(given)
+            answer = self._lookup(None, name, args, kwargs or {}, asked, task)
         if isinstance(answer, str):
             answer = {'queue': answer}
         if answer:

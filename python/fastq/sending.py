@@ -170,7 +170,9 @@ class SendPlan:
         ignore_result = merged.pop('ignore_result', None)
         # `send_task` sends what it was given, None by default, as Celery's does; a task's call its setting.
         self.ignore_result: bool | None = None if ignore_result is None and task_type is None else bool(ignore_result)
-        routed = app.router.route(merged, route_name, args, kwargs, task_type)
+        # (a router function's `task`: `send_task` by the name of a registered task passes that task, as Celery's)
+        asked = task_type if task_type is not None else app.tasks.get(name)
+        routed = app.router.route(merged, route_name, args, kwargs, asked)
         priority = routed.get('priority')
         self.priority: int | None = None if priority is None else int(priority)
         self.default_priority = int(conf.task_default_priority or 0)

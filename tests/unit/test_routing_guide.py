@@ -335,3 +335,26 @@ def test_a_worker_without_create_missing_queues_refuses_an_undefined_queue() -> 
     with pytest.raises(ImproperlyConfigured):
         app.router.worker_queues(['celery'])
     app.close()
+
+
+def test_a_router_function_sees_the_task_and_the_queue_as_celerys_do(app: Fastq, redis_url: str) -> None:
+    # "Routing Tasks: Routers": `task` is the registered task (send_task by its name too, as Celery 5.7's
+    # send_task looks it up), and a queue already chosen is its Queue object (Celery's expand_destination)
+    seen: list[tuple[str, str | None, str | None]] = []
+
+    def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
+        queue = options.get('queue')
+        seen.append((name, getattr(task, 'name', None), None if queue is None else queue.name))
+        return {'queue': getattr(task, 'route_to', 'plain')}
+
+    app.conf.task_routes = (route_task,)
+
+    @app.task(name='routing_guide.add')
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    add.route_to = 'special'  # type: ignore[attr-defined]
+    app.send_task('routing_guide.add', (1, 2))
+    app.send_task('routing_guide.other', (1, 2), queue='q2')
+    assert seen == [('routing_guide.add', 'routing_guide.add', None), ('routing_guide.other', None, 'q2')]
+    assert lengths(redis_url) == {'special': 1, 'q2': 1}
