@@ -189,6 +189,19 @@ def test_round_robin_between_queues(redis_url: str) -> None:
     app.close()
 
 
+def test_round_robin_takes_turns_as_kombus_cycle(redis_url: str) -> None:
+    # kombu's round_robin_cycle: the queue that delivered goes to the back, so with -Q c,b,a and c empty a
+    # worker fetching one at a time (prefetch 1) serves b, a, b, a, ... as a Celery worker does
+    app = make(redis_url)
+    broker = app.broker
+    broker.publish([Outgoing(message(f'{q}{i}'), q) for i in range(3) for q in 'ab'])
+    consumer = broker.consumer(['c', 'b', 'a'], owner='w')
+    got = [consumer.fetch(1, 1.0)[0].queue for _ in range(6)]
+    assert got == ['b', 'a', 'b', 'a', 'b', 'a']
+    consumer.close()
+    app.close()
+
+
 def _carrying(consumer: Any) -> tuple[list[Any], list[tuple[list[Any], bool]]]:
     """`carry_acks` on `consumer`: tags put in the first list are acked with its next write to Redis; what it
     reports back (tags, sent) is appended to the second."""

@@ -187,7 +187,6 @@ class RedisConsumer(Consumer):
         self.client = broker.client
         self._use_queues(queues)
         self._new_queues: list[str] | None = None  # set by set_queues, applied by the fetching thread
-        self._rotation = 0
         self._held: set[Tag] = set()
         self._held_lock = threading.Lock()
         self._interrupted = False
@@ -217,6 +216,8 @@ class RedisConsumer(Consumer):
         ordered = sorted(queues) if self.broker.queue_order_strategy == 'sorted' else list(queues)
         self._keys = self.layout.consume_keys(ordered)
         self._key_queue = dict(self._keys)
+        #: The queues in round-robin order: kombu's cycle, where a queue that delivers goes to the back.
+        self._cycle = ordered if self.broker.queue_order_strategy == 'round_robin' and len(ordered) > 1 else None
 
     def set_queues(self, queues: Sequence[str]) -> None:
         self.broker.declare(queues)
@@ -334,19 +335,25 @@ class RedisConsumer(Consumer):
     # --- fetching -----------------------------------------------------------------------------------------
 
     def _ordered_keys(self) -> list[str]:
-        """Keys in serving order: step-major; queues rotated round-robin between fetches (kombu's default)."""
-        keys = [key for key, _ in self._keys]
-        strategy = self.broker.queue_order_strategy
-        if strategy == 'round_robin' and len(self.queues) > 1:
-            n = len(self.queues)
-            self._rotation = (self._rotation + 1) % n
-            steps = len(keys) // n
-            rotated = []
-            for s in range(steps):
-                row = keys[s * n : (s + 1) * n]
-                rotated.extend(row[self._rotation :] + row[: self._rotation])
-            return rotated
-        return keys
+        """Keys in serving order: step-major; with round robin (kombu's default), the queues in the order of
+        their cycle (see `_rotate`)."""
+        if self._cycle is not None:
+            return [key for key, _ in self.layout.consume_keys(self._cycle)]
+        return [key for key, _ in self._keys]
+
+    def _rotate(self, deliveries: list[Delivery]) -> None:
+        """Each queue that delivered goes to the back of the cycle, as kombu's round_robin_cycle.rotate moves
+        it after each message: queues take turns one message each (-Q c,b,a with c empty: b, a, b, a, ...).
+        Under `_held_lock`; the cycle is replaced, never changed in place, for `_ordered_keys` to read."""
+        cycle = self._cycle
+        if cycle is None or not deliveries:
+            return
+        cycle = list(cycle)
+        for delivery in deliveries:
+            if delivery.queue in cycle:
+                cycle.remove(delivery.queue)
+                cycle.append(delivery.queue)
+        self._cycle = cycle
 
     def fetch(self, limit: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
@@ -631,6 +638,7 @@ class RedisConsumer(Consumer):
         out, tags = fetched_deliveries(raw, [key_queue.get(key, key) for key in keys])
         with self._held_lock:
             self._held.update(tags)
+            self._rotate(out)
         return out
 
     def wakeup(self) -> None:
