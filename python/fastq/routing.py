@@ -9,6 +9,7 @@ routing_key/exchange/priority) or a queue name string.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import re
 import uuid
@@ -189,6 +190,15 @@ def as_queue(queue: Any) -> Queue:
     if isinstance(queue, Queue):
         return queue
     exchange = getattr(queue, 'exchange', None)
+    if type(queue).__name__ == 'Broadcast' and getattr(queue, 'queue', None):  # (kombu.common.Broadcast)
+        return Broadcast(
+            getattr(queue, 'alias', None),
+            str(queue.name),
+            auto_delete=bool(getattr(queue, 'auto_delete', True)),
+            exchange=as_exchange(exchange) if exchange is not None else None,
+            durable=bool(getattr(queue, 'durable', True)),
+            queue_arguments=getattr(queue, 'queue_arguments', None),
+        )
     return Queue(
         str(queue.name),
         as_exchange(exchange) if exchange is not None and getattr(exchange, 'name', exchange) != '' else None,
@@ -429,6 +439,33 @@ class Router:
         `Broadcast` queue by its exchange's name), then by name, else a queue of that name on the direct
         exchange of the same name (`task_create_missing_queues`)."""
         return self.aliases.get(name) or self.queues.get(name) or direct_queue(name) or Queue(name)
+
+    def declared(self, name: str) -> Queue:
+        """The queue `name` as Celery's `app.amqp.queues[name]` has it (what `inspect active_queues` shows): a
+        configured one as `task_queues` gives it (by alias too); with no `task_queues`, the default queue on
+        the default exchange (task_default_exchange, of task_default_exchange_type) bound with
+        task_default_routing_key; any other on a direct exchange of its name (or of
+        task_create_missing_queue_exchange_type), quorum if task_create_missing_queue_type says so; and
+        task_queue_max_priority as each one's x-max-priority unless its arguments have one."""
+        conf = self.conf
+        queue = self.aliases.get(name) or self.queues.get(name) or direct_queue(name)
+        if queue is None:
+            if name == conf.task_default_queue and not self.queues:
+                kind = conf.task_default_queue_type
+                exchange = Exchange(str(conf.task_default_exchange or name), str(conf.task_default_exchange_type))
+                routing_key = str(conf.task_default_routing_key or name)
+            else:
+                kind = conf.task_create_missing_queue_type
+                exchange = Exchange(name, str(conf.task_create_missing_queue_exchange_type or 'direct'))
+                routing_key = name
+            queue = Queue(
+                name, exchange, routing_key, queue_arguments={'x-queue-type': kind} if kind == 'quorum' else None
+            )
+        max_priority = conf.task_queue_max_priority
+        if max_priority is not None and 'x-max-priority' not in (queue.queue_arguments or {}):
+            queue = copy.copy(queue)
+            queue.queue_arguments = {**(queue.queue_arguments or {}), 'x-max-priority': max_priority}
+        return queue
 
     def defined(self, name: str) -> bool:
         """Whether `name` is a queue Celery's `app.amqp.queues` has without `task_create_missing_queues`:

@@ -358,3 +358,61 @@ def test_a_router_function_sees_the_task_and_the_queue_as_celerys_do(app: Fastq,
     app.send_task('routing_guide.other', (1, 2), queue='q2')
     assert seen == [('routing_guide.add', 'routing_guide.add', None), ('routing_guide.other', None, 'q2')]
     assert lengths(redis_url) == {'special': 1, 'q2': 1}
+
+
+def _queue_settings() -> list[dict[str, Any]]:
+    from kombu import binding
+    from kombu.common import Broadcast as KombuBroadcast
+
+    return [
+        {
+            'task_queues': (
+                KombuQueue('default', routing_key='task.#'),
+                KombuQueue('videos', KombuExchange('media'), routing_key='media.video'),
+            ),
+            'task_default_queue': 'default',
+            'task_default_exchange': 'tasks',
+            'task_default_exchange_type': 'topic',
+            'task_default_routing_key': 'task.default',
+        },
+        {
+            'task_queues': (
+                KombuQueue('p', KombuExchange('p'), 'p', queue_arguments={'x-max-priority': 10}),
+                KombuQueue('m', max_priority=5),
+                KombuQueue('ad', auto_delete=True, durable=False, exclusive=True),
+            )
+        },
+        {'task_queue_max_priority': 10},
+        {'task_default_exchange': 'tx', 'task_default_exchange_type': 'topic', 'task_default_routing_key': 'rk.#'},
+        {'task_create_missing_queue_exchange_type': 'topic', 'task_create_missing_queue_type': 'quorum'},
+        {'task_queues': {'video': {'exchange': 'video', 'exchange_type': 'topic', 'binding_key': 'video.#'}}},
+        {'task_queues': (KombuBroadcast('bc'), KombuQueue('celery'))},
+        {'task_queues': (KombuQueue('b', bindings=[binding(KombuExchange('e1', 'topic'), routing_key='x.#')]),)},
+    ]
+
+
+@pytest.mark.parametrize('index', range(len(_queue_settings())))
+def test_active_queues_describe_each_queue_as_celerys_worker_does(index: int) -> None:
+    # `inspect active_queues` replies with kombu's Queue.as_dict(recurse=True) of app.amqp.queues[name]: a
+    # queue given without an exchange is on task_default_exchange (of its type), a missing one on a direct
+    # exchange of its name, task_queue_max_priority in queue_arguments, max_priority, flags, bindings
+    import json
+    import types
+
+    from celery import Celery
+
+    from fastq.worker.inspect import _active_queues
+
+    celery_app = Celery('x', set_as_current=False)
+    celery_app.conf.update(_queue_settings()[index])  # (each app its own kombu objects: Celery changes them)
+    fastq_app = Fastq('x', broker='memory://', set_as_current=False)
+    fastq_app.conf.update(_queue_settings()[index])
+    names = [q.alias or name for name, q in celery_app.amqp.queues.items()] + ['missing']
+
+    def plain(value: Any) -> Any:
+        return json.loads(re.sub(r'bcast\.[0-9a-f-]{36}', 'bcast', json.dumps(value)))
+
+    theirs = plain([celery_app.amqp.queues[name].as_dict(recurse=True) for name in names])
+    ours = plain(_active_queues(types.SimpleNamespace(app=fastq_app, queues=names)))  # type: ignore[arg-type]
+    assert ours == theirs
+    fastq_app.close()

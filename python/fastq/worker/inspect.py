@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fastq.control import tick
+from fastq.routing import Broadcast, as_exchange
 from fastq.worker.control import command, ok, on_loop
 
 if TYPE_CHECKING:
@@ -250,37 +251,50 @@ def broker_info(url: str) -> dict[str, Any]:
     }
 
 
-def _queue_object(worker: WorkController, name: str) -> Any:
-    for queue in worker.app.conf.task_queues or ():
-        if getattr(queue, 'name', None) == name:
-            return queue
-    return None
+def _exchange_dict(exchange: Any) -> dict[str, Any]:
+    ex = as_exchange(exchange)
+    return {
+        'name': ex.name, 'type': ex.type, 'arguments': ex.arguments, 'durable': ex.durable, 'passive': False,
+        'auto_delete': ex.auto_delete, 'delivery_mode': ex.delivery_mode, 'no_declare': False,
+    }  # fmt: skip
+
+
+def _binding_dict(value: Any) -> dict[str, Any]:
+    exchange = getattr(value, 'exchange', None)
+    return {
+        'exchange': _exchange_dict(exchange if exchange is not None else ''),
+        'routing_key': getattr(value, 'routing_key', None) or '',
+        'arguments': getattr(value, 'arguments', None),
+        'unbind_arguments': getattr(value, 'unbind_arguments', None),
+    }
 
 
 @command('active_queues')
 def _active_queues(worker: WorkController, **kwargs: Any) -> list[dict[str, Any]]:
-    """kombu `Queue.as_dict()` shapes for the queues this worker consumes."""
+    """kombu's `Queue.as_dict(recurse=True)` of each queue this worker consumes, as Celery's app.amqp.queues
+    has it (`Router.declared`): its exchange is the one it is bound to (task_default_exchange for a queue
+    given without one), not one of its own name."""
     out: list[dict[str, Any]] = []
     for name in worker.queues:
-        queue = _queue_object(worker, name)
-        exchange = getattr(queue, 'exchange', None)
-        arguments = getattr(queue, 'queue_arguments', None)
-        bound = worker.added_bindings.get(name) if queue is None else None
+        queue = worker.app.router.declared(name)
+        # (a queue add_consumer bound to an exchange of its own, not one the settings know: that binding)
+        bound = worker.added_bindings.get(name) if name not in worker.app.router.queues else None
+        exchange = _exchange_dict(queue.exchange)
+        if bound:
+            exchange.update(name=bound[0], type=bound[1])
         out.append({
-            'name': name,
-            'exchange': {
-                'name': bound[0] if bound else getattr(exchange, 'name', None) or name,
-                'type': bound[1] if bound else getattr(exchange, 'type', None) or 'direct',
-                'arguments': None, 'durable': True, 'passive': False, 'auto_delete': False, 'delivery_mode': None,
-                'no_declare': False,
-            },
-            'routing_key': bound[2] if bound else getattr(queue, 'routing_key', None) or name,
-            'queue_arguments': arguments,
-            'binding_arguments': None, 'consumer_arguments': None, 'durable': True, 'exclusive': False,
-            'auto_delete': False, 'no_ack': False, 'alias': None, 'bindings': [], 'no_declare': None,
+            'name': queue.name,
+            'exchange': exchange,
+            'routing_key': bound[2] if bound else queue.routing_key,
+            'queue_arguments': queue.queue_arguments,
+            'binding_arguments': None, 'consumer_arguments': queue.consumer_arguments, 'durable': queue.durable,
+            'exclusive': queue.exclusive, 'auto_delete': queue.auto_delete, 'no_ack': queue.no_ack,
+            'alias': queue.alias, 'bindings': [_binding_dict(b) for b in queue.bindings or ()], 'no_declare': None,
             'expires': None, 'message_ttl': None, 'max_length': None, 'max_length_bytes': None,
-            'max_priority': (arguments or {}).get('x-max-priority'),
+            'max_priority': queue.max_priority,
         })  # fmt: skip
+        if isinstance(queue, Broadcast):  # (kombu's Broadcast has one attribute more)
+            out[-1]['queue'] = queue.name
     return out
 
 
