@@ -416,3 +416,29 @@ def test_active_queues_describe_each_queue_as_celerys_worker_does(index: int) ->
     ours = plain(_active_queues(types.SimpleNamespace(app=fastq_app, queues=names)))  # type: ignore[arg-type]
     assert ours == theirs
     fastq_app.close()
+
+
+@pytest.mark.parametrize('index', range(len(_queue_settings())))
+def test_app_amqp_queues_are_celerys(index: int) -> None:
+    # app.amqp.queues[name], which code written for Celery reads: the default queue on the default exchange,
+    # a missing queue added (unless task_create_missing_queues is off), task_queue_max_priority applied
+    from celery import Celery
+
+    def described(queue: Any) -> tuple[object, ...]:
+        ex = queue.exchange
+        return (re.sub(r'bcast\.[0-9a-f-]{36}', 'bcast', queue.name), ex.name, ex.type, queue.routing_key,
+                queue.queue_arguments, queue.max_priority)  # fmt: skip
+
+    for missing in (True, False):
+        celery_app = Celery('x', set_as_current=False)
+        celery_app.conf.update(_queue_settings()[index], task_create_missing_queues=missing)
+        fastq_app = Fastq('x', broker='memory://', set_as_current=False)
+        fastq_app.conf.update(_queue_settings()[index], task_create_missing_queues=missing)
+        theirs, ours = celery_app.amqp.queues, fastq_app.amqp.queues
+        assert [described(q) for q in ours.values()] == [described(q) for q in theirs.values()]
+        if missing:
+            assert described(ours['other']) == described(theirs['other'])
+        else:
+            with pytest.raises(KeyError):
+                ours['other']
+        fastq_app.close()

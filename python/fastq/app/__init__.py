@@ -1053,11 +1053,17 @@ class _Queues(dict[str, Any]):
         self.amqp = amqp
 
     def __missing__(self, name: str) -> Any:
-        """A queue by its alias too (a `Broadcast` queue by its exchange's name), as Celery's `Queues`."""
-        alias = self.amqp.app.router.aliases.get(name)
-        if alias is None:
+        """A queue by its alias too (a `Broadcast` queue by its exchange's name), as Celery's `Queues`; any
+        other name is a queue added as Celery's adds it (`Router.declared`), unless task_create_missing_queues
+        is off (KeyError)."""
+        router = self.amqp.app.router
+        alias = router.aliases.get(name)
+        if alias is not None:
+            return router.declared(name)
+        if not router.create_missing:
             raise KeyError(name)
-        return alias
+        queue = self[name] = router.declared(name)
+        return queue
 
     def select_add(self, queue: Any, **kwargs: Any) -> Any:
         """Consume from `queue` too (a name or a Queue), in the worker being set up: Celery's way to add a
@@ -1082,10 +1088,10 @@ class _Amqp:
 
     @property
     def queues(self) -> _Queues:
-        from fastq.routing import Queue
-
+        """The app's queues as Celery's `app.amqp.queues` has them (`Router.declared`): `task_queues`, else the
+        default queue on the default exchange."""
         router = self.app.router
-        return _Queues(self, dict(router.queues) or {name: Queue(name) for name in router.worker_queues(None)})
+        return _Queues(self, {name: router.declared(name) for name in router.queues or router.worker_queues(None)})
 
     @property
     def router(self) -> Router:
