@@ -65,3 +65,17 @@ def test_a_tasks_repr_names_its_app_as_celerys(memory_app: Fastq) -> None:
         return x + y
 
     assert repr(add) == f'<@task: t.add of t at {id(memory_app):#x}>'  # Celery's `<@task: tasks.add of tasks at 0x…>`
+
+
+def test_the_banners_default_queue_is_on_the_default_exchange(memory_app: Fastq, level: logging.Logger) -> None:
+    # Celery's banner lists app.amqp.queues: with no task_queues, the default queue on task_default_exchange
+    # of task_default_exchange_type with task_default_routing_key (the Routing guide's topic settings)
+    memory_app.conf.update(
+        task_default_exchange='tasks', task_default_exchange_type='topic', task_default_routing_key='task.default'
+    )
+    level.setLevel(logging.WARNING)
+    queues = banner(memory_app, ['celery', 'feeds']).split('[queues]\n', 1)[1]
+    assert queues == (
+        '                .> celery           exchange=tasks(topic) key=task.default\n'
+        '                .> feeds            exchange=feeds(direct) key=feeds\n\n'
+    )

@@ -835,10 +835,10 @@ class WorkController:
         ]
         # (Celery's banner starts with a line of one space)
         lines = [' '] + [art + text for art, text in zip(artlines, info, strict=False)]
-        from fastq.routing import Queue, as_exchange, direct_queue
+        from fastq.routing import as_exchange
 
         for name in sorted(self.queues):  # (sorted by name, as Celery's `Queues.format` lists them)
-            queue = app.router.queues.get(name) or direct_queue(name) or Queue(name)
+            queue = app.router.declared(name)  # (the default queue on the default exchange, as Celery's)
             exchange = as_exchange(queue.exchange)
             lines.append(
                 f'                .> {name:<16} exchange={exchange.name}({exchange.type}) key={queue.routing_key}'
