@@ -28,6 +28,7 @@ __all__ = [
     'Exchange',
     'Queue',
     'Router',
+    'default_queue',
     'direct_queue',
     'exchange_types',
     'topic_pattern',
@@ -218,6 +219,19 @@ def as_queue(queue: Any) -> Queue:
 #: `worker_direct`: each worker's own queue, `<nodename>.dq2`, bound to this exchange with its node name.
 WORKER_DIRECT_EXCHANGE = 'C.dq2'
 WORKER_DIRECT_SUFFIX = '.dq2'
+
+
+def default_queue(conf: Any) -> Queue:
+    """The default queue when `task_queues` is not set, as Celery's `app.amqp.queues` makes it: on the default
+    exchange (task_default_exchange, else the queue's name, of task_default_exchange_type), bound with
+    task_default_routing_key (else its name), quorum if task_default_queue_type says so."""
+    name = str(conf.task_default_queue)
+    return Queue(
+        name,
+        Exchange(str(conf.task_default_exchange or name), str(conf.task_default_exchange_type or 'direct')),
+        str(conf.task_default_routing_key or name),
+        queue_arguments={'x-queue-type': 'quorum'} if conf.task_default_queue_type == 'quorum' else None,
+    )
 
 
 def worker_direct(hostname: str | Queue) -> Queue:
@@ -415,6 +429,8 @@ class Router:
         else:
             queue = str(queue or self.conf.task_default_queue)  # (None or a route's '': the default queue)
             qobj = self.queue(queue)
+            if not self.queues and queue == self.conf.task_default_queue:
+                qobj = default_queue(self.conf)  # (on the default exchange: Celery publishes through it)
             if not self.create_missing and not self.defined(queue) and not direct_queue(queue):
                 raise QueueNotFound(f'Queue {queue!r} missing from task_queues')
         out['queue'] = qobj.name
@@ -449,18 +465,12 @@ class Router:
         task_queue_max_priority as each one's x-max-priority unless its arguments have one."""
         conf = self.conf
         queue = self.aliases.get(name) or self.queues.get(name) or direct_queue(name)
-        if queue is None:
-            if name == conf.task_default_queue and not self.queues:
-                kind = conf.task_default_queue_type
-                exchange = Exchange(str(conf.task_default_exchange or name), str(conf.task_default_exchange_type))
-                routing_key = str(conf.task_default_routing_key or name)
-            else:
-                kind = conf.task_create_missing_queue_type
-                exchange = Exchange(name, str(conf.task_create_missing_queue_exchange_type or 'direct'))
-                routing_key = name
-            queue = Queue(
-                name, exchange, routing_key, queue_arguments={'x-queue-type': kind} if kind == 'quorum' else None
-            )
+        if queue is None and name == conf.task_default_queue and not self.queues:
+            queue = default_queue(conf)
+        elif queue is None:
+            kind = conf.task_create_missing_queue_type
+            exchange = Exchange(name, str(conf.task_create_missing_queue_exchange_type or 'direct'))
+            queue = Queue(name, exchange, name, queue_arguments={'x-queue-type': kind} if kind == 'quorum' else None)
         max_priority = conf.task_queue_max_priority
         if max_priority is not None and 'x-max-priority' not in (queue.queue_arguments or {}):
             queue = copy.copy(queue)

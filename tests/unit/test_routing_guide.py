@@ -442,3 +442,46 @@ def test_app_amqp_queues_are_celerys(index: int) -> None:
             with pytest.raises(KeyError):
                 ours['other']
         fastq_app.close()
+
+
+def test_the_default_queue_is_on_the_default_exchange_without_task_queues(app: Fastq, redis_url: str) -> None:
+    # Celery's app.amqp.queues makes the default queue on task_default_exchange (of its type) bound with
+    # task_default_routing_key, and publishes through that exchange: the same binding and delivery_info here
+    import json
+
+    app.conf.update(
+        task_default_exchange='tasks', task_default_exchange_type='topic', task_default_routing_key='task.default'
+    )
+    app.broker.declare(['celery'])  # what a worker consuming it declares
+    client = redis.Redis.from_url(redis_url)
+    assert client.smembers('_kombu.binding.tasks') == {
+        '\x06\x16'.join(['task.default', topic_pattern('task.default'), 'celery']).encode()
+    }
+
+    @app.task
+    def plain() -> None: ...
+
+    plain.delay()
+    sent = json.loads(client.lindex('celery', 0) or b'{}')
+    assert sent['properties']['delivery_info'] == {'exchange': 'tasks', 'routing_key': 'task.default'}
+
+
+def test_the_default_queue_declared_on_rabbitmq_is_celerys() -> None:
+    # (the declaration a fastq worker makes on RabbitMQ for the default queue, without task_queues)
+    from celery import Celery
+
+    from fastq.brokers.amqp.topology import Topology
+
+    conf = {'task_default_exchange': 'tasks', 'task_default_exchange_type': 'topic', 'task_default_routing_key': 'td'}
+    celery_app = Celery('x', set_as_current=False)
+    celery_app.conf.update(conf)
+    theirs = celery_app.amqp.queues['celery']
+    fastq_app = Fastq('x', broker='memory://', set_as_current=False)
+    fastq_app.conf.update(conf)
+    spec = Topology(fastq_app.conf).spec('celery')
+    assert (spec.exchange, spec.exchange_type, spec.routing_key) == (
+        theirs.exchange.name,
+        theirs.exchange.type,
+        theirs.routing_key,
+    )
+    fastq_app.close()

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastq.routing import Exchange, Queue, Router, as_exchange, direct_queue
+from fastq.routing import Exchange, Queue, Router, as_exchange, default_queue, direct_queue
 
 if TYPE_CHECKING:
     from fastq.config import Settings
@@ -146,7 +146,10 @@ class Topology:
         conf = self.conf
         queue = self.queues.get(name) or direct_queue(name)
         arguments: dict[str, Any] = {}
-        if queue is None:
+        if queue is None and not self.queues and name == conf.task_default_queue:
+            queue = default_queue(conf)  # (on the default exchange, bound with the default routing key)
+            arguments.update(queue.queue_arguments or {})
+        elif queue is None:
             kind = conf.task_default_queue_type if name == conf.task_default_queue else None
             kind = kind or conf.task_create_missing_queue_type
             if kind == 'quorum':

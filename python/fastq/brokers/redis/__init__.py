@@ -57,7 +57,7 @@ from fastq.brokers.redis.deadletters import RedisDeadLetters
 from fastq.brokers.redis.layout import DEFAULT_PRIORITY_STEPS, DEFAULT_SEP, DELIVERIES_HEADER, Layout
 from fastq.brokers.redis.scripts import Scripts
 from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured, OperationalError, UndeliverableWarning
-from fastq.routing import Queue, Router, as_exchange, direct_queue, exchange_types, topic_pattern
+from fastq.routing import Queue, Router, as_exchange, default_queue, direct_queue, exchange_types, topic_pattern
 from fastq.utils.aioredis import AsyncRedis, params_of
 from fastq.utils.loops import LoopLocal
 
@@ -342,7 +342,10 @@ class RedisBroker(Broker):
         """(exchange, binding set member) of each binding of queue `q`, as kombu writes them: a topic
         exchange's with the pattern its routing key stands for (which kombu matches keys with)."""
         bindings = set()
-        queue = self._configured_queues().get(q) or direct_queue(q)
+        configured = self._configured_queues()
+        queue = configured.get(q) or direct_queue(q)
+        if queue is None and not configured and q == self.conf.task_default_queue:
+            queue = default_queue(self.conf)  # (bound to the default exchange too, as a Celery worker binds it)
         if queue is None or not (queue.auto_delete and as_exchange(queue.exchange).type == 'fanout'):
             bindings.add((q, q, ''))  # (not for a broadcast queue: it is only ever reached through its exchange)
         if queue is not None:
