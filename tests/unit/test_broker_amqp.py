@@ -509,3 +509,11 @@ def test_prefetch_window_applies_to_quorum_queue_consumers(app: Fastq) -> None:
         assert len(_fetch(consumer, 2)) == 2
     finally:
         consumer.close()
+
+
+def test_a_message_without_a_priority_is_sent_with_priority_0_as_kombu_sends_it() -> None:
+    # (a Celery worker reads the property into request.delivery_info['priority']: 0 from a Celery client)
+    from fastq.brokers.amqp import to_amqp
+
+    assert to_amqp(Outgoing(_message(), 'celery'))[3]['priority'] == 0
+    assert to_amqp(Outgoing(_message(), 'celery', priority=7))[3]['priority'] == 7

@@ -129,8 +129,8 @@ def to_amqp(out: Outgoing) -> tuple[str, str, bytes, dict[str, Any]]:
         'headers': message.headers,
         'delivery_mode': out.delivery_mode,
     }
-    if out.priority:
-        properties['priority'] = out.priority
+    # (0 too, as kombu's producer sends it: a Celery worker's request.delivery_info['priority'] reads 0, not None)
+    properties['priority'] = out.priority or 0
     for key in ('correlation_id', 'reply_to'):
         value = props.get(key)
         if value:
