@@ -7,6 +7,7 @@ and so that `Task.request` answers for the running task.
 
 from __future__ import annotations
 
+import os
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,50 @@ def get_current_app() -> Fastq:
 def set_default_app(app: Fastq | None) -> None:
     global _default_app
     _default_app = app
+
+
+def _app_or_default(app: Fastq | None = None) -> Fastq:
+    return app if app is not None else get_current_app()
+
+
+def _app_or_default_trace(app: Fastq | None = None) -> Fastq:
+    """The Application guide's "Breaking the chain" aid (`CELERY_TRACE_APP=1`), as Celery's: code that was not
+    handed an app, and falls back to the current one, prints where it did; falling back to the default app
+    (no app was ever made current) is an error in the main process, where an app should always be known."""
+    import multiprocessing
+    import traceback
+
+    if app is not None:
+        return app
+    if _current_app is not None:
+        print('-- RETURNING TO CURRENT APP --')  # (Celery's words, on stdout; the stack on stderr)
+        traceback.print_stack()
+        return _current_app
+    if multiprocessing.current_process().name == 'MainProcess':
+        raise Exception('DEFAULT APP')
+    print('-- RETURNING TO DEFAULT APP --')
+    traceback.print_stack()
+    return get_current_app()
+
+
+#: `app`, else the current app: what helpers taking `app=None` use (AsyncResult, result_from_tuple, the events
+#: snapshot, contrib.migrate). Traced with `CELERY_TRACE_APP` set when this module is imported, as Celery's.
+app_or_default = _app_or_default
+
+
+def enable_trace() -> None:
+    """Trace fallbacks to the current or default app (what `CELERY_TRACE_APP` turns on), as Celery's."""
+    global app_or_default
+    app_or_default = _app_or_default_trace
+
+
+def disable_trace() -> None:
+    global app_or_default
+    app_or_default = _app_or_default
+
+
+if os.environ.get('CELERY_TRACE_APP'):
+    enable_trace()
 
 
 def register_app(app: Fastq) -> None:

@@ -101,7 +101,7 @@ class AsyncResult(ResultBase, Generic[R]):
     ) -> None:
         if id is None:
             raise ValueError(f'AsyncResult requires valid id, not {type(id)}')
-        self.app = app or _state.get_current_app()
+        self.app = _state.app_or_default(app)
         self.id = id
         self._backend = backend
         self._name = task_name
@@ -845,7 +845,7 @@ def result_from_tuple(r: Any, app: Fastq | None = None) -> Any:
     """An AsyncResult or GroupResult from what `as_tuple()` made (as stored in `children` and saved groups)."""
     if isinstance(r, ResultBase):
         return r
-    app = app or _state.get_current_app()
+    app = _state.app_or_default(app)
     res, nodes = r
     task_id, parent = res if isinstance(res, list | tuple) else (res, None)
     parent_result = result_from_tuple(parent, app) if parent else None

@@ -416,3 +416,36 @@ def test_configured_and_bugreport() -> None:
     report = a.bugreport()
     assert report.startswith('software -> fastq:') and "broker_url: 'redis://u:********@127.0.0.1:1/0'" in report
     assert "my_api_token: '********'" in report and 'worker_concurrency: 2' in report and 'pw' not in report
+
+
+def test_celery_trace_app_shows_where_the_app_chain_breaks(tmp_path: Path) -> None:
+    """The guide's "Breaking the chain": with `CELERY_TRACE_APP=1`, code that was given no app and falls back
+    to the current one prints '-- RETURNING TO CURRENT APP --' and where it did, and a fallback to the default
+    app (none was made current) raises Exception('DEFAULT APP') in the main process, as Celery's does."""
+    import os
+    import subprocess
+
+    script = tmp_path / 'chain.py'
+    script.write_text(
+        'from fastq import Fastq\n'
+        'from fastq.result import AsyncResult\n'
+        'try:\n'
+        "    AsyncResult('t1')\n"
+        'except Exception as exc:\n'
+        "    print('raised', repr(exc))\n"
+        "app = Fastq('proj', broker='memory://')\n"
+        "print('bound', AsyncResult('t2').app is app, AsyncResult('t3', app=app).app is app)\n"
+    )
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path), 'CELERY_TRACE_APP': '1'}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "raised Exception('DEFAULT APP')",
+        '-- RETURNING TO CURRENT APP --',
+        'bound True True',
+    ]
+    assert f'File "{script}", line 8, in <module>' in out.stderr  # (one stack: the call that was given no app)
+    assert out.stderr.count('-- ') == 0 and out.stderr.count(f'File "{script}"') == 1
+    env.pop('CELERY_TRACE_APP')
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines() == ['bound True True'] and not out.stderr

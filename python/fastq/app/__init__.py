@@ -1133,8 +1133,9 @@ def _bound_group_result(bound: Fastq) -> type[GroupResult]:
 
 
 def app_or_default(app: Fastq | None = None) -> Fastq:
-    """`app`, else the current app (Celery's `celery.app.app_or_default`, for helpers that take an `app=`)."""
-    return app if app is not None else _state.get_current_app()
+    """`app`, else the current app (Celery's `celery.app.app_or_default`, for helpers that take an `app=`);
+    traced with `CELERY_TRACE_APP` (fastq._state.app_or_default)."""
+    return _state.app_or_default(app)
 
 
 def __getattr__(name: str) -> Any:

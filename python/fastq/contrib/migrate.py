@@ -245,11 +245,9 @@ def filter_callback(callback: Callable[..., Any], tasks: Iterable[str]) -> Calla
 
 
 def _app(app: Fastq | None) -> Fastq:
-    if app is not None:
-        return app
-    from fastq._state import get_current_app
+    from fastq import _state
 
-    return get_current_app()
+    return _state.app_or_default(app)
 
 
 def _broker(app: Fastq, connection: Any) -> tuple[Broker, bool]:

@@ -87,7 +87,7 @@ class Polaroid:
     ) -> None:
         from fastq import _state
 
-        self.app = app if app is not None else _state.get_current_app()
+        self.app = _state.app_or_default(app)
         self.state = state
         self.freq = float(freq)
         self.cleanup_freq = float(cleanup_freq)
@@ -153,7 +153,7 @@ def evcam(
     from fastq.cli.base import write_pidfile
     from fastq.utils.log import setup_logging
 
-    app = app if app is not None else _state.get_current_app()
+    app = _state.app_or_default(app)
     if pidfile:
         write_pidfile(pidfile)
     if loglevel or logfile:
