@@ -449,3 +449,28 @@ def test_celery_trace_app_shows_where_the_app_chain_breaks(tmp_path: Path) -> No
     env.pop('CELERY_TRACE_APP')
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.splitlines() == ['bound True True'] and not out.stderr
+
+
+def test_a_task_of_an_app_not_finalized_yet_refuses_use(memory_app: Fastq) -> None:
+    """`autofinalize=False`: as Celery's lazy tasks, a task used before `app.finalize()` (its name, calling,
+    sending, a signature, `repr`) raises RuntimeError('Contract breach: app not finalized'); afterwards it is
+    the task the registry holds."""
+    app = Fastq('early', broker='memory://', autofinalize=False, set_as_current=False)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    for use in (lambda: add.name, lambda: add(1, 2), lambda: add.delay(1, 2), lambda: add.s(1), lambda: repr(add)):
+        with pytest.raises(RuntimeError, match='Contract breach: app not finalized'):
+            use()
+    app.finalize()
+    assert add.name.endswith('test_app_guide.add') and add(1, 2) == 3 and add.apply((2, 2)).get() == 4
+    assert isinstance(add, Task) and app.tasks[add.name] == add and repr(add.s(1)) == f'{add.name}(1)'
+
+    @memory_app.task  # (an app that finalizes itself: the task as ever)
+    def sub(x: int, y: int) -> int:
+        return x - y
+
+    assert type(sub).__name__ == 'sub' and sub(3, 1) == 2
+    app.close()

@@ -448,7 +448,7 @@ class Fastq:
                 self._warn_duplicate_task_name(name, existing, fun, W_DUPTASK_KEPT)
             return registry[name]
         options.pop('shared', None)
-        options.pop('lazy', None)
+        lazy = options.pop('lazy', True)
         options['_decorated_fun'] = staticmethod(fun)  # (as given: what a re-registration is told apart by)
         if pydantic is True:  # Celery's argument validation with Pydantic (fastq.pydantic_args)
             from fastq.pydantic_args import pydantic_wrapper
@@ -459,6 +459,8 @@ class Fastq:
         task = cls()
         task.bind(self)
         self._tasks[name] = task
+        if lazy and not self.finalized and not self.autofinalize:
+            return self._task_until_finalized(task)
         return task
 
     def _warn_duplicate_task_name(self, name: str, existing: Any, new: Any, consequence: str) -> None:
@@ -469,6 +471,21 @@ class Fastq:
         warned.add(name)
         text = W_DUPTASK.format(name, _qualname(existing), _qualname(new), consequence)
         warnings.warn(DuplicateTaskNameWarning(text), stacklevel=_caller_stacklevel())
+
+    def _task_until_finalized(self, task: BaseTask[Any, Any]) -> BaseTask[Any, Any]:
+        """What `@app.task` returns on an app made with `autofinalize=False`, until `app.finalize()`: the task
+        behind a proxy that refuses every use before then (its name, calling or sending it, `repr`), as Celery's
+        lazy task does ('Contract breach: app not finalized'), so a task used too early is an error, not a
+        task sent with settings the app has not read yet. Afterwards the proxy is the task."""
+        from fastq.utils.local import Proxy
+
+        def evaluate() -> BaseTask[Any, Any]:
+            if not self.finalized:
+                raise RuntimeError('Contract breach: app not finalized')
+            return task
+
+        proxy: BaseTask[Any, Any] = Proxy(evaluate, type(task).__name__)  # type: ignore[assignment]
+        return proxy
 
     def gen_task_name(self, name: str, module: str) -> str:
         """`module.function`, with `__main__` replaced by the app's main name (as Celery does)."""
