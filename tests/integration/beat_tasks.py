@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import os
 
-from fastq import Fastq
+from fastq import Fastq, signals
 
 app = Fastq('beat_tasks')
 app.conf.beat_schedule = {'every-second': {'task': 'beat_tasks.record', 'schedule': 1.0}}
+
+
+@signals.beat_init.connect
+def said_when_ready(sender: object = None, **kwargs: object) -> None:
+    print('beat_init: the scheduler is ready')  # (beat puts what is printed into its log, as Celery's)
 
 
 @app.task(bind=True, ignore_result=True)

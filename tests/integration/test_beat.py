@@ -82,6 +82,18 @@ def test_beat_sends_an_every_second_entry_to_a_worker(start: Start, tmp_path: Pa
 
 
 @pytest.mark.parametrize('broker_kind', ['sqlite'])
+def test_what_beat_prints_goes_into_its_log(start: Start, tmp_path: Path) -> None:
+    # As Celery's beat, once the banner is out stdout is the log's (worker_redirect_stdouts): a beat_init
+    # receiver's print is a WARNING record; the banner before it stays plain text
+    beat = start('beat', '-s', str(tmp_path / 'schedule'))
+    beat.wait_for('beat_init: the scheduler is ready', READY_TIMEOUT)
+    printed = [line for line in beat.log.splitlines() if 'beat_init: the scheduler is ready' in line]
+    assert len(printed) == 1 and printed[0].endswith(' WARNING/MainProcess] beat_init: the scheduler is ready')
+    assert any(line.startswith('LocalTime -> ') for line in beat.log.splitlines())
+    assert beat.stop() == 0
+
+
+@pytest.mark.parametrize('broker_kind', ['sqlite'])
 def test_worker_B_embeds_beat(start: Start, tmp_path: Path) -> None:
     worker = start('worker', '-B', '-s', str(tmp_path / 'schedule'))
     wait_for_runs(tmp_path, 3)

@@ -78,7 +78,7 @@ def banner(app: Fastq, service: Service, loglevel: str, logfile: str | None) -> 
 def run(app: Fastq, args: argparse.Namespace) -> int:
     from fastq.beat.service import Service
     from fastq.brokers import broker_class
-    from fastq.utils.log import setup_logging
+    from fastq.utils.log import redirect_worker_stdouts, setup_logging
     from fastq.utils.text import mask_url
 
     loglevel = check_loglevel(args.loglevel)
@@ -119,6 +119,11 @@ def run(app: Fastq, args: argparse.Namespace) -> int:
         app.init_worker()
         if not quiet and not args.detach:
             print(banner(app, service, loglevel, args.logfile), flush=True)
+        # Then stdout and stderr into the log, as Celery's beat does once its banner is out (its setup_logging,
+        # with the worker's `worker_redirect_stdouts` settings): what a `beat_init` receiver, a scheduler or a
+        # custom schedule's `is_due` prints is a WARNING record in the log (in the log file of a detached beat
+        # too), not stray text on a terminal that may not be there.
+        redirect_worker_stdouts(conf)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: service.stop())
         service.start()
