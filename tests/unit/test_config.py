@@ -93,6 +93,15 @@ def test_config_from_envvar_unset_says_what_to_set() -> None:
     assert a.config_from_envvar('FASTQ_TEST_UNSET_CONFIG_VARIABLE', silent=True) is False
 
 
+def test_config_from_envvar_returns_none_as_celerys(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Celery's returns what config_from_object returns (None), read lazily: a bad module name fails on first use
+    monkeypatch.setenv('FASTQ_TEST_CONFIG_VARIABLE', 'fastq_test_no_such_config_module')
+    a = app()
+    assert a.config_from_envvar('FASTQ_TEST_CONFIG_VARIABLE') is None
+    with pytest.raises(ModuleNotFoundError):
+        _ = a.conf.timezone
+
+
 def test_config_from_object_django_namespace() -> None:
     settings = types.SimpleNamespace(
         CELERY_BROKER_URL='memory://', CELERY_TASK_ALWAYS_EAGER=True, DEBUG=True, INSTALLED_APPS=[]

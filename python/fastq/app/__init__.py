@@ -374,14 +374,16 @@ class Fastq:
         module = os.environ.get('CELERY_CONFIG_MODULE')
         return self._object_loader(module, False, self.namespace)() if module else {}
 
-    def config_from_envvar(self, variable_name: str, silent: bool = False, force: bool = False) -> bool:
+    def config_from_envvar(self, variable_name: str, silent: bool = False, force: bool = False) -> bool | None:
+        """`config_from_object` of the module the variable names. As Celery's, it returns what that returns
+        (None): only `silent=True` with the variable unset says False."""
         module = os.environ.get(variable_name)
         if not module:
             if silent:
                 return False
             raise ImproperlyConfigured(_ERR_ENVVAR_NOT_SET.format(variable_name))
         self.config_from_object(module, silent=silent, force=force)
-        return True
+        return None
 
     def add_defaults(self, d: Any) -> None:
         """Defaults of the app's own (a mapping, or a function returning one, read lazily): below what code
