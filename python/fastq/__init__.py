@@ -101,7 +101,7 @@ def __getattr__(name: str) -> Any:
         from fastq import _state
         from fastq.utils.local import Proxy
 
-        value = Proxy(_state.get_current_app if name == 'current_app' else _state.get_current_task, name)
+        value = Proxy(_state.get_current_app if name == 'current_app' else _state.get_current_task, name=name)
         globals()[name] = value
         return value
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

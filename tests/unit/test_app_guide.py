@@ -183,6 +183,34 @@ def test_current_app_and_current_task_are_live_proxies() -> None:
         app.close()
 
 
+def test_proxy_takes_celerys_arguments_and_operators() -> None:
+    """`fastq.local.Proxy` as Celery's `celery.local.Proxy`: `Proxy(local, args=None, kwargs=None, name=None,
+    __doc__=None)`, and the proxied object's operators (comparisons, arithmetic, int(), del p[k]); the app's
+    docstring through `current_app.__doc__`."""
+    from fastq import current_app
+    from fastq.local import Proxy
+
+    assert Proxy(lambda x, y: x + y, args=(1, 2))._get_current_object() == 3
+    assert Proxy(lambda x: x, kwargs={'x': 3}) == 3
+    number = Proxy(lambda: 41, name='answer', __doc__='what it is')
+    assert number.__name__ == 'answer' and number.__doc__ == 'what it is' and Proxy.__doc__.startswith('An object')
+    assert number + 1 == 42 and number * 2 == 82 and number - 1 == 40 and number / 41 == 1 and number // 2 == 20
+    assert number % 2 == 1 and divmod(number, 2) == (20, 1) and number**1 == 41 and -number == -41
+    assert +number == 41 and abs(number) == 41 and ~number == -42 and number << 1 == 82 and number >> 1 == 20
+    assert number & 1 == 1 and number | 2 == 43 and number ^ 1 == 40 and int(number) == 41
+    assert float(number) == 41.0 and complex(number) == 41 and [0, 1][number // 41] == 1
+    assert number < 42 and number <= 41 and number > 40 and number >= 41 and sorted([number, 0]) == [0, 41]
+    mapping = {'k': 1}
+    proxied = Proxy(lambda: mapping)
+    del proxied['k']
+    assert mapping == {}
+    app = Fastq('documented', broker='memory://')
+    try:
+        assert current_app.__doc__ == Fastq.__doc__
+    finally:
+        app.close()
+
+
 def test_throws_are_expected_errors(memory_app: Fastq, caplog: pytest.LogCaptureFixture) -> None:
     @memory_app.task(throws=(KeyError,))
     def picky(key: str) -> None:

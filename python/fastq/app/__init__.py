@@ -486,7 +486,7 @@ class Fastq:
                 raise RuntimeError('Contract breach: app not finalized')
             return task
 
-        proxy: BaseTask[Any, Any] = Proxy(evaluate, type(task).__name__)  # type: ignore[assignment]
+        proxy: BaseTask[Any, Any] = Proxy(evaluate, name=type(task).__name__)  # type: ignore[assignment]
         return proxy
 
     def gen_task_name(self, name: str, module: str) -> str:

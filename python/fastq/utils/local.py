@@ -14,16 +14,47 @@ from typing import Any
 __all__ = ['Proxy']
 
 
-class Proxy:
-    __slots__ = ('__local', '__name__')
+class _ClassOrObjectDoc:
+    """`Proxy.__doc__`: the class's docstring on the class (help(), Sphinx); on a proxy, the `__doc__=` it was
+    given, else its object's (`current_app.__doc__` is the app class's), as Celery's Proxy answers."""
 
-    def __init__(self, local: Callable[[], Any], name: str | None = None) -> None:
+    def __init__(self, doc: str | None) -> None:
+        self.doc = doc
+
+    def __get__(self, proxy: Any, owner: type | None = None) -> str | None:
+        if proxy is None:
+            return self.doc
+        custom = object.__getattribute__(proxy, '_Proxy__doc')
+        if custom is not None:
+            return custom  # type: ignore[no-any-return]
+        return getattr(proxy._get_current_object(), '__doc__', None)
+
+
+class Proxy:
+    """An object that stands for what `local(*args, **kwargs)` returns at each use: Celery's signature
+    (`Proxy(local, args=None, kwargs=None, name=None, __doc__=None)`), and its operators, so a proxied
+    number, mapping or context manager works as the object would."""
+
+    __slots__ = ('__local', '__args', '__kwargs', '__name__', '__doc')
+
+    def __init__(
+        self,
+        local: Callable[..., Any],
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        __doc__: str | None = None,
+    ) -> None:
         object.__setattr__(self, '_Proxy__local', local)
+        object.__setattr__(self, '_Proxy__args', tuple(args or ()))
+        object.__setattr__(self, '_Proxy__kwargs', dict(kwargs or {}))
         object.__setattr__(self, '__name__', name or getattr(local, '__name__', 'proxy'))
+        object.__setattr__(self, '_Proxy__doc', __doc__)
 
     def _get_current_object(self) -> Any:
         """The object this proxy stands for right now."""
-        return object.__getattribute__(self, '_Proxy__local')()
+        local = object.__getattribute__(self, '_Proxy__local')
+        return local(*object.__getattribute__(self, '_Proxy__args'), **object.__getattribute__(self, '_Proxy__kwargs'))
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # isinstance(current_app, Fastq) holds
@@ -81,6 +112,84 @@ class Proxy:
     def __setitem__(self, key: Any, value: Any) -> None:
         self._get_current_object()[key] = value
 
+    def __delitem__(self, key: Any) -> None:
+        del self._get_current_object()[key]
+
+    def __lt__(self, other: Any) -> Any:
+        return self._get_current_object() < other
+
+    def __le__(self, other: Any) -> Any:
+        return self._get_current_object() <= other
+
+    def __gt__(self, other: Any) -> Any:
+        return self._get_current_object() > other
+
+    def __ge__(self, other: Any) -> Any:
+        return self._get_current_object() >= other
+
+    def __add__(self, other: Any) -> Any:
+        return self._get_current_object() + other
+
+    def __sub__(self, other: Any) -> Any:
+        return self._get_current_object() - other
+
+    def __mul__(self, other: Any) -> Any:
+        return self._get_current_object() * other
+
+    def __truediv__(self, other: Any) -> Any:
+        return self._get_current_object() / other
+
+    def __floordiv__(self, other: Any) -> Any:
+        return self._get_current_object() // other
+
+    def __mod__(self, other: Any) -> Any:
+        return self._get_current_object() % other
+
+    def __divmod__(self, other: Any) -> Any:
+        return divmod(self._get_current_object(), other)
+
+    def __pow__(self, other: Any) -> Any:
+        return self._get_current_object() ** other
+
+    def __lshift__(self, other: Any) -> Any:
+        return self._get_current_object() << other
+
+    def __rshift__(self, other: Any) -> Any:
+        return self._get_current_object() >> other
+
+    def __and__(self, other: Any) -> Any:
+        return self._get_current_object() & other
+
+    def __xor__(self, other: Any) -> Any:
+        return self._get_current_object() ^ other
+
+    def __or__(self, other: Any) -> Any:
+        return self._get_current_object() | other
+
+    def __neg__(self) -> Any:
+        return -self._get_current_object()
+
+    def __pos__(self) -> Any:
+        return +self._get_current_object()
+
+    def __abs__(self) -> Any:
+        return abs(self._get_current_object())
+
+    def __invert__(self) -> Any:
+        return ~self._get_current_object()
+
+    def __complex__(self) -> complex:
+        return complex(self._get_current_object())
+
+    def __int__(self) -> int:
+        return int(self._get_current_object())
+
+    def __float__(self) -> float:
+        return float(self._get_current_object())
+
+    def __index__(self) -> int:
+        return self._get_current_object().__index__()  # type: ignore[no-any-return]
+
     def __enter__(self) -> Any:
         return self._get_current_object().__enter__()
 
@@ -89,3 +198,6 @@ class Proxy:
 
     def __reduce__(self) -> Any:  # pickled as the object itself
         return self._get_current_object().__reduce__()
+
+
+Proxy.__doc__ = _ClassOrObjectDoc(Proxy.__doc__)  # type: ignore[assignment]
