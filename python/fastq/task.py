@@ -9,8 +9,10 @@ signature and returns `AsyncResult[R]`. Each decorated function becomes a subcla
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import keyword
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -859,12 +861,26 @@ class Task(Generic[P, R]):
             else f'<unbound {type(self).__name__}>'
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its name (and module), unpickled as the current app's task of that name, as Celery's
+        tasks are: a task handed to multiprocessing, a cache or `copy.deepcopy` travels as a reference,
+        never as its class (which pickle could not find: the module's name is the task, not the class)."""
+        module = type(self).__module__
+        return (_unpickle_task, (self.name, module if module in sys.modules else None), None)
+
     if not TYPE_CHECKING:  # (for mypy, `type(task).__name__` would then be this property)
 
         @property
         def __name__(self) -> str:
             """The function's name, as Celery's tasks have it (decorators, `functools.wraps`, `celery shell`)."""
             return type(self).__name__
+
+
+def _unpickle_task(name: str, module: str | None = None) -> Task[Any, Any]:
+    """A pickled task: its module imported (so its tasks are registered), then the current app's task."""
+    if module:
+        importlib.import_module(module)
+    return _state.get_current_app().tasks[name]
 
 
 def _arity_checker(sig: inspect.Signature, name: str, bound: bool) -> Callable[..., None]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,3 +208,34 @@ def test_wrapped_is_the_function_as_in_celery() -> None:
     assert plain.__wrapped__ is add and plain.__wrapped__(1, 2) == 3
     assert bound.__wrapped__() == 'who' and bound.__wrapped__.__func__ is who
     assert app.task(add) is plain  # the same function decorated again: the same task
+
+
+def test_a_task_pickles_as_a_reference_to_the_current_apps_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As Celery's tasks: pickled as name and module, unpickled (its module imported first) as the current
+    app's task of that name, so tasks go through multiprocessing, caches and copy.deepcopy; fastq's pickled
+    the class, which pickle could not find under the module name the task took."""
+    import copy
+    import pickle
+
+    from fastq import _state
+
+    monkeypatch.setattr(_state, '_current_app', _state._current_app)  # (the module's apps become current)
+    (tmp_path / 'pickled_tasks.py').write_text(
+        "from fastq import Fastq\n\napp = Fastq('pickled', broker='memory://')\n\n"
+        '@app.task\ndef add(x, y):\n    return x + y\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import pickled_tasks
+
+    try:
+        data = pickle.dumps(pickled_tasks.add)
+        assert b'pickled_tasks.add' in data and b'_unpickle_task' in data
+        assert pickle.loads(data) is pickled_tasks.add and copy.deepcopy(pickled_tasks.add) is pickled_tasks.add
+        monkeypatch.delitem(sys.modules, 'pickled_tasks')  # (a process that never imported it: unpickling does)
+        again = pickle.loads(data)
+        assert again.name == 'pickled_tasks.add' and again(2, 2) == 4
+    finally:
+        pickled_tasks.app.close()
+        sys.modules['pickled_tasks'].app.close()
