@@ -328,6 +328,17 @@ def test_worker_main_builds_argv(app: Fastq, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(fastq.cli, 'main', lambda argv, app=None: seen.append(list(argv)))
     app.worker_main(['-l', 'info'])
     assert seen == [['worker', '-l', 'info']]
+    # Without argv, the script's own arguments (the Application guide's `app.worker_main()` under
+    # `if __name__ == '__main__'`), as Celery's reads sys.argv; none: a worker with the defaults
+    for args, expected in (
+        (['-l', 'INFO', '-c', '2'], ['worker', '-l', 'INFO', '-c', '2']),
+        (['worker', '-l', 'INFO'], ['worker', '-l', 'INFO']),
+        ([], ['worker']),
+    ):
+        monkeypatch.setattr('sys.argv', ['tasks.py', *args])
+        seen.clear()
+        app.worker_main()
+        assert seen == [expected]
 
 
 def test_eta_and_expires_are_aware_and_naive_ones_are_utc() -> None:

@@ -954,10 +954,16 @@ class Fastq:
     # --- running ------------------------------------------------------------------------------------------
 
     def worker_main(self, argv: Sequence[str] | None = None) -> None:
-        """Run a worker as `fastq worker` would with these arguments: `app.worker_main(['worker', '-l', 'info'])`."""
+        """Run a worker as `fastq worker` would with these arguments: `app.worker_main(['worker', '-l', 'info'])`.
+        Without `argv`, the process's own arguments, as Celery's reads `sys.argv`: the Application guide's
+        `if __name__ == '__main__': app.worker_main()` run as `python tasks.py -l INFO -c 2` (or `python
+        tasks.py worker -l INFO`) takes those options. (Celery's passes the script's name on as a command, and
+        wants 'worker' among the arguments; fastq's starts a worker either way.)"""
+        import sys
+
         from fastq.cli import main
 
-        argv = list(argv or ['worker'])
+        argv = list(sys.argv[1:] if argv is None else argv) or ['worker']
         if argv and argv[0] != 'worker':
             argv = ['worker', *argv]
         main(argv, app=self)
