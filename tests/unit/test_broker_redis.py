@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -434,6 +435,36 @@ def test_ten_thousand_etas_parked_not_held(redis_url: str, raw: redis.Redis) -> 
     assert all(abs(s - (eta - broker.visibility_timeout)) < 1 for s in scores)
     broker.maintenance()  # not due: nothing restored
     assert raw.llen('celery') == 0
+    consumer.close()
+    app.close()
+
+
+def test_a_due_eta_comes_back_quietly_and_a_dead_reservation_is_announced(
+    redis_url: str, raw: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A parked countdown task back on its queue when due is routine (Celery's worker says nothing when an ETA
+    it holds comes): DEBUG; a reservation restored after the visibility timeout (a dead worker's) is the INFO
+    'Restored N unacknowledged message(s)'. fastq said the latter for every countdown task."""
+    app = make(redis_url, visibility_timeout=1)
+    broker = app.broker
+    assert isinstance(broker, RedisBroker)
+    timed = protocol.build_task_message(
+        task_id='timed', name='t.add', args=(1, 2), kwargs={}, embed={}, serializer='json', compression=None,
+        eta='2026-01-01T00:00:00+00:00', expires=None, reply_to='r', origin='gen1@host',
+    )  # fmt: skip
+    broker.publish([Outgoing(timed, 'celery'), Outgoing(message('plain'), 'celery')])
+    consumer = broker.consumer(['celery'], owner='w')
+    taken = {d.task_id: d for d in consumer.fetch(2, 5.0)}
+    consumer.defer(taken['timed'].tag, time.time() - 5)  # (due now)
+    consumer._record([taken['plain'].tag])  # (the reservation written, as a worker's next write does)
+    wait_until(lambda: raw.hexists('unacked', str(taken['plain'].tag)), message='the reservation recorded')
+    raw.zadd('unacked_index', {str(taken['plain'].tag): time.time() - 100})  # (a worker that died long ago)
+    with caplog.at_level(logging.DEBUG, logger='fastq.brokers.redis'):
+        broker.maintenance()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == 'fastq.brokers.redis']
+    assert ('INFO', 'Restored 1 unacknowledged message(s)') in said
+    assert ('DEBUG', 'Restored 1 ETA message(s) now due') in said
+    assert raw.llen('celery') == 2
     consumer.close()
     app.close()
 

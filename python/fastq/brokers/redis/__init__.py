@@ -534,9 +534,16 @@ class RedisBroker(Broker):
             pipe.zrangebyscore(self.layout.holds, '-inf', repr(ceiling), start=0, num=RESTORE_BATCH)
             tags, holds = pipe.execute()
         if tags:
-            count = self.restore([_text(t) for t in tags], leftmost=False, count_delivery=True)
-            if count:
-                logger.info('Restored %d unacknowledged message(s)', count)
+            tags = [_text(t) for t in tags]
+            # Parked ETA tasks come back here when due, every countdown: that is routine, so only the others (a
+            # dead worker's reservations) are announced at INFO; Celery's worker, which holds ETA tasks in
+            # memory, logs nothing when one is due either.
+            due = sum(1 for raw in self.client.hmget(self.layout.unacked, tags) if raw is not None and _has_eta(raw))
+            count = self.restore(tags, leftmost=False, count_delivery=True)
+            if count > due:
+                logger.info('Restored %d unacknowledged message(s)', count - due)
+            if due and count:
+                logger.debug('Restored %d ETA message(s) now due', min(due, count))
         count = sum(self.unhold(_text(hold), count_delivery=True) for hold in holds)
         if count:
             logger.info('Restored %d message(s) a worker reserved and did not record', count)
@@ -714,6 +721,15 @@ def _count_delivery(envelope: dict[str, Any]) -> None:
             info['redelivered'] = True
         earlier = headers.get(DELIVERIES_HEADER)
         headers[DELIVERIES_HEADER] = (earlier if isinstance(earlier, int) else 0) + 1
+
+
+def _has_eta(raw: bytes | str) -> bool:
+    """Whether an `unacked` record is a task message with an ETA (a countdown), parked until then."""
+    try:
+        envelope = _core.json_loads(raw, None)[0]
+        return bool(envelope['headers'].get('eta'))
+    except (ValueError, TypeError, LookupError, AttributeError):
+        return False
 
 
 def _recounted(raw: bytes | str) -> bytes | str:
