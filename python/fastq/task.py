@@ -943,12 +943,13 @@ def build_task_class(
     is_async = inspect.iscoroutinefunction(fun)
     run = fun if bind else staticmethod(fun)
     try:
-        # The function as given, not what a `functools.wraps` decorator under `@app.task` wrapped: the call
-        # reaches the wrapper (Celery's check reads the wrapper's own parameters, getfullargspec)
+        # The function's own parameters, not those of what a decorator wrapped (functools.wraps' __wrapped__),
+        # as Celery reads them (getfullargspec): FAQ's "Can I use decorators with tasks?" (a decorator may take
+        # a keyword of its own, or any arguments, and the call must be checked against that)
         sig = inspect.signature(fun, follow_wrapped=False)
-        if bind:
-            params = list(sig.parameters.values())[1:]
-            sig = sig.replace(parameters=params)
+        params = list(sig.parameters.values())
+        if bind and params and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+            sig = sig.replace(parameters=params[1:])  # (`self`; a decorator's `*args` takes it instead)
     except (TypeError, ValueError):
         sig = None
     attrs: dict[str, Any] = {

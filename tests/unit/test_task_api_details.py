@@ -239,3 +239,37 @@ def test_a_task_pickles_as_a_reference_to_the_current_apps_task(
     finally:
         pickled_tasks.app.close()
         sys.modules['pickled_tasks'].app.close()
+
+
+def test_a_decorated_task_is_checked_against_the_decorators_parameters(memory_app: Fastq) -> None:
+    """The FAQ's "Can I use decorators with tasks?": as Celery (getfullargspec), a call is checked against the
+    function the task decorator was given, not what a functools.wraps decorator wrapped: a keyword the
+    decorator takes is accepted, and a `*args, **kwargs` wrapper takes anything (bound tasks too)."""
+    import functools
+
+    def with_tenant(fun: Any) -> Any:
+        @functools.wraps(fun)
+        def wrapper(*args: Any, tenant: Any = None, **kwargs: Any) -> Any:
+            return fun(*args, **kwargs)
+
+        return wrapper
+
+    @memory_app.task
+    @with_tenant
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @memory_app.task(bind=True)
+    @with_tenant
+    def whoami(self: Any, x: int) -> Any:
+        return [self.name, x]
+
+    @memory_app.task
+    def plain(x: int, y: int) -> int:
+        return x + y
+
+    assert add.name.endswith('.add') and add(1, 2, tenant='t') == 3
+    assert add.delay(1, 2, tenant='t').id and whoami.delay(1, tenant='t').id and whoami.delay().id
+    assert whoami.apply((5,), {'tenant': 't'}).get() == [whoami.name, 5]
+    with pytest.raises(TypeError, match="plain\\(\\) got an unexpected keyword argument 'tenant'"):
+        plain.delay(1, 2, tenant='t')  # (an undecorated function: checked as ever)
