@@ -226,6 +226,17 @@ class ProducerPool:
 
 
 @contextlib.contextmanager
+def connection_or_acquire(app: Fastq, connection: Any = None) -> Iterator[Any]:
+    """`connection` as it is (the caller's to close), or one for the block, released after it (Celery's
+    `FallbackContext` over its pool)."""
+    if connection is not None:
+        yield connection
+        return
+    with Connection(app) as connection:
+        yield connection
+
+
+@contextlib.contextmanager
 def producer_or_acquire(app: Fastq, producer: Any = None) -> Iterator[Any]:
     if producer is not None:
         yield producer

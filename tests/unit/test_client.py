@@ -428,6 +428,19 @@ def test_sending_through_a_producer_from_the_producer_pool(memory_app: Fastq) ->
     assert sent[0] == sent[1] == sent[2]
 
 
+def test_connection_or_acquire_for_the_faqs_connection_reuse(memory_app: Fastq) -> None:
+    """The FAQ's "How can I reuse the same connection when calling tasks?": `with app.connection_or_acquire()
+    as conn:` then `apply_async(..., connection=conn)`; given a connection, the same one back (Celery's
+    FallbackContext), and `default_connection` its older name. fastq had neither (AttributeError)."""
+    add, _ = _tasks(memory_app)
+    with memory_app.connection_or_acquire() as conn:
+        assert conn.as_uri() == 'memory://'
+        add.apply_async((1, 1), task_id='a', connection=conn)
+        with memory_app.connection_or_acquire(conn) as same, memory_app.default_connection(conn) as again:
+            assert same is conn and again is conn
+    assert [p['headers']['id'] for p in _memory_payloads(memory_app)] == ['a']
+
+
 # --- batch publishing -----------------------------------------------------------------------------------------
 
 

@@ -930,6 +930,15 @@ class Fastq:
         `apply_async(..., producer=producer)`."""
         return self.amqp.producer_pool
 
+    def connection_or_acquire(self, connection: Any = None, pool: bool = True, *_: Any, **__: Any) -> Any:
+        """A context giving `connection`, or one for the block (the FAQ's connection reuse: `with
+        app.connection_or_acquire() as conn: add.apply_async((2, 2), connection=conn)`), as Celery's."""
+        from fastq.connection import connection_or_acquire
+
+        return connection_or_acquire(self, connection)
+
+    default_connection = connection_or_acquire  # (Celery's older name)
+
     def producer_or_acquire(self, producer: Any = None) -> Any:
         """A context giving `producer`, or one made for the block (accepted as `producer=` when sending)."""
         from fastq.connection import producer_or_acquire
