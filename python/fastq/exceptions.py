@@ -28,11 +28,13 @@ __all__ = [
     'EncodeError',
     'FastqError',
     'FastqWarning',
+    'FixupWarning',
     'Ignore',
     'ImproperlyConfigured',
     'IncompleteStream',
     'InvalidTaskError',
     'MaxRetriesExceededError',
+    'NotConfigured',
     'NotRegistered',
     'OperationalError',
     'QueueNotFound',
@@ -84,6 +86,23 @@ class DuplicateNodenameWarning(FastqWarning):
 
 class DuplicateTaskNameWarning(FastqWarning):
     """Two callables registered under one task name (Celery 5.7's): the message says which one calls reach."""
+
+
+class FixupWarning(FastqWarning):
+    """A fixup's warning (Celery's, for `warnings.filterwarnings` written against it)."""
+
+
+class NotConfigured(FastqWarning):
+    """No configuration module was found (Celery's, for `warnings.filterwarnings` written against it)."""
+
+
+class CPendingDeprecationWarning(PendingDeprecationWarning):
+    """Celery's pending-deprecation category: `warnings.filterwarnings('ignore', category=...)` in code written
+    against Celery imports it from here."""
+
+
+class CDeprecationWarning(DeprecationWarning):
+    """Celery's deprecation category (see `CPendingDeprecationWarning`)."""
 
 
 class UndeliverableWarning(FastqWarning):

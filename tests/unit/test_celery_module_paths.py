@@ -24,6 +24,12 @@ PATHS = [
     ('utils', 'uuid'),
     ('contrib.migrate', 'move_task_by_id'),
     ('contrib.sphinx', 'TaskDocumenter'),
+    # warning categories that `warnings.filterwarnings(..., category=...)` in code written for Celery names
+    ('exceptions', 'CDeprecationWarning'),
+    ('exceptions', 'CPendingDeprecationWarning'),
+    ('exceptions', 'DuplicateTaskNameWarning'),
+    ('exceptions', 'FixupWarning'),
+    ('exceptions', 'NotConfigured'),
 ]
 
 
