@@ -3,6 +3,11 @@
 Everything else is app-scoped. The current app exists so that `shared_task` and `AsyncResult(id)` without
 `app=` work as in Celery; the task stack so that tasks sent from inside a task get `parent_id`/`root_id`
 and so that `Task.request` answers for the running task.
+
+The current app is one per process, deliberately: Celery keeps it per thread, so in a thread the user starts
+`current_app` (and a shared task, `AsyncResult(id)`) is Celery's fallback 'default' app, with none of the
+project's settings, unless that thread calls `app.set_current()` again; fastq's is the app made current,
+whichever thread asks.
 """
 
 from __future__ import annotations
