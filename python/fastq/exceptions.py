@@ -64,11 +64,12 @@ class FastqWarning(UserWarning):
 CeleryWarning = FastqWarning
 
 
-class CDeprecationWarning(FastqWarning):
-    """Celery's: something Celery deprecated and still accepts (e.g. `Signal.disconnect(weak=...)`)."""
+class CDeprecationWarning(DeprecationWarning):
+    """Celery's: something Celery deprecated and still accepts (e.g. `Signal.disconnect(weak=...)`); a
+    DeprecationWarning, as Celery's, so `warnings.filterwarnings` written against either category applies."""
 
 
-class CPendingDeprecationWarning(FastqWarning):
+class CPendingDeprecationWarning(PendingDeprecationWarning):
     """Celery's: something Celery will deprecate."""
 
 
@@ -94,15 +95,6 @@ class FixupWarning(FastqWarning):
 
 class NotConfigured(FastqWarning):
     """No configuration module was found (Celery's, for `warnings.filterwarnings` written against it)."""
-
-
-class CPendingDeprecationWarning(PendingDeprecationWarning):
-    """Celery's pending-deprecation category: `warnings.filterwarnings('ignore', category=...)` in code written
-    against Celery imports it from here."""
-
-
-class CDeprecationWarning(DeprecationWarning):
-    """Celery's deprecation category (see `CPendingDeprecationWarning`)."""
 
 
 class UndeliverableWarning(FastqWarning):
