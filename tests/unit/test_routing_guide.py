@@ -413,7 +413,8 @@ def test_active_queues_describe_each_queue_as_celerys_worker_does(index: int) ->
         return json.loads(re.sub(r'bcast\.[0-9a-f-]{36}', 'bcast', json.dumps(value)))
 
     theirs = plain([celery_app.amqp.queues[name].as_dict(recurse=True) for name in names])
-    ours = plain(_active_queues(types.SimpleNamespace(app=fastq_app, queues=names)))  # type: ignore[arg-type]
+    worker = types.SimpleNamespace(app=fastq_app, queues=names, added_bindings={})
+    ours = plain(_active_queues(worker))  # type: ignore[arg-type]
     assert ours == theirs
     fastq_app.close()
 

@@ -65,6 +65,42 @@ def test_doorbell_rings_across_threads(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, 'the ring never arrived'
 
 
+def test_doorbells_in_more_directories_than_inotify_instances_still_ring(tmp_path: Path) -> None:
+    # The kernel allows a user 128 inotify instances by default (and many more watches): one instance per
+    # directory ran out in a process that used many (this suite's temporary ones), and every doorbell after
+    # that only woke by its 1 s poll, when wait() reports no ring at all
+    bells = []
+    for i in range(200):
+        directory = tmp_path / f'd{i}'
+        directory.mkdir()
+        bells.append(Doorbell(str(directory / 'ring')))
+    generations = [bell.generation() for bell in bells]  # (each directory watched, as a waiter would)
+    for bell, generation in list(zip(bells, generations, strict=True))[::40] + [(bells[-1], generations[-1])]:
+        bell.ring()
+        assert bell.wait(generation, 5.0)
+
+
+def test_a_doorbell_rings_in_a_directory_made_again(tmp_path: Path) -> None:
+    import shutil
+
+    directory = tmp_path / 'again'
+    directory.mkdir()
+    bell = Doorbell(str(directory / 'ring'))
+    generation = bell.generation()
+    bell.ring()
+    assert bell.wait(generation, 5.0)
+    shutil.rmtree(directory)
+    directory.mkdir()
+    bell = Doorbell(str(directory / 'ring'))
+    deadline = time.monotonic() + 30
+    while True:  # (the old watch's removal is noticed by the watching thread: the new one follows it)
+        generation = bell.generation()
+        bell.ring()
+        if bell.wait(generation, 1.0):
+            break
+        assert time.monotonic() < deadline, 'the ring never arrived'
+
+
 def test_opening_a_new_file_while_another_process_writes(tmp_path: Path) -> None:
     """Switching a new file to WAL fails at once with "locked" while another connection writes (SQLite skips
     its busy wait there); opening waits for it instead, as two processes set up one results file."""

@@ -27,6 +27,7 @@ _IN_CLOSE_WRITE = 0x00000008
 _IN_MODIFY = 0x00000002
 _IN_CREATE = 0x00000100
 _IN_MOVED_TO = 0x00000080
+_IN_IGNORED = 0x00008000
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct('iIII')
@@ -51,48 +52,65 @@ def _get_libc() -> ctypes.CDLL | None:
 
 
 class _Watch:
-    """One inotify fd watching a directory, shared by every doorbell of that directory in this process.
+    """The process's one inotify instance, with a watch on each doorbell directory.
 
-    A background thread reads events and bumps a generation counter per file name; waiters wait on a
-    condition for their file's counter to move. Recreated after fork (threads do not survive it).
+    One instance for every directory, not one each: the kernel allows a user only a few instances
+    (`fs.inotify.max_user_instances`, 128 by default) and many more watches, and an instance per
+    directory ran out in a process that opened SQLite brokers in many directories (a test suite's
+    temporary ones), where every doorbell then fell back to its poll. A background thread reads the
+    events and bumps a generation counter per (directory, file name); waiters wait on a condition for
+    their file's counter to move. Recreated after fork (threads do not survive it).
     """
 
-    _registry: dict[str, _Watch] = {}
-    _registry_lock = threading.Lock()
+    _instance: _Watch | None = None
+    _failed = False
+    _lock = threading.Lock()
     _pid = os.getpid()
 
     @classmethod
     def for_directory(cls, directory: str) -> _Watch | None:
-        with cls._registry_lock:
+        with cls._lock:
             if cls._pid != os.getpid():
-                cls._registry = {}
-                cls._pid = os.getpid()
-            watch = cls._registry.get(directory)
+                cls._instance, cls._failed, cls._pid = None, False, os.getpid()
+            watch = cls._instance
             if watch is None:
                 libc = _get_libc()
-                if libc is None:
+                if libc is None or cls._failed:
                     return None
                 try:
-                    watch = cls(directory, libc)
+                    watch = cls._instance = cls(libc)
                 except OSError:
+                    cls._failed = True
                     return None
-                cls._registry[directory] = watch
-            return watch
+            return watch if watch.add(directory) else None
 
-    def __init__(self, directory: str, libc: ctypes.CDLL) -> None:
+    def __init__(self, libc: ctypes.CDLL) -> None:
         fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), 'inotify_init1 failed')
-        mask = _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MODIFY | _IN_CREATE | _IN_MOVED_TO
-        if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
-            err = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(err, f'inotify_add_watch({directory!r}) failed')
         self.fd = fd
+        self.libc = libc
         self.cond = threading.Condition()
-        self.generations: dict[str, int] = {}
-        thread = threading.Thread(target=self._run, name=f'fastq-doorbell:{directory}', daemon=True)
+        self.generations: dict[tuple[str, str], int] = {}
+        self.directories: dict[int, str] = {}  # watch descriptor -> directory
+        self.watched: set[str] = set()
+        thread = threading.Thread(target=self._run, name='fastq-doorbell', daemon=True)
         thread.start()
+
+    def add(self, directory: str) -> bool:
+        """Watch `directory` (once); False if it cannot be watched now (its doorbells then poll, and ask
+        again next time)."""
+        with self.cond:
+            if directory in self.watched:
+                return True
+        mask = _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MODIFY | _IN_CREATE | _IN_MOVED_TO
+        wd = int(self.libc.inotify_add_watch(self.fd, os.fsencode(directory), mask))
+        if wd < 0:
+            return False
+        with self.cond:
+            self.directories[wd] = directory
+            self.watched.add(directory)
+        return True
 
     def _run(self) -> None:
         while True:
@@ -105,16 +123,21 @@ class _Watch:
                 if exc.errno == errno.EINTR:
                     continue
                 return
-            names = set()
+            keys = set()
             offset = 0
-            while offset + _EVENT.size <= len(data):
-                _, _, _, length = _EVENT.unpack_from(data, offset)
-                raw = data[offset + _EVENT.size : offset + _EVENT.size + length]
-                names.add(raw.rstrip(b'\0').decode('utf-8', 'surrogateescape'))
-                offset += _EVENT.size + length
             with self.cond:
-                for name in names:
-                    self.generations[name] = self.generations.get(name, 0) + 1
+                while offset + _EVENT.size <= len(data):
+                    wd, event, _, length = _EVENT.unpack_from(data, offset)
+                    raw = data[offset + _EVENT.size : offset + _EVENT.size + length]
+                    directory = self.directories.get(wd)
+                    if event & _IN_IGNORED and directory is not None:  # (the directory is gone: a new one of
+                        del self.directories[wd]  # that path is watched anew when a doorbell asks for it)
+                        self.watched.discard(directory)
+                    elif directory is not None:
+                        keys.add((directory, raw.rstrip(b'\0').decode('utf-8', 'surrogateescape')))
+                    offset += _EVENT.size + length
+                for key in keys:
+                    self.generations[key] = self.generations.get(key, 0) + 1
                 self.cond.notify_all()
 
 
@@ -124,6 +147,7 @@ class Doorbell:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
         self.directory, self.name = os.path.split(self.path)
+        self.key = (self.directory, self.name)
         self._ensure_file()
 
     def _ensure_file(self) -> None:
@@ -147,7 +171,7 @@ class Doorbell:
         if watch is None:
             return 0
         with watch.cond:
-            return watch.generations.get(self.name, 0)
+            return watch.generations.get(self.key, 0)
 
     def wait(self, since: int, timeout: float) -> bool:
         """Block until rung after generation `since`, or until `timeout` (capped at the fallback poll).
@@ -163,7 +187,7 @@ class Doorbell:
             return False
         deadline = time.monotonic() + timeout
         with watch.cond:
-            while watch.generations.get(self.name, 0) == since:
+            while watch.generations.get(self.key, 0) == since:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -175,5 +199,5 @@ class Doorbell:
         watch = _Watch.for_directory(self.directory)
         if watch is not None:
             with watch.cond:
-                watch.generations[self.name] = watch.generations.get(self.name, 0) + 1
+                watch.generations[self.key] = watch.generations.get(self.key, 0) + 1
                 watch.cond.notify_all()
