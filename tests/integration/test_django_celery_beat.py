@@ -35,7 +35,9 @@ FILES = {
             'default': {
                 'ENGINE': 'django.db.backends.sqlite3',
                 'NAME': os.path.join(HERE, 'db.sqlite3'),
-                'OPTIONS': {'timeout': 30},
+                # (IMMEDIATE: a transaction that reads, then writes, waits for beat's write instead of
+                # failing at once with "database is locked", as a deferred one's upgrade does)
+                'OPTIONS': {'timeout': 30, 'transaction_mode': 'IMMEDIATE', 'init_command': 'PRAGMA journal_mode=WAL'},
             }
         }
         USE_TZ = True
