@@ -275,26 +275,30 @@ class _ReplyPopper:
 
         client = self.broker.new_client(single_connection=True)
         failing = False
-        while not self._stop.is_set():
-            keys = self.keys
-            if not keys:
-                self._stop.wait(0.05)
-                continue
-            try:
-                if self._client_id is None:
-                    self._client_id = int(client.client_id())
-                popped = client.brpop(keys, timeout=1)
-            except CONNECTION_ERRORS as exc:
-                self._client_id = None  # (a new connection has a new id)
-                if not failing:
-                    logger.warning('rpc: cannot read replies from %s: %s (retrying)', self.broker.describe(), exc)
-                failing = True
-                self._stop.wait(1.0)
-                continue
-            failing = False
-            if popped:
-                self._deliver(popped[1] if isinstance(popped[1], bytes) else popped[1].encode())
-        client.close()
+        try:
+            while not self._stop.is_set():
+                keys = self.keys
+                if not keys:
+                    self._stop.wait(0.05)
+                    continue
+                try:
+                    if self._client_id is None:
+                        self._client_id = int(client.client_id())
+                    popped = client.brpop(keys, timeout=1)
+                except CONNECTION_ERRORS as exc:
+                    self._client_id = None  # (a new connection has a new id)
+                    if not failing:
+                        logger.warning('rpc: cannot read replies from %s: %s (retrying)', self.broker.describe(), exc)
+                    failing = True
+                    self._stop.wait(1.0)
+                    continue
+                failing = False
+                if popped:
+                    self._deliver(popped[1] if isinstance(popped[1], bytes) else popped[1].encode())
+        except Exception as exc:
+            logger.exception('rpc: the reply reader stopped: %r', exc)
+        finally:
+            client.close()
 
     def _deliver(self, raw: bytes) -> None:
         from fastq import _core
@@ -308,4 +312,14 @@ class _ReplyPopper:
         self.backend._receive(meta, message.properties.get('correlation_id'))
 
     def close(self) -> None:
+        """Stop the thread and close its connection before returning (a socket left to the garbage collector
+        is a ResourceWarning wherever it is collected)."""
         self._stop.set()
+        client_id = self._client_id
+        if client_id is not None:
+            try:
+                self.broker.client.client_unblock(client_id)
+            except Exception:  # (its BRPOP ends within a second anyway)
+                pass
+        if self._thread is not threading.current_thread():
+            self._thread.join(2.0)

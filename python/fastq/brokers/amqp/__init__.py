@@ -293,15 +293,18 @@ class AMQPBroker(Broker):
         """
         if not batch:
             return
-        self.declare(sorted({out.queue for out in batch if not out.exchange}))
+        # (the default queue too when it is reached through the default exchange, as without task_queues:
+        # Celery's producer declares the queue it routes to)
+        default = self.conf.task_default_queue
+        self.declare(sorted({out.queue for out in batch if not out.exchange or out.queue == default}))
         self.link.publish([self._routed(out) for out in batch], PUBLISH_TIMEOUT)
 
     def _routed(self, out: Outgoing) -> tuple[str, str, bytes, dict[str, Any]]:
         """A countdown/ETA task for a quorum queue goes into Celery's delayed-delivery chain, as Celery >= 5.5
         clients send it, so whichever worker consumes the queue gets it when due and holds nothing meanwhile.
         Other queues get it at once (a Celery worker there expects that); fastq workers park it on receipt."""
-        if out.eta is None or out.exchange:
-            return to_amqp(out)
+        if out.eta is None or (out.exchange and out.queue != self.conf.task_default_queue):
+            return to_amqp(out)  # (the chain ends at the queue itself: only for a message meant for one queue)
         seconds = int(out.eta - time.time())
         if seconds < 1 or not self.topology.spec(out.queue).quorum:
             return to_amqp(out)
