@@ -263,11 +263,15 @@ class _ReplyPopper:
         """Add reply queues, and wake the thread's BRPOP (CLIENT UNBLOCK) to wait on them too. A reply pushed
         before then waits in its list: nothing is missed."""
         self.keys = sorted({*self.keys, *oids})
+        self._wake()
+
+    def _wake(self) -> None:
+        """End the thread's BRPOP now (CLIENT UNBLOCK) so it looks at its keys and its stop flag again."""
         client_id = self._client_id
         if client_id is not None:
             try:
                 self.broker.client.client_unblock(client_id)
-            except Exception:  # (the thread's next wait sees the keys anyway, within a second)
+            except Exception:  # (its BRPOP ends within a second anyway)
                 pass
 
     def _run(self) -> None:
@@ -315,11 +319,6 @@ class _ReplyPopper:
         """Stop the thread and close its connection before returning (a socket left to the garbage collector
         is a ResourceWarning wherever it is collected)."""
         self._stop.set()
-        client_id = self._client_id
-        if client_id is not None:
-            try:
-                self.broker.client.client_unblock(client_id)
-            except Exception:  # (its BRPOP ends within a second anyway)
-                pass
+        self._wake()
         if self._thread is not threading.current_thread():
             self._thread.join(2.0)

@@ -35,6 +35,7 @@ from fastq.migrate import (
     republished,
 )
 from fastq.routing import Queue, worker_direct
+from fastq.worker.message import ReceivedMessage
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -65,66 +66,27 @@ __all__ = (
 
 MOVING_PROGRESS_FMT = 'Moving task {state.filtered}/{state.strtotal}: {task}[{id}]'
 
-_UNDECODED = object()
-
 #: Properties that belong to one broker's copy of a message (the destination sets its own).
 _TRANSPORT_PROPERTIES = ('delivery_info', 'delivery_tag', 'body_encoding')
 
 
-class Message:
-    """A message as a kombu consumer callback gets it, over a fastq delivery. `ack()` acks it on the source
-    once the run has published what its filter chose (never before); `reject()`/`requeue()` leave it."""
+class Message(ReceivedMessage):
+    """A message as a kombu consumer callback gets it (the worker's `ReceivedMessage` reading of a delivery),
+    not settled yet: `ack()` acks it on the source once the run has published what its filter chose (never
+    before); `reject()`/`requeue()` leave it. Its body decodes as an accepted content type, else stays bytes
+    (moving a message does not need trusting it)."""
 
     def __init__(self, delivery: Delivery, accept: frozenset[str] | None) -> None:
         message = delivery.message
         assert message is not None
-        self._delivery = delivery
-        self._message = message
-        self._accept = accept
-        self._payload: Any = _UNDECODED
+        super().__init__(delivery, message)
         self.acknowledged = False
-
-    @property
-    def body(self) -> bytes:
-        return self._message.body
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return self._message.headers
-
-    @property
-    def properties(self) -> dict[str, Any]:
-        return self._message.properties
-
-    @property
-    def content_type(self) -> str:
-        return self._message.content_type
-
-    @property
-    def content_encoding(self) -> str:
-        return self._message.content_encoding
-
-    @property
-    def delivery_info(self) -> dict[str, Any]:
-        info = self.properties.get('delivery_info')
-        info = dict(info) if isinstance(info, dict) else {}
-        info.setdefault('exchange', '')
-        info.setdefault('routing_key', self._delivery.queue)
-        info.setdefault('redelivered', self._delivery.redelivered)
-        return info
-
-    @property
-    def delivery_tag(self) -> Any:
-        return self.properties.get('delivery_tag', self._delivery.tag)
-
-    @property
-    def payload(self) -> Any:
-        if self._payload is _UNDECODED:
-            self._payload = decoded_body(self._message, self._accept)
-        return self._payload
+        self._accept = accept
+        self.delivery_info.setdefault('exchange', '')
+        self.delivery_info.setdefault('redelivered', delivery.redelivered)
 
     def decode(self) -> Any:
-        return self.payload
+        return decoded_body(self._message, self._accept)
 
     def ack(self, multiple: bool = False) -> None:
         self.acknowledged = True

@@ -3,7 +3,7 @@
 Those receivers inspect what arrived (`message.payload`, `message.delivery_info`, `message.headers`) to log or
 route it elsewhere; fastq's own message (`fastq._core.Message`) holds only what the wire carries. By the time
 the signal is sent the worker has settled the message (dead-lettered, acked), so `acknowledged` is True, as
-Celery's is.
+Celery's is. `fastq.contrib.migrate` hands its filters the same reading of messages it has not settled yet.
 """
 
 from __future__ import annotations

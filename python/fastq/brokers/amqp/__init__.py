@@ -210,20 +210,15 @@ class AMQPBroker(Broker):
 
     def declare_spec(self, link: Link, conn: _amqp.Connection, spec: QueueSpec) -> None:
         link.ensure_channel(conn, CH_ADMIN)
-        if spec.exchange:
-            conn.exchange_declare(
-                CH_ADMIN, spec.exchange, spec.exchange_type, False, spec.exchange_durable,
-                spec.exchange_auto_delete, spec.exchange_arguments,
-            )  # fmt: skip
-        conn.queue_declare(CH_ADMIN, spec.name, False, spec.durable, spec.exclusive, spec.auto_delete, spec.arguments)
-        if spec.exchange:
-            conn.queue_bind(CH_ADMIN, spec.name, spec.exchange, spec.routing_key, {})
-        for binding in spec.bindings:
+        bindings = spec.all_bindings
+        for binding in bindings:  # (exchanges first, the queue, then its bindings: kombu's order)
             if binding.exchange:
                 conn.exchange_declare(
                     CH_ADMIN, binding.exchange, binding.exchange_type, False, binding.exchange_durable,
                     binding.exchange_auto_delete, binding.exchange_arguments,
                 )  # fmt: skip
+        conn.queue_declare(CH_ADMIN, spec.name, False, spec.durable, spec.exclusive, spec.auto_delete, spec.arguments)
+        for binding in bindings:
             conn.queue_bind(CH_ADMIN, spec.name, binding.exchange, binding.routing_key, binding.arguments)
 
     def declare(self, queues: Sequence[str]) -> None:
@@ -293,18 +288,24 @@ class AMQPBroker(Broker):
         """
         if not batch:
             return
-        # (the default queue too when it is reached through the default exchange, as without task_queues:
-        # Celery's producer declares the queue it routes to)
-        default = self.conf.task_default_queue
-        self.declare(sorted({out.queue for out in batch if not out.exchange or out.queue == default}))
+        self.declare(sorted({out.queue for out in batch if self._for_its_queue(out)}))
         self.link.publish([self._routed(out) for out in batch], PUBLISH_TIMEOUT)
+
+    def _for_its_queue(self, out: Outgoing) -> bool:
+        """Whether `out` is meant for its one queue: sent to it by name, or, without `task_queues`, the default
+        queue's message through the default exchange (fastq.routing.default_queue). Such a queue is declared
+        before the publish (Celery's producer declares the queue it routes to), and a countdown for it may
+        take the delayed chain, which ends at the queue itself."""
+        if not out.exchange:
+            return True
+        return not self.topology.queues and out.queue == self.conf.task_default_queue
 
     def _routed(self, out: Outgoing) -> tuple[str, str, bytes, dict[str, Any]]:
         """A countdown/ETA task for a quorum queue goes into Celery's delayed-delivery chain, as Celery >= 5.5
         clients send it, so whichever worker consumes the queue gets it when due and holds nothing meanwhile.
         Other queues get it at once (a Celery worker there expects that); fastq workers park it on receipt."""
-        if out.eta is None or (out.exchange and out.queue != self.conf.task_default_queue):
-            return to_amqp(out)  # (the chain ends at the queue itself: only for a message meant for one queue)
+        if out.eta is None or not self._for_its_queue(out):
+            return to_amqp(out)
         seconds = int(out.eta - time.time())
         if seconds < 1 or not self.topology.spec(out.queue).quorum:
             return to_amqp(out)

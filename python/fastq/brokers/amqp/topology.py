@@ -110,18 +110,31 @@ class QueueSpec:
     bindings: tuple[BindingSpec, ...] = ()
 
     @property
+    def all_bindings(self) -> tuple[BindingSpec, ...]:
+        """Its exchange's binding (when it has an exchange) first, then its kombu `bindings`: each one's
+        exchange declared and the queue bound to it, as kombu declares a queue."""
+        if not self.exchange:
+            return self.bindings
+        own = BindingSpec(
+            self.exchange,
+            self.exchange_type,
+            self.exchange_durable,
+            self.exchange_auto_delete,
+            self.exchange_arguments,
+            self.routing_key,
+        )
+        return (own, *self.bindings)
+
+    @property
     def delayed_routes(self) -> list[tuple[str, str]]:
         """(exchange, binding key) pairs kombu's `bind_queue_to_native_delayed_delivery_exchange` binds between
         `celery_delayed_delivery`, the queue's exchange and the queue: for each of its bindings (its exchange's,
         or its `bindings`) on an exchange that is not direct, the key `#.<routing key>` (kept if it starts
         with `#`). Celery clients send countdowns through the chain with the queue's routing key, not its name."""
-        pairs = [(b.exchange, b.exchange_type, b.routing_key) for b in self.bindings]
-        if self.exchange:
-            pairs.insert(0, (self.exchange, self.exchange_type, self.routing_key))
         return [
-            (exchange, key if key.startswith('#') else f'#.{key}')
-            for exchange, kind, key in pairs
-            if exchange and kind != 'direct'
+            (b.exchange, b.routing_key if b.routing_key.startswith('#') else f'#.{b.routing_key}')
+            for b in self.all_bindings
+            if b.exchange and b.exchange_type != 'direct'
         ]
 
     @property
