@@ -3,6 +3,7 @@
     python benches/probe.py drain                       200,000 no-op tasks per round, 3 rounds
     python benches/probe.py drain --events              the same worker with -E
     python benches/probe.py e2e -n 20000                a group of add(i, i), results collected
+    python benches/probe.py e2e-delay -n 5000           add(i, i) sent with one delay() each, then collected
     python benches/probe.py latency -n 1000             sequential add.delay(1, 1).get(), then split by step
     python benches/probe.py drain --src /tmp/old/python --src python --pairs 3
                                                         A/B: the worker runs from each tree in turn
@@ -188,6 +189,18 @@ class Probe:
             raise SystemExit('wrong results')
         return elapsed
 
+    def e2e_delay(self, n: int) -> float:
+        """The suite's e2e row: one `delay()` per task while the worker runs them, then every result."""
+        from probeapp import add
+
+        start = time.perf_counter()
+        sent = [add.apply_async((i, i), queue=QUEUE) for i in range(n)]
+        results = [result.get(timeout=600) for result in sent]
+        elapsed = time.perf_counter() - start
+        if results != [2 * i for i in range(n)]:
+            raise SystemExit('wrong results')
+        return elapsed
+
     def latency(self, n: int) -> tuple[list[float], dict[str, list[float]]]:
         """`n` sequential `add.delay(1, 1).get()` (seconds each), then `n` of a task that returns when it
         started (`perf_counter` is the system's monotonic clock, the same in every process): how long
@@ -230,7 +243,7 @@ def run_round(probe: Probe, workload: str, n: int, stats: bool = False) -> tuple
         n *= 2
         seconds = 0.0
     else:
-        seconds = probe.drain(n) if workload == 'drain' else probe.e2e(n)
+        seconds = {'drain': probe.drain, 'e2e': probe.e2e, 'e2e-delay': probe.e2e_delay}[workload](n)
     after = probe.snapshot()
     per_task = {key: (after[key] - before.get(key, 0.0)) / n * 1e6 for key in after}
     parent = sum(v for k, v in per_task.items() if k.startswith('parent:'))
@@ -244,7 +257,7 @@ def run_round(probe: Probe, workload: str, n: int, stats: bool = False) -> tuple
     else:
         text = f'{n / seconds:>9,.0f} tasks/s   CPU µs/task: parent {parent:.1f} {busy}'
     text += f'  children {per_task["children"]:.1f}  redis-server {per_task["redis-server"]:.1f}'
-    if workload == 'e2e':
+    if workload.startswith('e2e'):
         text += f'  client {(time.process_time() - client) / n * 1e6:.1f}'
     if stats:
         rows = sorted(probe.redis.info('commandstats').items(), key=lambda kv: -kv[1]['usec'])
@@ -258,8 +271,10 @@ def run_round(probe: Probe, workload: str, n: int, stats: bool = False) -> tuple
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('workload', choices=['drain', 'e2e', 'latency'])
-    parser.add_argument('-n', type=int, default=None, help='tasks per round (drain 200,000, e2e 20,000, latency 1,000)')
+    parser.add_argument('workload', choices=['drain', 'e2e', 'e2e-delay', 'latency'])
+    parser.add_argument(
+        '-n', type=int, default=None, help='tasks per round (drain 200,000, e2e 20,000, e2e-delay 5,000, latency 1,000)'
+    )
     parser.add_argument('--rounds', type=int, default=3, help='rounds per worker')
     parser.add_argument('--src', action='append', default=[], help='a tree with fastq to run the worker from')
     parser.add_argument('--pairs', type=int, default=1, help='times each --src takes its turn')
@@ -268,7 +283,7 @@ def main() -> int:
         '--commandstats', action='store_true', help="per round, Redis's calls and time per task by command"
     )
     opts = parser.parse_args()
-    n = opts.n or {'drain': 200_000, 'e2e': 20_000, 'latency': 1000}[opts.workload]
+    n = opts.n or {'drain': 200_000, 'e2e': 20_000, 'e2e-delay': 5000, 'latency': 1000}[opts.workload]
     workdir = Path(tempfile.mkdtemp(prefix='fastq-probe-'))
     (workdir / 'probeapp.py').write_text(APP)
     server = RedisServer()
