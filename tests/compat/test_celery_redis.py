@@ -244,3 +244,21 @@ def test_celery_worker_learns_fastq_revocations_through_mingle(
     c = workers('celery', '-n', 'late@%h', '-Q', 'celery_only', mingle=True)
     c.wait_for(f'Discarding revoked task: worker_tasks.record[{result.id}]', timeout=60)
     assert not out.exists()
+
+
+def test_fastq_worker_learns_celery_revocations_through_mingle(
+    celery_client: Any, workers: Any, tmp_path: Path
+) -> None:
+    """A fastq worker that starts after a revoke only a Celery worker heard (Celery's client broadcasts it,
+    nothing is kept in the broker) asks its peers at startup, as Celery's mingle does, and discards the task."""
+    c = workers('celery', '-n', 'early@%h', '-Q', 'celery_only')
+    out = tmp_path / 'ran.txt'
+    result = celery_client.send_task('worker_tasks.record', (str(out), 'x'), queue='fastq_only', countdown=6)
+    celery_client.control.revoke(result.id)
+    c.wait_for(f'Tasks flagged as revoked: {result.id}', timeout=30)
+    f = workers('fastq', '-n', 'late@%h', '-Q', 'fastq_only')
+    f.wait_for('mingle: sync with 1 nodes', timeout=30)
+    f.wait_for('mingle: sync complete', timeout=30)
+    c.wait_for('sync with late@', timeout=30)
+    f.wait_for(f'Discarding revoked task: worker_tasks.record[{result.id}]', timeout=60)
+    assert not out.exists()

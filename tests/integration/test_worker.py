@@ -51,6 +51,17 @@ def test_banner_names_broker_backend_and_tasks(tasks: Any, worker: Any, urls: di
     assert 'celery@' in log and 'ready.' in log
 
 
+def test_a_lone_worker_mingles_alone_and_not_at_all_without_mingle(worker: Any) -> None:
+    """Celery's startup lines: a worker asks its neighbours for their revoked ids (none answer here)."""
+    w = worker('-l', 'info')
+    w.wait_for('mingle: searching for neighbors')
+    w.wait_for('mingle: all alone')
+    quiet = worker('-l', 'info', '-n', 'quiet@%h', '--without-mingle')
+    time.sleep(1.5)  # (mingling waits a second for replies)
+    assert 'mingle:' not in quiet.log
+    assert 'sync with' not in w.log  # (the other worker did not say hello)
+
+
 def test_failure_reraises_with_traceback(tasks: Any, worker: Any) -> None:
     worker()
     result = tasks.fail.delay('boom')

@@ -990,10 +990,10 @@ class Fastq:
     def Worker(self, **kwargs: Any) -> Any:
         """A worker to `start()` from code, taking `celery.apps.worker.Worker`'s keywords too: `loglevel` and
         `logfile` (logging set up as `fastq worker` does), `pool_cls`, `send_events`, `without_heartbeat`,
-        `include`; `without_mingle`, `without_gossip`, `optimization` and `no_execv` mean nothing here."""
+        `include`, `without_mingle`; `without_gossip`, `optimization` and `no_execv` mean nothing here."""
         from fastq.worker.worker import WorkController
 
-        for name in ('without_mingle', 'without_gossip', 'optimization', 'no_execv', 'autoreloader', 'statedb'):
+        for name in ('without_gossip', 'optimization', 'no_execv', 'autoreloader', 'statedb'):
             kwargs.pop(name, None)
         if 'pool_cls' in kwargs:
             pool = kwargs.pop('pool_cls')

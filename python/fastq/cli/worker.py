@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 # Flags with no meaning in fastq: accepted, with one line saying why nothing happens.
 NO_OPS = {
     'without_gossip': '--without-gossip: fastq workers do not gossip; ignored',
-    'without_mingle': '--without-mingle: fastq workers do not mingle at startup; ignored',
     'statedb': '--statedb: fastq keeps revocations in the broker, no state file is needed; ignored',
     'pool_start_method': '--pool-start-method: fastq forks its children from a fork server started before any '
     'connection or thread, which is what spawn guards against; ignored',
@@ -85,7 +84,9 @@ def register(commands: Any) -> None:
     )
     p.add_argument('--metrics-port', type=int, help='serve Prometheus metrics on this port (0: any free port)')
     p.add_argument('--without-gossip', action='store_true', help=argparse.SUPPRESS)
-    p.add_argument('--without-mingle', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument(
+        '--without-mingle', action='store_true', help="don't ask the other workers for their revoked ids at startup"
+    )
     p.add_argument('--without-heartbeat', action='store_true', help='send no worker heartbeat events')
     p.add_argument('--heartbeat-interval', type=float, help='seconds between heartbeat events (default 2)')
     p.add_argument('--autoscale', help='MAX,MIN: grow the prefork pool up to MAX processes while tasks wait, '

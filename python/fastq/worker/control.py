@@ -260,6 +260,7 @@ def _revoke_by_stamped_headers(
 def _hello(worker: WorkController, from_node: str = '', revoked: Any = None, **kwargs: Any) -> dict[str, Any]:
     if from_node == worker.hostname:
         return {}
+    logger.info('sync with %s', from_node)
     if revoked and worker.dispatcher is not None:
         ids = set(revoked)
         worker.loop.call_soon_threadsafe(lambda: worker.dispatcher.revoke(ids) if worker.dispatcher else None)

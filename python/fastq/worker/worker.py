@@ -304,6 +304,10 @@ class WorkController:
         self.fetcher.start()
         self._start_housekeeping()
         self._start_remote_control()
+        if self.control is not None and not self.options.get('without_mingle'):
+            from fastq.worker import mingle
+
+            mingle.start(self)
         if self.beat is not None:
             self.beat.start()  # a thread: only now that the pool has forked its children
         if not self._start_steps(self.step_consumer, None):

@@ -175,6 +175,7 @@ def _start_worker_thread(
         connection.default_channel  # noqa: B018
     for name in ('without_mingle', 'without_gossip', 'ready_callback', 'optimization'):
         kwargs.pop(name, None)
+    kwargs['without_mingle'] = True  # (as Celery's test workers: always)
     heartbeat = not kwargs.pop('without_heartbeat', True)
     worker = WorkController(
         app, concurrency=concurrency, pool=pool, hostname=kwargs.pop('hostname', anon_nodename()),
