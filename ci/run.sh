@@ -25,6 +25,7 @@ step 'pytest'
 # Two test processes, one a core: most of a test's time is spent waiting on worker processes and
 # servers, so this shortens the run by a third; three were faster still but made tests that wait on a busy
 # worker miss their marks. Each process starts its own session servers (Redis, RabbitMQ, PostgreSQL).
-python -m pytest -q -p no:cacheprovider -n "${PYTEST_PROCESSES:-2}" --dist loadfile "$@"
+# The slowest tests are listed at the end, to see where the run's time goes.
+python -m pytest -q -p no:cacheprovider -n "${PYTEST_PROCESSES:-2}" --dist loadfile --durations=30 "$@"
 
 step 'done'
