@@ -144,3 +144,28 @@ def test_replies_are_printed_as_celerys(capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out == ' a@h: OK\n        pong\n'
     _finish({'a@h': {'ok': 'pong'}}, argparse.Namespace(json=False, quiet=True), show_reply=False)
     assert capsys.readouterr().out == ' a@h: OK\n\n1 node online.\n'
+
+
+@pytest.mark.parametrize(
+    ('argv', 'usage', 'error'),
+    [
+        (['worker', '--zzzzz'], 'fastq worker [OPTIONS]', "No such option '--zzzzz'."),
+        (['worker', '--concurency', '4'], 'fastq worker [OPTIONS]', "No such option '--concurency'. Did you mean '--concurrency'?"),
+        (['worker', '-c', 'x'], 'fastq worker [OPTIONS]', "Invalid value for '-c' / '--concurrency': must be a non-negative integer or 'auto', got 'x'"),
+        (['worker', '--prefetch-multiplier', 'x'], 'fastq worker [OPTIONS]', "Invalid value for '--prefetch-multiplier': 'x' is not a valid integer."),
+        (['worker', '-c'], 'fastq worker [OPTIONS]', "Option '-c' requires an argument."),
+        (['worker', 'extra'], 'fastq worker [OPTIONS]', 'Got unexpected extra argument (extra)'),
+        (['frob'], 'fastq [OPTIONS] [COMMAND] [ARGS]...', "No such command 'frob'."),
+        (['--zz'], 'fastq [OPTIONS] [COMMAND] [ARGS]...', "No such option '--zz'."),
+        (['deadletter', 'list', '--foo'], 'fastq deadletter list [OPTIONS]', "No such option '--foo'."),
+    ],
+)  # fmt: skip
+def test_usage_errors_in_celery_words(
+    argv: list[str], usage: str, error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped command line gets click's three lines, as `celery worker --zzzzz` prints them, and status 2."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    prog = usage.split(' [')[0]
+    assert capsys.readouterr().err == f"Usage: {usage}\nTry '{prog} --help' for help.\n\nError: {error}\n"

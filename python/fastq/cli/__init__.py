@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from fastq import __version__
 from fastq.cli.base import CommandError, find_app
+from fastq.cli.usage import Parser
 from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured, OperationalError
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ['main']
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     from fastq.cli import (
         amqp,
         beat,
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         worker,
     )
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog='fastq',
         description='fastq: a Celery-compatible distributed task queue.',
         epilog='Run "fastq COMMAND --help" for the options of a command.',
@@ -125,6 +126,16 @@ def _options_from_environment(parser: argparse.ArgumentParser, args: argparse.Na
         if action.option_strings:
             dest = action.dest.upper()
             fill(action, [f'CELERY_{prefix}_{dest}'])  # (not FASTQ_: those name settings, FASTQ_BEAT_SCHEDULE)
+
+
+def _command_parser(parser: Parser, args: argparse.Namespace) -> Parser:
+    """The parser of the (sub)command `args` were parsed for: `fastq deadletter list`'s, say."""
+    while True:
+        commands = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = commands.choices.get(getattr(args, commands.dest, None) or '') if commands is not None else None
+        if not isinstance(chosen, Parser):
+            return parser
+        parser = chosen
 
 
 def _load_app(spec: str | None) -> Fastq:
@@ -278,7 +289,9 @@ def main(argv: Sequence[str] | None = None, app: Fastq | None = None) -> None:
     except (CommandError, ImproperlyConfigured) as exc:
         print(f'Error: {exc}', file=sys.stderr)
         sys.exit(getattr(exc, 'exit_code', 2) if isinstance(exc, CommandError) else 1)
-    args = parser.parse_args(arguments)
+    args, extra = parser.parse_known_args(arguments)
+    if extra:  # (said by the command they were given to, as Celery's CLI says it)
+        _command_parser(parser, args).unrecognized(extra)
     args.user_options = finish_user_options(parser, args)
     _options_from_environment(parser, args)
     if not args.command:

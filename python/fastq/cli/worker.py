@@ -108,7 +108,12 @@ def _concurrency_arg(value: str) -> int | str | None:
     """-c N, or 'auto' / 0: the CPU count (Celery's)."""
     if value.strip().lower() == 'auto':
         return 'auto'
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:  # (Celery's words)
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer or 'auto', got {value!r}")
     return number or None
 
 
