@@ -15,6 +15,17 @@ for _var in [v for v in os.environ if v.startswith('FASTQ_') or v in ('CELERY_BR
     del os.environ[_var]
 
 
+@pytest.fixture(autouse=True)
+def _forget_shared_tasks() -> Iterator[None]:
+    """Tasks a test defines with `@app.task` are shared (Celery's default): forget them after the test, as
+    Celery's own test setup restores its finalize callbacks, so the apps of later tests do not register them."""
+    from fastq import shared
+
+    saved = (list(shared._shared), list(shared._on_finalize))
+    yield
+    shared._shared[:], shared._on_finalize[:] = saved
+
+
 @pytest.fixture
 def memory_app() -> Iterator[Fastq]:
     app = Fastq('t', broker='memory://', backend='memory://', set_as_current=False)

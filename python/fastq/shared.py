@@ -2,6 +2,10 @@
 
 A shared task is registered on every app that exists or is created later (at finalize), and the object the
 decorator returns resolves to the *current* app's task at call time, as in Celery.
+
+`@app.task` is shared too unless given `shared=False` (Celery's default, its `connect_on_app_finalize`): the
+task is its own app's, and every app of the process finalized *after* the decorator ran registers a task of its
+own for the same function (a test app made later has the project's tasks; an app finalized before does not).
 """
 
 from __future__ import annotations
@@ -15,13 +19,27 @@ if TYPE_CHECKING:
     from fastq.app import Fastq
     from fastq.task import Task
 
-__all__ = ['bind_shared_tasks', 'shared_task']
+__all__ = ['bind_shared_tasks', 'bind_tasks_shared_on_finalize', 'share_on_finalize', 'shared_task']
 
 _shared: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+#: The functions of `@app.task` (shared, the default) with their options: what an app finalized later registers.
+_on_finalize: list[tuple[Callable[..., Any], dict[str, Any]]] = []
 
 
 def bind_shared_tasks(app: Fastq) -> None:
     for fun, options in _shared:
+        app._task_from_fun(fun, **options)
+
+
+def share_on_finalize(fun: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Register `fun` (given to `@app.task`) on every app finalized from now on, as Celery's shared tasks."""
+    _on_finalize.append((fun, options))
+
+
+def bind_tasks_shared_on_finalize(app: Fastq) -> None:
+    """What an app being finalized registers of the `@app.task` tasks of the process (its own are there
+    already: the function it was given under that name stays, as in Celery a name is never registered twice)."""
+    for fun, options in list(_on_finalize):
         app._task_from_fun(fun, **options)
 
 

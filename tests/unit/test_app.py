@@ -296,6 +296,40 @@ def test_shared_task_binds_to_the_current_app() -> None:
     assert triple.name in second.tasks
 
 
+def test_app_task_is_shared_with_apps_finalized_later_as_celerys() -> None:
+    """`@app.task` is `shared=True` by default in Celery: an app of the process finalized after the decorator
+    ran registers a task of its own for the function (bound to it, named by its main for `__main__`); an app
+    finalized before does not, nor does any app for `shared=False`. `filter=` is applied to what is returned."""
+    early = Fastq('early', broker='memory://', set_as_current=False)
+    early.finalize()
+    app1 = Fastq('a1', broker='memory://', set_as_current=False)
+
+    @app1.task
+    def mul(x: int, y: int) -> int:
+        return x * y
+
+    @app1.task(shared=False)
+    def private() -> None:
+        pass
+
+    @app1.task(filter=lambda task: ('filtered', task.name))
+    def filtered() -> None:
+        pass
+
+    app2 = Fastq('a2', broker='memory://', set_as_current=False)
+    theirs = app2.tasks[mul.name]
+    assert theirs is not mul and theirs.app is app2 and theirs.run(2, 3) == 6
+    assert private.name not in app2.tasks and mul.name not in early.tasks
+    assert filtered == ('filtered', f'{__name__}.filtered') and filtered[1] in app2.tasks
+
+    @app1.task
+    def later() -> None:
+        pass
+
+    assert later.name not in app2.tasks  # (app2 was finalized before the decorator ran)
+    assert later.name in Fastq('a3', broker='memory://', set_as_current=False).tasks
+
+
 def test_patching_a_shared_tasks_retry_patches_the_task() -> None:
     """The Testing guide's unit test mocks `retry` on a task through its module (`patch('proj.tasks.send_order
     .retry')`); for a shared task that sets the attribute on the proxy, which must reach the task, as Celery's

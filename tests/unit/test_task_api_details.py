@@ -224,8 +224,8 @@ def test_a_task_pickles_as_a_reference_to_the_current_apps_task(
     monkeypatch.setattr(_state, '_current_app', _state._current_app)  # (the module's apps become current)
     (tmp_path / 'pickled_tasks.py').write_text(
         "from fastq import Fastq\n\napp = Fastq('pickled', broker='memory://')\n\n"
-        '@app.task\ndef add(x, y):\n    return x + y\n'
-    )
+        '@app.task(shared=False)\ndef add(x, y):\n    return x + y\n'
+    )  # (not shared: the module imported again below makes a second app, which would take the first `add` too)
     monkeypatch.syspath_prepend(str(tmp_path))
     import pickled_tasks
 

@@ -417,16 +417,30 @@ class Fastq:
     ) -> Callable[[Callable[P, R]], BaseTask[P, R]]: ...
 
     def task(self, *args: Any, **options: Any) -> Any:
-        """Turn a function into a task: `@app.task` or `@app.task(name=..., bind=True, acks_late=True, ...)`."""
+        """Turn a function into a task: `@app.task` or `@app.task(name=..., bind=True, acks_late=True, ...)`.
+
+        Shared unless `shared=False`, as Celery's: apps finalized later register the function too (fastq.shared).
+        """
         if len(args) == 1 and callable(args[0]) and not options:
-            return self._task_from_fun(args[0])
+            return self._shared_task_from_fun(args[0], {})
         if args:
             raise TypeError('app.task() takes the function as its only positional argument')
 
         def decorator(fun: Callable[..., Any]) -> BaseTask[Any, Any]:
-            return self._task_from_fun(fun, **options)
+            return self._shared_task_from_fun(fun, dict(options))
 
         return decorator
+
+    def _shared_task_from_fun(self, fun: Callable[..., Any], options: dict[str, Any]) -> BaseTask[Any, Any]:
+        """`@app.task`'s own options: `shared` (above) and `filter`, a function given the task, whose answer
+        the decorator returns (Celery's)."""
+        filt = options.pop('filter', None)
+        if options.pop('shared', True):
+            from fastq.shared import share_on_finalize
+
+            share_on_finalize(fun, {k: v for k, v in options.items() if k != 'lazy'})
+        task = self._task_from_fun(fun, **options)
+        return filt(task) if filt is not None else task
 
     def _task_from_fun(
         self,
@@ -520,6 +534,9 @@ class Fastq:
             from fastq.builtins import register_builtins
 
             register_builtins(self)
+            from fastq.shared import bind_tasks_shared_on_finalize
+
+            bind_tasks_shared_on_finalize(self)
             self._bind_tasks()
             self.on_after_finalize.send(sender=self)
 

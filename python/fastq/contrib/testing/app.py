@@ -83,8 +83,13 @@ def set_trap(app: Fastq) -> Iterator[None]:
 
 @contextlib.contextmanager
 def setup_default_app(app: Fastq, use_trap: bool = False) -> Iterator[None]:
-    """Run a test with `app`, then put the current and default apps back and close `app`."""
+    """Run a test with `app`, then put the current and default apps back and close `app`; the tasks the test
+    shared (`@app.task`, `shared_task`) are forgotten too, as Celery's restores its finalize callbacks, so apps of
+    later tests do not register them."""
+    from fastq import shared
+
     previous = (_state._current_app, _state._default_app)
+    finalizers = (list(shared._shared), list(shared._on_finalize))
     try:
         if use_trap:
             with set_trap(app):
@@ -94,6 +99,7 @@ def setup_default_app(app: Fastq, use_trap: bool = False) -> Iterator[None]:
     finally:
         _state.set_current_app(previous[0])
         _state.set_default_app(previous[1])
+        shared._shared[:], shared._on_finalize[:] = finalizers
         if app is not previous[0]:
             app.close()
             _state.unregister_app(app)
