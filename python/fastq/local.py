@@ -1,5 +1,16 @@
-"""`celery.local`'s `Proxy`, where code ported from Celery imports it (`from fastq.local import Proxy`)."""
+"""`celery.local`'s names, where code ported from Celery imports them (`from fastq.local import Proxy`)."""
 
-from fastq.utils.local import Proxy
+from importlib import import_module
+from types import ModuleType
 
-__all__ = ['Proxy']
+from fastq.utils.local import PromiseProxy, Proxy, maybe_evaluate
+
+__all__ = ['PromiseProxy', 'Proxy', 'maybe_evaluate', 'try_import']
+
+
+def try_import(module: str, default: ModuleType | None = None) -> ModuleType | None:
+    """The module, or `default` when it cannot be imported (Celery's)."""
+    try:
+        return import_module(module)
+    except ImportError:
+        return default

@@ -502,3 +502,53 @@ def test_a_task_of_an_app_not_finalized_yet_refuses_use(memory_app: Fastq) -> No
 
     assert type(sub).__name__ == 'sub' and sub(3, 1) == 2
     app.close()
+
+
+def test_the_guides_laziness_names_as_celerys() -> None:
+    """The Application guide's Laziness section: before finalize Celery's `@app.task` gives a
+    `celery.local.PromiseProxy` (`add.__evaluated__()` False, then True once used); fastq's, on an app with
+    `autofinalize=False`, is one too, and a task made at once answers True. A task has its function's
+    `__qualname__`, as Celery's (fastq's raised AttributeError); `fastq.local` has Celery's names."""
+    from fastq.local import PromiseProxy, maybe_evaluate, try_import
+
+    app = Fastq('lazy', broker='memory://', autofinalize=False, set_as_current=False)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        """Add two."""
+        return x + y
+
+    assert type(add) is PromiseProxy and add.__evaluated__() is False and add.__doc__ == 'Add two.'
+    app.finalize()
+    assert maybe_evaluate(add) is app.tasks[f'{__name__}.add'] and add.__evaluated__() is True
+    assert add.__qualname__ == f'{test_the_guides_laziness_names_as_celerys.__name__}.<locals>.add'
+    assert app.tasks[f'{__name__}.add'].__evaluated__() is True and maybe_evaluate(3) == 3
+    assert try_import('no_such_module_here') is None and try_import('json') is sys.modules['json']
+    seen: list[int] = []
+    promise = PromiseProxy(lambda: [1])
+    promise.__then__(seen.append, 1)
+    assert seen == [] and promise == [1] and seen == [1]
+    app.close()
+
+
+def test_app_task_is_celerys_subclass_with_self() -> None:
+    """`app.Task`, as Celery's `subclass_with_self`: a class named Task in the module of the class it extends
+    (`<class 'fastq.task.Task'>`, `task_cls`'s module for a custom one), with its docstring, whose `app` is
+    the app already (fastq's was in `fastq.app` and had no `app` until a task was bound)."""
+    from fastq.task import Task as BaseTask
+
+    app = Fastq('sub', broker='memory://', set_as_current=False)
+    assert repr(app.Task) == "<class 'fastq.task.Task'>" and app.Task.app is app
+    assert app.Task.__doc__ == BaseTask.__doc__ and app.Task.__mro__[1] is BaseTask
+    custom = Fastq('sub2', broker='memory://', set_as_current=False, task_cls='fastq.contrib.abortable:AbortableTask')
+    assert repr(custom.Task) == "<class 'fastq.contrib.abortable.Task'>" and custom.Task.app is custom
+
+    class Own(app.Task):  # type: ignore[name-defined,misc]
+        name = 'own.task'
+
+        def run(self) -> int:
+            return 1
+
+    assert Own.app is app and app.register_task(Own()).app is app
+    app.close()
+    custom.close()

@@ -243,7 +243,10 @@ class Fastq:
         if task_cls is None and self.fixups:
             task_cls = 'fastq.contrib.django.task:DjangoTask'
         base = symbol_by_name(task_cls) if task_cls else BaseTask
-        self.Task = type('Task', (base,), {'abstract': True, '__module__': __name__})
+        # Celery's `subclass_with_self`: named Task, in the module (and with the docstring) of the class it
+        # extends, and knowing its app before any task of it is bound (`app.Task.app`, `class T(app.Task)`).
+        self.Task = type('Task', (base,), {'abstract': True, 'app': self, '__module__': base.__module__,
+                                           '__doc__': base.__doc__})  # fmt: skip
         if broker:
             self.conf.broker_url = broker
         if backend:
@@ -473,6 +476,7 @@ class Fastq:
             options['_dump_pydantic_arguments'] = staticmethod(functools.partial(fun.dump_arguments, bound=bind))  # type: ignore[attr-defined]
         cls = build_task_class(self, fun, name, base or self.Task, bind, options)
         task = cls()
+        task.__qualname__ = cls.__qualname__  # type: ignore[attr-defined]  # (the function's, read through the task too, as Celery sets it)
         task.bind(self)
         self._tasks[name] = task
         if lazy and not self.finalized and not self.autofinalize:
@@ -493,14 +497,14 @@ class Fastq:
         behind a proxy that refuses every use before then (its name, calling or sending it, `repr`), as Celery's
         lazy task does ('Contract breach: app not finalized'), so a task used too early is an error, not a
         task sent with settings the app has not read yet. Afterwards the proxy is the task."""
-        from fastq.utils.local import Proxy
+        from fastq.utils.local import PromiseProxy
 
         def evaluate() -> BaseTask[Any, Any]:
             if not self.finalized:
                 raise RuntimeError('Contract breach: app not finalized')
             return task
 
-        proxy: BaseTask[Any, Any] = Proxy(evaluate, name=type(task).__name__)  # type: ignore[assignment]
+        proxy: BaseTask[Any, Any] = PromiseProxy(evaluate, name=type(task).__name__, __doc__=task.__doc__)  # type: ignore[assignment]
         return proxy
 
     def gen_task_name(self, name: str, module: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ['Proxy']
+__all__ = ['PromiseProxy', 'Proxy', 'maybe_evaluate']
 
 
 class _ClassOrObjectDoc:
@@ -201,3 +201,63 @@ class Proxy:
 
 
 Proxy.__doc__ = _ClassOrObjectDoc(Proxy.__doc__)  # type: ignore[assignment]
+
+
+class PromiseProxy(Proxy):
+    """A proxy that evaluates its object once, on first use, and stands for that object from then on (Celery's
+    `celery.local.PromiseProxy`, what its `@app.task` returns before the app is finalized; fastq's, on an app
+    made with `autofinalize=False`). An evaluation that raises is tried again on the next use."""
+
+    __slots__ = ('_PromiseProxy__thing', '__pending__')
+
+    def _get_current_object(self) -> Any:
+        try:
+            return object.__getattribute__(self, '_PromiseProxy__thing')
+        except AttributeError:
+            return self.__evaluate__()
+
+    def __evaluated__(self) -> bool:
+        """Whether the object was made yet (the Application guide's `add.__evaluated__()`)."""
+        try:
+            object.__getattribute__(self, '_PromiseProxy__thing')
+        except AttributeError:
+            return False
+        return True
+
+    def __maybe_evaluate__(self) -> Any:
+        return self._get_current_object()
+
+    def __then__(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Call `fun(*args, **kwargs)` once the object is made (now, if it is)."""
+        if self.__evaluated__():
+            fun(*args, **kwargs)
+            return
+        try:
+            pending = object.__getattribute__(self, '__pending__')
+        except AttributeError:
+            pending = []
+            object.__setattr__(self, '__pending__', pending)
+        pending.append((fun, args, kwargs))
+
+    def __evaluate__(self) -> Any:
+        thing = Proxy._get_current_object(self)
+        object.__setattr__(self, '_PromiseProxy__thing', thing)
+        try:
+            pending = object.__getattribute__(self, '__pending__')
+        except AttributeError:
+            return thing
+        object.__delattr__(self, '__pending__')
+        for fun, args, kwargs in pending:
+            fun(*args, **kwargs)
+        return thing
+
+
+PromiseProxy.__doc__ = _ClassOrObjectDoc(PromiseProxy.__doc__)  # type: ignore[assignment]  # (as Proxy's: a task's own)
+
+
+def maybe_evaluate(obj: Any) -> Any:
+    """The object a `PromiseProxy` stands for (made now if need be); anything else as it is (Celery's)."""
+    try:
+        return obj.__maybe_evaluate__()
+    except AttributeError:
+        return obj
