@@ -424,3 +424,41 @@ def test_expires_is_seconds_or_a_datetime() -> None:
     with pytest.raises(TypeError, match='expires'):
         noop.apply_async(expires=timedelta(minutes=5))
     app.close()
+
+
+class _PickledConfig:
+    task_default_queue = 'from-class'
+    worker_prefetch_multiplier = 2
+
+
+def test_an_app_pickles_as_celerys() -> None:
+    """Celery's `app.__reduce__`: an app pickles (fastq's raised, on its locks) and unpickles to a new app,
+    not current, with the same main name, settings set in code, config source, task class and namespace;
+    not its tasks nor `add_defaults`."""
+    import pickle
+
+    app = Fastq('proj', broker='memory://', include=['proj.tasks'], set_as_current=False)
+    app.config_from_object(_PickledConfig, silent=True)
+    app.conf.task_default_rate_limit = '10/s'
+    app.add_defaults(lambda: {'worker_concurrency': 7})
+
+    @app.task(shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    keys = app.__reduce_keys__()
+    assert keys['main'] == 'proj' and keys['config_source'] is _PickledConfig and keys['namespace'] is None
+    again = pickle.loads(pickle.dumps(app))
+    assert type(again) is Fastq and again is not app and again.main == 'proj' and repr(again).startswith('<Fastq proj')
+    assert again.conf.broker_url == 'memory://' and again.conf.include == ['proj.tasks']
+    assert again.conf.task_default_rate_limit == '10/s' and again.conf.task_default_queue == 'from-class'
+    assert again.conf.worker_concurrency is None
+    assert add.name not in again.tasks
+    from fastq import _state
+
+    assert _state.get_current_app() is not again
+    custom = Fastq('c', task_cls='fastq.contrib.abortable:AbortableTask', namespace='CELERY', set_as_current=False)
+    copied = pickle.loads(pickle.dumps(custom))
+    assert copied.Task.__mro__[1].__name__ == 'AbortableTask' and copied.namespace == 'CELERY'
+    for one in (app, again, custom, copied):
+        one.close()

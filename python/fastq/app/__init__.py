@@ -203,6 +203,7 @@ class Fastq:
         namespace: str | None = None,
         task_cls: type[BaseTask[Any, Any]] | str | None = None,
         strict_typing: bool = True,
+        config_source_silent: bool = False,
         **preconf: Any,
     ) -> None:
         self.main = main
@@ -242,6 +243,10 @@ class Fastq:
         self.fixups = [f for f in (django_fixup(self),) if f is not None]
         if task_cls is None and self.fixups:
             task_cls = 'fastq.contrib.django.task:DjangoTask'
+        #: The base task class as given (a class or 'module:Class'): what a pickled app is made with again.
+        self.task_cls = task_cls
+        self._config_source: Any = None
+        self._config_source_silent = False
         base = symbol_by_name(task_cls) if task_cls else BaseTask
         # Celery's `subclass_with_self`: named Task, in the module (and with the docstring) of the class it
         # extends, and knowing its app before any task of it is bound (`app.Task.app`, `class T(app.Task)`).
@@ -256,7 +261,7 @@ class Fastq:
         if preconf:
             self.conf.update(preconf)
         if config_source is not None:
-            self.config_from_object(config_source)
+            self.config_from_object(config_source, silent=config_source_silent)
         else:
             self.conf.add_pending_source(self._config_from_environment, fallback=True)
         if set_as_current:
@@ -285,6 +290,7 @@ class Fastq:
         With `namespace='CELERY'` only names prefixed `CELERY_` are read (Django's settings module).
         """
         namespace = self.namespace = namespace or self.namespace  # (kept, as Celery keeps it: extensions read it)
+        self._config_source, self._config_source_silent = obj, silent  # (for pickling, see __reduce_keys__)
         self.conf.add_pending_source(self._object_loader(obj, silent, namespace))
         if force:
             self.conf._load_pending()
@@ -1068,8 +1074,41 @@ class Fastq:
     def __repr__(self) -> str:
         return f'<{type(self).__name__} {self.main or "__main__"} at {id(self):#x}>'
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as what it was made with, as Celery's app: its main name, the settings set in code (`conf
+        .changes`, with the broker, backend and `include` given to it), its config source (an object pickle can
+        find: a module name, a class), task class and namespace; not its tasks nor `add_defaults`, nor its
+        connections. Unpickled as a new app, not made current."""
+        return (_unpickle_app, (type(self), self.__reduce_keys__()))
+
+    def __reduce_keys__(self) -> dict[str, Any]:
+        """The keyword arguments a pickled app is made again with (Celery's, those that mean something here)."""
+        return {
+            'main': self.main,
+            'changes': self.conf.changes,
+            'config_source': self._config_source,
+            'config_source_silent': self._config_source_silent,
+            'task_cls': self.task_cls,
+            'namespace': self.namespace,
+        }
+
+    def __reduce_args__(self) -> tuple[Any, ...]:
+        """Celery's older form of `__reduce_keys__` (deprecated there), in its order."""
+        keys = self.__reduce_keys__()
+        return (keys['main'], keys['changes'], None, None, None, None, None, None, False,
+                keys['config_source'], keys['config_source_silent'])  # fmt: skip
+
 
 Celery = Fastq
+
+
+def _unpickle_app(cls: type[Fastq], keys: dict[str, Any]) -> Fastq:
+    """A pickled app made again (see `Fastq.__reduce__`), not current, as Celery's `_unpickle_app_v2`."""
+    keys = dict(keys)
+    changes = keys.pop('changes', None) or {}
+    app = cls(set_as_current=False, **keys)
+    app.conf.update(changes)
+    return app
 
 
 class _Loader:
