@@ -82,6 +82,9 @@ def denied_join_result() -> contextlib.AbstractContextManager[None]:
 
 class ResultBase:
     parent: Any = None
+    #: The app of `app.AsyncResult`, `app.ResultSet`, `app.GroupResult` (Celery's `subclass_with_self`): what
+    #: their results use when not given `app=` (see `bound_result_class`).
+    _bound_app: Fastq | None = None
 
     def as_tuple(self) -> Any:
         """What travels in `children` and saved groups: `((id, parent), None)`, or a group's members."""
@@ -101,7 +104,7 @@ class AsyncResult(ResultBase, Generic[R]):
     ) -> None:
         if id is None:
             raise ValueError(f'AsyncResult requires valid id, not {type(id)}')
-        self.app = _state.app_or_default(app)
+        self.app = _state.app_or_default(app or self._bound_app)
         self.id = id
         self._backend = backend
         self._name = task_name
@@ -483,7 +486,7 @@ class AsyncResult(ResultBase, Generic[R]):
         return f'<{type(self).__name__}: {self.id}>'
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return self.__class__, (self.id, None, self._name, None, self.parent)
+        return unbound_class(type(self)), (self.id, None, self._name, None, self.parent)
 
 
 class EagerResult(AsyncResult[R]):
@@ -578,7 +581,7 @@ class ResultSet(ResultBase):
     """Results of several tasks, read and waited for together, in order."""
 
     def __init__(self, results: Iterable[Any], app: Fastq | None = None, **kwargs: Any) -> None:
-        self._app = app
+        self._app = app or self._bound_app
         self.results: list[Any] = list(results)
 
     @property
@@ -778,6 +781,9 @@ class ResultSet(ResultBase):
     def __repr__(self) -> str:
         return f'<{type(self).__name__}: [{", ".join(r.id for r in self.results)}]>'
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return unbound_class(type(self)), (self.results,)
+
 
 class GroupResult(ResultSet):
     """The result of a group: its id and its tasks' results, in the group's order."""
@@ -805,7 +811,7 @@ class GroupResult(ResultSet):
     @classmethod
     def restore(cls, id: str, backend: Backend | None = None, app: Fastq | None = None) -> GroupResult | None:
         """The group saved under `id`, or None."""
-        backend = backend or (app or _state.get_current_app()).backend
+        backend = backend or (app or cls._bound_app or _state.get_current_app()).backend
         return backend.restore_group(id)
 
     def as_tuple(self) -> tuple[tuple[str | None, Any], list[Any]]:
@@ -837,8 +843,22 @@ class GroupResult(ResultSet):
         return f'<{type(self).__name__}: {self.id} [{", ".join(r.id for r in self.results)}]>'
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # As the module's class: `app.GroupResult` is a subclass made per app, which pickle cannot name.
-        return GroupResult, (self.id, self.results, self.parent)
+        return unbound_class(type(self)), (self.id, self.results, self.parent)
+
+
+def bound_result_class(app: Fastq, base: type[ResultBase]) -> type[Any]:
+    """`app.AsyncResult`, `app.ResultSet`, `app.GroupResult`: Celery's `subclass_with_self`, a subclass with
+    the base's name, module and docstring whose results are the app's unless given `app=` (so `isinstance(r,
+    app.AsyncResult)` works as in Celery). Pickled as the base class (see `unbound_class`)."""
+    return type(base.__name__, (base,), {'_bound_app': app, '__module__': base.__module__, '__doc__': base.__doc__})
+
+
+def unbound_class(cls: type[Any]) -> type[Any]:
+    """The module's class a result class made by `bound_result_class` extends (itself otherwise): what a result
+    pickles as, since pickle cannot name a class made per app; unpickled, it is the current app's."""
+    while '_bound_app' in cls.__dict__:
+        cls = cls.__bases__[0]
+    return cls
 
 
 def result_from_tuple(r: Any, app: Fastq | None = None) -> Any:
@@ -849,6 +869,6 @@ def result_from_tuple(r: Any, app: Fastq | None = None) -> Any:
     res, nodes = r
     task_id, parent = res if isinstance(res, list | tuple) else (res, None)
     parent_result = result_from_tuple(parent, app) if parent else None
-    if nodes is not None:
-        return GroupResult(task_id, [result_from_tuple(child, app) for child in nodes], parent=parent_result, app=app)
-    return AsyncResult(task_id, app=app, parent=parent_result)
+    if nodes is not None:  # (the app's classes, as Celery's: `isinstance(restored, app.GroupResult)` holds)
+        return app.GroupResult(task_id, [result_from_tuple(child, app) for child in nodes], parent=parent_result)
+    return app.AsyncResult(task_id, parent=parent_result)

@@ -412,7 +412,7 @@ class _Context:
         )
         factory = plan.result_factory
         result: AsyncResult[Any] = (
-            AsyncResult(task_id, app=self.app, task_name=name) if factory is None else factory(task_id)
+            self.app.AsyncResult(task_id, task_name=name) if factory is None else factory(task_id)
         )
         result.ignored = plan.ignore_result
         result.sent_at = time.monotonic()
@@ -485,7 +485,7 @@ class _Context:
         )  # fmt: skip
         factory = plan.result_factory
         result: AsyncResult[Any] = (
-            AsyncResult(task_id, app=self.app, task_name=name) if factory is None else factory(task_id)
+            self.app.AsyncResult(task_id, task_name=name) if factory is None else factory(task_id)
         )
         result.ignored = plan.ignore_result
         result.sent_at = sent_at
@@ -766,7 +766,7 @@ def _send_uniform(app: Fastq, context: _Context, calls: Sequence[BatchCall]) -> 
         publish_with_retry(app, outgoing, retry=plan.retry, policy=plan.retry_policy)
     factory, ignored = plan.result_factory, plan.ignore_result
     if factory is None:
-        results = AsyncResult._of_sent(task_ids, app, name, ignored, sent_at)
+        results = app.AsyncResult._of_sent(task_ids, app, name, ignored, sent_at)
     else:
         results = [factory(task_id) for task_id in task_ids]
         for result in results:

@@ -600,11 +600,10 @@ class Task(Generic[P, R]):
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[R]:
         """The result of this task's call `task_id`, read from this task's backend (Celery's)."""
-        from fastq.result import AsyncResult
-
         if self._backend is not None:  # (else unbound: it follows the app's backend, replaced or not)
             kwargs.setdefault('backend', self.backend)
-        return AsyncResult(task_id, app=self.app, task_name=self.name, **kwargs)
+        kwargs.setdefault('task_name', self.name)
+        return self.app.AsyncResult(task_id, **kwargs)  # (an `app.AsyncResult`, as Celery's)
 
     # --- signatures ---------------------------------------------------------------------------------------
 

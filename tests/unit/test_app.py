@@ -462,3 +462,44 @@ def test_an_app_pickles_as_celerys() -> None:
     assert copied.Task.__mro__[1].__name__ == 'AbortableTask' and copied.namespace == 'CELERY'
     for one in (app, again, custom, copied):
         one.close()
+
+
+def test_result_classes_are_bound_to_the_app_as_celerys() -> None:
+    """`app.AsyncResult`, `app.ResultSet`, `app.GroupResult` are classes, as Celery's `subclass_with_self`:
+    `isinstance(add.delay(), app.AsyncResult)` holds (fastq's `app.AsyncResult` was a method, so isinstance
+    raised TypeError, and `app.ResultSet` did not exist), a restored group is an `app.GroupResult`, and each
+    pickles as the module's class."""
+    import pickle
+
+    from fastq import group
+    from fastq.result import AsyncResult, GroupResult, ResultSet
+
+    app = Fastq('bound', broker='memory://', backend='memory://', set_as_current=False)
+
+    @app.task(shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    for name, base in (('AsyncResult', AsyncResult), ('ResultSet', ResultSet), ('GroupResult', GroupResult)):
+        cls = getattr(app, name)
+        assert isinstance(cls, type) and issubclass(cls, base) and cls is getattr(app, name)
+        assert cls.__name__ == name and cls.__module__ == 'fastq.result'
+    sent = add.delay(1, 2)
+    assert isinstance(sent, app.AsyncResult) and isinstance(app.send_task('other'), app.AsyncResult)
+    assert isinstance(add.AsyncResult('x'), app.AsyncResult) and app.AsyncResult('x').app is app
+    results = app.ResultSet([app.AsyncResult('a'), sent])
+    assert results.app is app and repr(results) == f'<ResultSet: [a, {sent.id}]>' and len(results) == 2
+    results.discard('a')
+    results.update([sent, app.AsyncResult('b')])
+    with pytest.raises(KeyError):
+        results.remove('zz')
+    assert [r.id for r in results] == [sent.id, 'b'] and results == app.ResultSet([sent, app.AsyncResult('b')])
+    saved = group(add.s(1, 1), add.s(2, 2)).apply_async()
+    assert isinstance(saved, app.GroupResult) and isinstance(saved.results[0], app.AsyncResult)
+    saved.save()
+    restored = app.GroupResult.restore(saved.id)
+    assert isinstance(restored, app.GroupResult) and restored == saved
+    for one in (sent, results, saved):
+        again = pickle.loads(pickle.dumps(one))
+        assert type(again) in (AsyncResult, ResultSet, GroupResult) and again == one
+    app.close()

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from fastq.brokers.base import Broker, Outgoing
     from fastq.control import Control
     from fastq.events import Events
-    from fastq.result import AsyncResult, GroupResult
+    from fastq.result import AsyncResult, GroupResult, ResultSet
     from fastq.routing import Router
     from fastq.utils.log import Logging
 
@@ -913,18 +913,34 @@ class Fastq:
             events = self.__dict__['_events'] = Events(self)
         return events
 
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[Any]:
-        from fastq.result import AsyncResult
+    @property
+    def AsyncResult(self) -> type[AsyncResult[Any]]:
+        """Celery's app-bound class: `app.AsyncResult(id)` is a result of this app (and `isinstance(r,
+        app.AsyncResult)` a check, as in Celery)."""
+        cls: type[AsyncResult[Any]] = self._result_class('AsyncResult')
+        return cls
 
-        return AsyncResult(task_id, app=self, **kwargs)
+    @property
+    def ResultSet(self) -> type[ResultSet]:
+        """Celery's app-bound class: `app.ResultSet([r1, r2])`, its results read through this app."""
+        cls: type[ResultSet] = self._result_class('ResultSet')
+        return cls
 
     @property
     def GroupResult(self) -> type[GroupResult]:
         """Celery's app-bound class: `app.GroupResult(id, results)`, and `app.GroupResult.restore(id)` for a
         group saved with `save()`."""
-        cls: type[GroupResult] | None = self.__dict__.get('_group_result_cls')
+        cls: type[GroupResult] = self._result_class('GroupResult')
+        return cls
+
+    def _result_class(self, name: str) -> Any:
+        """One subclass per app and name, made on first use (see fastq.result.bound_result_class)."""
+        classes: dict[str, Any] = self.__dict__.setdefault('_result_classes', {})
+        cls = classes.get(name)
         if cls is None:
-            cls = self.__dict__['_group_result_cls'] = _bound_group_result(self)
+            from fastq import result
+
+            cls = classes[name] = result.bound_result_class(self, getattr(result, name))
         return cls
 
     # --- connections, as Celery code passes them around (see fastq.connection) ------------------------------
@@ -1208,22 +1224,6 @@ class _Amqp:
 
         name = self.app.conf.task_default_queue
         return self.app.router.queues.get(name) or Queue(name)
-
-
-def _bound_group_result(bound: Fastq) -> type[GroupResult]:
-    from fastq.result import GroupResult as Base
-
-    class GroupResult(Base):
-        def __init__(
-            self, id: str | None = None, results: Any = None, parent: Any = None, app: Fastq | None = None, **kw: Any
-        ) -> None:
-            super().__init__(id, results, parent, app or bound, **kw)
-
-        @classmethod
-        def restore(cls, id: str, backend: Any = None, app: Fastq | None = None) -> Base | None:
-            return Base.restore(id, backend, app or bound)
-
-    return GroupResult
 
 
 def app_or_default(app: Fastq | None = None) -> Fastq:
