@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from fastq import _state, states
-from fastq.exceptions import IncompleteStream, TaskRevokedError
+from fastq.exceptions import IncompleteStream, TaskRevokedError, TimeoutError
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -93,6 +93,9 @@ class ResultBase:
 
 class AsyncResult(ResultBase, Generic[R]):
     """The result of a task that was sent (or is being executed)."""
+
+    #: What `get(timeout=...)` raises (Celery's `AsyncResult.TimeoutError`, for `except r.TimeoutError`).
+    TimeoutError = TimeoutError
 
     def __init__(
         self,
@@ -414,14 +417,26 @@ class AsyncResult(ResultBase, Generic[R]):
             raise TaskRevokedError(value)
         raise Exception(value)
 
-    def maybe_throw(self, propagate: bool = True, callback: Any = None) -> None:
+    def maybe_throw(self, propagate: bool = True, callback: Any = None) -> Any:
+        """Raise the task's error if it failed (with `propagate`); else its value, as Celery's."""
         meta = self._get_task_meta()
         if propagate and meta['status'] in states.PROPAGATE_STATES:
             self._raise(meta['status'], meta.get('result'), meta.get('traceback'))
         if callback is not None:
             callback(self.id, meta.get('result'))
+        return meta.get('result')
 
     maybe_reraise = maybe_throw
+
+    def exists(self) -> bool:
+        """Whether the backend holds a result for this task (Celery 5.7's): tells a task never sent, or whose
+        result was forgotten or expired, from one still pending, which both read as PENDING."""
+        return self.backend.task_result_exists(self.id)
+
+    def as_list(self) -> list[str]:
+        """This task's id, then its parents' (Celery's)."""
+        parent = self.parent
+        return [self.id, *(parent.as_list() if parent is not None else ())]
 
     def revoke(
         self,
@@ -642,7 +657,7 @@ class ResultSet(ResultBase):
         """How many tasks succeeded (Celery counts only successes as completed)."""
         return sum(int(result.successful()) for result in self.results)
 
-    def maybe_throw(self, propagate: bool = True, callback: Any = None) -> None:
+    def maybe_throw(self, callback: Any = None, propagate: bool = True) -> None:  # (Celery's order, not a result's)
         for result in self.results:
             result.maybe_throw(propagate=propagate, callback=callback)
 
@@ -652,7 +667,15 @@ class ResultSet(ResultBase):
         for result in self.results:
             result.forget()
 
-    def revoke(self, terminate: bool = False, signal: Any = None, wait: bool = False, timeout: Any = None) -> Any:
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: Any = None,
+        wait: bool = False,
+        timeout: Any = None,
+    ) -> Any:
+        """Revoke every task of the set (`connection` is taken, as Celery's, and not needed)."""
         return self.app.control.revoke(
             [r.id for r in self.results],
             terminate=terminate,

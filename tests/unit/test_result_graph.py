@@ -115,3 +115,30 @@ def test_result_set_then_iter_native_and_on_message(memory_app: Fastq) -> None:
     later = ResultSet([pending], app=memory_app)
     threading.Timer(0.2, lambda: memory_app.backend.store_result('rs-later', 3, states.SUCCESS)).start()
     assert later.get(timeout=10, on_message=heard.append) == [3]
+
+
+def test_result_api_names_of_celery(memory_app: Fastq) -> None:
+    """Celery 5.7's `AsyncResult.exists()` (a result stored, or none: both read PENDING), `as_list()`,
+    `TimeoutError` and `maybe_throw()` returning the value; `ResultSet.revoke(connection, ...)` and
+    `maybe_throw(callback, propagate)` in Celery's order. (fastq's had none of the first three, and a
+    ResultSet's `revoke(connection=...)` raised TypeError.)"""
+    from fastq.exceptions import TimeoutError
+
+    @memory_app.task(shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    done = add.apply_async((1, 1), task_id='stored')
+    memory_app.backend.store_result('stored', 2, 'SUCCESS')
+    assert memory_app.AsyncResult('stored').exists() and not memory_app.AsyncResult('never-sent').exists()
+    assert done.TimeoutError is TimeoutError and memory_app.AsyncResult('stored').maybe_throw() == 2
+    child = memory_app.AsyncResult('child', parent=memory_app.AsyncResult('stored'))
+    assert child.as_list() == ['child', 'stored']
+    results = memory_app.ResultSet([memory_app.AsyncResult('stored')])
+    seen: list[Any] = []
+    results.maybe_throw(lambda task_id, value: seen.append((task_id, value)), True)
+    assert seen == [('stored', 2)]
+    revoked: list[Any] = []
+    memory_app.control.revoke = lambda ids, **kw: revoked.append(ids)  # type: ignore[method-assign]
+    results.revoke(None, terminate=False)
+    assert revoked == [['stored']]

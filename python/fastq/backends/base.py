@@ -361,6 +361,10 @@ class Backend(abc.ABC):
     def get_task_meta(self, task_id: str, cache: bool = True) -> dict[str, Any]:
         return self.meta_from_payload(self._get(task_id))
 
+    def task_result_exists(self, task_id: str) -> bool:
+        """Whether a result is stored for the task, whatever its state (Celery 5.7's, for `AsyncResult.exists`)."""
+        return self._get(task_id) is not None
+
     def get_state(self, task_id: str) -> str:
         return str(self.get_task_meta(task_id)['status'])
 

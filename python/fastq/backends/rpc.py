@@ -228,6 +228,10 @@ class RPCBackend(InProcessBackend):
     def _get(self, task_id: str) -> bytes | None:
         return None
 
+    def task_result_exists(self, task_id: str) -> bool:
+        """Whether the task's state is known here (no result is stored: Celery's base answer)."""
+        return bool(self.get_task_meta(task_id)['status'] != states.PENDING)
+
     def _delete(self, task_id: str) -> None:
         self.forget(task_id)
 
