@@ -341,15 +341,15 @@ class Task(Generic[P, R]):
         self.app = app
         conf = app.conf
         filled: dict[str, Any] = {}
-        for attr, setting in self.from_config:
+        for attr, setting in self.from_config:  # (`_read`: binding at decoration does not configure the app)
             if getattr(self, attr) is None:
-                filled[attr] = conf[setting]
+                filled[attr] = conf._read(setting)
                 setattr(self, attr, filled[attr])
         self._from_settings = filled
         self._settings_generation = conf.generation
         if self.typing is None:
             self.typing = app.strict_typing
-        self._annotate(conf.task_annotations)
+        self._annotate(conf._read('task_annotations'))
         type(self).on_bound(app)
 
     @classmethod

@@ -552,3 +552,32 @@ def test_app_task_is_celerys_subclass_with_self() -> None:
     assert Own.app is app and app.register_task(Own()).app is app
     app.close()
     custom.close()
+
+
+def test_reading_a_setting_configures_the_app_as_celerys() -> None:
+    """As Celery's: the first setting read (`app.conf.x`, `conf[x]`, `conf.get`) configures the app, sending
+    `on_configure` and `on_after_configure`, so periodic tasks added by an `on_after_configure` receiver are in
+    `app.conf.beat_schedule` when it is read (fastq's read gave [] and `configured` stayed False). Setting a
+    value, `in`, and binding tasks at decoration do not configure it."""
+    app = Fastq('conf-read', broker='memory://', set_as_current=False)
+    events: list[str] = []
+
+    @app.task(shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.on_configure.connect
+    def configuring(sender: Fastq, **kwargs: Any) -> None:
+        events.append('on_configure')
+
+    @app.on_after_configure.connect
+    def setup_periodic_tasks(sender: Fastq, **kwargs: Any) -> None:
+        events.append('on_after_configure')
+        sender.add_periodic_task(10.0, add.s(2, 2), name='add every 10')
+
+    app.conf.task_default_queue = 'set'
+    assert 'task_default_queue' in app.conf and not app.configured and events == []
+    assert list(app.conf.beat_schedule) == ['add every 10'] and app.configured
+    assert events == ['on_configure', 'on_after_configure']
+    assert app.conf.task_default_queue == 'set' and events == ['on_configure', 'on_after_configure']
+    app.close()

@@ -264,6 +264,7 @@ class Fastq:
             self.config_from_object(config_source, silent=config_source_silent)
         else:
             self.conf.add_pending_source(self._config_from_environment, fallback=True)
+        self.conf.on_first_read(self._configure)  # (reading a setting configures the app, as Celery's)
         if set_as_current:
             _state.set_current_app(self)
         _state.register_app(self)
@@ -584,8 +585,9 @@ class Fastq:
 
     @property
     def configured(self) -> bool:
-        """Whether the settings were read yet (Celery's): False until something needs them (the broker, the
-        backend, finalizing), since `config_from_object` and `add_defaults` only take effect then."""
+        """Whether the settings were read yet (Celery's): False until something needs them (a setting read,
+        the broker, the backend, finalizing), since `config_from_object` and `add_defaults` only take effect
+        then; `on_configure` and `on_after_configure` are sent at that moment."""
         return self._configured
 
     def bugreport(self) -> str:
@@ -597,6 +599,7 @@ class Fastq:
     def _configure(self) -> None:
         if not self._configured:
             self._configured = True
+            self.conf.on_first_read(None)
             self.on_configure.send(sender=self)
             self.conf._load_pending()
             self.conf.validate()

@@ -214,6 +214,20 @@ class Settings(MutableMapping[str, Any]):
         object.__setattr__(self, '_cache', {})
         object.__setattr__(self, '_env', None)
         object.__setattr__(self, '_generation', 0)
+        object.__setattr__(self, '_first_read', None)
+
+    def on_first_read(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` once, before the first setting is read through `conf.name`, `conf[name]` or
+        `conf.get` (None: not at all). The app configures itself so, as Celery's does on its first read: the
+        `on_configure`/`on_after_configure` signals are sent then. (Setting values, `in` and fastq's own reads
+        before the app is configured, through `_read`, do not count, as in Celery.)"""
+        object.__setattr__(self, '_first_read', callback)
+
+    def _read_first(self) -> None:
+        callback = self._first_read
+        if callback is not None:
+            object.__setattr__(self, '_first_read', None)
+            callback()
 
     def _invalidate(self) -> None:
         attributes = self.__dict__
@@ -334,6 +348,19 @@ class Settings(MutableMapping[str, Any]):
         return list(default) if isinstance(default, list) else dict(default) if isinstance(default, dict) else default
 
     def __getitem__(self, name: str) -> Any:
+        if self._first_read is not None:
+            self._read_first()
+        return self._read(name)
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self._read(name)  # type: ignore[arg-type]
+        except KeyError:
+            return False
+        return True
+
+    def _read(self, name: str) -> Any:
+        """`conf[name]`, without configuring the app (see `on_first_read`): for fastq's reads at decoration."""
         try:
             return self._lookup(name)
         except KeyError:
@@ -345,6 +372,8 @@ class Settings(MutableMapping[str, Any]):
     def __getattr__(self, name: str) -> Any:
         if name.startswith('_'):
             raise AttributeError(name)
+        if self._first_read is not None:
+            self._read_first()
         try:
             value = self._lookup(name)
         except KeyError:
