@@ -81,12 +81,16 @@ def shared_task(*args: Any, **options: Any) -> Any:
     """`@shared_task` or `@shared_task(bind=True, ...)`: a task usable from any app."""
 
     def create(fun: Callable[..., Any]) -> Any:
+        if isinstance(fun, _SharedTaskProxy):  # (Celery's check, and words)
+            raise TypeError(
+                '@shared_task was applied more than once to the same function. Remove the extra @shared_task decorator.'
+            )
         _shared.append((fun, options))
         for app in _state.all_apps():
             if app.finalized:
                 app._task_from_fun(fun, **options)
         return _SharedTaskProxy(fun, options)
 
-    if len(args) == 1 and callable(args[0]) and not options:
+    if len(args) == 1 and callable(args[0]):  # (`shared_task(fun, name=...)` too, as Celery's)
         return create(args[0])
     return create

@@ -503,3 +503,23 @@ def test_result_classes_are_bound_to_the_app_as_celerys() -> None:
         again = pickle.loads(pickle.dumps(one))
         assert type(again) in (AsyncResult, ResultSet, GroupResult) and again == one
     app.close()
+
+
+def test_task_decorator_arguments_as_celerys() -> None:
+    """`app.task(fun, name=...)` and `shared_task(fun, name=...)` make the task at once, as Celery's (fastq's
+    raised TypeError, and gave a decorator); Celery's TypeErrors for other arguments, and for `@shared_task`
+    applied twice."""
+    app = Fastq('deco', broker='memory://', set_as_current=False)
+
+    def deco_add(x: int, y: int) -> int:
+        return x + y
+
+    assert app.task(deco_add, name='deco.named', shared=False).name == 'deco.named'
+    assert shared_task(deco_add, name='deco.shared').name == 'deco.shared'
+    with pytest.raises(TypeError, match=r'^argument 1 to @task\(\) must be a callable$'):
+        app.task(1)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r'^@task\(\) takes exactly 1 argument \(3 given\)$'):
+        app.task(deco_add, deco_add, name='x')  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match='@shared_task was applied more than once to the same function'):
+        shared_task(shared_task(deco_add))
+    app.close()

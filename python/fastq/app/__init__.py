@@ -431,10 +431,12 @@ class Fastq:
 
         Shared unless `shared=False`, as Celery's: apps finalized later register the function too (fastq.shared).
         """
-        if len(args) == 1 and callable(args[0]) and not options:
-            return self._shared_task_from_fun(args[0], {})
+        if len(args) == 1:  # `@app.task`, or `app.task(fun, name=...)` (options with the function: Celery's)
+            if callable(args[0]):
+                return self._shared_task_from_fun(args[0], options)
+            raise TypeError('argument 1 to @task() must be a callable')  # (Celery's words, here and below)
         if args:
-            raise TypeError('app.task() takes the function as its only positional argument')
+            raise TypeError(f'@task() takes exactly 1 argument ({len(args) + len(options)} given)')
 
         def decorator(fun: Callable[..., Any]) -> BaseTask[Any, Any]:
             return self._shared_task_from_fun(fun, dict(options))
