@@ -13,6 +13,7 @@ whichever thread asks.
 from __future__ import annotations
 
 import os
+import weakref
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,9 @@ _default_app: Fastq | None = None
 #: The node name of the worker this process belongs to (its parent's, in a pool child), for the signals Celery
 #: sends with it as sender (`worker_process_init`, `worker_process_shutdown`); None outside a worker.
 worker_hostname: str | None = None
-_apps: list[Any] = []  # weak-ish registry of created apps for shared_task (strong refs: apps are long-lived)
+#: The apps of the process, for `shared_task` (which registers on those finalized): weakly held, as Celery's, so
+#: an app dropped (a test's) is neither kept alive nor given the tasks of later modules.
+_apps: weakref.WeakSet[Any] = weakref.WeakSet()
 # The tasks executing, innermost last: per thread and per asyncio task (the asyncio pool runs many at once in
 # one thread). A tuple, replaced on each change, so an asyncio task's copy of the context stays its own.
 _tasks: ContextVar[tuple[Task[Any, Any], ...]] = ContextVar('fastq.current_tasks', default=())
@@ -97,13 +100,12 @@ if os.environ.get('CELERY_TRACE_APP'):
 
 
 def register_app(app: Fastq) -> None:
-    _apps.append(app)
+    _apps.add(app)
 
 
 def unregister_app(app: Fastq) -> None:
     """Forget a closed app (so `shared_task` no longer registers on it): test apps come and go."""
-    if app in _apps:
-        _apps.remove(app)
+    _apps.discard(app)
 
 
 def all_apps() -> list[Fastq]:

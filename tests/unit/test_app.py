@@ -523,3 +523,20 @@ def test_task_decorator_arguments_as_celerys() -> None:
     with pytest.raises(TypeError, match='@shared_task was applied more than once to the same function'):
         shared_task(shared_task(deco_add))
     app.close()
+
+
+def test_an_app_dropped_is_not_kept_alive_by_the_process() -> None:
+    """Celery holds the apps of the process weakly (`_state._apps`, for `shared_task`): an app no longer used
+    (a test's) is collected, and not given the shared tasks of modules imported later. fastq kept every app."""
+    import gc
+    import weakref
+
+    from fastq import _state
+
+    app = Fastq('dropped', broker='memory://', set_as_current=False)
+    app.finalize()
+    ref = weakref.ref(app)
+    assert app in _state.all_apps()
+    del app
+    gc.collect()
+    assert ref() is None
