@@ -869,7 +869,8 @@ class Task(Generic[P, R]):
 
     def __evaluated__(self) -> bool:
         """True: the Application guide's `add.__evaluated__()` asks whether Celery's lazy task was made yet;
-        fastq makes the task when decorated (settings configured later still apply, see `bind`)."""
+        fastq makes the task when decorated (settings configured later still apply, see `bind`; a base class
+        set on `app.Task` after the decorator ran does not, where Celery's lazy task would take it)."""
         return True
 
     if not TYPE_CHECKING:  # (for mypy, `type(task).__name__` would then be this property)

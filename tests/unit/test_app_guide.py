@@ -492,6 +492,8 @@ def test_a_task_of_an_app_not_finalized_yet_refuses_use(memory_app: Fastq) -> No
     for use in (lambda: add.name, lambda: add(1, 2), lambda: add.delay(1, 2), lambda: add.s(1), lambda: repr(add)):
         with pytest.raises(RuntimeError, match='Contract breach: app not finalized'):
             use()
+    with pytest.raises(RuntimeError, match='Contract breach: app not finalized'):
+        app.finalize(auto=True)  # (finalizing on use: refused, as Celery's)
     app.finalize()
     assert add.name.endswith('test_app_guide.add') and add(1, 2) == 3 and add.apply((2, 2)).get() == 4
     assert isinstance(add, Task) and app.tasks[add.name] == add and repr(add.s(1)) == f'{add.name}(1)'

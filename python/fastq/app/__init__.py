@@ -178,9 +178,7 @@ class _FinalizingTasks:
         if app is None:
             return self
         if not app.finalized:
-            if not app.autofinalize:
-                raise RuntimeError('Contract breach: app not finalized')
-            app.finalize(auto=True)
+            app.finalize(auto=True)  # (refused with `autofinalize=False`)
         app.__dict__['tasks'] = app._tasks
         return app._tasks
 
@@ -542,6 +540,8 @@ class Fastq:
         with self._finalize_lock:
             if self.finalized:
                 return
+            if auto and not self.autofinalize:  # (finalizing on use, refused by `autofinalize=False`: Celery's)
+                raise RuntimeError('Contract breach: app not finalized')
             self.finalized = True
             self._configure()
             from fastq.builtins import register_builtins
