@@ -455,3 +455,16 @@ def test_the_timezone_setting_takes_a_tzinfo_as_celery_does() -> None:
         a.conf.timezone = zone
         a.finalize()
         assert a.timezone is zone and a.now().tzinfo is zone and str(a.timezone) == name
+
+
+def test_config_from_object_forced_or_configured_returns_conf_as_celerys() -> None:
+    """Celery's `config_from_object` reads at once and returns `app.conf` with `force=True` (configuring the
+    app) or on an app configured already; otherwise None, read on first use. fastq's returned None always, and
+    `force` left the app unconfigured (no `on_after_configure`)."""
+    a = app()
+    seen: list[str] = []
+    a.on_after_configure.connect(lambda sender, **kw: seen.append('configured'))
+    assert a.config_from_object({'worker_concurrency': 4}) is None and not a.configured
+    assert a.config_from_object({'worker_concurrency': 9}, force=True) is a.conf
+    assert a.configured and seen == ['configured'] and a.conf.worker_concurrency == 9
+    assert a.config_from_object({'worker_concurrency': 3}) is a.conf and a.conf.worker_concurrency == 3

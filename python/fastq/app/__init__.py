@@ -283,16 +283,22 @@ class Fastq:
 
     def config_from_object(
         self, obj: Any, silent: bool = False, force: bool = False, namespace: str | None = None
-    ) -> None:
+    ) -> Settings | None:
         """Read settings from a module, a `'module:attr'` path or an object (lazily, on first use).
 
-        With `namespace='CELERY'` only names prefixed `CELERY_` are read (Django's settings module).
+        With `namespace='CELERY'` only names prefixed `CELERY_` are read (Django's settings module). With
+        `force`, or on an app configured already, read now and return `app.conf`, as Celery's (`force`
+        configures the app); else None. (Celery's sends `on_after_configure` again each time an app configured
+        already reads a config object; fastq's sends it once per app.)
         """
         namespace = self.namespace = namespace or self.namespace  # (kept, as Celery keeps it: extensions read it)
         self._config_source, self._config_source_silent = obj, silent  # (for pickling, see __reduce_keys__)
         self.conf.add_pending_source(self._object_loader(obj, silent, namespace))
-        if force:
-            self.conf._load_pending()
+        if not (force or self._configured):
+            return None
+        self._configure()
+        self.conf._load_pending()
+        return self.conf
 
     def _object_loader(self, obj: Any, silent: bool, namespace: str | None) -> Callable[[], dict[str, Any]]:
         """What reads the settings of a config object (see `config_from_object`), when called."""
@@ -382,16 +388,17 @@ class Fastq:
         module = os.environ.get('CELERY_CONFIG_MODULE')
         return self._object_loader(module, False, self.namespace)() if module else {}
 
-    def config_from_envvar(self, variable_name: str, silent: bool = False, force: bool = False) -> bool | None:
+    def config_from_envvar(
+        self, variable_name: str, silent: bool = False, force: bool = False
+    ) -> Settings | Literal[False] | None:
         """`config_from_object` of the module the variable names. As Celery's, it returns what that returns
-        (None): only `silent=True` with the variable unset says False."""
+        (None, or `app.conf` with `force`): only `silent=True` with the variable unset says False."""
         module = os.environ.get(variable_name)
         if not module:
             if silent:
                 return False
             raise ImproperlyConfigured(_ERR_ENVVAR_NOT_SET.format(variable_name))
-        self.config_from_object(module, silent=silent, force=force)
-        return None
+        return self.config_from_object(module, silent=silent, force=force)
 
     def add_defaults(self, d: Any) -> None:
         """Defaults of the app's own (a mapping, or a function returning one, read lazily): below what code
