@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastq import _state
+from fastq.utils.local import Proxy
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -43,38 +44,25 @@ def bind_tasks_shared_on_finalize(app: Fastq) -> None:
         app._task_from_fun(fun, **options)
 
 
-class _SharedTaskProxy:
-    """Looks like the task, resolved on each use against the current app.
+class _SharedTaskProxy(Proxy):
+    """Looks like the task, resolved on each use against the current app: Celery's `Proxy`, so `isinstance(t,
+    Task)`, `dir(t)`, pickling and the operators answer for the task, as they do in Celery.
 
     Setting or deleting an attribute reaches the task too, as through Celery's Proxy: the Testing guide's
     `patch('proj.tasks.send_order.retry')` must replace the retry the task body calls, not a proxy's copy.
     """
 
+    __slots__ = ('_fun', '_options')
+
     def __init__(self, fun: Callable[..., Any], options: dict[str, Any]) -> None:
-        for name, value in (
-            ('_fun', fun), ('_options', options), ('__wrapped__', fun), ('__doc__', fun.__doc__),
-            ('__name__', fun.__name__),
-        ):  # fmt: skip
-            object.__setattr__(self, name, value)
+        object.__setattr__(self, '_fun', fun)
+        object.__setattr__(self, '_options', options)
+        super().__init__(self._resolve, name=fun.__name__, __doc__=fun.__doc__)
 
     def _resolve(self) -> Task[Any, Any]:
         app = _state.get_current_app()
-        return app._task_from_fun(self._fun, **self._options)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._resolve(), name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._resolve(), name, value)
-
-    def __delattr__(self, name: str) -> None:
-        delattr(self._resolve(), name)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._resolve()(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return repr(self._resolve())
+        fun, options = object.__getattribute__(self, '_fun'), object.__getattribute__(self, '_options')
+        return app._task_from_fun(fun, **options)
 
 
 def shared_task(*args: Any, **options: Any) -> Any:

@@ -296,6 +296,26 @@ def test_shared_task_binds_to_the_current_app() -> None:
     assert triple.name in second.tasks
 
 
+def test_a_shared_task_looks_like_its_task_as_celerys_proxy() -> None:
+    """Celery's `shared_task` gives a `celery.local.Proxy`: `isinstance(t, Task)`, `t.__class__`, `dir(t)`,
+    `t.__module__` and pickling answer for the task (fastq's proxy answered for itself, and did not pickle)."""
+    import pickle
+
+    from fastq import Task
+
+    @shared_task
+    def quadruple(x: int) -> int:
+        """Four times."""
+        return 4 * x
+
+    app = Fastq('proxied', broker='memory://', backend='memory://')
+    task = app.tasks[quadruple.name]
+    assert isinstance(quadruple, Task) and quadruple.__class__ is type(task) and 'delay' in dir(quadruple)
+    assert quadruple.__module__ == __name__ and quadruple.__doc__ == 'Four times.' and quadruple.__name__ == 'quadruple'
+    assert pickle.loads(pickle.dumps(quadruple)) is task and quadruple == task and quadruple(2) == 8
+    app.close()
+
+
 def test_app_task_is_shared_with_apps_finalized_later_as_celerys() -> None:
     """`@app.task` is `shared=True` by default in Celery: an app of the process finalized after the decorator
     ran registers a task of its own for the function (bound to it, named by its main for `__main__`); an app

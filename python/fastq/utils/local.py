@@ -30,6 +30,19 @@ class _ClassOrObjectDoc:
         return getattr(proxy._get_current_object(), '__doc__', None)
 
 
+class _ClassOrObjectModule(str):
+    """`Proxy.__module__`: on the class, its module (a string, as a class's must be, for pickle and help()); on
+    a proxy, its object's (`shared_task`'s `add.__module__` is the task's module), as Celery's Proxy answers."""
+
+    def __get__(self, proxy: Any, owner: type | None = None) -> Any:
+        if proxy is None:
+            return self
+        return getattr(proxy._get_current_object(), '__module__', None)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return str, (str(self),)  # (a plain string in a pickle: pickle names the class by it)
+
+
 class Proxy:
     """An object that stands for what `local(*args, **kwargs)` returns at each use: Celery's signature
     (`Proxy(local, args=None, kwargs=None, name=None, __doc__=None)`), and its operators, so a proxied
@@ -50,6 +63,12 @@ class Proxy:
         object.__setattr__(self, '_Proxy__kwargs', dict(kwargs or {}))
         object.__setattr__(self, '__name__', name or getattr(local, '__name__', 'proxy'))
         object.__setattr__(self, '_Proxy__doc', __doc__)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's docstring and module answer as Proxy's do (see `_ClassOrObjectDoc`, `_ClassOrObjectModule`)."""
+        super().__init_subclass__(**kwargs)
+        cls.__doc__ = _ClassOrObjectDoc(vars(cls).get('__doc__'))  # type: ignore[assignment]
+        cls.__module__ = _ClassOrObjectModule(vars(cls)['__module__'])
 
     def _get_current_object(self) -> Any:
         """The object this proxy stands for right now."""
@@ -201,6 +220,7 @@ class Proxy:
 
 
 Proxy.__doc__ = _ClassOrObjectDoc(Proxy.__doc__)  # type: ignore[assignment]
+Proxy.__module__ = _ClassOrObjectModule(Proxy.__module__)
 
 
 class PromiseProxy(Proxy):
@@ -250,9 +270,6 @@ class PromiseProxy(Proxy):
         for fun, args, kwargs in pending:
             fun(*args, **kwargs)
         return thing
-
-
-PromiseProxy.__doc__ = _ClassOrObjectDoc(PromiseProxy.__doc__)  # type: ignore[assignment]  # (as Proxy's: a task's own)
 
 
 def maybe_evaluate(obj: Any) -> Any:
