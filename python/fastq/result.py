@@ -751,27 +751,80 @@ class ResultSet(ResultBase):
         on_interval: Any = None,
         disable_sync_subtasks: bool = True,
     ) -> list[Any] | None:
-        """`join`, except that with a `callback` it returns None (Celery's native join keeps no list then)."""
-        values = self.join(
-            timeout=timeout,
-            propagate=propagate,
-            interval=interval,
-            callback=callback,
-            on_message=on_message,
-            disable_sync_subtasks=disable_sync_subtasks,
-            on_interval=on_interval,
-        )
-        return None if callback is not None else values
+        """`join`; with a `callback`, as Celery's native join: called for each task as it finishes (in the order
+        they finish, see `iter_native`, a failure raised when its turn comes with `propagate`), returning None."""
+        if callback is None:
+            return self.join(
+                timeout=timeout,
+                propagate=propagate,
+                interval=interval,
+                on_message=on_message,
+                disable_sync_subtasks=disable_sync_subtasks,
+                on_interval=on_interval,
+            )
+        if disable_sync_subtasks:
+            assert_will_not_block()
+        for task_id, meta in self.iter_native(timeout, interval, no_ack, on_message, on_interval):
+            if isinstance(meta, list):  # (a group in the set: its values, as Celery's)
+                value: Any = [r.get(propagate=propagate, disable_sync_subtasks=disable_sync_subtasks) for r in meta]
+            else:
+                value = meta.get('result')
+                if propagate and meta['status'] in states.PROPAGATE_STATES:
+                    by_id = next(r for r in self.results if r.id == task_id)
+                    by_id._raise(meta['status'], value, meta.get('traceback'))
+            callback(task_id, value)
+        return None
 
     def iter_native(
-        self, timeout: float | None = None, interval: float = 0.5, no_ack: bool = True, **kwargs: Any
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(task id, result meta) for each task as it finishes, in order (Celery's; `join` is simpler)."""
+        self,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_message: Any = None,
+        on_interval: Any = None,
+        **kwargs: Any,
+    ) -> Iterator[tuple[str, Any]]:
+        """(task id, result meta) for each task as it finishes, in the order they finish, as Celery's native
+        iteration (those found finished together come in the set's order; a group in the set gives its results).
+
+        One task is waited for at a time, the first of the set not finished, for at most `interval` seconds
+        between looks at the others: a task finishing before it is seen that much later at worst."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for result in self.results:
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            result.get(timeout=remaining, propagate=False, interval=interval, disable_sync_subtasks=False)
-            yield result.id, result._get_task_meta()
+        pending = list(self.results)
+        while pending:
+            waiting: list[Any] = []
+            for result in pending:
+                if isinstance(result, ResultSet):
+                    if result.ready():
+                        yield result.id, list(result.results)  # type: ignore[attr-defined]
+                    else:
+                        waiting.append(result)
+                    continue
+                meta = result._get_task_meta()
+                if meta['status'] in states.READY_STATES:
+                    yield result.id, meta
+                else:
+                    waiting.append(result)
+            pending = waiting
+            if not pending:
+                return
+            if on_interval is not None:
+                on_interval()
+            step = interval
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError('The operation timed out.')
+                step = min(step, remaining)
+            first = pending[0]
+            try:
+                if isinstance(first, ResultSet):
+                    time.sleep(step)
+                else:
+                    meta = first.backend.wait_for(first.id, timeout=step, interval=interval, on_message=on_message)
+                    first._set_cache(meta)  # (ready: read as such on the next look)
+            except TimeoutError:
+                pass
 
     def then(self, callback: Any, on_error: Any = None, weak: bool = False) -> Future[Any]:
         """Call `callback(self)` once every task finished (see `AsyncResult.then`)."""

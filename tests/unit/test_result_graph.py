@@ -142,3 +142,29 @@ def test_result_api_names_of_celery(memory_app: Fastq) -> None:
     memory_app.control.revoke = lambda ids, **kw: revoked.append(ids)  # type: ignore[method-assign]
     results.revoke(None, terminate=False)
     assert revoked == [['stored']]
+
+
+def test_native_iteration_is_in_the_order_tasks_finish_as_celerys(memory_app: Fastq) -> None:
+    """Celery's `iter_native` yields each task as it finishes, and `join_native(callback=...)` calls back in
+    that order (a progress callback hears a quick task before a slow one listed first); fastq's went in the
+    set's order, waiting for the first task before reporting any other. Without a callback the values are in
+    the set's order, as ever."""
+    from fastq.result import ResultSet
+
+    slow, quick = AsyncResult('rs-slow', app=memory_app), done(memory_app, 'rs-quick', 2)
+    results = ResultSet([slow, quick], app=memory_app)
+    iterator = results.iter_native(timeout=30, interval=0.05)
+    assert next(iterator) == ('rs-quick', memory_app.backend.get_task_meta('rs-quick'))
+    memory_app.backend.store_result('rs-slow', 1, states.SUCCESS)
+    assert next(iterator)[0] == 'rs-slow' and list(iterator) == []
+    heard: list[str] = []
+    memory_app.backend.forget('rs-slow')
+    slow = AsyncResult('rs-slow', app=memory_app)
+    results = ResultSet([slow, quick], app=memory_app)
+    threading.Timer(0.2, lambda: memory_app.backend.store_result('rs-slow', 1, states.SUCCESS)).start()
+    assert results.join_native(timeout=30, interval=0.05, callback=lambda task_id, value: heard.append(task_id)) is None
+    assert heard == ['rs-quick', 'rs-slow'] and results.join_native(timeout=30) == [1, 2]
+    memory_app.backend.store_result('rs-bad', ValueError('bad'), states.FAILURE)
+    failed = ResultSet([AsyncResult('rs-never', app=memory_app), AsyncResult('rs-bad', app=memory_app)])
+    with pytest.raises(ValueError, match='bad'):
+        failed.join_native(timeout=30, interval=0.05, callback=lambda task_id, value: None)
