@@ -540,7 +540,7 @@ def test_app_task_is_celerys_subclass_with_self() -> None:
     from fastq.task import Task as BaseTask
 
     app = Fastq('sub', broker='memory://', set_as_current=False)
-    assert repr(app.Task) == "<class 'fastq.task.Task'>" and app.Task.app is app
+    assert repr(app.Task) == "<class 'fastq.task.Task'>" and app.Task.app is app and app.task_cls == 'fastq.task:Task'
     assert app.Task.__doc__ == BaseTask.__doc__ and app.Task.__mro__[1] is BaseTask
     custom = Fastq('sub2', broker='memory://', set_as_current=False, task_cls='fastq.contrib.abortable:AbortableTask')
     assert repr(custom.Task) == "<class 'fastq.contrib.abortable.Task'>" and custom.Task.app is custom

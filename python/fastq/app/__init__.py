@@ -242,7 +242,7 @@ class Fastq:
         if task_cls is None and self.fixups:
             task_cls = 'fastq.contrib.django.task:DjangoTask'
         #: The base task class as given (a class or 'module:Class'): what a pickled app is made with again.
-        self.task_cls = task_cls
+        self.task_cls: Any = task_cls or 'fastq.task:Task'
         self._config_source: Any = None
         self._config_source_silent = False
         base = symbol_by_name(task_cls) if task_cls else BaseTask
