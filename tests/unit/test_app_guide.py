@@ -521,8 +521,10 @@ def test_the_guides_laziness_names_as_celerys() -> None:
         return x + y
 
     assert type(add) is PromiseProxy and add.__evaluated__() is False and add.__doc__ == 'Add two.'
+    assert add.__name__ == 'add' and add.__module__ == 'fastq.utils.local'  # (nothing to ask yet: no error)
     app.finalize()
     assert maybe_evaluate(add) is app.tasks[f'{__name__}.add'] and add.__evaluated__() is True
+    assert add.__module__ == __name__
     assert add.__qualname__ == f'{test_the_guides_laziness_names_as_celerys.__name__}.<locals>.add'
     assert app.tasks[f'{__name__}.add'].__evaluated__() is True and maybe_evaluate(3) == 3
     assert try_import('no_such_module_here') is None and try_import('json') is sys.modules['json']

@@ -37,7 +37,10 @@ class _ClassOrObjectModule(str):
     def __get__(self, proxy: Any, owner: type | None = None) -> Any:
         if proxy is None:
             return self
-        return getattr(proxy._get_current_object(), '__module__', None)
+        try:
+            return getattr(proxy._get_current_object(), '__module__', None)
+        except RuntimeError:  # (nothing to stand for yet, a task before its app is finalized: the class's)
+            return str(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return str, (str(self),)  # (a plain string in a pickle: pickle names the class by it)
