@@ -11,12 +11,16 @@ from collections.abc import Iterator
 import pytest
 
 from fastq import Fastq, _ipc
+from fastq.worker.pool import prefork
 from fastq.worker.pool.prefork import FILL_BUDGET, QUEUE_BUDGET, PreforkPool, _Child
 from tests.unit.test_prefork_answers import make_job, prefork_pool
 
 
 @pytest.fixture
-def pool(memory_app: Fastq) -> Iterator[PreforkPool]:
+def pool(memory_app: Fastq, monkeypatch: pytest.MonkeyPatch) -> Iterator[PreforkPool]:
+    # The clock stands still: a job given a moment ago must not read as overdue (`QUEUE_BUDGET`) because this
+    # process was descheduled between two lines (a loaded machine: a CI failure).
+    monkeypatch.setattr(prefork.time, 'monotonic', lambda: 1000.0)
     pool = prefork_pool(memory_app, 2, lambda job, outcome: None)
     ends = []
     for index in (1, 2):
