@@ -280,6 +280,24 @@ def test_max_tasks_per_child_recycles_without_losing_work(tasks: Any, worker: An
     assert len(set(pids)) >= 4
 
 
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_a_recycled_child_says_exitcode_155_to_worker_process_shutdown(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    """billiard's EX_RECYCLE: a child leaving for --max-tasks-per-child sends `worker_process_shutdown` with
+    exitcode 155 (its own pid, from itself); one stopped with the worker sends 0. Neither exit is logged."""
+    record = tmp_path / 'processes.txt'
+    w = worker('-c', '1', '--max-tasks-per-child', '1', extra_env={'WORKER_TASKS_PROCESS_RECORD': str(record)})
+    first = tasks.pid.delay().get(timeout=30)
+    second = tasks.pid.delay().get(timeout=30)
+    assert first != second
+    wait_until(lambda: record.read_text().count('init ') == 3, message='the third child')
+    w.stop(30)
+    shutdowns = [line.split()[1:] for line in record.read_text().splitlines() if line.startswith('shutdown')]
+    ran = {str(first), str(second)}
+    assert sorted(s for s in shutdowns if s[0] in ran) == sorted([[p, '155', p] for p in ran])
+    assert [s[1] for s in shutdowns if s[0] not in ran] == ['0']  # the third child, stopped with the worker
+    assert 'exited with' not in w.log
+
+
 def test_acks_late_task_runs_again_after_worker_sigkill(tasks: Any, worker: Any, tmp_path: Path) -> None:
     out = tmp_path / 'slow.txt'
     # Redis brings a dead worker's reservations back after the visibility timeout: make it short here.

@@ -32,6 +32,31 @@ def _configure_this_worker(sender: str, conf: Any, options: dict[str, Any], **kw
         _record(path, f'{sender} {options["loglevel"]} {options["concurrency"]} {sorted(options)}')
 
 
+@signals.worker_process_init.connect
+def _child_started(**kwargs: Any) -> None:
+    """With WORKER_TASKS_PROCESS_RECORD: a line per pool child started. With WORKER_TASKS_INIT_BLOCK too, once
+    `<that path>.arm` exists, the first child to start afterwards blocks here for a minute (claiming the path)."""
+    path = os.environ.get('WORKER_TASKS_PROCESS_RECORD')
+    if path:
+        _record(path, f'init {os.getpid()}')
+    block = os.environ.get('WORKER_TASKS_INIT_BLOCK')
+    if block and os.path.exists(f'{block}.arm'):
+        try:
+            os.close(os.open(block, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        if path:
+            _record(path, f'blocking {os.getpid()}')
+        time.sleep(60)
+
+
+@signals.worker_process_shutdown.connect
+def _child_stopping(pid: int, exitcode: int, **kwargs: Any) -> None:
+    path = os.environ.get('WORKER_TASKS_PROCESS_RECORD')
+    if path:
+        _record(path, f'shutdown {pid} {exitcode} {os.getpid()}')
+
+
 class CustomError(Exception):
     """An application exception: get() must re-raise it with this type."""
 

@@ -36,7 +36,7 @@ from fastq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from fastq.utils.log import MP_LOGGER, process_logfile
 from fastq.utils.platforms import install_rdb_handler
 from fastq.worker.job import Prepared, prepare_payload, run_prepared, run_prepared_async
-from fastq.worker.pool.child import CANCEL, JOB, JOB_SHORT, READY, RESULT, STOP
+from fastq.worker.pool.child import CANCEL, EX_RECYCLE, JOB, JOB_SHORT, READY, RESULT, STOP
 from fastq.worker.trace import Outcome
 
 if TYPE_CHECKING:
@@ -286,7 +286,7 @@ class Runner:
 
     def _maybe_done(self) -> None:
         if self.stopping and not self.running and not self.outbox and not self.writing:
-            self._finish(0)
+            self._finish(EX_RECYCLE if self.exiting else 0)
 
     def _finish(self, code: int) -> None:
         if not self.done.done():

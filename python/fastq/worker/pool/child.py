@@ -48,6 +48,10 @@ MAX_ANSWERS = 32
 MAX_ANSWER_DELAY = 0.002
 #: With fewer jobs than this queued locally, look for more from the parent between jobs.
 REFILL_BELOW = 8
+#: Exit code of a child that leaves because it reached `--max-tasks-per-child` or `--max-memory-per-child`:
+#: billiard's EX_RECYCLE, which Celery's `worker_process_shutdown` receivers get as `exitcode` (a receiver may
+#: tell a recycled child from one stopped with the worker, which exits 0). The parent does not log it.
+EX_RECYCLE = 0x9B
 
 
 def _rss_kib() -> int:
@@ -257,6 +261,7 @@ def child_main(
             exiting = _exiting(done, max_tasks, max_memory_kib)
             answers.answer(job_id, outcome, short, exiting)
             if exiting:
+                exitcode = EX_RECYCLE
                 break
     finally:
         borrower.give_back()

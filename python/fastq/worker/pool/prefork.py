@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from fastq import _ipc, signals
 from fastq.states import SUCCESS
 from fastq.worker.pool.base import Pool
-from fastq.worker.pool.child import JOB, JOB_SHORT, READY, RESULT, STOP, SUCCEEDED, child_main
+from fastq.worker.pool.child import EX_RECYCLE, JOB, JOB_SHORT, READY, RESULT, STOP, SUCCEEDED, child_main
 from fastq.worker.pool.lent import LEND, RECALL, RELEASED, TAG_BYTES, TOOK, loan_memory
 from fastq.worker.pool.zygote import Zygote
 from fastq.worker.trace import Outcome
@@ -253,8 +253,8 @@ class PreforkPool(Pool):
 
     def _log_exit(self, pid: int, status: int, child: _Child | None) -> None:
         expected = child is not None and (child.retiring or child.killed_for is not None)
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and (expected or self._stopping):
-            return
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (0, EX_RECYCLE) and (expected or self._stopping):
+            return  # (a child recycled for max tasks or memory exits EX_RECYCLE, as billiard's)
         if child is not None and child.killed_for in _CONTROLLED:
             return  # (billiard's terminate_job marks the child a controlled termination: its exit is not logged)
         name = child.name if child else 'ForkPoolWorker'
