@@ -298,6 +298,31 @@ def test_a_recycled_child_says_exitcode_155_to_worker_process_shutdown(tasks: An
     assert 'exited with' not in w.log
 
 
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_a_child_not_up_within_worker_proc_alive_timeout_is_killed_and_replaced(
+    tasks: Any, worker: Any, tmp_path: Path
+) -> None:
+    """Celery's asynpool: a new child whose worker_process_init receivers have not returned within
+    `worker_proc_alive_timeout` gets no task, is SIGKILLed with 'Timed out waiting for UP message from ...' and
+    replaced; it sends no worker_process_shutdown."""
+    record, block = tmp_path / 'processes.txt', tmp_path / 'block'
+    env = {
+        'WORKER_TASKS_PROCESS_RECORD': str(record),
+        'WORKER_TASKS_INIT_BLOCK': str(block),
+        'FASTQ_WORKER_PROC_ALIVE_TIMEOUT': '1',
+    }
+    w = worker('-c', '2', '--max-tasks-per-child', '1', extra_env=env)
+    Path(f'{block}.arm').touch()  # the next child started (the first one replaced) blocks in its receiver
+    pids = [tasks.pid.delay().get(timeout=30) for _ in range(4)]  # none waits for the blocked child
+    w.wait_for('ERROR/MainProcess] Timed out waiting for UP message from <ForkProcess(ForkPoolWorker-', 30)
+    (blocked,) = (int(line.split()[1]) for line in record.read_text().splitlines() if line.startswith('blocking'))
+    assert blocked not in pids
+    w.wait_for(f"pid:{blocked} exited with 'signal 9 (SIGKILL)'", 30)
+    assert re.search(rf"ERROR/MainProcess\] Process 'ForkPoolWorker-\d+' pid:{blocked} exited with 'signal 9", w.log)
+    assert tasks.pid.delay().get(timeout=30) != blocked
+    assert f'shutdown {blocked} ' not in record.read_text()
+
+
 def test_acks_late_task_runs_again_after_worker_sigkill(tasks: Any, worker: Any, tmp_path: Path) -> None:
     out = tmp_path / 'slow.txt'
     # Redis brings a dead worker's reservations back after the visibility timeout: make it short here.

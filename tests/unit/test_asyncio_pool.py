@@ -288,6 +288,7 @@ class _Pool:
         self.pool = pool
         for pid in range(1, children + 1):
             child = _Child(pid, 1000 + pid, _Chan())  # type: ignore[arg-type]
+            child.ready = True  # (up: it sent READY)
             pool.children[pid] = child
             pool._by_pid[child.pid] = child
 
@@ -335,6 +336,15 @@ def test_slots_fill_the_least_loaded_child(app: Fastq, names: SimpleNamespace) -
     assert sorted(placed) == [1, 1, 2, 2] and placed[:2] in ([1, 2], [2, 1])
     assert p.pool.free_slots() == 0 and not p.pool.can_take(_job(names.coro))
     assert all(kind == JOB for child in (1, 2) for _, kind, _ in p.child(child).chan.sent)
+
+
+def test_a_child_not_up_yet_gets_no_job(app: Fastq, names: SimpleNamespace) -> None:
+    """As prefork's: a child still in its worker_process_init receivers gets nothing (`worker_proc_alive_timeout`
+    may yet kill it, which would lose what it held)."""
+    p = _Pool(app, slots=2, children=2)
+    p.child(1).ready = False
+    assert [p.send(_job(names.coro)) for _ in range(2)] == [2, 2]
+    assert not p.pool.can_take(_job(names.coro))
 
 
 def test_answers_out_of_order_are_matched_by_id(app: Fastq, names: SimpleNamespace) -> None:

@@ -27,7 +27,8 @@ def pool(memory_app: Fastq, monkeypatch: pytest.MonkeyPatch) -> Iterator[Prefork
         a, b = socket.socketpair()
         parent, child = _ipc.Channel(a.detach()), _ipc.Channel(b.detach())
         ends += [parent, child]
-        pool.children[parent.fileno()] = _Child(index, 4000 + index, parent)
+        pool.children[parent.fileno()] = up = _Child(index, 4000 + index, parent)
+        up.ready = True  # (it sent READY: its worker_process_init receivers have run)
     pool._estimates.update({'short': 0.00001, 'medium': FILL_BUDGET * 1.25})
     yield pool
     for end in ends:
@@ -81,3 +82,15 @@ def test_with_every_child_busy_the_queue_budget_still_applies(pool: PreforkPool)
     second.jobs.append(make_job('short'))
     second.costs.append(0.0)
     assert not pool.can_take(make_job('short'))
+
+
+def test_a_child_not_up_yet_gets_no_job(pool: PreforkPool) -> None:
+    """Celery's asynpool writes to a child only once it has sent WORKER_UP: a task does not wait behind a child
+    still in its worker_process_init receivers (which `worker_proc_alive_timeout` may yet kill)."""
+    first, second = pool.children.values()
+    first.ready = False
+    assert _give(pool, 'never seen') is second
+    second.ready = False
+    assert not pool.can_take(make_job('never seen'))
+    first.ready = True
+    assert _give(pool, 'never seen') is first

@@ -87,7 +87,7 @@ class AsyncioPool(PreforkPool):
     def can_take(self, job: Job) -> bool:
         best: _Child | None = None
         for child in self.children.values():
-            if child.retiring or len(child.jobs) >= self.concurrency:
+            if child.retiring or len(child.jobs) >= self.concurrency or not child.ready:  # (ready: prefork's)
                 continue
             if best is None or len(child.jobs) < len(best.jobs):
                 best = child

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from fastq.worker.job import Job
 
 logger = logging.getLogger('celery.worker.pool')
+#: Where Celery's prefork pool logs a child that never said it was up (a log filter may look for it there).
+asynpool_logger = logging.getLogger('celery.concurrency.asynpool')
 
 SPAWN_TIMEOUT = 30.0
 #: Estimated seconds of work a busy child may hold (running and queued) before it gets more.
@@ -156,6 +158,11 @@ class PreforkPool(Pool):
         self._spawning = 0
         self._dying: dict[int, _Child] = {}  # closed channel, waiting for the fork server's exit status
         self._stopping = False
+        self._started = False  # start() returned: children spawned from now on must say they are up in time
+        # `worker_proc_alive_timeout`: seconds a child started after start() has to send READY (its
+        # worker_process_init receivers run before it does) before it is killed and replaced, as Celery's.
+        alive = self.app.conf.get('worker_proc_alive_timeout')
+        self._alive_timeout = 4.0 if alive is None else float(alive)
         self.zygote: Zygote | None = None
         self._estimates: dict[str, float] = {}  # task name -> estimated runtime (s)
         self._chosen: _Child | None = None
@@ -204,6 +211,7 @@ class PreforkPool(Pool):
                 self._handle_zygote_event(event)
         if self._spawning:
             raise RuntimeError(f'pool children did not start within {SPAWN_TIMEOUT}s')
+        self._started = True
 
     def _spawn(self) -> None:
         assert self.zygote is not None
@@ -242,6 +250,8 @@ class PreforkPool(Pool):
             self.children[child.chan.fileno()] = child
             self._by_pid[child.pid] = child
             self.loop.add_reader(child.chan.fileno(), lambda c=child: self._on_readable(c))  # type: ignore[misc]
+            if self._started and self._alive_timeout > 0:
+                self.loop.call_later(self._alive_timeout, lambda c=child: self._check_alive(c))  # type: ignore[misc]
         else:
             pid, status = a, b
             gone = self._by_pid.get(pid)
@@ -250,6 +260,23 @@ class PreforkPool(Pool):
             gone.exit_status = status
             if pid in self._dying:
                 self._finalize(gone)
+
+    def _check_alive(self, child: _Child) -> None:
+        """`worker_proc_alive_timeout` after a child was forked: kill it if it has not said it is up (READY), as
+        Celery's asynpool does; it is then replaced like any child that died. Celery times only the children
+        it starts once the worker runs (replacements, pool_grow, pool_restart), not the first ones, which take
+        no task until they are up either way; so does this pool (a slow worker_process_init then delays the
+        first children, as in Celery, instead of getting them killed). Until it is up a child gets no job
+        (`can_take`), so the kill loses nothing. A timeout of 0 or less turns the check off (in Celery it
+        would kill every new child)."""
+        if child.ready or child.finalized or child.killed_for is not None or self._stopping:
+            return
+        asynpool_logger.error(
+            'Timed out waiting for UP message from %s', f'<ForkProcess({child.name}, started daemon)>'
+        )
+        child.killed_for = 'not up'
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
 
     def _log_exit(self, pid: int, status: int, child: _Child | None) -> None:
         expected = child is not None and (child.retiring or child.killed_for is not None)
@@ -281,6 +308,8 @@ class PreforkPool(Pool):
             if child.retiring or child is self.lent_to:
                 continue
             if not child.jobs:
+                if not child.ready:  # still in its worker_process_init receivers: not before it is up
+                    continue
                 best = child
                 break
             if len(child.jobs) < MAX_JOBS_PER_CHILD and child.load + cost <= QUEUE_BUDGET:
