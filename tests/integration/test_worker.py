@@ -543,6 +543,26 @@ def test_a_custom_request_hears_timeouts_and_failures(tasks: Any, worker: Any) -
     assert "ValueError('watched failed')" in w.log and 'Failure detected for task worker_tasks.watched: ' in w.log
 
 
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_a_hard_time_limit_runs_the_failure_hooks_then_the_timeout_hook(tasks: Any, worker: Any) -> None:
+    """Celery 5.7: the pool sets the killed job's result first (Request.on_failure), then calls the timeout
+    handler (Request.on_timeout), which runs the task's on_failure and after_return, in the worker's parent."""
+    w = worker()
+    result = tasks.watched_hooks.delay(10)
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=30)
+    w.wait_for('A hard timeout was enforced for task worker_tasks.watched_hooks', 30)
+    lines = [line for line in w.log.splitlines() if '/MainProcess] ' in line]
+    expected = [
+        'Failure detected for task worker_tasks.watched_hooks: TimeLimitExceeded(1,)',
+        'Task.on_failure of worker_tasks.watched_hooks: TimeLimitExceeded(1) [10]',
+        'Task.after_return of worker_tasks.watched_hooks: FAILURE TimeLimitExceeded(1)',
+        'A hard timeout was enforced for task worker_tasks.watched_hooks',
+    ]
+    found = [next(i for i, line in enumerate(lines) if line.endswith(text)) for text in expected]
+    assert found == sorted(found)
+
+
 @pytest.mark.parametrize('broker_kind', ['sqlite'])
 def test_the_remote_debugger(tasks: Any, worker: Any) -> None:
     # Debugging guide: rdb.set_trace() in a task; telnet to the port the log names, look, continue

@@ -442,6 +442,22 @@ def watched(seconds: float, fail: bool) -> float:
     return seconds
 
 
+class HookedTask(MyTask):
+    """MyTask with the task's own failure hooks, which log (with the process they run in) too."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        _request_logger.warning('Task.on_failure of %s: %r %r', self.name, exc, args)
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        _request_logger.warning('Task.after_return of %s: %s %r', self.name, status, retval)
+
+
+@app.task(base=HookedTask, time_limit=1)
+def watched_hooks(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
 @app.task
 def debugged(x: int, y: int) -> int:
     """Stops in the remote debugger (the Debugging guide's example)."""

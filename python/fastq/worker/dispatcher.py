@@ -31,7 +31,7 @@ from fastq.exceptions import (
     WorkerLostError,
 )
 from fastq.protocol import parse_delivery
-from fastq.task import actual_ignore_result
+from fastq.task import Task, actual_ignore_result
 from fastq.utils.functional import as_list
 from fastq.utils.imports import symbol_by_name
 from fastq.worker.job import DECODE_ERROR, Job, embed_into, request_of
@@ -678,10 +678,14 @@ class Dispatcher:
             self._cancelled(job)
             return
         if reason.startswith('time-limit:'):
+            # Celery's order: the pool sets the job's result first (Request.on_failure: FAILURE stored,
+            # task_failure sent), then calls its timeout handler (Request.on_timeout, which since 5.7 also runs
+            # the task's on_failure and after_return here, the child being gone).
             exc: BaseException = TimeLimitExceeded(job.time_limit)
-            self._request_hook(job, 'on_timeout', False, job.time_limit)
+            ctx = self._store_failure(job, exc)  # (Celery stores the failure either way)
             self._request_hook(job, 'on_failure', ExceptionInfo(exc))
-            self._store_failure(job, exc)  # (Celery stores the failure either way)
+            self._timed_out_task_hooks(job, ctx, exc)
+            self._request_hook(job, 'on_timeout', False, job.time_limit)
             if job.acked:
                 return
             if not job.acks_late or _acks_on(self.app.tasks.get(job.request.task), 'timeout'):
@@ -699,9 +703,9 @@ class Dispatcher:
             self._reject([job.tag], requeue=True)
             return
         exc = WorkerLostError(reason)
+        self._store_failure(job, exc)  # (Celery's Request.on_failure: stored and task_failure sent, then logged)
         error_logger.error('Task handler raised error: %r', exc)
         self._request_hook(job, 'on_failure', ExceptionInfo(exc))
-        self._store_failure(job, exc)
         if not job.acked:
             self._late_acks.append(job.tag)
 
@@ -788,7 +792,28 @@ class Dispatcher:
         except Exception:
             logger.exception('Task %s[%s]: its Request.%s raised', job.name, job.request.id, hook)
 
-    def _store_failure(self, job: Job, exc: BaseException) -> None:
+    def _timed_out_task_hooks(self, job: Job, ctx: Any, exc: BaseException) -> None:
+        """Celery 5.7's hard time limit: the task's `on_failure`, then its `after_return` if the task class has
+        its own, run in the worker's parent (the child running the task was killed), with the request on the
+        task's stack; what they raise is logged."""
+        task = self.app.tasks.get(job.request.task)
+        if task is None:
+            return
+        args = ctx.args if ctx.args is not None else []
+        kwargs = ctx.kwargs if ctx.kwargs is not None else {}
+        task.request_stack.push(ctx)
+        try:
+            task.on_failure(exc, job.request.id, args, kwargs, _Einfo(exc))
+            own_after_return = type(task).after_return is not Task.after_return or 'after_return' in task.__dict__
+            if own_after_return:  # (Celery's task_has_custom)
+                task.after_return(states.FAILURE, exc, job.request.id, args, kwargs, None)
+        except Exception as hook_exc:
+            error_logger.error('Pool callback raised exception: %r', hook_exc, exc_info=True)
+        finally:
+            task.request_stack.pop()
+
+    def _store_failure(self, job: Job, exc: BaseException) -> Any:
+        """FAILURE stored (and `task-failed`, metrics), `task_failure` sent; the request's `Context`."""
         if self.events is not None:
             self.events.failed(job.request, exc)
         if self.metrics is not None:
@@ -808,6 +833,7 @@ class Dispatcher:
                 )  # fmt: skip
             finally:
                 task.request_stack.pop()
+        return ctx
 
     def on_requeue(self, jobs: list[Job]) -> None:
         """Jobs an executor received but never started: run them elsewhere, first."""

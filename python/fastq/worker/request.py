@@ -16,7 +16,9 @@ name a `Request` subclass whose `on_timeout` and `on_failure` run there, to log 
 fastq's worker keeps its own bookkeeping (results, acks, events) outside these hooks, so the base methods
 do nothing and overriding them changes nothing else; calling `super()` is harmless. `on_timeout` is called
 for hard limits (the parent enforces those; a soft limit is raised inside the task), `on_failure` for a task
-that failed, timed out or whose process was lost.
+that failed, timed out or whose process was lost. On a hard limit, as in Celery 5.7, `on_failure` comes first
+(FAILURE stored, `task_failure` sent before it), then the task's own `on_failure` and `after_return` run in
+this process (the child running the task was killed), then `on_timeout`.
 """
 
 from __future__ import annotations
