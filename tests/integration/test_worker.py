@@ -563,6 +563,20 @@ def test_a_hard_time_limit_runs_the_failure_hooks_then_the_timeout_hook(tasks: A
     assert found == sorted(found)
 
 
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_a_custom_request_hears_of_a_reject_and_of_a_failure_the_child_answered(tasks: Any, worker: Any) -> None:
+    """Celery's pool answers every run that did not return as failed: the Request's on_failure is called for a
+    Reject as for a failure, with return_ok=True (False for a hard time limit or a lost child)."""
+    w = worker()
+    rejected = tasks.watched_reject.delay(False)
+    with pytest.raises(Exception, match='watched'):
+        rejected.get(timeout=30)
+    w.wait_for('Request.on_failure of worker_tasks.watched_reject: return_ok=True', 30)
+    with pytest.raises(ValueError):
+        tasks.watched_fail.delay().get(timeout=30)
+    w.wait_for('Request.on_failure of worker_tasks.watched_fail: return_ok=True', 30)
+
+
 @pytest.mark.parametrize('broker_kind', ['sqlite'])
 def test_the_remote_debugger(tasks: Any, worker: Any) -> None:
     # Debugging guide: rdb.set_trace() in a task; telnet to the port the log names, look, continue

@@ -458,6 +458,25 @@ def watched_hooks(seconds: float) -> float:
     return seconds
 
 
+class ReturnOkRequest(_Request):
+    """Logs what its on_failure is told: return_ok is True for a run the child answered (Celery's pool)."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        _request_logger.warning('Request.on_failure of %s: return_ok=%s', self.task.name, return_ok)
+
+
+@app.task(base=_Task, Request=ReturnOkRequest)
+def watched_reject(requeue: bool) -> None:
+    from fastq.exceptions import Reject
+
+    raise Reject('watched', requeue=requeue)
+
+
+@app.task(base=_Task, Request=ReturnOkRequest)
+def watched_fail() -> None:
+    raise ValueError('watched')
+
+
 @app.task
 def debugged(x: int, y: int) -> int:
     """Stops in the remote debugger (the Debugging guide's example)."""

@@ -222,3 +222,28 @@ def test_task_prerun_runs_before_started_is_stored(app: Fastq) -> None:
         signals.task_prerun.disconnect(prerun)
     assert outcome.state == states.SUCCESS
     assert seen == [('prerun', states.PENDING), ('run', states.STARTED)]
+
+
+def test_a_task_rejected_for_good_is_recorded_after_task_postrun(app: Fastq, lifecycle: list[tuple[str, Any]]) -> None:
+    """Celery 5.7 records Reject(requeue=False) in the worker's parent once the child has answered: its
+    receivers see `task_postrun` (REJECTED), then `task_failure`, with FAILURE stored by then; errbacks too."""
+    from fastq.exceptions import Reject
+
+    stored_at_postrun: list[str] = []
+
+    def at_postrun(sender: Any = None, task_id: str = '', **kwargs: Any) -> None:
+        stored_at_postrun.append(app.AsyncResult(task_id).state)
+
+    @app.task
+    def rejected() -> None:
+        raise Reject('no', requeue=False)
+
+    signals.task_postrun.connect(at_postrun)
+    try:
+        outcome = execute(rejected, [], {}, _request('rj1', rejected.name))
+    finally:
+        signals.task_postrun.disconnect(at_postrun)
+    assert outcome.state == states.REJECTED and outcome.traceback  # (the parent's task-failed carries it)
+    assert lifecycle == [('task_postrun', states.REJECTED), ('task_failure', 'Reject')]
+    assert stored_at_postrun == [states.PENDING]
+    assert app.AsyncResult('rj1').state == states.FAILURE

@@ -56,6 +56,9 @@ error_logger = logging.getLogger('celery.worker.consumer.consumer')
 
 #: ETAs closer than this are held in memory; later ones are parked in the broker (when it can).
 HOLD_IN_MEMORY = 1.0
+#: Outcomes a child reports for which Celery's parent calls the task's `Request.on_failure` (with
+#: return_ok=True): its pool answers every run that did not return as failed (a failure, Reject, Retry, Ignore).
+CHILD_FAILED = frozenset({states.FAILURE, states.REJECTED, states.RETRY, states.IGNORED})
 
 UNKNOWN_TASK_ERROR = """\
 Received unregistered task of type %r.
@@ -621,8 +624,9 @@ class Dispatcher:
             error_logger.error("Can't decode message body of %s[%s]: %s", job.name, job.request.id, outcome.exc_repr)
             self._dead_letter(job.delivery, f'cannot decode body: {outcome.exc_repr}', acked=job.acked)
             return
-        if state == states.FAILURE:
-            self._request_hook(job, 'on_failure', ExceptionInfo(Exception(outcome.exc_repr), outcome.traceback))
+        if state in CHILD_FAILED:
+            einfo = ExceptionInfo(Exception(outcome.exc_repr), outcome.traceback)
+            self._request_hook(job, 'on_failure', einfo, True, True)
         if job.acked:
             return
         if state == states.REJECTED:

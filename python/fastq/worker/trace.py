@@ -407,6 +407,10 @@ def _on_reject(
     errbacks told, `task_failure` sent. Its `on_failure` and `after_return` are not called, and the message
     is still rejected, not acked, so that a dead-letter exchange gets it. The worker sends `task-failed`
     (with the traceback carried in the outcome) before `task-rejected`, as Celery's does.
+
+    Celery does that recording in the worker's parent, once the child has answered, so after `task_postrun`
+    (state REJECTED): `_finish` does it here after `task_postrun`, in the same order (a receiver of both
+    sees postrun first); only the process differs (the child: the parent has no copy of the exception).
     """
     logger.warning(
         LOG_REJECTED,
@@ -415,9 +419,7 @@ def _on_reject(
     )
     einfo = None
     if not exc.requeue and not ctx.is_eager:
-        einfo = _Einfo(exc)
-        _store_failure(task, ctx, exc, None)
-        _announce_failure(task, ctx, exc, args, kwargs, einfo)
+        einfo = _Einfo(exc)  # (recorded by `_finish`, after task_postrun)
     return Outcome(
         states.REJECTED,
         time.monotonic() - started,
@@ -512,11 +514,17 @@ def signal_internal_error(task: Any, request: dict[str, Any], exc: Exception, ar
 def _finish(task: Task[Any, Any], ctx: Context, outcome: Outcome, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
     task_id = ctx.id or ''
     retval = outcome.retval if outcome.state == states.SUCCESS else outcome.exception
-    if outcome.state not in _NOT_RETURNED:
-        try:
-            task.after_return(outcome.state, retval, task_id, args, kwargs, None)
-        except Exception as exc:
-            logger.exception('Task %s[%s] after_return handler raised: %r', task.name, task_id, exc)
+    if outcome.state in _NOT_RETURNED:
+        _postrun(task, ctx, args, kwargs, retval, outcome.state)
+        exc = outcome.exception
+        if outcome.state == states.REJECTED and isinstance(exc, Reject) and not exc.requeue and not ctx.is_eager:
+            _store_failure(task, ctx, exc, None)  # (see `_on_reject`)
+            _announce_failure(task, ctx, exc, args, kwargs, _Einfo(exc))
+        return
+    try:
+        task.after_return(outcome.state, retval, task_id, args, kwargs, None)
+    except Exception as exc:
+        logger.exception('Task %s[%s] after_return handler raised: %r', task.name, task_id, exc)
     _postrun(task, ctx, args, kwargs, retval, outcome.state)
 
 
