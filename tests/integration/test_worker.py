@@ -216,10 +216,13 @@ def test_soft_time_limit_raises_inside_task(tasks: Any, worker: Any) -> None:
 
 def test_child_crash_is_worker_lost(tasks: Any, worker: Any) -> None:
     w = worker()
-    with pytest.raises(WorkerLostError):
+    with pytest.raises(WorkerLostError, match=r'^Worker exited prematurely: exitcode 13 Job: \d+\.$'):  # billiard's
         tasks.crash_child.delay().get(timeout=30)
     assert tasks.add.delay(1, 2).get(timeout=30) == 3
-    assert 'exited with' in w.log or 'exited unexpectedly' in w.log
+    # Celery's order and words: the child's exit, then the task handler's error with a traceback
+    exited = w.log.index("exited with 'exitcode 13'")
+    handler = w.log.index("ERROR/MainProcess] Task handler raised error: WorkerLostError('Worker exited prematurely: ")
+    assert exited < handler and w.log[handler:].split('\n')[1] == 'Traceback (most recent call last):'
 
 
 def test_child_death_amid_batched_short_tasks_runs_each_at_most_once(tasks: Any, worker: Any, tmp_path: Path) -> None:
@@ -241,13 +244,15 @@ def test_child_death_amid_batched_short_tasks_runs_each_at_most_once(tasks: Any,
 
 
 def test_poison_message_dead_lettered_after_max_redeliveries(tasks: Any, worker: Any, tmp_path: Path) -> None:
-    worker(extra_env={'FASTQ_TASK_MAX_REDELIVERIES': '3'})
+    w = worker(extra_env={'FASTQ_TASK_MAX_REDELIVERIES': '3'})
     attempts = tmp_path / 'attempts.txt'
     result = tasks.crash_child_late.delay(str(attempts))
     broker = tasks.app.broker
     wait_until(lambda: broker.dead_letters.count() == 1, timeout=60, message='poison message dead-lettered')
     assert len(lines(attempts)) == 3
     assert broker.dead_letters.get(result.id) is not None
+    # reject_on_worker_lost: Celery's request handler logs each loss as any other, then requeues the task
+    assert w.log.count("Task handler raised error: WorkerLostError('Worker exited prematurely: exitcode 13 Job: ") >= 2
 
 
 def test_bound_task_request(tasks: Any, worker: Any) -> None:

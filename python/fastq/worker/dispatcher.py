@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger('celery.worker.strategy')
 error_logger = logging.getLogger('celery.worker.consumer.consumer')
+request_logger = logging.getLogger('celery.worker.request')  # (Celery's Request logs a task's failure there)
 
 #: ETAs closer than this are held in memory; later ones are parked in the broker (when it can).
 HOLD_IN_MEMORY = 1.0
@@ -86,6 +87,17 @@ The message has been moved to the dead-letter store (fastq deadletter list).
 
 The message headers:
 %s"""
+
+
+def _log_handler_error(exc: BaseException) -> None:
+    """Celery's words for a task its pool saw fail from outside (a lost child), with a traceback as its
+    request handler logs it, whether the task is then requeued (reject_on_worker_lost) or failed."""
+    try:
+        raise exc
+    except BaseException:
+        request_logger.error('Task handler raised error: %r', exc, exc_info=True)
+    finally:
+        exc.__traceback__ = None
 
 
 class Dispatcher:
@@ -702,14 +714,15 @@ class Dispatcher:
             return
         if job.acks_late and not job.acked and self._retry_lost(job, reason):
             return
-        if job.acks_late and job.reject_on_worker_lost and not job.acked:
-            error_logger.error('Task %s[%s]: %s; requeued (reject_on_worker_lost)', job.name, task_id, reason)
-            self._reject([job.tag], requeue=True)
-            return
         exc = WorkerLostError(reason)
-        self._store_failure(job, exc)  # (Celery's Request.on_failure: stored and task_failure sent, then logged)
-        error_logger.error('Task handler raised error: %r', exc)
+        if job.acks_late and job.reject_on_worker_lost and not job.acked:
+            self._reject([job.tag], requeue=True)  # (requeued: no FAILURE stored, no task_failure)
+        else:
+            self._store_failure(job, exc)  # (Celery's Request.on_failure: stored, task_failure sent, then logged)
+        _log_handler_error(exc)
         self._request_hook(job, 'on_failure', ExceptionInfo(exc))
+        if job.acks_late and job.reject_on_worker_lost and not job.acked:
+            return
         if not job.acked:
             self._late_acks.append(job.tag)
 

@@ -154,9 +154,8 @@ class AsyncioPool(PreforkPool):
             self._forget(job)
             self._cancelled.pop(job.id, None)
         if child.killed_for is None:
-            reason = self._exit_reason(child)
             for job in jobs:
-                self.on_lost(job, reason)
+                self.on_lost(job, self._exit_reason(child, job))
             return
         requeue = []
         for job in jobs:
@@ -166,7 +165,7 @@ class AsyncioPool(PreforkPool):
             elif job.acks_late:
                 requeue.append(job)
             else:
-                self.on_lost(job, f'{self._exit_reason(child)} (killed for a neighbour: {child.killed_for})')
+                self.on_lost(job, f'{self._exit_reason(child, job)} (killed for a neighbour: {child.killed_for})')
         if requeue:
             self.on_requeue(requeue)
 

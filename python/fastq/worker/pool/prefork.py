@@ -576,21 +576,31 @@ class PreforkPool(Pool):
         child.jobs.clear()
         child.costs.clear()
         child.load = 0.0
+        # A child that died by itself: its exit is logged before what it lost, as billiard's supervisor reaps
+        # it before the jobs are marked lost; one the pool killed (a hard time limit, a revoke) had its job
+        # settled when it was killed in Celery, so its exit comes after.
+        died = child.killed_for is None
+        if died:
+            self._log_gone(child)
         if jobs:
             self._orphaned(child, jobs)
         tag = self._taken_unreported(child)
         if tag is not None and self.on_taken_lost is not None:
             self.on_taken_lost(child, tag, child.killed_for or self._exit_reason(child))
-        if child.exit_status is not None:
-            self._log_exit(child.pid, child.exit_status, child)
-        elif child.killed_for is None and not child.retiring and not self._stopping:
-            logger.error('Process %r pid:%r exited unexpectedly', child.name, child.pid)
+        if not died:
+            self._log_gone(child)
         self._by_pid.pop(child.pid, None)
         self._free_indexes.append(child.index)
         self._sent_by_gone[child.index] = self._sent_by_gone.get(child.index, 0) + child.sent
         if not self._stopping and self._live() < self.processes:  # not when it left because the pool shrank
             self.replaced += 1
             self._spawn()
+
+    def _log_gone(self, child: _Child) -> None:
+        if child.exit_status is not None:
+            self._log_exit(child.pid, child.exit_status, child)
+        elif child.killed_for is None and not child.retiring and not self._stopping:
+            logger.error('Process %r pid:%r exited unexpectedly', child.name, child.pid)
 
     def _taken_unreported(self, child: _Child) -> str | None:
         """(The child is gone) the tag of a task it took from the broker and had not reported, if any."""
@@ -624,14 +634,20 @@ class PreforkPool(Pool):
         if child.killed_for is not None:
             started = max(started, 1)
         for i, job in enumerate(jobs[:started]):
-            self.on_lost(job, child.killed_for if i == 0 and child.killed_for else self._exit_reason(child))
+            self.on_lost(job, child.killed_for if i == 0 and child.killed_for else self._exit_reason(child, job))
         if jobs[started:]:
             self.on_requeue(jobs[started:])
 
     @staticmethod
-    def _exit_reason(child: _Child) -> str:
+    def _exit_reason(child: _Child, job: Job | None = None) -> str:
+        """The WorkerLostError message for `job`, lost with `child`: billiard's words, its job number then
+        being this worker's own (its count of deliveries, from 1; billiard counts jobs from 0)."""
         status = human_status(child.exit_status) if child.exit_status is not None else 'unknown status'
-        return f'Worker exited prematurely: {status}.'
+        return (
+            f'Worker exited prematurely: {status} Job: {job.id}.'
+            if job is not None
+            else f'Worker exited prematurely: {status}.'
+        )
 
     # --- limits -------------------------------------------------------------------------------------------
 
