@@ -123,6 +123,8 @@ def test_time_limit_and_events_control(tasks: Any, worker: Any, tmp_path: Path, 
     with pytest.raises(TimeLimitExceeded):
         tasks.long.delay(30).get(timeout=60)
     assert tasks.app.control.time_limit('no.such', hard=1, reply=True, timeout=3) == [{node: {'error': 'unknown task'}}]
+    w.wait_for('Change time limit attempt for unknown task no.such\nTraceback (most recent call last):')
+    w.wait_for("NotRegistered: 'no.such'")
     assert tasks.app.control.rate_limit('no.such', '1/s', reply=True, timeout=3) == [{node: {'error': 'unknown task'}}]
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'enable_events', '-d', node, '-t', '3')
     assert proc.stdout.splitlines()[:2] == [f'->  {node}: OK', '        task events enabled']

@@ -352,7 +352,12 @@ def _time_limit(
 ) -> dict[str, Any]:
     task = worker.app.tasks.get(task_name)
     if task is None:
-        logger.error('Change time limit attempt for unknown task %s', task_name)
+        from fastq.exceptions import NotRegistered
+
+        try:  # (Celery's line carries the registry's KeyError, NotRegistered, with its traceback)
+            raise NotRegistered(task_name)
+        except NotRegistered:
+            logger.error('Change time limit attempt for unknown task %s', task_name, exc_info=True)
         return {'error': 'unknown task'}
     # As sent (Celery stores them so): 120 from app.control.time_limit(..., hard=120) stays 120, which
     # `inspect registered time_limit` shows; a number in a string is read as one
