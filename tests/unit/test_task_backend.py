@@ -159,3 +159,28 @@ def test_the_worker_parent_stores_in_the_tasks_backend(app: Fastq) -> None:
     assert _status(own.backend, timed_out.id) == states.FAILURE
     assert _status(own.backend, lost.id) == states.RETRY
     assert {_status(app.backend, task_id) for task_id in ('revoked', 'timed-out', 'lost')} == {states.PENDING}
+
+
+def test_a_lost_acks_late_task_not_acked_on_failure_is_rejected_for_good(app: Fastq) -> None:
+    """Celery's request handler, for an acks_late task whose child was lost (no reject_on_worker_lost) and
+    `acks_on_failure_or_timeout=False`: FAILURE stored, the message rejected without requeue (dead-lettered
+    here, as a failure the task answered itself), not acked."""
+    import signal
+
+    from fastq.worker.dispatcher import Dispatcher
+    from fastq.worker.loop import Loop
+
+    @app.task(acks_late=True, acks_on_failure_or_timeout=False)
+    def kept() -> None: ...
+
+    consumer = app.broker.consumer(['celery'], 'test@host')
+    pool = type('Pool', (), {'name': 'stub', 'can_take': lambda self, job: False})()
+    accept = frozenset({'application/json'})
+    dispatcher = Dispatcher(app, app.broker, consumer, pool, Loop(), 4, accept, 'test@host')  # type: ignore[arg-type]
+    lost = kept.apply_async(task_id='lost-for-good')
+    dispatcher.on_deliveries(consumer.fetch(1, 1.0))
+    (job,) = dispatcher.ready
+    dispatcher.on_lost(job, f'Worker exited prematurely: signal {int(signal.SIGKILL)} (SIGKILL) Job: 1.')
+    assert _status(app.backend, lost.id) == states.FAILURE
+    assert dispatcher._late_acks == []
+    assert app.broker.dead_letters.get(lost.id) is not None

@@ -715,15 +715,19 @@ class Dispatcher:
         if job.acks_late and not job.acked and self._retry_lost(job, reason):
             return
         exc = WorkerLostError(reason)
-        if job.acks_late and job.reject_on_worker_lost and not job.acked:
+        requeue = job.acks_late and job.reject_on_worker_lost and not job.acked
+        if requeue:
             self._reject([job.tag], requeue=True)  # (requeued: no FAILURE stored, no task_failure)
         else:
             self._store_failure(job, exc)  # (Celery's Request.on_failure: stored, task_failure sent, then logged)
         _log_handler_error(exc)
         self._request_hook(job, 'on_failure', ExceptionInfo(exc))
-        if job.acks_late and job.reject_on_worker_lost and not job.acked:
+        if requeue or job.acked:
             return
-        if not job.acked:
+        if job.acks_late and not _acks_on(self.app.tasks.get(job.request.task), 'failure'):
+            # (Celery rejects it without requeue, as a failure the task answered: see on_result)
+            self._dead_letter(job.delivery, f'task failed: {reason}')
+        else:
             self._late_acks.append(job.tag)
 
     def _cancelled(self, job: Job) -> None:
