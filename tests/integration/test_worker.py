@@ -582,6 +582,21 @@ def test_a_custom_request_hears_of_a_reject_and_of_a_failure_the_child_answered(
     w.wait_for('Request.on_failure of worker_tasks.watched_fail: return_ok=True', 30)
 
 
+@pytest.mark.parametrize('broker_kind', ['redis'])
+def test_an_acks_late_task_not_acked_on_timeout_is_requeued_with_celerys_lines_only(
+    tasks: Any, worker: Any, tmp_path: Path
+) -> None:
+    """Celery 5.7: a hard time limit of an acks_late task with acks_on_failure_or_timeout=False stores FAILURE
+    and requeues the message; its log says what any hard time limit says, and nothing of the requeue."""
+    w = worker()
+    out = tmp_path / 'runs.txt'
+    result = tasks.long_first_run_kept.delay(str(out), 'k')
+    wait_until(lambda: out.exists() and len(lines(out)) == 2, timeout=60, message='run again')
+    wait_until(lambda: tasks.app.AsyncResult(result.id).state == 'SUCCESS', timeout=30, message='second run stored')
+    assert f'Hard time limit (1s) exceeded for worker_tasks.long_first_run_kept[{result.id}]' in w.log
+    assert 'requeued' not in w.log
+
+
 @pytest.mark.parametrize('broker_kind', ['sqlite'])
 def test_the_remote_debugger(tasks: Any, worker: Any) -> None:
     # Debugging guide: rdb.set_trace() in a task; telnet to the port the log names, look, continue

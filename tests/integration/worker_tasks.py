@@ -549,6 +549,17 @@ def long_first_time(self: Any, path: str, key: str) -> str:
     return key
 
 
+@app.task(acks_late=True, acks_on_failure_or_timeout=False, time_limit=1)
+def long_first_run_kept(path: str, key: str) -> str:
+    """Sleeps ten minutes on its first run (as `path` tells), returns at once after: with a hard time limit
+    of 1 s and its message not acked on timeout, its second run (the message requeued) returns."""
+    first = not os.path.exists(path)
+    _record(path, f'start {key}')
+    if first:
+        time.sleep(600)
+    return key
+
+
 @app.task
 def rejects(reason: str) -> None:
     """Rejects its message for good (Reject(requeue=False)): stored as FAILURE, with a `task-failed` event."""

@@ -678,7 +678,6 @@ class Dispatcher:
         """The executor running `job` died (or was killed by us for its time limit or a revoke)."""
         self.running.pop(job.id, None)
         signum = self._terminated_with.pop(job.id, None)
-        task_id = job.request.id
         if reason == 'revoked':
             task = self.app.tasks.get(job.request.task)
             if self.events is not None:
@@ -706,10 +705,7 @@ class Dispatcher:
                 return
             if not job.acks_late or _acks_on(self.app.tasks.get(job.request.task), 'timeout'):
                 self._late_acks.append(job.tag)
-            else:  # (Celery 5.7: a timed-out acks_late task not acked on timeout is requeued)
-                error_logger.error(
-                    'Task %s[%s]: time limit (%ss) exceeded; requeued', job.name, task_id, job.time_limit
-                )
+            else:  # (Celery 5.7: a timed-out acks_late task not acked on timeout is requeued, without a word)
                 self._reject([job.tag], requeue=True)
             return
         if job.acks_late and not job.acked and self._retry_lost(job, reason):
