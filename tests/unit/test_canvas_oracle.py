@@ -304,10 +304,12 @@ def test_next_chain_step_as_celery_sends_it(
     celery_canvas.signature(copy.deepcopy(chain[-1]), app=celery_side.app).apply_async(
         (7,), chain=copy.deepcopy(chain[:-1]), **ids
     )
-    # fastq's worker (trace._continue_chain) does this with the same message:
-    fastq_canvas.maybe_signature(copy.deepcopy(chain[-1]), app=fastq_side.app).clone((7,)).apply_async(
-        chain=copy.deepcopy(chain[:-1]), **ids
-    )
+    # fastq's worker does this with the same message (the last step's message carries `chain: []`, as Celery's):
+    from fastq.task import Context
+    from fastq.worker.trace import _continue_chain
+
+    request = Context(id=ids['parent_id'], root_id=ids['root_id'])
+    _continue_chain(fastq_side.app, copy.deepcopy(chain), 7, request)
     oids = (celery_side.app.thread_oid, fastq_side.app.thread_oid)
     assert normalise(fastq_sent(fastq_side.app), None, oids) == normalise(captured, None, oids)
 

@@ -117,7 +117,8 @@ def _apply_signatures(app: Any, sigs: Any, args: tuple[Any, ...], parent: Contex
 
 
 def _continue_chain(app: Any, chain: list[Any] | None, retval: Any, request: Context) -> None:
-    """Protocol v2 chains travel reversed in the body: pop the next signature, send it with the rest."""
+    """Protocol v2 chains travel reversed in the body: pop the next signature, send it with the rest (an
+    empty list for the last step, as Celery's worker sends it: that step's `request.chain` reads `[]`)."""
     if not chain:
         return
     from fastq.canvas import maybe_signature
@@ -125,9 +126,7 @@ def _continue_chain(app: Any, chain: list[Any] | None, retval: Any, request: Con
     remaining = list(chain)
     nxt = maybe_signature(remaining.pop(), app=app)
     if nxt is not None:
-        nxt.clone((retval,)).apply_async(
-            chain=remaining or None, parent_id=request.id, root_id=request.root_id or request.id
-        )
+        nxt.clone((retval,)).apply_async(chain=remaining, parent_id=request.id, root_id=request.root_id or request.id)
 
 
 def _results(task: Task[Any, Any]) -> Backend:
