@@ -73,14 +73,14 @@ Job = tuple[list[Any], dict[str, Any], dict[str, Any]]
 
 
 def job_fastq() -> Job:
-    out = _core.job_request(ENVELOPE, QUEUE, False, None, None, HOSTNAME, ACCEPT, json_tag_hook)
+    out = _core.job_request(ENVELOPE, QUEUE, False, HOSTNAME, ACCEPT, json_tag_hook)
     assert out is not None
     return out
 
 
 def job_general() -> Job:
     message = _core.Message.from_envelope(ENVELOPE, None)
-    request = request_of(message, QUEUE, False, (None, None), HOSTNAME)
+    request = request_of(message, QUEUE, False, HOSTNAME)
     args, kwargs, embed = protocol.decode_body(message.body, message.content_type, None, ACCEPT)
     embed_into(request, embed)
     return args, kwargs, request
@@ -88,7 +88,7 @@ def job_general() -> Job:
 
 def job_stdlib() -> Job:
     envelope = json.loads(ENVELOPE)
-    request = _core.task_request(envelope['headers'], envelope['properties'], QUEUE, False, (None, None), HOSTNAME)
+    request = _core.task_request(envelope['headers'], envelope['properties'], QUEUE, False, HOSTNAME)
     args, kwargs, embed = json.loads(base64.b64decode(envelope['body']), object_hook=_hook)
     embed_into(request, embed)
     return args, kwargs, request

@@ -331,27 +331,24 @@ def task_request(
     properties: dict[str, Any],
     queue: str,
     redelivered: bool,
-    timelimit: tuple[float | None, float | None] | None,
     hostname: str | None,
 ) -> dict[str, Any]:
     """The request dict a task runs with (what `Context` is built from), from a task message's headers and
-    properties: Celery's request fields, `headers` (the same dict), `delivery_info` (a copy of the
-    property's, with `routing_key` defaulting to `queue`, and `priority`, `redelivered`), `hostname`.
-    The body's embed keys are not in it."""
+    properties: Celery's request fields (`timelimit` and `ignore_result` as the headers have them, the
+    latter left out when absent), `headers` (the same dict), `delivery_info` (a copy of the property's, with
+    `routing_key` defaulting to `queue`, and `priority`, `redelivered`), `hostname`. The body's embed keys
+    and the properties themselves are not in it."""
 
 def job_request(
     data: bytes,
     queue: str,
     redelivered: bool,
-    time_limit: float | None,
-    soft_time_limit: float | None,
     hostname: str | None,
     accept: frozenset[str],
     tag_hook: Callable[[dict[str, Any]], Any] | None,
 ) -> tuple[list[Any], dict[str, Any], dict[str, Any]] | None:
     """`(args, kwargs, request)` of a kombu task envelope in one call: the request as `task_request` makes
-    it with `timelimit=(time_limit, soft_time_limit)`, plus the body's embed keys (callbacks, errbacks,
-    chain, chord).
+    it, plus the body's embed keys (callbacks, errbacks, chain, chord).
 
     None when the envelope needs the general path: a content type other than json or msgpack, or not in
     `accept`; a compressed body; anything malformed (the general path then says what is wrong). Never

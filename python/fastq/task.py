@@ -75,9 +75,13 @@ class Context:
     hostname: str | None = None
     origin: str | None = None
     delivery_info: dict[str, Any] | None = None
-    timelimit: tuple[float | None, float | None] | None = None
+    #: The message's `[time_limit, soft_time_limit]` as sent (a list, as Celery's), not the limits the worker
+    #: enforces (which may be the task's or the worker's when the message has none).
+    timelimit: list[float | None] | tuple[float | None, float | None] | None = None
     utc: bool | None = None  # (Celery's: protocol 2 carries no utc, so a request never has one set)
-    ignore_result: bool = False
+    #: The message's `ignore_result` header: None when the sender left it to the task (Celery's `send_task`);
+    #: `actual_ignore_result` says what applies.
+    ignore_result: bool | None = False
     called_directly: bool = True
     properties: dict[str, Any] | None = None
     shadow: str | None = None
@@ -929,16 +933,11 @@ def _arity_checker(sig: inspect.Signature, name: str, bound: bool) -> Callable[.
 def actual_ignore_result(task: Task[Any, Any], request: Context) -> bool:
     """Whether this run of `task` ignores its result (Celery's `get_actual_ignore_result`): the call's
     `ignore_result` when the sender said one (`apply_async(ignore_result=False)` stores the result of a task
-    that ignores results: the guide's precedence, the execution option last), else the task's.
-
-    The request's field is False both for a sender's False and for a header the sender left null (Celery's
-    `send_task` without the option); the message's own header tells them apart, and is read only when they
-    disagree with the task."""
-    said = request.ignore_result
-    if said or not task.ignore_result or request.is_eager:  # (an eager request holds the task's when unsaid)
-        return bool(said)
-    headers = request.__dict__.get('headers')
-    return not headers or headers.get('ignore_result') is None
+    that ignores results: the guide's precedence, the execution option last), else the task's: for a header
+    the sender left null (Celery's `send_task` without the option) or without the header (the field unset,
+    reading the Context's default)."""
+    said = request.__dict__.get('ignore_result')
+    return bool(task.ignore_result if said is None else said)
 
 
 def build_task_class(

@@ -176,6 +176,15 @@ def whoami(self) -> dict[str, object]:  # type: ignore[no-untyped-def]
     }
 
 
+@app.task(bind=True)
+def request_as_sent(self) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """What the request says of the message itself: the headers as sent."""
+    return {
+        'timelimit': self.request.timelimit,
+        'ignore_result': self.request.ignore_result,
+    }
+
+
 @app.task(bind=True, max_retries=2, default_retry_delay=0)
 def flaky(self, path: str) -> int:  # type: ignore[no-untyped-def]
     _record(path, f'try {self.request.retries}')

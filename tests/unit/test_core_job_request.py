@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from fastq import Fastq, _core, protocol, states
 from fastq.exceptions import ContentDisallowed, DecodeError
 from fastq.serialization import json_tag_hook
+from fastq.task import Context
 from fastq.worker.job import DECODE_ERROR, Prepared, prepare_payload
 from fastq.worker.trace import Outcome, execute
 from tests.unit.test_core_protocol import MALFORMED_ENVELOPES
@@ -29,7 +30,7 @@ JSON = frozenset({'application/json'})
 BOTH = frozenset({'application/json', 'application/x-msgpack'})
 
 
-def reference(data: bytes, queue: str, redelivered: bool, limits: tuple[Any, Any], hostname: str, accept):
+def reference(data: bytes, queue: str, redelivered: bool, hostname: str, accept):
     """(args, kwargs, request) the general way, with the request built as the Python code built it."""
     message = _core.Message.from_envelope(data, None)
     h, props = message.headers, message.properties
@@ -49,8 +50,8 @@ def reference(data: bytes, queue: str, redelivered: bool, limits: tuple[Any, Any
         'parent_id': h.get('parent_id'),
         'shadow': h.get('shadow'),
         'origin': h.get('origin'),
-        'timelimit': limits,
-        'ignore_result': bool(h.get('ignore_result', False)),
+        'timelimit': h.get('timelimit'),  # (as sent: Celery's request has the header's list)
+        'ignore_result': h.get('ignore_result'),  # (None: the sender left it to the task)
         'stamps': h.get('stamps'),
         'stamped_headers': h.get('stamped_headers'),
         'replaced_task_nesting': h.get('replaced_task_nesting') or 0,
@@ -60,22 +61,24 @@ def reference(data: bytes, queue: str, redelivered: bool, limits: tuple[Any, Any
         'delivery_info': delivery_info,
         'hostname': hostname,
     }
+    if 'ignore_result' not in h:  # (left out, so the Context's default and the task's apply, as in Celery)
+        del request['ignore_result']
     args, kwargs, embed = protocol.decode_body(message.body, message.content_type, h.get('compression'), accept)
     for key in ('callbacks', 'errbacks', 'chain', 'chord'):
         request[key] = embed.get(key)
     return args, kwargs, request
 
 
-def fast(data: bytes, accept=JSON, limits=(None, None)):
-    return _core.job_request(data, 'celery', True, *limits, 'w@h', accept, json_tag_hook)
+def fast(data: bytes, accept=JSON):
+    return _core.job_request(data, 'celery', True, 'w@h', accept, json_tag_hook)
 
 
-def agrees(data: bytes, accept=JSON, limits=(None, None)) -> None:
+def agrees(data: bytes, accept=JSON) -> None:
     """job_request, if it answers, says what the general path says."""
-    got = fast(data, accept, limits)
+    got = fast(data, accept)
     if got is None:
         return
-    assert list(got) == list(reference(data, 'celery', True, limits, 'w@h', accept))
+    assert list(got) == list(reference(data, 'celery', True, 'w@h', accept))
 
 
 ENVELOPES = {
@@ -108,11 +111,11 @@ ENVELOPES = {
 @pytest.mark.parametrize('name', ENVELOPES)
 def test_gives_what_the_general_path_gives(name):
     data = ENVELOPES[name]
-    got = fast(data, BOTH, (30, 20.5))
+    got = fast(data, BOTH)
     assert got is not None
-    assert list(got) == list(reference(data, 'celery', True, (30, 20.5), 'w@h', BOTH))
+    assert list(got) == list(reference(data, 'celery', True, 'w@h', BOTH))
     args, kwargs, request = got
-    assert request['timelimit'] == (30, 20.5)
+    assert request['timelimit'] == ([30, 20.5] if name == 'every header' else [None, None])
     assert request['delivery_info'] == {
         'exchange': '',
         'routing_key': 'celery',
@@ -123,7 +126,7 @@ def test_gives_what_the_general_path_gives(name):
 
 def test_a_str_envelope_too():
     text = ENVELOPES['plain'].decode()
-    assert list(fast(text)) == list(reference(text, 'celery', True, (None, None), 'w@h', JSON))
+    assert list(fast(text)) == list(reference(text, 'celery', True, 'w@h', JSON))
 
 
 def test_workflow_fields_come_from_the_body():
@@ -151,7 +154,7 @@ def test_a_plain_text_body_and_missing_properties():
     agrees(data)
     args, kwargs, request = got
     assert args == [1] and kwargs == {}
-    assert request['retries'] == 0 and request['replaced_task_nesting'] == 0 and request['ignore_result'] is False
+    assert request['retries'] == 0 and request['replaced_task_nesting'] == 0 and 'ignore_result' not in request
     assert request['delivery_info'] == {'routing_key': 'elsewhere', 'priority': None, 'redelivered': True}
     assert request['correlation_id'] is None and request['chord'] is None
 
@@ -166,7 +169,7 @@ def test_a_plain_text_body_and_missing_properties():
     ],
 )
 def test_leaves_the_rest_to_the_general_path(data, accept):
-    assert _core.job_request(data, 'q', False, None, None, 'h', accept, json_tag_hook) is None
+    assert _core.job_request(data, 'q', False, 'h', accept, json_tag_hook) is None
 
 
 @pytest.mark.parametrize(
@@ -272,8 +275,8 @@ def test_mutated_envelopes_never_disagree(data):
 
 def test_task_request_of_a_decoded_message():
     message = _core.Message.from_envelope(ENVELOPES['every header'], None)
-    request = _core.task_request(message.headers, message.properties, 'q', False, (1, 2), 'w@h')
-    _, _, expected = reference(ENVELOPES['every header'], 'q', False, (1, 2), 'w@h', JSON)
+    request = _core.task_request(message.headers, message.properties, 'q', False, 'w@h')
+    _, _, expected = reference(ENVELOPES['every header'], 'q', False, 'w@h', JSON)
     for key in ('callbacks', 'errbacks', 'chain', 'chord'):
         del expected[key]
     assert request == expected
@@ -300,10 +303,42 @@ def payload(data: bytes) -> bytes:
 def test_prepared_job_runs_with_its_request(app):
     prepared = prepare_payload(app, payload(ENVELOPES['plain']), JSON)
     assert isinstance(prepared, Prepared)
-    assert prepared.request['timelimit'] == (30, None)
     outcome = execute(prepared.task, prepared.args, prepared.kwargs, prepared.request)
     assert outcome.state == 'SUCCESS'
     assert outcome.retval == (3, 'é', 'id-1', [1, 2], False, 'w@h')
+
+
+def test_the_request_has_the_limits_as_sent(app):
+    """Celery's `request.timelimit` is the header's list as sent: `[None, None]` here though the worker
+    enforces 30 s (the payload's limit), which a retry's message must not carry on. fastq's request had the
+    worker's pair, as a tuple."""
+    prepared = prepare_payload(app, payload(envelope()), JSON)
+    assert isinstance(prepared, Prepared)
+    ctx = Context.adopt(prepared.request)
+    assert ctx.timelimit == [None, None] and ctx.time_limit is None
+    limited = prepare_payload(app, payload(envelope(time_limit=10, soft_time_limit=5)), JSON)
+    assert isinstance(limited, Prepared) and limited.request['timelimit'] == [10, 5]
+
+
+@pytest.mark.parametrize(('sent', 'expected'), [(None, None), (False, False), (True, True), ('absent', False)])
+def test_the_request_ignore_result_is_the_header(app, sent, expected):
+    """Celery's `request.ignore_result` is the header as sent: None from a `send_task` that left it to the
+    task (fastq's read False), the Context's default False when absent; either way the task's applies."""
+    from fastq.task import actual_ignore_result
+
+    doc = json.loads(envelope())
+    if sent == 'absent':
+        del doc['headers']['ignore_result']
+    else:
+        doc['headers']['ignore_result'] = sent
+    prepared = prepare_payload(app, payload(json.dumps(doc).encode()), JSON)
+    assert isinstance(prepared, Prepared)
+    ctx = Context.adopt(prepared.request)
+    assert ctx.ignore_result is expected
+    task = app.tasks['tasks.add']
+    for ignores in (False, True):
+        task.ignore_result = ignores
+        assert actual_ignore_result(task, ctx) is (ignores if sent in (None, 'absent') else sent)
 
 
 def test_undecodable_jobs_keep_their_error_words(app):

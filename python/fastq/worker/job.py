@@ -61,11 +61,9 @@ class Job:
         return marshal.dumps((d.raw, d.queue, d.redelivered, self.time_limit, self.soft_time_limit, self.hostname))
 
 
-def request_of(
-    message: Message, queue: str, redelivered: bool, limits: tuple[Any, Any], hostname: str
-) -> dict[str, Any]:
+def request_of(message: Message, queue: str, redelivered: bool, hostname: str) -> dict[str, Any]:
     """The request dict `execute` takes, from a task message's headers and properties."""
-    return _core.task_request(message.headers, message.properties, queue, redelivered, limits, hostname)
+    return _core.task_request(message.headers, message.properties, queue, redelivered, hostname)
 
 
 def embed_into(request: dict[str, Any], embed: dict[str, Any]) -> None:
@@ -124,7 +122,7 @@ def prepare_payload(app: Fastq, payload: bytes | tuple[Any, ...], accept: frozen
     fields: tuple[Any, ...] = marshal.loads(payload) if type(payload) is bytes else payload  # type: ignore[assignment]
     raw, queue, redelivered, time_limit, soft_limit, hostname = fields
     try:
-        decoded = _core.job_request(raw, queue, redelivered, time_limit, soft_limit, hostname, accept, json_tag_hook)
+        decoded = _core.job_request(raw, queue, redelivered, hostname, accept, json_tag_hook)
     except Exception:  # (a tag hook's error, say) the general path below reports it in its own words
         decoded = None
     if decoded is not None:
@@ -132,7 +130,7 @@ def prepare_payload(app: Fastq, payload: bytes | tuple[Any, ...], accept: frozen
     else:
         try:
             message = _core.Message.from_envelope(raw, None)
-            request = request_of(message, queue, redelivered, (time_limit, soft_limit), hostname)
+            request = request_of(message, queue, redelivered, hostname)
             args, kwargs, embed = protocol.decode_body(
                 message.body, message.content_type, message.headers.get('compression'), accept
             )

@@ -26,18 +26,16 @@ use crate::msgpack::unpack_py::Unpacker;
 /// `called_directly` from the trace.
 const REQUEST_SIZE: ffi::Py_ssize_t = 28;
 
-/// The request dict of a task message with these headers and properties, delivered from `queue`, run
-/// with `timelimit` (the pair the worker settled on) by the worker `hostname`. The body's embed keys
-/// are not in it (see `job_request`).
+/// The request dict of a task message with these headers and properties, delivered from `queue`, run by
+/// the worker `hostname`. The body's embed keys are not in it (see `job_request`).
 #[pyfunction]
-#[pyo3(text_signature = "(headers, properties, queue, redelivered, timelimit, hostname)")]
+#[pyo3(text_signature = "(headers, properties, queue, redelivered, hostname)")]
 pub fn task_request<'py>(
     py: Python<'py>,
     headers: &'py PyDict,
     properties: &'py PyDict,
     queue: &'py PyAny,
     redelivered: bool,
-    timelimit: &'py PyAny,
     hostname: &'py PyAny,
 ) -> PyResult<&'py PyDict> {
     let props = Props {
@@ -47,7 +45,7 @@ pub fn task_request<'py>(
         delivery_info: get(properties, intern!(py, "delivery_info")),
         delivery_info_is_new: false,
     };
-    request(py, headers, props, queue, redelivered, timelimit, hostname)
+    request(py, headers, props, queue, redelivered, hostname)
 }
 
 /// The properties a request is made with (None: absent).
@@ -67,7 +65,6 @@ fn request<'py>(
     props: Props<'py>,
     queue: &'py PyAny,
     redelivered: bool,
-    timelimit: &'py PyAny,
     hostname: &'py PyAny,
 ) -> PyResult<&'py PyDict> {
     // Keys are interned once (with their hashes), and values are read and stored without pyo3's
@@ -107,10 +104,14 @@ fn request<'py>(
         "shadow",
         "origin"
     );
-    put(request, intern!(py, "timelimit"), timelimit)?;
+    // As sent, as Celery's request has them: `timelimit` the header's list (not the limits the worker
+    // enforces, which may be the task's or the worker's own), `ignore_result` None when the sender left it
+    // to the task (Celery's `send_task`), and left out (the Context's default) when the header is absent.
+    copy!(headers, "timelimit");
     let ignore_result = intern!(py, "ignore_result");
-    let ignore = get(headers, ignore_result).map_or(Ok(false), PyAny::is_true)?;
-    put(request, ignore_result, PyBool::new(py, ignore))?;
+    if let Some(ignore) = get(headers, ignore_result) {
+        put(request, ignore_result, ignore)?;
+    }
     copy!(headers, "stamps", "stamped_headers");
     count!("replaced_task_nesting");
     put(request, intern!(py, "headers"), headers)?;
@@ -160,18 +161,15 @@ fn put(dict: &PyDict, key: &PyString, value: &PyAny) -> PyResult<()> {
     }
 }
 
-/// `(args, kwargs, request)` of the task envelope `data`, the request holding the body's embed keys and
-/// the time limits as the pair `(time_limit, soft_time_limit)`; None when the general path must decode it.
+/// `(args, kwargs, request)` of the task envelope `data`, the request holding the body's embed keys; None
+/// when the general path must decode it.
 #[pyfunction]
-#[pyo3(text_signature = "(data, queue, redelivered, time_limit, soft_time_limit, hostname, accept, tag_hook)")]
-#[allow(clippy::too_many_arguments)] // the payload's fields, as the parent marshals them
+#[pyo3(text_signature = "(data, queue, redelivered, hostname, accept, tag_hook)")]
 pub fn job_request<'py>(
     py: Python<'py>,
     data: &'py PyAny,
     queue: &'py PyAny,
     redelivered: bool,
-    time_limit: &'py PyAny,
-    soft_time_limit: &'py PyAny,
     hostname: &'py PyAny,
     accept: &'py PyFrozenSet,
     tag_hook: &'py PyAny,
@@ -216,7 +214,6 @@ pub fn job_request<'py>(
     let Ok((args, kwargs, embed)) = value.and_then(|value| body_parts(py, value)) else {
         return Ok(None);
     };
-    let limits = PyTuple::new(py, [time_limit, soft_time_limit]);
     let props = Props {
         correlation_id: parts.correlation_id,
         reply_to: parts.reply_to,
@@ -224,7 +221,7 @@ pub fn job_request<'py>(
         delivery_info: parts.delivery_info,
         delivery_info_is_new: true,
     };
-    let request = request(py, headers, props, queue, redelivered, limits, hostname)?;
+    let request = request(py, headers, props, queue, redelivered, hostname)?;
     for key in embed_keys(py) {
         let key = key.as_ref(py);
         put(request, key, get(embed, key).unwrap_or_else(|| py.None().into_ref(py)))?;
