@@ -50,6 +50,9 @@ _PROTOCOL_KEYS = frozenset(
 )  # fmt: skip
 _OWN_PREFIXES = ('fastq_', 'x-fastq-', 'x-death', 'x-first-death-', 'x-last-death-')
 
+#: The request field holding the envelope a worker ran the task from (what `Context.properties` is read from).
+ENVELOPE = '_envelope'
+
 
 class Context:
     """The request of the task being executed (`self.request` in a bound task), with Celery's field names."""
@@ -83,7 +86,6 @@ class Context:
     #: `actual_ignore_result` says what applies.
     ignore_result: bool | None = False
     called_directly: bool = True
-    properties: dict[str, Any] | None = None
     shadow: str | None = None
     replaced_task_nesting: int = 0
     stamps: dict[str, Any] | None = None
@@ -138,6 +140,25 @@ class Context:
     def soft_time_limit(self) -> float | None:
         limits = self.timelimit
         return limits[1] if limits and len(limits) >= 2 else None
+
+    @property
+    def properties(self) -> dict[str, Any] | None:
+        """The message's properties as kombu gives them (correlation_id, reply_to, delivery_mode,
+        delivery_info, priority, body_encoding, delivery_tag, ...), None for a request no message made.
+
+        A worker's request holds the envelope it ran from, read here on first use: decoding the properties
+        for every task would cost every task for the few that read them."""
+        fields = self.__dict__
+        properties = fields.get('properties')
+        if properties is None and fields.get(ENVELOPE) is not None:
+            from fastq import _core
+
+            properties = fields['properties'] = _core.Message.from_envelope(fields[ENVELOPE], None).properties
+        return properties
+
+    @properties.setter
+    def properties(self, value: dict[str, Any] | None) -> None:
+        self.__dict__['properties'] = value
 
     @property
     def all_headers(self) -> dict[str, Any] | None:

@@ -264,12 +264,16 @@ def test_bound_task_request(tasks: Any, worker: Any) -> None:
 
 
 def test_bound_task_request_has_the_message_as_sent(tasks: Any, worker: Any) -> None:
-    """As in Celery: `request.timelimit` the header's list, not the worker's `--time-limit` (fastq's was the
-    enforced pair, as a tuple), and `request.ignore_result` None for a `send_task` that left it to the task
-    (fastq's read False)."""
+    """As in Celery: `request.properties` the message's properties (fastq's was None), `request.timelimit`
+    the header's list, not the worker's `--time-limit` (fastq's was the enforced pair, as a tuple), and
+    `request.ignore_result` None for a `send_task` that left it to the task (fastq's read False)."""
     worker('--time-limit', '100')
     result = tasks.app.send_task('worker_tasks.request_as_sent')
     info = result.get(timeout=30)
+    properties = info['properties']
+    assert properties['correlation_id'] == result.id and properties['reply_to'] == tasks.app.thread_oid
+    assert properties['delivery_mode'] == 2 and properties['body_encoding'] == 'base64'
+    assert properties['delivery_info'] == {'exchange': '', 'routing_key': 'celery'}
     assert info['timelimit'] == [None, None] and info['ignore_result'] is None
     info = tasks.request_as_sent.apply_async(time_limit=50, soft_time_limit=40).get(timeout=30)
     assert info['timelimit'] == [50, 40] and info['ignore_result'] is False

@@ -178,8 +178,9 @@ def whoami(self) -> dict[str, object]:  # type: ignore[no-untyped-def]
 
 @app.task(bind=True)
 def request_as_sent(self) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    """What the request says of the message itself: the headers as sent."""
+    """What the request says of the message itself: its properties and the headers as sent."""
     return {
+        'properties': self.request.properties,
         'timelimit': self.request.timelimit,
         'ignore_result': self.request.ignore_result,
     }

@@ -308,14 +308,26 @@ def test_prepared_job_runs_with_its_request(app):
     assert outcome.retval == (3, 'é', 'id-1', [1, 2], False, 'w@h')
 
 
-def test_the_request_has_the_limits_as_sent(app):
-    """Celery's `request.timelimit` is the header's list as sent: `[None, None]` here though the worker
-    enforces 30 s (the payload's limit), which a retry's message must not carry on. fastq's request had the
-    worker's pair, as a tuple."""
-    prepared = prepare_payload(app, payload(envelope()), JSON)
+@pytest.mark.parametrize('compression', [None, 'zlib'])  # (the one-pass path, and the general one)
+def test_the_request_has_the_message_properties_and_limits_as_sent(app, compression):
+    """Celery's `request.properties` is the message's properties dict, and `request.timelimit` the header's
+    list as sent: `[None, None]` here though the worker enforces 30 s (the payload's limit), which a retry's
+    message must not carry on. fastq's request had no properties and the worker's pair, as a tuple."""
+    data = envelope(compression=compression)
+    prepared = prepare_payload(app, payload(data), JSON)
     assert isinstance(prepared, Prepared)
     ctx = Context.adopt(prepared.request)
     assert ctx.timelimit == [None, None] and ctx.time_limit is None
+    assert ctx.properties == _core.Message.from_envelope(data, None).properties
+    assert ctx.properties == {
+        'correlation_id': 'id-1',
+        'reply_to': 'r',
+        'delivery_mode': 2,
+        'delivery_info': {'exchange': '', 'routing_key': 'celery'},
+        'priority': 0,
+        'body_encoding': 'base64',
+        'delivery_tag': 'tag-1',
+    }
     limited = prepare_payload(app, payload(envelope(time_limit=10, soft_time_limit=5)), JSON)
     assert isinstance(limited, Prepared) and limited.request['timelimit'] == [10, 5]
 

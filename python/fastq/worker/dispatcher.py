@@ -995,6 +995,7 @@ def outside_context(d: Delivery, request: Any, hostname: str, accept: frozenset[
         return Context(id=request.id, task=request.task, retries=request.retries, hostname=hostname,
                        called_directly=False)  # fmt: skip
     fields = request_of(message, d.queue, d.redelivered, hostname)
+    fields['properties'] = message.properties
     try:
         args, kwargs, embed = decode_body(
             message.body, message.content_type, message.headers.get('compression'), accept

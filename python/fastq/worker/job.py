@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from fastq import _core, protocol, states
 from fastq.exceptions import ContentDisallowed, DecodeError, SoftTimeLimitExceeded
 from fastq.serialization import json_tag_hook
+from fastq.task import ENVELOPE
 from fastq.worker.trace import Outcome, execute, execute_async
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ def prepare_payload(app: Fastq, payload: bytes | tuple[Any, ...], accept: frozen
         except (DecodeError, ContentDisallowed, ValueError) as exc:
             return Outcome(DECODE_ERROR, 0.0, exc_repr=f'{type(exc).__name__}: {exc}')
         embed_into(request, embed)
+    request[ENVELOPE] = raw  # (`Context.properties` are read from it, for the few tasks that ask)
     name = request['task']
     task = app.tasks.get(name)
     if task is None:  # the parent checks this; a child with a different import state still must not crash

@@ -22,9 +22,10 @@ use crate::json::encode_py::optional;
 use crate::key_cache_py::cached_key;
 use crate::msgpack::unpack_py::Unpacker;
 
-/// Members a request dict ends up with: `task_request`'s 21, the 4 embed keys, and `args`, `kwargs` and
-/// `called_directly` from the trace.
-const REQUEST_SIZE: ffi::Py_ssize_t = 28;
+/// Members a request dict ends up with: `task_request`'s 21, the 4 embed keys, the envelope its
+/// `properties` are read from (`prepare_payload`), and `args`, `kwargs`, `called_directly` and `children`
+/// from the trace.
+const REQUEST_SIZE: ffi::Py_ssize_t = 30;
 
 /// The request dict of a task message with these headers and properties, delivered from `queue`, run by
 /// the worker `hostname`. The body's embed keys are not in it (see `job_request`).
