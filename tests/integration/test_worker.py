@@ -192,6 +192,15 @@ def test_time_limit_kills_task_and_worker_goes_on(tasks: Any, worker: Any) -> No
     assert tasks.add.delay(3, 3).get(timeout=30) == 6
 
 
+def test_the_worker_time_limit_stays_in_the_worker(tasks: Any, worker: Any) -> None:
+    """`--time-limit` limits this worker's tasks, but is not the app's `task_time_limit`: the messages its
+    tasks send (a retry here) carry none, as Celery's (fastq's carried `[2.0, None]` on to other workers)."""
+    worker('--time-limit', '2')
+    assert tasks.retried_limits.delay().get(timeout=30) == [None, None]
+    with pytest.raises(TimeLimitExceeded):
+        tasks.long.delay(60).get(timeout=60)
+
+
 def test_max_memory_per_child_recycles_without_a_word_unless_mp_log(tasks: Any, worker: Any) -> None:
     """A child over --max-memory-per-child is replaced after its task; Celery says so only with MP_LOG set
     (billiard's 'multiprocessing' logger is kept at ERROR), so its log stays free of a warning per task."""

@@ -186,6 +186,14 @@ def request_as_sent(self) -> dict[str, object]:  # type: ignore[no-untyped-def]
     }
 
 
+@app.task(bind=True)
+def retried_limits(self) -> object:  # type: ignore[no-untyped-def]
+    """The time limits in the message of its retry (sent from the worker's process)."""
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    return self.request.timelimit
+
+
 @app.task(bind=True, max_retries=2, default_retry_delay=0)
 def flaky(self, path: str) -> int:  # type: ignore[no-untyped-def]
     _record(path, f'try {self.request.retries}')

@@ -331,6 +331,22 @@ def test_warns_about_a_tasks_own_time_limit_beyond_consumer_timeout(caplog: pyte
     assert all('consumer_timeout (600' in m for m in messages)
 
 
+def test_warns_about_the_workers_own_time_limit_beyond_consumer_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    """`--time-limit` is the worker's, not the app's `task_time_limit` (which messages sent from its tasks
+    would carry): the worker shows it with its tasks, and it is warned about by its option's name."""
+    app = Fastq('t', broker='memory://', backend='memory://', set_as_current=False)
+    app.conf.broker_transport_options = {'consumer_timeout': 600}
+    app.conf.task_soft_time_limit = 900  # (the setting's own warning is the consumer's: not repeated here)
+    broker = AMQPBroker('amqp://guest:guest@127.0.0.1:1//', app.conf)
+    caplog.set_level('WARNING', logger='fastq.brokers.amqp')
+    try:
+        broker.check_tasks([], (3600, 900))
+    finally:
+        broker.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == 'fastq.brokers.amqp']
+    assert [m.split(' exceeds')[0] for m in messages] == ['--time-limit (3600s)']
+
+
 def test_unreachable_broker_names_the_masked_url(amqp_url: str) -> None:
     from fastq.exceptions import BrokerConnectionError
     from tests.servers import free_port

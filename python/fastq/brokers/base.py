@@ -602,9 +602,10 @@ class Broker(abc.ABC):
         """Periodic housekeeping a worker runs in the background (about once a second)."""
         return None
 
-    def check_tasks(self, tasks: Iterable[Any]) -> None:
-        """A worker about to consume shows the broker the tasks it runs, for warnings about settings of
-        theirs this broker cannot honour (RabbitMQ: a time limit beyond the node's consumer_timeout)."""
+    def check_tasks(self, tasks: Iterable[Any], time_limits: tuple[Any, Any] = (None, None)) -> None:
+        """A worker about to consume shows the broker the tasks it runs and its own `(time_limit,
+        soft_time_limit)` (the command line's, else the settings'), for warnings about those this broker
+        cannot honour (RabbitMQ: a time limit beyond the node's consumer_timeout)."""
         return None
 
     def describe(self) -> str:

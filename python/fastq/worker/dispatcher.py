@@ -111,7 +111,10 @@ class Dispatcher:
         window: int,
         accept: frozenset[str],
         hostname: str,
+        time_limits: tuple[float | None, float | None] | None = None,
     ) -> None:
+        """`time_limits`: the worker's `(time_limit, soft_time_limit)` for tasks and messages that set none
+        (the command line's, else the app's settings)."""
         self.app = app
         self.broker = broker
         self.consumer = consumer
@@ -137,8 +140,9 @@ class Dispatcher:
         self._ids = itertools.count(1)
         conf = app.conf
         self.max_redeliveries = int(conf.task_max_redeliveries or 0)
-        self.default_time_limit = conf.task_time_limit
-        self.default_soft_time_limit = conf.task_soft_time_limit
+        if time_limits is None:
+            time_limits = (conf.task_time_limit, conf.task_soft_time_limit)
+        self.default_time_limit, self.default_soft_time_limit = time_limits
         self.accepting = True
         self.revoked = RevokedSet()
         #: `worker_deduplicate_successful_tasks`: a redelivered acks_late task whose result says SUCCESS is

@@ -114,9 +114,13 @@ class WorkController:
             **kwargs,
         }
         signals.celeryd_init.send(sender=self.hostname, instance=self, conf=conf, options=self.options)
+        # The command line's time limits are this worker's defaults (for a task and message without their
+        # own), not the app's settings, as in Celery: written into `task_time_limit` they became every task's
+        # `time_limit` in this process, so each message a task sent (a retry, a subtask, a chain's next step)
+        # carried them in its header, and other workers enforced them.
+        self.time_limit = time_limit if time_limit is not None else conf.task_time_limit
+        self.soft_time_limit = soft_time_limit if soft_time_limit is not None else conf.task_soft_time_limit
         for name, value in (
-            ('task_time_limit', time_limit),
-            ('task_soft_time_limit', soft_time_limit),
             ('worker_max_tasks_per_child', max_tasks_per_child),
             ('worker_max_memory_per_child', max_memory_per_child),
             ('worker_prefetch_multiplier', prefetch_multiplier),
@@ -259,12 +263,13 @@ class WorkController:
         self.broker = self._connect()
         if self.broker is None:
             return self._finish()
-        self.broker.check_tasks(self.app.tasks.values())
+        self.broker.check_tasks(self.app.tasks.values(), (self.time_limit, self.soft_time_limit))
         self.consumer = self.broker.consumer(self.queues, owner=self.hostname)
         self.consumer.prefetch(self.window)
         self.dispatcher = Dispatcher(
-            self.app, self.broker, self.consumer, self.pool, self.loop, self.window, self.accept, self.hostname
-        )
+            self.app, self.broker, self.consumer, self.pool, self.loop, self.window, self.accept, self.hostname,
+            (self.time_limit, self.soft_time_limit),
+        )  # fmt: skip
         self._load_revoked()
         self.settler = Settler(self.consumer, self.broker.describe())
         self.settler.start()

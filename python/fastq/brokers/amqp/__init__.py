@@ -354,13 +354,18 @@ class AMQPBroker(Broker):
         self._warn_consumer_timeout()
         return AMQPConsumer(self, [self.topology.spec(q) for q in queues], owner)
 
-    def check_tasks(self, tasks: Iterable[Any]) -> None:
-        """Warn about each task whose own time limit exceeds consumer_timeout (the app-wide limits are warned
-        about when consuming starts): such a task, run with acks_late, or holding prefetched tasks back that
-        long, gets its channel closed by the node."""
+    def check_tasks(self, tasks: Iterable[Any], time_limits: tuple[Any, Any] = (None, None)) -> None:
+        """Warn about each task whose own time limit exceeds consumer_timeout, and about the worker's own
+        (`--time-limit`; the app-wide settings are warned about when consuming starts): such a task, run with
+        acks_late, or holding prefetched tasks back that long, gets its channel closed by the node."""
         for task in tasks:
             for attr in ('time_limit', 'soft_time_limit'):
                 self._warn_over_consumer_timeout(f'Task {task.name}: {attr}', getattr(task, attr, None))
+        for option, setting, limit in zip(
+            ('--time-limit', '--soft-time-limit'), ('task_time_limit', 'task_soft_time_limit'), time_limits, strict=True
+        ):
+            if limit != getattr(self.conf, setting):  # (not the setting's own, warned about already)
+                self._warn_over_consumer_timeout(option, limit)
 
     def _warn_consumer_timeout(self) -> None:
         for name in ('task_time_limit', 'task_soft_time_limit'):
