@@ -192,7 +192,8 @@ def received(sender: Any, request: Any, **kwargs: Any) -> None:
         f'task_received-more {request.id} {request.type} {request.argsrepr} {request.kwargsrepr} '
         f'{request.content_type} {request.content_encoding} {request.utc} {request.ignore_result} '
         f'{request.store_errors} {request.stamps} {request.groups} {request.chord} '
-        f'{celerys <= request.request_dict.keys()} {request.request_dict["args"]}'
+        f'{celerys <= request.request_dict.keys()} {request.request_dict["args"]} {request.group_index} '
+        f'{request.time_limits}'
     )
 
 

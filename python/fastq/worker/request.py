@@ -73,7 +73,7 @@ class Request:
         # (Celery's are aware datetimes, as the message's ISO 8601 strings read)
         self.eta = None if request.eta is None else datetime.fromtimestamp(request.eta, UTC)
         self.expires = None if request.expires is None else datetime.fromtimestamp(request.expires, UTC)
-        self.time_limits = (job.time_limit, job.soft_time_limit)
+        self._time_limits: Any = None
 
     # Celery's: the message's times are read as UTC.
     utc = True
@@ -103,6 +103,22 @@ class Request:
     @property
     def store_errors(self) -> bool:
         return not self.ignore_result or bool(getattr(self.task, 'store_errors_even_if_ignored', False))
+
+    @property
+    def group_index(self) -> int | None:
+        return self._headers().get('group_index')
+
+    @property
+    def time_limits(self) -> Any:
+        """Celery's: the message's `timelimit` header as sent (a list), `(None, None)` without one; not the
+        limits the worker enforces when the message has none (the task's, or the worker's own)."""
+        if self._time_limits is not None:
+            return self._time_limits
+        return self._headers().get('timelimit') or (None, None)
+
+    @time_limits.setter
+    def time_limits(self, value: Any) -> None:
+        self._time_limits = value
 
     @property
     def replaced_task_nesting(self) -> int:
