@@ -50,12 +50,17 @@ _PROTOCOL_KEYS = frozenset(
 )  # fmt: skip
 _OWN_PREFIXES = ('fastq_', 'x-fastq-', 'x-death', 'x-first-death-', 'x-last-death-')
 
-#: The request field holding the envelope a worker ran the task from (what `Context.properties` is read from).
+#: The request field holding the envelope a worker ran the task from (what `Context.properties` is read from);
+#: `Context.adopt` moves it off the fields, so `vars(request)` shows only Celery's.
 ENVELOPE = '_envelope'
 
 
 class Context:
     """The request of the task being executed (`self.request` in a bound task), with Celery's field names."""
+
+    # The fields are the instance's `__dict__`; `_envelope` is kept apart from them (see `properties`).
+    __slots__ = ('__dict__', '__weakref__', '_envelope')
+    _envelope: bytes | str | None
 
     id: str | None = None
     task: str | None = None
@@ -108,6 +113,7 @@ class Context:
         """A Context whose attributes are `fields` itself, not a copy: the worker builds a fresh dict for each
         task it runs, and copying its ~30 fields into a new Context was a fifth of a no-op task's trace."""
         ctx = cls.__new__(cls)
+        ctx._envelope = fields.pop(ENVELOPE, None)
         fields.setdefault('children', [])
         ctx.__dict__ = fields
         return ctx
@@ -150,10 +156,12 @@ class Context:
         for every task would cost every task for the few that read them."""
         fields = self.__dict__
         properties = fields.get('properties')
-        if properties is None and fields.get(ENVELOPE) is not None:
-            from fastq import _core
+        if properties is None:
+            envelope = getattr(self, '_envelope', None)
+            if envelope is not None:
+                from fastq import _core
 
-            properties = fields['properties'] = _core.Message.from_envelope(fields[ENVELOPE], None).properties
+                properties = fields['properties'] = _core.Message.from_envelope(envelope, None).properties
         return properties
 
     @properties.setter

@@ -318,7 +318,9 @@ def test_the_request_has_the_message_properties_and_limits_as_sent(app, compress
     assert isinstance(prepared, Prepared)
     ctx = Context.adopt(prepared.request)
     assert ctx.timelimit == [None, None] and ctx.time_limit is None
+    json.dumps(vars(ctx))  # (the envelope it reads them from is not one of the fields)
     assert ctx.properties == _core.Message.from_envelope(data, None).properties
+    assert vars(ctx)['properties'] is ctx.properties  # (read once)
     assert ctx.properties == {
         'correlation_id': 'id-1',
         'reply_to': 'r',
