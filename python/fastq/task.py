@@ -50,6 +50,8 @@ _PROTOCOL_KEYS = frozenset(
 )  # fmt: skip
 _OWN_PREFIXES = ('fastq_', 'x-fastq-', 'x-death', 'x-first-death-', 'x-last-death-')
 
+_UNSET = object()
+
 #: The request field holding the envelope a worker ran the task from (what `Context.properties` is read from);
 #: `Context.adopt` moves it off the fields, so `vars(request)` shows only Celery's.
 ENVELOPE = '_envelope'
@@ -104,9 +106,7 @@ class Context:
 
     def __init__(self, *args: dict[str, Any], **kwargs: Any) -> None:
         self.children = []
-        for d in args:
-            self.__dict__.update(d)
-        self.__dict__.update(kwargs)
+        self.update(*args, **kwargs)
 
     @classmethod
     def adopt(cls, fields: dict[str, Any]) -> Context:
@@ -119,9 +119,14 @@ class Context:
         return ctx
 
     def update(self, *args: dict[str, Any], **kwargs: Any) -> None:
+        fields = self.__dict__
+        limits = fields.get('timelimit', _UNSET)
         for d in args:
-            self.__dict__.update(d)
-        self.__dict__.update(kwargs)
+            fields.update(d)
+        fields.update(kwargs)
+        if fields.get('timelimit', _UNSET) is not limits:  # (Celery 5.7's: its halves follow a new `timelimit`)
+            fields.pop('time_limit', None)
+            fields.pop('soft_time_limit', None)
 
     def __getattr__(self, name: str) -> Any:
         # A header the sender added (`apply_async(headers={'tenant': ...})`) reads as an attribute, as in
@@ -135,17 +140,32 @@ class Context:
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default)
 
-    # Celery 5.7's two halves of `timelimit`, read from it (a task message carries only the pair).
+    # Celery 5.7's two halves of `timelimit`, read from it (a task message carries only the pair) unless given
+    # or set on their own (`Context(time_limit=5)`, `request.time_limit = 5`), until `timelimit` changes.
 
     @property
     def time_limit(self) -> float | None:
+        fields = self.__dict__
+        if 'time_limit' in fields:
+            return fields['time_limit']  # type: ignore[no-any-return]
         limits = self.timelimit
         return limits[0] if limits and len(limits) >= 2 else None
 
+    @time_limit.setter
+    def time_limit(self, value: float | None) -> None:
+        self.__dict__['time_limit'] = value
+
     @property
     def soft_time_limit(self) -> float | None:
+        fields = self.__dict__
+        if 'soft_time_limit' in fields:
+            return fields['soft_time_limit']  # type: ignore[no-any-return]
         limits = self.timelimit
         return limits[1] if limits and len(limits) >= 2 else None
+
+    @soft_time_limit.setter
+    def soft_time_limit(self, value: float | None) -> None:
+        self.__dict__['soft_time_limit'] = value
 
     @property
     def properties(self) -> dict[str, Any] | None:

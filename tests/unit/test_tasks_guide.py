@@ -154,6 +154,15 @@ def test_the_request_splits_timelimit_into_time_limit_and_soft_time_limit(kind: 
     request = Context({'timelimit': [30, 20]})
     assert (request.time_limit, request.soft_time_limit) == (30, 20)
     assert (Context().time_limit, Context().soft_time_limit) == (None, None)
+    # Given or set on their own they are kept (fastq's read them from `timelimit` only, and refused a set) ...
+    request = Context(time_limit=5)
+    request.soft_time_limit = 3
+    assert (request.time_limit, request.soft_time_limit, request.timelimit) == (5, 3, None)
+    # ... until `timelimit` changes: then they are its halves again.
+    request.update(timelimit=[10, 8])
+    assert (request.time_limit, request.soft_time_limit) == (10, 8)
+    request.update({'timelimit': None})
+    assert (request.time_limit, request.soft_time_limit) == (None, None)
 
 
 def test_a_class_based_task_may_have_its_own_init(make_app: Any) -> None:
