@@ -513,6 +513,12 @@ class Dispatcher:
     ) -> list[Job]:
         """Discard the waiting and held jobs that `matches`; with `terminate`, kill the running ones with the
         signal `signum` (each logged as Celery's revoke logs it, when `announce`)."""
+        # (submitted to a pool that has not begun them, the solo pool's till its next pass: not started, so
+        # discarded with the waiting ones, as Celery's worker discards a revoked task it has not run)
+        withdraw = getattr(self.pool, 'withdraw', None)  # (a pool outside the SPI may lack it)
+        withdrawn = [job for job in list(self.running.values()) if withdraw and matches(job) and withdraw(job)]
+        if withdrawn:
+            self.on_requeue(withdrawn)
         for queue in self.limiter.waiting.values():
             for job in [j for j in queue if matches(j)]:
                 queue.remove(job)

@@ -75,6 +75,12 @@ class Pool(abc.ABC):
         """End of a dispatch pass: send what `submit` buffered (one write per executor, not one per job)."""
         return None
 
+    def withdraw(self, job: Job) -> bool:
+        """Take back `job`, submitted but not yet begun, if it still waits inside the pool (True: it will not
+        run). A revoke calls it, so a job revoked in that gap is discarded as revoked, not run; pools that start
+        a job the moment it is submitted have no such gap."""
+        return False
+
     @abc.abstractmethod
     def active(self) -> list[Job]:
         """Jobs handed to executors and not finished (running or queued inside the executor)."""

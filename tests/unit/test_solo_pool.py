@@ -1,0 +1,59 @@
+"""`-P solo`: tasks run one at a time in the worker loop's own thread, with an in-process worker on the
+in-memory broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from fastq import Fastq, states
+from fastq.worker.worker import WorkController
+
+
+def _wait(done: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f'timed out waiting for {what}'
+        time.sleep(0.01)
+
+
+def test_a_task_revoked_before_the_solo_pool_began_it_is_discarded(memory_app: Fastq) -> None:
+    """The solo pool takes a task in one pass of the loop and runs it in the next, and a revoke read in
+    between came before the task began: Celery's solo pool, which runs a task as it takes it, discards such a
+    task ('Discarding revoked task', REVOKED stored). fastq's ran it (and, with terminate, also warned that a
+    running task cannot be terminated)."""
+    release = threading.Event()
+
+    @memory_app.task
+    def blocker() -> str:
+        release.wait(30)
+        return 'done'
+
+    @memory_app.task
+    def victim() -> str:
+        return 'ran'
+
+    worker = WorkController(memory_app, pool='solo', concurrency=1, quiet=True)
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        first = blocker.delay()
+        second = victim.delay()
+        third = victim.delay()
+        # `first` runs in the loop's thread; the others wait in the worker, not yet handed to the pool
+        _wait(lambda: worker.dispatcher is not None and len(worker.dispatcher.ready) == 2, 'both fetched')
+        dispatcher = worker.dispatcher
+        assert dispatcher is not None
+        # read by the loop's pass after the one that hands `second` to the pool, before the pool begins it
+        worker.loop.call_soon_threadsafe(lambda: dispatcher.revoke({second.id}))
+        worker.loop.call_soon_threadsafe(lambda: dispatcher.revoke({third.id}, terminate=True))
+        release.set()
+        assert first.get(timeout=30) == 'done'
+        _wait(lambda: second.state == states.REVOKED and third.state == states.REVOKED, 'both revoked')
+        assert victim.delay().get(timeout=30) == 'ran'  # the worker goes on
+    finally:
+        release.set()
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive()
