@@ -59,6 +59,14 @@ def test_the_banner_laid_out_as_celerys(memory_app: Fastq, level: logging.Logger
     assert banner(memory_app, ['celery']).endswith('exchange=celery(direct) key=celery\n' + ' ' * 16 + '\n\n')
 
 
+@pytest.mark.parametrize(('pool', 'shown'), [('threads', '4 (thread)'), ('solo', '4 (solo)')])
+def test_the_banners_concurrency_line_names_the_pool_as_celerys(memory_app: Fastq, pool: str, shown: str) -> None:
+    # Celery's line ends with its pool class's module: celery.concurrency.thread for -P threads
+    out = io.StringIO()
+    WorkController(memory_app, hostname='w1@h', pool=pool, concurrency=4, banner_stream=out)._print_banner()
+    assert f'.> concurrency: {shown}\n' in out.getvalue()
+
+
 def test_a_tasks_repr_names_its_app_as_celerys(memory_app: Fastq) -> None:
     @memory_app.task(name='t.add')
     def add(x: int, y: int) -> int:

@@ -869,7 +869,8 @@ class WorkController:
         if self.pool_name == 'asyncio':
             processes = f'{self.processes} process' + ('es' if self.processes != 1 else '')
             return f'{processes} x {self.concurrency} tasks each ({self.pool_name})'
-        return f'{self.concurrency} ({self.pool_name})'
+        # Celery names the pool by its class's module (celery.concurrency.thread for -P threads: '4 (thread)')
+        return f'{self.concurrency} ({"thread" if self.pool_name == "threads" else self.pool_name})'
 
 
 def check_pool(name: str) -> None:
