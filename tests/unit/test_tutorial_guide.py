@@ -67,6 +67,12 @@ def test_the_banners_concurrency_line_names_the_pool_as_celerys(memory_app: Fast
     assert f'.> concurrency: {shown}\n' in out.getvalue()
 
 
+def test_the_banner_shows_the_autoscale_range_as_celerys(memory_app: Fastq) -> None:
+    out = io.StringIO()
+    WorkController(memory_app, hostname='w1@h', pool='prefork', autoscale='3,1', banner_stream=out)._print_banner()
+    assert '.> concurrency: {min=1, max=3} (prefork)\n' in out.getvalue()  # (fastq's read '1 (prefork)')
+
+
 def test_a_tasks_repr_names_its_app_as_celerys(memory_app: Fastq) -> None:
     @memory_app.task(name='t.add')
     def add(x: int, y: int) -> int:

@@ -869,8 +869,11 @@ class WorkController:
         if self.pool_name == 'asyncio':
             processes = f'{self.processes} process' + ('es' if self.processes != 1 else '')
             return f'{processes} x {self.concurrency} tasks each ({self.pool_name})'
+        pool = 'thread' if self.pool_name == 'threads' else self.pool_name
+        if self.autoscale is not None:  # Celery shows the autoscaler's range, not the pool's starting size
+            return f'{{min={self.autoscale[1]}, max={self.autoscale[0]}}} ({pool})'
         # Celery names the pool by its class's module (celery.concurrency.thread for -P threads: '4 (thread)')
-        return f'{self.concurrency} ({"thread" if self.pool_name == "threads" else self.pool_name})'
+        return f'{self.concurrency} ({pool})'
 
 
 def check_pool(name: str) -> None:
