@@ -50,6 +50,8 @@ def test_time_limits_and_terminate(tasks: Any, worker: Any) -> None:
     victim = tasks.long.delay(60)
     w.wait_for(f'Task worker_tasks.long[{victim.id}] received')
     wait_until(lambda: any(j['id'] == victim.id for j in _active(tasks)), 30, 'the task started')
+    # worker_pid: as Celery's gevent pool, the id of the greenlet running it (fastq's gave None)
+    assert all(isinstance(j['worker_pid'], int) for j in _active(tasks) if j['id'] == victim.id)
     victim.revoke(terminate=True)
     wait_until(lambda: victim.state == states.REVOKED, 30, 'revoked')
     assert tasks.add.delay(2, 3).get(timeout=30) == 5

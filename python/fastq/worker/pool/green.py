@@ -76,7 +76,9 @@ class GeventPool(Pool):
     def submit(self, job: Job) -> None:
         job.started = time.monotonic()
         self._active[job.id] = job
-        self._running[job.id] = self._gevent.spawn(self._run, job)
+        greenlet = self._running[job.id] = self._gevent.spawn(self._run, job)
+        # `inspect active`'s worker_pid: Celery's gevent pool reports the id of the greenlet running the task
+        job.pid = id(greenlet)
 
     def _run(self, job: Job) -> None:
         outcome: Outcome | None = None

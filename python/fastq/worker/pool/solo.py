@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ class SoloPool(Pool):
             job = self._pending.popleft()
             self._running = job
             job.started = time.monotonic()
+            job.pid = os.getpid()  # (`inspect active`'s worker_pid, as Celery's solo pool: the worker's own)
             try:
                 outcome = run_payload(self.app, job.payload(), self.accept)
             finally:
@@ -72,7 +74,5 @@ class SoloPool(Pool):
 
     def info(self) -> dict[str, object]:
         # Celery's solo pool: one task at a time, in the worker's own process, whatever -c says
-        import os
-
         return {**super().info(), 'max-concurrency': 1, 'processes': [os.getpid()], 'max-tasks-per-child': None,
                 'put-guarded-by-semaphore': True, 'timeouts': ()}  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,7 @@ class ThreadPool(Pool):
         import time
 
         job.started = time.monotonic()
+        job.pid = os.getpid()  # (`inspect active`'s worker_pid: Celery's thread pool reports its own process)
         self._active[job.id] = job
         self._queue.put(job)
 

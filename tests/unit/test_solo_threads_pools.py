@@ -1,13 +1,17 @@
-"""`-P solo`: tasks run one at a time in the worker loop's own thread, with an in-process worker on the
-in-memory broker."""
+"""`-P solo` (tasks run one at a time in the worker loop's own thread) and `-P threads`, with an in-process worker
+on the in-memory broker."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
 
+import pytest
+
 from fastq import Fastq, states
+from fastq.worker.inspect import _jobs, request_info
 from fastq.worker.worker import WorkController
 
 
@@ -52,6 +56,34 @@ def test_a_task_revoked_before_the_solo_pool_began_it_is_discarded(memory_app: F
         assert first.get(timeout=30) == 'done'
         _wait(lambda: second.state == states.REVOKED and third.state == states.REVOKED, 'both revoked')
         assert victim.delay().get(timeout=30) == 'ran'  # the worker goes on
+    finally:
+        release.set()
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize('pool', ['solo', 'threads'])
+def test_inspect_active_names_the_worker_process_as_celerys(memory_app: Fastq, pool: str) -> None:
+    """`inspect active` gives a running task's worker_pid: under Celery's solo and thread pools the worker's own
+    process (fastq's gave None, so Flower and scripts reading it found no process)."""
+    release = threading.Event()
+
+    @memory_app.task
+    def blocker() -> str:
+        release.wait(30)
+        return 'done'
+
+    worker = WorkController(memory_app, pool=pool, concurrency=1, quiet=True)
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        result = blocker.delay()
+        _wait(lambda: worker.dispatcher is not None and worker.pool is not None and worker.pool.active(), 'start')
+        (job,) = _jobs(worker)[0]
+        assert request_info(job, worker.hostname, worker.accept)['worker_pid'] == os.getpid()
+        release.set()
+        assert result.get(timeout=30) == 'done'
     finally:
         release.set()
         worker.stop()
