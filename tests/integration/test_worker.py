@@ -444,6 +444,25 @@ def test_cold_shutdown_cancels_running_tasks_as_celery_does(tasks: Any, worker: 
     assert [x.split()[1] for x in lines(out) if x.startswith('start')].count('e') == 1  # not run again
 
 
+def test_ctrl_c_twice_stops_a_solo_worker_running_a_task(tasks: Any, worker: Any, tmp_path: Path) -> None:
+    """-P solo runs the task in the worker loop's own thread. As Celery's solo worker, Ctrl+C is answered while
+    the task runs ('Warm shutdown' at once), and the second (cold) one stops the task and the worker: the task
+    is stored as RETRY ('cancelled by Celery'), as under the other pools. fastq's handled neither until the
+    task returned: a solo worker running a long task could only be killed."""
+    out = tmp_path / 'ran.txt'
+    w = worker('-P', 'solo')
+    early = tasks.sleeper.delay(str(out), 'e', 120)
+    wait_until(lambda: any(x.startswith('start') for x in lines(out)), message='started')
+    w.signal(signal.SIGINT)
+    w.wait_for('worker: Warm shutdown (MainProcess)')
+    assert w.proc.poll() is None  # (a warm shutdown waits for the task)
+    w.signal(signal.SIGINT)
+    assert w.proc.wait(30) == 1
+    assert 'Hitting Ctrl+C again will terminate all running tasks!' in w.log
+    assert early.state == 'RETRY'
+    assert not any(x.startswith('done') for x in lines(out))
+
+
 def test_cold_shutdown_mid_drain_loses_no_queued_task(tasks: Any, worker: Any, tmp_path: Path) -> None:
     """Short tasks acked early are written to a child a few at a time; a cold shutdown mid-drain puts back the
     ones that never started (Celery's acks them only once a pool process accepted them): every task either ran

@@ -612,7 +612,23 @@ class WorkController:
         self.loop.call_soon_threadsafe(restart)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        pool = self.pool
+        if pool is not None and pool.runs_tasks_in_loop and getattr(pool, 'busy', bool)():
+            self._signalled_in_task(signum, pool)
+            return
         self.loop.call_soon_threadsafe(lambda: self._signalled(signum))
+
+    def _signalled_in_task(self, signum: int, pool: Pool) -> None:
+        """A signal that interrupted a task the solo pool runs in the loop's thread (this handler runs there, and
+        the loop reads nothing posted to it until the task returns). Handled now, as Celery's handlers act in
+        the running task's frame: the shutdown is announced at once, and a cold one stops the task (unless a
+        soft shutdown lets it finish first): Ctrl+C twice stops a solo worker, where fastq's waited for the task.
+        """
+        self._signalled(signum)
+        soft = float(self.app.conf.worker_soft_shutdown_timeout or 0) > 0
+        if self._hard or (self._shutdown == 'cold' and not soft):
+            self._cancel_running()  # (the running job handed back: RETRY stored, or requeued with acks_late)
+            pool.interrupt()  # type: ignore[attr-defined]
 
     def _signalled(self, signum: int) -> None:
         """(The loop's thread) a shutdown signal, handled as Celery 5.7's handlers are (celery.apps.worker):

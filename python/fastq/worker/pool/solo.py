@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fastq import _state, signals
 from fastq.worker.job import run_payload
 from fastq.worker.pool.base import Pool
+from fastq.worker.trace import Killed
 
 if TYPE_CHECKING:
     from fastq.worker.job import Job
@@ -41,13 +42,26 @@ class SoloPool(Pool):
         while self._pending:
             job = self._pending.popleft()
             self._running = job
-            job.started = time.monotonic()
-            job.pid = os.getpid()  # (`inspect active`'s worker_pid, as Celery's solo pool: the worker's own)
             try:
+                job.started = time.monotonic()
+                job.pid = os.getpid()  # (`inspect active`'s worker_pid, as Celery's solo pool: the worker's own)
                 outcome = run_payload(self.app, job.payload(), self.accept)
+            except Killed:
+                return  # stopped by `interrupt`: a cold shutdown, which already handed the job back
             finally:
                 self._running = None
             self.on_result(job, outcome)
+
+    def busy(self) -> bool:
+        """Whether a task is running now (in the loop's thread, so a signal handler there interrupted it)."""
+        return self._running is not None
+
+    def interrupt(self) -> None:
+        """Called from a signal handler in the loop's thread while a task runs (a cold shutdown, after
+        `terminate` handed its job back): stop the task where it is, as Celery's solo worker stops when its
+        cold-shutdown handler raises in the running task's frame; nothing else could, the loop being inside it."""
+        if self._running is not None:
+            raise Killed('terminated')
 
     def withdraw(self, job: Job) -> bool:
         # A submitted job waits for the loop's next pass; a revoke read in that pass came before it ran (Celery's
@@ -67,7 +81,8 @@ class SoloPool(Pool):
         return not self._pending and self._running is None
 
     def terminate(self) -> list[Job]:
-        held = list(self._pending)
+        # (the running job too: only a signal handler interrupting it can call this while it runs: `interrupt`)
+        held = ([self._running] if self._running is not None else []) + list(self._pending)
         self._pending.clear()
         self._stopped = True
         return held
