@@ -4,8 +4,10 @@ on the in-memory broker."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,6 +88,38 @@ def test_inspect_active_names_the_worker_process_as_celerys(memory_app: Fastq, p
         assert result.get(timeout=30) == 'done'
     finally:
         release.set()
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize('pool', ['solo', 'threads'])
+def test_pool_restart_imports_modules_in_the_workers_process(
+    memory_app: Fastq, pool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With worker_pool_restarts, Celery's `pool_restart` on a pool without children imports the modules in the
+    worker's process (re-imports them with reload=True) and answers 'reload started'; fastq's refused ('the
+    threads pool has no child processes to restart')."""
+    from fastq.worker.autoscale import _pool_restart
+
+    marks = tmp_path / 'marks.txt'
+    name = f'fq_restart_probe_{pool}'
+    (tmp_path / f'{name}.py').write_text(f'with open({str(marks)!r}, "a") as f:\n    f.write("imported\\n")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    memory_app.conf.worker_pool_restarts = True
+    worker = WorkController(memory_app, pool=pool, concurrency=1, quiet=True)
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: worker.loop.running, 'the loop')
+        assert _pool_restart(worker, modules=[name]) == {'ok': 'reload started'}
+        assert _pool_restart(worker, modules=[name]) == {'ok': 'reload started'}  # imported already: not again
+        assert marks.read_text() == 'imported\n'
+        assert _pool_restart(worker, modules=[name], reload=True) == {'ok': 'reload started'}
+        assert marks.read_text() == 'imported\n' * 2
+    finally:
+        sys.modules.pop(name, None)
         worker.stop()
         thread.join(30)
     assert not thread.is_alive()

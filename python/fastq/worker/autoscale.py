@@ -167,16 +167,38 @@ def _pool_shrink(worker: WorkController, n: int = 1, **kwargs: Any) -> dict[str,
 def _pool_restart(worker: WorkController, modules: Any = None, reload: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Replace the pool's children; each finishes what it holds first. Children are forked from a fork server
     that loaded the code at start, so changed task code needs a worker restart (Celery's `reload` neither
-    re-imports reliably); `modules`/`reload` are accepted and ignored."""
+    re-imports reliably); `modules`/`reload` are accepted and ignored. The other pools have no children: the
+    worker's process imports `modules` (`_import_in_process`)."""
     if not worker.app.conf.worker_pool_restarts:
         raise ValueError('Pool restarts not enabled')
     from fastq.worker.pool.prefork import PreforkPool
 
     pool = worker.pool
     if not isinstance(pool, PreforkPool):
-        raise ValueError(f'the {worker.pool_name} pool has no child processes to restart')
+        # threads, solo, gevent: tasks run in the worker's own process, which imports the modules (re-imports
+        # them with `reload`), as Celery's WorkController.reload does before its pool.restart(), which these
+        # pools do not implement: 'reload started' all the same
+        on_loop(worker, lambda: _import_in_process(worker, modules, bool(reload)))
+        return ok('reload started')
     on_loop(worker, pool.restart)
     return ok('reload started')
+
+
+def _import_in_process(worker: WorkController, modules: Any, reload: bool) -> None:
+    """Celery's `_reload_modules`: each module (by default those the registered tasks come from) imported if it
+    is not yet, re-imported if `reload` (tasks it adds are taken from then on)."""
+    import importlib
+    import sys
+
+    app = worker.app
+    names = {task.__module__ for task in app.tasks.values()} if modules is None else set(modules or ())
+    for name in sorted(names):
+        if name not in sys.modules:
+            logger.debug('importing module %s', name)
+            importlib.import_module(name)
+        elif reload:
+            logger.debug('reloading module %s', name)
+            importlib.reload(sys.modules[name])
 
 
 @command('autoscale')
