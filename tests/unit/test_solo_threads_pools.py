@@ -123,3 +123,45 @@ def test_pool_restart_imports_modules_in_the_workers_process(
         worker.stop()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_a_command_waits_for_the_solo_pools_task(memory_app: Fastq) -> None:
+    """A remote control command that reads the worker's state (`inspect active`) while the solo pool runs a task
+    in the loop's thread is answered once the task returns, as Celery's solo worker answers; fastq's gave up
+    after a few seconds, logging 'pidbox command error: TimeoutError(...)' with its traceback, each time a
+    monitor polled it while a long task ran."""
+    from fastq.worker.control import on_loop
+
+    release = threading.Event()
+
+    @memory_app.task
+    def blocker() -> str:
+        release.wait(30)
+        return 'done'
+
+    worker = WorkController(memory_app, pool='solo', concurrency=1, quiet=True)
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    answers: list[Any] = []
+    try:
+        result = blocker.delay()
+        _wait(lambda: worker.pool is not None and getattr(worker.pool, 'busy', bool)(), 'the task started')
+        asker = threading.Thread(target=lambda: answers.append(_ask(on_loop, worker)), daemon=True)
+        asker.start()
+        asker.join(0.5)  # (several of its 0.05s waits, all while the task runs)
+        release.set()
+        asker.join(30)
+        assert answers == ['answered']
+        assert result.get(timeout=30) == 'done'
+    finally:
+        release.set()
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def _ask(on_loop: Any, worker: WorkController) -> str:
+    try:
+        return str(on_loop(worker, lambda: 'answered', timeout=0.05))
+    except TimeoutError:
+        return 'timed out'

@@ -143,8 +143,13 @@ def on_loop(worker: WorkController, fn: Callable[[], T], timeout: float = 5.0) -
             done.set()
 
     worker.loop.call_soon_threadsafe(run)
-    if not done.wait(timeout):
-        raise TimeoutError('the worker loop did not answer in time')
+    while not done.wait(timeout):
+        # The solo pool runs a task in the loop's own thread: the command is answered once the task returns, as
+        # Celery's solo worker answers (late), not with an error (logged, with its traceback) each time a
+        # monitor polls a worker whose task runs longer than `timeout`
+        pool = worker.pool
+        if not (pool is not None and pool.runs_tasks_in_loop and getattr(pool, 'busy', bool)()):
+            raise TimeoutError('the worker loop did not answer in time')
     good, value = box[0]
     if not good:
         raise value
