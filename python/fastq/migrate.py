@@ -19,6 +19,7 @@ from itertools import cycle, islice
 from typing import TYPE_CHECKING, Any
 
 from fastq import _core
+from fastq.brokers.amqp_properties import MARK as AMQP_MARK
 from fastq.brokers.base import Outgoing
 
 if TYPE_CHECKING:
@@ -32,7 +33,9 @@ BATCH = 100  # messages taken and published per round trip
 #: its queue directly, as the destination may have no such chain (and the ETA is in its headers anyway).
 DELAYED_EXCHANGE_PREFIX = 'celery_delayed_'
 #: Properties that belong to one broker's copy of a message (the destination sets its own).
-_TRANSPORT_PROPERTIES = ('delivery_info', 'delivery_tag', 'body_encoding', 'priority', 'delivery_mode', 'expiration')
+_TRANSPORT_PROPERTIES = (
+    'delivery_info', 'delivery_tag', 'body_encoding', 'priority', 'delivery_mode', 'expiration', AMQP_MARK,
+)  # fmt: skip
 
 
 @dataclass

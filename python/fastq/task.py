@@ -169,8 +169,10 @@ class Context:
 
     @property
     def properties(self) -> dict[str, Any] | None:
-        """The message's properties as kombu gives them (correlation_id, reply_to, delivery_mode,
-        delivery_info, priority, body_encoding, delivery_tag, ...), None for a request no message made.
+        """The message's properties as kombu gives them, None for a request no message made: on Redis
+        (kombu's virtual transports) correlation_id, reply_to, delivery_mode, delivery_info, priority,
+        body_encoding, delivery_tag, ...; on RabbitMQ py-amqp's (content_type, content_encoding,
+        application_headers, delivery_mode, priority, correlation_id, reply_to, ...: see amqp_properties).
 
         A worker's request holds the envelope it ran from, read here on first use: decoding the properties
         for every task would cost every task for the few that read them."""
@@ -180,8 +182,12 @@ class Context:
             envelope = getattr(self, '_envelope', None)
             if envelope is not None:
                 from fastq import _core
+                from fastq.brokers.amqp_properties import celery_properties
 
-                properties = fields['properties'] = _core.Message.from_envelope(envelope, None).properties
+                message = _core.Message.from_envelope(envelope, None)
+                properties = fields['properties'] = celery_properties(
+                    message.properties, message.headers, message.content_type, message.content_encoding
+                )
         return properties
 
     @properties.setter

@@ -102,3 +102,13 @@ def record_body(values: list[object], path: str) -> list[object]:
 @app.task(name='worker_tasks.on_error')
 def on_error(request: Any, exc: BaseException, traceback: str | None, path: str) -> None:
     _record(path, f'error {request.id} {type(exc).__name__} {bool(traceback)}')
+
+
+@app.task(name='worker_tasks.request_as_sent', bind=True)
+def request_as_sent(self) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """What the request says of the message itself (worker_tasks' twin)."""
+    return {
+        'properties': self.request.properties,
+        'timelimit': self.request.timelimit,
+        'ignore_result': self.request.ignore_result,
+    }

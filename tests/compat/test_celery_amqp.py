@@ -164,3 +164,36 @@ def test_celery_inspect_ping_reaches_fastq(celery_client: Any, workers: Any) -> 
 
 def test_control_exchange_keeps_apps_apart(celery_client: Any, fastq_client: Any, workers: Any, url: str) -> None:
     control_exchange_keeps_apps_apart(celery_client, fastq_client, workers, url)
+
+
+def test_request_properties_read_as_on_a_celery_worker(celery_client: Any, workers: Any) -> None:
+    """On RabbitMQ Celery's `self.request.properties` are py-amqp's (content_type, content_encoding,
+    application_headers, delivery_mode, priority, correlation_id, reply_to, expiration), with no
+    delivery_info, body_encoding or delivery_tag: fastq's read as kombu's Redis envelope."""
+    seen = {}
+    for kind in ('celery', 'fastq'):
+        w = workers(kind, '-n', f'{kind}1@%h')
+        sent = [
+            celery_client.send_task('worker_tasks.request_as_sent', priority=3, headers={'custom': 'v'}, expires=60),
+            celery_client.send_task('worker_tasks.request_as_sent', correlation_id=None),  # sent with no priority
+        ]
+        seen[kind] = [_without_ids(r.get(timeout=30)['properties'], r.id) for r in sent]
+        w.stop(30)
+    assert seen['fastq'] == seen['celery']
+    first = seen['fastq'][0]
+    assert list(first) == [
+        'content_type', 'content_encoding', 'application_headers', 'delivery_mode', 'priority', 'correlation_id',
+        'reply_to', 'expiration',
+    ]  # fmt: skip
+    assert first['application_headers']['custom'] == 'v' and first['priority'] == 3
+
+
+def _without_ids(properties: dict[str, Any], task_id: str) -> dict[str, Any]:
+    """The properties with what differs from one sending to the next (ids, times) replaced."""
+    headers = dict(properties.get('application_headers') or {})
+    for key in ('id', 'root_id', 'expires', 'origin'):
+        if headers.get(key) is not None:
+            headers[key] = key.upper()
+    out = {key: ('ID' if value == task_id else value) for key, value in properties.items()}
+    out['application_headers'] = headers
+    return out

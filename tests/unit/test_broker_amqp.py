@@ -3,6 +3,7 @@ declarations (redeclaring with kombu must not fail with 406 PRECONDITION_FAILED)
 
 from __future__ import annotations
 
+import marshal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from fastq.brokers.amqp import AMQPBroker, parse_urls
 from fastq.brokers.amqp.consumer import AMQPConsumer
 from fastq.brokers.amqp.topology import DEAD_LETTER_QUEUE, delayed_routing_key
 from fastq.brokers.base import Delivery, Outgoing
+from fastq.worker.trace import Outcome
 from tests.harness import wait_until
 
 
@@ -533,3 +535,54 @@ def test_a_message_without_a_priority_is_sent_with_priority_0_as_kombu_sends_it(
 
     assert to_amqp(Outgoing(_message(), 'celery'))[3]['priority'] == 0
     assert to_amqp(Outgoing(_message(), 'celery', priority=7))[3]['priority'] == 7
+
+
+def _delivered(props: dict[str, Any]) -> Any:
+    """A task message as RabbitMQ delivers it (the DELIVER event), made a Message as the consumer makes it."""
+    from fastq.brokers.amqp import to_message
+
+    headers = {'id': 'id-1', 'task': 'noop', 'custom': 'v'}
+    props = {'content_type': 'application/json', 'content_encoding': 'utf-8', 'headers': headers, **props}
+    return to_message(('', 0, 'ctag', 5, False, '', 'celery', props, b'[[], {}, {}]'))
+
+
+@pytest.mark.parametrize('priority', [3, None])
+def test_a_delivery_reads_py_amqps_properties_wherever_celery_shows_them(priority: int | None) -> None:
+    """Celery on RabbitMQ: self.request.properties, task_received's request_dict['properties'] and
+    task_unknown's message.properties are py-amqp's (content_type ... application_headers ... no
+    delivery_info, body_encoding or delivery_tag; no priority when the message had none). fastq's were
+    kombu's Redis envelope's."""
+    from fastq.task import ENVELOPE, Context
+    from fastq.worker.job import prepare_payload
+    from fastq.worker.message import ReceivedMessage
+
+    props: dict[str, Any] = {'delivery_mode': 2, 'correlation_id': 'id-1', 'reply_to': 'r', 'message_id': 'm'}
+    if priority is not None:
+        props['priority'] = priority
+    message = _delivered(props)
+    expected = {
+        'content_type': 'application/json',
+        'content_encoding': 'utf-8',
+        'application_headers': {'id': 'id-1', 'task': 'noop', 'custom': 'v'},
+        'delivery_mode': 2,
+        **({'priority': priority} if priority is not None else {}),
+        'correlation_id': 'id-1',
+        'reply_to': 'r',
+        'message_id': 'm',
+    }
+    assert ReceivedMessage(Delivery(5, 'celery', message), message).properties == expected
+    # What the pool child is given: the envelope the consumer builds (see AMQPConsumer._on_deliver).
+    raw = message.to_envelope('', 'celery', priority or 0, 2, None, '5')
+    worker_app = Fastq('t', broker='memory://', backend='cache+memory://', set_as_current=False)
+
+    @worker_app.task(name='noop')
+    def noop() -> None: ...
+
+    prepared = prepare_payload(
+        worker_app, marshal.dumps((raw, 'celery', False, None, None, 'w@h')), frozenset({'application/json'})
+    )
+    assert not isinstance(prepared, Outcome) and ENVELOPE in prepared.request
+    ctx = Context.adopt(prepared.request)
+    assert ctx.properties == expected and list(ctx.properties) == list(expected)
+    # (the worker's own reading of the delivery keeps kombu's delivery_info)
+    assert message.properties['delivery_info'] == {'exchange': '', 'routing_key': 'celery', 'redelivered': False}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fastq.brokers.amqp_properties import celery_properties
+
 if TYPE_CHECKING:
     from fastq._core import Message
     from fastq.brokers.base import Delivery
@@ -27,7 +29,9 @@ class ReceivedMessage:
     def __init__(self, delivery: Delivery, message: Message) -> None:
         self._message = message
         self.headers = message.headers
-        self.properties = message.properties
+        self.properties = celery_properties(  # (py-amqp's on RabbitMQ, as Celery's receivers get them)
+            message.properties, message.headers, message.content_type, message.content_encoding
+        )
         self.body = message.body
         self.content_type = message.content_type
         self.content_encoding = message.content_encoding

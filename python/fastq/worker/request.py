@@ -171,6 +171,15 @@ class Request:
         message = self._job.delivery.message
         return message.properties if message is not None else {}
 
+    def _celery_properties(self) -> dict[str, Any]:
+        """The properties as Celery's request_dict has them (py-amqp's on RabbitMQ: see amqp_properties)."""
+        from fastq.brokers.amqp_properties import celery_properties
+
+        message = self._job.delivery.message
+        if message is None:
+            return {}
+        return celery_properties(message.properties, message.headers, message.content_type, message.content_encoding)
+
     @property
     def worker_pid(self) -> int | None:
         return self._job.pid
@@ -191,7 +200,7 @@ class Request:
         args, kwargs, _ = self._payload()
         return {
             **self._headers(),
-            'properties': properties,
+            'properties': self._celery_properties(),
             'reply_to': properties.get('reply_to'),
             'correlation_id': properties.get('correlation_id'),
             'hostname': self.hostname,

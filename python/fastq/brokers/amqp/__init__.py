@@ -48,6 +48,7 @@ from fastq.brokers.amqp.topology import (
     delayed_routing_key,
     undelayed_routing_key,
 )
+from fastq.brokers.amqp_properties import MARK as AMQP_MARK
 from fastq.brokers.base import (
     Broker,
     BrokerFeatures,
@@ -141,6 +142,14 @@ def to_amqp(out: Outgoing) -> tuple[str, str, bytes, dict[str, Any]]:
     return out.exchange, out.routing_key, message.body, properties
 
 
+#: The AMQP properties a delivered message keeps besides its headers and content type/encoding (the pool
+#: child reads them from the envelope it is given: see amqp_properties).
+DELIVERED_PROPERTIES = (
+    'correlation_id', 'reply_to', 'priority', 'delivery_mode', 'expiration', 'message_id', 'timestamp', 'type',
+    'user_id', 'app_id', 'cluster_id',
+)  # fmt: skip
+
+
 def to_message(event: tuple[Any, ...]) -> Message:
     """A delivered AMQP message as fastq's Message, with kombu's delivery_info."""
     _, _, _, _, redelivered, exchange, routing_key, props, body = event
@@ -149,9 +158,11 @@ def to_message(event: tuple[Any, ...]) -> Message:
     properties: dict[str, Any] = {
         'delivery_info': {'exchange': exchange, 'routing_key': routing_key, 'redelivered': redelivered},
     }
-    for key in ('correlation_id', 'reply_to', 'priority', 'delivery_mode', 'expiration'):
+    for key in DELIVERED_PROPERTIES:
         if key in props:
             properties[key] = props[key]
+    # Marked as RabbitMQ's, so a task's request.properties read as Celery's do there (amqp_properties).
+    properties[AMQP_MARK] = 1 if 'priority' in props else 0
     return _core.Message(
         body,
         props.get('content_type') or '',
