@@ -195,6 +195,11 @@ def received(sender: Any, request: Any, **kwargs: Any) -> None:
         f'{celerys <= request.request_dict.keys()} {request.request_dict["args"]} {request.group_index} '
         f'{request.time_limits}'
     )
+    message = request.message  # (kombu's Message reading, as Celery's Request has it)
+    record(
+        f'task_received-message {request.id} {message.payload[0]} {message.headers["id"] == request.id} '
+        f'{message.delivery_info["routing_key"]} {message.content_type} {message.acknowledged}'
+    )
 
 
 @signals.task_rejected.connect

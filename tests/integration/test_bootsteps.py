@@ -128,6 +128,7 @@ def test_guide_steps_options_and_signals_on_a_real_worker(app: Any, redis_url: s
     assert f"task_received-details {added.id} True True None None True '' celery 0 False None" in whats
     more = f'task_received-more {added.id} bootstep_tasks.add (1, 2) {{}} application/json utf-8 True False True'
     assert f'{more} {{}} [] None True [1, 2] None [None, None]' in whats  # (the header's timelimit, a list)
+    assert f'task_received-message {added.id} [1, 2] True celery application/json False' in whats
     assert 'task_failure bootstep_tasks.die WorkerLostError [3] {} str request=True' in whats  # (its request pushed)
     assert 'task_revoked bootstep_tasks.add Context [5, 6] True True' in whats  # (Celery's: a Context)
 

@@ -181,6 +181,21 @@ class Request:
         return celery_properties(message.properties, message.headers, message.content_type, message.content_encoding)
 
     @property
+    def message(self) -> Any:
+        """Celery's: the delivery as kombu's Message reads it (headers, properties, body, delivery_info,
+        delivery_tag, payload, decode(), acknowledged), None for one whose message could not be read."""
+        from fastq.worker.message import ReceivedMessage
+
+        delivery = self._job.delivery
+        if delivery.message is None:
+            return None
+        received = self.__dict__.get('_message')
+        if received is None:
+            received = self.__dict__['_message'] = ReceivedMessage(delivery, delivery.message)
+        received.acknowledged = self._job.acked  # (settled after task_received, as Celery's)
+        return received
+
+    @property
     def worker_pid(self) -> int | None:
         return self._job.pid
 
