@@ -140,7 +140,7 @@ def build_task_message(
     retries: int = 0,
     time_limit: float | None = None,
     soft_time_limit: float | None = None,
-    ignore_result: bool = False,
+    ignore_result: bool | None = False,
     replaced_task_nesting: int = 0,
     stamped_headers: list[str] | None = None,
     stamps: dict[str, Any] | None = None,
@@ -176,7 +176,7 @@ def build_task_message(
         argsrepr if argsrepr is not None else saferepr(args),
         kwargsrepr if kwargsrepr is not None else saferepr(kwargs),
         origin,
-        bool(ignore_result),
+        None if ignore_result is None else bool(ignore_result),  # (None: send_task left it to the task)
         replaced_task_nesting,
         stamped_headers,
         stamps or {},

@@ -281,6 +281,25 @@ def test_envelope_same_with_and_without_publish_signals(memory_app: Fastq) -> No
     assert fast == slow
 
 
+def test_send_task_leaves_ignore_result_to_the_task_with_publish_signals_too(memory_app: Fastq) -> None:
+    """`send_task` sends `ignore_result: None` (the worker then uses the task's setting), as Celery's; with a
+    before_task_publish receiver connected fastq's sent False, so a task declared ignore_result=True stored its
+    result."""
+    seen: list[Any] = []
+
+    def receiver(headers: dict[str, Any], **kwargs: Any) -> None:
+        seen.append(headers['ignore_result'])
+
+    signals.before_task_publish.connect(receiver)
+    try:
+        memory_app.send_task('tasks.anything', (1,))
+        memory_app.send_task('tasks.anything', (1,), ignore_result=True)
+    finally:
+        signals.before_task_publish.disconnect(receiver)
+    assert seen == [None, True]
+    assert [doc['headers']['ignore_result'] for doc in _memory_payloads(memory_app)[-2:]] == [None, True]
+
+
 # --- send plans ---------------------------------------------------------------------------------------------
 
 
