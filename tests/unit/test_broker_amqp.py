@@ -584,5 +584,8 @@ def test_a_delivery_reads_py_amqps_properties_wherever_celery_shows_them(priorit
     assert not isinstance(prepared, Outcome) and ENVELOPE in prepared.request
     ctx = Context.adopt(prepared.request)
     assert ctx.properties == expected and list(ctx.properties) == list(expected)
-    # (the worker's own reading of the delivery keeps kombu's delivery_info)
-    assert message.properties['delivery_info'] == {'exchange': '', 'routing_key': 'celery', 'redelivered': False}
+    # (the worker's own reading of the delivery keeps kombu's delivery_info, py-amqp's)
+    info = {'consumer_tag': 'ctag', 'delivery_tag': 5, 'exchange': '', 'routing_key': 'celery', 'redelivered': False}
+    assert message.properties['delivery_info'] == info
+    received = ReceivedMessage(Delivery(1 << 40 | 5, 'celery', message), message)
+    assert received.delivery_info == info and received.delivery_tag == 5

@@ -38,7 +38,8 @@ class ReceivedMessage:
         info = dict(message.properties.get('delivery_info') or {})
         info.setdefault('routing_key', delivery.queue)
         self.delivery_info = info
-        self.delivery_tag = message.properties.get('delivery_tag', delivery.tag)
+        # (the virtual transports' own, RabbitMQ's channel tag, else the worker's)
+        self.delivery_tag = message.properties.get('delivery_tag', info.get('delivery_tag', delivery.tag))
         self._decoded: Any = None
         self._decoded_yet = False
 

@@ -152,12 +152,13 @@ DELIVERED_PROPERTIES = (
 
 def to_message(event: tuple[Any, ...]) -> Message:
     """A delivered AMQP message as fastq's Message, with kombu's delivery_info."""
-    _, _, _, _, redelivered, exchange, routing_key, props, body = event
+    _, _, consumer_tag, delivery_tag, redelivered, exchange, routing_key, props, body = event
     if exchange == DELAYED_DELIVERY_EXCHANGE or routing_key[:2] in ('0.', '1.'):
         routing_key = undelayed_routing_key(routing_key)  # came through the delayed chain
-    properties: dict[str, Any] = {
-        'delivery_info': {'exchange': exchange, 'routing_key': routing_key, 'redelivered': redelivered},
-    }
+    info = {'exchange': exchange, 'routing_key': routing_key, 'redelivered': redelivered}
+    if delivery_tag:  # (a consumer's delivery: py-amqp's delivery_info, as a task_received receiver reads it)
+        info = {'consumer_tag': consumer_tag, 'delivery_tag': delivery_tag, **info}
+    properties: dict[str, Any] = {'delivery_info': info}
     for key in DELIVERED_PROPERTIES:
         if key in props:
             properties[key] = props[key]
