@@ -589,3 +589,23 @@ def test_a_delivery_reads_py_amqps_properties_wherever_celery_shows_them(priorit
     assert message.properties['delivery_info'] == info
     received = ReceivedMessage(Delivery(1 << 40 | 5, 'celery', message), message)
     assert received.delivery_info == info and received.delivery_tag == 5
+
+
+def test_task_receiveds_request_reads_the_delivery_as_celerys() -> None:
+    """A task_received receiver's request: correlation_id is the message's property (None for a message sent
+    without one, as Celery's `apply_async(correlation_id=None)` sends it), not the task id; its message the
+    delivery as kombu's Message reads it."""
+    from fastq.protocol import parse_delivery
+    from fastq.worker.job import Job
+    from fastq.worker.request import Request
+
+    requests = []
+    for props in ({'correlation_id': 'id-1', 'priority': 0}, {}):
+        message = _delivered({'delivery_mode': 2, 'reply_to': 'r', **props})
+        delivery = Delivery(5, 'celery', message)
+        job = Job(1, delivery, parse_delivery(delivery), False, False, None, None, 'w@h', 0.0)
+        requests.append(Request(job, None, None))
+    assert [r.correlation_id for r in requests] == ['id-1', None]
+    assert [r.request_dict['correlation_id'] for r in requests] == ['id-1', None]
+    assert [r.delivery_info['priority'] for r in requests] == [0, None]
+    assert requests[0].message.delivery_tag == 5 and requests[0].message.acknowledged is False

@@ -61,7 +61,7 @@ class Request:
         self.task = task
         self.app = app
         request = job.request
-        self.id = self.task_id = self.correlation_id = request.id
+        self.id = self.task_id = request.id
         self.type = request.task  # (the registered name; `name` is the one shown, a shadow name if it has one)
         self.name = self.task_name = request.shadow or request.task
         self.argsrepr = request.argsrepr
@@ -162,6 +162,11 @@ class Request:
             'priority': properties.get('priority'),
             'redelivered': delivery.redelivered,
         }
+
+    @property
+    def correlation_id(self) -> str | None:
+        """Celery's: the message's correlation_id property (a client's task id, unless it sent another)."""
+        return self._properties().get('correlation_id')
 
     @property
     def reply_to(self) -> str | None:
