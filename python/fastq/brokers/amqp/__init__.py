@@ -142,35 +142,27 @@ def to_amqp(out: Outgoing) -> tuple[str, str, bytes, dict[str, Any]]:
     return out.exchange, out.routing_key, message.body, properties
 
 
-#: The AMQP properties a delivered message keeps besides its headers and content type/encoding (the pool
-#: child reads them from the envelope it is given: see amqp_properties).
-DELIVERED_PROPERTIES = (
-    'correlation_id', 'reply_to', 'priority', 'delivery_mode', 'expiration', 'message_id', 'timestamp', 'type',
-    'user_id', 'app_id', 'cluster_id',
-)  # fmt: skip
-
-
 def to_message(event: tuple[Any, ...]) -> Message:
-    """A delivered AMQP message as fastq's Message, with kombu's delivery_info."""
+    """A delivered AMQP message as fastq's Message, with kombu's delivery_info.
+
+    Its properties are the delivery's (correlation_id, reply_to, priority, delivery_mode, expiration,
+    message_id, ...) but the headers and content type/encoding, which the Message holds apart: the pool child
+    reads them from the envelope it is given (see amqp_properties).
+    """
     _, _, consumer_tag, delivery_tag, redelivered, exchange, routing_key, props, body = event
     if exchange == DELAYED_DELIVERY_EXCHANGE or routing_key[:2] in ('0.', '1.'):
         routing_key = undelayed_routing_key(routing_key)  # came through the delayed chain
     info = {'exchange': exchange, 'routing_key': routing_key, 'redelivered': redelivered}
     if delivery_tag:  # (a consumer's delivery: py-amqp's delivery_info, as a task_received receiver reads it)
         info = {'consumer_tag': consumer_tag, 'delivery_tag': delivery_tag, **info}
-    properties: dict[str, Any] = {'delivery_info': info}
-    for key in DELIVERED_PROPERTIES:
-        if key in props:
-            properties[key] = props[key]
+    properties: dict[str, Any] = props.copy()
+    content_type = properties.pop('content_type', None)
+    content_encoding = properties.pop('content_encoding', None)
+    headers = properties.pop('headers', None)
+    properties['delivery_info'] = info
     # Marked as RabbitMQ's, so a task's request.properties read as Celery's do there (amqp_properties).
-    properties[AMQP_MARK] = 1 if 'priority' in props else 0
-    return _core.Message(
-        body,
-        props.get('content_type') or '',
-        props.get('content_encoding') or '',
-        props.get('headers') or {},
-        properties,
-    )
+    properties[AMQP_MARK] = 1 if 'priority' in properties else 0
+    return _core.Message(body, content_type or '', content_encoding or '', headers or {}, properties)
 
 
 class AMQPBroker(Broker):
