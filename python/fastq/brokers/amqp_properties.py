@@ -11,6 +11,11 @@ Celery on RabbitMQ shows py-amqp's properties where that shape has its own: `sel
 A delivery's properties carry `MARK` to say they came from RabbitMQ; `celery_properties` gives Celery's
 reading of them, computed when asked for (most tasks never ask). This module imports nothing: a pool child
 reads it without loading the AMQP broker.
+
+One difference stays: for a message sent with no priority (Celery's `apply_async(queue=...)` sends none),
+the pool child's `self.request.delivery_info['priority']` reads 0 where Celery's reads None (the envelope
+always has a priority, and the child's request is built from it in Rust, not from these properties); the
+properties themselves, and the parent's `task_received` request, have none, as Celery's.
 """
 
 from __future__ import annotations
