@@ -94,35 +94,35 @@ def test_terminate_reads_the_signal_as_celery(tasks: Any, worker: Any, tmp_path:
     control = tasks.app.control
     first = tasks.sleeper.delay(str(out), 'first', 60)
     wait_until(lambda: any(line.startswith('start first') for line in lines(out)), message='started')
-    assert control.revoke(first.id, terminate=True, signal='kill', reply=True, timeout=3) == [
+    assert control.revoke(first.id, terminate=True, signal='kill', reply=True, timeout=3, destination=[node]) == [
         {node: {'error': "TypeError('signal name must be uppercase string.')"}}
     ]
-    assert control.revoke(first.id, terminate=True, signal='SIGNOPE', reply=True, timeout=3) == [
+    assert control.revoke(first.id, terminate=True, signal='SIGNOPE', reply=True, timeout=3, destination=[node]) == [
         {node: {'error': "AttributeError(\"module 'signal' has no attribute 'SIGNOPE'\")"}}
     ]
-    assert first.id in control.inspect(timeout=3).revoked()[node]
-    assert control.revoke(first.id, terminate=True, signal='KILL', reply=True, timeout=3) == [
+    assert first.id in control.inspect(timeout=3, destination=[node]).revoked()[node]
+    assert control.revoke(first.id, terminate=True, signal='KILL', reply=True, timeout=3, destination=[node]) == [
         {node: {'ok': f'terminate: {first.id}'}}
     ]
     wait_until(lambda: first.state == states.REVOKED, timeout=30, message='REVOKED after terminate')
     assert f'Terminating {first.id} (9)' in w.log
     second = tasks.sleeper.delay(str(out), 'second', 60)
     wait_until(lambda: any(line.startswith('start second') for line in lines(out)), message='started')
-    control.revoke(second.id, terminate=True, signal=15, reply=True, timeout=3)
+    control.revoke(second.id, terminate=True, signal=15, reply=True, timeout=3, destination=[node])
     wait_until(lambda: second.state == states.REVOKED, timeout=30, message='REVOKED after terminate')
     assert f'Terminating {second.id} (15)' in w.log
     third = tasks.sleeper.s(str(out), 'third', 60).stamp(batch='t-1').apply_async()
     wait_until(lambda: any(line.startswith('start third') for line in lines(out)), message='started')
-    assert control.revoke_by_stamped_headers({'batch': 't-1'}, terminate=True, reply=True, timeout=3) == [
-        {node: {'ok': "headers {'batch': {'t-1'}} revoked"}}
-    ]
+    assert control.revoke_by_stamped_headers(
+        {'batch': 't-1'}, terminate=True, reply=True, timeout=3, destination=[node]
+    ) == [{node: {'ok': "headers {'batch': {'t-1'}} revoked"}}]
     wait_until(lambda: third.state == states.REVOKED, timeout=30, message='REVOKED after terminate')
     assert f'Terminating {third.id}' not in w.log  # (Celery's stamped revoke kills without a word)
     assert tasks.add.delay(1, 1).get(timeout=30) == 2  # (in the child that replaced the killed one)
     assert 'exited with' not in w.log
-    assert control.revoke_by_stamped_headers({'k': 'v'}, terminate=True, signal='term', reply=True, timeout=3) == [
-        {node: {'error': "TypeError('signal name must be uppercase string.')"}}
-    ]
+    assert control.revoke_by_stamped_headers(
+        {'k': 'v'}, terminate=True, signal='term', reply=True, timeout=3, destination=[node]
+    ) == [{node: {'error': "TypeError('signal name must be uppercase string.')"}}]
 
 
 def test_remote_shutdown(tasks: Any, worker: Any) -> None:

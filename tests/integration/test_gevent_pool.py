@@ -27,14 +27,14 @@ def test_tasks_run_in_greenlets_at_once(tasks: Any, worker: Any, tmp_path: Path)
     kinds = [line.split()[0] for line in lines(out)]
     assert kinds == ['start'] * 20 + ['done'] * 20  # all twenty slept at once, in one process
     # pool_grow / pool_shrink change how many greenlets run at once, as Celery's gevent pool
-    assert tasks.app.control.pool_grow(5, reply=True, timeout=5)[0]
+    assert tasks.app.control.pool_grow(5, reply=True, timeout=5, limit=1)[0]
     wait_until(lambda: _max_concurrency(tasks) == 25, 30, 'grown to 25')
-    tasks.app.control.pool_shrink(10, reply=True, timeout=5)
+    tasks.app.control.pool_shrink(10, reply=True, timeout=5, limit=1)
     wait_until(lambda: _max_concurrency(tasks) == 15, 30, 'shrunk to 15')
 
 
 def _max_concurrency(tasks: Any) -> int | None:
-    stats = tasks.app.control.inspect(timeout=2).stats() or {}
+    stats = tasks.app.control.inspect(timeout=2, limit=1).stats() or {}
     return next((s['pool']['max-concurrency'] for s in stats.values()), None)
 
 
@@ -58,7 +58,7 @@ def test_time_limits_and_terminate(tasks: Any, worker: Any) -> None:
 
 
 def _active(tasks: Any) -> list[dict[str, Any]]:
-    replies = tasks.app.control.inspect(timeout=2).active() or {}
+    replies = tasks.app.control.inspect(timeout=2, limit=1).active() or {}
     return [job for jobs in replies.values() for job in jobs]
 
 

@@ -114,18 +114,27 @@ def test_inspect_commands_show_what_the_worker_holds(
 def test_time_limit_and_events_control(tasks: Any, worker: Any, tmp_path: Path, urls: dict[str, str]) -> None:
     w = worker('-n', 'ctl@%h')
     node = _hostname(w, 'ctl@')
-    replies = tasks.app.control.time_limit('worker_tasks.long', soft=None, hard=1, reply=True, timeout=3)
+    replies = tasks.app.control.time_limit(
+        'worker_tasks.long', soft=None, hard=1, reply=True, timeout=3, destination=[node]
+    )
     assert replies == [{node: {'ok': 'time limits set successfully'}}]
     # the limit as sent (Celery stores it so): 1, not 1.0
-    assert 'worker_tasks.long [time_limit=1]' in tasks.app.control.inspect(timeout=3).registered('time_limit')[node]
+    assert (
+        'worker_tasks.long [time_limit=1]'
+        in tasks.app.control.inspect(timeout=3, destination=[node]).registered('time_limit')[node]
+    )
     from fastq.exceptions import TimeLimitExceeded
 
     with pytest.raises(TimeLimitExceeded):
         tasks.long.delay(30).get(timeout=60)
-    assert tasks.app.control.time_limit('no.such', hard=1, reply=True, timeout=3) == [{node: {'error': 'unknown task'}}]
+    assert tasks.app.control.time_limit('no.such', hard=1, reply=True, timeout=3, destination=[node]) == [
+        {node: {'error': 'unknown task'}}
+    ]
     w.wait_for('Change time limit attempt for unknown task no.such\nTraceback (most recent call last):')
     w.wait_for("NotRegistered: 'no.such'")
-    assert tasks.app.control.rate_limit('no.such', '1/s', reply=True, timeout=3) == [{node: {'error': 'unknown task'}}]
+    assert tasks.app.control.rate_limit('no.such', '1/s', reply=True, timeout=3, destination=[node]) == [
+        {node: {'error': 'unknown task'}}
+    ]
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'enable_events', '-d', node, '-t', '3')
     assert proc.stdout.splitlines()[:2] == [f'->  {node}: OK', '        task events enabled']
     proc = fastq(tmp_path, urls, '-A', 'worker_tasks', 'control', 'time_limit', 'worker_tasks.long', '5', '10')
@@ -133,10 +142,10 @@ def test_time_limit_and_events_control(tasks: Any, worker: Any, tmp_path: Path, 
     ctl = ('-A', 'worker_tasks', 'control')
     proc = fastq(tmp_path, urls, *ctl, 'rate_limit', 'worker_tasks.add', '10/m', '-d', node, '-t', '3', '-j')
     assert json.loads(proc.stdout) == [{node: {'ok': 'new rate limit set successfully'}}]
-    assert tasks.app.control.rate_limit('worker_tasks.add', None, reply=True, timeout=3) == [
+    assert tasks.app.control.rate_limit('worker_tasks.add', None, reply=True, timeout=3, destination=[node]) == [
         {node: {'ok': 'rate limit disabled successfully'}}
     ]
-    assert tasks.app.control.rate_limit('worker_tasks.add', 'abc', reply=True, timeout=3) == [
+    assert tasks.app.control.rate_limit('worker_tasks.add', 'abc', reply=True, timeout=3, destination=[node]) == [
         {node: {'error': 'Invalid rate limit string: ValueError("could not convert string to float: \'abc\'")'}}
     ]
     # Celery's lines for both changes

@@ -30,7 +30,7 @@ def broker_kind() -> str:
 
 
 def _pool(tasks: Any) -> dict[str, Any]:
-    stats = tasks.app.control.inspect(timeout=5).stats() or {}
+    stats = tasks.app.control.inspect(timeout=5, limit=1).stats() or {}
     assert len(stats) == 1, stats
     pool: dict[str, Any] = next(iter(stats.values()))['pool']
     return pool
@@ -157,7 +157,7 @@ def test_revoked_task_is_not_run_by_the_child(tasks: Any, worker: Any) -> None:
     task_id = str(uuid.uuid4())
     tasks.app.control.revoke(task_id)
     wait_until(
-        lambda: task_id in sum((tasks.app.control.inspect(timeout=5).revoked() or {}).values(), []),
+        lambda: task_id in sum((tasks.app.control.inspect(timeout=5, limit=1).revoked() or {}).values(), []),
         message='the worker knows the revoked id',
     )
     result = tasks.add.apply_async((1, 1), task_id=task_id)

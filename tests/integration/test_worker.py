@@ -296,10 +296,10 @@ def test_retry_same_id(tasks: Any, worker: Any, tmp_path: Path) -> None:
     assert lines(out) == ['try 0', 'try 1', 'try 2']
 
 
-@pytest.mark.parametrize('pool', ['threads', 'solo'])
-def test_other_pools(tasks: Any, worker: Any, pool: str) -> None:
+@pytest.mark.parametrize(('pool', 'banner'), [('threads', 'thread'), ('solo', 'solo')])  # (Celery's names)
+def test_other_pools(tasks: Any, worker: Any, pool: str, banner: str) -> None:
     w = worker('-P', pool)
-    assert f'({pool})' in w.log
+    assert f'({banner})' in w.log
     assert [tasks.add.delay(i, 1).get(timeout=30) for i in range(5)] == [1, 2, 3, 4, 5]
 
 
