@@ -7,6 +7,8 @@ import threading
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from fastq.worker import lending
 from fastq.worker.lending import Lending
 
@@ -31,6 +33,13 @@ class _Loop:
 
     def call_soon_threadsafe(self, fn: Any) -> None:
         fn()
+
+
+@pytest.fixture(autouse=True)
+def _no_task_received_receivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lead is not lent while a `task_received` receiver is connected: one another test of this process
+    left connected must not decide these."""
+    monkeypatch.setattr(lending, 'signals', SimpleNamespace(task_received=SimpleNamespace(connected=False)))
 
 
 def _lending() -> tuple[Lending, _Fetcher]:
