@@ -3,10 +3,11 @@ on the in-memory broker."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,23 @@ import pytest
 from fastq import Fastq, states
 from fastq.worker.inspect import _jobs, request_info
 from fastq.worker.worker import WorkController
+from tests.harness import wait_until
 
 
-def _wait(done: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f'timed out waiting for {what}'
-        time.sleep(0.01)
+@contextlib.contextmanager
+def _running(worker: WorkController, release: threading.Event | None = None) -> Iterator[WorkController]:
+    """`worker` started in a thread of this process; at the end `release` set (a task blocked on it returns),
+    the worker stopped, and its thread gone."""
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        if release is not None:
+            release.set()
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive()
 
 
 def test_a_task_revoked_before_the_solo_pool_began_it_is_discarded(memory_app: Fastq) -> None:
@@ -41,14 +52,12 @@ def test_a_task_revoked_before_the_solo_pool_began_it_is_discarded(memory_app: F
         return 'ran'
 
     worker = WorkController(memory_app, pool='solo', concurrency=1, quiet=True)
-    thread = threading.Thread(target=worker.start, daemon=True)
-    thread.start()
-    try:
+    with _running(worker, release):
         first = blocker.delay()
         second = victim.delay()
         third = victim.delay()
         # `first` runs in the loop's thread; the others wait in the worker, not yet handed to the pool
-        _wait(lambda: worker.dispatcher is not None and len(worker.dispatcher.ready) == 2, 'both fetched')
+        wait_until(lambda: worker.dispatcher is not None and len(worker.dispatcher.ready) == 2, message='both fetched')
         dispatcher = worker.dispatcher
         assert dispatcher is not None
         # read by the loop's pass after the one that hands `second` to the pool, before the pool begins it
@@ -56,13 +65,8 @@ def test_a_task_revoked_before_the_solo_pool_began_it_is_discarded(memory_app: F
         worker.loop.call_soon_threadsafe(lambda: dispatcher.revoke({third.id}, terminate=True))
         release.set()
         assert first.get(timeout=30) == 'done'
-        _wait(lambda: second.state == states.REVOKED and third.state == states.REVOKED, 'both revoked')
+        wait_until(lambda: second.state == states.REVOKED and third.state == states.REVOKED, message='both revoked')
         assert victim.delay().get(timeout=30) == 'ran'  # the worker goes on
-    finally:
-        release.set()
-        worker.stop()
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 @pytest.mark.parametrize('pool', ['solo', 'threads'])
@@ -77,20 +81,15 @@ def test_inspect_active_names_the_worker_process_as_celerys(memory_app: Fastq, p
         return 'done'
 
     worker = WorkController(memory_app, pool=pool, concurrency=1, quiet=True)
-    thread = threading.Thread(target=worker.start, daemon=True)
-    thread.start()
-    try:
+    with _running(worker, release):
         result = blocker.delay()
-        _wait(lambda: worker.dispatcher is not None and worker.pool is not None and worker.pool.active(), 'start')
+        wait_until(
+            lambda: worker.dispatcher is not None and worker.pool is not None and worker.pool.active(), message='start'
+        )
         (job,) = _jobs(worker)[0]
         assert request_info(job, worker.hostname, worker.accept)['worker_pid'] == os.getpid()
         release.set()
         assert result.get(timeout=30) == 'done'
-    finally:
-        release.set()
-        worker.stop()
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 @pytest.mark.parametrize('pool', ['solo', 'threads'])
@@ -109,20 +108,16 @@ def test_pool_restart_imports_modules_in_the_workers_process(
     monkeypatch.delitem(sys.modules, name, raising=False)
     memory_app.conf.worker_pool_restarts = True
     worker = WorkController(memory_app, pool=pool, concurrency=1, quiet=True)
-    thread = threading.Thread(target=worker.start, daemon=True)
-    thread.start()
     try:
-        _wait(lambda: worker.loop.running, 'the loop')
-        assert _pool_restart(worker, modules=[name]) == {'ok': 'reload started'}
-        assert _pool_restart(worker, modules=[name]) == {'ok': 'reload started'}  # imported already: not again
-        assert marks.read_text() == 'imported\n'
-        assert _pool_restart(worker, modules=[name], reload=True) == {'ok': 'reload started'}
-        assert marks.read_text() == 'imported\n' * 2
+        with _running(worker):
+            wait_until(lambda: worker.loop.running, message='the loop')
+            assert _pool_restart(worker, modules=[name]) == {'ok': 'reload started'}
+            assert _pool_restart(worker, modules=[name]) == {'ok': 'reload started'}  # imported already: not again
+            assert marks.read_text() == 'imported\n'
+            assert _pool_restart(worker, modules=[name], reload=True) == {'ok': 'reload started'}
+            assert marks.read_text() == 'imported\n' * 2
     finally:
         sys.modules.pop(name, None)
-        worker.stop()
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 def test_a_command_waits_for_the_solo_pools_task(memory_app: Fastq) -> None:
@@ -140,12 +135,10 @@ def test_a_command_waits_for_the_solo_pools_task(memory_app: Fastq) -> None:
         return 'done'
 
     worker = WorkController(memory_app, pool='solo', concurrency=1, quiet=True)
-    thread = threading.Thread(target=worker.start, daemon=True)
-    thread.start()
     answers: list[Any] = []
-    try:
+    with _running(worker, release):
         result = blocker.delay()
-        _wait(lambda: worker.pool is not None and getattr(worker.pool, 'busy', bool)(), 'the task started')
+        wait_until(lambda: worker.pool is not None and getattr(worker.pool, 'busy', bool)(), message='the task started')
         asker = threading.Thread(target=lambda: answers.append(_ask(on_loop, worker)), daemon=True)
         asker.start()
         asker.join(0.5)  # (several of its 0.05s waits, all while the task runs)
@@ -153,11 +146,6 @@ def test_a_command_waits_for_the_solo_pools_task(memory_app: Fastq) -> None:
         asker.join(30)
         assert answers == ['answered']
         assert result.get(timeout=30) == 'done'
-    finally:
-        release.set()
-        worker.stop()
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 def _ask(on_loop: Any, worker: WorkController) -> str:
