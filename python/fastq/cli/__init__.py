@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from fastq import __version__
 from fastq.cli.base import CommandError, find_app
-from fastq.cli.usage import Parser
+from fastq.cli.usage import Parser, subcommands
 from fastq.exceptions import BrokerConnectionError, ImproperlyConfigured, OperationalError
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def _options_from_environment(parser: argparse.ArgumentParser, args: argparse.Na
         if action.option_strings:
             dest = action.dest.upper()
             fill(action, [f'FASTQ_{dest}', f'CELERY_{dest}', *_GLOBAL_ENV.get(action.dest, ())])
-    subparsers = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    subparsers = subcommands(parser)
     command = getattr(args, 'command', None)
     if subparsers is None or command not in subparsers.choices:
         return
@@ -131,7 +131,7 @@ def _options_from_environment(parser: argparse.ArgumentParser, args: argparse.Na
 def _command_parser(parser: Parser, args: argparse.Namespace) -> Parser:
     """The parser of the (sub)command `args` were parsed for: `fastq deadletter list`'s, say."""
     while True:
-        commands = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        commands = subcommands(parser)
         chosen = commands.choices.get(getattr(args, commands.dest, None) or '') if commands is not None else None
         if not isinstance(chosen, Parser):
             return parser

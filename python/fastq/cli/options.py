@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from fastq.cli.base import CommandError
+from fastq.cli.usage import subcommands
 
 if TYPE_CHECKING:
     from fastq.app import Fastq
@@ -100,7 +101,7 @@ def _add(parser: argparse.ArgumentParser, option: Any) -> None:
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    action = subcommands(parser)
     return dict(action.choices) if action is not None else {}
 
 

@@ -12,15 +12,19 @@ import argparse
 import difflib
 import re
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
+
+
+def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[Any] | None:
+    """The action holding `parser`'s subcommands (`choices`: name -> parser, `dest`), None if it has none."""
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
 
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are click's (its subcommands' parsers are made of this class too)."""
 
     def error(self, message: str) -> NoReturn:
-        has_commands = any(isinstance(action, argparse._SubParsersAction) for action in self._actions)
-        usage = f'Usage: {self.prog} [OPTIONS]' + (' [COMMAND] [ARGS]...' if has_commands else '')
+        usage = f'Usage: {self.prog} [OPTIONS]' + (' [COMMAND] [ARGS]...' if subcommands(self) else '')
         sys.stderr.write(f"{usage}\nTry '{self.prog} --help' for help.\n\nError: {self.click_words(message)}\n")
         sys.exit(2)
 
@@ -64,7 +68,7 @@ def _argument_problem(names: str, problem: str) -> str:
         if names == 'COMMAND' and choice is not None:
             return f"No such command '{choice.group(1)}'."
         return f"Invalid value for '{names.upper()}': {_value_problem(problem)}"
-    if problem.startswith('expected one argument') or problem.startswith('expected '):
+    if problem.startswith('expected '):  # (one argument, or at least one)
         return f"Option '{flags[0]}' requires an argument."
     if problem.startswith('ignored explicit argument'):
         return f"Option '{flags[-1]}' does not take a value."

@@ -116,7 +116,8 @@ class Lending:
 
     def lead_free(self, outcome: str) -> None:
         """(From the fetcher) it stopped waiting on the lead ('free'), found tasks as it stopped ('busy': it
-        delivers them and keeps the lead; the next idle moment tries again), or cannot lend it ('unable')."""
+        delivers them and keeps the lead; the next idle moment after `HOLDOFF` tries again), or cannot lend it
+        ('unable': tried again after `UNABLE_HOLDOFF`)."""
         self.asked = False
         if outcome != 'free':
             # Tasks that came as the fetcher stopped are load, as much as a lead given back: under a stream of
