@@ -185,9 +185,7 @@ class Context:
                 from fastq.brokers.amqp_properties import celery_properties
 
                 message = _core.Message.from_envelope(envelope, None)
-                properties = fields['properties'] = celery_properties(
-                    message.properties, message.headers, message.content_type, message.content_encoding
-                )
+                properties = fields['properties'] = celery_properties(message)
         return properties
 
     @properties.setter

@@ -38,18 +38,17 @@ BASIC_PROPERTIES = (
 VIRTUAL_PROPERTIES = frozenset({'delivery_info', 'body_encoding', 'delivery_tag', MARK})
 
 
-def celery_properties(
-    properties: dict[str, Any], headers: dict[str, Any] | None, content_type: str, content_encoding: str
-) -> dict[str, Any]:
-    """`properties` as Celery shows them: py-amqp's for a RabbitMQ delivery (its `MARK`), else as they are
-    (kombu's virtual transports, Redis among them, show their own shape)."""
+def celery_properties(message: Any) -> dict[str, Any]:
+    """The properties of `message` (a `fastq._core.Message`) as Celery shows them: py-amqp's for a RabbitMQ
+    delivery (its `MARK`), else as they are (kombu's virtual transports, Redis among them, show their own)."""
+    properties: dict[str, Any] = message.properties
     mark = properties.get(MARK)
     if mark is None:
         return properties
     given = dict(properties)
-    given['content_type'] = content_type or None
-    given['content_encoding'] = content_encoding or None
-    given['application_headers'] = headers
+    given['content_type'] = message.content_type or None
+    given['content_encoding'] = message.content_encoding or None
+    given['application_headers'] = message.headers
     if not mark:
         given.pop('priority', None)
     return {key: given[key] for key in BASIC_PROPERTIES if given.get(key) is not None}

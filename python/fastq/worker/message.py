@@ -29,9 +29,7 @@ class ReceivedMessage:
     def __init__(self, delivery: Delivery, message: Message) -> None:
         self._message = message
         self.headers = message.headers
-        self.properties = celery_properties(  # (py-amqp's on RabbitMQ, as Celery's receivers get them)
-            message.properties, message.headers, message.content_type, message.content_encoding
-        )
+        self.properties = celery_properties(message)  # (py-amqp's on RabbitMQ, as Celery's receivers get them)
         self.body = message.body
         self.content_type = message.content_type
         self.content_encoding = message.content_encoding

@@ -183,7 +183,7 @@ class Request:
         message = self._job.delivery.message
         if message is None:
             return {}
-        return celery_properties(message.properties, message.headers, message.content_type, message.content_encoding)
+        return celery_properties(message)
 
     @property
     def message(self) -> Any:
